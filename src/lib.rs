@@ -1,0 +1,1 @@
+//! tenantsync: a declarative GitOps reconciler for healthcare-API tenant workspaces.

@@ -1,0 +1,10 @@
+// Command etcd is upstream etcd's server entry point, built from pinned modules.
+package main
+
+import (
+	"os"
+
+	"go.etcd.io/etcd/server/v3/etcdmain"
+)
+
+func main() { etcdmain.Main(os.Args) }

@@ -1,0 +1,3 @@
+//! Integration tests: one binary, one shared control plane per run.
+
+mod support;
