@@ -1,1 +1,15 @@
 //! tenantsync: a declarative GitOps reconciler for healthcare-API tenant workspaces.
+//!
+//! The pure core (no I/O) is `yaml`, `repo`, `diag`, `schema`, `overlay`,
+//! `model`, `validate` and `render`; the edges (`source`, later `cluster`,
+//! `daemon`) depend on it, never the other way round.
+
+pub mod diag;
+pub mod model;
+pub mod overlay;
+pub mod render;
+pub mod repo;
+pub mod schema;
+pub mod source;
+pub mod validate;
+pub mod yaml;

@@ -1,0 +1,289 @@
+//! Typed declarations, read from documents that already passed their schema.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+pub const API_VERSION: &str = "tenantsync.io/v1alpha1";
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Image {
+    pub repository: Option<String>,
+    pub tag: Option<String>,
+}
+
+/// `requests`/`limits` maps of quantities (kept as strings).
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+pub struct Resources {
+    #[serde(default)]
+    pub requests: BTreeMap<String, Quantity>,
+    #[serde(default)]
+    pub limits: BTreeMap<String, Quantity>,
+}
+
+/// A quantity written as a string (`500m`) or a number (`2`).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(untagged)]
+pub enum Quantity {
+    Text(String),
+    Number(serde_json::Number),
+}
+
+impl Quantity {
+    pub fn as_string(&self) -> String {
+        match self {
+            Quantity::Text(s) => s.clone(),
+            Quantity::Number(n) => n.to_string(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Identity {
+    pub client_id: String,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Auth {
+    pub authority: String,
+    pub audience: String,
+    #[serde(default)]
+    pub smart_proxy_enabled: bool,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Cors {
+    #[serde(default)]
+    pub origins: Vec<String>,
+    #[serde(default)]
+    pub headers: Vec<String>,
+    #[serde(default)]
+    pub methods: Vec<String>,
+    pub max_age: Option<u32>,
+    #[serde(default)]
+    pub allow_credentials: bool,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct FhirService {
+    pub name: String,
+    #[serde(default = "default_fhir_version")]
+    pub fhir_version: String,
+    pub image: Option<Image>,
+    pub replicas: Option<i32>,
+    pub resources: Option<Resources>,
+    pub auth: Option<Auth>,
+    pub cors: Option<Cors>,
+    pub identity: Option<Identity>,
+}
+
+fn default_fhir_version() -> String {
+    "R4".to_string()
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct DicomCast {
+    pub fhir_service: String,
+    #[serde(default = "default_poll_interval")]
+    pub poll_interval: String,
+    pub image: Option<Image>,
+    pub resources: Option<Resources>,
+}
+
+fn default_poll_interval() -> String {
+    "30s".to_string()
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct DicomService {
+    pub name: String,
+    pub image: Option<Image>,
+    pub replicas: Option<i32>,
+    pub resources: Option<Resources>,
+    pub identity: Option<Identity>,
+    pub dicom_cast: Option<DicomCast>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct IngestionEndpoint {
+    pub event_hub_name: String,
+    pub consumer_group: Option<String>,
+    pub fully_qualified_event_hub_namespace: String,
+}
+
+/// A device or FHIR mapping template, kept as written (seed 004).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+pub struct Mapping {
+    pub content: serde_json::Value,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct FhirDestination {
+    pub name: String,
+    pub resource_identity_resolution_type: String,
+    pub fhir_service: String,
+    pub fhir_mapping: Mapping,
+    pub resources: Option<Resources>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct IotConnector {
+    pub name: String,
+    pub image: Option<Image>,
+    pub replicas: Option<i32>,
+    pub resources: Option<Resources>,
+    pub identity: Option<Identity>,
+    pub ingestion_endpoint_configuration: IngestionEndpoint,
+    pub device_mapping: Mapping,
+    #[serde(default)]
+    pub fhir_destinations: Vec<FhirDestination>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkspaceSpec {
+    #[serde(default)]
+    pub fhir_services: Vec<FhirService>,
+    #[serde(default)]
+    pub dicom_services: Vec<DicomService>,
+    #[serde(default)]
+    pub iot_connectors: Vec<IotConnector>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+pub struct Metadata {
+    pub name: String,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub annotations: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Workspace {
+    pub api_version: String,
+    pub kind: String,
+    pub metadata: Metadata,
+    #[serde(default)]
+    pub spec: WorkspaceSpec,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Ingress {
+    pub domain: Option<String>,
+    pub class_name: Option<String>,
+    pub tls_secret_name: Option<String>,
+    pub controller_namespace: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Images {
+    pub fhir: Option<Image>,
+    pub dicom: Option<Image>,
+    pub dicom_cast: Option<Image>,
+    pub iot_connector: Option<Image>,
+    pub iot_fhir_destination: Option<Image>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+pub struct KindDefaults {
+    pub replicas: Option<i32>,
+    pub resources: Option<Resources>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Defaults {
+    #[serde(default)]
+    pub fhir: KindDefaults,
+    #[serde(default)]
+    pub dicom: KindDefaults,
+    #[serde(default)]
+    pub dicom_cast: KindDefaults,
+    #[serde(default)]
+    pub iot_connector: KindDefaults,
+    #[serde(default)]
+    pub iot_fhir_destination: KindDefaults,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SyncPolicy {
+    #[serde(default)]
+    pub prune: bool,
+    #[serde(default)]
+    pub self_heal: bool,
+    #[serde(default)]
+    pub force_conflicts: bool,
+    #[serde(default = "default_max_prune_percent")]
+    pub max_prune_percent: u8,
+}
+
+fn default_max_prune_percent() -> u8 {
+    25
+}
+
+impl Default for SyncPolicy {
+    fn default() -> Self {
+        SyncPolicy {
+            prune: false,
+            self_heal: false,
+            force_conflicts: false,
+            max_prune_percent: default_max_prune_percent(),
+        }
+    }
+}
+
+pub const DEFAULT_NAMESPACE_TEMPLATE: &str = "{workspace}-{environment}";
+pub const DEFAULT_INGRESS_CONTROLLER_NAMESPACE: &str = "ingress-nginx";
+
+/// An environment's settings after merging its base chain.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Settings {
+    pub namespace_template: Option<String>,
+    #[serde(default)]
+    pub ingress: Ingress,
+    #[serde(default)]
+    pub images: Images,
+    #[serde(default)]
+    pub defaults: Defaults,
+    #[serde(default)]
+    pub sync_policy: SyncPolicy,
+}
+
+/// One environment, resolved: settings merged over its base chain and the
+/// workspaces it ends up with, sorted by name.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Environment {
+    pub name: String,
+    /// Layers from the environment itself down to the root, e.g. `dr, prod, base`.
+    pub chain: Vec<String>,
+    pub settings: Settings,
+    pub workspaces: Vec<Workspace>,
+}
+
+impl Environment {
+    /// The namespace of a workspace in this environment.
+    pub fn namespace_of(&self, workspace: &str) -> String {
+        self.settings
+            .namespace_template
+            .as_deref()
+            .unwrap_or(DEFAULT_NAMESPACE_TEMPLATE)
+            .replace("{workspace}", workspace)
+            .replace("{environment}", &self.name)
+    }
+}

@@ -1,0 +1,977 @@
+//! Rendering: a resolved environment to the Kubernetes objects it should have.
+//!
+//! A pure, deterministic function: the same environment always gives the same
+//! objects in the same order. Objects are built with k8s-openapi types and
+//! carried as JSON values with their identity, so later stages (plan, apply,
+//! prune) need not know each type.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use k8s_openapi::Resource;
+use k8s_openapi::api::apps::v1::{
+    Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
+};
+use k8s_openapi::api::core::v1::{
+    Capabilities, ConfigMap, ConfigMapEnvSource, ConfigMapVolumeSource, Container, ContainerPort,
+    EmptyDirVolumeSource, EnvFromSource, EnvVar, HTTPGetAction, Namespace, PodSecurityContext,
+    PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, SecurityContext,
+    Service, ServiceAccount, ServicePort, ServiceSpec, Volume, VolumeMount,
+};
+use k8s_openapi::api::networking::v1::{
+    HTTPIngressPath, HTTPIngressRuleValue, Ingress, IngressBackend, IngressRule,
+    IngressServiceBackend, IngressSpec, IngressTLS, NetworkPolicy, NetworkPolicyIngressRule,
+    NetworkPolicyPeer, NetworkPolicySpec, ServiceBackendPort,
+};
+use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::model::{
+    self, DEFAULT_INGRESS_CONTROLLER_NAMESPACE, Environment, Image, KindDefaults, Resources,
+    Workspace,
+};
+
+pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+pub const MANAGER: &str = "tenantsync";
+pub const ENVIRONMENT_LABEL: &str = "tenantsync.io/environment";
+pub const WORKSPACE_LABEL: &str = "tenantsync.io/workspace";
+pub const CONFIG_HASH_ANNOTATION: &str = "tenantsync.io/config-hash";
+pub const WORKLOAD_IDENTITY_CLIENT_ID: &str = "azure.workload.identity/client-id";
+pub const WORKLOAD_IDENTITY_USE: &str = "azure.workload.identity/use";
+const HTTP_PORT: i32 = 8080;
+
+/// Names of rendered objects, shared by rendering and validation.
+pub mod names {
+    pub fn fhir(service: &str) -> String {
+        format!("fhir-{service}")
+    }
+    pub fn dicom(service: &str) -> String {
+        format!("dicom-{service}")
+    }
+    pub fn dicom_cast(dicom_service: &str) -> String {
+        format!("dicomcast-{dicom_service}")
+    }
+    pub fn iot(connector: &str) -> String {
+        format!("iot-{connector}")
+    }
+    pub fn iot_destination(connector: &str, destination: &str) -> String {
+        format!("iot-{connector}-{destination}")
+    }
+    /// The workspace-wide IoT identity and settings (seed 004: one per workspace).
+    pub const IOT_SHARED: &str = "iot-shared";
+    pub const NETWORK_POLICY: &str = "workspace-ingress";
+    /// `<service>.<fhir|dicom>.<workspace>.<domain>` (seed 001).
+    pub fn host(service: &str, kind: &str, workspace: &str, domain: &str) -> String {
+        format!("{service}.{kind}.{workspace}.{domain}")
+    }
+    /// A name used as a DNS label and a label value: at most 63 characters.
+    pub fn check_label(name: &str) -> Result<(), String> {
+        if name.len() > 63 {
+            return Err(format!(
+                "is {} characters long, over Kubernetes' limit of 63",
+                name.len()
+            ));
+        }
+        let ok = !name.is_empty()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !name.starts_with('-')
+            && !name.ends_with('-');
+        if ok {
+            Ok(())
+        } else {
+            Err("is not a DNS-1123 label".to_string())
+        }
+    }
+}
+
+/// One rendered object and its identity.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Object {
+    pub api_version: String,
+    pub kind: String,
+    pub namespace: Option<String>,
+    pub name: String,
+    pub workspace: String,
+    /// The full object, as sent to the API server.
+    pub body: serde_json::Value,
+}
+
+impl Object {
+    /// `Kind/namespace/name`, or `Kind/name` for cluster-scoped objects.
+    pub fn id(&self) -> String {
+        match &self.namespace {
+            Some(ns) => format!("{}/{}/{}", self.kind, ns, self.name),
+            None => format!("{}/{}", self.kind, self.name),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct RenderError {
+    pub object: String,
+    pub message: String,
+}
+
+impl fmt::Display for RenderError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.object, self.message)
+    }
+}
+
+impl std::error::Error for RenderError {}
+
+/// Apply order of kinds: definitions first, exposure last (also the order of
+/// `render` output within a workspace).
+pub fn kind_rank(kind: &str) -> u8 {
+    match kind {
+        "Namespace" => 0,
+        "CustomResourceDefinition" => 1,
+        "ServiceAccount" => 2,
+        "ConfigMap" | "Secret" => 3,
+        "Service" => 4,
+        "Deployment" => 5,
+        "PodDisruptionBudget" => 6,
+        "Ingress" => 7,
+        "NetworkPolicy" => 8,
+        _ => 9,
+    }
+}
+
+struct Ctx<'a> {
+    env: &'a Environment,
+    ws: &'a str,
+    namespace: String,
+    out: Vec<Object>,
+    error: Option<RenderError>,
+}
+
+impl Ctx<'_> {
+    fn labels(&self, name: &str, instance: &str, component: &str) -> BTreeMap<String, String> {
+        BTreeMap::from([
+            ("app.kubernetes.io/name".to_string(), name.to_string()),
+            (
+                "app.kubernetes.io/instance".to_string(),
+                instance.to_string(),
+            ),
+            (
+                "app.kubernetes.io/component".to_string(),
+                component.to_string(),
+            ),
+            ("app.kubernetes.io/part-of".to_string(), self.ws.to_string()),
+            (MANAGED_BY.to_string(), MANAGER.to_string()),
+            (ENVIRONMENT_LABEL.to_string(), self.env.name.clone()),
+            (WORKSPACE_LABEL.to_string(), self.ws.to_string()),
+        ])
+    }
+
+    fn meta(&self, name: &str, labels: BTreeMap<String, String>) -> ObjectMeta {
+        ObjectMeta {
+            name: Some(name.to_string()),
+            namespace: Some(self.namespace.clone()),
+            labels: Some(labels),
+            ..ObjectMeta::default()
+        }
+    }
+
+    fn push<T: Resource + Serialize>(&mut self, object: &T, namespaced: bool, name: &str) {
+        let namespace = namespaced.then(|| self.namespace.clone());
+        match serde_json::to_value(object) {
+            Ok(mut body) => {
+                // k8s-openapi serializes apiVersion/kind through `Resource`.
+                if let Some(map) = body.as_object_mut() {
+                    map.insert("apiVersion".into(), T::API_VERSION.into());
+                    map.insert("kind".into(), T::KIND.into());
+                }
+                self.out.push(Object {
+                    api_version: T::API_VERSION.to_string(),
+                    kind: T::KIND.to_string(),
+                    namespace,
+                    name: name.to_string(),
+                    workspace: self.ws.to_string(),
+                    body,
+                });
+            }
+            Err(e) => {
+                self.error.get_or_insert(RenderError {
+                    object: format!("{}/{name}", T::KIND),
+                    message: e.to_string(),
+                });
+            }
+        }
+    }
+}
+
+/// Everything a workload needs, for one Deployment.
+struct Workload<'a> {
+    name: String,
+    app: &'static str,
+    component: &'static str,
+    image: String,
+    replicas: i32,
+    resources: Option<&'a Resources>,
+    service_account: Option<String>,
+    /// ConfigMap whose keys become environment variables.
+    env_from: Option<String>,
+    env: Vec<(String, String)>,
+    /// ConfigMap mounted read-only at a path.
+    mount: Option<(String, &'static str)>,
+    identity: bool,
+    config_hash: String,
+}
+
+/// Renders every workspace of an environment, in a stable order.
+pub fn render(env: &Environment) -> Result<Vec<Object>, RenderError> {
+    let mut all = Vec::new();
+    for ws in &env.workspaces {
+        all.extend(render_workspace(env, ws)?);
+    }
+    Ok(all)
+}
+
+/// Renders one workspace.
+pub fn render_workspace(env: &Environment, ws: &Workspace) -> Result<Vec<Object>, RenderError> {
+    let mut cx = Ctx {
+        env,
+        ws: &ws.metadata.name,
+        namespace: env.namespace_of(&ws.metadata.name),
+        out: Vec::new(),
+        error: None,
+    };
+    let mut ns_labels = cx.labels("workspace", &ws.metadata.name, "namespace");
+    ns_labels.extend(ws.metadata.labels.clone());
+    let ns = Namespace {
+        metadata: ObjectMeta {
+            name: Some(cx.namespace.clone()),
+            labels: Some(ns_labels),
+            annotations: (!ws.metadata.annotations.is_empty())
+                .then(|| ws.metadata.annotations.clone()),
+            ..ObjectMeta::default()
+        },
+        ..Namespace::default()
+    };
+    let ns_name = cx.namespace.clone();
+    cx.push(&ns, false, &ns_name);
+    network_policy(&mut cx);
+
+    let settings = &env.settings;
+    for f in &ws.spec.fhir_services {
+        let name = names::fhir(&f.name);
+        let mut data = BTreeMap::from([
+            (
+                "ASPNETCORE_URLS".to_string(),
+                format!("http://+:{HTTP_PORT}"),
+            ),
+            ("FhirServer__Version".to_string(), f.fhir_version.clone()),
+            (
+                "FhirServer__Security__Enabled".to_string(),
+                f.auth.is_some().to_string(),
+            ),
+        ]);
+        if let Some(auth) = &f.auth {
+            data.insert(
+                "FhirServer__Security__Authentication__Authority".into(),
+                auth.authority.clone(),
+            );
+            data.insert(
+                "FhirServer__Security__Authentication__Audience".into(),
+                auth.audience.clone(),
+            );
+            data.insert(
+                "FhirServer__Security__EnableAadSmartOnFhirProxy".into(),
+                auth.smart_proxy_enabled.to_string(),
+            );
+        }
+        if let Some(cors) = &f.cors {
+            data.insert("FhirServer__Cors__Origins".into(), cors.origins.join(","));
+            data.insert("FhirServer__Cors__Headers".into(), cors.headers.join(","));
+            data.insert("FhirServer__Cors__Methods".into(), cors.methods.join(","));
+            data.insert(
+                "FhirServer__Cors__AllowCredentials".into(),
+                cors.allow_credentials.to_string(),
+            );
+            if let Some(age) = cors.max_age {
+                data.insert("FhirServer__Cors__MaxAge".into(), age.to_string());
+            }
+        }
+        let replicas = f.replicas.or(settings.defaults.fhir.replicas).unwrap_or(1);
+        exposed_service(
+            &mut cx,
+            ServiceKind {
+                app: "fhir-server",
+                host_kind: "fhir",
+            },
+            &f.name,
+            &name,
+            data,
+            Workload {
+                name: name.clone(),
+                app: "fhir-server",
+                component: "api",
+                image: image_ref(f.image.as_ref(), settings.images.fhir.as_ref()),
+                replicas,
+                resources: f
+                    .resources
+                    .as_ref()
+                    .or(settings.defaults.fhir.resources.as_ref()),
+                service_account: Some(name.clone()),
+                env_from: Some(config_name(&name)),
+                env: Vec::new(),
+                mount: None,
+                identity: f.identity.is_some(),
+                config_hash: String::new(),
+            },
+            f.identity.as_ref(),
+        );
+    }
+
+    for d in &ws.spec.dicom_services {
+        let name = names::dicom(&d.name);
+        let data = BTreeMap::from([
+            (
+                "ASPNETCORE_URLS".to_string(),
+                format!("http://+:{HTTP_PORT}"),
+            ),
+            (
+                "DicomServer__Features__EnableChangeFeed".to_string(),
+                "true".to_string(),
+            ),
+        ]);
+        let replicas = d.replicas.or(settings.defaults.dicom.replicas).unwrap_or(1);
+        exposed_service(
+            &mut cx,
+            ServiceKind {
+                app: "dicom-server",
+                host_kind: "dicom",
+            },
+            &d.name,
+            &name,
+            data,
+            Workload {
+                name: name.clone(),
+                app: "dicom-server",
+                component: "api",
+                image: image_ref(d.image.as_ref(), settings.images.dicom.as_ref()),
+                replicas,
+                resources: d
+                    .resources
+                    .as_ref()
+                    .or(settings.defaults.dicom.resources.as_ref()),
+                service_account: Some(name.clone()),
+                env_from: Some(config_name(&name)),
+                env: Vec::new(),
+                mount: None,
+                identity: d.identity.is_some(),
+                config_hash: String::new(),
+            },
+            d.identity.as_ref(),
+        );
+        if let Some(cast) = &d.dicom_cast {
+            let cast_name = names::dicom_cast(&d.name);
+            let data = BTreeMap::from([
+                (
+                    "DicomWeb__Endpoint".to_string(),
+                    service_url(&name, &cx.namespace),
+                ),
+                (
+                    "Fhir__Endpoint".to_string(),
+                    service_url(&names::fhir(&cast.fhir_service), &cx.namespace),
+                ),
+                (
+                    "DicomCastWorker__PollInterval".to_string(),
+                    timespan(&cast.poll_interval),
+                ),
+            ]);
+            let hash = config_map(
+                &mut cx,
+                &config_name(&cast_name),
+                "dicom-cast",
+                &cast_name,
+                "cast",
+                data,
+            );
+            deployment(
+                &mut cx,
+                Workload {
+                    name: cast_name.clone(),
+                    app: "dicom-cast",
+                    component: "cast",
+                    image: image_ref(cast.image.as_ref(), settings.images.dicom_cast.as_ref()),
+                    replicas: 1,
+                    resources: cast.resources.as_ref().or(settings
+                        .defaults
+                        .dicom_cast
+                        .resources
+                        .as_ref()),
+                    service_account: None,
+                    env_from: Some(config_name(&cast_name)),
+                    env: Vec::new(),
+                    mount: None,
+                    identity: false,
+                    config_hash: hash,
+                },
+            );
+        }
+    }
+
+    if !ws.spec.iot_connectors.is_empty() {
+        // Workspace-wide IoT identity and settings exist only while the
+        // workspace has a connector (seed 004).
+        let labels = cx.labels("iot-connector", names::IOT_SHARED, "shared");
+        let sa = ServiceAccount {
+            metadata: cx.meta(names::IOT_SHARED, labels.clone()),
+            ..ServiceAccount::default()
+        };
+        cx.push(&sa, true, names::IOT_SHARED);
+        let data = BTreeMap::from([(
+            "NormalizedEventHub__Namespace".to_string(),
+            format!("{}-iot", cx.namespace),
+        )]);
+        config_map(
+            &mut cx,
+            names::IOT_SHARED,
+            "iot-connector",
+            names::IOT_SHARED,
+            "shared",
+            data,
+        );
+    }
+    for c in &ws.spec.iot_connectors {
+        let name = names::iot(&c.name);
+        let mapping = pretty(&c.device_mapping.content);
+        let hash = config_map(
+            &mut cx,
+            &name,
+            "iot-connector",
+            &name,
+            "ingestion",
+            BTreeMap::from([("devicecontent.json".to_string(), mapping)]),
+        );
+        let ingest = &c.ingestion_endpoint_configuration;
+        let iot_defaults: &KindDefaults = &settings.defaults.iot_connector;
+        deployment(
+            &mut cx,
+            Workload {
+                name: name.clone(),
+                app: "iot-connector",
+                component: "ingestion",
+                image: image_ref(c.image.as_ref(), settings.images.iot_connector.as_ref()),
+                replicas: c.replicas.or(iot_defaults.replicas).unwrap_or(1),
+                resources: c.resources.as_ref().or(iot_defaults.resources.as_ref()),
+                service_account: Some(names::IOT_SHARED.to_string()),
+                env_from: Some(names::IOT_SHARED.to_string()),
+                env: vec![
+                    ("EventHub__Name".into(), ingest.event_hub_name.clone()),
+                    (
+                        "EventHub__FullyQualifiedNamespace".into(),
+                        ingest.fully_qualified_event_hub_namespace.clone(),
+                    ),
+                    (
+                        "EventHub__ConsumerGroup".into(),
+                        ingest
+                            .consumer_group
+                            .clone()
+                            .unwrap_or_else(|| "$Default".to_string()),
+                    ),
+                    (
+                        "Normalization__EventHubName".into(),
+                        format!("{name}-normalized"),
+                    ),
+                    (
+                        "Template__DeviceMappingPath".into(),
+                        "/etc/tenantsync/mapping/devicecontent.json".into(),
+                    ),
+                ],
+                mount: Some((name.clone(), "/etc/tenantsync/mapping")),
+                identity: c.identity.is_some(),
+                config_hash: hash,
+            },
+        );
+        for dest in &c.fhir_destinations {
+            let namespace = cx.namespace.clone();
+            let dname = names::iot_destination(&c.name, &dest.name);
+            let hash = config_map(
+                &mut cx,
+                &dname,
+                "iot-fhir-destination",
+                &dname,
+                "destination",
+                BTreeMap::from([(
+                    "fhirmapping.json".to_string(),
+                    pretty(&dest.fhir_mapping.content),
+                )]),
+            );
+            let dest_defaults = &settings.defaults.iot_fhir_destination;
+            deployment(
+                &mut cx,
+                Workload {
+                    name: dname.clone(),
+                    app: "iot-fhir-destination",
+                    component: "destination",
+                    image: image_ref(None, settings.images.iot_fhir_destination.as_ref()),
+                    replicas: dest_defaults.replicas.unwrap_or(1),
+                    resources: dest.resources.as_ref().or(dest_defaults.resources.as_ref()),
+                    service_account: Some(names::IOT_SHARED.to_string()),
+                    env_from: Some(names::IOT_SHARED.to_string()),
+                    env: vec![
+                        (
+                            "Fhir__Endpoint".into(),
+                            service_url(&names::fhir(&dest.fhir_service), &namespace),
+                        ),
+                        (
+                            "Fhir__ResourceIdentityResolutionType".into(),
+                            dest.resource_identity_resolution_type.clone(),
+                        ),
+                        (
+                            "Normalization__EventHubName".into(),
+                            format!("{name}-normalized"),
+                        ),
+                        ("Normalization__ConsumerGroup".into(), dname.clone()),
+                        (
+                            "Template__FhirMappingPath".into(),
+                            "/etc/tenantsync/mapping/fhirmapping.json".into(),
+                        ),
+                    ],
+                    mount: Some((dname.clone(), "/etc/tenantsync/mapping")),
+                    identity: false,
+                    config_hash: hash,
+                },
+            );
+        }
+    }
+
+    if let Some(e) = cx.error {
+        return Err(e);
+    }
+    let mut out = cx.out;
+    out.sort_by(|a, b| (kind_rank(&a.kind), &a.name).cmp(&(kind_rank(&b.kind), &b.name)));
+    Ok(out)
+}
+
+struct ServiceKind {
+    app: &'static str,
+    host_kind: &'static str,
+}
+
+/// ServiceAccount, ConfigMap, Deployment, Service, Ingress and (replicas > 1)
+/// PodDisruptionBudget of a FHIR or DICOM service.
+#[allow(clippy::too_many_arguments)]
+fn exposed_service(
+    cx: &mut Ctx<'_>,
+    kind: ServiceKind,
+    short: &str,
+    name: &str,
+    data: BTreeMap<String, String>,
+    mut workload: Workload<'_>,
+    identity: Option<&model::Identity>,
+) {
+    let labels = cx.labels(kind.app, name, "api");
+    let mut sa_meta = cx.meta(name, labels.clone());
+    if let Some(id) = identity {
+        sa_meta.annotations = Some(BTreeMap::from([(
+            WORKLOAD_IDENTITY_CLIENT_ID.to_string(),
+            id.client_id.clone(),
+        )]));
+    }
+    cx.push(
+        &ServiceAccount {
+            metadata: sa_meta,
+            ..ServiceAccount::default()
+        },
+        true,
+        name,
+    );
+    workload.config_hash = config_map(cx, &config_name(name), kind.app, name, "api", data);
+    let replicas = workload.replicas;
+    deployment(cx, workload);
+
+    let selector = selector_labels(kind.app, name);
+    let svc = Service {
+        metadata: cx.meta(name, labels.clone()),
+        spec: Some(ServiceSpec {
+            type_: Some("ClusterIP".into()),
+            selector: Some(selector.clone()),
+            ports: Some(vec![ServicePort {
+                name: Some("http".into()),
+                port: 80,
+                target_port: Some(IntOrString::String("http".into())),
+                protocol: Some("TCP".into()),
+                ..ServicePort::default()
+            }]),
+            ..ServiceSpec::default()
+        }),
+        ..Service::default()
+    };
+    cx.push(&svc, true, name);
+
+    let ingress_settings = &cx.env.settings.ingress;
+    let host = names::host(
+        short,
+        kind.host_kind,
+        cx.ws,
+        ingress_settings.domain.as_deref().unwrap_or("local"),
+    );
+    let ingress = Ingress {
+        metadata: cx.meta(name, labels.clone()),
+        spec: Some(IngressSpec {
+            ingress_class_name: ingress_settings.class_name.clone(),
+            rules: Some(vec![IngressRule {
+                host: Some(host.clone()),
+                http: Some(HTTPIngressRuleValue {
+                    paths: vec![HTTPIngressPath {
+                        path: Some("/".into()),
+                        path_type: "Prefix".into(),
+                        backend: IngressBackend {
+                            service: Some(IngressServiceBackend {
+                                name: name.to_string(),
+                                port: Some(ServiceBackendPort {
+                                    number: Some(80),
+                                    ..ServiceBackendPort::default()
+                                }),
+                            }),
+                            ..IngressBackend::default()
+                        },
+                    }],
+                }),
+            }]),
+            tls: Some(vec![IngressTLS {
+                hosts: Some(vec![host]),
+                secret_name: ingress_settings.tls_secret_name.clone(),
+            }]),
+            ..IngressSpec::default()
+        }),
+        ..Ingress::default()
+    };
+    cx.push(&ingress, true, name);
+
+    if replicas > 1 {
+        let pdb = PodDisruptionBudget {
+            metadata: cx.meta(name, labels),
+            spec: Some(PodDisruptionBudgetSpec {
+                max_unavailable: Some(IntOrString::Int(1)),
+                selector: Some(LabelSelector {
+                    match_labels: Some(selector),
+                    ..LabelSelector::default()
+                }),
+                ..PodDisruptionBudgetSpec::default()
+            }),
+            ..PodDisruptionBudget::default()
+        };
+        cx.push(&pdb, true, name);
+    }
+}
+
+fn network_policy(cx: &mut Ctx<'_>) {
+    let controller_ns = cx
+        .env
+        .settings
+        .ingress
+        .controller_namespace
+        .clone()
+        .unwrap_or_else(|| DEFAULT_INGRESS_CONTROLLER_NAMESPACE.to_string());
+    let labels = cx.labels("workspace", names::NETWORK_POLICY, "network-policy");
+    let policy = NetworkPolicy {
+        metadata: cx.meta(names::NETWORK_POLICY, labels),
+        spec: Some(NetworkPolicySpec {
+            pod_selector: Some(LabelSelector::default()),
+            policy_types: Some(vec!["Ingress".into()]),
+            ingress: Some(vec![NetworkPolicyIngressRule {
+                from: Some(vec![
+                    NetworkPolicyPeer {
+                        pod_selector: Some(LabelSelector::default()),
+                        ..NetworkPolicyPeer::default()
+                    },
+                    NetworkPolicyPeer {
+                        namespace_selector: Some(LabelSelector {
+                            match_labels: Some(BTreeMap::from([(
+                                "kubernetes.io/metadata.name".to_string(),
+                                controller_ns,
+                            )])),
+                            ..LabelSelector::default()
+                        }),
+                        ..NetworkPolicyPeer::default()
+                    },
+                ]),
+                ..NetworkPolicyIngressRule::default()
+            }]),
+            ..NetworkPolicySpec::default()
+        }),
+        ..NetworkPolicy::default()
+    };
+    cx.push(&policy, true, names::NETWORK_POLICY);
+}
+
+/// Adds a ConfigMap; returns the hash of its data, which goes into the pod
+/// template so that a content change rolls the Deployment.
+fn config_map(
+    cx: &mut Ctx<'_>,
+    name: &str,
+    app: &str,
+    instance: &str,
+    component: &str,
+    data: BTreeMap<String, String>,
+) -> String {
+    let mut hasher = Sha256::new();
+    for (k, v) in &data {
+        hasher.update(k.as_bytes());
+        hasher.update([0]);
+        hasher.update(v.as_bytes());
+        hasher.update([0]);
+    }
+    let digest = hasher.finalize();
+    let hash: String = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
+    let cm = ConfigMap {
+        metadata: cx.meta(name, cx.labels(app, instance, component)),
+        data: Some(data),
+        ..ConfigMap::default()
+    };
+    cx.push(&cm, true, name);
+    hash
+}
+
+fn deployment(cx: &mut Ctx<'_>, w: Workload<'_>) {
+    let labels = cx.labels(w.app, &w.name, w.component);
+    let selector = selector_labels(w.app, &w.name);
+    let mut pod_labels = labels.clone();
+    if w.identity {
+        pod_labels.insert(WORKLOAD_IDENTITY_USE.to_string(), "true".to_string());
+    }
+    let probe = |initial: i32, period: i32| Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some("/health".into()),
+            port: IntOrString::String("http".into()),
+            ..HTTPGetAction::default()
+        }),
+        initial_delay_seconds: Some(initial),
+        period_seconds: Some(period),
+        ..Probe::default()
+    };
+    let mut mounts = vec![VolumeMount {
+        name: "tmp".into(),
+        mount_path: "/tmp".into(),
+        ..VolumeMount::default()
+    }];
+    let mut volumes = vec![Volume {
+        name: "tmp".into(),
+        empty_dir: Some(EmptyDirVolumeSource::default()),
+        ..Volume::default()
+    }];
+    if let Some((cm, path)) = &w.mount {
+        mounts.push(VolumeMount {
+            name: "mapping".into(),
+            mount_path: (*path).to_string(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        });
+        volumes.push(Volume {
+            name: "mapping".into(),
+            config_map: Some(ConfigMapVolumeSource {
+                name: cm.clone(),
+                ..ConfigMapVolumeSource::default()
+            }),
+            ..Volume::default()
+        });
+    }
+    let container = Container {
+        name: w.app.to_string(),
+        image: Some(w.image),
+        ports: Some(vec![ContainerPort {
+            name: Some("http".into()),
+            container_port: HTTP_PORT,
+            protocol: Some("TCP".into()),
+            ..ContainerPort::default()
+        }]),
+        env_from: w.env_from.map(|cm| {
+            vec![EnvFromSource {
+                config_map_ref: Some(ConfigMapEnvSource {
+                    name: cm,
+                    ..ConfigMapEnvSource::default()
+                }),
+                ..EnvFromSource::default()
+            }]
+        }),
+        env: (!w.env.is_empty()).then(|| {
+            w.env
+                .into_iter()
+                .map(|(name, value)| EnvVar {
+                    name,
+                    value: Some(value),
+                    ..EnvVar::default()
+                })
+                .collect()
+        }),
+        resources: w.resources.map(resource_requirements),
+        readiness_probe: Some(probe(5, 10)),
+        liveness_probe: Some(probe(30, 20)),
+        volume_mounts: Some(mounts),
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            read_only_root_filesystem: Some(true),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                ..Capabilities::default()
+            }),
+            ..SecurityContext::default()
+        }),
+        ..Container::default()
+    };
+    let deploy = Deployment {
+        metadata: cx.meta(&w.name, labels),
+        spec: Some(DeploymentSpec {
+            replicas: Some(w.replicas),
+            selector: LabelSelector {
+                match_labels: Some(selector),
+                ..LabelSelector::default()
+            },
+            strategy: Some(DeploymentStrategy {
+                type_: Some("RollingUpdate".into()),
+                rolling_update: Some(RollingUpdateDeployment {
+                    max_surge: Some(IntOrString::Int(1)),
+                    max_unavailable: Some(IntOrString::Int(0)),
+                }),
+            }),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(pod_labels),
+                    annotations: Some(BTreeMap::from([(
+                        CONFIG_HASH_ANNOTATION.to_string(),
+                        w.config_hash,
+                    )])),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(PodSpec {
+                    service_account_name: w.service_account,
+                    containers: vec![container],
+                    volumes: Some(volumes),
+                    security_context: Some(PodSecurityContext {
+                        run_as_non_root: Some(true),
+                        seccomp_profile: Some(SeccompProfile {
+                            type_: "RuntimeDefault".into(),
+                            ..SeccompProfile::default()
+                        }),
+                        ..PodSecurityContext::default()
+                    }),
+                    ..PodSpec::default()
+                }),
+            },
+            ..DeploymentSpec::default()
+        }),
+        ..Deployment::default()
+    };
+    cx.push(&deploy, true, &w.name);
+}
+
+fn selector_labels(app: &str, instance: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("app.kubernetes.io/name".to_string(), app.to_string()),
+        (
+            "app.kubernetes.io/instance".to_string(),
+            instance.to_string(),
+        ),
+    ])
+}
+
+fn config_name(name: &str) -> String {
+    format!("{name}-config")
+}
+
+fn service_url(service: &str, namespace: &str) -> String {
+    format!("http://{service}.{namespace}.svc.cluster.local")
+}
+
+fn image_ref(own: Option<&Image>, default: Option<&Image>) -> String {
+    let pick = |f: fn(&Image) -> Option<&String>| {
+        own.and_then(f)
+            .or_else(|| default.and_then(f))
+            .cloned()
+            .unwrap_or_default()
+    };
+    format!(
+        "{}:{}",
+        pick(|i| i.repository.as_ref()),
+        pick(|i| i.tag.as_ref())
+    )
+}
+
+fn resource_requirements(r: &Resources) -> ResourceRequirements {
+    let list = |m: &BTreeMap<String, model::Quantity>| {
+        (!m.is_empty()).then(|| {
+            m.iter()
+                .map(|(k, v)| (k.clone(), Quantity(v.as_string())))
+                .collect()
+        })
+    };
+    ResourceRequirements {
+        requests: list(&r.requests),
+        limits: list(&r.limits),
+        ..ResourceRequirements::default()
+    }
+}
+
+/// `30s` / `5m` / `1h` / `250ms` as a .NET TimeSpan (`00:00:30`), which the
+/// DICOM-cast worker reads (seed 003: DicomCastWorker.PollInterval).
+fn timespan(duration: &str) -> String {
+    let digits: String = duration.chars().take_while(char::is_ascii_digit).collect();
+    let unit = &duration[digits.len()..];
+    let n: u64 = digits.parse().unwrap_or(0);
+    let (secs, millis) = match unit {
+        "ms" => (n / 1000, n % 1000),
+        "m" => (n * 60, 0),
+        "h" => (n * 3600, 0),
+        _ => (n, 0),
+    };
+    let base = format!(
+        "{:02}:{:02}:{:02}",
+        secs / 3600,
+        (secs / 60) % 60,
+        secs % 60
+    );
+    if millis > 0 {
+        format!("{base}.{millis:03}")
+    } else {
+        base
+    }
+}
+
+fn pretty(value: &serde_json::Value) -> String {
+    serde_json::to_string_pretty(value).unwrap_or_else(|_| value.to_string())
+}
+
+/// Objects as one multi-document YAML stream.
+pub fn to_yaml(objects: &[Object]) -> Result<String, serde_norway::Error> {
+    let mut out = String::new();
+    for o in objects {
+        out.push_str("---\n");
+        out.push_str(&serde_norway::to_string(&o.body)?);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timespans() {
+        assert_eq!(timespan("30s"), "00:00:30");
+        assert_eq!(timespan("5m"), "00:05:00");
+        assert_eq!(timespan("2h"), "02:00:00");
+        assert_eq!(timespan("1500ms"), "00:00:01.500");
+    }
+
+    #[test]
+    fn label_limits() {
+        assert!(names::check_label(&"a".repeat(63)).is_ok());
+        assert!(
+            names::check_label(&"a".repeat(64))
+                .unwrap_err()
+                .contains("63")
+        );
+        assert!(names::check_label("Upper").is_err());
+    }
+}

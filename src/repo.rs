@@ -1,0 +1,157 @@
+//! An in-memory tree of repository files: the input of the pure core.
+//!
+//! Folders and Git revisions are both read into a [`SourceTree`] by the
+//! `source` edge, so validation and rendering never touch the file system.
+
+use std::collections::BTreeMap;
+
+use crate::diag::Diagnostic;
+use crate::yaml::{FileId, Pos};
+
+/// Files larger than this are refused before parsing.
+pub const MAX_FILE_BYTES: usize = 1024 * 1024;
+
+/// Repository files by `/`-separated relative path.
+#[derive(Clone, Debug, Default)]
+pub struct SourceTree {
+    files: BTreeMap<String, Vec<u8>>,
+    /// Problems found while reading (unsafe paths, symlinks leaving the
+    /// repository, oversize files), reported with the validation errors.
+    problems: Vec<Diagnostic>,
+}
+
+impl SourceTree {
+    pub fn new() -> SourceTree {
+        SourceTree::default()
+    }
+
+    /// Adds a file. Paths with `..`, absolute paths and oversize files are
+    /// recorded as problems instead.
+    pub fn insert(&mut self, path: &str, bytes: Vec<u8>) {
+        if let Err(message) = check_path(path) {
+            self.problem(path, message);
+            return;
+        }
+        if bytes.len() > MAX_FILE_BYTES {
+            self.problem(
+                path,
+                format!(
+                    "file is {} bytes, over the {} byte limit for a declaration",
+                    bytes.len(),
+                    MAX_FILE_BYTES
+                ),
+            );
+            return;
+        }
+        self.files.insert(path.to_string(), bytes);
+    }
+
+    /// Records a problem found while reading the tree.
+    pub fn problem(&mut self, path: &str, message: impl Into<String>) {
+        self.problems.push(Diagnostic {
+            file: path.to_string(),
+            line: 1,
+            column: 1,
+            pointer: None,
+            message: message.into(),
+        });
+    }
+
+    pub fn problems(&self) -> &[Diagnostic] {
+        &self.problems
+    }
+
+    pub fn get(&self, path: &str) -> Option<&[u8]> {
+        self.files.get(path).map(Vec::as_slice)
+    }
+
+    /// Paths under `dir/` (not recursive into deeper folders unless `deep`).
+    pub fn list(&self, dir: &str) -> impl Iterator<Item = &str> {
+        let prefix = format!("{}/", dir.trim_end_matches('/'));
+        self.files
+            .range(prefix.clone()..)
+            .take_while(move |(p, _)| p.starts_with(&prefix))
+            .map(|(p, _)| p.as_str())
+    }
+
+    pub fn paths(&self) -> impl Iterator<Item = &str> {
+        self.files.keys().map(String::as_str)
+    }
+}
+
+fn check_path(path: &str) -> Result<(), String> {
+    if path.starts_with('/') || path.contains('\\') {
+        return Err("path must be relative to the repository".into());
+    }
+    if path
+        .split('/')
+        .any(|c| c == ".." || c == "." || c.is_empty())
+    {
+        return Err("path with `..`, `.` or empty components is refused".into());
+    }
+    Ok(())
+}
+
+/// Maps [`FileId`]s to paths so positions can be printed.
+#[derive(Clone, Debug, Default)]
+pub struct FileTable {
+    paths: Vec<String>,
+}
+
+impl FileTable {
+    pub fn add(&mut self, path: &str) -> FileId {
+        if let Some(i) = self.paths.iter().position(|p| p == path) {
+            return FileId(u32::try_from(i).unwrap_or(u32::MAX));
+        }
+        self.paths.push(path.to_string());
+        FileId(u32::try_from(self.paths.len() - 1).unwrap_or(u32::MAX))
+    }
+
+    pub fn path(&self, id: FileId) -> &str {
+        self.paths
+            .get(id.0 as usize)
+            .map_or("<unknown>", String::as_str)
+    }
+
+    /// A diagnostic at `pos`.
+    pub fn diag(
+        &self,
+        pos: Pos,
+        pointer: Option<String>,
+        message: impl Into<String>,
+    ) -> Diagnostic {
+        Diagnostic {
+            file: self.path(pos.file).to_string(),
+            line: pos.line,
+            column: pos.col,
+            pointer,
+            message: message.into(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refuses_escaping_and_oversize_paths() {
+        let mut t = SourceTree::new();
+        t.insert("environments/../etc/passwd", b"x".to_vec());
+        t.insert("/abs.yaml", b"x".to_vec());
+        t.insert("environments/big.yaml", vec![b'a'; MAX_FILE_BYTES + 1]);
+        t.insert("environments/ok.yaml", b"a: 1".to_vec());
+        assert_eq!(t.paths().collect::<Vec<_>>(), vec!["environments/ok.yaml"]);
+        assert_eq!(t.problems().len(), 3);
+        assert!(t.problems()[2].message.contains("byte limit"));
+    }
+
+    #[test]
+    fn lists_a_folder() {
+        let mut t = SourceTree::new();
+        t.insert("environments/dev/environment.yaml", vec![]);
+        t.insert("environments/dev/workspaces/a.yaml", vec![]);
+        t.insert("environments/devx/environment.yaml", vec![]);
+        assert_eq!(t.list("environments/dev").count(), 2);
+    }
+}

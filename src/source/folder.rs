@@ -1,0 +1,111 @@
+//! Reading a folder into a [`SourceTree`].
+//!
+//! Only `environments/` is read. Symlinks are followed only while they stay
+//! inside the repository; one that leaves it is reported, not read. Files over
+//! the size cap are reported without being read whole.
+
+use std::fs;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use crate::repo::{MAX_FILE_BYTES, SourceTree};
+use crate::validate::ENVIRONMENTS_DIR;
+
+#[derive(Debug, thiserror::Error)]
+pub enum FolderError {
+    #[error("cannot read repository folder {path}: {source}")]
+    Root {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Reads `root/environments/**` into a tree. Unreadable entries become
+/// problems in the tree (reported with validation errors), not failures.
+pub fn read(root: &Path) -> Result<SourceTree, FolderError> {
+    let canonical_root = root.canonicalize().map_err(|source| FolderError::Root {
+        path: root.to_path_buf(),
+        source,
+    })?;
+    let mut tree = SourceTree::new();
+    let envs = canonical_root.join(ENVIRONMENTS_DIR);
+    if envs.is_dir() {
+        walk(&canonical_root, &envs, ENVIRONMENTS_DIR, &mut tree, 0);
+    }
+    Ok(tree)
+}
+
+fn walk(root: &Path, dir: &Path, rel: &str, tree: &mut SourceTree, depth: usize) {
+    if depth > 16 {
+        tree.problem(rel, "folders nested more than 16 levels deep are not read");
+        return;
+    }
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) => {
+            tree.problem(rel, format!("cannot read folder: {e}"));
+            return;
+        }
+    };
+    let mut entries: Vec<_> = entries.filter_map(Result::ok).collect();
+    entries.sort_by_key(|e| e.file_name());
+    for entry in entries {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else {
+            tree.problem(
+                rel,
+                format!("file name {:?} is not UTF-8", entry.file_name()),
+            );
+            continue;
+        };
+        if name.starts_with('.') {
+            continue;
+        }
+        let rel_path = format!("{rel}/{name}");
+        let path = entry.path();
+        let meta = match fs::symlink_metadata(&path) {
+            Ok(m) => m,
+            Err(e) => {
+                tree.problem(&rel_path, format!("cannot read: {e}"));
+                continue;
+            }
+        };
+        let target = if meta.file_type().is_symlink() {
+            match path.canonicalize() {
+                Ok(t) if t.starts_with(root) => t,
+                Ok(_) => {
+                    tree.problem(
+                        &rel_path,
+                        "symlink points outside the repository; it is not read",
+                    );
+                    continue;
+                }
+                Err(e) => {
+                    tree.problem(&rel_path, format!("broken symlink: {e}"));
+                    continue;
+                }
+            }
+        } else {
+            path
+        };
+        if target.is_dir() {
+            walk(root, &target, &rel_path, tree, depth + 1);
+        } else if target.is_file() {
+            match read_capped(&target) {
+                Ok(bytes) => tree.insert(&rel_path, bytes),
+                Err(e) => tree.problem(&rel_path, format!("cannot read: {e}")),
+            }
+        }
+    }
+}
+
+/// Reads at most one byte past the cap, so an oversize file is detected
+/// without being loaded whole.
+fn read_capped(path: &Path) -> std::io::Result<Vec<u8>> {
+    let file = fs::File::open(path)?;
+    let mut bytes = Vec::new();
+    file.take(MAX_FILE_BYTES as u64 + 1)
+        .read_to_end(&mut bytes)?;
+    Ok(bytes)
+}

@@ -1,0 +1,3 @@
+//! Edges that read repositories into [`crate::repo::SourceTree`]s.
+
+pub mod folder;

@@ -1,0 +1,757 @@
+//! Loading, merging and checking a repository of declarations.
+//!
+//! `load` parses every declaration once; `Repository::resolve` builds one
+//! environment from its base chain (settings, then each layer's workspaces,
+//! then its patches) and checks the result against the schemas and the
+//! platform's rules. Every problem is reported with its file and position.
+
+use std::collections::BTreeMap;
+
+use crate::diag::Diagnostic;
+use crate::model::{self, Environment, Settings, Workspace};
+use crate::overlay::{self, OverlayError};
+use crate::render::names;
+use crate::repo::{FileTable, SourceTree};
+use crate::schema::{self, SchemaKind};
+use crate::yaml::{self, Key, Limits, Node, Value};
+
+/// The folder of a repository that holds the layers.
+pub const ENVIRONMENTS_DIR: &str = "environments";
+pub const ENVIRONMENT_FILE: &str = "environment.yaml";
+pub const WORKSPACES_DIR: &str = "workspaces";
+
+/// A parsed document (its nodes carry their file).
+#[derive(Clone, Debug)]
+struct Doc {
+    node: Node,
+}
+
+#[derive(Clone, Debug, Default)]
+struct Layer {
+    env: Option<Doc>,
+    workspaces: Vec<Doc>,
+    patches: Vec<Doc>,
+    /// Diagnostics of this layer's files on their own.
+    problems: Vec<Diagnostic>,
+}
+
+/// A parsed repository: every layer's files, each parsed and checked once.
+#[derive(Clone, Debug, Default)]
+pub struct Repository {
+    files: FileTable,
+    layers: BTreeMap<String, Layer>,
+    problems: Vec<Diagnostic>,
+}
+
+/// Parses every declaration of the tree.
+pub fn load(tree: &SourceTree) -> Repository {
+    let mut repo = Repository {
+        problems: tree.problems().to_vec(),
+        ..Repository::default()
+    };
+    let prefix = format!("{ENVIRONMENTS_DIR}/");
+    for path in tree.paths() {
+        let Some(rest) = path.strip_prefix(&prefix) else {
+            continue;
+        };
+        let is_yaml = path.ends_with(".yaml") || path.ends_with(".yml");
+        let Some((layer_name, inner)) = rest.split_once('/') else {
+            if is_yaml {
+                repo.problems.push(at_file(
+                    path,
+                    "declarations live in environments/<layer>/; this file is not read",
+                ));
+            }
+            continue;
+        };
+        if !is_yaml {
+            continue;
+        }
+        let layer_name = layer_name.to_string();
+        let role = if inner == ENVIRONMENT_FILE {
+            Role::Environment
+        } else if inner.starts_with(&format!("{WORKSPACES_DIR}/")) {
+            Role::Workspace
+        } else {
+            repo.layers
+                .entry(layer_name)
+                .or_default()
+                .problems
+                .push(at_file(
+                    path,
+                    "unexpected file: a layer holds environment.yaml and workspaces/*.yaml",
+                ));
+            continue;
+        };
+        let bytes = tree.get(path).unwrap_or_default();
+        let id = repo.files.add(path);
+        let parsed =
+            yaml::decode_utf8(id, bytes).and_then(|text| yaml::parse(id, text, Limits::default()));
+        let layer = repo.layers.entry(layer_name.clone()).or_default();
+        let node = match parsed {
+            Ok(node) => node,
+            Err(e) => {
+                layer.problems.push(repo.files.diag(e.pos, None, e.message));
+                continue;
+            }
+        };
+        let doc = Doc { node };
+        match role {
+            Role::Environment => {
+                layer.problems.extend(schema::validate(
+                    SchemaKind::Environment,
+                    &doc.node,
+                    &repo.files,
+                ));
+                if let Some(name) = doc.node.get("metadata").and_then(|m| m.get("name")) {
+                    if name.as_str().is_some_and(|n| n != layer_name) {
+                        layer.problems.push(repo.files.diag(
+                            name.pos,
+                            Some("/metadata/name".into()),
+                            format!("environment name must equal its folder name `{layer_name}`"),
+                        ));
+                    }
+                }
+                // Inline patches are WorkspacePatch documents too.
+                if let Some(Value::Seq(items)) = doc
+                    .node
+                    .get("spec")
+                    .and_then(|s| s.get("patches"))
+                    .map(|p| &p.value)
+                {
+                    for item in items {
+                        layer.patches.push(Doc { node: item.clone() });
+                    }
+                }
+                layer.env = Some(doc);
+            }
+            Role::Workspace => match doc.node.get("kind").and_then(Node::as_str) {
+                Some("Workspace") => {
+                    layer.problems.extend(schema::validate(
+                        SchemaKind::Workspace,
+                        &doc.node,
+                        &repo.files,
+                    ));
+                    layer.workspaces.push(doc);
+                }
+                Some("WorkspacePatch") => {
+                    layer.problems.extend(schema::validate(
+                        SchemaKind::WorkspacePatch,
+                        &doc.node,
+                        &repo.files,
+                    ));
+                    layer.patches.push(doc);
+                }
+                other => {
+                    let pos = doc.node.get("kind").map_or(doc.node.pos, |k| k.pos);
+                    let found = other.map_or_else(|| "none".to_string(), |k| format!("`{k}`"));
+                    layer.problems.push(repo.files.diag(
+                        pos,
+                        Some("/kind".into()),
+                        format!("files in workspaces/ have kind `Workspace` or `WorkspacePatch`, found {found}"),
+                    ));
+                }
+            },
+        }
+    }
+    for (name, layer) in &mut repo.layers {
+        if layer.env.is_none() && layer.problems.is_empty() {
+            layer.problems.push(at_file(
+                &format!("{ENVIRONMENTS_DIR}/{name}/{ENVIRONMENT_FILE}"),
+                format!("layer `{name}` has no {ENVIRONMENT_FILE}"),
+            ));
+        }
+    }
+    if repo.layers.is_empty() {
+        repo.problems.push(at_file(
+            ENVIRONMENTS_DIR,
+            "no environments found: expected environments/<name>/environment.yaml",
+        ));
+    }
+    repo
+}
+
+enum Role {
+    Environment,
+    Workspace,
+}
+
+fn at_file(path: &str, message: impl Into<String>) -> Diagnostic {
+    Diagnostic {
+        file: path.to_string(),
+        line: 1,
+        column: 1,
+        pointer: None,
+        message: message.into(),
+    }
+}
+
+/// The outcome of validating several environments.
+#[derive(Debug, Default)]
+pub struct Report {
+    pub environments: Vec<Environment>,
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+impl Repository {
+    /// Layers that can be rendered (not `abstract`).
+    pub fn environment_names(&self) -> Vec<String> {
+        self.layers
+            .iter()
+            .filter(|(_, l)| {
+                !l.env.as_ref().is_some_and(|d| {
+                    d.node
+                        .get("spec")
+                        .and_then(|s| s.get("abstract"))
+                        .and_then(Node::as_bool)
+                        == Some(true)
+                })
+            })
+            .map(|(n, _)| n.clone())
+            .collect()
+    }
+
+    /// Problems that concern the repository as a whole.
+    pub fn problems(&self) -> &[Diagnostic] {
+        &self.problems
+    }
+
+    /// Validates the named environments (all renderable ones when empty).
+    pub fn validate(&self, names: &[String]) -> Report {
+        let names = if names.is_empty() {
+            self.environment_names()
+        } else {
+            names.to_vec()
+        };
+        let mut report = Report {
+            diagnostics: self.problems.clone(),
+            ..Report::default()
+        };
+        // Abstract layers are checked file by file even when nothing renders them.
+        for layer in self.layers.values() {
+            report.diagnostics.extend(layer.problems.iter().cloned());
+        }
+        for name in &names {
+            match self.resolve(name) {
+                Ok(env) => report.environments.push(env),
+                Err(d) => report.diagnostics.extend(d),
+            }
+        }
+        report.diagnostics.sort();
+        report.diagnostics.dedup();
+        report
+    }
+
+    /// Builds one environment and checks it.
+    pub fn resolve(&self, name: &str) -> Result<Environment, Vec<Diagnostic>> {
+        let mut diags = self.problems.clone();
+        let chain = self.chain(name)?;
+        for layer_name in &chain {
+            if let Some(layer) = self.layers.get(layer_name) {
+                diags.extend(layer.problems.iter().cloned());
+            }
+        }
+        let layers: Vec<&Layer> = chain
+            .iter()
+            .rev()
+            .filter_map(|n| self.layers.get(n))
+            .collect();
+
+        // Settings: each layer's spec over the previous, minus per-layer keys.
+        let mut settings = Node::new(Value::Map(Vec::new()), Default::default());
+        let mut overlay_errors = Vec::new();
+        for layer in &layers {
+            if let Some(spec) = layer.env.as_ref().and_then(|d| d.node.get("spec")) {
+                let own = without_keys(spec, &["base", "abstract", "patches"]);
+                overlay::merge(&mut settings, &own, "/spec", &mut overlay_errors);
+            }
+        }
+
+        // Workspaces: a layer's new workspaces, then its patches.
+        let mut workspaces: BTreeMap<String, Node> = BTreeMap::new();
+        for layer in &layers {
+            for doc in &layer.workspaces {
+                let Some((ws_name, name_node)) = doc_name(&doc.node) else {
+                    continue;
+                };
+                if let Some(existing) = workspaces.get(&ws_name) {
+                    let first = existing.pos;
+                    diags.push(self.files.diag(
+                        name_node.pos,
+                        Some("/metadata/name".into()),
+                        format!(
+                            "workspace `{ws_name}` is already defined in {}; change it with kind: WorkspacePatch",
+                            self.files.path(first.file)
+                        ),
+                    ));
+                    continue;
+                }
+                workspaces.insert(ws_name, doc.node.clone());
+            }
+            for doc in &layer.patches {
+                let Some((ws_name, name_node)) = doc_name(&doc.node) else {
+                    continue;
+                };
+                let delete =
+                    doc.node.get(overlay::PATCH_KEY).and_then(Node::as_str) == Some("delete");
+                match workspaces.get_mut(&ws_name) {
+                    None => diags.push(self.files.diag(
+                        name_node.pos,
+                        Some("/metadata/name".into()),
+                        format!(
+                            "patch targets workspace `{ws_name}`, which environment `{name}` (layers {}) does not define",
+                            chain.join(" -> ")
+                        ),
+                    )),
+                    Some(_) if delete => {
+                        workspaces.remove(&ws_name);
+                    }
+                    Some(target) => {
+                        if let Some(spec) = doc.node.get("spec") {
+                            let wrapped = Node::new(
+                                Value::Map(vec![(Key { name: "spec".into(), pos: doc.node.pos }, spec.clone())]),
+                                doc.node.pos,
+                            );
+                            overlay::merge(target, &wrapped, "", &mut overlay_errors);
+                        }
+                    }
+                }
+            }
+        }
+        diags.extend(
+            overlay_errors
+                .into_iter()
+                .map(|e: OverlayError| self.files.diag(e.pos, Some(e.pointer), e.message)),
+        );
+
+        let settings_json = settings.to_json();
+        let settings: Settings = match serde_json::from_value(settings_json) {
+            Ok(s) => s,
+            Err(e) => {
+                diags.push(self.files.diag(
+                    settings.pos,
+                    Some("/spec".into()),
+                    format!("invalid settings: {e}"),
+                ));
+                Settings::default()
+            }
+        };
+        let mut env = Environment {
+            name: name.to_string(),
+            chain: chain.clone(),
+            settings,
+            workspaces: Vec::new(),
+        };
+
+        for node in workspaces.values() {
+            let schema_diags = schema::validate(SchemaKind::Workspace, node, &self.files);
+            if !schema_diags.is_empty() {
+                diags.extend(schema_diags);
+                continue;
+            }
+            self.check_rules(&env, node, &mut diags);
+            self.check_rendered_names(&env, node, &mut diags);
+            match serde_json::from_value::<Workspace>(node.to_json()) {
+                Ok(ws) => env.workspaces.push(ws),
+                Err(e) => diags.push(self.files.diag(
+                    node.pos,
+                    None,
+                    format!("invalid workspace: {e}"),
+                )),
+            }
+        }
+        self.check_namespaces(&env, &workspaces, &mut diags);
+        if diags.is_empty() {
+            Ok(env)
+        } else {
+            diags.sort();
+            diags.dedup();
+            Err(diags)
+        }
+    }
+
+    /// The layers of an environment, from itself to its root.
+    fn chain(&self, name: &str) -> Result<Vec<String>, Vec<Diagnostic>> {
+        if !self.layers.contains_key(name) {
+            let known: Vec<_> = self.layers.keys().cloned().collect();
+            return Err(vec![at_file(
+                &format!("{ENVIRONMENTS_DIR}/{name}"),
+                format!(
+                    "environment `{name}` not found; known layers: {}",
+                    known.join(", ")
+                ),
+            )]);
+        }
+        let mut chain = vec![name.to_string()];
+        let mut current = name.to_string();
+        loop {
+            let Some(layer) = self.layers.get(&current) else {
+                break;
+            };
+            let Some(base) = layer
+                .env
+                .as_ref()
+                .and_then(|d| d.node.get("spec"))
+                .and_then(|s| s.get("base"))
+            else {
+                break;
+            };
+            let Some(base_name) = base.as_str() else {
+                break;
+            };
+            if chain.iter().any(|c| c == base_name) {
+                chain.push(base_name.to_string());
+                return Err(vec![self.files.diag(
+                    base.pos,
+                    Some("/spec/base".into()),
+                    format!("base chain has a cycle: {}", chain.join(" -> ")),
+                )]);
+            }
+            if !self.layers.contains_key(base_name) {
+                return Err(vec![self.files.diag(
+                    base.pos,
+                    Some("/spec/base".into()),
+                    format!("base layer `{base_name}` not found under {ENVIRONMENTS_DIR}/"),
+                )]);
+            }
+            chain.push(base_name.to_string());
+            current = base_name.to_string();
+        }
+        Ok(chain)
+    }
+
+    /// Platform rules that a schema cannot express, on a merged workspace.
+    fn check_rules(&self, env: &Environment, ws: &Node, diags: &mut Vec<Diagnostic>) {
+        let ws_name = doc_name(ws).map(|(n, _)| n).unwrap_or_default();
+        let spec = ws.get("spec");
+        let list = |key: &str| -> Vec<&Node> {
+            match spec.and_then(|s| s.get(key)).map(|n| &n.value) {
+                Some(Value::Seq(items)) => items.iter().collect(),
+                _ => Vec::new(),
+            }
+        };
+        let fhir = list("fhirServices");
+        let dicom = list("dicomServices");
+        let iot = list("iotConnectors");
+        for (key, items, what) in [
+            ("fhirServices", &fhir, "FHIR service"),
+            ("dicomServices", &dicom, "DICOM service"),
+            ("iotConnectors", &iot, "IoT connector"),
+        ] {
+            self.unique_names(items, what, &format!("/spec/{key}"), diags);
+        }
+        let fhir_names: Vec<&str> = fhir
+            .iter()
+            .filter_map(|f| f.get("name").and_then(Node::as_str))
+            .collect();
+        let mut require_fhir = |node: Option<&Node>, pointer: String, owner: String| {
+            let Some(node) = node else { return };
+            let Some(target) = node.as_str() else { return };
+            if !fhir_names.contains(&target) {
+                let have = if fhir_names.is_empty() {
+                    "none".to_string()
+                } else {
+                    fhir_names.join(", ")
+                };
+                diags.push(self.files.diag(
+                    node.pos,
+                    Some(pointer),
+                    format!(
+                        "{owner} names FHIR service `{target}`, which workspace `{ws_name}` does not have (its FHIR services: {have})"
+                    ),
+                ));
+            }
+        };
+        for (i, d) in dicom.iter().enumerate() {
+            let dname = d.get("name").and_then(Node::as_str).unwrap_or("?");
+            require_fhir(
+                d.get("dicomCast").and_then(|c| c.get("fhirService")),
+                format!("/spec/dicomServices/{i}/dicomCast/fhirService"),
+                format!("the dicomCast of DICOM service `{dname}`"),
+            );
+        }
+        let mut dest_lists = Vec::new();
+        for (i, c) in iot.iter().enumerate() {
+            let cname = c.get("name").and_then(Node::as_str).unwrap_or("?");
+            let dests: Vec<&Node> = match c.get("fhirDestinations").map(|n| &n.value) {
+                Some(Value::Seq(items)) => items.iter().collect(),
+                _ => Vec::new(),
+            };
+            for (j, d) in dests.iter().enumerate() {
+                let dname = d.get("name").and_then(Node::as_str).unwrap_or("?");
+                require_fhir(
+                    d.get("fhirService"),
+                    format!("/spec/iotConnectors/{i}/fhirDestinations/{j}/fhirService"),
+                    format!("FHIR destination `{dname}` of IoT connector `{cname}`"),
+                );
+            }
+            dest_lists.push((i, dests));
+        }
+        for (i, dests) in dest_lists {
+            self.unique_names(
+                &dests,
+                "FHIR destination",
+                &format!("/spec/iotConnectors/{i}/fhirDestinations"),
+                diags,
+            );
+        }
+
+        // What rendering needs from the environment.
+        let s = &env.settings;
+        if (!fhir.is_empty() || !dicom.is_empty()) && s.ingress.domain.is_none() {
+            diags.push(self.files.diag(
+                ws.pos,
+                None,
+                format!(
+                    "workspace `{ws_name}` exposes services but environment `{}` sets no spec.ingress.domain",
+                    env.name
+                ),
+            ));
+        }
+        let images: [(&str, &[&Node], Option<&model::Image>, &str); 3] = [
+            ("FHIR service", &fhir, s.images.fhir.as_ref(), "fhir"),
+            ("DICOM service", &dicom, s.images.dicom.as_ref(), "dicom"),
+            (
+                "IoT connector",
+                &iot,
+                s.images.iot_connector.as_ref(),
+                "iotConnector",
+            ),
+        ];
+        for (what, items, default, key) in images {
+            for item in items {
+                self.require_image(env, item, item.get("image"), default, what, key, diags);
+            }
+        }
+        for d in &dicom {
+            if let Some(cast) = d.get("dicomCast") {
+                self.require_image(
+                    env,
+                    cast,
+                    cast.get("image"),
+                    s.images.dicom_cast.as_ref(),
+                    "DICOM-cast",
+                    "dicomCast",
+                    diags,
+                );
+            }
+        }
+        for c in &iot {
+            if let Some(Value::Seq(dests)) = c.get("fhirDestinations").map(|n| &n.value) {
+                for d in dests {
+                    self.require_image(
+                        env,
+                        d,
+                        None,
+                        s.images.iot_fhir_destination.as_ref(),
+                        "FHIR destination",
+                        "iotFhirDestination",
+                        diags,
+                    );
+                }
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn require_image(
+        &self,
+        env: &Environment,
+        item: &Node,
+        own: Option<&Node>,
+        default: Option<&model::Image>,
+        what: &str,
+        key: &str,
+        diags: &mut Vec<Diagnostic>,
+    ) {
+        let has = |field: &str| {
+            own.and_then(|i| i.get(field)).is_some()
+                || default.is_some_and(|d| {
+                    if field == "tag" {
+                        d.tag.is_some()
+                    } else {
+                        d.repository.is_some()
+                    }
+                })
+        };
+        if !(has("repository") && has("tag")) {
+            let name = item.get("name").and_then(Node::as_str).unwrap_or("");
+            diags.push(self.files.diag(
+                item.pos,
+                None,
+                format!(
+                    "no image for {what} `{name}`: set spec.images.{key} (repository and tag) in environment `{}` or `image` on the item",
+                    env.name
+                ),
+            ));
+        }
+    }
+
+    fn unique_names(
+        &self,
+        items: &[&Node],
+        what: &str,
+        pointer: &str,
+        diags: &mut Vec<Diagnostic>,
+    ) {
+        let mut seen: BTreeMap<&str, &Node> = BTreeMap::new();
+        for (i, item) in items.iter().enumerate() {
+            let Some(name_node) = item.get("name") else {
+                continue;
+            };
+            let Some(name) = name_node.as_str() else {
+                continue;
+            };
+            if let Some(first) = seen.get(name) {
+                diags.push(self.files.diag(
+                    name_node.pos,
+                    Some(format!("{pointer}/{i}/name")),
+                    format!(
+                        "duplicate {what} name `{name}` (first at line {})",
+                        first.pos.line
+                    ),
+                ));
+            } else {
+                seen.insert(name, name_node);
+            }
+        }
+    }
+
+    /// Two workspaces must not land in one namespace.
+    fn check_namespaces(
+        &self,
+        env: &Environment,
+        nodes: &BTreeMap<String, Node>,
+        diags: &mut Vec<Diagnostic>,
+    ) {
+        let mut seen: BTreeMap<String, String> = BTreeMap::new();
+        for (ws, node) in nodes {
+            let ns = env.namespace_of(ws);
+            if let Some(other) = seen.insert(ns.clone(), ws.clone()) {
+                let pos = doc_name(node).map_or(node.pos, |(_, n)| n.pos);
+                diags.push(self.files.diag(
+                    pos,
+                    Some("/metadata/name".into()),
+                    format!("workspaces `{other}` and `{ws}` both render into namespace `{ns}`; check spec.namespaceTemplate"),
+                ));
+            }
+        }
+    }
+
+    /// Rendered names must stay within Kubernetes limits (63 for names
+    /// used as label values and DNS labels, 253 for ingress hosts).
+    fn check_rendered_names(&self, env: &Environment, ws: &Node, diags: &mut Vec<Diagnostic>) {
+        let Some((ws_name, name_node)) = doc_name(ws) else {
+            return;
+        };
+        let ns = env.namespace_of(&ws_name);
+        if let Err(why) = names::check_label(&ns) {
+            diags.push(self.files.diag(
+                name_node.pos,
+                Some("/metadata/name".into()),
+                format!("namespace `{ns}` rendered for workspace `{ws_name}` {why}"),
+            ));
+        }
+        let domain = env.settings.ingress.domain.clone().unwrap_or_default();
+        let mut check =
+            |node: &Node, pointer: String, rendered: Vec<String>, host: Option<String>| {
+                for name in rendered {
+                    if let Err(why) = names::check_label(&name) {
+                        diags.push(self.files.diag(
+                            node.pos,
+                            Some(pointer.clone()),
+                            format!("rendered object name `{name}` {why}"),
+                        ));
+                    }
+                }
+                if let Some(host) = host {
+                    if host.len() > 253 {
+                        diags.push(self.files.diag(
+                            node.pos,
+                            Some(pointer.clone()),
+                            format!("ingress host `{host}` is longer than 253 characters"),
+                        ));
+                    }
+                }
+            };
+        let spec = ws.get("spec");
+        let items = |key: &str| -> Vec<(usize, &Node)> {
+            match spec.and_then(|s| s.get(key)).map(|n| &n.value) {
+                Some(Value::Seq(items)) => items.iter().enumerate().collect(),
+                _ => Vec::new(),
+            }
+        };
+        let name_of = |n: &Node| {
+            n.get("name")
+                .and_then(Node::as_str)
+                .unwrap_or("")
+                .to_string()
+        };
+        for (i, f) in items("fhirServices") {
+            let n = name_of(f);
+            let at = f.get("name").unwrap_or(f);
+            check(
+                at,
+                format!("/spec/fhirServices/{i}/name"),
+                vec![names::fhir(&n)],
+                Some(names::host(&n, "fhir", &ws_name, &domain)),
+            );
+        }
+        for (i, d) in items("dicomServices") {
+            let n = name_of(d);
+            let at = d.get("name").unwrap_or(d);
+            let mut rendered = vec![names::dicom(&n)];
+            if d.get("dicomCast").is_some() {
+                rendered.push(names::dicom_cast(&n));
+            }
+            check(
+                at,
+                format!("/spec/dicomServices/{i}/name"),
+                rendered,
+                Some(names::host(&n, "dicom", &ws_name, &domain)),
+            );
+        }
+        for (i, c) in items("iotConnectors") {
+            let n = name_of(c);
+            let at = c.get("name").unwrap_or(c);
+            check(
+                at,
+                format!("/spec/iotConnectors/{i}/name"),
+                vec![names::iot(&n)],
+                None,
+            );
+            if let Some(Value::Seq(dests)) = c.get("fhirDestinations").map(|x| &x.value) {
+                for (j, d) in dests.iter().enumerate() {
+                    let at = d.get("name").unwrap_or(d);
+                    check(
+                        at,
+                        format!("/spec/iotConnectors/{i}/fhirDestinations/{j}/name"),
+                        vec![names::iot_destination(&n, &name_of(d))],
+                        None,
+                    );
+                }
+            }
+        }
+    }
+}
+
+fn doc_name(node: &Node) -> Option<(String, &Node)> {
+    let name = node.get("metadata")?.get("name")?;
+    Some((name.as_str()?.to_string(), name))
+}
+
+fn without_keys(node: &Node, keys: &[&str]) -> Node {
+    match &node.value {
+        Value::Map(entries) => Node::new(
+            Value::Map(
+                entries
+                    .iter()
+                    .filter(|(k, _)| !keys.contains(&k.name.as_str()))
+                    .cloned()
+                    .collect(),
+            ),
+            node.pos,
+        ),
+        _ => node.clone(),
+    }
+}
