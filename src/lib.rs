@@ -4,6 +4,7 @@
 //! `model`, `validate` and `render`; the edges (`source`, later `cluster`,
 //! `daemon`) depend on it, never the other way round.
 
+pub mod cli;
 pub mod diag;
 pub mod model;
 pub mod overlay;
