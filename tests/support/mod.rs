@@ -1,1 +1,243 @@
-//! Shared test support.
+//! Shared test support: one real control plane per test run, a namespace per
+//! test.
+//!
+//! The control plane is `scripts/control-plane` (etcd, kube-apiserver and a
+//! kube-controller-manager built from pinned Go modules). It is started once,
+//! on first use, with its own state directory under `target/tmp` and a watchdog
+//! that stops it when this test process exits, however it exits. Set
+//! `TENANTSYNC_TEST_KUBECONFIG` to the kubeconfig of one already running
+//! (`eval "$(scripts/control-plane up)"; export TENANTSYNC_TEST_KUBECONFIG=$KUBECONFIG`)
+//! to skip the start-up. If the control plane cannot start, every test using it
+//! fails with the reason: cluster tests never skip.
+
+// A failed set-up is a test failure with a message, not an error to handle.
+#![allow(clippy::expect_used)]
+
+use std::collections::hash_map::RandomState;
+use std::hash::{BuildHasher, Hasher};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{Api, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Client, Config};
+
+/// Names a running control plane to reuse instead of starting one.
+pub const KUBECONFIG_ENV: &str = "TENANTSYNC_TEST_KUBECONFIG";
+
+/// Label put on every namespace the tests create, so leftovers on a reused
+/// control plane can be found: `kubectl delete ns -l tenantsync.test/namespace`.
+pub const NAMESPACE_LABEL: &str = "tenantsync.test/namespace";
+
+/// The users `scripts/control-plane` creates, one kubeconfig context each.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum User {
+    /// `admin`, in `system:masters`.
+    Admin,
+    /// `readonly`, bound to ClusterRole `tenantsync-readonly` (get, list, watch).
+    Readonly,
+}
+
+impl User {
+    pub fn context(self) -> &'static str {
+        match self {
+            User::Admin => "admin",
+            User::Readonly => "readonly",
+        }
+    }
+}
+
+/// A running control plane.
+#[derive(Debug)]
+pub struct ControlPlane {
+    kubeconfig: PathBuf,
+}
+
+impl ControlPlane {
+    /// The kubeconfig with contexts `admin` (current) and `readonly`.
+    pub fn kubeconfig(&self) -> &Path {
+        &self.kubeconfig
+    }
+
+    /// A client for `user`'s context.
+    pub async fn client(&self, user: User) -> Client {
+        let kubeconfig = Kubeconfig::read_from(&self.kubeconfig).unwrap_or_else(|e| {
+            panic!("cannot read kubeconfig {}: {e}", self.kubeconfig.display())
+        });
+        let options = KubeConfigOptions {
+            context: Some(user.context().to_owned()),
+            ..KubeConfigOptions::default()
+        };
+        let config = Config::from_custom_kubeconfig(kubeconfig, &options)
+            .await
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot load context {} from {}: {e}",
+                    user.context(),
+                    self.kubeconfig.display()
+                )
+            });
+        Client::try_from(config)
+            .unwrap_or_else(|e| panic!("cannot build a client for {}: {e}", user.context()))
+    }
+
+    /// A `kubectl` command against this control plane (admin context unless
+    /// the caller passes `--context`).
+    pub fn kubectl(&self) -> Command {
+        let mut command = Command::new("kubectl");
+        command.env("KUBECONFIG", self.kubeconfig());
+        command
+    }
+
+    /// Creates a namespace with a fresh name for `test` and returns the name.
+    pub async fn namespace(&self, test: &str) -> String {
+        let name = unique_name(test);
+        let namespaces: Api<Namespace> = Api::all(self.client(User::Admin).await);
+        let namespace = serde_json::from_value(serde_json::json!({
+            "metadata": { "name": name, "labels": { NAMESPACE_LABEL: "true" } }
+        }))
+        .expect("a namespace literal deserializes");
+        namespaces
+            .create(&PostParams::default(), &namespace)
+            .await
+            .unwrap_or_else(|e| panic!("cannot create namespace {name}: {e}"));
+        name
+    }
+}
+
+/// The control plane for this test run, started on first use.
+///
+/// Panics with the reason (including the failing component's log) if it
+/// cannot start; every later call panics with the same message.
+pub fn control_plane() -> &'static ControlPlane {
+    static CONTROL_PLANE: OnceLock<Result<ControlPlane, String>> = OnceLock::new();
+    match CONTROL_PLANE.get_or_init(start_or_reuse) {
+        Ok(control_plane) => control_plane,
+        Err(reason) => panic!("the test control plane is not available: {reason}"),
+    }
+}
+
+fn start_or_reuse() -> Result<ControlPlane, String> {
+    if let Some(kubeconfig) = std::env::var_os(KUBECONFIG_ENV) {
+        let kubeconfig = PathBuf::from(kubeconfig);
+        if !kubeconfig.is_file() {
+            return Err(format!(
+                "{KUBECONFIG_ENV}={} is not a file; unset it to start a control plane",
+                kubeconfig.display()
+            ));
+        }
+        return Ok(ControlPlane { kubeconfig });
+    }
+    start()
+}
+
+/// Runs `scripts/control-plane up` with a state directory of its own and this
+/// process as the owner, so concurrent test runs never share or leak one.
+fn start() -> Result<ControlPlane, String> {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let script = repo.join("scripts/control-plane");
+    let state_dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("control-plane-{}", std::process::id()));
+    let started = Instant::now();
+    let mut child = Command::new(&script)
+        .arg("up")
+        .arg("--owner-pid")
+        .arg(std::process::id().to_string())
+        .env("TENANTSYNC_CP_DIR", &state_dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot run {}: {e}", script.display()))?;
+
+    // Pass the script's progress through (a cold build takes many minutes)
+    // and keep it for the failure message.
+    let stderr = child.stderr.take().expect("stderr is piped");
+    let forward = std::thread::spawn(move || {
+        let mut seen = String::new();
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            // io::stderr() directly, not eprintln!: the harness would hide it.
+            let _ = writeln!(std::io::stderr(), "{line}");
+            seen.push_str(&line);
+            seen.push('\n');
+        }
+        seen
+    });
+    let output = child
+        .wait_with_output()
+        .map_err(|e| format!("cannot wait for {}: {e}", script.display()))?;
+    let log = forward.join().unwrap_or_default();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    if !output.status.success() {
+        return Err(format!(
+            "`{} up` failed ({}) after {:.0?}:\n{log}",
+            script.display(),
+            output.status,
+            started.elapsed()
+        ));
+    }
+    let kubeconfig = stdout
+        .lines()
+        .find_map(|line| line.strip_prefix("export KUBECONFIG="))
+        .map(PathBuf::from)
+        .ok_or_else(|| {
+            format!(
+                "`{} up` printed no export line: {stdout:?}\n{log}",
+                script.display()
+            )
+        })?;
+    if !kubeconfig.is_file() {
+        return Err(format!(
+            "`{} up` printed {} which is not a file",
+            script.display(),
+            kubeconfig.display()
+        ));
+    }
+    Ok(ControlPlane { kubeconfig })
+}
+
+/// A Kubernetes name (DNS label) unique to this run: `ts-<test>-<random>`.
+pub fn unique_name(test: &str) -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let mut hasher = RandomState::new().build_hasher();
+    hasher.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
+    hasher.write_u32(std::process::id());
+    let slug: String = test
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .take(40)
+        .collect();
+    let slug = slug.trim_matches('-');
+    format!("ts-{slug}-{:08x}", hasher.finish() as u32)
+}
+
+/// Polls `check` every 200 ms until it returns `Some`, panicking with `what`
+/// after `timeout`.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
