@@ -91,18 +91,31 @@ fn print_diagnostics(diags: &[Diagnostic]) {
     }
 }
 
-fn validate_cmd(repo: &std::path::Path, envs: &[String], output: ValidateOutput) -> anyhow::Result<ExitCode> {
+fn validate_cmd(
+    repo: &std::path::Path,
+    envs: &[String],
+    output: ValidateOutput,
+) -> anyhow::Result<ExitCode> {
     let repository = load(repo)?;
     let report = repository.validate(envs);
     match output {
         ValidateOutput::Json => {
-            println!("{}", serde_json::to_string_pretty(&report.diagnostics).context("encoding diagnostics")?);
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&report.diagnostics)
+                    .context("encoding diagnostics")?
+            );
         }
         ValidateOutput::Text => {
             print_diagnostics(&report.diagnostics);
             if report.diagnostics.is_empty() {
-                let names: Vec<_> = report.environments.iter().map(|e| e.name.as_str()).collect();
-                let workspaces: usize = report.environments.iter().map(|e| e.workspaces.len()).sum();
+                let names: Vec<_> = report
+                    .environments
+                    .iter()
+                    .map(|e| e.name.as_str())
+                    .collect();
+                let workspaces: usize =
+                    report.environments.iter().map(|e| e.workspaces.len()).sum();
                 println!(
                     "ok: {} environment(s) valid ({}), {workspaces} workspace(s)",
                     names.len(),
@@ -113,7 +126,11 @@ fn validate_cmd(repo: &std::path::Path, envs: &[String], output: ValidateOutput)
             }
         }
     }
-    Ok(if report.diagnostics.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if report.diagnostics.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 fn render_cmd(repo: &std::path::Path, env: &str, output: RenderOutput) -> anyhow::Result<ExitCode> {

@@ -227,8 +227,10 @@ struct Workload<'a> {
 
 /// Renders every workspace of an environment, in a stable order.
 pub fn render(env: &Environment) -> Result<Vec<Object>, RenderError> {
+    let mut workspaces: Vec<&Workspace> = env.workspaces.iter().collect();
+    workspaces.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
     let mut all = Vec::new();
-    for ws in &env.workspaces {
+    for ws in workspaces {
         all.extend(render_workspace(env, ws)?);
     }
     Ok(all)
@@ -955,6 +957,221 @@ pub fn to_yaml(objects: &[Object]) -> Result<String, serde_norway::Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::{
+        DicomCast, DicomService, FhirService, IngestionEndpoint, IotConnector, Mapping, Metadata,
+        Settings, WorkspaceSpec,
+    };
+    use proptest::prelude::*;
+
+    fn fhir(name: &str, replicas: i32) -> FhirService {
+        FhirService {
+            name: name.into(),
+            fhir_version: "R4".into(),
+            image: None,
+            replicas: Some(replicas),
+            resources: None,
+            auth: None,
+            cors: None,
+            identity: None,
+        }
+    }
+
+    fn arb_workspace() -> impl Strategy<Value = Workspace> {
+        ("[a-z]{1,8}", 1usize..4, 0usize..3, 0usize..3, 1i32..4).prop_map(|(name, nf, nd, ni, replicas)| {
+            let fhir_services: Vec<_> = (0..nf).map(|i| fhir(&format!("f{i}"), replicas)).collect();
+            let dicom_services = (0..nd)
+                .map(|i| DicomService {
+                    name: format!("d{i}"),
+                    image: None,
+                    replicas: None,
+                    resources: None,
+                    identity: None,
+                    dicom_cast: (i % 2 == 0).then(|| DicomCast {
+                        fhir_service: "f0".into(),
+                        poll_interval: "30s".into(),
+                        image: None,
+                        resources: None,
+                    }),
+                })
+                .collect();
+            let iot_connectors = (0..ni)
+                .map(|i| IotConnector {
+                    name: format!("c{i}"),
+                    image: None,
+                    replicas: None,
+                    resources: None,
+                    identity: None,
+                    ingestion_endpoint_configuration: IngestionEndpoint {
+                        event_hub_name: "hub".into(),
+                        consumer_group: None,
+                        fully_qualified_event_hub_namespace: "ns.servicebus.windows.net".into(),
+                    },
+                    device_mapping: Mapping { content: serde_json::json!({"templateType": "CollectionContent", "template": [i]}) },
+                    fhir_destinations: Vec::new(),
+                })
+                .collect();
+            Workspace {
+                api_version: model::API_VERSION.into(),
+                kind: "Workspace".into(),
+                metadata: Metadata { name, ..Metadata::default() },
+                spec: WorkspaceSpec { fhir_services, dicom_services, iot_connectors },
+            }
+        })
+    }
+
+    fn env_of(workspaces: Vec<Workspace>) -> Environment {
+        Environment {
+            name: "dev".into(),
+            chain: vec!["dev".into()],
+            settings: Settings::default(),
+            workspaces,
+        }
+    }
+
+    proptest! {
+        /// Same input, byte-identical output; the order workspaces are
+        /// declared in does not matter either.
+        #[test]
+        fn rendering_is_deterministic(mut wss in prop::collection::vec(arb_workspace(), 1..5)) {
+            wss.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+            wss.dedup_by(|a, b| a.metadata.name == b.metadata.name);
+            let env = env_of(wss.clone());
+            let first = to_yaml(&render(&env).unwrap()).unwrap();
+            prop_assert_eq!(&first, &to_yaml(&render(&env.clone()).unwrap()).unwrap());
+            wss.reverse();
+            prop_assert_eq!(&first, &to_yaml(&render(&env_of(wss)).unwrap()).unwrap());
+        }
+    }
+
+    #[test]
+    fn every_object_carries_the_tracking_labels() {
+        let env = env_of(vec![Workspace {
+            api_version: model::API_VERSION.into(),
+            kind: "Workspace".into(),
+            metadata: Metadata {
+                name: "acme".into(),
+                ..Metadata::default()
+            },
+            spec: WorkspaceSpec {
+                fhir_services: vec![fhir("api", 2)],
+                ..WorkspaceSpec::default()
+            },
+        }]);
+        let objects = render(&env).unwrap();
+        let kinds: Vec<_> = objects.iter().map(|o| o.kind.as_str()).collect();
+        assert_eq!(
+            kinds,
+            [
+                "Namespace",
+                "ServiceAccount",
+                "ConfigMap",
+                "Service",
+                "Deployment",
+                "PodDisruptionBudget",
+                "Ingress",
+                "NetworkPolicy"
+            ]
+        );
+        for o in &objects {
+            let labels = &o.body["metadata"]["labels"];
+            assert_eq!(labels[MANAGED_BY], "tenantsync", "{}", o.id());
+            assert_eq!(labels[ENVIRONMENT_LABEL], "dev", "{}", o.id());
+            assert_eq!(labels[WORKSPACE_LABEL], "acme", "{}", o.id());
+            assert_eq!(o.body["apiVersion"], o.api_version.as_str());
+        }
+        let deploy = objects.iter().find(|o| o.kind == "Deployment").unwrap();
+        assert_eq!(deploy.namespace.as_deref(), Some("acme-dev"));
+        assert_eq!(
+            deploy.body["spec"]["strategy"]["rollingUpdate"]["maxSurge"],
+            1
+        );
+        assert_eq!(
+            deploy.body["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"],
+            0
+        );
+        let container = &deploy.body["spec"]["template"]["spec"]["containers"][0];
+        assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/health");
+        let ingress = objects.iter().find(|o| o.kind == "Ingress").unwrap();
+        assert_eq!(
+            ingress.body["spec"]["rules"][0]["host"],
+            "api.fhir.acme.local"
+        );
+    }
+
+    #[test]
+    fn config_change_rolls_the_deployment_and_pdb_needs_two_replicas() {
+        let ws = |version: &str, replicas: i32| {
+            let mut f = fhir("api", replicas);
+            f.fhir_version = version.into();
+            env_of(vec![Workspace {
+                api_version: model::API_VERSION.into(),
+                kind: "Workspace".into(),
+                metadata: Metadata {
+                    name: "acme".into(),
+                    ..Metadata::default()
+                },
+                spec: WorkspaceSpec {
+                    fhir_services: vec![f],
+                    ..WorkspaceSpec::default()
+                },
+            }])
+        };
+        let hash = |env: &Environment| {
+            let objects = render(env).unwrap();
+            let d = objects
+                .iter()
+                .find(|o| o.kind == "Deployment")
+                .unwrap()
+                .clone();
+            d.body["spec"]["template"]["metadata"]["annotations"][CONFIG_HASH_ANNOTATION].clone()
+        };
+        assert_ne!(hash(&ws("R4", 1)), hash(&ws("R5", 1)));
+        assert_eq!(hash(&ws("R4", 1)), hash(&ws("R4", 3)));
+        assert!(
+            !render(&ws("R4", 1))
+                .unwrap()
+                .iter()
+                .any(|o| o.kind == "PodDisruptionBudget")
+        );
+    }
+
+    #[test]
+    fn iot_shared_objects_exist_only_with_a_connector() {
+        let mut env = env_of(vec![Workspace {
+            api_version: model::API_VERSION.into(),
+            kind: "Workspace".into(),
+            metadata: Metadata {
+                name: "acme".into(),
+                ..Metadata::default()
+            },
+            spec: WorkspaceSpec::default(),
+        }]);
+        let shared = |env: &Environment| {
+            render(env)
+                .unwrap()
+                .iter()
+                .filter(|o| o.name == names::IOT_SHARED)
+                .count()
+        };
+        assert_eq!(shared(&env), 0);
+        env.workspaces[0].spec.iot_connectors = vec![IotConnector {
+            name: "c".into(),
+            image: None,
+            replicas: None,
+            resources: None,
+            identity: None,
+            ingestion_endpoint_configuration: IngestionEndpoint {
+                event_hub_name: "hub".into(),
+                consumer_group: None,
+                fully_qualified_event_hub_namespace: "ns.servicebus.windows.net".into(),
+            },
+            device_mapping: Mapping {
+                content: serde_json::json!({}),
+            },
+            fhir_destinations: Vec::new(),
+        }];
+        assert_eq!(shared(&env), 2);
+    }
 
     #[test]
     fn timespans() {

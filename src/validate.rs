@@ -31,6 +31,9 @@ struct Layer {
     env: Option<Doc>,
     workspaces: Vec<Doc>,
     patches: Vec<Doc>,
+    /// A workspace file could not be parsed, so a patch may miss its target
+    /// for that reason alone: such follow-on errors are not reported.
+    unreadable_workspace: bool,
     /// Diagnostics of this layer's files on their own.
     problems: Vec<Diagnostic>,
 }
@@ -92,6 +95,7 @@ pub fn load(tree: &SourceTree) -> Repository {
             Ok(node) => node,
             Err(e) => {
                 layer.problems.push(repo.files.diag(e.pos, None, e.message));
+                layer.unreadable_workspace |= matches!(role, Role::Workspace);
                 continue;
             }
         };
@@ -256,6 +260,7 @@ impl Repository {
             .rev()
             .filter_map(|n| self.layers.get(n))
             .collect();
+        let some_unreadable = layers.iter().any(|l| l.unreadable_workspace);
 
         // Settings: each layer's spec over the previous, minus per-layer keys.
         let mut settings = Node::new(Value::Map(Vec::new()), Default::default());
@@ -295,6 +300,7 @@ impl Repository {
                 let delete =
                     doc.node.get(overlay::PATCH_KEY).and_then(Node::as_str) == Some("delete");
                 match workspaces.get_mut(&ws_name) {
+                    None if some_unreadable => {}
                     None => diags.push(self.files.diag(
                         name_node.pos,
                         Some("/metadata/name".into()),

@@ -1,0 +1,302 @@
+//! `tenantsync validate` and `render` as a user runs them: the real binary on
+//! the shipped examples, on broken variants, and on hostile input.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_tenantsync"))
+}
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("create dir");
+    for entry in std::fs::read_dir(from).expect("read dir") {
+        let entry = entry.expect("dir entry");
+        let target = to.join(entry.file_name());
+        if entry.path().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).expect("copy file");
+        }
+    }
+}
+
+/// A temporary repository holding a copy of the shipped examples.
+fn example_repo() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    copy_dir(
+        &root().join("environments"),
+        &dir.path().join("environments"),
+    );
+    dir
+}
+
+fn validate(repo: &Path) -> Output {
+    bin()
+        .arg("validate")
+        .arg("--repo")
+        .arg(repo)
+        .output()
+        .expect("run tenantsync")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn shipped_examples_are_valid() {
+    let out = validate(&root());
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("5 environment(s) valid (dev, dr, prod, qa, staging)"),
+        "{stdout}"
+    );
+}
+
+/// Each folder in tests/broken/ overlays files on the examples; validation
+/// must fail with exactly the lines in its expected.txt.
+#[test]
+fn broken_variants_fail_with_the_expected_messages() {
+    let cases = std::fs::read_dir(root().join("tests/broken")).expect("tests/broken");
+    let mut checked = 0;
+    for case in cases {
+        let case = case.expect("case").path();
+        let repo = example_repo();
+        copy_dir(
+            &case.join("environments"),
+            &repo.path().join("environments"),
+        );
+        let out = validate(repo.path());
+        let expected = std::fs::read_to_string(case.join("expected.txt")).expect("expected.txt");
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "{}: {}",
+            case.display(),
+            stderr(&out)
+        );
+        assert_eq!(stderr(&out), expected, "case {}", case.display());
+        checked += 1;
+    }
+    assert!(checked >= 15, "only {checked} broken variants found");
+}
+
+#[test]
+fn json_output_lists_the_same_errors() {
+    let repo = example_repo();
+    copy_dir(
+        &root().join("tests/broken/typo-field/environments"),
+        &repo.path().join("environments"),
+    );
+    let out = bin()
+        .args(["validate", "--output", "json", "--repo"])
+        .arg(repo.path())
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON array");
+    let errors = json.as_array().expect("array");
+    assert_eq!(errors.len(), 1);
+    assert_eq!(
+        errors[0]["file"],
+        "environments/base/workspaces/woodgrove.yaml"
+    );
+    assert_eq!(errors[0]["line"], 8);
+    assert_eq!(errors[0]["column"], 7);
+    assert_eq!(errors[0]["pointer"], "/spec/fhirServices/0/replcas");
+}
+
+#[test]
+fn non_utf8_file_is_located() {
+    let repo = example_repo();
+    let path = repo
+        .path()
+        .join("environments/base/workspaces/woodgrove.yaml");
+    std::fs::write(
+        &path,
+        b"apiVersion: tenantsync.io/v1alpha1\nkind: Workspace\nmetadata:\n  name: caf\xe9\n",
+    )
+    .expect("write");
+    let out = validate(repo.path());
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).starts_with(
+            "environments/base/workspaces/woodgrove.yaml:4:12: error: file is not valid UTF-8\n"
+        ),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn oversize_file_is_refused_without_parsing() {
+    let repo = example_repo();
+    let path = repo.path().join("environments/dev/workspaces/huge.yaml");
+    std::fs::write(&path, vec![b'#'; 2 * 1024 * 1024]).expect("write");
+    let out = validate(repo.path());
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains(
+            "environments/dev/workspaces/huge.yaml:1:1: error: file is 1048577 bytes, over the 1048576 byte limit for a declaration"
+        ),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[cfg(unix)]
+#[test]
+fn symlink_leaving_the_repository_is_not_followed() {
+    let repo = example_repo();
+    let outside = tempfile::tempdir().expect("tempdir");
+    let secret = outside.path().join("secret.yaml");
+    std::fs::write(
+        &secret,
+        "apiVersion: tenantsync.io/v1alpha1\nkind: Workspace\nmetadata: {name: leak}\nspec: {}\n",
+    )
+    .expect("write");
+    std::os::unix::fs::symlink(
+        &secret,
+        repo.path().join("environments/dev/workspaces/leak.yaml"),
+    )
+    .expect("symlink");
+    let out = validate(repo.path());
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains(
+            "environments/dev/workspaces/leak.yaml:1:1: error: symlink points outside the repository; it is not read"
+        ),
+        "{}",
+        stderr(&out)
+    );
+    // A symlink that stays inside is read as usual.
+    std::fs::remove_file(repo.path().join("environments/dev/workspaces/leak.yaml")).expect("rm");
+    std::os::unix::fs::symlink(
+        "sandbox.yaml",
+        repo.path().join("environments/dev/workspaces/again.yaml"),
+    )
+    .expect("symlink");
+    let out = validate(repo.path());
+    assert!(
+        stderr(&out).contains("workspace `sandbox` is already defined"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn deep_nesting_is_refused() {
+    // 100 levels: over tenantsync's own cap; 5000: over the parser's.
+    for (depth, message) in [
+        (100, "nesting deeper than 64 levels"),
+        (5000, "recursion limit exceeded"),
+    ] {
+        let repo = example_repo();
+        let text = format!(
+            "apiVersion: tenantsync.io/v1alpha1\nkind: Workspace\nmetadata: {{name: deep}}\nspec: {}{}\n",
+            "[".repeat(depth),
+            "]".repeat(depth)
+        );
+        std::fs::write(
+            repo.path().join("environments/dev/workspaces/deep.yaml"),
+            text,
+        )
+        .expect("write");
+        let out = validate(repo.path());
+        assert_eq!(out.status.code(), Some(1));
+        assert!(
+            stderr(&out).starts_with("environments/dev/workspaces/deep.yaml:4:"),
+            "{}",
+            stderr(&out)
+        );
+        assert!(stderr(&out).contains(message), "{}", stderr(&out));
+    }
+}
+
+#[test]
+fn render_is_byte_identical_across_runs() {
+    let run = || {
+        bin()
+            .args(["render", "--env", "prod", "--repo"])
+            .arg(root())
+            .output()
+            .expect("run")
+    };
+    let (a, b) = (run(), run());
+    assert_eq!(a.status.code(), Some(0), "{}", stderr(&a));
+    assert!(!a.stdout.is_empty());
+    assert_eq!(a.stdout, b.stdout);
+}
+
+#[test]
+fn render_of_an_invalid_environment_prints_errors_and_nothing_else() {
+    let repo = example_repo();
+    copy_dir(
+        &root().join("tests/broken/cast-names-unknown-fhir/environments"),
+        &repo.path().join("environments"),
+    );
+    let out = bin()
+        .args(["render", "--env", "dev", "--repo"])
+        .arg(repo.path())
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stdout.is_empty());
+    assert!(
+        stderr(&out).contains("names FHIR service `apii`"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn unknown_environment_names_the_known_ones() {
+    let out = bin()
+        .args(["render", "--env", "prd", "--repo"])
+        .arg(root())
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains(
+            "environment `prd` not found; known layers: base, dev, dr, prod, qa, staging"
+        ),
+        "{}",
+        stderr(&out)
+    );
+}
+
+/// A thousand generated workspaces validate and render.
+#[test]
+fn a_thousand_workspaces_validate_and_render() {
+    let repo = example_repo();
+    let dir = repo.path().join("environments/qa/workspaces");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    for i in 0..1000 {
+        let text = format!(
+            "apiVersion: tenantsync.io/v1alpha1\nkind: Workspace\nmetadata:\n  name: tenant-{i:04}\nspec:\n  fhirServices:\n    - name: main\n  dicomServices:\n    - name: pacs\n      dicomCast: {{fhirService: main}}\n  iotConnectors:\n    - name: vitals\n      ingestionEndpointConfiguration: {{eventHubName: hub, fullyQualifiedEventHubNamespace: tenantiot{i:04}.servicebus.windows.net}}\n      deviceMapping: {{content: {{templateType: CollectionContent, template: []}}}}\n      fhirDestinations:\n        - {{name: main, resourceIdentityResolutionType: Create, fhirService: main, fhirMapping: {{content: {{templateType: CollectionFhirTemplate, template: []}}}}}}\n"
+        );
+        std::fs::write(dir.join(format!("tenant-{i:04}.yaml")), text).expect("write");
+    }
+    let out = bin()
+        .args(["validate", "--env", "qa", "--repo"])
+        .arg(repo.path())
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let out = bin()
+        .args(["render", "--env", "qa", "--output", "json", "--repo"])
+        .arg(repo.path())
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let objects: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).expect("json");
+    let namespaces = objects.iter().filter(|o| o["kind"] == "Namespace").count();
+    assert_eq!(namespaces, 1004);
+}
