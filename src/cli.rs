@@ -154,10 +154,10 @@ fn render_cmd(repo: &std::path::Path, env: &str, output: RenderOutput) -> anyhow
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     // A closed pipe (`| head`) is not an error worth a message.
-    if let Err(e) = out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
-        if e.kind() != std::io::ErrorKind::BrokenPipe {
-            return Err(e).context("writing output");
-        }
+    if let Err(e) = out.write_all(text.as_bytes()).and_then(|()| out.flush())
+        && e.kind() != std::io::ErrorKind::BrokenPipe
+    {
+        return Err(e).context("writing output");
     }
     Ok(ExitCode::SUCCESS)
 }

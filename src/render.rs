@@ -703,7 +703,6 @@ fn network_policy(cx: &mut Ctx<'_>) {
             }]),
             ..NetworkPolicySpec::default()
         }),
-        ..NetworkPolicy::default()
     };
     cx.push(&policy, true, names::NETWORK_POLICY);
 }

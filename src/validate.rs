@@ -107,14 +107,14 @@ pub fn load(tree: &SourceTree) -> Repository {
                     &doc.node,
                     &repo.files,
                 ));
-                if let Some(name) = doc.node.get("metadata").and_then(|m| m.get("name")) {
-                    if name.as_str().is_some_and(|n| n != layer_name) {
-                        layer.problems.push(repo.files.diag(
-                            name.pos,
-                            Some("/metadata/name".into()),
-                            format!("environment name must equal its folder name `{layer_name}`"),
-                        ));
-                    }
+                if let Some(name) = doc.node.get("metadata").and_then(|m| m.get("name"))
+                    && name.as_str().is_some_and(|n| n != layer_name)
+                {
+                    layer.problems.push(repo.files.diag(
+                        name.pos,
+                        Some("/metadata/name".into()),
+                        format!("environment name must equal its folder name `{layer_name}`"),
+                    ));
                 }
                 // Inline patches are WorkspacePatch documents too.
                 if let Some(Value::Seq(items)) = doc
@@ -390,10 +390,7 @@ impl Repository {
         }
         let mut chain = vec![name.to_string()];
         let mut current = name.to_string();
-        loop {
-            let Some(layer) = self.layers.get(&current) else {
-                break;
-            };
+        while let Some(layer) = self.layers.get(&current) {
             let Some(base) = layer
                 .env
                 .as_ref()
@@ -670,14 +667,14 @@ impl Repository {
                         ));
                     }
                 }
-                if let Some(host) = host {
-                    if host.len() > 253 {
-                        diags.push(self.files.diag(
-                            node.pos,
-                            Some(pointer.clone()),
-                            format!("ingress host `{host}` is longer than 253 characters"),
-                        ));
-                    }
+                if let Some(host) = host
+                    && host.len() > 253
+                {
+                    diags.push(self.files.diag(
+                        node.pos,
+                        Some(pointer.clone()),
+                        format!("ingress host `{host}` is longer than 253 characters"),
+                    ));
                 }
             };
         let spec = ws.get("spec");

@@ -1,4 +1,9 @@
 //! Integration tests: one binary, one shared control plane per run.
 
+// Test code may panic on setup failures: that is how a test fails.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod control_plane;
+mod golden;
 mod support;
+mod validate_cli;
