@@ -301,34 +301,22 @@ pub fn render_workspace(env: &Environment, ws: &Workspace) -> Result<Vec<Object>
                 data.insert("FhirServer__Cors__MaxAge".into(), age.to_string());
             }
         }
-        let replicas = f.replicas.or(settings.defaults.fhir.replicas).unwrap_or(1);
         exposed_service(
             &mut cx,
-            ServiceKind {
+            Exposed {
                 app: "fhir-server",
                 host_kind: "fhir",
-            },
-            &f.name,
-            &name,
-            data,
-            Workload {
-                name: name.clone(),
-                app: "fhir-server",
-                component: "api",
+                short: &f.name,
+                name: &name,
                 image: image_ref(f.image.as_ref(), settings.images.fhir.as_ref()),
-                replicas,
+                replicas: f.replicas.or(settings.defaults.fhir.replicas).unwrap_or(1),
                 resources: f
                     .resources
                     .as_ref()
                     .or(settings.defaults.fhir.resources.as_ref()),
-                service_account: Some(name.clone()),
-                env_from: Some(config_name(&name)),
-                env: Vec::new(),
-                mount: None,
-                identity: f.identity.is_some(),
-                config_hash: String::new(),
+                identity: f.identity.as_ref(),
             },
-            f.identity.as_ref(),
+            data,
         );
     }
 
@@ -344,34 +332,22 @@ pub fn render_workspace(env: &Environment, ws: &Workspace) -> Result<Vec<Object>
                 "true".to_string(),
             ),
         ]);
-        let replicas = d.replicas.or(settings.defaults.dicom.replicas).unwrap_or(1);
         exposed_service(
             &mut cx,
-            ServiceKind {
+            Exposed {
                 app: "dicom-server",
                 host_kind: "dicom",
-            },
-            &d.name,
-            &name,
-            data,
-            Workload {
-                name: name.clone(),
-                app: "dicom-server",
-                component: "api",
+                short: &d.name,
+                name: &name,
                 image: image_ref(d.image.as_ref(), settings.images.dicom.as_ref()),
-                replicas,
+                replicas: d.replicas.or(settings.defaults.dicom.replicas).unwrap_or(1),
                 resources: d
                     .resources
                     .as_ref()
                     .or(settings.defaults.dicom.resources.as_ref()),
-                service_account: Some(name.clone()),
-                env_from: Some(config_name(&name)),
-                env: Vec::new(),
-                mount: None,
-                identity: d.identity.is_some(),
-                config_hash: String::new(),
+                identity: d.identity.as_ref(),
             },
-            d.identity.as_ref(),
+            data,
         );
         if let Some(cast) = &d.dicom_cast {
             let cast_name = names::dicom_cast(&d.name);
@@ -555,24 +531,35 @@ pub fn render_workspace(env: &Environment, ws: &Workspace) -> Result<Vec<Object>
     Ok(out)
 }
 
-struct ServiceKind {
+/// A FHIR or DICOM service: a workload exposed through a Service and Ingress.
+struct Exposed<'a> {
     app: &'static str,
+    /// `fhir` or `dicom`, the second label of the ingress host.
     host_kind: &'static str,
+    /// The declared service name.
+    short: &'a str,
+    /// The rendered object name.
+    name: &'a str,
+    image: String,
+    replicas: i32,
+    resources: Option<&'a Resources>,
+    identity: Option<&'a model::Identity>,
 }
 
 /// ServiceAccount, ConfigMap, Deployment, Service, Ingress and (replicas > 1)
 /// PodDisruptionBudget of a FHIR or DICOM service.
-#[allow(clippy::too_many_arguments)]
-fn exposed_service(
-    cx: &mut Ctx<'_>,
-    kind: ServiceKind,
-    short: &str,
-    name: &str,
-    data: BTreeMap<String, String>,
-    mut workload: Workload<'_>,
-    identity: Option<&model::Identity>,
-) {
-    let labels = cx.labels(kind.app, name, "api");
+fn exposed_service(cx: &mut Ctx<'_>, e: Exposed<'_>, data: BTreeMap<String, String>) {
+    let Exposed {
+        app,
+        host_kind,
+        short,
+        name,
+        image,
+        replicas,
+        resources,
+        identity,
+    } = e;
+    let labels = cx.labels(app, name, "api");
     let mut sa_meta = cx.meta(name, labels.clone());
     if let Some(id) = identity {
         sa_meta.annotations = Some(BTreeMap::from([(
@@ -588,11 +575,26 @@ fn exposed_service(
         true,
         name,
     );
-    workload.config_hash = config_map(cx, &config_name(name), kind.app, name, "api", data);
-    let replicas = workload.replicas;
-    deployment(cx, workload);
+    let config_hash = config_map(cx, &config_name(name), app, name, "api", data);
+    deployment(
+        cx,
+        Workload {
+            name: name.to_string(),
+            app,
+            component: "api",
+            image,
+            replicas,
+            resources,
+            service_account: Some(name.to_string()),
+            env_from: Some(config_name(name)),
+            env: Vec::new(),
+            mount: None,
+            identity: identity.is_some(),
+            config_hash,
+        },
+    );
 
-    let selector = selector_labels(kind.app, name);
+    let selector = selector_labels(app, name);
     let svc = Service {
         metadata: cx.meta(name, labels.clone()),
         spec: Some(ServiceSpec {
@@ -614,7 +616,7 @@ fn exposed_service(
     let ingress_settings = &cx.env.settings.ingress;
     let host = names::host(
         short,
-        kind.host_kind,
+        host_kind,
         cx.ws,
         ingress_settings.domain.as_deref().unwrap_or("local"),
     );
