@@ -78,6 +78,12 @@ pub fn merge(base: &mut Node, patch: &Node, pointer: &str, errors: &mut Vec<Over
     }
 }
 
+/// A patch as it reads on its own: `null`s (deletions) dropped. Used to
+/// check a layer file against its schema, where `null` is a valid marker.
+pub fn without_deletions(patch: &Node) -> Node {
+    fresh(patch, "", &mut Vec::new())
+}
+
 /// A patch value placed where the base has nothing: merged into an empty
 /// value of its own type so that nulls and markers inside it are handled.
 fn fresh(patch: &Node, pointer: &str, errors: &mut Vec<OverlayError>) -> Node {

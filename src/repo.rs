@@ -143,6 +143,13 @@ mod tests {
         t.insert("environments/ok.yaml", b"a: 1".to_vec());
         assert_eq!(t.paths().collect::<Vec<_>>(), vec!["environments/ok.yaml"]);
         assert_eq!(t.problems().len(), 3);
+        assert_eq!(t.problems()[0].file, "environments/../etc/passwd");
+        assert!(
+            t.problems()[0].message.contains("`..`"),
+            "{}",
+            t.problems()[0].message
+        );
+        assert!(t.problems()[1].message.contains("relative"));
         assert!(t.problems()[2].message.contains("byte limit"));
     }
 

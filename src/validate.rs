@@ -102,9 +102,10 @@ pub fn load(tree: &SourceTree) -> Repository {
         let doc = Doc { node };
         match role {
             Role::Environment => {
+                // `null` deletes an inherited setting: not a schema error.
                 layer.problems.extend(schema::validate(
                     SchemaKind::Environment,
-                    &doc.node,
+                    &overlay::without_deletions(&doc.node),
                     &repo.files,
                 ));
                 if let Some(name) = doc.node.get("metadata").and_then(|m| m.get("name"))
