@@ -87,9 +87,10 @@ impl ControlPlane {
     }
 
     /// A `kubectl` command against this control plane (admin context unless
-    /// the caller passes `--context`).
+    /// the caller passes `--context`). It is the kubectl built with the
+    /// control plane, same version as the server, when the cache has it.
     pub fn kubectl(&self) -> Command {
-        let mut command = Command::new("kubectl");
+        let mut command = Command::new(kubectl_path());
         command.env("KUBECONFIG", self.kubeconfig());
         command
     }
@@ -199,6 +200,25 @@ fn start() -> Result<ControlPlane, String> {
         ));
     }
     Ok(ControlPlane { kubeconfig })
+}
+
+/// `kubectl` from `scripts/control-plane bin-dir`, else the one on `PATH`.
+fn kubectl_path() -> &'static Path {
+    static KUBECTL: OnceLock<PathBuf> = OnceLock::new();
+    KUBECTL.get_or_init(|| {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/control-plane");
+        Command::new(script)
+            .arg("bin-dir")
+            .stderr(Stdio::inherit())
+            .output()
+            .ok()
+            .filter(|output| output.status.success())
+            .map(|output| {
+                PathBuf::from(String::from_utf8_lossy(&output.stdout).trim()).join("kubectl")
+            })
+            .filter(|kubectl| kubectl.is_file())
+            .unwrap_or_else(|| PathBuf::from("kubectl"))
+    })
 }
 
 /// A Kubernetes name (DNS label) unique to this run: `ts-<test>-<random>`.
