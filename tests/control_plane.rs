@@ -3,9 +3,6 @@
 //! its conflicts, dry runs, RBAC, CRDs, optimistic concurrency, and the
 //! namespace, garbage-collector and service-account controllers.
 
-// A failed call to the cluster is a test failure; the messages say which.
-#![allow(clippy::expect_used)]
-
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;

@@ -10,9 +10,6 @@
 //! to skip the start-up. If the control plane cannot start, every test using it
 //! fails with the reason: cluster tests never skip.
 
-// A failed set-up is a test failure with a message, not an error to handle.
-#![allow(clippy::expect_used)]
-
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
 use std::io::{BufRead, BufReader, Write};
