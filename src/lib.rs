@@ -8,6 +8,7 @@ pub mod cli;
 pub mod diag;
 pub mod model;
 pub mod overlay;
+pub mod plan;
 pub mod render;
 pub mod repo;
 pub mod schema;

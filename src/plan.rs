@@ -1,0 +1,115 @@
+//! The change set: what it takes to make the live cluster match the desired
+//! objects. A value produced by [`crate::diff`], rendered by printers; the
+//! same value will drive `sync`.
+
+use serde::Serialize;
+
+/// What happens to one object.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    Create,
+    Update,
+    Delete,
+    Unchanged,
+}
+
+/// How one field differs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FieldAction {
+    /// Declared, absent from the live object.
+    Add,
+    /// Declared with another value than the live one.
+    Change,
+    /// Set by tenantsync earlier, no longer declared: it will be removed.
+    Remove,
+}
+
+/// One field-level difference of an update.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct FieldChange {
+    /// Dotted path; list items by key: `spec.template.spec.containers[name=fhir-server].image`.
+    pub path: String,
+    pub action: FieldAction,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub live: Option<serde_json::Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub desired: Option<serde_json::Value>,
+    /// The field manager, other than tenantsync, that owns the live value
+    /// (who changed it behind Git's back), when there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub manager: Option<String>,
+}
+
+/// One object of the change set.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Change {
+    pub action: Action,
+    pub api_version: String,
+    pub kind: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    pub name: String,
+    pub workspace: String,
+    /// Field-level differences (updates only).
+    pub fields: Vec<FieldChange>,
+    /// Unified diff of the object's YAML, live (managed fields) to desired;
+    /// empty when unchanged.
+    pub diff: String,
+}
+
+impl Change {
+    /// `Kind/namespace/name`, or `Kind/name` for cluster-scoped objects.
+    pub fn id(&self) -> String {
+        match &self.namespace {
+            Some(ns) => format!("{}/{}/{}", self.kind, ns, self.name),
+            None => format!("{}/{}", self.kind, self.name),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Summary {
+    pub create: usize,
+    pub update: usize,
+    pub delete: usize,
+    pub unchanged: usize,
+}
+
+impl Summary {
+    pub fn of(changes: &[Change]) -> Summary {
+        let mut s = Summary::default();
+        for c in changes {
+            match c.action {
+                Action::Create => s.create += 1,
+                Action::Update => s.update += 1,
+                Action::Delete => s.delete += 1,
+                Action::Unchanged => s.unchanged += 1,
+            }
+        }
+        s
+    }
+
+    pub fn has_changes(&self) -> bool {
+        self.create + self.update + self.delete > 0
+    }
+}
+
+/// The full plan of one environment.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Plan {
+    /// Schema version of this JSON document.
+    pub format_version: u32,
+    pub environment: String,
+    /// The Git commit the desired state came from, when read from Git.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub revision: Option<String>,
+    pub summary: Summary,
+    /// Every object, sorted by workspace, apply order and name.
+    pub changes: Vec<Change>,
+    /// API requests made to compute the plan.
+    pub api_requests: u32,
+}
+
+pub const PLAN_FORMAT_VERSION: u32 = 1;
