@@ -6,6 +6,7 @@
 
 pub mod cli;
 pub mod diag;
+pub mod diff;
 pub mod model;
 pub mod overlay;
 pub mod plan;

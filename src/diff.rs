@@ -1,0 +1,671 @@
+//! Pairing desired objects with live ones and diffing them over the fields
+//! tenantsync manages (pure: no client, no I/O).
+//!
+//! The comparison is the one server-side apply makes meaningful:
+//! - every field tenantsync declares must have that value live; fields the
+//!   server defaults, `status` and server-owned metadata are never looked at,
+//!   because tenantsync does not declare them;
+//! - a field tenantsync owns (its `managedFields` entry) but no longer
+//!   declares will be removed by the next apply: that is a change too;
+//! - when a declared field has another value live, the field manager that
+//!   owns the live value is named (`kubectl`, `kubectl-edit`, ...).
+
+use std::collections::BTreeMap;
+
+use serde_json::{Map, Value};
+use similar::TextDiff;
+
+use crate::plan::{Action, Change, FieldAction, FieldChange, PLAN_FORMAT_VERSION, Plan, Summary};
+use crate::render::{self, Object, WORKSPACE_LABEL};
+
+/// The field manager tenantsync applies with.
+pub const FIELD_MANAGER: &str = "tenantsync";
+
+/// One step of a path into an object.
+#[derive(Clone, Debug)]
+enum Seg {
+    Field(String),
+    /// A list item: how it is shown, and the live item (to match `k:` keys).
+    Item {
+        label: String,
+        live: Option<Value>,
+    },
+}
+
+fn display(path: &[Seg]) -> String {
+    let mut out = String::new();
+    for seg in path {
+        match seg {
+            Seg::Field(f) => {
+                if !out.is_empty() {
+                    out.push('.');
+                }
+                out.push_str(f);
+            }
+            Seg::Item { label, .. } => out.push_str(label),
+        }
+    }
+    out
+}
+
+/// The `name` of a list item, which lists of named items are aligned by
+/// (containers, env, ports, volumes, ...).
+fn item_name(item: &Value) -> Option<&str> {
+    item.get("name").and_then(Value::as_str)
+}
+
+fn named_list(items: &[Value]) -> bool {
+    !items.is_empty() && items.iter().all(|i| item_name(i).is_some())
+}
+
+/// For each desired item, the live item it corresponds to.
+fn align<'a>(desired: &[Value], live: &'a [Value]) -> Vec<(String, Option<&'a Value>)> {
+    if named_list(desired) {
+        desired
+            .iter()
+            .map(|d| {
+                let name = item_name(d).unwrap_or_default();
+                let l = live.iter().find(|l| item_name(l) == Some(name));
+                (format!("[name={name}]"), l)
+            })
+            .collect()
+    } else {
+        (0..desired.len())
+            .map(|i| (format!("[{i}]"), live.get(i)))
+            .collect()
+    }
+}
+
+/// A declared field whose live value differs.
+struct Mismatch {
+    path: Vec<Seg>,
+    desired: Value,
+    live: Option<Value>,
+}
+
+fn compare(desired: &Value, live: Option<&Value>, path: &mut Vec<Seg>, out: &mut Vec<Mismatch>) {
+    match desired {
+        Value::Object(map) if !map.is_empty() => {
+            for (k, v) in map {
+                path.push(Seg::Field(k.clone()));
+                compare(v, live.and_then(|l| l.get(k)), path, out);
+                path.pop();
+            }
+        }
+        Value::Array(items) if items.iter().any(Value::is_object) => {
+            let live_items = live
+                .and_then(Value::as_array)
+                .map(Vec::as_slice)
+                .unwrap_or_default();
+            for (item, (label, l)) in items.iter().zip(align(items, live_items)) {
+                path.push(Seg::Item {
+                    label,
+                    live: l.cloned(),
+                });
+                compare(item, l, path, out);
+                path.pop();
+            }
+        }
+        _ => {
+            let same = live.is_some_and(|l| equivalent(desired, l, path));
+            if !same {
+                out.push(Mismatch {
+                    path: path.clone(),
+                    desired: desired.clone(),
+                    live: live.cloned(),
+                });
+            }
+        }
+    }
+}
+
+/// Equality as the API server sees it: an empty object declares presence
+/// only, and resource quantities compare by amount (`0.5` is `500m`).
+fn equivalent(desired: &Value, live: &Value, path: &[Seg]) -> bool {
+    if desired == live {
+        return true;
+    }
+    if desired.as_object().is_some_and(Map::is_empty) {
+        return live.is_object();
+    }
+    let in_resources = path.len() >= 2
+        && matches!(&path[path.len() - 2], Seg::Field(f) if f == "requests" || f == "limits");
+    if in_resources {
+        if let (Some(a), Some(b)) = (quantity(desired), quantity(live)) {
+            return (a - b).abs() <= f64::EPSILON * a.abs().max(1.0);
+        }
+    }
+    false
+}
+
+/// A Kubernetes quantity as a number.
+fn quantity(v: &Value) -> Option<f64> {
+    let s = match v {
+        Value::String(s) => s.clone(),
+        Value::Number(n) => n.to_string(),
+        _ => return None,
+    };
+    let split = s.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(s.len());
+    let (num, suffix) = s.split_at(split);
+    let n: f64 = num.parse().ok()?;
+    let mult = match suffix {
+        "" => 1.0,
+        "m" => 1e-3,
+        "k" => 1e3,
+        "M" => 1e6,
+        "G" => 1e9,
+        "T" => 1e12,
+        "Ki" => 1024.0,
+        "Mi" => 1024.0_f64.powi(2),
+        "Gi" => 1024.0_f64.powi(3),
+        "Ti" => 1024.0_f64.powi(4),
+        _ => return None,
+    };
+    Some(n * mult)
+}
+
+/// `managedFields[].fieldsV1` of one manager (Apply or Update), if present.
+fn fields_of<'a>(live: &'a Value, pick: impl Fn(&str) -> bool) -> Vec<(&'a str, &'a Value)> {
+    live.pointer("/metadata/managedFields")
+        .and_then(Value::as_array)
+        .map(|entries| {
+            entries
+                .iter()
+                .filter_map(|e| {
+                    let manager = e.get("manager")?.as_str()?;
+                    let fields = e.get("fieldsV1")?;
+                    pick(manager).then_some((manager, fields))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Whether a `k:{...}` key of fieldsV1 identifies `item`.
+fn key_matches(key: &str, item: &Value) -> bool {
+    let Some(json) = key.strip_prefix("k:") else {
+        return false;
+    };
+    let Ok(Value::Object(fields)) = serde_json::from_str::<Value>(json) else {
+        return false;
+    };
+    fields.iter().all(|(k, v)| item.get(k) == Some(v))
+}
+
+/// Whether a fieldsV1 trie covers `path` (walked along the live object).
+fn trie_contains(mut node: &Value, path: &[Seg]) -> bool {
+    for seg in path {
+        let next = match seg {
+            Seg::Field(f) => node.get(format!("f:{f}")),
+            Seg::Item {
+                live: Some(item), ..
+            } => node
+                .as_object()
+                .and_then(|m| m.iter().find(|(k, _)| key_matches(k, item)).map(|(_, v)| v)),
+            Seg::Item { live: None, .. } => None,
+        };
+        match next {
+            Some(n) => node = n,
+            None => return false,
+        }
+    }
+    true
+}
+
+/// Fields tenantsync owns live but no longer declares.
+fn removed(
+    owned: &Value,
+    desired: Option<&Value>,
+    live: Option<&Value>,
+    path: &mut Vec<Seg>,
+    out: &mut Vec<FieldChange>,
+) {
+    let Some(map) = owned.as_object() else { return };
+    for (key, child) in map {
+        if let Some(field) = key.strip_prefix("f:") {
+            let d = desired.and_then(|d| d.get(field));
+            let l = live.and_then(|l| l.get(field));
+            path.push(Seg::Field(field.to_string()));
+            match (d, l) {
+                (None, Some(l)) => out.push(FieldChange {
+                    path: display(path),
+                    action: FieldAction::Remove,
+                    live: Some(l.clone()),
+                    desired: None,
+                    manager: None,
+                }),
+                (Some(_), _) => removed(child, d, l, path, out),
+                (None, None) => {}
+            }
+            path.pop();
+        } else if key.starts_with("k:") {
+            let find = |v: Option<&Value>| {
+                v.and_then(Value::as_array)
+                    .and_then(|items| items.iter().find(|i| key_matches(key, i)).cloned())
+            };
+            let (d, l) = (find(desired), find(live));
+            let label = match l.as_ref().or(d.as_ref()).and_then(item_name) {
+                Some(n) => format!("[name={n}]"),
+                None => format!("[{}]", &key[2..]),
+            };
+            path.push(Seg::Item {
+                label,
+                live: l.clone(),
+            });
+            match (&d, &l) {
+                (None, Some(l)) => out.push(FieldChange {
+                    path: display(path),
+                    action: FieldAction::Remove,
+                    live: Some(l.clone()),
+                    desired: None,
+                    manager: None,
+                }),
+                (Some(_), _) => removed(child, d.as_ref(), l.as_ref(), path, out),
+                (None, None) => {}
+            }
+            path.pop();
+        }
+    }
+}
+
+/// The live object as far as it matters for the diff: what tenantsync
+/// declares or owns, nothing the server or other controllers added.
+fn project(live: &Value, desired: Option<&Value>, owned: Option<&Value>) -> Value {
+    match live {
+        Value::Object(map) => {
+            let mut out = Map::new();
+            for (k, v) in map {
+                let d = desired.and_then(|d| d.get(k));
+                let o = owned.and_then(|o| o.get(format!("f:{k}")));
+                if d.is_some() || o.is_some() {
+                    out.insert(k.clone(), project(v, d, o));
+                }
+            }
+            if out.is_empty() && desired.is_some_and(|d| d.as_object().is_some_and(Map::is_empty)) {
+                return Value::Object(Map::new());
+            }
+            Value::Object(out)
+        }
+        Value::Array(items) if items.iter().any(Value::is_object) => {
+            let desired_items = desired
+                .and_then(Value::as_array)
+                .map(Vec::as_slice)
+                .unwrap_or_default();
+            let named = named_list(desired_items) || named_list(items);
+            let mut out = Vec::new();
+            for (i, item) in items.iter().enumerate() {
+                let d = if named {
+                    desired_items
+                        .iter()
+                        .find(|d| item_name(d).is_some() && item_name(d) == item_name(item))
+                } else {
+                    desired_items.get(i)
+                };
+                let o = owned
+                    .and_then(Value::as_object)
+                    .and_then(|m| m.iter().find(|(k, _)| key_matches(k, item)).map(|(_, v)| v));
+                if d.is_some() || o.is_some() || (!named && desired.is_some()) {
+                    out.push(project(item, d, o));
+                }
+            }
+            Value::Array(out)
+        }
+        other => other.clone(),
+    }
+}
+
+/// Metadata the server and controllers own; never part of a diff.
+fn strip_noise(live: &Value) -> Value {
+    let mut v = live.clone();
+    if let Some(map) = v.as_object_mut() {
+        map.remove("status");
+        if let Some(meta) = map.get_mut("metadata").and_then(Value::as_object_mut) {
+            for k in [
+                "managedFields",
+                "uid",
+                "resourceVersion",
+                "generation",
+                "creationTimestamp",
+                "selfLink",
+            ] {
+                meta.remove(k);
+            }
+        }
+    }
+    v
+}
+
+fn yaml(v: &Value) -> String {
+    serde_norway::to_string(v).unwrap_or_else(|e| format!("# cannot show as YAML: {e}\n"))
+}
+
+fn unified(live: &str, desired: &str, id: &str) -> String {
+    TextDiff::from_lines(live, desired)
+        .unified_diff()
+        .context_radius(3)
+        .header(&format!("live/{id}"), &format!("desired/{id}"))
+        .to_string()
+}
+
+type Key = (String, Option<String>, String);
+
+fn key_of(v: &Value) -> Option<Key> {
+    let kind = v.get("kind")?.as_str()?.to_string();
+    let meta = v.get("metadata")?;
+    let name = meta.get("name")?.as_str()?.to_string();
+    let ns = meta
+        .get("namespace")
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    Some((kind, ns, name))
+}
+
+/// Diffs one desired object against its live counterpart.
+pub fn diff_object(desired: &Object, live: Option<&Value>) -> Change {
+    let id = desired.id();
+    let mut change = Change {
+        action: Action::Unchanged,
+        api_version: desired.api_version.clone(),
+        kind: desired.kind.clone(),
+        namespace: desired.namespace.clone(),
+        name: desired.name.clone(),
+        workspace: desired.workspace.clone(),
+        fields: Vec::new(),
+        diff: String::new(),
+    };
+    let Some(live) = live else {
+        change.action = Action::Create;
+        change.diff = unified("", &yaml(&desired.body), &id);
+        return change;
+    };
+    let mut mismatches = Vec::new();
+    compare(&desired.body, Some(live), &mut Vec::new(), &mut mismatches);
+    let others = fields_of(live, |m| m != FIELD_MANAGER);
+    for m in mismatches {
+        let manager = m
+            .live
+            .as_ref()
+            .and_then(|_| {
+                others
+                    .iter()
+                    .find(|(_, fields)| trie_contains(fields, &m.path))
+            })
+            .map(|(name, _)| (*name).to_string());
+        change.fields.push(FieldChange {
+            path: display(&m.path),
+            action: if m.live.is_some() {
+                FieldAction::Change
+            } else {
+                FieldAction::Add
+            },
+            live: m.live,
+            desired: Some(m.desired),
+            manager,
+        });
+    }
+    let owned = fields_of(live, |m| m == FIELD_MANAGER);
+    for (_, fields) in &owned {
+        removed(
+            fields,
+            Some(&desired.body),
+            Some(live),
+            &mut Vec::new(),
+            &mut change.fields,
+        );
+    }
+    if !change.fields.is_empty() {
+        change.action = Action::Update;
+        let owned_trie = owned.first().map(|(_, f)| *f);
+        let view = project(live, Some(&desired.body), owned_trie);
+        change.diff = unified(&yaml(&view), &yaml(&desired.body), &id);
+    }
+    change
+}
+
+/// The plan: desired objects against the live objects tenantsync manages in
+/// this environment (as listed by its labels).
+pub fn plan(
+    environment: &str,
+    desired: &[Object],
+    live: &[Value],
+    revision: Option<String>,
+    api_requests: u32,
+) -> Plan {
+    let mut live_by_key: BTreeMap<Key, &Value> =
+        live.iter().filter_map(|v| Some((key_of(v)?, v))).collect();
+    let mut changes = Vec::with_capacity(desired.len());
+    for d in desired {
+        let key = (d.kind.clone(), d.namespace.clone(), d.name.clone());
+        changes.push(diff_object(d, live_by_key.remove(&key)));
+    }
+    for ((kind, namespace, name), l) in live_by_key {
+        let workspace = l
+            .pointer("/metadata/labels")
+            .and_then(|m| m.get(WORKSPACE_LABEL))
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        let api_version = l
+            .get("apiVersion")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        let id = match &namespace {
+            Some(ns) => format!("{kind}/{ns}/{name}"),
+            None => format!("{kind}/{name}"),
+        };
+        changes.push(Change {
+            action: Action::Delete,
+            api_version,
+            kind,
+            namespace,
+            name,
+            workspace,
+            fields: Vec::new(),
+            diff: unified(&yaml(&strip_noise(l)), "", &id),
+        });
+    }
+    changes.sort_by(|a, b| {
+        (
+            &a.workspace,
+            render::kind_rank(&a.kind),
+            &a.namespace,
+            &a.name,
+        )
+            .cmp(&(
+                &b.workspace,
+                render::kind_rank(&b.kind),
+                &b.namespace,
+                &b.name,
+            ))
+    });
+    Plan {
+        format_version: PLAN_FORMAT_VERSION,
+        environment: environment.to_string(),
+        revision,
+        summary: Summary::of(&changes),
+        changes,
+        api_requests,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn object(body: Value) -> Object {
+        let (kind, ns, name) = key_of(&body).unwrap();
+        Object {
+            api_version: body["apiVersion"].as_str().unwrap().to_string(),
+            kind,
+            namespace: ns,
+            name,
+            workspace: "acme".into(),
+            body,
+        }
+    }
+
+    fn deployment(replicas: i64, image: &str) -> Value {
+        json!({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "fhir-api", "namespace": "acme-dev", "labels": {"app": "fhir"}},
+            "spec": {
+                "replicas": replicas,
+                "selector": {"matchLabels": {"app": "fhir"}},
+                "template": {"metadata": {"labels": {"app": "fhir"}}, "spec": {
+                    "containers": [{"name": "fhir", "image": image,
+                        "resources": {"requests": {"cpu": "0.5", "memory": "1Gi"}},
+                        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}]}],
+                    "volumes": [{"name": "tmp", "emptyDir": {}}]
+                }}
+            }
+        })
+    }
+
+    /// What the API server returns after a server-side apply by tenantsync:
+    /// defaults filled in, status, server metadata, managedFields.
+    fn live_after_apply(desired: &Value) -> Value {
+        let mut live = desired.clone();
+        live["metadata"]["uid"] = json!("u-1");
+        live["metadata"]["resourceVersion"] = json!("42");
+        live["metadata"]["annotations"] = json!({"deployment.kubernetes.io/revision": "1"});
+        live["spec"]["revisionHistoryLimit"] = json!(10);
+        live["spec"]["template"]["spec"]["containers"][0]["terminationMessagePath"] =
+            json!("/dev/termination-log");
+        live["spec"]["template"]["spec"]["containers"][0]["resources"]["requests"]["cpu"] =
+            json!("500m");
+        live["spec"]["template"]["spec"]["dnsPolicy"] = json!("ClusterFirst");
+        live["status"] = json!({"replicas": 1});
+        live["metadata"]["managedFields"] = json!([
+            {"manager": "tenantsync", "operation": "Apply", "fieldsType": "FieldsV1", "fieldsV1": {
+                "f:metadata": {"f:labels": {"f:app": {}}},
+                "f:spec": {"f:replicas": {}, "f:selector": {}, "f:template": {"f:metadata": {"f:labels": {"f:app": {}}},
+                    "f:spec": {"f:containers": {"k:{\"name\":\"fhir\"}": {".": {}, "f:image": {}, "f:name": {},
+                        "f:resources": {"f:requests": {"f:cpu": {}, "f:memory": {}}},
+                        "f:volumeMounts": {"k:{\"mountPath\":\"/tmp\"}": {".": {}, "f:mountPath": {}, "f:name": {}}}}},
+                        "f:volumes": {"k:{\"name\":\"tmp\"}": {".": {}, "f:emptyDir": {}, "f:name": {}}}}}}
+            }},
+            {"manager": "kube-controller-manager", "operation": "Update", "subresource": "status", "fieldsType": "FieldsV1",
+             "fieldsV1": {"f:status": {"f:replicas": {}}}}
+        ]);
+        live
+    }
+
+    #[test]
+    fn server_defaults_status_and_metadata_are_not_changes() {
+        let desired = object(deployment(2, "fhir:1"));
+        let live = live_after_apply(&desired.body);
+        let c = diff_object(&desired, Some(&live));
+        assert_eq!(c.action, Action::Unchanged, "{:?}", c.fields);
+        assert!(c.diff.is_empty());
+    }
+
+    #[test]
+    fn a_field_changed_by_another_manager_names_it() {
+        let desired = object(deployment(2, "fhir:1"));
+        let mut live = live_after_apply(&desired.body);
+        live["spec"]["replicas"] = json!(5);
+        let entries = live["metadata"]["managedFields"].as_array_mut().unwrap();
+        entries.push(
+            json!({"manager": "kubectl", "operation": "Update", "subresource": "scale",
+            "fieldsType": "FieldsV1", "fieldsV1": {"f:spec": {"f:replicas": {}}}}),
+        );
+        let c = diff_object(&desired, Some(&live));
+        assert_eq!(c.action, Action::Update);
+        assert_eq!(c.fields.len(), 1, "{:?}", c.fields);
+        let f = &c.fields[0];
+        assert_eq!(f.path, "spec.replicas");
+        assert_eq!(f.action, FieldAction::Change);
+        assert_eq!(
+            (f.live.clone(), f.desired.clone()),
+            (Some(json!(5)), Some(json!(2)))
+        );
+        assert_eq!(f.manager.as_deref(), Some("kubectl"));
+        assert!(
+            c.diff.contains("-  replicas: 5\n+  replicas: 2\n"),
+            "{}",
+            c.diff
+        );
+        assert!(!c.diff.contains("revisionHistoryLimit"), "{}", c.diff);
+    }
+
+    #[test]
+    fn a_list_item_field_is_named_by_key() {
+        let desired = object(deployment(2, "fhir:2"));
+        let live = live_after_apply(&deployment(2, "fhir:1"));
+        let c = diff_object(&desired, Some(&live));
+        assert_eq!(c.fields.len(), 1);
+        assert_eq!(
+            c.fields[0].path,
+            "spec.template.spec.containers[name=fhir].image"
+        );
+        assert_eq!(c.fields[0].manager, None);
+    }
+
+    #[test]
+    fn a_field_no_longer_declared_is_removed() {
+        let mut body = deployment(2, "fhir:1");
+        let live = live_after_apply(&body);
+        body["metadata"]["labels"] = json!({});
+        body["spec"]["template"]["spec"]["volumes"] = json!([]);
+        let c = diff_object(&object(body), Some(&live));
+        let paths: Vec<_> = c
+            .fields
+            .iter()
+            .map(|f| (f.path.as_str(), f.action))
+            .collect();
+        assert!(
+            paths.contains(&("metadata.labels.app", FieldAction::Remove)),
+            "{paths:?}"
+        );
+        assert!(
+            paths.contains(&("spec.template.spec.volumes[name=tmp]", FieldAction::Remove)),
+            "{paths:?}"
+        );
+    }
+
+    #[test]
+    fn quantities_compare_by_amount() {
+        let path = [Seg::Field("requests".into()), Seg::Field("cpu".into())];
+        assert!(equivalent(&json!("0.5"), &json!("500m"), &path));
+        assert!(equivalent(&json!("1024Mi"), &json!("1Gi"), &path));
+        assert!(!equivalent(&json!("1"), &json!("2"), &path));
+        assert!(!equivalent(
+            &json!("0.5"),
+            &json!("500m"),
+            &[Seg::Field("x".into())]
+        ));
+    }
+
+    #[test]
+    fn plan_pairs_creates_updates_and_deletes() {
+        let desired = vec![object(deployment(2, "fhir:1"))];
+        let mut orphan = live_after_apply(&deployment(1, "x"));
+        orphan["metadata"]["name"] = json!("old");
+        orphan["metadata"]["labels"] = json!({WORKSPACE_LABEL: "acme"});
+        let p = plan("dev", &desired, &[orphan], Some("abc".into()), 3);
+        assert_eq!(
+            p.summary,
+            Summary {
+                create: 1,
+                update: 0,
+                delete: 1,
+                unchanged: 0
+            }
+        );
+        assert_eq!(p.changes[0].action, Action::Create);
+        assert!(p.changes[0].diff.contains("+kind: Deployment"));
+        let del = &p.changes[1];
+        assert_eq!(
+            (del.action, del.name.as_str(), del.workspace.as_str()),
+            (Action::Delete, "old", "acme")
+        );
+        assert!(
+            !del.diff.contains("managedFields") && !del.diff.contains("status"),
+            "{}",
+            del.diff
+        );
+        assert_eq!(p.api_requests, 3);
+    }
+}
