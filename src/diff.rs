@@ -130,11 +130,10 @@ fn equivalent(desired: &Value, live: &Value, path: &[Seg]) -> bool {
     }
     let in_resources = path.len() >= 2
         && matches!(&path[path.len() - 2], Seg::Field(f) if f == "requests" || f == "limits");
-    if in_resources {
-        if let (Some(a), Some(b)) = (quantity(desired), quantity(live)) {
+    if in_resources
+        && let (Some(a), Some(b)) = (quantity(desired), quantity(live)) {
             return (a - b).abs() <= f64::EPSILON * a.abs().max(1.0);
         }
-    }
     false
 }
 
@@ -165,7 +164,7 @@ fn quantity(v: &Value) -> Option<f64> {
 }
 
 /// `managedFields[].fieldsV1` of one manager (Apply or Update), if present.
-fn fields_of<'a>(live: &'a Value, pick: impl Fn(&str) -> bool) -> Vec<(&'a str, &'a Value)> {
+fn fields_of(live: &Value, pick: impl Fn(&str) -> bool) -> Vec<(&str, &Value)> {
     live.pointer("/metadata/managedFields")
         .and_then(Value::as_array)
         .map(|entries| {
