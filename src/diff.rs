@@ -237,7 +237,7 @@ fn removed(
                 (None, None) => {}
             }
             path.pop();
-        } else if key.starts_with("k:") {
+        } else if let Some(item_key) = key.strip_prefix("k:") {
             let find = |v: Option<&Value>| {
                 v.and_then(Value::as_array)
                     .and_then(|items| items.iter().find(|i| key_matches(key, i)).cloned())
@@ -245,7 +245,7 @@ fn removed(
             let (d, l) = (find(desired), find(live));
             let label = match l.as_ref().or(d.as_ref()).and_then(item_name) {
                 Some(n) => format!("[name={n}]"),
-                None => format!("[{}]", &key[2..]),
+                None => format!("[{item_key}]"),
             };
             path.push(Seg::Item {
                 label,
