@@ -5,6 +5,7 @@
 //! `daemon`) depend on it, never the other way round.
 
 pub mod cli;
+pub mod cluster;
 pub mod diag;
 pub mod diff;
 pub mod model;

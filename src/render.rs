@@ -126,6 +126,82 @@ impl fmt::Display for RenderError {
 
 impl std::error::Error for RenderError {}
 
+/// A kind tenantsync renders, as the API server serves it.
+#[derive(Clone, Copy, Debug)]
+pub struct ManagedKind {
+    pub group: &'static str,
+    pub version: &'static str,
+    pub kind: &'static str,
+    pub plural: &'static str,
+    pub namespaced: bool,
+}
+
+/// Every kind `render` can produce: what `plan` lists (one LIST each) to
+/// find tenantsync's live objects, including those no longer declared.
+pub const MANAGED_KINDS: &[ManagedKind] = &[
+    ManagedKind {
+        group: "",
+        version: "v1",
+        kind: "Namespace",
+        plural: "namespaces",
+        namespaced: false,
+    },
+    ManagedKind {
+        group: "",
+        version: "v1",
+        kind: "ServiceAccount",
+        plural: "serviceaccounts",
+        namespaced: true,
+    },
+    ManagedKind {
+        group: "",
+        version: "v1",
+        kind: "ConfigMap",
+        plural: "configmaps",
+        namespaced: true,
+    },
+    ManagedKind {
+        group: "",
+        version: "v1",
+        kind: "Service",
+        plural: "services",
+        namespaced: true,
+    },
+    ManagedKind {
+        group: "apps",
+        version: "v1",
+        kind: "Deployment",
+        plural: "deployments",
+        namespaced: true,
+    },
+    ManagedKind {
+        group: "policy",
+        version: "v1",
+        kind: "PodDisruptionBudget",
+        plural: "poddisruptionbudgets",
+        namespaced: true,
+    },
+    ManagedKind {
+        group: "networking.k8s.io",
+        version: "v1",
+        kind: "Ingress",
+        plural: "ingresses",
+        namespaced: true,
+    },
+    ManagedKind {
+        group: "networking.k8s.io",
+        version: "v1",
+        kind: "NetworkPolicy",
+        plural: "networkpolicies",
+        namespaced: true,
+    },
+];
+
+/// The label selector of the objects tenantsync manages in an environment.
+pub fn selector(environment: &str) -> String {
+    format!("{MANAGED_BY}={MANAGER},{ENVIRONMENT_LABEL}={environment}")
+}
+
 /// Apply order of kinds: definitions first, exposure last (also the order of
 /// `render` output within a workspace).
 pub fn kind_rank(kind: &str) -> u8 {

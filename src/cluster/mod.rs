@@ -1,0 +1,231 @@
+//! The cluster edge: connecting with the usual kubeconfig conventions and
+//! reading the live objects tenantsync manages. Read-only here: only `list`.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use kube::api::{Api, ApiResource, DynamicObject, ListParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Client, Config};
+use serde_json::Value;
+
+use crate::render::{self, ManagedKind};
+
+/// How to reach the cluster: kubeconfig file and context, or in-cluster.
+#[derive(Clone, Debug, Default)]
+pub struct ClusterOptions {
+    /// A kubeconfig file; else `KUBECONFIG`, `~/.kube/config`, or in-cluster.
+    pub kubeconfig: Option<PathBuf>,
+    pub context: Option<String>,
+}
+
+/// Connect and request timeouts: an unreachable API server fails fast.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+pub const READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Page size of LIST requests.
+pub const PAGE_SIZE: u32 = 500;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error("cannot load kubeconfig {path}: {source}")]
+    Kubeconfig {
+        path: String,
+        #[source]
+        source: kube::config::KubeconfigError,
+    },
+    #[error("no cluster configured (no kubeconfig found and not running in a pod): {source}")]
+    Infer {
+        #[source]
+        source: kube::config::InferConfigError,
+    },
+    #[error("cannot create a client for {server}: {source}")]
+    Client {
+        server: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("permission denied by {server}: cannot {verb} {resource}: {message}")]
+    Forbidden {
+        server: String,
+        verb: String,
+        resource: String,
+        message: String,
+    },
+    #[error("the API server at {server} refused to {verb} {resource}: {message} ({code})")]
+    Api {
+        server: String,
+        verb: String,
+        resource: String,
+        message: String,
+        code: u16,
+    },
+    #[error("cannot reach the Kubernetes API server at {server}: {reason}")]
+    Unreachable { server: String, reason: String },
+}
+
+/// A connection to one cluster, counting the requests it makes.
+pub struct Cluster {
+    client: Client,
+    server: String,
+    requests: AtomicU32,
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut parts = vec![e.to_string()];
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        source = s.source();
+    }
+    parts.join(": ")
+}
+
+impl Cluster {
+    pub async fn connect(options: &ClusterOptions) -> Result<Cluster, ClusterError> {
+        let kube_options = KubeConfigOptions {
+            context: options.context.clone(),
+            ..KubeConfigOptions::default()
+        };
+        let mut config = match (&options.kubeconfig, &options.context) {
+            (Some(path), _) => {
+                let file =
+                    Kubeconfig::read_from(path).map_err(|source| ClusterError::Kubeconfig {
+                        path: path.display().to_string(),
+                        source,
+                    })?;
+                Config::from_custom_kubeconfig(file, &kube_options)
+                    .await
+                    .map_err(|source| ClusterError::Kubeconfig {
+                        path: path.display().to_string(),
+                        source,
+                    })?
+            }
+            (None, Some(_)) => Config::from_kubeconfig(&kube_options)
+                .await
+                .map_err(|source| ClusterError::Kubeconfig {
+                    path: "from KUBECONFIG or ~/.kube/config".into(),
+                    source,
+                })?,
+            (None, None) => Config::infer()
+                .await
+                .map_err(|source| ClusterError::Infer { source })?,
+        };
+        config.connect_timeout = Some(CONNECT_TIMEOUT);
+        config.read_timeout = Some(READ_TIMEOUT);
+        let server = config
+            .cluster_url
+            .to_string()
+            .trim_end_matches('/')
+            .to_string();
+        let client = Client::try_from(config).map_err(|source| ClusterError::Client {
+            server: server.clone(),
+            source,
+        })?;
+        Ok(Cluster {
+            client,
+            server,
+            requests: AtomicU32::new(0),
+        })
+    }
+
+    pub fn server(&self) -> &str {
+        &self.server
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// API requests made so far through this connection.
+    pub fn requests(&self) -> u32 {
+        self.requests.load(Ordering::Relaxed)
+    }
+
+    fn classify(&self, e: kube::Error, verb: &str, resource: &str) -> ClusterError {
+        match e {
+            kube::Error::Api(status) if status.code == 403 => ClusterError::Forbidden {
+                server: self.server.clone(),
+                verb: verb.into(),
+                resource: resource.into(),
+                message: status.message.clone(),
+            },
+            kube::Error::Api(status) => ClusterError::Api {
+                server: self.server.clone(),
+                verb: verb.into(),
+                resource: resource.into(),
+                message: status.message.clone(),
+                code: status.code,
+            },
+            other => ClusterError::Unreachable {
+                server: self.server.clone(),
+                reason: error_chain(&other),
+            },
+        }
+    }
+
+    /// Lists the objects tenantsync manages in `environment`: one LIST per
+    /// kind (per page of 500), across all namespaces, by label.
+    pub async fn list_managed(&self, environment: &str) -> Result<Vec<Value>, ClusterError> {
+        let selector = render::selector(environment);
+        let mut out = Vec::new();
+        for kind in render::MANAGED_KINDS {
+            out.extend(self.list_kind(kind, &selector).await?);
+        }
+        Ok(out)
+    }
+
+    async fn list_kind(
+        &self,
+        kind: &ManagedKind,
+        selector: &str,
+    ) -> Result<Vec<Value>, ClusterError> {
+        let resource = ApiResource {
+            group: kind.group.into(),
+            version: kind.version.into(),
+            api_version: api_version(kind),
+            kind: kind.kind.into(),
+            plural: kind.plural.into(),
+        };
+        let api: Api<DynamicObject> = Api::all_with(self.client.clone(), &resource);
+        let resource_name = if kind.group.is_empty() {
+            kind.plural.to_string()
+        } else {
+            format!("{}.{}", kind.plural, kind.group)
+        };
+        let mut params = ListParams::default().labels(selector).limit(PAGE_SIZE);
+        let mut out = Vec::new();
+        loop {
+            self.requests.fetch_add(1, Ordering::Relaxed);
+            let page = api
+                .list(&params)
+                .await
+                .map_err(|e| self.classify(e, "list", &resource_name))?;
+            for item in page.items {
+                let mut value = serde_json::to_value(&item).unwrap_or(Value::Null);
+                // LIST responses leave out each item's apiVersion and kind.
+                if let Some(map) = value.as_object_mut() {
+                    map.insert("apiVersion".into(), resource.api_version.clone().into());
+                    map.insert("kind".into(), kind.kind.into());
+                }
+                out.push(value);
+            }
+            match page.metadata.continue_ {
+                Some(token) if !token.is_empty() => params = params.continue_token(&token),
+                _ => break,
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn api_version(kind: &ManagedKind) -> String {
+    if kind.group.is_empty() {
+        kind.version.to_string()
+    } else {
+        format!("{}/{}", kind.group, kind.version)
+    }
+}
