@@ -130,10 +130,9 @@ fn equivalent(desired: &Value, live: &Value, path: &[Seg]) -> bool {
     }
     let in_resources = path.len() >= 2
         && matches!(&path[path.len() - 2], Seg::Field(f) if f == "requests" || f == "limits");
-    if in_resources
-        && let (Some(a), Some(b)) = (quantity(desired), quantity(live)) {
-            return (a - b).abs() <= f64::EPSILON * a.abs().max(1.0);
-        }
+    if in_resources && let (Some(a), Some(b)) = (quantity(desired), quantity(live)) {
+        return (a - b).abs() <= f64::EPSILON * a.abs().max(1.0);
+    }
     false
 }
 
