@@ -11,6 +11,7 @@ pub mod diff;
 pub mod model;
 pub mod overlay;
 pub mod plan;
+pub mod print;
 pub mod render;
 pub mod repo;
 pub mod schema;
