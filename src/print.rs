@@ -116,17 +116,19 @@ fn workspace_label(ws: &str) -> &str {
     if ws.is_empty() { "(no workspace)" } else { ws }
 }
 
-/// A JSON value on one line, cut to a readable length.
+/// A JSON value on one line; a long one keeps its start and its end (where
+/// an image tag or a suffix differs) around an ellipsis.
 fn value(v: &serde_json::Value) -> String {
-    const MAX: usize = 60;
+    const MAX: usize = 100;
+    const KEEP: usize = (MAX - 1) / 2;
     let s = v.to_string();
-    if s.chars().count() <= MAX {
-        s
-    } else {
-        let mut cut: String = s.chars().take(MAX - 1).collect();
-        cut.push('…');
-        cut
+    let n = s.chars().count();
+    if n <= MAX {
+        return s;
     }
+    let head: String = s.chars().take(KEEP).collect();
+    let tail: String = s.chars().skip(n - KEEP).collect();
+    format!("{head}…{tail}")
 }
 
 /// `(live, desired)` of a field as shown: values, or `(unset)`/`(removed)`.
@@ -460,6 +462,9 @@ pub fn markdown(plan: &Plan, verb: Verb) -> String {
             plan.environment
         ));
     }
+    let end = out.trim_end().len();
+    out.truncate(end);
+    out.push('\n');
     out
 }
 
@@ -712,7 +717,15 @@ mod tests {
             t.contains("  spec.sessionAffinity: \"ClientIP\" -> (removed)\n"),
             "{t}"
         );
-        assert_eq!(value(&json!("x".repeat(100))).chars().count(), 60);
+        let long = value(&json!(format!(
+            "registry.example/{}:4.3.2",
+            "x".repeat(200)
+        )));
+        assert_eq!(long.chars().count(), 99, "{long}");
+        assert!(
+            long.starts_with("\"registry.example/x") && long.ends_with("x:4.3.2\""),
+            "{long}"
+        );
     }
 
     #[test]
