@@ -5,5 +5,6 @@
 
 mod control_plane;
 mod golden;
+mod print_golden;
 mod support;
 mod validate_cli;
