@@ -1,16 +1,18 @@
 //! Command-line interface: argument parsing and output formats only.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 
+use crate::cluster::{Cluster, ClusterOptions};
 use crate::diag::Diagnostic;
-use crate::render;
+use crate::repo::SourceTree;
 use crate::source::folder;
 use crate::validate;
+use crate::{diff, print, render};
 
 /// Declarative GitOps for healthcare-API tenant workspaces on Kubernetes.
 ///
@@ -56,6 +58,61 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t = RenderOutput::Yaml)]
         output: RenderOutput,
     },
+    /// Show what a sync would change in the cluster; read-only.
+    ///
+    /// Renders the environment, reads the live objects tenantsync manages (one LIST
+    /// per kind, by label; only get/list verbs, so read-only credentials suffice) and
+    /// prints the change set: create, update (with the fields and, when another field
+    /// manager changed a value, its name), delete, unchanged. Fields the server
+    /// defaults, status and server-owned metadata are never reported.
+    ///
+    /// Exit status: 0 success, 1 error (invalid repository, unreachable or refusing
+    /// cluster); with --detailed-exitcode, 2 when there are changes.
+    Plan(LiveArgs),
+    /// Report what changed in the cluster behind Git's back; read-only.
+    ///
+    /// Per workspace: objects modified (with the fields and the manager that changed
+    /// them), objects deleted by hand, and objects labelled for the environment that
+    /// no declaration produces any more. Exit status as for plan; with
+    /// --detailed-exitcode, 2 when there is drift.
+    Drift(LiveArgs),
+}
+
+/// Where the desired state comes from, and the cluster to compare with.
+#[derive(Debug, clap::Args)]
+pub struct LiveArgs {
+    /// Repository: a folder, a Git work tree, or a remote URL (https, ssh, git, file).
+    #[arg(long, default_value = ".", value_name = "DIR|URL")]
+    pub repo: String,
+    /// Read the declarations at this Git revision (branch, tag, commit) from
+    /// the object database, without checking it out.
+    #[arg(long, value_name = "REV")]
+    pub rev: Option<String>,
+    /// Environment to compare.
+    #[arg(long = "env", value_name = "NAME")]
+    pub env: String,
+    /// Kubeconfig file (default: KUBECONFIG, ~/.kube/config, or in-cluster).
+    #[arg(long, value_name = "FILE", env = "TENANTSYNC_KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Kubeconfig context to use.
+    #[arg(long, value_name = "NAME")]
+    pub context: Option<String>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = PlanOutput::Text)]
+    pub output: PlanOutput,
+    /// Exit 2 (instead of 0) when there are changes, as Terraform's -detailed-exitcode.
+    #[arg(long)]
+    pub detailed_exitcode: bool,
+    /// Never colour the text output (it is coloured only on a terminal anyway).
+    #[arg(long)]
+    pub no_color: bool,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum PlanOutput {
+    Text,
+    Markdown,
+    Json,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -75,6 +132,74 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Validate { repo, envs, output } => validate_cmd(&repo, &envs, output),
         Command::Render { repo, env, output } => render_cmd(&repo, &env, output),
+        Command::Plan(args) => live_cmd(&args, print::Verb::Plan),
+        Command::Drift(args) => live_cmd(&args, print::Verb::Drift),
+    }
+}
+
+/// Reads the desired state: a folder as it is, or a Git revision.
+fn read_source(args: &LiveArgs) -> anyhow::Result<(SourceTree, Option<String>)> {
+    match &args.rev {
+        None => Ok((folder::read(std::path::Path::new(&args.repo))?, None)),
+        Some(rev) => {
+            anyhow::bail!("--rev {rev}: reading a Git revision is not available in this build")
+        }
+    }
+}
+
+fn live_cmd(args: &LiveArgs, verb: print::Verb) -> anyhow::Result<ExitCode> {
+    let (tree, revision) = read_source(args)?;
+    let repository = validate::load(&tree);
+    let environment = match repository.resolve(&args.env) {
+        Ok(e) => e,
+        Err(diags) => {
+            print_diagnostics(&diags);
+            eprintln!("{} error(s); the cluster was not contacted", diags.len());
+            return Ok(ExitCode::from(1));
+        }
+    };
+    let desired = render::render(&environment)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let options = ClusterOptions {
+        kubeconfig: args.kubeconfig.clone(),
+        context: args.context.clone(),
+    };
+    let plan = runtime.block_on(async {
+        let cluster = Cluster::connect(&options).await?;
+        let live = cluster.list_managed(&environment.name).await?;
+        Ok::<_, crate::cluster::ClusterError>(diff::plan(
+            &environment.name,
+            &desired,
+            &live,
+            revision,
+            cluster.requests(),
+        ))
+    })?;
+    let color =
+        !args.no_color && std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    let text = match args.output {
+        PlanOutput::Text => print::text(&plan, color, verb),
+        PlanOutput::Markdown => print::markdown(&plan, verb),
+        PlanOutput::Json => print::json(&plan),
+    };
+    write_stdout(&text)?;
+    Ok(if args.detailed_exitcode && plan.summary.has_changes() {
+        ExitCode::from(2)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// Writes to stdout; a closed pipe (`| head`) is not an error worth a message.
+fn write_stdout(text: &str) -> anyhow::Result<()> {
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e).context("writing output"),
+        _ => Ok(()),
     }
 }
 
@@ -151,13 +276,6 @@ fn render_cmd(repo: &std::path::Path, env: &str, output: RenderOutput) -> anyhow
             serde_json::to_string_pretty(&bodies).context("encoding JSON")? + "\n"
         }
     };
-    let stdout = std::io::stdout();
-    let mut out = stdout.lock();
-    // A closed pipe (`| head`) is not an error worth a message.
-    if let Err(e) = out.write_all(text.as_bytes()).and_then(|()| out.flush())
-        && e.kind() != std::io::ErrorKind::BrokenPipe
-    {
-        return Err(e).context("writing output");
-    }
+    write_stdout(&text)?;
     Ok(ExitCode::SUCCESS)
 }

@@ -224,7 +224,12 @@ fn removed(
             let d = desired.and_then(|d| d.get(field));
             let l = live.and_then(|l| l.get(field));
             path.push(Seg::Field(field.to_string()));
+            let has_fields = child
+                .as_object()
+                .is_some_and(|m| m.keys().any(|k| k.starts_with("f:")));
             match (d, l) {
+                // A whole map no longer declared: name each field it held.
+                (None, Some(_)) if has_fields => removed(child, None, l, path, out),
                 (None, Some(l)) => out.push(FieldChange {
                     path: display(path),
                     action: FieldAction::Remove,

@@ -5,6 +5,7 @@
 
 mod control_plane;
 mod golden;
+mod plan_cluster;
 mod print_golden;
 mod support;
 mod validate_cli;
