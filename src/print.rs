@@ -385,9 +385,8 @@ pub fn markdown(plan: &Plan, verb: Verb) -> String {
     }
     out.push_str(&format!("**{}**\n\n", verb.summary_line(&plan.summary)));
 
-    let mut compacted = 0usize;
-    let mut unlisted = 0usize;
     let mut quiet = Vec::new();
+    let mut sections = Vec::new();
     for (ws, changes) in by_workspace(plan) {
         let summary = count(&changes);
         if !summary.has_changes() {
@@ -400,12 +399,19 @@ pub fn markdown(plan: &Plan, verb: Verb) -> String {
             verb.counts(&summary)
         );
         let full = format!("{heading}{}\n", table(verb, &changes));
-        // Once one table does not fit, the rest are counted only, so the cut is
-        // in one place.
-        if compacted == 0 && unlisted == 0 && out.len() + full.len() <= budget {
-            out.push_str(&full);
+        sections.push((heading, full));
+    }
+    // A table is shown while it fits beside the headings of all the workspaces
+    // after it, so every workspace stays named if at all possible; once one
+    // table does not fit, the rest are counted only, so the cut is in one place.
+    let mut rest: usize = sections.iter().map(|(h, _)| h.len()).sum();
+    let (mut compacted, mut unlisted) = (0usize, 0usize);
+    for (heading, full) in &sections {
+        rest -= heading.len();
+        if compacted + unlisted == 0 && out.len() + full.len() + rest <= budget {
+            out.push_str(full);
         } else if out.len() + heading.len() <= budget {
-            out.push_str(&heading);
+            out.push_str(heading);
             compacted += 1;
         } else {
             unlisted += 1;
@@ -442,26 +448,29 @@ pub fn markdown(plan: &Plan, verb: Verb) -> String {
     }
 
     let omitted = total - shown;
+    let mut notes = Vec::new();
     if compacted + unlisted > 0 {
-        out.push_str(&format!(
-            "> Tables truncated: the objects of {} of the last workspaces are only counted{}.\n",
+        let unnamed = if unlisted > 0 {
+            format!(" ({unlisted} of them not even named)")
+        } else {
+            String::new()
+        };
+        notes.push(format!(
+            "> Tables truncated: the last {} workspaces with changes show their counts only, \
+             not their objects{unnamed}.",
             compacted + unlisted,
-            if unlisted > 0 {
-                format!(" ({unlisted} not even named)")
-            } else {
-                String::new()
-            }
         ));
     }
     if omitted > 0 {
-        out.push_str(&format!(
+        notes.push(format!(
             "> Output truncated: {omitted} of {total} object diffs omitted to stay under \
              GitHub's 65,536-character comment limit. Run `tenantsync {} --env {}` locally \
-             for the full diff.\n",
+             for the full diff.",
             verb.command(),
             plan.environment
         ));
     }
+    out.push_str(&notes.join("\n\n"));
     let end = out.trim_end().len();
     out.truncate(end);
     out.push('\n');
@@ -844,12 +853,26 @@ mod tests {
         let md = markdown(&plan_of(changes), Verb::Plan);
         assert!(md.len() < MARKDOWN_LIMIT, "{}", md.len());
         assert!(md.contains("**Plan: 3000 to create, 0 to update, 0 to delete, 0 unchanged.**"));
-        assert!(
-            md.contains("> Tables truncated:"),
-            "{}",
-            &md[md.len() - 400..]
+        // Every workspace is still named with its counts; the tables of the
+        // first ones are complete, the rest are cut in one place.
+        for w in 0..300 {
+            let heading = format!(
+                "#### Workspace `ws{w:03}`: 10 to create, 0 to update, 0 to delete, 0 unchanged\n"
+            );
+            assert!(md.contains(&heading), "{heading}");
+        }
+        assert!(md.contains("| + create | ConfigMap | ws000-dev | object-0000 |  |\n"));
+        assert!(!md.contains("object-2999"));
+        let tables = md.matches("| Action | Kind |").count();
+        assert!(tables > 0 && tables < 300, "{tables}");
+        let shown = md.matches("<details>").count();
+        let notes = format!(
+            "> Tables truncated: the last {} workspaces with changes show their counts only, \
+             not their objects.\n\n> Output truncated: {} of 3000 object diffs omitted",
+            300 - tables,
+            3000 - shown
         );
-        assert!(md.contains("> Output truncated: 3000 of 3000 object diffs omitted"));
+        assert!(md.contains(&notes), "{}", &md[md.len() - 600..]);
     }
 
     #[test]
