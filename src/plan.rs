@@ -28,6 +28,7 @@ pub enum FieldAction {
 
 /// One field-level difference of an update.
 #[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct FieldChange {
     /// Dotted path; list items by key: `spec.template.spec.containers[name=fhir-server].image`.
     pub path: String,
@@ -44,6 +45,7 @@ pub struct FieldChange {
 
 /// One object of the change set.
 #[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Change {
     pub action: Action,
     pub api_version: String,
@@ -98,6 +100,7 @@ impl Summary {
 
 /// The full plan of one environment.
 #[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Plan {
     /// Schema version of this JSON document.
     pub format_version: u32,

@@ -155,7 +155,7 @@ async fn plan_on_an_empty_cluster_lists_only_creates_then_nothing_after_apply() 
     assert!(create > 40, "{create} creates");
     assert_eq!((update, delete, unchanged), (0, 0, 0));
     assert_eq!(plan["environment"], repo.env.as_str());
-    assert_eq!(plan["format_version"], 1);
+    assert_eq!(plan["formatVersion"], 1);
 
     let applied = repo.apply_rendered().await as u64;
     assert_eq!(applied, create);
@@ -166,9 +166,9 @@ async fn plan_on_an_empty_cluster_lists_only_creates_then_nothing_after_apply() 
     // One LIST per kind, nothing per object.
     let kinds = tenantsync::render::MANAGED_KINDS.len() as u64;
     assert!(
-        plan["api_requests"].as_u64().expect("count") <= kinds + 2,
+        plan["apiRequests"].as_u64().expect("count") <= kinds + 2,
         "{}",
-        plan["api_requests"]
+        plan["apiRequests"]
     );
 
     let out = repo.run("plan", "admin", &["--detailed-exitcode"]);
