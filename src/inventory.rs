@@ -1,0 +1,234 @@
+//! The in-cluster inventory of an environment (pure: encoding and set logic).
+//!
+//! One ConfigMap per environment in `tenantsync-system` records every object
+//! tenantsync applied there, the Git revision and the time of the last sync
+//! that changed something. Prune deletes only what the inventory lists, so an
+//! object tenantsync did not create is never deleted, whatever its labels.
+//! The object list is gzip-compressed JSON in `binaryData`, so environments
+//! with thousands of workspaces stay far below the 1 MiB object size limit.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{Read, Write};
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::render::{MANAGED_BY, MANAGER, Object};
+
+/// The namespace holding inventories (and, later, the daemon).
+pub const SYSTEM_NAMESPACE: &str = "tenantsync-system";
+/// Label naming the environment an inventory belongs to. Not the
+/// environment label of managed objects, so `plan` never lists it.
+pub const INVENTORY_LABEL: &str = "tenantsync.io/inventory";
+const OBJECTS_KEY: &str = "objects.json.gz";
+
+pub fn name_of(environment: &str) -> String {
+    format!("inventory-{environment}")
+}
+
+/// One object, as the inventory records it.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ObjectRef {
+    pub api_version: String,
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    pub name: String,
+}
+
+impl ObjectRef {
+    pub fn of(object: &Object) -> ObjectRef {
+        ObjectRef {
+            api_version: object.api_version.clone(),
+            kind: object.kind.clone(),
+            namespace: object.namespace.clone(),
+            name: object.name.clone(),
+        }
+    }
+
+    /// From a live object (as listed or read from the API server).
+    pub fn of_live(live: &Value) -> Option<ObjectRef> {
+        let meta = live.get("metadata")?;
+        Some(ObjectRef {
+            api_version: live.get("apiVersion")?.as_str()?.to_string(),
+            kind: live.get("kind")?.as_str()?.to_string(),
+            namespace: meta
+                .get("namespace")
+                .and_then(Value::as_str)
+                .map(str::to_string),
+            name: meta.get("name")?.as_str()?.to_string(),
+        })
+    }
+
+    /// `Kind/namespace/name`, the one ID format of messages.
+    pub fn id(&self) -> String {
+        match &self.namespace {
+            Some(ns) => format!("{}/{}/{}", self.kind, ns, self.name),
+            None => format!("{}/{}", self.kind, self.name),
+        }
+    }
+
+    /// Same object, whatever the API version it is served at.
+    pub fn same_object(&self, other: &ObjectRef) -> bool {
+        self.kind == other.kind && self.namespace == other.namespace && self.name == other.name
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Inventory {
+    pub environment: String,
+    pub revision: Option<String>,
+    /// RFC 3339 time of the last sync that changed the cluster.
+    pub last_applied_at: Option<String>,
+    pub objects: BTreeSet<ObjectRef>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum InventoryError {
+    #[error("inventory {namespace}/{name} is unreadable: {reason}")]
+    Corrupt {
+        namespace: String,
+        name: String,
+        reason: String,
+    },
+}
+
+impl Inventory {
+    pub fn new(environment: &str) -> Inventory {
+        Inventory {
+            environment: environment.to_string(),
+            ..Inventory::default()
+        }
+    }
+
+    pub fn contains(&self, r: &ObjectRef) -> bool {
+        self.objects.iter().any(|o| o.same_object(r))
+    }
+
+    /// The ConfigMap that stores this inventory.
+    pub fn to_config_map(&self) -> Result<ConfigMap, std::io::Error> {
+        let json = serde_json::to_vec(&self.objects).map_err(std::io::Error::other)?;
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        gz.write_all(&json)?;
+        let compressed = gz.finish()?;
+        let mut data = BTreeMap::from([
+            ("environment".to_string(), self.environment.clone()),
+            ("objectCount".to_string(), self.objects.len().to_string()),
+        ]);
+        if let Some(r) = &self.revision {
+            data.insert("revision".into(), r.clone());
+        }
+        if let Some(t) = &self.last_applied_at {
+            data.insert("lastAppliedAt".into(), t.clone());
+        }
+        Ok(ConfigMap {
+            metadata: ObjectMeta {
+                name: Some(name_of(&self.environment)),
+                namespace: Some(SYSTEM_NAMESPACE.to_string()),
+                labels: Some(BTreeMap::from([
+                    (MANAGED_BY.to_string(), MANAGER.to_string()),
+                    (INVENTORY_LABEL.to_string(), self.environment.clone()),
+                ])),
+                ..ObjectMeta::default()
+            },
+            data: Some(data),
+            binary_data: Some(BTreeMap::from([(
+                OBJECTS_KEY.to_string(),
+                ByteString(compressed),
+            )])),
+            ..ConfigMap::default()
+        })
+    }
+
+    /// Reads an inventory from its ConfigMap.
+    pub fn from_config_map(cm: &ConfigMap) -> Result<Inventory, InventoryError> {
+        let corrupt = |reason: String| InventoryError::Corrupt {
+            namespace: SYSTEM_NAMESPACE.to_string(),
+            name: cm.metadata.name.clone().unwrap_or_default(),
+            reason,
+        };
+        let data = cm.data.clone().unwrap_or_default();
+        let environment = data
+            .get("environment")
+            .cloned()
+            .ok_or_else(|| corrupt("no `environment` key".into()))?;
+        let bytes = cm
+            .binary_data
+            .as_ref()
+            .and_then(|b| b.get(OBJECTS_KEY))
+            .ok_or_else(|| corrupt(format!("no `{OBJECTS_KEY}` key")))?;
+        let mut json = Vec::new();
+        flate2::read::GzDecoder::new(bytes.0.as_slice())
+            .take(64 * 1024 * 1024)
+            .read_to_end(&mut json)
+            .map_err(|e| corrupt(format!("cannot decompress the object list: {e}")))?;
+        let objects: BTreeSet<ObjectRef> = serde_json::from_slice(&json)
+            .map_err(|e| corrupt(format!("object list is not valid JSON: {e}")))?;
+        Ok(Inventory {
+            environment,
+            revision: data.get("revision").cloned(),
+            last_applied_at: data.get("lastAppliedAt").cloned(),
+            objects,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn r(kind: &str, ns: Option<&str>, name: &str) -> ObjectRef {
+        ObjectRef {
+            api_version: "v1".into(),
+            kind: kind.into(),
+            namespace: ns.map(Into::into),
+            name: name.into(),
+        }
+    }
+
+    #[test]
+    fn round_trips_through_its_config_map() {
+        let mut inv = Inventory::new("prod");
+        inv.revision = Some("abc123".into());
+        inv.last_applied_at = Some("2026-11-22T10:00:00Z".into());
+        for i in 0..2000 {
+            inv.objects.insert(r(
+                "ConfigMap",
+                Some(&format!("ws{i}-prod")),
+                "fhir-main-config",
+            ));
+        }
+        let cm = inv.to_config_map().unwrap();
+        assert_eq!(cm.metadata.namespace.as_deref(), Some(SYSTEM_NAMESPACE));
+        assert_eq!(cm.data.as_ref().unwrap()["objectCount"], "2000");
+        let size = cm.binary_data.as_ref().unwrap()[OBJECTS_KEY].0.len();
+        assert!(size < 40_000, "2000 refs compress to {size} bytes");
+        assert_eq!(Inventory::from_config_map(&cm).unwrap(), inv);
+    }
+
+    #[test]
+    fn a_damaged_inventory_is_an_error_not_an_empty_one() {
+        let mut cm = Inventory::new("dev").to_config_map().unwrap();
+        cm.binary_data
+            .as_mut()
+            .unwrap()
+            .insert(OBJECTS_KEY.into(), ByteString(b"not gzip".to_vec()));
+        let e = Inventory::from_config_map(&cm).unwrap_err();
+        assert!(e.to_string().contains("cannot decompress"), "{e}");
+    }
+
+    #[test]
+    fn same_object_ignores_the_api_version() {
+        let a = r("Deployment", Some("n"), "x");
+        let mut b = a.clone();
+        b.api_version = "apps/v1".into();
+        let mut inv = Inventory::new("dev");
+        inv.objects.insert(a);
+        assert!(inv.contains(&b));
+        assert!(!inv.contains(&r("Deployment", Some("m"), "x")));
+    }
+}
