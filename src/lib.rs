@@ -17,5 +17,6 @@ pub mod render;
 pub mod repo;
 pub mod schema;
 pub mod source;
+pub mod sync;
 pub mod validate;
 pub mod yaml;

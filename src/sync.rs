@@ -1,0 +1,346 @@
+//! Sync steps (pure): what to apply in which order, what to prune, and the
+//! guards that stop a dangerous prune before anything is written.
+//!
+//! Order is data, as in Flux's `ReconcileOrder`: objects apply in stages
+//! sorted by sync wave (annotation `tenantsync.io/sync-wave`, default 0),
+//! then kind rank (Namespaces and CRDs first, Ingresses and policies last).
+//! Prune runs after every stage applied, in the reverse order: children
+//! before their namespaces.
+
+use serde_json::Value;
+
+use crate::inventory::{Inventory, ObjectRef};
+use crate::plan::{Action, Plan};
+use crate::render::{Object, kind_rank};
+
+pub const SYNC_WAVE_ANNOTATION: &str = "tenantsync.io/sync-wave";
+/// `tenantsync.io/prune: disabled` keeps an object when it is no longer declared.
+pub const PRUNE_ANNOTATION: &str = "tenantsync.io/prune";
+
+#[derive(Clone, Debug, Default)]
+pub struct SyncOptions {
+    pub prune: bool,
+    pub dry_run: bool,
+    pub force_conflicts: bool,
+    pub force_recreate: bool,
+    pub allow_mass_prune: bool,
+    /// Largest share of the inventory one sync may prune without
+    /// `allow_mass_prune`, in percent.
+    pub max_prune_percent: u8,
+}
+
+/// Objects applied together (concurrently).
+#[derive(Debug)]
+pub struct Stage<'a> {
+    pub wave: i32,
+    pub rank: u8,
+    pub objects: Vec<&'a Object>,
+}
+
+#[derive(Debug, Default)]
+pub struct Steps<'a> {
+    pub stages: Vec<Stage<'a>>,
+    /// Objects to delete, in deletion order.
+    pub prune: Vec<ObjectRef>,
+    /// Objects no longer declared but kept, with the reason.
+    pub kept: Vec<(ObjectRef, String)>,
+    /// Objects no longer declared and already gone: dropped from the inventory.
+    pub gone: Vec<ObjectRef>,
+}
+
+/// A prune too large to do without `--allow-mass-prune`.
+#[derive(Debug, PartialEq, Eq)]
+pub struct MassPrune {
+    pub message: String,
+}
+
+pub fn wave_of(body: &Value) -> i32 {
+    body.pointer("/metadata/annotations")
+        .and_then(|a| a.get(SYNC_WAVE_ANNOTATION))
+        .and_then(Value::as_str)
+        .and_then(|w| w.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+fn prune_disabled(live: &Value) -> bool {
+    live.pointer("/metadata/annotations")
+        .and_then(|a| a.get(PRUNE_ANNOTATION))
+        .and_then(Value::as_str)
+        == Some("disabled")
+}
+
+/// Works out the sync's steps from the plan, the inventory and the live
+/// objects.
+pub fn steps<'a>(
+    plan: &Plan,
+    desired: &'a [Object],
+    inventory: Option<&Inventory>,
+    live: &[Value],
+    options: &SyncOptions,
+) -> Result<Steps<'a>, MassPrune> {
+    let mut out = Steps::default();
+    // Apply: what the plan says is new or changed (or everything, to recreate).
+    let mut to_apply: Vec<&Object> = desired
+        .iter()
+        .filter(|o| {
+            plan.changes.iter().any(|c| {
+                matches!(c.action, Action::Create | Action::Update)
+                    && c.kind == o.kind
+                    && c.namespace == o.namespace
+                    && c.name == o.name
+            })
+        })
+        .collect();
+    to_apply.sort_by_key(|o| (wave_of(&o.body), kind_rank(&o.kind)));
+    for o in to_apply {
+        let (wave, rank) = (wave_of(&o.body), kind_rank(&o.kind));
+        match out.stages.last_mut() {
+            Some(s) if s.wave == wave && s.rank == rank => s.objects.push(o),
+            _ => out.stages.push(Stage {
+                wave,
+                rank,
+                objects: vec![o],
+            }),
+        }
+    }
+
+    // Prune: only what the inventory lists and nothing declares.
+    let Some(inventory) = inventory else {
+        return Ok(out);
+    };
+    if !options.prune {
+        return Ok(out);
+    }
+    let desired_refs: Vec<ObjectRef> = desired.iter().map(ObjectRef::of).collect();
+    let mut candidates: Vec<(ObjectRef, i32)> = Vec::new();
+    for r in &inventory.objects {
+        if desired_refs.iter().any(|d| d.same_object(r)) {
+            continue;
+        }
+        let live_obj = live
+            .iter()
+            .find(|l| ObjectRef::of_live(l).is_some_and(|lr| lr.same_object(r)));
+        match live_obj {
+            None => out.gone.push(r.clone()),
+            Some(l) if prune_disabled(l) => {
+                out.kept
+                    .push((r.clone(), format!("annotated {PRUNE_ANNOTATION}: disabled")));
+            }
+            Some(l) => candidates.push((r.clone(), wave_of(l))),
+        }
+    }
+    candidates.sort_by(|(a, wa), (b, wb)| {
+        (
+            std::cmp::Reverse(*wa),
+            std::cmp::Reverse(kind_rank(&a.kind)),
+            a,
+        )
+            .cmp(&(
+                std::cmp::Reverse(*wb),
+                std::cmp::Reverse(kind_rank(&b.kind)),
+                b,
+            ))
+    });
+    out.prune = candidates.into_iter().map(|(r, _)| r).collect();
+
+    if !options.allow_mass_prune && !out.prune.is_empty() {
+        let namespaces: Vec<&str> = out
+            .prune
+            .iter()
+            .filter(|r| r.kind == "Namespace")
+            .map(|r| r.name.as_str())
+            .collect();
+        let share = out.prune.len() * 100 / inventory.objects.len().max(1);
+        if !namespaces.is_empty() {
+            return Err(MassPrune {
+                message: format!(
+                    "this sync would delete the namespace(s) {} with everything in them ({} objects); \
+                     re-run with --allow-mass-prune if the workspace(s) really go",
+                    namespaces.join(", "),
+                    out.prune.len()
+                ),
+            });
+        }
+        if share > usize::from(options.max_prune_percent) {
+            return Err(MassPrune {
+                message: format!(
+                    "this sync would prune {} of {} inventoried objects ({share}%), over the limit of {}%; \
+                     re-run with --allow-mass-prune if that is intended",
+                    out.prune.len(),
+                    inventory.objects.len(),
+                    options.max_prune_percent
+                ),
+            });
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::{Change, PLAN_FORMAT_VERSION, Summary};
+    use serde_json::json;
+
+    fn obj(kind: &str, ns: Option<&str>, name: &str, wave: Option<&str>) -> Object {
+        let mut body = json!({"apiVersion": "v1", "kind": kind, "metadata": {"name": name}});
+        if let Some(ns) = ns {
+            body["metadata"]["namespace"] = json!(ns);
+        }
+        if let Some(w) = wave {
+            body["metadata"]["annotations"] = json!({SYNC_WAVE_ANNOTATION: w});
+        }
+        Object {
+            api_version: "v1".into(),
+            kind: kind.into(),
+            namespace: ns.map(Into::into),
+            name: name.into(),
+            workspace: "w".into(),
+            body,
+        }
+    }
+
+    fn plan_of(objects: &[Object], action: Action) -> Plan {
+        let changes: Vec<Change> = objects
+            .iter()
+            .map(|o| Change {
+                action,
+                api_version: o.api_version.clone(),
+                kind: o.kind.clone(),
+                namespace: o.namespace.clone(),
+                name: o.name.clone(),
+                workspace: o.workspace.clone(),
+                fields: Vec::new(),
+                diff: String::new(),
+            })
+            .collect();
+        Plan {
+            format_version: PLAN_FORMAT_VERSION,
+            environment: "dev".into(),
+            revision: None,
+            summary: Summary::of(&changes),
+            changes,
+            api_requests: 0,
+        }
+    }
+
+    fn options(prune: bool) -> SyncOptions {
+        SyncOptions {
+            prune,
+            max_prune_percent: 25,
+            ..SyncOptions::default()
+        }
+    }
+
+    #[test]
+    fn stages_follow_waves_then_kinds() {
+        let desired = vec![
+            obj("Ingress", Some("n"), "i", None),
+            obj("Deployment", Some("n"), "d", None),
+            obj("Namespace", None, "n", None),
+            obj("ConfigMap", Some("n"), "late", Some("5")),
+            obj("ConfigMap", Some("n"), "c", None),
+            obj("Service", Some("n"), "early", Some("-1")),
+        ];
+        let s = steps(
+            &plan_of(&desired, Action::Create),
+            &desired,
+            None,
+            &[],
+            &options(false),
+        )
+        .unwrap();
+        let order: Vec<Vec<&str>> = s
+            .stages
+            .iter()
+            .map(|st| st.objects.iter().map(|o| o.name.as_str()).collect())
+            .collect();
+        assert_eq!(
+            order,
+            vec![
+                vec!["early"],
+                vec!["n"],
+                vec!["c"],
+                vec!["d"],
+                vec!["i"],
+                vec!["late"]
+            ]
+        );
+    }
+
+    #[test]
+    fn unchanged_objects_are_not_applied() {
+        let desired = vec![obj("ConfigMap", Some("n"), "c", None)];
+        let s = steps(
+            &plan_of(&desired, Action::Unchanged),
+            &desired,
+            None,
+            &[],
+            &options(false),
+        )
+        .unwrap();
+        assert!(s.stages.is_empty());
+    }
+
+    fn inventory_of(objects: &[Object]) -> Inventory {
+        let mut inv = Inventory::new("dev");
+        inv.objects = objects.iter().map(ObjectRef::of).collect();
+        inv
+    }
+
+    #[test]
+    fn prune_deletes_only_inventoried_objects_children_first() {
+        let old = vec![
+            obj("Namespace", None, "gone", None),
+            obj("ConfigMap", Some("gone"), "c", None),
+            obj("Deployment", Some("gone"), "d", None),
+            obj("ConfigMap", Some("keep"), "k", None),
+        ];
+        let desired = vec![obj("ConfigMap", Some("keep"), "k", None)];
+        let mut live: Vec<Value> = old.iter().map(|o| o.body.clone()).collect();
+        // Labelled like ours, never inventoried: must survive.
+        live.push(obj("ConfigMap", Some("keep"), "by-hand", None).body);
+        let inv = inventory_of(&old);
+        let plan = plan_of(&desired, Action::Unchanged);
+        let mut opts = options(true);
+        let e = steps(&plan, &desired, Some(&inv), &live, &opts).unwrap_err();
+        assert!(e.message.contains("namespace(s) gone"), "{}", e.message);
+        opts.allow_mass_prune = true;
+        let s = steps(&plan, &desired, Some(&inv), &live, &opts).unwrap();
+        let ids: Vec<String> = s.prune.iter().map(ObjectRef::id).collect();
+        assert_eq!(
+            ids,
+            ["Deployment/gone/d", "ConfigMap/gone/c", "Namespace/gone"]
+        );
+        assert!(s.prune.iter().all(|r| r.name != "by-hand"));
+        // Without --prune nothing is deleted.
+        let s = steps(&plan, &desired, Some(&inv), &live, &options(false)).unwrap();
+        assert!(s.prune.is_empty());
+    }
+
+    #[test]
+    fn share_guard_and_prune_disabled_annotation() {
+        let old: Vec<Object> = (0..10)
+            .map(|i| obj("ConfigMap", Some("n"), &format!("c{i}"), None))
+            .collect();
+        let desired: Vec<Object> = old[..7].to_vec();
+        let mut live: Vec<Value> = old.iter().map(|o| o.body.clone()).collect();
+        let inv = inventory_of(&old);
+        let plan = plan_of(&desired, Action::Unchanged);
+        let e = steps(&plan, &desired, Some(&inv), &live, &options(true)).unwrap_err();
+        assert!(
+            e.message.contains("3 of 10 inventoried objects (30%)"),
+            "{}",
+            e.message
+        );
+        live[9]["metadata"]["annotations"] = json!({PRUNE_ANNOTATION: "disabled"});
+        live.remove(8); // already deleted by someone: only dropped from the inventory
+        let s = steps(&plan, &desired, Some(&inv), &live, &options(true)).unwrap();
+        assert_eq!(
+            s.prune.iter().map(ObjectRef::id).collect::<Vec<_>>(),
+            ["ConfigMap/n/c7"]
+        );
+        assert_eq!(s.kept.len(), 1);
+        assert_eq!(s.gone.len(), 1);
+    }
+}
