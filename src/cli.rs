@@ -7,10 +7,14 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 
+use crate::cluster::sync::{self as cluster_sync, Progress, SyncError};
 use crate::cluster::{Cluster, ClusterOptions};
 use crate::diag::Diagnostic;
+use crate::model::Environment;
+use crate::plan::Action;
 use crate::repo::SourceTree;
 use crate::source::folder;
+use crate::sync::SyncOptions;
 use crate::validate;
 use crate::{diff, print, render};
 
@@ -76,6 +80,43 @@ pub enum Command {
     /// no declaration produces any more. Exit status as for plan; with
     /// --detailed-exitcode, 2 when there is drift.
     Drift(LiveArgs),
+    /// Make the cluster match the environment: server-side apply, then prune.
+    ///
+    /// Applies (field manager tenantsync) only the objects the plan says are new or
+    /// changed, in stages: sync wave (annotation tenantsync.io/sync-wave), then kind
+    /// (Namespaces first, Ingresses and policies last). Records every applied object
+    /// in the environment's inventory (ConfigMap tenantsync-system/inventory-<env>);
+    /// with --prune, deletes inventoried objects no longer declared, children before
+    /// namespaces, never objects it did not create or annotated
+    /// tenantsync.io/prune: disabled. A prune that would delete a workspace's
+    /// namespace or more than the environment's maxPrunePercent (default 25%) of the
+    /// inventory stops before any change unless --allow-mass-prune.
+    ///
+    /// Exit status: 0 when everything applied (and, with --wait, is healthy), 1 otherwise.
+    Sync(SyncArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct SyncArgs {
+    #[command(flatten)]
+    pub live: LiveArgs,
+    /// Delete inventoried objects that are no longer declared (also on with the
+    /// environment's syncPolicy.prune).
+    #[arg(long)]
+    pub prune: bool,
+    /// Send every write with dryRun=All: report what would happen, server
+    /// validation included, and change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Take over fields another field manager owns (also on with syncPolicy.forceConflicts).
+    #[arg(long)]
+    pub force_conflicts: bool,
+    /// Delete and recreate objects whose update changes an immutable field.
+    #[arg(long)]
+    pub force_recreate: bool,
+    /// Allow a prune that deletes a workspace's namespace or more than maxPrunePercent.
+    #[arg(long)]
+    pub allow_mass_prune: bool,
 }
 
 /// Where the desired state comes from, and the cluster to compare with.
@@ -134,6 +175,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Render { repo, env, output } => render_cmd(&repo, &env, output),
         Command::Plan(args) => live_cmd(&args, print::Verb::Plan),
         Command::Drift(args) => live_cmd(&args, print::Verb::Drift),
+        Command::Sync(args) => sync_cmd(&args),
     }
 }
 
@@ -148,21 +190,11 @@ fn read_source(args: &LiveArgs) -> anyhow::Result<(SourceTree, Option<String>)> 
 }
 
 fn live_cmd(args: &LiveArgs, verb: print::Verb) -> anyhow::Result<ExitCode> {
-    let (tree, revision) = read_source(args)?;
-    let repository = validate::load(&tree);
-    let environment = match repository.resolve(&args.env) {
-        Ok(e) => e,
-        Err(diags) => {
-            print_diagnostics(&diags);
-            eprintln!("{} error(s); the cluster was not contacted", diags.len());
-            return Ok(ExitCode::from(1));
-        }
+    let (environment, desired, revision) = match desired_state(args)? {
+        Ok(state) => state,
+        Err(code) => return Ok(code),
     };
-    let desired = render::render(&environment)?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
+    let runtime = runtime()?;
     let options = ClusterOptions {
         kubeconfig: args.kubeconfig.clone(),
         context: args.context.clone(),
@@ -191,6 +223,179 @@ fn live_cmd(args: &LiveArgs, verb: print::Verb) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// An environment, its rendered objects, and the Git revision they came from.
+type DesiredState = (Environment, Vec<render::Object>, Option<String>);
+
+/// The environment, its rendered objects and where they came from, or the
+/// validation errors (printed) and exit code 1.
+fn desired_state(args: &LiveArgs) -> anyhow::Result<Result<DesiredState, ExitCode>> {
+    let (tree, revision) = read_source(args)?;
+    let repository = validate::load(&tree);
+    match repository.resolve(&args.env) {
+        Ok(environment) => {
+            let desired = render::render(&environment)?;
+            Ok(Ok((environment, desired, revision)))
+        }
+        Err(diags) => {
+            print_diagnostics(&diags);
+            eprintln!("{} error(s); the cluster was not contacted", diags.len());
+            Ok(Err(ExitCode::from(1)))
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+fn sync_cmd(args: &SyncArgs) -> anyhow::Result<ExitCode> {
+    let live_args = &args.live;
+    let (environment, desired, revision) = match desired_state(live_args)? {
+        Ok(state) => state,
+        Err(code) => return Ok(code),
+    };
+    let policy = &environment.settings.sync_policy;
+    let options = SyncOptions {
+        prune: args.prune || policy.prune,
+        dry_run: args.dry_run,
+        force_conflicts: args.force_conflicts || policy.force_conflicts,
+        force_recreate: args.force_recreate,
+        allow_mass_prune: args.allow_mass_prune,
+        max_prune_percent: policy.max_prune_percent,
+    };
+    let cluster_options = ClusterOptions {
+        kubeconfig: live_args.kubeconfig.clone(),
+        context: live_args.context.clone(),
+    };
+    let interactive =
+        std::io::stderr().is_terminal() && !matches!(live_args.output, PlanOutput::Json);
+    let result = runtime()?.block_on(async {
+        let cluster = Cluster::connect(&cluster_options).await?;
+        let inventory = cluster.read_inventory(&environment.name).await?;
+        let live = cluster.list_managed(&environment.name).await?;
+        let plan = diff::plan(
+            &environment.name,
+            &desired,
+            &live,
+            revision.clone(),
+            cluster.requests(),
+        );
+        let total: u64 = plan
+            .changes
+            .iter()
+            .filter(|c| matches!(c.action, Action::Create | Action::Update))
+            .count() as u64;
+        let bar = if interactive && total > 0 {
+            let bar = indicatif::ProgressBar::new(total);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{spinner} [{bar:30}] {pos}/{len} applied  {msg}",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            Some(bar)
+        } else {
+            None
+        };
+        let report = cluster_sync::sync(
+            &cluster,
+            &plan,
+            &desired,
+            inventory,
+            &live,
+            &options,
+            revision,
+            |event| match (&bar, event) {
+                (Some(bar), Progress::Stage { wave, kind, .. }) => {
+                    bar.set_message(format!("wave {wave}: {kind}"))
+                }
+                (Some(bar), Progress::Applied { .. }) => bar.inc(1),
+                (None, Progress::Applied { id, ok }) if !ok => eprintln!("apply failed: {id}"),
+                (
+                    None,
+                    Progress::Stage {
+                        wave,
+                        kind,
+                        objects,
+                    },
+                ) => {
+                    eprintln!("applying wave {wave}: {objects} {kind}(s)");
+                }
+                (_, Progress::Pruned { id, ok }) => {
+                    eprintln!("{} {id}", if ok { "pruned" } else { "prune failed:" })
+                }
+                _ => {}
+            },
+        )
+        .await;
+        if let Some(bar) = bar {
+            bar.finish_and_clear();
+        }
+        report
+    });
+    let report = match result {
+        Ok(report) => report,
+        Err(SyncError::MassPrune(guard)) => {
+            eprintln!("error: nothing was changed: {}", guard.message);
+            return Ok(ExitCode::from(1));
+        }
+        Err(SyncError::Cluster(e)) => return Err(e.into()),
+    };
+    let text = match live_args.output {
+        PlanOutput::Json => serde_json::to_string_pretty(&report).context("encoding JSON")? + "\n",
+        PlanOutput::Text | PlanOutput::Markdown => sync_text(&report),
+    };
+    write_stdout(&text)?;
+    Ok(if report.succeeded() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+fn sync_text(r: &cluster_sync::SyncReport) -> String {
+    let mut out = String::new();
+    for c in &r.conflicts {
+        let fields: Vec<String> = c
+            .fields
+            .iter()
+            .map(|f| format!("{} (owned by {})", f.field, f.manager))
+            .collect();
+        out.push_str(&format!(
+            "conflict: {}: {}; re-run with --force-conflicts to take them over\n",
+            c.id,
+            fields.join(", ")
+        ));
+    }
+    for f in &r.failures {
+        out.push_str(&format!("failed: {}\n", f.message));
+    }
+    for k in &r.kept {
+        out.push_str(&format!("kept: {} ({})\n", k.id, k.message));
+    }
+    if let Some(why) = &r.prune_skipped {
+        out.push_str(&format!("prune skipped: {why}\n"));
+    }
+    out.push_str(&format!(
+        "{}Sync of environment {}{}: {} created, {} updated, {} recreated, {} pruned, {} unchanged, {} conflict(s), {} failure(s); {} write request(s).\n",
+        if r.dry_run { "(dry run) " } else { "" },
+        r.environment,
+        r.revision.as_deref().map(|v| format!(" at {}", &v[..v.len().min(12)])).unwrap_or_default(),
+        r.created.len(),
+        r.updated.len(),
+        r.recreated.len(),
+        r.pruned.len(),
+        r.unchanged,
+        r.conflicts.len(),
+        r.failures.len(),
+        r.write_requests,
+    ));
+    out
 }
 
 /// Writes to stdout; a closed pipe (`| head`) is not an error worth a message.

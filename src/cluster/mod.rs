@@ -12,6 +12,9 @@ use serde_json::Value;
 
 use crate::render::{self, ManagedKind};
 
+pub mod apply;
+pub mod sync;
+
 /// How to reach the cluster: kubeconfig file and context, or in-cluster.
 #[derive(Clone, Debug, Default)]
 pub struct ClusterOptions {
@@ -69,6 +72,7 @@ pub struct Cluster {
     client: Client,
     server: String,
     requests: AtomicU32,
+    writes: AtomicU32,
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {
@@ -129,6 +133,7 @@ impl Cluster {
             client,
             server,
             requests: AtomicU32::new(0),
+            writes: AtomicU32::new(0),
         })
     }
 
@@ -140,12 +145,24 @@ impl Cluster {
         &self.client
     }
 
+    /// Write requests (apply, delete) made so far.
+    pub fn writes(&self) -> u32 {
+        self.writes.load(Ordering::Relaxed)
+    }
+
+    fn count(&self, write: bool) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        if write {
+            self.writes.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     /// API requests made so far through this connection.
     pub fn requests(&self) -> u32 {
         self.requests.load(Ordering::Relaxed)
     }
 
-    fn classify(&self, e: kube::Error, verb: &str, resource: &str) -> ClusterError {
+    pub(crate) fn classify(&self, e: kube::Error, verb: &str, resource: &str) -> ClusterError {
         match e {
             kube::Error::Api(status) if status.code == 403 => ClusterError::Forbidden {
                 server: self.server.clone(),
@@ -183,13 +200,7 @@ impl Cluster {
         kind: &ManagedKind,
         selector: &str,
     ) -> Result<Vec<Value>, ClusterError> {
-        let resource = ApiResource {
-            group: kind.group.into(),
-            version: kind.version.into(),
-            api_version: api_version(kind),
-            kind: kind.kind.into(),
-            plural: kind.plural.into(),
-        };
+        let resource = api_resource(kind);
         let api: Api<DynamicObject> = Api::all_with(self.client.clone(), &resource);
         let resource_name = if kind.group.is_empty() {
             kind.plural.to_string()
@@ -199,7 +210,7 @@ impl Cluster {
         let mut params = ListParams::default().labels(selector).limit(PAGE_SIZE);
         let mut out = Vec::new();
         loop {
-            self.requests.fetch_add(1, Ordering::Relaxed);
+            self.count(false);
             let page = api
                 .list(&params)
                 .await
@@ -219,6 +230,16 @@ impl Cluster {
             }
         }
         Ok(out)
+    }
+}
+
+pub(crate) fn api_resource(kind: &ManagedKind) -> ApiResource {
+    ApiResource {
+        group: kind.group.into(),
+        version: kind.version.into(),
+        api_version: api_version(kind),
+        kind: kind.kind.into(),
+        plural: kind.plural.into(),
     }
 }
 

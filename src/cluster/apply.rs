@@ -1,0 +1,276 @@
+//! Writes: server-side apply, delete, and the inventory object.
+
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PropagationPolicy};
+
+use super::{Cluster, ClusterError, api_resource};
+use crate::diff::FIELD_MANAGER;
+use crate::inventory::{self, Inventory, ObjectRef, SYSTEM_NAMESPACE};
+use crate::render::{self, MANAGED_BY, MANAGER, Object};
+
+/// A field another manager owns, as a server-side apply conflict reports it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct ConflictField {
+    pub field: String,
+    pub manager: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error("{id}: {} owned by another field manager ({}); re-run with --force-conflicts to take them over", fields_text(.fields), managers(.fields))]
+    Conflict {
+        id: String,
+        fields: Vec<ConflictField>,
+    },
+    #[error(
+        "{id}: the API server refuses to change an immutable field: {message}; re-run with --force-recreate to delete and recreate the object"
+    )]
+    Immutable { id: String, message: String },
+    #[error("{id}: rejected by the API server: {message}")]
+    Invalid { id: String, message: String },
+    #[error("{id}: {source}")]
+    Cluster {
+        id: String,
+        #[source]
+        source: ClusterError,
+    },
+}
+
+fn fields_text(fields: &[ConflictField]) -> String {
+    let names: Vec<&str> = fields.iter().map(|f| f.field.as_str()).collect();
+    if names.len() == 1 {
+        format!("field {} is", names[0])
+    } else {
+        format!("fields {} are", names.join(", "))
+    }
+}
+
+fn managers(fields: &[ConflictField]) -> String {
+    let mut m: Vec<&str> = fields.iter().map(|f| f.manager.as_str()).collect();
+    m.sort_unstable();
+    m.dedup();
+    m.join(", ")
+}
+
+/// `conflict with "kubectl-edit" using apps/v1` -> `kubectl-edit`.
+fn manager_of(message: &str) -> String {
+    message.split('"').nth(1).unwrap_or(message).to_string()
+}
+
+impl Cluster {
+    fn api_for(
+        &self,
+        kind: &str,
+        namespace: Option<&str>,
+    ) -> Result<Api<DynamicObject>, ClusterError> {
+        let Some(managed) = render::MANAGED_KINDS.iter().find(|k| k.kind == kind) else {
+            return Err(ClusterError::Api {
+                server: self.server.clone(),
+                verb: "use".into(),
+                resource: kind.into(),
+                message: "not a kind tenantsync manages".into(),
+                code: 400,
+            });
+        };
+        let resource = api_resource(managed);
+        Ok(match namespace {
+            Some(ns) => Api::namespaced_with(self.client.clone(), ns, &resource),
+            None => Api::all_with(self.client.clone(), &resource),
+        })
+    }
+
+    /// Server-side apply as field manager `tenantsync`.
+    pub async fn apply(
+        &self,
+        object: &Object,
+        dry_run: bool,
+        force: bool,
+    ) -> Result<(), ApplyError> {
+        let id = object.id();
+        let api = self
+            .api_for(&object.kind, object.namespace.as_deref())
+            .map_err(|source| ApplyError::Cluster {
+                id: id.clone(),
+                source,
+            })?;
+        let mut params = PatchParams::apply(FIELD_MANAGER);
+        params.force = force;
+        params.dry_run = dry_run;
+        self.count(!dry_run);
+        match api
+            .patch(&object.name, &params, &Patch::Apply(&object.body))
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(status)) if status.code == 409 => {
+                let fields = status
+                    .details
+                    .as_ref()
+                    .map(|d| {
+                        d.causes
+                            .iter()
+                            .map(|c| ConflictField {
+                                field: c.field.clone(),
+                                manager: manager_of(&c.message),
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                Err(ApplyError::Conflict { id, fields })
+            }
+            Err(kube::Error::Api(status))
+                if status.code == 422 && status.message.contains("immutable") =>
+            {
+                Err(ApplyError::Immutable {
+                    id,
+                    message: status.message.clone(),
+                })
+            }
+            Err(kube::Error::Api(status)) if status.code == 422 || status.code == 400 => {
+                Err(ApplyError::Invalid {
+                    id,
+                    message: status.message.clone(),
+                })
+            }
+            Err(e) => Err(ApplyError::Cluster {
+                id,
+                source: self.classify(e, "patch", &object.kind),
+            }),
+        }
+    }
+
+    /// Deletes an object (dependents in the background, as kubectl does).
+    /// Returns false when it was already gone.
+    pub async fn delete(&self, r: &ObjectRef, dry_run: bool) -> Result<bool, ClusterError> {
+        let api = self.api_for(&r.kind, r.namespace.as_deref())?;
+        let params = DeleteParams {
+            dry_run,
+            propagation_policy: Some(PropagationPolicy::Background),
+            ..DeleteParams::default()
+        };
+        self.count(!dry_run);
+        match api.delete(&r.name, &params).await {
+            Ok(_) => Ok(true),
+            Err(kube::Error::Api(status)) if status.code == 404 => Ok(false),
+            Err(e) => Err(self.classify(e, "delete", &r.kind)),
+        }
+    }
+
+    /// Waits until an object is gone (after a delete), for recreation.
+    pub async fn wait_deleted(
+        &self,
+        r: &ObjectRef,
+        timeout: Duration,
+    ) -> Result<bool, ClusterError> {
+        let api = self.api_for(&r.kind, r.namespace.as_deref())?;
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            self.count(false);
+            match api.get_opt(&r.name).await {
+                Ok(None) => return Ok(true),
+                Ok(Some(_)) => tokio::time::sleep(Duration::from_millis(250)).await,
+                Err(e) => return Err(self.classify(e, "get", &r.kind)),
+            }
+        }
+        Ok(false)
+    }
+
+    /// Reads an environment's inventory; `None` before the first sync.
+    pub async fn read_inventory(
+        &self,
+        environment: &str,
+    ) -> Result<Option<Inventory>, ClusterError> {
+        let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), SYSTEM_NAMESPACE);
+        self.count(false);
+        let cm = match api.get_opt(&inventory::name_of(environment)).await {
+            Ok(cm) => cm,
+            Err(e) => return Err(self.classify(e, "get", "configmaps")),
+        };
+        match cm {
+            None => Ok(None),
+            Some(cm) => Inventory::from_config_map(&cm)
+                .map(Some)
+                .map_err(|e| ClusterError::Api {
+                    server: self.server.clone(),
+                    verb: "read".into(),
+                    resource: format!(
+                        "configmap {SYSTEM_NAMESPACE}/{}",
+                        inventory::name_of(environment)
+                    ),
+                    message: e.to_string(),
+                    code: 0,
+                }),
+        }
+    }
+
+    /// Writes the inventory (creating `tenantsync-system` when needed).
+    pub async fn write_inventory(
+        &self,
+        inventory: &Inventory,
+        dry_run: bool,
+    ) -> Result<(), ClusterError> {
+        let cm = inventory.to_config_map().map_err(|e| ClusterError::Api {
+            server: self.server.clone(),
+            verb: "encode".into(),
+            resource: "inventory".into(),
+            message: e.to_string(),
+            code: 0,
+        })?;
+        let mut params = PatchParams::apply(FIELD_MANAGER);
+        params.force = true;
+        params.dry_run = dry_run;
+        let namespaces: Api<Namespace> = Api::all(self.client.clone());
+        let ns = Namespace {
+            metadata: ObjectMeta {
+                name: Some(SYSTEM_NAMESPACE.into()),
+                labels: Some([(MANAGED_BY.to_string(), MANAGER.to_string())].into()),
+                ..ObjectMeta::default()
+            },
+            ..Namespace::default()
+        };
+        let mut ns_value = serde_json::to_value(&ns).unwrap_or_default();
+        ns_value["apiVersion"] = "v1".into();
+        ns_value["kind"] = "Namespace".into();
+        self.count(!dry_run);
+        namespaces
+            .patch(SYSTEM_NAMESPACE, &params, &Patch::Apply(&ns_value))
+            .await
+            .map_err(|e| self.classify(e, "patch", "namespaces"))?;
+        let mut value = serde_json::to_value(&cm).unwrap_or_default();
+        value["apiVersion"] = "v1".into();
+        value["kind"] = "ConfigMap".into();
+        let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), SYSTEM_NAMESPACE);
+        self.count(!dry_run);
+        api.patch(
+            &inventory::name_of(&inventory.environment),
+            &params,
+            &Patch::Apply(&value),
+        )
+        .await
+        .map_err(|e| self.classify(e, "patch", "configmaps"))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conflict_messages_name_fields_and_managers() {
+        let e = ApplyError::Conflict {
+            id: "Deployment/ns/fhir-main".into(),
+            fields: vec![ConflictField {
+                field: ".spec.replicas".into(),
+                manager: manager_of("conflict with \"kubectl-edit\" using apps/v1"),
+            }],
+        };
+        assert_eq!(
+            e.to_string(),
+            "Deployment/ns/fhir-main: field .spec.replicas is owned by another field manager (kubectl-edit); re-run with --force-conflicts to take them over"
+        );
+    }
+}

@@ -1,0 +1,277 @@
+//! Running a sync: inventory first, staged apply, prune last, inventory again.
+//!
+//! Crash safety comes from the order of writes. Before anything is applied
+//! the inventory is widened to everything already recorded plus everything
+//! about to be applied, so an object is never created outside it; it is only
+//! narrowed after prune, and objects whose delete did not succeed stay in it.
+//! A sync killed at any point therefore leaves an inventory that covers every
+//! object tenantsync created, and the next sync converges from there.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use futures::future::join_all;
+use serde::Serialize;
+use serde_json::Value;
+
+use super::apply::{ApplyError, ConflictField};
+use super::{Cluster, ClusterError};
+use crate::inventory::{Inventory, ObjectRef};
+use crate::plan::{Action, Plan};
+use crate::render::Object;
+use crate::sync::{self, MassPrune, SyncOptions};
+
+/// Objects applied at once within a stage.
+pub const APPLY_CONCURRENCY: usize = 8;
+const RECREATE_TIMEOUT: Duration = Duration::from_secs(60);
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Conflict {
+    pub id: String,
+    pub fields: Vec<ConflictField>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Failure {
+    pub id: String,
+    pub message: String,
+}
+
+/// What a sync did: the value printers, status and metrics are built from.
+#[derive(Clone, Debug, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SyncReport {
+    pub environment: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub revision: Option<String>,
+    pub dry_run: bool,
+    pub created: Vec<String>,
+    pub updated: Vec<String>,
+    /// Deleted and recreated (`--force-recreate`).
+    pub recreated: Vec<String>,
+    pub pruned: Vec<String>,
+    pub unchanged: usize,
+    /// No longer declared but kept, with the reason.
+    pub kept: Vec<Failure>,
+    pub conflicts: Vec<Conflict>,
+    pub failures: Vec<Failure>,
+    /// Why prune did not run although it was asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prune_skipped: Option<String>,
+    pub inventory_written: bool,
+    pub api_requests: u32,
+    pub write_requests: u32,
+}
+
+impl SyncReport {
+    pub fn succeeded(&self) -> bool {
+        self.conflicts.is_empty() && self.failures.is_empty()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error("nothing was changed: {}", .0.message)]
+    MassPrune(MassPrune),
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
+}
+
+/// Progress events, for a progress bar or log lines.
+pub enum Progress<'a> {
+    Stage {
+        wave: i32,
+        kind: &'a str,
+        objects: usize,
+    },
+    Applied {
+        id: &'a str,
+        ok: bool,
+    },
+    Pruned {
+        id: &'a str,
+        ok: bool,
+    },
+}
+
+/// Makes the cluster match `desired`.
+#[allow(clippy::too_many_arguments)]
+pub async fn sync(
+    cluster: &Cluster,
+    plan: &Plan,
+    desired: &[Object],
+    inventory: Option<Inventory>,
+    live: &[Value],
+    options: &SyncOptions,
+    revision: Option<String>,
+    mut progress: impl FnMut(Progress<'_>),
+) -> Result<SyncReport, SyncError> {
+    let steps = sync::steps(plan, desired, inventory.as_ref(), live, options)
+        .map_err(SyncError::MassPrune)?;
+    let mut report = SyncReport {
+        environment: plan.environment.clone(),
+        revision: revision.clone(),
+        dry_run: options.dry_run,
+        unchanged: plan
+            .changes
+            .iter()
+            .filter(|c| c.action == Action::Unchanged)
+            .count(),
+        ..SyncReport::default()
+    };
+    let old = inventory.unwrap_or_else(|| Inventory::new(&plan.environment));
+    let desired_refs: BTreeSet<ObjectRef> = desired.iter().map(ObjectRef::of).collect();
+
+    // 1. Widen the inventory before creating anything.
+    let mut widened = old.clone();
+    for r in &desired_refs {
+        if !widened.contains(r) {
+            widened.objects.insert(r.clone());
+        }
+    }
+    if widened.objects != old.objects && !options.dry_run {
+        cluster.write_inventory(&widened, false).await?;
+        report.inventory_written = true;
+    }
+
+    // 2. Apply, stage by stage.
+    for stage in &steps.stages {
+        progress(Progress::Stage {
+            wave: stage.wave,
+            kind: stage.objects.first().map_or("", |o| o.kind.as_str()),
+            objects: stage.objects.len(),
+        });
+        for chunk in stage.objects.chunks(APPLY_CONCURRENCY) {
+            let results = join_all(chunk.iter().map(|o| apply_one(cluster, o, options))).await;
+            for (o, result) in chunk.iter().zip(results) {
+                let id = o.id();
+                progress(Progress::Applied {
+                    id: &id,
+                    ok: result.is_ok(),
+                });
+                let created = plan.changes.iter().any(|c| {
+                    c.action == Action::Create
+                        && c.kind == o.kind
+                        && c.namespace == o.namespace
+                        && c.name == o.name
+                });
+                match result {
+                    Ok(false) if created => report.created.push(id),
+                    Ok(false) => report.updated.push(id),
+                    Ok(true) => report.recreated.push(id),
+                    Err(ApplyError::Conflict { id, fields }) => {
+                        report.conflicts.push(Conflict { id, fields })
+                    }
+                    Err(e) => report.failures.push(Failure {
+                        id,
+                        message: e.to_string(),
+                    }),
+                }
+            }
+        }
+    }
+
+    // 3. Prune, only after everything applied.
+    let mut not_deleted: Vec<ObjectRef> = Vec::new();
+    if !report.succeeded() && !steps.prune.is_empty() {
+        report.prune_skipped = Some("some objects failed to apply; nothing was pruned".into());
+        not_deleted.extend(steps.prune.iter().cloned());
+    } else {
+        for r in &steps.prune {
+            let id = r.id();
+            match cluster.delete(r, options.dry_run).await {
+                Ok(_) => {
+                    progress(Progress::Pruned { id: &id, ok: true });
+                    report.pruned.push(id);
+                }
+                Err(e) => {
+                    progress(Progress::Pruned { id: &id, ok: false });
+                    report.failures.push(Failure {
+                        id,
+                        message: format!("prune failed: {e}"),
+                    });
+                    not_deleted.push(r.clone());
+                }
+            }
+        }
+    }
+    report.kept = steps
+        .kept
+        .iter()
+        .map(|(r, why)| Failure {
+            id: r.id(),
+            message: why.clone(),
+        })
+        .collect();
+
+    // 4. Narrow the inventory to what exists and is ours.
+    if !options.dry_run {
+        let mut final_inventory = Inventory {
+            environment: plan.environment.clone(),
+            revision: revision.or(old.revision.clone()),
+            last_applied_at: old.last_applied_at.clone(),
+            objects: desired_refs,
+        };
+        final_inventory.objects.extend(not_deleted);
+        let changed_cluster = !(report.created.is_empty()
+            && report.updated.is_empty()
+            && report.recreated.is_empty()
+            && report.pruned.is_empty());
+        if changed_cluster {
+            final_inventory.last_applied_at = Some(k8s_openapi::jiff::Timestamp::now().to_string());
+        }
+        // A sync that changed nothing writes nothing, not even a timestamp.
+        if final_inventory != old {
+            cluster.write_inventory(&final_inventory, false).await?;
+            report.inventory_written = true;
+        }
+    }
+    report.api_requests = cluster.requests();
+    report.write_requests = cluster.writes();
+    Ok(report)
+}
+
+/// Applies one object; `Ok(true)` when it had to be recreated.
+async fn apply_one(
+    cluster: &Cluster,
+    object: &Object,
+    options: &SyncOptions,
+) -> Result<bool, ApplyError> {
+    match cluster
+        .apply(object, options.dry_run, options.force_conflicts)
+        .await
+    {
+        Err(ApplyError::Immutable { id, message })
+            if options.force_recreate && !options.dry_run =>
+        {
+            let r = ObjectRef::of(object);
+            cluster
+                .delete(&r, false)
+                .await
+                .map_err(|source| ApplyError::Cluster {
+                    id: id.clone(),
+                    source,
+                })?;
+            let gone = cluster
+                .wait_deleted(&r, RECREATE_TIMEOUT)
+                .await
+                .map_err(|source| ApplyError::Cluster {
+                    id: id.clone(),
+                    source,
+                })?;
+            if !gone {
+                return Err(ApplyError::Invalid {
+                    id,
+                    message: format!(
+                        "deleted to recreate it ({message}), but it was still there after {RECREATE_TIMEOUT:?}"
+                    ),
+                });
+            }
+            cluster
+                .apply(object, false, options.force_conflicts)
+                .await
+                .map(|()| true)
+        }
+        other => other.map(|()| false),
+    }
+}
