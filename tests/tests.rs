@@ -4,8 +4,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod control_plane;
+mod git_source;
 mod golden;
 mod plan_cluster;
 mod print_golden;
 mod support;
+mod sync_cluster;
 mod validate_cli;

@@ -58,6 +58,10 @@ pub struct SyncReport {
     /// Why prune did not run although it was asked for.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub prune_skipped: Option<String>,
+    /// Dry run only: objects in namespaces this sync would create, which the
+    /// server cannot validate before the namespace exists.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub not_validated: Vec<String>,
     pub inventory_written: bool,
     pub api_requests: u32,
     pub write_requests: u32,
@@ -134,14 +138,32 @@ pub async fn sync(
         report.inventory_written = true;
     }
 
-    // 2. Apply, stage by stage.
+    // 2. Apply, stage by stage. A dry run cannot send objects whose namespace
+    // it would only create: they are listed as not validated.
+    let new_namespaces: BTreeSet<&str> = plan
+        .changes
+        .iter()
+        .filter(|c| c.kind == "Namespace" && c.action == Action::Create)
+        .map(|c| c.name.as_str())
+        .collect();
     for stage in &steps.stages {
         progress(Progress::Stage {
             wave: stage.wave,
             kind: stage.objects.first().map_or("", |o| o.kind.as_str()),
             objects: stage.objects.len(),
         });
-        for chunk in stage.objects.chunks(APPLY_CONCURRENCY) {
+        let (unsendable, sendable): (Vec<&Object>, Vec<&Object>) =
+            stage.objects.iter().partition(|o| {
+                options.dry_run
+                    && o.namespace
+                        .as_deref()
+                        .is_some_and(|ns| new_namespaces.contains(ns))
+            });
+        for o in unsendable {
+            report.created.push(o.id());
+            report.not_validated.push(o.id());
+        }
+        for chunk in sendable.chunks(APPLY_CONCURRENCY) {
             let results = join_all(chunk.iter().map(|o| apply_one(cluster, o, options))).await;
             for (o, result) in chunk.iter().zip(results) {
                 let id = o.id();
@@ -172,10 +194,9 @@ pub async fn sync(
     }
 
     // 3. Prune, only after everything applied.
-    let mut not_deleted: Vec<ObjectRef> = Vec::new();
+    let mut pruned: Vec<&ObjectRef> = Vec::new();
     if !report.succeeded() && !steps.prune.is_empty() {
         report.prune_skipped = Some("some objects failed to apply; nothing was pruned".into());
-        not_deleted.extend(steps.prune.iter().cloned());
     } else {
         for r in &steps.prune {
             let id = r.id();
@@ -183,6 +204,7 @@ pub async fn sync(
                 Ok(_) => {
                     progress(Progress::Pruned { id: &id, ok: true });
                     report.pruned.push(id);
+                    pruned.push(r);
                 }
                 Err(e) => {
                     progress(Progress::Pruned { id: &id, ok: false });
@@ -190,7 +212,6 @@ pub async fn sync(
                         id,
                         message: format!("prune failed: {e}"),
                     });
-                    not_deleted.push(r.clone());
                 }
             }
         }
@@ -202,6 +223,23 @@ pub async fn sync(
             id: r.id(),
             message: why.clone(),
         })
+        .collect();
+    // What stays ours: everything declared, and every earlier object not
+    // deleted now, not found any more, nor released by `prune: disabled`.
+    let released: Vec<&ObjectRef> = steps
+        .gone
+        .iter()
+        .chain(steps.kept.iter().map(|(r, _)| r))
+        .chain(pruned)
+        .collect();
+    let not_deleted: Vec<ObjectRef> = old
+        .objects
+        .iter()
+        .filter(|r| {
+            !desired_refs.iter().any(|d| d.same_object(r))
+                && !released.iter().any(|x| x.same_object(r))
+        })
+        .cloned()
         .collect();
 
     // 4. Narrow the inventory to what exists and is ours.

@@ -10,6 +10,8 @@
 //! to skip the start-up. If the control plane cannot start, every test using it
 //! fails with the reason: cluster tests never skip.
 
+pub mod repo;
+
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
 use std::io::{BufRead, BufReader, Write};

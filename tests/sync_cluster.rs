@@ -1,0 +1,475 @@
+//! `tenantsync sync` against the real control plane: order, inventory,
+//! idempotence, prune and its guards, conflicts, immutable fields, dry-run
+//! and crash safety.
+
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
+use kube::api::{Api, Patch, PatchParams};
+use serde_json::{Value, json};
+
+use crate::support::repo::TestRepo;
+use crate::support::{User, control_plane, eventually};
+
+fn sync(repo: &TestRepo, extra: &[&str]) -> (Output, Value) {
+    let mut args = vec!["--output", "json"];
+    args.extend_from_slice(extra);
+    let out = repo.run("sync", "admin", &args);
+    let report = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    (out, report)
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn ids(report: &Value, key: &str) -> Vec<String> {
+    report[key]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+async fn inventory(repo: &TestRepo) -> Option<tenantsync::inventory::Inventory> {
+    let api: Api<ConfigMap> = Api::namespaced(
+        control_plane().client(User::Admin).await,
+        tenantsync::inventory::SYSTEM_NAMESPACE,
+    );
+    let cm = api
+        .get_opt(&tenantsync::inventory::name_of(&repo.env))
+        .await
+        .expect("get inventory")?;
+    Some(tenantsync::inventory::Inventory::from_config_map(&cm).expect("valid inventory"))
+}
+
+async fn exists<K>(namespace: &str, name: &str) -> bool
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+    <K as kube::Resource>::DynamicType: Default,
+{
+    let api: Api<K> = Api::namespaced(control_plane().client(User::Admin).await, namespace);
+    api.get_opt(name).await.expect("get").is_some()
+}
+
+#[tokio::test]
+async fn first_sync_creates_everything_and_records_it_second_writes_nothing() {
+    let repo = TestRepo::new("sync-first");
+    let (out, report) = sync(&repo, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let created = ids(&report, "created");
+    assert!(created.len() > 40);
+    // Namespaces come first, Ingresses and NetworkPolicies last.
+    let first_non_ns = created
+        .iter()
+        .position(|id| !id.starts_with("Namespace/"))
+        .expect("objects");
+    assert!(
+        created[..first_non_ns]
+            .iter()
+            .all(|id| id.starts_with("Namespace/"))
+    );
+    assert!(
+        created[first_non_ns..]
+            .iter()
+            .all(|id| !id.starts_with("Namespace/"))
+    );
+    let last_deploy = created
+        .iter()
+        .rposition(|id| id.starts_with("Deployment/"))
+        .expect("deployments");
+    let first_ingress = created
+        .iter()
+        .position(|id| id.starts_with("Ingress/"))
+        .expect("ingresses");
+    assert!(last_deploy < first_ingress);
+
+    let inv = inventory(&repo).await.expect("inventory written");
+    assert_eq!(inv.objects.len(), created.len());
+    assert!(inv.last_applied_at.is_some());
+
+    let (out, report) = sync(&repo, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(report["writeRequests"], 0, "{report:#}");
+    assert_eq!(report["unchanged"].as_u64(), Some(created.len() as u64));
+}
+
+#[tokio::test]
+async fn a_changed_declaration_updates_only_the_affected_objects() {
+    let repo = TestRepo::new("sync-change");
+    let (out, _) = sync(&repo, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    repo.write(
+        "workspaces/woodgrove.yaml",
+        "apiVersion: tenantsync.io/v1alpha1\nkind: WorkspacePatch\nmetadata: {name: woodgrove}\nspec:\n  fhirServices:\n    - name: api\n      replicas: 3\n",
+    );
+    let (out, report) = sync(&repo, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let ns = repo.namespace("woodgrove");
+    assert_eq!(
+        ids(&report, "updated"),
+        [format!("Deployment/{ns}/fhir-api")]
+    );
+    assert_eq!(
+        ids(&report, "created"),
+        [format!("PodDisruptionBudget/{ns}/fhir-api")]
+    );
+    let api: Api<Deployment> = Api::namespaced(control_plane().client(User::Admin).await, &ns);
+    let d = api.get("fhir-api").await.expect("deployment");
+    assert_eq!(d.spec.and_then(|s| s.replicas), Some(3));
+}
+
+#[tokio::test]
+async fn removing_workspaces_prunes_only_with_prune_and_stops_mass_prune() {
+    let repo = TestRepo::new("sync-prune");
+    let (out, _) = sync(&repo, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let ns = repo.namespace("woodgrove");
+    // A ConfigMap labelled like tenantsync's but never applied by it.
+    let hand = control_plane()
+        .kubectl()
+        .args([
+            "--context",
+            "admin",
+            "-n",
+            &repo.namespace("contoso"),
+            "create",
+            "configmap",
+            "by-hand",
+        ])
+        .output()
+        .expect("kubectl");
+    assert!(hand.status.success());
+    let label = control_plane()
+        .kubectl()
+        .args([
+            "--context",
+            "admin",
+            "-n",
+            &repo.namespace("contoso"),
+            "label",
+            "configmap",
+            "by-hand",
+        ])
+        .arg("app.kubernetes.io/managed-by=tenantsync")
+        .arg(format!("tenantsync.io/environment={}", repo.env))
+        .output()
+        .expect("kubectl");
+    assert!(label.status.success());
+
+    repo.write(
+        "workspaces/woodgrove.yaml",
+        "apiVersion: tenantsync.io/v1alpha1\nkind: WorkspacePatch\nmetadata: {name: woodgrove}\n$patch: delete\n",
+    );
+    // Without --prune nothing goes.
+    let (out, report) = sync(&repo, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(ids(&report, "pruned").is_empty());
+    assert!(exists::<Deployment>(&ns, "fhir-api").await);
+    // Deleting a workspace's namespace needs --allow-mass-prune; nothing changes.
+    let (out, _) = sync(&repo, &["--prune"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains(&format!("would delete the namespace(s) {ns}")),
+        "{}",
+        stderr(&out)
+    );
+    assert!(exists::<Deployment>(&ns, "fhir-api").await);
+
+    let (out, report) = sync(&repo, &["--prune", "--allow-mass-prune"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let pruned = ids(&report, "pruned");
+    assert!(
+        pruned.iter().all(|id| id.contains("woodgrove")),
+        "{pruned:?}"
+    );
+    assert_eq!(
+        pruned.last().map(String::as_str),
+        Some(format!("Namespace/{ns}").as_str())
+    );
+    assert!(pruned.contains(&format!("Deployment/{ns}/fhir-api")));
+    let namespaces: Api<Namespace> = Api::all(control_plane().client(User::Admin).await);
+    eventually(
+        "the pruned namespace to disappear",
+        Duration::from_secs(60),
+        || {
+            let namespaces = namespaces.clone();
+            let ns = ns.clone();
+            async move {
+                namespaces
+                    .get_opt(&ns)
+                    .await
+                    .ok()
+                    .flatten()
+                    .is_none()
+                    .then_some(())
+            }
+        },
+    )
+    .await;
+    assert!(
+        exists::<ConfigMap>(&repo.namespace("contoso"), "by-hand").await,
+        "hand-made object was pruned"
+    );
+    assert!(
+        !inventory(&repo)
+            .await
+            .expect("inventory")
+            .objects
+            .iter()
+            .any(|o| o.name.contains("woodgrove"))
+    );
+
+    // Dropping most of what is left is a mass prune.
+    for ws in ["contoso", "fabrikam"] {
+        repo.write(
+            &format!("workspaces/{ws}.yaml"),
+            &format!("apiVersion: tenantsync.io/v1alpha1\nkind: WorkspacePatch\nmetadata: {{name: {ws}}}\n$patch: delete\n"),
+        );
+    }
+    let (out, _) = sync(&repo, &["--prune"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("--allow-mass-prune"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(exists::<Deployment>(&repo.namespace("contoso"), "fhir-main").await);
+}
+
+#[tokio::test]
+async fn a_conflicting_manager_is_reported_then_overwritten_when_forced() {
+    let repo = TestRepo::new("sync-conflict");
+    let (out, _) = sync(&repo, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let ns = repo.namespace("contoso");
+    let api: Api<ConfigMap> = Api::namespaced(control_plane().client(User::Admin).await, &ns);
+    // Another tool takes over a field tenantsync set.
+    let other = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "fhir-main-config"},
+        "data": {"FhirServer__Version": "R5"}});
+    api.patch(
+        "fhir-main-config",
+        &PatchParams::apply("other-tool").force(),
+        &Patch::Apply(&other),
+    )
+    .await
+    .expect("other manager applies");
+    // The declaration changes that field's neighbour, so tenantsync must write.
+    repo.write(
+        "workspaces/contoso.yaml",
+        "apiVersion: tenantsync.io/v1alpha1\nkind: WorkspacePatch\nmetadata: {name: contoso}\nspec:\n  fhirServices:\n    - name: main\n      fhirVersion: R4B\n",
+    );
+    let (out, report) = sync(&repo, &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let conflicts = report["conflicts"].as_array().expect("conflicts");
+    assert_eq!(conflicts.len(), 1, "{report:#}");
+    assert_eq!(
+        conflicts[0]["id"],
+        format!("ConfigMap/{ns}/fhir-main-config")
+    );
+    assert_eq!(conflicts[0]["fields"][0]["manager"], "other-tool");
+    assert!(
+        conflicts[0]["fields"][0]["field"]
+            .as_str()
+            .expect("field")
+            .contains("FhirServer__Version")
+    );
+    assert_eq!(
+        api.get("fhir-main-config")
+            .await
+            .expect("get")
+            .data
+            .expect("data")["FhirServer__Version"],
+        "R5"
+    );
+
+    let (out, _) = sync(&repo, &["--force-conflicts"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(
+        api.get("fhir-main-config")
+            .await
+            .expect("get")
+            .data
+            .expect("data")["FhirServer__Version"],
+        "R4B"
+    );
+}
+
+#[tokio::test]
+async fn an_immutable_field_fails_clearly_then_recreates_when_asked() {
+    let repo = TestRepo::new("sync-immutable");
+    let ns = repo.namespace("woodgrove");
+    let (out, _) = sync(&repo, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    // As if an earlier version had rendered another selector.
+    let api: Api<Deployment> = Api::namespaced(control_plane().client(User::Admin).await, &ns);
+    api.delete("fhir-api", &Default::default())
+        .await
+        .expect("delete");
+    let old = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "fhir-api",
+        "labels": {"app.kubernetes.io/managed-by": "tenantsync", "tenantsync.io/environment": repo.env}},
+        "spec": {"selector": {"matchLabels": {"legacy": "fhir-api"}},
+            "template": {"metadata": {"labels": {"legacy": "fhir-api"}},
+                "spec": {"containers": [{"name": "fhir-server", "image": "old:1"}]}}}});
+    api.patch(
+        "fhir-api",
+        &PatchParams::apply("tenantsync"),
+        &Patch::Apply(&old),
+    )
+    .await
+    .expect("old apply");
+
+    let (out, report) = sync(&repo, &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let failure = report["failures"][0]["message"]
+        .as_str()
+        .expect("failure")
+        .to_string();
+    assert!(
+        failure.contains(&format!("Deployment/{ns}/fhir-api")),
+        "{failure}"
+    );
+    assert!(
+        failure.contains("immutable") && failure.contains("--force-recreate"),
+        "{failure}"
+    );
+
+    let (out, report) = sync(&repo, &["--force-recreate"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(
+        ids(&report, "recreated"),
+        [format!("Deployment/{ns}/fhir-api")]
+    );
+    let d = api.get("fhir-api").await.expect("get");
+    let selector = d.spec.expect("spec").selector.match_labels.expect("labels");
+    assert_eq!(
+        selector
+            .get("app.kubernetes.io/instance")
+            .map(String::as_str),
+        Some("fhir-api")
+    );
+}
+
+#[tokio::test]
+async fn dry_run_reports_and_changes_nothing() {
+    let repo = TestRepo::new("sync-dry");
+    let (out, report) = sync(&repo, &["--dry-run"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let created = ids(&report, "created");
+    assert!(created.len() > 40);
+    // Only namespaces can be checked before they exist; the rest is listed.
+    assert_eq!(
+        ids(&report, "notValidated").len(),
+        created
+            .iter()
+            .filter(|id| !id.starts_with("Namespace/"))
+            .count()
+    );
+    assert_eq!(report["writeRequests"], 0);
+    assert!(inventory(&repo).await.is_none());
+    let namespaces: Api<Namespace> = Api::all(control_plane().client(User::Admin).await);
+    assert!(
+        namespaces
+            .get_opt(&repo.namespace("contoso"))
+            .await
+            .expect("get")
+            .is_none()
+    );
+
+    // Once the namespaces exist, the server's own validation speaks through a dry run.
+    let (out, _) = sync(&repo, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    repo.write(
+        "workspaces/contoso.yaml",
+        "apiVersion: tenantsync.io/v1alpha1\nkind: WorkspacePatch\nmetadata: {name: contoso}\nspec:\n  fhirServices:\n    - name: main\n      replicas: 4\n      resources: {requests: {cpu: 2}, limits: {cpu: 1}}\n",
+    );
+    let (out, report) = sync(&repo, &["--dry-run"]);
+    assert_eq!(out.status.code(), Some(1));
+    let failures = report["failures"].as_array().expect("failures");
+    assert!(
+        failures.iter().any(|f| f["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("must be less than or equal to cpu limit"))),
+        "{failures:#?}"
+    );
+    let api: Api<Deployment> = Api::namespaced(
+        control_plane().client(User::Admin).await,
+        &repo.namespace("contoso"),
+    );
+    let d = api.get("fhir-main").await.expect("get");
+    assert_eq!(
+        d.spec.and_then(|s| s.replicas),
+        Some(1),
+        "a dry run changed the cluster"
+    );
+}
+
+#[tokio::test]
+async fn a_sync_killed_midway_converges_on_the_next_run_and_prunes_nothing_desired() {
+    let repo = TestRepo::new("sync-kill");
+    // Enough workspaces for the kill to land in the middle.
+    for i in 0..150 {
+        repo.write(
+            &format!("workspaces/t{i:03}.yaml"),
+            &format!("apiVersion: tenantsync.io/v1alpha1\nkind: Workspace\nmetadata: {{name: t{i:03}}}\nspec:\n  fhirServices:\n    - name: api\n"),
+        );
+    }
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tenantsync"))
+        .args(["sync", "--env", &repo.env, "--context", "admin", "--repo"])
+        .arg(repo.path())
+        .arg("--kubeconfig")
+        .arg(control_plane().kubeconfig())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    // Kill once the inventory exists and some namespaces were created.
+    let namespaces: Api<Namespace> = Api::all(control_plane().client(User::Admin).await);
+    let env = repo.env.clone();
+    eventually("the sync to be under way", Duration::from_secs(30), || {
+        let namespaces = namespaces.clone();
+        let env = env.clone();
+        async move {
+            let list = namespaces
+                .list(
+                    &kube::api::ListParams::default()
+                        .labels(&format!("tenantsync.io/environment={env}")),
+                )
+                .await
+                .ok()?;
+            (list.items.len() >= 20).then_some(())
+        }
+    })
+    .await;
+    child.kill().expect("kill -9");
+    let _ = child.wait();
+    let partial = inventory(&repo)
+        .await
+        .expect("inventory widened before applying");
+    assert!(
+        partial.objects.len() > 150 * 5,
+        "inventory lists everything about to be applied"
+    );
+
+    let (out, report) = sync(&repo, &["--prune", "--allow-mass-prune"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        ids(&report, "pruned").is_empty(),
+        "nothing desired may be pruned: {report:#}"
+    );
+    let plan = repo.plan_json("admin");
+    assert_eq!(plan["summary"]["create"], 0);
+    assert_eq!(plan["summary"]["update"], 0);
+    assert_eq!(
+        inventory(&repo).await.expect("inventory").objects.len() as u64,
+        plan["summary"]["unchanged"].as_u64().expect("n")
+    );
+}
