@@ -201,11 +201,23 @@ fn live_cmd(args: &LiveArgs, verb: print::Verb) -> anyhow::Result<ExitCode> {
     };
     let plan = runtime.block_on(async {
         let cluster = Cluster::connect(&options).await?;
+        // plan deletes what sync --prune would: inventoried objects only;
+        // drift reports every labelled object nothing declares.
+        let inventory = match verb {
+            print::Verb::Plan => Some(
+                cluster
+                    .read_inventory(&environment.name)
+                    .await?
+                    .unwrap_or_else(|| crate::inventory::Inventory::new(&environment.name)),
+            ),
+            print::Verb::Drift => None,
+        };
         let live = cluster.list_managed(&environment.name).await?;
         Ok::<_, crate::cluster::ClusterError>(diff::plan(
             &environment.name,
             &desired,
             &live,
+            inventory.as_ref(),
             revision,
             cluster.requests(),
         ))
@@ -282,6 +294,7 @@ fn sync_cmd(args: &SyncArgs) -> anyhow::Result<ExitCode> {
             &environment.name,
             &desired,
             &live,
+            inventory.as_ref(),
             revision.clone(),
             cluster.requests(),
         );

@@ -15,6 +15,7 @@ use std::collections::BTreeMap;
 use serde_json::{Map, Value};
 use similar::TextDiff;
 
+use crate::inventory::{Inventory, ObjectRef};
 use crate::plan::{Action, Change, FieldAction, FieldChange, PLAN_FORMAT_VERSION, Plan, Summary};
 use crate::render::{self, Object, WORKSPACE_LABEL};
 
@@ -427,10 +428,16 @@ pub fn diff_object(desired: &Object, live: Option<&Value>) -> Change {
 
 /// The plan: desired objects against the live objects tenantsync manages in
 /// this environment (as listed by its labels).
+///
+/// Live objects nothing declares are deletes when `inventory` lists them
+/// (what `sync --prune` would delete: tenantsync never deletes what it did not
+/// record); with `inventory` `None` every such labelled object is listed,
+/// which is what `drift` reports as orphaned.
 pub fn plan(
     environment: &str,
     desired: &[Object],
     live: &[Value],
+    inventory: Option<&Inventory>,
     revision: Option<String>,
     api_requests: u32,
 ) -> Plan {
@@ -442,6 +449,11 @@ pub fn plan(
         changes.push(diff_object(d, live_by_key.remove(&key)));
     }
     for ((kind, namespace, name), l) in live_by_key {
+        if let Some(inventory) = inventory
+            && !ObjectRef::of_live(l).is_some_and(|r| inventory.contains(&r))
+        {
+            continue;
+        }
         let workspace = l
             .pointer("/metadata/labels")
             .and_then(|m| m.get(WORKSPACE_LABEL))
@@ -647,7 +659,14 @@ mod tests {
         let mut orphan = live_after_apply(&deployment(1, "x"));
         orphan["metadata"]["name"] = json!("old");
         orphan["metadata"]["labels"] = json!({WORKSPACE_LABEL: "acme"});
-        let p = plan("dev", &desired, &[orphan], Some("abc".into()), 3);
+        let p = plan(
+            "dev",
+            &desired,
+            &[orphan.clone()],
+            None,
+            Some("abc".into()),
+            3,
+        );
         assert_eq!(
             p.summary,
             Summary {
@@ -670,5 +689,13 @@ mod tests {
             del.diff
         );
         assert_eq!(p.api_requests, 3);
+        // With an inventory, only what it records is deleted.
+        let empty = Inventory::new("dev");
+        let p = plan("dev", &desired, &[orphan.clone()], Some(&empty), None, 3);
+        assert_eq!(p.summary.delete, 0);
+        let mut inv = Inventory::new("dev");
+        inv.objects.insert(ObjectRef::of_live(&orphan).unwrap());
+        let p = plan("dev", &desired, &[orphan], Some(&inv), None, 3);
+        assert_eq!(p.summary.delete, 1);
     }
 }

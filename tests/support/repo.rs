@@ -4,10 +4,9 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams};
 use serde_json::Value;
 
-use super::{User, control_plane, unique_name};
+use super::{control_plane, unique_name};
 
 pub struct TestRepo {
     dir: tempfile::TempDir,
@@ -90,41 +89,18 @@ impl TestRepo {
         format!("{workspace}-{}", self.env)
     }
 
-    /// Applies what the environment renders with server-side apply as field
-    /// manager tenantsync (what `sync` will do), namespaces first.
+    /// Syncs the environment with `tenantsync sync` (server-side apply as
+    /// field manager tenantsync, inventory recorded); returns how many
+    /// objects were created.
     pub async fn apply_rendered(&self) -> usize {
-        let tree = tenantsync::source::folder::read(self.path()).expect("read repo");
-        let env = tenantsync::validate::load(&tree)
-            .resolve(&self.env)
-            .expect("valid environment");
-        let objects = tenantsync::render::render(&env).expect("render");
-        let client = control_plane().client(User::Admin).await;
-        let mut ordered: Vec<_> = objects.iter().collect();
-        ordered.sort_by_key(|o| tenantsync::render::kind_rank(&o.kind));
-        for o in &ordered {
-            let kind = tenantsync::render::MANAGED_KINDS
-                .iter()
-                .find(|k| k.kind == o.kind)
-                .expect("a managed kind");
-            let resource = ApiResource {
-                group: kind.group.into(),
-                version: kind.version.into(),
-                api_version: o.api_version.clone(),
-                kind: kind.kind.into(),
-                plural: kind.plural.into(),
-            };
-            let api: Api<DynamicObject> = match &o.namespace {
-                Some(ns) => Api::namespaced_with(client.clone(), ns, &resource),
-                None => Api::all_with(client.clone(), &resource),
-            };
-            api.patch(
-                &o.name,
-                &PatchParams::apply("tenantsync"),
-                &Patch::Apply(&o.body),
-            )
-            .await
-            .unwrap_or_else(|e| panic!("apply {}: {e}", o.id()));
-        }
-        objects.len()
+        let out = self.run("sync", "admin", &["--output", "json"]);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "sync failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let report: Value = serde_json::from_slice(&out.stdout).expect("sync report");
+        report["created"].as_array().map_or(0, Vec::len)
     }
 }
