@@ -884,6 +884,6 @@ mod tests {
         assert_eq!(v["environment"], "dev");
         assert_eq!(v["summary"]["delete"], 2);
         assert_eq!(v["changes"][1]["fields"][0]["manager"], "kubectl");
-        assert_eq!(v["api_requests"], 7);
+        assert_eq!(v["apiRequests"], 7);
     }
 }
