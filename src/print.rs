@@ -480,22 +480,22 @@ pub fn markdown(plan: &Plan, verb: Verb) -> String {
 // ---------------------------------------------------------------- json
 
 /// The plan as pretty JSON with a trailing newline. This is the stable,
-/// documented schema (`format_version` 1), keys as in [`Plan`]'s `Serialize`:
+/// documented schema (`formatVersion` 1), keys as in [`Plan`]'s `Serialize`:
 ///
-/// - `format_version`: schema version (1).
+/// - `formatVersion`: schema version (1).
 /// - `environment`: the environment's name.
 /// - `revision`: the Git commit the desired state came from; absent when read
 ///   from a plain folder.
 /// - `summary`: `{create, update, delete, unchanged}` counts.
 /// - `changes`: every object, unchanged ones included, sorted by workspace,
-///   apply order and name; each `{action, api_version, kind, namespace, name,
+///   apply order and name; each `{action, apiVersion, kind, namespace, name,
 ///   workspace, fields, diff}` with `action` one of `create`, `update`,
 ///   `delete`, `unchanged`, `namespace` absent for cluster-scoped objects,
 ///   `diff` the unified diff text (empty when unchanged) and `fields` (updates
 ///   only) a list of `{path, action, live, desired, manager}` with `action`
 ///   one of `add`, `change`, `remove` and `live`, `desired`, `manager` absent
 ///   when not applicable.
-/// - `api_requests`: API requests made to compute the plan.
+/// - `apiRequests`: API requests made to compute the plan.
 pub fn json(plan: &Plan) -> String {
     #[allow(
         clippy::expect_used,
