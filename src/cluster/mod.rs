@@ -31,18 +31,17 @@ pub const PAGE_SIZE: u32 = 500;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
-    #[error("cannot load kubeconfig {path}: {source}")]
+    #[error("cannot load kubeconfig {path}")]
     Kubeconfig {
         path: String,
         #[source]
         source: kube::config::KubeconfigError,
     },
-    #[error("no cluster configured (no kubeconfig found and not running in a pod): {source}")]
-    Infer {
-        #[source]
-        source: kube::config::InferConfigError,
-    },
-    #[error("cannot create a client for {server}: {source}")]
+    #[error(
+        "no cluster configured: no kubeconfig (KUBECONFIG, --kubeconfig, ~/.kube/config) and not running in a pod"
+    )]
+    Infer,
+    #[error("cannot create a client for {server}")]
     Client {
         server: String,
         #[source]
@@ -114,9 +113,7 @@ impl Cluster {
                     path: "from KUBECONFIG or ~/.kube/config".into(),
                     source,
                 })?,
-            (None, None) => Config::infer()
-                .await
-                .map_err(|source| ClusterError::Infer { source })?,
+            (None, None) => Config::infer().await.map_err(|_| ClusterError::Infer)?,
         };
         config.connect_timeout = Some(CONNECT_TIMEOUT);
         config.read_timeout = Some(READ_TIMEOUT);
