@@ -203,16 +203,16 @@ fn live_cmd(args: &LiveArgs, verb: print::Verb) -> anyhow::Result<ExitCode> {
         let cluster = Cluster::connect(&options).await?;
         // plan deletes what sync --prune would: inventoried objects only;
         // drift reports every labelled object nothing declares.
+        let inventory = cluster
+            .read_inventory(&environment.name)
+            .await?
+            .unwrap_or_else(|| crate::inventory::Inventory::new(&environment.name));
+        let kinds = crate::inventory::kinds_to_list(&desired, Some(&inventory));
+        let live = cluster.list_managed(&environment.name, &kinds).await?;
         let inventory = match verb {
-            print::Verb::Plan => Some(
-                cluster
-                    .read_inventory(&environment.name)
-                    .await?
-                    .unwrap_or_else(|| crate::inventory::Inventory::new(&environment.name)),
-            ),
+            print::Verb::Plan => Some(inventory),
             print::Verb::Drift => None,
         };
-        let live = cluster.list_managed(&environment.name).await?;
         Ok::<_, crate::cluster::ClusterError>(diff::plan(
             &environment.name,
             &desired,
@@ -289,7 +289,8 @@ fn sync_cmd(args: &SyncArgs) -> anyhow::Result<ExitCode> {
     let result = runtime()?.block_on(async {
         let cluster = Cluster::connect(&cluster_options).await?;
         let inventory = cluster.read_inventory(&environment.name).await?;
-        let live = cluster.list_managed(&environment.name).await?;
+        let kinds = crate::inventory::kinds_to_list(&desired, inventory.as_ref());
+        let live = cluster.list_managed(&environment.name, &kinds).await?;
         let plan = diff::plan(
             &environment.name,
             &desired,

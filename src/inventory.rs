@@ -78,6 +78,23 @@ impl ObjectRef {
     }
 }
 
+/// Kinds to list beyond the fixed ones: those of the desired objects and of
+/// the inventory (so objects of a kind no longer declared are still found).
+pub fn kinds_to_list(desired: &[Object], inventory: Option<&Inventory>) -> Vec<(String, String)> {
+    let mut kinds: BTreeSet<(String, String)> = desired
+        .iter()
+        .map(|o| (o.api_version.clone(), o.kind.clone()))
+        .collect();
+    if let Some(inv) = inventory {
+        kinds.extend(
+            inv.objects
+                .iter()
+                .map(|o| (o.api_version.clone(), o.kind.clone())),
+        );
+    }
+    kinds.into_iter().collect()
+}
+
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Inventory {
     pub environment: String,

@@ -274,6 +274,8 @@ pub struct Environment {
     pub chain: Vec<String>,
     pub settings: Settings,
     pub workspaces: Vec<Workspace>,
+    /// Plain manifests from the layers' `resources/`, applied as they are.
+    pub resources: Vec<serde_json::Value>,
 }
 
 impl Environment {

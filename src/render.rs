@@ -305,11 +305,52 @@ struct Workload<'a> {
 pub fn render(env: &Environment) -> Result<Vec<Object>, RenderError> {
     let mut workspaces: Vec<&Workspace> = env.workspaces.iter().collect();
     workspaces.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
-    let mut all = Vec::new();
+    let mut all = environment_resources(env);
     for ws in workspaces {
         all.extend(render_workspace(env, ws)?);
     }
     Ok(all)
+}
+
+/// The layers' plain manifests, labelled as tenantsync's, first in the output
+/// (they hold what workspaces may build on, such as CRDs).
+fn environment_resources(env: &Environment) -> Vec<Object> {
+    let mut out: Vec<Object> = env
+        .resources
+        .iter()
+        .map(|manifest| {
+            let mut body = manifest.clone();
+            let text = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_string();
+            if let Some(meta) = body
+                .get_mut("metadata")
+                .and_then(serde_json::Value::as_object_mut)
+            {
+                let labels = meta
+                    .entry("labels")
+                    .or_insert_with(|| serde_json::json!({}));
+                if let Some(labels) = labels.as_object_mut() {
+                    labels.insert(MANAGED_BY.into(), MANAGER.into());
+                    labels.insert(ENVIRONMENT_LABEL.into(), env.name.clone().into());
+                }
+            }
+            Object {
+                api_version: text(&body["apiVersion"]),
+                kind: text(&body["kind"]),
+                namespace: body["metadata"]["namespace"].as_str().map(str::to_string),
+                name: text(&body["metadata"]["name"]),
+                workspace: String::new(),
+                body,
+            }
+        })
+        .collect();
+    out.sort_by(|a, b| {
+        (kind_rank(&a.kind), &a.namespace, &a.name).cmp(&(
+            kind_rank(&b.kind),
+            &b.namespace,
+            &b.name,
+        ))
+    });
+    out
 }
 
 /// Renders one workspace.
@@ -1102,6 +1143,7 @@ mod tests {
             chain: vec!["dev".into()],
             settings: Settings::default(),
             workspaces,
+            resources: Vec::new(),
         }
     }
 

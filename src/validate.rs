@@ -19,6 +19,8 @@ use crate::yaml::{self, Key, Limits, Node, Value};
 pub const ENVIRONMENTS_DIR: &str = "environments";
 pub const ENVIRONMENT_FILE: &str = "environment.yaml";
 pub const WORKSPACES_DIR: &str = "workspaces";
+/// Plain Kubernetes manifests applied as they are (CRDs, policies, ...).
+pub const RESOURCES_DIR: &str = "resources";
 
 /// A parsed document (its nodes carry their file).
 #[derive(Clone, Debug)]
@@ -31,6 +33,7 @@ struct Layer {
     env: Option<Doc>,
     workspaces: Vec<Doc>,
     patches: Vec<Doc>,
+    resources: Vec<Doc>,
     /// A workspace file could not be parsed, so a patch may miss its target
     /// for that reason alone: such follow-on errors are not reported.
     unreadable_workspace: bool,
@@ -75,6 +78,8 @@ pub fn load(tree: &SourceTree) -> Repository {
             Role::Environment
         } else if inner.starts_with(&format!("{WORKSPACES_DIR}/")) {
             Role::Workspace
+        } else if inner.starts_with(&format!("{RESOURCES_DIR}/")) {
+            Role::Resource
         } else {
             repo.layers
                 .entry(layer_name)
@@ -82,7 +87,7 @@ pub fn load(tree: &SourceTree) -> Repository {
                 .problems
                 .push(at_file(
                     path,
-                    "unexpected file: a layer holds environment.yaml and workspaces/*.yaml",
+                    "unexpected file: a layer holds environment.yaml, workspaces/*.yaml and resources/*.yaml",
                 ));
             continue;
         };
@@ -129,6 +134,12 @@ pub fn load(tree: &SourceTree) -> Repository {
                     }
                 }
                 layer.env = Some(doc);
+            }
+            Role::Resource => {
+                layer
+                    .problems
+                    .extend(check_manifest(&doc.node, &repo.files));
+                layer.resources.push(doc);
             }
             Role::Workspace => match doc.node.get("kind").and_then(Node::as_str) {
                 Some("Workspace") => {
@@ -179,6 +190,7 @@ pub fn load(tree: &SourceTree) -> Repository {
 enum Role {
     Environment,
     Workspace,
+    Resource,
 }
 
 fn at_file(path: &str, message: impl Into<String>) -> Diagnostic {
@@ -325,6 +337,36 @@ impl Repository {
                 }
             }
         }
+        // Manifests: a layer's replace the same object of a layer below it.
+        let mut resources: BTreeMap<(String, Option<String>, String), serde_json::Value> =
+            BTreeMap::new();
+        for layer in &layers {
+            let mut seen = BTreeMap::new();
+            for doc in &layer.resources {
+                let json = doc.node.to_json();
+                let key = (
+                    json["kind"].as_str().unwrap_or_default().to_string(),
+                    json["metadata"]["namespace"].as_str().map(str::to_string),
+                    json["metadata"]["name"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string(),
+                );
+                if let Some(first) = seen.insert(key.clone(), doc.node.pos) {
+                    diags.push(self.files.diag(
+                        doc.node.pos,
+                        None,
+                        format!(
+                            "{} {} is also declared in {} of the same layer",
+                            key.0,
+                            key.2,
+                            self.files.path(first.file)
+                        ),
+                    ));
+                }
+                resources.insert(key, json);
+            }
+        }
         diags.extend(
             overlay_errors
                 .into_iter()
@@ -348,6 +390,7 @@ impl Repository {
             chain: chain.clone(),
             settings,
             workspaces: Vec::new(),
+            resources: resources.into_values().collect(),
         };
 
         for node in workspaces.values() {
@@ -737,6 +780,66 @@ impl Repository {
             }
         }
     }
+}
+
+/// A plain manifest needs an identity; its content is the API server's to check.
+fn check_manifest(node: &Node, files: &FileTable) -> Vec<Diagnostic> {
+    let mut out = Vec::new();
+    if !matches!(node.value, Value::Map(_)) {
+        out.push(files.diag(
+            node.pos,
+            None,
+            format!("a manifest is an object, found {}", node.type_name()),
+        ));
+        return out;
+    }
+    for field in ["apiVersion", "kind"] {
+        if node
+            .get(field)
+            .and_then(Node::as_str)
+            .is_none_or(str::is_empty)
+        {
+            out.push(files.diag(
+                node.pos,
+                Some(format!("/{field}")),
+                format!("missing required field `{field}`"),
+            ));
+        }
+    }
+    match node.get("metadata").and_then(|m| m.get("name")) {
+        Some(n) => match n.as_str() {
+            Some(name) if is_dns_subdomain(name) => {}
+            _ => out.push(files.diag(
+                n.pos,
+                Some("/metadata/name".into()),
+                "metadata.name must be a DNS-1123 subdomain (lowercase letters, digits, '-' and '.', at most 253)",
+            )),
+        },
+        None => out.push(files.diag(node.pos, Some("/metadata/name".into()), "missing required field `metadata.name`")),
+    }
+    if let Some(ns) = node.get("metadata").and_then(|m| m.get("namespace"))
+        && ns.as_str().is_none_or(|n| names::check_label(n).is_err())
+    {
+        out.push(files.diag(
+            ns.pos,
+            Some("/metadata/namespace".into()),
+            "metadata.namespace must be a DNS-1123 label",
+        ));
+    }
+    out
+}
+
+fn is_dns_subdomain(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|part| {
+            !part.is_empty()
+                && part
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !part.starts_with('-')
+                && !part.ends_with('-')
+        })
 }
 
 fn doc_name(node: &Node) -> Option<(String, &Node)> {

@@ -473,3 +473,40 @@ async fn a_sync_killed_midway_converges_on_the_next_run_and_prunes_nothing_desir
         plan["summary"]["unchanged"].as_u64().expect("n")
     );
 }
+
+#[tokio::test]
+async fn a_crd_and_its_custom_object_apply_in_one_sync_and_prune_later() {
+    let repo = TestRepo::new("sync-crd");
+    // CRDs are cluster-wide: a group of this test's own.
+    let group = format!("{}.example.com", repo.env);
+    let crd_name = format!("backuppolicies.{group}");
+    repo.write(
+        "resources/backuppolicy-crd.yaml",
+        &format!(
+            "apiVersion: apiextensions.k8s.io/v1\nkind: CustomResourceDefinition\nmetadata:\n  name: {crd_name}\nspec:\n  group: {group}\n  scope: Namespaced\n  names: {{plural: backuppolicies, singular: backuppolicy, kind: BackupPolicy}}\n  versions:\n    - name: v1\n      served: true\n      storage: true\n      schema:\n        openAPIV3Schema:\n          type: object\n          properties:\n            spec:\n              type: object\n              properties:\n                schedule: {{type: string}}\n                retentionDays: {{type: integer, default: 30}}\n"
+        ),
+    );
+    let ns = repo.namespace("contoso");
+    repo.write(
+        "resources/contoso-backup.yaml",
+        &format!(
+            "apiVersion: {group}/v1\nkind: BackupPolicy\nmetadata:\n  name: nightly\n  namespace: {ns}\nspec:\n  schedule: \"0 2 * * *\"\n"
+        ),
+    );
+    let (out, report) = sync(&repo, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}\n{report:#}", stderr(&out));
+    let created = ids(&report, "created");
+    let crd_at = created.iter().position(|id| id == &format!("CustomResourceDefinition/{crd_name}")).expect("CRD created");
+    let cr_at = created.iter().position(|id| id == &format!("BackupPolicy/{ns}/nightly")).expect("custom object created");
+    assert!(crd_at < cr_at);
+    // The server filled in the schema default; that is not a change.
+    let plan = repo.plan_json("readonly");
+    assert_eq!(plan["summary"]["create"], 0, "{:#}", plan["changes"]);
+    assert_eq!(plan["summary"]["update"], 0, "{:#}", plan["changes"]);
+
+    std::fs::remove_file(repo.path().join("environments").join(&repo.env).join("resources/contoso-backup.yaml"))
+        .expect("rm");
+    let (out, report) = sync(&repo, &["--prune"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(ids(&report, "pruned"), [format!("BackupPolicy/{ns}/nightly")]);
+}

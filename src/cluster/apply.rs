@@ -3,13 +3,14 @@
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PropagationPolicy};
 
-use super::{Cluster, ClusterError, api_resource};
+use super::{Cluster, ClusterError};
 use crate::diff::FIELD_MANAGER;
 use crate::inventory::{self, Inventory, ObjectRef, SYSTEM_NAMESPACE};
-use crate::render::{self, MANAGED_BY, MANAGER, Object};
+use crate::render::{MANAGED_BY, MANAGER, Object};
 
 /// A field another manager owns, as a server-side apply conflict reports it.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
@@ -61,24 +62,33 @@ fn manager_of(message: &str) -> String {
 }
 
 impl Cluster {
-    fn api_for(
+    async fn api_for(
         &self,
+        api_version: &str,
         kind: &str,
         namespace: Option<&str>,
     ) -> Result<Api<DynamicObject>, ClusterError> {
-        let Some(managed) = render::MANAGED_KINDS.iter().find(|k| k.kind == kind) else {
+        let mut found = self.resolve_kind(api_version, kind).await?;
+        for _ in 0..10 {
+            if found.is_some() {
+                break;
+            }
+            // Discovery can lag a CRD that just became Established.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            found = self.resolve_kind(api_version, kind).await?;
+        }
+        let Some((resource, namespaced)) = found else {
             return Err(ClusterError::Api {
                 server: self.server.clone(),
-                verb: "use".into(),
-                resource: kind.into(),
-                message: "not a kind tenantsync manages".into(),
-                code: 400,
+                verb: "find".into(),
+                resource: format!("{api_version} {kind}"),
+                message: "the API server does not serve this kind (is its CRD installed?)".into(),
+                code: 404,
             });
         };
-        let resource = api_resource(managed);
         Ok(match namespace {
-            Some(ns) => Api::namespaced_with(self.client.clone(), ns, &resource),
-            None => Api::all_with(self.client.clone(), &resource),
+            Some(ns) if namespaced => Api::namespaced_with(self.client.clone(), ns, &resource),
+            _ => Api::all_with(self.client.clone(), &resource),
         })
     }
 
@@ -91,7 +101,12 @@ impl Cluster {
     ) -> Result<(), ApplyError> {
         let id = object.id();
         let api = self
-            .api_for(&object.kind, object.namespace.as_deref())
+            .api_for(
+                &object.api_version,
+                &object.kind,
+                object.namespace.as_deref(),
+            )
+            .await
             .map_err(|source| ApplyError::Cluster {
                 id: id.clone(),
                 source,
@@ -145,7 +160,9 @@ impl Cluster {
     /// Deletes an object (dependents in the background, as kubectl does).
     /// Returns false when it was already gone.
     pub async fn delete(&self, r: &ObjectRef, dry_run: bool) -> Result<bool, ClusterError> {
-        let api = self.api_for(&r.kind, r.namespace.as_deref())?;
+        let api = self
+            .api_for(&r.api_version, &r.kind, r.namespace.as_deref())
+            .await?;
         let params = DeleteParams {
             dry_run,
             propagation_policy: Some(PropagationPolicy::Background),
@@ -159,13 +176,45 @@ impl Cluster {
         }
     }
 
+    /// Waits until a CustomResourceDefinition is Established, so objects of
+    /// its kind can be applied. Returns false on timeout.
+    pub async fn wait_established(
+        &self,
+        name: &str,
+        timeout: Duration,
+    ) -> Result<bool, ClusterError> {
+        let api: Api<CustomResourceDefinition> = Api::all(self.client.clone());
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            self.count(false);
+            let crd = api
+                .get_opt(name)
+                .await
+                .map_err(|e| self.classify(e, "get", "customresourcedefinitions"))?;
+            let established = crd
+                .and_then(|c| c.status)
+                .and_then(|s| s.conditions)
+                .is_some_and(|cs| {
+                    cs.iter()
+                        .any(|c| c.type_ == "Established" && c.status == "True")
+                });
+            if established {
+                return Ok(true);
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        Ok(false)
+    }
+
     /// Waits until an object is gone (after a delete), for recreation.
     pub async fn wait_deleted(
         &self,
         r: &ObjectRef,
         timeout: Duration,
     ) -> Result<bool, ClusterError> {
-        let api = self.api_for(&r.kind, r.namespace.as_deref())?;
+        let api = self
+            .api_for(&r.api_version, &r.kind, r.namespace.as_deref())
+            .await?;
         let start = Instant::now();
         while start.elapsed() < timeout {
             self.count(false);

@@ -5,8 +5,12 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use kube::api::{Api, ApiResource, DynamicObject, ListParams};
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, ListParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::discovery::Scope;
 use kube::{Client, Config};
 use serde_json::Value;
 
@@ -72,6 +76,8 @@ pub struct Cluster {
     server: String,
     requests: AtomicU32,
     writes: AtomicU32,
+    /// Kinds found by discovery (those outside [`render::MANAGED_KINDS`]).
+    discovered: Mutex<HashMap<(String, String), (ApiResource, bool)>>,
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {
@@ -131,6 +137,7 @@ impl Cluster {
             server,
             requests: AtomicU32::new(0),
             writes: AtomicU32::new(0),
+            discovered: Mutex::new(HashMap::new()),
         })
     }
 
@@ -181,28 +188,89 @@ impl Cluster {
         }
     }
 
+    /// The API resource of a kind and whether it is namespaced: the fixed
+    /// kinds tenantsync renders, else API discovery (cached). `None` when the
+    /// API server does not serve the kind (yet: a CRD not installed).
+    pub async fn resolve_kind(
+        &self,
+        api_version: &str,
+        kind: &str,
+    ) -> Result<Option<(ApiResource, bool)>, ClusterError> {
+        if let Some(k) = render::MANAGED_KINDS
+            .iter()
+            .find(|k| k.kind == kind && api_version_of(k) == api_version)
+        {
+            return Ok(Some((api_resource(k), k.namespaced)));
+        }
+        let key = (api_version.to_string(), kind.to_string());
+        if let Some(found) = self
+            .discovered
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&key).cloned())
+        {
+            return Ok(Some(found));
+        }
+        let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
+        let gvk = GroupVersionKind::gvk(group, version, kind);
+        self.count(false);
+        match kube::discovery::pinned_kind(&self.client, &gvk).await {
+            Ok((resource, caps)) => {
+                let found = (resource, caps.scope == Scope::Namespaced);
+                if let Ok(mut m) = self.discovered.lock() {
+                    m.insert(key, found.clone());
+                }
+                Ok(Some(found))
+            }
+            Err(kube::Error::Api(status)) if status.code == 404 => Ok(None),
+            Err(kube::Error::Discovery(_)) => Ok(None),
+            Err(e) => Err(self.classify(e, "discover", &format!("{api_version} {kind}"))),
+        }
+    }
+
     /// Lists the objects tenantsync manages in `environment`: one LIST per
-    /// kind (per page of 500), across all namespaces, by label.
-    pub async fn list_managed(&self, environment: &str) -> Result<Vec<Value>, ClusterError> {
+    /// kind (per page of 500), across all namespaces, by label. `extra`
+    /// names further kinds (`apiVersion`, `kind`) to list: plain manifests'
+    /// kinds and the inventory's.
+    pub async fn list_managed(
+        &self,
+        environment: &str,
+        extra: &[(String, String)],
+    ) -> Result<Vec<Value>, ClusterError> {
         let selector = render::selector(environment);
         let mut out = Vec::new();
         for kind in render::MANAGED_KINDS {
-            out.extend(self.list_kind(kind, &selector).await?);
+            out.extend(
+                self.list_kind(api_resource(kind), kind.kind, &selector)
+                    .await?,
+            );
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for (api_version, kind) in extra {
+            let fixed = render::MANAGED_KINDS
+                .iter()
+                .any(|k| k.kind == kind && api_version_of(k) == *api_version);
+            if fixed || !seen.insert((api_version, kind)) {
+                continue;
+            }
+            if let Some((resource, _)) = self.resolve_kind(api_version, kind).await? {
+                out.extend(self.list_kind(resource, kind, &selector).await?);
+            }
         }
         Ok(out)
     }
 
     async fn list_kind(
         &self,
-        kind: &ManagedKind,
+        resource: ApiResource,
+        kind_name: &str,
         selector: &str,
     ) -> Result<Vec<Value>, ClusterError> {
-        let resource = api_resource(kind);
         let api: Api<DynamicObject> = Api::all_with(self.client.clone(), &resource);
-        let resource_name = if kind.group.is_empty() {
-            kind.plural.to_string()
+        let resource_name = if resource.group.is_empty() {
+            resource.plural.clone()
         } else {
-            format!("{}.{}", kind.plural, kind.group)
+            format!("{}.{}", resource.plural, resource.group)
         };
         let mut params = ListParams::default().labels(selector).limit(PAGE_SIZE);
         let mut out = Vec::new();
@@ -217,7 +285,7 @@ impl Cluster {
                 // LIST responses leave out each item's apiVersion and kind.
                 if let Some(map) = value.as_object_mut() {
                     map.insert("apiVersion".into(), resource.api_version.clone().into());
-                    map.insert("kind".into(), kind.kind.into());
+                    map.insert("kind".into(), kind_name.into());
                 }
                 out.push(value);
             }
@@ -234,13 +302,13 @@ pub(crate) fn api_resource(kind: &ManagedKind) -> ApiResource {
     ApiResource {
         group: kind.group.into(),
         version: kind.version.into(),
-        api_version: api_version(kind),
+        api_version: api_version_of(kind),
         kind: kind.kind.into(),
         plural: kind.plural.into(),
     }
 }
 
-fn api_version(kind: &ManagedKind) -> String {
+fn api_version_of(kind: &ManagedKind) -> String {
     if kind.group.is_empty() {
         kind.version.to_string()
     } else {

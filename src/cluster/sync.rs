@@ -24,6 +24,7 @@ use crate::sync::{self, MassPrune, SyncOptions};
 /// Objects applied at once within a stage.
 pub const APPLY_CONCURRENCY: usize = 8;
 const RECREATE_TIMEOUT: Duration = Duration::from_secs(60);
+const ESTABLISH_TIMEOUT: Duration = Duration::from_secs(60);
 
 #[derive(Clone, Debug, Serialize)]
 pub struct Conflict {
@@ -146,6 +147,23 @@ pub async fn sync(
         .filter(|c| c.kind == "Namespace" && c.action == Action::Create)
         .map(|c| c.name.as_str())
         .collect();
+    // Kinds whose CRD this sync creates: a dry run cannot send their objects.
+    let new_kinds: BTreeSet<(String, String)> = desired
+        .iter()
+        .filter(|o| o.kind == "CustomResourceDefinition")
+        .filter(|o| {
+            plan.changes
+                .iter()
+                .any(|c| c.action == Action::Create && c.kind == o.kind && c.name == o.name)
+        })
+        .filter_map(|o| {
+            let spec = o.body.get("spec")?;
+            Some((
+                spec.get("group")?.as_str()?.to_string(),
+                spec.pointer("/names/kind")?.as_str()?.to_string(),
+            ))
+        })
+        .collect();
     for stage in &steps.stages {
         progress(Progress::Stage {
             wave: stage.wave,
@@ -154,10 +172,13 @@ pub async fn sync(
         });
         let (unsendable, sendable): (Vec<&Object>, Vec<&Object>) =
             stage.objects.iter().partition(|o| {
+                let group = o.api_version.split_once('/').map_or("", |(g, _)| g);
                 options.dry_run
-                    && o.namespace
+                    && (o
+                        .namespace
                         .as_deref()
                         .is_some_and(|ns| new_namespaces.contains(ns))
+                        || new_kinds.contains(&(group.to_string(), o.kind.clone())))
             });
         for o in unsendable {
             report.created.push(o.id());
@@ -165,6 +186,19 @@ pub async fn sync(
         }
         for chunk in sendable.chunks(APPLY_CONCURRENCY) {
             let results = join_all(chunk.iter().map(|o| apply_one(cluster, o, options))).await;
+            // Objects of a CRD's kind wait until it is Established.
+            for (o, result) in chunk.iter().zip(&results) {
+                if o.kind == "CustomResourceDefinition"
+                    && result.is_ok()
+                    && !options.dry_run
+                    && !cluster.wait_established(&o.name, ESTABLISH_TIMEOUT).await?
+                {
+                    report.failures.push(Failure {
+                        id: o.id(),
+                        message: format!("not Established after {ESTABLISH_TIMEOUT:?}"),
+                    });
+                }
+            }
             for (o, result) in chunk.iter().zip(results) {
                 let id = o.id();
                 progress(Progress::Applied {
