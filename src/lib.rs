@@ -8,6 +8,7 @@ pub mod cli;
 pub mod cluster;
 pub mod diag;
 pub mod diff;
+pub mod health;
 pub mod inventory;
 pub mod model;
 pub mod overlay;
