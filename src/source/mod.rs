@@ -1,3 +1,4 @@
 //! Edges that read repositories into [`crate::repo::SourceTree`]s.
 
 pub mod folder;
+pub mod git;
