@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod control_plane;
+mod git_source;
 mod golden;
 mod plan_cluster;
 mod print_golden;
