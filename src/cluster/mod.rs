@@ -18,6 +18,7 @@ use crate::render::{self, ManagedKind};
 
 pub mod apply;
 pub mod sync;
+pub mod wait;
 
 /// How to reach the cluster: kubeconfig file and context, or in-cluster.
 #[derive(Clone, Debug, Default)]

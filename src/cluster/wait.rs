@@ -1,0 +1,219 @@
+//! Waiting for applied objects to become healthy (`sync --wait`).
+//!
+//! Polls with one GET per object not yet healthy, every [`POLL_INTERVAL`],
+//! and judges each with [`health::assess`]. Healthy is final: an object is
+//! not read again once healthy, so a long wait costs only the stragglers.
+//! Degraded is not final (a controller may still recover, a user may fix a
+//! quota), so the wait goes on, except when every object left is Degraded
+//! for [`DEGRADED_POLLS`] polls in a row: then nothing is making progress.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use futures::StreamExt;
+use kube::api::{Api, ApiResource, DynamicObject};
+use tokio::time::Instant;
+
+use super::{Cluster, ClusterError, api_resource};
+use crate::health::{self, Health, HealthOptions, HealthStatus};
+use crate::inventory::ObjectRef;
+use crate::render;
+
+/// Time between two reads of an object not yet healthy.
+pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
+/// Polls in a row with every unhealthy object Degraded before giving up early.
+pub const DEGRADED_POLLS: u32 = 3;
+/// GETs in flight at once.
+const CONCURRENCY: usize = 16;
+
+/// Waits until every object is Healthy, or `timeout` passes, or every object
+/// not healthy stayed Degraded for [`DEGRADED_POLLS`] polls. Returns the last
+/// health of each object, in the order given; the caller decides what a
+/// Progressing or Degraded result means (the exit code).
+///
+/// `on_change` is called each time an object's health (status or message)
+/// differs from what was last seen, the first reading included, so a caller
+/// can print `Progressing` then `Healthy`. An object not found is
+/// Progressing; one never read before the timeout is Progressing too.
+pub async fn wait_healthy(
+    cluster: &Cluster,
+    objects: &[ObjectRef],
+    options: &HealthOptions,
+    timeout: Duration,
+    mut on_change: impl FnMut(&ObjectRef, &Health),
+) -> Result<Vec<(ObjectRef, Health)>, ClusterError> {
+    let deadline = Instant::now() + timeout;
+    let resources = resolve_kinds(cluster, objects).await?;
+    let mut last: Vec<Option<Health>> = vec![None; objects.len()];
+    let mut degraded_polls = 0;
+    loop {
+        let pending: Vec<usize> = (0..objects.len())
+            .filter(|&i| !matches!(&last[i], Some(h) if h.status == HealthStatus::Healthy))
+            .collect();
+        if pending.is_empty() {
+            break;
+        }
+        let reads = futures::stream::iter(pending.iter().map(|&i| {
+            let r = &objects[i];
+            let resource = &resources[&(r.api_version.clone(), r.kind.clone())];
+            async move { (i, read_health(cluster, r, resource, options).await) }
+        }))
+        .buffered(CONCURRENCY)
+        .collect::<Vec<_>>();
+        let Ok(results) = tokio::time::timeout_at(deadline, reads).await else {
+            break;
+        };
+        for (i, result) in results {
+            let health = result?;
+            if last[i].as_ref() != Some(&health) {
+                on_change(&objects[i], &health);
+                last[i] = Some(health);
+            }
+        }
+        let unhealthy: Vec<HealthStatus> = last
+            .iter()
+            .flatten()
+            .map(|h| h.status)
+            .filter(|s| *s != HealthStatus::Healthy)
+            .collect();
+        if unhealthy.is_empty() {
+            break;
+        }
+        if unhealthy.iter().all(|s| *s == HealthStatus::Degraded) {
+            degraded_polls += 1;
+            if degraded_polls >= DEGRADED_POLLS {
+                break;
+            }
+        } else {
+            degraded_polls = 0;
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            break;
+        }
+        tokio::time::sleep_until((now + POLL_INTERVAL).min(deadline)).await;
+        if Instant::now() >= deadline {
+            break;
+        }
+    }
+    Ok(objects
+        .iter()
+        .zip(last)
+        .map(|(r, h)| {
+            let health =
+                h.unwrap_or_else(|| Health::progressing("not read before the timeout passed"));
+            (r.clone(), health)
+        })
+        .collect())
+}
+
+/// The API resource of every kind among `objects`, resolved once: the kinds
+/// tenantsync renders and CustomResourceDefinition without a request, other
+/// kinds by API discovery. A kind the server does not serve is an error.
+async fn resolve_kinds(
+    cluster: &Cluster,
+    objects: &[ObjectRef],
+) -> Result<HashMap<(String, String), (ApiResource, bool)>, ClusterError> {
+    let mut out = HashMap::new();
+    for r in objects {
+        let key = (r.api_version.clone(), r.kind.clone());
+        if out.contains_key(&key) {
+            continue;
+        }
+        let found = match known_kind(&r.api_version, &r.kind) {
+            Some(found) => Some(found),
+            None => cluster.resolve_kind(&r.api_version, &r.kind).await?,
+        };
+        let Some(found) = found else {
+            return Err(ClusterError::Api {
+                server: cluster.server.clone(),
+                verb: "wait for".into(),
+                resource: format!("{} {} ({})", r.api_version, r.kind, r.id()),
+                message: "the API server does not serve this kind, so its health cannot be read"
+                    .into(),
+                code: 404,
+            });
+        };
+        out.insert(key, found);
+    }
+    Ok(out)
+}
+
+fn known_kind(api_version: &str, kind: &str) -> Option<(ApiResource, bool)> {
+    if api_version == "apiextensions.k8s.io/v1" && kind == "CustomResourceDefinition" {
+        return Some((
+            ApiResource {
+                group: "apiextensions.k8s.io".into(),
+                version: "v1".into(),
+                api_version: api_version.into(),
+                kind: kind.into(),
+                plural: "customresourcedefinitions".into(),
+            },
+            false,
+        ));
+    }
+    render::MANAGED_KINDS
+        .iter()
+        .map(|k| (api_resource(k), k.namespaced))
+        .find(|(resource, _)| resource.api_version == api_version && resource.kind == kind)
+}
+
+/// One GET, judged. Not found is Progressing: it may not be visible yet.
+async fn read_health(
+    cluster: &Cluster,
+    r: &ObjectRef,
+    (resource, namespaced): &(ApiResource, bool),
+    options: &HealthOptions,
+) -> Result<Health, ClusterError> {
+    let api: Api<DynamicObject> = match &r.namespace {
+        Some(ns) if *namespaced => Api::namespaced_with(cluster.client.clone(), ns, resource),
+        _ => Api::all_with(cluster.client.clone(), resource),
+    };
+    cluster.count(false);
+    let live = api
+        .get_opt(&r.name)
+        .await
+        .map_err(|e| cluster.classify(e, "get", &r.id()))?;
+    let Some(live) = live else {
+        return Ok(Health::progressing("not found"));
+    };
+    let mut value = serde_json::to_value(&live).map_err(|e| ClusterError::Api {
+        server: cluster.server.clone(),
+        verb: "read".into(),
+        resource: r.id(),
+        message: e.to_string(),
+        code: 0,
+    })?;
+    // The rules go by kind; make sure it is there whatever the response held.
+    if let Some(map) = value.as_object_mut() {
+        map.insert("kind".into(), r.kind.clone().into());
+        map.insert("apiVersion".into(), r.api_version.clone().into());
+    }
+    Ok(health::assess(&value, options))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn known_kinds_cover_rendered_kinds_and_crds() {
+        for k in render::MANAGED_KINDS {
+            let resource = api_resource(k);
+            let found = known_kind(&resource.api_version, k.kind);
+            assert_eq!(
+                found.map(|(r, n)| (r.plural, n)),
+                Some((k.plural.to_string(), k.namespaced)),
+                "{}",
+                k.kind
+            );
+        }
+        let crd = known_kind("apiextensions.k8s.io/v1", "CustomResourceDefinition");
+        assert_eq!(
+            crd.map(|(r, n)| (r.plural, n)),
+            Some(("customresourcedefinitions".to_string(), false))
+        );
+        assert!(known_kind("example.com/v1", "Widget").is_none());
+        assert!(known_kind("apps/v1beta1", "Deployment").is_none());
+    }
+}
