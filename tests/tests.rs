@@ -6,6 +6,7 @@
 mod control_plane;
 mod git_source;
 mod golden;
+mod health_cluster;
 mod plan_cluster;
 mod print_golden;
 mod support;

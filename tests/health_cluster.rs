@@ -1,0 +1,314 @@
+//! `cluster::wait::wait_healthy` against the real control plane.
+//!
+//! The control plane runs no deployment controller and no ingress
+//! controller: each test drives progress by writing the status subresource
+//! itself, in its own namespace.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::networking::v1::Ingress;
+use kube::api::{Api, Patch, PatchParams};
+use serde_json::{Value, json};
+use tenantsync::cluster::wait::wait_healthy;
+use tenantsync::cluster::{Cluster, ClusterOptions};
+use tenantsync::health::{Health, HealthOptions, HealthStatus};
+use tenantsync::inventory::ObjectRef;
+
+use crate::support::{User, control_plane};
+
+async fn connect() -> Cluster {
+    Cluster::connect(&ClusterOptions {
+        kubeconfig: Some(control_plane().kubeconfig().to_path_buf()),
+        context: Some(User::Admin.context().to_string()),
+    })
+    .await
+    .unwrap()
+}
+
+fn object(api_version: &str, kind: &str, namespace: Option<&str>, name: &str) -> ObjectRef {
+    ObjectRef {
+        api_version: api_version.into(),
+        kind: kind.into(),
+        namespace: namespace.map(str::to_string),
+        name: name.into(),
+    }
+}
+
+/// Creates Deployment `fhir-main` with two replicas by server-side apply.
+async fn apply_deployment(ns: &str) -> (Api<Deployment>, ObjectRef) {
+    let api: Api<Deployment> = Api::namespaced(control_plane().client(User::Admin).await, ns);
+    let body = json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": { "name": "fhir-main", "namespace": ns },
+        "spec": {
+            "replicas": 2,
+            "selector": { "matchLabels": { "app": "fhir-main" } },
+            "template": {
+                "metadata": { "labels": { "app": "fhir-main" } },
+                "spec": { "containers": [{ "name": "fhir", "image": "registry.k8s.io/pause:3.10" }] }
+            }
+        }
+    });
+    let applied = api
+        .patch(
+            "fhir-main",
+            &PatchParams::apply("health-test"),
+            &Patch::Apply(&body),
+        )
+        .await
+        .unwrap();
+    assert_eq!(applied.metadata.generation, Some(1));
+    (api, object("apps/v1", "Deployment", Some(ns), "fhir-main"))
+}
+
+async fn write_status(api: &Api<Deployment>, status: Value) {
+    api.patch_status(
+        "fhir-main",
+        &PatchParams::default(),
+        &Patch::Merge(&json!({ "status": status })),
+    )
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn deployment_reports_progressing_then_healthy_as_status_is_written() {
+    let ns = control_plane().namespace("health-rollout").await;
+    let (api, deployment) = apply_deployment(&ns).await;
+    let namespace = object("v1", "Namespace", None, &ns);
+    let cluster = connect().await;
+    let seen: Mutex<Vec<(String, Health)>> = Mutex::new(Vec::new());
+
+    let objects = [namespace.clone(), deployment.clone()];
+    let options = HealthOptions::default();
+    let wait = wait_healthy(
+        &cluster,
+        &objects,
+        &options,
+        Duration::from_secs(60),
+        |r, h| seen.lock().unwrap().push((r.id(), h.clone())),
+    );
+    // Each step lasts longer than a poll, so the wait sees every one.
+    let drive = async {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        write_status(
+            &api,
+            json!({ "observedGeneration": 1, "replicas": 1, "updatedReplicas": 1 }),
+        )
+        .await;
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        write_status(&api, json!({ "replicas": 2, "updatedReplicas": 2 })).await;
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        write_status(&api, json!({ "readyReplicas": 2, "availableReplicas": 2 })).await;
+    };
+    let (result, ()) = tokio::join!(wait, drive);
+    let result = result.unwrap();
+
+    assert_eq!(
+        result
+            .iter()
+            .map(|(r, h)| (r.clone(), h.status))
+            .collect::<Vec<_>>(),
+        vec![
+            (namespace.clone(), HealthStatus::Healthy),
+            (deployment.clone(), HealthStatus::Healthy),
+        ],
+        "{result:?}"
+    );
+    let seen = seen.into_inner().unwrap();
+    let of = |id: String| -> Vec<Health> {
+        seen.iter()
+            .filter(|(i, _)| *i == id)
+            .map(|(_, h)| h.clone())
+            .collect()
+    };
+    assert_eq!(of(namespace.id()), vec![Health::healthy("Active")]);
+    let deployment_seen = of(deployment.id());
+    let messages: Vec<String> = deployment_seen.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        messages,
+        vec![
+            "Progressing: waiting for the controller to observe generation 1 (observed 0)",
+            "Progressing: 1 of 2 replicas updated",
+            "Progressing: 0 of 2 updated replicas available",
+            "Healthy: 2 of 2 replicas available",
+        ],
+        "on_change calls: {seen:?}"
+    );
+}
+
+#[tokio::test]
+async fn deployment_past_its_progress_deadline_is_degraded_with_the_condition_message() {
+    let ns = control_plane().namespace("health-degraded").await;
+    let (api, deployment) = apply_deployment(&ns).await;
+    let message = "ReplicaSet \"fhir-main-5d8c\" has timed out progressing.";
+    write_status(
+        &api,
+        json!({
+            "observedGeneration": 1, "replicas": 2, "updatedReplicas": 2,
+            "conditions": [{
+                "type": "Progressing", "status": "False",
+                "reason": "ProgressDeadlineExceeded", "message": message
+            }]
+        }),
+    )
+    .await;
+    let cluster = connect().await;
+    let mut seen = Vec::new();
+    let timeout = Duration::from_secs(60);
+    let started = Instant::now();
+    let result = wait_healthy(
+        &cluster,
+        std::slice::from_ref(&deployment),
+        &HealthOptions::default(),
+        timeout,
+        |_, h| seen.push(h.clone()),
+    )
+    .await
+    .unwrap();
+    let elapsed = started.elapsed();
+
+    let expected = Health::degraded(format!("ProgressDeadlineExceeded: {message}"));
+    assert_eq!(result, vec![(deployment, expected.clone())]);
+    assert_eq!(seen, vec![expected]);
+    // Every object left Degraded for three polls in a row: no need to wait
+    // out the timeout.
+    assert!(elapsed < Duration::from_secs(10), "{elapsed:?}");
+    assert_eq!(cluster.requests(), 3, "one GET per poll");
+}
+
+#[tokio::test]
+async fn a_wait_that_times_out_returns_the_last_states_on_time() {
+    let ns = control_plane().namespace("health-timeout").await;
+    let (_api, deployment) = apply_deployment(&ns).await;
+    let missing = object("v1", "ConfigMap", Some(&ns), "not-there");
+    let cluster = connect().await;
+    let timeout = Duration::from_millis(2500);
+    let started = Instant::now();
+    let result = wait_healthy(
+        &cluster,
+        &[deployment.clone(), missing.clone()],
+        &HealthOptions::default(),
+        timeout,
+        |_, _| {},
+    )
+    .await
+    .unwrap();
+    let elapsed = started.elapsed();
+
+    assert!(elapsed >= timeout, "{elapsed:?}");
+    assert!(elapsed < timeout + Duration::from_secs(1), "{elapsed:?}");
+    assert_eq!(
+        result,
+        vec![
+            (
+                deployment,
+                Health::progressing(
+                    "waiting for the controller to observe generation 1 (observed 0)"
+                )
+            ),
+            (missing, Health::progressing("not found")),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn ingress_without_address_waits_unless_told_not_to() {
+    let ns = control_plane().namespace("health-ingress").await;
+    let api: Api<Ingress> = Api::namespaced(control_plane().client(User::Admin).await, &ns);
+    let body = json!({
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "Ingress",
+        "metadata": { "name": "fhir-main", "namespace": ns },
+        "spec": { "rules": [{ "host": "main.fhir.contoso.example.com", "http": { "paths": [{
+            "path": "/", "pathType": "Prefix",
+            "backend": { "service": { "name": "fhir-main", "port": { "number": 80 } } }
+        }] } }] }
+    });
+    api.patch(
+        "fhir-main",
+        &PatchParams::apply("health-test"),
+        &Patch::Apply(&body),
+    )
+    .await
+    .unwrap();
+    let ingress = object("networking.k8s.io/v1", "Ingress", Some(&ns), "fhir-main");
+    let objects = std::slice::from_ref(&ingress);
+
+    let cluster = connect().await;
+    let result = wait_healthy(
+        &cluster,
+        objects,
+        &HealthOptions::default(),
+        Duration::from_millis(1500),
+        |_, _| {},
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        result[0].1,
+        Health::progressing("waiting for a load-balancer address")
+    );
+
+    let cluster = connect().await;
+    let not_waiting = HealthOptions {
+        wait_for_ingress_address: false,
+    };
+    let started = Instant::now();
+    let result = wait_healthy(
+        &cluster,
+        objects,
+        &not_waiting,
+        Duration::from_secs(30),
+        |_, _| {},
+    )
+    .await
+    .unwrap();
+    assert_eq!(result[0].1.status, HealthStatus::Healthy);
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert_eq!(cluster.requests(), 1, "healthy on the first read");
+
+    // Once an address is published, it is healthy by default too.
+    api.patch_status(
+        "fhir-main",
+        &PatchParams::default(),
+        &Patch::Merge(
+            &json!({ "status": { "loadBalancer": { "ingress": [{ "ip": "10.0.0.7" }] } } }),
+        ),
+    )
+    .await
+    .unwrap();
+    let result = wait_healthy(
+        &cluster,
+        objects,
+        &HealthOptions::default(),
+        Duration::from_secs(30),
+        |_, _| {},
+    )
+    .await
+    .unwrap();
+    assert_eq!(result[0].1, Health::healthy("10.0.0.7"));
+}
+
+#[tokio::test]
+async fn a_kind_the_server_does_not_serve_is_an_error() {
+    let cluster = connect().await;
+    let widget = object("example.com/v1", "Widget", Some("default"), "w");
+    let err = wait_healthy(
+        &cluster,
+        &[widget],
+        &HealthOptions::default(),
+        Duration::from_secs(5),
+        |_, _| {},
+    )
+    .await
+    .unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("example.com/v1 Widget") && text.contains("does not serve this kind"),
+        "{text}"
+    );
+}
