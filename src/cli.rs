@@ -13,7 +13,7 @@ use crate::diag::Diagnostic;
 use crate::model::Environment;
 use crate::plan::Action;
 use crate::repo::SourceTree;
-use crate::source::folder;
+use crate::source::{self, folder};
 use crate::sync::SyncOptions;
 use crate::validate;
 use crate::{diff, print, render};
@@ -94,6 +94,86 @@ pub enum Command {
     ///
     /// Exit status: 0 when everything applied (and, with --wait, is healthy), 1 otherwise.
     Sync(SyncArgs),
+    /// Run the GitOps daemon: keep environments in step with a repository.
+    ///
+    /// One reconcile loop per environment, each independent: on every poll interval,
+    /// push webhook (POST /hooks/git, GitHub or GitLab, verified with the secret in
+    /// TENANTSYNC_WEBHOOK_SECRET) or file change of a local folder, the repository is
+    /// read; a new valid revision is synced as `sync` does; an invalid one is reported
+    /// (status, log, a Kubernetes Event in tenantsync-system) and nothing is applied
+    /// until a valid one arrives. On the drift interval the cluster is compared with
+    /// the last applied revision: drifted objects are re-applied with --self-heal,
+    /// reported otherwise. Serves GET /status, /metrics, /healthz and /readyz.
+    /// SIGTERM finishes the reconcile in flight and exits.
+    Run(RunArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// Repository: a folder (watched for changes), a local Git repository, or a
+    /// remote URL (cloned into a cache, then fetched). Git credentials come from
+    /// TENANTSYNC_GIT_TOKEN(_FILE) or TENANTSYNC_GIT_SSH_KEY.
+    #[arg(long, value_name = "DIR|URL")]
+    pub repo: String,
+    /// Branch, tag or commit to follow (Git only; a remote's default branch otherwise).
+    #[arg(long, value_name = "REF")]
+    pub branch: Option<String>,
+    /// Environments to reconcile (comma-separated or repeated).
+    #[arg(
+        long = "env",
+        value_name = "NAME",
+        value_delimiter = ',',
+        required = true
+    )]
+    pub envs: Vec<String>,
+    /// How often to read the repository.
+    #[arg(long, default_value = "1m", value_parser = parse_duration, value_name = "DURATION")]
+    pub interval: std::time::Duration,
+    /// How often to compare the cluster with the last applied revision.
+    #[arg(long, default_value = "5m", value_parser = parse_duration, value_name = "DURATION")]
+    pub drift_interval: std::time::Duration,
+    /// Address of the status, metrics, probe and webhook endpoints.
+    #[arg(long, default_value = "127.0.0.1:8080", value_name = "ADDR")]
+    pub listen: std::net::SocketAddr,
+    /// Delete inventoried objects no longer declared (also syncPolicy.prune).
+    #[arg(long)]
+    pub prune: bool,
+    /// Re-apply objects that drifted from Git (report only, without it).
+    #[arg(long)]
+    pub self_heal: bool,
+    /// Take over fields other field managers own (also syncPolicy.forceConflicts).
+    #[arg(long)]
+    pub force_conflicts: bool,
+    /// Kubeconfig file (default: KUBECONFIG, ~/.kube/config, or in-cluster).
+    #[arg(long, value_name = "FILE", env = "TENANTSYNC_KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Kubeconfig context to use.
+    #[arg(long, value_name = "NAME")]
+    pub context: Option<String>,
+    /// Log format: human-readable text or one JSON object per line.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// `250ms`, `30s`, `5m`, `1h`.
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let digits: String = s.chars().take_while(char::is_ascii_digit).collect();
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("`{s}` is not a duration such as 30s, 5m or 1h"))?;
+    match &s[digits.len()..] {
+        "ms" => Ok(std::time::Duration::from_millis(n)),
+        "s" => Ok(std::time::Duration::from_secs(n)),
+        "m" => Ok(std::time::Duration::from_secs(n * 60)),
+        "h" => Ok(std::time::Duration::from_secs(n * 3600)),
+        _ => Err(format!("`{s}` is not a duration such as 30s, 5m or 1h")),
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -176,17 +256,15 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Plan(args) => live_cmd(&args, print::Verb::Plan),
         Command::Drift(args) => live_cmd(&args, print::Verb::Drift),
         Command::Sync(args) => sync_cmd(&args),
+        Command::Run(args) => run_cmd(args),
     }
 }
 
 /// Reads the desired state: a folder as it is, or a Git revision.
 fn read_source(args: &LiveArgs) -> anyhow::Result<(SourceTree, Option<String>)> {
-    match &args.rev {
-        None => Ok((folder::read(std::path::Path::new(&args.repo))?, None)),
-        Some(rev) => {
-            anyhow::bail!("--rev {rev}: reading a Git revision is not available in this build")
-        }
-    }
+    let (tree, revision) =
+        source::read(&args.repo, args.rev.as_deref(), &source::auth_from_env()?)?;
+    Ok((tree, revision.map(|r| r.commit)))
 }
 
 fn live_cmd(args: &LiveArgs, verb: print::Verb) -> anyhow::Result<ExitCode> {
@@ -410,6 +488,43 @@ fn sync_text(r: &cluster_sync::SyncReport) -> String {
         r.write_requests,
     ));
     out
+}
+
+fn run_cmd(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match args.log_format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+    }
+    let options = crate::daemon::RunOptions {
+        repo: args.repo,
+        branch: args.branch,
+        environments: args.envs,
+        interval: args.interval,
+        drift_interval: args.drift_interval,
+        listen: args.listen,
+        prune: args.prune,
+        self_heal: args.self_heal,
+        force_conflicts: args.force_conflicts,
+        cluster: ClusterOptions {
+            kubeconfig: args.kubeconfig,
+            context: args.context,
+        },
+        webhook_secret: std::env::var("TENANTSYNC_WEBHOOK_SECRET")
+            .ok()
+            .filter(|s| !s.is_empty()),
+    };
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?
+        .block_on(crate::daemon::run(options))?;
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Writes to stdout; a closed pipe (`| head`) is not an error worth a message.

@@ -256,3 +256,87 @@ fn an_unreachable_api_server_fails_fast_naming_it() {
         "{err}"
     );
 }
+
+fn git(dir: &std::path::Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .args([
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@example.com",
+            "-c",
+            "init.defaultBranch=main",
+        ])
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("git");
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[tokio::test]
+async fn plan_at_an_older_git_revision_differs_as_expected() {
+    let repo = TestRepo::new("plan-rev");
+    git(repo.path(), &["init", "-q"]);
+    git(repo.path(), &["add", "-A"]);
+    git(repo.path(), &["commit", "-qm", "onboard"]);
+    let old = git(repo.path(), &["rev-parse", "HEAD"]);
+    repo.write(
+        "workspaces/woodgrove.yaml",
+        "apiVersion: tenantsync.io/v1alpha1\nkind: WorkspacePatch\nmetadata: {name: woodgrove}\nspec:\n  fhirServices:\n    - name: api\n      replicas: 3\n",
+    );
+    git(repo.path(), &["add", "-A"]);
+    git(repo.path(), &["commit", "-qm", "scale woodgrove"]);
+    let new = git(repo.path(), &["rev-parse", "HEAD"]);
+    // An uncommitted edit in the work tree must not be read with --rev.
+    repo.write("workspaces/junk.yaml", "not: [valid\n");
+
+    let out = repo.run("sync", "admin", &["--rev", "HEAD", "--output", "json"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).expect("report");
+    assert_eq!(report["revision"], new.as_str());
+
+    let out = repo.run("plan", "readonly", &["--rev", &old, "--output", "json"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let plan: Value = serde_json::from_slice(&out.stdout).expect("plan");
+    assert_eq!(plan["revision"], old.as_str());
+    let updates = changes(&plan, "update");
+    assert_eq!(updates.len(), 1, "{updates:#?}");
+    assert_eq!(updates[0]["name"], "fhir-api");
+    assert_eq!(updates[0]["fields"][0]["path"], "spec.replicas");
+    assert_eq!(updates[0]["fields"][0]["desired"], 1);
+    let deletes = changes(&plan, "delete");
+    assert_eq!(
+        deletes.len(),
+        1,
+        "the PodDisruptionBudget only exists with 3 replicas"
+    );
+    assert_eq!(deletes[0]["kind"], "PodDisruptionBudget");
+    // And the work tree is as it was.
+    assert!(
+        repo.path()
+            .join("environments")
+            .join(&repo.env)
+            .join("workspaces/junk.yaml")
+            .exists()
+    );
+    assert_eq!(
+        git(repo.path(), &["status", "--porcelain"]),
+        format!("?? environments/{}/workspaces/junk.yaml", repo.env)
+    );
+}
