@@ -6,6 +6,7 @@
 
 pub mod cli;
 pub mod cluster;
+pub mod daemon;
 pub mod diag;
 pub mod diff;
 pub mod health;

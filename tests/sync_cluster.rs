@@ -496,17 +496,31 @@ async fn a_crd_and_its_custom_object_apply_in_one_sync_and_prune_later() {
     let (out, report) = sync(&repo, &[]);
     assert_eq!(out.status.code(), Some(0), "{}\n{report:#}", stderr(&out));
     let created = ids(&report, "created");
-    let crd_at = created.iter().position(|id| id == &format!("CustomResourceDefinition/{crd_name}")).expect("CRD created");
-    let cr_at = created.iter().position(|id| id == &format!("BackupPolicy/{ns}/nightly")).expect("custom object created");
+    let crd_at = created
+        .iter()
+        .position(|id| id == &format!("CustomResourceDefinition/{crd_name}"))
+        .expect("CRD created");
+    let cr_at = created
+        .iter()
+        .position(|id| id == &format!("BackupPolicy/{ns}/nightly"))
+        .expect("custom object created");
     assert!(crd_at < cr_at);
     // The server filled in the schema default; that is not a change.
     let plan = repo.plan_json("readonly");
     assert_eq!(plan["summary"]["create"], 0, "{:#}", plan["changes"]);
     assert_eq!(plan["summary"]["update"], 0, "{:#}", plan["changes"]);
 
-    std::fs::remove_file(repo.path().join("environments").join(&repo.env).join("resources/contoso-backup.yaml"))
-        .expect("rm");
+    std::fs::remove_file(
+        repo.path()
+            .join("environments")
+            .join(&repo.env)
+            .join("resources/contoso-backup.yaml"),
+    )
+    .expect("rm");
     let (out, report) = sync(&repo, &["--prune"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    assert_eq!(ids(&report, "pruned"), [format!("BackupPolicy/{ns}/nightly")]);
+    assert_eq!(
+        ids(&report, "pruned"),
+        [format!("BackupPolicy/{ns}/nightly")]
+    );
 }

@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod control_plane;
+mod daemon_e2e;
 mod git_source;
 mod golden;
 mod health_cluster;

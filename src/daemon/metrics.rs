@@ -1,0 +1,149 @@
+//! Prometheus metrics of the daemon.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::cluster::sync::SyncReport;
+
+type Labels = Vec<(String, String)>;
+
+pub struct Metrics {
+    registry: Mutex<Registry>,
+    reconcile_duration: Family<Labels, Histogram>,
+    applied: Family<Labels, Counter>,
+    pruned: Family<Labels, Counter>,
+    failed: Family<Labels, Counter>,
+    drifted: Family<Labels, Gauge>,
+    fetch_failures: Family<Labels, Counter>,
+    last_success: Family<Labels, Gauge>,
+}
+
+fn env_label(env: &str) -> Labels {
+    vec![("environment".to_string(), env.to_string())]
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("tenantsync");
+        let reconcile_duration = Family::<Labels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.01, 2.0, 14))
+        });
+        let m = Metrics {
+            registry: Mutex::new(Registry::default()),
+            reconcile_duration,
+            applied: Family::default(),
+            pruned: Family::default(),
+            failed: Family::default(),
+            drifted: Family::default(),
+            fetch_failures: Family::default(),
+            last_success: Family::default(),
+        };
+        registry.register(
+            "reconcile_duration_seconds",
+            "Duration of one reconcile of an environment",
+            m.reconcile_duration.clone(),
+        );
+        registry.register(
+            "objects_applied",
+            "Objects created or updated by server-side apply",
+            m.applied.clone(),
+        );
+        registry.register(
+            "objects_pruned",
+            "Objects deleted because no declaration produces them any more",
+            m.pruned.clone(),
+        );
+        registry.register(
+            "objects_failed",
+            "Objects that failed to apply or prune, conflicts included",
+            m.failed.clone(),
+        );
+        registry.register(
+            "drifted_objects",
+            "Objects out of step with Git, per workspace",
+            m.drifted.clone(),
+        );
+        registry.register(
+            "git_fetch_failures",
+            "Failed reads of the repository",
+            m.fetch_failures.clone(),
+        );
+        registry.register(
+            "last_successful_sync_timestamp_seconds",
+            "Unix time of the last successful sync of an environment",
+            m.last_success.clone(),
+        );
+        if let Ok(mut r) = m.registry.lock() {
+            *r = registry;
+        }
+        m
+    }
+
+    /// Creates an environment's counters at zero, so they exist before the
+    /// first event (a dashboard sees 0, not "no data").
+    pub fn init_environment(&self, env: &str) {
+        let l = env_label(env);
+        let _ = self.applied.get_or_create(&l);
+        let _ = self.pruned.get_or_create(&l);
+        let _ = self.failed.get_or_create(&l);
+        let _ = self.fetch_failures.get_or_create(&l);
+    }
+
+    pub fn observe_reconcile(&self, env: &str, took: Duration) {
+        self.reconcile_duration
+            .get_or_create(&env_label(env))
+            .observe(took.as_secs_f64());
+    }
+
+    pub fn git_fetch_failed(&self, env: &str) {
+        self.fetch_failures.get_or_create(&env_label(env)).inc();
+    }
+
+    pub fn set_drift(&self, env: &str, workspace: &str, n: usize) {
+        let labels = vec![
+            ("environment".to_string(), env.to_string()),
+            ("workspace".to_string(), workspace.to_string()),
+        ];
+        self.drifted
+            .get_or_create(&labels)
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    pub fn record_sync(&self, env: &str, r: &SyncReport) {
+        let l = env_label(env);
+        let n = |v: usize| u64::try_from(v).unwrap_or(u64::MAX);
+        self.applied
+            .get_or_create(&l)
+            .inc_by(n(r.created.len() + r.updated.len() + r.recreated.len()));
+        self.pruned.get_or_create(&l).inc_by(n(r.pruned.len()));
+        self.failed
+            .get_or_create(&l)
+            .inc_by(n(r.failures.len() + r.conflicts.len()));
+        if r.succeeded() {
+            let secs = k8s_openapi::jiff::Timestamp::now().as_second();
+            self.last_success.get_or_create(&l).set(secs);
+        }
+    }
+
+    /// The OpenMetrics text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        if let Ok(registry) = self.registry.lock() {
+            let _ = encode(&mut out, &registry);
+        }
+        out
+    }
+}

@@ -1,0 +1,367 @@
+//! `tenantsync run` end to end: a real Git remote on loopback (`git daemon`),
+//! the real control plane, and the daemon's HTTP endpoints.
+
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::Api;
+use serde_json::Value;
+
+use crate::support::repo::TestRepo;
+use crate::support::{User, control_plane};
+
+const SECRET: &str = "webhook-secret-for-tests";
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .args([
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@example.com",
+            "-c",
+            "init.defaultBranch=main",
+        ])
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("git");
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// A child process killed when the test ends, however it ends.
+struct Guard(Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn git_daemon(base: &Path, port: u16) -> Guard {
+    // git-daemon itself, not the `git daemon` wrapper, so that killing it
+    // really takes the remote away.
+    let exec_path = git(base, &["--exec-path"]);
+    let child = Command::new(Path::new(&exec_path).join("git-daemon"))
+        .args([
+            "--reuseaddr",
+            "--export-all",
+            "--enable=receive-pack",
+            "--listen=127.0.0.1",
+        ])
+        .arg(format!("--port={port}"))
+        .arg(format!("--base-path={}", base.display()))
+        .arg(base)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("git daemon");
+    // Wait until it accepts connections.
+    let start = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "git daemon did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Guard(child)
+}
+
+async fn status(port: u16, env: &str) -> Option<Value> {
+    let text = http(port, "GET", "/status", &[], "").await?;
+    let v: Value = serde_json::from_str(&text).ok()?;
+    Some(v["environments"][env].clone())
+}
+
+/// A tiny HTTP/1.1 client over TCP, enough for the daemon's endpoints.
+async fn http(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .ok()?;
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    stream.write_all(req.as_bytes()).await.ok()?;
+    let mut out = String::new();
+    stream.read_to_string(&mut out).await.ok()?;
+    let (head, body) = out.split_once("\r\n\r\n")?;
+    let status_line = head.lines().next()?.to_string();
+    Some(if path == "/status" || path == "/metrics" {
+        body.to_string()
+    } else {
+        format!("{status_line}\n{body}")
+    })
+}
+
+async fn wait_for(what: &str, timeout: Duration, mut check: impl AsyncFnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    loop {
+        if check().await {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn the_daemon_follows_a_git_remote_heals_drift_and_refuses_bad_commits() {
+    let repo = TestRepo::new("run-e2e");
+    let env = repo.env.clone();
+    let served = tempfile::tempdir().expect("tempdir");
+    let cache = tempfile::tempdir().expect("tempdir");
+    // The work tree is the test repo; the remote is a bare clone served by git daemon.
+    git(repo.path(), &["init", "-q"]);
+    git(repo.path(), &["add", "-A"]);
+    git(repo.path(), &["commit", "-qm", "initial"]);
+    let first = git(repo.path(), &["rev-parse", "HEAD"]);
+    let bare = served.path().join("tenants.git");
+    git(
+        served.path(),
+        &[
+            "clone",
+            "-q",
+            "--bare",
+            &repo.path().display().to_string(),
+            &bare.display().to_string(),
+        ],
+    );
+    let git_port = free_port();
+    let remote = git_daemon(served.path(), git_port);
+    let url = format!("git://127.0.0.1:{git_port}/tenants.git");
+    git(repo.path(), &["remote", "add", "origin", &url]);
+
+    let http_port = free_port();
+    let daemon = Command::new(env!("CARGO_BIN_EXE_tenantsync"))
+        .args(["run", "--repo", &url, "--branch", "main", "--env", &env])
+        .args([
+            "--interval",
+            "2s",
+            "--drift-interval",
+            "1s",
+            "--self-heal",
+            "--prune",
+        ])
+        .arg(format!("--listen=127.0.0.1:{http_port}"))
+        .arg("--kubeconfig")
+        .arg(control_plane().kubeconfig())
+        .args(["--context", "admin"])
+        .env("XDG_CACHE_HOME", cache.path())
+        .env("TENANTSYNC_WEBHOOK_SECRET", SECRET)
+        .stdout(Stdio::null())
+        // Logs to a file: an unread pipe would fill up and block the daemon.
+        .stderr(std::fs::File::create(cache.path().join("daemon.log")).expect("log file"))
+        .spawn()
+        .expect("tenantsync run");
+    let mut daemon = Guard(daemon);
+
+    // 1. The first revision is applied.
+    wait_for(
+        "the first revision to be applied",
+        Duration::from_secs(60),
+        async || {
+            status(http_port, &env).await.is_some_and(|s| {
+                s["lastAppliedRevision"] == first.as_str() && s["syncStatus"] == "Synced"
+            })
+        },
+    )
+    .await;
+    let ready = http(http_port, "GET", "/readyz", &[], "")
+        .await
+        .expect("readyz");
+    assert!(ready.starts_with("HTTP/1.1 200"), "{ready}");
+
+    // 2. A pushed commit onboarding a workspace, announced by a webhook, is
+    //    applied at once (the poll interval is 2 s; the webhook is faster).
+    repo.write(
+        "workspaces/acme.yaml",
+        "apiVersion: tenantsync.io/v1alpha1\nkind: Workspace\nmetadata: {name: acme}\nspec:\n  fhirServices:\n    - name: api\n",
+    );
+    git(repo.path(), &["add", "-A"]);
+    git(repo.path(), &["commit", "-qm", "onboard acme"]);
+    let second = git(repo.path(), &["rev-parse", "HEAD"]);
+    git(repo.path(), &["push", "-q", "origin", "HEAD:main"]);
+    let rejected = http(
+        http_port,
+        "POST",
+        "/hooks/git",
+        &[("X-Gitlab-Token", "wrong")],
+        "{}",
+    )
+    .await
+    .expect("hook");
+    assert!(rejected.starts_with("HTTP/1.1 401"), "{rejected}");
+    let accepted = http(
+        http_port,
+        "POST",
+        "/hooks/git",
+        &[("X-Gitlab-Token", SECRET)],
+        "{}",
+    )
+    .await
+    .expect("hook");
+    assert!(accepted.starts_with("HTTP/1.1 202"), "{accepted}");
+    let took = wait_for(
+        "the pushed commit to be applied",
+        Duration::from_secs(10),
+        async || {
+            status(http_port, &env)
+                .await
+                .is_some_and(|s| s["lastAppliedRevision"] == second.as_str())
+        },
+    )
+    .await;
+    assert!(
+        took < Duration::from_secs(2),
+        "webhook to applied took {took:?}"
+    );
+    let namespaces: Api<Namespace> = Api::all(control_plane().client(User::Admin).await);
+    assert!(
+        namespaces
+            .get_opt(&repo.namespace("acme"))
+            .await
+            .expect("get")
+            .is_some()
+    );
+
+    // 3. Out-of-band scaling is healed.
+    let deployments: Api<Deployment> = Api::namespaced(
+        control_plane().client(User::Admin).await,
+        &repo.namespace("acme"),
+    );
+    let scale = control_plane()
+        .kubectl()
+        .args([
+            "--context",
+            "admin",
+            "-n",
+            &repo.namespace("acme"),
+            "scale",
+            "deployment/fhir-api",
+            "--replicas=4",
+        ])
+        .output()
+        .expect("kubectl");
+    assert!(scale.status.success());
+    wait_for(
+        "self-heal to restore the replicas",
+        Duration::from_secs(15),
+        async || {
+            deployments
+                .get("fhir-api")
+                .await
+                .ok()
+                .and_then(|d| d.spec?.replicas)
+                == Some(1)
+        },
+    )
+    .await;
+
+    // 4. An invalid commit is refused; the cluster stays as it was.
+    repo.write(
+        "workspaces/broken.yaml",
+        "apiVersion: tenantsync.io/v1alpha1\nkind: Workspace\nmetadata: {name: Broken}\nspec: {}\n",
+    );
+    git(repo.path(), &["add", "-A"]);
+    git(repo.path(), &["commit", "-qm", "broken"]);
+    let broken = git(repo.path(), &["rev-parse", "HEAD"]);
+    git(repo.path(), &["push", "-q", "origin", "HEAD:main"]);
+    wait_for(
+        "the invalid revision to be reported",
+        Duration::from_secs(15),
+        async || {
+            status(http_port, &env).await.is_some_and(|s| {
+                s["syncStatus"] == "Failed"
+                    && s["lastSeenRevision"] == broken.as_str()
+                    && s["lastError"]
+                        .as_str()
+                        .is_some_and(|e| e.contains("workspaces/broken.yaml:3:18: error"))
+            })
+        },
+    )
+    .await;
+    let s = status(http_port, &env).await.expect("status");
+    assert_eq!(s["lastAppliedRevision"], second.as_str());
+    assert!(
+        namespaces
+            .get_opt(&repo.namespace("acme"))
+            .await
+            .expect("get")
+            .is_some()
+    );
+
+    // 6. Metrics.
+    let metrics = http(http_port, "GET", "/metrics", &[], "")
+        .await
+        .expect("metrics");
+    for name in [
+        "tenantsync_reconcile_duration_seconds_bucket",
+        "tenantsync_objects_applied_total",
+        "tenantsync_git_fetch_failures_total",
+        "tenantsync_last_successful_sync_timestamp_seconds",
+        "tenantsync_drifted_objects",
+    ] {
+        assert!(
+            metrics.contains(&format!("{name}{{")),
+            "{name} missing:\n{metrics}"
+        );
+    }
+
+    // 7. SIGTERM: a clean exit.
+    let pid = daemon.0.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill")
+            .success()
+    );
+    let start = Instant::now();
+    let code = loop {
+        if let Some(code) = daemon.0.try_wait().expect("wait") {
+            break code;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "the daemon did not stop on SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(code.success(), "exit status {code}");
+    drop(remote);
+}
