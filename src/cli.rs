@@ -197,6 +197,17 @@ pub struct SyncArgs {
     /// Allow a prune that deletes a workspace's namespace or more than maxPrunePercent.
     #[arg(long)]
     pub allow_mass_prune: bool,
+    /// After applying, wait until every object is healthy (Deployments rolled out,
+    /// Namespaces Active, CRDs Established, Ingresses with an address); exit 1 when
+    /// something is Degraded or the timeout passes.
+    #[arg(long)]
+    pub wait: bool,
+    /// How long --wait waits.
+    #[arg(long, default_value = "5m", value_parser = parse_duration, value_name = "DURATION")]
+    pub timeout: std::time::Duration,
+    /// With --wait, do not wait for Ingresses to get a load-balancer address.
+    #[arg(long)]
+    pub no_ingress_address_wait: bool,
 }
 
 /// Where the desired state comes from, and the cluster to compare with.
@@ -428,7 +439,24 @@ fn sync_cmd(args: &SyncArgs) -> anyhow::Result<ExitCode> {
         if let Some(bar) = bar {
             bar.finish_and_clear();
         }
-        report
+        let mut report = report?;
+        if args.wait && !args.dry_run && report.succeeded() {
+            let options = crate::health::HealthOptions {
+                wait_for_ingress_address: !args.no_ingress_address_wait,
+            };
+            let health = cluster_sync::wait_for_health(
+                &cluster,
+                &desired,
+                &options,
+                args.timeout,
+                |r, h| {
+                    eprintln!("{:<11} {}: {}", h.status.to_string(), r.id(), h.message);
+                },
+            )
+            .await?;
+            report.health = Some(health);
+        }
+        Ok(report)
     });
     let report = match result {
         Ok(report) => report,
@@ -443,7 +471,7 @@ fn sync_cmd(args: &SyncArgs) -> anyhow::Result<ExitCode> {
         PlanOutput::Text | PlanOutput::Markdown => sync_text(&report),
     };
     write_stdout(&text)?;
-    Ok(if report.succeeded() {
+    Ok(if report.healthy() {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
@@ -472,6 +500,21 @@ fn sync_text(r: &cluster_sync::SyncReport) -> String {
     }
     if let Some(why) = &r.prune_skipped {
         out.push_str(&format!("prune skipped: {why}\n"));
+    }
+    if let Some(h) = &r.health {
+        for o in h
+            .objects
+            .iter()
+            .filter(|o| o.status != crate::health::HealthStatus::Healthy)
+        {
+            out.push_str(&format!("{}: {} ({})\n", o.status, o.id, o.message));
+        }
+        let per_ws: Vec<String> = h
+            .workspaces
+            .iter()
+            .map(|(w, s)| format!("{w}: {s}"))
+            .collect();
+        out.push_str(&format!("Health: {} ({})\n", h.status, per_ws.join(", ")));
     }
     out.push_str(&format!(
         "{}Sync of environment {}{}: {} created, {} updated, {} recreated, {} pruned, {} unchanged, {} conflict(s), {} failure(s); {} write request(s).\n",

@@ -524,3 +524,101 @@ async fn a_crd_and_its_custom_object_apply_in_one_sync_and_prune_later() {
         [format!("BackupPolicy/{ns}/nightly")]
     );
 }
+
+/// Writes every Deployment's status of the environment as a controller would.
+async fn roll_out(env: &str, condition: Option<Value>) {
+    let client = control_plane().client(User::Admin).await;
+    let all: Api<Deployment> = Api::all(client.clone());
+    let list = all
+        .list(&kube::api::ListParams::default().labels(&format!("tenantsync.io/environment={env}")))
+        .await
+        .expect("list deployments");
+    for d in list.items {
+        let ns = d.metadata.namespace.clone().expect("namespace");
+        let name = d.metadata.name.clone().expect("name");
+        let replicas = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+        let mut status = json!({"status": {
+            "observedGeneration": d.metadata.generation, "replicas": replicas,
+            "updatedReplicas": replicas, "readyReplicas": replicas, "availableReplicas": replicas}});
+        if let Some(c) = &condition {
+            status["status"]["conditions"] = json!([c]);
+        }
+        let api: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+        api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&status))
+            .await
+            .expect("status");
+    }
+}
+
+#[tokio::test]
+async fn wait_reports_progressing_then_healthy_and_degraded_on_a_failed_rollout() {
+    let repo = TestRepo::new("sync-wait");
+    let child = Command::new(env!("CARGO_BIN_EXE_tenantsync"))
+        .args([
+            "sync",
+            "--env",
+            &repo.env,
+            "--context",
+            "admin",
+            "--wait",
+            "--timeout",
+            "60s",
+        ])
+        .args(["--no-ingress-address-wait", "--output", "json", "--repo"])
+        .arg(repo.path())
+        .arg("--kubeconfig")
+        .arg(control_plane().kubeconfig())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    // Let it apply and report Progressing, then act as the deployment controller.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    roll_out(&repo.env, None).await;
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .expect("join")
+        .expect("wait");
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    let progressing = err
+        .find("Progressing Deployment/")
+        .expect("Progressing reported");
+    let healthy = err
+        .rfind("Healthy     Deployment/")
+        .expect("Healthy reported");
+    assert!(progressing < healthy, "{err}");
+    let report: Value = serde_json::from_slice(&out.stdout).expect("report");
+    assert_eq!(report["health"]["status"], "Healthy");
+    assert_eq!(report["health"]["workspaces"]["contoso"], "Healthy");
+
+    // A rollout past its deadline is Degraded, with the reason, and fails the sync.
+    roll_out(
+        &repo.env,
+        Some(
+            json!({"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded",
+            "message": "ReplicaSet \"fhir-main-abc\" has timed out progressing."}),
+        ),
+    )
+    .await;
+    let (out, report) = sync(
+        &repo,
+        &["--wait", "--timeout", "30s", "--no-ingress-address-wait"],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert_eq!(report["health"]["status"], "Degraded");
+    let degraded: Vec<&Value> = report["health"]["objects"]
+        .as_array()
+        .expect("objects")
+        .iter()
+        .filter(|o| o["status"] == "Degraded")
+        .collect();
+    assert!(!degraded.is_empty());
+    assert!(
+        degraded[0]["message"]
+            .as_str()
+            .expect("message")
+            .contains("ProgressDeadlineExceeded"),
+        "{degraded:?}"
+    );
+}

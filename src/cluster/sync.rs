@@ -16,6 +16,7 @@ use serde_json::Value;
 
 use super::apply::{ApplyError, ConflictField};
 use super::{Cluster, ClusterError};
+use crate::health::{Health, HealthOptions, HealthStatus};
 use crate::inventory::{Inventory, ObjectRef};
 use crate::plan::{Action, Plan};
 use crate::render::Object;
@@ -64,6 +65,9 @@ pub struct SyncReport {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub not_validated: Vec<String>,
     pub inventory_written: bool,
+    /// With `--wait`: health after the sync, per workspace and per object.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub health: Option<HealthReport>,
     pub api_requests: u32,
     pub write_requests: u32,
 }
@@ -72,6 +76,67 @@ impl SyncReport {
     pub fn succeeded(&self) -> bool {
         self.conflicts.is_empty() && self.failures.is_empty()
     }
+
+    /// Applied, and (when waited for) healthy.
+    pub fn healthy(&self) -> bool {
+        self.succeeded()
+            && self
+                .health
+                .as_ref()
+                .is_none_or(|h| h.status == HealthStatus::Healthy)
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ObjectHealth {
+    pub id: String,
+    pub workspace: String,
+    pub status: HealthStatus,
+    pub message: String,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct HealthReport {
+    pub status: HealthStatus,
+    pub workspaces: std::collections::BTreeMap<String, HealthStatus>,
+    pub objects: Vec<ObjectHealth>,
+}
+
+/// Waits (up to `timeout`) until the desired objects are healthy, and
+/// summarises per workspace (worst wins).
+pub async fn wait_for_health(
+    cluster: &Cluster,
+    desired: &[Object],
+    options: &HealthOptions,
+    timeout: Duration,
+    on_change: impl FnMut(&ObjectRef, &Health),
+) -> Result<HealthReport, ClusterError> {
+    let refs: Vec<ObjectRef> = desired.iter().map(ObjectRef::of).collect();
+    let results = super::wait::wait_healthy(cluster, &refs, options, timeout, on_change).await?;
+    let mut workspaces: std::collections::BTreeMap<String, Vec<Health>> =
+        std::collections::BTreeMap::new();
+    let mut objects = Vec::new();
+    for ((r, h), o) in results.into_iter().zip(desired) {
+        workspaces
+            .entry(o.workspace.clone())
+            .or_default()
+            .push(h.clone());
+        objects.push(ObjectHealth {
+            id: r.id(),
+            workspace: o.workspace.clone(),
+            status: h.status,
+            message: h.message,
+        });
+    }
+    let status = crate::health::aggregate(workspaces.values().flatten());
+    Ok(HealthReport {
+        status,
+        workspaces: workspaces
+            .iter()
+            .map(|(w, hs)| (w.clone(), crate::health::aggregate(hs.iter())))
+            .collect(),
+        objects,
+    })
 }
 
 #[derive(Debug, thiserror::Error)]
