@@ -211,7 +211,7 @@ pub struct SyncArgs {
 }
 
 /// Where the desired state comes from, and the cluster to compare with.
-#[derive(Debug, clap::Args)]
+#[derive(Clone, Debug, clap::Args)]
 pub struct LiveArgs {
     /// Repository: a folder, a Git work tree, or a remote URL (https, ssh, git, file).
     #[arg(long, default_value = ".", value_name = "DIR|URL")]
@@ -279,14 +279,35 @@ fn read_source(args: &LiveArgs) -> anyhow::Result<(SourceTree, Option<String>)> 
 }
 
 fn live_cmd(args: &LiveArgs, verb: print::Verb) -> anyhow::Result<ExitCode> {
-    let (environment, desired, revision) = match desired_state(args)? {
-        Ok(state) => state,
-        Err(code) => return Ok(code),
-    };
     let runtime = runtime()?;
     let options = ClusterOptions {
         kubeconfig: args.kubeconfig.clone(),
         context: args.context.clone(),
+    };
+    // drift compares the cluster with what tenantsync last applied: the
+    // revision the inventory records, when the repository is Git and no
+    // --rev was given (a plain folder has no history: its current files).
+    let mut args = args.clone();
+    if matches!(verb, print::Verb::Drift) && args.rev.is_none() {
+        let is_git = source::git::is_remote_url(&args.repo)
+            || source::git::open_local(std::path::Path::new(&args.repo)).is_ok();
+        if is_git {
+            let applied = runtime
+                .block_on(async {
+                    Cluster::connect(&options)
+                        .await?
+                        .read_inventory(&args.env)
+                        .await
+                })?
+                .and_then(|inventory| inventory.revision)
+                .filter(|r| r.len() == 40 && r.bytes().all(|b| b.is_ascii_hexdigit()));
+            args.rev = applied;
+        }
+    }
+    let args = &args;
+    let (environment, desired, revision) = match desired_state(args)? {
+        Ok(state) => state,
+        Err(code) => return Ok(code),
     };
     let plan = runtime.block_on(async {
         let cluster = Cluster::connect(&options).await?;

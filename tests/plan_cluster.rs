@@ -327,6 +327,21 @@ async fn plan_at_an_older_git_revision_differs_as_expected() {
         "the PodDisruptionBudget only exists with 3 replicas"
     );
     assert_eq!(deletes[0]["kind"], "PodDisruptionBudget");
+    // drift compares with what was last applied (the inventory's revision),
+    // not with a newer commit nobody synced yet.
+    let out = repo.run(
+        "drift",
+        "readonly",
+        &["--output", "json", "--detailed-exitcode"],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let drift: Value = serde_json::from_slice(&out.stdout).expect("drift");
+    assert_eq!(drift["revision"], new.as_str());
     // And the work tree is as it was.
     assert!(
         repo.path()
