@@ -211,6 +211,16 @@ fn trie_contains(mut node: &Value, path: &[Seg]) -> bool {
     true
 }
 
+fn removal(path: &[Seg], live: &Value) -> FieldChange {
+    FieldChange {
+        path: display(path),
+        action: FieldAction::Remove,
+        live: Some(live.clone()),
+        desired: None,
+        manager: None,
+    }
+}
+
 /// Fields tenantsync owns live but no longer declares.
 fn removed(
     owned: &Value,
@@ -231,13 +241,7 @@ fn removed(
             match (d, l) {
                 // A whole map no longer declared: name each field it held.
                 (None, Some(_)) if has_fields => removed(child, None, l, path, out),
-                (None, Some(l)) => out.push(FieldChange {
-                    path: display(path),
-                    action: FieldAction::Remove,
-                    live: Some(l.clone()),
-                    desired: None,
-                    manager: None,
-                }),
+                (None, Some(l)) => out.push(removal(path, l)),
                 (Some(_), _) => removed(child, d, l, path, out),
                 (None, None) => {}
             }
@@ -257,13 +261,7 @@ fn removed(
                 live: l.clone(),
             });
             match (&d, &l) {
-                (None, Some(l)) => out.push(FieldChange {
-                    path: display(path),
-                    action: FieldAction::Remove,
-                    live: Some(l.clone()),
-                    desired: None,
-                    manager: None,
-                }),
+                (None, Some(l)) => out.push(removal(path, l)),
                 (Some(_), _) => removed(child, d.as_ref(), l.as_ref(), path, out),
                 (None, None) => {}
             }

@@ -80,7 +80,7 @@ pub struct Summary {
 }
 
 impl Summary {
-    pub fn of(changes: &[Change]) -> Summary {
+    pub fn of<'a>(changes: impl IntoIterator<Item = &'a Change>) -> Summary {
         let mut s = Summary::default();
         for c in changes {
             match c.action {

@@ -100,16 +100,7 @@ fn by_workspace(plan: &Plan) -> Vec<(&str, Vec<&Change>)> {
 
 /// The counts of a group of changes.
 fn count(changes: &[&Change]) -> Summary {
-    let mut s = Summary::default();
-    for c in changes {
-        match c.action {
-            Action::Create => s.create += 1,
-            Action::Update => s.update += 1,
-            Action::Delete => s.delete += 1,
-            Action::Unchanged => s.unchanged += 1,
-        }
-    }
-    s
+    Summary::of(changes.iter().copied())
 }
 
 fn workspace_label(ws: &str) -> &str {

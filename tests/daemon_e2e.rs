@@ -12,7 +12,7 @@ use kube::api::Api;
 use serde_json::Value;
 
 use crate::support::repo::TestRepo;
-use crate::support::{User, control_plane};
+use crate::support::{User, control_plane, git};
 
 const SECRET: &str = "webhook-secret-for-tests";
 
@@ -22,28 +22,6 @@ fn free_port() -> u16 {
         .local_addr()
         .expect("addr")
         .port()
-}
-
-fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .args([
-            "-c",
-            "user.name=t",
-            "-c",
-            "user.email=t@example.com",
-            "-c",
-            "init.defaultBranch=main",
-        ])
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("git");
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 /// A child process killed when the test ends, however it ends.

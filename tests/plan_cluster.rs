@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::support::control_plane;
 use crate::support::repo::TestRepo;
+use crate::support::{control_plane, git};
 
 fn summary(plan: &Value) -> (u64, u64, u64, u64) {
     let s = &plan["summary"];
@@ -255,28 +255,6 @@ fn an_unreachable_api_server_fails_fast_naming_it() {
         )),
         "{err}"
     );
-}
-
-fn git(dir: &std::path::Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .args([
-            "-c",
-            "user.name=t",
-            "-c",
-            "user.email=t@example.com",
-            "-c",
-            "init.defaultBranch=main",
-        ])
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("git");
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 #[tokio::test]
