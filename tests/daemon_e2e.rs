@@ -118,7 +118,7 @@ async fn wait_for(what: &str, timeout: Duration, mut check: impl AsyncFnMut() ->
 }
 
 #[tokio::test]
-async fn the_daemon_follows_a_git_remote_heals_drift_and_refuses_bad_commits() {
+async fn the_daemon_follows_a_git_remote_heals_drift_and_survives_bad_commits_and_outages() {
     let repo = TestRepo::new("run-e2e");
     let env = repo.env.clone();
     let served = tempfile::tempdir().expect("tempdir");
@@ -140,7 +140,7 @@ async fn the_daemon_follows_a_git_remote_heals_drift_and_refuses_bad_commits() {
         ],
     );
     let git_port = free_port();
-    let remote = git_daemon(served.path(), git_port);
+    let mut remote = Some(git_daemon(served.path(), git_port));
     let url = format!("git://127.0.0.1:{git_port}/tenants.git");
     git(repo.path(), &["remote", "add", "origin", &url]);
 
@@ -302,6 +302,50 @@ async fn the_daemon_follows_a_git_remote_heals_drift_and_refuses_bad_commits() {
             .expect("get")
             .is_some()
     );
+
+    // 5. The remote goes away: reported, nothing removed; it comes back with a fix.
+    drop(remote.take());
+    wait_for(
+        "the fetch failure to be reported",
+        Duration::from_secs(15),
+        async || {
+            status(http_port, &env).await.is_some_and(|s| {
+                s["lastError"]
+                    .as_str()
+                    .is_some_and(|e| e.contains("cannot read the repository"))
+            })
+        },
+    )
+    .await;
+    assert!(
+        namespaces
+            .get_opt(&repo.namespace("acme"))
+            .await
+            .expect("get")
+            .is_some()
+    );
+    git(
+        repo.path(),
+        &[
+            "rm",
+            "-q",
+            &format!("environments/{env}/workspaces/broken.yaml"),
+        ],
+    );
+    git(repo.path(), &["commit", "-qm", "fix"]);
+    let fixed = git(repo.path(), &["rev-parse", "HEAD"]);
+    remote = Some(git_daemon(served.path(), git_port));
+    git(repo.path(), &["push", "-q", "origin", "HEAD:main"]);
+    wait_for(
+        "recovery once the remote is back",
+        Duration::from_secs(30),
+        async || {
+            status(http_port, &env).await.is_some_and(|s| {
+                s["lastAppliedRevision"] == fixed.as_str() && s["syncStatus"] == "Synced"
+            })
+        },
+    )
+    .await;
 
     // 6. Metrics.
     let metrics = http(http_port, "GET", "/metrics", &[], "")

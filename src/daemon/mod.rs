@@ -286,12 +286,13 @@ async fn reconcile_loop(env: String, shared: Arc<Shared>, mut shutdown: watch::R
             )
             .await;
             shared.metrics.observe_reconcile(&env, started.elapsed());
-            if ok {
+            // Only a read of the source moves the next read: a drift check
+            // (which fails while the newest revision is bad) must not keep
+            // postponing it.
+            if poll && ok {
                 backoff = Duration::from_secs(1);
-                if poll {
-                    next_poll = Instant::now() + options.interval;
-                }
-            } else {
+                next_poll = Instant::now() + options.interval;
+            } else if poll {
                 // Retry sooner, backing off up to the poll interval.
                 next_poll = Instant::now() + backoff.min(options.interval);
                 backoff = (backoff * 2).min(options.interval);
