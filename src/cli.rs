@@ -153,6 +153,11 @@ pub struct RunArgs {
     /// Log format: human-readable text or one JSON object per line.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    /// Run several replicas: they elect a leader with the Lease
+    /// tenantsync-system/tenantsync-leader, and only the leader writes; when it
+    /// dies another takes over within the lease duration (15 s).
+    #[arg(long)]
+    pub leader_elect: bool,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -581,6 +586,7 @@ fn run_cmd(args: RunArgs) -> anyhow::Result<ExitCode> {
         webhook_secret: std::env::var("TENANTSYNC_WEBHOOK_SECRET")
             .ok()
             .filter(|s| !s.is_empty()),
+        leader_elect: args.leader_elect,
     };
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

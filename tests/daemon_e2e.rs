@@ -387,3 +387,112 @@ async fn the_daemon_follows_a_git_remote_heals_drift_and_survives_bad_commits_an
     assert!(code.success(), "exit status {code}");
     drop(remote);
 }
+
+fn start_daemon(repo: &TestRepo, port: u16, log: &Path) -> Guard {
+    let child = Command::new(env!("CARGO_BIN_EXE_tenantsync"))
+        .args([
+            "run",
+            "--leader-elect",
+            "--env",
+            &repo.env,
+            "--interval",
+            "2s",
+            "--drift-interval",
+            "2s",
+        ])
+        .arg("--repo")
+        .arg(repo.path())
+        .arg(format!("--listen=127.0.0.1:{port}"))
+        .arg("--kubeconfig")
+        .arg(control_plane().kubeconfig())
+        .args(["--context", "admin"])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).expect("log file"))
+        .spawn()
+        .expect("tenantsync run");
+    Guard(child)
+}
+
+async fn leads(port: u16) -> Option<bool> {
+    let text = http(port, "GET", "/status", &[], "").await?;
+    serde_json::from_str::<Value>(&text).ok()?["leader"].as_bool()
+}
+
+#[tokio::test]
+async fn two_daemons_elect_one_leader_and_fail_over() {
+    use k8s_openapi::api::coordination::v1::Lease;
+    let repo = TestRepo::new("run-leader");
+    let logs = tempfile::tempdir().expect("tempdir");
+    let (pa, pb) = (free_port(), free_port());
+    let mut a = Some(start_daemon(&repo, pa, &logs.path().join("a.log")));
+    let mut b = Some(start_daemon(&repo, pb, &logs.path().join("b.log")));
+    // A Lease left by an earlier run expires within its 15 s.
+    wait_for(
+        "exactly one leader",
+        Duration::from_secs(40),
+        async || matches!((leads(pa).await, leads(pb).await), (Some(x), Some(y)) if x != y),
+    )
+    .await;
+    let (leader_port, follower_port) = if leads(pa).await == Some(true) {
+        (pa, pb)
+    } else {
+        (pb, pa)
+    };
+    wait_for("the leader to sync", Duration::from_secs(30), async || {
+        status(leader_port, &repo.env)
+            .await
+            .is_some_and(|s| s["syncStatus"] == "Synced")
+    })
+    .await;
+    let leases: Api<Lease> = Api::namespaced(
+        control_plane().client(User::Admin).await,
+        tenantsync::inventory::SYSTEM_NAMESPACE,
+    );
+    assert_eq!(leads(follower_port).await, Some(false));
+
+    // The leader dies without a word: the other takes over once the Lease expires.
+    let leader = if leader_port == pa {
+        a.take()
+    } else {
+        b.take()
+    };
+    drop(leader); // SIGKILL
+    let took = wait_for(
+        "the follower to take over",
+        Duration::from_secs(30),
+        async || leads(follower_port).await == Some(true),
+    )
+    .await;
+    assert!(took <= Duration::from_secs(20), "fail-over took {took:?}");
+
+    // SIGTERM: the new leader releases the Lease and exits cleanly.
+    let mut last = a.take().or(b.take()).expect("the follower");
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &last.0.id().to_string()])
+            .status()
+            .expect("kill")
+            .success()
+    );
+    let start = Instant::now();
+    let code = loop {
+        if let Some(code) = last.0.try_wait().expect("wait") {
+            break code;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "no exit on SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(code.success(), "{code}");
+    let lease = leases
+        .get(tenantsync::daemon::leader::LEASE_NAME)
+        .await
+        .expect("lease");
+    assert_eq!(
+        lease.spec.and_then(|s| s.holder_identity),
+        None,
+        "the Lease was not released"
+    );
+}

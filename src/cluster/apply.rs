@@ -294,19 +294,9 @@ impl Cluster {
         }
     }
 
-    /// Writes the inventory (creating `tenantsync-system` when needed).
-    pub async fn write_inventory(
-        &self,
-        inventory: &Inventory,
-        dry_run: bool,
-    ) -> Result<(), ClusterError> {
-        let cm = inventory.to_config_map().map_err(|e| ClusterError::Api {
-            server: self.server.clone(),
-            verb: "encode".into(),
-            resource: "inventory".into(),
-            message: e.to_string(),
-            code: 0,
-        })?;
+    /// Creates `tenantsync-system` (inventories, Events, the leader Lease)
+    /// if it is missing.
+    pub async fn ensure_system_namespace(&self, dry_run: bool) -> Result<(), ClusterError> {
         let mut params = PatchParams::apply(FIELD_MANAGER);
         params.force = true;
         params.dry_run = dry_run;
@@ -327,6 +317,26 @@ impl Cluster {
             .patch(SYSTEM_NAMESPACE, &params, &Patch::Apply(&ns_value))
             .await
             .map_err(|e| self.classify(e, "patch", "namespaces"))?;
+        Ok(())
+    }
+
+    /// Writes the inventory (creating `tenantsync-system` when needed).
+    pub async fn write_inventory(
+        &self,
+        inventory: &Inventory,
+        dry_run: bool,
+    ) -> Result<(), ClusterError> {
+        let cm = inventory.to_config_map().map_err(|e| ClusterError::Api {
+            server: self.server.clone(),
+            verb: "encode".into(),
+            resource: "inventory".into(),
+            message: e.to_string(),
+            code: 0,
+        })?;
+        let mut params = PatchParams::apply(FIELD_MANAGER);
+        params.force = true;
+        params.dry_run = dry_run;
+        self.ensure_system_namespace(dry_run).await?;
         let mut value = serde_json::to_value(&cm).unwrap_or_default();
         value["apiVersion"] = "v1".into();
         value["kind"] = "ConfigMap".into();

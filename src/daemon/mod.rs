@@ -27,6 +27,7 @@ use crate::sync::SyncOptions;
 use crate::{diff, inventory, render, source, validate};
 
 pub mod http;
+pub mod leader;
 pub mod metrics;
 
 /// What `run` was told to do.
@@ -46,6 +47,8 @@ pub struct RunOptions {
     pub cluster: ClusterOptions,
     /// Shared secret of `POST /hooks/git` (GitHub HMAC or GitLab token).
     pub webhook_secret: Option<String>,
+    /// Elect a leader among replicas with a Lease; only the leader writes.
+    pub leader_elect: bool,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
@@ -82,6 +85,11 @@ pub struct EnvironmentStatus {
 #[derive(Clone, Debug, Default, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct DaemonStatus {
+    /// This replica's identity in leader election.
+    pub identity: String,
+    /// Whether this replica leads (and so writes); always true without
+    /// leader election.
+    pub leader: bool,
     pub environments: BTreeMap<String, EnvironmentStatus>,
 }
 
@@ -92,11 +100,14 @@ pub struct Shared {
     /// Bumped to make every loop look at the source now.
     pub trigger: watch::Sender<u64>,
     pub options: RunOptions,
+    /// Whether this replica may write.
+    pub leading: watch::Receiver<bool>,
 }
 
 impl Shared {
     fn update(&self, env: &str, f: impl FnOnce(&mut EnvironmentStatus)) {
         if let Ok(mut status) = self.status.write() {
+            status.leader = *self.leading.borrow();
             f(status.environments.entry(env.to_string()).or_default());
         }
     }
@@ -171,11 +182,31 @@ struct Desired {
 /// Runs the daemon until SIGTERM or Ctrl-C.
 pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     let (trigger, _) = watch::channel(0u64);
+    let identity = leader::identity();
+    let (leading_tx, leading) = watch::channel(!options.leader_elect);
+    let (stop_campaign, campaign_stop) = watch::channel(false);
+    let campaign = if options.leader_elect {
+        let cluster = Cluster::connect(&options.cluster).await?;
+        cluster.ensure_system_namespace(false).await?;
+        Some(tokio::spawn(leader::campaign(
+            cluster.client().clone(),
+            identity.clone(),
+            leading_tx,
+            campaign_stop,
+        )))
+    } else {
+        None
+    };
     let shared = Arc::new(Shared {
-        status: RwLock::new(DaemonStatus::default()),
+        status: RwLock::new(DaemonStatus {
+            identity,
+            leader: !options.leader_elect,
+            ..DaemonStatus::default()
+        }),
         metrics: metrics::Metrics::new(),
         trigger,
         options: options.clone(),
+        leading,
     });
     let (shutdown_tx, shutdown) = watch::channel(false);
     let listener = tokio::net::TcpListener::bind(options.listen)
@@ -198,6 +229,11 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     tracing::info!("shutting down: finishing the reconcile in flight");
     let _ = shutdown_tx.send(true);
     while loops.join_next().await.is_some() {}
+    // Only once nothing is in flight does the leader give the Lease up.
+    let _ = stop_campaign.send(true);
+    if let Some(campaign) = campaign {
+        let _ = campaign.await;
+    }
     let _ = server.await;
     tracing::info!("stopped");
     Ok(())
@@ -363,6 +399,7 @@ async fn reconcile(
                             );
                             // One Event per bad revision, not one per poll.
                             if source_problem.as_deref() != Some(message.as_str())
+                                && *shared.leading.borrow()
                                 && let Some(c) = cluster.as_ref()
                             {
                                 c.record_event(env, "InvalidRevision", &message).await;
@@ -428,6 +465,10 @@ async fn reconcile(
         // re-applied only with self-heal.
         let applied_rev = inv.as_ref().and_then(|i| i.revision.clone());
         let new_revision = applied_rev.as_deref() != Some(state.revision.as_str());
+        // A replica that does not lead only reports.
+        if !*shared.leading.borrow() {
+            return Ok((plan, None));
+        }
         let heal = options.self_heal && plan.summary.has_changes();
         if !new_revision && !heal {
             return Ok((plan, None));
