@@ -153,6 +153,11 @@ pub struct RunArgs {
     /// Log format: human-readable text or one JSON object per line.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    /// Let a revision delete whole workspaces (their namespaces) or more than
+    /// syncPolicy.maxPrunePercent of an inventory; without it such a revision is
+    /// reported as failed and nothing is pruned.
+    #[arg(long)]
+    pub allow_mass_prune: bool,
     /// Run several replicas: they elect a leader with the Lease
     /// tenantsync-system/tenantsync-leader, and only the leader writes; when it
     /// dies another takes over within the lease duration (15 s).
@@ -587,6 +592,7 @@ fn run_cmd(args: RunArgs) -> anyhow::Result<ExitCode> {
             .ok()
             .filter(|s| !s.is_empty()),
         leader_elect: args.leader_elect,
+        allow_mass_prune: args.allow_mass_prune,
     };
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

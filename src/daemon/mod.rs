@@ -49,6 +49,8 @@ pub struct RunOptions {
     pub webhook_secret: Option<String>,
     /// Elect a leader among replicas with a Lease; only the leader writes.
     pub leader_elect: bool,
+    /// Allow revisions that delete whole workspaces or much of an inventory.
+    pub allow_mass_prune: bool,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
@@ -422,6 +424,7 @@ async fn reconcile(
                                         force_conflicts: options.force_conflicts
                                             || policy.force_conflicts,
                                         max_prune_percent: policy.max_prune_percent,
+                                        allow_mass_prune: options.allow_mass_prune,
                                         ..SyncOptions::default()
                                     },
                                 });
