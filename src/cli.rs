@@ -106,6 +106,29 @@ pub enum Command {
     /// reported otherwise. Serves GET /status, /metrics, /healthz and /readyz.
     /// SIGTERM finishes the reconcile in flight and exits.
     Run(RunArgs),
+    /// Show an environment's sync state as recorded in the cluster.
+    ///
+    /// Reads the inventory (tenantsync-system/inventory-<env>): the revision last
+    /// applied and when, how many objects tenantsync manages there, and the status
+    /// the daemon publishes (Synced, OutOfSync or Failed, the last error, drift).
+    /// Read-only. Exit status 1 when the environment was never synced.
+    Status(StatusArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct StatusArgs {
+    /// Environment to show.
+    #[arg(long = "env", value_name = "NAME")]
+    pub env: String,
+    /// Kubeconfig file (default: KUBECONFIG, ~/.kube/config, or in-cluster).
+    #[arg(long, value_name = "FILE", env = "TENANTSYNC_KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Kubeconfig context to use.
+    #[arg(long, value_name = "NAME")]
+    pub context: Option<String>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = ValidateOutput::Text)]
+    pub output: ValidateOutput,
 }
 
 #[derive(Debug, clap::Args)]
@@ -278,6 +301,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Drift(args) => live_cmd(&args, print::Verb::Drift),
         Command::Sync(args) => sync_cmd(&args),
         Command::Run(args) => run_cmd(args),
+        Command::Status(args) => status_cmd(&args),
     }
 }
 
@@ -562,6 +586,58 @@ fn sync_text(r: &cluster_sync::SyncReport) -> String {
         r.write_requests,
     ));
     out
+}
+
+fn status_cmd(args: &StatusArgs) -> anyhow::Result<ExitCode> {
+    let options = ClusterOptions {
+        kubeconfig: args.kubeconfig.clone(),
+        context: args.context.clone(),
+    };
+    let data = runtime()?.block_on(async {
+        Cluster::connect(&options)
+            .await?
+            .inventory_data(&args.env)
+            .await
+    })?;
+    let Some(data) = data else {
+        eprintln!(
+            "environment {} has never been synced to this cluster (no inventory)",
+            args.env
+        );
+        return Ok(ExitCode::from(1));
+    };
+    match args.output {
+        ValidateOutput::Json => {
+            write_stdout(&(serde_json::to_string_pretty(&data).context("encoding JSON")? + "\n"))?
+        }
+        ValidateOutput::Text => {
+            let get = |k: &str| {
+                data.get(k)
+                    .map(String::as_str)
+                    .filter(|v| !v.is_empty())
+                    .unwrap_or("-")
+            };
+            let mut out = format!(
+                "environment:        {}\nsync status:        {}\napplied revision:   {}\nlast applied at:    {}\nseen revision:      {}\nobjects:            {}\ndrifted objects:    {}\n",
+                args.env,
+                get("status.syncStatus"),
+                get("revision"),
+                get("lastAppliedAt"),
+                get("status.lastSeenRevision"),
+                get("objectCount"),
+                get("status.driftedObjects"),
+            );
+            if let Some(e) = data.get("status.lastError").filter(|e| !e.is_empty()) {
+                out.push_str(&format!(
+                    "last error ({}):\n  {}\n",
+                    get("status.lastErrorAt"),
+                    e.replace('\n', "\n  ")
+                ));
+            }
+            write_stdout(&out)?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn run_cmd(args: RunArgs) -> anyhow::Result<ExitCode> {

@@ -295,6 +295,49 @@ async fn the_daemon_follows_a_git_remote_heals_drift_and_survives_bad_commits_an
     .await;
     let s = status(http_port, &env).await.expect("status");
     assert_eq!(s["lastAppliedRevision"], second.as_str());
+    // An operator sees the same from the cluster, read-only (the daemon
+    // publishes right after each reconcile).
+    let show = || {
+        Command::new(env!("CARGO_BIN_EXE_tenantsync"))
+            .args([
+                "status",
+                "--env",
+                &env,
+                "--context",
+                "readonly",
+                "--kubeconfig",
+            ])
+            .arg(control_plane().kubeconfig())
+            .output()
+            .expect("tenantsync status")
+    };
+    wait_for(
+        "the status to reach the inventory",
+        Duration::from_secs(10),
+        async || String::from_utf8_lossy(&show().stdout).contains("Failed"),
+    )
+    .await;
+    let shown = show();
+    let text = String::from_utf8_lossy(&shown.stdout);
+    assert_eq!(
+        shown.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&shown.stderr)
+    );
+    assert!(text.contains("sync status:        Failed"), "{text}");
+    assert!(
+        text.contains(&format!("applied revision:   {second}")),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("seen revision:      {broken}")),
+        "{text}"
+    );
+    assert!(
+        text.contains("workspaces/broken.yaml:3:18: error"),
+        "{text}"
+    );
     assert!(
         namespaces
             .get_opt(&repo.namespace("acme"))

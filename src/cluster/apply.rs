@@ -1,5 +1,6 @@
 //! Writes: server-side apply, delete, and the inventory object.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
@@ -292,6 +293,49 @@ impl Cluster {
                     code: 0,
                 }),
         }
+    }
+
+    /// Writes the daemon's status fields (`status.*` keys) onto an existing
+    /// inventory, as field manager `tenantsync-status`; does nothing before
+    /// the first sync created the inventory.
+    pub async fn write_status(
+        &self,
+        environment: &str,
+        fields: &BTreeMap<String, String>,
+    ) -> Result<(), ClusterError> {
+        let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), SYSTEM_NAMESPACE);
+        let data: serde_json::Map<String, serde_json::Value> = fields
+            .iter()
+            .map(|(k, v)| (format!("status.{k}"), v.clone().into()))
+            .collect();
+        let patch = serde_json::json!({ "data": data });
+        self.count(true);
+        match api
+            .patch(
+                &inventory::name_of(environment),
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+            Err(e) => Err(self.classify(e, "patch", "configmaps")),
+        }
+    }
+
+    /// The inventory's data as stored: the status fields and the summary.
+    pub async fn inventory_data(
+        &self,
+        environment: &str,
+    ) -> Result<Option<BTreeMap<String, String>>, ClusterError> {
+        let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), SYSTEM_NAMESPACE);
+        self.count(false);
+        let cm = api
+            .get_opt(&inventory::name_of(environment))
+            .await
+            .map_err(|e| self.classify(e, "get", "configmaps"))?;
+        Ok(cm.map(|c| c.data.unwrap_or_default()))
     }
 
     /// Creates `tenantsync-system` (inventories, Events, the leader Lease)

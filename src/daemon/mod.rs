@@ -305,6 +305,8 @@ async fn reconcile_loop(env: String, shared: Arc<Shared>, mut shutdown: watch::R
     // Why the newest revision cannot be applied (unreadable or invalid):
     // kept, and the status kept Failed, until a good revision arrives.
     let mut source_problem: Option<String> = None;
+    // The status fields last written onto the inventory.
+    let mut written: BTreeMap<String, String> = BTreeMap::new();
     let mut backoff = Duration::from_secs(1);
     let mut next_poll = Instant::now();
     let mut next_drift = Instant::now() + options.drift_interval;
@@ -324,6 +326,7 @@ async fn reconcile_loop(env: String, shared: Arc<Shared>, mut shutdown: watch::R
             )
             .await;
             shared.metrics.observe_reconcile(&env, started.elapsed());
+            publish_status(&env, &shared, cluster.as_ref(), &mut written).await;
             // Only a read of the source moves the next read: a drift check
             // (which fails while the newest revision is bad) must not keep
             // postponing it.
@@ -348,6 +351,64 @@ async fn reconcile_loop(env: String, shared: Arc<Shared>, mut shutdown: watch::R
         }
         if *shutdown.borrow() {
             return;
+        }
+    }
+}
+
+/// Mirrors the environment's status onto its inventory object (for
+/// `tenantsync status` and other readers), only when it changed.
+async fn publish_status(
+    env: &str,
+    shared: &Shared,
+    cluster: Option<&Cluster>,
+    written: &mut BTreeMap<String, String>,
+) {
+    let Some(cluster) = cluster else { return };
+    if !*shared.leading.borrow() {
+        return;
+    }
+    let Some(status) = shared
+        .status
+        .read()
+        .ok()
+        .and_then(|s| s.environments.get(env).cloned())
+    else {
+        return;
+    };
+    let fields = BTreeMap::from([
+        (
+            "syncStatus".to_string(),
+            format!("{:?}", status.sync_status),
+        ),
+        (
+            "lastSeenRevision".to_string(),
+            status.last_seen_revision.unwrap_or_default(),
+        ),
+        (
+            "lastError".to_string(),
+            status
+                .last_error
+                .unwrap_or_default()
+                .chars()
+                .take(2000)
+                .collect(),
+        ),
+        (
+            "lastErrorAt".to_string(),
+            status.last_error_at.unwrap_or_default(),
+        ),
+        (
+            "driftedObjects".to_string(),
+            status.drifted_objects.to_string(),
+        ),
+    ]);
+    if fields == *written {
+        return;
+    }
+    match cluster.write_status(env, &fields).await {
+        Ok(()) => *written = fields,
+        Err(e) => {
+            tracing::warn!(environment = env, error = %e, "cannot write status onto the inventory")
         }
     }
 }
