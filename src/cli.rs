@@ -133,31 +133,30 @@ pub struct StatusArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
+    /// Configuration file (YAML, schema schemas/daemon-config.schema.json);
+    /// flags given here override it.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
     /// Repository: a folder (watched for changes), a local Git repository, or a
     /// remote URL (cloned into a cache, then fetched). Git credentials come from
     /// TENANTSYNC_GIT_TOKEN(_FILE) or TENANTSYNC_GIT_SSH_KEY.
-    #[arg(long, value_name = "DIR|URL")]
-    pub repo: String,
+    #[arg(long, value_name = "DIR|URL", required_unless_present = "config")]
+    pub repo: Option<String>,
     /// Branch, tag or commit to follow (Git only; a remote's default branch otherwise).
     #[arg(long, value_name = "REF")]
     pub branch: Option<String>,
     /// Environments to reconcile (comma-separated or repeated).
-    #[arg(
-        long = "env",
-        value_name = "NAME",
-        value_delimiter = ',',
-        required = true
-    )]
+    #[arg(long = "env", value_name = "NAME", value_delimiter = ',')]
     pub envs: Vec<String>,
-    /// How often to read the repository.
-    #[arg(long, default_value = "1m", value_parser = parse_duration, value_name = "DURATION")]
-    pub interval: std::time::Duration,
-    /// How often to compare the cluster with the last applied revision.
-    #[arg(long, default_value = "5m", value_parser = parse_duration, value_name = "DURATION")]
-    pub drift_interval: std::time::Duration,
-    /// Address of the status, metrics, probe and webhook endpoints.
-    #[arg(long, default_value = "127.0.0.1:8080", value_name = "ADDR")]
-    pub listen: std::net::SocketAddr,
+    /// How often to read the repository [default: 1m].
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    pub interval: Option<std::time::Duration>,
+    /// How often to compare the cluster with the last applied revision [default: 5m].
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    pub drift_interval: Option<std::time::Duration>,
+    /// Address of the status, metrics, probe and webhook endpoints [default: 127.0.0.1:8080].
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<std::net::SocketAddr>,
     /// Delete inventoried objects no longer declared (also syncPolicy.prune).
     #[arg(long)]
     pub prune: bool,
@@ -174,8 +173,8 @@ pub struct RunArgs {
     #[arg(long, value_name = "NAME")]
     pub context: Option<String>,
     /// Log format: human-readable text or one JSON object per line.
-    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
-    pub log_format: LogFormat,
+    #[arg(long, value_enum)]
+    pub log_format: Option<LogFormat>,
     /// Let a revision delete whole workspaces (their namespaces) or more than
     /// syncPolicy.maxPrunePercent of an inventory; without it such a revision is
     /// reported as failed and nothing is pruned.
@@ -641,34 +640,105 @@ fn status_cmd(args: &StatusArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn run_cmd(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let config = match &args.config {
+        None => None,
+        Some(path) => {
+            let bytes =
+                std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+            match crate::daemon::config::parse(&path.display().to_string(), &bytes) {
+                Ok(c) => Some(c),
+                Err(diags) => {
+                    print_diagnostics(&diags);
+                    eprintln!("{} error(s) in the configuration; not started", diags.len());
+                    return Ok(ExitCode::from(1));
+                }
+            }
+        }
+    };
+    let duration = |flag: Option<std::time::Duration>,
+                    file: Option<&String>,
+                    default: &str|
+     -> anyhow::Result<std::time::Duration> {
+        match (flag, file) {
+            (Some(d), _) => Ok(d),
+            (None, Some(text)) => parse_duration(text).map_err(anyhow::Error::msg),
+            (None, None) => parse_duration(default).map_err(anyhow::Error::msg),
+        }
+    };
+    let c = config.as_ref();
+    let policy = c.map(|c| c.sync_policy.clone()).unwrap_or_default();
+    let log_format = args
+        .log_format
+        .unwrap_or(match c.and_then(|c| c.log_format.as_deref()) {
+            Some("json") => LogFormat::Json,
+            _ => LogFormat::Text,
+        });
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
-    match args.log_format {
+    match log_format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
     }
+    let environments: Vec<String> = if args.envs.is_empty() {
+        c.map(|c| c.environments.iter().map(|e| e.name.clone()).collect())
+            .unwrap_or_default()
+    } else {
+        args.envs.clone()
+    };
+    if environments.is_empty() {
+        anyhow::bail!("no environment to reconcile: give --env or a configuration file");
+    }
+    let contexts = c
+        .map(|c| {
+            c.environments
+                .iter()
+                .filter_map(|e| Some((e.name.clone(), e.context.clone()?)))
+                .collect()
+        })
+        .unwrap_or_default();
+    let listen = match (args.listen, c.and_then(|c| c.listen.as_deref())) {
+        (Some(l), _) => l,
+        (None, Some(text)) => text
+            .parse()
+            .with_context(|| format!("listen address `{text}`"))?,
+        (None, None) => std::net::SocketAddr::from(([127, 0, 0, 1], 8080)),
+    };
+    let Some(repo) = args.repo.clone().or_else(|| c.map(|c| c.repo.clone())) else {
+        anyhow::bail!("no repository: give --repo or a configuration file");
+    };
     let options = crate::daemon::RunOptions {
-        repo: args.repo,
-        branch: args.branch,
-        environments: args.envs,
-        interval: args.interval,
-        drift_interval: args.drift_interval,
-        listen: args.listen,
-        prune: args.prune,
-        self_heal: args.self_heal,
-        force_conflicts: args.force_conflicts,
+        repo,
+        branch: args
+            .branch
+            .clone()
+            .or_else(|| c.and_then(|c| c.branch.clone())),
+        environments,
+        interval: duration(args.interval, c.and_then(|c| c.interval.as_ref()), "1m")?,
+        drift_interval: duration(
+            args.drift_interval,
+            c.and_then(|c| c.drift_interval.as_ref()),
+            "5m",
+        )?,
+        listen,
+        prune: args.prune || policy.prune,
+        self_heal: args.self_heal || policy.self_heal,
+        force_conflicts: args.force_conflicts || policy.force_conflicts,
         cluster: ClusterOptions {
-            kubeconfig: args.kubeconfig,
-            context: args.context,
+            kubeconfig: args
+                .kubeconfig
+                .clone()
+                .or_else(|| c.and_then(|c| c.kubeconfig.clone()).map(PathBuf::from)),
+            context: args.context.clone(),
         },
         webhook_secret: std::env::var("TENANTSYNC_WEBHOOK_SECRET")
             .ok()
             .filter(|s| !s.is_empty()),
-        leader_elect: args.leader_elect,
-        allow_mass_prune: args.allow_mass_prune,
+        leader_elect: args.leader_elect || c.is_some_and(|c| c.leader_elect),
+        allow_mass_prune: args.allow_mass_prune || policy.allow_mass_prune,
+        contexts,
     };
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

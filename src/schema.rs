@@ -17,11 +17,13 @@ pub enum SchemaKind {
     Environment,
     Workspace,
     WorkspacePatch,
+    DaemonConfig,
 }
 
 pub const ENVIRONMENT_SCHEMA: &str = include_str!("../schemas/environment.schema.json");
 pub const WORKSPACE_SCHEMA: &str = include_str!("../schemas/workspace.schema.json");
 pub const WORKSPACE_PATCH_SCHEMA: &str = include_str!("../schemas/workspace-patch.schema.json");
+pub const DAEMON_CONFIG_SCHEMA: &str = include_str!("../schemas/daemon-config.schema.json");
 
 const DNS_LABEL_PATTERN: &str = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$";
 
@@ -36,6 +38,7 @@ impl SchemaKind {
             SchemaKind::Environment => ENVIRONMENT_SCHEMA,
             SchemaKind::Workspace => WORKSPACE_SCHEMA,
             SchemaKind::WorkspacePatch => WORKSPACE_PATCH_SCHEMA,
+            SchemaKind::DaemonConfig => DAEMON_CONFIG_SCHEMA,
         }
     }
 
@@ -44,6 +47,7 @@ impl SchemaKind {
             SchemaKind::Environment => "environment.schema.json",
             SchemaKind::Workspace => "workspace.schema.json",
             SchemaKind::WorkspacePatch => "workspace-patch.schema.json",
+            SchemaKind::DaemonConfig => "daemon-config.schema.json",
         }
     }
 
@@ -51,10 +55,12 @@ impl SchemaKind {
         static ENV: OnceLock<Result<Compiled, String>> = OnceLock::new();
         static WS: OnceLock<Result<Compiled, String>> = OnceLock::new();
         static PATCH: OnceLock<Result<Compiled, String>> = OnceLock::new();
+        static DAEMON: OnceLock<Result<Compiled, String>> = OnceLock::new();
         let cell = match self {
             SchemaKind::Environment => &ENV,
             SchemaKind::Workspace => &WS,
             SchemaKind::WorkspacePatch => &PATCH,
+            SchemaKind::DaemonConfig => &DAEMON,
         };
         cell.get_or_init(|| {
             let raw: Json = serde_json::from_str(self.source())
@@ -277,6 +283,7 @@ mod tests {
             SchemaKind::Environment,
             SchemaKind::Workspace,
             SchemaKind::WorkspacePatch,
+            SchemaKind::DaemonConfig,
         ] {
             assert!(kind.compiled().is_ok(), "{}", kind.file_name());
         }

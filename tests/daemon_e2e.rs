@@ -539,3 +539,46 @@ async fn two_daemons_elect_one_leader_and_fail_over() {
         "the Lease was not released"
     );
 }
+
+#[tokio::test]
+async fn a_configuration_file_sets_up_the_daemon_with_a_context_per_environment() {
+    let repo = TestRepo::new("run-config");
+    let logs = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let config = logs.path().join("tenantsync.yaml");
+    // The environment's context is the read-only user: the daemon must use
+    // it, and so be refused writes.
+    std::fs::write(
+        &config,
+        format!(
+            "apiVersion: tenantsync.io/v1alpha1\nkind: DaemonConfig\nrepo: {}\nenvironments:\n  - name: {}\n    context: readonly\ninterval: 2s\ndriftInterval: 2s\nlisten: 127.0.0.1:{port}\nkubeconfig: {}\nsyncPolicy: {{prune: true}}\n",
+            repo.path().display(),
+            repo.env,
+            control_plane().kubeconfig().display()
+        ),
+    )
+    .expect("write");
+    let _daemon = Guard(
+        Command::new(env!("CARGO_BIN_EXE_tenantsync"))
+            .arg("run")
+            .arg("--config")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(logs.path().join("daemon.log")).expect("log"))
+            .spawn()
+            .expect("tenantsync run"),
+    );
+    wait_for(
+        "the read-only context to be refused",
+        Duration::from_secs(30),
+        async || {
+            status(port, &repo.env).await.is_some_and(|s| {
+                s["syncStatus"] == "Failed"
+                    && s["lastError"]
+                        .as_str()
+                        .is_some_and(|e| e.contains("permission denied") || e.contains("forbidden"))
+            })
+        },
+    )
+    .await;
+}

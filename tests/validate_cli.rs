@@ -300,3 +300,29 @@ fn a_thousand_workspaces_validate_and_render() {
     let namespaces = objects.iter().filter(|o| o["kind"] == "Namespace").count();
     assert_eq!(namespaces, 1004);
 }
+
+#[test]
+fn a_daemon_configuration_with_mistakes_is_refused_with_positions() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("tenantsync.yaml");
+    std::fs::write(
+        &path,
+        "apiVersion: tenantsync.io/v1alpha1\nkind: DaemonConfig\nrepo: .\nenvironments: [{name: dev}]\nintervall: 30s\n",
+    )
+    .expect("write");
+    let out = bin()
+        .arg("run")
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains(&format!(
+            "{}:5:1: error: /intervall: unknown field `intervall`; did you mean `interval`?",
+            path.display()
+        )),
+        "{}",
+        stderr(&out)
+    );
+}

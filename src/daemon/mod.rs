@@ -26,6 +26,7 @@ use crate::repo::SourceTree;
 use crate::sync::SyncOptions;
 use crate::{diff, inventory, render, source, validate};
 
+pub mod config;
 pub mod http;
 pub mod leader;
 pub mod metrics;
@@ -51,6 +52,8 @@ pub struct RunOptions {
     pub leader_elect: bool,
     /// Allow revisions that delete whole workspaces or much of an inventory.
     pub allow_mass_prune: bool,
+    /// Kubeconfig context per environment (the default one otherwise).
+    pub contexts: BTreeMap<String, String>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
@@ -501,7 +504,11 @@ async fn reconcile(
     };
 
     if cluster.is_none() {
-        match Cluster::connect(&options.cluster).await {
+        let mut cluster_options = options.cluster.clone();
+        if let Some(context) = options.contexts.get(env) {
+            cluster_options.context = Some(context.clone());
+        }
+        match Cluster::connect(&cluster_options).await {
             Ok(c) => *cluster = Some(c),
             Err(e) => return fail(format!("{e}")),
         }
