@@ -582,3 +582,65 @@ async fn a_configuration_file_sets_up_the_daemon_with_a_context_per_environment(
     )
     .await;
 }
+
+#[tokio::test]
+async fn an_edit_in_a_watched_folder_is_applied_within_about_a_second() {
+    use k8s_openapi::api::core::v1::ConfigMap;
+    let repo = TestRepo::new("run-watch");
+    let logs = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    // A poll interval of a minute: only the file-system watch can be this fast.
+    let _daemon = Guard(
+        Command::new(env!("CARGO_BIN_EXE_tenantsync"))
+            .args([
+                "run",
+                "--env",
+                &repo.env,
+                "--interval",
+                "60s",
+                "--drift-interval",
+                "60s",
+                "--repo",
+            ])
+            .arg(repo.path())
+            .arg(format!("--listen=127.0.0.1:{port}"))
+            .arg("--kubeconfig")
+            .arg(control_plane().kubeconfig())
+            .args(["--context", "admin"])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(logs.path().join("daemon.log")).expect("log"))
+            .spawn()
+            .expect("tenantsync run"),
+    );
+    wait_for("the first sync", Duration::from_secs(30), async || {
+        status(port, &repo.env)
+            .await
+            .is_some_and(|s| s["syncStatus"] == "Synced")
+    })
+    .await;
+    repo.write(
+        "workspaces/woodgrove.yaml",
+        "apiVersion: tenantsync.io/v1alpha1\nkind: WorkspacePatch\nmetadata: {name: woodgrove}\nspec:\n  fhirServices:\n    - name: api\n      fhirVersion: R5\n",
+    );
+    let configs: Api<ConfigMap> = Api::namespaced(
+        control_plane().client(User::Admin).await,
+        &repo.namespace("woodgrove"),
+    );
+    let took = wait_for(
+        "the edit to be applied",
+        Duration::from_secs(10),
+        async || {
+            configs
+                .get("fhir-api-config")
+                .await
+                .ok()
+                .and_then(|c| c.data)
+                .is_some_and(|d| d.get("FhirServer__Version").map(String::as_str) == Some("R5"))
+        },
+    )
+    .await;
+    assert!(
+        took < Duration::from_secs(3),
+        "edit to applied took {took:?}"
+    );
+}
