@@ -10,14 +10,14 @@
 //! - when a declared field has another value live, the field manager that
 //!   owns the live value is named (`kubectl`, `kubectl-edit`, ...).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 use serde_json::{Map, Value};
 use similar::TextDiff;
 
 use crate::inventory::{Inventory, ObjectRef};
 use crate::plan::{Action, Change, FieldAction, FieldChange, PLAN_FORMAT_VERSION, Plan, Summary};
-use crate::render::{self, Object, WORKSPACE_LABEL};
+use crate::render::{self, Object, ObjectKey, WORKSPACE_LABEL};
 
 /// The field manager tenantsync applies with.
 pub const FIELD_MANAGER: &str = "tenantsync";
@@ -446,9 +446,11 @@ pub fn plan(
         let key = (d.kind.clone(), d.namespace.clone(), d.name.clone());
         changes.push(diff_object(d, live_by_key.remove(&key)));
     }
+    let inventoried: Option<HashSet<ObjectKey<'_>>> =
+        inventory.map(|inv| inv.objects.iter().map(ObjectRef::key).collect());
     for ((kind, namespace, name), l) in live_by_key {
-        if let Some(inventory) = inventory
-            && !ObjectRef::of_live(l).is_some_and(|r| inventory.contains(&r))
+        if let Some(inventoried) = &inventoried
+            && !inventoried.contains(&(kind.as_str(), namespace.as_deref(), name.as_str()))
         {
             continue;
         }

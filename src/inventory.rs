@@ -16,7 +16,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::render::{MANAGED_BY, MANAGER, Object};
+use crate::render::{MANAGED_BY, MANAGER, Object, ObjectKey};
 
 /// The namespace holding inventories (and, later, the daemon).
 pub const SYSTEM_NAMESPACE: &str = "tenantsync-system";
@@ -72,9 +72,13 @@ impl ObjectRef {
         }
     }
 
+    pub fn key(&self) -> ObjectKey<'_> {
+        (&self.kind, self.namespace.as_deref(), &self.name)
+    }
+
     /// Same object, whatever the API version it is served at.
     pub fn same_object(&self, other: &ObjectRef) -> bool {
-        self.kind == other.kind && self.namespace == other.namespace && self.name == other.name
+        self.key() == other.key()
     }
 }
 

@@ -62,6 +62,17 @@ pub struct Change {
 }
 
 impl Change {
+    pub fn key(&self) -> crate::render::ObjectKey<'_> {
+        (&self.kind, self.namespace.as_deref(), &self.name)
+    }
+
+    /// Whether a sync applies this object.
+    pub fn is_apply(&self) -> bool {
+        matches!(self.action, Action::Create | Action::Update)
+    }
+}
+
+impl Change {
     /// `Kind/namespace/name`, or `Kind/name` for cluster-scoped objects.
     pub fn id(&self) -> String {
         match &self.namespace {

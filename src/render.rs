@@ -90,6 +90,10 @@ pub mod names {
     }
 }
 
+/// An object's identity whatever API version serves it: kind, namespace,
+/// name. Sets and maps of keys keep pairing objects linear at any size.
+pub type ObjectKey<'a> = (&'a str, Option<&'a str>, &'a str);
+
 /// One rendered object and its identity.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Object {
@@ -103,6 +107,10 @@ pub struct Object {
 }
 
 impl Object {
+    pub fn key(&self) -> ObjectKey<'_> {
+        (&self.kind, self.namespace.as_deref(), &self.name)
+    }
+
     /// `Kind/namespace/name`, or `Kind/name` for cluster-scoped objects.
     pub fn id(&self) -> String {
         match &self.namespace {

@@ -7,11 +7,13 @@
 //! Prune runs after every stage applied, in the reverse order: children
 //! before their namespaces.
 
+use std::collections::{HashMap, HashSet};
+
 use serde_json::Value;
 
 use crate::inventory::{Inventory, ObjectRef};
-use crate::plan::{Action, Plan};
-use crate::render::{Object, kind_rank};
+use crate::plan::{Change, Plan};
+use crate::render::{Object, ObjectKey, kind_rank};
 
 pub const SYNC_WAVE_ANNOTATION: &str = "tenantsync.io/sync-wave";
 /// `tenantsync.io/prune: disabled` keeps an object when it is no longer declared.
@@ -40,8 +42,9 @@ pub struct Stage<'a> {
 #[derive(Debug, Default)]
 pub struct Steps<'a> {
     pub stages: Vec<Stage<'a>>,
-    /// Objects to delete, in deletion order.
-    pub prune: Vec<ObjectRef>,
+    /// Objects to delete, stage by stage in deletion order (later waves and
+    /// child kinds first); the objects of one stage are deleted concurrently.
+    pub prune: Vec<Vec<ObjectRef>>,
     /// Objects no longer declared but kept, with the reason.
     pub kept: Vec<(ObjectRef, String)>,
     /// Objects no longer declared and already gone: dropped from the inventory.
@@ -79,17 +82,16 @@ pub fn steps<'a>(
     options: &SyncOptions,
 ) -> Result<Steps<'a>, MassPrune> {
     let mut out = Steps::default();
-    // Apply: what the plan says is new or changed (or everything, to recreate).
+    // Apply: what the plan says is new or changed.
+    let changed: HashSet<ObjectKey<'_>> = plan
+        .changes
+        .iter()
+        .filter(|c| c.is_apply())
+        .map(Change::key)
+        .collect();
     let mut to_apply: Vec<&Object> = desired
         .iter()
-        .filter(|o| {
-            plan.changes.iter().any(|c| {
-                matches!(c.action, Action::Create | Action::Update)
-                    && c.kind == o.kind
-                    && c.namespace == o.namespace
-                    && c.name == o.name
-            })
-        })
+        .filter(|o| changed.contains(&o.key()))
         .collect();
     to_apply.sort_by_key(|o| (wave_of(&o.body), kind_rank(&o.kind)));
     for o in to_apply {
@@ -111,16 +113,19 @@ pub fn steps<'a>(
     if !options.prune {
         return Ok(out);
     }
-    let desired_refs: Vec<ObjectRef> = desired.iter().map(ObjectRef::of).collect();
+    let declared: HashSet<ObjectKey<'_>> = desired.iter().map(Object::key).collect();
+    let live_refs: Vec<(ObjectRef, &Value)> = live
+        .iter()
+        .filter_map(|l| Some((ObjectRef::of_live(l)?, l)))
+        .collect();
+    let live_by_key: HashMap<ObjectKey<'_>, &Value> =
+        live_refs.iter().map(|(r, l)| (r.key(), *l)).collect();
     let mut candidates: Vec<(ObjectRef, i32)> = Vec::new();
     for r in &inventory.objects {
-        if desired_refs.iter().any(|d| d.same_object(r)) {
+        if declared.contains(&r.key()) {
             continue;
         }
-        let live_obj = live
-            .iter()
-            .find(|l| ObjectRef::of_live(l).is_some_and(|lr| lr.same_object(r)));
-        match live_obj {
+        match live_by_key.get(&r.key()) {
             None => out.gone.push(r.clone()),
             Some(l) if prune_disabled(l) => {
                 out.kept
@@ -141,23 +146,33 @@ pub fn steps<'a>(
                 b,
             ))
     });
-    out.prune = candidates.into_iter().map(|(r, _)| r).collect();
+    let mut stage = None;
+    for (r, wave) in candidates {
+        let this = Some((wave, kind_rank(&r.kind)));
+        match out.prune.last_mut() {
+            Some(objects) if stage == this => objects.push(r),
+            _ => out.prune.push(vec![r]),
+        }
+        stage = this;
+    }
 
-    if !options.allow_mass_prune && !out.prune.is_empty() {
+    let count = out.prune.iter().map(Vec::len).sum::<usize>();
+    if !options.allow_mass_prune && count > 0 {
         let namespaces: Vec<&str> = out
             .prune
             .iter()
+            .flatten()
             .filter(|r| r.kind == "Namespace")
             .map(|r| r.name.as_str())
             .collect();
-        let share = out.prune.len() * 100 / inventory.objects.len().max(1);
+        let share = count * 100 / inventory.objects.len().max(1);
         if !namespaces.is_empty() {
             return Err(MassPrune {
                 message: format!(
                     "this sync would delete the namespace(s) {} with everything in them ({} objects); \
                      re-run with --allow-mass-prune if the workspace(s) really go",
                     namespaces.join(", "),
-                    out.prune.len()
+                    count
                 ),
             });
         }
@@ -166,7 +181,7 @@ pub fn steps<'a>(
                 message: format!(
                     "this sync would prune {} of {} inventoried objects ({share}%), over the limit of {}%; \
                      re-run with --allow-mass-prune if that is intended",
-                    out.prune.len(),
+                    count,
                     inventory.objects.len(),
                     options.max_prune_percent
                 ),
@@ -179,7 +194,7 @@ pub fn steps<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plan::{Change, PLAN_FORMAT_VERSION, Summary};
+    use crate::plan::{Action, PLAN_FORMAT_VERSION, Summary};
     use serde_json::json;
 
     fn obj(kind: &str, ns: Option<&str>, name: &str, wave: Option<&str>) -> Object {
@@ -307,12 +322,20 @@ mod tests {
         assert!(e.message.contains("namespace(s) gone"), "{}", e.message);
         opts.allow_mass_prune = true;
         let s = steps(&plan, &desired, Some(&inv), &live, &opts).unwrap();
-        let ids: Vec<String> = s.prune.iter().map(ObjectRef::id).collect();
+        let stages: Vec<Vec<String>> = s
+            .prune
+            .iter()
+            .map(|stage| stage.iter().map(ObjectRef::id).collect())
+            .collect();
         assert_eq!(
-            ids,
-            ["Deployment/gone/d", "ConfigMap/gone/c", "Namespace/gone"]
+            stages,
+            [
+                vec!["Deployment/gone/d"],
+                vec!["ConfigMap/gone/c"],
+                vec!["Namespace/gone"]
+            ]
         );
-        assert!(s.prune.iter().all(|r| r.name != "by-hand"));
+        assert!(s.prune.iter().flatten().all(|r| r.name != "by-hand"));
         // Without --prune nothing is deleted.
         let s = steps(&plan, &desired, Some(&inv), &live, &options(false)).unwrap();
         assert!(s.prune.is_empty());
@@ -337,7 +360,11 @@ mod tests {
         live.remove(8); // already deleted by someone: only dropped from the inventory
         let s = steps(&plan, &desired, Some(&inv), &live, &options(true)).unwrap();
         assert_eq!(
-            s.prune.iter().map(ObjectRef::id).collect::<Vec<_>>(),
+            s.prune
+                .iter()
+                .flatten()
+                .map(ObjectRef::id)
+                .collect::<Vec<_>>(),
             ["ConfigMap/n/c7"]
         );
         assert_eq!(s.kept.len(), 1);

@@ -7,10 +7,11 @@
 //! A sync killed at any point therefore leaves an inventory that covers every
 //! object tenantsync created, and the next sync converges from there.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 use std::time::Duration;
 
-use futures::future::join_all;
+use futures::StreamExt;
+use futures::stream::FuturesOrdered;
 use serde::Serialize;
 use serde_json::Value;
 
@@ -18,11 +19,11 @@ use super::apply::{ApplyError, ConflictField};
 use super::{Cluster, ClusterError};
 use crate::health::{Health, HealthOptions, HealthStatus};
 use crate::inventory::{Inventory, ObjectRef};
-use crate::plan::{Action, Plan};
-use crate::render::Object;
+use crate::plan::{Action, Change, Plan};
+use crate::render::{Object, ObjectKey};
 use crate::sync::{self, MassPrune, SyncOptions};
 
-/// Objects applied at once within a stage.
+/// Write requests (applies, prune deletes) in flight at once within a stage.
 pub const APPLY_CONCURRENCY: usize = 8;
 const RECREATE_TIMEOUT: Duration = Duration::from_secs(60);
 const ESTABLISH_TIMEOUT: Duration = Duration::from_secs(60);
@@ -191,6 +192,12 @@ pub async fn sync(
     };
     let old = inventory.unwrap_or_else(|| Inventory::new(&plan.environment));
     let desired_refs: BTreeSet<ObjectRef> = desired.iter().map(ObjectRef::of).collect();
+    let created: HashSet<ObjectKey<'_>> = plan
+        .changes
+        .iter()
+        .filter(|c| c.action == Action::Create)
+        .map(Change::key)
+        .collect();
 
     // 1. Widen the inventory before creating anything.
     let mut widened = old.clone();
@@ -249,45 +256,45 @@ pub async fn sync(
             report.created.push(o.id());
             report.not_validated.push(o.id());
         }
-        for chunk in sendable.chunks(APPLY_CONCURRENCY) {
-            let results = join_all(chunk.iter().map(|o| apply_one(cluster, o, options))).await;
-            // Objects of a CRD's kind wait until it is Established.
-            for (o, result) in chunk.iter().zip(&results) {
-                if o.kind == "CustomResourceDefinition"
-                    && result.is_ok()
-                    && !options.dry_run
-                    && !cluster.wait_established(&o.name, ESTABLISH_TIMEOUT).await?
-                {
-                    report.failures.push(Failure {
-                        id: o.id(),
-                        message: format!("not Established after {ESTABLISH_TIMEOUT:?}"),
-                    });
-                }
+        // A window of APPLY_CONCURRENCY requests in flight, results in order.
+        // (FuturesOrdered rather than `buffered`: a stream holding a closure
+        // that returns borrowing futures is not Send for the daemon's spawn.)
+        let mut queue = sendable.into_iter();
+        let mut in_flight = FuturesOrdered::new();
+        for o in queue.by_ref().take(APPLY_CONCURRENCY) {
+            in_flight.push_back(applied(cluster, o, options));
+        }
+        while let Some((o, result)) = in_flight.next().await {
+            if let Some(next) = queue.next() {
+                in_flight.push_back(applied(cluster, next, options));
             }
-            for (o, result) in chunk.iter().zip(results) {
-                let id = o.id();
-                progress(Progress::Applied {
-                    id: &id,
-                    ok: result.is_ok(),
+            // Objects of a CRD's kind wait until it is Established.
+            if o.kind == "CustomResourceDefinition"
+                && result.is_ok()
+                && !options.dry_run
+                && !cluster.wait_established(&o.name, ESTABLISH_TIMEOUT).await?
+            {
+                report.failures.push(Failure {
+                    id: o.id(),
+                    message: format!("not Established after {ESTABLISH_TIMEOUT:?}"),
                 });
-                let created = plan.changes.iter().any(|c| {
-                    c.action == Action::Create
-                        && c.kind == o.kind
-                        && c.namespace == o.namespace
-                        && c.name == o.name
-                });
-                match result {
-                    Ok(false) if created => report.created.push(id),
-                    Ok(false) => report.updated.push(id),
-                    Ok(true) => report.recreated.push(id),
-                    Err(ApplyError::Conflict { id, fields }) => {
-                        report.conflicts.push(Conflict { id, fields })
-                    }
-                    Err(e) => report.failures.push(Failure {
-                        id,
-                        message: e.to_string(),
-                    }),
+            }
+            let id = o.id();
+            progress(Progress::Applied {
+                id: &id,
+                ok: result.is_ok(),
+            });
+            match result {
+                Ok(false) if created.contains(&o.key()) => report.created.push(id),
+                Ok(false) => report.updated.push(id),
+                Ok(true) => report.recreated.push(id),
+                Err(ApplyError::Conflict { id, fields }) => {
+                    report.conflicts.push(Conflict { id, fields })
                 }
+                Err(e) => report.failures.push(Failure {
+                    id,
+                    message: e.to_string(),
+                }),
             }
         }
     }
@@ -297,20 +304,32 @@ pub async fn sync(
     if !report.succeeded() && !steps.prune.is_empty() {
         report.prune_skipped = Some("some objects failed to apply; nothing was pruned".into());
     } else {
-        for r in &steps.prune {
-            let id = r.id();
-            match cluster.delete(r, options.dry_run).await {
-                Ok(_) => {
-                    progress(Progress::Pruned { id: &id, ok: true });
-                    report.pruned.push(id);
-                    pruned.push(r);
+        // Stage after stage (children before their namespaces), a window
+        // of APPLY_CONCURRENCY deletes in flight within a stage.
+        for stage in &steps.prune {
+            let mut queue = stage.iter();
+            let mut in_flight = FuturesOrdered::new();
+            for r in queue.by_ref().take(APPLY_CONCURRENCY) {
+                in_flight.push_back(deleted(cluster, r, options.dry_run));
+            }
+            while let Some((r, result)) = in_flight.next().await {
+                if let Some(next) = queue.next() {
+                    in_flight.push_back(deleted(cluster, next, options.dry_run));
                 }
-                Err(e) => {
-                    progress(Progress::Pruned { id: &id, ok: false });
-                    report.failures.push(Failure {
-                        id,
-                        message: format!("prune failed: {e}"),
-                    });
+                let id = r.id();
+                match result {
+                    Ok(_) => {
+                        progress(Progress::Pruned { id: &id, ok: true });
+                        report.pruned.push(id);
+                        pruned.push(r);
+                    }
+                    Err(e) => {
+                        progress(Progress::Pruned { id: &id, ok: false });
+                        report.failures.push(Failure {
+                            id,
+                            message: format!("prune failed: {e}"),
+                        });
+                    }
                 }
             }
         }
@@ -325,19 +344,18 @@ pub async fn sync(
         .collect();
     // What stays ours: everything declared, and every earlier object not
     // deleted now, not found any more, nor released by `prune: disabled`.
-    let released: Vec<&ObjectRef> = steps
+    let released: HashSet<ObjectKey<'_>> = steps
         .gone
         .iter()
         .chain(steps.kept.iter().map(|(r, _)| r))
         .chain(pruned)
+        .map(ObjectRef::key)
         .collect();
+    let declared: HashSet<ObjectKey<'_>> = desired_refs.iter().map(ObjectRef::key).collect();
     let not_deleted: Vec<ObjectRef> = old
         .objects
         .iter()
-        .filter(|r| {
-            !desired_refs.iter().any(|d| d.same_object(r))
-                && !released.iter().any(|x| x.same_object(r))
-        })
+        .filter(|r| !declared.contains(&r.key()) && !released.contains(&r.key()))
         .cloned()
         .collect();
 
@@ -366,6 +384,22 @@ pub async fn sync(
     report.api_requests = cluster.requests();
     report.write_requests = cluster.writes();
     Ok(report)
+}
+
+async fn applied<'a>(
+    cluster: &Cluster,
+    object: &'a Object,
+    options: &SyncOptions,
+) -> (&'a Object, Result<bool, ApplyError>) {
+    (object, apply_one(cluster, object, options).await)
+}
+
+async fn deleted<'a>(
+    cluster: &Cluster,
+    r: &'a ObjectRef,
+    dry_run: bool,
+) -> (&'a ObjectRef, Result<bool, ClusterError>) {
+    (r, cluster.delete(r, dry_run).await)
 }
 
 /// Applies one object; `Ok(true)` when it had to be recreated.
