@@ -185,12 +185,33 @@ pub struct RunArgs {
     /// dies another takes over within the lease duration (15 s).
     #[arg(long)]
     pub leader_elect: bool,
+    /// Name of the leader-election Lease in tenantsync-system [default:
+    /// tenantsync-leader]; installations sharing a cluster need different names.
+    #[arg(long, value_name = "NAME", value_parser = parse_lease_name)]
+    pub lease_name: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 pub enum LogFormat {
     Text,
     Json,
+}
+
+/// A Lease name: a DNS subdomain, as the API server requires.
+fn parse_lease_name(s: &str) -> Result<String, String> {
+    let ok = !s.is_empty()
+        && s.len() <= 253
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+        && s.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && s.ends_with(|c: char| c.is_ascii_alphanumeric());
+    if ok {
+        Ok(s.to_string())
+    } else {
+        Err(format!(
+            "`{s}` is not a valid Lease name (lower-case letters, digits, `-` and `.`)"
+        ))
+    }
 }
 
 /// `250ms`, `30s`, `5m`, `1h`.
@@ -737,6 +758,11 @@ fn run_cmd(args: RunArgs) -> anyhow::Result<ExitCode> {
             .ok()
             .filter(|s| !s.is_empty()),
         leader_elect: args.leader_elect || c.is_some_and(|c| c.leader_elect),
+        lease_name: args
+            .lease_name
+            .clone()
+            .or_else(|| c.and_then(|c| c.lease_name.clone()))
+            .unwrap_or_else(|| crate::daemon::leader::LEASE_NAME.to_string()),
         allow_mass_prune: args.allow_mass_prune || policy.allow_mass_prune,
         contexts,
     };

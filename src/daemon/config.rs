@@ -41,6 +41,7 @@ pub struct DaemonConfig {
     pub sync_policy: ConfigPolicy,
     #[serde(default)]
     pub leader_elect: bool,
+    pub lease_name: Option<String>,
     pub log_format: Option<String>,
 }
 
@@ -74,6 +75,7 @@ mod tests {
         assert_eq!(c.environments[1].context, None);
         assert!(c.sync_policy.prune && c.sync_policy.self_heal && !c.sync_policy.force_conflicts);
         assert!(c.leader_elect);
+        assert_eq!(c.lease_name, None);
         assert_eq!(c.interval, None);
     }
 

@@ -13,6 +13,8 @@ use tokio::sync::watch;
 
 use crate::inventory::SYSTEM_NAMESPACE;
 
+/// The Lease's default name (`run --lease-name` picks another, so that
+/// several installations can share `tenantsync-system`).
 pub const LEASE_NAME: &str = "tenantsync-leader";
 /// A leader that stops renewing loses the Lease after this long.
 pub const LEASE_DURATION: Duration = Duration::from_secs(15);
@@ -42,7 +44,7 @@ fn expired(spec: &LeaseSpec, now: Timestamp) -> bool {
 
 /// One attempt to acquire or renew; `Ok(true)` when this candidate holds
 /// the Lease afterwards.
-async fn try_acquire(api: &Api<Lease>, me: &str) -> Result<bool, kube::Error> {
+async fn try_acquire(api: &Api<Lease>, name: &str, me: &str) -> Result<bool, kube::Error> {
     let now = Timestamp::now();
     let mine = |acquired: Option<MicroTime>, transitions: i32| LeaseSpec {
         holder_identity: Some(me.to_string()),
@@ -52,11 +54,11 @@ async fn try_acquire(api: &Api<Lease>, me: &str) -> Result<bool, kube::Error> {
         lease_transitions: Some(transitions),
         ..LeaseSpec::default()
     };
-    match api.get_opt(LEASE_NAME).await? {
+    match api.get_opt(name).await? {
         None => {
             let lease = Lease {
                 metadata: ObjectMeta {
-                    name: Some(LEASE_NAME.into()),
+                    name: Some(name.into()),
                     ..ObjectMeta::default()
                 },
                 spec: Some(mine(None, 0)),
@@ -80,10 +82,7 @@ async fn try_acquire(api: &Api<Lease>, me: &str) -> Result<bool, kube::Error> {
             };
             lease.spec = Some(next);
             // resourceVersion is kept: a concurrent change makes this a 409.
-            match api
-                .replace(LEASE_NAME, &PostParams::default(), &lease)
-                .await
-            {
+            match api.replace(name, &PostParams::default(), &lease).await {
                 Ok(_) => Ok(true),
                 Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
                 Err(e) => Err(e),
@@ -92,17 +91,19 @@ async fn try_acquire(api: &Api<Lease>, me: &str) -> Result<bool, kube::Error> {
     }
 }
 
-/// Campaigns until `shutdown`, publishing whether this process leads. On
-/// shutdown a leader releases the Lease so another takes over at once.
+/// Campaigns for the Lease `name` until `shutdown`, publishing whether this
+/// process leads. On shutdown a leader releases the Lease so another takes
+/// over at once.
 pub async fn campaign(
     client: kube::Client,
+    name: String,
     me: String,
     leading: watch::Sender<bool>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let api: Api<Lease> = Api::namespaced(client, SYSTEM_NAMESPACE);
     loop {
-        let lead = match try_acquire(&api, &me).await {
+        let lead = match try_acquire(&api, &name, &me).await {
             Ok(lead) => lead,
             Err(e) => {
                 tracing::warn!(error = %e, "leader election: cannot reach the Lease");
@@ -125,7 +126,7 @@ pub async fn campaign(
     }
     if *leading.borrow() {
         let _ = leading.send(false);
-        if let Ok(Some(mut lease)) = api.get_opt(LEASE_NAME).await
+        if let Ok(Some(mut lease)) = api.get_opt(&name).await
             && lease
                 .spec
                 .as_ref()
@@ -136,10 +137,7 @@ pub async fn campaign(
                 spec.holder_identity = None;
                 spec.renew_time = None;
             }
-            match api
-                .replace(LEASE_NAME, &PostParams::default(), &lease)
-                .await
-            {
+            match api.replace(&name, &PostParams::default(), &lease).await {
                 Ok(_) => tracing::info!("released the leader Lease"),
                 Err(e) => tracing::warn!(error = %e, "cannot release the leader Lease"),
             }

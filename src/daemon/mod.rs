@@ -50,6 +50,8 @@ pub struct RunOptions {
     pub webhook_secret: Option<String>,
     /// Elect a leader among replicas with a Lease; only the leader writes.
     pub leader_elect: bool,
+    /// The Lease's name in `tenantsync-system`.
+    pub lease_name: String,
     /// Allow revisions that delete whole workspaces or much of an inventory.
     pub allow_mass_prune: bool,
     /// Kubeconfig context per environment (the default one otherwise).
@@ -195,6 +197,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         cluster.ensure_system_namespace(false).await?;
         Some(tokio::spawn(leader::campaign(
             cluster.client().clone(),
+            options.lease_name.clone(),
             identity.clone(),
             leading_tx,
             campaign_stop,
