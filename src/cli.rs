@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 
 use crate::cluster::sync::{self as cluster_sync, Progress, SyncError};
 use crate::cluster::{Cluster, ClusterOptions};
@@ -18,13 +18,22 @@ use crate::sync::SyncOptions;
 use crate::validate;
 use crate::{diff, print, render};
 
+mod help;
+
+pub use help::VERSION;
+
 /// Declarative GitOps for healthcare-API tenant workspaces on Kubernetes.
 ///
 /// tenantsync reads a repository of workspace declarations (environments/<layer>/),
 /// checks them against its JSON Schemas and the platform's rules, merges each
 /// environment over its base chain and renders the Kubernetes objects it should have.
 #[derive(Debug, Parser)]
-#[command(name = "tenantsync", version, propagate_version = true)]
+#[command(
+    name = "tenantsync",
+    version = VERSION,
+    propagate_version = true,
+    after_long_help = help::TOP
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -35,7 +44,9 @@ pub enum Command {
     /// Check declarations: schemas, overlays and platform rules.
     ///
     /// Every problem is printed as FILE:LINE:COL: error: MESSAGE (the file relative
-    /// to the repository). Exit status: 0 when valid, 1 when not.
+    /// to the repository) with the JSON pointer of the offending value; every problem
+    /// is reported, not only the first. Exit status: 0 when valid, 1 when not.
+    #[command(after_long_help = help::VALIDATE)]
     Validate {
         /// Repository root (the folder holding environments/).
         #[arg(long, default_value = ".", value_name = "DIR")]
@@ -51,6 +62,7 @@ pub enum Command {
     ///
     /// The output is deterministic: the same declarations give byte-identical output.
     /// Invalid declarations print their errors and exit 1, rendering nothing.
+    #[command(after_long_help = help::RENDER)]
     Render {
         /// Repository root (the folder holding environments/).
         #[arg(long, default_value = ".", value_name = "DIR")]
@@ -72,6 +84,7 @@ pub enum Command {
     ///
     /// Exit status: 0 success, 1 error (invalid repository, unreachable or refusing
     /// cluster); with --detailed-exitcode, 2 when there are changes.
+    #[command(after_long_help = help::PLAN)]
     Plan(LiveArgs),
     /// Report what changed in the cluster behind Git's back; read-only.
     ///
@@ -79,6 +92,7 @@ pub enum Command {
     /// them), objects deleted by hand, and objects labelled for the environment that
     /// no declaration produces any more. Exit status as for plan; with
     /// --detailed-exitcode, 2 when there is drift.
+    #[command(after_long_help = help::DRIFT)]
     Drift(LiveArgs),
     /// Make the cluster match the environment: server-side apply, then prune.
     ///
@@ -93,6 +107,7 @@ pub enum Command {
     /// inventory stops before any change unless --allow-mass-prune.
     ///
     /// Exit status: 0 when everything applied (and, with --wait, is healthy), 1 otherwise.
+    #[command(after_long_help = help::SYNC)]
     Sync(SyncArgs),
     /// Run the GitOps daemon: keep environments in step with a repository.
     ///
@@ -105,6 +120,10 @@ pub enum Command {
     /// the last applied revision: drifted objects are re-applied with --self-heal,
     /// reported otherwise. Serves GET /status, /metrics, /healthz and /readyz.
     /// SIGTERM finishes the reconcile in flight and exits.
+    ///
+    /// In a cluster it runs from the manifests in deploy/ (two replicas with
+    /// --leader-elect, the configuration file from a ConfigMap).
+    #[command(after_long_help = help::RUN)]
     Run(RunArgs),
     /// Show an environment's sync state as recorded in the cluster.
     ///
@@ -112,7 +131,18 @@ pub enum Command {
     /// applied and when, how many objects tenantsync manages there, and the status
     /// the daemon publishes (Synced, OutOfSync or Failed, the last error, drift).
     /// Read-only. Exit status 1 when the environment was never synced.
+    #[command(after_long_help = help::STATUS)]
     Status(StatusArgs),
+    /// Print a shell completion script for bash, zsh, fish, elvish or PowerShell.
+    ///
+    /// The script completes subcommands, options and their fixed values
+    /// (output formats, shells). Write it where the shell looks for completions.
+    #[command(after_long_help = help::COMPLETIONS)]
+    Completions {
+        /// The shell to complete for.
+        #[arg(value_enum, value_name = "SHELL")]
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -322,7 +352,16 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Sync(args) => sync_cmd(&args),
         Command::Run(args) => run_cmd(args),
         Command::Status(args) => status_cmd(&args),
+        Command::Completions { shell } => completions_cmd(shell),
     }
+}
+
+fn completions_cmd(shell: clap_complete::Shell) -> anyhow::Result<ExitCode> {
+    let mut command = Cli::command();
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut command, "tenantsync", &mut script);
+    write_stdout(&String::from_utf8_lossy(&script))?;
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Reads the desired state: a folder as it is, or a Git revision.

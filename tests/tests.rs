@@ -3,6 +3,7 @@
 // Test code may panic on setup failures: that is how a test fails.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod cli_meta;
 mod control_plane;
 mod daemon_e2e;
 mod git_source;
