@@ -16,7 +16,7 @@ use crate::support::{User, control_plane, git};
 
 const SECRET: &str = "webhook-secret-for-tests";
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .expect("bind")
         .local_addr()
@@ -25,7 +25,7 @@ fn free_port() -> u16 {
 }
 
 /// A child process killed when the test ends, however it ends.
-struct Guard(Child);
+pub(crate) struct Guard(pub(crate) Child);
 
 impl Drop for Guard {
     fn drop(&mut self) {
@@ -64,14 +64,14 @@ fn git_daemon(base: &Path, port: u16) -> Guard {
     Guard(child)
 }
 
-async fn status(port: u16, env: &str) -> Option<Value> {
+pub(crate) async fn status(port: u16, env: &str) -> Option<Value> {
     let text = http(port, "GET", "/status", &[], "").await?;
     let v: Value = serde_json::from_str(&text).ok()?;
     Some(v["environments"][env].clone())
 }
 
 /// A tiny HTTP/1.1 client over TCP, enough for the daemon's endpoints.
-async fn http(
+pub(crate) async fn http(
     port: u16,
     method: &str,
     path: &str,
@@ -103,7 +103,11 @@ async fn http(
     })
 }
 
-async fn wait_for(what: &str, timeout: Duration, mut check: impl AsyncFnMut() -> bool) -> Duration {
+pub(crate) async fn wait_for(
+    what: &str,
+    timeout: Duration,
+    mut check: impl AsyncFnMut() -> bool,
+) -> Duration {
     let start = Instant::now();
     loop {
         if check().await {

@@ -6,6 +6,7 @@
 mod cli_meta;
 mod control_plane;
 mod daemon_e2e;
+mod deploy_cluster;
 mod git_source;
 mod golden;
 mod health_cluster;

@@ -38,7 +38,8 @@ pub const NAMESPACE_LABEL: &str = "tenantsync.test/namespace";
 pub enum User {
     /// `admin`, in `system:masters`.
     Admin,
-    /// `readonly`, bound to ClusterRole `tenantsync-readonly` (get, list, watch).
+    /// `readonly`, bound to ClusterRole `test-readonly` (get, list, watch on
+    /// everything; deploy/'s `tenantsync-readonly` is narrower).
     Readonly,
 }
 

@@ -1,0 +1,499 @@
+//! `deploy/` on the real control plane: the manifests apply server-side, a
+//! token of the daemon's ServiceAccount (minted with the TokenRequest API)
+//! is enough for `tenantsync run` to sync, prune, record Events and elect a
+//! leader, and a token of the read-only one plans and reports drift but is
+//! refused a sync, naming the verb it lacks.
+//!
+//! The deploy is applied once per run and shared (cluster-scoped names are
+//! fixed by the manifests); each test has its own environment, and the
+//! daemon its own Lease, so nothing collides with the other tests.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{ConfigMap, Event, Namespace};
+use kube::api::{Api, ListParams};
+use serde_json::{Value, json};
+
+use crate::daemon_e2e::{Guard, free_port, http, status, wait_for};
+use crate::support::repo::TestRepo;
+use crate::support::{User, control_plane, git, unique_name};
+
+const SYSTEM: &str = tenantsync::inventory::SYSTEM_NAMESPACE;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// Runs kubectl as the control plane's admin; panics with its output unless
+/// it succeeds.
+fn kubectl(args: &[&str]) -> String {
+    let out = control_plane()
+        .kubectl()
+        .args(["--context", "admin"])
+        .args(args)
+        .output()
+        .expect("run kubectl");
+    assert!(
+        out.status.success(),
+        "kubectl {args:?} failed:\n{}",
+        text(&out)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `kubectl apply --server-side -k deploy`, first as a server-side dry run,
+/// once per test run. Returns the dry run's output.
+fn deployed() -> &'static str {
+    static DEPLOYED: OnceLock<String> = OnceLock::new();
+    DEPLOYED.get_or_init(|| {
+        let deploy = root().join("deploy");
+        let deploy = deploy.to_str().expect("UTF-8 path");
+        // Namespaced objects cannot be dry-run into a namespace that does
+        // not exist yet: the Namespace goes first, for real.
+        kubectl(&[
+            "apply",
+            "--server-side",
+            "-f",
+            &format!("{deploy}/namespace.yaml"),
+        ]);
+        let dry_run = kubectl(&["apply", "--server-side", "--dry-run=server", "-k", deploy]);
+        kubectl(&["apply", "--server-side", "-k", deploy]);
+        dry_run
+    })
+}
+
+/// A kubeconfig holding only a fresh TokenRequest token of `service_account`
+/// in tenantsync-system, for the control plane's server and CA.
+fn service_account_kubeconfig(service_account: &str, dir: &Path) -> PathBuf {
+    let token = kubectl(&[
+        "-n",
+        SYSTEM,
+        "create",
+        "token",
+        service_account,
+        "--duration=1h",
+    ]);
+    let admin = kube::config::Kubeconfig::read_from(control_plane().kubeconfig())
+        .expect("read the test kubeconfig");
+    let cluster = admin
+        .clusters
+        .first()
+        .and_then(|c| c.cluster.clone())
+        .expect("a cluster in the test kubeconfig");
+    // JSON is YAML: kube and kubectl read it as a kubeconfig.
+    let kubeconfig = json!({
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "cluster", "cluster": cluster}],
+        "users": [{"name": service_account, "user": {"token": token.trim()}}],
+        "contexts": [{"name": service_account, "context": {"cluster": "cluster", "user": service_account}}],
+        "current-context": service_account,
+    });
+    let path = dir.join(format!("{service_account}.kubeconfig"));
+    std::fs::write(&path, kubeconfig.to_string()).expect("write kubeconfig");
+    path
+}
+
+/// tenantsync with only the given kubeconfig (no ambient KUBECONFIG).
+fn tenantsync(kubeconfig: &Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_tenantsync"));
+    command
+        .env_remove("KUBECONFIG")
+        .env_remove("TENANTSYNC_KUBECONFIG")
+        .env("TENANTSYNC_KUBECONFIG", kubeconfig);
+    command
+}
+
+/// Waits for the daemon's status of `env` to satisfy `check`; on timeout
+/// panics with the last status and the daemon's log.
+async fn wait_status(
+    what: &str,
+    port: u16,
+    env: &str,
+    log: &Path,
+    timeout: Duration,
+    check: impl Fn(&Value) -> bool,
+) {
+    let start = Instant::now();
+    loop {
+        let last = status(port, env).await;
+        if last.as_ref().is_some_and(&check) {
+            return;
+        }
+        if start.elapsed() > timeout {
+            let log = std::fs::read_to_string(log).unwrap_or_default();
+            let lines: Vec<&str> = log.lines().collect();
+            panic!(
+                "timed out after {timeout:?} waiting for {what}; status: {last:?}\nend of the daemon's log:\n{}",
+                lines[lines.len().saturating_sub(20)..].join("\n")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn commit(repo: &TestRepo, message: &str) -> String {
+    git(repo.path(), &["add", "-A"]);
+    git(repo.path(), &["commit", "-qm", message]);
+    git(repo.path(), &["rev-parse", "HEAD"])
+}
+
+#[test]
+fn deploy_manifests_pass_a_server_side_dry_run_and_apply() {
+    let dry_run = deployed();
+    for object in [
+        "namespace/tenantsync-system",
+        "serviceaccount/tenantsync ",
+        "serviceaccount/tenantsync-readonly",
+        "clusterrole.rbac.authorization.k8s.io/tenantsync ",
+        "clusterrole.rbac.authorization.k8s.io/tenantsync-readonly",
+        "clusterrolebinding.rbac.authorization.k8s.io/tenantsync ",
+        "role.rbac.authorization.k8s.io/tenantsync ",
+        "rolebinding.rbac.authorization.k8s.io/tenantsync ",
+        "deployment.apps/tenantsync ",
+        "service/tenantsync ",
+        "configmap/tenantsync-config-",
+    ] {
+        assert!(
+            dry_run.contains(object),
+            "{object} missing from the dry run:\n{dry_run}"
+        );
+    }
+    assert!(dry_run.contains("(server dry run)"), "{dry_run}");
+    // Applied for real: the Deployment as written, its ConfigMap the
+    // generated one, holding a configuration the daemon accepts.
+    let deployment: Value = serde_json::from_str(&kubectl(&[
+        "-n",
+        SYSTEM,
+        "get",
+        "deployment/tenantsync",
+        "-o",
+        "json",
+    ]))
+    .expect("JSON");
+    let spec = &deployment["spec"]["template"]["spec"];
+    assert_eq!(deployment["spec"]["replicas"], 2);
+    assert_eq!(spec["serviceAccountName"], "tenantsync");
+    let container = &spec["containers"][0];
+    assert!(
+        container["args"]
+            .as_array()
+            .expect("args")
+            .contains(&json!("--leader-elect")),
+        "{container}"
+    );
+    assert_eq!(container["securityContext"]["readOnlyRootFilesystem"], true);
+    assert_eq!(spec["securityContext"]["runAsNonRoot"], true);
+    let config_map = spec["volumes"]
+        .as_array()
+        .expect("volumes")
+        .iter()
+        .find_map(|v| v["configMap"]["name"].as_str())
+        .expect("a ConfigMap volume");
+    assert!(config_map.starts_with("tenantsync-config-"), "{config_map}");
+    let data: Value = serde_json::from_str(&kubectl(&[
+        "-n",
+        SYSTEM,
+        "get",
+        "configmap",
+        config_map,
+        "-o",
+        "json",
+    ]))
+    .expect("JSON");
+    let file = data["data"]["tenantsync.yaml"].as_str().expect("the file");
+    let config = tenantsync::daemon::config::parse("tenantsync.yaml", file.as_bytes())
+        .unwrap_or_else(|e| panic!("the shipped configuration is refused: {e:?}"));
+    assert_eq!(config.listen.as_deref(), Some("0.0.0.0:8080"));
+}
+
+#[tokio::test]
+async fn deploy_service_account_is_enough_for_the_daemon_to_sync_prune_and_report() {
+    deployed();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let kubeconfig = service_account_kubeconfig("tenantsync", dir.path());
+    let repo = TestRepo::new("deploy-daemon");
+    let env = repo.env.clone();
+    git(repo.path(), &["init", "-q"]);
+    let first = commit(&repo, "initial");
+    let port = free_port();
+    let lease_name = unique_name("deploy-lease");
+    let log = dir.path().join("daemon.log");
+    // The shipped configuration file, with this test's repository,
+    // environment, address and Lease; pruning as a removed workspace needs.
+    let daemon = tenantsync(&kubeconfig)
+        .arg("run")
+        .arg("--config")
+        .arg(root().join("deploy/tenantsync.yaml"))
+        .arg("--repo")
+        .arg(repo.path())
+        .args(["--env", &env, "--leader-elect", "--lease-name", &lease_name])
+        .args(["--interval", "1s", "--drift-interval", "2s"])
+        .args(["--prune", "--allow-mass-prune"])
+        .arg(format!("--listen=127.0.0.1:{port}"))
+        .env("XDG_CACHE_HOME", dir.path().join("cache"))
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log file"))
+        .spawn()
+        .expect("tenantsync run");
+    let mut daemon = Guard(daemon);
+    let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
+
+    // 1. It leads (a Lease of its own) and applies the first revision.
+    wait_status(
+        "the daemon to lead and apply the first revision",
+        port,
+        &env,
+        &log,
+        Duration::from_secs(60),
+        |s| s["lastAppliedRevision"] == first.as_str() && s["syncStatus"] == "Synced",
+    )
+    .await;
+    let all = http(port, "GET", "/status", &[], "").await.expect("status");
+    let all: Value = serde_json::from_str(&all).expect("JSON");
+    assert_eq!(all["leader"], true, "{all}");
+    let leases: Api<Lease> = Api::namespaced(control_plane().client(User::Admin).await, SYSTEM);
+    let lease = leases.get(&lease_name).await.expect("the Lease");
+    assert_eq!(
+        lease.spec.and_then(|s| s.holder_identity).as_deref(),
+        all["identity"].as_str()
+    );
+    let deployments: Api<Deployment> = Api::namespaced(
+        control_plane().client(User::Admin).await,
+        &repo.namespace("contoso"),
+    );
+    assert!(
+        deployments
+            .get_opt("fhir-main")
+            .await
+            .expect("get")
+            .is_some()
+    );
+    // The status the daemon publishes onto the inventory got there too.
+    let inventories: Api<ConfigMap> =
+        Api::namespaced(control_plane().client(User::Admin).await, SYSTEM);
+    let inventory_name = tenantsync::inventory::name_of(&env);
+    wait_for(
+        "the status on the inventory",
+        Duration::from_secs(10),
+        async || {
+            inventories
+                .get_opt(&inventory_name)
+                .await
+                .ok()
+                .flatten()
+                .and_then(|cm| cm.data)
+                .is_some_and(|d| d.get("status.syncStatus").map(String::as_str) == Some("Synced"))
+        },
+    )
+    .await;
+
+    // 2. A commit removing a workspace: pruned, its namespace included.
+    repo.write(
+        "workspaces/woodgrove.yaml",
+        "apiVersion: tenantsync.io/v1alpha1\nkind: WorkspacePatch\nmetadata: {name: woodgrove}\n$patch: delete\n",
+    );
+    let second = commit(&repo, "offboard woodgrove");
+    wait_status(
+        "the removal to be applied",
+        port,
+        &env,
+        &log,
+        Duration::from_secs(30),
+        |s| s["lastAppliedRevision"] == second.as_str() && s["syncStatus"] == "Synced",
+    )
+    .await;
+    let namespaces: Api<Namespace> = Api::all(control_plane().client(User::Admin).await);
+    let woodgrove = namespaces
+        .get_opt(&repo.namespace("woodgrove"))
+        .await
+        .expect("get");
+    assert!(
+        woodgrove.is_none_or(|ns| ns.metadata.deletion_timestamp.is_some()),
+        "the removed workspace's namespace was not deleted"
+    );
+    let inventory = tenantsync::inventory::Inventory::from_config_map(
+        &inventories.get(&inventory_name).await.expect("inventory"),
+    )
+    .expect("inventory");
+    let gone = repo.namespace("woodgrove");
+    assert!(
+        inventory.objects.iter().all(|o| !o.id().contains(&gone)),
+        "{:?}",
+        inventory.objects
+    );
+    assert!(
+        inventory
+            .objects
+            .iter()
+            .any(|o| o.id().contains(&repo.namespace("contoso")))
+    );
+
+    // 3. An invalid commit: refused, with a Warning Event.
+    repo.write(
+        "workspaces/broken.yaml",
+        "apiVersion: tenantsync.io/v1alpha1\nkind: Workspace\nmetadata: {name: Broken}\nspec: {}\n",
+    );
+    let broken = commit(&repo, "broken");
+    wait_status(
+        "the invalid revision to be reported",
+        port,
+        &env,
+        &log,
+        Duration::from_secs(30),
+        |s| s["syncStatus"] == "Failed" && s["lastSeenRevision"] == broken.as_str(),
+    )
+    .await;
+    // The Event is recorded before the status says Failed.
+    let events: Api<Event> = Api::namespaced(control_plane().client(User::Admin).await, SYSTEM);
+    let event = events
+        .list(&ListParams::default().fields(&format!("involvedObject.name={inventory_name}")))
+        .await
+        .expect("list Events")
+        .items
+        .into_iter()
+        .find(|e| e.reason.as_deref() == Some("InvalidRevision"))
+        .unwrap_or_else(|| panic!("no InvalidRevision Event\n{}", log_text()));
+    assert_eq!(event.type_.as_deref(), Some("Warning"));
+    assert!(
+        event
+            .message
+            .as_deref()
+            .is_some_and(|m| m.contains(&broken) && m.contains("workspaces/broken.yaml")),
+        "{:?}",
+        event.message
+    );
+
+    // 4. SIGTERM: a clean exit that releases the Lease. Nothing was refused
+    //    along the way.
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &daemon.0.id().to_string()])
+            .status()
+            .expect("kill")
+            .success()
+    );
+    let start = Instant::now();
+    let code = loop {
+        if let Some(code) = daemon.0.try_wait().expect("wait") {
+            break code;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "no exit on SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(code.success(), "{code}\n{}", log_text());
+    let lease = leases.get(&lease_name).await.expect("the Lease");
+    assert_eq!(
+        lease.spec.and_then(|s| s.holder_identity),
+        None,
+        "the Lease was not released"
+    );
+    let log = log_text();
+    for refusal in ["forbidden", "permission denied", "cannot write status"] {
+        assert!(
+            !log.to_lowercase().contains(refusal),
+            "the daemon was refused something:\n{log}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn deploy_readonly_role_plans_and_drifts_but_sync_is_refused_naming_the_verb() {
+    deployed();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let kubeconfig = service_account_kubeconfig("tenantsync-readonly", dir.path());
+    let repo = TestRepo::new("deploy-readonly");
+    repo.apply_rendered().await;
+    // Drift made by hand.
+    let ns = repo.namespace("contoso");
+    kubectl(&["-n", &ns, "scale", "deployment/fhir-main", "--replicas=5"]);
+    let run = |verb: &str, extra: &[&str]| {
+        tenantsync(&kubeconfig)
+            .args([verb, "--env", &repo.env, "--repo"])
+            .arg(repo.path())
+            .args(extra)
+            .output()
+            .expect("run tenantsync")
+    };
+
+    let plan = run("plan", &["--output", "json", "--detailed-exitcode"]);
+    assert_eq!(plan.status.code(), Some(2), "{}", text(&plan));
+    let plan: Value = serde_json::from_slice(&plan.stdout).expect("plan JSON");
+    assert_eq!(plan["summary"]["update"], 1, "{plan}");
+    let change = plan["changes"]
+        .as_array()
+        .expect("changes")
+        .iter()
+        .find(|c| c["action"] == "update")
+        .expect("the update");
+    assert_eq!(change["name"], "fhir-main");
+    assert_eq!(change["fields"][0]["path"], "spec.replicas", "{change}");
+
+    let drift = run("drift", &["--detailed-exitcode"]);
+    assert_eq!(drift.status.code(), Some(2), "{}", text(&drift));
+    assert!(
+        text(&drift).contains("Drift: 1 modified, 0 missing, 0 orphaned"),
+        "{}",
+        text(&drift)
+    );
+    let shown = tenantsync(&kubeconfig)
+        .args(["status", "--env", &repo.env])
+        .output()
+        .expect("tenantsync status");
+    assert_eq!(shown.status.code(), Some(0), "{}", text(&shown));
+
+    // sync: refused at its first write, saying which verb is missing.
+    let inventories: Api<ConfigMap> =
+        Api::namespaced(control_plane().client(User::Admin).await, SYSTEM);
+    let inventory_name = tenantsync::inventory::name_of(&repo.env);
+    let before = inventories
+        .get(&inventory_name)
+        .await
+        .expect("inventory")
+        .metadata
+        .resource_version;
+    let sync = run("sync", &["--prune"]);
+    let out = text(&sync);
+    assert_eq!(sync.status.code(), Some(1), "{out}");
+    assert!(
+        out.contains("permission denied by https://") && out.contains("cannot patch Deployment"),
+        "{out}"
+    );
+    assert!(
+        out.contains("system:serviceaccount:tenantsync-system:tenantsync-readonly"),
+        "{out}"
+    );
+    // Nothing was written.
+    let deployments: Api<Deployment> =
+        Api::namespaced(control_plane().client(User::Admin).await, &ns);
+    let replicas = deployments
+        .get("fhir-main")
+        .await
+        .expect("get")
+        .spec
+        .and_then(|s| s.replicas);
+    assert_eq!(replicas, Some(5));
+    let after = inventories
+        .get(&inventory_name)
+        .await
+        .expect("inventory")
+        .metadata
+        .resource_version;
+    assert_eq!(before, after, "the inventory was written");
+}
