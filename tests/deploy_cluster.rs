@@ -472,7 +472,9 @@ async fn deploy_readonly_role_plans_and_drifts_but_sync_is_refused_naming_the_ve
     let out = text(&sync);
     assert_eq!(sync.status.code(), Some(1), "{out}");
     assert!(
-        out.contains("permission denied by https://") && out.contains("cannot patch Deployment"),
+        out.contains("permission denied by https://")
+            && out.contains("cannot patch Deployment")
+            && out.contains("cannot patch resource \"deployments\""),
         "{out}"
     );
     assert!(
