@@ -3,6 +3,7 @@
 // Test code may panic on setup failures: that is how a test fails.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod bench_smoke;
 mod cli_meta;
 mod container_image;
 mod control_plane;
