@@ -411,19 +411,16 @@ fn live_cmd(args: &LiveArgs, verb: print::Verb) -> anyhow::Result<ExitCode> {
             .await?
             .unwrap_or_else(|| crate::inventory::Inventory::new(&environment.name));
         let kinds = crate::inventory::kinds_to_list(&desired, Some(&inventory));
-        let live = cluster.list_managed(&environment.name, &kinds).await?;
+        let mut planner = diff::Planner::new(&environment.name, &desired, true);
+        cluster
+            .for_each_managed(&environment.name, &kinds, |o| planner.observe(o))
+            .await?;
         let inventory = match verb {
             print::Verb::Plan => Some(inventory),
             print::Verb::Drift => None,
         };
-        Ok::<_, crate::cluster::ClusterError>(diff::plan(
-            &environment.name,
-            &desired,
-            &live,
-            inventory.as_ref(),
-            revision,
-            cluster.requests(),
-        ))
+        let (plan, _) = planner.finish(inventory.as_ref(), revision, cluster.requests());
+        Ok::<_, crate::cluster::ClusterError>(plan)
     })?;
     let color =
         !args.no_color && std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
@@ -493,15 +490,13 @@ fn sync_cmd(args: &SyncArgs) -> anyhow::Result<ExitCode> {
         let cluster = Cluster::connect(&cluster_options).await?;
         let inventory = cluster.read_inventory(&environment.name).await?;
         let kinds = crate::inventory::kinds_to_list(&desired, inventory.as_ref());
-        let live = cluster.list_managed(&environment.name, &kinds).await?;
-        let plan = diff::plan(
-            &environment.name,
-            &desired,
-            &live,
-            inventory.as_ref(),
-            revision.clone(),
-            cluster.requests(),
-        );
+        // A sync needs the changes, not their diff text.
+        let mut planner = diff::Planner::new(&environment.name, &desired, false);
+        cluster
+            .for_each_managed(&environment.name, &kinds, |o| planner.observe(o))
+            .await?;
+        let (plan, undeclared) =
+            planner.finish(inventory.as_ref(), revision.clone(), cluster.requests());
         let total: u64 = plan
             .changes
             .iter()
@@ -524,7 +519,7 @@ fn sync_cmd(args: &SyncArgs) -> anyhow::Result<ExitCode> {
             &plan,
             &desired,
             inventory,
-            &live,
+            &undeclared,
             &options,
             revision,
             |event| match (&bar, event) {

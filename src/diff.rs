@@ -10,7 +10,7 @@
 //! - when a declared field has another value live, the field manager that
 //!   owns the live value is named (`kubectl`, `kubectl-edit`, ...).
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{HashMap, HashSet};
 
 use serde_json::{Map, Value};
 use similar::TextDiff;
@@ -362,8 +362,10 @@ fn key_of(v: &Value) -> Option<Key> {
     Some((kind, ns, name))
 }
 
-/// Diffs one desired object against its live counterpart.
-pub fn diff_object(desired: &Object, live: Option<&Value>) -> Change {
+/// Diffs one desired object against its live counterpart; with `diffs`
+/// false the change carries no unified diff text (a sync needs only the
+/// action and the fields).
+pub fn diff_object(desired: &Object, live: Option<&Value>, diffs: bool) -> Change {
     let id = desired.id();
     let mut change = Change {
         action: Action::Unchanged,
@@ -377,7 +379,9 @@ pub fn diff_object(desired: &Object, live: Option<&Value>) -> Change {
     };
     let Some(live) = live else {
         change.action = Action::Create;
-        change.diff = unified("", &yaml(&desired.body), &id);
+        if diffs {
+            change.diff = unified("", &yaml(&desired.body), &id);
+        }
         return change;
     };
     let mut mismatches = Vec::new();
@@ -417,6 +421,9 @@ pub fn diff_object(desired: &Object, live: Option<&Value>) -> Change {
     }
     if !change.fields.is_empty() {
         change.action = Action::Update;
+        if !diffs {
+            return change;
+        }
         let owned_trie = owned.first().map(|(_, f)| *f);
         let view = project(live, Some(&desired.body), owned_trie);
         change.diff = unified(&yaml(&view), &yaml(&desired.body), &id);
@@ -424,13 +431,143 @@ pub fn diff_object(desired: &Object, live: Option<&Value>) -> Change {
     change
 }
 
-/// The plan: desired objects against the live objects tenantsync manages in
-/// this environment (as listed by its labels).
+/// Pairs desired objects with live ones as the live ones are listed, a page
+/// at a time, so that only the changes are kept, not every live object: the
+/// live objects nothing declares (few, normally) are the only ones held.
 ///
-/// Live objects nothing declares are deletes when `inventory` lists them
-/// (what `sync --prune` would delete: tenantsync never deletes what it did not
-/// record); with `inventory` `None` every such labelled object is listed,
+/// Live objects nothing declares are deletes when the inventory lists them
+/// (what `sync --prune` would delete: tenantsync never deletes what it did
+/// not record); without an inventory every such labelled object is listed,
 /// which is what `drift` reports as orphaned.
+pub struct Planner<'a> {
+    environment: String,
+    desired: &'a [Object],
+    index: HashMap<ObjectKey<'a>, usize>,
+    /// Per desired object, its change once its live counterpart was seen.
+    seen: Vec<Option<Change>>,
+    orphans: Vec<Value>,
+    diffs: bool,
+}
+
+impl<'a> Planner<'a> {
+    /// `diffs`: whether changes carry their unified diff (printers need it,
+    /// a sync does not).
+    pub fn new(environment: &str, desired: &'a [Object], diffs: bool) -> Planner<'a> {
+        Planner {
+            environment: environment.to_string(),
+            desired,
+            index: desired
+                .iter()
+                .enumerate()
+                .map(|(i, d)| (d.key(), i))
+                .collect(),
+            seen: vec![None; desired.len()],
+            orphans: Vec::new(),
+            diffs,
+        }
+    }
+
+    /// One live object, as listed.
+    pub fn observe(&mut self, live: Value) {
+        let Some((kind, namespace, name)) = key_of(&live) else {
+            return;
+        };
+        match self
+            .index
+            .get(&(kind.as_str(), namespace.as_deref(), name.as_str()))
+        {
+            Some(&i) => {
+                if self.seen[i].is_none() {
+                    self.seen[i] = Some(diff_object(&self.desired[i], Some(&live), self.diffs));
+                }
+            }
+            None => self.orphans.push(live),
+        }
+    }
+
+    /// The plan, and the live objects nothing declares (what a prune looks
+    /// at).
+    pub fn finish(
+        self,
+        inventory: Option<&Inventory>,
+        revision: Option<String>,
+        api_requests: u32,
+    ) -> (Plan, Vec<Value>) {
+        let mut changes: Vec<Change> = self
+            .seen
+            .into_iter()
+            .zip(self.desired)
+            .map(|(seen, d)| seen.unwrap_or_else(|| diff_object(d, None, self.diffs)))
+            .collect();
+        let inventoried: Option<HashSet<ObjectKey<'_>>> =
+            inventory.map(|inv| inv.objects.iter().map(ObjectRef::key).collect());
+        for l in &self.orphans {
+            let Some((kind, namespace, name)) = key_of(l) else {
+                continue;
+            };
+            if let Some(inventoried) = &inventoried
+                && !inventoried.contains(&(kind.as_str(), namespace.as_deref(), name.as_str()))
+            {
+                continue;
+            }
+            let workspace = l
+                .pointer("/metadata/labels")
+                .and_then(|m| m.get(WORKSPACE_LABEL))
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string();
+            let api_version = l
+                .get("apiVersion")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string();
+            let id = match &namespace {
+                Some(ns) => format!("{kind}/{ns}/{name}"),
+                None => format!("{kind}/{name}"),
+            };
+            let diff = if self.diffs {
+                unified(&yaml(&strip_noise(l)), "", &id)
+            } else {
+                String::new()
+            };
+            changes.push(Change {
+                action: Action::Delete,
+                api_version,
+                kind,
+                namespace,
+                name,
+                workspace,
+                fields: Vec::new(),
+                diff,
+            });
+        }
+        changes.sort_by(|a, b| {
+            (
+                &a.workspace,
+                render::kind_rank(&a.kind),
+                &a.namespace,
+                &a.name,
+            )
+                .cmp(&(
+                    &b.workspace,
+                    render::kind_rank(&b.kind),
+                    &b.namespace,
+                    &b.name,
+                ))
+        });
+        let plan = Plan {
+            format_version: PLAN_FORMAT_VERSION,
+            environment: self.environment,
+            revision,
+            summary: Summary::of(&changes),
+            changes,
+            api_requests,
+        };
+        (plan, self.orphans)
+    }
+}
+
+/// The plan of `desired` against all of `live` at once (see [`Planner`]).
 pub fn plan(
     environment: &str,
     desired: &[Object],
@@ -439,69 +576,11 @@ pub fn plan(
     revision: Option<String>,
     api_requests: u32,
 ) -> Plan {
-    let mut live_by_key: BTreeMap<Key, &Value> =
-        live.iter().filter_map(|v| Some((key_of(v)?, v))).collect();
-    let mut changes = Vec::with_capacity(desired.len());
-    for d in desired {
-        let key = (d.kind.clone(), d.namespace.clone(), d.name.clone());
-        changes.push(diff_object(d, live_by_key.remove(&key)));
+    let mut planner = Planner::new(environment, desired, true);
+    for l in live {
+        planner.observe(l.clone());
     }
-    let inventoried: Option<HashSet<ObjectKey<'_>>> =
-        inventory.map(|inv| inv.objects.iter().map(ObjectRef::key).collect());
-    for ((kind, namespace, name), l) in live_by_key {
-        if let Some(inventoried) = &inventoried
-            && !inventoried.contains(&(kind.as_str(), namespace.as_deref(), name.as_str()))
-        {
-            continue;
-        }
-        let workspace = l
-            .pointer("/metadata/labels")
-            .and_then(|m| m.get(WORKSPACE_LABEL))
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_string();
-        let api_version = l
-            .get("apiVersion")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_string();
-        let id = match &namespace {
-            Some(ns) => format!("{kind}/{ns}/{name}"),
-            None => format!("{kind}/{name}"),
-        };
-        changes.push(Change {
-            action: Action::Delete,
-            api_version,
-            kind,
-            namespace,
-            name,
-            workspace,
-            fields: Vec::new(),
-            diff: unified(&yaml(&strip_noise(l)), "", &id),
-        });
-    }
-    changes.sort_by(|a, b| {
-        (
-            &a.workspace,
-            render::kind_rank(&a.kind),
-            &a.namespace,
-            &a.name,
-        )
-            .cmp(&(
-                &b.workspace,
-                render::kind_rank(&b.kind),
-                &b.namespace,
-                &b.name,
-            ))
-    });
-    Plan {
-        format_version: PLAN_FORMAT_VERSION,
-        environment: environment.to_string(),
-        revision,
-        summary: Summary::of(&changes),
-        changes,
-        api_requests,
-    }
+    planner.finish(inventory, revision, api_requests).0
 }
 
 #[cfg(test)]
@@ -571,7 +650,7 @@ mod tests {
     fn server_defaults_status_and_metadata_are_not_changes() {
         let desired = object(deployment(2, "fhir:1"));
         let live = live_after_apply(&desired.body);
-        let c = diff_object(&desired, Some(&live));
+        let c = diff_object(&desired, Some(&live), true);
         assert_eq!(c.action, Action::Unchanged, "{:?}", c.fields);
         assert!(c.diff.is_empty());
     }
@@ -586,7 +665,7 @@ mod tests {
             json!({"manager": "kubectl", "operation": "Update", "subresource": "scale",
             "fieldsType": "FieldsV1", "fieldsV1": {"f:spec": {"f:replicas": {}}}}),
         );
-        let c = diff_object(&desired, Some(&live));
+        let c = diff_object(&desired, Some(&live), true);
         assert_eq!(c.action, Action::Update);
         assert_eq!(c.fields.len(), 1, "{:?}", c.fields);
         let f = &c.fields[0];
@@ -609,7 +688,7 @@ mod tests {
     fn a_list_item_field_is_named_by_key() {
         let desired = object(deployment(2, "fhir:2"));
         let live = live_after_apply(&deployment(2, "fhir:1"));
-        let c = diff_object(&desired, Some(&live));
+        let c = diff_object(&desired, Some(&live), true);
         assert_eq!(c.fields.len(), 1);
         assert_eq!(
             c.fields[0].path,
@@ -624,7 +703,7 @@ mod tests {
         let live = live_after_apply(&body);
         body["metadata"]["labels"] = json!({});
         body["spec"]["template"]["spec"]["volumes"] = json!([]);
-        let c = diff_object(&object(body), Some(&live));
+        let c = diff_object(&object(body), Some(&live), true);
         let paths: Vec<_> = c
             .fields
             .iter()
@@ -697,5 +776,42 @@ mod tests {
         inv.objects.insert(ObjectRef::of_live(&orphan).unwrap());
         let p = plan("dev", &desired, &[orphan], Some(&inv), None, 3);
         assert_eq!(p.summary.delete, 1);
+    }
+
+    #[test]
+    fn the_planner_keeps_only_undeclared_live_objects_and_diffs_on_request() {
+        let kept = deployment(2, "fhir:1");
+        let mut changed = deployment(2, "fhir:1");
+        changed["metadata"]["name"] = json!("changed");
+        let desired = vec![object(kept.clone()), object(changed.clone())];
+        let mut orphan = live_after_apply(&deployment(1, "x"));
+        orphan["metadata"]["name"] = json!("old");
+        let mut live_changed = live_after_apply(&changed);
+        live_changed["spec"]["replicas"] = json!(5);
+        let live = [live_after_apply(&kept), live_changed, orphan.clone()];
+
+        let mut planner = Planner::new("dev", &desired, false);
+        for l in &live {
+            planner.observe(l.clone());
+        }
+        let (quiet, undeclared) = planner.finish(None, None, 0);
+        assert_eq!(undeclared, vec![orphan]);
+        // The same actions and fields as with diffs, and no diff text.
+        let full = plan("dev", &desired, &live, None, None, 0);
+        assert_eq!(quiet.summary, full.summary);
+        assert_eq!(
+            quiet.summary,
+            Summary {
+                create: 0,
+                update: 1,
+                delete: 1,
+                unchanged: 1
+            }
+        );
+        for (q, f) in quiet.changes.iter().zip(&full.changes) {
+            assert_eq!((q.action, &q.fields, q.id()), (f.action, &f.fields, f.id()));
+            assert!(q.diff.is_empty());
+        }
+        assert!(full.changes.iter().any(|c| !c.diff.is_empty()));
     }
 }

@@ -73,12 +73,13 @@ fn prune_disabled(live: &Value) -> bool {
 }
 
 /// Works out the sync's steps from the plan, the inventory and the live
-/// objects.
+/// objects nothing declares (`undeclared`: what prune looks at; live
+/// objects that are declared may be there too and are ignored).
 pub fn steps<'a>(
     plan: &Plan,
     desired: &'a [Object],
     inventory: Option<&Inventory>,
-    live: &[Value],
+    undeclared: &[Value],
     options: &SyncOptions,
 ) -> Result<Steps<'a>, MassPrune> {
     let mut out = Steps::default();
@@ -114,7 +115,7 @@ pub fn steps<'a>(
         return Ok(out);
     }
     let declared: HashSet<ObjectKey<'_>> = desired.iter().map(Object::key).collect();
-    let live_refs: Vec<(ObjectRef, &Value)> = live
+    let live_refs: Vec<(ObjectRef, &Value)> = undeclared
         .iter()
         .filter_map(|l| Some((ObjectRef::of_live(l)?, l)))
         .collect();

@@ -232,19 +232,19 @@ impl Cluster {
     /// Lists the objects tenantsync manages in `environment`: one LIST per
     /// kind (per page of 500), across all namespaces, by label. `extra`
     /// names further kinds (`apiVersion`, `kind`) to list: plain manifests'
-    /// kinds and the inventory's.
-    pub async fn list_managed(
+    /// kinds and the inventory's. Each object goes to `sink` as its page
+    /// arrives, so a caller that keeps only what it needs holds one page at
+    /// a time, not every object of the environment.
+    pub async fn for_each_managed(
         &self,
         environment: &str,
         extra: &[(String, String)],
-    ) -> Result<Vec<Value>, ClusterError> {
+        mut sink: impl FnMut(Value),
+    ) -> Result<(), ClusterError> {
         let selector = render::selector(environment);
-        let mut out = Vec::new();
         for kind in render::MANAGED_KINDS {
-            out.extend(
-                self.list_kind(api_resource(kind), kind.kind, &selector)
-                    .await?,
-            );
+            self.list_kind(api_resource(kind), kind.kind, &selector, &mut sink)
+                .await?;
         }
         let mut seen = std::collections::BTreeSet::new();
         for (api_version, kind) in extra {
@@ -255,10 +255,10 @@ impl Cluster {
                 continue;
             }
             if let Some((resource, _)) = self.resolve_kind(api_version, kind).await? {
-                out.extend(self.list_kind(resource, kind, &selector).await?);
+                self.list_kind(resource, kind, &selector, &mut sink).await?;
             }
         }
-        Ok(out)
+        Ok(())
     }
 
     async fn list_kind(
@@ -266,7 +266,8 @@ impl Cluster {
         resource: ApiResource,
         kind_name: &str,
         selector: &str,
-    ) -> Result<Vec<Value>, ClusterError> {
+        sink: &mut impl FnMut(Value),
+    ) -> Result<(), ClusterError> {
         let api: Api<DynamicObject> = Api::all_with(self.client.clone(), &resource);
         let resource_name = if resource.group.is_empty() {
             resource.plural.clone()
@@ -274,7 +275,6 @@ impl Cluster {
             format!("{}.{}", resource.plural, resource.group)
         };
         let mut params = ListParams::default().labels(selector).limit(PAGE_SIZE);
-        let mut out = Vec::new();
         loop {
             self.count(false);
             let page = api
@@ -288,14 +288,14 @@ impl Cluster {
                     map.insert("apiVersion".into(), resource.api_version.clone().into());
                     map.insert("kind".into(), kind_name.into());
                 }
-                out.push(value);
+                sink(value);
             }
             match page.metadata.continue_ {
                 Some(token) if !token.is_empty() => params = params.continue_token(&token),
                 _ => break,
             }
         }
-        Ok(out)
+        Ok(())
     }
 }
 

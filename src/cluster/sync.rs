@@ -165,19 +165,20 @@ pub enum Progress<'a> {
     },
 }
 
-/// Makes the cluster match `desired`.
+/// Makes the cluster match `desired`. `undeclared`: the live objects nothing
+/// declares, as [`crate::diff::Planner::finish`] returns them.
 #[allow(clippy::too_many_arguments)]
 pub async fn sync(
     cluster: &Cluster,
     plan: &Plan,
     desired: &[Object],
     inventory: Option<Inventory>,
-    live: &[Value],
+    undeclared: &[Value],
     options: &SyncOptions,
     revision: Option<String>,
     mut progress: impl FnMut(Progress<'_>),
 ) -> Result<SyncReport, SyncError> {
-    let steps = sync::steps(plan, desired, inventory.as_ref(), live, options)
+    let steps = sync::steps(plan, desired, inventory.as_ref(), undeclared, options)
         .map_err(SyncError::MassPrune)?;
     let mut report = SyncReport {
         environment: plan.environment.clone(),

@@ -522,15 +522,12 @@ async fn reconcile(
     let result: Result<(Plan, Option<cluster_sync::SyncReport>), String> = async {
         let inv = c.read_inventory(env).await.map_err(|e| e.to_string())?;
         let kinds = inventory::kinds_to_list(&state.objects, inv.as_ref());
-        let live = c
-            .list_managed(env, &kinds)
+        let mut planner = diff::Planner::new(env, &state.objects, false);
+        c.for_each_managed(env, &kinds, |o| planner.observe(o))
             .await
             .map_err(|e| e.to_string())?;
         let empty = inventory::Inventory::new(env);
-        let plan = diff::plan(
-            env,
-            &state.objects,
-            &live,
+        let (plan, undeclared) = planner.finish(
             Some(inv.as_ref().unwrap_or(&empty)),
             Some(state.revision.clone()),
             0,
@@ -555,7 +552,7 @@ async fn reconcile(
             &plan,
             &state.objects,
             inv,
-            &live,
+            &undeclared,
             &sync_options,
             Some(state.revision.clone()),
             |_| {},
