@@ -65,7 +65,7 @@ fn validate_and_render(tree: &SourceTree) -> Vec<render::Object> {
 fn benches(c: &mut Criterion) {
     let tree = tree(WORKSPACES);
     let objects = validate_and_render(&tree);
-    let live: Vec<Value> = objects.iter().map(|o| o.body.clone()).collect();
+    let live: Vec<Value> = objects.iter().map(render::Object::value).collect();
 
     let mut group = c.benchmark_group("1000 workspaces");
     group.sample_size(20);

@@ -888,7 +888,7 @@ fn render_cmd(repo: &std::path::Path, env: &str, output: RenderOutput) -> anyhow
     let text = match output {
         RenderOutput::Yaml => render::to_yaml(&objects).context("encoding YAML")?,
         RenderOutput::Json => {
-            let bodies: Vec<_> = objects.iter().map(|o| &o.body).collect();
+            let bodies: Vec<_> = objects.iter().map(render::Object::value).collect();
             serde_json::to_string_pretty(&bodies).context("encoding JSON")? + "\n"
         }
     };

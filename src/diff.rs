@@ -380,12 +380,13 @@ pub fn diff_object(desired: &Object, live: Option<&Value>, diffs: bool) -> Chang
     let Some(live) = live else {
         change.action = Action::Create;
         if diffs {
-            change.diff = unified("", &yaml(&desired.body), &id);
+            change.diff = unified("", &yaml(&desired.value()), &id);
         }
         return change;
     };
+    let body = desired.value();
     let mut mismatches = Vec::new();
-    compare(&desired.body, Some(live), &mut Vec::new(), &mut mismatches);
+    compare(&body, Some(live), &mut Vec::new(), &mut mismatches);
     let others = fields_of(live, |m| m != FIELD_MANAGER);
     for m in mismatches {
         let manager = m
@@ -413,7 +414,7 @@ pub fn diff_object(desired: &Object, live: Option<&Value>, diffs: bool) -> Chang
     for (_, fields) in &owned {
         removed(
             fields,
-            Some(&desired.body),
+            Some(&body),
             Some(live),
             &mut Vec::new(),
             &mut change.fields,
@@ -425,8 +426,8 @@ pub fn diff_object(desired: &Object, live: Option<&Value>, diffs: bool) -> Chang
             return change;
         }
         let owned_trie = owned.first().map(|(_, f)| *f);
-        let view = project(live, Some(&desired.body), owned_trie);
-        change.diff = unified(&yaml(&view), &yaml(&desired.body), &id);
+        let view = project(live, Some(&body), owned_trie);
+        change.diff = unified(&yaml(&view), &yaml(&body), &id);
     }
     change
 }
@@ -589,15 +590,7 @@ mod tests {
     use serde_json::json;
 
     fn object(body: Value) -> Object {
-        let (kind, ns, name) = key_of(&body).unwrap();
-        Object {
-            api_version: body["apiVersion"].as_str().unwrap().to_string(),
-            kind,
-            namespace: ns,
-            name,
-            workspace: "acme".into(),
-            body,
-        }
+        Object::from_value("acme", &body).unwrap()
     }
 
     fn deployment(replicas: i64, image: &str) -> Value {
@@ -649,7 +642,7 @@ mod tests {
     #[test]
     fn server_defaults_status_and_metadata_are_not_changes() {
         let desired = object(deployment(2, "fhir:1"));
-        let live = live_after_apply(&desired.body);
+        let live = live_after_apply(&desired.value());
         let c = diff_object(&desired, Some(&live), true);
         assert_eq!(c.action, Action::Unchanged, "{:?}", c.fields);
         assert!(c.diff.is_empty());
@@ -658,7 +651,7 @@ mod tests {
     #[test]
     fn a_field_changed_by_another_manager_names_it() {
         let desired = object(deployment(2, "fhir:1"));
-        let mut live = live_after_apply(&desired.body);
+        let mut live = live_after_apply(&desired.value());
         live["spec"]["replicas"] = json!(5);
         let entries = live["metadata"]["managedFields"].as_array_mut().unwrap();
         entries.push(

@@ -8,6 +8,9 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
+use serde_json::Value;
+use serde_json::value::RawValue;
+
 use k8s_openapi::Resource;
 use k8s_openapi::api::apps::v1::{
     Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
@@ -90,23 +93,83 @@ pub mod names {
     }
 }
 
+pub const SYNC_WAVE_ANNOTATION: &str = "tenantsync.io/sync-wave";
+
+/// The sync wave an object's annotation `tenantsync.io/sync-wave` gives it
+/// (default 0): waves apply in increasing order, prune in decreasing order.
+pub fn wave_of(body: &Value) -> i32 {
+    body.pointer("/metadata/annotations")
+        .and_then(|a| a.get(SYNC_WAVE_ANNOTATION))
+        .and_then(Value::as_str)
+        .and_then(|w| w.trim().parse().ok())
+        .unwrap_or(0)
+}
+
 /// An object's identity whatever API version serves it: kind, namespace,
 /// name. Sets and maps of keys keep pairing objects linear at any size.
 pub type ObjectKey<'a> = (&'a str, Option<&'a str>, &'a str);
 
 /// One rendered object and its identity.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, Serialize)]
 pub struct Object {
     pub api_version: String,
     pub kind: String,
     pub namespace: Option<String>,
     pub name: String,
     pub workspace: String,
-    /// The full object, as sent to the API server.
-    pub body: serde_json::Value,
+    /// Sync wave (annotation `tenantsync.io/sync-wave`, default 0).
+    pub wave: i32,
+    /// The full object as compact JSON text, as sent to the API server. Text,
+    /// not a `serde_json::Value`: an environment holds tens of thousands of
+    /// objects for as long as a sync or the daemon runs, and a Value of a
+    /// Deployment (a B-tree node per map) takes about ten times the bytes.
+    body: Box<RawValue>,
+}
+
+impl PartialEq for Object {
+    fn eq(&self, other: &Object) -> bool {
+        (
+            self.key(),
+            &self.api_version,
+            &self.workspace,
+            self.body.get(),
+        ) == (
+            other.key(),
+            &other.api_version,
+            &other.workspace,
+            other.body.get(),
+        )
+    }
 }
 
 impl Object {
+    /// An object of `workspace` from its body; its identity and sync wave are
+    /// read from it. `None` without a kind, an apiVersion or a name.
+    pub fn from_value(workspace: &str, body: &Value) -> Option<Object> {
+        let text = |v: &Value| v.as_str().map(str::to_string);
+        let meta = body.get("metadata")?;
+        Some(Object {
+            api_version: text(body.get("apiVersion")?)?,
+            kind: text(body.get("kind")?)?,
+            namespace: meta.get("namespace").and_then(text),
+            name: text(meta.get("name")?)?,
+            workspace: workspace.to_string(),
+            wave: wave_of(body),
+            body: serde_json::value::to_raw_value(body).ok()?,
+        })
+    }
+
+    /// The body as a value to read or compare.
+    pub fn value(&self) -> Value {
+        // The text was written by serde_json from a value: it parses.
+        serde_json::from_str(self.body.get()).unwrap_or(Value::Null)
+    }
+
+    /// The body as JSON text.
+    pub fn json(&self) -> &RawValue {
+        &self.body
+    }
+
     pub fn key(&self) -> ObjectKey<'_> {
         (&self.kind, self.namespace.as_deref(), &self.name)
     }
@@ -265,19 +328,16 @@ impl Ctx<'_> {
 
     fn push<T: Resource + Serialize>(&mut self, object: &T, namespaced: bool, name: &str) {
         let namespace = namespaced.then(|| self.namespace.clone());
-        match serde_json::to_value(object) {
-            Ok(mut body) => {
-                // k8s-openapi serializes apiVersion/kind through `Resource`.
-                if let Some(map) = body.as_object_mut() {
-                    map.insert("apiVersion".into(), T::API_VERSION.into());
-                    map.insert("kind".into(), T::KIND.into());
-                }
+        // k8s-openapi writes apiVersion and kind (from `Resource`) itself.
+        match serde_json::value::to_raw_value(object) {
+            Ok(body) => {
                 self.out.push(Object {
                     api_version: T::API_VERSION.to_string(),
                     kind: T::KIND.to_string(),
                     namespace,
                     name: name.to_string(),
                     workspace: self.ws.to_string(),
+                    wave: 0,
                     body,
                 });
             }
@@ -326,9 +386,8 @@ fn environment_resources(env: &Environment) -> Vec<Object> {
     let mut out: Vec<Object> = env
         .resources
         .iter()
-        .map(|manifest| {
+        .filter_map(|manifest| {
             let mut body = manifest.clone();
-            let text = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_string();
             if let Some(meta) = body
                 .get_mut("metadata")
                 .and_then(serde_json::Value::as_object_mut)
@@ -341,14 +400,8 @@ fn environment_resources(env: &Environment) -> Vec<Object> {
                     labels.insert(ENVIRONMENT_LABEL.into(), env.name.clone().into());
                 }
             }
-            Object {
-                api_version: text(&body["apiVersion"]),
-                kind: text(&body["kind"]),
-                namespace: body["metadata"]["namespace"].as_str().map(str::to_string),
-                name: text(&body["metadata"]["name"]),
-                workspace: String::new(),
-                body,
-            }
+            // Validation made sure every manifest has a kind, apiVersion and name.
+            Object::from_value("", &body)
         })
         .collect();
     out.sort_by(|a, b| {
@@ -1075,7 +1128,7 @@ pub fn to_yaml(objects: &[Object]) -> Result<String, serde_norway::Error> {
     let mut out = String::new();
     for o in objects {
         out.push_str("---\n");
-        out.push_str(&serde_norway::to_string(&o.body)?);
+        out.push_str(&serde_norway::to_string(&o.value())?);
     }
     Ok(out)
 }
@@ -1200,27 +1253,27 @@ mod tests {
             ]
         );
         for o in &objects {
-            let labels = &o.body["metadata"]["labels"];
+            let labels = &o.value()["metadata"]["labels"];
             assert_eq!(labels[MANAGED_BY], "tenantsync", "{}", o.id());
             assert_eq!(labels[ENVIRONMENT_LABEL], "dev", "{}", o.id());
             assert_eq!(labels[WORKSPACE_LABEL], "acme", "{}", o.id());
-            assert_eq!(o.body["apiVersion"], o.api_version.as_str());
+            assert_eq!(o.value()["apiVersion"], o.api_version.as_str());
         }
         let deploy = objects.iter().find(|o| o.kind == "Deployment").unwrap();
         assert_eq!(deploy.namespace.as_deref(), Some("acme-dev"));
         assert_eq!(
-            deploy.body["spec"]["strategy"]["rollingUpdate"]["maxSurge"],
+            deploy.value()["spec"]["strategy"]["rollingUpdate"]["maxSurge"],
             1
         );
         assert_eq!(
-            deploy.body["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"],
+            deploy.value()["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"],
             0
         );
-        let container = &deploy.body["spec"]["template"]["spec"]["containers"][0];
+        let container = &deploy.value()["spec"]["template"]["spec"]["containers"][0];
         assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/health");
         let ingress = objects.iter().find(|o| o.kind == "Ingress").unwrap();
         assert_eq!(
-            ingress.body["spec"]["rules"][0]["host"],
+            ingress.value()["spec"]["rules"][0]["host"],
             "api.fhir.acme.local"
         );
     }
@@ -1250,7 +1303,7 @@ mod tests {
                 .find(|o| o.kind == "Deployment")
                 .unwrap()
                 .clone();
-            d.body["spec"]["template"]["metadata"]["annotations"][CONFIG_HASH_ANNOTATION].clone()
+            d.value()["spec"]["template"]["metadata"]["annotations"][CONFIG_HASH_ANNOTATION].clone()
         };
         assert_ne!(hash(&ws("R4", 1)), hash(&ws("R5", 1)));
         assert_eq!(hash(&ws("R4", 1)), hash(&ws("R4", 3)));

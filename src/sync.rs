@@ -13,9 +13,9 @@ use serde_json::Value;
 
 use crate::inventory::{Inventory, ObjectRef};
 use crate::plan::{Change, Plan};
+pub use crate::render::{SYNC_WAVE_ANNOTATION, wave_of};
 use crate::render::{Object, ObjectKey, kind_rank};
 
-pub const SYNC_WAVE_ANNOTATION: &str = "tenantsync.io/sync-wave";
 /// `tenantsync.io/prune: disabled` keeps an object when it is no longer declared.
 pub const PRUNE_ANNOTATION: &str = "tenantsync.io/prune";
 
@@ -57,14 +57,6 @@ pub struct MassPrune {
     pub message: String,
 }
 
-pub fn wave_of(body: &Value) -> i32 {
-    body.pointer("/metadata/annotations")
-        .and_then(|a| a.get(SYNC_WAVE_ANNOTATION))
-        .and_then(Value::as_str)
-        .and_then(|w| w.trim().parse().ok())
-        .unwrap_or(0)
-}
-
 fn prune_disabled(live: &Value) -> bool {
     live.pointer("/metadata/annotations")
         .and_then(|a| a.get(PRUNE_ANNOTATION))
@@ -94,9 +86,9 @@ pub fn steps<'a>(
         .iter()
         .filter(|o| changed.contains(&o.key()))
         .collect();
-    to_apply.sort_by_key(|o| (wave_of(&o.body), kind_rank(&o.kind)));
+    to_apply.sort_by_key(|o| (o.wave, kind_rank(&o.kind)));
     for o in to_apply {
-        let (wave, rank) = (wave_of(&o.body), kind_rank(&o.kind));
+        let (wave, rank) = (o.wave, kind_rank(&o.kind));
         match out.stages.last_mut() {
             Some(s) if s.wave == wave && s.rank == rank => s.objects.push(o),
             _ => out.stages.push(Stage {
@@ -206,14 +198,7 @@ mod tests {
         if let Some(w) = wave {
             body["metadata"]["annotations"] = json!({SYNC_WAVE_ANNOTATION: w});
         }
-        Object {
-            api_version: "v1".into(),
-            kind: kind.into(),
-            namespace: ns.map(Into::into),
-            name: name.into(),
-            workspace: "w".into(),
-            body,
-        }
+        Object::from_value("w", &body).unwrap()
     }
 
     fn plan_of(objects: &[Object], action: Action) -> Plan {
@@ -313,9 +298,9 @@ mod tests {
             obj("ConfigMap", Some("keep"), "k", None),
         ];
         let desired = vec![obj("ConfigMap", Some("keep"), "k", None)];
-        let mut live: Vec<Value> = old.iter().map(|o| o.body.clone()).collect();
+        let mut live: Vec<Value> = old.iter().map(Object::value).collect();
         // Labelled like ours, never inventoried: must survive.
-        live.push(obj("ConfigMap", Some("keep"), "by-hand", None).body);
+        live.push(obj("ConfigMap", Some("keep"), "by-hand", None).value());
         let inv = inventory_of(&old);
         let plan = plan_of(&desired, Action::Unchanged);
         let mut opts = options(true);
@@ -348,7 +333,7 @@ mod tests {
             .map(|i| obj("ConfigMap", Some("n"), &format!("c{i}"), None))
             .collect();
         let desired: Vec<Object> = old[..7].to_vec();
-        let mut live: Vec<Value> = old.iter().map(|o| o.body.clone()).collect();
+        let mut live: Vec<Value> = old.iter().map(Object::value).collect();
         let inv = inventory_of(&old);
         let plan = plan_of(&desired, Action::Unchanged);
         let e = steps(&plan, &desired, Some(&inv), &live, &options(true)).unwrap_err();

@@ -117,7 +117,7 @@ impl Cluster {
         params.dry_run = dry_run;
         self.count(!dry_run);
         match api
-            .patch(&object.name, &params, &Patch::Apply(&object.body))
+            .patch(&object.name, &params, &Patch::Apply(object.json()))
             .await
         {
             Ok(_) => Ok(()),

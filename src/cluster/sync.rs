@@ -230,7 +230,8 @@ pub async fn sync(
                 .any(|c| c.action == Action::Create && c.kind == o.kind && c.name == o.name)
         })
         .filter_map(|o| {
-            let spec = o.body.get("spec")?;
+            let body = o.value();
+            let spec = body.get("spec")?;
             Some((
                 spec.get("group")?.as_str()?.to_string(),
                 spec.pointer("/names/kind")?.as_str()?.to_string(),
