@@ -886,7 +886,7 @@ fn render_cmd(repo: &std::path::Path, env: &str, output: RenderOutput) -> anyhow
     };
     let objects = render::render(&environment)?;
     let text = match output {
-        RenderOutput::Yaml => render::to_yaml(&objects).context("encoding YAML")?,
+        RenderOutput::Yaml => render::to_yaml(&objects),
         RenderOutput::Json => {
             let bodies: Vec<_> = objects.iter().map(render::Object::value).collect();
             serde_json::to_string_pretty(&bodies).context("encoding JSON")? + "\n"

@@ -338,7 +338,7 @@ fn strip_noise(live: &Value) -> Value {
 }
 
 fn yaml(v: &Value) -> String {
-    serde_norway::to_string(v).unwrap_or_else(|e| format!("# cannot show as YAML: {e}\n"))
+    crate::yaml_emit::to_string(v)
 }
 
 fn unified(live: &str, desired: &str, id: &str) -> String {

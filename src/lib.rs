@@ -22,3 +22,4 @@ pub mod source;
 pub mod sync;
 pub mod validate;
 pub mod yaml;
+pub mod yaml_emit;

@@ -1124,13 +1124,13 @@ fn pretty(value: &serde_json::Value) -> String {
 }
 
 /// Objects as one multi-document YAML stream.
-pub fn to_yaml(objects: &[Object]) -> Result<String, serde_norway::Error> {
+pub fn to_yaml(objects: &[Object]) -> String {
     let mut out = String::new();
     for o in objects {
         out.push_str("---\n");
-        out.push_str(&serde_norway::to_string(&o.value())?);
+        crate::yaml_emit::write(&mut out, &o.value());
     }
-    Ok(out)
+    out
 }
 
 #[cfg(test)]
@@ -1216,10 +1216,10 @@ mod tests {
             wss.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
             wss.dedup_by(|a, b| a.metadata.name == b.metadata.name);
             let env = env_of(wss.clone());
-            let first = to_yaml(&render(&env).unwrap()).unwrap();
-            prop_assert_eq!(&first, &to_yaml(&render(&env.clone()).unwrap()).unwrap());
+            let first = to_yaml(&render(&env).unwrap());
+            prop_assert_eq!(&first, &to_yaml(&render(&env.clone()).unwrap()));
             wss.reverse();
-            prop_assert_eq!(&first, &to_yaml(&render(&env_of(wss)).unwrap()).unwrap());
+            prop_assert_eq!(&first, &to_yaml(&render(&env_of(wss)).unwrap()));
         }
     }
 
