@@ -10,7 +10,7 @@ use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use crate::cluster::sync::{self as cluster_sync, Progress, SyncError};
 use crate::cluster::{Cluster, ClusterOptions};
 use crate::diag::Diagnostic;
-use crate::model::Environment;
+use crate::model::SyncPolicy;
 use crate::plan::Action;
 use crate::repo::SourceTree;
 use crate::source::{self, folder};
@@ -398,7 +398,12 @@ fn live_cmd(args: &LiveArgs, verb: print::Verb) -> anyhow::Result<ExitCode> {
         }
     }
     let args = &args;
-    let (environment, desired, revision) = match desired_state(args)? {
+    let DesiredState {
+        name,
+        objects: desired,
+        revision,
+        ..
+    } = match desired_state(args)? {
         Ok(state) => state,
         Err(code) => return Ok(code),
     };
@@ -407,13 +412,13 @@ fn live_cmd(args: &LiveArgs, verb: print::Verb) -> anyhow::Result<ExitCode> {
         // plan deletes what sync --prune would: inventoried objects only;
         // drift reports every labelled object nothing declares.
         let inventory = cluster
-            .read_inventory(&environment.name)
+            .read_inventory(&name)
             .await?
-            .unwrap_or_else(|| crate::inventory::Inventory::new(&environment.name));
+            .unwrap_or_else(|| crate::inventory::Inventory::new(&name));
         let kinds = crate::inventory::kinds_to_list(&desired, Some(&inventory));
-        let mut planner = diff::Planner::new(&environment.name, &desired, true);
+        let mut planner = diff::Planner::new(&name, &desired, true);
         cluster
-            .for_each_managed(&environment.name, &kinds, |o| planner.observe(o))
+            .for_each_managed(&name, &kinds, |o| planner.observe(o))
             .await?;
         let inventory = match verb {
             print::Verb::Plan => Some(inventory),
@@ -437,19 +442,33 @@ fn live_cmd(args: &LiveArgs, verb: print::Verb) -> anyhow::Result<ExitCode> {
     })
 }
 
-/// An environment, its rendered objects, and the Git revision they came from.
-type DesiredState = (Environment, Vec<render::Object>, Option<String>);
+/// An environment's name and sync policy, its rendered objects, and the Git
+/// revision they came from. Not the model: at thousands of workspaces it is
+/// large, and nothing after rendering needs it.
+struct DesiredState {
+    name: String,
+    sync_policy: SyncPolicy,
+    objects: Vec<render::Object>,
+    revision: Option<String>,
+}
 
-/// The environment, its rendered objects and where they came from, or the
+/// The environment's rendered objects and where they came from, or the
 /// validation errors (printed) and exit code 1.
 fn desired_state(args: &LiveArgs) -> anyhow::Result<Result<DesiredState, ExitCode>> {
     let (tree, revision) = read_source(args)?;
+    // Each stage's input goes as soon as the next stage has what it needs:
+    // the files once parsed, the parsed files once resolved.
     let repository = validate::load(&tree);
-    match repository.resolve(&args.env) {
-        Ok(environment) => {
-            let desired = render::render(&environment)?;
-            Ok(Ok((environment, desired, revision)))
-        }
+    drop(tree);
+    let resolved = repository.resolve(&args.env);
+    drop(repository);
+    match resolved {
+        Ok(environment) => Ok(Ok(DesiredState {
+            objects: render::render(&environment)?,
+            name: environment.name,
+            sync_policy: environment.settings.sync_policy,
+            revision,
+        })),
         Err(diags) => {
             print_diagnostics(&diags);
             eprintln!("{} error(s); the cluster was not contacted", diags.len());
@@ -467,11 +486,15 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 fn sync_cmd(args: &SyncArgs) -> anyhow::Result<ExitCode> {
     let live_args = &args.live;
-    let (environment, desired, revision) = match desired_state(live_args)? {
+    let DesiredState {
+        name,
+        sync_policy: policy,
+        objects: desired,
+        revision,
+    } = match desired_state(live_args)? {
         Ok(state) => state,
         Err(code) => return Ok(code),
     };
-    let policy = &environment.settings.sync_policy;
     let options = SyncOptions {
         prune: args.prune || policy.prune,
         dry_run: args.dry_run,
@@ -488,12 +511,12 @@ fn sync_cmd(args: &SyncArgs) -> anyhow::Result<ExitCode> {
         std::io::stderr().is_terminal() && !matches!(live_args.output, PlanOutput::Json);
     let result = runtime()?.block_on(async {
         let cluster = Cluster::connect(&cluster_options).await?;
-        let inventory = cluster.read_inventory(&environment.name).await?;
+        let inventory = cluster.read_inventory(&name).await?;
         let kinds = crate::inventory::kinds_to_list(&desired, inventory.as_ref());
         // A sync needs the changes, not their diff text.
-        let mut planner = diff::Planner::new(&environment.name, &desired, false);
+        let mut planner = diff::Planner::new(&name, &desired, false);
         cluster
-            .for_each_managed(&environment.name, &kinds, |o| planner.observe(o))
+            .for_each_managed(&name, &kinds, |o| planner.observe(o))
             .await?;
         let (plan, undeclared) =
             planner.finish(inventory.as_ref(), revision.clone(), cluster.requests());

@@ -10,7 +10,7 @@
 //! - when a declared field has another value live, the field manager that
 //!   owns the live value is named (`kubectl`, `kubectl-edit`, ...).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
 use serde_json::{Map, Value};
 use similar::TextDiff;
@@ -443,29 +443,51 @@ pub fn diff_object(desired: &Object, live: Option<&Value>, diffs: bool) -> Chang
 pub struct Planner<'a> {
     environment: String,
     desired: &'a [Object],
-    index: HashMap<ObjectKey<'a>, usize>,
-    /// Per desired object, its change once its live counterpart was seen.
-    seen: Vec<Option<Change>>,
+    /// The desired objects by the hash of their key, sorted: 16 bytes an
+    /// object where a map of borrowed keys takes over 100.
+    index: Vec<(u64, u32)>,
+    /// Which desired objects' live counterparts were seen.
+    seen: Vec<bool>,
+    changes: Vec<Change>,
     orphans: Vec<Value>,
     diffs: bool,
+}
+
+fn key_hash(key: ObjectKey<'_>) -> u64 {
+    use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+    BuildHasherDefault::<DefaultHasher>::default().hash_one(key)
 }
 
 impl<'a> Planner<'a> {
     /// `diffs`: whether changes carry their unified diff (printers need it,
     /// a sync does not).
     pub fn new(environment: &str, desired: &'a [Object], diffs: bool) -> Planner<'a> {
+        let mut index: Vec<(u64, u32)> = desired
+            .iter()
+            .zip(0u32..)
+            .map(|(d, i)| (key_hash(d.key()), i))
+            .collect();
+        index.sort_unstable();
         Planner {
             environment: environment.to_string(),
             desired,
-            index: desired
-                .iter()
-                .enumerate()
-                .map(|(i, d)| (d.key(), i))
-                .collect(),
-            seen: vec![None; desired.len()],
+            index,
+            seen: vec![false; desired.len()],
+            changes: Vec::with_capacity(desired.len()),
             orphans: Vec::new(),
             diffs,
         }
+    }
+
+    /// The desired object with this key.
+    fn find(&self, key: ObjectKey<'_>) -> Option<usize> {
+        let hash = key_hash(key);
+        let start = self.index.partition_point(|(h, _)| *h < hash);
+        self.index[start..]
+            .iter()
+            .take_while(|(h, _)| *h == hash)
+            .map(|(_, i)| *i as usize)
+            .find(|&i| self.desired[i].key() == key)
     }
 
     /// One live object, as listed.
@@ -473,13 +495,12 @@ impl<'a> Planner<'a> {
         let Some((kind, namespace, name)) = key_of(&live) else {
             return;
         };
-        match self
-            .index
-            .get(&(kind.as_str(), namespace.as_deref(), name.as_str()))
-        {
-            Some(&i) => {
-                if self.seen[i].is_none() {
-                    self.seen[i] = Some(diff_object(&self.desired[i], Some(&live), self.diffs));
+        match self.find((kind.as_str(), namespace.as_deref(), name.as_str())) {
+            Some(i) => {
+                if !self.seen[i] {
+                    self.seen[i] = true;
+                    self.changes
+                        .push(diff_object(&self.desired[i], Some(&live), self.diffs));
                 }
             }
             None => self.orphans.push(live),
@@ -494,12 +515,15 @@ impl<'a> Planner<'a> {
         revision: Option<String>,
         api_requests: u32,
     ) -> (Plan, Vec<Value>) {
-        let mut changes: Vec<Change> = self
-            .seen
-            .into_iter()
-            .zip(self.desired)
-            .map(|(seen, d)| seen.unwrap_or_else(|| diff_object(d, None, self.diffs)))
-            .collect();
+        let mut changes = self.changes;
+        for (d, _) in self
+            .desired
+            .iter()
+            .zip(&self.seen)
+            .filter(|(_, seen)| !**seen)
+        {
+            changes.push(diff_object(d, None, self.diffs));
+        }
         let inventoried: Option<HashSet<ObjectKey<'_>>> =
             inventory.map(|inv| inv.objects.iter().map(ObjectRef::key).collect());
         for l in &self.orphans {

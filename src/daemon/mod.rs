@@ -457,8 +457,13 @@ async fn reconcile(
                     *source_problem = None;
                 }
                 if desired.as_ref().is_none_or(|d| d.revision != revision) {
+                    // The files go once parsed, the parsed files once
+                    // resolved: only the rendered objects are kept.
                     let repository = validate::load(&tree);
-                    match repository.resolve(env) {
+                    drop(tree);
+                    let resolved = repository.resolve(env);
+                    drop(repository);
+                    match resolved {
                         Err(diags) => {
                             let lines: Vec<String> =
                                 diags.iter().map(ToString::to_string).collect();
