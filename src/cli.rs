@@ -898,8 +898,8 @@ fn validate_cmd(
 }
 
 fn render_cmd(repo: &std::path::Path, env: &str, output: RenderOutput) -> anyhow::Result<ExitCode> {
-    let repository = load(repo)?;
-    let environment = match repository.resolve(env) {
+    let resolved = load(repo)?.resolve(env);
+    let environment = match resolved {
         Ok(e) => e,
         Err(diags) => {
             print_diagnostics(&diags);
@@ -907,14 +907,54 @@ fn render_cmd(repo: &std::path::Path, env: &str, output: RenderOutput) -> anyhow
             return Ok(ExitCode::from(1));
         }
     };
-    let objects = render::render(&environment)?;
-    let text = match output {
-        RenderOutput::Yaml => render::to_yaml(&objects),
-        RenderOutput::Json => {
-            let bodies: Vec<_> = objects.iter().map(render::Object::value).collect();
-            serde_json::to_string_pretty(&bodies).context("encoding JSON")? + "\n"
+    // Written a workspace at a time: at thousands of workspaces the whole
+    // output would be tens of megabytes held at once.
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let written = match output {
+        RenderOutput::Yaml => {
+            let mut text = String::new();
+            render::render_each(&environment, |batch| {
+                text.clear();
+                for o in &batch {
+                    render::push_yaml(&mut text, o);
+                }
+                out.write_all(text.as_bytes())?;
+                Ok::<_, anyhow::Error>(())
+            })
         }
+        RenderOutput::Json => (|| {
+            use serde::ser::{SerializeSeq, Serializer};
+            let mut json = serde_json::Serializer::pretty(&mut out);
+            let mut list = json.serialize_seq(None)?;
+            render::render_each(&environment, |batch| {
+                for o in &batch {
+                    list.serialize_element(&o.value())?;
+                }
+                Ok::<_, anyhow::Error>(())
+            })?;
+            list.end()?;
+            out.write_all(b"\n")?;
+            Ok(())
+        })(),
     };
-    write_stdout(&text)?;
-    Ok(ExitCode::SUCCESS)
+    match written.and_then(|()| out.flush().map_err(Into::into)) {
+        Err(e) if !is_broken_pipe(&e) => Err(e.context("writing output")),
+        _ => Ok(ExitCode::SUCCESS),
+    }
+}
+
+/// A closed pipe (`| head`): the reader has what it wanted.
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .map(std::io::Error::kind)
+            .or_else(|| {
+                cause
+                    .downcast_ref::<serde_json::Error>()
+                    .and_then(serde_json::Error::io_error_kind)
+            })
+            == Some(std::io::ErrorKind::BrokenPipe)
+    })
 }

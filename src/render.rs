@@ -371,13 +371,28 @@ struct Workload<'a> {
 
 /// Renders every workspace of an environment, in a stable order.
 pub fn render(env: &Environment) -> Result<Vec<Object>, RenderError> {
+    let mut all = Vec::new();
+    render_each(env, |batch| {
+        all.extend(batch);
+        Ok::<_, RenderError>(())
+    })?;
+    Ok(all)
+}
+
+/// [`render`] a batch at a time: the layers' plain manifests, then each
+/// workspace in name order (the same objects in the same order), for a
+/// caller that writes objects out rather than keeps them all.
+pub fn render_each<E: From<RenderError>>(
+    env: &Environment,
+    mut each: impl FnMut(Vec<Object>) -> Result<(), E>,
+) -> Result<(), E> {
     let mut workspaces: Vec<&Workspace> = env.workspaces.iter().collect();
     workspaces.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
-    let mut all = environment_resources(env);
+    each(environment_resources(env))?;
     for ws in workspaces {
-        all.extend(render_workspace(env, ws)?);
+        each(render_workspace(env, ws)?)?;
     }
-    Ok(all)
+    Ok(())
 }
 
 /// The layers' plain manifests, labelled as tenantsync's, first in the output
@@ -1127,10 +1142,15 @@ fn pretty(value: &serde_json::Value) -> String {
 pub fn to_yaml(objects: &[Object]) -> String {
     let mut out = String::new();
     for o in objects {
-        out.push_str("---\n");
-        crate::yaml_emit::write(&mut out, &o.value());
+        push_yaml(&mut out, o);
     }
     out
+}
+
+/// Appends one object as a YAML document (`---` and its body).
+pub fn push_yaml(out: &mut String, object: &Object) {
+    out.push_str("---\n");
+    crate::yaml_emit::write(out, &object.value());
 }
 
 #[cfg(test)]

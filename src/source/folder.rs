@@ -64,16 +64,20 @@ fn walk(root: &Path, dir: &Path, rel: &str, tree: &mut SourceTree, depth: usize)
         }
         let rel_path = format!("{rel}/{name}");
         let path = entry.path();
-        let meta = match fs::symlink_metadata(&path) {
-            Ok(m) => m,
+        // The directory entry's type (no stat), except through symlinks.
+        let file_type = match entry.file_type() {
+            Ok(t) => t,
             Err(e) => {
                 tree.problem(&rel_path, format!("cannot read: {e}"));
                 continue;
             }
         };
-        let target = if meta.file_type().is_symlink() {
+        let (target, is_dir, is_file) = if file_type.is_symlink() {
             match path.canonicalize() {
-                Ok(t) if t.starts_with(root) => t,
+                Ok(t) if t.starts_with(root) => {
+                    let (d, f) = (t.is_dir(), t.is_file());
+                    (t, d, f)
+                }
                 Ok(_) => {
                     tree.problem(
                         &rel_path,
@@ -87,11 +91,11 @@ fn walk(root: &Path, dir: &Path, rel: &str, tree: &mut SourceTree, depth: usize)
                 }
             }
         } else {
-            path
+            (path, file_type.is_dir(), file_type.is_file())
         };
-        if target.is_dir() {
+        if is_dir {
             walk(root, &target, &rel_path, tree, depth + 1);
-        } else if target.is_file() {
+        } else if is_file {
             match read_capped(&target) {
                 Ok(bytes) => tree.insert(&rel_path, bytes),
                 Err(e) => tree.problem(&rel_path, format!("cannot read: {e}")),
@@ -104,7 +108,11 @@ fn walk(root: &Path, dir: &Path, rel: &str, tree: &mut SourceTree, depth: usize)
 /// without being loaded whole.
 fn read_capped(path: &Path) -> std::io::Result<Vec<u8>> {
     let file = fs::File::open(path)?;
-    let mut bytes = Vec::new();
+    let size = file
+        .metadata()
+        .map_or(0, |m| m.len())
+        .min(MAX_FILE_BYTES as u64 + 1);
+    let mut bytes = Vec::with_capacity(usize::try_from(size).unwrap_or(0) + 1);
     file.take(MAX_FILE_BYTES as u64 + 1)
         .read_to_end(&mut bytes)?;
     Ok(bytes)
