@@ -912,17 +912,20 @@ fn render_cmd(repo: &std::path::Path, env: &str, output: RenderOutput) -> anyhow
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     let written = match output {
-        RenderOutput::Yaml => {
-            let mut text = String::new();
-            render::render_each(&environment, |batch| {
-                text.clear();
-                for o in &batch {
+        RenderOutput::Yaml => render::render_map_each(
+            &environment,
+            |batch| {
+                let mut text = String::new();
+                for o in batch {
                     render::push_yaml(&mut text, o);
                 }
+                text
+            },
+            |text| {
                 out.write_all(text.as_bytes())?;
                 Ok::<_, anyhow::Error>(())
-            })
-        }
+            },
+        ),
         RenderOutput::Json => (|| {
             use serde::ser::{SerializeSeq, Serializer};
             let mut json = serde_json::Serializer::pretty(&mut out);

@@ -13,6 +13,7 @@ pub mod health;
 pub mod inventory;
 pub mod model;
 pub mod overlay;
+pub mod par;
 pub mod plan;
 pub mod print;
 pub mod render;

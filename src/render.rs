@@ -386,11 +386,46 @@ pub fn render_each<E: From<RenderError>>(
     env: &Environment,
     mut each: impl FnMut(Vec<Object>) -> Result<(), E>,
 ) -> Result<(), E> {
+    each(environment_resources(env))?;
+    for ws in sorted_workspaces(env) {
+        each(render_workspace(env, ws)?)?;
+    }
+    Ok(())
+}
+
+fn sorted_workspaces(env: &Environment) -> Vec<&Workspace> {
     let mut workspaces: Vec<&Workspace> = env.workspaces.iter().collect();
     workspaces.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
-    each(environment_resources(env))?;
-    for ws in workspaces {
-        each(render_workspace(env, ws)?)?;
+    workspaces
+}
+
+/// Workspaces one thread renders (and `map`s) at a time in
+/// [`render_map_each`].
+const CHUNK: usize = 32;
+
+/// [`render_each`] on all cores, for output: batches of workspaces are
+/// rendered and turned into `T` by `map` (their text, say) in parallel, and
+/// `each` gets the results in order. Only a few batches are held at once.
+pub fn render_map_each<T: Send, E: From<RenderError>>(
+    env: &Environment,
+    map: impl Fn(&[Object]) -> T + Sync,
+    mut each: impl FnMut(T) -> Result<(), E>,
+) -> Result<(), E> {
+    each(map(&environment_resources(env)))?;
+    let workspaces = sorted_workspaces(env);
+    let threads = std::thread::available_parallelism().map_or(1, usize::from);
+    for round in workspaces.chunks(CHUNK * threads) {
+        let batches: Vec<&[&Workspace]> = round.chunks(CHUNK).collect();
+        let results = crate::par::map(&batches, |batch| {
+            let mut objects = Vec::new();
+            for ws in *batch {
+                objects.extend(render_workspace(env, ws)?);
+            }
+            Ok::<_, RenderError>(map(&objects))
+        });
+        for result in results {
+            each(result?)?;
+        }
     }
     Ok(())
 }
@@ -1240,6 +1275,39 @@ mod tests {
             prop_assert_eq!(&first, &to_yaml(&render(&env.clone()).unwrap()));
             wss.reverse();
             prop_assert_eq!(&first, &to_yaml(&render(&env_of(wss)).unwrap()));
+        }
+    }
+
+    /// The parallel, batched rendering for output gives what `render` does,
+    /// in the same order, across many batches.
+    #[test]
+    fn rendering_in_parallel_batches_matches_rendering_at_once() {
+        // Out of name order on purpose: both sort.
+        let workspaces: Vec<Workspace> = (0..CHUNK * 5 + 3)
+            .rev()
+            .map(|i| Workspace {
+                api_version: model::API_VERSION.into(),
+                kind: "Workspace".into(),
+                metadata: Metadata {
+                    name: format!("ws-{i:03}"),
+                    ..Metadata::default()
+                },
+                spec: WorkspaceSpec {
+                    fhir_services: vec![fhir("api", 1 + (i % 3) as i32)],
+                    ..WorkspaceSpec::default()
+                },
+            })
+            .collect();
+        let env = env_of(workspaces);
+        let mut batched = String::new();
+        render_map_each(&env, to_yaml, |text| {
+            batched.push_str(&text);
+            Ok::<_, RenderError>(())
+        })
+        .unwrap();
+        assert_eq!(batched, to_yaml(&render(&env).unwrap()));
+        for ws in ["ws-000", "ws-162"] {
+            assert!(batched.contains(&format!("tenantsync.io/workspace: {ws}\n")));
         }
     }
 

@@ -13,7 +13,7 @@ use crate::overlay::{self, OverlayError};
 use crate::render::names;
 use crate::repo::{FileTable, SourceTree};
 use crate::schema::{self, SchemaKind};
-use crate::yaml::{self, Key, Limits, Node, Value};
+use crate::yaml::{self, FileId, Key, Limits, Node, Value};
 
 /// The folder of a repository that holds the layers.
 pub const ENVIRONMENTS_DIR: &str = "environments";
@@ -50,12 +50,18 @@ pub struct Repository {
 }
 
 /// Parses every declaration of the tree.
+///
+/// Files are parsed and checked against their schema on all cores (each on
+/// its own: the work that grows with the number of workspaces); what they
+/// add to their layers is then taken in path order, so the result and the
+/// order of problems do not depend on the threads.
 pub fn load(tree: &SourceTree) -> Repository {
     let mut repo = Repository {
         problems: tree.problems().to_vec(),
         ..Repository::default()
     };
     let prefix = format!("{ENVIRONMENTS_DIR}/");
+    let mut jobs: Vec<Job<'_>> = Vec::new();
     for path in tree.paths() {
         let Some(rest) = path.strip_prefix(&prefix) else {
             continue;
@@ -73,46 +79,54 @@ pub fn load(tree: &SourceTree) -> Repository {
         if !is_yaml {
             continue;
         }
-        let layer_name = layer_name.to_string();
         let role = if inner == ENVIRONMENT_FILE {
-            Role::Environment
+            Some(Role::Environment)
         } else if inner.starts_with(&format!("{WORKSPACES_DIR}/")) {
-            Role::Workspace
+            Some(Role::Workspace)
         } else if inner.starts_with(&format!("{RESOURCES_DIR}/")) {
-            Role::Resource
+            Some(Role::Resource)
         } else {
-            repo.layers
-                .entry(layer_name)
-                .or_default()
-                .problems
-                .push(at_file(
-                    path,
-                    "unexpected file: a layer holds environment.yaml, workspaces/*.yaml and resources/*.yaml",
-                ));
+            None
+        };
+        jobs.push(Job {
+            layer_name,
+            path,
+            role,
+            id: repo.files.add(path),
+            bytes: tree.get(path).unwrap_or_default(),
+        });
+    }
+    // A thread costs more than a few files do.
+    let checked = if jobs.len() < 64 {
+        jobs.iter()
+            .map(|job| check_file(job, &repo.files))
+            .collect()
+    } else {
+        crate::par::map(&jobs, |job| check_file(job, &repo.files))
+    };
+    for (job, (parsed, checks)) in jobs.iter().zip(checked) {
+        let layer_name = job.layer_name.to_string();
+        let layer = repo.layers.entry(layer_name.clone()).or_default();
+        let Some(role) = job.role else {
+            layer.problems.push(at_file(
+                job.path,
+                "unexpected file: a layer holds environment.yaml, workspaces/*.yaml and resources/*.yaml",
+            ));
             continue;
         };
-        let bytes = tree.get(path).unwrap_or_default();
-        let id = repo.files.add(path);
-        let parsed =
-            yaml::decode_utf8(id, bytes).and_then(|text| yaml::parse(id, text, Limits::default()));
-        let layer = repo.layers.entry(layer_name.clone()).or_default();
         let node = match parsed {
-            Ok(node) => node,
-            Err(e) => {
+            Some(Ok(node)) => node,
+            Some(Err(e)) => {
                 layer.problems.push(repo.files.diag(e.pos, None, e.message));
                 layer.unreadable_workspace |= matches!(role, Role::Workspace);
                 continue;
             }
+            None => continue,
         };
+        layer.problems.extend(checks);
         let doc = Doc { node };
         match role {
             Role::Environment => {
-                // `null` deletes an inherited setting: not a schema error.
-                layer.problems.extend(schema::validate(
-                    SchemaKind::Environment,
-                    &overlay::without_deletions(&doc.node),
-                    &repo.files,
-                ));
                 if let Some(name) = doc.node.get("metadata").and_then(|m| m.get("name"))
                     && name.as_str().is_some_and(|n| n != layer_name)
                 {
@@ -135,29 +149,10 @@ pub fn load(tree: &SourceTree) -> Repository {
                 }
                 layer.env = Some(doc);
             }
-            Role::Resource => {
-                layer
-                    .problems
-                    .extend(check_manifest(&doc.node, &repo.files));
-                layer.resources.push(doc);
-            }
+            Role::Resource => layer.resources.push(doc),
             Role::Workspace => match doc.node.get("kind").and_then(Node::as_str) {
-                Some("Workspace") => {
-                    layer.problems.extend(schema::validate(
-                        SchemaKind::Workspace,
-                        &doc.node,
-                        &repo.files,
-                    ));
-                    layer.workspaces.push(doc);
-                }
-                Some("WorkspacePatch") => {
-                    layer.problems.extend(schema::validate(
-                        SchemaKind::WorkspacePatch,
-                        &doc.node,
-                        &repo.files,
-                    ));
-                    layer.patches.push(doc);
-                }
+                Some("Workspace") => layer.workspaces.push(doc),
+                Some("WorkspacePatch") => layer.patches.push(doc),
                 other => {
                     let pos = doc.node.get("kind").map_or(doc.node.pos, |k| k.pos);
                     let found = other.map_or_else(|| "none".to_string(), |k| format!("`{k}`"));
@@ -187,10 +182,52 @@ pub fn load(tree: &SourceTree) -> Repository {
     repo
 }
 
+#[derive(Clone, Copy)]
 enum Role {
     Environment,
     Workspace,
     Resource,
+}
+
+/// One file of a layer, to parse and check.
+struct Job<'a> {
+    layer_name: &'a str,
+    path: &'a str,
+    /// `None`: a file a layer does not hold.
+    role: Option<Role>,
+    id: FileId,
+    bytes: &'a [u8],
+}
+
+/// A file parsed (`None` when it is not read) and its own problems: its
+/// schema's, or a manifest's.
+type Checked = (Option<Result<Node, yaml::YamlError>>, Vec<Diagnostic>);
+
+fn check_file(job: &Job<'_>, files: &FileTable) -> Checked {
+    let Some(role) = job.role else {
+        return (None, Vec::new());
+    };
+    let node = match yaml::decode_utf8(job.id, job.bytes)
+        .and_then(|text| yaml::parse(job.id, text, Limits::default()))
+    {
+        Ok(node) => node,
+        Err(e) => return (Some(Err(e)), Vec::new()),
+    };
+    let checks = match role {
+        // `null` deletes an inherited setting: not a schema error.
+        Role::Environment => schema::validate(
+            SchemaKind::Environment,
+            &overlay::without_deletions(&node),
+            files,
+        ),
+        Role::Resource => check_manifest(&node, files),
+        Role::Workspace => match node.get("kind").and_then(Node::as_str) {
+            Some("Workspace") => schema::validate(SchemaKind::Workspace, &node, files),
+            Some("WorkspacePatch") => schema::validate(SchemaKind::WorkspacePatch, &node, files),
+            _ => Vec::new(),
+        },
+    };
+    (Some(Ok(node)), checks)
 }
 
 fn at_file(path: &str, message: impl Into<String>) -> Diagnostic {
@@ -860,5 +897,68 @@ fn without_keys(node: &Node, keys: &[&str]) -> Node {
             node.pos,
         ),
         _ => node.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ENVIRONMENT: &str = "apiVersion: tenantsync.io/v1alpha1
+kind: Environment
+metadata:
+  name: dev
+spec:
+  ingress: { domain: dev.example.com }
+  images:
+    fhir: { repository: example.azurecr.io/fhir-server, tag: '4.3.1' }
+";
+
+    fn workspace(name: &str, typo: bool) -> Vec<u8> {
+        let field = if typo { "replcas" } else { "replicas" };
+        format!(
+            "apiVersion: tenantsync.io/v1alpha1
+kind: Workspace
+metadata:
+  name: {name}
+spec:
+  fhirServices:
+    - name: main
+      {field}: 2
+"
+        )
+        .into_bytes()
+    }
+
+    /// Files are checked on several threads past a few dozen; the problems
+    /// still come in path order, each once.
+    #[test]
+    fn problems_come_in_path_order_however_many_files() {
+        for n in [10, 300] {
+            let mut tree = SourceTree::new();
+            tree.insert("environments/dev/environment.yaml", ENVIRONMENT.into());
+            for i in 0..n {
+                let name = format!("ws-{i:04}");
+                tree.insert(
+                    &format!("environments/dev/workspaces/{name}.yaml"),
+                    workspace(&name, i % 7 == 3),
+                );
+            }
+            let report = load(&tree).validate(&[]);
+            let files: Vec<&str> = report.diagnostics.iter().map(|d| d.file.as_str()).collect();
+            let expected: Vec<String> = (0..n)
+                .filter(|i| i % 7 == 3)
+                .map(|i| format!("environments/dev/workspaces/ws-{i:04}.yaml"))
+                .collect();
+            assert_eq!(files, expected, "{:?}", report.diagnostics);
+            assert!(
+                report
+                    .diagnostics
+                    .iter()
+                    .all(|d| d.message.contains("did you mean `replicas`")),
+                "{:?}",
+                report.diagnostics
+            );
+        }
     }
 }
