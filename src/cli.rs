@@ -844,7 +844,7 @@ fn write_stdout(text: &str) -> anyhow::Result<()> {
 
 fn load(repo: &std::path::Path) -> anyhow::Result<validate::Repository> {
     let tree = folder::read(repo)?;
-    Ok(validate::load(&tree))
+    Ok(validate::load_on_all_cores(&tree))
 }
 
 fn print_diagnostics(diags: &[Diagnostic]) {

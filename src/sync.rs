@@ -13,8 +13,8 @@ use serde_json::Value;
 
 use crate::inventory::{Inventory, ObjectRef};
 use crate::plan::{Change, Plan};
-pub use crate::render::{SYNC_WAVE_ANNOTATION, wave_of};
 use crate::render::{Object, ObjectKey, kind_rank};
+pub use crate::render::{SYNC_WAVE_ANNOTATION, wave_of};
 
 /// `tenantsync.io/prune: disabled` keeps an object when it is no longer declared.
 pub const PRUNE_ANNOTATION: &str = "tenantsync.io/prune";

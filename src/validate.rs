@@ -49,13 +49,23 @@ pub struct Repository {
     problems: Vec<Diagnostic>,
 }
 
-/// Parses every declaration of the tree.
-///
-/// Files are parsed and checked against their schema on all cores (each on
-/// its own: the work that grows with the number of workspaces); what they
-/// add to their layers is then taken in path order, so the result and the
-/// order of problems do not depend on the threads.
+/// Parses every declaration of the tree, on this thread: what a process
+/// that goes on to hold many objects wants (`plan`, `sync`, the daemon),
+/// since memory a worker thread allocated and freed stays with that
+/// thread's allocator arena instead of serving the objects that follow.
 pub fn load(tree: &SourceTree) -> Repository {
+    load_with(tree, false)
+}
+
+/// [`load`] on all cores, for commands that only check or print
+/// (`validate`, `render`): files are parsed and checked against their schema
+/// in parallel, each on its own; what they add to their layers is then taken
+/// in path order, so the result and the order of problems are the same.
+pub fn load_on_all_cores(tree: &SourceTree) -> Repository {
+    load_with(tree, true)
+}
+
+fn load_with(tree: &SourceTree, parallel: bool) -> Repository {
     let mut repo = Repository {
         problems: tree.problems().to_vec(),
         ..Repository::default()
@@ -97,7 +107,7 @@ pub fn load(tree: &SourceTree) -> Repository {
         });
     }
     // A thread costs more than a few files do.
-    let checked = if jobs.len() < 64 {
+    let checked = if !parallel || jobs.len() < 64 {
         jobs.iter()
             .map(|job| check_file(job, &repo.files))
             .collect()
@@ -944,7 +954,8 @@ spec:
                     workspace(&name, i % 7 == 3),
                 );
             }
-            let report = load(&tree).validate(&[]);
+            let report = load_on_all_cores(&tree).validate(&[]);
+            assert_eq!(report.diagnostics, load(&tree).validate(&[]).diagnostics);
             let files: Vec<&str> = report.diagnostics.iter().map(|d| d.file.as_str()).collect();
             let expected: Vec<String> = (0..n)
                 .filter(|i| i % 7 == 3)
