@@ -557,11 +557,11 @@ impl<'a> Planner<'a> {
             };
             changes.push(Change {
                 action: Action::Delete,
-                api_version,
-                kind,
-                namespace,
-                name,
-                workspace,
+                api_version: api_version.into(),
+                kind: kind.into(),
+                namespace: namespace.map(Into::into),
+                name: name.into(),
+                workspace: workspace.into(),
                 fields: Vec::new(),
                 diff,
             });
@@ -776,7 +776,7 @@ mod tests {
         assert!(p.changes[0].diff.contains("+kind: Deployment"));
         let del = &p.changes[1];
         assert_eq!(
-            (del.action, del.name.as_str(), del.workspace.as_str()),
+            (del.action, &*del.name, &*del.workspace),
             (Action::Delete, "old", "acme")
         );
         assert!(

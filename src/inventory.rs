@@ -16,7 +16,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::render::{MANAGED_BY, MANAGER, Object, ObjectKey};
+use crate::render::{MANAGED_BY, MANAGER, Name, Object, ObjectKey};
 
 /// The namespace holding inventories (and, later, the daemon).
 pub const SYSTEM_NAMESPACE: &str = "tenantsync-system";
@@ -33,11 +33,11 @@ pub fn name_of(environment: &str) -> String {
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ObjectRef {
-    pub api_version: String,
-    pub kind: String,
+    pub api_version: Name,
+    pub kind: Name,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub namespace: Option<String>,
-    pub name: String,
+    pub namespace: Option<Name>,
+    pub name: Name,
 }
 
 impl ObjectRef {
@@ -54,13 +54,13 @@ impl ObjectRef {
     pub fn of_live(live: &Value) -> Option<ObjectRef> {
         let meta = live.get("metadata")?;
         Some(ObjectRef {
-            api_version: live.get("apiVersion")?.as_str()?.to_string(),
-            kind: live.get("kind")?.as_str()?.to_string(),
+            api_version: live.get("apiVersion")?.as_str()?.into(),
+            kind: live.get("kind")?.as_str()?.into(),
             namespace: meta
                 .get("namespace")
                 .and_then(Value::as_str)
-                .map(str::to_string),
-            name: meta.get("name")?.as_str()?.to_string(),
+                .map(Name::from),
+            name: meta.get("name")?.as_str()?.into(),
         })
     }
 
@@ -85,18 +85,17 @@ impl ObjectRef {
 /// Kinds to list beyond the fixed ones: those of the desired objects and of
 /// the inventory (so objects of a kind no longer declared are still found).
 pub fn kinds_to_list(desired: &[Object], inventory: Option<&Inventory>) -> Vec<(String, String)> {
-    let mut kinds: BTreeSet<(String, String)> = desired
+    let mut kinds: BTreeSet<(&str, &str)> = desired
         .iter()
-        .map(|o| (o.api_version.clone(), o.kind.clone()))
+        .map(|o| (&*o.api_version, &*o.kind))
         .collect();
     if let Some(inv) = inventory {
-        kinds.extend(
-            inv.objects
-                .iter()
-                .map(|o| (o.api_version.clone(), o.kind.clone())),
-        );
+        kinds.extend(inv.objects.iter().map(|o| (&*o.api_version, &*o.kind)));
     }
-    kinds.into_iter().collect()
+    kinds
+        .into_iter()
+        .map(|(v, k)| (v.to_string(), k.to_string()))
+        .collect()
 }
 
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -187,8 +186,19 @@ impl Inventory {
             .take(64 * 1024 * 1024)
             .read_to_end(&mut json)
             .map_err(|e| corrupt(format!("cannot decompress the object list: {e}")))?;
-        let objects: BTreeSet<ObjectRef> = serde_json::from_slice(&json)
+        let listed: Vec<ObjectRef> = serde_json::from_slice(&json)
             .map_err(|e| corrupt(format!("object list is not valid JSON: {e}")))?;
+        // Kinds, API versions, namespaces and names recur: share them.
+        let mut names = crate::render::Names::default();
+        let objects = listed
+            .into_iter()
+            .map(|r| ObjectRef {
+                api_version: names.get(&r.api_version),
+                kind: names.get(&r.kind),
+                namespace: r.namespace.map(|ns| names.get(&ns)),
+                name: names.get(&r.name),
+            })
+            .collect();
         Ok(Inventory {
             environment,
             revision: data.get("revision").cloned(),

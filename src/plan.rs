@@ -4,6 +4,8 @@
 
 use serde::Serialize;
 
+use crate::render::Name;
+
 /// What happens to one object.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -48,12 +50,12 @@ pub struct FieldChange {
 #[serde(rename_all = "camelCase")]
 pub struct Change {
     pub action: Action,
-    pub api_version: String,
-    pub kind: String,
+    pub api_version: Name,
+    pub kind: Name,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub namespace: Option<String>,
-    pub name: String,
-    pub workspace: String,
+    pub namespace: Option<Name>,
+    pub name: Name,
+    pub workspace: Name,
     /// Field-level differences (updates only).
     pub fields: Vec<FieldChange>,
     /// Unified diff of the object's YAML, live (managed fields) to desired;

@@ -90,7 +90,7 @@ fn changed(plan: &Plan) -> impl Iterator<Item = &Change> {
 fn by_workspace(plan: &Plan) -> Vec<(&str, Vec<&Change>)> {
     let mut groups: Vec<(&str, Vec<&Change>)> = Vec::new();
     for c in &plan.changes {
-        match groups.iter_mut().find(|(ws, _)| *ws == c.workspace) {
+        match groups.iter_mut().find(|(ws, _)| *ws == &*c.workspace) {
             Some((_, list)) => list.push(c),
             None => groups.push((&c.workspace, vec![c])),
         }
@@ -340,7 +340,7 @@ fn table(verb: Verb, changes: &[&Change]) -> String {
 fn details(verb: Verb, c: &Change) -> String {
     let target = match &c.namespace {
         Some(ns) => format!("{ns}/{}", c.name),
-        None => c.name.clone(),
+        None => c.name.to_string(),
     };
     let fence = "`".repeat(longest_backtick_run(&c.diff).max(2) + 1);
     let mut diff = c.diff.clone();
@@ -506,11 +506,11 @@ mod tests {
     fn change(action: Action, kind: &str, name: &str, workspace: &str, diff: &str) -> Change {
         Change {
             action,
-            api_version: "v1".to_string(),
-            kind: kind.to_string(),
-            namespace: Some(format!("{workspace}-dev")),
-            name: name.to_string(),
-            workspace: workspace.to_string(),
+            api_version: "v1".into(),
+            kind: kind.into(),
+            namespace: Some(format!("{workspace}-dev").into()),
+            name: name.into(),
+            workspace: workspace.into(),
             fields: Vec::new(),
             diff: diff.to_string(),
         }

@@ -109,14 +109,35 @@ pub fn wave_of(body: &Value) -> i32 {
 /// name. Sets and maps of keys keep pairing objects linear at any size.
 pub type ObjectKey<'a> = (&'a str, Option<&'a str>, &'a str);
 
+/// A name in an object's identity (kind, API version, namespace, name,
+/// workspace). Shared: the same few kinds and names, and each workspace's
+/// namespace, recur across tens of thousands of objects, their changes and
+/// their inventory entries, which then hold a pointer each, not a copy.
+pub type Name = std::sync::Arc<str>;
+
+/// Hands out one shared [`Name`] per distinct string.
+#[derive(Debug, Default)]
+pub struct Names(std::collections::HashSet<Name>);
+
+impl Names {
+    pub fn get(&mut self, s: &str) -> Name {
+        if let Some(name) = self.0.get(s) {
+            return name.clone();
+        }
+        let name = Name::from(s);
+        self.0.insert(name.clone());
+        name
+    }
+}
+
 /// One rendered object and its identity.
 #[derive(Clone, Debug, Serialize)]
 pub struct Object {
-    pub api_version: String,
-    pub kind: String,
-    pub namespace: Option<String>,
-    pub name: String,
-    pub workspace: String,
+    pub api_version: Name,
+    pub kind: Name,
+    pub namespace: Option<Name>,
+    pub name: Name,
+    pub workspace: Name,
     /// Sync wave (annotation `tenantsync.io/sync-wave`, default 0).
     pub wave: i32,
     /// The full object as compact JSON text, as sent to the API server. Text,
@@ -146,14 +167,14 @@ impl Object {
     /// An object of `workspace` from its body; its identity and sync wave are
     /// read from it. `None` without a kind, an apiVersion or a name.
     pub fn from_value(workspace: &str, body: &Value) -> Option<Object> {
-        let text = |v: &Value| v.as_str().map(str::to_string);
+        let text = |v: &Value| v.as_str().map(Name::from);
         let meta = body.get("metadata")?;
         Some(Object {
             api_version: text(body.get("apiVersion")?)?,
             kind: text(body.get("kind")?)?,
             namespace: meta.get("namespace").and_then(text),
             name: text(meta.get("name")?)?,
-            workspace: workspace.to_string(),
+            workspace: Name::from(workspace),
             wave: wave_of(body),
             body: serde_json::value::to_raw_value(body).ok()?,
         })
@@ -296,6 +317,7 @@ struct Ctx<'a> {
     namespace: String,
     out: Vec<Object>,
     error: Option<RenderError>,
+    names: Names,
 }
 
 impl Ctx<'_> {
@@ -327,16 +349,16 @@ impl Ctx<'_> {
     }
 
     fn push<T: Resource + Serialize>(&mut self, object: &T, namespaced: bool, name: &str) {
-        let namespace = namespaced.then(|| self.namespace.clone());
+        let namespace = namespaced.then(|| self.names.get(&self.namespace));
         // k8s-openapi writes apiVersion and kind (from `Resource`) itself.
         match serde_json::value::to_raw_value(object) {
             Ok(body) => {
                 self.out.push(Object {
-                    api_version: T::API_VERSION.to_string(),
-                    kind: T::KIND.to_string(),
+                    api_version: self.names.get(T::API_VERSION),
+                    kind: self.names.get(T::KIND),
                     namespace,
-                    name: name.to_string(),
-                    workspace: self.ws.to_string(),
+                    name: self.names.get(name),
+                    workspace: self.names.get(self.ws),
                     wave: 0,
                     body,
                 });
@@ -387,8 +409,9 @@ pub fn render_each<E: From<RenderError>>(
     mut each: impl FnMut(Vec<Object>) -> Result<(), E>,
 ) -> Result<(), E> {
     each(environment_resources(env))?;
+    let mut names = Names::default();
     for ws in sorted_workspaces(env) {
-        each(render_workspace(env, ws)?)?;
+        each(render_workspace_with(env, ws, &mut names)?)?;
     }
     Ok(())
 }
@@ -417,9 +440,9 @@ pub fn render_map_each<T: Send, E: From<RenderError>>(
     for round in workspaces.chunks(CHUNK * threads) {
         let batches: Vec<&[&Workspace]> = round.chunks(CHUNK).collect();
         let results = crate::par::map(&batches, |batch| {
-            let mut objects = Vec::new();
+            let (mut objects, mut names) = (Vec::new(), Names::default());
             for ws in *batch {
-                objects.extend(render_workspace(env, ws)?);
+                objects.extend(render_workspace_with(env, ws, &mut names)?);
             }
             Ok::<_, RenderError>(map(&objects))
         });
@@ -466,12 +489,22 @@ fn environment_resources(env: &Environment) -> Vec<Object> {
 
 /// Renders one workspace.
 pub fn render_workspace(env: &Environment, ws: &Workspace) -> Result<Vec<Object>, RenderError> {
+    render_workspace_with(env, ws, &mut Names::default())
+}
+
+/// [`render_workspace`], with the objects' names shared through `names`.
+fn render_workspace_with(
+    env: &Environment,
+    ws: &Workspace,
+    names: &mut Names,
+) -> Result<Vec<Object>, RenderError> {
     let mut cx = Ctx {
         env,
         ws: &ws.metadata.name,
         namespace: env.namespace_of(&ws.metadata.name),
         out: Vec::new(),
         error: None,
+        names: std::mem::take(names),
     };
     let mut ns_labels = cx.labels("workspace", &ws.metadata.name, "namespace");
     ns_labels.extend(ws.metadata.labels.clone());
@@ -751,6 +784,7 @@ pub fn render_workspace(env: &Environment, ws: &Workspace) -> Result<Vec<Object>
         }
     }
 
+    *names = cx.names;
     if let Some(e) = cx.error {
         return Err(e);
     }
@@ -1326,7 +1360,7 @@ mod tests {
             },
         }]);
         let objects = render(&env).unwrap();
-        let kinds: Vec<_> = objects.iter().map(|o| o.kind.as_str()).collect();
+        let kinds: Vec<_> = objects.iter().map(|o| &*o.kind).collect();
         assert_eq!(
             kinds,
             [
@@ -1345,9 +1379,9 @@ mod tests {
             assert_eq!(labels[MANAGED_BY], "tenantsync", "{}", o.id());
             assert_eq!(labels[ENVIRONMENT_LABEL], "dev", "{}", o.id());
             assert_eq!(labels[WORKSPACE_LABEL], "acme", "{}", o.id());
-            assert_eq!(o.value()["apiVersion"], o.api_version.as_str());
+            assert_eq!(o.value()["apiVersion"], &*o.api_version);
         }
-        let deploy = objects.iter().find(|o| o.kind == "Deployment").unwrap();
+        let deploy = objects.iter().find(|o| &*o.kind == "Deployment").unwrap();
         assert_eq!(deploy.namespace.as_deref(), Some("acme-dev"));
         assert_eq!(
             deploy.value()["spec"]["strategy"]["rollingUpdate"]["maxSurge"],
@@ -1359,7 +1393,7 @@ mod tests {
         );
         let container = &deploy.value()["spec"]["template"]["spec"]["containers"][0];
         assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/health");
-        let ingress = objects.iter().find(|o| o.kind == "Ingress").unwrap();
+        let ingress = objects.iter().find(|o| &*o.kind == "Ingress").unwrap();
         assert_eq!(
             ingress.value()["spec"]["rules"][0]["host"],
             "api.fhir.acme.local"
@@ -1388,7 +1422,7 @@ mod tests {
             let objects = render(env).unwrap();
             let d = objects
                 .iter()
-                .find(|o| o.kind == "Deployment")
+                .find(|o| &*o.kind == "Deployment")
                 .unwrap()
                 .clone();
             d.value()["spec"]["template"]["metadata"]["annotations"][CONFIG_HASH_ANNOTATION].clone()
@@ -1399,7 +1433,7 @@ mod tests {
             !render(&ws("R4", 1))
                 .unwrap()
                 .iter()
-                .any(|o| o.kind == "PodDisruptionBudget")
+                .any(|o| &*o.kind == "PodDisruptionBudget")
         );
     }
 
@@ -1418,7 +1452,7 @@ mod tests {
             render(env)
                 .unwrap()
                 .iter()
-                .filter(|o| o.name == names::IOT_SHARED)
+                .filter(|o| &*o.name == names::IOT_SHARED)
                 .count()
         };
         assert_eq!(shared(&env), 0);

@@ -155,8 +155,8 @@ pub fn steps<'a>(
             .prune
             .iter()
             .flatten()
-            .filter(|r| r.kind == "Namespace")
-            .map(|r| r.name.as_str())
+            .filter(|r| &*r.kind == "Namespace")
+            .map(|r| &*r.name)
             .collect();
         let share = count * 100 / inventory.objects.len().max(1);
         if !namespaces.is_empty() {
@@ -254,7 +254,7 @@ mod tests {
         let order: Vec<Vec<&str>> = s
             .stages
             .iter()
-            .map(|st| st.objects.iter().map(|o| o.name.as_str()).collect())
+            .map(|st| st.objects.iter().map(|o| &*o.name).collect())
             .collect();
         assert_eq!(
             order,
@@ -321,7 +321,7 @@ mod tests {
                 vec!["Namespace/gone"]
             ]
         );
-        assert!(s.prune.iter().flatten().all(|r| r.name != "by-hand"));
+        assert!(s.prune.iter().flatten().all(|r| &*r.name != "by-hand"));
         // Without --prune nothing is deleted.
         let s = steps(&plan, &desired, Some(&inv), &live, &options(false)).unwrap();
         assert!(s.prune.is_empty());

@@ -31,7 +31,7 @@ fn object(api_version: &str, kind: &str, namespace: Option<&str>, name: &str) ->
     ObjectRef {
         api_version: api_version.into(),
         kind: kind.into(),
-        namespace: namespace.map(str::to_string),
+        namespace: namespace.map(Into::into),
         name: name.into(),
     }
 }

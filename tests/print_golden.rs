@@ -104,11 +104,11 @@ spec:
 fn object(action: Action, api_version: &str, kind: &str, ws: &str, name: &str) -> Change {
     Change {
         action,
-        api_version: api_version.to_string(),
-        kind: kind.to_string(),
-        namespace: Some(format!("{ws}-dev")),
-        name: name.to_string(),
-        workspace: ws.to_string(),
+        api_version: api_version.into(),
+        kind: kind.into(),
+        namespace: Some(format!("{ws}-dev").into()),
+        name: name.into(),
+        workspace: ws.into(),
         fields: Vec::new(),
         diff: String::new(),
     }

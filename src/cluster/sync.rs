@@ -119,12 +119,12 @@ pub async fn wait_for_health(
     let mut objects = Vec::new();
     for ((r, h), o) in results.into_iter().zip(desired) {
         workspaces
-            .entry(o.workspace.clone())
+            .entry(o.workspace.to_string())
             .or_default()
             .push(h.clone());
         objects.push(ObjectHealth {
             id: r.id(),
-            workspace: o.workspace.clone(),
+            workspace: o.workspace.to_string(),
             status: h.status,
             message: h.message,
         });
@@ -217,13 +217,13 @@ pub async fn sync(
     let new_namespaces: BTreeSet<&str> = plan
         .changes
         .iter()
-        .filter(|c| c.kind == "Namespace" && c.action == Action::Create)
-        .map(|c| c.name.as_str())
+        .filter(|c| &*c.kind == "Namespace" && c.action == Action::Create)
+        .map(|c| &*c.name)
         .collect();
     // Kinds whose CRD this sync creates: a dry run cannot send their objects.
     let new_kinds: BTreeSet<(String, String)> = desired
         .iter()
-        .filter(|o| o.kind == "CustomResourceDefinition")
+        .filter(|o| &*o.kind == "CustomResourceDefinition")
         .filter(|o| {
             plan.changes
                 .iter()
@@ -241,7 +241,7 @@ pub async fn sync(
     for stage in &steps.stages {
         progress(Progress::Stage {
             wave: stage.wave,
-            kind: stage.objects.first().map_or("", |o| o.kind.as_str()),
+            kind: stage.objects.first().map_or("", |o| &*o.kind),
             objects: stage.objects.len(),
         });
         let (unsendable, sendable): (Vec<&Object>, Vec<&Object>) =
@@ -252,7 +252,7 @@ pub async fn sync(
                         .namespace
                         .as_deref()
                         .is_some_and(|ns| new_namespaces.contains(ns))
-                        || new_kinds.contains(&(group.to_string(), o.kind.clone())))
+                        || new_kinds.contains(&(group.to_string(), o.kind.to_string())))
             });
         for o in unsendable {
             report.created.push(o.id());
@@ -271,7 +271,7 @@ pub async fn sync(
                 in_flight.push_back(applied(cluster, next, options));
             }
             // Objects of a CRD's kind wait until it is Established.
-            if o.kind == "CustomResourceDefinition"
+            if &*o.kind == "CustomResourceDefinition"
                 && result.is_ok()
                 && !options.dry_run
                 && !cluster.wait_established(&o.name, ESTABLISH_TIMEOUT).await?

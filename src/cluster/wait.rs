@@ -18,6 +18,7 @@ use super::{Cluster, ClusterError, api_resource};
 use crate::health::{self, Health, HealthOptions, HealthStatus};
 use crate::inventory::ObjectRef;
 use crate::render;
+use crate::render::Name;
 
 /// Time between two reads of an object not yet healthy.
 pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
@@ -113,7 +114,7 @@ pub async fn wait_healthy(
 async fn resolve_kinds(
     cluster: &Cluster,
     objects: &[ObjectRef],
-) -> Result<HashMap<(String, String), (ApiResource, bool)>, ClusterError> {
+) -> Result<HashMap<(Name, Name), (ApiResource, bool)>, ClusterError> {
     let mut out = HashMap::new();
     for r in objects {
         let key = (r.api_version.clone(), r.kind.clone());
@@ -186,8 +187,8 @@ async fn read_health(
     })?;
     // The rules go by kind; make sure it is there whatever the response held.
     if let Some(map) = value.as_object_mut() {
-        map.insert("kind".into(), r.kind.clone().into());
-        map.insert("apiVersion".into(), r.api_version.clone().into());
+        map.insert("kind".into(), r.kind.to_string().into());
+        map.insert("apiVersion".into(), r.api_version.to_string().into());
     }
     Ok(health::assess(&value, options))
 }

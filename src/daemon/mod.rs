@@ -660,7 +660,7 @@ async fn reconcile(
 fn drift_by_workspace(plan: &Plan) -> BTreeMap<String, usize> {
     let mut out: BTreeMap<String, usize> = BTreeMap::new();
     for c in &plan.changes {
-        let n = out.entry(c.workspace.clone()).or_default();
+        let n = out.entry(c.workspace.to_string()).or_default();
         if c.action != Action::Unchanged {
             *n += 1;
         }
