@@ -10,12 +10,10 @@
 //! - when a declared field has another value live, the field manager that
 //!   owns the live value is named (`kubectl`, `kubectl-edit`, ...).
 
-use std::collections::HashSet;
-
 use serde_json::{Map, Value};
 use similar::TextDiff;
 
-use crate::inventory::{Inventory, ObjectRef};
+use crate::inventory::Inventory;
 use crate::plan::{Action, Change, FieldAction, FieldChange, PLAN_FORMAT_VERSION, Plan, Summary};
 use crate::render::{self, Object, ObjectKey, WORKSPACE_LABEL};
 
@@ -524,8 +522,7 @@ impl<'a> Planner<'a> {
         {
             changes.push(diff_object(d, None, self.diffs));
         }
-        let inventoried: Option<HashSet<ObjectKey<'_>>> =
-            inventory.map(|inv| inv.objects.iter().map(ObjectRef::key).collect());
+        let inventoried = inventory.map(Inventory::keys);
         for l in &self.orphans {
             let Some((kind, namespace, name)) = key_of(l) else {
                 continue;
@@ -790,7 +787,8 @@ mod tests {
         let p = plan("dev", &desired, &[orphan.clone()], Some(&empty), None, 3);
         assert_eq!(p.summary.delete, 0);
         let mut inv = Inventory::new("dev");
-        inv.objects.insert(ObjectRef::of_live(&orphan).unwrap());
+        inv.objects
+            .insert(crate::inventory::ObjectRef::of_live(&orphan).unwrap());
         let p = plan("dev", &desired, &[orphan], Some(&inv), None, 3);
         assert_eq!(p.summary.delete, 1);
     }

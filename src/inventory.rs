@@ -7,7 +7,7 @@
 //! The object list is gzip-compressed JSON in `binaryData`, so environments
 //! with thousands of workspaces stay far below the 1 MiB object size limit.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::io::{Read, Write};
 
 use k8s_openapi::ByteString;
@@ -75,11 +75,6 @@ impl ObjectRef {
     pub fn key(&self) -> ObjectKey<'_> {
         (&self.kind, self.namespace.as_deref(), &self.name)
     }
-
-    /// Same object, whatever the API version it is served at.
-    pub fn same_object(&self, other: &ObjectRef) -> bool {
-        self.key() == other.key()
-    }
 }
 
 /// Kinds to list beyond the fixed ones: those of the desired objects and of
@@ -125,8 +120,10 @@ impl Inventory {
         }
     }
 
-    pub fn contains(&self, r: &ObjectRef) -> bool {
-        self.objects.iter().any(|o| o.same_object(r))
+    /// The recorded objects' keys (whatever their API version), to look
+    /// objects up in: the set itself is ordered by API version first.
+    pub fn keys(&self) -> HashSet<ObjectKey<'_>> {
+        self.objects.iter().map(ObjectRef::key).collect()
     }
 
     /// The ConfigMap that stores this inventory.
@@ -253,13 +250,13 @@ mod tests {
     }
 
     #[test]
-    fn same_object_ignores_the_api_version() {
+    fn keys_ignore_the_api_version() {
         let a = r("Deployment", Some("n"), "x");
         let mut b = a.clone();
         b.api_version = "apps/v1".into();
         let mut inv = Inventory::new("dev");
         inv.objects.insert(a);
-        assert!(inv.contains(&b));
-        assert!(!inv.contains(&r("Deployment", Some("m"), "x")));
+        assert!(inv.keys().contains(&b.key()));
+        assert!(!inv.keys().contains(&r("Deployment", Some("m"), "x").key()));
     }
 }

@@ -202,8 +202,9 @@ pub async fn sync(
 
     // 1. Widen the inventory before creating anything.
     let mut widened = old.clone();
+    let recorded = old.keys();
     for r in &desired_refs {
-        if !widened.contains(r) {
+        if !recorded.contains(&r.key()) {
             widened.objects.insert(r.clone());
         }
     }
