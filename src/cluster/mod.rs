@@ -8,6 +8,7 @@ use std::time::Duration;
 use std::collections::HashMap;
 use std::sync::Mutex;
 
+use futures::AsyncReadExt;
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, ListParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::discovery::Scope;
@@ -17,6 +18,7 @@ use serde_json::Value;
 use crate::render::{self, ManagedKind};
 
 pub mod apply;
+mod list;
 pub mod sync;
 pub mod wait;
 
@@ -31,8 +33,10 @@ pub struct ClusterOptions {
 /// Connect and request timeouts: an unreachable API server fails fast.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 pub const READ_TIMEOUT: Duration = Duration::from_secs(30);
-/// Page size of LIST requests.
-pub const PAGE_SIZE: u32 = 500;
+/// Page size of LIST requests. Large, so that an environment's objects of
+/// one kind take one request up to thousands of workspaces: a page is read
+/// an item at a time (`list`), so it costs little more memory than its text.
+pub const PAGE_SIZE: u32 = 3000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
@@ -275,24 +279,41 @@ impl Cluster {
             format!("{}.{}", resource.plural, resource.group)
         };
         let mut params = ListParams::default().labels(selector).limit(PAGE_SIZE);
+        let request = kube::core::Request::new(api.resource_url());
         loop {
+            let http = request.list(&params).map_err(|e| ClusterError::Api {
+                server: self.server.clone(),
+                verb: "list".into(),
+                resource: resource_name.clone(),
+                message: format!("cannot build the request: {e}"),
+                code: 0,
+            })?;
             self.count(false);
-            let page = api
-                .list(&params)
+            // Read into one buffer (not the client's buffer, then a copy).
+            let mut text = Vec::new();
+            self.client
+                .request_stream(http)
                 .await
-                .map_err(|e| self.classify(e, "list", &resource_name))?;
-            for item in page.items {
-                let mut value = serde_json::to_value(&item).unwrap_or(Value::Null);
-                // LIST responses leave out each item's apiVersion and kind.
-                if let Some(map) = value.as_object_mut() {
-                    map.insert("apiVersion".into(), resource.api_version.clone().into());
-                    map.insert("kind".into(), kind_name.into());
-                }
-                sink(value);
-            }
-            match page.metadata.continue_ {
-                Some(token) if !token.is_empty() => params = params.continue_token(&token),
-                _ => break,
+                .map_err(|e| self.classify(e, "list", &resource_name))?
+                .read_to_end(&mut text)
+                .await
+                .map_err(|e| ClusterError::Unreachable {
+                    server: self.server.clone(),
+                    reason: format!("reading a list of {resource_name}: {e}"),
+                })?;
+            let token =
+                list::read_page(&text, &resource.api_version, kind_name, sink).map_err(|e| {
+                    ClusterError::Api {
+                        server: self.server.clone(),
+                        verb: "list".into(),
+                        resource: resource_name.clone(),
+                        message: format!("unreadable response: {e}"),
+                        code: 200,
+                    }
+                })?;
+            match token {
+                Some(token) => params = params.continue_token(&token),
+                None => break,
             }
         }
         Ok(())

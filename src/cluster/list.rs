@@ -1,0 +1,165 @@
+//! Reading a LIST response item by item.
+//!
+//! A page of a LIST is read straight from the response text into one
+//! `serde_json::Value` per item, each handed on before the next is read: no
+//! typed list, no copy of the page. So a page can be large (few requests)
+//! and still cost little more memory than its text.
+
+use std::fmt;
+
+use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde_json::Value;
+
+/// Reads one LIST response, giving each item to `sink` with the
+/// `apiVersion` and `kind` that LIST responses leave out of their items.
+/// Returns the continue token of a next page, if there is one.
+pub(crate) fn read_page(
+    text: &[u8],
+    api_version: &str,
+    kind: &str,
+    sink: &mut dyn FnMut(Value),
+) -> Result<Option<String>, serde_json::Error> {
+    let mut de = serde_json::Deserializer::from_slice(text);
+    let token = Page {
+        api_version,
+        kind,
+        sink,
+    }
+    .deserialize(&mut de)?;
+    de.end()?;
+    Ok(token.filter(|t| !t.is_empty()))
+}
+
+struct Page<'a> {
+    api_version: &'a str,
+    kind: &'a str,
+    sink: &'a mut dyn FnMut(Value),
+}
+
+#[derive(serde::Deserialize)]
+struct ListMeta {
+    #[serde(rename = "continue", default)]
+    continue_: Option<String>,
+}
+
+impl<'de> DeserializeSeed<'de> for Page<'_> {
+    type Value = Option<String>;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Page<'_> {
+    type Value = Option<String>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a Kubernetes list")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut token = None;
+        while let Some(key) = map.next_key::<std::borrow::Cow<'_, str>>()? {
+            match &*key {
+                "metadata" => token = map.next_value::<ListMeta>()?.continue_,
+                "items" => map.next_value_seed(Items {
+                    api_version: self.api_version,
+                    kind: self.kind,
+                    sink: &mut *self.sink,
+                })?,
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(token)
+    }
+}
+
+struct Items<'a> {
+    api_version: &'a str,
+    kind: &'a str,
+    sink: &'a mut dyn FnMut(Value),
+}
+
+impl<'de> DeserializeSeed<'de> for Items<'_> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Items<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a list of objects")
+    }
+
+    /// `"items": null`: an empty list.
+    fn visit_unit<E>(self) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while let Some(mut item) = seq.next_element::<Value>()? {
+            if let Some(map) = item.as_object_mut() {
+                map.insert("apiVersion".into(), self.api_version.into());
+                map.insert("kind".into(), self.kind.into());
+            }
+            (self.sink)(item);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn items_arrive_one_by_one_with_their_kind_and_the_token() {
+        let page = json!({
+            "kind": "DeploymentList",
+            "apiVersion": "apps/v1",
+            "metadata": {"resourceVersion": "7", "continue": "abc"},
+            "items": [
+                {"metadata": {"name": "a", "namespace": "n"}, "spec": {"replicas": 1}},
+                {"metadata": {"name": "b", "namespace": "n"}}
+            ]
+        })
+        .to_string();
+        let mut seen = Vec::new();
+        let token = read_page(page.as_bytes(), "apps/v1", "Deployment", &mut |v| {
+            seen.push(v)
+        })
+        .unwrap();
+        assert_eq!(token.as_deref(), Some("abc"));
+        assert_eq!(seen.len(), 2);
+        assert_eq!(seen[0]["kind"], "Deployment");
+        assert_eq!(seen[0]["apiVersion"], "apps/v1");
+        assert_eq!(seen[0]["spec"]["replicas"], 1);
+        assert_eq!(seen[1]["metadata"]["name"], "b");
+    }
+
+    #[test]
+    fn the_last_page_has_no_token_and_empty_lists_are_fine() {
+        let mut seen = 0;
+        for page in [
+            r#"{"metadata":{"resourceVersion":"9"},"items":[]}"#,
+            r#"{"metadata":{"continue":""},"items":null}"#,
+        ] {
+            let token = read_page(page.as_bytes(), "v1", "ConfigMap", &mut |_| seen += 1).unwrap();
+            assert_eq!(token, None);
+        }
+        assert_eq!(seen, 0);
+    }
+
+    #[test]
+    fn a_malformed_response_is_an_error() {
+        assert!(read_page(br#"{"items": [1, "#, "v1", "ConfigMap", &mut |_| {}).is_err());
+        assert!(read_page(br#"{"items": 3}"#, "v1", "ConfigMap", &mut |_| {}).is_err());
+    }
+}
