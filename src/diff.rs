@@ -314,6 +314,18 @@ fn project(live: &Value, desired: Option<&Value>, owned: Option<&Value>) -> Valu
     }
 }
 
+/// A live object reduced to its identity, labels and annotations.
+fn skeleton(mut live: Value) -> Value {
+    let Some(map) = live.as_object_mut() else {
+        return live;
+    };
+    map.retain(|k, _| matches!(k.as_str(), "apiVersion" | "kind" | "metadata"));
+    if let Some(meta) = map.get_mut("metadata").and_then(Value::as_object_mut) {
+        meta.retain(|k, _| matches!(k.as_str(), "name" | "namespace" | "labels" | "annotations"));
+    }
+    live
+}
+
 /// Metadata the server and controllers own; never part of a diff.
 fn strip_noise(live: &Value) -> Value {
     let mut v = live.clone();
@@ -501,6 +513,10 @@ impl<'a> Planner<'a> {
                         .push(diff_object(&self.desired[i], Some(&live), self.diffs));
                 }
             }
+            // Without diffs only the identity and metadata matter (a prune
+            // reads the sync wave and `prune: disabled`): a removed
+            // workspace's objects can number thousands.
+            None if !self.diffs => self.orphans.push(skeleton(live)),
             None => self.orphans.push(live),
         }
     }
@@ -810,7 +826,15 @@ mod tests {
             planner.observe(l.clone());
         }
         let (quiet, undeclared) = planner.finish(None, None, 0);
-        assert_eq!(undeclared, vec![orphan]);
+        // Kept as identity and metadata only.
+        assert_eq!(undeclared.len(), 1);
+        assert_eq!(undeclared[0]["metadata"]["name"], "old");
+        assert_eq!(
+            undeclared[0]["metadata"]["labels"],
+            orphan["metadata"]["labels"]
+        );
+        assert!(undeclared[0]["metadata"].get("managedFields").is_none());
+        assert!(undeclared[0].get("spec").is_none() && undeclared[0].get("status").is_none());
         // The same actions and fields as with diffs, and no diff text.
         let full = plan("dev", &desired, &live, None, None, 0);
         assert_eq!(quiet.summary, full.summary);
