@@ -52,6 +52,10 @@ fn watch_git_head() {
         git(&["rev-parse", "--absolute-git-dir"]).map(PathBuf::from),
         git(&["rev-parse", "--git-common-dir"]).map(PathBuf::from),
     ) else {
+        // No repository (a source tarball, an image build) or git failed
+        // this once: name a path that does not exist, so that Cargo runs
+        // this again on the next build instead of keeping `unknown` for good.
+        println!("cargo:rerun-if-changed=.git/HEAD-not-found");
         return;
     };
     // --git-common-dir may be relative to the package folder.
