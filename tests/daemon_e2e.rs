@@ -34,6 +34,30 @@ impl Drop for Guard {
     }
 }
 
+impl Guard {
+    /// SIGTERM, then the exit status (which must come within 15 s).
+    pub async fn terminate(&mut self) -> std::process::ExitStatus {
+        assert!(
+            Command::new("kill")
+                .args(["-TERM", &self.0.id().to_string()])
+                .status()
+                .expect("kill")
+                .success()
+        );
+        let start = Instant::now();
+        loop {
+            if let Some(code) = self.0.try_wait().expect("wait") {
+                return code;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(15),
+                "no exit within 15 s of SIGTERM"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
 fn git_daemon(base: &Path, port: u16) -> Guard {
     // git-daemon itself, not the `git daemon` wrapper, so that killing it
     // really takes the remote away.
@@ -412,25 +436,7 @@ async fn the_daemon_follows_a_git_remote_heals_drift_and_survives_bad_commits_an
     }
 
     // 7. SIGTERM: a clean exit.
-    let pid = daemon.0.id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .expect("kill")
-            .success()
-    );
-    let start = Instant::now();
-    let code = loop {
-        if let Some(code) = daemon.0.try_wait().expect("wait") {
-            break code;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(15),
-            "the daemon did not stop on SIGTERM"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let code = daemon.terminate().await;
     assert!(code.success(), "exit status {code}");
     drop(remote);
 }
@@ -514,24 +520,7 @@ async fn two_daemons_elect_one_leader_and_fail_over() {
 
     // SIGTERM: the new leader releases the Lease and exits cleanly.
     let mut last = a.take().or(b.take()).expect("the follower");
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &last.0.id().to_string()])
-            .status()
-            .expect("kill")
-            .success()
-    );
-    let start = Instant::now();
-    let code = loop {
-        if let Some(code) = last.0.try_wait().expect("wait") {
-            break code;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(15),
-            "no exit on SIGTERM"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let code = last.terminate().await;
     assert!(code.success(), "{code}");
     let lease = leases
         .get(tenantsync::daemon::leader::LEASE_NAME)

@@ -379,24 +379,7 @@ async fn deploy_service_account_is_enough_for_the_daemon_to_sync_prune_and_repor
 
     // 4. SIGTERM: a clean exit that releases the Lease. Nothing was refused
     //    along the way.
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &daemon.0.id().to_string()])
-            .status()
-            .expect("kill")
-            .success()
-    );
-    let start = Instant::now();
-    let code = loop {
-        if let Some(code) = daemon.0.try_wait().expect("wait") {
-            break code;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(15),
-            "no exit on SIGTERM"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let code = daemon.terminate().await;
     assert!(code.success(), "{code}\n{}", log_text());
     let lease = leases.get(&lease_name).await.expect("the Lease");
     assert_eq!(
