@@ -3,6 +3,7 @@
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
@@ -291,6 +292,15 @@ pub struct SyncArgs {
     /// With --wait, do not wait for Ingresses to get a load-balancer address.
     #[arg(long)]
     pub no_ingress_address_wait: bool,
+    /// Delete a removed workspace's namespace even when it holds objects
+    /// tenantsync did not make (they are deleted with it); without it such a
+    /// namespace is kept and its foreign objects are named.
+    #[arg(long)]
+    pub prune_foreign: bool,
+    /// How long to wait while another writer (a daemon, another sync) holds
+    /// the environment's lock before giving up.
+    #[arg(long, default_value = "3m", value_parser = parse_duration, value_name = "DURATION")]
+    pub lock_timeout: std::time::Duration,
 }
 
 /// Where the desired state comes from, and the cluster to compare with.
@@ -425,21 +435,73 @@ fn live_cmd(args: &LiveArgs, verb: print::Verb) -> anyhow::Result<ExitCode> {
             print::Verb::Drift => None,
         };
         let (plan, _) = planner.finish(inventory.as_ref(), revision, cluster.requests());
-        Ok::<_, crate::cluster::ClusterError>(plan)
+        // What a namespace the plan deletes holds that tenantsync never made.
+        let namespaces: Vec<String> = plan
+            .changes
+            .iter()
+            .filter(|c| c.action == Action::Delete && &*c.kind == "Namespace")
+            .map(|c| c.name.to_string())
+            .collect();
+        let foreign = match &inventory {
+            Some(inv) if !namespaces.is_empty() => {
+                cluster.foreign_objects(&namespaces, inv).await?
+            }
+            _ => Default::default(),
+        };
+        Ok::<_, crate::cluster::ClusterError>((plan, foreign))
     })?;
+    let (plan, foreign) = plan;
     let color =
         !args.no_color && std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
-    let text = match args.output {
+    let mut text = match args.output {
         PlanOutput::Text => print::text(&plan, color, verb),
         PlanOutput::Markdown => print::markdown(&plan, verb),
         PlanOutput::Json => print::json(&plan),
     };
+    if !foreign.is_empty() {
+        text = with_foreign(text, &foreign, args.output);
+    }
     write_stdout(&text)?;
     Ok(if args.detailed_exitcode && plan.summary.has_changes() {
         ExitCode::from(2)
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// The plan's text with what the namespaces it deletes hold that tenantsync
+/// did not make (kind and name only): `foreign` in JSON, a note otherwise.
+fn with_foreign(
+    text: String,
+    foreign: &std::collections::BTreeMap<String, crate::cluster::foreign::Foreign>,
+    output: PlanOutput,
+) -> String {
+    if let PlanOutput::Json = output {
+        let Ok(mut value) = serde_json::from_str::<serde_json::Value>(&text) else {
+            return text;
+        };
+        value["foreign"] = serde_json::to_value(foreign).unwrap_or_default();
+        return serde_json::to_string_pretty(&value).map_or(text, |t| t + "\n");
+    }
+    let mut out = text;
+    for (ns, f) in foreign {
+        if !f.objects.is_empty() {
+            out.push_str(&format!(
+                "\nNamespace {ns} holds {} object(s) tenantsync did not make: {}.\n\
+                 sync --prune deletes its managed objects but keeps the namespace (--prune-foreign deletes them with it).\n",
+                f.objects.len(),
+                f.objects.join(", ")
+            ));
+        }
+        if !f.unchecked_kinds.is_empty() {
+            out.push_str(&format!(
+                "\nNamespace {ns}: {} kind(s) could not be checked (no list permission): {}.\n",
+                f.unchecked_kinds.len(),
+                crate::sync::name_some(&f.unchecked_kinds)
+            ));
+        }
+    }
+    out
 }
 
 /// An environment's name and sync policy, its rendered objects, and the Git
@@ -450,12 +512,15 @@ struct DesiredState {
     sync_policy: SyncPolicy,
     objects: Vec<render::Object>,
     revision: Option<String>,
+    /// A digest of the files read (a folder's revision).
+    digest: String,
 }
 
 /// The environment's rendered objects and where they came from, or the
 /// validation errors (printed) and exit code 1.
 fn desired_state(args: &LiveArgs) -> anyhow::Result<Result<DesiredState, ExitCode>> {
     let (tree, revision) = read_source(args)?;
+    let digest = crate::daemon::revision_of(&tree, None);
     // Each stage's input goes as soon as the next stage has what it needs:
     // the files once parsed, the parsed files once resolved.
     let repository = validate::load(&tree);
@@ -468,6 +533,7 @@ fn desired_state(args: &LiveArgs) -> anyhow::Result<Result<DesiredState, ExitCod
             name: environment.name,
             sync_policy: environment.settings.sync_policy,
             revision,
+            digest,
         })),
         Err(diags) => {
             print_diagnostics(&diags);
@@ -491,6 +557,7 @@ fn sync_cmd(args: &SyncArgs) -> anyhow::Result<ExitCode> {
         sync_policy: policy,
         objects: desired,
         revision,
+        digest,
     } = match desired_state(live_args)? {
         Ok(state) => state,
         Err(code) => return Ok(code),
@@ -502,6 +569,8 @@ fn sync_cmd(args: &SyncArgs) -> anyhow::Result<ExitCode> {
         force_recreate: args.force_recreate,
         allow_mass_prune: args.allow_mass_prune,
         max_prune_percent: policy.max_prune_percent,
+        prune_foreign: args.prune_foreign,
+        lock_lost: None,
     };
     let cluster_options = ClusterOptions {
         kubeconfig: live_args.kubeconfig.clone(),
@@ -509,8 +578,41 @@ fn sync_cmd(args: &SyncArgs) -> anyhow::Result<ExitCode> {
     };
     let interactive =
         std::io::stderr().is_terminal() && !matches!(live_args.output, PlanOutput::Json);
-    let result = runtime()?.block_on(async {
-        let cluster = Cluster::connect(&cluster_options).await?;
+    let runtime = runtime()?;
+    let cluster = runtime.block_on(Cluster::connect(&cluster_options))?;
+    // One writer per environment: the lock is taken before the inventory is
+    // read, so the plan is computed under it (a dry run writes nothing and
+    // takes none).
+    let lock = if args.dry_run {
+        None
+    } else {
+        let me = crate::cluster::lock::cli_identity();
+        let taken = runtime.block_on(cluster.lock_environment(
+            &name,
+            &me,
+            args.lock_timeout,
+            |holder| {
+                eprintln!(
+                    "waiting for the lock of environment {name}: held by {holder} (up to {}s, --lock-timeout)",
+                    args.lock_timeout.as_secs()
+                )
+            },
+        ));
+        match taken {
+            Ok(lock) => Some(lock),
+            Err(crate::cluster::lock::LockError::Cluster(e)) => return Err(e.into()),
+            Err(e) => {
+                eprintln!("error: nothing was changed: {e}");
+                return Ok(ExitCode::from(1));
+            }
+        }
+    };
+    let mut options = options;
+    options.lock_lost = lock.as_ref().map(crate::cluster::lock::EnvLock::lost_flag);
+    // A folder's revision is the digest of its files, as the daemon's.
+    let revision = revision.or(Some(digest));
+    let result = runtime.block_on(async {
+        let cluster = &cluster;
         let inventory = cluster.read_inventory(&name).await?;
         let kinds = crate::inventory::kinds_to_list(&desired, inventory.as_ref());
         // A sync needs the changes, not their diff text.
@@ -538,13 +640,13 @@ fn sync_cmd(args: &SyncArgs) -> anyhow::Result<ExitCode> {
             None
         };
         let report = cluster_sync::sync(
-            &cluster,
+            cluster,
             &plan,
             &desired,
             inventory,
             &undeclared,
             &options,
-            revision,
+            revision.clone(),
             |event| match (&bar, event) {
                 (Some(bar), Progress::Stage { wave, kind, .. }) => {
                     bar.set_message(format!("wave {wave}: {kind}"))
@@ -576,20 +678,31 @@ fn sync_cmd(args: &SyncArgs) -> anyhow::Result<ExitCode> {
             let options = crate::health::HealthOptions {
                 wait_for_ingress_address: !args.no_ingress_address_wait,
             };
-            let health = cluster_sync::wait_for_health(
-                &cluster,
-                &desired,
-                &options,
-                args.timeout,
-                |r, h| {
+            let health =
+                cluster_sync::wait_for_health(cluster, &desired, &options, args.timeout, |r, h| {
                     eprintln!("{:<11} {}: {}", h.status.to_string(), r.id(), h.message);
-                },
-            )
-            .await?;
+                })
+                .await?;
             report.health = Some(health);
         }
         Ok(report)
     });
+    // The result goes into the inventory's status (as the daemon's does),
+    // then the lock is released; neither may hang on a dead API server.
+    if let Some(lock) = lock {
+        runtime.block_on(async {
+            let transport = matches!(&result, Err(SyncError::Cluster(e)) if e.is_transport())
+                || matches!(&result, Ok(r) if r.aborted.is_some());
+            if !transport {
+                let fields = cli_status_fields(&result, revision.as_deref(), &lock.identity);
+                let write = cluster.write_status(&name, &fields);
+                if let Ok(Err(e)) = tokio::time::timeout(Duration::from_secs(5), write).await {
+                    eprintln!("warning: cannot record the sync's result in the inventory: {e}");
+                }
+            }
+            let _ = tokio::time::timeout(Duration::from_secs(5), lock.release(&cluster)).await;
+        });
+    }
     let report = match result {
         Ok(report) => report,
         Err(SyncError::MassPrune(guard)) => {
@@ -608,6 +721,62 @@ fn sync_cmd(args: &SyncArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::from(1)
     })
+}
+
+/// The status fields a CLI sync records on the inventory: result, revision,
+/// time and who ran it.
+fn cli_status_fields(
+    result: &Result<cluster_sync::SyncReport, SyncError>,
+    revision: Option<&str>,
+    by: &str,
+) -> std::collections::BTreeMap<String, String> {
+    let now = k8s_openapi::jiff::Timestamp::now().to_string();
+    let (status, error) = match result {
+        Ok(r) if r.succeeded() => ("Synced", String::new()),
+        Ok(r) => ("Failed", sync_error_text(r)),
+        Err(e) => ("Failed", e.to_string()),
+    };
+    let mut fields = std::collections::BTreeMap::from([
+        ("syncStatus".to_string(), status.to_string()),
+        (
+            "lastSeenRevision".to_string(),
+            revision.unwrap_or_default().to_string(),
+        ),
+        ("lastSyncAt".to_string(), now.clone()),
+        ("lastSyncBy".to_string(), by.to_string()),
+        ("lastError".to_string(), error.chars().take(2000).collect()),
+        ("lastErrorAt".to_string(), String::new()),
+        ("targetRevision".to_string(), String::new()),
+    ]);
+    if !error.is_empty() {
+        fields.insert("lastErrorAt".into(), now);
+    }
+    fields
+}
+
+/// Why a sync did not succeed, one line per object.
+pub fn sync_error_text(r: &cluster_sync::SyncReport) -> String {
+    let mut lines: Vec<String> = Vec::new();
+    if let Some(a) = &r.aborted {
+        lines.push(a.clone());
+    }
+    lines.extend(r.failures.iter().map(|f| f.message.clone()));
+    lines.extend(r.conflicts.iter().map(|c| {
+        let fields: Vec<String> = c
+            .fields
+            .iter()
+            .map(|f| format!("{} (owned by {})", f.field, f.manager))
+            .collect();
+        format!("{}: conflict: {}", c.id, fields.join(", "))
+    }));
+    if !r.not_sent.is_empty() {
+        lines.push(format!(
+            "{} object(s) not sent: {}",
+            r.not_sent.len(),
+            crate::sync::name_some(&r.not_sent)
+        ));
+    }
+    lines.join("\n")
 }
 
 fn sync_text(r: &cluster_sync::SyncReport) -> String {
@@ -629,6 +798,32 @@ fn sync_text(r: &cluster_sync::SyncReport) -> String {
     }
     for k in &r.kept {
         out.push_str(&format!("kept: {} ({})\n", k.id, k.message));
+    }
+    for (ns, f) in &r.foreign {
+        if !f.objects.is_empty() {
+            out.push_str(&format!(
+                "namespace {ns} holds {} object(s) tenantsync did not make: {}\n",
+                f.objects.len(),
+                f.objects.join(", ")
+            ));
+        }
+        if !f.unchecked_kinds.is_empty() {
+            out.push_str(&format!(
+                "namespace {ns}: {} kind(s) could not be checked (no list permission): {}\n",
+                f.unchecked_kinds.len(),
+                crate::sync::name_some(&f.unchecked_kinds)
+            ));
+        }
+    }
+    if let Some(a) = &r.aborted {
+        out.push_str(&format!("stopped: {a}\n"));
+    }
+    if !r.not_sent.is_empty() {
+        out.push_str(&format!(
+            "not sent: {} object(s): {}\n",
+            r.not_sent.len(),
+            crate::sync::name_some(&r.not_sent)
+        ));
     }
     if let Some(why) = &r.prune_skipped {
         out.push_str(&format!("prune skipped: {why}\n"));
@@ -683,6 +878,20 @@ fn status_cmd(args: &StatusArgs) -> anyhow::Result<ExitCode> {
         );
         return Ok(ExitCode::from(1));
     };
+    // A daemon's status with no heartbeat for longer than it promised is
+    // stale: the daemon died or cannot reach the cluster.
+    let silent_for = data
+        .get("status.heartbeatAt")
+        .and_then(|t| t.parse::<k8s_openapi::jiff::Timestamp>().ok())
+        .map(|t| k8s_openapi::jiff::Timestamp::now().as_second() - t.as_second());
+    let stale_after = data
+        .get("status.staleAfterSeconds")
+        .and_then(|s| s.parse::<i64>().ok());
+    let stale = matches!((silent_for, stale_after), (Some(age), Some(limit)) if age > limit);
+    let mut data = data;
+    if stale {
+        data.insert("status.stale".into(), "true".into());
+    }
     match args.output {
         ValidateOutput::Json => {
             write_stdout(&(serde_json::to_string_pretty(&data).context("encoding JSON")? + "\n"))?
@@ -694,16 +903,40 @@ fn status_cmd(args: &StatusArgs) -> anyhow::Result<ExitCode> {
                     .filter(|v| !v.is_empty())
                     .unwrap_or("-")
             };
+            let sync_status = if stale {
+                format!(
+                    "Unknown (stale: the daemon has not reported for {}s; it last reported {})",
+                    silent_for.unwrap_or_default(),
+                    get("status.syncStatus")
+                )
+            } else if get("status.syncStatus") == "Syncing" {
+                format!("Syncing {}", get("status.targetRevision"))
+            } else {
+                get("status.syncStatus").to_string()
+            };
             let mut out = format!(
                 "environment:        {}\nsync status:        {}\napplied revision:   {}\nlast applied at:    {}\nseen revision:      {}\nobjects:            {}\ndrifted objects:    {}\n",
                 args.env,
-                get("status.syncStatus"),
+                sync_status,
                 get("revision"),
                 get("lastAppliedAt"),
                 get("status.lastSeenRevision"),
                 get("objectCount"),
                 get("status.driftedObjects"),
             );
+            if let Some(t) = data.get("status.heartbeatAt").filter(|t| !t.is_empty()) {
+                out.push_str(&format!(
+                    "daemon heartbeat:   {t} ({}s ago{})\n",
+                    silent_for.unwrap_or_default(),
+                    if stale { ", stale" } else { "" }
+                ));
+            }
+            if let Some(t) = data.get("status.lastSyncAt").filter(|t| !t.is_empty()) {
+                out.push_str(&format!(
+                    "last CLI sync:      {t} by {}\n",
+                    get("status.lastSyncBy")
+                ));
+            }
             if let Some(e) = data.get("status.lastError").filter(|e| !e.is_empty()) {
                 out.push_str(&format!(
                     "last error ({}):\n  {}\n",

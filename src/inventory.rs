@@ -205,6 +205,25 @@ impl Inventory {
     }
 }
 
+/// The inventory to write when `ours` was computed from `base` but the
+/// stored one is now `theirs` (another writer wrote meanwhile): ours, plus
+/// every object `theirs` recorded that `base` did not. An object any writer
+/// added is never dropped; one another writer removed may stay recorded
+/// (harmless: the next prune finds it gone and drops it).
+pub fn merge_concurrent(base: &Inventory, ours: &Inventory, theirs: &Inventory) -> Inventory {
+    let known = base.keys();
+    let mut merged = ours.clone();
+    let mine = ours.keys();
+    let added: Vec<ObjectRef> = theirs
+        .objects
+        .iter()
+        .filter(|r| !known.contains(&r.key()) && !mine.contains(&r.key()))
+        .cloned()
+        .collect();
+    merged.objects.extend(added);
+    merged
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -258,5 +277,22 @@ mod tests {
         inv.objects.insert(a);
         assert!(inv.keys().contains(&b.key()));
         assert!(!inv.keys().contains(&r("Deployment", Some("m"), "x").key()));
+    }
+
+    #[test]
+    fn a_concurrent_write_keeps_what_the_other_writer_added() {
+        let mut base = Inventory::new("dev");
+        base.objects.insert(r("ConfigMap", Some("a"), "old"));
+        base.objects
+            .insert(r("ConfigMap", Some("a"), "pruned-by-us"));
+        let mut ours = base.clone();
+        ours.objects
+            .remove(&r("ConfigMap", Some("a"), "pruned-by-us"));
+        ours.objects.insert(r("ConfigMap", Some("a"), "ours"));
+        let mut theirs = base.clone();
+        theirs.objects.insert(r("ConfigMap", Some("b"), "theirs"));
+        let merged = merge_concurrent(&base, &ours, &theirs);
+        let names: Vec<&str> = merged.objects.iter().map(|o| &*o.name).collect();
+        assert_eq!(names, ["old", "ours", "theirs"]);
     }
 }

@@ -7,7 +7,7 @@
 //! Prune runs after every stage applied, in the reverse order: children
 //! before their namespaces.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use serde_json::Value;
 
@@ -29,6 +29,11 @@ pub struct SyncOptions {
     /// Largest share of the inventory one sync may prune without
     /// `allow_mass_prune`, in percent.
     pub max_prune_percent: u8,
+    /// Delete a removed workspace's namespace even when it holds objects
+    /// tenantsync did not make (they go with it).
+    pub prune_foreign: bool,
+    /// Turns true when the environment's lock is lost: no write after that.
+    pub lock_lost: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
 }
 
 /// Objects applied together (concurrently).
@@ -73,6 +78,60 @@ pub fn steps<'a>(
     inventory: Option<&Inventory>,
     undeclared: &[Value],
     options: &SyncOptions,
+) -> Result<Steps<'a>, MassPrune> {
+    steps_with_foreign(
+        plan,
+        desired,
+        inventory,
+        undeclared,
+        options,
+        &BTreeMap::new(),
+    )
+}
+
+/// The namespaces (kind `Namespace`, no namespace) prune would delete: what
+/// the inventory records, nothing declares and is still live.
+pub fn namespaces_to_prune(
+    desired: &[Object],
+    inventory: &Inventory,
+    undeclared: &[Value],
+) -> Vec<String> {
+    let declared: HashSet<ObjectKey<'_>> = desired.iter().map(Object::key).collect();
+    let live: HashSet<String> = undeclared
+        .iter()
+        .filter_map(ObjectRef::of_live)
+        .filter(|r| &*r.kind == "Namespace" && r.namespace.is_none())
+        .map(|r| r.name.to_string())
+        .collect();
+    inventory
+        .objects
+        .iter()
+        .filter(|r| &*r.kind == "Namespace" && r.namespace.is_none())
+        .filter(|r| !declared.contains(&r.key()) && live.contains(&*r.name))
+        .map(|r| r.name.to_string())
+        .collect()
+}
+
+/// `ConfigMap/ns/a, Secret/ns/b` (at most ten, then how many more).
+pub fn name_some(ids: &[String]) -> String {
+    let mut text = ids.iter().take(10).cloned().collect::<Vec<_>>().join(", ");
+    if ids.len() > 10 {
+        text.push_str(&format!(" and {} more", ids.len() - 10));
+    }
+    text
+}
+
+/// [`steps`], knowing what the namespaces about to be deleted hold that
+/// tenantsync did not make (`foreign`: namespace -> `Kind/ns/name`s). Such
+/// a namespace is kept (its managed objects are still pruned) unless
+/// `options.prune_foreign`.
+pub fn steps_with_foreign<'a>(
+    plan: &Plan,
+    desired: &'a [Object],
+    inventory: Option<&Inventory>,
+    undeclared: &[Value],
+    options: &SyncOptions,
+    foreign: &BTreeMap<String, Vec<String>>,
 ) -> Result<Steps<'a>, MassPrune> {
     let mut out = Steps::default();
     // Apply: what the plan says is new or changed.
@@ -124,6 +183,23 @@ pub fn steps<'a>(
                 out.kept
                     .push((r.clone(), format!("annotated {PRUNE_ANNOTATION}: disabled")));
             }
+            Some(_)
+                if &*r.kind == "Namespace"
+                    && r.namespace.is_none()
+                    && !options.prune_foreign
+                    && foreign.get(&*r.name).is_some_and(|f| !f.is_empty()) =>
+            {
+                let held = foreign.get(&*r.name).map(Vec::as_slice).unwrap_or_default();
+                out.kept.push((
+                    r.clone(),
+                    format!(
+                        "kept because it holds {} object(s) tenantsync did not make: {}; \
+                         delete them, or sync with --prune-foreign (or syncPolicy.pruneForeign) to delete the namespace with them",
+                        held.len(),
+                        name_some(held)
+                    ),
+                ));
+            }
             Some(l) => candidates.push((r.clone(), wave_of(l))),
         }
     }
@@ -159,12 +235,41 @@ pub fn steps<'a>(
             .map(|r| &*r.name)
             .collect();
         let share = count * 100 / inventory.objects.len().max(1);
+        let kept_namespaces: Vec<&str> = out
+            .kept
+            .iter()
+            .filter(|(r, _)| &*r.kind == "Namespace" && foreign.contains_key(&*r.name))
+            .map(|(r, _)| &*r.name)
+            .collect();
+        let mut held = String::new();
+        for (ns, ids) in foreign.iter().filter(|(_, ids)| !ids.is_empty()) {
+            let fate = if options.prune_foreign {
+                "deleted with it (--prune-foreign)"
+            } else {
+                "so the namespace is kept"
+            };
+            held.push_str(&format!(
+                "; {ns} holds {} object(s) tenantsync did not make ({}), {fate}",
+                ids.len(),
+                name_some(ids)
+            ));
+        }
         if !namespaces.is_empty() {
             return Err(MassPrune {
                 message: format!(
-                    "this sync would delete the namespace(s) {} with everything in them ({} objects); \
+                    "this sync would delete the namespace(s) {} with everything in them ({} objects){held}; \
                      re-run with --allow-mass-prune if the workspace(s) really go",
                     namespaces.join(", "),
+                    count
+                ),
+            });
+        }
+        if !kept_namespaces.is_empty() {
+            return Err(MassPrune {
+                message: format!(
+                    "this sync would delete the workspace objects of namespace(s) {} ({} objects){held}; \
+                     re-run with --allow-mass-prune if the workspace(s) really go",
+                    kept_namespaces.join(", "),
                     count
                 ),
             });
@@ -229,6 +334,8 @@ mod tests {
         SyncOptions {
             prune,
             max_prune_percent: 25,
+            prune_foreign: false,
+            lock_lost: None,
             ..SyncOptions::default()
         }
     }
@@ -355,5 +462,45 @@ mod tests {
         );
         assert_eq!(s.kept.len(), 1);
         assert_eq!(s.gone.len(), 1);
+    }
+
+    #[test]
+    fn a_namespace_holding_foreign_objects_is_kept_unless_prune_foreign() {
+        let old = vec![
+            obj("Namespace", None, "gone", None),
+            obj("ConfigMap", Some("gone"), "c", None),
+        ];
+        let desired: Vec<Object> = Vec::new();
+        let live: Vec<Value> = old.iter().map(Object::value).collect();
+        let inv = inventory_of(&old);
+        assert_eq!(namespaces_to_prune(&desired, &inv, &live), ["gone"]);
+        let foreign = BTreeMap::from([(
+            "gone".to_string(),
+            vec![
+                "ConfigMap/gone/by-hand".to_string(),
+                "Secret/gone/s".to_string(),
+            ],
+        )]);
+        let plan = plan_of(&desired, Action::Unchanged);
+        let mut opts = options(true);
+        let e =
+            steps_with_foreign(&plan, &desired, Some(&inv), &live, &opts, &foreign).unwrap_err();
+        assert!(
+            e.message.contains(
+                "gone holds 2 object(s) tenantsync did not make (ConfigMap/gone/by-hand, Secret/gone/s), so the namespace is kept"
+            ),
+            "{}",
+            e.message
+        );
+        opts.allow_mass_prune = true;
+        let s = steps_with_foreign(&plan, &desired, Some(&inv), &live, &opts, &foreign).unwrap();
+        let pruned: Vec<String> = s.prune.iter().flatten().map(ObjectRef::id).collect();
+        assert_eq!(pruned, ["ConfigMap/gone/c"]);
+        assert_eq!(s.kept.len(), 1);
+        assert!(s.kept[0].1.contains("Secret/gone/s"), "{}", s.kept[0].1);
+        opts.prune_foreign = true;
+        let s = steps_with_foreign(&plan, &desired, Some(&inv), &live, &opts, &foreign).unwrap();
+        let pruned: Vec<String> = s.prune.iter().flatten().map(ObjectRef::id).collect();
+        assert_eq!(pruned, ["ConfigMap/gone/c", "Namespace/gone"]);
     }
 }

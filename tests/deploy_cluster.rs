@@ -441,7 +441,8 @@ async fn deploy_readonly_role_plans_and_drifts_but_sync_is_refused_naming_the_ve
         .expect("tenantsync status");
     assert_eq!(shown.status.code(), Some(0), "{}", text(&shown));
 
-    // sync: refused at its first write, saying which verb is missing.
+    // sync: refused at its first write (taking the environment's lock),
+    // saying which verb is missing.
     let inventories: Api<ConfigMap> =
         Api::namespaced(control_plane().client(User::Admin).await, SYSTEM);
     let inventory_name = tenantsync::inventory::name_of(&repo.env);
@@ -456,8 +457,8 @@ async fn deploy_readonly_role_plans_and_drifts_but_sync_is_refused_naming_the_ve
     assert_eq!(sync.status.code(), Some(1), "{out}");
     assert!(
         out.contains("permission denied by https://")
-            && out.contains("cannot patch Deployment")
-            && out.contains("cannot patch resource \"deployments\""),
+            && out.contains("cannot take the lock (Lease) leases tenantsync-sync-")
+            && out.contains("cannot get resource \"leases\""),
         "{out}"
     );
     assert!(

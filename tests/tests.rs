@@ -5,10 +5,13 @@
 
 mod bench_smoke;
 mod cli_meta;
+mod concurrency_cluster;
 mod container_image;
 mod control_plane;
 mod daemon_e2e;
+mod daemon_status;
 mod deploy_cluster;
+mod faults_cluster;
 mod git_source;
 mod golden;
 mod health_cluster;

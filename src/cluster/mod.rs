@@ -18,7 +18,10 @@ use serde_json::Value;
 use crate::render::{self, ManagedKind};
 
 pub mod apply;
+pub mod foreign;
 mod list;
+pub mod lock;
+pub mod store;
 pub mod sync;
 pub mod wait;
 
@@ -40,12 +43,8 @@ pub const PAGE_SIZE: u32 = 3000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
-    #[error("cannot load kubeconfig {path}")]
-    Kubeconfig {
-        path: String,
-        #[source]
-        source: kube::config::KubeconfigError,
-    },
+    #[error("cannot load kubeconfig {path}: {reason}")]
+    Kubeconfig { path: String, reason: String },
     #[error(
         "no cluster configured: no kubeconfig (KUBECONFIG, --kubeconfig, ~/.kube/config) and not running in a pod"
     )]
@@ -73,6 +72,76 @@ pub enum ClusterError {
     },
     #[error("cannot reach the Kubernetes API server at {server}: {reason}")]
     Unreachable { server: String, reason: String },
+    #[error(
+        "the API server at {server} refused the credentials of {user} (401 Unauthorized): the token or certificate is invalid or expired; renew them (or pick another --context)"
+    )]
+    Unauthorized { server: String, user: String },
+}
+
+impl ClusterError {
+    /// A failure to talk to the API server at all (connect, reset, no
+    /// answer), as opposed to an answer refusing something.
+    pub fn is_transport(&self) -> bool {
+        matches!(self, ClusterError::Unreachable { .. })
+    }
+
+    /// A 403 for want of a permission (RBAC), not one about this object
+    /// (the API server also answers 403 to a write into a namespace being
+    /// deleted).
+    pub fn is_permission(&self) -> bool {
+        matches!(self, ClusterError::Forbidden { message, .. } if !message.contains("being terminated"))
+    }
+}
+
+/// A kubeconfig error, once (kube's errors repeat their source in their own
+/// text), with the file and line of a YAML error.
+fn kubeconfig_error(path: &str, e: &kube::config::KubeconfigError) -> ClusterError {
+    if let kube::config::KubeconfigError::Parse(yaml) = e {
+        let location = yaml.location();
+        let text = yaml.to_string();
+        // Only the message: its caret snippet names no file.
+        let message = text.lines().next().unwrap_or("").trim();
+        let reason = match location {
+            Some(l) => format!(
+                "{path}:{}:{}: invalid YAML: {message}",
+                l.line(),
+                l.column()
+            ),
+            None => format!("invalid YAML: {message}"),
+        };
+        return ClusterError::Kubeconfig {
+            path: path.into(),
+            reason,
+        };
+    }
+    // `failed to X: <source>` already holds its source: said once.
+    let mut reason = error_chain(e);
+    if reason.is_empty() {
+        reason = "unknown error".into();
+    }
+    ClusterError::Kubeconfig {
+        path: path.into(),
+        reason,
+    }
+}
+
+/// `user U (context C)` of a kubeconfig, for messages.
+fn user_of(kubeconfig: Option<&Kubeconfig>, context: Option<&str>) -> String {
+    let Some(kc) = kubeconfig else {
+        return "this pod's service account".into();
+    };
+    let context = context
+        .map(str::to_string)
+        .or_else(|| kc.current_context.clone())
+        .unwrap_or_default();
+    let user = kc
+        .contexts
+        .iter()
+        .find(|c| c.name == context)
+        .and_then(|c| c.context.as_ref())
+        .and_then(|c| c.user.clone())
+        .unwrap_or_else(|| "?".into());
+    format!("user {user} (context {context})")
 }
 
 /// A connection to one cluster, counting the requests it makes.
@@ -83,6 +152,8 @@ pub struct Cluster {
     writes: AtomicU32,
     /// Kinds found by discovery (those outside [`render::MANAGED_KINDS`]).
     discovered: Mutex<HashMap<(String, String), (ApiResource, bool)>>,
+    /// `user U (context C)`, for a refused credential's message.
+    user: String,
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {
@@ -90,7 +161,7 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     let mut source = e.source();
     while let Some(s) = source {
         let text = s.to_string();
-        if !parts.iter().any(|p| p.contains(&text)) {
+        if !text.is_empty() && !parts.iter().any(|p| p.contains(&text)) {
             parts.push(text);
         }
         source = s.source();
@@ -104,27 +175,29 @@ impl Cluster {
             context: options.context.clone(),
             ..KubeConfigOptions::default()
         };
-        let mut config = match (&options.kubeconfig, &options.context) {
+        let (mut config, user) = match (&options.kubeconfig, &options.context) {
             (Some(path), _) => {
-                let file =
-                    Kubeconfig::read_from(path).map_err(|source| ClusterError::Kubeconfig {
-                        path: path.display().to_string(),
-                        source,
-                    })?;
-                Config::from_custom_kubeconfig(file, &kube_options)
+                let shown = path.display().to_string();
+                let file = Kubeconfig::read_from(path).map_err(|e| kubeconfig_error(&shown, &e))?;
+                let user = user_of(Some(&file), options.context.as_deref());
+                let config = Config::from_custom_kubeconfig(file, &kube_options)
                     .await
-                    .map_err(|source| ClusterError::Kubeconfig {
-                        path: path.display().to_string(),
-                        source,
-                    })?
+                    .map_err(|e| kubeconfig_error(&shown, &e))?;
+                (config, user)
             }
-            (None, Some(_)) => Config::from_kubeconfig(&kube_options)
-                .await
-                .map_err(|source| ClusterError::Kubeconfig {
-                    path: "from KUBECONFIG or ~/.kube/config".into(),
-                    source,
-                })?,
-            (None, None) => Config::infer().await.map_err(|_| ClusterError::Infer)?,
+            (None, Some(_)) => {
+                let shown = "from KUBECONFIG or ~/.kube/config";
+                let file = Kubeconfig::read().ok();
+                let config = Config::from_kubeconfig(&kube_options)
+                    .await
+                    .map_err(|e| kubeconfig_error(shown, &e))?;
+                (config, user_of(file.as_ref(), options.context.as_deref()))
+            }
+            (None, None) => {
+                let config = Config::infer().await.map_err(|_| ClusterError::Infer)?;
+                let file = Kubeconfig::read().ok();
+                (config, user_of(file.as_ref(), None))
+            }
         };
         config.connect_timeout = Some(CONNECT_TIMEOUT);
         config.read_timeout = Some(READ_TIMEOUT);
@@ -143,6 +216,7 @@ impl Cluster {
             requests: AtomicU32::new(0),
             writes: AtomicU32::new(0),
             discovered: Mutex::new(HashMap::new()),
+            user,
         })
     }
 
@@ -173,6 +247,10 @@ impl Cluster {
 
     pub(crate) fn classify(&self, e: kube::Error, verb: &str, resource: &str) -> ClusterError {
         match e {
+            kube::Error::Api(status) if status.code == 401 => ClusterError::Unauthorized {
+                server: self.server.clone(),
+                user: self.user.clone(),
+            },
             kube::Error::Api(status) if status.code == 403 => ClusterError::Forbidden {
                 server: self.server.clone(),
                 verb: verb.into(),

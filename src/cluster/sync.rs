@@ -7,7 +7,8 @@
 //! A sync killed at any point therefore leaves an inventory that covers every
 //! object tenantsync created, and the next sync converges from there.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -27,6 +28,12 @@ use crate::sync::{self, MassPrune, SyncOptions};
 pub const APPLY_CONCURRENCY: usize = 8;
 const RECREATE_TIMEOUT: Duration = Duration::from_secs(60);
 const ESTABLISH_TIMEOUT: Duration = Duration::from_secs(60);
+/// Consecutive transport failures (connect timeouts, resets, no answer)
+/// after which a sync stops sending: the API server is down or frozen.
+pub const MAX_TRANSPORT_FAILURES: usize = 3;
+/// A write with no answer after this long counts as a transport failure
+/// (a frozen API server accepts connections and never answers).
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(15);
 
 #[derive(Clone, Debug, Serialize)]
 pub struct Conflict {
@@ -66,6 +73,18 @@ pub struct SyncReport {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub not_validated: Vec<String>,
     pub inventory_written: bool,
+    /// Why the sync stopped before the end (the API server stopped
+    /// answering); what was not sent is in `notSent`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub aborted: Option<String>,
+    /// Objects not written: the sync stopped, or their verb and kind were
+    /// refused (403) for an earlier object.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub not_sent: Vec<String>,
+    /// Per namespace about to be deleted: what it holds that tenantsync did
+    /// not make (kind/name only; Secret contents are never read).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub foreign: BTreeMap<String, super::foreign::Foreign>,
     /// With `--wait`: health after the sync, per workspace and per object.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub health: Option<HealthReport>,
@@ -75,7 +94,10 @@ pub struct SyncReport {
 
 impl SyncReport {
     pub fn succeeded(&self) -> bool {
-        self.conflicts.is_empty() && self.failures.is_empty()
+        self.conflicts.is_empty()
+            && self.failures.is_empty()
+            && self.aborted.is_none()
+            && self.not_sent.is_empty()
     }
 
     /// Applied, and (when waited for) healthy.
@@ -178,8 +200,27 @@ pub async fn sync(
     revision: Option<String>,
     mut progress: impl FnMut(Progress<'_>),
 ) -> Result<SyncReport, SyncError> {
-    let steps = sync::steps(plan, desired, inventory.as_ref(), undeclared, options)
-        .map_err(SyncError::MassPrune)?;
+    // What a namespace about to be deleted holds that tenantsync never made.
+    let foreign = match (&inventory, options.prune) {
+        (Some(inv), true) => {
+            let namespaces = sync::namespaces_to_prune(desired, inv, undeclared);
+            cluster.foreign_objects(&namespaces, inv).await?
+        }
+        _ => BTreeMap::new(),
+    };
+    let foreign_ids: BTreeMap<String, Vec<String>> = foreign
+        .iter()
+        .map(|(ns, f)| (ns.clone(), f.objects.clone()))
+        .collect();
+    let steps = sync::steps_with_foreign(
+        plan,
+        desired,
+        inventory.as_ref(),
+        undeclared,
+        options,
+        &foreign_ids,
+    )
+    .map_err(SyncError::MassPrune)?;
     let mut report = SyncReport {
         environment: plan.environment.clone(),
         revision: revision.clone(),
@@ -189,6 +230,7 @@ pub async fn sync(
             .iter()
             .filter(|c| c.action == Action::Unchanged)
             .count(),
+        foreign,
         ..SyncReport::default()
     };
     let old = inventory.unwrap_or_else(|| Inventory::new(&plan.environment));
@@ -200,7 +242,14 @@ pub async fn sync(
         .map(Change::key)
         .collect();
 
-    // 1. Widen the inventory before creating anything.
+    // 1. Widen the inventory before creating anything. It is written with
+    // the resourceVersion it was read at: an entry another writer added
+    // meanwhile is merged in, never dropped.
+    let mut stored = if options.dry_run {
+        None
+    } else {
+        Some(cluster.read_inventory_stored(&plan.environment).await?)
+    };
     let mut widened = old.clone();
     let recorded = old.keys();
     for r in &desired_refs {
@@ -208,10 +257,19 @@ pub async fn sync(
             widened.objects.insert(r.clone());
         }
     }
-    if widened.objects != old.objects && !options.dry_run {
-        cluster.write_inventory(&widened, false).await?;
-        report.inventory_written = true;
+    if let Some(current) = stored.as_mut() {
+        let merged = crate::inventory::merge_concurrent(&old, &widened, &current.inventory);
+        if merged != current.inventory {
+            *current = cluster.write_inventory_checked(current, &merged).await?;
+            report.inventory_written = true;
+        }
     }
+    let lock_lost = || {
+        options
+            .lock_lost
+            .as_ref()
+            .is_some_and(|l| l.load(Ordering::Relaxed))
+    };
 
     // 2. Apply, stage by stage. A dry run cannot send objects whose namespace
     // it would only create: they are listed as not validated.
@@ -239,7 +297,15 @@ pub async fn sync(
             ))
         })
         .collect();
+    // Fail fast: consecutive transport failures stop the sync; a verb and
+    // kind refused once (403) is not sent again.
+    let mut transport_failures = 0usize;
+    let mut refused: BTreeMap<(String, String), (Failure, usize)> = BTreeMap::new();
     for stage in &steps.stages {
+        if report.aborted.is_some() {
+            report.not_sent.extend(stage.objects.iter().map(|o| o.id()));
+            continue;
+        }
         progress(Progress::Stage {
             wave: stage.wave,
             kind: stage.objects.first().map_or("", |o| &*o.kind),
@@ -264,11 +330,28 @@ pub async fn sync(
         // that returns borrowing futures is not Send for the daemon's spawn.)
         let mut queue = sendable.into_iter();
         let mut in_flight = FuturesOrdered::new();
-        for o in queue.by_ref().take(APPLY_CONCURRENCY) {
-            in_flight.push_back(applied(cluster, o, options));
+        for _ in 0..APPLY_CONCURRENCY {
+            match next_sendable(&mut queue, &mut refused, &mut report, &lock_lost) {
+                Some(o) => in_flight.push_back(applied(cluster, o, options)),
+                None => break,
+            }
         }
         while let Some((o, result)) = in_flight.next().await {
-            if let Some(next) = queue.next() {
+            let id = o.id();
+            // Classify first, so that the next object sent knows.
+            match &result {
+                Err(ApplyError::Cluster { source, .. }) if source.is_transport() => {
+                    transport_failures += 1;
+                    if transport_failures >= MAX_TRANSPORT_FAILURES && report.aborted.is_none() {
+                        report.aborted = Some(format!(
+                            "stopped after {transport_failures} consecutive failures to reach the API server ({source}); \
+                             what was not sent is listed, the inventory still covers it, and the next sync continues from here"
+                        ));
+                    }
+                }
+                _ => transport_failures = 0,
+            }
+            if let Some(next) = next_sendable(&mut queue, &mut refused, &mut report, &lock_lost) {
                 in_flight.push_back(applied(cluster, next, options));
             }
             // Objects of a CRD's kind wait until it is Established.
@@ -282,7 +365,6 @@ pub async fn sync(
                     message: format!("not Established after {ESTABLISH_TIMEOUT:?}"),
                 });
             }
-            let id = o.id();
             progress(Progress::Applied {
                 id: &id,
                 ok: result.is_ok(),
@@ -294,12 +376,49 @@ pub async fn sync(
                 Err(ApplyError::Conflict { id, fields }) => {
                     report.conflicts.push(Conflict { id, fields })
                 }
+                Err(ApplyError::Cluster { source, .. }) if source.is_permission() => {
+                    // Reported once per verb and kind, with how many more
+                    // objects it kept from being sent.
+                    let key = ("patch".to_string(), o.kind.to_string());
+                    match refused.get_mut(&key) {
+                        Some((_, n)) => {
+                            *n += 1;
+                            report.not_sent.push(id);
+                        }
+                        None => {
+                            refused.insert(
+                                key,
+                                (
+                                    Failure {
+                                        id: id.clone(),
+                                        message: format!("{id}: {source}"),
+                                    },
+                                    0,
+                                ),
+                            );
+                        }
+                    }
+                }
                 Err(e) => report.failures.push(Failure {
                     id,
                     message: e.to_string(),
                 }),
             }
         }
+    }
+    for ((_, kind), (mut failure, more)) in std::mem::take(&mut refused) {
+        if more > 0 {
+            failure.message.push_str(&format!(
+                "; {more} more {kind} object(s) were refused or not sent (the same permission is missing)"
+            ));
+        }
+        report.failures.push(failure);
+    }
+    if lock_lost() && report.aborted.is_none() {
+        report.aborted = Some(
+            "the environment's lock was lost (another writer took it): nothing more was written"
+                .into(),
+        );
     }
 
     // 3. Prune, only after everything applied.
@@ -309,14 +428,41 @@ pub async fn sync(
     } else {
         // Stage after stage (children before their namespaces), a window
         // of APPLY_CONCURRENCY deletes in flight within a stage.
+        let mut refused_deletes: HashMap<String, usize> = HashMap::new();
         for stage in &steps.prune {
+            if report.aborted.is_some() {
+                report.not_sent.extend(stage.iter().map(ObjectRef::id));
+                continue;
+            }
             let mut queue = stage.iter();
             let mut in_flight = FuturesOrdered::new();
-            for r in queue.by_ref().take(APPLY_CONCURRENCY) {
-                in_flight.push_back(deleted(cluster, r, options.dry_run));
+            for _ in 0..APPLY_CONCURRENCY {
+                match next_deletable(&mut queue, &mut refused_deletes, &mut report, &lock_lost) {
+                    Some(r) => in_flight.push_back(deleted(cluster, r, options.dry_run)),
+                    None => break,
+                }
             }
             while let Some((r, result)) = in_flight.next().await {
-                if let Some(next) = queue.next() {
+                match &result {
+                    Err(e) if e.is_transport() => {
+                        transport_failures += 1;
+                        if transport_failures >= MAX_TRANSPORT_FAILURES && report.aborted.is_none()
+                        {
+                            report.aborted = Some(format!(
+                                "stopped after {transport_failures} consecutive failures to reach the API server ({e}); \
+                                 what was not deleted stays in the inventory, and the next sync continues from here"
+                            ));
+                        }
+                    }
+                    Err(e) if e.is_permission() => {
+                        transport_failures = 0;
+                        refused_deletes.entry(r.kind.to_string()).or_insert(0);
+                    }
+                    _ => transport_failures = 0,
+                }
+                if let Some(next) =
+                    next_deletable(&mut queue, &mut refused_deletes, &mut report, &lock_lost)
+                {
                     in_flight.push_back(deleted(cluster, next, options.dry_run));
                 }
                 let id = r.id();
@@ -336,6 +482,19 @@ pub async fn sync(
                 }
             }
         }
+        for (kind, more) in refused_deletes {
+            if more > 0
+                && let Some(f) = report
+                    .failures
+                    .iter_mut()
+                    .rev()
+                    .find(|f| f.id.starts_with(&format!("{kind}/")))
+            {
+                f.message.push_str(&format!(
+                    "; {more} more {kind} object(s) were not deleted (the same permission is missing)"
+                ));
+            }
+        }
     }
     report.kept = steps
         .kept
@@ -347,10 +506,19 @@ pub async fn sync(
         .collect();
     // What stays ours: everything declared, and every earlier object not
     // deleted now, not found any more, nor released by `prune: disabled`.
+    // A namespace kept for its foreign contents stays ours.
     let released: HashSet<ObjectKey<'_>> = steps
         .gone
         .iter()
-        .chain(steps.kept.iter().map(|(r, _)| r))
+        .chain(
+            steps
+                .kept
+                .iter()
+                .filter(|(r, _)| {
+                    !(&*r.kind == "Namespace" && report.foreign.contains_key(&*r.name))
+                })
+                .map(|(r, _)| r),
+        )
         .chain(pruned)
         .map(ObjectRef::key)
         .collect();
@@ -362,11 +530,21 @@ pub async fn sync(
         .cloned()
         .collect();
 
-    // 4. Narrow the inventory to what exists and is ours.
-    if !options.dry_run {
+    // 4. Narrow the inventory to what exists and is ours; not when the sync
+    // stopped half-way (the widened inventory covers what may exist).
+    if let Some(current) = stored.as_mut()
+        && report.aborted.is_none()
+    {
+        // The revision is recorded once it applied in full: drift compares
+        // the cluster with what the inventory's revision declares.
+        let recorded_revision = if report.succeeded() {
+            revision.or(old.revision.clone())
+        } else {
+            old.revision.clone()
+        };
         let mut final_inventory = Inventory {
             environment: plan.environment.clone(),
-            revision: revision.or(old.revision.clone()),
+            revision: recorded_revision,
             last_applied_at: old.last_applied_at.clone(),
             objects: desired_refs,
         };
@@ -378,10 +556,27 @@ pub async fn sync(
         if changed_cluster {
             final_inventory.last_applied_at = Some(k8s_openapi::jiff::Timestamp::now().to_string());
         }
+        // Computed from what was stored after the widening: what another
+        // writer added since is merged in by the checked write.
+        let base = current.inventory.clone();
+        let merged = crate::inventory::merge_concurrent(&widened, &final_inventory, &base);
         // A sync that changed nothing writes nothing, not even a timestamp.
-        if final_inventory != old {
-            cluster.write_inventory(&final_inventory, false).await?;
-            report.inventory_written = true;
+        if merged != base {
+            // A refused write is reported with the rest, not instead of it.
+            match cluster.write_inventory_checked(current, &merged).await {
+                Ok(stored) => {
+                    *current = stored;
+                    report.inventory_written = true;
+                }
+                Err(e) => report.failures.push(Failure {
+                    id: format!(
+                        "ConfigMap/{}/{}",
+                        crate::inventory::SYSTEM_NAMESPACE,
+                        crate::inventory::name_of(&plan.environment)
+                    ),
+                    message: format!("cannot record the inventory: {e}"),
+                }),
+            }
         }
     }
     report.api_requests = cluster.requests();
@@ -389,12 +584,65 @@ pub async fn sync(
     Ok(report)
 }
 
+/// The next object of `queue` to send, recording as not sent those that
+/// must not be (the sync stopped, the lock is lost, their kind was refused).
+fn next_sendable<'o>(
+    queue: &mut impl Iterator<Item = &'o Object>,
+    refused: &mut BTreeMap<(String, String), (Failure, usize)>,
+    report: &mut SyncReport,
+    lock_lost: &dyn Fn() -> bool,
+) -> Option<&'o Object> {
+    for o in queue.by_ref() {
+        if report.aborted.is_some() || lock_lost() {
+            report.not_sent.push(o.id());
+            continue;
+        }
+        if let Some((_, n)) = refused.get_mut(&("patch".to_string(), o.kind.to_string())) {
+            *n += 1;
+            report.not_sent.push(o.id());
+            continue;
+        }
+        return Some(o);
+    }
+    None
+}
+
+/// As [`next_sendable`], for prune's deletes.
+fn next_deletable<'o>(
+    queue: &mut impl Iterator<Item = &'o ObjectRef>,
+    refused: &mut HashMap<String, usize>,
+    report: &mut SyncReport,
+    lock_lost: &dyn Fn() -> bool,
+) -> Option<&'o ObjectRef> {
+    for r in queue.by_ref() {
+        if report.aborted.is_some() || lock_lost() {
+            report.not_sent.push(r.id());
+            continue;
+        }
+        if let Some(n) = refused.get_mut(&*r.kind) {
+            *n += 1;
+            report.not_sent.push(r.id());
+            continue;
+        }
+        return Some(r);
+    }
+    None
+}
+
 async fn applied<'a>(
     cluster: &Cluster,
     object: &'a Object,
     options: &SyncOptions,
 ) -> (&'a Object, Result<bool, ApplyError>) {
-    (object, apply_one(cluster, object, options).await)
+    let result =
+        match tokio::time::timeout(WRITE_TIMEOUT, apply_one(cluster, object, options)).await {
+            Ok(r) => r,
+            Err(_) => Err(ApplyError::Cluster {
+                id: object.id(),
+                source: no_answer(cluster),
+            }),
+        };
+    (object, result)
 }
 
 async fn deleted<'a>(
@@ -402,7 +650,18 @@ async fn deleted<'a>(
     r: &'a ObjectRef,
     dry_run: bool,
 ) -> (&'a ObjectRef, Result<bool, ClusterError>) {
-    (r, cluster.delete(r, dry_run).await)
+    let result = match tokio::time::timeout(WRITE_TIMEOUT, cluster.delete(r, dry_run)).await {
+        Ok(r) => r,
+        Err(_) => Err(no_answer(cluster)),
+    };
+    (r, result)
+}
+
+fn no_answer(cluster: &Cluster) -> ClusterError {
+    ClusterError::Unreachable {
+        server: cluster.server().to_string(),
+        reason: format!("no answer within {}s", WRITE_TIMEOUT.as_secs()),
+    }
 }
 
 /// Applies one object; `Ok(true)` when it had to be recreated.

@@ -23,7 +23,15 @@ pub struct Metrics {
     drifted: Family<Labels, Gauge>,
     fetch_failures: Family<Labels, Counter>,
     last_success: Family<Labels, Gauge>,
+    sync_status: Family<Labels, Gauge>,
+    reconcile_errors: Family<Labels, Counter>,
+    last_successful_reconcile: Family<Labels, Gauge>,
+    /// Workspaces with a drift series, per environment.
+    drift_workspaces: Mutex<std::collections::BTreeMap<String, Vec<String>>>,
 }
+
+/// The values of the `status` label of `tenantsync_sync_status`.
+pub const STATUSES: [&str; 5] = ["Unknown", "Synced", "OutOfSync", "Syncing", "Failed"];
 
 fn env_label(env: &str) -> Labels {
     vec![("environment".to_string(), env.to_string())]
@@ -50,6 +58,10 @@ impl Metrics {
             drifted: Family::default(),
             fetch_failures: Family::default(),
             last_success: Family::default(),
+            sync_status: Family::default(),
+            reconcile_errors: Family::default(),
+            last_successful_reconcile: Family::default(),
+            drift_workspaces: Mutex::new(std::collections::BTreeMap::new()),
         };
         registry.register(
             "reconcile_duration_seconds",
@@ -86,6 +98,21 @@ impl Metrics {
             "Unix time of the last successful sync of an environment",
             m.last_success.clone(),
         );
+        registry.register(
+            "sync_status",
+            "1 for an environment's current sync status (Unknown, Synced, OutOfSync, Syncing, Failed), 0 for the others",
+            m.sync_status.clone(),
+        );
+        registry.register(
+            "reconcile_errors",
+            "Reconciles that failed, by reason (source, invalid, render, cluster, guard, apply, locked)",
+            m.reconcile_errors.clone(),
+        );
+        registry.register(
+            "last_successful_reconcile_timestamp_seconds",
+            "Unix time of the last reconcile of an environment that succeeded (a no-op included)",
+            m.last_successful_reconcile.clone(),
+        );
         if let Ok(mut r) = m.registry.lock() {
             *r = registry;
         }
@@ -100,6 +127,59 @@ impl Metrics {
         let _ = self.pruned.get_or_create(&l);
         let _ = self.failed.get_or_create(&l);
         let _ = self.fetch_failures.get_or_create(&l);
+        self.set_status(env, "Unknown");
+    }
+
+    /// The environment's sync status: 1 for `status`, 0 for the others.
+    pub fn set_status(&self, env: &str, status: &str) {
+        for s in STATUSES {
+            let labels = vec![
+                ("environment".to_string(), env.to_string()),
+                ("status".to_string(), s.to_string()),
+            ];
+            self.sync_status
+                .get_or_create(&labels)
+                .set(i64::from(s == status));
+        }
+    }
+
+    pub fn reconcile_failed(&self, env: &str, reason: &str) {
+        let labels = vec![
+            ("environment".to_string(), env.to_string()),
+            ("reason".to_string(), reason.to_string()),
+        ];
+        self.reconcile_errors.get_or_create(&labels).inc();
+    }
+
+    pub fn reconcile_succeeded(&self, env: &str) {
+        let secs = k8s_openapi::jiff::Timestamp::now().as_second();
+        self.last_successful_reconcile
+            .get_or_create(&env_label(env))
+            .set(secs);
+    }
+
+    /// Current drift per workspace, replacing what was there (a workspace
+    /// gone from the environment drops out).
+    pub fn set_current_drift(
+        &self,
+        env: &str,
+        per_workspace: &std::collections::BTreeMap<String, usize>,
+    ) {
+        if let Ok(mut known) = self.drift_workspaces.lock() {
+            let entry = known.entry(env.to_string()).or_default();
+            for ws in entry.iter() {
+                if !per_workspace.contains_key(ws) {
+                    self.drifted.remove(&vec![
+                        ("environment".to_string(), env.to_string()),
+                        ("workspace".to_string(), ws.clone()),
+                    ]);
+                }
+            }
+            *entry = per_workspace.keys().cloned().collect();
+        }
+        for (ws, n) in per_workspace {
+            self.set_drift(env, ws, *n);
+        }
     }
 
     pub fn observe_reconcile(&self, env: &str, took: Duration) {

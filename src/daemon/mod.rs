@@ -64,6 +64,8 @@ pub enum SyncStatus {
     Unknown,
     Synced,
     OutOfSync,
+    /// A sync of `targetRevision` is running.
+    Syncing,
     Failed,
 }
 
@@ -85,6 +87,13 @@ pub struct EnvironmentStatus {
     pub last_error_at: Option<String>,
     pub last_reconcile_at: Option<String>,
     pub last_sync_at: Option<String>,
+    /// The revision being synced (while `Syncing`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target_revision: Option<String>,
+    /// Why the last reconcile failed, in one word (source, invalid, render,
+    /// cluster, guard, apply, locked).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_error_reason: Option<String>,
     pub drifted_objects: usize,
     pub workspaces: BTreeMap<String, WorkspaceStatus>,
 }
@@ -140,7 +149,7 @@ fn now() -> String {
 }
 
 /// A source revision: the Git commit, or a digest of a folder's files.
-fn revision_of(tree: &SourceTree, git: Option<source::git::Revision>) -> String {
+pub fn revision_of(tree: &SourceTree, git: Option<source::git::Revision>) -> String {
     match git {
         Some(r) => r.commit,
         None => {
@@ -180,6 +189,7 @@ async fn read_source(options: &RunOptions) -> Result<(SourceTree, String), Strin
 }
 
 /// The last good desired state of an environment.
+#[derive(Clone)]
 struct Desired {
     revision: String,
     objects: Vec<Object>,
@@ -307,12 +317,13 @@ async fn reconcile_loop(env: String, shared: Arc<Shared>, mut shutdown: watch::R
     let options = shared.options.clone();
     let mut trigger = shared.trigger.subscribe();
     let mut cluster: Option<Cluster> = None;
-    let mut desired: Option<Desired> = None;
+    let mut desired: Option<Arc<Desired>> = None;
     // Why the newest revision cannot be applied (unreadable or invalid):
     // kept, and the status kept Failed, until a good revision arrives.
     let mut source_problem: Option<String> = None;
     // The status fields last written onto the inventory.
     let mut written: BTreeMap<String, String> = BTreeMap::new();
+    let mut held = Held::default();
     let mut backoff = Duration::from_secs(1);
     let mut next_poll = Instant::now();
     let mut next_drift = Instant::now() + options.drift_interval;
@@ -328,10 +339,18 @@ async fn reconcile_loop(env: String, shared: Arc<Shared>, mut shutdown: watch::R
                 &mut cluster,
                 &mut desired,
                 &mut source_problem,
+                &mut held,
                 poll,
             )
             .await;
             shared.metrics.observe_reconcile(&env, started.elapsed());
+            if cluster.is_none() {
+                // The status must reach the inventory even when the
+                // reconcile dropped its connection.
+                cluster = Cluster::connect(&cluster_options(&options, &env))
+                    .await
+                    .ok();
+            }
             publish_status(&env, &shared, cluster.as_ref(), &mut written).await;
             // Only a read of the source moves the next read: a drift check
             // (which fails while the newest revision is bad) must not keep
@@ -353,12 +372,35 @@ async fn reconcile_loop(env: String, shared: Arc<Shared>, mut shutdown: watch::R
             changed = trigger.changed() => {
                 if changed.is_ok() { next_poll = Instant::now(); }
             },
-            _ = shutdown.changed() => return,
+            _ = shutdown.changed() => {},
         }
         if *shutdown.borrow() {
+            if let (Some(lock), Some(c)) = (held.lock.take(), cluster.as_ref()) {
+                lock.release(c).await;
+            }
             return;
         }
     }
+}
+
+/// What a reconcile loop keeps between reconciles besides the desired state.
+#[derive(Default)]
+struct Held {
+    /// The environment's lock, while this replica leads.
+    lock: Option<crate::cluster::lock::EnvLock>,
+    /// The last revision applied in full: while a newer one is blocked, its
+    /// drift is still detected and healed.
+    applied: Option<Arc<Desired>>,
+    /// The last failure recorded as an Event (one per distinct failure).
+    last_event: Option<String>,
+}
+
+fn cluster_options(options: &RunOptions, env: &str) -> ClusterOptions {
+    let mut cluster_options = options.cluster.clone();
+    if let Some(context) = options.contexts.get(env) {
+        cluster_options.context = Some(context.clone());
+    }
+    cluster_options
 }
 
 /// Mirrors the environment's status onto its inventory object (for
@@ -407,6 +449,17 @@ async fn publish_status(
             "driftedObjects".to_string(),
             status.drifted_objects.to_string(),
         ),
+        (
+            "targetRevision".to_string(),
+            status.target_revision.unwrap_or_default(),
+        ),
+        // The daemon's heartbeat: `tenantsync status` calls a status older
+        // than staleAfterSeconds stale.
+        ("heartbeatAt".to_string(), now()),
+        (
+            "staleAfterSeconds".to_string(),
+            stale_after(&shared.options).to_string(),
+        ),
     ]);
     if fields == *written {
         return;
@@ -419,22 +472,36 @@ async fn publish_status(
     }
 }
 
+/// Seconds after which a daemon's status with no newer heartbeat is stale.
+fn stale_after(options: &RunOptions) -> u64 {
+    options
+        .interval
+        .as_secs()
+        .saturating_mul(3)
+        .saturating_add(15)
+}
+
 /// One reconcile. `from_source`: read the source (a poll or a trigger);
 /// otherwise only check the cluster against the last good revision.
 async fn reconcile(
     env: &str,
     shared: &Shared,
     cluster: &mut Option<Cluster>,
-    desired: &mut Option<Desired>,
+    desired: &mut Option<Arc<Desired>>,
     source_problem: &mut Option<String>,
+    held: &mut Held,
     from_source: bool,
 ) -> bool {
     let options = &shared.options;
-    let fail = |message: String| {
-        tracing::warn!(environment = env, error = %message, "reconcile failed");
+    let fail = |reason: &str, message: String| {
+        tracing::warn!(environment = env, reason, error = %message, "reconcile failed");
+        shared.metrics.reconcile_failed(env, reason);
+        shared.metrics.set_status(env, "Failed");
         shared.update(env, |s| {
             s.sync_status = SyncStatus::Failed;
+            s.target_revision = None;
             s.last_error = Some(message.clone());
+            s.last_error_reason = Some(reason.to_string());
             s.last_error_at = Some(now());
             s.last_reconcile_at = Some(now());
         });
@@ -449,7 +516,7 @@ async fn reconcile(
                     "cannot read the repository (the last good revision stays applied): {e}"
                 );
                 *source_problem = Some(message.clone());
-                return fail(message);
+                return fail("source", message);
             }
             Ok((tree, revision)) => {
                 shared.update(env, |s| s.last_seen_revision = Some(revision.clone()));
@@ -479,16 +546,19 @@ async fn reconcile(
                                 c.record_event(env, "InvalidRevision", &message).await;
                             }
                             *source_problem = Some(message.clone());
-                            return fail(message);
+                            return fail("invalid", message);
                         }
                         Ok(environment) => match render::render(&environment) {
                             Err(e) => {
-                                return fail(format!("cannot render revision {revision}: {e}"));
+                                return fail(
+                                    "render",
+                                    format!("cannot render revision {revision}: {e}"),
+                                );
                             }
                             Ok(objects) => {
                                 let policy = &environment.settings.sync_policy;
                                 *source_problem = None;
-                                *desired = Some(Desired {
+                                *desired = Some(Arc::new(Desired {
                                     revision: revision.clone(),
                                     objects,
                                     sync: SyncOptions {
@@ -499,7 +569,7 @@ async fn reconcile(
                                         allow_mass_prune: options.allow_mass_prune,
                                         ..SyncOptions::default()
                                     },
-                                });
+                                }));
                             }
                         },
                     }
@@ -507,153 +577,373 @@ async fn reconcile(
             }
         }
     }
-    let Some(state) = desired.as_ref() else {
-        return fail("no valid revision yet".into());
+    let Some(state) = desired.clone() else {
+        return fail("source", "no valid revision yet".into());
     };
 
     if cluster.is_none() {
-        let mut cluster_options = options.cluster.clone();
-        if let Some(context) = options.contexts.get(env) {
-            cluster_options.context = Some(context.clone());
-        }
-        match Cluster::connect(&cluster_options).await {
+        match Cluster::connect(&cluster_options(options, env)).await {
             Ok(c) => *cluster = Some(c),
-            Err(e) => return fail(format!("{e}")),
+            Err(e) => return fail("cluster", format!("{e}")),
         }
     }
     let Some(c) = cluster.as_ref() else {
         return false;
     };
-    let result: Result<(Plan, Option<cluster_sync::SyncReport>), String> = async {
-        let inv = c.read_inventory(env).await.map_err(|e| e.to_string())?;
-        let kinds = inventory::kinds_to_list(&state.objects, inv.as_ref());
-        let mut planner = diff::Planner::new(env, &state.objects, false);
-        c.for_each_managed(env, &kinds, |o| planner.observe(o))
-            .await
-            .map_err(|e| e.to_string())?;
-        let empty = inventory::Inventory::new(env);
-        let (plan, undeclared) = planner.finish(
-            Some(inv.as_ref().unwrap_or(&empty)),
-            Some(state.revision.clone()),
-            0,
-        );
-        // A revision not yet applied is synced; between revisions, drift is
-        // re-applied only with self-heal.
-        let applied_rev = inv.as_ref().and_then(|i| i.revision.clone());
-        let new_revision = applied_rev.as_deref() != Some(state.revision.as_str());
-        // A replica that does not lead only reports.
-        if !*shared.leading.borrow() {
-            return Ok((plan, None));
-        }
-        let heal = options.self_heal && plan.summary.has_changes();
-        if !new_revision && !heal {
-            return Ok((plan, None));
-        }
-        // Healing takes the drifted fields back from whoever changed them.
-        let mut sync_options = state.sync.clone();
-        sync_options.force_conflicts |= heal && !new_revision;
-        let report = cluster_sync::sync(
-            c,
-            &plan,
-            &state.objects,
-            inv,
-            &undeclared,
-            &sync_options,
-            Some(state.revision.clone()),
-            |_| {},
-        )
-        .await
-        .map_err(|e| e.to_string())?;
-        Ok((plan, Some(report)))
-    }
-    .await;
 
-    match result {
-        Err(e) => {
-            // A connection may be broken: reconnect next time.
-            *cluster = None;
-            fail(e)
-        }
-        Ok((plan, report)) => {
-            let drifted = drift_by_workspace(&plan);
-            for (ws, n) in &drifted {
-                shared.metrics.set_drift(env, ws, *n);
-            }
-            let status = match &report {
-                Some(r) if !r.succeeded() => SyncStatus::Failed,
-                Some(_) => SyncStatus::Synced,
-                None if plan.summary.has_changes() => SyncStatus::OutOfSync,
-                None => SyncStatus::Synced,
-            };
-            if let Some(r) = &report {
-                shared.metrics.record_sync(env, r);
-                tracing::info!(
-                    environment = env,
-                    revision = %state.revision,
-                    created = r.created.len(),
-                    updated = r.updated.len(),
-                    pruned = r.pruned.len(),
-                    failures = r.failures.len() + r.conflicts.len(),
-                    "synced"
-                );
-            } else if plan.summary.has_changes() {
-                tracing::warn!(
-                    environment = env,
-                    drifted = plan.summary.update + plan.summary.create + plan.summary.delete,
-                    "drift detected (self-heal is off)"
-                );
-            }
-            let sync_error = report.as_ref().filter(|r| !r.succeeded()).map(|r| {
-                let mut lines: Vec<String> = r.failures.iter().map(|f| f.message.clone()).collect();
-                lines.extend(r.conflicts.iter().map(|c| format!("{}: conflict", c.id)));
-                lines.join("\n")
-            });
-            let error = source_problem.clone().or(sync_error);
-            let status = if source_problem.is_some() {
-                SyncStatus::Failed
-            } else {
-                status
-            };
-            shared.update(env, |s| {
-                s.sync_status = status;
-                s.last_reconcile_at = Some(now());
-                if let Some(r) = &report {
-                    s.last_sync_at = Some(now());
-                    if r.succeeded() {
-                        s.last_applied_revision = Some(state.revision.clone());
-                    }
-                } else if status == SyncStatus::Synced {
-                    s.last_applied_revision = Some(state.revision.clone());
+    // One writer per environment: the leader holds the environment's lock
+    // (a CLI `sync` waits for it); a replica that does not lead releases it.
+    let leading = *shared.leading.borrow();
+    let mut locked_by: Option<String> = None;
+    if leading {
+        if held.lock.as_ref().is_none_or(|l| l.lost()) {
+            held.lock = None;
+            let identity = shared
+                .status
+                .read()
+                .map(|s| s.identity.clone())
+                .unwrap_or_default();
+            match c
+                .lock_environment(
+                    env,
+                    &format!("tenantsync run {identity}"),
+                    Duration::ZERO,
+                    |_| {},
+                )
+                .await
+            {
+                Ok(lock) => held.lock = Some(lock),
+                Err(crate::cluster::lock::LockError::Held { holder, .. }) => {
+                    locked_by = Some(holder.to_string());
                 }
-                s.drifted_objects = if report.is_some() {
-                    0
-                } else {
-                    drifted.values().sum()
-                };
-                s.workspaces = drifted
-                    .iter()
-                    .map(|(ws, n)| {
-                        let n = if report.is_some() { 0 } else { *n };
-                        (
-                            ws.clone(),
-                            WorkspaceStatus {
-                                sync_status: if n > 0 { SyncStatus::OutOfSync } else { status },
-                                drifted_objects: n,
-                            },
-                        )
-                    })
-                    .collect();
-                match &error {
-                    Some(e) => {
-                        s.last_error = Some(e.clone());
-                        s.last_error_at = Some(now());
+                Err(crate::cluster::lock::LockError::Cluster(e)) => {
+                    if e.is_transport() {
+                        *cluster = None;
                     }
-                    None => s.last_error = None,
+                    return fail("cluster", e.to_string());
                 }
-            });
-            error.is_none()
+            }
         }
+    } else if let Some(lock) = held.lock.take() {
+        lock.release(c).await;
     }
+    let may_write = leading && locked_by.is_none();
+    let lock_lost = held.lock.as_ref().map(|l| l.lost_flag());
+
+    let result = check_and_sync(env, shared, c, &state, may_write, lock_lost.clone()).await;
+    let (plan, report) = match result {
+        Err((reason, e, transport)) => {
+            if transport {
+                // The connection may be broken: reconnect next time.
+                *cluster = None;
+            }
+            let failed = fail(reason, e.clone());
+            // While a revision is blocked (the guard), the last one applied
+            // is still compared with the cluster: drift reported, and
+            // healed with self-heal.
+            if reason == "guard"
+                && let Some(applied) = held.applied.clone()
+                && let Some(c) = cluster.as_ref()
+            {
+                match check_and_sync(env, shared, c, &applied, may_write, lock_lost).await {
+                    Ok((plan, report)) => {
+                        let drifted = drift_by_workspace(&plan);
+                        let healed = report.as_ref().is_some_and(|r| r.succeeded());
+                        let current: BTreeMap<String, usize> = drifted
+                            .iter()
+                            .map(|(w, n)| (w.clone(), if healed { 0 } else { *n }))
+                            .collect();
+                        shared.metrics.set_current_drift(env, &current);
+                        if let Some(r) = &report {
+                            shared.metrics.record_sync(env, r);
+                            log_failures(env, r);
+                        }
+                        shared.update(env, |s| {
+                            s.drifted_objects = current.values().sum();
+                            s.workspaces = current
+                                .iter()
+                                .map(|(ws, n)| {
+                                    (
+                                        ws.clone(),
+                                        WorkspaceStatus {
+                                            sync_status: if *n > 0 {
+                                                SyncStatus::OutOfSync
+                                            } else {
+                                                SyncStatus::Failed
+                                            },
+                                            drifted_objects: *n,
+                                        },
+                                    )
+                                })
+                                .collect();
+                        });
+                        if drifted.values().any(|n| *n > 0) {
+                            tracing::warn!(
+                                environment = env,
+                                revision = %applied.revision,
+                                drifted = drifted.values().sum::<usize>(),
+                                healed,
+                                "drift of the last applied revision while a newer one is blocked"
+                            );
+                        }
+                    }
+                    Err((_, e, _)) => {
+                        tracing::warn!(environment = env, error = %e, "cannot check drift of the last applied revision")
+                    }
+                }
+            }
+            if held.last_event.as_deref() != Some(e.as_str())
+                && may_write
+                && let Some(c) = cluster.as_ref()
+            {
+                c.record_event(env, "SyncFailed", &e).await;
+                held.last_event = Some(e);
+            }
+            return failed;
+        }
+        Ok(r) => r,
+    };
+
+    let drifted = drift_by_workspace(&plan);
+    let status = match &report {
+        Some(r) if !r.succeeded() => SyncStatus::Failed,
+        Some(_) => SyncStatus::Synced,
+        None if plan.summary.has_changes() => SyncStatus::OutOfSync,
+        None => SyncStatus::Synced,
+    };
+    if let Some(r) = &report {
+        shared.metrics.record_sync(env, r);
+        tracing::info!(
+            environment = env,
+            revision = %state.revision,
+            created = r.created.len(),
+            updated = r.updated.len(),
+            pruned = r.pruned.len(),
+            failures = r.failures.len() + r.conflicts.len(),
+            "synced"
+        );
+        log_failures(env, r);
+    } else if plan.summary.has_changes() {
+        tracing::warn!(
+            environment = env,
+            drifted = plan.summary.update + plan.summary.create + plan.summary.delete,
+            "drift detected (self-heal is off)"
+        );
+    }
+    let sync_error = report
+        .as_ref()
+        .filter(|r| !r.succeeded())
+        .map(crate::cli::sync_error_text);
+    let locked_error = locked_by.as_ref().map(|holder| {
+        format!(
+            "environment {env} is locked by {holder}: another writer is syncing it; this daemon writes again once the lock is released"
+        )
+    });
+    let (error, reason) = match (source_problem.clone(), sync_error, locked_error) {
+        (Some(e), _, _) => (Some(e), "source"),
+        (None, Some(e), _) => (Some(e), "apply"),
+        (None, None, Some(e)) => (Some(e), "locked"),
+        (None, None, None) => (None, ""),
+    };
+    let status = if error.is_some() {
+        SyncStatus::Failed
+    } else {
+        status
+    };
+    if let Some(e) = &error {
+        tracing::warn!(environment = env, reason, error = %e, "reconcile failed");
+        shared.metrics.reconcile_failed(env, reason);
+        if reason == "apply"
+            && held.last_event.as_deref() != Some(e.as_str())
+            && let Some(c) = cluster.as_ref()
+        {
+            c.record_event(env, "SyncFailed", e).await;
+            held.last_event = Some(e.clone());
+        }
+    } else {
+        shared.metrics.reconcile_succeeded(env);
+        held.last_event = None;
+    }
+    // Current drift: what is out of step now (nothing, once a sync healed it).
+    let synced = report.as_ref().is_some_and(|r| r.succeeded());
+    let current: BTreeMap<String, usize> = drifted
+        .iter()
+        .map(|(ws, n)| (ws.clone(), if synced { 0 } else { *n }))
+        .collect();
+    shared.metrics.set_current_drift(env, &current);
+    shared.metrics.set_status(env, &format!("{status:?}"));
+    if synced || (report.is_none() && status == SyncStatus::Synced) {
+        held.applied = Some(state.clone());
+    }
+    shared.update(env, |s| {
+        s.sync_status = status;
+        s.target_revision = None;
+        s.last_reconcile_at = Some(now());
+        if let Some(r) = &report {
+            s.last_sync_at = Some(now());
+            if r.succeeded() {
+                s.last_applied_revision = Some(state.revision.clone());
+            }
+        } else if status == SyncStatus::Synced {
+            s.last_applied_revision = Some(state.revision.clone());
+        }
+        s.drifted_objects = current.values().sum();
+        s.workspaces = current
+            .iter()
+            .map(|(ws, n)| {
+                (
+                    ws.clone(),
+                    WorkspaceStatus {
+                        sync_status: if *n > 0 {
+                            SyncStatus::OutOfSync
+                        } else {
+                            status
+                        },
+                        drifted_objects: *n,
+                    },
+                )
+            })
+            .collect();
+        match &error {
+            Some(e) => {
+                s.last_error = Some(e.clone());
+                s.last_error_reason = Some(reason.to_string());
+                s.last_error_at = Some(now());
+            }
+            None => {
+                s.last_error = None;
+                s.last_error_reason = None;
+                s.last_error_at = None;
+            }
+        }
+    });
+    error.is_none()
+}
+
+/// Every failed object, with its reason, in the log.
+fn log_failures(env: &str, r: &cluster_sync::SyncReport) {
+    for f in &r.failures {
+        tracing::warn!(environment = env, object = %f.id, error = %f.message, "object failed");
+    }
+    for c in &r.conflicts {
+        let fields: Vec<String> = c
+            .fields
+            .iter()
+            .map(|f| format!("{} (owned by {})", f.field, f.manager))
+            .collect();
+        tracing::warn!(environment = env, object = %c.id, fields = %fields.join(", "), "conflict");
+    }
+    if let Some(a) = &r.aborted {
+        tracing::warn!(environment = env, error = %a, not_sent = r.not_sent.len(), "sync stopped");
+    }
+}
+
+/// Plans `state` against the cluster and, when this replica may write and
+/// the revision is new (or drifted, with self-heal), syncs it. Errors:
+/// (reason, message, whether the connection may be broken).
+async fn check_and_sync(
+    env: &str,
+    shared: &Shared,
+    c: &Cluster,
+    state: &Desired,
+    may_write: bool,
+    lock_lost: Option<Arc<std::sync::atomic::AtomicBool>>,
+) -> Result<(Plan, Option<cluster_sync::SyncReport>), (&'static str, String, bool)> {
+    let options = &shared.options;
+    let cluster_error =
+        |e: crate::cluster::ClusterError| ("cluster", e.to_string(), e.is_transport());
+    let inv = c.read_inventory(env).await.map_err(cluster_error)?;
+    let kinds = inventory::kinds_to_list(&state.objects, inv.as_ref());
+    let mut planner = diff::Planner::new(env, &state.objects, false);
+    c.for_each_managed(env, &kinds, |o| planner.observe(o))
+        .await
+        .map_err(cluster_error)?;
+    let empty = inventory::Inventory::new(env);
+    let (plan, undeclared) = planner.finish(
+        Some(inv.as_ref().unwrap_or(&empty)),
+        Some(state.revision.clone()),
+        0,
+    );
+    // A revision not yet applied is synced; between revisions, drift is
+    // re-applied only with self-heal.
+    let applied_rev = inv.as_ref().and_then(|i| i.revision.clone());
+    let new_revision = applied_rev.as_deref() != Some(state.revision.as_str());
+    // A replica that does not lead (or a leader waiting for the lock) only
+    // reports.
+    if !may_write {
+        return Ok((plan, None));
+    }
+    let heal = options.self_heal && plan.summary.has_changes();
+    if !new_revision && !heal {
+        return Ok((plan, None));
+    }
+    // Healing takes the drifted fields back from whoever changed them.
+    let mut sync_options = state.sync.clone();
+    sync_options.force_conflicts |= heal && !new_revision;
+    sync_options.lock_lost = lock_lost;
+    // `Syncing`, with the target revision, while the sync runs; the
+    // heartbeat keeps beating so a long sync is not taken for a dead daemon.
+    shared.update(env, |s| {
+        s.sync_status = SyncStatus::Syncing;
+        s.target_revision = Some(state.revision.clone());
+    });
+    shared.metrics.set_status(env, "Syncing");
+    let beat = |status: &str| {
+        BTreeMap::from([
+            ("syncStatus".to_string(), status.to_string()),
+            ("targetRevision".to_string(), state.revision.clone()),
+            ("heartbeatAt".to_string(), now()),
+            (
+                "staleAfterSeconds".to_string(),
+                stale_after(options).to_string(),
+            ),
+        ])
+    };
+    if let Err(e) = c.write_status(env, &beat("Syncing")).await {
+        tracing::warn!(environment = env, error = %e, "cannot write status onto the inventory");
+    }
+    let heartbeat = async {
+        loop {
+            tokio::time::sleep(options.interval.max(Duration::from_secs(1))).await;
+            let _ = c.write_status(env, &beat("Syncing")).await;
+        }
+    };
+    let sync = cluster_sync::sync(
+        c,
+        &plan,
+        &state.objects,
+        inv,
+        &undeclared,
+        &sync_options,
+        Some(state.revision.clone()),
+        |_| {},
+    );
+    let report = tokio::select! {
+        r = sync => r,
+        () = heartbeat => unreachable_heartbeat(),
+    };
+    match report {
+        Ok(report) => Ok((plan, Some(report))),
+        Err(cluster_sync::SyncError::MassPrune(m)) => Err((
+            "guard",
+            format!(
+                "revision {} is blocked: nothing was changed: {}",
+                state.revision, m.message
+            ),
+            false,
+        )),
+        Err(cluster_sync::SyncError::Cluster(e)) => Err(cluster_error(e)),
+    }
+}
+
+/// The heartbeat loop never ends; this keeps `select!`'s arms one type.
+fn unreachable_heartbeat() -> Result<cluster_sync::SyncReport, cluster_sync::SyncError> {
+    Err(cluster_sync::SyncError::Cluster(
+        crate::cluster::ClusterError::Unreachable {
+            server: String::new(),
+            reason: "heartbeat stopped".into(),
+        },
+    ))
 }
 
 /// Objects out of step, per workspace (every workspace listed).

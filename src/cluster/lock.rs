@@ -1,0 +1,378 @@
+//! One writer per environment: a `coordination.k8s.io` Lease per environment
+//! in `tenantsync-system` (`tenantsync-sync-<env>`), taken by `sync` and by
+//! the daemon's leader before they read the inventory, renewed while held,
+//! released at the end. Every change of the Lease goes through the API
+//! server's optimistic concurrency (`resourceVersion`), so two writers can
+//! never both hold it; a holder that stops renewing (killed, frozen) loses
+//! it after [`LOCK_DURATION`]. `plan`, `drift` and `sync --dry-run` take no
+//! lock.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, PostParams};
+use tokio::sync::watch;
+
+use super::{Cluster, ClusterError};
+use crate::inventory::SYSTEM_NAMESPACE;
+use crate::render::{MANAGED_BY, MANAGER};
+
+/// A holder that stops renewing loses the lock after this long.
+pub const LOCK_DURATION: Duration = Duration::from_secs(15);
+/// How often a holder renews (and a waiting writer retries).
+pub const RENEW_PERIOD: Duration = Duration::from_secs(3);
+
+/// The Lease of an environment's lock.
+pub fn lease_name(environment: &str) -> String {
+    format!("tenantsync-sync-{environment}")
+}
+
+/// Who holds a lock, as its Lease says.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Holder {
+    pub identity: String,
+    /// When the holder took it (RFC 3339).
+    pub since: Option<String>,
+    /// Seconds since its last renewal.
+    pub renewed_secs_ago: Option<i64>,
+}
+
+impl std::fmt::Display for Holder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.identity)?;
+        if let Some(since) = &self.since {
+            write!(f, " since {since}")?;
+        }
+        if let Some(ago) = self.renewed_secs_ago {
+            write!(f, " (renewed {ago}s ago)")?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    #[error(
+        "environment {environment} is being synced by {holder}: another writer holds its lock \
+         (Lease {SYSTEM_NAMESPACE}/{lease}); gave up after waiting {waited}s. Try again when it is done, \
+         or raise --lock-timeout; a holder that died releases it within {}s",
+        LOCK_DURATION.as_secs()
+    )]
+    Held {
+        environment: String,
+        lease: String,
+        holder: Holder,
+        waited: u64,
+    },
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
+}
+
+/// A held environment lock, renewed in the background until released (or
+/// dropped: then it simply expires).
+pub struct EnvLock {
+    pub environment: String,
+    pub identity: String,
+    lost: Arc<AtomicBool>,
+    stop: watch::Sender<bool>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl EnvLock {
+    /// True once a renewal found the Lease taken by another holder, or could
+    /// not renew it before it expired: writes must stop.
+    pub fn lost(&self) -> bool {
+        self.lost.load(Ordering::Relaxed)
+    }
+
+    /// A flag that turns true when the lock is lost.
+    pub fn lost_flag(&self) -> Arc<AtomicBool> {
+        self.lost.clone()
+    }
+
+    /// Stops renewing and gives the Lease up so the next writer starts at
+    /// once.
+    pub async fn release(mut self, cluster: &Cluster) {
+        let _ = self.stop.send(true);
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+        if self.lost() {
+            return;
+        }
+        let api: Api<Lease> = Api::namespaced(cluster.client.clone(), SYSTEM_NAMESPACE);
+        let name = lease_name(&self.environment);
+        for _ in 0..3 {
+            match api.get_opt(&name).await {
+                Ok(Some(mut lease))
+                    if lease
+                        .spec
+                        .as_ref()
+                        .and_then(|s| s.holder_identity.as_deref())
+                        == Some(self.identity.as_str()) =>
+                {
+                    if let Some(spec) = lease.spec.as_mut() {
+                        spec.holder_identity = None;
+                        spec.renew_time = None;
+                        spec.acquire_time = None;
+                    }
+                    match api.replace(&name, &PostParams::default(), &lease).await {
+                        Err(kube::Error::Api(s)) if s.code == 409 => continue,
+                        Err(e) => {
+                            tracing::warn!(lease = %name, error = %e, "cannot release the environment lock; it expires by itself")
+                        }
+                        Ok(_) => {}
+                    }
+                    return;
+                }
+                Ok(_) => return,
+                Err(e) => {
+                    tracing::warn!(lease = %name, error = %e, "cannot release the environment lock; it expires by itself");
+                    return;
+                }
+            }
+        }
+    }
+}
+
+impl Drop for EnvLock {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+/// An identity for a CLI sync: user, host and process id.
+pub fn cli_identity() -> String {
+    let user = std::env::var("USER")
+        .or_else(|_| std::env::var("USERNAME"))
+        .unwrap_or_else(|_| "unknown".into());
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|h| h.trim().to_string())
+        })
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into());
+    format!(
+        "tenantsync sync by {user}@{host} (pid {})",
+        std::process::id()
+    )
+}
+
+fn expired(spec: &LeaseSpec, now: Timestamp) -> bool {
+    let Some(renewed) = spec.renew_time.as_ref().map(|t| t.0) else {
+        return true;
+    };
+    let duration = i64::from(spec.lease_duration_seconds.unwrap_or(0));
+    now.as_second() > renewed.as_second() + duration
+}
+
+fn holder_of(spec: &LeaseSpec, now: Timestamp) -> Holder {
+    Holder {
+        identity: spec.holder_identity.clone().unwrap_or_default(),
+        since: spec.acquire_time.as_ref().map(|t| t.0.to_string()),
+        renewed_secs_ago: spec
+            .renew_time
+            .as_ref()
+            .map(|t| now.as_second() - t.0.as_second()),
+    }
+}
+
+/// One attempt to take or renew; `Ok(None)` when `me` holds the lock
+/// afterwards, `Ok(Some(holder))` when another does.
+async fn try_take(api: &Api<Lease>, name: &str, me: &str) -> Result<Option<Holder>, kube::Error> {
+    let now = Timestamp::now();
+    let mine = |acquired: Option<MicroTime>, transitions: i32| LeaseSpec {
+        holder_identity: Some(me.to_string()),
+        lease_duration_seconds: Some(i32::try_from(LOCK_DURATION.as_secs()).unwrap_or(15)),
+        acquire_time: acquired.or(Some(MicroTime(now))),
+        renew_time: Some(MicroTime(now)),
+        lease_transitions: Some(transitions),
+        ..LeaseSpec::default()
+    };
+    match api.get_opt(name).await? {
+        None => {
+            let lease = Lease {
+                metadata: ObjectMeta {
+                    name: Some(name.into()),
+                    labels: Some([(MANAGED_BY.to_string(), MANAGER.to_string())].into()),
+                    ..ObjectMeta::default()
+                },
+                spec: Some(mine(None, 0)),
+            };
+            match api.create(&PostParams::default(), &lease).await {
+                Ok(_) => Ok(None),
+                // Someone created it first: look again next round.
+                Err(kube::Error::Api(s)) if s.code == 409 => Ok(Some(Holder {
+                    identity: "another writer".into(),
+                    since: None,
+                    renewed_secs_ago: None,
+                })),
+                Err(e) => Err(e),
+            }
+        }
+        Some(mut lease) => {
+            let spec = lease.spec.clone().unwrap_or_default();
+            let holder = spec.holder_identity.clone().unwrap_or_default();
+            let transitions = spec.lease_transitions.unwrap_or(0);
+            let next = if holder == me {
+                mine(spec.acquire_time.clone(), transitions)
+            } else if holder.is_empty() || expired(&spec, now) {
+                mine(None, transitions + 1)
+            } else {
+                return Ok(Some(holder_of(&spec, now)));
+            };
+            lease.spec = Some(next);
+            // resourceVersion is kept: a concurrent change makes this a 409.
+            match api.replace(name, &PostParams::default(), &lease).await {
+                Ok(_) => Ok(None),
+                Err(kube::Error::Api(s)) if s.code == 409 => Ok(Some(holder_of(&spec, now))),
+                Err(e) => Err(e),
+            }
+        }
+    }
+}
+
+impl Cluster {
+    /// Takes `environment`'s lock for `me`, waiting up to `timeout` while
+    /// another writer holds it (`on_wait` hears who, once per change of
+    /// holder). `tenantsync-system` is created when missing.
+    pub async fn lock_environment(
+        &self,
+        environment: &str,
+        me: &str,
+        timeout: Duration,
+        mut on_wait: impl FnMut(&Holder),
+    ) -> Result<EnvLock, LockError> {
+        let api: Api<Lease> = Api::namespaced(self.client.clone(), SYSTEM_NAMESPACE);
+        let name = lease_name(environment);
+        let start = Instant::now();
+        let mut told: Option<String> = None;
+        let mut ensured = false;
+        loop {
+            // Counted as a request, not a write: `writeRequests` counts
+            // writes of objects and of the inventory.
+            self.count(false);
+            let attempt = try_take(&api, &name, me).await;
+            let holder = match attempt {
+                Ok(None) => break,
+                Ok(Some(holder)) => holder,
+                Err(kube::Error::Api(s)) if s.code == 404 && !ensured => {
+                    // No tenantsync-system yet (a first sync).
+                    self.ensure_system_namespace(false).await?;
+                    ensured = true;
+                    continue;
+                }
+                Err(e) => {
+                    return Err(self
+                        .classify(e, "take the lock (Lease)", &format!("leases {name}"))
+                        .into());
+                }
+            };
+            if start.elapsed() >= timeout {
+                return Err(LockError::Held {
+                    environment: environment.into(),
+                    lease: name,
+                    holder,
+                    waited: start.elapsed().as_secs(),
+                });
+            }
+            if told.as_deref() != Some(holder.identity.as_str()) {
+                on_wait(&holder);
+                told = Some(holder.identity.clone());
+            }
+            tokio::time::sleep(RENEW_PERIOD.min(timeout.saturating_sub(start.elapsed()))).await;
+        }
+        let lost = Arc::new(AtomicBool::new(false));
+        let (stop, mut stopped) = watch::channel(false);
+        let task = {
+            let lost = lost.clone();
+            let me = me.to_string();
+            let name = name.clone();
+            tokio::spawn(async move {
+                let mut renewed = Instant::now();
+                loop {
+                    tokio::select! {
+                        _ = tokio::time::sleep(RENEW_PERIOD) => {},
+                        _ = stopped.changed() => return,
+                    }
+                    if *stopped.borrow() {
+                        return;
+                    }
+                    match try_take(&api, &name, &me).await {
+                        Ok(None) => renewed = Instant::now(),
+                        Ok(Some(holder)) => {
+                            tracing::error!(lease = %name, holder = %holder, "the environment lock was taken by another writer; writes stop");
+                            lost.store(true, Ordering::Relaxed);
+                            return;
+                        }
+                        Err(e) => {
+                            tracing::warn!(lease = %name, error = %e, "cannot renew the environment lock");
+                            if renewed.elapsed() >= LOCK_DURATION {
+                                lost.store(true, Ordering::Relaxed);
+                                return;
+                            }
+                        }
+                    }
+                }
+            })
+        };
+        Ok(EnvLock {
+            environment: environment.to_string(),
+            identity: me.to_string(),
+            lost,
+            stop,
+            task: Some(task),
+        })
+    }
+
+    /// Who holds `environment`'s lock now, if anyone (read-only).
+    pub async fn lock_holder(&self, environment: &str) -> Result<Option<Holder>, ClusterError> {
+        let api: Api<Lease> = Api::namespaced(self.client.clone(), SYSTEM_NAMESPACE);
+        let name = lease_name(environment);
+        self.count(false);
+        let lease = api
+            .get_opt(&name)
+            .await
+            .map_err(|e| self.classify(e, "get", &format!("leases {name}")))?;
+        let now = Timestamp::now();
+        Ok(lease.and_then(|l| l.spec).and_then(|spec| {
+            let held = spec
+                .holder_identity
+                .as_deref()
+                .is_some_and(|h| !h.is_empty())
+                && !expired(&spec, now);
+            held.then(|| holder_of(&spec, now))
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lease_not_renewed_within_its_duration_is_expired() {
+        let now = Timestamp::now();
+        let spec = |ago: i64| LeaseSpec {
+            holder_identity: Some("x".into()),
+            lease_duration_seconds: Some(15),
+            renew_time: Some(MicroTime(
+                Timestamp::from_second(now.as_second() - ago).unwrap_or(now),
+            )),
+            ..LeaseSpec::default()
+        };
+        assert!(!expired(&spec(5), now));
+        assert!(expired(&spec(16), now));
+        assert!(expired(&LeaseSpec::default(), now));
+        let h = holder_of(&spec(5), now);
+        assert_eq!(h.renewed_secs_ago, Some(5));
+        assert!(h.to_string().starts_with("x"), "{h}");
+    }
+}

@@ -1,0 +1,420 @@
+//! One writer per environment and no lost inventory update, against the real
+//! control plane: two `sync`s of one environment at once (repeated, with
+//! different revisions), a sync facing a lock another writer holds (or held,
+//! then died), and a removed workspace whose namespace holds objects
+//! tenantsync never made.
+
+use std::collections::BTreeSet;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
+use kube::api::{Api, PostParams};
+use serde_json::{Value, json};
+
+use crate::support::repo::TestRepo;
+use crate::support::{User, control_plane, eventually, git};
+
+const SYSTEM: &str = tenantsync::inventory::SYSTEM_NAMESPACE;
+
+fn text(o: &Output) -> String {
+    format!(
+        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn sync_command(repo: &TestRepo, extra: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_tenantsync"));
+    c.args(["sync", "--env", &repo.env, "--context", "admin", "--repo"])
+        .arg(repo.path())
+        .arg("--kubeconfig")
+        .arg(control_plane().kubeconfig())
+        .args(["--output", "json"])
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    c
+}
+
+fn workspace(name: &str) -> String {
+    format!(
+        "apiVersion: tenantsync.io/v1alpha1\nkind: Workspace\nmetadata:\n  name: {name}\nspec:\n  fhirServices:\n    - name: api\n"
+    )
+}
+
+fn removed(name: &str) -> String {
+    format!(
+        "apiVersion: tenantsync.io/v1alpha1\nkind: WorkspacePatch\nmetadata: {{name: {name}}}\n$patch: delete\n"
+    )
+}
+
+async fn inventory(env: &str) -> tenantsync::inventory::Inventory {
+    let api: Api<ConfigMap> = Api::namespaced(control_plane().client(User::Admin).await, SYSTEM);
+    let cm = api
+        .get(&tenantsync::inventory::name_of(env))
+        .await
+        .expect("inventory");
+    tenantsync::inventory::Inventory::from_config_map(&cm).expect("valid inventory")
+}
+
+/// `Kind/namespace/name` of every live object labelled for `env`, of the
+/// kinds tenantsync renders.
+fn live_labelled(env: &str) -> BTreeSet<String> {
+    let out = control_plane()
+        .kubectl()
+        .args([
+            "--context",
+            "admin",
+            "get",
+            "namespaces,serviceaccounts,configmaps,services,deployments,poddisruptionbudgets,ingresses,networkpolicies",
+            "-A",
+            "-o",
+            "json",
+            "-l",
+        ])
+        .arg(format!("tenantsync.io/environment={env}"))
+        .output()
+        .expect("kubectl");
+    assert!(out.status.success(), "{}", text(&out));
+    let list: Value = serde_json::from_slice(&out.stdout).expect("list JSON");
+    list["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        // A namespace being deleted is not live any more.
+        .filter(|o| o["metadata"]["deletionTimestamp"].is_null())
+        .map(|o| {
+            let kind = o["kind"].as_str().unwrap_or_default();
+            let name = o["metadata"]["name"].as_str().unwrap_or_default();
+            match o["metadata"]["namespace"].as_str() {
+                Some(ns) => format!("{kind}/{ns}/{name}"),
+                None => format!("{kind}/{name}"),
+            }
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn concurrent_syncs_of_different_revisions_never_leave_a_live_object_outside_the_inventory() {
+    let repo = TestRepo::new("lock-concurrent");
+    // Enough objects that two syncs overlap unless one waits.
+    for i in 0..40 {
+        repo.write(
+            &format!("workspaces/ws-{i:02}.yaml"),
+            &workspace(&format!("ws-{i:02}")),
+        );
+    }
+    git(repo.path(), &["init", "-q"]);
+    // Revision A adds workspace extra-a; revision B removes woodgrove.
+    git(repo.path(), &["add", "-A"]);
+    git(repo.path(), &["commit", "-qm", "base"]);
+    let base = git(repo.path(), &["rev-parse", "HEAD"]);
+    repo.write("workspaces/extra-a.yaml", &workspace("extra-a"));
+    // A also updates every workspace's Deployment: a slow sync.
+    for i in 0..40 {
+        let ws = format!("ws-{i:02}");
+        repo.write(
+            &format!("workspaces/{ws}.yaml"),
+            &workspace(&ws).replace("- name: api\n", "- name: api\n      replicas: 2\n"),
+        );
+    }
+    git(repo.path(), &["add", "-A"]);
+    git(repo.path(), &["commit", "-qm", "A"]);
+    let rev_a = git(repo.path(), &["rev-parse", "HEAD"]);
+    git(repo.path(), &["checkout", "-q", &base]);
+    repo.write("workspaces/woodgrove.yaml", &removed("woodgrove"));
+    git(repo.path(), &["add", "-A"]);
+    git(repo.path(), &["commit", "-qm", "B"]);
+    let rev_b = git(repo.path(), &["rev-parse", "HEAD"]);
+
+    let flags = ["--prune", "--allow-mass-prune"];
+    let first = sync_command(&repo, &["--rev", &base])
+        .output()
+        .expect("sync");
+    assert_eq!(first.status.code(), Some(0), "{}", text(&first));
+    let mut waited = 0;
+    let namespaces: Api<Namespace> = Api::all(control_plane().client(User::Admin).await);
+    for round in 0..4 {
+        // A workspace pruned in the last round is re-added in this one: its
+        // namespace must be gone first (the API server refuses new content
+        // in a namespace being deleted).
+        eventually("pruned namespaces to go", Duration::from_secs(60), || {
+            let namespaces = namespaces.clone();
+            let env = repo.env.clone();
+            async move {
+                let list = namespaces.list(&Default::default()).await.ok()?;
+                let terminating = list.items.iter().any(|n| {
+                    n.metadata
+                        .name
+                        .as_deref()
+                        .is_some_and(|name| name.ends_with(&env))
+                        && n.metadata.deletion_timestamp.is_some()
+                });
+                (!terminating).then_some(())
+            }
+        })
+        .await;
+        let (one, two) = if round % 2 == 0 {
+            (&rev_a, &rev_b)
+        } else {
+            (&rev_b, &rev_a)
+        };
+        let mut extra_one = vec!["--rev", one.as_str()];
+        extra_one.extend(flags);
+        let mut extra_two = vec!["--rev", two.as_str()];
+        extra_two.extend(flags);
+        let a = sync_command(&repo, &extra_one).spawn().expect("sync one");
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let b = sync_command(&repo, &extra_two).spawn().expect("sync two");
+        let a = a.wait_with_output().expect("wait");
+        let b = b.wait_with_output().expect("wait");
+        // Each runs alone: both succeed, one after the other.
+        assert_eq!(a.status.code(), Some(0), "round {round}: {}", text(&a));
+        assert_eq!(b.status.code(), Some(0), "round {round}: {}", text(&b));
+        let waits = |o: &Output| {
+            String::from_utf8_lossy(&o.stderr).contains("waiting for the lock of environment")
+        };
+        for o in [&a, &b] {
+            if waits(o) {
+                waited += 1;
+                assert!(
+                    String::from_utf8_lossy(&o.stderr).contains("held by tenantsync sync by "),
+                    "the holder is named: {}",
+                    text(o)
+                );
+            }
+        }
+        // The one that waited wrote last.
+        let last = if waits(&a) && !waits(&b) { one } else { two };
+        // Every live labelled object is in the inventory.
+        let inv = inventory(&repo.env).await;
+        let recorded: BTreeSet<String> = inv.objects.iter().map(|r| r.id()).collect();
+        let live = live_labelled(&repo.env);
+        let outside: Vec<&String> = live.difference(&recorded).collect();
+        assert!(
+            outside.is_empty(),
+            "round {round}: live, labelled and in no inventory: {outside:?}"
+        );
+        // The last writer's revision is what the cluster has: a plan of it
+        // is empty.
+        let plan = Command::new(env!("CARGO_BIN_EXE_tenantsync"))
+            .args(["plan", "--env", &repo.env, "--context", "admin", "--repo"])
+            .arg(repo.path())
+            .args(["--rev", last, "--detailed-exitcode", "--kubeconfig"])
+            .arg(control_plane().kubeconfig())
+            .output()
+            .expect("plan");
+        assert_eq!(
+            plan.status.code(),
+            Some(0),
+            "round {round}: {}",
+            text(&plan)
+        );
+    }
+    assert!(waited > 0, "no sync ever waited for the other's lock");
+}
+
+async fn hold_lock(env: &str, holder: &str, renewed_secs_ago: i64) {
+    let leases: Api<Lease> = Api::namespaced(control_plane().client(User::Admin).await, SYSTEM);
+    let now = k8s_openapi::jiff::Timestamp::now();
+    let renewed = k8s_openapi::jiff::Timestamp::from_second(now.as_second() - renewed_secs_ago)
+        .expect("time");
+    let lease: Lease = serde_json::from_value(json!({
+        "metadata": {"name": tenantsync::cluster::lock::lease_name(env)},
+        "spec": {
+            "holderIdentity": holder,
+            "leaseDurationSeconds": 15,
+            "acquireTime": renewed.to_string(),
+            "renewTime": renewed.to_string(),
+        }
+    }))
+    .expect("lease");
+    let _ = leases
+        .delete(
+            &lease.metadata.name.clone().unwrap_or_default(),
+            &Default::default(),
+        )
+        .await;
+    leases
+        .create(&PostParams::default(), &lease)
+        .await
+        .expect("create lease");
+}
+
+#[tokio::test]
+async fn a_sync_waits_for_a_held_lock_names_the_holder_and_takes_over_a_dead_holders_lock() {
+    let repo = TestRepo::new("lock-held");
+    // The environment's first sync creates tenantsync-system if needed.
+    repo.apply_rendered().await;
+    hold_lock(&repo.env, "daemon:replica-1", 0).await;
+    let start = Instant::now();
+    let out = sync_command(&repo, &["--lock-timeout", "4s"])
+        .output()
+        .expect("sync");
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("waiting for the lock of environment")
+            && err.contains("held by daemon:replica-1 since "),
+        "{err}"
+    );
+    assert!(
+        err.contains("nothing was changed") && err.contains("--lock-timeout"),
+        "{err}"
+    );
+    assert!(start.elapsed() >= Duration::from_secs(4));
+    // plan and dry runs take no lock.
+    let plan = repo.run("plan", "admin", &[]);
+    assert_eq!(plan.status.code(), Some(0), "{}", text(&plan));
+    let dry = sync_command(&repo, &["--dry-run", "--lock-timeout", "0s"])
+        .output()
+        .expect("sync");
+    assert_eq!(dry.status.code(), Some(0), "{}", text(&dry));
+
+    // A holder that stopped renewing 20 s ago (killed) has lost it.
+    hold_lock(&repo.env, "daemon:replica-1", 20).await;
+    let out = sync_command(&repo, &["--lock-timeout", "0s"])
+        .output()
+        .expect("sync");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    // And it released it at the end.
+    let leases: Api<Lease> = Api::namespaced(control_plane().client(User::Admin).await, SYSTEM);
+    let lease = leases
+        .get(&tenantsync::cluster::lock::lease_name(&repo.env))
+        .await
+        .expect("lease");
+    assert_eq!(lease.spec.and_then(|s| s.holder_identity), None);
+}
+
+#[tokio::test]
+async fn a_removed_workspace_namespace_holding_hand_made_objects_is_kept_and_they_are_named() {
+    let repo = TestRepo::new("foreign");
+    repo.apply_rendered().await;
+    let ns = repo.namespace("woodgrove");
+    let kubectl = |args: &[&str]| {
+        let out = control_plane()
+            .kubectl()
+            .args(["--context", "admin", "-n", &ns])
+            .args(args)
+            .output()
+            .expect("kubectl");
+        assert!(out.status.success(), "{}", text(&out));
+    };
+    kubectl(&["create", "configmap", "by-hand", "--from-literal=a=b"]);
+    kubectl(&[
+        "create",
+        "secret",
+        "generic",
+        "by-hand-secret",
+        "--from-literal=password=s3cr3t-value",
+    ]);
+    repo.write("workspaces/woodgrove.yaml", &removed("woodgrove"));
+
+    // plan names them.
+    let plan = repo.run("plan", "admin", &[]);
+    assert_eq!(plan.status.code(), Some(0), "{}", text(&plan));
+    let plan_text = String::from_utf8_lossy(&plan.stdout);
+    assert!(
+        plan_text.contains(&format!(
+            "Namespace {ns} holds 2 object(s) tenantsync did not make: ConfigMap/{ns}/by-hand, Secret/{ns}/by-hand-secret"
+        )),
+        "{plan_text}"
+    );
+    let plan_json = repo.plan_json("admin");
+    assert_eq!(
+        plan_json["foreign"][&ns]["objects"],
+        json!([
+            format!("ConfigMap/{ns}/by-hand"),
+            format!("Secret/{ns}/by-hand-secret")
+        ])
+    );
+
+    // The guard names them.
+    let out = sync_command(&repo, &["--prune"]).output().expect("sync");
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!(
+            "{ns} holds 2 object(s) tenantsync did not make (ConfigMap/{ns}/by-hand, Secret/{ns}/by-hand-secret), so the namespace is kept"
+        )),
+        "{err}"
+    );
+
+    // Pruned except for the namespace, which is kept and reported.
+    let out = sync_command(&repo, &["--prune", "--allow-mass-prune"])
+        .output()
+        .expect("sync");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(!text(&out).contains("s3cr3t"), "{}", text(&out));
+    let report: Value = serde_json::from_slice(&out.stdout).expect("report");
+    let pruned: Vec<&str> = report["pruned"]
+        .as_array()
+        .expect("pruned")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(
+        pruned.contains(&format!("Deployment/{ns}/fhir-api").as_str()),
+        "{report:#}"
+    );
+    assert!(
+        !pruned.contains(&format!("Namespace/{ns}").as_str()),
+        "{report:#}"
+    );
+    let kept = report["kept"].to_string();
+    assert!(
+        kept.contains(&format!("Namespace/{ns}"))
+            && kept.contains(&format!("ConfigMap/{ns}/by-hand")),
+        "{report:#}"
+    );
+    let namespaces: Api<Namespace> = Api::all(control_plane().client(User::Admin).await);
+    assert!(namespaces.get_opt(&ns).await.expect("get").is_some());
+    let configmaps: Api<ConfigMap> =
+        Api::namespaced(control_plane().client(User::Admin).await, &ns);
+    assert!(configmaps.get_opt("by-hand").await.expect("get").is_some());
+    // The kept namespace stays in the inventory, so a later sync can go on.
+    assert!(
+        inventory(&repo.env)
+            .await
+            .objects
+            .iter()
+            .any(|r| r.id() == format!("Namespace/{ns}"))
+    );
+
+    // With --prune-foreign the namespace goes, with them.
+    let out = sync_command(&repo, &["--prune", "--allow-mass-prune", "--prune-foreign"])
+        .output()
+        .expect("sync");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let report: Value = serde_json::from_slice(&out.stdout).expect("report");
+    assert_eq!(
+        report["pruned"],
+        json!([format!("Namespace/{ns}")]),
+        "{report:#}"
+    );
+    assert!(
+        report["foreign"][&ns]["objects"]
+            .to_string()
+            .contains("by-hand-secret"),
+        "{report:#}"
+    );
+    eventually("the namespace to go", Duration::from_secs(60), || {
+        let namespaces = namespaces.clone();
+        let ns = ns.clone();
+        async move {
+            namespaces
+                .get_opt(&ns)
+                .await
+                .ok()
+                .flatten()
+                .is_none()
+                .then_some(())
+        }
+    })
+    .await;
+}

@@ -1,0 +1,260 @@
+//! The daemon's status never lies: a revision blocked by the mass-prune
+//! guard is reported by `/status`, `tenantsync status` and `/metrics` alike
+//! while drift of the last applied revision is still healed; a daemon
+//! killed mid-reconcile leaves a status shown as stale, and a CLI `sync`
+//! waits for the environment's lock the dead daemon held.
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::api::Api;
+
+use crate::daemon_e2e::{Guard, free_port, http, status, wait_for};
+use crate::support::repo::TestRepo;
+use crate::support::{User, control_plane};
+
+fn text(o: &Output) -> String {
+    format!(
+        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn start_daemon(repo: &TestRepo, port: u16, log: &Path, extra: &[&str]) -> Guard {
+    let child = Command::new(env!("CARGO_BIN_EXE_tenantsync"))
+        .args([
+            "run",
+            "--env",
+            &repo.env,
+            "--interval",
+            "1s",
+            "--drift-interval",
+            "2s",
+        ])
+        .arg("--repo")
+        .arg(repo.path())
+        .arg(format!("--listen=127.0.0.1:{port}"))
+        .arg("--kubeconfig")
+        .arg(control_plane().kubeconfig())
+        .args(["--context", "admin"])
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).expect("log file"))
+        .spawn()
+        .expect("tenantsync run");
+    Guard(child)
+}
+
+fn shown_status(repo: &TestRepo) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_tenantsync"))
+        .args([
+            "status",
+            "--env",
+            &repo.env,
+            "--context",
+            "readonly",
+            "--kubeconfig",
+        ])
+        .arg(control_plane().kubeconfig())
+        .output()
+        .expect("tenantsync status");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn workspace(name: &str) -> String {
+    format!(
+        "apiVersion: tenantsync.io/v1alpha1\nkind: Workspace\nmetadata:\n  name: {name}\nspec:\n  fhirServices:\n    - name: api\n"
+    )
+}
+
+#[tokio::test]
+async fn a_blocked_revision_is_reported_everywhere_and_drift_of_the_last_applied_one_is_healed() {
+    let repo = TestRepo::new("status-blocked");
+    let port = free_port();
+    let log = tempfile::NamedTempFile::new().expect("log");
+    let mut daemon = start_daemon(&repo, port, log.path(), &["--prune", "--self-heal"]);
+    let env = repo.env.clone();
+    wait_for("the first sync", Duration::from_secs(60), async || {
+        status(port, &env)
+            .await
+            .is_some_and(|s| s["syncStatus"] == "Synced" && s["lastAppliedRevision"].is_string())
+    })
+    .await;
+
+    // A revision removing a workspace: the guard blocks it.
+    repo.write(
+        "workspaces/woodgrove.yaml",
+        "apiVersion: tenantsync.io/v1alpha1\nkind: WorkspacePatch\nmetadata: {name: woodgrove}\n$patch: delete\n",
+    );
+    wait_for(
+        "the block to be reported",
+        Duration::from_secs(30),
+        async || {
+            status(port, &env).await.is_some_and(|s| {
+                s["syncStatus"] == "Failed"
+                    && s["lastErrorReason"] == "guard"
+                    && s["lastError"].as_str().is_some_and(|e| {
+                        e.contains("is blocked") && e.contains("--allow-mass-prune")
+                    })
+            })
+        },
+    )
+    .await;
+    wait_for(
+        "tenantsync status to agree",
+        Duration::from_secs(15),
+        async || {
+            let shown = shown_status(&repo);
+            shown.contains("sync status:        Failed") && shown.contains("is blocked")
+        },
+    )
+    .await;
+    let metrics = http(port, "GET", "/metrics", &[], "")
+        .await
+        .expect("metrics");
+    assert!(
+        metrics.contains(&format!(
+            "tenantsync_sync_status{{environment=\"{env}\",status=\"Failed\"}} 1"
+        )),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(&format!(
+            "tenantsync_reconcile_errors_total{{environment=\"{env}\",reason=\"guard\"}}"
+        )),
+        "{metrics}"
+    );
+
+    // Meanwhile a `kubectl scale` of the last applied revision is healed.
+    let ns = repo.namespace("contoso");
+    let deployments: Api<Deployment> =
+        Api::namespaced(control_plane().client(User::Admin).await, &ns);
+    let before = deployments
+        .get("fhir-main")
+        .await
+        .expect("deployment")
+        .spec
+        .and_then(|s| s.replicas);
+    let scale = control_plane()
+        .kubectl()
+        .args([
+            "--context",
+            "admin",
+            "-n",
+            &ns,
+            "scale",
+            "deployment/fhir-main",
+            "--replicas=7",
+        ])
+        .output()
+        .expect("kubectl");
+    assert!(scale.status.success(), "{}", text(&scale));
+    wait_for(
+        "the scale to be healed",
+        Duration::from_secs(30),
+        async || {
+            deployments
+                .get("fhir-main")
+                .await
+                .ok()
+                .and_then(|d| d.spec?.replicas)
+                == before
+        },
+    )
+    .await;
+    let logged = std::fs::read_to_string(log.path()).unwrap_or_default();
+    assert!(
+        logged.contains("drift of the last applied revision while a newer one is blocked"),
+        "{logged}"
+    );
+    // Still blocked, and said so.
+    let s = status(port, &env).await.expect("status");
+    assert_eq!(s["syncStatus"], "Failed", "{s}");
+    let code = daemon.terminate().await;
+    assert!(code.success(), "exit status {code}");
+}
+
+#[tokio::test]
+async fn a_daemon_killed_mid_reconcile_is_shown_as_stale_and_its_lock_expires() {
+    let repo = TestRepo::new("status-killed");
+    let port = free_port();
+    let log = tempfile::NamedTempFile::new().expect("log");
+    let mut daemon = start_daemon(&repo, port, log.path(), &[]);
+    let env = repo.env.clone();
+    wait_for("the first sync", Duration::from_secs(60), async || {
+        status(port, &env)
+            .await
+            .is_some_and(|s| s["syncStatus"] == "Synced" && s["lastAppliedRevision"].is_string())
+    })
+    .await;
+    // A large revision: the daemon is Syncing it for a while.
+    for i in 0..150 {
+        repo.write(
+            &format!("workspaces/ws-{i:03}.yaml"),
+            &workspace(&format!("ws-{i:03}")),
+        );
+    }
+    wait_for("Syncing to be shown", Duration::from_secs(60), async || {
+        shown_status(&repo).contains("sync status:        Syncing folder-")
+    })
+    .await;
+    let killed = Command::new("kill")
+        .args(["-KILL", &daemon.0.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    let _ = daemon.0.wait();
+    // Never `Synced` while the sync is not done; stale once the heartbeat
+    // is older than the daemon promised (3 intervals + 15 s).
+    assert!(!shown_status(&repo).contains("sync status:        Synced"));
+    wait_for(
+        "the status to be shown as stale",
+        Duration::from_secs(40),
+        async || {
+            let shown = shown_status(&repo);
+            shown.contains("sync status:        Unknown (stale: the daemon has not reported for")
+                && shown.contains("it last reported Syncing")
+        },
+    )
+    .await;
+    // A CLI sync takes over the dead daemon's lock (expired) and converges.
+    let out = repo.run("sync", "admin", &["--lock-timeout", "60s"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let plan = repo.run("plan", "admin", &["--detailed-exitcode"]);
+    assert_eq!(plan.status.code(), Some(0), "{}", text(&plan));
+    let shown = shown_status(&repo);
+    assert!(shown.contains("last CLI sync:"), "{shown}");
+}
+
+#[tokio::test]
+async fn a_cli_sync_refuses_while_a_daemon_holds_the_environment() {
+    let repo = TestRepo::new("status-daemon-lock");
+    let port = free_port();
+    let log = tempfile::NamedTempFile::new().expect("log");
+    let mut daemon = start_daemon(&repo, port, log.path(), &[]);
+    let env = repo.env.clone();
+    wait_for("the first sync", Duration::from_secs(60), async || {
+        status(port, &env)
+            .await
+            .is_some_and(|s| s["syncStatus"] == "Synced")
+    })
+    .await;
+    let out = repo.run("sync", "admin", &["--lock-timeout", "3s"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!(
+            "environment {env} is being synced by tenantsync run "
+        )) && err.contains(" since "),
+        "{err}"
+    );
+    // Once the daemon stops (releasing the lock), the CLI may sync.
+    let code = daemon.terminate().await;
+    assert!(code.success(), "exit status {code}");
+    let out = repo.run("sync", "admin", &["--lock-timeout", "0s"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+}

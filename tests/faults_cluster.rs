@@ -1,0 +1,306 @@
+//! Fail fast against the real control plane: a frozen API server (SIGSTOP,
+//! on a control plane of this test's own), a credential that may not write,
+//! a credential the API server refuses, and a broken kubeconfig.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::support::control_plane;
+use crate::support::repo::TestRepo;
+
+fn text(o: &Output) -> String {
+    format!(
+        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn workspace(name: &str, replicas: u32) -> String {
+    format!(
+        "apiVersion: tenantsync.io/v1alpha1\nkind: Workspace\nmetadata:\n  name: {name}\nspec:\n  fhirServices:\n    - name: api\n      replicas: {replicas}\n"
+    )
+}
+
+/// A control plane of this test's own (it is frozen), stopped on drop.
+struct OwnControlPlane {
+    dir: PathBuf,
+    kubeconfig: PathBuf,
+}
+
+impl OwnControlPlane {
+    fn start(name: &str) -> OwnControlPlane {
+        let dir =
+            Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}-{}", std::process::id()));
+        let out = Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/control-plane"))
+            .args(["up", "--owner-pid", &std::process::id().to_string()])
+            .env("TENANTSYNC_CP_DIR", &dir)
+            .stdin(Stdio::null())
+            .output()
+            .expect("control-plane up");
+        assert!(out.status.success(), "{}", text(&out));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let kubeconfig = stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("export KUBECONFIG="))
+            .map(PathBuf::from)
+            .expect("export line");
+        OwnControlPlane { dir, kubeconfig }
+    }
+
+    fn apiserver_pid(&self) -> String {
+        std::fs::read_to_string(self.dir.join("pids/kube-apiserver"))
+            .expect("apiserver pid")
+            .trim()
+            .to_string()
+    }
+
+    fn signal(&self, signal: &str) {
+        let ok = Command::new("kill")
+            .args([signal, &self.apiserver_pid()])
+            .status()
+            .expect("kill")
+            .success();
+        assert!(ok, "kill {signal}");
+    }
+}
+
+impl Drop for OwnControlPlane {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-CONT", &self.apiserver_pid()])
+            .status();
+        let _ = Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/control-plane"))
+            .arg("down")
+            .env("TENANTSYNC_CP_DIR", &self.dir)
+            .output();
+    }
+}
+
+fn tenantsync(repo: &TestRepo, kubeconfig: &Path, verb: &str, extra: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_tenantsync"));
+    c.args([verb, "--env", &repo.env, "--repo"])
+        .arg(repo.path())
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    c
+}
+
+#[tokio::test]
+async fn a_frozen_api_server_stops_the_sync_within_30s_and_the_next_sync_converges() {
+    let cp = OwnControlPlane::start("cp-frozen");
+    let repo = TestRepo::new("frozen");
+    for i in 0..150 {
+        repo.write(
+            &format!("workspaces/ws-{i:03}.yaml"),
+            &workspace(&format!("ws-{i:03}"), 1),
+        );
+    }
+    let mut child = tenantsync(&repo, &cp.kubeconfig, "sync", &["--output", "json"])
+        .spawn()
+        .expect("sync");
+    // Freeze the API server once the sync is applying.
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let reader = std::thread::spawn(move || {
+        let mut all = String::new();
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line.clone());
+            all.push_str(&line);
+            all.push('\n');
+        }
+        all
+    });
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let line = rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .expect("the sync reached its ConfigMaps");
+        if line.contains("ConfigMap(s)") {
+            break;
+        }
+    }
+    cp.signal("-STOP");
+    let frozen = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(
+            frozen.elapsed() < Duration::from_secs(30),
+            "the sync did not stop within 30 s of the API server freezing"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let mut stdout = String::new();
+    std::io::Read::read_to_string(&mut child.stdout.take().expect("stdout"), &mut stdout)
+        .expect("read");
+    let err = reader.join().expect("reader");
+    assert_eq!(status.code(), Some(1), "{stdout}\n{err}");
+    let report: Value = serde_json::from_str(&stdout).unwrap_or(Value::Null);
+    assert!(
+        report["aborted"]
+            .as_str()
+            .is_some_and(|a| a.contains("consecutive failures to reach the API server")),
+        "{stdout}\n{err}"
+    );
+    assert!(
+        report["notSent"].as_array().is_some_and(|a| !a.is_empty()),
+        "{stdout}"
+    );
+    cp.signal("-CONT");
+
+    // The next sync converges (after the dead sync's lock expires).
+    let out = tenantsync(&repo, &cp.kubeconfig, "sync", &["--output", "json"])
+        .output()
+        .expect("sync");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let plan = tenantsync(&repo, &cp.kubeconfig, "plan", &["--detailed-exitcode"])
+        .output()
+        .expect("plan");
+    assert_eq!(plan.status.code(), Some(0), "{}", text(&plan));
+    let drift = tenantsync(&repo, &cp.kubeconfig, "drift", &["--detailed-exitcode"])
+        .output()
+        .expect("drift");
+    assert_eq!(drift.status.code(), Some(0), "{}", text(&drift));
+}
+
+#[tokio::test]
+async fn a_read_only_credential_stops_after_the_first_refusals_with_one_message_naming_the_verb() {
+    let repo = TestRepo::new("forbidden");
+    for i in 0..30 {
+        repo.write(
+            &format!("workspaces/ws-{i:02}.yaml"),
+            &workspace(&format!("ws-{i:02}"), 1),
+        );
+    }
+    repo.apply_rendered().await;
+    // A new image for every Deployment: updates only (no new object, so
+    // the inventory is not written before the first refusal).
+    for i in 0..30 {
+        repo.write(
+            &format!("workspaces/ws-{i:02}.yaml"),
+            &format!(
+                "{}      image: {{ tag: \"9.9.9\" }}\n",
+                workspace(&format!("ws-{i:02}"), 1)
+            ),
+        );
+    }
+    // The readonly user may take the environment's lock, nothing more.
+    let role = format!("lock-{}", repo.env);
+    for args in [
+        vec![
+            "create",
+            "role",
+            &role,
+            "--verb=get,create,update",
+            "--resource=leases.coordination.k8s.io",
+        ],
+        vec![
+            "create",
+            "rolebinding",
+            &role,
+            "--role",
+            &role,
+            "--user=readonly",
+        ],
+    ] {
+        let out = control_plane()
+            .kubectl()
+            .args([
+                "--context",
+                "admin",
+                "-n",
+                tenantsync::inventory::SYSTEM_NAMESPACE,
+            ])
+            .args(&args)
+            .output()
+            .expect("kubectl");
+        assert!(out.status.success(), "{}", text(&out));
+    }
+    let out = repo.run("sync", "readonly", &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let failed: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.starts_with("failed:"))
+        .collect();
+    assert_eq!(failed.len(), 1, "{}", text(&out));
+    assert!(
+        failed[0].contains("permission denied")
+            && failed[0].contains("cannot patch Deployment")
+            && failed[0].contains("more Deployment object(s) were refused or not sent"),
+        "{}",
+        failed[0]
+    );
+    assert!(stdout.contains("not sent: "), "{stdout}");
+}
+
+#[tokio::test]
+async fn refused_credentials_and_a_broken_kubeconfig_say_so_naming_user_file_and_line() {
+    let repo = TestRepo::new("unauthorized");
+    let view = |jsonpath: &str| {
+        let out = control_plane()
+            .kubectl()
+            .args([
+                "config",
+                "view",
+                "--raw",
+                "--minify",
+                "--context",
+                "admin",
+                "-o",
+            ])
+            .arg(format!("jsonpath={jsonpath}"))
+            .output()
+            .expect("kubectl");
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let server = view("{.clusters[0].cluster.server}");
+    let ca = view("{.clusters[0].cluster.certificate-authority-data}");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters: [{{name: c, cluster: {{server: \"{server}\", certificate-authority-data: \"{ca}\"}}}}]\nusers: [{{name: ci-bot, user: {{token: not-a-valid-token}}}}]\ncontexts: [{{name: ci, context: {{cluster: c, user: ci-bot}}}}]\ncurrent-context: ci\n"
+        ),
+    )
+    .expect("write");
+    let out = tenantsync(&repo, &kubeconfig, "plan", &[])
+        .output()
+        .expect("plan");
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("refused the credentials of user ci-bot (context ci)")
+            && err.contains("invalid or expired"),
+        "{err}"
+    );
+    assert!(!err.contains("not-a-valid-token"), "{err}");
+
+    std::fs::write(
+        &kubeconfig,
+        "apiVersion: v1\nkind: Config\nclusters:\n  - name: c\n   cluster: {}\n",
+    )
+    .expect("write");
+    let out = tenantsync(&repo, &kubeconfig, "plan", &[])
+        .output()
+        .expect("plan");
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let shown = kubeconfig.display().to_string();
+    assert!(err.contains(&format!("{shown}:")), "{err}");
+    assert!(err.contains("invalid YAML"), "{err}");
+    // The reason once, on one line.
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+}
