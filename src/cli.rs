@@ -430,11 +430,46 @@ fn live_cmd(args: &LiveArgs, verb: print::Verb) -> anyhow::Result<ExitCode> {
         cluster
             .for_each_managed(&name, &kinds, |o| planner.observe(o))
             .await?;
+        let recorded: std::collections::HashSet<(String, Option<String>, String)> = inventory
+            .objects
+            .iter()
+            .map(|r| {
+                (
+                    r.kind.to_string(),
+                    r.namespace.as_deref().map(String::from),
+                    r.name.to_string(),
+                )
+            })
+            .collect();
         let inventory = match verb {
             print::Verb::Plan => Some(inventory),
             print::Verb::Drift => None,
         };
-        let (plan, _) = planner.finish(inventory.as_ref(), revision, cluster.requests());
+        let (mut plan, _) = planner.finish(inventory.as_ref(), revision, cluster.requests());
+        // drift: an object declared but never applied (not inventoried) is
+        // pending, not missing; a labelled object the inventory never
+        // recorded was never declared, not "no longer" declared.
+        let mut notes = DriftNotes::default();
+        if matches!(verb, print::Verb::Drift) {
+            let key = |c: &crate::plan::Change| {
+                (
+                    c.kind.to_string(),
+                    c.namespace.as_deref().map(String::from),
+                    c.name.to_string(),
+                )
+            };
+            let (pending, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut plan.changes)
+                .into_iter()
+                .partition(|c| c.action == Action::Create && !recorded.contains(&key(c)));
+            notes.pending = pending.iter().map(|c| c.id()).collect();
+            notes.never_declared = kept
+                .iter()
+                .filter(|c| c.action == Action::Delete && !recorded.contains(&key(c)))
+                .map(|c| c.id())
+                .collect();
+            plan.changes = kept;
+            plan.summary = crate::plan::Summary::of(&plan.changes);
+        }
         // What a namespace the plan deletes holds that tenantsync never made.
         let namespaces: Vec<String> = plan
             .changes
@@ -448,9 +483,9 @@ fn live_cmd(args: &LiveArgs, verb: print::Verb) -> anyhow::Result<ExitCode> {
             }
             _ => Default::default(),
         };
-        Ok::<_, crate::cluster::ClusterError>((plan, foreign))
+        Ok::<_, crate::cluster::ClusterError>((plan, foreign, notes))
     })?;
-    let (plan, foreign) = plan;
+    let (plan, foreign, notes) = plan;
     let color =
         !args.no_color && std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     let mut text = match args.output {
@@ -461,12 +496,53 @@ fn live_cmd(args: &LiveArgs, verb: print::Verb) -> anyhow::Result<ExitCode> {
     if !foreign.is_empty() {
         text = with_foreign(text, &foreign, args.output);
     }
+    if !notes.pending.is_empty() || !notes.never_declared.is_empty() {
+        text = notes.add_to(text, args.output);
+    }
     write_stdout(&text)?;
     Ok(if args.detailed_exitcode && plan.summary.has_changes() {
         ExitCode::from(2)
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// What `drift` tells apart beyond the plan's actions.
+#[derive(Default)]
+struct DriftNotes {
+    /// Declared, never applied (not in the inventory): the next sync creates them.
+    pending: Vec<String>,
+    /// Labelled for the environment, never in the inventory: never declared.
+    never_declared: Vec<String>,
+}
+
+impl DriftNotes {
+    fn add_to(&self, text: String, output: PlanOutput) -> String {
+        if let PlanOutput::Json = output {
+            let Ok(mut value) = serde_json::from_str::<serde_json::Value>(&text) else {
+                return text;
+            };
+            value["pending"] = serde_json::json!(self.pending);
+            value["neverDeclared"] = serde_json::json!(self.never_declared);
+            return serde_json::to_string_pretty(&value).map_or(text, |t| t + "\n");
+        }
+        let mut out = text;
+        if !self.pending.is_empty() {
+            out.push_str(&format!(
+                "\nPending: {} object(s) declared but never applied (not drift; the next sync creates them): {}\n",
+                self.pending.len(),
+                crate::sync::name_some(&self.pending)
+            ));
+        }
+        if !self.never_declared.is_empty() {
+            out.push_str(&format!(
+                "\nOf the orphaned, {} were never declared (labelled as tenantsync's but never in its inventory; prune leaves them): {}\n",
+                self.never_declared.len(),
+                crate::sync::name_some(&self.never_declared)
+            ));
+        }
+        out
+    }
 }
 
 /// The plan's text with what the namespaces it deletes hold that tenantsync

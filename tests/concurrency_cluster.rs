@@ -418,3 +418,78 @@ async fn a_removed_workspace_namespace_holding_hand_made_objects_is_kept_and_the
     })
     .await;
 }
+
+fn status_text(repo: &TestRepo) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_tenantsync"))
+        .args([
+            "status",
+            "--env",
+            &repo.env,
+            "--context",
+            "readonly",
+            "--kubeconfig",
+        ])
+        .arg(control_plane().kubeconfig())
+        .output()
+        .expect("tenantsync status");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test]
+async fn a_cli_sync_records_its_result_and_drift_calls_never_applied_objects_pending() {
+    let repo = TestRepo::new("cli-status");
+    repo.apply_rendered().await;
+    let shown = status_text(&repo);
+    assert!(shown.contains("sync status:        Synced"), "{shown}");
+    assert!(shown.contains("applied revision:   folder-"), "{shown}");
+    assert!(shown.contains("last CLI sync:      "), "{shown}");
+    assert!(shown.contains(" by tenantsync sync by "), "{shown}");
+
+    // A newly declared workspace is pending in drift, not missing.
+    repo.write("workspaces/newcomer.yaml", &workspace("newcomer"));
+    let drift = repo.run("drift", "admin", &["--detailed-exitcode"]);
+    let out = String::from_utf8_lossy(&drift.stdout);
+    assert!(
+        !out.contains("missing (deleted by hand)"),
+        "{}",
+        text(&drift)
+    );
+    assert!(
+        out.contains("Pending: ") && out.contains(&format!("Namespace/newcomer-{}", repo.env)),
+        "{}",
+        text(&drift)
+    );
+    assert_eq!(drift.status.code(), Some(0), "{}", text(&drift));
+
+    // A failed sync says Failed, with the object and the reason.
+    let ns = repo.namespace("contoso");
+    let scale = control_plane()
+        .kubectl()
+        .args([
+            "--context",
+            "admin",
+            "-n",
+            &ns,
+            "scale",
+            "deployment/fhir-main",
+            "--replicas=5",
+        ])
+        .output()
+        .expect("kubectl");
+    assert!(scale.status.success(), "{}", text(&scale));
+    repo.write(
+        "workspaces/contoso.yaml",
+        "apiVersion: tenantsync.io/v1alpha1\nkind: WorkspacePatch\nmetadata: {name: contoso}\nspec:\n  fhirServices:\n    - name: main\n      replicas: 3\n",
+    );
+    let out = repo.run("sync", "admin", &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let shown = status_text(&repo);
+    assert!(shown.contains("sync status:        Failed"), "{shown}");
+    assert!(
+        shown.contains(&format!(
+            "Deployment/{ns}/fhir-main: conflict: .spec.replicas"
+        )),
+        "{shown}"
+    );
+}

@@ -166,11 +166,16 @@ async fn a_blocked_revision_is_reported_everywhere_and_drift_of_the_last_applied
         },
     )
     .await;
-    let logged = std::fs::read_to_string(log.path()).unwrap_or_default();
-    assert!(
-        logged.contains("drift of the last applied revision while a newer one is blocked"),
-        "{logged}"
-    );
+    wait_for(
+        "the heal to be logged",
+        Duration::from_secs(15),
+        async || {
+            std::fs::read_to_string(log.path())
+                .unwrap_or_default()
+                .contains("drift of the last applied revision while a newer one is blocked")
+        },
+    )
+    .await;
     // Still blocked, and said so.
     let s = status(port, &env).await.expect("status");
     assert_eq!(s["syncStatus"], "Failed", "{s}");

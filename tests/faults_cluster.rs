@@ -304,3 +304,46 @@ async fn refused_credentials_and_a_broken_kubeconfig_say_so_naming_user_file_and
     // The reason once, on one line.
     assert_eq!(err.trim().lines().count(), 1, "{err}");
 }
+
+#[tokio::test]
+async fn control_plane_up_restarts_dead_components_on_the_same_data_and_a_sync_converges() {
+    let cp = OwnControlPlane::start("cp-restart");
+    let repo = TestRepo::new("cp-restart");
+    let out = tenantsync(&repo, &cp.kubeconfig, "sync", &[])
+        .output()
+        .expect("sync");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    // etcd and the API server die.
+    for component in ["kube-apiserver", "etcd"] {
+        let pid = std::fs::read_to_string(cp.dir.join("pids").join(component)).expect("pid");
+        let killed = Command::new("kill")
+            .args(["-KILL", pid.trim()])
+            .status()
+            .expect("kill");
+        assert!(killed.success());
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let out = Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/control-plane"))
+        .arg("up")
+        .env("TENANTSYNC_CP_DIR", &cp.dir)
+        .stdin(Stdio::null())
+        .output()
+        .expect("control-plane up");
+    assert!(out.status.success(), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("restarted etcd kube-apiserver on the data in"),
+        "{err}"
+    );
+    // What was synced before is still there: nothing to do.
+    let plan = tenantsync(&repo, &cp.kubeconfig, "plan", &["--detailed-exitcode"])
+        .output()
+        .expect("plan");
+    assert_eq!(plan.status.code(), Some(0), "{}", text(&plan));
+    let out = tenantsync(&repo, &cp.kubeconfig, "sync", &["--output", "json"])
+        .output()
+        .expect("sync");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let report: Value = serde_json::from_slice(&out.stdout).expect("report");
+    assert_eq!(report["writeRequests"], 0, "{report:#}");
+}

@@ -658,7 +658,11 @@ async fn reconcile(
                             shared.metrics.record_sync(env, r);
                             log_failures(env, r);
                         }
+                        // Still blocked: Failed, whatever the heal did.
+                        shared.metrics.set_status(env, "Failed");
                         shared.update(env, |s| {
+                            s.sync_status = SyncStatus::Failed;
+                            s.target_revision = None;
                             s.drifted_objects = current.values().sum();
                             s.workspaces = current
                                 .iter()
@@ -692,6 +696,12 @@ async fn reconcile(
                     }
                 }
             }
+            // Still failed, whatever the drift check did meanwhile.
+            shared.metrics.set_status(env, "Failed");
+            shared.update(env, |s| {
+                s.sync_status = SyncStatus::Failed;
+                s.target_revision = None;
+            });
             if held.last_event.as_deref() != Some(e.as_str())
                 && may_write
                 && let Some(c) = cluster.as_ref()
