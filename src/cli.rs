@@ -645,7 +645,7 @@ fn sync_cmd(args: &SyncArgs) -> anyhow::Result<ExitCode> {
         force_recreate: args.force_recreate,
         allow_mass_prune: args.allow_mass_prune,
         max_prune_percent: policy.max_prune_percent,
-        prune_foreign: args.prune_foreign,
+        prune_foreign: args.prune_foreign || policy.prune_foreign,
         lock_lost: None,
     };
     let cluster_options = ClusterOptions {

@@ -230,6 +230,10 @@ pub struct SyncPolicy {
     pub force_conflicts: bool,
     #[serde(default = "default_max_prune_percent")]
     pub max_prune_percent: u8,
+    /// Delete a removed workspace's namespace even when it holds objects
+    /// tenantsync did not make.
+    #[serde(default)]
+    pub prune_foreign: bool,
 }
 
 fn default_max_prune_percent() -> u8 {
@@ -243,6 +247,7 @@ impl Default for SyncPolicy {
             self_heal: false,
             force_conflicts: false,
             max_prune_percent: default_max_prune_percent(),
+            prune_foreign: false,
         }
     }
 }

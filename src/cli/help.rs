@@ -109,7 +109,16 @@ Exit status:
   0  everything applied (and, with --wait, is healthy)
   1  anything else: a conflict, an object the server refused, a prune
      stopped by its guard (nothing is changed then), a permission the
-     credentials lack, an unhealthy object or the --timeout passed
+     credentials lack (reported once per verb and kind), an API server that
+     stopped answering (the sync stops after 3 consecutive failures), the
+     environment's lock held by another writer past --lock-timeout (nothing
+     is changed then), an unhealthy object or the --timeout passed
+
+One writer per environment: a sync takes the Lease
+tenantsync-system/tenantsync-sync-<env> (a daemon's leader holds it while it
+runs) and waits, naming the holder, while another writer has it. A removed
+workspace's namespace holding objects tenantsync did not make is kept (they
+are named) unless --prune-foreign or syncPolicy.pruneForeign.
 
 Environment: as for plan.
 
@@ -119,7 +128,9 @@ Examples:
   Apply, delete what is no longer declared, wait for the rollout:
     tenantsync sync --env qa --prune --wait --timeout 10m
   Remove a workspace: its namespace goes too, so the guard must be lifted:
-    tenantsync sync --env qa --prune --allow-mass-prune";
+    tenantsync sync --env qa --prune --allow-mass-prune
+  In CI, give up after a minute if someone else is syncing:
+    tenantsync sync --env qa --prune --lock-timeout 1m";
 
 pub const RUN: &str = "\
 Exit status:

@@ -566,6 +566,7 @@ async fn reconcile(
                                         force_conflicts: options.force_conflicts
                                             || policy.force_conflicts,
                                         max_prune_percent: policy.max_prune_percent,
+                                        prune_foreign: policy.prune_foreign,
                                         allow_mass_prune: options.allow_mass_prune,
                                         ..SyncOptions::default()
                                     },
