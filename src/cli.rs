@@ -823,6 +823,10 @@ fn cli_status_fields(
         ("lastError".to_string(), error.chars().take(2000).collect()),
         ("lastErrorAt".to_string(), String::new()),
         ("targetRevision".to_string(), String::new()),
+        // No daemon holds the environment while a CLI sync runs: a heartbeat
+        // left by one that stopped is not current any more.
+        ("heartbeatAt".to_string(), String::new()),
+        ("staleAfterSeconds".to_string(), String::new()),
     ]);
     if !error.is_empty() {
         fields.insert("lastErrorAt".into(), now);

@@ -176,9 +176,25 @@ async fn a_blocked_revision_is_reported_everywhere_and_drift_of_the_last_applied
         },
     )
     .await;
-    // Still blocked, and said so.
+    // Still blocked, and said so; the drift metric is current drift, as
+    // /status reports it (healed: 0).
     let s = status(port, &env).await.expect("status");
     assert_eq!(s["syncStatus"], "Failed", "{s}");
+    wait_for(
+        "the drift metric to be current",
+        Duration::from_secs(10),
+        async || {
+            let metrics = http(port, "GET", "/metrics", &[], "")
+                .await
+                .unwrap_or_default();
+            let s = status(port, &env).await.unwrap_or_default();
+            s["workspaces"]["contoso"]["driftedObjects"] == 0
+                && metrics.contains(&format!(
+                    "tenantsync_drifted_objects{{environment=\"{env}\",workspace=\"contoso\"}} 0"
+                ))
+        },
+    )
+    .await;
     let code = daemon.terminate().await;
     assert!(code.success(), "exit status {code}");
 }
