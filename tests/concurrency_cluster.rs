@@ -470,8 +470,37 @@ async fn a_cli_sync_records_its_result_and_drift_calls_never_applied_objects_pen
     );
     assert_eq!(drift.status.code(), Some(0), "{}", text(&drift));
 
-    // A failed sync says Failed, with the object and the reason.
+    // A ConfigMap labelled as tenantsync's by hand was never declared.
     let ns = repo.namespace("contoso");
+    let env_label = format!("tenantsync.io/environment={}", repo.env);
+    for args in [
+        vec!["create", "configmap", "labelled-by-hand"],
+        vec![
+            "label",
+            "configmap",
+            "labelled-by-hand",
+            "app.kubernetes.io/managed-by=tenantsync",
+            &env_label,
+        ],
+    ] {
+        let out = control_plane()
+            .kubectl()
+            .args(["--context", "admin", "-n", &ns])
+            .args(&args)
+            .output()
+            .expect("kubectl");
+        assert!(out.status.success(), "{}", text(&out));
+    }
+    let drift = repo.run("drift", "admin", &[]);
+    let out = String::from_utf8_lossy(&drift.stdout);
+    assert!(
+        out.contains("were never declared")
+            && out.contains(&format!("ConfigMap/{ns}/labelled-by-hand")),
+        "{}",
+        text(&drift)
+    );
+
+    // A failed sync says Failed, with the object and the reason.
     let scale = control_plane()
         .kubectl()
         .args([
@@ -500,4 +529,51 @@ async fn a_cli_sync_records_its_result_and_drift_calls_never_applied_objects_pen
         )),
         "{shown}"
     );
+}
+
+#[tokio::test]
+async fn an_inventory_write_from_a_stale_read_merges_what_another_writer_added() {
+    let repo = TestRepo::new("inventory-merge");
+    repo.apply_rendered().await;
+    let cluster = tenantsync::cluster::Cluster::connect(&tenantsync::cluster::ClusterOptions {
+        kubeconfig: Some(control_plane().kubeconfig().to_path_buf()),
+        context: Some("admin".into()),
+    })
+    .await
+    .expect("connect");
+    let base = cluster
+        .read_inventory_stored(&repo.env)
+        .await
+        .expect("read");
+    let other = |name: &str| tenantsync::inventory::ObjectRef {
+        api_version: "v1".into(),
+        kind: "ConfigMap".into(),
+        namespace: Some(repo.namespace("contoso").as_str().into()),
+        name: name.into(),
+    };
+    // Another writer adds an entry after our read...
+    let mut theirs = base.inventory.clone();
+    theirs.objects.insert(other("added-by-them"));
+    cluster
+        .write_inventory_checked(&base, &theirs)
+        .await
+        .expect("their write");
+    // ...and ours, computed from the stale read, must not drop it.
+    let mut ours = base.inventory.clone();
+    ours.objects.insert(other("added-by-us"));
+    let stored = cluster
+        .write_inventory_checked(&base, &ours)
+        .await
+        .expect("our write");
+    let names: Vec<String> = inventory(&repo.env)
+        .await
+        .objects
+        .iter()
+        .map(|r| r.name.to_string())
+        .collect();
+    assert!(
+        names.contains(&"added-by-them".to_string()) && names.contains(&"added-by-us".to_string()),
+        "{names:?}"
+    );
+    assert!(stored.inventory.objects.contains(&other("added-by-them")));
 }
