@@ -113,6 +113,24 @@ async fn a_blocked_revision_is_reported_everywhere_and_drift_of_the_last_applied
         },
     )
     .await;
+    // And an Event on the inventory says why.
+    let events: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(
+        control_plane().client(User::Admin).await,
+        tenantsync::inventory::SYSTEM_NAMESPACE,
+    );
+    let inventory_name = tenantsync::inventory::name_of(&env);
+    wait_for("a SyncFailed Event", Duration::from_secs(15), async || {
+        events.list(&Default::default()).await.is_ok_and(|l| {
+            l.items.iter().any(|e| {
+                e.reason.as_deref() == Some("SyncFailed")
+                    && e.involved_object.name.as_deref() == Some(inventory_name.as_str())
+                    && e.message
+                        .as_deref()
+                        .is_some_and(|m| m.contains("is blocked"))
+            })
+        })
+    })
+    .await;
     let metrics = http(port, "GET", "/metrics", &[], "")
         .await
         .expect("metrics");
