@@ -577,3 +577,63 @@ async fn an_inventory_write_from_a_stale_read_merges_what_another_writer_added()
     );
     assert!(stored.inventory.objects.contains(&other("added-by-them")));
 }
+
+#[tokio::test]
+async fn removing_many_workspaces_keeps_only_the_namespace_holding_a_hand_made_object() {
+    let repo = TestRepo::new("foreign-many");
+    for i in 0..5 {
+        repo.write(
+            &format!("workspaces/gone-{i}.yaml"),
+            &workspace(&format!("gone-{i}")),
+        );
+    }
+    repo.apply_rendered().await;
+    let keep = repo.namespace("gone-2");
+    let out = control_plane()
+        .kubectl()
+        .args([
+            "--context",
+            "admin",
+            "-n",
+            &keep,
+            "create",
+            "configmap",
+            "by-hand",
+        ])
+        .output()
+        .expect("kubectl");
+    assert!(out.status.success(), "{}", text(&out));
+    for i in 0..5 {
+        std::fs::remove_file(
+            repo.path()
+                .join("environments")
+                .join(&repo.env)
+                .join(format!("workspaces/gone-{i}.yaml")),
+        )
+        .expect("remove");
+    }
+    let out = sync_command(&repo, &["--prune", "--allow-mass-prune"])
+        .output()
+        .expect("sync");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let report: Value = serde_json::from_slice(&out.stdout).expect("report");
+    assert_eq!(
+        report["foreign"][&keep]["objects"],
+        json!([format!("ConfigMap/{keep}/by-hand")]),
+        "{report:#}"
+    );
+    let pruned: Vec<&str> = report["pruned"]
+        .as_array()
+        .expect("pruned")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    for i in [0, 1, 3, 4] {
+        let ns = format!("Namespace/{}", repo.namespace(&format!("gone-{i}")));
+        assert!(pruned.contains(&ns.as_str()), "{ns} not pruned: {report:#}");
+    }
+    assert!(
+        !pruned.contains(&format!("Namespace/{keep}").as_str()),
+        "{report:#}"
+    );
+}
