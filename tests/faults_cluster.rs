@@ -303,6 +303,20 @@ async fn refused_credentials_and_a_broken_kubeconfig_say_so_naming_user_file_and
     assert!(err.contains("invalid YAML"), "{err}");
     // The reason once, on one line.
     assert_eq!(err.trim().lines().count(), 1, "{err}");
+    // The same file found through KUBECONFIG is named too.
+    let out = Command::new(env!("CARGO_BIN_EXE_tenantsync"))
+        .args(["plan", "--env", &repo.env, "--repo"])
+        .arg(repo.path())
+        .env("KUBECONFIG", &kubeconfig)
+        .env_remove("TENANTSYNC_KUBECONFIG")
+        .output()
+        .expect("plan");
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("{shown}:")) && err.contains("invalid YAML"),
+        "{err}"
+    );
 }
 
 #[tokio::test]

@@ -125,6 +125,23 @@ fn kubeconfig_error(path: &str, e: &kube::config::KubeconfigError) -> ClusterErr
     }
 }
 
+/// The kubeconfig files read without `--kubeconfig` (each of `KUBECONFIG`,
+/// else `~/.kube/config`), checked one by one so that a broken one is named
+/// (kube's own loading says only that none could be used).
+fn check_default_kubeconfigs() -> Result<(), ClusterError> {
+    let paths: Vec<PathBuf> = match std::env::var_os("KUBECONFIG") {
+        Some(list) if !list.is_empty() => std::env::split_paths(&list).collect(),
+        _ => std::env::var_os("HOME")
+            .map(|home| vec![PathBuf::from(home).join(".kube/config")])
+            .unwrap_or_default(),
+    };
+    for path in paths.iter().filter(|p| p.is_file()) {
+        Kubeconfig::read_from(path)
+            .map_err(|e| kubeconfig_error(&path.display().to_string(), &e))?;
+    }
+    Ok(())
+}
+
 /// `user U (context C)` of a kubeconfig, for messages.
 fn user_of(kubeconfig: Option<&Kubeconfig>, context: Option<&str>) -> String {
     let Some(kc) = kubeconfig else {
@@ -186,6 +203,7 @@ impl Cluster {
                 (config, user)
             }
             (None, Some(_)) => {
+                check_default_kubeconfigs()?;
                 let shown = "from KUBECONFIG or ~/.kube/config";
                 let file = Kubeconfig::read().ok();
                 let config = Config::from_kubeconfig(&kube_options)
@@ -194,6 +212,7 @@ impl Cluster {
                 (config, user_of(file.as_ref(), options.context.as_deref()))
             }
             (None, None) => {
+                check_default_kubeconfigs()?;
                 let config = Config::infer().await.map_err(|_| ClusterError::Infer)?;
                 let file = Kubeconfig::read().ok();
                 (config, user_of(file.as_ref(), None))
