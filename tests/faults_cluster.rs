@@ -300,7 +300,7 @@ async fn refused_credentials_and_a_broken_kubeconfig_say_so_naming_user_file_and
     let err = String::from_utf8_lossy(&out.stderr);
     let shown = kubeconfig.display().to_string();
     assert!(err.contains(&format!("{shown}:")), "{err}");
-    assert!(err.contains("invalid YAML"), "{err}");
+    assert!(err.contains("invalid kubeconfig YAML"), "{err}");
     // The reason once, on one line.
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     // The same file found through KUBECONFIG is named too.
@@ -314,7 +314,7 @@ async fn refused_credentials_and_a_broken_kubeconfig_say_so_naming_user_file_and
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains(&format!("{shown}:")) && err.contains("invalid YAML"),
+        err.contains(&format!("{shown}:")) && err.contains("invalid kubeconfig YAML"),
         "{err}"
     );
 }

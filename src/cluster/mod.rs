@@ -45,6 +45,8 @@ pub const PAGE_SIZE: u32 = 3000;
 pub enum ClusterError {
     #[error("cannot load kubeconfig {path}: {reason}")]
     Kubeconfig { path: String, reason: String },
+    #[error("{at}: invalid kubeconfig YAML: {message}")]
+    KubeconfigYaml { at: String, message: String },
     #[error(
         "no cluster configured: no kubeconfig (KUBECONFIG, --kubeconfig, ~/.kube/config) and not running in a pod"
     )]
@@ -97,21 +99,29 @@ impl ClusterError {
 /// text), with the file and line of a YAML error.
 fn kubeconfig_error(path: &str, e: &kube::config::KubeconfigError) -> ClusterError {
     if let kube::config::KubeconfigError::Parse(yaml) = e {
-        let location = yaml.location();
         let text = yaml.to_string();
-        // Only the message: its caret snippet names no file.
-        let message = text.lines().next().unwrap_or("").trim();
-        let reason = match location {
-            Some(l) => format!(
-                "{path}:{}:{}: invalid YAML: {message}",
-                l.line(),
-                l.column()
-            ),
-            None => format!("invalid YAML: {message}"),
+        // Only the message: its caret snippet names no file, and its
+        // `error: line L column C:` prefix is said as FILE:LINE:COL.
+        let mut message = text.lines().next().unwrap_or("").trim();
+        message = message.strip_prefix("error: ").unwrap_or(message);
+        if message.starts_with("line ")
+            && let Some((_, rest)) = message.split_once(": ")
+        {
+            message = rest;
+        }
+        let at = match yaml.location() {
+            Some(l) => format!("{path}:{}:{}", l.line(), l.column()),
+            None => path.to_string(),
         };
+        return ClusterError::KubeconfigYaml {
+            at,
+            message: message.into(),
+        };
+    }
+    if let kube::config::KubeconfigError::ReadConfig(io, _) = e {
         return ClusterError::Kubeconfig {
             path: path.into(),
-            reason,
+            reason: io.to_string(),
         };
     }
     // `failed to X: <source>` already holds its source: said once.
