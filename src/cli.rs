@@ -945,11 +945,13 @@ fn status_cmd(args: &StatusArgs) -> anyhow::Result<ExitCode> {
         kubeconfig: args.kubeconfig.clone(),
         context: args.context.clone(),
     };
-    let data = runtime()?.block_on(async {
-        Cluster::connect(&options)
-            .await?
-            .inventory_data(&args.env)
-            .await
+    let (data, holder) = runtime()?.block_on(async {
+        let cluster = Cluster::connect(&options).await?;
+        let data = cluster.inventory_data(&args.env).await?;
+        // Who writes the environment now (a credential that may not read
+        // Leases just does not see it).
+        let holder = cluster.lock_holder(&args.env).await.ok().flatten();
+        Ok::<_, crate::cluster::ClusterError>((data, holder))
     })?;
     let Some(data) = data else {
         eprintln!(
@@ -971,6 +973,10 @@ fn status_cmd(args: &StatusArgs) -> anyhow::Result<ExitCode> {
     let mut data = data;
     if stale {
         data.insert("status.stale".into(), "true".into());
+    }
+    if let Some(h) = &holder {
+        data.insert("lock.holder".into(), h.identity.clone());
+        data.insert("lock.since".into(), h.since.clone().unwrap_or_default());
     }
     match args.output {
         ValidateOutput::Json => {
@@ -1010,6 +1016,9 @@ fn status_cmd(args: &StatusArgs) -> anyhow::Result<ExitCode> {
                     silent_for.unwrap_or_default(),
                     if stale { ", stale" } else { "" }
                 ));
+            }
+            if let Some(h) = &holder {
+                out.push_str(&format!("locked by:          {h}\n"));
             }
             if let Some(t) = data.get("status.lastSyncAt").filter(|t| !t.is_empty()) {
                 out.push_str(&format!(

@@ -50,13 +50,17 @@ fn start_daemon(repo: &TestRepo, port: u16, log: &Path, extra: &[&str]) -> Guard
 }
 
 fn shown_status(repo: &TestRepo) -> String {
+    shown_status_as(repo, "readonly")
+}
+
+fn shown_status_as(repo: &TestRepo, context: &str) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_tenantsync"))
         .args([
             "status",
             "--env",
             &repo.env,
             "--context",
-            "readonly",
+            context,
             "--kubeconfig",
         ])
         .arg(control_plane().kubeconfig())
@@ -282,6 +286,11 @@ async fn a_cli_sync_refuses_while_a_daemon_holds_the_environment() {
             .is_some_and(|s| s["syncStatus"] == "Synced")
     })
     .await;
+    let shown = shown_status_as(&repo, "admin");
+    assert!(
+        shown.contains("locked by:          tenantsync run "),
+        "{shown}"
+    );
     let out = repo.run("sync", "admin", &["--lock-timeout", "3s"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let err = String::from_utf8_lossy(&out.stderr);
