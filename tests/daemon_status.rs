@@ -13,7 +13,7 @@ use kube::api::Api;
 
 use crate::daemon_e2e::{Guard, free_port, http, status, wait_for};
 use crate::support::repo::TestRepo;
-use crate::support::{User, control_plane};
+use crate::support::{User, control_plane, git};
 
 fn text(o: &Output) -> String {
     format!(
@@ -305,4 +305,95 @@ async fn a_cli_sync_refuses_while_a_daemon_holds_the_environment() {
     assert!(code.success(), "exit status {code}");
     let out = repo.run("sync", "admin", &["--lock-timeout", "0s"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+}
+
+#[tokio::test]
+async fn after_a_restart_drift_of_the_last_applied_git_revision_is_healed_while_a_newer_one_is_blocked()
+ {
+    let repo = TestRepo::new("status-restart");
+    git(repo.path(), &["init", "-q"]);
+    git(repo.path(), &["add", "-A"]);
+    git(repo.path(), &["commit", "-qm", "first"]);
+    let first = git(repo.path(), &["rev-parse", "HEAD"]);
+    let flags = ["--branch", "main", "--prune", "--self-heal"];
+    let port = free_port();
+    let log = tempfile::NamedTempFile::new().expect("log");
+    let mut daemon = start_daemon(&repo, port, log.path(), &flags);
+    let env = repo.env.clone();
+    wait_for("the first sync", Duration::from_secs(60), async || {
+        status(port, &env)
+            .await
+            .is_some_and(|s| s["lastAppliedRevision"] == first.as_str())
+    })
+    .await;
+    repo.write(
+        "workspaces/woodgrove.yaml",
+        "apiVersion: tenantsync.io/v1alpha1\nkind: WorkspacePatch\nmetadata: {name: woodgrove}\n$patch: delete\n",
+    );
+    git(repo.path(), &["add", "-A"]);
+    git(repo.path(), &["commit", "-qm", "remove woodgrove"]);
+    let blocked = |port: u16| {
+        let env = env.clone();
+        async move {
+            status(port, &env)
+                .await
+                .is_some_and(|s| s["syncStatus"] == "Failed" && s["lastErrorReason"] == "guard")
+        }
+    };
+    wait_for("the block", Duration::from_secs(30), async || {
+        blocked(port).await
+    })
+    .await;
+    let code = daemon.terminate().await;
+    assert!(code.success(), "exit status {code}");
+
+    // A new daemon never applied anything itself: it finds the last applied
+    // revision in the inventory and keeps healing it.
+    let port = free_port();
+    let log = tempfile::NamedTempFile::new().expect("log");
+    let mut daemon = start_daemon(&repo, port, log.path(), &flags);
+    wait_for(
+        "the block, after the restart",
+        Duration::from_secs(30),
+        async || blocked(port).await,
+    )
+    .await;
+    let ns = repo.namespace("contoso");
+    let deployments: Api<Deployment> =
+        Api::namespaced(control_plane().client(User::Admin).await, &ns);
+    let before = deployments
+        .get("fhir-main")
+        .await
+        .expect("deployment")
+        .spec
+        .and_then(|s| s.replicas);
+    let scale = control_plane()
+        .kubectl()
+        .args([
+            "--context",
+            "admin",
+            "-n",
+            &ns,
+            "scale",
+            "deployment/fhir-main",
+            "--replicas=6",
+        ])
+        .output()
+        .expect("kubectl");
+    assert!(scale.status.success(), "{}", text(&scale));
+    wait_for(
+        "the scale to be healed",
+        Duration::from_secs(30),
+        async || {
+            deployments
+                .get("fhir-main")
+                .await
+                .ok()
+                .and_then(|d| d.spec?.replicas)
+                == before
+        },
+    )
+    .await;
+    let code = daemon.terminate().await;
+    assert!(code.success(), "exit status {code}");
 }

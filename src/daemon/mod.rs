@@ -561,15 +561,7 @@ async fn reconcile(
                                 *desired = Some(Arc::new(Desired {
                                     revision: revision.clone(),
                                     objects,
-                                    sync: SyncOptions {
-                                        prune: options.prune || policy.prune,
-                                        force_conflicts: options.force_conflicts
-                                            || policy.force_conflicts,
-                                        max_prune_percent: policy.max_prune_percent,
-                                        prune_foreign: policy.prune_foreign,
-                                        allow_mass_prune: options.allow_mass_prune,
-                                        ..SyncOptions::default()
-                                    },
+                                    sync: sync_options_of(options, policy),
                                 }));
                             }
                         },
@@ -642,6 +634,12 @@ async fn reconcile(
             // While a revision is blocked (the guard), the last one applied
             // is still compared with the cluster: drift reported, and
             // healed with self-heal.
+            if reason == "guard"
+                && held.applied.is_none()
+                && let Some(c) = cluster.as_ref()
+            {
+                held.applied = last_applied_from_inventory(options, env, c).await;
+            }
             if reason == "guard"
                 && let Some(applied) = held.applied.clone()
                 && let Some(c) = cluster.as_ref()
@@ -829,6 +827,50 @@ async fn reconcile(
         }
     });
     error.is_none()
+}
+
+/// The sync options of a revision: the daemon's flags and its policy.
+fn sync_options_of(options: &RunOptions, policy: &crate::model::SyncPolicy) -> SyncOptions {
+    SyncOptions {
+        prune: options.prune || policy.prune,
+        force_conflicts: options.force_conflicts || policy.force_conflicts,
+        max_prune_percent: policy.max_prune_percent,
+        prune_foreign: policy.prune_foreign,
+        allow_mass_prune: options.allow_mass_prune,
+        ..SyncOptions::default()
+    }
+}
+
+/// The revision the inventory records as applied, read again from Git (a
+/// daemon that restarted while a newer revision is blocked still knows what
+/// to compare the cluster with). `None` for a folder (no history) or when
+/// that revision cannot be read or rendered.
+async fn last_applied_from_inventory(
+    options: &RunOptions,
+    env: &str,
+    c: &Cluster,
+) -> Option<Arc<Desired>> {
+    let revision = c.read_inventory(env).await.ok()??.revision?;
+    if revision.len() != 40 || !revision.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    let (options, env) = (options.clone(), env.to_string());
+    let state = tokio::task::spawn_blocking(move || {
+        let auth = source::auth_from_env().ok()?;
+        let (tree, _) = source::read(&options.repo, Some(&revision), &auth).ok()?;
+        let repository = validate::load(&tree);
+        drop(tree);
+        let environment = repository.resolve(&env).ok()?;
+        let objects = render::render(&environment).ok()?;
+        Some(Desired {
+            revision,
+            objects,
+            sync: sync_options_of(&options, &environment.settings.sync_policy),
+        })
+    })
+    .await
+    .ok()??;
+    Some(Arc::new(state))
 }
 
 /// Every failed object, with its reason, in the log.
