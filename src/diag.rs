@@ -4,7 +4,9 @@ use std::fmt;
 
 use serde::Serialize;
 
-/// One problem found in a repository, located in a file.
+/// One problem found in a repository, located in a file (line and column 0
+/// when only the file or folder is known, as for an operator's guardrail
+/// broken by an environment as a whole).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 pub struct Diagnostic {
     /// The file, relative to the repository root, `/`-separated.
@@ -19,7 +21,11 @@ pub struct Diagnostic {
 
 impl fmt::Display for Diagnostic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}:{}: error: ", self.file, self.line, self.column)?;
+        if self.line == 0 {
+            write!(f, "{}: error: ", self.file)?;
+        } else {
+            write!(f, "{}:{}:{}: error: ", self.file, self.line, self.column)?;
+        }
         match &self.pointer {
             Some(p) if !p.is_empty() => write!(f, "{p}: {}", self.message),
             _ => f.write_str(&self.message),

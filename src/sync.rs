@@ -213,6 +213,7 @@ mod tests {
                 workspace: o.workspace.clone(),
                 fields: Vec::new(),
                 diff: String::new(),
+                note: None,
             })
             .collect();
         Plan {

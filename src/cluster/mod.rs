@@ -19,6 +19,7 @@ use crate::render::{self, ManagedKind};
 
 pub mod apply;
 mod list;
+mod ownership;
 pub mod sync;
 pub mod wait;
 

@@ -25,6 +25,7 @@ pub struct ConfigPolicy {
     pub force_conflicts: bool,
     #[serde(default)]
     pub allow_mass_prune: bool,
+    pub max_prune_percent: Option<u8>,
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -43,6 +44,8 @@ pub struct DaemonConfig {
     pub leader_elect: bool,
     pub lease_name: Option<String>,
     pub log_format: Option<String>,
+    #[serde(default)]
+    pub guardrails: crate::tenancy::Guardrails,
 }
 
 /// Parses and checks a configuration file; `label` names it in errors.

@@ -44,7 +44,8 @@ pub struct RunOptions {
     pub listen: SocketAddr,
     pub prune: bool,
     pub self_heal: bool,
-    pub force_conflicts: bool,
+    /// The operator's guardrails and sync ceiling (never the repository's).
+    pub operator: crate::tenancy::Operator,
     pub cluster: ClusterOptions,
     /// Shared secret of `POST /hooks/git` (GitHub HMAC or GitLab token).
     pub webhook_secret: Option<String>,
@@ -487,15 +488,43 @@ async fn reconcile(
                             }
                             Ok(objects) => {
                                 let policy = &environment.settings.sync_policy;
+                                let admitted = crate::tenancy::admit(
+                                    &options.operator,
+                                    env,
+                                    environment.settings.namespace_template.as_deref(),
+                                    policy,
+                                    &objects,
+                                );
+                                let effective = match admitted {
+                                    Ok(effective) => effective,
+                                    Err(violations) => {
+                                        let lines: Vec<String> = violations
+                                            .iter()
+                                            .map(|v| v.diagnostic(env).to_string())
+                                            .collect();
+                                        let message = format!(
+                                            "revision {revision} breaks the operator's guardrails; nothing is applied until a revision that keeps them arrives:\n{}",
+                                            lines.join("\n")
+                                        );
+                                        if source_problem.as_deref() != Some(message.as_str())
+                                            && *shared.leading.borrow()
+                                            && let Some(c) = cluster.as_ref()
+                                        {
+                                            c.record_event(env, "GuardrailViolated", &message)
+                                                .await;
+                                        }
+                                        *source_problem = Some(message.clone());
+                                        return fail(message);
+                                    }
+                                };
                                 *source_problem = None;
                                 *desired = Some(Desired {
                                     revision: revision.clone(),
                                     objects,
                                     sync: SyncOptions {
                                         prune: options.prune || policy.prune,
-                                        force_conflicts: options.force_conflicts
-                                            || policy.force_conflicts,
-                                        max_prune_percent: policy.max_prune_percent,
+                                        force_conflicts: effective.force_conflicts,
+                                        max_prune_percent: effective.max_prune_percent,
                                         allow_mass_prune: options.allow_mass_prune,
                                         ..SyncOptions::default()
                                     },
@@ -532,10 +561,19 @@ async fn reconcile(
             .await
             .map_err(|e| e.to_string())?;
         let empty = inventory::Inventory::new(env);
-        let (plan, undeclared) = planner.finish(
+        let (mut plan, undeclared) = planner.finish(
             Some(inv.as_ref().unwrap_or(&empty)),
             Some(state.revision.clone()),
             0,
+        );
+        // Never adopt: what exists without being this environment's is
+        // left alone (the daemon has no --adopt).
+        let existing = c.find_existing(&plan).await.map_err(|e| e.to_string())?;
+        crate::tenancy::settle_ownership(
+            &mut plan,
+            inv.as_ref().unwrap_or(&empty),
+            &existing,
+            false,
         );
         // A revision not yet applied is synced; between revisions, drift is
         // re-applied only with self-heal.
