@@ -29,7 +29,7 @@ fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-fn text(o: &Output) -> String {
+pub(crate) fn text(o: &Output) -> String {
     format!(
         "{}{}",
         String::from_utf8_lossy(&o.stdout),
@@ -39,7 +39,7 @@ fn text(o: &Output) -> String {
 
 /// Runs kubectl as the control plane's admin; panics with its output unless
 /// it succeeds.
-fn kubectl(args: &[&str]) -> String {
+pub(crate) fn kubectl(args: &[&str]) -> String {
     let out = control_plane()
         .kubectl()
         .args(["--context", "admin"])
@@ -56,7 +56,7 @@ fn kubectl(args: &[&str]) -> String {
 
 /// `kubectl apply --server-side -k deploy`, first as a server-side dry run,
 /// once per test run. Returns the dry run's output.
-fn deployed() -> &'static str {
+pub(crate) fn deployed() -> &'static str {
     static DEPLOYED: OnceLock<String> = OnceLock::new();
     DEPLOYED.get_or_init(|| {
         let deploy = root().join("deploy");
@@ -77,7 +77,7 @@ fn deployed() -> &'static str {
 
 /// A kubeconfig holding only a fresh TokenRequest token of `service_account`
 /// in tenantsync-system, for the control plane's server and CA.
-fn service_account_kubeconfig(service_account: &str, dir: &Path) -> PathBuf {
+pub(crate) fn service_account_kubeconfig(service_account: &str, dir: &Path) -> PathBuf {
     let token = kubectl(&[
         "-n",
         SYSTEM,
@@ -108,7 +108,7 @@ fn service_account_kubeconfig(service_account: &str, dir: &Path) -> PathBuf {
 }
 
 /// tenantsync with only the given kubeconfig (no ambient KUBECONFIG).
-fn tenantsync(kubeconfig: &Path) -> Command {
+pub(crate) fn tenantsync(kubeconfig: &Path) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_tenantsync"));
     command
         .env_remove("KUBECONFIG")

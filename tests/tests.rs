@@ -16,4 +16,5 @@ mod plan_cluster;
 mod print_golden;
 mod support;
 mod sync_cluster;
+mod tenancy_cluster;
 mod validate_cli;
