@@ -36,6 +36,7 @@ pub struct DaemonConfig {
     pub interval: Option<String>,
     pub drift_interval: Option<String>,
     pub listen: Option<String>,
+    pub webhook_listen: Option<String>,
     pub kubeconfig: Option<String>,
     #[serde(default)]
     pub sync_policy: ConfigPolicy,
