@@ -373,12 +373,31 @@ async fn held_and_idle_connections_cost_little_and_sigterm_does_not_wait_for_the
         "z".repeat(4000)
     );
     let mut held = Vec::new();
+    let body_started = Instant::now();
     for i in 0..300 {
         held.extend(hold(d.hooks, &partial_body).await);
         if i < 200 {
             held.extend(hold(d.port, "GET /status HTTP/1.1\r\nHost: x\r\nX-Slow").await);
         }
     }
+    // The first call holds one of the 8 webhook body slots (the others were
+    // answered 503 and closed).
+    let first_body = held.remove(0);
+    // 56 more fill the main listener's 256 connections: the next one is
+    // closed at once, unanswered.
+    let mut extra = Vec::new();
+    for _ in 0..56 {
+        extra.extend(hold(d.port, "GET /status HTTP/1.1\r\nHost: x\r\nX-Slow").await);
+    }
+    let over = TcpStream::connect(("127.0.0.1", d.port))
+        .await
+        .expect("connect");
+    let (took, answer) = closed_after(over, Duration::from_secs(2))
+        .await
+        .expect("a connection over the cap was kept");
+    assert!(answer.is_empty(), "{answer}");
+    eprintln!("a connection over the cap closed after {took:?}");
+    drop(extra);
     tokio::time::sleep(Duration::from_secs(2)).await;
     let grown = d.rss_mb();
     eprintln!(
@@ -398,6 +417,16 @@ async fn held_and_idle_connections_cost_little_and_sigterm_does_not_wait_for_the
     .expect("/healthz within 2 s while connections are held")
     .expect("/healthz answered");
     assert!(healthz.starts_with("HTTP/1.1 200"), "{healthz}");
+    // A signed push finds the 8 webhook body slots taken: 503 at once.
+    let busy = github(
+        d.hooks,
+        "push",
+        "busy-1",
+        &push_body("refs/heads/main", 0, "5555"),
+    )
+    .await;
+    assert!(busy.starts_with("HTTP/1.1 503"), "{busy}");
+    assert!(busy.contains("retry later"), "{busy}");
     drop(held);
 
     // An idle connection, and a keep-alive one after its answer, are closed
@@ -419,6 +448,17 @@ async fn held_and_idle_connections_cost_little_and_sigterm_does_not_wait_for_the
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert!(took >= Duration::from_secs(9), "closed after {took:?}");
     eprintln!("idle connections closed after {took:?}");
+
+    // The webhook body that never completed is answered 408 after 30 s.
+    let (_, answer) = closed_after(
+        first_body,
+        Duration::from_secs(36).saturating_sub(body_started.elapsed()),
+    )
+    .await
+    .expect("a stalled webhook body was kept over 36 s");
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    let took = body_started.elapsed();
+    assert!(took >= Duration::from_secs(29), "408 after {took:?}");
 
     // SIGTERM with 40 stalled clients (bodies and headers): exit within 15 s.
     let mut stalled = Vec::new();
@@ -508,7 +548,8 @@ async fn status_texts_name_neither_the_api_server_nor_the_service_account() {
     assert!(!shown.contains("system:serviceaccount"), "{shown}");
     assert!(!shown.contains(&namespace), "{shown}");
     assert!(!shown.contains(&authority), "{shown}");
-    assert!(shown.contains("https://…"), "{shown}");
+    assert!(shown.contains("permission denied by https://…:"), "{shown}");
+    assert!(shown.contains("User \\\"[identity]\\\""), "{shown}");
     let metrics = http(d.port, "GET", "/metrics", &[], "")
         .await
         .expect("metrics");
