@@ -561,3 +561,20 @@ async fn status_texts_name_neither_the_api_server_nor_the_service_account() {
     let log = d.log_text();
     assert!(log.contains("system:serviceaccount"), "{log}");
 }
+
+#[test]
+fn the_webhook_listener_cannot_be_the_main_one() {
+    let port = free_port();
+    let out = Command::new(env!("CARGO_BIN_EXE_tenantsync"))
+        .args(["run", "--repo", ".", "--env", "dev"])
+        .arg(format!("--listen=127.0.0.1:{port}"))
+        .arg(format!("--webhook-listen=127.0.0.1:{port}"))
+        .output()
+        .expect("tenantsync run");
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("give the webhook a port of its own"),
+        "{stderr}"
+    );
+}
