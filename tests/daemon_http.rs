@@ -256,11 +256,40 @@ async fn webhooks_trigger_only_fresh_pushes_of_the_tracked_branch_and_stream_big
     .await;
     let after_gitlab = settled(&d).await;
 
-    // A correctly signed 20 MB push is accepted, streamed: the daemon does
-    // not grow by its size.
+    // A correctly signed 22 MB push is accepted, streamed: 20 MB into it,
+    // the daemon has not grown by their size.
     let rss = d.rss_mb();
-    let big = push_body("refs/heads/main", 20 * 1024 * 1024, "4444");
-    let answer = github(d.hooks, "push", "delivery-big", &big).await;
+    let big = push_body("refs/heads/main", 22 * 1024 * 1024, "4444");
+    let mut stream = TcpStream::connect(("127.0.0.1", d.hooks))
+        .await
+        .expect("connect");
+    let head = format!(
+        "POST /hooks/git HTTP/1.1\r\nHost: x\r\nConnection: close\r\nX-GitHub-Event: push\r\nX-GitHub-Delivery: delivery-big\r\nX-Hub-Signature-256: {}\r\nContent-Length: {}\r\n\r\n",
+        signature(big.as_bytes()),
+        big.len()
+    );
+    stream.write_all(head.as_bytes()).await.expect("write");
+    let split = 20 * 1024 * 1024;
+    stream
+        .write_all(&big.as_bytes()[..split])
+        .await
+        .expect("write");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let grew = d.rss_mb() - rss;
+    eprintln!("RSS growth 20 MB into a 22 MB webhook: {grew:.1} MB");
+    assert!(
+        grew < 10.0,
+        "20 MB of a webhook grew the daemon by {grew:.1} MB"
+    );
+    stream
+        .write_all(&big.as_bytes()[split..])
+        .await
+        .expect("write");
+    let mut answer = String::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_string(&mut answer))
+        .await
+        .expect("an answer")
+        .expect("read");
     assert!(answer.starts_with("HTTP/1.1 202"), "{answer}");
     wait_for(
         "the big push's reconcile",
@@ -268,12 +297,6 @@ async fn webhooks_trigger_only_fresh_pushes_of_the_tracked_branch_and_stream_big
         async || d.reconciles().await > after_gitlab,
     )
     .await;
-    let grew = d.rss_mb() - rss;
-    eprintln!("RSS growth after a 20 MB webhook: {grew:.1} MB");
-    assert!(
-        grew < 10.0,
-        "a 20 MB webhook grew the daemon by {grew:.1} MB"
-    );
     drop(big);
 
     // 26 MB: refused on its Content-Length before any byte of the body...
@@ -312,22 +335,27 @@ async fn webhooks_trigger_only_fresh_pushes_of_the_tracked_branch_and_stream_big
     write.write_all(head.as_bytes()).await.expect("write");
     let chunk = format!("10000\r\n{}\r\n", "y".repeat(0x10000));
     let mut sent = 0usize;
+    let mut grew = None;
     while sent < 26 * 1024 * 1024 {
         if write.write_all(chunk.as_bytes()).await.is_err() {
             break;
         }
         sent += 0x10000;
+        if sent == 24 * 1024 * 1024 {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            grew = Some(d.rss_mb() - rss);
+        }
     }
     let answer = tokio::time::timeout(Duration::from_secs(10), reader)
         .await
         .expect("an answer")
         .expect("reader");
     assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
-    let grew = d.rss_mb() - rss;
-    eprintln!("RSS growth after a refused 26 MB webhook: {grew:.1} MB");
+    let grew = grew.expect("24 MB sent before the answer");
+    eprintln!("RSS growth 24 MB into a 26 MB chunked webhook: {grew:.1} MB");
     assert!(
         grew < 10.0,
-        "a 26 MB webhook grew the daemon by {grew:.1} MB"
+        "24 MB of a webhook grew the daemon by {grew:.1} MB"
     );
     assert_eq!(
         settled(&d).await,
