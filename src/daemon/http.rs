@@ -86,7 +86,7 @@ pub async fn start(
     };
     let main = bind(options.listen).await?;
     let webhook = match options.webhook_listen {
-        Some(address) => Some(bind(address).await?),
+        Some(address) => Some((bind(address).await?, address)),
         None => None,
     };
     let state = Arc::new(HttpState {
@@ -103,9 +103,9 @@ pub async fn start(
         .route("/readyz", get(ready));
     let mut servers = JoinSet::new();
     match webhook {
-        Some(listener) => {
+        Some((listener, address)) => {
             tracing::info!(address = %options.listen, "serving /status, /metrics, /healthz and /readyz");
-            tracing::info!(address = ?options.webhook_listen, "serving POST /hooks/git");
+            tracing::info!(%address, "serving POST /hooks/git");
             let hooks = Router::new()
                 .route("/hooks/git", post(git_hook))
                 .fallback(|| async {
