@@ -186,9 +186,14 @@ pub struct RunArgs {
     /// How often to compare the cluster with the last applied revision [default: 5m].
     #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
     pub drift_interval: Option<std::time::Duration>,
-    /// Address of the status, metrics, probe and webhook endpoints [default: 127.0.0.1:8080].
+    /// Address of the status, metrics and probe endpoints (and of POST /hooks/git
+    /// without --webhook-listen) [default: 127.0.0.1:8080].
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<std::net::SocketAddr>,
+    /// Serve POST /hooks/git on this address only (nothing else there), so an
+    /// Ingress can expose the webhook alone; /hooks/git leaves --listen.
+    #[arg(long, value_name = "ADDR")]
+    pub webhook_listen: Option<std::net::SocketAddr>,
     /// Delete inventoried objects no longer declared (also syncPolicy.prune).
     #[arg(long)]
     pub prune: bool,
@@ -901,6 +906,22 @@ fn run_cmd(args: RunArgs) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("listen address `{text}`"))?,
         (None, None) => std::net::SocketAddr::from(([127, 0, 0, 1], 8080)),
     };
+    let webhook_listen = match (
+        args.webhook_listen,
+        c.and_then(|c| c.webhook_listen.as_deref()),
+    ) {
+        (Some(l), _) => Some(l),
+        (None, Some(text)) => Some(
+            text.parse()
+                .with_context(|| format!("webhook listen address `{text}`"))?,
+        ),
+        (None, None) => None,
+    };
+    if webhook_listen == Some(listen) {
+        anyhow::bail!(
+            "--webhook-listen {listen} is the --listen address: give the webhook a port of its own, or leave --webhook-listen out to serve it on --listen"
+        );
+    }
     let Some(repo) = args.repo.clone().or_else(|| c.map(|c| c.repo.clone())) else {
         anyhow::bail!("no repository: give --repo or a configuration file");
     };
@@ -918,6 +939,7 @@ fn run_cmd(args: RunArgs) -> anyhow::Result<ExitCode> {
             "5m",
         )?,
         listen,
+        webhook_listen,
         prune: args.prune || policy.prune,
         self_heal: args.self_heal || policy.self_heal,
         operator: args.guard.operator(c),

@@ -165,6 +165,7 @@ fn deploy_manifests_pass_a_server_side_dry_run_and_apply() {
         "rolebinding.rbac.authorization.k8s.io/tenantsync ",
         "deployment.apps/tenantsync ",
         "service/tenantsync ",
+        "networkpolicy.networking.k8s.io/tenantsync ",
         "configmap/tenantsync-config-",
     ] {
         assert!(
@@ -218,6 +219,102 @@ fn deploy_manifests_pass_a_server_side_dry_run_and_apply() {
     let config = tenantsync::daemon::config::parse("tenantsync.yaml", file.as_bytes())
         .unwrap_or_else(|e| panic!("the shipped configuration is refused: {e:?}"));
     assert_eq!(config.listen.as_deref(), Some("0.0.0.0:8080"));
+    assert_eq!(config.webhook_listen.as_deref(), Some("0.0.0.0:8081"));
+}
+
+/// The NetworkPolicy the API server accepted selects the daemon's pods and
+/// opens exactly the webhook port to one namespace and the metrics port to
+/// another; the Service routes each port to the container port of that
+/// name. (The test control plane enforces no NetworkPolicy: only what it
+/// selects is checked here.)
+#[test]
+fn deploy_network_policy_selects_the_daemon_and_opens_its_two_ports_apart() {
+    deployed();
+    let get = |what: &str| -> Value {
+        serde_json::from_str(&kubectl(&["-n", SYSTEM, "get", what, "-o", "json"])).expect("JSON")
+    };
+    let deployment = get("deployment/tenantsync");
+    let template = &deployment["spec"]["template"];
+    let pod_labels = template["metadata"]["labels"]
+        .as_object()
+        .expect("pod labels");
+    let container_ports: Vec<(String, i64)> = template["spec"]["containers"][0]["ports"]
+        .as_array()
+        .expect("ports")
+        .iter()
+        .map(|p| {
+            (
+                p["name"].as_str().expect("a named port").to_string(),
+                p["containerPort"].as_i64().expect("a port number"),
+            )
+        })
+        .collect();
+    assert_eq!(
+        container_ports,
+        [("http".to_string(), 8080), ("webhook".to_string(), 8081)]
+    );
+
+    let policy = get("networkpolicy/tenantsync");
+    let selector = policy["spec"]["podSelector"]["matchLabels"]
+        .as_object()
+        .expect("a podSelector by labels");
+    assert!(!selector.is_empty());
+    for (k, v) in selector {
+        assert_eq!(pod_labels.get(k), Some(v), "podSelector {k}={v}");
+    }
+    assert_eq!(policy["spec"]["policyTypes"], json!(["Ingress"]));
+    let rules = policy["spec"]["ingress"].as_array().expect("ingress rules");
+    let opened: Vec<(String, String)> = rules
+        .iter()
+        .flat_map(|r| {
+            let from =
+                r["from"][0]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"]
+                    .as_str()
+                    .expect("a namespace selector by name")
+                    .to_string();
+            r["ports"]
+                .as_array()
+                .expect("ports")
+                .iter()
+                .map(move |p| {
+                    (
+                        from.clone(),
+                        p["port"].as_str().expect("a port name").to_string(),
+                    )
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert_eq!(
+        opened,
+        [
+            ("ingress-nginx".to_string(), "webhook".to_string()),
+            ("monitoring".to_string(), "http".to_string())
+        ]
+    );
+
+    let service = get("service/tenantsync");
+    let routed: Vec<(String, String)> = service["spec"]["ports"]
+        .as_array()
+        .expect("ports")
+        .iter()
+        .map(|p| {
+            (
+                p["name"].as_str().expect("name").to_string(),
+                p["targetPort"]
+                    .as_str()
+                    .expect("a named target")
+                    .to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        routed,
+        [
+            ("http".to_string(), "http".to_string()),
+            ("webhook".to_string(), "webhook".to_string())
+        ]
+    );
 }
 
 #[tokio::test]
@@ -244,6 +341,7 @@ async fn deploy_service_account_is_enough_for_the_daemon_to_sync_prune_and_repor
         .args(["--interval", "1s", "--drift-interval", "2s"])
         .args(["--prune", "--allow-mass-prune"])
         .arg(format!("--listen=127.0.0.1:{port}"))
+        .arg(format!("--webhook-listen=127.0.0.1:{}", free_port()))
         .env("XDG_CACHE_HOME", dir.path().join("cache"))
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log).expect("log file"))

@@ -9,6 +9,7 @@ mod cli_meta;
 mod container_image;
 mod control_plane;
 mod daemon_e2e;
+mod daemon_http;
 mod deploy_cluster;
 mod git_source;
 mod golden;

@@ -142,8 +142,12 @@ Endpoints (--listen):
   GET /healthz   200 while the process runs (liveness)
   GET /readyz    200 once every environment was reconciled once (readiness)
   GET /status    JSON: per environment the sync status, revisions, last error
+                 (URLs' host:port and Kubernetes identities left out)
   GET /metrics   OpenMetrics
-  POST /hooks/git  push webhook: read the repository now
+Endpoint (--webhook-listen, or --listen without it):
+  POST /hooks/git  push webhook: a verified push of the followed branch, not
+                   delivered in the last hour, reads the repository now;
+                   bodies up to 25 MB, streamed
 
 Examples:
   Follow a branch, prune and heal, as deploy/ runs it in a cluster:

@@ -37,6 +37,7 @@ pub struct DaemonConfig {
     pub interval: Option<String>,
     pub drift_interval: Option<String>,
     pub listen: Option<String>,
+    pub webhook_listen: Option<String>,
     pub kubeconfig: Option<String>,
     #[serde(default)]
     pub sync_policy: ConfigPolicy,
@@ -80,6 +81,27 @@ mod tests {
         assert!(c.leader_elect);
         assert_eq!(c.lease_name, None);
         assert_eq!(c.interval, None);
+        assert_eq!(c.webhook_listen, None);
+    }
+
+    #[test]
+    fn the_webhook_gets_a_listener_of_its_own() {
+        let c = parse(
+            "tenantsync.yaml",
+            b"apiVersion: tenantsync.io/v1alpha1\nkind: DaemonConfig\nrepo: .\nenvironments: [{name: dev}]\nlisten: 0.0.0.0:8080\nwebhookListen: 0.0.0.0:8081\n",
+        )
+        .unwrap();
+        assert_eq!(c.webhook_listen.as_deref(), Some("0.0.0.0:8081"));
+        let e = parse(
+            "tenantsync.yaml",
+            b"apiVersion: tenantsync.io/v1alpha1\nkind: DaemonConfig\nrepo: .\nenvironments: [{name: dev}]\nwebhookListen: everywhere\n",
+        )
+        .unwrap_err();
+        assert!(
+            e[0].to_string()
+                .starts_with("tenantsync.yaml:5:16: error: /webhookListen:"),
+            "{e:?}"
+        );
     }
 
     #[test]

@@ -41,7 +41,11 @@ pub struct RunOptions {
     pub environments: Vec<String>,
     pub interval: Duration,
     pub drift_interval: Duration,
+    /// Status, metrics and probes (and `POST /hooks/git` without
+    /// `webhook_listen`).
     pub listen: SocketAddr,
+    /// A listener of its own for `POST /hooks/git` only.
+    pub webhook_listen: Option<SocketAddr>,
     pub prune: bool,
     pub self_heal: bool,
     /// The operator's guardrails and sync ceiling (never the repository's).
@@ -218,11 +222,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         leading,
     });
     let (shutdown_tx, shutdown) = watch::channel(false);
-    let listener = tokio::net::TcpListener::bind(options.listen)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", options.listen))?;
-    tracing::info!(address = %options.listen, "serving /status, /metrics, /healthz, /readyz and POST /hooks/git");
-    let server = tokio::spawn(http::serve(listener, shared.clone(), shutdown.clone()));
+    let server = http::start(&options, shared.clone(), shutdown.clone()).await?;
     let _watcher = watch_folder(&options, shared.clone());
 
     let mut loops = tokio::task::JoinSet::new();
