@@ -10,6 +10,7 @@ mod control_plane;
 mod daemon_e2e;
 mod deploy_cluster;
 mod git_source;
+mod git_transports;
 mod golden;
 mod health_cluster;
 mod plan_cluster;
