@@ -690,6 +690,32 @@ fn credentials_never_follow_a_redirect_to_another_host() {
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(stderr(&out).contains("redirected"), "{}", stderr(&out));
 
+    // Behind basic auth: the first host gets the credentials, then
+    // redirects; the second host must not get them.
+    let authenticated = format!(
+        "https://127.0.0.1:{}/authenticated-redirect/repo.git",
+        server.port
+    );
+    let out = tenantsync_fetch(
+        &authenticated,
+        home().path(),
+        &[
+            ("SSL_CERT_FILE", ca_file),
+            ("TENANTSYNC_GIT_USERNAME", "deploy"),
+            ("TENANTSYNC_GIT_TOKEN", TOKEN),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("redirected"), "{}", stderr(&out));
+    let first = server.access_log();
+    assert!(
+        first
+            .lines()
+            .any(|l| l.contains("/authenticated-redirect/repo.git/info/refs")
+                && l.contains(" 302 authorization=\"Basic ")),
+        "the first host did not redirect an authenticated request: {first}"
+    );
+
     // The second host was reached, and never saw credentials.
     let seen = server.second_host_log();
     assert!(seen.contains("/private/repo.git"), "{seen}");

@@ -224,7 +224,8 @@ impl TestCa {
 /// - `https://127.0.0.1:{port}/public/…` anonymous,
 /// - `…/private/…` behind basic auth (the users given),
 /// - `…/redirect/…` a redirect to `https://127.0.0.2:{port2}/private/…`, a
-///   second host whose access log records any `Authorization` header,
+///   second host whose access log records any `Authorization` header, and
+///   `…/authenticated-redirect/…` the same redirect behind basic auth,
 /// - `https://127.0.0.1:{wrong_ip_port}/public/…` with a certificate made
 ///   for another address (127.0.0.9).
 ///
@@ -294,7 +295,7 @@ impl GitHttps {
         let wrong_ip_port = free_port("127.0.0.1");
         let d = dir.display();
         let config = format!(
-            "daemon off;\nmaster_process off;\npid {d}/nginx.pid;\nerror_log {d}/error.log info;\nevents {{ worker_connections 64; }}\nhttp {{\n log_format auth '$server_addr:$server_port \"$request\" $status authorization=\"$http_authorization\"';\n access_log {d}/access.log auth;\n client_body_temp_path {d}/tmp/body;\n fastcgi_temp_path {d}/tmp/fastcgi;\n proxy_temp_path {d}/tmp/proxy;\n uwsgi_temp_path {d}/tmp/uwsgi;\n scgi_temp_path {d}/tmp/scgi;\n server {{\n  listen 127.0.0.1:{port} ssl;\n  ssl_certificate {cert};\n  ssl_certificate_key {key};\n  location ~ ^/public(/.*)$ {{ {public} }}\n  location ~ ^/private(/.*)$ {{ {private} }}\n  location /redirect/ {{ rewrite ^/redirect/(.*)$ https://127.0.0.2:{port2}/private/$1 redirect; }}\n }}\n server {{\n  listen 127.0.0.2:{port2} ssl;\n  ssl_certificate {cert};\n  ssl_certificate_key {key};\n  access_log {d}/second-host.log auth;\n  location ~ ^/private(/.*)$ {{ {private} }}\n }}\n server {{\n  listen 127.0.0.1:{wrong_ip_port} ssl;\n  ssl_certificate {wcert};\n  ssl_certificate_key {wkey};\n  location ~ ^/public(/.*)$ {{ {public} }}\n }}\n}}\n",
+            "daemon off;\nmaster_process off;\npid {d}/nginx.pid;\nerror_log {d}/error.log info;\nevents {{ worker_connections 64; }}\nhttp {{\n log_format auth '$server_addr:$server_port \"$request\" $status authorization=\"$http_authorization\"';\n access_log {d}/access.log auth;\n client_body_temp_path {d}/tmp/body;\n fastcgi_temp_path {d}/tmp/fastcgi;\n proxy_temp_path {d}/tmp/proxy;\n uwsgi_temp_path {d}/tmp/uwsgi;\n scgi_temp_path {d}/tmp/scgi;\n server {{\n  listen 127.0.0.1:{port} ssl;\n  ssl_certificate {cert};\n  ssl_certificate_key {key};\n  location ~ ^/public(/.*)$ {{ {public} }}\n  location ~ ^/private(/.*)$ {{ {private} }}\n  location /redirect/ {{ rewrite ^/redirect/(.*)$ https://127.0.0.2:{port2}/private/$1 redirect; }}\n  location /authenticated-redirect/ {{ auth_basic \"git\"; auth_basic_user_file {d}/htpasswd; try_files /nonexistent @redirect; }}\n  location @redirect {{ rewrite ^/authenticated-redirect/(.*)$ https://127.0.0.2:{port2}/private/$1 redirect; }}\n }}\n server {{\n  listen 127.0.0.2:{port2} ssl;\n  ssl_certificate {cert};\n  ssl_certificate_key {key};\n  access_log {d}/second-host.log auth;\n  location ~ ^/private(/.*)$ {{ {private} }}\n }}\n server {{\n  listen 127.0.0.1:{wrong_ip_port} ssl;\n  ssl_certificate {wcert};\n  ssl_certificate_key {wkey};\n  location ~ ^/public(/.*)$ {{ {public} }}\n }}\n}}\n",
             cert = cert.display(),
             key = key.display(),
             wcert = wrong_cert.display(),
