@@ -380,6 +380,20 @@ fn unknown_and_changed_ssh_host_keys_are_refused_before_any_key_is_offered() {
     );
     assert!(!changed.contains("is unknown"), "{changed}");
 
+    // A key of another type for this host (the server offers ed25519) is
+    // not taken for a changed key: the host is unknown for that type.
+    let ecdsa = ssh_keygen(&keys, "other_ecdsa", "ecdsa", "");
+    let ecdsa_pub = std::fs::read_to_string(ecdsa.with_extension("pub")).unwrap();
+    let mut fields = ecdsa_pub.split_whitespace();
+    let (kind, blob) = (fields.next().unwrap(), fields.next().unwrap());
+    std::fs::write(
+        &known_hosts,
+        format!("[127.0.0.1]:{} {kind} {blob}\n", sshd.port),
+    )
+    .unwrap();
+    let out = tenantsync_fetch(&url, home().path(), &vars);
+    assert_fails_with(&out, &shown, &["is unknown", "has no ssh-ed25519 key"]);
+
     // No key was ever offered to the server.
     let log = sshd.log();
     assert!(!log.contains("publickey"), "{log}");
@@ -600,6 +614,11 @@ async fn a_token_in_the_url_never_appears_in_output_logs_status_or_the_cache() {
     );
     let out = tenantsync_fetch(&missing, home().path(), &[("SSL_CERT_FILE", ca_file)]);
     assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("no repository at this URL"),
+        "{}",
+        stderr(&out)
+    );
     assert!(
         stderr(&out).contains("https://***@127.0.0.1"),
         "{}",

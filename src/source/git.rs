@@ -1515,6 +1515,14 @@ fn explain(e: &git2::Error, remote: &Remote, auth: &Auth, refusal: Option<String
             "the TLS connection ended early ({message}): the server's certificate may not be valid for this host name or address, or the server closed the connection"
         );
     }
+    if lower.contains("status code: 404") {
+        return format!("the server has no repository at this URL ({message}): check the path");
+    }
+    if lower.contains("status code: 403") {
+        return format!(
+            "the server refuses access to this repository ({message}): check the credentials' access to it"
+        );
+    }
     if e.code() == ErrorCode::Auth {
         return format!("the remote refused the credentials ({message})");
     }
