@@ -499,7 +499,8 @@ impl Remote {
             .fetch_url
             .split_once("://")
             .map(|(s, _)| s.to_ascii_lowercase());
-        scheme == ours && endpoint(url).ok().flatten() == self.endpoint
+        let lower = |e: Option<(String, u16)>| e.map(|(h, p)| (h.to_ascii_lowercase(), p));
+        scheme == ours && lower(endpoint(url).ok().flatten()) == lower(self.endpoint.clone())
     }
 }
 
@@ -1610,6 +1611,8 @@ mod tests {
         assert!(r.same_origin("https://h:8443/r.git/info/refs"));
         assert!(!r.same_origin("https://127.0.0.2:8443/r.git/info/refs"));
         assert!(!r.same_origin("http://h:8443/r.git"));
+        assert!(r.same_origin("https://H:8443/r.git"));
+        assert!(!r.same_origin("https://h/r.git"));
         let s = Remote::parse("ssh://git:pw@h:2222/r.git").unwrap();
         assert_eq!(s.fetch_url, "ssh://git@h:2222/r.git");
         let scp = Remote::parse("git@h:org/r.git").unwrap();
