@@ -877,7 +877,19 @@ async fn a_silent_server_polled_for_a_minute_leaves_threads_and_connections_flat
         "{}",
         most.load(Ordering::SeqCst)
     );
-    daemon.terminate().await;
+    // Stopping does not wait for the fetch in flight to be given up.
+    wait_for("a fetch in flight", Duration::from_secs(20), async || {
+        open.load(Ordering::SeqCst) > 0
+    })
+    .await;
+    let stopping = Instant::now();
+    let status = daemon.terminate().await;
+    assert!(status.success(), "{status}");
+    assert!(
+        stopping.elapsed() < Duration::from_secs(5),
+        "took {:?} to stop",
+        stopping.elapsed()
+    );
     // Once the daemon is gone, every connection it made is closed.
     let closed = Instant::now();
     while open.load(Ordering::SeqCst) > 0 {

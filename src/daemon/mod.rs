@@ -236,6 +236,8 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     }
     wait_for_signal().await;
     tracing::info!("shutting down: finishing the reconcile in flight");
+    // A fetch from a silent remote is stopped, not waited for.
+    source::git::cancel_fetches();
     let _ = shutdown_tx.send(true);
     while loops.join_next().await.is_some() {}
     // Only once nothing is in flight does the leader give the Lease up.

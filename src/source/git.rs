@@ -607,6 +607,17 @@ pub fn use_fetch_helper(program: PathBuf) {
     let _ = FETCH_HELPER.set(program);
 }
 
+/// Set once the process is shutting down: fetch helpers in flight are
+/// stopped rather than waited for.
+static CANCELLED: AtomicBool = AtomicBool::new(false);
+
+/// Stops every fetch helper in flight (and any started later) of this
+/// process: for a daemon shutting down, which should not wait up to
+/// [`STALL_TIMEOUT`] for a silent remote.
+pub fn cancel_fetches() {
+    CANCELLED.store(true, Ordering::Relaxed);
+}
+
 /// What a fetch helper is asked to do (on its standard input).
 #[derive(Serialize, Deserialize)]
 struct HelperJob {
@@ -712,6 +723,11 @@ fn fetch_in_helper(
     let status = loop {
         match child.0.try_wait() {
             Ok(Some(status)) => break status,
+            Ok(None) if CANCELLED.load(Ordering::Relaxed) => {
+                let _ = child.0.kill();
+                let _ = child.0.wait();
+                return Err(failed("stopped: tenantsync is shutting down".into()));
+            }
             Ok(None) if Instant::now() < deadline => {
                 std::thread::sleep(Duration::from_millis(25));
             }
