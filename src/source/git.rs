@@ -471,7 +471,8 @@ impl Remote {
                 Some((u, p)) => (u, Some(p)),
                 None => (info, None),
             };
-            user = Some(percent_decode(u)).filter(|u| !u.is_empty());
+            // `https://:token@host` is a password with an empty user.
+            user = Some(percent_decode(u)).filter(|u| !u.is_empty() || p.is_some());
             password = p.map(percent_decode);
             fetch_url = match scheme {
                 Scheme::Ssh => format!("{}{u}@{}", &url[..span.start], &url[span.end..]),
@@ -1629,6 +1630,11 @@ mod tests {
         assert!(!r.same_origin("http://h:8443/r.git"));
         assert!(r.same_origin("https://H:8443/r.git"));
         assert!(!r.same_origin("https://h/r.git"));
+        let empty_user = Remote::parse("https://:tok@h/r.git").unwrap();
+        assert_eq!(empty_user.user.as_deref(), Some(""));
+        assert_eq!(empty_user.password.as_deref(), Some("tok"));
+        let again = Remote::parse(&empty_user.fetch_url_with_user()).unwrap();
+        assert_eq!(again.password.as_deref(), Some("tok"));
         let s = Remote::parse("ssh://git:pw@h:2222/r.git").unwrap();
         assert_eq!(s.fetch_url, "ssh://git@h:2222/r.git");
         let scp = Remote::parse("git@h:org/r.git").unwrap();
