@@ -12,6 +12,7 @@ mod daemon_e2e;
 mod daemon_http;
 mod deploy_cluster;
 mod git_source;
+mod git_transports;
 mod golden;
 mod health_cluster;
 mod plan_cluster;

@@ -174,9 +174,10 @@ async fn read_source(options: &RunOptions) -> Result<(SourceTree, String), Strin
     let repo = options.repo.clone();
     let branch = options.branch.clone();
     tokio::task::spawn_blocking(move || {
-        let auth = source::auth_from_env().map_err(|e| e.to_string())?;
-        let (tree, git) =
-            source::read(&repo, branch.as_deref(), &auth).map_err(|e| format!("{e:#}"))?;
+        // Any URL in a message has its user information (a token) masked.
+        let masked = |e: &dyn std::fmt::Display| source::git::redact_in_text(&format!("{e:#}"));
+        let auth = source::auth_from_env().map_err(|e| masked(&e))?;
+        let (tree, git) = source::read(&repo, branch.as_deref(), &auth).map_err(|e| masked(&e))?;
         let revision = revision_of(&tree, git);
         Ok((tree, revision))
     })
@@ -236,6 +237,8 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     }
     wait_for_signal().await;
     tracing::info!("shutting down: finishing the reconcile in flight");
+    // A fetch from a silent remote is stopped, not waited for.
+    source::git::cancel_fetches();
     let _ = shutdown_tx.send(true);
     while loops.join_next().await.is_some() {}
     // Only once nothing is in flight does the leader give the Lease up.
