@@ -59,8 +59,11 @@ pub const MAX_CONNECTIONS: usize = 256;
 /// closed after it too).
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// A connection with neither read nor write for this long is dropped (a
-/// stalled body or a client that does not read its response).
-pub const IO_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// client that does not read its response). Longer than every request's
+/// own timeout, so a stalled webhook body is answered 408 before its
+/// connection is dropped (both at 30 s, the drop won the race on a loaded
+/// machine and the client got no answer).
+pub const IO_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// On shutdown, requests in flight get this long; then connections are cut.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 /// The bytes of a webhook body kept to find the pushed `ref` (GitHub sends
