@@ -392,13 +392,7 @@ async fn a_preexisting_object_is_not_managed_left_alone_by_sync_and_prune_and_ad
     );
 
     // Dropping the manifest and pruning never deletes it.
-    std::fs::remove_file(
-        repo.path()
-            .join("environments")
-            .join(&repo.env)
-            .join("resources/legacy.yaml"),
-    )
-    .expect("rm");
+    repo.remove("resources/legacy.yaml");
     let (out, report) = run(&repo, "sync", &["--prune"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert!(strings(&report["pruned"]).is_empty(), "{report:#}");
@@ -422,13 +416,7 @@ async fn a_preexisting_object_is_not_managed_left_alone_by_sync_and_prune_and_ad
         repo.env
     );
     // Now it is tenantsync's: dropping it prunes it.
-    std::fs::remove_file(
-        repo.path()
-            .join("environments")
-            .join(&repo.env)
-            .join("resources/legacy.yaml"),
-    )
-    .expect("rm");
+    repo.remove("resources/legacy.yaml");
     let (out, report) = run(&repo, "sync", &["--prune"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert_eq!(strings(&report["pruned"]), [id], "{report:#}");
