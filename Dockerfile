@@ -52,6 +52,7 @@ LABEL org.opencontainers.image.title="tenantsync" \
 ENV HOME=/home/tenantsync \
     XDG_CACHE_HOME=/var/cache/tenantsync
 USER 65532:65532
-EXPOSE 8080
+# 8080: probes, /status, /metrics; 8081: POST /hooks/git (deploy/'s webhookListen).
+EXPOSE 8080 8081
 ENTRYPOINT ["/usr/local/bin/tenantsync"]
 CMD ["run", "--config", "/etc/tenantsync/tenantsync.yaml"]

@@ -12,10 +12,10 @@ use crate::cluster::sync::{self as cluster_sync, Progress, SyncError};
 use crate::cluster::{Cluster, ClusterOptions};
 use crate::diag::Diagnostic;
 use crate::model::SyncPolicy;
-use crate::plan::Action;
 use crate::repo::SourceTree;
 use crate::source::{self, folder};
 use crate::sync::SyncOptions;
+use crate::tenancy::{self, Operator, OperatorPolicy};
 use crate::validate;
 use crate::{diff, print, render};
 
@@ -58,6 +58,8 @@ pub enum Command {
         /// Output format.
         #[arg(long, value_enum, default_value_t = ValidateOutput::Text)]
         output: ValidateOutput,
+        #[command(flatten)]
+        guard: GuardArgs,
     },
     /// Print the Kubernetes objects of one environment.
     ///
@@ -185,24 +187,28 @@ pub struct RunArgs {
     /// How often to compare the cluster with the last applied revision [default: 5m].
     #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
     pub drift_interval: Option<std::time::Duration>,
-    /// Address of the status, metrics, probe and webhook endpoints [default: 127.0.0.1:8080].
+    /// Address of the status, metrics and probe endpoints (and of POST /hooks/git
+    /// without --webhook-listen) [default: 127.0.0.1:8080].
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<std::net::SocketAddr>,
+    /// Serve POST /hooks/git on this address only (nothing else there), so an
+    /// Ingress can expose the webhook alone; /hooks/git leaves --listen.
+    #[arg(long, value_name = "ADDR")]
+    pub webhook_listen: Option<std::net::SocketAddr>,
     /// Delete inventoried objects no longer declared (also syncPolicy.prune).
     #[arg(long)]
     pub prune: bool,
     /// Re-apply objects that drifted from Git (report only, without it).
     #[arg(long)]
     pub self_heal: bool,
-    /// Take over fields other field managers own (also syncPolicy.forceConflicts).
-    #[arg(long)]
-    pub force_conflicts: bool,
     /// Kubeconfig file (default: KUBECONFIG, ~/.kube/config, or in-cluster).
     #[arg(long, value_name = "FILE", env = "TENANTSYNC_KUBECONFIG")]
     pub kubeconfig: Option<PathBuf>,
     /// Kubeconfig context to use.
     #[arg(long, value_name = "NAME")]
     pub context: Option<String>,
+    #[command(flatten)]
+    pub guard: GuardArgs,
     /// Log format: human-readable text or one JSON object per line.
     #[arg(long, value_enum)]
     pub log_format: Option<LogFormat>,
@@ -211,6 +217,11 @@ pub struct RunArgs {
     /// reported as failed and nothing is pruned.
     #[arg(long)]
     pub allow_mass_prune: bool,
+    /// Delete a removed workspace's namespace even when it holds objects
+    /// tenantsync did not make (also syncPolicy.pruneForeign in --config);
+    /// without it such a namespace is kept and its foreign objects named.
+    #[arg(long)]
+    pub prune_foreign: bool,
     /// Run several replicas: they elect a leader with the Lease
     /// tenantsync-system/tenantsync-leader, and only the leader writes; when it
     /// dies another takes over within the lease duration (15 s).
@@ -272,9 +283,6 @@ pub struct SyncArgs {
     /// validation included, and change nothing.
     #[arg(long)]
     pub dry_run: bool,
-    /// Take over fields another field manager owns (also on with syncPolicy.forceConflicts).
-    #[arg(long)]
-    pub force_conflicts: bool,
     /// Delete and recreate objects whose update changes an immutable field.
     #[arg(long)]
     pub force_recreate: bool,
@@ -301,6 +309,65 @@ pub struct SyncArgs {
     /// the environment's lock before giving up.
     #[arg(long, default_value = "3m", value_parser = parse_duration, value_name = "DURATION")]
     pub lock_timeout: std::time::Duration,
+}
+
+/// The operator's limits on what the repository may touch (see README's
+/// Security section). The repository cannot change them.
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct GuardArgs {
+    /// A namespace an environment may write into besides its workspaces' own
+    /// (repeatable; `*` and `{environment}` allowed: `shared-{environment}`).
+    /// kube-*, default and tenantsync-system are never allowed.
+    #[arg(long = "allow-namespace", value_name = "PATTERN")]
+    pub allow_namespaces: Vec<String>,
+    /// A cluster-scoped or RBAC kind resources/ may declare (repeatable:
+    /// CustomResourceDefinition, Role, ...); refused otherwise.
+    #[arg(long = "allow-kind", value_name = "KIND")]
+    pub allow_kinds: Vec<String>,
+    /// Allow pod templates in resources/ that are privileged, use host
+    /// namespaces, ports or paths, add capabilities, or run as a
+    /// ServiceAccount tenantsync does not render.
+    #[arg(long)]
+    pub allow_privileged_pods: bool,
+    /// Allow a namespaceTemplate without {environment} (one environment per
+    /// cluster only).
+    #[arg(long)]
+    pub allow_shared_namespace_template: bool,
+    /// Take over fields another field manager owns; without it a repository's
+    /// syncPolicy.forceConflicts: true is refused.
+    #[arg(long)]
+    pub force_conflicts: bool,
+    /// The most one sync may prune without --allow-mass-prune, in percent
+    /// [default: 25]; the repository's syncPolicy.maxPrunePercent may only lower it.
+    #[arg(long, value_name = "PERCENT", value_parser = clap::value_parser!(u8).range(0..=100))]
+    pub max_prune_percent: Option<u8>,
+}
+
+impl GuardArgs {
+    /// The operator's settings: these flags over the configuration file's.
+    pub fn operator(&self, file: Option<&crate::daemon::config::DaemonConfig>) -> Operator {
+        let mut guardrails = file.map(|c| c.guardrails.clone()).unwrap_or_default();
+        guardrails
+            .allowed_namespaces
+            .extend(self.allow_namespaces.iter().cloned());
+        guardrails
+            .allowed_kinds
+            .extend(self.allow_kinds.iter().cloned());
+        guardrails.allow_privileged_pods |= self.allow_privileged_pods;
+        guardrails.allow_shared_namespace_template |= self.allow_shared_namespace_template;
+        let file_policy = file.map(|c| &c.sync_policy);
+        Operator {
+            guardrails,
+            policy: OperatorPolicy {
+                force_conflicts: self.force_conflicts
+                    || file_policy.is_some_and(|p| p.force_conflicts),
+                max_prune_percent: self
+                    .max_prune_percent
+                    .or(file_policy.and_then(|p| p.max_prune_percent))
+                    .unwrap_or(crate::model::DEFAULT_MAX_PRUNE_PERCENT),
+            },
+        }
+    }
 }
 
 /// Where the desired state comes from, and the cluster to compare with.
@@ -331,6 +398,13 @@ pub struct LiveArgs {
     /// Never colour the text output (it is coloured only on a terminal anyway).
     #[arg(long)]
     pub no_color: bool,
+    /// plan and sync: take over objects that exist under a declared name but
+    /// are not tenantsync's (never another environment's). Without it they
+    /// are shown as `exists, not managed` and left alone.
+    #[arg(long)]
+    pub adopt: bool,
+    #[command(flatten)]
+    pub guard: GuardArgs,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -355,7 +429,12 @@ pub enum RenderOutput {
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Validate { repo, envs, output } => validate_cmd(&repo, &envs, output),
+        Command::Validate {
+            repo,
+            envs,
+            output,
+            guard,
+        } => validate_cmd(&repo, &envs, output, &guard.operator(None)),
         Command::Render { repo, env, output } => render_cmd(&repo, &env, output),
         Command::Plan(args) => live_cmd(&args, print::Verb::Plan),
         Command::Drift(args) => live_cmd(&args, print::Verb::Drift),
@@ -441,11 +520,15 @@ fn live_cmd(args: &LiveArgs, verb: print::Verb) -> anyhow::Result<ExitCode> {
                 )
             })
             .collect();
-        let inventory = match verb {
-            print::Verb::Plan => Some(inventory),
-            print::Verb::Drift => None,
+        let mut plan = match verb {
+            print::Verb::Plan => {
+                let (mut plan, _) = planner.finish(Some(&inventory), revision, 0);
+                let existing = cluster.find_existing(&plan).await?;
+                tenancy::settle_ownership(&mut plan, &inventory, &existing, args.adopt);
+                plan
+            }
+            print::Verb::Drift => planner.finish(None, revision, 0).0,
         };
-        let (mut plan, _) = planner.finish(inventory.as_ref(), revision, cluster.requests());
         // drift: an object declared but never applied (not inventoried) is
         // pending, not missing; a labelled object the inventory never
         // recorded was never declared, not "no longer" declared.
@@ -460,11 +543,13 @@ fn live_cmd(args: &LiveArgs, verb: print::Verb) -> anyhow::Result<ExitCode> {
             };
             let (pending, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut plan.changes)
                 .into_iter()
-                .partition(|c| c.action == Action::Create && !recorded.contains(&key(c)));
+                .partition(|c| {
+                    c.action == crate::plan::Action::Create && !recorded.contains(&key(c))
+                });
             notes.pending = pending.iter().map(|c| c.id()).collect();
             notes.never_declared = kept
                 .iter()
-                .filter(|c| c.action == Action::Delete && !recorded.contains(&key(c)))
+                .filter(|c| c.action == crate::plan::Action::Delete && !recorded.contains(&key(c)))
                 .map(|c| c.id())
                 .collect();
             plan.changes = kept;
@@ -474,14 +559,17 @@ fn live_cmd(args: &LiveArgs, verb: print::Verb) -> anyhow::Result<ExitCode> {
         let namespaces: Vec<String> = plan
             .changes
             .iter()
-            .filter(|c| c.action == Action::Delete && &*c.kind == "Namespace")
+            .filter(|c| c.action == crate::plan::Action::Delete && &*c.kind == "Namespace")
             .map(|c| c.name.to_string())
             .collect();
-        let foreign = match &inventory {
-            Some(inv) if !namespaces.is_empty() => {
-                cluster.foreign_objects(&namespaces, inv).await?
-            }
-            _ => Default::default(),
+        let foreign = if matches!(verb, print::Verb::Plan) && !namespaces.is_empty() {
+            cluster.foreign_objects(&namespaces, &inventory).await?
+        } else {
+            Default::default()
+        };
+        let plan = crate::plan::Plan {
+            api_requests: cluster.requests(),
+            ..plan
         };
         Ok::<_, crate::cluster::ClusterError>((plan, foreign, notes))
     })?;
@@ -586,6 +674,8 @@ fn with_foreign(
 struct DesiredState {
     name: String,
     sync_policy: SyncPolicy,
+    /// The operator's settings tightened by the repository's.
+    effective: tenancy::EffectivePolicy,
     objects: Vec<render::Object>,
     revision: Option<String>,
     /// A digest of the files read (a folder's revision).
@@ -593,7 +683,7 @@ struct DesiredState {
 }
 
 /// The environment's rendered objects and where they came from, or the
-/// validation errors (printed) and exit code 1.
+/// validation errors and broken guardrails (printed) and exit code 1.
 fn desired_state(args: &LiveArgs) -> anyhow::Result<Result<DesiredState, ExitCode>> {
     let (tree, revision) = read_source(args)?;
     let digest = crate::daemon::revision_of(&tree, None);
@@ -603,20 +693,50 @@ fn desired_state(args: &LiveArgs) -> anyhow::Result<Result<DesiredState, ExitCod
     drop(tree);
     let resolved = repository.resolve(&args.env);
     drop(repository);
-    match resolved {
-        Ok(environment) => Ok(Ok(DesiredState {
-            objects: render::render(&environment)?,
-            name: environment.name,
-            sync_policy: environment.settings.sync_policy,
-            revision,
-            digest,
-        })),
-        Err(diags) => {
-            print_diagnostics(&diags);
-            eprintln!("{} error(s); the cluster was not contacted", diags.len());
-            Ok(Err(ExitCode::from(1)))
+    let diags = match resolved {
+        Ok(environment) => {
+            let objects = render::render(&environment)?;
+            match admitted(&args.guard.operator(None), &environment, &objects) {
+                Ok(effective) => {
+                    return Ok(Ok(DesiredState {
+                        objects,
+                        name: environment.name,
+                        sync_policy: environment.settings.sync_policy,
+                        effective,
+                        revision,
+                        digest,
+                    }));
+                }
+                Err(diags) => diags,
+            }
         }
-    }
+        Err(diags) => diags,
+    };
+    print_diagnostics(&diags);
+    eprintln!("{} error(s); the cluster was not contacted", diags.len());
+    Ok(Err(ExitCode::from(1)))
+}
+
+/// [`tenancy::admit`] of a resolved environment, its violations as
+/// diagnostics.
+fn admitted(
+    operator: &Operator,
+    environment: &crate::model::Environment,
+    objects: &[render::Object],
+) -> Result<tenancy::EffectivePolicy, Vec<Diagnostic>> {
+    tenancy::admit(
+        operator,
+        &environment.name,
+        environment.settings.namespace_template.as_deref(),
+        &environment.settings.sync_policy,
+        objects,
+    )
+    .map_err(|violations| {
+        violations
+            .iter()
+            .map(|v| v.diagnostic(&environment.name))
+            .collect()
+    })
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -631,6 +751,7 @@ fn sync_cmd(args: &SyncArgs) -> anyhow::Result<ExitCode> {
     let DesiredState {
         name,
         sync_policy: policy,
+        effective,
         objects: desired,
         revision,
         digest,
@@ -641,11 +762,11 @@ fn sync_cmd(args: &SyncArgs) -> anyhow::Result<ExitCode> {
     let options = SyncOptions {
         prune: args.prune || policy.prune,
         dry_run: args.dry_run,
-        force_conflicts: args.force_conflicts || policy.force_conflicts,
+        force_conflicts: effective.force_conflicts,
         force_recreate: args.force_recreate,
         allow_mass_prune: args.allow_mass_prune,
-        max_prune_percent: policy.max_prune_percent,
-        prune_foreign: args.prune_foreign || policy.prune_foreign,
+        max_prune_percent: effective.max_prune_percent,
+        prune_foreign: args.prune_foreign,
         lock_lost: None,
     };
     let cluster_options = ClusterOptions {
@@ -696,13 +817,18 @@ fn sync_cmd(args: &SyncArgs) -> anyhow::Result<ExitCode> {
         cluster
             .for_each_managed(&name, &kinds, |o| planner.observe(o))
             .await?;
-        let (plan, undeclared) =
+        let (mut plan, undeclared) =
             planner.finish(inventory.as_ref(), revision.clone(), cluster.requests());
-        let total: u64 = plan
-            .changes
-            .iter()
-            .filter(|c| matches!(c.action, Action::Create | Action::Update))
-            .count() as u64;
+        let existing = cluster.find_existing(&plan).await?;
+        tenancy::settle_ownership(
+            &mut plan,
+            inventory
+                .as_ref()
+                .unwrap_or(&crate::inventory::Inventory::new(&name)),
+            &existing,
+            live_args.adopt,
+        );
+        let total: u64 = plan.changes.iter().filter(|c| c.is_apply()).count() as u64;
         let bar = if interactive && total > 0 {
             let bar = indicatif::ProgressBar::new(total);
             bar.set_style(
@@ -878,6 +1004,9 @@ fn sync_text(r: &cluster_sync::SyncReport) -> String {
     }
     for k in &r.kept {
         out.push_str(&format!("kept: {} ({})\n", k.id, k.message));
+    }
+    for id in &r.adopted {
+        out.push_str(&format!("adopted: {id}\n"));
     }
     for (ns, f) in &r.foreign {
         if !f.objects.is_empty() {
@@ -1106,6 +1235,22 @@ fn run_cmd(args: RunArgs) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("listen address `{text}`"))?,
         (None, None) => std::net::SocketAddr::from(([127, 0, 0, 1], 8080)),
     };
+    let webhook_listen = match (
+        args.webhook_listen,
+        c.and_then(|c| c.webhook_listen.as_deref()),
+    ) {
+        (Some(l), _) => Some(l),
+        (None, Some(text)) => Some(
+            text.parse()
+                .with_context(|| format!("webhook listen address `{text}`"))?,
+        ),
+        (None, None) => None,
+    };
+    if webhook_listen == Some(listen) {
+        anyhow::bail!(
+            "--webhook-listen {listen} is the --listen address: give the webhook a port of its own, or leave --webhook-listen out to serve it on --listen"
+        );
+    }
     let Some(repo) = args.repo.clone().or_else(|| c.map(|c| c.repo.clone())) else {
         anyhow::bail!("no repository: give --repo or a configuration file");
     };
@@ -1123,9 +1268,10 @@ fn run_cmd(args: RunArgs) -> anyhow::Result<ExitCode> {
             "5m",
         )?,
         listen,
+        webhook_listen,
         prune: args.prune || policy.prune,
         self_heal: args.self_heal || policy.self_heal,
-        force_conflicts: args.force_conflicts || policy.force_conflicts,
+        operator: args.guard.operator(c),
         cluster: ClusterOptions {
             kubeconfig: args
                 .kubeconfig
@@ -1143,6 +1289,7 @@ fn run_cmd(args: RunArgs) -> anyhow::Result<ExitCode> {
             .or_else(|| c.and_then(|c| c.lease_name.clone()))
             .unwrap_or_else(|| crate::daemon::leader::LEASE_NAME.to_string()),
         allow_mass_prune: args.allow_mass_prune || policy.allow_mass_prune,
+        prune_foreign: args.prune_foreign || policy.prune_foreign,
         contexts,
     };
     tokio::runtime::Builder::new_multi_thread()
@@ -1181,9 +1328,17 @@ fn validate_cmd(
     repo: &std::path::Path,
     envs: &[String],
     output: ValidateOutput,
+    operator: &Operator,
 ) -> anyhow::Result<ExitCode> {
     let repository = load(repo)?;
-    let report = repository.validate(envs);
+    let mut report = repository.validate(envs);
+    // The operator's guardrails, on what each valid environment renders.
+    for environment in &report.environments {
+        let objects = render::render(environment)?;
+        if let Err(diags) = admitted(operator, environment, &objects) {
+            report.diagnostics.extend(diags);
+        }
+    }
     match output {
         ValidateOutput::Json => {
             println!(

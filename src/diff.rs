@@ -17,8 +17,17 @@ use crate::inventory::Inventory;
 use crate::plan::{Action, Change, FieldAction, FieldChange, PLAN_FORMAT_VERSION, Plan, Summary};
 use crate::render::{self, Object, ObjectKey, WORKSPACE_LABEL};
 
-/// The field manager tenantsync applies with.
+/// The field manager of tenantsync's own objects (inventories, its
+/// namespace), and the one every environment applied with before each had
+/// its own ([`field_manager`]).
 pub const FIELD_MANAGER: &str = "tenantsync";
+
+/// The field manager an environment's objects are applied with: one per
+/// environment, so two environments writing one object conflict visibly
+/// instead of taking it from each other.
+pub fn field_manager(environment: &str) -> String {
+    format!("{FIELD_MANAGER}/{environment}")
+}
 
 /// One step of a path into an object.
 #[derive(Clone, Debug)]
@@ -375,7 +384,7 @@ fn key_of(v: &Value) -> Option<Key> {
 /// Diffs one desired object against its live counterpart; with `diffs`
 /// false the change carries no unified diff text (a sync needs only the
 /// action and the fields).
-pub fn diff_object(desired: &Object, live: Option<&Value>, diffs: bool) -> Change {
+pub fn diff_object(desired: &Object, live: Option<&Value>, diffs: bool, manager: &str) -> Change {
     let id = desired.id();
     let mut change = Change {
         action: Action::Unchanged,
@@ -386,6 +395,7 @@ pub fn diff_object(desired: &Object, live: Option<&Value>, diffs: bool) -> Chang
         workspace: desired.workspace.clone(),
         fields: Vec::new(),
         diff: String::new(),
+        note: None,
     };
     let Some(live) = live else {
         change.action = Action::Create;
@@ -397,7 +407,7 @@ pub fn diff_object(desired: &Object, live: Option<&Value>, diffs: bool) -> Chang
     let body = desired.value();
     let mut mismatches = Vec::new();
     compare(&body, Some(live), &mut Vec::new(), &mut mismatches);
-    let others = fields_of(live, |m| m != FIELD_MANAGER);
+    let others = fields_of(live, |m| m != manager);
     for m in mismatches {
         let manager = m
             .live
@@ -420,7 +430,7 @@ pub fn diff_object(desired: &Object, live: Option<&Value>, diffs: bool) -> Chang
             manager,
         });
     }
-    let owned = fields_of(live, |m| m == FIELD_MANAGER);
+    let owned = fields_of(live, |m| m == manager);
     for (_, fields) in &owned {
         removed(
             fields,
@@ -461,6 +471,8 @@ pub struct Planner<'a> {
     changes: Vec<Change>,
     orphans: Vec<Value>,
     diffs: bool,
+    /// The environment's field manager ([`field_manager`]).
+    manager: String,
 }
 
 fn key_hash(key: ObjectKey<'_>) -> u64 {
@@ -486,6 +498,7 @@ impl<'a> Planner<'a> {
             changes: Vec::with_capacity(desired.len()),
             orphans: Vec::new(),
             diffs,
+            manager: field_manager(environment),
         }
     }
 
@@ -509,8 +522,12 @@ impl<'a> Planner<'a> {
             Some(i) => {
                 if !self.seen[i] {
                     self.seen[i] = true;
-                    self.changes
-                        .push(diff_object(&self.desired[i], Some(&live), self.diffs));
+                    self.changes.push(diff_object(
+                        &self.desired[i],
+                        Some(&live),
+                        self.diffs,
+                        &self.manager,
+                    ));
                 }
             }
             // Without diffs only the identity and metadata matter (a prune
@@ -536,7 +553,7 @@ impl<'a> Planner<'a> {
             .zip(&self.seen)
             .filter(|(_, seen)| !**seen)
         {
-            changes.push(diff_object(d, None, self.diffs));
+            changes.push(diff_object(d, None, self.diffs, &self.manager));
         }
         let inventoried = inventory.map(Inventory::keys);
         for l in &self.orphans {
@@ -577,6 +594,7 @@ impl<'a> Planner<'a> {
                 workspace: workspace.into(),
                 fields: Vec::new(),
                 diff,
+                note: None,
             });
         }
         changes.sort_by(|a, b| {
@@ -680,7 +698,7 @@ mod tests {
     fn server_defaults_status_and_metadata_are_not_changes() {
         let desired = object(deployment(2, "fhir:1"));
         let live = live_after_apply(&desired.value());
-        let c = diff_object(&desired, Some(&live), true);
+        let c = diff_object(&desired, Some(&live), true, FIELD_MANAGER);
         assert_eq!(c.action, Action::Unchanged, "{:?}", c.fields);
         assert!(c.diff.is_empty());
     }
@@ -695,7 +713,7 @@ mod tests {
             json!({"manager": "kubectl", "operation": "Update", "subresource": "scale",
             "fieldsType": "FieldsV1", "fieldsV1": {"f:spec": {"f:replicas": {}}}}),
         );
-        let c = diff_object(&desired, Some(&live), true);
+        let c = diff_object(&desired, Some(&live), true, FIELD_MANAGER);
         assert_eq!(c.action, Action::Update);
         assert_eq!(c.fields.len(), 1, "{:?}", c.fields);
         let f = &c.fields[0];
@@ -718,7 +736,7 @@ mod tests {
     fn a_list_item_field_is_named_by_key() {
         let desired = object(deployment(2, "fhir:2"));
         let live = live_after_apply(&deployment(2, "fhir:1"));
-        let c = diff_object(&desired, Some(&live), true);
+        let c = diff_object(&desired, Some(&live), true, FIELD_MANAGER);
         assert_eq!(c.fields.len(), 1);
         assert_eq!(
             c.fields[0].path,
@@ -733,7 +751,7 @@ mod tests {
         let live = live_after_apply(&body);
         body["metadata"]["labels"] = json!({});
         body["spec"]["template"]["spec"]["volumes"] = json!([]);
-        let c = diff_object(&object(body), Some(&live), true);
+        let c = diff_object(&object(body), Some(&live), true, FIELD_MANAGER);
         let paths: Vec<_> = c
             .fields
             .iter()
@@ -782,7 +800,8 @@ mod tests {
                 create: 1,
                 update: 0,
                 delete: 1,
-                unchanged: 0
+                unchanged: 0,
+                ..Summary::default()
             }
         );
         assert_eq!(p.changes[0].action, Action::Create);
@@ -844,7 +863,8 @@ mod tests {
                 create: 0,
                 update: 1,
                 delete: 1,
-                unchanged: 1
+                unchanged: 1,
+                ..Summary::default()
             }
         );
         for (q, f) in quiet.changes.iter().zip(&full.changes) {

@@ -21,6 +21,7 @@ pub mod repo;
 pub mod schema;
 pub mod source;
 pub mod sync;
+pub mod tenancy;
 pub mod validate;
 pub mod yaml;
 pub mod yaml_emit;

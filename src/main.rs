@@ -1,13 +1,22 @@
 use std::process::ExitCode;
 
 use clap::Parser;
+use tenantsync::source::git;
 
 fn main() -> ExitCode {
+    // `tenantsync __git-fetch`: one fetch, in a child process of tenantsync
+    // itself (hidden; see source::git::use_fetch_helper).
+    if std::env::args_os().nth(1).as_deref() == Some(std::ffi::OsStr::new(git::FETCH_HELPER_ARG)) {
+        return git::fetch_helper_main();
+    }
+    if let Ok(exe) = std::env::current_exe() {
+        git::use_fetch_helper(exe);
+    }
     let cli = tenantsync::cli::Cli::parse();
     match tenantsync::cli::run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", git::redact_in_text(&format!("{e:#}")));
             ExitCode::from(1)
         }
     }

@@ -219,38 +219,24 @@ pub struct Defaults {
     pub iot_fhir_destination: KindDefaults,
 }
 
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+/// The repository's sync policy. `forceConflicts` and `maxPrunePercent`
+/// may only tighten the operator's settings ([`crate::tenancy`]): unset,
+/// the operator's apply.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct SyncPolicy {
     #[serde(default)]
     pub prune: bool,
     #[serde(default)]
     pub self_heal: bool,
-    #[serde(default)]
-    pub force_conflicts: bool,
-    #[serde(default = "default_max_prune_percent")]
-    pub max_prune_percent: u8,
-    /// Delete a removed workspace's namespace even when it holds objects
-    /// tenantsync did not make.
-    #[serde(default)]
-    pub prune_foreign: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub force_conflicts: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_prune_percent: Option<u8>,
 }
 
-fn default_max_prune_percent() -> u8 {
-    25
-}
-
-impl Default for SyncPolicy {
-    fn default() -> Self {
-        SyncPolicy {
-            prune: false,
-            self_heal: false,
-            force_conflicts: false,
-            max_prune_percent: default_max_prune_percent(),
-            prune_foreign: false,
-        }
-    }
-}
+/// The operator's default ceiling on one sync's prune, in percent.
+pub const DEFAULT_MAX_PRUNE_PERCENT: u8 = 25;
 
 pub const DEFAULT_NAMESPACE_TEMPLATE: &str = "{workspace}-{environment}";
 pub const DEFAULT_INGRESS_CONTROLLER_NAMESPACE: &str = "ingress-nginx";

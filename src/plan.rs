@@ -14,6 +14,12 @@ pub enum Action {
     Update,
     Delete,
     Unchanged,
+    /// Exists without being tenantsync's; taken over because the operator
+    /// said `--adopt`.
+    Adopt,
+    /// Exists and is not tenantsync's (or belongs to another environment):
+    /// never applied, recorded or pruned. [`Change::note`] says why.
+    Unmanaged,
 }
 
 /// How one field differs.
@@ -61,6 +67,9 @@ pub struct Change {
     /// Unified diff of the object's YAML, live (managed fields) to desired;
     /// empty when unchanged.
     pub diff: String,
+    /// Why an object is adopted or left unmanaged (who owns it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 impl Change {
@@ -70,7 +79,7 @@ impl Change {
 
     /// Whether a sync applies this object.
     pub fn is_apply(&self) -> bool {
-        matches!(self.action, Action::Create | Action::Update)
+        matches!(self.action, Action::Create | Action::Update | Action::Adopt)
     }
 }
 
@@ -90,6 +99,16 @@ pub struct Summary {
     pub update: usize,
     pub delete: usize,
     pub unchanged: usize,
+    #[serde(skip_serializing_if = "is_zero")]
+    pub adopt: usize,
+    /// Objects that exist and are not tenantsync's: a sync leaves them
+    /// alone and fails.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub unmanaged: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 impl Summary {
@@ -101,13 +120,15 @@ impl Summary {
                 Action::Update => s.update += 1,
                 Action::Delete => s.delete += 1,
                 Action::Unchanged => s.unchanged += 1,
+                Action::Adopt => s.adopt += 1,
+                Action::Unmanaged => s.unmanaged += 1,
             }
         }
         s
     }
 
     pub fn has_changes(&self) -> bool {
-        self.create + self.update + self.delete > 0
+        self.create + self.update + self.delete + self.adopt + self.unmanaged > 0
     }
 }
 

@@ -35,13 +35,22 @@ impl Verb {
             (Verb::Drift, Action::Update) => "modified",
             (Verb::Drift, Action::Delete) => "not declared any more (orphaned)",
             (Verb::Drift, Action::Unchanged) => "in sync",
+            (_, Action::Adopt) => "adopt",
+            (_, Action::Unmanaged) => "exists, not managed",
         }
     }
 
     /// The counts, in this verb's words and order, without a prefix:
     /// `1 to create, 0 to update, ...` or `1 modified, 0 missing, ...`.
     fn counts(self, s: &Summary) -> String {
-        match self {
+        let mut ownership = String::new();
+        if s.adopt > 0 {
+            ownership.push_str(&format!(", {} to adopt", s.adopt));
+        }
+        if s.unmanaged > 0 {
+            ownership.push_str(&format!(", {} not managed", s.unmanaged));
+        }
+        let counts = match self {
             Verb::Plan => format!(
                 "{} to create, {} to update, {} to delete, {} unchanged",
                 s.create, s.update, s.delete, s.unchanged
@@ -50,7 +59,8 @@ impl Verb {
                 "{} modified, {} missing, {} orphaned, {} in sync",
                 s.update, s.create, s.delete, s.unchanged
             ),
-        }
+        };
+        counts + &ownership
     }
 
     /// `Plan: 3 to create, 1 to update, 2 to delete, 40 unchanged.`
@@ -76,6 +86,8 @@ fn marker(action: Action) -> char {
         Action::Update => '~',
         Action::Delete => '-',
         Action::Unchanged => ' ',
+        Action::Adopt => '>',
+        Action::Unmanaged => '!',
     }
 }
 
@@ -198,6 +210,9 @@ fn text_object(out: &mut String, p: &Painter, c: &Change, verb: Verb) {
         Verb::Drift => format!("{} {} {}", marker(c.action), verb.word(c.action), c.id()),
     };
     p.line(out, BOLD, &header);
+    if let Some(note) = &c.note {
+        p.line(out, "", &format!("  {note}"));
+    }
     for f in &c.fields {
         let (live, desired) = transition(f);
         p.line(
@@ -331,7 +346,10 @@ fn table(verb: Verb, changes: &[&Change]) -> String {
             cell(&c.kind),
             cell(c.namespace.as_deref().unwrap_or("(cluster)")),
             cell(&c.name),
-            cell(&fields_cell(c)),
+            cell(&match &c.note {
+                Some(note) => note.clone(),
+                None => fields_cell(c),
+            }),
         ));
     }
     t
@@ -513,6 +531,7 @@ mod tests {
             workspace: workspace.into(),
             fields: Vec::new(),
             diff: diff.to_string(),
+            note: None,
         }
     }
 

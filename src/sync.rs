@@ -194,7 +194,7 @@ pub fn steps_with_foreign<'a>(
                     r.clone(),
                     format!(
                         "kept because it holds {} object(s) tenantsync did not make: {}; \
-                         delete them, or sync with --prune-foreign (or syncPolicy.pruneForeign) to delete the namespace with them",
+                         delete them, or sync with --prune-foreign (run: --prune-foreign or the configuration's syncPolicy.pruneForeign) to delete the namespace with them",
                         held.len(),
                         name_some(held)
                     ),
@@ -318,6 +318,7 @@ mod tests {
                 workspace: o.workspace.clone(),
                 fields: Vec::new(),
                 diff: String::new(),
+                note: None,
             })
             .collect();
         Plan {

@@ -386,16 +386,8 @@ async fn a_removed_workspace_namespace_holding_hand_made_objects_is_kept_and_the
             .any(|r| r.id() == format!("Namespace/{ns}"))
     );
 
-    // With the policy (syncPolicy.pruneForeign, as --prune-foreign) the
-    // namespace goes, with them.
-    repo.write(
-        "environment.yaml",
-        &format!(
-            "apiVersion: tenantsync.io/v1alpha1\nkind: Environment\nmetadata:\n  name: {}\nspec:\n  base: base\n  ingress:\n    domain: test.example.com\n  syncPolicy:\n    pruneForeign: true\n",
-            repo.env
-        ),
-    );
-    let out = sync_command(&repo, &["--prune", "--allow-mass-prune"])
+    // With --prune-foreign the namespace goes, with them.
+    let out = sync_command(&repo, &["--prune", "--allow-mass-prune", "--prune-foreign"])
         .output()
         .expect("sync");
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));

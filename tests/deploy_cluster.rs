@@ -29,7 +29,7 @@ fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-fn text(o: &Output) -> String {
+pub(crate) fn text(o: &Output) -> String {
     format!(
         "{}{}",
         String::from_utf8_lossy(&o.stdout),
@@ -39,7 +39,7 @@ fn text(o: &Output) -> String {
 
 /// Runs kubectl as the control plane's admin; panics with its output unless
 /// it succeeds.
-fn kubectl(args: &[&str]) -> String {
+pub(crate) fn kubectl(args: &[&str]) -> String {
     let out = control_plane()
         .kubectl()
         .args(["--context", "admin"])
@@ -56,7 +56,7 @@ fn kubectl(args: &[&str]) -> String {
 
 /// `kubectl apply --server-side -k deploy`, first as a server-side dry run,
 /// once per test run. Returns the dry run's output.
-fn deployed() -> &'static str {
+pub(crate) fn deployed() -> &'static str {
     static DEPLOYED: OnceLock<String> = OnceLock::new();
     DEPLOYED.get_or_init(|| {
         let deploy = root().join("deploy");
@@ -77,7 +77,7 @@ fn deployed() -> &'static str {
 
 /// A kubeconfig holding only a fresh TokenRequest token of `service_account`
 /// in tenantsync-system, for the control plane's server and CA.
-fn service_account_kubeconfig(service_account: &str, dir: &Path) -> PathBuf {
+pub(crate) fn service_account_kubeconfig(service_account: &str, dir: &Path) -> PathBuf {
     let token = kubectl(&[
         "-n",
         SYSTEM,
@@ -108,7 +108,7 @@ fn service_account_kubeconfig(service_account: &str, dir: &Path) -> PathBuf {
 }
 
 /// tenantsync with only the given kubeconfig (no ambient KUBECONFIG).
-fn tenantsync(kubeconfig: &Path) -> Command {
+pub(crate) fn tenantsync(kubeconfig: &Path) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_tenantsync"));
     command
         .env_remove("KUBECONFIG")
@@ -165,6 +165,7 @@ fn deploy_manifests_pass_a_server_side_dry_run_and_apply() {
         "rolebinding.rbac.authorization.k8s.io/tenantsync ",
         "deployment.apps/tenantsync ",
         "service/tenantsync ",
+        "networkpolicy.networking.k8s.io/tenantsync ",
         "configmap/tenantsync-config-",
     ] {
         assert!(
@@ -218,6 +219,102 @@ fn deploy_manifests_pass_a_server_side_dry_run_and_apply() {
     let config = tenantsync::daemon::config::parse("tenantsync.yaml", file.as_bytes())
         .unwrap_or_else(|e| panic!("the shipped configuration is refused: {e:?}"));
     assert_eq!(config.listen.as_deref(), Some("0.0.0.0:8080"));
+    assert_eq!(config.webhook_listen.as_deref(), Some("0.0.0.0:8081"));
+}
+
+/// The NetworkPolicy the API server accepted selects the daemon's pods and
+/// opens exactly the webhook port to one namespace and the metrics port to
+/// another; the Service routes each port to the container port of that
+/// name. (The test control plane enforces no NetworkPolicy: only what it
+/// selects is checked here.)
+#[test]
+fn deploy_network_policy_selects_the_daemon_and_opens_its_two_ports_apart() {
+    deployed();
+    let get = |what: &str| -> Value {
+        serde_json::from_str(&kubectl(&["-n", SYSTEM, "get", what, "-o", "json"])).expect("JSON")
+    };
+    let deployment = get("deployment/tenantsync");
+    let template = &deployment["spec"]["template"];
+    let pod_labels = template["metadata"]["labels"]
+        .as_object()
+        .expect("pod labels");
+    let container_ports: Vec<(String, i64)> = template["spec"]["containers"][0]["ports"]
+        .as_array()
+        .expect("ports")
+        .iter()
+        .map(|p| {
+            (
+                p["name"].as_str().expect("a named port").to_string(),
+                p["containerPort"].as_i64().expect("a port number"),
+            )
+        })
+        .collect();
+    assert_eq!(
+        container_ports,
+        [("http".to_string(), 8080), ("webhook".to_string(), 8081)]
+    );
+
+    let policy = get("networkpolicy/tenantsync");
+    let selector = policy["spec"]["podSelector"]["matchLabels"]
+        .as_object()
+        .expect("a podSelector by labels");
+    assert!(!selector.is_empty());
+    for (k, v) in selector {
+        assert_eq!(pod_labels.get(k), Some(v), "podSelector {k}={v}");
+    }
+    assert_eq!(policy["spec"]["policyTypes"], json!(["Ingress"]));
+    let rules = policy["spec"]["ingress"].as_array().expect("ingress rules");
+    let opened: Vec<(String, String)> = rules
+        .iter()
+        .flat_map(|r| {
+            let from =
+                r["from"][0]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"]
+                    .as_str()
+                    .expect("a namespace selector by name")
+                    .to_string();
+            r["ports"]
+                .as_array()
+                .expect("ports")
+                .iter()
+                .map(move |p| {
+                    (
+                        from.clone(),
+                        p["port"].as_str().expect("a port name").to_string(),
+                    )
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert_eq!(
+        opened,
+        [
+            ("ingress-nginx".to_string(), "webhook".to_string()),
+            ("monitoring".to_string(), "http".to_string())
+        ]
+    );
+
+    let service = get("service/tenantsync");
+    let routed: Vec<(String, String)> = service["spec"]["ports"]
+        .as_array()
+        .expect("ports")
+        .iter()
+        .map(|p| {
+            (
+                p["name"].as_str().expect("name").to_string(),
+                p["targetPort"]
+                    .as_str()
+                    .expect("a named target")
+                    .to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        routed,
+        [
+            ("http".to_string(), "http".to_string()),
+            ("webhook".to_string(), "webhook".to_string())
+        ]
+    );
 }
 
 #[tokio::test]
@@ -244,6 +341,7 @@ async fn deploy_service_account_is_enough_for_the_daemon_to_sync_prune_and_repor
         .args(["--interval", "1s", "--drift-interval", "2s"])
         .args(["--prune", "--allow-mass-prune"])
         .arg(format!("--listen=127.0.0.1:{port}"))
+        .arg(format!("--webhook-listen=127.0.0.1:{}", free_port()))
         .env("XDG_CACHE_HOME", dir.path().join("cache"))
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log).expect("log file"))

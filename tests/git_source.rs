@@ -362,7 +362,7 @@ fn fetches_a_remote_over_git_daemon() {
     let url = format!("git://127.0.0.1:{}/repo.git", daemon.port);
     let cache = RemoteCache::new(tmp.path().join("cache"));
 
-    let repo = cache.fetch(&url, &Auth::None).unwrap();
+    let repo = cache.fetch(&url, &Auth::none()).unwrap();
     assert!(repo.is_bare());
     assert!(repo.path().starts_with(tmp.path().join("cache")));
     for rev in ["main", "HEAD", "feature"] {
@@ -384,7 +384,7 @@ fn fetches_a_remote_over_git_daemon() {
     git(&work, &["tag", "v2"]);
     git(&work, &["push", "-q", "origin", "main", "v2"]);
     git(&work, &["push", "-q", "origin", "--delete", "feature"]);
-    let repo = cache.fetch(&url, &Auth::None).unwrap();
+    let repo = cache.fetch(&url, &Auth::none()).unwrap();
     let (tree, revision) = git::read_tree(&repo, "main").unwrap();
     assert_eq!(revision.commit, second);
     assert_eq!(revision.summary, "second");
@@ -408,7 +408,7 @@ fn fetches_a_remote_over_git_daemon() {
         "rewritten",
     );
     git(&work, &["push", "-q", "--force", "origin", "main"]);
-    let repo = cache.fetch(&url, &Auth::None).unwrap();
+    let repo = cache.fetch(&url, &Auth::none()).unwrap();
     let (tree, revision) = git::read_tree(&repo, "main").unwrap();
     assert_eq!(revision.commit, rewritten);
     assert_eq!(
@@ -422,7 +422,7 @@ fn fetches_a_remote_over_git_daemon() {
     // cache still serves the last good revision.
     drop(daemon);
     let start = Instant::now();
-    let err = fails(cache.fetch(&url, &Auth::None));
+    let err = fails(cache.fetch(&url, &Auth::none()));
     assert!(
         start.elapsed() < Duration::from_secs(15),
         "{:?}",
@@ -446,7 +446,7 @@ fn fetches_a_file_url() {
     assert!(git::is_remote_url(&url));
     let cache = RemoteCache::new(tmp.path().join("cache"));
 
-    let repo = cache.fetch(&url, &Auth::None).unwrap();
+    let repo = cache.fetch(&url, &Auth::none()).unwrap();
     let (tree, revision) = git::read_tree(&repo, "main").unwrap();
     assert_eq!(revision.commit, second);
     assert_eq!(tree.paths().count(), 3);
@@ -457,7 +457,7 @@ fn fetches_a_file_url() {
         "base: base\n",
         "qa",
     );
-    let repo = cache.fetch(&url, &Auth::None).unwrap();
+    let repo = cache.fetch(&url, &Auth::none()).unwrap();
     let (tree, revision) = git::read_tree(&repo, "HEAD").unwrap();
     assert_eq!(revision.commit, third);
     assert_eq!(
@@ -467,7 +467,7 @@ fn fetches_a_file_url() {
 
     // A missing repository fails, naming the URL, and leaves no cache behind.
     let missing = format!("file://{}", tmp.path().join("missing").display());
-    let err = fails(cache.fetch(&missing, &Auth::None));
+    let err = fails(cache.fetch(&missing, &Auth::none()));
     assert!(
         err.to_string()
             .starts_with(&format!("cannot fetch {missing}: ")),
@@ -490,7 +490,7 @@ fn unreachable_remote_fails_within_the_connect_timeout() {
     // depending on the network; in every case the fetch must end in time.
     let url = "git://10.255.255.1:9418/repo.git";
     let start = Instant::now();
-    let err = fails(cache.fetch(url, &Auth::None));
+    let err = fails(cache.fetch(url, &Auth::none()));
     assert!(
         start.elapsed() < Duration::from_secs(15),
         "{:?}",
@@ -513,16 +513,19 @@ fn silent_remote_is_given_up_on() {
     // Accepts connections and never answers.
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = std::sync::Arc::clone(&accepted);
     std::thread::spawn(move || {
         let mut held = Vec::new();
         for stream in listener.incoming() {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             held.push(stream);
         }
     });
     let url = format!("git://127.0.0.1:{port}/repo.git");
     let cache = RemoteCache::new(tmp.path().join("cache"));
     let start = Instant::now();
-    let err = fails(cache.fetch(&url, &Auth::None));
+    let err = fails(cache.fetch(&url, &Auth::none()));
     assert!(
         start.elapsed() < Duration::from_secs(15),
         "{:?}",
@@ -535,4 +538,18 @@ fn silent_remote_is_given_up_on() {
         "{err}"
     );
     assert!(!cache.repo_dir(&url).exists());
+
+    // The given-up fetch is still blocked on its connection: asking again
+    // does not open another one beside it.
+    let before = accepted.load(std::sync::atomic::Ordering::SeqCst);
+    let start = Instant::now();
+    let err = fails(cache.fetch(&url, &Auth::none()));
+    assert!(matches!(err, GitError::Stalled { .. }), "{err:?}");
+    assert!(
+        start.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        start.elapsed()
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), before);
 }

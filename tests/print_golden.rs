@@ -111,6 +111,7 @@ fn object(action: Action, api_version: &str, kind: &str, ws: &str, name: &str) -
         workspace: ws.into(),
         fields: Vec::new(),
         diff: String::new(),
+        note: None,
     }
 }
 

@@ -493,7 +493,16 @@ async fn a_crd_and_its_custom_object_apply_in_one_sync_and_prune_later() {
             "apiVersion: {group}/v1\nkind: BackupPolicy\nmetadata:\n  name: nightly\n  namespace: {ns}\nspec:\n  schedule: \"0 2 * * *\"\n"
         ),
     );
-    let (out, report) = sync(&repo, &[]);
+    // A cluster-scoped kind: only the operator lets a repository declare it.
+    let (out, _) = sync(&repo, &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("cluster-scoped kind CustomResourceDefinition"),
+        "{}",
+        stderr(&out)
+    );
+    let allow = ["--allow-kind", "CustomResourceDefinition"];
+    let (out, report) = sync(&repo, &allow);
     assert_eq!(out.status.code(), Some(0), "{}\n{report:#}", stderr(&out));
     let created = ids(&report, "created");
     let crd_at = created
@@ -506,7 +515,13 @@ async fn a_crd_and_its_custom_object_apply_in_one_sync_and_prune_later() {
         .expect("custom object created");
     assert!(crd_at < cr_at);
     // The server filled in the schema default; that is not a change.
-    let plan = repo.plan_json("readonly");
+    let plan = repo.run(
+        "plan",
+        "readonly",
+        &["--output", "json", allow[0], allow[1]],
+    );
+    assert_eq!(plan.status.code(), Some(0), "{}", stderr(&plan));
+    let plan: Value = serde_json::from_slice(&plan.stdout).expect("plan JSON");
     assert_eq!(plan["summary"]["create"], 0, "{:#}", plan["changes"]);
     assert_eq!(plan["summary"]["update"], 0, "{:#}", plan["changes"]);
 
@@ -517,7 +532,7 @@ async fn a_crd_and_its_custom_object_apply_in_one_sync_and_prune_later() {
             .join("resources/contoso-backup.yaml"),
     )
     .expect("rm");
-    let (out, report) = sync(&repo, &["--prune"]);
+    let (out, report) = sync(&repo, &["--prune", allow[0], allow[1]]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert_eq!(
         ids(&report, "pruned"),

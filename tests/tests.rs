@@ -4,19 +4,23 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod bench_smoke;
+mod ci_example;
 mod cli_meta;
 mod concurrency_cluster;
 mod container_image;
 mod control_plane;
 mod daemon_e2e;
+mod daemon_http;
 mod daemon_status;
 mod deploy_cluster;
 mod faults_cluster;
 mod git_source;
+mod git_transports;
 mod golden;
 mod health_cluster;
 mod plan_cluster;
 mod print_golden;
 mod support;
 mod sync_cluster;
+mod tenancy_cluster;
 mod validate_cli;

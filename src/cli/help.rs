@@ -31,8 +31,11 @@ Environment:
                          TENANTSYNC_GIT_TOKEN_FILE, a file holding it), user
                          TENANTSYNC_GIT_USERNAME (default git)
   TENANTSYNC_GIT_SSH_KEY ssh private key file for ssh remotes (passphrase in
-                         TENANTSYNC_GIT_SSH_PASSPHRASE); the host key must be
-                         in ~/.ssh/known_hosts
+                         TENANTSYNC_GIT_SSH_PASSPHRASE; user from the URL, else
+                         TENANTSYNC_GIT_USERNAME); the host key must be in
+                         TENANTSYNC_GIT_KNOWN_HOSTS (default ~/.ssh/known_hosts)
+  SSL_CERT_FILE          PEM file of certificate authorities for https remotes
+                         (a private CA); Git's GIT_SSL_CAINFO is not read
   XDG_CACHE_HOME         where remotes are cloned: $XDG_CACHE_HOME/tenantsync/git
                          (default ~/.cache/tenantsync/git)
   NO_COLOR               never colour the output
@@ -118,7 +121,7 @@ One writer per environment: a sync takes the Lease
 tenantsync-system/tenantsync-sync-<env> (a daemon's leader holds it while it
 runs) and waits, naming the holder, while another writer has it. A removed
 workspace's namespace holding objects tenantsync did not make is kept (they
-are named) unless --prune-foreign or syncPolicy.pruneForeign.
+are named) unless --prune-foreign.
 
 Environment: as for plan.
 
@@ -144,7 +147,8 @@ Environment:
                              X-Hub-Signature-256 or GitLab's X-Gitlab-Token);
                              without it the endpoint is off
   TENANTSYNC_GIT_TOKEN(_FILE), TENANTSYNC_GIT_USERNAME, TENANTSYNC_GIT_SSH_KEY,
-  TENANTSYNC_GIT_SSH_PASSPHRASE  credentials of the remote
+  TENANTSYNC_GIT_SSH_PASSPHRASE, TENANTSYNC_GIT_KNOWN_HOSTS, SSL_CERT_FILE
+                             credentials and trust for the remote
   XDG_CACHE_HOME             the remote's clone: $XDG_CACHE_HOME/tenantsync/git
   TENANTSYNC_KUBECONFIG, KUBECONFIG  the cluster; in a pod, its service account
   RUST_LOG                   log filter (default info), e.g. tenantsync=debug
@@ -153,8 +157,12 @@ Endpoints (--listen):
   GET /healthz   200 while the process runs (liveness)
   GET /readyz    200 once every environment was reconciled once (readiness)
   GET /status    JSON: per environment the sync status, revisions, last error
+                 (URLs' host:port and Kubernetes identities left out)
   GET /metrics   OpenMetrics
-  POST /hooks/git  push webhook: read the repository now
+Endpoint (--webhook-listen, or --listen without it):
+  POST /hooks/git  push webhook: a verified push of the followed branch, not
+                   delivered in the last hour, reads the repository now;
+                   bodies up to 25 MB, streamed
 
 Examples:
   Follow a branch, prune and heal, as deploy/ runs it in a cluster:

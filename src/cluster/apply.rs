@@ -93,12 +93,14 @@ impl Cluster {
         })
     }
 
-    /// Server-side apply as field manager `tenantsync`.
+    /// Server-side apply as field manager `manager`
+    /// ([`crate::diff::field_manager`] of the object's environment).
     pub async fn apply(
         &self,
         object: &Object,
         dry_run: bool,
         force: bool,
+        manager: &str,
     ) -> Result<(), ApplyError> {
         let id = object.id();
         let api = self
@@ -112,7 +114,7 @@ impl Cluster {
                 id: id.clone(),
                 source,
             })?;
-        let mut params = PatchParams::apply(FIELD_MANAGER);
+        let mut params = PatchParams::apply(manager);
         params.force = force;
         params.dry_run = dry_run;
         self.count(!dry_run);

@@ -21,6 +21,7 @@ pub mod apply;
 pub mod foreign;
 mod list;
 pub mod lock;
+mod ownership;
 pub mod store;
 pub mod sync;
 pub mod wait;

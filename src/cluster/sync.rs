@@ -57,6 +57,9 @@ pub struct SyncReport {
     pub dry_run: bool,
     pub created: Vec<String>,
     pub updated: Vec<String>,
+    /// Existing objects taken over with `--adopt`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub adopted: Vec<String>,
     /// Deleted and recreated (`--force-recreate`).
     pub recreated: Vec<String>,
     pub pruned: Vec<String>,
@@ -234,11 +237,41 @@ pub async fn sync(
         ..SyncReport::default()
     };
     let old = inventory.unwrap_or_else(|| Inventory::new(&plan.environment));
-    let desired_refs: BTreeSet<ObjectRef> = desired.iter().map(ObjectRef::of).collect();
+    let manager = crate::diff::field_manager(&plan.environment);
+    // Never adopt: objects that exist without being this environment's are
+    // neither applied nor recorded; each fails the sync, so nothing is
+    // pruned either.
+    let unmanaged: HashSet<ObjectKey<'_>> = plan
+        .changes
+        .iter()
+        .filter(|c| c.action == Action::Unmanaged)
+        .map(|c| {
+            report.failures.push(Failure {
+                id: c.id(),
+                message: format!(
+                    "{}: exists, not managed: {}",
+                    c.id(),
+                    c.note.as_deref().unwrap_or("not tenantsync's")
+                ),
+            });
+            c.key()
+        })
+        .collect();
+    let desired_refs: BTreeSet<ObjectRef> = desired
+        .iter()
+        .filter(|o| !unmanaged.contains(&o.key()))
+        .map(ObjectRef::of)
+        .collect();
     let created: HashSet<ObjectKey<'_>> = plan
         .changes
         .iter()
         .filter(|c| c.action == Action::Create)
+        .map(Change::key)
+        .collect();
+    let adopted: HashSet<ObjectKey<'_>> = plan
+        .changes
+        .iter()
+        .filter(|c| c.action == Action::Adopt)
         .map(Change::key)
         .collect();
 
@@ -332,7 +365,7 @@ pub async fn sync(
         let mut in_flight = FuturesOrdered::new();
         for _ in 0..APPLY_CONCURRENCY {
             match next_sendable(&mut queue, &mut refused, &mut report, &lock_lost) {
-                Some(o) => in_flight.push_back(applied(cluster, o, options)),
+                Some(o) => in_flight.push_back(applied(cluster, o, options, &manager, &adopted)),
                 None => break,
             }
         }
@@ -352,7 +385,7 @@ pub async fn sync(
                 _ => transport_failures = 0,
             }
             if let Some(next) = next_sendable(&mut queue, &mut refused, &mut report, &lock_lost) {
-                in_flight.push_back(applied(cluster, next, options));
+                in_flight.push_back(applied(cluster, next, options, &manager, &adopted));
             }
             // Objects of a CRD's kind wait until it is Established.
             if &*o.kind == "CustomResourceDefinition"
@@ -371,6 +404,7 @@ pub async fn sync(
             });
             match result {
                 Ok(false) if created.contains(&o.key()) => report.created.push(id),
+                Ok(false) if adopted.contains(&o.key()) => report.adopted.push(id),
                 Ok(false) => report.updated.push(id),
                 Ok(true) => report.recreated.push(id),
                 Err(ApplyError::Conflict { id, fields }) => {
@@ -633,15 +667,23 @@ async fn applied<'a>(
     cluster: &Cluster,
     object: &'a Object,
     options: &SyncOptions,
+    manager: &str,
+    adopted: &HashSet<ObjectKey<'_>>,
 ) -> (&'a Object, Result<bool, ApplyError>) {
-    let result =
-        match tokio::time::timeout(WRITE_TIMEOUT, apply_one(cluster, object, options)).await {
-            Ok(r) => r,
-            Err(_) => Err(ApplyError::Cluster {
-                id: object.id(),
-                source: no_answer(cluster),
-            }),
-        };
+    // Adopting takes the declared fields over from whoever wrote them.
+    let force = options.force_conflicts || adopted.contains(&object.key());
+    let result = match tokio::time::timeout(
+        WRITE_TIMEOUT,
+        apply_one(cluster, object, options, manager, force),
+    )
+    .await
+    {
+        Ok(r) => r,
+        Err(_) => Err(ApplyError::Cluster {
+            id: object.id(),
+            source: no_answer(cluster),
+        }),
+    };
     (object, result)
 }
 
@@ -669,11 +711,23 @@ async fn apply_one(
     cluster: &Cluster,
     object: &Object,
     options: &SyncOptions,
+    manager: &str,
+    force: bool,
 ) -> Result<bool, ApplyError> {
-    match cluster
-        .apply(object, options.dry_run, options.force_conflicts)
-        .await
-    {
+    let first = cluster.apply(object, options.dry_run, force, manager).await;
+    // Fields held only by the field manager every environment shared
+    // before each had its own are tenantsync's: taken over, not a conflict.
+    let first = match first {
+        Err(ApplyError::Conflict { fields, .. })
+            if fields
+                .iter()
+                .all(|f| f.manager == crate::diff::FIELD_MANAGER) =>
+        {
+            cluster.apply(object, options.dry_run, true, manager).await
+        }
+        other => other,
+    };
+    match first {
         Err(ApplyError::Immutable { id, message })
             if options.force_recreate && !options.dry_run =>
         {
@@ -701,7 +755,7 @@ async fn apply_one(
                 });
             }
             cluster
-                .apply(object, false, options.force_conflicts)
+                .apply(object, false, force, manager)
                 .await
                 .map(|()| true)
         }

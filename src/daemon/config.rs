@@ -25,6 +25,9 @@ pub struct ConfigPolicy {
     pub force_conflicts: bool,
     #[serde(default)]
     pub allow_mass_prune: bool,
+    #[serde(default)]
+    pub prune_foreign: bool,
+    pub max_prune_percent: Option<u8>,
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -36,6 +39,7 @@ pub struct DaemonConfig {
     pub interval: Option<String>,
     pub drift_interval: Option<String>,
     pub listen: Option<String>,
+    pub webhook_listen: Option<String>,
     pub kubeconfig: Option<String>,
     #[serde(default)]
     pub sync_policy: ConfigPolicy,
@@ -43,6 +47,8 @@ pub struct DaemonConfig {
     pub leader_elect: bool,
     pub lease_name: Option<String>,
     pub log_format: Option<String>,
+    #[serde(default)]
+    pub guardrails: crate::tenancy::Guardrails,
 }
 
 /// Parses and checks a configuration file; `label` names it in errors.
@@ -77,6 +83,27 @@ mod tests {
         assert!(c.leader_elect);
         assert_eq!(c.lease_name, None);
         assert_eq!(c.interval, None);
+        assert_eq!(c.webhook_listen, None);
+    }
+
+    #[test]
+    fn the_webhook_gets_a_listener_of_its_own() {
+        let c = parse(
+            "tenantsync.yaml",
+            b"apiVersion: tenantsync.io/v1alpha1\nkind: DaemonConfig\nrepo: .\nenvironments: [{name: dev}]\nlisten: 0.0.0.0:8080\nwebhookListen: 0.0.0.0:8081\n",
+        )
+        .unwrap();
+        assert_eq!(c.webhook_listen.as_deref(), Some("0.0.0.0:8081"));
+        let e = parse(
+            "tenantsync.yaml",
+            b"apiVersion: tenantsync.io/v1alpha1\nkind: DaemonConfig\nrepo: .\nenvironments: [{name: dev}]\nwebhookListen: everywhere\n",
+        )
+        .unwrap_err();
+        assert!(
+            e[0].to_string()
+                .starts_with("tenantsync.yaml:5:16: error: /webhookListen:"),
+            "{e:?}"
+        );
     }
 
     #[test]

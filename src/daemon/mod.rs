@@ -41,10 +41,15 @@ pub struct RunOptions {
     pub environments: Vec<String>,
     pub interval: Duration,
     pub drift_interval: Duration,
+    /// Status, metrics and probes (and `POST /hooks/git` without
+    /// `webhook_listen`).
     pub listen: SocketAddr,
+    /// A listener of its own for `POST /hooks/git` only.
+    pub webhook_listen: Option<SocketAddr>,
     pub prune: bool,
     pub self_heal: bool,
-    pub force_conflicts: bool,
+    /// The operator's guardrails and sync ceiling (never the repository's).
+    pub operator: crate::tenancy::Operator,
     pub cluster: ClusterOptions,
     /// Shared secret of `POST /hooks/git` (GitHub HMAC or GitLab token).
     pub webhook_secret: Option<String>,
@@ -54,6 +59,11 @@ pub struct RunOptions {
     pub lease_name: String,
     /// Allow revisions that delete whole workspaces or much of an inventory.
     pub allow_mass_prune: bool,
+    /// Delete a removed workspace's namespace even when it holds objects
+    /// tenantsync did not make (`run --prune-foreign`, the configuration's
+    /// `syncPolicy.pruneForeign`): the operator's choice, never the
+    /// repository's.
+    pub prune_foreign: bool,
     /// Kubeconfig context per environment (the default one otherwise).
     pub contexts: BTreeMap<String, String>,
 }
@@ -178,9 +188,10 @@ async fn read_source(options: &RunOptions) -> Result<(SourceTree, String), Strin
     let repo = options.repo.clone();
     let branch = options.branch.clone();
     tokio::task::spawn_blocking(move || {
-        let auth = source::auth_from_env().map_err(|e| e.to_string())?;
-        let (tree, git) =
-            source::read(&repo, branch.as_deref(), &auth).map_err(|e| format!("{e:#}"))?;
+        // Any URL in a message has its user information (a token) masked.
+        let masked = |e: &dyn std::fmt::Display| source::git::redact_in_text(&format!("{e:#}"));
+        let auth = source::auth_from_env().map_err(|e| masked(&e))?;
+        let (tree, git) = source::read(&repo, branch.as_deref(), &auth).map_err(|e| masked(&e))?;
         let revision = revision_of(&tree, git);
         Ok((tree, revision))
     })
@@ -227,11 +238,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         leading,
     });
     let (shutdown_tx, shutdown) = watch::channel(false);
-    let listener = tokio::net::TcpListener::bind(options.listen)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", options.listen))?;
-    tracing::info!(address = %options.listen, "serving /status, /metrics, /healthz, /readyz and POST /hooks/git");
-    let server = tokio::spawn(http::serve(listener, shared.clone(), shutdown.clone()));
+    let server = http::start(&options, shared.clone(), shutdown.clone()).await?;
     let _watcher = watch_folder(&options, shared.clone());
 
     let mut loops = tokio::task::JoinSet::new();
@@ -245,6 +252,8 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     }
     wait_for_signal().await;
     tracing::info!("shutting down: finishing the reconcile in flight");
+    // A fetch from a silent remote is stopped, not waited for.
+    source::git::cancel_fetches();
     let _ = shutdown_tx.send(true);
     while loops.join_next().await.is_some() {}
     // Only once nothing is in flight does the leader give the Lease up.
@@ -557,11 +566,40 @@ async fn reconcile(
                             }
                             Ok(objects) => {
                                 let policy = &environment.settings.sync_policy;
+                                let admitted = crate::tenancy::admit(
+                                    &options.operator,
+                                    env,
+                                    environment.settings.namespace_template.as_deref(),
+                                    policy,
+                                    &objects,
+                                );
+                                let effective = match admitted {
+                                    Ok(effective) => effective,
+                                    Err(violations) => {
+                                        let lines: Vec<String> = violations
+                                            .iter()
+                                            .map(|v| v.diagnostic(env).to_string())
+                                            .collect();
+                                        let message = format!(
+                                            "revision {revision} breaks the operator's guardrails; nothing is applied until a revision that keeps them arrives:\n{}",
+                                            lines.join("\n")
+                                        );
+                                        if source_problem.as_deref() != Some(message.as_str())
+                                            && *shared.leading.borrow()
+                                            && let Some(c) = cluster.as_ref()
+                                        {
+                                            c.record_event(env, "GuardrailViolated", &message)
+                                                .await;
+                                        }
+                                        *source_problem = Some(message.clone());
+                                        return fail("guardrail", message);
+                                    }
+                                };
                                 *source_problem = None;
                                 *desired = Some(Arc::new(Desired {
                                     revision: revision.clone(),
                                     objects,
-                                    sync: sync_options_of(options, policy),
+                                    sync: sync_options_of(options, policy, &effective),
                                 }));
                             }
                         },
@@ -829,13 +867,18 @@ async fn reconcile(
     error.is_none()
 }
 
-/// The sync options of a revision: the daemon's flags and its policy.
-fn sync_options_of(options: &RunOptions, policy: &crate::model::SyncPolicy) -> SyncOptions {
+/// The sync options of a revision: the daemon's flags, the repository's
+/// policy as far as the operator allows it.
+fn sync_options_of(
+    options: &RunOptions,
+    policy: &crate::model::SyncPolicy,
+    effective: &crate::tenancy::EffectivePolicy,
+) -> SyncOptions {
     SyncOptions {
         prune: options.prune || policy.prune,
-        force_conflicts: options.force_conflicts || policy.force_conflicts,
-        max_prune_percent: policy.max_prune_percent,
-        prune_foreign: policy.prune_foreign,
+        force_conflicts: effective.force_conflicts,
+        max_prune_percent: effective.max_prune_percent,
+        prune_foreign: options.prune_foreign,
         allow_mass_prune: options.allow_mass_prune,
         ..SyncOptions::default()
     }
@@ -862,10 +905,19 @@ async fn last_applied_from_inventory(
         drop(tree);
         let environment = repository.resolve(&env).ok()?;
         let objects = render::render(&environment).ok()?;
+        let policy = &environment.settings.sync_policy;
+        let effective = crate::tenancy::admit(
+            &options.operator,
+            &env,
+            environment.settings.namespace_template.as_deref(),
+            policy,
+            &objects,
+        )
+        .ok()?;
         Some(Desired {
             revision,
+            sync: sync_options_of(&options, policy, &effective),
             objects,
-            sync: sync_options_of(&options, &environment.settings.sync_policy),
         })
     })
     .await
@@ -912,11 +964,15 @@ async fn check_and_sync(
         .await
         .map_err(cluster_error)?;
     let empty = inventory::Inventory::new(env);
-    let (plan, undeclared) = planner.finish(
+    let (mut plan, undeclared) = planner.finish(
         Some(inv.as_ref().unwrap_or(&empty)),
         Some(state.revision.clone()),
         0,
     );
+    // Never adopt: what exists without being this environment's is left
+    // alone (the daemon has no --adopt).
+    let existing = c.find_existing(&plan).await.map_err(cluster_error)?;
+    crate::tenancy::settle_ownership(&mut plan, inv.as_ref().unwrap_or(&empty), &existing, false);
     // A revision not yet applied is synced; between revisions, drift is
     // re-applied only with self-heal.
     let applied_rev = inv.as_ref().and_then(|i| i.revision.clone());

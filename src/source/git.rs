@@ -11,20 +11,35 @@
 //! a long-running daemon clones once and then fetches. Every network step is
 //! bounded: libgit2's timeout options are `unsafe fn`s (the crate forbids
 //! `unsafe`), so the remote's TCP endpoint is probed first with a connect
-//! timeout, and the fetch runs on its own thread, given up on when the
-//! remote stays silent too long.
+//! timeout, and the fetch runs on a thread of its own, given up on when the
+//! remote stays silent too long. A given-up thread blocked on a silent
+//! connection cannot be stopped from outside, so the `tenantsync` binary runs
+//! each fetch in a child process of its own ([`use_fetch_helper`]), which
+//! ends (closing its connection) when the fetch is given up; and at most one
+//! fetch per cache folder is in flight at a time.
+//!
+//! Secrets: any user information in a URL is masked ([`redact`]) wherever
+//! the URL is shown; credentials are sent only to the URL's own scheme, host
+//! and port (never after a redirect to another host) and never over plain
+//! `http://`; ssh host keys are checked against a `known_hosts` file before
+//! any credential is offered.
 
+use std::collections::BTreeMap;
 use std::fmt;
+use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, mpsc};
+use std::sync::{Arc, Mutex, OnceLock, mpsc};
 use std::time::{Duration, Instant};
 
+use base64::Engine as _;
 use git2::{
-    AutotagOption, CertificateCheckStatus, Cred, CredentialType, FetchOptions, FetchPrune,
-    ObjectType, RemoteCallbacks, Repository, Tree,
+    AutotagOption, CertificateCheckStatus, Cred, CredentialType, ErrorClass, ErrorCode,
+    FetchOptions, FetchPrune, ObjectType, RemoteCallbacks, Repository, Tree,
 };
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::repo::{MAX_FILE_BYTES, SourceTree};
@@ -56,77 +71,98 @@ pub struct Revision {
     pub summary: String,
 }
 
+/// What went wrong reading from Git. Messages name the repository (a URL
+/// with any user information masked, or a folder) and say what to do; the
+/// underlying cause is part of the message, not repeated as a source.
 #[derive(Debug, thiserror::Error)]
 pub enum GitError {
-    #[error("cannot open Git repository at {path}: {source}")]
-    Open {
-        path: PathBuf,
-        #[source]
-        source: git2::Error,
-    },
-    #[error("revision `{rev}` not found in {repo}: {source}")]
+    #[error("cannot open Git repository at {path}: {cause}")]
+    Open { path: PathBuf, cause: String },
+    #[error(
+        "revision `{rev}` not found in {repo}: name a branch, a tag or a commit id that exists there"
+    )]
     RevisionNotFound {
         rev: String,
         repo: String,
-        #[source]
-        source: git2::Error,
+        cause: String,
     },
-    #[error("revision `{rev}` in {repo} is not a commit: {source}")]
+    #[error("revision `{rev}` in {repo} is not a commit: {cause}")]
     NotACommit {
         rev: String,
         repo: String,
-        #[source]
-        source: git2::Error,
+        cause: String,
     },
-    #[error("cannot read commit {commit} in {repo}: {source}")]
+    #[error("cannot read commit {commit} in {repo}: {cause}")]
     Read {
         commit: String,
         repo: String,
-        #[source]
-        source: git2::Error,
+        cause: String,
     },
     #[error("`{url}` is not a Git URL tenantsync can fetch: {reason}")]
     BadUrl { url: String, reason: String },
     #[error("no Git cache folder: set XDG_CACHE_HOME or HOME")]
     NoCacheRoot,
-    #[error("cannot prepare Git cache {dir}: {source}")]
-    CacheIo {
-        dir: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("cannot prepare Git cache {dir}: {source}")]
-    CacheRepo {
-        dir: PathBuf,
-        #[source]
-        source: git2::Error,
-    },
-    #[error("cannot fetch {url}: cannot connect to {endpoint} within {timeout:?}: {source}")]
+    #[error("cannot prepare Git cache {dir}: {cause}")]
+    CacheIo { dir: PathBuf, cause: std::io::Error },
+    #[error("cannot prepare Git cache {dir}: {cause}")]
+    CacheRepo { dir: PathBuf, cause: String },
+    #[error("cannot fetch {url}: cannot connect to {endpoint} within {timeout:?}: {cause}")]
     Unreachable {
         url: String,
         endpoint: String,
         timeout: Duration,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("cannot fetch {url}: the remote did not answer for {timeout:?}")]
     Stalled { url: String, timeout: Duration },
     #[error("cannot fetch {url}: not finished within {timeout:?}")]
     FetchTimeout { url: String, timeout: Duration },
-    #[error("cannot fetch {url}: {source}")]
-    Fetch {
-        url: String,
-        #[source]
-        source: git2::Error,
-    },
+    #[error(
+        "cannot fetch {url}: credentials are never sent over plain http:// ({origin} given): use the https:// URL, or for an anonymous remote give none"
+    )]
+    InsecureCredentials { url: String, origin: String },
+    #[error("cannot fetch {url}: {reason}")]
+    Fetch { url: String, reason: String },
+    /// The outcome of a fetch of the same URL that was in flight when this
+    /// one was asked for, shared rather than fetched again.
+    #[error("{0}")]
+    Shared(Arc<GitError>),
+    /// An error's message alone (a shared copy).
+    #[error("{0}")]
+    Message(String),
+}
+
+impl GitError {
+    /// The error with the repository named `name` (the URL a cache was
+    /// fetched from, rather than the cache folder).
+    pub fn naming(self, name: &str) -> GitError {
+        match self {
+            GitError::RevisionNotFound { rev, cause, .. } => GitError::RevisionNotFound {
+                rev,
+                repo: name.to_string(),
+                cause,
+            },
+            GitError::NotACommit { rev, cause, .. } => GitError::NotACommit {
+                rev,
+                repo: name.to_string(),
+                cause,
+            },
+            GitError::Read { commit, cause, .. } => GitError::Read {
+                commit,
+                repo: name.to_string(),
+                cause,
+            },
+            other => other,
+        }
+    }
 }
 
 /// Opens the repository containing `path` (a work tree, a folder inside
 /// one, or a bare repository).
 pub fn open_local(path: &Path) -> Result<Repository, GitError> {
-    Repository::discover(path).map_err(|source| GitError::Open {
+    Repository::discover(path).map_err(|e| GitError::Open {
         path: path.to_path_buf(),
-        source,
+        cause: e.message().to_string(),
     })
 }
 
@@ -137,22 +173,20 @@ pub fn open_local(path: &Path) -> Result<Repository, GitError> {
 pub fn read_tree(repo: &Repository, rev: &str) -> Result<(SourceTree, Revision), GitError> {
     let object = repo
         .revparse_single(rev)
-        .map_err(|source| GitError::RevisionNotFound {
+        .map_err(|e| GitError::RevisionNotFound {
             rev: rev.to_string(),
             repo: describe(repo),
-            source,
+            cause: e.message().to_string(),
         })?;
-    let commit = object
-        .peel_to_commit()
-        .map_err(|source| GitError::NotACommit {
-            rev: rev.to_string(),
-            repo: describe(repo),
-            source,
-        })?;
-    let read_err = |source| GitError::Read {
+    let commit = object.peel_to_commit().map_err(|e| GitError::NotACommit {
+        rev: rev.to_string(),
+        repo: describe(repo),
+        cause: e.message().to_string(),
+    })?;
+    let read_err = |e: git2::Error| GitError::Read {
         commit: commit.id().to_string(),
         repo: describe(repo),
-        source,
+        cause: e.message().to_string(),
     };
     let revision = Revision {
         commit: commit.id().to_string(),
@@ -306,6 +340,9 @@ fn endpoint(url: &str) -> Result<Option<(String, u16)>, GitError> {
     if host.is_empty() {
         return Err(bad("no host"));
     }
+    if host.contains('\0') {
+        return Err(bad("NUL in host"));
+    }
     let port = match port {
         Some(p) if !p.is_empty() => p.parse().map_err(|_| bad("port is not a number"))?,
         _ => default_port,
@@ -313,63 +350,485 @@ fn endpoint(url: &str) -> Result<Option<(String, u16)>, GitError> {
     Ok(Some((host.to_string(), port)))
 }
 
-/// The URL with any password or token in it masked, for messages.
-fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
-    };
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    let (authority, path) = rest.split_at(authority_end);
-    match authority.rsplit_once('@') {
-        Some((userinfo, host)) => {
-            let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
-            let masked = if userinfo.contains(':') { ":***" } else { "" };
-            format!("{scheme}://{user}{masked}@{host}{path}")
-        }
+/// Where a URL's user information (`user`, `user:password`, a token) is:
+/// the byte range of `userinfo@` in `url`.
+fn userinfo_span(url: &str) -> Option<std::ops::Range<usize>> {
+    if let Some(at) = url.find("://") {
+        let start = at + 3;
+        let rest = &url[start..];
+        let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+        let at = rest[..end].rfind('@')?;
+        return Some(start..start + at + 1);
+    }
+    let (user_host, _) = url.split_once(':')?;
+    if user_host.contains('/') {
+        return None;
+    }
+    let at = user_host.rfind('@')?;
+    Some(0..at + 1)
+}
+
+/// The URL with any user information (a user name, a password, a token)
+/// masked as `***@`: how every URL is shown in messages, logs, status,
+/// Events, and what names its cache folder.
+pub fn redact(url: &str) -> String {
+    match userinfo_span(url) {
+        Some(span) => format!("{}***@{}", &url[..span.start], &url[span.end..]),
         None => url.to_string(),
     }
 }
 
-/// Credentials for a remote. Secrets are never printed (`Debug` masks them).
-#[derive(Clone, Default)]
-pub enum Auth {
-    /// Anonymous (public https, `git://`, `file://`; ssh with the agent is
-    /// not used).
-    #[default]
-    None,
-    /// https with a username and a token (or password).
-    Token { username: String, token: String },
-    /// ssh with a private key file. The host key is checked against
-    /// `~/.ssh/known_hosts` by libgit2; an unknown host is refused.
-    SshKey {
-        /// Used when the URL names no user (`ssh://host/..`); `git` if empty.
-        username: String,
-        private_key: PathBuf,
-        passphrase: Option<String>,
-    },
+/// `text` with the user information of every `scheme://…@host` URL in it
+/// masked, for messages that may quote a URL from elsewhere.
+pub fn redact_in_text(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("://") {
+        let start = at + 3;
+        out.push_str(&rest[..start]);
+        let tail = &rest[start..];
+        let end = tail
+            .find(|c: char| c == '/' || c == '?' || c == '#' || c.is_whitespace())
+            .unwrap_or(tail.len());
+        match tail[..end].rfind('@') {
+            Some(a) => {
+                out.push_str("***");
+                out.push_str(&tail[a..end]);
+            }
+            None => out.push_str(&tail[..end]),
+        }
+        rest = &tail[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// `%XX` escapes of a URL's user information decoded, as Git does.
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && let Some(hex) = s.get(i + 1..i + 3)
+            && let Ok(b) = u8::from_str_radix(hex, 16)
+        {
+            out.push(b);
+            i += 3;
+            continue;
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Scheme {
+    Https,
+    Http,
+    Ssh,
+    Git,
+    File,
+}
+
+/// A remote URL taken apart: what libgit2 is given, what is shown, where
+/// credentials may go.
+#[derive(Clone, Debug)]
+struct Remote {
+    /// Handed to libgit2: for http(s) without user information (credentials
+    /// are given by the callback, only to this host), for ssh without a
+    /// password.
+    fetch_url: String,
+    /// For messages: user information masked.
+    shown: String,
+    scheme: Scheme,
+    /// Host and port; `None` for `file://`.
+    endpoint: Option<(String, u16)>,
+    /// User and password from the URL, decoded.
+    user: Option<String>,
+    password: Option<String>,
+}
+
+impl Remote {
+    fn parse(url: &str) -> Result<Remote, GitError> {
+        let endpoint = endpoint(url)?;
+        let scheme = match url.split_once("://") {
+            None => Scheme::Ssh,
+            Some((s, _)) => match s.to_ascii_lowercase().as_str() {
+                "https" => Scheme::Https,
+                "http" => Scheme::Http,
+                "git" => Scheme::Git,
+                "file" => Scheme::File,
+                _ => Scheme::Ssh,
+            },
+        };
+        let (mut user, mut password) = (None, None);
+        let mut fetch_url = url.to_string();
+        if let Some(span) = userinfo_span(url) {
+            let info = &url[span.start..span.end - 1];
+            let (u, p) = match info.split_once(':') {
+                Some((u, p)) => (u, Some(p)),
+                None => (info, None),
+            };
+            // `https://:token@host` is a password with an empty user.
+            user = Some(percent_decode(u)).filter(|u| !u.is_empty() || p.is_some());
+            password = p.map(percent_decode);
+            fetch_url = match scheme {
+                Scheme::Ssh => format!("{}{u}@{}", &url[..span.start], &url[span.end..]),
+                _ => format!("{}{}", &url[..span.start], &url[span.end..]),
+            };
+            if scheme == Scheme::Ssh && u.is_empty() {
+                fetch_url = format!("{}{}", &url[..span.start], &url[span.end..]);
+            }
+        }
+        Ok(Remote {
+            fetch_url,
+            shown: redact(url),
+            scheme,
+            endpoint,
+            user,
+            password,
+        })
+    }
+
+    /// Whether `url` (where libgit2 is now, after any redirect) is this
+    /// remote's scheme, host and port.
+    fn same_origin(&self, url: &str) -> bool {
+        let scheme = url.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
+        let ours = self
+            .fetch_url
+            .split_once("://")
+            .map(|(s, _)| s.to_ascii_lowercase());
+        let lower = |e: Option<(String, u16)>| e.map(|(h, p)| (h.to_ascii_lowercase(), p));
+        scheme == ours && lower(endpoint(url).ok().flatten()) == lower(self.endpoint.clone())
+    }
+}
+
+/// Credentials for a remote, from the environment ([`crate::source::auth_from_env`]).
+/// The one matching the URL's scheme is used: the token for https, the key
+/// for ssh; credentials inside an https URL win over the token. Secrets are
+/// never printed (`Debug` masks them).
+#[derive(Clone, Default, Serialize, Deserialize)]
+pub struct Auth {
+    /// The user for the token, and for ssh when the URL names none
+    /// (`TENANTSYNC_GIT_USERNAME`; `git` when empty).
+    pub username: String,
+    /// https token or password (`TENANTSYNC_GIT_TOKEN`, `…_TOKEN_FILE`).
+    pub token: Option<String>,
+    /// Where the token came from, for messages.
+    pub token_origin: String,
+    /// ssh private key file (`TENANTSYNC_GIT_SSH_KEY`).
+    pub ssh_key: Option<PathBuf>,
+    /// Its passphrase (`TENANTSYNC_GIT_SSH_PASSPHRASE`).
+    pub ssh_passphrase: Option<String>,
+    /// The `known_hosts` file ssh host keys are checked against
+    /// (`TENANTSYNC_GIT_KNOWN_HOSTS`; `~/.ssh/known_hosts` when `None`).
+    pub known_hosts: Option<PathBuf>,
+}
+
+impl Auth {
+    /// Anonymous: no token, no key (host keys still checked against
+    /// `~/.ssh/known_hosts`).
+    pub fn none() -> Auth {
+        Auth::default()
+    }
+
+    /// https with `username` and `token`.
+    pub fn token(username: &str, token: &str) -> Auth {
+        Auth {
+            username: username.to_string(),
+            token: Some(token.to_string()),
+            token_origin: "TENANTSYNC_GIT_TOKEN".to_string(),
+            ..Auth::default()
+        }
+    }
+
+    /// ssh with a private key file.
+    pub fn ssh_key(private_key: impl Into<PathBuf>, passphrase: Option<&str>) -> Auth {
+        Auth {
+            ssh_key: Some(private_key.into()),
+            ssh_passphrase: passphrase.map(str::to_string),
+            ..Auth::default()
+        }
+    }
+
+    /// The same, checking ssh host keys against `file`.
+    pub fn with_known_hosts(mut self, file: impl Into<PathBuf>) -> Auth {
+        self.known_hosts = Some(file.into());
+        self
+    }
+
+    fn user(&self) -> &str {
+        if self.username.is_empty() {
+            "git"
+        } else {
+            &self.username
+        }
+    }
+
+    /// The `known_hosts` file in use.
+    fn known_hosts_file(&self) -> Option<PathBuf> {
+        self.known_hosts.clone().or_else(|| {
+            std::env::var_os("HOME")
+                .filter(|h| !h.is_empty())
+                .map(|h| PathBuf::from(h).join(".ssh").join("known_hosts"))
+        })
+    }
 }
 
 impl fmt::Debug for Auth {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Auth::None => f.write_str("Auth::None"),
-            Auth::Token { username, .. } => f
-                .debug_struct("Auth::Token")
-                .field("username", username)
-                .field("token", &"***")
-                .finish(),
-            Auth::SshKey {
-                username,
-                private_key,
-                passphrase,
-            } => f
-                .debug_struct("Auth::SshKey")
-                .field("username", username)
-                .field("private_key", private_key)
-                .field("passphrase", &passphrase.as_ref().map(|_| "***"))
-                .finish(),
+        f.debug_struct("Auth")
+            .field("username", &self.username)
+            .field("token", &self.token.as_ref().map(|_| "***"))
+            .field("ssh_key", &self.ssh_key)
+            .field(
+                "ssh_passphrase",
+                &self.ssh_passphrase.as_ref().map(|_| "***"),
+            )
+            .field("known_hosts", &self.known_hosts)
+            .finish()
+    }
+}
+
+/// The program (the `tenantsync` binary itself) that runs each fetch in a
+/// child process, when set.
+static FETCH_HELPER: OnceLock<PathBuf> = OnceLock::new();
+
+/// The hidden first argument that makes `tenantsync` a fetch helper
+/// ([`fetch_helper_main`]).
+pub const FETCH_HELPER_ARG: &str = "__git-fetch";
+
+/// Makes every fetch of this process run in a child process of `program`
+/// (the `tenantsync` binary, started as `program __git-fetch`), so a fetch
+/// given up on a silent remote ends with its connection closed instead of
+/// leaving a thread blocked on it. Without it fetches run on threads.
+pub fn use_fetch_helper(program: PathBuf) {
+    let _ = FETCH_HELPER.set(program);
+}
+
+/// Set once the process is shutting down: fetch helpers in flight are
+/// stopped rather than waited for.
+static CANCELLED: AtomicBool = AtomicBool::new(false);
+
+/// Stops every fetch helper in flight (and any started later) of this
+/// process: for a daemon shutting down, which should not wait up to
+/// [`STALL_TIMEOUT`] for a silent remote.
+pub fn cancel_fetches() {
+    CANCELLED.store(true, Ordering::Relaxed);
+}
+
+/// What a fetch helper is asked to do (on its standard input).
+#[derive(Serialize, Deserialize)]
+struct HelperJob {
+    dir: PathBuf,
+    url: String,
+    auth: Auth,
+}
+
+/// What a fetch helper answers (on its standard output).
+#[derive(Serialize, Deserialize)]
+struct HelperAnswer {
+    /// `ok`, `stalled`, `timeout` or `failed`.
+    outcome: String,
+    reason: String,
+}
+
+/// `tenantsync __git-fetch`: reads a [`HelperJob`] from standard input,
+/// fetches, writes a [`HelperAnswer`] to standard output and exits (which
+/// ends a fetch thread still blocked on a silent remote).
+pub fn fetch_helper_main() -> std::process::ExitCode {
+    let mut input = String::new();
+    let answer = match std::io::stdin().read_to_string(&mut input) {
+        Err(e) => HelperAnswer {
+            outcome: "failed".into(),
+            reason: format!("the fetch helper cannot read its job: {e}"),
+        },
+        Ok(_) => match serde_json::from_str::<HelperJob>(&input) {
+            Err(e) => HelperAnswer {
+                outcome: "failed".into(),
+                reason: format!("the fetch helper cannot read its job: {e}"),
+            },
+            Ok(job) => match Remote::parse(&job.url)
+                .and_then(|remote| fetch_into(&job.dir, &remote, &job.auth))
+            {
+                Ok(()) => HelperAnswer {
+                    outcome: "ok".into(),
+                    reason: String::new(),
+                },
+                Err(GitError::Stalled { .. }) => HelperAnswer {
+                    outcome: "stalled".into(),
+                    reason: String::new(),
+                },
+                Err(GitError::FetchTimeout { .. }) => HelperAnswer {
+                    outcome: "timeout".into(),
+                    reason: String::new(),
+                },
+                Err(GitError::Fetch { reason, .. }) => HelperAnswer {
+                    outcome: "failed".into(),
+                    reason,
+                },
+                Err(e) => HelperAnswer {
+                    outcome: "failed".into(),
+                    reason: e.to_string(),
+                },
+            },
+        },
+    };
+    let text = serde_json::to_string(&answer).unwrap_or_default();
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{text}");
+    let _ = out.flush();
+    // Exit at once: a fetch thread blocked on a silent remote must not keep
+    // the process (and its connection) alive.
+    std::process::exit(if answer.outcome == "ok" { 0 } else { 1 })
+}
+
+/// Runs the fetch in a child process of the helper; kills it if it outlives
+/// the longest a fetch may take.
+fn fetch_in_helper(
+    program: &Path,
+    dir: &Path,
+    remote: &Remote,
+    auth: &Auth,
+) -> Result<(), GitError> {
+    let failed = |reason: String| GitError::Fetch {
+        url: remote.shown.clone(),
+        reason,
+    };
+    let job = serde_json::to_string(&HelperJob {
+        dir: dir.to_path_buf(),
+        url: remote.fetch_url_with_user(),
+        auth: auth.clone(),
+    })
+    .map_err(|e| failed(format!("cannot prepare the fetch: {e}")))?;
+    let child = Command::new(program)
+        .arg(FETCH_HELPER_ARG)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| {
+            failed(format!(
+                "cannot start the fetch helper {}: {e}",
+                program.display()
+            ))
+        })?;
+    let mut child = KillOnDrop(child);
+    if let Some(mut stdin) = child.0.stdin.take() {
+        // A helper that died at once is reported below, from its exit.
+        let _ = stdin.write_all(job.as_bytes());
+    }
+    let deadline = Instant::now() + FETCH_TIMEOUT + STALL_TIMEOUT;
+    let status = loop {
+        match child.0.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if CANCELLED.load(Ordering::Relaxed) => {
+                let _ = child.0.kill();
+                let _ = child.0.wait();
+                return Err(failed("stopped: tenantsync is shutting down".into()));
+            }
+            Ok(None) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(25));
+            }
+            Ok(None) => {
+                let _ = child.0.kill();
+                let _ = child.0.wait();
+                return Err(GitError::FetchTimeout {
+                    url: remote.shown.clone(),
+                    timeout: FETCH_TIMEOUT,
+                });
+            }
+            Err(e) => return Err(failed(format!("cannot wait for the fetch helper: {e}"))),
+        }
+    };
+    let mut stdout = String::new();
+    if let Some(mut out) = child.0.stdout.take() {
+        let _ = out.read_to_string(&mut stdout);
+    }
+    let Ok(answer) = serde_json::from_str::<HelperAnswer>(stdout.trim()) else {
+        let mut stderr = String::new();
+        if let Some(mut err) = child.0.stderr.take() {
+            let _ = err.read_to_string(&mut stderr);
+        }
+        return Err(failed(format!(
+            "the fetch helper ended ({status}) without an answer: {}",
+            redact_in_text(stderr.trim())
+        )));
+    };
+    match answer.outcome.as_str() {
+        "ok" => Ok(()),
+        "stalled" => Err(GitError::Stalled {
+            url: remote.shown.clone(),
+            timeout: STALL_TIMEOUT,
+        }),
+        "timeout" => Err(GitError::FetchTimeout {
+            url: remote.shown.clone(),
+            timeout: FETCH_TIMEOUT,
+        }),
+        _ => Err(failed(answer.reason)),
+    }
+}
+
+impl Remote {
+    /// The URL as the user gave it (for a fetch helper, which parses it
+    /// again).
+    fn fetch_url_with_user(&self) -> String {
+        match (&self.user, &self.password, self.scheme) {
+            (_, _, Scheme::Ssh) | (None, _, _) => self.fetch_url.clone(),
+            (Some(user), password, _) => {
+                let Some((scheme, rest)) = self.fetch_url.split_once("://") else {
+                    return self.fetch_url.clone();
+                };
+                let enc = |s: &str| {
+                    s.bytes()
+                        .map(|b| {
+                            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                                (b as char).to_string()
+                            } else {
+                                format!("%{b:02X}")
+                            }
+                        })
+                        .collect::<String>()
+                };
+                match password {
+                    Some(p) => format!("{scheme}://{}:{}@{rest}", enc(user), enc(p)),
+                    None => format!("{scheme}://{}@{rest}", enc(user)),
+                }
+            }
         }
     }
+}
+
+/// A child process killed (and reaped) when dropped.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+/// One fetch per cache folder at a time: the last outcome, and a given-up
+/// fetch thread that may still be blocked on its remote.
+#[derive(Default)]
+struct Flight {
+    last: Option<(Instant, Result<(), Arc<GitError>>)>,
+    lingering: Option<Arc<Watch>>,
+}
+
+fn flight(dir: &Path) -> Arc<Mutex<Flight>> {
+    static FLIGHTS: OnceLock<Mutex<BTreeMap<PathBuf, Arc<Mutex<Flight>>>>> = OnceLock::new();
+    let flights = FLIGHTS.get_or_init(Mutex::default);
+    let mut map = match flights.lock() {
+        Ok(m) => m,
+        Err(poisoned) => poisoned.into_inner(),
+    };
+    Arc::clone(map.entry(dir.to_path_buf()).or_default())
 }
 
 /// Bare mirrors of remotes, one folder per URL, under one cache root.
@@ -400,9 +859,10 @@ impl RemoteCache {
 
     /// The bare repository a URL is cached in: the URL's last path component
     /// (for people looking at the folder) and a hash of the URL without its
-    /// credentials.
+    /// user information (so neither holds a secret, and a changed token
+    /// keeps the cache).
     pub fn repo_dir(&self, url: &str) -> PathBuf {
-        let public = redact(url).replace(":***@", "@");
+        let public = redact(url);
         let hash = Sha256::digest(public.as_bytes());
         let hex: String = hash.iter().take(8).map(|b| format!("{b:02x}")).collect();
         let name: String = public
@@ -428,45 +888,142 @@ impl RemoteCache {
     /// clones (bare), later ones fetch all branches and tags, forced, and
     /// prune the deleted ones. Branch and tag names are then local names in
     /// the returned repository (`main`, `v1`), ready for [`read_tree`].
+    ///
+    /// At most one fetch of a URL is in flight: a call made while another
+    /// is fetching the same URL waits for it and shares its outcome.
     pub fn fetch(&self, url: &str, auth: &Auth) -> Result<Repository, GitError> {
-        let endpoint = endpoint(url)?;
-        if let Some((host, port)) = &endpoint {
-            probe(url, host, *port)?;
-        }
+        let asked = Instant::now();
+        let remote = Remote::parse(url)?;
         let dir = self.repo_dir(url);
-        if let Ok(repo) = Repository::open_bare(&dir) {
-            fetch_into(&dir, url, auth)?;
+        let flight = flight(&dir);
+        let mut state = match flight.lock() {
+            Ok(s) => s,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if let Some((at, result)) = &state.last
+            && *at > asked
+        {
+            let result = result.clone();
+            drop(state);
+            return match result {
+                Ok(()) => Repository::open_bare(&dir).map_err(|e| GitError::CacheRepo {
+                    dir,
+                    cause: e.message().to_string(),
+                }),
+                Err(e) => Err(GitError::Shared(e)),
+            };
+        }
+        // A given-up fetch thread still blocked on this remote: do not start
+        // a second one beside it.
+        if let Some(watch) = &state.lingering {
+            if watch.finished.load(Ordering::Relaxed) {
+                state.lingering = None;
+            } else {
+                return Err(GitError::Stalled {
+                    url: remote.shown.clone(),
+                    timeout: STALL_TIMEOUT,
+                });
+            }
+        }
+        let result = self.fetch_now(&dir, &remote, auth, &mut state.lingering);
+        state.last = Some((
+            Instant::now(),
+            match &result {
+                Ok(_) => Ok(()),
+                Err(e) => Err(Arc::new(clone_error(e))),
+            },
+        ));
+        result
+    }
+
+    fn fetch_now(
+        &self,
+        dir: &Path,
+        remote: &Remote,
+        auth: &Auth,
+        lingering: &mut Option<Arc<Watch>>,
+    ) -> Result<Repository, GitError> {
+        if remote.scheme == Scheme::Http {
+            let origin = if remote.user.is_some() {
+                Some("the user information in the URL".to_string())
+            } else {
+                auth.token.as_ref().map(|_| auth.token_origin.clone())
+            };
+            if let Some(origin) = origin {
+                return Err(GitError::InsecureCredentials {
+                    url: remote.shown.clone(),
+                    origin: if origin.is_empty() {
+                        "TENANTSYNC_GIT_TOKEN".into()
+                    } else {
+                        origin
+                    },
+                });
+            }
+        }
+        if let Some((host, port)) = &remote.endpoint {
+            probe(&remote.shown, host, *port)?;
+        }
+        let run = |target: &Path, lingering: &mut Option<Arc<Watch>>| match FETCH_HELPER.get() {
+            Some(program) => fetch_in_helper(program, target, remote, auth),
+            None => fetch_on_thread(target, remote, auth, lingering),
+        };
+        if let Ok(repo) = Repository::open_bare(dir) {
+            run(dir, lingering)?;
             return Ok(repo);
         }
         // Absent, or damaged (an interrupted first clone is never left
         // behind, so only outside damage): start afresh.
         if dir.exists() {
-            std::fs::remove_dir_all(&dir).map_err(|source| GitError::CacheIo {
-                dir: dir.clone(),
-                source,
+            std::fs::remove_dir_all(dir).map_err(|cause| GitError::CacheIo {
+                dir: dir.to_path_buf(),
+                cause,
             })?;
         }
-        std::fs::create_dir_all(&self.dir).map_err(|source| GitError::CacheIo {
+        std::fs::create_dir_all(&self.dir).map_err(|cause| GitError::CacheIo {
             dir: self.dir.clone(),
-            source,
+            cause,
         })?;
         // Clone into a temporary folder renamed into place once complete,
         // so a failed first fetch leaves nothing half-made.
         let tmp = tempdir_in(&self.dir)?;
-        Repository::init_bare(tmp.path()).map_err(|source| GitError::CacheRepo {
+        Repository::init_bare(tmp.path()).map_err(|e| GitError::CacheRepo {
             dir: tmp.path().to_path_buf(),
-            source,
+            cause: e.message().to_string(),
         })?;
-        fetch_into(tmp.path(), url, auth)?;
+        run(tmp.path(), lingering)?;
         let staged = tmp.keep();
-        if let Err(source) = std::fs::rename(&staged, &dir) {
+        if let Err(cause) = std::fs::rename(&staged, dir) {
             let _ = std::fs::remove_dir_all(&staged);
-            // Another fetch of the same URL finished first: use its clone.
+            // Another process fetching the same URL finished first: use its
+            // clone.
             if !dir.exists() {
-                return Err(GitError::CacheIo { dir, source });
+                return Err(GitError::CacheIo {
+                    dir: dir.to_path_buf(),
+                    cause,
+                });
             }
         }
-        Repository::open_bare(&dir).map_err(|source| GitError::CacheRepo { dir, source })
+        Repository::open_bare(dir).map_err(|e| GitError::CacheRepo {
+            dir: dir.to_path_buf(),
+            cause: e.message().to_string(),
+        })
+    }
+}
+
+/// A copy of an error, to share one fetch's outcome with the calls that
+/// waited for it.
+fn clone_error(e: &GitError) -> GitError {
+    match e {
+        GitError::Stalled { url, timeout } => GitError::Stalled {
+            url: url.clone(),
+            timeout: *timeout,
+        },
+        GitError::FetchTimeout { url, timeout } => GitError::FetchTimeout {
+            url: url.clone(),
+            timeout: *timeout,
+        },
+        GitError::Shared(inner) => GitError::Shared(Arc::clone(inner)),
+        other => GitError::Message(other.to_string()),
     }
 }
 
@@ -495,22 +1052,22 @@ fn tempdir_in(parent: &Path) -> Result<TempDir, GitError> {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.subsec_nanos());
     let path = parent.join(format!(".tmp-{}-{nanos}", std::process::id()));
-    std::fs::create_dir(&path).map_err(|source| GitError::CacheIo {
+    std::fs::create_dir(&path).map_err(|cause| GitError::CacheIo {
         dir: path.clone(),
-        source,
+        cause,
     })?;
     Ok(TempDir(Some(path)))
 }
 
 /// Fails fast when nothing answers at the remote's address: libgit2 would
 /// otherwise wait for the system's TCP timeout (minutes).
-fn probe(url: &str, host: &str, port: u16) -> Result<(), GitError> {
+fn probe(shown: &str, host: &str, port: u16) -> Result<(), GitError> {
     let endpoint = format!("{host}:{port}");
-    let unreachable = |source| GitError::Unreachable {
-        url: redact(url),
+    let unreachable = |cause| GitError::Unreachable {
+        url: shown.to_string(),
         endpoint: endpoint.clone(),
         timeout: CONNECT_TIMEOUT,
-        source,
+        cause,
     };
     let deadline = Instant::now() + CONNECT_TIMEOUT;
     let addrs = (host, port).to_socket_addrs().map_err(unreachable)?;
@@ -530,12 +1087,13 @@ fn probe(url: &str, host: &str, port: u16) -> Result<(), GitError> {
 }
 
 /// Tracks a fetch running on its own thread: when it last heard from the
-/// remote, and whether the caller gave up on it.
+/// remote, whether the caller gave up on it, and whether it has ended.
 struct Watch {
     start: Instant,
     /// Milliseconds from `start` to the last callback from libgit2.
     last_heard: AtomicU64,
     abandoned: AtomicBool,
+    finished: AtomicBool,
 }
 
 impl Watch {
@@ -557,89 +1115,124 @@ impl Watch {
 /// safe read timeout, so the fetch runs on a thread of its own and is given
 /// up on when the remote is silent for [`STALL_TIMEOUT`] or the fetch takes
 /// longer than [`FETCH_TIMEOUT`]. A given-up thread aborts at libgit2's next
-/// callback (before updating any ref); one blocked on a dead connection
-/// lingers until the system drops the connection.
-fn fetch_into(dir: &Path, url: &str, auth: &Auth) -> Result<(), GitError> {
+/// callback (before updating any ref); one blocked on a silent connection
+/// lingers until the system drops the connection, and is handed back in
+/// `lingering` so that no second fetch starts beside it (the fetch helper
+/// process ends it instead).
+fn fetch_on_thread(
+    dir: &Path,
+    remote: &Remote,
+    auth: &Auth,
+    lingering: &mut Option<Arc<Watch>>,
+) -> Result<(), GitError> {
     let watch = Arc::new(Watch {
         start: Instant::now(),
         last_heard: AtomicU64::new(0),
         abandoned: AtomicBool::new(false),
+        finished: AtomicBool::new(false),
     });
     let (tx, rx) = mpsc::channel();
     let job = (
         dir.to_path_buf(),
-        url.to_string(),
+        remote.clone(),
         auth.clone(),
         Arc::clone(&watch),
     );
     std::thread::Builder::new()
         .name("git-fetch".into())
         .spawn(move || {
-            let (dir, url, auth, watch) = job;
-            let _ = tx.send(fetch_blocking(&dir, &url, &auth, &watch));
+            let (dir, remote, auth, watch) = job;
+            let result = fetch_blocking(&dir, &remote, &auth, &watch);
+            watch.finished.store(true, Ordering::Relaxed);
+            let _ = tx.send(result);
         })
-        .map_err(|source| GitError::CacheIo {
+        .map_err(|cause| GitError::CacheIo {
             dir: dir.to_path_buf(),
-            source,
+            cause,
         })?;
     loop {
         match rx.recv_timeout(Duration::from_millis(100)) {
             Ok(result) => return result,
             Err(mpsc::RecvTimeoutError::Disconnected) => {
                 return Err(GitError::Fetch {
-                    url: redact(url),
-                    source: git2::Error::from_str("the fetch thread ended without a result"),
+                    url: remote.shown.clone(),
+                    reason: "the fetch thread ended without a result".into(),
                 });
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 let error = if watch.silent_for() > STALL_TIMEOUT {
                     GitError::Stalled {
-                        url: redact(url),
+                        url: remote.shown.clone(),
                         timeout: STALL_TIMEOUT,
                     }
                 } else if watch.start.elapsed() > FETCH_TIMEOUT {
                     GitError::FetchTimeout {
-                        url: redact(url),
+                        url: remote.shown.clone(),
                         timeout: FETCH_TIMEOUT,
                     }
                 } else {
                     continue;
                 };
                 watch.abandoned.store(true, Ordering::Relaxed);
+                *lingering = Some(watch);
                 return Err(error);
             }
         }
     }
 }
 
-fn fetch_blocking(dir: &Path, url: &str, auth: &Auth, watch: &Watch) -> Result<(), GitError> {
-    let fetch_err = |source| GitError::Fetch {
-        url: redact(url),
-        source,
-    };
-    let repo = Repository::open_bare(dir).map_err(|source| GitError::CacheRepo {
+/// In the fetch helper: the same, on a thread, the process exiting after.
+fn fetch_into(dir: &Path, remote: &Remote, auth: &Auth) -> Result<(), GitError> {
+    let mut lingering = None;
+    fetch_on_thread(dir, remote, auth, &mut lingering)
+}
+
+/// Why the credential or certificate callback refused, told to the user
+/// instead of libgit2's own wording.
+#[derive(Default)]
+struct Refusal(Mutex<Option<String>>);
+
+impl Refusal {
+    fn set(&self, reason: String) -> git2::Error {
+        let error = git2::Error::from_str(&reason);
+        if let Ok(mut r) = self.0.lock()
+            && r.is_none()
+        {
+            *r = Some(reason);
+        }
+        error
+    }
+
+    fn take(&self) -> Option<String> {
+        self.0.lock().ok().and_then(|mut r| r.take())
+    }
+}
+
+fn fetch_blocking(dir: &Path, remote: &Remote, auth: &Auth, watch: &Watch) -> Result<(), GitError> {
+    let repo = Repository::open_bare(dir).map_err(|e| GitError::CacheRepo {
         dir: dir.to_path_buf(),
-        source,
+        cause: e.message().to_string(),
     })?;
+    let refusal = Refusal::default();
     let mut callbacks = RemoteCallbacks::new();
-    let mut attempts = 0;
-    callbacks.credentials(move |_url, username_from_url, allowed| {
+    let mut asked = Asked::default();
+    callbacks.credentials(|url, username_from_url, allowed| {
         if !watch.heard() {
             return Err(git2::Error::from_str("fetch given up"));
         }
-        // libgit2 asks again after a refused credential: answer once.
-        attempts += 1;
-        if attempts > 1 {
-            return Err(git2::Error::from_str("the remote refused the credentials"));
-        }
-        credentials(auth, username_from_url, allowed)
+        credentials(remote, auth, url, username_from_url, allowed, &mut asked)
+            .map_err(|reason| refusal.set(reason))
     });
-    callbacks.certificate_check(|_, _| {
-        if watch.heard() {
-            // libgit2's own checks (CA store, ~/.ssh/known_hosts) decide.
-            Ok(CertificateCheckStatus::CertificatePassthrough)
-        } else {
-            Err(git2::Error::from_str("fetch given up"))
+    callbacks.certificate_check(|cert, host| {
+        if !watch.heard() {
+            return Err(git2::Error::from_str("fetch given up"));
+        }
+        match cert.as_hostkey() {
+            Some(key) => check_host_key(remote, auth, host, key)
+                .map(|()| CertificateCheckStatus::CertificateOk)
+                .map_err(|reason| refusal.set(reason)),
+            // TLS: OpenSSL's verification against the CA store decides.
+            None => Ok(CertificateCheckStatus::CertificatePassthrough),
         }
     });
     callbacks.transfer_progress(|_| watch.heard());
@@ -649,57 +1242,309 @@ fn fetch_blocking(dir: &Path, url: &str, auth: &Auth, watch: &Watch) -> Result<(
     options
         .remote_callbacks(callbacks)
         .prune(FetchPrune::On)
-        .download_tags(AutotagOption::None);
-    let mut remote = repo.remote_anonymous(url).map_err(fetch_err)?;
-    remote
+        .download_tags(AutotagOption::None)
+        // FETCH_HEAD would record the URL in the cache; nothing reads it.
+        .update_fetchhead(false);
+    let failed = |e: git2::Error| GitError::Fetch {
+        url: remote.shown.clone(),
+        reason: explain(&e, remote, auth, refusal.take()),
+    };
+    let mut git_remote = repo.remote_anonymous(&remote.fetch_url).map_err(failed)?;
+    git_remote
         .fetch(&FETCH_REFSPECS, Some(&mut options), None)
-        .map_err(fetch_err)?;
+        .map_err(failed)?;
     // Follow the remote's default branch, so `HEAD` means what it means there.
-    if let Ok(head) = remote.default_branch()
+    if let Ok(head) = git_remote.default_branch()
         && let Ok(head) = head.as_str()
     {
-        repo.set_head(head).map_err(fetch_err)?;
+        repo.set_head(head).map_err(failed)?;
     }
     Ok(())
 }
 
+/// Which credentials libgit2 was already given in this fetch (it asks again
+/// after a refusal; each is answered once).
+#[derive(Default)]
+struct Asked {
+    userpass: bool,
+    username: bool,
+    key: bool,
+}
+
 fn credentials(
+    remote: &Remote,
     auth: &Auth,
+    url: &str,
     username_from_url: Option<&str>,
     allowed: CredentialType,
-) -> Result<Cred, git2::Error> {
-    match auth {
-        Auth::Token { username, token }
-            if allowed.contains(CredentialType::USER_PASS_PLAINTEXT) =>
-        {
-            Cred::userpass_plaintext(username, token)
+    asked: &mut Asked,
+) -> Result<Cred, String> {
+    if allowed.contains(CredentialType::USER_PASS_PLAINTEXT) {
+        if !remote.same_origin(url) {
+            return Err(format!(
+                "the remote redirected to {}, which asks for credentials: they are sent only to the host of the URL given; use the URL the redirect points to",
+                redact(url)
+            ));
         }
-        Auth::SshKey {
-            username,
-            private_key,
-            passphrase,
-        } => {
-            let user = username_from_url
-                .filter(|u| !u.is_empty())
-                .or(Some(username.as_str()).filter(|u| !u.is_empty()))
-                .unwrap_or("git");
-            if allowed.contains(CredentialType::USERNAME) {
-                return Cred::username(user);
+        let (user, secret, origin) = match (&remote.user, &auth.token) {
+            (Some(user), _) => (
+                user.clone(),
+                remote.password.clone().unwrap_or_default(),
+                "the user information in the URL".to_string(),
+            ),
+            (None, Some(token)) => (
+                auth.user().to_string(),
+                token.clone(),
+                if auth.token_origin.is_empty() {
+                    "TENANTSYNC_GIT_TOKEN".to_string()
+                } else {
+                    auth.token_origin.clone()
+                },
+            ),
+            (None, None) => {
+                return Err("the remote asks for credentials and none were given: set TENANTSYNC_GIT_TOKEN (or TENANTSYNC_GIT_TOKEN_FILE), with TENANTSYNC_GIT_USERNAME if the host needs a particular user".to_string());
             }
-            if allowed.contains(CredentialType::SSH_KEY) {
-                return Cred::ssh_key(user, None, private_key, passphrase.as_deref());
-            }
-            Err(git2::Error::from_str(
-                "the remote asks for credentials other than an ssh key",
-            ))
+        };
+        if asked.userpass {
+            // The user of a URL may be the token itself: never shown.
+            let given = if remote.user.is_some() {
+                origin
+            } else {
+                format!("user `{user}` and the token from {origin}")
+            };
+            return Err(format!(
+                "the remote refused the credentials ({given}): check them and their access to this repository"
+            ));
         }
-        Auth::Token { .. } => Err(git2::Error::from_str(
-            "the remote asks for credentials other than a username and token",
+        asked.userpass = true;
+        return Cred::userpass_plaintext(&user, &secret).map_err(|e| e.message().to_string());
+    }
+    let user = username_from_url
+        .filter(|u| !u.is_empty())
+        .map(str::to_string)
+        .or_else(|| remote.user.clone())
+        .unwrap_or_else(|| auth.user().to_string());
+    if allowed.contains(CredentialType::USERNAME) {
+        if asked.username {
+            return Err(format!("the remote refused the user `{user}`"));
+        }
+        asked.username = true;
+        return Cred::username(&user).map_err(|e| e.message().to_string());
+    }
+    if allowed.contains(CredentialType::SSH_KEY) {
+        let Some(key) = &auth.ssh_key else {
+            let token = if auth.token.is_some() {
+                " (the token is used for https only)"
+            } else {
+                ""
+            };
+            return Err(format!(
+                "the remote asks for an ssh key and none was given{token}: set TENANTSYNC_GIT_SSH_KEY to a private key file"
+            ));
+        };
+        let encrypted = key_is_encrypted(key)?;
+        if encrypted && auth.ssh_passphrase.is_none() {
+            return Err(format!(
+                "the ssh key {} is protected by a passphrase: set TENANTSYNC_GIT_SSH_PASSPHRASE",
+                key.display()
+            ));
+        }
+        if asked.key {
+            return Err(format!(
+                "the remote refused the ssh key {} for user `{user}`: check that its public key is authorized there (and, when the URL names no user, TENANTSYNC_GIT_USERNAME)",
+                key.display()
+            ));
+        }
+        asked.key = true;
+        return Cred::ssh_key(&user, None, key, auth.ssh_passphrase.as_deref())
+            .map_err(|e| e.message().to_string());
+    }
+    Err(match remote.scheme {
+        Scheme::Ssh => "the remote asks for credentials other than an ssh key".to_string(),
+        _ => "the remote asks for credentials other than a user and token".to_string(),
+    })
+}
+
+/// Whether a private key file is encrypted (needs a passphrase): an
+/// OpenSSH-format key whose cipher is not `none`, or a PEM key marked
+/// `ENCRYPTED`. Errors name the file.
+fn key_is_encrypted(path: &Path) -> Result<bool, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        format!(
+            "cannot read the ssh key {} (TENANTSYNC_GIT_SSH_KEY): {e}",
+            path.display()
+        )
+    })?;
+    if text.contains("ENCRYPTED") {
+        return Ok(true);
+    }
+    const OPENSSH: &str = "-----BEGIN OPENSSH PRIVATE KEY-----";
+    let Some(start) = text.find(OPENSSH) else {
+        return Ok(false);
+    };
+    let body: String = text[start + OPENSSH.len()..]
+        .lines()
+        .take_while(|l| !l.starts_with("-----END"))
+        .collect::<String>()
+        .split_whitespace()
+        .collect();
+    let Ok(bytes) = base64::engine::general_purpose::STANDARD.decode(body) else {
+        return Ok(false);
+    };
+    // "openssh-key-v1\0", then the cipher name as a length-prefixed string.
+    let rest = bytes.get(15..).unwrap_or_default();
+    let cipher = rest
+        .get(..4)
+        .and_then(|n| <[u8; 4]>::try_from(n).ok())
+        .map(|n| u32::from_be_bytes(n) as usize)
+        .and_then(|n| rest.get(4..4 + n));
+    Ok(cipher.is_some_and(|c| c != b"none"))
+}
+
+/// Checks an ssh host key against the `known_hosts` file before any
+/// credential is offered: refused when the host is not there (unknown) or
+/// is there with another key of the same type (changed).
+fn check_host_key(
+    remote: &Remote,
+    auth: &Auth,
+    host: &str,
+    key: &git2::cert::CertHostkey<'_>,
+) -> Result<(), String> {
+    let port = remote.endpoint.as_ref().map_or(22, |(_, p)| *p);
+    let Some(file) = auth.known_hosts_file() else {
+        return Err(
+            "cannot check the ssh host key: set TENANTSYNC_GIT_KNOWN_HOSTS (or HOME, for ~/.ssh/known_hosts)"
+                .into(),
+        );
+    };
+    let Some(raw) = key.hostkey() else {
+        return Err("the ssh server sent no host key".into());
+    };
+    let key_type = key_type_name(raw).unwrap_or("unknown");
+    let fingerprint = key
+        .hash_sha256()
+        .map(|h| {
+            format!(
+                "SHA256:{}",
+                base64::engine::general_purpose::STANDARD_NO_PAD.encode(h)
+            )
+        })
+        .unwrap_or_default();
+    let name = if port == 22 {
+        host.to_string()
+    } else {
+        format!("[{host}]:{port}")
+    };
+    let scan = if port == 22 {
+        format!("ssh-keyscan -t {key_type} {host}")
+    } else {
+        format!("ssh-keyscan -t {key_type} -p {port} {host}")
+    };
+    let text = match std::fs::read_to_string(&file) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => {
+            return Err(format!(
+                "cannot read the known_hosts file {}: {e}",
+                file.display()
+            ));
+        }
+    };
+    let session = ssh2::Session::new()
+        .map_err(|e| format!("cannot check the ssh host key: {}", e.message()))?;
+    let mut known = session
+        .known_hosts()
+        .map_err(|e| format!("cannot check the ssh host key: {}", e.message()))?;
+    // Line by line, keys of the server's type only: a line libssh2 does not
+    // understand is skipped rather than failing the whole file, and a key of
+    // another type is not mistaken for a changed one.
+    for line in text.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let line_type = match fields.first() {
+            Some(m) if m.starts_with('@') => fields.get(2),
+            Some(f) if !f.starts_with('#') => fields.get(1),
+            _ => None,
+        };
+        if line_type == Some(&key_type) && !line.contains('\0') {
+            let _ = known.read_str(line, ssh2::KnownHostFileKind::OpenSSH);
+        }
+    }
+    match known.check_port(host, port, raw) {
+        ssh2::CheckResult::Match => Ok(()),
+        ssh2::CheckResult::Mismatch => Err(format!(
+            "the ssh host key of {name} has CHANGED: the server sent {key_type} {fingerprint}, which is not the {key_type} key {} holds for it. Someone may be intercepting the connection, or the host's key was replaced; nothing was sent. If the change is expected, replace the host's line in {} (from `{scan}`, after checking the fingerprint with the host's owner)",
+            file.display(),
+            file.display()
         )),
-        Auth::None => Err(git2::Error::from_str(
-            "the remote asks for credentials and none were given",
+        ssh2::CheckResult::NotFound => Err(format!(
+            "the ssh host key of {name} ({key_type} {fingerprint}) is unknown: {} has no {key_type} key for it, so nothing was sent. Add the host's key to that file (from `{scan}`, after checking the fingerprint), or point TENANTSYNC_GIT_KNOWN_HOSTS at a file that has it",
+            file.display()
+        )),
+        ssh2::CheckResult::Failure => Err(format!(
+            "cannot check the ssh host key of {name} against {}",
+            file.display()
         )),
     }
+}
+
+/// The type name at the start of an ssh public key blob (`ssh-ed25519`).
+fn key_type_name(blob: &[u8]) -> Option<&str> {
+    let n = u32::from_be_bytes(blob.get(..4)?.try_into().ok()?) as usize;
+    std::str::from_utf8(blob.get(4..4 + n)?).ok()
+}
+
+/// A libgit2 error in words a user can act on. `refusal`: why one of our
+/// callbacks refused, which is the real reason when there is one.
+fn explain(e: &git2::Error, remote: &Remote, auth: &Auth, refusal: Option<String>) -> String {
+    if let Some(reason) = refusal {
+        return reason;
+    }
+    let message = redact_in_text(e.message());
+    let lower = message.to_ascii_lowercase();
+    if e.class() == ErrorClass::Ssh
+        && (lower.contains("private key") || lower.contains("passphrase"))
+        && let Some(key) = &auth.ssh_key
+    {
+        return if key_is_encrypted(key).unwrap_or(false) {
+            format!(
+                "cannot decrypt the ssh key {}: wrong TENANTSYNC_GIT_SSH_PASSPHRASE",
+                key.display()
+            )
+        } else {
+            format!(
+                "cannot use the ssh key {}: not a private key libssh2 reads ({message})",
+                key.display()
+            )
+        };
+    }
+    if lower.contains("hostname does not match") {
+        let host = remote.endpoint.as_ref().map_or("", |(h, _)| h.as_str());
+        return format!(
+            "the server's TLS certificate is not made for {host} ({message}): use a URL with a name or address the certificate names, or have the certificate reissued"
+        );
+    }
+    if e.class() == ErrorClass::Ssl || e.code() == ErrorCode::Certificate {
+        return format!(
+            "the server's TLS certificate is not trusted ({message}): if it is signed by a private certificate authority, set SSL_CERT_FILE to a PEM file holding that authority's certificate (Git's GIT_SSL_CAINFO and http.sslCAInfo are not read)"
+        );
+    }
+    if remote.scheme == Scheme::Https && lower.contains("early eof") {
+        return format!(
+            "the TLS connection ended early ({message}): the server's certificate may not be valid for this host name or address, or the server closed the connection"
+        );
+    }
+    if lower.contains("status code: 404") {
+        return format!("the server has no repository at this URL ({message}): check the path");
+    }
+    if lower.contains("status code: 403") {
+        return format!(
+            "the server refuses access to this repository ({message}): check the credentials' access to it"
+        );
+    }
+    if e.code() == ErrorCode::Auth {
+        return format!("the remote refused the credentials ({message})");
+    }
+    message
 }
 
 #[cfg(test)]
@@ -743,19 +1588,57 @@ mod tests {
     }
 
     #[test]
-    fn masks_secrets() {
-        assert_eq!(redact("https://me:s3cret@h/r"), "https://me:***@h/r");
-        assert_eq!(redact("ssh://git@h/r"), "ssh://git@h/r");
-        let auth = Auth::Token {
-            username: "me".into(),
-            token: "s3cret".into(),
-        };
+    fn masks_any_user_information() {
+        assert_eq!(redact("https://me:s3cret@h/r"), "https://***@h/r");
+        assert_eq!(redact("https://S3cr3t-T0ken@h/r"), "https://***@h/r");
+        assert_eq!(redact("ssh://git@h:22/r"), "ssh://***@h:22/r");
+        assert_eq!(redact("git@h:org/r.git"), "***@h:org/r.git");
+        assert_eq!(redact("https://h/a@b"), "https://h/a@b");
+        assert_eq!(redact("file:///r"), "file:///r");
+        assert_eq!(
+            redact_in_text("cannot fetch https://tok@h/r: x\nsee git://u:p@h2/r."),
+            "cannot fetch https://***@h/r: x\nsee git://***@h2/r."
+        );
+        let auth = Auth::token("me", "s3cret");
         assert!(!format!("{auth:?}").contains("s3cret"));
         let cache = RemoteCache::new("/c");
         assert_eq!(
             cache.repo_dir("https://me:a@h/org/repo.git"),
-            cache.repo_dir("https://me:b@h/org/repo.git")
+            cache.repo_dir("https://other@h/org/repo.git")
         );
         assert!(cache.repo_dir("https://h/org/repo.git").starts_with("/c"));
+        assert!(
+            !cache
+                .repo_dir("https://S3cr3t@h/S3cr3t")
+                .to_string_lossy()
+                .contains("S3cr3t@")
+        );
+    }
+
+    #[test]
+    fn takes_user_information_out_of_the_url_given_to_libgit2() {
+        let r = Remote::parse("https://to%40ken:p%3Aw@h:8443/r.git").unwrap();
+        assert_eq!(r.fetch_url, "https://h:8443/r.git");
+        assert_eq!(r.user.as_deref(), Some("to@ken"));
+        assert_eq!(r.password.as_deref(), Some("p:w"));
+        assert_eq!(
+            Remote::parse(&r.fetch_url_with_user()).unwrap().password,
+            r.password
+        );
+        assert!(r.same_origin("https://h:8443/r.git/info/refs"));
+        assert!(!r.same_origin("https://127.0.0.2:8443/r.git/info/refs"));
+        assert!(!r.same_origin("http://h:8443/r.git"));
+        assert!(r.same_origin("https://H:8443/r.git"));
+        assert!(!r.same_origin("https://h/r.git"));
+        let empty_user = Remote::parse("https://:tok@h/r.git").unwrap();
+        assert_eq!(empty_user.user.as_deref(), Some(""));
+        assert_eq!(empty_user.password.as_deref(), Some("tok"));
+        let again = Remote::parse(&empty_user.fetch_url_with_user()).unwrap();
+        assert_eq!(again.password.as_deref(), Some("tok"));
+        let s = Remote::parse("ssh://git:pw@h:2222/r.git").unwrap();
+        assert_eq!(s.fetch_url, "ssh://git@h:2222/r.git");
+        let scp = Remote::parse("git@h:org/r.git").unwrap();
+        assert_eq!(scp.fetch_url, "git@h:org/r.git");
+        assert_eq!(scp.scheme, Scheme::Ssh);
     }
 }

@@ -15,11 +15,11 @@ pub enum SourceError {
     Folder(#[from] folder::FolderError),
     #[error(transparent)]
     Git(#[from] git::GitError),
-    #[error("cannot read {var}: {source}")]
+    #[error("cannot read {var} {path}: {cause}")]
     Secret {
         var: String,
-        #[source]
-        source: std::io::Error,
+        path: String,
+        cause: std::io::Error,
     },
 }
 
@@ -34,7 +34,8 @@ pub fn read(
     if git::is_remote_url(repo) {
         let cache = git::RemoteCache::at_default_location()?;
         let repository = cache.fetch(repo, auth)?;
-        let (tree, revision) = git::read_tree(&repository, rev.unwrap_or("HEAD"))?;
+        let (tree, revision) = git::read_tree(&repository, rev.unwrap_or("HEAD"))
+            .map_err(|e| e.naming(&git::redact(repo)))?;
         return Ok((tree, Some(revision)));
     }
     match rev {
@@ -51,29 +52,29 @@ pub fn read(
 /// users can read in the process list): `TENANTSYNC_GIT_TOKEN` or
 /// `TENANTSYNC_GIT_TOKEN_FILE` (with `TENANTSYNC_GIT_USERNAME`, default
 /// `git`) for https; `TENANTSYNC_GIT_SSH_KEY` (a key file, with
-/// `TENANTSYNC_GIT_SSH_PASSPHRASE`) for ssh.
+/// `TENANTSYNC_GIT_SSH_PASSPHRASE`) for ssh, whose host keys are checked
+/// against `TENANTSYNC_GIT_KNOWN_HOSTS` (default `~/.ssh/known_hosts`).
+/// Both a token and a key may be set: each is used for its own scheme.
 pub fn auth_from_env() -> Result<git::Auth, SourceError> {
     let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
-    let username = var("TENANTSYNC_GIT_USERNAME").unwrap_or_else(|| "git".to_string());
+    let mut auth = git::Auth {
+        username: var("TENANTSYNC_GIT_USERNAME").unwrap_or_else(|| "git".to_string()),
+        ssh_key: var("TENANTSYNC_GIT_SSH_KEY").map(PathBuf::from),
+        ssh_passphrase: var("TENANTSYNC_GIT_SSH_PASSPHRASE"),
+        known_hosts: var("TENANTSYNC_GIT_KNOWN_HOSTS").map(PathBuf::from),
+        ..git::Auth::default()
+    };
     if let Some(token) = var("TENANTSYNC_GIT_TOKEN") {
-        return Ok(git::Auth::Token { username, token });
-    }
-    if let Some(file) = var("TENANTSYNC_GIT_TOKEN_FILE") {
-        let token = std::fs::read_to_string(&file).map_err(|source| SourceError::Secret {
+        auth.token = Some(token);
+        auth.token_origin = "TENANTSYNC_GIT_TOKEN".into();
+    } else if let Some(file) = var("TENANTSYNC_GIT_TOKEN_FILE") {
+        let token = std::fs::read_to_string(&file).map_err(|cause| SourceError::Secret {
             var: "TENANTSYNC_GIT_TOKEN_FILE".into(),
-            source,
+            path: file.clone(),
+            cause,
         })?;
-        return Ok(git::Auth::Token {
-            username,
-            token: token.trim().to_string(),
-        });
+        auth.token = Some(token.trim().to_string());
+        auth.token_origin = format!("TENANTSYNC_GIT_TOKEN_FILE ({file})");
     }
-    if let Some(key) = var("TENANTSYNC_GIT_SSH_KEY") {
-        return Ok(git::Auth::SshKey {
-            username,
-            private_key: PathBuf::from(key),
-            passphrase: var("TENANTSYNC_GIT_SSH_PASSPHRASE"),
-        });
-    }
-    Ok(git::Auth::None)
+    Ok(auth)
 }

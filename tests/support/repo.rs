@@ -58,6 +58,17 @@ impl TestRepo {
         std::fs::write(path, text).expect("write");
     }
 
+    /// Removes a file of the test's environment layer.
+    pub fn remove(&self, rel: &str) {
+        let path = self
+            .dir
+            .path()
+            .join("environments")
+            .join(&self.env)
+            .join(rel);
+        std::fs::remove_file(&path).unwrap_or_else(|e| panic!("rm {}: {e}", path.display()));
+    }
+
     pub fn path(&self) -> &Path {
         self.dir.path()
     }

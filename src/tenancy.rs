@@ -1,0 +1,994 @@
+//! Tenancy guardrails (pure): what one environment's declarations may touch.
+//!
+//! The tenants repository is not trusted with the cluster: whoever can push
+//! to it must not reach other environments, the control plane's namespaces or
+//! tenantsync itself. The limits here are the operator's (command-line flags
+//! and the daemon's configuration file), never the repository's, and are
+//! checked on the rendered objects before anything is sent to the cluster:
+//!
+//! - **Namespaces.** An environment writes only into the namespaces its
+//!   `namespaceTemplate` yields for its workspaces (the template must contain
+//!   `{environment}`, so two environments never share one) and into
+//!   namespaces the operator allows by pattern. Reserved namespaces
+//!   (`kube-*`, `default`, the control namespace) are refused always.
+//! - **Kinds.** Cluster-scoped kinds (other than the workspaces' own
+//!   Namespaces) only when the operator allows them by name; RBAC kinds never
+//!   unless allowed by name.
+//! - **Pods.** A pod template in `resources/` may not be privileged, use the
+//!   host's namespaces or paths, or run as a ServiceAccount tenantsync does
+//!   not render in that namespace, unless the operator allows it.
+//! - **Sync policy.** The repository may tighten `forceConflicts` and
+//!   `maxPrunePercent`, never loosen what the operator set.
+//!
+//! Ownership of live objects (never adopt) is decided by
+//! [`settle_ownership`], on what the cluster holds.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::inventory::{Inventory, SYSTEM_NAMESPACE};
+use crate::model::SyncPolicy;
+use crate::plan::{Action, Plan, Summary};
+use crate::render::{ENVIRONMENT_LABEL, MANAGED_BY, MANAGER, Object, ObjectKey};
+
+/// The operator's limits for every environment of a run.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Guardrails {
+    /// Namespaces an environment may write into besides its workspaces'
+    /// own: patterns where `*` matches any characters and `{environment}`
+    /// the environment's name (`shared-{environment}`, `monitoring`).
+    #[serde(default)]
+    pub allowed_namespaces: Vec<String>,
+    /// Kinds `resources/` may hold beyond the default (namespaced kinds
+    /// other than RBAC's): cluster-scoped kinds and RBAC kinds, by name
+    /// (`CustomResourceDefinition`, `Role`).
+    #[serde(default)]
+    pub allowed_kinds: Vec<String>,
+    /// Allow privileged pod templates, host namespaces, `hostPath` volumes
+    /// and ServiceAccounts tenantsync does not render.
+    #[serde(default)]
+    pub allow_privileged_pods: bool,
+    /// Allow a `namespaceTemplate` without `{environment}` (one environment
+    /// per cluster only: two such environments could write into each
+    /// other's namespaces).
+    #[serde(default)]
+    pub allow_shared_namespace_template: bool,
+}
+
+/// Kinds that are cluster-scoped in Kubernetes itself. A `resources/`
+/// manifest of another kind without `metadata.namespace` is taken as
+/// cluster-scoped too (it cannot be applied as a namespaced one).
+const CLUSTER_SCOPED: &[&str] = &[
+    "Namespace",
+    "Node",
+    "PersistentVolume",
+    "ClusterRole",
+    "ClusterRoleBinding",
+    "CustomResourceDefinition",
+    "APIService",
+    "StorageClass",
+    "CSIDriver",
+    "CSINode",
+    "VolumeAttachment",
+    "PriorityClass",
+    "RuntimeClass",
+    "IngressClass",
+    "MutatingWebhookConfiguration",
+    "ValidatingWebhookConfiguration",
+    "ValidatingAdmissionPolicy",
+    "ValidatingAdmissionPolicyBinding",
+    "MutatingAdmissionPolicy",
+    "MutatingAdmissionPolicyBinding",
+    "CertificateSigningRequest",
+    "FlowSchema",
+    "PriorityLevelConfiguration",
+    "ClusterTrustBundle",
+];
+
+/// Namespaced kinds refused unless allowed by name: they grant permissions.
+const RBAC_KINDS: &[&str] = &["Role", "RoleBinding"];
+
+/// One broken rule: the object (or setting), the rule, what to do.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Violation {
+    /// `Kind/namespace/name`, or the setting's path.
+    pub subject: String,
+    pub message: String,
+}
+
+impl std::fmt::Display for Violation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.subject, self.message)
+    }
+}
+
+impl Violation {
+    /// As a diagnostic of environment `environment`'s folder (the rendered
+    /// object or setting is named; its file is not known here).
+    pub fn diagnostic(&self, environment: &str) -> crate::diag::Diagnostic {
+        crate::diag::Diagnostic {
+            file: format!("environments/{environment}"),
+            line: 0,
+            column: 0,
+            pointer: None,
+            message: format!("{} (operator guardrail): {}", self.subject, self.message),
+        }
+    }
+}
+
+/// Whether `namespace` is reserved: never written by any environment.
+pub fn reserved(namespace: &str) -> bool {
+    namespace == "default" || namespace.starts_with("kube-") || namespace == SYSTEM_NAMESPACE
+}
+
+/// `*` matches any run of characters; `{environment}` the environment.
+fn matches(pattern: &str, environment: &str, namespace: &str) -> bool {
+    let pattern = pattern.replace("{environment}", environment);
+    let parts: Vec<&str> = pattern.split('*').collect();
+    let (first, last) = match parts.as_slice() {
+        [only] => return *only == namespace,
+        [first, .., last] => (*first, *last),
+        [] => return false,
+    };
+    if namespace.len() < first.len() + last.len()
+        || !namespace.starts_with(first)
+        || !namespace.ends_with(last)
+    {
+        return false;
+    }
+    let mut rest = &namespace[first.len()..namespace.len() - last.len()];
+    for part in &parts[1..parts.len() - 1] {
+        match rest.find(part) {
+            Some(i) => rest = &rest[i + part.len()..],
+            None => return false,
+        }
+    }
+    true
+}
+
+impl Guardrails {
+    /// Whether the operator allows writes into `namespace` beyond the
+    /// workspaces' own (never a reserved one).
+    pub fn allows_namespace(&self, environment: &str, namespace: &str) -> bool {
+        !reserved(namespace)
+            && self
+                .allowed_namespaces
+                .iter()
+                .any(|p| matches(p, environment, namespace))
+    }
+
+    fn allows_kind(&self, kind: &str) -> bool {
+        self.allowed_kinds.iter().any(|k| k == kind)
+    }
+
+    /// Checks an environment's rendered objects. `template`: its
+    /// `namespaceTemplate` as written (None: the default, which has
+    /// `{environment}`).
+    pub fn check(
+        &self,
+        environment: &str,
+        template: Option<&str>,
+        objects: &[Object],
+    ) -> Vec<Violation> {
+        let mut out = Vec::new();
+        let shared_template = template.is_some_and(|t| !t.contains("{environment}"));
+        if shared_template && !self.allow_shared_namespace_template {
+            out.push(Violation {
+                subject: "spec.namespaceTemplate".into(),
+                message: format!(
+                    "`{}` has no `{{environment}}`: environment `{environment}` could write into another environment's namespaces; add `{{environment}}` to the template (or, for a cluster with one environment only, the operator allows it with --allow-shared-namespace-template)",
+                    template.unwrap_or_default()
+                ),
+            });
+        }
+        // The namespaces the workspaces render (their Namespace objects).
+        let own: BTreeSet<&str> = objects
+            .iter()
+            .filter(|o| !o.workspace.is_empty() && &*o.kind == "Namespace")
+            .map(|o| &*o.name)
+            .collect();
+        // ServiceAccounts rendered per namespace, for pod templates.
+        let mut accounts: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+        for o in objects.iter().filter(|o| &*o.kind == "ServiceAccount") {
+            if let Some(ns) = o.namespace.as_deref() {
+                accounts.entry(ns).or_default().insert(&o.name);
+            }
+        }
+        for o in objects {
+            let id = o.id();
+            let from = if o.workspace.is_empty() {
+                "a resources/ manifest".to_string()
+            } else {
+                format!("workspace `{}`", o.workspace)
+            };
+            // A workspace's objects all live in its namespace: judged once,
+            // on its Namespace object.
+            let namespace = match (&*o.kind, o.namespace.as_deref()) {
+                ("Namespace", _) => Some(&*o.name),
+                (_, _) if !o.workspace.is_empty() => None,
+                (_, ns) => ns,
+            };
+            match namespace {
+                Some(ns) if reserved(ns) => out.push(Violation {
+                    subject: id.clone(),
+                    message: format!(
+                        "{from} writes into reserved namespace `{ns}` (kube-*, default and {SYSTEM_NAMESPACE} are never written by a declaration); {}",
+                        if o.workspace.is_empty() {
+                            "change the manifest's namespace"
+                        } else {
+                            "rename the workspace or change spec.namespaceTemplate"
+                        }
+                    ),
+                }),
+                Some(ns) if own.contains(ns) && !shared_template => {}
+                Some(ns) if own.contains(ns) && self.allow_shared_namespace_template => {}
+                Some(ns) if self.allows_namespace(environment, ns) => {}
+                Some(ns) if own.contains(ns) => {} // reported with the template
+                Some(ns) => out.push(Violation {
+                    subject: id.clone(),
+                    message: format!(
+                        "{from} writes into namespace `{ns}`, which no workspace of environment `{environment}` renders; put it in a workspace's namespace, or the operator allows it with --allow-namespace"
+                    ),
+                }),
+                None => {}
+            }
+            if o.workspace.is_empty() {
+                let cluster_scoped = o.namespace.is_none();
+                if cluster_scoped && !self.allows_kind(&o.kind) {
+                    out.push(Violation {
+                        subject: id.clone(),
+                        message: format!(
+                            "{from} declares cluster-scoped kind {}; only the operator can allow it (--allow-kind {}), or give the manifest a metadata.namespace if the kind is namespaced",
+                            o.kind, o.kind
+                        ),
+                    });
+                } else if RBAC_KINDS.contains(&&*o.kind) && !self.allows_kind(&o.kind) {
+                    out.push(Violation {
+                        subject: id.clone(),
+                        message: format!(
+                            "{from} declares {}, which grants permissions; only the operator can allow it (--allow-kind {})",
+                            o.kind, o.kind
+                        ),
+                    });
+                } else if !cluster_scoped && CLUSTER_SCOPED.contains(&&*o.kind) {
+                    out.push(Violation {
+                        subject: id.clone(),
+                        message: format!(
+                            "{} is cluster-scoped: remove metadata.namespace (and the operator must allow it with --allow-kind {})",
+                            o.kind, o.kind
+                        ),
+                    });
+                }
+                if !self.allow_privileged_pods {
+                    let body = o.value();
+                    let ns = o.namespace.as_deref().unwrap_or_default();
+                    let rendered = accounts.get(ns);
+                    for problem in pod_problems(&body, |sa| {
+                        sa == "default" || rendered.is_some_and(|r| r.contains(sa))
+                    }) {
+                        out.push(Violation {
+                            subject: id.clone(),
+                            message: format!(
+                                "{from}: {problem}; only the operator can allow it (--allow-privileged-pods)"
+                            ),
+                        });
+                    }
+                }
+            }
+        }
+        out.sort();
+        out.dedup();
+        out
+    }
+}
+
+/// The pod spec of a manifest: a Pod's own, a workload's template, a
+/// CronJob's job template's.
+fn pod_spec(body: &Value) -> Option<&Value> {
+    match body.get("kind")?.as_str()? {
+        "Pod" => body.get("spec"),
+        "CronJob" => body.pointer("/spec/jobTemplate/spec/template/spec"),
+        _ => body.pointer("/spec/template/spec"),
+    }
+}
+
+/// What makes a pod spec unsafe for a tenant's declaration.
+fn pod_problems(body: &Value, known_account: impl Fn(&str) -> bool) -> Vec<String> {
+    let Some(spec) = pod_spec(body) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for host in ["hostNetwork", "hostPID", "hostIPC", "hostUsers"] {
+        let on = spec.get(host).and_then(Value::as_bool);
+        // hostUsers defaults to true; only false is safer, so only an
+        // explicit true on the others counts.
+        if host != "hostUsers" && on == Some(true) {
+            out.push(format!("the pod template sets {host}: true"));
+        }
+    }
+    if let Some(volumes) = spec.get("volumes").and_then(Value::as_array) {
+        for v in volumes.iter().filter(|v| v.get("hostPath").is_some()) {
+            let name = v.get("name").and_then(Value::as_str).unwrap_or("?");
+            out.push(format!("the pod template mounts hostPath volume `{name}`"));
+        }
+    }
+    for list in ["initContainers", "containers", "ephemeralContainers"] {
+        for c in spec
+            .get(list)
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let name = c.get("name").and_then(Value::as_str).unwrap_or("?");
+            let sc = c.get("securityContext");
+            let flag = |f: &str| sc.and_then(|s| s.get(f)).and_then(Value::as_bool);
+            if flag("privileged") == Some(true) {
+                out.push(format!("container `{name}` is privileged"));
+            }
+            if flag("allowPrivilegeEscalation") == Some(true) {
+                out.push(format!("container `{name}` allows privilege escalation"));
+            }
+            let added = sc
+                .and_then(|s| s.pointer("/capabilities/add"))
+                .and_then(Value::as_array)
+                .map(|a| a.iter().filter_map(Value::as_str).collect::<Vec<_>>())
+                .unwrap_or_default();
+            if !added.is_empty() {
+                out.push(format!(
+                    "container `{name}` adds capabilities {}",
+                    added.join(", ")
+                ));
+            }
+            for p in c
+                .get("ports")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                if let Some(port) = p.get("hostPort").and_then(Value::as_i64) {
+                    out.push(format!("container `{name}` binds host port {port}"));
+                }
+            }
+        }
+    }
+    let account = spec
+        .get("serviceAccountName")
+        .or_else(|| spec.get("serviceAccount"))
+        .and_then(Value::as_str);
+    if let Some(sa) = account
+        && !known_account(sa)
+    {
+        out.push(format!(
+            "the pod template runs as ServiceAccount `{sa}`, which tenantsync does not render in its namespace"
+        ));
+    }
+    out
+}
+
+/// The operator's side of the sync policy (flags, daemon config).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OperatorPolicy {
+    pub force_conflicts: bool,
+    /// The most one sync may prune without `--allow-mass-prune`, in percent.
+    pub max_prune_percent: u8,
+}
+
+impl Default for OperatorPolicy {
+    fn default() -> Self {
+        OperatorPolicy {
+            force_conflicts: false,
+            max_prune_percent: crate::model::DEFAULT_MAX_PRUNE_PERCENT,
+        }
+    }
+}
+
+/// The sync settings in force: the operator's, tightened by the repository.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EffectivePolicy {
+    pub force_conflicts: bool,
+    pub max_prune_percent: u8,
+}
+
+/// The repository's `syncPolicy` may only tighten the operator's settings.
+pub fn effective_policy(
+    operator: OperatorPolicy,
+    repository: &SyncPolicy,
+) -> Result<EffectivePolicy, Vec<Violation>> {
+    let mut errors = Vec::new();
+    let force_conflicts = match repository.force_conflicts {
+        Some(true) if !operator.force_conflicts => {
+            errors.push(Violation {
+                subject: "spec.syncPolicy.forceConflicts".into(),
+                message: "true loosens the operator's setting (false): the repository may only tighten it; remove it, or the operator runs with --force-conflicts".into(),
+            });
+            false
+        }
+        Some(repo) => repo && operator.force_conflicts,
+        None => operator.force_conflicts,
+    };
+    let max_prune_percent = match repository.max_prune_percent {
+        Some(p) if p > operator.max_prune_percent => {
+            errors.push(Violation {
+                subject: "spec.syncPolicy.maxPrunePercent".into(),
+                message: format!(
+                    "{p} loosens the operator's limit ({}): the repository may only lower it; lower it, or the operator raises --max-prune-percent",
+                    operator.max_prune_percent
+                ),
+            });
+            operator.max_prune_percent
+        }
+        Some(p) => p,
+        None => operator.max_prune_percent,
+    };
+    if errors.is_empty() {
+        Ok(EffectivePolicy {
+            force_conflicts,
+            max_prune_percent,
+        })
+    } else {
+        Err(errors)
+    }
+}
+
+/// The operator's settings of a run: guardrails and the sync ceiling.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Operator {
+    pub guardrails: Guardrails,
+    pub policy: OperatorPolicy,
+}
+
+/// Admits an environment's rendered objects and sync policy, or says every
+/// rule they break. `template`: its `namespaceTemplate` as written.
+pub fn admit(
+    operator: &Operator,
+    environment: &str,
+    template: Option<&str>,
+    sync_policy: &SyncPolicy,
+    objects: &[Object],
+) -> Result<EffectivePolicy, Vec<Violation>> {
+    let mut violations = operator.guardrails.check(environment, template, objects);
+    let policy = effective_policy(operator.policy, sync_policy);
+    match policy {
+        Ok(p) if violations.is_empty() => Ok(p),
+        Ok(_) => Err(violations),
+        Err(mut more) => {
+            violations.append(&mut more);
+            Err(violations)
+        }
+    }
+}
+
+/// Who owns a live object, seen from one environment.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Owner {
+    /// Labelled as this environment's.
+    ThisEnvironment,
+    /// Labelled as another tenantsync environment's.
+    OtherEnvironment(String),
+    /// Not tenantsync's: the field managers that wrote it.
+    Foreign(Vec<String>),
+}
+
+pub fn owner_of(live: &Value, environment: &str) -> Owner {
+    let labels = live.pointer("/metadata/labels");
+    let label = |k: &str| labels.and_then(|l| l.get(k)).and_then(Value::as_str);
+    match (label(MANAGED_BY), label(ENVIRONMENT_LABEL)) {
+        (Some(MANAGER), Some(env)) if env == environment => Owner::ThisEnvironment,
+        (Some(MANAGER), Some(env)) => Owner::OtherEnvironment(env.to_string()),
+        _ => {
+            let mut managers: Vec<String> = live
+                .pointer("/metadata/managedFields")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(|m| m.get("manager").and_then(Value::as_str))
+                .map(str::to_string)
+                .collect();
+            managers.sort();
+            managers.dedup();
+            Owner::Foreign(managers)
+        }
+    }
+}
+
+fn managers_text(managers: &[String]) -> String {
+    if managers.is_empty() {
+        "no field manager recorded".to_string()
+    } else {
+        format!("field managers: {}", managers.join(", "))
+    }
+}
+
+/// Never adopt: marks the plan's objects that exist without being this
+/// environment's. `existing`: the live objects found under the names of the
+/// plan's creates ([`crate::cluster::Cluster::find_existing`]). An object
+/// is this environment's when it is labelled so and its inventory records
+/// it (a sync records every object before creating it). Others are left
+/// alone ([`Action::Unmanaged`]), unless `adopt` (the operator's `--adopt`)
+/// takes over those no other environment owns ([`Action::Adopt`]).
+pub fn settle_ownership(plan: &mut Plan, inventory: &Inventory, existing: &[Value], adopt: bool) {
+    let environment = plan.environment.clone();
+    let found: HashMap<ObjectKey<'_>, &Value> = existing
+        .iter()
+        .filter_map(|v| Some((live_key(v)?, v)))
+        .collect();
+    let inventoried = inventory.keys();
+    let take = |note: String| {
+        if adopt {
+            (Action::Adopt, format!("{note}; taken over (--adopt)"))
+        } else {
+            (
+                Action::Unmanaged,
+                format!("{note}; left alone: sync with --adopt to take it over"),
+            )
+        }
+    };
+    let mut foreign_namespaces: HashSet<String> = HashSet::new();
+    let mut settled: Vec<(usize, Action, String)> = Vec::new();
+    // Namespaces first: their children follow them.
+    let mut order: Vec<usize> = (0..plan.changes.len()).collect();
+    order.sort_by_key(|&i| &*plan.changes[i].kind != "Namespace");
+    for i in order {
+        let c = &plan.changes[i];
+        let key = c.key();
+        let decision = match c.action {
+            Action::Create => match found.get(&key).map(|live| owner_of(live, &environment)) {
+                Some(Owner::OtherEnvironment(other)) => Some((
+                    Action::Unmanaged,
+                    format!(
+                        "exists and belongs to tenantsync environment `{other}`: never taken over; declare it in one environment only"
+                    ),
+                )),
+                Some(Owner::ThisEnvironment) => Some(take(
+                    "exists, labelled for this environment by hand (not in its inventory)".into(),
+                )),
+                Some(Owner::Foreign(managers)) => Some(take(format!(
+                    "exists and was not created by tenantsync ({})",
+                    managers_text(&managers)
+                ))),
+                None => c
+                    .namespace
+                    .as_deref()
+                    .filter(|ns| foreign_namespaces.contains(*ns))
+                    .map(|ns| {
+                        (
+                            Action::Unmanaged,
+                            format!("its namespace `{ns}` exists and is not tenantsync's"),
+                        )
+                    }),
+            },
+            Action::Update | Action::Unchanged if !inventoried.contains(&key) => {
+                Some(take(format!(
+                    "labelled for environment `{environment}` but not in its inventory: tenantsync did not create it (or the inventory was lost)"
+                )))
+            }
+            _ => None,
+        };
+        if let Some((action, note)) = decision {
+            if &*c.kind == "Namespace" && action == Action::Unmanaged {
+                foreign_namespaces.insert(c.name.to_string());
+            }
+            settled.push((i, action, note));
+        }
+    }
+    for (i, action, note) in settled {
+        let c = &mut plan.changes[i];
+        c.action = action;
+        c.note = Some(note);
+        if action == Action::Unmanaged {
+            c.fields.clear();
+            c.diff.clear();
+        }
+    }
+    plan.summary = Summary::of(&plan.changes);
+}
+
+fn live_key(live: &Value) -> Option<ObjectKey<'_>> {
+    let meta = live.get("metadata")?;
+    Some((
+        live.get("kind")?.as_str()?,
+        meta.get("namespace").and_then(Value::as_str),
+        meta.get("name")?.as_str()?,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn object(kind: &str, ns: Option<&str>, name: &str, ws: &str, body: Value) -> Object {
+        let mut body = body;
+        body["apiVersion"] = "v1".into();
+        body["kind"] = kind.into();
+        body["metadata"]["name"] = name.into();
+        if let Some(ns) = ns {
+            body["metadata"]["namespace"] = ns.into();
+        }
+        let mut o = Object::from_value(ws, &body).unwrap();
+        o.workspace = ws.into();
+        o
+    }
+
+    fn workspace(ws: &str, ns: &str) -> Vec<Object> {
+        vec![
+            object("Namespace", None, ns, ws, serde_json::json!({})),
+            object(
+                "ServiceAccount",
+                Some(ns),
+                "fhir",
+                ws,
+                serde_json::json!({}),
+            ),
+        ]
+    }
+
+    fn subjects(v: &[Violation]) -> Vec<&str> {
+        v.iter().map(|v| v.subject.as_str()).collect()
+    }
+
+    #[test]
+    fn patterns_match_with_stars_and_the_environment() {
+        assert!(matches("shared-{environment}", "qa", "shared-qa"));
+        assert!(!matches("shared-{environment}", "qa", "shared-prod"));
+        assert!(matches("mon*", "qa", "monitoring"));
+        assert!(matches("*-qa", "qa", "x-qa"));
+        assert!(matches("a*b*c", "qa", "a-b-c"));
+        assert!(!matches("a*b*c", "qa", "a-c"));
+        assert!(!matches("ab*ba", "qa", "aba"));
+        assert!(matches("*", "qa", "anything"));
+    }
+
+    #[test]
+    fn workspace_namespaces_pass_and_reserved_ones_never_do() {
+        let g = Guardrails::default();
+        let ok = workspace("contoso", "contoso-qa");
+        assert_eq!(g.check("qa", None, &ok), vec![]);
+        for ns in ["kube-system", "default", "tenantsync-system"] {
+            let v = g.check("qa", Some("{workspace}"), &workspace(ns, ns));
+            assert!(
+                v.iter()
+                    .any(|v| v.message.contains("reserved namespace") && v.subject.contains(ns)),
+                "{v:?}"
+            );
+            // Not even an operator pattern opens a reserved namespace.
+            let open = Guardrails {
+                allowed_namespaces: vec!["*".into()],
+                allow_shared_namespace_template: true,
+                ..Guardrails::default()
+            };
+            assert!(
+                !open
+                    .check("qa", Some("{workspace}"), &workspace(ns, ns))
+                    .is_empty()
+            );
+        }
+    }
+
+    #[test]
+    fn a_template_without_the_environment_is_refused_unless_allowed() {
+        let g = Guardrails::default();
+        let v = g.check("dev", Some("{workspace}-prod"), &workspace("a", "a-prod"));
+        assert_eq!(subjects(&v), vec!["spec.namespaceTemplate"]);
+        let allowed = Guardrails {
+            allow_shared_namespace_template: true,
+            ..Guardrails::default()
+        };
+        assert!(
+            allowed
+                .check("dev", Some("{workspace}-prod"), &workspace("a", "a-prod"))
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn resources_outside_the_environment_and_cluster_kinds_and_rbac_are_refused() {
+        let g = Guardrails::default();
+        let mut objects = workspace("contoso", "contoso-qa");
+        objects.push(object(
+            "ConfigMap",
+            Some("contoso-qa"),
+            "ok",
+            "",
+            serde_json::json!({}),
+        ));
+        objects.push(object(
+            "ConfigMap",
+            Some("payments"),
+            "x",
+            "",
+            serde_json::json!({}),
+        ));
+        objects.push(object(
+            "ConfigMap",
+            Some("tenantsync-system"),
+            "inventory-prod",
+            "",
+            serde_json::json!({}),
+        ));
+        objects.push(object(
+            "ClusterRoleBinding",
+            None,
+            "own",
+            "",
+            serde_json::json!({}),
+        ));
+        objects.push(object(
+            "RoleBinding",
+            Some("contoso-qa"),
+            "rb",
+            "",
+            serde_json::json!({}),
+        ));
+        let v = g.check("qa", None, &objects);
+        assert_eq!(
+            subjects(&v),
+            vec![
+                "ClusterRoleBinding/own",
+                "ConfigMap/payments/x",
+                "ConfigMap/tenantsync-system/inventory-prod",
+                "RoleBinding/contoso-qa/rb",
+            ],
+            "{v:#?}"
+        );
+        let allowed = Guardrails {
+            allowed_namespaces: vec!["pay*".into()],
+            allowed_kinds: vec!["ClusterRoleBinding".into(), "RoleBinding".into()],
+            ..Guardrails::default()
+        };
+        assert_eq!(
+            subjects(&allowed.check("qa", None, &objects)),
+            vec!["ConfigMap/tenantsync-system/inventory-prod"]
+        );
+    }
+
+    #[test]
+    fn unsafe_pod_templates_in_resources_are_refused() {
+        let g = Guardrails::default();
+        let mut objects = workspace("contoso", "contoso-qa");
+        let backdoor = serde_json::json!({"spec": {"template": {"spec": {
+            "serviceAccountName": "cluster-admin-sa",
+            "hostPID": true,
+            "volumes": [{"name": "root", "hostPath": {"path": "/"}}],
+            "containers": [{"name": "c", "securityContext": {"privileged": true}}]
+        }}}});
+        objects.push(object("Deployment", Some("contoso-qa"), "bd", "", backdoor));
+        let fine = serde_json::json!({"spec": {"template": {"spec": {
+            "serviceAccountName": "fhir",
+            "containers": [{"name": "c", "securityContext": {"allowPrivilegeEscalation": false}}]
+        }}}});
+        objects.push(object("Deployment", Some("contoso-qa"), "fine", "", fine));
+        let v = g.check("qa", None, &objects);
+        let messages: Vec<&str> = v.iter().map(|v| v.message.as_str()).collect();
+        assert_eq!(v.len(), 4, "{messages:#?}");
+        assert!(v.iter().all(|v| v.subject == "Deployment/contoso-qa/bd"));
+        for needle in [
+            "hostPID",
+            "hostPath volume `root`",
+            "`c` is privileged",
+            "`cluster-admin-sa`",
+        ] {
+            assert!(
+                messages.iter().any(|m| m.contains(needle)),
+                "{needle}: {messages:#?}"
+            );
+        }
+        let allowed = Guardrails {
+            allow_privileged_pods: true,
+            ..Guardrails::default()
+        };
+        assert!(allowed.check("qa", None, &objects).is_empty());
+    }
+
+    #[test]
+    fn the_repository_only_tightens_the_operators_sync_policy() {
+        let op = OperatorPolicy::default();
+        let repo = |force: Option<bool>, max: Option<u8>| SyncPolicy {
+            force_conflicts: force,
+            max_prune_percent: max,
+            ..SyncPolicy::default()
+        };
+        assert_eq!(
+            effective_policy(op, &repo(None, None)),
+            Ok(EffectivePolicy {
+                force_conflicts: false,
+                max_prune_percent: 25
+            })
+        );
+        assert_eq!(
+            effective_policy(op, &repo(Some(false), Some(10))),
+            Ok(EffectivePolicy {
+                force_conflicts: false,
+                max_prune_percent: 10
+            })
+        );
+        let e = effective_policy(op, &repo(Some(true), Some(90))).unwrap_err();
+        assert_eq!(
+            subjects(&e),
+            vec![
+                "spec.syncPolicy.forceConflicts",
+                "spec.syncPolicy.maxPrunePercent"
+            ]
+        );
+        let forcing = OperatorPolicy {
+            force_conflicts: true,
+            max_prune_percent: 50,
+        };
+        assert_eq!(
+            effective_policy(forcing, &repo(Some(false), None)),
+            Ok(EffectivePolicy {
+                force_conflicts: false,
+                max_prune_percent: 50
+            })
+        );
+        assert_eq!(
+            effective_policy(forcing, &repo(None, Some(50))),
+            Ok(EffectivePolicy {
+                force_conflicts: true,
+                max_prune_percent: 50
+            })
+        );
+    }
+
+    fn change(action: Action, kind: &str, ns: Option<&str>, name: &str) -> crate::plan::Change {
+        crate::plan::Change {
+            action,
+            api_version: "v1".into(),
+            kind: kind.into(),
+            namespace: ns.map(Into::into),
+            name: name.into(),
+            workspace: "contoso".into(),
+            fields: Vec::new(),
+            diff: "+ something".into(),
+            note: None,
+        }
+    }
+
+    fn plan(changes: Vec<crate::plan::Change>) -> Plan {
+        Plan {
+            format_version: crate::plan::PLAN_FORMAT_VERSION,
+            environment: "qa".into(),
+            revision: None,
+            summary: Summary::of(&changes),
+            changes,
+            api_requests: 0,
+        }
+    }
+
+    fn live(kind: &str, ns: Option<&str>, name: &str, labels: Value) -> Value {
+        let mut v = serde_json::json!({"apiVersion": "v1", "kind": kind, "metadata": {
+            "name": name, "labels": labels,
+            "managedFields": [{"manager": "kubectl-create", "operation": "Update"}]}});
+        if let Some(ns) = ns {
+            v["metadata"]["namespace"] = ns.into();
+        }
+        v
+    }
+
+    fn actions(p: &Plan) -> Vec<(String, Action)> {
+        p.changes.iter().map(|c| (c.id(), c.action)).collect()
+    }
+
+    #[test]
+    fn an_existing_object_nobody_gave_us_is_never_adopted_unless_asked() {
+        let changes = || {
+            vec![
+                change(Action::Create, "ConfigMap", Some("contoso-qa"), "legacy"),
+                change(Action::Create, "ConfigMap", Some("contoso-qa"), "fresh"),
+            ]
+        };
+        let found = [live(
+            "ConfigMap",
+            Some("contoso-qa"),
+            "legacy",
+            serde_json::json!({}),
+        )];
+        let inventory = Inventory::new("qa");
+        let mut p = plan(changes());
+        settle_ownership(&mut p, &inventory, &found, false);
+        assert_eq!(
+            actions(&p),
+            vec![
+                ("ConfigMap/contoso-qa/legacy".into(), Action::Unmanaged),
+                ("ConfigMap/contoso-qa/fresh".into(), Action::Create),
+            ]
+        );
+        let note = p.changes[0].note.as_deref().unwrap();
+        assert!(
+            note.contains("not created by tenantsync") && note.contains("kubectl-create"),
+            "{note}"
+        );
+        assert!(note.contains("--adopt"), "{note}");
+        assert!(p.changes[0].diff.is_empty());
+        assert_eq!((p.summary.unmanaged, p.summary.create), (1, 1));
+        assert!(p.summary.has_changes());
+
+        let mut p = plan(changes());
+        settle_ownership(&mut p, &inventory, &found, true);
+        assert_eq!(p.changes[0].action, Action::Adopt);
+        assert!(p.changes[0].is_apply());
+        assert_eq!(p.summary.adopt, 1);
+    }
+
+    #[test]
+    fn another_environments_object_is_never_taken_even_with_adopt() {
+        let found = [live(
+            "ConfigMap",
+            Some("contoso-prod"),
+            "x",
+            serde_json::json!({MANAGED_BY: MANAGER, ENVIRONMENT_LABEL: "prod"}),
+        )];
+        for adopt in [false, true] {
+            let mut p = plan(vec![change(
+                Action::Create,
+                "ConfigMap",
+                Some("contoso-prod"),
+                "x",
+            )]);
+            settle_ownership(&mut p, &Inventory::new("qa"), &found, adopt);
+            assert_eq!(p.changes[0].action, Action::Unmanaged);
+            assert!(
+                p.changes[0]
+                    .note
+                    .as_deref()
+                    .unwrap()
+                    .contains("environment `prod`")
+            );
+        }
+    }
+
+    #[test]
+    fn children_of_a_namespace_we_did_not_create_are_left_alone() {
+        let mut p = plan(vec![
+            change(Action::Create, "ConfigMap", Some("payments"), "a"),
+            change(Action::Create, "Namespace", None, "payments"),
+        ]);
+        let found = [live("Namespace", None, "payments", serde_json::json!({}))];
+        settle_ownership(&mut p, &Inventory::new("qa"), &found, false);
+        assert_eq!(
+            actions(&p),
+            vec![
+                ("ConfigMap/payments/a".into(), Action::Unmanaged),
+                ("Namespace/payments".into(), Action::Unmanaged),
+            ]
+        );
+        assert!(
+            p.changes[0]
+                .note
+                .as_deref()
+                .unwrap()
+                .contains("namespace `payments`")
+        );
+    }
+
+    #[test]
+    fn labelled_objects_count_as_ours_only_when_the_inventory_records_them() {
+        let mut inventory = Inventory::new("qa");
+        let recorded = change(Action::Update, "ConfigMap", Some("contoso-qa"), "recorded");
+        inventory.objects.insert(crate::inventory::ObjectRef {
+            api_version: "v1".into(),
+            kind: "ConfigMap".into(),
+            namespace: Some("contoso-qa".into()),
+            name: "recorded".into(),
+        });
+        let mut p = plan(vec![
+            recorded,
+            change(
+                Action::Unchanged,
+                "ConfigMap",
+                Some("contoso-qa"),
+                "by-hand",
+            ),
+        ]);
+        settle_ownership(&mut p, &inventory, &[], false);
+        assert_eq!(
+            actions(&p),
+            vec![
+                ("ConfigMap/contoso-qa/recorded".into(), Action::Update),
+                ("ConfigMap/contoso-qa/by-hand".into(), Action::Unmanaged),
+            ]
+        );
+    }
+}

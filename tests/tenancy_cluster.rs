@@ -1,0 +1,486 @@
+//! Tenancy lockdown on the real control plane: a commit to the tenants
+//! repository touches only what its environment owns. The guardrails refuse
+//! backdoors before any write (and deploy/'s admission policy refuses them
+//! if tenantsync's check were bypassed); objects tenantsync did not create
+//! are never adopted, applied or pruned without `--adopt`; environments never
+//! take objects from each other.
+
+use std::path::Path;
+
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
+use kube::api::{Api, ListParams};
+use serde_json::Value;
+
+use crate::deploy_cluster::{deployed, kubectl, service_account_kubeconfig, tenantsync, text};
+use crate::support::repo::TestRepo;
+use crate::support::{User, control_plane};
+
+const SYSTEM: &str = tenantsync::inventory::SYSTEM_NAMESPACE;
+
+/// A pod template every guardrail refuses: kube-system, a cluster-admin
+/// ServiceAccount, the host's PIDs and root file system, privileged.
+const BACKDOOR: &str = "apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: backdoor
+  namespace: kube-system
+spec:
+  selector: {matchLabels: {app: backdoor}}
+  template:
+    metadata: {labels: {app: backdoor}}
+    spec:
+      serviceAccountName: cluster-admin-sa
+      hostPID: true
+      volumes: [{name: root, hostPath: {path: /}}]
+      containers:
+        - name: shell
+          image: busybox
+          securityContext: {privileged: true}
+";
+
+const SELF_PATCH: &str = "apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: tenantsync
+  namespace: tenantsync-system
+spec:
+  selector: {matchLabels: {app.kubernetes.io/name: tenantsync, app.kubernetes.io/component: daemon}}
+  template:
+    metadata: {labels: {app.kubernetes.io/name: tenantsync, app.kubernetes.io/component: daemon}}
+    spec:
+      containers:
+        - name: tenantsync
+          image: evil.example.com/tenantsync:owned
+          args: [run, --allow-mass-prune]
+";
+
+const CLUSTER_ROLE_BINDING: &str = "apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata:
+  name: tenants-are-admins
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: cluster-admin}
+subjects: [{kind: ServiceAccount, name: default, namespace: default}]
+";
+
+const OTHER_INVENTORY: &str = "apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: inventory-prod
+  namespace: tenantsync-system
+data: {}
+";
+
+fn environment_yaml(env: &str, extra: &str) -> String {
+    format!(
+        "apiVersion: tenantsync.io/v1alpha1\nkind: Environment\nmetadata:\n  name: {env}\nspec:\n  base: base\n  ingress:\n    domain: test.example.com\n{extra}"
+    )
+}
+
+/// Nothing labelled for the environment exists and it has no inventory.
+async fn nothing_written(env: &str) {
+    let client = control_plane().client(User::Admin).await;
+    let inventories: Api<ConfigMap> = Api::namespaced(client.clone(), SYSTEM);
+    assert!(
+        inventories
+            .get_opt(&tenantsync::inventory::name_of(env))
+            .await
+            .expect("get inventory")
+            .is_none(),
+        "an inventory was written for {env}"
+    );
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let labelled = namespaces
+        .list(&ListParams::default().labels(&format!("tenantsync.io/environment={env}")))
+        .await
+        .expect("list namespaces");
+    assert!(
+        labelled.items.is_empty(),
+        "namespaces were created for {env}"
+    );
+    let config_maps: Api<ConfigMap> = Api::all(client);
+    let labelled = config_maps
+        .list(&ListParams::default().labels(&format!("tenantsync.io/environment={env}")))
+        .await
+        .expect("list config maps");
+    assert!(
+        labelled.items.is_empty(),
+        "config maps were created for {env}"
+    );
+}
+
+#[tokio::test]
+async fn tenancy_guardrails_refuse_each_backdoor_before_any_write() {
+    deployed();
+    let dir = tempfile::tempdir().expect("tempdir");
+    // The daemon's own credentials, as deploy/ ships them.
+    let kubeconfig = service_account_kubeconfig("tenantsync", dir.path());
+    let template = |t: &str| format!("  namespaceTemplate: \"{t}\"\n");
+    let workspace = "apiVersion: tenantsync.io/v1alpha1\nkind: Workspace\nmetadata:\n  name: kube-system\nspec:\n  fhirServices:\n    - name: main\n      fhirVersion: R4\n";
+    type Case<'a> = (&'a str, Vec<(&'a str, String)>, Vec<&'a str>);
+    let cases: Vec<Case> = vec![
+        (
+            "backdoor",
+            vec![("resources/backdoor.yaml", BACKDOOR.into())],
+            vec![
+                "Deployment/kube-system/backdoor",
+                "reserved namespace `kube-system`",
+                "hostPID: true",
+                "hostPath volume `root`",
+                "container `shell` is privileged",
+                "ServiceAccount `cluster-admin-sa`",
+            ],
+        ),
+        (
+            "self-patch",
+            vec![("resources/self.yaml", SELF_PATCH.into())],
+            vec![
+                "Deployment/tenantsync-system/tenantsync",
+                "reserved namespace `tenantsync-system`",
+            ],
+        ),
+        (
+            "crb",
+            vec![("resources/crb.yaml", CLUSTER_ROLE_BINDING.into())],
+            vec![
+                "ClusterRoleBinding/tenants-are-admins",
+                "cluster-scoped kind ClusterRoleBinding",
+                "--allow-kind ClusterRoleBinding",
+            ],
+        ),
+        (
+            "inventory",
+            vec![("resources/inventory.yaml", OTHER_INVENTORY.into())],
+            vec![
+                "ConfigMap/tenantsync-system/inventory-prod",
+                "reserved namespace `tenantsync-system`",
+            ],
+        ),
+        (
+            "kube-ws",
+            vec![
+                ("environment.yaml", template("{workspace}")),
+                ("workspaces/kube-system.yaml", workspace.into()),
+            ],
+            vec![
+                "Namespace/kube-system",
+                "reserved namespace `kube-system`",
+                "spec.namespaceTemplate",
+            ],
+        ),
+        (
+            "other-env",
+            vec![("environment.yaml", template("{workspace}-prod"))],
+            vec!["`{workspace}-prod` has no `{environment}`"],
+        ),
+        (
+            "force",
+            vec![(
+                "environment.yaml",
+                "  syncPolicy:\n    forceConflicts: true\n".into(),
+            )],
+            vec![
+                "spec.syncPolicy.forceConflicts",
+                "loosens the operator's setting",
+            ],
+        ),
+    ];
+    for (what, files, expected) in cases {
+        let repo = TestRepo::new(&format!("guard-{what}"));
+        for (rel, content) in &files {
+            let content = if *rel == "environment.yaml" {
+                environment_yaml(&repo.env, content)
+            } else {
+                content.clone()
+            };
+            repo.write(rel, &content);
+        }
+        for verb in ["validate", "plan", "sync"] {
+            let mut command = tenantsync(&kubeconfig);
+            command
+                .args([verb, "--env", &repo.env, "--repo"])
+                .arg(repo.path());
+            let out = command.output().expect("run tenantsync");
+            let shown = text(&out);
+            assert_eq!(out.status.code(), Some(1), "{what}: {verb}: {shown}");
+            for needle in &expected {
+                assert!(
+                    shown.contains(needle),
+                    "{what}: {verb} does not say {needle:?}:\n{shown}"
+                );
+            }
+            assert!(shown.contains("(operator guardrail)"), "{what}: {shown}");
+            if verb != "validate" {
+                assert!(
+                    shown.contains("the cluster was not contacted"),
+                    "{what}: {shown}"
+                );
+            }
+        }
+        nothing_written(&repo.env).await;
+    }
+
+    // The operator can open what the repository cannot: a pattern of
+    // namespaces, a kind by name (never a reserved namespace).
+    let repo = TestRepo::new("guard-open");
+    repo.write("resources/crb.yaml", CLUSTER_ROLE_BINDING);
+    let out = tenantsync(&kubeconfig)
+        .args([
+            "validate",
+            "--env",
+            &repo.env,
+            "--allow-kind",
+            "ClusterRoleBinding",
+            "--repo",
+        ])
+        .arg(repo.path())
+        .output()
+        .expect("run tenantsync");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    repo.write("resources/backdoor.yaml", BACKDOOR);
+    let out = tenantsync(&kubeconfig)
+        .args([
+            "validate",
+            "--env",
+            &repo.env,
+            "--allow-kind",
+            "ClusterRoleBinding",
+            "--allow-namespace",
+            "kube-*",
+            "--allow-privileged-pods",
+            "--repo",
+        ])
+        .arg(repo.path())
+        .output()
+        .expect("run tenantsync");
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("reserved namespace `kube-system`"),
+        "{}",
+        text(&out)
+    );
+
+    // Defence in depth: the same writes sent straight to the API server with
+    // the daemon's token (tenantsync's own check bypassed) are refused by
+    // deploy/'s admission policy, or by RBAC. (Not another environment's
+    // inventory: the daemon writes every environment's, so only
+    // tenantsync's own check tells them apart.)
+    for (what, manifest, refusal) in [
+        ("backdoor", BACKDOOR, "tenantsync-writes"),
+        ("self-patch", SELF_PATCH, "tenantsync-writes"),
+        ("crb", CLUSTER_ROLE_BINDING, "forbidden"),
+    ] {
+        let file = dir.path().join(format!("{what}.yaml"));
+        std::fs::write(&file, manifest).expect("write manifest");
+        let out = apply_as(&kubeconfig, &file);
+        assert!(!out.status.success(), "{what} was accepted: {}", text(&out));
+        assert!(text(&out).contains(refusal), "{what}: {}", text(&out));
+    }
+    // A namespace tenantsync did not create, with the token: refused too.
+    let foreign = format!("foreign-{}", std::process::id());
+    kubectl(&["create", "namespace", &foreign]);
+    let file = dir.path().join("foreign.yaml");
+    std::fs::write(
+        &file,
+        format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: x\n  namespace: {foreign}\n"),
+    )
+    .expect("write");
+    let out = apply_as(&kubeconfig, &file);
+    assert!(text(&out).contains("tenantsync-writes"), "{}", text(&out));
+    kubectl(&["delete", "namespace", &foreign, "--wait=false"]);
+}
+
+/// `kubectl apply --server-side` with only `kubeconfig`'s credentials.
+fn apply_as(kubeconfig: &Path, file: &Path) -> std::process::Output {
+    control_plane()
+        .kubectl()
+        .env("KUBECONFIG", kubeconfig)
+        .args(["apply", "--server-side", "-f"])
+        .arg(file)
+        .output()
+        .expect("run kubectl")
+}
+
+fn run(repo: &TestRepo, verb: &str, extra: &[&str]) -> (std::process::Output, Value) {
+    let out = repo.run(verb, "admin", &[&["--output", "json"], extra].concat());
+    let report = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    (out, report)
+}
+
+fn strings(v: &Value) -> Vec<String> {
+    v.as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|s| s.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn a_preexisting_object_is_not_managed_left_alone_by_sync_and_prune_and_adopted_only_with_adopt()
+ {
+    let repo = TestRepo::new("never-adopt");
+    repo.apply_rendered().await;
+    let ns = repo.namespace("contoso");
+    let id = format!("ConfigMap/{ns}/legacy-settings");
+    kubectl(&[
+        "-n",
+        &ns,
+        "create",
+        "configmap",
+        "legacy-settings",
+        "--from-literal=owner=hand",
+    ]);
+    let manifest = format!(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: legacy-settings\n  namespace: {ns}\ndata:\n  owner: git\n"
+    );
+    repo.write("resources/legacy.yaml", &manifest);
+    let api: Api<ConfigMap> = Api::namespaced(control_plane().client(User::Admin).await, &ns);
+    let untouched = |cm: ConfigMap| {
+        let owner = cm.data.unwrap_or_default().get("owner").cloned();
+        let labelled = cm
+            .metadata
+            .labels
+            .unwrap_or_default()
+            .contains_key("tenantsync.io/environment");
+        owner.as_deref() == Some("hand") && !labelled
+    };
+
+    // plan: shown as existing and not managed, never as a create.
+    let plan = repo.plan_json("readonly");
+    assert_eq!(plan["summary"]["create"], 0, "{plan:#}");
+    assert_eq!(plan["summary"]["unmanaged"], 1, "{plan:#}");
+    let change = plan["changes"]
+        .as_array()
+        .expect("changes")
+        .iter()
+        .find(|c| c["action"] == "unmanaged")
+        .expect("the unmanaged object");
+    assert_eq!(change["name"], "legacy-settings");
+    let note = change["note"].as_str().expect("note");
+    assert!(
+        note.contains("not created by tenantsync") && note.contains("kubectl-create"),
+        "{note}"
+    );
+    let out = repo.run("plan", "readonly", &["--detailed-exitcode"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains(&format!("! exists, not managed {id}")),
+        "{}",
+        text(&out)
+    );
+
+    // sync: refused for that object, which stays as it was and unrecorded.
+    let (out, report) = run(&repo, "sync", &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let failures = report["failures"].to_string();
+    assert!(
+        failures.contains(&id) && failures.contains("exists, not managed"),
+        "{report:#}"
+    );
+    assert!(untouched(api.get("legacy-settings").await.expect("get")));
+    let inventory = tenantsync::inventory::Inventory::from_config_map(
+        &Api::<ConfigMap>::namespaced(control_plane().client(User::Admin).await, SYSTEM)
+            .get(&tenantsync::inventory::name_of(&repo.env))
+            .await
+            .expect("inventory"),
+    )
+    .expect("decode inventory");
+    assert!(
+        !inventory.objects.iter().any(|r| r.id() == id),
+        "an object tenantsync did not create was recorded"
+    );
+
+    // Dropping the manifest and pruning never deletes it.
+    repo.remove("resources/legacy.yaml");
+    let (out, report) = run(&repo, "sync", &["--prune"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(strings(&report["pruned"]).is_empty(), "{report:#}");
+    assert!(untouched(
+        api.get("legacy-settings").await.expect("still there")
+    ));
+
+    // --adopt takes it over: labelled, recorded, declared content.
+    repo.write("resources/legacy.yaml", &manifest);
+    let (out, report) = run(&repo, "sync", &["--adopt"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(
+        strings(&report["adopted"]),
+        std::slice::from_ref(&id),
+        "{report:#}"
+    );
+    let cm = api.get("legacy-settings").await.expect("get");
+    assert_eq!(cm.data.unwrap_or_default()["owner"], "git");
+    assert_eq!(
+        cm.metadata.labels.unwrap_or_default()["tenantsync.io/environment"],
+        repo.env
+    );
+    // Now it is tenantsync's: dropping it prunes it.
+    repo.remove("resources/legacy.yaml");
+    let (out, report) = run(&repo, "sync", &["--prune"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(strings(&report["pruned"]), [id], "{report:#}");
+}
+
+#[tokio::test]
+async fn two_environments_never_take_an_object_from_each_other() {
+    let first = TestRepo::new("owner-a");
+    first.apply_rendered().await;
+    let ns = first.namespace("contoso");
+    let api: Api<ConfigMap> = Api::namespaced(control_plane().client(User::Admin).await, &ns);
+    let before = api.get("fhir-main-config").await.expect("get");
+    // Each environment applies as a field manager of its own.
+    let managers: Vec<String> = before
+        .metadata
+        .managed_fields
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|m| m.manager)
+        .collect();
+    assert_eq!(managers, [format!("tenantsync/{}", first.env)]);
+
+    // A second environment declares the same object (the operator let it
+    // write into the first one's namespace).
+    let second = TestRepo::new("owner-b");
+    second.write(
+        "resources/steal.yaml",
+        &format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: fhir-main-config\n  namespace: {ns}\ndata:\n  FhirServer__Version: stolen\n"
+        ),
+    );
+    let allow = ["--allow-namespace", ns.as_str()];
+    let out = second.run(
+        "plan",
+        "admin",
+        &[&["--output", "json"][..], &allow].concat(),
+    );
+    let plan: Value = serde_json::from_slice(&out.stdout).expect("plan JSON");
+    let change = plan["changes"]
+        .as_array()
+        .expect("changes")
+        .iter()
+        .find(|c| c["name"] == "fhir-main-config" && c["namespace"] == ns.as_str())
+        .expect("the object")
+        .clone();
+    assert_eq!(change["action"], "unmanaged", "{change:#}");
+    assert!(
+        change["note"]
+            .as_str()
+            .expect("note")
+            .contains(&format!("environment `{}`", first.env)),
+        "{change:#}"
+    );
+    for adopt in [&[][..], &["--adopt"][..]] {
+        let out = second.run("sync", "admin", &[&allow[..], adopt].concat());
+        assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+        assert!(text(&out).contains("exists, not managed"), "{}", text(&out));
+    }
+    let after = api.get("fhir-main-config").await.expect("get");
+    assert_eq!(after.data, before.data);
+    assert_eq!(after.metadata.labels, before.metadata.labels);
+    assert_eq!(
+        after.metadata.resource_version,
+        before.metadata.resource_version
+    );
+}
