@@ -87,6 +87,22 @@ mod tests {
     }
 
     #[test]
+    fn prune_foreign_is_the_operators_setting() {
+        let c = parse(
+            "tenantsync.yaml",
+            b"apiVersion: tenantsync.io/v1alpha1\nkind: DaemonConfig\nrepo: .\nenvironments: [{name: dev}]\nsyncPolicy: {prune: true, pruneForeign: true}\n",
+        )
+        .unwrap();
+        assert!(c.sync_policy.prune_foreign);
+        let c = parse(
+            "tenantsync.yaml",
+            b"apiVersion: tenantsync.io/v1alpha1\nkind: DaemonConfig\nrepo: .\nenvironments: [{name: dev}]\n",
+        )
+        .unwrap();
+        assert!(!c.sync_policy.prune_foreign);
+    }
+
+    #[test]
     fn the_webhook_gets_a_listener_of_its_own() {
         let c = parse(
             "tenantsync.yaml",
