@@ -286,6 +286,27 @@ async fn a_cli_sync_refuses_while_a_daemon_holds_the_environment() {
             .is_some_and(|s| s["syncStatus"] == "Synced")
     })
     .await;
+    // A quiet, successful daemon still shows it is alive: the last
+    // successful reconcile's time moves with every no-op reconcile.
+    let last_ok = async || {
+        let metrics = http(port, "GET", "/metrics", &[], "")
+            .await
+            .unwrap_or_default();
+        let prefix = format!(
+            "tenantsync_last_successful_reconcile_timestamp_seconds{{environment=\"{env}\"}} "
+        );
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(prefix.as_str()))
+            .and_then(|v| v.trim().parse::<i64>().ok())
+    };
+    let first = last_ok().await.expect("the metric");
+    wait_for(
+        "the timestamp to move",
+        Duration::from_secs(10),
+        async || last_ok().await.is_some_and(|t| t > first),
+    )
+    .await;
     let shown = shown_status_as(&repo, "admin");
     assert!(
         shown.contains("locked by:          tenantsync run "),
