@@ -629,3 +629,65 @@ async fn removing_many_workspaces_keeps_only_the_namespace_holding_a_hand_made_o
         "{report:#}"
     );
 }
+
+#[tokio::test]
+async fn a_sync_whose_lock_is_taken_over_stops_writing() {
+    let repo = TestRepo::new("lock-lost");
+    for i in 0..300 {
+        repo.write(
+            &format!("workspaces/ws-{i:03}.yaml"),
+            &workspace(&format!("ws-{i:03}")),
+        );
+    }
+    let mut child = sync_command(&repo, &[]).spawn().expect("sync");
+    // Once it applies, another writer takes the Lease (as if this one had
+    // been frozen past its expiry).
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let reader = std::thread::spawn(move || {
+        use std::io::BufRead;
+        let mut all = String::new();
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line.clone());
+            all.push_str(&line);
+            all.push('\n');
+        }
+        all
+    });
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let line = rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .expect("the sync reached its Namespaces");
+        if line.contains("Namespace(s)") {
+            break;
+        }
+    }
+    let leases: Api<Lease> = Api::namespaced(control_plane().client(User::Admin).await, SYSTEM);
+    let name = tenantsync::cluster::lock::lease_name(&repo.env);
+    let mut lease = leases.get(&name).await.expect("the sync's lease");
+    if let Some(spec) = lease.spec.as_mut() {
+        spec.holder_identity = Some("thief".into());
+    }
+    leases
+        .replace(&name, &PostParams::default(), &lease)
+        .await
+        .expect("take the lease");
+    let output = child.wait_with_output().expect("wait");
+    let err = reader.join().expect("reader");
+    let report: Value = serde_json::from_slice(&output.stdout).unwrap_or(Value::Null);
+    assert_eq!(output.status.code(), Some(1), "{report:#}\n{err}");
+    assert!(
+        report["aborted"]
+            .as_str()
+            .is_some_and(|a| a.contains("lock was lost")),
+        "{report:#}\n{err}"
+    );
+    assert!(
+        report["notSent"].as_array().is_some_and(|a| !a.is_empty()),
+        "{report:#}"
+    );
+}
