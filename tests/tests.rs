@@ -9,6 +9,7 @@ mod container_image;
 mod control_plane;
 mod daemon_e2e;
 mod deploy_cluster;
+mod fuzz;
 mod git_source;
 mod golden;
 mod health_cluster;
