@@ -291,6 +291,11 @@ pub struct SyncArgs {
     /// With --wait, do not wait for Ingresses to get a load-balancer address.
     #[arg(long)]
     pub no_ingress_address_wait: bool,
+    /// Apply the valid workspaces of an environment with invalid ones, as the
+    /// daemon does: an invalid workspace's objects are neither applied nor
+    /// pruned. Exits 1 when anything was skipped, after saying what and why.
+    #[arg(long)]
+    pub skip_invalid: bool,
 }
 
 /// Where the desired state comes from, and the cluster to compare with.
@@ -321,6 +326,10 @@ pub struct LiveArgs {
     /// Never colour the text output (it is coloured only on a terminal anyway).
     #[arg(long)]
     pub no_color: bool,
+    /// Only this workspace's objects (repeatable): plan, apply and prune
+    /// nothing else (the mass-prune guard counts within the selection).
+    #[arg(long = "workspace", value_name = "NAME")]
+    pub workspaces: Vec<String>,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -402,8 +411,9 @@ fn live_cmd(args: &LiveArgs, verb: print::Verb) -> anyhow::Result<ExitCode> {
         name,
         objects: desired,
         revision,
+        scope,
         ..
-    } = match desired_state(args)? {
+    } = match desired_state(args, false)? {
         Ok(state) => state,
         Err(code) => return Ok(code),
     };
@@ -418,10 +428,14 @@ fn live_cmd(args: &LiveArgs, verb: print::Verb) -> anyhow::Result<ExitCode> {
         let kinds = crate::inventory::kinds_to_list(&desired, Some(&inventory));
         let mut planner = diff::Planner::new(&name, &desired, true);
         cluster
-            .for_each_managed(&name, &kinds, |o| planner.observe(o))
+            .for_each_managed(&name, &kinds, |o| {
+                if scope.contains_live(&o) {
+                    planner.observe(o)
+                }
+            })
             .await?;
         let inventory = match verb {
-            print::Verb::Plan => Some(inventory),
+            print::Verb::Plan => Some(scope.inventory(&inventory)),
             print::Verb::Drift => None,
         };
         let (plan, _) = planner.finish(inventory.as_ref(), revision, cluster.requests());
@@ -448,33 +462,94 @@ fn live_cmd(args: &LiveArgs, verb: print::Verb) -> anyhow::Result<ExitCode> {
 struct DesiredState {
     name: String,
     sync_policy: SyncPolicy,
+    /// The objects in scope (of the selected workspaces, when selected).
     objects: Vec<render::Object>,
     revision: Option<String>,
+    /// What may be planned, applied and pruned.
+    scope: crate::sync::Scope,
+    /// Invalid workspaces skipped (`sync --skip-invalid`), with their errors.
+    skipped: Vec<(String, Vec<Diagnostic>)>,
 }
 
 /// The environment's rendered objects and where they came from, or the
-/// validation errors (printed) and exit code 1.
-fn desired_state(args: &LiveArgs) -> anyhow::Result<Result<DesiredState, ExitCode>> {
+/// validation errors (printed) and exit code 1. With `skip_invalid`, invalid
+/// workspaces are left out and held (see [`crate::sync::Scope`]) instead of
+/// failing the whole environment; problems of the environment itself
+/// still do.
+fn desired_state(
+    args: &LiveArgs,
+    skip_invalid: bool,
+) -> anyhow::Result<Result<DesiredState, ExitCode>> {
     let (tree, revision) = read_source(args)?;
     // Each stage's input goes as soon as the next stage has what it needs:
     // the files once parsed, the parsed files once resolved.
     let repository = validate::load(&tree);
     drop(tree);
-    let resolved = repository.resolve(&args.env);
+    let partial = repository.resolve_partial(&args.env);
     drop(repository);
-    match resolved {
-        Ok(environment) => Ok(Ok(DesiredState {
-            objects: render::render(&environment)?,
-            name: environment.name,
-            sync_policy: environment.settings.sync_policy,
-            revision,
-        })),
-        Err(diags) => {
-            print_diagnostics(&diags);
-            eprintln!("{} error(s); the cluster was not contacted", diags.len());
-            Ok(Err(ExitCode::from(1)))
-        }
+    let refuse = |diags: &[Diagnostic], why: &str| {
+        print_diagnostics(diags);
+        eprintln!(
+            "{} error(s){why}; the cluster was not contacted",
+            diags.len()
+        );
+        Ok(Err(ExitCode::from(1)))
+    };
+    if !partial.environment_errors.is_empty()
+        || (!skip_invalid && !partial.workspace_errors.is_empty())
+    {
+        let why = if partial.environment_errors.is_empty() {
+            " (sync --skip-invalid applies the valid workspaces)"
+        } else {
+            ""
+        };
+        return refuse(&partial.errors(), why);
     }
+    let environment = partial.environment;
+    let known = |ws: &str| {
+        environment.workspaces.iter().any(|w| w.metadata.name == ws)
+            || partial.workspace_errors.contains_key(ws)
+    };
+    if let Some(unknown) = args.workspaces.iter().find(|w| !known(w)) {
+        let mut names: Vec<&str> = environment
+            .workspaces
+            .iter()
+            .map(|w| w.metadata.name.as_str())
+            .chain(partial.workspace_errors.keys().map(String::as_str))
+            .collect();
+        names.sort_unstable();
+        eprintln!(
+            "error: environment {} has no workspace `{unknown}` (its workspaces: {}); the cluster was not contacted",
+            environment.name,
+            names.join(", ")
+        );
+        return Ok(Err(ExitCode::from(1)));
+    }
+    let scope = crate::sync::Scope {
+        only: (!args.workspaces.is_empty()).then(|| {
+            args.workspaces
+                .iter()
+                .map(|w| environment.namespace_of(w))
+                .collect()
+        }),
+        held: partial
+            .workspace_errors
+            .keys()
+            .map(|w| environment.namespace_of(w))
+            .collect(),
+    };
+    let mut objects = render::render(&environment)?;
+    if !scope.is_everything() {
+        objects.retain(|o| scope.contains_object(o));
+    }
+    Ok(Ok(DesiredState {
+        objects,
+        name: environment.name,
+        sync_policy: environment.settings.sync_policy,
+        revision,
+        scope,
+        skipped: partial.workspace_errors.into_iter().collect(),
+    }))
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -491,10 +566,22 @@ fn sync_cmd(args: &SyncArgs) -> anyhow::Result<ExitCode> {
         sync_policy: policy,
         objects: desired,
         revision,
-    } = match desired_state(live_args)? {
+        scope,
+        skipped,
+    } = match desired_state(live_args, args.skip_invalid)? {
         Ok(state) => state,
         Err(code) => return Ok(code),
     };
+    for (ws, diags) in &skipped {
+        eprintln!(
+            "skipped workspace {ws}: {} error(s); its objects are neither applied nor pruned:",
+            diags.len()
+        );
+        print_diagnostics(diags);
+    }
+    // A sync of some workspaces only does not move the revision the
+    // inventory records for the environment as a whole.
+    let revision = if scope.only.is_some() { None } else { revision };
     let options = SyncOptions {
         prune: args.prune || policy.prune,
         dry_run: args.dry_run,
@@ -502,6 +589,7 @@ fn sync_cmd(args: &SyncArgs) -> anyhow::Result<ExitCode> {
         force_recreate: args.force_recreate,
         allow_mass_prune: args.allow_mass_prune,
         max_prune_percent: policy.max_prune_percent,
+        scope: scope.clone(),
     };
     let cluster_options = ClusterOptions {
         kubeconfig: live_args.kubeconfig.clone(),
@@ -516,10 +604,15 @@ fn sync_cmd(args: &SyncArgs) -> anyhow::Result<ExitCode> {
         // A sync needs the changes, not their diff text.
         let mut planner = diff::Planner::new(&name, &desired, false);
         cluster
-            .for_each_managed(&name, &kinds, |o| planner.observe(o))
+            .for_each_managed(&name, &kinds, |o| {
+                if scope.contains_live(&o) {
+                    planner.observe(o)
+                }
+            })
             .await?;
+        let scoped = inventory.as_ref().map(|i| scope.inventory(i));
         let (plan, undeclared) =
-            planner.finish(inventory.as_ref(), revision.clone(), cluster.requests());
+            planner.finish(scoped.as_ref(), revision.clone(), cluster.requests());
         let total: u64 = plan
             .changes
             .iter()
@@ -603,7 +696,15 @@ fn sync_cmd(args: &SyncArgs) -> anyhow::Result<ExitCode> {
         PlanOutput::Text | PlanOutput::Markdown => sync_text(&report),
     };
     write_stdout(&text)?;
-    Ok(if report.healthy() {
+    if !skipped.is_empty() {
+        let names: Vec<&str> = skipped.iter().map(|(w, _)| w.as_str()).collect();
+        eprintln!(
+            "error: {} invalid workspace(s) skipped: {} (the rest was synced)",
+            names.len(),
+            names.join(", ")
+        );
+    }
+    Ok(if report.healthy() && skipped.is_empty() {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
