@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod bench_smoke;
+mod blast_radius;
 mod cli_meta;
 mod container_image;
 mod control_plane;

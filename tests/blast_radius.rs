@@ -1,0 +1,219 @@
+//! Issue 13, per-workspace blast radius, against the real control plane:
+//! `sync --workspace` touches only the selected workspaces, `sync` refuses
+//! an environment with an invalid workspace, and `sync --skip-invalid`
+//! applies the valid ones while the invalid one keeps its last applied
+//! state (not updated, not pruned, still inventoried).
+
+use std::process::Output;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::api::Api;
+use serde_json::Value;
+
+use crate::support::repo::TestRepo;
+use crate::support::{User, control_plane};
+
+fn sync(repo: &TestRepo, extra: &[&str]) -> (Output, Value) {
+    let mut args = vec!["--output", "json"];
+    args.extend_from_slice(extra);
+    let out = repo.run("sync", "admin", &args);
+    let report = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    (out, report)
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn ids(report: &Value, key: &str) -> Vec<String> {
+    report[key]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+async fn replicas(namespace: &str, name: &str) -> Option<i32> {
+    let api: Api<Deployment> =
+        Api::namespaced(control_plane().client(User::Admin).await, namespace);
+    api.get_opt(name)
+        .await
+        .expect("get")
+        .and_then(|d| d.spec?.replicas)
+}
+
+async fn inventoried(repo: &TestRepo) -> Vec<String> {
+    let api: Api<ConfigMap> = Api::namespaced(
+        control_plane().client(User::Admin).await,
+        tenantsync::inventory::SYSTEM_NAMESPACE,
+    );
+    let cm = api
+        .get(&tenantsync::inventory::name_of(&repo.env))
+        .await
+        .expect("inventory");
+    tenantsync::inventory::Inventory::from_config_map(&cm)
+        .expect("valid inventory")
+        .objects
+        .iter()
+        .map(|r| r.id())
+        .collect()
+}
+
+fn patch(name: &str, spec: &str) -> String {
+    format!(
+        "apiVersion: tenantsync.io/v1alpha1\nkind: WorkspacePatch\nmetadata:\n  name: {name}\nspec:\n{spec}"
+    )
+}
+
+#[tokio::test]
+async fn sync_workspace_applies_and_prunes_only_the_selected_workspace() {
+    let repo = TestRepo::new("blast-select");
+    let (out, _) = sync(&repo, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let (contoso, fabrikam) = (repo.namespace("contoso"), repo.namespace("fabrikam"));
+
+    // contoso: one more replica and no DICOM service; fabrikam: one more
+    // replica and one FHIR service fewer.
+    repo.write(
+        "workspaces/contoso.yaml",
+        &patch(
+            "contoso",
+            "  fhirServices:\n    - {name: main, replicas: 2}\n  dicomServices:\n    - {name: imaging, $patch: delete}\n",
+        ),
+    );
+    repo.write(
+        "workspaces/fabrikam.yaml",
+        &patch(
+            "fabrikam",
+            "  fhirServices:\n    - {name: records, replicas: 3}\n    - {name: research, $patch: delete}\n",
+        ),
+    );
+    let plan = repo.run(
+        "plan",
+        "admin",
+        &["--workspace", "contoso", "--output", "json"],
+    );
+    assert_eq!(plan.status.code(), Some(0), "{}", stderr(&plan));
+    let plan: Value = serde_json::from_slice(&plan.stdout).expect("plan JSON");
+    let changes = plan["changes"].as_array().expect("changes");
+    assert!(!changes.is_empty());
+    assert!(
+        changes.iter().all(|c| c["namespace"] == contoso.as_str()
+            || (c["kind"] == "Namespace" && c["name"] == contoso.as_str())),
+        "{changes:?}"
+    );
+
+    // The prune guard counts within the selection: contoso's DICOM service
+    // is over a quarter of contoso's objects.
+    let (out, _) = sync(&repo, &["--prune", "--workspace", "contoso"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("inventoried objects"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        replicas(&contoso, "fhir-main").await,
+        Some(1),
+        "nothing applied"
+    );
+
+    let (out, report) = sync(
+        &repo,
+        &["--prune", "--allow-mass-prune", "--workspace", "contoso"],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let pruned = ids(&report, "pruned");
+    assert!(
+        pruned.contains(&format!("Deployment/{contoso}/dicom-imaging")),
+        "{pruned:?}"
+    );
+    assert!(pruned.iter().all(|id| id.contains(&contoso)), "{pruned:?}");
+    assert_eq!(replicas(&contoso, "fhir-main").await, Some(2));
+    // fabrikam untouched: not updated, its removed service not pruned, and
+    // still in the inventory.
+    assert_eq!(replicas(&fabrikam, "fhir-records").await, Some(1));
+    assert_eq!(replicas(&fabrikam, "fhir-research").await, Some(1));
+    let inventory = inventoried(&repo).await;
+    assert!(inventory.contains(&format!("Deployment/{fabrikam}/fhir-research")));
+    assert!(!inventory.contains(&format!("Deployment/{contoso}/dicom-imaging")));
+
+    // An unknown workspace is refused naming the known ones.
+    let (out, _) = sync(&repo, &["--workspace", "contosso"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains(
+            "has no workspace `contosso` (its workspaces: contoso, fabrikam, northwind, woodgrove)"
+        ),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[tokio::test]
+async fn sync_refuses_an_invalid_workspace_and_skip_invalid_applies_the_others() {
+    let repo = TestRepo::new("blast-skip");
+    let (out, _) = sync(&repo, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let (contoso, fabrikam) = (repo.namespace("contoso"), repo.namespace("fabrikam"));
+
+    // fabrikam's patch breaks the schema and drops a service; contoso's is fine.
+    repo.write(
+        "workspaces/fabrikam.yaml",
+        &patch(
+            "fabrikam",
+            "  fhirServices:\n    - {name: records, replicas: many}\n    - {name: research, $patch: delete}\n",
+        ),
+    );
+    repo.write(
+        "workspaces/contoso.yaml",
+        &patch(
+            "contoso",
+            "  fhirServices:\n    - {name: main, replicas: 2}\n",
+        ),
+    );
+    let position = format!("environments/{}/workspaces/fabrikam.yaml:7:33", repo.env);
+
+    let (out, _) = sync(&repo, &["--prune"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains(&position), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("sync --skip-invalid"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        replicas(&contoso, "fhir-main").await,
+        Some(1),
+        "nothing applied"
+    );
+
+    let (out, report) = sync(&repo, &["--prune", "--skip-invalid"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("skipped workspace fabrikam: 1 error(s)"),
+        "{err}"
+    );
+    assert!(err.contains(&position), "{err}");
+    assert!(
+        err.contains("1 invalid workspace(s) skipped: fabrikam"),
+        "{err}"
+    );
+    assert_eq!(
+        ids(&report, "updated"),
+        [format!("Deployment/{contoso}/fhir-main")]
+    );
+    assert!(ids(&report, "pruned").is_empty(), "{report}");
+    assert_eq!(replicas(&contoso, "fhir-main").await, Some(2));
+    assert_eq!(replicas(&fabrikam, "fhir-research").await, Some(1));
+    assert!(
+        inventoried(&repo)
+            .await
+            .contains(&format!("Deployment/{fabrikam}/fhir-research"))
+    );
+}
