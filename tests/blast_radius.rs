@@ -217,3 +217,180 @@ async fn sync_refuses_an_invalid_workspace_and_skip_invalid_applies_the_others()
             .contains(&format!("Deployment/{fabrikam}/fhir-research"))
     );
 }
+
+/// The daemon on a local Git repository: one commit breaks workspace
+/// contoso's file and changes fabrikam's replica count. fabrikam's change is
+/// applied; contoso's objects are untouched (not updated, not pruned); the
+/// status, the metrics and a Warning Event say contoso `Failed` with its
+/// position; the commit fixing contoso applies it. A broken
+/// `environment.yaml` still applies nothing.
+#[tokio::test]
+async fn the_daemon_applies_valid_workspaces_and_holds_an_invalid_one() {
+    use crate::daemon_e2e::{Guard, free_port, http, status, wait_for};
+    use crate::support::git;
+    use k8s_openapi::api::core::v1::Event;
+    use std::process::{Command, Stdio};
+    use std::time::Duration;
+
+    let repo = TestRepo::new("blast-daemon");
+    let env = repo.env.clone();
+    let (contoso, fabrikam) = (repo.namespace("contoso"), repo.namespace("fabrikam"));
+    git(repo.path(), &["init", "-q"]);
+    git(repo.path(), &["add", "-A"]);
+    git(repo.path(), &["commit", "-qm", "initial"]);
+    let commit = |message: &str| {
+        git(repo.path(), &["add", "-A"]);
+        git(repo.path(), &["commit", "-qm", message]);
+    };
+    let logs = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let _daemon = Guard(
+        Command::new(env!("CARGO_BIN_EXE_tenantsync"))
+            .args(["run", "--branch", "main", "--env", &env, "--prune"])
+            .args(["--interval", "1s", "--drift-interval", "1s", "--repo"])
+            .arg(repo.path())
+            .arg(format!("--listen=127.0.0.1:{port}"))
+            .arg("--kubeconfig")
+            .arg(control_plane().kubeconfig())
+            .args(["--context", "admin"])
+            .env("XDG_CACHE_HOME", logs.path())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(logs.path().join("daemon.log")).expect("log"))
+            .spawn()
+            .expect("tenantsync run"),
+    );
+    let log = || std::fs::read_to_string(logs.path().join("daemon.log")).unwrap_or_default();
+    wait_for("the first sync", Duration::from_secs(60), async || {
+        status(port, &env)
+            .await
+            .is_some_and(|s| s["syncStatus"] == "Synced")
+    })
+    .await;
+    assert_eq!(replicas(&contoso, "fhir-main").await, Some(1), "{}", log());
+
+    // One commit: contoso's file is invalid (and would drop its DICOM
+    // service and change its replicas); fabrikam gets three replicas.
+    repo.write(
+        "workspaces/contoso.yaml",
+        &patch(
+            "contoso",
+            "  fhirServices:\n    - {name: main, replicas: many}\n  dicomServices:\n    - {name: imaging, $patch: delete}\n",
+        ),
+    );
+    repo.write(
+        "workspaces/fabrikam.yaml",
+        &patch(
+            "fabrikam",
+            "  fhirServices:\n    - {name: records, replicas: 3}\n",
+        ),
+    );
+    commit("break contoso, scale fabrikam");
+    wait_for("fabrikam's change", Duration::from_secs(30), async || {
+        replicas(&fabrikam, "fhir-records").await == Some(3)
+    })
+    .await;
+    let position = format!("environments/{env}/workspaces/contoso.yaml:7:30");
+    let s = status(port, &env).await.expect("status");
+    let ws = &s["workspaces"]["contoso"];
+    assert_eq!(ws["syncStatus"], "Failed", "{s}");
+    assert!(
+        ws["errors"][0]
+            .as_str()
+            .is_some_and(|e| e.starts_with(&position)),
+        "{s}"
+    );
+    assert_ne!(s["workspaces"]["fabrikam"]["syncStatus"], "Failed", "{s}");
+    // Untouched: not updated, not pruned, over several reconciles.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(replicas(&contoso, "fhir-main").await, Some(1));
+    assert!(
+        replicas(&contoso, "dicom-imaging").await.is_some(),
+        "{}",
+        log()
+    );
+    let metrics = http(port, "GET", "/metrics", &[], "")
+        .await
+        .expect("metrics");
+    assert!(
+        metrics.contains(&format!(
+            "tenantsync_workspace_failed{{environment=\"{env}\",workspace=\"contoso\"}} 1"
+        )),
+        "{metrics}"
+    );
+    let events: Api<Event> = Api::namespaced(
+        control_plane().client(User::Admin).await,
+        tenantsync::inventory::SYSTEM_NAMESPACE,
+    );
+    let held_event = events
+        .list(&Default::default())
+        .await
+        .expect("events")
+        .items
+        .into_iter()
+        .find(|e| {
+            e.reason.as_deref() == Some("InvalidWorkspace")
+                && e.message.as_deref().is_some_and(|m| m.contains(&position))
+        })
+        .expect("a Warning Event naming contoso's error");
+    assert_eq!(held_event.type_.as_deref(), Some("Warning"));
+
+    // The commit that fixes contoso applies it.
+    repo.write(
+        "workspaces/contoso.yaml",
+        &patch(
+            "contoso",
+            "  fhirServices:\n    - {name: main, replicas: 2}\n",
+        ),
+    );
+    commit("fix contoso");
+    wait_for("contoso's fix", Duration::from_secs(30), async || {
+        replicas(&contoso, "fhir-main").await == Some(2)
+    })
+    .await;
+    wait_for(
+        "contoso no longer failed",
+        Duration::from_secs(10),
+        async || {
+            status(port, &env).await.is_some_and(|s| {
+                s["syncStatus"] == "Synced" && s["workspaces"]["contoso"]["syncStatus"] == "Synced"
+            })
+        },
+    )
+    .await;
+
+    // A broken environment.yaml holds everything, fabrikam's change too.
+    repo.write(
+        "environment.yaml",
+        &format!(
+            "apiVersion: tenantsync.io/v1alpha1\nkind: Environment\nmetadata:\n  name: {env}\nspec:\n  base: base\n  ingress:\n    domian: test.example.com\n"
+        ),
+    );
+    repo.write(
+        "workspaces/fabrikam.yaml",
+        &patch(
+            "fabrikam",
+            "  fhirServices:\n    - {name: records, replicas: 4}\n",
+        ),
+    );
+    commit("break the environment");
+    wait_for(
+        "the environment to fail",
+        Duration::from_secs(30),
+        async || {
+            status(port, &env).await.is_some_and(|s| {
+                s["syncStatus"] == "Failed"
+                    && s["lastError"].as_str().is_some_and(|e| {
+                        e.contains("environment.yaml") && e.contains("nothing is applied")
+                    })
+            })
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        replicas(&fabrikam, "fhir-records").await,
+        Some(3),
+        "{}",
+        log()
+    );
+}

@@ -72,6 +72,10 @@ pub enum SyncStatus {
 pub struct WorkspaceStatus {
     pub sync_status: SyncStatus,
     pub drifted_objects: usize,
+    /// Why the workspace is `Failed` (invalid: held at its last applied
+    /// state), one `file:line:col: error: ...` line each.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<String>,
 }
 
 /// One environment's state, as `GET /status` shows it.
@@ -184,6 +188,9 @@ struct Desired {
     revision: String,
     objects: Vec<Object>,
     sync: SyncOptions,
+    /// Invalid workspaces of this revision, held at their last applied
+    /// state (their namespaces are out of `sync.scope`), with their errors.
+    failed: BTreeMap<String, Vec<String>>,
 }
 
 /// Runs the daemon until SIGTERM or Ctrl-C.
@@ -461,8 +468,15 @@ async fn reconcile(
                     // resolved: only the rendered objects are kept.
                     let repository = validate::load(&tree);
                     drop(tree);
-                    let resolved = repository.resolve(env);
+                    // Per workspace: an invalid one is held, the others go on;
+                    // a problem of the environment itself holds everything.
+                    let partial = repository.resolve_partial(env);
                     drop(repository);
+                    let resolved = if partial.environment_errors.is_empty() {
+                        Ok(partial)
+                    } else {
+                        Err(partial.errors())
+                    };
                     match resolved {
                         Err(diags) => {
                             let lines: Vec<String> =
@@ -481,12 +495,44 @@ async fn reconcile(
                             *source_problem = Some(message.clone());
                             return fail(message);
                         }
-                        Ok(environment) => match render::render(&environment) {
+                        Ok(partial) => match render::render(&partial.environment) {
                             Err(e) => {
                                 return fail(format!("cannot render revision {revision}: {e}"));
                             }
                             Ok(objects) => {
+                                let environment = &partial.environment;
                                 let policy = &environment.settings.sync_policy;
+                                let failed: BTreeMap<String, Vec<String>> = partial
+                                    .workspace_errors
+                                    .iter()
+                                    .map(|(ws, d)| {
+                                        (ws.clone(), d.iter().map(ToString::to_string).collect())
+                                    })
+                                    .collect();
+                                let held = failed
+                                    .keys()
+                                    .map(|ws| environment.namespace_of(ws))
+                                    .collect();
+                                let before = desired.as_ref().map(|d| d.failed.clone());
+                                for ws in before.iter().flat_map(|b| b.keys()) {
+                                    if !failed.contains_key(ws) {
+                                        shared.metrics.set_workspace_failed(env, ws, false);
+                                    }
+                                }
+                                for ws in failed.keys() {
+                                    shared.metrics.set_workspace_failed(env, ws, true);
+                                }
+                                if !failed.is_empty()
+                                    && *shared.leading.borrow()
+                                    && let Some(c) = cluster.as_ref()
+                                {
+                                    c.record_event(
+                                        env,
+                                        "InvalidWorkspace",
+                                        &held_message(&revision, &failed),
+                                    )
+                                    .await;
+                                }
                                 *source_problem = None;
                                 *desired = Some(Desired {
                                     revision: revision.clone(),
@@ -497,8 +543,10 @@ async fn reconcile(
                                             || policy.force_conflicts,
                                         max_prune_percent: policy.max_prune_percent,
                                         allow_mass_prune: options.allow_mass_prune,
+                                        scope: crate::sync::Scope { only: None, held },
                                         ..SyncOptions::default()
                                     },
+                                    failed,
                                 });
                             }
                         },
@@ -528,15 +576,17 @@ async fn reconcile(
         let inv = c.read_inventory(env).await.map_err(|e| e.to_string())?;
         let kinds = inventory::kinds_to_list(&state.objects, inv.as_ref());
         let mut planner = diff::Planner::new(env, &state.objects, false);
-        c.for_each_managed(env, &kinds, |o| planner.observe(o))
-            .await
-            .map_err(|e| e.to_string())?;
-        let empty = inventory::Inventory::new(env);
-        let (plan, undeclared) = planner.finish(
-            Some(inv.as_ref().unwrap_or(&empty)),
-            Some(state.revision.clone()),
-            0,
-        );
+        // Held workspaces are out of scope: not planned, applied nor pruned.
+        let scope = &state.sync.scope;
+        c.for_each_managed(env, &kinds, |o| {
+            if scope.contains_live(&o) {
+                planner.observe(o)
+            }
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+        let scoped = scope.inventory(inv.as_ref().unwrap_or(&inventory::Inventory::new(env)));
+        let (plan, undeclared) = planner.finish(Some(&scoped), Some(state.revision.clone()), 0);
         // A revision not yet applied is synced; between revisions, drift is
         // re-applied only with self-heal.
         let applied_rev = inv.as_ref().and_then(|i| i.revision.clone());
@@ -608,8 +658,10 @@ async fn reconcile(
                 lines.extend(r.conflicts.iter().map(|c| format!("{}: conflict", c.id)));
                 lines.join("\n")
             });
-            let error = source_problem.clone().or(sync_error);
-            let status = if source_problem.is_some() {
+            let held =
+                (!state.failed.is_empty()).then(|| held_message(&state.revision, &state.failed));
+            let error = source_problem.clone().or(sync_error).or(held);
+            let status = if source_problem.is_some() || !state.failed.is_empty() {
                 SyncStatus::Failed
             } else {
                 status
@@ -637,12 +689,33 @@ async fn reconcile(
                         (
                             ws.clone(),
                             WorkspaceStatus {
-                                sync_status: if n > 0 { SyncStatus::OutOfSync } else { status },
+                                sync_status: if n > 0 {
+                                    SyncStatus::OutOfSync
+                                } else if status == SyncStatus::Failed
+                                    && source_problem.is_none()
+                                    && report.as_ref().is_none_or(|r| r.succeeded())
+                                {
+                                    // Only the held workspaces failed.
+                                    SyncStatus::Synced
+                                } else {
+                                    status
+                                },
                                 drifted_objects: n,
+                                errors: Vec::new(),
                             },
                         )
                     })
                     .collect();
+                for (ws, errors) in &state.failed {
+                    s.workspaces.insert(
+                        ws.clone(),
+                        WorkspaceStatus {
+                            sync_status: SyncStatus::Failed,
+                            drifted_objects: 0,
+                            errors: errors.clone(),
+                        },
+                    );
+                }
                 match &error {
                     Some(e) => {
                         s.last_error = Some(e.clone());
@@ -654,6 +727,17 @@ async fn reconcile(
             error.is_none()
         }
     }
+}
+
+/// Why some workspaces of a revision are held at their last applied state.
+fn held_message(revision: &str, failed: &BTreeMap<String, Vec<String>>) -> String {
+    let mut lines = vec![format!(
+        "revision {revision}: {} invalid workspace(s) ({}) keep their last applied state, nothing of theirs is updated or pruned; the other workspaces are applied:",
+        failed.len(),
+        failed.keys().cloned().collect::<Vec<_>>().join(", ")
+    )];
+    lines.extend(failed.values().flatten().cloned());
+    lines.join("\n")
 }
 
 /// Objects out of step, per workspace (every workspace listed).
