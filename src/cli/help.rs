@@ -109,7 +109,9 @@ Exit status:
   0  everything applied (and, with --wait, is healthy)
   1  anything else: a conflict, an object the server refused, a prune
      stopped by its guard (nothing is changed then), a permission the
-     credentials lack, an unhealthy object or the --timeout passed
+     credentials lack, an unhealthy object or the --timeout passed; an
+     invalid workspace (nothing is applied; with --skip-invalid the others
+     are, and it is listed as skipped)
 
 Environment: as for plan.
 
@@ -119,7 +121,11 @@ Examples:
   Apply, delete what is no longer declared, wait for the rollout:
     tenantsync sync --env qa --prune --wait --timeout 10m
   Remove a workspace: its namespace goes too, so the guard must be lifted:
-    tenantsync sync --env qa --prune --allow-mass-prune";
+    tenantsync sync --env qa --prune --allow-mass-prune
+  Onboard or repair one tenant without touching the others:
+    tenantsync sync --env prod --workspace contoso --prune
+  Apply every valid workspace while one is broken (exit 1, naming it):
+    tenantsync sync --env prod --skip-invalid";
 
 pub const RUN: &str = "\
 Exit status:
