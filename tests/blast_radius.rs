@@ -142,6 +142,31 @@ async fn sync_workspace_applies_and_prunes_only_the_selected_workspace() {
     assert!(inventory.contains(&format!("Deployment/{fabrikam}/fhir-research")));
     assert!(!inventory.contains(&format!("Deployment/{contoso}/dicom-imaging")));
 
+    // drift sees only the selection: contoso is in step, fabrikam is not.
+    let drift = |ws: &str| {
+        repo.run(
+            "drift",
+            "admin",
+            &["--workspace", ws, "--detailed-exitcode", "--output", "json"],
+        )
+    };
+    let out = drift("contoso");
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let out = drift("fabrikam");
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let report: Value = serde_json::from_slice(&out.stdout).expect("drift JSON");
+    let changed: Vec<&Value> = report["changes"]
+        .as_array()
+        .expect("changes")
+        .iter()
+        .filter(|c| c["action"] != "unchanged")
+        .collect();
+    assert!(!changed.is_empty());
+    assert!(
+        changed.iter().all(|c| c["namespace"] == fabrikam.as_str()),
+        "{changed:?}"
+    );
+
     // An unknown workspace is refused naming the known ones.
     let (out, _) = sync(&repo, &["--workspace", "contosso"]);
     assert_eq!(out.status.code(), Some(1));
@@ -300,6 +325,27 @@ async fn the_daemon_applies_valid_workspaces_and_holds_an_invalid_one() {
         "{s}"
     );
     assert_ne!(s["workspaces"]["fabrikam"]["syncStatus"], "Failed", "{s}");
+    // An operator sees it from the cluster too (the environment's last error).
+    wait_for(
+        "tenantsync status to name contoso's error",
+        Duration::from_secs(10),
+        async || {
+            let out = Command::new(env!("CARGO_BIN_EXE_tenantsync"))
+                .args([
+                    "status",
+                    "--env",
+                    &env,
+                    "--context",
+                    "admin",
+                    "--kubeconfig",
+                ])
+                .arg(control_plane().kubeconfig())
+                .output()
+                .expect("tenantsync status");
+            String::from_utf8_lossy(&out.stdout).contains(&position)
+        },
+    )
+    .await;
     // Untouched: not updated, not pruned, over several reconciles.
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(replicas(&contoso, "fhir-main").await, Some(1));
