@@ -191,6 +191,9 @@ struct Desired {
     /// Invalid workspaces of this revision, held at their last applied
     /// state (their namespaces are out of `sync.scope`), with their errors.
     failed: BTreeMap<String, Vec<String>>,
+    /// The Warning Event about `failed` is still to be recorded (once per
+    /// revision, by the leader, as soon as the cluster is reachable).
+    event_pending: std::sync::atomic::AtomicBool,
 }
 
 /// Runs the daemon until SIGTERM or Ctrl-C.
@@ -522,17 +525,8 @@ async fn reconcile(
                                 for ws in failed.keys() {
                                     shared.metrics.set_workspace_failed(env, ws, true);
                                 }
-                                if !failed.is_empty()
-                                    && *shared.leading.borrow()
-                                    && let Some(c) = cluster.as_ref()
-                                {
-                                    c.record_event(
-                                        env,
-                                        "InvalidWorkspace",
-                                        &held_message(&revision, &failed),
-                                    )
-                                    .await;
-                                }
+                                let event_pending =
+                                    std::sync::atomic::AtomicBool::new(!failed.is_empty());
                                 *source_problem = None;
                                 *desired = Some(Desired {
                                     revision: revision.clone(),
@@ -547,6 +541,7 @@ async fn reconcile(
                                         ..SyncOptions::default()
                                     },
                                     failed,
+                                    event_pending,
                                 });
                             }
                         },
@@ -572,6 +567,18 @@ async fn reconcile(
     let Some(c) = cluster.as_ref() else {
         return false;
     };
+    if *shared.leading.borrow()
+        && state
+            .event_pending
+            .swap(false, std::sync::atomic::Ordering::Relaxed)
+    {
+        c.record_event(
+            env,
+            "InvalidWorkspace",
+            &held_message(&state.revision, &state.failed),
+        )
+        .await;
+    }
     let result: Result<(Plan, Option<cluster_sync::SyncReport>), String> = async {
         let inv = c.read_inventory(env).await.map_err(|e| e.to_string())?;
         let kinds = inventory::kinds_to_list(&state.objects, inv.as_ref());
