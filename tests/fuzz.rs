@@ -111,7 +111,7 @@ fn mutate(doc: &mut Value, pointer: &str, rng: &mut Rng) -> String {
     let Some(target) = doc.pointer_mut(pointer) else {
         return "nothing".into();
     };
-    let choice = rng.below(24);
+    let choice = rng.below(27);
     let (what, new): (&str, Option<Value>) = match choice {
         0 => ("[]", Some(json!([]))),
         1 => ("{}", Some(json!({}))),
@@ -139,6 +139,9 @@ fn mutate(doc: &mut Value, pointer: &str, rng: &mut Rng) -> String {
             "a named list",
             Some(json!([{"name": "shared"}, {"name": "a-b"}])),
         ),
+        24 => ("`shared`", Some(json!("shared"))),
+        25 => ("`a-b`", Some(json!("a-b"))),
+        26 => ("`main-config`", Some(json!("main-config"))),
         _ => ("", None),
     };
     if let Some(v) = new {
@@ -187,7 +190,8 @@ fn tree_of(files: &BTreeMap<String, Value>) -> SourceTree {
 
 /// What `tenantsync validate` then `tenantsync render --env E` (every
 /// environment) do, in process: the same library calls as src/cli.rs.
-fn validate_and_render(tree: &SourceTree) -> Result<(), String> {
+/// Whether every environment is valid, or what went wrong.
+fn validate_and_render(tree: &SourceTree) -> Result<bool, String> {
     let repository = validate::load_on_all_cores(tree);
     let report = repository.validate(&[]);
     for d in &report.diagnostics {
@@ -199,6 +203,16 @@ fn validate_and_render(tree: &SourceTree) -> Result<(), String> {
         let Ok(env) = repository.resolve(&name) else {
             continue;
         };
+        // Rendered identities are unique in an environment validate accepts.
+        let objects = render::render(&env)
+            .map_err(|e| format!("environment {name} is valid but does not render: {e}"))?;
+        let mut seen = std::collections::BTreeSet::new();
+        for o in &objects {
+            let group = o.api_version.split_once('/').map_or("", |(g, _)| g);
+            if !seen.insert((group.to_string(), o.id())) {
+                return Err(format!("environment {name} renders {} twice", o.id()));
+            }
+        }
         let mut text = String::new();
         render::render_map_each(
             &env,
@@ -221,7 +235,7 @@ fn validate_and_render(tree: &SourceTree) -> Result<(), String> {
             ));
         }
     }
-    Ok(())
+    Ok(report.diagnostics.is_empty())
 }
 
 fn case_count() -> usize {
@@ -250,13 +264,23 @@ fn cases(n: usize, seed: u64) -> Vec<(String, String, BTreeMap<String, Value>)> 
     let mut rng = Rng(seed);
     (0..n)
         .map(|_| {
-            let (path, pointer) = all[rng.below(all.len())].clone();
+            // Mostly one change; sometimes two or three, anywhere.
             let mut files = base.clone();
-            let what = files
-                .get_mut(&path)
-                .map(|doc| mutate(doc, &pointer, &mut rng))
-                .unwrap_or_default();
-            (format!("{path} at `{pointer}`: {what}"), path, files)
+            let mut described = Vec::new();
+            let mut first = String::new();
+            let changes = [1, 1, 1, 2, 3][rng.below(5)];
+            for _ in 0..changes {
+                let (path, pointer) = all[rng.below(all.len())].clone();
+                let what = files
+                    .get_mut(&path)
+                    .map(|doc| mutate(doc, &pointer, &mut rng))
+                    .unwrap_or_default();
+                described.push(format!("{path} at `{pointer}`: {what}"));
+                if first.is_empty() {
+                    first = path;
+                }
+            }
+            (described.join("; "), first, files)
         })
         .collect()
 }
@@ -265,6 +289,7 @@ fn cases(n: usize, seed: u64) -> Vec<(String, String, BTreeMap<String, Value>)> 
 fn fuzz_validate_and_render_never_panic_nor_hang() {
     let (n, seed) = (case_count(), seed());
     let mut failures = Vec::new();
+    let mut valid = 0;
     for (i, (description, _, files)) in cases(n, seed).into_iter().enumerate() {
         let tree = tree_of(&files);
         let started = Instant::now();
@@ -273,13 +298,24 @@ fn fuzz_validate_and_render_never_panic_nor_hang() {
         let problem = match outcome {
             Err(_) => Some("panicked".to_string()),
             Ok(Err(e)) => Some(e),
-            Ok(Ok(())) if took > CASE_BUDGET => Some(format!("took {took:?}")),
-            Ok(Ok(())) => None,
+            Ok(Ok(_)) if took > CASE_BUDGET => Some(format!("took {took:?}")),
+            Ok(Ok(true)) => {
+                valid += 1;
+                None
+            }
+            Ok(Ok(false)) => None,
         };
         if let Some(p) = problem {
             failures.push(format!("case {i} (seed {seed}): {description}: {p}"));
         }
     }
+    // Both paths are exercised: mutations that stay valid (render runs)
+    // and mutations validate refuses.
+    eprintln!("{valid} of {n} fuzz cases valid (seed {seed})");
+    assert!(
+        n < 50 || (valid > n / 20 && valid < n - n / 20),
+        "{valid} of {n} valid"
+    );
     assert!(
         failures.is_empty(),
         "{} of {n} cases failed:\n{}",
