@@ -401,6 +401,24 @@ pub fn render(env: &Environment) -> Result<Vec<Object>, RenderError> {
     Ok(all)
 }
 
+/// [`render`], workspace by workspace: what renders, and the workspaces
+/// that do not with why (so that one workspace failing to render does not
+/// hold the others).
+pub fn render_partial(env: &Environment) -> (Vec<Object>, BTreeMap<String, RenderError>) {
+    let mut all = environment_resources(env);
+    let mut failed = BTreeMap::new();
+    let mut names = Names::default();
+    for ws in sorted_workspaces(env) {
+        match render_workspace_with(env, ws, &mut names) {
+            Ok(objects) => all.extend(objects),
+            Err(e) => {
+                failed.insert(ws.metadata.name.clone(), e);
+            }
+        }
+    }
+    (all, failed)
+}
+
 /// [`render`] a batch at a time: the layers' plain manifests, then each
 /// workspace in name order (the same objects in the same order), for a
 /// caller that writes objects out rather than keeps them all.
@@ -1488,6 +1506,10 @@ mod tests {
         })
         .unwrap();
         assert_eq!(batched, to_yaml(&render(&env).unwrap()));
+        // Workspace by workspace (the daemon's way) gives the same too.
+        let (partial, failed) = render_partial(&env);
+        assert!(failed.is_empty());
+        assert_eq!(batched, to_yaml(&partial));
         for ws in ["ws-000", "ws-162"] {
             assert!(batched.contains(&format!("tenantsync.io/workspace: {ws}\n")));
         }

@@ -498,20 +498,25 @@ async fn reconcile(
                             *source_problem = Some(message.clone());
                             return fail(message);
                         }
-                        Ok(partial) => match render::render(&partial.environment) {
-                            Err(e) => {
-                                return fail(format!("cannot render revision {revision}: {e}"));
-                            }
-                            Ok(objects) => {
+                        Ok(partial) => {
+                            let (objects, unrendered) =
+                                render::render_partial(&partial.environment);
+                            {
                                 let environment = &partial.environment;
                                 let policy = &environment.settings.sync_policy;
-                                let failed: BTreeMap<String, Vec<String>> = partial
+                                let mut failed: BTreeMap<String, Vec<String>> = partial
                                     .workspace_errors
                                     .iter()
                                     .map(|(ws, d)| {
                                         (ws.clone(), d.iter().map(ToString::to_string).collect())
                                     })
                                     .collect();
+                                for (ws, e) in unrendered {
+                                    failed
+                                        .entry(ws)
+                                        .or_default()
+                                        .push(format!("cannot render revision {revision}: {e}"));
+                                }
                                 let held = failed
                                     .keys()
                                     .map(|ws| environment.namespace_of(ws))
@@ -544,7 +549,7 @@ async fn reconcile(
                                     event_pending,
                                 });
                             }
-                        },
+                        }
                     }
                 }
             }
