@@ -404,6 +404,71 @@ async fn the_daemon_applies_valid_workspaces_and_holds_an_invalid_one() {
     )
     .await;
 
+    // An object that fails to apply (another manager owns the field) does
+    // not stop the other workspace's change.
+    let deployments: Api<Deployment> =
+        Api::namespaced(control_plane().client(User::Admin).await, &fabrikam);
+    deployments
+        .patch(
+            "fhir-records",
+            &kube::api::PatchParams::apply("someone-else").force(),
+            &kube::api::Patch::Apply(serde_json::json!({
+                "apiVersion": "apps/v1",
+                "kind": "Deployment",
+                "metadata": {"name": "fhir-records", "namespace": fabrikam},
+                "spec": {"replicas": 5}
+            })),
+        )
+        .await
+        .expect("take replicas over");
+    repo.write(
+        "workspaces/fabrikam.yaml",
+        &patch(
+            "fabrikam",
+            "  fhirServices:\n    - {name: records, replicas: 6}\n",
+        ),
+    );
+    repo.write(
+        "workspaces/contoso.yaml",
+        &patch(
+            "contoso",
+            "  fhirServices:\n    - {name: main, replicas: 3}\n",
+        ),
+    );
+    commit("scale both; fabrikam's conflicts");
+    wait_for("contoso's change", Duration::from_secs(30), async || {
+        replicas(&contoso, "fhir-main").await == Some(3)
+    })
+    .await;
+    assert_eq!(replicas(&fabrikam, "fhir-records").await, Some(5));
+    // Give the field back, so the next revision applies cleanly.
+    deployments
+        .patch(
+            "fhir-records",
+            &kube::api::PatchParams::apply("someone-else").force(),
+            &kube::api::Patch::Apply(serde_json::json!({
+                "apiVersion": "apps/v1",
+                "kind": "Deployment",
+                "metadata": {"name": "fhir-records", "namespace": fabrikam}
+            })),
+        )
+        .await
+        .expect("release replicas");
+    repo.write(
+        "workspaces/fabrikam.yaml",
+        &patch(
+            "fabrikam",
+            "  fhirServices:\n    - {name: records, replicas: 3}\n",
+        ),
+    );
+    commit("fabrikam back to three");
+    wait_for(
+        "fabrikam back to three",
+        Duration::from_secs(30),
+        async || replicas(&fabrikam, "fhir-records").await == Some(3),
+    )
+    .await;
+
     // A broken environment.yaml holds everything, fabrikam's change too.
     repo.write(
         "environment.yaml",
