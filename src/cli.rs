@@ -413,7 +413,7 @@ fn live_cmd(args: &LiveArgs, verb: print::Verb) -> anyhow::Result<ExitCode> {
         revision,
         scope,
         ..
-    } = match desired_state(args, false)? {
+    } = match desired_state(args, None)? {
         Ok(state) => state,
         Err(code) => return Ok(code),
     };
@@ -478,8 +478,10 @@ struct DesiredState {
 /// still do.
 fn desired_state(
     args: &LiveArgs,
-    skip_invalid: bool,
+    sync: Option<bool>,
 ) -> anyhow::Result<Result<DesiredState, ExitCode>> {
+    // `Some(skip_invalid)` for sync; plan and drift are strict.
+    let skip_invalid = sync == Some(true);
     let (tree, revision) = read_source(args)?;
     // Each stage's input goes as soon as the next stage has what it needs:
     // the files once parsed, the parsed files once resolved.
@@ -498,7 +500,7 @@ fn desired_state(
     if !partial.environment_errors.is_empty()
         || (!skip_invalid && !partial.workspace_errors.is_empty())
     {
-        let why = if partial.environment_errors.is_empty() {
+        let why = if partial.environment_errors.is_empty() && sync.is_some() {
             " (sync --skip-invalid applies the valid workspaces)"
         } else {
             ""
@@ -568,7 +570,7 @@ fn sync_cmd(args: &SyncArgs) -> anyhow::Result<ExitCode> {
         revision,
         scope,
         skipped,
-    } = match desired_state(live_args, args.skip_invalid)? {
+    } = match desired_state(live_args, Some(args.skip_invalid))? {
         Ok(state) => state,
         Err(code) => return Ok(code),
     };
