@@ -150,9 +150,24 @@ fn load_with(tree: &SourceTree, parallel: bool) -> Repository {
             _ => None,
         };
         match owner {
-            Some(ws) => layer
-                .workspace_problems
-                .extend(checks.into_iter().map(|d| (ws.clone(), d))),
+            Some(ws) => {
+                // A name that is not a valid name is likely a typo of the
+                // one the file is named after: hold that workspace too, so
+                // the typo does not read as its removal.
+                let stem = job
+                    .path
+                    .rsplit('/')
+                    .next()
+                    .and_then(|f| f.strip_suffix(".yaml").or_else(|| f.strip_suffix(".yml")))
+                    .filter(|stem| *stem != ws && names::check_label(&ws).is_err())
+                    .map(str::to_string);
+                for d in checks {
+                    if let Some(stem) = &stem {
+                        layer.workspace_problems.push((stem.clone(), d.clone()));
+                    }
+                    layer.workspace_problems.push((ws.clone(), d));
+                }
+            }
             None => layer.problems.extend(checks),
         }
         let doc = Doc { node };
@@ -1367,5 +1382,79 @@ spec:
                 report.diagnostics
             );
         }
+    }
+
+    fn dev_tree(files: &[(&str, Vec<u8>)]) -> SourceTree {
+        let mut tree = SourceTree::new();
+        tree.insert("environments/dev/environment.yaml", ENVIRONMENT.into());
+        for (path, bytes) in files {
+            tree.insert(&format!("environments/dev/{path}"), bytes.clone());
+        }
+        tree
+    }
+
+    fn held(p: &Partial) -> Vec<&str> {
+        p.workspace_errors.keys().map(String::as_str).collect()
+    }
+
+    /// Issue 13: a workspace's own mistake holds that workspace only.
+    #[test]
+    fn an_invalid_workspace_holds_only_itself() {
+        let tree = dev_tree(&[
+            ("workspaces/a.yaml", workspace("a", false)),
+            ("workspaces/b.yaml", workspace("b", true)),
+        ]);
+        let p = load(&tree).resolve_partial("dev");
+        assert!(
+            p.environment_errors.is_empty(),
+            "{:?}",
+            p.environment_errors
+        );
+        assert_eq!(held(&p), ["b"]);
+        let names: Vec<&str> = p
+            .environment
+            .workspaces
+            .iter()
+            .map(|w| w.metadata.name.as_str())
+            .collect();
+        assert_eq!(names, ["a"]);
+        assert!(load(&tree).resolve("dev").is_err(), "resolve stays strict");
+    }
+
+    #[test]
+    fn problems_of_the_environment_hold_all_of_it() {
+        let broken_env = dev_tree(&[("workspaces/a.yaml", workspace("a", false))]);
+        let mut tree = broken_env.clone();
+        tree.insert(
+            "environments/dev/environment.yaml",
+            format!("{ENVIRONMENT}  ingres: {{}}\n").into_bytes(),
+        );
+        let p = load(&tree).resolve_partial("dev");
+        assert!(!p.environment_errors.is_empty());
+        // A file that is not YAML: which workspace it declares is unknown.
+        let mut tree = broken_env;
+        tree.insert("environments/dev/workspaces/b.yaml", b"a: [\n".to_vec());
+        let p = load(&tree).resolve_partial("dev");
+        assert!(
+            p.environment_errors[0]
+                .message
+                .starts_with("malformed YAML"),
+            "{p:?}"
+        );
+    }
+
+    #[test]
+    fn a_name_that_is_not_a_name_also_holds_the_workspace_its_file_is_named_after() {
+        let tree = dev_tree(&[
+            ("workspaces/a.yaml", workspace("a", false)),
+            ("workspaces/woodgrove.yaml", workspace("Woodgrove", false)),
+        ]);
+        let p = load(&tree).resolve_partial("dev");
+        assert!(
+            p.environment_errors.is_empty(),
+            "{:?}",
+            p.environment_errors
+        );
+        assert_eq!(held(&p), ["Woodgrove", "woodgrove"]);
     }
 }

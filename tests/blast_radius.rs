@@ -315,6 +315,17 @@ async fn the_daemon_applies_valid_workspaces_and_holds_an_invalid_one() {
     })
     .await;
     let position = format!("environments/{env}/workspaces/contoso.yaml:7:30");
+    // The status is written once the reconcile that applied it ends.
+    wait_for(
+        "the status of that revision",
+        Duration::from_secs(10),
+        async || {
+            status(port, &env)
+                .await
+                .is_some_and(|s| s["lastAppliedRevision"] == s["lastSeenRevision"])
+        },
+    )
+    .await;
     let s = status(port, &env).await.expect("status");
     let ws = &s["workspaces"]["contoso"];
     assert_eq!(ws["syncStatus"], "Failed", "{s}");
