@@ -729,39 +729,52 @@ impl Repository {
             found.push(in_env(d, vec![a, b], String::new()));
         }
         // A plain manifest must not be one of the objects a workspace renders.
-        for (json, pos) in resources.values() {
-            let group = json["apiVersion"]
-                .as_str()
-                .and_then(|v| v.split_once('/'))
-                .map_or("", |(g, _)| g);
-            let (kind, ns, name_) = (
-                json["kind"].as_str().unwrap_or_default(),
-                json["metadata"]["namespace"].as_str(),
-                json["metadata"]["name"].as_str().unwrap_or_default(),
-            );
+        if !resources.is_empty() {
+            let mut rendered: BTreeMap<render::Identity, (&String, Origin)> = BTreeMap::new();
             for (ws_name, ws) in &typed {
-                let Some(node) = workspaces.get(ws_name) else {
+                for (id, origin) in render::identities(&env, ws) {
+                    rendered.entry(id).or_insert((ws_name, origin));
+                }
+            }
+            for (json, pos) in resources.values() {
+                let text = |p: &str| json.pointer(p).and_then(serde_json::Value::as_str);
+                let Some(kind) = render::MANAGED_KINDS
+                    .iter()
+                    .map(|k| k.kind)
+                    .find(|k| Some(*k) == text("/kind"))
+                else {
                     continue;
                 };
-                for (id, origin) in render::identities(&env, ws) {
-                    if id.group == group
-                        && id.kind == kind
-                        && id.namespace.as_deref() == ns
-                        && id.name == name_
-                    {
-                        let (at, what) = self.origin(node, ws, origin);
-                        let d = self.files.diag(
-                            *pos,
-                            None,
-                            format!(
-                                "manifest {} is also rendered for {what} of workspace `{ws_name}` ({}); on a cluster one would overwrite the other: rename or remove one",
-                                id.describe(),
-                                self.at(at)
-                            ),
-                        );
-                        found.push(in_env(d, Vec::new(), String::new()));
-                    }
-                }
+                let id = render::Identity {
+                    group: render::MANAGED_KINDS
+                        .iter()
+                        .find(|k| k.kind == kind)
+                        .map_or("", |k| k.group),
+                    kind,
+                    namespace: text("/metadata/namespace").map(str::to_string),
+                    name: text("/metadata/name").unwrap_or_default().to_string(),
+                };
+                let group = text("/apiVersion")
+                    .and_then(|v| v.split_once('/'))
+                    .map_or("", |(g, _)| g);
+                let Some((ws_name, origin)) = rendered.get(&id).filter(|_| group == id.group)
+                else {
+                    continue;
+                };
+                let (Some(ws), Some(node)) = (typed.get(*ws_name), workspaces.get(*ws_name)) else {
+                    continue;
+                };
+                let (at, what) = self.origin(node, ws, *origin);
+                let d = self.files.diag(
+                    *pos,
+                    None,
+                    format!(
+                        "manifest {} is also rendered for {what} of workspace `{ws_name}` ({}); on a cluster one would overwrite the other: rename or remove one",
+                        id.describe(),
+                        self.at(at)
+                    ),
+                );
+                found.push(in_env(d, Vec::new(), String::new()));
             }
         }
 
