@@ -790,6 +790,59 @@ impl Repository {
         (env, found)
     }
 
+    /// The namespaces an environment's workspaces render into, each with
+    /// its workspace: the merged workspace names and the namespace
+    /// template, without the checks of [`Repository::resolve`] (cheap).
+    pub fn namespaces(&self, name: &str) -> BTreeMap<String, String> {
+        let Ok(chain) = self.chain(name) else {
+            return BTreeMap::new();
+        };
+        let layers: Vec<&Layer> = chain
+            .iter()
+            .rev()
+            .filter_map(|n| self.layers.get(n))
+            .collect();
+        // The template of the nearest layer that sets one (`null` unsets).
+        let mut template: Option<String> = None;
+        let mut workspaces = std::collections::BTreeSet::new();
+        for layer in &layers {
+            if let Some(t) = layer
+                .env
+                .as_ref()
+                .and_then(|d| d.node.get("spec"))
+                .and_then(|s| s.get("namespaceTemplate"))
+            {
+                template = t.as_str().map(str::to_string);
+            }
+            for doc in &layer.workspaces {
+                if let Some((ws, _)) = doc_name(&doc.node) {
+                    workspaces.insert(ws);
+                }
+            }
+            for doc in &layer.patches {
+                if doc.node.get(overlay::PATCH_KEY).and_then(Node::as_str) == Some("delete")
+                    && let Some((ws, _)) = doc_name(&doc.node)
+                {
+                    workspaces.remove(&ws);
+                }
+            }
+        }
+        let env = Environment {
+            name: name.to_string(),
+            chain: Vec::new(),
+            settings: Settings {
+                namespace_template: template,
+                ..Settings::default()
+            },
+            workspaces: Vec::new(),
+            resources: Vec::new(),
+        };
+        workspaces
+            .into_iter()
+            .map(|ws| (env.namespace_of(&ws), ws))
+            .collect()
+    }
+
     /// `file:line:col` of a position.
     fn at(&self, pos: Pos) -> String {
         format!("{}:{}:{}", self.files.path(pos.file), pos.line, pos.col)
@@ -1469,5 +1522,28 @@ spec:
             p.environment_errors
         );
         assert_eq!(held(&p), ["Woodgrove", "woodgrove"]);
+    }
+
+    #[test]
+    fn namespaces_follow_the_merged_workspaces_and_template() {
+        let mut tree = dev_tree(&[
+            ("workspaces/a.yaml", workspace("a", false)),
+            ("workspaces/b.yaml", workspace("b", false)),
+        ]);
+        tree.insert(
+            "environments/qa/environment.yaml",
+            b"apiVersion: tenantsync.io/v1alpha1\nkind: Environment\nmetadata: {name: qa}\nspec:\n  base: dev\n  namespaceTemplate: 't-{workspace}'\n  patches:\n    - {metadata: {name: b}, $patch: delete}\n".to_vec(),
+        );
+        let repo = load(&tree);
+        let names =
+            |env: &str| -> Vec<(String, String)> { repo.namespaces(env).into_iter().collect() };
+        assert_eq!(
+            names("dev"),
+            [
+                ("a-dev".to_string(), "a".to_string()),
+                ("b-dev".into(), "b".into())
+            ]
+        );
+        assert_eq!(names("qa"), [("t-a".to_string(), "a".to_string())]);
     }
 }

@@ -516,3 +516,102 @@ async fn the_daemon_applies_valid_workspaces_and_holds_an_invalid_one() {
         log()
     );
 }
+
+/// Two environments the daemon syncs to one cluster that render the same
+/// namespaces: each clashing workspace is held in both environments and
+/// reported naming the other; nothing is taken over, and a workspace that
+/// does not clash is applied.
+#[tokio::test]
+async fn two_environments_on_one_cluster_do_not_take_each_others_namespaces() {
+    use crate::daemon_e2e::{Guard, free_port, status, wait_for};
+    use k8s_openapi::api::core::v1::Namespace;
+    use std::process::{Command, Stdio};
+    use std::time::Duration;
+
+    let repo = TestRepo::new("blast-shared");
+    let first = repo.env.clone();
+    let second = format!("{first}-b");
+    // Both environments name their namespaces after the first one.
+    let template = format!("{{workspace}}-{first}");
+    for env in [&first, &second] {
+        let dir = repo.path().join("environments").join(env);
+        std::fs::create_dir_all(dir.join("workspaces")).expect("mkdir");
+        std::fs::write(
+            dir.join("environment.yaml"),
+            format!(
+                "apiVersion: tenantsync.io/v1alpha1\nkind: Environment\nmetadata:\n  name: {env}\nspec:\n  base: base\n  namespaceTemplate: \"{template}\"\n  ingress:\n    domain: test.example.com\n"
+            ),
+        )
+        .expect("write");
+    }
+    std::fs::write(
+        repo.path()
+            .join("environments")
+            .join(&second)
+            .join("workspaces/solo.yaml"),
+        "apiVersion: tenantsync.io/v1alpha1\nkind: Workspace\nmetadata:\n  name: solo\nspec:\n  fhirServices:\n    - name: main\n",
+    )
+    .expect("write");
+    let logs = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let _daemon = Guard(
+        Command::new(env!("CARGO_BIN_EXE_tenantsync"))
+            .args(["run", "--env", &format!("{first},{second}")])
+            .args(["--interval", "1s", "--drift-interval", "1s", "--repo"])
+            .arg(repo.path())
+            .arg(format!("--listen=127.0.0.1:{port}"))
+            .arg("--kubeconfig")
+            .arg(control_plane().kubeconfig())
+            .args(["--context", "admin"])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(logs.path().join("daemon.log")).expect("log"))
+            .spawn()
+            .expect("tenantsync run"),
+    );
+    wait_for(
+        "both environments reconciled",
+        Duration::from_secs(60),
+        async || {
+            let (a, b) = (status(port, &first).await, status(port, &second).await);
+            a.zip(b).is_some_and(|(a, b)| {
+                a["lastAppliedRevision"].is_string() && b["lastAppliedRevision"].is_string()
+            })
+        },
+    )
+    .await;
+    for (env, other) in [(&first, &second), (&second, &first)] {
+        let s = status(port, env).await.expect("status");
+        assert_eq!(s["syncStatus"], "Failed", "{s}");
+        let contoso = &s["workspaces"]["contoso"];
+        assert_eq!(contoso["syncStatus"], "Failed", "{s}");
+        let why = contoso["errors"][0].as_str().unwrap_or_default();
+        assert!(
+            why.contains(&format!(
+                "workspace `contoso` renders into namespace `contoso-{first}`, which workspace `contoso` of environment `{other}` renders into on the same cluster (context `admin`)"
+            )),
+            "{s}"
+        );
+    }
+    let namespaces: Api<Namespace> = Api::all(control_plane().client(User::Admin).await);
+    let solo = namespaces
+        .get(&format!("solo-{first}"))
+        .await
+        .expect("solo's namespace");
+    assert_eq!(
+        solo.metadata
+            .labels
+            .unwrap_or_default()
+            .get("tenantsync.io/environment")
+            .map(String::as_str),
+        Some(second.as_str())
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        namespaces
+            .get_opt(&format!("contoso-{first}"))
+            .await
+            .expect("get")
+            .is_none(),
+        "neither environment may create a namespace both render"
+    );
+}

@@ -474,6 +474,7 @@ async fn reconcile(
                     // Per workspace: an invalid one is held, the others go on;
                     // a problem of the environment itself holds everything.
                     let partial = repository.resolve_partial(env);
+                    let clashes = namespace_clashes(options, &repository, env);
                     drop(repository);
                     let resolved = if partial.environment_errors.is_empty() {
                         Ok(partial)
@@ -498,7 +499,11 @@ async fn reconcile(
                             *source_problem = Some(message.clone());
                             return fail(message);
                         }
-                        Ok(partial) => {
+                        Ok(mut partial) => {
+                            partial
+                                .environment
+                                .workspaces
+                                .retain(|w| !clashes.contains_key(&w.metadata.name));
                             let (objects, unrendered) =
                                 render::render_partial(&partial.environment);
                             {
@@ -511,6 +516,9 @@ async fn reconcile(
                                         (ws.clone(), d.iter().map(ToString::to_string).collect())
                                     })
                                     .collect();
+                                for (ws, why) in clashes {
+                                    failed.entry(ws).or_default().push(why);
+                                }
                                 for (ws, e) in unrendered {
                                     failed
                                         .entry(ws)
@@ -739,6 +747,59 @@ async fn reconcile(
             error.is_none()
         }
     }
+}
+
+/// Namespaces are cluster-wide: two environments this daemon syncs to one
+/// cluster (the same kubeconfig context) must not render one namespace, or
+/// each would take the other's objects over. Such a workspace is held in
+/// both environments (each loop finds the same clash in the same revision),
+/// with why. Returns those workspaces of `env`.
+fn namespace_clashes(
+    options: &RunOptions,
+    repository: &validate::Repository,
+    env: &str,
+) -> BTreeMap<String, String> {
+    let context = |e: &str| {
+        options
+            .contexts
+            .get(e)
+            .cloned()
+            .or_else(|| options.cluster.context.clone())
+            .unwrap_or_default()
+    };
+    let mine = context(env);
+    let others: Vec<&String> = options
+        .environments
+        .iter()
+        .filter(|e| e.as_str() != env && context(e) == mine)
+        .collect();
+    let mut clashes = BTreeMap::new();
+    if others.is_empty() {
+        return clashes;
+    }
+    let cluster = if mine.is_empty() {
+        "the same cluster".to_string()
+    } else {
+        format!("the same cluster (context `{mine}`)")
+    };
+    let theirs: Vec<(&String, BTreeMap<String, String>)> = others
+        .into_iter()
+        .map(|e| (e, repository.namespaces(e)))
+        .collect();
+    for (ns, ws) in repository.namespaces(env) {
+        if let Some((other_env, other_ws)) = theirs
+            .iter()
+            .find_map(|(e, namespaces)| Some((e, namespaces.get(&ns)?)))
+        {
+            clashes.insert(
+                ws.clone(),
+                format!(
+                    "workspace `{ws}` renders into namespace `{ns}`, which workspace `{other_ws}` of environment `{other_env}` renders into on {cluster}: both are held until the environments get distinct namespaces (`{{environment}}` in spec.namespaceTemplate)"
+                ),
+            );
+        }
+    }
+    clashes
 }
 
 /// Why some workspaces of a revision are held at their last applied state.
