@@ -694,7 +694,22 @@ fn sync_cmd(args: &SyncArgs) -> anyhow::Result<ExitCode> {
         Err(SyncError::Cluster(e)) => return Err(e.into()),
     };
     let text = match live_args.output {
-        PlanOutput::Json => serde_json::to_string_pretty(&report).context("encoding JSON")? + "\n",
+        PlanOutput::Json => {
+            let mut json = serde_json::to_value(&report).context("encoding JSON")?;
+            // What --skip-invalid left out, and why.
+            if !skipped.is_empty()
+                && let Some(fields) = json.as_object_mut()
+            {
+                fields.insert(
+                    "skipped".into(),
+                    skipped
+                        .iter()
+                        .map(|(ws, diags)| serde_json::json!({"workspace": ws, "errors": diags}))
+                        .collect(),
+                );
+            }
+            serde_json::to_string_pretty(&json).context("encoding JSON")? + "\n"
+        }
         PlanOutput::Text | PlanOutput::Markdown => sync_text(&report),
     };
     write_stdout(&text)?;

@@ -234,6 +234,8 @@ async fn sync_refuses_an_invalid_workspace_and_skip_invalid_applies_the_others()
         [format!("Deployment/{contoso}/fhir-main")]
     );
     assert!(ids(&report, "pruned").is_empty(), "{report}");
+    assert_eq!(report["skipped"][0]["workspace"], "fabrikam", "{report}");
+    assert_eq!(report["skipped"][0]["errors"][0]["line"], 7, "{report}");
     assert_eq!(replicas(&contoso, "fhir-main").await, Some(2));
     assert_eq!(replicas(&fabrikam, "fhir-research").await, Some(1));
     assert!(
