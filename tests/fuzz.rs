@@ -271,6 +271,26 @@ fn cases(n: usize, seed: u64) -> Vec<(String, String, BTreeMap<String, Value>)> 
             let changes = [1, 1, 1, 2, 3][rng.below(5)];
             for _ in 0..changes {
                 let (path, pointer) = all[rng.below(all.len())].clone();
+                // Now and then a whole file: gone, or copied into another
+                // layer (a workspace defined twice, a patch elsewhere).
+                match rng.below(20) {
+                    0 => {
+                        files.remove(&path);
+                        described.push(format!("{path} removed"));
+                        continue;
+                    }
+                    1 => {
+                        let layer = ["base", "dev", "qa", "staging", "prod", "dr"][rng.below(6)];
+                        let rest = path.splitn(3, '/').nth(2).unwrap_or("environment.yaml");
+                        let target = format!("environments/{layer}/{rest}");
+                        if let Some(doc) = files.get(&path).cloned() {
+                            files.insert(target.clone(), doc);
+                        }
+                        described.push(format!("{path} copied to {target}"));
+                        continue;
+                    }
+                    _ => {}
+                }
                 let what = files
                     .get_mut(&path)
                     .map(|doc| mutate(doc, &pointer, &mut rng))
