@@ -416,6 +416,15 @@ async fn the_daemon_applies_valid_workspaces_and_holds_an_invalid_one() {
         },
     )
     .await;
+    let metrics = http(port, "GET", "/metrics", &[], "")
+        .await
+        .expect("metrics");
+    assert!(
+        metrics.contains(&format!(
+            "tenantsync_workspace_failed{{environment=\"{env}\",workspace=\"contoso\"}} 0"
+        )),
+        "{metrics}"
+    );
 
     // An object that fails to apply (another manager owns the field) does
     // not stop the other workspace's change.
