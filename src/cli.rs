@@ -250,12 +250,44 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     let n: u64 = digits
         .parse()
         .map_err(|_| format!("`{s}` is not a duration such as 30s, 5m or 1h"))?;
-    match &s[digits.len()..] {
-        "ms" => Ok(std::time::Duration::from_millis(n)),
-        "s" => Ok(std::time::Duration::from_secs(n)),
-        "m" => Ok(std::time::Duration::from_secs(n * 60)),
-        "h" => Ok(std::time::Duration::from_secs(n * 3600)),
-        _ => Err(format!("`{s}` is not a duration such as 30s, 5m or 1h")),
+    let duration = match &s[digits.len()..] {
+        "ms" => std::time::Duration::from_millis(n),
+        "s" => std::time::Duration::from_secs(n),
+        "m" => std::time::Duration::from_secs(n.saturating_mul(60)),
+        "h" => std::time::Duration::from_secs(n.saturating_mul(3600)),
+        _ => return Err(format!("`{s}` is not a duration such as 30s, 5m or 1h")),
+    };
+    // A timer that far out would overflow the clock (a panic, not an error).
+    if duration > MAX_DURATION {
+        return Err(format!("`{s}` is longer than a year"));
+    }
+    Ok(duration)
+}
+
+const MAX_DURATION: std::time::Duration = std::time::Duration::from_secs(366 * 24 * 3600);
+
+#[cfg(test)]
+mod duration_tests {
+    use super::parse_duration;
+
+    #[test]
+    fn durations_parse_and_huge_ones_are_refused_not_overflowed() {
+        assert_eq!(
+            parse_duration("90s"),
+            Ok(std::time::Duration::from_secs(90))
+        );
+        assert_eq!(
+            parse_duration("2h"),
+            Ok(std::time::Duration::from_secs(7200))
+        );
+        for huge in ["99999999999999999999h", "18446744073709551615h", "9000000h"] {
+            let e = parse_duration(huge).unwrap_err();
+            assert!(
+                e.contains("longer than a year") || e.contains("not a duration"),
+                "{e}"
+            );
+        }
+        assert!(parse_duration("5d").is_err());
     }
 }
 
