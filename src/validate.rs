@@ -791,9 +791,10 @@ impl Repository {
     }
 
     /// The namespaces an environment's workspaces render into, each with
-    /// its workspace: the merged workspace names and the namespace
-    /// template, without the checks of [`Repository::resolve`] (cheap).
-    pub fn namespaces(&self, name: &str) -> BTreeMap<String, String> {
+    /// its workspace and where that is declared (`file:line:col`): the
+    /// merged workspace names and the namespace template, without the
+    /// checks of [`Repository::resolve`] (cheap).
+    pub fn namespaces(&self, name: &str) -> BTreeMap<String, (String, String)> {
         let Ok(chain) = self.chain(name) else {
             return BTreeMap::new();
         };
@@ -804,7 +805,7 @@ impl Repository {
             .collect();
         // The template of the nearest layer that sets one (`null` unsets).
         let mut template: Option<String> = None;
-        let mut workspaces = std::collections::BTreeSet::new();
+        let mut workspaces: BTreeMap<String, String> = BTreeMap::new();
         for layer in &layers {
             if let Some(t) = layer
                 .env
@@ -815,8 +816,8 @@ impl Repository {
                 template = t.as_str().map(str::to_string);
             }
             for doc in &layer.workspaces {
-                if let Some((ws, _)) = doc_name(&doc.node) {
-                    workspaces.insert(ws);
+                if let Some((ws, node)) = doc_name(&doc.node) {
+                    workspaces.entry(ws).or_insert_with(|| self.at(node.pos));
                 }
             }
             for doc in &layer.patches {
@@ -839,7 +840,7 @@ impl Repository {
         };
         workspaces
             .into_iter()
-            .map(|ws| (env.namespace_of(&ws), ws))
+            .map(|(ws, at)| (env.namespace_of(&ws), (ws, at)))
             .collect()
     }
 
@@ -1535,8 +1536,12 @@ spec:
             b"apiVersion: tenantsync.io/v1alpha1\nkind: Environment\nmetadata: {name: qa}\nspec:\n  base: dev\n  namespaceTemplate: 't-{workspace}'\n  patches:\n    - {metadata: {name: b}, $patch: delete}\n".to_vec(),
         );
         let repo = load(&tree);
-        let names =
-            |env: &str| -> Vec<(String, String)> { repo.namespaces(env).into_iter().collect() };
+        let names = |env: &str| -> Vec<(String, String)> {
+            repo.namespaces(env)
+                .into_iter()
+                .map(|(ns, (ws, _))| (ns, ws))
+                .collect()
+        };
         assert_eq!(
             names("dev"),
             [
@@ -1545,5 +1550,9 @@ spec:
             ]
         );
         assert_eq!(names("qa"), [("t-a".to_string(), "a".to_string())]);
+        assert_eq!(
+            repo.namespaces("qa")["t-a"].1,
+            "environments/dev/workspaces/a.yaml:4:9"
+        );
     }
 }

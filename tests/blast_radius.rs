@@ -597,8 +597,8 @@ async fn two_environments_on_one_cluster_do_not_take_each_others_namespaces() {
         assert_eq!(contoso["syncStatus"], "Failed", "{s}");
         let why = contoso["errors"][0].as_str().unwrap_or_default();
         assert!(
-            why.contains(&format!(
-                "workspace `contoso` renders into namespace `contoso-{first}`, which workspace `contoso` of environment `{other}` renders into on the same cluster (context `admin`)"
+            why.starts_with(&format!(
+                "environments/base/workspaces/contoso.yaml:6:9: workspace `contoso` renders into namespace `contoso-{first}`, which workspace `contoso` of environment `{other}` (environments/base/workspaces/contoso.yaml:6:9) renders into on the same cluster (context `admin`)"
             )),
             "{s}"
         );

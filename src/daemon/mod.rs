@@ -782,19 +782,19 @@ fn namespace_clashes(
     } else {
         format!("the same cluster (context `{mine}`)")
     };
-    let theirs: Vec<(&String, BTreeMap<String, String>)> = others
+    let theirs: Vec<_> = others
         .into_iter()
         .map(|e| (e, repository.namespaces(e)))
         .collect();
-    for (ns, ws) in repository.namespaces(env) {
-        if let Some((other_env, other_ws)) = theirs
+    for (ns, (ws, at)) in repository.namespaces(env) {
+        if let Some((other_env, (other_ws, other_at))) = theirs
             .iter()
             .find_map(|(e, namespaces)| Some((e, namespaces.get(&ns)?)))
         {
             clashes.insert(
                 ws.clone(),
                 format!(
-                    "workspace `{ws}` renders into namespace `{ns}`, which workspace `{other_ws}` of environment `{other_env}` renders into on {cluster}: both are held until the environments get distinct namespaces (`{{environment}}` in spec.namespaceTemplate)"
+                    "{at}: workspace `{ws}` renders into namespace `{ns}`, which workspace `{other_ws}` of environment `{other_env}` ({other_at}) renders into on {cluster}: both are held until the environments get distinct namespaces (`{{environment}}` in spec.namespaceTemplate)"
                 ),
             );
         }
