@@ -262,12 +262,44 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     let n: u64 = digits
         .parse()
         .map_err(|_| format!("`{s}` is not a duration such as 30s, 5m or 1h"))?;
-    match &s[digits.len()..] {
-        "ms" => Ok(std::time::Duration::from_millis(n)),
-        "s" => Ok(std::time::Duration::from_secs(n)),
-        "m" => Ok(std::time::Duration::from_secs(n * 60)),
-        "h" => Ok(std::time::Duration::from_secs(n * 3600)),
-        _ => Err(format!("`{s}` is not a duration such as 30s, 5m or 1h")),
+    let duration = match &s[digits.len()..] {
+        "ms" => std::time::Duration::from_millis(n),
+        "s" => std::time::Duration::from_secs(n),
+        "m" => std::time::Duration::from_secs(n.saturating_mul(60)),
+        "h" => std::time::Duration::from_secs(n.saturating_mul(3600)),
+        _ => return Err(format!("`{s}` is not a duration such as 30s, 5m or 1h")),
+    };
+    // A timer that far out would overflow the clock (a panic, not an error).
+    if duration > MAX_DURATION {
+        return Err(format!("`{s}` is longer than a year"));
+    }
+    Ok(duration)
+}
+
+const MAX_DURATION: std::time::Duration = std::time::Duration::from_secs(366 * 24 * 3600);
+
+#[cfg(test)]
+mod duration_tests {
+    use super::parse_duration;
+
+    #[test]
+    fn durations_parse_and_huge_ones_are_refused_not_overflowed() {
+        assert_eq!(
+            parse_duration("90s"),
+            Ok(std::time::Duration::from_secs(90))
+        );
+        assert_eq!(
+            parse_duration("2h"),
+            Ok(std::time::Duration::from_secs(7200))
+        );
+        for huge in ["99999999999999999999h", "18446744073709551615h", "9000000h"] {
+            let e = parse_duration(huge).unwrap_err();
+            assert!(
+                e.contains("longer than a year") || e.contains("not a duration"),
+                "{e}"
+            );
+        }
+        assert!(parse_duration("5d").is_err());
     }
 }
 
@@ -309,6 +341,11 @@ pub struct SyncArgs {
     /// the environment's lock before giving up.
     #[arg(long, default_value = "3m", value_parser = parse_duration, value_name = "DURATION")]
     pub lock_timeout: std::time::Duration,
+    /// Apply the valid workspaces of an environment with invalid ones, as the
+    /// daemon does: an invalid workspace's objects are neither applied nor
+    /// pruned. Exits 1 when anything was skipped, after saying what and why.
+    #[arg(long)]
+    pub skip_invalid: bool,
 }
 
 /// The operator's limits on what the repository may touch (see README's
@@ -405,6 +442,10 @@ pub struct LiveArgs {
     pub adopt: bool,
     #[command(flatten)]
     pub guard: GuardArgs,
+    /// Only this workspace's objects (repeatable): plan, apply and prune
+    /// nothing else (the mass-prune guard counts within the selection).
+    #[arg(long = "workspace", value_name = "NAME")]
+    pub workspaces: Vec<String>,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -491,8 +532,9 @@ fn live_cmd(args: &LiveArgs, verb: print::Verb) -> anyhow::Result<ExitCode> {
         name,
         objects: desired,
         revision,
+        scope,
         ..
-    } = match desired_state(args)? {
+    } = match desired_state(args, None)? {
         Ok(state) => state,
         Err(code) => return Ok(code),
     };
@@ -507,7 +549,11 @@ fn live_cmd(args: &LiveArgs, verb: print::Verb) -> anyhow::Result<ExitCode> {
         let kinds = crate::inventory::kinds_to_list(&desired, Some(&inventory));
         let mut planner = diff::Planner::new(&name, &desired, true);
         cluster
-            .for_each_managed(&name, &kinds, |o| planner.observe(o))
+            .for_each_managed(&name, &kinds, |o| {
+                if scope.contains_live(&o) {
+                    planner.observe(o)
+                }
+            })
             .await?;
         let recorded: std::collections::HashSet<(String, Option<String>, String)> = inventory
             .objects
@@ -522,7 +568,7 @@ fn live_cmd(args: &LiveArgs, verb: print::Verb) -> anyhow::Result<ExitCode> {
             .collect();
         let mut plan = match verb {
             print::Verb::Plan => {
-                let (mut plan, _) = planner.finish(Some(&inventory), revision, 0);
+                let (mut plan, _) = planner.finish(Some(&scope.inventory(&inventory)), revision, 0);
                 let existing = cluster.find_existing(&plan).await?;
                 tenancy::settle_ownership(&mut plan, &inventory, &existing, args.adopt);
                 plan
@@ -676,45 +722,105 @@ struct DesiredState {
     sync_policy: SyncPolicy,
     /// The operator's settings tightened by the repository's.
     effective: tenancy::EffectivePolicy,
+    /// The objects in scope (of the selected workspaces, when selected).
     objects: Vec<render::Object>,
     revision: Option<String>,
     /// A digest of the files read (a folder's revision).
     digest: String,
+    /// What may be planned, applied and pruned.
+    scope: crate::sync::Scope,
+    /// Invalid workspaces skipped (`sync --skip-invalid`), with their errors.
+    skipped: Vec<(String, Vec<Diagnostic>)>,
 }
 
 /// The environment's rendered objects and where they came from, or the
-/// validation errors and broken guardrails (printed) and exit code 1.
-fn desired_state(args: &LiveArgs) -> anyhow::Result<Result<DesiredState, ExitCode>> {
+/// validation errors and broken guardrails (printed) and exit code 1. With
+/// `skip_invalid`, invalid workspaces are left out and held (see
+/// [`crate::sync::Scope`]) instead of failing the whole environment;
+/// problems of the environment itself still do.
+fn desired_state(
+    args: &LiveArgs,
+    sync: Option<bool>,
+) -> anyhow::Result<Result<DesiredState, ExitCode>> {
+    // `Some(skip_invalid)` for sync; plan and drift are strict.
+    let skip_invalid = sync == Some(true);
     let (tree, revision) = read_source(args)?;
     let digest = crate::daemon::revision_of(&tree, None);
     // Each stage's input goes as soon as the next stage has what it needs:
     // the files once parsed, the parsed files once resolved.
     let repository = validate::load(&tree);
     drop(tree);
-    let resolved = repository.resolve(&args.env);
+    let partial = repository.resolve_partial(&args.env);
     drop(repository);
-    let diags = match resolved {
-        Ok(environment) => {
-            let objects = render::render(&environment)?;
-            match admitted(&args.guard.operator(None), &environment, &objects) {
-                Ok(effective) => {
-                    return Ok(Ok(DesiredState {
-                        objects,
-                        name: environment.name,
-                        sync_policy: environment.settings.sync_policy,
-                        effective,
-                        revision,
-                        digest,
-                    }));
-                }
-                Err(diags) => diags,
-            }
-        }
-        Err(diags) => diags,
+    let refuse = |diags: &[Diagnostic], why: &str| {
+        print_diagnostics(diags);
+        eprintln!(
+            "{} error(s){why}; the cluster was not contacted",
+            diags.len()
+        );
+        Ok(Err(ExitCode::from(1)))
     };
-    print_diagnostics(&diags);
-    eprintln!("{} error(s); the cluster was not contacted", diags.len());
-    Ok(Err(ExitCode::from(1)))
+    if !partial.environment_errors.is_empty()
+        || (!skip_invalid && !partial.workspace_errors.is_empty())
+    {
+        let why = if partial.environment_errors.is_empty() && sync.is_some() {
+            " (sync --skip-invalid applies the valid workspaces)"
+        } else {
+            ""
+        };
+        return refuse(&partial.errors(), why);
+    }
+    let environment = partial.environment;
+    let known = |ws: &str| {
+        environment.workspaces.iter().any(|w| w.metadata.name == ws)
+            || partial.workspace_errors.contains_key(ws)
+    };
+    if let Some(unknown) = args.workspaces.iter().find(|w| !known(w)) {
+        let mut names: Vec<&str> = environment
+            .workspaces
+            .iter()
+            .map(|w| w.metadata.name.as_str())
+            .chain(partial.workspace_errors.keys().map(String::as_str))
+            .collect();
+        names.sort_unstable();
+        eprintln!(
+            "error: environment {} has no workspace `{unknown}` (its workspaces: {}); the cluster was not contacted",
+            environment.name,
+            names.join(", ")
+        );
+        return Ok(Err(ExitCode::from(1)));
+    }
+    let scope = crate::sync::Scope {
+        only: (!args.workspaces.is_empty()).then(|| {
+            args.workspaces
+                .iter()
+                .map(|w| environment.namespace_of(w))
+                .collect()
+        }),
+        held: partial
+            .workspace_errors
+            .keys()
+            .map(|w| environment.namespace_of(w))
+            .collect(),
+    };
+    let mut objects = render::render(&environment)?;
+    let effective = match admitted(&args.guard.operator(None), &environment, &objects) {
+        Ok(effective) => effective,
+        Err(diags) => return refuse(&diags, ""),
+    };
+    if !scope.is_everything() {
+        objects.retain(|o| scope.contains_object(o));
+    }
+    Ok(Ok(DesiredState {
+        objects,
+        name: environment.name,
+        sync_policy: environment.settings.sync_policy,
+        effective,
+        revision,
+        digest,
+        scope,
+        skipped: partial.workspace_errors.into_iter().collect(),
+    }))
 }
 
 /// [`tenancy::admit`] of a resolved environment, its violations as
@@ -755,10 +861,22 @@ fn sync_cmd(args: &SyncArgs) -> anyhow::Result<ExitCode> {
         objects: desired,
         revision,
         digest,
-    } = match desired_state(live_args)? {
+        scope,
+        skipped,
+    } = match desired_state(live_args, Some(args.skip_invalid))? {
         Ok(state) => state,
         Err(code) => return Ok(code),
     };
+    for (ws, diags) in &skipped {
+        eprintln!(
+            "skipped workspace {ws}: {} error(s); its objects are neither applied nor pruned:",
+            diags.len()
+        );
+        print_diagnostics(diags);
+    }
+    // A sync of some workspaces only does not move the revision the
+    // inventory records for the environment as a whole.
+    let revision = if scope.only.is_some() { None } else { revision };
     let options = SyncOptions {
         prune: args.prune || policy.prune,
         dry_run: args.dry_run,
@@ -768,6 +886,7 @@ fn sync_cmd(args: &SyncArgs) -> anyhow::Result<ExitCode> {
         max_prune_percent: effective.max_prune_percent,
         prune_foreign: args.prune_foreign,
         lock_lost: None,
+        scope: scope.clone(),
     };
     let cluster_options = ClusterOptions {
         kubeconfig: live_args.kubeconfig.clone(),
@@ -815,10 +934,15 @@ fn sync_cmd(args: &SyncArgs) -> anyhow::Result<ExitCode> {
         // A sync needs the changes, not their diff text.
         let mut planner = diff::Planner::new(&name, &desired, false);
         cluster
-            .for_each_managed(&name, &kinds, |o| planner.observe(o))
+            .for_each_managed(&name, &kinds, |o| {
+                if scope.contains_live(&o) {
+                    planner.observe(o)
+                }
+            })
             .await?;
+        let scoped = inventory.as_ref().map(|i| scope.inventory(i));
         let (mut plan, undeclared) =
-            planner.finish(inventory.as_ref(), revision.clone(), cluster.requests());
+            planner.finish(scoped.as_ref(), revision.clone(), cluster.requests());
         let existing = cluster.find_existing(&plan).await?;
         tenancy::settle_ownership(
             &mut plan,
@@ -914,11 +1038,34 @@ fn sync_cmd(args: &SyncArgs) -> anyhow::Result<ExitCode> {
         Err(SyncError::Cluster(e)) => return Err(e.into()),
     };
     let text = match live_args.output {
-        PlanOutput::Json => serde_json::to_string_pretty(&report).context("encoding JSON")? + "\n",
+        PlanOutput::Json => {
+            let mut json = serde_json::to_value(&report).context("encoding JSON")?;
+            // What --skip-invalid left out, and why.
+            if !skipped.is_empty()
+                && let Some(fields) = json.as_object_mut()
+            {
+                fields.insert(
+                    "skipped".into(),
+                    skipped
+                        .iter()
+                        .map(|(ws, diags)| serde_json::json!({"workspace": ws, "errors": diags}))
+                        .collect(),
+                );
+            }
+            serde_json::to_string_pretty(&json).context("encoding JSON")? + "\n"
+        }
         PlanOutput::Text | PlanOutput::Markdown => sync_text(&report),
     };
     write_stdout(&text)?;
-    Ok(if report.healthy() {
+    if !skipped.is_empty() {
+        let names: Vec<&str> = skipped.iter().map(|(w, _)| w.as_str()).collect();
+        eprintln!(
+            "error: {} invalid workspace(s) skipped: {} (the rest was synced)",
+            names.len(),
+            names.join(", ")
+        );
+    }
+    Ok(if report.healthy() && skipped.is_empty() {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)

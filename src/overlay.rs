@@ -24,8 +24,36 @@ pub struct OverlayError {
     pub message: String,
 }
 
+/// How deep a merge descends. Parsed documents are at most
+/// [`crate::yaml::Limits::max_depth`] deep, so this is never reached by
+/// them; it bounds the recursion whatever a caller hands in.
+pub const MAX_MERGE_DEPTH: usize = 256;
+
 /// Merges `patch` into `base` in place. Errors are collected, merging goes on.
 pub fn merge(base: &mut Node, patch: &Node, pointer: &str, errors: &mut Vec<OverlayError>) {
+    merge_at(base, patch, pointer, errors, 0);
+}
+
+fn too_deep(patch: &Node, pointer: &str, errors: &mut Vec<OverlayError>) {
+    errors.push(OverlayError {
+        pos: patch.pos,
+        pointer: pointer.to_string(),
+        message: format!("patch nests deeper than {MAX_MERGE_DEPTH} levels"),
+    });
+}
+
+fn merge_at(
+    base: &mut Node,
+    patch: &Node,
+    pointer: &str,
+    errors: &mut Vec<OverlayError>,
+    depth: usize,
+) {
+    if depth > MAX_MERGE_DEPTH {
+        too_deep(patch, pointer, errors);
+        return;
+    }
+    let next = depth + 1;
     match (&mut base.value, &patch.value) {
         (Value::Map(base_entries), Value::Map(patch_entries)) => {
             for (key, value) in patch_entries {
@@ -36,9 +64,11 @@ pub fn merge(base: &mut Node, patch: &Node, pointer: &str, errors: &mut Vec<Over
                         base_entries.remove(i);
                     }
                     (None, true) => {}
-                    (Some(i), false) => merge(&mut base_entries[i].1, value, &child, errors),
+                    (Some(i), false) => {
+                        merge_at(&mut base_entries[i].1, value, &child, errors, next)
+                    }
                     (None, false) => {
-                        base_entries.push((key.clone(), fresh(value, &child, errors)));
+                        base_entries.push((key.clone(), fresh(value, &child, errors, next)));
                     }
                 }
             }
@@ -65,37 +95,45 @@ pub fn merge(base: &mut Node, patch: &Node, pointer: &str, errors: &mut Vec<Over
                     }),
                     (Some(i), Marker::Merge) => {
                         let stripped = without_marker(item);
-                        merge(&mut base_items[i], &stripped, &child, errors);
+                        merge_at(&mut base_items[i], &stripped, &child, errors, next);
                     }
                     (None, Marker::Merge) => {
-                        base_items.push(fresh(&without_marker(item), &child, errors));
+                        base_items.push(fresh(&without_marker(item), &child, errors, next));
                     }
                     (_, Marker::Invalid) => {}
                 }
             }
         }
-        _ => *base = fresh(patch, pointer, errors),
+        _ => *base = fresh(patch, pointer, errors, next),
     }
 }
 
 /// A patch as it reads on its own: `null`s (deletions) dropped. Used to
 /// check a layer file against its schema, where `null` is a valid marker.
 pub fn without_deletions(patch: &Node) -> Node {
-    fresh(patch, "", &mut Vec::new())
+    fresh(patch, "", &mut Vec::new(), 0)
 }
 
 /// A patch value placed where the base has nothing: merged into an empty
 /// value of its own type so that nulls and markers inside it are handled.
-fn fresh(patch: &Node, pointer: &str, errors: &mut Vec<OverlayError>) -> Node {
+///
+/// An empty list is taken as it is: it is "named" (no item lacks a name) but
+/// merging it into an empty list would hand it back here forever (the stack
+/// overflow of issue 13).
+fn fresh(patch: &Node, pointer: &str, errors: &mut Vec<OverlayError>, depth: usize) -> Node {
+    if depth > MAX_MERGE_DEPTH {
+        too_deep(patch, pointer, errors);
+        return Node::new(Value::Null, patch.pos);
+    }
     match &patch.value {
         Value::Map(_) => {
             let mut node = Node::new(Value::Map(Vec::new()), patch.pos);
-            merge(&mut node, patch, pointer, errors);
+            merge_at(&mut node, patch, pointer, errors, depth);
             node
         }
-        Value::Seq(items) if is_named_list(items) => {
+        Value::Seq(items) if !items.is_empty() && is_named_list(items) => {
             let mut node = Node::new(Value::Seq(Vec::new()), patch.pos);
-            merge(&mut node, patch, pointer, errors);
+            merge_at(&mut node, patch, pointer, errors, depth);
             node
         }
         _ => patch.clone(),
@@ -198,6 +236,62 @@ mod tests {
         assert_eq!(e[0].pointer, "/s/zz");
         assert_eq!(e[0].pos.line, 2);
         assert!(e[0].message.contains("`zz`"));
+    }
+
+    /// Issue 13: an empty list counts as a named list, and `merge` and
+    /// `fresh` handed it to each other until the stack overflowed.
+    #[test]
+    fn empty_lists_replace_without_recursing_forever() {
+        for (base, patch, expected) in [
+            ("p: [{name: a}]\n", "p: []\n", serde_json::json!({"p": []})),
+            ("x: 1\n", "p: []\n", serde_json::json!({"x": 1, "p": []})),
+            (
+                "p: {o: [a]}\n",
+                "p: {o: []}\n",
+                serde_json::json!({"p": {"o": []}}),
+            ),
+            (
+                "p: 3\n",
+                "p: {name: []}\n",
+                serde_json::json!({"p": {"name": []}}),
+            ),
+            (
+                "p: [{name: a}]\n",
+                "p: [{name: b, t: []}]\n",
+                serde_json::json!({"p": [{"name": "a"}, {"name": "b", "t": []}]}),
+            ),
+            ("{}", "[]", serde_json::json!([])),
+        ] {
+            let (j, e) = merged(base, patch);
+            assert!(e.is_empty(), "{e:?}");
+            assert_eq!(j, expected, "{base} + {patch}");
+        }
+        assert_eq!(
+            without_deletions(&y("a: []\n")).to_json(),
+            serde_json::json!({"a": []})
+        );
+    }
+
+    #[test]
+    fn merging_past_the_depth_bound_is_an_error_not_a_crash() {
+        let mut deep = Node::new(Value::Str("x".into()), Pos::default());
+        for _ in 0..(MAX_MERGE_DEPTH + 10) {
+            deep = Node::new(
+                Value::Map(vec![(
+                    Key {
+                        name: "k".into(),
+                        pos: Pos::default(),
+                    },
+                    deep,
+                )]),
+                Pos::default(),
+            );
+        }
+        let mut base = y("{}");
+        let mut errors = Vec::new();
+        merge(&mut base, &deep, "", &mut errors);
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(errors[0].message.contains("deeper than 256"), "{errors:?}");
     }
 
     #[test]

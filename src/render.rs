@@ -401,6 +401,24 @@ pub fn render(env: &Environment) -> Result<Vec<Object>, RenderError> {
     Ok(all)
 }
 
+/// [`render`], workspace by workspace: what renders, and the workspaces
+/// that do not with why (so that one workspace failing to render does not
+/// hold the others).
+pub fn render_partial(env: &Environment) -> (Vec<Object>, BTreeMap<String, RenderError>) {
+    let mut all = environment_resources(env);
+    let mut failed = BTreeMap::new();
+    let mut names = Names::default();
+    for ws in sorted_workspaces(env) {
+        match render_workspace_with(env, ws, &mut names) {
+            Ok(objects) => all.extend(objects),
+            Err(e) => {
+                failed.insert(ws.metadata.name.clone(), e);
+            }
+        }
+    }
+    (all, failed)
+}
+
 /// [`render`] a batch at a time: the layers' plain manifests, then each
 /// workspace in name order (the same objects in the same order), for a
 /// caller that writes objects out rather than keeps them all.
@@ -484,6 +502,121 @@ fn environment_resources(env: &Environment) -> Vec<Object> {
             &b.name,
         ))
     });
+    out
+}
+
+/// What in a workspace declares a rendered object (indexes into its lists).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Origin {
+    Workspace,
+    Fhir(usize),
+    Dicom(usize),
+    DicomCast(usize),
+    /// The workspace-wide IoT ServiceAccount and ConfigMap.
+    IotShared,
+    Iot(usize),
+    IotDestination(usize, usize),
+}
+
+/// A rendered object's identity on a cluster: group, kind, namespace, name.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Identity {
+    pub group: &'static str,
+    pub kind: &'static str,
+    pub namespace: Option<String>,
+    pub name: String,
+}
+
+impl Identity {
+    /// `ConfigMap contoso-prod/iot-shared` (with the group when there is one).
+    pub fn describe(&self) -> String {
+        let kind = if self.group.is_empty() {
+            self.kind.to_string()
+        } else {
+            format!("{}.{}", self.kind, self.group)
+        };
+        match &self.namespace {
+            Some(ns) => format!("{kind} {ns}/{}", self.name),
+            None => format!("{kind} {}", self.name),
+        }
+    }
+}
+
+/// The identities of the objects [`render_workspace`] makes, each with what
+/// declares it: what validation checks for collisions. Kept in step with
+/// rendering by a test that compares the two.
+pub fn identities(env: &Environment, ws: &Workspace) -> Vec<(Identity, Origin)> {
+    let ns = env.namespace_of(&ws.metadata.name);
+    let mut out = Vec::new();
+    let mut add = |group: &'static str, kind: &'static str, name: String, origin: Origin| {
+        let namespace = (kind != "Namespace").then(|| ns.clone());
+        out.push((
+            Identity {
+                group,
+                kind,
+                namespace,
+                name,
+            },
+            origin,
+        ));
+    };
+    add("", "Namespace", ns.clone(), Origin::Workspace);
+    add(
+        "networking.k8s.io",
+        "NetworkPolicy",
+        names::NETWORK_POLICY.to_string(),
+        Origin::Workspace,
+    );
+    let settings = &env.settings;
+    let exposed = |add: &mut dyn FnMut(&'static str, &'static str, String, Origin),
+                   name: String,
+                   replicas: i32,
+                   origin: Origin| {
+        add("", "ServiceAccount", name.clone(), origin);
+        add("", "ConfigMap", config_name(&name), origin);
+        add("apps", "Deployment", name.clone(), origin);
+        add("", "Service", name.clone(), origin);
+        add("networking.k8s.io", "Ingress", name.clone(), origin);
+        if replicas > 1 {
+            add("policy", "PodDisruptionBudget", name, origin);
+        }
+    };
+    for (i, f) in ws.spec.fhir_services.iter().enumerate() {
+        let replicas = f.replicas.or(settings.defaults.fhir.replicas).unwrap_or(1);
+        exposed(&mut add, names::fhir(&f.name), replicas, Origin::Fhir(i));
+    }
+    for (i, d) in ws.spec.dicom_services.iter().enumerate() {
+        let replicas = d.replicas.or(settings.defaults.dicom.replicas).unwrap_or(1);
+        exposed(&mut add, names::dicom(&d.name), replicas, Origin::Dicom(i));
+        if d.dicom_cast.is_some() {
+            let cast = names::dicom_cast(&d.name);
+            add("", "ConfigMap", config_name(&cast), Origin::DicomCast(i));
+            add("apps", "Deployment", cast, Origin::DicomCast(i));
+        }
+    }
+    if !ws.spec.iot_connectors.is_empty() {
+        add(
+            "",
+            "ServiceAccount",
+            names::IOT_SHARED.to_string(),
+            Origin::IotShared,
+        );
+        add(
+            "",
+            "ConfigMap",
+            names::IOT_SHARED.to_string(),
+            Origin::IotShared,
+        );
+    }
+    for (i, c) in ws.spec.iot_connectors.iter().enumerate() {
+        add("", "ConfigMap", names::iot(&c.name), Origin::Iot(i));
+        add("apps", "Deployment", names::iot(&c.name), Origin::Iot(i));
+        for (j, d) in c.fhir_destinations.iter().enumerate() {
+            let name = names::iot_destination(&c.name, &d.name);
+            add("", "ConfigMap", name.clone(), Origin::IotDestination(i, j));
+            add("apps", "Deployment", name, Origin::IotDestination(i, j));
+        }
+    }
     out
 }
 
@@ -1186,8 +1319,8 @@ fn timespan(duration: &str) -> String {
     let n: u64 = digits.parse().unwrap_or(0);
     let (secs, millis) = match unit {
         "ms" => (n / 1000, n % 1000),
-        "m" => (n * 60, 0),
-        "h" => (n * 3600, 0),
+        "m" => (n.saturating_mul(60), 0),
+        "h" => (n.saturating_mul(3600), 0),
         _ => (n, 0),
     };
     let base = format!(
@@ -1310,6 +1443,39 @@ mod tests {
             wss.reverse();
             prop_assert_eq!(&first, &to_yaml(&render(&env_of(wss)).unwrap()));
         }
+
+        /// `identities` (what validation checks for collisions) lists
+        /// exactly the objects rendering makes.
+        #[test]
+        fn identities_are_the_rendered_objects(mut ws in arb_workspace(), destinations in 0usize..3) {
+            for c in &mut ws.spec.iot_connectors {
+                for j in 0..destinations {
+                    c.fhir_destinations.push(crate::model::FhirDestination {
+                        name: format!("d{j}"),
+                        resource_identity_resolution_type: "Create".into(),
+                        fhir_service: "f0".into(),
+                        fhir_mapping: Mapping { content: serde_json::json!({}) },
+                        resources: None,
+                    });
+                }
+            }
+            let env = env_of(vec![ws.clone()]);
+            let mut rendered: Vec<(String, String, Option<String>, String)> = render_workspace(&env, &ws)
+                .unwrap()
+                .iter()
+                .map(|o| {
+                    let group = o.api_version.split_once('/').map_or("", |(g, _)| g).to_string();
+                    (group, o.kind.to_string(), o.namespace.as_deref().map(str::to_string), o.name.to_string())
+                })
+                .collect();
+            let mut listed: Vec<(String, String, Option<String>, String)> = identities(&env, &ws)
+                .into_iter()
+                .map(|(id, _)| (id.group.to_string(), id.kind.to_string(), id.namespace, id.name))
+                .collect();
+            rendered.sort();
+            listed.sort();
+            prop_assert_eq!(rendered, listed);
+        }
     }
 
     /// The parallel, batched rendering for output gives what `render` does,
@@ -1340,6 +1506,10 @@ mod tests {
         })
         .unwrap();
         assert_eq!(batched, to_yaml(&render(&env).unwrap()));
+        // Workspace by workspace (the daemon's way) gives the same too.
+        let (partial, failed) = render_partial(&env);
+        assert!(failed.is_empty());
+        assert_eq!(batched, to_yaml(&partial));
         for ws in ["ws-000", "ws-162"] {
             assert!(batched.contains(&format!("tenantsync.io/workspace: {ws}\n")));
         }

@@ -7,7 +7,7 @@
 //! Prune runs after every stage applied, in the reverse order: children
 //! before their namespaces.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use serde_json::Value;
 
@@ -34,6 +34,68 @@ pub struct SyncOptions {
     pub prune_foreign: bool,
     /// Turns true when the environment's lock is lost: no write after that.
     pub lock_lost: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
+    /// The objects this sync may apply or prune (all by default).
+    pub scope: Scope,
+}
+
+/// Which objects a plan or a sync may touch, by namespace: every object a
+/// workspace renders lives in its namespace (or is that namespace).
+///
+/// `only` is the selection of `--workspace` (their namespaces); `held`
+/// are the namespaces of workspaces held at their last applied state
+/// because they are invalid: nothing of theirs is applied, pruned, or
+/// dropped from the inventory.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Scope {
+    pub only: Option<BTreeSet<String>>,
+    pub held: BTreeSet<String>,
+}
+
+impl Scope {
+    /// Whether an object of this identity is in scope.
+    pub fn contains(&self, kind: &str, namespace: Option<&str>, name: &str) -> bool {
+        let ns = match namespace {
+            Some(ns) => Some(ns),
+            None if kind == "Namespace" => Some(name),
+            None => None,
+        };
+        if ns.is_some_and(|ns| self.held.contains(ns)) {
+            return false;
+        }
+        match &self.only {
+            None => true,
+            Some(only) => ns.is_some_and(|ns| only.contains(ns)),
+        }
+    }
+
+    /// [`Scope::contains`] for a live object.
+    pub fn contains_live(&self, live: &Value) -> bool {
+        let text = |p: &str| live.pointer(p).and_then(Value::as_str);
+        self.contains(
+            text("/kind").unwrap_or_default(),
+            text("/metadata/namespace"),
+            text("/metadata/name").unwrap_or_default(),
+        )
+    }
+
+    pub fn contains_object(&self, o: &Object) -> bool {
+        self.contains(&o.kind, o.namespace.as_deref(), &o.name)
+    }
+
+    pub fn contains_ref(&self, r: &ObjectRef) -> bool {
+        self.contains(&r.kind, r.namespace.as_deref(), &r.name)
+    }
+
+    pub fn is_everything(&self) -> bool {
+        self.only.is_none() && self.held.is_empty()
+    }
+
+    /// The inventory as this scope sees it (for a plan's deletes).
+    pub fn inventory(&self, inventory: &Inventory) -> Inventory {
+        let mut seen = inventory.clone();
+        seen.objects.retain(|r| self.contains_ref(r));
+        seen
+    }
 }
 
 /// Objects applied together (concurrently).
@@ -173,7 +235,14 @@ pub fn steps_with_foreign<'a>(
     let live_by_key: HashMap<ObjectKey<'_>, &Value> =
         live_refs.iter().map(|(r, l)| (r.key(), *l)).collect();
     let mut candidates: Vec<(ObjectRef, i32)> = Vec::new();
-    for r in &inventory.objects {
+    // Out of scope: neither pruned nor dropped from the inventory.
+    let in_scope = inventory
+        .objects
+        .iter()
+        .filter(|r| options.scope.contains_ref(r));
+    let mut scoped = 0usize;
+    for r in in_scope {
+        scoped += 1;
         if declared.contains(&r.key()) {
             continue;
         }
@@ -234,7 +303,9 @@ pub fn steps_with_foreign<'a>(
             .filter(|r| &*r.kind == "Namespace")
             .map(|r| &*r.name)
             .collect();
-        let share = count * 100 / inventory.objects.len().max(1);
+        // Within the selection: what a `--workspace` sync may prune is
+        // measured against that workspace's objects.
+        let share = count * 100 / scoped.max(1);
         let kept_namespaces: Vec<&str> = out
             .kept
             .iter()
@@ -279,9 +350,7 @@ pub fn steps_with_foreign<'a>(
                 message: format!(
                     "this sync would prune {} of {} inventoried objects ({share}%), over the limit of {}%; \
                      re-run with --allow-mass-prune if that is intended",
-                    count,
-                    inventory.objects.len(),
-                    options.max_prune_percent
+                    count, scoped, options.max_prune_percent
                 ),
             });
         }
@@ -503,5 +572,52 @@ mod tests {
         let s = steps_with_foreign(&plan, &desired, Some(&inv), &live, &opts, &foreign).unwrap();
         let pruned: Vec<String> = s.prune.iter().flatten().map(ObjectRef::id).collect();
         assert_eq!(pruned, ["ConfigMap/gone/c", "Namespace/gone"]);
+    }
+
+    /// Issue 13: objects out of scope (another workspace, or one held while
+    /// invalid) are neither pruned nor dropped from the inventory, and the
+    /// mass-prune share is measured within the selection.
+    #[test]
+    fn objects_out_of_scope_are_not_pruned_nor_forgotten() {
+        let old = vec![
+            obj("Namespace", None, "a-dev", None),
+            obj("ConfigMap", Some("a-dev"), "gone-a", None),
+            obj("ConfigMap", Some("b-dev"), "gone-b", None),
+            obj("ConfigMap", Some("b-dev"), "keep-b", None),
+            obj("ConfigMap", Some("c-dev"), "gone-c", None),
+        ];
+        let desired = vec![obj("ConfigMap", Some("b-dev"), "keep-b", None)];
+        let live: Vec<Value> = old.iter().map(Object::value).collect();
+        let inv = inventory_of(&old);
+        let plan = plan_of(&desired, Action::Unchanged);
+        let mut opts = options(true);
+        opts.max_prune_percent = 50;
+        opts.scope = Scope {
+            only: Some(BTreeSet::from(["b-dev".to_string(), "c-dev".to_string()])),
+            held: BTreeSet::from(["c-dev".to_string()]),
+        };
+        // In scope: b-dev's two objects; one of two pruned is 50%.
+        let s = steps(&plan, &desired, Some(&inv), &live, &opts).unwrap();
+        let pruned: Vec<String> = s.prune.iter().flatten().map(ObjectRef::id).collect();
+        assert_eq!(pruned, ["ConfigMap/b-dev/gone-b"]);
+        assert!(s.gone.is_empty() && s.kept.is_empty());
+        // Not even "already gone" when out of scope: the inventory keeps them.
+        let s = steps(&plan, &desired, Some(&inv), &[], &opts).unwrap();
+        assert_eq!(
+            s.gone.iter().map(ObjectRef::id).collect::<Vec<_>>(),
+            ["ConfigMap/b-dev/gone-b"]
+        );
+        opts.max_prune_percent = 49;
+        let e = steps(&plan, &desired, Some(&inv), &live, &opts).unwrap_err();
+        assert!(
+            e.message.contains("1 of 2 inventoried objects (50%)"),
+            "{}",
+            e.message
+        );
+        assert!(opts.scope.contains("Namespace", None, "b-dev"));
+        assert!(!opts.scope.contains("Namespace", None, "c-dev"));
+        assert!(!opts.scope.contains("Namespace", None, "a-dev"));
+        assert!(!opts.scope.contains("ClusterRole", None, "x"));
+        assert!(Scope::default().contains("ClusterRole", None, "x"));
     }
 }

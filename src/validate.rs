@@ -9,11 +9,11 @@ use std::collections::BTreeMap;
 
 use crate::diag::Diagnostic;
 use crate::model::{self, Environment, Settings, Workspace};
-use crate::overlay::{self, OverlayError};
-use crate::render::names;
+use crate::overlay;
+use crate::render::{self, Origin, names};
 use crate::repo::{FileTable, SourceTree};
 use crate::schema::{self, SchemaKind};
-use crate::yaml::{self, FileId, Key, Limits, Node, Value};
+use crate::yaml::{self, FileId, Key, Limits, Node, Pos, Value};
 
 /// The folder of a repository that holds the layers.
 pub const ENVIRONMENTS_DIR: &str = "environments";
@@ -37,8 +37,13 @@ struct Layer {
     /// A workspace file could not be parsed, so a patch may miss its target
     /// for that reason alone: such follow-on errors are not reported.
     unreadable_workspace: bool,
-    /// Diagnostics of this layer's files on their own.
+    /// Diagnostics of this layer's files on their own that concern the
+    /// whole environment (its `environment.yaml`, a manifest, a file that
+    /// cannot be read or whose workspace cannot be told).
     problems: Vec<Diagnostic>,
+    /// Diagnostics of a workspace file on its own, by the workspace it
+    /// declares or patches: they hold that workspace only.
+    workspace_problems: Vec<(String, Diagnostic)>,
 }
 
 /// A parsed repository: every layer's files, each parsed and checked once.
@@ -133,7 +138,38 @@ fn load_with(tree: &SourceTree, parallel: bool) -> Repository {
             }
             None => continue,
         };
-        layer.problems.extend(checks);
+        // A workspace file's own problems hold the workspace it names; a
+        // file whose workspace cannot be told holds the environment.
+        let owner = match role {
+            Role::Workspace => doc_name(&node).map(|(n, _)| n).filter(|_| {
+                matches!(
+                    node.get("kind").and_then(Node::as_str),
+                    Some("Workspace" | "WorkspacePatch")
+                )
+            }),
+            _ => None,
+        };
+        match owner {
+            Some(ws) => {
+                // A name that is not a valid name is likely a typo of the
+                // one the file is named after: hold that workspace too, so
+                // the typo does not read as its removal.
+                let stem = job
+                    .path
+                    .rsplit('/')
+                    .next()
+                    .and_then(|f| f.strip_suffix(".yaml").or_else(|| f.strip_suffix(".yml")))
+                    .filter(|stem| *stem != ws && names::check_label(&ws).is_err())
+                    .map(str::to_string);
+                for d in checks {
+                    if let Some(stem) = &stem {
+                        layer.workspace_problems.push((stem.clone(), d.clone()));
+                    }
+                    layer.workspace_problems.push((ws.clone(), d));
+                }
+            }
+            None => layer.problems.extend(checks),
+        }
         let doc = Doc { node };
         match role {
             Role::Environment => {
@@ -176,7 +212,7 @@ fn load_with(tree: &SourceTree, parallel: bool) -> Repository {
         }
     }
     for (name, layer) in &mut repo.layers {
-        if layer.env.is_none() && layer.problems.is_empty() {
+        if layer.env.is_none() && layer.problems.is_empty() && layer.workspace_problems.is_empty() {
             layer.problems.push(at_file(
                 &format!("{ENVIRONMENTS_DIR}/{name}/{ENVIRONMENT_FILE}"),
                 format!("layer `{name}` has no {ENVIRONMENT_FILE}"),
@@ -250,6 +286,82 @@ fn at_file(path: &str, message: impl Into<String>) -> Diagnostic {
     }
 }
 
+/// A problem found while resolving an environment.
+#[derive(Debug)]
+struct Found {
+    diag: Diagnostic,
+    /// The workspaces it holds; none: the whole environment.
+    workspaces: Vec<String>,
+    /// `None`: a file's own problem, printed as it is. Otherwise found in
+    /// one environment (named in the line) after merging, with the layers
+    /// that made the workspace when there were several.
+    context: Option<String>,
+}
+
+impl Found {
+    fn file(diag: Diagnostic) -> Found {
+        Found {
+            diag,
+            workspaces: Vec::new(),
+            context: None,
+        }
+    }
+}
+
+/// The JSON pointer of what declares a rendered object.
+fn origin_pointer(origin: Origin) -> Option<String> {
+    Some(match origin {
+        Origin::Workspace => "/metadata/name".to_string(),
+        Origin::Fhir(i) => format!("/spec/fhirServices/{i}/name"),
+        Origin::Dicom(i) => format!("/spec/dicomServices/{i}/name"),
+        Origin::DicomCast(i) => format!("/spec/dicomServices/{i}/dicomCast"),
+        Origin::IotShared => "/spec/iotConnectors".to_string(),
+        Origin::Iot(i) => format!("/spec/iotConnectors/{i}/name"),
+        Origin::IotDestination(i, j) => {
+            format!("/spec/iotConnectors/{i}/fhirDestinations/{j}/name")
+        }
+    })
+}
+
+/// `MESSAGE (in environment `qa`; layers: ...)`.
+fn with_context(mut d: Diagnostic, envs: &[String], layers: &str) -> Diagnostic {
+    let names: Vec<String> = envs.iter().map(|e| format!("`{e}`")).collect();
+    let envs = if names.len() == 1 {
+        format!("environment {}", names[0])
+    } else {
+        format!("environments {}", names.join(", "))
+    };
+    d.message = if layers.is_empty() {
+        format!("{} (in {envs})", d.message)
+    } else {
+        format!("{} (in {envs}; layers: {layers})", d.message)
+    };
+    d
+}
+
+/// An environment resolved as far as it goes (see
+/// [`Repository::resolve_partial`]).
+#[derive(Debug)]
+pub struct Partial {
+    /// The environment with its valid workspaces only.
+    pub environment: Environment,
+    /// Problems that hold the whole environment.
+    pub environment_errors: Vec<Diagnostic>,
+    /// Problems that hold one workspace (listed under each it holds).
+    pub workspace_errors: BTreeMap<String, Vec<Diagnostic>>,
+}
+
+impl Partial {
+    /// Every problem, sorted, each once.
+    pub fn errors(&self) -> Vec<Diagnostic> {
+        let mut all = self.environment_errors.clone();
+        all.extend(self.workspace_errors.values().flatten().cloned());
+        all.sort();
+        all.dedup();
+        all
+    }
+}
+
 /// The outcome of validating several environments.
 #[derive(Debug, Default)]
 pub struct Report {
@@ -294,63 +406,178 @@ impl Repository {
         // Abstract layers are checked file by file even when nothing renders them.
         for layer in self.layers.values() {
             report.diagnostics.extend(layer.problems.iter().cloned());
+            report
+                .diagnostics
+                .extend(layer.workspace_problems.iter().map(|(_, d)| d.clone()));
         }
+        // The same problem found in several environments is one line
+        // naming them all.
+        let mut grouped: BTreeMap<(Diagnostic, String), Vec<String>> = BTreeMap::new();
         for name in &names {
-            match self.resolve(name) {
-                Ok(env) => report.environments.push(env),
-                Err(d) => report.diagnostics.extend(d),
+            let (env, found) = self.resolve_found(name);
+            if found.is_empty() {
+                report.environments.push(env);
             }
+            for f in found {
+                match f.context {
+                    None => report.diagnostics.push(f.diag),
+                    Some(layers) => grouped
+                        .entry((f.diag, layers))
+                        .or_default()
+                        .push(name.clone()),
+                }
+            }
+        }
+        for ((diag, layers), envs) in grouped {
+            report.diagnostics.push(with_context(diag, &envs, &layers));
         }
         report.diagnostics.sort();
         report.diagnostics.dedup();
         report
     }
 
-    /// Builds one environment and checks it.
+    /// Builds one environment and checks it: the environment, or every
+    /// problem found.
     pub fn resolve(&self, name: &str) -> Result<Environment, Vec<Diagnostic>> {
-        let mut diags = self.problems.clone();
-        let chain = self.chain(name)?;
-        for layer_name in &chain {
-            if let Some(layer) = self.layers.get(layer_name) {
-                diags.extend(layer.problems.iter().cloned());
+        let partial = self.resolve_partial(name);
+        let errors = partial.errors();
+        if errors.is_empty() {
+            Ok(partial.environment)
+        } else {
+            Err(errors)
+        }
+    }
+
+    /// Builds one environment as far as it can: its valid workspaces, the
+    /// problems that hold the whole environment, and those that hold one
+    /// workspace each (references never cross workspaces, so the others do
+    /// not depend on them).
+    pub fn resolve_partial(&self, name: &str) -> Partial {
+        let (environment, found) = self.resolve_found(name);
+        let mut partial = Partial {
+            environment,
+            environment_errors: Vec::new(),
+            workspace_errors: BTreeMap::new(),
+        };
+        for f in found {
+            let diag = match &f.context {
+                Some(layers) => with_context(f.diag, &[name.to_string()], layers),
+                None => f.diag,
+            };
+            if f.workspaces.is_empty() {
+                partial.environment_errors.push(diag);
+            } else {
+                for ws in f.workspaces {
+                    partial
+                        .workspace_errors
+                        .entry(ws)
+                        .or_default()
+                        .push(diag.clone());
+                }
             }
         }
-        let layers: Vec<&Layer> = chain
+        partial.environment_errors.sort();
+        partial.environment_errors.dedup();
+        for diags in partial.workspace_errors.values_mut() {
+            diags.sort();
+            diags.dedup();
+        }
+        partial
+    }
+
+    /// The environment with the workspaces that have no problem, and every
+    /// problem found, each with what it holds and where it came from.
+    fn resolve_found(&self, name: &str) -> (Environment, Vec<Found>) {
+        let mut found: Vec<Found> = self.problems.iter().cloned().map(Found::file).collect();
+        let mut env = Environment {
+            name: name.to_string(),
+            chain: Vec::new(),
+            settings: Settings::default(),
+            workspaces: Vec::new(),
+            resources: Vec::new(),
+        };
+        let chain = match self.chain(name) {
+            Ok(chain) => chain,
+            Err(d) => {
+                found.extend(d.into_iter().map(Found::file));
+                return (env, found);
+            }
+        };
+        env.chain = chain.clone();
+        // A file's own problems, as they are (they name their file).
+        let mut file_level: std::collections::BTreeSet<Diagnostic> = Default::default();
+        for layer_name in &chain {
+            if let Some(layer) = self.layers.get(layer_name) {
+                found.extend(layer.problems.iter().cloned().map(Found::file));
+                for (ws, d) in &layer.workspace_problems {
+                    file_level.insert(d.clone());
+                    found.push(Found {
+                        diag: d.clone(),
+                        workspaces: vec![ws.clone()],
+                        context: None,
+                    });
+                }
+            }
+        }
+        let layers: Vec<(&String, &Layer)> = chain
             .iter()
             .rev()
-            .filter_map(|n| self.layers.get(n))
+            .filter_map(|n| Some((n, self.layers.get(n)?)))
             .collect();
-        let some_unreadable = layers.iter().any(|l| l.unreadable_workspace);
+        let some_unreadable = layers.iter().any(|(_, l)| l.unreadable_workspace);
+        let in_env = |d: Diagnostic, workspaces: Vec<String>, layers: String| Found {
+            diag: d,
+            workspaces,
+            context: Some(layers),
+        };
 
         // Settings: each layer's spec over the previous, minus per-layer keys.
         let mut settings = Node::new(Value::Map(Vec::new()), Default::default());
         let mut overlay_errors = Vec::new();
-        for layer in &layers {
+        for (_, layer) in &layers {
             if let Some(spec) = layer.env.as_ref().and_then(|d| d.node.get("spec")) {
                 let own = without_keys(spec, &["base", "abstract", "patches"]);
                 overlay::merge(&mut settings, &own, "/spec", &mut overlay_errors);
             }
         }
+        for e in overlay_errors {
+            let d = self.files.diag(e.pos, Some(e.pointer), e.message);
+            found.push(in_env(d, Vec::new(), String::new()));
+        }
 
-        // Workspaces: a layer's new workspaces, then its patches.
+        // Workspaces: a layer's new workspaces, then its patches; and what
+        // each merged workspace came from.
         let mut workspaces: BTreeMap<String, Node> = BTreeMap::new();
-        for layer in &layers {
+        let mut sources: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for (layer_name, layer) in &layers {
             for doc in &layer.workspaces {
                 let Some((ws_name, name_node)) = doc_name(&doc.node) else {
                     continue;
                 };
                 if let Some(existing) = workspaces.get(&ws_name) {
                     let first = existing.pos;
-                    diags.push(self.files.diag(
+                    let d = self.files.diag(
                         name_node.pos,
                         Some("/metadata/name".into()),
                         format!(
                             "workspace `{ws_name}` is already defined in {}; change it with kind: WorkspacePatch",
                             self.files.path(first.file)
                         ),
-                    ));
+                    );
+                    found.push(Found {
+                        diag: d,
+                        workspaces: vec![ws_name],
+                        context: None,
+                    });
                     continue;
                 }
+                sources.insert(
+                    ws_name.clone(),
+                    vec![format!(
+                        "{} (Workspace in {layer_name})",
+                        self.at(name_node.pos)
+                    )],
+                );
                 workspaces.insert(ws_name, doc.node.clone());
             }
             for doc in &layer.patches {
@@ -361,33 +588,56 @@ impl Repository {
                     doc.node.get(overlay::PATCH_KEY).and_then(Node::as_str) == Some("delete");
                 match workspaces.get_mut(&ws_name) {
                     None if some_unreadable => {}
-                    None => diags.push(self.files.diag(
-                        name_node.pos,
-                        Some("/metadata/name".into()),
-                        format!(
-                            "patch targets workspace `{ws_name}`, which environment `{name}` (layers {}) does not define",
-                            chain.join(" -> ")
+                    None => found.push(Found {
+                        diag: self.files.diag(
+                            name_node.pos,
+                            Some("/metadata/name".into()),
+                            format!(
+                                "patch targets workspace `{ws_name}`, which environment `{name}` (layers {}) does not define",
+                                chain.join(" -> ")
+                            ),
                         ),
-                    )),
+                        workspaces: vec![ws_name],
+                        context: None,
+                    }),
                     Some(_) if delete => {
                         workspaces.remove(&ws_name);
+                        sources.remove(&ws_name);
                     }
                     Some(target) => {
+                        let inline = self
+                            .files
+                            .path(doc.node.pos.file)
+                            .ends_with(ENVIRONMENT_FILE);
+                        let what = if inline {
+                            format!("patch in {ENVIRONMENT_FILE} of {layer_name}")
+                        } else {
+                            format!("WorkspacePatch in {layer_name}")
+                        };
+                        sources
+                            .entry(ws_name.clone())
+                            .or_default()
+                            .push(format!("{} ({what})", self.at(name_node.pos)));
                         if let Some(spec) = doc.node.get("spec") {
                             let wrapped = Node::new(
                                 Value::Map(vec![(Key { name: "spec".into(), pos: doc.node.pos }, spec.clone())]),
                                 doc.node.pos,
                             );
-                            overlay::merge(target, &wrapped, "", &mut overlay_errors);
+                            let mut errors = Vec::new();
+                            overlay::merge(target, &wrapped, "", &mut errors);
+                            for e in errors {
+                                let d = self.files.diag(e.pos, Some(e.pointer), e.message);
+                                found.push(in_env(d, vec![ws_name.clone()], String::new()));
+                            }
                         }
                     }
                 }
             }
         }
         // Manifests: a layer's replace the same object of a layer below it.
-        let mut resources: BTreeMap<(String, Option<String>, String), serde_json::Value> =
+        let mut resources: BTreeMap<(String, Option<String>, String), (serde_json::Value, Pos)> =
             BTreeMap::new();
-        for layer in &layers {
+        for (_, layer) in &layers {
             let mut seen = BTreeMap::new();
             for doc in &layer.resources {
                 let json = doc.node.to_json();
@@ -400,7 +650,7 @@ impl Repository {
                         .to_string(),
                 );
                 if let Some(first) = seen.insert(key.clone(), doc.node.pos) {
-                    diags.push(self.files.diag(
+                    let d = self.files.diag(
                         doc.node.pos,
                         None,
                         format!(
@@ -409,61 +659,286 @@ impl Repository {
                             key.2,
                             self.files.path(first.file)
                         ),
-                    ));
+                    );
+                    found.push(Found::file(d));
                 }
-                resources.insert(key, json);
+                resources.insert(key, (json, doc.node.pos));
             }
         }
-        diags.extend(
-            overlay_errors
-                .into_iter()
-                .map(|e: OverlayError| self.files.diag(e.pos, Some(e.pointer), e.message)),
-        );
 
         let settings_json = settings.to_json();
-        let settings: Settings = match serde_json::from_value(settings_json) {
+        env.settings = match serde_json::from_value(settings_json) {
             Ok(s) => s,
             Err(e) => {
-                diags.push(self.files.diag(
-                    settings.pos,
-                    Some("/spec".into()),
-                    format!("invalid settings: {e}"),
-                ));
+                // A layer's environment.yaml that breaks its schema is
+                // reported at the value; this would only repeat it.
+                let reported = layers.iter().any(|(_, l)| !l.problems.is_empty());
+                if !reported {
+                    let own = self
+                        .layers
+                        .get(name)
+                        .and_then(|l| l.env.as_ref())
+                        .map_or(settings.pos, |d| d.node.get("spec").unwrap_or(&d.node).pos);
+                    let d = self.files.diag(
+                        own,
+                        Some("/spec".into()),
+                        format!("invalid settings after merging the base chain: {e}"),
+                    );
+                    found.push(in_env(d, Vec::new(), String::new()));
+                }
                 Settings::default()
             }
         };
-        let mut env = Environment {
-            name: name.to_string(),
-            chain: chain.clone(),
-            settings,
-            workspaces: Vec::new(),
-            resources: resources.into_values().collect(),
-        };
 
-        for node in workspaces.values() {
+        // Each merged workspace: its schema (what only the merge shows), the
+        // rules (also where the schema check failed, as far as they can
+        // go), then the names it renders.
+        let mut typed: BTreeMap<String, Workspace> = BTreeMap::new();
+        let layers_of = |ws: &str| match sources.get(ws) {
+            Some(list) if list.len() > 1 => list.join(", "),
+            _ => String::new(),
+        };
+        for (ws_name, node) in &workspaces {
+            let mut diags = Vec::new();
             let schema_diags = schema::validate(SchemaKind::Workspace, node, &self.files);
-            if !schema_diags.is_empty() {
-                diags.extend(schema_diags);
-                continue;
-            }
+            let schema_ok = schema_diags.is_empty();
+            diags.extend(schema_diags.into_iter().filter(|d| !file_level.contains(d)));
             self.check_rules(&env, node, &mut diags);
-            self.check_rendered_names(&env, node, &mut diags);
-            match serde_json::from_value::<Workspace>(node.to_json()) {
-                Ok(ws) => env.workspaces.push(ws),
-                Err(e) => diags.push(self.files.diag(
-                    node.pos,
+            if schema_ok {
+                self.check_rendered_names(&env, node, &mut diags);
+                match serde_json::from_value::<Workspace>(node.to_json()) {
+                    Ok(ws) => {
+                        self.check_identities(&env, &ws, node, &mut diags);
+                        typed.insert(ws_name.clone(), ws);
+                    }
+                    Err(e) => diags.push(self.files.diag(
+                        node.pos,
+                        None,
+                        format!("invalid workspace: {e}"),
+                    )),
+                }
+            }
+            let layers = layers_of(ws_name);
+            found.extend(
+                diags
+                    .into_iter()
+                    .map(|d| in_env(d, vec![ws_name.clone()], layers.clone())),
+            );
+        }
+        for (d, a, b) in self.check_namespaces(&env, &workspaces) {
+            found.push(in_env(d, vec![a, b], String::new()));
+        }
+        // A plain manifest must not be one of the objects a workspace renders.
+        if !resources.is_empty() {
+            let mut rendered: BTreeMap<render::Identity, (&String, Origin)> = BTreeMap::new();
+            for (ws_name, ws) in &typed {
+                for (id, origin) in render::identities(&env, ws) {
+                    rendered.entry(id).or_insert((ws_name, origin));
+                }
+            }
+            for (json, pos) in resources.values() {
+                let text = |p: &str| json.pointer(p).and_then(serde_json::Value::as_str);
+                let Some(kind) = render::MANAGED_KINDS
+                    .iter()
+                    .map(|k| k.kind)
+                    .find(|k| Some(*k) == text("/kind"))
+                else {
+                    continue;
+                };
+                let id = render::Identity {
+                    group: render::MANAGED_KINDS
+                        .iter()
+                        .find(|k| k.kind == kind)
+                        .map_or("", |k| k.group),
+                    kind,
+                    namespace: text("/metadata/namespace").map(str::to_string),
+                    name: text("/metadata/name").unwrap_or_default().to_string(),
+                };
+                let group = text("/apiVersion")
+                    .and_then(|v| v.split_once('/'))
+                    .map_or("", |(g, _)| g);
+                let Some((ws_name, origin)) = rendered.get(&id).filter(|_| group == id.group)
+                else {
+                    continue;
+                };
+                let (Some(ws), Some(node)) = (typed.get(*ws_name), workspaces.get(*ws_name)) else {
+                    continue;
+                };
+                let (at, what) = self.origin(node, ws, *origin);
+                let d = self.files.diag(
+                    *pos,
                     None,
-                    format!("invalid workspace: {e}"),
-                )),
+                    format!(
+                        "manifest {} is also rendered for {what} of workspace `{ws_name}` ({}); on a cluster one would overwrite the other: rename or remove one",
+                        id.describe(),
+                        self.at(at)
+                    ),
+                );
+                found.push(in_env(d, Vec::new(), String::new()));
             }
         }
-        self.check_namespaces(&env, &workspaces, &mut diags);
-        if diags.is_empty() {
-            Ok(env)
-        } else {
-            diags.sort();
-            diags.dedup();
-            Err(diags)
+
+        let held: std::collections::BTreeSet<&String> =
+            found.iter().flat_map(|f| f.workspaces.iter()).collect();
+        env.workspaces = typed
+            .into_iter()
+            .filter(|(n, _)| !held.contains(n))
+            .map(|(_, ws)| ws)
+            .collect();
+        env.resources = resources.into_values().map(|(json, _)| json).collect();
+        found.sort_by(|a, b| a.diag.cmp(&b.diag));
+        (env, found)
+    }
+
+    /// The namespaces an environment's workspaces render into, each with
+    /// its workspace and where that is declared (`file:line:col`): the
+    /// merged workspace names and the namespace template, without the
+    /// checks of [`Repository::resolve`] (cheap).
+    pub fn namespaces(&self, name: &str) -> BTreeMap<String, (String, String)> {
+        let Ok(chain) = self.chain(name) else {
+            return BTreeMap::new();
+        };
+        let layers: Vec<&Layer> = chain
+            .iter()
+            .rev()
+            .filter_map(|n| self.layers.get(n))
+            .collect();
+        // The template of the nearest layer that sets one (`null` unsets).
+        let mut template: Option<String> = None;
+        let mut workspaces: BTreeMap<String, String> = BTreeMap::new();
+        for layer in &layers {
+            if let Some(t) = layer
+                .env
+                .as_ref()
+                .and_then(|d| d.node.get("spec"))
+                .and_then(|s| s.get("namespaceTemplate"))
+            {
+                template = t.as_str().map(str::to_string);
+            }
+            for doc in &layer.workspaces {
+                if let Some((ws, node)) = doc_name(&doc.node) {
+                    workspaces.entry(ws).or_insert_with(|| self.at(node.pos));
+                }
+            }
+            for doc in &layer.patches {
+                if doc.node.get(overlay::PATCH_KEY).and_then(Node::as_str) == Some("delete")
+                    && let Some((ws, _)) = doc_name(&doc.node)
+                {
+                    workspaces.remove(&ws);
+                }
+            }
+        }
+        let env = Environment {
+            name: name.to_string(),
+            chain: Vec::new(),
+            settings: Settings {
+                namespace_template: template,
+                ..Settings::default()
+            },
+            workspaces: Vec::new(),
+            resources: Vec::new(),
+        };
+        workspaces
+            .into_iter()
+            .map(|(ws, at)| (env.namespace_of(&ws), (ws, at)))
+            .collect()
+    }
+
+    /// `file:line:col` of a position.
+    fn at(&self, pos: Pos) -> String {
+        format!("{}:{}:{}", self.files.path(pos.file), pos.line, pos.col)
+    }
+
+    /// Where in a workspace's document a rendered object is declared, and
+    /// what declares it.
+    fn origin(&self, node: &Node, ws: &Workspace, origin: Origin) -> (Pos, String) {
+        let at = |pointer: &str| node.pointer(pointer).map_or(node.pos, |(n, _)| n.pos);
+        let spec = &ws.spec;
+        match origin {
+            Origin::Workspace => (
+                at("/metadata/name"),
+                format!("workspace `{}`", ws.metadata.name),
+            ),
+            Origin::Fhir(i) => (
+                at(&format!("/spec/fhirServices/{i}/name")),
+                format!(
+                    "FHIR service `{}`",
+                    spec.fhir_services.get(i).map_or("", |f| &f.name)
+                ),
+            ),
+            Origin::Dicom(i) => (
+                at(&format!("/spec/dicomServices/{i}/name")),
+                format!(
+                    "DICOM service `{}`",
+                    spec.dicom_services.get(i).map_or("", |d| &d.name)
+                ),
+            ),
+            Origin::DicomCast(i) => (
+                at(&format!("/spec/dicomServices/{i}/dicomCast")),
+                format!(
+                    "the dicomCast of DICOM service `{}`",
+                    spec.dicom_services.get(i).map_or("", |d| &d.name)
+                ),
+            ),
+            Origin::IotShared => (
+                at("/spec/iotConnectors"),
+                format!("the workspace-wide IoT set-up `{}`", names::IOT_SHARED),
+            ),
+            Origin::Iot(i) => (
+                at(&format!("/spec/iotConnectors/{i}/name")),
+                format!(
+                    "IoT connector `{}`",
+                    spec.iot_connectors.get(i).map_or("", |c| &c.name)
+                ),
+            ),
+            Origin::IotDestination(i, j) => {
+                let c = spec.iot_connectors.get(i);
+                (
+                    at(&format!(
+                        "/spec/iotConnectors/{i}/fhirDestinations/{j}/name"
+                    )),
+                    format!(
+                        "FHIR destination `{}` of IoT connector `{}`",
+                        c.and_then(|c| c.fhir_destinations.get(j))
+                            .map_or("", |d| &d.name),
+                        c.map_or("", |c| &c.name)
+                    ),
+                )
+            }
+        }
+    }
+
+    /// Two objects a workspace renders must not share group, kind,
+    /// namespace and name: on a cluster one would overwrite the other.
+    fn check_identities(
+        &self,
+        env: &Environment,
+        ws: &Workspace,
+        node: &Node,
+        diags: &mut Vec<Diagnostic>,
+    ) {
+        let mut seen: BTreeMap<render::Identity, Origin> = BTreeMap::new();
+        let mut reported = std::collections::BTreeSet::new();
+        for (id, origin) in render::identities(env, ws) {
+            let Some(first) = seen.get(&id).copied() else {
+                seen.insert(id, origin);
+                continue;
+            };
+            let (first_at, first_what) = self.origin(node, ws, first);
+            let (at, what) = self.origin(node, ws, origin);
+            // Two items of one list with one name: reported as a duplicate name.
+            if first_what == what || !reported.insert((first, origin)) {
+                continue;
+            }
+            diags.push(self.files.diag(
+                at,
+                origin_pointer(origin),
+                format!(
+                    "{what} renders {}, which {first_what} ({}) also renders; on a cluster one would overwrite the other: rename one of them",
+                    id.describe(),
+                    self.at(first_at)
+                ),
+            ));
         }
     }
 
@@ -597,8 +1072,7 @@ impl Repository {
                 ws.pos,
                 None,
                 format!(
-                    "workspace `{ws_name}` exposes services but environment `{}` sets no spec.ingress.domain",
-                    env.name
+                    "workspace `{ws_name}` exposes services but the environment sets no spec.ingress.domain"
                 ),
             ));
         }
@@ -614,13 +1088,12 @@ impl Repository {
         ];
         for (what, items, default, key) in images {
             for item in items {
-                self.require_image(env, item, item.get("image"), default, what, key, diags);
+                self.require_image(item, item.get("image"), default, what, key, diags);
             }
         }
         for d in &dicom {
             if let Some(cast) = d.get("dicomCast") {
                 self.require_image(
-                    env,
                     cast,
                     cast.get("image"),
                     s.images.dicom_cast.as_ref(),
@@ -634,7 +1107,6 @@ impl Repository {
             if let Some(Value::Seq(dests)) = c.get("fhirDestinations").map(|n| &n.value) {
                 for d in dests {
                     self.require_image(
-                        env,
                         d,
                         None,
                         s.images.iot_fhir_destination.as_ref(),
@@ -650,7 +1122,6 @@ impl Repository {
     #[allow(clippy::too_many_arguments)]
     fn require_image(
         &self,
-        env: &Environment,
         item: &Node,
         own: Option<&Node>,
         default: Option<&model::Image>,
@@ -674,8 +1145,7 @@ impl Repository {
                 item.pos,
                 None,
                 format!(
-                    "no image for {what} `{name}`: set spec.images.{key} (repository and tag) in environment `{}` or `image` on the item",
-                    env.name
+                    "no image for {what} `{name}`: set spec.images.{key} (repository and tag) in the environment or `image` on the item"
                 ),
             ));
         }
@@ -716,20 +1186,28 @@ impl Repository {
         &self,
         env: &Environment,
         nodes: &BTreeMap<String, Node>,
-        diags: &mut Vec<Diagnostic>,
-    ) {
-        let mut seen: BTreeMap<String, String> = BTreeMap::new();
+    ) -> Vec<(Diagnostic, String, String)> {
+        let mut out = Vec::new();
+        let mut seen: BTreeMap<String, (String, Pos)> = BTreeMap::new();
         for (ws, node) in nodes {
             let ns = env.namespace_of(ws);
-            if let Some(other) = seen.insert(ns.clone(), ws.clone()) {
-                let pos = doc_name(node).map_or(node.pos, |(_, n)| n.pos);
-                diags.push(self.files.diag(
-                    pos,
-                    Some("/metadata/name".into()),
-                    format!("workspaces `{other}` and `{ws}` both render into namespace `{ns}`; check spec.namespaceTemplate"),
+            let pos = doc_name(node).map_or(node.pos, |(_, n)| n.pos);
+            if let Some((other, other_pos)) = seen.insert(ns.clone(), (ws.clone(), pos)) {
+                out.push((
+                    self.files.diag(
+                        pos,
+                        Some("/metadata/name".into()),
+                        format!(
+                            "workspaces `{other}` ({}) and `{ws}` both render into namespace `{ns}`; check spec.namespaceTemplate",
+                            self.at(other_pos)
+                        ),
+                    ),
+                    other,
+                    ws.clone(),
                 ));
             }
         }
+        out
     }
 
     /// Rendered names must stay within Kubernetes limits (63 for names
@@ -971,5 +1449,110 @@ spec:
                 report.diagnostics
             );
         }
+    }
+
+    fn dev_tree(files: &[(&str, Vec<u8>)]) -> SourceTree {
+        let mut tree = SourceTree::new();
+        tree.insert("environments/dev/environment.yaml", ENVIRONMENT.into());
+        for (path, bytes) in files {
+            tree.insert(&format!("environments/dev/{path}"), bytes.clone());
+        }
+        tree
+    }
+
+    fn held(p: &Partial) -> Vec<&str> {
+        p.workspace_errors.keys().map(String::as_str).collect()
+    }
+
+    /// Issue 13: a workspace's own mistake holds that workspace only.
+    #[test]
+    fn an_invalid_workspace_holds_only_itself() {
+        let tree = dev_tree(&[
+            ("workspaces/a.yaml", workspace("a", false)),
+            ("workspaces/b.yaml", workspace("b", true)),
+        ]);
+        let p = load(&tree).resolve_partial("dev");
+        assert!(
+            p.environment_errors.is_empty(),
+            "{:?}",
+            p.environment_errors
+        );
+        assert_eq!(held(&p), ["b"]);
+        let names: Vec<&str> = p
+            .environment
+            .workspaces
+            .iter()
+            .map(|w| w.metadata.name.as_str())
+            .collect();
+        assert_eq!(names, ["a"]);
+        assert!(load(&tree).resolve("dev").is_err(), "resolve stays strict");
+    }
+
+    #[test]
+    fn problems_of_the_environment_hold_all_of_it() {
+        let broken_env = dev_tree(&[("workspaces/a.yaml", workspace("a", false))]);
+        let mut tree = broken_env.clone();
+        tree.insert(
+            "environments/dev/environment.yaml",
+            format!("{ENVIRONMENT}  ingres: {{}}\n").into_bytes(),
+        );
+        let p = load(&tree).resolve_partial("dev");
+        assert!(!p.environment_errors.is_empty());
+        // A file that is not YAML: which workspace it declares is unknown.
+        let mut tree = broken_env;
+        tree.insert("environments/dev/workspaces/b.yaml", b"a: [\n".to_vec());
+        let p = load(&tree).resolve_partial("dev");
+        assert!(
+            p.environment_errors[0]
+                .message
+                .starts_with("malformed YAML"),
+            "{p:?}"
+        );
+    }
+
+    #[test]
+    fn a_name_that_is_not_a_name_also_holds_the_workspace_its_file_is_named_after() {
+        let tree = dev_tree(&[
+            ("workspaces/a.yaml", workspace("a", false)),
+            ("workspaces/woodgrove.yaml", workspace("Woodgrove", false)),
+        ]);
+        let p = load(&tree).resolve_partial("dev");
+        assert!(
+            p.environment_errors.is_empty(),
+            "{:?}",
+            p.environment_errors
+        );
+        assert_eq!(held(&p), ["Woodgrove", "woodgrove"]);
+    }
+
+    #[test]
+    fn namespaces_follow_the_merged_workspaces_and_template() {
+        let mut tree = dev_tree(&[
+            ("workspaces/a.yaml", workspace("a", false)),
+            ("workspaces/b.yaml", workspace("b", false)),
+        ]);
+        tree.insert(
+            "environments/qa/environment.yaml",
+            b"apiVersion: tenantsync.io/v1alpha1\nkind: Environment\nmetadata: {name: qa}\nspec:\n  base: dev\n  namespaceTemplate: 't-{workspace}'\n  patches:\n    - {metadata: {name: b}, $patch: delete}\n".to_vec(),
+        );
+        let repo = load(&tree);
+        let names = |env: &str| -> Vec<(String, String)> {
+            repo.namespaces(env)
+                .into_iter()
+                .map(|(ns, (ws, _))| (ns, ws))
+                .collect()
+        };
+        assert_eq!(
+            names("dev"),
+            [
+                ("a-dev".to_string(), "a".to_string()),
+                ("b-dev".into(), "b".into())
+            ]
+        );
+        assert_eq!(names("qa"), [("t-a".to_string(), "a".to_string())]);
+        assert_eq!(
+            repo.namespaces("qa")["t-a"].1,
+            "environments/dev/workspaces/a.yaml:4:9"
+        );
     }
 }

@@ -232,6 +232,16 @@ struct Builder {
     documents: usize,
 }
 
+/// Levels of collections in a node (a scalar is 0). Every node the builder
+/// makes obeys `max_depth` (aliases included), so this recursion is bounded.
+fn height(node: &Node) -> usize {
+    match &node.value {
+        Value::Seq(items) => 1 + items.iter().map(height).max().unwrap_or(0),
+        Value::Map(entries) => 1 + entries.iter().map(|(_, v)| height(v)).max().unwrap_or(0),
+        _ => 0,
+    }
+}
+
 fn count_nodes(node: &Node) -> usize {
     match &node.value {
         Value::Seq(items) => 1 + items.iter().map(count_nodes).sum::<usize>(),
@@ -349,6 +359,18 @@ impl Builder {
                     return Err(self.err(pos, "alias refers to an unknown anchor"));
                 };
                 self.count(count_nodes(&node), pos)?;
+                // An alias nests its anchor where it stands: without this,
+                // a chain of anchors builds documents of any depth, which
+                // every later walk over them would have to survive.
+                if self.stack.len() + height(&node) > self.limits.max_depth {
+                    return Err(self.err(
+                        pos,
+                        format!(
+                            "nesting deeper than {} levels (through an alias)",
+                            self.limits.max_depth
+                        ),
+                    ));
+                }
                 let node = Node {
                     value: node.value,
                     pos,
@@ -575,6 +597,25 @@ mod tests {
         }
         let e = p(&text).unwrap_err();
         assert!(e.message.contains("alias expansion"), "{}", e.message);
+    }
+
+    /// Each anchor nests the previous one a few levels deeper: without a
+    /// depth check on aliases the document grows past any stack.
+    #[test]
+    fn aliases_cannot_nest_past_the_depth_limit() {
+        let mut text = String::from("a0: &a0 [[[[x]]]]\n");
+        for i in 1..40 {
+            text.push_str(&format!("a{i}: &a{i} [[[[*a{}]]]]\n", i - 1));
+        }
+        let e = p(&text).unwrap_err();
+        assert!(
+            e.message
+                .contains("nesting deeper than 64 levels (through an alias)"),
+            "{}",
+            e.message
+        );
+        // Shallow aliases stay fine.
+        assert!(p("a: &a [[x]]\nb: [[*a]]\n").is_ok());
     }
 
     #[test]

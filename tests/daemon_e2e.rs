@@ -300,8 +300,10 @@ async fn the_daemon_follows_a_git_remote_heals_drift_and_survives_bad_commits_an
 
     // 4. An invalid commit is refused; the cluster stays as it was.
     repo.write(
+        // A workspace whose name cannot be read: the whole revision is
+        // invalid (an invalid but named workspace would hold only itself).
         "workspaces/broken.yaml",
-        "apiVersion: tenantsync.io/v1alpha1\nkind: Workspace\nmetadata: {name: Broken}\nspec: {}\n",
+        "apiVersion: tenantsync.io/v1alpha1\nkind: Workspace\nmetadata: {name: 7}\nspec: {}\n",
     );
     git(repo.path(), &["add", "-A"]);
     git(repo.path(), &["commit", "-qm", "broken"]);

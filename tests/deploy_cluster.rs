@@ -442,8 +442,10 @@ async fn deploy_service_account_is_enough_for_the_daemon_to_sync_prune_and_repor
 
     // 3. An invalid commit: refused, with a Warning Event.
     repo.write(
+        // A workspace whose name cannot be read: the whole revision is
+        // invalid (an invalid but named workspace would hold only itself).
         "workspaces/broken.yaml",
-        "apiVersion: tenantsync.io/v1alpha1\nkind: Workspace\nmetadata: {name: Broken}\nspec: {}\n",
+        "apiVersion: tenantsync.io/v1alpha1\nkind: Workspace\nmetadata: {name: 7}\nspec: {}\n",
     );
     let broken = commit(&repo, "broken");
     wait_status(

@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod bench_smoke;
+mod blast_radius;
 mod ci_example;
 mod cli_meta;
 mod concurrency_cluster;
@@ -14,6 +15,7 @@ mod daemon_http;
 mod daemon_status;
 mod deploy_cluster;
 mod faults_cluster;
+mod fuzz;
 mod git_source;
 mod git_transports;
 mod golden;

@@ -326,3 +326,59 @@ fn a_daemon_configuration_with_mistakes_is_refused_with_positions() {
         stderr(&out)
     );
 }
+
+/// Issue 13: a schema error in a workspace no longer hides its rule errors
+/// (the README promises every problem is reported).
+#[test]
+fn schema_errors_do_not_hide_rule_errors() {
+    let repo = example_repo();
+    std::fs::write(
+        repo.path().join("environments/base/workspaces/woodgrove.yaml"),
+        "apiVersion: tenantsync.io/v1alpha1\nkind: Workspace\nmetadata:\n  name: woodgrove\nspec:\n  fhirServices:\n    - name: api\n      replicas: many\n  dicomServices:\n    - name: scans\n      dicomCast:\n        fhirService: apii\n",
+    )
+    .expect("write");
+    let out = validate(repo.path());
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains("woodgrove.yaml:8:17: error: /spec/fhirServices/0/replicas: expected integer, found string\n"),
+        "{err}"
+    );
+    assert!(
+        err.contains("woodgrove.yaml:12:22: error: /spec/dicomServices/0/dicomCast/fhirService: the dicomCast of DICOM service `scans` names FHIR service `apii`"),
+        "{err}"
+    );
+}
+
+/// Collisions are found by `validate`, so `plan` and `sync` refuse them
+/// too, with both positions, before contacting any cluster.
+#[test]
+fn plan_and_sync_refuse_a_rendered_collision_naming_both_declarations() {
+    let repo = example_repo();
+    copy_dir(
+        &root().join("tests/broken/iot-connector-and-destination-collide/environments"),
+        &repo.path().join("environments"),
+    );
+    let expected = "environments/dev/workspaces/collide.yaml:14:13: error: /spec/iotConnectors/1/name: IoT connector `a-b` renders ConfigMap collide-dev/iot-a-b, which FHIR destination `b` of IoT connector `a` (environments/dev/workspaces/collide.yaml:13:18) also renders";
+    for command in ["plan", "sync"] {
+        let out = bin()
+            .args([
+                command,
+                "--env",
+                "dev",
+                "--kubeconfig",
+                "/nonexistent/kubeconfig",
+                "--repo",
+            ])
+            .arg(repo.path())
+            .output()
+            .expect("run");
+        assert_eq!(out.status.code(), Some(1), "{command}: {}", stderr(&out));
+        let err = stderr(&out);
+        assert!(err.starts_with(expected), "{command}: {err}");
+        assert!(
+            err.contains("the cluster was not contacted"),
+            "{command}: {err}"
+        );
+    }
+}

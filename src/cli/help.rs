@@ -115,7 +115,9 @@ Exit status:
      credentials lack (reported once per verb and kind), an API server that
      stopped answering (the sync stops after 3 consecutive failures), the
      environment's lock held by another writer past --lock-timeout (nothing
-     is changed then), an unhealthy object or the --timeout passed
+     is changed then), an unhealthy object or the --timeout passed; an
+     invalid workspace (nothing is applied; with --skip-invalid the others
+     are, and it is listed as skipped)
 
 One writer per environment: a sync takes the Lease
 tenantsync-system/tenantsync-sync-<env> (a daemon's leader holds it while it
@@ -133,7 +135,11 @@ Examples:
   Remove a workspace: its namespace goes too, so the guard must be lifted:
     tenantsync sync --env qa --prune --allow-mass-prune
   In CI, give up after a minute if someone else is syncing:
-    tenantsync sync --env qa --prune --lock-timeout 1m";
+    tenantsync sync --env qa --prune --lock-timeout 1m
+  Onboard or repair one tenant without touching the others:
+    tenantsync sync --env prod --workspace contoso --prune
+  Apply every valid workspace while one is broken (exit 1, naming it):
+    tenantsync sync --env prod --skip-invalid";
 
 pub const RUN: &str = "\
 Exit status:

@@ -21,6 +21,7 @@ pub struct Metrics {
     pruned: Family<Labels, Counter>,
     failed: Family<Labels, Counter>,
     drifted: Family<Labels, Gauge>,
+    workspace_failed: Family<Labels, Gauge>,
     fetch_failures: Family<Labels, Counter>,
     last_success: Family<Labels, Gauge>,
     sync_status: Family<Labels, Gauge>,
@@ -56,6 +57,7 @@ impl Metrics {
             pruned: Family::default(),
             failed: Family::default(),
             drifted: Family::default(),
+            workspace_failed: Family::default(),
             fetch_failures: Family::default(),
             last_success: Family::default(),
             sync_status: Family::default(),
@@ -87,6 +89,11 @@ impl Metrics {
             "drifted_objects",
             "Objects out of step with Git, per workspace",
             m.drifted.clone(),
+        );
+        registry.register(
+            "workspace_failed",
+            "1 while a workspace is invalid and held at its last applied state, else 0",
+            m.workspace_failed.clone(),
         );
         registry.register(
             "git_fetch_failures",
@@ -200,6 +207,17 @@ impl Metrics {
         self.drifted
             .get_or_create(&labels)
             .set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    /// Whether a workspace is held at its last applied state (invalid).
+    pub fn set_workspace_failed(&self, env: &str, workspace: &str, failed: bool) {
+        let labels = vec![
+            ("environment".to_string(), env.to_string()),
+            ("workspace".to_string(), workspace.to_string()),
+        ];
+        self.workspace_failed
+            .get_or_create(&labels)
+            .set(i64::from(failed));
     }
 
     pub fn record_sync(&self, env: &str, r: &SyncReport) {

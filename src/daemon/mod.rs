@@ -84,6 +84,10 @@ pub enum SyncStatus {
 pub struct WorkspaceStatus {
     pub sync_status: SyncStatus,
     pub drifted_objects: usize,
+    /// Why the workspace is `Failed` (invalid: held at its last applied
+    /// state), one `file:line:col: error: ...` line each.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<String>,
 }
 
 /// One environment's state, as `GET /status` shows it.
@@ -200,11 +204,16 @@ async fn read_source(options: &RunOptions) -> Result<(SourceTree, String), Strin
 }
 
 /// The last good desired state of an environment.
-#[derive(Clone)]
 struct Desired {
     revision: String,
     objects: Vec<Object>,
     sync: SyncOptions,
+    /// Invalid workspaces of this revision, held at their last applied
+    /// state (their namespaces are out of `sync.scope`), with their errors.
+    failed: BTreeMap<String, Vec<String>>,
+    /// The Warning Event about `failed` is still to be recorded (once per
+    /// revision, by the leader, as soon as the cluster is reachable).
+    event_pending: std::sync::atomic::AtomicBool,
 }
 
 /// Runs the daemon until SIGTERM or Ctrl-C.
@@ -537,8 +546,16 @@ async fn reconcile(
                     // resolved: only the rendered objects are kept.
                     let repository = validate::load(&tree);
                     drop(tree);
-                    let resolved = repository.resolve(env);
+                    // Per workspace: an invalid one is held, the others go on;
+                    // a problem of the environment itself holds everything.
+                    let partial = repository.resolve_partial(env);
+                    let clashes = namespace_clashes(options, &repository, env);
                     drop(repository);
+                    let resolved = if partial.environment_errors.is_empty() {
+                        Ok(partial)
+                    } else {
+                        Err(partial.errors())
+                    };
                     match resolved {
                         Err(diags) => {
                             let lines: Vec<String> =
@@ -557,14 +574,15 @@ async fn reconcile(
                             *source_problem = Some(message.clone());
                             return fail("invalid", message);
                         }
-                        Ok(environment) => match render::render(&environment) {
-                            Err(e) => {
-                                return fail(
-                                    "render",
-                                    format!("cannot render revision {revision}: {e}"),
-                                );
-                            }
-                            Ok(objects) => {
+                        Ok(mut partial) => {
+                            partial
+                                .environment
+                                .workspaces
+                                .retain(|w| !clashes.contains_key(&w.metadata.name));
+                            let (objects, unrendered) =
+                                render::render_partial(&partial.environment);
+                            {
+                                let environment = &partial.environment;
                                 let policy = &environment.settings.sync_policy;
                                 let admitted = crate::tenancy::admit(
                                     &options.operator,
@@ -595,14 +613,50 @@ async fn reconcile(
                                         return fail("guardrail", message);
                                     }
                                 };
+                                let mut failed: BTreeMap<String, Vec<String>> = partial
+                                    .workspace_errors
+                                    .iter()
+                                    .map(|(ws, d)| {
+                                        (ws.clone(), d.iter().map(ToString::to_string).collect())
+                                    })
+                                    .collect();
+                                for (ws, why) in clashes {
+                                    failed.entry(ws).or_default().push(why);
+                                }
+                                for (ws, e) in unrendered {
+                                    failed
+                                        .entry(ws)
+                                        .or_default()
+                                        .push(format!("cannot render revision {revision}: {e}"));
+                                }
+                                let held = failed
+                                    .keys()
+                                    .map(|ws| environment.namespace_of(ws))
+                                    .collect();
+                                let before = desired.as_ref().map(|d| d.failed.clone());
+                                for ws in before.iter().flat_map(|b| b.keys()) {
+                                    if !failed.contains_key(ws) {
+                                        shared.metrics.set_workspace_failed(env, ws, false);
+                                    }
+                                }
+                                for ws in failed.keys() {
+                                    shared.metrics.set_workspace_failed(env, ws, true);
+                                }
+                                let event_pending =
+                                    std::sync::atomic::AtomicBool::new(!failed.is_empty());
                                 *source_problem = None;
                                 *desired = Some(Arc::new(Desired {
                                     revision: revision.clone(),
                                     objects,
-                                    sync: sync_options_of(options, policy, &effective),
+                                    sync: SyncOptions {
+                                        scope: crate::sync::Scope { only: None, held },
+                                        ..sync_options_of(options, policy, &effective)
+                                    },
+                                    failed,
+                                    event_pending,
                                 }));
                             }
-                        },
+                        }
                     }
                 }
             }
@@ -713,6 +767,7 @@ async fn reconcile(
                                                 SyncStatus::Failed
                                             },
                                             drifted_objects: *n,
+                                            errors: Vec::new(),
                                         },
                                     )
                                 })
@@ -786,11 +841,14 @@ async fn reconcile(
             "environment {env} is locked by {holder}: another writer is syncing it; this daemon writes again once the lock is released"
         )
     });
-    let (error, reason) = match (source_problem.clone(), sync_error, locked_error) {
-        (Some(e), _, _) => (Some(e), "source"),
-        (None, Some(e), _) => (Some(e), "apply"),
-        (None, None, Some(e)) => (Some(e), "locked"),
-        (None, None, None) => (None, ""),
+    let held_error =
+        (!state.failed.is_empty()).then(|| held_message(&state.revision, &state.failed));
+    let (error, reason) = match (source_problem.clone(), sync_error, locked_error, held_error) {
+        (Some(e), _, _, _) => (Some(e), "source"),
+        (None, Some(e), _, _) => (Some(e), "apply"),
+        (None, None, Some(e), _) => (Some(e), "locked"),
+        (None, None, None, Some(e)) => (Some(e), "invalid"),
+        (None, None, None, None) => (None, ""),
     };
     let status = if error.is_some() {
         SyncStatus::Failed
@@ -843,14 +901,28 @@ async fn reconcile(
                     WorkspaceStatus {
                         sync_status: if *n > 0 {
                             SyncStatus::OutOfSync
+                        } else if reason == "invalid" {
+                            // Only the held workspaces failed.
+                            SyncStatus::Synced
                         } else {
                             status
                         },
                         drifted_objects: *n,
+                        errors: Vec::new(),
                     },
                 )
             })
             .collect();
+        for (ws, errors) in &state.failed {
+            s.workspaces.insert(
+                ws.clone(),
+                WorkspaceStatus {
+                    sync_status: SyncStatus::Failed,
+                    drifted_objects: 0,
+                    errors: errors.clone(),
+                },
+            );
+        }
         match &error {
             Some(e) => {
                 s.last_error = Some(e.clone());
@@ -918,6 +990,8 @@ async fn last_applied_from_inventory(
             revision,
             sync: sync_options_of(&options, policy, &effective),
             objects,
+            failed: BTreeMap::new(),
+            event_pending: std::sync::atomic::AtomicBool::new(false),
         })
     })
     .await
@@ -959,16 +1033,31 @@ async fn check_and_sync(
         |e: crate::cluster::ClusterError| ("cluster", e.to_string(), e.is_transport());
     let inv = c.read_inventory(env).await.map_err(cluster_error)?;
     let kinds = inventory::kinds_to_list(&state.objects, inv.as_ref());
+    if may_write
+        && state
+            .event_pending
+            .swap(false, std::sync::atomic::Ordering::Relaxed)
+    {
+        c.record_event(
+            env,
+            "InvalidWorkspace",
+            &held_message(&state.revision, &state.failed),
+        )
+        .await;
+    }
     let mut planner = diff::Planner::new(env, &state.objects, false);
-    c.for_each_managed(env, &kinds, |o| planner.observe(o))
-        .await
-        .map_err(cluster_error)?;
+    // Held workspaces are out of scope: not planned, applied nor pruned.
+    let scope = &state.sync.scope;
+    c.for_each_managed(env, &kinds, |o| {
+        if scope.contains_live(&o) {
+            planner.observe(o)
+        }
+    })
+    .await
+    .map_err(cluster_error)?;
     let empty = inventory::Inventory::new(env);
-    let (mut plan, undeclared) = planner.finish(
-        Some(inv.as_ref().unwrap_or(&empty)),
-        Some(state.revision.clone()),
-        0,
-    );
+    let scoped = scope.inventory(inv.as_ref().unwrap_or(&empty));
+    let (mut plan, undeclared) = planner.finish(Some(&scoped), Some(state.revision.clone()), 0);
     // Never adopt: what exists without being this environment's is left
     // alone (the daemon has no --adopt).
     let existing = c.find_existing(&plan).await.map_err(cluster_error)?;
@@ -1053,6 +1142,70 @@ fn unreachable_heartbeat() -> Result<cluster_sync::SyncReport, cluster_sync::Syn
             reason: "heartbeat stopped".into(),
         },
     ))
+}
+
+/// Namespaces are cluster-wide: two environments this daemon syncs to one
+/// cluster (the same kubeconfig context) must not render one namespace, or
+/// each would take the other's objects over. Such a workspace is held in
+/// both environments (each loop finds the same clash in the same revision),
+/// with why. Returns those workspaces of `env`.
+fn namespace_clashes(
+    options: &RunOptions,
+    repository: &validate::Repository,
+    env: &str,
+) -> BTreeMap<String, String> {
+    let context = |e: &str| {
+        options
+            .contexts
+            .get(e)
+            .cloned()
+            .or_else(|| options.cluster.context.clone())
+            .unwrap_or_default()
+    };
+    let mine = context(env);
+    let others: Vec<&String> = options
+        .environments
+        .iter()
+        .filter(|e| e.as_str() != env && context(e) == mine)
+        .collect();
+    let mut clashes = BTreeMap::new();
+    if others.is_empty() {
+        return clashes;
+    }
+    let cluster = if mine.is_empty() {
+        "the same cluster".to_string()
+    } else {
+        format!("the same cluster (context `{mine}`)")
+    };
+    let theirs: Vec<_> = others
+        .into_iter()
+        .map(|e| (e, repository.namespaces(e)))
+        .collect();
+    for (ns, (ws, at)) in repository.namespaces(env) {
+        if let Some((other_env, (other_ws, other_at))) = theirs
+            .iter()
+            .find_map(|(e, namespaces)| Some((e, namespaces.get(&ns)?)))
+        {
+            clashes.insert(
+                ws.clone(),
+                format!(
+                    "{at}: workspace `{ws}` renders into namespace `{ns}`, which workspace `{other_ws}` of environment `{other_env}` ({other_at}) renders into on {cluster}: both are held until the environments get distinct namespaces (`{{environment}}` in spec.namespaceTemplate)"
+                ),
+            );
+        }
+    }
+    clashes
+}
+
+/// Why some workspaces of a revision are held at their last applied state.
+fn held_message(revision: &str, failed: &BTreeMap<String, Vec<String>>) -> String {
+    let mut lines = vec![format!(
+        "revision {revision}: {} invalid workspace(s) ({}) keep their last applied state, nothing of theirs is updated or pruned; the other workspaces are applied:",
+        failed.len(),
+        failed.keys().cloned().collect::<Vec<_>>().join(", ")
+    )];
+    lines.extend(failed.values().flatten().cloned());
+    lines.join("\n")
 }
 
 /// Objects out of step, per workspace (every workspace listed).
