@@ -476,6 +476,7 @@ fn live_cmd(args: &LiveArgs, verb: print::Verb) -> anyhow::Result<ExitCode> {
         name,
         objects: desired,
         revision,
+        ownership,
         ..
     } = match desired_state(args)? {
         Ok(state) => state,
@@ -490,7 +491,7 @@ fn live_cmd(args: &LiveArgs, verb: print::Verb) -> anyhow::Result<ExitCode> {
             .await?
             .unwrap_or_else(|| crate::inventory::Inventory::new(&name));
         let kinds = crate::inventory::kinds_to_list(&desired, Some(&inventory));
-        let mut planner = diff::Planner::new(&name, &desired, true);
+        let mut planner = diff::Planner::new(&name, &desired, true).with_ownership(ownership);
         cluster
             .for_each_managed(&name, &kinds, |o| planner.observe(o))
             .await?;
@@ -533,6 +534,8 @@ struct DesiredState {
     effective: tenancy::EffectivePolicy,
     objects: Vec<render::Object>,
     revision: Option<String>,
+    /// `spec.ownership`: whose fields are drift, which are left alone.
+    ownership: crate::model::Ownership,
 }
 
 /// The environment's rendered objects and where they came from, or the
@@ -556,6 +559,7 @@ fn desired_state(args: &LiveArgs) -> anyhow::Result<Result<DesiredState, ExitCod
                         sync_policy: environment.settings.sync_policy,
                         effective,
                         revision,
+                        ownership: environment.settings.ownership,
                     }));
                 }
                 Err(diags) => diags,
@@ -605,6 +609,7 @@ fn sync_cmd(args: &SyncArgs) -> anyhow::Result<ExitCode> {
         effective,
         objects: desired,
         revision,
+        ownership,
     } = match desired_state(live_args)? {
         Ok(state) => state,
         Err(code) => return Ok(code),
@@ -628,7 +633,7 @@ fn sync_cmd(args: &SyncArgs) -> anyhow::Result<ExitCode> {
         let inventory = cluster.read_inventory(&name).await?;
         let kinds = crate::inventory::kinds_to_list(&desired, inventory.as_ref());
         // A sync needs the changes, not their diff text.
-        let mut planner = diff::Planner::new(&name, &desired, false);
+        let mut planner = diff::Planner::new(&name, &desired, false).with_ownership(ownership);
         cluster
             .for_each_managed(&name, &kinds, |o| planner.observe(o))
             .await?;

@@ -214,6 +214,7 @@ mod tests {
                 fields: Vec::new(),
                 diff: String::new(),
                 note: None,
+                heal: None,
             })
             .collect();
         Plan {

@@ -7,7 +7,7 @@
 //! A sync killed at any point therefore leaves an inventory that covers every
 //! object tenantsync created, and the next sync converges from there.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -17,6 +17,7 @@ use serde_json::Value;
 
 use super::apply::{ApplyError, ConflictField};
 use super::{Cluster, ClusterError};
+use crate::field_policy::Heal;
 use crate::health::{Health, HealthOptions, HealthStatus};
 use crate::inventory::{Inventory, ObjectRef};
 use crate::plan::{Action, Change, Plan};
@@ -232,6 +233,8 @@ pub async fn sync(
         .filter(|c| c.action == Action::Adopt)
         .map(Change::key)
         .collect();
+    // The ownership policy's work besides each apply (field_policy::Heal).
+    let heals = heals_of(plan);
 
     // 1. Widen the inventory before creating anything.
     let mut widened = old.clone();
@@ -298,11 +301,11 @@ pub async fn sync(
         let mut queue = sendable.into_iter();
         let mut in_flight = FuturesOrdered::new();
         for o in queue.by_ref().take(APPLY_CONCURRENCY) {
-            in_flight.push_back(applied(cluster, o, options, &manager, &adopted));
+            in_flight.push_back(applied(cluster, o, options, &manager, &adopted, &heals));
         }
         while let Some((o, result)) = in_flight.next().await {
             if let Some(next) = queue.next() {
-                in_flight.push_back(applied(cluster, next, options, &manager, &adopted));
+                in_flight.push_back(applied(cluster, next, options, &manager, &adopted, &heals));
             }
             // Objects of a CRD's kind wait until it is Established.
             if &*o.kind == "CustomResourceDefinition"
@@ -423,18 +426,29 @@ pub async fn sync(
     Ok(report)
 }
 
+/// The ownership policy's work of each object to apply, by key.
+fn heals_of(plan: &Plan) -> HashMap<ObjectKey<'_>, &Heal> {
+    plan.changes
+        .iter()
+        .filter(|c| c.is_apply())
+        .filter_map(|c| Some((c.key(), c.heal.as_deref()?)))
+        .collect()
+}
+
 async fn applied<'a>(
     cluster: &Cluster,
     object: &'a Object,
     options: &SyncOptions,
     manager: &str,
     adopted: &HashSet<ObjectKey<'_>>,
+    heals: &HashMap<ObjectKey<'_>, &Heal>,
 ) -> (&'a Object, Result<bool, ApplyError>) {
     // Adopting takes the declared fields over from whoever wrote them.
     let force = options.force_conflicts || adopted.contains(&object.key());
+    let heal = heals.get(&object.key()).copied();
     (
         object,
-        apply_one(cluster, object, options, manager, force).await,
+        apply_one(cluster, object, options, manager, force, heal).await,
     )
 }
 
@@ -453,8 +467,17 @@ async fn apply_one(
     options: &SyncOptions,
     manager: &str,
     force: bool,
+    heal: Option<&Heal>,
 ) -> Result<bool, ApplyError> {
-    let first = cluster.apply(object, options.dry_run, force, manager).await;
+    let first = cluster
+        .apply_healed(object, heal, options.dry_run, force, manager)
+        .await;
+    // Retries apply the same body; the fields were taken over already.
+    let rest = heal.map(|h| Heal {
+        takeover: None,
+        strip: h.strip.clone(),
+    });
+    let rest = rest.as_ref();
     // Fields held only by the field manager every environment shared
     // before each had its own are tenantsync's: taken over, not a conflict.
     let first = match first {
@@ -463,7 +486,9 @@ async fn apply_one(
                 .iter()
                 .all(|f| f.manager == crate::diff::FIELD_MANAGER) =>
         {
-            cluster.apply(object, options.dry_run, true, manager).await
+            cluster
+                .apply_healed(object, rest, options.dry_run, true, manager)
+                .await
         }
         other => other,
     };
@@ -494,6 +519,7 @@ async fn apply_one(
                     ),
                 });
             }
+            // A new object: everything declared, ignored fields too.
             cluster
                 .apply(object, false, force, manager)
                 .await

@@ -190,6 +190,8 @@ struct Desired {
     revision: String,
     objects: Vec<Object>,
     sync: SyncOptions,
+    /// `spec.ownership`: whose fields are drift, which are left alone.
+    ownership: crate::model::Ownership,
 }
 
 /// Runs the daemon until SIGTERM or Ctrl-C.
@@ -531,6 +533,7 @@ async fn reconcile(
                                         allow_mass_prune: options.allow_mass_prune,
                                         ..SyncOptions::default()
                                     },
+                                    ownership: environment.settings.ownership.clone(),
                                 });
                             }
                         },
@@ -559,7 +562,8 @@ async fn reconcile(
     let result: Result<(Plan, Option<cluster_sync::SyncReport>), String> = async {
         let inv = c.read_inventory(env).await.map_err(|e| e.to_string())?;
         let kinds = inventory::kinds_to_list(&state.objects, inv.as_ref());
-        let mut planner = diff::Planner::new(env, &state.objects, false);
+        let mut planner =
+            diff::Planner::new(env, &state.objects, false).with_ownership(state.ownership.clone());
         c.for_each_managed(env, &kinds, |o| planner.observe(o))
             .await
             .map_err(|e| e.to_string())?;
