@@ -93,7 +93,9 @@ fn fresh(patch: &Node, pointer: &str, errors: &mut Vec<OverlayError>) -> Node {
             merge(&mut node, patch, pointer, errors);
             node
         }
-        Value::Seq(items) if is_named_list(items) => {
+        // Not an empty list: merging one into an empty list falls back to
+        // `fresh` again, without end (`patches: []` overflowed the stack).
+        Value::Seq(items) if !items.is_empty() && is_named_list(items) => {
             let mut node = Node::new(Value::Seq(Vec::new()), patch.pos);
             merge(&mut node, patch, pointer, errors);
             node
@@ -166,6 +168,20 @@ mod tests {
         let mut errors = Vec::new();
         merge(&mut b, &y(patch), "", &mut errors);
         (b.to_json(), errors)
+    }
+
+    #[test]
+    fn an_empty_list_where_the_base_has_none_does_not_overflow_the_stack() {
+        let (j, e) = merged("a: 1\n", "revert: []\nb: {c: []}\n");
+        assert!(e.is_empty());
+        assert_eq!(j, serde_json::json!({"a": 1, "revert": [], "b": {"c": []}}));
+        assert_eq!(
+            without_deletions(&y("x: []\n")).to_json(),
+            serde_json::json!({"x": []})
+        );
+        // Over a base list, an empty one replaces it.
+        let (j, _) = merged("revert: [kubectl]\n", "revert: []\n");
+        assert_eq!(j, serde_json::json!({"revert": []}));
     }
 
     #[test]
