@@ -417,3 +417,29 @@ async fn the_daemon_with_self_heal_removes_a_hand_added_env_var() {
     .await;
     assert!(changed(&repo.plan_json("readonly")).is_empty());
 }
+
+#[test]
+fn the_policy_is_inherited_along_the_base_chain_and_defaults_to_reverting_kubectl() {
+    let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let tree = tenantsync::source::folder::read(&root).expect("read the shipped repository");
+    let repository = tenantsync::validate::load(&tree);
+    let prod = repository.resolve("prod").expect("prod");
+    // dr builds on prod and says nothing of ownership: prod's policy.
+    let dr = repository.resolve("dr").expect("dr");
+    assert_eq!(dr.settings.ownership, prod.settings.ownership);
+    assert_eq!(prod.settings.ownership.ignore.len(), 1);
+    assert_eq!(
+        prod.settings.ownership.ignore[0].paths,
+        ["/spec/replicas".to_string()]
+    );
+    // qa sets nothing: the default.
+    let qa = repository.resolve("qa").expect("qa");
+    assert_eq!(
+        qa.settings.ownership,
+        tenantsync::model::Ownership::default()
+    );
+    assert_eq!(
+        qa.settings.ownership.revert,
+        ["kubectl*".to_string(), "before-first-apply".to_string()]
+    );
+}
