@@ -443,3 +443,54 @@ fn the_policy_is_inherited_along_the_base_chain_and_defaults_to_reverting_kubect
         ["kubectl*".to_string(), "before-first-apply".to_string()]
     );
 }
+
+/// The takeover holds only while the object is at the listed
+/// resourceVersion: an object changed since is not rewritten, and the
+/// failure says to run the sync again.
+#[tokio::test]
+async fn a_takeover_on_a_changed_object_is_refused_and_says_to_sync_again() {
+    use tenantsync::cluster::apply::ApplyError;
+    use tenantsync::cluster::{Cluster, ClusterOptions};
+    use tenantsync::diff::{diff_object, field_manager};
+
+    let ns = control_plane().namespace("own-moved").await;
+    let manager = field_manager("moved");
+    let body = json!({"apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "c", "namespace": ns}, "data": {"a": "1"}});
+    let object = tenantsync::render::Object::from_value("w", &body).expect("object");
+    let cluster = Cluster::connect(&ClusterOptions {
+        kubeconfig: Some(control_plane().kubeconfig().to_path_buf()),
+        context: Some("admin".into()),
+    })
+    .await
+    .expect("connect");
+    cluster
+        .apply(&object, false, false, &manager)
+        .await
+        .expect("first apply");
+    kubectl(
+        &ns,
+        &["patch", "configmap/c", "-p", r#"{"data":{"extra":"2"}}"#],
+    );
+    let api: Api<k8s_openapi::api::core::v1::ConfigMap> =
+        Api::namespaced(control_plane().client(User::Admin).await, &ns);
+    let listed = serde_json::to_value(api.get("c").await.expect("get")).expect("json");
+    let mut listed = listed;
+    listed["apiVersion"] = json!("v1");
+    listed["kind"] = json!("ConfigMap");
+    let change = diff_object(&object, Some(&listed), false, &manager);
+    let heal = change.heal.expect("a takeover");
+    // Someone writes in between.
+    kubectl(&ns, &["label", "configmap/c", "between=yes"]);
+    let err = cluster
+        .apply_healed(&object, Some(&heal), false, false, &manager)
+        .await
+        .expect_err("a stale takeover");
+    assert!(matches!(err, ApplyError::Moved { .. }), "{err}");
+    assert!(
+        err.to_string().contains("run the sync again") && err.to_string().contains("kubectl-patch"),
+        "{err}"
+    );
+    let data = api.get("c").await.expect("get").data.expect("data");
+    assert_eq!(data.get("extra").map(String::as_str), Some("2"));
+}
