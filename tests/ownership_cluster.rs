@@ -352,15 +352,41 @@ async fn a_hand_added_label_is_removed_by_default_and_left_with_revert_empty() {
             .cloned()
     };
     kubectl(&ns, &["label", "deployment/fhir-main", "hand=yes"]);
+    // And a key added to a ConfigMap by hand.
+    kubectl(
+        &ns,
+        &[
+            "patch",
+            "configmap/fhir-main-config",
+            "-p",
+            r#"{"data":{"EXTRA":"1"}}"#,
+        ],
+    );
     let out = drift(&repo);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     assert!(
-        text(&out).contains("metadata.labels.hand") && text(&out).contains("kubectl-label"),
+        text(&out)
+            .contains("metadata.labels.hand: \"yes\" -> (removed) (changed by kubectl-label at "),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        text(&out).contains("data.EXTRA: \"1\" -> (removed) (changed by kubectl-patch at "),
         "{}",
         text(&out)
     );
     synced(&repo);
     assert_eq!(label().await, None);
+    let configmaps: Api<k8s_openapi::api::core::v1::ConfigMap> =
+        Api::namespaced(control_plane().client(User::Admin).await, &ns);
+    let data = configmaps
+        .get("fhir-main-config")
+        .await
+        .expect("configmap")
+        .data
+        .unwrap_or_default();
+    assert!(!data.contains_key("EXTRA") && !data.is_empty(), "{data:?}");
+    assert_eq!(drift(&repo).status.code(), Some(0));
 
     environment(&repo, "  ownership:\n    revert: []\n");
     kubectl(&ns, &["label", "deployment/fhir-main", "hand=yes"]);
