@@ -262,7 +262,7 @@ impl Cluster {
             }),
             Err(e) => Err(ApplyError::Cluster {
                 id,
-                source: self.classify(e, "patch managedFields of", &object.kind),
+                source: self.classify(e, "patch", &object.kind),
             }),
         }
     }
