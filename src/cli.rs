@@ -533,6 +533,7 @@ fn live_cmd(args: &LiveArgs, verb: print::Verb) -> anyhow::Result<ExitCode> {
         objects: desired,
         revision,
         scope,
+        ownership,
         ..
     } = match desired_state(args, None)? {
         Ok(state) => state,
@@ -547,7 +548,7 @@ fn live_cmd(args: &LiveArgs, verb: print::Verb) -> anyhow::Result<ExitCode> {
             .await?
             .unwrap_or_else(|| crate::inventory::Inventory::new(&name));
         let kinds = crate::inventory::kinds_to_list(&desired, Some(&inventory));
-        let mut planner = diff::Planner::new(&name, &desired, true);
+        let mut planner = diff::Planner::new(&name, &desired, true).with_ownership(ownership);
         cluster
             .for_each_managed(&name, &kinds, |o| {
                 if scope.contains_live(&o) {
@@ -731,6 +732,8 @@ struct DesiredState {
     scope: crate::sync::Scope,
     /// Invalid workspaces skipped (`sync --skip-invalid`), with their errors.
     skipped: Vec<(String, Vec<Diagnostic>)>,
+    /// `spec.ownership`: whose fields are drift, which are left alone.
+    ownership: crate::model::Ownership,
 }
 
 /// The environment's rendered objects and where they came from, or the
@@ -819,6 +822,7 @@ fn desired_state(
         revision,
         digest,
         scope,
+        ownership: environment.settings.ownership,
         skipped: partial.workspace_errors.into_iter().collect(),
     }))
 }
@@ -863,6 +867,7 @@ fn sync_cmd(args: &SyncArgs) -> anyhow::Result<ExitCode> {
         digest,
         scope,
         skipped,
+        ownership,
     } = match desired_state(live_args, Some(args.skip_invalid))? {
         Ok(state) => state,
         Err(code) => return Ok(code),
@@ -932,7 +937,7 @@ fn sync_cmd(args: &SyncArgs) -> anyhow::Result<ExitCode> {
         let inventory = cluster.read_inventory(&name).await?;
         let kinds = crate::inventory::kinds_to_list(&desired, inventory.as_ref());
         // A sync needs the changes, not their diff text.
-        let mut planner = diff::Planner::new(&name, &desired, false);
+        let mut planner = diff::Planner::new(&name, &desired, false).with_ownership(ownership);
         cluster
             .for_each_managed(&name, &kinds, |o| {
                 if scope.contains_live(&o) {

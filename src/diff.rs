@@ -13,6 +13,7 @@
 use serde_json::{Map, Value};
 use similar::TextDiff;
 
+use crate::field_policy::{self, Heal, Ownership, Step, Takeover, Token};
 use crate::inventory::Inventory;
 use crate::plan::{Action, Change, FieldAction, FieldChange, PLAN_FORMAT_VERSION, Plan, Summary};
 use crate::render::{self, Object, ObjectKey, WORKSPACE_LABEL};
@@ -37,7 +38,35 @@ enum Seg {
     Item {
         label: String,
         live: Option<Value>,
+        /// Its position in the desired list (to strip it) and the live one,
+        /// and its `name` (what ignore rules match).
+        desired: Option<usize>,
+        index: Option<usize>,
+        name: Option<String>,
     },
+}
+
+/// A path as ignore rules see it.
+fn tokens(path: &[Seg]) -> Vec<Token<'_>> {
+    path.iter()
+        .map(|seg| match seg {
+            Seg::Field(f) => Token::Field(f),
+            Seg::Item { name, index, .. } => Token::Item {
+                name: name.as_deref(),
+                index: *index,
+            },
+        })
+        .collect()
+}
+
+/// The path into the desired body, when every item is a declared one.
+fn steps(path: &[Seg]) -> Option<Vec<Step>> {
+    path.iter()
+        .map(|seg| match seg {
+            Seg::Field(f) => Some(Step::Field(f.clone())),
+            Seg::Item { desired, .. } => desired.map(Step::Item),
+        })
+        .collect()
 }
 
 fn display(path: &[Seg]) -> String {
@@ -66,20 +95,23 @@ fn named_list(items: &[Value]) -> bool {
     !items.is_empty() && items.iter().all(|i| item_name(i).is_some())
 }
 
-/// For each desired item, the live item it corresponds to.
-fn align<'a>(desired: &[Value], live: &'a [Value]) -> Vec<(String, Option<&'a Value>)> {
+/// For each desired item, the live item it corresponds to (and where).
+fn align<'a>(desired: &[Value], live: &'a [Value]) -> Vec<(String, Option<(usize, &'a Value)>)> {
     if named_list(desired) {
         desired
             .iter()
             .map(|d| {
                 let name = item_name(d).unwrap_or_default();
-                let l = live.iter().find(|l| item_name(l) == Some(name));
+                let l = live
+                    .iter()
+                    .enumerate()
+                    .find(|(_, l)| item_name(l) == Some(name));
                 (format!("[name={name}]"), l)
             })
             .collect()
     } else {
         (0..desired.len())
-            .map(|i| (format!("[{i}]"), live.get(i)))
+            .map(|i| (format!("[{i}]"), live.get(i).map(|l| (i, l))))
             .collect()
     }
 }
@@ -91,12 +123,30 @@ struct Mismatch {
     live: Option<Value>,
 }
 
-fn compare(desired: &Value, live: Option<&Value>, path: &mut Vec<Seg>, out: &mut Vec<Mismatch>) {
+/// What [`compare`] needs besides the two values: who owns what live, to
+/// foresee lists that would end up with two items of one name.
+struct Cx<'a> {
+    others: &'a [(&'a str, &'a Value)],
+    policy: &'a Ownership,
+    kind: &'a str,
+    notes: Vec<String>,
+}
+
+fn compare(
+    desired: &Value,
+    live: Option<&Value>,
+    path: &mut Vec<Seg>,
+    out: &mut Vec<Mismatch>,
+    cx: &mut Cx<'_>,
+) {
+    if path.len() > field_policy::MAX_DEPTH {
+        return;
+    }
     match desired {
         Value::Object(map) if !map.is_empty() => {
             for (k, v) in map {
                 path.push(Seg::Field(k.clone()));
-                compare(v, live.and_then(|l| l.get(k)), path, out);
+                compare(v, live.and_then(|l| l.get(k)), path, out, cx);
                 path.pop();
             }
         }
@@ -105,12 +155,18 @@ fn compare(desired: &Value, live: Option<&Value>, path: &mut Vec<Seg>, out: &mut
                 .and_then(Value::as_array)
                 .map(Vec::as_slice)
                 .unwrap_or_default();
-            for (item, (label, l)) in items.iter().zip(align(items, live_items)) {
+            if named_list(items) {
+                foresee_duplicates(items, live_items, path, cx);
+            }
+            for (i, (item, (label, l))) in items.iter().zip(align(items, live_items)).enumerate() {
                 path.push(Seg::Item {
                     label,
-                    live: l.cloned(),
+                    live: l.map(|(_, l)| l.clone()),
+                    desired: Some(i),
+                    index: l.map(|(at, _)| at),
+                    name: item_name(item).map(str::to_string),
                 });
-                compare(item, l, path, out);
+                compare(item, l.map(|(_, l)| l), path, out, cx);
                 path.pop();
             }
         }
@@ -125,6 +181,92 @@ fn compare(desired: &Value, live: Option<&Value>, path: &mut Vec<Seg>, out: &mut
             }
         }
     }
+}
+
+/// A live item of a named list that another field manager owns under a
+/// key no declared item has, yet with a declared item's name: the apply
+/// adds the declared one beside it, and the API server refuses two items of
+/// one name (`spec.ports[1].name: Duplicate value`). Items a reverting
+/// manager owns are taken over and removed first, so only the others are
+/// named.
+fn foresee_duplicates(desired: &[Value], live: &[Value], path: &[Seg], cx: &mut Cx<'_>) {
+    for item in live {
+        let Some(name) = item_name(item) else {
+            continue;
+        };
+        let Some(declared) = desired.iter().find(|d| item_name(d) == Some(name)) else {
+            continue;
+        };
+        for (manager, fields) in cx.others {
+            if cx.policy.reverts(manager) {
+                continue;
+            }
+            let Some(list) = trie_at(fields, path) else {
+                continue;
+            };
+            let Some(key) = list
+                .as_object()
+                .and_then(|m| m.keys().find(|k| key_matches(k, item)))
+            else {
+                continue;
+            };
+            if desired_key_matches(key, declared) {
+                continue;
+            }
+            let mut item_path = path.to_vec();
+            item_path.push(Seg::Item {
+                label: String::new(),
+                live: Some(item.clone()),
+                desired: None,
+                index: None,
+                name: Some(name.to_string()),
+            });
+            if cx.policy.ignores(cx.kind, &tokens(&item_path), &[manager]) {
+                continue;
+            }
+            let shown = key.strip_prefix("k:").unwrap_or(key);
+            cx.notes.push(format!(
+                "{}: the apply would add the declared item \"{name}\" beside the live item {shown} that {manager} owns, also named \"{name}\"; the API server refuses two items of one name. Remove that item (kubectl edit), or add {manager} to spec.ownership.revert so a sync takes it over and removes it",
+                display(path)
+            ));
+        }
+    }
+}
+
+/// The node of a fieldsV1 trie at `path` (walked along the live object).
+fn trie_at<'v>(mut node: &'v Value, path: &[Seg]) -> Option<&'v Value> {
+    for seg in path {
+        node = match seg {
+            Seg::Field(f) => node.get(format!("f:{f}"))?,
+            Seg::Item {
+                live: Some(item), ..
+            } => node
+                .as_object()
+                .and_then(|m| m.iter().find(|(k, _)| key_matches(k, item)).map(|(_, v)| v))?,
+            Seg::Item { live: None, .. } => return None,
+        };
+    }
+    Some(node)
+}
+
+/// Whether a `k:{...}` key identifies a declared item: the key fields it
+/// declares match, and those it leaves out are the server's defaults.
+fn desired_key_matches(key: &str, item: &Value) -> bool {
+    let Some(json) = key.strip_prefix("k:") else {
+        return false;
+    };
+    let Ok(Value::Object(fields)) = serde_json::from_str::<Value>(json) else {
+        return false;
+    };
+    let mut declared = 0;
+    for (k, v) in &fields {
+        match item.get(k) {
+            Some(d) if d == v => declared += 1,
+            Some(_) => return false,
+            None => {}
+        }
+    }
+    declared > 0
 }
 
 /// Equality as the API server sees it: an empty object declares presence
@@ -225,6 +367,7 @@ fn removal(path: &[Seg], live: &Value) -> FieldChange {
         live: Some(live.clone()),
         desired: None,
         manager: None,
+        since: None,
     }
 }
 
@@ -266,6 +409,9 @@ fn removed(
             path.push(Seg::Item {
                 label,
                 live: l.clone(),
+                desired: None,
+                index: None,
+                name: None,
             });
             match (&d, &l) {
                 (None, Some(l)) => out.push(removal(path, l)),
@@ -275,6 +421,159 @@ fn removed(
             path.pop();
         }
     }
+}
+
+/// One reverting manager's entry being walked.
+struct Revert<'a> {
+    manager: &'a str,
+    since: Option<&'a str>,
+    policy: &'a Ownership,
+    kind: &'a str,
+}
+
+/// Walks a reverting manager's fieldsV1 along the desired and live
+/// objects: each field it owns that tenantsync does not declare is drift
+/// (a removal, named with the manager and the time), and its fields split
+/// into those taken over by the environment's manager and those an ignore
+/// rule leaves it (`(taken, kept)`).
+fn reverted(
+    node: &Value,
+    desired: Option<&Value>,
+    live: Option<&Value>,
+    path: &mut Vec<Seg>,
+    r: &Revert<'_>,
+    out: &mut Vec<FieldChange>,
+) -> (Map<String, Value>, Map<String, Value>) {
+    let (mut taken, mut kept) = (Map::new(), Map::new());
+    let Some(map) = node.as_object() else {
+        return (taken, kept);
+    };
+    let report = |path: &[Seg], live: &Value, out: &mut Vec<FieldChange>| {
+        out.push(FieldChange {
+            manager: Some(r.manager.to_string()),
+            since: r.since.map(str::to_string),
+            ..removal(path, live)
+        });
+    };
+    for (key, child) in map {
+        // Status is never compared; past the depth bound, left as it is.
+        if key == "." {
+            taken.insert(key.clone(), child.clone());
+            continue;
+        }
+        if (path.is_empty() && key == "f:status") || path.len() >= field_policy::MAX_DEPTH {
+            kept.insert(key.clone(), child.clone());
+            continue;
+        }
+        // A field with nothing under it (or only its own presence, `.`).
+        let whole = child.as_object().is_none_or(|m| m.keys().all(|k| k == "."));
+        if let Some(field) = key.strip_prefix("f:") {
+            let (d, l) = (
+                desired.and_then(|d| d.get(field)),
+                live.and_then(|l| l.get(field)),
+            );
+            path.push(Seg::Field(field.to_string()));
+            if r.policy.ignores(r.kind, &tokens(path), &[r.manager]) {
+                kept.insert(key.clone(), child.clone());
+            } else if d.is_none() && whole {
+                if let Some(l) = l {
+                    report(path, l, out);
+                }
+                taken.insert(key.clone(), child.clone());
+            } else if d.is_some() && whole {
+                taken.insert(key.clone(), child.clone());
+            } else {
+                let (t, k) = reverted(child, d, l, path, r, out);
+                if !t.is_empty() {
+                    taken.insert(key.clone(), Value::Object(t));
+                }
+                if !k.is_empty() {
+                    kept.insert(key.clone(), Value::Object(k));
+                }
+            }
+            path.pop();
+        } else if let Some(item_key) = key.strip_prefix("k:") {
+            let l = live
+                .and_then(Value::as_array)
+                .and_then(|items| items.iter().enumerate().find(|(_, i)| key_matches(key, i)));
+            let d = desired.and_then(Value::as_array).and_then(|items| {
+                items
+                    .iter()
+                    .enumerate()
+                    .find(|(_, i)| desired_key_matches(key, i))
+            });
+            let name = l
+                .and_then(|(_, i)| item_name(i))
+                .or(d.and_then(|(_, i)| item_name(i)));
+            let label = match name {
+                Some(n) => format!("[name={n}]"),
+                None => format!("[{item_key}]"),
+            };
+            path.push(Seg::Item {
+                label,
+                live: l.map(|(_, i)| i.clone()),
+                desired: d.map(|(at, _)| at),
+                index: l.map(|(at, _)| at),
+                name: name.map(str::to_string),
+            });
+            if r.policy.ignores(r.kind, &tokens(path), &[r.manager]) {
+                kept.insert(key.clone(), child.clone());
+            } else if d.is_none() {
+                if let Some((_, l)) = l {
+                    report(path, l, out);
+                }
+                taken.insert(key.clone(), child.clone());
+            } else {
+                // The key's fields identify a declared item: declared too,
+                // even where the server defaulted them (a port's protocol).
+                let mut declared = d.map(|(_, i)| i.clone());
+                if let (Some(Value::Object(item)), Ok(Value::Object(key_fields))) =
+                    (declared.as_mut(), serde_json::from_str::<Value>(item_key))
+                {
+                    for (k, v) in key_fields {
+                        item.entry(k).or_insert(v);
+                    }
+                }
+                let (t, k) = reverted(child, declared.as_ref(), l.map(|(_, i)| i), path, r, out);
+                if !t.is_empty() {
+                    taken.insert(key.clone(), Value::Object(t));
+                }
+                if !k.is_empty() {
+                    kept.insert(key.clone(), Value::Object(k));
+                }
+            }
+            path.pop();
+        } else if let Some(value) = key.strip_prefix("v:") {
+            // A set of plain values (finalizers, ...).
+            let value: Value = serde_json::from_str(value).unwrap_or(Value::Null);
+            let declared = desired
+                .and_then(Value::as_array)
+                .is_some_and(|items| items.contains(&value));
+            let present = live
+                .and_then(Value::as_array)
+                .is_some_and(|items| items.contains(&value));
+            if !declared && present {
+                path.push(Seg::Item {
+                    label: format!("[{value}]"),
+                    live: Some(value.clone()),
+                    desired: None,
+                    index: None,
+                    name: None,
+                });
+                if r.policy.ignores(r.kind, &tokens(path), &[r.manager]) {
+                    kept.insert(key.clone(), child.clone());
+                    path.pop();
+                    continue;
+                }
+                report(path, &value, out);
+                path.pop();
+            }
+            taken.insert(key.clone(), child.clone());
+        } else {
+            taken.insert(key.clone(), child.clone());
+        }
+    }
+    (taken, kept)
 }
 
 /// The live object as far as it matters for the diff: what tenantsync
@@ -381,10 +680,24 @@ fn key_of(v: &Value) -> Option<Key> {
     Some((kind, ns, name))
 }
 
+/// Diffs one desired object against its live counterpart under the
+/// default ownership policy (see [`diff_object_with`]).
+pub fn diff_object(desired: &Object, live: Option<&Value>, diffs: bool, manager: &str) -> Change {
+    diff_object_with(desired, live, diffs, manager, &Ownership::default())
+}
+
 /// Diffs one desired object against its live counterpart; with `diffs`
 /// false the change carries no unified diff text (a sync needs only the
-/// action and the fields).
-pub fn diff_object(desired: &Object, live: Option<&Value>, diffs: bool, manager: &str) -> Change {
+/// action and the fields). `policy`: which other managers' fields are
+/// drift, and which fields are left to others; what a sync must do besides
+/// the apply goes to [`Change::heal`].
+pub fn diff_object_with(
+    desired: &Object,
+    live: Option<&Value>,
+    diffs: bool,
+    manager: &str,
+    policy: &Ownership,
+) -> Change {
     let id = desired.id();
     let mut change = Change {
         action: Action::Unchanged,
@@ -396,6 +709,7 @@ pub fn diff_object(desired: &Object, live: Option<&Value>, diffs: bool, manager:
         fields: Vec::new(),
         diff: String::new(),
         note: None,
+        heal: None,
     };
     let Some(live) = live else {
         change.action = Action::Create;
@@ -405,19 +719,38 @@ pub fn diff_object(desired: &Object, live: Option<&Value>, diffs: bool, manager:
         return change;
     };
     let body = desired.value();
-    let mut mismatches = Vec::new();
-    compare(&body, Some(live), &mut Vec::new(), &mut mismatches);
     let others = fields_of(live, |m| m != manager);
+    let owned = fields_of(live, |m| m == manager);
+    let mut heal = Heal::default();
+    let mut mismatches = Vec::new();
+    let mut cx = Cx {
+        others: &others,
+        policy,
+        kind: &desired.kind,
+        notes: Vec::new(),
+    };
+    compare(&body, Some(live), &mut Vec::new(), &mut mismatches, &mut cx);
+    let notes = cx.notes;
     for m in mismatches {
+        let owners: Vec<&str> = others
+            .iter()
+            .filter(|(_, fields)| trie_contains(fields, &m.path))
+            .map(|(name, _)| *name)
+            .collect();
+        // Left to others: not drift, and not applied unless ours already.
+        if policy.ignores(&desired.kind, &tokens(&m.path), &owners) {
+            let ours = owned.iter().any(|(_, f)| trie_contains(f, &m.path));
+            if !ours && let Some(steps) = steps(&m.path) {
+                heal.strip.push(steps);
+            }
+            continue;
+        }
         let manager = m
             .live
             .as_ref()
-            .and_then(|_| {
-                others
-                    .iter()
-                    .find(|(_, fields)| trie_contains(fields, &m.path))
-            })
-            .map(|(name, _)| (*name).to_string());
+            .and_then(|_| owners.first())
+            .map(|name| (*name).to_string());
+        let since = manager.as_deref().and_then(|name| since_of(live, name));
         change.fields.push(FieldChange {
             path: display(&m.path),
             action: if m.live.is_some() {
@@ -428,9 +761,9 @@ pub fn diff_object(desired: &Object, live: Option<&Value>, diffs: bool, manager:
             live: m.live,
             desired: Some(m.desired),
             manager,
+            since,
         });
     }
-    let owned = fields_of(live, |m| m == manager);
     for (_, fields) in &owned {
         removed(
             fields,
@@ -440,16 +773,103 @@ pub fn diff_object(desired: &Object, live: Option<&Value>, diffs: bool, manager:
             &mut change.fields,
         );
     }
+    // Hand edits: what reverting managers own is drift, and theirs no more
+    // once a sync takes it over.
+    let mut moves = Vec::new();
+    let mut taken_all = Value::Object(Map::new());
+    if let Some(entries) = live
+        .pointer("/metadata/managedFields")
+        .and_then(Value::as_array)
+    {
+        for (i, entry) in entries.iter().enumerate() {
+            let Some(name) = entry.get("manager").and_then(Value::as_str) else {
+                continue;
+            };
+            if !policy.reverts(name)
+                || entry.get("subresource").and_then(Value::as_str) == Some("status")
+            {
+                continue;
+            }
+            let Some(fields) = entry.get("fieldsV1") else {
+                continue;
+            };
+            let r = Revert {
+                manager: name,
+                since: entry.get("time").and_then(Value::as_str),
+                policy,
+                kind: &desired.kind,
+            };
+            let mut found = Vec::new();
+            let (taken, kept) = reverted(
+                fields,
+                Some(&body),
+                Some(live),
+                &mut Vec::new(),
+                &r,
+                &mut found,
+            );
+            for f in found {
+                if !change.fields.iter().any(|c| c.path == f.path) {
+                    change.fields.push(f);
+                }
+            }
+            if !taken.is_empty() {
+                let taken = Value::Object(taken);
+                field_policy::merge_fields(&mut taken_all, &taken, 0);
+                moves.push((i, taken, Value::Object(kept)));
+            }
+        }
+        if !moves.is_empty() {
+            let api_version = live
+                .get("apiVersion")
+                .and_then(Value::as_str)
+                .unwrap_or(&desired.api_version);
+            heal.takeover = Some(Takeover {
+                resource_version: live
+                    .pointer("/metadata/resourceVersion")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string(),
+                managed_fields: field_policy::take_over(entries, &moves, manager, api_version),
+                from: moves
+                    .iter()
+                    .filter_map(|(i, _, _)| entries[*i].get("manager")?.as_str())
+                    .map(str::to_string)
+                    .collect(),
+            });
+        }
+    }
+    if !notes.is_empty() {
+        change.note = Some(notes.join("; "));
+    }
+    if !heal.is_empty() {
+        change.heal = Some(Box::new(heal));
+    }
     if !change.fields.is_empty() {
         change.action = Action::Update;
         if !diffs {
             return change;
         }
-        let owned_trie = owned.first().map(|(_, f)| *f);
-        let view = project(live, Some(&body), owned_trie);
+        let mut trie = owned
+            .first()
+            .map(|(_, f)| (*f).clone())
+            .unwrap_or_else(|| Value::Object(Map::new()));
+        field_policy::merge_fields(&mut trie, &taken_all, 0);
+        let view = project(live, Some(&body), Some(&trie));
         change.diff = unified(&yaml(&view), &yaml(&body), &id);
     }
     change
+}
+
+/// When `manager` last wrote the object (its `managedFields` time).
+fn since_of(live: &Value, manager: &str) -> Option<String> {
+    live.pointer("/metadata/managedFields")
+        .and_then(Value::as_array)?
+        .iter()
+        .filter(|e| e.get("manager").and_then(Value::as_str) == Some(manager))
+        .filter_map(|e| e.get("time").and_then(Value::as_str))
+        .max()
+        .map(str::to_string)
 }
 
 /// Pairs desired objects with live ones as the live ones are listed, a page
@@ -473,6 +893,7 @@ pub struct Planner<'a> {
     diffs: bool,
     /// The environment's field manager ([`field_manager`]).
     manager: String,
+    policy: Ownership,
 }
 
 fn key_hash(key: ObjectKey<'_>) -> u64 {
@@ -499,7 +920,15 @@ impl<'a> Planner<'a> {
             orphans: Vec::new(),
             diffs,
             manager: field_manager(environment),
+            policy: Ownership::default(),
         }
+    }
+
+    /// The environment's field ownership policy (`spec.ownership`); the
+    /// default one otherwise.
+    pub fn with_ownership(mut self, policy: Ownership) -> Planner<'a> {
+        self.policy = policy;
+        self
     }
 
     /// The desired object with this key.
@@ -522,11 +951,12 @@ impl<'a> Planner<'a> {
             Some(i) => {
                 if !self.seen[i] {
                     self.seen[i] = true;
-                    self.changes.push(diff_object(
+                    self.changes.push(diff_object_with(
                         &self.desired[i],
                         Some(&live),
                         self.diffs,
                         &self.manager,
+                        &self.policy,
                     ));
                 }
             }
@@ -595,6 +1025,7 @@ impl<'a> Planner<'a> {
                 fields: Vec::new(),
                 diff,
                 note: None,
+                heal: None,
             });
         }
         changes.sort_by(|a, b| {
@@ -872,5 +1303,251 @@ mod tests {
             assert!(q.diff.is_empty());
         }
         assert!(full.changes.iter().any(|c| !c.diff.is_empty()));
+    }
+
+    fn with_entry(mut live: Value, entry: Value) -> Value {
+        live["metadata"]["managedFields"]
+            .as_array_mut()
+            .unwrap()
+            .push(entry);
+        live
+    }
+
+    fn debug_env_live(desired: &Value) -> Value {
+        let mut live = live_after_apply(desired);
+        live["spec"]["template"]["spec"]["containers"][0]["env"] =
+            json!([{"name": "DEBUG", "value": "1"}]);
+        with_entry(
+            live,
+            json!({"manager": "kubectl-patch", "operation": "Update", "apiVersion": "apps/v1",
+                "time": "2026-12-02T10:00:00Z", "fieldsType": "FieldsV1", "fieldsV1":
+                {"f:spec": {"f:template": {"f:spec": {"f:containers": {"k:{\"name\":\"fhir\"}": {
+                    "f:env": {".": {}, "k:{\"name\":\"DEBUG\"}": {".": {}, "f:name": {}, "f:value": {}}}}}}}}}}),
+        )
+    }
+
+    #[test]
+    fn a_hand_added_env_var_is_drift_with_its_manager_and_time() {
+        let desired = object(deployment(2, "fhir:1"));
+        let live = debug_env_live(&desired.value());
+        let c = diff_object(&desired, Some(&live), true, FIELD_MANAGER);
+        assert_eq!(c.action, Action::Update);
+        assert_eq!(c.fields.len(), 1, "{:?}", c.fields);
+        let f = &c.fields[0];
+        assert_eq!(
+            f.path,
+            "spec.template.spec.containers[name=fhir].env[name=DEBUG]"
+        );
+        assert_eq!(f.action, FieldAction::Remove);
+        assert_eq!(f.live, Some(json!({"name": "DEBUG", "value": "1"})));
+        assert_eq!(f.manager.as_deref(), Some("kubectl-patch"));
+        assert_eq!(f.since.as_deref(), Some("2026-12-02T10:00:00Z"));
+        assert!(c.diff.contains("DEBUG"), "{}", c.diff);
+        // The sync takes the field over: kubectl-patch's entry goes, its
+        // fields are tenantsync's, on the listed resourceVersion.
+        let t = c.heal.as_ref().unwrap().takeover.as_ref().unwrap();
+        assert_eq!(t.resource_version, "42");
+        assert_eq!(t.from, vec!["kubectl-patch".to_string()]);
+        let entries = t.managed_fields.as_array().unwrap();
+        assert!(entries.iter().all(|e| e["manager"] != "kubectl-patch"));
+        let own = entries
+            .iter()
+            .find(|e| e["manager"] == FIELD_MANAGER)
+            .unwrap();
+        assert!(trie_contains(
+            &own["fieldsV1"],
+            &[
+                Seg::Field("spec".into()),
+                Seg::Field("template".into()),
+                Seg::Field("spec".into()),
+                Seg::Field("containers".into()),
+                Seg::Item {
+                    label: String::new(),
+                    live: Some(json!({"name": "fhir"})),
+                    desired: None,
+                    index: None,
+                    name: None
+                },
+                Seg::Field("env".into()),
+            ]
+        ));
+    }
+
+    #[test]
+    fn with_revert_empty_hand_edits_are_left_alone() {
+        let desired = object(deployment(2, "fhir:1"));
+        let live = debug_env_live(&desired.value());
+        let none = Ownership {
+            revert: vec![],
+            ignore: vec![],
+        };
+        let c = diff_object_with(&desired, Some(&live), true, FIELD_MANAGER, &none);
+        assert_eq!(c.action, Action::Unchanged, "{:?}", c.fields);
+        assert!(c.heal.is_none());
+    }
+
+    #[test]
+    fn a_hand_added_label_and_configmap_key_are_drift() {
+        let cm = json!({"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "c", "namespace": "n", "labels": {"app": "x"}}, "data": {"a": "1"}});
+        let mut live = cm.clone();
+        live["metadata"]["resourceVersion"] = json!("7");
+        live["metadata"]["labels"]["hand"] = json!("yes");
+        live["data"]["extra"] = json!("2");
+        live["metadata"]["managedFields"] = json!([
+            {"manager": "tenantsync/dev", "operation": "Apply", "fieldsV1":
+                {"f:metadata": {"f:labels": {"f:app": {}}}, "f:data": {"f:a": {}}}},
+            {"manager": "kubectl-label", "operation": "Update", "time": "t1", "fieldsV1":
+                {"f:metadata": {"f:labels": {"f:hand": {}}}}},
+            {"manager": "kubectl-edit", "operation": "Update", "time": "t2", "fieldsV1":
+                {"f:data": {"f:extra": {}}}}
+        ]);
+        let c = diff_object(&object(cm), Some(&live), false, "tenantsync/dev");
+        let got: Vec<_> = c
+            .fields
+            .iter()
+            .map(|f| (f.path.as_str(), f.manager.as_deref()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("metadata.labels.hand", Some("kubectl-label")),
+                ("data.extra", Some("kubectl-edit"))
+            ]
+        );
+        let t = c.heal.unwrap().takeover.unwrap();
+        assert_eq!(t.managed_fields.as_array().unwrap().len(), 1);
+        assert_eq!(
+            t.managed_fields[0]["fieldsV1"],
+            json!({"f:metadata": {"f:labels": {"f:app": {}, "f:hand": {}}}, "f:data": {"f:a": {}, "f:extra": {}}})
+        );
+    }
+
+    #[test]
+    fn ignored_fields_are_not_drift_and_are_left_out_of_the_apply() {
+        let desired = object(deployment(2, "fhir:1"));
+        let mut live = live_after_apply(&desired.value());
+        live["spec"]["replicas"] = json!(5);
+        // The autoscaler owns replicas now; tenantsync no more.
+        live["metadata"]["managedFields"][0]["fieldsV1"]["f:spec"]
+            .as_object_mut()
+            .unwrap()
+            .remove("f:replicas");
+        let live = with_entry(
+            live,
+            json!({"manager": "horizontal-pod-autoscaler", "operation": "Update",
+            "subresource": "scale", "fieldsV1": {"f:spec": {"f:replicas": {}}}}),
+        );
+        let policy = Ownership {
+            ignore: vec![crate::model::IgnoreRule {
+                kinds: vec!["Deployment".into()],
+                paths: vec!["/spec/replicas".into()],
+                managers: vec!["horizontal-pod-autoscaler".into()],
+            }],
+            ..Ownership::default()
+        };
+        let c = diff_object_with(&desired, Some(&live), true, FIELD_MANAGER, &policy);
+        assert_eq!(c.action, Action::Unchanged, "{:?}", c.fields);
+        let heal = c.heal.unwrap();
+        assert_eq!(
+            heal.strip,
+            vec![vec![
+                Step::Field("spec".into()),
+                Step::Field("replicas".into())
+            ]]
+        );
+        assert!(heal.takeover.is_none());
+        // Without the rule, the autoscaler's value is drift (as before).
+        let c = diff_object(&desired, Some(&live), true, FIELD_MANAGER);
+        assert_eq!(c.action, Action::Update);
+        assert_eq!(
+            c.fields[0].manager.as_deref(),
+            Some("horizontal-pod-autoscaler")
+        );
+        // An ignored field a reverting manager set is neither drift nor
+        // taken over.
+        let mut live = live_after_apply(&desired.value());
+        live["spec"]["template"]["spec"]["containers"][0]["env"] =
+            json!([{"name": "DEBUG", "value": "1"}]);
+        let live = with_entry(
+            live,
+            json!({"manager": "kubectl-patch", "operation": "Update", "fieldsV1":
+            {"f:spec": {"f:template": {"f:spec": {"f:containers": {"k:{\"name\":\"fhir\"}": {
+                "f:env": {"k:{\"name\":\"DEBUG\"}": {".": {}, "f:name": {}, "f:value": {}}}}}}}}}}),
+        );
+        let policy = Ownership {
+            ignore: vec![crate::model::IgnoreRule {
+                paths: vec!["/spec/template/spec/containers/*/env/DEBUG".into()],
+                ..Default::default()
+            }],
+            ..Ownership::default()
+        };
+        let c = diff_object_with(&desired, Some(&live), true, FIELD_MANAGER, &policy);
+        assert_eq!(c.action, Action::Unchanged, "{:?}", c.fields);
+        assert!(c.heal.is_none());
+    }
+
+    fn service(port: i64) -> Value {
+        json!({"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "fhir", "namespace": "n"},
+            "spec": {"selector": {"app": "fhir"}, "ports": [{"name": "http", "port": port, "targetPort": 8080}]}})
+    }
+
+    fn service_after_port_patch(manager: &str) -> Value {
+        let mut live = service(81);
+        live["metadata"]["resourceVersion"] = json!("9");
+        live["spec"]["ports"][0]["protocol"] = json!("TCP");
+        live["metadata"]["managedFields"] = json!([
+            {"manager": "tenantsync/dev", "operation": "Apply", "fieldsV1": {"f:spec": {"f:selector": {}, "f:ports": {}}}},
+            {"manager": manager, "operation": "Update", "time": "t", "fieldsV1": {"f:spec": {"f:ports": {
+                "k:{\"port\":81,\"protocol\":\"TCP\"}": {".": {}, "f:name": {}, "f:port": {}, "f:protocol": {}, "f:targetPort": {}}}}}}
+        ]);
+        live
+    }
+
+    #[test]
+    fn a_hand_changed_service_port_is_taken_over_and_a_foreign_one_foreseen() {
+        let desired = object(service(80));
+        let live = service_after_port_patch("kubectl-patch");
+        let c = diff_object(&desired, Some(&live), true, "tenantsync/dev");
+        assert_eq!(c.action, Action::Update);
+        assert!(
+            c.fields.iter().any(|f| f.path == "spec.ports[name=http]"
+                && f.action == FieldAction::Remove
+                && f.manager.as_deref() == Some("kubectl-patch")),
+            "{:?}",
+            c.fields
+        );
+        assert!(c.note.is_none(), "{:?}", c.note);
+        assert!(c.heal.unwrap().takeover.is_some());
+        // A manager that is not reverted keeps its port: plan says the
+        // apply will be refused, and names the item and its manager.
+        let live = service_after_port_patch("port-operator");
+        let c = diff_object(&desired, Some(&live), true, "tenantsync/dev");
+        let note = c.note.unwrap();
+        assert!(
+            note.contains("spec.ports")
+                && note.contains("\"port\":81")
+                && note.contains("port-operator")
+                && note.contains("spec.ownership.revert"),
+            "{note}"
+        );
+    }
+
+    #[test]
+    fn a_declared_port_without_its_protocol_is_not_foreign() {
+        let desired = object(service(80));
+        let mut live = service(80);
+        live["spec"]["ports"][0]["protocol"] = json!("TCP");
+        live["metadata"]["managedFields"] = json!([
+            {"manager": "before-first-apply", "operation": "Update", "fieldsV1": {"f:spec": {"f:ports": {
+                "k:{\"port\":80,\"protocol\":\"TCP\"}": {".": {}, "f:name": {}, "f:port": {}, "f:protocol": {}, "f:targetPort": {}}}}}}
+        ]);
+        let c = diff_object(&desired, Some(&live), true, "tenantsync/dev");
+        assert_eq!(c.action, Action::Unchanged, "{:?}", c.fields);
+        // Taken over all the same, so later edits by hand are undone.
+        let mf = c.heal.unwrap().takeover.unwrap().managed_fields;
+        assert_eq!(mf.as_array().unwrap().len(), 1);
+        assert_eq!(mf[0]["manager"], "tenantsync/dev");
     }
 }

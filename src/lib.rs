@@ -9,6 +9,7 @@ pub mod cluster;
 pub mod daemon;
 pub mod diag;
 pub mod diff;
+pub mod field_policy;
 pub mod health;
 pub mod inventory;
 pub mod model;

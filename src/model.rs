@@ -235,6 +235,56 @@ pub struct SyncPolicy {
     pub max_prune_percent: Option<u8>,
 }
 
+/// Field ownership: which field managers' edits are drift, undone by a
+/// sync, and which fields are left to others ([`crate::field_policy`]).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Ownership {
+    /// Field managers (`*` matches any run of characters) whose fields on
+    /// an object tenantsync manages are drift: reported, and taken over
+    /// and removed by a sync unless declared.
+    #[serde(default = "default_revert")]
+    pub revert: Vec<String>,
+    /// Fields left to others: never drift, never overwritten.
+    #[serde(default)]
+    pub ignore: Vec<IgnoreRule>,
+}
+
+/// The managers reverted unless an environment says otherwise: edits made
+/// with kubectl (`kubectl-edit`, `kubectl-patch`, `kubectl-label`, ...)
+/// and what kubectl's client-side apply or create recorded.
+pub const DEFAULT_REVERT: [&str; 2] = ["kubectl*", "before-first-apply"];
+
+fn default_revert() -> Vec<String> {
+    DEFAULT_REVERT.iter().map(|m| m.to_string()).collect()
+}
+
+impl Default for Ownership {
+    fn default() -> Self {
+        Ownership {
+            revert: default_revert(),
+            ignore: Vec::new(),
+        }
+    }
+}
+
+/// Fields left to others. A field is ignored when its object's kind is one
+/// of `kinds` (any kind when empty), its path is at or under one of `paths`
+/// (any path when empty) and, when `managers` is given, one of them owns
+/// it live.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct IgnoreRule {
+    #[serde(default)]
+    pub kinds: Vec<String>,
+    /// JSON pointers (`/spec/replicas`); a list item is named by its
+    /// `name` or `*`.
+    #[serde(default)]
+    pub paths: Vec<String>,
+    #[serde(default)]
+    pub managers: Vec<String>,
+}
+
 /// The operator's default ceiling on one sync's prune, in percent.
 pub const DEFAULT_MAX_PRUNE_PERCENT: u8 = 25;
 
@@ -254,6 +304,8 @@ pub struct Settings {
     pub defaults: Defaults,
     #[serde(default)]
     pub sync_policy: SyncPolicy,
+    #[serde(default)]
+    pub ownership: Ownership,
 }
 
 /// One environment, resolved: settings merged over its base chain and the

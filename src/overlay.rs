@@ -207,6 +207,20 @@ mod tests {
     }
 
     #[test]
+    fn an_empty_list_where_the_base_has_none_does_not_overflow_the_stack() {
+        let (j, e) = merged("a: 1\n", "revert: []\nb: {c: []}\n");
+        assert!(e.is_empty());
+        assert_eq!(j, serde_json::json!({"a": 1, "revert": [], "b": {"c": []}}));
+        assert_eq!(
+            without_deletions(&y("x: []\n")).to_json(),
+            serde_json::json!({"x": []})
+        );
+        // Over a base list, an empty one replaces it.
+        let (j, _) = merged("revert: [kubectl]\n", "revert: []\n");
+        assert_eq!(j, serde_json::json!({"revert": []}));
+    }
+
+    #[test]
     fn maps_merge_deeply_and_null_deletes() {
         let (j, e) = merged(
             "a: {b: 1, c: 2}\nd: 3\n",

@@ -49,6 +49,9 @@ pub struct FieldChange {
     /// (who changed it behind Git's back), when there is one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub manager: Option<String>,
+    /// When that manager last wrote the object (its `managedFields` time).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub since: Option<String>,
 }
 
 /// One object of the change set.
@@ -70,6 +73,10 @@ pub struct Change {
     /// Why an object is adopted or left unmanaged (who owns it).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
+    /// What a sync does besides the apply (taking hand-edited fields over,
+    /// leaving ignored ones out), worked out from the listed object.
+    #[serde(skip)]
+    pub heal: Option<Box<crate::field_policy::Heal>>,
 }
 
 impl Change {

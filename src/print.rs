@@ -148,10 +148,11 @@ fn transition(f: &FieldChange) -> (String, String) {
 }
 
 fn manager_note(f: &FieldChange) -> String {
-    f.manager
-        .as_ref()
-        .map(|m| format!(" (changed by {m})"))
-        .unwrap_or_default()
+    match (&f.manager, &f.since) {
+        (Some(m), Some(t)) => format!(" (changed by {m} at {t})"),
+        (Some(m), None) => format!(" (changed by {m})"),
+        _ => String::new(),
+    }
 }
 
 // ---------------------------------------------------------------- text
@@ -532,6 +533,7 @@ mod tests {
             fields: Vec::new(),
             diff: diff.to_string(),
             note: None,
+            heal: None,
         }
     }
 
@@ -556,6 +558,7 @@ mod tests {
             live: Some(json!(5)),
             desired: Some(json!(2)),
             manager: Some("kubectl".to_string()),
+            since: None,
         });
         c
     }
@@ -718,6 +721,7 @@ mod tests {
                 live: None,
                 desired: Some(json!("imaging")),
                 manager: None,
+                since: None,
             },
             FieldChange {
                 path: "spec.sessionAffinity".to_string(),
@@ -725,6 +729,7 @@ mod tests {
                 live: Some(json!("ClientIP")),
                 desired: None,
                 manager: None,
+                since: None,
             },
         ];
         let t = text(&plan_of(vec![c]), false, Verb::Plan);

@@ -196,6 +196,9 @@ fn describe(kind: &ValidationErrorKind, node: &Node, pointer: &str, fallback: &s
         ValidationErrorKind::MinLength { limit } => {
             format!("{} is shorter than {limit} characters", found())
         }
+        ValidationErrorKind::AnyOf { .. } if pointer.contains("/ownership/ignore/") => {
+            "an ignore rule names the fields it leaves to others: give it `paths`, `managers` or both".to_string()
+        }
         _ => fallback.to_string(),
     }
 }

@@ -388,6 +388,7 @@ mod tests {
                 fields: Vec::new(),
                 diff: String::new(),
                 note: None,
+                heal: None,
             })
             .collect();
         Plan {

@@ -843,6 +843,7 @@ mod tests {
             fields: Vec::new(),
             diff: "+ something".into(),
             note: None,
+            heal: None,
         }
     }
 

@@ -500,9 +500,14 @@ async fn a_cli_sync_records_its_result_and_drift_calls_never_applied_objects_pen
             "admin",
             "-n",
             &ns,
-            "scale",
+            "patch",
             "deployment/fhir-main",
-            "--replicas=5",
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"replicas":5}}"#,
+            // Not kubectl's own manager name: those are reverted by the
+            // default ownership policy, this one conflicts.
+            "--field-manager=scaler",
         ])
         .output()
         .expect("kubectl");

@@ -112,6 +112,7 @@ fn object(action: Action, api_version: &str, kind: &str, ws: &str, name: &str) -
         fields: Vec::new(),
         diff: String::new(),
         note: None,
+        heal: None,
     }
 }
 
@@ -141,6 +142,7 @@ fn fixed_plan() -> Plan {
             live: Some(json!(5)),
             desired: Some(json!(2)),
             manager: Some("kubectl".to_string()),
+            since: None,
         },
         FieldChange {
             path: "spec.template.spec.containers[name=fhir-server].image".to_string(),
@@ -152,6 +154,7 @@ fn fixed_plan() -> Plan {
                 "mcr.microsoft.com/healthcareapis/r4-fhir-server:4.3.2"
             )),
             manager: None,
+            since: None,
         },
     ];
     deploy.diff = unified(

@@ -20,6 +20,7 @@ mod git_source;
 mod git_transports;
 mod golden;
 mod health_cluster;
+mod ownership_cluster;
 mod plan_cluster;
 mod print_golden;
 mod support;

@@ -10,6 +10,7 @@ use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, Propagatio
 
 use super::{Cluster, ClusterError};
 use crate::diff::FIELD_MANAGER;
+use crate::field_policy::{Heal, Takeover};
 use crate::inventory::{self, Inventory, ObjectRef, SYSTEM_NAMESPACE};
 use crate::render::{MANAGED_BY, MANAGER, Object};
 
@@ -31,8 +32,18 @@ pub enum ApplyError {
         "{id}: the API server refuses to change an immutable field: {message}; re-run with --force-recreate to delete and recreate the object"
     )]
     Immutable { id: String, message: String },
-    #[error("{id}: rejected by the API server: {message}")]
+    #[error(
+        "{id}: rejected by the API server: {message}; fix the declaration in Git, or undo the hand edit it collides with (tenantsync plan names a foreign list item and its field manager)"
+    )]
     Invalid { id: String, message: String },
+    #[error(
+        "{id}: changed since it was read (resourceVersion {resource_version}), so the fields of {from} were not taken over; run the sync again"
+    )]
+    Moved {
+        id: String,
+        resource_version: String,
+        from: String,
+    },
     #[error("{id}: {source}")]
     Cluster {
         id: String,
@@ -102,6 +113,31 @@ impl Cluster {
         force: bool,
         manager: &str,
     ) -> Result<(), ApplyError> {
+        self.apply_inner(object, None, dry_run, force, manager)
+            .await
+    }
+
+    /// [`Cluster::apply`] of another body than the object's own.
+    async fn apply_body(
+        &self,
+        object: &Object,
+        body: &serde_json::Value,
+        dry_run: bool,
+        force: bool,
+        manager: &str,
+    ) -> Result<(), ApplyError> {
+        self.apply_inner(object, Some(body), dry_run, force, manager)
+            .await
+    }
+
+    async fn apply_inner(
+        &self,
+        object: &Object,
+        body: Option<&serde_json::Value>,
+        dry_run: bool,
+        force: bool,
+        manager: &str,
+    ) -> Result<(), ApplyError> {
         let id = object.id();
         let api = self
             .api_for(
@@ -118,10 +154,14 @@ impl Cluster {
         params.force = force;
         params.dry_run = dry_run;
         self.count(!dry_run);
-        match api
-            .patch(&object.name, &params, &Patch::Apply(object.json()))
-            .await
-        {
+        let result = match body {
+            Some(body) => api.patch(&object.name, &params, &Patch::Apply(body)).await,
+            None => {
+                api.patch(&object.name, &params, &Patch::Apply(object.json()))
+                    .await
+            }
+        };
+        match result {
             Ok(_) => Ok(()),
             Err(kube::Error::Api(status)) if status.code == 409 => {
                 let fields = status
@@ -153,6 +193,73 @@ impl Cluster {
                     message: status.message.clone(),
                 })
             }
+            Err(e) => Err(ApplyError::Cluster {
+                id,
+                source: self.classify(e, "patch", &object.kind),
+            }),
+        }
+    }
+
+    /// Server-side apply after the ownership policy's [`Heal`]: the
+    /// reverting managers' fields are first made the environment's (one
+    /// merge patch of `managedFields` on the condition that the object is
+    /// still at the listed `resourceVersion`, as Flux's SSA manager does),
+    /// so the apply removes what is not declared; ignored fields are left
+    /// out of the applied body.
+    pub async fn apply_healed(
+        &self,
+        object: &Object,
+        heal: Option<&Heal>,
+        dry_run: bool,
+        force: bool,
+        manager: &str,
+    ) -> Result<(), ApplyError> {
+        let Some(heal) = heal else {
+            return self.apply(object, dry_run, force, manager).await;
+        };
+        if let Some(takeover) = &heal.takeover
+            && !dry_run
+        {
+            self.take_over(object, takeover).await?;
+        }
+        if heal.strip.is_empty() {
+            return self.apply(object, dry_run, force, manager).await;
+        }
+        let body = crate::field_policy::strip(object.value(), &heal.strip);
+        self.apply_body(object, &body, dry_run, force, manager)
+            .await
+    }
+
+    async fn take_over(&self, object: &Object, takeover: &Takeover) -> Result<(), ApplyError> {
+        let id = object.id();
+        let api = self
+            .api_for(
+                &object.api_version,
+                &object.kind,
+                object.namespace.as_deref(),
+            )
+            .await
+            .map_err(|source| ApplyError::Cluster {
+                id: id.clone(),
+                source,
+            })?;
+        let patch = serde_json::json!({
+            "metadata": {
+                "resourceVersion": takeover.resource_version,
+                "managedFields": takeover.managed_fields,
+            }
+        });
+        self.count(true);
+        match api
+            .patch(&object.name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(status)) if status.code == 409 => Err(ApplyError::Moved {
+                id,
+                resource_version: takeover.resource_version.clone(),
+                from: takeover.from.join(", "),
+            }),
             Err(e) => Err(ApplyError::Cluster {
                 id,
                 source: self.classify(e, "patch", &object.kind),

@@ -18,6 +18,7 @@ use serde_json::Value;
 
 use super::apply::{ApplyError, ConflictField};
 use super::{Cluster, ClusterError};
+use crate::field_policy::Heal;
 use crate::health::{Health, HealthOptions, HealthStatus};
 use crate::inventory::{Inventory, ObjectRef};
 use crate::plan::{Action, Change, Plan};
@@ -274,6 +275,8 @@ pub async fn sync(
         .filter(|c| c.action == Action::Adopt)
         .map(Change::key)
         .collect();
+    // The ownership policy's work besides each apply (field_policy::Heal).
+    let heals = heals_of(plan);
 
     // 1. Widen the inventory before creating anything. It is written with
     // the resourceVersion it was read at: an entry another writer added
@@ -365,7 +368,9 @@ pub async fn sync(
         let mut in_flight = FuturesOrdered::new();
         for _ in 0..APPLY_CONCURRENCY {
             match next_sendable(&mut queue, &mut refused, &mut report, &lock_lost) {
-                Some(o) => in_flight.push_back(applied(cluster, o, options, &manager, &adopted)),
+                Some(o) => {
+                    in_flight.push_back(applied(cluster, o, options, &manager, &adopted, &heals))
+                }
                 None => break,
             }
         }
@@ -385,7 +390,7 @@ pub async fn sync(
                 _ => transport_failures = 0,
             }
             if let Some(next) = next_sendable(&mut queue, &mut refused, &mut report, &lock_lost) {
-                in_flight.push_back(applied(cluster, next, options, &manager, &adopted));
+                in_flight.push_back(applied(cluster, next, options, &manager, &adopted, &heals));
             }
             // Objects of a CRD's kind wait until it is Established.
             if &*o.kind == "CustomResourceDefinition"
@@ -663,18 +668,29 @@ fn next_deletable<'o>(
     None
 }
 
+/// The ownership policy's work of each object to apply, by key.
+fn heals_of(plan: &Plan) -> HashMap<ObjectKey<'_>, &Heal> {
+    plan.changes
+        .iter()
+        .filter(|c| c.is_apply())
+        .filter_map(|c| Some((c.key(), c.heal.as_deref()?)))
+        .collect()
+}
+
 async fn applied<'a>(
     cluster: &Cluster,
     object: &'a Object,
     options: &SyncOptions,
     manager: &str,
     adopted: &HashSet<ObjectKey<'_>>,
+    heals: &HashMap<ObjectKey<'_>, &Heal>,
 ) -> (&'a Object, Result<bool, ApplyError>) {
     // Adopting takes the declared fields over from whoever wrote them.
     let force = options.force_conflicts || adopted.contains(&object.key());
+    let heal = heals.get(&object.key()).copied();
     let result = match tokio::time::timeout(
         WRITE_TIMEOUT,
-        apply_one(cluster, object, options, manager, force),
+        apply_one(cluster, object, options, manager, force, heal),
     )
     .await
     {
@@ -713,8 +729,17 @@ async fn apply_one(
     options: &SyncOptions,
     manager: &str,
     force: bool,
+    heal: Option<&Heal>,
 ) -> Result<bool, ApplyError> {
-    let first = cluster.apply(object, options.dry_run, force, manager).await;
+    let first = cluster
+        .apply_healed(object, heal, options.dry_run, force, manager)
+        .await;
+    // Retries apply the same body; the fields were taken over already.
+    let rest = heal.map(|h| Heal {
+        takeover: None,
+        strip: h.strip.clone(),
+    });
+    let rest = rest.as_ref();
     // Fields held only by the field manager every environment shared
     // before each had its own are tenantsync's: taken over, not a conflict.
     let first = match first {
@@ -723,7 +748,9 @@ async fn apply_one(
                 .iter()
                 .all(|f| f.manager == crate::diff::FIELD_MANAGER) =>
         {
-            cluster.apply(object, options.dry_run, true, manager).await
+            cluster
+                .apply_healed(object, rest, options.dry_run, true, manager)
+                .await
         }
         other => other,
     };
@@ -754,6 +781,7 @@ async fn apply_one(
                     ),
                 });
             }
+            // A new object: everything declared, ignored fields too.
             cluster
                 .apply(object, false, force, manager)
                 .await

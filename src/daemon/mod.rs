@@ -214,6 +214,8 @@ struct Desired {
     /// The Warning Event about `failed` is still to be recorded (once per
     /// revision, by the leader, as soon as the cluster is reachable).
     event_pending: std::sync::atomic::AtomicBool,
+    /// `spec.ownership`: whose fields are drift, which are left alone.
+    ownership: crate::model::Ownership,
 }
 
 /// Runs the daemon until SIGTERM or Ctrl-C.
@@ -652,6 +654,7 @@ async fn reconcile(
                                         scope: crate::sync::Scope { only: None, held },
                                         ..sync_options_of(options, policy, &effective)
                                     },
+                                    ownership: environment.settings.ownership.clone(),
                                     failed,
                                     event_pending,
                                 }));
@@ -992,6 +995,7 @@ async fn last_applied_from_inventory(
             objects,
             failed: BTreeMap::new(),
             event_pending: std::sync::atomic::AtomicBool::new(false),
+            ownership: environment.settings.ownership.clone(),
         })
     })
     .await
@@ -1045,7 +1049,8 @@ async fn check_and_sync(
         )
         .await;
     }
-    let mut planner = diff::Planner::new(env, &state.objects, false);
+    let mut planner =
+        diff::Planner::new(env, &state.objects, false).with_ownership(state.ownership.clone());
     // Held workspaces are out of scope: not planned, applied nor pruned.
     let scope = &state.sync.scope;
     c.for_each_managed(env, &kinds, |o| {
