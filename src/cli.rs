@@ -669,7 +669,10 @@ fn sync_cmd(args: &SyncArgs) -> anyhow::Result<ExitCode> {
                     bar.set_message(format!("wave {wave}: {kind}"))
                 }
                 (Some(bar), Progress::Applied { .. }) => bar.inc(1),
-                (None, Progress::Applied { id, ok }) if !ok => eprintln!("apply failed: {id}"),
+                // A conflict or a failure: the report below says which and why.
+                (None, Progress::Applied { id, ok }) if !ok => {
+                    eprintln!("not applied: {id} (see below)")
+                }
                 (
                     None,
                     Progress::Stage {
@@ -678,7 +681,10 @@ fn sync_cmd(args: &SyncArgs) -> anyhow::Result<ExitCode> {
                         objects,
                     },
                 ) => {
-                    eprintln!("applying wave {wave}: {objects} {kind}(s)");
+                    eprintln!(
+                        "applying wave {wave}: {objects} {}",
+                        crate::print::kind_plural(kind, objects)
+                    );
                 }
                 (_, Progress::Pruned { id, ok }) => {
                     eprintln!("{} {id}", if ok { "pruned" } else { "prune failed:" })
@@ -806,9 +812,11 @@ fn status_cmd(args: &StatusArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::from(1));
     };
     match args.output {
-        ValidateOutput::Json => {
-            write_stdout(&(serde_json::to_string_pretty(&data).context("encoding JSON")? + "\n"))?
-        }
+        ValidateOutput::Json => write_stdout(
+            &(serde_json::to_string_pretty(&crate::print::status_json(&data))
+                .context("encoding JSON")?
+                + "\n"),
+        )?,
         ValidateOutput::Text => {
             let get = |k: &str| {
                 data.get(k)
