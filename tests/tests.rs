@@ -17,6 +17,7 @@ mod golden;
 mod health_cluster;
 mod plan_cluster;
 mod print_golden;
+mod readme_commands;
 mod support;
 mod sync_cluster;
 mod tenancy_cluster;
