@@ -8,6 +8,7 @@ mod ci_example;
 mod cli_meta;
 mod container_image;
 mod control_plane;
+mod control_plane_script;
 mod daemon_e2e;
 mod daemon_http;
 mod deploy_cluster;
