@@ -522,10 +522,10 @@ pub fn kind_plural(kind: &str, n: usize) -> String {
         return kind.to_string();
     }
     let lower = kind.to_ascii_lowercase();
-    if let Some(stem) = kind.strip_suffix('y') {
-        if !stem.ends_with(['a', 'e', 'i', 'o', 'u']) {
-            return format!("{stem}ies");
-        }
+    if let Some(stem) = kind.strip_suffix('y')
+        && !stem.ends_with(['a', 'e', 'i', 'o', 'u'])
+    {
+        return format!("{stem}ies");
     }
     if ["s", "x", "z", "ch", "sh"]
         .iter()
