@@ -983,7 +983,10 @@ fn sync_cmd(args: &SyncArgs) -> anyhow::Result<ExitCode> {
                     bar.set_message(format!("wave {wave}: {kind}"))
                 }
                 (Some(bar), Progress::Applied { .. }) => bar.inc(1),
-                (None, Progress::Applied { id, ok }) if !ok => eprintln!("apply failed: {id}"),
+                // A conflict or a failure: the report below says which and why.
+                (None, Progress::Applied { id, ok }) if !ok => {
+                    eprintln!("not applied: {id} (see below)")
+                }
                 (
                     None,
                     Progress::Stage {
@@ -992,7 +995,10 @@ fn sync_cmd(args: &SyncArgs) -> anyhow::Result<ExitCode> {
                         objects,
                     },
                 ) => {
-                    eprintln!("applying wave {wave}: {objects} {kind}(s)");
+                    eprintln!(
+                        "applying wave {wave}: {objects} {}",
+                        crate::print::kind_plural(kind, objects)
+                    );
                 }
                 (_, Progress::Pruned { id, ok }) => {
                     eprintln!("{} {id}", if ok { "pruned" } else { "prune failed:" })
@@ -1260,9 +1266,11 @@ fn status_cmd(args: &StatusArgs) -> anyhow::Result<ExitCode> {
         data.insert("lock.since".into(), h.since.clone().unwrap_or_default());
     }
     match args.output {
-        ValidateOutput::Json => {
-            write_stdout(&(serde_json::to_string_pretty(&data).context("encoding JSON")? + "\n"))?
-        }
+        ValidateOutput::Json => write_stdout(
+            &(serde_json::to_string_pretty(&crate::print::status_json(&data))
+                .context("encoding JSON")?
+                + "\n"),
+        )?,
         ValidateOutput::Text => {
             let get = |k: &str| {
                 data.get(k)

@@ -516,6 +516,43 @@ pub fn json(plan: &Plan) -> String {
     s
 }
 
+/// `n` objects of a Kubernetes kind in English: `1 Ingress`, `7 Ingresses`,
+/// `2 NetworkPolicies`, `3 Deployments`.
+pub fn kind_plural(kind: &str, n: usize) -> String {
+    if n == 1 {
+        return kind.to_string();
+    }
+    let lower = kind.to_ascii_lowercase();
+    if let Some(stem) = kind.strip_suffix('y')
+        && !stem.ends_with(['a', 'e', 'i', 'o', 'u'])
+    {
+        return format!("{stem}ies");
+    }
+    if ["s", "x", "z", "ch", "sh"]
+        .iter()
+        .any(|e| lower.ends_with(e))
+    {
+        return format!("{kind}es");
+    }
+    format!("{kind}s")
+}
+
+/// The inventory's data as `status --output json` prints it: the counts as
+/// JSON numbers (a ConfigMap stores every value as a string), the rest as is.
+pub fn status_json(data: &std::collections::BTreeMap<String, String>) -> serde_json::Value {
+    const COUNTS: [&str; 2] = ["objectCount", "status.driftedObjects"];
+    data.iter()
+        .map(|(k, v)| {
+            let value = match v.parse::<u64>() {
+                Ok(n) if COUNTS.contains(&k.as_str()) => serde_json::Value::from(n),
+                _ => serde_json::Value::from(v.as_str()),
+            };
+            (k.clone(), value)
+        })
+        .collect::<serde_json::Map<_, _>>()
+        .into()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -900,5 +937,31 @@ mod tests {
         assert_eq!(v["summary"]["delete"], 2);
         assert_eq!(v["changes"][1]["fields"][0]["manager"], "kubectl");
         assert_eq!(v["apiRequests"], 7);
+    }
+
+    #[test]
+    fn kinds_are_pluralised_as_english_words() {
+        assert_eq!(kind_plural("Ingress", 7), "Ingresses");
+        assert_eq!(kind_plural("Ingress", 1), "Ingress");
+        assert_eq!(kind_plural("NetworkPolicy", 2), "NetworkPolicies");
+        assert_eq!(kind_plural("Deployment", 3), "Deployments");
+        assert_eq!(kind_plural("Gateway", 2), "Gateways");
+        assert_eq!(kind_plural("Namespace", 0), "Namespaces");
+    }
+
+    #[test]
+    fn status_json_gives_counts_as_numbers() {
+        let data = std::collections::BTreeMap::from([
+            ("objectCount".to_string(), "59".to_string()),
+            ("status.driftedObjects".to_string(), "0".to_string()),
+            ("revision".to_string(), "0123456789".to_string()),
+            ("status.syncStatus".to_string(), "Synced".to_string()),
+        ]);
+        let json = status_json(&data);
+        assert_eq!(json["objectCount"], serde_json::json!(59));
+        assert_eq!(json["status.driftedObjects"], serde_json::json!(0));
+        // A digits-only revision stays a string.
+        assert_eq!(json["revision"], serde_json::json!("0123456789"));
+        assert_eq!(json["status.syncStatus"], serde_json::json!("Synced"));
     }
 }

@@ -222,7 +222,8 @@ fn load_with(tree: &SourceTree, parallel: bool) -> Repository {
     if repo.layers.is_empty() {
         repo.problems.push(at_file(
             ENVIRONMENTS_DIR,
-            "no environments found: expected environments/<name>/environment.yaml",
+            "no environments found: expected environments/<name>/environment.yaml; \
+             run tenantsync in the repository's root folder or name it with --repo DIR",
         ));
     }
     repo
@@ -373,18 +374,46 @@ impl Repository {
     /// Layers that can be rendered (not `abstract`).
     pub fn environment_names(&self) -> Vec<String> {
         self.layers
-            .iter()
-            .filter(|(_, l)| {
-                !l.env.as_ref().is_some_and(|d| {
-                    d.node
-                        .get("spec")
-                        .and_then(|s| s.get("abstract"))
-                        .and_then(Node::as_bool)
-                        == Some(true)
-                })
-            })
-            .map(|(n, _)| n.clone())
+            .keys()
+            .filter(|n| self.abstract_flag(n).is_none())
+            .cloned()
             .collect()
+    }
+
+    /// The `abstract: true` of a layer's environment.yaml, if it has one.
+    fn abstract_flag(&self, name: &str) -> Option<&Node> {
+        self.layers
+            .get(name)?
+            .env
+            .as_ref()?
+            .node
+            .get("spec")?
+            .get("abstract")
+            .filter(|a| a.as_bool() == Some(true))
+    }
+
+    /// What to tell a user who named a layer that cannot be rendered: the
+    /// environments that can, and (`with_abstract`) the abstract layers apart.
+    fn known_environments(&self, with_abstract: bool) -> String {
+        let names = self.environment_names();
+        let abstract_layers: Vec<&str> = self
+            .layers
+            .keys()
+            .filter(|n| self.abstract_flag(n).is_some())
+            .map(String::as_str)
+            .collect();
+        let mut text = if names.is_empty() {
+            "there are no environments to render".to_string()
+        } else {
+            format!("environments: {}", names.join(", "))
+        };
+        if with_abstract && !abstract_layers.is_empty() {
+            text.push_str(&format!(
+                " (abstract, only built on: {})",
+                abstract_layers.join(", ")
+            ));
+        }
+        text
     }
 
     /// Problems that concern the repository as a whole.
@@ -945,12 +974,21 @@ impl Repository {
     /// The layers of an environment, from itself to its root.
     fn chain(&self, name: &str) -> Result<Vec<String>, Vec<Diagnostic>> {
         if !self.layers.contains_key(name) {
-            let known: Vec<_> = self.layers.keys().cloned().collect();
             return Err(vec![at_file(
                 &format!("{ENVIRONMENTS_DIR}/{name}"),
                 format!(
-                    "environment `{name}` not found; known layers: {}",
-                    known.join(", ")
+                    "environment `{name}` not found; {}",
+                    self.known_environments(true)
+                ),
+            )]);
+        }
+        if let Some(flag) = self.abstract_flag(name) {
+            return Err(vec![self.files.diag(
+                flag.pos,
+                Some("/spec/abstract".into()),
+                format!(
+                    "`{name}` is abstract: it is only built on, never rendered or synced; {}",
+                    self.known_environments(false)
                 ),
             )]);
         }

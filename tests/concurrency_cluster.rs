@@ -667,7 +667,7 @@ async fn a_sync_whose_lock_is_taken_over_stops_writing() {
         let line = rx
             .recv_timeout(deadline.saturating_duration_since(Instant::now()))
             .expect("the sync reached its Namespaces");
-        if line.contains("Namespace(s)") {
+        if line.contains(" Namespaces") {
             break;
         }
     }

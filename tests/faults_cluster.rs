@@ -125,7 +125,7 @@ async fn a_frozen_api_server_stops_the_sync_within_30s_and_the_next_sync_converg
         let line = rx
             .recv_timeout(deadline.saturating_duration_since(Instant::now()))
             .expect("the sync reached its ConfigMaps");
-        if line.contains("ConfigMap(s)") {
+        if line.contains(" ConfigMaps") {
             break;
         }
     }

@@ -250,6 +250,31 @@ async fn a_conflicting_manager_is_reported_then_overwritten_when_forced() {
     let repo = TestRepo::new("sync-conflict");
     let (out, _) = sync(&repo, &[]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    // The progress lines use English plurals ("7 Ingress(s)" once).
+    assert!(
+        stderr(&out).contains(" Deployments\n") && !stderr(&out).contains("(s)\n"),
+        "{}",
+        stderr(&out)
+    );
+    // status --output json gives the object count as a number ("59" once).
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_tenantsync"))
+        .args([
+            "status",
+            "--env",
+            &repo.env,
+            "--output",
+            "json",
+            "--kubeconfig",
+        ])
+        .arg(control_plane().kubeconfig())
+        .output()
+        .expect("tenantsync status");
+    assert_eq!(status.status.code(), Some(0), "{}", stderr(&status));
+    let status: Value = serde_json::from_slice(&status.stdout).expect("status JSON");
+    assert!(
+        status["objectCount"].as_u64().is_some_and(|n| n > 0),
+        "{status}"
+    );
     let ns = repo.namespace("contoso");
     let api: Api<ConfigMap> = Api::namespaced(control_plane().client(User::Admin).await, &ns);
     // Another tool takes over a field tenantsync set.
@@ -269,6 +294,19 @@ async fn a_conflicting_manager_is_reported_then_overwritten_when_forced() {
     );
     let (out, report) = sync(&repo, &[]);
     assert_eq!(out.status.code(), Some(1));
+    // A conflict is not called a failure while the summary counts none.
+    assert!(
+        stderr(&out).contains(&format!(
+            "not applied: ConfigMap/{ns}/fhir-main-config (see below)"
+        )) && !stderr(&out).contains("apply failed"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        report["failures"].as_array().map(Vec::len),
+        Some(0),
+        "{report:#}"
+    );
     let conflicts = report["conflicts"].as_array().expect("conflicts");
     assert_eq!(conflicts.len(), 1, "{report:#}");
     assert_eq!(

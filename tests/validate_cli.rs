@@ -265,7 +265,7 @@ fn unknown_environment_names_the_known_ones() {
     assert_eq!(out.status.code(), Some(1));
     assert!(
         stderr(&out).contains(
-            "environment `prd` not found; known layers: base, dev, dr, prod, qa, staging"
+            "environment `prd` not found; environments: dev, dr, prod, qa, staging (abstract, only built on: base)"
         ),
         "{}",
         stderr(&out)
@@ -379,6 +379,54 @@ fn plan_and_sync_refuse_a_rendered_collision_naming_both_declarations() {
         assert!(
             err.contains("the cluster was not contacted"),
             "{command}: {err}"
+        );
+    }
+}
+
+/// `render --env base` named the abstract layer's missing settings (four
+/// errors about an ingress domain) instead of saying it is only built on.
+#[test]
+fn rendering_an_abstract_layer_says_it_is_only_built_on() {
+    for command in ["render", "validate"] {
+        let out = bin()
+            .args([command, "--env", "base", "--repo"])
+            .arg(root())
+            .output()
+            .expect("run");
+        assert_eq!(out.status.code(), Some(1));
+        let err = stderr(&out);
+        assert!(
+            err.starts_with(
+                "environments/base/environment.yaml:8:13: error: /spec/abstract: `base` is abstract: \
+                 it is only built on, never rendered or synced; environments: dev, dr, prod, qa, staging\n"
+            ),
+            "{command}: {err}"
+        );
+        assert_eq!(
+            err.lines().filter(|l| l.contains("error:")).count(),
+            1,
+            "{err}"
+        );
+        assert!(out.stdout.is_empty() || command == "validate");
+    }
+}
+
+/// Outside a repository the error said what was missing, not how to point
+/// tenantsync at the repository.
+#[test]
+fn no_environments_found_says_to_use_repo() {
+    let empty = tempfile::tempdir().expect("tempdir");
+    for args in [&["validate"][..], &["render", "--env", "dev"][..]] {
+        let out = bin()
+            .args(args)
+            .current_dir(empty.path())
+            .output()
+            .expect("run");
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let err = stderr(&out);
+        assert!(
+            err.contains("no environments found: expected environments/<name>/environment.yaml; run tenantsync in the repository's root folder or name it with --repo DIR"),
+            "{args:?}: {err}"
         );
     }
 }
