@@ -16,8 +16,9 @@ use std::hint::black_box;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use serde_json::Value;
-use tenantsync::repo::SourceTree;
-use tenantsync::{diff, render, validate};
+use tenantsync::declare::repo::SourceTree;
+use tenantsync::declare::validate;
+use tenantsync::{object, plan, render};
 
 const WORKSPACES: usize = 1_000;
 const ENV: &str = "bench";
@@ -55,7 +56,7 @@ fn tree(workspaces: usize) -> SourceTree {
 
 /// What `tenantsync validate --env bench && tenantsync render --env bench`
 /// compute, minus reading files and printing.
-fn validate_and_render(tree: &SourceTree) -> Vec<render::Object> {
+fn validate_and_render(tree: &SourceTree) -> Vec<object::Object> {
     let report = validate::load(tree).validate(&[ENV.to_string()]);
     assert!(report.diagnostics.is_empty(), "{:?}", report.diagnostics);
     let env = report.environments.first().expect("the bench environment");
@@ -65,7 +66,7 @@ fn validate_and_render(tree: &SourceTree) -> Vec<render::Object> {
 fn benches(c: &mut Criterion) {
     let tree = tree(WORKSPACES);
     let objects = validate_and_render(&tree);
-    let live: Vec<Value> = objects.iter().map(render::Object::value).collect();
+    let live: Vec<Value> = objects.iter().map(object::Object::value).collect();
 
     let mut group = c.benchmark_group("1000 workspaces");
     group.sample_size(20);
@@ -74,7 +75,7 @@ fn benches(c: &mut Criterion) {
     });
     group.bench_function("plan (no-op)", |b| {
         b.iter(|| {
-            let plan = diff::plan(ENV, black_box(&objects), black_box(&live), None, None, 0);
+            let plan = plan::plan(ENV, black_box(&objects), black_box(&live), None, None, 0);
             assert!(!plan.summary.has_changes());
             plan
         });

@@ -1,28 +1,34 @@
 //! tenantsync: a declarative GitOps reconciler for healthcare-API tenant workspaces.
 //!
-//! The pure core (no I/O) is `yaml`, `repo`, `diag`, `schema`, `overlay`,
-//! `model`, `validate` and `render`; the edges (`source`, later `cluster`,
-//! `daemon`) depend on it, never the other way round.
+//! The folders follow the pipeline: declarations → objects → plan → sync,
+//! then the edges that read sources and talk to the cluster, and the two
+//! front ends on top.
+//!
+//! | module | layer | role |
+//! |---|---|---|
+//! | [`object`] | core | object identity: `Object`, names, keys, the one ID format, kinds, labels |
+//! | [`declare`] | core | repository files → checked, resolved environments |
+//! | [`render`] | core | an environment → its Kubernetes objects, one file per service family |
+//! | [`plan`] | core | desired vs live: the change set, its diff, its printers |
+//! | [`sync`] | core | sync steps, inventory, health, tenancy guardrails |
+//! | [`par`] | core | the same function over many items on all cores |
+//! | [`source`] | edge | folders and Git revisions → in-memory file trees |
+//! | [`cluster`] | edge | the API server: list, apply, delete, wait, inventory, events, lock |
+//! | [`daemon`] | front | reconcile loops, triggers, status, metrics, HTTP |
+//! | [`cli`] | front | arguments → options → one command each |
+//!
+//! Imports point one way: the core never imports an edge (no tokio, kube,
+//! git2 or file system in it); the edges import the core and never each
+//! other, except `pipeline`, which joins `source` and `cluster`; `daemon`
+//! and `cli` sit on top and nothing imports them. See docs/architecture.md.
 
 pub mod cli;
 pub mod cluster;
 pub mod daemon;
-pub mod diag;
-pub mod diff;
-pub mod field_policy;
-pub mod health;
-pub mod inventory;
-pub mod model;
-pub mod overlay;
+pub mod declare;
+pub mod object;
 pub mod par;
 pub mod plan;
-pub mod print;
 pub mod render;
-pub mod repo;
-pub mod schema;
 pub mod source;
 pub mod sync;
-pub mod tenancy;
-pub mod validate;
-pub mod yaml;
-pub mod yaml_emit;

@@ -49,13 +49,13 @@ async fn replicas(namespace: &str, name: &str) -> Option<i32> {
 async fn inventoried(repo: &TestRepo) -> Vec<String> {
     let api: Api<ConfigMap> = Api::namespaced(
         control_plane().client(User::Admin).await,
-        tenantsync::inventory::SYSTEM_NAMESPACE,
+        tenantsync::sync::inventory::SYSTEM_NAMESPACE,
     );
     let cm = api
-        .get(&tenantsync::inventory::name_of(&repo.env))
+        .get(&tenantsync::sync::inventory::name_of(&repo.env))
         .await
         .expect("inventory");
-    tenantsync::inventory::Inventory::from_config_map(&cm)
+    tenantsync::sync::inventory::Inventory::from_config_map(&cm)
         .expect("valid inventory")
         .objects
         .iter()
@@ -378,7 +378,7 @@ async fn the_daemon_applies_valid_workspaces_and_holds_an_invalid_one() {
     );
     let events: Api<Event> = Api::namespaced(
         control_plane().client(User::Admin).await,
-        tenantsync::inventory::SYSTEM_NAMESPACE,
+        tenantsync::sync::inventory::SYSTEM_NAMESPACE,
     );
     let held_event = events
         .list(&Default::default())

@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 use crate::support::repo::TestRepo;
 use crate::support::{User, control_plane, eventually, git};
 
-const SYSTEM: &str = tenantsync::inventory::SYSTEM_NAMESPACE;
+const SYSTEM: &str = tenantsync::sync::inventory::SYSTEM_NAMESPACE;
 
 fn text(o: &Output) -> String {
     format!(
@@ -53,13 +53,13 @@ fn removed(name: &str) -> String {
     )
 }
 
-async fn inventory(env: &str) -> tenantsync::inventory::Inventory {
+async fn inventory(env: &str) -> tenantsync::sync::inventory::Inventory {
     let api: Api<ConfigMap> = Api::namespaced(control_plane().client(User::Admin).await, SYSTEM);
     let cm = api
-        .get(&tenantsync::inventory::name_of(env))
+        .get(&tenantsync::sync::inventory::name_of(env))
         .await
         .expect("inventory");
-    tenantsync::inventory::Inventory::from_config_map(&cm).expect("valid inventory")
+    tenantsync::sync::inventory::Inventory::from_config_map(&cm).expect("valid inventory")
 }
 
 /// `Kind/namespace/name` of every live object labelled for `env`, of the
@@ -542,7 +542,7 @@ async fn an_inventory_write_from_a_stale_read_merges_what_another_writer_added()
         .read_inventory_stored(&repo.env)
         .await
         .expect("read");
-    let other = |name: &str| tenantsync::inventory::ObjectRef {
+    let other = |name: &str| tenantsync::sync::inventory::ObjectRef {
         api_version: "v1".into(),
         kind: "ConfigMap".into(),
         namespace: Some(repo.namespace("contoso").as_str().into()),

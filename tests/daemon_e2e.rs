@@ -501,7 +501,7 @@ async fn two_daemons_elect_one_leader_and_fail_over() {
     .await;
     let leases: Api<Lease> = Api::namespaced(
         control_plane().client(User::Admin).await,
-        tenantsync::inventory::SYSTEM_NAMESPACE,
+        tenantsync::sync::inventory::SYSTEM_NAMESPACE,
     );
     assert_eq!(leads(follower_port).await, Some(false));
 

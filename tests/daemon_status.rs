@@ -120,9 +120,9 @@ async fn a_blocked_revision_is_reported_everywhere_and_drift_of_the_last_applied
     // And an Event on the inventory says why.
     let events: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(
         control_plane().client(User::Admin).await,
-        tenantsync::inventory::SYSTEM_NAMESPACE,
+        tenantsync::sync::inventory::SYSTEM_NAMESPACE,
     );
-    let inventory_name = tenantsync::inventory::name_of(&env);
+    let inventory_name = tenantsync::sync::inventory::name_of(&env);
     wait_for("a SyncFailed Event", Duration::from_secs(15), async || {
         events.list(&Default::default()).await.is_ok_and(|l| {
             l.items.iter().any(|e| {

@@ -23,7 +23,7 @@ use crate::daemon_e2e::{Guard, free_port, http, status, wait_for};
 use crate::support::repo::TestRepo;
 use crate::support::{User, control_plane, git, unique_name};
 
-const SYSTEM: &str = tenantsync::inventory::SYSTEM_NAMESPACE;
+const SYSTEM: &str = tenantsync::sync::inventory::SYSTEM_NAMESPACE;
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -383,7 +383,7 @@ async fn deploy_service_account_is_enough_for_the_daemon_to_sync_prune_and_repor
     // The status the daemon publishes onto the inventory got there too.
     let inventories: Api<ConfigMap> =
         Api::namespaced(control_plane().client(User::Admin).await, SYSTEM);
-    let inventory_name = tenantsync::inventory::name_of(&env);
+    let inventory_name = tenantsync::sync::inventory::name_of(&env);
     wait_for(
         "the status on the inventory",
         Duration::from_secs(10),
@@ -423,7 +423,7 @@ async fn deploy_service_account_is_enough_for_the_daemon_to_sync_prune_and_repor
         woodgrove.is_none_or(|ns| ns.metadata.deletion_timestamp.is_some()),
         "the removed workspace's namespace was not deleted"
     );
-    let inventory = tenantsync::inventory::Inventory::from_config_map(
+    let inventory = tenantsync::sync::inventory::Inventory::from_config_map(
         &inventories.get(&inventory_name).await.expect("inventory"),
     )
     .expect("inventory");
@@ -545,7 +545,7 @@ async fn deploy_readonly_role_plans_and_drifts_but_sync_is_refused_naming_the_ve
     // saying which verb is missing.
     let inventories: Api<ConfigMap> =
         Api::namespaced(control_plane().client(User::Admin).await, SYSTEM);
-    let inventory_name = tenantsync::inventory::name_of(&repo.env);
+    let inventory_name = tenantsync::sync::inventory::name_of(&repo.env);
     let before = inventories
         .get(&inventory_name)
         .await

@@ -220,7 +220,7 @@ async fn a_read_only_credential_stops_after_the_first_refusals_with_one_message_
                 "--context",
                 "admin",
                 "-n",
-                tenantsync::inventory::SYSTEM_NAMESPACE,
+                tenantsync::sync::inventory::SYSTEM_NAMESPACE,
             ])
             .args(&args)
             .output()

@@ -19,9 +19,10 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use tenantsync::repo::SourceTree;
-use tenantsync::yaml::{FileId, Limits, parse};
-use tenantsync::{render, validate};
+use tenantsync::declare::repo::SourceTree;
+use tenantsync::declare::validate;
+use tenantsync::declare::yaml::{FileId, Limits, parse};
+use tenantsync::render;
 
 const DEFAULT_CASES: usize = 300;
 const DEFAULT_SEED: u64 = 0x007e_4a17_5eed;
@@ -189,7 +190,7 @@ fn tree_of(files: &BTreeMap<String, Value>) -> SourceTree {
 }
 
 /// What `tenantsync validate` then `tenantsync render --env E` (every
-/// environment) do, in process: the same library calls as src/cli.rs.
+/// environment) do, in process: the same library calls as src/cli/.
 /// Whether every environment is valid, or what went wrong.
 fn validate_and_render(tree: &SourceTree) -> Result<bool, String> {
     let repository = validate::load_on_all_cores(tree);

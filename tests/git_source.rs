@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use tenantsync::repo::{MAX_FILE_BYTES, SourceTree};
+use tenantsync::declare::repo::{MAX_FILE_BYTES, SourceTree};
 use tenantsync::source::git::{self, Auth, GitError, RemoteCache};
 
 /// Runs `git` in `dir` with a fixed identity and no user or system config,

@@ -5,7 +5,8 @@
 
 use std::path::PathBuf;
 
-use tenantsync::{render, source::folder, validate};
+use tenantsync::declare::validate;
+use tenantsync::{render, source::folder};
 
 const ENVIRONMENTS: [&str; 5] = ["dev", "qa", "staging", "prod", "dr"];
 

@@ -13,8 +13,8 @@ use kube::api::{Api, Patch, PatchParams};
 use serde_json::{Value, json};
 use tenantsync::cluster::wait::wait_healthy;
 use tenantsync::cluster::{Cluster, ClusterOptions};
-use tenantsync::health::{Health, HealthOptions, HealthStatus};
-use tenantsync::inventory::ObjectRef;
+use tenantsync::sync::health::{Health, HealthOptions, HealthStatus};
+use tenantsync::sync::inventory::ObjectRef;
 
 use crate::support::{User, control_plane};
 

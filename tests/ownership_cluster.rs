@@ -448,7 +448,7 @@ async fn the_daemon_with_self_heal_removes_a_hand_added_env_var() {
 fn the_policy_is_inherited_along_the_base_chain_and_defaults_to_reverting_kubectl() {
     let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let tree = tenantsync::source::folder::read(&root).expect("read the shipped repository");
-    let repository = tenantsync::validate::load(&tree);
+    let repository = tenantsync::declare::validate::load(&tree);
     let prod = repository.resolve("prod").expect("prod");
     // dr builds on prod and says nothing of ownership: prod's policy.
     let dr = repository.resolve("dr").expect("dr");
@@ -462,7 +462,7 @@ fn the_policy_is_inherited_along_the_base_chain_and_defaults_to_reverting_kubect
     let qa = repository.resolve("qa").expect("qa");
     assert_eq!(
         qa.settings.ownership,
-        tenantsync::model::Ownership::default()
+        tenantsync::declare::model::Ownership::default()
     );
     assert_eq!(
         qa.settings.ownership.revert,
@@ -477,13 +477,14 @@ fn the_policy_is_inherited_along_the_base_chain_and_defaults_to_reverting_kubect
 async fn a_takeover_on_a_changed_object_is_refused_and_says_to_sync_again() {
     use tenantsync::cluster::apply::ApplyError;
     use tenantsync::cluster::{Cluster, ClusterOptions};
-    use tenantsync::diff::{diff_object, field_manager};
+    use tenantsync::object::field_manager;
+    use tenantsync::plan::diff::diff_object;
 
     let ns = control_plane().namespace("own-moved").await;
     let manager = field_manager("moved");
     let body = json!({"apiVersion": "v1", "kind": "ConfigMap",
         "metadata": {"name": "c", "namespace": ns}, "data": {"a": "1"}});
-    let object = tenantsync::render::Object::from_value("w", &body).expect("object");
+    let object = tenantsync::object::Object::from_value("w", &body).expect("object");
     let cluster = Cluster::connect(&ClusterOptions {
         kubeconfig: Some(control_plane().kubeconfig().to_path_buf()),
         context: Some("admin".into()),

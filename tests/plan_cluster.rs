@@ -43,7 +43,7 @@ async fn plan_on_an_empty_cluster_lists_only_creates_then_nothing_after_apply() 
     let plan = repo.plan_json("admin");
     assert_eq!(summary(&plan), (0, 0, 0, applied), "{:#}", plan["changes"]);
     // One LIST per kind, nothing per object.
-    let kinds = tenantsync::render::MANAGED_KINDS.len() as u64;
+    let kinds = tenantsync::object::MANAGED_KINDS.len() as u64;
     assert!(
         plan["apiRequests"].as_u64().expect("count") <= kinds + 2,
         "{}",

@@ -36,16 +36,16 @@ fn ids(report: &Value, key: &str) -> Vec<String> {
         .unwrap_or_default()
 }
 
-async fn inventory(repo: &TestRepo) -> Option<tenantsync::inventory::Inventory> {
+async fn inventory(repo: &TestRepo) -> Option<tenantsync::sync::inventory::Inventory> {
     let api: Api<ConfigMap> = Api::namespaced(
         control_plane().client(User::Admin).await,
-        tenantsync::inventory::SYSTEM_NAMESPACE,
+        tenantsync::sync::inventory::SYSTEM_NAMESPACE,
     );
     let cm = api
-        .get_opt(&tenantsync::inventory::name_of(&repo.env))
+        .get_opt(&tenantsync::sync::inventory::name_of(&repo.env))
         .await
         .expect("get inventory")?;
-    Some(tenantsync::inventory::Inventory::from_config_map(&cm).expect("valid inventory"))
+    Some(tenantsync::sync::inventory::Inventory::from_config_map(&cm).expect("valid inventory"))
 }
 
 async fn exists<K>(namespace: &str, name: &str) -> bool

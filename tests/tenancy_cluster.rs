@@ -15,7 +15,7 @@ use crate::deploy_cluster::{deployed, kubectl, service_account_kubeconfig, tenan
 use crate::support::repo::TestRepo;
 use crate::support::{User, control_plane};
 
-const SYSTEM: &str = tenantsync::inventory::SYSTEM_NAMESPACE;
+const SYSTEM: &str = tenantsync::sync::inventory::SYSTEM_NAMESPACE;
 
 /// A pod template every guardrail refuses: kube-system, a cluster-admin
 /// ServiceAccount, the host's PIDs and root file system, privileged.
@@ -82,7 +82,7 @@ async fn nothing_written(env: &str) {
     let inventories: Api<ConfigMap> = Api::namespaced(client.clone(), SYSTEM);
     assert!(
         inventories
-            .get_opt(&tenantsync::inventory::name_of(env))
+            .get_opt(&tenantsync::sync::inventory::name_of(env))
             .await
             .expect("get inventory")
             .is_none(),
@@ -379,9 +379,9 @@ async fn a_preexisting_object_is_not_managed_left_alone_by_sync_and_prune_and_ad
         "{report:#}"
     );
     assert!(untouched(api.get("legacy-settings").await.expect("get")));
-    let inventory = tenantsync::inventory::Inventory::from_config_map(
+    let inventory = tenantsync::sync::inventory::Inventory::from_config_map(
         &Api::<ConfigMap>::namespaced(control_plane().client(User::Admin).await, SYSTEM)
-            .get(&tenantsync::inventory::name_of(&repo.env))
+            .get(&tenantsync::sync::inventory::name_of(&repo.env))
             .await
             .expect("inventory"),
     )

@@ -9,10 +9,10 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PropagationPolicy};
 
 use super::{Cluster, ClusterError};
-use crate::diff::FIELD_MANAGER;
-use crate::field_policy::{Heal, Takeover};
-use crate::inventory::{self, Inventory, ObjectRef, SYSTEM_NAMESPACE};
-use crate::render::{MANAGED_BY, MANAGER, Object};
+use crate::object::FIELD_MANAGER;
+use crate::object::{MANAGED_BY, MANAGER, Object};
+use crate::plan::field_policy::{Heal, Takeover};
+use crate::sync::inventory::{self, Inventory, ObjectRef, SYSTEM_NAMESPACE};
 
 /// A field another manager owns, as a server-side apply conflict reports it.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
@@ -105,7 +105,7 @@ impl Cluster {
     }
 
     /// Server-side apply as field manager `manager`
-    /// ([`crate::diff::field_manager`] of the object's environment).
+    /// ([`crate::object::field_manager`] of the object's environment).
     pub async fn apply(
         &self,
         object: &Object,
@@ -225,7 +225,7 @@ impl Cluster {
         if heal.strip.is_empty() {
             return self.apply(object, dry_run, force, manager).await;
         }
-        let body = crate::field_policy::strip(object.value(), &heal.strip);
+        let body = crate::plan::field_policy::strip(object.value(), &heal.strip);
         self.apply_body(object, &body, dry_run, force, manager)
             .await
     }

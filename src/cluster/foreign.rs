@@ -14,7 +14,7 @@ use kube::api::{Api, DynamicObject, ListParams};
 use kube::discovery::{Discovery, Scope};
 
 use super::{Cluster, ClusterError};
-use crate::inventory::Inventory;
+use crate::sync::inventory::Inventory;
 
 /// A namespace's contents tenantsync did not make.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
@@ -140,7 +140,8 @@ impl Cluster {
                     continue;
                 }
                 if let Some(f) = found.get_mut(ns) {
-                    f.objects.push(format!("{}/{ns}/{name}", resource.kind));
+                    f.objects
+                        .push(crate::object::id((&resource.kind, Some(ns), name)));
                 }
             }
         }

@@ -18,8 +18,8 @@ use kube::api::{Api, PostParams};
 use tokio::sync::watch;
 
 use super::{Cluster, ClusterError};
-use crate::inventory::SYSTEM_NAMESPACE;
-use crate::render::{MANAGED_BY, MANAGER};
+use crate::object::{MANAGED_BY, MANAGER};
+use crate::sync::inventory::SYSTEM_NAMESPACE;
 
 /// A holder that stops renewing loses the lock after this long.
 pub const LOCK_DURATION: Duration = Duration::from_secs(15);

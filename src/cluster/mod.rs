@@ -1,5 +1,13 @@
-//! The cluster edge: connecting with the usual kubeconfig conventions and
-//! reading the live objects tenantsync manages. Read-only here: only `list`.
+//! The cluster edge: connecting with the usual kubeconfig conventions,
+//! discovery, and one file per verb on [`Cluster`]: `list` (the live
+//! objects tenantsync manages), `apply`, `wait`, `store` (the inventory
+//! ConfigMap), `lock` (one writer per environment), `foreign` (what a
+//! namespace holds that tenantsync did not make), `ownership` (objects
+//! under a declared name), and `execute` (a sync's stages against the API
+//! server). Read-only here: connect and discover.
+//!
+//! Imports: the core (`object`, `plan`, `sync`) only; never `source`,
+//! `daemon` or `cli`.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -15,15 +23,15 @@ use kube::discovery::Scope;
 use kube::{Client, Config};
 use serde_json::Value;
 
-use crate::render::{self, ManagedKind};
+use crate::object::{self, ManagedKind};
 
 pub mod apply;
+pub mod execute;
 pub mod foreign;
 mod list;
 pub mod lock;
 mod ownership;
 pub mod store;
-pub mod sync;
 pub mod wait;
 
 /// How to reach the cluster: kubeconfig file and context, or in-cluster.
@@ -178,7 +186,7 @@ pub struct Cluster {
     server: String,
     requests: AtomicU32,
     writes: AtomicU32,
-    /// Kinds found by discovery (those outside [`render::MANAGED_KINDS`]).
+    /// Kinds found by discovery (those outside [`object::MANAGED_KINDS`]).
     discovered: Mutex<HashMap<(String, String), (ApiResource, bool)>>,
     /// `user U (context C)`, for a refused credential's message.
     user: String,
@@ -309,7 +317,7 @@ impl Cluster {
         api_version: &str,
         kind: &str,
     ) -> Result<Option<(ApiResource, bool)>, ClusterError> {
-        if let Some(k) = render::MANAGED_KINDS
+        if let Some(k) = object::MANAGED_KINDS
             .iter()
             .find(|k| k.kind == kind && api_version_of(k) == api_version)
         {
@@ -353,14 +361,14 @@ impl Cluster {
         extra: &[(String, String)],
         mut sink: impl FnMut(Value),
     ) -> Result<(), ClusterError> {
-        let selector = render::selector(environment);
-        for kind in render::MANAGED_KINDS {
+        let selector = object::selector(environment);
+        for kind in object::MANAGED_KINDS {
             self.list_kind(api_resource(kind), kind.kind, &selector, &mut sink)
                 .await?;
         }
         let mut seen = std::collections::BTreeSet::new();
         for (api_version, kind) in extra {
-            let fixed = render::MANAGED_KINDS
+            let fixed = object::MANAGED_KINDS
                 .iter()
                 .any(|k| k.kind == kind && api_version_of(k) == *api_version);
             if fixed || !seen.insert((api_version, kind)) {

@@ -4,7 +4,7 @@
 //! someone else made (or another environment owns) looks new. Before a plan
 //! is shown or synced, each create is looked up by name (a LIST with a field
 //! selector, so the `list` verb suffices): the objects found go to
-//! [`crate::tenancy::settle_ownership`], which keeps them out of the sync.
+//! [`crate::sync::tenancy::settle_ownership`], which keeps them out of the sync.
 //! A steady-state plan has no creates and makes no request here; a first
 //! sync looks up its namespaces with one LIST and skips the children of
 //! namespaces that do not exist yet.
@@ -16,7 +16,7 @@ use futures::stream::FuturesUnordered;
 use kube::api::{Api, DynamicObject, ListParams};
 use serde_json::Value;
 
-use super::sync::APPLY_CONCURRENCY;
+use super::execute::APPLY_CONCURRENCY;
 use super::{Cluster, ClusterError};
 use crate::plan::{Action, Change, Plan};
 

@@ -9,8 +9,8 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 
 use super::{Cluster, ClusterError};
-use crate::diff::FIELD_MANAGER;
-use crate::inventory::{self, Inventory, SYSTEM_NAMESPACE};
+use crate::object::FIELD_MANAGER;
+use crate::sync::inventory::{self, Inventory, SYSTEM_NAMESPACE};
 
 /// Attempts before a conflicting inventory write gives up.
 const WRITE_ATTEMPTS: usize = 8;

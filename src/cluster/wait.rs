@@ -15,10 +15,10 @@ use kube::api::{Api, ApiResource, DynamicObject};
 use tokio::time::Instant;
 
 use super::{Cluster, ClusterError, api_resource};
-use crate::health::{self, Health, HealthOptions, HealthStatus};
-use crate::inventory::ObjectRef;
-use crate::render;
-use crate::render::Name;
+use crate::object;
+use crate::object::Name;
+use crate::sync::health::{self, Health, HealthOptions, HealthStatus};
+use crate::sync::inventory::ObjectRef;
 
 /// Time between two reads of an object not yet healthy.
 pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
@@ -153,7 +153,7 @@ fn known_kind(api_version: &str, kind: &str) -> Option<(ApiResource, bool)> {
             false,
         ));
     }
-    render::MANAGED_KINDS
+    object::MANAGED_KINDS
         .iter()
         .map(|k| (api_resource(k), k.namespaced))
         .find(|(resource, _)| resource.api_version == api_version && resource.kind == kind)
@@ -199,7 +199,7 @@ mod tests {
 
     #[test]
     fn known_kinds_cover_rendered_kinds_and_crds() {
-        for k in render::MANAGED_KINDS {
+        for k in object::MANAGED_KINDS {
             let resource = api_resource(k);
             let found = known_kind(&resource.api_version, k.kind);
             assert_eq!(

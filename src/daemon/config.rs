@@ -3,10 +3,10 @@
 
 use serde::Deserialize;
 
-use crate::diag::Diagnostic;
-use crate::repo::FileTable;
-use crate::schema::{self, SchemaKind};
-use crate::yaml::{self, Limits};
+use crate::declare::diag::Diagnostic;
+use crate::declare::repo::FileTable;
+use crate::declare::schema::{self, SchemaKind};
+use crate::declare::yaml::{self, Limits};
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 pub struct EnvironmentTarget {
@@ -48,7 +48,7 @@ pub struct DaemonConfig {
     pub lease_name: Option<String>,
     pub log_format: Option<String>,
     #[serde(default)]
-    pub guardrails: crate::tenancy::Guardrails,
+    pub guardrails: crate::sync::tenancy::Guardrails,
 }
 
 /// Parses and checks a configuration file; `label` names it in errors.

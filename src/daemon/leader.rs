@@ -11,7 +11,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, PostParams};
 use tokio::sync::watch;
 
-use crate::inventory::SYSTEM_NAMESPACE;
+use crate::sync::inventory::SYSTEM_NAMESPACE;
 
 /// The Lease's default name (`run --lease-name` picks another, so that
 /// several installations can share `tenantsync-system`).

@@ -18,13 +18,15 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 
-use crate::cluster::sync::{self as cluster_sync};
+use crate::cluster::execute::{self as cluster_sync};
 use crate::cluster::{Cluster, ClusterOptions};
+use crate::declare::repo::SourceTree;
+use crate::declare::validate;
+use crate::object::Object;
 use crate::plan::{Action, Plan};
-use crate::render::Object;
-use crate::repo::SourceTree;
 use crate::sync::SyncOptions;
-use crate::{diff, inventory, render, source, validate};
+use crate::sync::inventory;
+use crate::{plan, render, source};
 
 pub mod config;
 pub mod http;
@@ -49,7 +51,7 @@ pub struct RunOptions {
     pub prune: bool,
     pub self_heal: bool,
     /// The operator's guardrails and sync ceiling (never the repository's).
-    pub operator: crate::tenancy::Operator,
+    pub operator: crate::sync::tenancy::Operator,
     pub cluster: ClusterOptions,
     /// Shared secret of `POST /hooks/git` (GitHub HMAC or GitLab token).
     pub webhook_secret: Option<String>,
@@ -215,7 +217,7 @@ struct Desired {
     /// revision, by the leader, as soon as the cluster is reachable).
     event_pending: std::sync::atomic::AtomicBool,
     /// `spec.ownership`: whose fields are drift, which are left alone.
-    ownership: crate::model::Ownership,
+    ownership: crate::declare::model::Ownership,
 }
 
 /// Runs the daemon until SIGTERM or Ctrl-C.
@@ -586,7 +588,7 @@ async fn reconcile(
                             {
                                 let environment = &partial.environment;
                                 let policy = &environment.settings.sync_policy;
-                                let admitted = crate::tenancy::admit(
+                                let admitted = crate::sync::tenancy::admit(
                                     &options.operator,
                                     env,
                                     environment.settings.namespace_template.as_deref(),
@@ -946,8 +948,8 @@ async fn reconcile(
 /// policy as far as the operator allows it.
 fn sync_options_of(
     options: &RunOptions,
-    policy: &crate::model::SyncPolicy,
-    effective: &crate::tenancy::EffectivePolicy,
+    policy: &crate::declare::model::SyncPolicy,
+    effective: &crate::sync::tenancy::EffectivePolicy,
 ) -> SyncOptions {
     SyncOptions {
         prune: options.prune || policy.prune,
@@ -981,7 +983,7 @@ async fn last_applied_from_inventory(
         let environment = repository.resolve(&env).ok()?;
         let objects = render::render(&environment).ok()?;
         let policy = &environment.settings.sync_policy;
-        let effective = crate::tenancy::admit(
+        let effective = crate::sync::tenancy::admit(
             &options.operator,
             &env,
             environment.settings.namespace_template.as_deref(),
@@ -1050,7 +1052,7 @@ async fn check_and_sync(
         .await;
     }
     let mut planner =
-        diff::Planner::new(env, &state.objects, false).with_ownership(state.ownership.clone());
+        plan::Planner::new(env, &state.objects, false).with_ownership(state.ownership.clone());
     // Held workspaces are out of scope: not planned, applied nor pruned.
     let scope = &state.sync.scope;
     c.for_each_managed(env, &kinds, |o| {
@@ -1062,11 +1064,17 @@ async fn check_and_sync(
     .map_err(cluster_error)?;
     let empty = inventory::Inventory::new(env);
     let scoped = scope.inventory(inv.as_ref().unwrap_or(&empty));
-    let (mut plan, undeclared) = planner.finish(Some(&scoped), Some(state.revision.clone()), 0);
+    let (mut plan, undeclared) =
+        planner.finish(Some(&scoped.keys()), Some(state.revision.clone()), 0);
     // Never adopt: what exists without being this environment's is left
     // alone (the daemon has no --adopt).
     let existing = c.find_existing(&plan).await.map_err(cluster_error)?;
-    crate::tenancy::settle_ownership(&mut plan, inv.as_ref().unwrap_or(&empty), &existing, false);
+    crate::sync::tenancy::settle_ownership(
+        &mut plan,
+        inv.as_ref().unwrap_or(&empty),
+        &existing,
+        false,
+    );
     // A revision not yet applied is synced; between revisions, drift is
     // re-applied only with self-heal.
     let applied_rev = inv.as_ref().and_then(|i| i.revision.clone());

@@ -8,8 +8,8 @@ use std::fs;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use crate::repo::{MAX_FILE_BYTES, SourceTree};
-use crate::validate::ENVIRONMENTS_DIR;
+use crate::declare::repo::{MAX_FILE_BYTES, SourceTree};
+use crate::declare::validate::ENVIRONMENTS_DIR;
 
 #[derive(Debug, thiserror::Error)]
 pub enum FolderError {

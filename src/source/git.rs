@@ -42,8 +42,8 @@ use git2::{
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::repo::{MAX_FILE_BYTES, SourceTree};
-use crate::validate::ENVIRONMENTS_DIR;
+use crate::declare::repo::{MAX_FILE_BYTES, SourceTree};
+use crate::declare::validate::ENVIRONMENTS_DIR;
 
 /// How long connecting to a remote may take before the fetch fails.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);

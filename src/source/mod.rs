@@ -1,13 +1,16 @@
-//! Edges that read repositories into [`crate::repo::SourceTree`]s: a folder
+//! Edges that read repositories into [`crate::declare::repo::SourceTree`]s: a folder
 //! as it is, a revision of a local Git repository, or a remote fetched into
 //! a cache.
+//!
+//! Imports: the core's `declare` (the file tree it fills) only; never
+//! `cluster`, `daemon` or `cli`.
 
 use std::path::{Path, PathBuf};
 
 pub mod folder;
 pub mod git;
 
-use crate::repo::SourceTree;
+use crate::declare::repo::SourceTree;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {

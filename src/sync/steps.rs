@@ -11,10 +11,10 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use serde_json::Value;
 
-use crate::inventory::{Inventory, ObjectRef};
+use crate::object::{Object, ObjectKey, kind_rank};
+pub use crate::object::{SYNC_WAVE_ANNOTATION, wave_of};
 use crate::plan::{Change, Plan};
-use crate::render::{Object, ObjectKey, kind_rank};
-pub use crate::render::{SYNC_WAVE_ANNOTATION, wave_of};
+use crate::sync::inventory::{Inventory, ObjectRef};
 
 /// `tenantsync.io/prune: disabled` keeps an object when it is no longer declared.
 pub const PRUNE_ANNOTATION: &str = "tenantsync.io/prune";
@@ -68,14 +68,10 @@ impl Scope {
         }
     }
 
-    /// [`Scope::contains`] for a live object.
+    /// [`Scope::contains`] for a live object (one without a kind or a name
+    /// is nothing a plan can pair, and is out).
     pub fn contains_live(&self, live: &Value) -> bool {
-        let text = |p: &str| live.pointer(p).and_then(Value::as_str);
-        self.contains(
-            text("/kind").unwrap_or_default(),
-            text("/metadata/namespace"),
-            text("/metadata/name").unwrap_or_default(),
-        )
+        crate::object::live_key(live).is_some_and(|(kind, ns, name)| self.contains(kind, ns, name))
     }
 
     pub fn contains_object(&self, o: &Object) -> bool {

@@ -220,7 +220,7 @@ pub struct Defaults {
 }
 
 /// The repository's sync policy. `forceConflicts` and `maxPrunePercent`
-/// may only tighten the operator's settings ([`crate::tenancy`]): unset,
+/// may only tighten the operator's settings (`sync::tenancy`): unset,
 /// the operator's apply.
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
@@ -236,7 +236,7 @@ pub struct SyncPolicy {
 }
 
 /// Field ownership: which field managers' edits are drift, undone by a
-/// sync, and which fields are left to others ([`crate::field_policy`]).
+/// sync, and which fields are left to others (`plan::field_policy`).
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct Ownership {

@@ -13,22 +13,9 @@
 use serde_json::{Map, Value};
 use similar::TextDiff;
 
-use crate::field_policy::{self, Heal, Ownership, Step, Takeover, Token};
-use crate::inventory::Inventory;
-use crate::plan::{Action, Change, FieldAction, FieldChange, PLAN_FORMAT_VERSION, Plan, Summary};
-use crate::render::{self, Object, ObjectKey, WORKSPACE_LABEL};
-
-/// The field manager of tenantsync's own objects (inventories, its
-/// namespace), and the one every environment applied with before each had
-/// its own ([`field_manager`]).
-pub const FIELD_MANAGER: &str = "tenantsync";
-
-/// The field manager an environment's objects are applied with: one per
-/// environment, so two environments writing one object conflict visibly
-/// instead of taking it from each other.
-pub fn field_manager(environment: &str) -> String {
-    format!("{FIELD_MANAGER}/{environment}")
-}
+use crate::object::Object;
+use crate::plan::field_policy::{self, Heal, Ownership, Step, Takeover, Token};
+use crate::plan::{Action, Change, FieldAction, FieldChange};
 
 /// One step of a path into an object.
 #[derive(Clone, Debug)]
@@ -623,7 +610,7 @@ fn project(live: &Value, desired: Option<&Value>, owned: Option<&Value>) -> Valu
 }
 
 /// A live object reduced to its identity, labels and annotations.
-fn skeleton(mut live: Value) -> Value {
+pub(super) fn skeleton(mut live: Value) -> Value {
     let Some(map) = live.as_object_mut() else {
         return live;
     };
@@ -635,7 +622,7 @@ fn skeleton(mut live: Value) -> Value {
 }
 
 /// Metadata the server and controllers own; never part of a diff.
-fn strip_noise(live: &Value) -> Value {
+pub(super) fn strip_noise(live: &Value) -> Value {
     let mut v = live.clone();
     if let Some(map) = v.as_object_mut() {
         map.remove("status");
@@ -655,29 +642,16 @@ fn strip_noise(live: &Value) -> Value {
     v
 }
 
-fn yaml(v: &Value) -> String {
-    crate::yaml_emit::to_string(v)
+pub(super) fn yaml(v: &Value) -> String {
+    crate::object::yaml_emit::to_string(v)
 }
 
-fn unified(live: &str, desired: &str, id: &str) -> String {
+pub(super) fn unified(live: &str, desired: &str, id: &str) -> String {
     TextDiff::from_lines(live, desired)
         .unified_diff()
         .context_radius(3)
         .header(&format!("live/{id}"), &format!("desired/{id}"))
         .to_string()
-}
-
-type Key = (String, Option<String>, String);
-
-fn key_of(v: &Value) -> Option<Key> {
-    let kind = v.get("kind")?.as_str()?.to_string();
-    let meta = v.get("metadata")?;
-    let name = meta.get("name")?.as_str()?.to_string();
-    let ns = meta
-        .get("namespace")
-        .and_then(Value::as_str)
-        .map(str::to_string);
-    Some((kind, ns, name))
 }
 
 /// Diffs one desired object against its live counterpart under the
@@ -872,207 +846,14 @@ fn since_of(live: &Value, manager: &str) -> Option<String> {
         .map(str::to_string)
 }
 
-/// Pairs desired objects with live ones as the live ones are listed, a page
-/// at a time, so that only the changes are kept, not every live object: the
-/// live objects nothing declares (few, normally) are the only ones held.
-///
-/// Live objects nothing declares are deletes when the inventory lists them
-/// (what `sync --prune` would delete: tenantsync never deletes what it did
-/// not record); without an inventory every such labelled object is listed,
-/// which is what `drift` reports as orphaned.
-pub struct Planner<'a> {
-    environment: String,
-    desired: &'a [Object],
-    /// The desired objects by the hash of their key, sorted: 16 bytes an
-    /// object where a map of borrowed keys takes over 100.
-    index: Vec<(u64, u32)>,
-    /// Which desired objects' live counterparts were seen.
-    seen: Vec<bool>,
-    changes: Vec<Change>,
-    orphans: Vec<Value>,
-    diffs: bool,
-    /// The environment's field manager ([`field_manager`]).
-    manager: String,
-    policy: Ownership,
-}
-
-fn key_hash(key: ObjectKey<'_>) -> u64 {
-    use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
-    BuildHasherDefault::<DefaultHasher>::default().hash_one(key)
-}
-
-impl<'a> Planner<'a> {
-    /// `diffs`: whether changes carry their unified diff (printers need it,
-    /// a sync does not).
-    pub fn new(environment: &str, desired: &'a [Object], diffs: bool) -> Planner<'a> {
-        let mut index: Vec<(u64, u32)> = desired
-            .iter()
-            .zip(0u32..)
-            .map(|(d, i)| (key_hash(d.key()), i))
-            .collect();
-        index.sort_unstable();
-        Planner {
-            environment: environment.to_string(),
-            desired,
-            index,
-            seen: vec![false; desired.len()],
-            changes: Vec::with_capacity(desired.len()),
-            orphans: Vec::new(),
-            diffs,
-            manager: field_manager(environment),
-            policy: Ownership::default(),
-        }
-    }
-
-    /// The environment's field ownership policy (`spec.ownership`); the
-    /// default one otherwise.
-    pub fn with_ownership(mut self, policy: Ownership) -> Planner<'a> {
-        self.policy = policy;
-        self
-    }
-
-    /// The desired object with this key.
-    fn find(&self, key: ObjectKey<'_>) -> Option<usize> {
-        let hash = key_hash(key);
-        let start = self.index.partition_point(|(h, _)| *h < hash);
-        self.index[start..]
-            .iter()
-            .take_while(|(h, _)| *h == hash)
-            .map(|(_, i)| *i as usize)
-            .find(|&i| self.desired[i].key() == key)
-    }
-
-    /// One live object, as listed.
-    pub fn observe(&mut self, live: Value) {
-        let Some((kind, namespace, name)) = key_of(&live) else {
-            return;
-        };
-        match self.find((kind.as_str(), namespace.as_deref(), name.as_str())) {
-            Some(i) => {
-                if !self.seen[i] {
-                    self.seen[i] = true;
-                    self.changes.push(diff_object_with(
-                        &self.desired[i],
-                        Some(&live),
-                        self.diffs,
-                        &self.manager,
-                        &self.policy,
-                    ));
-                }
-            }
-            // Without diffs only the identity and metadata matter (a prune
-            // reads the sync wave and `prune: disabled`): a removed
-            // workspace's objects can number thousands.
-            None if !self.diffs => self.orphans.push(skeleton(live)),
-            None => self.orphans.push(live),
-        }
-    }
-
-    /// The plan, and the live objects nothing declares (what a prune looks
-    /// at).
-    pub fn finish(
-        self,
-        inventory: Option<&Inventory>,
-        revision: Option<String>,
-        api_requests: u32,
-    ) -> (Plan, Vec<Value>) {
-        let mut changes = self.changes;
-        for (d, _) in self
-            .desired
-            .iter()
-            .zip(&self.seen)
-            .filter(|(_, seen)| !**seen)
-        {
-            changes.push(diff_object(d, None, self.diffs, &self.manager));
-        }
-        let inventoried = inventory.map(Inventory::keys);
-        for l in &self.orphans {
-            let Some((kind, namespace, name)) = key_of(l) else {
-                continue;
-            };
-            if let Some(inventoried) = &inventoried
-                && !inventoried.contains(&(kind.as_str(), namespace.as_deref(), name.as_str()))
-            {
-                continue;
-            }
-            let workspace = l
-                .pointer("/metadata/labels")
-                .and_then(|m| m.get(WORKSPACE_LABEL))
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_string();
-            let api_version = l
-                .get("apiVersion")
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_string();
-            let id = match &namespace {
-                Some(ns) => format!("{kind}/{ns}/{name}"),
-                None => format!("{kind}/{name}"),
-            };
-            let diff = if self.diffs {
-                unified(&yaml(&strip_noise(l)), "", &id)
-            } else {
-                String::new()
-            };
-            changes.push(Change {
-                action: Action::Delete,
-                api_version: api_version.into(),
-                kind: kind.into(),
-                namespace: namespace.map(Into::into),
-                name: name.into(),
-                workspace: workspace.into(),
-                fields: Vec::new(),
-                diff,
-                note: None,
-                heal: None,
-            });
-        }
-        changes.sort_by(|a, b| {
-            (
-                &a.workspace,
-                render::kind_rank(&a.kind),
-                &a.namespace,
-                &a.name,
-            )
-                .cmp(&(
-                    &b.workspace,
-                    render::kind_rank(&b.kind),
-                    &b.namespace,
-                    &b.name,
-                ))
-        });
-        let plan = Plan {
-            format_version: PLAN_FORMAT_VERSION,
-            environment: self.environment,
-            revision,
-            summary: Summary::of(&changes),
-            changes,
-            api_requests,
-        };
-        (plan, self.orphans)
-    }
-}
-
-/// The plan of `desired` against all of `live` at once (see [`Planner`]).
-pub fn plan(
-    environment: &str,
-    desired: &[Object],
-    live: &[Value],
-    inventory: Option<&Inventory>,
-    revision: Option<String>,
-    api_requests: u32,
-) -> Plan {
-    let mut planner = Planner::new(environment, desired, true);
-    for l in live {
-        planner.observe(l.clone());
-    }
-    planner.finish(inventory, revision, api_requests).0
-}
-
 #[cfg(test)]
 mod tests {
+    use std::collections::HashSet;
+
     use super::*;
+    use crate::object::{FIELD_MANAGER, WORKSPACE_LABEL};
+    use crate::plan::Summary;
+    use crate::plan::pair::{Planner, plan};
     use serde_json::json;
 
     fn object(body: Value) -> Object {
@@ -1249,13 +1030,11 @@ mod tests {
         );
         assert_eq!(p.api_requests, 3);
         // With an inventory, only what it records is deleted.
-        let empty = Inventory::new("dev");
+        let empty = HashSet::new();
         let p = plan("dev", &desired, &[orphan.clone()], Some(&empty), None, 3);
         assert_eq!(p.summary.delete, 0);
-        let mut inv = Inventory::new("dev");
-        inv.objects
-            .insert(crate::inventory::ObjectRef::of_live(&orphan).unwrap());
-        let p = plan("dev", &desired, &[orphan], Some(&inv), None, 3);
+        let recorded = HashSet::from([crate::object::live_key(&orphan).unwrap()]);
+        let p = plan("dev", &desired, &[orphan.clone()], Some(&recorded), None, 3);
         assert_eq!(p.summary.delete, 1);
     }
 
@@ -1439,7 +1218,7 @@ mod tests {
             "subresource": "scale", "fieldsV1": {"f:spec": {"f:replicas": {}}}}),
         );
         let policy = Ownership {
-            ignore: vec![crate::model::IgnoreRule {
+            ignore: vec![crate::declare::model::IgnoreRule {
                 kinds: vec!["Deployment".into()],
                 paths: vec!["/spec/replicas".into()],
                 managers: vec!["horizontal-pod-autoscaler".into()],
@@ -1476,7 +1255,7 @@ mod tests {
                 "f:env": {"k:{\"name\":\"DEBUG\"}": {".": {}, "f:name": {}, "f:value": {}}}}}}}}}}),
         );
         let policy = Ownership {
-            ignore: vec![crate::model::IgnoreRule {
+            ignore: vec![crate::declare::model::IgnoreRule {
                 paths: vec!["/spec/template/spec/containers/*/env/DEBUG".into()],
                 ..Default::default()
             }],

@@ -5,8 +5,8 @@
 
 use std::collections::BTreeMap;
 
-use crate::diag::Diagnostic;
-use crate::yaml::{FileId, Pos};
+use crate::declare::diag::Diagnostic;
+use crate::declare::yaml::{FileId, Pos};
 
 /// Files larger than this are refused before parsing.
 pub const MAX_FILE_BYTES: usize = 1024 * 1024;

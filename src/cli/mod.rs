@@ -8,16 +8,17 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 
-use crate::cluster::sync::{self as cluster_sync, Progress, SyncError};
+use crate::cluster::execute::{self as cluster_sync, Progress, SyncError};
 use crate::cluster::{Cluster, ClusterOptions};
-use crate::diag::Diagnostic;
-use crate::model::SyncPolicy;
-use crate::repo::SourceTree;
+use crate::declare::diag::Diagnostic;
+use crate::declare::model::SyncPolicy;
+use crate::declare::repo::SourceTree;
+use crate::declare::validate;
+use crate::plan::print;
+use crate::render;
 use crate::source::{self, folder};
 use crate::sync::SyncOptions;
-use crate::tenancy::{self, Operator, OperatorPolicy};
-use crate::validate;
-use crate::{diff, print, render};
+use crate::sync::tenancy::{self, Operator, OperatorPolicy};
 
 mod help;
 
@@ -401,7 +402,7 @@ impl GuardArgs {
                 max_prune_percent: self
                     .max_prune_percent
                     .or(file_policy.and_then(|p| p.max_prune_percent))
-                    .unwrap_or(crate::model::DEFAULT_MAX_PRUNE_PERCENT),
+                    .unwrap_or(crate::declare::model::DEFAULT_MAX_PRUNE_PERCENT),
             },
         }
     }
@@ -546,9 +547,10 @@ fn live_cmd(args: &LiveArgs, verb: print::Verb) -> anyhow::Result<ExitCode> {
         let inventory = cluster
             .read_inventory(&name)
             .await?
-            .unwrap_or_else(|| crate::inventory::Inventory::new(&name));
-        let kinds = crate::inventory::kinds_to_list(&desired, Some(&inventory));
-        let mut planner = diff::Planner::new(&name, &desired, true).with_ownership(ownership);
+            .unwrap_or_else(|| crate::sync::inventory::Inventory::new(&name));
+        let kinds = crate::sync::inventory::kinds_to_list(&desired, Some(&inventory));
+        let mut planner =
+            crate::plan::Planner::new(&name, &desired, true).with_ownership(ownership);
         cluster
             .for_each_managed(&name, &kinds, |o| {
                 if scope.contains_live(&o) {
@@ -569,7 +571,8 @@ fn live_cmd(args: &LiveArgs, verb: print::Verb) -> anyhow::Result<ExitCode> {
             .collect();
         let mut plan = match verb {
             print::Verb::Plan => {
-                let (mut plan, _) = planner.finish(Some(&scope.inventory(&inventory)), revision, 0);
+                let scoped = scope.inventory(&inventory);
+                let (mut plan, _) = planner.finish(Some(&scoped.keys()), revision, 0);
                 let existing = cluster.find_existing(&plan).await?;
                 tenancy::settle_ownership(&mut plan, &inventory, &existing, args.adopt);
                 plan
@@ -724,7 +727,7 @@ struct DesiredState {
     /// The operator's settings tightened by the repository's.
     effective: tenancy::EffectivePolicy,
     /// The objects in scope (of the selected workspaces, when selected).
-    objects: Vec<render::Object>,
+    objects: Vec<crate::object::Object>,
     revision: Option<String>,
     /// A digest of the files read (a folder's revision).
     digest: String,
@@ -733,7 +736,7 @@ struct DesiredState {
     /// Invalid workspaces skipped (`sync --skip-invalid`), with their errors.
     skipped: Vec<(String, Vec<Diagnostic>)>,
     /// `spec.ownership`: whose fields are drift, which are left alone.
-    ownership: crate::model::Ownership,
+    ownership: crate::declare::model::Ownership,
 }
 
 /// The environment's rendered objects and where they came from, or the
@@ -831,8 +834,8 @@ fn desired_state(
 /// diagnostics.
 fn admitted(
     operator: &Operator,
-    environment: &crate::model::Environment,
-    objects: &[render::Object],
+    environment: &crate::declare::model::Environment,
+    objects: &[crate::object::Object],
 ) -> Result<tenancy::EffectivePolicy, Vec<Diagnostic>> {
     tenancy::admit(
         operator,
@@ -935,9 +938,10 @@ fn sync_cmd(args: &SyncArgs) -> anyhow::Result<ExitCode> {
     let result = runtime.block_on(async {
         let cluster = &cluster;
         let inventory = cluster.read_inventory(&name).await?;
-        let kinds = crate::inventory::kinds_to_list(&desired, inventory.as_ref());
+        let kinds = crate::sync::inventory::kinds_to_list(&desired, inventory.as_ref());
         // A sync needs the changes, not their diff text.
-        let mut planner = diff::Planner::new(&name, &desired, false).with_ownership(ownership);
+        let mut planner =
+            crate::plan::Planner::new(&name, &desired, false).with_ownership(ownership);
         cluster
             .for_each_managed(&name, &kinds, |o| {
                 if scope.contains_live(&o) {
@@ -946,14 +950,17 @@ fn sync_cmd(args: &SyncArgs) -> anyhow::Result<ExitCode> {
             })
             .await?;
         let scoped = inventory.as_ref().map(|i| scope.inventory(i));
-        let (mut plan, undeclared) =
-            planner.finish(scoped.as_ref(), revision.clone(), cluster.requests());
+        let (mut plan, undeclared) = planner.finish(
+            scoped.as_ref().map(|i| i.keys()).as_ref(),
+            revision.clone(),
+            cluster.requests(),
+        );
         let existing = cluster.find_existing(&plan).await?;
         tenancy::settle_ownership(
             &mut plan,
             inventory
                 .as_ref()
-                .unwrap_or(&crate::inventory::Inventory::new(&name)),
+                .unwrap_or(&crate::sync::inventory::Inventory::new(&name)),
             &existing,
             live_args.adopt,
         );
@@ -997,7 +1004,7 @@ fn sync_cmd(args: &SyncArgs) -> anyhow::Result<ExitCode> {
                 ) => {
                     eprintln!(
                         "applying wave {wave}: {objects} {}",
-                        crate::print::kind_plural(kind, objects)
+                        crate::plan::print::kind_plural(kind, objects)
                     );
                 }
                 (_, Progress::Pruned { id, ok }) => {
@@ -1012,7 +1019,7 @@ fn sync_cmd(args: &SyncArgs) -> anyhow::Result<ExitCode> {
         }
         let mut report = report?;
         if args.wait && !args.dry_run && report.succeeded() {
-            let options = crate::health::HealthOptions {
+            let options = crate::sync::health::HealthOptions {
                 wait_for_ingress_address: !args.no_ingress_address_wait,
             };
             let health =
@@ -1199,7 +1206,7 @@ fn sync_text(r: &cluster_sync::SyncReport) -> String {
         for o in h
             .objects
             .iter()
-            .filter(|o| o.status != crate::health::HealthStatus::Healthy)
+            .filter(|o| o.status != crate::sync::health::HealthStatus::Healthy)
         {
             out.push_str(&format!("{}: {} ({})\n", o.status, o.id, o.message));
         }
@@ -1267,7 +1274,7 @@ fn status_cmd(args: &StatusArgs) -> anyhow::Result<ExitCode> {
     }
     match args.output {
         ValidateOutput::Json => write_stdout(
-            &(serde_json::to_string_pretty(&crate::print::status_json(&data))
+            &(serde_json::to_string_pretty(&crate::plan::print::status_json(&data))
                 .context("encoding JSON")?
                 + "\n"),
         )?,

@@ -13,7 +13,7 @@ use std::fmt;
 
 use saphyr_parser::{Event, Parser, ScalarStyle, Span};
 
-/// Index of a file in a [`crate::repo::SourceTree`]'s file table.
+/// Index of a file in a [`crate::declare::repo::SourceTree`]'s file table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
 pub struct FileId(pub u32);
 

@@ -11,7 +11,7 @@
 //! Merged nodes keep the position of the file they came from, so errors found
 //! after the merge still point at the right file and line.
 
-use crate::yaml::{Key, Node, Pos, Value};
+use crate::declare::yaml::{Key, Node, Pos, Value};
 
 /// The marker that deletes a named list item (as in strategic merge patch).
 pub const PATCH_KEY: &str = "$patch";
@@ -25,7 +25,7 @@ pub struct OverlayError {
 }
 
 /// How deep a merge descends. Parsed documents are at most
-/// [`crate::yaml::Limits::max_depth`] deep, so this is never reached by
+/// [`crate::declare::yaml::Limits::max_depth`] deep, so this is never reached by
 /// them; it bounds the recursion whatever a caller hands in.
 pub const MAX_MERGE_DEPTH: usize = 256;
 
@@ -192,7 +192,7 @@ fn escape(token: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::yaml::{FileId, Limits, parse};
+    use crate::declare::yaml::{FileId, Limits, parse};
     use proptest::prelude::*;
 
     fn y(text: &str) -> Node {

@@ -1,10 +1,10 @@
 //! The change set: what it takes to make the live cluster match the desired
-//! objects. A value produced by [`crate::diff`], rendered by printers; the
+//! objects. A value produced by [`crate::plan::diff`], rendered by printers; the
 //! same value will drive `sync`.
 
 use serde::Serialize;
 
-use crate::render::Name;
+use crate::object::Name;
 
 /// What happens to one object.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -76,11 +76,11 @@ pub struct Change {
     /// What a sync does besides the apply (taking hand-edited fields over,
     /// leaving ignored ones out), worked out from the listed object.
     #[serde(skip)]
-    pub heal: Option<Box<crate::field_policy::Heal>>,
+    pub heal: Option<Box<crate::plan::field_policy::Heal>>,
 }
 
 impl Change {
-    pub fn key(&self) -> crate::render::ObjectKey<'_> {
+    pub fn key(&self) -> crate::object::ObjectKey<'_> {
         (&self.kind, self.namespace.as_deref(), &self.name)
     }
 
@@ -93,10 +93,7 @@ impl Change {
 impl Change {
     /// `Kind/namespace/name`, or `Kind/name` for cluster-scoped objects.
     pub fn id(&self) -> String {
-        match &self.namespace {
-            Some(ns) => format!("{}/{}/{}", self.kind, ns, self.name),
-            None => format!("{}/{}", self.kind, self.name),
-        }
+        crate::object::id(self.key())
     }
 }
 

@@ -16,7 +16,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::render::{MANAGED_BY, MANAGER, Name, Object, ObjectKey};
+use crate::object::{MANAGED_BY, MANAGER, Name, Object, ObjectKey};
 
 /// The namespace holding inventories (and, later, the daemon).
 pub const SYSTEM_NAMESPACE: &str = "tenantsync-system";
@@ -52,24 +52,18 @@ impl ObjectRef {
 
     /// From a live object (as listed or read from the API server).
     pub fn of_live(live: &Value) -> Option<ObjectRef> {
-        let meta = live.get("metadata")?;
+        let (kind, namespace, name) = crate::object::live_key(live)?;
         Some(ObjectRef {
-            api_version: live.get("apiVersion")?.as_str()?.into(),
-            kind: live.get("kind")?.as_str()?.into(),
-            namespace: meta
-                .get("namespace")
-                .and_then(Value::as_str)
-                .map(Name::from),
-            name: meta.get("name")?.as_str()?.into(),
+            api_version: crate::object::api_version_of(live)?.into(),
+            kind: kind.into(),
+            namespace: namespace.map(Name::from),
+            name: name.into(),
         })
     }
 
     /// `Kind/namespace/name`, the one ID format of messages.
     pub fn id(&self) -> String {
-        match &self.namespace {
-            Some(ns) => format!("{}/{}/{}", self.kind, ns, self.name),
-            None => format!("{}/{}", self.kind, self.name),
-        }
+        crate::object::id(self.key())
     }
 
     pub fn key(&self) -> ObjectKey<'_> {
@@ -186,7 +180,7 @@ impl Inventory {
         let listed: Vec<ObjectRef> = serde_json::from_slice(&json)
             .map_err(|e| corrupt(format!("object list is not valid JSON: {e}")))?;
         // Kinds, API versions, namespaces and names recur: share them.
-        let mut names = crate::render::Names::default();
+        let mut names = crate::object::Names::default();
         let objects = listed
             .into_iter()
             .map(|r| ObjectRef {

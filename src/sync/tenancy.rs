@@ -28,10 +28,10 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::inventory::{Inventory, SYSTEM_NAMESPACE};
-use crate::model::SyncPolicy;
+use crate::declare::model::SyncPolicy;
+use crate::object::{ENVIRONMENT_LABEL, MANAGED_BY, MANAGER, Object, ObjectKey, live_key};
 use crate::plan::{Action, Plan, Summary};
-use crate::render::{ENVIRONMENT_LABEL, MANAGED_BY, MANAGER, Object, ObjectKey};
+use crate::sync::inventory::{Inventory, SYSTEM_NAMESPACE};
 
 /// The operator's limits for every environment of a run.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
@@ -108,8 +108,8 @@ impl std::fmt::Display for Violation {
 impl Violation {
     /// As a diagnostic of environment `environment`'s folder (the rendered
     /// object or setting is named; its file is not known here).
-    pub fn diagnostic(&self, environment: &str) -> crate::diag::Diagnostic {
-        crate::diag::Diagnostic {
+    pub fn diagnostic(&self, environment: &str) -> crate::declare::diag::Diagnostic {
+        crate::declare::diag::Diagnostic {
             file: format!("environments/{environment}"),
             line: 0,
             column: 0,
@@ -380,7 +380,7 @@ impl Default for OperatorPolicy {
     fn default() -> Self {
         OperatorPolicy {
             force_conflicts: false,
-            max_prune_percent: crate::model::DEFAULT_MAX_PRUNE_PERCENT,
+            max_prune_percent: crate::declare::model::DEFAULT_MAX_PRUNE_PERCENT,
         }
     }
 }
@@ -504,7 +504,7 @@ fn managers_text(managers: &[String]) -> String {
 
 /// Never adopt: marks the plan's objects that exist without being this
 /// environment's. `existing`: the live objects found under the names of the
-/// plan's creates ([`crate::cluster::Cluster::find_existing`]). An object
+/// plan's creates (`Cluster::find_existing` of the cluster edge). An object
 /// is this environment's when it is labelled so and its inventory records
 /// it (a sync records every object before creating it). Others are left
 /// alone ([`Action::Unmanaged`]), unless `adopt` (the operator's `--adopt`)
@@ -584,15 +584,6 @@ pub fn settle_ownership(plan: &mut Plan, inventory: &Inventory, existing: &[Valu
         }
     }
     plan.summary = Summary::of(&plan.changes);
-}
-
-fn live_key(live: &Value) -> Option<ObjectKey<'_>> {
-    let meta = live.get("metadata")?;
-    Some((
-        live.get("kind")?.as_str()?,
-        meta.get("namespace").and_then(Value::as_str),
-        meta.get("name")?.as_str()?,
-    ))
 }
 
 #[cfg(test)]
@@ -968,7 +959,7 @@ mod tests {
     fn labelled_objects_count_as_ours_only_when_the_inventory_records_them() {
         let mut inventory = Inventory::new("qa");
         let recorded = change(Action::Update, "ConfigMap", Some("contoso-qa"), "recorded");
-        inventory.objects.insert(crate::inventory::ObjectRef {
+        inventory.objects.insert(crate::sync::inventory::ObjectRef {
             api_version: "v1".into(),
             kind: "ConfigMap".into(),
             namespace: Some("contoso-qa".into()),

@@ -7,9 +7,9 @@ use jsonschema::Validator;
 use jsonschema::error::{TypeKind, ValidationErrorKind};
 use serde_json::Value as Json;
 
-use crate::diag::Diagnostic;
-use crate::repo::FileTable;
-use crate::yaml::Node;
+use crate::declare::diag::Diagnostic;
+use crate::declare::repo::FileTable;
+use crate::declare::yaml::Node;
 
 /// The file kinds users write.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -20,10 +20,10 @@ pub enum SchemaKind {
     DaemonConfig,
 }
 
-pub const ENVIRONMENT_SCHEMA: &str = include_str!("../schemas/environment.schema.json");
-pub const WORKSPACE_SCHEMA: &str = include_str!("../schemas/workspace.schema.json");
-pub const WORKSPACE_PATCH_SCHEMA: &str = include_str!("../schemas/workspace-patch.schema.json");
-pub const DAEMON_CONFIG_SCHEMA: &str = include_str!("../schemas/daemon-config.schema.json");
+pub const ENVIRONMENT_SCHEMA: &str = include_str!("../../schemas/environment.schema.json");
+pub const WORKSPACE_SCHEMA: &str = include_str!("../../schemas/workspace.schema.json");
+pub const WORKSPACE_PATCH_SCHEMA: &str = include_str!("../../schemas/workspace-patch.schema.json");
+pub const DAEMON_CONFIG_SCHEMA: &str = include_str!("../../schemas/daemon-config.schema.json");
 
 const DNS_LABEL_PATTERN: &str = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$";
 
@@ -108,7 +108,7 @@ pub fn validate(kind: SchemaKind, doc: &Node, files: &FileTable) -> Vec<Diagnost
                 } else {
                     // Point at the value; for a null or scalar the key reads better.
                     match (&node.value, key_pos) {
-                        (crate::yaml::Value::Null, Some(k)) => k,
+                        (crate::declare::yaml::Value::Null, Some(k)) => k,
                         _ => node.pos,
                     }
                 };
@@ -131,7 +131,7 @@ fn type_name(kind: &TypeKind) -> String {
 
 fn describe(kind: &ValidationErrorKind, node: &Node, pointer: &str, fallback: &str) -> String {
     let found = || match &node.value {
-        crate::yaml::Value::Str(s) => format!("`{s}`"),
+        crate::declare::yaml::Value::Str(s) => format!("`{s}`"),
         _ => node.to_json().to_string(),
     };
     match kind {
@@ -178,7 +178,7 @@ fn describe(kind: &ValidationErrorKind, node: &Node, pointer: &str, fallback: &s
         }
         ValidationErrorKind::MaxItems { limit } => {
             let n = match &node.value {
-                crate::yaml::Value::Seq(items) => items.len(),
+                crate::declare::yaml::Value::Seq(items) => items.len(),
                 _ => 0,
             };
             if pointer.ends_with("/iotConnectors") {
@@ -212,7 +212,7 @@ fn allowed_properties(schema: &Json, doc: &Node, pointer: &str) -> Vec<String> {
         for raw in pointer.trim_start_matches('/').split('/') {
             let token = raw.replace("~1", "/").replace("~0", "~");
             let next = match &node.value {
-                crate::yaml::Value::Seq(items) => {
+                crate::declare::yaml::Value::Seq(items) => {
                     node = match token.parse::<usize>().ok().and_then(|i| items.get(i)) {
                         Some(n) => n,
                         None => return Vec::new(),
@@ -270,7 +270,7 @@ pub fn did_you_mean<'a>(name: &str, allowed: &'a [String]) -> Option<&'a str> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::yaml::{FileId, Limits, parse};
+    use crate::declare::yaml::{FileId, Limits, parse};
 
     fn check(kind: SchemaKind, text: &str) -> Vec<Diagnostic> {
         let mut files = FileTable::default();

@@ -7,13 +7,14 @@
 
 use std::collections::BTreeMap;
 
-use crate::diag::Diagnostic;
-use crate::model::{self, Environment, Settings, Workspace};
-use crate::overlay;
-use crate::render::{self, Origin, names};
-use crate::repo::{FileTable, SourceTree};
-use crate::schema::{self, SchemaKind};
-use crate::yaml::{self, FileId, Key, Limits, Node, Pos, Value};
+use crate::declare::diag::Diagnostic;
+use crate::declare::model::{self, Environment, Settings, Workspace};
+use crate::declare::names::{self, Identity, Origin, identities};
+use crate::declare::overlay;
+use crate::declare::repo::{FileTable, SourceTree};
+use crate::declare::schema::{self, SchemaKind};
+use crate::declare::yaml::{self, FileId, Key, Limits, Node, Pos, Value};
+use crate::object::MANAGED_KINDS;
 
 /// The folder of a repository that holds the layers.
 pub const ENVIRONMENTS_DIR: &str = "environments";
@@ -759,23 +760,23 @@ impl Repository {
         }
         // A plain manifest must not be one of the objects a workspace renders.
         if !resources.is_empty() {
-            let mut rendered: BTreeMap<render::Identity, (&String, Origin)> = BTreeMap::new();
+            let mut rendered: BTreeMap<Identity, (&String, Origin)> = BTreeMap::new();
             for (ws_name, ws) in &typed {
-                for (id, origin) in render::identities(&env, ws) {
+                for (id, origin) in identities(&env, ws) {
                     rendered.entry(id).or_insert((ws_name, origin));
                 }
             }
             for (json, pos) in resources.values() {
                 let text = |p: &str| json.pointer(p).and_then(serde_json::Value::as_str);
-                let Some(kind) = render::MANAGED_KINDS
+                let Some(kind) = MANAGED_KINDS
                     .iter()
                     .map(|k| k.kind)
                     .find(|k| Some(*k) == text("/kind"))
                 else {
                     continue;
                 };
-                let id = render::Identity {
-                    group: render::MANAGED_KINDS
+                let id = Identity {
+                    group: MANAGED_KINDS
                         .iter()
                         .find(|k| k.kind == kind)
                         .map_or("", |k| k.group),
@@ -946,9 +947,9 @@ impl Repository {
         node: &Node,
         diags: &mut Vec<Diagnostic>,
     ) {
-        let mut seen: BTreeMap<render::Identity, Origin> = BTreeMap::new();
+        let mut seen: BTreeMap<Identity, Origin> = BTreeMap::new();
         let mut reported = std::collections::BTreeSet::new();
-        for (id, origin) in render::identities(env, ws) {
+        for (id, origin) in identities(env, ws) {
             let Some(first) = seen.get(&id).copied() else {
                 seen.insert(id, origin);
                 continue;

@@ -18,11 +18,11 @@ use serde_json::Value;
 
 use super::apply::{ApplyError, ConflictField};
 use super::{Cluster, ClusterError};
-use crate::field_policy::Heal;
-use crate::health::{Health, HealthOptions, HealthStatus};
-use crate::inventory::{Inventory, ObjectRef};
+use crate::object::{Object, ObjectKey};
+use crate::plan::field_policy::Heal;
 use crate::plan::{Action, Change, Plan};
-use crate::render::{Object, ObjectKey};
+use crate::sync::health::{Health, HealthOptions, HealthStatus};
+use crate::sync::inventory::{Inventory, ObjectRef};
 use crate::sync::{self, MassPrune, SyncOptions};
 
 /// Write requests (applies, prune deletes) in flight at once within a stage.
@@ -155,12 +155,12 @@ pub async fn wait_for_health(
             message: h.message,
         });
     }
-    let status = crate::health::aggregate(workspaces.values().flatten());
+    let status = crate::sync::health::aggregate(workspaces.values().flatten());
     Ok(HealthReport {
         status,
         workspaces: workspaces
             .iter()
-            .map(|(w, hs)| (w.clone(), crate::health::aggregate(hs.iter())))
+            .map(|(w, hs)| (w.clone(), crate::sync::health::aggregate(hs.iter())))
             .collect(),
         objects,
     })
@@ -192,7 +192,7 @@ pub enum Progress<'a> {
 }
 
 /// Makes the cluster match `desired`. `undeclared`: the live objects nothing
-/// declares, as [`crate::diff::Planner::finish`] returns them.
+/// declares, as [`crate::plan::Planner::finish`] returns them.
 #[allow(clippy::too_many_arguments)]
 pub async fn sync(
     cluster: &Cluster,
@@ -238,7 +238,7 @@ pub async fn sync(
         ..SyncReport::default()
     };
     let old = inventory.unwrap_or_else(|| Inventory::new(&plan.environment));
-    let manager = crate::diff::field_manager(&plan.environment);
+    let manager = crate::object::field_manager(&plan.environment);
     // Never adopt: objects that exist without being this environment's are
     // neither applied nor recorded; each fails the sync, so nothing is
     // pruned either.
@@ -294,7 +294,7 @@ pub async fn sync(
         }
     }
     if let Some(current) = stored.as_mut() {
-        let merged = crate::inventory::merge_concurrent(&old, &widened, &current.inventory);
+        let merged = crate::sync::inventory::merge_concurrent(&old, &widened, &current.inventory);
         if merged != current.inventory {
             *current = cluster.write_inventory_checked(current, &merged).await?;
             report.inventory_written = true;
@@ -598,7 +598,7 @@ pub async fn sync(
         // Computed from what was stored after the widening: what another
         // writer added since is merged in by the checked write.
         let base = current.inventory.clone();
-        let merged = crate::inventory::merge_concurrent(&widened, &final_inventory, &base);
+        let merged = crate::sync::inventory::merge_concurrent(&widened, &final_inventory, &base);
         // A sync that changed nothing writes nothing, not even a timestamp.
         if merged != base {
             // A refused write is reported with the rest, not instead of it.
@@ -610,8 +610,8 @@ pub async fn sync(
                 Err(e) => report.failures.push(Failure {
                     id: format!(
                         "ConfigMap/{}/{}",
-                        crate::inventory::SYSTEM_NAMESPACE,
-                        crate::inventory::name_of(&plan.environment)
+                        crate::sync::inventory::SYSTEM_NAMESPACE,
+                        crate::sync::inventory::name_of(&plan.environment)
                     ),
                     message: format!("cannot record the inventory: {e}"),
                 }),
@@ -746,7 +746,7 @@ async fn apply_one(
         Err(ApplyError::Conflict { fields, .. })
             if fields
                 .iter()
-                .all(|f| f.manager == crate::diff::FIELD_MANAGER) =>
+                .all(|f| f.manager == crate::object::FIELD_MANAGER) =>
         {
             cluster
                 .apply_healed(object, rest, options.dry_run, true, manager)

@@ -5,7 +5,7 @@
 //! ConfigMap key) is invisible to it and never undone. The policy of an
 //! environment ([`Ownership`], `spec.ownership`) says instead:
 //! - fields owned by a `revert` field manager (kubectl by default) are
-//!   drift: [`crate::diff`] reports each one with its manager and time, and
+//!   drift: [`crate::plan::diff`] reports each one with its manager and time, and
 //!   before a sync applies, their ownership is moved to the environment's
 //!   field manager ([`take_over`]), so the apply removes what Git does not
 //!   declare, as Flux's kustomize-controller does;
@@ -14,7 +14,7 @@
 
 use serde_json::{Map, Value};
 
-pub use crate::model::{IgnoreRule, Ownership};
+pub use crate::declare::model::{IgnoreRule, Ownership};
 
 /// How deep a `managedFields` trie is walked; deeper entries are left as
 /// they are (no Kubernetes object nests this deep).
@@ -83,7 +83,7 @@ impl Ownership {
     /// Whether `manager`'s edits are drift. The environment's own manager
     /// and tenantsync's legacy one never are.
     pub fn reverts(&self, manager: &str) -> bool {
-        !manager.starts_with(crate::diff::FIELD_MANAGER)
+        !manager.starts_with(crate::object::FIELD_MANAGER)
             && self.revert.iter().any(|p| glob(p, manager))
     }
 

@@ -1,0 +1,199 @@
+//! Object identity: the one home of what every stage calls an object.
+//!
+//! [`Object`] (a rendered object, its body kept as compact JSON text), the
+//! shared [`Name`]s of an identity, [`ObjectKey`], the one ID format
+//! (`Kind/namespace/name`, [`id`]) and the one reader of an identity from a
+//! JSON body ([`live_key`]); the labels that mark tenantsync's objects and
+//! the [`selector`] that finds them; the sync wave annotation; the catalogue
+//! of managed kinds ([`kinds`]); and `yaml_emit`, the YAML writer of object
+//! bodies.
+//!
+//! Imports: nothing of the crate. Every other module may import it.
+
+use serde::Serialize;
+use serde_json::Value;
+use serde_json::value::RawValue;
+
+pub mod kinds;
+pub mod yaml_emit;
+
+pub use kinds::{MANAGED_KINDS, ManagedKind, kind_rank};
+
+pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+pub const MANAGER: &str = "tenantsync";
+pub const ENVIRONMENT_LABEL: &str = "tenantsync.io/environment";
+pub const WORKSPACE_LABEL: &str = "tenantsync.io/workspace";
+pub const CONFIG_HASH_ANNOTATION: &str = "tenantsync.io/config-hash";
+pub const WORKLOAD_IDENTITY_CLIENT_ID: &str = "azure.workload.identity/client-id";
+pub const WORKLOAD_IDENTITY_USE: &str = "azure.workload.identity/use";
+
+/// The field manager of tenantsync's own objects (inventories, its
+/// namespace), and the one every environment applied with before each had
+/// its own ([`field_manager`]).
+pub const FIELD_MANAGER: &str = "tenantsync";
+
+/// The field manager an environment's objects are applied with: one per
+/// environment, so two environments writing one object conflict visibly
+/// instead of taking it from each other.
+pub fn field_manager(environment: &str) -> String {
+    format!("{FIELD_MANAGER}/{environment}")
+}
+
+/// The label selector of the objects tenantsync manages in an environment.
+pub fn selector(environment: &str) -> String {
+    format!("{MANAGED_BY}={MANAGER},{ENVIRONMENT_LABEL}={environment}")
+}
+
+pub const SYNC_WAVE_ANNOTATION: &str = "tenantsync.io/sync-wave";
+
+/// The sync wave an object's annotation `tenantsync.io/sync-wave` gives it
+/// (default 0): waves apply in increasing order, prune in decreasing order.
+pub fn wave_of(body: &Value) -> i32 {
+    body.pointer("/metadata/annotations")
+        .and_then(|a| a.get(SYNC_WAVE_ANNOTATION))
+        .and_then(Value::as_str)
+        .and_then(|w| w.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// An object's identity whatever API version serves it: kind, namespace,
+/// name. Sets and maps of keys keep pairing objects linear at any size.
+pub type ObjectKey<'a> = (&'a str, Option<&'a str>, &'a str);
+
+/// `Kind/namespace/name`, or `Kind/name` for cluster-scoped objects: the
+/// one ID format of messages, plans, reports and logs.
+pub fn id((kind, namespace, name): ObjectKey<'_>) -> String {
+    match namespace {
+        Some(ns) => format!("{kind}/{ns}/{name}"),
+        None => format!("{kind}/{name}"),
+    }
+}
+
+/// The identity of an object's JSON body (a live object as listed or read,
+/// or a manifest): kind, namespace, name. `None` without a kind or a name.
+/// The one place an identity is read from a body.
+pub fn live_key(body: &Value) -> Option<ObjectKey<'_>> {
+    let meta = body.get("metadata")?;
+    Some((
+        body.get("kind")?.as_str()?,
+        meta.get("namespace").and_then(Value::as_str),
+        meta.get("name")?.as_str()?,
+    ))
+}
+
+/// The `apiVersion` of an object's JSON body.
+pub fn api_version_of(body: &Value) -> Option<&str> {
+    body.get("apiVersion")?.as_str()
+}
+
+/// A name in an object's identity (kind, API version, namespace, name,
+/// workspace). Shared: the same few kinds and names, and each workspace's
+/// namespace, recur across tens of thousands of objects, their changes and
+/// their inventory entries, which then hold a pointer each, not a copy.
+pub type Name = std::sync::Arc<str>;
+
+/// Hands out one shared [`Name`] per distinct string.
+#[derive(Debug, Default)]
+pub struct Names(std::collections::HashSet<Name>);
+
+impl Names {
+    pub fn get(&mut self, s: &str) -> Name {
+        if let Some(name) = self.0.get(s) {
+            return name.clone();
+        }
+        let name = Name::from(s);
+        self.0.insert(name.clone());
+        name
+    }
+}
+
+/// One rendered object and its identity.
+#[derive(Clone, Debug, Serialize)]
+pub struct Object {
+    pub api_version: Name,
+    pub kind: Name,
+    pub namespace: Option<Name>,
+    pub name: Name,
+    pub workspace: Name,
+    /// Sync wave (annotation `tenantsync.io/sync-wave`, default 0).
+    pub wave: i32,
+    /// The full object as compact JSON text, as sent to the API server. Text,
+    /// not a `serde_json::Value`: an environment holds tens of thousands of
+    /// objects for as long as a sync or the daemon runs, and a Value of a
+    /// Deployment (a B-tree node per map) takes about ten times the bytes.
+    body: Box<RawValue>,
+}
+
+impl PartialEq for Object {
+    fn eq(&self, other: &Object) -> bool {
+        (
+            self.key(),
+            &self.api_version,
+            &self.workspace,
+            self.body.get(),
+        ) == (
+            other.key(),
+            &other.api_version,
+            &other.workspace,
+            other.body.get(),
+        )
+    }
+}
+
+impl Object {
+    /// An object of `workspace` from its body; its identity and sync wave are
+    /// read from it. `None` without a kind, an apiVersion or a name.
+    pub fn from_value(workspace: &str, body: &Value) -> Option<Object> {
+        let (kind, namespace, name) = live_key(body)?;
+        Some(Object {
+            api_version: Name::from(api_version_of(body)?),
+            kind: Name::from(kind),
+            namespace: namespace.map(Name::from),
+            name: Name::from(name),
+            workspace: Name::from(workspace),
+            wave: wave_of(body),
+            body: serde_json::value::to_raw_value(body).ok()?,
+        })
+    }
+
+    /// An object from its identity and body as JSON text, as rendering makes
+    /// it (sync wave 0: rendered objects carry no wave annotation).
+    pub fn from_parts(
+        api_version: Name,
+        kind: Name,
+        namespace: Option<Name>,
+        name: Name,
+        workspace: Name,
+        body: Box<RawValue>,
+    ) -> Object {
+        Object {
+            api_version,
+            kind,
+            namespace,
+            name,
+            workspace,
+            wave: 0,
+            body,
+        }
+    }
+
+    /// The body as a value to read or compare.
+    pub fn value(&self) -> Value {
+        // The text was written by serde_json from a value: it parses.
+        serde_json::from_str(self.body.get()).unwrap_or(Value::Null)
+    }
+
+    /// The body as JSON text.
+    pub fn json(&self) -> &RawValue {
+        &self.body
+    }
+
+    pub fn key(&self) -> ObjectKey<'_> {
+        (&self.kind, self.namespace.as_deref(), &self.name)
+    }
+
+    /// `Kind/namespace/name`, or `Kind/name` for cluster-scoped objects.
+    pub fn id(&self) -> String {
+        id(self.key())
+    }
+}

@@ -1,0 +1,23 @@
+//! The plan: desired objects paired with live ones, the change set, and its
+//! printers (pure: no client, no I/O).
+//!
+//! | module | role |
+//! |---|---|
+//! | [`types`] | the change set: [`Plan`], [`Change`], [`Action`], [`Summary`] |
+//! | [`diff`] | one desired object against its live counterpart, over managed fields |
+//! | [`pair`] | the [`Planner`]: live objects paired with desired ones a page at a time |
+//! | [`field_policy`] | the field ownership policy: managers reverted, fields ignored, takeover |
+//! | [`print`] | printers of a plan: text, Markdown, JSON |
+//!
+//! Imports: `object`, `declare` (the model's policy types). Nothing in it
+//! knows the inventory or the cluster: the caller passes the keys an
+//! inventory records.
+
+pub mod diff;
+pub mod field_policy;
+pub mod pair;
+pub mod print;
+pub mod types;
+
+pub use pair::{Planner, plan};
+pub use types::{Action, Change, FieldAction, FieldChange, PLAN_FORMAT_VERSION, Plan, Summary};

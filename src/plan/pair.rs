@@ -1,0 +1,198 @@
+//! Pairing: desired objects with the live ones as they are listed, a page at
+//! a time; each pair is diffed ([`super::diff`]), and what nothing declares
+//! becomes a delete when the inventory records it.
+
+use std::collections::HashSet;
+
+use serde_json::Value;
+
+use super::diff::{diff_object, diff_object_with, skeleton, strip_noise, unified, yaml};
+use super::field_policy::Ownership;
+use super::types::{Action, Change, PLAN_FORMAT_VERSION, Plan, Summary};
+use crate::object::{self, Object, ObjectKey, WORKSPACE_LABEL, field_manager, kind_rank};
+
+/// Pairs desired objects with live ones as the live ones are listed, a page
+/// at a time, so that only the changes are kept, not every live object: the
+/// live objects nothing declares (few, normally) are the only ones held.
+///
+/// Live objects nothing declares are deletes when the inventory lists them
+/// (what `sync --prune` would delete: tenantsync never deletes what it did
+/// not record); without an inventory every such labelled object is listed,
+/// which is what `drift` reports as orphaned.
+pub struct Planner<'a> {
+    environment: String,
+    desired: &'a [Object],
+    /// The desired objects by the hash of their key, sorted: 16 bytes an
+    /// object where a map of borrowed keys takes over 100.
+    index: Vec<(u64, u32)>,
+    /// Which desired objects' live counterparts were seen.
+    seen: Vec<bool>,
+    changes: Vec<Change>,
+    orphans: Vec<Value>,
+    diffs: bool,
+    /// The environment's field manager ([`field_manager`]).
+    manager: String,
+    policy: Ownership,
+}
+
+fn key_hash(key: ObjectKey<'_>) -> u64 {
+    use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+    BuildHasherDefault::<DefaultHasher>::default().hash_one(key)
+}
+
+impl<'a> Planner<'a> {
+    /// `diffs`: whether changes carry their unified diff (printers need it,
+    /// a sync does not).
+    pub fn new(environment: &str, desired: &'a [Object], diffs: bool) -> Planner<'a> {
+        let mut index: Vec<(u64, u32)> = desired
+            .iter()
+            .zip(0u32..)
+            .map(|(d, i)| (key_hash(d.key()), i))
+            .collect();
+        index.sort_unstable();
+        Planner {
+            environment: environment.to_string(),
+            desired,
+            index,
+            seen: vec![false; desired.len()],
+            changes: Vec::with_capacity(desired.len()),
+            orphans: Vec::new(),
+            diffs,
+            manager: field_manager(environment),
+            policy: Ownership::default(),
+        }
+    }
+
+    /// The environment's field ownership policy (`spec.ownership`); the
+    /// default one otherwise.
+    pub fn with_ownership(mut self, policy: Ownership) -> Planner<'a> {
+        self.policy = policy;
+        self
+    }
+
+    /// The desired object with this key.
+    fn find(&self, key: ObjectKey<'_>) -> Option<usize> {
+        let hash = key_hash(key);
+        let start = self.index.partition_point(|(h, _)| *h < hash);
+        self.index[start..]
+            .iter()
+            .take_while(|(h, _)| *h == hash)
+            .map(|(_, i)| *i as usize)
+            .find(|&i| self.desired[i].key() == key)
+    }
+
+    /// One live object, as listed.
+    pub fn observe(&mut self, live: Value) {
+        let Some(key) = object::live_key(&live) else {
+            return;
+        };
+        match self.find(key) {
+            Some(i) => {
+                if !self.seen[i] {
+                    self.seen[i] = true;
+                    self.changes.push(diff_object_with(
+                        &self.desired[i],
+                        Some(&live),
+                        self.diffs,
+                        &self.manager,
+                        &self.policy,
+                    ));
+                }
+            }
+            // Without diffs only the identity and metadata matter (a prune
+            // reads the sync wave and `prune: disabled`): a removed
+            // workspace's objects can number thousands.
+            None if !self.diffs => self.orphans.push(skeleton(live)),
+            None => self.orphans.push(live),
+        }
+    }
+
+    /// The plan, and the live objects nothing declares (what a prune looks
+    /// at). `recorded`: the keys the environment's inventory records (only
+    /// those undeclared objects are deletes); `None`: every one is.
+    pub fn finish(
+        self,
+        recorded: Option<&HashSet<ObjectKey<'_>>>,
+        revision: Option<String>,
+        api_requests: u32,
+    ) -> (Plan, Vec<Value>) {
+        let mut changes = self.changes;
+        for (d, _) in self
+            .desired
+            .iter()
+            .zip(&self.seen)
+            .filter(|(_, seen)| !**seen)
+        {
+            changes.push(diff_object(d, None, self.diffs, &self.manager));
+        }
+        for l in &self.orphans {
+            let Some(key) = object::live_key(l) else {
+                continue;
+            };
+            if let Some(recorded) = recorded
+                && !recorded.contains(&key)
+            {
+                continue;
+            }
+            let (kind, namespace, name) = key;
+            let workspace = l
+                .pointer("/metadata/labels")
+                .and_then(|m| m.get(WORKSPACE_LABEL))
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string();
+            let api_version = object::api_version_of(l).unwrap_or_default();
+            let id = object::id(key);
+            let diff = if self.diffs {
+                unified(&yaml(&strip_noise(l)), "", &id)
+            } else {
+                String::new()
+            };
+            changes.push(Change {
+                action: Action::Delete,
+                api_version: api_version.into(),
+                kind: kind.into(),
+                namespace: namespace.map(Into::into),
+                name: name.into(),
+                workspace: workspace.into(),
+                fields: Vec::new(),
+                diff,
+                note: None,
+                heal: None,
+            });
+        }
+        changes.sort_by(|a, b| {
+            (&a.workspace, kind_rank(&a.kind), &a.namespace, &a.name).cmp(&(
+                &b.workspace,
+                kind_rank(&b.kind),
+                &b.namespace,
+                &b.name,
+            ))
+        });
+        let plan = Plan {
+            format_version: PLAN_FORMAT_VERSION,
+            environment: self.environment,
+            revision,
+            summary: Summary::of(&changes),
+            changes,
+            api_requests,
+        };
+        (plan, self.orphans)
+    }
+}
+
+/// The plan of `desired` against all of `live` at once (see [`Planner`]).
+pub fn plan(
+    environment: &str,
+    desired: &[Object],
+    live: &[Value],
+    recorded: Option<&HashSet<ObjectKey<'_>>>,
+    revision: Option<String>,
+    api_requests: u32,
+) -> Plan {
+    let mut planner = Planner::new(environment, desired, true);
+    for l in live {
+        planner.observe(l.clone());
+    }
+    planner.finish(recorded, revision, api_requests).0
+}

@@ -1,0 +1,89 @@
+//! A DICOM service, exposed as an API (see `exposed_service`), and its
+//! DICOM-cast worker, which copies its change feed into a FHIR service.
+
+use std::collections::BTreeMap;
+
+use super::workload::{
+    Ctx, Exposed, HTTP_PORT, Workload, config_map, deployment, exposed_service, image_ref,
+    service_url, timespan,
+};
+use crate::declare::model::DicomService;
+use crate::declare::names;
+
+pub(super) fn render(cx: &mut Ctx<'_>, d: &DicomService) {
+    let settings = &cx.env.settings;
+    let name = names::dicom(&d.name);
+    let data = BTreeMap::from([
+        (
+            "ASPNETCORE_URLS".to_string(),
+            format!("http://+:{HTTP_PORT}"),
+        ),
+        (
+            "DicomServer__Features__EnableChangeFeed".to_string(),
+            "true".to_string(),
+        ),
+    ]);
+    exposed_service(
+        cx,
+        Exposed {
+            app: "dicom-server",
+            host_kind: "dicom",
+            short: &d.name,
+            name: &name,
+            image: image_ref(d.image.as_ref(), settings.images.dicom.as_ref()),
+            replicas: d.replicas.or(settings.defaults.dicom.replicas).unwrap_or(1),
+            resources: d
+                .resources
+                .as_ref()
+                .or(settings.defaults.dicom.resources.as_ref()),
+            identity: d.identity.as_ref(),
+        },
+        data,
+    );
+    if let Some(cast) = &d.dicom_cast {
+        let cast_name = names::dicom_cast(&d.name);
+        let data = BTreeMap::from([
+            (
+                "DicomWeb__Endpoint".to_string(),
+                service_url(&name, &cx.namespace),
+            ),
+            (
+                "Fhir__Endpoint".to_string(),
+                service_url(&names::fhir(&cast.fhir_service), &cx.namespace),
+            ),
+            (
+                "DicomCastWorker__PollInterval".to_string(),
+                timespan(&cast.poll_interval),
+            ),
+        ]);
+        let hash = config_map(
+            cx,
+            &names::config(&cast_name),
+            "dicom-cast",
+            &cast_name,
+            "cast",
+            data,
+        );
+        deployment(
+            cx,
+            Workload {
+                name: cast_name.clone(),
+                app: "dicom-cast",
+                component: "cast",
+                image: image_ref(cast.image.as_ref(), settings.images.dicom_cast.as_ref()),
+                replicas: 1,
+                resources: cast.resources.as_ref().or(settings
+                    .defaults
+                    .dicom_cast
+                    .resources
+                    .as_ref()),
+                service_account: None,
+                env_from: Some(names::config(&cast_name)),
+                env: Vec::new(),
+                mount: None,
+                identity: false,
+                config_hash: hash,
+            },
+        );
+    }
+}

@@ -1,0 +1,67 @@
+//! A FHIR service: the FHIR server's settings as environment variables,
+//! exposed as an API (see `exposed_service`).
+
+use std::collections::BTreeMap;
+
+use super::workload::{Ctx, Exposed, HTTP_PORT, exposed_service, image_ref};
+use crate::declare::model::FhirService;
+use crate::declare::names;
+
+pub(super) fn render(cx: &mut Ctx<'_>, f: &FhirService) {
+    let settings = &cx.env.settings;
+    let name = names::fhir(&f.name);
+    let mut data = BTreeMap::from([
+        (
+            "ASPNETCORE_URLS".to_string(),
+            format!("http://+:{HTTP_PORT}"),
+        ),
+        ("FhirServer__Version".to_string(), f.fhir_version.clone()),
+        (
+            "FhirServer__Security__Enabled".to_string(),
+            f.auth.is_some().to_string(),
+        ),
+    ]);
+    if let Some(auth) = &f.auth {
+        data.insert(
+            "FhirServer__Security__Authentication__Authority".into(),
+            auth.authority.clone(),
+        );
+        data.insert(
+            "FhirServer__Security__Authentication__Audience".into(),
+            auth.audience.clone(),
+        );
+        data.insert(
+            "FhirServer__Security__EnableAadSmartOnFhirProxy".into(),
+            auth.smart_proxy_enabled.to_string(),
+        );
+    }
+    if let Some(cors) = &f.cors {
+        data.insert("FhirServer__Cors__Origins".into(), cors.origins.join(","));
+        data.insert("FhirServer__Cors__Headers".into(), cors.headers.join(","));
+        data.insert("FhirServer__Cors__Methods".into(), cors.methods.join(","));
+        data.insert(
+            "FhirServer__Cors__AllowCredentials".into(),
+            cors.allow_credentials.to_string(),
+        );
+        if let Some(age) = cors.max_age {
+            data.insert("FhirServer__Cors__MaxAge".into(), age.to_string());
+        }
+    }
+    exposed_service(
+        cx,
+        Exposed {
+            app: "fhir-server",
+            host_kind: "fhir",
+            short: &f.name,
+            name: &name,
+            image: image_ref(f.image.as_ref(), settings.images.fhir.as_ref()),
+            replicas: f.replicas.or(settings.defaults.fhir.replicas).unwrap_or(1),
+            resources: f
+                .resources
+                .as_ref()
+                .or(settings.defaults.fhir.resources.as_ref()),
+            identity: f.identity.as_ref(),
+        },
+        data,
+    );
+}

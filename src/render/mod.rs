@@ -1,0 +1,519 @@
+//! Rendering: a resolved environment to the Kubernetes objects it should have.
+//!
+//! A pure, deterministic function: the same environment always gives the same
+//! objects in the same order. Objects are built with k8s-openapi types and
+//! carried as JSON values with their identity, so later stages (plan, apply,
+//! prune) need not know each type.
+//!
+//! One file per service family (`fhir`, `dicom`, `iot`) and one for
+//! the workspace-wide objects (`workspace`), over the builders they share
+//! (`workload`). Imports: `object` and `declare` (the model and the names
+//! it gives objects), nothing later in the pipeline.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use crate::declare::model::{Environment, Workspace};
+use crate::object::{ENVIRONMENT_LABEL, MANAGED_BY, MANAGER, Names, Object, kind_rank};
+
+mod dicom;
+mod fhir;
+mod iot;
+mod workload;
+mod workspace;
+
+pub use workload::{CONFIG_HASH_ANNOTATION, WORKLOAD_IDENTITY_CLIENT_ID, WORKLOAD_IDENTITY_USE};
+
+#[derive(Debug)]
+pub struct RenderError {
+    pub object: String,
+    pub message: String,
+}
+
+impl fmt::Display for RenderError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.object, self.message)
+    }
+}
+
+impl std::error::Error for RenderError {}
+
+/// Renders every workspace of an environment, in a stable order.
+pub fn render(env: &Environment) -> Result<Vec<Object>, RenderError> {
+    let mut all = Vec::new();
+    render_each(env, |batch| {
+        all.extend(batch);
+        Ok::<_, RenderError>(())
+    })?;
+    Ok(all)
+}
+
+/// [`render`], workspace by workspace: what renders, and the workspaces
+/// that do not with why (so that one workspace failing to render does not
+/// hold the others).
+pub fn render_partial(env: &Environment) -> (Vec<Object>, BTreeMap<String, RenderError>) {
+    let mut all = environment_resources(env);
+    let mut failed = BTreeMap::new();
+    let mut names = Names::default();
+    for ws in sorted_workspaces(env) {
+        match render_workspace_with(env, ws, &mut names) {
+            Ok(objects) => all.extend(objects),
+            Err(e) => {
+                failed.insert(ws.metadata.name.clone(), e);
+            }
+        }
+    }
+    (all, failed)
+}
+
+/// [`render`] a batch at a time: the layers' plain manifests, then each
+/// workspace in name order (the same objects in the same order), for a
+/// caller that writes objects out rather than keeps them all.
+pub fn render_each<E: From<RenderError>>(
+    env: &Environment,
+    mut each: impl FnMut(Vec<Object>) -> Result<(), E>,
+) -> Result<(), E> {
+    each(environment_resources(env))?;
+    let mut names = Names::default();
+    for ws in sorted_workspaces(env) {
+        each(render_workspace_with(env, ws, &mut names)?)?;
+    }
+    Ok(())
+}
+
+fn sorted_workspaces(env: &Environment) -> Vec<&Workspace> {
+    let mut workspaces: Vec<&Workspace> = env.workspaces.iter().collect();
+    workspaces.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+    workspaces
+}
+
+/// Workspaces one thread renders (and `map`s) at a time in
+/// [`render_map_each`].
+const CHUNK: usize = 32;
+
+/// [`render_each`] on all cores, for output: batches of workspaces are
+/// rendered and turned into `T` by `map` (their text, say) in parallel, and
+/// `each` gets the results in order. Only a few batches are held at once.
+pub fn render_map_each<T: Send, E: From<RenderError>>(
+    env: &Environment,
+    map: impl Fn(&[Object]) -> T + Sync,
+    mut each: impl FnMut(T) -> Result<(), E>,
+) -> Result<(), E> {
+    each(map(&environment_resources(env)))?;
+    let workspaces = sorted_workspaces(env);
+    let threads = std::thread::available_parallelism().map_or(1, usize::from);
+    for round in workspaces.chunks(CHUNK * threads) {
+        let batches: Vec<&[&Workspace]> = round.chunks(CHUNK).collect();
+        let results = crate::par::map(&batches, |batch| {
+            let (mut objects, mut names) = (Vec::new(), Names::default());
+            for ws in *batch {
+                objects.extend(render_workspace_with(env, ws, &mut names)?);
+            }
+            Ok::<_, RenderError>(map(&objects))
+        });
+        for result in results {
+            each(result?)?;
+        }
+    }
+    Ok(())
+}
+
+/// The layers' plain manifests, labelled as tenantsync's, first in the output
+/// (they hold what workspaces may build on, such as CRDs).
+fn environment_resources(env: &Environment) -> Vec<Object> {
+    let mut out: Vec<Object> = env
+        .resources
+        .iter()
+        .filter_map(|manifest| {
+            let mut body = manifest.clone();
+            if let Some(meta) = body
+                .get_mut("metadata")
+                .and_then(serde_json::Value::as_object_mut)
+            {
+                let labels = meta
+                    .entry("labels")
+                    .or_insert_with(|| serde_json::json!({}));
+                if let Some(labels) = labels.as_object_mut() {
+                    labels.insert(MANAGED_BY.into(), MANAGER.into());
+                    labels.insert(ENVIRONMENT_LABEL.into(), env.name.clone().into());
+                }
+            }
+            // Validation made sure every manifest has a kind, apiVersion and name.
+            Object::from_value("", &body)
+        })
+        .collect();
+    out.sort_by(|a, b| {
+        (kind_rank(&a.kind), &a.namespace, &a.name).cmp(&(
+            kind_rank(&b.kind),
+            &b.namespace,
+            &b.name,
+        ))
+    });
+    out
+}
+
+/// Renders one workspace.
+pub fn render_workspace(env: &Environment, ws: &Workspace) -> Result<Vec<Object>, RenderError> {
+    render_workspace_with(env, ws, &mut Names::default())
+}
+
+/// [`render_workspace`], with the objects' names shared through `names`.
+fn render_workspace_with(
+    env: &Environment,
+    ws: &Workspace,
+    names: &mut Names,
+) -> Result<Vec<Object>, RenderError> {
+    let mut cx = workload::Ctx {
+        env,
+        ws: &ws.metadata.name,
+        namespace: env.namespace_of(&ws.metadata.name),
+        out: Vec::new(),
+        error: None,
+        names: std::mem::take(names),
+    };
+    workspace::namespace(&mut cx, ws);
+    workspace::network_policy(&mut cx);
+    for f in &ws.spec.fhir_services {
+        fhir::render(&mut cx, f);
+    }
+    for d in &ws.spec.dicom_services {
+        dicom::render(&mut cx, d);
+    }
+    iot::render(&mut cx, &ws.spec.iot_connectors);
+    *names = cx.names;
+    if let Some(e) = cx.error {
+        return Err(e);
+    }
+    let mut out = cx.out;
+    out.sort_by(|a, b| (kind_rank(&a.kind), &a.name).cmp(&(kind_rank(&b.kind), &b.name)));
+    Ok(out)
+}
+
+/// Objects as one multi-document YAML stream.
+pub fn to_yaml(objects: &[Object]) -> String {
+    let mut out = String::new();
+    for o in objects {
+        push_yaml(&mut out, o);
+    }
+    out
+}
+
+/// Appends one object as a YAML document (`---` and its body).
+pub fn push_yaml(out: &mut String, object: &Object) {
+    out.push_str("---\n");
+    crate::object::yaml_emit::write(out, &object.value());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::workload::timespan;
+    use super::*;
+    use crate::declare::model;
+    use crate::declare::model::{
+        DicomCast, DicomService, FhirService, IngestionEndpoint, IotConnector, Mapping, Metadata,
+        Settings, WorkspaceSpec,
+    };
+    use crate::declare::names::{self, identities};
+    use crate::object::WORKSPACE_LABEL;
+    use proptest::prelude::*;
+
+    fn fhir(name: &str, replicas: i32) -> FhirService {
+        FhirService {
+            name: name.into(),
+            fhir_version: "R4".into(),
+            image: None,
+            replicas: Some(replicas),
+            resources: None,
+            auth: None,
+            cors: None,
+            identity: None,
+        }
+    }
+
+    fn arb_workspace() -> impl Strategy<Value = Workspace> {
+        ("[a-z]{1,8}", 1usize..4, 0usize..3, 0usize..3, 1i32..4).prop_map(|(name, nf, nd, ni, replicas)| {
+            let fhir_services: Vec<_> = (0..nf).map(|i| fhir(&format!("f{i}"), replicas)).collect();
+            let dicom_services = (0..nd)
+                .map(|i| DicomService {
+                    name: format!("d{i}"),
+                    image: None,
+                    replicas: None,
+                    resources: None,
+                    identity: None,
+                    dicom_cast: (i % 2 == 0).then(|| DicomCast {
+                        fhir_service: "f0".into(),
+                        poll_interval: "30s".into(),
+                        image: None,
+                        resources: None,
+                    }),
+                })
+                .collect();
+            let iot_connectors = (0..ni)
+                .map(|i| IotConnector {
+                    name: format!("c{i}"),
+                    image: None,
+                    replicas: None,
+                    resources: None,
+                    identity: None,
+                    ingestion_endpoint_configuration: IngestionEndpoint {
+                        event_hub_name: "hub".into(),
+                        consumer_group: None,
+                        fully_qualified_event_hub_namespace: "ns.servicebus.windows.net".into(),
+                    },
+                    device_mapping: Mapping { content: serde_json::json!({"templateType": "CollectionContent", "template": [i]}) },
+                    fhir_destinations: Vec::new(),
+                })
+                .collect();
+            Workspace {
+                api_version: model::API_VERSION.into(),
+                kind: "Workspace".into(),
+                metadata: Metadata { name, ..Metadata::default() },
+                spec: WorkspaceSpec { fhir_services, dicom_services, iot_connectors },
+            }
+        })
+    }
+
+    fn env_of(workspaces: Vec<Workspace>) -> Environment {
+        Environment {
+            name: "dev".into(),
+            chain: vec!["dev".into()],
+            settings: Settings::default(),
+            workspaces,
+            resources: Vec::new(),
+        }
+    }
+
+    proptest! {
+        /// Same input, byte-identical output; the order workspaces are
+        /// declared in does not matter either.
+        #[test]
+        fn rendering_is_deterministic(mut wss in prop::collection::vec(arb_workspace(), 1..5)) {
+            wss.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+            wss.dedup_by(|a, b| a.metadata.name == b.metadata.name);
+            let env = env_of(wss.clone());
+            let first = to_yaml(&render(&env).unwrap());
+            prop_assert_eq!(&first, &to_yaml(&render(&env.clone()).unwrap()));
+            wss.reverse();
+            prop_assert_eq!(&first, &to_yaml(&render(&env_of(wss)).unwrap()));
+        }
+
+        /// `identities` (what validation checks for collisions) lists
+        /// exactly the objects rendering makes.
+        #[test]
+        fn identities_are_the_rendered_objects(mut ws in arb_workspace(), destinations in 0usize..3) {
+            for c in &mut ws.spec.iot_connectors {
+                for j in 0..destinations {
+                    c.fhir_destinations.push(crate::declare::model::FhirDestination {
+                        name: format!("d{j}"),
+                        resource_identity_resolution_type: "Create".into(),
+                        fhir_service: "f0".into(),
+                        fhir_mapping: Mapping { content: serde_json::json!({}) },
+                        resources: None,
+                    });
+                }
+            }
+            let env = env_of(vec![ws.clone()]);
+            let mut rendered: Vec<(String, String, Option<String>, String)> = render_workspace(&env, &ws)
+                .unwrap()
+                .iter()
+                .map(|o| {
+                    let group = o.api_version.split_once('/').map_or("", |(g, _)| g).to_string();
+                    (group, o.kind.to_string(), o.namespace.as_deref().map(str::to_string), o.name.to_string())
+                })
+                .collect();
+            let mut listed: Vec<(String, String, Option<String>, String)> = identities(&env, &ws)
+                .into_iter()
+                .map(|(id, _)| (id.group.to_string(), id.kind.to_string(), id.namespace, id.name))
+                .collect();
+            rendered.sort();
+            listed.sort();
+            prop_assert_eq!(rendered, listed);
+        }
+    }
+
+    /// The parallel, batched rendering for output gives what `render` does,
+    /// in the same order, across many batches.
+    #[test]
+    fn rendering_in_parallel_batches_matches_rendering_at_once() {
+        // Out of name order on purpose: both sort.
+        let workspaces: Vec<Workspace> = (0..CHUNK * 5 + 3)
+            .rev()
+            .map(|i| Workspace {
+                api_version: model::API_VERSION.into(),
+                kind: "Workspace".into(),
+                metadata: Metadata {
+                    name: format!("ws-{i:03}"),
+                    ..Metadata::default()
+                },
+                spec: WorkspaceSpec {
+                    fhir_services: vec![fhir("api", 1 + (i % 3) as i32)],
+                    ..WorkspaceSpec::default()
+                },
+            })
+            .collect();
+        let env = env_of(workspaces);
+        let mut batched = String::new();
+        render_map_each(&env, to_yaml, |text| {
+            batched.push_str(&text);
+            Ok::<_, RenderError>(())
+        })
+        .unwrap();
+        assert_eq!(batched, to_yaml(&render(&env).unwrap()));
+        // Workspace by workspace (the daemon's way) gives the same too.
+        let (partial, failed) = render_partial(&env);
+        assert!(failed.is_empty());
+        assert_eq!(batched, to_yaml(&partial));
+        for ws in ["ws-000", "ws-162"] {
+            assert!(batched.contains(&format!("tenantsync.io/workspace: {ws}\n")));
+        }
+    }
+
+    #[test]
+    fn every_object_carries_the_tracking_labels() {
+        let env = env_of(vec![Workspace {
+            api_version: model::API_VERSION.into(),
+            kind: "Workspace".into(),
+            metadata: Metadata {
+                name: "acme".into(),
+                ..Metadata::default()
+            },
+            spec: WorkspaceSpec {
+                fhir_services: vec![fhir("api", 2)],
+                ..WorkspaceSpec::default()
+            },
+        }]);
+        let objects = render(&env).unwrap();
+        let kinds: Vec<_> = objects.iter().map(|o| &*o.kind).collect();
+        assert_eq!(
+            kinds,
+            [
+                "Namespace",
+                "ServiceAccount",
+                "ConfigMap",
+                "Service",
+                "Deployment",
+                "PodDisruptionBudget",
+                "Ingress",
+                "NetworkPolicy"
+            ]
+        );
+        for o in &objects {
+            let labels = &o.value()["metadata"]["labels"];
+            assert_eq!(labels[MANAGED_BY], "tenantsync", "{}", o.id());
+            assert_eq!(labels[ENVIRONMENT_LABEL], "dev", "{}", o.id());
+            assert_eq!(labels[WORKSPACE_LABEL], "acme", "{}", o.id());
+            assert_eq!(o.value()["apiVersion"], &*o.api_version);
+        }
+        let deploy = objects.iter().find(|o| &*o.kind == "Deployment").unwrap();
+        assert_eq!(deploy.namespace.as_deref(), Some("acme-dev"));
+        assert_eq!(
+            deploy.value()["spec"]["strategy"]["rollingUpdate"]["maxSurge"],
+            1
+        );
+        assert_eq!(
+            deploy.value()["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"],
+            0
+        );
+        let container = &deploy.value()["spec"]["template"]["spec"]["containers"][0];
+        assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/health");
+        let ingress = objects.iter().find(|o| &*o.kind == "Ingress").unwrap();
+        assert_eq!(
+            ingress.value()["spec"]["rules"][0]["host"],
+            "api.fhir.acme.local"
+        );
+    }
+
+    #[test]
+    fn config_change_rolls_the_deployment_and_pdb_needs_two_replicas() {
+        let ws = |version: &str, replicas: i32| {
+            let mut f = fhir("api", replicas);
+            f.fhir_version = version.into();
+            env_of(vec![Workspace {
+                api_version: model::API_VERSION.into(),
+                kind: "Workspace".into(),
+                metadata: Metadata {
+                    name: "acme".into(),
+                    ..Metadata::default()
+                },
+                spec: WorkspaceSpec {
+                    fhir_services: vec![f],
+                    ..WorkspaceSpec::default()
+                },
+            }])
+        };
+        let hash = |env: &Environment| {
+            let objects = render(env).unwrap();
+            let d = objects
+                .iter()
+                .find(|o| &*o.kind == "Deployment")
+                .unwrap()
+                .clone();
+            d.value()["spec"]["template"]["metadata"]["annotations"][CONFIG_HASH_ANNOTATION].clone()
+        };
+        assert_ne!(hash(&ws("R4", 1)), hash(&ws("R5", 1)));
+        assert_eq!(hash(&ws("R4", 1)), hash(&ws("R4", 3)));
+        assert!(
+            !render(&ws("R4", 1))
+                .unwrap()
+                .iter()
+                .any(|o| &*o.kind == "PodDisruptionBudget")
+        );
+    }
+
+    #[test]
+    fn iot_shared_objects_exist_only_with_a_connector() {
+        let mut env = env_of(vec![Workspace {
+            api_version: model::API_VERSION.into(),
+            kind: "Workspace".into(),
+            metadata: Metadata {
+                name: "acme".into(),
+                ..Metadata::default()
+            },
+            spec: WorkspaceSpec::default(),
+        }]);
+        let shared = |env: &Environment| {
+            render(env)
+                .unwrap()
+                .iter()
+                .filter(|o| &*o.name == names::IOT_SHARED)
+                .count()
+        };
+        assert_eq!(shared(&env), 0);
+        env.workspaces[0].spec.iot_connectors = vec![IotConnector {
+            name: "c".into(),
+            image: None,
+            replicas: None,
+            resources: None,
+            identity: None,
+            ingestion_endpoint_configuration: IngestionEndpoint {
+                event_hub_name: "hub".into(),
+                consumer_group: None,
+                fully_qualified_event_hub_namespace: "ns.servicebus.windows.net".into(),
+            },
+            device_mapping: Mapping {
+                content: serde_json::json!({}),
+            },
+            fhir_destinations: Vec::new(),
+        }];
+        assert_eq!(shared(&env), 2);
+    }
+
+    #[test]
+    fn timespans() {
+        assert_eq!(timespan("30s"), "00:00:30");
+        assert_eq!(timespan("5m"), "00:05:00");
+        assert_eq!(timespan("2h"), "02:00:00");
+        assert_eq!(timespan("1500ms"), "00:00:01.500");
+    }
+
+    #[test]
+    fn label_limits() {
+        assert!(names::check_label(&"a".repeat(63)).is_ok());
+        assert!(
+            names::check_label(&"a".repeat(64))
+                .unwrap_err()
+                .contains("63")
+        );
+        assert!(names::check_label("Upper").is_err());
+    }
+}

@@ -1,0 +1,496 @@
+//! The builders every service family shares: the rendering context, a
+//! workload (Deployment) with its ConfigMap, and an exposed service
+//! (ServiceAccount, ConfigMap, Deployment, Service, Ingress, PDB).
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::Resource;
+use k8s_openapi::api::apps::v1::{
+    Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
+};
+use k8s_openapi::api::core::v1::{
+    Capabilities, ConfigMap, ConfigMapEnvSource, ConfigMapVolumeSource, Container, ContainerPort,
+    EmptyDirVolumeSource, EnvFromSource, EnvVar, HTTPGetAction, PodSecurityContext, PodSpec,
+    PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, SecurityContext, Service,
+    ServiceAccount, ServicePort, ServiceSpec, Volume, VolumeMount,
+};
+use k8s_openapi::api::networking::v1::{
+    HTTPIngressPath, HTTPIngressRuleValue, Ingress, IngressBackend, IngressRule,
+    IngressServiceBackend, IngressSpec, IngressTLS, ServiceBackendPort,
+};
+use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use super::RenderError;
+use crate::declare::model::{self, Environment, Image, Resources};
+use crate::declare::names;
+use crate::object::{ENVIRONMENT_LABEL, MANAGED_BY, MANAGER, Names, Object, WORKSPACE_LABEL};
+
+pub(super) const HTTP_PORT: i32 = 8080;
+pub const CONFIG_HASH_ANNOTATION: &str = "tenantsync.io/config-hash";
+pub const WORKLOAD_IDENTITY_CLIENT_ID: &str = "azure.workload.identity/client-id";
+pub const WORKLOAD_IDENTITY_USE: &str = "azure.workload.identity/use";
+
+pub(super) struct Ctx<'a> {
+    pub(super) env: &'a Environment,
+    pub(super) ws: &'a str,
+    pub(super) namespace: String,
+    pub(super) out: Vec<Object>,
+    pub(super) error: Option<RenderError>,
+    pub(super) names: Names,
+}
+
+impl Ctx<'_> {
+    pub(super) fn labels(
+        &self,
+        name: &str,
+        instance: &str,
+        component: &str,
+    ) -> BTreeMap<String, String> {
+        BTreeMap::from([
+            ("app.kubernetes.io/name".to_string(), name.to_string()),
+            (
+                "app.kubernetes.io/instance".to_string(),
+                instance.to_string(),
+            ),
+            (
+                "app.kubernetes.io/component".to_string(),
+                component.to_string(),
+            ),
+            ("app.kubernetes.io/part-of".to_string(), self.ws.to_string()),
+            (MANAGED_BY.to_string(), MANAGER.to_string()),
+            (ENVIRONMENT_LABEL.to_string(), self.env.name.clone()),
+            (WORKSPACE_LABEL.to_string(), self.ws.to_string()),
+        ])
+    }
+
+    pub(super) fn meta(&self, name: &str, labels: BTreeMap<String, String>) -> ObjectMeta {
+        ObjectMeta {
+            name: Some(name.to_string()),
+            namespace: Some(self.namespace.clone()),
+            labels: Some(labels),
+            ..ObjectMeta::default()
+        }
+    }
+
+    pub(super) fn push<T: Resource + Serialize>(
+        &mut self,
+        object: &T,
+        namespaced: bool,
+        name: &str,
+    ) {
+        let namespace = namespaced.then(|| self.names.get(&self.namespace));
+        // k8s-openapi writes apiVersion and kind (from `Resource`) itself.
+        match serde_json::value::to_raw_value(object) {
+            Ok(body) => {
+                self.out.push(Object::from_parts(
+                    self.names.get(T::API_VERSION),
+                    self.names.get(T::KIND),
+                    namespace,
+                    self.names.get(name),
+                    self.names.get(self.ws),
+                    body,
+                ));
+            }
+            Err(e) => {
+                self.error.get_or_insert(RenderError {
+                    object: format!("{}/{name}", T::KIND),
+                    message: e.to_string(),
+                });
+            }
+        }
+    }
+}
+
+/// Everything a workload needs, for one Deployment.
+pub(super) struct Workload<'a> {
+    pub(super) name: String,
+    pub(super) app: &'static str,
+    pub(super) component: &'static str,
+    pub(super) image: String,
+    pub(super) replicas: i32,
+    pub(super) resources: Option<&'a Resources>,
+    pub(super) service_account: Option<String>,
+    /// ConfigMap whose keys become environment variables.
+    pub(super) env_from: Option<String>,
+    pub(super) env: Vec<(String, String)>,
+    /// ConfigMap mounted read-only at a path.
+    pub(super) mount: Option<(String, &'static str)>,
+    pub(super) identity: bool,
+    pub(super) config_hash: String,
+}
+
+/// A FHIR or DICOM service: a workload exposed through a Service and Ingress.
+pub(super) struct Exposed<'a> {
+    pub(super) app: &'static str,
+    /// `fhir` or `dicom`, the second label of the ingress host.
+    pub(super) host_kind: &'static str,
+    /// The declared service name.
+    pub(super) short: &'a str,
+    /// The rendered object name.
+    pub(super) name: &'a str,
+    pub(super) image: String,
+    pub(super) replicas: i32,
+    pub(super) resources: Option<&'a Resources>,
+    pub(super) identity: Option<&'a model::Identity>,
+}
+
+/// ServiceAccount, ConfigMap, Deployment, Service, Ingress and (replicas > 1)
+/// PodDisruptionBudget of a FHIR or DICOM service.
+pub(super) fn exposed_service(cx: &mut Ctx<'_>, e: Exposed<'_>, data: BTreeMap<String, String>) {
+    let Exposed {
+        app,
+        host_kind,
+        short,
+        name,
+        image,
+        replicas,
+        resources,
+        identity,
+    } = e;
+    let labels = cx.labels(app, name, "api");
+    let mut sa_meta = cx.meta(name, labels.clone());
+    if let Some(id) = identity {
+        sa_meta.annotations = Some(BTreeMap::from([(
+            WORKLOAD_IDENTITY_CLIENT_ID.to_string(),
+            id.client_id.clone(),
+        )]));
+    }
+    cx.push(
+        &ServiceAccount {
+            metadata: sa_meta,
+            ..ServiceAccount::default()
+        },
+        true,
+        name,
+    );
+    let config_hash = config_map(cx, &names::config(name), app, name, "api", data);
+    deployment(
+        cx,
+        Workload {
+            name: name.to_string(),
+            app,
+            component: "api",
+            image,
+            replicas,
+            resources,
+            service_account: Some(name.to_string()),
+            env_from: Some(names::config(name)),
+            env: Vec::new(),
+            mount: None,
+            identity: identity.is_some(),
+            config_hash,
+        },
+    );
+
+    let selector = selector_labels(app, name);
+    let svc = Service {
+        metadata: cx.meta(name, labels.clone()),
+        spec: Some(ServiceSpec {
+            type_: Some("ClusterIP".into()),
+            selector: Some(selector.clone()),
+            ports: Some(vec![ServicePort {
+                name: Some("http".into()),
+                port: 80,
+                target_port: Some(IntOrString::String("http".into())),
+                protocol: Some("TCP".into()),
+                ..ServicePort::default()
+            }]),
+            ..ServiceSpec::default()
+        }),
+        ..Service::default()
+    };
+    cx.push(&svc, true, name);
+
+    let ingress_settings = &cx.env.settings.ingress;
+    let host = names::host(
+        short,
+        host_kind,
+        cx.ws,
+        ingress_settings.domain.as_deref().unwrap_or("local"),
+    );
+    let ingress = Ingress {
+        metadata: cx.meta(name, labels.clone()),
+        spec: Some(IngressSpec {
+            ingress_class_name: ingress_settings.class_name.clone(),
+            rules: Some(vec![IngressRule {
+                host: Some(host.clone()),
+                http: Some(HTTPIngressRuleValue {
+                    paths: vec![HTTPIngressPath {
+                        path: Some("/".into()),
+                        path_type: "Prefix".into(),
+                        backend: IngressBackend {
+                            service: Some(IngressServiceBackend {
+                                name: name.to_string(),
+                                port: Some(ServiceBackendPort {
+                                    number: Some(80),
+                                    ..ServiceBackendPort::default()
+                                }),
+                            }),
+                            ..IngressBackend::default()
+                        },
+                    }],
+                }),
+            }]),
+            tls: Some(vec![IngressTLS {
+                hosts: Some(vec![host]),
+                secret_name: ingress_settings.tls_secret_name.clone(),
+            }]),
+            ..IngressSpec::default()
+        }),
+        ..Ingress::default()
+    };
+    cx.push(&ingress, true, name);
+
+    if replicas > 1 {
+        let pdb = PodDisruptionBudget {
+            metadata: cx.meta(name, labels),
+            spec: Some(PodDisruptionBudgetSpec {
+                max_unavailable: Some(IntOrString::Int(1)),
+                selector: Some(LabelSelector {
+                    match_labels: Some(selector),
+                    ..LabelSelector::default()
+                }),
+                ..PodDisruptionBudgetSpec::default()
+            }),
+            ..PodDisruptionBudget::default()
+        };
+        cx.push(&pdb, true, name);
+    }
+}
+
+/// Adds a ConfigMap; returns the hash of its data, which goes into the pod
+/// template so that a content change rolls the Deployment.
+pub(super) fn config_map(
+    cx: &mut Ctx<'_>,
+    name: &str,
+    app: &str,
+    instance: &str,
+    component: &str,
+    data: BTreeMap<String, String>,
+) -> String {
+    let mut hasher = Sha256::new();
+    for (k, v) in &data {
+        hasher.update(k.as_bytes());
+        hasher.update([0]);
+        hasher.update(v.as_bytes());
+        hasher.update([0]);
+    }
+    let digest = hasher.finalize();
+    let hash: String = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
+    let cm = ConfigMap {
+        metadata: cx.meta(name, cx.labels(app, instance, component)),
+        data: Some(data),
+        ..ConfigMap::default()
+    };
+    cx.push(&cm, true, name);
+    hash
+}
+
+pub(super) fn deployment(cx: &mut Ctx<'_>, w: Workload<'_>) {
+    let labels = cx.labels(w.app, &w.name, w.component);
+    let selector = selector_labels(w.app, &w.name);
+    let mut pod_labels = labels.clone();
+    if w.identity {
+        pod_labels.insert(WORKLOAD_IDENTITY_USE.to_string(), "true".to_string());
+    }
+    let probe = |initial: i32, period: i32| Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some("/health".into()),
+            port: IntOrString::String("http".into()),
+            ..HTTPGetAction::default()
+        }),
+        initial_delay_seconds: Some(initial),
+        period_seconds: Some(period),
+        ..Probe::default()
+    };
+    let mut mounts = vec![VolumeMount {
+        name: "tmp".into(),
+        mount_path: "/tmp".into(),
+        ..VolumeMount::default()
+    }];
+    let mut volumes = vec![Volume {
+        name: "tmp".into(),
+        empty_dir: Some(EmptyDirVolumeSource::default()),
+        ..Volume::default()
+    }];
+    if let Some((cm, path)) = &w.mount {
+        mounts.push(VolumeMount {
+            name: "mapping".into(),
+            mount_path: (*path).to_string(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        });
+        volumes.push(Volume {
+            name: "mapping".into(),
+            config_map: Some(ConfigMapVolumeSource {
+                name: cm.clone(),
+                ..ConfigMapVolumeSource::default()
+            }),
+            ..Volume::default()
+        });
+    }
+    let container = Container {
+        name: w.app.to_string(),
+        image: Some(w.image),
+        ports: Some(vec![ContainerPort {
+            name: Some("http".into()),
+            container_port: HTTP_PORT,
+            protocol: Some("TCP".into()),
+            ..ContainerPort::default()
+        }]),
+        env_from: w.env_from.map(|cm| {
+            vec![EnvFromSource {
+                config_map_ref: Some(ConfigMapEnvSource {
+                    name: cm,
+                    ..ConfigMapEnvSource::default()
+                }),
+                ..EnvFromSource::default()
+            }]
+        }),
+        env: (!w.env.is_empty()).then(|| {
+            w.env
+                .into_iter()
+                .map(|(name, value)| EnvVar {
+                    name,
+                    value: Some(value),
+                    ..EnvVar::default()
+                })
+                .collect()
+        }),
+        resources: w.resources.map(resource_requirements),
+        readiness_probe: Some(probe(5, 10)),
+        liveness_probe: Some(probe(30, 20)),
+        volume_mounts: Some(mounts),
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            read_only_root_filesystem: Some(true),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                ..Capabilities::default()
+            }),
+            ..SecurityContext::default()
+        }),
+        ..Container::default()
+    };
+    let deploy = Deployment {
+        metadata: cx.meta(&w.name, labels),
+        spec: Some(DeploymentSpec {
+            replicas: Some(w.replicas),
+            selector: LabelSelector {
+                match_labels: Some(selector),
+                ..LabelSelector::default()
+            },
+            strategy: Some(DeploymentStrategy {
+                type_: Some("RollingUpdate".into()),
+                rolling_update: Some(RollingUpdateDeployment {
+                    max_surge: Some(IntOrString::Int(1)),
+                    max_unavailable: Some(IntOrString::Int(0)),
+                }),
+            }),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(pod_labels),
+                    annotations: Some(BTreeMap::from([(
+                        CONFIG_HASH_ANNOTATION.to_string(),
+                        w.config_hash,
+                    )])),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(PodSpec {
+                    service_account_name: w.service_account,
+                    containers: vec![container],
+                    volumes: Some(volumes),
+                    security_context: Some(PodSecurityContext {
+                        run_as_non_root: Some(true),
+                        seccomp_profile: Some(SeccompProfile {
+                            type_: "RuntimeDefault".into(),
+                            ..SeccompProfile::default()
+                        }),
+                        ..PodSecurityContext::default()
+                    }),
+                    ..PodSpec::default()
+                }),
+            },
+            ..DeploymentSpec::default()
+        }),
+        ..Deployment::default()
+    };
+    cx.push(&deploy, true, &w.name);
+}
+
+pub(super) fn selector_labels(app: &str, instance: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("app.kubernetes.io/name".to_string(), app.to_string()),
+        (
+            "app.kubernetes.io/instance".to_string(),
+            instance.to_string(),
+        ),
+    ])
+}
+
+pub(super) fn service_url(service: &str, namespace: &str) -> String {
+    format!("http://{service}.{namespace}.svc.cluster.local")
+}
+
+pub(super) fn image_ref(own: Option<&Image>, default: Option<&Image>) -> String {
+    let pick = |f: fn(&Image) -> Option<&String>| {
+        own.and_then(f)
+            .or_else(|| default.and_then(f))
+            .cloned()
+            .unwrap_or_default()
+    };
+    format!(
+        "{}:{}",
+        pick(|i| i.repository.as_ref()),
+        pick(|i| i.tag.as_ref())
+    )
+}
+
+pub(super) fn resource_requirements(r: &Resources) -> ResourceRequirements {
+    let list = |m: &BTreeMap<String, model::Quantity>| {
+        (!m.is_empty()).then(|| {
+            m.iter()
+                .map(|(k, v)| (k.clone(), Quantity(v.as_string())))
+                .collect()
+        })
+    };
+    ResourceRequirements {
+        requests: list(&r.requests),
+        limits: list(&r.limits),
+        ..ResourceRequirements::default()
+    }
+}
+
+/// `30s` / `5m` / `1h` / `250ms` as a .NET TimeSpan (`00:00:30`), which the
+/// DICOM-cast worker reads (seed 003: DicomCastWorker.PollInterval).
+pub(super) fn timespan(duration: &str) -> String {
+    let digits: String = duration.chars().take_while(char::is_ascii_digit).collect();
+    let unit = &duration[digits.len()..];
+    let n: u64 = digits.parse().unwrap_or(0);
+    let (secs, millis) = match unit {
+        "ms" => (n / 1000, n % 1000),
+        "m" => (n.saturating_mul(60), 0),
+        "h" => (n.saturating_mul(3600), 0),
+        _ => (n, 0),
+    };
+    let base = format!(
+        "{:02}:{:02}:{:02}",
+        secs / 3600,
+        (secs / 60) % 60,
+        secs % 60
+    );
+    if millis > 0 {
+        format!("{base}.{millis:03}")
+    } else {
+        base
+    }
+}
+
+pub(super) fn pretty(value: &serde_json::Value) -> String {
+    serde_json::to_string_pretty(value).unwrap_or_else(|_| value.to_string())
+}

@@ -1,0 +1,21 @@
+//! What a sync may do and in which order (pure: no client, no I/O).
+//!
+//! | module | role |
+//! |---|---|
+//! | [`steps`] | stages (sync wave, then kind), the prune set and its guards, the scope of a sync |
+//! | [`inventory`] | the record of what tenantsync applied: encoding, set logic, merges |
+//! | [`health`] | per-kind health rules, worst-wins aggregation |
+//! | [`tenancy`] | the operator's guardrails, the effective policy, who owns an object |
+//!
+//! Imports: `object`, `declare`, `plan`. The edges (`cluster`) execute what
+//! it decides.
+
+pub mod health;
+pub mod inventory;
+pub mod steps;
+pub mod tenancy;
+
+pub use steps::{
+    MassPrune, PRUNE_ANNOTATION, Scope, Stage, Steps, SyncOptions, name_some, namespaces_to_prune,
+    steps, steps_with_foreign,
+};
