@@ -14,6 +14,7 @@
 //! | [`par`] | core | the same function over many items on all cores |
 //! | [`source`] | edge | folders and Git revisions → in-memory file trees |
 //! | [`cluster`] | edge | the API server: list, apply, delete, wait, inventory, events, lock |
+//! | [`pipeline`] | edge | the steps the CLI and the daemon share: desired state, live plan |
 //! | [`daemon`] | front | reconcile loops, triggers, status, metrics, HTTP |
 //! | [`cli`] | front | arguments → options → one command each |
 //!
@@ -28,6 +29,7 @@ pub mod daemon;
 pub mod declare;
 pub mod object;
 pub mod par;
+pub mod pipeline;
 pub mod plan;
 pub mod render;
 pub mod source;

@@ -1,5 +1,6 @@
 //! Command-line interface: argument parsing and output formats only.
 
+use std::collections::HashSet;
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -9,16 +10,17 @@ use anyhow::Context;
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 
 use crate::cluster::execute::{self as cluster_sync, Progress, SyncError};
-use crate::cluster::{Cluster, ClusterOptions};
+use crate::cluster::{Cluster, ClusterError, ClusterOptions};
 use crate::declare::diag::Diagnostic;
-use crate::declare::model::SyncPolicy;
-use crate::declare::repo::SourceTree;
 use crate::declare::validate;
-use crate::plan::print;
+use crate::object::ObjectKey;
+use crate::pipeline::{self, Deletes, DesiredState, Intake, LivePlan, PlanOptions, Refused};
+use crate::plan::{Action, Change, Plan, Summary, print};
 use crate::render;
 use crate::source::{self, folder};
 use crate::sync::SyncOptions;
-use crate::sync::tenancy::{self, Operator, OperatorPolicy};
+use crate::sync::inventory::Inventory;
+use crate::sync::tenancy::{Operator, OperatorPolicy};
 
 mod help;
 
@@ -149,17 +151,34 @@ pub enum Command {
     },
 }
 
-#[derive(Debug, clap::Args)]
-pub struct StatusArgs {
-    /// Environment to show.
-    #[arg(long = "env", value_name = "NAME")]
-    pub env: String,
+/// The cluster to talk to.
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct ClusterArgs {
     /// Kubeconfig file (default: KUBECONFIG, ~/.kube/config, or in-cluster).
     #[arg(long, value_name = "FILE", env = "TENANTSYNC_KUBECONFIG")]
     pub kubeconfig: Option<PathBuf>,
     /// Kubeconfig context to use.
     #[arg(long, value_name = "NAME")]
     pub context: Option<String>,
+}
+
+impl ClusterArgs {
+    /// The connection these flags ask for.
+    pub fn options(&self) -> ClusterOptions {
+        ClusterOptions {
+            kubeconfig: self.kubeconfig.clone(),
+            context: self.context.clone(),
+        }
+    }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct StatusArgs {
+    /// Environment to show.
+    #[arg(long = "env", value_name = "NAME")]
+    pub env: String,
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
     /// Output format.
     #[arg(long, value_enum, default_value_t = ValidateOutput::Text)]
     pub output: ValidateOutput,
@@ -202,12 +221,8 @@ pub struct RunArgs {
     /// Re-apply objects that drifted from Git (report only, without it).
     #[arg(long)]
     pub self_heal: bool,
-    /// Kubeconfig file (default: KUBECONFIG, ~/.kube/config, or in-cluster).
-    #[arg(long, value_name = "FILE", env = "TENANTSYNC_KUBECONFIG")]
-    pub kubeconfig: Option<PathBuf>,
-    /// Kubeconfig context to use.
-    #[arg(long, value_name = "NAME")]
-    pub context: Option<String>,
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
     #[command(flatten)]
     pub guard: GuardArgs,
     /// Log format: human-readable text or one JSON object per line.
@@ -421,12 +436,8 @@ pub struct LiveArgs {
     /// Environment to compare.
     #[arg(long = "env", value_name = "NAME")]
     pub env: String,
-    /// Kubeconfig file (default: KUBECONFIG, ~/.kube/config, or in-cluster).
-    #[arg(long, value_name = "FILE", env = "TENANTSYNC_KUBECONFIG")]
-    pub kubeconfig: Option<PathBuf>,
-    /// Kubeconfig context to use.
-    #[arg(long, value_name = "NAME")]
-    pub context: Option<String>,
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
     /// Output format.
     #[arg(long, value_enum, default_value_t = PlanOutput::Text)]
     pub output: PlanOutput,
@@ -495,135 +506,82 @@ fn completions_cmd(shell: clap_complete::Shell) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Reads the desired state: a folder as it is, or a Git revision.
-fn read_source(args: &LiveArgs) -> anyhow::Result<(SourceTree, Option<String>)> {
-    let (tree, revision) =
-        source::read(&args.repo, args.rev.as_deref(), &source::auth_from_env()?)?;
-    Ok((tree, revision.map(|r| r.commit)))
-}
-
 fn live_cmd(args: &LiveArgs, verb: print::Verb) -> anyhow::Result<ExitCode> {
     let runtime = runtime()?;
-    let options = ClusterOptions {
-        kubeconfig: args.kubeconfig.clone(),
-        context: args.context.clone(),
-    };
+    let options = args.cluster.options();
+    let drift = matches!(verb, print::Verb::Drift);
     // drift compares the cluster with what tenantsync last applied: the
     // revision the inventory records, when the repository is Git and no
     // --rev was given (a plain folder has no history: its current files).
-    let mut args = args.clone();
-    if matches!(verb, print::Verb::Drift) && args.rev.is_none() {
+    // The connection and the inventory read for it are the plan's too.
+    let mut read = None;
+    let mut rev = args.rev.clone();
+    if drift && rev.is_none() {
         let is_git = source::git::is_remote_url(&args.repo)
             || source::git::open_local(std::path::Path::new(&args.repo)).is_ok();
         if is_git {
-            let applied = runtime
-                .block_on(async {
-                    Cluster::connect(&options)
-                        .await?
-                        .read_inventory(&args.env)
-                        .await
-                })?
-                .and_then(|inventory| inventory.revision)
+            let (cluster, inventory) = runtime.block_on(async {
+                let cluster = Cluster::connect(&options).await?;
+                let inventory = cluster.read_inventory(&args.env).await?;
+                Ok::<_, ClusterError>((cluster, inventory))
+            })?;
+            rev = inventory
+                .as_ref()
+                .and_then(|inventory| inventory.revision.clone())
                 .filter(|r| r.len() == 40 && r.bytes().all(|b| b.is_ascii_hexdigit()));
-            args.rev = applied;
+            read = Some((cluster, inventory));
         }
     }
-    let args = &args;
-    let DesiredState {
-        name,
-        objects: desired,
-        revision,
-        scope,
-        ownership,
-        ..
-    } = match desired_state(args, None)? {
-        Ok(state) => state,
+    let desired = match desired_state(args, rev, None)? {
+        Ok((state, _)) => state,
         Err(code) => return Ok(code),
     };
-    let plan = runtime.block_on(async {
-        let cluster = Cluster::connect(&options).await?;
+    let (plan, foreign, notes) = runtime.block_on(async {
+        let (cluster, inventory) = match read {
+            Some(read) => read,
+            None => {
+                let cluster = Cluster::connect(&options).await?;
+                let inventory = cluster.read_inventory(&desired.name).await?;
+                (cluster, inventory)
+            }
+        };
         // plan deletes what sync --prune would: inventoried objects only;
         // drift reports every labelled object nothing declares.
-        let inventory = cluster
-            .read_inventory(&name)
-            .await?
-            .unwrap_or_else(|| crate::sync::inventory::Inventory::new(&name));
-        let kinds = crate::sync::inventory::kinds_to_list(&desired, Some(&inventory));
-        let mut planner =
-            crate::plan::Planner::new(&name, &desired, true).with_ownership(ownership);
-        cluster
-            .for_each_managed(&name, &kinds, |o| {
-                if scope.contains_live(&o) {
-                    planner.observe(o)
-                }
-            })
-            .await?;
-        let recorded: std::collections::HashSet<(String, Option<String>, String)> = inventory
-            .objects
-            .iter()
-            .map(|r| {
-                (
-                    r.kind.to_string(),
-                    r.namespace.as_deref().map(String::from),
-                    r.name.to_string(),
-                )
-            })
-            .collect();
-        let mut plan = match verb {
-            print::Verb::Plan => {
-                let scoped = scope.inventory(&inventory);
-                let (mut plan, _) = planner.finish(Some(&scoped.keys()), revision, 0);
-                let existing = cluster.find_existing(&plan).await?;
-                tenancy::settle_ownership(&mut plan, &inventory, &existing, args.adopt);
-                plan
-            }
-            print::Verb::Drift => planner.finish(None, revision, 0).0,
+        let plan_options = PlanOptions {
+            diffs: true,
+            deletes: if drift {
+                Deletes::Undeclared
+            } else {
+                Deletes::Recorded
+            },
+            settle: (!drift).then_some(args.adopt),
         };
-        // drift: an object declared but never applied (not inventoried) is
-        // pending, not missing; a labelled object the inventory never
-        // recorded was never declared, not "no longer" declared.
-        let mut notes = DriftNotes::default();
-        if matches!(verb, print::Verb::Drift) {
-            let key = |c: &crate::plan::Change| {
-                (
-                    c.kind.to_string(),
-                    c.namespace.as_deref().map(String::from),
-                    c.name.to_string(),
-                )
-            };
-            let (pending, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut plan.changes)
-                .into_iter()
-                .partition(|c| {
-                    c.action == crate::plan::Action::Create && !recorded.contains(&key(c))
-                });
-            notes.pending = pending.iter().map(|c| c.id()).collect();
-            notes.never_declared = kept
-                .iter()
-                .filter(|c| c.action == crate::plan::Action::Delete && !recorded.contains(&key(c)))
-                .map(|c| c.id())
-                .collect();
-            plan.changes = kept;
-            plan.summary = crate::plan::Summary::of(&plan.changes);
-        }
+        let LivePlan {
+            mut plan,
+            inventory,
+            ..
+        } = pipeline::plan_live(&cluster, &desired, inventory, plan_options).await?;
+        let inventory = inventory.unwrap_or_else(|| Inventory::new(&desired.name));
+        let notes = if drift {
+            DriftNotes::take_from(&mut plan, &inventory)
+        } else {
+            DriftNotes::default()
+        };
         // What a namespace the plan deletes holds that tenantsync never made.
         let namespaces: Vec<String> = plan
             .changes
             .iter()
-            .filter(|c| c.action == crate::plan::Action::Delete && &*c.kind == "Namespace")
+            .filter(|c| c.action == Action::Delete && &*c.kind == "Namespace")
             .map(|c| c.name.to_string())
             .collect();
-        let foreign = if matches!(verb, print::Verb::Plan) && !namespaces.is_empty() {
+        let foreign = if !drift && !namespaces.is_empty() {
             cluster.foreign_objects(&namespaces, &inventory).await?
         } else {
             Default::default()
         };
-        let plan = crate::plan::Plan {
-            api_requests: cluster.requests(),
-            ..plan
-        };
-        Ok::<_, crate::cluster::ClusterError>((plan, foreign, notes))
+        plan.api_requests = cluster.requests();
+        Ok::<_, ClusterError>((plan, foreign, notes))
     })?;
-    let (plan, foreign, notes) = plan;
     let color =
         !args.no_color && std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     let mut text = match args.output {
@@ -655,6 +613,28 @@ struct DriftNotes {
 }
 
 impl DriftNotes {
+    /// Moves out of a drift plan what is not drift: an object declared but
+    /// never applied (not inventoried) is pending, not missing; a labelled
+    /// object the inventory never recorded was never declared, not "no
+    /// longer" declared.
+    fn take_from(plan: &mut Plan, inventory: &Inventory) -> DriftNotes {
+        let recorded: HashSet<ObjectKey<'_>> = inventory.keys();
+        let (pending, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut plan.changes)
+            .into_iter()
+            .partition(|c| c.action == Action::Create && !recorded.contains(&c.key()));
+        let notes = DriftNotes {
+            pending: pending.iter().map(Change::id).collect(),
+            never_declared: kept
+                .iter()
+                .filter(|c| c.action == Action::Delete && !recorded.contains(&c.key()))
+                .map(Change::id)
+                .collect(),
+        };
+        plan.changes = kept;
+        plan.summary = Summary::of(&plan.changes);
+        notes
+    }
+
     fn add_to(&self, text: String, output: PlanOutput) -> String {
         if let PlanOutput::Json = output {
             let Ok(mut value) = serde_json::from_str::<serde_json::Value>(&text) else {
@@ -718,46 +698,25 @@ fn with_foreign(
     out
 }
 
-/// An environment's name and sync policy, its rendered objects, and the Git
-/// revision they came from. Not the model: at thousands of workspaces it is
-/// large, and nothing after rendering needs it.
-struct DesiredState {
-    name: String,
-    sync_policy: SyncPolicy,
-    /// The operator's settings tightened by the repository's.
-    effective: tenancy::EffectivePolicy,
-    /// The objects in scope (of the selected workspaces, when selected).
-    objects: Vec<crate::object::Object>,
-    revision: Option<String>,
-    /// A digest of the files read (a folder's revision).
-    digest: String,
-    /// What may be planned, applied and pruned.
-    scope: crate::sync::Scope,
-    /// Invalid workspaces skipped (`sync --skip-invalid`), with their errors.
-    skipped: Vec<(String, Vec<Diagnostic>)>,
-    /// `spec.ownership`: whose fields are drift, which are left alone.
-    ownership: crate::declare::model::Ownership,
-}
-
-/// The environment's rendered objects and where they came from, or the
-/// validation errors and broken guardrails (printed) and exit code 1. With
-/// `skip_invalid`, invalid workspaces are left out and held (see
+/// The environment's desired state (in scope only) read at `rev`, and the
+/// digest of the files read (a folder's revision); or the validation errors
+/// and broken guardrails (printed) and exit code 1. `sync`:
+/// `Some(skip_invalid)` for sync, which may hold invalid workspaces (see
 /// [`crate::sync::Scope`]) instead of failing the whole environment;
-/// problems of the environment itself still do.
+/// problems of the environment itself still do. plan and drift are strict.
 fn desired_state(
     args: &LiveArgs,
+    rev: Option<String>,
     sync: Option<bool>,
-) -> anyhow::Result<Result<DesiredState, ExitCode>> {
-    // `Some(skip_invalid)` for sync; plan and drift are strict.
-    let skip_invalid = sync == Some(true);
-    let (tree, revision) = read_source(args)?;
-    let digest = crate::daemon::revision_of(&tree, None);
-    // Each stage's input goes as soon as the next stage has what it needs:
-    // the files once parsed, the parsed files once resolved.
-    let repository = validate::load(&tree);
-    drop(tree);
-    let partial = repository.resolve_partial(&args.env);
-    drop(repository);
+) -> anyhow::Result<Result<(DesiredState, String), ExitCode>> {
+    let (tree, revision) = source::read(&args.repo, rev.as_deref(), &source::auth_from_env()?)?;
+    let digest = source::revision_of(&tree, None);
+    let operator = args.guard.operator(None);
+    let intake = Intake {
+        hold_invalid: sync == Some(true),
+        only: &args.workspaces,
+        ..Intake::strict(&operator)
+    };
     let refuse = |diags: &[Diagnostic], why: &str| {
         print_diagnostics(diags);
         eprintln!(
@@ -766,90 +725,36 @@ fn desired_state(
         );
         Ok(Err(ExitCode::from(1)))
     };
-    if !partial.environment_errors.is_empty()
-        || (!skip_invalid && !partial.workspace_errors.is_empty())
-    {
-        let why = if partial.environment_errors.is_empty() && sync.is_some() {
-            " (sync --skip-invalid applies the valid workspaces)"
-        } else {
-            ""
-        };
-        return refuse(&partial.errors(), why);
+    match pipeline::desired(tree, &args.env, revision.map(|r| r.commit), &intake) {
+        Ok(mut state) => {
+            state.keep_in_scope();
+            Ok(Ok((state, digest)))
+        }
+        Err(Refused::Invalid {
+            diagnostics,
+            workspaces_only,
+        }) => {
+            let why = if workspaces_only && sync.is_some() {
+                " (sync --skip-invalid applies the valid workspaces)"
+            } else {
+                ""
+            };
+            refuse(&diagnostics, why)
+        }
+        Err(Refused::UnknownWorkspace {
+            environment,
+            unknown,
+            known,
+        }) => {
+            eprintln!(
+                "error: environment {environment} has no workspace `{unknown}` (its workspaces: {}); the cluster was not contacted",
+                known.join(", ")
+            );
+            Ok(Err(ExitCode::from(1)))
+        }
+        Err(Refused::Guardrails(diagnostics)) => refuse(&diagnostics, ""),
+        Err(Refused::Render(e)) => Err(e.into()),
     }
-    let environment = partial.environment;
-    let known = |ws: &str| {
-        environment.workspaces.iter().any(|w| w.metadata.name == ws)
-            || partial.workspace_errors.contains_key(ws)
-    };
-    if let Some(unknown) = args.workspaces.iter().find(|w| !known(w)) {
-        let mut names: Vec<&str> = environment
-            .workspaces
-            .iter()
-            .map(|w| w.metadata.name.as_str())
-            .chain(partial.workspace_errors.keys().map(String::as_str))
-            .collect();
-        names.sort_unstable();
-        eprintln!(
-            "error: environment {} has no workspace `{unknown}` (its workspaces: {}); the cluster was not contacted",
-            environment.name,
-            names.join(", ")
-        );
-        return Ok(Err(ExitCode::from(1)));
-    }
-    let scope = crate::sync::Scope {
-        only: (!args.workspaces.is_empty()).then(|| {
-            args.workspaces
-                .iter()
-                .map(|w| environment.namespace_of(w))
-                .collect()
-        }),
-        held: partial
-            .workspace_errors
-            .keys()
-            .map(|w| environment.namespace_of(w))
-            .collect(),
-    };
-    let mut objects = render::render(&environment)?;
-    let effective = match admitted(&args.guard.operator(None), &environment, &objects) {
-        Ok(effective) => effective,
-        Err(diags) => return refuse(&diags, ""),
-    };
-    if !scope.is_everything() {
-        objects.retain(|o| scope.contains_object(o));
-    }
-    Ok(Ok(DesiredState {
-        objects,
-        name: environment.name,
-        sync_policy: environment.settings.sync_policy,
-        effective,
-        revision,
-        digest,
-        scope,
-        ownership: environment.settings.ownership,
-        skipped: partial.workspace_errors.into_iter().collect(),
-    }))
-}
-
-/// [`tenancy::admit`] of a resolved environment, its violations as
-/// diagnostics.
-fn admitted(
-    operator: &Operator,
-    environment: &crate::declare::model::Environment,
-    objects: &[crate::object::Object],
-) -> Result<tenancy::EffectivePolicy, Vec<Diagnostic>> {
-    tenancy::admit(
-        operator,
-        &environment.name,
-        environment.settings.namespace_template.as_deref(),
-        &environment.settings.sync_policy,
-        objects,
-    )
-    .map_err(|violations| {
-        violations
-            .iter()
-            .map(|v| v.diagnostic(&environment.name))
-            .collect()
-    })
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -861,20 +766,12 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 fn sync_cmd(args: &SyncArgs) -> anyhow::Result<ExitCode> {
     let live_args = &args.live;
-    let DesiredState {
-        name,
-        sync_policy: policy,
-        effective,
-        objects: desired,
-        revision,
-        digest,
-        scope,
-        skipped,
-        ownership,
-    } = match desired_state(live_args, Some(args.skip_invalid))? {
-        Ok(state) => state,
-        Err(code) => return Ok(code),
-    };
+    let (mut state, digest) =
+        match desired_state(live_args, live_args.rev.clone(), Some(args.skip_invalid))? {
+            Ok(desired) => desired,
+            Err(code) => return Ok(code),
+        };
+    let skipped = std::mem::take(&mut state.invalid);
     for (ws, diags) in &skipped {
         eprintln!(
             "skipped workspace {ws}: {} error(s); its objects are neither applied nor pruned:",
@@ -883,23 +780,23 @@ fn sync_cmd(args: &SyncArgs) -> anyhow::Result<ExitCode> {
         print_diagnostics(diags);
     }
     // A sync of some workspaces only does not move the revision the
-    // inventory records for the environment as a whole.
-    let revision = if scope.only.is_some() { None } else { revision };
-    let options = SyncOptions {
-        prune: args.prune || policy.prune,
+    // inventory records for the environment as a whole; a folder's revision
+    // is the digest of its files, as the daemon's.
+    if state.scope.only.is_some() {
+        state.revision = None;
+    }
+    state.revision = state.revision.take().or(Some(digest));
+    let revision = state.revision.clone();
+    let name = state.name.clone();
+    let options = state.sync_options(SyncOptions {
+        prune: args.prune,
         dry_run: args.dry_run,
-        force_conflicts: effective.force_conflicts,
         force_recreate: args.force_recreate,
         allow_mass_prune: args.allow_mass_prune,
-        max_prune_percent: effective.max_prune_percent,
         prune_foreign: args.prune_foreign,
-        lock_lost: None,
-        scope: scope.clone(),
-    };
-    let cluster_options = ClusterOptions {
-        kubeconfig: live_args.kubeconfig.clone(),
-        context: live_args.context.clone(),
-    };
+        ..SyncOptions::default()
+    });
+    let cluster_options = live_args.cluster.options();
     let interactive =
         std::io::stderr().is_terminal() && !matches!(live_args.output, PlanOutput::Json);
     let runtime = runtime()?;
@@ -933,37 +830,20 @@ fn sync_cmd(args: &SyncArgs) -> anyhow::Result<ExitCode> {
     };
     let mut options = options;
     options.lock_lost = lock.as_ref().map(crate::cluster::lock::EnvLock::lost_flag);
-    // A folder's revision is the digest of its files, as the daemon's.
-    let revision = revision.or(Some(digest));
     let result = runtime.block_on(async {
         let cluster = &cluster;
         let inventory = cluster.read_inventory(&name).await?;
-        let kinds = crate::sync::inventory::kinds_to_list(&desired, inventory.as_ref());
         // A sync needs the changes, not their diff text.
-        let mut planner =
-            crate::plan::Planner::new(&name, &desired, false).with_ownership(ownership);
-        cluster
-            .for_each_managed(&name, &kinds, |o| {
-                if scope.contains_live(&o) {
-                    planner.observe(o)
-                }
-            })
-            .await?;
-        let scoped = inventory.as_ref().map(|i| scope.inventory(i));
-        let (mut plan, undeclared) = planner.finish(
-            scoped.as_ref().map(|i| i.keys()).as_ref(),
-            revision.clone(),
-            cluster.requests(),
-        );
-        let existing = cluster.find_existing(&plan).await?;
-        tenancy::settle_ownership(
-            &mut plan,
-            inventory
-                .as_ref()
-                .unwrap_or(&crate::sync::inventory::Inventory::new(&name)),
-            &existing,
-            live_args.adopt,
-        );
+        let plan_options = PlanOptions {
+            diffs: false,
+            deletes: Deletes::RecordedOrAll,
+            settle: Some(live_args.adopt),
+        };
+        let LivePlan {
+            plan,
+            inventory,
+            undeclared,
+        } = pipeline::plan_live(cluster, &state, inventory, plan_options).await?;
         let total: u64 = plan.changes.iter().filter(|c| c.is_apply()).count() as u64;
         let bar = if interactive && total > 0 {
             let bar = indicatif::ProgressBar::new(total);
@@ -980,7 +860,7 @@ fn sync_cmd(args: &SyncArgs) -> anyhow::Result<ExitCode> {
         let report = cluster_sync::sync(
             cluster,
             &plan,
-            &desired,
+            &state.objects,
             inventory,
             &undeclared,
             &options,
@@ -1022,11 +902,16 @@ fn sync_cmd(args: &SyncArgs) -> anyhow::Result<ExitCode> {
             let options = crate::sync::health::HealthOptions {
                 wait_for_ingress_address: !args.no_ingress_address_wait,
             };
-            let health =
-                cluster_sync::wait_for_health(cluster, &desired, &options, args.timeout, |r, h| {
+            let health = cluster_sync::wait_for_health(
+                cluster,
+                &state.objects,
+                &options,
+                args.timeout,
+                |r, h| {
                     eprintln!("{:<11} {}: {}", h.status.to_string(), r.id(), h.message);
-                })
-                .await?;
+                },
+            )
+            .await?;
             report.health = Some(health);
         }
         Ok(report)
@@ -1076,7 +961,7 @@ fn sync_cmd(args: &SyncArgs) -> anyhow::Result<ExitCode> {
     };
     write_stdout(&text)?;
     if !skipped.is_empty() {
-        let names: Vec<&str> = skipped.iter().map(|(w, _)| w.as_str()).collect();
+        let names: Vec<&str> = skipped.keys().map(String::as_str).collect();
         eprintln!(
             "error: {} invalid workspace(s) skipped: {} (the rest was synced)",
             names.len(),
@@ -1235,10 +1120,7 @@ fn sync_text(r: &cluster_sync::SyncReport) -> String {
 }
 
 fn status_cmd(args: &StatusArgs) -> anyhow::Result<ExitCode> {
-    let options = ClusterOptions {
-        kubeconfig: args.kubeconfig.clone(),
-        context: args.context.clone(),
-    };
+    let options = args.cluster.options();
     let (data, holder) = runtime()?.block_on(async {
         let cluster = Cluster::connect(&options).await?;
         let data = cluster.inventory_data(&args.env).await?;
@@ -1439,13 +1321,15 @@ fn run_cmd(args: RunArgs) -> anyhow::Result<ExitCode> {
         prune: args.prune || policy.prune,
         self_heal: args.self_heal || policy.self_heal,
         operator: args.guard.operator(c),
-        cluster: ClusterOptions {
+        cluster: ClusterArgs {
             kubeconfig: args
+                .cluster
                 .kubeconfig
                 .clone()
                 .or_else(|| c.and_then(|c| c.kubeconfig.clone()).map(PathBuf::from)),
-            context: args.context.clone(),
-        },
+            context: args.cluster.context.clone(),
+        }
+        .options(),
         webhook_secret: std::env::var("TENANTSYNC_WEBHOOK_SECRET")
             .ok()
             .filter(|s| !s.is_empty()),
@@ -1502,7 +1386,7 @@ fn validate_cmd(
     // The operator's guardrails, on what each valid environment renders.
     for environment in &report.environments {
         let objects = render::render(environment)?;
-        if let Err(diags) = admitted(operator, environment, &objects) {
+        if let Err(diags) = pipeline::admit(operator, environment, &objects) {
             report.diagnostics.extend(diags);
         }
     }

@@ -15,18 +15,16 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 
 use crate::cluster::execute::{self as cluster_sync};
 use crate::cluster::{Cluster, ClusterOptions};
 use crate::declare::repo::SourceTree;
 use crate::declare::validate;
-use crate::object::Object;
+use crate::pipeline::{self, Deletes, DesiredState, Intake, LivePlan, PlanOptions, Refused};
 use crate::plan::{Action, Plan};
+use crate::source;
 use crate::sync::SyncOptions;
-use crate::sync::inventory;
-use crate::{plan, render, source};
 
 pub mod config;
 pub mod http;
@@ -164,31 +162,6 @@ fn now() -> String {
     k8s_openapi::jiff::Timestamp::now().to_string()
 }
 
-/// A source revision: the Git commit, or a digest of a folder's files.
-pub fn revision_of(tree: &SourceTree, git: Option<source::git::Revision>) -> String {
-    match git {
-        Some(r) => r.commit,
-        None => {
-            let mut h = Sha256::new();
-            for p in tree.paths() {
-                h.update(p.as_bytes());
-                h.update([0]);
-                h.update(tree.get(p).unwrap_or_default());
-                h.update([0]);
-            }
-            let digest = h.finalize();
-            format!(
-                "folder-{}",
-                digest
-                    .iter()
-                    .take(6)
-                    .map(|b| format!("{b:02x}"))
-                    .collect::<String>()
-            )
-        }
-    }
-}
-
 /// Reads the source (blocking I/O off the async threads).
 async fn read_source(options: &RunOptions) -> Result<(SourceTree, String), String> {
     let repo = options.repo.clone();
@@ -198,26 +171,45 @@ async fn read_source(options: &RunOptions) -> Result<(SourceTree, String), Strin
         let masked = |e: &dyn std::fmt::Display| source::git::redact_in_text(&format!("{e:#}"));
         let auth = source::auth_from_env().map_err(|e| masked(&e))?;
         let (tree, git) = source::read(&repo, branch.as_deref(), &auth).map_err(|e| masked(&e))?;
-        let revision = revision_of(&tree, git);
+        let revision = source::revision_of(&tree, git);
         Ok((tree, revision))
     })
     .await
     .map_err(|e| format!("source reader stopped: {e}"))?
 }
 
-/// The last good desired state of an environment.
+/// The last good desired state of an environment, and how to sync it.
 struct Desired {
-    revision: String,
-    objects: Vec<Object>,
+    /// Invalid, clashing or unrenderable workspaces of this revision are held
+    /// at their last applied state (their namespaces out of `sync.scope`):
+    /// `state.held` says why.
+    state: DesiredState,
     sync: SyncOptions,
-    /// Invalid workspaces of this revision, held at their last applied
-    /// state (their namespaces are out of `sync.scope`), with their errors.
-    failed: BTreeMap<String, Vec<String>>,
-    /// The Warning Event about `failed` is still to be recorded (once per
-    /// revision, by the leader, as soon as the cluster is reachable).
+    /// The Warning Event about the held workspaces is still to be recorded
+    /// (once per revision, by the leader, as soon as the cluster is
+    /// reachable).
     event_pending: std::sync::atomic::AtomicBool,
-    /// `spec.ownership`: whose fields are drift, which are left alone.
-    ownership: crate::declare::model::Ownership,
+}
+
+impl Desired {
+    fn new(state: DesiredState, options: &RunOptions) -> Desired {
+        let sync = state.sync_options(SyncOptions {
+            prune: options.prune,
+            prune_foreign: options.prune_foreign,
+            allow_mass_prune: options.allow_mass_prune,
+            ..SyncOptions::default()
+        });
+        Desired {
+            event_pending: std::sync::atomic::AtomicBool::new(!state.held.is_empty()),
+            state,
+            sync,
+        }
+    }
+
+    /// The revision the objects came from (the daemon always knows it).
+    fn revision(&self) -> &str {
+        self.state.revision.as_deref().unwrap_or_default()
+    }
 }
 
 /// Runs the daemon until SIGTERM or Ctrl-C.
@@ -542,126 +534,75 @@ async fn reconcile(
             }
             Ok((tree, revision)) => {
                 shared.update(env, |s| s.last_seen_revision = Some(revision.clone()));
-                if desired.as_ref().is_some_and(|d| d.revision == revision) {
+                if desired.as_ref().is_some_and(|d| d.revision() == revision) {
                     *source_problem = None;
                 }
-                if desired.as_ref().is_none_or(|d| d.revision != revision) {
-                    // The files go once parsed, the parsed files once
-                    // resolved: only the rendered objects are kept.
-                    let repository = validate::load(&tree);
-                    drop(tree);
+                if desired.as_ref().is_none_or(|d| d.revision() != revision) {
                     // Per workspace: an invalid one is held, the others go on;
                     // a problem of the environment itself holds everything.
-                    let partial = repository.resolve_partial(env);
-                    let clashes = namespace_clashes(options, &repository, env);
-                    drop(repository);
-                    let resolved = if partial.environment_errors.is_empty() {
-                        Ok(partial)
-                    } else {
-                        Err(partial.errors())
+                    let clashes = |repository: &validate::Repository| {
+                        namespace_clashes(options, repository, env)
                     };
-                    match resolved {
-                        Err(diags) => {
-                            let lines: Vec<String> =
-                                diags.iter().map(ToString::to_string).collect();
-                            let message = format!(
+                    let intake = Intake {
+                        hold_invalid: true,
+                        hold_unrendered: true,
+                        also_hold: Some(&clashes),
+                        ..Intake::strict(&options.operator)
+                    };
+                    let refused = match pipeline::desired(
+                        tree,
+                        env,
+                        Some(revision.clone()),
+                        &intake,
+                    ) {
+                        Ok(state) => {
+                            let before = desired.as_ref().map(|d| &d.state.held);
+                            for ws in before.iter().flat_map(|b| b.keys()) {
+                                if !state.held.contains_key(ws) {
+                                    shared.metrics.set_workspace_failed(env, ws, false);
+                                }
+                            }
+                            for ws in state.held.keys() {
+                                shared.metrics.set_workspace_failed(env, ws, true);
+                            }
+                            *source_problem = None;
+                            *desired = Some(Arc::new(Desired::new(state, options)));
+                            None
+                        }
+                        Err(Refused::Invalid { diagnostics, .. }) => Some((
+                            "invalid",
+                            "InvalidRevision",
+                            format!(
                                 "revision {revision} is invalid; nothing is applied until a valid one arrives:\n{}",
-                                lines.join("\n")
-                            );
-                            // One Event per bad revision, not one per poll.
-                            if source_problem.as_deref() != Some(message.as_str())
-                                && *shared.leading.borrow()
-                                && let Some(c) = cluster.as_ref()
-                            {
-                                c.record_event(env, "InvalidRevision", &message).await;
-                            }
-                            *source_problem = Some(message.clone());
-                            return fail("invalid", message);
+                                lines(&diagnostics)
+                            ),
+                        )),
+                        Err(Refused::Guardrails(diagnostics)) => Some((
+                            "guardrail",
+                            "GuardrailViolated",
+                            format!(
+                                "revision {revision} breaks the operator's guardrails; nothing is applied until a revision that keeps them arrives:\n{}",
+                                lines(&diagnostics)
+                            ),
+                        )),
+                        // Neither happens with every workspace selected and
+                        // unrenderable ones held.
+                        Err(other) => Some((
+                            "invalid",
+                            "InvalidRevision",
+                            format!("revision {revision} is refused: {other}"),
+                        )),
+                    };
+                    if let Some((reason, event, message)) = refused {
+                        // One Event per bad revision, not one per poll.
+                        if source_problem.as_deref() != Some(message.as_str())
+                            && *shared.leading.borrow()
+                            && let Some(c) = cluster.as_ref()
+                        {
+                            c.record_event(env, event, &message).await;
                         }
-                        Ok(mut partial) => {
-                            partial
-                                .environment
-                                .workspaces
-                                .retain(|w| !clashes.contains_key(&w.metadata.name));
-                            let (objects, unrendered) =
-                                render::render_partial(&partial.environment);
-                            {
-                                let environment = &partial.environment;
-                                let policy = &environment.settings.sync_policy;
-                                let admitted = crate::sync::tenancy::admit(
-                                    &options.operator,
-                                    env,
-                                    environment.settings.namespace_template.as_deref(),
-                                    policy,
-                                    &objects,
-                                );
-                                let effective = match admitted {
-                                    Ok(effective) => effective,
-                                    Err(violations) => {
-                                        let lines: Vec<String> = violations
-                                            .iter()
-                                            .map(|v| v.diagnostic(env).to_string())
-                                            .collect();
-                                        let message = format!(
-                                            "revision {revision} breaks the operator's guardrails; nothing is applied until a revision that keeps them arrives:\n{}",
-                                            lines.join("\n")
-                                        );
-                                        if source_problem.as_deref() != Some(message.as_str())
-                                            && *shared.leading.borrow()
-                                            && let Some(c) = cluster.as_ref()
-                                        {
-                                            c.record_event(env, "GuardrailViolated", &message)
-                                                .await;
-                                        }
-                                        *source_problem = Some(message.clone());
-                                        return fail("guardrail", message);
-                                    }
-                                };
-                                let mut failed: BTreeMap<String, Vec<String>> = partial
-                                    .workspace_errors
-                                    .iter()
-                                    .map(|(ws, d)| {
-                                        (ws.clone(), d.iter().map(ToString::to_string).collect())
-                                    })
-                                    .collect();
-                                for (ws, why) in clashes {
-                                    failed.entry(ws).or_default().push(why);
-                                }
-                                for (ws, e) in unrendered {
-                                    failed
-                                        .entry(ws)
-                                        .or_default()
-                                        .push(format!("cannot render revision {revision}: {e}"));
-                                }
-                                let held = failed
-                                    .keys()
-                                    .map(|ws| environment.namespace_of(ws))
-                                    .collect();
-                                let before = desired.as_ref().map(|d| d.failed.clone());
-                                for ws in before.iter().flat_map(|b| b.keys()) {
-                                    if !failed.contains_key(ws) {
-                                        shared.metrics.set_workspace_failed(env, ws, false);
-                                    }
-                                }
-                                for ws in failed.keys() {
-                                    shared.metrics.set_workspace_failed(env, ws, true);
-                                }
-                                let event_pending =
-                                    std::sync::atomic::AtomicBool::new(!failed.is_empty());
-                                *source_problem = None;
-                                *desired = Some(Arc::new(Desired {
-                                    revision: revision.clone(),
-                                    objects,
-                                    sync: SyncOptions {
-                                        scope: crate::sync::Scope { only: None, held },
-                                        ..sync_options_of(options, policy, &effective)
-                                    },
-                                    ownership: environment.settings.ownership.clone(),
-                                    failed,
-                                    event_pending,
-                                }));
-                            }
-                        }
+                        *source_problem = Some(message.clone());
+                        return fail(reason, message);
                     }
                 }
             }
@@ -781,7 +722,7 @@ async fn reconcile(
                         if drifted.values().any(|n| *n > 0) {
                             tracing::warn!(
                                 environment = env,
-                                revision = %applied.revision,
+                                revision = %applied.revision(),
                                 drifted = drifted.values().sum::<usize>(),
                                 healed,
                                 "drift of the last applied revision while a newer one is blocked"
@@ -822,7 +763,7 @@ async fn reconcile(
         shared.metrics.record_sync(env, r);
         tracing::info!(
             environment = env,
-            revision = %state.revision,
+            revision = %state.revision(),
             created = r.created.len(),
             updated = r.updated.len(),
             pruned = r.pruned.len(),
@@ -847,7 +788,7 @@ async fn reconcile(
         )
     });
     let held_error =
-        (!state.failed.is_empty()).then(|| held_message(&state.revision, &state.failed));
+        (!state.state.held.is_empty()).then(|| held_message(state.revision(), &state.state.held));
     let (error, reason) = match (source_problem.clone(), sync_error, locked_error, held_error) {
         (Some(e), _, _, _) => (Some(e), "source"),
         (None, Some(e), _, _) => (Some(e), "apply"),
@@ -892,10 +833,10 @@ async fn reconcile(
         if let Some(r) = &report {
             s.last_sync_at = Some(now());
             if r.succeeded() {
-                s.last_applied_revision = Some(state.revision.clone());
+                s.last_applied_revision = Some(state.revision().to_string());
             }
         } else if status == SyncStatus::Synced {
-            s.last_applied_revision = Some(state.revision.clone());
+            s.last_applied_revision = Some(state.revision().to_string());
         }
         s.drifted_objects = current.values().sum();
         s.workspaces = current
@@ -918,7 +859,7 @@ async fn reconcile(
                 )
             })
             .collect();
-        for (ws, errors) in &state.failed {
+        for (ws, errors) in &state.state.held {
             s.workspaces.insert(
                 ws.clone(),
                 WorkspaceStatus {
@@ -944,23 +885,6 @@ async fn reconcile(
     error.is_none()
 }
 
-/// The sync options of a revision: the daemon's flags, the repository's
-/// policy as far as the operator allows it.
-fn sync_options_of(
-    options: &RunOptions,
-    policy: &crate::declare::model::SyncPolicy,
-    effective: &crate::sync::tenancy::EffectivePolicy,
-) -> SyncOptions {
-    SyncOptions {
-        prune: options.prune || policy.prune,
-        force_conflicts: effective.force_conflicts,
-        max_prune_percent: effective.max_prune_percent,
-        prune_foreign: options.prune_foreign,
-        allow_mass_prune: options.allow_mass_prune,
-        ..SyncOptions::default()
-    }
-}
-
 /// The revision the inventory records as applied, read again from Git (a
 /// daemon that restarted while a newer revision is blocked still knows what
 /// to compare the cluster with). `None` for a folder (no history) or when
@@ -978,27 +902,9 @@ async fn last_applied_from_inventory(
     let state = tokio::task::spawn_blocking(move || {
         let auth = source::auth_from_env().ok()?;
         let (tree, _) = source::read(&options.repo, Some(&revision), &auth).ok()?;
-        let repository = validate::load(&tree);
-        drop(tree);
-        let environment = repository.resolve(&env).ok()?;
-        let objects = render::render(&environment).ok()?;
-        let policy = &environment.settings.sync_policy;
-        let effective = crate::sync::tenancy::admit(
-            &options.operator,
-            &env,
-            environment.settings.namespace_template.as_deref(),
-            policy,
-            &objects,
-        )
-        .ok()?;
-        Some(Desired {
-            revision,
-            sync: sync_options_of(&options, policy, &effective),
-            objects,
-            failed: BTreeMap::new(),
-            event_pending: std::sync::atomic::AtomicBool::new(false),
-            ownership: environment.settings.ownership.clone(),
-        })
+        let intake = Intake::strict(&options.operator);
+        let state = pipeline::desired(tree, &env, Some(revision), &intake).ok()?;
+        Some(Desired::new(state, &options))
     })
     .await
     .ok()??;
@@ -1038,7 +944,6 @@ async fn check_and_sync(
     let cluster_error =
         |e: crate::cluster::ClusterError| ("cluster", e.to_string(), e.is_transport());
     let inv = c.read_inventory(env).await.map_err(cluster_error)?;
-    let kinds = inventory::kinds_to_list(&state.objects, inv.as_ref());
     if may_write
         && state
             .event_pending
@@ -1047,38 +952,28 @@ async fn check_and_sync(
         c.record_event(
             env,
             "InvalidWorkspace",
-            &held_message(&state.revision, &state.failed),
+            &held_message(state.revision(), &state.state.held),
         )
         .await;
     }
-    let mut planner =
-        plan::Planner::new(env, &state.objects, false).with_ownership(state.ownership.clone());
-    // Held workspaces are out of scope: not planned, applied nor pruned.
-    let scope = &state.sync.scope;
-    c.for_each_managed(env, &kinds, |o| {
-        if scope.contains_live(&o) {
-            planner.observe(o)
-        }
-    })
-    .await
-    .map_err(cluster_error)?;
-    let empty = inventory::Inventory::new(env);
-    let scoped = scope.inventory(inv.as_ref().unwrap_or(&empty));
-    let (mut plan, undeclared) =
-        planner.finish(Some(&scoped.keys()), Some(state.revision.clone()), 0);
     // Never adopt: what exists without being this environment's is left
     // alone (the daemon has no --adopt).
-    let existing = c.find_existing(&plan).await.map_err(cluster_error)?;
-    crate::sync::tenancy::settle_ownership(
-        &mut plan,
-        inv.as_ref().unwrap_or(&empty),
-        &existing,
-        false,
-    );
+    let plan_options = PlanOptions {
+        diffs: false,
+        deletes: Deletes::Recorded,
+        settle: Some(false),
+    };
+    let LivePlan {
+        plan,
+        inventory: inv,
+        undeclared,
+    } = pipeline::plan_live(c, &state.state, inv, plan_options)
+        .await
+        .map_err(cluster_error)?;
     // A revision not yet applied is synced; between revisions, drift is
     // re-applied only with self-heal.
     let applied_rev = inv.as_ref().and_then(|i| i.revision.clone());
-    let new_revision = applied_rev.as_deref() != Some(state.revision.as_str());
+    let new_revision = applied_rev.as_deref() != Some(state.revision());
     // A replica that does not lead (or a leader waiting for the lock) only
     // reports.
     if !may_write {
@@ -1096,13 +991,13 @@ async fn check_and_sync(
     // heartbeat keeps beating so a long sync is not taken for a dead daemon.
     shared.update(env, |s| {
         s.sync_status = SyncStatus::Syncing;
-        s.target_revision = Some(state.revision.clone());
+        s.target_revision = Some(state.revision().to_string());
     });
     shared.metrics.set_status(env, "Syncing");
     let beat = |status: &str| {
         BTreeMap::from([
             ("syncStatus".to_string(), status.to_string()),
-            ("targetRevision".to_string(), state.revision.clone()),
+            ("targetRevision".to_string(), state.revision().to_string()),
             ("heartbeatAt".to_string(), now()),
             (
                 "staleAfterSeconds".to_string(),
@@ -1122,11 +1017,11 @@ async fn check_and_sync(
     let sync = cluster_sync::sync(
         c,
         &plan,
-        &state.objects,
+        &state.state.objects,
         inv,
         &undeclared,
         &sync_options,
-        Some(state.revision.clone()),
+        Some(state.revision().to_string()),
         |_| {},
     );
     let report = tokio::select! {
@@ -1139,7 +1034,8 @@ async fn check_and_sync(
             "guard",
             format!(
                 "revision {} is blocked: nothing was changed: {}",
-                state.revision, m.message
+                state.revision(),
+                m.message
             ),
             false,
         )),
@@ -1208,6 +1104,12 @@ fn namespace_clashes(
         }
     }
     clashes
+}
+
+/// Diagnostics, one line each.
+fn lines(diagnostics: &[crate::declare::diag::Diagnostic]) -> String {
+    let lines: Vec<String> = diagnostics.iter().map(ToString::to_string).collect();
+    lines.join("\n")
 }
 
 /// Why some workspaces of a revision are held at their last applied state.

@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 pub mod folder;
 pub mod git;
 
+use sha2::{Digest, Sha256};
+
 use crate::declare::repo::SourceTree;
 
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +49,31 @@ pub fn read(
             let repository = git::open_local(Path::new(repo))?;
             let (tree, revision) = git::read_tree(&repository, rev)?;
             Ok((tree, Some(revision)))
+        }
+    }
+}
+
+/// A source revision: the Git commit, or a digest of a folder's files.
+pub fn revision_of(tree: &SourceTree, git: Option<git::Revision>) -> String {
+    match git {
+        Some(r) => r.commit,
+        None => {
+            let mut h = Sha256::new();
+            for p in tree.paths() {
+                h.update(p.as_bytes());
+                h.update([0]);
+                h.update(tree.get(p).unwrap_or_default());
+                h.update([0]);
+            }
+            let digest = h.finalize();
+            format!(
+                "folder-{}",
+                digest
+                    .iter()
+                    .take(6)
+                    .map(|b| format!("{b:02x}"))
+                    .collect::<String>()
+            )
         }
     }
 }

@@ -1,0 +1,276 @@
+//! An environment's desired state: validated, rendered and admitted by the
+//! operator's guardrails (pure: a tree in memory in, a value out).
+
+use std::collections::BTreeMap;
+
+use crate::declare::diag::Diagnostic;
+use crate::declare::model::{Environment, Ownership, SyncPolicy};
+use crate::declare::repo::SourceTree;
+use crate::declare::validate::{self, Partial, Repository};
+use crate::object::Object;
+use crate::render::{self, RenderError};
+use crate::sync::tenancy::{self, EffectivePolicy, Operator};
+use crate::sync::{Scope, SyncOptions};
+
+/// Workspaces of a repository to hold, each with why.
+pub type AlsoHold<'a> = dyn Fn(&Repository) -> BTreeMap<String, String> + Sync + 'a;
+
+/// What the caller accepts of a revision: the CLI's flags, the daemon's
+/// way of holding what it cannot apply.
+pub struct Intake<'a> {
+    /// The operator's guardrails and sync ceiling (never the repository's).
+    pub operator: &'a Operator,
+    /// Hold invalid workspaces (their namespaces out of scope: neither
+    /// applied nor pruned) instead of refusing the environment: the daemon,
+    /// `sync --skip-invalid`. Problems of the environment itself still
+    /// refuse it.
+    pub hold_invalid: bool,
+    /// Hold a workspace that cannot be rendered instead of failing (the
+    /// daemon).
+    pub hold_unrendered: bool,
+    /// Only these workspaces (`--workspace`); every one when empty.
+    pub only: &'a [String],
+    /// Workspaces to hold for reasons beyond the repository's own rules,
+    /// each with why (the daemon: a namespace two environments it syncs to
+    /// one cluster both render).
+    pub also_hold: Option<&'a AlsoHold<'a>>,
+}
+
+impl<'a> Intake<'a> {
+    /// Every workspace valid and rendered, or the environment is refused.
+    pub fn strict(operator: &'a Operator) -> Intake<'a> {
+        Intake {
+            operator,
+            hold_invalid: false,
+            hold_unrendered: false,
+            only: &[],
+            also_hold: None,
+        }
+    }
+}
+
+/// Why an environment's desired state cannot be had.
+#[derive(Debug)]
+pub enum Refused {
+    /// The environment is invalid, or (not holding them) some of its
+    /// workspaces are: every problem, sorted. `workspaces_only`: the
+    /// environment itself is valid.
+    Invalid {
+        diagnostics: Vec<Diagnostic>,
+        workspaces_only: bool,
+    },
+    /// `--workspace` named a workspace the environment does not have.
+    UnknownWorkspace {
+        environment: String,
+        unknown: String,
+        /// The environment's workspaces, sorted.
+        known: Vec<String>,
+    },
+    /// What the environment renders breaks the operator's guardrails.
+    Guardrails(Vec<Diagnostic>),
+    /// An object could not be rendered (not holding such workspaces).
+    Render(RenderError),
+}
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let lines = |diagnostics: &[Diagnostic]| {
+            let lines: Vec<String> = diagnostics.iter().map(ToString::to_string).collect();
+            lines.join("\n")
+        };
+        match self {
+            Refused::Invalid { diagnostics, .. } => {
+                write!(f, "{} error(s):\n{}", diagnostics.len(), lines(diagnostics))
+            }
+            Refused::UnknownWorkspace {
+                environment,
+                unknown,
+                known,
+            } => write!(
+                f,
+                "environment {environment} has no workspace `{unknown}` (its workspaces: {})",
+                known.join(", ")
+            ),
+            Refused::Guardrails(diagnostics) => write!(
+                f,
+                "the operator's guardrails are broken:\n{}",
+                lines(diagnostics)
+            ),
+            Refused::Render(e) => write!(f, "cannot render: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for Refused {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Refused::Render(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+/// An environment's name and policies, its rendered objects, and what is
+/// held. Not the model: at thousands of workspaces it is large, and nothing
+/// after rendering needs it.
+#[derive(Debug)]
+pub struct DesiredState {
+    pub name: String,
+    /// The revision the objects came from, as plans and inventories record it.
+    pub revision: Option<String>,
+    pub sync_policy: SyncPolicy,
+    /// The operator's settings tightened by the repository's.
+    pub effective: EffectivePolicy,
+    /// `spec.ownership`: whose fields are drift, which are left alone.
+    pub ownership: Ownership,
+    /// The rendered objects of the workspaces not held (and the layers'
+    /// plain manifests).
+    pub objects: Vec<Object>,
+    /// What may be planned, applied and pruned.
+    pub scope: Scope,
+    /// Invalid workspaces held, with their problems.
+    pub invalid: BTreeMap<String, Vec<Diagnostic>>,
+    /// Every held workspace with why, a line each: its problems, then any
+    /// other reason (a namespace clash, an object that does not render).
+    pub held: BTreeMap<String, Vec<String>>,
+}
+
+impl DesiredState {
+    /// Drops the objects out of [`DesiredState::scope`] (the CLI plans and
+    /// syncs only what is in scope).
+    pub fn keep_in_scope(&mut self) {
+        if !self.scope.is_everything() {
+            let scope = &self.scope;
+            self.objects.retain(|o| scope.contains_object(o));
+        }
+    }
+
+    /// The options of a sync of this state: the caller's `flags` (only
+    /// `prune` may also come from the repository's policy), the
+    /// repository's policy as far as the operator allows it, the scope.
+    pub fn sync_options(&self, flags: SyncOptions) -> SyncOptions {
+        SyncOptions {
+            prune: flags.prune || self.sync_policy.prune,
+            force_conflicts: self.effective.force_conflicts,
+            max_prune_percent: self.effective.max_prune_percent,
+            scope: self.scope.clone(),
+            ..flags
+        }
+    }
+}
+
+/// The desired state of environment `env` in `tree` (read at `revision`).
+pub fn desired(
+    tree: SourceTree,
+    env: &str,
+    revision: Option<String>,
+    intake: &Intake<'_>,
+) -> Result<DesiredState, Refused> {
+    // Each stage's input goes as soon as the next stage has what it needs:
+    // the files once parsed, the parsed files once resolved.
+    let repository = validate::load(&tree);
+    drop(tree);
+    let partial = repository.resolve_partial(env);
+    let clashes = intake
+        .also_hold
+        .map(|also_hold| also_hold(&repository))
+        .unwrap_or_default();
+    drop(repository);
+    if !partial.environment_errors.is_empty()
+        || (!intake.hold_invalid && !partial.workspace_errors.is_empty())
+    {
+        return Err(Refused::Invalid {
+            workspaces_only: partial.environment_errors.is_empty(),
+            diagnostics: partial.errors(),
+        });
+    }
+    let Partial {
+        mut environment,
+        workspace_errors,
+        ..
+    } = partial;
+    let known = |ws: &str| {
+        environment.workspaces.iter().any(|w| w.metadata.name == ws)
+            || workspace_errors.contains_key(ws)
+    };
+    if let Some(unknown) = intake.only.iter().find(|w| !known(w)) {
+        let mut known: Vec<String> = environment
+            .workspaces
+            .iter()
+            .map(|w| w.metadata.name.clone())
+            .chain(workspace_errors.keys().cloned())
+            .collect();
+        known.sort_unstable();
+        return Err(Refused::UnknownWorkspace {
+            environment: environment.name,
+            unknown: unknown.clone(),
+            known,
+        });
+    }
+    environment
+        .workspaces
+        .retain(|w| !clashes.contains_key(&w.metadata.name));
+    let (objects, mut unrendered) = render::render_partial(&environment);
+    if !intake.hold_unrendered
+        && let Some((_, e)) = unrendered.pop_first()
+    {
+        return Err(Refused::Render(e));
+    }
+    let effective = admit(intake.operator, &environment, &objects).map_err(Refused::Guardrails)?;
+    let mut held: BTreeMap<String, Vec<String>> = workspace_errors
+        .iter()
+        .map(|(ws, d)| (ws.clone(), d.iter().map(ToString::to_string).collect()))
+        .collect();
+    for (ws, why) in clashes {
+        held.entry(ws).or_default().push(why);
+    }
+    for (ws, e) in unrendered {
+        held.entry(ws).or_default().push(format!(
+            "cannot render revision {}: {e}",
+            revision.as_deref().unwrap_or_default()
+        ));
+    }
+    let scope = Scope {
+        only: (!intake.only.is_empty()).then(|| {
+            intake
+                .only
+                .iter()
+                .map(|w| environment.namespace_of(w))
+                .collect()
+        }),
+        held: held.keys().map(|ws| environment.namespace_of(ws)).collect(),
+    };
+    Ok(DesiredState {
+        name: environment.name,
+        revision,
+        sync_policy: environment.settings.sync_policy,
+        effective,
+        ownership: environment.settings.ownership,
+        objects,
+        scope,
+        invalid: workspace_errors,
+        held,
+    })
+}
+
+/// [`tenancy::admit`] of a resolved environment's objects, its violations
+/// as diagnostics.
+pub fn admit(
+    operator: &Operator,
+    environment: &Environment,
+    objects: &[Object],
+) -> Result<EffectivePolicy, Vec<Diagnostic>> {
+    tenancy::admit(
+        operator,
+        &environment.name,
+        environment.settings.namespace_template.as_deref(),
+        &environment.settings.sync_policy,
+        objects,
+    )
+    .map_err(|violations| {
+        violations
+            .iter()
+            .map(|v| v.diagnostic(&environment.name))
+            .collect()
+    })
+}

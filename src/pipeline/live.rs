@@ -1,0 +1,91 @@
+//! An environment's desired state against the cluster: the live objects
+//! tenantsync manages, listed a page at a time and paired with the desired
+//! ones, and who owns what the plan would create.
+
+use serde_json::Value;
+
+use super::DesiredState;
+use crate::cluster::{Cluster, ClusterError};
+use crate::plan::{Plan, Planner};
+use crate::sync::inventory::{self, Inventory};
+use crate::sync::tenancy;
+
+/// Which live objects nothing declares are deletes in the plan.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Deletes {
+    /// Those the inventory records (none without an inventory): what
+    /// `sync --prune` would delete.
+    Recorded,
+    /// Those the inventory records; without an inventory, every one.
+    RecordedOrAll,
+    /// Every labelled object nothing declares (what `drift` calls orphaned).
+    Undeclared,
+}
+
+/// How to plan.
+#[derive(Clone, Copy, Debug)]
+pub struct PlanOptions {
+    /// Whether changes carry their unified diff (printers need it, a sync
+    /// does not).
+    pub diffs: bool,
+    pub deletes: Deletes,
+    /// Settle who owns what the plan would create (`Some(adopt)`: take over
+    /// objects that are not tenantsync's, or mark them unmanaged); `None`
+    /// leaves creates as they are.
+    pub settle: Option<bool>,
+}
+
+/// A plan and what a sync of it needs besides.
+pub struct LivePlan {
+    pub plan: Plan,
+    /// The environment's inventory, as read before planning.
+    pub inventory: Option<Inventory>,
+    /// The live objects in scope nothing declares (what a prune looks at).
+    pub undeclared: Vec<Value>,
+}
+
+/// Plans `desired` against the cluster. `inventory`: the environment's, as
+/// the caller read it (under the environment's lock, for a sync).
+pub async fn plan_live(
+    cluster: &Cluster,
+    desired: &DesiredState,
+    inventory: Option<Inventory>,
+    options: PlanOptions,
+) -> Result<LivePlan, ClusterError> {
+    let name = &desired.name;
+    let scope = &desired.scope;
+    let kinds = inventory::kinds_to_list(&desired.objects, inventory.as_ref());
+    let mut planner = Planner::new(name, &desired.objects, options.diffs)
+        .with_ownership(desired.ownership.clone());
+    // Held workspaces are out of scope: not planned, applied nor pruned.
+    cluster
+        .for_each_managed(name, &kinds, |o| {
+            if scope.contains_live(&o) {
+                planner.observe(o)
+            }
+        })
+        .await?;
+    let empty = Inventory::new(name);
+    let scoped = scope.inventory(inventory.as_ref().unwrap_or(&empty));
+    let recorded = match options.deletes {
+        Deletes::Recorded => Some(scoped.keys()),
+        Deletes::RecordedOrAll => inventory.as_ref().map(|_| scoped.keys()),
+        Deletes::Undeclared => None,
+    };
+    let (mut plan, undeclared) = planner.finish(recorded.as_ref(), desired.revision.clone(), 0);
+    if let Some(adopt) = options.settle {
+        let existing = cluster.find_existing(&plan).await?;
+        tenancy::settle_ownership(
+            &mut plan,
+            inventory.as_ref().unwrap_or(&empty),
+            &existing,
+            adopt,
+        );
+    }
+    plan.api_requests = cluster.requests();
+    Ok(LivePlan {
+        plan,
+        inventory,
+        undeclared,
+    })
+}

@@ -1,0 +1,13 @@
+//! The pipeline the CLI and the daemon share: a source tree to an
+//! environment's desired state ([`desired`], pure), then that state against
+//! the cluster ([`plan_live`]), and the options a sync and a connection are
+//! built from, each in one place.
+//!
+//! Imports: the core, and the `cluster` edge (for [`plan_live`]); never
+//! `daemon` or `cli`, which sit on top of it.
+
+mod desired;
+mod live;
+
+pub use desired::{DesiredState, Intake, Refused, admit, desired};
+pub use live::{Deletes, LivePlan, PlanOptions, plan_live};
