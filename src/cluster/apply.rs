@@ -90,12 +90,11 @@ impl Cluster {
             found = self.resolve_kind(api_version, kind).await?;
         }
         let Some((resource, namespaced)) = found else {
-            return Err(ClusterError::Api {
+            return Err(ClusterError::NotServed {
                 server: self.server.clone(),
                 verb: "find".into(),
                 resource: format!("{api_version} {kind}"),
-                message: "the API server does not serve this kind (is its CRD installed?)".into(),
-                code: 404,
+                consequence: " (is its CRD installed?)",
             });
         };
         Ok(match namespace {
@@ -389,18 +388,19 @@ impl Cluster {
         };
         match cm {
             None => Ok(None),
-            Some(cm) => Inventory::from_config_map(&cm)
-                .map(Some)
-                .map_err(|e| ClusterError::Api {
-                    server: self.server.clone(),
-                    verb: "read".into(),
-                    resource: format!(
-                        "configmap {SYSTEM_NAMESPACE}/{}",
-                        inventory::name_of(environment)
-                    ),
-                    message: e.to_string(),
-                    code: 0,
-                }),
+            Some(cm) => {
+                Inventory::from_config_map(&cm)
+                    .map(Some)
+                    .map_err(|e| ClusterError::Unreadable {
+                        server: self.server.clone(),
+                        verb: "read".into(),
+                        resource: format!(
+                            "configmap {SYSTEM_NAMESPACE}/{}",
+                            inventory::name_of(environment)
+                        ),
+                        reason: e.to_string(),
+                    })
+            }
         }
     }
 
@@ -479,13 +479,12 @@ impl Cluster {
         inventory: &Inventory,
         dry_run: bool,
     ) -> Result<(), ClusterError> {
-        let cm = inventory.to_config_map().map_err(|e| ClusterError::Api {
-            server: self.server.clone(),
-            verb: "encode".into(),
-            resource: "inventory".into(),
-            message: e.to_string(),
-            code: 0,
-        })?;
+        let cm = inventory
+            .to_config_map()
+            .map_err(|e| ClusterError::Encode {
+                environment: inventory.environment.clone(),
+                reason: e.to_string(),
+            })?;
         let mut params = PatchParams::apply(FIELD_MANAGER);
         params.force = true;
         params.dry_run = dry_run;

@@ -83,6 +83,38 @@ pub enum ClusterError {
     },
     #[error("cannot reach the Kubernetes API server at {server}: {reason}")]
     Unreachable { server: String, reason: String },
+    /// A kind the API server does not serve (not in its discovery).
+    #[error(
+        "cannot {verb} {resource}: the API server at {server} does not serve this kind{consequence}"
+    )]
+    NotServed {
+        server: String,
+        verb: String,
+        resource: String,
+        /// What follows for the caller, said after the fact.
+        consequence: &'static str,
+    },
+    /// What the API server sent (or was to be sent) cannot be read or
+    /// built: a request, a response, a stored inventory. Not a refusal.
+    #[error("cannot {verb} {resource} on {server}: {reason}")]
+    Unreadable {
+        server: String,
+        verb: String,
+        resource: String,
+        reason: String,
+    },
+    /// An inventory that cannot be encoded for writing.
+    #[error("cannot encode the inventory of environment {environment}: {reason}")]
+    Encode { environment: String, reason: String },
+    /// The inventory kept changing under a write: another writer is active.
+    #[error(
+        "cannot write {resource} on {server}: the inventory kept changing under this write ({attempts} attempts); another writer is active"
+    )]
+    Contended {
+        server: String,
+        resource: String,
+        attempts: usize,
+    },
     #[error(
         "the API server at {server} refused the credentials of {user} (401 Unauthorized): the token or certificate is invalid or expired; renew them (or pick another --context)"
     )]
@@ -397,13 +429,14 @@ impl Cluster {
         let mut params = ListParams::default().labels(selector).limit(PAGE_SIZE);
         let request = kube::core::Request::new(api.resource_url());
         loop {
-            let http = request.list(&params).map_err(|e| ClusterError::Api {
-                server: self.server.clone(),
-                verb: "list".into(),
-                resource: resource_name.clone(),
-                message: format!("cannot build the request: {e}"),
-                code: 0,
-            })?;
+            let http = request
+                .list(&params)
+                .map_err(|e| ClusterError::Unreadable {
+                    server: self.server.clone(),
+                    verb: "list".into(),
+                    resource: resource_name.clone(),
+                    reason: format!("cannot build the request: {e}"),
+                })?;
             self.count(false);
             // Read into one buffer (not the client's buffer, then a copy).
             let mut text = Vec::new();
@@ -419,12 +452,11 @@ impl Cluster {
                 })?;
             let token =
                 list::read_page(&text, &resource.api_version, kind_name, sink).map_err(|e| {
-                    ClusterError::Api {
+                    ClusterError::Unreadable {
                         server: self.server.clone(),
                         verb: "list".into(),
                         resource: resource_name.clone(),
-                        message: format!("unreadable response: {e}"),
-                        code: 200,
+                        reason: format!("unreadable response: {e}"),
                     }
                 })?;
             match token {

@@ -40,13 +40,13 @@ impl Cluster {
             }),
             Some(cm) => {
                 let resource_version = cm.metadata.resource_version.clone();
-                let inventory = Inventory::from_config_map(&cm).map_err(|e| ClusterError::Api {
-                    server: self.server.clone(),
-                    verb: "read".into(),
-                    resource: format!("configmap {SYSTEM_NAMESPACE}/{name}"),
-                    message: e.to_string(),
-                    code: 0,
-                })?;
+                let inventory =
+                    Inventory::from_config_map(&cm).map_err(|e| ClusterError::Unreadable {
+                        server: self.server.clone(),
+                        verb: "read".into(),
+                        resource: format!("configmap {SYSTEM_NAMESPACE}/{name}"),
+                        reason: e.to_string(),
+                    })?;
                 Ok(Stored {
                     inventory,
                     resource_version,
@@ -67,12 +67,9 @@ impl Cluster {
         let mut version = base.resource_version.clone();
         let mut to_write = ours.clone();
         for _ in 0..WRITE_ATTEMPTS {
-            let mut cm = to_write.to_config_map().map_err(|e| ClusterError::Api {
-                server: self.server.clone(),
-                verb: "encode".into(),
-                resource: "inventory".into(),
-                message: e.to_string(),
-                code: 0,
+            let mut cm = to_write.to_config_map().map_err(|e| ClusterError::Encode {
+                environment: to_write.environment.clone(),
+                reason: e.to_string(),
             })?;
             self.count(true);
             let written = match &version {
@@ -111,14 +108,10 @@ impl Cluster {
                 Err(e) => return Err(self.classify(e, "patch", "configmaps")),
             }
         }
-        Err(ClusterError::Api {
+        Err(ClusterError::Contended {
             server: self.server.clone(),
-            verb: "write".into(),
             resource: format!("configmap {SYSTEM_NAMESPACE}/{name}"),
-            message: format!(
-                "the inventory kept changing under this write ({WRITE_ATTEMPTS} attempts); another writer is active"
-            ),
-            code: 409,
+            attempts: WRITE_ATTEMPTS,
         })
     }
 }

@@ -126,13 +126,11 @@ async fn resolve_kinds(
             None => cluster.resolve_kind(&r.api_version, &r.kind).await?,
         };
         let Some(found) = found else {
-            return Err(ClusterError::Api {
+            return Err(ClusterError::NotServed {
                 server: cluster.server.clone(),
                 verb: "wait for".into(),
                 resource: format!("{} {} ({})", r.api_version, r.kind, r.id()),
-                message: "the API server does not serve this kind, so its health cannot be read"
-                    .into(),
-                code: 404,
+                consequence: ", so its health cannot be read",
             });
         };
         out.insert(key, found);
@@ -178,12 +176,11 @@ async fn read_health(
     let Some(live) = live else {
         return Ok(Health::progressing("not found"));
     };
-    let mut value = serde_json::to_value(&live).map_err(|e| ClusterError::Api {
+    let mut value = serde_json::to_value(&live).map_err(|e| ClusterError::Unreadable {
         server: cluster.server.clone(),
         verb: "read".into(),
         resource: r.id(),
-        message: e.to_string(),
-        code: 0,
+        reason: e.to_string(),
     })?;
     // The rules go by kind; make sure it is there whatever the response held.
     if let Some(map) = value.as_object_mut() {
