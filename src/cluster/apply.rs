@@ -57,6 +57,23 @@ fn managers(fields: &[ConflictField]) -> String {
     m.join(", ")
 }
 
+/// The fields a server-side apply conflict names, each with its manager.
+fn conflict_fields(status: &kube::core::Status) -> Vec<ConflictField> {
+    status
+        .details
+        .as_ref()
+        .map(|d| {
+            d.causes
+                .iter()
+                .map(|c| ConflictField {
+                    field: c.field.clone(),
+                    manager: manager_of(&c.message),
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// `conflict with "kubectl-edit" using apps/v1` -> `kubectl-edit`.
 fn manager_of(message: &str) -> String {
     message.split('"').nth(1).unwrap_or(message).to_string()
@@ -124,20 +141,18 @@ impl Cluster {
         {
             Ok(_) => Ok(()),
             Err(kube::Error::Api(status)) if status.code == 409 => {
-                let fields = status
-                    .details
-                    .as_ref()
-                    .map(|d| {
-                        d.causes
-                            .iter()
-                            .map(|c| ConflictField {
-                                field: c.field.clone(),
-                                manager: manager_of(&c.message),
-                            })
-                            .collect()
+                let fields = conflict_fields(&status);
+                if fields.is_empty() {
+                    // A 409 that names no field is not a field manager
+                    // conflict (nothing to take over with --force-conflicts):
+                    // the API server's answer as it is.
+                    Err(ApplyError::Cluster {
+                        id,
+                        source: self.classify(kube::Error::Api(status), "patch", &object.kind),
                     })
-                    .unwrap_or_default();
-                Err(ApplyError::Conflict { id, fields })
+                } else {
+                    Err(ApplyError::Conflict { id, fields })
+                }
             }
             Err(kube::Error::Api(status))
                 if status.code == 422 && status.message.contains("immutable") =>
@@ -415,6 +430,30 @@ mod tests {
         assert_eq!(
             e.to_string(),
             "Deployment/ns/fhir-main: field .spec.replicas is owned by another field manager (kubectl-edit); re-run with --force-conflicts to take them over"
+        );
+    }
+
+    #[test]
+    fn a_conflict_without_causes_names_no_field_to_take_over() {
+        let bare: kube::core::Status = serde_json::from_value(serde_json::json!({
+            "status": "Failure", "code": 409, "reason": "Conflict",
+            "message": "Operation cannot be fulfilled: the object has been modified",
+            "details": {"name": "x", "kind": "configmaps"}
+        }))
+        .unwrap_or_else(|e| panic!("status: {e}"));
+        assert!(conflict_fields(&bare).is_empty());
+        let fields: kube::core::Status = serde_json::from_value(serde_json::json!({
+            "status": "Failure", "code": 409, "reason": "Conflict", "message": "Apply failed",
+            "details": {"causes": [{"reason": "FieldManagerConflict",
+                "message": "conflict with \"tenantsync\"", "field": ".data.x"}]}
+        }))
+        .unwrap_or_else(|e| panic!("status: {e}"));
+        assert_eq!(
+            conflict_fields(&fields),
+            [ConflictField {
+                field: ".data.x".into(),
+                manager: "tenantsync".into()
+            }]
         );
     }
 }
