@@ -15,8 +15,8 @@
 //!   Namespaces) only when the operator allows them by name; RBAC kinds never
 //!   unless allowed by name.
 //! - **Pods.** A pod template in `resources/` may not be privileged, use the
-//!   host's namespaces or paths, or run as a ServiceAccount tenantsync does
-//!   not render in that namespace, unless the operator allows it.
+//!   host's namespaces, ports or paths, or run as a ServiceAccount that no
+//!   workspace renders in that namespace, unless the operator allows it.
 //! - **Sync policy.** The repository may tighten `forceConflicts` and
 //!   `maxPrunePercent`, never loosen what the operator set.
 //!
@@ -48,7 +48,7 @@ pub struct Guardrails {
     #[serde(default)]
     pub allowed_kinds: Vec<String>,
     /// Allow privileged pod templates, host namespaces, `hostPath` volumes
-    /// and ServiceAccounts tenantsync does not render.
+    /// and ServiceAccounts no workspace renders.
     #[serde(default)]
     pub allow_privileged_pods: bool,
     /// Allow a `namespaceTemplate` without `{environment}` (one environment
@@ -190,9 +190,15 @@ impl Guardrails {
             .filter(|o| !o.workspace.is_empty() && &*o.kind == "Namespace")
             .map(|o| &*o.name)
             .collect();
-        // ServiceAccounts rendered per namespace, for pod templates.
+        // ServiceAccounts the workspaces render, per namespace, for pod
+        // templates. Not those of resources/ manifests: such a manifest is
+        // left alone when its ServiceAccount already exists (never adopt),
+        // so a pod template could run as someone else's account.
         let mut accounts: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
-        for o in objects.iter().filter(|o| &*o.kind == "ServiceAccount") {
+        for o in objects
+            .iter()
+            .filter(|o| !o.workspace.is_empty() && &*o.kind == "ServiceAccount")
+        {
             if let Some(ns) = o.namespace.as_deref() {
                 accounts.entry(ns).or_default().insert(&o.name);
             }
@@ -295,27 +301,44 @@ fn pod_spec(body: &Value) -> Option<&Value> {
     }
 }
 
-/// What makes a pod spec unsafe for a tenant's declaration.
+/// A field that is set: present and not `null`.
+fn set(value: Option<&Value>) -> Option<&Value> {
+    value.filter(|v| !v.is_null())
+}
+
+/// A switch that is on: set to anything but `false`. The API server refuses
+/// a non-boolean, but the check does not count on it: a value it cannot
+/// read as off (`"true"`, `1`) is taken as on.
+fn switched_on(value: Option<&Value>) -> Option<&Value> {
+    set(value).filter(|v| **v != Value::Bool(false))
+}
+
+/// What makes a pod spec unsafe for a tenant's declaration. Every place a
+/// container can be (`containers`, `initContainers`, `ephemeralContainers`)
+/// and both ServiceAccount fields are looked at; a value of an unexpected
+/// type counts against the manifest, never for it.
 fn pod_problems(body: &Value, known_account: impl Fn(&str) -> bool) -> Vec<String> {
     let Some(spec) = pod_spec(body) else {
         return Vec::new();
     };
     let mut out = Vec::new();
-    for host in ["hostNetwork", "hostPID", "hostIPC", "hostUsers"] {
-        let on = spec.get(host).and_then(Value::as_bool);
-        // hostUsers defaults to true; only false is safer, so only an
-        // explicit true on the others counts.
-        if host != "hostUsers" && on == Some(true) {
-            out.push(format!("the pod template sets {host}: true"));
+    // hostUsers defaults to true and only false is safer: not a switch here.
+    for host in ["hostNetwork", "hostPID", "hostIPC"] {
+        if let Some(v) = switched_on(spec.get(host)) {
+            out.push(format!("the pod template sets {host}: {v}"));
         }
     }
     if let Some(volumes) = spec.get("volumes").and_then(Value::as_array) {
-        for v in volumes.iter().filter(|v| v.get("hostPath").is_some()) {
+        for v in volumes.iter().filter(|v| set(v.get("hostPath")).is_some()) {
             let name = v.get("name").and_then(Value::as_str).unwrap_or("?");
             out.push(format!("the pod template mounts hostPath volume `{name}`"));
         }
     }
-    for list in ["initContainers", "containers", "ephemeralContainers"] {
+    for (list, what) in [
+        ("initContainers", "init container"),
+        ("containers", "container"),
+        ("ephemeralContainers", "ephemeral container"),
+    ] {
         for c in spec
             .get(list)
             .and_then(Value::as_array)
@@ -324,23 +347,27 @@ fn pod_problems(body: &Value, known_account: impl Fn(&str) -> bool) -> Vec<Strin
         {
             let name = c.get("name").and_then(Value::as_str).unwrap_or("?");
             let sc = c.get("securityContext");
-            let flag = |f: &str| sc.and_then(|s| s.get(f)).and_then(Value::as_bool);
-            if flag("privileged") == Some(true) {
-                out.push(format!("container `{name}` is privileged"));
+            let flag = |f: &str| switched_on(sc.and_then(|s| s.get(f)));
+            if flag("privileged").is_some() {
+                out.push(format!("{what} `{name}` is privileged"));
             }
-            if flag("allowPrivilegeEscalation") == Some(true) {
-                out.push(format!("container `{name}` allows privilege escalation"));
+            if flag("allowPrivilegeEscalation").is_some() {
+                out.push(format!("{what} `{name}` allows privilege escalation"));
             }
-            let added = sc
-                .and_then(|s| s.pointer("/capabilities/add"))
-                .and_then(Value::as_array)
-                .map(|a| a.iter().filter_map(Value::as_str).collect::<Vec<_>>())
-                .unwrap_or_default();
-            if !added.is_empty() {
-                out.push(format!(
-                    "container `{name}` adds capabilities {}",
-                    added.join(", ")
-                ));
+            match set(sc.and_then(|s| s.pointer("/capabilities/add"))) {
+                None => {}
+                Some(Value::Array(added)) if added.is_empty() => {}
+                Some(Value::Array(added)) => {
+                    let names: Vec<String> = added
+                        .iter()
+                        .map(|a| a.as_str().map_or_else(|| a.to_string(), str::to_string))
+                        .collect();
+                    out.push(format!(
+                        "{what} `{name}` adds capabilities {}",
+                        names.join(", ")
+                    ));
+                }
+                Some(other) => out.push(format!("{what} `{name}` adds capabilities {other}")),
             }
             for p in c
                 .get("ports")
@@ -348,22 +375,29 @@ fn pod_problems(body: &Value, known_account: impl Fn(&str) -> bool) -> Vec<Strin
                 .into_iter()
                 .flatten()
             {
-                if let Some(port) = p.get("hostPort").and_then(Value::as_i64) {
-                    out.push(format!("container `{name}` binds host port {port}"));
+                // Any value but none and 0 (`80`, `80.0`, `"80"`): the API
+                // server's reading of a float or a string is not ours to
+                // guess.
+                if let Some(port) = set(p.get("hostPort")).filter(|v| v.as_f64() != Some(0.0)) {
+                    out.push(format!("{what} `{name}` binds host port {port}"));
                 }
             }
         }
     }
-    let account = spec
-        .get("serviceAccountName")
-        .or_else(|| spec.get("serviceAccount"))
-        .and_then(Value::as_str);
-    if let Some(sa) = account
-        && !known_account(sa)
-    {
-        out.push(format!(
-            "the pod template runs as ServiceAccount `{sa}`, which tenantsync does not render in its namespace"
-        ));
+    // Both fields: the API server uses the deprecated serviceAccount when
+    // serviceAccountName is empty or null, so each set value is checked.
+    for field in ["serviceAccountName", "serviceAccount"] {
+        match set(spec.get(field)) {
+            None => {}
+            // Empty is the namespace's `default`.
+            Some(Value::String(sa)) if sa.is_empty() || known_account(sa) => {}
+            Some(Value::String(sa)) => out.push(format!(
+                "the pod template runs as ServiceAccount `{sa}` ({field}), which no workspace of this environment renders in its namespace (a ServiceAccount declared in resources/ does not count: it may already exist, made by someone else, and is then left alone)"
+            )),
+            Some(other) => out.push(format!(
+                "the pod template's {field} is {other}, not the name of a ServiceAccount"
+            )),
+        }
     }
     out
 }
@@ -780,6 +814,169 @@ mod tests {
             ..Guardrails::default()
         };
         assert!(allowed.check("qa", None, &objects).is_empty());
+    }
+
+    /// The messages of the violations of one resources/ Deployment in
+    /// contoso-qa whose pod spec is `spec`, with the workspace's own
+    /// ServiceAccount `fhir` and `extra` objects beside it.
+    fn pod_messages(spec: Value, extra: Vec<Object>) -> Vec<String> {
+        let mut objects = workspace("contoso", "contoso-qa");
+        objects.extend(extra);
+        let body = serde_json::json!({"spec": {"template": {"spec": spec}}});
+        objects.push(object("Deployment", Some("contoso-qa"), "d", "", body));
+        Guardrails::default()
+            .check("qa", None, &objects)
+            .into_iter()
+            .map(|v| v.message)
+            .collect()
+    }
+
+    #[test]
+    fn a_null_service_account_name_does_not_hide_the_deprecated_service_account() {
+        let m = pod_messages(
+            serde_json::json!({"serviceAccountName": null, "serviceAccount": "cluster-admin-sa",
+                "containers": [{"name": "c"}]}),
+            vec![],
+        );
+        assert_eq!(m.len(), 1, "{m:#?}");
+        assert!(
+            m[0].contains("`cluster-admin-sa` (serviceAccount)"),
+            "{m:#?}"
+        );
+        // Both fields set: each is checked.
+        let m = pod_messages(
+            serde_json::json!({"serviceAccountName": "fhir", "serviceAccount": "cluster-admin-sa",
+                "containers": [{"name": "c"}]}),
+            vec![],
+        );
+        assert_eq!(m.len(), 1, "{m:#?}");
+        // A value that is not a name counts against the manifest.
+        let m = pod_messages(
+            serde_json::json!({"serviceAccountName": ["x"], "containers": [{"name": "c"}]}),
+            vec![],
+        );
+        assert!(
+            m.iter()
+                .any(|m| m.contains("serviceAccountName is [\"x\"]")),
+            "{m:#?}"
+        );
+        // The workspace's own, `default` and an empty name (the default) pass.
+        for sa in ["fhir", "default", ""] {
+            let m = pod_messages(
+                serde_json::json!({"serviceAccountName": sa, "serviceAccount": null,
+                    "containers": [{"name": "c"}]}),
+                vec![],
+            );
+            assert!(m.is_empty(), "{sa}: {m:#?}");
+        }
+    }
+
+    #[test]
+    fn a_service_account_declared_in_resources_does_not_count_as_rendered() {
+        // Declared beside the Deployment, it would be `exists, not managed`
+        // (and not applied) if someone else's already had that name.
+        let declared = object(
+            "ServiceAccount",
+            Some("contoso-qa"),
+            "payments-admin",
+            "",
+            serde_json::json!({}),
+        );
+        let m = pod_messages(
+            serde_json::json!({"serviceAccountName": "payments-admin", "containers": [{"name": "c"}]}),
+            vec![declared],
+        );
+        assert_eq!(m.len(), 1, "{m:#?}");
+        assert!(
+            m[0].contains("`payments-admin`") && m[0].contains("resources/ does not count"),
+            "{m:#?}"
+        );
+    }
+
+    #[test]
+    fn a_host_port_given_as_a_float_or_a_string_is_refused() {
+        for port in [
+            serde_json::json!(80),
+            serde_json::json!(80.0),
+            serde_json::json!("80"),
+            serde_json::json!("0"),
+            serde_json::json!({"x": 1}),
+        ] {
+            let m = pod_messages(
+                serde_json::json!({"containers": [{"name": "c", "ports": [{"containerPort": 8080, "hostPort": port}]}]}),
+                vec![],
+            );
+            assert_eq!(m.len(), 1, "{port}: {m:#?}");
+            assert!(m[0].contains("container `c` binds host port"), "{m:#?}");
+        }
+        for port in [serde_json::json!(0), serde_json::json!(0.0), Value::Null] {
+            let m = pod_messages(
+                serde_json::json!({"containers": [{"name": "c", "ports": [{"containerPort": 8080, "hostPort": port}]}]}),
+                vec![],
+            );
+            assert!(m.is_empty(), "{port}: {m:#?}");
+        }
+    }
+
+    #[test]
+    fn switches_that_are_not_plain_false_count_as_on() {
+        let m = pod_messages(
+            serde_json::json!({"hostNetwork": "true", "hostPID": false, "hostIPC": null,
+                "containers": [{"name": "c", "securityContext": {"privileged": 1,
+                    "allowPrivilegeEscalation": false, "capabilities": {"add": "SYS_ADMIN"}}}]}),
+            vec![],
+        );
+        assert_eq!(m.len(), 3, "{m:#?}");
+        for needle in [
+            "hostNetwork: \"true\"",
+            "`c` is privileged",
+            "adds capabilities \"SYS_ADMIN\"",
+        ] {
+            assert!(m.iter().any(|m| m.contains(needle)), "{needle}: {m:#?}");
+        }
+    }
+
+    #[test]
+    fn init_and_ephemeral_containers_and_every_pod_template_are_checked() {
+        let bad = serde_json::json!({
+            "initContainers": [{"name": "init", "securityContext": {"privileged": true}}],
+            "ephemeralContainers": [{"name": "debug", "securityContext": {"capabilities": {"add": ["SYS_PTRACE"]}}}],
+            "containers": [{"name": "c"}]
+        });
+        let m = pod_messages(bad.clone(), vec![]);
+        assert_eq!(m.len(), 2, "{m:#?}");
+        assert!(
+            m.iter()
+                .any(|m| m.contains("init container `init` is privileged")),
+            "{m:#?}"
+        );
+        assert!(
+            m.iter()
+                .any(|m| m.contains("ephemeral container `debug` adds capabilities SYS_PTRACE")),
+            "{m:#?}"
+        );
+        // A Pod's own spec, a CronJob's job template, and any kind with
+        // spec.template.spec (a ReplicationController, a custom kind).
+        let g = Guardrails::default();
+        for (kind, body) in [
+            ("Pod", serde_json::json!({"spec": bad})),
+            (
+                "CronJob",
+                serde_json::json!({"spec": {"jobTemplate": {"spec": {"template": {"spec": bad}}}}}),
+            ),
+            (
+                "ReplicationController",
+                serde_json::json!({"spec": {"template": {"spec": bad}}}),
+            ),
+            (
+                "Rollout",
+                serde_json::json!({"spec": {"template": {"spec": bad}}}),
+            ),
+        ] {
+            let mut objects = workspace("contoso", "contoso-qa");
+            objects.push(object(kind, Some("contoso-qa"), "x", "", body));
+            assert_eq!(g.check("qa", None, &objects).len(), 2, "{kind}");
+        }
     }
 
     #[test]
