@@ -13,7 +13,9 @@
 //!   (`kube-*`, `default`, the control namespace) are refused always.
 //! - **Kinds.** Cluster-scoped kinds (other than the workspaces' own
 //!   Namespaces) only when the operator allows them by name; RBAC kinds never
-//!   unless allowed by name.
+//!   unless allowed by name. Kubernetes' own cluster-scoped kinds are known
+//!   here by name; any other by the scope API discovery gives it
+//!   ([`Guardrails::check_scopes`], once the cluster is reached).
 //! - **Pods.** A pod template in `resources/` may not be privileged, use the
 //!   host's namespaces, ports or paths, or run as a ServiceAccount that no
 //!   workspace renders in that namespace, unless the operator allows it.
@@ -289,6 +291,78 @@ impl Guardrails {
         out.dedup();
         out
     }
+
+    /// Checks `resources/` manifests against the scope the cluster gives
+    /// their kinds: `namespaced(apiVersion, kind)` is API discovery's answer
+    /// (or a CRD's among the objects, [`crd_scopes`]), `None` when unknown.
+    /// [`Guardrails::check`] knows Kubernetes' own cluster-scoped kinds by
+    /// name; any other is known only here. A manifest of a cluster-scoped
+    /// kind with a `metadata.namespace` would be applied cluster-wide under
+    /// a key that is not the object's (so an existing object would look like
+    /// nobody's and be taken over): refused, whatever the operator allows.
+    pub fn check_scopes(
+        &self,
+        objects: &[Object],
+        namespaced: impl Fn(&str, &str) -> Option<bool>,
+    ) -> Vec<Violation> {
+        let mut out = Vec::new();
+        for o in objects.iter().filter(|o| o.workspace.is_empty()) {
+            let (kind, api_version) = (&*o.kind, &*o.api_version);
+            match (namespaced(api_version, kind), o.namespace.as_deref()) {
+                // Kubernetes' own: already refused by `check`.
+                (Some(false), Some(_)) if CLUSTER_SCOPED.contains(&kind) => {}
+                (Some(false), Some(ns)) => out.push(Violation {
+                    subject: o.id(),
+                    message: format!(
+                        "a resources/ manifest declares {kind} ({api_version}), which the cluster serves as cluster-scoped, with metadata.namespace `{ns}`: it would be written cluster-wide; remove metadata.namespace, and only the operator can allow the kind (--allow-kind {kind})"
+                    ),
+                }),
+                // Without --allow-kind, `check` already says to add one.
+                (Some(true), None) if self.allows_kind(kind) => out.push(Violation {
+                    subject: o.id(),
+                    message: format!(
+                        "a resources/ manifest declares {kind} ({api_version}), which the cluster serves as namespaced, without metadata.namespace; give it one of the environment's namespaces"
+                    ),
+                }),
+                _ => {}
+            }
+        }
+        out.sort();
+        out
+    }
+}
+
+/// The scope the CustomResourceDefinitions among `objects` give their kinds:
+/// (`group/version`, kind) -> namespaced, for each served version.
+pub fn crd_scopes(objects: &[Object]) -> BTreeMap<(String, String), bool> {
+    let mut out = BTreeMap::new();
+    for o in objects
+        .iter()
+        .filter(|o| &*o.kind == "CustomResourceDefinition")
+    {
+        let body = o.value();
+        let text = |p: &str| body.pointer(p).and_then(Value::as_str);
+        let (Some(group), Some(kind), Some(scope)) = (
+            text("/spec/group"),
+            text("/spec/names/kind"),
+            text("/spec/scope"),
+        ) else {
+            continue;
+        };
+        for version in body
+            .pointer("/spec/versions")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|v| v.get("name").and_then(Value::as_str))
+        {
+            out.insert(
+                (format!("{group}/{version}"), kind.to_string()),
+                scope == "Namespaced",
+            );
+        }
+    }
+    out
 }
 
 /// The pod spec of a manifest: a Pod's own, a workload's template, a
@@ -977,6 +1051,78 @@ mod tests {
             objects.push(object(kind, Some("contoso-qa"), "x", "", body));
             assert_eq!(g.check("qa", None, &objects).len(), 2, "{kind}");
         }
+    }
+
+    #[test]
+    fn a_cluster_scoped_kind_unknown_to_the_static_list_is_judged_by_discovery() {
+        let widget = |ns: Option<&str>| {
+            let mut o = object("ClusterWidget", ns, "shared", "", serde_json::json!({}));
+            o.api_version = "example.com/v1".into();
+            o
+        };
+        let mut objects = workspace("contoso", "contoso-qa");
+        objects.push(widget(Some("contoso-qa")));
+        // Offline, a namespaced-looking manifest passes...
+        let g = Guardrails::default();
+        assert_eq!(g.check("qa", None, &objects), vec![]);
+        // ...the cluster serves the kind cluster-scoped: refused, even with
+        // --allow-kind (its namespace is what is wrong).
+        let cluster_scoped = |_: &str, kind: &str| (kind == "ClusterWidget").then_some(false);
+        let allowed = Guardrails {
+            allowed_kinds: vec!["ClusterWidget".into()],
+            ..Guardrails::default()
+        };
+        for g in [&g, &allowed] {
+            let v = g.check_scopes(&objects, cluster_scoped);
+            assert_eq!(subjects(&v), ["ClusterWidget/contoso-qa/shared"]);
+            assert!(
+                v[0].message.contains("serves as cluster-scoped")
+                    && v[0].message.contains("remove metadata.namespace")
+                    && v[0].message.contains("--allow-kind ClusterWidget"),
+                "{v:#?}"
+            );
+        }
+        // Without a namespace it needs --allow-kind like any cluster-scoped
+        // kind, and then passes.
+        let mut objects = workspace("contoso", "contoso-qa");
+        objects.push(widget(None));
+        assert_eq!(
+            subjects(&g.check("qa", None, &objects)),
+            ["ClusterWidget/shared"]
+        );
+        assert_eq!(g.check_scopes(&objects, cluster_scoped), vec![]);
+        assert_eq!(allowed.check("qa", None, &objects), vec![]);
+        assert_eq!(allowed.check_scopes(&objects, cluster_scoped), vec![]);
+        // A namespaced kind allowed without a namespace: refused too.
+        let namespaced = |_: &str, _: &str| Some(true);
+        let v = allowed.check_scopes(&objects, namespaced);
+        assert!(v[0].message.contains("serves as namespaced"), "{v:#?}");
+        // Unknown to the cluster: left to the API server (and apply's own
+        // scope check).
+        assert_eq!(allowed.check_scopes(&objects, |_, _| None), vec![]);
+    }
+
+    #[test]
+    fn a_crd_among_the_objects_gives_its_kinds_scope() {
+        let crd = serde_json::json!({"spec": {"group": "example.com", "scope": "Cluster",
+            "names": {"kind": "ClusterWidget", "plural": "clusterwidgets"},
+            "versions": [{"name": "v1"}, {"name": "v2"}]}});
+        let mut crd = object(
+            "CustomResourceDefinition",
+            None,
+            "clusterwidgets.example.com",
+            "",
+            crd,
+        );
+        crd.api_version = "apiextensions.k8s.io/v1".into();
+        let scopes = crd_scopes(&[crd]);
+        assert_eq!(
+            scopes.into_iter().collect::<Vec<_>>(),
+            [
+                (("example.com/v1".into(), "ClusterWidget".into()), false),
+                (("example.com/v2".into(), "ClusterWidget".into()), false),
+            ]
+        );
     }
 
     #[test]

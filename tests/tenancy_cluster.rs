@@ -484,3 +484,109 @@ async fn two_environments_never_take_an_object_from_each_other() {
         before.metadata.resource_version
     );
 }
+
+/// A cluster-scoped kind the static list of Kubernetes' own does not know
+/// (here a CRD's), declared with a `metadata.namespace`: API discovery says
+/// what it is, and plan and sync refuse it before any write instead of
+/// applying it cluster-wide over an existing object.
+#[tokio::test]
+async fn a_cluster_scoped_kind_declared_with_a_namespace_is_refused_not_applied_cluster_wide() {
+    let repo = TestRepo::new("cluster-scoped");
+    let group = format!("{}.tenantsync.test", repo.env);
+    let crd = format!("clusterwidgets.{group}");
+    let file = tempfile::NamedTempFile::new().expect("temp file");
+    std::fs::write(
+        file.path(),
+        format!(
+            "apiVersion: apiextensions.k8s.io/v1\nkind: CustomResourceDefinition\nmetadata: {{name: {crd}}}\nspec:\n  group: {group}\n  scope: Cluster\n  names: {{kind: ClusterWidget, plural: clusterwidgets, singular: clusterwidget}}\n  versions:\n    - name: v1\n      served: true\n      storage: true\n      schema: {{openAPIV3Schema: {{type: object, x-kubernetes-preserve-unknown-fields: true}}}}\n---\n"
+        ),
+    )
+    .expect("write CRD");
+    let path = file.path().display().to_string();
+    kubectl(&["apply", "-f", &path]);
+    kubectl(&[
+        "wait",
+        "--for=condition=Established",
+        &format!("crd/{crd}"),
+        "--timeout=60s",
+    ]);
+    // Someone else's object of that kind, cluster-wide.
+    let widget = tempfile::NamedTempFile::new().expect("temp file");
+    std::fs::write(
+        widget.path(),
+        format!("apiVersion: {group}/v1\nkind: ClusterWidget\nmetadata: {{name: shared}}\nowner: platform\n"),
+    )
+    .expect("write widget");
+    kubectl(&["create", "-f", &widget.path().display().to_string()]);
+    let live = || -> Value {
+        serde_json::from_str(&kubectl(&[
+            "get",
+            &format!("clusterwidgets.{group}"),
+            "shared",
+            "-o",
+            "json",
+        ]))
+        .expect("widget JSON")
+    };
+    let before = live();
+
+    let ns = repo.namespace("contoso");
+    let id = format!("ClusterWidget/{ns}/shared");
+    repo.write(
+        "resources/widget.yaml",
+        &format!(
+            "apiVersion: {group}/v1\nkind: ClusterWidget\nmetadata:\n  name: shared\n  namespace: {ns}\nowner: tenant\n"
+        ),
+    );
+    // Offline, nothing tells it from a namespaced kind.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tenantsync"))
+        .args(["validate", "--env", &repo.env, "--repo"])
+        .arg(repo.path())
+        .output()
+        .expect("run tenantsync");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    for (verb, extra) in [
+        ("plan", &[][..]),
+        ("sync", &[][..]),
+        ("sync", &["--allow-kind", "ClusterWidget"][..]),
+    ] {
+        let out = repo.run(verb, "admin", extra);
+        let shown = text(&out);
+        assert_eq!(out.status.code(), Some(1), "{verb} {extra:?}: {shown}");
+        for needle in [
+            format!("{id} (operator guardrail)"),
+            "serves as cluster-scoped".into(),
+            "remove metadata.namespace".into(),
+            "--allow-kind ClusterWidget".into(),
+            "nothing was written to the cluster".into(),
+        ] {
+            assert!(
+                shown.contains(&needle),
+                "{verb} {extra:?} does not say {needle:?}:\n{shown}"
+            );
+        }
+    }
+    nothing_written(&repo.env).await;
+    let after = live();
+    assert_eq!(
+        after["metadata"]["resourceVersion"],
+        before["metadata"]["resourceVersion"]
+    );
+    assert_eq!(after["owner"], "platform");
+    assert!(after["metadata"]["labels"].is_null(), "{after}");
+
+    // Without a namespace it is cluster-scoped like any other kind: only
+    // the operator can allow it.
+    repo.write(
+        "resources/widget.yaml",
+        &format!("apiVersion: {group}/v1\nkind: ClusterWidget\nmetadata:\n  name: shared\nowner: tenant\n"),
+    );
+    let out = repo.run("plan", "admin", &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("cluster-scoped kind ClusterWidget; only the operator can allow it (--allow-kind ClusterWidget)"),
+        "{}",
+        text(&out)
+    );
+    kubectl(&["delete", "-f", &path, "--wait=false"]);
+}

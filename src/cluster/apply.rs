@@ -33,6 +33,10 @@ pub enum ApplyError {
     Immutable { id: String, message: String },
     #[error("{id}: rejected by the API server: {message}")]
     Invalid { id: String, message: String },
+    /// The object's namespace disagrees with its kind's scope
+    /// ([`super::scope_check`]).
+    #[error("{id}: {reason}")]
+    Scope { id: String, reason: String },
     #[error("{id}: {source}")]
     Cluster {
         id: String,
@@ -80,8 +84,11 @@ fn manager_of(message: &str) -> String {
 }
 
 impl Cluster {
+    /// The API of object `id`'s kind, at its namespace; an object whose
+    /// namespace disagrees with the kind's scope is refused.
     async fn api_for(
         &self,
+        id: &str,
         api_version: &str,
         kind: &str,
         namespace: Option<&str>,
@@ -104,6 +111,7 @@ impl Cluster {
                 code: 404,
             });
         };
+        super::scope_check(id, api_version, kind, namespaced, namespace)?;
         Ok(match namespace {
             Some(ns) if namespaced => Api::namespaced_with(self.client.clone(), ns, &resource),
             _ => Api::all_with(self.client.clone(), &resource),
@@ -122,14 +130,18 @@ impl Cluster {
         let id = object.id();
         let api = self
             .api_for(
+                &id,
                 &object.api_version,
                 &object.kind,
                 object.namespace.as_deref(),
             )
             .await
-            .map_err(|source| ApplyError::Cluster {
-                id: id.clone(),
-                source,
+            .map_err(|source| match source {
+                ClusterError::Scope { object, reason } => ApplyError::Scope { id: object, reason },
+                source => ApplyError::Cluster {
+                    id: id.clone(),
+                    source,
+                },
             })?;
         let mut params = PatchParams::apply(manager);
         params.force = force;
@@ -179,7 +191,7 @@ impl Cluster {
     /// Returns false when it was already gone.
     pub async fn delete(&self, r: &ObjectRef, dry_run: bool) -> Result<bool, ClusterError> {
         let api = self
-            .api_for(&r.api_version, &r.kind, r.namespace.as_deref())
+            .api_for(&r.id(), &r.api_version, &r.kind, r.namespace.as_deref())
             .await?;
         let params = DeleteParams {
             dry_run,
@@ -270,7 +282,7 @@ impl Cluster {
         timeout: Duration,
     ) -> Result<bool, ClusterError> {
         let api = self
-            .api_for(&r.api_version, &r.kind, r.namespace.as_deref())
+            .api_for(&r.id(), &r.api_version, &r.kind, r.namespace.as_deref())
             .await?;
         let start = Instant::now();
         while start.elapsed() < timeout {
