@@ -485,6 +485,283 @@ async fn two_environments_never_take_an_object_from_each_other() {
     );
 }
 
+/// `kubectl ARGS` with only `kubeconfig`'s credentials.
+fn kubectl_as(kubeconfig: &Path, args: &[&str]) -> std::process::Output {
+    control_plane()
+        .kubectl()
+        .env("KUBECONFIG", kubeconfig)
+        .args(args)
+        .output()
+        .expect("run kubectl")
+}
+
+/// Asserts that `out` is the admission policy refusing, with `message`.
+fn refused_by_policy(what: &str, out: &std::process::Output, message: &str) {
+    let shown = text(out);
+    assert!(!out.status.success(), "{what} was accepted: {shown}");
+    assert!(
+        shown.contains("ValidatingAdmissionPolicy 'tenantsync-writes'") && shown.contains(message),
+        "{what}: not refused by the admission policy with {message:?}: {shown}"
+    );
+}
+
+/// A namespace made by the admin, labelled as tenantsync's when `ours`.
+fn admin_namespace(test: &str, ours: bool) -> String {
+    let name = crate::support::unique_name(test);
+    let labels = if ours {
+        "\n    app.kubernetes.io/managed-by: tenantsync\n    tenantsync.io/environment: policy-test"
+    } else {
+        ""
+    };
+    let file = tempfile::NamedTempFile::new().expect("temp file");
+    std::fs::write(
+        file.path(),
+        format!(
+            "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {name}\n  labels:\n    {}: \"true\"{labels}\n",
+            crate::support::NAMESPACE_LABEL
+        ),
+    )
+    .expect("write namespace");
+    kubectl(&["apply", "-f", &file.path().display().to_string()]);
+    name
+}
+
+const PODS_REFUSED: &str = "(tenancy guardrail: pods)";
+
+#[tokio::test]
+async fn admission_policy_checks_init_and_ephemeral_containers_and_every_pod_template() {
+    deployed();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let kubeconfig = service_account_kubeconfig("tenantsync", dir.path());
+    let ns = admin_namespace("policy-pods", true);
+    // The daemon's ClusterRole has no Pods, CronJobs or
+    // ReplicationControllers: granted here, in this namespace only, so that
+    // the policy (not RBAC) is what answers.
+    kubectl(&[
+        "-n",
+        &ns,
+        "create",
+        "role",
+        "pods",
+        "--verb=get,create,patch,update",
+        "--resource=pods,pods/ephemeralcontainers,replicationcontrollers,cronjobs.batch",
+    ]);
+    kubectl(&[
+        "-n",
+        &ns,
+        "create",
+        "rolebinding",
+        "pods",
+        "--role=pods",
+        "--serviceaccount=tenantsync-system:tenantsync",
+    ]);
+    let cases = [
+        (
+            "a Deployment with a privileged init container",
+            format!(
+                "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: init-priv, namespace: {ns}}}\nspec:\n  selector: {{matchLabels: {{app: x}}}}\n  template:\n    metadata: {{labels: {{app: x}}}}\n    spec:\n      initContainers: [{{name: init, image: busybox, securityContext: {{privileged: true}}}}]\n      containers: [{{name: c, image: busybox}}]\n"
+            ),
+        ),
+        (
+            "a Deployment with a host port on an init container",
+            format!(
+                "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: init-port, namespace: {ns}}}\nspec:\n  selector: {{matchLabels: {{app: x}}}}\n  template:\n    metadata: {{labels: {{app: x}}}}\n    spec:\n      initContainers: [{{name: init, image: busybox, ports: [{{containerPort: 80, hostPort: 80}}]}}]\n      containers: [{{name: c, image: busybox}}]\n"
+            ),
+        ),
+        (
+            "a CronJob whose init container adds a capability",
+            format!(
+                "apiVersion: batch/v1\nkind: CronJob\nmetadata: {{name: cron-cap, namespace: {ns}}}\nspec:\n  schedule: \"* * * * *\"\n  jobTemplate:\n    spec:\n      template:\n        spec:\n          restartPolicy: Never\n          initContainers: [{{name: init, image: busybox, securityContext: {{capabilities: {{add: [SYS_ADMIN]}}}}}}]\n          containers: [{{name: c, image: busybox}}]\n"
+            ),
+        ),
+        (
+            "a ReplicationController on the host's network",
+            format!(
+                "apiVersion: v1\nkind: ReplicationController\nmetadata: {{name: rc-host, namespace: {ns}}}\nspec:\n  selector: {{app: x}}\n  template:\n    metadata: {{labels: {{app: x}}}}\n    spec:\n      hostNetwork: true\n      containers: [{{name: c, image: busybox}}]\n"
+            ),
+        ),
+    ];
+    for (what, manifest) in cases {
+        let file = dir.path().join("workload.yaml");
+        std::fs::write(&file, manifest).expect("write manifest");
+        refused_by_policy(what, &apply_as(&kubeconfig, &file), PODS_REFUSED);
+    }
+    // A harmless Pod is accepted; a privileged ephemeral container added to
+    // it (as `kubectl debug` does, through the pods/ephemeralcontainers
+    // subresource) is refused, a harmless one accepted.
+    let file = dir.path().join("pod.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: fine, namespace: {ns}}}\nspec:\n  containers: [{{name: c, image: busybox}}]\n"
+        ),
+    )
+    .expect("write pod");
+    let out = apply_as(&kubeconfig, &file);
+    assert!(out.status.success(), "a harmless Pod: {}", text(&out));
+    let debug = |name: &str, security: &str| {
+        kubectl_as(
+            &kubeconfig,
+            &[
+                "-n",
+                &ns,
+                "patch",
+                "pod",
+                "fine",
+                "--subresource=ephemeralcontainers",
+                "--type=strategic",
+                "-p",
+                &format!(
+                    "{{\"spec\":{{\"ephemeralContainers\":[{{\"name\":\"{name}\",\"image\":\"busybox\"{security}}}]}}}}"
+                ),
+            ],
+        )
+    };
+    refused_by_policy(
+        "a privileged ephemeral container",
+        &debug("root", ",\"securityContext\":{\"privileged\":true}"),
+        PODS_REFUSED,
+    );
+    let out = debug("look", "");
+    assert!(
+        out.status.success(),
+        "a harmless ephemeral container: {}",
+        text(&out)
+    );
+    kubectl(&["delete", "namespace", &ns, "--wait=false"]);
+}
+
+#[tokio::test]
+async fn admission_policy_never_deletes_or_relabels_tenantsync_system_or_a_namespace_not_its_own() {
+    deployed();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let kubeconfig = service_account_kubeconfig("tenantsync", dir.path());
+    let ours = admin_namespace("policy-ours", true);
+    let foreign = admin_namespace("policy-foreign", false);
+    let namespace_file = |name: &str, labels: &str| {
+        let file = dir.path().join(format!("{name}.yaml"));
+        std::fs::write(
+            &file,
+            format!("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {name}\n  labels: {{{labels}}}\n"),
+        )
+        .expect("write namespace");
+        file.display().to_string()
+    };
+    const DELETE: &str = "never deletes tenantsync-system, nor a namespace not labelled";
+    const RELABEL: &str =
+        "never changes a namespace's app.kubernetes.io/managed-by or tenantsync.io/* labels";
+    // tenantsync-system is only ever asked as a server-side dry run: were
+    // the policy to let it through, nothing would be deleted or changed.
+    refused_by_policy(
+        "deleting tenantsync-system",
+        &kubectl_as(
+            &kubeconfig,
+            &[
+                "delete",
+                "namespace",
+                SYSTEM,
+                "--dry-run=server",
+                "--wait=false",
+            ],
+        ),
+        DELETE,
+    );
+    refused_by_policy(
+        "relabelling tenantsync-system",
+        &kubectl_as(
+            &kubeconfig,
+            &[
+                "apply",
+                "--server-side",
+                "--dry-run=server",
+                "-f",
+                &namespace_file(SYSTEM, "tenantsync.io/environment: stolen"),
+            ],
+        ),
+        RELABEL,
+    );
+    refused_by_policy(
+        "deleting a namespace not labelled as tenantsync's",
+        &kubectl_as(
+            &kubeconfig,
+            &["delete", "namespace", &foreign, "--wait=false"],
+        ),
+        DELETE,
+    );
+    for (what, labels) in [
+        (
+            "moving a namespace to another environment",
+            "tenantsync.io/environment: stolen",
+        ),
+        (
+            "handing a namespace to another manager",
+            "app.kubernetes.io/managed-by: someone-else",
+        ),
+        (
+            "adding a tenantsync.io label",
+            "tenantsync.io/workspace: stolen",
+        ),
+    ] {
+        refused_by_policy(
+            what,
+            &kubectl_as(
+                &kubeconfig,
+                &[
+                    "apply",
+                    "--server-side",
+                    "--force-conflicts",
+                    "-f",
+                    &namespace_file(&ours, labels),
+                ],
+            ),
+            RELABEL,
+        );
+    }
+    // Nothing changed; and what the daemon does is still allowed: another
+    // label on its namespace, deleting it (as a dry run).
+    let labels: Value = serde_json::from_str(&kubectl(&[
+        "get",
+        "namespace",
+        &ours,
+        "-o",
+        "jsonpath={.metadata.labels}",
+    ]))
+    .expect("labels JSON");
+    assert_eq!(
+        labels["tenantsync.io/environment"], "policy-test",
+        "{labels}"
+    );
+    assert_eq!(
+        labels["app.kubernetes.io/managed-by"], "tenantsync",
+        "{labels}"
+    );
+    assert!(labels.get("tenantsync.io/workspace").is_none(), "{labels}");
+    kubectl(&["get", "namespace", &foreign]);
+    let out = kubectl_as(
+        &kubeconfig,
+        &[
+            "apply",
+            "--server-side",
+            "--dry-run=server",
+            "-f",
+            &namespace_file(&ours, "example.com/team: clinical"),
+        ],
+    );
+    assert!(out.status.success(), "another label: {}", text(&out));
+    let out = kubectl_as(
+        &kubeconfig,
+        &[
+            "delete",
+            "namespace",
+            &ours,
+            "--dry-run=server",
+            "--wait=false",
+        ],
+    );
+    assert!(out.status.success(), "deleting its own: {}", text(&out));
+    kubectl(&["delete", "namespace", &ours, &foreign, "--wait=false"]);
+}
+
 /// A cluster-scoped kind the static list of Kubernetes' own does not know
 /// (here a CRD's), declared with a `metadata.namespace`: API discovery says
 /// what it is, and plan and sync refuse it before any write instead of
