@@ -1367,11 +1367,23 @@ fn validate_cmd(
     let repository = load(repo)?;
     let mut report = repository.validate(envs);
     // The operator's guardrails, on what each valid environment renders.
+    let mut namespaces: Vec<(String, Vec<render::Object>)> = Vec::new();
     for environment in &report.environments {
         let objects = render::render(environment)?;
         if let Err(diags) = admitted(operator, environment, &objects) {
             report.diagnostics.extend(diags);
         }
+        let rendered = objects.into_iter().filter(|o| &*o.kind == "Namespace");
+        namespaces.push((environment.name.clone(), rendered.collect()));
+    }
+    // Across the environments validated together (all of them without
+    // --env): two rendering one namespace.
+    let together: Vec<(&str, &[render::Object])> = namespaces
+        .iter()
+        .map(|(name, objects)| (name.as_str(), objects.as_slice()))
+        .collect();
+    for (environment, violation) in operator.guardrails.shared_namespaces(&together) {
+        report.diagnostics.push(violation.diagnostic(&environment));
     }
     match output {
         ValidateOutput::Json => {

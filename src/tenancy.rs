@@ -8,7 +8,9 @@
 //!
 //! - **Namespaces.** An environment writes only into the namespaces its
 //!   `namespaceTemplate` yields for its workspaces (the template must contain
-//!   `{environment}`, so two environments never share one) and into
+//!   `{environment}`, so that no environment names another's by a fixed
+//!   suffix; environments validated together are also checked for a
+//!   namespace they both render, [`Guardrails::shared_namespaces`]) and into
 //!   namespaces the operator allows by pattern. Reserved namespaces
 //!   (`kube-*`, `default`, the control namespace) are refused always.
 //! - **Kinds.** Cluster-scoped kinds (other than the workspaces' own
@@ -328,6 +330,53 @@ impl Guardrails {
             }
         }
         out.sort();
+        out
+    }
+
+    /// Namespaces that several environments render (`environments`: each
+    /// one's name and rendered objects). `{environment}` in the template
+    /// does not rule it out: with `{workspace}-{environment}`, workspace
+    /// `contoso-eu` of `qa` and workspace `contoso` of `eu-qa` both render
+    /// `contoso-eu-qa`. Each clash is reported on the environment that comes
+    /// later by name. Nothing when the operator allows shared templates
+    /// (each environment on a cluster of its own).
+    pub fn shared_namespaces(
+        &self,
+        environments: &[(&str, &[Object])],
+    ) -> Vec<(String, Violation)> {
+        if self.allow_shared_namespace_template {
+            return Vec::new();
+        }
+        let mut sorted: Vec<&(&str, &[Object])> = environments.iter().collect();
+        sorted.sort_by_key(|(name, _)| *name);
+        // Namespace name -> (environment, what renders it).
+        let mut first: BTreeMap<&str, (&str, String)> = BTreeMap::new();
+        let mut out = Vec::new();
+        for (environment, objects) in sorted {
+            for o in objects.iter().filter(|o| &*o.kind == "Namespace") {
+                let from = if o.workspace.is_empty() {
+                    "a resources/ manifest".to_string()
+                } else {
+                    format!("workspace `{}`", o.workspace)
+                };
+                match first.get(&*o.name) {
+                    Some((other, _)) if other == environment => {}
+                    Some((other, other_from)) => out.push((
+                        environment.to_string(),
+                        Violation {
+                            subject: o.id(),
+                            message: format!(
+                                "namespace `{}` is rendered by {from} of environment `{environment}` and by {other_from} of environment `{other}`: on one cluster the second to sync finds it not its own and leaves it alone; rename a workspace or change a namespaceTemplate (for environments that never share a cluster, the operator allows it with --allow-shared-namespace-template)",
+                                o.name
+                            ),
+                        },
+                    )),
+                    None => {
+                        first.insert(&o.name, (environment, from));
+                    }
+                }
+            }
+        }
         out
     }
 }
@@ -1122,6 +1171,42 @@ mod tests {
                 (("example.com/v1".into(), "ClusterWidget".into()), false),
                 (("example.com/v2".into(), "ClusterWidget".into()), false),
             ]
+        );
+    }
+
+    #[test]
+    fn two_environments_rendering_one_namespace_are_reported_across_environments() {
+        // {workspace}-{environment}: contoso-eu of qa, contoso of eu-qa.
+        let qa = workspace("contoso-eu", "contoso-eu-qa");
+        let eu_qa = workspace("contoso", "contoso-eu-qa");
+        let other = workspace("fabrikam", "fabrikam-eu-qa");
+        let g = Guardrails::default();
+        let clashes =
+            g.shared_namespaces(&[("qa", &qa), ("eu-qa", &[eu_qa.clone(), other].concat())]);
+        assert_eq!(clashes.len(), 1, "{clashes:#?}");
+        let (environment, v) = &clashes[0];
+        assert_eq!(environment, "qa");
+        assert_eq!(v.subject, "Namespace/contoso-eu-qa");
+        assert!(
+            v.message
+                .contains("workspace `contoso-eu` of environment `qa`")
+                && v.message
+                    .contains("workspace `contoso` of environment `eu-qa`"),
+            "{}",
+            v.message
+        );
+        // One environment alone never clashes with itself here (validate
+        // checks its own workspaces), nor do environments the operator
+        // keeps on clusters of their own.
+        assert!(g.shared_namespaces(&[("eu-qa", &eu_qa)]).is_empty());
+        let apart = Guardrails {
+            allow_shared_namespace_template: true,
+            ..Guardrails::default()
+        };
+        assert!(
+            apart
+                .shared_namespaces(&[("qa", &qa), ("eu-qa", &eu_qa)])
+                .is_empty()
         );
     }
 

@@ -867,3 +867,89 @@ async fn a_cluster_scoped_kind_declared_with_a_namespace_is_refused_not_applied_
     );
     kubectl(&["delete", "-f", &path, "--wait=false"]);
 }
+
+/// `{environment}` in the template does not keep two environments from
+/// rendering one namespace (workspace `contoso` of A and workspace
+/// `contoso-ts` of an environment named A without its `ts-`): `validate` of
+/// both together reports it, and on the cluster the second to sync leaves
+/// the first one's namespace and objects alone.
+#[tokio::test]
+async fn two_environments_rendering_one_namespace_leave_each_other_alone_and_validate_says_so() {
+    let first = TestRepo::new("ns-clash");
+    first.apply_rendered().await;
+    let ns = first.namespace("contoso");
+    let second = first
+        .env
+        .strip_prefix("ts-")
+        .expect("test environments start with ts-")
+        .to_string();
+    let layer = first.path().join("environments").join(&second);
+    std::fs::create_dir_all(layer.join("workspaces")).expect("mkdir");
+    std::fs::write(
+        layer.join("environment.yaml"),
+        format!(
+            "apiVersion: tenantsync.io/v1alpha1\nkind: Environment\nmetadata:\n  name: {second}\nspec:\n  base: base\n  ingress:\n    domain: test.example.com\n  patches:\n{}",
+            ["contoso", "fabrikam", "northwind", "woodgrove"]
+                .map(|w| format!("    - metadata: {{name: {w}}}\n      $patch: delete\n"))
+                .concat()
+        ),
+    )
+    .expect("write environment");
+    std::fs::write(
+        layer.join("workspaces/contoso-ts.yaml"),
+        "apiVersion: tenantsync.io/v1alpha1\nkind: Workspace\nmetadata:\n  name: contoso-ts\nspec:\n  fhirServices:\n    - name: main\n",
+    )
+    .expect("write workspace");
+    let run = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_tenantsync"))
+            .args(args)
+            .arg("--repo")
+            .arg(first.path())
+            .output()
+            .expect("run tenantsync")
+    };
+    let out = run(&["validate"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains(&format!(
+            "namespace `{ns}` is rendered by workspace `contoso` of environment `{}` and by workspace `contoso-ts` of environment `{second}`",
+            first.env
+        )),
+        "{}",
+        text(&out)
+    );
+
+    let api: Api<ConfigMap> = Api::namespaced(control_plane().client(User::Admin).await, &ns);
+    let namespaces: Api<Namespace> = Api::all(control_plane().client(User::Admin).await);
+    let config_before = api.get("fhir-main-config").await.expect("get");
+    let namespace_before = namespaces.get(&ns).await.expect("get namespace");
+    let kubeconfig = control_plane().kubeconfig().display().to_string();
+    let out = run(&[
+        "sync",
+        "--env",
+        &second,
+        "--kubeconfig",
+        &kubeconfig,
+        "--context",
+        "admin",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains(&format!(
+            "exists and belongs to tenantsync environment `{}`",
+            first.env
+        )),
+        "{}",
+        text(&out)
+    );
+    let config_after = api.get("fhir-main-config").await.expect("get");
+    let namespace_after = namespaces.get(&ns).await.expect("get namespace");
+    assert_eq!(
+        config_after.metadata.resource_version,
+        config_before.metadata.resource_version
+    );
+    assert_eq!(
+        namespace_after.metadata.resource_version,
+        namespace_before.metadata.resource_version
+    );
+}
