@@ -539,8 +539,12 @@ fn live_cmd(args: &LiveArgs, verb: print::Verb) -> anyhow::Result<ExitCode> {
         Ok(state) => state,
         Err(code) => return Ok(code),
     };
+    let cluster = runtime.block_on(Cluster::connect(&options))?;
+    if let Err(code) = runtime.block_on(scopes_admitted(&cluster, args, &name, &desired))? {
+        return Ok(code);
+    }
     let plan = runtime.block_on(async {
-        let cluster = Cluster::connect(&options).await?;
+        let cluster = &cluster;
         // plan deletes what sync --prune would: inventoried objects only;
         // drift reports every labelled object nothing declares.
         let inventory = cluster
@@ -849,6 +853,33 @@ fn admitted(
     })
 }
 
+/// The guardrails only the cluster can judge (the scope API discovery gives
+/// each `resources/` manifest's kind), before anything is written; broken
+/// ones are printed and give exit code 1.
+async fn scopes_admitted(
+    cluster: &Cluster,
+    args: &LiveArgs,
+    environment: &str,
+    objects: &[render::Object],
+) -> Result<Result<(), ExitCode>, crate::cluster::ClusterError> {
+    let violations = cluster
+        .check_scopes(&args.guard.operator(None).guardrails, objects)
+        .await?;
+    if violations.is_empty() {
+        return Ok(Ok(()));
+    }
+    let diags: Vec<Diagnostic> = violations
+        .iter()
+        .map(|v| v.diagnostic(environment))
+        .collect();
+    print_diagnostics(&diags);
+    eprintln!(
+        "{} error(s); nothing was written to the cluster",
+        diags.len()
+    );
+    Ok(Err(ExitCode::from(1)))
+}
+
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -901,6 +932,9 @@ fn sync_cmd(args: &SyncArgs) -> anyhow::Result<ExitCode> {
         std::io::stderr().is_terminal() && !matches!(live_args.output, PlanOutput::Json);
     let runtime = runtime()?;
     let cluster = runtime.block_on(Cluster::connect(&cluster_options))?;
+    if let Err(code) = runtime.block_on(scopes_admitted(&cluster, live_args, &name, &desired))? {
+        return Ok(code);
+    }
     // One writer per environment: the lock is taken before the inventory is
     // read, so the plan is computed under it (a dry run writes nothing and
     // takes none).
@@ -1493,11 +1527,23 @@ fn validate_cmd(
     let repository = load(repo)?;
     let mut report = repository.validate(envs);
     // The operator's guardrails, on what each valid environment renders.
+    let mut namespaces: Vec<(String, Vec<render::Object>)> = Vec::new();
     for environment in &report.environments {
         let objects = render::render(environment)?;
         if let Err(diags) = admitted(operator, environment, &objects) {
             report.diagnostics.extend(diags);
         }
+        let rendered = objects.into_iter().filter(|o| &*o.kind == "Namespace");
+        namespaces.push((environment.name.clone(), rendered.collect()));
+    }
+    // Across the environments validated together (all of them without
+    // --env): two rendering one namespace.
+    let together: Vec<(&str, &[render::Object])> = namespaces
+        .iter()
+        .map(|(name, objects)| (name.as_str(), objects.as_slice()))
+        .collect();
+    for (environment, violation) in operator.guardrails.shared_namespaces(&together) {
+        report.diagnostics.push(violation.diagnostic(&environment));
     }
     match output {
         ValidateOutput::Json => {
