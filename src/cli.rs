@@ -1065,7 +1065,8 @@ fn sync_cmd(args: &SyncArgs) -> anyhow::Result<ExitCode> {
             let transport = matches!(&result, Err(SyncError::Cluster(e)) if e.is_transport())
                 || matches!(&result, Ok(r) if r.aborted.is_some());
             if !transport {
-                let fields = cli_status_fields(&result, revision.as_deref(), &lock.identity);
+                let fields =
+                    cli_status_fields(&result, revision.as_deref(), &lock.identity, &skipped);
                 let write = cluster.write_status(&name, &fields);
                 if let Ok(Err(e)) = tokio::time::timeout(Duration::from_secs(5), write).await {
                     eprintln!("warning: cannot record the sync's result in the inventory: {e}");
@@ -1123,13 +1124,37 @@ fn cli_status_fields(
     result: &Result<cluster_sync::SyncReport, SyncError>,
     revision: Option<&str>,
     by: &str,
+    skipped: &[(String, Vec<Diagnostic>)],
 ) -> std::collections::BTreeMap<String, String> {
     let now = k8s_openapi::jiff::Timestamp::now().to_string();
-    let (status, error) = match result {
+    let (mut status, mut error) = match result {
         Ok(r) if r.succeeded() => ("Synced", String::new()),
         Ok(r) => ("Failed", sync_error_text(r)),
         Err(e) => ("Failed", e.to_string()),
     };
+    // `--skip-invalid`: the environment is not in step with the revision
+    // while a workspace of it is held.
+    if !skipped.is_empty() {
+        status = "Failed";
+        let mut lines = vec![format!(
+            "{} invalid workspace(s) skipped, held at their last applied state: {}",
+            skipped.len(),
+            skipped
+                .iter()
+                .map(|(w, _)| w.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )];
+        lines.extend(
+            skipped
+                .iter()
+                .flat_map(|(_, d)| d.iter().map(ToString::to_string)),
+        );
+        if !error.is_empty() {
+            lines.push(error);
+        }
+        error = lines.join("\n");
+    }
     let mut fields = std::collections::BTreeMap::from([
         ("syncStatus".to_string(), status.to_string()),
         (
