@@ -1270,18 +1270,21 @@ fn sync_text(r: &cluster_sync::SyncReport) -> String {
         out.push_str(&format!("Health: {} ({})\n", h.status, per_ws.join(", ")));
     }
     out.push_str(&format!(
-        "{}Sync of environment {}{}: {} created, {} updated, {} recreated, {} pruned, {} unchanged, {} conflict(s), {} failure(s); {} write request(s).\n",
+        "{}Sync of environment {}{}: {} created, {} updated, {} recreated, {} pruned, {} unchanged, {} {}, {} {}; {} write {}.\n",
         if r.dry_run { "(dry run) " } else { "" },
         r.environment,
-        r.revision.as_deref().map(|v| format!(" at {}", &v[..v.len().min(12)])).unwrap_or_default(),
+        r.revision.as_deref().map(|v| format!(" at {}", v.get(..12).unwrap_or(v))).unwrap_or_default(),
         r.created.len(),
         r.updated.len(),
         r.recreated.len(),
         r.pruned.len(),
         r.unchanged,
         r.conflicts.len(),
+        crate::print::kind_plural("conflict", r.conflicts.len()),
         r.failures.len(),
+        crate::print::kind_plural("failure", r.failures.len()),
         r.write_requests,
+        crate::print::kind_plural("request", r.write_requests as usize),
     ));
     out
 }
