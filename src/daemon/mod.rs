@@ -943,6 +943,22 @@ async fn check_and_sync(
     let options = &shared.options;
     let cluster_error =
         |e: crate::cluster::ClusterError| ("cluster", e.to_string(), e.is_transport());
+    // The guardrails only the cluster can judge: each resources/ manifest's
+    // namespace against the scope API discovery gives its kind.
+    if let Err(diagnostics) = pipeline::check_scopes(c, &options.operator, &state.state)
+        .await
+        .map_err(cluster_error)?
+    {
+        return Err((
+            "guardrail",
+            format!(
+                "revision {} breaks the operator's guardrails; nothing is applied until a revision that keeps them arrives:\n{}",
+                state.revision(),
+                lines(&diagnostics)
+            ),
+            false,
+        ));
+    }
     let inv = c.read_inventory(env).await.map_err(cluster_error)?;
     if may_write
         && state

@@ -6,9 +6,10 @@ use serde_json::Value;
 
 use super::DesiredState;
 use crate::cluster::{Cluster, ClusterError};
+use crate::declare::diag::Diagnostic;
 use crate::plan::{Plan, Planner};
 use crate::sync::inventory::{self, Inventory};
-use crate::sync::tenancy;
+use crate::sync::tenancy::{self, Operator};
 
 /// Which live objects nothing declares are deletes in the plan.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -42,6 +43,26 @@ pub struct LivePlan {
     pub inventory: Option<Inventory>,
     /// The live objects in scope nothing declares (what a prune looks at).
     pub undeclared: Vec<Value>,
+}
+
+/// The guardrails only the cluster can judge: each `resources/` manifest's
+/// namespace against the scope API discovery gives its kind. Checked before
+/// anything is written; the broken ones as diagnostics.
+pub async fn check_scopes(
+    cluster: &Cluster,
+    operator: &Operator,
+    desired: &DesiredState,
+) -> Result<Result<(), Vec<Diagnostic>>, ClusterError> {
+    let violations = cluster
+        .check_scopes(&operator.guardrails, &desired.objects)
+        .await?;
+    if violations.is_empty() {
+        return Ok(Ok(()));
+    }
+    Ok(Err(violations
+        .iter()
+        .map(|v| v.diagnostic(&desired.name))
+        .collect()))
 }
 
 /// Plans `desired` against the cluster. `inventory`: the environment's, as

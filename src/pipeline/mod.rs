@@ -10,4 +10,4 @@ mod desired;
 mod live;
 
 pub use desired::{DesiredState, Intake, Refused, admit, desired};
-pub use live::{Deletes, LivePlan, PlanOptions, plan_live};
+pub use live::{Deletes, LivePlan, PlanOptions, check_scopes, plan_live};
