@@ -9,7 +9,8 @@
 //! | [`object`] | core | object identity: `Object`, names, keys, the one ID format, kinds, labels |
 //! | [`declare`] | core | repository files → checked, resolved environments |
 //! | [`render`] | core | an environment → its Kubernetes objects, one file per service family |
-//! | [`plan`] | core | desired vs live: the change set, its diff, its printers |
+//! | [`plan`] | core | desired vs live: the change set and its diff |
+//! | [`print`] | core | every printer: plans, sync reports, status (text, Markdown, JSON) |
 //! | [`sync`] | core | sync steps, inventory, health, tenancy guardrails |
 //! | [`par`] | core | the same function over many items on all cores |
 //! | [`source`] | edge | folders and Git revisions → in-memory file trees |
@@ -31,6 +32,7 @@ pub mod object;
 pub mod par;
 pub mod pipeline;
 pub mod plan;
+pub mod print;
 pub mod render;
 pub mod source;
 pub mod sync;

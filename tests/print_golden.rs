@@ -7,10 +7,10 @@
 use std::path::PathBuf;
 
 use serde_json::json;
-use tenantsync::plan::print::{self, Verb};
 use tenantsync::plan::{
     Action, Change, FieldAction, FieldChange, PLAN_FORMAT_VERSION, Plan, Summary,
 };
+use tenantsync::print::{self, Verb};
 
 /// A unified diff as `diff` makes it: live to desired, headed by the object.
 fn unified(live: &str, desired: &str, id: &str) -> String {

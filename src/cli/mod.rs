@@ -15,7 +15,8 @@ use crate::declare::diag::Diagnostic;
 use crate::declare::validate;
 use crate::object::ObjectKey;
 use crate::pipeline::{self, Deletes, DesiredState, Intake, LivePlan, PlanOptions, Refused};
-use crate::plan::{Action, Change, Plan, Summary, print};
+use crate::plan::{Action, Change, Plan, Summary};
+use crate::print;
 use crate::render;
 use crate::source::{self, folder};
 use crate::sync::SyncOptions;
@@ -593,7 +594,7 @@ fn live_cmd(args: &LiveArgs, verb: print::Verb) -> anyhow::Result<ExitCode> {
         PlanOutput::Json => print::json(&plan),
     };
     if !foreign.is_empty() {
-        text = with_foreign(text, &foreign, args.output);
+        text = print::with_foreign(text, &foreign, matches!(args.output, PlanOutput::Json));
     }
     if !notes.pending.is_empty() || !notes.never_declared.is_empty() {
         text = notes.add_to(text, args.output);
@@ -639,66 +640,13 @@ impl DriftNotes {
     }
 
     fn add_to(&self, text: String, output: PlanOutput) -> String {
-        if let PlanOutput::Json = output {
-            let Ok(mut value) = serde_json::from_str::<serde_json::Value>(&text) else {
-                return text;
-            };
-            value["pending"] = serde_json::json!(self.pending);
-            value["neverDeclared"] = serde_json::json!(self.never_declared);
-            return serde_json::to_string_pretty(&value).map_or(text, |t| t + "\n");
-        }
-        let mut out = text;
-        if !self.pending.is_empty() {
-            out.push_str(&format!(
-                "\nPending: {} object(s) declared but never applied (not drift; the next sync creates them): {}\n",
-                self.pending.len(),
-                crate::sync::name_some(&self.pending)
-            ));
-        }
-        if !self.never_declared.is_empty() {
-            out.push_str(&format!(
-                "\nOf the orphaned, {} were never declared (labelled as tenantsync's but never in its inventory; prune leaves them): {}\n",
-                self.never_declared.len(),
-                crate::sync::name_some(&self.never_declared)
-            ));
-        }
-        out
+        print::with_drift_notes(
+            text,
+            &self.pending,
+            &self.never_declared,
+            matches!(output, PlanOutput::Json),
+        )
     }
-}
-
-/// The plan's text with what the namespaces it deletes hold that tenantsync
-/// did not make (kind and name only): `foreign` in JSON, a note otherwise.
-fn with_foreign(
-    text: String,
-    foreign: &std::collections::BTreeMap<String, crate::cluster::foreign::Foreign>,
-    output: PlanOutput,
-) -> String {
-    if let PlanOutput::Json = output {
-        let Ok(mut value) = serde_json::from_str::<serde_json::Value>(&text) else {
-            return text;
-        };
-        value["foreign"] = serde_json::to_value(foreign).unwrap_or_default();
-        return serde_json::to_string_pretty(&value).map_or(text, |t| t + "\n");
-    }
-    let mut out = text;
-    for (ns, f) in foreign {
-        if !f.objects.is_empty() {
-            out.push_str(&format!(
-                "\nNamespace {ns} holds {} object(s) tenantsync did not make: {}.\n\
-                 sync --prune deletes its managed objects but keeps the namespace (--prune-foreign deletes them with it).\n",
-                f.objects.len(),
-                f.objects.join(", ")
-            ));
-        }
-        if !f.unchecked_kinds.is_empty() {
-            out.push_str(&format!(
-                "\nNamespace {ns}: {} kind(s) could not be checked (no list permission): {}.\n",
-                f.unchecked_kinds.len(),
-                crate::sync::name_some(&f.unchecked_kinds)
-            ));
-        }
-    }
-    out
 }
 
 /// The environment's desired state (in scope only) read at `rev`, and the
@@ -909,7 +857,7 @@ fn sync_cmd(args: &SyncArgs) -> anyhow::Result<ExitCode> {
                 ) => {
                     eprintln!(
                         "applying wave {wave}: {objects} {}",
-                        crate::plan::print::kind_plural(kind, objects)
+                        crate::print::kind_plural(kind, objects)
                     );
                 }
                 (_, Progress::Pruned { id, ok }) => {
@@ -983,7 +931,7 @@ fn sync_cmd(args: &SyncArgs) -> anyhow::Result<ExitCode> {
             }
             serde_json::to_string_pretty(&json).context("encoding JSON")? + "\n"
         }
-        PlanOutput::Text | PlanOutput::Markdown => sync_text(&report),
+        PlanOutput::Text | PlanOutput::Markdown => print::sync_text(&report),
     };
     write_stdout(&text)?;
     if !skipped.is_empty() {
@@ -1004,7 +952,7 @@ fn sync_cmd(args: &SyncArgs) -> anyhow::Result<ExitCode> {
 /// The status fields a CLI sync records on the inventory: result, revision,
 /// time and who ran it.
 fn cli_status_fields(
-    result: &Result<cluster_sync::SyncReport, SyncError>,
+    result: &Result<crate::sync::report::SyncReport, SyncError>,
     revision: Option<&str>,
     by: &str,
     skipped: &std::collections::BTreeMap<String, Vec<Diagnostic>>,
@@ -1012,7 +960,7 @@ fn cli_status_fields(
     let now = k8s_openapi::jiff::Timestamp::now().to_string();
     let (mut status, mut error) = match result {
         Ok(r) if r.succeeded() => ("Synced", String::new()),
-        Ok(r) => ("Failed", sync_error_text(r)),
+        Ok(r) => ("Failed", print::sync_errors(r)),
         Err(e) => ("Failed", e.to_string()),
     };
     // `--skip-invalid`: the environment is not in step with the revision
@@ -1060,118 +1008,6 @@ fn cli_status_fields(
     fields
 }
 
-/// Why a sync did not succeed, one line per object.
-pub fn sync_error_text(r: &cluster_sync::SyncReport) -> String {
-    let mut lines: Vec<String> = Vec::new();
-    if let Some(a) = &r.aborted {
-        lines.push(a.clone());
-    }
-    lines.extend(r.failures.iter().map(|f| f.message.clone()));
-    lines.extend(r.conflicts.iter().map(|c| {
-        let fields: Vec<String> = c
-            .fields
-            .iter()
-            .map(|f| format!("{} (owned by {})", f.field, f.manager))
-            .collect();
-        format!("{}: conflict: {}", c.id, fields.join(", "))
-    }));
-    if !r.not_sent.is_empty() {
-        lines.push(format!(
-            "{} object(s) not sent: {}",
-            r.not_sent.len(),
-            crate::sync::name_some(&r.not_sent)
-        ));
-    }
-    lines.join("\n")
-}
-
-fn sync_text(r: &cluster_sync::SyncReport) -> String {
-    let mut out = String::new();
-    for c in &r.conflicts {
-        let fields: Vec<String> = c
-            .fields
-            .iter()
-            .map(|f| format!("{} (owned by {})", f.field, f.manager))
-            .collect();
-        out.push_str(&format!(
-            "conflict: {}: {}; re-run with --force-conflicts to take them over\n",
-            c.id,
-            fields.join(", ")
-        ));
-    }
-    for f in &r.failures {
-        out.push_str(&format!("failed: {}\n", f.message));
-    }
-    for k in &r.kept {
-        out.push_str(&format!("kept: {} ({})\n", k.id, k.message));
-    }
-    for id in &r.adopted {
-        out.push_str(&format!("adopted: {id}\n"));
-    }
-    for (ns, f) in &r.foreign {
-        if !f.objects.is_empty() {
-            out.push_str(&format!(
-                "namespace {ns} holds {} object(s) tenantsync did not make: {}\n",
-                f.objects.len(),
-                f.objects.join(", ")
-            ));
-        }
-        if !f.unchecked_kinds.is_empty() {
-            out.push_str(&format!(
-                "namespace {ns}: {} kind(s) could not be checked (no list permission): {}\n",
-                f.unchecked_kinds.len(),
-                crate::sync::name_some(&f.unchecked_kinds)
-            ));
-        }
-    }
-    if let Some(a) = &r.aborted {
-        out.push_str(&format!("stopped: {a}\n"));
-    }
-    if !r.not_sent.is_empty() {
-        out.push_str(&format!(
-            "not sent: {} object(s): {}\n",
-            r.not_sent.len(),
-            crate::sync::name_some(&r.not_sent)
-        ));
-    }
-    if let Some(why) = &r.prune_skipped {
-        out.push_str(&format!("prune skipped: {why}\n"));
-    }
-    if let Some(h) = &r.health {
-        for o in h
-            .objects
-            .iter()
-            .filter(|o| o.status != crate::sync::health::HealthStatus::Healthy)
-        {
-            out.push_str(&format!("{}: {} ({})\n", o.status, o.id, o.message));
-        }
-        let per_ws: Vec<String> = h
-            .workspaces
-            .iter()
-            .map(|(w, s)| format!("{w}: {s}"))
-            .collect();
-        out.push_str(&format!("Health: {} ({})\n", h.status, per_ws.join(", ")));
-    }
-    out.push_str(&format!(
-        "{}Sync of environment {}{}: {} created, {} updated, {} recreated, {} pruned, {} unchanged, {} {}, {} {}; {} write {}.\n",
-        if r.dry_run { "(dry run) " } else { "" },
-        r.environment,
-        r.revision.as_deref().map(|v| format!(" at {}", v.get(..12).unwrap_or(v))).unwrap_or_default(),
-        r.created.len(),
-        r.updated.len(),
-        r.recreated.len(),
-        r.pruned.len(),
-        r.unchanged,
-        r.conflicts.len(),
-        crate::plan::print::kind_plural("conflict", r.conflicts.len()),
-        r.failures.len(),
-        crate::plan::print::kind_plural("failure", r.failures.len()),
-        r.write_requests,
-        crate::plan::print::kind_plural("request", r.write_requests as usize),
-    ));
-    out
-}
-
 fn status_cmd(args: &StatusArgs) -> anyhow::Result<ExitCode> {
     let options = args.cluster.options();
     let (data, holder) = runtime()?.block_on(async {
@@ -1209,61 +1045,13 @@ fn status_cmd(args: &StatusArgs) -> anyhow::Result<ExitCode> {
     }
     match args.output {
         ValidateOutput::Json => write_stdout(
-            &(serde_json::to_string_pretty(&crate::plan::print::status_json(&data))
+            &(serde_json::to_string_pretty(&crate::print::status_json(&data))
                 .context("encoding JSON")?
                 + "\n"),
         )?,
         ValidateOutput::Text => {
-            let get = |k: &str| {
-                data.get(k)
-                    .map(String::as_str)
-                    .filter(|v| !v.is_empty())
-                    .unwrap_or("-")
-            };
-            let sync_status = if stale {
-                format!(
-                    "Unknown (stale: the daemon has not reported for {}s; it last reported {})",
-                    silent_for.unwrap_or_default(),
-                    get("status.syncStatus")
-                )
-            } else if get("status.syncStatus") == "Syncing" {
-                format!("Syncing {}", get("status.targetRevision"))
-            } else {
-                get("status.syncStatus").to_string()
-            };
-            let mut out = format!(
-                "environment:        {}\nsync status:        {}\napplied revision:   {}\nlast applied at:    {}\nseen revision:      {}\nobjects:            {}\ndrifted objects:    {}\n",
-                args.env,
-                sync_status,
-                get("revision"),
-                get("lastAppliedAt"),
-                get("status.lastSeenRevision"),
-                get("objectCount"),
-                get("status.driftedObjects"),
-            );
-            if let Some(t) = data.get("status.heartbeatAt").filter(|t| !t.is_empty()) {
-                out.push_str(&format!(
-                    "daemon heartbeat:   {t} ({}s ago{})\n",
-                    silent_for.unwrap_or_default(),
-                    if stale { ", stale" } else { "" }
-                ));
-            }
-            if let Some(h) = &holder {
-                out.push_str(&format!("locked by:          {h}\n"));
-            }
-            if let Some(t) = data.get("status.lastSyncAt").filter(|t| !t.is_empty()) {
-                out.push_str(&format!(
-                    "last CLI sync:      {t} by {}\n",
-                    get("status.lastSyncBy")
-                ));
-            }
-            if let Some(e) = data.get("status.lastError").filter(|e| !e.is_empty()) {
-                out.push_str(&format!(
-                    "last error ({}):\n  {}\n",
-                    get("status.lastErrorAt"),
-                    e.replace('\n', "\n  ")
-                ));
-            }
+            let holder = holder.as_ref().map(ToString::to_string);
+            let out = print::status_text(&args.env, &data, stale, silent_for, holder.as_deref());
             write_stdout(&out)?;
         }
     }

@@ -13,13 +13,7 @@ use crate::object::FIELD_MANAGER;
 use crate::object::{MANAGED_BY, MANAGER, Object};
 use crate::plan::field_policy::{Heal, Takeover};
 use crate::sync::inventory::{self, Inventory, ObjectRef, SYSTEM_NAMESPACE};
-
-/// A field another manager owns, as a server-side apply conflict reports it.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
-pub struct ConflictField {
-    pub field: String,
-    pub manager: String,
-}
+use crate::sync::report::ConflictField;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {

@@ -13,16 +13,18 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use futures::stream::FuturesOrdered;
-use serde::Serialize;
 use serde_json::Value;
 
-use super::apply::{ApplyError, ConflictField};
+use super::apply::ApplyError;
 use super::{Cluster, ClusterError};
 use crate::object::{Object, ObjectKey};
 use crate::plan::field_policy::Heal;
 use crate::plan::{Action, Change, Plan};
-use crate::sync::health::{Health, HealthOptions, HealthStatus};
+use crate::sync::health::{Health, HealthOptions};
 use crate::sync::inventory::{Inventory, ObjectRef};
+use crate::sync::report::{
+    Conflict, ConflictField, Failure, HealthReport, ObjectHealth, SyncReport,
+};
 use crate::sync::{self, MassPrune, SyncOptions};
 
 /// Write requests (applies, prune deletes) in flight at once within a stage.
@@ -35,99 +37,6 @@ pub const MAX_TRANSPORT_FAILURES: usize = 3;
 /// A write with no answer after this long counts as a transport failure
 /// (a frozen API server accepts connections and never answers).
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(15);
-
-#[derive(Clone, Debug, Serialize)]
-pub struct Conflict {
-    pub id: String,
-    pub fields: Vec<ConflictField>,
-}
-
-#[derive(Clone, Debug, Serialize)]
-pub struct Failure {
-    pub id: String,
-    pub message: String,
-}
-
-/// What a sync did: the value printers, status and metrics are built from.
-#[derive(Clone, Debug, Default, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct SyncReport {
-    pub environment: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub revision: Option<String>,
-    pub dry_run: bool,
-    pub created: Vec<String>,
-    pub updated: Vec<String>,
-    /// Existing objects taken over with `--adopt`.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub adopted: Vec<String>,
-    /// Deleted and recreated (`--force-recreate`).
-    pub recreated: Vec<String>,
-    pub pruned: Vec<String>,
-    pub unchanged: usize,
-    /// No longer declared but kept, with the reason.
-    pub kept: Vec<Failure>,
-    pub conflicts: Vec<Conflict>,
-    pub failures: Vec<Failure>,
-    /// Why prune did not run although it was asked for.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub prune_skipped: Option<String>,
-    /// Dry run only: objects in namespaces this sync would create, which the
-    /// server cannot validate before the namespace exists.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub not_validated: Vec<String>,
-    pub inventory_written: bool,
-    /// Why the sync stopped before the end (the API server stopped
-    /// answering); what was not sent is in `notSent`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub aborted: Option<String>,
-    /// Objects not written: the sync stopped, or their verb and kind were
-    /// refused (403) for an earlier object.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub not_sent: Vec<String>,
-    /// Per namespace about to be deleted: what it holds that tenantsync did
-    /// not make (kind/name only; Secret contents are never read).
-    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
-    pub foreign: BTreeMap<String, super::foreign::Foreign>,
-    /// With `--wait`: health after the sync, per workspace and per object.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub health: Option<HealthReport>,
-    pub api_requests: u32,
-    pub write_requests: u32,
-}
-
-impl SyncReport {
-    pub fn succeeded(&self) -> bool {
-        self.conflicts.is_empty()
-            && self.failures.is_empty()
-            && self.aborted.is_none()
-            && self.not_sent.is_empty()
-    }
-
-    /// Applied, and (when waited for) healthy.
-    pub fn healthy(&self) -> bool {
-        self.succeeded()
-            && self
-                .health
-                .as_ref()
-                .is_none_or(|h| h.status == HealthStatus::Healthy)
-    }
-}
-
-#[derive(Clone, Debug, Serialize)]
-pub struct ObjectHealth {
-    pub id: String,
-    pub workspace: String,
-    pub status: HealthStatus,
-    pub message: String,
-}
-
-#[derive(Clone, Debug, Serialize)]
-pub struct HealthReport {
-    pub status: HealthStatus,
-    pub workspaces: std::collections::BTreeMap<String, HealthStatus>,
-    pub objects: Vec<ObjectHealth>,
-}
 
 /// Waits (up to `timeout`) until the desired objects are healthy, and
 /// summarises per workspace (worst wins).

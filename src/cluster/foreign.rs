@@ -15,17 +15,7 @@ use kube::discovery::{Discovery, Scope};
 
 use super::{Cluster, ClusterError};
 use crate::sync::inventory::Inventory;
-
-/// A namespace's contents tenantsync did not make.
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Foreign {
-    /// `Kind/namespace/name` of each foreign object.
-    pub objects: Vec<String>,
-    /// Kinds this credential may not list there (not checked).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub unchecked_kinds: Vec<String>,
-}
+use crate::sync::report::Foreign;
 
 /// Made by the cluster itself in every namespace.
 fn made_by_the_cluster(kind: &str, name: &str) -> bool {

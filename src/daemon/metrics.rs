@@ -10,7 +10,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::cluster::execute::SyncReport;
+use crate::sync::report::SyncReport;
 
 type Labels = Vec<(String, String)>;
 

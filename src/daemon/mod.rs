@@ -781,7 +781,7 @@ async fn reconcile(
     let sync_error = report
         .as_ref()
         .filter(|r| !r.succeeded())
-        .map(crate::cli::sync_error_text);
+        .map(crate::print::sync_errors);
     let locked_error = locked_by.as_ref().map(|holder| {
         format!(
             "environment {env} is locked by {holder}: another writer is syncing it; this daemon writes again once the lock is released"
@@ -912,7 +912,7 @@ async fn last_applied_from_inventory(
 }
 
 /// Every failed object, with its reason, in the log.
-fn log_failures(env: &str, r: &cluster_sync::SyncReport) {
+fn log_failures(env: &str, r: &crate::sync::report::SyncReport) {
     for f in &r.failures {
         tracing::warn!(environment = env, object = %f.id, error = %f.message, "object failed");
     }
@@ -939,7 +939,7 @@ async fn check_and_sync(
     state: &Desired,
     may_write: bool,
     lock_lost: Option<Arc<std::sync::atomic::AtomicBool>>,
-) -> Result<(Plan, Option<cluster_sync::SyncReport>), (&'static str, String, bool)> {
+) -> Result<(Plan, Option<crate::sync::report::SyncReport>), (&'static str, String, bool)> {
     let options = &shared.options;
     let cluster_error =
         |e: crate::cluster::ClusterError| ("cluster", e.to_string(), e.is_transport());
@@ -1060,7 +1060,7 @@ async fn check_and_sync(
 }
 
 /// The heartbeat loop never ends; this keeps `select!`'s arms one type.
-fn unreachable_heartbeat() -> Result<cluster_sync::SyncReport, cluster_sync::SyncError> {
+fn unreachable_heartbeat() -> Result<crate::sync::report::SyncReport, cluster_sync::SyncError> {
     Err(cluster_sync::SyncError::Cluster(
         crate::cluster::ClusterError::Unreachable {
             server: String::new(),

@@ -1,5 +1,5 @@
-//! The plan: desired objects paired with live ones, the change set, and its
-//! printers (pure: no client, no I/O).
+//! The plan: desired objects paired with live ones, and the change set
+//! (pure: no client, no I/O; its printers are in [`crate::print`]).
 //!
 //! | module | role |
 //! |---|---|
@@ -7,7 +7,6 @@
 //! | [`diff`] | one desired object against its live counterpart, over managed fields |
 //! | [`pair`] | the [`Planner`]: live objects paired with desired ones a page at a time |
 //! | [`field_policy`] | the field ownership policy: managers reverted, fields ignored, takeover |
-//! | [`print`] | printers of a plan: text, Markdown, JSON |
 //!
 //! Imports: `object`, `declare` (the model's policy types). Nothing in it
 //! knows the inventory or the cluster: the caller passes the keys an
@@ -16,7 +15,6 @@
 pub mod diff;
 pub mod field_policy;
 pub mod pair;
-pub mod print;
 pub mod types;
 
 pub use pair::{Planner, plan};

@@ -5,6 +5,7 @@
 //! | [`steps`] | stages (sync wave, then kind), the prune set and its guards, the scope of a sync |
 //! | [`inventory`] | the record of what tenantsync applied: encoding, set logic, merges |
 //! | [`health`] | per-kind health rules, worst-wins aggregation |
+//! | [`report`] | what a sync did: the value printers, status and metrics are built from |
 //! | [`tenancy`] | the operator's guardrails, the effective policy, who owns an object |
 //!
 //! Imports: `object`, `declare`, `plan`. The edges (`cluster`) execute what
@@ -12,6 +13,7 @@
 
 pub mod health;
 pub mod inventory;
+pub mod report;
 pub mod steps;
 pub mod tenancy;
 

@@ -6,7 +6,11 @@
 //! the words: what `plan` calls a create, `drift` calls an object missing
 //! from the cluster.
 
+use std::collections::BTreeMap;
+
 use crate::plan::{Action, Change, FieldAction, FieldChange, Plan, Summary};
+use crate::sync::name_some;
+use crate::sync::report::Foreign;
 
 /// Which command the plan is printed for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -516,47 +520,77 @@ pub fn json(plan: &Plan) -> String {
     s
 }
 
-/// `n` objects of a Kubernetes kind in English: `1 Ingress`, `7 Ingresses`,
-/// `2 NetworkPolicies`, `3 Deployments`.
-pub fn kind_plural(kind: &str, n: usize) -> String {
-    if n == 1 {
-        return kind.to_string();
+/// The plan's text with what the namespaces it deletes hold that tenantsync
+/// did not make (kind and name only): `foreign` in JSON, a note otherwise.
+pub fn with_foreign(text: String, foreign: &BTreeMap<String, Foreign>, json: bool) -> String {
+    if json {
+        let Ok(mut value) = serde_json::from_str::<serde_json::Value>(&text) else {
+            return text;
+        };
+        value["foreign"] = serde_json::to_value(foreign).unwrap_or_default();
+        return serde_json::to_string_pretty(&value).map_or(text, |t| t + "\n");
     }
-    let lower = kind.to_ascii_lowercase();
-    if let Some(stem) = kind.strip_suffix('y')
-        && !stem.ends_with(['a', 'e', 'i', 'o', 'u'])
-    {
-        return format!("{stem}ies");
+    let mut out = text;
+    for (ns, f) in foreign {
+        if !f.objects.is_empty() {
+            out.push_str(&format!(
+                "\nNamespace {ns} holds {} object(s) tenantsync did not make: {}.\n\
+                 sync --prune deletes its managed objects but keeps the namespace (--prune-foreign deletes them with it).\n",
+                f.objects.len(),
+                f.objects.join(", ")
+            ));
+        }
+        if !f.unchecked_kinds.is_empty() {
+            out.push_str(&format!(
+                "\nNamespace {ns}: {} kind(s) could not be checked (no list permission): {}.\n",
+                f.unchecked_kinds.len(),
+                name_some(&f.unchecked_kinds)
+            ));
+        }
     }
-    if ["s", "x", "z", "ch", "sh"]
-        .iter()
-        .any(|e| lower.ends_with(e))
-    {
-        return format!("{kind}es");
-    }
-    format!("{kind}s")
+    out
 }
 
-/// The inventory's data as `status --output json` prints it: the counts as
-/// JSON numbers (a ConfigMap stores every value as a string), the rest as is.
-pub fn status_json(data: &std::collections::BTreeMap<String, String>) -> serde_json::Value {
-    const COUNTS: [&str; 2] = ["objectCount", "status.driftedObjects"];
-    data.iter()
-        .map(|(k, v)| {
-            let value = match v.parse::<u64>() {
-                Ok(n) if COUNTS.contains(&k.as_str()) => serde_json::Value::from(n),
-                _ => serde_json::Value::from(v.as_str()),
-            };
-            (k.clone(), value)
-        })
-        .collect::<serde_json::Map<_, _>>()
-        .into()
+/// A drift's text with what is not drift: `pending` (declared, never
+/// applied: the next sync creates them) and `never_declared` (labelled as
+/// tenantsync's, never in its inventory): fields in JSON, notes otherwise.
+pub fn with_drift_notes(
+    text: String,
+    pending: &[String],
+    never_declared: &[String],
+    json: bool,
+) -> String {
+    if json {
+        let Ok(mut value) = serde_json::from_str::<serde_json::Value>(&text) else {
+            return text;
+        };
+        value["pending"] = serde_json::json!(pending);
+        value["neverDeclared"] = serde_json::json!(never_declared);
+        return serde_json::to_string_pretty(&value).map_or(text, |t| t + "\n");
+    }
+    let mut out = text;
+    if !pending.is_empty() {
+        out.push_str(&format!(
+            "\nPending: {} object(s) declared but never applied (not drift; the next sync creates them): {}\n",
+            pending.len(),
+            name_some(pending)
+        ));
+    }
+    if !never_declared.is_empty() {
+        out.push_str(&format!(
+            "\nOf the orphaned, {} were never declared (labelled as tenantsync's but never in its inventory; prune leaves them): {}\n",
+            never_declared.len(),
+            name_some(never_declared)
+        ));
+    }
+    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::plan::PLAN_FORMAT_VERSION;
+    use crate::print::kind_plural;
     use serde_json::json;
 
     fn change(action: Action, kind: &str, name: &str, workspace: &str, diff: &str) -> Change {
@@ -947,21 +981,5 @@ mod tests {
         assert_eq!(kind_plural("Deployment", 3), "Deployments");
         assert_eq!(kind_plural("Gateway", 2), "Gateways");
         assert_eq!(kind_plural("Namespace", 0), "Namespaces");
-    }
-
-    #[test]
-    fn status_json_gives_counts_as_numbers() {
-        let data = std::collections::BTreeMap::from([
-            ("objectCount".to_string(), "59".to_string()),
-            ("status.driftedObjects".to_string(), "0".to_string()),
-            ("revision".to_string(), "0123456789".to_string()),
-            ("status.syncStatus".to_string(), "Synced".to_string()),
-        ]);
-        let json = status_json(&data);
-        assert_eq!(json["objectCount"], serde_json::json!(59));
-        assert_eq!(json["status.driftedObjects"], serde_json::json!(0));
-        // A digits-only revision stays a string.
-        assert_eq!(json["revision"], serde_json::json!("0123456789"));
-        assert_eq!(json["status.syncStatus"], serde_json::json!("Synced"));
     }
 }
