@@ -1,0 +1,158 @@
+//! `tenantsync plan` and `tenantsync drift`: the environment's desired state
+//! against the cluster, printed; read-only.
+
+use std::collections::HashSet;
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+use super::args::{LiveArgs, PlanOutput};
+use super::{desired_state, runtime, scopes_admitted, write_stdout};
+use crate::cluster::{Cluster, ClusterError};
+use crate::object::ObjectKey;
+use crate::pipeline::{self, Deletes, LivePlan, PlanOptions};
+use crate::plan::{Action, Change, Plan, Summary};
+use crate::print;
+use crate::source;
+use crate::sync::inventory::Inventory;
+
+pub(super) fn live_cmd(args: &LiveArgs, verb: print::Verb) -> anyhow::Result<ExitCode> {
+    let runtime = runtime()?;
+    let options = args.cluster.options();
+    let drift = matches!(verb, print::Verb::Drift);
+    // drift compares the cluster with what tenantsync last applied: the
+    // revision the inventory records, when the repository is Git and no
+    // --rev was given (a plain folder has no history: its current files).
+    // The connection and the inventory read for it are the plan's too.
+    let mut read = None;
+    let mut rev = args.rev.clone();
+    if drift && rev.is_none() {
+        let is_git = source::git::is_remote_url(&args.repo)
+            || source::git::open_local(std::path::Path::new(&args.repo)).is_ok();
+        if is_git {
+            let (cluster, inventory) = runtime.block_on(async {
+                let cluster = Cluster::connect(&options).await?;
+                let inventory = cluster.read_inventory(&args.env).await?;
+                Ok::<_, ClusterError>((cluster, inventory))
+            })?;
+            rev = inventory
+                .as_ref()
+                .and_then(|inventory| inventory.revision.clone())
+                .filter(|r| r.len() == 40 && r.bytes().all(|b| b.is_ascii_hexdigit()));
+            read = Some((cluster, inventory));
+        }
+    }
+    let desired = match desired_state(args, rev, None)? {
+        Ok((state, _)) => state,
+        Err(code) => return Ok(code),
+    };
+    let (cluster, inventory) = match read {
+        Some((cluster, inventory)) => (cluster, Some(inventory)),
+        None => (runtime.block_on(Cluster::connect(&options))?, None),
+    };
+    if let Err(code) = runtime.block_on(scopes_admitted(&cluster, args, &desired))? {
+        return Ok(code);
+    }
+    let (plan, foreign, notes) = runtime.block_on(async {
+        let inventory = match inventory {
+            Some(inventory) => inventory,
+            None => cluster.read_inventory(&desired.name).await?,
+        };
+        // plan deletes what sync --prune would: inventoried objects only;
+        // drift reports every labelled object nothing declares.
+        let plan_options = PlanOptions {
+            diffs: true,
+            deletes: if drift {
+                Deletes::Undeclared
+            } else {
+                Deletes::Recorded
+            },
+            settle: (!drift).then_some(args.adopt),
+        };
+        let LivePlan {
+            mut plan,
+            inventory,
+            ..
+        } = pipeline::plan_live(&cluster, &desired, inventory, plan_options).await?;
+        let inventory = inventory.unwrap_or_else(|| Inventory::new(&desired.name));
+        let notes = if drift {
+            DriftNotes::take_from(&mut plan, &inventory)
+        } else {
+            DriftNotes::default()
+        };
+        // What a namespace the plan deletes holds that tenantsync never made.
+        let namespaces: Vec<String> = plan
+            .changes
+            .iter()
+            .filter(|c| c.action == Action::Delete && &*c.kind == "Namespace")
+            .map(|c| c.name.to_string())
+            .collect();
+        let foreign = if !drift && !namespaces.is_empty() {
+            cluster.foreign_objects(&namespaces, &inventory).await?
+        } else {
+            Default::default()
+        };
+        plan.api_requests = cluster.requests();
+        Ok::<_, ClusterError>((plan, foreign, notes))
+    })?;
+    let color =
+        !args.no_color && std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    let mut text = match args.output {
+        PlanOutput::Text => print::text(&plan, color, verb),
+        PlanOutput::Markdown => print::markdown(&plan, verb),
+        PlanOutput::Json => print::json(&plan),
+    };
+    if !foreign.is_empty() {
+        text = print::with_foreign(text, &foreign, matches!(args.output, PlanOutput::Json));
+    }
+    if !notes.pending.is_empty() || !notes.never_declared.is_empty() {
+        text = notes.add_to(text, args.output);
+    }
+    write_stdout(&text)?;
+    Ok(if args.detailed_exitcode && plan.summary.has_changes() {
+        ExitCode::from(2)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// What `drift` tells apart beyond the plan's actions.
+#[derive(Default)]
+struct DriftNotes {
+    /// Declared, never applied (not in the inventory): the next sync creates them.
+    pending: Vec<String>,
+    /// Labelled for the environment, never in the inventory: never declared.
+    never_declared: Vec<String>,
+}
+
+impl DriftNotes {
+    /// Moves out of a drift plan what is not drift: an object declared but
+    /// never applied (not inventoried) is pending, not missing; a labelled
+    /// object the inventory never recorded was never declared, not "no
+    /// longer" declared.
+    fn take_from(plan: &mut Plan, inventory: &Inventory) -> DriftNotes {
+        let recorded: HashSet<ObjectKey<'_>> = inventory.keys();
+        let (pending, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut plan.changes)
+            .into_iter()
+            .partition(|c| c.action == Action::Create && !recorded.contains(&c.key()));
+        let notes = DriftNotes {
+            pending: pending.iter().map(Change::id).collect(),
+            never_declared: kept
+                .iter()
+                .filter(|c| c.action == Action::Delete && !recorded.contains(&c.key()))
+                .map(Change::id)
+                .collect(),
+        };
+        plan.changes = kept;
+        plan.summary = Summary::of(&plan.changes);
+        notes
+    }
+
+    fn add_to(&self, text: String, output: PlanOutput) -> String {
+        print::with_drift_notes(
+            text,
+            &self.pending,
+            &self.never_declared,
+            matches!(output, PlanOutput::Json),
+        )
+    }
+}

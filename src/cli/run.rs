@@ -1,0 +1,146 @@
+//! `tenantsync run`: the daemon's options from its flags over its
+//! configuration file, logging, then the daemon.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+
+use super::args::{ClusterArgs, LogFormat, RunArgs, parse_duration};
+use super::print_diagnostics;
+
+pub(super) fn run_cmd(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let config = match &args.config {
+        None => None,
+        Some(path) => {
+            let bytes =
+                std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+            match crate::daemon::config::parse(&path.display().to_string(), &bytes) {
+                Ok(c) => Some(c),
+                Err(diags) => {
+                    print_diagnostics(&diags);
+                    eprintln!("{} error(s) in the configuration; not started", diags.len());
+                    return Ok(ExitCode::from(1));
+                }
+            }
+        }
+    };
+    let duration = |flag: Option<std::time::Duration>,
+                    file: Option<&String>,
+                    default: &str|
+     -> anyhow::Result<std::time::Duration> {
+        match (flag, file) {
+            (Some(d), _) => Ok(d),
+            (None, Some(text)) => parse_duration(text).map_err(anyhow::Error::msg),
+            (None, None) => parse_duration(default).map_err(anyhow::Error::msg),
+        }
+    };
+    let c = config.as_ref();
+    let policy = c.map(|c| c.sync_policy.clone()).unwrap_or_default();
+    let log_format = args
+        .log_format
+        .unwrap_or(match c.and_then(|c| c.log_format.as_deref()) {
+            Some("json") => LogFormat::Json,
+            _ => LogFormat::Text,
+        });
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match log_format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+    }
+    let environments: Vec<String> = if args.envs.is_empty() {
+        c.map(|c| c.environments.iter().map(|e| e.name.clone()).collect())
+            .unwrap_or_default()
+    } else {
+        args.envs.clone()
+    };
+    if environments.is_empty() {
+        anyhow::bail!("no environment to reconcile: give --env or a configuration file");
+    }
+    let contexts = c
+        .map(|c| {
+            c.environments
+                .iter()
+                .filter_map(|e| Some((e.name.clone(), e.context.clone()?)))
+                .collect()
+        })
+        .unwrap_or_default();
+    let listen = match (args.listen, c.and_then(|c| c.listen.as_deref())) {
+        (Some(l), _) => l,
+        (None, Some(text)) => text
+            .parse()
+            .with_context(|| format!("listen address `{text}`"))?,
+        (None, None) => std::net::SocketAddr::from(([127, 0, 0, 1], 8080)),
+    };
+    let webhook_listen = match (
+        args.webhook_listen,
+        c.and_then(|c| c.webhook_listen.as_deref()),
+    ) {
+        (Some(l), _) => Some(l),
+        (None, Some(text)) => Some(
+            text.parse()
+                .with_context(|| format!("webhook listen address `{text}`"))?,
+        ),
+        (None, None) => None,
+    };
+    if webhook_listen == Some(listen) {
+        anyhow::bail!(
+            "--webhook-listen {listen} is the --listen address: give the webhook a port of its own, or leave --webhook-listen out to serve it on --listen"
+        );
+    }
+    let Some(repo) = args.repo.clone().or_else(|| c.map(|c| c.repo.clone())) else {
+        anyhow::bail!("no repository: give --repo or a configuration file");
+    };
+    let options = crate::daemon::RunOptions {
+        repo,
+        branch: args
+            .branch
+            .clone()
+            .or_else(|| c.and_then(|c| c.branch.clone())),
+        environments,
+        interval: duration(args.interval, c.and_then(|c| c.interval.as_ref()), "1m")?,
+        drift_interval: duration(
+            args.drift_interval,
+            c.and_then(|c| c.drift_interval.as_ref()),
+            "5m",
+        )?,
+        listen,
+        webhook_listen,
+        prune: args.prune || policy.prune,
+        self_heal: args.self_heal || policy.self_heal,
+        operator: args.guard.operator(c),
+        cluster: ClusterArgs {
+            kubeconfig: args
+                .cluster
+                .kubeconfig
+                .clone()
+                .or_else(|| c.and_then(|c| c.kubeconfig.clone()).map(PathBuf::from)),
+            context: args.cluster.context.clone(),
+        }
+        .options(),
+        webhook_secret: std::env::var("TENANTSYNC_WEBHOOK_SECRET")
+            .ok()
+            .filter(|s| !s.is_empty()),
+        leader_elect: args.leader_elect || c.is_some_and(|c| c.leader_elect),
+        lease_name: args
+            .lease_name
+            .clone()
+            .or_else(|| c.and_then(|c| c.lease_name.clone()))
+            .unwrap_or_else(|| crate::daemon::leader::LEASE_NAME.to_string()),
+        allow_mass_prune: args.allow_mass_prune || policy.allow_mass_prune,
+        prune_foreign: args.prune_foreign || policy.prune_foreign,
+        contexts,
+    };
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?
+        .block_on(crate::daemon::run(options))?;
+    Ok(ExitCode::SUCCESS)
+}
