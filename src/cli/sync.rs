@@ -158,7 +158,7 @@ async fn execute(
         let options = HealthOptions {
             wait_for_ingress_address: !args.no_ingress_address_wait,
         };
-        let health = cluster_sync::wait_for_health(
+        let health = crate::cluster::wait::wait_for_health(
             cluster,
             &state.objects,
             &options,

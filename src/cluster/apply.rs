@@ -1,18 +1,14 @@
-//! Writes: server-side apply, delete, and the inventory object.
+//! Server-side apply: an object with the environment's field manager,
+//! taking hand-edited fields over first when the plan says so, and the
+//! errors an apply names (conflicts, immutable fields, refusals).
 
-use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PropagationPolicy};
+use kube::api::{Api, DynamicObject, Patch, PatchParams};
 
 use super::{Cluster, ClusterError};
-use crate::object::FIELD_MANAGER;
-use crate::object::{MANAGED_BY, MANAGER, Object};
+use crate::object::Object;
 use crate::plan::field_policy::{Heal, Takeover};
-use crate::sync::inventory::{self, Inventory, ObjectRef, SYSTEM_NAMESPACE};
 use crate::sync::report::ConflictField;
 
 #[derive(Debug, thiserror::Error)]
@@ -91,7 +87,7 @@ fn manager_of(message: &str) -> String {
 impl Cluster {
     /// The API of object `id`'s kind, at its namespace; an object whose
     /// namespace disagrees with the kind's scope is refused.
-    async fn api_for(
+    pub(super) async fn api_for(
         &self,
         id: &str,
         api_version: &str,
@@ -286,244 +282,6 @@ impl Cluster {
                 source: self.classify(e, "patch", &object.kind),
             }),
         }
-    }
-
-    /// Deletes an object (dependents in the background, as kubectl does).
-    /// Returns false when it was already gone.
-    pub async fn delete(&self, r: &ObjectRef, dry_run: bool) -> Result<bool, ClusterError> {
-        let api = self
-            .api_for(&r.id(), &r.api_version, &r.kind, r.namespace.as_deref())
-            .await?;
-        let params = DeleteParams {
-            dry_run,
-            propagation_policy: Some(PropagationPolicy::Background),
-            ..DeleteParams::default()
-        };
-        self.count(!dry_run);
-        match api.delete(&r.name, &params).await {
-            Ok(_) => Ok(true),
-            Err(kube::Error::Api(status)) if status.code == 404 => Ok(false),
-            Err(e) => Err(self.classify(e, "delete", &r.kind)),
-        }
-    }
-
-    /// Records a Warning Event in `tenantsync-system` (best effort: a failure
-    /// to record is logged, never fatal).
-    pub async fn record_event(&self, environment: &str, reason: &str, message: &str) {
-        use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference};
-        let inventory_name = inventory::name_of(environment);
-        let event = Event {
-            metadata: ObjectMeta {
-                generate_name: Some(format!("{inventory_name}-")),
-                namespace: Some(SYSTEM_NAMESPACE.into()),
-                ..ObjectMeta::default()
-            },
-            involved_object: ObjectReference {
-                api_version: Some("v1".into()),
-                kind: Some("ConfigMap".into()),
-                name: Some(inventory_name),
-                namespace: Some(SYSTEM_NAMESPACE.into()),
-                ..ObjectReference::default()
-            },
-            reason: Some(reason.into()),
-            // The API server caps messages at 1 KiB.
-            message: Some(message.chars().take(1000).collect()),
-            type_: Some("Warning".into()),
-            source: Some(EventSource {
-                component: Some(MANAGER.into()),
-                ..EventSource::default()
-            }),
-            first_timestamp: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
-                k8s_openapi::jiff::Timestamp::now(),
-            )),
-            ..Event::default()
-        };
-        let api: Api<k8s_openapi::api::core::v1::Event> =
-            Api::namespaced(self.client.clone(), SYSTEM_NAMESPACE);
-        self.count(true);
-        if let Err(e) = api.create(&Default::default(), &event).await {
-            tracing::warn!(error = %e, "cannot record an Event");
-        }
-    }
-
-    /// Waits until a CustomResourceDefinition is Established, so objects of
-    /// its kind can be applied. Returns false on timeout.
-    pub async fn wait_established(
-        &self,
-        name: &str,
-        timeout: Duration,
-    ) -> Result<bool, ClusterError> {
-        let api: Api<CustomResourceDefinition> = Api::all(self.client.clone());
-        let start = Instant::now();
-        while start.elapsed() < timeout {
-            self.count(false);
-            let crd = api
-                .get_opt(name)
-                .await
-                .map_err(|e| self.classify(e, "get", "customresourcedefinitions"))?;
-            let established = crd
-                .and_then(|c| c.status)
-                .and_then(|s| s.conditions)
-                .is_some_and(|cs| {
-                    cs.iter()
-                        .any(|c| c.type_ == "Established" && c.status == "True")
-                });
-            if established {
-                return Ok(true);
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-        Ok(false)
-    }
-
-    /// Waits until an object is gone (after a delete), for recreation.
-    pub async fn wait_deleted(
-        &self,
-        r: &ObjectRef,
-        timeout: Duration,
-    ) -> Result<bool, ClusterError> {
-        let api = self
-            .api_for(&r.id(), &r.api_version, &r.kind, r.namespace.as_deref())
-            .await?;
-        let start = Instant::now();
-        while start.elapsed() < timeout {
-            self.count(false);
-            match api.get_opt(&r.name).await {
-                Ok(None) => return Ok(true),
-                Ok(Some(_)) => tokio::time::sleep(Duration::from_millis(250)).await,
-                Err(e) => return Err(self.classify(e, "get", &r.kind)),
-            }
-        }
-        Ok(false)
-    }
-
-    /// Reads an environment's inventory; `None` before the first sync.
-    pub async fn read_inventory(
-        &self,
-        environment: &str,
-    ) -> Result<Option<Inventory>, ClusterError> {
-        let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), SYSTEM_NAMESPACE);
-        self.count(false);
-        let cm = match api.get_opt(&inventory::name_of(environment)).await {
-            Ok(cm) => cm,
-            Err(e) => return Err(self.classify(e, "get", "configmaps")),
-        };
-        match cm {
-            None => Ok(None),
-            Some(cm) => {
-                Inventory::from_config_map(&cm)
-                    .map(Some)
-                    .map_err(|e| ClusterError::Unreadable {
-                        server: self.server.clone(),
-                        verb: "read".into(),
-                        resource: format!(
-                            "configmap {SYSTEM_NAMESPACE}/{}",
-                            inventory::name_of(environment)
-                        ),
-                        reason: e.to_string(),
-                    })
-            }
-        }
-    }
-
-    /// Writes the daemon's status fields (`status.*` keys) onto an existing
-    /// inventory, as field manager `tenantsync-status`; does nothing before
-    /// the first sync created the inventory.
-    pub async fn write_status(
-        &self,
-        environment: &str,
-        fields: &BTreeMap<String, String>,
-    ) -> Result<(), ClusterError> {
-        let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), SYSTEM_NAMESPACE);
-        let data: serde_json::Map<String, serde_json::Value> = fields
-            .iter()
-            .map(|(k, v)| (format!("status.{k}"), v.clone().into()))
-            .collect();
-        let patch = serde_json::json!({ "data": data });
-        self.count(true);
-        match api
-            .patch(
-                &inventory::name_of(environment),
-                &PatchParams::default(),
-                &Patch::Merge(&patch),
-            )
-            .await
-        {
-            Ok(_) => Ok(()),
-            Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
-            Err(e) => Err(self.classify(e, "patch", "configmaps")),
-        }
-    }
-
-    /// The inventory's data as stored: the status fields and the summary.
-    pub async fn inventory_data(
-        &self,
-        environment: &str,
-    ) -> Result<Option<BTreeMap<String, String>>, ClusterError> {
-        let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), SYSTEM_NAMESPACE);
-        self.count(false);
-        let cm = api
-            .get_opt(&inventory::name_of(environment))
-            .await
-            .map_err(|e| self.classify(e, "get", "configmaps"))?;
-        Ok(cm.map(|c| c.data.unwrap_or_default()))
-    }
-
-    /// Creates `tenantsync-system` (inventories, Events, the leader Lease)
-    /// if it is missing.
-    pub async fn ensure_system_namespace(&self, dry_run: bool) -> Result<(), ClusterError> {
-        let mut params = PatchParams::apply(FIELD_MANAGER);
-        params.force = true;
-        params.dry_run = dry_run;
-        let namespaces: Api<Namespace> = Api::all(self.client.clone());
-        let ns = Namespace {
-            metadata: ObjectMeta {
-                name: Some(SYSTEM_NAMESPACE.into()),
-                labels: Some([(MANAGED_BY.to_string(), MANAGER.to_string())].into()),
-                ..ObjectMeta::default()
-            },
-            ..Namespace::default()
-        };
-        let mut ns_value = serde_json::to_value(&ns).unwrap_or_default();
-        ns_value["apiVersion"] = "v1".into();
-        ns_value["kind"] = "Namespace".into();
-        self.count(!dry_run);
-        namespaces
-            .patch(SYSTEM_NAMESPACE, &params, &Patch::Apply(&ns_value))
-            .await
-            .map_err(|e| self.classify(e, "patch", "namespaces"))?;
-        Ok(())
-    }
-
-    /// Writes the inventory (creating `tenantsync-system` when needed).
-    pub async fn write_inventory(
-        &self,
-        inventory: &Inventory,
-        dry_run: bool,
-    ) -> Result<(), ClusterError> {
-        let cm = inventory
-            .to_config_map()
-            .map_err(|e| ClusterError::Encode {
-                environment: inventory.environment.clone(),
-                reason: e.to_string(),
-            })?;
-        let mut params = PatchParams::apply(FIELD_MANAGER);
-        params.force = true;
-        params.dry_run = dry_run;
-        self.ensure_system_namespace(dry_run).await?;
-        let mut value = serde_json::to_value(&cm).unwrap_or_default();
-        value["apiVersion"] = "v1".into();
-        value["kind"] = "ConfigMap".into();
-        let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), SYSTEM_NAMESPACE);
-        self.count(!dry_run);
-        api.patch(
-            &inventory::name_of(&inventory.environment),
-            &params,
-            &Patch::Apply(&value),
-        )
-        .await
-        .map_err(|e| self.classify(e, "patch", "configmaps"))?;
-        Ok(())
     }
 }
 

@@ -20,11 +20,8 @@ use super::{Cluster, ClusterError};
 use crate::object::{Object, ObjectKey};
 use crate::plan::field_policy::Heal;
 use crate::plan::{Action, Change, Plan};
-use crate::sync::health::{Health, HealthOptions};
 use crate::sync::inventory::{Inventory, ObjectRef};
-use crate::sync::report::{
-    Conflict, ConflictField, Failure, HealthReport, ObjectHealth, SyncReport,
-};
+use crate::sync::report::{Conflict, ConflictField, Failure, SyncReport};
 use crate::sync::{self, MassPrune, SyncOptions};
 
 /// Write requests (applies, prune deletes) in flight at once within a stage.
@@ -37,43 +34,6 @@ pub const MAX_TRANSPORT_FAILURES: usize = 3;
 /// A write with no answer after this long counts as a transport failure
 /// (a frozen API server accepts connections and never answers).
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(15);
-
-/// Waits (up to `timeout`) until the desired objects are healthy, and
-/// summarises per workspace (worst wins).
-pub async fn wait_for_health(
-    cluster: &Cluster,
-    desired: &[Object],
-    options: &HealthOptions,
-    timeout: Duration,
-    on_change: impl FnMut(&ObjectRef, &Health),
-) -> Result<HealthReport, ClusterError> {
-    let refs: Vec<ObjectRef> = desired.iter().map(ObjectRef::of).collect();
-    let results = super::wait::wait_healthy(cluster, &refs, options, timeout, on_change).await?;
-    let mut workspaces: std::collections::BTreeMap<String, Vec<Health>> =
-        std::collections::BTreeMap::new();
-    let mut objects = Vec::new();
-    for ((r, h), o) in results.into_iter().zip(desired) {
-        workspaces
-            .entry(o.workspace.to_string())
-            .or_default()
-            .push(h.clone());
-        objects.push(ObjectHealth {
-            id: r.id(),
-            workspace: o.workspace.to_string(),
-            status: h.status,
-            message: h.message,
-        });
-    }
-    let status = crate::sync::health::aggregate(workspaces.values().flatten());
-    Ok(HealthReport {
-        status,
-        workspaces: workspaces
-            .iter()
-            .map(|(w, hs)| (w.clone(), crate::sync::health::aggregate(hs.iter())))
-            .collect(),
-        objects,
-    })
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {

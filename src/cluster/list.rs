@@ -10,6 +10,12 @@ use std::fmt;
 use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
 
+use futures::AsyncReadExt;
+use kube::api::{Api, ApiResource, DynamicObject, ListParams};
+
+use super::{Cluster, ClusterError, PAGE_SIZE, api_resource, api_version_of};
+use crate::object;
+
 /// Reads one LIST response, giving each item to `sink` with the
 /// `apiVersion` and `kind` that LIST responses leave out of their items.
 /// Returns the continue token of a next page, if there is one.
@@ -109,6 +115,93 @@ impl<'de> Visitor<'de> for Items<'_> {
                 map.insert("kind".into(), self.kind.into());
             }
             (self.sink)(item);
+        }
+        Ok(())
+    }
+}
+
+impl Cluster {
+    /// Lists the objects tenantsync manages in `environment`: one LIST per
+    /// kind (per page of 500), across all namespaces, by label. `extra`
+    /// names further kinds (`apiVersion`, `kind`) to list: plain manifests'
+    /// kinds and the inventory's. Each object goes to `sink` as its page
+    /// arrives, so a caller that keeps only what it needs holds one page at
+    /// a time, not every object of the environment.
+    pub async fn for_each_managed(
+        &self,
+        environment: &str,
+        extra: &[(String, String)],
+        mut sink: impl FnMut(Value),
+    ) -> Result<(), ClusterError> {
+        let selector = object::selector(environment);
+        for kind in object::MANAGED_KINDS {
+            self.list_kind(api_resource(kind), kind.kind, &selector, &mut sink)
+                .await?;
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for (api_version, kind) in extra {
+            let fixed = object::MANAGED_KINDS
+                .iter()
+                .any(|k| k.kind == kind && api_version_of(k) == *api_version);
+            if fixed || !seen.insert((api_version, kind)) {
+                continue;
+            }
+            if let Some((resource, _)) = self.resolve_kind(api_version, kind).await? {
+                self.list_kind(resource, kind, &selector, &mut sink).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn list_kind(
+        &self,
+        resource: ApiResource,
+        kind_name: &str,
+        selector: &str,
+        sink: &mut impl FnMut(Value),
+    ) -> Result<(), ClusterError> {
+        let api: Api<DynamicObject> = Api::all_with(self.client.clone(), &resource);
+        let resource_name = if resource.group.is_empty() {
+            resource.plural.clone()
+        } else {
+            format!("{}.{}", resource.plural, resource.group)
+        };
+        let mut params = ListParams::default().labels(selector).limit(PAGE_SIZE);
+        let request = kube::core::Request::new(api.resource_url());
+        loop {
+            let http = request
+                .list(&params)
+                .map_err(|e| ClusterError::Unreadable {
+                    server: self.server.clone(),
+                    verb: "list".into(),
+                    resource: resource_name.clone(),
+                    reason: format!("cannot build the request: {e}"),
+                })?;
+            self.count(false);
+            // Read into one buffer (not the client's buffer, then a copy).
+            let mut text = Vec::new();
+            self.client
+                .request_stream(http)
+                .await
+                .map_err(|e| self.classify(e, "list", &resource_name))?
+                .read_to_end(&mut text)
+                .await
+                .map_err(|e| ClusterError::Unreachable {
+                    server: self.server.clone(),
+                    reason: format!("reading a list of {resource_name}: {e}"),
+                })?;
+            let token = read_page(&text, &resource.api_version, kind_name, sink).map_err(|e| {
+                ClusterError::Unreadable {
+                    server: self.server.clone(),
+                    verb: "list".into(),
+                    resource: resource_name.clone(),
+                    reason: format!("unreadable response: {e}"),
+                }
+            })?;
+            match token {
+                Some(token) => params = params.continue_token(&token),
+                None => break,
+            }
         }
         Ok(())
     }

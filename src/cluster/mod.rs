@@ -1,13 +1,22 @@
-//! The cluster edge: connecting with the usual kubeconfig conventions,
-//! discovery, and one file per verb on [`Cluster`]: `list` (the live
-//! objects tenantsync manages), `apply`, `wait`, `store` (the inventory
-//! ConfigMap), `lock` (one writer per environment), `foreign` (what a
-//! namespace holds that tenantsync did not make), `ownership` (objects
-//! under a declared name), and `execute` (a sync's stages against the API
-//! server). Read-only here: connect and discover.
+//! The cluster edge: connecting with the usual kubeconfig conventions and
+//! discovery (here), then one file per verb on [`Cluster`]:
+//!
+//! | file | verb |
+//! |---|---|
+//! | `list` | list the live objects tenantsync manages, a page at a time |
+//! | `apply` | server-side apply, taking hand-edited fields over first |
+//! | `delete` | delete an object, wait until it is gone |
+//! | `wait` | wait for health, for a CRD to be Established |
+//! | `inventory` | read and write the inventory ConfigMap and its status |
+//! | `events` | record a Kubernetes Event |
+//! | `lock` | the environment's lock (one writer at a time) |
+//! | `foreign` | what a namespace holds that tenantsync did not make |
+//! | `ownership` | the objects that exist under the names a plan would create |
+//! | `scope` | the guardrails that need discovery (a kind's scope) |
+//! | `execute` | a sync: its stages, prune and inventory writes, in order |
 //!
 //! Imports: the core (`object`, `plan`, `sync`) only; never `source`,
-//! `daemon` or `cli`.
+//! `pipeline`, `daemon` or `cli`.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -16,23 +25,23 @@ use std::time::Duration;
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use futures::AsyncReadExt;
-use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, ListParams};
+use kube::api::{ApiResource, GroupVersionKind};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::discovery::Scope;
 use kube::{Client, Config};
-use serde_json::Value;
 
 use crate::object::{self, ManagedKind};
 
 pub mod apply;
+mod delete;
+mod events;
 pub mod execute;
 pub mod foreign;
+pub mod inventory;
 mod list;
 pub mod lock;
 mod ownership;
 mod scope;
-pub mod store;
 pub mod wait;
 
 /// How to reach the cluster: kubeconfig file and context, or in-cluster.
@@ -384,92 +393,6 @@ impl Cluster {
             Err(kube::Error::Discovery(_)) => Ok(None),
             Err(e) => Err(self.classify(e, "discover", &format!("{api_version} {kind}"))),
         }
-    }
-
-    /// Lists the objects tenantsync manages in `environment`: one LIST per
-    /// kind (per page of 500), across all namespaces, by label. `extra`
-    /// names further kinds (`apiVersion`, `kind`) to list: plain manifests'
-    /// kinds and the inventory's. Each object goes to `sink` as its page
-    /// arrives, so a caller that keeps only what it needs holds one page at
-    /// a time, not every object of the environment.
-    pub async fn for_each_managed(
-        &self,
-        environment: &str,
-        extra: &[(String, String)],
-        mut sink: impl FnMut(Value),
-    ) -> Result<(), ClusterError> {
-        let selector = object::selector(environment);
-        for kind in object::MANAGED_KINDS {
-            self.list_kind(api_resource(kind), kind.kind, &selector, &mut sink)
-                .await?;
-        }
-        let mut seen = std::collections::BTreeSet::new();
-        for (api_version, kind) in extra {
-            let fixed = object::MANAGED_KINDS
-                .iter()
-                .any(|k| k.kind == kind && api_version_of(k) == *api_version);
-            if fixed || !seen.insert((api_version, kind)) {
-                continue;
-            }
-            if let Some((resource, _)) = self.resolve_kind(api_version, kind).await? {
-                self.list_kind(resource, kind, &selector, &mut sink).await?;
-            }
-        }
-        Ok(())
-    }
-
-    async fn list_kind(
-        &self,
-        resource: ApiResource,
-        kind_name: &str,
-        selector: &str,
-        sink: &mut impl FnMut(Value),
-    ) -> Result<(), ClusterError> {
-        let api: Api<DynamicObject> = Api::all_with(self.client.clone(), &resource);
-        let resource_name = if resource.group.is_empty() {
-            resource.plural.clone()
-        } else {
-            format!("{}.{}", resource.plural, resource.group)
-        };
-        let mut params = ListParams::default().labels(selector).limit(PAGE_SIZE);
-        let request = kube::core::Request::new(api.resource_url());
-        loop {
-            let http = request
-                .list(&params)
-                .map_err(|e| ClusterError::Unreadable {
-                    server: self.server.clone(),
-                    verb: "list".into(),
-                    resource: resource_name.clone(),
-                    reason: format!("cannot build the request: {e}"),
-                })?;
-            self.count(false);
-            // Read into one buffer (not the client's buffer, then a copy).
-            let mut text = Vec::new();
-            self.client
-                .request_stream(http)
-                .await
-                .map_err(|e| self.classify(e, "list", &resource_name))?
-                .read_to_end(&mut text)
-                .await
-                .map_err(|e| ClusterError::Unreachable {
-                    server: self.server.clone(),
-                    reason: format!("reading a list of {resource_name}: {e}"),
-                })?;
-            let token =
-                list::read_page(&text, &resource.api_version, kind_name, sink).map_err(|e| {
-                    ClusterError::Unreadable {
-                        server: self.server.clone(),
-                        verb: "list".into(),
-                        resource: resource_name.clone(),
-                        reason: format!("unreadable response: {e}"),
-                    }
-                })?;
-            match token {
-                Some(token) => params = params.continue_token(&token),
-                None => break,
-            }
-        }
-        Ok(())
     }
 }
 

@@ -14,11 +14,15 @@ use futures::StreamExt;
 use kube::api::{Api, ApiResource, DynamicObject};
 use tokio::time::Instant;
 
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+
 use super::{Cluster, ClusterError, api_resource};
 use crate::object;
 use crate::object::Name;
+use crate::object::Object;
 use crate::sync::health::{self, Health, HealthOptions, HealthStatus};
 use crate::sync::inventory::ObjectRef;
+use crate::sync::report::{HealthReport, ObjectHealth};
 
 /// Time between two reads of an object not yet healthy.
 pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
@@ -188,6 +192,75 @@ async fn read_health(
         map.insert("apiVersion".into(), r.api_version.to_string().into());
     }
     Ok(health::assess(&value, options))
+}
+
+impl Cluster {
+    /// Waits until a CustomResourceDefinition is Established, so objects of
+    /// its kind can be applied. Returns false on timeout.
+    pub async fn wait_established(
+        &self,
+        name: &str,
+        timeout: Duration,
+    ) -> Result<bool, ClusterError> {
+        let api: Api<CustomResourceDefinition> = Api::all(self.client.clone());
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            self.count(false);
+            let crd = api
+                .get_opt(name)
+                .await
+                .map_err(|e| self.classify(e, "get", "customresourcedefinitions"))?;
+            let established = crd
+                .and_then(|c| c.status)
+                .and_then(|s| s.conditions)
+                .is_some_and(|cs| {
+                    cs.iter()
+                        .any(|c| c.type_ == "Established" && c.status == "True")
+                });
+            if established {
+                return Ok(true);
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        Ok(false)
+    }
+}
+
+/// Waits (up to `timeout`) until the desired objects are healthy, and
+/// summarises per workspace (worst wins).
+pub async fn wait_for_health(
+    cluster: &Cluster,
+    desired: &[Object],
+    options: &HealthOptions,
+    timeout: Duration,
+    on_change: impl FnMut(&ObjectRef, &Health),
+) -> Result<HealthReport, ClusterError> {
+    let refs: Vec<ObjectRef> = desired.iter().map(ObjectRef::of).collect();
+    let results = super::wait::wait_healthy(cluster, &refs, options, timeout, on_change).await?;
+    let mut workspaces: std::collections::BTreeMap<String, Vec<Health>> =
+        std::collections::BTreeMap::new();
+    let mut objects = Vec::new();
+    for ((r, h), o) in results.into_iter().zip(desired) {
+        workspaces
+            .entry(o.workspace.to_string())
+            .or_default()
+            .push(h.clone());
+        objects.push(ObjectHealth {
+            id: r.id(),
+            workspace: o.workspace.to_string(),
+            status: h.status,
+            message: h.message,
+        });
+    }
+    let status = crate::sync::health::aggregate(workspaces.values().flatten());
+    Ok(HealthReport {
+        status,
+        workspaces: workspaces
+            .iter()
+            .map(|(w, hs)| (w.clone(), crate::sync::health::aggregate(hs.iter())))
+            .collect(),
+        objects,
+    })
 }
 
 #[cfg(test)]

@@ -1,0 +1,51 @@
+//! Deleting: one object (a prune), and waiting until it is gone (a
+//! recreate).
+
+use std::time::{Duration, Instant};
+
+use kube::api::{DeleteParams, PropagationPolicy};
+
+use super::{Cluster, ClusterError};
+use crate::sync::inventory::ObjectRef;
+
+impl Cluster {
+    /// Deletes an object (dependents in the background, as kubectl does).
+    /// Returns false when it was already gone.
+    pub async fn delete(&self, r: &ObjectRef, dry_run: bool) -> Result<bool, ClusterError> {
+        let api = self
+            .api_for(&r.id(), &r.api_version, &r.kind, r.namespace.as_deref())
+            .await?;
+        let params = DeleteParams {
+            dry_run,
+            propagation_policy: Some(PropagationPolicy::Background),
+            ..DeleteParams::default()
+        };
+        self.count(!dry_run);
+        match api.delete(&r.name, &params).await {
+            Ok(_) => Ok(true),
+            Err(kube::Error::Api(status)) if status.code == 404 => Ok(false),
+            Err(e) => Err(self.classify(e, "delete", &r.kind)),
+        }
+    }
+
+    /// Waits until an object is gone (after a delete), for recreation.
+    pub async fn wait_deleted(
+        &self,
+        r: &ObjectRef,
+        timeout: Duration,
+    ) -> Result<bool, ClusterError> {
+        let api = self
+            .api_for(&r.id(), &r.api_version, &r.kind, r.namespace.as_deref())
+            .await?;
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            self.count(false);
+            match api.get_opt(&r.name).await {
+                Ok(None) => return Ok(true),
+                Ok(Some(_)) => tokio::time::sleep(Duration::from_millis(250)).await,
+                Err(e) => return Err(self.classify(e, "get", &r.kind)),
+            }
+        }
+        Ok(false)
+    }
+}
