@@ -1,0 +1,1183 @@
+//! One environment's reconcile loop, kube-runtime style: a reconcile is a
+//! sequence of steps (read the source, connect and lock, plan and apply,
+//! report) that either succeeds or fails with a typed [`ReconcileError`];
+//! what the loop does next is an [`Action`], and failures are retried by
+//! one error policy ([`Backoff`]).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use super::{EnvironmentStatus, RunOptions, Shared, SyncStatus, WorkspaceStatus, now};
+use super::{publish_status, stale_after};
+use crate::cluster::execute::{self as cluster_sync};
+use crate::cluster::lock::{EnvLock, LockError};
+use crate::cluster::{Cluster, ClusterError, ClusterOptions};
+use crate::declare::repo::SourceTree;
+use crate::declare::validate;
+use crate::pipeline::{self, Deletes, DesiredState, Intake, LivePlan, PlanOptions, Refused};
+use crate::plan::{Action as ChangeAction, Plan};
+use crate::source;
+use crate::sync::SyncOptions;
+use crate::sync::report::SyncReport;
+
+/// Why a reconcile failed. [`ReconcileError::reason`] names it in one word
+/// for the status, the logs and the metrics.
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    /// The repository cannot be read (the message has any URL's user
+    /// information masked).
+    #[error("cannot read the repository (the last good revision stays applied): {0}")]
+    Source(String),
+    /// No revision has been valid yet.
+    #[error("no valid revision yet")]
+    NoRevision,
+    /// The newest revision cannot be applied (unreadable or invalid): the
+    /// last good one is still checked, and this said until a good one
+    /// arrives.
+    #[error("{0}")]
+    Newest(String),
+    /// The newest revision is invalid.
+    #[error("{0}")]
+    Invalid(String),
+    /// The newest revision breaks the operator's guardrails.
+    #[error("{0}")]
+    Guardrail(String),
+    /// The cluster cannot be reached, or refused a read.
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
+    /// The revision would prune more than the guard allows.
+    #[error("revision {revision} is blocked: nothing was changed: {message}")]
+    Blocked { revision: String, message: String },
+    /// Objects were not applied (one line each).
+    #[error("{0}")]
+    Apply(String),
+    /// Another writer holds the environment's lock.
+    #[error(
+        "environment {environment} is locked by {holder}: another writer is syncing it; this daemon writes again once the lock is released"
+    )]
+    Locked { environment: String, holder: String },
+    /// Some workspaces are held (invalid) while the others were applied.
+    #[error("{0}")]
+    Held(String),
+}
+
+impl ReconcileError {
+    /// The reason in one word: source, invalid, guardrail, cluster, guard,
+    /// apply, locked.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ReconcileError::Source(_) | ReconcileError::NoRevision | ReconcileError::Newest(_) => {
+                "source"
+            }
+            ReconcileError::Invalid(_) | ReconcileError::Held(_) => "invalid",
+            ReconcileError::Guardrail(_) => "guardrail",
+            ReconcileError::Cluster(_) => "cluster",
+            ReconcileError::Blocked { .. } => "guard",
+            ReconcileError::Apply(_) => "apply",
+            ReconcileError::Locked { .. } => "locked",
+        }
+    }
+
+    /// The connection may be broken: reconnect next time.
+    fn is_transport(&self) -> bool {
+        matches!(self, ReconcileError::Cluster(e) if e.is_transport())
+    }
+}
+
+/// What the loop does after a reconcile.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Read the source again after this long (or sooner, on a trigger).
+    Requeue(Duration),
+    /// Leave the next read where it was: wait for it, a trigger or the drift
+    /// interval.
+    AwaitChange,
+}
+
+/// The one error policy: a failed read of the source is retried sooner,
+/// from 1 s, doubling up to the poll interval; a success starts it over.
+#[derive(Clone, Copy, Debug)]
+pub struct Backoff {
+    next: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    const FIRST: Duration = Duration::from_secs(1);
+
+    pub fn new(max: Duration) -> Backoff {
+        Backoff {
+            next: Backoff::FIRST,
+            max,
+        }
+    }
+
+    /// The action after a reconcile that read the source (`polled`) or only
+    /// checked the cluster: only a read of the source moves the next read,
+    /// so a drift check (which fails while the newest revision is bad) never
+    /// keeps postponing it.
+    pub fn action(&mut self, polled: bool, result: &Result<(), ReconcileError>) -> Action {
+        match (polled, result) {
+            (false, _) => Action::AwaitChange,
+            (true, Ok(())) => {
+                self.next = Backoff::FIRST;
+                Action::Requeue(self.max)
+            }
+            (true, Err(_)) => {
+                let wait = self.next.min(self.max);
+                self.next = (self.next * 2).min(self.max);
+                Action::Requeue(wait)
+            }
+        }
+    }
+}
+
+/// When the loop next reads the source and checks for drift.
+#[derive(Clone, Copy, Debug)]
+pub struct Schedule {
+    next_poll: Instant,
+    next_drift: Instant,
+    drift_interval: Duration,
+}
+
+impl Schedule {
+    /// A read now, a drift check one drift interval from now.
+    pub fn new(now: Instant, drift_interval: Duration) -> Schedule {
+        Schedule {
+            next_poll: now,
+            next_drift: now + drift_interval,
+            drift_interval,
+        }
+    }
+
+    /// Whether a read of the source, and a drift check, are due.
+    pub fn due(&self, now: Instant) -> (bool, bool) {
+        (now >= self.next_poll, now >= self.next_drift)
+    }
+
+    /// After a reconcile: the next read as `action` says, the next drift
+    /// check a drift interval on.
+    pub fn after(&mut self, now: Instant, action: Action) {
+        if let Action::Requeue(wait) = action {
+            self.next_poll = now + wait;
+        }
+        self.next_drift = now + self.drift_interval;
+    }
+
+    /// A trigger (webhook, file change): read now.
+    pub fn poll_now(&mut self, now: Instant) {
+        self.next_poll = now;
+    }
+
+    pub fn wake_at(&self) -> Instant {
+        self.next_poll.min(self.next_drift)
+    }
+}
+
+pub(super) async fn reconcile_loop(
+    env: String,
+    shared: Arc<Shared>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let options = shared.options.clone();
+    let mut trigger = shared.trigger.subscribe();
+    let mut reconciler = Reconciler::new(env.clone(), shared.clone());
+    // The status fields last written onto the inventory.
+    let mut written: BTreeMap<String, String> = BTreeMap::new();
+    let mut backoff = Backoff::new(options.interval);
+    let mut schedule = Schedule::new(Instant::now(), options.drift_interval);
+    loop {
+        let (poll, drift) = schedule.due(Instant::now());
+        if poll || drift {
+            let started = Instant::now();
+            let result = reconciler.reconcile(poll).await;
+            shared.metrics.observe_reconcile(&env, started.elapsed());
+            // The status must reach the inventory even when the reconcile
+            // dropped its connection.
+            reconciler.reconnect().await;
+            publish_status(&env, &shared, reconciler.cluster.as_ref(), &mut written).await;
+            schedule.after(Instant::now(), backoff.action(poll, &result));
+            continue;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep_until(schedule.wake_at()) => {},
+            changed = trigger.changed() => {
+                if changed.is_ok() { schedule.poll_now(Instant::now()); }
+            },
+            _ = shutdown.changed() => {},
+        }
+        if *shutdown.borrow() {
+            reconciler.release().await;
+            return;
+        }
+    }
+}
+
+/// Whether this replica may write in this reconcile, and who holds the
+/// environment's lock when another writer does.
+struct Writer {
+    may_write: bool,
+    locked_by: Option<String>,
+    lock_lost: Option<Arc<std::sync::atomic::AtomicBool>>,
+}
+
+/// One environment's reconciles and what they keep between them.
+struct Reconciler {
+    env: String,
+    shared: Arc<Shared>,
+    cluster: Option<Cluster>,
+    desired: Option<Arc<Desired>>,
+    /// Why the newest revision cannot be applied (unreadable or invalid):
+    /// kept, and the status kept Failed, until a good revision arrives.
+    source_problem: Option<String>,
+    held: Held,
+}
+
+impl Reconciler {
+    fn new(env: String, shared: Arc<Shared>) -> Reconciler {
+        Reconciler {
+            env,
+            shared,
+            cluster: None,
+            desired: None,
+            source_problem: None,
+            held: Held::default(),
+        }
+    }
+
+    /// One reconcile. `from_source`: read the source (a poll or a trigger);
+    /// otherwise only check the cluster against the last good revision.
+    async fn reconcile(&mut self, from_source: bool) -> Result<(), ReconcileError> {
+        let (state, writer) = match self.prepare(from_source).await {
+            Ok(prepared) => prepared,
+            Err(e) => {
+                self.publish_failure(&e);
+                return Err(e);
+            }
+        };
+        let Some(c) = self.cluster.as_ref() else {
+            return Err(ReconcileError::NoRevision);
+        };
+        match check_and_sync(&self.env, &self.shared, c, &state, &writer).await {
+            Ok(checked) => self.report(&state, checked, writer.locked_by).await,
+            Err(e) => Err(self.blocked(e, &writer).await),
+        }
+    }
+
+    /// Read the source (when asked, or with no good revision yet), connect,
+    /// take or release the environment's lock.
+    async fn prepare(
+        &mut self,
+        from_source: bool,
+    ) -> Result<(Arc<Desired>, Writer), ReconcileError> {
+        if from_source || self.desired.is_none() {
+            self.read_source().await?;
+        }
+        let state = self.desired.clone().ok_or(ReconcileError::NoRevision)?;
+        if self.cluster.is_none() {
+            let options = cluster_options(&self.shared.options, &self.env);
+            self.cluster = Some(Cluster::connect(&options).await?);
+        }
+        let writer = self.lock().await?;
+        Ok((state, writer))
+    }
+
+    /// Reads the source; a new revision becomes the desired state when it is
+    /// valid (its invalid workspaces held), and is reported when not.
+    async fn read_source(&mut self) -> Result<(), ReconcileError> {
+        let (env, shared) = (self.env.as_str(), &*self.shared);
+        let (tree, revision) = match read_source(&shared.options).await {
+            Ok(read) => read,
+            Err(e) => {
+                shared.metrics.git_fetch_failed(env);
+                let e = ReconcileError::Source(e);
+                self.source_problem = Some(e.to_string());
+                return Err(e);
+            }
+        };
+        shared.update(env, |s| s.last_seen_revision = Some(revision.clone()));
+        if self
+            .desired
+            .as_ref()
+            .is_some_and(|d| d.revision() == revision)
+        {
+            self.source_problem = None;
+            return Ok(());
+        }
+        let (event, e) = match self.desire(tree, &revision) {
+            Ok(state) => {
+                self.source_problem = None;
+                self.desired = Some(Arc::new(state));
+                return Ok(());
+            }
+            Err(refused) => refused,
+        };
+        let message = e.to_string();
+        // One Event per bad revision, not one per poll.
+        if self.source_problem.as_deref() != Some(message.as_str())
+            && *shared.leading.borrow()
+            && let Some(c) = self.cluster.as_ref()
+        {
+            c.record_event(env, event, &message).await;
+        }
+        self.source_problem = Some(message);
+        Err(e)
+    }
+
+    /// The desired state of a new revision, or why it is refused (with the
+    /// reason of the Event that says so).
+    fn desire(
+        &self,
+        tree: SourceTree,
+        revision: &str,
+    ) -> Result<Desired, (&'static str, ReconcileError)> {
+        let (env, shared) = (self.env.as_str(), &*self.shared);
+        let options = &shared.options;
+        // Per workspace: an invalid one is held, the others go on; a problem
+        // of the environment itself holds everything.
+        let clashes =
+            |repository: &validate::Repository| namespace_clashes(options, repository, env);
+        let intake = Intake {
+            hold_invalid: true,
+            hold_unrendered: true,
+            also_hold: Some(&clashes),
+            ..Intake::strict(&options.operator)
+        };
+        match pipeline::desired(tree, env, Some(revision.to_string()), &intake) {
+            Ok(state) => {
+                let before = self.desired.as_ref().map(|d| &d.state.held);
+                for ws in before.iter().flat_map(|b| b.keys()) {
+                    if !state.held.contains_key(ws) {
+                        shared.metrics.set_workspace_failed(env, ws, false);
+                    }
+                }
+                for ws in state.held.keys() {
+                    shared.metrics.set_workspace_failed(env, ws, true);
+                }
+                Ok(Desired::new(state, options))
+            }
+            Err(Refused::Invalid { diagnostics, .. }) => Err((
+                "InvalidRevision",
+                ReconcileError::Invalid(format!(
+                    "revision {revision} is invalid; nothing is applied until a valid one arrives:\n{}",
+                    lines(&diagnostics)
+                )),
+            )),
+            Err(Refused::Guardrails(diagnostics)) => Err((
+                "GuardrailViolated",
+                ReconcileError::Guardrail(format!(
+                    "revision {revision} breaks the operator's guardrails; nothing is applied until a revision that keeps them arrives:\n{}",
+                    lines(&diagnostics)
+                )),
+            )),
+            // Neither happens with every workspace selected and unrenderable
+            // ones held.
+            Err(other) => Err((
+                "InvalidRevision",
+                ReconcileError::Invalid(format!("revision {revision} is refused: {other}")),
+            )),
+        }
+    }
+
+    /// One writer per environment: the leader holds the environment's lock
+    /// (a CLI `sync` waits for it); a replica that does not lead releases it.
+    async fn lock(&mut self) -> Result<Writer, ReconcileError> {
+        let Some(c) = self.cluster.as_ref() else {
+            return Err(ReconcileError::NoRevision);
+        };
+        let leading = *self.shared.leading.borrow();
+        let mut locked_by: Option<String> = None;
+        if leading {
+            if self.held.lock.as_ref().is_none_or(|l| l.lost()) {
+                self.held.lock = None;
+                let identity = self
+                    .shared
+                    .status
+                    .read()
+                    .map(|s| s.identity.clone())
+                    .unwrap_or_default();
+                let me = format!("tenantsync run {identity}");
+                match c
+                    .lock_environment(&self.env, &me, Duration::ZERO, |_| {})
+                    .await
+                {
+                    Ok(lock) => self.held.lock = Some(lock),
+                    Err(LockError::Held { holder, .. }) => locked_by = Some(holder.to_string()),
+                    Err(LockError::Cluster(e)) => {
+                        if e.is_transport() {
+                            self.cluster = None;
+                        }
+                        return Err(e.into());
+                    }
+                }
+            }
+        } else if let Some(lock) = self.held.lock.take() {
+            lock.release(c).await;
+        }
+        Ok(Writer {
+            may_write: leading && locked_by.is_none(),
+            locked_by,
+            lock_lost: self.held.lock.as_ref().map(EnvLock::lost_flag),
+        })
+    }
+
+    /// A reconcile failed before its report: logged, counted, and the
+    /// environment's status Failed with why.
+    fn publish_failure(&self, e: &ReconcileError) {
+        let (env, shared) = (self.env.as_str(), &*self.shared);
+        let (reason, message) = (e.reason(), e.to_string());
+        tracing::warn!(environment = env, reason, error = %message, "reconcile failed");
+        shared.metrics.reconcile_failed(env, reason);
+        shared.metrics.set_status(env, "Failed");
+        shared.update(env, |s| {
+            s.sync_status = SyncStatus::Failed;
+            s.target_revision = None;
+            s.last_error = Some(message.clone());
+            s.last_error_reason = Some(reason.to_string());
+            s.last_error_at = Some(now());
+            s.last_reconcile_at = Some(now());
+        });
+    }
+
+    /// The plan or the sync failed: published; while a revision is blocked
+    /// (the guard), the last one applied is still compared with the cluster
+    /// (drift reported, and healed with self-heal).
+    async fn blocked(&mut self, e: ReconcileError, writer: &Writer) -> ReconcileError {
+        if e.is_transport() {
+            self.cluster = None;
+        }
+        self.publish_failure(&e);
+        if matches!(e, ReconcileError::Blocked { .. }) {
+            self.check_last_applied(writer).await;
+        }
+        // Still failed, whatever the drift check did meanwhile.
+        let (env, shared) = (self.env.as_str(), &*self.shared);
+        shared.metrics.set_status(env, "Failed");
+        shared.update(env, |s| {
+            s.sync_status = SyncStatus::Failed;
+            s.target_revision = None;
+        });
+        let message = e.to_string();
+        if self.held.last_event.as_deref() != Some(message.as_str())
+            && writer.may_write
+            && let Some(c) = self.cluster.as_ref()
+        {
+            c.record_event(env, "SyncFailed", &message).await;
+            self.held.last_event = Some(message);
+        }
+        e
+    }
+
+    /// The drift of the last revision applied in full, while a newer one is
+    /// blocked: reported, healed with self-heal; the status stays Failed.
+    async fn check_last_applied(&mut self, writer: &Writer) {
+        let (env, shared) = (self.env.as_str(), &*self.shared);
+        let Some(c) = self.cluster.as_ref() else {
+            return;
+        };
+        if self.held.applied.is_none() {
+            self.held.applied = last_applied_from_inventory(&shared.options, env, c).await;
+        }
+        let Some(applied) = self.held.applied.clone() else {
+            return;
+        };
+        let Checked { plan, report } = match check_and_sync(env, shared, c, &applied, writer).await
+        {
+            Ok(checked) => checked,
+            Err(e) => {
+                tracing::warn!(environment = env, error = %e, "cannot check drift of the last applied revision");
+                return;
+            }
+        };
+        let drifted = drift_by_workspace(&plan);
+        let healed = report.as_ref().is_some_and(|r| r.succeeded());
+        let current: BTreeMap<String, usize> = drifted
+            .iter()
+            .map(|(w, n)| (w.clone(), if healed { 0 } else { *n }))
+            .collect();
+        shared.metrics.set_current_drift(env, &current);
+        if let Some(r) = &report {
+            shared.metrics.record_sync(env, r);
+            log_failures(env, r);
+        }
+        // Still blocked: Failed, whatever the heal did.
+        shared.metrics.set_status(env, "Failed");
+        shared.update(env, |s| {
+            s.sync_status = SyncStatus::Failed;
+            s.target_revision = None;
+            set_drift(s, &current, |_| SyncStatus::Failed);
+        });
+        if drifted.values().any(|n| *n > 0) {
+            tracing::warn!(
+                environment = env,
+                revision = %applied.revision(),
+                drifted = drifted.values().sum::<usize>(),
+                healed,
+                "drift of the last applied revision while a newer one is blocked"
+            );
+        }
+    }
+
+    /// The outcome of a plan (and sync) of `state`: logs, metrics, Events
+    /// and the environment's status, per workspace. A newest revision that
+    /// cannot be applied, a failed sync, another writer's lock and held
+    /// workspaces fail the reconcile, in that order.
+    async fn report(
+        &mut self,
+        state: &Arc<Desired>,
+        checked: Checked,
+        locked_by: Option<String>,
+    ) -> Result<(), ReconcileError> {
+        let (env, shared) = (self.env.clone(), self.shared.clone());
+        let (env, shared) = (env.as_str(), &*shared);
+        let Checked { plan, report } = checked;
+        log_outcome(env, state, &plan, report.as_ref());
+        if let Some(r) = &report {
+            shared.metrics.record_sync(env, r);
+        }
+        let error = self
+            .source_problem
+            .clone()
+            .map(ReconcileError::Newest)
+            .or_else(|| {
+                let failed = report.as_ref().filter(|r| !r.succeeded());
+                failed.map(|r| ReconcileError::Apply(crate::print::sync_errors(r)))
+            })
+            .or_else(|| {
+                locked_by.map(|holder| ReconcileError::Locked {
+                    environment: env.to_string(),
+                    holder,
+                })
+            })
+            .or_else(|| {
+                (!state.state.held.is_empty()).then(|| {
+                    ReconcileError::Held(held_message(state.revision(), &state.state.held))
+                })
+            });
+        let status = match (&error, &report) {
+            (Some(_), _) => SyncStatus::Failed,
+            (None, Some(r)) if !r.succeeded() => SyncStatus::Failed,
+            (None, Some(_)) => SyncStatus::Synced,
+            (None, None) if plan.summary.has_changes() => SyncStatus::OutOfSync,
+            (None, None) => SyncStatus::Synced,
+        };
+        self.record_outcome(error.as_ref()).await;
+        // Current drift: what is out of step now (nothing, once a sync
+        // healed it).
+        let synced = report.as_ref().is_some_and(|r| r.succeeded());
+        let current: BTreeMap<String, usize> = drift_by_workspace(&plan)
+            .into_iter()
+            .map(|(ws, n)| (ws, if synced { 0 } else { n }))
+            .collect();
+        shared.metrics.set_current_drift(env, &current);
+        shared.metrics.set_status(env, &format!("{status:?}"));
+        if synced || (report.is_none() && status == SyncStatus::Synced) {
+            self.held.applied = Some(state.clone());
+        }
+        let only_held = matches!(error, Some(ReconcileError::Held(_)));
+        shared.update(env, |s| {
+            s.sync_status = status;
+            s.target_revision = None;
+            s.last_reconcile_at = Some(now());
+            if let Some(r) = &report {
+                s.last_sync_at = Some(now());
+                if r.succeeded() {
+                    s.last_applied_revision = Some(state.revision().to_string());
+                }
+            } else if status == SyncStatus::Synced {
+                s.last_applied_revision = Some(state.revision().to_string());
+            }
+            // Held workspaces aside, only they failed.
+            set_drift(s, &current, |_| {
+                if only_held {
+                    SyncStatus::Synced
+                } else {
+                    status
+                }
+            });
+            for (ws, errors) in &state.state.held {
+                s.workspaces.insert(
+                    ws.clone(),
+                    WorkspaceStatus {
+                        sync_status: SyncStatus::Failed,
+                        drifted_objects: 0,
+                        errors: errors.clone(),
+                    },
+                );
+            }
+            s.last_error = error.as_ref().map(ToString::to_string);
+            s.last_error_reason = error.as_ref().map(|e| e.reason().to_string());
+            s.last_error_at = error.as_ref().map(|_| now());
+        });
+        error.map_or(Ok(()), Err)
+    }
+
+    /// Logs and counts a reconcile's outcome; a failed sync is an Event
+    /// (once per distinct failure).
+    async fn record_outcome(&mut self, error: Option<&ReconcileError>) {
+        let (env, shared) = (self.env.as_str(), &*self.shared);
+        let Some(e) = error else {
+            shared.metrics.reconcile_succeeded(env);
+            self.held.last_event = None;
+            return;
+        };
+        let (reason, message) = (e.reason(), e.to_string());
+        tracing::warn!(environment = env, reason, error = %message, "reconcile failed");
+        shared.metrics.reconcile_failed(env, reason);
+        if matches!(e, ReconcileError::Apply(_))
+            && self.held.last_event.as_deref() != Some(message.as_str())
+            && let Some(c) = self.cluster.as_ref()
+        {
+            c.record_event(env, "SyncFailed", &message).await;
+            self.held.last_event = Some(message);
+        }
+    }
+
+    /// Connects again when a reconcile dropped the connection.
+    async fn reconnect(&mut self) {
+        if self.cluster.is_none() {
+            let options = cluster_options(&self.shared.options, &self.env);
+            self.cluster = Cluster::connect(&options).await.ok();
+        }
+    }
+
+    /// Gives the environment's lock up (on shutdown).
+    async fn release(&mut self) {
+        if let (Some(lock), Some(c)) = (self.held.lock.take(), self.cluster.as_ref()) {
+            lock.release(c).await;
+        }
+    }
+}
+
+/// A sync's outcome, or drift seen with self-heal off, in the log.
+fn log_outcome(env: &str, state: &Desired, plan: &Plan, report: Option<&SyncReport>) {
+    if let Some(r) = report {
+        tracing::info!(
+            environment = env,
+            revision = %state.revision(),
+            created = r.created.len(),
+            updated = r.updated.len(),
+            pruned = r.pruned.len(),
+            failures = r.failures.len() + r.conflicts.len(),
+            "synced"
+        );
+        log_failures(env, r);
+    } else if plan.summary.has_changes() {
+        tracing::warn!(
+            environment = env,
+            drifted = plan.summary.update + plan.summary.create + plan.summary.delete,
+            "drift detected (self-heal is off)"
+        );
+    }
+}
+
+/// The drift per workspace onto the status: a workspace with drift is
+/// OutOfSync, one without gets `in_step`'s status.
+fn set_drift(
+    s: &mut EnvironmentStatus,
+    current: &BTreeMap<String, usize>,
+    in_step: impl Fn(&str) -> SyncStatus,
+) {
+    s.drifted_objects = current.values().sum();
+    s.workspaces = current
+        .iter()
+        .map(|(ws, n)| {
+            (
+                ws.clone(),
+                WorkspaceStatus {
+                    sync_status: if *n > 0 {
+                        SyncStatus::OutOfSync
+                    } else {
+                        in_step(ws)
+                    },
+                    drifted_objects: *n,
+                    errors: Vec::new(),
+                },
+            )
+        })
+        .collect();
+}
+
+/// Reads the source (blocking I/O off the async threads).
+async fn read_source(options: &RunOptions) -> Result<(SourceTree, String), String> {
+    let repo = options.repo.clone();
+    let branch = options.branch.clone();
+    tokio::task::spawn_blocking(move || {
+        // Any URL in a message has its user information (a token) masked.
+        let masked = |e: &dyn std::fmt::Display| source::git::redact_in_text(&format!("{e:#}"));
+        let auth = source::auth_from_env().map_err(|e| masked(&e))?;
+        let (tree, git) = source::read(&repo, branch.as_deref(), &auth).map_err(|e| masked(&e))?;
+        let revision = source::revision_of(&tree, git);
+        Ok((tree, revision))
+    })
+    .await
+    .map_err(|e| format!("source reader stopped: {e}"))?
+}
+
+/// The last good desired state of an environment, and how to sync it.
+struct Desired {
+    /// Invalid, clashing or unrenderable workspaces of this revision are held
+    /// at their last applied state (their namespaces out of `sync.scope`):
+    /// `state.held` says why.
+    state: DesiredState,
+    sync: SyncOptions,
+    /// The Warning Event about the held workspaces is still to be recorded
+    /// (once per revision, by the leader, as soon as the cluster is
+    /// reachable).
+    event_pending: std::sync::atomic::AtomicBool,
+}
+
+impl Desired {
+    fn new(state: DesiredState, options: &RunOptions) -> Desired {
+        let sync = state.sync_options(SyncOptions {
+            prune: options.prune,
+            prune_foreign: options.prune_foreign,
+            allow_mass_prune: options.allow_mass_prune,
+            ..SyncOptions::default()
+        });
+        Desired {
+            event_pending: std::sync::atomic::AtomicBool::new(!state.held.is_empty()),
+            state,
+            sync,
+        }
+    }
+
+    /// The revision the objects came from (the daemon always knows it).
+    fn revision(&self) -> &str {
+        self.state.revision.as_deref().unwrap_or_default()
+    }
+}
+
+/// What a reconcile loop keeps between reconciles besides the desired state.
+#[derive(Default)]
+struct Held {
+    /// The environment's lock, while this replica leads.
+    lock: Option<crate::cluster::lock::EnvLock>,
+    /// The last revision applied in full: while a newer one is blocked, its
+    /// drift is still detected and healed.
+    applied: Option<Arc<Desired>>,
+    /// The last failure recorded as an Event (one per distinct failure).
+    last_event: Option<String>,
+}
+
+fn cluster_options(options: &RunOptions, env: &str) -> ClusterOptions {
+    let mut cluster_options = options.cluster.clone();
+    if let Some(context) = options.contexts.get(env) {
+        cluster_options.context = Some(context.clone());
+    }
+    cluster_options
+}
+
+/// The revision the inventory records as applied, read again from Git (a
+/// daemon that restarted while a newer revision is blocked still knows what
+/// to compare the cluster with). `None` for a folder (no history) or when
+/// that revision cannot be read or rendered.
+async fn last_applied_from_inventory(
+    options: &RunOptions,
+    env: &str,
+    c: &Cluster,
+) -> Option<Arc<Desired>> {
+    let revision = c.read_inventory(env).await.ok()??.revision?;
+    if revision.len() != 40 || !revision.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    let (options, env) = (options.clone(), env.to_string());
+    let state = tokio::task::spawn_blocking(move || {
+        let auth = source::auth_from_env().ok()?;
+        let (tree, _) = source::read(&options.repo, Some(&revision), &auth).ok()?;
+        let intake = Intake::strict(&options.operator);
+        let state = pipeline::desired(tree, &env, Some(revision), &intake).ok()?;
+        Some(Desired::new(state, &options))
+    })
+    .await
+    .ok()??;
+    Some(Arc::new(state))
+}
+
+/// Every failed object, with its reason, in the log.
+fn log_failures(env: &str, r: &SyncReport) {
+    for f in &r.failures {
+        tracing::warn!(environment = env, object = %f.id, error = %f.message, "object failed");
+    }
+    for c in &r.conflicts {
+        let fields: Vec<String> = c
+            .fields
+            .iter()
+            .map(|f| format!("{} (owned by {})", f.field, f.manager))
+            .collect();
+        tracing::warn!(environment = env, object = %c.id, fields = %fields.join(", "), "conflict");
+    }
+    if let Some(a) = &r.aborted {
+        tracing::warn!(environment = env, error = %a, not_sent = r.not_sent.len(), "sync stopped");
+    }
+}
+
+/// A plan of a desired state, and the report of its sync when there was one.
+struct Checked {
+    plan: Plan,
+    report: Option<SyncReport>,
+}
+
+/// Plans `state` against the cluster and, when this replica may write and
+/// the revision is new (or drifted, with self-heal), syncs it.
+async fn check_and_sync(
+    env: &str,
+    shared: &Shared,
+    c: &Cluster,
+    state: &Desired,
+    writer: &Writer,
+) -> Result<Checked, ReconcileError> {
+    let options = &shared.options;
+    // The guardrails only the cluster can judge: each resources/ manifest's
+    // namespace against the scope API discovery gives its kind.
+    if let Err(diagnostics) = pipeline::check_scopes(c, &options.operator, &state.state).await? {
+        return Err(ReconcileError::Guardrail(format!(
+            "revision {} breaks the operator's guardrails; nothing is applied until a revision that keeps them arrives:\n{}",
+            state.revision(),
+            lines(&diagnostics)
+        )));
+    }
+    let inv = c.read_inventory(env).await?;
+    if writer.may_write
+        && state
+            .event_pending
+            .swap(false, std::sync::atomic::Ordering::Relaxed)
+    {
+        c.record_event(
+            env,
+            "InvalidWorkspace",
+            &held_message(state.revision(), &state.state.held),
+        )
+        .await;
+    }
+    // Never adopt: what exists without being this environment's is left
+    // alone (the daemon has no --adopt).
+    let plan_options = PlanOptions {
+        diffs: false,
+        deletes: Deletes::Recorded,
+        settle: Some(false),
+    };
+    let live = pipeline::plan_live(c, &state.state, inv, plan_options).await?;
+    // A revision not yet applied is synced; between revisions, drift is
+    // re-applied only with self-heal.
+    let applied_rev = live.inventory.as_ref().and_then(|i| i.revision.clone());
+    let new_revision = applied_rev.as_deref() != Some(state.revision());
+    // A replica that does not lead (or a leader waiting for the lock) only
+    // reports.
+    let heal = options.self_heal && live.plan.summary.has_changes();
+    if !writer.may_write || (!new_revision && !heal) {
+        return Ok(Checked {
+            plan: live.plan,
+            report: None,
+        });
+    }
+    // Healing takes the drifted fields back from whoever changed them.
+    let mut sync_options = state.sync.clone();
+    sync_options.force_conflicts |= heal && !new_revision;
+    sync_options.lock_lost = writer.lock_lost.clone();
+    let (plan, report) = sync_with_heartbeat(env, shared, c, state, live, &sync_options).await;
+    Ok(Checked {
+        plan,
+        report: Some(report?),
+    })
+}
+
+/// Syncs a live plan, `Syncing` with the target revision while it runs; the
+/// heartbeat keeps beating so a long sync is not taken for a dead daemon.
+async fn sync_with_heartbeat(
+    env: &str,
+    shared: &Shared,
+    c: &Cluster,
+    state: &Desired,
+    live: LivePlan,
+    sync_options: &SyncOptions,
+) -> (Plan, Result<SyncReport, ReconcileError>) {
+    let options = &shared.options;
+    shared.update(env, |s| {
+        s.sync_status = SyncStatus::Syncing;
+        s.target_revision = Some(state.revision().to_string());
+    });
+    shared.metrics.set_status(env, "Syncing");
+    let beat = |status: &str| {
+        BTreeMap::from([
+            ("syncStatus".to_string(), status.to_string()),
+            ("targetRevision".to_string(), state.revision().to_string()),
+            ("heartbeatAt".to_string(), now()),
+            (
+                "staleAfterSeconds".to_string(),
+                stale_after(options).to_string(),
+            ),
+        ])
+    };
+    if let Err(e) = c.write_status(env, &beat("Syncing")).await {
+        tracing::warn!(environment = env, error = %e, "cannot write status onto the inventory");
+    }
+    let heartbeat = async {
+        loop {
+            tokio::time::sleep(options.interval.max(Duration::from_secs(1))).await;
+            let _ = c.write_status(env, &beat("Syncing")).await;
+        }
+    };
+    let sync = cluster_sync::sync(
+        c,
+        &live.plan,
+        &state.state.objects,
+        live.inventory,
+        &live.undeclared,
+        sync_options,
+        Some(state.revision().to_string()),
+        |_| {},
+    );
+    let report = tokio::select! {
+        r = sync => r,
+        () = heartbeat => unreachable_heartbeat(),
+    };
+    let report = match report {
+        Ok(report) => Ok(report),
+        Err(cluster_sync::SyncError::MassPrune(m)) => Err(ReconcileError::Blocked {
+            revision: state.revision().to_string(),
+            message: m.message,
+        }),
+        Err(cluster_sync::SyncError::Cluster(e)) => Err(e.into()),
+    };
+    (live.plan, report)
+}
+
+/// The heartbeat loop never ends; this keeps `select!`'s arms one type.
+fn unreachable_heartbeat() -> Result<SyncReport, cluster_sync::SyncError> {
+    Err(cluster_sync::SyncError::Cluster(
+        crate::cluster::ClusterError::Unreachable {
+            server: String::new(),
+            reason: "heartbeat stopped".into(),
+        },
+    ))
+}
+
+/// Namespaces are cluster-wide: two environments this daemon syncs to one
+/// cluster (the same kubeconfig context) must not render one namespace, or
+/// each would take the other's objects over. Such a workspace is held in
+/// both environments (each loop finds the same clash in the same revision),
+/// with why. Returns those workspaces of `env`.
+fn namespace_clashes(
+    options: &RunOptions,
+    repository: &validate::Repository,
+    env: &str,
+) -> BTreeMap<String, String> {
+    let context = |e: &str| {
+        options
+            .contexts
+            .get(e)
+            .cloned()
+            .or_else(|| options.cluster.context.clone())
+            .unwrap_or_default()
+    };
+    let mine = context(env);
+    let others: Vec<&String> = options
+        .environments
+        .iter()
+        .filter(|e| e.as_str() != env && context(e) == mine)
+        .collect();
+    let mut clashes = BTreeMap::new();
+    if others.is_empty() {
+        return clashes;
+    }
+    let cluster = if mine.is_empty() {
+        "the same cluster".to_string()
+    } else {
+        format!("the same cluster (context `{mine}`)")
+    };
+    let theirs: Vec<_> = others
+        .into_iter()
+        .map(|e| (e, repository.namespaces(e)))
+        .collect();
+    for (ns, (ws, at)) in repository.namespaces(env) {
+        if let Some((other_env, (other_ws, other_at))) = theirs
+            .iter()
+            .find_map(|(e, namespaces)| Some((e, namespaces.get(&ns)?)))
+        {
+            clashes.insert(
+                ws.clone(),
+                format!(
+                    "{at}: workspace `{ws}` renders into namespace `{ns}`, which workspace `{other_ws}` of environment `{other_env}` ({other_at}) renders into on {cluster}: both are held until the environments get distinct namespaces (`{{environment}}` in spec.namespaceTemplate)"
+                ),
+            );
+        }
+    }
+    clashes
+}
+
+/// Diagnostics, one line each.
+fn lines(diagnostics: &[crate::declare::diag::Diagnostic]) -> String {
+    let lines: Vec<String> = diagnostics.iter().map(ToString::to_string).collect();
+    lines.join("\n")
+}
+
+/// Why some workspaces of a revision are held at their last applied state.
+fn held_message(revision: &str, failed: &BTreeMap<String, Vec<String>>) -> String {
+    let mut lines = vec![format!(
+        "revision {revision}: {} invalid workspace(s) ({}) keep their last applied state, nothing of theirs is updated or pruned; the other workspaces are applied:",
+        failed.len(),
+        failed.keys().cloned().collect::<Vec<_>>().join(", ")
+    )];
+    lines.extend(failed.values().flatten().cloned());
+    lines.join("\n")
+}
+
+/// Objects out of step, per workspace (every workspace listed).
+fn drift_by_workspace(plan: &Plan) -> BTreeMap<String, usize> {
+    let mut out: BTreeMap<String, usize> = BTreeMap::new();
+    for c in &plan.changes {
+        let n = out.entry(c.workspace.to_string()).or_default();
+        if c.action != ChangeAction::Unchanged {
+            *n += 1;
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::RwLock;
+
+    use super::*;
+    use crate::daemon::DaemonStatus;
+    use crate::daemon::metrics::Metrics;
+
+    #[test]
+    fn a_failed_read_backs_off_doubling_up_to_the_interval_and_a_success_starts_over() {
+        let mut backoff = Backoff::new(Duration::from_secs(10));
+        let failed = Err(ReconcileError::NoRevision);
+        let waits: Vec<Action> = (0..6).map(|_| backoff.action(true, &failed)).collect();
+        let secs = |s| Action::Requeue(Duration::from_secs(s));
+        assert_eq!(
+            waits,
+            [secs(1), secs(2), secs(4), secs(8), secs(10), secs(10)]
+        );
+        assert_eq!(backoff.action(true, &Ok(())), secs(10));
+        assert_eq!(backoff.action(true, &failed), secs(1));
+        // A drift check never moves the next read, failed or not.
+        assert_eq!(backoff.action(false, &failed), Action::AwaitChange);
+        assert_eq!(backoff.action(false, &Ok(())), Action::AwaitChange);
+        assert_eq!(backoff.action(true, &failed), secs(2));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_schedule_reads_on_requeue_or_trigger_and_checks_drift_on_its_interval() {
+        let start = Instant::now();
+        let mut schedule = Schedule::new(start, Duration::from_secs(300));
+        assert_eq!(schedule.due(Instant::now()), (true, false));
+        schedule.after(Instant::now(), Action::Requeue(Duration::from_secs(60)));
+        assert_eq!(schedule.wake_at(), start + Duration::from_secs(60));
+        tokio::time::advance(Duration::from_secs(59)).await;
+        assert_eq!(schedule.due(Instant::now()), (false, false));
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(schedule.due(Instant::now()), (true, false));
+        // A drift check leaves the next read where it was.
+        schedule.after(Instant::now(), Action::AwaitChange);
+        assert_eq!(schedule.due(Instant::now()), (true, false));
+        schedule.after(Instant::now(), Action::Requeue(Duration::from_secs(600)));
+        tokio::time::advance(Duration::from_secs(300)).await;
+        assert_eq!(schedule.due(Instant::now()), (false, true));
+        schedule.poll_now(Instant::now());
+        assert_eq!(schedule.due(Instant::now()), (true, true));
+    }
+
+    fn shared_state(repo: &str, interval: Duration) -> (Arc<Shared>, watch::Sender<bool>) {
+        let (leading_tx, leading) = watch::channel(true);
+        let (trigger, _) = watch::channel(0u64);
+        let options = RunOptions {
+            repo: repo.to_string(),
+            branch: None,
+            environments: vec!["dev".to_string()],
+            interval,
+            drift_interval: Duration::from_secs(3600),
+            listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+            webhook_listen: None,
+            prune: false,
+            self_heal: false,
+            operator: crate::sync::tenancy::Operator::default(),
+            // No cluster: a kubeconfig that does not exist fails at once.
+            cluster: ClusterOptions {
+                kubeconfig: Some("/nonexistent/tenantsync-test-kubeconfig".into()),
+                context: None,
+            },
+            webhook_secret: None,
+            leader_elect: false,
+            lease_name: "tenantsync-leader".to_string(),
+            allow_mass_prune: false,
+            prune_foreign: false,
+            contexts: BTreeMap::new(),
+        };
+        let shared = Arc::new(Shared {
+            status: RwLock::new(DaemonStatus::default()),
+            metrics: Metrics::new(),
+            trigger,
+            options,
+            leading,
+        });
+        (shared, leading_tx)
+    }
+
+    fn fetch_failures(shared: &Shared) -> u64 {
+        shared
+            .metrics
+            .render()
+            .lines()
+            .find(|l| l.starts_with("tenantsync_git_fetch_failures_total{"))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or(0)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_unreadable_source_fails_with_its_reason_and_is_retried_with_backoff() {
+        let repo = tempfile::tempdir().unwrap();
+        let missing = repo.path().join("missing");
+        let (shared, _leading) =
+            shared_state(&missing.display().to_string(), Duration::from_secs(10));
+        shared.metrics.init_environment("dev");
+        let mut reconciler = Reconciler::new("dev".to_string(), shared.clone());
+        let e = reconciler.reconcile(true).await.unwrap_err();
+        assert!(matches!(e, ReconcileError::Source(_)), "{e}");
+        assert_eq!(e.reason(), "source");
+        let status = shared.status.read().unwrap().environments["dev"].clone();
+        assert_eq!(status.sync_status, SyncStatus::Failed);
+        assert_eq!(status.last_error_reason.as_deref(), Some("source"));
+        assert!(
+            status
+                .last_error
+                .unwrap()
+                .starts_with("cannot read the repository")
+        );
+        // Without a good revision a drift check fails too, and says so.
+        let e = reconciler.reconcile(false).await.unwrap_err();
+        assert!(matches!(e, ReconcileError::Source(_)), "{e}");
+
+        // The loop retries after 1, 2, 4, 8 s, then every 10 s (the
+        // interval): reads at 0, 1, 3, 7, 15, 25 s within the first 30.
+        let (shared, _leading) =
+            shared_state(&missing.display().to_string(), Duration::from_secs(10));
+        shared.metrics.init_environment("dev");
+        let (stop, shutdown) = watch::channel(false);
+        let running = tokio::spawn(reconcile_loop("dev".into(), shared.clone(), shutdown));
+        let mut seen = Vec::new();
+        for _ in 0..30 {
+            tokio::time::sleep(Duration::from_millis(999)).await;
+            seen.push(fetch_failures(&shared));
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let _ = stop.send(true);
+        running.await.unwrap();
+        assert_eq!(seen[0], 1, "{seen:?}");
+        assert_eq!(seen[1], 2, "{seen:?}");
+        assert_eq!(seen[3], 3, "{seen:?}");
+        assert_eq!(seen[7], 4, "{seen:?}");
+        assert_eq!(seen[15], 5, "{seen:?}");
+        assert_eq!(seen[24], 5, "{seen:?}");
+        assert_eq!(seen[25], 6, "{seen:?}");
+        assert_eq!(seen[29], 6, "{seen:?}");
+    }
+}
