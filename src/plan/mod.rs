@@ -1,5 +1,5 @@
 //! The plan: desired objects paired with live ones, and the change set
-//! (pure: no client, no I/O; its printers are in [`crate::print`]).
+//! (pure: no client, no I/O; its printers are in `print`).
 //!
 //! | module | role |
 //! |---|---|
