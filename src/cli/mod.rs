@@ -1,4 +1,4 @@
-//! Command-line interface: raw arguments ([`args`]) → a command, one file
+//! Command-line interface: raw arguments (`args`) → a command, one file
 //! each (`validate`, `render`, `plan` and `drift`, `sync`, `status`,
 //! `run`), each running the pipeline and handing values to the printers.
 //!

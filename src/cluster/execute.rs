@@ -16,6 +16,7 @@ use futures::stream::FuturesOrdered;
 use serde_json::Value;
 
 use super::apply::ApplyError;
+use super::inventory::Stored;
 use super::{Cluster, ClusterError};
 use crate::object::{Object, ObjectKey};
 use crate::plan::field_policy::Heal;
@@ -107,45 +108,12 @@ pub async fn sync(
         ..SyncReport::default()
     };
     let old = inventory.unwrap_or_else(|| Inventory::new(&plan.environment));
-    let manager = crate::object::field_manager(&plan.environment);
-    // Never adopt: objects that exist without being this environment's are
-    // neither applied nor recorded; each fails the sync, so nothing is
-    // pruned either.
-    let unmanaged: HashSet<ObjectKey<'_>> = plan
-        .changes
-        .iter()
-        .filter(|c| c.action == Action::Unmanaged)
-        .map(|c| {
-            report.failures.push(Failure {
-                id: c.id(),
-                message: format!(
-                    "{}: exists, not managed: {}",
-                    c.id(),
-                    c.note.as_deref().unwrap_or("not tenantsync's")
-                ),
-            });
-            c.key()
-        })
-        .collect();
+    let unmanaged = unmanaged(plan, &mut report);
     let desired_refs: BTreeSet<ObjectRef> = desired
         .iter()
         .filter(|o| !unmanaged.contains(&o.key()))
         .map(ObjectRef::of)
         .collect();
-    let created: HashSet<ObjectKey<'_>> = plan
-        .changes
-        .iter()
-        .filter(|c| c.action == Action::Create)
-        .map(Change::key)
-        .collect();
-    let adopted: HashSet<ObjectKey<'_>> = plan
-        .changes
-        .iter()
-        .filter(|c| c.action == Action::Adopt)
-        .map(Change::key)
-        .collect();
-    // The ownership policy's work besides each apply (field_policy::Heal).
-    let heals = heals_of(plan);
 
     // 1. Widen the inventory before creating anything. It is written with
     // the resourceVersion it was read at: an entry another writer added
@@ -169,241 +137,17 @@ pub async fn sync(
             report.inventory_written = true;
         }
     }
-    let lock_lost = || {
-        options
-            .lock_lost
-            .as_ref()
-            .is_some_and(|l| l.load(Ordering::Relaxed))
+
+    // 2. Apply, stage by stage; 3. prune, only after everything applied.
+    let mut run = Run {
+        cluster,
+        options,
+        report,
+        transport_failures: 0,
     };
-
-    // 2. Apply, stage by stage. A dry run cannot send objects whose namespace
-    // it would only create: they are listed as not validated.
-    let new_namespaces: BTreeSet<&str> = plan
-        .changes
-        .iter()
-        .filter(|c| &*c.kind == "Namespace" && c.action == Action::Create)
-        .map(|c| &*c.name)
-        .collect();
-    // Kinds whose CRD this sync creates: a dry run cannot send their objects.
-    let new_kinds: BTreeSet<(String, String)> = desired
-        .iter()
-        .filter(|o| &*o.kind == "CustomResourceDefinition")
-        .filter(|o| {
-            plan.changes
-                .iter()
-                .any(|c| c.action == Action::Create && c.kind == o.kind && c.name == o.name)
-        })
-        .filter_map(|o| {
-            let body = o.value();
-            let spec = body.get("spec")?;
-            Some((
-                spec.get("group")?.as_str()?.to_string(),
-                spec.pointer("/names/kind")?.as_str()?.to_string(),
-            ))
-        })
-        .collect();
-    // Fail fast: consecutive transport failures stop the sync; a verb and
-    // kind refused once (403) is not sent again.
-    let mut transport_failures = 0usize;
-    let mut refused: BTreeMap<(String, String), (Failure, usize)> = BTreeMap::new();
-    for stage in &steps.stages {
-        if report.aborted.is_some() {
-            report.not_sent.extend(stage.objects.iter().map(|o| o.id()));
-            continue;
-        }
-        progress(Progress::Stage {
-            wave: stage.wave,
-            kind: stage.objects.first().map_or("", |o| &*o.kind),
-            objects: stage.objects.len(),
-        });
-        let (unsendable, sendable): (Vec<&Object>, Vec<&Object>) =
-            stage.objects.iter().partition(|o| {
-                let group = o.api_version.split_once('/').map_or("", |(g, _)| g);
-                options.dry_run
-                    && (o
-                        .namespace
-                        .as_deref()
-                        .is_some_and(|ns| new_namespaces.contains(ns))
-                        || new_kinds.contains(&(group.to_string(), o.kind.to_string())))
-            });
-        for o in unsendable {
-            report.created.push(o.id());
-            report.not_validated.push(o.id());
-        }
-        // A window of APPLY_CONCURRENCY requests in flight, results in order.
-        // (FuturesOrdered rather than `buffered`: a stream holding a closure
-        // that returns borrowing futures is not Send for the daemon's spawn.)
-        let mut queue = sendable.into_iter();
-        let mut in_flight = FuturesOrdered::new();
-        for _ in 0..APPLY_CONCURRENCY {
-            match next_sendable(&mut queue, &mut refused, &mut report, &lock_lost) {
-                Some(o) => {
-                    in_flight.push_back(applied(cluster, o, options, &manager, &adopted, &heals))
-                }
-                None => break,
-            }
-        }
-        while let Some((o, result)) = in_flight.next().await {
-            let id = o.id();
-            // Classify first, so that the next object sent knows.
-            match &result {
-                Err(ApplyError::Cluster { source, .. }) if source.is_transport() => {
-                    transport_failures += 1;
-                    if transport_failures >= MAX_TRANSPORT_FAILURES && report.aborted.is_none() {
-                        report.aborted = Some(format!(
-                            "stopped after {transport_failures} consecutive failures to reach the API server ({source}); \
-                             what was not sent is listed, the inventory still covers it, and the next sync continues from here"
-                        ));
-                    }
-                }
-                _ => transport_failures = 0,
-            }
-            if let Some(next) = next_sendable(&mut queue, &mut refused, &mut report, &lock_lost) {
-                in_flight.push_back(applied(cluster, next, options, &manager, &adopted, &heals));
-            }
-            // Objects of a CRD's kind wait until it is Established.
-            if &*o.kind == "CustomResourceDefinition"
-                && result.is_ok()
-                && !options.dry_run
-                && !cluster.wait_established(&o.name, ESTABLISH_TIMEOUT).await?
-            {
-                report.failures.push(Failure {
-                    id: o.id(),
-                    message: format!("not Established after {ESTABLISH_TIMEOUT:?}"),
-                });
-            }
-            progress(Progress::Applied {
-                id: &id,
-                ok: result.is_ok(),
-            });
-            match result {
-                Ok(false) if created.contains(&o.key()) => report.created.push(id),
-                Ok(false) if adopted.contains(&o.key()) => report.adopted.push(id),
-                Ok(false) => report.updated.push(id),
-                Ok(true) => report.recreated.push(id),
-                Err(ApplyError::Conflict { id, fields }) => {
-                    report.conflicts.push(Conflict { id, fields })
-                }
-                Err(ApplyError::Cluster { source, .. }) if source.is_permission() => {
-                    // Reported once per verb and kind, with how many more
-                    // objects it kept from being sent.
-                    let key = ("patch".to_string(), o.kind.to_string());
-                    match refused.get_mut(&key) {
-                        Some((_, n)) => {
-                            *n += 1;
-                            report.not_sent.push(id);
-                        }
-                        None => {
-                            refused.insert(
-                                key,
-                                (
-                                    Failure {
-                                        id: id.clone(),
-                                        message: format!("{id}: {source}"),
-                                    },
-                                    0,
-                                ),
-                            );
-                        }
-                    }
-                }
-                Err(e) => report.failures.push(Failure {
-                    id,
-                    message: e.to_string(),
-                }),
-            }
-        }
-    }
-    for ((_, kind), (mut failure, more)) in std::mem::take(&mut refused) {
-        if more > 0 {
-            failure.message.push_str(&format!(
-                "; {more} more {kind} object(s) were refused or not sent (the same permission is missing)"
-            ));
-        }
-        report.failures.push(failure);
-    }
-    if lock_lost() && report.aborted.is_none() {
-        report.aborted = Some(
-            "the environment's lock was lost (another writer took it): nothing more was written"
-                .into(),
-        );
-    }
-
-    // 3. Prune, only after everything applied.
-    let mut pruned: Vec<&ObjectRef> = Vec::new();
-    if !report.succeeded() && !steps.prune.is_empty() {
-        report.prune_skipped = Some("some objects failed to apply; nothing was pruned".into());
-    } else {
-        // Stage after stage (children before their namespaces), a window
-        // of APPLY_CONCURRENCY deletes in flight within a stage.
-        let mut refused_deletes: HashMap<String, usize> = HashMap::new();
-        for stage in &steps.prune {
-            if report.aborted.is_some() {
-                report.not_sent.extend(stage.iter().map(ObjectRef::id));
-                continue;
-            }
-            let mut queue = stage.iter();
-            let mut in_flight = FuturesOrdered::new();
-            for _ in 0..APPLY_CONCURRENCY {
-                match next_deletable(&mut queue, &mut refused_deletes, &mut report, &lock_lost) {
-                    Some(r) => in_flight.push_back(deleted(cluster, r, options.dry_run)),
-                    None => break,
-                }
-            }
-            while let Some((r, result)) = in_flight.next().await {
-                match &result {
-                    Err(e) if e.is_transport() => {
-                        transport_failures += 1;
-                        if transport_failures >= MAX_TRANSPORT_FAILURES && report.aborted.is_none()
-                        {
-                            report.aborted = Some(format!(
-                                "stopped after {transport_failures} consecutive failures to reach the API server ({e}); \
-                                 what was not deleted stays in the inventory, and the next sync continues from here"
-                            ));
-                        }
-                    }
-                    Err(e) if e.is_permission() => {
-                        transport_failures = 0;
-                        refused_deletes.entry(r.kind.to_string()).or_insert(0);
-                    }
-                    _ => transport_failures = 0,
-                }
-                if let Some(next) =
-                    next_deletable(&mut queue, &mut refused_deletes, &mut report, &lock_lost)
-                {
-                    in_flight.push_back(deleted(cluster, next, options.dry_run));
-                }
-                let id = r.id();
-                match result {
-                    Ok(_) => {
-                        progress(Progress::Pruned { id: &id, ok: true });
-                        report.pruned.push(id);
-                        pruned.push(r);
-                    }
-                    Err(e) => {
-                        progress(Progress::Pruned { id: &id, ok: false });
-                        report.failures.push(Failure {
-                            id,
-                            message: format!("prune failed: {e}"),
-                        });
-                    }
-                }
-            }
-        }
-        for (kind, more) in refused_deletes {
-            if more > 0
-                && let Some(f) = report
-                    .failures
-                    .iter_mut()
-                    .rev()
-                    .find(|f| f.id.starts_with(&format!("{kind}/")))
-            {
-                f.message.push_str(&format!(
-                    "; {more} more {kind} object(s) were not deleted (the same permission is missing)"
-                ));
-            }
-        }
-    }
+    run.apply(plan, desired, &steps, &mut progress).await?;
+    let pruned = run.prune(&steps, &mut progress).await;
+    let mut report = run.report;
     report.kept = steps
         .kept
         .iter()
@@ -412,31 +156,7 @@ pub async fn sync(
             message: why.clone(),
         })
         .collect();
-    // What stays ours: everything declared, and every earlier object not
-    // deleted now, not found any more, nor released by `prune: disabled`.
-    // A namespace kept for its foreign contents stays ours.
-    let released: HashSet<ObjectKey<'_>> = steps
-        .gone
-        .iter()
-        .chain(
-            steps
-                .kept
-                .iter()
-                .filter(|(r, _)| {
-                    !(&*r.kind == "Namespace" && report.foreign.contains_key(&*r.name))
-                })
-                .map(|(r, _)| r),
-        )
-        .chain(pruned)
-        .map(ObjectRef::key)
-        .collect();
-    let declared: HashSet<ObjectKey<'_>> = desired_refs.iter().map(ObjectRef::key).collect();
-    let not_deleted: Vec<ObjectRef> = old
-        .objects
-        .iter()
-        .filter(|r| !declared.contains(&r.key()) && !released.contains(&r.key()))
-        .cloned()
-        .collect();
+    let not_deleted = still_ours(&old, &desired_refs, &steps, &pruned, &report);
 
     // 4. Narrow the inventory to what exists and is ours; not when the sync
     // stopped half-way (the widened inventory covers what may exist).
@@ -457,39 +177,440 @@ pub async fn sync(
             objects: desired_refs,
         };
         final_inventory.objects.extend(not_deleted);
-        let changed_cluster = !(report.created.is_empty()
-            && report.updated.is_empty()
-            && report.recreated.is_empty()
-            && report.pruned.is_empty());
-        if changed_cluster {
-            final_inventory.last_applied_at = Some(k8s_openapi::jiff::Timestamp::now().to_string());
-        }
-        // Computed from what was stored after the widening: what another
-        // writer added since is merged in by the checked write.
-        let base = current.inventory.clone();
-        let merged = crate::sync::inventory::merge_concurrent(&widened, &final_inventory, &base);
-        // A sync that changed nothing writes nothing, not even a timestamp.
-        if merged != base {
-            // A refused write is reported with the rest, not instead of it.
-            match cluster.write_inventory_checked(current, &merged).await {
-                Ok(stored) => {
-                    *current = stored;
-                    report.inventory_written = true;
-                }
-                Err(e) => report.failures.push(Failure {
-                    id: format!(
-                        "ConfigMap/{}/{}",
-                        crate::sync::inventory::SYSTEM_NAMESPACE,
-                        crate::sync::inventory::name_of(&plan.environment)
-                    ),
-                    message: format!("cannot record the inventory: {e}"),
-                }),
-            }
-        }
+        narrow(cluster, current, &widened, final_inventory, &mut report).await;
     }
     report.api_requests = cluster.requests();
     report.write_requests = cluster.writes();
     Ok(report)
+}
+
+/// Never adopt: objects that exist without being this environment's are
+/// neither applied nor recorded; each fails the sync, so nothing is pruned
+/// either.
+fn unmanaged<'p>(plan: &'p Plan, report: &mut SyncReport) -> HashSet<ObjectKey<'p>> {
+    plan.changes
+        .iter()
+        .filter(|c| c.action == Action::Unmanaged)
+        .map(|c| {
+            report.failures.push(Failure {
+                id: c.id(),
+                message: format!(
+                    "{}: exists, not managed: {}",
+                    c.id(),
+                    c.note.as_deref().unwrap_or("not tenantsync's")
+                ),
+            });
+            c.key()
+        })
+        .collect()
+}
+
+/// What stays ours besides everything declared: every earlier object not
+/// deleted now, not found any more, nor released by `prune: disabled`. A
+/// namespace kept for its foreign contents stays ours.
+fn still_ours(
+    old: &Inventory,
+    desired_refs: &BTreeSet<ObjectRef>,
+    steps: &sync::Steps<'_>,
+    pruned: &[&ObjectRef],
+    report: &SyncReport,
+) -> Vec<ObjectRef> {
+    let released: HashSet<ObjectKey<'_>> = steps
+        .gone
+        .iter()
+        .chain(
+            steps
+                .kept
+                .iter()
+                .filter(|(r, _)| {
+                    !(&*r.kind == "Namespace" && report.foreign.contains_key(&*r.name))
+                })
+                .map(|(r, _)| r),
+        )
+        .chain(pruned.iter().copied())
+        .map(ObjectRef::key)
+        .collect();
+    let declared: HashSet<ObjectKey<'_>> = desired_refs.iter().map(ObjectRef::key).collect();
+    old.objects
+        .iter()
+        .filter(|r| !declared.contains(&r.key()) && !released.contains(&r.key()))
+        .cloned()
+        .collect()
+}
+
+/// Writes the final inventory, merged with what another writer added
+/// since the widening; a sync that changed nothing writes nothing, not even
+/// a timestamp. A refused write is reported with the rest, not instead of it.
+async fn narrow(
+    cluster: &Cluster,
+    current: &mut Stored,
+    widened: &Inventory,
+    mut final_inventory: Inventory,
+    report: &mut SyncReport,
+) {
+    let changed_cluster = !(report.created.is_empty()
+        && report.updated.is_empty()
+        && report.recreated.is_empty()
+        && report.pruned.is_empty());
+    if changed_cluster {
+        final_inventory.last_applied_at = Some(k8s_openapi::jiff::Timestamp::now().to_string());
+    }
+    // Computed from what was stored after the widening: what another
+    // writer added since is merged in by the checked write.
+    let base = current.inventory.clone();
+    let merged = crate::sync::inventory::merge_concurrent(widened, &final_inventory, &base);
+    if merged == base {
+        return;
+    }
+    match cluster.write_inventory_checked(current, &merged).await {
+        Ok(stored) => {
+            *current = stored;
+            report.inventory_written = true;
+        }
+        Err(e) => {
+            let name = crate::sync::inventory::name_of(&final_inventory.environment);
+            report.failures.push(Failure {
+                id: crate::object::id((
+                    "ConfigMap",
+                    Some(crate::sync::inventory::SYSTEM_NAMESPACE),
+                    &name,
+                )),
+                message: format!("cannot record the inventory: {e}"),
+            })
+        }
+    }
+}
+
+/// Whether the environment's lock was lost (another writer took it).
+fn lock_lost(options: &SyncOptions) -> bool {
+    options
+        .lock_lost
+        .as_ref()
+        .is_some_and(|l| l.load(Ordering::Relaxed))
+}
+
+/// A sync's writes in progress: what they reported so far, and how many
+/// consecutive writes could not reach the API server.
+struct Run<'a> {
+    cluster: &'a Cluster,
+    options: &'a SyncOptions,
+    report: SyncReport,
+    transport_failures: usize,
+}
+
+impl Run<'_> {
+    /// Counts a write that could not reach the API server (`Some`, with the
+    /// error) or that did (`None`); after [`MAX_TRANSPORT_FAILURES`] in a
+    /// row the sync stops, saying what happens to what was not written.
+    fn count_transport(&mut self, failure: Option<&dyn std::fmt::Display>, unsent: &str) {
+        let Some(e) = failure else {
+            self.transport_failures = 0;
+            return;
+        };
+        self.transport_failures += 1;
+        if self.transport_failures >= MAX_TRANSPORT_FAILURES && self.report.aborted.is_none() {
+            self.report.aborted = Some(format!(
+                "stopped after {} consecutive failures to reach the API server ({e}); \
+                 {unsent}, and the next sync continues from here",
+                self.transport_failures
+            ));
+        }
+    }
+
+    /// Applies stage by stage. A dry run cannot send objects whose namespace
+    /// or CRD it would only create: they are listed as not validated.
+    async fn apply(
+        &mut self,
+        plan: &Plan,
+        desired: &[Object],
+        steps: &sync::Steps<'_>,
+        progress: &mut impl FnMut(Progress<'_>),
+    ) -> Result<(), ClusterError> {
+        let cx = ApplyContext::of(plan, desired, self.options);
+        // A verb and kind refused once (403) is not sent again.
+        let mut refused: BTreeMap<(String, String), (Failure, usize)> = BTreeMap::new();
+        for stage in &steps.stages {
+            if self.report.aborted.is_some() {
+                self.report
+                    .not_sent
+                    .extend(stage.objects.iter().map(|o| o.id()));
+                continue;
+            }
+            progress(Progress::Stage {
+                wave: stage.wave,
+                kind: stage.objects.first().map_or("", |o| &*o.kind),
+                objects: stage.objects.len(),
+            });
+            let (unsendable, sendable): (Vec<&Object>, Vec<&Object>) =
+                stage.objects.iter().partition(|o| cx.unsendable(o));
+            for o in unsendable {
+                self.report.created.push(o.id());
+                self.report.not_validated.push(o.id());
+            }
+            self.apply_stage(&cx, sendable, &mut refused, progress)
+                .await?;
+        }
+        for ((_, kind), (mut failure, more)) in refused {
+            if more > 0 {
+                failure.message.push_str(&format!(
+                    "; {more} more {kind} object(s) were refused or not sent (the same permission is missing)"
+                ));
+            }
+            self.report.failures.push(failure);
+        }
+        if lock_lost(self.options) && self.report.aborted.is_none() {
+            self.report.aborted = Some(
+                "the environment's lock was lost (another writer took it): nothing more was written"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
+
+    /// One stage: a window of APPLY_CONCURRENCY requests in flight, results
+    /// in order. (FuturesOrdered rather than `buffered`: a stream holding a
+    /// closure that returns borrowing futures is not Send for the daemon's
+    /// spawn.)
+    async fn apply_stage(
+        &mut self,
+        cx: &ApplyContext<'_>,
+        sendable: Vec<&Object>,
+        refused: &mut BTreeMap<(String, String), (Failure, usize)>,
+        progress: &mut impl FnMut(Progress<'_>),
+    ) -> Result<(), ClusterError> {
+        let (cluster, options) = (self.cluster, self.options);
+        let lock_lost = || lock_lost(options);
+        let mut queue = sendable.into_iter();
+        let mut in_flight = FuturesOrdered::new();
+        for _ in 0..APPLY_CONCURRENCY {
+            match next_sendable(&mut queue, refused, &mut self.report, &lock_lost) {
+                Some(o) => in_flight.push_back(applied(cluster, o, options, cx)),
+                None => break,
+            }
+        }
+        while let Some((o, result)) = in_flight.next().await {
+            // Classify first, so that the next object sent knows.
+            match &result {
+                Err(ApplyError::Cluster { source, .. }) if source.is_transport() => self
+                    .count_transport(
+                        Some(source),
+                        "what was not sent is listed, the inventory still covers it",
+                    ),
+                _ => self.count_transport(None, ""),
+            }
+            if let Some(next) = next_sendable(&mut queue, refused, &mut self.report, &lock_lost) {
+                in_flight.push_back(applied(cluster, next, options, cx));
+            }
+            // Objects of a CRD's kind wait until it is Established.
+            if &*o.kind == "CustomResourceDefinition"
+                && result.is_ok()
+                && !options.dry_run
+                && !cluster.wait_established(&o.name, ESTABLISH_TIMEOUT).await?
+            {
+                self.report.failures.push(Failure {
+                    id: o.id(),
+                    message: format!("not Established after {ESTABLISH_TIMEOUT:?}"),
+                });
+            }
+            let id = o.id();
+            progress(Progress::Applied {
+                id: &id,
+                ok: result.is_ok(),
+            });
+            record_applied(&mut self.report, refused, cx, o, result);
+        }
+        Ok(())
+    }
+
+    /// Deletes what the steps prune, stage after stage (children before
+    /// their namespaces), a window of APPLY_CONCURRENCY deletes in flight
+    /// within a stage; not when anything failed to apply. Returns what was
+    /// deleted.
+    async fn prune<'s>(
+        &mut self,
+        steps: &'s sync::Steps<'_>,
+        progress: &mut impl FnMut(Progress<'_>),
+    ) -> Vec<&'s ObjectRef> {
+        let mut pruned: Vec<&ObjectRef> = Vec::new();
+        if !self.report.succeeded() && !steps.prune.is_empty() {
+            self.report.prune_skipped =
+                Some("some objects failed to apply; nothing was pruned".into());
+            return pruned;
+        }
+        let (cluster, options) = (self.cluster, self.options);
+        let lock_lost = || lock_lost(options);
+        let mut refused: HashMap<String, usize> = HashMap::new();
+        for stage in &steps.prune {
+            if self.report.aborted.is_some() {
+                self.report.not_sent.extend(stage.iter().map(ObjectRef::id));
+                continue;
+            }
+            let mut queue = stage.iter();
+            let mut in_flight = FuturesOrdered::new();
+            for _ in 0..APPLY_CONCURRENCY {
+                match next_deletable(&mut queue, &mut refused, &mut self.report, &lock_lost) {
+                    Some(r) => in_flight.push_back(deleted(cluster, r, options.dry_run)),
+                    None => break,
+                }
+            }
+            while let Some((r, result)) = in_flight.next().await {
+                match &result {
+                    Err(e) if e.is_transport() => {
+                        self.count_transport(Some(e), "what was not deleted stays in the inventory")
+                    }
+                    Err(e) if e.is_permission() => {
+                        self.count_transport(None, "");
+                        refused.entry(r.kind.to_string()).or_insert(0);
+                    }
+                    _ => self.count_transport(None, ""),
+                }
+                if let Some(next) =
+                    next_deletable(&mut queue, &mut refused, &mut self.report, &lock_lost)
+                {
+                    in_flight.push_back(deleted(cluster, next, options.dry_run));
+                }
+                let id = r.id();
+                progress(Progress::Pruned {
+                    id: &id,
+                    ok: result.is_ok(),
+                });
+                match result {
+                    Ok(_) => {
+                        self.report.pruned.push(id);
+                        pruned.push(r);
+                    }
+                    Err(e) => self.report.failures.push(Failure {
+                        id,
+                        message: format!("prune failed: {e}"),
+                    }),
+                }
+            }
+        }
+        for (kind, more) in refused {
+            if more > 0
+                && let Some(f) = self
+                    .report
+                    .failures
+                    .iter_mut()
+                    .rev()
+                    .find(|f| f.id.starts_with(&format!("{kind}/")))
+            {
+                f.message.push_str(&format!(
+                    "; {more} more {kind} object(s) were not deleted (the same permission is missing)"
+                ));
+            }
+        }
+        pruned
+    }
+}
+
+/// What each apply needs to know of the plan.
+struct ApplyContext<'a> {
+    options: &'a SyncOptions,
+    manager: String,
+    created: HashSet<ObjectKey<'a>>,
+    adopted: HashSet<ObjectKey<'a>>,
+    /// The ownership policy's work besides each apply (field_policy::Heal).
+    heals: HashMap<ObjectKey<'a>, &'a Heal>,
+    /// Namespaces this sync creates.
+    new_namespaces: BTreeSet<&'a str>,
+    /// Kinds (group, kind) whose CRD this sync creates.
+    new_kinds: BTreeSet<(String, String)>,
+}
+
+impl<'a> ApplyContext<'a> {
+    fn of(plan: &'a Plan, desired: &'a [Object], options: &'a SyncOptions) -> ApplyContext<'a> {
+        let keys = |action: Action| {
+            plan.changes
+                .iter()
+                .filter(|c| c.action == action)
+                .map(Change::key)
+                .collect()
+        };
+        let new_namespaces = plan
+            .changes
+            .iter()
+            .filter(|c| &*c.kind == "Namespace" && c.action == Action::Create)
+            .map(|c| &*c.name)
+            .collect();
+        let new_kinds = desired
+            .iter()
+            .filter(|o| &*o.kind == "CustomResourceDefinition")
+            .filter(|o| {
+                plan.changes
+                    .iter()
+                    .any(|c| c.action == Action::Create && c.kind == o.kind && c.name == o.name)
+            })
+            .filter_map(|o| {
+                let body = o.value();
+                let spec = body.get("spec")?;
+                Some((
+                    spec.get("group")?.as_str()?.to_string(),
+                    spec.pointer("/names/kind")?.as_str()?.to_string(),
+                ))
+            })
+            .collect();
+        ApplyContext {
+            options,
+            manager: crate::object::field_manager(&plan.environment),
+            created: keys(Action::Create),
+            adopted: keys(Action::Adopt),
+            heals: heals_of(plan),
+            new_namespaces,
+            new_kinds,
+        }
+    }
+
+    /// A dry run cannot send an object whose namespace or CRD it would only
+    /// create.
+    fn unsendable(&self, o: &Object) -> bool {
+        let group = o.api_version.split_once('/').map_or("", |(g, _)| g);
+        self.options.dry_run
+            && (o
+                .namespace
+                .as_deref()
+                .is_some_and(|ns| self.new_namespaces.contains(ns))
+                || self
+                    .new_kinds
+                    .contains(&(group.to_string(), o.kind.to_string())))
+    }
+}
+
+/// An apply's result into the report. A permission refused (403) is
+/// reported once per verb and kind, with how many more objects it kept from
+/// being sent.
+fn record_applied(
+    report: &mut SyncReport,
+    refused: &mut BTreeMap<(String, String), (Failure, usize)>,
+    cx: &ApplyContext<'_>,
+    o: &Object,
+    result: Result<bool, ApplyError>,
+) {
+    let id = o.id();
+    match result {
+        Ok(false) if cx.created.contains(&o.key()) => report.created.push(id),
+        Ok(false) if cx.adopted.contains(&o.key()) => report.adopted.push(id),
+        Ok(false) => report.updated.push(id),
+        Ok(true) => report.recreated.push(id),
+        Err(ApplyError::Conflict { id, fields }) => report.conflicts.push(Conflict { id, fields }),
+        Err(ApplyError::Cluster { source, .. }) if source.is_permission() => {
+            let key = ("patch".to_string(), o.kind.to_string());
+            match refused.get_mut(&key) {
+                Some((_, n)) => {
+                    *n += 1;
+                    report.not_sent.push(id);
+                }
+                None => {
+                    let message = format!("{id}: {source}");
+                    refused.insert(key, (Failure { id, message }, 0));
+                }
+            }
+        }
+        Err(e) => report.failures.push(Failure {
+            id,
+            message: e.to_string(),
+        }),
+    }
 }
 
 /// The next object of `queue` to send, recording as not sent those that
@@ -550,16 +671,14 @@ async fn applied<'a>(
     cluster: &Cluster,
     object: &'a Object,
     options: &SyncOptions,
-    manager: &str,
-    adopted: &HashSet<ObjectKey<'_>>,
-    heals: &HashMap<ObjectKey<'_>, &Heal>,
+    cx: &ApplyContext<'_>,
 ) -> (&'a Object, Result<bool, ApplyError>) {
     // Adopting takes the declared fields over from whoever wrote them.
-    let force = options.force_conflicts || adopted.contains(&object.key());
-    let heal = heals.get(&object.key()).copied();
+    let force = options.force_conflicts || cx.adopted.contains(&object.key());
+    let heal = cx.heals.get(&object.key()).copied();
     let result = match tokio::time::timeout(
         WRITE_TIMEOUT,
-        apply_one(cluster, object, options, manager, force, heal),
+        apply_one(cluster, object, options, &cx.manager, force, heal),
     )
     .await
     {
