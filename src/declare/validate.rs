@@ -301,6 +301,16 @@ struct Found {
 }
 
 impl Found {
+    /// Found in one environment after merging; `layers`: the layers that
+    /// made the workspace when there were several.
+    fn in_env(diag: Diagnostic, workspaces: Vec<String>, layers: String) -> Found {
+        Found {
+            diag,
+            workspaces,
+            context: Some(layers),
+        }
+    }
+
     fn file(diag: Diagnostic) -> Found {
         Found {
             diag,
@@ -554,17 +564,32 @@ impl Repository {
             .rev()
             .filter_map(|n| Some((n, self.layers.get(n)?)))
             .collect();
-        let some_unreadable = layers.iter().any(|(_, l)| l.unreadable_workspace);
-        let in_env = |d: Diagnostic, workspaces: Vec<String>, layers: String| Found {
-            diag: d,
-            workspaces,
-            context: Some(layers),
-        };
+        let settings = self.merge_settings(&layers, &mut found);
+        let (workspaces, sources) = self.merge_workspaces(name, &chain, &layers, &mut found);
+        let resources = self.merge_resources(&layers, &mut found);
+        env.settings = self.typed_settings(name, &layers, &settings, &mut found);
+        let typed = self.check_workspaces(&env, &workspaces, &sources, &file_level, &mut found);
+        for (d, a, b) in self.check_namespaces(&env, &workspaces) {
+            found.push(Found::in_env(d, vec![a, b], String::new()));
+        }
+        self.check_manifests(&env, &resources, &typed, &workspaces, &mut found);
+        let held: std::collections::BTreeSet<&String> =
+            found.iter().flat_map(|f| f.workspaces.iter()).collect();
+        env.workspaces = typed
+            .into_iter()
+            .filter(|(n, _)| !held.contains(n))
+            .map(|(_, ws)| ws)
+            .collect();
+        env.resources = resources.into_values().map(|(json, _)| json).collect();
+        found.sort_by(|a, b| a.diag.cmp(&b.diag));
+        (env, found)
+    }
 
-        // Settings: each layer's spec over the previous, minus per-layer keys.
+    /// Settings: each layer's spec over the previous, minus per-layer keys.
+    fn merge_settings(&self, layers: &[(&String, &Layer)], found: &mut Vec<Found>) -> Node {
         let mut settings = Node::new(Value::Map(Vec::new()), Default::default());
         let mut overlay_errors = Vec::new();
-        for (_, layer) in &layers {
+        for (_, layer) in layers {
             if let Some(spec) = layer.env.as_ref().and_then(|d| d.node.get("spec")) {
                 let own = without_keys(spec, &["base", "abstract", "patches"]);
                 overlay::merge(&mut settings, &own, "/spec", &mut overlay_errors);
@@ -572,14 +597,24 @@ impl Repository {
         }
         for e in overlay_errors {
             let d = self.files.diag(e.pos, Some(e.pointer), e.message);
-            found.push(in_env(d, Vec::new(), String::new()));
+            found.push(Found::in_env(d, Vec::new(), String::new()));
         }
+        settings
+    }
 
-        // Workspaces: a layer's new workspaces, then its patches; and what
-        // each merged workspace came from.
+    /// Workspaces: a layer's new workspaces, then its patches; and what each
+    /// merged workspace came from.
+    fn merge_workspaces(
+        &self,
+        name: &str,
+        chain: &[String],
+        layers: &[(&String, &Layer)],
+        found: &mut Vec<Found>,
+    ) -> (BTreeMap<String, Node>, BTreeMap<String, Vec<String>>) {
+        let some_unreadable = layers.iter().any(|(_, l)| l.unreadable_workspace);
         let mut workspaces: BTreeMap<String, Node> = BTreeMap::new();
         let mut sources: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        for (layer_name, layer) in &layers {
+        for (layer_name, layer) in layers {
             for doc in &layer.workspaces {
                 let Some((ws_name, name_node)) = doc_name(&doc.node) else {
                     continue;
@@ -657,17 +692,26 @@ impl Repository {
                             overlay::merge(target, &wrapped, "", &mut errors);
                             for e in errors {
                                 let d = self.files.diag(e.pos, Some(e.pointer), e.message);
-                                found.push(in_env(d, vec![ws_name.clone()], String::new()));
+                                found.push(Found::in_env(d, vec![ws_name.clone()], String::new()));
                             }
                         }
                     }
                 }
             }
         }
-        // Manifests: a layer's replace the same object of a layer below it.
+        (workspaces, sources)
+    }
+
+    /// Manifests: a layer's replace the same object of a layer below it.
+    #[allow(clippy::type_complexity)]
+    fn merge_resources(
+        &self,
+        layers: &[(&String, &Layer)],
+        found: &mut Vec<Found>,
+    ) -> BTreeMap<(String, Option<String>, String), (serde_json::Value, Pos)> {
         let mut resources: BTreeMap<(String, Option<String>, String), (serde_json::Value, Pos)> =
             BTreeMap::new();
-        for (_, layer) in &layers {
+        for (_, layer) in layers {
             let mut seen = BTreeMap::new();
             for doc in &layer.resources {
                 let json = doc.node.to_json();
@@ -695,9 +739,20 @@ impl Repository {
                 resources.insert(key, (json, doc.node.pos));
             }
         }
+        resources
+    }
 
+    /// The merged settings as typed; a merge that breaks them is reported
+    /// (unless a layer's own file already was).
+    fn typed_settings(
+        &self,
+        name: &str,
+        layers: &[(&String, &Layer)],
+        settings: &Node,
+        found: &mut Vec<Found>,
+    ) -> Settings {
         let settings_json = settings.to_json();
-        env.settings = match serde_json::from_value(settings_json) {
+        match serde_json::from_value(settings_json) {
             Ok(s) => s,
             Err(e) => {
                 // A layer's environment.yaml that breaks its schema is
@@ -714,31 +769,40 @@ impl Repository {
                         Some("/spec".into()),
                         format!("invalid settings after merging the base chain: {e}"),
                     );
-                    found.push(in_env(d, Vec::new(), String::new()));
+                    found.push(Found::in_env(d, Vec::new(), String::new()));
                 }
                 Settings::default()
             }
-        };
+        }
+    }
 
-        // Each merged workspace: its schema (what only the merge shows), the
-        // rules (also where the schema check failed, as far as they can
-        // go), then the names it renders.
+    /// Each merged workspace: its schema (what only the merge shows), the
+    /// rules (also where the schema check failed, as far as they can go),
+    /// then the names it renders. Returns the typed workspaces.
+    fn check_workspaces(
+        &self,
+        env: &Environment,
+        workspaces: &BTreeMap<String, Node>,
+        sources: &BTreeMap<String, Vec<String>>,
+        file_level: &std::collections::BTreeSet<Diagnostic>,
+        found: &mut Vec<Found>,
+    ) -> BTreeMap<String, Workspace> {
         let mut typed: BTreeMap<String, Workspace> = BTreeMap::new();
         let layers_of = |ws: &str| match sources.get(ws) {
             Some(list) if list.len() > 1 => list.join(", "),
             _ => String::new(),
         };
-        for (ws_name, node) in &workspaces {
+        for (ws_name, node) in workspaces {
             let mut diags = Vec::new();
             let schema_diags = schema::validate(SchemaKind::Workspace, node, &self.files);
             let schema_ok = schema_diags.is_empty();
             diags.extend(schema_diags.into_iter().filter(|d| !file_level.contains(d)));
-            self.check_rules(&env, node, &mut diags);
+            self.check_rules(env, node, &mut diags);
             if schema_ok {
-                self.check_rendered_names(&env, node, &mut diags);
+                self.check_rendered_names(env, node, &mut diags);
                 match serde_json::from_value::<Workspace>(node.to_json()) {
                     Ok(ws) => {
-                        self.check_identities(&env, &ws, node, &mut diags);
+                        self.check_identities(env, &ws, node, &mut diags);
                         typed.insert(ws_name.clone(), ws);
                     }
                     Err(e) => diags.push(self.files.diag(
@@ -752,17 +816,26 @@ impl Repository {
             found.extend(
                 diags
                     .into_iter()
-                    .map(|d| in_env(d, vec![ws_name.clone()], layers.clone())),
+                    .map(|d| Found::in_env(d, vec![ws_name.clone()], layers.clone())),
             );
         }
-        for (d, a, b) in self.check_namespaces(&env, &workspaces) {
-            found.push(in_env(d, vec![a, b], String::new()));
-        }
-        // A plain manifest must not be one of the objects a workspace renders.
+        typed
+    }
+
+    /// A plain manifest must not be one of the objects a workspace renders.
+    #[allow(clippy::type_complexity)]
+    fn check_manifests(
+        &self,
+        env: &Environment,
+        resources: &BTreeMap<(String, Option<String>, String), (serde_json::Value, Pos)>,
+        typed: &BTreeMap<String, Workspace>,
+        workspaces: &BTreeMap<String, Node>,
+        found: &mut Vec<Found>,
+    ) {
         if !resources.is_empty() {
             let mut rendered: BTreeMap<Identity, (&String, Origin)> = BTreeMap::new();
-            for (ws_name, ws) in &typed {
-                for (id, origin) in identities(&env, ws) {
+            for (ws_name, ws) in typed {
+                for (id, origin) in identities(env, ws) {
                     rendered.entry(id).or_insert((ws_name, origin));
                 }
             }
@@ -804,20 +877,9 @@ impl Repository {
                         self.at(at)
                     ),
                 );
-                found.push(in_env(d, Vec::new(), String::new()));
+                found.push(Found::in_env(d, Vec::new(), String::new()));
             }
         }
-
-        let held: std::collections::BTreeSet<&String> =
-            found.iter().flat_map(|f| f.workspaces.iter()).collect();
-        env.workspaces = typed
-            .into_iter()
-            .filter(|(n, _)| !held.contains(n))
-            .map(|(_, ws)| ws)
-            .collect();
-        env.resources = resources.into_values().map(|(json, _)| json).collect();
-        found.sort_by(|a, b| a.diag.cmp(&b.diag));
-        (env, found)
     }
 
     /// The namespaces an environment's workspaces render into, each with
