@@ -191,8 +191,28 @@ pub fn steps_with_foreign<'a>(
     options: &SyncOptions,
     foreign: &BTreeMap<String, Vec<String>>,
 ) -> Result<Steps<'a>, MassPrune> {
-    let mut out = Steps::default();
-    // Apply: what the plan says is new or changed.
+    let mut out = Steps {
+        stages: apply_stages(plan, desired),
+        ..Steps::default()
+    };
+    // Prune: only what the inventory lists and nothing declares.
+    let Some(inventory) = inventory else {
+        return Ok(out);
+    };
+    if !options.prune {
+        return Ok(out);
+    }
+    let (candidates, scoped) =
+        prune_candidates(&mut out, desired, inventory, undeclared, options, foreign);
+    out.prune = prune_stages(candidates);
+    mass_prune_guard(&out, scoped, options, foreign)?;
+    Ok(out)
+}
+
+/// Apply: what the plan says is new or changed, in stages of one sync wave
+/// and kind rank.
+fn apply_stages<'a>(plan: &Plan, desired: &'a [Object]) -> Vec<Stage<'a>> {
+    let mut stages: Vec<Stage<'a>> = Vec::new();
     let changed: HashSet<ObjectKey<'_>> = plan
         .changes
         .iter()
@@ -206,23 +226,30 @@ pub fn steps_with_foreign<'a>(
     to_apply.sort_by_key(|o| (o.wave, kind_rank(&o.kind)));
     for o in to_apply {
         let (wave, rank) = (o.wave, kind_rank(&o.kind));
-        match out.stages.last_mut() {
+        match stages.last_mut() {
             Some(s) if s.wave == wave && s.rank == rank => s.objects.push(o),
-            _ => out.stages.push(Stage {
+            _ => stages.push(Stage {
                 wave,
                 rank,
                 objects: vec![o],
             }),
         }
     }
+    stages
+}
 
-    // Prune: only what the inventory lists and nothing declares.
-    let Some(inventory) = inventory else {
-        return Ok(out);
-    };
-    if !options.prune {
-        return Ok(out);
-    }
+/// The inventoried objects in scope nothing declares any more, with their
+/// sync wave; those gone, or kept (`prune: disabled`, a namespace holding
+/// foreign objects) go to `out`. Also returns how many inventoried objects
+/// are in scope.
+fn prune_candidates(
+    out: &mut Steps<'_>,
+    desired: &[Object],
+    inventory: &Inventory,
+    undeclared: &[Value],
+    options: &SyncOptions,
+    foreign: &BTreeMap<String, Vec<String>>,
+) -> (Vec<(ObjectRef, i32)>, usize) {
     let declared: HashSet<ObjectKey<'_>> = desired.iter().map(Object::key).collect();
     let live_refs: Vec<(ObjectRef, &Value)> = undeclared
         .iter()
@@ -268,6 +295,13 @@ pub fn steps_with_foreign<'a>(
             Some(l) => candidates.push((r.clone(), wave_of(l))),
         }
     }
+    (candidates, scoped)
+}
+
+/// Prune order: by sync wave, then kind rank, both decreasing (children
+/// before their namespaces), a stage per wave and kind.
+fn prune_stages(mut candidates: Vec<(ObjectRef, i32)>) -> Vec<Vec<ObjectRef>> {
+    let mut stages: Vec<Vec<ObjectRef>> = Vec::new();
     candidates.sort_by(|(a, wa), (b, wb)| {
         (
             std::cmp::Reverse(*wa),
@@ -283,13 +317,24 @@ pub fn steps_with_foreign<'a>(
     let mut stage = None;
     for (r, wave) in candidates {
         let this = Some((wave, kind_rank(&r.kind)));
-        match out.prune.last_mut() {
+        match stages.last_mut() {
             Some(objects) if stage == this => objects.push(r),
-            _ => out.prune.push(vec![r]),
+            _ => stages.push(vec![r]),
         }
         stage = this;
     }
+    stages
+}
 
+/// The guard that stops a dangerous prune before anything is written: a
+/// workspace's namespace, or more than `max_prune_percent` of the
+/// inventory in scope, only with `allow_mass_prune`.
+fn mass_prune_guard(
+    out: &Steps<'_>,
+    scoped: usize,
+    options: &SyncOptions,
+    foreign: &BTreeMap<String, Vec<String>>,
+) -> Result<(), MassPrune> {
     let count = out.prune.iter().map(Vec::len).sum::<usize>();
     if !options.allow_mass_prune && count > 0 {
         let namespaces: Vec<&str> = out
@@ -351,7 +396,7 @@ pub fn steps_with_foreign<'a>(
             });
         }
     }
-    Ok(out)
+    Ok(())
 }
 
 #[cfg(test)]
