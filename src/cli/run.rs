@@ -9,6 +9,8 @@ use anyhow::Context;
 
 use super::args::{ClusterArgs, LogFormat, RunArgs, parse_duration};
 use super::print_diagnostics;
+use crate::daemon::RunOptions;
+use crate::daemon::config::DaemonConfig;
 
 pub(super) fn run_cmd(args: RunArgs) -> anyhow::Result<ExitCode> {
     let config = match &args.config {
@@ -26,18 +28,20 @@ pub(super) fn run_cmd(args: RunArgs) -> anyhow::Result<ExitCode> {
             }
         }
     };
-    let duration = |flag: Option<std::time::Duration>,
-                    file: Option<&String>,
-                    default: &str|
-     -> anyhow::Result<std::time::Duration> {
-        match (flag, file) {
-            (Some(d), _) => Ok(d),
-            (None, Some(text)) => parse_duration(text).map_err(anyhow::Error::msg),
-            (None, None) => parse_duration(default).map_err(anyhow::Error::msg),
-        }
-    };
     let c = config.as_ref();
-    let policy = c.map(|c| c.sync_policy.clone()).unwrap_or_default();
+    init_logging(&args, c);
+    let options = run_options(&args, c)?;
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?
+        .block_on(crate::daemon::run(options))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Logs to stderr, as text (coloured on a terminal) or JSON lines.
+fn init_logging(args: &RunArgs, c: Option<&DaemonConfig>) {
     let log_format = args
         .log_format
         .unwrap_or(match c.and_then(|c| c.log_format.as_deref()) {
@@ -53,6 +57,21 @@ pub(super) fn run_cmd(args: RunArgs) -> anyhow::Result<ExitCode> {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
     }
+}
+
+/// The daemon's options: its flags over the configuration file's.
+fn run_options(args: &RunArgs, c: Option<&DaemonConfig>) -> anyhow::Result<RunOptions> {
+    let duration = |flag: Option<std::time::Duration>,
+                    file: Option<&String>,
+                    default: &str|
+     -> anyhow::Result<std::time::Duration> {
+        match (flag, file) {
+            (Some(d), _) => Ok(d),
+            (None, Some(text)) => parse_duration(text).map_err(anyhow::Error::msg),
+            (None, None) => parse_duration(default).map_err(anyhow::Error::msg),
+        }
+    };
+    let policy = c.map(|c| c.sync_policy.clone()).unwrap_or_default();
     let environments: Vec<String> = if args.envs.is_empty() {
         c.map(|c| c.environments.iter().map(|e| e.name.clone()).collect())
             .unwrap_or_default()
@@ -96,7 +115,7 @@ pub(super) fn run_cmd(args: RunArgs) -> anyhow::Result<ExitCode> {
     let Some(repo) = args.repo.clone().or_else(|| c.map(|c| c.repo.clone())) else {
         anyhow::bail!("no repository: give --repo or a configuration file");
     };
-    let options = crate::daemon::RunOptions {
+    Ok(RunOptions {
         repo,
         branch: args
             .branch
@@ -135,12 +154,5 @@ pub(super) fn run_cmd(args: RunArgs) -> anyhow::Result<ExitCode> {
         allow_mass_prune: args.allow_mass_prune || policy.allow_mass_prune,
         prune_foreign: args.prune_foreign || policy.prune_foreign,
         contexts,
-    };
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?
-        .block_on(crate::daemon::run(options))?;
-    Ok(ExitCode::SUCCESS)
+    })
 }
