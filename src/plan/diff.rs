@@ -749,7 +749,44 @@ pub fn diff_object_with(
     }
     // Hand edits: what reverting managers own is drift, and theirs no more
     // once a sync takes it over.
+    let (taken_all, takeover) =
+        hand_edits(desired, &body, live, manager, policy, &mut change.fields);
+    heal.takeover = takeover;
+    if !notes.is_empty() {
+        change.note = Some(notes.join("; "));
+    }
+    if !heal.is_empty() {
+        change.heal = Some(Box::new(heal));
+    }
+    if !change.fields.is_empty() {
+        change.action = Action::Update;
+        if !diffs {
+            return change;
+        }
+        let mut trie = owned
+            .first()
+            .map(|(_, f)| (*f).clone())
+            .unwrap_or_else(|| Value::Object(Map::new()));
+        field_policy::merge_fields(&mut trie, &taken_all, 0);
+        let view = project(live, Some(&body), Some(&trie));
+        change.diff = unified(&yaml(&view), &yaml(&body), &id);
+    }
+    change
+}
+
+/// The fields of managers the policy reverts (hand edits), added to
+/// `changes` as drift; returns the fields a sync takes over from them and
+/// the takeover of their `managedFields` entries, if any.
+fn hand_edits(
+    desired: &Object,
+    body: &Value,
+    live: &Value,
+    manager: &str,
+    policy: &Ownership,
+    changes: &mut Vec<FieldChange>,
+) -> (Value, Option<Takeover>) {
     let mut moves = Vec::new();
+    let mut takeover = None;
     let mut taken_all = Value::Object(Map::new());
     if let Some(entries) = live
         .pointer("/metadata/managedFields")
@@ -776,15 +813,15 @@ pub fn diff_object_with(
             let mut found = Vec::new();
             let (taken, kept) = reverted(
                 fields,
-                Some(&body),
+                Some(body),
                 Some(live),
                 &mut Vec::new(),
                 &r,
                 &mut found,
             );
             for f in found {
-                if !change.fields.iter().any(|c| c.path == f.path) {
-                    change.fields.push(f);
+                if !changes.iter().any(|c| c.path == f.path) {
+                    changes.push(f);
                 }
             }
             if !taken.is_empty() {
@@ -798,7 +835,7 @@ pub fn diff_object_with(
                 .get("apiVersion")
                 .and_then(Value::as_str)
                 .unwrap_or(&desired.api_version);
-            heal.takeover = Some(Takeover {
+            takeover = Some(Takeover {
                 resource_version: live
                     .pointer("/metadata/resourceVersion")
                     .and_then(Value::as_str)
@@ -813,26 +850,7 @@ pub fn diff_object_with(
             });
         }
     }
-    if !notes.is_empty() {
-        change.note = Some(notes.join("; "));
-    }
-    if !heal.is_empty() {
-        change.heal = Some(Box::new(heal));
-    }
-    if !change.fields.is_empty() {
-        change.action = Action::Update;
-        if !diffs {
-            return change;
-        }
-        let mut trie = owned
-            .first()
-            .map(|(_, f)| (*f).clone())
-            .unwrap_or_else(|| Value::Object(Map::new()));
-        field_policy::merge_fields(&mut trie, &taken_all, 0);
-        let view = project(live, Some(&body), Some(&trie));
-        change.diff = unified(&yaml(&view), &yaml(&body), &id);
-    }
-    change
+    (taken_all, takeover)
 }
 
 /// When `manager` last wrote the object (its `managedFields` time).
