@@ -76,6 +76,58 @@ fn load_with(tree: &SourceTree, parallel: bool) -> Repository {
         problems: tree.problems().to_vec(),
         ..Repository::default()
     };
+    let jobs = jobs_of(tree, &mut repo);
+    // A thread costs more than a few files do.
+    let checked = if !parallel || jobs.len() < 64 {
+        jobs.iter()
+            .map(|job| check_file(job, &repo.files))
+            .collect()
+    } else {
+        crate::par::map(&jobs, |job| check_file(job, &repo.files))
+    };
+    for (job, (parsed, checks)) in jobs.iter().zip(checked) {
+        let layer_name = job.layer_name.to_string();
+        let layer = repo.layers.entry(layer_name.clone()).or_default();
+        let Some(role) = job.role else {
+            layer.problems.push(at_file(
+                job.path,
+                "unexpected file: a layer holds environment.yaml, workspaces/*.yaml and resources/*.yaml",
+            ));
+            continue;
+        };
+        let node = match parsed {
+            Some(Ok(node)) => node,
+            Some(Err(e)) => {
+                layer.problems.push(repo.files.diag(e.pos, None, e.message));
+                layer.unreadable_workspace |= matches!(role, Role::Workspace);
+                continue;
+            }
+            None => continue,
+        };
+        hold_problems(layer, job, role, &node, checks);
+        add_document(layer, &repo.files, role, Doc { node }, &layer_name);
+    }
+    for (name, layer) in &mut repo.layers {
+        if layer.env.is_none() && layer.problems.is_empty() && layer.workspace_problems.is_empty() {
+            layer.problems.push(at_file(
+                &format!("{ENVIRONMENTS_DIR}/{name}/{ENVIRONMENT_FILE}"),
+                format!("layer `{name}` has no {ENVIRONMENT_FILE}"),
+            ));
+        }
+    }
+    if repo.layers.is_empty() {
+        repo.problems.push(at_file(
+            ENVIRONMENTS_DIR,
+            "no environments found: expected environments/<name>/environment.yaml; \
+             run tenantsync in the repository's root folder or name it with --repo DIR",
+        ));
+    }
+    repo
+}
+
+/// The files of `environments/<layer>/` to read, each with its role; a
+/// YAML file outside a layer is a problem of the repository.
+fn jobs_of<'t>(tree: &'t SourceTree, repo: &mut Repository) -> Vec<Job<'t>> {
     let prefix = format!("{ENVIRONMENTS_DIR}/");
     let mut jobs: Vec<Job<'_>> = Vec::new();
     for path in tree.paths() {
@@ -112,122 +164,92 @@ fn load_with(tree: &SourceTree, parallel: bool) -> Repository {
             bytes: tree.get(path).unwrap_or_default(),
         });
     }
-    // A thread costs more than a few files do.
-    let checked = if !parallel || jobs.len() < 64 {
-        jobs.iter()
-            .map(|job| check_file(job, &repo.files))
-            .collect()
-    } else {
-        crate::par::map(&jobs, |job| check_file(job, &repo.files))
+    jobs
+}
+
+/// A file's own problems: a workspace file's hold the workspace it names;
+/// a file whose workspace cannot be told holds the environment.
+fn hold_problems(
+    layer: &mut Layer,
+    job: &Job<'_>,
+    role: Role,
+    node: &Node,
+    checks: Vec<Diagnostic>,
+) {
+    let owner = match role {
+        Role::Workspace => doc_name(node).map(|(n, _)| n).filter(|_| {
+            matches!(
+                node.get("kind").and_then(Node::as_str),
+                Some("Workspace" | "WorkspacePatch")
+            )
+        }),
+        _ => None,
     };
-    for (job, (parsed, checks)) in jobs.iter().zip(checked) {
-        let layer_name = job.layer_name.to_string();
-        let layer = repo.layers.entry(layer_name.clone()).or_default();
-        let Some(role) = job.role else {
-            layer.problems.push(at_file(
-                job.path,
-                "unexpected file: a layer holds environment.yaml, workspaces/*.yaml and resources/*.yaml",
-            ));
-            continue;
-        };
-        let node = match parsed {
-            Some(Ok(node)) => node,
-            Some(Err(e)) => {
-                layer.problems.push(repo.files.diag(e.pos, None, e.message));
-                layer.unreadable_workspace |= matches!(role, Role::Workspace);
-                continue;
+    match owner {
+        Some(ws) => {
+            // A name that is not a valid name is likely a typo of the
+            // one the file is named after: hold that workspace too, so
+            // the typo does not read as its removal.
+            let stem = job
+                .path
+                .rsplit('/')
+                .next()
+                .and_then(|f| f.strip_suffix(".yaml").or_else(|| f.strip_suffix(".yml")))
+                .filter(|stem| *stem != ws && names::check_label(&ws).is_err())
+                .map(str::to_string);
+            for d in checks {
+                if let Some(stem) = &stem {
+                    layer.workspace_problems.push((stem.clone(), d.clone()));
+                }
+                layer.workspace_problems.push((ws.clone(), d));
             }
-            None => continue,
-        };
-        // A workspace file's own problems hold the workspace it names; a
-        // file whose workspace cannot be told holds the environment.
-        let owner = match role {
-            Role::Workspace => doc_name(&node).map(|(n, _)| n).filter(|_| {
-                matches!(
-                    node.get("kind").and_then(Node::as_str),
-                    Some("Workspace" | "WorkspacePatch")
-                )
-            }),
-            _ => None,
-        };
-        match owner {
-            Some(ws) => {
-                // A name that is not a valid name is likely a typo of the
-                // one the file is named after: hold that workspace too, so
-                // the typo does not read as its removal.
-                let stem = job
-                    .path
-                    .rsplit('/')
-                    .next()
-                    .and_then(|f| f.strip_suffix(".yaml").or_else(|| f.strip_suffix(".yml")))
-                    .filter(|stem| *stem != ws && names::check_label(&ws).is_err())
-                    .map(str::to_string);
-                for d in checks {
-                    if let Some(stem) = &stem {
-                        layer.workspace_problems.push((stem.clone(), d.clone()));
-                    }
-                    layer.workspace_problems.push((ws.clone(), d));
+        }
+        None => layer.problems.extend(checks),
+    }
+}
+
+/// A parsed document into its layer, by role: the environment (with its
+/// inline patches), a manifest, a workspace or a patch.
+fn add_document(layer: &mut Layer, files: &FileTable, role: Role, doc: Doc, layer_name: &str) {
+    match role {
+        Role::Environment => {
+            if let Some(name) = doc.node.get("metadata").and_then(|m| m.get("name"))
+                && name.as_str().is_some_and(|n| n != layer_name)
+            {
+                layer.problems.push(files.diag(
+                    name.pos,
+                    Some("/metadata/name".into()),
+                    format!("environment name must equal its folder name `{layer_name}`"),
+                ));
+            }
+            // Inline patches are WorkspacePatch documents too.
+            if let Some(Value::Seq(items)) = doc
+                .node
+                .get("spec")
+                .and_then(|s| s.get("patches"))
+                .map(|p| &p.value)
+            {
+                for item in items {
+                    layer.patches.push(Doc { node: item.clone() });
                 }
             }
-            None => layer.problems.extend(checks),
+            layer.env = Some(doc);
         }
-        let doc = Doc { node };
-        match role {
-            Role::Environment => {
-                if let Some(name) = doc.node.get("metadata").and_then(|m| m.get("name"))
-                    && name.as_str().is_some_and(|n| n != layer_name)
-                {
-                    layer.problems.push(repo.files.diag(
-                        name.pos,
-                        Some("/metadata/name".into()),
-                        format!("environment name must equal its folder name `{layer_name}`"),
-                    ));
-                }
-                // Inline patches are WorkspacePatch documents too.
-                if let Some(Value::Seq(items)) = doc
-                    .node
-                    .get("spec")
-                    .and_then(|s| s.get("patches"))
-                    .map(|p| &p.value)
-                {
-                    for item in items {
-                        layer.patches.push(Doc { node: item.clone() });
-                    }
-                }
-                layer.env = Some(doc);
+        Role::Resource => layer.resources.push(doc),
+        Role::Workspace => match doc.node.get("kind").and_then(Node::as_str) {
+            Some("Workspace") => layer.workspaces.push(doc),
+            Some("WorkspacePatch") => layer.patches.push(doc),
+            other => {
+                let pos = doc.node.get("kind").map_or(doc.node.pos, |k| k.pos);
+                let found = other.map_or_else(|| "none".to_string(), |k| format!("`{k}`"));
+                layer.problems.push(files.diag(
+                    pos,
+                    Some("/kind".into()),
+                    format!("files in workspaces/ have kind `Workspace` or `WorkspacePatch`, found {found}"),
+                ));
             }
-            Role::Resource => layer.resources.push(doc),
-            Role::Workspace => match doc.node.get("kind").and_then(Node::as_str) {
-                Some("Workspace") => layer.workspaces.push(doc),
-                Some("WorkspacePatch") => layer.patches.push(doc),
-                other => {
-                    let pos = doc.node.get("kind").map_or(doc.node.pos, |k| k.pos);
-                    let found = other.map_or_else(|| "none".to_string(), |k| format!("`{k}`"));
-                    layer.problems.push(repo.files.diag(
-                        pos,
-                        Some("/kind".into()),
-                        format!("files in workspaces/ have kind `Workspace` or `WorkspacePatch`, found {found}"),
-                    ));
-                }
-            },
-        }
+        },
     }
-    for (name, layer) in &mut repo.layers {
-        if layer.env.is_none() && layer.problems.is_empty() && layer.workspace_problems.is_empty() {
-            layer.problems.push(at_file(
-                &format!("{ENVIRONMENTS_DIR}/{name}/{ENVIRONMENT_FILE}"),
-                format!("layer `{name}` has no {ENVIRONMENT_FILE}"),
-            ));
-        }
-    }
-    if repo.layers.is_empty() {
-        repo.problems.push(at_file(
-            ENVIRONMENTS_DIR,
-            "no environments found: expected environments/<name>/environment.yaml; \
-             run tenantsync in the repository's root folder or name it with --repo DIR",
-        ));
-    }
-    repo
 }
 
 #[derive(Clone, Copy)]
