@@ -1188,7 +1188,19 @@ impl Repository {
             );
         }
 
-        // What rendering needs from the environment.
+        self.check_needs(env, ws, &ws_name, [&fhir, &dicom, &iot], diags);
+    }
+
+    /// What rendering needs from the environment: an ingress domain for
+    /// exposed services, an image for every workload.
+    fn check_needs(
+        &self,
+        env: &Environment,
+        ws: &Node,
+        ws_name: &str,
+        [fhir, dicom, iot]: [&[&Node]; 3],
+        diags: &mut Vec<Diagnostic>,
+    ) {
         let s = &env.settings;
         if (!fhir.is_empty() || !dicom.is_empty()) && s.ingress.domain.is_none() {
             diags.push(self.files.diag(
@@ -1200,11 +1212,11 @@ impl Repository {
             ));
         }
         let images: [(&str, &[&Node], Option<&model::Image>, &str); 3] = [
-            ("FHIR service", &fhir, s.images.fhir.as_ref(), "fhir"),
-            ("DICOM service", &dicom, s.images.dicom.as_ref(), "dicom"),
+            ("FHIR service", fhir, s.images.fhir.as_ref(), "fhir"),
+            ("DICOM service", dicom, s.images.dicom.as_ref(), "dicom"),
             (
                 "IoT connector",
-                &iot,
+                iot,
                 s.images.iot_connector.as_ref(),
                 "iotConnector",
             ),
@@ -1214,7 +1226,7 @@ impl Repository {
                 self.require_image(item, item.get("image"), default, what, key, diags);
             }
         }
-        for d in &dicom {
+        for d in dicom {
             if let Some(cast) = d.get("dicomCast") {
                 self.require_image(
                     cast,
@@ -1226,7 +1238,7 @@ impl Repository {
                 );
             }
         }
-        for c in &iot {
+        for c in iot {
             if let Some(Value::Seq(dests)) = c.get("fhirDestinations").map(|n| &n.value) {
                 for d in dests {
                     self.require_image(
