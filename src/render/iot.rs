@@ -7,32 +7,13 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::ServiceAccount;
 
 use super::workload::{Ctx, Workload, config_map, deployment, image_ref, pretty, service_url};
-use crate::declare::model::{IotConnector, KindDefaults};
+use crate::declare::model::{FhirDestination, IotConnector, KindDefaults};
 use crate::declare::names;
 
 pub(super) fn render(cx: &mut Ctx<'_>, connectors: &[IotConnector]) {
     let settings = &cx.env.settings;
     if !connectors.is_empty() {
-        // Workspace-wide IoT identity and settings exist only while the
-        // workspace has a connector (seed 004).
-        let labels = cx.labels("iot-connector", names::IOT_SHARED, "shared");
-        let sa = ServiceAccount {
-            metadata: cx.meta(names::IOT_SHARED, labels.clone()),
-            ..ServiceAccount::default()
-        };
-        cx.push(&sa, true, names::IOT_SHARED);
-        let data = BTreeMap::from([(
-            "NormalizedEventHub__Namespace".to_string(),
-            format!("{}-iot", cx.namespace),
-        )]);
-        config_map(
-            cx,
-            names::IOT_SHARED,
-            "iot-connector",
-            names::IOT_SHARED,
-            "shared",
-            data,
-        );
+        shared(cx);
     }
     for c in connectors {
         let name = names::iot(&c.name);
@@ -86,55 +67,86 @@ pub(super) fn render(cx: &mut Ctx<'_>, connectors: &[IotConnector]) {
             },
         );
         for dest in &c.fhir_destinations {
-            let namespace = cx.namespace.clone();
-            let dname = names::iot_destination(&c.name, &dest.name);
-            let hash = config_map(
-                cx,
-                &dname,
-                "iot-fhir-destination",
-                &dname,
-                "destination",
-                BTreeMap::from([(
-                    "fhirmapping.json".to_string(),
-                    pretty(&dest.fhir_mapping.content),
-                )]),
-            );
-            let dest_defaults = &settings.defaults.iot_fhir_destination;
-            deployment(
-                cx,
-                Workload {
-                    name: dname.clone(),
-                    app: "iot-fhir-destination",
-                    component: "destination",
-                    image: image_ref(None, settings.images.iot_fhir_destination.as_ref()),
-                    replicas: dest_defaults.replicas.unwrap_or(1),
-                    resources: dest.resources.as_ref().or(dest_defaults.resources.as_ref()),
-                    service_account: Some(names::IOT_SHARED.to_string()),
-                    env_from: Some(names::IOT_SHARED.to_string()),
-                    env: vec![
-                        (
-                            "Fhir__Endpoint".into(),
-                            service_url(&names::fhir(&dest.fhir_service), &namespace),
-                        ),
-                        (
-                            "Fhir__ResourceIdentityResolutionType".into(),
-                            dest.resource_identity_resolution_type.clone(),
-                        ),
-                        (
-                            "Normalization__EventHubName".into(),
-                            format!("{name}-normalized"),
-                        ),
-                        ("Normalization__ConsumerGroup".into(), dname.clone()),
-                        (
-                            "Template__FhirMappingPath".into(),
-                            "/etc/tenantsync/mapping/fhirmapping.json".into(),
-                        ),
-                    ],
-                    mount: Some((dname.clone(), "/etc/tenantsync/mapping")),
-                    identity: false,
-                    config_hash: hash,
-                },
-            );
+            destination(cx, c, dest, &name);
         }
     }
+}
+
+/// One FHIR destination of connector `c` (`name`: the connector's
+/// rendered name): its mapping and the workload that writes to the FHIR
+/// service.
+fn destination(cx: &mut Ctx<'_>, c: &IotConnector, dest: &FhirDestination, name: &str) {
+    let settings = &cx.env.settings;
+    let namespace = cx.namespace.clone();
+    let dname = names::iot_destination(&c.name, &dest.name);
+    let hash = config_map(
+        cx,
+        &dname,
+        "iot-fhir-destination",
+        &dname,
+        "destination",
+        BTreeMap::from([(
+            "fhirmapping.json".to_string(),
+            pretty(&dest.fhir_mapping.content),
+        )]),
+    );
+    let dest_defaults = &settings.defaults.iot_fhir_destination;
+    deployment(
+        cx,
+        Workload {
+            name: dname.clone(),
+            app: "iot-fhir-destination",
+            component: "destination",
+            image: image_ref(None, settings.images.iot_fhir_destination.as_ref()),
+            replicas: dest_defaults.replicas.unwrap_or(1),
+            resources: dest.resources.as_ref().or(dest_defaults.resources.as_ref()),
+            service_account: Some(names::IOT_SHARED.to_string()),
+            env_from: Some(names::IOT_SHARED.to_string()),
+            env: vec![
+                (
+                    "Fhir__Endpoint".into(),
+                    service_url(&names::fhir(&dest.fhir_service), &namespace),
+                ),
+                (
+                    "Fhir__ResourceIdentityResolutionType".into(),
+                    dest.resource_identity_resolution_type.clone(),
+                ),
+                (
+                    "Normalization__EventHubName".into(),
+                    format!("{name}-normalized"),
+                ),
+                ("Normalization__ConsumerGroup".into(), dname.clone()),
+                (
+                    "Template__FhirMappingPath".into(),
+                    "/etc/tenantsync/mapping/fhirmapping.json".into(),
+                ),
+            ],
+            mount: Some((dname.clone(), "/etc/tenantsync/mapping")),
+            identity: false,
+            config_hash: hash,
+        },
+    );
+}
+
+/// Workspace-wide IoT identity and settings: they exist only while the
+/// workspace has a connector (seed 004).
+fn shared(cx: &mut Ctx<'_>) {
+    let labels = cx.labels("iot-connector", names::IOT_SHARED, "shared");
+    let sa = ServiceAccount {
+        metadata: cx.meta(names::IOT_SHARED, labels.clone()),
+        ..ServiceAccount::default()
+    };
+    cx.push(&sa, true, names::IOT_SHARED);
+    let data = BTreeMap::from([(
+        "NormalizedEventHub__Namespace".to_string(),
+        format!("{}-iot", cx.namespace),
+    )]);
+    config_map(
+        cx,
+        names::IOT_SHARED,
+        "iot-connector",
+        names::IOT_SHARED,
+        "shared",
+        data,
+    );
 }

@@ -206,6 +206,34 @@ pub(super) fn exposed_service(cx: &mut Ctx<'_>, e: Exposed<'_>, data: BTreeMap<S
     };
     cx.push(&svc, true, name);
 
+    ingress(cx, name, labels.clone(), short, host_kind);
+
+    if replicas > 1 {
+        let pdb = PodDisruptionBudget {
+            metadata: cx.meta(name, labels),
+            spec: Some(PodDisruptionBudgetSpec {
+                max_unavailable: Some(IntOrString::Int(1)),
+                selector: Some(LabelSelector {
+                    match_labels: Some(selector),
+                    ..LabelSelector::default()
+                }),
+                ..PodDisruptionBudgetSpec::default()
+            }),
+            ..PodDisruptionBudget::default()
+        };
+        cx.push(&pdb, true, name);
+    }
+}
+
+/// The Ingress of an exposed service: `<service>.<fhir|dicom>.<workspace>.<domain>`,
+/// with TLS.
+fn ingress(
+    cx: &mut Ctx<'_>,
+    name: &str,
+    labels: BTreeMap<String, String>,
+    short: &str,
+    host_kind: &str,
+) {
     let ingress_settings = &cx.env.settings.ingress;
     let host = names::host(
         short,
@@ -214,7 +242,7 @@ pub(super) fn exposed_service(cx: &mut Ctx<'_>, e: Exposed<'_>, data: BTreeMap<S
         ingress_settings.domain.as_deref().unwrap_or("local"),
     );
     let ingress = Ingress {
-        metadata: cx.meta(name, labels.clone()),
+        metadata: cx.meta(name, labels),
         spec: Some(IngressSpec {
             ingress_class_name: ingress_settings.class_name.clone(),
             rules: Some(vec![IngressRule {
@@ -245,22 +273,6 @@ pub(super) fn exposed_service(cx: &mut Ctx<'_>, e: Exposed<'_>, data: BTreeMap<S
         ..Ingress::default()
     };
     cx.push(&ingress, true, name);
-
-    if replicas > 1 {
-        let pdb = PodDisruptionBudget {
-            metadata: cx.meta(name, labels),
-            spec: Some(PodDisruptionBudgetSpec {
-                max_unavailable: Some(IntOrString::Int(1)),
-                selector: Some(LabelSelector {
-                    match_labels: Some(selector),
-                    ..LabelSelector::default()
-                }),
-                ..PodDisruptionBudgetSpec::default()
-            }),
-            ..PodDisruptionBudget::default()
-        };
-        cx.push(&pdb, true, name);
-    }
 }
 
 /// Adds a ConfigMap; returns the hash of its data, which goes into the pod
@@ -291,92 +303,14 @@ pub(super) fn config_map(
     hash
 }
 
-pub(super) fn deployment(cx: &mut Ctx<'_>, w: Workload<'_>) {
+pub(super) fn deployment(cx: &mut Ctx<'_>, mut w: Workload<'_>) {
     let labels = cx.labels(w.app, &w.name, w.component);
     let selector = selector_labels(w.app, &w.name);
     let mut pod_labels = labels.clone();
     if w.identity {
         pod_labels.insert(WORKLOAD_IDENTITY_USE.to_string(), "true".to_string());
     }
-    let probe = |initial: i32, period: i32| Probe {
-        http_get: Some(HTTPGetAction {
-            path: Some("/health".into()),
-            port: IntOrString::String("http".into()),
-            ..HTTPGetAction::default()
-        }),
-        initial_delay_seconds: Some(initial),
-        period_seconds: Some(period),
-        ..Probe::default()
-    };
-    let mut mounts = vec![VolumeMount {
-        name: "tmp".into(),
-        mount_path: "/tmp".into(),
-        ..VolumeMount::default()
-    }];
-    let mut volumes = vec![Volume {
-        name: "tmp".into(),
-        empty_dir: Some(EmptyDirVolumeSource::default()),
-        ..Volume::default()
-    }];
-    if let Some((cm, path)) = &w.mount {
-        mounts.push(VolumeMount {
-            name: "mapping".into(),
-            mount_path: (*path).to_string(),
-            read_only: Some(true),
-            ..VolumeMount::default()
-        });
-        volumes.push(Volume {
-            name: "mapping".into(),
-            config_map: Some(ConfigMapVolumeSource {
-                name: cm.clone(),
-                ..ConfigMapVolumeSource::default()
-            }),
-            ..Volume::default()
-        });
-    }
-    let container = Container {
-        name: w.app.to_string(),
-        image: Some(w.image),
-        ports: Some(vec![ContainerPort {
-            name: Some("http".into()),
-            container_port: HTTP_PORT,
-            protocol: Some("TCP".into()),
-            ..ContainerPort::default()
-        }]),
-        env_from: w.env_from.map(|cm| {
-            vec![EnvFromSource {
-                config_map_ref: Some(ConfigMapEnvSource {
-                    name: cm,
-                    ..ConfigMapEnvSource::default()
-                }),
-                ..EnvFromSource::default()
-            }]
-        }),
-        env: (!w.env.is_empty()).then(|| {
-            w.env
-                .into_iter()
-                .map(|(name, value)| EnvVar {
-                    name,
-                    value: Some(value),
-                    ..EnvVar::default()
-                })
-                .collect()
-        }),
-        resources: w.resources.map(resource_requirements),
-        readiness_probe: Some(probe(5, 10)),
-        liveness_probe: Some(probe(30, 20)),
-        volume_mounts: Some(mounts),
-        security_context: Some(SecurityContext {
-            allow_privilege_escalation: Some(false),
-            read_only_root_filesystem: Some(true),
-            capabilities: Some(Capabilities {
-                drop: Some(vec!["ALL".into()]),
-                ..Capabilities::default()
-            }),
-            ..SecurityContext::default()
-        }),
-        ..Container::default()
-    };
+    let (container, volumes) = container(&mut w);
     let deploy = Deployment {
         metadata: cx.meta(&w.name, labels),
         spec: Some(DeploymentSpec {
@@ -421,6 +355,92 @@ pub(super) fn deployment(cx: &mut Ctx<'_>, w: Workload<'_>) {
         ..Deployment::default()
     };
     cx.push(&deploy, true, &w.name);
+}
+
+/// The workload's one container (its image, settings, probes, a writable
+/// /tmp on a read-only root file system, the mounted mapping) and the
+/// pod's volumes.
+fn container(w: &mut Workload<'_>) -> (Container, Vec<Volume>) {
+    let probe = |initial: i32, period: i32| Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some("/health".into()),
+            port: IntOrString::String("http".into()),
+            ..HTTPGetAction::default()
+        }),
+        initial_delay_seconds: Some(initial),
+        period_seconds: Some(period),
+        ..Probe::default()
+    };
+    let mut mounts = vec![VolumeMount {
+        name: "tmp".into(),
+        mount_path: "/tmp".into(),
+        ..VolumeMount::default()
+    }];
+    let mut volumes = vec![Volume {
+        name: "tmp".into(),
+        empty_dir: Some(EmptyDirVolumeSource::default()),
+        ..Volume::default()
+    }];
+    if let Some((cm, path)) = &w.mount {
+        mounts.push(VolumeMount {
+            name: "mapping".into(),
+            mount_path: (*path).to_string(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        });
+        volumes.push(Volume {
+            name: "mapping".into(),
+            config_map: Some(ConfigMapVolumeSource {
+                name: cm.clone(),
+                ..ConfigMapVolumeSource::default()
+            }),
+            ..Volume::default()
+        });
+    }
+    let container = Container {
+        name: w.app.to_string(),
+        image: Some(std::mem::take(&mut w.image)),
+        ports: Some(vec![ContainerPort {
+            name: Some("http".into()),
+            container_port: HTTP_PORT,
+            protocol: Some("TCP".into()),
+            ..ContainerPort::default()
+        }]),
+        env_from: w.env_from.take().map(|cm| {
+            vec![EnvFromSource {
+                config_map_ref: Some(ConfigMapEnvSource {
+                    name: cm,
+                    ..ConfigMapEnvSource::default()
+                }),
+                ..EnvFromSource::default()
+            }]
+        }),
+        env: (!w.env.is_empty()).then(|| {
+            std::mem::take(&mut w.env)
+                .into_iter()
+                .map(|(name, value)| EnvVar {
+                    name,
+                    value: Some(value),
+                    ..EnvVar::default()
+                })
+                .collect()
+        }),
+        resources: w.resources.map(resource_requirements),
+        readiness_probe: Some(probe(5, 10)),
+        liveness_probe: Some(probe(30, 20)),
+        volume_mounts: Some(mounts),
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            read_only_root_filesystem: Some(true),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                ..Capabilities::default()
+            }),
+            ..SecurityContext::default()
+        }),
+        ..Container::default()
+    };
+    (container, volumes)
 }
 
 pub(super) fn selector_labels(app: &str, instance: &str) -> BTreeMap<String, String> {
