@@ -418,6 +418,45 @@ struct Revert<'a> {
     kind: &'a str,
 }
 
+/// The items of a live and a desired list that a `k:` key of
+/// `managedFields` names, each with its index.
+#[allow(clippy::type_complexity)]
+fn keyed_items<'l, 'd>(
+    key: &str,
+    desired: Option<&'d Value>,
+    live: Option<&'l Value>,
+) -> (Option<(usize, &'l Value)>, Option<(usize, &'d Value)>) {
+    let l = live
+        .and_then(Value::as_array)
+        .and_then(|items| items.iter().enumerate().find(|(_, i)| key_matches(key, i)));
+    let d = desired.and_then(Value::as_array).and_then(|items| {
+        items
+            .iter()
+            .enumerate()
+            .find(|(_, i)| desired_key_matches(key, i))
+    });
+    (l, d)
+}
+
+/// The path segment of a keyed list item: `[name=...]` when it has a name,
+/// its key otherwise.
+fn item_segment(item_key: &str, l: Option<(usize, &Value)>, d: Option<(usize, &Value)>) -> Seg {
+    let name = l
+        .and_then(|(_, i)| item_name(i))
+        .or(d.and_then(|(_, i)| item_name(i)));
+    let label = match name {
+        Some(n) => format!("[name={n}]"),
+        None => format!("[{item_key}]"),
+    };
+    Seg::Item {
+        label,
+        live: l.map(|(_, i)| i.clone()),
+        desired: d.map(|(at, _)| at),
+        index: l.map(|(at, _)| at),
+        name: name.map(str::to_string),
+    }
+}
+
 /// Walks a reverting manager's fieldsV1 along the desired and live
 /// objects: each field it owns that tenantsync does not declare is drift
 /// (a removal, named with the manager and the time), and its fields split
@@ -480,29 +519,8 @@ fn reverted(
             }
             path.pop();
         } else if let Some(item_key) = key.strip_prefix("k:") {
-            let l = live
-                .and_then(Value::as_array)
-                .and_then(|items| items.iter().enumerate().find(|(_, i)| key_matches(key, i)));
-            let d = desired.and_then(Value::as_array).and_then(|items| {
-                items
-                    .iter()
-                    .enumerate()
-                    .find(|(_, i)| desired_key_matches(key, i))
-            });
-            let name = l
-                .and_then(|(_, i)| item_name(i))
-                .or(d.and_then(|(_, i)| item_name(i)));
-            let label = match name {
-                Some(n) => format!("[name={n}]"),
-                None => format!("[{item_key}]"),
-            };
-            path.push(Seg::Item {
-                label,
-                live: l.map(|(_, i)| i.clone()),
-                desired: d.map(|(at, _)| at),
-                index: l.map(|(at, _)| at),
-                name: name.map(str::to_string),
-            });
+            let (l, d) = keyed_items(key, desired, live);
+            path.push(item_segment(item_key, l, d));
             if r.policy.ignores(r.kind, &tokens(path), &[r.manager]) {
                 kept.insert(key.clone(), child.clone());
             } else if d.is_none() {
