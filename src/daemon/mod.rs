@@ -8,6 +8,13 @@
 //! one is synced as `tenantsync sync` does. Between revisions the loop
 //! checks for drift and, with self-heal, re-applies what drifted (and only
 //! that: sync applies only what the plan says changed).
+//!
+//! Here: the options, the status it publishes, the shared state and
+//! startup; `reconcile` (one environment's loop: typed steps, an `Action`,
+//! one backoff policy), `http` (status, metrics, probes, webhook),
+//! `leader` (leader election), `metrics`, `config` (the configuration
+//! file). Imports: the core, `source`, `cluster` and `pipeline`; only `cli`
+//! imports it.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

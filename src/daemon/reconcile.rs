@@ -804,12 +804,8 @@ fn log_failures(env: &str, r: &SyncReport) {
         tracing::warn!(environment = env, object = %f.id, error = %f.message, "object failed");
     }
     for c in &r.conflicts {
-        let fields: Vec<String> = c
-            .fields
-            .iter()
-            .map(|f| format!("{} (owned by {})", f.field, f.manager))
-            .collect();
-        tracing::warn!(environment = env, object = %c.id, fields = %fields.join(", "), "conflict");
+        let fields = crate::print::conflict_fields(c);
+        tracing::warn!(environment = env, object = %c.id, fields = %fields, "conflict");
     }
     if let Some(a) = &r.aborted {
         tracing::warn!(environment = env, error = %a, not_sent = r.not_sent.len(), "sync stopped");

@@ -18,7 +18,7 @@ mod report;
 mod status;
 
 pub use plan::{Verb, json, markdown, text, with_drift_notes, with_foreign};
-pub use report::{sync_errors, sync_text};
+pub use report::{conflict_fields, sync_errors, sync_text};
 pub use status::{status_json, status_text};
 
 /// `n` objects of a Kubernetes kind in English: `1 Ingress`, `7 Ingresses`,

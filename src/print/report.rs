@@ -4,7 +4,17 @@
 use super::kind_plural;
 use crate::sync::health::HealthStatus;
 use crate::sync::name_some;
-use crate::sync::report::SyncReport;
+use crate::sync::report::{Conflict, SyncReport};
+
+/// A conflict's fields, each with the manager that owns it.
+pub fn conflict_fields(c: &Conflict) -> String {
+    let fields: Vec<String> = c
+        .fields
+        .iter()
+        .map(|f| format!("{} (owned by {})", f.field, f.manager))
+        .collect();
+    fields.join(", ")
+}
 
 /// Why a sync did not succeed, one line per object.
 pub fn sync_errors(r: &SyncReport) -> String {
@@ -13,14 +23,11 @@ pub fn sync_errors(r: &SyncReport) -> String {
         lines.push(a.clone());
     }
     lines.extend(r.failures.iter().map(|f| f.message.clone()));
-    lines.extend(r.conflicts.iter().map(|c| {
-        let fields: Vec<String> = c
-            .fields
+    lines.extend(
+        r.conflicts
             .iter()
-            .map(|f| format!("{} (owned by {})", f.field, f.manager))
-            .collect();
-        format!("{}: conflict: {}", c.id, fields.join(", "))
-    }));
+            .map(|c| format!("{}: conflict: {}", c.id, conflict_fields(c))),
+    );
     if !r.not_sent.is_empty() {
         lines.push(format!(
             "{} object(s) not sent: {}",
@@ -36,15 +43,10 @@ pub fn sync_errors(r: &SyncReport) -> String {
 pub fn sync_text(r: &SyncReport) -> String {
     let mut out = String::new();
     for c in &r.conflicts {
-        let fields: Vec<String> = c
-            .fields
-            .iter()
-            .map(|f| format!("{} (owned by {})", f.field, f.manager))
-            .collect();
         out.push_str(&format!(
             "conflict: {}: {}; re-run with --force-conflicts to take them over\n",
             c.id,
-            fields.join(", ")
+            conflict_fields(c)
         ));
     }
     for f in &r.failures {
