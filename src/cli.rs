@@ -1134,7 +1134,8 @@ fn sync_cmd(args: &SyncArgs) -> anyhow::Result<ExitCode> {
             let transport = matches!(&result, Err(SyncError::Cluster(e)) if e.is_transport())
                 || matches!(&result, Ok(r) if r.aborted.is_some());
             if !transport {
-                let fields = cli_status_fields(&result, revision.as_deref(), &lock.identity);
+                let fields =
+                    cli_status_fields(&result, revision.as_deref(), &lock.identity, &skipped);
                 let write = cluster.write_status(&name, &fields);
                 if let Ok(Err(e)) = tokio::time::timeout(Duration::from_secs(5), write).await {
                     eprintln!("warning: cannot record the sync's result in the inventory: {e}");
@@ -1192,13 +1193,37 @@ fn cli_status_fields(
     result: &Result<cluster_sync::SyncReport, SyncError>,
     revision: Option<&str>,
     by: &str,
+    skipped: &[(String, Vec<Diagnostic>)],
 ) -> std::collections::BTreeMap<String, String> {
     let now = k8s_openapi::jiff::Timestamp::now().to_string();
-    let (status, error) = match result {
+    let (mut status, mut error) = match result {
         Ok(r) if r.succeeded() => ("Synced", String::new()),
         Ok(r) => ("Failed", sync_error_text(r)),
         Err(e) => ("Failed", e.to_string()),
     };
+    // `--skip-invalid`: the environment is not in step with the revision
+    // while a workspace of it is held.
+    if !skipped.is_empty() {
+        status = "Failed";
+        let mut lines = vec![format!(
+            "{} invalid workspace(s) skipped, held at their last applied state: {}",
+            skipped.len(),
+            skipped
+                .iter()
+                .map(|(w, _)| w.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )];
+        lines.extend(
+            skipped
+                .iter()
+                .flat_map(|(_, d)| d.iter().map(ToString::to_string)),
+        );
+        if !error.is_empty() {
+            lines.push(error);
+        }
+        error = lines.join("\n");
+    }
     let mut fields = std::collections::BTreeMap::from([
         ("syncStatus".to_string(), status.to_string()),
         (
@@ -1314,18 +1339,21 @@ fn sync_text(r: &cluster_sync::SyncReport) -> String {
         out.push_str(&format!("Health: {} ({})\n", h.status, per_ws.join(", ")));
     }
     out.push_str(&format!(
-        "{}Sync of environment {}{}: {} created, {} updated, {} recreated, {} pruned, {} unchanged, {} conflict(s), {} failure(s); {} write request(s).\n",
+        "{}Sync of environment {}{}: {} created, {} updated, {} recreated, {} pruned, {} unchanged, {} {}, {} {}; {} write {}.\n",
         if r.dry_run { "(dry run) " } else { "" },
         r.environment,
-        r.revision.as_deref().map(|v| format!(" at {}", &v[..v.len().min(12)])).unwrap_or_default(),
+        r.revision.as_deref().map(|v| format!(" at {}", v.get(..12).unwrap_or(v))).unwrap_or_default(),
         r.created.len(),
         r.updated.len(),
         r.recreated.len(),
         r.pruned.len(),
         r.unchanged,
         r.conflicts.len(),
+        crate::print::kind_plural("conflict", r.conflicts.len()),
         r.failures.len(),
+        crate::print::kind_plural("failure", r.failures.len()),
         r.write_requests,
+        crate::print::kind_plural("request", r.write_requests as usize),
     ));
     out
 }

@@ -582,3 +582,38 @@ fn ownership_policy_broken_glob_unknown_kind_and_bad_pointer_escape_are_refused(
         assert!(line.starts_with(start), "{line}\n{shown}");
     }
 }
+
+/// A missing repository folder said its reason twice (`No such file or
+/// directory (os error 2): No such file or directory (os error 2)`) and not
+/// what to do; a URL given to validate was read as a folder name.
+#[test]
+fn an_unreadable_repository_folder_is_said_once_with_what_to_do() {
+    let out = bin()
+        .args(["validate", "--repo", "/nonexistent/tenants"])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert_eq!(err.matches("No such file or directory").count(), 1, "{err}");
+    assert!(
+        err.contains("cannot read repository folder /nonexistent/tenants")
+            && err.contains("with --repo DIR"),
+        "{err}"
+    );
+    let out = bin()
+        .args([
+            "render",
+            "--env",
+            "dev",
+            "--repo",
+            "https://git.example.com/tenants.git",
+        ])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains("validate and render read a folder: clone the repository, or use plan, drift or sync, which fetch a URL"),
+        "{err}"
+    );
+}
