@@ -85,15 +85,11 @@ pub(super) fn desired_state(
         );
         Ok(Err(ExitCode::from(1)))
     };
-    match pipeline::desired(tree, &args.env, revision.map(|r| r.commit), &intake) {
-        Ok(mut state) => {
-            state.keep_in_scope();
-            Ok(Ok((state, digest)))
-        }
-        Err(Refused::Invalid {
+    let refused = |refused: Refused| match refused {
+        Refused::Invalid {
             diagnostics,
             workspaces_only,
-        }) => {
+        } => {
             let why = if workspaces_only && sync.is_some() {
                 " (sync --skip-invalid applies the valid workspaces)"
             } else {
@@ -101,20 +97,43 @@ pub(super) fn desired_state(
             };
             refuse(&diagnostics, why)
         }
-        Err(Refused::UnknownWorkspace {
-            environment,
-            unknown,
-            known,
-        }) => {
-            eprintln!(
-                "error: environment {environment} has no workspace `{unknown}` (its workspaces: {}); the cluster was not contacted",
-                known.join(", ")
-            );
-            Ok(Err(ExitCode::from(1)))
-        }
-        Err(Refused::Guardrails(diagnostics)) => refuse(&diagnostics, ""),
-        Err(Refused::Render(e)) => Err(e.into()),
+        Refused::Guardrails(diagnostics) => refuse(&diagnostics, ""),
+        Refused::Render(e) => Err(e.into()),
+    };
+    let selected = match pipeline::select(tree, &args.env, &intake) {
+        Ok(selected) => selected,
+        Err(e) => return refused(e),
+    };
+    if !selected.unselected.is_empty() {
+        eprintln!(
+            "note: invalid workspace(s) not selected, left as they are: {}",
+            selected.unselected.join(", ")
+        );
     }
+    match pipeline::desired_of(selected, revision.map(|r| r.commit), &intake) {
+        Ok(mut state) => {
+            state.keep_in_scope();
+            Ok(Ok((state, digest)))
+        }
+        Err(e) => refused(e),
+    }
+}
+
+/// A selected workspace Git does not declare must be one the inventory
+/// records (being offboarded); otherwise the name is a mistake, printed,
+/// and exit code 1 before anything is written.
+pub(super) async fn selection_known(
+    cluster: &Cluster,
+    desired: &DesiredState,
+) -> Result<Result<(), ExitCode>, ClusterError> {
+    let Some((ws, ns)) = pipeline::unrecorded(cluster, desired).await? else {
+        return Ok(Ok(()));
+    };
+    eprintln!(
+        "error: environment {} has no workspace `{ws}` (its workspaces: {}), and its inventory records nothing in namespace `{ns}`; nothing was changed",
+        desired.name, desired.unresolved.known
+    );
+    Ok(Err(ExitCode::from(1)))
 }
 
 /// The guardrails only the cluster can judge ([`pipeline::check_scopes`]),

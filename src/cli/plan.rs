@@ -6,7 +6,7 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use super::args::{LiveArgs, PlanOutput};
-use super::{desired_state, runtime, scopes_admitted, write_stdout};
+use super::{desired_state, runtime, scopes_admitted, selection_known, write_stdout};
 use crate::cluster::{Cluster, ClusterError};
 use crate::object::ObjectKey;
 use crate::pipeline::{self, Deletes, LivePlan, PlanOptions};
@@ -50,6 +50,9 @@ pub(super) fn live_cmd(args: &LiveArgs, verb: print::Verb) -> anyhow::Result<Exi
         None => (runtime.block_on(Cluster::connect(&options))?, None),
     };
     if let Err(code) = runtime.block_on(scopes_admitted(&cluster, args, &desired))? {
+        return Ok(code);
+    }
+    if let Err(code) = runtime.block_on(selection_known(&cluster, &desired))? {
         return Ok(code);
     }
     let (plan, foreign, notes) = runtime.block_on(async {

@@ -9,7 +9,9 @@ use std::time::Duration;
 use anyhow::Context;
 
 use super::args::{PlanOutput, SyncArgs};
-use super::{desired_state, print_diagnostics, runtime, scopes_admitted, write_stdout};
+use super::{
+    desired_state, print_diagnostics, runtime, scopes_admitted, selection_known, write_stdout,
+};
 use crate::cluster::Cluster;
 use crate::cluster::execute::{self as cluster_sync, Progress, SyncError};
 use crate::cluster::lock::{EnvLock, LockError};
@@ -53,6 +55,9 @@ pub(super) fn sync_cmd(args: &SyncArgs) -> anyhow::Result<ExitCode> {
     let runtime = runtime()?;
     let cluster = runtime.block_on(Cluster::connect(&live_args.cluster.options()))?;
     if let Err(code) = runtime.block_on(scopes_admitted(&cluster, live_args, &state))? {
+        return Ok(code);
+    }
+    if let Err(code) = runtime.block_on(selection_known(&cluster, &state))? {
         return Ok(code);
     }
     // One writer per environment: the lock is taken before the inventory is

@@ -33,6 +33,9 @@ impl fmt::Display for Diagnostic {
     }
 }
 
+/// Where a declaration is written: an object's provenance, kept with it.
+pub use crate::object::Location;
+
 /// A diagnostic is one line whatever a file holds: control characters (a
 /// YAML key can hold newlines) are escaped, so text from a repository can
 /// never forge a line of its own in a log or a pull-request comment.

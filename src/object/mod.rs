@@ -107,6 +107,22 @@ impl Names {
     }
 }
 
+/// Where a declaration is written, as `file:line:col` (a `resources/`
+/// manifest's, kept with its object so that what is said about it can
+/// point at its file).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Location {
+    pub file: String,
+    pub line: u32,
+    pub column: u32,
+}
+
+impl std::fmt::Display for Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}:{}", self.file, self.line, self.column)
+    }
+}
+
 /// One rendered object and its identity.
 #[derive(Clone, Debug, Serialize)]
 pub struct Object {
@@ -122,6 +138,11 @@ pub struct Object {
     /// objects for as long as a sync or the daemon runs, and a Value of a
     /// Deployment (a B-tree node per map) takes about ten times the bytes.
     body: Box<RawValue>,
+    /// Where a `resources/` manifest is written (`None` for what a
+    /// workspace renders and for live objects), so that what is said about
+    /// it can point at its file.
+    #[serde(skip)]
+    pub source: Option<std::sync::Arc<Location>>,
 }
 
 impl PartialEq for Object {
@@ -153,6 +174,7 @@ impl Object {
             workspace: Name::from(workspace),
             wave: wave_of(body),
             body: serde_json::value::to_raw_value(body).ok()?,
+            source: None,
         })
     }
 
@@ -174,6 +196,7 @@ impl Object {
             workspace,
             wave: 0,
             body,
+            source: None,
         }
     }
 

@@ -59,13 +59,6 @@ pub enum Refused {
         diagnostics: Vec<Diagnostic>,
         workspaces_only: bool,
     },
-    /// `--workspace` named a workspace the environment does not have.
-    UnknownWorkspace {
-        environment: String,
-        unknown: String,
-        /// The environment's workspaces, sorted.
-        known: Vec<String>,
-    },
     /// What the environment renders breaks the operator's guardrails.
     Guardrails(Vec<Diagnostic>),
     /// An object could not be rendered (not holding such workspaces).
@@ -82,15 +75,6 @@ impl std::fmt::Display for Refused {
             Refused::Invalid { diagnostics, .. } => {
                 write!(f, "{} error(s):\n{}", diagnostics.len(), lines(diagnostics))
             }
-            Refused::UnknownWorkspace {
-                environment,
-                unknown,
-                known,
-            } => write!(
-                f,
-                "environment {environment} has no workspace `{unknown}` (its workspaces: {})",
-                known.join(", ")
-            ),
             Refused::Guardrails(diagnostics) => write!(
                 f,
                 "the operator's guardrails are broken:\n{}",
@@ -128,11 +112,13 @@ pub struct DesiredState {
     pub objects: Vec<Object>,
     /// What may be planned, applied and pruned.
     pub scope: Scope,
-    /// Invalid workspaces held, with their problems.
+    /// The selected invalid workspaces held, with their problems.
     pub invalid: BTreeMap<String, Vec<Diagnostic>>,
     /// Every held workspace with why, a line each: its problems, then any
     /// other reason (a namespace clash, an object that does not render).
     pub held: BTreeMap<String, Vec<String>>,
+    /// Selected workspaces Git does not declare ([`Unresolved`]).
+    pub unresolved: Unresolved,
 }
 
 impl DesiredState {
@@ -159,13 +145,44 @@ impl DesiredState {
     }
 }
 
-/// The desired state of environment `env` in `tree` (read at `revision`).
+/// The desired state of environment `env` in `tree` (read at `revision`):
+/// [`select`], then [`desired_of`].
 pub fn desired(
     tree: SourceTree,
     env: &str,
     revision: Option<String>,
     intake: &Intake<'_>,
 ) -> Result<DesiredState, Refused> {
+    desired_of(select(tree, env, intake)?, revision, intake)
+}
+
+/// Selected workspaces Git does not declare (each with its namespace: one
+/// being offboarded is known only from the inventory), and the workspaces
+/// it does, for the message when one is not that either.
+#[derive(Clone, Debug, Default)]
+pub struct Unresolved {
+    pub workspaces: Vec<(String, String)>,
+    pub known: String,
+}
+
+/// An environment resolved and its workspaces selected: the first half of
+/// [`desired`], before anything is rendered.
+pub struct Selected {
+    environment: Environment,
+    /// Every invalid workspace, with its problems (all are held).
+    workspace_errors: BTreeMap<String, Vec<Diagnostic>>,
+    /// The selected invalid workspaces (held when the intake holds them).
+    invalid: BTreeMap<String, Vec<Diagnostic>>,
+    /// Invalid workspaces not selected, left as they are.
+    pub unselected: Vec<String>,
+    clashes: BTreeMap<String, String>,
+    unresolved: Unresolved,
+}
+
+/// Loads `tree`, resolves environment `env`, and selects its workspaces
+/// (`intake.only`): only the selected ones need to be valid; the others
+/// are out of scope and left as they are.
+pub fn select(tree: SourceTree, env: &str, intake: &Intake<'_>) -> Result<Selected, Refused> {
     // Each stage's input goes as soon as the next stage has what it needs:
     // the files once parsed, the parsed files once resolved.
     let repository = validate::load(&tree);
@@ -176,37 +193,67 @@ pub fn desired(
         .map(|also_hold| also_hold(&repository))
         .unwrap_or_default();
     drop(repository);
-    if !partial.environment_errors.is_empty()
-        || (!intake.hold_invalid && !partial.workspace_errors.is_empty())
-    {
+    let selected = |ws: &str| intake.only.is_empty() || intake.only.iter().any(|w| w == ws);
+    let (invalid, unselected): (BTreeMap<_, _>, BTreeMap<_, _>) = partial
+        .workspace_errors
+        .iter()
+        .map(|(ws, diags)| (ws.clone(), diags.clone()))
+        .partition(|(ws, _)| selected(ws));
+    if !partial.environment_errors.is_empty() || (!intake.hold_invalid && !invalid.is_empty()) {
+        let mut diagnostics = partial.environment_errors.clone();
+        diagnostics.extend(invalid.values().flatten().cloned());
+        diagnostics.sort();
+        diagnostics.dedup();
         return Err(Refused::Invalid {
             workspaces_only: partial.environment_errors.is_empty(),
-            diagnostics: partial.errors(),
+            diagnostics,
         });
     }
     let Partial {
-        mut environment,
+        environment,
         workspace_errors,
         ..
     } = partial;
-    let known = |ws: &str| {
-        environment.workspaces.iter().any(|w| w.metadata.name == ws)
-            || workspace_errors.contains_key(ws)
-    };
-    if let Some(unknown) = intake.only.iter().find(|w| !known(w)) {
-        let mut known: Vec<String> = environment
-            .workspaces
+    let mut known: Vec<&str> = environment
+        .workspaces
+        .iter()
+        .map(|w| w.metadata.name.as_str())
+        .chain(workspace_errors.keys().map(String::as_str))
+        .collect();
+    known.sort_unstable();
+    let unresolved = Unresolved {
+        workspaces: intake
+            .only
             .iter()
-            .map(|w| w.metadata.name.clone())
-            .chain(workspace_errors.keys().cloned())
-            .collect();
-        known.sort_unstable();
-        return Err(Refused::UnknownWorkspace {
-            environment: environment.name,
-            unknown: unknown.clone(),
-            known,
-        });
-    }
+            .filter(|w| !known.contains(&w.as_str()))
+            .map(|w| (w.clone(), environment.namespace_of(w)))
+            .collect(),
+        known: known.join(", "),
+    };
+    Ok(Selected {
+        unselected: unselected.into_keys().collect(),
+        environment,
+        workspace_errors,
+        invalid,
+        clashes,
+        unresolved,
+    })
+}
+
+/// Renders and admits a selection: the second half of [`desired`].
+pub fn desired_of(
+    selected: Selected,
+    revision: Option<String>,
+    intake: &Intake<'_>,
+) -> Result<DesiredState, Refused> {
+    let Selected {
+        mut environment,
+        workspace_errors,
+        invalid,
+        clashes,
+        unresolved,
+        ..
+    } = selected;
     environment
         .workspaces
         .retain(|w| !clashes.contains_key(&w.metadata.name));
@@ -248,8 +295,9 @@ pub fn desired(
         ownership: environment.settings.ownership,
         objects,
         scope,
-        invalid: workspace_errors,
+        invalid,
         held,
+        unresolved,
     })
 }
 

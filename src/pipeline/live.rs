@@ -65,6 +65,29 @@ pub async fn check_scopes(
         .collect()))
 }
 
+/// A selected workspace that Git does not declare is one known only from
+/// the inventory (removed from Git, still on the cluster): its namespace
+/// must be recorded there. The first that is not, as (workspace,
+/// namespace): the name is a mistake, refused before anything is written.
+pub async fn unrecorded(
+    cluster: &Cluster,
+    desired: &DesiredState,
+) -> Result<Option<(String, String)>, ClusterError> {
+    let unresolved = &desired.unresolved.workspaces;
+    if unresolved.is_empty() {
+        return Ok(None);
+    }
+    let inventory = cluster.read_inventory(&desired.name).await?;
+    let recorded = |ns: &str| {
+        inventory.as_ref().is_some_and(|i| {
+            i.objects.iter().any(|r| {
+                r.namespace.as_deref() == Some(ns) || (&*r.kind == "Namespace" && &*r.name == ns)
+            })
+        })
+    };
+    Ok(unresolved.iter().find(|(_, ns)| !recorded(ns)).cloned())
+}
+
 /// Plans `desired` against the cluster. `inventory`: the environment's, as
 /// the caller read it (under the environment's lock, for a sync).
 pub async fn plan_live(

@@ -9,5 +9,7 @@
 mod desired;
 mod live;
 
-pub use desired::{DesiredState, Intake, Refused, admit, desired};
-pub use live::{Deletes, LivePlan, PlanOptions, check_scopes, plan_live};
+pub use desired::{
+    DesiredState, Intake, Refused, Selected, Unresolved, admit, desired, desired_of, select,
+};
+pub use live::{Deletes, LivePlan, PlanOptions, check_scopes, plan_live, unrecorded};

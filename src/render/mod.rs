@@ -125,7 +125,7 @@ fn environment_resources(env: &Environment) -> Vec<Object> {
         .resources
         .iter()
         .filter_map(|manifest| {
-            let mut body = manifest.clone();
+            let mut body = manifest.body.clone();
             if let Some(meta) = body
                 .get_mut("metadata")
                 .and_then(serde_json::Value::as_object_mut)
@@ -139,7 +139,9 @@ fn environment_resources(env: &Environment) -> Vec<Object> {
                 }
             }
             // Validation made sure every manifest has a kind, apiVersion and name.
-            Object::from_value("", &body)
+            let mut object = Object::from_value("", &body)?;
+            object.source = Some(std::sync::Arc::new(manifest.source.clone()));
+            Some(object)
         })
         .collect();
     out.sort_by(|a, b| {
