@@ -81,42 +81,7 @@ fn load_with(tree: &SourceTree, parallel: bool) -> Repository {
         problems: tree.problems().to_vec(),
         ..Repository::default()
     };
-    let prefix = format!("{ENVIRONMENTS_DIR}/");
-    let mut jobs: Vec<Job<'_>> = Vec::new();
-    for path in tree.paths() {
-        let Some(rest) = path.strip_prefix(&prefix) else {
-            continue;
-        };
-        let is_yaml = path.ends_with(".yaml") || path.ends_with(".yml");
-        let Some((layer_name, inner)) = rest.split_once('/') else {
-            if is_yaml {
-                repo.problems.push(at_file(
-                    path,
-                    "declarations live in environments/<layer>/; this file is not read",
-                ));
-            }
-            continue;
-        };
-        if !is_yaml {
-            continue;
-        }
-        let role = if inner == ENVIRONMENT_FILE {
-            Some(Role::Environment)
-        } else if inner.starts_with(&format!("{WORKSPACES_DIR}/")) {
-            Some(Role::Workspace)
-        } else if inner.starts_with(&format!("{RESOURCES_DIR}/")) {
-            Some(Role::Resource)
-        } else {
-            None
-        };
-        jobs.push(Job {
-            layer_name,
-            path,
-            role,
-            id: repo.files.add(path),
-            bytes: tree.get(path).unwrap_or_default(),
-        });
-    }
+    let jobs = jobs_of(tree, &mut repo);
     // A thread costs more than a few files do.
     let checked = if !parallel || jobs.len() < 64 {
         jobs.iter()
@@ -135,33 +100,8 @@ fn load_with(tree: &SourceTree, parallel: bool) -> Repository {
             ));
             continue;
         };
-        // A workspace file is about the workspace it is named after: its
-        // own problems hold that workspace only, whatever it says inside
-        // (a name that cannot be read, another workspace's name).
         if let Role::Workspace = role {
-            let file_ws = workspace_of_file(job.path).to_string();
-            match parsed {
-                Some(Ok(node)) => {
-                    let (usable, mut problems) = check_workspace_file(&node, &file_ws, &repo.files);
-                    problems.extend(checks);
-                    for d in problems {
-                        layer.workspace_problems.push((file_ws.clone(), d));
-                    }
-                    if !usable {
-                        layer.unreadable.insert(file_ws);
-                    } else if node.get("kind").and_then(Node::as_str) == Some("Workspace") {
-                        layer.workspaces.push(Doc { node });
-                    } else {
-                        layer.patches.push(Doc { node });
-                    }
-                }
-                Some(Err(e)) => {
-                    let d = repo.files.diag(e.pos, None, e.message);
-                    layer.workspace_problems.push((file_ws.clone(), d));
-                    layer.unreadable.insert(file_ws);
-                }
-                None => {}
-            }
+            add_workspace_file(layer, &repo.files, job, parsed, checks);
             continue;
         }
         let node = match parsed {
@@ -243,6 +183,83 @@ fn load_with(tree: &SourceTree, parallel: bool) -> Repository {
         ));
     }
     repo
+}
+
+/// The files of `environments/<layer>/` to read, each with its role; a
+/// YAML file outside a layer is a problem of the repository.
+fn jobs_of<'t>(tree: &'t SourceTree, repo: &mut Repository) -> Vec<Job<'t>> {
+    let prefix = format!("{ENVIRONMENTS_DIR}/");
+    let mut jobs: Vec<Job<'_>> = Vec::new();
+    for path in tree.paths() {
+        let Some(rest) = path.strip_prefix(&prefix) else {
+            continue;
+        };
+        let is_yaml = path.ends_with(".yaml") || path.ends_with(".yml");
+        let Some((layer_name, inner)) = rest.split_once('/') else {
+            if is_yaml {
+                repo.problems.push(at_file(
+                    path,
+                    "declarations live in environments/<layer>/; this file is not read",
+                ));
+            }
+            continue;
+        };
+        if !is_yaml {
+            continue;
+        }
+        let role = if inner == ENVIRONMENT_FILE {
+            Some(Role::Environment)
+        } else if inner.starts_with(&format!("{WORKSPACES_DIR}/")) {
+            Some(Role::Workspace)
+        } else if inner.starts_with(&format!("{RESOURCES_DIR}/")) {
+            Some(Role::Resource)
+        } else {
+            None
+        };
+        jobs.push(Job {
+            layer_name,
+            path,
+            role,
+            id: repo.files.add(path),
+            bytes: tree.get(path).unwrap_or_default(),
+        });
+    }
+    jobs
+}
+
+/// A workspace file is about the workspace it is named after: its
+/// own problems hold that workspace only, whatever it says inside
+/// (a name that cannot be read, another workspace's name).
+fn add_workspace_file(
+    layer: &mut Layer,
+    files: &FileTable,
+    job: &Job<'_>,
+    parsed: Option<Result<Node, yaml::YamlError>>,
+    checks: Vec<Diagnostic>,
+) {
+    let file_ws = workspace_of_file(job.path).to_string();
+    match parsed {
+        Some(Ok(node)) => {
+            let (usable, mut problems) = check_workspace_file(&node, &file_ws, files);
+            problems.extend(checks);
+            for d in problems {
+                layer.workspace_problems.push((file_ws.clone(), d));
+            }
+            if !usable {
+                layer.unreadable.insert(file_ws);
+            } else if node.get("kind").and_then(Node::as_str) == Some("Workspace") {
+                layer.workspaces.push(Doc { node });
+            } else {
+                layer.patches.push(Doc { node });
+            }
+        }
+        Some(Err(e)) => {
+            let d = files.diag(e.pos, None, e.message);
+            layer.workspace_problems.push((file_ws.clone(), d));
+            layer.unreadable.insert(file_ws);
+        }
+        None => {}
+    }
 }
 
 /// The workspace a file in `workspaces/` is about: its name up to the
@@ -473,6 +490,16 @@ struct Found {
 }
 
 impl Found {
+    /// Found in one environment after merging; `layers`: the layers that
+    /// made the workspace when there were several.
+    fn in_env(diag: Diagnostic, workspaces: Vec<String>, layers: String) -> Found {
+        Found {
+            diag,
+            workspaces,
+            context: Some(layers),
+        }
+    }
+
     fn file(diag: Diagnostic) -> Found {
         Found {
             diag,
@@ -742,11 +769,6 @@ impl Repository {
         // A layer whose environment.yaml cannot be read names no base: its
         // patches' targets may be in the layers it would have named.
         let chain_known = layers.iter().all(|(_, l)| l.env.is_some());
-        let in_env = |d: Diagnostic, workspaces: Vec<String>, layers: String| Found {
-            diag: d,
-            workspaces,
-            context: Some(layers),
-        };
 
         // Settings: each layer's spec over the previous, minus per-layer keys.
         let mut settings = Node::new(Value::Map(Vec::new()), Default::default());
@@ -766,14 +788,103 @@ impl Repository {
         for e in overlay_errors {
             let d = self.files.diag(e.pos, Some(e.pointer), e.message);
             invalid.extend(setting_of(&d));
-            found.push(in_env(d, Vec::new(), String::new()));
+            found.push(Found::in_env(d, Vec::new(), String::new()));
         }
 
-        // Workspaces: a layer's new workspaces, then its patches; and what
-        // each merged workspace came from.
+        let (workspaces, sources) =
+            self.merge_workspaces(name, &chain, &layers, chain_known, &unreadable, &mut found);
+        let resources = self.merge_resources(&layers, &mut found);
+
+        env.settings = self.typed_settings(name, &layers, &settings, &mut invalid, &mut found);
+        let usable = Usable(&invalid);
+
+        let typed =
+            self.check_workspaces(&env, usable, &workspaces, &sources, &file_level, &mut found);
+        let namespaces = if usable.has("namespaceTemplate") {
+            self.check_namespaces(&env, &workspaces)
+        } else {
+            Vec::new()
+        };
+        for (d, a, b) in namespaces {
+            found.push(Found::in_env(d, vec![a, b], String::new()));
+        }
+        if !resources.is_empty() && usable.has("namespaceTemplate") {
+            self.check_manifests(&env, &resources, &typed, &workspaces, &mut found);
+        }
+
+        let held: std::collections::BTreeSet<&String> =
+            found.iter().flat_map(|f| f.workspaces.iter()).collect();
+        env.workspaces = typed
+            .into_iter()
+            .filter(|(n, _)| !held.contains(n))
+            .map(|(_, ws)| ws)
+            .collect();
+        env.resources = resources
+            .into_values()
+            .map(|(body, pos)| model::Manifest {
+                body,
+                source: self.files.location(pos),
+            })
+            .collect();
+        found.sort_by(|a, b| a.diag.cmp(&b.diag));
+        (env, found)
+    }
+
+    /// The merged settings as typed, leaving out those that break their
+    /// schema; a merge that breaks them is reported (unless a layer's own
+    /// file already was), and none is usable then.
+    fn typed_settings(
+        &self,
+        name: &str,
+        layers: &[(&String, &Layer)],
+        settings: &Node,
+        invalid: &mut BTreeSet<String>,
+        found: &mut Vec<Found>,
+    ) -> Settings {
+        let mut settings_json = settings.to_json();
+        if let Some(fields) = settings_json.as_object_mut() {
+            fields.retain(|key, _| !invalid.contains(key) && !invalid.contains("*"));
+        }
+        match serde_json::from_value(settings_json) {
+            Ok(s) => s,
+            Err(e) => {
+                // A layer's environment.yaml that breaks its schema is
+                // reported at the value; this would only repeat it.
+                let reported = layers.iter().any(|(_, l)| !l.problems.is_empty());
+                if !reported {
+                    let own = self
+                        .layers
+                        .get(name)
+                        .and_then(|l| l.env.as_ref())
+                        .map_or(settings.pos, |d| d.node.get("spec").unwrap_or(&d.node).pos);
+                    let d = self.files.diag(
+                        own,
+                        Some("/spec".into()),
+                        format!("invalid settings after merging the base chain: {e}"),
+                    );
+                    found.push(Found::in_env(d, Vec::new(), String::new()));
+                }
+                invalid.insert("*".into());
+                Settings::default()
+            }
+        }
+    }
+
+    /// Workspaces: a layer's new workspaces, then its patches; and what each
+    /// merged workspace came from.
+    #[allow(clippy::type_complexity)]
+    fn merge_workspaces(
+        &self,
+        name: &str,
+        chain: &[String],
+        layers: &[(&String, &Layer)],
+        chain_known: bool,
+        unreadable: &BTreeSet<&String>,
+        found: &mut Vec<Found>,
+    ) -> (BTreeMap<String, Node>, BTreeMap<String, Vec<String>>) {
         let mut workspaces: BTreeMap<String, Node> = BTreeMap::new();
         let mut sources: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        for (layer_name, layer) in &layers {
+        for (layer_name, layer) in layers {
             for doc in &layer.workspaces {
                 let Some((ws_name, name_node)) = doc_name(&doc.node) else {
                     continue;
@@ -851,17 +962,26 @@ impl Repository {
                             overlay::merge(target, &wrapped, "", &mut errors);
                             for e in errors {
                                 let d = self.files.diag(e.pos, Some(e.pointer), e.message);
-                                found.push(in_env(d, vec![ws_name.clone()], String::new()));
+                                found.push(Found::in_env(d, vec![ws_name.clone()], String::new()));
                             }
                         }
                     }
                 }
             }
         }
-        // Manifests: a layer's replace the same object of a layer below it.
+        (workspaces, sources)
+    }
+
+    /// Manifests: a layer's replace the same object of a layer below it.
+    #[allow(clippy::type_complexity)]
+    fn merge_resources(
+        &self,
+        layers: &[(&String, &Layer)],
+        found: &mut Vec<Found>,
+    ) -> BTreeMap<(String, Option<String>, String), (serde_json::Value, Pos)> {
         let mut resources: BTreeMap<(String, Option<String>, String), (serde_json::Value, Pos)> =
             BTreeMap::new();
-        for (_, layer) in &layers {
+        for (_, layer) in layers {
             let mut seen = BTreeMap::new();
             for doc in &layer.resources {
                 let json = doc.node.to_json();
@@ -889,55 +1009,37 @@ impl Repository {
                 resources.insert(key, (json, doc.node.pos));
             }
         }
+        resources
+    }
 
-        let mut settings_json = settings.to_json();
-        if let Some(fields) = settings_json.as_object_mut() {
-            fields.retain(|key, _| !invalid.contains(key) && !invalid.contains("*"));
-        }
-        env.settings = match serde_json::from_value(settings_json) {
-            Ok(s) => s,
-            Err(e) => {
-                // A layer's environment.yaml that breaks its schema is
-                // reported at the value; this would only repeat it.
-                let reported = layers.iter().any(|(_, l)| !l.problems.is_empty());
-                if !reported {
-                    let own = self
-                        .layers
-                        .get(name)
-                        .and_then(|l| l.env.as_ref())
-                        .map_or(settings.pos, |d| d.node.get("spec").unwrap_or(&d.node).pos);
-                    let d = self.files.diag(
-                        own,
-                        Some("/spec".into()),
-                        format!("invalid settings after merging the base chain: {e}"),
-                    );
-                    found.push(in_env(d, Vec::new(), String::new()));
-                }
-                invalid.insert("*".into());
-                Settings::default()
-            }
-        };
-        let usable = Usable(&invalid);
-
-        // Each merged workspace: its schema (what only the merge shows), the
-        // rules (also where the schema check failed, as far as they can
-        // go), then the names it renders.
+    /// Each merged workspace: its schema (what only the merge shows), the
+    /// rules (also where the schema check failed, as far as they can go),
+    /// then the names it renders. Returns the typed workspaces.
+    fn check_workspaces(
+        &self,
+        env: &Environment,
+        usable: Usable<'_>,
+        workspaces: &BTreeMap<String, Node>,
+        sources: &BTreeMap<String, Vec<String>>,
+        file_level: &BTreeSet<Diagnostic>,
+        found: &mut Vec<Found>,
+    ) -> BTreeMap<String, Workspace> {
         let mut typed: BTreeMap<String, Workspace> = BTreeMap::new();
         let layers_of = |ws: &str| match sources.get(ws) {
             Some(list) if list.len() > 1 => list.join(", "),
             _ => String::new(),
         };
-        for (ws_name, node) in &workspaces {
+        for (ws_name, node) in workspaces {
             let mut diags = Vec::new();
             let schema_diags = schema::validate(SchemaKind::Workspace, node, &self.files);
             let schema_ok = schema_diags.is_empty();
             diags.extend(schema_diags.into_iter().filter(|d| !file_level.contains(d)));
-            self.check_rules(&env, usable, node, &mut diags);
+            self.check_rules(env, usable, node, &mut diags);
             if schema_ok {
-                self.check_rendered_names(&env, usable, node, &mut diags);
+                self.check_rendered_names(env, usable, node, &mut diags);
                 match serde_json::from_value::<Workspace>(node.to_json()) {
                     Ok(ws) => {
-                        self.check_identities(&env, &ws, node, &mut diags);
+                        self.check_identities(env, &ws, node, &mut diags);
                         typed.insert(ws_name.clone(), ws);
                     }
                     Err(e) => diags.push(self.files.diag(
@@ -951,83 +1053,67 @@ impl Repository {
             found.extend(
                 diags
                     .into_iter()
-                    .map(|d| in_env(d, vec![ws_name.clone()], layers.clone())),
+                    .map(|d| Found::in_env(d, vec![ws_name.clone()], layers.clone())),
             );
         }
-        let namespaces = if usable.has("namespaceTemplate") {
-            self.check_namespaces(&env, &workspaces)
-        } else {
-            Vec::new()
-        };
-        for (d, a, b) in namespaces {
-            found.push(in_env(d, vec![a, b], String::new()));
-        }
-        // A plain manifest must not be one of the objects a workspace renders.
-        if !resources.is_empty() && usable.has("namespaceTemplate") {
-            let mut rendered: BTreeMap<Identity, (&String, Origin)> = BTreeMap::new();
-            for (ws_name, ws) in &typed {
-                for (id, origin) in identities(&env, ws) {
-                    rendered.entry(id).or_insert((ws_name, origin));
-                }
-            }
-            for (json, pos) in resources.values() {
-                let text = |p: &str| json.pointer(p).and_then(serde_json::Value::as_str);
-                let Some(kind) = MANAGED_KINDS
-                    .iter()
-                    .map(|k| k.kind)
-                    .find(|k| Some(*k) == text("/kind"))
-                else {
-                    continue;
-                };
-                let id = Identity {
-                    group: MANAGED_KINDS
-                        .iter()
-                        .find(|k| k.kind == kind)
-                        .map_or("", |k| k.group),
-                    kind,
-                    namespace: text("/metadata/namespace").map(str::to_string),
-                    name: text("/metadata/name").unwrap_or_default().to_string(),
-                };
-                let group = text("/apiVersion")
-                    .and_then(|v| v.split_once('/'))
-                    .map_or("", |(g, _)| g);
-                let Some((ws_name, origin)) = rendered.get(&id).filter(|_| group == id.group)
-                else {
-                    continue;
-                };
-                let (Some(ws), Some(node)) = (typed.get(*ws_name), workspaces.get(*ws_name)) else {
-                    continue;
-                };
-                let (at, what) = self.origin(node, ws, *origin);
-                let d = self.files.diag(
-                    *pos,
-                    None,
-                    format!(
-                        "manifest {} is also rendered for {what} of workspace `{ws_name}` ({}); on a cluster one would overwrite the other: rename or remove one",
-                        id.describe(),
-                        self.at(at)
-                    ),
-                );
-                found.push(in_env(d, Vec::new(), String::new()));
-            }
-        }
+        typed
+    }
 
-        let held: std::collections::BTreeSet<&String> =
-            found.iter().flat_map(|f| f.workspaces.iter()).collect();
-        env.workspaces = typed
-            .into_iter()
-            .filter(|(n, _)| !held.contains(n))
-            .map(|(_, ws)| ws)
-            .collect();
-        env.resources = resources
-            .into_values()
-            .map(|(body, pos)| model::Manifest {
-                body,
-                source: self.files.location(pos),
-            })
-            .collect();
-        found.sort_by(|a, b| a.diag.cmp(&b.diag));
-        (env, found)
+    /// A plain manifest must not be one of the objects a workspace renders.
+    #[allow(clippy::type_complexity)]
+    fn check_manifests(
+        &self,
+        env: &Environment,
+        resources: &BTreeMap<(String, Option<String>, String), (serde_json::Value, Pos)>,
+        typed: &BTreeMap<String, Workspace>,
+        workspaces: &BTreeMap<String, Node>,
+        found: &mut Vec<Found>,
+    ) {
+        let mut rendered: BTreeMap<Identity, (&String, Origin)> = BTreeMap::new();
+        for (ws_name, ws) in typed {
+            for (id, origin) in identities(env, ws) {
+                rendered.entry(id).or_insert((ws_name, origin));
+            }
+        }
+        for (json, pos) in resources.values() {
+            let text = |p: &str| json.pointer(p).and_then(serde_json::Value::as_str);
+            let Some(kind) = MANAGED_KINDS
+                .iter()
+                .map(|k| k.kind)
+                .find(|k| Some(*k) == text("/kind"))
+            else {
+                continue;
+            };
+            let id = Identity {
+                group: MANAGED_KINDS
+                    .iter()
+                    .find(|k| k.kind == kind)
+                    .map_or("", |k| k.group),
+                kind,
+                namespace: text("/metadata/namespace").map(str::to_string),
+                name: text("/metadata/name").unwrap_or_default().to_string(),
+            };
+            let group = text("/apiVersion")
+                .and_then(|v| v.split_once('/'))
+                .map_or("", |(g, _)| g);
+            let Some((ws_name, origin)) = rendered.get(&id).filter(|_| group == id.group) else {
+                continue;
+            };
+            let (Some(ws), Some(node)) = (typed.get(*ws_name), workspaces.get(*ws_name)) else {
+                continue;
+            };
+            let (at, what) = self.origin(node, ws, *origin);
+            let d = self.files.diag(
+                *pos,
+                None,
+                format!(
+                    "manifest {} is also rendered for {what} of workspace `{ws_name}` ({}); on a cluster one would overwrite the other: rename or remove one",
+                    id.describe(),
+                    self.at(at)
+                ),
+            );
+            found.push(Found::in_env(d, Vec::new(), String::new()));
+        }
     }
 
     /// The namespaces an environment's workspaces render into, each with
