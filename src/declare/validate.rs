@@ -345,20 +345,14 @@ fn check_ownership(env: &Node, files: &FileTable) -> Vec<Diagnostic> {
             patterns.push((format!("/spec/ownership/ignore/{j}/managers/{k}"), n));
         }
         for (k, n) in items(Some(rule), "paths").iter().enumerate() {
-            if let Some(why) = n
-                .as_str()
-                .and_then(crate::plan::field_policy::pointer_problem)
-            {
+            if let Some(why) = n.as_str().and_then(model::pointer_problem) {
                 let pointer = format!("/spec/ownership/ignore/{j}/paths/{k}");
                 out.push(files.diag(n.pos, Some(pointer), why));
             }
         }
     }
     for (pointer, n) in patterns {
-        if let Some(why) = n
-            .as_str()
-            .and_then(crate::plan::field_policy::pattern_problem)
-        {
+        if let Some(why) = n.as_str().and_then(model::pattern_problem) {
             out.push(files.diag(n.pos, Some(pointer), why));
         }
     }
