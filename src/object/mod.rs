@@ -1,7 +1,8 @@
 //! Object identity: the one home of what every stage calls an object.
 //!
-//! [`Object`] (a rendered object, its body kept as compact JSON text), the
-//! shared [`Name`]s of an identity, [`ObjectKey`], the one ID format
+//! [`Object`] (a rendered object, its body kept as compact JSON text, and
+//! where a manifest of it is written, [`Location`]), the shared [`Name`]s
+//! of an identity, [`ObjectKey`], the one ID format
 //! (`Kind/namespace/name`, [`id`]) and the one reader of an identity from a
 //! JSON body ([`live_key`]); the labels that mark tenantsync's objects and
 //! the [`selector`] that finds them; the sync wave annotation; the catalogue
