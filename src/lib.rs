@@ -11,7 +11,7 @@
 //! | [`render`] | core | an environment → its Kubernetes objects, one file per service family |
 //! | [`plan`] | core | desired vs live: the change set and its diff |
 //! | [`sync`] | core | sync steps, inventory, health, tenancy guardrails, the sync report |
-//! | [`print`] | core | every printer: plans, sync reports, status (text, Markdown, JSON) |
+//! | [`print`](mod@print) | core | every printer: plans, sync reports, status (text, Markdown, JSON) |
 //! | [`par`] | core | the same function over many items on all cores |
 //! | [`source`] | edge | folders and Git revisions → in-memory file trees |
 //! | [`cluster`] | edge | the API server, one verb per file: list, apply, delete, wait, inventory, events, lock, execute (a sync) |
