@@ -4,8 +4,8 @@
 use std::collections::BTreeMap;
 
 use super::workload::{
-    Ctx, Exposed, HTTP_PORT, Workload, config_map, deployment, exposed_service, image_ref,
-    service_url, timespan,
+    Ctx, Declared, Exposed, HTTP_PORT, Workload, config_map, deployment, exposed_service,
+    image_ref, service_url, timespan,
 };
 use crate::declare::model::DicomService;
 use crate::declare::names;
@@ -23,23 +23,22 @@ pub(super) fn render(cx: &mut Ctx<'_>, d: &DicomService) {
             "true".to_string(),
         ),
     ]);
-    exposed_service(
-        cx,
-        Exposed {
-            app: "dicom-server",
-            host_kind: "dicom",
-            short: &d.name,
-            name: &name,
-            image: image_ref(d.image.as_ref(), settings.images.dicom.as_ref()),
-            replicas: d.replicas.or(settings.defaults.dicom.replicas).unwrap_or(1),
-            resources: d
-                .resources
-                .as_ref()
-                .or(settings.defaults.dicom.resources.as_ref()),
-            identity: d.identity.as_ref(),
-        },
-        data,
+    let own = Declared {
+        image: d.image.as_ref(),
+        replicas: d.replicas,
+        resources: d.resources.as_ref(),
+        identity: d.identity.as_ref(),
+    };
+    let (image, defaults) = (settings.images.dicom.as_ref(), &settings.defaults.dicom);
+    let exposed = Exposed::of(
+        ("dicom-server", "dicom"),
+        &d.name,
+        &name,
+        own,
+        image,
+        defaults,
     );
+    exposed_service(cx, exposed, data);
     if let Some(cast) = &d.dicom_cast {
         let cast_name = names::dicom_cast(&d.name);
         let data = BTreeMap::from([

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use super::workload::{Ctx, Exposed, HTTP_PORT, exposed_service, image_ref};
+use super::workload::{Ctx, Declared, Exposed, HTTP_PORT, exposed_service};
 use crate::declare::model::FhirService;
 use crate::declare::names;
 
@@ -47,21 +47,20 @@ pub(super) fn render(cx: &mut Ctx<'_>, f: &FhirService) {
             data.insert("FhirServer__Cors__MaxAge".into(), age.to_string());
         }
     }
-    exposed_service(
-        cx,
-        Exposed {
-            app: "fhir-server",
-            host_kind: "fhir",
-            short: &f.name,
-            name: &name,
-            image: image_ref(f.image.as_ref(), settings.images.fhir.as_ref()),
-            replicas: f.replicas.or(settings.defaults.fhir.replicas).unwrap_or(1),
-            resources: f
-                .resources
-                .as_ref()
-                .or(settings.defaults.fhir.resources.as_ref()),
-            identity: f.identity.as_ref(),
-        },
-        data,
+    let own = Declared {
+        image: f.image.as_ref(),
+        replicas: f.replicas,
+        resources: f.resources.as_ref(),
+        identity: f.identity.as_ref(),
+    };
+    let (image, defaults) = (settings.images.fhir.as_ref(), &settings.defaults.fhir);
+    let exposed = Exposed::of(
+        ("fhir-server", "fhir"),
+        &f.name,
+        &name,
+        own,
+        image,
+        defaults,
     );
+    exposed_service(cx, exposed, data);
 }

@@ -26,7 +26,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use super::RenderError;
-use crate::declare::model::{self, Environment, Image, Resources};
+use crate::declare::model::{self, Environment, Image, KindDefaults, Resources};
 use crate::declare::names;
 use crate::object::{ENVIRONMENT_LABEL, MANAGED_BY, MANAGER, Names, Object, WORKSPACE_LABEL};
 
@@ -137,6 +137,38 @@ pub(super) struct Exposed<'a> {
     pub(super) replicas: i32,
     pub(super) resources: Option<&'a Resources>,
     pub(super) identity: Option<&'a model::Identity>,
+}
+
+/// What a FHIR or DICOM service declares of its workload.
+pub(super) struct Declared<'a> {
+    pub(super) image: Option<&'a Image>,
+    pub(super) replicas: Option<i32>,
+    pub(super) resources: Option<&'a Resources>,
+    pub(super) identity: Option<&'a model::Identity>,
+}
+
+impl<'a> Exposed<'a> {
+    /// Service `short` (rendered as `name`) of `app`, its own settings over
+    /// the environment's image and defaults for its kind.
+    pub(super) fn of(
+        (app, host_kind): (&'static str, &'static str),
+        short: &'a str,
+        name: &'a str,
+        own: Declared<'a>,
+        default_image: Option<&Image>,
+        defaults: &'a KindDefaults,
+    ) -> Exposed<'a> {
+        Exposed {
+            app,
+            host_kind,
+            short,
+            name,
+            image: image_ref(own.image, default_image),
+            replicas: own.replicas.or(defaults.replicas).unwrap_or(1),
+            resources: own.resources.or(defaults.resources.as_ref()),
+            identity: own.identity,
+        }
+    }
 }
 
 /// ServiceAccount, ConfigMap, Deployment, Service, Ingress and (replicas > 1)
