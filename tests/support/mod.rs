@@ -263,6 +263,17 @@ where
     }
 }
 
+/// Whether golden files are to be regenerated: only when
+/// `TENANTSYNC_UPDATE_GOLDEN` is exactly `1` (README). `0`, an empty value or
+/// anything else compares, so that a stray variable never rewrites them.
+pub fn update_golden() -> bool {
+    update_golden_from(std::env::var_os("TENANTSYNC_UPDATE_GOLDEN").as_deref())
+}
+
+pub fn update_golden_from(value: Option<&std::ffi::OsStr>) -> bool {
+    value.is_some_and(|v| v == "1")
+}
+
 /// Runs `git` in `dir` with a fixed identity; panics with its stderr on failure.
 pub fn git(dir: &Path, args: &[&str]) -> String {
     let out = Command::new("git")
