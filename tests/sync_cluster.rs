@@ -469,15 +469,16 @@ async fn a_sync_killed_midway_converges_on_the_next_run_and_prunes_nothing_desir
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn");
-    // Kill once the inventory exists and some namespaces were created.
-    let namespaces: Api<Namespace> = Api::all(control_plane().client(User::Admin).await);
+    // Kill once some Deployments exist: past the first stages, before the
+    // last ones.
+    let deployments: Api<Deployment> = Api::all(control_plane().client(User::Admin).await);
     let env = repo.env.clone();
-    eventually("the sync to be under way", Duration::from_secs(30), || {
-        let namespaces = namespaces.clone();
+    eventually("the sync to be under way", Duration::from_secs(120), || {
+        let deployments = deployments.clone();
         let env = env.clone();
         async move {
-            let list = namespaces
-                .list(
+            let list = deployments
+                .list_metadata(
                     &kube::api::ListParams::default()
                         .labels(&format!("tenantsync.io/environment={env}")),
                 )
@@ -496,6 +497,24 @@ async fn a_sync_killed_midway_converges_on_the_next_run_and_prunes_nothing_desir
         partial.objects.len() > 150 * 5,
         "inventory lists everything about to be applied"
     );
+    assert_eq!(
+        partial.revision, None,
+        "a revision is recorded only once it applied in full"
+    );
+    // The kill landed mid-sync: objects are still to be created...
+    let plan = repo.plan_json("admin");
+    assert!(
+        plan["summary"]["create"].as_u64().expect("n") > 0,
+        "the sync finished before it was killed: {}",
+        plan["summary"]
+    );
+    // ...and nothing was created outside the inventory.
+    let recorded: std::collections::BTreeSet<String> =
+        partial.objects.iter().map(|o| o.id()).collect();
+    let live = crate::support::live_labelled(&repo.env);
+    assert!(!live.is_empty());
+    let outside: Vec<&String> = live.difference(&recorded).collect();
+    assert!(outside.is_empty(), "live but not inventoried: {outside:?}");
 
     let (out, report) = sync(&repo, &["--prune", "--allow-mass-prune"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
@@ -606,7 +625,7 @@ async fn roll_out(env: &str, condition: Option<Value>) {
 #[tokio::test]
 async fn wait_reports_progressing_then_healthy_and_degraded_on_a_failed_rollout() {
     let repo = TestRepo::new("sync-wait");
-    let child = Command::new(env!("CARGO_BIN_EXE_tenantsync"))
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tenantsync"))
         .args([
             "sync",
             "--env",
@@ -615,7 +634,7 @@ async fn wait_reports_progressing_then_healthy_and_degraded_on_a_failed_rollout(
             "admin",
             "--wait",
             "--timeout",
-            "60s",
+            "120s",
         ])
         .args(["--no-ingress-address-wait", "--output", "json", "--repo"])
         .arg(repo.path())
@@ -625,14 +644,38 @@ async fn wait_reports_progressing_then_healthy_and_degraded_on_a_failed_rollout(
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn");
-    // Let it apply and report Progressing, then act as the deployment controller.
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    // Act as the deployment controller once the sync reports its
+    // Deployments Progressing (its own output, not a sleep, says when).
+    let (lines_tx, lines) = std::sync::mpsc::channel::<String>();
+    let stderr_pipe = child.stderr.take().expect("stderr");
+    let reader = std::thread::spawn(move || {
+        use std::io::BufRead;
+        let mut all = String::new();
+        for line in std::io::BufReader::new(stderr_pipe)
+            .lines()
+            .map_while(Result::ok)
+        {
+            all.push_str(&line);
+            all.push('\n');
+            let _ = lines_tx.send(line);
+        }
+        all
+    });
+    let lines = tokio::task::spawn_blocking(move || {
+        lines
+            .iter()
+            .any(|line| line.starts_with("Progressing Deployment/"))
+    });
+    assert!(
+        lines.await.expect("join"),
+        "no Deployment reported Progressing"
+    );
     roll_out(&repo.env, None).await;
     let out = tokio::task::spawn_blocking(move || child.wait_with_output())
         .await
         .expect("join")
         .expect("wait");
-    let err = stderr(&out);
+    let err = reader.join().expect("stderr reader");
     assert_eq!(out.status.code(), Some(0), "{err}");
     let progressing = err
         .find("Progressing Deployment/")
@@ -644,6 +687,30 @@ async fn wait_reports_progressing_then_healthy_and_degraded_on_a_failed_rollout(
     let report: Value = serde_json::from_slice(&out.stdout).expect("report");
     assert_eq!(report["health"]["status"], "Healthy");
     assert_eq!(report["health"]["workspaces"]["contoso"], "Healthy");
+
+    // A rollout nobody completes: the wait gives up at --timeout and the
+    // sync exits 1, the Deployment still Progressing.
+    repo.write(
+        "workspaces/contoso.yaml",
+        "apiVersion: tenantsync.io/v1alpha1\nkind: WorkspacePatch\nmetadata: {name: contoso}\nspec:\n  fhirServices:\n    - name: main\n      replicas: 3\n",
+    );
+    let (out, report) = sync(
+        &repo,
+        &["--wait", "--timeout", "3s", "--no-ingress-address-wait"],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert_eq!(report["health"]["status"], "Progressing", "{report:#}");
+    let ns = repo.namespace("contoso");
+    assert!(
+        report["health"]["objects"]
+            .as_array()
+            .expect("objects")
+            .iter()
+            .any(
+                |o| o["id"] == format!("Deployment/{ns}/fhir-main") && o["status"] == "Progressing"
+            ),
+        "{report:#}"
+    );
 
     // A rollout past its deadline is Degraded, with the reason, and fails the sync.
     roll_out(

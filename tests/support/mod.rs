@@ -263,6 +263,46 @@ where
     }
 }
 
+/// `Kind/namespace/name` of every live object labelled for `env`, of the
+/// kinds tenantsync renders (a namespace being deleted is not live).
+pub fn live_labelled(env: &str) -> std::collections::BTreeSet<String> {
+    let out = control_plane()
+        .kubectl()
+        .args([
+            "--context",
+            "admin",
+            "get",
+            "namespaces,serviceaccounts,configmaps,services,deployments,poddisruptionbudgets,ingresses,networkpolicies",
+            "-A",
+            "-o",
+            "json",
+            "-l",
+        ])
+        .arg(format!("tenantsync.io/environment={env}"))
+        .output()
+        .expect("kubectl");
+    assert!(
+        out.status.success(),
+        "kubectl get: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).expect("list JSON");
+    list["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter(|o| o["metadata"]["deletionTimestamp"].is_null())
+        .map(|o| {
+            let kind = o["kind"].as_str().unwrap_or_default();
+            let name = o["metadata"]["name"].as_str().unwrap_or_default();
+            match o["metadata"]["namespace"].as_str() {
+                Some(ns) => format!("{kind}/{ns}/{name}"),
+                None => format!("{kind}/{name}"),
+            }
+        })
+        .collect()
+}
+
 /// Whether golden files are to be regenerated: only when
 /// `TENANTSYNC_UPDATE_GOLDEN` is exactly `1` (README). `0`, an empty value or
 /// anything else compares, so that a stray variable never rewrites them.
