@@ -110,6 +110,11 @@ pub struct EnvironmentStatus {
     pub last_error_reason: Option<String>,
     pub drifted_objects: usize,
     pub workspaces: BTreeMap<String, WorkspaceStatus>,
+    /// A revision was read and compared with the cluster (and synced, when
+    /// leading) at least once: what `/readyz` waits for. A failed read or
+    /// an invalid first revision does not count.
+    #[serde(skip)]
+    pub compared: bool,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -142,14 +147,16 @@ impl Shared {
         }
     }
 
-    /// Ready once every environment has been reconciled at least once.
+    /// Ready once every environment's source was read and compared with
+    /// the cluster at least once (README: "read and synced once"): a
+    /// reconcile that could not read the repository, or found its first
+    /// revision invalid, does not count.
     pub fn ready(&self) -> bool {
         self.status.read().is_ok_and(|s| {
-            self.options.environments.iter().all(|e| {
-                s.environments
-                    .get(e)
-                    .is_some_and(|st| st.last_reconcile_at.is_some())
-            })
+            self.options
+                .environments
+                .iter()
+                .all(|e| s.environments.get(e).is_some_and(|st| st.compared))
         })
     }
 
@@ -350,7 +357,10 @@ async fn reconcile_loop(env: String, shared: Arc<Shared>, mut shutdown: watch::R
     loop {
         let now_i = Instant::now();
         let poll = now_i >= next_poll;
-        let drift = now_i >= next_drift;
+        // Drift is checked against a revision already read: until one is,
+        // only the source's reads run, backed off (a drift tick would read
+        // the source too, every drift interval).
+        let drift = now_i >= next_drift && desired.is_some();
         if poll || drift {
             let started = Instant::now();
             let ok = reconcile(
@@ -386,7 +396,12 @@ async fn reconcile_loop(env: String, shared: Arc<Shared>, mut shutdown: watch::R
             next_drift = Instant::now() + options.drift_interval;
             continue;
         }
-        let wake = tokio::time::Instant::from_std(next_poll.min(next_drift));
+        let wake = if desired.is_some() {
+            next_poll.min(next_drift)
+        } else {
+            next_poll
+        };
+        let wake = tokio::time::Instant::from_std(wake);
         tokio::select! {
             _ = tokio::time::sleep_until(wake) => {},
             changed = trigger.changed() => {
@@ -887,6 +902,7 @@ async fn reconcile(
         s.sync_status = status;
         s.target_revision = None;
         s.last_reconcile_at = Some(now());
+        s.compared = true;
         if let Some(r) = &report {
             s.last_sync_at = Some(now());
             if r.succeeded() {
