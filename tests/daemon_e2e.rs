@@ -145,14 +145,52 @@ pub(crate) async fn wait_for(
     }
 }
 
+/// The value of one series of `/metrics` (`name{labels}`), if present.
+pub(crate) async fn metric(port: u16, series: &str) -> Option<f64> {
+    let metrics = http(port, "GET", "/metrics", &[], "").await?;
+    metrics.lines().find_map(|line| {
+        line.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
+/// GitHub's `X-Hub-Signature-256` of `body` under `secret`.
+pub(crate) fn github_signature(secret: &str, body: &[u8]) -> String {
+    use hmac::{Hmac, Mac};
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).expect("hmac");
+    mac.update(body);
+    let tag = mac.finalize().into_bytes();
+    format!(
+        "sha256={}",
+        tag.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    )
+}
+
+fn workspace_with_services(name: &str, services: &[&str]) -> String {
+    let mut text = format!(
+        "apiVersion: tenantsync.io/v1alpha1\nkind: Workspace\nmetadata: {{name: {name}}}\nspec:\n  fhirServices:\n"
+    );
+    for s in services {
+        text.push_str(&format!("    - name: {s}\n"));
+    }
+    text
+}
+
 #[tokio::test]
 async fn the_daemon_follows_a_git_remote_heals_drift_and_survives_bad_commits_and_outages() {
     let repo = TestRepo::new("run-e2e");
     let env = repo.env.clone();
     let served = tempfile::tempdir().expect("tempdir");
     let cache = tempfile::tempdir().expect("tempdir");
-    // The work tree is the test repo; the remote is a bare clone served by git daemon.
+    // The work tree is the test repo; the remote is a bare clone served by
+    // git daemon. Its default branch is `trunk`; a branch `main` carries a
+    // commit the daemon must never apply (it follows the remote's default
+    // branch when no --branch is given).
     git(repo.path(), &["init", "-q"]);
+    git(repo.path(), &["checkout", "-q", "-b", "trunk"]);
     git(repo.path(), &["add", "-A"]);
     git(repo.path(), &["commit", "-qm", "initial"]);
     let first = git(repo.path(), &["rev-parse", "HEAD"]);
@@ -167,17 +205,35 @@ async fn the_daemon_follows_a_git_remote_heals_drift_and_survives_bad_commits_an
             &bare.display().to_string(),
         ],
     );
+    // Pushes go to the bare repository's path, so they work while git
+    // daemon is down; the daemon reads it over git://.
+    git(
+        repo.path(),
+        &["remote", "add", "origin", &bare.display().to_string()],
+    );
+    git(repo.path(), &["checkout", "-q", "-b", "main"]);
+    repo.write(
+        "workspaces/decoy.yaml",
+        &workspace_with_services("decoy", &["api"]),
+    );
+    git(repo.path(), &["add", "-A"]);
+    git(repo.path(), &["commit", "-qm", "not on the default branch"]);
+    git(repo.path(), &["push", "-q", "origin", "main"]);
+    git(repo.path(), &["checkout", "-q", "trunk"]);
     let git_port = free_port();
-    let mut remote = Some(git_daemon(served.path(), git_port));
     let url = format!("git://127.0.0.1:{git_port}/tenants.git");
-    git(repo.path(), &["remote", "add", "origin", &url]);
 
+    // 0. The daemon starts while the remote is unreachable. The poll
+    //    interval is a minute: every reconcile below that reads the source
+    //    comes from a retry or a webhook, never from a poll.
     let http_port = free_port();
+    let log = cache.path().join("daemon.log");
+    let started = Instant::now();
     let daemon = Command::new(env!("CARGO_BIN_EXE_tenantsync"))
-        .args(["run", "--repo", &url, "--branch", "main", "--env", &env])
+        .args(["run", "--repo", &url, "--env", &env])
         .args([
             "--interval",
-            "2s",
+            "60s",
             "--drift-interval",
             "1s",
             "--self-heal",
@@ -189,14 +245,52 @@ async fn the_daemon_follows_a_git_remote_heals_drift_and_survives_bad_commits_an
         .args(["--context", "admin"])
         .env("XDG_CACHE_HOME", cache.path())
         .env("TENANTSYNC_WEBHOOK_SECRET", SECRET)
+        .env_remove("RUST_LOG")
         .stdout(Stdio::null())
         // Logs to a file: an unread pipe would fill up and block the daemon.
-        .stderr(std::fs::File::create(cache.path().join("daemon.log")).expect("log file"))
+        .stderr(std::fs::File::create(&log).expect("log file"))
         .spawn()
         .expect("tenantsync run");
     let mut daemon = Guard(daemon);
+    let series = |name: &str| format!("{name}{{environment=\"{env}\"}}");
+    wait_for("/healthz to answer", Duration::from_secs(30), async || {
+        http(http_port, "GET", "/healthz", &[], "")
+            .await
+            .is_some_and(|r| r.starts_with("HTTP/1.1 200"))
+    })
+    .await;
+    let not_ready = http(http_port, "GET", "/readyz", &[], "")
+        .await
+        .expect("readyz");
+    assert!(not_ready.starts_with("HTTP/1.1 503"), "{not_ready}");
+    // A failed fetch is retried long before the next poll, backing off: the
+    // k-th retry comes at least 2^k - 1 s after the first attempt, so by t
+    // seconds at most log2(t + 1) + 1 attempts failed (a retry every second
+    // would make t + 1).
+    let failures = series("tenantsync_git_fetch_failures_total");
+    wait_for(
+        "fetches to be retried",
+        Duration::from_secs(45),
+        async || metric(http_port, &failures).await >= Some(4.0),
+    )
+    .await;
+    let failed = metric(http_port, &failures).await.expect("failures");
+    let elapsed = started.elapsed().as_secs_f64();
+    assert!(
+        failed <= (elapsed + 1.0).log2().floor() + 1.0,
+        "{failed} failed fetches in {elapsed:.1} s: retried without backing off"
+    );
+    let s = status(http_port, &env).await.expect("status");
+    assert_eq!(s["syncStatus"], "Failed", "{s}");
+    assert_eq!(s["lastErrorReason"], "source", "{s}");
+    assert!(s["lastErrorAt"].is_string(), "{s}");
+    let not_ready = http(http_port, "GET", "/readyz", &[], "")
+        .await
+        .expect("readyz");
+    assert!(not_ready.starts_with("HTTP/1.1 503"), "{not_ready}");
 
-    // 1. The first revision is applied.
+    // 1. The remote comes up: the next retry applies the default branch.
+    let mut remote = Some(git_daemon(served.path(), git_port));
     wait_for(
         "the first revision to be applied",
         Duration::from_secs(60),
@@ -207,21 +301,44 @@ async fn the_daemon_follows_a_git_remote_heals_drift_and_survives_bad_commits_an
         },
     )
     .await;
+    let first_synced = Instant::now();
     let ready = http(http_port, "GET", "/readyz", &[], "")
         .await
         .expect("readyz");
-    assert!(ready.starts_with("HTTP/1.1 200"), "{ready}");
+    assert!(
+        ready.starts_with("HTTP/1.1 200") && ready.ends_with("\nready\n"),
+        "{ready}"
+    );
+    let namespaces: Api<Namespace> = Api::all(control_plane().client(User::Admin).await);
+    assert!(
+        namespaces
+            .get_opt(&repo.namespace("decoy"))
+            .await
+            .expect("get")
+            .is_none(),
+        "a branch other than the remote's default was applied"
+    );
+    let s = status(http_port, &env).await.expect("status");
+    for ws in ["contoso", "fabrikam", "northwind", "woodgrove"] {
+        assert_eq!(s["workspaces"][ws]["syncStatus"], "Synced", "{s}");
+        assert_eq!(s["workspaces"][ws]["driftedObjects"], 0, "{s}");
+    }
+    // Every object was created once, and counted once.
+    let applied = series("tenantsync_objects_applied_total");
+    let recorded = || async { crate::support::live_labelled(&env).len() as f64 };
+    assert_eq!(metric(http_port, &applied).await, Some(recorded().await));
+    assert_eq!(metric(http_port, &failures).await, Some(failed));
 
-    // 2. A pushed commit onboarding a workspace, announced by a webhook, is
-    //    applied at once (the poll interval is 2 s; the webhook is faster).
+    // 2. A pushed commit onboarding a workspace, announced by a GitHub-signed
+    //    webhook, is applied long before the next poll.
     repo.write(
         "workspaces/acme.yaml",
-        "apiVersion: tenantsync.io/v1alpha1\nkind: Workspace\nmetadata: {name: acme}\nspec:\n  fhirServices:\n    - name: api\n",
+        &workspace_with_services("acme", &["api", "extra"]),
     );
     git(repo.path(), &["add", "-A"]);
     git(repo.path(), &["commit", "-qm", "onboard acme"]);
     let second = git(repo.path(), &["rev-parse", "HEAD"]);
-    git(repo.path(), &["push", "-q", "origin", "HEAD:main"]);
+    git(repo.path(), &["push", "-q", "origin", "HEAD:trunk"]);
     let rejected = http(
         http_port,
         "POST",
@@ -232,19 +349,27 @@ async fn the_daemon_follows_a_git_remote_heals_drift_and_survives_bad_commits_an
     .await
     .expect("hook");
     assert!(rejected.starts_with("HTTP/1.1 401"), "{rejected}");
+    let body = r#"{"ref":"refs/heads/trunk","after":"acme"}"#;
+    let signature = github_signature(SECRET, body.as_bytes());
     let accepted = http(
         http_port,
         "POST",
         "/hooks/git",
-        &[("X-Gitlab-Token", SECRET)],
-        "{}",
+        &[
+            ("X-GitHub-Event", "push"),
+            ("X-GitHub-Delivery", "e2e-acme"),
+            ("X-Hub-Signature-256", &signature),
+        ],
+        body,
     )
     .await
     .expect("hook");
     assert!(accepted.starts_with("HTTP/1.1 202"), "{accepted}");
-    let took = wait_for(
-        "the pushed commit to be applied",
-        Duration::from_secs(10),
+    // The next poll is due a minute after the first sync: well within it.
+    let before_poll = Duration::from_secs(45).saturating_sub(first_synced.elapsed());
+    wait_for(
+        "the pushed commit to be applied by the webhook",
+        before_poll,
         async || {
             status(http_port, &env)
                 .await
@@ -253,30 +378,27 @@ async fn the_daemon_follows_a_git_remote_heals_drift_and_survives_bad_commits_an
     )
     .await;
     assert!(
-        took < Duration::from_secs(2),
-        "webhook to applied took {took:?}"
-    );
-    let namespaces: Api<Namespace> = Api::all(control_plane().client(User::Admin).await);
-    assert!(
         namespaces
             .get_opt(&repo.namespace("acme"))
             .await
             .expect("get")
             .is_some()
     );
+    assert_eq!(metric(http_port, &applied).await, Some(recorded().await));
 
-    // 3. Out-of-band scaling is healed.
-    let deployments: Api<Deployment> = Api::namespaced(
-        control_plane().client(User::Admin).await,
-        &repo.namespace("acme"),
-    );
+    // 3. Out-of-band scaling is healed, and only that object is written.
+    let acme = repo.namespace("acme");
+    let deployments: Api<Deployment> =
+        Api::namespaced(control_plane().client(User::Admin).await, &acme);
+    let applied_before = metric(http_port, &applied).await.expect("applied");
+    let versions = crate::support::live_versions(&env);
     let scale = control_plane()
         .kubectl()
         .args([
             "--context",
             "admin",
             "-n",
-            &repo.namespace("acme"),
+            &acme,
             "scale",
             "deployment/fhir-api",
             "--replicas=4",
@@ -286,7 +408,7 @@ async fn the_daemon_follows_a_git_remote_heals_drift_and_survives_bad_commits_an
     assert!(scale.status.success());
     wait_for(
         "self-heal to restore the replicas",
-        Duration::from_secs(15),
+        Duration::from_secs(30),
         async || {
             deployments
                 .get("fhir-api")
@@ -297,8 +419,30 @@ async fn the_daemon_follows_a_git_remote_heals_drift_and_survives_bad_commits_an
         },
     )
     .await;
+    wait_for(
+        "the heal to be counted",
+        Duration::from_secs(10),
+        async || metric(http_port, &applied).await == Some(applied_before + 1.0),
+    )
+    .await;
+    let healed = format!("Deployment/{acme}/fhir-api");
+    let after = crate::support::live_versions(&env);
+    let rewritten: Vec<&String> = after
+        .iter()
+        .filter(|(id, v)| versions.get(*id) != Some(*v))
+        .map(|(id, _)| id)
+        .collect();
+    assert_eq!(
+        rewritten,
+        [&healed],
+        "self-heal wrote more than the drifted object"
+    );
 
-    // 4. An invalid commit is refused; the cluster stays as it was.
+    // 4. An invalid commit is refused; the cluster stays as it was: no
+    //    object and not the inventory's record is written, through several
+    //    drift checks and retries.
+    let versions = crate::support::live_versions(&env);
+    let (record, _) = crate::support::inventory_record(&env).await;
     repo.write(
         // A workspace whose name cannot be read: the whole revision is
         // invalid (an invalid but named workspace would hold only itself).
@@ -308,14 +452,26 @@ async fn the_daemon_follows_a_git_remote_heals_drift_and_survives_bad_commits_an
     git(repo.path(), &["add", "-A"]);
     git(repo.path(), &["commit", "-qm", "broken"]);
     let broken = git(repo.path(), &["rev-parse", "HEAD"]);
-    git(repo.path(), &["push", "-q", "origin", "HEAD:main"]);
+    git(repo.path(), &["push", "-q", "origin", "HEAD:trunk"]);
+    let accepted = http(
+        http_port,
+        "POST",
+        "/hooks/git",
+        &[("X-Gitlab-Token", SECRET)],
+        "{}",
+    )
+    .await
+    .expect("hook");
+    assert!(accepted.starts_with("HTTP/1.1 202"), "{accepted}");
     wait_for(
         "the invalid revision to be reported",
-        Duration::from_secs(15),
+        Duration::from_secs(30),
         async || {
             status(http_port, &env).await.is_some_and(|s| {
                 s["syncStatus"] == "Failed"
                     && s["lastSeenRevision"] == broken.as_str()
+                    && s["lastErrorReason"] == "invalid"
+                    && s["lastErrorAt"].is_string()
                     && s["lastError"]
                         .as_str()
                         .is_some_and(|e| e.contains("workspaces/broken.yaml:3:18: error"))
@@ -325,6 +481,24 @@ async fn the_daemon_follows_a_git_remote_heals_drift_and_survives_bad_commits_an
     .await;
     let s = status(http_port, &env).await.expect("status");
     assert_eq!(s["lastAppliedRevision"], second.as_str());
+    let reconciles = series("tenantsync_reconcile_duration_seconds_count");
+    let so_far = metric(http_port, &reconciles).await.expect("reconciles");
+    wait_for(
+        "a few more reconciles",
+        Duration::from_secs(30),
+        async || metric(http_port, &reconciles).await >= Some(so_far + 3.0),
+    )
+    .await;
+    assert_eq!(
+        crate::support::live_versions(&env),
+        versions,
+        "an invalid revision changed the cluster"
+    );
+    assert_eq!(
+        crate::support::inventory_record(&env).await.0,
+        record,
+        "an invalid revision changed the inventory's record"
+    );
     // An operator sees the same from the cluster, read-only (the daemon
     // publishes right after each reconcile).
     let show = || {
@@ -368,35 +542,63 @@ async fn the_daemon_follows_a_git_remote_heals_drift_and_survives_bad_commits_an
         text.contains("workspaces/broken.yaml:3:18: error"),
         "{text}"
     );
+    let json = Command::new(env!("CARGO_BIN_EXE_tenantsync"))
+        .args(["status", "--env", &env, "--context", "readonly"])
+        .args(["--output", "json", "--kubeconfig"])
+        .arg(control_plane().kubeconfig())
+        .output()
+        .expect("tenantsync status");
+    let json: Value = serde_json::from_slice(&json.stdout).expect("status JSON");
+    assert_eq!(json["status.syncStatus"], "Failed", "{json:#}");
     assert!(
-        namespaces
-            .get_opt(&repo.namespace("acme"))
-            .await
-            .expect("get")
-            .is_some()
+        json["status.lastErrorAt"]
+            .as_str()
+            .is_some_and(|t| !t.is_empty()),
+        "{json:#}"
     );
+    assert_eq!(json["status.driftedObjects"], 0, "{json:#}");
+    assert_eq!(json["revision"], second.as_str(), "{json:#}");
 
-    // 5. The remote goes away: reported, nothing removed; it comes back with a fix.
+    // 5. The remote goes away: reported, nothing removed.
     drop(remote.take());
+    let accepted = http(
+        http_port,
+        "POST",
+        "/hooks/git",
+        &[("X-Gitlab-Token", SECRET)],
+        r#"{"ref":"refs/heads/trunk","checkout_sha":"outage"}"#,
+    )
+    .await
+    .expect("hook");
+    assert!(accepted.starts_with("HTTP/1.1 202"), "{accepted}");
     wait_for(
         "the fetch failure to be reported",
-        Duration::from_secs(15),
+        Duration::from_secs(30),
         async || {
             status(http_port, &env).await.is_some_and(|s| {
-                s["lastError"]
-                    .as_str()
-                    .is_some_and(|e| e.contains("cannot read the repository"))
+                s["lastErrorReason"] == "source"
+                    && s["lastError"]
+                        .as_str()
+                        .is_some_and(|e| e.contains("cannot read the repository"))
             })
         },
     )
     .await;
-    assert!(
-        namespaces
-            .get_opt(&repo.namespace("acme"))
-            .await
-            .expect("get")
-            .is_some()
-    );
+    assert_eq!(crate::support::live_versions(&env), versions);
+
+    // 6. It comes back with a fix, which also drops acme's `extra` service:
+    //    its objects are pruned, and counted.
+    let extra: Vec<String> = crate::support::live_labelled(&env)
+        .into_iter()
+        .filter(|id| {
+            id.split('/').nth(1) == Some(acme.as_str())
+                && id
+                    .rsplit('/')
+                    .next()
+                    .is_some_and(|n| n.starts_with("fhir-extra"))
+        })
+        .collect();
+    assert!(extra.len() >= 4, "{extra:?}");
     git(
         repo.path(),
         &[
@@ -405,10 +607,25 @@ async fn the_daemon_follows_a_git_remote_heals_drift_and_survives_bad_commits_an
             &format!("environments/{env}/workspaces/broken.yaml"),
         ],
     );
+    repo.write(
+        "workspaces/acme.yaml",
+        &workspace_with_services("acme", &["api"]),
+    );
+    git(repo.path(), &["add", "-A"]);
     git(repo.path(), &["commit", "-qm", "fix"]);
     let fixed = git(repo.path(), &["rev-parse", "HEAD"]);
+    git(repo.path(), &["push", "-q", "origin", "HEAD:trunk"]);
     remote = Some(git_daemon(served.path(), git_port));
-    git(repo.path(), &["push", "-q", "origin", "HEAD:main"]);
+    let accepted = http(
+        http_port,
+        "POST",
+        "/hooks/git",
+        &[("X-Gitlab-Token", SECRET)],
+        r#"{"ref":"refs/heads/trunk","checkout_sha":"fix"}"#,
+    )
+    .await
+    .expect("hook");
+    assert!(accepted.starts_with("HTTP/1.1 202"), "{accepted}");
     wait_for(
         "recovery once the remote is back",
         Duration::from_secs(30),
@@ -420,24 +637,60 @@ async fn the_daemon_follows_a_git_remote_heals_drift_and_survives_bad_commits_an
     )
     .await;
 
-    // 6. Metrics.
-    let metrics = http(http_port, "GET", "/metrics", &[], "")
-        .await
-        .expect("metrics");
-    for name in [
-        "tenantsync_reconcile_duration_seconds_bucket",
-        "tenantsync_objects_applied_total",
-        "tenantsync_git_fetch_failures_total",
-        "tenantsync_last_successful_sync_timestamp_seconds",
-        "tenantsync_drifted_objects",
-    ] {
+    // 7. Metrics: values, not only names.
+    let pruned = series("tenantsync_objects_pruned_total");
+    assert_eq!(metric(http_port, &pruned).await, Some(extra.len() as f64));
+    assert_eq!(
+        metric(http_port, &series("tenantsync_objects_failed_total")).await,
+        Some(0.0)
+    );
+    assert!(metric(http_port, &failures).await > Some(failed));
+    for (reason, at_least) in [("source", 2.0), ("invalid", 1.0)] {
+        let errors = format!(
+            "tenantsync_reconcile_errors_total{{environment=\"{env}\",reason=\"{reason}\"}}"
+        );
         assert!(
-            metrics.contains(&format!("{name}{{")),
-            "{name} missing:\n{metrics}"
+            metric(http_port, &errors).await >= Some(at_least),
+            "{errors}"
         );
     }
+    for state in tenantsync::daemon::metrics::STATUSES {
+        let gauge = format!("tenantsync_sync_status{{environment=\"{env}\",status=\"{state}\"}}");
+        let expected = if state == "Synced" { 1.0 } else { 0.0 };
+        assert_eq!(metric(http_port, &gauge).await, Some(expected), "{gauge}");
+    }
+    assert_eq!(
+        metric(
+            http_port,
+            &format!("tenantsync_drifted_objects{{environment=\"{env}\",workspace=\"acme\"}}")
+        )
+        .await,
+        Some(0.0)
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs_f64();
+    let last_sync = metric(
+        http_port,
+        &series("tenantsync_last_successful_sync_timestamp_seconds"),
+    )
+    .await
+    .expect("last sync");
+    assert!(
+        last_sync <= now && last_sync >= now - started.elapsed().as_secs_f64() - 1.0,
+        "{last_sync} vs {now}"
+    );
+    assert!(metric(http_port, &reconciles).await > Some(5.0));
 
-    // 7. SIGTERM: a clean exit.
+    // 8. Logs: human-readable lines at the default level (info), nothing
+    //    at debug without RUST_LOG.
+    let text = std::fs::read_to_string(&log).expect("log");
+    assert!(text.contains(" INFO "), "{text}");
+    assert!(!text.contains("DEBUG"), "{text}");
+    assert!(!text.trim_start().starts_with('{'), "{text}");
+
+    // 9. SIGTERM: a clean exit.
     let code = daemon.terminate().await;
     assert!(code.success(), "exit status {code}");
     drop(remote);

@@ -266,6 +266,13 @@ where
 /// `Kind/namespace/name` of every live object labelled for `env`, of the
 /// kinds tenantsync renders (a namespace being deleted is not live).
 pub fn live_labelled(env: &str) -> std::collections::BTreeSet<String> {
+    live_versions(env).into_keys().collect()
+}
+
+/// `Kind/namespace/name` → `resourceVersion` of every live object labelled
+/// for `env`, of the kinds tenantsync renders (a namespace being deleted is
+/// not live). Any write to an object changes its `resourceVersion`.
+pub fn live_versions(env: &str) -> std::collections::BTreeMap<String, String> {
     let out = control_plane()
         .kubectl()
         .args([
@@ -295,12 +302,43 @@ pub fn live_labelled(env: &str) -> std::collections::BTreeSet<String> {
         .map(|o| {
             let kind = o["kind"].as_str().unwrap_or_default();
             let name = o["metadata"]["name"].as_str().unwrap_or_default();
-            match o["metadata"]["namespace"].as_str() {
+            let id = match o["metadata"]["namespace"].as_str() {
                 Some(ns) => format!("{kind}/{ns}/{name}"),
                 None => format!("{kind}/{name}"),
-            }
+            };
+            let version = o["metadata"]["resourceVersion"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            (id, version)
         })
         .collect()
+}
+
+/// What the inventory of `env` records (its objects, revision and time of
+/// the last change: `data` and `binaryData` without the `status.*` fields
+/// the daemon rewrites after every reconcile), and its `resourceVersion`.
+pub async fn inventory_record(env: &str) -> (serde_json::Value, String) {
+    use k8s_openapi::api::core::v1::ConfigMap;
+    let api: Api<ConfigMap> = Api::namespaced(
+        control_plane().client(User::Admin).await,
+        tenantsync::inventory::SYSTEM_NAMESPACE,
+    );
+    let cm = api
+        .get(&tenantsync::inventory::name_of(env))
+        .await
+        .expect("inventory");
+    let data: std::collections::BTreeMap<String, String> = cm
+        .data
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|(k, _)| !k.starts_with("status."))
+        .collect();
+    let record = serde_json::json!({
+        "data": data,
+        "binaryData": serde_json::to_value(cm.binary_data).expect("binaryData"),
+    });
+    (record, cm.metadata.resource_version.unwrap_or_default())
 }
 
 /// Whether golden files are to be regenerated: only when
