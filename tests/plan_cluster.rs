@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::support::repo::TestRepo;
-use crate::support::{control_plane, git};
+use crate::support::{audit, control_plane, git};
 
 fn summary(plan: &Value) -> (u64, u64, u64, u64) {
     let s = &plan["summary"];
@@ -42,12 +42,73 @@ async fn plan_on_an_empty_cluster_lists_only_creates_then_nothing_after_apply() 
     // them is a change.
     let plan = repo.plan_json("admin");
     assert_eq!(summary(&plan), (0, 0, 0, applied), "{:#}", plan["changes"]);
-    // One LIST per kind, nothing per object.
-    let kinds = tenantsync::render::MANAGED_KINDS.len() as u64;
-    assert!(
-        plan["apiRequests"].as_u64().expect("count") <= kinds + 2,
+    // A steady-state plan makes one LIST per kind (pages of 3,000, across
+    // namespaces, by label) and one GET of the inventory, nothing per
+    // object: as the API server recorded it, with a token of its own that
+    // may only read, and as the plan reports it.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let reader = audit::identity("plan-steady", "test-readonly", dir.path());
+    let from = audit::cursor();
+    let out = Command::new(env!("CARGO_BIN_EXE_tenantsync"))
+        .args(["plan", "--env", &repo.env, "--output", "json", "--repo"])
+        .arg(repo.path())
+        .arg("--kubeconfig")
+        .arg(&reader.kubeconfig)
+        .output()
+        .expect("run");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
         "{}",
-        plan["apiRequests"]
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let plan: Value = serde_json::from_slice(&out.stdout).expect("plan JSON");
+    assert_eq!(summary(&plan), (0, 0, 0, applied), "{:#}", plan["changes"]);
+    let requests: Vec<audit::Request> = reader
+        .requests_since(&from)
+        .into_iter()
+        .filter(|r| r.user_agent.starts_with("tenantsync/"))
+        .collect();
+    let kinds = tenantsync::render::MANAGED_KINDS.len();
+    assert_eq!(requests.len(), kinds + 1, "{requests:#?}");
+    assert_eq!(
+        plan["apiRequests"],
+        requests.len(),
+        "apiRequests is what was sent"
+    );
+    let selector = format!("tenantsync.io%2Fenvironment%3D{}", repo.env);
+    let lists: Vec<&audit::Request> = requests.iter().filter(|r| r.verb == "list").collect();
+    assert_eq!(lists.len(), kinds, "{requests:#?}");
+    for kind in tenantsync::render::MANAGED_KINDS {
+        let of_kind: Vec<&&audit::Request> =
+            lists.iter().filter(|r| r.resource == kind.plural).collect();
+        assert_eq!(of_kind.len(), 1, "{kind:?}: {lists:#?}");
+        let uri = &of_kind[0].uri;
+        assert!(
+            // Across namespaces (no namespace in the path).
+            !uri.split('?')
+                .next()
+                .unwrap_or_default()
+                .contains("/namespaces/")
+                && uri.contains(&selector)
+                && uri.contains("limit=3000")
+                && !uri.contains("continue="),
+            "{uri}"
+        );
+    }
+    let gets: Vec<&audit::Request> = requests.iter().filter(|r| r.verb == "get").collect();
+    assert_eq!(gets.len(), 1, "{requests:#?}");
+    assert_eq!(
+        (
+            gets[0].resource.as_str(),
+            gets[0].namespace.as_str(),
+            gets[0].name.clone()
+        ),
+        (
+            "configmaps",
+            tenantsync::inventory::SYSTEM_NAMESPACE,
+            tenantsync::inventory::name_of(&repo.env)
+        )
     );
 
     let out = repo.run("plan", "admin", &["--detailed-exitcode"]);
@@ -332,4 +393,121 @@ async fn plan_at_an_older_git_revision_differs_as_expected() {
         git(repo.path(), &["status", "--porcelain"]),
         format!("?? environments/{}/workspaces/junk.yaml", repo.env)
     );
+}
+
+/// More objects of one kind than a page holds: the LIST goes on with the
+/// continue token the API server gives, and every object is read.
+#[tokio::test]
+async fn a_kind_with_more_objects_than_a_page_is_read_page_by_page() {
+    use futures::StreamExt;
+    use k8s_openapi::api::core::v1::ConfigMap;
+    use kube::api::{Api, PostParams};
+
+    let repo = TestRepo::new("plan-pages");
+    repo.apply_rendered().await;
+    let rendered = crate::support::live_labelled(&repo.env)
+        .iter()
+        .filter(|id| id.starts_with("ConfigMap/"))
+        .count();
+    // Labelled for the environment, never in its inventory: drift lists
+    // each as never declared. With the rendered ones, one more ConfigMap
+    // than a page holds.
+    let page = tenantsync::cluster::PAGE_SIZE as usize;
+    assert_eq!(page, 3000, "README: pages of 3,000");
+    let extra = page + 1 - rendered;
+    let ns = control_plane().namespace("plan-pages").await;
+    let api: Api<ConfigMap> = Api::namespaced(
+        control_plane().client(crate::support::User::Admin).await,
+        &ns,
+    );
+    let env = repo.env.clone();
+    let created = futures::stream::iter(0..extra)
+        .map(|i| {
+            let api = api.clone();
+            let env = env.clone();
+            async move {
+                let cm: ConfigMap = serde_json::from_value(serde_json::json!({
+                    "metadata": {"name": format!("by-hand-{i:04}"), "labels": {
+                        "app.kubernetes.io/managed-by": "tenantsync",
+                        "tenantsync.io/environment": env,
+                    }}
+                }))
+                .expect("a ConfigMap");
+                api.create(&PostParams::default(), &cm).await.is_ok()
+            }
+        })
+        .buffer_unordered(16)
+        .filter(|ok| std::future::ready(*ok))
+        .count()
+        .await;
+    assert_eq!(created, extra);
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let reader = audit::identity("plan-pages", "test-readonly", dir.path());
+    let from = audit::cursor();
+    let out = Command::new(env!("CARGO_BIN_EXE_tenantsync"))
+        .args(["drift", "--env", &repo.env, "--output", "json", "--repo"])
+        .arg(repo.path())
+        .arg("--kubeconfig")
+        .arg(&reader.kubeconfig)
+        .output()
+        .expect("run");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let drift: Value = serde_json::from_slice(&out.stdout).expect("drift JSON");
+    // Every object of both pages read: nothing tenantsync applied looks
+    // missing, and every hand-made one is found.
+    let (missing, modified, _, _) = summary(&drift);
+    assert_eq!((missing, modified), (0, 0), "{:#}", drift["summary"]);
+    let never = drift["neverDeclared"].as_array().expect("neverDeclared");
+    assert_eq!(
+        never.len(),
+        extra,
+        "objects of the second page were not read"
+    );
+    assert!(
+        never
+            .iter()
+            .any(|id| id == &format!("ConfigMap/{ns}/by-hand-{:04}", extra - 1)),
+        "{never:?}"
+    );
+    let lists: Vec<audit::Request> = reader
+        .requests_since(&from)
+        .into_iter()
+        .filter(|r| r.user_agent.starts_with("tenantsync/") && r.resource == "configmaps")
+        .filter(|r| r.verb == "list")
+        .collect();
+    assert_eq!(lists.len(), 2, "{lists:#?}");
+    assert!(
+        lists[0].uri.contains("limit=3000") && !lists[0].uri.contains("continue="),
+        "{}",
+        lists[0].uri
+    );
+    assert!(
+        lists[1].uri.contains("limit=3000") && lists[1].uri.contains("continue="),
+        "{}",
+        lists[1].uri
+    );
+    let kinds = tenantsync::render::MANAGED_KINDS.len();
+    assert_eq!(
+        drift["apiRequests"],
+        kinds + 2,
+        "one request more: the second page"
+    );
+    // Gone with the namespace.
+    let _ = control_plane()
+        .kubectl()
+        .args([
+            "--context",
+            "admin",
+            "delete",
+            "namespace",
+            &ns,
+            "--wait=false",
+        ])
+        .output();
 }

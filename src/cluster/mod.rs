@@ -37,6 +37,8 @@ pub struct ClusterOptions {
 /// Connect and request timeouts: an unreachable API server fails fast.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 pub const READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// The User-Agent of every request to the API server.
+pub const USER_AGENT: &str = concat!("tenantsync/", env!("CARGO_PKG_VERSION"));
 /// Page size of LIST requests. Large, so that an environment's objects of
 /// one kind take one request up to thousands of workspaces: a page is read
 /// an item at a time (`list`), so it costs little more memory than its text.
@@ -231,6 +233,11 @@ impl Cluster {
         };
         config.connect_timeout = Some(CONNECT_TIMEOUT);
         config.read_timeout = Some(READ_TIMEOUT);
+        // Named in the API server's audit log and metrics (kube-rs sends none).
+        config.headers.push((
+            hyper::header::USER_AGENT,
+            hyper::header::HeaderValue::from_static(USER_AGENT),
+        ));
         let server = config
             .cluster_url
             .to_string()
@@ -342,7 +349,7 @@ impl Cluster {
     }
 
     /// Lists the objects tenantsync manages in `environment`: one LIST per
-    /// kind (per page of 500), across all namespaces, by label. `extra`
+    /// kind (per page of [`PAGE_SIZE`]), across all namespaces, by label. `extra`
     /// names further kinds (`apiVersion`, `kind`) to list: plain manifests'
     /// kinds and the inventory's. Each object goes to `sink` as its page
     /// arrives, so a caller that keeps only what it needs holds one page at

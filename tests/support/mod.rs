@@ -10,6 +10,7 @@
 //! to skip the start-up. If the control plane cannot start, every test using it
 //! fails with the reason: cluster tests never skip.
 
+pub mod audit;
 pub mod git_servers;
 pub mod repo;
 
