@@ -11,7 +11,7 @@ use kube::api::{Api, Patch, PatchParams};
 use serde_json::{Value, json};
 
 use crate::support::repo::TestRepo;
-use crate::support::{User, control_plane, eventually};
+use crate::support::{User, audit, control_plane, eventually};
 
 fn sync(repo: &TestRepo, extra: &[&str]) -> (Output, Value) {
     let mut args = vec!["--output", "json"];
@@ -60,43 +60,115 @@ where
     api.get_opt(name).await.expect("get").is_some()
 }
 
+/// README's stage order within a wave: Namespaces (and CRDs),
+/// ServiceAccounts, ConfigMaps and Secrets, Services, Deployments,
+/// PodDisruptionBudgets, Ingresses, NetworkPolicies.
+fn kind_rank(resource: &str) -> usize {
+    [
+        &["namespaces", "customresourcedefinitions"][..],
+        &["serviceaccounts"],
+        &["configmaps", "secrets"],
+        &["services"],
+        &["deployments"],
+        &["poddisruptionbudgets"],
+        &["ingresses"],
+        &["networkpolicies"],
+    ]
+    .iter()
+    .position(|group| group.contains(&resource))
+    .unwrap_or_else(|| panic!("{resource} has no place in the order"))
+}
+
 #[tokio::test]
 async fn first_sync_creates_everything_and_records_it_second_writes_nothing() {
     let repo = TestRepo::new("sync-first");
-    let (out, report) = sync(&repo, &[]);
+    // Enough objects per stage to fill the eight requests in flight.
+    for i in 0..12 {
+        repo.write(
+            &format!("workspaces/t{i:02}.yaml"),
+            &format!("apiVersion: tenantsync.io/v1alpha1\nkind: Workspace\nmetadata: {{name: t{i:02}}}\nspec:\n  fhirServices:\n    - name: api\n      replicas: 2\n    - name: web\n      replicas: 2\n"),
+        );
+    }
+    // Sync waves: one manifest before everything (in a namespace of the
+    // operator's that exists already), one after.
+    let early_ns = control_plane().namespace("sync-first-early").await;
+    repo.write(
+        "resources/early.yaml",
+        &format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: early\n  namespace: {early_ns}\n  annotations: {{tenantsync.io/sync-wave: \"-1\"}}\ndata: {{a: b}}\n"),
+    );
+    let contoso = repo.namespace("contoso");
+    repo.write(
+        "resources/late.yaml",
+        &format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: late\n  namespace: {contoso}\n  annotations: {{tenantsync.io/sync-wave: \"1\"}}\ndata: {{a: b}}\n"),
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let caller = audit::identity("sync-first", "cluster-admin", dir.path());
+    let from = audit::cursor();
+    let out = Command::new(env!("CARGO_BIN_EXE_tenantsync"))
+        .args(["sync", "--env", &repo.env, "--output", "json"])
+        .args(["--allow-namespace", &early_ns, "--repo"])
+        .arg(repo.path())
+        .arg("--kubeconfig")
+        .arg(&caller.kubeconfig)
+        .output()
+        .expect("sync");
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let report: Value = serde_json::from_slice(&out.stdout).expect("report");
     let created = ids(&report, "created");
-    assert!(created.len() > 40);
-    // Namespaces come first, Ingresses and NetworkPolicies last.
-    let first_non_ns = created
-        .iter()
-        .position(|id| !id.starts_with("Namespace/"))
-        .expect("objects");
-    assert!(
-        created[..first_non_ns]
-            .iter()
-            .all(|id| id.starts_with("Namespace/"))
+    assert!(created.len() > 100, "{}", created.len());
+    assert_eq!(
+        created.first(),
+        Some(&format!("ConfigMap/{early_ns}/early"))
     );
+    assert_eq!(created.last(), Some(&format!("ConfigMap/{contoso}/late")));
+
+    // As the API server saw it: every write of a stage answered before the
+    // first of the next stage arrived, waves first, then kinds in order;
+    // at most eight writes in flight, and that many at once.
+    let writes: Vec<audit::Request> = caller
+        .requests_since(&from)
+        .into_iter()
+        .filter(|r| r.user_agent.starts_with("tenantsync/") && r.is_write())
+        .filter(|r| r.namespace != tenantsync::inventory::SYSTEM_NAMESPACE)
+        .collect();
+    assert_eq!(writes.len(), created.len(), "one write per object");
     assert!(
-        created[first_non_ns..]
-            .iter()
-            .all(|id| !id.starts_with("Namespace/"))
+        writes.iter().all(|w| w.verb == "patch" && w.code == 201),
+        "{writes:#?}"
     );
-    let last_deploy = created
-        .iter()
-        .rposition(|id| id.starts_with("Deployment/"))
-        .expect("deployments");
-    let first_ingress = created
-        .iter()
-        .position(|id| id.starts_with("Ingress/"))
-        .expect("ingresses");
-    assert!(last_deploy < first_ingress);
+    let stage_of = |w: &audit::Request| -> (i32, usize) {
+        let wave = match w.name.as_str() {
+            "early" => -1,
+            "late" => 1,
+            _ => 0,
+        };
+        (wave, kind_rank(&w.resource))
+    };
+    let mut stages: std::collections::BTreeMap<(i32, usize), Vec<&audit::Request>> =
+        std::collections::BTreeMap::new();
+    for w in &writes {
+        stages.entry(stage_of(w)).or_default().push(w);
+    }
+    assert_eq!(stages.len(), 10, "{:?}", stages.keys().collect::<Vec<_>>());
+    let stages: Vec<(&(i32, usize), &Vec<&audit::Request>)> = stages.iter().collect();
+    for pair in stages.windows(2) {
+        let ((before, earlier), (after, later)) = (pair[0], pair[1]);
+        let done = earlier.iter().map(|w| w.completed).max().expect("a write");
+        let next = later.iter().map(|w| w.received).min().expect("a write");
+        assert!(
+            done <= next,
+            "stage {after:?} began {} µs before stage {before:?} was done",
+            done - next
+        );
+    }
+    let all: Vec<&audit::Request> = writes.iter().collect();
+    assert_eq!(audit::most_in_flight(&all), 8, "requests in flight at once");
 
     let inv = inventory(&repo).await.expect("inventory written");
     assert_eq!(inv.objects.len(), created.len());
     assert!(inv.last_applied_at.is_some());
 
-    let (out, report) = sync(&repo, &[]);
+    let (out, report) = sync(&repo, &["--allow-namespace", &early_ns]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert_eq!(report["writeRequests"], 0, "{report:#}");
     assert_eq!(report["unchanged"].as_u64(), Some(created.len() as u64));
