@@ -401,6 +401,22 @@ async fn a_conflicting_manager_is_reported_then_overwritten_when_forced() {
         "R5"
     );
 
+    // The repository's syncPolicy.forceConflicts: false tightens the
+    // operator's --force-conflicts: still a conflict, left alone.
+    environment_with(&repo, "  syncPolicy: {forceConflicts: false}\n");
+    let (out, report) = sync(&repo, &["--force-conflicts"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert_eq!(report["conflicts"].as_array().map(Vec::len), Some(1));
+    assert_eq!(
+        api.get("fhir-main-config")
+            .await
+            .expect("get")
+            .data
+            .expect("data")["FhirServer__Version"],
+        "R5"
+    );
+    // Both say force: taken over.
+    environment_with(&repo, "  syncPolicy: {forceConflicts: true}\n");
     let (out, _) = sync(&repo, &["--force-conflicts"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert_eq!(
@@ -813,4 +829,276 @@ async fn wait_reports_progressing_then_healthy_and_degraded_on_a_failed_rollout(
             .contains("ProgressDeadlineExceeded"),
         "{degraded:?}"
     );
+}
+
+fn fhir_workspace(name: &str, services: &[&str]) -> String {
+    let mut text = format!(
+        "apiVersion: tenantsync.io/v1alpha1\nkind: Workspace\nmetadata: {{name: {name}}}\nspec:\n  fhirServices:\n"
+    );
+    for s in services {
+        text.push_str(&format!("    - name: {s}\n"));
+    }
+    text
+}
+
+fn environment_with(repo: &TestRepo, extra: &str) {
+    repo.write(
+        "environment.yaml",
+        &format!(
+            "apiVersion: tenantsync.io/v1alpha1\nkind: Environment\nmetadata:\n  name: {}\nspec:\n  base: base\n  ingress:\n    domain: test.example.com\n{extra}",
+            repo.env
+        ),
+    );
+}
+
+/// `Kind/ns/name` of the live objects of FHIR service `service` in `ns`.
+fn service_objects(env: &str, ns: &str, service: &str) -> Vec<String> {
+    crate::support::live_labelled(env)
+        .into_iter()
+        .filter(|id| {
+            id.split('/').nth(1) == Some(ns)
+                && id
+                    .rsplit('/')
+                    .next()
+                    .is_some_and(|n| n.starts_with(&format!("fhir-{service}")))
+        })
+        .collect()
+}
+
+/// The repository's `syncPolicy` as `sync` reads it: `prune: true` prunes
+/// without `--prune`; `maxPrunePercent` lowers the operator's ceiling (and
+/// the operator's `--max-prune-percent` lowers it again); an object
+/// annotated `tenantsync.io/prune: disabled` is kept and released from
+/// the inventory.
+#[tokio::test]
+async fn the_repositorys_sync_policy_and_the_prune_annotation_are_honoured() {
+    let repo = TestRepo::new("sync-policy");
+    let acme = repo.namespace("acme");
+    repo.write(
+        "workspaces/acme.yaml",
+        &fhir_workspace("acme", &["api", "extra"]),
+    );
+    let contoso = repo.namespace("contoso");
+    repo.write(
+        "resources/keep.yaml",
+        &format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: keep\n  namespace: {contoso}\n  annotations: {{tenantsync.io/prune: disabled}}\ndata: {{a: b}}\n"),
+    );
+    // The text report ends with the summary line README shows.
+    let out = repo.run("sync", "admin", &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let live = crate::support::live_labelled(&repo.env).len();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let summary = text.lines().last().unwrap_or_default();
+    // `at` the revision's first 12 characters (a folder's: `folder-<digest>`).
+    let revision = summary
+        .strip_prefix(&format!("Sync of environment {} at ", repo.env))
+        .and_then(|rest| rest.get(..12))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(revision.starts_with("folder-"), "{text}");
+    let expected = format!(
+        "Sync of environment {} at {revision}: {live} created, 0 updated, 0 recreated, 0 pruned, 0 unchanged, 0 conflict(s), 0 failure(s); ",
+        repo.env
+    );
+    assert!(
+        summary.starts_with(&expected) && summary.ends_with(" write request(s)."),
+        "{text}"
+    );
+    let writes: usize = summary
+        .trim_start_matches(&expected)
+        .split(' ')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .expect("a number of writes");
+    assert!(writes >= live, "{summary}");
+
+    // acme loses a service: about 7% of the inventory.
+    let extra = service_objects(&repo.env, &acme, "extra");
+    assert_eq!(extra.len(), 5, "{extra:?}");
+    repo.write("workspaces/acme.yaml", &fhir_workspace("acme", &["api"]));
+    // The repository's ceiling, 5%, is below that: refused, nothing pruned.
+    environment_with(&repo, "  syncPolicy: {prune: true, maxPrunePercent: 5}\n");
+    let (out, _) = sync(&repo, &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("--allow-mass-prune"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(service_objects(&repo.env, &acme, "extra"), extra);
+    // 20% lets it through, but not the operator's 5%.
+    environment_with(&repo, "  syncPolicy: {prune: true, maxPrunePercent: 20}\n");
+    let (out, _) = sync(&repo, &["--max-prune-percent", "5"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert_eq!(service_objects(&repo.env, &acme, "extra"), extra);
+    // syncPolicy.prune: no --prune needed.
+    let (out, report) = sync(&repo, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let mut pruned = ids(&report, "pruned");
+    pruned.sort();
+    assert_eq!(pruned, extra, "{report:#}");
+    assert!(service_objects(&repo.env, &acme, "extra").is_empty());
+
+    // A manifest annotated prune: disabled outlives its declaration, and
+    // leaves the inventory.
+    repo.remove("resources/keep.yaml");
+    let (out, report) = sync(&repo, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let keep = format!("ConfigMap/{contoso}/keep");
+    assert!(!ids(&report, "pruned").contains(&keep), "{report:#}");
+    assert!(exists::<ConfigMap>(&contoso, "keep").await);
+    assert!(
+        !inventory(&repo)
+            .await
+            .expect("inventory")
+            .objects
+            .iter()
+            .any(|o| o.id() == keep),
+        "still in the inventory"
+    );
+    let plan = repo.plan_json("admin");
+    assert_eq!(plan["summary"]["delete"], 0, "{:#}", plan["changes"]);
+}
+
+/// `sync` sends no write when the repository is invalid (a schema error,
+/// two declarations rendering one object) or `--rev` cannot be read.
+#[tokio::test]
+async fn nothing_is_written_when_validation_fails_or_the_revision_cannot_be_read() {
+    let repo = TestRepo::new("sync-nowrite");
+    crate::support::git(repo.path(), &["init", "-q"]);
+    crate::support::git(repo.path(), &["add", "-A"]);
+    crate::support::git(repo.path(), &["commit", "-qm", "first"]);
+    let (out, _) = sync(&repo, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let versions = crate::support::live_versions(&repo.env);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let caller = audit::identity("sync-nowrite", "cluster-admin", dir.path());
+    let from = audit::cursor();
+    let run = |extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_tenantsync"))
+            .args(["sync", "--env", &repo.env, "--prune", "--allow-mass-prune"])
+            .args(extra)
+            .arg("--repo")
+            .arg(repo.path())
+            .arg("--kubeconfig")
+            .arg(&caller.kubeconfig)
+            .output()
+            .expect("sync")
+    };
+    // A schema error (and the removal of a workspace beside it).
+    repo.write(
+        "workspaces/woodgrove.yaml",
+        "apiVersion: tenantsync.io/v1alpha1\nkind: WorkspacePatch\nmetadata: {name: woodgrove}\n$patch: delete\n",
+    );
+    repo.write(
+        "workspaces/bad.yaml",
+        "apiVersion: tenantsync.io/v1alpha1\nkind: Workspace\nmetadata: {name: bad}\nspec: {fhirServices: [{name: api, replicas: many}]}\n",
+    );
+    let out = run(&[]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("bad.yaml"), "{}", stderr(&out));
+    // Two declarations rendering one object.
+    repo.write(
+        "workspaces/bad.yaml",
+        "apiVersion: tenantsync.io/v1alpha1\nkind: Workspace\nmetadata: {name: bad}\nspec:\n  iotConnectors:\n    - name: shared\n      ingestionEndpointConfiguration: {eventHubName: h, fullyQualifiedEventHubNamespace: badingest.servicebus.windows.net}\n      deviceMapping: {content: {templateType: CollectionContent, template: []}}\n",
+    );
+    let out = run(&[]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("also renders"), "{}", stderr(&out));
+    // A revision that does not exist.
+    let out = run(&["--rev", "no-such-branch"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("no-such-branch"), "{}", stderr(&out));
+
+    let sent: Vec<audit::Request> = caller
+        .requests_since(&from)
+        .into_iter()
+        .filter(|r| r.user_agent.starts_with("tenantsync/"))
+        .collect();
+    let writes: Vec<&audit::Request> = sent.iter().filter(|r| r.is_write()).collect();
+    assert!(writes.is_empty(), "{writes:#?}");
+    assert_eq!(crate::support::live_versions(&repo.env), versions);
+}
+
+/// If any object fails to apply, nothing is pruned; an object whose delete
+/// fails stays in the inventory, and a later sync deletes it.
+#[tokio::test]
+async fn a_failed_apply_prunes_nothing_and_an_undeletable_object_stays_in_the_inventory() {
+    let repo = TestRepo::new("sync-failprune");
+    let acme = repo.namespace("acme");
+    repo.write(
+        "workspaces/acme.yaml",
+        &fhir_workspace("acme", &["api", "extra"]),
+    );
+    let (out, _) = sync(&repo, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let extra = service_objects(&repo.env, &acme, "extra");
+    assert_eq!(extra.len(), 5, "{extra:?}");
+    repo.write("workspaces/acme.yaml", &fhir_workspace("acme", &["api"]));
+    // The API server refuses contoso's Deployment (a request above its limit).
+    repo.write(
+        "workspaces/contoso.yaml",
+        "apiVersion: tenantsync.io/v1alpha1\nkind: WorkspacePatch\nmetadata: {name: contoso}\nspec:\n  fhirServices:\n    - name: main\n      resources: {requests: {cpu: 2}, limits: {cpu: 1}}\n",
+    );
+    let (out, report) = sync(&repo, &["--prune"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(!report["failures"].as_array().expect("failures").is_empty());
+    assert!(ids(&report, "pruned").is_empty(), "{report:#}");
+    assert_eq!(service_objects(&repo.env, &acme, "extra"), extra);
+
+    // A credential that may delete everything but Services.
+    repo.remove("workspaces/contoso.yaml");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let role = crate::support::unique_name("no-service-delete");
+    let rules = serde_json::json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+        "metadata": {"name": role},
+        "rules": [
+            {"apiGroups": ["*"], "resources": ["*"], "verbs": ["get", "list", "watch", "create", "update", "patch"]},
+            {"apiGroups": [""], "resources": ["namespaces", "serviceaccounts", "configmaps"], "verbs": ["delete"]},
+            {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": ["delete"]},
+            {"apiGroups": ["policy"], "resources": ["poddisruptionbudgets"], "verbs": ["delete"]},
+            {"apiGroups": ["networking.k8s.io"], "resources": ["ingresses", "networkpolicies"], "verbs": ["delete"]},
+        ]
+    });
+    let file = dir.path().join("role.json");
+    std::fs::write(&file, rules.to_string()).expect("write");
+    let applied = control_plane()
+        .kubectl()
+        .args(["--context", "admin", "apply", "-f"])
+        .arg(&file)
+        .output()
+        .expect("kubectl");
+    assert!(applied.status.success(), "{}", stderr(&applied));
+    let caller = audit::identity("sync-failprune", &role, dir.path());
+    let out = Command::new(env!("CARGO_BIN_EXE_tenantsync"))
+        .args(["sync", "--env", &repo.env, "--prune", "--output", "json"])
+        .arg("--repo")
+        .arg(repo.path())
+        .arg("--kubeconfig")
+        .arg(&caller.kubeconfig)
+        .output()
+        .expect("sync");
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    assert_eq!(out.status.code(), Some(1), "{}\n{report:#}", stderr(&out));
+    let service = format!("Service/{acme}/fhir-extra");
+    let mut pruned = ids(&report, "pruned");
+    pruned.sort();
+    let others: Vec<String> = extra.iter().filter(|id| **id != service).cloned().collect();
+    assert_eq!(pruned, others, "{report:#}");
+    assert_eq!(
+        service_objects(&repo.env, &acme, "extra"),
+        [service.clone()]
+    );
+    let recorded = |inv: tenantsync::inventory::Inventory| {
+        inv.objects.iter().map(|o| o.id()).collect::<Vec<_>>()
+    };
+    let inv = recorded(inventory(&repo).await.expect("inventory"));
+    assert!(inv.contains(&service), "{inv:?}");
+    assert!(!inv.iter().any(|id| others.contains(id)), "{inv:?}");
+
+    // With the right to delete it, the next sync does.
+    let (out, report) = sync(&repo, &["--prune"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(ids(&report, "pruned"), [service.clone()]);
+    assert!(!recorded(inventory(&repo).await.expect("inventory")).contains(&service));
 }
