@@ -207,6 +207,101 @@ async fn out_of_band_changes_show_with_field_and_manager_in_plan_and_drift() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("spec.replicas"), "{text}");
     assert!(text.contains("kubectl"), "{text}");
+
+    // Missing: applied, in the inventory, deleted by hand. Orphaned:
+    // labelled for the environment and declared by nothing (here removed
+    // from Git, not pruned yet; and one never recorded, listed again as
+    // never declared).
+    let kubectl = |args: &[&str]| {
+        let out = control_plane()
+            .kubectl()
+            .args(["--context", "admin"])
+            .args(args)
+            .output()
+            .expect("kubectl");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    kubectl(&["-n", &ns, "delete", "service", "fhir-main"]);
+    kubectl(&["-n", &ns, "create", "configmap", "by-hand"]);
+    kubectl(&[
+        "-n",
+        &ns,
+        "label",
+        "configmap",
+        "by-hand",
+        "app.kubernetes.io/managed-by=tenantsync",
+        &format!("tenantsync.io/environment={}", repo.env),
+        "tenantsync.io/workspace=contoso",
+    ]);
+    repo.write(
+        "workspaces/woodgrove.yaml",
+        "apiVersion: tenantsync.io/v1alpha1\nkind: WorkspacePatch\nmetadata: {name: woodgrove}\nspec:\n  fhirServices:\n    - name: api\n      $patch: delete\n",
+    );
+    let out = repo.run("drift", "readonly", &["--output", "json"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let drift: Value = serde_json::from_slice(&out.stdout).expect("drift JSON");
+    let ids = |action: &str| -> Vec<String> {
+        changes(&drift, action)
+            .iter()
+            .map(|c| {
+                format!(
+                    "{}/{}/{}",
+                    c["kind"].as_str().unwrap_or_default(),
+                    c["namespace"].as_str().unwrap_or_default(),
+                    c["name"].as_str().unwrap_or_default()
+                )
+            })
+            .collect()
+    };
+    assert_eq!(
+        ids("create"),
+        [format!("Service/{ns}/fhir-main")],
+        "missing"
+    );
+    let woodgrove = repo.namespace("woodgrove");
+    let orphaned = ids("delete");
+    assert!(
+        orphaned.contains(&format!("ConfigMap/{ns}/by-hand")),
+        "{orphaned:?}"
+    );
+    assert!(
+        orphaned.contains(&format!("Deployment/{woodgrove}/fhir-api")),
+        "{orphaned:?}"
+    );
+    assert_eq!(
+        drift["neverDeclared"],
+        serde_json::json!([format!("ConfigMap/{ns}/by-hand")])
+    );
+    let out = repo.run("drift", "readonly", &["--no-color"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(&format!(
+            "+ missing (deleted by hand) Service/{ns}/fhir-main"
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "- not declared any more (orphaned) Deployment/{woodgrove}/fhir-api"
+        )),
+        "{text}"
+    );
+    let (_, update, delete, _) = summary(&drift);
+    assert!(
+        text.contains(&format!(
+            "Drift: {update} modified, 1 missing, {delete} orphaned, "
+        )),
+        "{text}"
+    );
 }
 
 #[tokio::test]
@@ -381,6 +476,34 @@ async fn plan_at_an_older_git_revision_differs_as_expected() {
     );
     let drift: Value = serde_json::from_slice(&out.stdout).expect("drift");
     assert_eq!(drift["revision"], new.as_str());
+    // A newer commit nobody synced is not drift either: drift still reads
+    // the inventory's revision, while plan reads HEAD.
+    repo.remove("workspaces/junk.yaml");
+    repo.write(
+        "workspaces/woodgrove.yaml",
+        "apiVersion: tenantsync.io/v1alpha1\nkind: WorkspacePatch\nmetadata: {name: woodgrove}\nspec:\n  fhirServices:\n    - name: api\n      replicas: 5\n",
+    );
+    git(repo.path(), &["add", "-A"]);
+    git(repo.path(), &["commit", "-qm", "scale woodgrove again"]);
+    let newest = git(repo.path(), &["rev-parse", "HEAD"]);
+    let out = repo.run(
+        "drift",
+        "readonly",
+        &["--output", "json", "--detailed-exitcode"],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let drift: Value = serde_json::from_slice(&out.stdout).expect("drift");
+    assert_eq!(drift["revision"], new.as_str());
+    let out = repo.run("plan", "readonly", &["--output", "json", "--rev", "HEAD"]);
+    let plan: Value = serde_json::from_slice(&out.stdout).expect("plan");
+    assert_eq!(plan["revision"], newest.as_str());
+    assert_eq!(changes(&plan, "update").len(), 1, "{:#}", plan["changes"]);
+    repo.write("workspaces/junk.yaml", "not: [valid\n");
     // And the work tree is as it was.
     assert!(
         repo.path()
@@ -510,4 +633,80 @@ async fn a_kind_with_more_objects_than_a_page_is_read_page_by_page() {
             "--wait=false",
         ])
         .output();
+}
+
+/// Colour only on a terminal, never with `--no-color` or `NO_COLOR`; a
+/// cluster that refuses to be read fails the plan (exit 1).
+#[tokio::test]
+async fn plan_colours_only_a_terminal_and_fails_when_the_cluster_refuses() {
+    let repo = TestRepo::new("plan-colour");
+    repo.apply_rendered().await;
+    let ns = repo.namespace("contoso");
+    let scale = control_plane()
+        .kubectl()
+        .args(["--context", "admin", "-n", &ns, "scale"])
+        .args(["deployment/fhir-main", "--replicas=3"])
+        .output()
+        .expect("kubectl");
+    assert!(scale.status.success());
+    let command = format!(
+        "{} plan --env {} --repo {} --kubeconfig {} --context readonly",
+        env!("CARGO_BIN_EXE_tenantsync"),
+        repo.env,
+        repo.path().display(),
+        control_plane().kubeconfig().display()
+    );
+    // `script` runs it on a pseudo-terminal.
+    let on_terminal = |extra: &str, no_color: bool| {
+        let mut script = Command::new("script");
+        script
+            .args(["-qec", &format!("{command} {extra}"), "/dev/null"])
+            .env_remove("NO_COLOR");
+        if no_color {
+            script.env("NO_COLOR", "1");
+        }
+        let out = script.output().expect("script");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(text.contains("spec.replicas: 3 -> 1"), "{text}");
+        text
+    };
+    assert!(
+        on_terminal("", false).contains("\x1b["),
+        "no colour on a terminal"
+    );
+    assert!(!on_terminal("--no-color", false).contains('\x1b'));
+    assert!(!on_terminal("", true).contains('\x1b'));
+    let piped = repo.run("plan", "readonly", &[]);
+    let text = String::from_utf8_lossy(&piped.stdout);
+    assert!(
+        text.contains("spec.replicas: 3 -> 1") && !text.contains('\x1b'),
+        "{text}"
+    );
+
+    // A credential that may read nothing: the plan fails, naming why.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let nobody = audit::identity("plan-refused", "system:basic-user", dir.path());
+    let out = Command::new(env!("CARGO_BIN_EXE_tenantsync"))
+        .args(["plan", "--env", &repo.env, "--detailed-exitcode", "--repo"])
+        .arg(repo.path())
+        .arg("--kubeconfig")
+        .arg(&nobody.kubeconfig)
+        .output()
+        .expect("run");
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("permission denied by https://") && err.contains("is forbidden"),
+        "{err}"
+    );
 }
