@@ -659,6 +659,31 @@ async fn a_crd_and_its_custom_object_apply_in_one_sync_and_prune_later() {
         .position(|id| id == &format!("BackupPolicy/{ns}/nightly"))
         .expect("custom object created");
     assert!(crd_at < cr_at);
+    // With --wait, the CRD counts as healthy once Established (the
+    // Deployments once rolled out: the control plane runs no deployment
+    // controller, so the test writes their status).
+    roll_out(&repo.env, None).await;
+    let (out, report) = sync(
+        &repo,
+        &[
+            allow[0],
+            allow[1],
+            "--wait",
+            "--timeout",
+            "60s",
+            "--no-ingress-address-wait",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}\n{report:#}", stderr(&out));
+    let crd_health = report["health"]["objects"]
+        .as_array()
+        .expect("objects")
+        .iter()
+        .find(|o| o["id"] == format!("CustomResourceDefinition/{crd_name}"))
+        .cloned()
+        .unwrap_or_else(|| panic!("{report:#}"));
+    assert_eq!(crd_health["status"], "Healthy", "{crd_health}");
+    assert_eq!(crd_health["message"], "Established", "{crd_health}");
     // The server filled in the schema default; that is not a change.
     let plan = repo.run(
         "plan",
