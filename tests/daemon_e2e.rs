@@ -788,47 +788,249 @@ async fn two_daemons_elect_one_leader_and_fail_over() {
     );
 }
 
+/// An API server that completes the TLS handshake and never answers:
+/// `openssl s_server` with the control plane's own serving certificate (its
+/// stdin held open, or it hangs up).
+fn stalled_api_server(port: u16) -> Guard {
+    let certs = control_plane()
+        .kubeconfig()
+        .parent()
+        .expect("state dir")
+        .join("certs");
+    let child = Command::new("openssl")
+        .args(["s_server", "-quiet", "-accept"])
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("-cert")
+        .arg(certs.join("apiserver.crt"))
+        .arg("-key")
+        .arg(certs.join("apiserver.key"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("openssl s_server");
+    let start = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "s_server did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Guard(child)
+}
+
+/// The test kubeconfig with a context `stalled` (admin's credentials, an
+/// API server at `server` that never answers).
+fn kubeconfig_with_stalled_context(server: &str, dir: &Path) -> std::path::PathBuf {
+    use kube::config::{Context, Kubeconfig, NamedCluster, NamedContext};
+    let mut kc = Kubeconfig::read_from(control_plane().kubeconfig()).expect("kubeconfig");
+    let mut cluster = kc.clusters[0].cluster.clone().expect("a cluster");
+    cluster.server = Some(server.to_string());
+    kc.clusters.push(NamedCluster {
+        name: "stalled".into(),
+        cluster: Some(cluster),
+        other: Default::default(),
+    });
+    let admin = kc
+        .contexts
+        .iter()
+        .find(|c| c.name == "admin")
+        .and_then(|c| c.context.clone())
+        .expect("the admin context");
+    kc.contexts.push(NamedContext {
+        name: "stalled".into(),
+        context: Some(Context {
+            cluster: "stalled".into(),
+            ..admin
+        }),
+        other: Default::default(),
+    });
+    let path = dir.join("kubeconfig");
+    // JSON is YAML.
+    std::fs::write(&path, serde_json::to_string(&kc).expect("JSON")).expect("write");
+    path
+}
+
 #[tokio::test]
-async fn a_configuration_file_sets_up_the_daemon_with_a_context_per_environment() {
+async fn a_configuration_file_sets_up_the_daemon_and_one_stuck_environment_blocks_no_other() {
+    use k8s_openapi::api::coordination::v1::Lease;
+    use k8s_openapi::api::core::v1::ConfigMap;
+    // Environment `stuck` (the test repo's) goes to an API server that never
+    // answers; environment `live`, beside it in the same repository, to the
+    // control plane, where one object it declares already exists (made by
+    // hand: a failure, never adopted).
     let repo = TestRepo::new("run-config");
+    let stuck = repo.env.clone();
+    let live = format!("{}-b", &stuck[..stuck.len().min(26)]);
+    let layer = repo.path().join("environments").join(&live);
+    let hand = control_plane().namespace("run-config-hand").await;
+    std::fs::create_dir_all(layer.join("resources")).expect("mkdir");
+    std::fs::write(
+        layer.join("environment.yaml"),
+        format!("apiVersion: tenantsync.io/v1alpha1\nkind: Environment\nmetadata:\n  name: {live}\nspec:\n  base: base\n  ingress:\n    domain: test.example.com\n"),
+    )
+    .expect("write");
+    std::fs::write(
+        layer.join("resources/taken.yaml"),
+        format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: taken\n  namespace: {hand}\ndata: {{a: b}}\n"),
+    )
+    .expect("write");
+    let made = control_plane()
+        .kubectl()
+        .args([
+            "--context",
+            "admin",
+            "-n",
+            &hand,
+            "create",
+            "configmap",
+            "taken",
+        ])
+        .output()
+        .expect("kubectl");
+    assert!(made.status.success());
+
     let logs = tempfile::tempdir().expect("tempdir");
+    let stalled_port = free_port();
+    let stalled = stalled_api_server(stalled_port);
+    let kubeconfig =
+        kubeconfig_with_stalled_context(&format!("https://127.0.0.1:{stalled_port}"), logs.path());
     let port = free_port();
+    let lease = crate::support::unique_name("run-config-lease");
     let config = logs.path().join("tenantsync.yaml");
-    // The environment's context is the read-only user: the daemon must use
-    // it, and so be refused writes.
     std::fs::write(
         &config,
         format!(
-            "apiVersion: tenantsync.io/v1alpha1\nkind: DaemonConfig\nrepo: {}\nenvironments:\n  - name: {}\n    context: readonly\ninterval: 2s\ndriftInterval: 2s\nlisten: 127.0.0.1:{port}\nkubeconfig: {}\nsyncPolicy: {{prune: true}}\n",
+            "apiVersion: tenantsync.io/v1alpha1\nkind: DaemonConfig\nrepo: {}\nenvironments:\n  - name: {stuck}\n    context: stalled\n  - name: {live}\n    context: admin\ninterval: 2s\ndriftInterval: 2s\nlisten: 127.0.0.1:{port}\nkubeconfig: {}\nleaderElect: true\nleaseName: {lease}\nlogFormat: json\nsyncPolicy: {{prune: true}}\nguardrails: {{allowedNamespaces: [{hand}]}}\n",
             repo.path().display(),
-            repo.env,
-            control_plane().kubeconfig().display()
+            kubeconfig.display()
         ),
     )
     .expect("write");
-    let _daemon = Guard(
+    let log = logs.path().join("daemon.log");
+    let mut daemon = Guard(
         Command::new(env!("CARGO_BIN_EXE_tenantsync"))
             .arg("run")
             .arg("--config")
             .arg(&config)
+            // RUST_LOG sets the level: warnings and errors only.
+            .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
-            .stderr(std::fs::File::create(logs.path().join("daemon.log")).expect("log"))
+            .stderr(std::fs::File::create(&log).expect("log"))
             .spawn()
             .expect("tenantsync run"),
     );
+    // `live` is synced (all but the object it may not take) while `stuck`
+    // has not finished its first reconcile: the first request to its API
+    // server waits 30 s for an answer.
+    let reconciles =
+        |env: &str| format!("tenantsync_reconcile_duration_seconds_count{{environment=\"{env}\"}}");
     wait_for(
-        "the read-only context to be refused",
-        Duration::from_secs(30),
+        "environment live to be synced, failing on one object",
+        Duration::from_secs(25),
         async || {
-            status(port, &repo.env).await.is_some_and(|s| {
-                s["syncStatus"] == "Failed"
-                    && s["lastError"]
-                        .as_str()
-                        .is_some_and(|e| e.contains("permission denied") || e.contains("forbidden"))
+            status(port, &live).await.is_some_and(|s| {
+                s["lastErrorReason"] == "apply"
+                    && s["lastError"].as_str().is_some_and(|e| {
+                        e.contains(&format!("ConfigMap/{hand}/taken"))
+                            && e.contains("exists, not managed")
+                    })
             })
         },
     )
     .await;
+    assert_eq!(
+        metric(port, &reconciles(&stuck)).await.unwrap_or(0.0),
+        0.0,
+        "environment stuck finished a reconcile already"
+    );
+    let s = status(port, &stuck).await.expect("status");
+    assert!(s["lastReconcileAt"].is_null(), "{s}");
+    let namespaces: Api<Namespace> = Api::all(control_plane().client(User::Admin).await);
+    for (env, expected) in [(&live, true), (&stuck, false)] {
+        assert_eq!(
+            namespaces
+                .get_opt(&format!("contoso-{env}"))
+                .await
+                .expect("get")
+                .is_some(),
+            expected,
+            "{env}"
+        );
+    }
+    // The hand-made object stays as it was; each reconcile that met it
+    // counts one failed object.
+    let taken: Api<ConfigMap> = Api::namespaced(control_plane().client(User::Admin).await, &hand);
+    assert!(
+        taken
+            .get("taken")
+            .await
+            .expect("get")
+            .metadata
+            .labels
+            .is_none()
+    );
+    let failed = metric(
+        port,
+        &format!("tenantsync_objects_failed_total{{environment=\"{live}\"}}"),
+    )
+    .await
+    .expect("failed");
+    let apply_errors = metric(
+        port,
+        &format!("tenantsync_reconcile_errors_total{{environment=\"{live}\",reason=\"apply\"}}"),
+    )
+    .await
+    .expect("apply errors");
+    assert!(
+        failed >= 1.0 && failed == apply_errors,
+        "{failed} vs {apply_errors}"
+    );
+    // The Lease of the configuration's leaseName, held by this daemon.
+    let identity = http(port, "GET", "/status", &[], "")
+        .await
+        .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+        .and_then(|s| s["identity"].as_str().map(String::from))
+        .expect("identity");
+    let leases: Api<Lease> = Api::namespaced(
+        control_plane().client(User::Admin).await,
+        tenantsync::inventory::SYSTEM_NAMESPACE,
+    );
+    let held = leases.get(&lease).await.expect("the configured Lease");
+    assert_eq!(
+        held.spec.and_then(|s| s.holder_identity),
+        Some(identity.clone())
+    );
+    // `stuck` fails in the end, naming the API server of its own context.
+    wait_for(
+        "environment stuck to fail",
+        Duration::from_secs(60),
+        async || {
+            status(port, &stuck)
+                .await
+                .is_some_and(|s| s["syncStatus"] == "Failed" && s["lastErrorReason"] == "cluster")
+        },
+    )
+    .await;
+    // Its next reconcile would wait 30 s again, and SIGTERM lets a
+    // reconcile in flight finish: the server goes first.
+    drop(stalled);
+    let code = daemon.terminate().await;
+    assert!(code.success(), "exit status {code}");
+    // logFormat: json, one object per line; RUST_LOG=warn: no info lines.
+    let text = std::fs::read_to_string(&log).expect("log");
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    assert!(lines.iter().any(|l| l["level"] == "WARN"), "{text}");
+    assert!(
+        lines
+            .iter()
+            .all(|l| l["level"] == "WARN" || l["level"] == "ERROR"),
+        "{text}"
+    );
 }
 
 #[tokio::test]
