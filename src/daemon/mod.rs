@@ -233,7 +233,21 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     let (stop_campaign, campaign_stop) = watch::channel(false);
     let campaign = if options.leader_elect {
         let cluster = Cluster::connect(&options.cluster).await?;
-        cluster.ensure_system_namespace(false).await?;
+        // The Lease lives in tenantsync-system: created when missing only,
+        // so that a replica that does not lead writes nothing but its bids
+        // for the Lease (one LIST: the daemon's role has no `get` on
+        // namespaces).
+        let namespaces: kube::Api<k8s_openapi::api::core::v1::Namespace> =
+            kube::Api::all(cluster.client().clone());
+        let system = kube::api::ListParams::default()
+            .fields(&format!("metadata.name={}", inventory::SYSTEM_NAMESPACE));
+        if !namespaces
+            .list_metadata(&system)
+            .await
+            .is_ok_and(|l| !l.items.is_empty())
+        {
+            cluster.ensure_system_namespace(false).await?;
+        }
         Some(tokio::spawn(leader::campaign(
             cluster.client().clone(),
             options.lease_name.clone(),
