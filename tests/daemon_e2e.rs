@@ -696,11 +696,13 @@ async fn the_daemon_follows_a_git_remote_heals_drift_and_survives_bad_commits_an
     drop(remote);
 }
 
-fn start_daemon(repo: &TestRepo, port: u16, log: &Path) -> Guard {
+fn start_daemon(repo: &TestRepo, port: u16, log: &Path, kubeconfig: &Path, lease: &str) -> Guard {
     let child = Command::new(env!("CARGO_BIN_EXE_tenantsync"))
         .args([
             "run",
             "--leader-elect",
+            "--lease-name",
+            lease,
             "--env",
             &repo.env,
             "--interval",
@@ -712,8 +714,7 @@ fn start_daemon(repo: &TestRepo, port: u16, log: &Path) -> Guard {
         .arg(repo.path())
         .arg(format!("--listen=127.0.0.1:{port}"))
         .arg("--kubeconfig")
-        .arg(control_plane().kubeconfig())
-        .args(["--context", "admin"])
+        .arg(kubeconfig)
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(log).expect("log file"))
         .spawn()
@@ -727,62 +728,117 @@ async fn leads(port: u16) -> Option<bool> {
 }
 
 #[tokio::test]
-async fn two_daemons_elect_one_leader_and_fail_over() {
+async fn two_daemons_elect_one_leader_only_the_leader_writes_and_fail_over() {
     use k8s_openapi::api::coordination::v1::Lease;
+    use tenantsync::daemon::leader::{LEASE_DURATION, RETRY_PERIOD};
     let repo = TestRepo::new("run-leader");
     let logs = tempfile::tempdir().expect("tempdir");
+    // Each daemon with a token of its own, so the API server's audit log
+    // tells their requests apart; a Lease of this test's own.
+    let ida = crate::support::audit::identity("run-leader-a", "cluster-admin", logs.path());
+    let idb = crate::support::audit::identity("run-leader-b", "cluster-admin", logs.path());
+    let lease = crate::support::unique_name("run-leader");
+    let from = crate::support::audit::cursor();
     let (pa, pb) = (free_port(), free_port());
-    let mut a = Some(start_daemon(&repo, pa, &logs.path().join("a.log")));
-    let mut b = Some(start_daemon(&repo, pb, &logs.path().join("b.log")));
-    // A Lease left by an earlier run expires within its 15 s.
+    let mut a = Some(start_daemon(
+        &repo,
+        pa,
+        &logs.path().join("a.log"),
+        &ida.kubeconfig,
+        &lease,
+    ));
+    let mut b = Some(start_daemon(
+        &repo,
+        pb,
+        &logs.path().join("b.log"),
+        &idb.kubeconfig,
+        &lease,
+    ));
     wait_for(
         "exactly one leader",
         Duration::from_secs(40),
         async || matches!((leads(pa).await, leads(pb).await), (Some(x), Some(y)) if x != y),
     )
     .await;
-    let (leader_port, follower_port) = if leads(pa).await == Some(true) {
-        (pa, pb)
-    } else {
-        (pb, pa)
-    };
+    let a_leads = leads(pa).await == Some(true);
+    let (leader_port, follower_port) = if a_leads { (pa, pb) } else { (pb, pa) };
+    let (leader_id, follower_id) = if a_leads { (&ida, &idb) } else { (&idb, &ida) };
     wait_for("the leader to sync", Duration::from_secs(30), async || {
         status(leader_port, &repo.env)
             .await
             .is_some_and(|s| s["syncStatus"] == "Synced")
     })
     .await;
+    // The follower compares too (so it is ready) and reports, never writes.
+    wait_for(
+        "the follower to compare",
+        Duration::from_secs(30),
+        async || {
+            http(follower_port, "GET", "/readyz", &[], "")
+                .await
+                .is_some_and(|r| r.starts_with("HTTP/1.1 200"))
+        },
+    )
+    .await;
+    assert_eq!(leads(follower_port).await, Some(false));
     let leases: Api<Lease> = Api::namespaced(
         control_plane().client(User::Admin).await,
         tenantsync::inventory::SYSTEM_NAMESPACE,
     );
-    assert_eq!(leads(follower_port).await, Some(false));
+    let leader_writes = leader_id
+        .requests_since(&from)
+        .into_iter()
+        .filter(|r| r.user_agent.starts_with("tenantsync/") && r.is_write())
+        .count();
+    assert!(leader_writes > 50, "{leader_writes} writes by the leader");
+    let follower_writes: Vec<crate::support::audit::Request> = follower_id
+        .requests_since(&from)
+        .into_iter()
+        .filter(|r| r.user_agent.starts_with("tenantsync/") && r.is_write())
+        .collect();
+    // At most a try for the leader Lease, refused (409) while it is held.
+    assert!(
+        follower_writes
+            .iter()
+            .all(|w| w.resource == "leases" && w.name == lease && w.code == 409),
+        "the follower wrote: {follower_writes:#?}"
+    );
 
-    // The leader dies without a word: the other takes over once the Lease expires.
-    let leader = if leader_port == pa {
-        a.take()
-    } else {
-        b.take()
-    };
+    // The leader dies without a word: the other takes over once the Lease
+    // expires: not before the last renewal (at most RETRY_PERIOD before
+    // the kill) plus LEASE_DURATION, and soon after (a generous bound).
+    let leader = if a_leads { a.take() } else { b.take() };
     drop(leader); // SIGKILL
     let took = wait_for(
         "the follower to take over",
-        Duration::from_secs(30),
+        LEASE_DURATION + RETRY_PERIOD * 2 + Duration::from_secs(20),
         async || leads(follower_port).await == Some(true),
     )
     .await;
-    assert!(took <= Duration::from_secs(20), "fail-over took {took:?}");
+    assert!(
+        took + RETRY_PERIOD >= LEASE_DURATION,
+        "took over after {took:?}, before the Lease of {LEASE_DURATION:?} expired"
+    );
+    // The new leader writes: its status onto the inventory at least.
+    let from = crate::support::audit::cursor();
+    wait_for(
+        "the new leader to write",
+        Duration::from_secs(30),
+        async || {
+            follower_id.requests_since(&from).iter().any(|r| {
+                r.user_agent.starts_with("tenantsync/") && r.is_write() && r.resource != "leases"
+            })
+        },
+    )
+    .await;
 
     // SIGTERM: the new leader releases the Lease and exits cleanly.
     let mut last = a.take().or(b.take()).expect("the follower");
     let code = last.terminate().await;
     assert!(code.success(), "{code}");
-    let lease = leases
-        .get(tenantsync::daemon::leader::LEASE_NAME)
-        .await
-        .expect("lease");
+    let held = leases.get(&lease).await.expect("lease");
     assert_eq!(
-        lease.spec.and_then(|s| s.holder_identity),
+        held.spec.and_then(|s| s.holder_identity),
         None,
         "the Lease was not released"
     );
