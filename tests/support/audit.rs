@@ -23,7 +23,6 @@ pub struct Request {
     pub uri: String,
     pub user_agent: String,
     pub resource: String,
-    pub subresource: String,
     pub group: String,
     pub namespace: String,
     pub name: String,
@@ -40,22 +39,11 @@ impl Request {
             "create" | "update" | "patch" | "delete" | "deletecollection"
         )
     }
-
-    /// `resource[.group]`, as RBAC names it (`deployments.apps`).
-    pub fn resource_name(&self) -> String {
-        if self.group.is_empty() {
-            self.resource.clone()
-        } else {
-            format!("{}.{}", self.resource, self.group)
-        }
-    }
 }
 
 /// A ServiceAccount token of a test's own, bound to a ClusterRole.
 pub struct Identity {
     pub kubeconfig: PathBuf,
-    /// `system:serviceaccount:<namespace>:<name>`.
-    pub username: String,
     /// What the audit log records as the token's `credential-id`.
     credential: String,
 }
@@ -87,7 +75,6 @@ pub fn identity(test: &str, cluster_role: &str, dir: &Path) -> Identity {
         &format!("{}=true", super::NAMESPACE_LABEL),
     ]);
     kubectl(&["-n", &namespace, "create", "serviceaccount", "caller"]);
-    let username = format!("system:serviceaccount:{namespace}:caller");
     kubectl(&[
         "create",
         "clusterrolebinding",
@@ -96,14 +83,13 @@ pub fn identity(test: &str, cluster_role: &str, dir: &Path) -> Identity {
         &format!("--serviceaccount={namespace}:caller"),
     ]);
     let token = service_account_token(&namespace, "caller");
-    identity_of(&token, &username, dir, &namespace)
+    identity_of(&token, dir, &namespace)
 }
 
 /// A fresh token of an existing ServiceAccount, and a kubeconfig with it.
 pub fn token_identity(namespace: &str, service_account: &str, dir: &Path) -> Identity {
     let token = service_account_token(namespace, service_account);
-    let username = format!("system:serviceaccount:{namespace}:{service_account}");
-    identity_of(&token, &username, dir, &unique_name(service_account))
+    identity_of(&token, dir, &unique_name(service_account))
 }
 
 fn service_account_token(namespace: &str, service_account: &str) -> String {
@@ -117,7 +103,7 @@ fn service_account_token(namespace: &str, service_account: &str) -> String {
     ])
 }
 
-fn identity_of(token: &str, username: &str, dir: &Path, file: &str) -> Identity {
+fn identity_of(token: &str, dir: &Path, file: &str) -> Identity {
     let admin = kube::config::Kubeconfig::read_from(control_plane().kubeconfig())
         .expect("read the test kubeconfig");
     let cluster = admin
@@ -141,7 +127,6 @@ fn identity_of(token: &str, username: &str, dir: &Path, file: &str) -> Identity 
     let jti = claims["jti"].as_str().expect("the token's jti");
     Identity {
         kubeconfig: path,
-        username: username.to_string(),
         credential: format!("JTI={jti}"),
     }
 }
@@ -262,7 +247,6 @@ fn read_from(from: &Cursor, credential: &str, marker: &str) -> (Vec<Request>, bo
             uri: s(&event["requestURI"]),
             user_agent: s(&event["userAgent"]),
             resource: s(&object["resource"]),
-            subresource: s(&object["subresource"]),
             group: s(&object["apiGroup"]),
             namespace: s(&object["namespace"]),
             name: s(&object["name"]),
