@@ -958,7 +958,7 @@ async fn a_configuration_file_sets_up_the_daemon_and_one_stuck_environment_block
     std::fs::write(
         &config,
         format!(
-            "apiVersion: tenantsync.io/v1alpha1\nkind: DaemonConfig\nrepo: {}\nenvironments:\n  - name: {stuck}\n    context: stalled\n  - name: {live}\n    context: admin\ninterval: 2s\ndriftInterval: 2s\nlisten: 127.0.0.1:{port}\nkubeconfig: {}\nleaderElect: true\nleaseName: {lease}\nlogFormat: json\nsyncPolicy: {{prune: true}}\nguardrails: {{allowedNamespaces: [{hand}]}}\n",
+            "apiVersion: tenantsync.io/v1alpha1\nkind: DaemonConfig\nrepo: {}\nenvironments:\n  - name: {stuck}\n    context: stalled\n  - name: {live}\n    context: admin\ninterval: 2s\ndriftInterval: 2s\nlisten: 127.0.0.1:{port}\nkubeconfig: {}\nleaderElect: true\nleaseName: {lease}\nsyncPolicy: {{prune: true}}\nguardrails: {{allowedNamespaces: [{hand}]}}\n",
             repo.path().display(),
             kubeconfig.display()
         ),
@@ -970,6 +970,7 @@ async fn a_configuration_file_sets_up_the_daemon_and_one_stuck_environment_block
             .arg("run")
             .arg("--config")
             .arg(&config)
+            .args(["--log-format", "json"])
             // RUST_LOG sets the level: warnings and errors only.
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
@@ -1074,7 +1075,7 @@ async fn a_configuration_file_sets_up_the_daemon_and_one_stuck_environment_block
     drop(stalled);
     let code = daemon.terminate().await;
     assert!(code.success(), "exit status {code}");
-    // logFormat: json, one object per line; RUST_LOG=warn: no info lines.
+    // --log-format json: one object per line; RUST_LOG=warn: no info lines.
     let text = std::fs::read_to_string(&log).expect("log");
     let lines: Vec<Value> = text
         .lines()

@@ -562,6 +562,13 @@ async fn deploy_service_account_is_enough_for_the_daemon_to_sync_prune_and_repor
         "the Lease was not released"
     );
     let log = log_text();
+    // The shipped configuration's logFormat: json, one object per line.
+    for line in log.lines() {
+        assert!(
+            serde_json::from_str::<Value>(line).is_ok_and(|v| v["level"].is_string()),
+            "not a JSON log line: {line}"
+        );
+    }
     for refusal in ["forbidden", "permission denied", "cannot write status"] {
         assert!(
             !log.to_lowercase().contains(refusal),
