@@ -15,8 +15,13 @@
 
 ARG RUST_VERSION=1.95
 ARG DEBIAN_RELEASE=bookworm
+# The base images, by tag here; a release pins them by digest (README,
+# Install: `--build-arg BUILD_IMAGE=rust@sha256:... RUNTIME_IMAGE=debian@sha256:...`),
+# so the bytes built from are the bytes reviewed.
+ARG BUILD_IMAGE=rust:${RUST_VERSION}-${DEBIAN_RELEASE}
+ARG RUNTIME_IMAGE=debian:${DEBIAN_RELEASE}-slim
 
-FROM rust:${RUST_VERSION}-${DEBIAN_RELEASE} AS build
+FROM ${BUILD_IMAGE} AS build
 # git2 links the system OpenSSL, found with pkg-config. Versions are left to
 # the Debian release: pinned ones vanish from the mirror with each security
 # update.
@@ -33,7 +38,7 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     TENANTSYNC_GIT_COMMIT="${GIT_COMMIT}" cargo build --release --locked --bin tenantsync \
     && install -D -m 0755 target/release/tenantsync /out/tenantsync
 
-FROM debian:${DEBIAN_RELEASE}-slim
+FROM ${RUNTIME_IMAGE}
 # hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends ca-certificates libssl3 \

@@ -539,8 +539,12 @@ fn live_cmd(args: &LiveArgs, verb: print::Verb) -> anyhow::Result<ExitCode> {
         Ok(state) => state,
         Err(code) => return Ok(code),
     };
+    let cluster = runtime.block_on(Cluster::connect(&options))?;
+    if let Err(code) = runtime.block_on(scopes_admitted(&cluster, args, &name, &desired))? {
+        return Ok(code);
+    }
     let plan = runtime.block_on(async {
-        let cluster = Cluster::connect(&options).await?;
+        let cluster = &cluster;
         // plan deletes what sync --prune would: inventoried objects only;
         // drift reports every labelled object nothing declares.
         let inventory = cluster
@@ -849,6 +853,33 @@ fn admitted(
     })
 }
 
+/// The guardrails only the cluster can judge (the scope API discovery gives
+/// each `resources/` manifest's kind), before anything is written; broken
+/// ones are printed and give exit code 1.
+async fn scopes_admitted(
+    cluster: &Cluster,
+    args: &LiveArgs,
+    environment: &str,
+    objects: &[render::Object],
+) -> Result<Result<(), ExitCode>, crate::cluster::ClusterError> {
+    let violations = cluster
+        .check_scopes(&args.guard.operator(None).guardrails, objects)
+        .await?;
+    if violations.is_empty() {
+        return Ok(Ok(()));
+    }
+    let diags: Vec<Diagnostic> = violations
+        .iter()
+        .map(|v| v.diagnostic(environment))
+        .collect();
+    print_diagnostics(&diags);
+    eprintln!(
+        "{} error(s); nothing was written to the cluster",
+        diags.len()
+    );
+    Ok(Err(ExitCode::from(1)))
+}
+
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -901,6 +932,9 @@ fn sync_cmd(args: &SyncArgs) -> anyhow::Result<ExitCode> {
         std::io::stderr().is_terminal() && !matches!(live_args.output, PlanOutput::Json);
     let runtime = runtime()?;
     let cluster = runtime.block_on(Cluster::connect(&cluster_options))?;
+    if let Err(code) = runtime.block_on(scopes_admitted(&cluster, live_args, &name, &desired))? {
+        return Ok(code);
+    }
     // One writer per environment: the lock is taken before the inventory is
     // read, so the plan is computed under it (a dry run writes nothing and
     // takes none).
@@ -1031,7 +1065,8 @@ fn sync_cmd(args: &SyncArgs) -> anyhow::Result<ExitCode> {
             let transport = matches!(&result, Err(SyncError::Cluster(e)) if e.is_transport())
                 || matches!(&result, Ok(r) if r.aborted.is_some());
             if !transport {
-                let fields = cli_status_fields(&result, revision.as_deref(), &lock.identity);
+                let fields =
+                    cli_status_fields(&result, revision.as_deref(), &lock.identity, &skipped);
                 let write = cluster.write_status(&name, &fields);
                 if let Ok(Err(e)) = tokio::time::timeout(Duration::from_secs(5), write).await {
                     eprintln!("warning: cannot record the sync's result in the inventory: {e}");
@@ -1089,13 +1124,37 @@ fn cli_status_fields(
     result: &Result<cluster_sync::SyncReport, SyncError>,
     revision: Option<&str>,
     by: &str,
+    skipped: &[(String, Vec<Diagnostic>)],
 ) -> std::collections::BTreeMap<String, String> {
     let now = k8s_openapi::jiff::Timestamp::now().to_string();
-    let (status, error) = match result {
+    let (mut status, mut error) = match result {
         Ok(r) if r.succeeded() => ("Synced", String::new()),
         Ok(r) => ("Failed", sync_error_text(r)),
         Err(e) => ("Failed", e.to_string()),
     };
+    // `--skip-invalid`: the environment is not in step with the revision
+    // while a workspace of it is held.
+    if !skipped.is_empty() {
+        status = "Failed";
+        let mut lines = vec![format!(
+            "{} invalid workspace(s) skipped, held at their last applied state: {}",
+            skipped.len(),
+            skipped
+                .iter()
+                .map(|(w, _)| w.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )];
+        lines.extend(
+            skipped
+                .iter()
+                .flat_map(|(_, d)| d.iter().map(ToString::to_string)),
+        );
+        if !error.is_empty() {
+            lines.push(error);
+        }
+        error = lines.join("\n");
+    }
     let mut fields = std::collections::BTreeMap::from([
         ("syncStatus".to_string(), status.to_string()),
         (
@@ -1211,18 +1270,21 @@ fn sync_text(r: &cluster_sync::SyncReport) -> String {
         out.push_str(&format!("Health: {} ({})\n", h.status, per_ws.join(", ")));
     }
     out.push_str(&format!(
-        "{}Sync of environment {}{}: {} created, {} updated, {} recreated, {} pruned, {} unchanged, {} conflict(s), {} failure(s); {} write request(s).\n",
+        "{}Sync of environment {}{}: {} created, {} updated, {} recreated, {} pruned, {} unchanged, {} {}, {} {}; {} write {}.\n",
         if r.dry_run { "(dry run) " } else { "" },
         r.environment,
-        r.revision.as_deref().map(|v| format!(" at {}", &v[..v.len().min(12)])).unwrap_or_default(),
+        r.revision.as_deref().map(|v| format!(" at {}", v.get(..12).unwrap_or(v))).unwrap_or_default(),
         r.created.len(),
         r.updated.len(),
         r.recreated.len(),
         r.pruned.len(),
         r.unchanged,
         r.conflicts.len(),
+        crate::print::kind_plural("conflict", r.conflicts.len()),
         r.failures.len(),
+        crate::print::kind_plural("failure", r.failures.len()),
         r.write_requests,
+        crate::print::kind_plural("request", r.write_requests as usize),
     ));
     out
 }
@@ -1493,11 +1555,23 @@ fn validate_cmd(
     let repository = load(repo)?;
     let mut report = repository.validate(envs);
     // The operator's guardrails, on what each valid environment renders.
+    let mut namespaces: Vec<(String, Vec<render::Object>)> = Vec::new();
     for environment in &report.environments {
         let objects = render::render(environment)?;
         if let Err(diags) = admitted(operator, environment, &objects) {
             report.diagnostics.extend(diags);
         }
+        let rendered = objects.into_iter().filter(|o| &*o.kind == "Namespace");
+        namespaces.push((environment.name.clone(), rendered.collect()));
+    }
+    // Across the environments validated together (all of them without
+    // --env): two rendering one namespace.
+    let together: Vec<(&str, &[render::Object])> = namespaces
+        .iter()
+        .map(|(name, objects)| (name.as_str(), objects.as_slice()))
+        .collect();
+    for (environment, violation) in operator.guardrails.shared_namespaces(&together) {
+        report.diagnostics.push(violation.diagnostic(&environment));
     }
     match output {
         ValidateOutput::Json => {

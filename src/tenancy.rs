@@ -8,15 +8,19 @@
 //!
 //! - **Namespaces.** An environment writes only into the namespaces its
 //!   `namespaceTemplate` yields for its workspaces (the template must contain
-//!   `{environment}`, so two environments never share one) and into
+//!   `{environment}`, so that no environment names another's by a fixed
+//!   suffix; environments validated together are also checked for a
+//!   namespace they both render, [`Guardrails::shared_namespaces`]) and into
 //!   namespaces the operator allows by pattern. Reserved namespaces
 //!   (`kube-*`, `default`, the control namespace) are refused always.
 //! - **Kinds.** Cluster-scoped kinds (other than the workspaces' own
 //!   Namespaces) only when the operator allows them by name; RBAC kinds never
-//!   unless allowed by name.
+//!   unless allowed by name. Kubernetes' own cluster-scoped kinds are known
+//!   here by name; any other by the scope API discovery gives it
+//!   ([`Guardrails::check_scopes`], once the cluster is reached).
 //! - **Pods.** A pod template in `resources/` may not be privileged, use the
-//!   host's namespaces or paths, or run as a ServiceAccount tenantsync does
-//!   not render in that namespace, unless the operator allows it.
+//!   host's namespaces, ports or paths, or run as a ServiceAccount that no
+//!   workspace renders in that namespace, unless the operator allows it.
 //! - **Sync policy.** The repository may tighten `forceConflicts` and
 //!   `maxPrunePercent`, never loosen what the operator set.
 //!
@@ -48,7 +52,7 @@ pub struct Guardrails {
     #[serde(default)]
     pub allowed_kinds: Vec<String>,
     /// Allow privileged pod templates, host namespaces, `hostPath` volumes
-    /// and ServiceAccounts tenantsync does not render.
+    /// and ServiceAccounts no workspace renders.
     #[serde(default)]
     pub allow_privileged_pods: bool,
     /// Allow a `namespaceTemplate` without `{environment}` (one environment
@@ -190,9 +194,15 @@ impl Guardrails {
             .filter(|o| !o.workspace.is_empty() && &*o.kind == "Namespace")
             .map(|o| &*o.name)
             .collect();
-        // ServiceAccounts rendered per namespace, for pod templates.
+        // ServiceAccounts the workspaces render, per namespace, for pod
+        // templates. Not those of resources/ manifests: such a manifest is
+        // left alone when its ServiceAccount already exists (never adopt),
+        // so a pod template could run as someone else's account.
         let mut accounts: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
-        for o in objects.iter().filter(|o| &*o.kind == "ServiceAccount") {
+        for o in objects
+            .iter()
+            .filter(|o| !o.workspace.is_empty() && &*o.kind == "ServiceAccount")
+        {
             if let Some(ns) = o.namespace.as_deref() {
                 accounts.entry(ns).or_default().insert(&o.name);
             }
@@ -283,6 +293,125 @@ impl Guardrails {
         out.dedup();
         out
     }
+
+    /// Checks `resources/` manifests against the scope the cluster gives
+    /// their kinds: `namespaced(apiVersion, kind)` is API discovery's answer
+    /// (or a CRD's among the objects, [`crd_scopes`]), `None` when unknown.
+    /// [`Guardrails::check`] knows Kubernetes' own cluster-scoped kinds by
+    /// name; any other is known only here. A manifest of a cluster-scoped
+    /// kind with a `metadata.namespace` would be applied cluster-wide under
+    /// a key that is not the object's (so an existing object would look like
+    /// nobody's and be taken over): refused, whatever the operator allows.
+    pub fn check_scopes(
+        &self,
+        objects: &[Object],
+        namespaced: impl Fn(&str, &str) -> Option<bool>,
+    ) -> Vec<Violation> {
+        let mut out = Vec::new();
+        for o in objects.iter().filter(|o| o.workspace.is_empty()) {
+            let (kind, api_version) = (&*o.kind, &*o.api_version);
+            match (namespaced(api_version, kind), o.namespace.as_deref()) {
+                // Kubernetes' own: already refused by `check`.
+                (Some(false), Some(_)) if CLUSTER_SCOPED.contains(&kind) => {}
+                (Some(false), Some(ns)) => out.push(Violation {
+                    subject: o.id(),
+                    message: format!(
+                        "a resources/ manifest declares {kind} ({api_version}), which the cluster serves as cluster-scoped, with metadata.namespace `{ns}`: it would be written cluster-wide; remove metadata.namespace, and only the operator can allow the kind (--allow-kind {kind})"
+                    ),
+                }),
+                // Without --allow-kind, `check` already says to add one.
+                (Some(true), None) if self.allows_kind(kind) => out.push(Violation {
+                    subject: o.id(),
+                    message: format!(
+                        "a resources/ manifest declares {kind} ({api_version}), which the cluster serves as namespaced, without metadata.namespace; give it one of the environment's namespaces"
+                    ),
+                }),
+                _ => {}
+            }
+        }
+        out.sort();
+        out
+    }
+
+    /// Namespaces that several environments render (`environments`: each
+    /// one's name and rendered objects). `{environment}` in the template
+    /// does not rule it out: with `{workspace}-{environment}`, workspace
+    /// `contoso-eu` of `qa` and workspace `contoso` of `eu-qa` both render
+    /// `contoso-eu-qa`. Each clash is reported on the environment that comes
+    /// later by name. Nothing when the operator allows shared templates
+    /// (each environment on a cluster of its own).
+    pub fn shared_namespaces(
+        &self,
+        environments: &[(&str, &[Object])],
+    ) -> Vec<(String, Violation)> {
+        if self.allow_shared_namespace_template {
+            return Vec::new();
+        }
+        let mut sorted: Vec<&(&str, &[Object])> = environments.iter().collect();
+        sorted.sort_by_key(|(name, _)| *name);
+        // Namespace name -> (environment, what renders it).
+        let mut first: BTreeMap<&str, (&str, String)> = BTreeMap::new();
+        let mut out = Vec::new();
+        for (environment, objects) in sorted {
+            for o in objects.iter().filter(|o| &*o.kind == "Namespace") {
+                let from = if o.workspace.is_empty() {
+                    "a resources/ manifest".to_string()
+                } else {
+                    format!("workspace `{}`", o.workspace)
+                };
+                match first.get(&*o.name) {
+                    Some((other, _)) if other == environment => {}
+                    Some((other, other_from)) => out.push((
+                        environment.to_string(),
+                        Violation {
+                            subject: o.id(),
+                            message: format!(
+                                "namespace `{}` is rendered by {from} of environment `{environment}` and by {other_from} of environment `{other}`: on one cluster the second to sync finds it not its own and leaves it alone; rename a workspace or change a namespaceTemplate (for environments that never share a cluster, the operator allows it with --allow-shared-namespace-template)",
+                                o.name
+                            ),
+                        },
+                    )),
+                    None => {
+                        first.insert(&o.name, (environment, from));
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+/// The scope the CustomResourceDefinitions among `objects` give their kinds:
+/// (`group/version`, kind) -> namespaced, for each served version.
+pub fn crd_scopes(objects: &[Object]) -> BTreeMap<(String, String), bool> {
+    let mut out = BTreeMap::new();
+    for o in objects
+        .iter()
+        .filter(|o| &*o.kind == "CustomResourceDefinition")
+    {
+        let body = o.value();
+        let text = |p: &str| body.pointer(p).and_then(Value::as_str);
+        let (Some(group), Some(kind), Some(scope)) = (
+            text("/spec/group"),
+            text("/spec/names/kind"),
+            text("/spec/scope"),
+        ) else {
+            continue;
+        };
+        for version in body
+            .pointer("/spec/versions")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|v| v.get("name").and_then(Value::as_str))
+        {
+            out.insert(
+                (format!("{group}/{version}"), kind.to_string()),
+                scope == "Namespaced",
+            );
+        }
+    }
+    out
 }
 
 /// The pod spec of a manifest: a Pod's own, a workload's template, a
@@ -295,27 +424,44 @@ fn pod_spec(body: &Value) -> Option<&Value> {
     }
 }
 
-/// What makes a pod spec unsafe for a tenant's declaration.
+/// A field that is set: present and not `null`.
+fn set(value: Option<&Value>) -> Option<&Value> {
+    value.filter(|v| !v.is_null())
+}
+
+/// A switch that is on: set to anything but `false`. The API server refuses
+/// a non-boolean, but the check does not count on it: a value it cannot
+/// read as off (`"true"`, `1`) is taken as on.
+fn switched_on(value: Option<&Value>) -> Option<&Value> {
+    set(value).filter(|v| **v != Value::Bool(false))
+}
+
+/// What makes a pod spec unsafe for a tenant's declaration. Every place a
+/// container can be (`containers`, `initContainers`, `ephemeralContainers`)
+/// and both ServiceAccount fields are looked at; a value of an unexpected
+/// type counts against the manifest, never for it.
 fn pod_problems(body: &Value, known_account: impl Fn(&str) -> bool) -> Vec<String> {
     let Some(spec) = pod_spec(body) else {
         return Vec::new();
     };
     let mut out = Vec::new();
-    for host in ["hostNetwork", "hostPID", "hostIPC", "hostUsers"] {
-        let on = spec.get(host).and_then(Value::as_bool);
-        // hostUsers defaults to true; only false is safer, so only an
-        // explicit true on the others counts.
-        if host != "hostUsers" && on == Some(true) {
-            out.push(format!("the pod template sets {host}: true"));
+    // hostUsers defaults to true and only false is safer: not a switch here.
+    for host in ["hostNetwork", "hostPID", "hostIPC"] {
+        if let Some(v) = switched_on(spec.get(host)) {
+            out.push(format!("the pod template sets {host}: {v}"));
         }
     }
     if let Some(volumes) = spec.get("volumes").and_then(Value::as_array) {
-        for v in volumes.iter().filter(|v| v.get("hostPath").is_some()) {
+        for v in volumes.iter().filter(|v| set(v.get("hostPath")).is_some()) {
             let name = v.get("name").and_then(Value::as_str).unwrap_or("?");
             out.push(format!("the pod template mounts hostPath volume `{name}`"));
         }
     }
-    for list in ["initContainers", "containers", "ephemeralContainers"] {
+    for (list, what) in [
+        ("initContainers", "init container"),
+        ("containers", "container"),
+        ("ephemeralContainers", "ephemeral container"),
+    ] {
         for c in spec
             .get(list)
             .and_then(Value::as_array)
@@ -324,23 +470,27 @@ fn pod_problems(body: &Value, known_account: impl Fn(&str) -> bool) -> Vec<Strin
         {
             let name = c.get("name").and_then(Value::as_str).unwrap_or("?");
             let sc = c.get("securityContext");
-            let flag = |f: &str| sc.and_then(|s| s.get(f)).and_then(Value::as_bool);
-            if flag("privileged") == Some(true) {
-                out.push(format!("container `{name}` is privileged"));
+            let flag = |f: &str| switched_on(sc.and_then(|s| s.get(f)));
+            if flag("privileged").is_some() {
+                out.push(format!("{what} `{name}` is privileged"));
             }
-            if flag("allowPrivilegeEscalation") == Some(true) {
-                out.push(format!("container `{name}` allows privilege escalation"));
+            if flag("allowPrivilegeEscalation").is_some() {
+                out.push(format!("{what} `{name}` allows privilege escalation"));
             }
-            let added = sc
-                .and_then(|s| s.pointer("/capabilities/add"))
-                .and_then(Value::as_array)
-                .map(|a| a.iter().filter_map(Value::as_str).collect::<Vec<_>>())
-                .unwrap_or_default();
-            if !added.is_empty() {
-                out.push(format!(
-                    "container `{name}` adds capabilities {}",
-                    added.join(", ")
-                ));
+            match set(sc.and_then(|s| s.pointer("/capabilities/add"))) {
+                None => {}
+                Some(Value::Array(added)) if added.is_empty() => {}
+                Some(Value::Array(added)) => {
+                    let names: Vec<String> = added
+                        .iter()
+                        .map(|a| a.as_str().map_or_else(|| a.to_string(), str::to_string))
+                        .collect();
+                    out.push(format!(
+                        "{what} `{name}` adds capabilities {}",
+                        names.join(", ")
+                    ));
+                }
+                Some(other) => out.push(format!("{what} `{name}` adds capabilities {other}")),
             }
             for p in c
                 .get("ports")
@@ -348,22 +498,29 @@ fn pod_problems(body: &Value, known_account: impl Fn(&str) -> bool) -> Vec<Strin
                 .into_iter()
                 .flatten()
             {
-                if let Some(port) = p.get("hostPort").and_then(Value::as_i64) {
-                    out.push(format!("container `{name}` binds host port {port}"));
+                // Any value but none and 0 (`80`, `80.0`, `"80"`): the API
+                // server's reading of a float or a string is not ours to
+                // guess.
+                if let Some(port) = set(p.get("hostPort")).filter(|v| v.as_f64() != Some(0.0)) {
+                    out.push(format!("{what} `{name}` binds host port {port}"));
                 }
             }
         }
     }
-    let account = spec
-        .get("serviceAccountName")
-        .or_else(|| spec.get("serviceAccount"))
-        .and_then(Value::as_str);
-    if let Some(sa) = account
-        && !known_account(sa)
-    {
-        out.push(format!(
-            "the pod template runs as ServiceAccount `{sa}`, which tenantsync does not render in its namespace"
-        ));
+    // Both fields: the API server uses the deprecated serviceAccount when
+    // serviceAccountName is empty or null, so each set value is checked.
+    for field in ["serviceAccountName", "serviceAccount"] {
+        match set(spec.get(field)) {
+            None => {}
+            // Empty is the namespace's `default`.
+            Some(Value::String(sa)) if sa.is_empty() || known_account(sa) => {}
+            Some(Value::String(sa)) => out.push(format!(
+                "the pod template runs as ServiceAccount `{sa}` ({field}), which no workspace of this environment renders in its namespace (a ServiceAccount declared in resources/ does not count: it may already exist, made by someone else, and is then left alone)"
+            )),
+            Some(other) => out.push(format!(
+                "the pod template's {field} is {other}, not the name of a ServiceAccount"
+            )),
+        }
     }
     out
 }
@@ -780,6 +937,277 @@ mod tests {
             ..Guardrails::default()
         };
         assert!(allowed.check("qa", None, &objects).is_empty());
+    }
+
+    /// The messages of the violations of one resources/ Deployment in
+    /// contoso-qa whose pod spec is `spec`, with the workspace's own
+    /// ServiceAccount `fhir` and `extra` objects beside it.
+    fn pod_messages(spec: Value, extra: Vec<Object>) -> Vec<String> {
+        let mut objects = workspace("contoso", "contoso-qa");
+        objects.extend(extra);
+        let body = serde_json::json!({"spec": {"template": {"spec": spec}}});
+        objects.push(object("Deployment", Some("contoso-qa"), "d", "", body));
+        Guardrails::default()
+            .check("qa", None, &objects)
+            .into_iter()
+            .map(|v| v.message)
+            .collect()
+    }
+
+    #[test]
+    fn a_null_service_account_name_does_not_hide_the_deprecated_service_account() {
+        let m = pod_messages(
+            serde_json::json!({"serviceAccountName": null, "serviceAccount": "cluster-admin-sa",
+                "containers": [{"name": "c"}]}),
+            vec![],
+        );
+        assert_eq!(m.len(), 1, "{m:#?}");
+        assert!(
+            m[0].contains("`cluster-admin-sa` (serviceAccount)"),
+            "{m:#?}"
+        );
+        // Both fields set: each is checked.
+        let m = pod_messages(
+            serde_json::json!({"serviceAccountName": "fhir", "serviceAccount": "cluster-admin-sa",
+                "containers": [{"name": "c"}]}),
+            vec![],
+        );
+        assert_eq!(m.len(), 1, "{m:#?}");
+        // A value that is not a name counts against the manifest.
+        let m = pod_messages(
+            serde_json::json!({"serviceAccountName": ["x"], "containers": [{"name": "c"}]}),
+            vec![],
+        );
+        assert!(
+            m.iter()
+                .any(|m| m.contains("serviceAccountName is [\"x\"]")),
+            "{m:#?}"
+        );
+        // The workspace's own, `default` and an empty name (the default) pass.
+        for sa in ["fhir", "default", ""] {
+            let m = pod_messages(
+                serde_json::json!({"serviceAccountName": sa, "serviceAccount": null,
+                    "containers": [{"name": "c"}]}),
+                vec![],
+            );
+            assert!(m.is_empty(), "{sa}: {m:#?}");
+        }
+    }
+
+    #[test]
+    fn a_service_account_declared_in_resources_does_not_count_as_rendered() {
+        // Declared beside the Deployment, it would be `exists, not managed`
+        // (and not applied) if someone else's already had that name.
+        let declared = object(
+            "ServiceAccount",
+            Some("contoso-qa"),
+            "payments-admin",
+            "",
+            serde_json::json!({}),
+        );
+        let m = pod_messages(
+            serde_json::json!({"serviceAccountName": "payments-admin", "containers": [{"name": "c"}]}),
+            vec![declared],
+        );
+        assert_eq!(m.len(), 1, "{m:#?}");
+        assert!(
+            m[0].contains("`payments-admin`") && m[0].contains("resources/ does not count"),
+            "{m:#?}"
+        );
+    }
+
+    #[test]
+    fn a_host_port_given_as_a_float_or_a_string_is_refused() {
+        for port in [
+            serde_json::json!(80),
+            serde_json::json!(80.0),
+            serde_json::json!("80"),
+            serde_json::json!("0"),
+            serde_json::json!({"x": 1}),
+        ] {
+            let m = pod_messages(
+                serde_json::json!({"containers": [{"name": "c", "ports": [{"containerPort": 8080, "hostPort": port}]}]}),
+                vec![],
+            );
+            assert_eq!(m.len(), 1, "{port}: {m:#?}");
+            assert!(m[0].contains("container `c` binds host port"), "{m:#?}");
+        }
+        for port in [serde_json::json!(0), serde_json::json!(0.0), Value::Null] {
+            let m = pod_messages(
+                serde_json::json!({"containers": [{"name": "c", "ports": [{"containerPort": 8080, "hostPort": port}]}]}),
+                vec![],
+            );
+            assert!(m.is_empty(), "{port}: {m:#?}");
+        }
+    }
+
+    #[test]
+    fn switches_that_are_not_plain_false_count_as_on() {
+        let m = pod_messages(
+            serde_json::json!({"hostNetwork": "true", "hostPID": false, "hostIPC": null,
+                "containers": [{"name": "c", "securityContext": {"privileged": 1,
+                    "allowPrivilegeEscalation": false, "capabilities": {"add": "SYS_ADMIN"}}}]}),
+            vec![],
+        );
+        assert_eq!(m.len(), 3, "{m:#?}");
+        for needle in [
+            "hostNetwork: \"true\"",
+            "`c` is privileged",
+            "adds capabilities \"SYS_ADMIN\"",
+        ] {
+            assert!(m.iter().any(|m| m.contains(needle)), "{needle}: {m:#?}");
+        }
+    }
+
+    #[test]
+    fn init_and_ephemeral_containers_and_every_pod_template_are_checked() {
+        let bad = serde_json::json!({
+            "initContainers": [{"name": "init", "securityContext": {"privileged": true}}],
+            "ephemeralContainers": [{"name": "debug", "securityContext": {"capabilities": {"add": ["SYS_PTRACE"]}}}],
+            "containers": [{"name": "c"}]
+        });
+        let m = pod_messages(bad.clone(), vec![]);
+        assert_eq!(m.len(), 2, "{m:#?}");
+        assert!(
+            m.iter()
+                .any(|m| m.contains("init container `init` is privileged")),
+            "{m:#?}"
+        );
+        assert!(
+            m.iter()
+                .any(|m| m.contains("ephemeral container `debug` adds capabilities SYS_PTRACE")),
+            "{m:#?}"
+        );
+        // A Pod's own spec, a CronJob's job template, and any kind with
+        // spec.template.spec (a ReplicationController, a custom kind).
+        let g = Guardrails::default();
+        for (kind, body) in [
+            ("Pod", serde_json::json!({"spec": bad})),
+            (
+                "CronJob",
+                serde_json::json!({"spec": {"jobTemplate": {"spec": {"template": {"spec": bad}}}}}),
+            ),
+            (
+                "ReplicationController",
+                serde_json::json!({"spec": {"template": {"spec": bad}}}),
+            ),
+            (
+                "Rollout",
+                serde_json::json!({"spec": {"template": {"spec": bad}}}),
+            ),
+        ] {
+            let mut objects = workspace("contoso", "contoso-qa");
+            objects.push(object(kind, Some("contoso-qa"), "x", "", body));
+            assert_eq!(g.check("qa", None, &objects).len(), 2, "{kind}");
+        }
+    }
+
+    #[test]
+    fn a_cluster_scoped_kind_unknown_to_the_static_list_is_judged_by_discovery() {
+        let widget = |ns: Option<&str>| {
+            let mut o = object("ClusterWidget", ns, "shared", "", serde_json::json!({}));
+            o.api_version = "example.com/v1".into();
+            o
+        };
+        let mut objects = workspace("contoso", "contoso-qa");
+        objects.push(widget(Some("contoso-qa")));
+        // Offline, a namespaced-looking manifest passes...
+        let g = Guardrails::default();
+        assert_eq!(g.check("qa", None, &objects), vec![]);
+        // ...the cluster serves the kind cluster-scoped: refused, even with
+        // --allow-kind (its namespace is what is wrong).
+        let cluster_scoped = |_: &str, kind: &str| (kind == "ClusterWidget").then_some(false);
+        let allowed = Guardrails {
+            allowed_kinds: vec!["ClusterWidget".into()],
+            ..Guardrails::default()
+        };
+        for g in [&g, &allowed] {
+            let v = g.check_scopes(&objects, cluster_scoped);
+            assert_eq!(subjects(&v), ["ClusterWidget/contoso-qa/shared"]);
+            assert!(
+                v[0].message.contains("serves as cluster-scoped")
+                    && v[0].message.contains("remove metadata.namespace")
+                    && v[0].message.contains("--allow-kind ClusterWidget"),
+                "{v:#?}"
+            );
+        }
+        // Without a namespace it needs --allow-kind like any cluster-scoped
+        // kind, and then passes.
+        let mut objects = workspace("contoso", "contoso-qa");
+        objects.push(widget(None));
+        assert_eq!(
+            subjects(&g.check("qa", None, &objects)),
+            ["ClusterWidget/shared"]
+        );
+        assert_eq!(g.check_scopes(&objects, cluster_scoped), vec![]);
+        assert_eq!(allowed.check("qa", None, &objects), vec![]);
+        assert_eq!(allowed.check_scopes(&objects, cluster_scoped), vec![]);
+        // A namespaced kind allowed without a namespace: refused too.
+        let namespaced = |_: &str, _: &str| Some(true);
+        let v = allowed.check_scopes(&objects, namespaced);
+        assert!(v[0].message.contains("serves as namespaced"), "{v:#?}");
+        // Unknown to the cluster: left to the API server (and apply's own
+        // scope check).
+        assert_eq!(allowed.check_scopes(&objects, |_, _| None), vec![]);
+    }
+
+    #[test]
+    fn a_crd_among_the_objects_gives_its_kinds_scope() {
+        let crd = serde_json::json!({"spec": {"group": "example.com", "scope": "Cluster",
+            "names": {"kind": "ClusterWidget", "plural": "clusterwidgets"},
+            "versions": [{"name": "v1"}, {"name": "v2"}]}});
+        let mut crd = object(
+            "CustomResourceDefinition",
+            None,
+            "clusterwidgets.example.com",
+            "",
+            crd,
+        );
+        crd.api_version = "apiextensions.k8s.io/v1".into();
+        let scopes = crd_scopes(&[crd]);
+        assert_eq!(
+            scopes.into_iter().collect::<Vec<_>>(),
+            [
+                (("example.com/v1".into(), "ClusterWidget".into()), false),
+                (("example.com/v2".into(), "ClusterWidget".into()), false),
+            ]
+        );
+    }
+
+    #[test]
+    fn two_environments_rendering_one_namespace_are_reported_across_environments() {
+        // {workspace}-{environment}: contoso-eu of qa, contoso of eu-qa.
+        let qa = workspace("contoso-eu", "contoso-eu-qa");
+        let eu_qa = workspace("contoso", "contoso-eu-qa");
+        let other = workspace("fabrikam", "fabrikam-eu-qa");
+        let g = Guardrails::default();
+        let clashes =
+            g.shared_namespaces(&[("qa", &qa), ("eu-qa", &[eu_qa.clone(), other].concat())]);
+        assert_eq!(clashes.len(), 1, "{clashes:#?}");
+        let (environment, v) = &clashes[0];
+        assert_eq!(environment, "qa");
+        assert_eq!(v.subject, "Namespace/contoso-eu-qa");
+        assert!(
+            v.message
+                .contains("workspace `contoso-eu` of environment `qa`")
+                && v.message
+                    .contains("workspace `contoso` of environment `eu-qa`"),
+            "{}",
+            v.message
+        );
+        // One environment alone never clashes with itself here (validate
+        // checks its own workspaces), nor do environments the operator
+        // keeps on clusters of their own.
+        assert!(g.shared_namespaces(&[("eu-qa", &eu_qa)]).is_empty());
+        let apart = Guardrails {
+            allow_shared_namespace_template: true,
+            ..Guardrails::default()
+        };
+        assert!(
+            apart
+                .shared_namespaces(&[("qa", &qa), ("eu-qa", &eu_qa)])
+                .is_empty()
+        );
     }
 
     #[test]

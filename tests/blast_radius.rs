@@ -243,6 +243,24 @@ async fn sync_refuses_an_invalid_workspace_and_skip_invalid_applies_the_others()
             .await
             .contains(&format!("Deployment/{fabrikam}/fhir-research"))
     );
+    // The recorded status does not say Synced while a workspace is held
+    // (it did: `tenantsync status` showed Synced with no error).
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_tenantsync"))
+        .args(["status", "--env", &repo.env, "--context", "admin"])
+        .args(["--output", "json", "--kubeconfig"])
+        .arg(control_plane().kubeconfig())
+        .output()
+        .expect("tenantsync status");
+    assert_eq!(status.status.code(), Some(0), "{}", stderr(&status));
+    let status: Value = serde_json::from_slice(&status.stdout).expect("status JSON");
+    assert_eq!(status["status.syncStatus"], "Failed", "{status}");
+    let error = status["status.lastError"].as_str().unwrap_or_default();
+    assert!(
+        error.starts_with(
+            "1 invalid workspace(s) skipped, held at their last applied state: fabrikam"
+        ) && error.contains(&position),
+        "{status}"
+    );
 }
 
 /// The daemon on a local Git repository: one commit breaks workspace

@@ -659,3 +659,36 @@ async fn a_sync_whose_lock_is_taken_over_stops_writing() {
         "{report:#}"
     );
 }
+
+/// Syncs racing for a released Lease: the loser named the previous holder,
+/// often nobody (`held by  (up to 180s ...)`). Every waiting line names
+/// who holds the lock.
+#[tokio::test]
+async fn syncs_racing_for_the_lock_name_the_winner_not_an_empty_holder() {
+    let repo = TestRepo::new("lock-race");
+    repo.apply_rendered().await;
+    let mut waited = 0;
+    for round in 0..3 {
+        let children: Vec<_> = (0..3)
+            .map(|_| sync_command(&repo, &[]).spawn().expect("sync"))
+            .collect();
+        for child in children {
+            let out = child.wait_with_output().expect("sync");
+            assert_eq!(out.status.code(), Some(0), "round {round}: {}", text(&out));
+            let err = String::from_utf8_lossy(&out.stderr);
+            for line in err.lines().filter(|l| l.contains("waiting for the lock")) {
+                waited += 1;
+                let holder = line
+                    .split("held by ")
+                    .nth(1)
+                    .and_then(|rest| rest.split(" (up to").next())
+                    .unwrap_or_default();
+                assert!(
+                    holder.starts_with("tenantsync sync ") || holder.starts_with("another writer"),
+                    "round {round}: {line}"
+                );
+            }
+        }
+    }
+    assert!(waited > 0, "no sync ever waited: the race was not run");
+}

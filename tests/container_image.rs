@@ -147,3 +147,29 @@ fn dockerfile_builds_locked_runs_as_non_root_and_matches_the_deployment() {
         "the Deployment does not pass the configuration it mounts"
     );
 }
+
+/// Issue 25: a release pins its base images by digest. Both stages build
+/// FROM the arguments a release sets to `image@sha256:...`, so no `FROM`
+/// names a tag that cannot be overridden.
+#[test]
+fn base_images_can_be_pinned_by_digest() {
+    let dockerfile = read("Dockerfile");
+    let froms: Vec<&str> = dockerfile
+        .lines()
+        .filter(|l| l.trim_start().starts_with("FROM "))
+        .collect();
+    assert_eq!(
+        froms,
+        ["FROM ${BUILD_IMAGE} AS build", "FROM ${RUNTIME_IMAGE}"],
+        "{dockerfile}"
+    );
+    for arg in ["ARG BUILD_IMAGE=", "ARG RUNTIME_IMAGE="] {
+        assert!(dockerfile.contains(arg), "{arg} missing");
+    }
+    let readme = read("README.md");
+    assert!(
+        readme.contains("--build-arg BUILD_IMAGE=")
+            && readme.contains("--build-arg RUNTIME_IMAGE="),
+        "README's release build does not pin the base images"
+    );
+}

@@ -921,11 +921,11 @@ async fn the_repositorys_sync_policy_and_the_prune_annotation_are_honoured() {
         .unwrap_or_else(|| panic!("{text}"));
     assert!(revision.starts_with("folder-"), "{text}");
     let expected = format!(
-        "Sync of environment {} at {revision}: {live} created, 0 updated, 0 recreated, 0 pruned, 0 unchanged, 0 conflict(s), 0 failure(s); ",
+        "Sync of environment {} at {revision}: {live} created, 0 updated, 0 recreated, 0 pruned, 0 unchanged, 0 conflicts, 0 failures; ",
         repo.env
     );
     assert!(
-        summary.starts_with(&expected) && summary.ends_with(" write request(s)."),
+        summary.starts_with(&expected) && summary.ends_with(" write requests."),
         "{text}"
     );
     let writes: usize = summary

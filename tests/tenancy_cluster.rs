@@ -484,3 +484,472 @@ async fn two_environments_never_take_an_object_from_each_other() {
         before.metadata.resource_version
     );
 }
+
+/// `kubectl ARGS` with only `kubeconfig`'s credentials.
+fn kubectl_as(kubeconfig: &Path, args: &[&str]) -> std::process::Output {
+    control_plane()
+        .kubectl()
+        .env("KUBECONFIG", kubeconfig)
+        .args(args)
+        .output()
+        .expect("run kubectl")
+}
+
+/// Asserts that `out` is the admission policy refusing, with `message`.
+fn refused_by_policy(what: &str, out: &std::process::Output, message: &str) {
+    let shown = text(out);
+    assert!(!out.status.success(), "{what} was accepted: {shown}");
+    assert!(
+        shown.contains("ValidatingAdmissionPolicy 'tenantsync-writes'") && shown.contains(message),
+        "{what}: not refused by the admission policy with {message:?}: {shown}"
+    );
+}
+
+/// A namespace made by the admin, labelled as tenantsync's when `ours`.
+fn admin_namespace(test: &str, ours: bool) -> String {
+    let name = crate::support::unique_name(test);
+    let labels = if ours {
+        "\n    app.kubernetes.io/managed-by: tenantsync\n    tenantsync.io/environment: policy-test"
+    } else {
+        ""
+    };
+    let file = tempfile::NamedTempFile::new().expect("temp file");
+    std::fs::write(
+        file.path(),
+        format!(
+            "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {name}\n  labels:\n    {}: \"true\"{labels}\n",
+            crate::support::NAMESPACE_LABEL
+        ),
+    )
+    .expect("write namespace");
+    kubectl(&["apply", "-f", &file.path().display().to_string()]);
+    name
+}
+
+const PODS_REFUSED: &str = "(tenancy guardrail: pods)";
+
+#[tokio::test]
+async fn admission_policy_checks_init_and_ephemeral_containers_and_every_pod_template() {
+    deployed();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let kubeconfig = service_account_kubeconfig("tenantsync", dir.path());
+    let ns = admin_namespace("policy-pods", true);
+    // The daemon's ClusterRole has no Pods, CronJobs or
+    // ReplicationControllers: granted here, in this namespace only, so that
+    // the policy (not RBAC) is what answers.
+    kubectl(&[
+        "-n",
+        &ns,
+        "create",
+        "role",
+        "pods",
+        "--verb=get,create,patch,update",
+        "--resource=pods,pods/ephemeralcontainers,replicationcontrollers,cronjobs.batch",
+    ]);
+    kubectl(&[
+        "-n",
+        &ns,
+        "create",
+        "rolebinding",
+        "pods",
+        "--role=pods",
+        "--serviceaccount=tenantsync-system:tenantsync",
+    ]);
+    let cases = [
+        (
+            "a Deployment with a privileged init container",
+            format!(
+                "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: init-priv, namespace: {ns}}}\nspec:\n  selector: {{matchLabels: {{app: x}}}}\n  template:\n    metadata: {{labels: {{app: x}}}}\n    spec:\n      initContainers: [{{name: init, image: busybox, securityContext: {{privileged: true}}}}]\n      containers: [{{name: c, image: busybox}}]\n"
+            ),
+        ),
+        (
+            "a Deployment with a host port on an init container",
+            format!(
+                "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: init-port, namespace: {ns}}}\nspec:\n  selector: {{matchLabels: {{app: x}}}}\n  template:\n    metadata: {{labels: {{app: x}}}}\n    spec:\n      initContainers: [{{name: init, image: busybox, ports: [{{containerPort: 80, hostPort: 80}}]}}]\n      containers: [{{name: c, image: busybox}}]\n"
+            ),
+        ),
+        (
+            "a CronJob whose init container adds a capability",
+            format!(
+                "apiVersion: batch/v1\nkind: CronJob\nmetadata: {{name: cron-cap, namespace: {ns}}}\nspec:\n  schedule: \"* * * * *\"\n  jobTemplate:\n    spec:\n      template:\n        spec:\n          restartPolicy: Never\n          initContainers: [{{name: init, image: busybox, securityContext: {{capabilities: {{add: [SYS_ADMIN]}}}}}}]\n          containers: [{{name: c, image: busybox}}]\n"
+            ),
+        ),
+        (
+            "a ReplicationController on the host's network",
+            format!(
+                "apiVersion: v1\nkind: ReplicationController\nmetadata: {{name: rc-host, namespace: {ns}}}\nspec:\n  selector: {{app: x}}\n  template:\n    metadata: {{labels: {{app: x}}}}\n    spec:\n      hostNetwork: true\n      containers: [{{name: c, image: busybox}}]\n"
+            ),
+        ),
+    ];
+    for (what, manifest) in cases {
+        let file = dir.path().join("workload.yaml");
+        std::fs::write(&file, manifest).expect("write manifest");
+        refused_by_policy(what, &apply_as(&kubeconfig, &file), PODS_REFUSED);
+    }
+    // A harmless Pod is accepted; a privileged ephemeral container added to
+    // it (as `kubectl debug` does, through the pods/ephemeralcontainers
+    // subresource) is refused, a harmless one accepted.
+    let file = dir.path().join("pod.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: fine, namespace: {ns}}}\nspec:\n  containers: [{{name: c, image: busybox}}]\n"
+        ),
+    )
+    .expect("write pod");
+    let out = apply_as(&kubeconfig, &file);
+    assert!(out.status.success(), "a harmless Pod: {}", text(&out));
+    let debug = |name: &str, security: &str| {
+        kubectl_as(
+            &kubeconfig,
+            &[
+                "-n",
+                &ns,
+                "patch",
+                "pod",
+                "fine",
+                "--subresource=ephemeralcontainers",
+                "--type=strategic",
+                "-p",
+                &format!(
+                    "{{\"spec\":{{\"ephemeralContainers\":[{{\"name\":\"{name}\",\"image\":\"busybox\"{security}}}]}}}}"
+                ),
+            ],
+        )
+    };
+    refused_by_policy(
+        "a privileged ephemeral container",
+        &debug("root", ",\"securityContext\":{\"privileged\":true}"),
+        PODS_REFUSED,
+    );
+    let out = debug("look", "");
+    assert!(
+        out.status.success(),
+        "a harmless ephemeral container: {}",
+        text(&out)
+    );
+    kubectl(&["delete", "namespace", &ns, "--wait=false"]);
+}
+
+#[tokio::test]
+async fn admission_policy_never_deletes_or_relabels_tenantsync_system_or_a_namespace_not_its_own() {
+    deployed();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let kubeconfig = service_account_kubeconfig("tenantsync", dir.path());
+    let ours = admin_namespace("policy-ours", true);
+    let foreign = admin_namespace("policy-foreign", false);
+    let namespace_file = |name: &str, labels: &str| {
+        let file = dir.path().join(format!("{name}.yaml"));
+        std::fs::write(
+            &file,
+            format!("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {name}\n  labels: {{{labels}}}\n"),
+        )
+        .expect("write namespace");
+        file.display().to_string()
+    };
+    const DELETE: &str = "never deletes tenantsync-system, nor a namespace not labelled";
+    const RELABEL: &str =
+        "never changes a namespace's app.kubernetes.io/managed-by or tenantsync.io/* labels";
+    // tenantsync-system is only ever asked as a server-side dry run: were
+    // the policy to let it through, nothing would be deleted or changed.
+    refused_by_policy(
+        "deleting tenantsync-system",
+        &kubectl_as(
+            &kubeconfig,
+            &[
+                "delete",
+                "namespace",
+                SYSTEM,
+                "--dry-run=server",
+                "--wait=false",
+            ],
+        ),
+        DELETE,
+    );
+    refused_by_policy(
+        "relabelling tenantsync-system",
+        &kubectl_as(
+            &kubeconfig,
+            &[
+                "apply",
+                "--server-side",
+                "--dry-run=server",
+                "-f",
+                &namespace_file(SYSTEM, "tenantsync.io/environment: stolen"),
+            ],
+        ),
+        RELABEL,
+    );
+    refused_by_policy(
+        "deleting a namespace not labelled as tenantsync's",
+        &kubectl_as(
+            &kubeconfig,
+            &["delete", "namespace", &foreign, "--wait=false"],
+        ),
+        DELETE,
+    );
+    for (what, labels) in [
+        (
+            "moving a namespace to another environment",
+            "tenantsync.io/environment: stolen",
+        ),
+        (
+            "handing a namespace to another manager",
+            "app.kubernetes.io/managed-by: someone-else",
+        ),
+        (
+            "adding a tenantsync.io label",
+            "tenantsync.io/workspace: stolen",
+        ),
+    ] {
+        refused_by_policy(
+            what,
+            &kubectl_as(
+                &kubeconfig,
+                &[
+                    "apply",
+                    "--server-side",
+                    "--force-conflicts",
+                    "-f",
+                    &namespace_file(&ours, labels),
+                ],
+            ),
+            RELABEL,
+        );
+    }
+    // Nothing changed; and what the daemon does is still allowed: another
+    // label on its namespace, deleting it (as a dry run).
+    let labels: Value = serde_json::from_str(&kubectl(&[
+        "get",
+        "namespace",
+        &ours,
+        "-o",
+        "jsonpath={.metadata.labels}",
+    ]))
+    .expect("labels JSON");
+    assert_eq!(
+        labels["tenantsync.io/environment"], "policy-test",
+        "{labels}"
+    );
+    assert_eq!(
+        labels["app.kubernetes.io/managed-by"], "tenantsync",
+        "{labels}"
+    );
+    assert!(labels.get("tenantsync.io/workspace").is_none(), "{labels}");
+    kubectl(&["get", "namespace", &foreign]);
+    let out = kubectl_as(
+        &kubeconfig,
+        &[
+            "apply",
+            "--server-side",
+            "--dry-run=server",
+            "-f",
+            &namespace_file(&ours, "example.com/team: clinical"),
+        ],
+    );
+    assert!(out.status.success(), "another label: {}", text(&out));
+    let out = kubectl_as(
+        &kubeconfig,
+        &[
+            "delete",
+            "namespace",
+            &ours,
+            "--dry-run=server",
+            "--wait=false",
+        ],
+    );
+    assert!(out.status.success(), "deleting its own: {}", text(&out));
+    kubectl(&["delete", "namespace", &ours, &foreign, "--wait=false"]);
+}
+
+/// A cluster-scoped kind the static list of Kubernetes' own does not know
+/// (here a CRD's), declared with a `metadata.namespace`: API discovery says
+/// what it is, and plan and sync refuse it before any write instead of
+/// applying it cluster-wide over an existing object.
+#[tokio::test]
+async fn a_cluster_scoped_kind_declared_with_a_namespace_is_refused_not_applied_cluster_wide() {
+    let repo = TestRepo::new("cluster-scoped");
+    let group = format!("{}.tenantsync.test", repo.env);
+    let crd = format!("clusterwidgets.{group}");
+    let file = tempfile::NamedTempFile::new().expect("temp file");
+    std::fs::write(
+        file.path(),
+        format!(
+            "apiVersion: apiextensions.k8s.io/v1\nkind: CustomResourceDefinition\nmetadata: {{name: {crd}}}\nspec:\n  group: {group}\n  scope: Cluster\n  names: {{kind: ClusterWidget, plural: clusterwidgets, singular: clusterwidget}}\n  versions:\n    - name: v1\n      served: true\n      storage: true\n      schema: {{openAPIV3Schema: {{type: object, x-kubernetes-preserve-unknown-fields: true}}}}\n---\n"
+        ),
+    )
+    .expect("write CRD");
+    let path = file.path().display().to_string();
+    kubectl(&["apply", "-f", &path]);
+    kubectl(&[
+        "wait",
+        "--for=condition=Established",
+        &format!("crd/{crd}"),
+        "--timeout=60s",
+    ]);
+    // Someone else's object of that kind, cluster-wide.
+    let widget = tempfile::NamedTempFile::new().expect("temp file");
+    std::fs::write(
+        widget.path(),
+        format!("apiVersion: {group}/v1\nkind: ClusterWidget\nmetadata: {{name: shared}}\nowner: platform\n"),
+    )
+    .expect("write widget");
+    kubectl(&["create", "-f", &widget.path().display().to_string()]);
+    let live = || -> Value {
+        serde_json::from_str(&kubectl(&[
+            "get",
+            &format!("clusterwidgets.{group}"),
+            "shared",
+            "-o",
+            "json",
+        ]))
+        .expect("widget JSON")
+    };
+    let before = live();
+
+    let ns = repo.namespace("contoso");
+    let id = format!("ClusterWidget/{ns}/shared");
+    repo.write(
+        "resources/widget.yaml",
+        &format!(
+            "apiVersion: {group}/v1\nkind: ClusterWidget\nmetadata:\n  name: shared\n  namespace: {ns}\nowner: tenant\n"
+        ),
+    );
+    // Offline, nothing tells it from a namespaced kind.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tenantsync"))
+        .args(["validate", "--env", &repo.env, "--repo"])
+        .arg(repo.path())
+        .output()
+        .expect("run tenantsync");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    for (verb, extra) in [
+        ("plan", &[][..]),
+        ("sync", &[][..]),
+        ("sync", &["--allow-kind", "ClusterWidget"][..]),
+    ] {
+        let out = repo.run(verb, "admin", extra);
+        let shown = text(&out);
+        assert_eq!(out.status.code(), Some(1), "{verb} {extra:?}: {shown}");
+        for needle in [
+            format!("{id} (operator guardrail)"),
+            "serves as cluster-scoped".into(),
+            "remove metadata.namespace".into(),
+            "--allow-kind ClusterWidget".into(),
+            "nothing was written to the cluster".into(),
+        ] {
+            assert!(
+                shown.contains(&needle),
+                "{verb} {extra:?} does not say {needle:?}:\n{shown}"
+            );
+        }
+    }
+    nothing_written(&repo.env).await;
+    let after = live();
+    assert_eq!(
+        after["metadata"]["resourceVersion"],
+        before["metadata"]["resourceVersion"]
+    );
+    assert_eq!(after["owner"], "platform");
+    assert!(after["metadata"]["labels"].is_null(), "{after}");
+
+    // Without a namespace it is cluster-scoped like any other kind: only
+    // the operator can allow it.
+    repo.write(
+        "resources/widget.yaml",
+        &format!("apiVersion: {group}/v1\nkind: ClusterWidget\nmetadata:\n  name: shared\nowner: tenant\n"),
+    );
+    let out = repo.run("plan", "admin", &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("cluster-scoped kind ClusterWidget; only the operator can allow it (--allow-kind ClusterWidget)"),
+        "{}",
+        text(&out)
+    );
+    kubectl(&["delete", "-f", &path, "--wait=false"]);
+}
+
+/// `{environment}` in the template does not keep two environments from
+/// rendering one namespace (workspace `contoso` of A and workspace
+/// `contoso-ts` of an environment named A without its `ts-`): `validate` of
+/// both together reports it, and on the cluster the second to sync leaves
+/// the first one's namespace and objects alone.
+#[tokio::test]
+async fn two_environments_rendering_one_namespace_leave_each_other_alone_and_validate_says_so() {
+    let first = TestRepo::new("ns-clash");
+    first.apply_rendered().await;
+    let ns = first.namespace("contoso");
+    let second = first
+        .env
+        .strip_prefix("ts-")
+        .expect("test environments start with ts-")
+        .to_string();
+    let layer = first.path().join("environments").join(&second);
+    std::fs::create_dir_all(layer.join("workspaces")).expect("mkdir");
+    std::fs::write(
+        layer.join("environment.yaml"),
+        format!(
+            "apiVersion: tenantsync.io/v1alpha1\nkind: Environment\nmetadata:\n  name: {second}\nspec:\n  base: base\n  ingress:\n    domain: test.example.com\n  patches:\n{}",
+            ["contoso", "fabrikam", "northwind", "woodgrove"]
+                .map(|w| format!("    - metadata: {{name: {w}}}\n      $patch: delete\n"))
+                .concat()
+        ),
+    )
+    .expect("write environment");
+    std::fs::write(
+        layer.join("workspaces/contoso-ts.yaml"),
+        "apiVersion: tenantsync.io/v1alpha1\nkind: Workspace\nmetadata:\n  name: contoso-ts\nspec:\n  fhirServices:\n    - name: main\n",
+    )
+    .expect("write workspace");
+    let run = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_tenantsync"))
+            .args(args)
+            .arg("--repo")
+            .arg(first.path())
+            .output()
+            .expect("run tenantsync")
+    };
+    let out = run(&["validate"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains(&format!(
+            "namespace `{ns}` is rendered by workspace `contoso` of environment `{}` and by workspace `contoso-ts` of environment `{second}`",
+            first.env
+        )),
+        "{}",
+        text(&out)
+    );
+
+    let api: Api<ConfigMap> = Api::namespaced(control_plane().client(User::Admin).await, &ns);
+    let namespaces: Api<Namespace> = Api::all(control_plane().client(User::Admin).await);
+    let config_before = api.get("fhir-main-config").await.expect("get");
+    let namespace_before = namespaces.get(&ns).await.expect("get namespace");
+    let kubeconfig = control_plane().kubeconfig().display().to_string();
+    let out = run(&[
+        "sync",
+        "--env",
+        &second,
+        "--kubeconfig",
+        &kubeconfig,
+        "--context",
+        "admin",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains(&format!(
+            "exists and belongs to tenantsync environment `{}`",
+            first.env
+        )),
+        "{}",
+        text(&out)
+    );
+    let config_after = api.get("fhir-main-config").await.expect("get");
+    let namespace_after = namespaces.get(&ns).await.expect("get namespace");
+    assert_eq!(
+        config_after.metadata.resource_version,
+        config_before.metadata.resource_version
+    );
+    assert_eq!(
+        namespace_after.metadata.resource_version,
+        namespace_before.metadata.resource_version
+    );
+}

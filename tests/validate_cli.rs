@@ -538,3 +538,86 @@ fn custom_tags_several_documents_and_dotdot_paths_are_refused_through_the_cli() 
     );
     assert!(err.contains("the cluster was not contacted"), "{err}");
 }
+
+/// `{environment}` in the template does not keep every two environments
+/// apart: with `{workspace}-{environment}`, workspace `contoso-eu` of `qa`
+/// and workspace `contoso` of `eu-qa` both render `contoso-eu-qa`. Only a
+/// validation of both environments together can see it.
+#[test]
+fn validate_reports_two_environments_rendering_one_namespace() {
+    let repo = example_repo();
+    let envs = repo.path().join("environments");
+    std::fs::create_dir_all(envs.join("qa/workspaces")).expect("mkdir");
+    std::fs::write(
+        envs.join("qa/workspaces/contoso-eu.yaml"),
+        "apiVersion: tenantsync.io/v1alpha1\nkind: Workspace\nmetadata:\n  name: contoso-eu\nspec:\n  fhirServices:\n    - name: main\n",
+    )
+    .expect("write workspace");
+    std::fs::create_dir_all(envs.join("eu-qa")).expect("mkdir");
+    std::fs::write(
+        envs.join("eu-qa/environment.yaml"),
+        "apiVersion: tenantsync.io/v1alpha1\nkind: Environment\nmetadata:\n  name: eu-qa\nspec:\n  base: base\n  ingress:\n    domain: eu-qa.health.example.com\n",
+    )
+    .expect("write environment");
+    let out = validate(repo.path());
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let shown = stderr(&out);
+    assert!(
+        shown.contains(
+            "environments/qa: error: Namespace/contoso-eu-qa (operator guardrail): namespace `contoso-eu-qa` is rendered by workspace `contoso-eu` of environment `qa` and by workspace `contoso` of environment `eu-qa`"
+        ) && shown.contains("rename a workspace or change a namespaceTemplate"),
+        "{shown}"
+    );
+    assert_eq!(shown.matches("(operator guardrail)").count(), 1, "{shown}");
+    // Each environment alone is valid; so are both when the operator keeps
+    // environments on clusters of their own.
+    for args in [
+        &["--env", "qa"][..],
+        &["--env", "eu-qa"][..],
+        &["--allow-shared-namespace-template"][..],
+    ] {
+        let out = bin()
+            .arg("validate")
+            .args(args)
+            .arg("--repo")
+            .arg(repo.path())
+            .output()
+            .expect("run tenantsync");
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {}", stderr(&out));
+    }
+}
+
+/// A missing repository folder said its reason twice (`No such file or
+/// directory (os error 2): No such file or directory (os error 2)`) and not
+/// what to do; a URL given to validate was read as a folder name.
+#[test]
+fn an_unreadable_repository_folder_is_said_once_with_what_to_do() {
+    let out = bin()
+        .args(["validate", "--repo", "/nonexistent/tenants"])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert_eq!(err.matches("No such file or directory").count(), 1, "{err}");
+    assert!(
+        err.contains("cannot read repository folder /nonexistent/tenants")
+            && err.contains("with --repo DIR"),
+        "{err}"
+    );
+    let out = bin()
+        .args([
+            "render",
+            "--env",
+            "dev",
+            "--repo",
+            "https://git.example.com/tenants.git",
+        ])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains("validate and render read a folder: clone the repository, or use plan, drift or sync, which fetch a URL"),
+        "{err}"
+    );
+}

@@ -44,6 +44,10 @@ pub enum ApplyError {
         resource_version: String,
         from: String,
     },
+    /// The object's namespace disagrees with its kind's scope
+    /// ([`super::scope_check`]).
+    #[error("{id}: {reason}")]
+    Scope { id: String, reason: String },
     #[error("{id}: {source}")]
     Cluster {
         id: String,
@@ -68,14 +72,34 @@ fn managers(fields: &[ConflictField]) -> String {
     m.join(", ")
 }
 
+/// The fields a server-side apply conflict names, each with its manager.
+fn conflict_fields(status: &kube::core::Status) -> Vec<ConflictField> {
+    status
+        .details
+        .as_ref()
+        .map(|d| {
+            d.causes
+                .iter()
+                .map(|c| ConflictField {
+                    field: c.field.clone(),
+                    manager: manager_of(&c.message),
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// `conflict with "kubectl-edit" using apps/v1` -> `kubectl-edit`.
 fn manager_of(message: &str) -> String {
     message.split('"').nth(1).unwrap_or(message).to_string()
 }
 
 impl Cluster {
+    /// The API of object `id`'s kind, at its namespace; an object whose
+    /// namespace disagrees with the kind's scope is refused.
     async fn api_for(
         &self,
+        id: &str,
         api_version: &str,
         kind: &str,
         namespace: Option<&str>,
@@ -98,6 +122,7 @@ impl Cluster {
                 code: 404,
             });
         };
+        super::scope_check(id, api_version, kind, namespaced, namespace)?;
         Ok(match namespace {
             Some(ns) if namespaced => Api::namespaced_with(self.client.clone(), ns, &resource),
             _ => Api::all_with(self.client.clone(), &resource),
@@ -141,14 +166,18 @@ impl Cluster {
         let id = object.id();
         let api = self
             .api_for(
+                &id,
                 &object.api_version,
                 &object.kind,
                 object.namespace.as_deref(),
             )
             .await
-            .map_err(|source| ApplyError::Cluster {
-                id: id.clone(),
-                source,
+            .map_err(|source| match source {
+                ClusterError::Scope { object, reason } => ApplyError::Scope { id: object, reason },
+                source => ApplyError::Cluster {
+                    id: id.clone(),
+                    source,
+                },
             })?;
         let mut params = PatchParams::apply(manager);
         params.force = force;
@@ -164,20 +193,18 @@ impl Cluster {
         match result {
             Ok(_) => Ok(()),
             Err(kube::Error::Api(status)) if status.code == 409 => {
-                let fields = status
-                    .details
-                    .as_ref()
-                    .map(|d| {
-                        d.causes
-                            .iter()
-                            .map(|c| ConflictField {
-                                field: c.field.clone(),
-                                manager: manager_of(&c.message),
-                            })
-                            .collect()
+                let fields = conflict_fields(&status);
+                if fields.is_empty() {
+                    // A 409 that names no field is not a field manager
+                    // conflict (nothing to take over with --force-conflicts):
+                    // the API server's answer as it is.
+                    Err(ApplyError::Cluster {
+                        id,
+                        source: self.classify(kube::Error::Api(status), "patch", &object.kind),
                     })
-                    .unwrap_or_default();
-                Err(ApplyError::Conflict { id, fields })
+                } else {
+                    Err(ApplyError::Conflict { id, fields })
+                }
             }
             Err(kube::Error::Api(status))
                 if status.code == 422 && status.message.contains("immutable") =>
@@ -234,6 +261,7 @@ impl Cluster {
         let id = object.id();
         let api = self
             .api_for(
+                &id,
                 &object.api_version,
                 &object.kind,
                 object.namespace.as_deref(),
@@ -271,7 +299,7 @@ impl Cluster {
     /// Returns false when it was already gone.
     pub async fn delete(&self, r: &ObjectRef, dry_run: bool) -> Result<bool, ClusterError> {
         let api = self
-            .api_for(&r.api_version, &r.kind, r.namespace.as_deref())
+            .api_for(&r.id(), &r.api_version, &r.kind, r.namespace.as_deref())
             .await?;
         let params = DeleteParams {
             dry_run,
@@ -362,7 +390,7 @@ impl Cluster {
         timeout: Duration,
     ) -> Result<bool, ClusterError> {
         let api = self
-            .api_for(&r.api_version, &r.kind, r.namespace.as_deref())
+            .api_for(&r.id(), &r.api_version, &r.kind, r.namespace.as_deref())
             .await?;
         let start = Instant::now();
         while start.elapsed() < timeout {
@@ -522,6 +550,30 @@ mod tests {
         assert_eq!(
             e.to_string(),
             "Deployment/ns/fhir-main: field .spec.replicas is owned by another field manager (kubectl-edit); re-run with --force-conflicts to take them over"
+        );
+    }
+
+    #[test]
+    fn a_conflict_without_causes_names_no_field_to_take_over() {
+        let bare: kube::core::Status = serde_json::from_value(serde_json::json!({
+            "status": "Failure", "code": 409, "reason": "Conflict",
+            "message": "Operation cannot be fulfilled: the object has been modified",
+            "details": {"name": "x", "kind": "configmaps"}
+        }))
+        .unwrap_or_else(|e| panic!("status: {e}"));
+        assert!(conflict_fields(&bare).is_empty());
+        let fields: kube::core::Status = serde_json::from_value(serde_json::json!({
+            "status": "Failure", "code": 409, "reason": "Conflict", "message": "Apply failed",
+            "details": {"causes": [{"reason": "FieldManagerConflict",
+                "message": "conflict with \"tenantsync\"", "field": ".data.x"}]}
+        }))
+        .unwrap_or_else(|e| panic!("status: {e}"));
+        assert_eq!(
+            conflict_fields(&fields),
+            [ConflictField {
+                field: ".data.x".into(),
+                manager: "tenantsync".into()
+            }]
         );
     }
 }

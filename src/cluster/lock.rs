@@ -175,7 +175,11 @@ fn expired(spec: &LeaseSpec, now: Timestamp) -> bool {
 
 fn holder_of(spec: &LeaseSpec, now: Timestamp) -> Holder {
     Holder {
-        identity: spec.holder_identity.clone().unwrap_or_default(),
+        identity: spec
+            .holder_identity
+            .clone()
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "another writer".into()),
         since: spec.acquire_time.as_ref().map(|t| t.0.to_string()),
         renewed_secs_ago: spec
             .renew_time
@@ -232,10 +236,35 @@ async fn try_take(api: &Api<Lease>, name: &str, me: &str) -> Result<Option<Holde
             // resourceVersion is kept: a concurrent change makes this a 409.
             match api.replace(name, &PostParams::default(), &lease).await {
                 Ok(_) => Ok(None),
-                Err(kube::Error::Api(s)) if s.code == 409 => Ok(Some(holder_of(&spec, now))),
+                // Another writer changed it first (took a released or
+                // expired lock): name that one, not the previous holder
+                // (which was often nobody: `held by ` with no name).
+                Err(kube::Error::Api(s)) if s.code == 409 => {
+                    Ok(Some(current_holder(api, name).await))
+                }
                 Err(e) => Err(e),
             }
         }
+    }
+}
+
+/// Who holds the Lease now, read again after losing a race for it.
+async fn current_holder(api: &Api<Lease>, name: &str) -> Holder {
+    let spec = api.get_opt(name).await.ok().flatten().and_then(|l| l.spec);
+    match spec {
+        Some(spec)
+            if spec
+                .holder_identity
+                .as_deref()
+                .is_some_and(|h| !h.is_empty()) =>
+        {
+            holder_of(&spec, Timestamp::now())
+        }
+        _ => Holder {
+            identity: "another writer".into(),
+            since: None,
+            renewed_secs_ago: None,
+        },
     }
 }
 

@@ -22,6 +22,7 @@ pub mod foreign;
 mod list;
 pub mod lock;
 mod ownership;
+mod scope;
 pub mod store;
 pub mod sync;
 pub mod wait;
@@ -81,6 +82,10 @@ pub enum ClusterError {
         "the API server at {server} refused the credentials of {user} (401 Unauthorized): the token or certificate is invalid or expired; renew them (or pick another --context)"
     )]
     Unauthorized { server: String, user: String },
+    /// An object whose namespace disagrees with the scope the API server
+    /// gives its kind ([`scope_check`]).
+    #[error("{object}: {reason}")]
+    Scope { object: String, reason: String },
 }
 
 impl ClusterError {
@@ -435,6 +440,32 @@ impl Cluster {
     }
 }
 
+/// Refuses an object whose namespace disagrees with its kind's scope as the
+/// API server serves it: a cluster-scoped kind with a namespace would be
+/// written (and looked up) cluster-wide under a key that is not the
+/// object's, a namespaced kind without one at no namespace at all.
+pub(crate) fn scope_check(
+    object: &str,
+    api_version: &str,
+    kind: &str,
+    namespaced: bool,
+    namespace: Option<&str>,
+) -> Result<(), ClusterError> {
+    let reason = match (namespaced, namespace) {
+        (false, Some(ns)) => format!(
+            "{kind} ({api_version}) is cluster-scoped on this API server, but the object has namespace `{ns}`: refused, as it would be written cluster-wide; remove metadata.namespace from its manifest (the operator must also allow the kind with --allow-kind {kind})"
+        ),
+        (true, None) => format!(
+            "{kind} ({api_version}) is namespaced on this API server, but the object has no namespace: refused; give its manifest a metadata.namespace"
+        ),
+        _ => return Ok(()),
+    };
+    Err(ClusterError::Scope {
+        object: object.to_string(),
+        reason,
+    })
+}
+
 pub(crate) fn api_resource(kind: &ManagedKind) -> ApiResource {
     ApiResource {
         group: kind.group.into(),
@@ -450,5 +481,40 @@ fn api_version_of(kind: &ManagedKind) -> String {
         kind.version.to_string()
     } else {
         format!("{}/{}", kind.group, kind.version)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_object_whose_namespace_disagrees_with_its_kinds_scope_is_refused() {
+        let e = scope_check(
+            "ClusterWidget/contoso-qa/shared",
+            "example.com/v1",
+            "ClusterWidget",
+            false,
+            Some("contoso-qa"),
+        )
+        .map_err(|e| e.to_string());
+        let Err(e) = e else {
+            panic!("a cluster-scoped kind with a namespace was let through");
+        };
+        assert!(
+            e.starts_with(
+                "ClusterWidget/contoso-qa/shared: ClusterWidget (example.com/v1) is cluster-scoped"
+            ) && e.contains("remove metadata.namespace")
+                && e.contains("--allow-kind ClusterWidget"),
+            "{e}"
+        );
+        let e =
+            scope_check("ConfigMap/x", "v1", "ConfigMap", true, None).map_err(|e| e.to_string());
+        assert!(
+            matches!(&e, Err(e) if e.contains("is namespaced") && e.contains("give its manifest a metadata.namespace")),
+            "{e:?}"
+        );
+        assert!(scope_check("ConfigMap/ns/x", "v1", "ConfigMap", true, Some("ns")).is_ok());
+        assert!(scope_check("Namespace/ns", "v1", "Namespace", false, None).is_ok());
     }
 }

@@ -104,6 +104,16 @@ impl Cluster {
         else {
             return Ok(None);
         };
+        // A cluster-scoped kind looked up with a namespace would find the
+        // cluster-wide object under a key that is not the change's: it
+        // would look like nobody's and be taken over.
+        super::scope_check(
+            &change.id(),
+            &change.api_version,
+            &change.kind,
+            namespaced,
+            change.namespace.as_deref(),
+        )?;
         let api: Api<DynamicObject> = match change.namespace.as_deref() {
             Some(ns) if namespaced => Api::namespaced_with(self.client.clone(), ns, &resource),
             _ => Api::all_with(self.client.clone(), &resource),

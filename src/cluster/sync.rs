@@ -722,6 +722,17 @@ fn no_answer(cluster: &Cluster) -> ClusterError {
     }
 }
 
+/// Whether a conflict names fields, all held by the field manager every
+/// environment shared before each had its own (`tenantsync`): those are
+/// taken over without --force-conflicts. A conflict naming no field is not
+/// one of those (`all` of nothing would say yes).
+fn only_legacy_manager(fields: &[ConflictField]) -> bool {
+    !fields.is_empty()
+        && fields
+            .iter()
+            .all(|f| f.manager == crate::diff::FIELD_MANAGER)
+}
+
 /// Applies one object; `Ok(true)` when it had to be recreated.
 async fn apply_one(
     cluster: &Cluster,
@@ -743,11 +754,7 @@ async fn apply_one(
     // Fields held only by the field manager every environment shared
     // before each had its own are tenantsync's: taken over, not a conflict.
     let first = match first {
-        Err(ApplyError::Conflict { fields, .. })
-            if fields
-                .iter()
-                .all(|f| f.manager == crate::diff::FIELD_MANAGER) =>
-        {
+        Err(ApplyError::Conflict { fields, .. }) if only_legacy_manager(&fields) => {
             cluster
                 .apply_healed(object, rest, options.dry_run, true, manager)
                 .await
@@ -788,5 +795,31 @@ async fn apply_one(
                 .map(|()| true)
         }
         other => other.map(|()| false),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn field(manager: &str) -> ConflictField {
+        ConflictField {
+            field: ".data.x".into(),
+            manager: manager.into(),
+        }
+    }
+
+    #[test]
+    fn a_conflict_without_causes_is_not_forced_as_the_legacy_managers() {
+        assert!(!only_legacy_manager(&[]));
+        assert!(only_legacy_manager(&[
+            field("tenantsync"),
+            field("tenantsync")
+        ]));
+        assert!(!only_legacy_manager(&[
+            field("tenantsync"),
+            field("kubectl-edit")
+        ]));
+        assert!(!only_legacy_manager(&[field("tenantsync/prod")]));
     }
 }

@@ -1065,6 +1065,27 @@ async fn check_and_sync(
     let options = &shared.options;
     let cluster_error =
         |e: crate::cluster::ClusterError| ("cluster", e.to_string(), e.is_transport());
+    // The guardrails only the cluster can judge: each resources/ manifest's
+    // namespace against the scope API discovery gives its kind.
+    let violations = c
+        .check_scopes(&options.operator.guardrails, &state.objects)
+        .await
+        .map_err(cluster_error)?;
+    if !violations.is_empty() {
+        let lines: Vec<String> = violations
+            .iter()
+            .map(|v| v.diagnostic(env).to_string())
+            .collect();
+        return Err((
+            "guardrail",
+            format!(
+                "revision {} breaks the operator's guardrails; nothing is applied until a revision that keeps them arrives:\n{}",
+                state.revision,
+                lines.join("\n")
+            ),
+            false,
+        ));
+    }
     let inv = c.read_inventory(env).await.map_err(cluster_error)?;
     let kinds = inventory::kinds_to_list(&state.objects, inv.as_ref());
     if may_write

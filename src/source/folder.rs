@@ -13,20 +13,33 @@ use crate::validate::ENVIRONMENTS_DIR;
 
 #[derive(Debug, thiserror::Error)]
 pub enum FolderError {
-    #[error("cannot read repository folder {path}: {source}")]
+    // The cause is in the message and not a `#[source]`, or an error chain
+    // printed whole (`{:#}`) would say it twice.
+    #[error("cannot read repository folder {path}: {cause}{hint}", hint = root_hint(path, cause))]
     Root {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
+}
+
+/// What to do about a repository folder that cannot be read.
+fn root_hint(path: &Path, cause: &std::io::Error) -> &'static str {
+    let text = path.to_string_lossy();
+    if crate::source::git::is_remote_url(&text) {
+        "; validate and render read a folder: clone the repository, or use plan, drift or sync, which fetch a URL"
+    } else if cause.kind() == std::io::ErrorKind::NotFound {
+        "; name the repository's root folder (the one holding environments/) with --repo DIR"
+    } else {
+        ""
+    }
 }
 
 /// Reads `root/environments/**` into a tree. Unreadable entries become
 /// problems in the tree (reported with validation errors), not failures.
 pub fn read(root: &Path) -> Result<SourceTree, FolderError> {
-    let canonical_root = root.canonicalize().map_err(|source| FolderError::Root {
+    let canonical_root = root.canonicalize().map_err(|cause| FolderError::Root {
         path: root.to_path_buf(),
-        source,
+        cause,
     })?;
     let mut tree = SourceTree::new();
     let envs = canonical_root.join(ENVIRONMENTS_DIR);

@@ -382,8 +382,22 @@ fn userinfo_span(url: &str) -> Option<std::ops::Range<usize>> {
 /// masked as `***@`: how every URL is shown in messages, logs, status,
 /// Events, and what names its cache folder.
 pub fn redact(url: &str) -> String {
-    match userinfo_span(url) {
+    let masked = match userinfo_span(url) {
         Some(span) => format!("{}***@{}", &url[..span.start], &url[span.end..]),
+        None => url.to_string(),
+    };
+    mask_query(&masked)
+}
+
+/// A URL's query masked (`?***`): some hosts take a token there
+/// (`?private_token=...`), and a repository's query is never needed to
+/// recognise it.
+fn mask_query(url: &str) -> String {
+    match url.find('?') {
+        Some(q) => {
+            let end = url[q..].find('#').map_or(url.len(), |h| q + h);
+            format!("{}?***{}", &url[..q], &url[end..])
+        }
         None => url.to_string(),
     }
 }
@@ -408,6 +422,13 @@ pub fn redact_in_text(text: &str) -> String {
             None => out.push_str(&tail[..end]),
         }
         rest = &tail[end..];
+        // The rest of this URL (path, query, fragment) ends at whitespace or
+        // a quote; its query is masked as `redact` does.
+        let url_end = rest
+            .find(|c: char| c.is_whitespace() || c == '"' || c == '\'' || c == '`')
+            .unwrap_or(rest.len());
+        out.push_str(&mask_query(&rest[..url_end]));
+        rest = &rest[url_end..];
     }
     out.push_str(rest);
     out
@@ -1611,6 +1632,27 @@ mod tests {
         );
         let auth = Auth::token("me", "s3cret");
         assert!(!format!("{auth:?}").contains("s3cret"));
+    }
+
+    /// A token in a URL's query (`?private_token=...`) was shown as is.
+    #[test]
+    fn masks_a_urls_query() {
+        assert_eq!(
+            redact("https://h/r.git?private_token=S3cr3t#main"),
+            "https://h/r.git?***#main"
+        );
+        assert_eq!(
+            redact("https://u:p@h/r?access_token=S3cr3t"),
+            "https://***@h/r?***"
+        );
+        assert_eq!(
+            redact_in_text("cannot fetch 'https://h/r?token=S3cr3t': refused, retry https://h/r"),
+            "cannot fetch 'https://h/r?***': refused, retry https://h/r"
+        );
+    }
+
+    #[test]
+    fn the_remote_cache_names_no_user_information() {
         let cache = RemoteCache::new("/c");
         assert_eq!(
             cache.repo_dir("https://me:a@h/org/repo.git"),
