@@ -534,6 +534,7 @@ fn live_cmd(args: &LiveArgs, verb: print::Verb) -> anyhow::Result<ExitCode> {
         revision,
         scope,
         ownership,
+        unresolved,
         ..
     } = match desired_state(args, None)? {
         Ok(state) => state,
@@ -541,6 +542,9 @@ fn live_cmd(args: &LiveArgs, verb: print::Verb) -> anyhow::Result<ExitCode> {
     };
     let cluster = runtime.block_on(Cluster::connect(&options))?;
     if let Err(code) = runtime.block_on(scopes_admitted(&cluster, args, &name, &desired))? {
+        return Ok(code);
+    }
+    if let Err(code) = runtime.block_on(selection_known(&cluster, &name, &unresolved))? {
         return Ok(code);
     }
     let plan = runtime.block_on(async {
@@ -736,6 +740,8 @@ struct DesiredState {
     scope: crate::sync::Scope,
     /// Invalid workspaces skipped (`sync --skip-invalid`), with their errors.
     skipped: Vec<(String, Vec<Diagnostic>)>,
+    /// Selected workspaces known only from the inventory, if at all.
+    unresolved: Unresolved,
     /// `spec.ownership`: whose fields are drift, which are left alone.
     ownership: crate::model::Ownership,
 }
@@ -767,36 +773,55 @@ fn desired_state(
         );
         Ok(Err(ExitCode::from(1)))
     };
-    if !partial.environment_errors.is_empty()
-        || (!skip_invalid && !partial.workspace_errors.is_empty())
-    {
+    // Only the selected workspaces need to be valid: the others are out
+    // of scope and left as they are.
+    let selected = |ws: &str| args.workspaces.is_empty() || args.workspaces.iter().any(|w| w == ws);
+    let (invalid, unselected): (
+        std::collections::BTreeMap<_, _>,
+        std::collections::BTreeMap<_, _>,
+    ) = partial
+        .workspace_errors
+        .iter()
+        .map(|(ws, diags)| (ws.clone(), diags.clone()))
+        .partition(|(ws, _)| selected(ws));
+    if !partial.environment_errors.is_empty() || (!skip_invalid && !invalid.is_empty()) {
         let why = if partial.environment_errors.is_empty() && sync.is_some() {
             " (sync --skip-invalid applies the valid workspaces)"
         } else {
             ""
         };
-        return refuse(&partial.errors(), why);
+        let mut errors = partial.environment_errors.clone();
+        errors.extend(invalid.values().flatten().cloned());
+        errors.sort();
+        errors.dedup();
+        return refuse(&errors, why);
+    }
+    if !unselected.is_empty() {
+        eprintln!(
+            "note: invalid workspace(s) not selected, left as they are: {}",
+            unselected.keys().cloned().collect::<Vec<_>>().join(", ")
+        );
     }
     let environment = partial.environment;
-    let known = |ws: &str| {
-        environment.workspaces.iter().any(|w| w.metadata.name == ws)
-            || partial.workspace_errors.contains_key(ws)
-    };
-    if let Some(unknown) = args.workspaces.iter().find(|w| !known(w)) {
-        let mut names: Vec<&str> = environment
+    // A selected workspace Git does not declare may be one being
+    // offboarded: the inventory, read once the cluster is reached, must
+    // record its namespace.
+    let mut known: Vec<&str> = environment
+        .workspaces
+        .iter()
+        .map(|w| w.metadata.name.as_str())
+        .chain(partial.workspace_errors.keys().map(String::as_str))
+        .collect();
+    known.sort_unstable();
+    let unresolved = Unresolved {
+        workspaces: args
             .workspaces
             .iter()
-            .map(|w| w.metadata.name.as_str())
-            .chain(partial.workspace_errors.keys().map(String::as_str))
-            .collect();
-        names.sort_unstable();
-        eprintln!(
-            "error: environment {} has no workspace `{unknown}` (its workspaces: {}); the cluster was not contacted",
-            environment.name,
-            names.join(", ")
-        );
-        return Ok(Err(ExitCode::from(1)));
-    }
+            .filter(|w| !known.contains(&w.as_str()))
+            .map(|w| (w.clone(), environment.namespace_of(w)))
+            .collect(),
+        known: known.join(", "),
+    };
     let scope = crate::sync::Scope {
         only: (!args.workspaces.is_empty()).then(|| {
             args.workspaces
@@ -827,8 +852,48 @@ fn desired_state(
         digest,
         scope,
         ownership: environment.settings.ownership,
-        skipped: partial.workspace_errors.into_iter().collect(),
+        skipped: invalid.into_iter().collect(),
+        unresolved,
     }))
+}
+
+/// Selected workspaces that Git does not declare, each with its namespace,
+/// and the workspaces it does (for the message).
+struct Unresolved {
+    workspaces: Vec<(String, String)>,
+    known: String,
+}
+
+/// A selected workspace that Git does not declare is one known only from
+/// the inventory (removed from Git, still on the cluster): its namespace
+/// must be recorded there; otherwise the name is a mistake, refused before
+/// anything is written.
+async fn selection_known(
+    cluster: &Cluster,
+    environment: &str,
+    unresolved: &Unresolved,
+) -> Result<Result<(), ExitCode>, crate::cluster::ClusterError> {
+    if unresolved.workspaces.is_empty() {
+        return Ok(Ok(()));
+    }
+    let inventory = cluster.read_inventory(environment).await?;
+    let recorded = |ns: &str| {
+        inventory.as_ref().is_some_and(|i| {
+            i.objects.iter().any(|r| {
+                r.namespace.as_deref() == Some(ns) || (&*r.kind == "Namespace" && &*r.name == ns)
+            })
+        })
+    };
+    match unresolved.workspaces.iter().find(|(_, ns)| !recorded(ns)) {
+        None => Ok(Ok(())),
+        Some((ws, ns)) => {
+            eprintln!(
+                "error: environment {environment} has no workspace `{ws}` (its workspaces: {}), and its inventory records nothing in namespace `{ns}`; nothing was changed",
+                unresolved.known
+            );
+            Ok(Err(ExitCode::from(1)))
+        }
+    }
 }
 
 /// [`tenancy::admit`] of a resolved environment, its violations as
@@ -899,6 +964,7 @@ fn sync_cmd(args: &SyncArgs) -> anyhow::Result<ExitCode> {
         scope,
         skipped,
         ownership,
+        unresolved,
     } = match desired_state(live_args, Some(args.skip_invalid))? {
         Ok(state) => state,
         Err(code) => return Ok(code),
@@ -933,6 +999,9 @@ fn sync_cmd(args: &SyncArgs) -> anyhow::Result<ExitCode> {
     let runtime = runtime()?;
     let cluster = runtime.block_on(Cluster::connect(&cluster_options))?;
     if let Err(code) = runtime.block_on(scopes_admitted(&cluster, live_args, &name, &desired))? {
+        return Ok(code);
+    }
+    if let Err(code) = runtime.block_on(selection_known(&cluster, &name, &unresolved))? {
         return Ok(code);
     }
     // One writer per environment: the lock is taken before the inventory is

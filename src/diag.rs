@@ -33,6 +33,20 @@ impl fmt::Display for Diagnostic {
     }
 }
 
+/// Where a declaration is written, as `file:line:col`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Location {
+    pub file: String,
+    pub line: u32,
+    pub column: u32,
+}
+
+impl fmt::Display for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}", self.file, self.line, self.column)
+    }
+}
+
 /// A diagnostic is one line whatever a file holds: control characters (a
 /// YAML key can hold newlines) are escaped, so text from a repository can
 /// never forge a line of its own in a log or a pull-request comment.

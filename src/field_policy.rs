@@ -43,6 +43,31 @@ pub fn glob(pattern: &str, text: &str) -> bool {
     true
 }
 
+/// Why a field manager pattern is refused: only `*` is special here, so a
+/// character other glob dialects treat as special (`?`, `[`, `{`, `\`)
+/// would silently match only itself.
+pub fn pattern_problem(pattern: &str) -> Option<String> {
+    let c = pattern.chars().find(|c| "?[]{}\\".contains(*c))?;
+    Some(format!(
+        "`{pattern}` uses `{c}`, which is not a wildcard here (only `*` is: any characters), so it would match only a field manager of exactly that name; remove it"
+    ))
+}
+
+/// Why an ignore rule's JSON pointer is refused: a `~` that is not the
+/// escape `~0` (for `~`) or `~1` (for `/`) (RFC 6901).
+pub fn pointer_problem(pointer: &str) -> Option<String> {
+    let mut chars = pointer.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '~' && !matches!(chars.peek(), Some('0' | '1')) {
+            let bad: String = std::iter::once('~').chain(chars.next()).collect();
+            return Some(format!(
+                "`{pointer}` has `{bad}`, which is not a JSON pointer escape (`~0` stands for `~`, `~1` for `/`)"
+            ));
+        }
+    }
+    None
+}
+
 /// One step of a field's path, as an ignore rule's pointer matches it: a
 /// field by name, a list item by its `name` or position.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

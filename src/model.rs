@@ -318,7 +318,14 @@ pub struct Environment {
     pub settings: Settings,
     pub workspaces: Vec<Workspace>,
     /// Plain manifests from the layers' `resources/`, applied as they are.
-    pub resources: Vec<serde_json::Value>,
+    pub resources: Vec<Manifest>,
+}
+
+/// A plain manifest of a layer's `resources/` and the file it is written in.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Manifest {
+    pub body: serde_json::Value,
+    pub source: crate::diag::Location,
 }
 
 impl Environment {

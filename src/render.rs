@@ -145,6 +145,11 @@ pub struct Object {
     /// objects for as long as a sync or the daemon runs, and a Value of a
     /// Deployment (a B-tree node per map) takes about ten times the bytes.
     body: Box<RawValue>,
+    /// Where a `resources/` manifest is written (`None` for what a
+    /// workspace renders and for live objects), so that what is said about
+    /// it can point at its file.
+    #[serde(skip)]
+    pub source: Option<std::sync::Arc<crate::diag::Location>>,
 }
 
 impl PartialEq for Object {
@@ -177,6 +182,7 @@ impl Object {
             workspace: Name::from(workspace),
             wave: wave_of(body),
             body: serde_json::value::to_raw_value(body).ok()?,
+            source: None,
         })
     }
 
@@ -361,6 +367,7 @@ impl Ctx<'_> {
                     workspace: self.names.get(self.ws),
                     wave: 0,
                     body,
+                    source: None,
                 });
             }
             Err(e) => {
@@ -478,7 +485,7 @@ fn environment_resources(env: &Environment) -> Vec<Object> {
         .resources
         .iter()
         .filter_map(|manifest| {
-            let mut body = manifest.clone();
+            let mut body = manifest.body.clone();
             if let Some(meta) = body
                 .get_mut("metadata")
                 .and_then(serde_json::Value::as_object_mut)
@@ -492,7 +499,9 @@ fn environment_resources(env: &Environment) -> Vec<Object> {
                 }
             }
             // Validation made sure every manifest has a kind, apiVersion and name.
-            Object::from_value("", &body)
+            let mut object = Object::from_value("", &body)?;
+            object.source = Some(std::sync::Arc::new(manifest.source.clone()));
+            Some(object)
         })
         .collect();
     out.sort_by(|a, b| {

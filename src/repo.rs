@@ -113,6 +113,15 @@ impl FileTable {
             .map_or("<unknown>", String::as_str)
     }
 
+    /// `pos` as `file:line:col`.
+    pub fn location(&self, pos: Pos) -> crate::diag::Location {
+        crate::diag::Location {
+            file: self.path(pos.file).to_string(),
+            line: pos.line,
+            column: pos.col,
+        }
+    }
+
     /// A diagnostic at `pos`.
     pub fn diag(
         &self,

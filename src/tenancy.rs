@@ -101,6 +101,9 @@ pub struct Violation {
     /// `Kind/namespace/name`, or the setting's path.
     pub subject: String,
     pub message: String,
+    /// Where the object is written, when it comes from a file (a
+    /// `resources/` manifest).
+    pub source: Option<std::sync::Arc<crate::diag::Location>>,
 }
 
 impl std::fmt::Display for Violation {
@@ -110,13 +113,18 @@ impl std::fmt::Display for Violation {
 }
 
 impl Violation {
-    /// As a diagnostic of environment `environment`'s folder (the rendered
-    /// object or setting is named; its file is not known here).
+    /// As a diagnostic at the manifest's `file:line:col`, or of
+    /// environment `environment`'s folder when the object or setting is
+    /// not written in one file (a rendered object, the merged settings).
     pub fn diagnostic(&self, environment: &str) -> crate::diag::Diagnostic {
+        let (file, line, column) = match &self.source {
+            Some(at) => (at.file.clone(), at.line, at.column),
+            None => (format!("environments/{environment}"), 0, 0),
+        };
         crate::diag::Diagnostic {
-            file: format!("environments/{environment}"),
-            line: 0,
-            column: 0,
+            file,
+            line,
+            column,
             pointer: None,
             message: format!("{} (operator guardrail): {}", self.subject, self.message),
         }
@@ -182,6 +190,7 @@ impl Guardrails {
         if shared_template && !self.allow_shared_namespace_template {
             out.push(Violation {
                 subject: "spec.namespaceTemplate".into(),
+                source: None,
                 message: format!(
                     "`{}` has no `{{environment}}`: environment `{environment}` could write into another environment's namespaces; add `{{environment}}` to the template (or, for a cluster with one environment only, the operator allows it with --allow-shared-namespace-template)",
                     template.unwrap_or_default()
@@ -224,6 +233,7 @@ impl Guardrails {
             match namespace {
                 Some(ns) if reserved(ns) => out.push(Violation {
                     subject: id.clone(),
+                    source: o.source.clone(),
                     message: format!(
                         "{from} writes into reserved namespace `{ns}` (kube-*, default and {SYSTEM_NAMESPACE} are never written by a declaration); {}",
                         if o.workspace.is_empty() {
@@ -239,6 +249,7 @@ impl Guardrails {
                 Some(ns) if own.contains(ns) => {} // reported with the template
                 Some(ns) => out.push(Violation {
                     subject: id.clone(),
+                    source: o.source.clone(),
                     message: format!(
                         "{from} writes into namespace `{ns}`, which no workspace of environment `{environment}` renders; put it in a workspace's namespace, or the operator allows it with --allow-namespace"
                     ),
@@ -250,6 +261,7 @@ impl Guardrails {
                 if cluster_scoped && !self.allows_kind(&o.kind) {
                     out.push(Violation {
                         subject: id.clone(),
+                        source: o.source.clone(),
                         message: format!(
                             "{from} declares cluster-scoped kind {}; only the operator can allow it (--allow-kind {}), or give the manifest a metadata.namespace if the kind is namespaced",
                             o.kind, o.kind
@@ -258,6 +270,7 @@ impl Guardrails {
                 } else if RBAC_KINDS.contains(&&*o.kind) && !self.allows_kind(&o.kind) {
                     out.push(Violation {
                         subject: id.clone(),
+                        source: o.source.clone(),
                         message: format!(
                             "{from} declares {}, which grants permissions; only the operator can allow it (--allow-kind {})",
                             o.kind, o.kind
@@ -266,6 +279,7 @@ impl Guardrails {
                 } else if !cluster_scoped && CLUSTER_SCOPED.contains(&&*o.kind) {
                     out.push(Violation {
                         subject: id.clone(),
+                        source: o.source.clone(),
                         message: format!(
                             "{} is cluster-scoped: remove metadata.namespace (and the operator must allow it with --allow-kind {})",
                             o.kind, o.kind
@@ -281,6 +295,7 @@ impl Guardrails {
                     }) {
                         out.push(Violation {
                             subject: id.clone(),
+                            source: o.source.clone(),
                             message: format!(
                                 "{from}: {problem}; only the operator can allow it (--allow-privileged-pods)"
                             ),
@@ -315,6 +330,7 @@ impl Guardrails {
                 (Some(false), Some(_)) if CLUSTER_SCOPED.contains(&kind) => {}
                 (Some(false), Some(ns)) => out.push(Violation {
                     subject: o.id(),
+                    source: o.source.clone(),
                     message: format!(
                         "a resources/ manifest declares {kind} ({api_version}), which the cluster serves as cluster-scoped, with metadata.namespace `{ns}`: it would be written cluster-wide; remove metadata.namespace, and only the operator can allow the kind (--allow-kind {kind})"
                     ),
@@ -322,6 +338,7 @@ impl Guardrails {
                 // Without --allow-kind, `check` already says to add one.
                 (Some(true), None) if self.allows_kind(kind) => out.push(Violation {
                     subject: o.id(),
+                    source: o.source.clone(),
                     message: format!(
                         "a resources/ manifest declares {kind} ({api_version}), which the cluster serves as namespaced, without metadata.namespace; give it one of the environment's namespaces"
                     ),
@@ -365,6 +382,7 @@ impl Guardrails {
                         environment.to_string(),
                         Violation {
                             subject: o.id(),
+                            source: o.source.clone(),
                             message: format!(
                                 "namespace `{}` is rendered by {from} of environment `{environment}` and by {other_from} of environment `{other}`: on one cluster the second to sync finds it not its own and leaves it alone; rename a workspace or change a namespaceTemplate (for environments that never share a cluster, the operator allows it with --allow-shared-namespace-template)",
                                 o.name
@@ -559,6 +577,7 @@ pub fn effective_policy(
         Some(true) if !operator.force_conflicts => {
             errors.push(Violation {
                 subject: "spec.syncPolicy.forceConflicts".into(),
+                source: None,
                 message: "true loosens the operator's setting (false): the repository may only tighten it; remove it, or the operator runs with --force-conflicts".into(),
             });
             false
@@ -570,6 +589,7 @@ pub fn effective_policy(
         Some(p) if p > operator.max_prune_percent => {
             errors.push(Violation {
                 subject: "spec.syncPolicy.maxPrunePercent".into(),
+                source: None,
                 message: format!(
                     "{p} loosens the operator's limit ({}): the repository may only lower it; lower it, or the operator raises --max-prune-percent",
                     operator.max_prune_percent

@@ -5,7 +5,7 @@
 //! then its patches) and checks the result against the schemas and the
 //! platform's rules. Every problem is reported with its file and position.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::diag::Diagnostic;
 use crate::model::{self, Environment, Settings, Workspace};
@@ -34,15 +34,20 @@ struct Layer {
     workspaces: Vec<Doc>,
     patches: Vec<Doc>,
     resources: Vec<Doc>,
-    /// A workspace file could not be parsed, so a patch may miss its target
-    /// for that reason alone: such follow-on errors are not reported.
-    unreadable_workspace: bool,
+    /// Workspaces (by file name) whose file in this layer could not be
+    /// used: a patch may miss its target for that reason alone, so such
+    /// follow-on errors are not reported.
+    unreadable: BTreeSet<String>,
+    /// Top-level keys of this layer's `spec` that break the schema (`*`:
+    /// its environment.yaml cannot be read): the rules that depend on them
+    /// are not checked, so only the real error is reported.
+    invalid_settings: BTreeSet<String>,
     /// Diagnostics of this layer's files on their own that concern the
-    /// whole environment (its `environment.yaml`, a manifest, a file that
-    /// cannot be read or whose workspace cannot be told).
+    /// whole environment (its `environment.yaml`, a manifest, a file
+    /// outside the layout).
     problems: Vec<Diagnostic>,
-    /// Diagnostics of a workspace file on its own, by the workspace it
-    /// declares or patches: they hold that workspace only.
+    /// Diagnostics of a workspace file on its own, by the workspace its
+    /// file is named after: they hold that workspace only.
     workspace_problems: Vec<(String, Diagnostic)>,
 }
 
@@ -129,47 +134,57 @@ fn load_with(tree: &SourceTree, parallel: bool) -> Repository {
             ));
             continue;
         };
+        // A workspace file is about the workspace it is named after: its
+        // own problems hold that workspace only, whatever it says inside
+        // (a name that cannot be read, another workspace's name).
+        if let Role::Workspace = role {
+            let file_ws = workspace_of_file(job.path).to_string();
+            match parsed {
+                Some(Ok(node)) => {
+                    let (usable, mut problems) = check_workspace_file(&node, &file_ws, &repo.files);
+                    problems.extend(checks);
+                    for d in problems {
+                        layer.workspace_problems.push((file_ws.clone(), d));
+                    }
+                    if !usable {
+                        layer.unreadable.insert(file_ws);
+                    } else if node.get("kind").and_then(Node::as_str) == Some("Workspace") {
+                        layer.workspaces.push(Doc { node });
+                    } else {
+                        layer.patches.push(Doc { node });
+                    }
+                }
+                Some(Err(e)) => {
+                    let d = repo.files.diag(e.pos, None, e.message);
+                    layer.workspace_problems.push((file_ws.clone(), d));
+                    layer.unreadable.insert(file_ws);
+                }
+                None => {}
+            }
+            continue;
+        }
         let node = match parsed {
             Some(Ok(node)) => node,
             Some(Err(e)) => {
                 layer.problems.push(repo.files.diag(e.pos, None, e.message));
-                layer.unreadable_workspace |= matches!(role, Role::Workspace);
+                if let Role::Environment = role {
+                    layer.invalid_settings.insert("*".into());
+                }
                 continue;
             }
             None => continue,
         };
-        // A workspace file's own problems hold the workspace it names; a
-        // file whose workspace cannot be told holds the environment.
-        let owner = match role {
-            Role::Workspace => doc_name(&node).map(|(n, _)| n).filter(|_| {
-                matches!(
-                    node.get("kind").and_then(Node::as_str),
-                    Some("Workspace" | "WorkspacePatch")
-                )
-            }),
-            _ => None,
-        };
-        match owner {
-            Some(ws) => {
-                // A name that is not a valid name is likely a typo of the
-                // one the file is named after: hold that workspace too, so
-                // the typo does not read as its removal.
-                let stem = job
-                    .path
-                    .rsplit('/')
-                    .next()
-                    .and_then(|f| f.strip_suffix(".yaml").or_else(|| f.strip_suffix(".yml")))
-                    .filter(|stem| *stem != ws && names::check_label(&ws).is_err())
-                    .map(str::to_string);
-                for d in checks {
-                    if let Some(stem) = &stem {
-                        layer.workspace_problems.push((stem.clone(), d.clone()));
-                    }
-                    layer.workspace_problems.push((ws.clone(), d));
-                }
-            }
-            None => layer.problems.extend(checks),
+        if let Role::Environment = role {
+            layer
+                .invalid_settings
+                .extend(checks.iter().filter_map(setting_of));
+            let ownership = check_ownership(&node, &repo.files);
+            layer
+                .invalid_settings
+                .extend(ownership.iter().filter_map(setting_of));
+            layer.problems.extend(ownership);
         }
+        layer.problems.extend(checks);
         let doc = Doc { node };
         match role {
             Role::Environment => {
@@ -196,19 +211,19 @@ fn load_with(tree: &SourceTree, parallel: bool) -> Repository {
                 layer.env = Some(doc);
             }
             Role::Resource => layer.resources.push(doc),
-            Role::Workspace => match doc.node.get("kind").and_then(Node::as_str) {
-                Some("Workspace") => layer.workspaces.push(doc),
-                Some("WorkspacePatch") => layer.patches.push(doc),
-                other => {
-                    let pos = doc.node.get("kind").map_or(doc.node.pos, |k| k.pos);
-                    let found = other.map_or_else(|| "none".to_string(), |k| format!("`{k}`"));
-                    layer.problems.push(repo.files.diag(
-                        pos,
-                        Some("/kind".into()),
-                        format!("files in workspaces/ have kind `Workspace` or `WorkspacePatch`, found {found}"),
-                    ));
-                }
-            },
+            Role::Workspace => {}
+        }
+    }
+    // An ignore rule's kinds are checked against every kind the repository
+    // can make tenantsync manage (any layer's manifests may be inherited).
+    let kinds = managed_kinds(&repo);
+    for layer in repo.layers.values_mut() {
+        if let Some(doc) = &layer.env {
+            let unknown = check_ignored_kinds(&doc.node, &kinds, &repo.files);
+            layer
+                .invalid_settings
+                .extend(unknown.iter().filter_map(setting_of));
+            layer.problems.extend(unknown);
         }
     }
     for (name, layer) in &mut repo.layers {
@@ -227,6 +242,160 @@ fn load_with(tree: &SourceTree, parallel: bool) -> Repository {
         ));
     }
     repo
+}
+
+/// The workspace a file in `workspaces/` is about: its name up to the
+/// first `.` (`contoso.yaml`, `contoso.scale.yaml`); a workspace's name
+/// has no dot.
+fn workspace_of_file(path: &str) -> &str {
+    let file = path.rsplit('/').next().unwrap_or(path);
+    file.split('.').next().unwrap_or(file)
+}
+
+/// Whether a parsed file of `workspaces/` can be used, and its problems
+/// beyond its schema's: a kind other than Workspace or WorkspacePatch, or
+/// a `metadata.name` that is not the workspace the file is named after (a
+/// file edited to another tenant's name must not change, hold or remove
+/// that tenant: it holds its own).
+fn check_workspace_file(node: &Node, file_ws: &str, files: &FileTable) -> (bool, Vec<Diagnostic>) {
+    let kind = node.get("kind");
+    if !matches!(
+        kind.and_then(Node::as_str),
+        Some("Workspace" | "WorkspacePatch")
+    ) {
+        let found = kind
+            .and_then(Node::as_str)
+            .map_or_else(|| "none".to_string(), |k| format!("`{k}`"));
+        let d = files.diag(
+            kind.map_or(node.pos, |k| k.pos),
+            Some("/kind".into()),
+            format!(
+                "files in workspaces/ have kind `Workspace` or `WorkspacePatch`, found {found}"
+            ),
+        );
+        return (false, vec![d]);
+    }
+    match doc_name(node) {
+        Some((name, _)) if name == file_ws => (true, Vec::new()),
+        // Not a name at all: the schema says so.
+        Some((name, _)) if names::check_label(&name).is_err() => (false, Vec::new()),
+        Some((name, at)) => {
+            let d = files.diag(
+                at.pos,
+                Some("/metadata/name".into()),
+                format!(
+                    "this file is named after workspace `{file_ws}` but declares `{name}`: a file in workspaces/ declares or patches the workspace it is named after (`{file_ws}.yaml`, `{file_ws}.<anything>.yaml`); fix metadata.name or rename the file"
+                ),
+            );
+            (false, vec![d])
+        }
+        None => (false, Vec::new()),
+    }
+}
+
+/// The top-level setting of `spec` an environment.yaml's diagnostic is
+/// about (`*`: all of them), `None` when it is about no setting.
+fn setting_of(d: &Diagnostic) -> Option<String> {
+    let pointer = d.pointer.as_deref().unwrap_or_default();
+    if pointer.is_empty() || pointer == "/spec" {
+        return Some("*".into());
+    }
+    let key = pointer.strip_prefix("/spec/")?.split('/').next()?;
+    Some(key.replace("~1", "/").replace("~0", "~"))
+}
+
+/// The items of the list at `key` of a node, if it is a list.
+fn items<'a>(node: Option<&'a Node>, key: &str) -> &'a [Node] {
+    match node.and_then(|n| n.get(key)).map(|n| &n.value) {
+        Some(Value::Seq(items)) => items,
+        _ => &[],
+    }
+}
+
+/// `spec.ownership` beyond its schema: field manager patterns that only
+/// use `*`, and JSON pointers whose `~` escapes are valid.
+fn check_ownership(env: &Node, files: &FileTable) -> Vec<Diagnostic> {
+    let ownership = env.get("spec").and_then(|s| s.get("ownership"));
+    let mut out = Vec::new();
+    let mut patterns: Vec<(String, &Node)> = items(ownership, "revert")
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (format!("/spec/ownership/revert/{i}"), n))
+        .collect();
+    for (j, rule) in items(ownership, "ignore").iter().enumerate() {
+        for (k, n) in items(Some(rule), "managers").iter().enumerate() {
+            patterns.push((format!("/spec/ownership/ignore/{j}/managers/{k}"), n));
+        }
+        for (k, n) in items(Some(rule), "paths").iter().enumerate() {
+            if let Some(why) = n.as_str().and_then(crate::field_policy::pointer_problem) {
+                let pointer = format!("/spec/ownership/ignore/{j}/paths/{k}");
+                out.push(files.diag(n.pos, Some(pointer), why));
+            }
+        }
+    }
+    for (pointer, n) in patterns {
+        if let Some(why) = n.as_str().and_then(crate::field_policy::pattern_problem) {
+            out.push(files.diag(n.pos, Some(pointer), why));
+        }
+    }
+    out
+}
+
+/// Every kind tenantsync can manage in this repository: those it renders,
+/// those of any layer's `resources/` manifests, and the kinds their
+/// CustomResourceDefinitions define.
+fn managed_kinds(repo: &Repository) -> BTreeSet<String> {
+    let mut kinds: BTreeSet<String> = render::MANAGED_KINDS
+        .iter()
+        .map(|k| k.kind.to_string())
+        .collect();
+    for doc in repo.layers.values().flat_map(|l| &l.resources) {
+        if let Some(kind) = doc.node.get("kind").and_then(Node::as_str) {
+            kinds.insert(kind.to_string());
+        }
+        if let Some(kind) = doc
+            .node
+            .get("spec")
+            .and_then(|s| s.get("names"))
+            .and_then(|n| n.get("kind"))
+            .and_then(Node::as_str)
+        {
+            kinds.insert(kind.to_string());
+        }
+    }
+    kinds
+}
+
+/// An ignore rule's `kinds` must name kinds tenantsync manages: any other
+/// (a typo, a plural) would silently match nothing.
+fn check_ignored_kinds(env: &Node, kinds: &BTreeSet<String>, files: &FileTable) -> Vec<Diagnostic> {
+    let ownership = env.get("spec").and_then(|s| s.get("ownership"));
+    let known: Vec<String> = kinds.iter().cloned().collect();
+    let mut out = Vec::new();
+    for (j, rule) in items(ownership, "ignore").iter().enumerate() {
+        for (k, n) in items(Some(rule), "kinds").iter().enumerate() {
+            let Some(kind) = n.as_str() else { continue };
+            if kinds.contains(kind) {
+                continue;
+            }
+            let hint = crate::schema::did_you_mean(kind, &known)
+                .map(|k| format!("; did you mean `{k}`?"))
+                .unwrap_or_default();
+            out.push(files.diag(
+                n.pos,
+                Some(format!("/spec/ownership/ignore/{j}/kinds/{k}")),
+                format!(
+                    "kind `{kind}` is not one tenantsync manages here (it renders {}, and manages the kinds of the resources/ manifests), so the rule would match nothing{hint}",
+                    render::MANAGED_KINDS
+                        .iter()
+                        .map(|k| k.kind)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            ));
+        }
+    }
+    out
 }
 
 #[derive(Clone, Copy)]
@@ -338,6 +507,17 @@ fn with_context(mut d: Diagnostic, envs: &[String], layers: &str) -> Diagnostic 
         format!("{} (in {envs}; layers: {layers})", d.message)
     };
     d
+}
+
+/// The merged settings that are valid: the top-level keys of `spec` not
+/// named in the set (`*`: none is).
+#[derive(Clone, Copy)]
+struct Usable<'a>(&'a BTreeSet<String>);
+
+impl Usable<'_> {
+    fn has(self, key: &str) -> bool {
+        !self.0.contains("*") && !self.0.contains(key)
+    }
 }
 
 /// An environment resolved as far as it goes (see
@@ -553,7 +733,11 @@ impl Repository {
             .rev()
             .filter_map(|n| Some((n, self.layers.get(n)?)))
             .collect();
-        let some_unreadable = layers.iter().any(|(_, l)| l.unreadable_workspace);
+        let unreadable: BTreeSet<&String> =
+            layers.iter().flat_map(|(_, l)| &l.unreadable).collect();
+        // A layer whose environment.yaml cannot be read names no base: its
+        // patches' targets may be in the layers it would have named.
+        let chain_known = layers.iter().all(|(_, l)| l.env.is_some());
         let in_env = |d: Diagnostic, workspaces: Vec<String>, layers: String| Found {
             diag: d,
             workspaces,
@@ -569,8 +753,15 @@ impl Repository {
                 overlay::merge(&mut settings, &own, "/spec", &mut overlay_errors);
             }
         }
+        // Settings that break their schema: the rules that depend on them
+        // are not checked (they would only report its consequences).
+        let mut invalid: BTreeSet<String> = layers
+            .iter()
+            .flat_map(|(_, l)| l.invalid_settings.iter().cloned())
+            .collect();
         for e in overlay_errors {
             let d = self.files.diag(e.pos, Some(e.pointer), e.message);
+            invalid.extend(setting_of(&d));
             found.push(in_env(d, Vec::new(), String::new()));
         }
 
@@ -616,7 +807,7 @@ impl Repository {
                 let delete =
                     doc.node.get(overlay::PATCH_KEY).and_then(Node::as_str) == Some("delete");
                 match workspaces.get_mut(&ws_name) {
-                    None if some_unreadable => {}
+                    None if !chain_known || unreadable.contains(&ws_name) => {}
                     None => found.push(Found {
                         diag: self.files.diag(
                             name_node.pos,
@@ -695,7 +886,10 @@ impl Repository {
             }
         }
 
-        let settings_json = settings.to_json();
+        let mut settings_json = settings.to_json();
+        if let Some(fields) = settings_json.as_object_mut() {
+            fields.retain(|key, _| !invalid.contains(key) && !invalid.contains("*"));
+        }
         env.settings = match serde_json::from_value(settings_json) {
             Ok(s) => s,
             Err(e) => {
@@ -715,9 +909,11 @@ impl Repository {
                     );
                     found.push(in_env(d, Vec::new(), String::new()));
                 }
+                invalid.insert("*".into());
                 Settings::default()
             }
         };
+        let usable = Usable(&invalid);
 
         // Each merged workspace: its schema (what only the merge shows), the
         // rules (also where the schema check failed, as far as they can
@@ -732,9 +928,9 @@ impl Repository {
             let schema_diags = schema::validate(SchemaKind::Workspace, node, &self.files);
             let schema_ok = schema_diags.is_empty();
             diags.extend(schema_diags.into_iter().filter(|d| !file_level.contains(d)));
-            self.check_rules(&env, node, &mut diags);
+            self.check_rules(&env, usable, node, &mut diags);
             if schema_ok {
-                self.check_rendered_names(&env, node, &mut diags);
+                self.check_rendered_names(&env, usable, node, &mut diags);
                 match serde_json::from_value::<Workspace>(node.to_json()) {
                     Ok(ws) => {
                         self.check_identities(&env, &ws, node, &mut diags);
@@ -754,11 +950,16 @@ impl Repository {
                     .map(|d| in_env(d, vec![ws_name.clone()], layers.clone())),
             );
         }
-        for (d, a, b) in self.check_namespaces(&env, &workspaces) {
+        let namespaces = if usable.has("namespaceTemplate") {
+            self.check_namespaces(&env, &workspaces)
+        } else {
+            Vec::new()
+        };
+        for (d, a, b) in namespaces {
             found.push(in_env(d, vec![a, b], String::new()));
         }
         // A plain manifest must not be one of the objects a workspace renders.
-        if !resources.is_empty() {
+        if !resources.is_empty() && usable.has("namespaceTemplate") {
             let mut rendered: BTreeMap<render::Identity, (&String, Origin)> = BTreeMap::new();
             for (ws_name, ws) in &typed {
                 for (id, origin) in render::identities(&env, ws) {
@@ -814,7 +1015,13 @@ impl Repository {
             .filter(|(n, _)| !held.contains(n))
             .map(|(_, ws)| ws)
             .collect();
-        env.resources = resources.into_values().map(|(json, _)| json).collect();
+        env.resources = resources
+            .into_values()
+            .map(|(body, pos)| model::Manifest {
+                body,
+                source: self.files.location(pos),
+            })
+            .collect();
         found.sort_by(|a, b| a.diag.cmp(&b.diag));
         (env, found)
     }
@@ -1028,7 +1235,15 @@ impl Repository {
     }
 
     /// Platform rules that a schema cannot express, on a merged workspace.
-    fn check_rules(&self, env: &Environment, ws: &Node, diags: &mut Vec<Diagnostic>) {
+    /// What needs a setting that breaks its schema is not checked
+    /// (`usable`): with the setting unknown, it would be a false error.
+    fn check_rules(
+        &self,
+        env: &Environment,
+        usable: Usable<'_>,
+        ws: &Node,
+        diags: &mut Vec<Diagnostic>,
+    ) {
         let ws_name = doc_name(ws).map(|(n, _)| n).unwrap_or_default();
         let spec = ws.get("spec");
         let list = |key: &str| -> Vec<&Node> {
@@ -1105,7 +1320,10 @@ impl Repository {
 
         // What rendering needs from the environment.
         let s = &env.settings;
-        if (!fhir.is_empty() || !dicom.is_empty()) && s.ingress.domain.is_none() {
+        if usable.has("ingress")
+            && (!fhir.is_empty() || !dicom.is_empty())
+            && s.ingress.domain.is_none()
+        {
             diags.push(self.files.diag(
                 ws.pos,
                 None,
@@ -1114,40 +1332,55 @@ impl Repository {
                 ),
             ));
         }
-        let images: [(&str, &[&Node], Option<&model::Image>, &str); 3] = [
-            ("FHIR service", &fhir, s.images.fhir.as_ref(), "fhir"),
-            ("DICOM service", &dicom, s.images.dicom.as_ref(), "dicom"),
+        if usable.has("images") {
+            self.check_images(&s.images, &fhir, &dicom, &iot, diags);
+        }
+    }
+
+    /// Every service, cast, connector and destination has an image: its
+    /// own or the environment's.
+    fn check_images(
+        &self,
+        images: &model::Images,
+        fhir: &[&Node],
+        dicom: &[&Node],
+        iot: &[&Node],
+        diags: &mut Vec<Diagnostic>,
+    ) {
+        let kinds: [(&str, &[&Node], Option<&model::Image>, &str); 3] = [
+            ("FHIR service", fhir, images.fhir.as_ref(), "fhir"),
+            ("DICOM service", dicom, images.dicom.as_ref(), "dicom"),
             (
                 "IoT connector",
-                &iot,
-                s.images.iot_connector.as_ref(),
+                iot,
+                images.iot_connector.as_ref(),
                 "iotConnector",
             ),
         ];
-        for (what, items, default, key) in images {
+        for (what, items, default, key) in kinds {
             for item in items {
                 self.require_image(item, item.get("image"), default, what, key, diags);
             }
         }
-        for d in &dicom {
+        for d in dicom {
             if let Some(cast) = d.get("dicomCast") {
                 self.require_image(
                     cast,
                     cast.get("image"),
-                    s.images.dicom_cast.as_ref(),
+                    images.dicom_cast.as_ref(),
                     "DICOM-cast",
                     "dicomCast",
                     diags,
                 );
             }
         }
-        for c in &iot {
+        for c in iot {
             if let Some(Value::Seq(dests)) = c.get("fhirDestinations").map(|n| &n.value) {
                 for d in dests {
                     self.require_image(
                         d,
                         None,
-                        s.images.iot_fhir_destination.as_ref(),
+                        images.iot_fhir_destination.as_ref(),
                         "FHIR destination",
                         "iotFhirDestination",
                         diags,
@@ -1250,12 +1483,20 @@ impl Repository {
 
     /// Rendered names must stay within Kubernetes limits (63 for names
     /// used as label values and DNS labels, 253 for ingress hosts).
-    fn check_rendered_names(&self, env: &Environment, ws: &Node, diags: &mut Vec<Diagnostic>) {
+    fn check_rendered_names(
+        &self,
+        env: &Environment,
+        usable: Usable<'_>,
+        ws: &Node,
+        diags: &mut Vec<Diagnostic>,
+    ) {
         let Some((ws_name, name_node)) = doc_name(ws) else {
             return;
         };
         let ns = env.namespace_of(&ws_name);
-        if let Err(why) = names::check_label(&ns) {
+        if usable.has("namespaceTemplate")
+            && let Err(why) = names::check_label(&ns)
+        {
             diags.push(self.files.diag(
                 name_node.pos,
                 Some("/metadata/name".into()),
@@ -1275,6 +1516,7 @@ impl Repository {
                     }
                 }
                 if let Some(host) = host
+                    && usable.has("ingress")
                     && host.len() > 253
                 {
                     diags.push(self.files.diag(
@@ -1528,24 +1770,45 @@ spec:
 
     #[test]
     fn problems_of_the_environment_hold_all_of_it() {
-        let broken_env = dev_tree(&[("workspaces/a.yaml", workspace("a", false))]);
-        let mut tree = broken_env.clone();
+        let mut tree = dev_tree(&[("workspaces/a.yaml", workspace("a", false))]);
         tree.insert(
             "environments/dev/environment.yaml",
             format!("{ENVIRONMENT}  ingres: {{}}\n").into_bytes(),
         );
         let p = load(&tree).resolve_partial("dev");
         assert!(!p.environment_errors.is_empty());
-        // A file that is not YAML: which workspace it declares is unknown.
-        let mut tree = broken_env;
-        tree.insert("environments/dev/workspaces/b.yaml", b"a: [\n".to_vec());
+    }
+
+    /// Hostile review D1b: a workspace file that is not YAML holds the
+    /// workspace it is named after, not the environment.
+    #[test]
+    fn malformed_yaml_in_a_workspace_file_holds_only_that_workspace() {
+        let tree = dev_tree(&[
+            ("workspaces/a.yaml", workspace("a", false)),
+            ("workspaces/b.yaml", b"a: [\n".to_vec()),
+            ("workspaces/c.yaml", b"apiVersion: tenantsync.io/v1alpha1\nkind: Workspace\nmetadata: {name: 7}\nspec: {}\n".to_vec()),
+            ("workspaces/d.yaml", b"apiVersion: tenantsync.io/v1alpha1\nkind: Workspce\nmetadata: {name: d}\nspec: {}\n".to_vec()),
+        ]);
         let p = load(&tree).resolve_partial("dev");
         assert!(
-            p.environment_errors[0]
+            p.environment_errors.is_empty(),
+            "{:?}",
+            p.environment_errors
+        );
+        assert_eq!(held(&p), ["b", "c", "d"]);
+        assert!(
+            p.workspace_errors["b"][0]
                 .message
                 .starts_with("malformed YAML"),
             "{p:?}"
         );
+        let names: Vec<&str> = p
+            .environment
+            .workspaces
+            .iter()
+            .map(|w| w.metadata.name.as_str())
+            .collect();
+        assert_eq!(names, ["a"]);
     }
 
     #[test]
@@ -1560,7 +1823,146 @@ spec:
             "{:?}",
             p.environment_errors
         );
-        assert_eq!(held(&p), ["Woodgrove", "woodgrove"]);
+        assert_eq!(held(&p), ["woodgrove"]);
+    }
+
+    /// Hostile review D1a: a file edited to another workspace's name is the
+    /// invalid one; it holds the workspace it is named after, and the
+    /// workspace whose own file is fine goes on, in the same layer or
+    /// across layers.
+    #[test]
+    fn a_file_declaring_another_workspaces_name_holds_its_own_not_the_other() {
+        let mut base = dev_tree(&[]);
+        base.insert(
+            "environments/base/environment.yaml",
+            b"apiVersion: tenantsync.io/v1alpha1\nkind: Environment\nmetadata: {name: base}\nspec: {abstract: true}\n".to_vec(),
+        );
+        base.insert(
+            "environments/dev/environment.yaml",
+            format!("{ENVIRONMENT}  base: base\n").into_bytes(),
+        );
+        for (woodgrove_at, sandbox_at) in [("dev", "dev"), ("base", "dev"), ("dev", "base")] {
+            let mut tree = base.clone();
+            tree.insert(
+                &format!("environments/{woodgrove_at}/workspaces/woodgrove.yaml"),
+                workspace("woodgrove", false),
+            );
+            tree.insert(
+                &format!("environments/{sandbox_at}/workspaces/sandbox.yaml"),
+                workspace("woodgrove", false),
+            );
+            let p = load(&tree).resolve_partial("dev");
+            assert!(p.environment_errors.is_empty(), "{p:?}");
+            assert_eq!(held(&p), ["sandbox"], "{p:?}");
+            let error = &p.workspace_errors["sandbox"][0];
+            assert_eq!(
+                (error.file.as_str(), error.line, error.column),
+                (
+                    format!("environments/{sandbox_at}/workspaces/sandbox.yaml").as_str(),
+                    4,
+                    9
+                ),
+                "{error}"
+            );
+            let names: Vec<&str> = p
+                .environment
+                .workspaces
+                .iter()
+                .map(|w| w.metadata.name.as_str())
+                .collect();
+            assert_eq!(names, ["woodgrove"]);
+        }
+        // A second Workspace of one name in its own file, in a layer above:
+        // that workspace's own file, so that workspace is held.
+        let mut tree = base.clone();
+        for layer in ["base", "dev"] {
+            tree.insert(
+                &format!("environments/{layer}/workspaces/woodgrove.yaml"),
+                workspace("woodgrove", false),
+            );
+        }
+        tree.insert(
+            "environments/dev/workspaces/sandbox.yaml",
+            workspace("sandbox", false),
+        );
+        let p = load(&tree).resolve_partial("dev");
+        assert_eq!(held(&p), ["woodgrove"], "{p:?}");
+        assert_eq!(p.environment.workspaces.len(), 1);
+    }
+
+    /// Hostile review D4: a setting of the wrong type is the one error
+    /// reported; the rules that need it are not run on defaults.
+    #[test]
+    fn a_setting_of_the_wrong_type_is_the_only_error_reported() {
+        for bad in [
+            "  ingress: { domain: dev.example.com, tlsSecretName: 5 }\n",
+            "  ingress: { domain: [] }\n",
+            "  ingress: { domain: dev.example.com }\n  syncPolicy: { prune: [] }\n",
+            "  ingress: { domain: dev.example.com }\n  namespaceTemplate: []\n",
+        ] {
+            let env = ENVIRONMENT.replace("  ingress: { domain: dev.example.com }\n", bad);
+            let mut tree = dev_tree(&[("workspaces/a.yaml", workspace("a", false))]);
+            tree.insert("environments/dev/environment.yaml", env.into_bytes());
+            let report = load(&tree).validate(&[]);
+            assert_eq!(
+                report.diagnostics.len(),
+                1,
+                "{bad}: {:?}",
+                report.diagnostics
+            );
+            assert_eq!(
+                report.diagnostics[0].file, "environments/dev/environment.yaml",
+                "{bad}: {:?}",
+                report.diagnostics
+            );
+        }
+    }
+
+    #[test]
+    fn ownership_patterns_pointers_and_kinds_are_checked_where_written() {
+        let env = format!(
+            "{ENVIRONMENT}  ownership:\n    revert: [\"[\"]\n    ignore:\n      - kinds: [Nosuch, Deployment]\n        paths: [\"/spec/x~2\", \"/a~0b~1c\"]\n        managers: [\"hpa?\"]\n"
+        );
+        let mut tree = dev_tree(&[("workspaces/a.yaml", workspace("a", false))]);
+        tree.insert("environments/dev/environment.yaml", env.into_bytes());
+        let report = load(&tree).validate(&[]);
+        let found: Vec<(u32, u32, &str)> = report
+            .diagnostics
+            .iter()
+            .map(|d| (d.line, d.column, d.pointer.as_deref().unwrap_or_default()))
+            .collect();
+        assert_eq!(
+            found,
+            [
+                (10, 14, "/spec/ownership/revert/0"),
+                (12, 17, "/spec/ownership/ignore/0/kinds/0"),
+                (13, 17, "/spec/ownership/ignore/0/paths/0"),
+                (14, 20, "/spec/ownership/ignore/0/managers/0"),
+            ],
+            "{:?}",
+            report.diagnostics
+        );
+        // A kind a resources/ manifest declares (here: a CRD's) is known.
+        let env = format!(
+            "{ENVIRONMENT}  ownership:\n    ignore:\n      - kinds: [Widget]\n        paths: [/spec]\n"
+        );
+        let mut tree = dev_tree(&[
+            ("workspaces/a.yaml", workspace("a", false)),
+            (
+                "resources/crd.yaml",
+                b"apiVersion: apiextensions.k8s.io/v1\nkind: CustomResourceDefinition\nmetadata: {name: widgets.example.com}\nspec: {names: {kind: Widget}}\n".to_vec(),
+            ),
+        ]);
+        tree.insert("environments/dev/environment.yaml", env.into_bytes());
+        let report = load(&tree).validate(&[]);
+        assert!(
+            report
+                .diagnostics
+                .iter()
+                .all(|d| !d.message.contains("Widget")),
+            "{:?}",
+            report.diagnostics
+        );
     }
 
     #[test]

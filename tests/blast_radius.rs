@@ -647,3 +647,368 @@ async fn two_environments_on_one_cluster_do_not_take_each_others_namespaces() {
         "neither environment may create a namespace both render"
     );
 }
+
+/// The scratch workspace dev ships (`environments/dev/workspaces/sandbox.yaml`).
+const SANDBOX: &str = "apiVersion: tenantsync.io/v1alpha1\nkind: Workspace\nmetadata:\n  name: sandbox\nspec:\n  fhirServices:\n    - name: scratch\n      fhirVersion: R5\n";
+
+/// An environment with dev's sandbox, synced; woodgrove's replicas.
+async fn synced_with_sandbox(test: &str) -> TestRepo {
+    let repo = TestRepo::new(test);
+    repo.write("workspaces/sandbox.yaml", SANDBOX);
+    let (out, _) = sync(&repo, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(
+        replicas(&repo.namespace("sandbox"), "fhir-scratch").await,
+        Some(1)
+    );
+    assert_eq!(
+        replicas(&repo.namespace("woodgrove"), "fhir-api").await,
+        Some(1)
+    );
+    repo
+}
+
+async fn namespace_exists(name: &str) -> bool {
+    let api: Api<k8s_openapi::api::core::v1::Namespace> =
+        Api::all(control_plane().client(User::Admin).await);
+    api.get_opt(name)
+        .await
+        .expect("get namespace")
+        .is_some_and(|ns| ns.metadata.deletion_timestamp.is_none())
+}
+
+/// Hostile review D1a: `workspaces/sandbox.yaml` edited to
+/// `metadata.name: woodgrove` made `sync --skip-invalid --prune` hold
+/// woodgrove (whose own file is fine) and prune sandbox as removed. The file
+/// whose name does not match is the invalid one: sandbox is held (nothing
+/// of it applied or pruned) and woodgrove goes on.
+#[tokio::test]
+async fn skip_invalid_prune_holds_the_workspace_whose_file_took_another_name_not_the_other() {
+    let repo = synced_with_sandbox("blast-dupname").await;
+    let (sandbox, woodgrove) = (repo.namespace("sandbox"), repo.namespace("woodgrove"));
+    repo.write(
+        "workspaces/sandbox.yaml",
+        &SANDBOX
+            .replace("name: sandbox", "name: woodgrove")
+            .replace("fhirVersion: R5", "fhirVersion: R5\n      replicas: 3"),
+    );
+    repo.write(
+        "workspaces/woodgrove.yaml",
+        &patch(
+            "woodgrove",
+            "  fhirServices:\n    - {name: api, replicas: 2}\n",
+        ),
+    );
+    let (out, report) = sync(&repo, &["--skip-invalid", "--prune", "--allow-mass-prune"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("skipped workspace sandbox: 1 error(s)")
+            && err.contains(&format!(
+                "environments/{}/workspaces/sandbox.yaml:4:9: error: /metadata/name: this file is named after workspace `sandbox` but declares `woodgrove`",
+                repo.env
+            )),
+        "{err}"
+    );
+    let skipped: Vec<&Value> = report["skipped"]
+        .as_array()
+        .expect("skipped")
+        .iter()
+        .collect();
+    assert_eq!(skipped.len(), 1, "{report}");
+    assert_eq!(skipped[0]["workspace"], "sandbox", "{report}");
+    assert!(ids(&report, "pruned").is_empty(), "{report}");
+    assert_eq!(
+        ids(&report, "updated"),
+        [format!("Deployment/{woodgrove}/fhir-api")],
+        "{report}"
+    );
+    assert_eq!(replicas(&woodgrove, "fhir-api").await, Some(2));
+    assert_eq!(replicas(&sandbox, "fhir-scratch").await, Some(1));
+    assert!(namespace_exists(&sandbox).await);
+    let inventory = inventoried(&repo).await;
+    assert!(inventory.contains(&format!("Deployment/{sandbox}/fhir-scratch")));
+    assert!(inventory.contains(&format!("Namespace/{sandbox}")));
+}
+
+/// Hostile review D1b: malformed YAML in one workspace file made
+/// `sync --skip-invalid` refuse the whole environment. The file's name says
+/// which workspace it is: only that one is held.
+#[tokio::test]
+async fn skip_invalid_holds_only_the_workspace_whose_file_is_malformed_yaml() {
+    let repo = synced_with_sandbox("blast-malformed").await;
+    let (sandbox, woodgrove) = (repo.namespace("sandbox"), repo.namespace("woodgrove"));
+    // Bad indentation, and a removed service that must not be pruned.
+    repo.write(
+        "workspaces/sandbox.yaml",
+        "apiVersion: tenantsync.io/v1alpha1\nkind: Workspace\nmetadata:\n  name: sandbox\n spec:\n  fhirServices: []\n",
+    );
+    repo.write(
+        "workspaces/woodgrove.yaml",
+        &patch(
+            "woodgrove",
+            "  fhirServices:\n    - {name: api, replicas: 2}\n",
+        ),
+    );
+    let position = format!(
+        "environments/{}/workspaces/sandbox.yaml:5:2: error: malformed YAML",
+        repo.env
+    );
+    // Strict without --skip-invalid: nothing applied.
+    let (out, _) = sync(&repo, &["--prune"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains(&position) && stderr(&out).contains("sync --skip-invalid"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(replicas(&woodgrove, "fhir-api").await, Some(1));
+
+    let (out, report) = sync(&repo, &["--skip-invalid", "--prune", "--allow-mass-prune"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("skipped workspace sandbox: 1 error(s)") && err.contains(&position),
+        "{err}"
+    );
+    assert_eq!(report["skipped"][0]["workspace"], "sandbox", "{report}");
+    assert!(ids(&report, "pruned").is_empty(), "{report}");
+    assert_eq!(replicas(&woodgrove, "fhir-api").await, Some(2));
+    assert_eq!(replicas(&sandbox, "fhir-scratch").await, Some(1));
+    assert!(
+        inventoried(&repo)
+            .await
+            .contains(&format!("Deployment/{sandbox}/fhir-scratch"))
+    );
+}
+
+/// Hostile review D1c: `--workspace` could not select a workspace removed
+/// from Git but still in the inventory (`has no workspace 'sandbox'`), so
+/// one tenant could not be offboarded alone. Now it can, and nothing else
+/// removed from Git is pruned with it.
+#[tokio::test]
+async fn sync_workspace_offboards_a_workspace_known_only_from_the_inventory() {
+    let repo = synced_with_sandbox("blast-offboard").await;
+    let (sandbox, woodgrove) = (repo.namespace("sandbox"), repo.namespace("woodgrove"));
+    repo.remove("workspaces/sandbox.yaml");
+    repo.write(
+        "workspaces/woodgrove.yaml",
+        "apiVersion: tenantsync.io/v1alpha1\nkind: WorkspacePatch\nmetadata: {name: woodgrove}\n$patch: delete\n",
+    );
+    // The plan of the selection deletes sandbox's objects and nothing else.
+    let plan = repo.run(
+        "plan",
+        "admin",
+        &["--workspace", "sandbox", "--output", "json"],
+    );
+    assert_eq!(plan.status.code(), Some(0), "{}", stderr(&plan));
+    let plan: Value = serde_json::from_slice(&plan.stdout).expect("plan JSON");
+    let deletes: Vec<&Value> = plan["changes"]
+        .as_array()
+        .expect("changes")
+        .iter()
+        .filter(|c| c["action"] == "delete")
+        .collect();
+    assert!(
+        deletes
+            .iter()
+            .any(|c| c["kind"] == "Namespace" && c["name"] == sandbox.as_str()),
+        "{plan}"
+    );
+    assert!(
+        deletes.iter().all(|c| c["namespace"] == sandbox.as_str()
+            || (c["kind"] == "Namespace" && c["name"] == sandbox.as_str())),
+        "{plan}"
+    );
+    // Removing a namespace still takes --allow-mass-prune.
+    let (out, _) = sync(&repo, &["--workspace", "sandbox", "--prune"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(namespace_exists(&sandbox).await);
+    let (out, report) = sync(
+        &repo,
+        &["--workspace", "sandbox", "--prune", "--allow-mass-prune"],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let pruned = ids(&report, "pruned");
+    assert!(
+        pruned.contains(&format!("Namespace/{sandbox}")),
+        "{pruned:?}"
+    );
+    assert!(pruned.iter().all(|id| id.contains(&sandbox)), "{pruned:?}");
+    assert!(!namespace_exists(&sandbox).await);
+    // woodgrove, removed from Git too, was not selected: still there.
+    assert_eq!(replicas(&woodgrove, "fhir-api").await, Some(1));
+    assert!(
+        inventoried(&repo)
+            .await
+            .contains(&format!("Deployment/{woodgrove}/fhir-api"))
+    );
+    // A name neither Git nor the inventory knows is a mistake.
+    let (out, _) = sync(&repo, &["--workspace", "sandbx", "--prune"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains(&format!(
+            "has no workspace `sandbx` (its workspaces: contoso, fabrikam, northwind), and its inventory records nothing in namespace `sandbx-{}`; nothing was changed",
+            repo.env
+        )),
+        "{}",
+        stderr(&out)
+    );
+}
+
+/// Hostile review D1c: `sync --workspace fabrikam` refused while an
+/// unselected workspace was invalid. Only the selection must be valid.
+#[tokio::test]
+async fn sync_workspace_is_not_refused_for_an_invalid_workspace_it_does_not_select() {
+    let repo = TestRepo::new("blast-unselected");
+    let (out, _) = sync(&repo, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let (contoso, fabrikam) = (repo.namespace("contoso"), repo.namespace("fabrikam"));
+    repo.write(
+        "workspaces/contoso.yaml",
+        &patch(
+            "contoso",
+            "  fhirServices:\n    - {name: main, replicas: many}\n",
+        ),
+    );
+    repo.write(
+        "workspaces/fabrikam.yaml",
+        &patch(
+            "fabrikam",
+            "  fhirServices:\n    - {name: records, replicas: 2}\n",
+        ),
+    );
+    for verb in ["plan", "sync"] {
+        let out = repo.run(verb, "admin", &["--workspace", "fabrikam"]);
+        assert_eq!(out.status.code(), Some(0), "{verb}: {}", stderr(&out));
+        assert!(
+            stderr(&out)
+                .contains("note: invalid workspace(s) not selected, left as they are: contoso"),
+            "{verb}: {}",
+            stderr(&out)
+        );
+    }
+    assert_eq!(replicas(&fabrikam, "fhir-records").await, Some(2));
+    assert_eq!(replicas(&contoso, "fhir-main").await, Some(1));
+    // Selected, the invalid workspace is refused as before.
+    let (out, _) = sync(
+        &repo,
+        &["--workspace", "contoso", "--workspace", "fabrikam"],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains(&format!(
+            "environments/{}/workspaces/contoso.yaml:7:30",
+            repo.env
+        )),
+        "{}",
+        stderr(&out)
+    );
+}
+
+/// Hostile review D1b, on the daemon (it resolves environments the same
+/// way): a workspace file that is not YAML holds that workspace only, and
+/// so does one edited to another workspace's name (D1a); the others are
+/// applied, and with --prune --allow-mass-prune nothing of the held one is
+/// pruned.
+#[tokio::test]
+async fn the_daemon_holds_only_the_workspace_whose_file_is_malformed_yaml() {
+    use crate::daemon_e2e::{Guard, free_port, status, wait_for};
+    use std::process::{Command, Stdio};
+    use std::time::Duration;
+
+    let repo = TestRepo::new("blast-daemon-yaml");
+    repo.write("workspaces/sandbox.yaml", SANDBOX);
+    let env = repo.env.clone();
+    let (sandbox, woodgrove) = (repo.namespace("sandbox"), repo.namespace("woodgrove"));
+    let logs = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let _daemon = Guard(
+        Command::new(env!("CARGO_BIN_EXE_tenantsync"))
+            .args(["run", "--env", &env, "--prune", "--allow-mass-prune"])
+            .args(["--interval", "1s", "--drift-interval", "1s", "--repo"])
+            .arg(repo.path())
+            .arg(format!("--listen=127.0.0.1:{port}"))
+            .arg("--kubeconfig")
+            .arg(control_plane().kubeconfig())
+            .args(["--context", "admin"])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(logs.path().join("daemon.log")).expect("log"))
+            .spawn()
+            .expect("tenantsync run"),
+    );
+    let log = || std::fs::read_to_string(logs.path().join("daemon.log")).unwrap_or_default();
+    wait_for("the first sync", Duration::from_secs(60), async || {
+        status(port, &env)
+            .await
+            .is_some_and(|s| s["syncStatus"] == "Synced")
+    })
+    .await;
+    assert_eq!(
+        replicas(&sandbox, "fhir-scratch").await,
+        Some(1),
+        "{}",
+        log()
+    );
+
+    let sandbox_failed = async |start: &str| {
+        status(port, &env).await.is_some_and(|s| {
+            s["workspaces"]["sandbox"]["syncStatus"] == "Failed"
+                && s["workspaces"]["sandbox"]["errors"][0]
+                    .as_str()
+                    .is_some_and(|e| e.starts_with(start))
+                && s["workspaces"]["woodgrove"]["syncStatus"] != "Failed"
+        })
+    };
+    for (step, sandbox_text, woodgrove_replicas, error) in [
+        (
+            "malformed YAML",
+            "apiVersion: tenantsync.io/v1alpha1\nkind: Workspace\nmetadata:\n  name: sandbox\n spec:\n  fhirServices: []\n".to_string(),
+            2,
+            format!("environments/{env}/workspaces/sandbox.yaml:5:2: error: malformed YAML"),
+        ),
+        (
+            "another workspace's name",
+            SANDBOX.replace("name: sandbox", "name: woodgrove"),
+            3,
+            format!("environments/{env}/workspaces/sandbox.yaml:4:9: error: /metadata/name: this file is named after workspace `sandbox`"),
+        ),
+    ] {
+        repo.write("workspaces/sandbox.yaml", &sandbox_text);
+        repo.write(
+            "workspaces/woodgrove.yaml",
+            &patch(
+                "woodgrove",
+                &format!("  fhirServices:\n    - {{name: api, replicas: {woodgrove_replicas}}}\n"),
+            ),
+        );
+        wait_for(step, Duration::from_secs(30), async || {
+            replicas(&woodgrove, "fhir-api").await == Some(woodgrove_replicas)
+        })
+        .await;
+        wait_for(
+            &format!("{step}: sandbox reported Failed"),
+            Duration::from_secs(15),
+            async || sandbox_failed(&error).await,
+        )
+        .await;
+        // Held over several reconciles: not updated, not pruned.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        assert_eq!(
+            replicas(&sandbox, "fhir-scratch").await,
+            Some(1),
+            "{step}: {}",
+            log()
+        );
+        assert!(namespace_exists(&sandbox).await, "{step}: {}", log());
+    }
+    // Fixed, sandbox is applied again.
+    repo.write(
+        "workspaces/sandbox.yaml",
+        &SANDBOX.replace("fhirVersion: R5", "fhirVersion: R5\n      replicas: 2"),
+    );
+    wait_for("sandbox's fix", Duration::from_secs(30), async || {
+        replicas(&sandbox, "fhir-scratch").await == Some(2)
+    })
+    .await;
+}

@@ -444,10 +444,10 @@ async fn the_daemon_follows_a_git_remote_heals_drift_and_survives_bad_commits_an
     let versions = crate::support::live_versions(&env);
     let (record, _) = crate::support::inventory_record(&env).await;
     repo.write(
-        // A workspace whose name cannot be read: the whole revision is
-        // invalid (an invalid but named workspace would hold only itself).
-        "workspaces/broken.yaml",
-        "apiVersion: tenantsync.io/v1alpha1\nkind: Workspace\nmetadata: {name: 7}\nspec: {}\n",
+        // A manifest whose name cannot be read: the whole revision is
+        // invalid (a broken workspace file would hold only its workspace).
+        "resources/broken.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: 7}\n",
     );
     git(repo.path(), &["add", "-A"]);
     git(repo.path(), &["commit", "-qm", "broken"]);
@@ -474,7 +474,7 @@ async fn the_daemon_follows_a_git_remote_heals_drift_and_survives_bad_commits_an
                     && s["lastErrorAt"].is_string()
                     && s["lastError"]
                         .as_str()
-                        .is_some_and(|e| e.contains("workspaces/broken.yaml:3:18: error"))
+                        .is_some_and(|e| e.contains("resources/broken.yaml:3:18: error"))
             })
         },
     )
@@ -538,10 +538,7 @@ async fn the_daemon_follows_a_git_remote_heals_drift_and_survives_bad_commits_an
         text.contains(&format!("seen revision:      {broken}")),
         "{text}"
     );
-    assert!(
-        text.contains("workspaces/broken.yaml:3:18: error"),
-        "{text}"
-    );
+    assert!(text.contains("resources/broken.yaml:3:18: error"), "{text}");
     let json = Command::new(env!("CARGO_BIN_EXE_tenantsync"))
         .args(["status", "--env", &env, "--context", "readonly"])
         .args(["--output", "json", "--kubeconfig"])
@@ -604,7 +601,7 @@ async fn the_daemon_follows_a_git_remote_heals_drift_and_survives_bad_commits_an
         &[
             "rm",
             "-q",
-            &format!("environments/{env}/workspaces/broken.yaml"),
+            &format!("environments/{env}/resources/broken.yaml"),
         ],
     );
     repo.write(

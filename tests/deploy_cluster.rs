@@ -516,10 +516,10 @@ async fn deploy_service_account_is_enough_for_the_daemon_to_sync_prune_and_repor
 
     // 3. An invalid commit: refused, with a Warning Event.
     repo.write(
-        // A workspace whose name cannot be read: the whole revision is
-        // invalid (an invalid but named workspace would hold only itself).
-        "workspaces/broken.yaml",
-        "apiVersion: tenantsync.io/v1alpha1\nkind: Workspace\nmetadata: {name: 7}\nspec: {}\n",
+        // A manifest whose name cannot be read: the whole revision is
+        // invalid (a broken workspace file would hold only its workspace).
+        "resources/broken.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: 7}\n",
     );
     let broken = commit(&repo, "broken");
     wait_status(
@@ -546,7 +546,7 @@ async fn deploy_service_account_is_enough_for_the_daemon_to_sync_prune_and_repor
         event
             .message
             .as_deref()
-            .is_some_and(|m| m.contains(&broken) && m.contains("workspaces/broken.yaml")),
+            .is_some_and(|m| m.contains(&broken) && m.contains("resources/broken.yaml")),
         "{:?}",
         event.message
     );

@@ -184,7 +184,7 @@ fn symlink_leaving_the_repository_is_not_followed() {
     .expect("symlink");
     let out = validate(repo.path());
     assert!(
-        stderr(&out).contains("workspace `sandbox` is already defined"),
+        stderr(&out).contains("this file is named after workspace `again` but declares `sandbox`"),
         "{}",
         stderr(&out)
     );
@@ -584,6 +584,110 @@ fn validate_reports_two_environments_rendering_one_namespace() {
             .output()
             .expect("run tenantsync");
         assert_eq!(out.status.code(), Some(0), "{args:?}: {}", stderr(&out));
+    }
+}
+
+/// Hostile review D4: a setting of the wrong type in prod/environment.yaml
+/// made `validate --env prod` print 16 false errors against the base
+/// workspaces ("no image for FHIR service", "sets no spec.ingress.domain"),
+/// the real error last. Now it is the only one.
+#[test]
+fn a_type_error_in_environment_settings_is_reported_alone_without_false_rule_errors() {
+    for (from, to, expected) in [
+        (
+            "tlsSecretName: wildcard-prod-tls",
+            "tlsSecretName: 5",
+            "environments/prod/environment.yaml:9:20: error: /spec/ingress/tlsSecretName: expected string, found number",
+        ),
+        (
+            "domain: health.example.com",
+            "domain: []",
+            "environments/prod/environment.yaml:8:13: error: /spec/ingress/domain: expected string, found array",
+        ),
+        (
+            "prune: true",
+            "prune: []",
+            "environments/prod/environment.yaml:19:12: error: /spec/syncPolicy/prune: expected boolean, found array",
+        ),
+    ] {
+        let repo = example_repo();
+        let path = repo.path().join("environments/prod/environment.yaml");
+        let text = std::fs::read_to_string(&path).expect("read");
+        assert!(text.contains(from), "{from}");
+        std::fs::write(&path, text.replace(from, to)).expect("write");
+        for env in ["prod", "dr"] {
+            let out = bin()
+                .args(["validate", "--env", env, "--repo"])
+                .arg(repo.path())
+                .output()
+                .expect("run tenantsync");
+            assert_eq!(out.status.code(), Some(1), "{to}");
+            assert_eq!(
+                stderr(&out),
+                format!("{expected}\n1 error(s)\n"),
+                "{to} in {env}"
+            );
+        }
+    }
+}
+
+/// Hostile review (minor): a guardrail broken by a resources/ manifest said
+/// only `environments/dev: error: ...`; it names the manifest's file.
+#[test]
+fn a_guardrail_broken_by_a_resources_manifest_names_the_manifest_file() {
+    let repo = example_repo();
+    let dir = repo.path().join("environments/dev/resources");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    std::fs::write(
+        dir.join("backdoor.yaml"),
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: backdoor\n  namespace: kube-system\nspec: {}\n",
+    )
+    .expect("write");
+    let out = bin()
+        .args(["validate", "--env", "dev", "--repo"])
+        .arg(repo.path())
+        .output()
+        .expect("run tenantsync");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).starts_with(
+            "environments/dev/resources/backdoor.yaml:1:1: error: Deployment/kube-system/backdoor (operator guardrail): a resources/ manifest writes into reserved namespace `kube-system`"
+        ),
+        "{}",
+        stderr(&out)
+    );
+}
+
+/// Hostile review (minor): an ownership policy with a broken glob, an
+/// unknown kind or a bad JSON-pointer escape passed validate and matched
+/// nothing; each is refused where it is written.
+#[test]
+fn ownership_policy_broken_glob_unknown_kind_and_bad_pointer_escape_are_refused() {
+    let repo = example_repo();
+    let path = repo.path().join("environments/prod/environment.yaml");
+    let text = std::fs::read_to_string(&path).expect("read");
+    let policy = "  ownership:\n    revert: [\"kubectl*\", \"before-first-apply\"]\n    ignore:\n      - kinds: [Deployment]\n        paths: [/spec/replicas]\n";
+    assert!(text.contains(policy));
+    std::fs::write(
+        &path,
+        text.replace(
+            policy,
+            "  ownership:\n    revert: [\"[\"]\n    ignore:\n      - kinds: [Nosuch]\n        paths: [\"/spec/x~2\"]\n",
+        ),
+    )
+    .expect("write");
+    let out = validate(repo.path());
+    assert_eq!(out.status.code(), Some(1));
+    let shown = stderr(&out);
+    let lines: Vec<&str> = shown.lines().collect();
+    assert_eq!(lines.len(), 4, "{shown}");
+    for (line, start) in lines.iter().zip([
+        "environments/prod/environment.yaml:23:14: error: /spec/ownership/revert/0: `[` uses `[`, which is not a wildcard here",
+        "environments/prod/environment.yaml:25:17: error: /spec/ownership/ignore/0/kinds/0: kind `Nosuch` is not one tenantsync manages here",
+        "environments/prod/environment.yaml:26:17: error: /spec/ownership/ignore/0/paths/0: `/spec/x~2` has `~2`, which is not a JSON pointer escape",
+        "3 error(s)",
+    ]) {
+        assert!(line.starts_with(start), "{line}\n{shown}");
     }
 }
 
