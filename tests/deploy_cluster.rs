@@ -20,6 +20,7 @@ use kube::api::{Api, ListParams};
 use serde_json::{Value, json};
 
 use crate::daemon_e2e::{Guard, free_port, http, status, wait_for};
+use crate::support::audit;
 use crate::support::repo::TestRepo;
 use crate::support::{User, control_plane, git, unique_name};
 
@@ -196,8 +197,66 @@ fn deploy_manifests_pass_a_server_side_dry_run_and_apply() {
             .contains(&json!("--leader-elect")),
         "{container}"
     );
-    assert_eq!(container["securityContext"]["readOnlyRootFilesystem"], true);
+    // What README's table promises of the Deployment, as the API server
+    // holds it: probes, resources, and a locked-down container.
+    assert_eq!(
+        (
+            &container["livenessProbe"]["httpGet"]["path"],
+            &container["livenessProbe"]["httpGet"]["port"]
+        ),
+        (&json!("/healthz"), &json!("http"))
+    );
+    assert_eq!(
+        (
+            &container["readinessProbe"]["httpGet"]["path"],
+            &container["readinessProbe"]["httpGet"]["port"]
+        ),
+        (&json!("/readyz"), &json!("http"))
+    );
+    assert!(
+        container["ports"]
+            .as_array()
+            .expect("ports")
+            .contains(&json!({"name": "http", "containerPort": 8080, "protocol": "TCP"})),
+        "{container}"
+    );
+    assert_eq!(
+        container["resources"],
+        json!({"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "512Mi"}})
+    );
+    let security = &container["securityContext"];
+    assert_eq!(security["readOnlyRootFilesystem"], true);
+    assert_eq!(security["allowPrivilegeEscalation"], false);
+    assert_eq!(security["capabilities"], json!({"drop": ["ALL"]}));
     assert_eq!(spec["securityContext"]["runAsNonRoot"], true);
+    assert_eq!(spec["securityContext"]["runAsUser"], 65532);
+    assert_eq!(
+        spec["securityContext"]["seccompProfile"],
+        json!({"type": "RuntimeDefault"})
+    );
+    // The Git cache and /tmp are emptyDir volumes (the root file system
+    // is read-only), the cache where XDG_CACHE_HOME points.
+    let volumes = spec["volumes"].as_array().expect("volumes");
+    let mounts = container["volumeMounts"].as_array().expect("mounts");
+    for path in ["/var/cache/tenantsync", "/tmp"] {
+        let mount = mounts
+            .iter()
+            .find(|m| m["mountPath"] == path)
+            .unwrap_or_else(|| panic!("nothing mounted at {path}"));
+        assert!(
+            volumes
+                .iter()
+                .any(|v| v["name"] == mount["name"] && v["emptyDir"].is_object()),
+            "{path} is not an emptyDir"
+        );
+    }
+    assert!(
+        container["env"]
+            .as_array()
+            .expect("env")
+            .contains(&json!({"name": "XDG_CACHE_HOME", "value": "/var/cache/tenantsync"})),
+        "{container}"
+    );
     let config_map = spec["volumes"]
         .as_array()
         .expect("volumes")
@@ -321,9 +380,19 @@ fn deploy_network_policy_selects_the_daemon_and_opens_its_two_ports_apart() {
 async fn deploy_service_account_is_enough_for_the_daemon_to_sync_prune_and_report() {
     deployed();
     let dir = tempfile::tempdir().expect("tempdir");
-    let kubeconfig = service_account_kubeconfig("tenantsync", dir.path());
+    // A token of its own: the API server's audit log shows what this
+    // daemon asked, to hold deploy/rbac.yaml to it.
+    let caller = audit::token_identity(SYSTEM, "tenantsync", dir.path());
+    let from = audit::cursor();
+    let kubeconfig = caller.kubeconfig.clone();
     let repo = TestRepo::new("deploy-daemon");
     let env = repo.env.clone();
+    // Two replicas: the workspace removed below has objects of every kind
+    // tenantsync renders, a PodDisruptionBudget included.
+    repo.write(
+        "workspaces/woodgrove.yaml",
+        "apiVersion: tenantsync.io/v1alpha1\nkind: WorkspacePatch\nmetadata: {name: woodgrove}\nspec:\n  fhirServices:\n    - name: api\n      replicas: 2\n",
+    );
     git(repo.path(), &["init", "-q"]);
     let first = commit(&repo, "initial");
     let port = free_port();
@@ -360,6 +429,11 @@ async fn deploy_service_account_is_enough_for_the_daemon_to_sync_prune_and_repor
         |s| s["lastAppliedRevision"] == first.as_str() && s["syncStatus"] == "Synced",
     )
     .await;
+    let ready = http(port, "GET", "/readyz", &[], "").await.expect("readyz");
+    assert!(
+        ready.starts_with("HTTP/1.1 200") && ready.ends_with("\nready\n"),
+        "{ready}"
+    );
     let all = http(port, "GET", "/status", &[], "").await.expect("status");
     let all: Value = serde_json::from_str(&all).expect("JSON");
     assert_eq!(all["leader"], true, "{all}");
@@ -488,12 +562,91 @@ async fn deploy_service_account_is_enough_for_the_daemon_to_sync_prune_and_repor
         "the Lease was not released"
     );
     let log = log_text();
+    // The shipped configuration's logFormat: json, one object per line.
+    for line in log.lines() {
+        assert!(
+            serde_json::from_str::<Value>(line).is_ok_and(|v| v["level"].is_string()),
+            "not a JSON log line: {line}"
+        );
+    }
     for refusal in ["forbidden", "permission denied", "cannot write status"] {
         assert!(
             !log.to_lowercase().contains(refusal),
             "the daemon was refused something:\n{log}"
         );
     }
+
+    // 5. deploy/rbac.yaml is minimal, not only sufficient: every verb it
+    //    grants on every resource, the daemon used in this run (a
+    //    server-side apply that created an object, answered 201, used
+    //    `create` too). Nothing it asked was refused, but for the look
+    //    into the removed workspace's namespace before deleting it, which
+    //    tries every kind the API server serves (those it may not list are
+    //    reported as not checked).
+    let requests: Vec<audit::Request> = caller
+        .requests_since(&from)
+        .into_iter()
+        .filter(|r| r.user_agent.starts_with("tenantsync/"))
+        .collect();
+    let refused: Vec<&audit::Request> = requests
+        .iter()
+        .filter(|r| r.code == 403)
+        .filter(|r| !(r.verb == "list" && r.namespace == gone))
+        .collect();
+    assert!(refused.is_empty(), "{refused:#?}");
+    let mut used: std::collections::BTreeSet<(bool, String, String, String)> =
+        std::collections::BTreeSet::new();
+    for r in &requests {
+        let in_system = r.namespace == SYSTEM;
+        let mut verbs = vec![r.verb.clone()];
+        if r.verb == "patch" && r.code == 201 {
+            verbs.push("create".into());
+        }
+        for verb in verbs {
+            used.insert((in_system, r.group.clone(), r.resource.clone(), verb));
+        }
+    }
+    let rbac = std::fs::read_to_string(root().join("deploy/rbac.yaml")).expect("rbac.yaml");
+    let mut unused = Vec::new();
+    for doc in serde_norway::Deserializer::from_str(&rbac) {
+        let doc: Value = serde::Deserialize::deserialize(doc).expect("a YAML document");
+        let cluster_wide = match doc["kind"].as_str() {
+            Some("ClusterRole") => true,
+            Some("Role") => false,
+            _ => continue,
+        };
+        for rule in doc["rules"].as_array().expect("rules") {
+            for group in rule["apiGroups"].as_array().expect("apiGroups") {
+                for resource in rule["resources"].as_array().expect("resources") {
+                    for verb in rule["verbs"].as_array().expect("verbs") {
+                        let (group, resource, verb) = (
+                            group.as_str().unwrap_or_default().to_string(),
+                            resource.as_str().unwrap_or_default().to_string(),
+                            verb.as_str().unwrap_or_default().to_string(),
+                        );
+                        // A cluster-wide grant is used by a request in any
+                        // namespace; the Role's only in tenantsync-system.
+                        let hit = used.iter().any(|(in_system, g, r, v)| {
+                            (cluster_wide || *in_system)
+                                && *g == group
+                                && *r == resource
+                                && *v == verb
+                        });
+                        if !hit {
+                            unused.push(format!(
+                                "{} {verb} {resource}.{group}",
+                                doc["kind"].as_str().unwrap_or_default()
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    assert!(
+        unused.is_empty(),
+        "deploy/rbac.yaml grants what the daemon never used: {unused:?}\nused: {used:#?}"
+    );
 }
 
 #[tokio::test]

@@ -1,7 +1,8 @@
 //! Golden files of `render` for every example environment.
 //!
 //! Regenerate with `TENANTSYNC_UPDATE_GOLDEN=1 cargo test --test tests golden`;
-//! never silently: without the variable a difference fails the test.
+//! never silently: without the variable set to `1` (`0` or any other value
+//! compares) a difference fails the test.
 
 use std::path::PathBuf;
 
@@ -13,7 +14,7 @@ const ENVIRONMENTS: [&str; 5] = ["dev", "qa", "staging", "prod", "dr"];
 #[test]
 fn rendered_examples_match_golden_files() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let update = std::env::var_os("TENANTSYNC_UPDATE_GOLDEN").is_some();
+    let update = crate::support::update_golden();
     let tree = folder::read(&root).expect("read examples");
     let repo = validate::load(&tree);
     let mut failures = Vec::new();
@@ -49,4 +50,19 @@ fn rendered_examples_match_golden_files() {
         "{}\n(regenerate with TENANTSYNC_UPDATE_GOLDEN=1 if the change is intended)",
         failures.join("\n")
     );
+}
+
+/// Only `1` regenerates: `0`, empty or any other value compares.
+#[test]
+fn only_update_golden_1_regenerates() {
+    use crate::support::update_golden_from;
+    use std::ffi::OsStr;
+    assert!(update_golden_from(Some(OsStr::new("1"))));
+    for value in ["0", "", "true", "yes", "01", " 1"] {
+        assert!(
+            !update_golden_from(Some(OsStr::new(value))),
+            "TENANTSYNC_UPDATE_GOLDEN={value:?} would regenerate"
+        );
+    }
+    assert!(!update_golden_from(None));
 }

@@ -81,6 +81,10 @@ async fn deployment_reports_progressing_then_healthy_as_status_is_written() {
     let namespace = object("v1", "Namespace", None, &ns);
     let cluster = connect().await;
     let seen: Mutex<Vec<(String, Health)>> = Mutex::new(Vec::new());
+    // The wait's own callback drives the rollout: each status is written
+    // once the wait reported the previous one, so every step is seen
+    // however slow the machine is (no sleeps).
+    let (reported, mut reports) = tokio::sync::mpsc::unbounded_channel::<String>();
 
     let objects = [namespace.clone(), deployment.clone()];
     let options = HealthOptions::default();
@@ -88,21 +92,37 @@ async fn deployment_reports_progressing_then_healthy_as_status_is_written() {
         &cluster,
         &objects,
         &options,
-        Duration::from_secs(60),
-        |r, h| seen.lock().unwrap().push((r.id(), h.clone())),
+        Duration::from_secs(120),
+        |r, h| {
+            seen.lock().unwrap().push((r.id(), h.clone()));
+            if *r == deployment {
+                let _ = reported.send(h.to_string());
+            }
+        },
     );
-    // Each step lasts longer than a poll, so the wait sees every one.
     let drive = async {
-        tokio::time::sleep(Duration::from_millis(1500)).await;
-        write_status(
-            &api,
-            json!({ "observedGeneration": 1, "replicas": 1, "updatedReplicas": 1 }),
-        )
-        .await;
-        tokio::time::sleep(Duration::from_millis(1500)).await;
-        write_status(&api, json!({ "replicas": 2, "updatedReplicas": 2 })).await;
-        tokio::time::sleep(Duration::from_millis(1500)).await;
-        write_status(&api, json!({ "readyReplicas": 2, "availableReplicas": 2 })).await;
+        let steps = [
+            (
+                "observe generation 1",
+                json!({ "observedGeneration": 1, "replicas": 1, "updatedReplicas": 1 }),
+            ),
+            (
+                "1 of 2 replicas updated",
+                json!({ "replicas": 2, "updatedReplicas": 2 }),
+            ),
+            (
+                "0 of 2 updated replicas available",
+                json!({ "readyReplicas": 2, "availableReplicas": 2 }),
+            ),
+        ];
+        for (after, status) in steps {
+            while let Some(message) = reports.recv().await {
+                if message.contains(after) {
+                    break;
+                }
+            }
+            write_status(&api, status).await;
+        }
     };
     let (result, ()) = tokio::join!(wait, drive);
     let result = result.unwrap();
@@ -158,7 +178,7 @@ async fn deployment_past_its_progress_deadline_is_degraded_with_the_condition_me
     .await;
     let cluster = connect().await;
     let mut seen = Vec::new();
-    let timeout = Duration::from_secs(60);
+    let timeout = Duration::from_secs(300);
     let started = Instant::now();
     let result = wait_healthy(
         &cluster,
@@ -175,9 +195,10 @@ async fn deployment_past_its_progress_deadline_is_degraded_with_the_condition_me
     assert_eq!(result, vec![(deployment, expected.clone())]);
     assert_eq!(seen, vec![expected]);
     // Every object left Degraded for three polls in a row: no need to wait
-    // out the timeout.
-    assert!(elapsed < Duration::from_secs(10), "{elapsed:?}");
+    // out the timeout (three GETs, one per poll; the time is a generous
+    // liveness bound, not a target).
     assert_eq!(cluster.requests(), 3, "one GET per poll");
+    assert!(elapsed < timeout / 2, "{elapsed:?}");
 }
 
 #[tokio::test]
@@ -199,8 +220,10 @@ async fn a_wait_that_times_out_returns_the_last_states_on_time() {
     .unwrap();
     let elapsed = started.elapsed();
 
+    // It waits the timeout out, then returns (a generous bound: a wait
+    // that ignored its timeout would run for ever).
     assert!(elapsed >= timeout, "{elapsed:?}");
-    assert!(elapsed < timeout + Duration::from_secs(1), "{elapsed:?}");
+    assert!(elapsed < timeout + Duration::from_secs(30), "{elapsed:?}");
     assert_eq!(
         result,
         vec![
@@ -257,7 +280,6 @@ async fn ingress_without_address_waits_unless_told_not_to() {
     let not_waiting = HealthOptions {
         wait_for_ingress_address: false,
     };
-    let started = Instant::now();
     let result = wait_healthy(
         &cluster,
         objects,
@@ -268,7 +290,6 @@ async fn ingress_without_address_waits_unless_told_not_to() {
     .await
     .unwrap();
     assert_eq!(result[0].1.status, HealthStatus::Healthy);
-    assert!(started.elapsed() < Duration::from_secs(5));
     assert_eq!(cluster.requests(), 1, "healthy on the first read");
 
     // Once an address is published, it is healthy by default too.

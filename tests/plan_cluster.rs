@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::support::repo::TestRepo;
-use crate::support::{control_plane, git};
+use crate::support::{audit, control_plane, git};
 
 fn summary(plan: &Value) -> (u64, u64, u64, u64) {
     let s = &plan["summary"];
@@ -42,12 +42,73 @@ async fn plan_on_an_empty_cluster_lists_only_creates_then_nothing_after_apply() 
     // them is a change.
     let plan = repo.plan_json("admin");
     assert_eq!(summary(&plan), (0, 0, 0, applied), "{:#}", plan["changes"]);
-    // One LIST per kind, nothing per object.
-    let kinds = tenantsync::object::MANAGED_KINDS.len() as u64;
-    assert!(
-        plan["apiRequests"].as_u64().expect("count") <= kinds + 2,
+    // A steady-state plan makes one LIST per kind (pages of 3,000, across
+    // namespaces, by label) and one GET of the inventory, nothing per
+    // object: as the API server recorded it, with a token of its own that
+    // may only read, and as the plan reports it.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let reader = audit::identity("plan-steady", "test-readonly", dir.path());
+    let from = audit::cursor();
+    let out = Command::new(env!("CARGO_BIN_EXE_tenantsync"))
+        .args(["plan", "--env", &repo.env, "--output", "json", "--repo"])
+        .arg(repo.path())
+        .arg("--kubeconfig")
+        .arg(&reader.kubeconfig)
+        .output()
+        .expect("run");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
         "{}",
-        plan["apiRequests"]
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let plan: Value = serde_json::from_slice(&out.stdout).expect("plan JSON");
+    assert_eq!(summary(&plan), (0, 0, 0, applied), "{:#}", plan["changes"]);
+    let requests: Vec<audit::Request> = reader
+        .requests_since(&from)
+        .into_iter()
+        .filter(|r| r.user_agent.starts_with("tenantsync/"))
+        .collect();
+    let kinds = tenantsync::object::MANAGED_KINDS.len();
+    assert_eq!(requests.len(), kinds + 1, "{requests:#?}");
+    assert_eq!(
+        plan["apiRequests"],
+        requests.len(),
+        "apiRequests is what was sent"
+    );
+    let selector = format!("tenantsync.io%2Fenvironment%3D{}", repo.env);
+    let lists: Vec<&audit::Request> = requests.iter().filter(|r| r.verb == "list").collect();
+    assert_eq!(lists.len(), kinds, "{requests:#?}");
+    for kind in tenantsync::object::MANAGED_KINDS {
+        let of_kind: Vec<&&audit::Request> =
+            lists.iter().filter(|r| r.resource == kind.plural).collect();
+        assert_eq!(of_kind.len(), 1, "{kind:?}: {lists:#?}");
+        let uri = &of_kind[0].uri;
+        assert!(
+            // Across namespaces (no namespace in the path).
+            !uri.split('?')
+                .next()
+                .unwrap_or_default()
+                .contains("/namespaces/")
+                && uri.contains(&selector)
+                && uri.contains("limit=3000")
+                && !uri.contains("continue="),
+            "{uri}"
+        );
+    }
+    let gets: Vec<&audit::Request> = requests.iter().filter(|r| r.verb == "get").collect();
+    assert_eq!(gets.len(), 1, "{requests:#?}");
+    assert_eq!(
+        (
+            gets[0].resource.as_str(),
+            gets[0].namespace.as_str(),
+            gets[0].name.clone()
+        ),
+        (
+            "configmaps",
+            tenantsync::sync::inventory::SYSTEM_NAMESPACE,
+            tenantsync::sync::inventory::name_of(&repo.env)
+        )
     );
 
     let out = repo.run("plan", "admin", &["--detailed-exitcode"]);
@@ -146,6 +207,101 @@ async fn out_of_band_changes_show_with_field_and_manager_in_plan_and_drift() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("spec.replicas"), "{text}");
     assert!(text.contains("kubectl"), "{text}");
+
+    // Missing: applied, in the inventory, deleted by hand. Orphaned:
+    // labelled for the environment and declared by nothing (here removed
+    // from Git, not pruned yet; and one never recorded, listed again as
+    // never declared).
+    let kubectl = |args: &[&str]| {
+        let out = control_plane()
+            .kubectl()
+            .args(["--context", "admin"])
+            .args(args)
+            .output()
+            .expect("kubectl");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    kubectl(&["-n", &ns, "delete", "service", "fhir-main"]);
+    kubectl(&["-n", &ns, "create", "configmap", "by-hand"]);
+    kubectl(&[
+        "-n",
+        &ns,
+        "label",
+        "configmap",
+        "by-hand",
+        "app.kubernetes.io/managed-by=tenantsync",
+        &format!("tenantsync.io/environment={}", repo.env),
+        "tenantsync.io/workspace=contoso",
+    ]);
+    repo.write(
+        "workspaces/woodgrove.yaml",
+        "apiVersion: tenantsync.io/v1alpha1\nkind: WorkspacePatch\nmetadata: {name: woodgrove}\nspec:\n  fhirServices:\n    - name: api\n      $patch: delete\n",
+    );
+    let out = repo.run("drift", "readonly", &["--output", "json"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let drift: Value = serde_json::from_slice(&out.stdout).expect("drift JSON");
+    let ids = |action: &str| -> Vec<String> {
+        changes(&drift, action)
+            .iter()
+            .map(|c| {
+                format!(
+                    "{}/{}/{}",
+                    c["kind"].as_str().unwrap_or_default(),
+                    c["namespace"].as_str().unwrap_or_default(),
+                    c["name"].as_str().unwrap_or_default()
+                )
+            })
+            .collect()
+    };
+    assert_eq!(
+        ids("create"),
+        [format!("Service/{ns}/fhir-main")],
+        "missing"
+    );
+    let woodgrove = repo.namespace("woodgrove");
+    let orphaned = ids("delete");
+    assert!(
+        orphaned.contains(&format!("ConfigMap/{ns}/by-hand")),
+        "{orphaned:?}"
+    );
+    assert!(
+        orphaned.contains(&format!("Deployment/{woodgrove}/fhir-api")),
+        "{orphaned:?}"
+    );
+    assert_eq!(
+        drift["neverDeclared"],
+        serde_json::json!([format!("ConfigMap/{ns}/by-hand")])
+    );
+    let out = repo.run("drift", "readonly", &["--no-color"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(&format!(
+            "+ missing (deleted by hand) Service/{ns}/fhir-main"
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "- not declared any more (orphaned) Deployment/{woodgrove}/fhir-api"
+        )),
+        "{text}"
+    );
+    let (_, update, delete, _) = summary(&drift);
+    assert!(
+        text.contains(&format!(
+            "Drift: {update} modified, 1 missing, {delete} orphaned, "
+        )),
+        "{text}"
+    );
 }
 
 #[tokio::test]
@@ -320,6 +476,34 @@ async fn plan_at_an_older_git_revision_differs_as_expected() {
     );
     let drift: Value = serde_json::from_slice(&out.stdout).expect("drift");
     assert_eq!(drift["revision"], new.as_str());
+    // A newer commit nobody synced is not drift either: drift still reads
+    // the inventory's revision, while plan reads HEAD.
+    repo.remove("workspaces/junk.yaml");
+    repo.write(
+        "workspaces/woodgrove.yaml",
+        "apiVersion: tenantsync.io/v1alpha1\nkind: WorkspacePatch\nmetadata: {name: woodgrove}\nspec:\n  fhirServices:\n    - name: api\n      replicas: 5\n",
+    );
+    git(repo.path(), &["add", "-A"]);
+    git(repo.path(), &["commit", "-qm", "scale woodgrove again"]);
+    let newest = git(repo.path(), &["rev-parse", "HEAD"]);
+    let out = repo.run(
+        "drift",
+        "readonly",
+        &["--output", "json", "--detailed-exitcode"],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let drift: Value = serde_json::from_slice(&out.stdout).expect("drift");
+    assert_eq!(drift["revision"], new.as_str());
+    let out = repo.run("plan", "readonly", &["--output", "json", "--rev", "HEAD"]);
+    let plan: Value = serde_json::from_slice(&out.stdout).expect("plan");
+    assert_eq!(plan["revision"], newest.as_str());
+    assert_eq!(changes(&plan, "update").len(), 1, "{:#}", plan["changes"]);
+    repo.write("workspaces/junk.yaml", "not: [valid\n");
     // And the work tree is as it was.
     assert!(
         repo.path()
@@ -331,5 +515,198 @@ async fn plan_at_an_older_git_revision_differs_as_expected() {
     assert_eq!(
         git(repo.path(), &["status", "--porcelain"]),
         format!("?? environments/{}/workspaces/junk.yaml", repo.env)
+    );
+}
+
+/// More objects of one kind than a page holds: the LIST goes on with the
+/// continue token the API server gives, and every object is read.
+#[tokio::test]
+async fn a_kind_with_more_objects_than_a_page_is_read_page_by_page() {
+    use futures::StreamExt;
+    use k8s_openapi::api::core::v1::ConfigMap;
+    use kube::api::{Api, PostParams};
+
+    let repo = TestRepo::new("plan-pages");
+    repo.apply_rendered().await;
+    let rendered = crate::support::live_labelled(&repo.env)
+        .iter()
+        .filter(|id| id.starts_with("ConfigMap/"))
+        .count();
+    // Labelled for the environment, never in its inventory: drift lists
+    // each as never declared. With the rendered ones, one more ConfigMap
+    // than a page holds.
+    let page = tenantsync::cluster::PAGE_SIZE as usize;
+    assert_eq!(page, 3000, "README: pages of 3,000");
+    let extra = page + 1 - rendered;
+    let ns = control_plane().namespace("plan-pages").await;
+    let api: Api<ConfigMap> = Api::namespaced(
+        control_plane().client(crate::support::User::Admin).await,
+        &ns,
+    );
+    let env = repo.env.clone();
+    let created = futures::stream::iter(0..extra)
+        .map(|i| {
+            let api = api.clone();
+            let env = env.clone();
+            async move {
+                let cm: ConfigMap = serde_json::from_value(serde_json::json!({
+                    "metadata": {"name": format!("by-hand-{i:04}"), "labels": {
+                        "app.kubernetes.io/managed-by": "tenantsync",
+                        "tenantsync.io/environment": env,
+                    }}
+                }))
+                .expect("a ConfigMap");
+                api.create(&PostParams::default(), &cm).await.is_ok()
+            }
+        })
+        .buffer_unordered(16)
+        .filter(|ok| std::future::ready(*ok))
+        .count()
+        .await;
+    assert_eq!(created, extra);
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let reader = audit::identity("plan-pages", "test-readonly", dir.path());
+    let from = audit::cursor();
+    let out = Command::new(env!("CARGO_BIN_EXE_tenantsync"))
+        .args(["drift", "--env", &repo.env, "--output", "json", "--repo"])
+        .arg(repo.path())
+        .arg("--kubeconfig")
+        .arg(&reader.kubeconfig)
+        .output()
+        .expect("run");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let drift: Value = serde_json::from_slice(&out.stdout).expect("drift JSON");
+    // Every object of both pages read: nothing tenantsync applied looks
+    // missing, and every hand-made one is found.
+    let (missing, modified, _, _) = summary(&drift);
+    assert_eq!((missing, modified), (0, 0), "{:#}", drift["summary"]);
+    let never = drift["neverDeclared"].as_array().expect("neverDeclared");
+    assert_eq!(
+        never.len(),
+        extra,
+        "objects of the second page were not read"
+    );
+    assert!(
+        never
+            .iter()
+            .any(|id| id == &format!("ConfigMap/{ns}/by-hand-{:04}", extra - 1)),
+        "{never:?}"
+    );
+    let lists: Vec<audit::Request> = reader
+        .requests_since(&from)
+        .into_iter()
+        .filter(|r| r.user_agent.starts_with("tenantsync/") && r.resource == "configmaps")
+        .filter(|r| r.verb == "list")
+        .collect();
+    assert_eq!(lists.len(), 2, "{lists:#?}");
+    assert!(
+        lists[0].uri.contains("limit=3000") && !lists[0].uri.contains("continue="),
+        "{}",
+        lists[0].uri
+    );
+    assert!(
+        lists[1].uri.contains("limit=3000") && lists[1].uri.contains("continue="),
+        "{}",
+        lists[1].uri
+    );
+    let kinds = tenantsync::object::MANAGED_KINDS.len();
+    assert_eq!(
+        drift["apiRequests"],
+        kinds + 2,
+        "one request more: the second page"
+    );
+    // Gone with the namespace.
+    let _ = control_plane()
+        .kubectl()
+        .args([
+            "--context",
+            "admin",
+            "delete",
+            "namespace",
+            &ns,
+            "--wait=false",
+        ])
+        .output();
+}
+
+/// Colour only on a terminal, never with `--no-color` or `NO_COLOR`; a
+/// cluster that refuses to be read fails the plan (exit 1).
+#[tokio::test]
+async fn plan_colours_only_a_terminal_and_fails_when_the_cluster_refuses() {
+    let repo = TestRepo::new("plan-colour");
+    repo.apply_rendered().await;
+    let ns = repo.namespace("contoso");
+    let scale = control_plane()
+        .kubectl()
+        .args(["--context", "admin", "-n", &ns, "scale"])
+        .args(["deployment/fhir-main", "--replicas=3"])
+        .output()
+        .expect("kubectl");
+    assert!(scale.status.success());
+    let command = format!(
+        "{} plan --env {} --repo {} --kubeconfig {} --context readonly",
+        env!("CARGO_BIN_EXE_tenantsync"),
+        repo.env,
+        repo.path().display(),
+        control_plane().kubeconfig().display()
+    );
+    // `script` runs it on a pseudo-terminal.
+    let on_terminal = |extra: &str, no_color: bool| {
+        let mut script = Command::new("script");
+        script
+            .args(["-qec", &format!("{command} {extra}"), "/dev/null"])
+            .env_remove("NO_COLOR");
+        if no_color {
+            script.env("NO_COLOR", "1");
+        }
+        let out = script.output().expect("script");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(text.contains("spec.replicas: 3 -> 1"), "{text}");
+        text
+    };
+    assert!(
+        on_terminal("", false).contains("\x1b["),
+        "no colour on a terminal"
+    );
+    assert!(!on_terminal("--no-color", false).contains('\x1b'));
+    assert!(!on_terminal("", true).contains('\x1b'));
+    let piped = repo.run("plan", "readonly", &[]);
+    let text = String::from_utf8_lossy(&piped.stdout);
+    assert!(
+        text.contains("spec.replicas: 3 -> 1") && !text.contains('\x1b'),
+        "{text}"
+    );
+
+    // A credential that may read nothing: the plan fails, naming why.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let nobody = audit::identity("plan-refused", "system:basic-user", dir.path());
+    let out = Command::new(env!("CARGO_BIN_EXE_tenantsync"))
+        .args(["plan", "--env", &repo.env, "--detailed-exitcode", "--repo"])
+        .arg(repo.path())
+        .arg("--kubeconfig")
+        .arg(&nobody.kubeconfig)
+        .output()
+        .expect("run");
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("permission denied by https://") && err.contains("is forbidden"),
+        "{err}"
     );
 }

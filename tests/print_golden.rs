@@ -213,7 +213,7 @@ fn fixed_plan() -> Plan {
 #[test]
 fn printed_plan_matches_golden_files() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
-    let update = std::env::var_os("TENANTSYNC_UPDATE_GOLDEN").is_some();
+    let update = crate::support::update_golden();
     let plan = fixed_plan();
     let outputs = [
         ("plan.txt", print::text(&plan, false, Verb::Plan)),

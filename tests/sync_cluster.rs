@@ -11,7 +11,7 @@ use kube::api::{Api, Patch, PatchParams};
 use serde_json::{Value, json};
 
 use crate::support::repo::TestRepo;
-use crate::support::{User, control_plane, eventually};
+use crate::support::{User, audit, control_plane, eventually};
 
 fn sync(repo: &TestRepo, extra: &[&str]) -> (Output, Value) {
     let mut args = vec!["--output", "json"];
@@ -60,43 +60,115 @@ where
     api.get_opt(name).await.expect("get").is_some()
 }
 
+/// README's stage order within a wave: Namespaces (and CRDs),
+/// ServiceAccounts, ConfigMaps and Secrets, Services, Deployments,
+/// PodDisruptionBudgets, Ingresses, NetworkPolicies.
+fn kind_rank(resource: &str) -> usize {
+    [
+        &["namespaces", "customresourcedefinitions"][..],
+        &["serviceaccounts"],
+        &["configmaps", "secrets"],
+        &["services"],
+        &["deployments"],
+        &["poddisruptionbudgets"],
+        &["ingresses"],
+        &["networkpolicies"],
+    ]
+    .iter()
+    .position(|group| group.contains(&resource))
+    .unwrap_or_else(|| panic!("{resource} has no place in the order"))
+}
+
 #[tokio::test]
 async fn first_sync_creates_everything_and_records_it_second_writes_nothing() {
     let repo = TestRepo::new("sync-first");
-    let (out, report) = sync(&repo, &[]);
+    // Enough objects per stage to fill the eight requests in flight.
+    for i in 0..12 {
+        repo.write(
+            &format!("workspaces/t{i:02}.yaml"),
+            &format!("apiVersion: tenantsync.io/v1alpha1\nkind: Workspace\nmetadata: {{name: t{i:02}}}\nspec:\n  fhirServices:\n    - name: api\n      replicas: 2\n    - name: web\n      replicas: 2\n"),
+        );
+    }
+    // Sync waves: one manifest before everything (in a namespace of the
+    // operator's that exists already), one after.
+    let early_ns = control_plane().namespace("sync-first-early").await;
+    repo.write(
+        "resources/early.yaml",
+        &format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: early\n  namespace: {early_ns}\n  annotations: {{tenantsync.io/sync-wave: \"-1\"}}\ndata: {{a: b}}\n"),
+    );
+    let contoso = repo.namespace("contoso");
+    repo.write(
+        "resources/late.yaml",
+        &format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: late\n  namespace: {contoso}\n  annotations: {{tenantsync.io/sync-wave: \"1\"}}\ndata: {{a: b}}\n"),
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let caller = audit::identity("sync-first", "cluster-admin", dir.path());
+    let from = audit::cursor();
+    let out = Command::new(env!("CARGO_BIN_EXE_tenantsync"))
+        .args(["sync", "--env", &repo.env, "--output", "json"])
+        .args(["--allow-namespace", &early_ns, "--repo"])
+        .arg(repo.path())
+        .arg("--kubeconfig")
+        .arg(&caller.kubeconfig)
+        .output()
+        .expect("sync");
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let report: Value = serde_json::from_slice(&out.stdout).expect("report");
     let created = ids(&report, "created");
-    assert!(created.len() > 40);
-    // Namespaces come first, Ingresses and NetworkPolicies last.
-    let first_non_ns = created
-        .iter()
-        .position(|id| !id.starts_with("Namespace/"))
-        .expect("objects");
-    assert!(
-        created[..first_non_ns]
-            .iter()
-            .all(|id| id.starts_with("Namespace/"))
+    assert!(created.len() > 100, "{}", created.len());
+    assert_eq!(
+        created.first(),
+        Some(&format!("ConfigMap/{early_ns}/early"))
     );
+    assert_eq!(created.last(), Some(&format!("ConfigMap/{contoso}/late")));
+
+    // As the API server saw it: every write of a stage answered before the
+    // first of the next stage arrived, waves first, then kinds in order;
+    // at most eight writes in flight, and that many at once.
+    let writes: Vec<audit::Request> = caller
+        .requests_since(&from)
+        .into_iter()
+        .filter(|r| r.user_agent.starts_with("tenantsync/") && r.is_write())
+        .filter(|r| r.namespace != tenantsync::sync::inventory::SYSTEM_NAMESPACE)
+        .collect();
+    assert_eq!(writes.len(), created.len(), "one write per object");
     assert!(
-        created[first_non_ns..]
-            .iter()
-            .all(|id| !id.starts_with("Namespace/"))
+        writes.iter().all(|w| w.verb == "patch" && w.code == 201),
+        "{writes:#?}"
     );
-    let last_deploy = created
-        .iter()
-        .rposition(|id| id.starts_with("Deployment/"))
-        .expect("deployments");
-    let first_ingress = created
-        .iter()
-        .position(|id| id.starts_with("Ingress/"))
-        .expect("ingresses");
-    assert!(last_deploy < first_ingress);
+    let stage_of = |w: &audit::Request| -> (i32, usize) {
+        let wave = match w.name.as_str() {
+            "early" => -1,
+            "late" => 1,
+            _ => 0,
+        };
+        (wave, kind_rank(&w.resource))
+    };
+    let mut stages: std::collections::BTreeMap<(i32, usize), Vec<&audit::Request>> =
+        std::collections::BTreeMap::new();
+    for w in &writes {
+        stages.entry(stage_of(w)).or_default().push(w);
+    }
+    assert_eq!(stages.len(), 10, "{:?}", stages.keys().collect::<Vec<_>>());
+    let stages: Vec<(&(i32, usize), &Vec<&audit::Request>)> = stages.iter().collect();
+    for pair in stages.windows(2) {
+        let ((before, earlier), (after, later)) = (pair[0], pair[1]);
+        let done = earlier.iter().map(|w| w.completed).max().expect("a write");
+        let next = later.iter().map(|w| w.received).min().expect("a write");
+        assert!(
+            done <= next,
+            "stage {after:?} began {} µs before stage {before:?} was done",
+            done - next
+        );
+    }
+    let all: Vec<&audit::Request> = writes.iter().collect();
+    assert_eq!(audit::most_in_flight(&all), 8, "requests in flight at once");
 
     let inv = inventory(&repo).await.expect("inventory written");
     assert_eq!(inv.objects.len(), created.len());
     assert!(inv.last_applied_at.is_some());
 
-    let (out, report) = sync(&repo, &[]);
+    let (out, report) = sync(&repo, &["--allow-namespace", &early_ns]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert_eq!(report["writeRequests"], 0, "{report:#}");
     assert_eq!(report["unchanged"].as_u64(), Some(created.len() as u64));
@@ -329,6 +401,22 @@ async fn a_conflicting_manager_is_reported_then_overwritten_when_forced() {
         "R5"
     );
 
+    // The repository's syncPolicy.forceConflicts: false tightens the
+    // operator's --force-conflicts: still a conflict, left alone.
+    environment_with(&repo, "  syncPolicy: {forceConflicts: false}\n");
+    let (out, report) = sync(&repo, &["--force-conflicts"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert_eq!(report["conflicts"].as_array().map(Vec::len), Some(1));
+    assert_eq!(
+        api.get("fhir-main-config")
+            .await
+            .expect("get")
+            .data
+            .expect("data")["FhirServer__Version"],
+        "R5"
+    );
+    // Both say force: taken over.
+    environment_with(&repo, "  syncPolicy: {forceConflicts: true}\n");
     let (out, _) = sync(&repo, &["--force-conflicts"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert_eq!(
@@ -469,15 +557,16 @@ async fn a_sync_killed_midway_converges_on_the_next_run_and_prunes_nothing_desir
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn");
-    // Kill once the inventory exists and some namespaces were created.
-    let namespaces: Api<Namespace> = Api::all(control_plane().client(User::Admin).await);
+    // Kill once some Deployments exist: past the first stages, before the
+    // last ones.
+    let deployments: Api<Deployment> = Api::all(control_plane().client(User::Admin).await);
     let env = repo.env.clone();
-    eventually("the sync to be under way", Duration::from_secs(30), || {
-        let namespaces = namespaces.clone();
+    eventually("the sync to be under way", Duration::from_secs(120), || {
+        let deployments = deployments.clone();
         let env = env.clone();
         async move {
-            let list = namespaces
-                .list(
+            let list = deployments
+                .list_metadata(
                     &kube::api::ListParams::default()
                         .labels(&format!("tenantsync.io/environment={env}")),
                 )
@@ -496,6 +585,24 @@ async fn a_sync_killed_midway_converges_on_the_next_run_and_prunes_nothing_desir
         partial.objects.len() > 150 * 5,
         "inventory lists everything about to be applied"
     );
+    assert_eq!(
+        partial.revision, None,
+        "a revision is recorded only once it applied in full"
+    );
+    // The kill landed mid-sync: objects are still to be created...
+    let plan = repo.plan_json("admin");
+    assert!(
+        plan["summary"]["create"].as_u64().expect("n") > 0,
+        "the sync finished before it was killed: {}",
+        plan["summary"]
+    );
+    // ...and nothing was created outside the inventory.
+    let recorded: std::collections::BTreeSet<String> =
+        partial.objects.iter().map(|o| o.id()).collect();
+    let live = crate::support::live_labelled(&repo.env);
+    assert!(!live.is_empty());
+    let outside: Vec<&String> = live.difference(&recorded).collect();
+    assert!(outside.is_empty(), "live but not inventoried: {outside:?}");
 
     let (out, report) = sync(&repo, &["--prune", "--allow-mass-prune"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
@@ -552,6 +659,31 @@ async fn a_crd_and_its_custom_object_apply_in_one_sync_and_prune_later() {
         .position(|id| id == &format!("BackupPolicy/{ns}/nightly"))
         .expect("custom object created");
     assert!(crd_at < cr_at);
+    // With --wait, the CRD counts as healthy once Established (the
+    // Deployments once rolled out: the control plane runs no deployment
+    // controller, so the test writes their status).
+    roll_out(&repo.env, None).await;
+    let (out, report) = sync(
+        &repo,
+        &[
+            allow[0],
+            allow[1],
+            "--wait",
+            "--timeout",
+            "60s",
+            "--no-ingress-address-wait",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}\n{report:#}", stderr(&out));
+    let crd_health = report["health"]["objects"]
+        .as_array()
+        .expect("objects")
+        .iter()
+        .find(|o| o["id"] == format!("CustomResourceDefinition/{crd_name}"))
+        .cloned()
+        .unwrap_or_else(|| panic!("{report:#}"));
+    assert_eq!(crd_health["status"], "Healthy", "{crd_health}");
+    assert_eq!(crd_health["message"], "Established", "{crd_health}");
     // The server filled in the schema default; that is not a change.
     let plan = repo.run(
         "plan",
@@ -606,7 +738,7 @@ async fn roll_out(env: &str, condition: Option<Value>) {
 #[tokio::test]
 async fn wait_reports_progressing_then_healthy_and_degraded_on_a_failed_rollout() {
     let repo = TestRepo::new("sync-wait");
-    let child = Command::new(env!("CARGO_BIN_EXE_tenantsync"))
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tenantsync"))
         .args([
             "sync",
             "--env",
@@ -615,7 +747,7 @@ async fn wait_reports_progressing_then_healthy_and_degraded_on_a_failed_rollout(
             "admin",
             "--wait",
             "--timeout",
-            "60s",
+            "120s",
         ])
         .args(["--no-ingress-address-wait", "--output", "json", "--repo"])
         .arg(repo.path())
@@ -625,14 +757,38 @@ async fn wait_reports_progressing_then_healthy_and_degraded_on_a_failed_rollout(
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn");
-    // Let it apply and report Progressing, then act as the deployment controller.
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    // Act as the deployment controller once the sync reports its
+    // Deployments Progressing (its own output, not a sleep, says when).
+    let (lines_tx, lines) = std::sync::mpsc::channel::<String>();
+    let stderr_pipe = child.stderr.take().expect("stderr");
+    let reader = std::thread::spawn(move || {
+        use std::io::BufRead;
+        let mut all = String::new();
+        for line in std::io::BufReader::new(stderr_pipe)
+            .lines()
+            .map_while(Result::ok)
+        {
+            all.push_str(&line);
+            all.push('\n');
+            let _ = lines_tx.send(line);
+        }
+        all
+    });
+    let lines = tokio::task::spawn_blocking(move || {
+        lines
+            .iter()
+            .any(|line| line.starts_with("Progressing Deployment/"))
+    });
+    assert!(
+        lines.await.expect("join"),
+        "no Deployment reported Progressing"
+    );
     roll_out(&repo.env, None).await;
     let out = tokio::task::spawn_blocking(move || child.wait_with_output())
         .await
         .expect("join")
         .expect("wait");
-    let err = stderr(&out);
+    let err = reader.join().expect("stderr reader");
     assert_eq!(out.status.code(), Some(0), "{err}");
     let progressing = err
         .find("Progressing Deployment/")
@@ -644,6 +800,30 @@ async fn wait_reports_progressing_then_healthy_and_degraded_on_a_failed_rollout(
     let report: Value = serde_json::from_slice(&out.stdout).expect("report");
     assert_eq!(report["health"]["status"], "Healthy");
     assert_eq!(report["health"]["workspaces"]["contoso"], "Healthy");
+
+    // A rollout nobody completes: the wait gives up at --timeout and the
+    // sync exits 1, the Deployment still Progressing.
+    repo.write(
+        "workspaces/contoso.yaml",
+        "apiVersion: tenantsync.io/v1alpha1\nkind: WorkspacePatch\nmetadata: {name: contoso}\nspec:\n  fhirServices:\n    - name: main\n      replicas: 3\n",
+    );
+    let (out, report) = sync(
+        &repo,
+        &["--wait", "--timeout", "3s", "--no-ingress-address-wait"],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert_eq!(report["health"]["status"], "Progressing", "{report:#}");
+    let ns = repo.namespace("contoso");
+    assert!(
+        report["health"]["objects"]
+            .as_array()
+            .expect("objects")
+            .iter()
+            .any(
+                |o| o["id"] == format!("Deployment/{ns}/fhir-main") && o["status"] == "Progressing"
+            ),
+        "{report:#}"
+    );
 
     // A rollout past its deadline is Degraded, with the reason, and fails the sync.
     roll_out(
@@ -674,4 +854,276 @@ async fn wait_reports_progressing_then_healthy_and_degraded_on_a_failed_rollout(
             .contains("ProgressDeadlineExceeded"),
         "{degraded:?}"
     );
+}
+
+fn fhir_workspace(name: &str, services: &[&str]) -> String {
+    let mut text = format!(
+        "apiVersion: tenantsync.io/v1alpha1\nkind: Workspace\nmetadata: {{name: {name}}}\nspec:\n  fhirServices:\n"
+    );
+    for s in services {
+        text.push_str(&format!("    - name: {s}\n"));
+    }
+    text
+}
+
+fn environment_with(repo: &TestRepo, extra: &str) {
+    repo.write(
+        "environment.yaml",
+        &format!(
+            "apiVersion: tenantsync.io/v1alpha1\nkind: Environment\nmetadata:\n  name: {}\nspec:\n  base: base\n  ingress:\n    domain: test.example.com\n{extra}",
+            repo.env
+        ),
+    );
+}
+
+/// `Kind/ns/name` of the live objects of FHIR service `service` in `ns`.
+fn service_objects(env: &str, ns: &str, service: &str) -> Vec<String> {
+    crate::support::live_labelled(env)
+        .into_iter()
+        .filter(|id| {
+            id.split('/').nth(1) == Some(ns)
+                && id
+                    .rsplit('/')
+                    .next()
+                    .is_some_and(|n| n.starts_with(&format!("fhir-{service}")))
+        })
+        .collect()
+}
+
+/// The repository's `syncPolicy` as `sync` reads it: `prune: true` prunes
+/// without `--prune`; `maxPrunePercent` lowers the operator's ceiling (and
+/// the operator's `--max-prune-percent` lowers it again); an object
+/// annotated `tenantsync.io/prune: disabled` is kept and released from
+/// the inventory.
+#[tokio::test]
+async fn the_repositorys_sync_policy_and_the_prune_annotation_are_honoured() {
+    let repo = TestRepo::new("sync-policy");
+    let acme = repo.namespace("acme");
+    repo.write(
+        "workspaces/acme.yaml",
+        &fhir_workspace("acme", &["api", "extra"]),
+    );
+    let contoso = repo.namespace("contoso");
+    repo.write(
+        "resources/keep.yaml",
+        &format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: keep\n  namespace: {contoso}\n  annotations: {{tenantsync.io/prune: disabled}}\ndata: {{a: b}}\n"),
+    );
+    // The text report ends with the summary line README shows.
+    let out = repo.run("sync", "admin", &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let live = crate::support::live_labelled(&repo.env).len();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let summary = text.lines().last().unwrap_or_default();
+    // `at` the revision's first 12 characters (a folder's: `folder-<digest>`).
+    let revision = summary
+        .strip_prefix(&format!("Sync of environment {} at ", repo.env))
+        .and_then(|rest| rest.get(..12))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(revision.starts_with("folder-"), "{text}");
+    let expected = format!(
+        "Sync of environment {} at {revision}: {live} created, 0 updated, 0 recreated, 0 pruned, 0 unchanged, 0 conflicts, 0 failures; ",
+        repo.env
+    );
+    assert!(
+        summary.starts_with(&expected) && summary.ends_with(" write requests."),
+        "{text}"
+    );
+    let writes: usize = summary
+        .trim_start_matches(&expected)
+        .split(' ')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .expect("a number of writes");
+    assert!(writes >= live, "{summary}");
+
+    // acme loses a service: about 7% of the inventory.
+    let extra = service_objects(&repo.env, &acme, "extra");
+    assert_eq!(extra.len(), 5, "{extra:?}");
+    repo.write("workspaces/acme.yaml", &fhir_workspace("acme", &["api"]));
+    // The repository's ceiling, 5%, is below that: refused, nothing pruned.
+    environment_with(&repo, "  syncPolicy: {prune: true, maxPrunePercent: 5}\n");
+    let (out, _) = sync(&repo, &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("--allow-mass-prune"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(service_objects(&repo.env, &acme, "extra"), extra);
+    // 20% lets it through, but not the operator's 5%.
+    environment_with(&repo, "  syncPolicy: {prune: true, maxPrunePercent: 20}\n");
+    let (out, _) = sync(&repo, &["--max-prune-percent", "5"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert_eq!(service_objects(&repo.env, &acme, "extra"), extra);
+    // syncPolicy.prune: no --prune needed.
+    let (out, report) = sync(&repo, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let mut pruned = ids(&report, "pruned");
+    pruned.sort();
+    assert_eq!(pruned, extra, "{report:#}");
+    assert!(service_objects(&repo.env, &acme, "extra").is_empty());
+
+    // A manifest annotated prune: disabled outlives its declaration, and
+    // leaves the inventory.
+    repo.remove("resources/keep.yaml");
+    let (out, report) = sync(&repo, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let keep = format!("ConfigMap/{contoso}/keep");
+    assert!(!ids(&report, "pruned").contains(&keep), "{report:#}");
+    assert!(exists::<ConfigMap>(&contoso, "keep").await);
+    assert!(
+        !inventory(&repo)
+            .await
+            .expect("inventory")
+            .objects
+            .iter()
+            .any(|o| o.id() == keep),
+        "still in the inventory"
+    );
+    let plan = repo.plan_json("admin");
+    assert_eq!(plan["summary"]["delete"], 0, "{:#}", plan["changes"]);
+}
+
+/// `sync` sends no write when the repository is invalid (a schema error,
+/// two declarations rendering one object) or `--rev` cannot be read.
+#[tokio::test]
+async fn nothing_is_written_when_validation_fails_or_the_revision_cannot_be_read() {
+    let repo = TestRepo::new("sync-nowrite");
+    crate::support::git(repo.path(), &["init", "-q"]);
+    crate::support::git(repo.path(), &["add", "-A"]);
+    crate::support::git(repo.path(), &["commit", "-qm", "first"]);
+    let (out, _) = sync(&repo, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let versions = crate::support::live_versions(&repo.env);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let caller = audit::identity("sync-nowrite", "cluster-admin", dir.path());
+    let from = audit::cursor();
+    let run = |extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_tenantsync"))
+            .args(["sync", "--env", &repo.env, "--prune", "--allow-mass-prune"])
+            .args(extra)
+            .arg("--repo")
+            .arg(repo.path())
+            .arg("--kubeconfig")
+            .arg(&caller.kubeconfig)
+            .output()
+            .expect("sync")
+    };
+    // A schema error (and the removal of a workspace beside it).
+    repo.write(
+        "workspaces/woodgrove.yaml",
+        "apiVersion: tenantsync.io/v1alpha1\nkind: WorkspacePatch\nmetadata: {name: woodgrove}\n$patch: delete\n",
+    );
+    repo.write(
+        "workspaces/bad.yaml",
+        "apiVersion: tenantsync.io/v1alpha1\nkind: Workspace\nmetadata: {name: bad}\nspec: {fhirServices: [{name: api, replicas: many}]}\n",
+    );
+    let out = run(&[]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("bad.yaml"), "{}", stderr(&out));
+    // Two declarations rendering one object.
+    repo.write(
+        "workspaces/bad.yaml",
+        "apiVersion: tenantsync.io/v1alpha1\nkind: Workspace\nmetadata: {name: bad}\nspec:\n  iotConnectors:\n    - name: shared\n      ingestionEndpointConfiguration: {eventHubName: h, fullyQualifiedEventHubNamespace: badingest.servicebus.windows.net}\n      deviceMapping: {content: {templateType: CollectionContent, template: []}}\n",
+    );
+    let out = run(&[]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("also renders"), "{}", stderr(&out));
+    // A revision that does not exist.
+    let out = run(&["--rev", "no-such-branch"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("no-such-branch"), "{}", stderr(&out));
+
+    let sent: Vec<audit::Request> = caller
+        .requests_since(&from)
+        .into_iter()
+        .filter(|r| r.user_agent.starts_with("tenantsync/"))
+        .collect();
+    let writes: Vec<&audit::Request> = sent.iter().filter(|r| r.is_write()).collect();
+    assert!(writes.is_empty(), "{writes:#?}");
+    assert_eq!(crate::support::live_versions(&repo.env), versions);
+}
+
+/// If any object fails to apply, nothing is pruned; an object whose delete
+/// fails stays in the inventory, and a later sync deletes it.
+#[tokio::test]
+async fn a_failed_apply_prunes_nothing_and_an_undeletable_object_stays_in_the_inventory() {
+    let repo = TestRepo::new("sync-failprune");
+    let acme = repo.namespace("acme");
+    repo.write(
+        "workspaces/acme.yaml",
+        &fhir_workspace("acme", &["api", "extra"]),
+    );
+    let (out, _) = sync(&repo, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let extra = service_objects(&repo.env, &acme, "extra");
+    assert_eq!(extra.len(), 5, "{extra:?}");
+    repo.write("workspaces/acme.yaml", &fhir_workspace("acme", &["api"]));
+    // The API server refuses contoso's Deployment (a request above its limit).
+    repo.write(
+        "workspaces/contoso.yaml",
+        "apiVersion: tenantsync.io/v1alpha1\nkind: WorkspacePatch\nmetadata: {name: contoso}\nspec:\n  fhirServices:\n    - name: main\n      resources: {requests: {cpu: 2}, limits: {cpu: 1}}\n",
+    );
+    let (out, report) = sync(&repo, &["--prune"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(!report["failures"].as_array().expect("failures").is_empty());
+    assert!(ids(&report, "pruned").is_empty(), "{report:#}");
+    assert_eq!(service_objects(&repo.env, &acme, "extra"), extra);
+
+    // A credential that may delete everything but Services.
+    repo.remove("workspaces/contoso.yaml");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let role = crate::support::unique_name("no-service-delete");
+    let rules = serde_json::json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+        "metadata": {"name": role},
+        "rules": [
+            {"apiGroups": ["*"], "resources": ["*"], "verbs": ["get", "list", "watch", "create", "update", "patch"]},
+            {"apiGroups": [""], "resources": ["namespaces", "serviceaccounts", "configmaps"], "verbs": ["delete"]},
+            {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": ["delete"]},
+            {"apiGroups": ["policy"], "resources": ["poddisruptionbudgets"], "verbs": ["delete"]},
+            {"apiGroups": ["networking.k8s.io"], "resources": ["ingresses", "networkpolicies"], "verbs": ["delete"]},
+        ]
+    });
+    let file = dir.path().join("role.json");
+    std::fs::write(&file, rules.to_string()).expect("write");
+    let applied = control_plane()
+        .kubectl()
+        .args(["--context", "admin", "apply", "-f"])
+        .arg(&file)
+        .output()
+        .expect("kubectl");
+    assert!(applied.status.success(), "{}", stderr(&applied));
+    let caller = audit::identity("sync-failprune", &role, dir.path());
+    let out = Command::new(env!("CARGO_BIN_EXE_tenantsync"))
+        .args(["sync", "--env", &repo.env, "--prune", "--output", "json"])
+        .arg("--repo")
+        .arg(repo.path())
+        .arg("--kubeconfig")
+        .arg(&caller.kubeconfig)
+        .output()
+        .expect("sync");
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    assert_eq!(out.status.code(), Some(1), "{}\n{report:#}", stderr(&out));
+    let service = format!("Service/{acme}/fhir-extra");
+    let mut pruned = ids(&report, "pruned");
+    pruned.sort();
+    let others: Vec<String> = extra.iter().filter(|id| **id != service).cloned().collect();
+    assert_eq!(pruned, others, "{report:#}");
+    assert_eq!(
+        service_objects(&repo.env, &acme, "extra"),
+        std::slice::from_ref(&service)
+    );
+    let recorded = |inv: tenantsync::sync::inventory::Inventory| {
+        inv.objects.iter().map(|o| o.id()).collect::<Vec<_>>()
+    };
+    let inv = recorded(inventory(&repo).await.expect("inventory"));
+    assert!(inv.contains(&service), "{inv:?}");
+    assert!(!inv.iter().any(|id| others.contains(id)), "{inv:?}");
+
+    // With the right to delete it, the next sync does.
+    let (out, report) = sync(&repo, &["--prune"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(ids(&report, "pruned"), std::slice::from_ref(&service));
+    assert!(!recorded(inventory(&repo).await.expect("inventory")).contains(&service));
 }

@@ -24,6 +24,7 @@ mod health_cluster;
 mod ownership_cluster;
 mod plan_cluster;
 mod print_golden;
+mod properties;
 mod readme_commands;
 mod support;
 mod sync_cluster;

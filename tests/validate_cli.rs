@@ -431,6 +431,114 @@ fn no_environments_found_says_to_use_repo() {
     }
 }
 
+/// Custom YAML tags and several documents in one file are refused by the
+/// binary, with their positions; so is a path with `..`, which a folder
+/// cannot hold but a Git tree can (`git mktree` writes one): `plan --rev`
+/// refuses it before contacting any cluster.
+#[test]
+fn custom_tags_several_documents_and_dotdot_paths_are_refused_through_the_cli() {
+    let repo = example_repo();
+    let qa = repo.path().join("environments/qa/workspaces");
+    std::fs::create_dir_all(&qa).expect("mkdir");
+    std::fs::write(
+        qa.join("tagged.yaml"),
+        "apiVersion: tenantsync.io/v1alpha1\nkind: Workspace\nmetadata: {name: tagged}\nspec: !custom {fhirServices: [{name: api}]}\n",
+    )
+    .expect("write");
+    std::fs::write(
+        qa.join("scalar-tag.yaml"),
+        "apiVersion: tenantsync.io/v1alpha1\nkind: Workspace\nmetadata: {name: !!python/object:os.system scalar}\nspec: {}\n",
+    )
+    .expect("write");
+    std::fs::write(
+        qa.join("two.yaml"),
+        "apiVersion: tenantsync.io/v1alpha1\nkind: Workspace\nmetadata: {name: one}\nspec: {}\n---\napiVersion: tenantsync.io/v1alpha1\nkind: Workspace\nmetadata: {name: two}\nspec: {}\n",
+    )
+    .expect("write");
+    let out = validate(repo.path());
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    for expected in [
+        "environments/qa/workspaces/tagged.yaml:4:7: error: YAML tags are not supported",
+        "environments/qa/workspaces/scalar-tag.yaml:3:18: error: YAML tag `tag:yaml.org,2002:python/object:os.system` is not supported here",
+        "environments/qa/workspaces/two.yaml:5:1: error: a declaration file holds exactly one YAML document",
+    ] {
+        assert!(err.contains(expected), "{expected}\n{err}");
+    }
+
+    // A commit whose tree has a folder named `..` beside the others.
+    let repo = example_repo();
+    let dir = repo.path();
+    let git = |args: &[&str], input: Option<&str>| -> String {
+        use std::io::Write;
+        let mut child = Command::new("git")
+            .args(["-c", "user.name=t", "-c", "user.email=t@example.com"])
+            .args(args)
+            .current_dir(dir)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("git");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(input.unwrap_or_default().as_bytes())
+            .expect("write");
+        let out = child.wait_with_output().expect("git");
+        assert!(out.status.success(), "git {args:?}");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    git(&["init", "-q"], None);
+    git(&["add", "-A"], None);
+    git(&["commit", "-qm", "examples"], None);
+    let blob = git(
+        &["hash-object", "-w", "--stdin"],
+        Some(
+            "apiVersion: tenantsync.io/v1alpha1\nkind: Workspace\nmetadata: {name: evil}\nspec: {}\n",
+        ),
+    );
+    let evil = git(
+        &["mktree"],
+        Some(&format!("100644 blob {blob}\tevil.yaml\n")),
+    );
+    // Replaces (or adds) `name` in the listing of `tree` with `entry`.
+    let with = |tree: &str, name: &str, entry: &str| -> String {
+        let mut lines: Vec<String> = git(&["ls-tree", tree], None)
+            .lines()
+            .filter(|l| !l.ends_with(&format!("\t{name}")))
+            .map(String::from)
+            .collect();
+        lines.push(entry.to_string());
+        git(&["mktree"], Some(&(lines.join("\n") + "\n")))
+    };
+    let qa = with(
+        "HEAD:environments/qa",
+        "..",
+        &format!("040000 tree {evil}\t.."),
+    );
+    let environments = with("HEAD:environments", "qa", &format!("040000 tree {qa}\tqa"));
+    let root = with(
+        "HEAD",
+        "environments",
+        &format!("040000 tree {environments}\tenvironments"),
+    );
+    let commit = git(&["commit-tree", &root, "-p", "HEAD", "-m", "dotdot"], None);
+    let out = bin()
+        .args(["plan", "--env", "qa", "--rev", &commit])
+        .args(["--kubeconfig", "/nonexistent/kubeconfig", "--repo"])
+        .arg(dir)
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("environments/qa/..:1:1: error: path with `..`"),
+        "{err}"
+    );
+    assert!(err.contains("the cluster was not contacted"), "{err}");
+}
+
 /// `{environment}` in the template does not keep every two environments
 /// apart: with `{workspace}-{environment}`, workspace `contoso-eu` of `qa`
 /// and workspace `contoso` of `eu-qa` both render `contoso-eu-qa`. Only a

@@ -122,7 +122,7 @@ impl<'de> Visitor<'de> for Items<'_> {
 
 impl Cluster {
     /// Lists the objects tenantsync manages in `environment`: one LIST per
-    /// kind (per page of 500), across all namespaces, by label. `extra`
+    /// kind (per page of [`PAGE_SIZE`]), across all namespaces, by label. `extra`
     /// names further kinds (`apiVersion`, `kind`) to list: plain manifests'
     /// kinds and the inventory's. Each object goes to `sink` as its page
     /// arrives, so a caller that keeps only what it needs holds one page at

@@ -55,6 +55,8 @@ pub struct ClusterOptions {
 /// Connect and request timeouts: an unreachable API server fails fast.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 pub const READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// The User-Agent of every request to the API server.
+pub const USER_AGENT: &str = concat!("tenantsync/", env!("CARGO_PKG_VERSION"));
 /// Page size of LIST requests. Large, so that an environment's objects of
 /// one kind take one request up to thousands of workspaces: a page is read
 /// an item at a time (`list`), so it costs little more memory than its text.
@@ -285,6 +287,11 @@ impl Cluster {
         };
         config.connect_timeout = Some(CONNECT_TIMEOUT);
         config.read_timeout = Some(READ_TIMEOUT);
+        // Named in the API server's audit log and metrics (kube-rs sends none).
+        config.headers.push((
+            hyper::header::USER_AGENT,
+            hyper::header::HeaderValue::from_static(USER_AGENT),
+        ));
         let server = config
             .cluster_url
             .to_string()

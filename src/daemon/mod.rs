@@ -114,6 +114,11 @@ pub struct EnvironmentStatus {
     pub last_error_reason: Option<String>,
     pub drifted_objects: usize,
     pub workspaces: BTreeMap<String, WorkspaceStatus>,
+    /// A revision was read and compared with the cluster (and synced, when
+    /// leading) at least once: what `/readyz` waits for. A failed read or
+    /// an invalid first revision does not count.
+    #[serde(skip)]
+    pub compared: bool,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -146,14 +151,16 @@ impl Shared {
         }
     }
 
-    /// Ready once every environment has been reconciled at least once.
+    /// Ready once every environment's source was read and compared with
+    /// the cluster at least once (README: "read and synced once"): a
+    /// reconcile that could not read the repository, or found its first
+    /// revision invalid, does not count.
     pub fn ready(&self) -> bool {
         self.status.read().is_ok_and(|s| {
-            self.options.environments.iter().all(|e| {
-                s.environments
-                    .get(e)
-                    .is_some_and(|st| st.last_reconcile_at.is_some())
-            })
+            self.options
+                .environments
+                .iter()
+                .all(|e| s.environments.get(e).is_some_and(|st| st.compared))
         })
     }
 
@@ -174,7 +181,23 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     let (stop_campaign, campaign_stop) = watch::channel(false);
     let campaign = if options.leader_elect {
         let cluster = Cluster::connect(&options.cluster).await?;
-        cluster.ensure_system_namespace(false).await?;
+        // The Lease lives in tenantsync-system: created when missing only,
+        // so that a replica that does not lead writes nothing but its bids
+        // for the Lease (one LIST: the daemon's role has no `get` on
+        // namespaces).
+        let namespaces: kube::Api<k8s_openapi::api::core::v1::Namespace> =
+            kube::Api::all(cluster.client().clone());
+        let system = kube::api::ListParams::default().fields(&format!(
+            "metadata.name={}",
+            crate::sync::inventory::SYSTEM_NAMESPACE
+        ));
+        if !namespaces
+            .list_metadata(&system)
+            .await
+            .is_ok_and(|l| !l.items.is_empty())
+        {
+            cluster.ensure_system_namespace(false).await?;
+        }
         Some(tokio::spawn(leader::campaign(
             cluster.client().clone(),
             options.lease_name.clone(),

@@ -154,9 +154,12 @@ impl Schedule {
         }
     }
 
-    /// Whether a read of the source, and a drift check, are due.
-    pub fn due(&self, now: Instant) -> (bool, bool) {
-        (now >= self.next_poll, now >= self.next_drift)
+    /// Whether a read of the source, and a drift check, are due. Drift is
+    /// checked against a revision already read (`read`): until one is, only
+    /// the source's reads run, backed off (a drift tick would read the
+    /// source too, every drift interval).
+    pub fn due(&self, now: Instant, read: bool) -> (bool, bool) {
+        (now >= self.next_poll, read && now >= self.next_drift)
     }
 
     /// After a reconcile: the next read as `action` says, the next drift
@@ -173,8 +176,14 @@ impl Schedule {
         self.next_poll = now;
     }
 
-    pub fn wake_at(&self) -> Instant {
-        self.next_poll.min(self.next_drift)
+    /// When to wake next: the next read, or the next drift check once a
+    /// revision was read.
+    pub fn wake_at(&self, read: bool) -> Instant {
+        if read {
+            self.next_poll.min(self.next_drift)
+        } else {
+            self.next_poll
+        }
     }
 }
 
@@ -191,7 +200,7 @@ pub(super) async fn reconcile_loop(
     let mut backoff = Backoff::new(options.interval);
     let mut schedule = Schedule::new(Instant::now(), options.drift_interval);
     loop {
-        let (poll, drift) = schedule.due(Instant::now());
+        let (poll, drift) = schedule.due(Instant::now(), reconciler.desired.is_some());
         if poll || drift {
             let started = Instant::now();
             let result = reconciler.reconcile(poll).await;
@@ -204,7 +213,7 @@ pub(super) async fn reconcile_loop(
             continue;
         }
         tokio::select! {
-            _ = tokio::time::sleep_until(schedule.wake_at()) => {},
+            _ = tokio::time::sleep_until(schedule.wake_at(reconciler.desired.is_some())) => {},
             changed = trigger.changed() => {
                 if changed.is_ok() { schedule.poll_now(Instant::now()); }
             },
@@ -583,6 +592,7 @@ impl Reconciler {
             s.sync_status = status;
             s.target_revision = None;
             s.last_reconcile_at = Some(now());
+            s.compared = true;
             if let Some(r) = &report {
                 s.last_sync_at = Some(now());
                 if r.succeeded() {
@@ -1065,21 +1075,35 @@ mod tests {
     async fn the_schedule_reads_on_requeue_or_trigger_and_checks_drift_on_its_interval() {
         let start = Instant::now();
         let mut schedule = Schedule::new(start, Duration::from_secs(300));
-        assert_eq!(schedule.due(Instant::now()), (true, false));
+        assert_eq!(schedule.due(Instant::now(), true), (true, false));
         schedule.after(Instant::now(), Action::Requeue(Duration::from_secs(60)));
-        assert_eq!(schedule.wake_at(), start + Duration::from_secs(60));
+        assert_eq!(schedule.wake_at(true), start + Duration::from_secs(60));
         tokio::time::advance(Duration::from_secs(59)).await;
-        assert_eq!(schedule.due(Instant::now()), (false, false));
+        assert_eq!(schedule.due(Instant::now(), true), (false, false));
         tokio::time::advance(Duration::from_secs(1)).await;
-        assert_eq!(schedule.due(Instant::now()), (true, false));
+        assert_eq!(schedule.due(Instant::now(), true), (true, false));
         // A drift check leaves the next read where it was.
         schedule.after(Instant::now(), Action::AwaitChange);
-        assert_eq!(schedule.due(Instant::now()), (true, false));
+        assert_eq!(schedule.due(Instant::now(), true), (true, false));
         schedule.after(Instant::now(), Action::Requeue(Duration::from_secs(600)));
         tokio::time::advance(Duration::from_secs(300)).await;
-        assert_eq!(schedule.due(Instant::now()), (false, true));
+        assert_eq!(schedule.due(Instant::now(), true), (false, true));
         schedule.poll_now(Instant::now());
-        assert_eq!(schedule.due(Instant::now()), (true, true));
+        assert_eq!(schedule.due(Instant::now(), true), (true, true));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn no_drift_check_is_due_before_a_revision_was_read() {
+        let start = Instant::now();
+        let mut schedule = Schedule::new(start, Duration::from_secs(30));
+        // The first read failed: retried in 8 s, no drift tick meanwhile.
+        schedule.after(Instant::now(), Action::Requeue(Duration::from_secs(8)));
+        tokio::time::advance(Duration::from_secs(31)).await;
+        schedule.after(Instant::now(), Action::Requeue(Duration::from_secs(60)));
+        tokio::time::advance(Duration::from_secs(31)).await;
+        assert_eq!(schedule.due(Instant::now(), false), (false, false));
+        assert_eq!(schedule.wake_at(false), start + Duration::from_secs(91));
+        assert_eq!(schedule.due(Instant::now(), true), (false, true));
     }
 
     fn shared_state(repo: &str, interval: Duration) -> (Arc<Shared>, watch::Sender<bool>) {

@@ -230,10 +230,20 @@ fn walk(repo: &Repository, dir: &Tree<'_>, rel: &str, tree: &mut SourceTree, dep
             );
             continue;
         };
+        let rel_path = format!("{rel}/{name}");
+        // A tree entry `..` or `.` (git mktree writes them; git fsck calls
+        // them hasDotdot/hasDot) is hostile, not hidden: refused, as
+        // SourceTree refuses such a path.
+        if name == ".." || name == "." {
+            tree.problem(
+                &rel_path,
+                "path with `..`, `.` or empty components is refused",
+            );
+            continue;
+        }
         if name.starts_with('.') {
             continue;
         }
-        let rel_path = format!("{rel}/{name}");
         match entry.filemode() {
             MODE_TREE => match repo.find_tree(entry.id()) {
                 Ok(sub) => walk(repo, &sub, &rel_path, tree, depth + 1),

@@ -10,6 +10,7 @@
 //! to skip the start-up. If the control plane cannot start, every test using it
 //! fails with the reason: cluster tests never skip.
 
+pub mod audit;
 pub mod git_servers;
 pub mod repo;
 
@@ -261,6 +262,95 @@ where
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// `Kind/namespace/name` of every live object labelled for `env`, of the
+/// kinds tenantsync renders (a namespace being deleted is not live).
+pub fn live_labelled(env: &str) -> std::collections::BTreeSet<String> {
+    live_versions(env).into_keys().collect()
+}
+
+/// `Kind/namespace/name` → `resourceVersion` of every live object labelled
+/// for `env`, of the kinds tenantsync renders (a namespace being deleted is
+/// not live). Any write to an object changes its `resourceVersion`.
+pub fn live_versions(env: &str) -> std::collections::BTreeMap<String, String> {
+    let out = control_plane()
+        .kubectl()
+        .args([
+            "--context",
+            "admin",
+            "get",
+            "namespaces,serviceaccounts,configmaps,services,deployments,poddisruptionbudgets,ingresses,networkpolicies",
+            "-A",
+            "-o",
+            "json",
+            "-l",
+        ])
+        .arg(format!("tenantsync.io/environment={env}"))
+        .output()
+        .expect("kubectl");
+    assert!(
+        out.status.success(),
+        "kubectl get: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).expect("list JSON");
+    list["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter(|o| o["metadata"]["deletionTimestamp"].is_null())
+        .map(|o| {
+            let kind = o["kind"].as_str().unwrap_or_default();
+            let name = o["metadata"]["name"].as_str().unwrap_or_default();
+            let id = match o["metadata"]["namespace"].as_str() {
+                Some(ns) => format!("{kind}/{ns}/{name}"),
+                None => format!("{kind}/{name}"),
+            };
+            let version = o["metadata"]["resourceVersion"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            (id, version)
+        })
+        .collect()
+}
+
+/// What the inventory of `env` records (its objects, revision and time of
+/// the last change: `data` and `binaryData` without the `status.*` fields
+/// the daemon rewrites after every reconcile), and its `resourceVersion`.
+pub async fn inventory_record(env: &str) -> (serde_json::Value, String) {
+    use k8s_openapi::api::core::v1::ConfigMap;
+    let api: Api<ConfigMap> = Api::namespaced(
+        control_plane().client(User::Admin).await,
+        tenantsync::sync::inventory::SYSTEM_NAMESPACE,
+    );
+    let cm = api
+        .get(&tenantsync::sync::inventory::name_of(env))
+        .await
+        .expect("inventory");
+    let data: std::collections::BTreeMap<String, String> = cm
+        .data
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|(k, _)| !k.starts_with("status."))
+        .collect();
+    let record = serde_json::json!({
+        "data": data,
+        "binaryData": serde_json::to_value(cm.binary_data).expect("binaryData"),
+    });
+    (record, cm.metadata.resource_version.unwrap_or_default())
+}
+
+/// Whether golden files are to be regenerated: only when
+/// `TENANTSYNC_UPDATE_GOLDEN` is exactly `1` (README). `0`, an empty value or
+/// anything else compares, so that a stray variable never rewrites them.
+pub fn update_golden() -> bool {
+    update_golden_from(std::env::var_os("TENANTSYNC_UPDATE_GOLDEN").as_deref())
+}
+
+pub fn update_golden_from(value: Option<&std::ffi::OsStr>) -> bool {
+    value.is_some_and(|v| v == "1")
 }
 
 /// Runs `git` in `dir` with a fixed identity; panics with its stderr on failure.
