@@ -692,3 +692,97 @@ async fn syncs_racing_for_the_lock_name_the_winner_not_an_empty_holder() {
     }
     assert!(waited > 0, "no sync ever waited: the race was not run");
 }
+
+/// Names that barely compress, as real tenants' names do at scale.
+fn incompressible(i: usize) -> String {
+    let mut x = (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0xD1B5_4A32_D192_ED03;
+    (0..40)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            char::from(b'a' + (x % 26) as u8)
+        })
+        .collect()
+}
+
+/// Issue 19: an inventory past what one ConfigMap holds failed every sync
+/// with the API server's `Too long: may not be more than 1048576 bytes`
+/// (422). It is now refused before anything is written, saying how many
+/// objects and what to do; the largest inventory tenantsync writes, with
+/// every status field at its longest, is one the API server accepts.
+#[tokio::test]
+async fn a_full_inventory_is_refused_before_writing_and_the_largest_written_fits_the_api_server() {
+    use tenantsync::sync::inventory::{EncodeError, MAX_STATUS_VALUE_BYTES, ObjectRef};
+    let repo = TestRepo::new("inventory-full");
+    repo.apply_rendered().await;
+    let cluster = tenantsync::cluster::Cluster::connect(&tenantsync::cluster::ClusterOptions {
+        kubeconfig: Some(control_plane().kubeconfig().to_path_buf()),
+        context: Some("admin".into()),
+    })
+    .await
+    .expect("connect");
+    let base = cluster
+        .read_inventory_stored(&repo.env)
+        .await
+        .expect("read");
+    let namespace = repo.namespace("contoso");
+    let mut grown = base.inventory.clone();
+    let mut fits = grown.clone();
+    let mut i = 0;
+    loop {
+        for _ in 0..500 {
+            grown.objects.insert(ObjectRef {
+                api_version: "v1".into(),
+                kind: "ConfigMap".into(),
+                namespace: Some(namespace.as_str().into()),
+                name: incompressible(i).into(),
+            });
+            i += 1;
+        }
+        match grown.to_config_map() {
+            Ok(_) => fits = grown.clone(),
+            Err(EncodeError::TooLarge { .. }) => break,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    let stored = cluster
+        .write_inventory_checked(&base, &fits)
+        .await
+        .expect("the largest inventory tenantsync writes is accepted");
+    let long = "x".repeat(MAX_STATUS_VALUE_BYTES * 2);
+    let status: std::collections::BTreeMap<String, String> = [
+        "syncStatus",
+        "lastSeenRevision",
+        "lastError",
+        "lastErrorAt",
+        "driftedObjects",
+        "targetRevision",
+        "heartbeatAt",
+        "staleAfterSeconds",
+        "lastSyncAt",
+        "lastSyncBy",
+    ]
+    .iter()
+    .map(|k| (k.to_string(), long.clone()))
+    .collect();
+    cluster
+        .write_status(&repo.env, &status)
+        .await
+        .expect("status at its longest beside the largest inventory");
+    assert_eq!(inventory(&repo.env).await.objects.len(), fits.objects.len());
+
+    let err = cluster
+        .write_inventory_checked(&stored, &grown)
+        .await
+        .expect_err("past what a ConfigMap holds");
+    let message = err.to_string();
+    assert!(
+        message.contains(&format!("{} objects", grown.objects.len()))
+            && message.contains("more environments")
+            && message.contains(&format!("inventory of environment {}", repo.env)),
+        "{message}"
+    );
+    // Refused before writing: what was stored stays.
+    assert_eq!(inventory(&repo.env).await.objects.len(), fits.objects.len());
+}

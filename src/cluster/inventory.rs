@@ -210,7 +210,12 @@ impl Cluster {
         let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), SYSTEM_NAMESPACE);
         let data: serde_json::Map<String, serde_json::Value> = fields
             .iter()
-            .map(|(k, v)| (format!("status.{k}"), v.clone().into()))
+            .map(|(k, v)| {
+                (
+                    format!("status.{k}"),
+                    inventory::bounded_status_value(v).into(),
+                )
+            })
             .collect();
         let patch = serde_json::json!({ "data": data });
         self.count(true);

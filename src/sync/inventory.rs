@@ -24,6 +24,29 @@ pub const SYSTEM_NAMESPACE: &str = "tenantsync-system";
 /// environment label of managed objects, so `plan` never lists it.
 pub const INVENTORY_LABEL: &str = "tenantsync.io/inventory";
 const OBJECTS_KEY: &str = "objects.json.gz";
+/// The most the compressed object list may take. The API server refuses a
+/// ConfigMap over 1 MiB (1,048,576 bytes, all of its data and metadata
+/// together), and the daemon's status fields share the object: checked
+/// before writing, so a full inventory is said plainly instead of as the
+/// API server's `Too long` (422) after part of a sync.
+pub const MAX_OBJECTS_BYTES: usize = 900 * 1024;
+/// The most one status field (`status.*`) may take on the inventory.
+pub const MAX_STATUS_VALUE_BYTES: usize = 8 * 1024;
+
+/// Why an inventory cannot be written.
+#[derive(Debug, thiserror::Error)]
+pub enum EncodeError {
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    #[error(
+        "it would take {bytes} bytes compressed for {objects} objects, more than the {limit} bytes one inventory ConfigMap holds (the API server refuses a ConfigMap over 1 MiB); nothing was written. Spread the workspaces over more environments or shorten the rendered names (a namespaceTemplate change records old and new names together: make it in steps)"
+    )]
+    TooLarge {
+        objects: usize,
+        bytes: usize,
+        limit: usize,
+    },
+}
 
 pub fn name_of(environment: &str) -> String {
     format!("inventory-{environment}")
@@ -121,11 +144,20 @@ impl Inventory {
     }
 
     /// The ConfigMap that stores this inventory.
-    pub fn to_config_map(&self) -> Result<ConfigMap, std::io::Error> {
+    pub fn to_config_map(&self) -> Result<ConfigMap, EncodeError> {
         let json = serde_json::to_vec(&self.objects).map_err(std::io::Error::other)?;
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
         gz.write_all(&json)?;
         let compressed = gz.finish()?;
+        // The API server counts data and binaryData's raw bytes.
+        let bytes = compressed.len();
+        if bytes > MAX_OBJECTS_BYTES {
+            return Err(EncodeError::TooLarge {
+                objects: self.objects.len(),
+                bytes,
+                limit: MAX_OBJECTS_BYTES,
+            });
+        }
         let mut data = BTreeMap::from([
             ("environment".to_string(), self.environment.clone()),
             ("objectCount".to_string(), self.objects.len().to_string()),
@@ -199,6 +231,25 @@ impl Inventory {
     }
 }
 
+/// A status field's value as written onto the inventory: at most
+/// [`MAX_STATUS_VALUE_BYTES`] (a long error list is cut at a character
+/// boundary and says where the rest is), so that status never crowds out
+/// the object list.
+pub fn bounded_status_value(value: &str) -> String {
+    if value.len() <= MAX_STATUS_VALUE_BYTES {
+        return value.to_string();
+    }
+    let mut end = MAX_STATUS_VALUE_BYTES - 128;
+    while !value.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!(
+        "{}\n… ({} more bytes: see the daemon's log, or run `tenantsync validate`)",
+        &value[..end],
+        value.len() - end
+    )
+}
+
 /// The inventory to write when `ours` was computed from `base` but the
 /// stored one is now `theirs` (another writer wrote meanwhile): ours, plus
 /// every object `theirs` recorded that `base` did not. An object any writer
@@ -229,6 +280,46 @@ mod tests {
             namespace: ns.map(Into::into),
             name: name.into(),
         }
+    }
+
+    /// Names that barely compress, as real tenants' names do at scale.
+    fn incompressible(i: usize) -> String {
+        let mut x = (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0xD1B5_4A32_D192_ED03;
+        (0..40)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                char::from(b'a' + (x % 26) as u8)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn an_inventory_over_what_a_config_map_holds_is_refused_with_what_to_do() {
+        let mut inv = Inventory::new("prod");
+        for i in 0..40_000 {
+            inv.objects
+                .insert(r("ConfigMap", Some("ns-prod"), &incompressible(i)));
+        }
+        let message = match inv.to_config_map() {
+            Err(e @ EncodeError::TooLarge { .. }) => e.to_string(),
+            other => panic!("expected TooLarge, got {other:?}"),
+        };
+        assert!(message.contains("40000 objects"), "{message}");
+        assert!(message.contains("more environments"), "{message}");
+        // Well under the limit: written as before.
+        inv.objects = inv.objects.into_iter().take(1_000).collect();
+        assert!(inv.to_config_map().is_ok());
+    }
+
+    #[test]
+    fn a_long_status_value_is_cut_at_a_character_boundary_and_says_so() {
+        let long = "é".repeat(MAX_STATUS_VALUE_BYTES);
+        let cut = bounded_status_value(&long);
+        assert!(cut.len() <= MAX_STATUS_VALUE_BYTES, "{}", cut.len());
+        assert!(cut.contains("more bytes: see the daemon's log"), "{cut}");
+        assert_eq!(bounded_status_value("Synced"), "Synced");
     }
 
     #[test]
