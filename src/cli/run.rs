@@ -130,6 +130,7 @@ fn run_options(args: &RunArgs, c: Option<&DaemonConfig>) -> anyhow::Result<RunOp
         )?,
         listen,
         webhook_listen,
+        ui: args.ui.or_else(|| c.and_then(|c| c.ui)).unwrap_or(true),
         prune: args.prune || policy.prune,
         self_heal: args.self_heal || policy.self_heal,
         operator: args.guard.operator(c),

@@ -40,6 +40,8 @@ pub struct DaemonConfig {
     pub drift_interval: Option<String>,
     pub listen: Option<String>,
     pub webhook_listen: Option<String>,
+    /// The read-only status page on `listen` (default true).
+    pub ui: Option<bool>,
     pub kubeconfig: Option<String>,
     #[serde(default)]
     pub sync_policy: ConfigPolicy,

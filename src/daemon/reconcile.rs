@@ -23,6 +23,7 @@ use crate::plan::{Action as ChangeAction, Plan};
 use crate::source;
 use crate::sync::SyncOptions;
 use crate::sync::report::SyncReport;
+use crate::sync::status::{ObjectStatus, ReconcileRecord, objects_by_workspace};
 
 /// Why a reconcile failed. [`ReconcileError::reason`] names it in one word
 /// for the status, the logs and the metrics.
@@ -203,8 +204,22 @@ pub(super) async fn reconcile_loop(
         let (poll, drift) = schedule.due(Instant::now(), reconciler.desired.is_some());
         if poll || drift {
             let started = Instant::now();
+            reconciler.changed = 0;
             let result = reconciler.reconcile(poll).await;
             shared.metrics.observe_reconcile(&env, started.elapsed());
+            let record = ReconcileRecord {
+                at: now(),
+                duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+                result: SyncStatus::Unknown,
+                changed: reconciler.changed,
+                error_reason: result.as_ref().err().map(|e| e.reason().to_string()),
+            };
+            shared.update(&env, |s| {
+                s.record_reconcile(ReconcileRecord {
+                    result: s.sync_status,
+                    ..record
+                });
+            });
             // The status must reach the inventory even when the reconcile
             // dropped its connection.
             reconciler.reconnect().await;
@@ -244,6 +259,8 @@ struct Reconciler {
     /// kept, and the status kept Failed, until a good revision arrives.
     source_problem: Option<String>,
     held: Held,
+    /// Objects created, updated or pruned by the reconcile in flight.
+    changed: usize,
 }
 
 impl Reconciler {
@@ -255,6 +272,7 @@ impl Reconciler {
             desired: None,
             source_problem: None,
             held: Held::default(),
+            changed: 0,
         }
     }
 
@@ -504,6 +522,8 @@ impl Reconciler {
         };
         let drifted = drift_by_workspace(&plan);
         let healed = report.as_ref().is_some_and(|r| r.succeeded());
+        let objects = objects_by_workspace(&plan, healed);
+        self.changed += report.as_ref().map_or(0, changed_objects);
         let current: BTreeMap<String, usize> = drifted
             .iter()
             .map(|(w, n)| (w.clone(), if healed { 0 } else { *n }))
@@ -518,7 +538,7 @@ impl Reconciler {
         shared.update(env, |s| {
             s.sync_status = SyncStatus::Failed;
             s.target_revision = None;
-            set_drift(s, &current, |_| SyncStatus::Failed);
+            set_drift(s, &current, objects, |_| SyncStatus::Failed);
         });
         if drifted.values().any(|n| *n > 0) {
             tracing::warn!(
@@ -578,6 +598,8 @@ impl Reconciler {
         // Current drift: what is out of step now (nothing, once a sync
         // healed it).
         let synced = report.as_ref().is_some_and(|r| r.succeeded());
+        let objects = objects_by_workspace(&plan, synced);
+        self.changed += report.as_ref().map_or(0, changed_objects);
         let current: BTreeMap<String, usize> = drift_by_workspace(&plan)
             .into_iter()
             .map(|(ws, n)| (ws, if synced { 0 } else { n }))
@@ -602,7 +624,7 @@ impl Reconciler {
                 s.last_applied_revision = Some(state.revision().to_string());
             }
             // Held workspaces aside, only they failed.
-            set_drift(s, &current, |_| {
+            set_drift(s, &current, objects, |_| {
                 if only_held {
                     SyncStatus::Synced
                 } else {
@@ -616,6 +638,7 @@ impl Reconciler {
                         sync_status: SyncStatus::Failed,
                         drifted_objects: 0,
                         errors: errors.clone(),
+                        objects: Vec::new(),
                     },
                 );
             }
@@ -690,6 +713,7 @@ fn log_outcome(env: &str, state: &Desired, plan: &Plan, report: Option<&SyncRepo
 fn set_drift(
     s: &mut EnvironmentStatus,
     current: &BTreeMap<String, usize>,
+    mut objects: BTreeMap<String, Vec<ObjectStatus>>,
     in_step: impl Fn(&str) -> SyncStatus,
 ) {
     s.drifted_objects = current.values().sum();
@@ -706,6 +730,7 @@ fn set_drift(
                     },
                     drifted_objects: *n,
                     errors: Vec::new(),
+                    objects: objects.remove(ws).unwrap_or_default(),
                 },
             )
         })
@@ -1033,6 +1058,11 @@ fn held_message(revision: &str, failed: &BTreeMap<String, Vec<String>>) -> Strin
     lines.join("\n")
 }
 
+/// Objects a sync created, updated or pruned.
+fn changed_objects(r: &SyncReport) -> usize {
+    r.created.len() + r.updated.len() + r.pruned.len()
+}
+
 /// Objects out of step, per workspace (every workspace listed).
 fn drift_by_workspace(plan: &Plan) -> BTreeMap<String, usize> {
     let mut out: BTreeMap<String, usize> = BTreeMap::new();
@@ -1117,6 +1147,7 @@ mod tests {
             drift_interval: Duration::from_secs(3600),
             listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
             webhook_listen: None,
+            ui: true,
             prune: false,
             self_heal: false,
             operator: crate::sync::tenancy::Operator::default(),
