@@ -52,7 +52,11 @@ dl{display:grid;grid-template-columns:max-content 1fr;gap:.25rem 1rem;margin:0}d
 svg.timeline{width:100%;max-width:40rem;height:auto;display:block}
 svg .Synced{fill:var(--ok)}svg .OutOfSync{fill:var(--warn)}svg .Failed{fill:var(--bad)}svg .Syncing{fill:var(--info)}svg .Unknown{fill:var(--unknown)}
 svg text{fill:var(--muted);font-size:10px}svg line{stroke:var(--line)}
-@media (max-width:40rem){body{font-size:14px}dl{grid-template-columns:1fr}dt{margin-top:.4rem}}
+tr.error td{border-top:0;padding-top:0;color:var(--bad)}
+@media (max-width:40rem){body{font-size:14px}dl{grid-template-columns:1fr}dt{margin-top:.4rem}
+.table{border:0}table thead{display:none}table tr{display:block;border:1px solid var(--line);border-radius:6px;margin-bottom:.5rem}
+table td,table th[scope=row]{display:block;border:0;padding:.15rem .6rem;text-align:left}
+table td[data-label]::before{content:attr(data-label) ": ";color:var(--muted)}td.n{text-align:left}}
 "#;
 
 /// `GET /`: every environment with its status, revisions, last error and
@@ -74,21 +78,26 @@ pub fn environments_page(status: &DaemonStatus) -> String {
                     th scope="col" { "Applied revision" } th scope="col" { "Seen revision" }
                     th scope="col" { "Workspaces" } th scope="col" { "Objects" }
                     th scope="col" { "Drifted" } th scope="col" { "Failed" }
-                    th scope="col" { "Last reconcile" } th scope="col" { "Last error" }
+                    th scope="col" { "Last reconcile" }
                 } }
                 tbody {
                     @for (name, env) in &status.environments {
                         tr {
                             th scope="row" { a href=(env_url(name)) { (name) } }
-                            td { (badge(env.sync_status)) }
-                            td { (revision(env.last_applied_revision.as_deref())) }
-                            td { (revision(env.last_seen_revision.as_deref())) }
-                            td.n { (env.workspaces.len()) }
-                            td.n { (env.object_count()) }
-                            td.n { (env.drifted_objects) }
-                            td.n { (env.failed_workspaces()) }
-                            td { (or_dash(env.last_reconcile_at.as_deref())) }
-                            td { (short_error(env)) }
+                            td data-label="Status" { (badge(env.sync_status)) }
+                            td data-label="Applied revision" { (revision(env.last_applied_revision.as_deref())) }
+                            td data-label="Seen revision" { (revision(env.last_seen_revision.as_deref())) }
+                            td.n data-label="Workspaces" { (env.workspaces.len()) }
+                            td.n data-label="Objects" { (env.object_count()) }
+                            td.n data-label="Drifted" { (env.drifted_objects) }
+                            td.n data-label="Failed" { (env.failed_workspaces()) }
+                            td data-label="Last reconcile" { (when(env.last_reconcile_at.as_deref())) }
+                        }
+                        @if let Some(error) = &env.last_error {
+                            tr.error { td colspan="9" data-label="Last error" {
+                                (error.lines().next().unwrap_or_default())
+                                @if let Some(t) = &env.last_error_at { " " span.muted { "(" (short_time(t)) ")" } }
+                            } }
                         }
                     }
                 }
@@ -108,7 +117,7 @@ pub fn environment_page(status: &DaemonStatus, env: &str) -> Option<String> {
         (timeline(&e.recent_reconciles))
         @if let Some(error) = &e.last_error {
             h2 #last-error { "Last error" }
-            p.muted { (or_dash(e.last_error_at.as_deref()))
+            p.muted { (when(e.last_error_at.as_deref()))
                 @if let Some(r) = &e.last_error_reason { " (" (r) ")" } }
             pre { (error) }
         }
@@ -125,10 +134,10 @@ pub fn environment_page(status: &DaemonStatus, env: &str) -> Option<String> {
                     @for (name, ws) in &e.workspaces {
                         tr {
                             th scope="row" { a href=(workspace_url(env, name)) { (name) } }
-                            td { (badge(ws.sync_status)) }
-                            td.n { (ws.objects.len()) }
-                            td.n { (ws.drifted_objects) }
-                            td.n { (ws.errors.len()) }
+                            td data-label="Status" { (badge(ws.sync_status)) }
+                            td.n data-label="Objects" { (ws.objects.len()) }
+                            td.n data-label="Drifted" { (ws.drifted_objects) }
+                            td.n data-label="Errors" { (ws.errors.len()) }
                         }
                     }
                 }
@@ -233,8 +242,8 @@ fn environment_facts(e: &EnvironmentStatus) -> Markup {
                 @if let Some(t) = &e.target_revision { " " (revision(Some(t))) } }
             dt { "Applied revision" } dd { (revision(e.last_applied_revision.as_deref())) }
             dt { "Seen revision" } dd { (revision(e.last_seen_revision.as_deref())) }
-            dt { "Last reconcile" } dd { (or_dash(e.last_reconcile_at.as_deref())) }
-            dt { "Last sync" } dd { (or_dash(e.last_sync_at.as_deref())) }
+            dt { "Last reconcile" } dd { (when(e.last_reconcile_at.as_deref())) }
+            dt { "Last sync" } dd { (when(e.last_sync_at.as_deref())) }
             dt { "Workspaces" } dd { (e.workspaces.len()) " (" (e.failed_workspaces()) " failed)" }
             dt { "Objects" } dd { (e.object_count()) " (" (e.drifted_objects) " drifted)" }
         }
@@ -251,18 +260,18 @@ fn changes_table(pending: &[&ObjectStatus]) -> Markup {
             tbody {
                 @for o in pending {
                     @if o.fields.is_empty() {
-                        tr { td { (object_id(o)) } td { (action_text(o.action)) }
+                        tr { td data-label="Object" { (object_id(o)) } td data-label="Next sync" { (action_text(o.action)) }
                              td colspan="4" { (o.note.as_deref().unwrap_or("")) } }
                     }
                     @for f in &o.fields {
                         tr {
-                            td { (object_id(o)) }
-                            td { (action_text(o.action)) }
-                            td { code { (f.path) } " " span.muted { (field_action(f)) } }
-                            td { (value(o, f.live.as_ref())) }
-                            td { (value(o, f.desired.as_ref())) }
-                            td { (f.manager.as_deref().unwrap_or("-"))
-                                 @if let Some(t) = &f.since { br; span.muted { (t) } } }
+                            td data-label="Object" { (object_id(o)) }
+                            td data-label="Next sync" { (action_text(o.action)) }
+                            td data-label="Field" { code { (f.path) } " " span.muted { (field_action(f)) } }
+                            td data-label="Live" { (value(o, f.live.as_ref())) }
+                            td data-label="Declared" { (value(o, f.desired.as_ref())) }
+                            td data-label="Changed by" { (f.manager.as_deref().unwrap_or("-"))
+                                 @if let Some(t) = &f.since { " " span.muted { "(" (short_time(t)) ")" } } }
                         }
                     }
                 }
@@ -284,10 +293,10 @@ fn objects_table(w: &WorkspaceStatus) -> Markup {
                 tbody {
                     @for o in &w.objects {
                         tr {
-                            td { (o.kind) }
-                            td { (o.namespace.as_deref().unwrap_or("-")) }
-                            td { (o.name) }
-                            td { (action_text(o.action)) }
+                            td data-label="Kind" { (o.kind) }
+                            td data-label="Namespace" { (o.namespace.as_deref().unwrap_or("-")) }
+                            td data-label="Name" { (o.name) }
+                            td data-label="State" { (action_text(o.action)) }
                         }
                     }
                 }
@@ -352,9 +361,9 @@ fn timeline(recent: &std::collections::VecDeque<ReconcileRecord>) -> Markup {
                 thead { tr { th scope="col" { "Ended" } th scope="col" { "Result" }
                     th scope="col" { "Duration" } th scope="col" { "Objects changed" } } }
                 tbody { @for r in recent.iter().rev() {
-                    tr { td { (r.at) } td { (badge(r.result))
+                    tr { td data-label="Ended" { (short_time(&r.at)) } td data-label="Result" { (badge(r.result))
                             @if let Some(why) = &r.error_reason { " " span.muted { (why) } } }
-                         td.n { (r.duration_ms) " ms" } td.n { (r.changed) } }
+                         td.n data-label="Duration" { (r.duration_ms) " ms" } td.n data-label="Objects changed" { (r.changed) } }
                 } }
             } }
         }
@@ -443,22 +452,24 @@ fn revision(r: Option<&str>) -> Markup {
     }
 }
 
-fn or_dash(s: Option<&str>) -> Markup {
-    html! { @match s { Some(s) => (s), None => span.muted { "-" } } }
+/// A time to the second (`2026-12-03 04:43:51Z`), or a dash.
+fn when(t: Option<&str>) -> Markup {
+    html! { @match t { Some(t) => time datetime=(t) { (short_time(t)) }, None => span.muted { "-" } } }
 }
 
-/// The first line of the last error, with its time; the page of the
-/// environment has all of it.
-fn short_error(e: &EnvironmentStatus) -> Markup {
-    html! {
-        @match &e.last_error {
-            Some(error) => {
-                (error.lines().next().unwrap_or_default())
-                @if let Some(t) = &e.last_error_at { br; span.muted { (t) } }
-            }
-            None => span.muted { "-" },
+/// An RFC 3339 time without its fraction of a second, `T` as a space.
+fn short_time(t: &str) -> String {
+    let t = match (t.find('.'), t.rfind(['Z', '+'])) {
+        (Some(dot), Some(zone)) if dot < zone => {
+            format!(
+                "{}{}",
+                t.get(..dot).unwrap_or(t),
+                t.get(zone..).unwrap_or("")
+            )
         }
-    }
+        _ => t.to_string(),
+    };
+    t.replacen('T', " ", 1)
 }
 
 /// A path segment: names are DNS labels, but a stray character still
@@ -587,11 +598,21 @@ mod tests {
     fn a_workspace_page_shows_a_drifted_field_with_live_value_and_manager() {
         let html = workspace_page(&status(), "dev", "contoso").unwrap();
         assert!(html.contains("<code>spec.replicas</code>"), "{html}");
-        assert!(html.contains("<td><code>5</code></td><td><code>1</code></td><td>kubectl<br>"));
+        assert!(html.contains(r#"<td data-label="Live"><code>5</code></td><td data-label="Declared"><code>1</code></td><td data-label="Changed by">kubectl "#), "{html}");
         assert!(html.contains("Deployment/contoso-dev/fhir-api"));
         assert!(
             html.contains(r#"href="/environments/dev/workspaces/contoso" aria-current="page""#)
         );
+    }
+
+    #[test]
+    fn times_are_shown_to_the_second() {
+        assert_eq!(
+            short_time("2026-12-03T04:43:51.266240073Z"),
+            "2026-12-03 04:43:51Z"
+        );
+        assert_eq!(short_time("2026-12-03T04:43:51Z"), "2026-12-03 04:43:51Z");
+        assert_eq!(short_time("soon"), "soon");
     }
 
     #[test]
