@@ -17,8 +17,8 @@ use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{Value, json};
 
 use crate::daemon_e2e::{Guard, free_port, http, status, wait_for};
-use crate::support::control_plane;
 use crate::support::repo::TestRepo;
+use crate::support::{control_plane, git};
 
 /// A workspace whose declaration carries markup: its error names the
 /// unknown field, so the page shows the markup as text.
@@ -123,7 +123,15 @@ async fn at_each_width(c: &Client, url: &str, name: &str, theme: &str, out: Opti
 
 fn start_daemon(repo: &TestRepo, port: u16, log: &Path) -> Guard {
     let child = Command::new(env!("CARGO_BIN_EXE_tenantsync"))
-        .args(["run", "--env", &repo.env, "--interval", "1s"])
+        .args([
+            "run",
+            "--env",
+            &repo.env,
+            "--interval",
+            "1s",
+            "--branch",
+            "main",
+        ])
         .args(["--drift-interval", "2s"])
         .arg("--repo")
         .arg(repo.path())
@@ -148,6 +156,20 @@ async fn the_status_page_shows_environments_drift_and_errors_in_a_real_browser()
             "apiVersion: tenantsync.io/v1alpha1\nkind: Workspace\nmetadata:\n  name: hostile\nspec:\n  fhirServices:\n    - name: api\n      \"{HOSTILE_FIELD}\": 1\n"
         ),
     );
+    // A Git source: the page shows the applied commit's subject and author.
+    git(repo.path(), &["init", "-q"]);
+    git(repo.path(), &["add", "-A"]);
+    git(
+        repo.path(),
+        &[
+            "commit",
+            "-qm",
+            "Onboard contoso",
+            "--author",
+            "Ada Lovelace <ada@example.com>",
+        ],
+    );
+    let commit = git(repo.path(), &["rev-parse", "HEAD"]);
     let port = free_port();
     let log = tempfile::NamedTempFile::new().expect("log");
     let _daemon = start_daemon(&repo, port, log.path());
@@ -205,6 +227,10 @@ async fn the_status_page_shows_environments_drift_and_errors_in_a_real_browser()
     let row = text(&c, "tbody tr").await;
     assert!(row.contains(&env), "{row}");
     assert!(row.contains("Failed"), "the held workspace fails it: {row}");
+    assert!(
+        row.contains(&format!("{} Onboard contoso by Ada Lovelace", &commit[..7])),
+        "{row}"
+    );
     // Keyboard: the first Tab reaches the skip link, which leads to the
     // content.
     c.find(Locator::Css("body"))

@@ -23,7 +23,7 @@ use crate::plan::{Action as ChangeAction, Plan};
 use crate::source;
 use crate::sync::SyncOptions;
 use crate::sync::report::SyncReport;
-use crate::sync::status::{ObjectStatus, ReconcileRecord, objects_by_workspace};
+use crate::sync::status::{Commit, ObjectStatus, ReconcileRecord, objects_by_workspace};
 
 /// Why a reconcile failed. [`ReconcileError::reason`] names it in one word
 /// for the status, the logs and the metrics.
@@ -317,7 +317,7 @@ impl Reconciler {
     /// valid (its invalid workspaces held), and is reported when not.
     async fn read_source(&mut self) -> Result<(), ReconcileError> {
         let (env, shared) = (self.env.as_str(), &*self.shared);
-        let (tree, revision) = match read_source(&shared.options).await {
+        let (tree, revision, commit) = match read_source(&shared.options).await {
             Ok(read) => read,
             Err(e) => {
                 shared.metrics.git_fetch_failed(env);
@@ -326,7 +326,10 @@ impl Reconciler {
                 return Err(e);
             }
         };
-        shared.update(env, |s| s.last_seen_revision = Some(revision.clone()));
+        shared.update(env, |s| {
+            s.last_seen_revision = Some(revision.clone());
+            s.last_seen_commit = commit.clone();
+        });
         if self
             .desired
             .as_ref()
@@ -336,8 +339,9 @@ impl Reconciler {
             return Ok(());
         }
         let (event, e) = match self.desire(tree, &revision) {
-            Ok(state) => {
+            Ok(mut state) => {
                 self.source_problem = None;
+                state.commit = commit;
                 self.desired = Some(Arc::new(state));
                 return Ok(());
             }
@@ -619,9 +623,11 @@ impl Reconciler {
                 s.last_sync_at = Some(now());
                 if r.succeeded() {
                     s.last_applied_revision = Some(state.revision().to_string());
+                    s.last_applied_commit = state.commit.clone();
                 }
             } else if status == SyncStatus::Synced {
                 s.last_applied_revision = Some(state.revision().to_string());
+                s.last_applied_commit = state.commit.clone();
             }
             // Held workspaces aside, only they failed.
             set_drift(s, &current, objects, |_| {
@@ -737,8 +743,9 @@ fn set_drift(
         .collect();
 }
 
-/// Reads the source (blocking I/O off the async threads).
-async fn read_source(options: &RunOptions) -> Result<(SourceTree, String), String> {
+/// Reads the source (blocking I/O off the async threads): the files, the
+/// revision, and its commit when the source is Git.
+async fn read_source(options: &RunOptions) -> Result<(SourceTree, String, Option<Commit>), String> {
     let repo = options.repo.clone();
     let branch = options.branch.clone();
     tokio::task::spawn_blocking(move || {
@@ -746,8 +753,12 @@ async fn read_source(options: &RunOptions) -> Result<(SourceTree, String), Strin
         let masked = |e: &dyn std::fmt::Display| source::git::redact_in_text(&format!("{e:#}"));
         let auth = source::auth_from_env().map_err(|e| masked(&e))?;
         let (tree, git) = source::read(&repo, branch.as_deref(), &auth).map_err(|e| masked(&e))?;
+        let commit = git.as_ref().map(|g| Commit {
+            subject: g.summary.clone(),
+            author: g.author.clone(),
+        });
         let revision = source::revision_of(&tree, git);
-        Ok((tree, revision))
+        Ok((tree, revision, commit))
     })
     .await
     .map_err(|e| format!("source reader stopped: {e}"))?
@@ -764,6 +775,8 @@ struct Desired {
     /// (once per revision, by the leader, as soon as the cluster is
     /// reachable).
     event_pending: std::sync::atomic::AtomicBool,
+    /// The revision's commit, when read from Git.
+    commit: Option<Commit>,
 }
 
 impl Desired {
@@ -778,6 +791,7 @@ impl Desired {
             event_pending: std::sync::atomic::AtomicBool::new(!state.held.is_empty()),
             state,
             sync,
+            commit: None,
         }
     }
 

@@ -17,7 +17,8 @@ use maud::{DOCTYPE, Markup, PreEscaped, html};
 
 use crate::plan::{Action, FieldAction, FieldChange};
 use crate::sync::status::{
-    DaemonStatus, EnvironmentStatus, ObjectStatus, ReconcileRecord, SyncStatus, WorkspaceStatus,
+    Commit, DaemonStatus, EnvironmentStatus, ObjectStatus, ReconcileRecord, SyncStatus,
+    WorkspaceStatus,
 };
 
 /// Seconds between the page's own reloads.
@@ -85,8 +86,8 @@ pub fn environments_page(status: &DaemonStatus) -> String {
                         tr {
                             th scope="row" { a href=(env_url(name)) { (name) } }
                             td data-label="Status" { (badge(env.sync_status)) }
-                            td data-label="Applied revision" { (revision(env.last_applied_revision.as_deref())) }
-                            td data-label="Seen revision" { (revision(env.last_seen_revision.as_deref())) }
+                            td data-label="Applied revision" { (commit(env.last_applied_revision.as_deref(), env.last_applied_commit.as_ref())) }
+                            td data-label="Seen revision" { (commit(env.last_seen_revision.as_deref(), env.last_seen_commit.as_ref())) }
                             td.n data-label="Workspaces" { (env.workspaces.len()) }
                             td.n data-label="Objects" { (env.object_count()) }
                             td.n data-label="Drifted" { (env.drifted_objects) }
@@ -164,7 +165,7 @@ pub fn workspace_page(status: &DaemonStatus, env: &str, ws: &str) -> Option<Stri
         h1 { "Workspace " (ws) " " (badge(w.sync_status)) }
         dl {
             dt { "Environment" } dd { a href=(env_url(env)) { (env) } }
-            dt { "Applied revision" } dd { (revision(e.last_applied_revision.as_deref())) }
+            dt { "Applied revision" } dd { (commit(e.last_applied_revision.as_deref(), e.last_applied_commit.as_ref())) }
             dt { "Objects" } dd { (w.objects.len()) }
             dt { "Drifted objects" } dd { (w.drifted_objects) }
         }
@@ -240,8 +241,8 @@ fn environment_facts(e: &EnvironmentStatus) -> Markup {
         dl {
             dt { "Status" } dd { (badge(e.sync_status))
                 @if let Some(t) = &e.target_revision { " " (revision(Some(t))) } }
-            dt { "Applied revision" } dd { (revision(e.last_applied_revision.as_deref())) }
-            dt { "Seen revision" } dd { (revision(e.last_seen_revision.as_deref())) }
+            dt { "Applied revision" } dd { (commit(e.last_applied_revision.as_deref(), e.last_applied_commit.as_ref())) }
+            dt { "Seen revision" } dd { (commit(e.last_seen_revision.as_deref(), e.last_seen_commit.as_ref())) }
             dt { "Last reconcile" } dd { (when(e.last_reconcile_at.as_deref())) }
             dt { "Last sync" } dd { (when(e.last_sync_at.as_deref())) }
             dt { "Workspaces" } dd { (e.workspaces.len()) " (" (e.failed_workspaces()) " failed)" }
@@ -452,6 +453,16 @@ fn revision(r: Option<&str>) -> Markup {
     }
 }
 
+/// A revision with its commit's subject and author, when from Git.
+fn commit(r: Option<&str>, c: Option<&Commit>) -> Markup {
+    html! {
+        (revision(r))
+        @if let Some(c) = c {
+            " " (c.subject) " " span.muted { "by " (c.author) }
+        }
+    }
+}
+
 /// A time to the second (`2026-12-03 04:43:51Z`), or a dash.
 fn when(t: Option<&str>) -> Markup {
     html! { @match t { Some(t) => time datetime=(t) { (short_time(t)) }, None => span.muted { "-" } } }
@@ -503,6 +514,10 @@ mod tests {
         let mut env = EnvironmentStatus {
             sync_status: SyncStatus::OutOfSync,
             last_applied_revision: Some("0123456789abcdef0123456789abcdef01234567".into()),
+            last_applied_commit: Some(Commit {
+                subject: "Onboard <b>contoso</b>".into(),
+                author: "Ada".into(),
+            }),
             last_error: Some("revision x is invalid:\n<script>alert(1)</script>".into()),
             drifted_objects: 1,
             ..EnvironmentStatus::default()
@@ -576,6 +591,12 @@ mod tests {
             )
         );
         assert!(html.contains(r#"http-equiv="refresh""#));
+        assert!(
+            html.contains(
+                r#"</code> Onboard &lt;b&gt;contoso&lt;/b&gt; <span class="muted">by Ada</span>"#
+            ),
+            "{html}"
+        );
         // Only the first line of the error, escaped.
         assert!(html.contains("revision x is invalid:"));
         assert!(!html.contains("alert(1)"));

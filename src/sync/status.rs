@@ -30,6 +30,16 @@ impl std::fmt::Display for SyncStatus {
     }
 }
 
+/// What a Git commit says of itself (a folder source has none).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Commit {
+    /// The first line of its message.
+    pub subject: String,
+    /// Its author's name.
+    pub author: String,
+}
+
 /// One object of a workspace as the last plan saw it.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -86,6 +96,11 @@ pub struct EnvironmentStatus {
     pub sync_status: SyncStatus,
     pub last_seen_revision: Option<String>,
     pub last_applied_revision: Option<String>,
+    /// The commits of those two revisions, when the source is Git.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_seen_commit: Option<Commit>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_applied_commit: Option<Commit>,
     pub last_error: Option<String>,
     pub last_error_at: Option<String>,
     pub last_reconcile_at: Option<String>,
