@@ -282,6 +282,18 @@ async fn the_status_page_shows_environments_drift_and_errors_in_a_real_browser()
     assert!(drifted_row.contains("kubectl"), "changed by: {drifted_row}");
     let objects = text(&c, "#objects + div table").await;
     assert!(objects.contains("in sync"), "{objects}");
+    // Health as listed: the namespace Active, the scaled Deployment
+    // Progressing (the test control plane has no nodes to run its pods).
+    let namespace_row = objects
+        .lines()
+        .find(|l| l.starts_with("Namespace"))
+        .unwrap_or_else(|| panic!("no Namespace row: {objects}"));
+    assert!(namespace_row.contains("Healthy Active"), "{namespace_row}");
+    let deployment_row = objects
+        .lines()
+        .find(|l| l.starts_with("Deployment") && l.contains("fhir-main"))
+        .unwrap_or_else(|| panic!("no fhir-main row: {objects}"));
+    assert!(deployment_row.contains("Progressing"), "{deployment_row}");
 
     // A failed workspace: its error with file:line:col, the hostile field
     // shown as text, never run.

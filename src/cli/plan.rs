@@ -70,6 +70,7 @@ pub(super) fn live_cmd(args: &LiveArgs, verb: print::Verb) -> anyhow::Result<Exi
                 Deletes::Recorded
             },
             settle: (!drift).then_some(args.adopt),
+            health: false,
         };
         let LivePlan {
             mut plan,

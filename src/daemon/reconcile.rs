@@ -22,6 +22,7 @@ use crate::pipeline::{self, Deletes, DesiredState, Intake, LivePlan, PlanOptions
 use crate::plan::{Action as ChangeAction, Plan};
 use crate::source;
 use crate::sync::SyncOptions;
+use crate::sync::health::Health;
 use crate::sync::report::SyncReport;
 use crate::sync::status::{Commit, ObjectStatus, ReconcileRecord, objects_by_workspace};
 
@@ -516,8 +517,11 @@ impl Reconciler {
         let Some(applied) = self.held.applied.clone() else {
             return;
         };
-        let Checked { plan, report } = match check_and_sync(env, shared, c, &applied, writer).await
-        {
+        let Checked {
+            plan,
+            report,
+            health,
+        } = match check_and_sync(env, shared, c, &applied, writer).await {
             Ok(checked) => checked,
             Err(e) => {
                 tracing::warn!(environment = env, error = %e, "cannot check drift of the last applied revision");
@@ -526,7 +530,7 @@ impl Reconciler {
         };
         let drifted = drift_by_workspace(&plan);
         let healed = report.as_ref().is_some_and(|r| r.succeeded());
-        let objects = objects_by_workspace(&plan, healed);
+        let objects = objects_by_workspace(&plan, healed, &health);
         self.changed += report.as_ref().map_or(0, changed_objects);
         let current: BTreeMap<String, usize> = drifted
             .iter()
@@ -567,7 +571,11 @@ impl Reconciler {
     ) -> Result<(), ReconcileError> {
         let (env, shared) = (self.env.clone(), self.shared.clone());
         let (env, shared) = (env.as_str(), &*shared);
-        let Checked { plan, report } = checked;
+        let Checked {
+            plan,
+            report,
+            health,
+        } = checked;
         log_outcome(env, state, &plan, report.as_ref());
         if let Some(r) = &report {
             shared.metrics.record_sync(env, r);
@@ -602,7 +610,7 @@ impl Reconciler {
         // Current drift: what is out of step now (nothing, once a sync
         // healed it).
         let synced = report.as_ref().is_some_and(|r| r.succeeded());
-        let objects = objects_by_workspace(&plan, synced);
+        let objects = objects_by_workspace(&plan, synced, &health);
         self.changed += report.as_ref().map_or(0, changed_objects);
         let current: BTreeMap<String, usize> = drift_by_workspace(&plan)
             .into_iter()
@@ -865,6 +873,8 @@ fn log_failures(env: &str, r: &SyncReport) {
 struct Checked {
     plan: Plan,
     report: Option<SyncReport>,
+    /// The health of each live object as listed for the plan.
+    health: BTreeMap<String, Health>,
 }
 
 /// Plans `state` against the cluster and, when this replica may write and
@@ -905,8 +915,10 @@ async fn check_and_sync(
         diffs: false,
         deletes: Deletes::Recorded,
         settle: Some(false),
+        health: true,
     };
-    let live = pipeline::plan_live(c, &state.state, inv, plan_options).await?;
+    let mut live = pipeline::plan_live(c, &state.state, inv, plan_options).await?;
+    let health = std::mem::take(&mut live.health);
     // A revision not yet applied is synced; between revisions, drift is
     // re-applied only with self-heal.
     let applied_rev = live.inventory.as_ref().and_then(|i| i.revision.clone());
@@ -918,6 +930,7 @@ async fn check_and_sync(
         return Ok(Checked {
             plan: live.plan,
             report: None,
+            health,
         });
     }
     // Healing takes the drifted fields back from whoever changed them.
@@ -928,6 +941,7 @@ async fn check_and_sync(
     Ok(Checked {
         plan,
         report: Some(report?),
+        health,
     })
 }
 

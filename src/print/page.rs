@@ -16,6 +16,7 @@
 use maud::{DOCTYPE, Markup, PreEscaped, html};
 
 use crate::plan::{Action, FieldAction, FieldChange};
+use crate::sync::health::Health;
 use crate::sync::status::{
     Commit, DaemonStatus, EnvironmentStatus, ObjectStatus, ReconcileRecord, SyncStatus,
     WorkspaceStatus,
@@ -47,7 +48,7 @@ td.n{text-align:right;font-variant-numeric:tabular-nums}
 code,pre{font:13px/1.4 ui-monospace,SFMono-Regular,Menlo,Consolas,monospace}
 pre{background:var(--card);border:1px solid var(--line);border-radius:6px;padding:.6rem;white-space:pre-wrap;overflow-wrap:anywhere}
 .badge{display:inline-block;padding:0 .5rem;border-radius:1rem;border:1px solid currentColor;font-weight:600;font-size:.85rem;white-space:nowrap}
-.Synced{color:var(--ok)}.OutOfSync{color:var(--warn)}.Failed{color:var(--bad)}.Syncing{color:var(--info)}.Unknown{color:var(--unknown)}
+.Synced,.Healthy{color:var(--ok)}.Progressing{color:var(--info)}.Degraded{color:var(--bad)}.OutOfSync{color:var(--warn)}.Failed{color:var(--bad)}.Syncing{color:var(--info)}.Unknown{color:var(--unknown)}
 dl{display:grid;grid-template-columns:max-content 1fr;gap:.25rem 1rem;margin:0}dt{color:var(--muted)}dd{margin:0;overflow-wrap:anywhere}
 .muted{color:var(--muted)}
 svg.timeline{width:100%;max-width:40rem;height:auto;display:block}
@@ -290,6 +291,7 @@ fn objects_table(w: &WorkspaceStatus) -> Markup {
                 thead { tr {
                     th scope="col" { "Kind" } th scope="col" { "Namespace" }
                     th scope="col" { "Name" } th scope="col" { "State" }
+                    th scope="col" { "Health (when last listed)" }
                 } }
                 tbody {
                     @for o in &w.objects {
@@ -298,6 +300,7 @@ fn objects_table(w: &WorkspaceStatus) -> Markup {
                             td data-label="Namespace" { (o.namespace.as_deref().unwrap_or("-")) }
                             td data-label="Name" { (o.name) }
                             td data-label="State" { (action_text(o.action)) }
+                            td data-label="Health" { (health(o.health.as_ref())) }
                         }
                     }
                 }
@@ -397,6 +400,18 @@ fn status_class(s: SyncStatus) -> &'static str {
 
 fn badge(s: SyncStatus) -> Markup {
     html! { span class={"badge " (status_class(s))} { (s) } }
+}
+
+fn health(h: Option<&Health>) -> Markup {
+    html! {
+        @match h {
+            Some(h) => {
+                span class={"badge " (h.status)} { (h.status) }
+                @if !h.message.is_empty() { " " span.muted { (h.message) } }
+            }
+            None => span.muted { "-" },
+        }
+    }
 }
 
 fn action_text(a: Action) -> &'static str {
@@ -542,6 +557,7 @@ mod tests {
                         since: Some("2026-12-03T05:00:00Z".into()),
                     }],
                     note: None,
+                    health: Some(Health::degraded("ProgressDeadlineExceeded: <i>stuck</i>")),
                 }],
             },
         );
@@ -621,6 +637,7 @@ mod tests {
         assert!(html.contains("<code>spec.replicas</code>"), "{html}");
         assert!(html.contains(r#"<td data-label="Live"><code>5</code></td><td data-label="Declared"><code>1</code></td><td data-label="Changed by">kubectl "#), "{html}");
         assert!(html.contains("Deployment/contoso-dev/fhir-api"));
+        assert!(html.contains(r#"<span class="badge Degraded">Degraded</span> <span class="muted">ProgressDeadlineExceeded: &lt;i&gt;stuck&lt;/i&gt;</span>"#), "{html}");
         assert!(
             html.contains(r#"href="/environments/dev/workspaces/contoso" aria-current="page""#)
         );

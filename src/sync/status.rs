@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, VecDeque};
 use serde::Serialize;
 
 use crate::plan::{Action, FieldChange, Plan};
+use crate::sync::health::Health;
 
 /// Reconciles remembered per environment for the status page's timeline
 /// (a bounded ring: the oldest goes when a new one comes).
@@ -57,6 +58,10 @@ pub struct ObjectStatus {
     /// Why an object is left unmanaged.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
+    /// Its health when last listed (Healthy, Progressing or Degraded, and
+    /// why); none for an object not on the cluster then.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub health: Option<Health>,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -161,7 +166,13 @@ pub struct DaemonStatus {
 /// A plan's objects per workspace (every workspace of the plan listed).
 /// `synced`: a sync of this plan succeeded, so every object it applied or
 /// pruned is in step now and shown so, with no drifted fields.
-pub fn objects_by_workspace(plan: &Plan, synced: bool) -> BTreeMap<String, Vec<ObjectStatus>> {
+/// `health`: each live object's, by `Kind/namespace/name`, as listed for
+/// the plan (an object created since has none).
+pub fn objects_by_workspace(
+    plan: &Plan,
+    synced: bool,
+    health: &BTreeMap<String, Health>,
+) -> BTreeMap<String, Vec<ObjectStatus>> {
     let mut out: BTreeMap<String, Vec<ObjectStatus>> = BTreeMap::new();
     for c in &plan.changes {
         let objects = out.entry(c.workspace.to_string()).or_default();
@@ -188,6 +199,7 @@ pub fn objects_by_workspace(plan: &Plan, synced: bool) -> BTreeMap<String, Vec<O
                     .collect()
             },
             note: c.note.clone(),
+            health: health.get(&c.id()).cloned(),
         });
     }
     out
@@ -259,6 +271,7 @@ mod tests {
                 change("Deployment", "fhir", Action::Update, 7),
             ]),
             false,
+            &BTreeMap::new(),
         );
         let objects = &by_ws["contoso"];
         assert_eq!(objects[0].fields[0].live, None);
@@ -280,10 +293,18 @@ mod tests {
                 change("ConfigMap", "old", Action::Delete, 0),
             ]),
             true,
+            &BTreeMap::from([(
+                "Deployment/contoso-dev/fhir".to_string(),
+                Health::progressing("0 of 1 replicas available"),
+            )]),
         );
         let objects = &by_ws["contoso"];
         assert_eq!(objects.len(), 1);
         assert_eq!(objects[0].action, Action::Unchanged);
+        assert_eq!(
+            objects[0].health,
+            Some(Health::progressing("0 of 1 replicas available"))
+        );
         assert!(objects[0].fields.is_empty());
     }
 }
