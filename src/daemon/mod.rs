@@ -154,7 +154,13 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         status: RwLock::new(DaemonStatus {
             identity,
             leader: !options.leader_elect,
-            ..DaemonStatus::default()
+            // Every environment is listed from the start, `Unknown` until
+            // its first reconcile.
+            environments: options
+                .environments
+                .iter()
+                .map(|e| (e.clone(), EnvironmentStatus::default()))
+                .collect(),
         }),
         metrics: metrics::Metrics::new(),
         trigger,

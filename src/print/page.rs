@@ -18,8 +18,8 @@ use maud::{DOCTYPE, Markup, PreEscaped, html};
 use crate::plan::{Action, FieldAction, FieldChange};
 use crate::sync::health::Health;
 use crate::sync::status::{
-    Commit, DaemonStatus, EnvironmentStatus, ObjectStatus, ReconcileRecord, SyncStatus,
-    WorkspaceStatus,
+    Commit, DaemonStatus, EnvironmentStatus, ObjectStatus, RECENT_RECONCILES, ReconcileRecord,
+    SyncStatus, WorkspaceStatus,
 };
 
 /// Seconds between the page's own reloads.
@@ -312,9 +312,10 @@ fn objects_table(w: &WorkspaceStatus) -> Markup {
 /// The recent reconciles as bars: height the duration (log scale), colour
 /// and tooltip the result, a dot when objects changed.
 fn timeline(recent: &std::collections::VecDeque<ReconcileRecord>) -> Markup {
-    const W: u32 = 600;
-    const H: u32 = 90;
     const SLOT: u32 = 20;
+    // Room for every reconcile the ring keeps.
+    const W: u32 = RECENT_RECONCILES as u32 * SLOT;
+    const H: u32 = 90;
     if recent.is_empty() {
         return html! { p { "No reconcile yet." } };
     }
@@ -355,8 +356,10 @@ fn timeline(recent: &std::collections::VecDeque<ReconcileRecord>) -> Markup {
                     }
                 }
             }
-            text x="0" y="86" { "older" }
-            text x=(W) y="86" text-anchor="end" { "newest" }
+            @if let (Some(first), Some(last)) = (recent.front(), recent.back()) {
+                text x="0" y="86" { (short_time(&first.at)) }
+                text x=(W) y="86" text-anchor="end" { (short_time(&last.at)) }
+            }
         }
         p.muted { (label) ". Bar height: duration; dot: objects changed. Hover a bar for its details." }
         details {
