@@ -284,7 +284,9 @@ fn changes_table(pending: &[&ObjectStatus]) -> Markup {
 
 fn objects_table(w: &WorkspaceStatus) -> Markup {
     html! {
-        @if w.objects.is_empty() {
+        @if w.objects.is_empty() && !w.errors.is_empty() {
+            p { "While it is invalid, its objects keep their last applied state and are not compared with the cluster." }
+        } @else if w.objects.is_empty() {
             p { "No object seen yet." }
         } @else {
             div.table { table {
@@ -630,6 +632,7 @@ mod tests {
         let ws = workspace_page(&s, "dev", "broken").unwrap();
         assert!(!ws.contains("<img"), "{ws}");
         assert!(ws.contains("/spec/&lt;img src=x onerror=alert(1)&gt;: unknown field"));
+        assert!(ws.contains("keep their last applied state and are not compared"));
         let missing = not_found_page("<b>x</b>");
         assert!(missing.contains("&lt;b&gt;x&lt;/b&gt;"));
     }
