@@ -125,6 +125,26 @@ mod tests {
     }
 
     #[test]
+    fn the_status_page_can_be_turned_off_in_the_file() {
+        let c = parse(
+            "tenantsync.yaml",
+            b"apiVersion: tenantsync.io/v1alpha1\nkind: DaemonConfig\nrepo: .\nenvironments: [{name: dev}]\nui: false\n",
+        )
+        .unwrap();
+        assert_eq!(c.ui, Some(false));
+        let e = parse(
+            "tenantsync.yaml",
+            b"apiVersion: tenantsync.io/v1alpha1\nkind: DaemonConfig\nrepo: .\nenvironments: [{name: dev}]\nui: off\n",
+        )
+        .unwrap_err();
+        assert!(
+            e[0].to_string()
+                .starts_with("tenantsync.yaml:5:5: error: /ui:"),
+            "{e:?}"
+        );
+    }
+
+    #[test]
     fn mistakes_are_reported_with_their_position() {
         let e = parse(
             "tenantsync.yaml",
