@@ -385,10 +385,16 @@ fn page(code: StatusCode, html: Option<String>) -> Response {
     response
 }
 
+/// Renders a page from the status as it is (read-locked while the page is
+/// drawn, nothing cloned); `None` when the lock is poisoned.
+fn with_status<T>(state: &HttpState, f: impl FnOnce(&DaemonStatus) -> Option<T>) -> Option<T> {
+    state.shared.status.read().ok().and_then(|s| f(&s))
+}
+
 async fn page_environments(State(state): State<Arc<HttpState>>) -> Response {
     page(
         StatusCode::OK,
-        Some(page::environments_page(&shown_status(&state))),
+        with_status(&state, |s| Some(page::environments_page(s, &redact))),
     )
 }
 
@@ -398,7 +404,7 @@ async fn page_environment(
 ) -> Response {
     page(
         StatusCode::OK,
-        page::environment_page(&shown_status(&state), &env),
+        with_status(&state, |s| page::environment_page(s, &env, &redact)),
     )
 }
 
@@ -408,7 +414,7 @@ async fn page_workspace(
 ) -> Response {
     page(
         StatusCode::OK,
-        page::workspace_page(&shown_status(&state), &env, &ws),
+        with_status(&state, |s| page::workspace_page(s, &env, &ws)),
     )
 }
 

@@ -61,9 +61,13 @@ table td,table th[scope=row]{display:block;border:0;padding:.15rem .6rem;text-al
 table td[data-label]::before{content:attr(data-label) ": ";color:var(--muted)}td.n{text-align:left}}
 "#;
 
+/// How an error is shown: the daemon leaves URLs' host:port and Kubernetes
+/// identities out, as in `/status`.
+pub type Redact<'a> = &'a dyn Fn(&str) -> String;
+
 /// `GET /`: every environment with its status, revisions, last error and
 /// counts.
-pub fn environments_page(status: &DaemonStatus) -> String {
+pub fn environments_page(status: &DaemonStatus, redact: Redact<'_>) -> String {
     let body = html! {
         h1 { "Environments" }
         p.muted {
@@ -97,7 +101,7 @@ pub fn environments_page(status: &DaemonStatus) -> String {
                         }
                         @if let Some(error) = &env.last_error {
                             tr.error { td colspan="9" data-label="Last error" {
-                                (error.lines().next().unwrap_or_default())
+                                (redact(error.lines().next().unwrap_or_default()))
                                 @if let Some(t) = &env.last_error_at { " " span.muted { "(" (short_time(t)) ")" } }
                             } }
                         }
@@ -110,7 +114,7 @@ pub fn environments_page(status: &DaemonStatus) -> String {
 }
 
 /// `GET /environments/<env>`; `None` when the daemon does not sync it.
-pub fn environment_page(status: &DaemonStatus, env: &str) -> Option<String> {
+pub fn environment_page(status: &DaemonStatus, env: &str, redact: Redact<'_>) -> Option<String> {
     let e = status.environments.get(env)?;
     let body = html! {
         h1 { "Environment " (env) " " (badge(e.sync_status)) }
@@ -121,7 +125,7 @@ pub fn environment_page(status: &DaemonStatus, env: &str) -> Option<String> {
             h2 #last-error { "Last error" }
             p.muted { (when(e.last_error_at.as_deref()))
                 @if let Some(r) = &e.last_error_reason { " (" (r) ")" } }
-            pre { (error) }
+            pre { (redact(error)) }
         }
         h2 #workspaces { "Workspaces" }
         @if e.workspaces.is_empty() {
@@ -599,7 +603,7 @@ mod tests {
 
     #[test]
     fn the_environment_list_links_each_environment_with_its_status_and_counts() {
-        let html = environments_page(&status());
+        let html = environments_page(&status(), &str::to_string);
         assert!(html.starts_with("<!DOCTYPE html>"));
         assert!(
             html.contains(r#"<a href="/environments/dev">dev</a>"#),
@@ -626,7 +630,7 @@ mod tests {
     #[test]
     fn hostile_values_are_escaped_on_every_page() {
         let s = status();
-        let env = environment_page(&s, "dev").unwrap();
+        let env = environment_page(&s, "dev", &str::to_string).unwrap();
         assert!(!env.contains("<script>alert"), "{env}");
         assert!(env.contains("&lt;script&gt;alert(1)&lt;/script&gt;"));
         let ws = workspace_page(&s, "dev", "broken").unwrap();
@@ -650,6 +654,17 @@ mod tests {
     }
 
     #[test]
+    fn the_last_error_is_shown_as_the_daemon_redacts_it() {
+        let hide = |e: &str| e.replace("revision x", "revision …");
+        let list = environments_page(&status(), &hide);
+        let env = environment_page(&status(), "dev", &hide).unwrap();
+        for html in [list, env] {
+            assert!(html.contains("revision … is invalid:"), "{html}");
+            assert!(!html.contains("revision x"), "{html}");
+        }
+    }
+
+    #[test]
     fn times_are_shown_to_the_second() {
         assert_eq!(
             short_time("2026-12-03T04:43:51.266240073Z"),
@@ -661,13 +676,13 @@ mod tests {
 
     #[test]
     fn unknown_environments_and_workspaces_have_no_page() {
-        assert!(environment_page(&status(), "prod").is_none());
+        assert!(environment_page(&status(), "prod", &str::to_string).is_none());
         assert!(workspace_page(&status(), "dev", "nope").is_none());
     }
 
     #[test]
     fn the_timeline_draws_one_bar_per_reconcile_with_its_result() {
-        let html = environment_page(&status(), "dev").unwrap();
+        let html = environment_page(&status(), "dev", &str::to_string).unwrap();
         assert_eq!(html.matches("<rect ").count(), 3, "{html}");
         assert!(html.contains(r#"<rect class="Failed""#));
         // A dot for each reconcile that changed objects.
