@@ -151,17 +151,11 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         None
     };
     let shared = Arc::new(Shared {
-        status: RwLock::new(DaemonStatus {
+        status: RwLock::new(DaemonStatus::new(
             identity,
-            leader: !options.leader_elect,
-            // Every environment is listed from the start, `Unknown` until
-            // its first reconcile.
-            environments: options
-                .environments
-                .iter()
-                .map(|e| (e.clone(), EnvironmentStatus::default()))
-                .collect(),
-        }),
+            !options.leader_elect,
+            &options.environments,
+        )),
         metrics: metrics::Metrics::new(),
         trigger,
         options: options.clone(),

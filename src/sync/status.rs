@@ -163,6 +163,21 @@ pub struct DaemonStatus {
     pub environments: BTreeMap<String, EnvironmentStatus>,
 }
 
+impl DaemonStatus {
+    /// Every environment listed from the start, `Unknown` until its first
+    /// reconcile.
+    pub fn new(identity: String, leader: bool, environments: &[String]) -> DaemonStatus {
+        DaemonStatus {
+            identity,
+            leader,
+            environments: environments
+                .iter()
+                .map(|e| (e.clone(), EnvironmentStatus::default()))
+                .collect(),
+        }
+    }
+}
+
 /// A plan's objects per workspace (every workspace of the plan listed).
 /// `synced`: a sync of this plan succeeded, so every object it applied or
 /// pruned is in step now and shown so, with no drifted fields.
@@ -241,6 +256,16 @@ mod tests {
             changes,
             api_requests: 0,
         }
+    }
+
+    #[test]
+    fn every_environment_is_listed_unknown_before_its_first_reconcile() {
+        let s = DaemonStatus::new("pod".into(), true, &["dev".into(), "prod".into()]);
+        assert_eq!(s.environments.len(), 2);
+        assert_eq!(s.environments["prod"].sync_status, SyncStatus::Unknown);
+        assert!(!s.environments["prod"].compared);
+        let json = serde_json::to_value(&s).unwrap();
+        assert_eq!(json["environments"]["dev"]["syncStatus"], "Unknown");
     }
 
     #[test]
