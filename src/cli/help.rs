@@ -190,6 +190,21 @@ Examples:
   tenantsync status --env prod
   tenantsync status --env prod --output json | jq -r '.\"status.syncStatus\"'";
 
+pub const APPROVE: &str = "\
+Exit status:
+  0  approved: the daemon applies the revision within about a second (at once
+     when its sync window is open)
+  1  refused: nothing is pending, the revision is not the pending one (stale),
+     the credential may not patch configmap tenantsync-system/approval-<env>,
+     or the cluster cannot be reached
+
+Environment: TENANTSYNC_KUBECONFIG, KUBECONFIG (see tenantsync --help).
+
+Examples:
+  tenantsync status --env prod        # the pending revision and its plan
+  tenantsync approve --env prod --revision 3f2c1e7
+  tenantsync approve --env prod --revision 3f2c1e7 --by \"Dana (CAB-1234)\"";
+
 pub const COMPLETIONS: &str = "\
 Exit status: 0.
 

@@ -114,6 +114,19 @@ pub struct EnvironmentStatus {
     pub last_error_reason: Option<String>,
     pub drifted_objects: usize,
     pub workspaces: BTreeMap<String, WorkspaceStatus>,
+    /// `auto` or `manual` (the revision's `syncPolicy.mode`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mode: Option<&'static str>,
+    /// A new revision of a manual environment, planned and waiting for
+    /// `tenantsync approve`: nothing of it is applied.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pending_revision: Option<String>,
+    /// The pending revision's plan against the cluster, in one line.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pending_plan: Option<String>,
+    /// The last approval recorded for this environment.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub approval: Option<crate::sync::approval::Approval>,
     /// A revision was read and compared with the cluster (and synced, when
     /// leading) at least once: what `/readyz` waits for. A failed read or
     /// an invalid first revision does not count.
@@ -324,6 +337,7 @@ async fn publish_status(
     else {
         return;
     };
+    let approval = status.approval.clone().unwrap_or_default();
     let fields = BTreeMap::from([
         (
             "syncStatus".to_string(),
@@ -354,6 +368,22 @@ async fn publish_status(
             "targetRevision".to_string(),
             status.target_revision.unwrap_or_default(),
         ),
+        (
+            "mode".to_string(),
+            status.mode.unwrap_or_default().to_string(),
+        ),
+        (
+            "pendingRevision".to_string(),
+            status.pending_revision.unwrap_or_default(),
+        ),
+        (
+            "pendingPlan".to_string(),
+            status.pending_plan.unwrap_or_default(),
+        ),
+        ("approvedRevision".to_string(), approval.revision.clone()),
+        ("approvedBy".to_string(), approval.by.clone()),
+        ("approvedUser".to_string(), approval.user.clone()),
+        ("approvedAt".to_string(), approval.at.clone()),
         // The daemon's heartbeat: `tenantsync status` calls a status older
         // than staleAfterSeconds stale.
         ("heartbeatAt".to_string(), now()),

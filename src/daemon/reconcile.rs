@@ -16,6 +16,7 @@ use super::{publish_status, stale_after};
 use crate::cluster::execute::{self as cluster_sync};
 use crate::cluster::lock::{EnvLock, LockError};
 use crate::cluster::{Cluster, ClusterError, ClusterOptions};
+use crate::declare::model::SyncMode;
 use crate::declare::repo::SourceTree;
 use crate::declare::validate;
 use crate::pipeline::{self, Deletes, DesiredState, Intake, LivePlan, PlanOptions, Refused};
@@ -187,6 +188,9 @@ impl Schedule {
     }
 }
 
+/// How often the approval of a revision waiting for one is looked for.
+const APPROVAL_CHECK: Duration = Duration::from_secs(1);
+
 pub(super) async fn reconcile_loop(
     env: String,
     shared: Arc<Shared>,
@@ -217,6 +221,9 @@ pub(super) async fn reconcile_loop(
             changed = trigger.changed() => {
                 if changed.is_ok() { schedule.poll_now(Instant::now()); }
             },
+            () = tokio::time::sleep(APPROVAL_CHECK), if reconciler.waiting.is_some() => {
+                if reconciler.approved_now().await { schedule.poll_now(Instant::now()); }
+            },
             _ = shutdown.changed() => {},
         }
         if *shutdown.borrow() {
@@ -244,6 +251,8 @@ struct Reconciler {
     /// kept, and the status kept Failed, until a good revision arrives.
     source_problem: Option<String>,
     held: Held,
+    /// The revision of a manual environment waiting for approval.
+    waiting: Option<String>,
 }
 
 impl Reconciler {
@@ -255,6 +264,7 @@ impl Reconciler {
             desired: None,
             source_problem: None,
             held: Held::default(),
+            waiting: None,
         }
     }
 
@@ -268,13 +278,134 @@ impl Reconciler {
                 return Err(e);
             }
         };
+        let gate = match self.gate(&state).await {
+            Ok(gate) => gate,
+            Err(e) => return Err(self.blocked(e, &writer).await),
+        };
         let Some(c) = self.cluster.as_ref() else {
             return Err(ReconcileError::NoRevision);
         };
-        match check_and_sync(&self.env, &self.shared, c, &state, &writer).await {
-            Ok(checked) => self.report(&state, checked, writer.locked_by).await,
+        let hold = matches!(gate, Gate::Pending);
+        match check_and_sync(&self.env, &self.shared, c, &state, &writer, hold).await {
+            Ok(checked) if checked.held => self.hold(&state, checked, &writer).await,
+            Ok(checked) => self.report(&state, checked, writer.locked_by, &gate).await,
             Err(e) => Err(self.blocked(e, &writer).await),
         }
+    }
+
+    /// Whether the revision may be applied: always in an `auto`
+    /// environment; in a `manual` one only once approved (the approval
+    /// ConfigMap names exactly this revision).
+    async fn gate(&mut self, state: &Desired) -> Result<Gate, ReconcileError> {
+        let mode = state.state.sync_policy.mode;
+        let manual = mode == SyncMode::Manual;
+        let record = match (manual, self.cluster.as_ref()) {
+            (true, Some(c)) => c
+                .read_approval(&self.env)
+                .await?
+                .map(|stored| stored.record)
+                .unwrap_or_default(),
+            _ => Default::default(),
+        };
+        let gate = match record.approval_of(state.revision()) {
+            _ if !manual => Gate::Auto,
+            Some(approval) => Gate::Approved(approval.clone()),
+            None => Gate::Pending,
+        };
+        self.shared.update(&self.env, |s| {
+            s.mode = Some(mode.as_str());
+            if manual {
+                s.approval = record.approval.clone();
+            } else {
+                s.approval = None;
+                s.pending_revision = None;
+                s.pending_plan = None;
+            }
+        });
+        if !manual {
+            self.shared.metrics.set_pending(&self.env, false);
+        }
+        Ok(gate)
+    }
+
+    /// Whether the revision waiting for approval is approved now: checked
+    /// every second while one waits, so an approval is applied within
+    /// about a second.
+    async fn approved_now(&self) -> bool {
+        let (Some(waiting), Some(c)) = (self.waiting.as_deref(), self.cluster.as_ref()) else {
+            return false;
+        };
+        c.read_approval(&self.env)
+            .await
+            .ok()
+            .flatten()
+            .is_some_and(|stored| stored.record.approval_of(waiting).is_some())
+    }
+
+    /// A new revision of a manual environment, not approved: its plan is
+    /// published as pending (status, inventory status, the approval
+    /// ConfigMap, the `pending` metric, an Event once), nothing of it is
+    /// applied; drift is still checked against the last approved revision
+    /// (and healed, with self-heal).
+    async fn hold(
+        &mut self,
+        state: &Arc<Desired>,
+        checked: Checked,
+        writer: &Writer,
+    ) -> Result<(), ReconcileError> {
+        let (env, shared) = (self.env.clone(), self.shared.clone());
+        let (env, shared) = (env.as_str(), &*shared);
+        let revision = state.revision().to_string();
+        let plan = crate::print::Verb::Plan.counts(&checked.plan.summary);
+        if writer.may_write
+            && self.held.pending_written.as_deref() != Some(revision.as_str())
+            && let Some(c) = self.cluster.as_ref()
+        {
+            match c.write_pending(env, Some((&revision, &plan))).await {
+                Ok(()) => {
+                    self.held.pending_written = Some(revision.clone());
+                    c.record_normal_event(
+                        env,
+                        "RevisionPending",
+                        &format!(
+                            "revision {revision} waits for approval (syncPolicy.mode: manual); its plan: {plan}; approve it with `tenantsync approve --env {env} --revision {revision}`"
+                        ),
+                    )
+                    .await;
+                }
+                Err(e) => {
+                    tracing::warn!(environment = env, error = %e, "cannot publish the pending revision")
+                }
+            }
+        }
+        tracing::info!(environment = env, revision = %revision, plan = %plan, "revision waits for approval");
+        shared.metrics.set_pending(env, true);
+        self.waiting = Some(revision.clone());
+        self.check_last_applied(writer, SyncStatus::OutOfSync).await;
+        shared.update(env, |s| {
+            s.pending_revision = Some(revision.clone());
+            s.pending_plan = Some(plan.clone());
+            s.sync_status = SyncStatus::OutOfSync;
+            s.last_reconcile_at = Some(now());
+            s.compared = true;
+        });
+        if let Some(problem) = self.source_problem.clone() {
+            let e = ReconcileError::Newest(problem);
+            self.record_outcome(Some(&e)).await;
+            shared.update(env, |s| {
+                s.last_error = Some(e.to_string());
+                s.last_error_reason = Some(e.reason().to_string());
+                s.last_error_at = Some(now());
+            });
+            return Err(e);
+        }
+        self.record_outcome(None).await;
+        shared.update(env, |s| {
+            s.last_error = None;
+            s.last_error_reason = None;
+            s.last_error_at = None;
+        });
+        Ok(())
     }
 
     /// Read the source (when asked, or with no good revision yet), connect,
@@ -461,7 +592,7 @@ impl Reconciler {
         }
         self.publish_failure(&e);
         if matches!(e, ReconcileError::Blocked { .. }) {
-            self.check_last_applied(writer).await;
+            self.check_last_applied(writer, SyncStatus::Failed).await;
         }
         // Still failed, whatever the drift check did meanwhile.
         let (env, shared) = (self.env.as_str(), &*self.shared);
@@ -483,7 +614,7 @@ impl Reconciler {
 
     /// The drift of the last revision applied in full, while a newer one is
     /// blocked: reported, healed with self-heal; the status stays Failed.
-    async fn check_last_applied(&mut self, writer: &Writer) {
+    async fn check_last_applied(&mut self, writer: &Writer, still: SyncStatus) {
         let (env, shared) = (self.env.as_str(), &*self.shared);
         let Some(c) = self.cluster.as_ref() else {
             return;
@@ -494,7 +625,10 @@ impl Reconciler {
         let Some(applied) = self.held.applied.clone() else {
             return;
         };
-        let Checked { plan, report } = match check_and_sync(env, shared, c, &applied, writer).await
+        let Checked { plan, report, .. } = match check_and_sync(
+            env, shared, c, &applied, writer, false,
+        )
+        .await
         {
             Ok(checked) => checked,
             Err(e) => {
@@ -513,12 +647,13 @@ impl Reconciler {
             shared.metrics.record_sync(env, r);
             log_failures(env, r);
         }
-        // Still blocked: Failed, whatever the heal did.
-        shared.metrics.set_status(env, "Failed");
+        // Still blocked (Failed) or waiting (OutOfSync), whatever the heal
+        // did.
+        shared.metrics.set_status(env, &format!("{still:?}"));
         shared.update(env, |s| {
-            s.sync_status = SyncStatus::Failed;
+            s.sync_status = still;
             s.target_revision = None;
-            set_drift(s, &current, |_| SyncStatus::Failed);
+            set_drift(s, &current, |_| still);
         });
         if drifted.values().any(|n| *n > 0) {
             tracing::warn!(
@@ -526,7 +661,7 @@ impl Reconciler {
                 revision = %applied.revision(),
                 drifted = drifted.values().sum::<usize>(),
                 healed,
-                "drift of the last applied revision while a newer one is blocked"
+                "drift of the last applied revision while a newer one is blocked or waits"
             );
         }
     }
@@ -540,10 +675,12 @@ impl Reconciler {
         state: &Arc<Desired>,
         checked: Checked,
         locked_by: Option<String>,
+        gate: &Gate,
     ) -> Result<(), ReconcileError> {
         let (env, shared) = (self.env.clone(), self.shared.clone());
         let (env, shared) = (env.as_str(), &*shared);
-        let Checked { plan, report } = checked;
+        let Checked { plan, report, .. } = checked;
+        self.settle_pending(state, report.as_ref(), gate).await;
         log_outcome(env, state, &plan, report.as_ref());
         if let Some(r) = &report {
             shared.metrics.record_sync(env, r);
@@ -624,6 +761,53 @@ impl Reconciler {
             s.last_error_at = error.as_ref().map(|_| now());
         });
         error.map_or(Ok(()), Err)
+    }
+
+    /// A manual environment's revision went through (applied once approved,
+    /// or already applied): nothing waits any more; the approval it was
+    /// applied under is an Event (once per revision).
+    async fn settle_pending(&mut self, state: &Desired, report: Option<&SyncReport>, gate: &Gate) {
+        let (env, shared) = (self.env.as_str(), &*self.shared);
+        self.waiting = None;
+        if matches!(gate, Gate::Auto) {
+            return;
+        }
+        shared.metrics.set_pending(env, false);
+        shared.update(env, |s| {
+            s.pending_revision = None;
+            s.pending_plan = None;
+        });
+        let Some(c) = self.cluster.as_ref() else {
+            return;
+        };
+        if !*shared.leading.borrow() {
+            return;
+        }
+        if self.held.pending_written.as_deref() != Some("") {
+            match c.write_pending(env, None).await {
+                Ok(()) => self.held.pending_written = Some(String::new()),
+                Err(e) => {
+                    tracing::warn!(environment = env, error = %e, "cannot clear the pending revision")
+                }
+            }
+        }
+        if let (Gate::Approved(a), Some(r)) = (gate, report) {
+            let outcome = if r.succeeded() {
+                "applied"
+            } else {
+                "applied with failures"
+            };
+            let message = format!(
+                "revision {} approved by {} (API user {}, at {}) {outcome}",
+                state.revision(),
+                a.by,
+                a.user,
+                a.at
+            );
+            tracing::info!(environment = env, revision = %state.revision(), approved_by = %a.by, user = %a.user, "approved revision synced");
+            c.record_normal_event(env, "RevisionApproved", &message)
+                .await;
+        }
     }
 
     /// Logs and counts a reconcile's outcome; a failed sync is an Event
@@ -772,6 +956,19 @@ struct Held {
     applied: Option<Arc<Desired>>,
     /// The last failure recorded as an Event (one per distinct failure).
     last_event: Option<String>,
+    /// The pending revision last published on the approval ConfigMap
+    /// (`Some("")`: published that none is pending).
+    pending_written: Option<String>,
+}
+
+/// Whether a revision may be applied (`syncPolicy.mode`).
+enum Gate {
+    /// `auto`: always.
+    Auto,
+    /// `manual`, and this revision is approved.
+    Approved(crate::sync::approval::Approval),
+    /// `manual`, not approved: a new revision waits.
+    Pending,
 }
 
 fn cluster_options(options: &RunOptions, env: &str) -> ClusterOptions {
@@ -826,6 +1023,8 @@ fn log_failures(env: &str, r: &SyncReport) {
 struct Checked {
     plan: Plan,
     report: Option<SyncReport>,
+    /// A new revision not applied because it waits for approval.
+    held: bool,
 }
 
 /// Plans `state` against the cluster and, when this replica may write and
@@ -836,6 +1035,7 @@ async fn check_and_sync(
     c: &Cluster,
     state: &Desired,
     writer: &Writer,
+    hold_new: bool,
 ) -> Result<Checked, ReconcileError> {
     let options = &shared.options;
     // The guardrails only the cluster can judge: each resources/ manifest's
@@ -872,6 +1072,13 @@ async fn check_and_sync(
     // re-applied only with self-heal.
     let applied_rev = live.inventory.as_ref().and_then(|i| i.revision.clone());
     let new_revision = applied_rev.as_deref() != Some(state.revision());
+    if new_revision && hold_new {
+        return Ok(Checked {
+            plan: live.plan,
+            report: None,
+            held: true,
+        });
+    }
     // A replica that does not lead (or a leader waiting for the lock) only
     // reports.
     let heal = options.self_heal && live.plan.summary.has_changes();
@@ -879,6 +1086,7 @@ async fn check_and_sync(
         return Ok(Checked {
             plan: live.plan,
             report: None,
+            held: false,
         });
     }
     // Healing takes the drifted fields back from whoever changed them.
@@ -889,6 +1097,7 @@ async fn check_and_sync(
     Ok(Checked {
         plan,
         report: Some(report?),
+        held: false,
     })
 }
 

@@ -233,6 +233,29 @@ pub struct SyncPolicy {
     pub force_conflicts: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_prune_percent: Option<u8>,
+    /// `auto`: the daemon applies each new valid revision; `manual`: it
+    /// plans it and holds it as pending until `tenantsync approve`.
+    #[serde(default)]
+    pub mode: SyncMode,
+}
+
+/// Whether the daemon applies a new revision by itself or waits for an
+/// approval (`syncPolicy.mode`).
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum SyncMode {
+    #[default]
+    Auto,
+    Manual,
+}
+
+impl SyncMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SyncMode::Auto => "auto",
+            SyncMode::Manual => "manual",
+        }
+    }
 }
 
 /// Field ownership: which field managers' edits are drift, undone by a

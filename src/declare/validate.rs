@@ -2079,4 +2079,50 @@ spec:
             "environments/dev/workspaces/a.yaml:4:9"
         );
     }
+
+    #[test]
+    fn sync_mode_is_inherited_along_the_base_chain_and_a_bad_one_is_placed() {
+        use crate::declare::model::SyncMode;
+        let manual = ENVIRONMENT.replace(
+            "  ingress: { domain: dev.example.com }\n",
+            "  ingress: { domain: dev.example.com }\n  syncPolicy: { mode: manual }\n",
+        );
+        let mut tree = dev_tree(&[("workspaces/a.yaml", workspace("a", false))]);
+        tree.insert("environments/dev/environment.yaml", manual.into_bytes());
+        let qa = |mode: &str| {
+            format!(
+                "apiVersion: tenantsync.io/v1alpha1\nkind: Environment\nmetadata: {{name: qa}}\nspec:\n  base: dev\n{mode}"
+            )
+            .into_bytes()
+        };
+        tree.insert("environments/qa/environment.yaml", qa(""));
+        let repo = load(&tree);
+        let mode = |env: &str| repo.resolve(env).map(|e| e.settings.sync_policy.mode);
+        assert_eq!(mode("dev"), Ok(SyncMode::Manual));
+        assert_eq!(mode("qa"), Ok(SyncMode::Manual), "inherited from dev");
+        tree.insert(
+            "environments/qa/environment.yaml",
+            qa("  syncPolicy: { mode: auto }\n"),
+        );
+        assert_eq!(
+            load(&tree)
+                .resolve("qa")
+                .map(|e| e.settings.sync_policy.mode),
+            Ok(SyncMode::Auto),
+            "a layer overrides its base"
+        );
+        tree.insert(
+            "environments/qa/environment.yaml",
+            qa("  syncPolicy: { mode: manaul }\n"),
+        );
+        let report = load(&tree).validate(&["qa".to_string()]);
+        assert_eq!(report.diagnostics.len(), 1, "{:?}", report.diagnostics);
+        let d = &report.diagnostics[0];
+        assert_eq!(
+            (d.file.as_str(), d.line),
+            ("environments/qa/environment.yaml", 6),
+            "{d}"
+        );
+        assert!(d.to_string().contains("manaul"), "{d}");
+    }
 }

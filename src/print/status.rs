@@ -72,11 +72,40 @@ pub fn status_text(
             get("status.lastSyncBy")
         ));
     }
+    out.push_str(&change_control(env, data));
     if let Some(e) = data.get("status.lastError").filter(|e| !e.is_empty()) {
         out.push_str(&format!(
             "last error ({}):\n  {}\n",
             get("status.lastErrorAt"),
             e.replace('\n', "\n  ")
+        ));
+    }
+    out
+}
+
+/// A manual environment's pending revision and last approval, from its
+/// approval ConfigMap (`approval.*` keys) and the daemon's status.
+fn change_control(env: &str, data: &BTreeMap<String, String>) -> String {
+    use crate::sync::approval as a;
+    let get = |k: &str| data.get(k).map(String::as_str).filter(|v| !v.is_empty());
+    let mut out = String::new();
+    if let Some(mode) = get("status.mode") {
+        out.push_str(&format!("sync mode:          {mode}\n"));
+    }
+    let key = |k: &str| format!("approval.{k}");
+    if let Some(rev) = get(&key(a::PENDING_REVISION)) {
+        out.push_str(&format!(
+            "pending revision:   {rev} since {} (plan: {}); approve it with `tenantsync approve --env {env} --revision {rev}`\n",
+            get(&key(a::PENDING_SINCE)).unwrap_or("-"),
+            get(&key(a::PENDING_PLAN)).unwrap_or("-"),
+        ));
+    }
+    if let Some(rev) = get(&key(a::APPROVED_REVISION)) {
+        out.push_str(&format!(
+            "last approval:      {rev} by {} (API user {}) at {}\n",
+            get(&key(a::APPROVED_BY)).unwrap_or("-"),
+            get(&key(a::APPROVED_USER)).unwrap_or("-"),
+            get(&key(a::APPROVED_AT)).unwrap_or("-"),
         ));
     }
     out

@@ -2,6 +2,7 @@
 //!
 //! | module | role |
 //! |---|---|
+//! | [`approval`] | a manual environment's pending revision and its approval |
 //! | [`steps`] | stages (sync wave, then kind), the prune set and its guards, the scope of a sync |
 //! | [`inventory`] | the record of what tenantsync applied: encoding, set logic, merges |
 //! | [`health`] | per-kind health rules, worst-wins aggregation |
@@ -11,6 +12,7 @@
 //! Imports: `object`, `declare`, `plan`. The edges (`cluster`) execute what
 //! it decides.
 
+pub mod approval;
 pub mod health;
 pub mod inventory;
 pub mod report;
