@@ -1,0 +1,310 @@
+//! Change control per environment (issue 16) on the real control plane: a
+//! manual environment (`syncPolicy.mode: manual`) holds each new revision
+//! as pending until `tenantsync approve` names it.
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Event};
+use kube::api::{Api, ListParams};
+
+use crate::daemon_e2e::{Guard, free_port, http, metric, status, wait_for};
+use crate::support::repo::TestRepo;
+use crate::support::{User, control_plane, git};
+
+const SECRET: &str = "change-control-webhook-secret";
+
+fn manual_environment(env: &str, extra: &str) -> String {
+    format!(
+        "apiVersion: tenantsync.io/v1alpha1\nkind: Environment\nmetadata:\n  name: {env}\nspec:\n  base: base\n  ingress:\n    domain: test.example.com\n  syncPolicy:\n    mode: manual\n{extra}"
+    )
+}
+
+fn workspace(name: &str, replicas: u32) -> String {
+    format!(
+        "apiVersion: tenantsync.io/v1alpha1\nkind: Workspace\nmetadata: {{name: {name}}}\nspec:\n  fhirServices:\n    - name: api\n      replicas: {replicas}\n"
+    )
+}
+
+fn commit(repo: &TestRepo, message: &str) -> String {
+    git(repo.path(), &["add", "-A"]);
+    git(repo.path(), &["commit", "-qm", message]);
+    git(repo.path(), &["rev-parse", "HEAD"])
+}
+
+/// `tenantsync run` on the test repository's `main` branch, polling once a
+/// minute: every read below comes from the start, a webhook or an approval.
+pub(crate) fn start_daemon(repo: &TestRepo, port: u16, log: &Path) -> Guard {
+    let child = Command::new(env!("CARGO_BIN_EXE_tenantsync"))
+        .args(["run", "--env", &repo.env, "--branch", "main"])
+        .args(["--interval", "60s", "--drift-interval", "1s", "--self-heal"])
+        .arg("--repo")
+        .arg(repo.path())
+        .arg(format!("--listen=127.0.0.1:{port}"))
+        .arg("--kubeconfig")
+        .arg(control_plane().kubeconfig())
+        .args(["--context", "admin"])
+        .env("TENANTSYNC_WEBHOOK_SECRET", SECRET)
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).expect("log file"))
+        .spawn()
+        .expect("tenantsync run");
+    Guard(child)
+}
+
+/// A push webhook: the daemon reads the repository now.
+pub(crate) async fn push(port: u16) {
+    let accepted = http(
+        port,
+        "POST",
+        "/hooks/git",
+        &[("X-Gitlab-Token", SECRET)],
+        "{}",
+    )
+    .await
+    .expect("hook");
+    assert!(accepted.starts_with("HTTP/1.1 202"), "{accepted}");
+}
+
+pub(crate) fn approve(env: &str, revision: &str, extra: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_tenantsync"))
+        .args(["approve", "--env", env, "--revision", revision])
+        .arg("--kubeconfig")
+        .arg(control_plane().kubeconfig())
+        .args(extra)
+        .output()
+        .expect("tenantsync approve")
+}
+
+async fn approval_data(env: &str) -> std::collections::BTreeMap<String, String> {
+    let api: Api<ConfigMap> = Api::namespaced(
+        control_plane().client(User::Admin).await,
+        tenantsync::sync::inventory::SYSTEM_NAMESPACE,
+    );
+    api.get_opt(&tenantsync::sync::approval::name_of(env))
+        .await
+        .expect("get approval")
+        .and_then(|c| c.data)
+        .unwrap_or_default()
+}
+
+async fn replicas(namespace: &str) -> Option<i32> {
+    let api: Api<Deployment> =
+        Api::namespaced(control_plane().client(User::Admin).await, namespace);
+    let list = api.list(&ListParams::default()).await.ok()?;
+    list.items.first()?.spec.as_ref()?.replicas
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[tokio::test]
+async fn a_manual_environment_holds_a_revision_until_approved_and_refuses_a_stale_approval() {
+    let repo = TestRepo::new("manual-approval");
+    let env = repo.env.clone();
+    let ns = repo.namespace("alpha");
+    repo.write("environment.yaml", &manual_environment(&env, ""));
+    repo.write("workspaces/alpha.yaml", &workspace("alpha", 1));
+    git(repo.path(), &["init", "-q", "-b", "main"]);
+    let first = commit(&repo, "alpha with one replica");
+    let logs = tempfile::tempdir().expect("tempdir");
+    let log = logs.path().join("daemon.log");
+    let port = free_port();
+    let _daemon = start_daemon(&repo, port, &log);
+    let pending = format!("tenantsync_pending{{environment=\"{env}\"}}");
+
+    // 1. The first revision is planned and held: pending everywhere it is
+    //    published, nothing applied.
+    wait_for(
+        "the first revision to wait",
+        Duration::from_secs(60),
+        async || {
+            status(port, &env)
+                .await
+                .is_some_and(|s| s["pendingRevision"] == first.as_str())
+        },
+    )
+    .await;
+    let s = status(port, &env).await.expect("status");
+    assert_eq!(s["syncStatus"], "OutOfSync", "{s}");
+    assert_eq!(s["mode"], "manual", "{s}");
+    assert!(
+        s["pendingPlan"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("to create"),
+        "{s}"
+    );
+    assert_eq!(metric(port, &pending).await, Some(1.0));
+    assert!(
+        crate::support::live_labelled(&env).is_empty(),
+        "nothing may be applied before an approval"
+    );
+    let record = approval_data(&env).await;
+    assert_eq!(record.get("pendingRevision"), Some(&first), "{record:?}");
+    let shown = Command::new(env!("CARGO_BIN_EXE_tenantsync"))
+        .args([
+            "status",
+            "--env",
+            &env,
+            "--context",
+            "admin",
+            "--kubeconfig",
+        ])
+        .arg(control_plane().kubeconfig())
+        .output()
+        .expect("tenantsync status");
+    let shown_text = String::from_utf8_lossy(&shown.stdout);
+    assert!(
+        shown_text.contains(&format!("pending revision:   {first}")),
+        "{shown_text}{}",
+        stderr(&shown)
+    );
+
+    // 2. An approval of another revision is refused and records nothing.
+    let wrong = approve(&env, "0123456789abcdef0123456789abcdef01234567", &[]);
+    assert_eq!(wrong.status.code(), Some(1), "{}", stderr(&wrong));
+    assert!(
+        stderr(&wrong).contains(&format!("is not the pending revision of environment {env}"))
+            && stderr(&wrong).contains(&first),
+        "{}",
+        stderr(&wrong)
+    );
+    assert!(!approval_data(&env).await.contains_key("approvedRevision"));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(crate::support::live_labelled(&env).is_empty());
+
+    // 3. Approving it (by an abbreviation) applies it within seconds: the
+    //    next poll is a minute away.
+    let approved_at = Instant::now();
+    let ok = approve(&env, &first[..8], &["--by", "Dana (CAB-1)"]);
+    assert_eq!(ok.status.code(), Some(0), "{}", stderr(&ok));
+    let took = wait_for(
+        "the approved revision to be applied",
+        Duration::from_secs(20),
+        async || {
+            status(port, &env).await.is_some_and(|s| {
+                s["lastAppliedRevision"] == first.as_str() && s["syncStatus"] == "Synced"
+            })
+        },
+    )
+    .await;
+    assert!(
+        approved_at.elapsed() < Duration::from_secs(10),
+        "applied {took:?} after the approval"
+    );
+    assert_eq!(replicas(&ns).await, Some(1));
+    let s = status(port, &env).await.expect("status");
+    assert!(s["pendingRevision"].is_null(), "{s}");
+    assert_eq!(s["approval"]["revision"], first.as_str(), "{s}");
+    assert_eq!(s["approval"]["by"], "Dana (CAB-1)", "{s}");
+    assert_eq!(s["approval"]["user"], "admin", "{s}");
+    assert_eq!(metric(port, &pending).await, Some(0.0));
+    let events: Api<Event> = Api::namespaced(
+        control_plane().client(User::Admin).await,
+        tenantsync::sync::inventory::SYSTEM_NAMESPACE,
+    );
+    let inventory = tenantsync::sync::inventory::name_of(&env);
+    let approved_event = wait_for(
+        "the approval's Event",
+        Duration::from_secs(10),
+        async || {
+            events
+                .list(&ListParams::default().fields(&format!("involvedObject.name={inventory}")))
+                .await
+                .is_ok_and(|l| {
+                    l.items.iter().any(|e| {
+                        e.reason.as_deref() == Some("RevisionApproved")
+                            && e.message
+                                .as_deref()
+                                .is_some_and(|m| m.contains("Dana (CAB-1)") && m.contains(&first))
+                    })
+                })
+        },
+    )
+    .await;
+    let _ = approved_event;
+
+    // 4. A second revision waits; meanwhile drift is still found and healed
+    //    back to the approved revision (1 replica), not the pending one (3).
+    repo.write("workspaces/alpha.yaml", &workspace("alpha", 3));
+    let second = commit(&repo, "alpha with three replicas");
+    push(port).await;
+    wait_for(
+        "the second revision to wait",
+        Duration::from_secs(30),
+        async || {
+            status(port, &env)
+                .await
+                .is_some_and(|s| s["pendingRevision"] == second.as_str())
+        },
+    )
+    .await;
+    assert_eq!(metric(port, &pending).await, Some(1.0));
+    let stale = approve(&env, &first, &[]);
+    assert_eq!(stale.status.code(), Some(1), "{}", stderr(&stale));
+    assert!(
+        stderr(&stale).contains("is not the pending revision") && stderr(&stale).contains(&second),
+        "{}",
+        stderr(&stale)
+    );
+    let deployment = control_plane()
+        .kubectl()
+        .args([
+            "--context",
+            "admin",
+            "-n",
+            &ns,
+            "get",
+            "deployments",
+            "-o",
+            "name",
+        ])
+        .output()
+        .expect("kubectl");
+    let deployment = String::from_utf8_lossy(&deployment.stdout)
+        .trim()
+        .to_string();
+    let patched = control_plane()
+        .kubectl()
+        .args(["--context", "admin", "-n", &ns, "patch", &deployment])
+        .args(["-p", r#"{"spec":{"replicas":5}}"#])
+        .output()
+        .expect("kubectl");
+    assert!(patched.status.success(), "{}", stderr(&patched));
+    wait_for(
+        "drift to be healed to the approved revision",
+        Duration::from_secs(30),
+        async || replicas(&ns).await == Some(1),
+    )
+    .await;
+    let s = status(port, &env).await.expect("status");
+    assert_eq!(s["pendingRevision"], second.as_str(), "{s}");
+    assert_eq!(s["lastAppliedRevision"], first.as_str(), "{s}");
+
+    // 5. Approving the second revision applies it.
+    let ok = approve(&env, &second, &[]);
+    assert_eq!(ok.status.code(), Some(0), "{}", stderr(&ok));
+    wait_for(
+        "the second revision to be applied",
+        Duration::from_secs(20),
+        async || {
+            status(port, &env).await.is_some_and(|s| {
+                s["lastAppliedRevision"] == second.as_str() && s["pendingRevision"].is_null()
+            })
+        },
+    )
+    .await;
+    assert_eq!(replicas(&ns).await, Some(3));
+    let s = status(port, &env).await.expect("status");
+    assert_eq!(
+        s["approval"]["by"], "admin",
+        "without --by, the API user: {s}"
+    );
+    let log_text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(!log_text.contains("panicked"), "{log_text}");
+}
