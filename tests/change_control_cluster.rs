@@ -308,3 +308,121 @@ async fn a_manual_environment_holds_a_revision_until_approved_and_refuses_a_stal
     let log_text = std::fs::read_to_string(&log).unwrap_or_default();
     assert!(!log_text.contains("panicked"), "{log_text}");
 }
+
+/// deploy/rbac-approver.yaml for environment `env`, bound to `subject`
+/// (a ServiceAccount of tenantsync-system).
+fn approver_role(env: &str, service_account: &str) -> String {
+    let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(root.join("deploy/rbac-approver.yaml")).expect("read");
+    let text = text
+        .replace("approval-prod", &format!("approval-{env}"))
+        .replace(
+            "tenantsync-approver-prod",
+            &format!("tenantsync-approver-{env}"),
+        );
+    let subject =
+        "  - apiGroup: rbac.authorization.k8s.io\n    kind: Group\n    name: prod-approvers\n";
+    assert!(
+        text.contains(subject),
+        "deploy/rbac-approver.yaml binds a group"
+    );
+    text.replace(
+        subject,
+        &format!(
+            "  - kind: ServiceAccount\n    name: {service_account}\n    namespace: tenantsync-system\n"
+        ),
+    )
+}
+
+#[tokio::test]
+async fn the_approver_role_is_the_approval_right_for_its_environment_only() {
+    use crate::deploy_cluster::{kubectl, service_account_kubeconfig, tenantsync};
+    let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    kubectl(&[
+        "apply",
+        "--server-side",
+        "-f",
+        root.join("deploy/namespace.yaml").to_str().expect("path"),
+    ]);
+    let env = crate::support::unique_name("approver")
+        .chars()
+        .take(28)
+        .collect::<String>()
+        .trim_end_matches('-')
+        .to_string();
+    let other = format!("{env}-x");
+    let sha = "89abcdef0123456789abcdef0123456789abcdef";
+    // What the daemon publishes for a waiting revision (tested above).
+    for e in [&env, &other] {
+        kubectl(&[
+            "-n",
+            "tenantsync-system",
+            "create",
+            "configmap",
+            &tenantsync::sync::approval::name_of(e),
+            &format!("--from-literal=pendingRevision={sha}"),
+        ]);
+    }
+    let account = format!("approver-{}", &env[3..]);
+    kubectl(&[
+        "-n",
+        "tenantsync-system",
+        "create",
+        "serviceaccount",
+        &account,
+    ]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let kubeconfig = service_account_kubeconfig(&account, dir.path());
+    let approve_as = |e: &str| {
+        tenantsync(&kubeconfig)
+            .args(["approve", "--env", e, "--revision", sha])
+            .output()
+            .expect("tenantsync approve")
+    };
+
+    // Without the Role: refused, naming what it takes; nothing recorded.
+    let refused = approve_as(&env);
+    assert_eq!(refused.status.code(), Some(1), "{}", stderr(&refused));
+    assert!(
+        stderr(&refused).contains("deploy/rbac-approver.yaml")
+            && stderr(&refused).contains("nothing was recorded"),
+        "{}",
+        stderr(&refused)
+    );
+    assert!(!approval_data(&env).await.contains_key("approvedRevision"));
+
+    // With it: approved, as the ServiceAccount the API server names.
+    let role = dir.path().join("role.yaml");
+    std::fs::write(&role, approver_role(&env, &account)).expect("write");
+    kubectl(&["apply", "--server-side", "-f", role.to_str().expect("path")]);
+    let approved = wait_for_output(|| approve_as(&env)).await;
+    assert_eq!(approved.status.code(), Some(0), "{}", stderr(&approved));
+    let record = approval_data(&env).await;
+    assert_eq!(
+        record.get("approvedRevision").map(String::as_str),
+        Some(sha)
+    );
+    assert_eq!(
+        record.get("approvedUser").cloned(),
+        Some(format!("system:serviceaccount:tenantsync-system:{account}")),
+        "{record:?}"
+    );
+
+    // Another environment's approval is not this Role's to give.
+    let elsewhere = approve_as(&other);
+    assert_eq!(elsewhere.status.code(), Some(1), "{}", stderr(&elsewhere));
+    assert!(!approval_data(&other).await.contains_key("approvedRevision"));
+}
+
+/// RBAC changes take a moment to reach the authorizer's cache: retries
+/// `run` for a few seconds until it succeeds.
+async fn wait_for_output(run: impl Fn() -> Output) -> Output {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = run();
+        if out.status.success() || Instant::now() > deadline {
+            return out;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
