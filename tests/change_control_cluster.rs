@@ -426,3 +426,30 @@ async fn wait_for_output(run: impl Fn() -> Output) -> Output {
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
 }
+
+#[tokio::test]
+async fn a_cli_sync_of_a_manual_environment_applies_without_approval_and_says_so() {
+    let repo = TestRepo::new("manual-cli-sync");
+    let env = repo.env.clone();
+    repo.write("environment.yaml", &manual_environment(&env, ""));
+    repo.write("workspaces/beta.yaml", &workspace("beta", 2));
+    assert!(repo.apply_rendered().await > 0, "a CLI sync applies");
+    assert_eq!(replicas(&repo.namespace("beta")).await, Some(2));
+    let events: Api<Event> = Api::namespaced(
+        control_plane().client(User::Admin).await,
+        tenantsync::sync::inventory::SYSTEM_NAMESPACE,
+    );
+    let inventory = tenantsync::sync::inventory::name_of(&env);
+    let list = events
+        .list(&ListParams::default().fields(&format!("involvedObject.name={inventory}")))
+        .await
+        .expect("events");
+    assert!(
+        list.items.iter().any(|e| {
+            e.reason.as_deref() == Some("SyncedWithoutApproval")
+                && e.type_.as_deref() == Some("Normal")
+        }),
+        "{:?}",
+        list.items
+    );
+}

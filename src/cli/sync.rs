@@ -16,6 +16,7 @@ use crate::cluster::Cluster;
 use crate::cluster::execute::{self as cluster_sync, Progress, SyncError};
 use crate::cluster::lock::{EnvLock, LockError};
 use crate::declare::diag::Diagnostic;
+use crate::declare::model::SyncMode;
 use crate::pipeline::{self, Deletes, DesiredState, LivePlan, PlanOptions};
 use crate::print;
 use crate::sync::SyncOptions;
@@ -234,6 +235,17 @@ async fn record(
         let write = cluster.write_status(&state.name, &fields);
         if let Ok(Err(e)) = tokio::time::timeout(Duration::from_secs(5), write).await {
             eprintln!("warning: cannot record the sync's result in the inventory: {e}");
+        }
+        // A CLI sync of a manual environment is the operator's explicit act
+        // (as Argo CD's manual sync): it needs no approval, and says so.
+        if state.sync_policy.mode == SyncMode::Manual && result.is_ok() {
+            let message = format!(
+                "revision {} synced by `tenantsync sync` ({}) without an approval: syncPolicy.mode is manual, and a CLI sync is an operator's explicit act",
+                state.revision.as_deref().unwrap_or("(folder)"),
+                lock.identity
+            );
+            let event = cluster.record_normal_event(&state.name, "SyncedWithoutApproval", &message);
+            let _ = tokio::time::timeout(Duration::from_secs(5), event).await;
         }
     }
     let _ = tokio::time::timeout(Duration::from_secs(5), lock.release(cluster)).await;
