@@ -55,14 +55,16 @@ pub(crate) fn start_daemon(repo: &TestRepo, port: u16, log: &Path) -> Guard {
     Guard(child)
 }
 
-/// A push webhook: the daemon reads the repository now.
-pub(crate) async fn push(port: u16) {
+/// A push webhook of `revision`: the daemon reads the repository now
+/// (each delivery is told apart by its body).
+pub(crate) async fn push(port: u16, revision: &str) {
+    let body = format!(r#"{{"ref":"refs/heads/main","checkout_sha":"{revision}"}}"#);
     let accepted = http(
         port,
         "POST",
         "/hooks/git",
         &[("X-Gitlab-Token", SECRET)],
-        "{}",
+        &body,
     )
     .await
     .expect("hook");
@@ -233,7 +235,7 @@ async fn a_manual_environment_holds_a_revision_until_approved_and_refuses_a_stal
     //    back to the approved revision (1 replica), not the pending one (3).
     repo.write("workspaces/alpha.yaml", &workspace("alpha", 3));
     let second = commit(&repo, "alpha with three replicas");
-    push(port).await;
+    push(port, &second).await;
     wait_for(
         "the second revision to wait",
         Duration::from_secs(30),
@@ -448,6 +450,240 @@ async fn a_cli_sync_of_a_manual_environment_applies_without_approval_and_says_so
         list.items.iter().any(|e| {
             e.reason.as_deref() == Some("SyncedWithoutApproval")
                 && e.type_.as_deref() == Some("Normal")
+        }),
+        "{:?}",
+        list.items
+    );
+}
+
+/// A window whose schedule matched at the start of this minute (UTC) and
+/// that stays open `open_for` from now: `(schedule, duration)`.
+fn window_from_now(open_for: Duration) -> (String, String) {
+    let now = jiff::Timestamp::now().to_zoned(jiff::tz::TimeZone::UTC);
+    let since_minute = u64::from(now.second().unsigned_abs());
+    (
+        format!("{} {} * * *", now.minute(), now.hour()),
+        format!("{}s", since_minute + open_for.as_secs()),
+    )
+}
+
+fn windows_yaml(windows: &[(&str, &str, &str)]) -> String {
+    let mut out = "    windows:\n".to_string();
+    for (kind, schedule, duration) in windows {
+        out.push_str(&format!(
+            "      - {{kind: {kind}, schedule: \"{schedule}\", duration: {duration}, timeZone: UTC}}\n"
+        ));
+    }
+    out
+}
+
+#[tokio::test]
+async fn a_deny_window_holds_an_approved_revision_until_it_ends_and_an_allow_window_lets_it_through()
+ {
+    let repo = TestRepo::new("sync-windows");
+    let env = repo.env.clone();
+    let ns = repo.namespace("gamma");
+    // A deny window open for the next 20 s.
+    let (schedule, duration) = window_from_now(Duration::from_secs(20));
+    let deny_ends = Instant::now() + Duration::from_secs(20);
+    repo.write(
+        "environment.yaml",
+        &manual_environment(&env, &windows_yaml(&[("deny", &schedule, &duration)])),
+    );
+    repo.write("workspaces/gamma.yaml", &workspace("gamma", 1));
+    git(repo.path(), &["init", "-q", "-b", "main"]);
+    let first = commit(&repo, "gamma, under a freeze");
+    let logs = tempfile::tempdir().expect("tempdir");
+    let log = logs.path().join("daemon.log");
+    let port = free_port();
+    let _daemon = start_daemon(&repo, port, &log);
+    wait_for(
+        "the revision to wait",
+        Duration::from_secs(30),
+        async || {
+            status(port, &env)
+                .await
+                .is_some_and(|s| s["pendingRevision"] == first.as_str())
+        },
+    )
+    .await;
+    let ok = approve(&env, &first, &[]);
+    assert_eq!(ok.status.code(), Some(0), "{}", stderr(&ok));
+    // Approved, and still held by the deny window.
+    wait_for(
+        "the approved revision to wait for its window",
+        Duration::from_secs(10),
+        async || {
+            status(port, &env)
+                .await
+                .is_some_and(|s| s["pendingReason"] == "window")
+        },
+    )
+    .await;
+    let s = status(port, &env).await.expect("status");
+    assert!(
+        s["syncWindow"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("deny window"),
+        "{s}"
+    );
+    assert!(
+        Instant::now() < deny_ends,
+        "the test was too slow to see the window"
+    );
+    assert!(crate::support::live_labelled(&env).is_empty(), "{s}");
+    // Applied once the window ends, within seconds.
+    wait_for(
+        "the revision to be applied after the window",
+        Duration::from_secs(40),
+        async || {
+            status(port, &env)
+                .await
+                .is_some_and(|s| s["lastAppliedRevision"] == first.as_str())
+        },
+    )
+    .await;
+    assert!(
+        Instant::now() + Duration::from_secs(2) >= deny_ends,
+        "applied before the deny window ended"
+    );
+    assert!(
+        Instant::now() < deny_ends + Duration::from_secs(10),
+        "not applied within seconds of the window's end"
+    );
+    assert_eq!(replicas(&ns).await, Some(1));
+
+    // Only an allow window twelve hours away: an approved revision waits.
+    let far = (jiff::Timestamp::now()
+        .to_zoned(jiff::tz::TimeZone::UTC)
+        .hour()
+        + 12)
+        % 24;
+    let far_schedule = format!("0 {far} * * *");
+    repo.write(
+        "environment.yaml",
+        &manual_environment(&env, &windows_yaml(&[("allow", &far_schedule, "1h")])),
+    );
+    repo.write("workspaces/gamma.yaml", &workspace("gamma", 2));
+    let second = commit(&repo, "two replicas, outside the allow window");
+    push(port, &second).await;
+    wait_for(
+        "the second revision to wait",
+        Duration::from_secs(30),
+        async || {
+            status(port, &env)
+                .await
+                .is_some_and(|s| s["pendingRevision"] == second.as_str())
+        },
+    )
+    .await;
+    let ok = approve(&env, &second, &[]);
+    assert_eq!(ok.status.code(), Some(0), "{}", stderr(&ok));
+    wait_for(
+        "the second revision to wait for its window",
+        Duration::from_secs(10),
+        async || {
+            status(port, &env).await.is_some_and(|s| {
+                s["pendingReason"] == "window"
+                    && s["syncWindow"]
+                        .as_str()
+                        .is_some_and(|w| w.starts_with("outside its allow windows"))
+            })
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        replicas(&ns).await,
+        Some(1),
+        "held outside the allow window"
+    );
+
+    // An allow window open now lets the approved revision through.
+    let (open_schedule, _) = window_from_now(Duration::from_secs(3600));
+    repo.write(
+        "environment.yaml",
+        &manual_environment(&env, &windows_yaml(&[("allow", &open_schedule, "2h")])),
+    );
+    let third = commit(&repo, "the allow window is open");
+    push(port, &third).await;
+    wait_for(
+        "the third revision to wait",
+        Duration::from_secs(30),
+        async || {
+            status(port, &env)
+                .await
+                .is_some_and(|s| s["pendingRevision"] == third.as_str())
+        },
+    )
+    .await;
+    let ok = approve(&env, &third, &[]);
+    assert_eq!(ok.status.code(), Some(0), "{}", stderr(&ok));
+    wait_for(
+        "the third revision to be applied",
+        Duration::from_secs(15),
+        async || {
+            status(port, &env)
+                .await
+                .is_some_and(|s| s["lastAppliedRevision"] == third.as_str())
+        },
+    )
+    .await;
+    assert_eq!(replicas(&ns).await, Some(2));
+    let s = status(port, &env).await.expect("status");
+    assert!(
+        s["syncWindow"].is_null() && s["pendingRevision"].is_null(),
+        "{s}"
+    );
+}
+
+#[tokio::test]
+async fn a_cli_sync_in_a_closed_window_is_refused_unless_ignore_windows_which_is_recorded() {
+    let repo = TestRepo::new("window-cli-sync");
+    let env = repo.env.clone();
+    repo.write(
+        "environment.yaml",
+        &format!(
+            "apiVersion: tenantsync.io/v1alpha1\nkind: Environment\nmetadata:\n  name: {env}\nspec:\n  base: base\n  ingress:\n    domain: test.example.com\n  syncPolicy:\n{}",
+            windows_yaml(&[("deny", "* * * * *", "1h")])
+        ),
+    );
+    repo.write("workspaces/delta.yaml", &workspace("delta", 1));
+    let refused = repo.run("sync", "admin", &[]);
+    assert_eq!(refused.status.code(), Some(1), "{}", stderr(&refused));
+    assert!(
+        stderr(&refused).contains("may not be synced now: deny window")
+            && stderr(&refused).contains("--ignore-windows"),
+        "{}",
+        stderr(&refused)
+    );
+    assert!(crate::support::live_labelled(&env).is_empty());
+    let dry = repo.run("sync", "admin", &["--dry-run"]);
+    assert_eq!(
+        dry.status.code(),
+        Some(0),
+        "a dry run writes nothing: {}",
+        stderr(&dry)
+    );
+    let forced = repo.run("sync", "admin", &["--ignore-windows"]);
+    assert_eq!(forced.status.code(), Some(0), "{}", stderr(&forced));
+    assert_eq!(replicas(&repo.namespace("delta")).await, Some(1));
+    let events: Api<Event> = Api::namespaced(
+        control_plane().client(User::Admin).await,
+        tenantsync::sync::inventory::SYSTEM_NAMESPACE,
+    );
+    let inventory = tenantsync::sync::inventory::name_of(&env);
+    let list = events
+        .list(&ListParams::default().fields(&format!("involvedObject.name={inventory}")))
+        .await
+        .expect("events");
+    assert!(
+        list.items.iter().any(|e| {
+            e.reason.as_deref() == Some("SyncWindowIgnored")
+                && e.message
+                    .as_deref()
+                    .is_some_and(|m| m.contains("deny window"))
         }),
         "{:?}",
         list.items

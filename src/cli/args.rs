@@ -341,6 +341,10 @@ pub struct SyncArgs {
     /// validation included, and change nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// Sync even while the environment's sync windows (syncPolicy.windows) hold
+    /// changes back, for an emergency; recorded as a Warning Event.
+    #[arg(long)]
+    pub ignore_windows: bool,
     /// Delete and recreate objects whose update changes an immutable field.
     #[arg(long)]
     pub force_recreate: bool,

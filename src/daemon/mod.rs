@@ -121,6 +121,12 @@ pub struct EnvironmentStatus {
     /// `tenantsync approve`: nothing of it is applied.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pending_revision: Option<String>,
+    /// What the pending revision waits for: `approval` or `window`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pending_reason: Option<&'static str>,
+    /// Why the sync windows hold changes back now (none: they do not).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sync_window: Option<String>,
     /// The pending revision's plan against the cluster, in one line.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pending_plan: Option<String>,
@@ -375,6 +381,14 @@ async fn publish_status(
         (
             "pendingRevision".to_string(),
             status.pending_revision.unwrap_or_default(),
+        ),
+        (
+            "pendingReason".to_string(),
+            status.pending_reason.unwrap_or_default().to_string(),
+        ),
+        (
+            "syncWindow".to_string(),
+            status.sync_window.unwrap_or_default(),
         ),
         (
             "pendingPlan".to_string(),

@@ -24,6 +24,7 @@ use crate::plan::{Action as ChangeAction, Plan};
 use crate::source;
 use crate::sync::SyncOptions;
 use crate::sync::report::SyncReport;
+use crate::sync::windows;
 
 /// Why a reconcile failed. [`ReconcileError::reason`] names it in one word
 /// for the status, the logs and the metrics.
@@ -222,7 +223,7 @@ pub(super) async fn reconcile_loop(
                 if changed.is_ok() { schedule.poll_now(Instant::now()); }
             },
             () = tokio::time::sleep(APPROVAL_CHECK), if reconciler.waiting.is_some() => {
-                if reconciler.approved_now().await { schedule.poll_now(Instant::now()); }
+                if reconciler.may_apply_now().await { schedule.poll_now(Instant::now()); }
             },
             _ = shutdown.changed() => {},
         }
@@ -251,8 +252,10 @@ struct Reconciler {
     /// kept, and the status kept Failed, until a good revision arrives.
     source_problem: Option<String>,
     held: Held,
-    /// The revision of a manual environment waiting for approval.
+    /// The revision waiting for an approval or a sync window.
     waiting: Option<String>,
+    /// Whether self-heal may re-apply drift now (the sync windows).
+    heal_allowed: bool,
 }
 
 impl Reconciler {
@@ -265,6 +268,7 @@ impl Reconciler {
             source_problem: None,
             held: Held::default(),
             waiting: None,
+            heal_allowed: true,
         }
     }
 
@@ -285,19 +289,21 @@ impl Reconciler {
         let Some(c) = self.cluster.as_ref() else {
             return Err(ReconcileError::NoRevision);
         };
-        let hold = matches!(gate, Gate::Pending);
-        match check_and_sync(&self.env, &self.shared, c, &state, &writer, hold).await {
-            Ok(checked) if checked.held => self.hold(&state, checked, &writer).await,
+        let hold = !gate.may_apply();
+        let heal = gate.heal;
+        match check_and_sync(&self.env, &self.shared, c, &state, &writer, hold, heal).await {
+            Ok(checked) if checked.held => self.hold(&state, checked, &writer, &gate).await,
             Ok(checked) => self.report(&state, checked, writer.locked_by, &gate).await,
             Err(e) => Err(self.blocked(e, &writer).await),
         }
     }
 
-    /// Whether the revision may be applied: always in an `auto`
-    /// environment; in a `manual` one only once approved (the approval
-    /// ConfigMap names exactly this revision).
+    /// Whether the revision may be applied: in a `manual` environment only
+    /// once approved (the approval ConfigMap names exactly this revision),
+    /// and only while its sync windows let it through.
     async fn gate(&mut self, state: &Desired) -> Result<Gate, ReconcileError> {
-        let mode = state.state.sync_policy.mode;
+        let policy = &state.state.sync_policy;
+        let mode = policy.mode;
         let manual = mode == SyncMode::Manual;
         let record = match (manual, self.cluster.as_ref()) {
             (true, Some(c)) => c
@@ -307,34 +313,48 @@ impl Reconciler {
                 .unwrap_or_default(),
             _ => Default::default(),
         };
-        let gate = match record.approval_of(state.revision()) {
-            _ if !manual => Gate::Auto,
-            Some(approval) => Gate::Approved(approval.clone()),
-            None => Gate::Pending,
+        let window = windows::verdict(&policy.windows, jiff::Timestamp::now());
+        let gate = Gate {
+            manual,
+            windowed: !policy.windows.is_empty(),
+            approval: record.approval_of(state.revision()).cloned(),
+            heal: window.is_open() || policy.self_heal_outside_windows(),
+            window,
         };
+        self.heal_allowed = gate.heal;
         self.shared.update(&self.env, |s| {
             s.mode = Some(mode.as_str());
+            s.sync_window = match &gate.window {
+                windows::Verdict::Open => None,
+                windows::Verdict::Closed(why) => Some(why.clone()),
+            };
             if manual {
                 s.approval = record.approval.clone();
             } else {
                 s.approval = None;
-                s.pending_revision = None;
-                s.pending_plan = None;
             }
         });
-        if !manual {
-            self.shared.metrics.set_pending(&self.env, false);
-        }
         Ok(gate)
     }
 
-    /// Whether the revision waiting for approval is approved now: checked
-    /// every second while one waits, so an approval is applied within
-    /// about a second.
-    async fn approved_now(&self) -> bool {
-        let (Some(waiting), Some(c)) = (self.waiting.as_deref(), self.cluster.as_ref()) else {
+    /// Whether the revision waiting (for an approval or a sync window) may
+    /// be applied now: checked every second while one waits, so an
+    /// approval, or a window opening, takes effect within about a second.
+    async fn may_apply_now(&self) -> bool {
+        let (Some(waiting), Some(c), Some(state)) = (
+            self.waiting.as_deref(),
+            self.cluster.as_ref(),
+            self.desired.as_ref(),
+        ) else {
             return false;
         };
+        let policy = &state.state.sync_policy;
+        if !windows::verdict(&policy.windows, jiff::Timestamp::now()).is_open() {
+            return false;
+        }
+        if policy.mode != SyncMode::Manual {
+            return true;
+        }
         c.read_approval(&self.env)
             .await
             .ok()
@@ -352,39 +372,56 @@ impl Reconciler {
         state: &Arc<Desired>,
         checked: Checked,
         writer: &Writer,
+        gate: &Gate,
     ) -> Result<(), ReconcileError> {
         let (env, shared) = (self.env.clone(), self.shared.clone());
         let (env, shared) = (env.as_str(), &*shared);
         let revision = state.revision().to_string();
         let plan = crate::print::Verb::Plan.counts(&checked.plan.summary);
+        let (reason, waits_for) = match (&gate.window, gate.manual && gate.approval.is_none()) {
+            (_, true) => (
+                "RevisionPending",
+                format!(
+                    "approval (syncPolicy.mode: manual); approve it with `tenantsync approve --env {env} --revision {revision}`"
+                ),
+            ),
+            (windows::Verdict::Closed(why), false) => {
+                ("SyncWindowClosed", format!("its sync window: {why}"))
+            }
+            (windows::Verdict::Open, false) => ("RevisionPending", "its turn".to_string()),
+        };
         if writer.may_write
-            && self.held.pending_written.as_deref() != Some(revision.as_str())
             && let Some(c) = self.cluster.as_ref()
         {
-            match c.write_pending(env, Some((&revision, &plan))).await {
-                Ok(()) => {
-                    self.held.pending_written = Some(revision.clone());
-                    c.record_normal_event(
-                        env,
-                        "RevisionPending",
-                        &format!(
-                            "revision {revision} waits for approval (syncPolicy.mode: manual); its plan: {plan}; approve it with `tenantsync approve --env {env} --revision {revision}`"
-                        ),
-                    )
-                    .await;
-                }
-                Err(e) => {
-                    tracing::warn!(environment = env, error = %e, "cannot publish the pending revision")
+            if self.held.pending_written.as_deref() != Some(revision.as_str()) {
+                match c.write_pending(env, Some((&revision, &plan))).await {
+                    Ok(()) => self.held.pending_written = Some(revision.clone()),
+                    Err(e) => {
+                        tracing::warn!(environment = env, error = %e, "cannot publish the pending revision")
+                    }
                 }
             }
+            let said = format!("{revision} {reason}");
+            if self.held.pending_event.as_deref() != Some(said.as_str()) {
+                let message =
+                    format!("revision {revision} waits for {waits_for}; its plan: {plan}");
+                c.record_normal_event(env, reason, &message).await;
+                self.held.pending_event = Some(said);
+            }
         }
-        tracing::info!(environment = env, revision = %revision, plan = %plan, "revision waits for approval");
+        tracing::info!(environment = env, revision = %revision, plan = %plan, waits_for = %waits_for, "revision waits");
         shared.metrics.set_pending(env, true);
         self.waiting = Some(revision.clone());
         self.check_last_applied(writer, SyncStatus::OutOfSync).await;
+        let waiting_for = if reason == "SyncWindowClosed" {
+            "window"
+        } else {
+            "approval"
+        };
         shared.update(env, |s| {
             s.pending_revision = Some(revision.clone());
             s.pending_plan = Some(plan.clone());
+            s.pending_reason = Some(waiting_for);
             s.sync_status = SyncStatus::OutOfSync;
             s.last_reconcile_at = Some(now());
             s.compared = true;
@@ -625,8 +662,15 @@ impl Reconciler {
         let Some(applied) = self.held.applied.clone() else {
             return;
         };
+        let heal_allowed = self.heal_allowed;
         let Checked { plan, report, .. } = match check_and_sync(
-            env, shared, c, &applied, writer, false,
+            env,
+            shared,
+            c,
+            &applied,
+            writer,
+            false,
+            heal_allowed,
         )
         .await
         {
@@ -769,14 +813,15 @@ impl Reconciler {
     async fn settle_pending(&mut self, state: &Desired, report: Option<&SyncReport>, gate: &Gate) {
         let (env, shared) = (self.env.as_str(), &*self.shared);
         self.waiting = None;
-        if matches!(gate, Gate::Auto) {
-            return;
-        }
         shared.metrics.set_pending(env, false);
         shared.update(env, |s| {
             s.pending_revision = None;
             s.pending_plan = None;
+            s.pending_reason = None;
         });
+        if !gate.manual && !gate.windowed {
+            return;
+        }
         let Some(c) = self.cluster.as_ref() else {
             return;
         };
@@ -791,7 +836,7 @@ impl Reconciler {
                 }
             }
         }
-        if let (Gate::Approved(a), Some(r)) = (gate, report) {
+        if let (Some(a), Some(r)) = (&gate.approval, report) {
             let outcome = if r.succeeded() {
                 "applied"
             } else {
@@ -959,16 +1004,27 @@ struct Held {
     /// The pending revision last published on the approval ConfigMap
     /// (`Some("")`: published that none is pending).
     pending_written: Option<String>,
+    /// The revision and reason of the last Event about a waiting revision.
+    pending_event: Option<String>,
 }
 
-/// Whether a revision may be applied (`syncPolicy.mode`).
-enum Gate {
-    /// `auto`: always.
-    Auto,
-    /// `manual`, and this revision is approved.
-    Approved(crate::sync::approval::Approval),
-    /// `manual`, not approved: a new revision waits.
-    Pending,
+/// Whether a new revision may be applied now (`syncPolicy.mode` and
+/// `syncPolicy.windows`).
+struct Gate {
+    manual: bool,
+    /// The environment has sync windows.
+    windowed: bool,
+    /// The approval of this very revision (manual environments).
+    approval: Option<crate::sync::approval::Approval>,
+    window: windows::Verdict,
+    /// Self-heal may re-apply drift now.
+    heal: bool,
+}
+
+impl Gate {
+    fn may_apply(&self) -> bool {
+        (!self.manual || self.approval.is_some()) && self.window.is_open()
+    }
 }
 
 fn cluster_options(options: &RunOptions, env: &str) -> ClusterOptions {
@@ -1036,6 +1092,7 @@ async fn check_and_sync(
     state: &Desired,
     writer: &Writer,
     hold_new: bool,
+    heal_allowed: bool,
 ) -> Result<Checked, ReconcileError> {
     let options = &shared.options;
     // The guardrails only the cluster can judge: each resources/ manifest's
@@ -1081,7 +1138,7 @@ async fn check_and_sync(
     }
     // A replica that does not lead (or a leader waiting for the lock) only
     // reports.
-    let heal = options.self_heal && live.plan.summary.has_changes();
+    let heal = options.self_heal && heal_allowed && live.plan.summary.has_changes();
     if !writer.may_write || (!new_revision && !heal) {
         return Ok(Checked {
             plan: live.plan,

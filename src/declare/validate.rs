@@ -119,7 +119,8 @@ fn load_with(tree: &SourceTree, parallel: bool) -> Repository {
             layer
                 .invalid_settings
                 .extend(checks.iter().filter_map(setting_of));
-            let ownership = check_ownership(&node, &repo.files);
+            let mut ownership = check_ownership(&node, &repo.files);
+            ownership.extend(check_windows(&node, &repo.files));
             layer
                 .invalid_settings
                 .extend(ownership.iter().filter_map(setting_of));
@@ -354,6 +355,31 @@ fn check_ownership(env: &Node, files: &FileTable) -> Vec<Diagnostic> {
     for (pointer, n) in patterns {
         if let Some(why) = n.as_str().and_then(model::pattern_problem) {
             out.push(files.diag(n.pos, Some(pointer), why));
+        }
+    }
+    out
+}
+
+/// `spec.syncPolicy.windows` beyond their schema: a cron schedule, a
+/// positive duration and a known time zone, each refused where written.
+fn check_windows(env: &Node, files: &FileTable) -> Vec<Diagnostic> {
+    let policy = env.get("spec").and_then(|s| s.get("syncPolicy"));
+    let mut out = Vec::new();
+    for (i, n) in items(policy, "windows").iter().enumerate() {
+        let text = |key: &str| n.get(key).and_then(Node::as_str).map(str::to_string);
+        let (Some(schedule), Some(duration)) = (text("schedule"), text("duration")) else {
+            continue;
+        };
+        let window = model::SyncWindow {
+            kind: model::WindowKind::Allow,
+            schedule,
+            duration,
+            time_zone: text("timeZone"),
+        };
+        if let Err((field, why)) = window.checked() {
+            let at = n.get(field).map_or(n.pos, |f| f.pos);
+            let pointer = format!("/spec/syncPolicy/windows/{i}/{field}");
+            out.push(files.diag(at, Some(pointer), why));
         }
     }
     out

@@ -92,10 +92,18 @@ fn change_control(env: &str, data: &BTreeMap<String, String>) -> String {
     if let Some(mode) = get("status.mode") {
         out.push_str(&format!("sync mode:          {mode}\n"));
     }
+    if let Some(why) = get("status.syncWindow") {
+        out.push_str(&format!("sync window:        closed: {why}\n"));
+    }
     let key = |k: &str| format!("approval.{k}");
     if let Some(rev) = get(&key(a::PENDING_REVISION)) {
+        let next = if get("status.pendingReason") == Some("window") {
+            "it is approved (or needs no approval) and waits for its sync window".to_string()
+        } else {
+            format!("approve it with `tenantsync approve --env {env} --revision {rev}`")
+        };
         out.push_str(&format!(
-            "pending revision:   {rev} since {} (plan: {}); approve it with `tenantsync approve --env {env} --revision {rev}`\n",
+            "pending revision:   {rev} since {} (plan: {}); {next}\n",
             get(&key(a::PENDING_SINCE)).unwrap_or("-"),
             get(&key(a::PENDING_PLAN)).unwrap_or("-"),
         ));

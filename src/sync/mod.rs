@@ -7,6 +7,7 @@
 //! | [`inventory`] | the record of what tenantsync applied: encoding, set logic, merges |
 //! | [`health`] | per-kind health rules, worst-wins aggregation |
 //! | [`report`] | what a sync did: the value printers, status and metrics are built from |
+//! | [`windows`] | sync windows: whether a new revision may be applied now |
 //! | [`tenancy`] | the operator's guardrails, the effective policy, who owns an object |
 //!
 //! Imports: `object`, `declare`, `plan`. The edges (`cluster`) execute what
@@ -18,6 +19,7 @@ pub mod inventory;
 pub mod report;
 pub mod steps;
 pub mod tenancy;
+pub mod windows;
 
 pub use steps::{
     MassPrune, PRUNE_ANNOTATION, Scope, Stage, Steps, SyncOptions, name_some, namespaces_to_prune,
