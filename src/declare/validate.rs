@@ -2151,4 +2151,30 @@ spec:
         );
         assert!(d.to_string().contains("manaul"), "{d}");
     }
+
+    #[test]
+    fn a_bad_sync_window_is_refused_at_its_field() {
+        let env = ENVIRONMENT.replace(
+            "  ingress: { domain: dev.example.com }\n",
+            "  ingress: { domain: dev.example.com }\n  syncPolicy:\n    windows:\n      - kind: allow\n        schedule: '0 0 * * 1'\n        duration: 3h\n      - kind: deny\n        schedule: '0 0 * * 1'\n        duration: 3h\n        timeZone: Mars/Olympus\n      - {kind: deny, schedule: 'every day', duration: 1h}\n",
+        );
+        let mut tree = dev_tree(&[("workspaces/a.yaml", workspace("a", false))]);
+        tree.insert("environments/dev/environment.yaml", env.into_bytes());
+        let report = load(&tree).validate(&[]);
+        let got: Vec<(u32, String)> = report
+            .diagnostics
+            .iter()
+            .map(|d| (d.line, d.pointer.clone().unwrap_or_default()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (15, "/spec/syncPolicy/windows/1/timeZone".to_string()),
+                (16, "/spec/syncPolicy/windows/2/schedule".to_string()),
+            ],
+            "{:?}",
+            report.diagnostics
+        );
+        assert!(report.diagnostics[0].message.contains("`Mars/Olympus`"));
+    }
 }
