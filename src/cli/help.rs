@@ -117,7 +117,9 @@ Exit status:
      environment's lock held by another writer past --lock-timeout (nothing
      is changed then), an unhealthy object or the --timeout passed; an
      invalid workspace (nothing is applied; with --skip-invalid the others
-     are, and it is listed as skipped)
+     are, and it is listed as skipped), a sync window of the environment
+     closed (syncPolicy.windows; nothing is changed then, unless
+     --ignore-windows)
 
 One writer per environment: a sync takes the Lease
 tenantsync-system/tenantsync-sync-<env> (a daemon's leader holds it while it
