@@ -49,12 +49,23 @@ pub(super) fn approve_cmd(args: &ApproveArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// The longest `--by` (a name, perhaps with a ticket).
+const MAX_BY: usize = 100;
+
 /// Reads the pending revision, checks `--revision` against it and records
 /// the approval, conditional on the record being unchanged since read.
 async fn approve(
     cluster: &Cluster,
     args: &ApproveArgs,
 ) -> Result<Result<Approval, approval::Refusal>, ClusterError> {
+    if let Some(by) = &args.by
+        && by.chars().count() > MAX_BY
+    {
+        return Ok(Err(approval::Refusal::NameTooLong {
+            length: by.chars().count(),
+            max: MAX_BY,
+        }));
+    }
     let stored = cluster.read_approval(&args.env).await?;
     let (record, version) = stored
         .map(|s| (s.record, s.resource_version))

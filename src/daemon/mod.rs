@@ -344,7 +344,7 @@ async fn publish_status(
         return;
     };
     let approval = status.approval.clone().unwrap_or_default();
-    let fields = BTreeMap::from([
+    let mut fields = BTreeMap::from([
         (
             "syncStatus".to_string(),
             format!("{:?}", status.sync_status),
@@ -406,6 +406,16 @@ async fn publish_status(
             stale_after(&shared.options).to_string(),
         ),
     ]);
+    // Change control's fields are short (a revision, a name, a time, one
+    // line of plan or window), and kept short: the inventory's room is the
+    // object list's (sync::inventory::CHUNK_BYTES).
+    for key in CHANGE_CONTROL_FIELDS {
+        if let Some(v) = fields.get_mut(key)
+            && v.len() > MAX_CHANGE_CONTROL_VALUE
+        {
+            *v = v.chars().take(MAX_CHANGE_CONTROL_VALUE / 4).collect();
+        }
+    }
     if fields == *written {
         return;
     }
@@ -416,6 +426,23 @@ async fn publish_status(
         }
     }
 }
+
+/// The status fields of change control (manual mode, approvals, sync
+/// windows) on the inventory.
+pub const CHANGE_CONTROL_FIELDS: [&str; 9] = [
+    "mode",
+    "pendingRevision",
+    "pendingReason",
+    "syncWindow",
+    "pendingPlan",
+    "approvedRevision",
+    "approvedBy",
+    "approvedUser",
+    "approvedAt",
+];
+
+/// The most bytes one of [`CHANGE_CONTROL_FIELDS`] takes on the inventory.
+pub const MAX_CHANGE_CONTROL_VALUE: usize = 512;
 
 /// Seconds after which a daemon's status with no newer heartbeat is stale.
 fn stale_after(options: &RunOptions) -> u64 {

@@ -84,6 +84,10 @@ pub enum Refusal {
     )]
     NotARevision { given: String },
     #[error(
+        "--by is {length} characters long; give at most {max} (a name, and a ticket if you like)"
+    )]
+    NameTooLong { length: usize, max: usize },
+    #[error(
         "revision {given} is not the pending revision of environment {environment}: the daemon holds {pending}{since}; review its plan and approve that one (an approval names the exact revision it is for)"
     )]
     Stale {
