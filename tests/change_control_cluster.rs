@@ -100,6 +100,25 @@ async fn replicas(namespace: &str) -> Option<i32> {
     list.items.first()?.spec.as_ref()?.replicas
 }
 
+/// The reasons and messages of the Events about `env`'s inventory.
+async fn events_of(env: &str) -> Vec<(String, String)> {
+    let events: Api<Event> = Api::namespaced(
+        control_plane().client(User::Admin).await,
+        tenantsync::sync::inventory::SYSTEM_NAMESPACE,
+    );
+    let inventory = tenantsync::sync::inventory::name_of(env);
+    events
+        .list(&ListParams::default().fields(&format!("involvedObject.name={inventory}")))
+        .await
+        .map(|l| {
+            l.items
+                .into_iter()
+                .map(|e| (e.reason.unwrap_or_default(), e.message.unwrap_or_default()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
@@ -148,6 +167,18 @@ async fn a_manual_environment_holds_a_revision_until_approved_and_refuses_a_stal
     );
     let record = approval_data(&env).await;
     assert_eq!(record.get("pendingRevision"), Some(&first), "{record:?}");
+    let command = format!("tenantsync approve --env {env} --revision {first}");
+    wait_for(
+        "the RevisionPending Event",
+        Duration::from_secs(10),
+        async || {
+            events_of(&env)
+                .await
+                .iter()
+                .any(|(reason, message)| reason == "RevisionPending" && message.contains(&command))
+        },
+    )
+    .await;
     let shown = Command::new(env!("CARGO_BIN_EXE_tenantsync"))
         .args([
             "status",
@@ -531,6 +562,15 @@ async fn a_deny_window_holds_an_approved_revision_until_it_ends_and_an_allow_win
     assert!(
         Instant::now() < deny_ends,
         "the test was too slow to see the window"
+    );
+    assert!(
+        events_of(&env).await.iter().any(|(reason, message)| {
+            reason == "SyncWindowClosed"
+                && message.contains(&first)
+                && message.contains("deny window")
+        }),
+        "{:?}",
+        events_of(&env).await
     );
     assert!(crate::support::live_labelled(&env).is_empty(), "{s}");
     // Applied once the window ends, within seconds.
