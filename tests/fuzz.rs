@@ -363,6 +363,17 @@ fn run_binary(args: &[&str], repo: &Path) -> (i32, String) {
         .stderr(Stdio::piped())
         .spawn()
         .expect("run tenantsync");
+    // stderr is read while the child runs: a long report must not fill the
+    // pipe and pass for a hang.
+    let mut pipe = child.stderr.take();
+    let reader = std::thread::spawn(move || {
+        use std::io::Read;
+        let mut stderr = String::new();
+        if let Some(e) = pipe.as_mut() {
+            let _ = e.read_to_string(&mut stderr);
+        }
+        stderr
+    });
     let started = Instant::now();
     let status = loop {
         if let Some(status) = child.try_wait().expect("wait") {
@@ -374,11 +385,7 @@ fn run_binary(args: &[&str], repo: &Path) -> (i32, String) {
         }
         std::thread::sleep(Duration::from_millis(20));
     };
-    let mut stderr = String::new();
-    if let Some(mut e) = child.stderr.take() {
-        use std::io::Read;
-        let _ = e.read_to_string(&mut stderr);
-    }
+    let stderr = reader.join().unwrap_or_default();
     let code = status.code().unwrap_or(-1);
     assert!(
         code == 0 || code == 1,

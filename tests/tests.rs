@@ -5,6 +5,7 @@
 
 mod bench_smoke;
 mod blast_radius;
+mod change_control_cluster;
 mod ci_example;
 mod cli_meta;
 mod concurrency_cluster;

@@ -682,9 +682,9 @@ fn ownership_policy_broken_glob_unknown_kind_and_bad_pointer_escape_are_refused(
     let lines: Vec<&str> = shown.lines().collect();
     assert_eq!(lines.len(), 4, "{shown}");
     for (line, start) in lines.iter().zip([
-        "environments/prod/environment.yaml:23:14: error: /spec/ownership/revert/0: `[` uses `[`, which is not a wildcard here",
-        "environments/prod/environment.yaml:25:17: error: /spec/ownership/ignore/0/kinds/0: kind `Nosuch` is not one tenantsync manages here",
-        "environments/prod/environment.yaml:26:17: error: /spec/ownership/ignore/0/paths/0: `/spec/x~2` has `~2`, which is not a JSON pointer escape",
+        "environments/prod/environment.yaml:33:14: error: /spec/ownership/revert/0: `[` uses `[`, which is not a wildcard here",
+        "environments/prod/environment.yaml:35:17: error: /spec/ownership/ignore/0/kinds/0: kind `Nosuch` is not one tenantsync manages here",
+        "environments/prod/environment.yaml:36:17: error: /spec/ownership/ignore/0/paths/0: `/spec/x~2` has `~2`, which is not a JSON pointer escape",
         "3 error(s)",
     ]) {
         assert!(line.starts_with(start), "{line}\n{shown}");

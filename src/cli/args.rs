@@ -124,6 +124,15 @@ pub enum Command {
     /// Read-only. Exit status 1 when the environment was never synced.
     #[command(after_long_help = help::STATUS)]
     Status(StatusArgs),
+    /// Approve the pending revision of a manual environment (syncPolicy.mode: manual).
+    ///
+    /// Records the approval of exactly that revision on ConfigMap
+    /// tenantsync-system/approval-<env>, with the user the API server authenticates
+    /// you as and the name given with --by. Whoever may patch that ConfigMap may
+    /// approve (deploy/rbac-approver.yaml). A revision that is not the one the daemon
+    /// holds as pending is refused and nothing is recorded.
+    #[command(after_long_help = help::APPROVE)]
+    Approve(ApproveArgs),
     /// Print a shell completion script for bash, zsh, fish, elvish or PowerShell.
     ///
     /// The script completes subcommands, options and their fixed values
@@ -167,6 +176,22 @@ pub struct StatusArgs {
     /// Output format.
     #[arg(long, value_enum, default_value_t = ValidateOutput::Text)]
     pub output: ValidateOutput,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ApproveArgs {
+    /// Environment whose pending revision to approve.
+    #[arg(long = "env", value_name = "NAME")]
+    pub env: String,
+    /// The pending revision (commit SHA, or at least its first 7 characters).
+    #[arg(long, value_name = "SHA")]
+    pub revision: String,
+    /// Who approves, as recorded with the approval (default: the user the API
+    /// server authenticates).
+    #[arg(long, value_name = "NAME")]
+    pub by: Option<String>,
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
 }
 
 #[derive(Debug, clap::Args)]
@@ -320,6 +345,10 @@ pub struct SyncArgs {
     /// validation included, and change nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// Sync even while the environment's sync windows (syncPolicy.windows) hold
+    /// changes back, for an emergency; recorded as a Warning Event.
+    #[arg(long)]
+    pub ignore_windows: bool,
     /// Delete and recreate objects whose update changes an immutable field.
     #[arg(long)]
     pub force_recreate: bool,

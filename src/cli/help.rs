@@ -117,7 +117,9 @@ Exit status:
      environment's lock held by another writer past --lock-timeout (nothing
      is changed then), an unhealthy object or the --timeout passed; an
      invalid workspace (nothing is applied; with --skip-invalid the others
-     are, and it is listed as skipped)
+     are, and it is listed as skipped), a sync window of the environment
+     closed (syncPolicy.windows; nothing is changed then, unless
+     --ignore-windows)
 
 One writer per environment: a sync takes the Lease
 tenantsync-system/tenantsync-sync-<env> (a daemon's leader holds it while it
@@ -191,6 +193,21 @@ Environment: TENANTSYNC_KUBECONFIG, KUBECONFIG (see tenantsync --help).
 Examples:
   tenantsync status --env prod
   tenantsync status --env prod --output json | jq -r '.\"status.syncStatus\"'";
+
+pub const APPROVE: &str = "\
+Exit status:
+  0  approved: the daemon applies the revision within about a second (at once
+     when its sync window is open)
+  1  refused: nothing is pending, the revision is not the pending one (stale),
+     the credential may not patch configmap tenantsync-system/approval-<env>,
+     or the cluster cannot be reached
+
+Environment: TENANTSYNC_KUBECONFIG, KUBECONFIG (see tenantsync --help).
+
+Examples:
+  tenantsync status --env prod        # the pending revision and its plan
+  tenantsync approve --env prod --revision 3f2c1e7
+  tenantsync approve --env prod --revision 3f2c1e7 --by \"Dana (CAB-1234)\"";
 
 pub const COMPLETIONS: &str = "\
 Exit status: 0.

@@ -1,6 +1,6 @@
 //! Command-line interface: raw arguments (`args`) → a command, one file
 //! each (`validate`, `render`, `plan` and `drift`, `sync`, `status`,
-//! `run`), each running the pipeline and handing values to the printers.
+//! `approve`, `run`), each running the pipeline and handing values to the printers.
 //!
 //! Imports: everything below it (the core, `source`, `cluster`,
 //! `pipeline`, `daemon`); nothing imports it but `main`.
@@ -16,6 +16,7 @@ use crate::declare::diag::Diagnostic;
 use crate::pipeline::{self, DesiredState, Intake, Refused};
 use crate::source;
 
+mod approve;
 mod args;
 mod help;
 mod plan;
@@ -26,8 +27,8 @@ mod sync;
 mod validate;
 
 pub use args::{
-    Cli, ClusterArgs, Command, GuardArgs, LiveArgs, LogFormat, PlanOutput, RenderOutput, RunArgs,
-    StatusArgs, SyncArgs, ValidateOutput, parse_duration,
+    ApproveArgs, Cli, ClusterArgs, Command, GuardArgs, LiveArgs, LogFormat, PlanOutput,
+    RenderOutput, RunArgs, StatusArgs, SyncArgs, ValidateOutput, parse_duration,
 };
 pub use help::VERSION;
 
@@ -50,6 +51,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Sync(args) => sync::sync_cmd(&args),
         Command::Run(args) => run::run_cmd(args),
         Command::Status(args) => status::status_cmd(&args),
+        Command::Approve(args) => approve::approve_cmd(&args),
         Command::Completions { shell } => completions_cmd(shell),
     }
 }

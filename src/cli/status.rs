@@ -14,7 +14,22 @@ pub(super) fn status_cmd(args: &StatusArgs) -> anyhow::Result<ExitCode> {
     let options = args.cluster.options();
     let (data, holder) = runtime()?.block_on(async {
         let cluster = Cluster::connect(&options).await?;
-        let data = cluster.inventory_data(&args.env).await?;
+        let mut data = cluster.inventory_data(&args.env).await?;
+        // A manual environment's pending revision and last approval (a
+        // credential that may not read the approval ConfigMap just does not
+        // see them); a first revision may be pending before any inventory.
+        let approval = cluster
+            .approval_data(&args.env)
+            .await
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        if !approval.is_empty() {
+            let d = data.get_or_insert_with(Default::default);
+            for (k, v) in approval {
+                d.insert(format!("approval.{k}"), v);
+            }
+        }
         // Who writes the environment now (a credential that may not read
         // Leases just does not see it).
         let holder = cluster.lock_holder(&args.env).await.ok().flatten();
@@ -22,7 +37,7 @@ pub(super) fn status_cmd(args: &StatusArgs) -> anyhow::Result<ExitCode> {
     })?;
     let Some(data) = data else {
         eprintln!(
-            "environment {} has never been synced to this cluster (no inventory)",
+            "environment {} has never been synced to this cluster (no inventory, nothing pending)",
             args.env
         );
         return Ok(ExitCode::from(1));

@@ -16,11 +16,13 @@ use crate::cluster::Cluster;
 use crate::cluster::execute::{self as cluster_sync, Progress, SyncError};
 use crate::cluster::lock::{EnvLock, LockError};
 use crate::declare::diag::Diagnostic;
+use crate::declare::model::SyncMode;
 use crate::pipeline::{self, Deletes, DesiredState, LivePlan, PlanOptions};
 use crate::print;
 use crate::sync::SyncOptions;
 use crate::sync::health::HealthOptions;
 use crate::sync::report::SyncReport;
+use crate::sync::windows;
 
 pub(super) fn sync_cmd(args: &SyncArgs) -> anyhow::Result<ExitCode> {
     let live_args = &args.live;
@@ -56,6 +58,22 @@ pub(super) fn sync_cmd(args: &SyncArgs) -> anyhow::Result<ExitCode> {
         prune_foreign: args.prune_foreign,
         ..SyncOptions::default()
     });
+    // The sync windows bind a CLI sync too (a dry run writes nothing);
+    // --ignore-windows is the emergency exit, and is recorded.
+    let window = windows::verdict(&state.sync_policy.windows, jiff::Timestamp::now());
+    let ignored_window = match &window {
+        windows::Verdict::Closed(why) if !args.dry_run => {
+            if !args.ignore_windows {
+                eprintln!(
+                    "error: nothing was changed: environment {} may not be synced now: {why} (syncPolicy.windows); wait for the window, or sync with --ignore-windows in an emergency (recorded as an Event)",
+                    state.name
+                );
+                return Ok(ExitCode::from(1));
+            }
+            Some(why.clone())
+        }
+        _ => None,
+    };
     let runtime = runtime()?;
     let cluster = runtime.block_on(Cluster::connect(&live_args.cluster.options()))?;
     if let Err(code) = runtime.block_on(scopes_admitted(&cluster, live_args, &state))? {
@@ -84,6 +102,17 @@ pub(super) fn sync_cmd(args: &SyncArgs) -> anyhow::Result<ExitCode> {
     // The result goes into the inventory's status (as the daemon's does),
     // then the lock is released; neither may hang on a dead API server.
     if let Some(lock) = lock {
+        if let Some(why) = &ignored_window {
+            let message = format!(
+                "revision {} synced by `tenantsync sync --ignore-windows` ({}) although {why}",
+                state.revision.as_deref().unwrap_or("(folder)"),
+                lock.identity
+            );
+            let event = cluster.record_event(&state.name, "SyncWindowIgnored", &message);
+            runtime.block_on(async {
+                let _ = tokio::time::timeout(Duration::from_secs(5), event).await;
+            });
+        }
         runtime.block_on(record(&cluster, &state, lock, &result, &skipped));
     }
     let report = match result {
@@ -240,6 +269,17 @@ async fn record(
         let write = cluster.write_status(&state.name, &fields);
         if let Ok(Err(e)) = tokio::time::timeout(Duration::from_secs(5), write).await {
             eprintln!("warning: cannot record the sync's result in the inventory: {e}");
+        }
+        // A CLI sync of a manual environment is the operator's explicit act
+        // (as Argo CD's manual sync): it needs no approval, and says so.
+        if state.sync_policy.mode == SyncMode::Manual && result.is_ok() {
+            let message = format!(
+                "revision {} synced by `tenantsync sync` ({}) without an approval: syncPolicy.mode is manual, and a CLI sync is an operator's explicit act",
+                state.revision.as_deref().unwrap_or("(folder)"),
+                lock.identity
+            );
+            let event = cluster.record_normal_event(&state.name, "SyncedWithoutApproval", &message);
+            let _ = tokio::time::timeout(Duration::from_secs(5), event).await;
         }
     }
     let _ = tokio::time::timeout(Duration::from_secs(5), lock.release(cluster)).await;

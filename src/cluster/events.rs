@@ -11,6 +11,23 @@ impl Cluster {
     /// Records a Warning Event in `tenantsync-system` (best effort: a failure
     /// to record is logged, never fatal).
     pub async fn record_event(&self, environment: &str, reason: &str, message: &str) {
+        self.record_event_of_type(environment, "Warning", reason, message)
+            .await;
+    }
+
+    /// Records a Normal Event (an approval, a revision waiting for one).
+    pub async fn record_normal_event(&self, environment: &str, reason: &str, message: &str) {
+        self.record_event_of_type(environment, "Normal", reason, message)
+            .await;
+    }
+
+    async fn record_event_of_type(
+        &self,
+        environment: &str,
+        type_: &str,
+        reason: &str,
+        message: &str,
+    ) {
         use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference};
         let inventory_name = inventory::name_of(environment);
         let event = Event {
@@ -29,7 +46,7 @@ impl Cluster {
             reason: Some(reason.into()),
             // The API server caps messages at 1 KiB.
             message: Some(message.chars().take(1000).collect()),
-            type_: Some("Warning".into()),
+            type_: Some(type_.into()),
             source: Some(EventSource {
                 component: Some(MANAGER.into()),
                 ..EventSource::default()

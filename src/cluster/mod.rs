@@ -9,6 +9,7 @@
 //! | `wait` | wait for health, for a CRD to be Established |
 //! | `inventory` | read and write the inventory ConfigMap and its status |
 //! | `events` | record a Kubernetes Event |
+//! | `approval` | a manual environment's pending revision and approval |
 //! | `lock` | the environment's lock (one writer at a time) |
 //! | `foreign` | what a namespace holds that tenantsync did not make |
 //! | `ownership` | the objects that exist under the names a plan would create |
@@ -33,6 +34,7 @@ use kube::{Client, Config};
 use crate::object::{self, ManagedKind};
 
 pub mod apply;
+pub mod approval;
 mod delete;
 mod events;
 pub mod execute;

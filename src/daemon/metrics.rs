@@ -27,6 +27,7 @@ pub struct Metrics {
     sync_status: Family<Labels, Gauge>,
     reconcile_errors: Family<Labels, Counter>,
     last_successful_reconcile: Family<Labels, Gauge>,
+    pending: Family<Labels, Gauge>,
     /// Workspaces with a drift series, per environment.
     drift_workspaces: Mutex<std::collections::BTreeMap<String, Vec<String>>>,
 }
@@ -63,6 +64,7 @@ impl Metrics {
             sync_status: Family::default(),
             reconcile_errors: Family::default(),
             last_successful_reconcile: Family::default(),
+            pending: Family::default(),
             drift_workspaces: Mutex::new(std::collections::BTreeMap::new()),
         };
         registry.register(
@@ -120,6 +122,11 @@ impl Metrics {
             "Unix time of the last reconcile of an environment that succeeded (a no-op included)",
             m.last_successful_reconcile.clone(),
         );
+        registry.register(
+            "pending",
+            "1 while a new revision of a manual environment waits for `tenantsync approve` (or for a sync window), else 0",
+            m.pending.clone(),
+        );
         if let Ok(mut r) = m.registry.lock() {
             *r = registry;
         }
@@ -135,6 +142,14 @@ impl Metrics {
         let _ = self.failed.get_or_create(&l);
         let _ = self.fetch_failures.get_or_create(&l);
         self.set_status(env, "Unknown");
+        self.set_pending(env, false);
+    }
+
+    /// Whether a new revision of the environment waits (approval or window).
+    pub fn set_pending(&self, env: &str, pending: bool) {
+        self.pending
+            .get_or_create(&env_label(env))
+            .set(i64::from(pending));
     }
 
     /// The environment's sync status: 1 for `status`, 0 for the others.

@@ -266,7 +266,8 @@ async fn publish_status(
     else {
         return;
     };
-    let fields = BTreeMap::from([
+    let approval = status.approval.clone().unwrap_or_default();
+    let mut fields = BTreeMap::from([
         (
             "syncStatus".to_string(),
             format!("{:?}", status.sync_status),
@@ -296,6 +297,30 @@ async fn publish_status(
             "targetRevision".to_string(),
             status.target_revision.unwrap_or_default(),
         ),
+        (
+            "mode".to_string(),
+            status.mode.unwrap_or_default().to_string(),
+        ),
+        (
+            "pendingRevision".to_string(),
+            status.pending_revision.unwrap_or_default(),
+        ),
+        (
+            "pendingReason".to_string(),
+            status.pending_reason.unwrap_or_default().to_string(),
+        ),
+        (
+            "syncWindow".to_string(),
+            status.sync_window.unwrap_or_default(),
+        ),
+        (
+            "pendingPlan".to_string(),
+            status.pending_plan.unwrap_or_default(),
+        ),
+        ("approvedRevision".to_string(), approval.revision.clone()),
+        ("approvedBy".to_string(), approval.by.clone()),
+        ("approvedUser".to_string(), approval.user.clone()),
+        ("approvedAt".to_string(), approval.at.clone()),
         // The daemon's heartbeat: `tenantsync status` calls a status older
         // than staleAfterSeconds stale.
         ("heartbeatAt".to_string(), now()),
@@ -304,6 +329,16 @@ async fn publish_status(
             stale_after(&shared.options).to_string(),
         ),
     ]);
+    // Change control's fields are short (a revision, a name, a time, one
+    // line of plan or window), and kept short: the inventory's room is the
+    // object list's (sync::inventory::CHUNK_BYTES).
+    for key in CHANGE_CONTROL_FIELDS {
+        if let Some(v) = fields.get_mut(key)
+            && v.len() > MAX_CHANGE_CONTROL_VALUE
+        {
+            *v = v.chars().take(MAX_CHANGE_CONTROL_VALUE / 4).collect();
+        }
+    }
     if fields == *written {
         return;
     }
@@ -314,6 +349,23 @@ async fn publish_status(
         }
     }
 }
+
+/// The status fields of change control (manual mode, approvals, sync
+/// windows) on the inventory.
+pub const CHANGE_CONTROL_FIELDS: [&str; 9] = [
+    "mode",
+    "pendingRevision",
+    "pendingReason",
+    "syncWindow",
+    "pendingPlan",
+    "approvedRevision",
+    "approvedBy",
+    "approvedUser",
+    "approvedAt",
+];
+
+/// The most bytes one of [`CHANGE_CONTROL_FIELDS`] takes on the inventory.
+pub const MAX_CHANGE_CONTROL_VALUE: usize = 512;
 
 /// Seconds after which a daemon's status with no newer heartbeat is stale.
 fn stale_after(options: &RunOptions) -> u64 {

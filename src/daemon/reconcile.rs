@@ -16,6 +16,7 @@ use super::{publish_status, stale_after};
 use crate::cluster::execute::{self as cluster_sync};
 use crate::cluster::lock::{EnvLock, LockError};
 use crate::cluster::{Cluster, ClusterError, ClusterOptions};
+use crate::declare::model::SyncMode;
 use crate::declare::repo::SourceTree;
 use crate::declare::validate;
 use crate::pipeline::{self, Deletes, DesiredState, Intake, LivePlan, PlanOptions, Refused};
@@ -25,6 +26,7 @@ use crate::sync::SyncOptions;
 use crate::sync::health::Health;
 use crate::sync::report::SyncReport;
 use crate::sync::status::{Commit, ObjectStatus, ReconcileRecord, objects_by_workspace};
+use crate::sync::windows;
 
 /// Why a reconcile failed. [`ReconcileError::reason`] names it in one word
 /// for the status, the logs and the metrics.
@@ -189,6 +191,9 @@ impl Schedule {
     }
 }
 
+/// How often the approval of a revision waiting for one is looked for.
+const APPROVAL_CHECK: Duration = Duration::from_secs(1);
+
 pub(super) async fn reconcile_loop(
     env: String,
     shared: Arc<Shared>,
@@ -233,6 +238,9 @@ pub(super) async fn reconcile_loop(
             changed = trigger.changed() => {
                 if changed.is_ok() { schedule.poll_now(Instant::now()); }
             },
+            () = tokio::time::sleep(APPROVAL_CHECK), if reconciler.waiting.is_some() => {
+                if reconciler.may_apply_now().await { schedule.poll_now(Instant::now()); }
+            },
             _ = shutdown.changed() => {},
         }
         if *shutdown.borrow() {
@@ -262,6 +270,10 @@ struct Reconciler {
     held: Held,
     /// Objects created, updated or pruned by the reconcile in flight.
     changed: usize,
+    /// The revision waiting for an approval or a sync window.
+    waiting: Option<String>,
+    /// Whether self-heal may re-apply drift now (the sync windows).
+    heal_allowed: bool,
 }
 
 impl Reconciler {
@@ -274,6 +286,8 @@ impl Reconciler {
             source_problem: None,
             held: Held::default(),
             changed: 0,
+            waiting: None,
+            heal_allowed: true,
         }
     }
 
@@ -287,13 +301,167 @@ impl Reconciler {
                 return Err(e);
             }
         };
+        let gate = match self.gate(&state).await {
+            Ok(gate) => gate,
+            Err(e) => return Err(self.blocked(e, &writer).await),
+        };
         let Some(c) = self.cluster.as_ref() else {
             return Err(ReconcileError::NoRevision);
         };
-        match check_and_sync(&self.env, &self.shared, c, &state, &writer).await {
-            Ok(checked) => self.report(&state, checked, writer.locked_by).await,
+        let hold = !gate.may_apply();
+        let heal = gate.heal;
+        match check_and_sync(&self.env, &self.shared, c, &state, &writer, hold, heal).await {
+            Ok(checked) if checked.held => self.hold(&state, checked, &writer, &gate).await,
+            Ok(checked) => self.report(&state, checked, writer.locked_by, &gate).await,
             Err(e) => Err(self.blocked(e, &writer).await),
         }
+    }
+
+    /// Whether the revision may be applied: in a `manual` environment only
+    /// once approved (the approval ConfigMap names exactly this revision),
+    /// and only while its sync windows let it through.
+    async fn gate(&mut self, state: &Desired) -> Result<Gate, ReconcileError> {
+        let policy = &state.state.sync_policy;
+        let mode = policy.mode;
+        let manual = mode == SyncMode::Manual;
+        let record = match (manual, self.cluster.as_ref()) {
+            (true, Some(c)) => c
+                .read_approval(&self.env)
+                .await?
+                .map(|stored| stored.record)
+                .unwrap_or_default(),
+            _ => Default::default(),
+        };
+        let window = windows::verdict(&policy.windows, jiff::Timestamp::now());
+        let gate = Gate {
+            manual,
+            windowed: !policy.windows.is_empty(),
+            approval: record.approval_of(state.revision()).cloned(),
+            heal: window.is_open() || policy.self_heal_outside_windows(),
+            window,
+        };
+        self.heal_allowed = gate.heal;
+        self.shared.update(&self.env, |s| {
+            s.mode = Some(mode.as_str());
+            s.sync_window = match &gate.window {
+                windows::Verdict::Open => None,
+                windows::Verdict::Closed(why) => Some(why.clone()),
+            };
+            if manual {
+                s.approval = record.approval.clone();
+            } else {
+                s.approval = None;
+            }
+        });
+        Ok(gate)
+    }
+
+    /// Whether the revision waiting (for an approval or a sync window) may
+    /// be applied now: checked every second while one waits, so an
+    /// approval, or a window opening, takes effect within about a second.
+    async fn may_apply_now(&self) -> bool {
+        let (Some(waiting), Some(c), Some(state)) = (
+            self.waiting.as_deref(),
+            self.cluster.as_ref(),
+            self.desired.as_ref(),
+        ) else {
+            return false;
+        };
+        let policy = &state.state.sync_policy;
+        if !windows::verdict(&policy.windows, jiff::Timestamp::now()).is_open() {
+            return false;
+        }
+        if policy.mode != SyncMode::Manual {
+            return true;
+        }
+        c.read_approval(&self.env)
+            .await
+            .ok()
+            .flatten()
+            .is_some_and(|stored| stored.record.approval_of(waiting).is_some())
+    }
+
+    /// A new revision of a manual environment, not approved: its plan is
+    /// published as pending (status, inventory status, the approval
+    /// ConfigMap, the `pending` metric, an Event once), nothing of it is
+    /// applied; drift is still checked against the last approved revision
+    /// (and healed, with self-heal).
+    async fn hold(
+        &mut self,
+        state: &Arc<Desired>,
+        checked: Checked,
+        writer: &Writer,
+        gate: &Gate,
+    ) -> Result<(), ReconcileError> {
+        let (env, shared) = (self.env.clone(), self.shared.clone());
+        let (env, shared) = (env.as_str(), &*shared);
+        let revision = state.revision().to_string();
+        let plan = crate::print::Verb::Plan.counts(&checked.plan.summary);
+        let (reason, waits_for) = match (&gate.window, gate.manual && gate.approval.is_none()) {
+            (_, true) => (
+                "RevisionPending",
+                format!(
+                    "approval (syncPolicy.mode: manual); approve it with `tenantsync approve --env {env} --revision {revision}`"
+                ),
+            ),
+            (windows::Verdict::Closed(why), false) => {
+                ("SyncWindowClosed", format!("its sync window: {why}"))
+            }
+            (windows::Verdict::Open, false) => ("RevisionPending", "its turn".to_string()),
+        };
+        if writer.may_write
+            && let Some(c) = self.cluster.as_ref()
+        {
+            if self.held.pending_written.as_deref() != Some(revision.as_str()) {
+                match c.write_pending(env, Some((&revision, &plan))).await {
+                    Ok(()) => self.held.pending_written = Some(revision.clone()),
+                    Err(e) => {
+                        tracing::warn!(environment = env, error = %e, "cannot publish the pending revision")
+                    }
+                }
+            }
+            let said = format!("{revision} {reason}");
+            if self.held.pending_event.as_deref() != Some(said.as_str()) {
+                let message =
+                    format!("revision {revision} waits for {waits_for}; its plan: {plan}");
+                c.record_normal_event(env, reason, &message).await;
+                self.held.pending_event = Some(said);
+            }
+        }
+        tracing::info!(environment = env, revision = %revision, plan = %plan, waits_for = %waits_for, "revision waits");
+        shared.metrics.set_pending(env, true);
+        self.waiting = Some(revision.clone());
+        self.check_last_applied(writer, SyncStatus::OutOfSync).await;
+        let waiting_for = if reason == "SyncWindowClosed" {
+            "window"
+        } else {
+            "approval"
+        };
+        shared.update(env, |s| {
+            s.pending_revision = Some(revision.clone());
+            s.pending_plan = Some(plan.clone());
+            s.pending_reason = Some(waiting_for);
+            s.sync_status = SyncStatus::OutOfSync;
+            s.last_reconcile_at = Some(now());
+            s.compared = true;
+        });
+        if let Some(problem) = self.source_problem.clone() {
+            let e = ReconcileError::Newest(problem);
+            self.record_outcome(Some(&e)).await;
+            shared.update(env, |s| {
+                s.last_error = Some(e.to_string());
+                s.last_error_reason = Some(e.reason().to_string());
+                s.last_error_at = Some(now());
+            });
+            return Err(e);
+        }
+        self.record_outcome(None).await;
+        shared.update(env, |s| {
+            s.last_error = None;
+            s.last_error_reason = None;
+            s.last_error_at = None;
+        });
+        Ok(())
     }
 
     /// Read the source (when asked, or with no good revision yet), connect,
@@ -484,7 +652,7 @@ impl Reconciler {
         }
         self.publish_failure(&e);
         if matches!(e, ReconcileError::Blocked { .. }) {
-            self.check_last_applied(writer).await;
+            self.check_last_applied(writer, SyncStatus::Failed).await;
         }
         // Still failed, whatever the drift check did meanwhile.
         let (env, shared) = (self.env.as_str(), &*self.shared);
@@ -506,7 +674,7 @@ impl Reconciler {
 
     /// The drift of the last revision applied in full, while a newer one is
     /// blocked: reported, healed with self-heal; the status stays Failed.
-    async fn check_last_applied(&mut self, writer: &Writer) {
+    async fn check_last_applied(&mut self, writer: &Writer, still: SyncStatus) {
         let (env, shared) = (self.env.as_str(), &*self.shared);
         let Some(c) = self.cluster.as_ref() else {
             return;
@@ -517,11 +685,13 @@ impl Reconciler {
         let Some(applied) = self.held.applied.clone() else {
             return;
         };
+        let heal_allowed = self.heal_allowed;
         let Checked {
             plan,
             report,
             health,
-        } = match check_and_sync(env, shared, c, &applied, writer).await {
+            ..
+        } = match check_and_sync(env, shared, c, &applied, writer, false, heal_allowed).await {
             Ok(checked) => checked,
             Err(e) => {
                 tracing::warn!(environment = env, error = %e, "cannot check drift of the last applied revision");
@@ -541,12 +711,13 @@ impl Reconciler {
             shared.metrics.record_sync(env, r);
             log_failures(env, r);
         }
-        // Still blocked: Failed, whatever the heal did.
-        shared.metrics.set_status(env, "Failed");
+        // Still blocked (Failed) or waiting (OutOfSync), whatever the heal
+        // did.
+        shared.metrics.set_status(env, &format!("{still:?}"));
         shared.update(env, |s| {
-            s.sync_status = SyncStatus::Failed;
+            s.sync_status = still;
             s.target_revision = None;
-            set_drift(s, &current, objects, |_| SyncStatus::Failed);
+            set_drift(s, &current, objects, |_| still);
         });
         if drifted.values().any(|n| *n > 0) {
             tracing::warn!(
@@ -554,7 +725,7 @@ impl Reconciler {
                 revision = %applied.revision(),
                 drifted = drifted.values().sum::<usize>(),
                 healed,
-                "drift of the last applied revision while a newer one is blocked"
+                "drift of the last applied revision while a newer one is blocked or waits"
             );
         }
     }
@@ -568,6 +739,7 @@ impl Reconciler {
         state: &Arc<Desired>,
         checked: Checked,
         locked_by: Option<String>,
+        gate: &Gate,
     ) -> Result<(), ReconcileError> {
         let (env, shared) = (self.env.clone(), self.shared.clone());
         let (env, shared) = (env.as_str(), &*shared);
@@ -575,7 +747,9 @@ impl Reconciler {
             plan,
             report,
             health,
+            ..
         } = checked;
+        self.settle_pending(state, report.as_ref(), gate).await;
         log_outcome(env, state, &plan, report.as_ref());
         if let Some(r) = &report {
             shared.metrics.record_sync(env, r);
@@ -661,6 +835,54 @@ impl Reconciler {
             s.last_error_at = error.as_ref().map(|_| now());
         });
         error.map_or(Ok(()), Err)
+    }
+
+    /// A manual environment's revision went through (applied once approved,
+    /// or already applied): nothing waits any more; the approval it was
+    /// applied under is an Event (once per revision).
+    async fn settle_pending(&mut self, state: &Desired, report: Option<&SyncReport>, gate: &Gate) {
+        let (env, shared) = (self.env.as_str(), &*self.shared);
+        self.waiting = None;
+        shared.metrics.set_pending(env, false);
+        shared.update(env, |s| {
+            s.pending_revision = None;
+            s.pending_plan = None;
+            s.pending_reason = None;
+        });
+        if !gate.manual && !gate.windowed {
+            return;
+        }
+        let Some(c) = self.cluster.as_ref() else {
+            return;
+        };
+        if !*shared.leading.borrow() {
+            return;
+        }
+        if self.held.pending_written.as_deref() != Some("") {
+            match c.write_pending(env, None).await {
+                Ok(()) => self.held.pending_written = Some(String::new()),
+                Err(e) => {
+                    tracing::warn!(environment = env, error = %e, "cannot clear the pending revision")
+                }
+            }
+        }
+        if let (Some(a), Some(r)) = (&gate.approval, report) {
+            let outcome = if r.succeeded() {
+                "applied"
+            } else {
+                "applied with failures"
+            };
+            let message = format!(
+                "revision {} approved by {} (API user {}, at {}) {outcome}",
+                state.revision(),
+                a.by,
+                a.user,
+                a.at
+            );
+            tracing::info!(environment = env, revision = %state.revision(), approved_by = %a.by, user = %a.user, "approved revision synced");
+            c.record_normal_event(env, "RevisionApproved", &message)
+                .await;
+        }
     }
 
     /// Logs and counts a reconcile's outcome; a failed sync is an Event
@@ -819,6 +1041,30 @@ struct Held {
     applied: Option<Arc<Desired>>,
     /// The last failure recorded as an Event (one per distinct failure).
     last_event: Option<String>,
+    /// The pending revision last published on the approval ConfigMap
+    /// (`Some("")`: published that none is pending).
+    pending_written: Option<String>,
+    /// The revision and reason of the last Event about a waiting revision.
+    pending_event: Option<String>,
+}
+
+/// Whether a new revision may be applied now (`syncPolicy.mode` and
+/// `syncPolicy.windows`).
+struct Gate {
+    manual: bool,
+    /// The environment has sync windows.
+    windowed: bool,
+    /// The approval of this very revision (manual environments).
+    approval: Option<crate::sync::approval::Approval>,
+    window: windows::Verdict,
+    /// Self-heal may re-apply drift now.
+    heal: bool,
+}
+
+impl Gate {
+    fn may_apply(&self) -> bool {
+        (!self.manual || self.approval.is_some()) && self.window.is_open()
+    }
 }
 
 fn cluster_options(options: &RunOptions, env: &str) -> ClusterOptions {
@@ -875,6 +1121,8 @@ struct Checked {
     report: Option<SyncReport>,
     /// The health of each live object as listed for the plan.
     health: BTreeMap<String, Health>,
+    /// A new revision not applied because it waits for approval.
+    held: bool,
 }
 
 /// Plans `state` against the cluster and, when this replica may write and
@@ -885,6 +1133,8 @@ async fn check_and_sync(
     c: &Cluster,
     state: &Desired,
     writer: &Writer,
+    hold_new: bool,
+    heal_allowed: bool,
 ) -> Result<Checked, ReconcileError> {
     let options = &shared.options;
     // The guardrails only the cluster can judge: each resources/ manifest's
@@ -923,14 +1173,23 @@ async fn check_and_sync(
     // re-applied only with self-heal.
     let applied_rev = live.inventory.as_ref().and_then(|i| i.revision.clone());
     let new_revision = applied_rev.as_deref() != Some(state.revision());
+    if new_revision && hold_new {
+        return Ok(Checked {
+            plan: live.plan,
+            report: None,
+            health,
+            held: true,
+        });
+    }
     // A replica that does not lead (or a leader waiting for the lock) only
     // reports.
-    let heal = options.self_heal && live.plan.summary.has_changes();
+    let heal = options.self_heal && heal_allowed && live.plan.summary.has_changes();
     if !writer.may_write || (!new_revision && !heal) {
         return Ok(Checked {
             plan: live.plan,
             report: None,
             health,
+            held: false,
         });
     }
     // Healing takes the drifted fields back from whoever changed them.
@@ -942,6 +1201,7 @@ async fn check_and_sync(
         plan,
         report: Some(report?),
         health,
+        held: false,
     })
 }
 

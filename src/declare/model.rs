@@ -233,6 +233,124 @@ pub struct SyncPolicy {
     pub force_conflicts: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_prune_percent: Option<u8>,
+    /// `auto`: the daemon applies each new valid revision; `manual`: it
+    /// plans it and holds it as pending until `tenantsync approve`.
+    #[serde(default)]
+    pub mode: SyncMode,
+    /// When the daemon may apply a new revision (Argo CD's sync windows):
+    /// none, any time; a deny window that is open, or allow windows none of
+    /// which is open, hold a new revision as pending.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub windows: Vec<SyncWindow>,
+    /// Whether self-heal re-applies drift while the windows hold changes
+    /// back (default: yes; drift is a return to the approved state).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub self_heal_outside_windows: Option<bool>,
+}
+
+impl SyncPolicy {
+    pub fn self_heal_outside_windows(&self) -> bool {
+        self.self_heal_outside_windows.unwrap_or(true)
+    }
+}
+
+/// One sync window: from each time `schedule` (cron, minute hour
+/// day-of-month month day-of-week) matches in `time_zone`, for `duration`.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SyncWindow {
+    pub kind: WindowKind,
+    pub schedule: String,
+    /// `3h`, `90m`, `1h30m`.
+    pub duration: String,
+    /// An IANA time zone (`Europe/Berlin`); default UTC.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_zone: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum WindowKind {
+    Allow,
+    Deny,
+}
+
+/// A sync window checked: its schedule, length and time zone.
+#[derive(Clone, Debug)]
+pub struct Window {
+    pub kind: WindowKind,
+    pub schedule: croner::Cron,
+    pub duration: jiff::SignedDuration,
+    pub time_zone: jiff::tz::TimeZone,
+    /// As written: `allow 0 0 * * 1 for 3h (UTC)`.
+    pub text: String,
+}
+
+impl SyncWindow {
+    /// The window checked, or why it is refused (the field and what to do).
+    pub fn checked(&self) -> Result<Window, (&'static str, String)> {
+        use std::str::FromStr;
+        let schedule = croner::Cron::from_str(&self.schedule).map_err(|e| {
+            (
+                "schedule",
+                format!(
+                    "`{}` is not a cron schedule ({e}): five fields, minute hour day-of-month month day-of-week, e.g. `0 0 * * 1` for Mondays at 00:00",
+                    self.schedule
+                ),
+            )
+        })?;
+        let duration = jiff::SignedDuration::from_str(&self.duration)
+            .ok()
+            .filter(|d| d.is_positive())
+            .ok_or_else(|| {
+                (
+                    "duration",
+                    format!(
+                        "`{}` is not a positive duration: write it as `3h`, `90m` or `1h30m`",
+                        self.duration
+                    ),
+                )
+            })?;
+        let zone = self.time_zone.as_deref().unwrap_or("UTC");
+        let time_zone = jiff::tz::TimeZone::get(zone).map_err(|_| {
+            (
+                "timeZone",
+                format!(
+                    "`{zone}` is not a time zone of the IANA database: write it as `UTC`, `Europe/Berlin` or `America/New_York`"
+                ),
+            )
+        })?;
+        let kind = match self.kind {
+            WindowKind::Allow => "allow",
+            WindowKind::Deny => "deny",
+        };
+        Ok(Window {
+            kind: self.kind,
+            schedule,
+            duration,
+            time_zone,
+            text: format!("{kind} `{}` for {} ({zone})", self.schedule, self.duration),
+        })
+    }
+}
+
+/// Whether the daemon applies a new revision by itself or waits for an
+/// approval (`syncPolicy.mode`).
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum SyncMode {
+    #[default]
+    Auto,
+    Manual,
+}
+
+impl SyncMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SyncMode::Auto => "auto",
+            SyncMode::Manual => "manual",
+        }
+    }
 }
 
 /// Field ownership: which field managers' edits are drift, undone by a

@@ -129,10 +129,31 @@ fn type_name(kind: &TypeKind) -> String {
     }
 }
 
+/// The most characters of a value an error quotes: a hostile 200,000
+/// character string is named by its start and length, not repeated.
+const MAX_QUOTED: usize = 100;
+
+/// A string value in backquotes, shortened past [`MAX_QUOTED`].
+fn quoted(s: &str) -> String {
+    let n = s.chars().count();
+    if n <= MAX_QUOTED {
+        return format!("`{s}`");
+    }
+    let start: String = s.chars().take(60).collect();
+    format!("`{start}…` ({n} characters)")
+}
+
 fn describe(kind: &ValidationErrorKind, node: &Node, pointer: &str, fallback: &str) -> String {
     let found = || match &node.value {
-        crate::declare::yaml::Value::Str(s) => format!("`{s}`"),
-        _ => node.to_json().to_string(),
+        crate::declare::yaml::Value::Str(s) => quoted(s),
+        _ => {
+            let json = node.to_json().to_string();
+            if json.chars().count() > MAX_QUOTED {
+                node.type_name().to_string()
+            } else {
+                json
+            }
+        }
     };
     match kind {
         ValidationErrorKind::Required { property } => {
@@ -381,6 +402,29 @@ mod tests {
             d[0].message.contains("at most one dicomCast"),
             "{}",
             d[0].message
+        );
+    }
+
+    /// Fuzzing (issue 16's examples): a 200,000-character name was quoted
+    /// whole in its error, 200 KB of stderr for one line.
+    #[test]
+    fn a_huge_value_is_quoted_shortened_in_its_error() {
+        let name = "a".repeat(200_000);
+        let diags = check(
+            SchemaKind::Environment,
+            &format!(
+                "apiVersion: tenantsync.io/v1alpha1\nkind: Environment\nmetadata:\n  name: {name}\nspec: {{}}\n"
+            ),
+        );
+        assert!(!diags.is_empty());
+        for d in &diags {
+            assert!(d.message.len() < 500, "{}", d.message.len());
+        }
+        assert!(
+            diags
+                .iter()
+                .any(|d| d.message.contains("(200000 characters)")),
+            "{diags:?}"
         );
     }
 

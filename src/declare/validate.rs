@@ -119,7 +119,8 @@ fn load_with(tree: &SourceTree, parallel: bool) -> Repository {
             layer
                 .invalid_settings
                 .extend(checks.iter().filter_map(setting_of));
-            let ownership = check_ownership(&node, &repo.files);
+            let mut ownership = check_ownership(&node, &repo.files);
+            ownership.extend(check_windows(&node, &repo.files));
             layer
                 .invalid_settings
                 .extend(ownership.iter().filter_map(setting_of));
@@ -354,6 +355,31 @@ fn check_ownership(env: &Node, files: &FileTable) -> Vec<Diagnostic> {
     for (pointer, n) in patterns {
         if let Some(why) = n.as_str().and_then(model::pattern_problem) {
             out.push(files.diag(n.pos, Some(pointer), why));
+        }
+    }
+    out
+}
+
+/// `spec.syncPolicy.windows` beyond their schema: a cron schedule, a
+/// positive duration and a known time zone, each refused where written.
+fn check_windows(env: &Node, files: &FileTable) -> Vec<Diagnostic> {
+    let policy = env.get("spec").and_then(|s| s.get("syncPolicy"));
+    let mut out = Vec::new();
+    for (i, n) in items(policy, "windows").iter().enumerate() {
+        let text = |key: &str| n.get(key).and_then(Node::as_str).map(str::to_string);
+        let (Some(schedule), Some(duration)) = (text("schedule"), text("duration")) else {
+            continue;
+        };
+        let window = model::SyncWindow {
+            kind: model::WindowKind::Allow,
+            schedule,
+            duration,
+            time_zone: text("timeZone"),
+        };
+        if let Err((field, why)) = window.checked() {
+            let at = n.get(field).map_or(n.pos, |f| f.pos);
+            let pointer = format!("/spec/syncPolicy/windows/{i}/{field}");
+            out.push(files.diag(at, Some(pointer), why));
         }
     }
     out
@@ -2078,5 +2104,77 @@ spec:
             repo.namespaces("qa")["t-a"].1,
             "environments/dev/workspaces/a.yaml:4:9"
         );
+    }
+
+    #[test]
+    fn sync_mode_is_inherited_along_the_base_chain_and_a_bad_one_is_placed() {
+        use crate::declare::model::SyncMode;
+        let manual = ENVIRONMENT.replace(
+            "  ingress: { domain: dev.example.com }\n",
+            "  ingress: { domain: dev.example.com }\n  syncPolicy: { mode: manual }\n",
+        );
+        let mut tree = dev_tree(&[("workspaces/a.yaml", workspace("a", false))]);
+        tree.insert("environments/dev/environment.yaml", manual.into_bytes());
+        let qa = |mode: &str| {
+            format!(
+                "apiVersion: tenantsync.io/v1alpha1\nkind: Environment\nmetadata: {{name: qa}}\nspec:\n  base: dev\n{mode}"
+            )
+            .into_bytes()
+        };
+        tree.insert("environments/qa/environment.yaml", qa(""));
+        let repo = load(&tree);
+        let mode = |env: &str| repo.resolve(env).map(|e| e.settings.sync_policy.mode);
+        assert_eq!(mode("dev"), Ok(SyncMode::Manual));
+        assert_eq!(mode("qa"), Ok(SyncMode::Manual), "inherited from dev");
+        tree.insert(
+            "environments/qa/environment.yaml",
+            qa("  syncPolicy: { mode: auto }\n"),
+        );
+        assert_eq!(
+            load(&tree)
+                .resolve("qa")
+                .map(|e| e.settings.sync_policy.mode),
+            Ok(SyncMode::Auto),
+            "a layer overrides its base"
+        );
+        tree.insert(
+            "environments/qa/environment.yaml",
+            qa("  syncPolicy: { mode: manaul }\n"),
+        );
+        let report = load(&tree).validate(&["qa".to_string()]);
+        assert_eq!(report.diagnostics.len(), 1, "{:?}", report.diagnostics);
+        let d = &report.diagnostics[0];
+        assert_eq!(
+            (d.file.as_str(), d.line),
+            ("environments/qa/environment.yaml", 6),
+            "{d}"
+        );
+        assert!(d.to_string().contains("manaul"), "{d}");
+    }
+
+    #[test]
+    fn a_bad_sync_window_is_refused_at_its_field() {
+        let env = ENVIRONMENT.replace(
+            "  ingress: { domain: dev.example.com }\n",
+            "  ingress: { domain: dev.example.com }\n  syncPolicy:\n    windows:\n      - kind: allow\n        schedule: '0 0 * * 1'\n        duration: 3h\n      - kind: deny\n        schedule: '0 0 * * 1'\n        duration: 3h\n        timeZone: Mars/Olympus\n      - {kind: deny, schedule: 'every day', duration: 1h}\n",
+        );
+        let mut tree = dev_tree(&[("workspaces/a.yaml", workspace("a", false))]);
+        tree.insert("environments/dev/environment.yaml", env.into_bytes());
+        let report = load(&tree).validate(&[]);
+        let got: Vec<(u32, String)> = report
+            .diagnostics
+            .iter()
+            .map(|d| (d.line, d.pointer.clone().unwrap_or_default()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (15, "/spec/syncPolicy/windows/1/timeZone".to_string()),
+                (16, "/spec/syncPolicy/windows/2/schedule".to_string()),
+            ],
+            "{:?}",
+            report.diagnostics
+        );
+        assert!(report.diagnostics[0].message.contains("`Mars/Olympus`"));
     }
 }

@@ -90,7 +90,8 @@ pub fn environments_page(status: &DaemonStatus, redact: Redact<'_>) -> String {
                     @for (name, env) in &status.environments {
                         tr {
                             th scope="row" { a href=(env_url(name)) { (name) } }
-                            td data-label="Status" { (badge(env.sync_status)) }
+                            td data-label="Status" { (badge(env.sync_status))
+                                @if let Some(why) = waiting(env) { " " span.muted { (why) } } }
                             td data-label="Applied revision" { (commit(env.last_applied_revision.as_deref(), env.last_applied_commit.as_ref())) }
                             td data-label="Seen revision" { (commit(env.last_seen_revision.as_deref(), env.last_seen_commit.as_ref())) }
                             td.n data-label="Workspaces" { (env.workspaces.len()) }
@@ -248,6 +249,17 @@ fn environment_facts(e: &EnvironmentStatus) -> Markup {
                 @if let Some(t) = &e.target_revision { " " (revision(Some(t))) } }
             dt { "Applied revision" } dd { (commit(e.last_applied_revision.as_deref(), e.last_applied_commit.as_ref())) }
             dt { "Seen revision" } dd { (commit(e.last_seen_revision.as_deref(), e.last_seen_commit.as_ref())) }
+            @if let Some(mode) = e.mode { dt { "Sync mode" } dd { (mode) } }
+            @if let Some(pending) = &e.pending_revision {
+                dt { "Pending revision" } dd { (revision(Some(pending)))
+                    @if let Some(why) = waiting(e) { " " (why) }
+                    @if let Some(plan) = &e.pending_plan { br; span.muted { (plan) } } }
+            }
+            @if let Some(window) = &e.sync_window { dt { "Sync window" } dd { (window) } }
+            @if let Some(a) = &e.approval {
+                dt { "Last approval" } dd { (revision(Some(&a.revision))) " by " (a.by)
+                    @if a.by != a.user { " (" (a.user) ")" } " " span.muted { (short_time(&a.at)) } }
+            }
             dt { "Last reconcile" } dd { (when(e.last_reconcile_at.as_deref())) }
             dt { "Last sync" } dd { (when(e.last_sync_at.as_deref())) }
             dt { "Workspaces" } dd { (e.workspaces.len()) " (" (e.failed_workspaces()) " failed)" }
@@ -397,6 +409,15 @@ fn record_text(r: &ReconcileRecord) -> String {
 
 /// The CSS class of a status (its name, so a new status is one new line of
 /// style at most).
+/// What a pending revision waits for, in words (change control).
+fn waiting(e: &EnvironmentStatus) -> Option<&'static str> {
+    e.pending_revision.as_ref()?;
+    Some(match e.pending_reason {
+        Some("window") => "pending: waits for a sync window",
+        _ => "pending approval",
+    })
+}
+
 fn status_class(s: SyncStatus) -> &'static str {
     match s {
         SyncStatus::Unknown => "Unknown",
@@ -702,5 +723,37 @@ mod tests {
         let html = workspace_page(&s, "dev", "contoso").unwrap();
         assert!(html.contains("(secret value hidden)"));
         assert!(!html.contains("<code>5</code>"), "{html}");
+    }
+
+    #[test]
+    fn a_pending_revision_shows_what_it_waits_for_and_the_last_approval() {
+        let mut status = DaemonStatus::default();
+        let mut e = EnvironmentStatus {
+            sync_status: SyncStatus::OutOfSync,
+            mode: Some("manual"),
+            pending_revision: Some("0123456789abcdef0123456789abcdef01234567".into()),
+            pending_reason: Some("approval"),
+            pending_plan: Some("1 to update".into()),
+            approval: Some(crate::sync::approval::Approval {
+                revision: "fedcba9876543210fedcba9876543210fedcba98".into(),
+                user: "system:serviceaccount:ops:approver".into(),
+                by: "<b>ada</b>".into(),
+                at: "2026-12-03T06:00:00Z".into(),
+            }),
+            ..EnvironmentStatus::default()
+        };
+        status.environments.insert("prod".into(), e.clone());
+        let list = environments_page(&status, &|s: &str| s.to_string());
+        assert!(list.contains("pending approval"), "{list}");
+        let page = environment_page(&status, "prod", &|s: &str| s.to_string()).unwrap();
+        assert!(
+            page.contains("Pending revision") && page.contains("1 to update"),
+            "{page}"
+        );
+        assert!(page.contains("&lt;b&gt;ada&lt;/b&gt;"), "{page}");
+        e.pending_reason = Some("window");
+        status.environments.insert("prod".into(), e);
+        let list = environments_page(&status, &|s: &str| s.to_string());
+        assert!(list.contains("waits for a sync window"), "{list}");
     }
 }

@@ -47,7 +47,7 @@ impl Verb {
 
     /// The counts, in this verb's words and order, without a prefix:
     /// `1 to create, 0 to update, ...` or `1 modified, 0 missing, ...`.
-    fn counts(self, s: &Summary) -> String {
+    pub fn counts(self, s: &Summary) -> String {
         let mut ownership = String::new();
         if s.adopt > 0 {
             ownership.push_str(&format!(", {} to adopt", s.adopt));

@@ -72,11 +72,48 @@ pub fn status_text(
             get("status.lastSyncBy")
         ));
     }
+    out.push_str(&change_control(env, data));
     if let Some(e) = data.get("status.lastError").filter(|e| !e.is_empty()) {
         out.push_str(&format!(
             "last error ({}):\n  {}\n",
             get("status.lastErrorAt"),
             e.replace('\n', "\n  ")
+        ));
+    }
+    out
+}
+
+/// A manual environment's pending revision and last approval, from its
+/// approval ConfigMap (`approval.*` keys) and the daemon's status.
+fn change_control(env: &str, data: &BTreeMap<String, String>) -> String {
+    use crate::sync::approval as a;
+    let get = |k: &str| data.get(k).map(String::as_str).filter(|v| !v.is_empty());
+    let mut out = String::new();
+    if let Some(mode) = get("status.mode") {
+        out.push_str(&format!("sync mode:          {mode}\n"));
+    }
+    if let Some(why) = get("status.syncWindow") {
+        out.push_str(&format!("sync window:        closed: {why}\n"));
+    }
+    let key = |k: &str| format!("approval.{k}");
+    if let Some(rev) = get(&key(a::PENDING_REVISION)) {
+        let next = if get("status.pendingReason") == Some("window") {
+            "it is approved (or needs no approval) and waits for its sync window".to_string()
+        } else {
+            format!("approve it with `tenantsync approve --env {env} --revision {rev}`")
+        };
+        out.push_str(&format!(
+            "pending revision:   {rev} since {} (plan: {}); {next}\n",
+            get(&key(a::PENDING_SINCE)).unwrap_or("-"),
+            get(&key(a::PENDING_PLAN)).unwrap_or("-"),
+        ));
+    }
+    if let Some(rev) = get(&key(a::APPROVED_REVISION)) {
+        out.push_str(&format!(
+            "last approval:      {rev} by {} (API user {}) at {}\n",
+            get(&key(a::APPROVED_BY)).unwrap_or("-"),
+            get(&key(a::APPROVED_USER)).unwrap_or("-"),
+            get(&key(a::APPROVED_AT)).unwrap_or("-"),
         ));
     }
     out

@@ -121,6 +121,25 @@ pub struct EnvironmentStatus {
     pub workspaces: BTreeMap<String, WorkspaceStatus>,
     /// The last [`RECENT_RECONCILES`] reconciles, oldest first.
     pub recent_reconciles: VecDeque<ReconcileRecord>,
+    /// `auto` or `manual` (the revision's `syncPolicy.mode`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mode: Option<&'static str>,
+    /// A new revision of a manual environment, planned and waiting for
+    /// `tenantsync approve`: nothing of it is applied.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pending_revision: Option<String>,
+    /// What the pending revision waits for: `approval` or `window`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pending_reason: Option<&'static str>,
+    /// Why the sync windows hold changes back now (none: they do not).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sync_window: Option<String>,
+    /// The pending revision's plan against the cluster, in one line.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pending_plan: Option<String>,
+    /// The last approval recorded for this environment.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub approval: Option<crate::sync::approval::Approval>,
     /// A revision was read and compared with the cluster (and synced, when
     /// leading) at least once: what `/readyz` waits for. A failed read or
     /// an invalid first revision does not count.
