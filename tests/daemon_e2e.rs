@@ -16,12 +16,23 @@ use crate::support::{User, control_plane, git};
 
 const SECRET: &str = "webhook-secret-for-tests";
 
+/// A port free now and never handed out before in this test run: the OS
+/// may give a port just released again (a test asking twice got the same
+/// port for --listen and --webhook-listen, and the daemon refused to start).
 pub(crate) fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .expect("bind")
+            .local_addr()
+            .expect("addr")
+            .port();
+        let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// A child process killed when the test ends, however it ends.
