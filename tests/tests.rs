@@ -26,6 +26,7 @@ mod plan_cluster;
 mod print_golden;
 mod properties;
 mod readme_commands;
+mod saved_plan_cluster;
 mod support;
 mod sync_cluster;
 mod tenancy_cluster;

@@ -76,7 +76,7 @@ pub enum Command {
     /// Exit status: 0 success, 1 error (invalid repository, unreachable or refusing
     /// cluster); with --detailed-exitcode, 2 when there are changes.
     #[command(after_long_help = help::PLAN)]
-    Plan(LiveArgs),
+    Plan(PlanArgs),
     /// Report what changed in the cluster behind Git's back; read-only.
     ///
     /// Per workspace: objects modified (with the fields and the manager that changed
@@ -305,9 +305,26 @@ mod duration_tests {
 }
 
 #[derive(Debug, clap::Args)]
+pub struct PlanArgs {
+    #[command(flatten)]
+    pub live: LiveArgs,
+    /// Also write the plan to FILE (JSON, formatVersion 1) for `sync --plan`:
+    /// the revision, a digest of every rendered object and the uid and
+    /// resourceVersion of every object to update or delete; no Secret values.
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+}
+
+#[derive(Debug, clap::Args)]
 pub struct SyncArgs {
     #[command(flatten)]
     pub live: LiveArgs,
+    /// Apply exactly this saved plan (`plan --out FILE`) and nothing else:
+    /// its revision is read again and must render the planned objects, and
+    /// if any object changed in the cluster since, nothing is applied (exit 1).
+    /// Its workspaces, --adopt and deletes are the plan's.
+    #[arg(long, value_name = "FILE", conflicts_with = "skip_invalid")]
+    pub plan: Option<PathBuf>,
     /// Delete inventoried objects that are no longer declared (also on with the
     /// environment's syncPolicy.prune).
     #[arg(long)]

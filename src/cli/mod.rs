@@ -26,8 +26,8 @@ mod sync;
 mod validate;
 
 pub use args::{
-    Cli, ClusterArgs, Command, GuardArgs, LiveArgs, LogFormat, PlanOutput, RenderOutput, RunArgs,
-    StatusArgs, SyncArgs, ValidateOutput, parse_duration,
+    Cli, ClusterArgs, Command, GuardArgs, LiveArgs, LogFormat, PlanArgs, PlanOutput, RenderOutput,
+    RunArgs, StatusArgs, SyncArgs, ValidateOutput, parse_duration,
 };
 pub use help::VERSION;
 
@@ -41,8 +41,10 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             guard,
         } => validate::validate_cmd(&repo, &envs, output, &guard.operator(None)),
         Command::Render { repo, env, output } => render::render_cmd(&repo, &env, output),
-        Command::Plan(args) => plan::live_cmd(&args, crate::print::Verb::Plan),
-        Command::Drift(args) => plan::live_cmd(&args, crate::print::Verb::Drift),
+        Command::Plan(args) => {
+            plan::live_cmd(&args.live, crate::print::Verb::Plan, args.out.as_deref())
+        }
+        Command::Drift(args) => plan::live_cmd(&args, crate::print::Verb::Drift, None),
         Command::Sync(args) => sync::sync_cmd(&args),
         Command::Run(args) => run::run_cmd(args),
         Command::Status(args) => status::status_cmd(&args),

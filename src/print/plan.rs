@@ -605,6 +605,7 @@ mod tests {
             diff: diff.to_string(),
             note: None,
             heal: None,
+            live: None,
         }
     }
 
