@@ -27,6 +27,7 @@ mod print_golden;
 mod properties;
 mod readme_commands;
 mod saved_plan_cluster;
+mod signed_commits;
 mod support;
 mod sync_cluster;
 mod tenancy_cluster;

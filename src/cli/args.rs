@@ -460,6 +460,38 @@ pub struct LiveArgs {
     /// nothing else (the mass-prune guard counts within the selection).
     #[arg(long = "workspace", value_name = "NAME")]
     pub workspaces: Vec<String>,
+    #[command(flatten)]
+    pub trust: TrustArgs,
+}
+
+/// Source trust: which commits may be read.
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct TrustArgs {
+    /// Refuse a revision whose commit is not signed by a key of
+    /// --allowed-signers (exit 1 naming the commit, the key and why); with
+    /// `all-since REV`, every commit since REV too (an unsigned commit under a
+    /// signed merge is refused). Git sources only (--rev or a URL).
+    #[arg(long, value_name = "all-since REV", num_args = 0..=2)]
+    pub verify_signatures: Option<Vec<String>>,
+    /// The keys commits may be signed with: git's SSH allowed_signers format
+    /// (`PRINCIPALS [namespaces="git"] KEYTYPE BASE64KEY`), for commits signed
+    /// with gpg.format=ssh.
+    #[arg(long, value_name = "FILE", requires = "verify_signatures")]
+    pub allowed_signers: Option<PathBuf>,
+}
+
+impl TrustArgs {
+    /// The keys and what to verify, when --verify-signatures is given.
+    pub fn trust(
+        &self,
+    ) -> anyhow::Result<Option<(crate::source::trust::Trust, crate::source::trust::Verify)>> {
+        let Some(values) = &self.verify_signatures else {
+            return Ok(None);
+        };
+        let verify = crate::source::trust::Verify::parse(values).map_err(anyhow::Error::msg)?;
+        let trust = crate::source::trust::Trust::load(self.allowed_signers.as_deref())?;
+        Ok(Some((trust, verify)))
+    }
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]

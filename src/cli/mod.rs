@@ -27,7 +27,7 @@ mod validate;
 
 pub use args::{
     Cli, ClusterArgs, Command, GuardArgs, LiveArgs, LogFormat, PlanArgs, PlanOutput, RenderOutput,
-    RunArgs, StatusArgs, SyncArgs, ValidateOutput, parse_duration,
+    RunArgs, StatusArgs, SyncArgs, TrustArgs, ValidateOutput, parse_duration,
 };
 pub use help::VERSION;
 
@@ -71,7 +71,13 @@ pub(super) fn desired_state(
     rev: Option<String>,
     sync: Option<bool>,
 ) -> anyhow::Result<Result<(DesiredState, String), ExitCode>> {
-    let (tree, revision) = source::read(&args.repo, rev.as_deref(), &source::auth_from_env()?)?;
+    let trust = args.trust.trust()?;
+    let (tree, revision) = source::read_trusted(
+        &args.repo,
+        rev.as_deref(),
+        &source::auth_from_env()?,
+        trust.as_ref().map(|(t, v)| (t, v)),
+    )?;
     let digest = source::revision_of(&tree, None);
     let operator = args.guard.operator(None);
     let intake = Intake {

@@ -1,0 +1,248 @@
+//! Source trust on real Git repositories with commits signed at test time
+//! (keys made with `ssh-keygen`, commits signed by git with
+//! `gpg.format=ssh`): `--verify-signatures` accepts a commit signed by a key
+//! of `--allowed-signers`, refuses an unsigned one, one signed by another
+//! key and, with `all-since`, an unsigned commit under a signed merge.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use crate::support::repo::TestRepo;
+use crate::support::{git, live_labelled};
+
+pub struct Signer {
+    pub key: PathBuf,
+    pub public: String,
+}
+
+/// An ed25519 key pair made with ssh-keygen in `dir`.
+pub fn signer(dir: &Path, name: &str) -> Signer {
+    let key = dir.join(name);
+    let out = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", name, "-f"])
+        .arg(&key)
+        .output()
+        .expect("ssh-keygen");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let public = std::fs::read_to_string(key.with_extension("pub"))
+        .expect("public key")
+        .trim()
+        .to_string();
+    Signer { key, public }
+}
+
+/// The key's SHA-256 fingerprint as ssh-keygen prints it.
+pub fn fingerprint(signer: &Signer) -> String {
+    let out = Command::new("ssh-keygen")
+        .arg("-lf")
+        .arg(signer.key.with_extension("pub"))
+        .output()
+        .expect("ssh-keygen -l");
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .nth(1)
+        .expect("fingerprint")
+        .to_string()
+}
+
+/// An allowed_signers file trusting `signers`.
+pub fn allowed_signers(dir: &Path, signers: &[&Signer]) -> PathBuf {
+    let path = dir.join("allowed_signers");
+    let text: String = signers
+        .iter()
+        .map(|s| format!("platform@example.com namespaces=\"git\" {}\n", s.public))
+        .collect();
+    std::fs::write(&path, text).expect("write allowed_signers");
+    path
+}
+
+/// Commits everything in `repo`, signed by `signer` (or not); returns the
+/// commit.
+pub fn commit(repo: &Path, message: &str, signer: Option<&Signer>) -> String {
+    git(repo, &["add", "-A"]);
+    match signer {
+        Some(s) => {
+            let key = format!("user.signingkey={}", s.key.display());
+            git(
+                repo,
+                &[
+                    "-c",
+                    "gpg.format=ssh",
+                    "-c",
+                    &key,
+                    "commit",
+                    "-q",
+                    "-S",
+                    "--allow-empty",
+                    "-m",
+                    message,
+                ],
+            );
+        }
+        None => {
+            git(repo, &["commit", "-q", "--allow-empty", "-m", message]);
+        }
+    }
+    git(repo, &["rev-parse", "HEAD"])
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn verified(repo: &TestRepo, verb: &str, signers: &Path, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "--rev",
+        "HEAD",
+        "--allowed-signers",
+        signers.to_str().unwrap(),
+        "--verify-signatures",
+    ];
+    args.extend_from_slice(extra);
+    repo.run(verb, "admin", &args)
+}
+
+#[tokio::test]
+async fn signed_commits_are_read_and_unsigned_or_unknown_ones_refused() {
+    let repo = TestRepo::new("signed-tip");
+    let keys = tempfile::tempdir().expect("tempdir");
+    let alice = signer(keys.path(), "alice");
+    let mallory = signer(keys.path(), "mallory");
+    let signers = allowed_signers(keys.path(), &[&alice]);
+    git(repo.path(), &["init", "-q"]);
+
+    // Signed by a trusted key: planned.
+    commit(repo.path(), "signed", Some(&alice));
+    let out = verified(&repo, "plan", &signers, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+
+    // Unsigned: refused, naming the commit, before the cluster is written.
+    repo.write("workspaces/woodgrove.yaml", "apiVersion: tenantsync.io/v1alpha1\nkind: WorkspacePatch\nmetadata: {name: woodgrove}\nspec:\n  fhirServices:\n    - name: api\n      replicas: 3\n");
+    let unsigned = commit(repo.path(), "unsigned", None);
+    for verb in ["plan", "drift", "sync"] {
+        let out = verified(&repo, verb, &signers, &[]);
+        assert_eq!(out.status.code(), Some(1), "{verb}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains(&format!(
+                "commit {unsigned} is not trusted: it is not signed"
+            )),
+            "{verb}: {}",
+            stderr(&out)
+        );
+    }
+    assert!(live_labelled(&repo.env).is_empty(), "sync applied nothing");
+
+    // Signed by a key the file does not list: refused, naming the key.
+    let unknown = commit(repo.path(), "signed by mallory", Some(&mallory));
+    let out = verified(&repo, "sync", &signers, &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!(
+            "commit {unknown} is not trusted: it is signed by a key that is not in"
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("(key {})", fingerprint(&mallory))),
+        "{err}"
+    );
+    assert!(live_labelled(&repo.env).is_empty(), "sync applied nothing");
+
+    // Signed again by alice: synced.
+    commit(repo.path(), "signed again", Some(&alice));
+    let out = verified(&repo, "sync", &signers, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(!live_labelled(&repo.env).is_empty());
+
+    // A folder has no commit to verify: the flag is refused.
+    let out = repo.run(
+        "plan",
+        "admin",
+        &[
+            "--verify-signatures",
+            "--allowed-signers",
+            signers.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("signatures cannot be verified"),
+        "{}",
+        stderr(&out)
+    );
+    // Without keys there is nothing to trust.
+    let out = repo.run("plan", "admin", &["--rev", "HEAD", "--verify-signatures"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("--allowed-signers FILE"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[tokio::test]
+async fn an_unsigned_commit_under_a_signed_merge_is_refused_with_all_since() {
+    let repo = TestRepo::new("signed-merge");
+    let keys = tempfile::tempdir().expect("tempdir");
+    let alice = signer(keys.path(), "alice");
+    let signers = allowed_signers(keys.path(), &[&alice]);
+    git(repo.path(), &["init", "-q"]);
+    let base = commit(repo.path(), "base", Some(&alice));
+    git(repo.path(), &["checkout", "-q", "-b", "feature"]);
+    repo.write("workspaces/woodgrove.yaml", "apiVersion: tenantsync.io/v1alpha1\nkind: WorkspacePatch\nmetadata: {name: woodgrove}\nspec:\n  fhirServices:\n    - name: api\n      replicas: 4\n");
+    let smuggled = commit(repo.path(), "unsigned change", None);
+    git(repo.path(), &["checkout", "-q", "main"]);
+    let key = format!("user.signingkey={}", alice.key.display());
+    git(
+        repo.path(),
+        &[
+            "-c",
+            "gpg.format=ssh",
+            "-c",
+            &key,
+            "merge",
+            "-q",
+            "--no-ff",
+            "-S",
+            "-m",
+            "signed merge",
+            "feature",
+        ],
+    );
+
+    // The tip alone is signed: accepted.
+    let out = verified(&repo, "plan", &signers, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    // Every commit since the base: the unsigned one under the merge is named.
+    for extra in [
+        vec!["all-since", base.as_str()],
+        vec![&*format!("all-since={base}")],
+    ] {
+        let out = verified(&repo, "sync", &signers, &extra);
+        assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+        assert!(
+            stderr(&out).contains(&format!(
+                "commit {smuggled} is not trusted: it is not signed"
+            )),
+            "{}",
+            stderr(&out)
+        );
+    }
+    assert!(live_labelled(&repo.env).is_empty(), "nothing applied");
+    // A revision the commit read does not descend from is refused too.
+    git(repo.path(), &["checkout", "-q", "-b", "other", &base]);
+    let elsewhere = commit(repo.path(), "elsewhere", Some(&alice));
+    git(repo.path(), &["checkout", "-q", "main"]);
+    let out = verified(&repo, "plan", &signers, &["all-since", &elsewhere]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("does not descend from it"),
+        "{}",
+        stderr(&out)
+    );
+}
