@@ -440,11 +440,8 @@ mod tests {
             e.to_string().starts_with("signers:1: expected `PRINCIPALS"),
             "{e}"
         );
-        let e = parse_allowed_signers(
-            &format!("\nalice@example.com ssh-ed25519 AAAAbroken\n"),
-            "signers",
-        )
-        .unwrap_err();
+        let e = parse_allowed_signers("\nalice@example.com ssh-ed25519 AAAAbroken\n", "signers")
+            .unwrap_err();
         assert!(
             e.to_string()
                 .starts_with("signers:2: the public key cannot be read"),
