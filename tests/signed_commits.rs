@@ -246,3 +246,138 @@ async fn an_unsigned_commit_under_a_signed_merge_is_refused_with_all_since() {
         stderr(&out)
     );
 }
+
+/// The daemon with `--verify-signatures`: a pushed unsigned commit changes
+/// nothing (the last good revision stays applied) and `/status`, the
+/// metrics and a Warning Event say which commit and why; a signed one is
+/// applied.
+#[tokio::test]
+async fn the_daemon_applies_signed_commits_and_holds_unsigned_ones() {
+    use crate::daemon_e2e::{Guard, free_port, metric, status, wait_for};
+    use std::time::Duration;
+
+    let repo = TestRepo::new("signed-daemon");
+    let env = repo.env.clone();
+    let keys = tempfile::tempdir().expect("tempdir");
+    let alice = signer(keys.path(), "alice");
+    let signers = allowed_signers(keys.path(), &[&alice]);
+    git(repo.path(), &["init", "-q"]);
+    let first = commit(repo.path(), "signed", Some(&alice));
+    let port = free_port();
+    let log = keys.path().join("daemon.log");
+    let daemon = Command::new(env!("CARGO_BIN_EXE_tenantsync"))
+        .args(["run", "--repo"])
+        .arg(repo.path())
+        .args(["--branch", "main", "--env", &env, "--interval", "1s"])
+        .args(["--verify-signatures", "all-since", "--allowed-signers"])
+        .arg(&signers)
+        .arg(format!("--listen=127.0.0.1:{port}"))
+        .arg("--kubeconfig")
+        .arg(crate::support::control_plane().kubeconfig())
+        .args(["--context", "admin"])
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log file"))
+        .spawn()
+        .expect("tenantsync run");
+    let _daemon = Guard(daemon);
+    let applied = async |rev: &str| {
+        status(port, &env)
+            .await
+            .is_some_and(|s| s["lastAppliedRevision"] == rev && s["syncStatus"] == "Synced")
+    };
+    wait_for(
+        "the signed revision to be applied",
+        Duration::from_secs(60),
+        async || applied(&first).await,
+    )
+    .await;
+    let before = crate::support::live_versions(&env);
+
+    // An unsigned commit: nothing changes, and the status says why.
+    repo.write("workspaces/woodgrove.yaml", "apiVersion: tenantsync.io/v1alpha1\nkind: WorkspacePatch\nmetadata: {name: woodgrove}\nspec:\n  fhirServices:\n    - name: api\n      replicas: 3\n");
+    let unsigned = commit(repo.path(), "unsigned", None);
+    wait_for(
+        "the unsigned commit to be refused",
+        Duration::from_secs(30),
+        async || {
+            status(port, &env).await.is_some_and(|s| {
+                s["lastErrorReason"] == "untrusted"
+                    && s["lastError"].as_str().is_some_and(|e| {
+                        e.contains(&format!(
+                            "commit {unsigned} is not trusted: it is not signed"
+                        ))
+                    })
+            })
+        },
+    )
+    .await;
+    let s = status(port, &env).await.expect("status");
+    assert_eq!(s["lastAppliedRevision"], first.as_str(), "{s}");
+    assert!(
+        s["lastError"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("the last good revision stays applied"),
+        "{s}"
+    );
+    assert_eq!(
+        crate::support::live_versions(&env),
+        before,
+        "nothing applied"
+    );
+    let series =
+        format!("tenantsync_reconcile_errors_total{{environment=\"{env}\",reason=\"untrusted\"}}");
+    assert!(metric(port, &series).await >= Some(1.0), "{series}");
+    let events = crate::support::control_plane()
+        .kubectl()
+        .args([
+            "--context",
+            "admin",
+            "-n",
+            "tenantsync-system",
+            "get",
+            "events",
+            "-o",
+            "json",
+        ])
+        .output()
+        .expect("kubectl");
+    let events: serde_json::Value = serde_json::from_slice(&events.stdout).expect("events JSON");
+    assert!(
+        events["items"]
+            .as_array()
+            .expect("items")
+            .iter()
+            .any(|e| e["reason"] == "UntrustedRevision"
+                && e["type"] == "Warning"
+                && e["message"].as_str().is_some_and(|m| m.contains(&unsigned))),
+        "no UntrustedRevision Event naming {unsigned}"
+    );
+
+    // A signed commit on top: with all-since, the unsigned one under it is
+    // still refused; once it is replaced by a signed one, it is applied.
+    let on_top = commit(repo.path(), "signed on top", Some(&alice));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let s = status(port, &env).await.expect("status");
+    assert_eq!(
+        s["lastAppliedRevision"],
+        first.as_str(),
+        "{s} (on top: {on_top})"
+    );
+    assert_eq!(
+        crate::support::live_versions(&env),
+        before,
+        "nothing applied"
+    );
+    git(repo.path(), &["reset", "-q", "--hard", &first]);
+    repo.write("workspaces/woodgrove.yaml", "apiVersion: tenantsync.io/v1alpha1\nkind: WorkspacePatch\nmetadata: {name: woodgrove}\nspec:\n  fhirServices:\n    - name: api\n      replicas: 3\n");
+    let signed = commit(repo.path(), "signed change", Some(&alice));
+    wait_for(
+        "the signed commit to be applied",
+        Duration::from_secs(60),
+        async || applied(&signed).await,
+    )
+    .await;
+    assert_ne!(crate::support::live_versions(&env), before, "applied");
+}

@@ -232,6 +232,25 @@ pub struct RunArgs {
     /// tenantsync-leader]; installations sharing a cluster need different names.
     #[arg(long, value_name = "NAME", value_parser = parse_lease_name)]
     pub lease_name: Option<String>,
+    /// In every environment, refuse a new revision whose commit is not signed
+    /// by a key of --allowed-signers (like an invalid one: the last good
+    /// revision stays applied, and /status says which commit, key and why);
+    /// `all-since`: every commit since the revision last applied too.
+    /// The configuration sets it per environment.
+    #[arg(long, value_enum, value_name = "MODE", num_args = 0..=1, default_missing_value = "tip")]
+    pub verify_signatures: Option<VerifyMode>,
+    /// The keys commits may be signed with (git's SSH allowed_signers format).
+    #[arg(long, value_name = "FILE")]
+    pub allowed_signers: Option<PathBuf>,
+}
+
+/// Which commits the daemon verifies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum VerifyMode {
+    /// The new revision's commit.
+    Tip,
+    /// Every commit since the revision last applied.
+    AllSince,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]

@@ -95,7 +95,10 @@ Examples:
     tenantsync plan --env prod --kubeconfig ci-readonly.kubeconfig \\
         --output markdown --detailed-exitcode > plan.md
   Save the plan for review, to apply exactly it later with sync --plan:
-    tenantsync plan --env prod --rev origin/main --out plan.json";
+    tenantsync plan --env prod --rev origin/main --out plan.json
+  Only if the commit is signed by a trusted SSH key (README, Signed commits):
+    tenantsync plan --env prod --rev origin/main --verify-signatures \\
+        --allowed-signers allowed_signers";
 
 pub const DRIFT: &str = "\
 Exit status:
