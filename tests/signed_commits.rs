@@ -381,3 +381,147 @@ async fn the_daemon_applies_signed_commits_and_holds_unsigned_ones() {
     .await;
     assert_ne!(crate::support::live_versions(&env), before, "applied");
 }
+
+/// gpg with a keyring of the test's own.
+fn gpg(home: &Path, args: &[&str]) -> Output {
+    let out = Command::new("gpg")
+        .env("GNUPGHOME", home)
+        .args([
+            "--batch",
+            "--yes",
+            "--pinentry-mode",
+            "loopback",
+            "--passphrase",
+            "",
+        ])
+        .args(args)
+        .output()
+        .expect("gpg");
+    assert!(
+        out.status.success(),
+        "gpg {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// A new ed25519 signing key for `uid`; returns its fingerprint.
+fn gpg_key(home: &Path, uid: &str) -> String {
+    gpg(home, &["--quick-gen-key", uid, "ed25519", "sign", "never"]);
+    let out = gpg(home, &["--with-colons", "--fingerprint", uid]);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("fpr:"))
+        .map(|rest| rest.trim_matches(':').to_string())
+        .expect("fingerprint")
+}
+
+fn gpg_commit(repo: &Path, home: &Path, fingerprint: &str, message: &str) -> String {
+    let out = Command::new("git")
+        .env("GNUPGHOME", home)
+        .args([
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@example.com",
+            "-c",
+            "gpg.format=openpgp",
+        ])
+        .arg("-c")
+        .arg(format!("user.signingkey={fingerprint}"))
+        .args(["commit", "-q", "--allow-empty", "-S", "-m", message])
+        .current_dir(repo)
+        .output()
+        .expect("git commit");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    git(repo, &["rev-parse", "HEAD"])
+}
+
+/// OpenPGP: keys made with gpg at test time, commits signed by git with
+/// gpg; tenantsync verifies them itself (rPGP) against `--trusted-keys`.
+#[tokio::test]
+async fn openpgp_signed_commits_are_verified_against_trusted_keys() {
+    if Command::new("gpg").arg("--version").output().is_err() {
+        eprintln!("gpg is not installed: the OpenPGP commit test is skipped");
+        return;
+    }
+    let repo = TestRepo::new("signed-gpg");
+    let home = tempfile::Builder::new()
+        .prefix("g")
+        .tempdir_in("/tmp")
+        .expect("gnupg home");
+    let _agent = AgentGuard(home.path().to_path_buf());
+    let bob = gpg_key(home.path(), "Bob <bob@example.com>");
+    let eve = gpg_key(home.path(), "Eve <eve@example.com>");
+    let carol = gpg_key(home.path(), "Carol <carol@example.com>");
+    git(repo.path(), &["init", "-q"]);
+    git(repo.path(), &["add", "-A"]);
+    let by_carol = gpg_commit(repo.path(), home.path(), &carol, "signed by carol");
+    // Carol's key is revoked afterwards (gpg keeps a revocation certificate
+    // for every key it makes).
+    let cert = home
+        .path()
+        .join("openpgp-revocs.d")
+        .join(format!("{carol}.rev"));
+    let text = std::fs::read_to_string(&cert).expect("revocation certificate");
+    std::fs::write(&cert, text.replace(":-----BEGIN", "-----BEGIN")).expect("write");
+    gpg(home.path(), &["--import", cert.to_str().unwrap()]);
+    let exported = gpg(home.path(), &["--armor", "--export", &bob, &carol]);
+    let trusted = home.path().join("trusted.asc");
+    std::fs::write(&trusted, &exported.stdout).expect("write trusted keys");
+    let plan = |extra: &[&str]| {
+        let mut args = vec![
+            "--rev",
+            "HEAD",
+            "--verify-signatures",
+            "--trusted-keys",
+            trusted.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        repo.run("plan", "admin", &args)
+    };
+
+    let out = plan(&[]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!(
+            "commit {by_carol} is not trusted: it is signed by a revoked key (key {carol})"
+        )),
+        "{}",
+        stderr(&out)
+    );
+    gpg_commit(repo.path(), home.path(), &bob, "signed by bob");
+    let out = plan(&[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let by_eve = gpg_commit(repo.path(), home.path(), &eve, "signed by eve");
+    let out = plan(&[]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!(
+            "commit {by_eve} is not trusted: it is signed by an OpenPGP key that is not in"
+        )),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        stderr(&out).contains(&eve),
+        "the key is named: {}",
+        stderr(&out)
+    );
+}
+
+/// Stops the gpg-agent gpg started for a keyring when the test ends.
+struct AgentGuard(PathBuf);
+
+impl Drop for AgentGuard {
+    fn drop(&mut self) {
+        let _ = Command::new("gpgconf")
+            .env("GNUPGHOME", &self.0)
+            .args(["--kill", "gpg-agent"])
+            .output();
+    }
+}

@@ -233,7 +233,7 @@ pub struct RunArgs {
     #[arg(long, value_name = "NAME", value_parser = parse_lease_name)]
     pub lease_name: Option<String>,
     /// In every environment, refuse a new revision whose commit is not signed
-    /// by a key of --allowed-signers (like an invalid one: the last good
+    /// by a key of --allowed-signers or --trusted-keys (like an invalid one: the last good
     /// revision stays applied, and /status says which commit, key and why);
     /// `all-since`: every commit since the revision last applied too.
     /// The configuration sets it per environment.
@@ -242,6 +242,9 @@ pub struct RunArgs {
     /// The keys commits may be signed with (git's SSH allowed_signers format).
     #[arg(long, value_name = "FILE")]
     pub allowed_signers: Option<PathBuf>,
+    /// The OpenPGP keys commits may be signed with (armored public keys).
+    #[arg(long, value_name = "FILE")]
+    pub trusted_keys: Option<PathBuf>,
 }
 
 /// Which commits the daemon verifies.
@@ -487,7 +490,7 @@ pub struct LiveArgs {
 #[derive(Clone, Debug, Default, clap::Args)]
 pub struct TrustArgs {
     /// Refuse a revision whose commit is not signed by a key of
-    /// --allowed-signers (exit 1 naming the commit, the key and why); with
+    /// --allowed-signers or --trusted-keys (exit 1 naming the commit, the key and why); with
     /// `all-since REV`, every commit since REV too (an unsigned commit under a
     /// signed merge is refused). Git sources only (--rev or a URL).
     #[arg(long, value_name = "all-since REV", num_args = 0..=2)]
@@ -497,6 +500,10 @@ pub struct TrustArgs {
     /// with gpg.format=ssh.
     #[arg(long, value_name = "FILE", requires = "verify_signatures")]
     pub allowed_signers: Option<PathBuf>,
+    /// The OpenPGP keys commits may be signed with (armored public keys, as
+    /// `gpg --armor --export` writes them), for commits signed with GPG.
+    #[arg(long, value_name = "FILE", requires = "verify_signatures")]
+    pub trusted_keys: Option<PathBuf>,
 }
 
 impl TrustArgs {
@@ -508,7 +515,10 @@ impl TrustArgs {
             return Ok(None);
         };
         let verify = crate::source::trust::Verify::parse(values).map_err(anyhow::Error::msg)?;
-        let trust = crate::source::trust::Trust::load(self.allowed_signers.as_deref())?;
+        let trust = crate::source::trust::Trust::load(
+            self.allowed_signers.as_deref(),
+            self.trusted_keys.as_deref(),
+        )?;
         Ok(Some((trust, verify)))
     }
 }

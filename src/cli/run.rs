@@ -174,27 +174,33 @@ fn env_trust(
     repo: &str,
     branch: Option<&str>,
 ) -> anyhow::Result<BTreeMap<String, EnvTrust>> {
-    let mut loaded: BTreeMap<PathBuf, Arc<Trust>> = BTreeMap::new();
-    let mut load = |file: Option<PathBuf>| -> anyhow::Result<Arc<Trust>> {
-        let Some(file) = file else {
+    type Files = (Option<PathBuf>, Option<PathBuf>);
+    let mut loaded: BTreeMap<Files, Arc<Trust>> = BTreeMap::new();
+    let mut load = |files: Files| -> anyhow::Result<Arc<Trust>> {
+        if files.0.is_none() && files.1.is_none() {
             return Err(TrustError::NoKeys.into());
-        };
-        if let Some(trust) = loaded.get(&file) {
+        }
+        if let Some(trust) = loaded.get(&files) {
             return Ok(trust.clone());
         }
-        let trust = Arc::new(Trust::load(Some(&file))?);
-        loaded.insert(file, trust.clone());
+        let trust = Arc::new(Trust::load(files.0.as_deref(), files.1.as_deref())?);
+        loaded.insert(files, trust.clone());
         Ok(trust)
     };
     let mut trust = BTreeMap::new();
     for env in environments {
         let target = c.and_then(|c| c.environments.iter().find(|e| &e.name == env));
-        let (mode, file) = match args.verify_signatures {
+        let from_file = |f: Option<&String>| f.map(PathBuf::from);
+        let file_ssh = from_file(target.and_then(|t| t.allowed_signers.as_ref()));
+        let file_pgp = from_file(target.and_then(|t| t.trusted_keys.as_ref()));
+        let (mode, files) = match args.verify_signatures {
             Some(mode) => (
                 Some(mode),
-                args.allowed_signers
-                    .clone()
-                    .or_else(|| target.and_then(|t| t.allowed_signers.clone().map(PathBuf::from))),
+                if args.allowed_signers.is_some() || args.trusted_keys.is_some() {
+                    (args.allowed_signers.clone(), args.trusted_keys.clone())
+                } else {
+                    (file_ssh, file_pgp)
+                },
             ),
             None => (
                 target
@@ -206,7 +212,7 @@ fn env_trust(
                             VerifyMode::Tip
                         }
                     }),
-                target.and_then(|t| t.allowed_signers.clone().map(PathBuf::from)),
+                (file_ssh, file_pgp),
             ),
         };
         let Some(mode) = mode else { continue };
@@ -218,7 +224,7 @@ fn env_trust(
         trust.insert(
             env.clone(),
             EnvTrust {
-                keys: load(file)?,
+                keys: load(files)?,
                 all_since: mode == VerifyMode::AllSince,
             },
         );

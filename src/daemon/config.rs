@@ -15,8 +15,10 @@ pub struct EnvironmentTarget {
     pub context: Option<String>,
     /// `tip` or `all-since`: only signed commits are read.
     pub verify_signatures: Option<String>,
-    /// The allowed_signers file for `verify_signatures`.
+    /// The allowed_signers file for `verify_signatures` (SSH keys).
     pub allowed_signers: Option<String>,
+    /// The armored OpenPGP public keys for `verify_signatures`.
+    pub trusted_keys: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]

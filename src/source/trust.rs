@@ -1,7 +1,8 @@
 //! Source trust: only commits signed by a trusted key are read. Git's SSH
 //! signatures (`gpg.format=ssh`) are checked against an `allowed_signers`
 //! file (git's format, `gpg.ssh.allowedSignersFile`) with RustCrypto's
-//! `ssh-key`; nothing is shelled out to.
+//! `ssh-key`, OpenPGP signatures against armored public keys with `pgp`
+//! (rPGP); nothing is shelled out to.
 //!
 //! What is verified: the commit being read, and with
 //! [`Verify::AllSince`] every commit since a revision (so a signed merge
@@ -10,6 +11,8 @@
 use std::path::{Path, PathBuf};
 
 use git2::{Oid, Repository};
+use pgp::composed::{Deserializable, DetachedSignature, SignedPublicKey};
+use pgp::types::KeyDetails;
 use ssh_key::{HashAlg, PublicKey, SshSig};
 
 /// The namespace git signs commits in (`ssh-keygen -Y sign -n git`).
@@ -68,10 +71,19 @@ struct AllowedSigner {
     line: usize,
 }
 
+/// An OpenPGP key of a `--trusted-keys` file.
+#[derive(Clone, Debug)]
+struct TrustedPgpKey {
+    key: SignedPublicKey,
+    /// The key carries a revocation signature: nothing it signs is trusted.
+    revoked: bool,
+}
+
 /// The keys commits may be signed with.
 #[derive(Clone, Debug, Default)]
 pub struct Trust {
     ssh: Vec<AllowedSigner>,
+    pgp: Vec<TrustedPgpKey>,
     /// The files the keys came from, for messages.
     files: Vec<PathBuf>,
 }
@@ -90,8 +102,18 @@ pub enum TrustError {
         "{path} holds no key: add a line `PRINCIPAL KEYTYPE BASE64KEY` per signer (git's allowed_signers format)"
     )]
     Empty { path: String },
-    #[error("--verify-signatures needs trusted keys: give --allowed-signers FILE (SSH signatures)")]
+    #[error(
+        "--verify-signatures needs trusted keys: give --allowed-signers FILE (SSH signatures) and/or --trusted-keys FILE (OpenPGP)"
+    )]
     NoKeys,
+    #[error(
+        "{path}: OpenPGP public key {index} cannot be read: {cause}; the file holds armored public keys (`gpg --armor --export KEYID`)"
+    )]
+    PgpKey {
+        path: String,
+        index: usize,
+        cause: String,
+    },
 }
 
 /// Why a commit is not trusted.
@@ -134,9 +156,25 @@ const KEY_TYPES: [&str; 8] = [
 ];
 
 impl Trust {
-    /// Reads an `allowed_signers` file.
-    pub fn load(allowed_signers: Option<&Path>) -> Result<Trust, TrustError> {
+    /// Reads an `allowed_signers` file and/or a file of armored OpenPGP
+    /// public keys.
+    pub fn load(
+        allowed_signers: Option<&Path>,
+        trusted_keys: Option<&Path>,
+    ) -> Result<Trust, TrustError> {
         let mut trust = Trust::default();
+        if let Some(path) = trusted_keys {
+            let shown = path.display().to_string();
+            let text = std::fs::read_to_string(path).map_err(|e| TrustError::Read {
+                path: shown.clone(),
+                cause: e.to_string(),
+            })?;
+            trust.pgp = parse_pgp_keys(&text, &shown)?;
+            if trust.pgp.is_empty() {
+                return Err(TrustError::Empty { path: shown });
+            }
+            trust.files.push(path.to_path_buf());
+        }
         if let Some(path) = allowed_signers {
             let text = std::fs::read_to_string(path).map_err(|e| TrustError::Read {
                 path: path.display().to_string(),
@@ -150,7 +188,7 @@ impl Trust {
             }
             trust.files.push(path.to_path_buf());
         }
-        if trust.ssh.is_empty() {
+        if trust.ssh.is_empty() && trust.pgp.is_empty() {
             return Err(TrustError::NoKeys);
         }
         Ok(trust)
@@ -180,10 +218,7 @@ impl Trust {
             return self.verify_ssh(&signature, &signed, &untrusted);
         }
         if signature.contains("-----BEGIN PGP SIGNATURE-----") {
-            return Err(untrusted(
-                None,
-                "it has an OpenPGP signature, and OpenPGP keys (--trusted-keys) are not supported: sign with an SSH key (gpg.format=ssh)".into(),
-            ));
+            return self.verify_pgp(&signature, &signed, &untrusted);
         }
         Err(untrusted(
             None,
@@ -248,6 +283,90 @@ impl Trust {
             })
     }
 
+    fn verify_pgp(
+        &self,
+        armored: &str,
+        signed: &[u8],
+        untrusted: &dyn Fn(Option<String>, String) -> Untrusted,
+    ) -> Result<(), Untrusted> {
+        let (sig, _) = DetachedSignature::from_string(armored.trim()).map_err(|e| {
+            untrusted(
+                None,
+                format!("its OpenPGP signature cannot be decoded: {e}"),
+            )
+        })?;
+        let issuers: Vec<String> = sig
+            .signature
+            .issuer_key_id()
+            .iter()
+            .map(|id| hex_upper(id.as_ref()))
+            .collect();
+        let issuer_fingerprints: Vec<String> = sig
+            .signature
+            .issuer_fingerprint()
+            .iter()
+            .map(|f| format!("{f:X}"))
+            .collect();
+        let key = issuer_fingerprints.first().or(issuers.first()).cloned();
+        // Every primary key and subkey the signature names as its issuer.
+        let named = |id: String, fingerprint: String| {
+            issuers.contains(&id)
+                || issuer_fingerprints.contains(&fingerprint)
+                || (issuers.is_empty() && issuer_fingerprints.is_empty())
+        };
+        for trusted in &self.pgp {
+            let primary = &trusted.key.primary_key;
+            let mut candidates: Vec<(String, Result<(), String>)> = Vec::new();
+            if named(
+                hex_upper(primary.legacy_key_id().as_ref()),
+                format!("{:X}", primary.fingerprint()),
+            ) {
+                candidates.push((
+                    format!("{:X}", primary.fingerprint()),
+                    sig.verify(primary, signed).map_err(|e| e.to_string()),
+                ));
+            }
+            for sub in &trusted.key.public_subkeys {
+                if named(
+                    hex_upper(sub.key.legacy_key_id().as_ref()),
+                    format!("{:X}", sub.key.fingerprint()),
+                ) {
+                    candidates.push((
+                        format!("{:X}", sub.key.fingerprint()),
+                        sig.verify(&sub.key, signed).map_err(|e| e.to_string()),
+                    ));
+                }
+            }
+            let Some((fingerprint, result)) = candidates
+                .iter()
+                .find(|(_, r)| r.is_ok())
+                .or(candidates.first())
+            else {
+                continue;
+            };
+            let key = Some(fingerprint.clone());
+            return match result {
+                Ok(()) if trusted.revoked => {
+                    Err(untrusted(key, "it is signed by a revoked key".into()))
+                }
+                Ok(()) => Ok(()),
+                Err(e) => Err(untrusted(
+                    key,
+                    format!(
+                        "its OpenPGP signature does not match the commit (it was changed after signing): {e}"
+                    ),
+                )),
+            };
+        }
+        Err(untrusted(
+            key,
+            format!(
+                "it is signed by an OpenPGP key that is not in {}",
+                self.files_text()
+            ),
+        ))
+    }
+
     fn files_text(&self) -> String {
         let files: Vec<String> = self.files.iter().map(|f| f.display().to_string()).collect();
         files.join(", ")
@@ -307,6 +426,32 @@ impl Trust {
             }
         }
     }
+}
+
+fn hex_upper(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02X}")).collect()
+}
+
+/// Armored OpenPGP public keys, one or more blocks.
+fn parse_pgp_keys(text: &str, path: &str) -> Result<Vec<TrustedPgpKey>, TrustError> {
+    const BEGIN: &str = "-----BEGIN PGP PUBLIC KEY BLOCK-----";
+    let mut keys = Vec::new();
+    for (index, block) in text.split(BEGIN).skip(1).enumerate() {
+        let armored = format!("{BEGIN}{block}");
+        let error = |cause: String| TrustError::PgpKey {
+            path: path.to_string(),
+            index: index + 1,
+            cause,
+        };
+        let (many, _) =
+            SignedPublicKey::from_string_many(&armored).map_err(|e| error(e.to_string()))?;
+        for key in many {
+            let key = key.map_err(|e| error(e.to_string()))?;
+            let revoked = !key.details.revocation_signatures.is_empty();
+            keys.push(TrustedPgpKey { key, revoked });
+        }
+    }
+    Ok(keys)
 }
 
 /// Parses git's `allowed_signers` format: per line, principals (comma
