@@ -327,17 +327,6 @@ mod duration_tests {
 }
 
 #[derive(Debug, clap::Args)]
-pub struct PlanArgs {
-    #[command(flatten)]
-    pub live: LiveArgs,
-    /// Also write the plan to FILE (JSON, formatVersion 1) for `sync --plan`:
-    /// the revision, a digest of every rendered object and the uid and
-    /// resourceVersion of every object to update or delete; no Secret values.
-    #[arg(long, value_name = "FILE")]
-    pub out: Option<PathBuf>,
-}
-
-#[derive(Debug, clap::Args)]
 pub struct SyncArgs {
     #[command(flatten)]
     pub live: LiveArgs,
@@ -521,6 +510,26 @@ impl TrustArgs {
         )?;
         Ok(Some((trust, verify)))
     }
+}
+
+/// `plan`'s arguments: those it shares with `drift` and `sync`, and its own.
+#[derive(Clone, Debug, clap::Args)]
+pub struct PlanArgs {
+    #[command(flatten)]
+    pub live: LiveArgs,
+    /// Plan only the workspaces that what changed since this Git revision
+    /// reaches (a pull request's base, e.g. origin/main): a workspace file of
+    /// the environment's layers plans its workspace; a change to an
+    /// environment.yaml or resources/ of those layers plans everything.
+    #[arg(long, value_name = "REV")]
+    pub changed_since: Option<String>,
+    /// Also write the plan to FILE (JSON, formatVersion 1) for `sync --plan`:
+    /// the revision, a digest of every rendered object and the uid and
+    /// resourceVersion of every object to update or delete; no Secret values.
+    /// A saved plan covers the environment (or its --workspace selection),
+    /// not what --changed-since selects.
+    #[arg(long, value_name = "FILE", conflicts_with = "changed_since")]
+    pub out: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]

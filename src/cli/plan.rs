@@ -22,6 +22,7 @@ use crate::sync::inventory::Inventory;
 /// `out`: where `plan --out` saves the plan for `sync --plan`.
 pub(super) fn live_cmd(
     args: &LiveArgs,
+    changed_since: Option<&str>,
     verb: print::Verb,
     out: Option<&Path>,
 ) -> anyhow::Result<ExitCode> {
@@ -50,7 +51,7 @@ pub(super) fn live_cmd(
             read = Some((cluster, inventory));
         }
     }
-    let (desired, digest) = match desired_state(args, rev, None)? {
+    let (desired, digest) = match desired_state(args, rev, None, changed_since)? {
         Ok(desired) => desired,
         Err(code) => return Ok(code),
     };
@@ -118,6 +119,9 @@ pub(super) fn live_cmd(
     }
     if !notes.pending.is_empty() || !notes.never_declared.is_empty() {
         text = notes.add_to(text, args.output);
+    }
+    if let (Some(since), Some(impact)) = (changed_since, &desired.changed) {
+        text = print::with_changed(text, since, impact, matches!(args.output, PlanOutput::Json));
     }
     if let Some(out) = out {
         // A folder's revision is the digest of its files, as sync records.

@@ -51,7 +51,7 @@ pub(super) fn sync_cmd(args: &SyncArgs) -> anyhow::Result<ExitCode> {
         }
         None => (&args.live, args.live.rev.clone()),
     };
-    let (mut state, digest) = match desired_state(live_args, rev, Some(args.skip_invalid))? {
+    let (mut state, digest) = match desired_state(live_args, rev, Some(args.skip_invalid), None)? {
         Ok(desired) => desired,
         Err(code) => return Ok(code),
     };
