@@ -28,6 +28,7 @@ mod properties;
 mod readme_commands;
 mod saved_plan_cluster;
 mod signed_commits;
+mod status_page;
 mod support;
 mod sync_cluster;
 mod tenancy_cluster;

@@ -80,6 +80,7 @@ pub(super) fn live_cmd(
                 Deletes::Recorded
             },
             settle: (!drift).then_some(args.adopt),
+            health: false,
         };
         let LivePlan {
             mut plan,

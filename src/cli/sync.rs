@@ -205,11 +205,13 @@ async fn execute(
             Deletes::RecordedOrAll
         },
         settle: Some(saved.map_or(args.live.adopt, |s| s.file.options.adopt)),
+        health: false,
     };
     let LivePlan {
         plan,
         inventory,
         undeclared,
+        ..
     } = match pipeline::plan_live(cluster, state, inventory, plan_options).await {
         Ok(live) => live,
         Err(e) => return Ok(Err(e.into())),
