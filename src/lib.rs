@@ -9,7 +9,7 @@
 //! | [`object`] | core | object identity: `Object`, names, keys, the one ID format, kinds, labels |
 //! | [`declare`] | core | repository files → checked, resolved environments |
 //! | [`render`] | core | an environment → its Kubernetes objects, one file per service family |
-//! | [`plan`] | core | desired vs live: the change set and its diff |
+//! | [`plan`] | core | desired vs live: the change set and its diff; a saved plan (`contract`) |
 //! | [`sync`] | core | sync steps, inventory, health, tenancy guardrails, the sync report |
 //! | [`print`](mod@print) | core | every printer: plans, sync reports, status (text, Markdown, JSON) |
 //! | [`par`] | core | the same function over many items on all cores |

@@ -107,7 +107,17 @@ fn ci_example_keeps_pull_request_text_inside_its_code_fence() {
 #[test]
 fn ci_example_pins_actions_by_sha_and_updates_only_its_own_comment() {
     let workflow = workflow();
-    for step in steps(&workflow) {
+    let all_steps: Vec<Value> = workflow["jobs"]
+        .as_object()
+        .expect("jobs")
+        .values()
+        .flat_map(|job| job["steps"].as_array().cloned().unwrap_or_default())
+        .collect();
+    assert!(
+        all_steps.len() > steps(&workflow).len(),
+        "the apply job's steps"
+    );
+    for step in all_steps {
         if let Some(uses) = step["uses"].as_str() {
             let (_, pin) = uses.split_once('@').expect("a pinned action");
             assert!(
@@ -130,5 +140,53 @@ fn ci_example_pins_actions_by_sha_and_updates_only_its_own_comment() {
     assert!(
         script.contains("c.user.login === 'github-actions[bot]'"),
         "{script}"
+    );
+}
+
+/// The saved plan's round trip in the workflow: the plan job saves it at
+/// the pull request's head commit and uploads it; after the merge the apply
+/// job, gated by a GitHub environment, applies exactly it with `sync --plan`.
+#[test]
+fn ci_example_saves_the_plan_and_applies_exactly_it_after_merge() {
+    let workflow = workflow();
+    let plan_steps = steps(&workflow);
+    let run_of = |steps: &[Value], name: &str| {
+        steps
+            .iter()
+            .find(|s| s["name"] == name)
+            .and_then(|s| s["run"].as_str().map(str::to_string))
+            .unwrap_or_else(|| panic!("step {name}"))
+    };
+    let plan = run_of(&plan_steps, "Validate and plan");
+    assert!(
+        plan.contains("--rev HEAD --out \"plan-$ENVIRONMENT.json\""),
+        "{plan}"
+    );
+    let upload = plan_steps
+        .iter()
+        .find(|s| s["name"] == "Upload the saved plan")
+        .expect("the upload step");
+    assert_eq!(upload["with"]["path"], "plan-${{ matrix.env }}.json");
+    assert_eq!(upload["with"]["name"], "tenantsync-plan-${{ matrix.env }}");
+    let apply = &workflow["jobs"]["apply"];
+    assert!(
+        apply["if"].as_str().is_some_and(|c| c.contains("merged")),
+        "{apply:#}"
+    );
+    assert_eq!(apply["environment"], "${{ matrix.env }}");
+    let apply_steps = apply["steps"].as_array().expect("apply steps").clone();
+    let fetch = run_of(
+        &apply_steps,
+        "Fetch the plan saved for the pull request's head commit",
+    );
+    assert!(
+        fetch.contains("-n \"tenantsync-plan-$ENVIRONMENT\""),
+        "{fetch}"
+    );
+    let sync = run_of(&apply_steps, "Apply exactly the approved plan");
+    assert!(
+        sync.contains("tenantsync sync")
+            && sync.contains("--plan \"$RUNNER_TEMP/plan/plan-$ENVIRONMENT.json\""),
+        "{sync}"
     );
 }

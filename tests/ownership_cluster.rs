@@ -510,7 +510,7 @@ async fn a_takeover_on_a_changed_object_is_refused_and_says_to_sync_again() {
     // Someone writes in between.
     kubectl(&ns, &["label", "configmap/c", "between=yes"]);
     let err = cluster
-        .apply_healed(&object, Some(&heal), false, false, &manager)
+        .apply_healed(&object, Some(&heal), None, false, false, &manager)
         .await
         .expect_err("a stale takeover");
     assert!(matches!(err, ApplyError::Moved { .. }), "{err}");

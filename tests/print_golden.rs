@@ -113,6 +113,7 @@ fn object(action: Action, api_version: &str, kind: &str, ws: &str, name: &str) -
         diff: String::new(),
         note: None,
         heal: None,
+        live: None,
     }
 }
 

@@ -27,6 +27,8 @@ mod plan_cluster;
 mod print_golden;
 mod properties;
 mod readme_commands;
+mod saved_plan_cluster;
+mod signed_commits;
 mod status_page;
 mod support;
 mod sync_cluster;

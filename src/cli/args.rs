@@ -261,6 +261,28 @@ pub struct RunArgs {
     /// tenantsync-leader]; installations sharing a cluster need different names.
     #[arg(long, value_name = "NAME", value_parser = parse_lease_name)]
     pub lease_name: Option<String>,
+    /// In every environment, refuse a new revision whose commit is not signed
+    /// by a key of --allowed-signers or --trusted-keys (like an invalid one: the last good
+    /// revision stays applied, and /status says which commit, key and why);
+    /// `all-since`: every commit since the revision last applied too.
+    /// The configuration sets it per environment.
+    #[arg(long, value_enum, value_name = "MODE", num_args = 0..=1, default_missing_value = "tip")]
+    pub verify_signatures: Option<VerifyMode>,
+    /// The keys commits may be signed with (git's SSH allowed_signers format).
+    #[arg(long, value_name = "FILE")]
+    pub allowed_signers: Option<PathBuf>,
+    /// The OpenPGP keys commits may be signed with (armored public keys).
+    #[arg(long, value_name = "FILE")]
+    pub trusted_keys: Option<PathBuf>,
+}
+
+/// Which commits the daemon verifies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum VerifyMode {
+    /// The new revision's commit.
+    Tip,
+    /// Every commit since the revision last applied.
+    AllSince,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -337,6 +359,12 @@ mod duration_tests {
 pub struct SyncArgs {
     #[command(flatten)]
     pub live: LiveArgs,
+    /// Apply exactly this saved plan (`plan --out FILE`) and nothing else:
+    /// its revision is read again and must render the planned objects, and
+    /// if any object changed in the cluster since, nothing is applied (exit 1).
+    /// Its workspaces, --adopt and deletes are the plan's.
+    #[arg(long, value_name = "FILE", conflicts_with = "skip_invalid")]
+    pub plan: Option<PathBuf>,
     /// Delete inventoried objects that are no longer declared (also on with the
     /// environment's syncPolicy.prune).
     #[arg(long)]
@@ -476,6 +504,45 @@ pub struct LiveArgs {
     /// nothing else (the mass-prune guard counts within the selection).
     #[arg(long = "workspace", value_name = "NAME")]
     pub workspaces: Vec<String>,
+    #[command(flatten)]
+    pub trust: TrustArgs,
+}
+
+/// Source trust: which commits may be read.
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct TrustArgs {
+    /// Refuse a revision whose commit is not signed by a key of
+    /// --allowed-signers or --trusted-keys (exit 1 naming the commit, the key and why); with
+    /// `all-since REV`, every commit since REV too (an unsigned commit under a
+    /// signed merge is refused). Git sources only (--rev or a URL).
+    #[arg(long, value_name = "all-since REV", num_args = 0..=2)]
+    pub verify_signatures: Option<Vec<String>>,
+    /// The keys commits may be signed with: git's SSH allowed_signers format
+    /// (`PRINCIPALS [namespaces="git"] KEYTYPE BASE64KEY`), for commits signed
+    /// with gpg.format=ssh.
+    #[arg(long, value_name = "FILE", requires = "verify_signatures")]
+    pub allowed_signers: Option<PathBuf>,
+    /// The OpenPGP keys commits may be signed with (armored public keys, as
+    /// `gpg --armor --export` writes them), for commits signed with GPG.
+    #[arg(long, value_name = "FILE", requires = "verify_signatures")]
+    pub trusted_keys: Option<PathBuf>,
+}
+
+impl TrustArgs {
+    /// The keys and what to verify, when --verify-signatures is given.
+    pub fn trust(
+        &self,
+    ) -> anyhow::Result<Option<(crate::source::trust::Trust, crate::source::trust::Verify)>> {
+        let Some(values) = &self.verify_signatures else {
+            return Ok(None);
+        };
+        let verify = crate::source::trust::Verify::parse(values).map_err(anyhow::Error::msg)?;
+        let trust = crate::source::trust::Trust::load(
+            self.allowed_signers.as_deref(),
+            self.trusted_keys.as_deref(),
+        )?;
+        Ok(Some((trust, verify)))
+    }
 }
 
 /// `plan`'s arguments: those it shares with `drift` and `sync`, and its own.
@@ -489,6 +556,13 @@ pub struct PlanArgs {
     /// environment.yaml or resources/ of those layers plans everything.
     #[arg(long, value_name = "REV")]
     pub changed_since: Option<String>,
+    /// Also write the plan to FILE (JSON, formatVersion 1) for `sync --plan`:
+    /// the revision, a digest of every rendered object and the uid and
+    /// resourceVersion of every object to update or delete; no Secret values.
+    /// A saved plan covers the environment (or its --workspace selection),
+    /// not what --changed-since selects.
+    #[arg(long, value_name = "FILE", conflicts_with = "changed_since")]
+    pub out: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]

@@ -93,7 +93,12 @@ Examples:
     tenantsync plan --env prod --rev origin/main
   A pull-request comment (examples/github/plan.yml), read-only credentials:
     tenantsync plan --env prod --kubeconfig ci-readonly.kubeconfig \\
-        --output markdown --detailed-exitcode > plan.md";
+        --output markdown --detailed-exitcode > plan.md
+  Save the plan for review, to apply exactly it later with sync --plan:
+    tenantsync plan --env prod --rev origin/main --out plan.json
+  Only if the commit is signed by a trusted SSH key (README, Signed commits):
+    tenantsync plan --env prod --rev origin/main --verify-signatures \\
+        --allowed-signers allowed_signers";
 
 pub const DRIFT: &str = "\
 Exit status:
@@ -119,7 +124,9 @@ Exit status:
      invalid workspace (nothing is applied; with --skip-invalid the others
      are, and it is listed as skipped), a sync window of the environment
      closed (syncPolicy.windows; nothing is changed then, unless
-     --ignore-windows)
+     --ignore-windows); with --plan, a plan file that is not one, was
+     edited, is of another revision or environment, or is stale (the
+     objects that changed since are named): nothing is applied then
 
 One writer per environment: a sync takes the Lease
 tenantsync-system/tenantsync-sync-<env> (a daemon's leader holds it while it
@@ -140,6 +147,8 @@ Examples:
     tenantsync sync --env qa --prune --lock-timeout 1m
   Onboard or repair one tenant without touching the others:
     tenantsync sync --env prod --workspace contoso --prune
+  Apply exactly a saved plan (plan --out); nothing if the cluster changed since:
+    tenantsync sync --env prod --plan plan.json
   Apply every valid workspace while one is broken (exit 1, naming it):
     tenantsync sync --env prod --skip-invalid";
 

@@ -27,8 +27,8 @@ mod sync;
 mod validate;
 
 pub use args::{
-    ApproveArgs, Cli, ClusterArgs, Command, GuardArgs, LiveArgs, LogFormat, PlanOutput,
-    RenderOutput, RunArgs, StatusArgs, SyncArgs, ValidateOutput, parse_duration,
+    ApproveArgs, Cli, ClusterArgs, Command, GuardArgs, LiveArgs, LogFormat, PlanArgs, PlanOutput,
+    RenderOutput, RunArgs, StatusArgs, SyncArgs, TrustArgs, ValidateOutput, parse_duration,
 };
 pub use help::VERSION;
 
@@ -46,8 +46,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             &args.live,
             args.changed_since.as_deref(),
             crate::print::Verb::Plan,
+            args.out.as_deref(),
         ),
-        Command::Drift(args) => plan::live_cmd(&args, None, crate::print::Verb::Drift),
+        Command::Drift(args) => plan::live_cmd(&args, None, crate::print::Verb::Drift, None),
         Command::Sync(args) => sync::sync_cmd(&args),
         Command::Run(args) => run::run_cmd(args),
         Command::Status(args) => status::status_cmd(&args),
@@ -79,21 +80,22 @@ pub(super) fn desired_state(
     changed_since: Option<&str>,
 ) -> anyhow::Result<Result<(DesiredState, String), ExitCode>> {
     let auth = source::auth_from_env()?;
+    let trust = args.trust.trust()?;
+    let trust = trust.as_ref().map(|(t, v)| (t, v));
     let (tree, revision, changed) = match changed_since {
         None => {
-            let (tree, revision) = source::read(&args.repo, rev.as_deref(), &auth)?;
+            let (tree, revision) = source::read_trusted(&args.repo, rev.as_deref(), &auth, trust)?;
             (tree, revision, None)
         }
         Some(since) => {
             let (tree, revision, base) =
-                source::read_with_base(&args.repo, rev.as_deref(), since, &auth).with_context(
-                    || {
+                source::read_with_base(&args.repo, rev.as_deref(), since, &auth, trust)
+                    .with_context(|| {
                         format!(
                             "--changed-since {since} needs a revision of the Git repository {}",
                             source::git::redact(&args.repo)
                         )
-                    },
-                )?;
+                    })?;
             let changed = crate::declare::changed::changed_paths(&base, &tree);
             (tree, revision, Some(changed))
         }

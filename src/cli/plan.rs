@@ -3,22 +3,28 @@
 
 use std::collections::HashSet;
 use std::io::IsTerminal;
+use std::path::Path;
 use std::process::ExitCode;
+
+use anyhow::Context;
 
 use super::args::{LiveArgs, PlanOutput};
 use super::{desired_state, runtime, scopes_admitted, selection_known, write_stdout};
 use crate::cluster::{Cluster, ClusterError};
 use crate::object::ObjectKey;
 use crate::pipeline::{self, Deletes, LivePlan, PlanOptions};
+use crate::plan::contract::{PlanFile, PlanFileOptions};
 use crate::plan::{Action, Change, Plan, Summary};
 use crate::print;
 use crate::source;
 use crate::sync::inventory::Inventory;
 
+/// `out`: where `plan --out` saves the plan for `sync --plan`.
 pub(super) fn live_cmd(
     args: &LiveArgs,
     changed_since: Option<&str>,
     verb: print::Verb,
+    out: Option<&Path>,
 ) -> anyhow::Result<ExitCode> {
     let runtime = runtime()?;
     let options = args.cluster.options();
@@ -45,8 +51,8 @@ pub(super) fn live_cmd(
             read = Some((cluster, inventory));
         }
     }
-    let desired = match desired_state(args, rev, None, changed_since)? {
-        Ok((state, _)) => state,
+    let (desired, digest) = match desired_state(args, rev, None, changed_since)? {
+        Ok(desired) => desired,
         Err(code) => return Ok(code),
     };
     let (cluster, inventory) = match read {
@@ -122,6 +128,23 @@ pub(super) fn live_cmd(
             PlanOutput::Json => print::Output::Json,
         };
         text = print::with_changed(text, since, selection, output);
+    }
+    if let Some(out) = out {
+        // A folder's revision is the digest of its files, as sync records.
+        let revision = desired.revision.clone().unwrap_or(digest);
+        let options = PlanFileOptions {
+            workspaces: args.workspaces.clone(),
+            adopt: args.adopt,
+        };
+        let file = PlanFile::new(&plan, &desired.objects, revision, options);
+        std::fs::write(out, file.to_json())
+            .with_context(|| format!("cannot write the plan to {}", out.display()))?;
+        eprintln!(
+            "saved the plan to {}: apply exactly it with `tenantsync sync --env {} --plan {}`",
+            out.display(),
+            desired.name,
+            out.display()
+        );
     }
     write_stdout(&text)?;
     Ok(if args.detailed_exitcode && plan.summary.has_changes() {

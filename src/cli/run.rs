@@ -7,10 +7,14 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 
-use super::args::{ClusterArgs, LogFormat, RunArgs, parse_duration};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use super::args::{ClusterArgs, LogFormat, RunArgs, VerifyMode, parse_duration};
 use super::print_diagnostics;
-use crate::daemon::RunOptions;
 use crate::daemon::config::DaemonConfig;
+use crate::daemon::{EnvTrust, RunOptions};
+use crate::source::trust::{Trust, TrustError};
 
 pub(super) fn run_cmd(args: RunArgs) -> anyhow::Result<ExitCode> {
     let config = match &args.config {
@@ -115,12 +119,14 @@ fn run_options(args: &RunArgs, c: Option<&DaemonConfig>) -> anyhow::Result<RunOp
     let Some(repo) = args.repo.clone().or_else(|| c.map(|c| c.repo.clone())) else {
         anyhow::bail!("no repository: give --repo or a configuration file");
     };
+    let branch = args
+        .branch
+        .clone()
+        .or_else(|| c.and_then(|c| c.branch.clone()));
+    let trust = env_trust(args, c, &environments, &repo, branch.as_deref())?;
     Ok(RunOptions {
         repo,
-        branch: args
-            .branch
-            .clone()
-            .or_else(|| c.and_then(|c| c.branch.clone())),
+        branch,
         environments,
         interval: duration(args.interval, c.and_then(|c| c.interval.as_ref()), "1m")?,
         drift_interval: duration(
@@ -155,7 +161,76 @@ fn run_options(args: &RunArgs, c: Option<&DaemonConfig>) -> anyhow::Result<RunOp
         allow_mass_prune: args.allow_mass_prune || policy.allow_mass_prune,
         prune_foreign: args.prune_foreign || policy.prune_foreign,
         contexts,
+        trust,
     })
+}
+
+/// Each environment's source trust: `--verify-signatures` for all of them,
+/// else the configuration's per environment. Key files are read now: a
+/// missing or broken one stops the start.
+fn env_trust(
+    args: &RunArgs,
+    c: Option<&DaemonConfig>,
+    environments: &[String],
+    repo: &str,
+    branch: Option<&str>,
+) -> anyhow::Result<BTreeMap<String, EnvTrust>> {
+    type Files = (Option<PathBuf>, Option<PathBuf>);
+    let mut loaded: BTreeMap<Files, Arc<Trust>> = BTreeMap::new();
+    let mut load = |files: Files| -> anyhow::Result<Arc<Trust>> {
+        if files.0.is_none() && files.1.is_none() {
+            return Err(TrustError::NoKeys.into());
+        }
+        if let Some(trust) = loaded.get(&files) {
+            return Ok(trust.clone());
+        }
+        let trust = Arc::new(Trust::load(files.0.as_deref(), files.1.as_deref())?);
+        loaded.insert(files, trust.clone());
+        Ok(trust)
+    };
+    let mut trust = BTreeMap::new();
+    for env in environments {
+        let target = c.and_then(|c| c.environments.iter().find(|e| &e.name == env));
+        let from_file = |f: Option<&String>| f.map(PathBuf::from);
+        let file_ssh = from_file(target.and_then(|t| t.allowed_signers.as_ref()));
+        let file_pgp = from_file(target.and_then(|t| t.trusted_keys.as_ref()));
+        let (mode, files) = match args.verify_signatures {
+            Some(mode) => (
+                Some(mode),
+                if args.allowed_signers.is_some() || args.trusted_keys.is_some() {
+                    (args.allowed_signers.clone(), args.trusted_keys.clone())
+                } else {
+                    (file_ssh, file_pgp)
+                },
+            ),
+            None => (
+                target
+                    .and_then(|t| t.verify_signatures.as_deref())
+                    .map(|m| {
+                        if m == "all-since" {
+                            VerifyMode::AllSince
+                        } else {
+                            VerifyMode::Tip
+                        }
+                    }),
+                (file_ssh, file_pgp),
+            ),
+        };
+        let Some(mode) = mode else { continue };
+        if !crate::source::git::is_remote_url(repo) && branch.is_none() {
+            anyhow::bail!(
+                "environment {env}: {repo} is read as a folder, whose files are not a commit: signatures cannot be verified; give --branch (a local Git repository) or a Git URL"
+            );
+        }
+        trust.insert(
+            env.clone(),
+            EnvTrust {
+                keys: load(files)?,
+                all_since: mode == VerifyMode::AllSince,
+            },
+        );
+    }
+    Ok(trust)
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 
-use super::args::{PlanOutput, SyncArgs};
+use super::args::{LiveArgs, PlanOutput, SyncArgs};
 use super::{
     desired_state, print_diagnostics, runtime, scopes_admitted, selection_known, write_stdout,
 };
@@ -18,6 +18,7 @@ use crate::cluster::lock::{EnvLock, LockError};
 use crate::declare::diag::Diagnostic;
 use crate::declare::model::SyncMode;
 use crate::pipeline::{self, Deletes, DesiredState, LivePlan, PlanOptions};
+use crate::plan::contract::PlanFile;
 use crate::print;
 use crate::sync::SyncOptions;
 use crate::sync::health::HealthOptions;
@@ -25,16 +26,43 @@ use crate::sync::report::SyncReport;
 use crate::sync::windows;
 
 pub(super) fn sync_cmd(args: &SyncArgs) -> anyhow::Result<ExitCode> {
-    let live_args = &args.live;
-    let (mut state, digest) = match desired_state(
-        live_args,
-        live_args.rev.clone(),
-        Some(args.skip_invalid),
-        None,
-    )? {
+    let saved = match &args.plan {
+        Some(path) => match read_saved_plan(path, &args.live) {
+            Ok(saved) => Some(saved),
+            Err(message) => {
+                eprintln!("error: {message}; nothing was changed");
+                return Ok(ExitCode::from(1));
+            }
+        },
+        None => None,
+    };
+    // A saved plan decides what is read: its revision, its workspaces.
+    let planned_args;
+    let (live_args, rev) = match &saved {
+        Some(saved) => {
+            planned_args = LiveArgs {
+                workspaces: saved.file.options.workspaces.clone(),
+                adopt: saved.file.options.adopt,
+                ..args.live.clone()
+            };
+            let rev =
+                args.live.rev.clone().or_else(|| {
+                    is_commit(&saved.file.revision).then(|| saved.file.revision.clone())
+                });
+            (&planned_args, rev)
+        }
+        None => (&args.live, args.live.rev.clone()),
+    };
+    let (mut state, digest) = match desired_state(live_args, rev, Some(args.skip_invalid), None)? {
         Ok(desired) => desired,
         Err(code) => return Ok(code),
     };
+    if let Some(saved) = &saved
+        && let Err(message) = saved.matches(&state, &digest)
+    {
+        eprintln!("error: {message}; nothing was changed");
+        return Ok(ExitCode::from(1));
+    }
     let skipped = std::mem::take(&mut state.invalid);
     for (ws, diags) in &skipped {
         eprintln!(
@@ -98,7 +126,32 @@ pub(super) fn sync_cmd(args: &SyncArgs) -> anyhow::Result<ExitCode> {
         }
     };
     options.lock_lost = lock.as_ref().map(EnvLock::lost_flag);
-    let result = runtime.block_on(execute(&cluster, &state, &options, args));
+    if let Some(saved) = &saved {
+        // Exactly the plan: its deletes and no others, each write on the
+        // condition that the object is as it was planned against.
+        options.prune = saved.file.deletes() > 0;
+        options.preconditions = Some(std::sync::Arc::new(saved.file.preconditions()));
+    }
+    let result = match runtime.block_on(execute(&cluster, &state, &options, args, saved.as_ref())) {
+        Ok(result) => result,
+        Err(Stale(objects)) => {
+            if let Some(lock) = lock {
+                runtime.block_on(async {
+                    let _ =
+                        tokio::time::timeout(Duration::from_secs(5), lock.release(&cluster)).await;
+                });
+            }
+            let path = args.plan.as_deref().unwrap_or(std::path::Path::new(""));
+            eprintln!(
+                "error: the saved plan {} is stale: the cluster changed since it was made, so nothing was applied; make a new plan (tenantsync plan --out) and review it again. Changed since the plan:",
+                path.display()
+            );
+            for line in objects {
+                eprintln!("  {line}");
+            }
+            return Ok(ExitCode::from(1));
+        }
+    };
     // The result goes into the inventory's status (as the daemon's does),
     // then the lock is released; neither may hang on a dead API server.
     if let Some(lock) = lock {
@@ -153,20 +206,34 @@ async fn lock(cluster: &Cluster, name: &str, timeout: Duration) -> Result<EnvLoc
         .await
 }
 
+/// A saved plan the cluster moved away from: the objects that changed, one
+/// line each.
+struct Stale(Vec<String>);
+
 /// Plans under the lock, applies with progress on stderr and, with
-/// `--wait`, waits for health.
+/// `--wait`, waits for health. With a saved plan, the plan made now must be
+/// that one, or nothing is applied.
 async fn execute(
     cluster: &Cluster,
     state: &DesiredState,
     options: &SyncOptions,
     args: &SyncArgs,
-) -> Result<SyncReport, SyncError> {
-    let inventory = cluster.read_inventory(&state.name).await?;
-    // A sync needs the changes, not their diff text.
+    saved: Option<&SavedPlan>,
+) -> Result<Result<SyncReport, SyncError>, Stale> {
+    let inventory = match cluster.read_inventory(&state.name).await {
+        Ok(inventory) => inventory,
+        Err(e) => return Ok(Err(e.into())),
+    };
+    // A sync needs the changes, not their diff text. A saved plan is
+    // compared with the plan `plan` would show now.
     let plan_options = PlanOptions {
         diffs: false,
-        deletes: Deletes::RecordedOrAll,
-        settle: Some(args.live.adopt),
+        deletes: if saved.is_some() {
+            Deletes::Recorded
+        } else {
+            Deletes::RecordedOrAll
+        },
+        settle: Some(saved.map_or(args.live.adopt, |s| s.file.options.adopt)),
         health: false,
     };
     let LivePlan {
@@ -174,7 +241,29 @@ async fn execute(
         inventory,
         undeclared,
         ..
-    } = pipeline::plan_live(cluster, state, inventory, plan_options).await?;
+    } = match pipeline::plan_live(cluster, state, inventory, plan_options).await {
+        Ok(live) => live,
+        Err(e) => return Ok(Err(e.into())),
+    };
+    if let Some(saved) = saved {
+        let stale = saved.file.stale(&plan);
+        if !stale.is_empty() {
+            return Err(Stale(stale));
+        }
+    }
+    Ok(apply(cluster, state, options, args, plan, inventory, &undeclared).await)
+}
+
+/// Applies a plan made under the lock.
+async fn apply(
+    cluster: &Cluster,
+    state: &DesiredState,
+    options: &SyncOptions,
+    args: &SyncArgs,
+    plan: crate::plan::Plan,
+    inventory: Option<crate::sync::inventory::Inventory>,
+    undeclared: &[serde_json::Value],
+) -> Result<SyncReport, SyncError> {
     let interactive =
         std::io::stderr().is_terminal() && !matches!(args.live.output, PlanOutput::Json);
     let total = plan.changes.iter().filter(|c| c.is_apply()).count() as u64;
@@ -184,7 +273,7 @@ async fn execute(
         &plan,
         &state.objects,
         inventory,
-        &undeclared,
+        undeclared,
         options,
         state.revision.clone(),
         |event| show_progress(bar.as_ref(), event),
@@ -211,6 +300,76 @@ async fn execute(
         report.health = Some(health);
     }
     Ok(report)
+}
+
+/// A plan file read for `sync --plan`.
+struct SavedPlan {
+    path: std::path::PathBuf,
+    file: PlanFile,
+}
+
+/// Whether a saved plan's revision is a Git commit (else a folder's digest).
+fn is_commit(revision: &str) -> bool {
+    revision.len() == 40 && revision.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// Reads and checks a plan file against the command line: its environment,
+/// and the flags a saved plan decides itself.
+fn read_saved_plan(path: &std::path::Path, args: &LiveArgs) -> Result<SavedPlan, String> {
+    let shown = path.display();
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read the plan file {shown}: {e}"))?;
+    let file = PlanFile::parse(&text).map_err(|e| format!("{shown}: {e}"))?;
+    if file.environment != args.env {
+        return Err(format!(
+            "{shown} is a plan of environment `{}`, not `{}`",
+            file.environment, args.env
+        ));
+    }
+    if !args.workspaces.is_empty() && args.workspaces != file.options.workspaces {
+        return Err(format!(
+            "{shown} was planned for workspaces [{}], not [{}] (--workspace): a saved plan applies its own selection, give no --workspace",
+            file.options.workspaces.join(", "),
+            args.workspaces.join(", ")
+        ));
+    }
+    if args.adopt && !file.options.adopt {
+        return Err(format!(
+            "{shown} was planned without --adopt: make a new plan with --adopt to adopt objects"
+        ));
+    }
+    Ok(SavedPlan {
+        path: path.to_path_buf(),
+        file,
+    })
+}
+
+impl SavedPlan {
+    /// Whether the desired state read for it is the planned one: the same
+    /// revision, rendering the same objects.
+    fn matches(&self, state: &DesiredState, digest: &str) -> Result<(), String> {
+        let shown = self.path.display();
+        let planned = &self.file.revision;
+        let read = state.revision.as_deref().unwrap_or(digest);
+        if read != planned {
+            let what = if is_commit(planned) {
+                "--rev names another revision"
+            } else {
+                "the folder's files changed since"
+            };
+            return Err(format!(
+                "{shown} was planned at revision {planned}, but {read} was read ({what}); apply a plan of {read}: make one with `tenantsync plan --out`"
+            ));
+        }
+        let differs = self.file.rendering_differs(&state.objects);
+        if !differs.is_empty() {
+            return Err(format!(
+                "{shown} does not match what revision {planned} renders (the file was edited, or made by another tenantsync version or with other guardrails): {}",
+                differs.join("; ")
+            ));
+        }
+        Ok(())
+    }
 }
 
 fn progress_bar(total: u64) -> indicatif::ProgressBar {

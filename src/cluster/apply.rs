@@ -8,6 +8,7 @@ use kube::api::{Api, DynamicObject, Patch, PatchParams};
 
 use super::{Cluster, ClusterError};
 use crate::object::Object;
+use crate::plan::LiveVersion;
 use crate::plan::field_policy::{Heal, Takeover};
 use crate::sync::report::ConflictField;
 
@@ -33,6 +34,15 @@ pub enum ApplyError {
         id: String,
         resource_version: String,
         from: String,
+    },
+    /// A saved plan's precondition failed: the object is not the one the
+    /// plan was made against any more.
+    #[error(
+        "{id}: changed since the plan was made (it is no longer at resourceVersion {resource_version}), so it was not written; make a new plan"
+    )]
+    Stale {
+        id: String,
+        resource_version: String,
     },
     /// The object's namespace disagrees with its kind's scope
     /// ([`super::scope_check`]).
@@ -127,20 +137,23 @@ impl Cluster {
         force: bool,
         manager: &str,
     ) -> Result<(), ApplyError> {
-        self.apply_inner(object, None, dry_run, force, manager)
+        self.apply_inner(object, None, None, dry_run, force, manager)
             .await
     }
 
-    /// [`Cluster::apply`] of another body than the object's own.
+    /// [`Cluster::apply`] of another body than the object's own; with a
+    /// `precondition` (which the body carries), a 409 is the plan's
+    /// staleness.
     async fn apply_body(
         &self,
         object: &Object,
         body: &serde_json::Value,
+        precondition: Option<&LiveVersion>,
         dry_run: bool,
         force: bool,
         manager: &str,
     ) -> Result<(), ApplyError> {
-        self.apply_inner(object, Some(body), dry_run, force, manager)
+        self.apply_inner(object, Some(body), precondition, dry_run, force, manager)
             .await
     }
 
@@ -148,6 +161,7 @@ impl Cluster {
         &self,
         object: &Object,
         body: Option<&serde_json::Value>,
+        precondition: Option<&LiveVersion>,
         dry_run: bool,
         force: bool,
         manager: &str,
@@ -183,7 +197,14 @@ impl Cluster {
             Ok(_) => Ok(()),
             Err(kube::Error::Api(status)) if status.code == 409 => {
                 let fields = conflict_fields(&status);
-                if fields.is_empty() {
+                if let Some(p) = precondition
+                    && fields.is_empty()
+                {
+                    Err(ApplyError::Stale {
+                        id,
+                        resource_version: p.resource_version.clone(),
+                    })
+                } else if fields.is_empty() {
                     // A 409 that names no field is not a field manager
                     // conflict (nothing to take over with --force-conflicts):
                     // the API server's answer as it is.
@@ -221,32 +242,65 @@ impl Cluster {
     /// merge patch of `managedFields` on the condition that the object is
     /// still at the listed `resourceVersion`, as Flux's SSA manager does),
     /// so the apply removes what is not declared; ignored fields are left
-    /// out of the applied body.
+    /// out of the applied body. With a saved plan's `precondition`, the
+    /// applied body carries its `uid` and `resourceVersion` (the one after
+    /// the takeover, when there is one): the API server refuses the apply
+    /// if the object changed since the plan.
     pub async fn apply_healed(
         &self,
         object: &Object,
         heal: Option<&Heal>,
+        precondition: Option<&LiveVersion>,
         dry_run: bool,
         force: bool,
         manager: &str,
     ) -> Result<(), ApplyError> {
-        let Some(heal) = heal else {
-            return self.apply(object, dry_run, force, manager).await;
-        };
-        if let Some(takeover) = &heal.takeover
+        let mut precondition = precondition.cloned();
+        if let Some(takeover) = heal.and_then(|h| h.takeover.as_ref())
             && !dry_run
         {
-            self.take_over(object, takeover).await?;
+            match self.take_over(object, takeover).await {
+                Ok(resource_version) => {
+                    if let Some(p) = precondition.as_mut() {
+                        p.resource_version = resource_version;
+                    }
+                }
+                Err(ApplyError::Moved { id, .. }) if precondition.is_some() => {
+                    return Err(ApplyError::Stale {
+                        id,
+                        resource_version: takeover.resource_version.clone(),
+                    });
+                }
+                Err(e) => return Err(e),
+            }
         }
-        if heal.strip.is_empty() {
+        let strip = heal.map(|h| h.strip.as_slice()).unwrap_or_default();
+        if strip.is_empty() && precondition.is_none() {
             return self.apply(object, dry_run, force, manager).await;
         }
-        let body = crate::plan::field_policy::strip(object.value(), &heal.strip);
-        self.apply_body(object, &body, dry_run, force, manager)
-            .await
+        let mut body = crate::plan::field_policy::strip(object.value(), strip);
+        if let Some(p) = &precondition
+            && let Some(meta) = body
+                .get_mut("metadata")
+                .and_then(serde_json::Value::as_object_mut)
+        {
+            meta.insert("uid".into(), p.uid.clone().into());
+            meta.insert("resourceVersion".into(), p.resource_version.clone().into());
+        }
+        self.apply_body(
+            object,
+            &body,
+            precondition.as_ref(),
+            dry_run,
+            force,
+            manager,
+        )
+        .await
     }
 
-    async fn take_over(&self, object: &Object, takeover: &Takeover) -> Result<(), ApplyError> {
+    /// Moves the reverting managers' fields; returns the object's new
+    /// `resourceVersion`.
+    async fn take_over(&self, object: &Object, takeover: &Takeover) -> Result<String, ApplyError> {
         let id = object.id();
         let api = self
             .api_for(
@@ -271,7 +325,7 @@ impl Cluster {
             .patch(&object.name, &PatchParams::default(), &Patch::Merge(&patch))
             .await
         {
-            Ok(_) => Ok(()),
+            Ok(patched) => Ok(patched.metadata.resource_version.unwrap_or_default()),
             Err(kube::Error::Api(status)) if status.code == 409 => Err(ApplyError::Moved {
                 id,
                 resource_version: takeover.resource_version.clone(),

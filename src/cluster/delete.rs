@@ -3,27 +3,52 @@
 
 use std::time::{Duration, Instant};
 
-use kube::api::{DeleteParams, PropagationPolicy};
+use kube::api::{DeleteParams, Preconditions, PropagationPolicy};
 
 use super::{Cluster, ClusterError};
+use crate::plan::LiveVersion;
 use crate::sync::inventory::ObjectRef;
 
 impl Cluster {
     /// Deletes an object (dependents in the background, as kubectl does).
     /// Returns false when it was already gone.
     pub async fn delete(&self, r: &ObjectRef, dry_run: bool) -> Result<bool, ClusterError> {
+        self.delete_if(r, None, dry_run).await
+    }
+
+    /// [`Cluster::delete`] on the condition that the object still has the
+    /// `uid` and `resourceVersion` of `precondition` (a saved plan's): a
+    /// 409 then is [`ClusterError::Stale`].
+    pub async fn delete_if(
+        &self,
+        r: &ObjectRef,
+        precondition: Option<&LiveVersion>,
+        dry_run: bool,
+    ) -> Result<bool, ClusterError> {
         let api = self
             .api_for(&r.id(), &r.api_version, &r.kind, r.namespace.as_deref())
             .await?;
         let params = DeleteParams {
             dry_run,
             propagation_policy: Some(PropagationPolicy::Background),
+            preconditions: precondition.map(|p| Preconditions {
+                uid: Some(p.uid.clone()),
+                resource_version: Some(p.resource_version.clone()),
+            }),
             ..DeleteParams::default()
         };
         self.count(!dry_run);
         match api.delete(&r.name, &params).await {
             Ok(_) => Ok(true),
             Err(kube::Error::Api(status)) if status.code == 404 => Ok(false),
+            Err(kube::Error::Api(status)) if status.code == 409 && precondition.is_some() => {
+                Err(ClusterError::Stale {
+                    object: r.id(),
+                    resource_version: precondition
+                        .map(|p| p.resource_version.clone())
+                        .unwrap_or_default(),
+                })
+            }
             Err(e) => Err(self.classify(e, "delete", &r.kind)),
         }
     }

@@ -20,7 +20,7 @@ use super::inventory::Stored;
 use super::{Cluster, ClusterError};
 use crate::object::{Object, ObjectKey};
 use crate::plan::field_policy::Heal;
-use crate::plan::{Action, Change, Plan};
+use crate::plan::{Action, Change, LiveVersion, Plan};
 use crate::sync::inventory::{Inventory, ObjectRef};
 use crate::sync::report::{Conflict, ConflictField, Failure, SyncReport};
 use crate::sync::{self, MassPrune, SyncOptions};
@@ -449,7 +449,7 @@ impl Run<'_> {
             let mut in_flight = FuturesOrdered::new();
             for _ in 0..APPLY_CONCURRENCY {
                 match next_deletable(&mut queue, &mut refused, &mut self.report, &lock_lost) {
-                    Some(r) => in_flight.push_back(deleted(cluster, r, options.dry_run)),
+                    Some(r) => in_flight.push_back(deleted(cluster, r, options)),
                     None => break,
                 }
             }
@@ -467,7 +467,7 @@ impl Run<'_> {
                 if let Some(next) =
                     next_deletable(&mut queue, &mut refused, &mut self.report, &lock_lost)
                 {
-                    in_flight.push_back(deleted(cluster, next, options.dry_run));
+                    in_flight.push_back(deleted(cluster, next, options));
                 }
                 let id = r.id();
                 progress(Progress::Pruned {
@@ -676,9 +676,18 @@ async fn applied<'a>(
     // Adopting takes the declared fields over from whoever wrote them.
     let force = options.force_conflicts || cx.adopted.contains(&object.key());
     let heal = cx.heals.get(&object.key()).copied();
+    let precondition = precondition_of(options, &object.id());
     let result = match tokio::time::timeout(
         WRITE_TIMEOUT,
-        apply_one(cluster, object, options, &cx.manager, force, heal),
+        apply_one(
+            cluster,
+            object,
+            options,
+            &cx.manager,
+            force,
+            heal,
+            precondition,
+        ),
     )
     .await
     {
@@ -691,12 +700,19 @@ async fn applied<'a>(
     (object, result)
 }
 
+/// A saved plan's precondition of object `id`, if the sync has any.
+fn precondition_of<'o>(options: &'o SyncOptions, id: &str) -> Option<&'o LiveVersion> {
+    options.preconditions.as_ref()?.get(id)
+}
+
 async fn deleted<'a>(
     cluster: &Cluster,
     r: &'a ObjectRef,
-    dry_run: bool,
+    options: &SyncOptions,
 ) -> (&'a ObjectRef, Result<bool, ClusterError>) {
-    let result = match tokio::time::timeout(WRITE_TIMEOUT, cluster.delete(r, dry_run)).await {
+    let precondition = precondition_of(options, &r.id());
+    let delete = cluster.delete_if(r, precondition, options.dry_run);
+    let result = match tokio::time::timeout(WRITE_TIMEOUT, delete).await {
         Ok(r) => r,
         Err(_) => Err(no_answer(cluster)),
     };
@@ -729,9 +745,10 @@ async fn apply_one(
     manager: &str,
     force: bool,
     heal: Option<&Heal>,
+    precondition: Option<&LiveVersion>,
 ) -> Result<bool, ApplyError> {
     let first = cluster
-        .apply_healed(object, heal, options.dry_run, force, manager)
+        .apply_healed(object, heal, precondition, options.dry_run, force, manager)
         .await;
     // Retries apply the same body; the fields were taken over already.
     let rest = heal.map(|h| Heal {
@@ -744,7 +761,7 @@ async fn apply_one(
     let first = match first {
         Err(ApplyError::Conflict { fields, .. }) if only_legacy_manager(&fields) => {
             cluster
-                .apply_healed(object, rest, options.dry_run, true, manager)
+                .apply_healed(object, rest, precondition, options.dry_run, true, manager)
                 .await
         }
         other => other,

@@ -97,6 +97,14 @@ pub enum ClusterError {
     },
     #[error("cannot reach the Kubernetes API server at {server}: {reason}")]
     Unreachable { server: String, reason: String },
+    /// A saved plan's precondition failed on a delete.
+    #[error(
+        "{object}: changed since the plan was made (it is no longer at resourceVersion {resource_version}), so it was not deleted; make a new plan"
+    )]
+    Stale {
+        object: String,
+        resource_version: String,
+    },
     /// A kind the API server does not serve (not in its discovery).
     #[error(
         "cannot {verb} {resource}: the API server at {server} does not serve this kind{consequence}"

@@ -9,9 +9,16 @@ use crate::declare::schema::{self, SchemaKind};
 use crate::declare::yaml::{self, Limits};
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
 pub struct EnvironmentTarget {
     pub name: String,
     pub context: Option<String>,
+    /// `tip` or `all-since`: only signed commits are read.
+    pub verify_signatures: Option<String>,
+    /// The allowed_signers file for `verify_signatures` (SSH keys).
+    pub allowed_signers: Option<String>,
+    /// The armored OpenPGP public keys for `verify_signatures`.
+    pub trusted_keys: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
@@ -71,6 +78,42 @@ pub fn parse(label: &str, bytes: &[u8]) -> Result<DaemonConfig, Vec<Diagnostic>>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn signature_verification_is_set_per_environment_with_its_keys() {
+        let c = parse(
+            "tenantsync.yaml",
+            b"apiVersion: tenantsync.io/v1alpha1\nkind: DaemonConfig\nrepo: https://git.example.com/tenants.git\nenvironments:\n  - name: prod\n    verifySignatures: all-since\n    allowedSigners: /etc/tenantsync/allowed_signers\n  - name: dev\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.environments[0].verify_signatures.as_deref(),
+            Some("all-since")
+        );
+        assert_eq!(
+            c.environments[0].allowed_signers.as_deref(),
+            Some("/etc/tenantsync/allowed_signers")
+        );
+        assert_eq!(c.environments[1].verify_signatures, None);
+        // Verification without keys, or a mode that does not exist: refused
+        // at the line.
+        for bad in [
+            "  - name: prod\n    verifySignatures: tip\n",
+            "  - name: prod\n    verifySignatures: always\n    allowedSigners: f\n",
+        ] {
+            let text = format!(
+                "apiVersion: tenantsync.io/v1alpha1\nkind: DaemonConfig\nrepo: r\nenvironments:\n{bad}"
+            );
+            let diags = parse("tenantsync.yaml", text.as_bytes()).unwrap_err();
+            assert!(
+                diags.iter().any(|d| d
+                    .pointer
+                    .as_deref()
+                    .is_some_and(|p| p.starts_with("/environments/0"))),
+                "{diags:?}"
+            );
+        }
+    }
 
     #[test]
     fn a_valid_file_reads_with_defaults_left_open() {

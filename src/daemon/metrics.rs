@@ -114,7 +114,7 @@ impl Metrics {
         );
         registry.register(
             "reconcile_errors",
-            "Reconciles that failed, by reason (source, invalid, render, cluster, guard, apply, locked)",
+            "Reconciles that failed, by reason (source, untrusted, invalid, render, cluster, guard, apply, locked)",
             m.reconcile_errors.clone(),
         );
         registry.register(

@@ -72,6 +72,17 @@ pub struct RunOptions {
     pub prune_foreign: bool,
     /// Kubeconfig context per environment (the default one otherwise).
     pub contexts: BTreeMap<String, String>,
+    /// Per environment: only commits signed by these keys are read.
+    pub trust: BTreeMap<String, EnvTrust>,
+}
+
+/// An environment's source trust (`--verify-signatures`, or the
+/// configuration's `verifySignatures` of the environment).
+#[derive(Clone, Debug)]
+pub struct EnvTrust {
+    pub keys: std::sync::Arc<crate::source::trust::Trust>,
+    /// Every commit since the revision last applied, not only the new one.
+    pub all_since: bool,
 }
 
 /// State shared by the loops and the HTTP server.

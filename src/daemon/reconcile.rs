@@ -67,6 +67,10 @@ pub enum ReconcileError {
     /// Some workspaces are held (invalid) while the others were applied.
     #[error("{0}")]
     Held(String),
+    /// The new revision is not signed by a trusted key (the last good one
+    /// stays applied).
+    #[error("{0}")]
+    Untrusted(String),
 }
 
 impl ReconcileError {
@@ -83,6 +87,7 @@ impl ReconcileError {
             ReconcileError::Blocked { .. } => "guard",
             ReconcileError::Apply(_) => "apply",
             ReconcileError::Locked { .. } => "locked",
+            ReconcileError::Untrusted(_) => "untrusted",
         }
     }
 
@@ -486,9 +491,33 @@ impl Reconciler {
     /// valid (its invalid workspaces held), and is reported when not.
     async fn read_source(&mut self) -> Result<(), ReconcileError> {
         let (env, shared) = (self.env.as_str(), &*self.shared);
-        let (tree, revision, commit) = match read_source(&shared.options).await {
+        // With all-since, every commit since the last good revision.
+        let trust = shared.options.trust.get(env).map(|t| {
+            let since = self.desired.as_ref().map(|d| d.revision().to_string());
+            let verify = match since {
+                Some(since) if t.all_since => source::trust::Verify::AllSince(since),
+                _ => source::trust::Verify::Tip,
+            };
+            (t.keys.clone(), verify)
+        });
+        let (tree, revision, commit) = match read_source(&shared.options, trust).await {
             Ok(read) => read,
-            Err(e) => {
+            Err(ReadError::Untrusted(message)) => {
+                let e = ReconcileError::Untrusted(format!(
+                    "{message} (the last good revision stays applied)"
+                ));
+                let message = e.to_string();
+                // One Event per refused commit, not one per poll.
+                if self.source_problem.as_deref() != Some(message.as_str())
+                    && *shared.leading.borrow()
+                    && let Some(c) = self.cluster.as_ref()
+                {
+                    c.record_event(env, "UntrustedRevision", &message).await;
+                }
+                self.source_problem = Some(message);
+                return Err(e);
+            }
+            Err(ReadError::Source(e)) => {
                 shared.metrics.git_fetch_failed(env);
                 let e = ReconcileError::Source(e);
                 self.source_problem = Some(e.to_string());
@@ -973,16 +1002,33 @@ fn set_drift(
         .collect();
 }
 
-/// Reads the source (blocking I/O off the async threads): the files, the
-/// revision, and its commit when the source is Git.
-async fn read_source(options: &RunOptions) -> Result<(SourceTree, String, Option<Commit>), String> {
+/// Why the source was not read.
+enum ReadError {
+    Source(String),
+    /// The new commit (or one since the last good one) is not signed by a
+    /// trusted key.
+    Untrusted(String),
+}
+
+/// Reads the source (blocking I/O off the async threads); with `trust`,
+/// only a commit signed by a trusted key.
+async fn read_source(
+    options: &RunOptions,
+    trust: Option<(Arc<source::trust::Trust>, source::trust::Verify)>,
+) -> Result<(SourceTree, String, Option<Commit>), ReadError> {
     let repo = options.repo.clone();
     let branch = options.branch.clone();
     tokio::task::spawn_blocking(move || {
         // Any URL in a message has its user information (a token) masked.
         let masked = |e: &dyn std::fmt::Display| source::git::redact_in_text(&format!("{e:#}"));
-        let auth = source::auth_from_env().map_err(|e| masked(&e))?;
-        let (tree, git) = source::read(&repo, branch.as_deref(), &auth).map_err(|e| masked(&e))?;
+        let auth = source::auth_from_env().map_err(|e| ReadError::Source(masked(&e)))?;
+        let checked = trust.as_ref().map(|(t, v)| (&**t, v));
+        let (tree, git) = source::read_trusted(&repo, branch.as_deref(), &auth, checked).map_err(
+            |e| match e {
+                source::SourceError::Untrusted(_) => ReadError::Untrusted(masked(&e)),
+                e => ReadError::Source(masked(&e)),
+            },
+        )?;
         let commit = git.as_ref().map(|g| Commit {
             subject: g.summary.clone(),
             author: g.author.clone(),
@@ -991,7 +1037,7 @@ async fn read_source(options: &RunOptions) -> Result<(SourceTree, String, Option
         Ok((tree, revision, commit))
     })
     .await
-    .map_err(|e| format!("source reader stopped: {e}"))?
+    .map_err(|e| ReadError::Source(format!("source reader stopped: {e}")))?
 }
 
 /// The last good desired state of an environment, and how to sync it.
@@ -1450,6 +1496,7 @@ mod tests {
             allow_mass_prune: false,
             prune_foreign: false,
             contexts: BTreeMap::new(),
+            trust: BTreeMap::new(),
         };
         let shared = Arc::new(Shared {
             status: RwLock::new(DaemonStatus::default()),

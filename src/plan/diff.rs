@@ -15,7 +15,7 @@ use similar::TextDiff;
 
 use crate::object::Object;
 use crate::plan::field_policy::{self, Heal, Ownership, Step, Takeover, Token};
-use crate::plan::{Action, Change, FieldAction, FieldChange};
+use crate::plan::{Action, Change, FieldAction, FieldChange, LiveVersion};
 
 /// One step of a path into an object.
 #[derive(Clone, Debug)]
@@ -634,7 +634,13 @@ pub(super) fn skeleton(mut live: Value) -> Value {
     };
     map.retain(|k, _| matches!(k.as_str(), "apiVersion" | "kind" | "metadata"));
     if let Some(meta) = map.get_mut("metadata").and_then(Value::as_object_mut) {
-        meta.retain(|k, _| matches!(k.as_str(), "name" | "namespace" | "labels" | "annotations"));
+        // uid and resourceVersion: a saved plan's delete preconditions.
+        meta.retain(|k, _| {
+            matches!(
+                k.as_str(),
+                "name" | "namespace" | "labels" | "annotations" | "uid" | "resourceVersion"
+            )
+        });
     }
     live
 }
@@ -702,6 +708,7 @@ pub fn diff_object_with(
         diff: String::new(),
         note: None,
         heal: None,
+        live: live.and_then(LiveVersion::of),
     };
     let Some(live) = live else {
         change.action = Action::Create;

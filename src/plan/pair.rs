@@ -8,7 +8,7 @@ use serde_json::Value;
 
 use super::diff::{diff_object, diff_object_with, skeleton, strip_noise, unified, yaml};
 use super::field_policy::Ownership;
-use super::types::{Action, Change, PLAN_FORMAT_VERSION, Plan, Summary};
+use super::types::{Action, Change, LiveVersion, PLAN_FORMAT_VERSION, Plan, Summary};
 use crate::object::{self, Object, ObjectKey, WORKSPACE_LABEL, field_manager, kind_rank};
 
 /// Pairs desired objects with live ones as the live ones are listed, a page
@@ -159,6 +159,7 @@ impl<'a> Planner<'a> {
                 diff,
                 note: None,
                 heal: None,
+                live: LiveVersion::of(l),
             });
         }
         changes.sort_by(|a, b| {

@@ -2,12 +2,12 @@
 //! objects. A value produced by [`crate::plan::diff`], rendered by printers; the
 //! same value will drive `sync`.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::object::Name;
 
 /// What happens to one object.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Action {
     Create,
@@ -23,7 +23,7 @@ pub enum Action {
 }
 
 /// How one field differs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum FieldAction {
     /// Declared, absent from the live object.
@@ -35,7 +35,7 @@ pub enum FieldAction {
 }
 
 /// One field-level difference of an update.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct FieldChange {
     /// Dotted path; list items by key: `spec.template.spec.containers[name=fhir-server].image`.
@@ -77,6 +77,29 @@ pub struct Change {
     /// leaving ignored ones out), worked out from the listed object.
     #[serde(skip)]
     pub heal: Option<Box<crate::plan::field_policy::Heal>>,
+    /// The live object's `uid` and `resourceVersion` as listed, when there
+    /// is one: a saved plan's preconditions (`plan --out`).
+    #[serde(skip)]
+    pub live: Option<LiveVersion>,
+}
+
+/// Which version of a live object a change was computed against.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LiveVersion {
+    pub uid: String,
+    pub resource_version: String,
+}
+
+impl LiveVersion {
+    /// The `metadata.uid` and `metadata.resourceVersion` of a live object.
+    pub fn of(live: &serde_json::Value) -> Option<LiveVersion> {
+        let meta = live.get("metadata")?;
+        Some(LiveVersion {
+            uid: meta.get("uid")?.as_str()?.to_string(),
+            resource_version: meta.get("resourceVersion")?.as_str()?.to_string(),
+        })
+    }
 }
 
 impl Change {
@@ -97,17 +120,17 @@ impl Change {
     }
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Summary {
     pub create: usize,
     pub update: usize,
     pub delete: usize,
     pub unchanged: usize,
-    #[serde(skip_serializing_if = "is_zero")]
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub adopt: usize,
     /// Objects that exist and are not tenantsync's: a sync leaves them
     /// alone and fails.
-    #[serde(skip_serializing_if = "is_zero")]
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub unmanaged: usize,
 }
 

@@ -764,6 +764,7 @@ mod tests {
             diff: diff.to_string(),
             note: None,
             heal: None,
+            live: None,
         }
     }
 

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 pub mod folder;
 pub mod git;
+pub mod trust;
 
 use sha2::{Digest, Sha256};
 
@@ -20,6 +21,12 @@ pub enum SourceError {
     Folder(#[from] folder::FolderError),
     #[error(transparent)]
     Git(#[from] git::GitError),
+    #[error(transparent)]
+    Untrusted(#[from] trust::VerifyError),
+    #[error(
+        "{repo} is read as a folder, whose files are not a commit: signatures cannot be verified; give --rev (a local Git repository) or a Git URL, or leave out --verify-signatures"
+    )]
+    Unverifiable { repo: String },
     /// The revision a `--changed-since` compares with cannot be read.
     #[error("--changed-since {rev}: {reason}")]
     Base { rev: String, reason: String },
@@ -39,18 +46,40 @@ pub fn read(
     rev: Option<&str>,
     auth: &git::Auth,
 ) -> Result<(SourceTree, Option<git::Revision>), SourceError> {
+    read_trusted(repo, rev, auth, None)
+}
+
+/// [`read`], and with `trust` the commit read (and with
+/// [`trust::Verify::AllSince`] every commit since) must be signed by a
+/// trusted key: the tree of a commit that is not is never returned. A folder
+/// cannot be verified and is refused.
+pub fn read_trusted(
+    repo: &str,
+    rev: Option<&str>,
+    auth: &git::Auth,
+    trust: Option<(&trust::Trust, &trust::Verify)>,
+) -> Result<(SourceTree, Option<git::Revision>), SourceError> {
+    let verified = |repository: &git2::Repository, revision: &git::Revision| match trust {
+        Some((trust, verify)) => trust.verify(repository, &revision.commit, verify),
+        None => Ok(()),
+    };
     if git::is_remote_url(repo) {
         let cache = git::RemoteCache::at_default_location()?;
         let repository = cache.fetch(repo, auth)?;
         let (tree, revision) = git::read_tree(&repository, rev.unwrap_or("HEAD"))
             .map_err(|e| e.naming(&git::redact(repo)))?;
+        verified(&repository, &revision)?;
         return Ok((tree, Some(revision)));
     }
     match rev {
+        None if trust.is_some() => Err(SourceError::Unverifiable {
+            repo: repo.to_string(),
+        }),
         None => Ok((folder::read(Path::new(repo))?, None)),
         Some(rev) => {
             let repository = git::open_local(Path::new(repo))?;
             let (tree, revision) = git::read_tree(&repository, rev)?;
+            verified(&repository, &revision)?;
             Ok((tree, Some(revision)))
         }
     }
@@ -65,6 +94,7 @@ pub fn read_with_base(
     rev: Option<&str>,
     base: &str,
     auth: &git::Auth,
+    trust: Option<(&trust::Trust, &trust::Verify)>,
 ) -> Result<(SourceTree, Option<git::Revision>, SourceTree), SourceError> {
     let base_error = |reason: String| SourceError::Base {
         rev: base.to_string(),
@@ -99,10 +129,18 @@ pub fn read_with_base(
     let (base_tree, _) =
         git::read_tree(&repository, base).map_err(|e| base_error(e.naming(&name).to_string()))?;
     let (tree, revision) = match (remote, rev) {
+        (false, None) if trust.is_some() => {
+            return Err(SourceError::Unverifiable {
+                repo: repo.to_string(),
+            });
+        }
         (false, None) => (folder::read(Path::new(repo))?, None),
         (_, rev) => {
             let (tree, revision) =
                 git::read_tree(&repository, rev.unwrap_or("HEAD")).map_err(|e| e.naming(&name))?;
+            if let Some((trust, verify)) = trust {
+                trust.verify(&repository, &revision.commit, verify)?;
+            }
             (tree, Some(revision))
         }
     };

@@ -263,6 +263,7 @@ mod tests {
             diff: String::new(),
             note: None,
             heal: None,
+            live: None,
         }
     }
 

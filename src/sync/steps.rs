@@ -13,7 +13,7 @@ use serde_json::Value;
 
 use crate::object::{Object, ObjectKey, kind_rank};
 pub use crate::object::{SYNC_WAVE_ANNOTATION, wave_of};
-use crate::plan::{Change, Plan};
+use crate::plan::{Change, LiveVersion, Plan};
 use crate::sync::inventory::{Inventory, ObjectRef};
 
 /// `tenantsync.io/prune: disabled` keeps an object when it is no longer declared.
@@ -36,6 +36,10 @@ pub struct SyncOptions {
     pub lock_lost: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
     /// The objects this sync may apply or prune (all by default).
     pub scope: Scope,
+    /// A saved plan's preconditions (`sync --plan`), by object id: an
+    /// update or delete is sent only on the condition that the live object
+    /// still has this `uid` and `resourceVersion`.
+    pub preconditions: Option<std::sync::Arc<HashMap<String, LiveVersion>>>,
 }
 
 /// Which objects a plan or a sync may touch, by namespace: every object a
@@ -430,6 +434,7 @@ mod tests {
                 diff: String::new(),
                 note: None,
                 heal: None,
+                live: None,
             })
             .collect();
         Plan {

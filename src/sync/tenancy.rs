@@ -1283,6 +1283,7 @@ mod tests {
             diff: "+ something".into(),
             note: None,
             heal: None,
+            live: None,
         }
     }
 
