@@ -307,6 +307,7 @@ fn fhir(name: String) -> impl Strategy<Value = FhirService> {
                 auth,
                 cors,
                 identity,
+                key_vault: None,
             },
         )
 }
@@ -336,6 +337,7 @@ fn workspace(name: String) -> impl Strategy<Value = Workspace> {
                     replicas,
                     resources: None,
                     identity,
+                    key_vault: None,
                     dicom_cast: cast.then(|| DicomCast {
                         fhir_service: fhir_names[i % fhir_names.len()].clone(),
                         poll_interval: "30s".into(),

@@ -80,6 +80,7 @@ pub struct FhirService {
     pub auth: Option<Auth>,
     pub cors: Option<Cors>,
     pub identity: Option<Identity>,
+    pub key_vault: Option<ServiceKeyVault>,
 }
 
 fn default_fhir_version() -> String {
@@ -108,6 +109,7 @@ pub struct DicomService {
     pub replicas: Option<i32>,
     pub resources: Option<Resources>,
     pub identity: Option<Identity>,
+    pub key_vault: Option<ServiceKeyVault>,
     pub dicom_cast: Option<DicomCast>,
 }
 
@@ -291,6 +293,46 @@ pub const DEFAULT_MAX_PRUNE_PERCENT: u8 = 25;
 pub const DEFAULT_NAMESPACE_TEMPLATE: &str = "{workspace}-{environment}";
 pub const DEFAULT_INGRESS_CONTROLLER_NAMESPACE: &str = "ingress-nginx";
 
+/// An Azure Key Vault the environment's workspaces read certificates and
+/// secrets from through the Secrets Store CSI driver (seed 001), rendered
+/// as one `SecretProviderClass` per workspace.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct KeyVault {
+    pub vault_name: String,
+    pub tenant_id: String,
+    /// The client id of the managed identity that reads the vault
+    /// (workload identity).
+    pub client_id: String,
+    /// A certificate object for every exposed service of a workspace
+    /// (one TLS Secret per workspace), unless a service names its own;
+    /// `{workspace}` and `{environment}` are replaced.
+    pub certificate: Option<String>,
+    /// Secrets every FHIR and DICOM service gets as environment variables.
+    #[serde(default)]
+    pub secrets: Vec<SecretRef>,
+}
+
+/// A Key Vault secret object, synced into the workspace's Secret under its
+/// object name and given to the service's container as `env`.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretRef {
+    pub object_name: String,
+    pub env: String,
+}
+
+/// What one FHIR or DICOM service reads from the environment's Key Vault
+/// besides what every service does: its own certificate (then its Ingress
+/// gets a TLS Secret of its own, for its host) and secrets.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceKeyVault {
+    pub certificate: Option<String>,
+    #[serde(default)]
+    pub secrets: Vec<SecretRef>,
+}
+
 /// An environment's settings after merging its base chain.
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
@@ -306,6 +348,7 @@ pub struct Settings {
     pub sync_policy: SyncPolicy,
     #[serde(default)]
     pub ownership: Ownership,
+    pub key_vault: Option<KeyVault>,
 }
 
 /// One environment, resolved: settings merged over its base chain and the

@@ -24,6 +24,18 @@ pub fn iot_destination(connector: &str, destination: &str) -> String {
 /// The workspace-wide IoT identity and settings (seed 004: one per workspace).
 pub const IOT_SHARED: &str = "iot-shared";
 pub const NETWORK_POLICY: &str = "workspace-ingress";
+/// The workspace's `SecretProviderClass`: what it reads from the
+/// environment's Key Vault.
+pub const SECRET_PROVIDER_CLASS: &str = "workspace-keyvault";
+/// The Secret the CSI driver syncs the workspace-wide certificate into.
+pub const WORKSPACE_TLS: &str = "workspace-tls";
+/// The Secret the CSI driver syncs the Key Vault secrets into (one key per
+/// secret object, named after it).
+pub const WORKSPACE_SECRETS: &str = "workspace-secrets";
+/// The Secret the CSI driver syncs a service's own certificate into.
+pub fn tls(name: &str) -> String {
+    format!("{name}-tls")
+}
 /// `<service>.<fhir|dicom>.<workspace>.<domain>` (seed 001).
 pub fn host(service: &str, kind: &str, workspace: &str, domain: &str) -> String {
     format!("{service}.{kind}.{workspace}.{domain}")
@@ -114,6 +126,14 @@ pub fn identities(env: &Environment, ws: &Workspace) -> Vec<(Identity, Origin)> 
         Origin::Workspace,
     );
     let settings = &env.settings;
+    if reads_key_vault(env, ws) {
+        add(
+            "secrets-store.csi.x-k8s.io",
+            "SecretProviderClass",
+            SECRET_PROVIDER_CLASS.to_string(),
+            Origin::Workspace,
+        );
+    }
     let exposed = |add: &mut dyn FnMut(&'static str, &'static str, String, Origin),
                    name: String,
                    replicas: i32,
@@ -159,4 +179,22 @@ pub fn identities(env: &Environment, ws: &Workspace) -> Vec<(Identity, Origin)> 
         }
     }
     out
+}
+
+/// Whether a workspace reads the environment's Key Vault: the environment
+/// declares one, the workspace exposes a service, and something (a
+/// certificate or a secret) is read. Then it gets a `SecretProviderClass`.
+pub fn reads_key_vault(env: &Environment, ws: &Workspace) -> bool {
+    let Some(kv) = &env.settings.key_vault else {
+        return false;
+    };
+    let spec = &ws.spec;
+    let own = spec
+        .fhir_services
+        .iter()
+        .map(|f| f.key_vault.as_ref())
+        .chain(spec.dicom_services.iter().map(|d| d.key_vault.as_ref()))
+        .any(|k| k.is_some_and(|k| k.certificate.is_some() || !k.secrets.is_empty()));
+    let exposes = !spec.fhir_services.is_empty() || !spec.dicom_services.is_empty();
+    exposes && (kv.certificate.is_some() || !kv.secrets.is_empty() || own)
 }

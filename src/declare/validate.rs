@@ -1419,6 +1419,39 @@ impl Repository {
         if usable.has("images") {
             self.check_images(&s.images, &fhir, &dicom, &iot, diags);
         }
+        if usable.has("keyVault") && s.key_vault.is_none() {
+            self.check_key_vault_declared(env, &fhir, &dicom, diags);
+        }
+    }
+
+    /// A service that reads the Key Vault needs the environment to declare
+    /// one (vault, tenant, identity).
+    fn check_key_vault_declared(
+        &self,
+        env: &Environment,
+        fhir: &[&Node],
+        dicom: &[&Node],
+        diags: &mut Vec<Diagnostic>,
+    ) {
+        for (key, items, what) in [
+            ("fhirServices", fhir, "FHIR service"),
+            ("dicomServices", dicom, "DICOM service"),
+        ] {
+            for (i, node) in items.iter().enumerate() {
+                let Some(kv) = node.get("keyVault") else {
+                    continue;
+                };
+                let name = node.get("name").and_then(Node::as_str).unwrap_or("?");
+                diags.push(self.files.diag(
+                    kv.pos,
+                    Some(format!("/spec/{key}/{i}/keyVault")),
+                    format!(
+                        "{what} `{name}` reads from a Key Vault, but environment `{}` declares none: add spec.keyVault (vaultName, tenantId, clientId) to its environment.yaml or a layer it builds on, or remove this keyVault",
+                        env.name
+                    ),
+                ));
+            }
+        }
     }
 
     /// Every service, cast, connector and destination has an image: its

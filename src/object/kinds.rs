@@ -79,7 +79,8 @@ pub fn kind_rank(kind: &str) -> u8 {
         "Namespace" => 0,
         "CustomResourceDefinition" => 1,
         "ServiceAccount" => 2,
-        "ConfigMap" | "Secret" => 3,
+        // The Key Vault objects the pods mount, before the pods.
+        "ConfigMap" | "Secret" | "SecretProviderClass" => 3,
         "Service" => 4,
         "Deployment" => 5,
         "PodDisruptionBudget" => 6,

@@ -28,6 +28,7 @@ pub(super) fn render(cx: &mut Ctx<'_>, d: &DicomService) {
         replicas: d.replicas,
         resources: d.resources.as_ref(),
         identity: d.identity.as_ref(),
+        key_vault: d.key_vault.as_ref(),
     };
     let (image, defaults) = (settings.images.dicom.as_ref(), &settings.defaults.dicom);
     let exposed = Exposed::of(
@@ -79,6 +80,8 @@ pub(super) fn render(cx: &mut Ctx<'_>, d: &DicomService) {
                 service_account: None,
                 env_from: Some(names::config(&cast_name)),
                 env: Vec::new(),
+                secret_env: Vec::new(),
+                key_vault: false,
                 mount: None,
                 identity: false,
                 config_hash: hash,

@@ -52,6 +52,7 @@ pub(super) fn render(cx: &mut Ctx<'_>, f: &FhirService) {
         replicas: f.replicas,
         resources: f.resources.as_ref(),
         identity: f.identity.as_ref(),
+        key_vault: f.key_vault.as_ref(),
     };
     let (image, defaults) = (settings.images.fhir.as_ref(), &settings.defaults.fhir);
     let exposed = Exposed::of(

@@ -19,6 +19,7 @@ use crate::object::{ENVIRONMENT_LABEL, MANAGED_BY, MANAGER, Names, Object, kind_
 mod dicom;
 mod fhir;
 mod iot;
+mod keyvault;
 mod workload;
 mod workspace;
 
@@ -172,9 +173,11 @@ fn render_workspace_with(
         out: Vec::new(),
         error: None,
         names: std::mem::take(names),
+        key_vault: crate::declare::names::reads_key_vault(env, ws),
     };
     workspace::namespace(&mut cx, ws);
     workspace::network_policy(&mut cx);
+    keyvault::render(&mut cx, ws);
     for f in &ws.spec.fhir_services {
         fhir::render(&mut cx, f);
     }
@@ -229,6 +232,7 @@ mod tests {
             auth: None,
             cors: None,
             identity: None,
+            key_vault: None,
         }
     }
 
@@ -242,6 +246,7 @@ mod tests {
                     replicas: None,
                     resources: None,
                     identity: None,
+                    key_vault: None,
                     dicom_cast: (i % 2 == 0).then(|| DicomCast {
                         fhir_service: "f0".into(),
                         poll_interval: "30s".into(),

@@ -9,10 +9,11 @@ use k8s_openapi::api::apps::v1::{
     Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
 };
 use k8s_openapi::api::core::v1::{
-    Capabilities, ConfigMap, ConfigMapEnvSource, ConfigMapVolumeSource, Container, ContainerPort,
-    EmptyDirVolumeSource, EnvFromSource, EnvVar, HTTPGetAction, PodSecurityContext, PodSpec,
-    PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, SecurityContext, Service,
-    ServiceAccount, ServicePort, ServiceSpec, Volume, VolumeMount,
+    CSIVolumeSource, Capabilities, ConfigMap, ConfigMapEnvSource, ConfigMapVolumeSource, Container,
+    ContainerPort, EmptyDirVolumeSource, EnvFromSource, EnvVar, EnvVarSource, HTTPGetAction,
+    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile,
+    SecretKeySelector, SecurityContext, Service, ServiceAccount, ServicePort, ServiceSpec, Volume,
+    VolumeMount,
 };
 use k8s_openapi::api::networking::v1::{
     HTTPIngressPath, HTTPIngressRuleValue, Ingress, IngressBackend, IngressRule,
@@ -25,7 +26,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use super::RenderError;
+use super::{RenderError, keyvault};
 use crate::declare::model::{self, Environment, Image, KindDefaults, Resources};
 use crate::declare::names;
 use crate::object::{ENVIRONMENT_LABEL, MANAGED_BY, MANAGER, Names, Object, WORKSPACE_LABEL};
@@ -42,6 +43,9 @@ pub(super) struct Ctx<'a> {
     pub(super) out: Vec<Object>,
     pub(super) error: Option<RenderError>,
     pub(super) names: Names,
+    /// Whether the workspace reads the environment's Key Vault
+    /// (`names::reads_key_vault`).
+    pub(super) key_vault: bool,
 }
 
 impl Ctx<'_> {
@@ -106,6 +110,38 @@ impl Ctx<'_> {
     }
 }
 
+impl Ctx<'_> {
+    /// Adds an object of a kind k8s-openapi has no type for (a custom
+    /// resource), written as JSON.
+    pub(super) fn push_value(
+        &mut self,
+        api_version: &str,
+        kind: &str,
+        name: &str,
+        body: &serde_json::Value,
+    ) {
+        match serde_json::value::to_raw_value(body) {
+            Ok(raw) => {
+                let namespace = Some(self.names.get(&self.namespace));
+                self.out.push(Object::from_parts(
+                    self.names.get(api_version),
+                    self.names.get(kind),
+                    namespace,
+                    self.names.get(name),
+                    self.names.get(self.ws),
+                    raw,
+                ));
+            }
+            Err(e) => {
+                self.error.get_or_insert(RenderError {
+                    object: format!("{kind}/{name}"),
+                    message: e.to_string(),
+                });
+            }
+        }
+    }
+}
+
 /// Everything a workload needs, for one Deployment.
 pub(super) struct Workload<'a> {
     pub(super) name: String,
@@ -118,6 +154,10 @@ pub(super) struct Workload<'a> {
     /// ConfigMap whose keys become environment variables.
     pub(super) env_from: Option<String>,
     pub(super) env: Vec<(String, String)>,
+    /// (variable, key) read from the synced `workspace-secrets` Secret.
+    pub(super) secret_env: Vec<(String, String)>,
+    /// Mount the workspace's Key Vault (CSI) volume.
+    pub(super) key_vault: bool,
     /// ConfigMap mounted read-only at a path.
     pub(super) mount: Option<(String, &'static str)>,
     pub(super) identity: bool,
@@ -137,6 +177,7 @@ pub(super) struct Exposed<'a> {
     pub(super) replicas: i32,
     pub(super) resources: Option<&'a Resources>,
     pub(super) identity: Option<&'a model::Identity>,
+    pub(super) key_vault: Option<&'a model::ServiceKeyVault>,
 }
 
 /// What a FHIR or DICOM service declares of its workload.
@@ -145,6 +186,7 @@ pub(super) struct Declared<'a> {
     pub(super) replicas: Option<i32>,
     pub(super) resources: Option<&'a Resources>,
     pub(super) identity: Option<&'a model::Identity>,
+    pub(super) key_vault: Option<&'a model::ServiceKeyVault>,
 }
 
 impl<'a> Exposed<'a> {
@@ -167,6 +209,7 @@ impl<'a> Exposed<'a> {
             replicas: own.replicas.or(defaults.replicas).unwrap_or(1),
             resources: own.resources.or(defaults.resources.as_ref()),
             identity: own.identity,
+            key_vault: own.key_vault,
         }
     }
 }
@@ -183,7 +226,9 @@ pub(super) fn exposed_service(cx: &mut Ctx<'_>, e: Exposed<'_>, data: BTreeMap<S
         replicas,
         resources,
         identity,
+        key_vault,
     } = e;
+    let secrets = super::keyvault::of_service(cx, name, key_vault);
     let labels = cx.labels(app, name, "api");
     let mut sa_meta = cx.meta(name, labels.clone());
     if let Some(id) = identity {
@@ -213,6 +258,8 @@ pub(super) fn exposed_service(cx: &mut Ctx<'_>, e: Exposed<'_>, data: BTreeMap<S
             service_account: Some(name.to_string()),
             env_from: Some(names::config(name)),
             env: Vec::new(),
+            secret_env: secrets.env,
+            key_vault: secrets.mount,
             mount: None,
             identity: identity.is_some(),
             config_hash,
@@ -238,7 +285,13 @@ pub(super) fn exposed_service(cx: &mut Ctx<'_>, e: Exposed<'_>, data: BTreeMap<S
     };
     cx.push(&svc, true, name);
 
-    ingress(cx, name, labels.clone(), short, host_kind);
+    ingress(
+        cx,
+        name,
+        labels.clone(),
+        (short, host_kind),
+        secrets.tls_secret,
+    );
 
     if replicas > 1 {
         let pdb = PodDisruptionBudget {
@@ -263,8 +316,8 @@ fn ingress(
     cx: &mut Ctx<'_>,
     name: &str,
     labels: BTreeMap<String, String>,
-    short: &str,
-    host_kind: &str,
+    (short, host_kind): (&str, &str),
+    tls_secret: Option<String>,
 ) {
     let ingress_settings = &cx.env.settings.ingress;
     let host = names::host(
@@ -298,7 +351,7 @@ fn ingress(
             }]),
             tls: Some(vec![IngressTLS {
                 hosts: Some(vec![host]),
-                secret_name: ingress_settings.tls_secret_name.clone(),
+                secret_name: tls_secret,
             }]),
             ..IngressSpec::default()
         }),
@@ -413,6 +466,27 @@ fn container(w: &mut Workload<'_>) -> (Container, Vec<Volume>) {
         empty_dir: Some(EmptyDirVolumeSource::default()),
         ..Volume::default()
     }];
+    if w.key_vault {
+        mounts.push(VolumeMount {
+            name: keyvault::VOLUME.into(),
+            mount_path: keyvault::MOUNT_PATH.into(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        });
+        volumes.push(Volume {
+            name: keyvault::VOLUME.into(),
+            csi: Some(CSIVolumeSource {
+                driver: keyvault::CSI_DRIVER.into(),
+                read_only: Some(true),
+                volume_attributes: Some(BTreeMap::from([(
+                    "secretProviderClass".to_string(),
+                    names::SECRET_PROVIDER_CLASS.to_string(),
+                )])),
+                ..CSIVolumeSource::default()
+            }),
+            ..Volume::default()
+        });
+    }
     if let Some((cm, path)) = &w.mount {
         mounts.push(VolumeMount {
             name: "mapping".into(),
@@ -447,15 +521,29 @@ fn container(w: &mut Workload<'_>) -> (Container, Vec<Volume>) {
                 ..EnvFromSource::default()
             }]
         }),
-        env: (!w.env.is_empty()).then(|| {
-            std::mem::take(&mut w.env)
+        env: (!w.env.is_empty() || !w.secret_env.is_empty()).then(|| {
+            let plain = std::mem::take(&mut w.env)
                 .into_iter()
                 .map(|(name, value)| EnvVar {
                     name,
                     value: Some(value),
                     ..EnvVar::default()
-                })
-                .collect()
+                });
+            let secret = std::mem::take(&mut w.secret_env)
+                .into_iter()
+                .map(|(name, key)| EnvVar {
+                    name,
+                    value_from: Some(EnvVarSource {
+                        secret_key_ref: Some(SecretKeySelector {
+                            name: names::WORKSPACE_SECRETS.to_string(),
+                            key,
+                            ..SecretKeySelector::default()
+                        }),
+                        ..EnvVarSource::default()
+                    }),
+                    ..EnvVar::default()
+                });
+            plain.chain(secret).collect()
         }),
         resources: w.resources.map(resource_requirements),
         readiness_probe: Some(probe(5, 10)),
