@@ -119,7 +119,7 @@ impl ControlPlane {
 /// cannot start; every later call panics with the same message.
 pub fn control_plane() -> &'static ControlPlane {
     static CONTROL_PLANE: OnceLock<Result<ControlPlane, String>> = OnceLock::new();
-    match CONTROL_PLANE.get_or_init(start_or_reuse) {
+    match CONTROL_PLANE.get_or_init(|| start_or_reuse().and_then(install_crds)) {
         Ok(control_plane) => control_plane,
         Err(reason) => panic!("the test control plane is not available: {reason}"),
     }
@@ -137,6 +137,47 @@ fn start_or_reuse() -> Result<ControlPlane, String> {
         return Ok(ControlPlane { kubeconfig });
     }
     start()
+}
+
+/// The CustomResourceDefinitions of the custom resources tenantsync
+/// renders (`deploy/crds/`), as a cluster with their drivers has them.
+pub const CRDS: &[(&str, &str)] = &[(
+    "deploy/crds/secretproviderclasses.yaml",
+    "secretproviderclasses.secrets-store.csi.x-k8s.io",
+)];
+
+/// Installs [`CRDS`] and waits until the API server serves them.
+fn install_crds(cp: ControlPlane) -> Result<ControlPlane, String> {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for (file, name) in CRDS {
+        let path = repo.join(file).to_string_lossy().into_owned();
+        let crd = format!("crd/{name}");
+        for args in [
+            vec!["apply", "--server-side", "-f", &path],
+            vec![
+                "wait",
+                "--for",
+                "condition=Established",
+                "--timeout",
+                "60s",
+                &crd,
+            ],
+        ] {
+            let out = cp
+                .kubectl()
+                .args(&args)
+                .output()
+                .map_err(|e| format!("cannot run kubectl: {e}"))?;
+            if !out.status.success() {
+                return Err(format!(
+                    "kubectl {} failed: {}",
+                    args.join(" "),
+                    String::from_utf8_lossy(&out.stderr)
+                ));
+            }
+        }
+    }
+    Ok(cp)
 }
 
 /// Runs `scripts/control-plane up` with a state directory of its own and this
