@@ -179,3 +179,28 @@ async fn plan_and_drift_over_a_secret_show_digests_never_the_value() {
     assert!(shown.contains(&digest(edited.as_bytes())), "{shown}");
     assert!(shown.contains(&digest(changed.as_bytes())), "{shown}");
 }
+
+/// A cluster without the Secrets Store CSI driver: the sync fails naming
+/// the missing CRD and what installs it.
+#[tokio::test]
+async fn a_cluster_without_the_secret_provider_class_crd_gets_an_error_naming_it() {
+    let bare = crate::support::bare_control_plane("no-crds");
+    let repo = TestRepo::new("keyvault-no-crd");
+    repo.write("environment.yaml", &environment(&repo, KEY_VAULT));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tenantsync"))
+        .args(["sync", "--env", &repo.env, "--context", "admin", "--repo"])
+        .arg(repo.path())
+        .arg("--kubeconfig")
+        .arg(bare.kubeconfig())
+        .output()
+        .expect("run tenantsync");
+    assert_ne!(out.status.code(), Some(0), "{}", stdout(&out));
+    let shown = format!("{}{}", stdout(&out), stderr(&out));
+    assert!(
+        shown.contains(
+            "the CustomResourceDefinition secretproviderclasses.secrets-store.csi.x-k8s.io is not installed; install the Secrets Store CSI driver"
+        ),
+        "{shown}"
+    );
+    assert!(shown.contains("SecretProviderClass"), "{shown}");
+}

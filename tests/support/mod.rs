@@ -183,10 +183,27 @@ fn install_crds(cp: ControlPlane) -> Result<ControlPlane, String> {
 /// Runs `scripts/control-plane up` with a state directory of its own and this
 /// process as the owner, so concurrent test runs never share or leak one.
 fn start() -> Result<ControlPlane, String> {
+    start_in(
+        Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("control-plane-{}", std::process::id())),
+    )
+}
+
+/// A second control plane of this run, without the CRDs [`control_plane`]
+/// installs: for a test that needs a cluster lacking them (a cluster
+/// shared with parallel tests cannot lose a CRD). Stopped when the test
+/// process exits, like the first.
+pub fn bare_control_plane(name: &str) -> ControlPlane {
+    start_in(
+        Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("control-plane-{}-{name}", std::process::id())),
+    )
+    .unwrap_or_else(|e| panic!("the bare control plane did not start: {e}"))
+}
+
+fn start_in(state_dir: PathBuf) -> Result<ControlPlane, String> {
     let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
     let script = repo.join("scripts/control-plane");
-    let state_dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("control-plane-{}", std::process::id()));
     let started = Instant::now();
     let mut child = Command::new(&script)
         .arg("up")
