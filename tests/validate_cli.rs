@@ -725,3 +725,50 @@ fn an_unreadable_repository_folder_is_said_once_with_what_to_do() {
         "{err}"
     );
 }
+
+/// Key Vault declarations (issue 17): a service reading a Key Vault the
+/// environment does not declare, and malformed references, are refused
+/// where they are written.
+#[test]
+fn key_vault_mistakes_are_refused_with_positions() {
+    let repo = example_repo();
+    let env_file = repo.path().join("environments/qa/environment.yaml");
+    let text = std::fs::read_to_string(&env_file).unwrap();
+    // qa without a Key Vault; its workspace patch still reads one.
+    let start = text.find("  # Certificates and secrets").unwrap();
+    let end = text.find("  defaults:").unwrap();
+    std::fs::write(&env_file, format!("{}{}", &text[..start], &text[end..])).unwrap();
+    std::fs::create_dir_all(repo.path().join("environments/qa/workspaces")).unwrap();
+    std::fs::write(
+        repo.path().join("environments/qa/workspaces/woodgrove.yaml"),
+        "apiVersion: tenantsync.io/v1alpha1\nkind: WorkspacePatch\nmetadata:\n  name: woodgrove\nspec:\n  fhirServices:\n    - name: api\n      keyVault:\n        certificate: woodgrove-api\n",
+    )
+    .unwrap();
+    // staging: a secret without its variable, a vault name Azure refuses.
+    let staging = repo.path().join("environments/staging/environment.yaml");
+    let text = std::fs::read_to_string(&staging)
+        .unwrap()
+        .replace("vaultName: kv-health-staging", "vaultName: kv_health")
+        .replace(
+            "- { objectName: appinsights-connection, env: ApplicationInsights__ConnectionString }",
+            "- { objectName: appinsights-connection }",
+        );
+    std::fs::write(&staging, text).unwrap();
+    let out = validate(repo.path());
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains("environments/qa/workspaces/woodgrove.yaml:9:9: error: /spec/fhirServices/0/keyVault: FHIR service `api` reads from a Key Vault, but environment `qa` declares none: add spec.keyVault"),
+        "{err}"
+    );
+    assert!(
+        err.contains(
+            "environments/staging/environment.yaml:13:16: error: /spec/keyVault/vaultName"
+        ),
+        "{err}"
+    );
+    assert!(
+        err.contains("environments/staging/environment.yaml:19:9: error: /spec/keyVault/secrets/0: missing required field `env`"),
+        "{err}"
+    );
+}
