@@ -343,6 +343,8 @@ fn workspace(name: String) -> impl Strategy<Value = Workspace> {
                         poll_interval: "30s".into(),
                         image: None,
                         resources: None,
+                        table_endpoint: "https://castsstate.table.core.windows.net/".into(),
+                        identity: None,
                     }),
                 })
                 .collect();

@@ -95,6 +95,11 @@ pub struct DicomCast {
     pub poll_interval: String,
     pub image: Option<Image>,
     pub resources: Option<Resources>,
+    /// The Azure Table storage endpoint the cast keeps its state in
+    /// (seed 003: `tableEndpoint`).
+    pub table_endpoint: String,
+    /// The identity that reaches the table storage.
+    pub identity: Option<Identity>,
 }
 
 fn default_poll_interval() -> String {
@@ -333,6 +338,19 @@ pub struct ServiceKeyVault {
     pub secrets: Vec<SecretRef>,
 }
 
+/// Environments where a FHIR service must declare `auth` unless the
+/// environment says otherwise (`spec.auth.required`).
+pub const AUTH_REQUIRED_IN: [&str; 3] = ["staging", "prod", "dr"];
+
+/// The environment's authentication policy.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct AuthPolicy {
+    /// Every FHIR service must declare `auth`. Default: true in
+    /// [`AUTH_REQUIRED_IN`], false elsewhere.
+    pub required: Option<bool>,
+}
+
 /// An environment's settings after merging its base chain.
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
@@ -349,6 +367,8 @@ pub struct Settings {
     #[serde(default)]
     pub ownership: Ownership,
     pub key_vault: Option<KeyVault>,
+    #[serde(default)]
+    pub auth: AuthPolicy,
 }
 
 /// One environment, resolved: settings merged over its base chain and the
@@ -372,6 +392,14 @@ pub struct Manifest {
 }
 
 impl Environment {
+    /// Whether every FHIR service must declare `auth` here.
+    pub fn auth_required(&self) -> bool {
+        self.settings
+            .auth
+            .required
+            .unwrap_or(AUTH_REQUIRED_IN.contains(&self.name.as_str()))
+    }
+
     /// The namespace of a workspace in this environment.
     pub fn namespace_of(&self, workspace: &str) -> String {
         self.settings

@@ -156,6 +156,7 @@ pub fn identities(env: &Environment, ws: &Workspace) -> Vec<(Identity, Origin)> 
         exposed(&mut add, dicom(&d.name), replicas, Origin::Dicom(i));
         if d.dicom_cast.is_some() {
             let cast = dicom_cast(&d.name);
+            add("", "ServiceAccount", cast.clone(), Origin::DicomCast(i));
             add("", "ConfigMap", config(&cast), Origin::DicomCast(i));
             add("apps", "Deployment", cast, Origin::DicomCast(i));
         }
@@ -170,6 +171,7 @@ pub fn identities(env: &Environment, ws: &Workspace) -> Vec<(Identity, Origin)> 
         add("", "ConfigMap", IOT_SHARED.to_string(), Origin::IotShared);
     }
     for (i, c) in ws.spec.iot_connectors.iter().enumerate() {
+        add("", "ServiceAccount", iot(&c.name), Origin::Iot(i));
         add("", "ConfigMap", iot(&c.name), Origin::Iot(i));
         add("apps", "Deployment", iot(&c.name), Origin::Iot(i));
         for (j, d) in c.fhir_destinations.iter().enumerate() {

@@ -1419,8 +1419,36 @@ impl Repository {
         if usable.has("images") {
             self.check_images(&s.images, &fhir, &dicom, &iot, diags);
         }
+        if usable.has("auth") && env.auth_required() {
+            self.check_auth_declared(env, &fhir, diags);
+        }
         if usable.has("keyVault") && s.key_vault.is_none() {
             self.check_key_vault_declared(env, &fhir, &dicom, diags);
+        }
+    }
+
+    /// Where the environment requires authentication, every FHIR service
+    /// declares `auth` (else its Ingress publishes it without).
+    fn check_auth_declared(&self, env: &Environment, fhir: &[&Node], diags: &mut Vec<Diagnostic>) {
+        for (i, node) in fhir.iter().enumerate() {
+            if node.get("auth").is_some() {
+                continue;
+            }
+            let name = node.get("name");
+            let at = name.map_or(node.pos, |n| n.pos);
+            let name = name.and_then(Node::as_str).unwrap_or("?");
+            let why = if env.settings.auth.required.is_some() {
+                "its spec.auth.required is true"
+            } else {
+                "staging, prod and dr require it unless spec.auth.required is false"
+            };
+            diags.push(self.files.diag(
+                at,
+                Some(format!("/spec/fhirServices/{i}")),
+                format!(
+                    "FHIR service `{name}` declares no auth, which the environment requires ({why}): its Ingress would publish it without authentication; add auth (authority, audience)"
+                ),
+            ));
         }
     }
 

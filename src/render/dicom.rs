@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use super::workload::{
     Ctx, Declared, Exposed, HTTP_PORT, Workload, config_map, deployment, exposed_service,
-    image_ref, service_url, timespan,
+    image_ref, service_account, service_url, timespan,
 };
 use crate::declare::model::DicomService;
 use crate::declare::names;
@@ -55,7 +55,21 @@ pub(super) fn render(cx: &mut Ctx<'_>, d: &DicomService) {
                 "DicomCastWorker__PollInterval".to_string(),
                 timespan(&cast.poll_interval),
             ),
+            // Table storage through the cast's identity (seed 003).
+            (
+                "TableStore__EndpointUri".to_string(),
+                cast.table_endpoint.clone(),
+            ),
         ]);
+        let mut data = data;
+        if let Some(id) = &cast.identity {
+            data.insert(
+                "TableStore__ManagedIdentityClientId".to_string(),
+                id.client_id.clone(),
+            );
+        }
+        let labels = cx.labels("dicom-cast", &cast_name, "cast");
+        service_account(cx, &cast_name, labels, cast.identity.as_ref());
         let hash = config_map(
             cx,
             &names::config(&cast_name),
@@ -77,13 +91,13 @@ pub(super) fn render(cx: &mut Ctx<'_>, d: &DicomService) {
                     .dicom_cast
                     .resources
                     .as_ref()),
-                service_account: None,
+                service_account: Some(cast_name.clone()),
                 env_from: Some(names::config(&cast_name)),
                 env: Vec::new(),
                 secret_env: Vec::new(),
                 key_vault: false,
                 mount: None,
-                identity: false,
+                identity: cast.identity.is_some(),
                 config_hash: hash,
             },
         );

@@ -6,7 +6,9 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::ServiceAccount;
 
-use super::workload::{Ctx, Workload, config_map, deployment, image_ref, pretty, service_url};
+use super::workload::{
+    Ctx, Workload, config_map, deployment, image_ref, pretty, service_account, service_url,
+};
 use crate::declare::model::{FhirDestination, IotConnector, KindDefaults};
 use crate::declare::names;
 
@@ -26,6 +28,10 @@ pub(super) fn render(cx: &mut Ctx<'_>, connectors: &[IotConnector]) {
             "ingestion",
             BTreeMap::from([("devicecontent.json".to_string(), mapping)]),
         );
+        // One identity per connector (seed 004: its external managed
+        // identity, which the customer grants access to the Event Hub).
+        let labels = cx.labels("iot-connector", &name, "ingestion");
+        service_account(cx, &name, labels, c.identity.as_ref());
         let ingest = &c.ingestion_endpoint_configuration;
         let iot_defaults: &KindDefaults = &settings.defaults.iot_connector;
         deployment(
@@ -37,7 +43,7 @@ pub(super) fn render(cx: &mut Ctx<'_>, connectors: &[IotConnector]) {
                 image: image_ref(c.image.as_ref(), settings.images.iot_connector.as_ref()),
                 replicas: c.replicas.or(iot_defaults.replicas).unwrap_or(1),
                 resources: c.resources.as_ref().or(iot_defaults.resources.as_ref()),
-                service_account: Some(names::IOT_SHARED.to_string()),
+                service_account: Some(name.clone()),
                 env_from: Some(names::IOT_SHARED.to_string()),
                 env: vec![
                     ("EventHub__Name".into(), ingest.event_hub_name.clone()),

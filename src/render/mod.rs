@@ -252,6 +252,8 @@ mod tests {
                         poll_interval: "30s".into(),
                         image: None,
                         resources: None,
+                        table_endpoint: "https://castsstate.table.core.windows.net/".into(),
+                        identity: None,
                     }),
                 })
                 .collect();
@@ -513,6 +515,18 @@ mod tests {
         assert_eq!(timespan("1500ms"), "00:00:01.500");
     }
 
+    /// Regression (issue 17): `100h` rendered as `100:00:00`, which .NET's
+    /// TimeSpan does not parse; whole days go before a dot.
+    #[test]
+    fn timespan_of_a_day_or_more_puts_the_days_before_a_dot() {
+        assert_eq!(timespan("100h"), "4.04:00:00");
+        assert_eq!(timespan("24h"), "1.00:00:00");
+        assert_eq!(timespan("1440m"), "1.00:00:00");
+        assert_eq!(timespan("86401s"), "1.00:00:01");
+        assert_eq!(timespan("23h"), "23:00:00");
+        assert_eq!(timespan("999999999h"), "41666666.15:00:00");
+    }
+
     #[test]
     fn label_limits() {
         assert!(names::check_label(&"a".repeat(63)).is_ok());
@@ -522,5 +536,105 @@ mod tests {
                 .contains("63")
         );
         assert!(names::check_label("Upper").is_err());
+    }
+
+    fn find(objects: &[Object], kind: &str, name: &str) -> serde_json::Value {
+        objects
+            .iter()
+            .find(|o| &*o.kind == kind && &*o.name == name)
+            .unwrap_or_else(|| panic!("no {kind}/{name}"))
+            .value()
+    }
+
+    /// Seeds 003 and 004: each IoT connector and each DICOM-cast runs as a
+    /// ServiceAccount of its own carrying its identity's client id.
+    #[test]
+    fn each_connector_and_cast_runs_as_its_own_identity() {
+        let connectors: Vec<serde_json::Value> = ["a", "b"]
+            .iter()
+            .enumerate()
+            .map(|(i, n)| serde_json::json!({
+                "name": n,
+                "identity": {"clientId": format!("6d3cae74-1b2f-4a3c-9da5-4e7a9f1b3d3{i}")},
+                "ingestionEndpointConfiguration": {"eventHubName": "hub", "fullyQualifiedEventHubNamespace": "acmeingest.servicebus.windows.net"},
+                "deviceMapping": {"content": {"templateType": "CollectionContent", "template": []}}
+            }))
+            .collect();
+        let ws: Workspace = serde_json::from_value(serde_json::json!({
+            "apiVersion": model::API_VERSION, "kind": "Workspace",
+            "metadata": {"name": "acme"},
+            "spec": {
+                "fhirServices": [{"name": "main"}],
+                "dicomServices": [{"name": "pacs", "dicomCast": {
+                    "fhirService": "main",
+                    "tableEndpoint": "https://acmecast.table.core.windows.net/",
+                    "identity": {"clientId": "5c2b9d63-0a1e-4f2b-8c94-3d6f8e0a2c21"}
+                }}],
+                "iotConnectors": connectors
+            }
+        }))
+        .unwrap();
+        let env = env_of(vec![ws.clone()]);
+        let objects = render_workspace(&env, &ws).unwrap();
+        for (i, c) in ["iot-a", "iot-b"].iter().enumerate() {
+            let sa = find(&objects, "ServiceAccount", c);
+            assert_eq!(
+                sa["metadata"]["annotations"][WORKLOAD_IDENTITY_CLIENT_ID],
+                format!("6d3cae74-1b2f-4a3c-9da5-4e7a9f1b3d3{i}")
+            );
+            let pod = &find(&objects, "Deployment", c)["spec"]["template"];
+            assert_eq!(pod["spec"]["serviceAccountName"], *c);
+            assert_eq!(pod["metadata"]["labels"][WORKLOAD_IDENTITY_USE], "true");
+        }
+        let sa = find(&objects, "ServiceAccount", "dicomcast-pacs");
+        assert_eq!(
+            sa["metadata"]["annotations"][WORKLOAD_IDENTITY_CLIENT_ID],
+            "5c2b9d63-0a1e-4f2b-8c94-3d6f8e0a2c21"
+        );
+        let cast = &find(&objects, "Deployment", "dicomcast-pacs")["spec"]["template"];
+        assert_eq!(cast["spec"]["serviceAccountName"], "dicomcast-pacs");
+        assert_eq!(cast["metadata"]["labels"][WORKLOAD_IDENTITY_USE], "true");
+        let config = find(&objects, "ConfigMap", "dicomcast-pacs-config");
+        assert_eq!(
+            config["data"]["TableStore__EndpointUri"],
+            "https://acmecast.table.core.windows.net/"
+        );
+        assert_eq!(
+            config["data"]["TableStore__ManagedIdentityClientId"],
+            "5c2b9d63-0a1e-4f2b-8c94-3d6f8e0a2c21"
+        );
+        // What validation checks for collisions lists the same objects.
+        let mut rendered: Vec<String> = objects
+            .iter()
+            .map(|o| format!("{}/{}", o.kind, o.name))
+            .collect();
+        let mut listed: Vec<String> = crate::declare::names::identities(&env, &ws)
+            .into_iter()
+            .map(|(id, _)| format!("{}/{}", id.kind, id.name))
+            .collect();
+        rendered.sort();
+        listed.sort();
+        assert_eq!(rendered, listed);
+    }
+
+    /// `auth` is required by default where it matters most.
+    #[test]
+    fn auth_is_required_by_default_in_staging_prod_and_dr_only() {
+        let mut env = env_of(Vec::new());
+        for (name, required) in [
+            ("dev", false),
+            ("qa", false),
+            ("staging", true),
+            ("prod", true),
+            ("dr", true),
+        ] {
+            env.name = name.into();
+            assert_eq!(env.auth_required(), required, "{name}");
+        }
+        env.settings.auth.required = Some(false);
+        assert!(!env.auth_required());
+        env.name = "dev".into();
+        env.settings.auth.required = Some(true);
+        assert!(env.auth_required());
     }
 }

@@ -230,21 +230,7 @@ pub(super) fn exposed_service(cx: &mut Ctx<'_>, e: Exposed<'_>, data: BTreeMap<S
     } = e;
     let secrets = super::keyvault::of_service(cx, name, key_vault);
     let labels = cx.labels(app, name, "api");
-    let mut sa_meta = cx.meta(name, labels.clone());
-    if let Some(id) = identity {
-        sa_meta.annotations = Some(BTreeMap::from([(
-            WORKLOAD_IDENTITY_CLIENT_ID.to_string(),
-            id.client_id.clone(),
-        )]));
-    }
-    cx.push(
-        &ServiceAccount {
-            metadata: sa_meta,
-            ..ServiceAccount::default()
-        },
-        true,
-        name,
-    );
+    service_account(cx, name, labels.clone(), identity);
     let config_hash = config_map(cx, &names::config(name), app, name, "api", data);
     deployment(
         cx,
@@ -358,6 +344,31 @@ fn ingress(
         ..Ingress::default()
     };
     cx.push(&ingress, true, name);
+}
+
+/// A workload's own ServiceAccount, with the client id of its Azure
+/// workload identity when it has one.
+pub(super) fn service_account(
+    cx: &mut Ctx<'_>,
+    name: &str,
+    labels: BTreeMap<String, String>,
+    identity: Option<&model::Identity>,
+) {
+    let mut meta = cx.meta(name, labels);
+    if let Some(id) = identity {
+        meta.annotations = Some(BTreeMap::from([(
+            WORKLOAD_IDENTITY_CLIENT_ID.to_string(),
+            id.client_id.clone(),
+        )]));
+    }
+    cx.push(
+        &ServiceAccount {
+            metadata: meta,
+            ..ServiceAccount::default()
+        },
+        true,
+        name,
+    );
 }
 
 /// Adds a ConfigMap; returns the hash of its data, which goes into the pod
@@ -606,8 +617,9 @@ pub(super) fn resource_requirements(r: &Resources) -> ResourceRequirements {
     }
 }
 
-/// `30s` / `5m` / `1h` / `250ms` as a .NET TimeSpan (`00:00:30`), which the
-/// DICOM-cast worker reads (seed 003: DicomCastWorker.PollInterval).
+/// `30s` / `5m` / `1h` / `250ms` as a .NET TimeSpan (`00:00:30`,
+/// `d.hh:mm:ss` from a day on), which the DICOM-cast worker reads (seed 003:
+/// DicomCastWorker.PollInterval). The schema allows 1 to 999,999,999 units.
 pub(super) fn timespan(duration: &str) -> String {
     let digits: String = duration.chars().take_while(char::is_ascii_digit).collect();
     let unit = &duration[digits.len()..];
@@ -618,12 +630,20 @@ pub(super) fn timespan(duration: &str) -> String {
         "h" => (n.saturating_mul(3600), 0),
         _ => (n, 0),
     };
-    let base = format!(
+    // .NET's TimeSpan format: hours run 0-23, whole days go before a dot
+    // (`100h` is `4.04:00:00`; `100:00:00` would not parse).
+    let days = secs / 86_400;
+    let clock = format!(
         "{:02}:{:02}:{:02}",
-        secs / 3600,
+        (secs / 3600) % 24,
         (secs / 60) % 60,
         secs % 60
     );
+    let base = if days > 0 {
+        format!("{days}.{clock}")
+    } else {
+        clock
+    };
     if millis > 0 {
         format!("{base}.{millis:03}")
     } else {
