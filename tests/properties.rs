@@ -308,6 +308,8 @@ fn fhir(name: String) -> impl Strategy<Value = FhirService> {
                 cors,
                 identity,
                 key_vault: None,
+                probes: None,
+                autoscaling: None,
             },
         )
 }
@@ -338,6 +340,8 @@ fn workspace(name: String) -> impl Strategy<Value = Workspace> {
                     resources: None,
                     identity,
                     key_vault: None,
+                    probes: None,
+                    autoscaling: None,
                     dicom_cast: cast.then(|| DicomCast {
                         fhir_service: fhir_names[i % fhir_names.len()].clone(),
                         poll_interval: "30s".into(),

@@ -762,12 +762,12 @@ fn key_vault_mistakes_are_refused_with_positions() {
     );
     assert!(
         err.contains(
-            "environments/staging/environment.yaml:17:16: error: /spec/keyVault/vaultName"
+            "environments/staging/environment.yaml:18:16: error: /spec/keyVault/vaultName"
         ),
         "{err}"
     );
     assert!(
-        err.contains("environments/staging/environment.yaml:23:9: error: /spec/keyVault/secrets/0: missing required field `env`"),
+        err.contains("environments/staging/environment.yaml:24:9: error: /spec/keyVault/secrets/0: missing required field `env`"),
         "{err}"
     );
 }

@@ -68,6 +68,62 @@ pub struct Cors {
     pub allow_credentials: bool,
 }
 
+/// When a probe starts and how often it runs.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ProbeTiming {
+    pub initial_delay_seconds: Option<i32>,
+    pub period_seconds: Option<i32>,
+}
+
+/// Readiness and liveness probe timings; unset parts come from the
+/// environment, then from seed 002 (readiness 30 s / 10 s, liveness 60 s /
+/// 20 s, on `/health` port 8080).
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Probes {
+    #[serde(default)]
+    pub readiness: ProbeTiming,
+    #[serde(default)]
+    pub liveness: ProbeTiming,
+}
+
+/// Seed 002's probe timings: (initial delay, period) in seconds.
+pub const READINESS_PROBE: (i32, i32) = (30, 10);
+pub const LIVENESS_PROBE: (i32, i32) = (60, 20);
+
+impl Probes {
+    /// `self` over `under`, part by part.
+    pub fn over(self, under: Probes) -> Probes {
+        let pick = |a: ProbeTiming, b: ProbeTiming| ProbeTiming {
+            initial_delay_seconds: a.initial_delay_seconds.or(b.initial_delay_seconds),
+            period_seconds: a.period_seconds.or(b.period_seconds),
+        };
+        Probes {
+            readiness: pick(self.readiness, under.readiness),
+            liveness: pick(self.liveness, under.liveness),
+        }
+    }
+}
+
+/// A HorizontalPodAutoscaler for a service: then the Deployment's replicas
+/// are the autoscaler's.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Autoscaling {
+    pub min_replicas: i32,
+    pub max_replicas: i32,
+    #[serde(
+        default = "default_cpu_target",
+        rename = "targetCPUUtilizationPercentage"
+    )]
+    pub target_cpu_utilization_percentage: i32,
+}
+
+fn default_cpu_target() -> i32 {
+    70
+}
+
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct FhirService {
@@ -81,6 +137,8 @@ pub struct FhirService {
     pub cors: Option<Cors>,
     pub identity: Option<Identity>,
     pub key_vault: Option<ServiceKeyVault>,
+    pub probes: Option<Probes>,
+    pub autoscaling: Option<Autoscaling>,
 }
 
 fn default_fhir_version() -> String {
@@ -115,6 +173,8 @@ pub struct DicomService {
     pub resources: Option<Resources>,
     pub identity: Option<Identity>,
     pub key_vault: Option<ServiceKeyVault>,
+    pub probes: Option<Probes>,
+    pub autoscaling: Option<Autoscaling>,
     pub dicom_cast: Option<DicomCast>,
 }
 
@@ -209,6 +269,18 @@ pub struct Images {
 pub struct KindDefaults {
     pub replicas: Option<i32>,
     pub resources: Option<Resources>,
+    /// FHIR and DICOM services only (the schema refuses it elsewhere).
+    pub autoscaling: Option<Autoscaling>,
+}
+
+/// A standby environment (DR): everything in place, workloads scaled to
+/// `replicas` and no autoscalers, until `enabled` is set to false.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Standby {
+    pub enabled: bool,
+    #[serde(default)]
+    pub replicas: i32,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
@@ -369,6 +441,12 @@ pub struct Settings {
     pub key_vault: Option<KeyVault>,
     #[serde(default)]
     pub auth: AuthPolicy,
+    #[serde(default)]
+    pub probes: Probes,
+    /// The fewest replicas a FHIR or DICOM service or an IoT connector may
+    /// run with here (an autoscaler's minimum included), unless in standby.
+    pub replica_floor: Option<i32>,
+    pub standby: Option<Standby>,
 }
 
 /// One environment, resolved: settings merged over its base chain and the
@@ -391,7 +469,53 @@ pub struct Manifest {
     pub source: crate::declare::diag::Location,
 }
 
+/// How a FHIR or DICOM service scales in an environment.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Scale {
+    Fixed(i32),
+    /// A HorizontalPodAutoscaler owns the Deployment's replicas.
+    Auto(Autoscaling),
+}
+
+impl Scale {
+    /// The fewest replicas it runs with.
+    pub fn least(self) -> i32 {
+        match self {
+            Scale::Fixed(n) => n,
+            Scale::Auto(a) => a.min_replicas,
+        }
+    }
+}
+
 impl Environment {
+    /// How a service scales here: the standby's replicas in a standby,
+    /// else its own autoscaling or replicas over its kind's defaults (an
+    /// autoscaler over fixed replicas at the same level).
+    pub fn scale_of(
+        &self,
+        replicas: Option<i32>,
+        autoscaling: Option<Autoscaling>,
+        defaults: &KindDefaults,
+    ) -> Scale {
+        if let Some(n) = self.standby_replicas() {
+            return Scale::Fixed(n);
+        }
+        match (autoscaling, replicas, defaults.autoscaling) {
+            (Some(a), _, _) | (None, None, Some(a)) => Scale::Auto(a),
+            (None, Some(n), _) => Scale::Fixed(n),
+            (None, None, None) => Scale::Fixed(defaults.replicas.unwrap_or(1)),
+        }
+    }
+
+    /// The replicas every workload runs with while the environment is a
+    /// standby, if it is one.
+    pub fn standby_replicas(&self) -> Option<i32> {
+        self.settings
+            .standby
+            .filter(|s| s.enabled)
+            .map(|s| s.replicas)
+    }
+
     /// Whether every FHIR service must declare `auth` here.
     pub fn auth_required(&self) -> bool {
         self.settings

@@ -61,7 +61,7 @@ pub fn check_label(name: &str) -> Result<(), String> {
     }
 }
 
-use crate::declare::model::{Environment, Workspace};
+use crate::declare::model::{Environment, Scale, Workspace};
 
 /// What in a workspace declares a rendered object (indexes into its lists).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -136,24 +136,32 @@ pub fn identities(env: &Environment, ws: &Workspace) -> Vec<(Identity, Origin)> 
     }
     let exposed = |add: &mut dyn FnMut(&'static str, &'static str, String, Origin),
                    name: String,
-                   replicas: i32,
+                   scale: Scale,
                    origin: Origin| {
         add("", "ServiceAccount", name.clone(), origin);
         add("", "ConfigMap", config(&name), origin);
         add("apps", "Deployment", name.clone(), origin);
         add("", "Service", name.clone(), origin);
         add("networking.k8s.io", "Ingress", name.clone(), origin);
-        if replicas > 1 {
+        if let Scale::Auto(_) = scale {
+            add(
+                "autoscaling",
+                "HorizontalPodAutoscaler",
+                name.clone(),
+                origin,
+            );
+        }
+        if scale.least() > 1 {
             add("policy", "PodDisruptionBudget", name, origin);
         }
     };
     for (i, f) in ws.spec.fhir_services.iter().enumerate() {
-        let replicas = f.replicas.or(settings.defaults.fhir.replicas).unwrap_or(1);
-        exposed(&mut add, fhir(&f.name), replicas, Origin::Fhir(i));
+        let scale = env.scale_of(f.replicas, f.autoscaling, &settings.defaults.fhir);
+        exposed(&mut add, fhir(&f.name), scale, Origin::Fhir(i));
     }
     for (i, d) in ws.spec.dicom_services.iter().enumerate() {
-        let replicas = d.replicas.or(settings.defaults.dicom.replicas).unwrap_or(1);
-        exposed(&mut add, dicom(&d.name), replicas, Origin::Dicom(i));
+        let scale = env.scale_of(d.replicas, d.autoscaling, &settings.defaults.dicom);
+        exposed(&mut add, dicom(&d.name), scale, Origin::Dicom(i));
         if d.dicom_cast.is_some() {
             let cast = dicom_cast(&d.name);
             add("", "ServiceAccount", cast.clone(), Origin::DicomCast(i));

@@ -26,15 +26,17 @@ pub(super) fn render(cx: &mut Ctx<'_>, d: &DicomService) {
     let own = Declared {
         image: d.image.as_ref(),
         replicas: d.replicas,
+        autoscaling: d.autoscaling,
         resources: d.resources.as_ref(),
+        probes: d.probes,
         identity: d.identity.as_ref(),
         key_vault: d.key_vault.as_ref(),
     };
     let (image, defaults) = (settings.images.dicom.as_ref(), &settings.defaults.dicom);
     let exposed = Exposed::of(
+        cx,
         ("dicom-server", "dicom"),
-        &d.name,
-        &name,
+        (&d.name, &name),
         own,
         image,
         defaults,
@@ -85,7 +87,9 @@ pub(super) fn render(cx: &mut Ctx<'_>, d: &DicomService) {
                 app: "dicom-cast",
                 component: "cast",
                 image: image_ref(cast.image.as_ref(), settings.images.dicom_cast.as_ref()),
-                replicas: 1,
+                // One poller of the change feed (seed 003); none in standby.
+                replicas: Some(cx.replicas(1)),
+                probes: cx.probes(None),
                 resources: cast.resources.as_ref().or(settings
                     .defaults
                     .dicom_cast

@@ -200,6 +200,8 @@ mod tests {
             cors: None,
             identity: None,
             key_vault,
+            probes: None,
+            autoscaling: None,
         }
     }
 

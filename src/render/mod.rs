@@ -233,6 +233,8 @@ mod tests {
             cors: None,
             identity: None,
             key_vault: None,
+            probes: None,
+            autoscaling: None,
         }
     }
 
@@ -247,6 +249,8 @@ mod tests {
                     resources: None,
                     identity: None,
                     key_vault: None,
+                    probes: None,
+                    autoscaling: None,
                     dicom_cast: (i % 2 == 0).then(|| DicomCast {
                         fhir_service: "f0".into(),
                         poll_interval: "30s".into(),
@@ -636,5 +640,117 @@ mod tests {
         env.name = "dev".into();
         env.settings.auth.required = Some(true);
         assert!(env.auth_required());
+    }
+
+    fn platform_workspace() -> Workspace {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": model::API_VERSION, "kind": "Workspace",
+            "metadata": {"name": "acme"},
+            "spec": {
+                "fhirServices": [
+                    {"name": "scaled", "autoscaling": {"minReplicas": 3, "maxReplicas": 9, "targetCPUUtilizationPercentage": 65}},
+                    {"name": "slow", "replicas": 2, "probes": {"liveness": {"initialDelaySeconds": 120}}}
+                ],
+                "dicomServices": [{"name": "pacs", "dicomCast": {
+                    "fhirService": "slow",
+                    "tableEndpoint": "https://acmecast.table.core.windows.net/",
+                    "identity": {"clientId": "5c2b9d63-0a1e-4f2b-8c94-3d6f8e0a2c21"}
+                }}]
+            }
+        }))
+        .unwrap()
+    }
+
+    fn probe(deploy: &serde_json::Value, which: &str) -> (i64, i64) {
+        let p = &deploy["spec"]["template"]["spec"]["containers"][0][which];
+        assert_eq!(p["httpGet"]["path"], "/health");
+        (
+            p["initialDelaySeconds"].as_i64().unwrap(),
+            p["periodSeconds"].as_i64().unwrap(),
+        )
+    }
+
+    /// Seed 002: probes 30/10 and 60/20 unless the environment or the
+    /// service says otherwise; an autoscaled service has an HPA and no
+    /// replicas on its Deployment; every pod is scraped by Prometheus.
+    #[test]
+    fn probes_autoscaling_and_scrape_annotations_follow_seed_002() {
+        let ws = platform_workspace();
+        let mut env = env_of(vec![ws.clone()]);
+        env.settings.probes.readiness.period_seconds = Some(5);
+        let objects = render_workspace(&env, &ws).unwrap();
+        let scaled = find(&objects, "Deployment", "fhir-scaled");
+        assert_eq!(probe(&scaled, "readinessProbe"), (30, 5));
+        assert_eq!(probe(&scaled, "livenessProbe"), (60, 20));
+        let slow = find(&objects, "Deployment", "fhir-slow");
+        assert_eq!(probe(&slow, "livenessProbe"), (120, 20));
+        let cast = find(&objects, "Deployment", "dicomcast-pacs");
+        assert_eq!(probe(&cast, "readinessProbe"), (30, 5));
+        // The autoscaler owns the replicas.
+        assert!(scaled["spec"].get("replicas").is_none(), "{scaled}");
+        assert_eq!(slow["spec"]["replicas"], 2);
+        let hpa = find(&objects, "HorizontalPodAutoscaler", "fhir-scaled");
+        assert_eq!(hpa["apiVersion"], "autoscaling/v2");
+        assert_eq!(hpa["spec"]["scaleTargetRef"]["name"], "fhir-scaled");
+        assert_eq!(hpa["spec"]["scaleTargetRef"]["kind"], "Deployment");
+        assert_eq!(hpa["spec"]["minReplicas"], 3);
+        assert_eq!(hpa["spec"]["maxReplicas"], 9);
+        assert_eq!(
+            hpa["spec"]["metrics"][0]["resource"]["target"]["averageUtilization"],
+            65
+        );
+        // Its minimum above one keeps a PodDisruptionBudget.
+        find(&objects, "PodDisruptionBudget", "fhir-scaled");
+        for d in objects.iter().filter(|o| &*o.kind == "Deployment") {
+            let annotations = &d.value()["spec"]["template"]["metadata"]["annotations"];
+            assert_eq!(annotations["prometheus.io/scrape"], "true", "{}", d.id());
+            assert_eq!(annotations["prometheus.io/port"], "8080", "{}", d.id());
+            assert_eq!(annotations["prometheus.io/path"], "/metrics", "{}", d.id());
+        }
+        let mut rendered: Vec<String> = objects
+            .iter()
+            .map(|o| format!("{}/{}", o.kind, o.name))
+            .collect();
+        let mut listed: Vec<String> = crate::declare::names::identities(&env, &ws)
+            .into_iter()
+            .map(|(id, _)| format!("{}/{}", id.kind, id.name))
+            .collect();
+        rendered.sort();
+        listed.sort();
+        assert_eq!(rendered, listed);
+    }
+
+    /// A standby keeps every object but runs its standby replicas, with no
+    /// autoscaler and no disruption budget; promoting it is one setting.
+    #[test]
+    fn a_standby_environment_runs_its_standby_replicas_until_promoted() {
+        let ws = platform_workspace();
+        let mut env = env_of(vec![ws.clone()]);
+        env.settings.standby = Some(model::Standby {
+            enabled: true,
+            replicas: 0,
+        });
+        let standby = render_workspace(&env, &ws).unwrap();
+        for d in standby.iter().filter(|o| &*o.kind == "Deployment") {
+            assert_eq!(d.value()["spec"]["replicas"], 0, "{}", d.id());
+        }
+        assert!(
+            standby
+                .iter()
+                .all(|o| !matches!(&*o.kind, "HorizontalPodAutoscaler" | "PodDisruptionBudget"))
+        );
+        for kind in ["Ingress", "Service", "ConfigMap", "ServiceAccount"] {
+            assert!(standby.iter().any(|o| &*o.kind == kind), "{kind}");
+        }
+        env.settings.standby = Some(model::Standby {
+            enabled: false,
+            replicas: 0,
+        });
+        let promoted = render_workspace(&env, &ws).unwrap();
+        assert_eq!(
+            find(&promoted, "Deployment", "fhir-slow")["spec"]["replicas"],
+            2
+        );
+        find(&promoted, "HorizontalPodAutoscaler", "fhir-scaled");
     }
 }

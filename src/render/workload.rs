@@ -8,6 +8,10 @@ use k8s_openapi::Resource;
 use k8s_openapi::api::apps::v1::{
     Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
 };
+use k8s_openapi::api::autoscaling::v2::{
+    CrossVersionObjectReference, HorizontalPodAutoscaler, HorizontalPodAutoscalerSpec, MetricSpec,
+    MetricTarget, ResourceMetricSource,
+};
 use k8s_openapi::api::core::v1::{
     CSIVolumeSource, Capabilities, ConfigMap, ConfigMapEnvSource, ConfigMapVolumeSource, Container,
     ContainerPort, EmptyDirVolumeSource, EnvFromSource, EnvVar, EnvVarSource, HTTPGetAction,
@@ -27,7 +31,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use super::{RenderError, keyvault};
-use crate::declare::model::{self, Environment, Image, KindDefaults, Resources};
+use crate::declare::model::{self, Environment, Image, KindDefaults, Probes, Resources, Scale};
 use crate::declare::names;
 use crate::object::{ENVIRONMENT_LABEL, MANAGED_BY, MANAGER, Names, Object, WORKSPACE_LABEL};
 
@@ -111,6 +115,17 @@ impl Ctx<'_> {
 }
 
 impl Ctx<'_> {
+    /// A workload's probes: its own over the environment's (seed 002's
+    /// timings fill the rest when the container is built).
+    pub(super) fn probes(&self, own: Option<Probes>) -> Probes {
+        own.unwrap_or_default().over(self.env.settings.probes)
+    }
+
+    /// A workload's replicas: the standby's in a standby environment.
+    pub(super) fn replicas(&self, normal: i32) -> i32 {
+        self.env.standby_replicas().unwrap_or(normal)
+    }
+
     /// Adds an object of a kind k8s-openapi has no type for (a custom
     /// resource), written as JSON.
     pub(super) fn push_value(
@@ -148,8 +163,10 @@ pub(super) struct Workload<'a> {
     pub(super) app: &'static str,
     pub(super) component: &'static str,
     pub(super) image: String,
-    pub(super) replicas: i32,
+    /// None: a HorizontalPodAutoscaler owns them.
+    pub(super) replicas: Option<i32>,
     pub(super) resources: Option<&'a Resources>,
+    pub(super) probes: Probes,
     pub(super) service_account: Option<String>,
     /// ConfigMap whose keys become environment variables.
     pub(super) env_from: Option<String>,
@@ -174,8 +191,9 @@ pub(super) struct Exposed<'a> {
     /// The rendered object name.
     pub(super) name: &'a str,
     pub(super) image: String,
-    pub(super) replicas: i32,
+    pub(super) scale: Scale,
     pub(super) resources: Option<&'a Resources>,
+    pub(super) probes: Probes,
     pub(super) identity: Option<&'a model::Identity>,
     pub(super) key_vault: Option<&'a model::ServiceKeyVault>,
 }
@@ -184,7 +202,9 @@ pub(super) struct Exposed<'a> {
 pub(super) struct Declared<'a> {
     pub(super) image: Option<&'a Image>,
     pub(super) replicas: Option<i32>,
+    pub(super) autoscaling: Option<model::Autoscaling>,
     pub(super) resources: Option<&'a Resources>,
+    pub(super) probes: Option<Probes>,
     pub(super) identity: Option<&'a model::Identity>,
     pub(super) key_vault: Option<&'a model::ServiceKeyVault>,
 }
@@ -193,9 +213,9 @@ impl<'a> Exposed<'a> {
     /// Service `short` (rendered as `name`) of `app`, its own settings over
     /// the environment's image and defaults for its kind.
     pub(super) fn of(
+        cx: &Ctx<'_>,
         (app, host_kind): (&'static str, &'static str),
-        short: &'a str,
-        name: &'a str,
+        (short, name): (&'a str, &'a str),
         own: Declared<'a>,
         default_image: Option<&Image>,
         defaults: &'a KindDefaults,
@@ -206,8 +226,9 @@ impl<'a> Exposed<'a> {
             short,
             name,
             image: image_ref(own.image, default_image),
-            replicas: own.replicas.or(defaults.replicas).unwrap_or(1),
+            scale: cx.env.scale_of(own.replicas, own.autoscaling, defaults),
             resources: own.resources.or(defaults.resources.as_ref()),
+            probes: cx.probes(own.probes),
             identity: own.identity,
             key_vault: own.key_vault,
         }
@@ -223,8 +244,9 @@ pub(super) fn exposed_service(cx: &mut Ctx<'_>, e: Exposed<'_>, data: BTreeMap<S
         short,
         name,
         image,
-        replicas,
+        scale,
         resources,
+        probes,
         identity,
         key_vault,
     } = e;
@@ -239,8 +261,12 @@ pub(super) fn exposed_service(cx: &mut Ctx<'_>, e: Exposed<'_>, data: BTreeMap<S
             app,
             component: "api",
             image,
-            replicas,
+            replicas: match scale {
+                Scale::Fixed(n) => Some(n),
+                Scale::Auto(_) => None,
+            },
             resources,
+            probes,
             service_account: Some(name.to_string()),
             env_from: Some(names::config(name)),
             env: Vec::new(),
@@ -279,7 +305,10 @@ pub(super) fn exposed_service(cx: &mut Ctx<'_>, e: Exposed<'_>, data: BTreeMap<S
         secrets.tls_secret,
     );
 
-    if replicas > 1 {
+    if let Scale::Auto(a) = scale {
+        autoscaler(cx, name, labels.clone(), a);
+    }
+    if scale.least() > 1 {
         let pdb = PodDisruptionBudget {
             metadata: cx.meta(name, labels),
             spec: Some(PodDisruptionBudgetSpec {
@@ -294,6 +323,43 @@ pub(super) fn exposed_service(cx: &mut Ctx<'_>, e: Exposed<'_>, data: BTreeMap<S
         };
         cx.push(&pdb, true, name);
     }
+}
+
+/// The HorizontalPodAutoscaler of a service: CPU utilisation between the
+/// declared bounds (the Deployment then declares no replicas).
+fn autoscaler(
+    cx: &mut Ctx<'_>,
+    name: &str,
+    labels: BTreeMap<String, String>,
+    a: model::Autoscaling,
+) {
+    let hpa = HorizontalPodAutoscaler {
+        metadata: cx.meta(name, labels),
+        spec: Some(HorizontalPodAutoscalerSpec {
+            scale_target_ref: CrossVersionObjectReference {
+                api_version: Some("apps/v1".into()),
+                kind: "Deployment".into(),
+                name: name.to_string(),
+            },
+            min_replicas: Some(a.min_replicas),
+            max_replicas: a.max_replicas,
+            metrics: Some(vec![MetricSpec {
+                type_: "Resource".into(),
+                resource: Some(ResourceMetricSource {
+                    name: "cpu".into(),
+                    target: MetricTarget {
+                        type_: "Utilization".into(),
+                        average_utilization: Some(a.target_cpu_utilization_percentage),
+                        ..MetricTarget::default()
+                    },
+                }),
+                ..MetricSpec::default()
+            }]),
+            ..HorizontalPodAutoscalerSpec::default()
+        }),
+        ..HorizontalPodAutoscaler::default()
+    };
+    cx.push(&hpa, true, name);
 }
 
 /// The Ingress of an exposed service: `<service>.<fhir|dicom>.<workspace>.<domain>`,
@@ -410,7 +476,7 @@ pub(super) fn deployment(cx: &mut Ctx<'_>, mut w: Workload<'_>) {
     let deploy = Deployment {
         metadata: cx.meta(&w.name, labels),
         spec: Some(DeploymentSpec {
-            replicas: Some(w.replicas),
+            replicas: w.replicas,
             selector: LabelSelector {
                 match_labels: Some(selector),
                 ..LabelSelector::default()
@@ -425,10 +491,13 @@ pub(super) fn deployment(cx: &mut Ctx<'_>, mut w: Workload<'_>) {
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {
                     labels: Some(pod_labels),
-                    annotations: Some(BTreeMap::from([(
-                        CONFIG_HASH_ANNOTATION.to_string(),
-                        w.config_hash,
-                    )])),
+                    annotations: Some(BTreeMap::from([
+                        (CONFIG_HASH_ANNOTATION.to_string(), w.config_hash),
+                        // Seed 002: Prometheus scrapes every workload.
+                        ("prometheus.io/scrape".to_string(), "true".to_string()),
+                        ("prometheus.io/port".to_string(), HTTP_PORT.to_string()),
+                        ("prometheus.io/path".to_string(), "/metrics".to_string()),
+                    ])),
                     ..ObjectMeta::default()
                 }),
                 spec: Some(PodSpec {
@@ -457,14 +526,14 @@ pub(super) fn deployment(cx: &mut Ctx<'_>, mut w: Workload<'_>) {
 /// /tmp on a read-only root file system, the mounted mapping) and the
 /// pod's volumes.
 fn container(w: &mut Workload<'_>) -> (Container, Vec<Volume>) {
-    let probe = |initial: i32, period: i32| Probe {
+    let probe = |t: model::ProbeTiming, (initial, period): (i32, i32)| Probe {
         http_get: Some(HTTPGetAction {
             path: Some("/health".into()),
             port: IntOrString::String("http".into()),
             ..HTTPGetAction::default()
         }),
-        initial_delay_seconds: Some(initial),
-        period_seconds: Some(period),
+        initial_delay_seconds: Some(t.initial_delay_seconds.unwrap_or(initial)),
+        period_seconds: Some(t.period_seconds.unwrap_or(period)),
         ..Probe::default()
     };
     let mut mounts = vec![VolumeMount {
@@ -557,8 +626,8 @@ fn container(w: &mut Workload<'_>) -> (Container, Vec<Volume>) {
             plain.chain(secret).collect()
         }),
         resources: w.resources.map(resource_requirements),
-        readiness_probe: Some(probe(5, 10)),
-        liveness_probe: Some(probe(30, 20)),
+        readiness_probe: Some(probe(w.probes.readiness, model::READINESS_PROBE)),
+        liveness_probe: Some(probe(w.probes.liveness, model::LIVENESS_PROBE)),
         volume_mounts: Some(mounts),
         security_context: Some(SecurityContext {
             allow_privilege_escalation: Some(false),
