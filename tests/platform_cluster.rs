@@ -48,12 +48,12 @@ const KEY_VAULT: &str = "  keyVault:
 ";
 
 #[tokio::test]
-async fn a_workspace_reading_the_key_vault_syncs_and_prunes_its_secret_provider_class() {
+async fn a_workspace_with_key_vault_autoscaling_and_connector_identities_syncs_and_prunes() {
     let repo = TestRepo::new("keyvault-sync");
     repo.write("environment.yaml", &environment(&repo, KEY_VAULT));
     repo.write(
         "workspaces/contoso.yaml",
-        "apiVersion: tenantsync.io/v1alpha1\nkind: WorkspacePatch\nmetadata:\n  name: contoso\nspec:\n  fhirServices:\n    - name: main\n      keyVault:\n        certificate: contoso-fhir-main\n        secrets:\n          - { objectName: contoso-fhir-sql, env: SqlServer__ConnectionString }\n",
+        "apiVersion: tenantsync.io/v1alpha1\nkind: WorkspacePatch\nmetadata:\n  name: contoso\nspec:\n  fhirServices:\n    - name: main\n      autoscaling: { minReplicas: 2, maxReplicas: 6 }\n      keyVault:\n        certificate: contoso-fhir-main\n        secrets:\n          - { objectName: contoso-fhir-sql, env: SqlServer__ConnectionString }\n",
     );
     let out = repo.run("sync", "admin", &["--output", "json"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
@@ -98,6 +98,44 @@ async fn a_workspace_reading_the_key_vault_syncs_and_prunes_its_secret_provider_
         ),
         "{env}"
     );
+    // The autoscaler owns the replicas: tenantsync declares none.
+    let hpa =
+        kubectl_json(&["-n", &ns, "get", "hpa", "fhir-main"]).expect("the HPA is on the cluster");
+    assert_eq!(hpa["spec"]["minReplicas"], 2);
+    assert_eq!(hpa["spec"]["maxReplicas"], 6);
+    assert_eq!(hpa["spec"]["scaleTargetRef"]["name"], "fhir-main");
+    let deploy = kubectl_json(&[
+        "-n",
+        &ns,
+        "get",
+        "deployment",
+        "fhir-main",
+        "--show-managed-fields",
+    ])
+    .unwrap();
+    let ours = deploy["metadata"]["managedFields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| {
+            m["manager"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("tenantsync"))
+        })
+        .expect("tenantsync's fields")
+        .to_string();
+    assert!(!ours.contains("f:replicas"), "{ours}");
+    // The connector runs as its own identity.
+    let sa = kubectl_json(&["-n", &ns, "get", "serviceaccount", "iot-vitals"]).unwrap();
+    assert_eq!(
+        sa["metadata"]["annotations"]["azure.workload.identity/client-id"],
+        "6d3cae74-1b2f-4a3c-9da5-4e7a9f1b3d32"
+    );
+    let connector = kubectl_json(&["-n", &ns, "get", "deployment", "iot-vitals"]).unwrap();
+    assert_eq!(
+        connector["spec"]["template"]["spec"]["serviceAccountName"],
+        "iot-vitals"
+    );
     // Recorded in the inventory: a second sync changes nothing.
     let plan = repo.plan_json("admin");
     assert_eq!(plan["summary"]["create"], 0, "{plan}");
@@ -123,8 +161,34 @@ async fn a_workspace_reading_the_key_vault_syncs_and_prunes_its_secret_provider_
         .is_none(),
         "pruned"
     );
+    assert!(
+        kubectl_json(&["-n", &ns, "get", "hpa", "fhir-main"]).is_none(),
+        "HPA pruned"
+    );
     let deploy = kubectl_json(&["-n", &ns, "get", "deployment", "fhir-main"]).unwrap();
     assert!(!deploy.to_string().contains("secrets-store"), "{deploy}");
+    assert_eq!(
+        deploy["spec"]["replicas"], 1,
+        "declared again: the kind's default"
+    );
+    // The connector's identity goes with the connector.
+    let out = repo.run(
+        "sync",
+        "admin",
+        &["--prune", "--allow-mass-prune", "--output", "json"],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    repo.write(
+        "workspaces/contoso.yaml",
+        "apiVersion: tenantsync.io/v1alpha1\nkind: WorkspacePatch\nmetadata:\n  name: contoso\nspec:\n  iotConnectors:\n    - name: vitals\n      $patch: delete\n",
+    );
+    let out = repo.run(
+        "sync",
+        "admin",
+        &["--prune", "--allow-mass-prune", "--output", "json"],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(kubectl_json(&["-n", &ns, "get", "serviceaccount", "iot-vitals"]).is_none());
 }
 
 #[tokio::test]
