@@ -268,3 +268,35 @@ async fn a_cluster_without_the_secret_provider_class_crd_gets_an_error_naming_it
     );
     assert!(shown.contains("SecretProviderClass"), "{shown}");
 }
+
+/// Seed 003: a DICOM-cast whose FHIR service is removed puts the cast in an
+/// error state without failing everything. Here the removal holds only that
+/// workspace, with a message naming the service the cast needs; the other
+/// workspaces sync.
+#[tokio::test]
+async fn a_cast_whose_fhir_service_is_removed_fails_only_its_workspace_naming_the_service() {
+    let repo = TestRepo::new("cast-loses-fhir");
+    repo.write(
+        "workspaces/contoso.yaml",
+        "apiVersion: tenantsync.io/v1alpha1\nkind: WorkspacePatch\nmetadata:\n  name: contoso\nspec:\n  fhirServices:\n    - name: main\n      $patch: delete\n",
+    );
+    let out = repo.run("sync", "admin", &["--skip-invalid", "--output", "json"]);
+    let shown = format!("{}{}", stdout(&out), stderr(&out));
+    assert!(
+        shown.contains("the dicomCast of DICOM service `imaging` names FHIR service `main`, which workspace `contoso` does not have"),
+        "{shown}"
+    );
+    assert_ne!(
+        out.status.code(),
+        Some(0),
+        "held workspaces are reported: {shown}"
+    );
+    // The others are on the cluster; contoso is not.
+    for ws in ["fabrikam", "northwind", "woodgrove"] {
+        assert!(
+            kubectl_json(&["get", "namespace", &repo.namespace(ws)]).is_some(),
+            "{ws}: {shown}"
+        );
+    }
+    assert!(kubectl_json(&["get", "namespace", &repo.namespace("contoso")]).is_none());
+}
