@@ -145,7 +145,7 @@ impl<'a> Planner<'a> {
             let id = object::id(key);
             let diff = if self.diffs {
                 let mut shown = strip_noise(l);
-                if super::conceal::is_secret(&api_version, kind) {
+                if super::conceal::is_secret(api_version, kind) {
                     super::conceal::conceal_body(&mut shown);
                 }
                 unified(&yaml(&shown), "", &id)

@@ -260,7 +260,7 @@ mod tests {
         }
     }
 
-    fn find<'a>(objects: &'a [crate::object::Object], kind: &str, name: &str) -> serde_json::Value {
+    fn find(objects: &[crate::object::Object], kind: &str, name: &str) -> serde_json::Value {
         objects
             .iter()
             .find(|o| &*o.kind == kind && &*o.name == name)
