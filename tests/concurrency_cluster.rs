@@ -53,13 +53,38 @@ fn removed(name: &str) -> String {
     )
 }
 
+async fn admin() -> tenantsync::cluster::Cluster {
+    tenantsync::cluster::Cluster::connect(&tenantsync::cluster::ClusterOptions {
+        kubeconfig: Some(control_plane().kubeconfig().to_path_buf()),
+        context: Some("admin".into()),
+    })
+    .await
+    .expect("connect")
+}
+
+/// The environment's inventory as tenantsync reads it (its chunks too).
 async fn inventory(env: &str) -> tenantsync::sync::inventory::Inventory {
-    let api: Api<ConfigMap> = Api::namespaced(control_plane().client(User::Admin).await, SYSTEM);
-    let cm = api
-        .get(&tenantsync::sync::inventory::name_of(env))
+    admin()
         .await
-        .expect("inventory");
-    tenantsync::sync::inventory::Inventory::from_config_map(&cm).expect("valid inventory")
+        .read_inventory(env)
+        .await
+        .expect("a readable inventory")
+        .expect("an inventory")
+}
+
+/// The names of the environment's inventory chunks in the cluster.
+async fn chunk_names(env: &str) -> BTreeSet<String> {
+    let api: Api<ConfigMap> = Api::namespaced(control_plane().client(User::Admin).await, SYSTEM);
+    api.list_metadata(&kube::api::ListParams::default().labels(&format!(
+        "{}={env}",
+        tenantsync::sync::inventory::CHUNK_LABEL
+    )))
+    .await
+    .expect("list chunks")
+    .items
+    .into_iter()
+    .filter_map(|m| m.metadata.name)
+    .collect()
 }
 
 #[tokio::test]
@@ -691,4 +716,274 @@ async fn syncs_racing_for_the_lock_name_the_winner_not_an_empty_holder() {
         }
     }
     assert!(waited > 0, "no sync ever waited: the race was not run");
+}
+
+/// Names that barely compress, as real tenants' names do at scale.
+fn incompressible(i: usize) -> String {
+    let mut x = (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0xD1B5_4A32_D192_ED03;
+    (0..40)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            char::from(b'a' + (x % 26) as u8)
+        })
+        .collect()
+}
+
+/// Issue 19: an inventory past what one ConfigMap holds failed every sync
+/// with the API server's `Too long: may not be more than 1048576 bytes`
+/// (422). A long object list is now written in chunks, each of which the
+/// API server accepts (the inventory's own object with every status field at
+/// its longest too), read back whole, and a chunk no longer named is deleted.
+#[tokio::test]
+async fn a_long_inventory_is_written_in_chunks_the_api_server_accepts_and_read_back_whole() {
+    use tenantsync::sync::inventory::{CHUNK_BYTES, MAX_STATUS_VALUE_BYTES, ObjectRef};
+    let repo = TestRepo::new("inventory-chunks");
+    repo.apply_rendered().await;
+    let cluster = admin().await;
+    let base = cluster
+        .read_inventory_stored(&repo.env)
+        .await
+        .expect("read");
+    let namespace = repo.namespace("contoso");
+    let mut long = base.inventory.clone();
+    // The most a head holds, then past it: both are accepted.
+    let mut i = 0;
+    let mut largest_head = None;
+    while long
+        .encode(CHUNK_BYTES, "t")
+        .expect("encode")
+        .chunks
+        .is_empty()
+    {
+        largest_head = Some(long.clone());
+        for _ in 0..500 {
+            long.objects.insert(ObjectRef {
+                api_version: "v1".into(),
+                kind: "ConfigMap".into(),
+                namespace: Some(namespace.as_str().into()),
+                name: incompressible(i).into(),
+            });
+            i += 1;
+        }
+    }
+    let largest_head = largest_head.expect("a head that holds its list");
+    let stored = cluster
+        .write_inventory_checked(&base, &largest_head)
+        .await
+        .expect("the largest list one ConfigMap holds is accepted");
+    assert!(stored.chunks.is_none());
+    let status: std::collections::BTreeMap<String, String> = [
+        "syncStatus",
+        "lastSeenRevision",
+        "lastError",
+        "lastErrorAt",
+        "driftedObjects",
+        "targetRevision",
+        "heartbeatAt",
+        "staleAfterSeconds",
+        "lastSyncAt",
+        "lastSyncBy",
+    ]
+    .iter()
+    .map(|k| (k.to_string(), "x".repeat(MAX_STATUS_VALUE_BYTES * 2)))
+    .collect();
+    cluster
+        .write_status(&repo.env, &status)
+        .await
+        .expect("status at its longest beside the largest list");
+
+    for _ in 0..30_000 {
+        long.objects.insert(ObjectRef {
+            api_version: "v1".into(),
+            kind: "ConfigMap".into(),
+            namespace: Some(namespace.as_str().into()),
+            name: incompressible(i).into(),
+        });
+        i += 1;
+    }
+    let stored = cluster
+        .write_inventory_checked(&stored, &long)
+        .await
+        .expect("a list in chunks is accepted");
+    let named = stored.chunks.clone().expect("chunks");
+    assert!(named.count >= 2, "{named:?}");
+    assert_eq!(inventory(&repo.env).await, long);
+    assert_eq!(
+        chunk_names(&repo.env).await,
+        named.names(&repo.env).into_iter().collect()
+    );
+    // Another long write replaces the chunks: the old ones are deleted.
+    long.objects.pop_last();
+    let again = cluster
+        .write_inventory_checked(&stored, &long)
+        .await
+        .expect("written again");
+    let renamed = again.chunks.clone().expect("chunks");
+    assert_ne!(renamed.generation, named.generation);
+    assert_eq!(
+        chunk_names(&repo.env).await,
+        renamed.names(&repo.env).into_iter().collect()
+    );
+    assert_eq!(inventory(&repo.env).await, long);
+    // Short again: the list is back in the inventory, no chunk is left.
+    let short = base.inventory.clone();
+    cluster
+        .write_inventory_checked(&again, &short)
+        .await
+        .expect("short again");
+    assert!(chunk_names(&repo.env).await.is_empty());
+    assert_eq!(inventory(&repo.env).await, short);
+}
+
+/// Issue 19: an environment whose inventory needs several chunks (a small
+/// chunk size set for the test) syncs and prunes, and a sync killed at any
+/// point of its writes never leaves a live object outside a readable
+/// inventory; the next sync converges and leaves only the chunks named.
+#[tokio::test]
+async fn a_chunked_inventory_syncs_prunes_and_a_killed_write_loses_no_entry() {
+    let repo = TestRepo::new("inventory-chunk-sync");
+    for i in 0..40 {
+        repo.write(
+            &format!("workspaces/t{i:02}.yaml"),
+            &workspace(&format!("t{i:02}")),
+        );
+    }
+    let chunked = |extra: &[&str]| {
+        let mut c = sync_command(&repo, extra);
+        c.env(tenantsync::cluster::inventory::CHUNK_BYTES_ENV, "256");
+        c
+    };
+    let out = chunked(&[]).output().expect("sync");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let first = admin()
+        .await
+        .read_inventory_stored(&repo.env)
+        .await
+        .expect("read");
+    let named = first.chunks.clone().expect("several chunks");
+    assert!(named.count >= 10, "{named:?}");
+    assert_eq!(
+        chunk_names(&repo.env).await,
+        named.names(&repo.env).into_iter().collect()
+    );
+    let plan = repo.plan_json("admin");
+    assert_eq!(plan["summary"]["create"], 0, "{}", plan["summary"]);
+    assert_eq!(plan["summary"]["delete"], 0, "{}", plan["summary"]);
+
+    // Kill syncs at different points, each adding a workspace.
+    let leases: Api<Lease> = Api::namespaced(control_plane().client(User::Admin).await, SYSTEM);
+    for (round, delay_ms) in [30u64, 80, 150, 250, 400, 700].into_iter().enumerate() {
+        let name = format!("k{round}");
+        repo.write(&format!("workspaces/{name}.yaml"), &workspace(&name));
+        let mut child = chunked(&[]).spawn().expect("spawn");
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        child.kill().expect("kill -9");
+        let _ = child.wait();
+        let recorded: BTreeSet<String> = inventory(&repo.env)
+            .await
+            .objects
+            .iter()
+            .map(|o| o.id())
+            .collect();
+        let outside: Vec<String> = live_labelled(&repo.env)
+            .difference(&recorded)
+            .cloned()
+            .collect();
+        assert!(
+            outside.is_empty(),
+            "round {round} ({delay_ms} ms): live but not inventoried: {outside:?}"
+        );
+        // The killed sync's lock would expire in 15 s: not what this tests.
+        let _ = leases
+            .delete(
+                &format!("tenantsync-sync-{}", repo.env),
+                &Default::default(),
+            )
+            .await;
+    }
+    // Killed mid-write for certain: as soon as the first chunk of a new
+    // generation exists, before the inventory names it.
+    let before = chunk_names(&repo.env).await;
+    repo.write("workspaces/mid.yaml", &workspace("mid"));
+    let mut child = chunked(&[]).spawn().expect("spawn");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while chunk_names(&repo.env).await.is_subset(&before) {
+        assert!(Instant::now() < deadline, "no new chunk was written");
+    }
+    child.kill().expect("kill -9");
+    let _ = child.wait();
+    let stored = admin()
+        .await
+        .read_inventory_stored(&repo.env)
+        .await
+        .expect("the inventory stays readable");
+    let named: BTreeSet<String> = stored
+        .chunks
+        .expect("chunks")
+        .names(&repo.env)
+        .into_iter()
+        .collect();
+    assert!(
+        !chunk_names(&repo.env).await.is_subset(&named),
+        "the kill landed after the write was complete"
+    );
+    let recorded: BTreeSet<String> = stored.inventory.objects.iter().map(|o| o.id()).collect();
+    let outside: Vec<String> = live_labelled(&repo.env)
+        .difference(&recorded)
+        .cloned()
+        .collect();
+    assert!(outside.is_empty(), "live but not inventoried: {outside:?}");
+    let _ = leases
+        .delete(
+            &format!("tenantsync-sync-{}", repo.env),
+            &Default::default(),
+        )
+        .await;
+
+    // Remove three workspaces: pruned, and gone from the inventory.
+    for i in 0..3 {
+        repo.remove(&format!("workspaces/t{i:02}.yaml"));
+    }
+    let out = chunked(&["--prune", "--allow-mass-prune"])
+        .output()
+        .expect("sync");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let stored = admin()
+        .await
+        .read_inventory_stored(&repo.env)
+        .await
+        .expect("read");
+    let gone = repo.namespace("t00");
+    assert!(
+        !stored
+            .inventory
+            .objects
+            .iter()
+            .any(|o| o.namespace.as_deref() == Some(gone.as_str()) || *o.name == *gone),
+        "pruned objects stay recorded"
+    );
+    let plan = repo.plan_json("admin");
+    assert_eq!(
+        (
+            &plan["summary"]["create"],
+            &plan["summary"]["update"],
+            &plan["summary"]["delete"]
+        ),
+        (&json!(0), &json!(0), &json!(0)),
+        "{}",
+        plan["summary"]
+    );
+    assert_eq!(
+        stored.inventory.objects.len() as u64,
+        plan["summary"]["unchanged"].as_u64().expect("n")
+    );
+    // Only the named chunks remain, besides left-overs of killed writes
+    // (deleted once older than ten minutes, which this test does not wait).
+    let named = stored.chunks.expect("chunks");
+    let listed = chunk_names(&repo.env).await;
+    for name in named.names(&repo.env) {
+        assert!(listed.contains(&name), "{name} missing from {listed:?}");
+    }
 }

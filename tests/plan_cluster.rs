@@ -710,3 +710,208 @@ async fn plan_colours_only_a_terminal_and_fails_when_the_cluster_refuses() {
         "{err}"
     );
 }
+
+fn api_workspace(name: &str, replicas: u32) -> String {
+    format!(
+        "apiVersion: tenantsync.io/v1alpha1\nkind: Workspace\nmetadata: {{name: {name}}}\nspec:\n  fhirServices:\n    - name: api\n      replicas: {replicas}\n"
+    )
+}
+
+fn plan_changed(repo: &TestRepo, extra: &[&str]) -> std::process::Output {
+    let mut args = vec!["--output", "json"];
+    args.extend_from_slice(extra);
+    repo.run("plan", "admin", &args)
+}
+
+fn namespaces_changed(plan: &Value) -> std::collections::BTreeSet<String> {
+    plan["changes"]
+        .as_array()
+        .expect("changes")
+        .iter()
+        .filter(|c| c["action"] != "unchanged")
+        .map(|c| {
+            c["namespace"]
+                .as_str()
+                .or(c["name"].as_str())
+                .unwrap_or_default()
+                .to_string()
+        })
+        .collect()
+}
+
+/// Issue 19: a pull request's plan covers what the pull request changes.
+/// `plan --changed-since REV` plans only the workspaces the changed files
+/// reach (the work tree, or `--rev`, against REV), every workspace when an
+/// environment.yaml of the chain changed, none when nothing reaches the
+/// environment; a removed workspace file plans its workspace's deletes.
+#[tokio::test]
+async fn plan_changed_since_plans_only_the_workspaces_a_change_reaches() {
+    let repo = TestRepo::new("plan-changed");
+    for name in ["alpha", "beta", "gamma"] {
+        repo.write(&format!("workspaces/{name}.yaml"), &api_workspace(name, 1));
+    }
+    repo.apply_rendered().await;
+    let dir = repo.path();
+    git(dir, &["init", "-q", "-b", "main"]);
+    git(dir, &["add", "-A"]);
+    git(dir, &["commit", "-q", "-m", "synced"]);
+    // Committed but never synced: a whole plan shows it, a changed-since
+    // plan from this commit does not.
+    repo.write("workspaces/beta.yaml", &api_workspace("beta", 2));
+    git(dir, &["commit", "-q", "-am", "beta: 2 replicas"]);
+    let base = git(dir, &["rev-parse", "HEAD"]).trim().to_string();
+    let whole = repo.plan_json("admin");
+    assert_eq!(
+        namespaces_changed(&whole),
+        [repo.namespace("beta")].into(),
+        "{}",
+        whole["changes"]
+    );
+
+    // The pull request: alpha scaled (in the work tree), a README and
+    // another environment's workspace added.
+    repo.write("workspaces/alpha.yaml", &api_workspace("alpha", 3));
+    repo.write("README.md", "# notes\n");
+    std::fs::create_dir_all(dir.join("environments/elsewhere/workspaces")).expect("mkdir");
+    std::fs::write(
+        dir.join("environments/elsewhere/workspaces/zeta.yaml"),
+        api_workspace("zeta", 1),
+    )
+    .expect("write");
+    let out = plan_changed(&repo, &["--changed-since", &base]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let plan: Value = serde_json::from_slice(&out.stdout).expect("plan JSON");
+    let alpha_file = format!("environments/{}/workspaces/alpha.yaml", repo.env);
+    assert_eq!(
+        plan["changedSince"],
+        serde_json::json!({"revision": base, "workspaces": {"alpha": [alpha_file]}})
+    );
+    assert_eq!(
+        namespaces_changed(&plan),
+        [repo.namespace("alpha")].into(),
+        "{}",
+        plan["changes"]
+    );
+    let text = repo.run("plan", "admin", &["--changed-since", &base, "--no-color"]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.starts_with(&format!(
+            "Planned only the workspace reached by what changed since {base}:\n  alpha: {alpha_file}\n"
+        )),
+        "{text}"
+    );
+
+    // With --workspace: only the named workspaces the change reaches.
+    let out = plan_changed(&repo, &["--changed-since", &base, "--workspace", "beta"]);
+    let plan: Value = serde_json::from_slice(&out.stdout).expect("plan JSON");
+    assert_eq!(summary(&plan), (0, 0, 0, 0), "{}", plan["changes"]);
+    let out = plan_changed(
+        &repo,
+        &[
+            "--changed-since",
+            &base,
+            "--workspace",
+            "beta",
+            "--workspace",
+            "alpha",
+        ],
+    );
+    let plan: Value = serde_json::from_slice(&out.stdout).expect("plan JSON");
+    assert_eq!(namespaces_changed(&plan), [repo.namespace("alpha")].into());
+
+    // Committed, read with --rev: the same.
+    git(dir, &["add", "-A"]);
+    git(dir, &["commit", "-q", "-m", "alpha: 3 replicas"]);
+    let out = plan_changed(&repo, &["--changed-since", &base, "--rev", "HEAD"]);
+    let plan: Value = serde_json::from_slice(&out.stdout).expect("plan JSON");
+    assert_eq!(namespaces_changed(&plan), [repo.namespace("alpha")].into());
+
+    // Nothing reaching this environment: nothing planned.
+    let head = git(dir, &["rev-parse", "HEAD"]).trim().to_string();
+    std::fs::write(
+        dir.join("environments/elsewhere/workspaces/zeta.yaml"),
+        api_workspace("zeta", 2),
+    )
+    .expect("write");
+    let out = plan_changed(&repo, &["--changed-since", &head]);
+    let plan: Value = serde_json::from_slice(&out.stdout).expect("plan JSON");
+    assert_eq!(plan["changedSince"]["workspaces"], serde_json::json!({}));
+    assert_eq!(summary(&plan), (0, 0, 0, 0), "{}", plan["changes"]);
+
+    // gamma's file removed: its objects are planned for deletion, only them.
+    repo.remove("workspaces/gamma.yaml");
+    let out = plan_changed(&repo, &["--changed-since", &head]);
+    let plan: Value = serde_json::from_slice(&out.stdout).expect("plan JSON");
+    assert_eq!(
+        namespaces_changed(&plan),
+        [repo.namespace("gamma")].into(),
+        "{}",
+        plan["changes"]
+    );
+    assert!(changes(&plan, "create").is_empty() && !changes(&plan, "delete").is_empty());
+
+    // The environment's own settings changed: everything is planned.
+    repo.write(
+        "environment.yaml",
+        &format!(
+            "apiVersion: tenantsync.io/v1alpha1\nkind: Environment\nmetadata:\n  name: {}\nspec:\n  base: base\n  ingress:\n    domain: test.example.com\n# reviewed\n",
+            repo.env
+        ),
+    );
+    let text = repo.run(
+        "plan",
+        "admin",
+        &["--changed-since", &head, "--output", "markdown"],
+    );
+    assert!(
+        String::from_utf8_lossy(&text.stdout).starts_with(&format!(
+            "Planned every workspace: environments/{}/environment.yaml changed since {head}.\n",
+            repo.env
+        )),
+        "{}",
+        String::from_utf8_lossy(&text.stdout)
+    );
+    let out = plan_changed(&repo, &["--changed-since", &head]);
+    let plan: Value = serde_json::from_slice(&out.stdout).expect("plan JSON");
+    assert_eq!(
+        plan["changedSince"]["everything"],
+        format!("environments/{}/environment.yaml", repo.env)
+    );
+    assert_eq!(
+        namespaces_changed(&plan),
+        [
+            repo.namespace("alpha"),
+            repo.namespace("beta"),
+            repo.namespace("gamma")
+        ]
+        .into(),
+        "{}",
+        plan["changes"]
+    );
+
+    // Not a Git repository: said, exit 1.
+    let folder = tempfile::tempdir().expect("tempdir");
+    let out = Command::new(env!("CARGO_BIN_EXE_tenantsync"))
+        .args([
+            "plan",
+            "--env",
+            &repo.env,
+            "--changed-since",
+            "main",
+            "--repo",
+        ])
+        .arg(folder.path())
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--changed-since main needs a revision of the Git repository"),
+        "{err}"
+    );
+}

@@ -76,7 +76,7 @@ pub enum Command {
     /// Exit status: 0 success, 1 error (invalid repository, unreachable or refusing
     /// cluster); with --detailed-exitcode, 2 when there are changes.
     #[command(after_long_help = help::PLAN)]
-    Plan(LiveArgs),
+    Plan(PlanArgs),
     /// Report what changed in the cluster behind Git's back; read-only.
     ///
     /// Per workspace: objects modified (with the fields and the manager that changed
@@ -443,6 +443,19 @@ pub struct LiveArgs {
     /// nothing else (the mass-prune guard counts within the selection).
     #[arg(long = "workspace", value_name = "NAME")]
     pub workspaces: Vec<String>,
+}
+
+/// `plan`'s arguments: those it shares with `drift` and `sync`, and its own.
+#[derive(Clone, Debug, clap::Args)]
+pub struct PlanArgs {
+    #[command(flatten)]
+    pub live: LiveArgs,
+    /// Plan only the workspaces that what changed since this Git revision
+    /// reaches (a pull request's base, e.g. origin/main): a workspace file of
+    /// the environment's layers plans its workspace; a change to an
+    /// environment.yaml or resources/ of those layers plans everything.
+    #[arg(long, value_name = "REV")]
+    pub changed_since: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]

@@ -41,8 +41,12 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             guard,
         } => validate::validate_cmd(&repo, &envs, output, &guard.operator(None)),
         Command::Render { repo, env, output } => render::render_cmd(&repo, &env, output),
-        Command::Plan(args) => plan::live_cmd(&args, crate::print::Verb::Plan),
-        Command::Drift(args) => plan::live_cmd(&args, crate::print::Verb::Drift),
+        Command::Plan(args) => plan::live_cmd(
+            &args.live,
+            args.changed_since.as_deref(),
+            crate::print::Verb::Plan,
+        ),
+        Command::Drift(args) => plan::live_cmd(&args, None, crate::print::Verb::Drift),
         Command::Sync(args) => sync::sync_cmd(&args),
         Command::Run(args) => run::run_cmd(args),
         Command::Status(args) => status::status_cmd(&args),
@@ -64,17 +68,40 @@ fn completions_cmd(shell: clap_complete::Shell) -> anyhow::Result<ExitCode> {
 /// `Some(skip_invalid)` for sync, which may hold invalid workspaces (see
 /// [`crate::sync::Scope`]) instead of failing the whole environment;
 /// problems of the environment itself still do. plan and drift are strict.
+/// `changed_since`: plan only the workspaces the files changed since that
+/// revision reach (`plan --changed-since`).
 pub(super) fn desired_state(
     args: &LiveArgs,
     rev: Option<String>,
     sync: Option<bool>,
+    changed_since: Option<&str>,
 ) -> anyhow::Result<Result<(DesiredState, String), ExitCode>> {
-    let (tree, revision) = source::read(&args.repo, rev.as_deref(), &source::auth_from_env()?)?;
+    let auth = source::auth_from_env()?;
+    let (tree, revision, changed) = match changed_since {
+        None => {
+            let (tree, revision) = source::read(&args.repo, rev.as_deref(), &auth)?;
+            (tree, revision, None)
+        }
+        Some(since) => {
+            let (tree, revision, base) =
+                source::read_with_base(&args.repo, rev.as_deref(), since, &auth).with_context(
+                    || {
+                        format!(
+                            "--changed-since {since} needs a revision of the Git repository {}",
+                            source::git::redact(&args.repo)
+                        )
+                    },
+                )?;
+            let changed = crate::declare::changed::changed_paths(&base, &tree);
+            (tree, revision, Some(changed))
+        }
+    };
     let digest = source::revision_of(&tree, None);
     let operator = args.guard.operator(None);
     let intake = Intake {
         hold_invalid: sync == Some(true),
         only: &args.workspaces,
+        changed: changed.as_deref(),
         ..Intake::strict(&operator)
     };
     let refuse = |diags: &[Diagnostic], why: &str| {

@@ -15,7 +15,11 @@ use crate::print;
 use crate::source;
 use crate::sync::inventory::Inventory;
 
-pub(super) fn live_cmd(args: &LiveArgs, verb: print::Verb) -> anyhow::Result<ExitCode> {
+pub(super) fn live_cmd(
+    args: &LiveArgs,
+    changed_since: Option<&str>,
+    verb: print::Verb,
+) -> anyhow::Result<ExitCode> {
     let runtime = runtime()?;
     let options = args.cluster.options();
     let drift = matches!(verb, print::Verb::Drift);
@@ -41,7 +45,7 @@ pub(super) fn live_cmd(args: &LiveArgs, verb: print::Verb) -> anyhow::Result<Exi
             read = Some((cluster, inventory));
         }
     }
-    let desired = match desired_state(args, rev, None)? {
+    let desired = match desired_state(args, rev, None, changed_since)? {
         Ok((state, _)) => state,
         Err(code) => return Ok(code),
     };
@@ -109,6 +113,9 @@ pub(super) fn live_cmd(args: &LiveArgs, verb: print::Verb) -> anyhow::Result<Exi
     }
     if !notes.pending.is_empty() || !notes.never_declared.is_empty() {
         text = notes.add_to(text, args.output);
+    }
+    if let (Some(since), Some(impact)) = (changed_since, &desired.changed) {
+        text = print::with_changed(text, since, impact, matches!(args.output, PlanOutput::Json));
     }
     write_stdout(&text)?;
     Ok(if args.detailed_exitcode && plan.summary.has_changes() {

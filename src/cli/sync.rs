@@ -24,11 +24,15 @@ use crate::sync::report::SyncReport;
 
 pub(super) fn sync_cmd(args: &SyncArgs) -> anyhow::Result<ExitCode> {
     let live_args = &args.live;
-    let (mut state, digest) =
-        match desired_state(live_args, live_args.rev.clone(), Some(args.skip_invalid))? {
-            Ok(desired) => desired,
-            Err(code) => return Ok(code),
-        };
+    let (mut state, digest) = match desired_state(
+        live_args,
+        live_args.rev.clone(),
+        Some(args.skip_invalid),
+        None,
+    )? {
+        Ok(desired) => desired,
+        Err(code) => return Ok(code),
+    };
     let skipped = std::mem::take(&mut state.invalid);
     for (ws, diags) in &skipped {
         eprintln!(

@@ -6,13 +6,24 @@
 //! first). On a conflict the stored inventory is read again and merged
 //! ([`inventory::merge_concurrent`]: every object another writer added is
 //! kept), then written again.
+//!
+//! A long object list is split into chunk ConfigMaps
+//! (`inventory-<env>.<generation>.<n>`, [`inventory::Encoded`]): each write
+//! writes chunks of a generation of its own first, then the inventory that
+//! names them (checked as above), then deletes the chunks it replaced. A
+//! reader never sees an inventory naming chunks not yet written; a process
+//! killed mid-write leaves the inventory as it was, and its unnamed chunks
+//! are deleted by a later write once they are old.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use k8s_openapi::api::core::v1::ConfigMap;
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 
 use super::{Cluster, ClusterError};
 use crate::object::FIELD_MANAGER;
-use crate::sync::inventory::{self, Inventory, SYSTEM_NAMESPACE};
+use crate::sync::inventory::{self, ChunkRef, Inventory, SYSTEM_NAMESPACE};
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::Namespace;
@@ -22,49 +33,121 @@ use crate::object::{MANAGED_BY, MANAGER};
 
 /// Attempts before a conflicting inventory write gives up.
 const WRITE_ATTEMPTS: usize = 8;
+/// Reads of an inventory whose chunks were replaced while it was read.
+const READ_ATTEMPTS: usize = 3;
+/// Chunks no inventory names that are older than this are left-overs of a
+/// write that stopped mid-way (a killed process) and are deleted; younger
+/// ones may be another writer's, not yet named by the inventory.
+const ORPHAN_AGE: Duration = Duration::from_secs(600);
+/// The environment variable that sets a smaller chunk size (bytes): for
+/// tests that need several chunks without tens of thousands of objects.
+pub const CHUNK_BYTES_ENV: &str = "TENANTSYNC_INVENTORY_CHUNK_BYTES";
 
 /// An inventory as stored, with the `resourceVersion` it was read at
-/// (`None`: there was none).
+/// (`None`: there was none) and the chunks its head named.
 #[derive(Clone, Debug)]
 pub struct Stored {
     pub inventory: Inventory,
     pub resource_version: Option<String>,
+    pub chunks: Option<ChunkRef>,
+}
+
+/// The compressed size of one chunk: [`inventory::CHUNK_BYTES`], or less
+/// when [`CHUNK_BYTES_ENV`] says so.
+fn chunk_bytes() -> usize {
+    std::env::var(CHUNK_BYTES_ENV)
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|n| *n >= 256)
+        .map_or(inventory::CHUNK_BYTES, |n| n.min(inventory::CHUNK_BYTES))
+}
+
+/// A generation name unique to one write: chunks written by two writers,
+/// or by two attempts of one, never share a name.
+fn new_generation() -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!(
+        "{nanos:x}{:x}{:x}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 impl Cluster {
-    /// Reads an environment's inventory and its `resourceVersion`.
-    pub async fn read_inventory_stored(&self, environment: &str) -> Result<Stored, ClusterError> {
-        let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), SYSTEM_NAMESPACE);
-        self.count(false);
-        let name = inventory::name_of(environment);
-        let cm = api
-            .get_opt(&name)
-            .await
-            .map_err(|e| self.classify(e, "get", "configmaps"))?;
-        match cm {
-            None => Ok(Stored {
-                inventory: Inventory::new(environment),
-                resource_version: None,
-            }),
-            Some(cm) => {
-                let resource_version = cm.metadata.resource_version.clone();
-                let inventory =
-                    Inventory::from_config_map(&cm).map_err(|e| ClusterError::Unreadable {
-                        server: self.server.clone(),
-                        verb: "read".into(),
-                        resource: format!("configmap {SYSTEM_NAMESPACE}/{name}"),
-                        reason: e.to_string(),
-                    })?;
-                Ok(Stored {
-                    inventory,
-                    resource_version,
-                })
-            }
+    fn inventory_unreadable(&self, name: &str, reason: String) -> ClusterError {
+        ClusterError::Unreadable {
+            server: self.server.clone(),
+            verb: "read".into(),
+            resource: format!("configmap {SYSTEM_NAMESPACE}/{name}"),
+            reason,
         }
     }
 
+    async fn get_config_map(
+        &self,
+        api: &Api<ConfigMap>,
+        name: &str,
+    ) -> Result<Option<ConfigMap>, ClusterError> {
+        self.count(false);
+        api.get_opt(name)
+            .await
+            .map_err(|e| self.classify(e, "get", "configmaps"))
+    }
+
+    /// Reads an environment's inventory (its ConfigMap, and the chunks it
+    /// names when its list is long) and its `resourceVersion`. A chunk that
+    /// is gone was replaced by a newer write since the head was read: the
+    /// head is read again.
+    pub async fn read_inventory_stored(&self, environment: &str) -> Result<Stored, ClusterError> {
+        let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), SYSTEM_NAMESPACE);
+        let name = inventory::name_of(environment);
+        let mut missing = String::new();
+        'read: for _ in 0..READ_ATTEMPTS {
+            let Some(head) = self.get_config_map(&api, &name).await? else {
+                return Ok(Stored {
+                    inventory: Inventory::new(environment),
+                    resource_version: None,
+                    chunks: None,
+                });
+            };
+            let named = Inventory::chunks_of(&head)
+                .map_err(|e| self.inventory_unreadable(&name, e.to_string()))?;
+            let mut chunks = Vec::new();
+            for chunk in named.iter().flat_map(|r| r.names(environment)) {
+                match self.get_config_map(&api, &chunk).await? {
+                    Some(c) => chunks.push(c),
+                    None => {
+                        missing = chunk;
+                        continue 'read;
+                    }
+                }
+            }
+            let inventory = Inventory::from_config_maps(&head, &chunks)
+                .map_err(|e| self.inventory_unreadable(&name, e.to_string()))?;
+            return Ok(Stored {
+                inventory,
+                resource_version: head.metadata.resource_version,
+                chunks: named,
+            });
+        }
+        Err(self.inventory_unreadable(
+            &name,
+            format!(
+                "its chunk {missing} is missing ({READ_ATTEMPTS} reads): if no other sync is running, \
+                 it was deleted by hand; `kubectl -n {SYSTEM_NAMESPACE} delete configmap {name}` and \
+                 a `tenantsync sync --adopt` records the environment's objects again"
+            ),
+        ))
+    }
+
     /// Writes `ours`, computed from `base`; returns what was stored (the
-    /// merge, when another writer wrote since `base` was read).
+    /// merge, when another writer wrote since `base` was read). A long
+    /// object list goes into chunks of a generation of this write's own,
+    /// written before the inventory that names them; the chunks it
+    /// replaced are deleted after.
     pub async fn write_inventory_checked(
         &self,
         base: &Stored,
@@ -73,23 +156,32 @@ impl Cluster {
         let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), SYSTEM_NAMESPACE);
         let name = inventory::name_of(&ours.environment);
         let mut version = base.resource_version.clone();
+        let mut replaced = base.chunks.clone();
         let mut to_write = ours.clone();
+        let encode_error = |e: inventory::EncodeError| ClusterError::Encode {
+            environment: ours.environment.clone(),
+            reason: e.to_string(),
+        };
         for _ in 0..WRITE_ATTEMPTS {
-            let mut cm = to_write.to_config_map().map_err(|e| ClusterError::Encode {
-                environment: to_write.environment.clone(),
-                reason: e.to_string(),
-            })?;
+            let generation = new_generation();
+            let encoded = to_write
+                .encode(chunk_bytes(), &generation)
+                .map_err(encode_error)?;
+            let written_chunks = Inventory::chunks_of(&encoded.head)
+                .map_err(|e| self.inventory_unreadable(&name, e.to_string()))?;
+            if version.is_none() || !encoded.chunks.is_empty() {
+                self.ensure_system_namespace(false).await?;
+            }
+            for chunk in &encoded.chunks {
+                self.apply_config_map(&api, chunk).await?;
+            }
+            let mut cm = encoded.head;
             self.count(true);
             let written = match &version {
-                None => {
-                    self.ensure_system_namespace(false).await?;
-                    api.create(&PostParams::default(), &cm).await
-                }
+                None => api.create(&PostParams::default(), &cm).await,
                 Some(rv) => {
                     cm.metadata.resource_version = Some(rv.clone());
-                    let mut value = serde_json::to_value(&cm).unwrap_or_default();
-                    value["apiVersion"] = "v1".into();
-                    value["kind"] = "ConfigMap".into();
+                    let value = config_map_value(&cm);
                     let mut params = PatchParams::apply(FIELD_MANAGER);
                     params.force = true;
                     api.patch(&name, &params, &Patch::Apply(&value)).await
@@ -97,13 +189,27 @@ impl Cluster {
             };
             match written {
                 Ok(cm) => {
+                    if let Some(old) = replaced.filter(|old| Some(old) != written_chunks.as_ref()) {
+                        self.delete_chunks(&api, &old.names(&ours.environment))
+                            .await;
+                    }
+                    if written_chunks.is_some() || base.chunks.is_some() {
+                        self.delete_orphan_chunks(&api, &ours.environment, written_chunks.as_ref())
+                            .await;
+                    }
                     return Ok(Stored {
                         inventory: to_write,
                         resource_version: cm.metadata.resource_version,
+                        chunks: written_chunks,
                     });
                 }
                 // Changed (409) or deleted (404) since read: merge again.
                 Err(kube::Error::Api(s)) if s.code == 409 || s.code == 404 => {
+                    // This attempt's chunks are named by nothing.
+                    if let Some(mine) = &written_chunks {
+                        self.delete_chunks(&api, &mine.names(&ours.environment))
+                            .await;
+                    }
                     let theirs = self.read_inventory_stored(&ours.environment).await?;
                     tracing::info!(
                         inventory = %name,
@@ -112,6 +218,7 @@ impl Cluster {
                     to_write =
                         inventory::merge_concurrent(&base.inventory, &to_write, &theirs.inventory);
                     version = theirs.resource_version;
+                    replaced = theirs.chunks;
                 }
                 Err(e) => return Err(self.classify(e, "patch", "configmaps")),
             }
@@ -122,36 +229,77 @@ impl Cluster {
             attempts: WRITE_ATTEMPTS,
         })
     }
-}
 
-impl Cluster {
+    async fn apply_config_map(
+        &self,
+        api: &Api<ConfigMap>,
+        cm: &ConfigMap,
+    ) -> Result<(), ClusterError> {
+        let name = cm.metadata.name.clone().unwrap_or_default();
+        let mut params = PatchParams::apply(FIELD_MANAGER);
+        params.force = true;
+        self.count(true);
+        api.patch(&name, &params, &Patch::Apply(&config_map_value(cm)))
+            .await
+            .map_err(|e| self.classify(e, "patch", "configmaps"))?;
+        Ok(())
+    }
+
+    /// Deletes chunks no inventory names any more. A failure is logged, not
+    /// fatal: a later write deletes what is left once it is old.
+    async fn delete_chunks(&self, api: &Api<ConfigMap>, names: &[String]) {
+        for name in names {
+            self.count(true);
+            match api.delete(name, &Default::default()).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(s)) if s.code == 404 => {}
+                Err(e) => tracing::warn!(
+                    chunk = %name,
+                    error = %self.classify(e, "delete", "configmaps"),
+                    "cannot delete an inventory chunk no longer used; a later sync deletes it"
+                ),
+            }
+        }
+    }
+
+    /// Deletes the environment's chunks that no inventory names and that
+    /// are older than [`ORPHAN_AGE`] (left by a write that was killed).
+    async fn delete_orphan_chunks(
+        &self,
+        api: &Api<ConfigMap>,
+        environment: &str,
+        current: Option<&ChunkRef>,
+    ) {
+        let params =
+            ListParams::default().labels(&format!("{}={environment}", inventory::CHUNK_LABEL));
+        self.count(false);
+        let listed = match api.list_metadata(&params).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list inventory chunks to delete left-overs");
+                return;
+            }
+        };
+        let keep: Vec<String> = current.map(|c| c.names(environment)).unwrap_or_default();
+        let orphans = inventory::orphan_chunks(
+            listed
+                .items
+                .into_iter()
+                .filter_map(|m| Some((m.metadata.name?, m.metadata.creation_timestamp?.0.into()))),
+            &keep,
+            SystemTime::now(),
+            ORPHAN_AGE,
+        );
+        self.delete_chunks(api, &orphans).await;
+    }
+
     /// Reads an environment's inventory; `None` before the first sync.
     pub async fn read_inventory(
         &self,
         environment: &str,
     ) -> Result<Option<Inventory>, ClusterError> {
-        let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), SYSTEM_NAMESPACE);
-        self.count(false);
-        let cm = match api.get_opt(&inventory::name_of(environment)).await {
-            Ok(cm) => cm,
-            Err(e) => return Err(self.classify(e, "get", "configmaps")),
-        };
-        match cm {
-            None => Ok(None),
-            Some(cm) => {
-                Inventory::from_config_map(&cm)
-                    .map(Some)
-                    .map_err(|e| ClusterError::Unreadable {
-                        server: self.server.clone(),
-                        verb: "read".into(),
-                        resource: format!(
-                            "configmap {SYSTEM_NAMESPACE}/{}",
-                            inventory::name_of(environment)
-                        ),
-                        reason: e.to_string(),
-                    })
-            }
-        }
+        let stored = self.read_inventory_stored(environment).await?;
+        Ok(stored.resource_version.map(|_| stored.inventory))
     }
 
     /// The inventory's data as stored: the status fields and the summary.
@@ -160,43 +308,10 @@ impl Cluster {
         environment: &str,
     ) -> Result<Option<BTreeMap<String, String>>, ClusterError> {
         let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), SYSTEM_NAMESPACE);
-        self.count(false);
-        let cm = api
-            .get_opt(&inventory::name_of(environment))
-            .await
-            .map_err(|e| self.classify(e, "get", "configmaps"))?;
+        let cm = self
+            .get_config_map(&api, &inventory::name_of(environment))
+            .await?;
         Ok(cm.map(|c| c.data.unwrap_or_default()))
-    }
-
-    /// Writes the inventory (creating `tenantsync-system` when needed).
-    pub async fn write_inventory(
-        &self,
-        inventory: &Inventory,
-        dry_run: bool,
-    ) -> Result<(), ClusterError> {
-        let cm = inventory
-            .to_config_map()
-            .map_err(|e| ClusterError::Encode {
-                environment: inventory.environment.clone(),
-                reason: e.to_string(),
-            })?;
-        let mut params = PatchParams::apply(FIELD_MANAGER);
-        params.force = true;
-        params.dry_run = dry_run;
-        self.ensure_system_namespace(dry_run).await?;
-        let mut value = serde_json::to_value(&cm).unwrap_or_default();
-        value["apiVersion"] = "v1".into();
-        value["kind"] = "ConfigMap".into();
-        let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), SYSTEM_NAMESPACE);
-        self.count(!dry_run);
-        api.patch(
-            &inventory::name_of(&inventory.environment),
-            &params,
-            &Patch::Apply(&value),
-        )
-        .await
-        .map_err(|e| self.classify(e, "patch", "configmaps"))?;
-        Ok(())
     }
 
     /// Writes the daemon's status fields (`status.*` keys) onto an existing
@@ -210,7 +325,12 @@ impl Cluster {
         let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), SYSTEM_NAMESPACE);
         let data: serde_json::Map<String, serde_json::Value> = fields
             .iter()
-            .map(|(k, v)| (format!("status.{k}"), v.clone().into()))
+            .map(|(k, v)| {
+                (
+                    format!("status.{k}"),
+                    inventory::bounded_status_value(v).into(),
+                )
+            })
             .collect();
         let patch = serde_json::json!({ "data": data });
         self.count(true);
@@ -253,4 +373,12 @@ impl Cluster {
             .map_err(|e| self.classify(e, "patch", "namespaces"))?;
         Ok(())
     }
+}
+
+/// A ConfigMap as a server-side apply body.
+fn config_map_value(cm: &ConfigMap) -> serde_json::Value {
+    let mut value = serde_json::to_value(cm).unwrap_or_default();
+    value["apiVersion"] = "v1".into();
+    value["kind"] = "ConfigMap".into();
+    value
 }

@@ -3,6 +3,7 @@
 //! | module | role |
 //! |---|---|
 //! | [`repo`] | the in-memory file tree (the core's input) |
+//! | [`changed`] | which workspaces a change of the files reaches (`plan --changed-since`) |
 //! | [`yaml`] | YAML → positioned tree (limits, duplicate keys) |
 //! | [`diag`] | diagnostics, `file:line:col` |
 //! | [`schema`] | embedded JSON Schemas, validation with positions |
@@ -14,6 +15,7 @@
 //! Imports: `object` and `par` only (pure: no client, no Git, no file
 //! system). Everything after it in the pipeline may import it.
 
+pub mod changed;
 pub mod diag;
 pub mod model;
 pub mod names;

@@ -265,7 +265,7 @@ fn add_workspace_file(
 /// The workspace a file in `workspaces/` is about: its name up to the
 /// first `.` (`contoso.yaml`, `contoso.scale.yaml`); a workspace's name
 /// has no dot.
-fn workspace_of_file(path: &str) -> &str {
+pub(crate) fn workspace_of_file(path: &str) -> &str {
     let file = path.rsplit('/').next().unwrap_or(path);
     file.split('.').next().unwrap_or(file)
 }

@@ -1,8 +1,9 @@
 //! An environment's desired state: validated, rendered and admitted by the
 //! operator's guardrails (pure: a tree in memory in, a value out).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
+use crate::declare::changed::{self, Impact};
 use crate::declare::diag::Diagnostic;
 use crate::declare::model::{Environment, Ownership, SyncPolicy};
 use crate::declare::repo::SourceTree;
@@ -30,6 +31,9 @@ pub struct Intake<'a> {
     pub hold_unrendered: bool,
     /// Only these workspaces (`--workspace`); every one when empty.
     pub only: &'a [String],
+    /// Only the workspaces these changed files reach (`plan
+    /// --changed-since`; [`changed::impact`]), within `only`.
+    pub changed: Option<&'a [String]>,
     /// Workspaces to hold for reasons beyond the repository's own rules,
     /// each with why (the daemon: a namespace two environments it syncs to
     /// one cluster both render).
@@ -44,6 +48,7 @@ impl<'a> Intake<'a> {
             hold_invalid: false,
             hold_unrendered: false,
             only: &[],
+            changed: None,
             also_hold: None,
         }
     }
@@ -119,6 +124,8 @@ pub struct DesiredState {
     pub held: BTreeMap<String, Vec<String>>,
     /// Selected workspaces Git does not declare ([`Unresolved`]).
     pub unresolved: Unresolved,
+    /// What the changed files reach, when only they were selected.
+    pub changed: Option<Impact>,
 }
 
 impl DesiredState {
@@ -177,6 +184,9 @@ pub struct Selected {
     pub unselected: Vec<String>,
     clashes: BTreeMap<String, String>,
     unresolved: Unresolved,
+    /// The selected workspaces; every one when `None`.
+    only: Option<BTreeSet<String>>,
+    changed: Option<Impact>,
 }
 
 /// Loads `tree`, resolves environment `env`, and selects its workspaces
@@ -193,7 +203,25 @@ pub fn select(tree: SourceTree, env: &str, intake: &Intake<'_>) -> Result<Select
         .map(|also_hold| also_hold(&repository))
         .unwrap_or_default();
     drop(repository);
-    let selected = |ws: &str| intake.only.is_empty() || intake.only.iter().any(|w| w == ws);
+    let changed = intake
+        .changed
+        .map(|paths| changed::impact(paths, &partial.environment.chain));
+    let named = (!intake.only.is_empty()).then(|| intake.only.iter().cloned().collect());
+    let only: Option<BTreeSet<String>> = match &changed {
+        Some(Impact::Workspaces(reached)) => Some(
+            reached
+                .keys()
+                .filter(|w| {
+                    named
+                        .as_ref()
+                        .is_none_or(|n: &BTreeSet<String>| n.contains(*w))
+                })
+                .cloned()
+                .collect(),
+        ),
+        _ => named,
+    };
+    let selected = |ws: &str| only.as_ref().is_none_or(|only| only.contains(ws));
     let (invalid, unselected): (BTreeMap<_, _>, BTreeMap<_, _>) = partial
         .workspace_errors
         .iter()
@@ -237,6 +265,8 @@ pub fn select(tree: SourceTree, env: &str, intake: &Intake<'_>) -> Result<Select
         invalid,
         clashes,
         unresolved,
+        only,
+        changed,
     })
 }
 
@@ -252,6 +282,8 @@ pub fn desired_of(
         invalid,
         clashes,
         unresolved,
+        only,
+        changed,
         ..
     } = selected;
     environment
@@ -278,13 +310,7 @@ pub fn desired_of(
         ));
     }
     let scope = Scope {
-        only: (!intake.only.is_empty()).then(|| {
-            intake
-                .only
-                .iter()
-                .map(|w| environment.namespace_of(w))
-                .collect()
-        }),
+        only: only.map(|only| only.iter().map(|w| environment.namespace_of(w)).collect()),
         held: held.keys().map(|ws| environment.namespace_of(ws)).collect(),
     };
     Ok(DesiredState {
@@ -298,6 +324,7 @@ pub fn desired_of(
         invalid,
         held,
         unresolved,
+        changed,
     })
 }
 

@@ -8,6 +8,7 @@
 
 use std::collections::BTreeMap;
 
+use crate::declare::changed::Impact;
 use crate::plan::{Action, Change, FieldAction, FieldChange, Plan, Summary};
 use crate::sync::name_some;
 use crate::sync::report::Foreign;
@@ -584,6 +585,53 @@ pub fn with_drift_notes(
         ));
     }
     out
+}
+
+/// Adds to a plan what `--changed-since REV` planned and why: every
+/// workspace (a shared file changed), some (the files that reach each), or
+/// none. First in the text (a reviewer reads the scope before the changes);
+/// `changedSince` in JSON.
+pub fn with_changed(text: String, since: &str, impact: &Impact, json: bool) -> String {
+    if json {
+        let Ok(mut value) = serde_json::from_str::<serde_json::Value>(&text) else {
+            return text;
+        };
+        value["changedSince"] = match impact {
+            Impact::Everything(path) => serde_json::json!({
+                "revision": since,
+                "everything": path,
+            }),
+            Impact::Workspaces(reached) => serde_json::json!({
+                "revision": since,
+                "workspaces": reached,
+            }),
+        };
+        return serde_json::to_string_pretty(&value).map_or(text, |t| t + "\n");
+    }
+    let note = match impact {
+        Impact::Everything(path) => {
+            format!("Planned every workspace: {path} changed since {since}.\n\n")
+        }
+        Impact::Workspaces(reached) if reached.is_empty() => format!(
+            "Planned no workspace: nothing changed since {since} reaches this environment.\n\n"
+        ),
+        Impact::Workspaces(reached) => {
+            let lines: Vec<String> = reached
+                .iter()
+                .map(|(ws, paths)| format!("  {ws}: {}\n", paths.join(", ")))
+                .collect();
+            let what = if reached.len() == 1 {
+                "the workspace".to_string()
+            } else {
+                format!("the {} workspaces", reached.len())
+            };
+            format!(
+                "Planned only {what} reached by what changed since {since}:\n{}\n",
+                lines.concat()
+            )
+        }
+    };
+    note + &text
 }
 
 #[cfg(test)]

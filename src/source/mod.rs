@@ -53,6 +53,35 @@ pub fn read(
     }
 }
 
+/// [`read`], and the files at revision `base` of the same Git repository
+/// (`plan --changed-since`): a remote's cached clone, fetched once, or a
+/// local repository (or the repository a work tree belongs to).
+#[allow(clippy::type_complexity)]
+pub fn read_with_base(
+    repo: &str,
+    rev: Option<&str>,
+    base: &str,
+    auth: &git::Auth,
+) -> Result<(SourceTree, Option<git::Revision>, SourceTree), SourceError> {
+    let repository = if git::is_remote_url(repo) {
+        let cache = git::RemoteCache::at_default_location()?;
+        cache.fetch(repo, auth)?
+    } else {
+        git::open_local(Path::new(repo))?
+    };
+    let name = git::redact(repo);
+    let (base_tree, _) = git::read_tree(&repository, base).map_err(|e| e.naming(&name))?;
+    let (tree, revision) = match (git::is_remote_url(repo), rev) {
+        (false, None) => (folder::read(Path::new(repo))?, None),
+        (_, rev) => {
+            let (tree, revision) =
+                git::read_tree(&repository, rev.unwrap_or("HEAD")).map_err(|e| e.naming(&name))?;
+            (tree, Some(revision))
+        }
+    };
+    Ok((tree, revision, base_tree))
+}
+
 /// A source revision: the Git commit, or a digest of a folder's files.
 pub fn revision_of(tree: &SourceTree, git: Option<git::Revision>) -> String {
     match git {

@@ -4,8 +4,9 @@
 //! tenantsync applied there, the Git revision and the time of the last sync
 //! that changed something. Prune deletes only what the inventory lists, so an
 //! object tenantsync did not create is never deleted, whatever its labels.
-//! The object list is gzip-compressed JSON in `binaryData`, so environments
-//! with thousands of workspaces stay far below the 1 MiB object size limit.
+//! The object list is gzip-compressed JSON in `binaryData`; a list longer
+//! than one ConfigMap holds ([`CHUNK_BYTES`]) is split into chunk
+//! ConfigMaps that the inventory names ([`Inventory::encode`]).
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::io::{Read, Write};
@@ -24,6 +25,115 @@ pub const SYSTEM_NAMESPACE: &str = "tenantsync-system";
 /// environment label of managed objects, so `plan` never lists it.
 pub const INVENTORY_LABEL: &str = "tenantsync.io/inventory";
 const OBJECTS_KEY: &str = "objects.json.gz";
+/// The most the compressed object list may take in one ConfigMap. The API
+/// server refuses a ConfigMap over 1 MiB (1,048,576 bytes of data and
+/// binaryData together), and the daemon's status fields share the
+/// inventory's own object: a longer list is split into chunks.
+pub const CHUNK_BYTES: usize = 900 * 1024;
+/// The most chunks one inventory is split into (450 MiB compressed): past
+/// that, writing is refused before anything is applied.
+pub const MAX_CHUNKS: usize = 512;
+/// The most one status field (`status.*`) may take on the inventory.
+pub const MAX_STATUS_VALUE_BYTES: usize = 8 * 1024;
+/// Label of an inventory's chunk ConfigMaps: the environment.
+pub const CHUNK_LABEL: &str = "tenantsync.io/inventory-chunk";
+/// The inventory's key naming its chunks: `<generation>/<count>`.
+const CHUNKS_KEY: &str = "chunks";
+
+/// The ConfigMap holding chunk `index` of generation `generation` of an
+/// environment's inventory: `inventory-<env>.<generation>.<index>` (an
+/// environment's name has no dot, so this is never another environment's
+/// inventory).
+pub fn chunk_name(environment: &str, generation: &str, index: usize) -> String {
+    format!("{}.{generation}.{index}", name_of(environment))
+}
+
+/// Why an inventory cannot be written.
+#[derive(Debug, thiserror::Error)]
+pub enum EncodeError {
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    #[error(
+        "it would take more than {limit} chunks of {chunk_bytes} bytes compressed for {objects} objects; nothing was written. Spread the workspaces over more environments or shorten the rendered names (a namespaceTemplate change records old and new names together: make it in steps)"
+    )]
+    TooLarge {
+        objects: usize,
+        chunk_bytes: usize,
+        limit: usize,
+    },
+}
+
+/// An inventory as ConfigMaps: its own object (`head`: environment,
+/// revision, status, and the object list when it fits) and, for a longer
+/// list, the chunks it names. Chunks are written before the head and each
+/// write has a generation of its own, so a reader never sees a head naming
+/// chunks not yet written, and a crash mid-write leaves the head as it was.
+#[derive(Clone, Debug)]
+pub struct Encoded {
+    pub head: ConfigMap,
+    pub chunks: Vec<ConfigMap>,
+}
+
+/// The chunks an inventory's head names: their generation and count.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChunkRef {
+    pub generation: String,
+    pub count: usize,
+}
+
+impl ChunkRef {
+    pub fn names(&self, environment: &str) -> Vec<String> {
+        (0..self.count)
+            .map(|i| chunk_name(environment, &self.generation, i))
+            .collect()
+    }
+}
+
+fn gzip(json: &[u8]) -> Result<Vec<u8>, std::io::Error> {
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(json)?;
+    gz.finish()
+}
+
+/// The object list in parts that each compress to at most `chunk_bytes`
+/// (contiguous runs of the ordered list, so a part's names compress well
+/// together).
+fn split(objects: &[&ObjectRef], chunk_bytes: usize) -> Result<Vec<Vec<u8>>, EncodeError> {
+    let whole = gzip(&serde_json::to_vec(objects).map_err(std::io::Error::other)?)?;
+    if whole.len() <= chunk_bytes {
+        return Ok(vec![whole]);
+    }
+    let too_large = || EncodeError::TooLarge {
+        objects: objects.len(),
+        chunk_bytes,
+        limit: MAX_CHUNKS,
+    };
+    // A first guess with room to spare, then more parts until each fits.
+    let mut parts = (whole.len() * 5 / 4).div_ceil(chunk_bytes).max(2);
+    loop {
+        if parts > MAX_CHUNKS || parts > objects.len() {
+            return Err(too_large());
+        }
+        let per = objects.len().div_ceil(parts);
+        let compressed = objects
+            .chunks(per)
+            .map(|part| gzip(&serde_json::to_vec(part).map_err(std::io::Error::other)?))
+            .collect::<Result<Vec<_>, _>>()?;
+        if compressed.iter().all(|c| c.len() <= chunk_bytes) {
+            return Ok(compressed);
+        }
+        parts = parts.saturating_mul(2).min(MAX_CHUNKS + 1);
+    }
+}
+
+fn decompress(bytes: &[u8]) -> Result<Vec<ObjectRef>, String> {
+    let mut json = Vec::new();
+    flate2::read::GzDecoder::new(bytes)
+        .take(64 * 1024 * 1024)
+        .read_to_end(&mut json)
+        .map_err(|e| format!("cannot decompress the object list: {e}"))?;
+    serde_json::from_slice(&json).map_err(|e| format!("object list is not valid JSON: {e}"))
+}
 
 pub fn name_of(environment: &str) -> String {
     format!("inventory-{environment}")
@@ -62,6 +172,16 @@ impl ObjectRef {
     }
 
     /// `Kind/namespace/name`, the one ID format of messages.
+    /// The same reference with its names shared through `names`.
+    fn shared(self, names: &mut crate::object::Names) -> ObjectRef {
+        ObjectRef {
+            api_version: names.get(&self.api_version),
+            kind: names.get(&self.kind),
+            namespace: self.namespace.map(|ns| names.get(&ns)),
+            name: names.get(&self.name),
+        }
+    }
+
     pub fn id(&self) -> String {
         crate::object::id(self.key())
     }
@@ -120,12 +240,27 @@ impl Inventory {
         self.objects.iter().map(ObjectRef::key).collect()
     }
 
-    /// The ConfigMap that stores this inventory.
-    pub fn to_config_map(&self) -> Result<ConfigMap, std::io::Error> {
-        let json = serde_json::to_vec(&self.objects).map_err(std::io::Error::other)?;
-        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-        gz.write_all(&json)?;
-        let compressed = gz.finish()?;
+    /// The ConfigMap that stores this inventory when its object list fits
+    /// in one ([`CHUNK_BYTES`]).
+    pub fn to_config_map(&self) -> Result<ConfigMap, EncodeError> {
+        let encoded = self.encode(CHUNK_BYTES, "0")?;
+        if encoded.chunks.is_empty() {
+            Ok(encoded.head)
+        } else {
+            Err(EncodeError::TooLarge {
+                objects: self.objects.len(),
+                chunk_bytes: CHUNK_BYTES,
+                limit: 1,
+            })
+        }
+    }
+
+    /// The ConfigMaps that store this inventory: the head alone while the
+    /// compressed object list fits in `chunk_bytes`, otherwise the head and
+    /// chunks named after `generation` (unique to this write).
+    pub fn encode(&self, chunk_bytes: usize, generation: &str) -> Result<Encoded, EncodeError> {
+        let objects: Vec<&ObjectRef> = self.objects.iter().collect();
+        let mut parts = split(&objects, chunk_bytes)?;
         let mut data = BTreeMap::from([
             ("environment".to_string(), self.environment.clone()),
             ("objectCount".to_string(), self.objects.len().to_string()),
@@ -136,67 +271,199 @@ impl Inventory {
         if let Some(t) = &self.last_applied_at {
             data.insert("lastAppliedAt".into(), t.clone());
         }
-        Ok(ConfigMap {
+        let labels = |label: &str| {
+            BTreeMap::from([
+                (MANAGED_BY.to_string(), MANAGER.to_string()),
+                (label.to_string(), self.environment.clone()),
+            ])
+        };
+        let config_map = |name: String, label: &str, data, bytes: Option<Vec<u8>>| ConfigMap {
             metadata: ObjectMeta {
-                name: Some(name_of(&self.environment)),
+                name: Some(name),
                 namespace: Some(SYSTEM_NAMESPACE.to_string()),
-                labels: Some(BTreeMap::from([
-                    (MANAGED_BY.to_string(), MANAGER.to_string()),
-                    (INVENTORY_LABEL.to_string(), self.environment.clone()),
-                ])),
+                labels: Some(labels(label)),
                 ..ObjectMeta::default()
             },
             data: Some(data),
-            binary_data: Some(BTreeMap::from([(
-                OBJECTS_KEY.to_string(),
-                ByteString(compressed),
-            )])),
+            binary_data: bytes.map(|b| BTreeMap::from([(OBJECTS_KEY.to_string(), ByteString(b))])),
             ..ConfigMap::default()
+        };
+        if parts.len() == 1 {
+            let head = config_map(
+                name_of(&self.environment),
+                INVENTORY_LABEL,
+                data,
+                parts.pop(),
+            );
+            return Ok(Encoded {
+                head,
+                chunks: Vec::new(),
+            });
+        }
+        data.insert(
+            CHUNKS_KEY.to_string(),
+            format!("{generation}/{}", parts.len()),
+        );
+        let chunks = parts
+            .into_iter()
+            .enumerate()
+            .map(|(i, bytes)| {
+                config_map(
+                    chunk_name(&self.environment, generation, i),
+                    CHUNK_LABEL,
+                    BTreeMap::from([("environment".to_string(), self.environment.clone())]),
+                    Some(bytes),
+                )
+            })
+            .collect();
+        let head = config_map(name_of(&self.environment), INVENTORY_LABEL, data, None);
+        Ok(Encoded { head, chunks })
+    }
+
+    /// The chunks an inventory's head names, if its list is chunked.
+    pub fn chunks_of(head: &ConfigMap) -> Result<Option<ChunkRef>, InventoryError> {
+        let Some(value) = head.data.as_ref().and_then(|d| d.get(CHUNKS_KEY)) else {
+            return Ok(None);
+        };
+        let parsed = value.split_once('/').and_then(|(generation, count)| {
+            let count: usize = count.parse().ok()?;
+            let valid = !generation.is_empty()
+                && generation
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+                && (1..=MAX_CHUNKS).contains(&count);
+            valid.then(|| ChunkRef {
+                generation: generation.to_string(),
+                count,
+            })
+        });
+        parsed.map(Some).ok_or_else(|| InventoryError::Corrupt {
+            namespace: SYSTEM_NAMESPACE.to_string(),
+            name: head.metadata.name.clone().unwrap_or_default(),
+            reason: format!("`{CHUNKS_KEY}` is `{value}`, not <generation>/<count>"),
         })
     }
 
-    /// Reads an inventory from its ConfigMap.
-    pub fn from_config_map(cm: &ConfigMap) -> Result<Inventory, InventoryError> {
-        let corrupt = |reason: String| InventoryError::Corrupt {
+    /// Reads an inventory from its head and the chunks the head names, in
+    /// order (none when the list is in the head).
+    pub fn from_config_maps(
+        head: &ConfigMap,
+        chunks: &[ConfigMap],
+    ) -> Result<Inventory, InventoryError> {
+        let Some(named) = Inventory::chunks_of(head)? else {
+            return Inventory::from_config_map(head);
+        };
+        let corrupt = |name: &str, reason: String| InventoryError::Corrupt {
             namespace: SYSTEM_NAMESPACE.to_string(),
-            name: cm.metadata.name.clone().unwrap_or_default(),
+            name: name.to_string(),
             reason,
         };
+        let head_name = head.metadata.name.clone().unwrap_or_default();
+        let mut inventory = Inventory::from_head(head)?;
+        if chunks.len() != named.count {
+            return Err(corrupt(
+                &head_name,
+                format!("names {} chunks, {} were read", named.count, chunks.len()),
+            ));
+        }
+        let mut names = crate::object::Names::default();
+        for (chunk, expected) in chunks.iter().zip(named.names(&inventory.environment)) {
+            let name = chunk.metadata.name.clone().unwrap_or_default();
+            if name != expected {
+                return Err(corrupt(&name, format!("expected chunk {expected}")));
+            }
+            let bytes = chunk
+                .binary_data
+                .as_ref()
+                .and_then(|b| b.get(OBJECTS_KEY))
+                .ok_or_else(|| corrupt(&name, format!("no `{OBJECTS_KEY}` key")))?;
+            let listed = decompress(&bytes.0).map_err(|e| corrupt(&name, e))?;
+            inventory
+                .objects
+                .extend(listed.into_iter().map(|r| r.shared(&mut names)));
+        }
+        Ok(inventory)
+    }
+
+    /// An inventory's environment, revision and time, from its head.
+    fn from_head(cm: &ConfigMap) -> Result<Inventory, InventoryError> {
         let data = cm.data.clone().unwrap_or_default();
-        let environment = data
-            .get("environment")
-            .cloned()
-            .ok_or_else(|| corrupt("no `environment` key".into()))?;
+        let environment =
+            data.get("environment")
+                .cloned()
+                .ok_or_else(|| InventoryError::Corrupt {
+                    namespace: SYSTEM_NAMESPACE.to_string(),
+                    name: cm.metadata.name.clone().unwrap_or_default(),
+                    reason: "no `environment` key".into(),
+                })?;
+        Ok(Inventory {
+            environment,
+            revision: data.get("revision").cloned(),
+            last_applied_at: data.get("lastAppliedAt").cloned(),
+            objects: BTreeSet::new(),
+        })
+    }
+
+    /// Reads an inventory whose object list is in its one ConfigMap.
+    pub fn from_config_map(cm: &ConfigMap) -> Result<Inventory, InventoryError> {
+        let name = cm.metadata.name.clone().unwrap_or_default();
+        let corrupt = |reason: String| InventoryError::Corrupt {
+            namespace: SYSTEM_NAMESPACE.to_string(),
+            name: name.clone(),
+            reason,
+        };
+        if Inventory::chunks_of(cm)?.is_some() {
+            return Err(corrupt("its object list is in chunks".into()));
+        }
+        let mut inventory = Inventory::from_head(cm)?;
         let bytes = cm
             .binary_data
             .as_ref()
             .and_then(|b| b.get(OBJECTS_KEY))
             .ok_or_else(|| corrupt(format!("no `{OBJECTS_KEY}` key")))?;
-        let mut json = Vec::new();
-        flate2::read::GzDecoder::new(bytes.0.as_slice())
-            .take(64 * 1024 * 1024)
-            .read_to_end(&mut json)
-            .map_err(|e| corrupt(format!("cannot decompress the object list: {e}")))?;
-        let listed: Vec<ObjectRef> = serde_json::from_slice(&json)
-            .map_err(|e| corrupt(format!("object list is not valid JSON: {e}")))?;
+        let listed = decompress(&bytes.0).map_err(corrupt)?;
         // Kinds, API versions, namespaces and names recur: share them.
         let mut names = crate::object::Names::default();
-        let objects = listed
-            .into_iter()
-            .map(|r| ObjectRef {
-                api_version: names.get(&r.api_version),
-                kind: names.get(&r.kind),
-                namespace: r.namespace.map(|ns| names.get(&ns)),
-                name: names.get(&r.name),
-            })
-            .collect();
-        Ok(Inventory {
-            environment,
-            revision: data.get("revision").cloned(),
-            last_applied_at: data.get("lastAppliedAt").cloned(),
-            objects,
-        })
+        inventory.objects = listed.into_iter().map(|r| r.shared(&mut names)).collect();
+        Ok(inventory)
     }
+}
+
+/// Of an environment's chunks (`listed`: name and creation time), those to
+/// delete: named by no inventory (`keep`) and at least `age` old. Younger
+/// ones may belong to a write still under way.
+pub fn orphan_chunks(
+    listed: impl IntoIterator<Item = (String, std::time::SystemTime)>,
+    keep: &[String],
+    now: std::time::SystemTime,
+    age: std::time::Duration,
+) -> Vec<String> {
+    listed
+        .into_iter()
+        .filter(|(name, created)| {
+            !keep.contains(name) && now.duration_since(*created).is_ok_and(|a| a >= age)
+        })
+        .map(|(name, _)| name)
+        .collect()
+}
+
+/// A status field's value as written onto the inventory: at most
+/// [`MAX_STATUS_VALUE_BYTES`] (a long error list is cut at a character
+/// boundary and says where the rest is), so that status never crowds out
+/// the object list.
+pub fn bounded_status_value(value: &str) -> String {
+    if value.len() <= MAX_STATUS_VALUE_BYTES {
+        return value.to_string();
+    }
+    let mut end = MAX_STATUS_VALUE_BYTES - 128;
+    while !value.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!(
+        "{}\n… ({} more bytes: see the daemon's log, or run `tenantsync validate`)",
+        &value[..end],
+        value.len() - end
+    )
 }
 
 /// The inventory to write when `ours` was computed from `base` but the
@@ -229,6 +496,109 @@ mod tests {
             namespace: ns.map(Into::into),
             name: name.into(),
         }
+    }
+
+    /// Names that barely compress, as real tenants' names do at scale.
+    fn incompressible(i: usize) -> String {
+        let mut x = (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0xD1B5_4A32_D192_ED03;
+        (0..40)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                char::from(b'a' + (x % 26) as u8)
+            })
+            .collect()
+    }
+
+    fn incompressible_inventory(n: usize) -> Inventory {
+        let mut inv = Inventory::new("prod");
+        inv.revision = Some("abc".into());
+        for i in 0..n {
+            inv.objects
+                .insert(r("ConfigMap", Some("ns-prod"), &incompressible(i)));
+        }
+        inv
+    }
+
+    #[test]
+    fn a_long_object_list_is_split_into_chunks_that_each_fit_and_read_back_whole() {
+        let inv = incompressible_inventory(40_000);
+        let encoded = inv.encode(CHUNK_BYTES, "g1").unwrap();
+        assert!(encoded.chunks.len() >= 2, "{}", encoded.chunks.len());
+        assert!(encoded.head.binary_data.is_none());
+        assert_eq!(encoded.head.data.as_ref().unwrap()["objectCount"], "40000");
+        for (i, chunk) in encoded.chunks.iter().enumerate() {
+            assert_eq!(
+                chunk.metadata.name.as_deref(),
+                Some(&*format!("inventory-prod.g1.{i}"))
+            );
+            let size = chunk.binary_data.as_ref().unwrap()[OBJECTS_KEY].0.len();
+            assert!(size <= CHUNK_BYTES, "chunk {i}: {size}");
+            assert_eq!(chunk.metadata.labels.as_ref().unwrap()[CHUNK_LABEL], "prod");
+        }
+        assert_eq!(
+            Inventory::from_config_maps(&encoded.head, &encoded.chunks).unwrap(),
+            inv
+        );
+        // A head whose chunks are not all there is an error, never a
+        // shorter inventory (prune would then forget objects).
+        assert!(Inventory::from_config_maps(&encoded.head, &encoded.chunks[1..]).is_err());
+        assert!(Inventory::from_config_map(&encoded.head).is_err());
+        // A short list stays in the head, as before chunks existed.
+        let short = incompressible_inventory(100);
+        let encoded = short.encode(CHUNK_BYTES, "g2").unwrap();
+        assert!(encoded.chunks.is_empty());
+        assert_eq!(Inventory::from_config_map(&encoded.head).unwrap(), short);
+    }
+
+    #[test]
+    fn an_inventory_past_the_most_chunks_is_refused_with_what_to_do() {
+        let inv = incompressible_inventory(20_000);
+        let message = match inv.encode(256, "g") {
+            Err(e @ EncodeError::TooLarge { .. }) => e.to_string(),
+            other => panic!("expected TooLarge, got {other:?}"),
+        };
+        assert!(message.contains("20000 objects"), "{message}");
+        assert!(message.contains("more environments"), "{message}");
+    }
+
+    #[test]
+    fn only_old_chunks_named_by_nothing_are_orphans() {
+        use std::time::{Duration, SystemTime};
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(10_000);
+        let at = |s: u64| SystemTime::UNIX_EPOCH + Duration::from_secs(s);
+        let listed = [
+            ("named-old".to_string(), at(0)),
+            ("orphan-old".to_string(), at(9_000)),
+            ("orphan-young".to_string(), at(9_500)),
+            ("from-the-future".to_string(), at(20_000)),
+        ];
+        assert_eq!(
+            orphan_chunks(listed, &["named-old".into()], now, Duration::from_secs(600)),
+            ["orphan-old"]
+        );
+    }
+
+    #[test]
+    fn a_chunk_reference_that_is_not_one_is_corrupt() {
+        for bad in ["../x/3", "g/0", "g/999999", "/2", "g", "G/2"] {
+            let mut head = Inventory::new("dev").to_config_map().unwrap();
+            head.data
+                .as_mut()
+                .unwrap()
+                .insert("chunks".into(), bad.into());
+            assert!(Inventory::chunks_of(&head).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_long_status_value_is_cut_at_a_character_boundary_and_says_so() {
+        let long = "é".repeat(MAX_STATUS_VALUE_BYTES);
+        let cut = bounded_status_value(&long);
+        assert!(cut.len() <= MAX_STATUS_VALUE_BYTES, "{}", cut.len());
+        assert!(cut.contains("more bytes: see the daemon's log"), "{cut}");
+        assert_eq!(bounded_status_value("Synced"), "Synced");
     }
 
     #[test]

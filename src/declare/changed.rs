@@ -1,0 +1,133 @@
+//! Which workspaces of an environment a change of the repository touches
+//! (`plan --changed-since`): the files that differ between two trees, and
+//! what each one reaches through the environment's layer chain.
+
+use std::collections::BTreeMap;
+
+use super::repo::SourceTree;
+use super::validate::{ENVIRONMENTS_DIR, WORKSPACES_DIR, workspace_of_file};
+
+/// What a change reaches in one environment.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Impact {
+    /// Every workspace: a file they all depend on changed (the layer's
+    /// `environment.yaml`, with its settings and inline patches, or a
+    /// `resources/` manifest). Holds that file's path.
+    Everything(String),
+    /// Only these workspaces (none: the change does not reach the
+    /// environment), each with the changed files that reach it.
+    Workspaces(BTreeMap<String, Vec<String>>),
+}
+
+/// The paths whose content differs between `base` and `head` (added,
+/// removed or changed), in order.
+pub fn changed_paths(base: &SourceTree, head: &SourceTree) -> Vec<String> {
+    let mut paths: Vec<String> = base
+        .paths()
+        .chain(head.paths())
+        .filter(|p| base.get(p) != head.get(p))
+        .map(str::to_string)
+        .collect();
+    paths.sort_unstable();
+    paths.dedup();
+    paths
+}
+
+/// What the changed `paths` reach in an environment whose layers are
+/// `chain` (the environment, then its bases). A file outside `environments/`
+/// or in a layer outside the chain is not read for it; a workspace file
+/// reaches the workspace it is named after (in whichever layer of the
+/// chain); any other declaration of the chain reaches everything.
+pub fn impact(paths: &[String], chain: &[String]) -> Impact {
+    let prefix = format!("{ENVIRONMENTS_DIR}/");
+    let mut workspaces: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for path in paths {
+        let Some((layer, inner)) = path
+            .strip_prefix(&prefix)
+            .and_then(|rest| rest.split_once('/'))
+        else {
+            continue;
+        };
+        if !chain.iter().any(|l| l == layer) {
+            continue;
+        }
+        // Only YAML files are declarations (README.md beside them is not).
+        if !(inner.ends_with(".yaml") || inner.ends_with(".yml")) {
+            continue;
+        }
+        if inner.starts_with(&format!("{WORKSPACES_DIR}/")) {
+            workspaces
+                .entry(workspace_of_file(inner).to_string())
+                .or_default()
+                .push(path.clone());
+        } else {
+            return Impact::Everything(path.clone());
+        }
+    }
+    Impact::Workspaces(workspaces)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tree(files: &[(&str, &str)]) -> SourceTree {
+        let mut t = SourceTree::new();
+        for (p, text) in files {
+            t.insert(p, text.as_bytes().to_vec());
+        }
+        t
+    }
+
+    fn chain() -> Vec<String> {
+        vec!["prod".into(), "base".into()]
+    }
+
+    #[test]
+    fn added_removed_and_edited_files_are_changed_the_same_files_are_not() {
+        let base = tree(&[("a", "1"), ("b", "2"), ("c", "3")]);
+        let head = tree(&[("a", "1"), ("b", "two"), ("d", "4")]);
+        assert_eq!(changed_paths(&base, &head), ["b", "c", "d"]);
+        assert!(changed_paths(&base, &base).is_empty());
+    }
+
+    #[test]
+    fn a_workspace_file_in_any_layer_of_the_chain_reaches_that_workspace_only() {
+        let paths: Vec<String> = [
+            "environments/base/workspaces/contoso.yaml",
+            "environments/prod/workspaces/contoso.scale.yaml",
+            "environments/prod/workspaces/fabrikam.yml",
+            "environments/dev/workspaces/woodgrove.yaml",
+            "environments/prod/README.md",
+            "docs/onboarding.md",
+        ]
+        .map(String::from)
+        .to_vec();
+        let Impact::Workspaces(ws) = impact(&paths, &chain()) else {
+            panic!("expected workspaces");
+        };
+        assert_eq!(ws.keys().collect::<Vec<_>>(), ["contoso", "fabrikam"]);
+        assert_eq!(ws["contoso"].len(), 2);
+    }
+
+    #[test]
+    fn an_environment_file_or_a_resource_of_the_chain_reaches_everything() {
+        for path in [
+            "environments/prod/environment.yaml",
+            "environments/base/environment.yaml",
+            "environments/base/resources/quota.yaml",
+        ] {
+            let paths = vec![
+                "environments/prod/workspaces/contoso.yaml".to_string(),
+                path.to_string(),
+            ];
+            assert_eq!(impact(&paths, &chain()), Impact::Everything(path.into()));
+        }
+        // Another environment's settings do not reach this one.
+        let paths = vec!["environments/dev/environment.yaml".to_string()];
+        assert_eq!(
+            impact(&paths, &chain()),
+            Impact::Workspaces(BTreeMap::new())
+        );
+    }
+}
