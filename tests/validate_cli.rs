@@ -757,7 +757,7 @@ fn key_vault_mistakes_are_refused_with_positions() {
     assert_eq!(out.status.code(), Some(1));
     let err = stderr(&out);
     assert!(
-        err.contains("environments/qa/workspaces/woodgrove.yaml:9:9: error: /spec/fhirServices/0/keyVault: FHIR service `api` reads from a Key Vault, but environment `qa` declares none: add spec.keyVault"),
+        err.contains("environments/qa/workspaces/woodgrove.yaml:9:9: error: /spec/fhirServices/0/keyVault: FHIR service `api` reads from a Key Vault, but environment `qa` declares none and this keyVault gives no vaultName, tenantId, clientId: add spec.keyVault"),
         "{err}"
     );
     assert!(

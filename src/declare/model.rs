@@ -405,9 +405,42 @@ pub struct SecretRef {
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct ServiceKeyVault {
+    /// A vault of the service's own for its certificate and secrets; the
+    /// environment's tenant and identity fill what it leaves out.
+    pub vault_name: Option<String>,
+    pub tenant_id: Option<String>,
+    pub client_id: Option<String>,
     pub certificate: Option<String>,
     #[serde(default)]
     pub secrets: Vec<SecretRef>,
+}
+
+impl ServiceKeyVault {
+    /// Whether it reads anything (a certificate or a secret).
+    pub fn reads(&self) -> bool {
+        self.certificate.is_some() || !self.secrets.is_empty()
+    }
+
+    /// The vault of its own it reads from, when it names one and reads
+    /// something: its vault name, with its tenant and identity or the
+    /// environment's. None also when neither gives a tenant or identity
+    /// (validation refuses that).
+    pub fn own_vault(&self, env: Option<&KeyVault>) -> Option<KeyVault> {
+        let vault_name = self.vault_name.clone().filter(|_| self.reads())?;
+        Some(KeyVault {
+            vault_name,
+            tenant_id: self
+                .tenant_id
+                .clone()
+                .or_else(|| env.map(|k| k.tenant_id.clone()))?,
+            client_id: self
+                .client_id
+                .clone()
+                .or_else(|| env.map(|k| k.client_id.clone()))?,
+            certificate: None,
+            secrets: Vec::new(),
+        })
+    }
 }
 
 /// Environments where a FHIR service must declare `auth` unless the

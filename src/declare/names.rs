@@ -32,6 +32,14 @@ pub const WORKSPACE_TLS: &str = "workspace-tls";
 /// The Secret the CSI driver syncs the Key Vault secrets into (one key per
 /// secret object, named after it).
 pub const WORKSPACE_SECRETS: &str = "workspace-secrets";
+/// The `SecretProviderClass` of a service reading a vault of its own.
+pub fn service_key_vault(name: &str) -> String {
+    format!("{name}-keyvault")
+}
+/// The Secret the CSI driver syncs the secrets of a service's own vault into.
+pub fn service_secrets(name: &str) -> String {
+    format!("{name}-secrets")
+}
 /// The Secret the CSI driver syncs a service's own certificate into.
 pub fn tls(name: &str) -> String {
     format!("{name}-tls")
@@ -155,12 +163,37 @@ pub fn identities(env: &Environment, ws: &Workspace) -> Vec<(Identity, Origin)> 
             add("policy", "PodDisruptionBudget", name, origin);
         }
     };
+    let own_vault = |add: &mut dyn FnMut(&'static str, &'static str, String, Origin),
+                     name: &str,
+                     kv: Option<&crate::declare::model::ServiceKeyVault>,
+                     origin: Origin| {
+        if kv.is_some_and(|kv| kv.own_vault(settings.key_vault.as_ref()).is_some()) {
+            add(
+                "secrets-store.csi.x-k8s.io",
+                "SecretProviderClass",
+                service_key_vault(name),
+                origin,
+            );
+        }
+    };
     for (i, f) in ws.spec.fhir_services.iter().enumerate() {
         let scale = env.scale_of(f.replicas, f.autoscaling, &settings.defaults.fhir);
+        own_vault(
+            &mut add,
+            &fhir(&f.name),
+            f.key_vault.as_ref(),
+            Origin::Fhir(i),
+        );
         exposed(&mut add, fhir(&f.name), scale, Origin::Fhir(i));
     }
     for (i, d) in ws.spec.dicom_services.iter().enumerate() {
         let scale = env.scale_of(d.replicas, d.autoscaling, &settings.defaults.dicom);
+        own_vault(
+            &mut add,
+            &dicom(&d.name),
+            d.key_vault.as_ref(),
+            Origin::Dicom(i),
+        );
         exposed(&mut add, dicom(&d.name), scale, Origin::Dicom(i));
         if d.dicom_cast.is_some() {
             let cast = dicom_cast(&d.name);
@@ -199,12 +232,13 @@ pub fn reads_key_vault(env: &Environment, ws: &Workspace) -> bool {
         return false;
     };
     let spec = &ws.spec;
+    // What services read from the environment's vault (not one of their own).
     let own = spec
         .fhir_services
         .iter()
         .map(|f| f.key_vault.as_ref())
         .chain(spec.dicom_services.iter().map(|d| d.key_vault.as_ref()))
-        .any(|k| k.is_some_and(|k| k.certificate.is_some() || !k.secrets.is_empty()));
+        .any(|k| k.is_some_and(|k| k.reads() && k.vault_name.is_none()));
     let exposes = !spec.fhir_services.is_empty() || !spec.dicom_services.is_empty();
     exposes && (kv.certificate.is_some() || !kv.secrets.is_empty() || own)
 }

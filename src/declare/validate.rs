@@ -1549,13 +1549,22 @@ impl Repository {
                 let Some(kv) = node.get("keyVault") else {
                     continue;
                 };
+                let missing: Vec<&str> = ["vaultName", "tenantId", "clientId"]
+                    .into_iter()
+                    .filter(|k| kv.get(k).is_none())
+                    .collect();
+                if missing.is_empty() {
+                    // A vault of its own, complete.
+                    continue;
+                }
                 let name = node.get("name").and_then(Node::as_str).unwrap_or("?");
                 diags.push(self.files.diag(
                     kv.pos,
                     Some(format!("/spec/{key}/{i}/keyVault")),
                     format!(
-                        "{what} `{name}` reads from a Key Vault, but environment `{}` declares none: add spec.keyVault (vaultName, tenantId, clientId) to its environment.yaml or a layer it builds on, or remove this keyVault",
-                        env.name
+                        "{what} `{name}` reads from a Key Vault, but environment `{}` declares none and this keyVault gives no {}: add spec.keyVault (vaultName, tenantId, clientId) to its environment.yaml or a layer it builds on, or give them here",
+                        env.name,
+                        missing.join(", ")
                     ),
                 ));
             }

@@ -100,6 +100,7 @@ pub(super) fn render(cx: &mut Ctx<'_>, d: &DicomService) {
                 env: Vec::new(),
                 secret_env: Vec::new(),
                 key_vault: false,
+                own_key_vault: None,
                 mount: None,
                 identity: cast.identity.is_some(),
                 config_hash: hash,

@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde_json::{Value, json};
 
 use super::workload::Ctx;
-use crate::declare::model::{KeyVault, SecretRef, ServiceKeyVault, Workspace};
+use crate::declare::model::{KeyVault, ServiceKeyVault, Workspace};
 use crate::declare::names;
 
 pub const API_VERSION: &str = "secrets-store.csi.x-k8s.io/v1";
@@ -20,16 +20,21 @@ pub const KIND: &str = "SecretProviderClass";
 pub const CSI_DRIVER: &str = "secrets-store.csi.k8s.io";
 pub(super) const VOLUME: &str = "secrets-store";
 pub(super) const MOUNT_PATH: &str = "/mnt/secrets-store";
+/// The volume of a service's own vault, and where it is mounted.
+pub(super) const OWN_VOLUME: &str = "secrets-store-own";
+pub(super) const OWN_MOUNT_PATH: &str = "/mnt/secrets-store-own";
 
 /// What one exposed service reads: the Secret its Ingress names, its
-/// `secretKeyRef` environment variables and whether its pods mount the
-/// CSI volume.
+/// `secretKeyRef` environment variables and the CSI volumes its pods mount.
 pub(super) struct ServiceSecrets {
     pub(super) tls_secret: Option<String>,
-    /// (variable, key in `workspace-secrets`), the service's over the
-    /// environment's for one variable.
-    pub(super) env: Vec<(String, String)>,
+    /// (variable, Secret, key), the service's over the environment's for
+    /// one variable.
+    pub(super) env: Vec<(String, String, String)>,
+    /// Mount the workspace's class.
     pub(super) mount: bool,
+    /// Mount the class of the service's own vault (its name).
+    pub(super) own_class: Option<String>,
 }
 
 /// What service `name` (rendered name) reads, given its own declaration.
@@ -38,42 +43,64 @@ pub(super) fn of_service(
     name: &str,
     own: Option<&ServiceKeyVault>,
 ) -> ServiceSecrets {
-    let fallback = cx.env.settings.ingress.tls_secret_name.clone();
-    let Some(kv) = cx.env.settings.key_vault.as_ref().filter(|_| cx.key_vault) else {
-        return ServiceSecrets {
-            tls_secret: fallback,
-            env: Vec::new(),
-            mount: false,
-        };
-    };
-    let own_cert = own.and_then(|k| k.certificate.as_ref());
-    let tls_secret = match (own_cert, &kv.certificate) {
+    let env_kv = cx.env.settings.key_vault.as_ref();
+    let workspace = env_kv.filter(|_| cx.key_vault);
+    let own_vault = own.and_then(|k| k.own_vault(env_kv));
+    let own_cert = own
+        .and_then(|k| k.certificate.as_ref())
+        .filter(|_| own_vault.is_some() || workspace.is_some());
+    let workspace_cert = workspace.and_then(|kv| kv.certificate.as_ref());
+    let tls_secret = match (own_cert, workspace_cert) {
         (Some(_), _) => Some(names::tls(name)),
         (None, Some(_)) => Some(names::WORKSPACE_TLS.to_string()),
-        (None, None) => fallback,
+        (None, None) => cx.env.settings.ingress.tls_secret_name.clone(),
     };
-    let mut by_var: BTreeMap<&str, &str> = BTreeMap::new();
-    let own_secrets = own.map(|k| k.secrets.as_slice()).unwrap_or_default();
-    for s in kv.secrets.iter().chain(own_secrets) {
-        by_var.insert(&s.env, &s.object_name);
+    let mut by_var: BTreeMap<&str, (String, &str)> = BTreeMap::new();
+    let mut from_workspace = false;
+    for s in workspace
+        .map(|kv| kv.secrets.as_slice())
+        .unwrap_or_default()
+    {
+        by_var.insert(
+            &s.env,
+            (names::WORKSPACE_SECRETS.to_string(), &s.object_name),
+        );
     }
-    let env: Vec<(String, String)> = by_var
+    let own_secrets = own.map(|k| k.secrets.as_slice()).unwrap_or_default();
+    let own_secret_name = match (&own_vault, workspace) {
+        (Some(_), _) => Some(names::service_secrets(name)),
+        (None, Some(_)) => Some(names::WORKSPACE_SECRETS.to_string()),
+        (None, None) => None,
+    };
+    if let Some(secret) = &own_secret_name {
+        for s in own_secrets {
+            by_var.insert(&s.env, (secret.clone(), &s.object_name));
+        }
+    }
+    let env: Vec<(String, String, String)> = by_var
         .into_iter()
-        .map(|(var, key)| (var.to_string(), key.to_string()))
+        .map(|(var, (secret, key))| {
+            from_workspace |= secret == names::WORKSPACE_SECRETS;
+            (var.to_string(), secret, key.to_string())
+        })
         .collect();
-    let mount = !env.is_empty() || own_cert.is_some() || kv.certificate.is_some();
+    let own_class = own_vault.as_ref().map(|_| names::service_key_vault(name));
+    let mount = workspace.is_some()
+        && (from_workspace
+            || (own_cert.is_none() && workspace_cert.is_some())
+            || (own_cert.is_some() && own_vault.is_none()));
     ServiceSecrets {
         tls_secret,
         env,
         mount,
+        own_class,
     }
 }
 
-/// The workspace's `SecretProviderClass`, when it reads the Key Vault.
+/// The workspace's `SecretProviderClass` (when it reads the environment's
+/// Key Vault) and one per service reading a vault of its own.
 pub(super) fn render(cx: &mut Ctx<'_>, ws: &Workspace) {
-    let Some(kv) = cx.env.settings.key_vault.as_ref().filter(|_| cx.key_vault) else {
-        return;
-    };
+    let env_kv = cx.env.settings.key_vault.as_ref();
     let spec = &ws.spec;
     let services: Vec<(String, Option<&ServiceKeyVault>)> = spec
         .fhir_services
@@ -85,76 +112,91 @@ pub(super) fn render(cx: &mut Ctx<'_>, ws: &Workspace) {
                 .map(|d| (names::dicom(&d.name), d.key_vault.as_ref())),
         )
         .collect();
-    let body = provider_class((cx.ws, &cx.env.name), kv, &services);
-    let labels = cx.labels("workspace", names::SECRET_PROVIDER_CLASS, "secrets");
-    let meta = cx.meta(names::SECRET_PROVIDER_CLASS, labels);
-    let mut object = json!({
+    let own_vault = |own: Option<&ServiceKeyVault>| own.and_then(|k| k.own_vault(env_kv));
+    if let Some(kv) = env_kv.filter(|_| cx.key_vault) {
+        let mut certs = Vec::new();
+        let uses_workspace_cert = services
+            .iter()
+            .any(|(_, own)| own.and_then(|k| k.certificate.as_ref()).is_none());
+        if let Some(cert) = kv.certificate.as_deref().filter(|_| uses_workspace_cert) {
+            let cert = cert
+                .replace("{workspace}", cx.ws)
+                .replace("{environment}", &cx.env.name);
+            certs.push((names::WORKSPACE_TLS.to_string(), cert));
+        }
+        let mut secrets: BTreeSet<String> =
+            kv.secrets.iter().map(|s| s.object_name.clone()).collect();
+        for (name, own) in services.iter().filter(|(_, own)| own_vault(*own).is_none()) {
+            if let Some(own) = own {
+                if let Some(cert) = &own.certificate {
+                    certs.push((names::tls(name), cert.clone()));
+                }
+                secrets.extend(own.secrets.iter().map(|s| s.object_name.clone()));
+            }
+        }
+        let body = provider_class(kv, &certs, &secrets, names::WORKSPACE_SECRETS);
+        push_class(cx, names::SECRET_PROVIDER_CLASS, "workspace", body);
+    }
+    for (name, own) in &services {
+        let (Some(own), Some(vault)) = (own, own_vault(*own)) else {
+            continue;
+        };
+        let certs: Vec<(String, String)> = own
+            .certificate
+            .iter()
+            .map(|c| (names::tls(name), c.clone()))
+            .collect();
+        let secrets: BTreeSet<String> = own.secrets.iter().map(|s| s.object_name.clone()).collect();
+        let body = provider_class(&vault, &certs, &secrets, &names::service_secrets(name));
+        push_class(cx, &names::service_key_vault(name), name, body);
+    }
+}
+
+fn push_class(cx: &mut Ctx<'_>, class: &str, instance_of: &str, spec: Value) {
+    let labels = cx.labels(instance_of, class, "secrets");
+    let meta = cx.meta(class, labels);
+    let object = json!({
         "apiVersion": API_VERSION,
         "kind": KIND,
         "metadata": meta,
+        "spec": spec,
     });
-    if let Some(map) = object.as_object_mut() {
-        map.insert("spec".into(), body);
-    }
-    cx.push_value(API_VERSION, KIND, names::SECRET_PROVIDER_CLASS, &object);
+    cx.push_value(API_VERSION, KIND, class, &object);
 }
 
+/// A class's spec: `certs` as (Secret, certificate object) and `secrets`
+/// synced into the Secret `secrets_name`, one key per object.
 fn provider_class(
-    (ws, environment): (&str, &str),
-    kv: &KeyVault,
-    services: &[(String, Option<&ServiceKeyVault>)],
+    vault: &KeyVault,
+    certs: &[(String, String)],
+    secrets: &BTreeSet<String>,
+    secrets_name: &str,
 ) -> Value {
     // Key Vault objects, each once; certificates are read as `secret`
     // objects, which give the private key with the certificate chain (what
     // a `kubernetes.io/tls` Secret needs).
-    let mut objects: BTreeSet<&str> = BTreeSet::new();
-    let mut secret_objects = Vec::new();
-    let tls = |secret: String, object: &str| {
-        json!({
-            "secretName": secret,
-            "type": "kubernetes.io/tls",
-            "data": [
-                { "objectName": object, "key": "tls.key" },
-                { "objectName": object, "key": "tls.crt" },
-            ],
+    let mut objects: BTreeSet<&str> = secrets.iter().map(String::as_str).collect();
+    let mut secret_objects: Vec<Value> = certs
+        .iter()
+        .map(|(secret, object)| {
+            objects.insert(object);
+            json!({
+                "secretName": secret,
+                "type": "kubernetes.io/tls",
+                "data": [
+                    { "objectName": object, "key": "tls.key" },
+                    { "objectName": object, "key": "tls.crt" },
+                ],
+            })
         })
-    };
-    let used_workspace_cert = services
-        .iter()
-        .any(|(_, own)| own.and_then(|k| k.certificate.as_ref()).is_none());
-    let workspace_cert = kv
-        .certificate
-        .as_deref()
-        .filter(|_| used_workspace_cert)
-        .map(|c| {
-            c.replace("{workspace}", ws)
-                .replace("{environment}", environment)
-        });
-    if let Some(cert) = &workspace_cert {
-        objects.insert(cert);
-        secret_objects.push(tls(names::WORKSPACE_TLS.to_string(), cert));
-    }
-    for (name, own) in services {
-        if let Some(cert) = own.and_then(|k| k.certificate.as_deref()) {
-            objects.insert(cert);
-            secret_objects.push(tls(names::tls(name), cert));
-        }
-    }
-    let mut secrets: BTreeSet<&str> = BTreeSet::new();
-    let own_secrets = services
-        .iter()
-        .flat_map(|(_, own)| own.map(|k| k.secrets.as_slice()).unwrap_or_default());
-    for SecretRef { object_name, .. } in kv.secrets.iter().chain(own_secrets) {
-        objects.insert(object_name);
-        secrets.insert(object_name);
-    }
+        .collect();
     if !secrets.is_empty() {
         let data: Vec<Value> = secrets
             .iter()
             .map(|s| json!({ "objectName": s, "key": s }))
             .collect();
         secret_objects.push(json!({
-            "secretName": names::WORKSPACE_SECRETS,
+            "secretName": secrets_name,
             "type": "Opaque",
             "data": data,
         }));
@@ -171,9 +213,9 @@ fn provider_class(
         "provider": "azure",
         "parameters": {
             "usePodIdentity": "false",
-            "clientID": kv.client_id,
-            "keyvaultName": kv.vault_name,
-            "tenantId": kv.tenant_id,
+            "clientID": vault.client_id,
+            "keyvaultName": vault.vault_name,
+            "tenantId": vault.tenant_id,
             "objects": list,
         },
         "secretObjects": secret_objects,
@@ -230,6 +272,7 @@ mod tests {
                                 secret("acme-sql", "SqlServer__ConnectionString"),
                                 secret("acme-insights", "Shared"),
                             ],
+                            ..ServiceKeyVault::default()
                         }),
                     ),
                     fhir("other", None),
@@ -359,5 +402,63 @@ mod tests {
         assert_eq!(ingress["spec"]["tls"][0]["secretName"], "wildcard");
         let main = find(&objects, "Deployment", "fhir-main");
         assert!(!main.to_string().contains("secrets-store"));
+    }
+
+    /// A service may read a vault of its own: it gets a class of its own
+    /// (the environment's tenant and identity unless it gives them), and
+    /// its pods mount both classes when they read from both.
+    #[test]
+    fn a_service_with_a_vault_of_its_own_gets_its_own_class() {
+        let (mut env, mut ws) = setup(Some(vault()));
+        ws.spec.fhir_services[1].key_vault = Some(ServiceKeyVault {
+            vault_name: Some("kv-other".into()),
+            client_id: Some("9e5fa096-3d4b-4c5e-8f07-6a9bcd3e5f54".into()),
+            certificate: Some("other-cert".into()),
+            secrets: vec![secret("other-db", "Db")],
+            ..ServiceKeyVault::default()
+        });
+        env.workspaces = vec![ws.clone()];
+        let objects = render_workspace(&env, &ws).unwrap();
+        let own = find(&objects, "SecretProviderClass", "fhir-other-keyvault");
+        let params = &own["spec"]["parameters"];
+        assert_eq!(params["keyvaultName"], "kv-other");
+        assert_eq!(params["clientID"], "9e5fa096-3d4b-4c5e-8f07-6a9bcd3e5f54");
+        assert_eq!(params["tenantId"], "72f988bf-86f1-41af-91ab-2d7cd011db47");
+        let listed = params["objects"].as_str().unwrap();
+        assert!(
+            listed.contains("objectName: other-cert\n")
+                && listed.contains("objectName: other-db\n")
+        );
+        assert!(!listed.contains("insights"), "{listed}");
+        // The workspace's class no longer reads other's objects.
+        let workspace = find(&objects, "SecretProviderClass", "workspace-keyvault");
+        let listed = workspace["spec"]["parameters"]["objects"].as_str().unwrap();
+        assert!(!listed.contains("other-"), "{listed}");
+        let ingress = find(&objects, "Ingress", "fhir-other");
+        assert_eq!(ingress["spec"]["tls"][0]["secretName"], "fhir-other-tls");
+        let pod = &find(&objects, "Deployment", "fhir-other")["spec"]["template"]["spec"];
+        let classes: Vec<&str> = pod["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|v| v["csi"]["volumeAttributes"]["secretProviderClass"].as_str())
+            .collect();
+        assert_eq!(classes, ["workspace-keyvault", "fhir-other-keyvault"]);
+        let env_vars = pod["containers"][0]["env"].to_string();
+        assert!(
+            env_vars.contains("{\"name\":\"Db\",\"valueFrom\":{\"secretKeyRef\":{\"key\":\"other-db\",\"name\":\"fhir-other-secrets\"}}}"),
+            "{env_vars}"
+        );
+        let mut listed: Vec<String> = identities(&env, &ws)
+            .into_iter()
+            .map(|(id, _)| format!("{}/{}", id.kind, id.name))
+            .collect();
+        let mut rendered: Vec<String> = objects
+            .iter()
+            .map(|o| format!("{}/{}", o.kind, o.name))
+            .collect();
+        listed.sort();
+        rendered.sort();
+        assert_eq!(listed, rendered);
     }
 }

@@ -171,10 +171,12 @@ pub(super) struct Workload<'a> {
     /// ConfigMap whose keys become environment variables.
     pub(super) env_from: Option<String>,
     pub(super) env: Vec<(String, String)>,
-    /// (variable, key) read from the synced `workspace-secrets` Secret.
-    pub(super) secret_env: Vec<(String, String)>,
+    /// (variable, Secret, key) read from Secrets the CSI driver syncs.
+    pub(super) secret_env: Vec<(String, String, String)>,
     /// Mount the workspace's Key Vault (CSI) volume.
     pub(super) key_vault: bool,
+    /// Mount the class of the service's own vault.
+    pub(super) own_key_vault: Option<String>,
     /// ConfigMap mounted read-only at a path.
     pub(super) mount: Option<(String, &'static str)>,
     pub(super) identity: bool,
@@ -272,6 +274,7 @@ pub(super) fn exposed_service(cx: &mut Ctx<'_>, e: Exposed<'_>, data: BTreeMap<S
             env: Vec::new(),
             secret_env: secrets.env,
             key_vault: secrets.mount,
+            own_key_vault: secrets.own_class,
             mount: None,
             identity: identity.is_some(),
             config_hash,
@@ -546,21 +549,36 @@ fn container(w: &mut Workload<'_>) -> (Container, Vec<Volume>) {
         empty_dir: Some(EmptyDirVolumeSource::default()),
         ..Volume::default()
     }];
-    if w.key_vault {
+    let classes = w
+        .key_vault
+        .then(|| {
+            (
+                keyvault::VOLUME,
+                keyvault::MOUNT_PATH,
+                names::SECRET_PROVIDER_CLASS.to_string(),
+            )
+        })
+        .into_iter()
+        .chain(
+            w.own_key_vault
+                .take()
+                .map(|class| (keyvault::OWN_VOLUME, keyvault::OWN_MOUNT_PATH, class)),
+        );
+    for (volume, path, class) in classes {
         mounts.push(VolumeMount {
-            name: keyvault::VOLUME.into(),
-            mount_path: keyvault::MOUNT_PATH.into(),
+            name: volume.into(),
+            mount_path: path.into(),
             read_only: Some(true),
             ..VolumeMount::default()
         });
         volumes.push(Volume {
-            name: keyvault::VOLUME.into(),
+            name: volume.into(),
             csi: Some(CSIVolumeSource {
                 driver: keyvault::CSI_DRIVER.into(),
                 read_only: Some(true),
                 volume_attributes: Some(BTreeMap::from([(
                     "secretProviderClass".to_string(),
-                    names::SECRET_PROVIDER_CLASS.to_string(),
+                    class,
                 )])),
                 ..CSIVolumeSource::default()
             }),
@@ -609,20 +627,21 @@ fn container(w: &mut Workload<'_>) -> (Container, Vec<Volume>) {
                     value: Some(value),
                     ..EnvVar::default()
                 });
-            let secret = std::mem::take(&mut w.secret_env)
-                .into_iter()
-                .map(|(name, key)| EnvVar {
-                    name,
-                    value_from: Some(EnvVarSource {
-                        secret_key_ref: Some(SecretKeySelector {
-                            name: names::WORKSPACE_SECRETS.to_string(),
-                            key,
-                            ..SecretKeySelector::default()
+            let secret =
+                std::mem::take(&mut w.secret_env)
+                    .into_iter()
+                    .map(|(name, secret, key)| EnvVar {
+                        name,
+                        value_from: Some(EnvVarSource {
+                            secret_key_ref: Some(SecretKeySelector {
+                                name: secret,
+                                key,
+                                ..SecretKeySelector::default()
+                            }),
+                            ..EnvVarSource::default()
                         }),
-                        ..EnvVarSource::default()
-                    }),
-                    ..EnvVar::default()
-                });
+                        ..EnvVar::default()
+                    });
             plain.chain(secret).collect()
         }),
         resources: w.resources.map(resource_requirements),
