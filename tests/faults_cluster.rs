@@ -35,11 +35,17 @@ struct OwnControlPlane {
 
 impl OwnControlPlane {
     fn start(name: &str) -> OwnControlPlane {
+        OwnControlPlane::start_with(name, "")
+    }
+
+    /// With extra kube-apiserver flags.
+    fn start_with(name: &str, apiserver_flags: &str) -> OwnControlPlane {
         let dir =
             Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}-{}", std::process::id()));
         let out = Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/control-plane"))
             .args(["up", "--owner-pid", &std::process::id().to_string()])
             .env("TENANTSYNC_CP_DIR", &dir)
+            .env("TENANTSYNC_CP_APISERVER_FLAGS", apiserver_flags)
             .stdin(Stdio::null())
             .output()
             .expect("control-plane up");
@@ -172,6 +178,140 @@ async fn a_frozen_api_server_stops_the_sync_within_30s_and_the_next_sync_converg
         .output()
         .expect("drift");
     assert_eq!(drift.status.code(), Some(0), "{}", text(&drift));
+}
+
+/// The API server's count of requests it answered 429 (Too Many Requests).
+fn refused_as_too_many(cp: &OwnControlPlane) -> u64 {
+    let out = Command::new("kubectl")
+        .args(["--kubeconfig"])
+        .arg(&cp.kubeconfig)
+        .args(["--context", "admin", "get", "--raw", "/metrics"])
+        .env("PATH", control_plane_path())
+        .output()
+        .expect("kubectl");
+    assert!(out.status.success(), "{}", text(&out));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.starts_with("apiserver_request_total{") && l.contains("code=\"429\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+/// PATH with the control plane's own kubectl first.
+fn control_plane_path() -> String {
+    let bin = Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/control-plane"))
+        .arg("bin-dir")
+        .output()
+        .expect("bin-dir");
+    format!(
+        "{}:{}",
+        String::from_utf8_lossy(&bin.stdout).trim(),
+        std::env::var("PATH").unwrap_or_default()
+    )
+}
+
+/// Issue 19: a busy or small API server answers 429 with `Retry-After`;
+/// tenantsync waits as told and sends the request again, so a sync of a
+/// server that refused many of its writes still finishes with no failure.
+#[tokio::test]
+async fn a_sync_against_an_api_server_answering_429_finishes_with_no_failure() {
+    // Without priority and fairness, the in-flight limits refuse at once
+    // (429, Retry-After: 1) instead of queueing.
+    let cp = OwnControlPlane::start_with(
+        "cp-throttled",
+        "--enable-priority-and-fairness=false --max-requests-inflight=4 --max-mutating-requests-inflight=2",
+    );
+    // A ServiceAccount with cluster-admin rights: members of system:masters
+    // (the test's admin user) are exempt from the in-flight limits.
+    let kubectl = |args: &[&str]| {
+        let out = Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(&cp.kubeconfig)
+            .args(args)
+            .env("PATH", control_plane_path())
+            .output()
+            .expect("kubectl");
+        assert!(out.status.success(), "{}", text(&out));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    kubectl(&[
+        "--context",
+        "admin",
+        "-n",
+        "default",
+        "create",
+        "serviceaccount",
+        "syncer",
+    ]);
+    kubectl(&[
+        "--context",
+        "admin",
+        "create",
+        "clusterrolebinding",
+        "syncer",
+        "--clusterrole=cluster-admin",
+        "--serviceaccount=default:syncer",
+    ]);
+    let token = kubectl(&[
+        "--context",
+        "admin",
+        "-n",
+        "default",
+        "create",
+        "token",
+        "syncer",
+    ]);
+    let cluster = kubectl(&["config", "view", "-o", "jsonpath={.clusters[0].name}"]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::copy(&cp.kubeconfig, &kubeconfig).expect("copy");
+    let mine = |args: &[&str]| {
+        let out = Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(&kubeconfig)
+            .args(args)
+            .env("PATH", control_plane_path())
+            .output()
+            .expect("kubectl");
+        assert!(out.status.success(), "{}", text(&out));
+    };
+    mine(&[
+        "config",
+        "set-credentials",
+        "syncer",
+        &format!("--token={token}"),
+    ]);
+    mine(&[
+        "config",
+        "set-context",
+        "syncer",
+        &format!("--cluster={cluster}"),
+        "--user=syncer",
+    ]);
+    mine(&["config", "use-context", "syncer"]);
+    let repo = TestRepo::new("throttled");
+    for i in 0..8 {
+        repo.write(
+            &format!("workspaces/ws-{i:03}.yaml"),
+            &workspace(&format!("ws-{i:03}"), 1),
+        );
+    }
+    let before = refused_as_too_many(&cp);
+    let out = tenantsync(&repo, &kubeconfig, "sync", &["--output", "json"])
+        .output()
+        .expect("sync");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let report: Value = serde_json::from_slice(&out.stdout).expect("report");
+    assert_eq!(report["failures"], serde_json::json!([]), "{report:#}");
+    let refused = refused_as_too_many(&cp) - before;
+    assert!(
+        refused > 0,
+        "the API server refused nothing: the test proves nothing"
+    );
+    let plan = tenantsync(&repo, &kubeconfig, "plan", &["--detailed-exitcode"])
+        .output()
+        .expect("plan");
+    assert_eq!(plan.status.code(), Some(0), "{}", text(&plan));
 }
 
 #[tokio::test]
