@@ -987,3 +987,68 @@ async fn a_chunked_inventory_syncs_prunes_and_a_killed_write_loses_no_entry() {
         assert!(listed.contains(&name), "{name} missing from {listed:?}");
     }
 }
+
+/// Review of issue 19, defect 1: a first write is a create, whose keys the
+/// server-side applies after it do not own; an inventory created in chunks
+/// kept naming them once its list fit in the head again, and the chunks
+/// were deleted: the inventory could never be read again.
+#[tokio::test]
+async fn an_inventory_created_in_chunks_stays_readable_once_its_list_fits_again() {
+    use tenantsync::sync::inventory::{Inventory, ObjectRef};
+    let env = tenantsync_env_name("inv-created-chunked");
+    let cluster = admin().await;
+    let base = cluster.read_inventory_stored(&env).await.expect("read");
+    assert!(base.resource_version.is_none(), "a fresh environment");
+    let object = |name: String| ObjectRef {
+        api_version: "v1".into(),
+        kind: "ConfigMap".into(),
+        namespace: Some("ns".into()),
+        name: name.into(),
+    };
+    let mut long = Inventory::new(&env);
+    long.objects
+        .extend((0..40_000).map(|i| object(incompressible(i))));
+    let stored = cluster
+        .write_inventory_checked(&base, &long)
+        .await
+        .expect("a first write in chunks (a create)");
+    assert!(stored.chunks.is_some());
+    let mut short = Inventory::new(&env);
+    short.objects.insert(object("kept".into()));
+    let stored = cluster
+        .write_inventory_checked(&stored, &short)
+        .await
+        .expect("a short write");
+    assert!(stored.chunks.is_none());
+    assert_eq!(inventory(&env).await, short);
+    assert!(chunk_names(&env).await.is_empty());
+    // And back to chunks, then short again.
+    let stored = cluster
+        .write_inventory_checked(&stored, &long)
+        .await
+        .expect("chunks again");
+    assert_eq!(inventory(&env).await, long);
+    cluster
+        .write_inventory_checked(&stored, &short)
+        .await
+        .expect("short again");
+    assert_eq!(inventory(&env).await, short);
+    assert!(chunk_names(&env).await.is_empty());
+    let api: Api<ConfigMap> = Api::namespaced(control_plane().client(User::Admin).await, SYSTEM);
+    let _ = api
+        .delete(
+            &tenantsync::sync::inventory::name_of(&env),
+            &Default::default(),
+        )
+        .await;
+}
+
+/// An environment name of the test's own (no repository needed).
+fn tenantsync_env_name(test: &str) -> String {
+    crate::support::unique_name(test)
+        .chars()
+        .take(28)
+        .collect::<String>()
+        .trim_end_matches('-')
+        .to_string()
+}

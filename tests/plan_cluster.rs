@@ -806,10 +806,34 @@ async fn plan_changed_since_plans_only_the_workspaces_a_change_reaches() {
         "{text}"
     );
 
-    // With --workspace: only the named workspaces the change reaches.
+    // With --workspace: only the named workspaces the change reaches, and
+    // the note says which reached ones it left out.
     let out = plan_changed(&repo, &["--changed-since", &base, "--workspace", "beta"]);
     let plan: Value = serde_json::from_slice(&out.stdout).expect("plan JSON");
     assert_eq!(summary(&plan), (0, 0, 0, 0), "{}", plan["changes"]);
+    assert_eq!(plan["changedSince"]["workspaces"], serde_json::json!({}));
+    assert_eq!(
+        plan["changedSince"]["notNamed"],
+        serde_json::json!(["alpha"])
+    );
+    let text = repo.run(
+        "plan",
+        "admin",
+        &[
+            "--changed-since",
+            &base,
+            "--workspace",
+            "beta",
+            "--no-color",
+        ],
+    );
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.starts_with(&format!(
+            "Planned no workspace: what changed since {base} reaches only workspaces --workspace does not name.\nReached but not planned (--workspace does not name them): alpha.\n"
+        )),
+        "{text}"
+    );
     let out = plan_changed(
         &repo,
         &[
@@ -868,13 +892,13 @@ async fn plan_changed_since_plans_only_the_workspaces_a_change_reaches() {
         "admin",
         &["--changed-since", &head, "--output", "markdown"],
     );
+    let text = String::from_utf8_lossy(&text.stdout);
     assert!(
-        String::from_utf8_lossy(&text.stdout).starts_with(&format!(
-            "Planned every workspace: environments/{}/environment.yaml changed since {head}.\n",
+        text.contains(&format!(
+            "\n\nPlanned every workspace: `environments/{}/environment.yaml` changed since `{head}`.\n",
             repo.env
-        )),
-        "{}",
-        String::from_utf8_lossy(&text.stdout)
+        )) && text.starts_with("### tenantsync plan"),
+        "{text}"
     );
     let out = plan_changed(&repo, &["--changed-since", &head]);
     let plan: Value = serde_json::from_slice(&out.stdout).expect("plan JSON");

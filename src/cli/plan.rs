@@ -114,8 +114,13 @@ pub(super) fn live_cmd(
     if !notes.pending.is_empty() || !notes.never_declared.is_empty() {
         text = notes.add_to(text, args.output);
     }
-    if let (Some(since), Some(impact)) = (changed_since, &desired.changed) {
-        text = print::with_changed(text, since, impact, matches!(args.output, PlanOutput::Json));
+    if let (Some(since), Some(selection)) = (changed_since, &desired.changed) {
+        let output = match args.output {
+            PlanOutput::Text => print::Output::Text,
+            PlanOutput::Markdown => print::Output::Markdown,
+            PlanOutput::Json => print::Output::Json,
+        };
+        text = print::with_changed(text, since, selection, output);
     }
     write_stdout(&text)?;
     Ok(if args.detailed_exitcode && plan.summary.has_changes() {

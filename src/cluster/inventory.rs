@@ -35,9 +35,10 @@ use crate::object::{MANAGED_BY, MANAGER};
 const WRITE_ATTEMPTS: usize = 8;
 /// Reads of an inventory whose chunks were replaced while it was read.
 const READ_ATTEMPTS: usize = 3;
-/// Chunks no inventory names that are older than this are left-overs of a
-/// write that stopped mid-way (a killed process) and are deleted; younger
-/// ones may be another writer's, not yet named by the inventory.
+/// Chunks the inventory does not name that were made this long before a
+/// write (by the API server's clock) are left-overs of a write that stopped
+/// mid-way (a killed process) and are deleted by that write; younger ones
+/// may be another writer's, not yet named by its inventory.
 const ORPHAN_AGE: Duration = Duration::from_secs(600);
 /// The environment variable that sets a smaller chunk size (bytes): for
 /// tests that need several chunks without tens of thousands of objects.
@@ -169,7 +170,7 @@ impl Cluster {
                 .map_err(encode_error)?;
             let written_chunks = Inventory::chunks_of(&encoded.head)
                 .map_err(|e| self.inventory_unreadable(&name, e.to_string()))?;
-            if version.is_none() || !encoded.chunks.is_empty() {
+            if version.is_none() {
                 self.ensure_system_namespace(false).await?;
             }
             for chunk in &encoded.chunks {
@@ -189,13 +190,30 @@ impl Cluster {
             };
             match written {
                 Ok(cm) => {
-                    if let Some(old) = replaced.filter(|old| Some(old) != written_chunks.as_ref()) {
-                        self.delete_chunks(&api, &old.names(&ours.environment))
+                    // The chunks replaced are deleted only when the stored
+                    // inventory names exactly what was written.
+                    let stored = Inventory::chunks_of(&cm).ok();
+                    if stored.as_ref() == Some(&written_chunks) {
+                        if let Some(old) =
+                            replaced.filter(|old| Some(old) != written_chunks.as_ref())
+                        {
+                            self.delete_chunks(&api, &old.names(&ours.environment))
+                                .await;
+                        }
+                        if let Some(at) = written_at(&cm) {
+                            self.delete_orphan_chunks(
+                                &api,
+                                &ours.environment,
+                                written_chunks.as_ref(),
+                                at,
+                            )
                             .await;
-                    }
-                    if written_chunks.is_some() || base.chunks.is_some() {
-                        self.delete_orphan_chunks(&api, &ours.environment, written_chunks.as_ref())
-                            .await;
+                        }
+                    } else {
+                        tracing::warn!(
+                            inventory = %name,
+                            "the inventory as stored does not name the chunks just written; no chunk is deleted"
+                        );
                     }
                     return Ok(Stored {
                         inventory: to_write,
@@ -269,6 +287,7 @@ impl Cluster {
         api: &Api<ConfigMap>,
         environment: &str,
         current: Option<&ChunkRef>,
+        written_at: SystemTime,
     ) {
         let params =
             ListParams::default().labels(&format!("{}={environment}", inventory::CHUNK_LABEL));
@@ -287,7 +306,7 @@ impl Cluster {
                 .into_iter()
                 .filter_map(|m| Some((m.metadata.name?, m.metadata.creation_timestamp?.0.into()))),
             &keep,
-            SystemTime::now(),
+            written_at,
             ORPHAN_AGE,
         );
         self.delete_chunks(api, &orphans).await;
@@ -373,6 +392,18 @@ impl Cluster {
             .map_err(|e| self.classify(e, "patch", "namespaces"))?;
         Ok(())
     }
+}
+
+/// The API server's time of the latest write of `cm` (its newest
+/// managedFields entry): what chunk ages are measured against.
+fn written_at(cm: &ConfigMap) -> Option<SystemTime> {
+    cm.metadata
+        .managed_fields
+        .iter()
+        .flatten()
+        .filter_map(|f| f.time.as_ref())
+        .map(|t| SystemTime::from(t.0))
+        .max()
 }
 
 /// A ConfigMap as a server-side apply body.

@@ -2,7 +2,7 @@
 //! (`plan --changed-since`): the files that differ between two trees, and
 //! what each one reaches through the environment's layer chain.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use super::repo::SourceTree;
 use super::validate::{ENVIRONMENTS_DIR, WORKSPACES_DIR, workspace_of_file};
@@ -17,6 +17,42 @@ pub enum Impact {
     /// Only these workspaces (none: the change does not reach the
     /// environment), each with the changed files that reach it.
     Workspaces(BTreeMap<String, Vec<String>>),
+}
+
+/// What `plan --changed-since` plans: the change's reach, within the
+/// workspaces `--workspace` names, if it names any.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Selection {
+    pub impact: Impact,
+    pub named: Option<BTreeSet<String>>,
+}
+
+impl Selection {
+    /// The workspaces planned; every one when `None`.
+    pub fn planned(&self) -> Option<BTreeSet<String>> {
+        match (&self.impact, &self.named) {
+            (Impact::Everything(_), named) => named.clone(),
+            (Impact::Workspaces(reached), named) => Some(
+                reached
+                    .keys()
+                    .filter(|w| named.as_ref().is_none_or(|n| n.contains(*w)))
+                    .cloned()
+                    .collect(),
+            ),
+        }
+    }
+
+    /// Workspaces the change reaches that `--workspace` leaves out.
+    pub fn not_named(&self) -> Vec<String> {
+        match (&self.impact, &self.named) {
+            (Impact::Workspaces(reached), Some(named)) => reached
+                .keys()
+                .filter(|w| !named.contains(*w))
+                .cloned()
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
 }
 
 /// The paths whose content differs between `base` and `head` (added,
@@ -70,6 +106,37 @@ pub fn impact(paths: &[String], chain: &[String]) -> Impact {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn workspace_names_narrow_what_is_planned_and_say_what_they_left_out() {
+        let reached = Impact::Workspaces(BTreeMap::from([
+            ("alpha".to_string(), vec!["a".to_string()]),
+            ("beta".to_string(), vec!["b".to_string()]),
+        ]));
+        let named = |n: &[&str]| Some(n.iter().map(|s| s.to_string()).collect());
+        let s = Selection {
+            impact: reached.clone(),
+            named: named(&["beta", "gamma"]),
+        };
+        assert_eq!(s.planned(), named(&["beta"]));
+        assert_eq!(s.not_named(), ["alpha"]);
+        let s = Selection {
+            impact: reached,
+            named: None,
+        };
+        assert_eq!(s.planned(), named(&["alpha", "beta"]));
+        assert!(s.not_named().is_empty());
+        let s = Selection {
+            impact: Impact::Everything("e".into()),
+            named: named(&["gamma"]),
+        };
+        assert_eq!(s.planned(), named(&["gamma"]));
+        let s = Selection {
+            impact: Impact::Everything("e".into()),
+            named: None,
+        };
+        assert_eq!(s.planned(), None);
+    }
 
     fn tree(files: &[(&str, &str)]) -> SourceTree {
         let mut t = SourceTree::new();

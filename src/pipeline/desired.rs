@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::declare::changed::{self, Impact};
+use crate::declare::changed::{self, Selection};
 use crate::declare::diag::Diagnostic;
 use crate::declare::model::{Environment, Ownership, SyncPolicy};
 use crate::declare::repo::SourceTree;
@@ -124,8 +124,9 @@ pub struct DesiredState {
     pub held: BTreeMap<String, Vec<String>>,
     /// Selected workspaces Git does not declare ([`Unresolved`]).
     pub unresolved: Unresolved,
-    /// What the changed files reach, when only they were selected.
-    pub changed: Option<Impact>,
+    /// What the changed files reach and what was planned, when only they
+    /// were selected.
+    pub changed: Option<Selection>,
 }
 
 impl DesiredState {
@@ -186,7 +187,7 @@ pub struct Selected {
     unresolved: Unresolved,
     /// The selected workspaces; every one when `None`.
     only: Option<BTreeSet<String>>,
-    changed: Option<Impact>,
+    changed: Option<Selection>,
 }
 
 /// Loads `tree`, resolves environment `env`, and selects its workspaces
@@ -203,23 +204,15 @@ pub fn select(tree: SourceTree, env: &str, intake: &Intake<'_>) -> Result<Select
         .map(|also_hold| also_hold(&repository))
         .unwrap_or_default();
     drop(repository);
-    let changed = intake
-        .changed
-        .map(|paths| changed::impact(paths, &partial.environment.chain));
-    let named = (!intake.only.is_empty()).then(|| intake.only.iter().cloned().collect());
+    let named: Option<BTreeSet<String>> =
+        (!intake.only.is_empty()).then(|| intake.only.iter().cloned().collect());
+    let changed = intake.changed.map(|paths| Selection {
+        impact: changed::impact(paths, &partial.environment.chain),
+        named: named.clone(),
+    });
     let only: Option<BTreeSet<String>> = match &changed {
-        Some(Impact::Workspaces(reached)) => Some(
-            reached
-                .keys()
-                .filter(|w| {
-                    named
-                        .as_ref()
-                        .is_none_or(|n: &BTreeSet<String>| n.contains(*w))
-                })
-                .cloned()
-                .collect(),
-        ),
-        _ => named,
+        Some(selection) => selection.planned(),
+        None => named,
     };
     let selected = |ws: &str| only.as_ref().is_none_or(|only| only.contains(ws));
     let (invalid, unselected): (BTreeMap<_, _>, BTreeMap<_, _>) = partial

@@ -17,7 +17,7 @@ mod plan;
 mod report;
 mod status;
 
-pub use plan::{Verb, json, markdown, text, with_changed, with_drift_notes, with_foreign};
+pub use plan::{Output, Verb, json, markdown, text, with_changed, with_drift_notes, with_foreign};
 pub use report::{conflict_fields, sync_errors, sync_text};
 pub use status::{status_json, status_text};
 

@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::declare::changed::Impact;
+use crate::declare::changed::{Impact, Selection};
 use crate::plan::{Action, Change, FieldAction, FieldChange, Plan, Summary};
 use crate::sync::name_some;
 use crate::sync::report::Foreign;
@@ -587,51 +587,162 @@ pub fn with_drift_notes(
     out
 }
 
+/// The forms a plan is printed in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Output {
+    Text,
+    Markdown,
+    Json,
+}
+
+/// How many workspaces, and files of each, the `--changed-since` note
+/// lists in text and markdown (JSON lists all): a pull request touching
+/// hundreds of workspaces still gives a comment under GitHub's limit.
+const CHANGED_WORKSPACES_SHOWN: usize = 20;
+const CHANGED_FILES_SHOWN: usize = 3;
+
+/// A file name or workspace as the note shows it: control characters
+/// escaped (a file name may hold a newline), at most 160 characters.
+fn shown(s: &str) -> String {
+    let escaped: String = s
+        .chars()
+        .flat_map(|c| {
+            if c.is_control() {
+                c.escape_default().collect::<Vec<_>>()
+            } else {
+                vec![c]
+            }
+        })
+        .collect();
+    if escaped.chars().count() > 160 {
+        let cut: String = escaped.chars().take(157).collect();
+        format!("{cut}...")
+    } else {
+        escaped
+    }
+}
+
 /// Adds to a plan what `--changed-since REV` planned and why: every
 /// workspace (a shared file changed), some (the files that reach each), or
-/// none. First in the text (a reviewer reads the scope before the changes);
+/// none; and what `--workspace` left out. First in the text (a reviewer
+/// reads the scope before the changes), after the heading in markdown,
 /// `changedSince` in JSON.
-pub fn with_changed(text: String, since: &str, impact: &Impact, json: bool) -> String {
-    if json {
+pub fn with_changed(text: String, since: &str, selection: &Selection, output: Output) -> String {
+    let planned = selection.planned();
+    let not_named = selection.not_named();
+    if output == Output::Json {
         let Ok(mut value) = serde_json::from_str::<serde_json::Value>(&text) else {
             return text;
         };
-        value["changedSince"] = match impact {
-            Impact::Everything(path) => serde_json::json!({
-                "revision": since,
-                "everything": path,
-            }),
-            Impact::Workspaces(reached) => serde_json::json!({
-                "revision": since,
-                "workspaces": reached,
-            }),
-        };
+        let mut note = serde_json::json!({ "revision": since });
+        match &selection.impact {
+            Impact::Everything(path) => note["everything"] = path.as_str().into(),
+            Impact::Workspaces(reached) => {
+                let planned: BTreeMap<&String, &Vec<String>> = reached
+                    .iter()
+                    .filter(|(ws, _)| planned.as_ref().is_none_or(|p| p.contains(*ws)))
+                    .collect();
+                note["workspaces"] = serde_json::json!(planned);
+            }
+        }
+        if let Some(named) = &selection.named {
+            note["named"] = serde_json::json!(named);
+        }
+        if !not_named.is_empty() {
+            note["notNamed"] = serde_json::json!(not_named);
+        }
+        value["changedSince"] = note;
         return serde_json::to_string_pretty(&value).map_or(text, |t| t + "\n");
     }
-    let note = match impact {
-        Impact::Everything(path) => {
-            format!("Planned every workspace: {path} changed since {since}.\n\n")
+    let md = output == Output::Markdown;
+    let quote = |s: &str| {
+        if md { code(&shown(s)) } else { shown(s) }
+    };
+    let list = |names: &[String]| {
+        let mut out: Vec<String> = names
+            .iter()
+            .take(CHANGED_WORKSPACES_SHOWN)
+            .map(|n| quote(n))
+            .collect();
+        if names.len() > CHANGED_WORKSPACES_SHOWN {
+            out.push(format!(
+                "and {} more",
+                names.len() - CHANGED_WORKSPACES_SHOWN
+            ));
         }
-        Impact::Workspaces(reached) if reached.is_empty() => format!(
-            "Planned no workspace: nothing changed since {since} reaches this environment.\n\n"
+        out.join(", ")
+    };
+    let since_q = quote(since);
+    let mut note = match (&selection.impact, &planned) {
+        (Impact::Everything(path), None) => format!(
+            "Planned every workspace: {} changed since {since_q}.\n",
+            quote(path)
         ),
-        Impact::Workspaces(reached) => {
-            let lines: Vec<String> = reached
+        (Impact::Everything(path), Some(named)) => format!(
+            "Planned only the workspaces --workspace names ({}): {} changed since {since_q}, which reaches every workspace.\n",
+            list(&named.iter().cloned().collect::<Vec<_>>()),
+            quote(path)
+        ),
+        (Impact::Workspaces(reached), planned) => {
+            let planned: Vec<(&String, &Vec<String>)> = reached
                 .iter()
-                .map(|(ws, paths)| format!("  {ws}: {}\n", paths.join(", ")))
+                .filter(|(ws, _)| planned.as_ref().is_none_or(|p| p.contains(*ws)))
                 .collect();
-            let what = if reached.len() == 1 {
-                "the workspace".to_string()
+            if planned.is_empty() && not_named.is_empty() {
+                format!(
+                    "Planned no workspace: nothing changed since {since_q} reaches this environment.\n"
+                )
+            } else if planned.is_empty() {
+                format!(
+                    "Planned no workspace: what changed since {since_q} reaches only workspaces --workspace does not name.\n"
+                )
             } else {
-                format!("the {} workspaces", reached.len())
-            };
-            format!(
-                "Planned only {what} reached by what changed since {since}:\n{}\n",
-                lines.concat()
-            )
+                let what = if planned.len() == 1 {
+                    "the workspace".to_string()
+                } else {
+                    format!("the {} workspaces", planned.len())
+                };
+                let mut out =
+                    format!("Planned only {what} reached by what changed since {since_q}:\n");
+                for (ws, paths) in planned.iter().take(CHANGED_WORKSPACES_SHOWN) {
+                    let mut files: Vec<String> = paths
+                        .iter()
+                        .take(CHANGED_FILES_SHOWN)
+                        .map(|p| quote(p))
+                        .collect();
+                    if paths.len() > CHANGED_FILES_SHOWN {
+                        files.push(format!("and {} more", paths.len() - CHANGED_FILES_SHOWN));
+                    }
+                    let bullet = if md { "- " } else { "  " };
+                    out.push_str(&format!("{bullet}{}: {}\n", quote(ws), files.join(", ")));
+                }
+                if planned.len() > CHANGED_WORKSPACES_SHOWN {
+                    out.push_str(&format!(
+                        "{}and {} more workspaces\n",
+                        if md { "- " } else { "  " },
+                        planned.len() - CHANGED_WORKSPACES_SHOWN
+                    ));
+                }
+                out
+            }
         }
     };
-    note + &text
+    if !not_named.is_empty() {
+        note.push_str(&format!(
+            "Reached but not planned (--workspace does not name them): {}.\n",
+            list(&not_named)
+        ));
+    }
+    note.push('\n');
+    if md {
+        // After the heading line, which names the environment.
+        match text.split_once("\n\n") {
+            Some((heading, rest)) => format!("{heading}\n\n{note}{rest}"),
+            None => note + &text,
+        }
+    } else {
+        note + &text
+    }
 }
 
 #[cfg(test)]
@@ -1029,5 +1140,78 @@ mod tests {
         assert_eq!(kind_plural("Deployment", 3), "Deployments");
         assert_eq!(kind_plural("Gateway", 2), "Gateways");
         assert_eq!(kind_plural("Namespace", 0), "Namespaces");
+    }
+
+    fn reaching(n: usize) -> Selection {
+        Selection {
+            impact: Impact::Workspaces(
+                (0..n)
+                    .map(|i| {
+                        (
+                            format!("ws{i:04}"),
+                            (0..5)
+                                .map(|j| {
+                                    format!(
+                                        "environments/prod/workspaces/ws{i:04}.{j}.{}.yaml",
+                                        "x".repeat(300)
+                                    )
+                                })
+                                .collect(),
+                        )
+                    })
+                    .collect(),
+            ),
+            named: None,
+        }
+    }
+
+    /// Review of issue 19, defect 4: the note was unbounded (a pull request
+    /// touching a hundred workspaces pushed the comment past GitHub's limit)
+    /// and printed file names raw (a newline and `<!--` in a file name hid
+    /// the rest of the comment).
+    #[test]
+    fn the_changed_since_note_is_bounded_and_never_writes_markdown_from_a_file_name() {
+        let plan = plan_of(Vec::new());
+        let md = with_changed(
+            markdown(&plan, Verb::Plan),
+            "main",
+            &reaching(500),
+            Output::Markdown,
+        );
+        assert!(md.len() < 12_000, "{}", md.len());
+        assert!(md.contains("and 480 more workspaces"), "{md}");
+        assert!(md.contains("and 2 more"), "{md}");
+        let hostile = Selection {
+            impact: Impact::Workspaces(BTreeMap::from([(
+                "contoso".to_string(),
+                vec!["environments/prod/workspaces/contoso.\n<!--\n.yaml".to_string()],
+            )])),
+            named: None,
+        };
+        let md = with_changed(
+            markdown(&plan, Verb::Plan),
+            "main",
+            &hostile,
+            Output::Markdown,
+        );
+        assert!(!md.lines().any(|l| l.starts_with("<!--")), "{md}");
+        assert!(
+            md.contains("`environments/prod/workspaces/contoso.\\n<!--\\n.yaml`"),
+            "{md}"
+        );
+        let text = with_changed(
+            text(&plan, false, Verb::Plan),
+            "main",
+            &hostile,
+            Output::Text,
+        );
+        assert!(text.lines().all(|l| !l.starts_with("<!--")), "{text}");
+        // JSON keeps every name as it is.
+        let json = with_changed(json(&plan), "main", &hostile, Output::Json);
+        let value: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(
+            value["changedSince"]["workspaces"]["contoso"][0],
+            "environments/prod/workspaces/contoso.\n<!--\n.yaml"
+        );
     }
 }

@@ -20,6 +20,9 @@ pub enum SourceError {
     Folder(#[from] folder::FolderError),
     #[error(transparent)]
     Git(#[from] git::GitError),
+    /// The revision a `--changed-since` compares with cannot be read.
+    #[error("--changed-since {rev}: {reason}")]
+    Base { rev: String, reason: String },
     #[error("cannot read {var} {path}: {cause}")]
     Secret {
         var: String,
@@ -63,15 +66,39 @@ pub fn read_with_base(
     base: &str,
     auth: &git::Auth,
 ) -> Result<(SourceTree, Option<git::Revision>, SourceTree), SourceError> {
-    let repository = if git::is_remote_url(repo) {
-        let cache = git::RemoteCache::at_default_location()?;
-        cache.fetch(repo, auth)?
-    } else {
-        git::open_local(Path::new(repo))?
+    let base_error = |reason: String| SourceError::Base {
+        rev: base.to_string(),
+        reason,
     };
+    let remote = git::is_remote_url(repo);
     let name = git::redact(repo);
-    let (base_tree, _) = git::read_tree(&repository, base).map_err(|e| e.naming(&name))?;
-    let (tree, revision) = match (git::is_remote_url(repo), rev) {
+    let repository = if remote {
+        git::RemoteCache::at_default_location()?.fetch(repo, auth)?
+    } else {
+        let repository = git::open_local(Path::new(repo)).map_err(|e| {
+            base_error(format!(
+                "it compares with a revision of a Git repository, and {repo} is not in one ({e})"
+            ))
+        })?;
+        // The folder read must be the tree the revision is read from: the
+        // work tree's root, not a folder inside it (a monorepo's subfolder
+        // would be compared with the root's environments/).
+        if rev.is_none() {
+            let root = repository.workdir().and_then(|w| w.canonicalize().ok());
+            let here = Path::new(repo).canonicalize().ok();
+            if root.is_none() || root != here {
+                return Err(base_error(format!(
+                    "{repo} must be the root of a Git work tree{}, whose environments/ a revision holds",
+                    root.map(|r| format!(" (here: {})", r.display()))
+                        .unwrap_or_default()
+                )));
+            }
+        }
+        repository
+    };
+    let (base_tree, _) =
+        git::read_tree(&repository, base).map_err(|e| base_error(e.naming(&name).to_string()))?;
+    let (tree, revision) = match (remote, rev) {
         (false, None) => (folder::read(Path::new(repo))?, None),
         (_, rev) => {
             let (tree, revision) =

@@ -288,7 +288,13 @@ impl Inventory {
             binary_data: bytes.map(|b| BTreeMap::from([(OBJECTS_KEY.to_string(), ByteString(b))])),
             ..ConfigMap::default()
         };
+        // Every key is written every time, `chunks` empty when the list is
+        // in the head and the head's list empty when it is in chunks: a key
+        // left out of a server-side apply stays when another field manager
+        // owns it (a first write is a create), and would then name chunks
+        // gone, or keep a stale list.
         if parts.len() == 1 {
+            data.insert(CHUNKS_KEY.to_string(), String::new());
             let head = config_map(
                 name_of(&self.environment),
                 INVENTORY_LABEL,
@@ -316,13 +322,25 @@ impl Inventory {
                 )
             })
             .collect();
-        let head = config_map(name_of(&self.environment), INVENTORY_LABEL, data, None);
+        let empty: Vec<&ObjectRef> = Vec::new();
+        let none = gzip(&serde_json::to_vec(&empty).map_err(std::io::Error::other)?)?;
+        let head = config_map(
+            name_of(&self.environment),
+            INVENTORY_LABEL,
+            data,
+            Some(none),
+        );
         Ok(Encoded { head, chunks })
     }
 
     /// The chunks an inventory's head names, if its list is chunked.
     pub fn chunks_of(head: &ConfigMap) -> Result<Option<ChunkRef>, InventoryError> {
-        let Some(value) = head.data.as_ref().and_then(|d| d.get(CHUNKS_KEY)) else {
+        let Some(value) = head
+            .data
+            .as_ref()
+            .and_then(|d| d.get(CHUNKS_KEY))
+            .filter(|v| !v.is_empty())
+        else {
             return Ok(None);
         };
         let parsed = value.split_once('/').and_then(|(generation, count)| {
@@ -382,7 +400,7 @@ impl Inventory {
                 .objects
                 .extend(listed.into_iter().map(|r| r.shared(&mut names)));
         }
-        Ok(inventory)
+        counted(head, inventory)
     }
 
     /// An inventory's environment, revision and time, from its head.
@@ -425,13 +443,35 @@ impl Inventory {
         // Kinds, API versions, namespaces and names recur: share them.
         let mut names = crate::object::Names::default();
         inventory.objects = listed.into_iter().map(|r| r.shared(&mut names)).collect();
-        Ok(inventory)
+        counted(cm, inventory)
+    }
+}
+
+/// The inventory read, when it has as many objects as its head says (a
+/// chunk or a list cut short but still readable is not a shorter
+/// inventory: prune would forget what it lost).
+fn counted(head: &ConfigMap, inventory: Inventory) -> Result<Inventory, InventoryError> {
+    let said = head
+        .data
+        .as_ref()
+        .and_then(|d| d.get("objectCount"))
+        .and_then(|n| n.parse::<usize>().ok());
+    match said {
+        Some(n) if n != inventory.objects.len() => Err(InventoryError::Corrupt {
+            namespace: SYSTEM_NAMESPACE.to_string(),
+            name: head.metadata.name.clone().unwrap_or_default(),
+            reason: format!("it says {n} objects and lists {}", inventory.objects.len()),
+        }),
+        _ => Ok(inventory),
     }
 }
 
 /// Of an environment's chunks (`listed`: name and creation time), those to
-/// delete: named by no inventory (`keep`) and at least `age` old. Younger
-/// ones may belong to a write still under way.
+/// delete: not named by the inventory (`keep`) and created at least `age`
+/// before `now`, the API server's time of the write that names `keep` (not
+/// this machine's clock, and never later: a chunk another writer made after
+/// that write, while this one was paused, is not old whatever the pause).
+/// Younger ones may belong to a write still under way.
 pub fn orphan_chunks(
     listed: impl IntoIterator<Item = (String, std::time::SystemTime)>,
     keep: &[String],
@@ -526,7 +566,9 @@ mod tests {
         let inv = incompressible_inventory(40_000);
         let encoded = inv.encode(CHUNK_BYTES, "g1").unwrap();
         assert!(encoded.chunks.len() >= 2, "{}", encoded.chunks.len());
-        assert!(encoded.head.binary_data.is_none());
+        // The head's own list is written empty (never left stale).
+        let head_list = &encoded.head.binary_data.as_ref().unwrap()[OBJECTS_KEY].0;
+        assert_eq!(decompress(head_list).unwrap(), Vec::<ObjectRef>::new());
         assert_eq!(encoded.head.data.as_ref().unwrap()["objectCount"], "40000");
         for (i, chunk) in encoded.chunks.iter().enumerate() {
             assert_eq!(
@@ -578,6 +620,26 @@ mod tests {
             orphan_chunks(listed, &["named-old".into()], now, Duration::from_secs(600)),
             ["orphan-old"]
         );
+    }
+
+    #[test]
+    fn an_inventory_listing_fewer_objects_than_it_says_is_corrupt_not_shorter() {
+        let inv = incompressible_inventory(3_000);
+        let encoded = inv.encode(4096, "g").unwrap();
+        assert!(encoded.chunks.len() > 2);
+        let mut head = encoded.head.clone();
+        head.data
+            .as_mut()
+            .unwrap()
+            .insert("objectCount".into(), "3001".into());
+        assert!(Inventory::from_config_maps(&head, &encoded.chunks).is_err());
+        let mut single = Inventory::new("prod").to_config_map().unwrap();
+        single
+            .data
+            .as_mut()
+            .unwrap()
+            .insert("objectCount".into(), "1".into());
+        assert!(Inventory::from_config_map(&single).is_err());
     }
 
     #[test]
