@@ -27,6 +27,7 @@ mod platform_cluster;
 mod print_golden;
 mod properties;
 mod readme_commands;
+mod status_page;
 mod support;
 mod sync_cluster;
 mod tenancy_cluster;

@@ -200,6 +200,10 @@ pub struct RunArgs {
     /// Ingress can expose the webhook alone; /hooks/git leaves --listen.
     #[arg(long, value_name = "ADDR")]
     pub webhook_listen: Option<std::net::SocketAddr>,
+    /// Serve the read-only status page (GET /, /environments/...) on --listen
+    /// [default: true; also `ui` in --config]; --ui=false turns it off.
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub ui: Option<bool>,
     /// Delete inventoried objects no longer declared (also syncPolicy.prune).
     #[arg(long)]
     pub prune: bool,

@@ -165,6 +165,8 @@ Endpoints (--listen):
   GET /status    JSON: per environment the sync status, revisions, last error
                  (URLs' host:port and Kubernetes identities left out)
   GET /metrics   OpenMetrics
+  GET /          the read-only status page (unless --ui=false): environments;
+                 /environments/ENV and /environments/ENV/workspaces/NAME
 Endpoint (--webhook-listen, or --listen without it):
   POST /hooks/git  push webhook: a verified push of the followed branch, not
                    delivered in the last hour, reads the repository now;

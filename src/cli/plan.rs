@@ -74,6 +74,7 @@ pub(super) fn live_cmd(
                 Deletes::Recorded
             },
             settle: (!drift).then_some(args.adopt),
+            health: false,
         };
         let LivePlan {
             mut plan,

@@ -130,6 +130,7 @@ fn run_options(args: &RunArgs, c: Option<&DaemonConfig>) -> anyhow::Result<RunOp
         )?,
         listen,
         webhook_listen,
+        ui: args.ui.or_else(|| c.and_then(|c| c.ui)).unwrap_or(true),
         prune: args.prune || policy.prune,
         self_heal: args.self_heal || policy.self_heal,
         operator: args.guard.operator(c),
@@ -155,4 +156,43 @@ fn run_options(args: &RunArgs, c: Option<&DaemonConfig>) -> anyhow::Result<RunOp
         prune_foreign: args.prune_foreign || policy.prune_foreign,
         contexts,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+    use crate::cli::args::{Cli, Command};
+
+    fn ui(flags: &[&str], file: Option<&str>) -> bool {
+        let cli = Cli::try_parse_from(
+            ["tenantsync", "run", "--repo", ".", "--env", "dev"]
+                .iter()
+                .chain(flags),
+        )
+        .unwrap();
+        let Command::Run(args) = cli.command else {
+            panic!("not run");
+        };
+        let config = file.map(|f| {
+            crate::daemon::config::parse(
+                "tenantsync.yaml",
+                format!("apiVersion: tenantsync.io/v1alpha1\nkind: DaemonConfig\nrepo: .\nenvironments: [{{name: dev}}]\n{f}").as_bytes(),
+            )
+            .unwrap()
+        });
+        run_options(&args, config.as_ref()).unwrap().ui
+    }
+
+    #[test]
+    fn the_status_page_is_on_unless_the_flag_or_the_file_turns_it_off() {
+        assert!(ui(&[], None));
+        assert!(!ui(&["--ui=false"], None));
+        assert!(ui(&["--ui"], None));
+        assert!(!ui(&[], Some("ui: false")));
+        // The flag wins over the file.
+        assert!(ui(&["--ui=true"], Some("ui: false")));
+        assert!(ui(&["--ui"], Some("ui: false")));
+    }
 }

@@ -138,11 +138,13 @@ async fn execute(
         diffs: false,
         deletes: Deletes::RecordedOrAll,
         settle: Some(args.live.adopt),
+        health: false,
     };
     let LivePlan {
         plan,
         inventory,
         undeclared,
+        ..
     } = pipeline::plan_live(cluster, state, inventory, plan_options).await?;
     let interactive =
         std::io::stderr().is_terminal() && !matches!(args.live.output, PlanOutput::Json);

@@ -40,6 +40,8 @@ pub struct DaemonConfig {
     pub drift_interval: Option<String>,
     pub listen: Option<String>,
     pub webhook_listen: Option<String>,
+    /// The read-only status page on `listen` (default true).
+    pub ui: Option<bool>,
     pub kubeconfig: Option<String>,
     #[serde(default)]
     pub sync_policy: ConfigPolicy,
@@ -118,6 +120,26 @@ mod tests {
         assert!(
             e[0].to_string()
                 .starts_with("tenantsync.yaml:5:16: error: /webhookListen:"),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn the_status_page_can_be_turned_off_in_the_file() {
+        let c = parse(
+            "tenantsync.yaml",
+            b"apiVersion: tenantsync.io/v1alpha1\nkind: DaemonConfig\nrepo: .\nenvironments: [{name: dev}]\nui: false\n",
+        )
+        .unwrap();
+        assert_eq!(c.ui, Some(false));
+        let e = parse(
+            "tenantsync.yaml",
+            b"apiVersion: tenantsync.io/v1alpha1\nkind: DaemonConfig\nrepo: .\nenvironments: [{name: dev}]\nui: off\n",
+        )
+        .unwrap_err();
+        assert!(
+            e[0].to_string()
+                .starts_with("tenantsync.yaml:5:5: error: /ui:"),
             "{e:?}"
         );
     }

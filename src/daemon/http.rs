@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -44,7 +44,8 @@ use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
-use super::{RunOptions, Shared};
+use super::{DaemonStatus, RunOptions, Shared};
+use crate::print::page;
 
 /// The largest webhook body accepted: GitHub's limit (25 MB).
 pub const MAX_WEBHOOK_BODY: u64 = 25 * 1024 * 1024;
@@ -104,10 +105,22 @@ pub async fn start(
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready));
+    if options.ui {
+        main_routes = main_routes
+            .route("/", get(page_environments))
+            .route("/environments/{env}", get(page_environment))
+            .route("/environments/{env}/workspaces/{ws}", get(page_workspace))
+            .fallback(|| async {
+                page(
+                    StatusCode::NOT_FOUND,
+                    Some(page::not_found_page("No such page.")),
+                )
+            });
+    }
     let mut servers = JoinSet::new();
     match webhook {
         Some((listener, address)) => {
-            tracing::info!(address = %options.listen, "serving /status, /metrics, /healthz and /readyz");
+            tracing::info!(address = %options.listen, ui = options.ui, "serving /status, /metrics, /healthz and /readyz (and the status page at / with ui)");
             tracing::info!(%address, "serving POST /hooks/git");
             let hooks = Router::new()
                 .route("/hooks/git", post(git_hook))
@@ -121,7 +134,7 @@ pub async fn start(
             servers.spawn(serve(listener, hooks, shutdown.clone()));
         }
         None => {
-            tracing::info!(address = %options.listen, "serving /status, /metrics, /healthz, /readyz and POST /hooks/git");
+            tracing::info!(address = %options.listen, ui = options.ui, "serving /status, /metrics, /healthz, /readyz and POST /hooks/git (and the status page at / with ui)");
             main_routes = main_routes.route("/hooks/git", post(git_hook));
         }
     }
@@ -317,8 +330,10 @@ struct HttpState {
     seen: Mutex<ReplayCache>,
 }
 
-async fn status(State(state): State<Arc<HttpState>>) -> impl IntoResponse {
-    let body = state
+/// The status as shown outside: errors with URLs' host:port and
+/// Kubernetes identities left out.
+fn shown_status(state: &HttpState) -> DaemonStatus {
+    state
         .shared
         .status
         .read()
@@ -329,10 +344,78 @@ async fn status(State(state): State<Arc<HttpState>>) -> impl IntoResponse {
                     *e = redact(e);
                 }
             }
-            serde_json::to_string_pretty(&shown).unwrap_or_default()
+            shown
         })
-        .unwrap_or_default();
+        .unwrap_or_default()
+}
+
+async fn status(State(state): State<Arc<HttpState>>) -> impl IntoResponse {
+    let body = serde_json::to_string_pretty(&shown_status(&state)).unwrap_or_default();
     ([(header::CONTENT_TYPE, "application/json")], body)
+}
+
+/// An HTML page (404 when `None`): no script may run and nothing may be
+/// loaded from elsewhere (the page has neither), and no other site may
+/// frame it.
+fn page(code: StatusCode, html: Option<String>) -> Response {
+    let (code, html) = match html {
+        Some(html) => (code, html),
+        None => (
+            StatusCode::NOT_FOUND,
+            page::not_found_page("tenantsync does not sync such an environment or workspace."),
+        ),
+    };
+    let mut response = (code, html).into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'",
+        ),
+    );
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+/// Renders a page from the status as it is (read-locked while the page is
+/// drawn, nothing cloned); `None` when the lock is poisoned.
+fn with_status<T>(state: &HttpState, f: impl FnOnce(&DaemonStatus) -> Option<T>) -> Option<T> {
+    state.shared.status.read().ok().and_then(|s| f(&s))
+}
+
+async fn page_environments(State(state): State<Arc<HttpState>>) -> Response {
+    page(
+        StatusCode::OK,
+        with_status(&state, |s| Some(page::environments_page(s, &redact))),
+    )
+}
+
+async fn page_environment(
+    State(state): State<Arc<HttpState>>,
+    Path(env): Path<String>,
+) -> Response {
+    page(
+        StatusCode::OK,
+        with_status(&state, |s| page::environment_page(s, &env, &redact)),
+    )
+}
+
+async fn page_workspace(
+    State(state): State<Arc<HttpState>>,
+    Path((env, ws)): Path<(String, String)>,
+) -> Response {
+    page(
+        StatusCode::OK,
+        with_status(&state, |s| page::workspace_page(s, &env, &ws)),
+    )
 }
 
 async fn metrics(State(state): State<Arc<HttpState>>) -> impl IntoResponse {

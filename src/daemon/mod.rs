@@ -21,7 +21,6 @@ use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use serde::Serialize;
 use tokio::sync::watch;
 
 use crate::cluster::{Cluster, ClusterOptions};
@@ -33,6 +32,7 @@ pub mod leader;
 pub mod metrics;
 mod reconcile;
 
+pub use crate::sync::status::{DaemonStatus, EnvironmentStatus, SyncStatus, WorkspaceStatus};
 pub use reconcile::{Action, Backoff, ReconcileError, Schedule};
 
 /// What `run` was told to do.
@@ -50,6 +50,8 @@ pub struct RunOptions {
     pub listen: SocketAddr,
     /// A listener of its own for `POST /hooks/git` only.
     pub webhook_listen: Option<SocketAddr>,
+    /// The read-only status page (`GET /`, `/environments/...`) on `listen`.
+    pub ui: bool,
     pub prune: bool,
     pub self_heal: bool,
     /// The operator's guardrails and sync ceiling (never the repository's).
@@ -70,66 +72,6 @@ pub struct RunOptions {
     pub prune_foreign: bool,
     /// Kubeconfig context per environment (the default one otherwise).
     pub contexts: BTreeMap<String, String>,
-}
-
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
-pub enum SyncStatus {
-    #[default]
-    Unknown,
-    Synced,
-    OutOfSync,
-    /// A sync of `targetRevision` is running.
-    Syncing,
-    Failed,
-}
-
-#[derive(Clone, Debug, Default, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct WorkspaceStatus {
-    pub sync_status: SyncStatus,
-    pub drifted_objects: usize,
-    /// Why the workspace is `Failed` (invalid: held at its last applied
-    /// state), one `file:line:col: error: ...` line each.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub errors: Vec<String>,
-}
-
-/// One environment's state, as `GET /status` shows it.
-#[derive(Clone, Debug, Default, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct EnvironmentStatus {
-    pub sync_status: SyncStatus,
-    pub last_seen_revision: Option<String>,
-    pub last_applied_revision: Option<String>,
-    pub last_error: Option<String>,
-    pub last_error_at: Option<String>,
-    pub last_reconcile_at: Option<String>,
-    pub last_sync_at: Option<String>,
-    /// The revision being synced (while `Syncing`).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub target_revision: Option<String>,
-    /// Why the last reconcile failed, in one word (source, invalid, render,
-    /// cluster, guard, apply, locked).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub last_error_reason: Option<String>,
-    pub drifted_objects: usize,
-    pub workspaces: BTreeMap<String, WorkspaceStatus>,
-    /// A revision was read and compared with the cluster (and synced, when
-    /// leading) at least once: what `/readyz` waits for. A failed read or
-    /// an invalid first revision does not count.
-    #[serde(skip)]
-    pub compared: bool,
-}
-
-#[derive(Clone, Debug, Default, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct DaemonStatus {
-    /// This replica's identity in leader election.
-    pub identity: String,
-    /// Whether this replica leads (and so writes); always true without
-    /// leader election.
-    pub leader: bool,
-    pub environments: BTreeMap<String, EnvironmentStatus>,
 }
 
 /// State shared by the loops and the HTTP server.
@@ -209,11 +151,11 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         None
     };
     let shared = Arc::new(Shared {
-        status: RwLock::new(DaemonStatus {
+        status: RwLock::new(DaemonStatus::new(
             identity,
-            leader: !options.leader_elect,
-            ..DaemonStatus::default()
-        }),
+            !options.leader_elect,
+            &options.environments,
+        )),
         metrics: metrics::Metrics::new(),
         trigger,
         options: options.clone(),

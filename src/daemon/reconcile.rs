@@ -22,7 +22,9 @@ use crate::pipeline::{self, Deletes, DesiredState, Intake, LivePlan, PlanOptions
 use crate::plan::{Action as ChangeAction, Plan};
 use crate::source;
 use crate::sync::SyncOptions;
+use crate::sync::health::Health;
 use crate::sync::report::SyncReport;
+use crate::sync::status::{Commit, ObjectStatus, ReconcileRecord, objects_by_workspace};
 
 /// Why a reconcile failed. [`ReconcileError::reason`] names it in one word
 /// for the status, the logs and the metrics.
@@ -203,8 +205,22 @@ pub(super) async fn reconcile_loop(
         let (poll, drift) = schedule.due(Instant::now(), reconciler.desired.is_some());
         if poll || drift {
             let started = Instant::now();
+            reconciler.changed = 0;
             let result = reconciler.reconcile(poll).await;
             shared.metrics.observe_reconcile(&env, started.elapsed());
+            let record = ReconcileRecord {
+                at: now(),
+                duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+                result: SyncStatus::Unknown,
+                changed: reconciler.changed,
+                error_reason: result.as_ref().err().map(|e| e.reason().to_string()),
+            };
+            shared.update(&env, |s| {
+                s.record_reconcile(ReconcileRecord {
+                    result: s.sync_status,
+                    ..record
+                });
+            });
             // The status must reach the inventory even when the reconcile
             // dropped its connection.
             reconciler.reconnect().await;
@@ -244,6 +260,8 @@ struct Reconciler {
     /// kept, and the status kept Failed, until a good revision arrives.
     source_problem: Option<String>,
     held: Held,
+    /// Objects created, updated or pruned by the reconcile in flight.
+    changed: usize,
 }
 
 impl Reconciler {
@@ -255,6 +273,7 @@ impl Reconciler {
             desired: None,
             source_problem: None,
             held: Held::default(),
+            changed: 0,
         }
     }
 
@@ -299,7 +318,7 @@ impl Reconciler {
     /// valid (its invalid workspaces held), and is reported when not.
     async fn read_source(&mut self) -> Result<(), ReconcileError> {
         let (env, shared) = (self.env.as_str(), &*self.shared);
-        let (tree, revision) = match read_source(&shared.options).await {
+        let (tree, revision, commit) = match read_source(&shared.options).await {
             Ok(read) => read,
             Err(e) => {
                 shared.metrics.git_fetch_failed(env);
@@ -308,7 +327,10 @@ impl Reconciler {
                 return Err(e);
             }
         };
-        shared.update(env, |s| s.last_seen_revision = Some(revision.clone()));
+        shared.update(env, |s| {
+            s.last_seen_revision = Some(revision.clone());
+            s.last_seen_commit = commit.clone();
+        });
         if self
             .desired
             .as_ref()
@@ -318,8 +340,9 @@ impl Reconciler {
             return Ok(());
         }
         let (event, e) = match self.desire(tree, &revision) {
-            Ok(state) => {
+            Ok(mut state) => {
                 self.source_problem = None;
+                state.commit = commit;
                 self.desired = Some(Arc::new(state));
                 return Ok(());
             }
@@ -494,8 +517,11 @@ impl Reconciler {
         let Some(applied) = self.held.applied.clone() else {
             return;
         };
-        let Checked { plan, report } = match check_and_sync(env, shared, c, &applied, writer).await
-        {
+        let Checked {
+            plan,
+            report,
+            health,
+        } = match check_and_sync(env, shared, c, &applied, writer).await {
             Ok(checked) => checked,
             Err(e) => {
                 tracing::warn!(environment = env, error = %e, "cannot check drift of the last applied revision");
@@ -504,6 +530,8 @@ impl Reconciler {
         };
         let drifted = drift_by_workspace(&plan);
         let healed = report.as_ref().is_some_and(|r| r.succeeded());
+        let objects = objects_by_workspace(&plan, healed, &health);
+        self.changed += report.as_ref().map_or(0, changed_objects);
         let current: BTreeMap<String, usize> = drifted
             .iter()
             .map(|(w, n)| (w.clone(), if healed { 0 } else { *n }))
@@ -518,7 +546,7 @@ impl Reconciler {
         shared.update(env, |s| {
             s.sync_status = SyncStatus::Failed;
             s.target_revision = None;
-            set_drift(s, &current, |_| SyncStatus::Failed);
+            set_drift(s, &current, objects, |_| SyncStatus::Failed);
         });
         if drifted.values().any(|n| *n > 0) {
             tracing::warn!(
@@ -543,7 +571,11 @@ impl Reconciler {
     ) -> Result<(), ReconcileError> {
         let (env, shared) = (self.env.clone(), self.shared.clone());
         let (env, shared) = (env.as_str(), &*shared);
-        let Checked { plan, report } = checked;
+        let Checked {
+            plan,
+            report,
+            health,
+        } = checked;
         log_outcome(env, state, &plan, report.as_ref());
         if let Some(r) = &report {
             shared.metrics.record_sync(env, r);
@@ -578,6 +610,8 @@ impl Reconciler {
         // Current drift: what is out of step now (nothing, once a sync
         // healed it).
         let synced = report.as_ref().is_some_and(|r| r.succeeded());
+        let objects = objects_by_workspace(&plan, synced, &health);
+        self.changed += report.as_ref().map_or(0, changed_objects);
         let current: BTreeMap<String, usize> = drift_by_workspace(&plan)
             .into_iter()
             .map(|(ws, n)| (ws, if synced { 0 } else { n }))
@@ -597,12 +631,14 @@ impl Reconciler {
                 s.last_sync_at = Some(now());
                 if r.succeeded() {
                     s.last_applied_revision = Some(state.revision().to_string());
+                    s.last_applied_commit = state.commit.clone();
                 }
             } else if status == SyncStatus::Synced {
                 s.last_applied_revision = Some(state.revision().to_string());
+                s.last_applied_commit = state.commit.clone();
             }
             // Held workspaces aside, only they failed.
-            set_drift(s, &current, |_| {
+            set_drift(s, &current, objects, |_| {
                 if only_held {
                     SyncStatus::Synced
                 } else {
@@ -616,6 +652,7 @@ impl Reconciler {
                         sync_status: SyncStatus::Failed,
                         drifted_objects: 0,
                         errors: errors.clone(),
+                        objects: Vec::new(),
                     },
                 );
             }
@@ -690,6 +727,7 @@ fn log_outcome(env: &str, state: &Desired, plan: &Plan, report: Option<&SyncRepo
 fn set_drift(
     s: &mut EnvironmentStatus,
     current: &BTreeMap<String, usize>,
+    mut objects: BTreeMap<String, Vec<ObjectStatus>>,
     in_step: impl Fn(&str) -> SyncStatus,
 ) {
     s.drifted_objects = current.values().sum();
@@ -706,14 +744,16 @@ fn set_drift(
                     },
                     drifted_objects: *n,
                     errors: Vec::new(),
+                    objects: objects.remove(ws).unwrap_or_default(),
                 },
             )
         })
         .collect();
 }
 
-/// Reads the source (blocking I/O off the async threads).
-async fn read_source(options: &RunOptions) -> Result<(SourceTree, String), String> {
+/// Reads the source (blocking I/O off the async threads): the files, the
+/// revision, and its commit when the source is Git.
+async fn read_source(options: &RunOptions) -> Result<(SourceTree, String, Option<Commit>), String> {
     let repo = options.repo.clone();
     let branch = options.branch.clone();
     tokio::task::spawn_blocking(move || {
@@ -721,8 +761,12 @@ async fn read_source(options: &RunOptions) -> Result<(SourceTree, String), Strin
         let masked = |e: &dyn std::fmt::Display| source::git::redact_in_text(&format!("{e:#}"));
         let auth = source::auth_from_env().map_err(|e| masked(&e))?;
         let (tree, git) = source::read(&repo, branch.as_deref(), &auth).map_err(|e| masked(&e))?;
+        let commit = git.as_ref().map(|g| Commit {
+            subject: g.summary.clone(),
+            author: g.author.clone(),
+        });
         let revision = source::revision_of(&tree, git);
-        Ok((tree, revision))
+        Ok((tree, revision, commit))
     })
     .await
     .map_err(|e| format!("source reader stopped: {e}"))?
@@ -739,6 +783,8 @@ struct Desired {
     /// (once per revision, by the leader, as soon as the cluster is
     /// reachable).
     event_pending: std::sync::atomic::AtomicBool,
+    /// The revision's commit, when read from Git.
+    commit: Option<Commit>,
 }
 
 impl Desired {
@@ -753,6 +799,7 @@ impl Desired {
             event_pending: std::sync::atomic::AtomicBool::new(!state.held.is_empty()),
             state,
             sync,
+            commit: None,
         }
     }
 
@@ -826,6 +873,8 @@ fn log_failures(env: &str, r: &SyncReport) {
 struct Checked {
     plan: Plan,
     report: Option<SyncReport>,
+    /// The health of each live object as listed for the plan.
+    health: BTreeMap<String, Health>,
 }
 
 /// Plans `state` against the cluster and, when this replica may write and
@@ -866,8 +915,10 @@ async fn check_and_sync(
         diffs: false,
         deletes: Deletes::Recorded,
         settle: Some(false),
+        health: true,
     };
-    let live = pipeline::plan_live(c, &state.state, inv, plan_options).await?;
+    let mut live = pipeline::plan_live(c, &state.state, inv, plan_options).await?;
+    let health = std::mem::take(&mut live.health);
     // A revision not yet applied is synced; between revisions, drift is
     // re-applied only with self-heal.
     let applied_rev = live.inventory.as_ref().and_then(|i| i.revision.clone());
@@ -879,6 +930,7 @@ async fn check_and_sync(
         return Ok(Checked {
             plan: live.plan,
             report: None,
+            health,
         });
     }
     // Healing takes the drifted fields back from whoever changed them.
@@ -889,6 +941,7 @@ async fn check_and_sync(
     Ok(Checked {
         plan,
         report: Some(report?),
+        health,
     })
 }
 
@@ -1033,6 +1086,11 @@ fn held_message(revision: &str, failed: &BTreeMap<String, Vec<String>>) -> Strin
     lines.join("\n")
 }
 
+/// Objects a sync created, updated or pruned.
+fn changed_objects(r: &SyncReport) -> usize {
+    r.created.len() + r.updated.len() + r.pruned.len()
+}
+
 /// Objects out of step, per workspace (every workspace listed).
 fn drift_by_workspace(plan: &Plan) -> BTreeMap<String, usize> {
     let mut out: BTreeMap<String, usize> = BTreeMap::new();
@@ -1117,6 +1175,7 @@ mod tests {
             drift_interval: Duration::from_secs(3600),
             listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
             webhook_listen: None,
+            ui: true,
             prune: false,
             self_heal: false,
             operator: crate::sync::tenancy::Operator::default(),

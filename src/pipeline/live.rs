@@ -2,12 +2,15 @@
 //! tenantsync manages, listed a page at a time and paired with the desired
 //! ones, and who owns what the plan would create.
 
+use std::collections::BTreeMap;
+
 use serde_json::Value;
 
 use super::DesiredState;
 use crate::cluster::{Cluster, ClusterError};
 use crate::declare::diag::Diagnostic;
 use crate::plan::{Plan, Planner};
+use crate::sync::health::{Health, HealthOptions, assess};
 use crate::sync::inventory::{self, Inventory};
 use crate::sync::tenancy::{self, Operator};
 
@@ -34,6 +37,9 @@ pub struct PlanOptions {
     /// objects that are not tenantsync's, or mark them unmanaged); `None`
     /// leaves creates as they are.
     pub settle: Option<bool>,
+    /// Assess the health of each live object listed (the daemon's status
+    /// shows it; a plan does not need it).
+    pub health: bool,
 }
 
 /// A plan and what a sync of it needs besides.
@@ -43,6 +49,9 @@ pub struct LivePlan {
     pub inventory: Option<Inventory>,
     /// The live objects in scope nothing declares (what a prune looks at).
     pub undeclared: Vec<Value>,
+    /// The health of each live object listed, by `Kind/namespace/name`
+    /// (with [`PlanOptions::health`] only).
+    pub health: BTreeMap<String, Health>,
 }
 
 /// The guardrails only the cluster can judge: each `resources/` manifest's
@@ -101,10 +110,17 @@ pub async fn plan_live(
     let kinds = inventory::kinds_to_list(&desired.objects, inventory.as_ref());
     let mut planner = Planner::new(name, &desired.objects, options.diffs)
         .with_ownership(desired.ownership.clone());
+    let mut health = BTreeMap::new();
+    let health_options = HealthOptions::default();
     // Held workspaces are out of scope: not planned, applied nor pruned.
     cluster
         .for_each_managed(name, &kinds, |o| {
             if scope.contains_live(&o) {
+                if options.health
+                    && let Some(key) = crate::object::live_key(&o)
+                {
+                    health.insert(crate::object::id(key), assess(&o, &health_options));
+                }
                 planner.observe(o)
             }
         })
@@ -131,5 +147,6 @@ pub async fn plan_live(
         plan,
         inventory,
         undeclared,
+        health,
     })
 }

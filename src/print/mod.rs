@@ -8,11 +8,13 @@
 //! |---|---|
 //! | `plan` | a plan (text, Markdown, JSON) for `plan` and `drift`, with drift's notes and a deleted namespace's foreign objects |
 //! | `report` | a sync's report, and why a sync failed one line per object |
+//! | `page` | the daemon's read-only status page (HTML) from its `/status` |
 //! | `status` | an environment's recorded status (`tenantsync status`) |
 //!
 //! Imports: the core (`plan`, `sync`); it sits at the top of the core, so
 //! that every value it prints is below it. Nothing in the core imports it.
 
+pub mod page;
 mod plan;
 mod report;
 mod status;

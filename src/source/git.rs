@@ -69,6 +69,8 @@ pub struct Revision {
     pub commit: String,
     /// First line of the commit message.
     pub summary: String,
+    /// The commit's author's name.
+    pub author: String,
 }
 
 /// What went wrong reading from Git. Messages name the repository (a URL
@@ -194,6 +196,7 @@ pub fn read_tree(repo: &Repository, rev: &str) -> Result<(SourceTree, Revision),
             .summary_bytes()
             .map(|s| String::from_utf8_lossy(s).into_owned())
             .unwrap_or_default(),
+        author: String::from_utf8_lossy(commit.author().name_bytes()).into_owned(),
     };
     let mut tree = SourceTree::new();
     let root = commit.tree().map_err(read_err)?;

@@ -6,6 +6,7 @@
 //! | [`inventory`] | the record of what tenantsync applied: encoding, set logic, merges |
 //! | [`health`] | per-kind health rules, worst-wins aggregation |
 //! | [`report`] | what a sync did: the value printers, status and metrics are built from |
+//! | [`status`] | what the daemon knows of each environment (`/status`, the status page), the ring of recent reconciles |
 //! | [`tenancy`] | the operator's guardrails, the effective policy, who owns an object |
 //!
 //! Imports: `object`, `declare`, `plan`. The edges (`cluster`) execute what
@@ -14,6 +15,7 @@
 pub mod health;
 pub mod inventory;
 pub mod report;
+pub mod status;
 pub mod steps;
 pub mod tenancy;
 
