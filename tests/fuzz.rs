@@ -478,10 +478,17 @@ fn empty_dicom_services_list_does_not_abort() {
 #[test]
 fn empty_template_in_a_patch_adding_an_iot_connector_does_not_abort() {
     let repo = repo_with("environments/prod/workspaces/contoso.yaml", |_| {
-        "apiVersion: tenantsync.io/v1alpha1\nkind: WorkspacePatch\nmetadata: {name: contoso}\nspec:\n  iotConnectors:\n    - name: extra\n      ingestionEndpointConfiguration: {eventHubName: hub, fullyQualifiedEventHubNamespace: extraingest.servicebus.windows.net}\n      deviceMapping: {content: {templateType: CollectionContent, template: []}}\n".into()
+        "apiVersion: tenantsync.io/v1alpha1\nkind: WorkspacePatch\nmetadata: {name: contoso}\nspec:\n  iotConnectors:\n    - name: extra\n      identity: {clientId: 6d3cae74-1b2f-4a3c-9da5-4e7a9f1b3d32}\n      ingestionEndpointConfiguration: {eventHubName: hub, fullyQualifiedEventHubNamespace: extraingest.servicebus.windows.net}\n      deviceMapping: {content: {templateType: CollectionContent, template: []}}\n".into()
     });
+    // Since issue 17 an empty template is refused (it maps nothing), where
+    // it is written; still no abort.
     let (code, stderr) = no_abort(repo.path());
-    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.starts_with("environments/prod/workspaces/contoso.yaml:9:76: error: /spec/iotConnectors/1/deviceMapping/content/template: an empty template maps nothing"),
+        "{stderr}"
+    );
+    assert!(stderr.ends_with("1 error(s)\n"), "{stderr}");
 }
 
 #[test]

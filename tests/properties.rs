@@ -307,6 +307,9 @@ fn fhir(name: String) -> impl Strategy<Value = FhirService> {
                 auth,
                 cors,
                 identity,
+                key_vault: None,
+                probes: None,
+                autoscaling: None,
             },
         )
 }
@@ -336,11 +339,16 @@ fn workspace(name: String) -> impl Strategy<Value = Workspace> {
                     replicas,
                     resources: None,
                     identity,
+                    key_vault: None,
+                    probes: None,
+                    autoscaling: None,
                     dicom_cast: cast.then(|| DicomCast {
                         fhir_service: fhir_names[i % fhir_names.len()].clone(),
                         poll_interval: "30s".into(),
                         image: None,
                         resources: None,
+                        table_endpoint: "https://castsstate.table.core.windows.net/".into(),
+                        identity: None,
                     }),
                 })
                 .collect();

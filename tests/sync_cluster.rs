@@ -1024,7 +1024,7 @@ async fn nothing_is_written_when_validation_fails_or_the_revision_cannot_be_read
     // Two declarations rendering one object.
     repo.write(
         "workspaces/bad.yaml",
-        "apiVersion: tenantsync.io/v1alpha1\nkind: Workspace\nmetadata: {name: bad}\nspec:\n  iotConnectors:\n    - name: shared\n      ingestionEndpointConfiguration: {eventHubName: h, fullyQualifiedEventHubNamespace: badingest.servicebus.windows.net}\n      deviceMapping: {content: {templateType: CollectionContent, template: []}}\n",
+        "apiVersion: tenantsync.io/v1alpha1\nkind: Workspace\nmetadata: {name: bad}\nspec:\n  iotConnectors:\n    - name: shared\n      identity: {clientId: 6d3cae74-1b2f-4a3c-9da5-4e7a9f1b3d32}\n      ingestionEndpointConfiguration: {eventHubName: h, fullyQualifiedEventHubNamespace: badingest.servicebus.windows.net}\n      deviceMapping: {content: {templateType: CollectionContent, template: [{templateType: JsonPathContent, template: {}}]}}\n",
     );
     let out = run(&[]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));

@@ -24,6 +24,7 @@ mod golden;
 mod health_cluster;
 mod ownership_cluster;
 mod plan_cluster;
+mod platform_cluster;
 mod print_golden;
 mod properties;
 mod readme_commands;

@@ -107,7 +107,7 @@ fn json_output_lists_the_same_errors() {
         errors[0]["file"],
         "environments/base/workspaces/woodgrove.yaml"
     );
-    assert_eq!(errors[0]["line"], 8);
+    assert_eq!(errors[0]["line"], 9);
     assert_eq!(errors[0]["column"], 7);
     assert_eq!(errors[0]["pointer"], "/spec/fhirServices/0/replcas");
 }
@@ -280,7 +280,7 @@ fn a_thousand_workspaces_validate_and_render() {
     std::fs::create_dir_all(&dir).expect("mkdir");
     for i in 0..1000 {
         let text = format!(
-            "apiVersion: tenantsync.io/v1alpha1\nkind: Workspace\nmetadata:\n  name: tenant-{i:04}\nspec:\n  fhirServices:\n    - name: main\n  dicomServices:\n    - name: pacs\n      dicomCast: {{fhirService: main}}\n  iotConnectors:\n    - name: vitals\n      ingestionEndpointConfiguration: {{eventHubName: hub, fullyQualifiedEventHubNamespace: tenantiot{i:04}.servicebus.windows.net}}\n      deviceMapping: {{content: {{templateType: CollectionContent, template: []}}}}\n      fhirDestinations:\n        - {{name: main, resourceIdentityResolutionType: Create, fhirService: main, fhirMapping: {{content: {{templateType: CollectionFhirTemplate, template: []}}}}}}\n"
+            "apiVersion: tenantsync.io/v1alpha1\nkind: Workspace\nmetadata:\n  name: tenant-{i:04}\nspec:\n  fhirServices:\n    - name: main\n  dicomServices:\n    - name: pacs\n      dicomCast: {{fhirService: main, tableEndpoint: \"https://tenantcast{i:04}.table.core.windows.net/\", identity: {{clientId: 5c2b9d63-0a1e-4f2b-8c94-3d6f8e0a2c21}}}}\n  iotConnectors:\n    - name: vitals\n      identity: {{clientId: 6d3cae74-1b2f-4a3c-9da5-4e7a9f1b3d32}}\n      ingestionEndpointConfiguration: {{eventHubName: hub, fullyQualifiedEventHubNamespace: tenantiot{i:04}.servicebus.windows.net}}\n      deviceMapping: {{content: {{templateType: CollectionContent, template: [{{templateType: JsonPathContent, template: {{}}}}]}}}}\n      fhirDestinations:\n        - {{name: main, resourceIdentityResolutionType: Create, fhirService: main, fhirMapping: {{content: {{templateType: CollectionFhirTemplate, template: [{{templateType: CodeValueFhir, template: {{}}}}]}}}}}}\n"
         );
         std::fs::write(dir.join(format!("tenant-{i:04}.yaml")), text).expect("write");
     }
@@ -359,7 +359,7 @@ fn plan_and_sync_refuse_a_rendered_collision_naming_both_declarations() {
         &root().join("tests/broken/iot-connector-and-destination-collide/environments"),
         &repo.path().join("environments"),
     );
-    let expected = "environments/dev/workspaces/collide.yaml:14:13: error: /spec/iotConnectors/1/name: IoT connector `a-b` renders ConfigMap collide-dev/iot-a-b, which FHIR destination `b` of IoT connector `a` (environments/dev/workspaces/collide.yaml:13:18) also renders";
+    let expected = "environments/dev/workspaces/collide.yaml:15:13: error: /spec/iotConnectors/1/name: IoT connector `a-b` renders ConfigMap collide-dev/iot-a-b, which FHIR destination `b` of IoT connector `a` (environments/dev/workspaces/collide.yaml:14:18) also renders";
     for command in ["plan", "sync"] {
         let out = bin()
             .args([
@@ -595,9 +595,9 @@ fn validate_reports_two_environments_rendering_one_namespace() {
 fn a_type_error_in_environment_settings_is_reported_alone_without_false_rule_errors() {
     for (from, to, expected) in [
         (
-            "tlsSecretName: wildcard-prod-tls",
-            "tlsSecretName: 5",
-            "environments/prod/environment.yaml:9:20: error: /spec/ingress/tlsSecretName: expected string, found number",
+            "vaultName: kv-health-prod",
+            "vaultName: 5",
+            "environments/prod/environment.yaml:41:16: error: /spec/keyVault/vaultName: expected string, found number",
         ),
         (
             "domain: health.example.com",
@@ -607,7 +607,7 @@ fn a_type_error_in_environment_settings_is_reported_alone_without_false_rule_err
         (
             "prune: true",
             "prune: []",
-            "environments/prod/environment.yaml:19:12: error: /spec/syncPolicy/prune: expected boolean, found array",
+            "environments/prod/environment.yaml:18:12: error: /spec/syncPolicy/prune: expected boolean, found array",
         ),
     ] {
         let repo = example_repo();
@@ -682,9 +682,9 @@ fn ownership_policy_broken_glob_unknown_kind_and_bad_pointer_escape_are_refused(
     let lines: Vec<&str> = shown.lines().collect();
     assert_eq!(lines.len(), 4, "{shown}");
     for (line, start) in lines.iter().zip([
-        "environments/prod/environment.yaml:33:14: error: /spec/ownership/revert/0: `[` uses `[`, which is not a wildcard here",
-        "environments/prod/environment.yaml:35:17: error: /spec/ownership/ignore/0/kinds/0: kind `Nosuch` is not one tenantsync manages here",
-        "environments/prod/environment.yaml:36:17: error: /spec/ownership/ignore/0/paths/0: `/spec/x~2` has `~2`, which is not a JSON pointer escape",
+        "environments/prod/environment.yaml:32:14: error: /spec/ownership/revert/0: `[` uses `[`, which is not a wildcard here",
+        "environments/prod/environment.yaml:34:17: error: /spec/ownership/ignore/0/kinds/0: kind `Nosuch` is not one tenantsync manages here",
+        "environments/prod/environment.yaml:35:17: error: /spec/ownership/ignore/0/paths/0: `/spec/x~2` has `~2`, which is not a JSON pointer escape",
         "3 error(s)",
     ]) {
         assert!(line.starts_with(start), "{line}\n{shown}");
@@ -722,6 +722,52 @@ fn an_unreadable_repository_folder_is_said_once_with_what_to_do() {
     let err = stderr(&out);
     assert!(
         err.contains("validate and render read a folder: clone the repository, or use plan, drift or sync, which fetch a URL"),
+        "{err}"
+    );
+}
+
+/// Key Vault declarations (issue 17): a service reading a Key Vault the
+/// environment does not declare, and malformed references, are refused
+/// where they are written.
+#[test]
+fn key_vault_mistakes_are_refused_with_positions() {
+    let repo = example_repo();
+    let env_file = repo.path().join("environments/qa/environment.yaml");
+    let text = std::fs::read_to_string(&env_file).unwrap();
+    // qa without a Key Vault; its workspace patch still reads one.
+    let start = text.find("  # Certificates and secrets").unwrap();
+    std::fs::write(&env_file, &text[..start]).unwrap();
+    std::fs::create_dir_all(repo.path().join("environments/qa/workspaces")).unwrap();
+    std::fs::write(
+        repo.path().join("environments/qa/workspaces/woodgrove.yaml"),
+        "apiVersion: tenantsync.io/v1alpha1\nkind: WorkspacePatch\nmetadata:\n  name: woodgrove\nspec:\n  fhirServices:\n    - name: api\n      keyVault:\n        certificate: woodgrove-api\n",
+    )
+    .unwrap();
+    // staging: a secret without its variable, a vault name Azure refuses.
+    let staging = repo.path().join("environments/staging/environment.yaml");
+    let text = std::fs::read_to_string(&staging)
+        .unwrap()
+        .replace("vaultName: kv-health-staging", "vaultName: kv_health")
+        .replace(
+            "- { objectName: appinsights-connection, env: ApplicationInsights__ConnectionString }",
+            "- { objectName: appinsights-connection }",
+        );
+    std::fs::write(&staging, text).unwrap();
+    let out = validate(repo.path());
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains("environments/qa/workspaces/woodgrove.yaml:9:9: error: /spec/fhirServices/0/keyVault: FHIR service `api` reads from a Key Vault, but environment `qa` declares none and this keyVault gives no vaultName, tenantId, clientId: add spec.keyVault"),
+        "{err}"
+    );
+    assert!(
+        err.contains(
+            "environments/staging/environment.yaml:22:16: error: /spec/keyVault/vaultName"
+        ),
+        "{err}"
+    );
+    assert!(
+        err.contains("environments/staging/environment.yaml:28:9: error: /spec/keyVault/secrets/0: missing required field `env`"),
         "{err}"
     );
 }

@@ -118,7 +118,7 @@ impl Cluster {
                 server: self.server.clone(),
                 verb: "find".into(),
                 resource: format!("{api_version} {kind}"),
-                consequence: " (is its CRD installed?)",
+                consequence: crate::object::not_served_hint(api_version, kind),
             });
         };
         super::scope_check(id, api_version, kind, namespaced, namespace)?;

@@ -114,7 +114,7 @@ pub enum ClusterError {
         verb: String,
         resource: String,
         /// What follows for the caller, said after the fact.
-        consequence: &'static str,
+        consequence: String,
     },
     /// What the API server sent (or was to be sent) cannot be read or
     /// built: a request, a response, a stored inventory. Not a refusal.

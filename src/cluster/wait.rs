@@ -134,7 +134,7 @@ async fn resolve_kinds(
                 server: cluster.server.clone(),
                 verb: "wait for".into(),
                 resource: format!("{} {} ({})", r.api_version, r.kind, r.id()),
-                consequence: ", so its health cannot be read",
+                consequence: ", so its health cannot be read".into(),
             });
         };
         out.insert(key, found);

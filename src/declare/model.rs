@@ -68,6 +68,62 @@ pub struct Cors {
     pub allow_credentials: bool,
 }
 
+/// When a probe starts and how often it runs.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ProbeTiming {
+    pub initial_delay_seconds: Option<i32>,
+    pub period_seconds: Option<i32>,
+}
+
+/// Readiness and liveness probe timings; unset parts come from the
+/// environment, then from seed 002 (readiness 30 s / 10 s, liveness 60 s /
+/// 20 s, on `/health` port 8080).
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Probes {
+    #[serde(default)]
+    pub readiness: ProbeTiming,
+    #[serde(default)]
+    pub liveness: ProbeTiming,
+}
+
+/// Seed 002's probe timings: (initial delay, period) in seconds.
+pub const READINESS_PROBE: (i32, i32) = (30, 10);
+pub const LIVENESS_PROBE: (i32, i32) = (60, 20);
+
+impl Probes {
+    /// `self` over `under`, part by part.
+    pub fn over(self, under: Probes) -> Probes {
+        let pick = |a: ProbeTiming, b: ProbeTiming| ProbeTiming {
+            initial_delay_seconds: a.initial_delay_seconds.or(b.initial_delay_seconds),
+            period_seconds: a.period_seconds.or(b.period_seconds),
+        };
+        Probes {
+            readiness: pick(self.readiness, under.readiness),
+            liveness: pick(self.liveness, under.liveness),
+        }
+    }
+}
+
+/// A HorizontalPodAutoscaler for a service: then the Deployment's replicas
+/// are the autoscaler's.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Autoscaling {
+    pub min_replicas: i32,
+    pub max_replicas: i32,
+    #[serde(
+        default = "default_cpu_target",
+        rename = "targetCPUUtilizationPercentage"
+    )]
+    pub target_cpu_utilization_percentage: i32,
+}
+
+fn default_cpu_target() -> i32 {
+    70
+}
+
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct FhirService {
@@ -80,6 +136,9 @@ pub struct FhirService {
     pub auth: Option<Auth>,
     pub cors: Option<Cors>,
     pub identity: Option<Identity>,
+    pub key_vault: Option<ServiceKeyVault>,
+    pub probes: Option<Probes>,
+    pub autoscaling: Option<Autoscaling>,
 }
 
 fn default_fhir_version() -> String {
@@ -94,6 +153,11 @@ pub struct DicomCast {
     pub poll_interval: String,
     pub image: Option<Image>,
     pub resources: Option<Resources>,
+    /// The Azure Table storage endpoint the cast keeps its state in
+    /// (seed 003: `tableEndpoint`).
+    pub table_endpoint: String,
+    /// The identity that reaches the table storage.
+    pub identity: Option<Identity>,
 }
 
 fn default_poll_interval() -> String {
@@ -108,6 +172,9 @@ pub struct DicomService {
     pub replicas: Option<i32>,
     pub resources: Option<Resources>,
     pub identity: Option<Identity>,
+    pub key_vault: Option<ServiceKeyVault>,
+    pub probes: Option<Probes>,
+    pub autoscaling: Option<Autoscaling>,
     pub dicom_cast: Option<DicomCast>,
 }
 
@@ -202,6 +269,18 @@ pub struct Images {
 pub struct KindDefaults {
     pub replicas: Option<i32>,
     pub resources: Option<Resources>,
+    /// FHIR and DICOM services only (the schema refuses it elsewhere).
+    pub autoscaling: Option<Autoscaling>,
+}
+
+/// A standby environment (DR): everything in place, workloads scaled to
+/// `replicas` and no autoscalers, until `enabled` is set to false.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Standby {
+    pub enabled: bool,
+    #[serde(default)]
+    pub replicas: i32,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
@@ -409,6 +488,92 @@ pub const DEFAULT_MAX_PRUNE_PERCENT: u8 = 25;
 pub const DEFAULT_NAMESPACE_TEMPLATE: &str = "{workspace}-{environment}";
 pub const DEFAULT_INGRESS_CONTROLLER_NAMESPACE: &str = "ingress-nginx";
 
+/// An Azure Key Vault the environment's workspaces read certificates and
+/// secrets from through the Secrets Store CSI driver (seed 001), rendered
+/// as one `SecretProviderClass` per workspace.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct KeyVault {
+    pub vault_name: String,
+    pub tenant_id: String,
+    /// The client id of the managed identity that reads the vault
+    /// (workload identity).
+    pub client_id: String,
+    /// A certificate object for every exposed service of a workspace
+    /// (one TLS Secret per workspace), unless a service names its own;
+    /// `{workspace}` and `{environment}` are replaced.
+    pub certificate: Option<String>,
+    /// Secrets every FHIR and DICOM service gets as environment variables.
+    #[serde(default)]
+    pub secrets: Vec<SecretRef>,
+}
+
+/// A Key Vault secret object, synced into the workspace's Secret under its
+/// object name and given to the service's container as `env`.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretRef {
+    pub object_name: String,
+    pub env: String,
+}
+
+/// What one FHIR or DICOM service reads from the environment's Key Vault
+/// besides what every service does: its own certificate (then its Ingress
+/// gets a TLS Secret of its own, for its host) and secrets.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceKeyVault {
+    /// A vault of the service's own for its certificate and secrets; the
+    /// environment's tenant and identity fill what it leaves out.
+    pub vault_name: Option<String>,
+    pub tenant_id: Option<String>,
+    pub client_id: Option<String>,
+    pub certificate: Option<String>,
+    #[serde(default)]
+    pub secrets: Vec<SecretRef>,
+}
+
+impl ServiceKeyVault {
+    /// Whether it reads anything (a certificate or a secret).
+    pub fn reads(&self) -> bool {
+        self.certificate.is_some() || !self.secrets.is_empty()
+    }
+
+    /// The vault of its own it reads from, when it names one and reads
+    /// something: its vault name, with its tenant and identity or the
+    /// environment's. None also when neither gives a tenant or identity
+    /// (validation refuses that).
+    pub fn own_vault(&self, env: Option<&KeyVault>) -> Option<KeyVault> {
+        let vault_name = self.vault_name.clone().filter(|_| self.reads())?;
+        Some(KeyVault {
+            vault_name,
+            tenant_id: self
+                .tenant_id
+                .clone()
+                .or_else(|| env.map(|k| k.tenant_id.clone()))?,
+            client_id: self
+                .client_id
+                .clone()
+                .or_else(|| env.map(|k| k.client_id.clone()))?,
+            certificate: None,
+            secrets: Vec::new(),
+        })
+    }
+}
+
+/// Environments where a FHIR service must declare `auth` unless the
+/// environment says otherwise (`spec.auth.required`).
+pub const AUTH_REQUIRED_IN: [&str; 3] = ["staging", "prod", "dr"];
+
+/// The environment's authentication policy.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct AuthPolicy {
+    /// Every FHIR service must declare `auth`. Default: true in
+    /// [`AUTH_REQUIRED_IN`], false elsewhere.
+    pub required: Option<bool>,
+}
+
 /// An environment's settings after merging its base chain.
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
@@ -424,6 +589,15 @@ pub struct Settings {
     pub sync_policy: SyncPolicy,
     #[serde(default)]
     pub ownership: Ownership,
+    pub key_vault: Option<KeyVault>,
+    #[serde(default)]
+    pub auth: AuthPolicy,
+    #[serde(default)]
+    pub probes: Probes,
+    /// The fewest replicas a FHIR or DICOM service or an IoT connector may
+    /// run with here (an autoscaler's minimum included), unless in standby.
+    pub replica_floor: Option<i32>,
+    pub standby: Option<Standby>,
 }
 
 /// One environment, resolved: settings merged over its base chain and the
@@ -446,7 +620,61 @@ pub struct Manifest {
     pub source: crate::declare::diag::Location,
 }
 
+/// How a FHIR or DICOM service scales in an environment.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Scale {
+    Fixed(i32),
+    /// A HorizontalPodAutoscaler owns the Deployment's replicas.
+    Auto(Autoscaling),
+}
+
+impl Scale {
+    /// The fewest replicas it runs with.
+    pub fn least(self) -> i32 {
+        match self {
+            Scale::Fixed(n) => n,
+            Scale::Auto(a) => a.min_replicas,
+        }
+    }
+}
+
 impl Environment {
+    /// How a service scales here: the standby's replicas in a standby,
+    /// else its own autoscaling or replicas over its kind's defaults (an
+    /// autoscaler over fixed replicas at the same level).
+    pub fn scale_of(
+        &self,
+        replicas: Option<i32>,
+        autoscaling: Option<Autoscaling>,
+        defaults: &KindDefaults,
+    ) -> Scale {
+        if let Some(n) = self.standby_replicas() {
+            return Scale::Fixed(n);
+        }
+        match (autoscaling, replicas, defaults.autoscaling) {
+            (Some(a), _, _) | (None, None, Some(a)) => Scale::Auto(a),
+            (None, Some(n), _) => Scale::Fixed(n),
+            (None, None, None) => Scale::Fixed(defaults.replicas.unwrap_or(1)),
+        }
+    }
+
+    /// The replicas every workload runs with while the environment is a
+    /// standby, if it is one.
+    pub fn standby_replicas(&self) -> Option<i32> {
+        self.settings
+            .standby
+            .filter(|s| s.enabled)
+            .map(|s| s.replicas)
+    }
+
+    /// Whether every FHIR service must declare `auth` here.
+    pub fn auth_required(&self) -> bool {
+        self.settings
+            .auth
+            .required
+            .unwrap_or(AUTH_REQUIRED_IN.contains(&self.name.as_str()))
+    }
+
     /// The namespace of a workspace in this environment.
     pub fn namespace_of(&self, workspace: &str) -> String {
         self.settings

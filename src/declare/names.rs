@@ -24,6 +24,26 @@ pub fn iot_destination(connector: &str, destination: &str) -> String {
 /// The workspace-wide IoT identity and settings (seed 004: one per workspace).
 pub const IOT_SHARED: &str = "iot-shared";
 pub const NETWORK_POLICY: &str = "workspace-ingress";
+/// The workspace's `SecretProviderClass`: what it reads from the
+/// environment's Key Vault.
+pub const SECRET_PROVIDER_CLASS: &str = "workspace-keyvault";
+/// The Secret the CSI driver syncs the workspace-wide certificate into.
+pub const WORKSPACE_TLS: &str = "workspace-tls";
+/// The Secret the CSI driver syncs the Key Vault secrets into (one key per
+/// secret object, named after it).
+pub const WORKSPACE_SECRETS: &str = "workspace-secrets";
+/// The `SecretProviderClass` of a service reading a vault of its own.
+pub fn service_key_vault(name: &str) -> String {
+    format!("{name}-keyvault")
+}
+/// The Secret the CSI driver syncs the secrets of a service's own vault into.
+pub fn service_secrets(name: &str) -> String {
+    format!("{name}-secrets")
+}
+/// The Secret the CSI driver syncs a service's own certificate into.
+pub fn tls(name: &str) -> String {
+    format!("{name}-tls")
+}
 /// `<service>.<fhir|dicom>.<workspace>.<domain>` (seed 001).
 pub fn host(service: &str, kind: &str, workspace: &str, domain: &str) -> String {
     format!("{service}.{kind}.{workspace}.{domain}")
@@ -49,7 +69,7 @@ pub fn check_label(name: &str) -> Result<(), String> {
     }
 }
 
-use crate::declare::model::{Environment, Workspace};
+use crate::declare::model::{Environment, Scale, Workspace};
 
 /// What in a workspace declares a rendered object (indexes into its lists).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -114,28 +134,70 @@ pub fn identities(env: &Environment, ws: &Workspace) -> Vec<(Identity, Origin)> 
         Origin::Workspace,
     );
     let settings = &env.settings;
+    if reads_key_vault(env, ws) {
+        add(
+            "secrets-store.csi.x-k8s.io",
+            "SecretProviderClass",
+            SECRET_PROVIDER_CLASS.to_string(),
+            Origin::Workspace,
+        );
+    }
     let exposed = |add: &mut dyn FnMut(&'static str, &'static str, String, Origin),
                    name: String,
-                   replicas: i32,
+                   scale: Scale,
                    origin: Origin| {
         add("", "ServiceAccount", name.clone(), origin);
         add("", "ConfigMap", config(&name), origin);
         add("apps", "Deployment", name.clone(), origin);
         add("", "Service", name.clone(), origin);
         add("networking.k8s.io", "Ingress", name.clone(), origin);
-        if replicas > 1 {
+        if let Scale::Auto(_) = scale {
+            add(
+                "autoscaling",
+                "HorizontalPodAutoscaler",
+                name.clone(),
+                origin,
+            );
+        }
+        if scale.least() > 1 {
             add("policy", "PodDisruptionBudget", name, origin);
         }
     };
+    let own_vault = |add: &mut dyn FnMut(&'static str, &'static str, String, Origin),
+                     name: &str,
+                     kv: Option<&crate::declare::model::ServiceKeyVault>,
+                     origin: Origin| {
+        if kv.is_some_and(|kv| kv.own_vault(settings.key_vault.as_ref()).is_some()) {
+            add(
+                "secrets-store.csi.x-k8s.io",
+                "SecretProviderClass",
+                service_key_vault(name),
+                origin,
+            );
+        }
+    };
     for (i, f) in ws.spec.fhir_services.iter().enumerate() {
-        let replicas = f.replicas.or(settings.defaults.fhir.replicas).unwrap_or(1);
-        exposed(&mut add, fhir(&f.name), replicas, Origin::Fhir(i));
+        let scale = env.scale_of(f.replicas, f.autoscaling, &settings.defaults.fhir);
+        own_vault(
+            &mut add,
+            &fhir(&f.name),
+            f.key_vault.as_ref(),
+            Origin::Fhir(i),
+        );
+        exposed(&mut add, fhir(&f.name), scale, Origin::Fhir(i));
     }
     for (i, d) in ws.spec.dicom_services.iter().enumerate() {
-        let replicas = d.replicas.or(settings.defaults.dicom.replicas).unwrap_or(1);
-        exposed(&mut add, dicom(&d.name), replicas, Origin::Dicom(i));
+        let scale = env.scale_of(d.replicas, d.autoscaling, &settings.defaults.dicom);
+        own_vault(
+            &mut add,
+            &dicom(&d.name),
+            d.key_vault.as_ref(),
+            Origin::Dicom(i),
+        );
+        exposed(&mut add, dicom(&d.name), scale, Origin::Dicom(i));
         if d.dicom_cast.is_some() {
             let cast = dicom_cast(&d.name);
+            add("", "ServiceAccount", cast.clone(), Origin::DicomCast(i));
             add("", "ConfigMap", config(&cast), Origin::DicomCast(i));
             add("apps", "Deployment", cast, Origin::DicomCast(i));
         }
@@ -150,6 +212,7 @@ pub fn identities(env: &Environment, ws: &Workspace) -> Vec<(Identity, Origin)> 
         add("", "ConfigMap", IOT_SHARED.to_string(), Origin::IotShared);
     }
     for (i, c) in ws.spec.iot_connectors.iter().enumerate() {
+        add("", "ServiceAccount", iot(&c.name), Origin::Iot(i));
         add("", "ConfigMap", iot(&c.name), Origin::Iot(i));
         add("apps", "Deployment", iot(&c.name), Origin::Iot(i));
         for (j, d) in c.fhir_destinations.iter().enumerate() {
@@ -159,4 +222,23 @@ pub fn identities(env: &Environment, ws: &Workspace) -> Vec<(Identity, Origin)> 
         }
     }
     out
+}
+
+/// Whether a workspace reads the environment's Key Vault: the environment
+/// declares one, the workspace exposes a service, and something (a
+/// certificate or a secret) is read. Then it gets a `SecretProviderClass`.
+pub fn reads_key_vault(env: &Environment, ws: &Workspace) -> bool {
+    let Some(kv) = &env.settings.key_vault else {
+        return false;
+    };
+    let spec = &ws.spec;
+    // What services read from the environment's vault (not one of their own).
+    let own = spec
+        .fhir_services
+        .iter()
+        .map(|f| f.key_vault.as_ref())
+        .chain(spec.dicom_services.iter().map(|d| d.key_vault.as_ref()))
+        .any(|k| k.is_some_and(|k| k.reads() && k.vault_name.is_none()));
+    let exposes = !spec.fhir_services.is_empty() || !spec.dicom_services.is_empty();
+    exposes && (kv.certificate.is_some() || !kv.secrets.is_empty() || own)
 }

@@ -93,7 +93,11 @@ pub fn validate(kind: SchemaKind, doc: &Node, files: &FileTable) -> Vec<Diagnost
                 for name in unexpected {
                     let pos = node.get_key(name).map_or(node.pos, |k| k.pos);
                     let mut message = format!("unknown field `{name}`");
-                    if let Some(best) = did_you_mean(name, &allowed) {
+                    if pointer.ends_with("/defaults/dicomCast") && name == "replicas" {
+                        message.push_str(
+                            ": a DICOM-cast always runs one replica (one poller of its DICOM service's change feed, seed 003); remove it",
+                        );
+                    } else if let Some(best) = did_you_mean(name, &allowed) {
                         message.push_str(&format!("; did you mean `{best}`?"));
                     } else if !allowed.is_empty() {
                         message.push_str(&format!("; expected one of {}", allowed.join(", ")));
@@ -191,11 +195,22 @@ fn describe(kind: &ValidationErrorKind, node: &Node, pointer: &str, fallback: &s
             "{} is not a valid name: use lowercase letters, digits and '-', starting and ending with a letter or digit (DNS-1123 label)",
             found()
         ),
+        ValidationErrorKind::Pattern { .. } if pointer.ends_with("/pollInterval") => format!(
+            "{} is not a duration over zero: a whole number of ms, s, m or h, such as 30s, 5m or 250ms",
+            found()
+        ),
         ValidationErrorKind::Pattern { pattern } => {
             format!("{} does not match the expected format `{pattern}`", found())
         }
         ValidationErrorKind::MaxLength { limit } => {
             format!("{} is longer than {limit} characters", found())
+        }
+        ValidationErrorKind::MaxItems { limit } if pointer.ends_with("/fhirDestinations") => {
+            let n = match &node.value {
+                crate::declare::yaml::Value::Seq(items) => items.len(),
+                _ => 0,
+            };
+            format!("an IoT connector has at most {limit} FHIR destinations (one Event Hub consumer group each), found {n}")
         }
         ValidationErrorKind::MaxItems { limit } => {
             let n = match &node.value {
@@ -208,6 +223,10 @@ fn describe(kind: &ValidationErrorKind, node: &Node, pointer: &str, fallback: &s
                 format!("at most {limit} items allowed, found {n}")
             }
         }
+        ValidationErrorKind::MinItems { limit } if pointer.ends_with("/template") => format!(
+            "an empty template maps nothing: give it at least {limit} template (a {} for each kind of measurement)",
+            if pointer.contains("fhirMapping") { "CodeValueFhir" } else { "JsonPathContent, CalculatedContent, IotJsonPathContent or IotCentralJsonPathContent" }
+        ),
         ValidationErrorKind::Minimum { limit } => {
             format!("{} is less than the minimum {limit}", found())
         }
@@ -364,7 +383,7 @@ mod tests {
     fn missing_required_fields_point_at_the_object() {
         let d = check(
             SchemaKind::Workspace,
-            "apiVersion: tenantsync.io/v1alpha1\nkind: Workspace\nmetadata:\n  name: a\nspec:\n  iotConnectors:\n    - name: c\n      deviceMapping: {content: {templateType: CollectionContent, template: []}}\n",
+            "apiVersion: tenantsync.io/v1alpha1\nkind: Workspace\nmetadata:\n  name: a\nspec:\n  iotConnectors:\n    - name: c\n      identity: {clientId: 6d3cae74-1b2f-4a3c-9da5-4e7a9f1b3d32}\n      deviceMapping: {content: {templateType: CollectionContent, template: [{templateType: JsonPathContent, template: {}}]}}\n",
         );
         assert_eq!(d.len(), 1, "{d:?}");
         assert_eq!(d[0].line, 7);
@@ -380,7 +399,7 @@ mod tests {
             "apiVersion: tenantsync.io/v1alpha1\nkind: Workspace\nmetadata:\n  name: a\nspec:\n  iotConnectors:\n",
         );
         for i in 0..11 {
-            text.push_str(&format!("    - name: c{i}\n      ingestionEndpointConfiguration: {{eventHubName: h, fullyQualifiedEventHubNamespace: myhubns.servicebus.windows.net}}\n      deviceMapping: {{content: {{templateType: CollectionContent, template: []}}}}\n"));
+            text.push_str(&format!("    - name: c{i}\n      identity: {{clientId: 6d3cae74-1b2f-4a3c-9da5-4e7a9f1b3d32}}\n      ingestionEndpointConfiguration: {{eventHubName: h, fullyQualifiedEventHubNamespace: myhubns.servicebus.windows.net}}\n      deviceMapping: {{content: {{templateType: CollectionContent, template: [{{templateType: JsonPathContent, template: {{}}}}]}}}}\n"));
         }
         let d = check(SchemaKind::Workspace, &text);
         assert_eq!(d.len(), 1, "{d:?}");

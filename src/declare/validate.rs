@@ -1445,6 +1445,156 @@ impl Repository {
         if usable.has("images") {
             self.check_images(&s.images, &fhir, &dicom, &iot, diags);
         }
+        self.check_scaling(env, usable, [&fhir, &dicom, &iot], diags);
+        if usable.has("auth") && env.auth_required() {
+            self.check_auth_declared(env, &fhir, diags);
+        }
+        if usable.has("keyVault") && s.key_vault.is_none() {
+            self.check_key_vault_declared(env, &fhir, &dicom, diags);
+        }
+    }
+
+    /// An autoscaler's bounds are in order, and no FHIR or DICOM service or
+    /// IoT connector runs fewer replicas than the environment's floor
+    /// (unless it is a standby, which runs its standby count).
+    fn check_scaling(
+        &self,
+        env: &Environment,
+        usable: Usable<'_>,
+        [fhir, dicom, iot]: [&[&Node]; 3],
+        diags: &mut Vec<Diagnostic>,
+    ) {
+        let int = |n: Option<&Node>| match n.map(|n| &n.value) {
+            Some(Value::Int(i)) => i32::try_from(*i).ok(),
+            _ => None,
+        };
+        let s = &env.settings;
+        let floor = s
+            .replica_floor
+            .filter(|_| {
+                usable.has("replicaFloor") && usable.has("defaults") && usable.has("standby")
+            })
+            .filter(|_| env.standby_replicas().is_none());
+        for (key, items, what, defaults) in [
+            ("fhirServices", fhir, "FHIR service", Some(&s.defaults.fhir)),
+            (
+                "dicomServices",
+                dicom,
+                "DICOM service",
+                Some(&s.defaults.dicom),
+            ),
+            ("iotConnectors", iot, "IoT connector", None),
+        ] {
+            for (i, node) in items.iter().enumerate() {
+                let name = node.get("name").and_then(Node::as_str).unwrap_or("?");
+                let auto = node.get("autoscaling");
+                let (min, max) = (
+                    int(auto.and_then(|a| a.get("minReplicas"))),
+                    int(auto.and_then(|a| a.get("maxReplicas"))),
+                );
+                if let (Some(auto), Some(min), Some(max)) = (auto, min, max)
+                    && min > max
+                {
+                    diags.push(self.files.diag(
+                        auto.pos,
+                        Some(format!("/spec/{key}/{i}/autoscaling")),
+                        format!("{what} `{name}` autoscales between minReplicas {min} and maxReplicas {max}: the minimum must not be over the maximum"),
+                    ));
+                }
+                let Some(floor) = floor else { continue };
+                let replicas = int(node.get("replicas"));
+                let least = match defaults {
+                    Some(d) => {
+                        let own =
+                            min.zip(max)
+                                .map(|(min_replicas, max_replicas)| model::Autoscaling {
+                                    min_replicas,
+                                    max_replicas,
+                                    target_cpu_utilization_percentage: 70,
+                                });
+                        env.scale_of(replicas, own, d).least()
+                    }
+                    None => replicas.or(s.defaults.iot_connector.replicas).unwrap_or(1),
+                };
+                if least < floor {
+                    let at = auto
+                        .or(node.get("replicas"))
+                        .or(node.get("name"))
+                        .map_or(node.pos, |n| n.pos);
+                    diags.push(self.files.diag(
+                        at,
+                        Some(format!("/spec/{key}/{i}")),
+                        format!(
+                            "{what} `{name}` runs {least} replica(s), under the environment's spec.replicaFloor of {floor}: raise its replicas (or autoscaling.minReplicas), or declare the environment a standby (spec.standby)"
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+
+    /// Where the environment requires authentication, every FHIR service
+    /// declares `auth` (else its Ingress publishes it without).
+    fn check_auth_declared(&self, env: &Environment, fhir: &[&Node], diags: &mut Vec<Diagnostic>) {
+        for (i, node) in fhir.iter().enumerate() {
+            if node.get("auth").is_some() {
+                continue;
+            }
+            let name = node.get("name");
+            let at = name.map_or(node.pos, |n| n.pos);
+            let name = name.and_then(Node::as_str).unwrap_or("?");
+            let why = if env.settings.auth.required.is_some() {
+                "its spec.auth.required is true"
+            } else {
+                "staging, prod and dr require it unless spec.auth.required is false"
+            };
+            diags.push(self.files.diag(
+                at,
+                Some(format!("/spec/fhirServices/{i}")),
+                format!(
+                    "FHIR service `{name}` declares no auth, which the environment requires ({why}): its Ingress would publish it without authentication; add auth (authority, audience)"
+                ),
+            ));
+        }
+    }
+
+    /// A service that reads the Key Vault needs the environment to declare
+    /// one (vault, tenant, identity).
+    fn check_key_vault_declared(
+        &self,
+        env: &Environment,
+        fhir: &[&Node],
+        dicom: &[&Node],
+        diags: &mut Vec<Diagnostic>,
+    ) {
+        for (key, items, what) in [
+            ("fhirServices", fhir, "FHIR service"),
+            ("dicomServices", dicom, "DICOM service"),
+        ] {
+            for (i, node) in items.iter().enumerate() {
+                let Some(kv) = node.get("keyVault") else {
+                    continue;
+                };
+                let missing: Vec<&str> = ["vaultName", "tenantId", "clientId"]
+                    .into_iter()
+                    .filter(|k| kv.get(k).is_none())
+                    .collect();
+                if missing.is_empty() {
+                    // A vault of its own, complete.
+                    continue;
+                }
+                let name = node.get("name").and_then(Node::as_str).unwrap_or("?");
+                diags.push(self.files.diag(
+                    kv.pos,
+                    Some(format!("/spec/{key}/{i}/keyVault")),
+                    format!(
+                        "{what} `{name}` reads from a Key Vault, but environment `{}` declares none and this keyVault gives no {}: add spec.keyVault (vaultName, tenantId, clientId) to its environment.yaml or a layer it builds on, or give them here",
+                        env.name,
+                        missing.join(", ")
+                    ),
+                ));
+            }
+        }
     }
 
     /// Every service, cast, connector and destination has an image: its

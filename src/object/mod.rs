@@ -18,7 +18,7 @@ use serde_json::value::RawValue;
 pub mod kinds;
 pub mod yaml_emit;
 
-pub use kinds::{MANAGED_KINDS, ManagedKind, kind_rank};
+pub use kinds::{CUSTOM_KINDS, CustomKind, MANAGED_KINDS, ManagedKind, kind_rank, not_served_hint};
 
 pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
 pub const MANAGER: &str = "tenantsync";

@@ -14,6 +14,7 @@ use serde_json::{Map, Value};
 use similar::TextDiff;
 
 use crate::object::Object;
+use crate::plan::conceal;
 use crate::plan::field_policy::{self, Heal, Ownership, Step, Takeover, Token};
 use crate::plan::{Action, Change, FieldAction, FieldChange, LiveVersion};
 
@@ -710,10 +711,17 @@ pub fn diff_object_with(
         heal: None,
         live: live.and_then(LiveVersion::of),
     };
+    let secret = conceal::is_secret(&desired.api_version, &desired.kind);
+    let shown = |mut v: Value| {
+        if secret {
+            conceal::conceal_body(&mut v);
+        }
+        v
+    };
     let Some(live) = live else {
         change.action = Action::Create;
         if diffs {
-            change.diff = unified("", &yaml(&desired.value()), &id);
+            change.diff = unified("", &yaml(&shown(desired.value())), &id);
         }
         return change;
     };
@@ -777,6 +785,9 @@ pub fn diff_object_with(
     let (taken_all, takeover) =
         hand_edits(desired, &body, live, manager, policy, &mut change.fields);
     heal.takeover = takeover;
+    if secret {
+        conceal::conceal_fields(&mut change.fields);
+    }
     if !notes.is_empty() {
         change.note = Some(notes.join("; "));
     }
@@ -794,7 +805,7 @@ pub fn diff_object_with(
             .unwrap_or_else(|| Value::Object(Map::new()));
         field_policy::merge_fields(&mut trie, &taken_all, 0);
         let view = project(live, Some(&body), Some(&trie));
-        change.diff = unified(&yaml(&view), &yaml(&body), &id);
+        change.diff = unified(&yaml(&shown(view)), &yaml(&shown(body)), &id);
     }
     change
 }

@@ -13,6 +13,7 @@
 //! knows the inventory or the cluster: the caller passes the keys an
 //! inventory records.
 
+pub mod conceal;
 pub mod contract;
 pub mod diff;
 pub mod field_policy;

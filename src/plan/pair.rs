@@ -144,7 +144,11 @@ impl<'a> Planner<'a> {
             let api_version = object::api_version_of(l).unwrap_or_default();
             let id = object::id(key);
             let diff = if self.diffs {
-                unified(&yaml(&strip_noise(l)), "", &id)
+                let mut shown = strip_noise(l);
+                if super::conceal::is_secret(api_version, kind) {
+                    super::conceal::conceal_body(&mut shown);
+                }
+                unified(&yaml(&shown), "", &id)
             } else {
                 String::new()
             };

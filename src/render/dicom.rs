@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use super::workload::{
     Ctx, Declared, Exposed, HTTP_PORT, Workload, config_map, deployment, exposed_service,
-    image_ref, service_url, timespan,
+    image_ref, service_account, service_url, timespan,
 };
 use crate::declare::model::DicomService;
 use crate::declare::names;
@@ -26,14 +26,17 @@ pub(super) fn render(cx: &mut Ctx<'_>, d: &DicomService) {
     let own = Declared {
         image: d.image.as_ref(),
         replicas: d.replicas,
+        autoscaling: d.autoscaling,
         resources: d.resources.as_ref(),
+        probes: d.probes,
         identity: d.identity.as_ref(),
+        key_vault: d.key_vault.as_ref(),
     };
     let (image, defaults) = (settings.images.dicom.as_ref(), &settings.defaults.dicom);
     let exposed = Exposed::of(
+        cx,
         ("dicom-server", "dicom"),
-        &d.name,
-        &name,
+        (&d.name, &name),
         own,
         image,
         defaults,
@@ -54,7 +57,21 @@ pub(super) fn render(cx: &mut Ctx<'_>, d: &DicomService) {
                 "DicomCastWorker__PollInterval".to_string(),
                 timespan(&cast.poll_interval),
             ),
+            // Table storage through the cast's identity (seed 003).
+            (
+                "TableStore__EndpointUri".to_string(),
+                cast.table_endpoint.clone(),
+            ),
         ]);
+        let mut data = data;
+        if let Some(id) = &cast.identity {
+            data.insert(
+                "TableStore__ManagedIdentityClientId".to_string(),
+                id.client_id.clone(),
+            );
+        }
+        let labels = cx.labels("dicom-cast", &cast_name, "cast");
+        service_account(cx, &cast_name, labels, cast.identity.as_ref());
         let hash = config_map(
             cx,
             &names::config(&cast_name),
@@ -70,17 +87,22 @@ pub(super) fn render(cx: &mut Ctx<'_>, d: &DicomService) {
                 app: "dicom-cast",
                 component: "cast",
                 image: image_ref(cast.image.as_ref(), settings.images.dicom_cast.as_ref()),
-                replicas: 1,
+                // One poller of the change feed (seed 003); none in standby.
+                replicas: Some(cx.replicas(1)),
+                probes: cx.probes(None),
                 resources: cast.resources.as_ref().or(settings
                     .defaults
                     .dicom_cast
                     .resources
                     .as_ref()),
-                service_account: None,
+                service_account: Some(cast_name.clone()),
                 env_from: Some(names::config(&cast_name)),
                 env: Vec::new(),
+                secret_env: Vec::new(),
+                key_vault: false,
+                own_key_vault: None,
                 mount: None,
-                identity: false,
+                identity: cast.identity.is_some(),
                 config_hash: hash,
             },
         );

@@ -50,14 +50,17 @@ pub(super) fn render(cx: &mut Ctx<'_>, f: &FhirService) {
     let own = Declared {
         image: f.image.as_ref(),
         replicas: f.replicas,
+        autoscaling: f.autoscaling,
         resources: f.resources.as_ref(),
+        probes: f.probes,
         identity: f.identity.as_ref(),
+        key_vault: f.key_vault.as_ref(),
     };
     let (image, defaults) = (settings.images.fhir.as_ref(), &settings.defaults.fhir);
     let exposed = Exposed::of(
+        cx,
         ("fhir-server", "fhir"),
-        &f.name,
-        &name,
+        (&f.name, &name),
         own,
         image,
         defaults,

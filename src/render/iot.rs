@@ -6,7 +6,9 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::ServiceAccount;
 
-use super::workload::{Ctx, Workload, config_map, deployment, image_ref, pretty, service_url};
+use super::workload::{
+    Ctx, Workload, config_map, deployment, image_ref, pretty, service_account, service_url,
+};
 use crate::declare::model::{FhirDestination, IotConnector, KindDefaults};
 use crate::declare::names;
 
@@ -26,6 +28,10 @@ pub(super) fn render(cx: &mut Ctx<'_>, connectors: &[IotConnector]) {
             "ingestion",
             BTreeMap::from([("devicecontent.json".to_string(), mapping)]),
         );
+        // One identity per connector (seed 004: its external managed
+        // identity, which the customer grants access to the Event Hub).
+        let labels = cx.labels("iot-connector", &name, "ingestion");
+        service_account(cx, &name, labels, c.identity.as_ref());
         let ingest = &c.ingestion_endpoint_configuration;
         let iot_defaults: &KindDefaults = &settings.defaults.iot_connector;
         deployment(
@@ -35,9 +41,10 @@ pub(super) fn render(cx: &mut Ctx<'_>, connectors: &[IotConnector]) {
                 app: "iot-connector",
                 component: "ingestion",
                 image: image_ref(c.image.as_ref(), settings.images.iot_connector.as_ref()),
-                replicas: c.replicas.or(iot_defaults.replicas).unwrap_or(1),
+                replicas: Some(cx.replicas(c.replicas.or(iot_defaults.replicas).unwrap_or(1))),
+                probes: cx.probes(None),
                 resources: c.resources.as_ref().or(iot_defaults.resources.as_ref()),
-                service_account: Some(names::IOT_SHARED.to_string()),
+                service_account: Some(name.clone()),
                 env_from: Some(names::IOT_SHARED.to_string()),
                 env: vec![
                     ("EventHub__Name".into(), ingest.event_hub_name.clone()),
@@ -61,6 +68,9 @@ pub(super) fn render(cx: &mut Ctx<'_>, connectors: &[IotConnector]) {
                         "/etc/tenantsync/mapping/devicecontent.json".into(),
                     ),
                 ],
+                secret_env: Vec::new(),
+                key_vault: false,
+                own_key_vault: None,
                 mount: Some((name.clone(), "/etc/tenantsync/mapping")),
                 identity: c.identity.is_some(),
                 config_hash: hash,
@@ -98,7 +108,8 @@ fn destination(cx: &mut Ctx<'_>, c: &IotConnector, dest: &FhirDestination, name:
             app: "iot-fhir-destination",
             component: "destination",
             image: image_ref(None, settings.images.iot_fhir_destination.as_ref()),
-            replicas: dest_defaults.replicas.unwrap_or(1),
+            replicas: Some(cx.replicas(dest_defaults.replicas.unwrap_or(1))),
+            probes: cx.probes(None),
             resources: dest.resources.as_ref().or(dest_defaults.resources.as_ref()),
             service_account: Some(names::IOT_SHARED.to_string()),
             env_from: Some(names::IOT_SHARED.to_string()),
@@ -121,6 +132,9 @@ fn destination(cx: &mut Ctx<'_>, c: &IotConnector, dest: &FhirDestination, name:
                     "/etc/tenantsync/mapping/fhirmapping.json".into(),
                 ),
             ],
+            secret_env: Vec::new(),
+            key_vault: false,
+            own_key_vault: None,
             mount: Some((dname.clone(), "/etc/tenantsync/mapping")),
             identity: false,
             config_hash: hash,

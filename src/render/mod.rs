@@ -19,6 +19,7 @@ use crate::object::{ENVIRONMENT_LABEL, MANAGED_BY, MANAGER, Names, Object, kind_
 mod dicom;
 mod fhir;
 mod iot;
+mod keyvault;
 mod workload;
 mod workspace;
 
@@ -172,9 +173,11 @@ fn render_workspace_with(
         out: Vec::new(),
         error: None,
         names: std::mem::take(names),
+        key_vault: crate::declare::names::reads_key_vault(env, ws),
     };
     workspace::namespace(&mut cx, ws);
     workspace::network_policy(&mut cx);
+    keyvault::render(&mut cx, ws);
     for f in &ws.spec.fhir_services {
         fhir::render(&mut cx, f);
     }
@@ -229,6 +232,9 @@ mod tests {
             auth: None,
             cors: None,
             identity: None,
+            key_vault: None,
+            probes: None,
+            autoscaling: None,
         }
     }
 
@@ -242,11 +248,16 @@ mod tests {
                     replicas: None,
                     resources: None,
                     identity: None,
+                    key_vault: None,
+                    probes: None,
+                    autoscaling: None,
                     dicom_cast: (i % 2 == 0).then(|| DicomCast {
                         fhir_service: "f0".into(),
                         poll_interval: "30s".into(),
                         image: None,
                         resources: None,
+                        table_endpoint: "https://castsstate.table.core.windows.net/".into(),
+                        identity: None,
                     }),
                 })
                 .collect();
@@ -508,6 +519,18 @@ mod tests {
         assert_eq!(timespan("1500ms"), "00:00:01.500");
     }
 
+    /// Regression (issue 17): `100h` rendered as `100:00:00`, which .NET's
+    /// TimeSpan does not parse; whole days go before a dot.
+    #[test]
+    fn timespan_of_a_day_or_more_puts_the_days_before_a_dot() {
+        assert_eq!(timespan("100h"), "4.04:00:00");
+        assert_eq!(timespan("24h"), "1.00:00:00");
+        assert_eq!(timespan("1440m"), "1.00:00:00");
+        assert_eq!(timespan("86401s"), "1.00:00:01");
+        assert_eq!(timespan("23h"), "23:00:00");
+        assert_eq!(timespan("999999999h"), "41666666.15:00:00");
+    }
+
     #[test]
     fn label_limits() {
         assert!(names::check_label(&"a".repeat(63)).is_ok());
@@ -517,5 +540,217 @@ mod tests {
                 .contains("63")
         );
         assert!(names::check_label("Upper").is_err());
+    }
+
+    fn find(objects: &[Object], kind: &str, name: &str) -> serde_json::Value {
+        objects
+            .iter()
+            .find(|o| &*o.kind == kind && &*o.name == name)
+            .unwrap_or_else(|| panic!("no {kind}/{name}"))
+            .value()
+    }
+
+    /// Seeds 003 and 004: each IoT connector and each DICOM-cast runs as a
+    /// ServiceAccount of its own carrying its identity's client id.
+    #[test]
+    fn each_connector_and_cast_runs_as_its_own_identity() {
+        let connectors: Vec<serde_json::Value> = ["a", "b"]
+            .iter()
+            .enumerate()
+            .map(|(i, n)| serde_json::json!({
+                "name": n,
+                "identity": {"clientId": format!("6d3cae74-1b2f-4a3c-9da5-4e7a9f1b3d3{i}")},
+                "ingestionEndpointConfiguration": {"eventHubName": "hub", "fullyQualifiedEventHubNamespace": "acmeingest.servicebus.windows.net"},
+                "deviceMapping": {"content": {"templateType": "CollectionContent", "template": []}}
+            }))
+            .collect();
+        let ws: Workspace = serde_json::from_value(serde_json::json!({
+            "apiVersion": model::API_VERSION, "kind": "Workspace",
+            "metadata": {"name": "acme"},
+            "spec": {
+                "fhirServices": [{"name": "main"}],
+                "dicomServices": [{"name": "pacs", "dicomCast": {
+                    "fhirService": "main",
+                    "tableEndpoint": "https://acmecast.table.core.windows.net/",
+                    "identity": {"clientId": "5c2b9d63-0a1e-4f2b-8c94-3d6f8e0a2c21"}
+                }}],
+                "iotConnectors": connectors
+            }
+        }))
+        .unwrap();
+        let env = env_of(vec![ws.clone()]);
+        let objects = render_workspace(&env, &ws).unwrap();
+        for (i, c) in ["iot-a", "iot-b"].iter().enumerate() {
+            let sa = find(&objects, "ServiceAccount", c);
+            assert_eq!(
+                sa["metadata"]["annotations"][WORKLOAD_IDENTITY_CLIENT_ID],
+                format!("6d3cae74-1b2f-4a3c-9da5-4e7a9f1b3d3{i}")
+            );
+            let pod = &find(&objects, "Deployment", c)["spec"]["template"];
+            assert_eq!(pod["spec"]["serviceAccountName"], *c);
+            assert_eq!(pod["metadata"]["labels"][WORKLOAD_IDENTITY_USE], "true");
+        }
+        let sa = find(&objects, "ServiceAccount", "dicomcast-pacs");
+        assert_eq!(
+            sa["metadata"]["annotations"][WORKLOAD_IDENTITY_CLIENT_ID],
+            "5c2b9d63-0a1e-4f2b-8c94-3d6f8e0a2c21"
+        );
+        let cast = &find(&objects, "Deployment", "dicomcast-pacs")["spec"]["template"];
+        assert_eq!(cast["spec"]["serviceAccountName"], "dicomcast-pacs");
+        assert_eq!(cast["metadata"]["labels"][WORKLOAD_IDENTITY_USE], "true");
+        let config = find(&objects, "ConfigMap", "dicomcast-pacs-config");
+        assert_eq!(
+            config["data"]["TableStore__EndpointUri"],
+            "https://acmecast.table.core.windows.net/"
+        );
+        assert_eq!(
+            config["data"]["TableStore__ManagedIdentityClientId"],
+            "5c2b9d63-0a1e-4f2b-8c94-3d6f8e0a2c21"
+        );
+        // What validation checks for collisions lists the same objects.
+        let mut rendered: Vec<String> = objects
+            .iter()
+            .map(|o| format!("{}/{}", o.kind, o.name))
+            .collect();
+        let mut listed: Vec<String> = crate::declare::names::identities(&env, &ws)
+            .into_iter()
+            .map(|(id, _)| format!("{}/{}", id.kind, id.name))
+            .collect();
+        rendered.sort();
+        listed.sort();
+        assert_eq!(rendered, listed);
+    }
+
+    /// `auth` is required by default where it matters most.
+    #[test]
+    fn auth_is_required_by_default_in_staging_prod_and_dr_only() {
+        let mut env = env_of(Vec::new());
+        for (name, required) in [
+            ("dev", false),
+            ("qa", false),
+            ("staging", true),
+            ("prod", true),
+            ("dr", true),
+        ] {
+            env.name = name.into();
+            assert_eq!(env.auth_required(), required, "{name}");
+        }
+        env.settings.auth.required = Some(false);
+        assert!(!env.auth_required());
+        env.name = "dev".into();
+        env.settings.auth.required = Some(true);
+        assert!(env.auth_required());
+    }
+
+    fn platform_workspace() -> Workspace {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": model::API_VERSION, "kind": "Workspace",
+            "metadata": {"name": "acme"},
+            "spec": {
+                "fhirServices": [
+                    {"name": "scaled", "autoscaling": {"minReplicas": 3, "maxReplicas": 9, "targetCPUUtilizationPercentage": 65}},
+                    {"name": "slow", "replicas": 2, "probes": {"liveness": {"initialDelaySeconds": 120}}}
+                ],
+                "dicomServices": [{"name": "pacs", "dicomCast": {
+                    "fhirService": "slow",
+                    "tableEndpoint": "https://acmecast.table.core.windows.net/",
+                    "identity": {"clientId": "5c2b9d63-0a1e-4f2b-8c94-3d6f8e0a2c21"}
+                }}]
+            }
+        }))
+        .unwrap()
+    }
+
+    fn probe(deploy: &serde_json::Value, which: &str) -> (i64, i64) {
+        let p = &deploy["spec"]["template"]["spec"]["containers"][0][which];
+        assert_eq!(p["httpGet"]["path"], "/health");
+        (
+            p["initialDelaySeconds"].as_i64().unwrap(),
+            p["periodSeconds"].as_i64().unwrap(),
+        )
+    }
+
+    /// Seed 002: probes 30/10 and 60/20 unless the environment or the
+    /// service says otherwise; an autoscaled service has an HPA and no
+    /// replicas on its Deployment; every pod is scraped by Prometheus.
+    #[test]
+    fn probes_autoscaling_and_scrape_annotations_follow_seed_002() {
+        let ws = platform_workspace();
+        let mut env = env_of(vec![ws.clone()]);
+        env.settings.probes.readiness.period_seconds = Some(5);
+        let objects = render_workspace(&env, &ws).unwrap();
+        let scaled = find(&objects, "Deployment", "fhir-scaled");
+        assert_eq!(probe(&scaled, "readinessProbe"), (30, 5));
+        assert_eq!(probe(&scaled, "livenessProbe"), (60, 20));
+        let slow = find(&objects, "Deployment", "fhir-slow");
+        assert_eq!(probe(&slow, "livenessProbe"), (120, 20));
+        let cast = find(&objects, "Deployment", "dicomcast-pacs");
+        assert_eq!(probe(&cast, "readinessProbe"), (30, 5));
+        // The autoscaler owns the replicas.
+        assert!(scaled["spec"].get("replicas").is_none(), "{scaled}");
+        assert_eq!(slow["spec"]["replicas"], 2);
+        let hpa = find(&objects, "HorizontalPodAutoscaler", "fhir-scaled");
+        assert_eq!(hpa["apiVersion"], "autoscaling/v2");
+        assert_eq!(hpa["spec"]["scaleTargetRef"]["name"], "fhir-scaled");
+        assert_eq!(hpa["spec"]["scaleTargetRef"]["kind"], "Deployment");
+        assert_eq!(hpa["spec"]["minReplicas"], 3);
+        assert_eq!(hpa["spec"]["maxReplicas"], 9);
+        assert_eq!(
+            hpa["spec"]["metrics"][0]["resource"]["target"]["averageUtilization"],
+            65
+        );
+        // Its minimum above one keeps a PodDisruptionBudget.
+        find(&objects, "PodDisruptionBudget", "fhir-scaled");
+        for d in objects.iter().filter(|o| &*o.kind == "Deployment") {
+            let annotations = &d.value()["spec"]["template"]["metadata"]["annotations"];
+            assert_eq!(annotations["prometheus.io/scrape"], "true", "{}", d.id());
+            assert_eq!(annotations["prometheus.io/port"], "8080", "{}", d.id());
+            assert_eq!(annotations["prometheus.io/path"], "/metrics", "{}", d.id());
+        }
+        let mut rendered: Vec<String> = objects
+            .iter()
+            .map(|o| format!("{}/{}", o.kind, o.name))
+            .collect();
+        let mut listed: Vec<String> = crate::declare::names::identities(&env, &ws)
+            .into_iter()
+            .map(|(id, _)| format!("{}/{}", id.kind, id.name))
+            .collect();
+        rendered.sort();
+        listed.sort();
+        assert_eq!(rendered, listed);
+    }
+
+    /// A standby keeps every object but runs its standby replicas, with no
+    /// autoscaler and no disruption budget; promoting it is one setting.
+    #[test]
+    fn a_standby_environment_runs_its_standby_replicas_until_promoted() {
+        let ws = platform_workspace();
+        let mut env = env_of(vec![ws.clone()]);
+        env.settings.standby = Some(model::Standby {
+            enabled: true,
+            replicas: 0,
+        });
+        let standby = render_workspace(&env, &ws).unwrap();
+        for d in standby.iter().filter(|o| &*o.kind == "Deployment") {
+            assert_eq!(d.value()["spec"]["replicas"], 0, "{}", d.id());
+        }
+        assert!(
+            standby
+                .iter()
+                .all(|o| !matches!(&*o.kind, "HorizontalPodAutoscaler" | "PodDisruptionBudget"))
+        );
+        for kind in ["Ingress", "Service", "ConfigMap", "ServiceAccount"] {
+            assert!(standby.iter().any(|o| &*o.kind == kind), "{kind}");
+        }
+        env.settings.standby = Some(model::Standby {
+            enabled: false,
+            replicas: 0,
+        });
+        let promoted = render_workspace(&env, &ws).unwrap();
+        assert_eq!(
+            find(&promoted, "Deployment", "fhir-slow")["spec"]["replicas"],
+            2
+        );
+        find(&promoted, "HorizontalPodAutoscaler", "fhir-scaled");
     }
 }

@@ -8,11 +8,16 @@ use k8s_openapi::Resource;
 use k8s_openapi::api::apps::v1::{
     Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
 };
+use k8s_openapi::api::autoscaling::v2::{
+    CrossVersionObjectReference, HorizontalPodAutoscaler, HorizontalPodAutoscalerSpec, MetricSpec,
+    MetricTarget, ResourceMetricSource,
+};
 use k8s_openapi::api::core::v1::{
-    Capabilities, ConfigMap, ConfigMapEnvSource, ConfigMapVolumeSource, Container, ContainerPort,
-    EmptyDirVolumeSource, EnvFromSource, EnvVar, HTTPGetAction, PodSecurityContext, PodSpec,
-    PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, SecurityContext, Service,
-    ServiceAccount, ServicePort, ServiceSpec, Volume, VolumeMount,
+    CSIVolumeSource, Capabilities, ConfigMap, ConfigMapEnvSource, ConfigMapVolumeSource, Container,
+    ContainerPort, EmptyDirVolumeSource, EnvFromSource, EnvVar, EnvVarSource, HTTPGetAction,
+    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile,
+    SecretKeySelector, SecurityContext, Service, ServiceAccount, ServicePort, ServiceSpec, Volume,
+    VolumeMount,
 };
 use k8s_openapi::api::networking::v1::{
     HTTPIngressPath, HTTPIngressRuleValue, Ingress, IngressBackend, IngressRule,
@@ -25,8 +30,8 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use super::RenderError;
-use crate::declare::model::{self, Environment, Image, KindDefaults, Resources};
+use super::{RenderError, keyvault};
+use crate::declare::model::{self, Environment, Image, KindDefaults, Probes, Resources, Scale};
 use crate::declare::names;
 use crate::object::{ENVIRONMENT_LABEL, MANAGED_BY, MANAGER, Names, Object, WORKSPACE_LABEL};
 
@@ -42,6 +47,9 @@ pub(super) struct Ctx<'a> {
     pub(super) out: Vec<Object>,
     pub(super) error: Option<RenderError>,
     pub(super) names: Names,
+    /// Whether the workspace reads the environment's Key Vault
+    /// (`names::reads_key_vault`).
+    pub(super) key_vault: bool,
 }
 
 impl Ctx<'_> {
@@ -106,18 +114,69 @@ impl Ctx<'_> {
     }
 }
 
+impl Ctx<'_> {
+    /// A workload's probes: its own over the environment's (seed 002's
+    /// timings fill the rest when the container is built).
+    pub(super) fn probes(&self, own: Option<Probes>) -> Probes {
+        own.unwrap_or_default().over(self.env.settings.probes)
+    }
+
+    /// A workload's replicas: the standby's in a standby environment.
+    pub(super) fn replicas(&self, normal: i32) -> i32 {
+        self.env.standby_replicas().unwrap_or(normal)
+    }
+
+    /// Adds an object of a kind k8s-openapi has no type for (a custom
+    /// resource), written as JSON.
+    pub(super) fn push_value(
+        &mut self,
+        api_version: &str,
+        kind: &str,
+        name: &str,
+        body: &serde_json::Value,
+    ) {
+        match serde_json::value::to_raw_value(body) {
+            Ok(raw) => {
+                let namespace = Some(self.names.get(&self.namespace));
+                self.out.push(Object::from_parts(
+                    self.names.get(api_version),
+                    self.names.get(kind),
+                    namespace,
+                    self.names.get(name),
+                    self.names.get(self.ws),
+                    raw,
+                ));
+            }
+            Err(e) => {
+                self.error.get_or_insert(RenderError {
+                    object: format!("{kind}/{name}"),
+                    message: e.to_string(),
+                });
+            }
+        }
+    }
+}
+
 /// Everything a workload needs, for one Deployment.
 pub(super) struct Workload<'a> {
     pub(super) name: String,
     pub(super) app: &'static str,
     pub(super) component: &'static str,
     pub(super) image: String,
-    pub(super) replicas: i32,
+    /// None: a HorizontalPodAutoscaler owns them.
+    pub(super) replicas: Option<i32>,
     pub(super) resources: Option<&'a Resources>,
+    pub(super) probes: Probes,
     pub(super) service_account: Option<String>,
     /// ConfigMap whose keys become environment variables.
     pub(super) env_from: Option<String>,
     pub(super) env: Vec<(String, String)>,
+    /// (variable, Secret, key) read from Secrets the CSI driver syncs.
+    pub(super) secret_env: Vec<(String, String, String)>,
+    /// Mount the workspace's Key Vault (CSI) volume.
+    pub(super) key_vault: bool,
+    /// Mount the class of the service's own vault.
+    pub(super) own_key_vault: Option<String>,
     /// ConfigMap mounted read-only at a path.
     pub(super) mount: Option<(String, &'static str)>,
     pub(super) identity: bool,
@@ -134,26 +193,31 @@ pub(super) struct Exposed<'a> {
     /// The rendered object name.
     pub(super) name: &'a str,
     pub(super) image: String,
-    pub(super) replicas: i32,
+    pub(super) scale: Scale,
     pub(super) resources: Option<&'a Resources>,
+    pub(super) probes: Probes,
     pub(super) identity: Option<&'a model::Identity>,
+    pub(super) key_vault: Option<&'a model::ServiceKeyVault>,
 }
 
 /// What a FHIR or DICOM service declares of its workload.
 pub(super) struct Declared<'a> {
     pub(super) image: Option<&'a Image>,
     pub(super) replicas: Option<i32>,
+    pub(super) autoscaling: Option<model::Autoscaling>,
     pub(super) resources: Option<&'a Resources>,
+    pub(super) probes: Option<Probes>,
     pub(super) identity: Option<&'a model::Identity>,
+    pub(super) key_vault: Option<&'a model::ServiceKeyVault>,
 }
 
 impl<'a> Exposed<'a> {
     /// Service `short` (rendered as `name`) of `app`, its own settings over
     /// the environment's image and defaults for its kind.
     pub(super) fn of(
+        cx: &Ctx<'_>,
         (app, host_kind): (&'static str, &'static str),
-        short: &'a str,
-        name: &'a str,
+        (short, name): (&'a str, &'a str),
         own: Declared<'a>,
         default_image: Option<&Image>,
         defaults: &'a KindDefaults,
@@ -164,9 +228,11 @@ impl<'a> Exposed<'a> {
             short,
             name,
             image: image_ref(own.image, default_image),
-            replicas: own.replicas.or(defaults.replicas).unwrap_or(1),
+            scale: cx.env.scale_of(own.replicas, own.autoscaling, defaults),
             resources: own.resources.or(defaults.resources.as_ref()),
+            probes: cx.probes(own.probes),
             identity: own.identity,
+            key_vault: own.key_vault,
         }
     }
 }
@@ -180,26 +246,15 @@ pub(super) fn exposed_service(cx: &mut Ctx<'_>, e: Exposed<'_>, data: BTreeMap<S
         short,
         name,
         image,
-        replicas,
+        scale,
         resources,
+        probes,
         identity,
+        key_vault,
     } = e;
+    let secrets = super::keyvault::of_service(cx, name, key_vault);
     let labels = cx.labels(app, name, "api");
-    let mut sa_meta = cx.meta(name, labels.clone());
-    if let Some(id) = identity {
-        sa_meta.annotations = Some(BTreeMap::from([(
-            WORKLOAD_IDENTITY_CLIENT_ID.to_string(),
-            id.client_id.clone(),
-        )]));
-    }
-    cx.push(
-        &ServiceAccount {
-            metadata: sa_meta,
-            ..ServiceAccount::default()
-        },
-        true,
-        name,
-    );
+    service_account(cx, name, labels.clone(), identity);
     let config_hash = config_map(cx, &names::config(name), app, name, "api", data);
     deployment(
         cx,
@@ -208,11 +263,18 @@ pub(super) fn exposed_service(cx: &mut Ctx<'_>, e: Exposed<'_>, data: BTreeMap<S
             app,
             component: "api",
             image,
-            replicas,
+            replicas: match scale {
+                Scale::Fixed(n) => Some(n),
+                Scale::Auto(_) => None,
+            },
             resources,
+            probes,
             service_account: Some(name.to_string()),
             env_from: Some(names::config(name)),
             env: Vec::new(),
+            secret_env: secrets.env,
+            key_vault: secrets.mount,
+            own_key_vault: secrets.own_class,
             mount: None,
             identity: identity.is_some(),
             config_hash,
@@ -238,9 +300,18 @@ pub(super) fn exposed_service(cx: &mut Ctx<'_>, e: Exposed<'_>, data: BTreeMap<S
     };
     cx.push(&svc, true, name);
 
-    ingress(cx, name, labels.clone(), short, host_kind);
+    ingress(
+        cx,
+        name,
+        labels.clone(),
+        (short, host_kind),
+        secrets.tls_secret,
+    );
 
-    if replicas > 1 {
+    if let Scale::Auto(a) = scale {
+        autoscaler(cx, name, labels.clone(), a);
+    }
+    if scale.least() > 1 {
         let pdb = PodDisruptionBudget {
             metadata: cx.meta(name, labels),
             spec: Some(PodDisruptionBudgetSpec {
@@ -257,14 +328,51 @@ pub(super) fn exposed_service(cx: &mut Ctx<'_>, e: Exposed<'_>, data: BTreeMap<S
     }
 }
 
+/// The HorizontalPodAutoscaler of a service: CPU utilisation between the
+/// declared bounds (the Deployment then declares no replicas).
+fn autoscaler(
+    cx: &mut Ctx<'_>,
+    name: &str,
+    labels: BTreeMap<String, String>,
+    a: model::Autoscaling,
+) {
+    let hpa = HorizontalPodAutoscaler {
+        metadata: cx.meta(name, labels),
+        spec: Some(HorizontalPodAutoscalerSpec {
+            scale_target_ref: CrossVersionObjectReference {
+                api_version: Some("apps/v1".into()),
+                kind: "Deployment".into(),
+                name: name.to_string(),
+            },
+            min_replicas: Some(a.min_replicas),
+            max_replicas: a.max_replicas,
+            metrics: Some(vec![MetricSpec {
+                type_: "Resource".into(),
+                resource: Some(ResourceMetricSource {
+                    name: "cpu".into(),
+                    target: MetricTarget {
+                        type_: "Utilization".into(),
+                        average_utilization: Some(a.target_cpu_utilization_percentage),
+                        ..MetricTarget::default()
+                    },
+                }),
+                ..MetricSpec::default()
+            }]),
+            ..HorizontalPodAutoscalerSpec::default()
+        }),
+        ..HorizontalPodAutoscaler::default()
+    };
+    cx.push(&hpa, true, name);
+}
+
 /// The Ingress of an exposed service: `<service>.<fhir|dicom>.<workspace>.<domain>`,
 /// with TLS.
 fn ingress(
     cx: &mut Ctx<'_>,
     name: &str,
     labels: BTreeMap<String, String>,
-    short: &str,
-    host_kind: &str,
+    (short, host_kind): (&str, &str),
+    tls_secret: Option<String>,
 ) {
     let ingress_settings = &cx.env.settings.ingress;
     let host = names::host(
@@ -298,13 +406,38 @@ fn ingress(
             }]),
             tls: Some(vec![IngressTLS {
                 hosts: Some(vec![host]),
-                secret_name: ingress_settings.tls_secret_name.clone(),
+                secret_name: tls_secret,
             }]),
             ..IngressSpec::default()
         }),
         ..Ingress::default()
     };
     cx.push(&ingress, true, name);
+}
+
+/// A workload's own ServiceAccount, with the client id of its Azure
+/// workload identity when it has one.
+pub(super) fn service_account(
+    cx: &mut Ctx<'_>,
+    name: &str,
+    labels: BTreeMap<String, String>,
+    identity: Option<&model::Identity>,
+) {
+    let mut meta = cx.meta(name, labels);
+    if let Some(id) = identity {
+        meta.annotations = Some(BTreeMap::from([(
+            WORKLOAD_IDENTITY_CLIENT_ID.to_string(),
+            id.client_id.clone(),
+        )]));
+    }
+    cx.push(
+        &ServiceAccount {
+            metadata: meta,
+            ..ServiceAccount::default()
+        },
+        true,
+        name,
+    );
 }
 
 /// Adds a ConfigMap; returns the hash of its data, which goes into the pod
@@ -346,7 +479,7 @@ pub(super) fn deployment(cx: &mut Ctx<'_>, mut w: Workload<'_>) {
     let deploy = Deployment {
         metadata: cx.meta(&w.name, labels),
         spec: Some(DeploymentSpec {
-            replicas: Some(w.replicas),
+            replicas: w.replicas,
             selector: LabelSelector {
                 match_labels: Some(selector),
                 ..LabelSelector::default()
@@ -361,10 +494,13 @@ pub(super) fn deployment(cx: &mut Ctx<'_>, mut w: Workload<'_>) {
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {
                     labels: Some(pod_labels),
-                    annotations: Some(BTreeMap::from([(
-                        CONFIG_HASH_ANNOTATION.to_string(),
-                        w.config_hash,
-                    )])),
+                    annotations: Some(BTreeMap::from([
+                        (CONFIG_HASH_ANNOTATION.to_string(), w.config_hash),
+                        // Seed 002: Prometheus scrapes every workload.
+                        ("prometheus.io/scrape".to_string(), "true".to_string()),
+                        ("prometheus.io/port".to_string(), HTTP_PORT.to_string()),
+                        ("prometheus.io/path".to_string(), "/metrics".to_string()),
+                    ])),
                     ..ObjectMeta::default()
                 }),
                 spec: Some(PodSpec {
@@ -393,14 +529,14 @@ pub(super) fn deployment(cx: &mut Ctx<'_>, mut w: Workload<'_>) {
 /// /tmp on a read-only root file system, the mounted mapping) and the
 /// pod's volumes.
 fn container(w: &mut Workload<'_>) -> (Container, Vec<Volume>) {
-    let probe = |initial: i32, period: i32| Probe {
+    let probe = |t: model::ProbeTiming, (initial, period): (i32, i32)| Probe {
         http_get: Some(HTTPGetAction {
             path: Some("/health".into()),
             port: IntOrString::String("http".into()),
             ..HTTPGetAction::default()
         }),
-        initial_delay_seconds: Some(initial),
-        period_seconds: Some(period),
+        initial_delay_seconds: Some(t.initial_delay_seconds.unwrap_or(initial)),
+        period_seconds: Some(t.period_seconds.unwrap_or(period)),
         ..Probe::default()
     };
     let mut mounts = vec![VolumeMount {
@@ -413,6 +549,42 @@ fn container(w: &mut Workload<'_>) -> (Container, Vec<Volume>) {
         empty_dir: Some(EmptyDirVolumeSource::default()),
         ..Volume::default()
     }];
+    let classes = w
+        .key_vault
+        .then(|| {
+            (
+                keyvault::VOLUME,
+                keyvault::MOUNT_PATH,
+                names::SECRET_PROVIDER_CLASS.to_string(),
+            )
+        })
+        .into_iter()
+        .chain(
+            w.own_key_vault
+                .take()
+                .map(|class| (keyvault::OWN_VOLUME, keyvault::OWN_MOUNT_PATH, class)),
+        );
+    for (volume, path, class) in classes {
+        mounts.push(VolumeMount {
+            name: volume.into(),
+            mount_path: path.into(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        });
+        volumes.push(Volume {
+            name: volume.into(),
+            csi: Some(CSIVolumeSource {
+                driver: keyvault::CSI_DRIVER.into(),
+                read_only: Some(true),
+                volume_attributes: Some(BTreeMap::from([(
+                    "secretProviderClass".to_string(),
+                    class,
+                )])),
+                ..CSIVolumeSource::default()
+            }),
+            ..Volume::default()
+        });
+    }
     if let Some((cm, path)) = &w.mount {
         mounts.push(VolumeMount {
             name: "mapping".into(),
@@ -447,19 +619,34 @@ fn container(w: &mut Workload<'_>) -> (Container, Vec<Volume>) {
                 ..EnvFromSource::default()
             }]
         }),
-        env: (!w.env.is_empty()).then(|| {
-            std::mem::take(&mut w.env)
+        env: (!w.env.is_empty() || !w.secret_env.is_empty()).then(|| {
+            let plain = std::mem::take(&mut w.env)
                 .into_iter()
                 .map(|(name, value)| EnvVar {
                     name,
                     value: Some(value),
                     ..EnvVar::default()
-                })
-                .collect()
+                });
+            let secret =
+                std::mem::take(&mut w.secret_env)
+                    .into_iter()
+                    .map(|(name, secret, key)| EnvVar {
+                        name,
+                        value_from: Some(EnvVarSource {
+                            secret_key_ref: Some(SecretKeySelector {
+                                name: secret,
+                                key,
+                                ..SecretKeySelector::default()
+                            }),
+                            ..EnvVarSource::default()
+                        }),
+                        ..EnvVar::default()
+                    });
+            plain.chain(secret).collect()
         }),
         resources: w.resources.map(resource_requirements),
-        readiness_probe: Some(probe(5, 10)),
-        liveness_probe: Some(probe(30, 20)),
+        readiness_probe: Some(probe(w.probes.readiness, model::READINESS_PROBE)),
+        liveness_probe: Some(probe(w.probes.liveness, model::LIVENESS_PROBE)),
         volume_mounts: Some(mounts),
         security_context: Some(SecurityContext {
             allow_privilege_escalation: Some(false),
@@ -518,8 +705,9 @@ pub(super) fn resource_requirements(r: &Resources) -> ResourceRequirements {
     }
 }
 
-/// `30s` / `5m` / `1h` / `250ms` as a .NET TimeSpan (`00:00:30`), which the
-/// DICOM-cast worker reads (seed 003: DicomCastWorker.PollInterval).
+/// `30s` / `5m` / `1h` / `250ms` as a .NET TimeSpan (`00:00:30`,
+/// `d.hh:mm:ss` from a day on), which the DICOM-cast worker reads (seed 003:
+/// DicomCastWorker.PollInterval). The schema allows 1 to 999,999,999 units.
 pub(super) fn timespan(duration: &str) -> String {
     let digits: String = duration.chars().take_while(char::is_ascii_digit).collect();
     let unit = &duration[digits.len()..];
@@ -530,12 +718,20 @@ pub(super) fn timespan(duration: &str) -> String {
         "h" => (n.saturating_mul(3600), 0),
         _ => (n, 0),
     };
-    let base = format!(
+    // .NET's TimeSpan format: hours run 0-23, whole days go before a dot
+    // (`100h` is `4.04:00:00`; `100:00:00` would not parse).
+    let days = secs / 86_400;
+    let clock = format!(
         "{:02}:{:02}:{:02}",
-        secs / 3600,
+        (secs / 3600) % 24,
         (secs / 60) % 60,
         secs % 60
     );
+    let base = if days > 0 {
+        format!("{days}.{clock}")
+    } else {
+        clock
+    };
     if millis > 0 {
         format!("{base}.{millis:03}")
     } else {

@@ -119,7 +119,7 @@ impl ControlPlane {
 /// cannot start; every later call panics with the same message.
 pub fn control_plane() -> &'static ControlPlane {
     static CONTROL_PLANE: OnceLock<Result<ControlPlane, String>> = OnceLock::new();
-    match CONTROL_PLANE.get_or_init(start_or_reuse) {
+    match CONTROL_PLANE.get_or_init(|| start_or_reuse().and_then(install_crds)) {
         Ok(control_plane) => control_plane,
         Err(reason) => panic!("the test control plane is not available: {reason}"),
     }
@@ -139,13 +139,71 @@ fn start_or_reuse() -> Result<ControlPlane, String> {
     start()
 }
 
+/// The CustomResourceDefinitions of the custom resources tenantsync
+/// renders (`deploy/crds/`), as a cluster with their drivers has them.
+pub const CRDS: &[(&str, &str)] = &[(
+    "deploy/crds/secretproviderclasses.yaml",
+    "secretproviderclasses.secrets-store.csi.x-k8s.io",
+)];
+
+/// Installs [`CRDS`] and waits until the API server serves them.
+fn install_crds(cp: ControlPlane) -> Result<ControlPlane, String> {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for (file, name) in CRDS {
+        let path = repo.join(file).to_string_lossy().into_owned();
+        let crd = format!("crd/{name}");
+        for args in [
+            vec!["apply", "--server-side", "-f", &path],
+            vec![
+                "wait",
+                "--for",
+                "condition=Established",
+                "--timeout",
+                "60s",
+                &crd,
+            ],
+        ] {
+            let out = cp
+                .kubectl()
+                .args(&args)
+                .output()
+                .map_err(|e| format!("cannot run kubectl: {e}"))?;
+            if !out.status.success() {
+                return Err(format!(
+                    "kubectl {} failed: {}",
+                    args.join(" "),
+                    String::from_utf8_lossy(&out.stderr)
+                ));
+            }
+        }
+    }
+    Ok(cp)
+}
+
 /// Runs `scripts/control-plane up` with a state directory of its own and this
 /// process as the owner, so concurrent test runs never share or leak one.
 fn start() -> Result<ControlPlane, String> {
+    start_in(
+        Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("control-plane-{}", std::process::id())),
+    )
+}
+
+/// A second control plane of this run, without the CRDs [`control_plane`]
+/// installs: for a test that needs a cluster lacking them (a cluster
+/// shared with parallel tests cannot lose a CRD). Stopped when the test
+/// process exits, like the first.
+pub fn bare_control_plane(name: &str) -> ControlPlane {
+    start_in(
+        Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("control-plane-{}-{name}", std::process::id())),
+    )
+    .unwrap_or_else(|e| panic!("the bare control plane did not start: {e}"))
+}
+
+fn start_in(state_dir: PathBuf) -> Result<ControlPlane, String> {
     let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
     let script = repo.join("scripts/control-plane");
-    let state_dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("control-plane-{}", std::process::id()));
     let started = Instant::now();
     let mut child = Command::new(&script)
         .arg("up")

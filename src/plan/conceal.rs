@@ -1,0 +1,134 @@
+//! Secret values never appear in a plan, a diff or a drift report: every
+//! value under a `Secret`'s `data` or `stringData` is shown as a digest of
+//! its bytes (`sha256:` and the first 16 hex digits, the same for a value
+//! written in `data`, base64-encoded, and in `stringData`), so a change is
+//! still seen as one without the value being shown.
+
+use base64::Engine;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use crate::plan::FieldChange;
+
+/// The fields of a Secret that hold its values.
+const VALUE_FIELDS: [&str; 2] = ["data", "stringData"];
+
+/// Whether objects of this kind hold secret values.
+pub fn is_secret(api_version: &str, kind: &str) -> bool {
+    kind == "Secret" && api_version == "v1"
+}
+
+/// The digest shown in place of a secret value.
+pub fn digest(bytes: &[u8]) -> String {
+    let hash = Sha256::digest(bytes);
+    let hex: String = hash.iter().take(8).map(|b| format!("{b:02x}")).collect();
+    format!("sha256:{hex}")
+}
+
+/// One value of `data` (base64) or `stringData` (text) as its digest.
+fn conceal_value(field: &str, value: &mut Value) {
+    match value {
+        Value::String(text) => {
+            let bytes = if field == "data" {
+                base64::engine::general_purpose::STANDARD
+                    .decode(text.as_bytes())
+                    .unwrap_or_else(|_| text.as_bytes().to_vec())
+            } else {
+                text.as_bytes().to_vec()
+            };
+            *value = Value::String(digest(&bytes));
+        }
+        Value::Object(map) => map.values_mut().for_each(|v| conceal_value(field, v)),
+        Value::Array(items) => items.iter_mut().for_each(|v| conceal_value(field, v)),
+        Value::Null => {}
+        other => *other = Value::String(digest(other.to_string().as_bytes())),
+    }
+}
+
+/// A Secret's body with its values as digests.
+pub fn conceal_body(body: &mut Value) {
+    if let Some(map) = body.as_object_mut() {
+        for field in VALUE_FIELDS {
+            if let Some(v) = map.get_mut(field) {
+                conceal_value(field, v);
+            }
+        }
+    }
+}
+
+/// A Secret's field changes with their values as digests.
+pub fn conceal_fields(fields: &mut [FieldChange]) {
+    for f in fields {
+        let Some(field) = VALUE_FIELDS.into_iter().find(|v| {
+            f.path == *v
+                || f.path.starts_with(&format!("{v}."))
+                || f.path.starts_with(&format!("{v}["))
+        }) else {
+            continue;
+        };
+        for v in [&mut f.live, &mut f.desired].into_iter().flatten() {
+            conceal_value(field, v);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::FieldAction;
+    use serde_json::json;
+
+    #[test]
+    fn data_and_string_data_show_the_same_digest_for_the_same_value_and_never_the_value() {
+        let mut body = json!({
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": "db"},
+            "data": {"password": "aHVudGVyMg=="},
+            "stringData": {"password": "hunter2"},
+            "type": "Opaque"
+        });
+        conceal_body(&mut body);
+        let text = body.to_string();
+        assert!(
+            !text.contains("hunter2") && !text.contains("aHVudGVyMg=="),
+            "{text}"
+        );
+        assert_eq!(body["data"]["password"], body["stringData"]["password"]);
+        assert_eq!(body["data"]["password"], digest(b"hunter2"));
+        assert_eq!(body["type"], "Opaque");
+        assert_eq!(body["metadata"]["name"], "db");
+    }
+
+    #[test]
+    fn field_changes_under_data_show_digests_and_others_are_left() {
+        let change = |path: &str, live: Value, desired: Value| FieldChange {
+            path: path.into(),
+            action: FieldAction::Change,
+            live: Some(live),
+            desired: Some(desired),
+            manager: None,
+            since: None,
+        };
+        let mut fields = vec![
+            change(
+                "data.password",
+                json!("aHVudGVyMg=="),
+                json!("c3dvcmRmaXNo"),
+            ),
+            change(
+                "stringData",
+                json!({"token": "s3cr3t"}),
+                json!({"token": "0ther"}),
+            ),
+            change("metadata.labels.team", json!("a"), json!("b")),
+        ];
+        conceal_fields(&mut fields);
+        let text = serde_json::to_string(&fields).unwrap();
+        for value in ["aHVudGVyMg==", "c3dvcmRmaXNo", "s3cr3t", "0ther"] {
+            assert!(!text.contains(value), "{value} in {text}");
+        }
+        assert_eq!(fields[0].live, Some(json!(digest(b"hunter2"))));
+        assert_ne!(fields[0].live, fields[0].desired);
+        assert_eq!(fields[2].desired, Some(json!("b")));
+    }
+}
