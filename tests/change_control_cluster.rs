@@ -338,6 +338,28 @@ async fn a_manual_environment_holds_a_revision_until_approved_and_refuses_a_stal
         s["approval"]["by"], "admin",
         "without --by, the API user: {s}"
     );
+
+    // 6. Review: a commit that turns the environment to auto (and changes
+    //    something) was applied at once, approving itself. It waits as the
+    //    policy it replaces says.
+    repo.write(
+        "environment.yaml",
+        &manual_environment(&env, "").replace("mode: manual", "mode: auto"),
+    );
+    repo.write("workspaces/alpha.yaml", &workspace("alpha", 2));
+    let third = commit(&repo, "auto, and alpha with two replicas");
+    push(port, &third).await;
+    wait_for(
+        "the self-approving revision to wait",
+        Duration::from_secs(30),
+        async || {
+            status(port, &env)
+                .await
+                .is_some_and(|s| s["pendingRevision"] == third.as_str())
+        },
+    )
+    .await;
+    assert_eq!(replicas(&ns).await, Some(3), "applied without approval");
     let log_text = std::fs::read_to_string(&log).unwrap_or_default();
     assert!(!log_text.contains("panicked"), "{log_text}");
 }

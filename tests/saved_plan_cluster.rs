@@ -420,3 +420,28 @@ async fn preconditions_refuse_a_write_to_an_object_changed_since_the_plan() {
             .expect("delete")
     );
 }
+
+/// Review: flags given at sync time changed what an approved plan does
+/// (--force-recreate turned an update into a delete and create,
+/// --prune-foreign deleted what a namespace holds besides the plan's
+/// objects); they are refused with --plan before anything is read.
+#[test]
+fn flags_that_would_change_a_saved_plan_are_refused_with_it() {
+    for flag in [
+        "--force-recreate",
+        "--prune-foreign",
+        "--force-conflicts",
+        "--skip-invalid",
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_tenantsync"))
+            .args(["sync", "--env", "prod", "--plan", "plan.json", flag])
+            .output()
+            .expect("run");
+        assert_eq!(out.status.code(), Some(2), "{flag}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(&format!("'--plan <FILE>' cannot be used with '{flag}")),
+            "{err}"
+        );
+    }
+}

@@ -245,6 +245,18 @@ async fn an_unsigned_commit_under_a_signed_merge_is_refused_with_all_since() {
         "{}",
         stderr(&out)
     );
+    // Review: `all-since` the commit read itself checked nothing (an empty
+    // walk); the commit read is always checked.
+    let unsigned_tip = commit(repo.path(), "unsigned tip", None);
+    let out = verified(&repo, "plan", &signers, &["all-since", "HEAD"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!(
+            "commit {unsigned_tip} is not trusted: it is not signed"
+        )),
+        "{}",
+        stderr(&out)
+    );
 }
 
 /// The daemon with `--verify-signatures`: a pushed unsigned commit changes
@@ -524,4 +536,34 @@ impl Drop for AgentGuard {
             .args(["--kill", "gpg-agent"])
             .output();
     }
+}
+
+/// Review: `run --allowed-signers` without `--verify-signatures` (or keys in
+/// the configuration without `verifySignatures`) started and verified
+/// nothing; it is refused, saying what to set.
+#[test]
+fn run_refuses_trusted_keys_that_would_verify_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let signers = dir.path().join("allowed_signers");
+    std::fs::write(&signers, "").expect("write");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tenantsync"))
+        .args([
+            "run",
+            "--repo",
+            "https://example.invalid/tenants.git",
+            "--env",
+            "prod",
+        ])
+        .arg("--allowed-signers")
+        .arg(&signers)
+        .arg("--kubeconfig")
+        .arg(dir.path().join("no-kubeconfig"))
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("but signatures are not verified: set --verify-signatures"),
+        "{}",
+        stderr(&out)
+    );
 }

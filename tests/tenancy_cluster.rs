@@ -953,3 +953,115 @@ async fn two_environments_rendering_one_namespace_leave_each_other_alone_and_val
         namespace_before.metadata.resource_version
     );
 }
+
+/// Review of issue 16: the shipped admission policy refused the daemon's
+/// write of a manual environment's pending revision (`approval-<env>`), so
+/// nothing could be approved in a standard install; allowing that write
+/// must not let the daemon's token approve. It may publish a pending
+/// revision, never write an approval.
+#[tokio::test]
+async fn admission_policy_lets_the_daemon_publish_a_pending_revision_but_never_approve() {
+    deployed();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let kubeconfig = service_account_kubeconfig("tenantsync", dir.path());
+    let name = format!(
+        "approval-{}",
+        crate::support::unique_name("policy-approval")
+            .chars()
+            .take(40)
+            .collect::<String>()
+            .trim_end_matches('-')
+    );
+    let file = |data: &str| {
+        let path = dir.path().join(format!("{}.yaml", data.len()));
+        std::fs::write(
+            &path,
+            format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\n  namespace: {SYSTEM}\ndata:\n{data}"),
+        )
+        .expect("write");
+        path.display().to_string()
+    };
+    const APPROVES: &str = "never approves one";
+    let pending = "  pendingRevision: 0123456789abcdef0123456789abcdef01234567\n";
+    let out = kubectl_as(
+        &kubeconfig,
+        &[
+            "apply",
+            "--server-side",
+            "--field-manager=tenantsync",
+            "-f",
+            &file(pending),
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    // Asked as a server-side dry run (admission runs, nothing is stored),
+    // until the policy just applied is in force.
+    let approving = file(&format!(
+        "{pending}  approvedRevision: 0123456789abcdef0123456789abcdef01234567\n"
+    ));
+    let approve = || {
+        kubectl_as(
+            &kubeconfig,
+            &[
+                "apply",
+                "--server-side",
+                "--dry-run=server",
+                "--field-manager=tenantsync",
+                "-f",
+                &approving,
+            ],
+        )
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut out = approve();
+    while out.status.success() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        out = approve();
+    }
+    refused_by_policy("the daemon approving", &out, APPROVES);
+    // An approval recorded by someone else stays as it is under the
+    // daemon's next write of the pending revision.
+    kubectl(&[
+        "-n",
+        SYSTEM,
+        "patch",
+        "configmap",
+        &name,
+        "--type=merge",
+        "-p",
+        r#"{"data":{"approvedRevision":"0123456789abcdef0123456789abcdef01234567","approvedBy":"Dana"}}"#,
+    ]);
+    let out = kubectl_as(
+        &kubeconfig,
+        &[
+            "-n",
+            SYSTEM,
+            "patch",
+            "configmap",
+            &name,
+            "--type=merge",
+            "-p",
+            r#"{"data":{"pendingPlan":"1 to update"}}"#,
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    refused_by_policy(
+        "the daemon changing an approval",
+        &kubectl_as(
+            &kubeconfig,
+            &[
+                "-n",
+                SYSTEM,
+                "patch",
+                "configmap",
+                &name,
+                "--dry-run=server",
+                "--type=merge",
+                "-p",
+                r#"{"data":{"approvedBy":"mallory"}}"#,
+            ],
+        ),
+        APPROVES,
+    );
+    kubectl(&["-n", SYSTEM, "delete", "configmap", &name]);
+}

@@ -362,8 +362,14 @@ pub struct SyncArgs {
     /// Apply exactly this saved plan (`plan --out FILE`) and nothing else:
     /// its revision is read again and must render the planned objects, and
     /// if any object changed in the cluster since, nothing is applied (exit 1).
-    /// Its workspaces, --adopt and deletes are the plan's.
-    #[arg(long, value_name = "FILE", conflicts_with = "skip_invalid")]
+    /// Its workspaces, --adopt and deletes are the plan's; flags that would
+    /// change what it does (--force-recreate, --prune-foreign,
+    /// --force-conflicts, --skip-invalid) are refused with it.
+    #[arg(
+        long,
+        value_name = "FILE",
+        conflicts_with_all = ["skip_invalid", "force_recreate", "prune_foreign", "force_conflicts"]
+    )]
     pub plan: Option<PathBuf>,
     /// Delete inventoried objects that are no longer declared (also on with the
     /// environment's syncPolicy.prune).

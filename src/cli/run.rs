@@ -203,8 +203,8 @@ fn env_trust(
                     (file_ssh, file_pgp)
                 },
             ),
-            None => (
-                target
+            None => {
+                let mode = target
                     .and_then(|t| t.verify_signatures.as_deref())
                     .map(|m| {
                         if m == "all-since" {
@@ -212,9 +212,21 @@ fn env_trust(
                         } else {
                             VerifyMode::Tip
                         }
-                    }),
-                (file_ssh, file_pgp),
-            ),
+                    });
+                let files = if file_ssh.is_some() || file_pgp.is_some() {
+                    (file_ssh, file_pgp)
+                } else {
+                    (args.allowed_signers.clone(), args.trusted_keys.clone())
+                };
+                // Keys given and nothing verified would look safe and not
+                // be: refused.
+                if mode.is_none() && (files.0.is_some() || files.1.is_some()) {
+                    anyhow::bail!(
+                        "environment {env}: trusted keys are given (--allowed-signers, --trusted-keys or the configuration's allowedSigners/trustedKeys) but signatures are not verified: set --verify-signatures, or verifySignatures (tip or all-since) for the environment in the configuration"
+                    );
+                }
+                (mode, files)
+            }
         };
         let Some(mode) = mode else { continue };
         if !crate::source::git::is_remote_url(repo) && branch.is_none() {

@@ -325,10 +325,35 @@ impl Reconciler {
     /// Whether the revision may be applied: in a `manual` environment only
     /// once approved (the approval ConfigMap names exactly this revision),
     /// and only while its sync windows let it through.
+    /// Whether `state` needs an approval, and what the sync windows say,
+    /// by the stricter of its own policy and the last applied revision's: a
+    /// commit cannot lift its own approval or freeze (a revision turning
+    /// `manual` into `auto`, or deleting a deny window, waits as the
+    /// policy it replaces says).
+    fn strictest(&self, state: &Desired) -> (bool, windows::Verdict) {
+        let now = jiff::Timestamp::now();
+        let policy = &state.state.sync_policy;
+        let applied = self
+            .held
+            .applied
+            .as_ref()
+            .filter(|a| a.revision() != state.revision())
+            .map(|a| &a.state.sync_policy);
+        let manual =
+            policy.mode == SyncMode::Manual || applied.is_some_and(|p| p.mode == SyncMode::Manual);
+        let window = match windows::verdict(&policy.windows, now) {
+            windows::Verdict::Open => applied
+                .map(|p| windows::verdict(&p.windows, now))
+                .unwrap_or(windows::Verdict::Open),
+            closed => closed,
+        };
+        (manual, window)
+    }
+
     async fn gate(&mut self, state: &Desired) -> Result<Gate, ReconcileError> {
         let policy = &state.state.sync_policy;
         let mode = policy.mode;
-        let manual = mode == SyncMode::Manual;
+        let (manual, window) = self.strictest(state);
         let record = match (manual, self.cluster.as_ref()) {
             (true, Some(c)) => c
                 .read_approval(&self.env)
@@ -337,10 +362,15 @@ impl Reconciler {
                 .unwrap_or_default(),
             _ => Default::default(),
         };
-        let window = windows::verdict(&policy.windows, jiff::Timestamp::now());
+        let windowed = !policy.windows.is_empty()
+            || self
+                .held
+                .applied
+                .as_ref()
+                .is_some_and(|a| !a.state.sync_policy.windows.is_empty());
         let gate = Gate {
             manual,
-            windowed: !policy.windows.is_empty(),
+            windowed,
             approval: record.approval_of(state.revision()).cloned(),
             heal: window.is_open() || policy.self_heal_outside_windows(),
             window,
@@ -372,11 +402,11 @@ impl Reconciler {
         ) else {
             return false;
         };
-        let policy = &state.state.sync_policy;
-        if !windows::verdict(&policy.windows, jiff::Timestamp::now()).is_open() {
+        let (manual, window) = self.strictest(state);
+        if !window.is_open() {
             return false;
         }
-        if policy.mode != SyncMode::Manual {
+        if !manual {
             return true;
         }
         c.read_approval(&self.env)

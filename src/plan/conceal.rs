@@ -45,6 +45,10 @@ fn conceal_value(field: &str, value: &mut Value) {
     }
 }
 
+/// The annotation `kubectl apply` leaves: the whole object as applied,
+/// a Secret's values in plain text among it.
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
 /// A Secret's body with its values as digests.
 pub fn conceal_body(body: &mut Value) {
     if let Some(map) = body.as_object_mut() {
@@ -54,10 +58,37 @@ pub fn conceal_body(body: &mut Value) {
             }
         }
     }
+    conceal_last_applied(body.get_mut("metadata"), "metadata");
+}
+
+/// Conceals `kubectl apply`'s copy of the object within `value`, the value
+/// of the field at `path` (`metadata`, `metadata.annotations`, or the
+/// annotation itself).
+fn conceal_last_applied(value: Option<&mut Value>, path: &str) {
+    let Some(value) = value else { return };
+    let target = match path {
+        "metadata" => value
+            .get_mut("annotations")
+            .and_then(|a| a.get_mut(LAST_APPLIED)),
+        "metadata.annotations" => value.get_mut(LAST_APPLIED),
+        _ if path.contains(LAST_APPLIED) => Some(value),
+        _ => None,
+    };
+    if let Some(v) = target {
+        conceal_value("stringData", v);
+    }
 }
 
 /// A Secret's field changes with their values as digests.
 pub fn conceal_fields(fields: &mut [FieldChange]) {
+    for f in fields.iter_mut() {
+        if f.path == "metadata" || f.path.starts_with("metadata.annotations") {
+            let path = f.path.clone();
+            for v in [&mut f.live, &mut f.desired] {
+                conceal_last_applied(v.as_mut(), &path);
+            }
+        }
+    }
     for f in fields {
         let Some(field) = VALUE_FIELDS.into_iter().find(|v| {
             f.path == *v
@@ -77,6 +108,46 @@ mod tests {
     use super::*;
     use crate::plan::FieldAction;
     use serde_json::json;
+
+    /// Review: a Secret edited with `kubectl apply` carries its values in
+    /// plain text in the last-applied-configuration annotation, which a
+    /// plan showed as a hand edit (and a prune's diff kept).
+    #[test]
+    fn kubectl_s_last_applied_copy_of_a_secret_is_concealed_too() {
+        let copy = r#"{"apiVersion":"v1","kind":"Secret","stringData":{"password":"hunter2"}}"#;
+        let mut body = json!({
+            "metadata": {"name": "db", "annotations": {LAST_APPLIED: copy}},
+        });
+        conceal_body(&mut body);
+        assert!(!body.to_string().contains("hunter2"), "{body}");
+        for (path, value) in [
+            (format!("metadata.annotations.{LAST_APPLIED}"), json!(copy)),
+            (
+                "metadata.annotations".to_string(),
+                json!({LAST_APPLIED: copy}),
+            ),
+            (
+                "metadata".to_string(),
+                json!({"annotations": {LAST_APPLIED: copy}}),
+            ),
+        ] {
+            let mut fields = vec![FieldChange {
+                path: path.clone(),
+                action: FieldAction::Remove,
+                live: Some(value),
+                desired: None,
+                manager: None,
+                since: None,
+            }];
+            conceal_fields(&mut fields);
+            assert!(
+                !serde_json::to_string(&fields[0].live)
+                    .unwrap()
+                    .contains("hunter2"),
+                "{path}"
+            );
+        }
+    }
 
     #[test]
     fn data_and_string_data_show_the_same_digest_for_the_same_value_and_never_the_value() {

@@ -386,6 +386,11 @@ impl Trust {
         match verify {
             Verify::Tip => Ok(self.verify_commit(repo, tip)?),
             Verify::AllSince(since) => {
+                // The commit read is checked whatever the base: with the
+                // base at the tip itself, the walk below is empty (a
+                // pipeline reusing `all-since origin/main` after the merge
+                // checked nothing).
+                self.verify_commit(repo, tip)?;
                 let since_cause = |cause: String| VerifyError::Since {
                     since: since.clone(),
                     cause,
