@@ -1167,7 +1167,14 @@ async fn last_applied_from_inventory(
     let (options, env) = (options.clone(), env.to_string());
     let state = tokio::task::spawn_blocking(move || {
         let auth = source::auth_from_env().ok()?;
-        let (tree, _) = source::read(&options.repo, Some(&revision), &auth).ok()?;
+        // The recorded revision is only re-applied when it is trusted as a
+        // new one would be (a CLI sync without --verify-signatures, or a
+        // hand-written inventory, may have recorded any commit).
+        let trust = options
+            .trust
+            .get(&env)
+            .map(|t| (&*t.keys, &source::trust::Verify::Tip));
+        let (tree, _) = source::read_trusted(&options.repo, Some(&revision), &auth, trust).ok()?;
         let intake = Intake::strict(&options.operator);
         let state = pipeline::desired(tree, &env, Some(revision), &intake).ok()?;
         Some(Desired::new(state, &options))

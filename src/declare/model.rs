@@ -378,6 +378,31 @@ impl SyncWindow {
                 ),
             )
         })?;
+        let fields = self.schedule.split_whitespace().count();
+        if fields != 5 {
+            return Err((
+                "schedule",
+                format!(
+                    "`{}` has {fields} fields: a schedule has five, minute hour day-of-month month day-of-week, e.g. `0 0 * * 1` for Mondays at 00:00",
+                    self.schedule
+                ),
+            ));
+        }
+        // A schedule that never fires (30 February) would hold an allow
+        // window's environment for ever: refused. Searched from a fixed
+        // date, so validation does not depend on the clock.
+        let from = jiff::Timestamp::from_second(1_767_225_600)
+            .map(|t| t.to_zoned(jiff::tz::TimeZone::UTC))
+            .map_err(|e| ("schedule", e.to_string()))?;
+        if schedule.find_next_occurrence(&from, false).is_err() {
+            return Err((
+                "schedule",
+                format!(
+                    "`{}` never fires (no such date): a window must open at some time",
+                    self.schedule
+                ),
+            ));
+        }
         let duration = jiff::SignedDuration::from_str(&self.duration)
             .ok()
             .filter(|d| d.is_positive())

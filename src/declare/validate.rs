@@ -2327,4 +2327,34 @@ spec:
         );
         assert!(report.diagnostics[0].message.contains("`Mars/Olympus`"));
     }
+
+    /// Review of issue 16: an allow window on 30 February validated and
+    /// never opened (the environment never synced), and six-field schedules
+    /// passed though five are documented.
+    #[test]
+    fn a_window_that_never_opens_or_has_six_fields_is_refused() {
+        for (schedule, says) in [
+            ("0 0 30 2 *", "never fires"),
+            ("0 0 0 * * 1", "has 6 fields"),
+        ] {
+            let window = model::SyncWindow {
+                kind: model::WindowKind::Allow,
+                schedule: schedule.into(),
+                duration: "3h".into(),
+                time_zone: None,
+            };
+            match window.checked() {
+                Err(("schedule", why)) => assert!(why.contains(says), "{why}"),
+                other => panic!("{schedule}: {:?}", other.map(|_| ())),
+            }
+        }
+        // 29 February fires, every four years.
+        let leap = model::SyncWindow {
+            kind: model::WindowKind::Allow,
+            schedule: "0 0 29 2 *".into(),
+            duration: "3h".into(),
+            time_zone: Some("Europe/Berlin".into()),
+        };
+        assert!(leap.checked().is_ok());
+    }
 }
