@@ -3,9 +3,10 @@
 
 use std::collections::BTreeMap;
 
+use super::context::Ctx;
 use super::workload::{
-    Ctx, Declared, Exposed, HTTP_PORT, Workload, config_map, deployment, exposed_service,
-    image_ref, service_account, service_url, timespan,
+    Declared, Exposed, HTTP_PORT, Workload, config_map, deployment, exposed_service, image_ref,
+    service_account, service_url, timespan,
 };
 use crate::declare::model::DicomService;
 use crate::declare::names;

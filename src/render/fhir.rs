@@ -3,7 +3,8 @@
 
 use std::collections::BTreeMap;
 
-use super::workload::{Ctx, Declared, Exposed, HTTP_PORT, exposed_service};
+use super::context::Ctx;
+use super::workload::{Declared, Exposed, HTTP_PORT, exposed_service};
 use crate::declare::model::FhirService;
 use crate::declare::names;
 

@@ -6,8 +6,9 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::ServiceAccount;
 
+use super::context::Ctx;
 use super::workload::{
-    Ctx, Workload, config_map, deployment, image_ref, pretty, service_account, service_url,
+    Workload, config_map, deployment, image_ref, pretty, service_account, service_url,
 };
 use crate::declare::model::{FhirDestination, IotConnector, KindDefaults};
 use crate::declare::names;

@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::{Value, json};
 
-use super::workload::Ctx;
+use super::context::Ctx;
 use crate::declare::model::{KeyVault, ServiceKeyVault, Workspace};
 use crate::declare::names;
 

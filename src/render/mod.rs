@@ -16,6 +16,7 @@ use std::fmt;
 use crate::declare::model::{Environment, Workspace};
 use crate::object::{ENVIRONMENT_LABEL, MANAGED_BY, MANAGER, Names, Object, kind_rank};
 
+mod context;
 mod dicom;
 mod fhir;
 mod iot;
@@ -166,7 +167,7 @@ fn render_workspace_with(
     ws: &Workspace,
     names: &mut Names,
 ) -> Result<Vec<Object>, RenderError> {
-    let mut cx = workload::Ctx {
+    let mut cx = context::Ctx {
         env,
         ws: &ws.metadata.name,
         namespace: env.namespace_of(&ws.metadata.name),

@@ -9,7 +9,7 @@ use k8s_openapi::api::networking::v1::{
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 
-use super::workload::Ctx;
+use super::context::Ctx;
 use crate::declare::model::{DEFAULT_INGRESS_CONTROLLER_NAMESPACE, Workspace};
 use crate::declare::names;
 
