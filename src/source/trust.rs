@@ -316,7 +316,8 @@ impl Trust {
         };
         for trusted in &self.pgp {
             let primary = &trusted.key.primary_key;
-            let mut candidates: Vec<(String, Result<(), String>)> = Vec::new();
+            // (fingerprint, the signature's check, the key revoked)
+            let mut candidates: Vec<(String, Result<(), String>, bool)> = Vec::new();
             if named(
                 hex_upper(primary.legacy_key_id().as_ref()),
                 format!("{:X}", primary.fingerprint()),
@@ -324,6 +325,7 @@ impl Trust {
                 candidates.push((
                     format!("{:X}", primary.fingerprint()),
                     sig.verify(primary, signed).map_err(|e| e.to_string()),
+                    false,
                 ));
             }
             for sub in &trusted.key.public_subkeys {
@@ -331,22 +333,29 @@ impl Trust {
                     hex_upper(sub.key.legacy_key_id().as_ref()),
                     format!("{:X}", sub.key.fingerprint()),
                 ) {
+                    // A subkey revoked on its own (its primary key still
+                    // good) signs nothing any more.
+                    let revoked = sub
+                        .signatures
+                        .iter()
+                        .any(|s| s.typ() == Some(pgp::packet::SignatureType::SubkeyRevocation));
                     candidates.push((
                         format!("{:X}", sub.key.fingerprint()),
                         sig.verify(&sub.key, signed).map_err(|e| e.to_string()),
+                        revoked,
                     ));
                 }
             }
-            let Some((fingerprint, result)) = candidates
+            let Some((fingerprint, result, subkey_revoked)) = candidates
                 .iter()
-                .find(|(_, r)| r.is_ok())
+                .find(|(_, r, _)| r.is_ok())
                 .or(candidates.first())
             else {
                 continue;
             };
             let key = Some(fingerprint.clone());
             return match result {
-                Ok(()) if trusted.revoked => {
+                Ok(()) if trusted.revoked || *subkey_revoked => {
                     Err(untrusted(key, "it is signed by a revoked key".into()))
                 }
                 Ok(()) => Ok(()),
