@@ -1332,6 +1332,7 @@ async fn sync_with_heartbeat(
         &live.undeclared,
         sync_options,
         Some(state.revision().to_string()),
+        &state.state.workspace_revisions,
         |_| {},
     );
     let report = tokio::select! {
