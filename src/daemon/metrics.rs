@@ -28,12 +28,20 @@ pub struct Metrics {
     reconcile_errors: Family<Labels, Counter>,
     last_successful_reconcile: Family<Labels, Gauge>,
     pending: Family<Labels, Gauge>,
+    rollbacks: Family<Labels, Counter>,
     /// Workspaces with a drift series, per environment.
     drift_workspaces: Mutex<std::collections::BTreeMap<String, Vec<String>>>,
 }
 
 /// The values of the `status` label of `tenantsync_sync_status`.
-pub const STATUSES: [&str; 5] = ["Unknown", "Synced", "OutOfSync", "Syncing", "Failed"];
+pub const STATUSES: [&str; 6] = [
+    "Unknown",
+    "Synced",
+    "OutOfSync",
+    "Syncing",
+    "Failed",
+    "RolledBack",
+];
 
 fn env_label(env: &str) -> Labels {
     vec![("environment".to_string(), env.to_string())]
@@ -65,6 +73,7 @@ impl Metrics {
             reconcile_errors: Family::default(),
             last_successful_reconcile: Family::default(),
             pending: Family::default(),
+            rollbacks: Family::default(),
             drift_workspaces: Mutex::new(std::collections::BTreeMap::new()),
         };
         registry.register(
@@ -109,7 +118,7 @@ impl Metrics {
         );
         registry.register(
             "sync_status",
-            "1 for an environment's current sync status (Unknown, Synced, OutOfSync, Syncing, Failed), 0 for the others",
+            "1 for an environment's current sync status (Unknown, Synced, OutOfSync, Syncing, Failed, RolledBack), 0 for the others",
             m.sync_status.clone(),
         );
         registry.register(
@@ -127,6 +136,11 @@ impl Metrics {
             "1 while a new revision of a manual environment waits for `tenantsync approve` (or for a sync window), else 0",
             m.pending.clone(),
         );
+        registry.register(
+            "rollbacks",
+            "Revisions whose failed health rolled workspaces back to their last healthy revision (syncPolicy.rollback)",
+            m.rollbacks.clone(),
+        );
         if let Ok(mut r) = m.registry.lock() {
             *r = registry;
         }
@@ -141,6 +155,7 @@ impl Metrics {
         let _ = self.pruned.get_or_create(&l);
         let _ = self.failed.get_or_create(&l);
         let _ = self.fetch_failures.get_or_create(&l);
+        let _ = self.rollbacks.get_or_create(&l);
         self.set_status(env, "Unknown");
         self.set_pending(env, false);
     }
@@ -208,6 +223,10 @@ impl Metrics {
         self.reconcile_duration
             .get_or_create(&env_label(env))
             .observe(took.as_secs_f64());
+    }
+
+    pub fn rolled_back(&self, env: &str) {
+        self.rollbacks.get_or_create(&env_label(env)).inc();
     }
 
     pub fn git_fetch_failed(&self, env: &str) {
