@@ -471,6 +471,99 @@ async fn the_approver_role_is_the_approval_right_for_its_environment_only() {
 
 /// RBAC changes take a moment to reach the authorizer's cache: retries
 /// `run` for a few seconds until it succeeds.
+/// Known gap of issue 16 closed: the approver's user name was written by
+/// `tenantsync approve` itself, so anyone allowed to approve could record an
+/// approval in someone else's name with a plain `kubectl patch`. deploy/'s
+/// admission policy now makes the API server check it.
+#[tokio::test]
+async fn an_approval_in_someone_elses_name_is_refused_by_the_admission_policy() {
+    use crate::deploy_cluster::{deployed, kubectl, service_account_kubeconfig, tenantsync};
+    deployed();
+    let env = crate::support::unique_name("impostor")
+        .chars()
+        .take(28)
+        .collect::<String>()
+        .trim_end_matches('-')
+        .to_string();
+    let sha = "0123456789abcdef0123456789abcdef01234567";
+    let name = tenantsync::sync::approval::name_of(&env);
+    kubectl(&[
+        "-n",
+        "tenantsync-system",
+        "create",
+        "configmap",
+        &name,
+        &format!("--from-literal=pendingRevision={sha}"),
+    ]);
+    let account = format!("approver-{}", &env[3..]);
+    kubectl(&[
+        "-n",
+        "tenantsync-system",
+        "create",
+        "serviceaccount",
+        &account,
+    ]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let kubeconfig = service_account_kubeconfig(&account, dir.path());
+    let role = dir.path().join("role.yaml");
+    std::fs::write(&role, approver_role(&env, &account)).expect("write");
+    kubectl(&["apply", "--server-side", "-f", role.to_str().expect("path")]);
+
+    // The approver, allowed to patch the ConfigMap, tries to approve as
+    // "admin" (asked as a server-side dry run until the policy is in force).
+    let impersonate = || {
+        let mut kubectl = control_plane().kubectl();
+        kubectl
+            .env("KUBECONFIG", &kubeconfig)
+            .args(["-n", "tenantsync-system", "patch", "configmap", &name])
+            .args(["--dry-run=server", "--type=merge", "-p"])
+            .arg(format!(
+                r#"{{"data":{{"approvedRevision":"{sha}","approvedUser":"admin","approvedBy":"admin"}}}}"#
+            ));
+        kubectl.output().expect("kubectl")
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut out = impersonate();
+    while out.status.success() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        out = impersonate();
+    }
+    let said = stderr(&out);
+    assert!(
+        !out.status.success(),
+        "an approval as someone else was accepted"
+    );
+    assert!(
+        said.contains("tenantsync-approvals")
+            && said.contains(&format!(
+                "approvedUser must be system:serviceaccount:tenantsync-system:{account}"
+            )),
+        "{said}"
+    );
+    assert!(!approval_data(&env).await.contains_key("approvedRevision"));
+
+    // `tenantsync approve` records the approver as the API server knows
+    // them, with --by as a comment beside it: accepted.
+    let approved = wait_for_output(|| {
+        tenantsync(&kubeconfig)
+            .args(["approve", "--env", &env, "--revision", sha, "--by", "admin"])
+            .output()
+            .expect("tenantsync approve")
+    })
+    .await;
+    assert_eq!(approved.status.code(), Some(0), "{}", stderr(&approved));
+    let record = approval_data(&env).await;
+    assert_eq!(
+        record.get("approvedRevision").map(String::as_str),
+        Some(sha)
+    );
+    assert_eq!(
+        record.get("approvedUser").cloned(),
+        Some(format!("system:serviceaccount:tenantsync-system:{account}"))
+    );
+    assert_eq!(record.get("approvedBy").map(String::as_str), Some("admin"));
+}
+
 async fn wait_for_output(run: impl Fn() -> Output) -> Output {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
