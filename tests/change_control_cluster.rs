@@ -844,3 +844,76 @@ async fn a_cli_sync_in_a_closed_window_is_refused_unless_ignore_windows_which_is
         list.items
     );
 }
+
+/// Known gap of issue 16 closed: a daemon that took over (a restart, a new
+/// leader) published the same pending revision again with a new
+/// `pendingSince`, which moved the ConfigMap's resourceVersion under an
+/// approval being made against it (`tenantsync approve` got a conflict).
+/// The same pending revision is left as published; a new one is written.
+#[tokio::test]
+async fn publishing_the_same_pending_revision_again_changes_nothing() {
+    let cluster = tenantsync::cluster::Cluster::connect(&tenantsync::cluster::ClusterOptions {
+        kubeconfig: Some(control_plane().kubeconfig().to_path_buf()),
+        context: Some(User::Admin.context().to_string()),
+    })
+    .await
+    .expect("connect");
+    let env = crate::support::unique_name("republish")
+        .chars()
+        .take(28)
+        .collect::<String>()
+        .trim_end_matches('-')
+        .to_string();
+    let first = "0123456789abcdef0123456789abcdef01234567";
+    cluster
+        .write_pending(&env, Some((first, "1 to update")))
+        .await
+        .expect("publish");
+    let (version, since) = published(&cluster, &env).await;
+    assert!(since.as_deref().is_some_and(|s| !s.is_empty()));
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    cluster
+        .write_pending(&env, Some((first, "1 to update")))
+        .await
+        .expect("publish again");
+    assert_eq!(
+        published(&cluster, &env).await,
+        (version.clone(), since.clone())
+    );
+
+    // Another revision (or another plan) is published, with its own time.
+    let second = "89abcdef0123456789abcdef0123456789abcdef";
+    cluster
+        .write_pending(&env, Some((second, "1 to update")))
+        .await
+        .expect("publish the next");
+    let (next_version, next_since) = published(&cluster, &env).await;
+    assert_ne!(next_version, version);
+    assert_ne!(next_since, since);
+    assert_eq!(
+        approval_data(&env)
+            .await
+            .get("pendingRevision")
+            .map(String::as_str),
+        Some(second)
+    );
+    // Nothing pending any more: cleared.
+    cluster.write_pending(&env, None).await.expect("clear");
+    let data = approval_data(&env).await;
+    assert_eq!(data.get("pendingRevision").map(String::as_str), Some(""));
+    assert_eq!(data.get("pendingSince").map(String::as_str), Some(""));
+}
+
+/// The approval ConfigMap's resourceVersion and `pendingSince`.
+async fn published(
+    cluster: &tenantsync::cluster::Cluster,
+    env: &str,
+) -> (Option<String>, Option<String>) {
+    let stored = cluster
+        .read_approval(env)
+        .await
+        .expect("read")
+        .expect("published");
+    let data = approval_data(env).await;
+    (stored.resource_version, data.get("pendingSince").cloned())
+}
