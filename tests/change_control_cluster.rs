@@ -37,9 +37,15 @@ fn commit(repo: &TestRepo, message: &str) -> String {
 /// `tenantsync run` on the test repository's `main` branch, polling once a
 /// minute: every read below comes from the start, a webhook or an approval.
 pub(crate) fn start_daemon(repo: &TestRepo, port: u16, log: &Path) -> Guard {
+    start_daemon_healing(repo, port, log, true)
+}
+
+/// [`start_daemon`], with or without `--self-heal`.
+fn start_daemon_healing(repo: &TestRepo, port: u16, log: &Path, self_heal: bool) -> Guard {
     let child = Command::new(env!("CARGO_BIN_EXE_tenantsync"))
         .args(["run", "--env", &repo.env, "--branch", "main"])
-        .args(["--interval", "60s", "--drift-interval", "1s", "--self-heal"])
+        .args(["--interval", "60s", "--drift-interval", "1s"])
+        .args(self_heal.then_some("--self-heal"))
         .arg("--repo")
         .arg(repo.path())
         .arg(format!("--listen=127.0.0.1:{port}"))
@@ -916,4 +922,157 @@ async fn published(
         .expect("published");
     let data = approval_data(env).await;
     (stored.resource_version, data.get("pendingSince").cloned())
+}
+
+/// Issue 16, `approve --plan`: an approval names a revision and, with
+/// --plan, the plan reviewed. The daemon applies the revision only while
+/// its own plan has that plan's change set; when the cluster changed since
+/// (an object deleted by hand), it applies nothing and says why, until a
+/// new plan is approved.
+#[tokio::test]
+async fn a_revision_approved_with_its_plan_is_applied_only_while_that_plan_holds() {
+    let repo = TestRepo::new("approve-plan");
+    let env = repo.env.clone();
+    let ns = repo.namespace("alpha");
+    repo.write("environment.yaml", &manual_environment(&env, ""));
+    repo.write("workspaces/alpha.yaml", &workspace("alpha", 1));
+    git(repo.path(), &["init", "-q", "-b", "main"]);
+    let first = commit(&repo, "alpha with one replica");
+    let logs = tempfile::tempdir().expect("tempdir");
+    let log = logs.path().join("daemon.log");
+    let port = free_port();
+    // Without self-heal, a hand deletion stays until a sync.
+    let _daemon = start_daemon_healing(&repo, port, &log, false);
+    let pending_is = |revision: String| {
+        let env = env.clone();
+        async move {
+            status(port, &env)
+                .await
+                .is_some_and(|s| s["pendingRevision"] == revision.as_str())
+        }
+    };
+    wait_for(
+        "the first revision to wait",
+        Duration::from_secs(60),
+        || pending_is(first.clone()),
+    )
+    .await;
+    let plans = tempfile::tempdir().expect("tempdir");
+    let plan_of = |revision: &str, name: &str| {
+        let path = plans.path().join(name);
+        let out = repo.run(
+            "plan",
+            "admin",
+            &["--rev", revision, "--out", path.to_str().expect("path")],
+        );
+        assert!(
+            matches!(out.status.code(), Some(0) | Some(2)),
+            "{}",
+            stderr(&out)
+        );
+        path
+    };
+
+    // A plan of another revision is refused, naming what it is.
+    repo.write("workspaces/alpha.yaml", &workspace("alpha", 2));
+    let second = commit(&repo, "alpha with two replicas");
+    let of_second = plan_of(&second, "second.json");
+    let refused = approve(&env, &first, &["--plan", of_second.to_str().expect("path")]);
+    assert_eq!(refused.status.code(), Some(1), "{}", stderr(&refused));
+    assert!(
+        stderr(&refused).contains(&format!("the plan file is a plan of revision {second}"))
+            && stderr(&refused).contains("nothing was recorded"),
+        "{}",
+        stderr(&refused)
+    );
+    // The first revision, approved with its plan, is applied.
+    let of_first = plan_of(&first, "first.json");
+    let ok = approve(&env, &first, &["--plan", of_first.to_str().expect("path")]);
+    assert_eq!(ok.status.code(), Some(0), "{}", stderr(&ok));
+    assert!(
+        String::from_utf8_lossy(&ok.stdout).contains("with its plan (change set sha256:"),
+        "{}",
+        String::from_utf8_lossy(&ok.stdout)
+    );
+    assert!(approval_data(&env).await["approvedPlan"].starts_with("sha256:"));
+    wait_for(
+        "the first revision applied",
+        Duration::from_secs(20),
+        async || {
+            status(port, &env)
+                .await
+                .is_some_and(|s| s["lastAppliedRevision"] == first.as_str())
+        },
+    )
+    .await;
+
+    // The second revision is planned; then an object it leaves unchanged
+    // is deleted by hand, so its plan now also creates that object.
+    push(port, &second).await;
+    wait_for(
+        "the second revision to wait",
+        Duration::from_secs(20),
+        || pending_is(second.clone()),
+    )
+    .await;
+    let reviewed = plan_of(&second, "reviewed.json");
+    let configs: Api<ConfigMap> = Api::namespaced(control_plane().client(User::Admin).await, &ns);
+    let config = configs
+        .list(&ListParams::default().labels("app.kubernetes.io/managed-by=tenantsync"))
+        .await
+        .expect("list")
+        .items
+        .into_iter()
+        .next()
+        .and_then(|c| c.metadata.name)
+        .expect("a ConfigMap of alpha");
+    configs
+        .delete(&config, &Default::default())
+        .await
+        .expect("delete");
+    let ok = approve(&env, &second, &["--plan", reviewed.to_str().expect("path")]);
+    assert_eq!(ok.status.code(), Some(0), "{}", stderr(&ok));
+    wait_for(
+        "the approval refused",
+        Duration::from_secs(20),
+        async || {
+            status(port, &env)
+                .await
+                .is_some_and(|s| s["lastErrorReason"] == "approval")
+        },
+    )
+    .await;
+    let s = status(port, &env).await.expect("status");
+    assert!(
+        s["lastError"]
+            .as_str()
+            .is_some_and(|e| e.contains("make a new plan") && e.contains(&second)),
+        "{s}"
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        replicas(&ns).await,
+        Some(1),
+        "nothing of the second revision applied"
+    );
+    assert!(configs.get_opt(&config).await.expect("get").is_none());
+
+    // A plan made now, approved: applied, the deleted object with it.
+    let now = plan_of(&second, "now.json");
+    let ok = approve(&env, &second, &["--plan", now.to_str().expect("path")]);
+    assert_eq!(ok.status.code(), Some(0), "{}", stderr(&ok));
+    wait_for(
+        "the second revision applied",
+        Duration::from_secs(20),
+        async || {
+            status(port, &env).await.is_some_and(|s| {
+                s["lastAppliedRevision"] == second.as_str() && s["syncStatus"] == "Synced"
+            })
+        },
+    )
+    .await;
+    assert_eq!(replicas(&ns).await, Some(2));
+    assert!(configs.get_opt(&config).await.expect("get").is_some());
+    let log_text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(!log_text.contains("panicked"), "{log_text}");
 }

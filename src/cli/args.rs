@@ -190,6 +190,10 @@ pub struct ApproveArgs {
     /// server authenticates).
     #[arg(long, value_name = "NAME")]
     pub by: Option<String>,
+    /// A saved plan of the pending revision (`plan --out FILE`): the daemon
+    /// applies the revision only while its plan is that plan's change set.
+    #[arg(long, value_name = "FILE")]
+    pub plan: Option<PathBuf>,
     #[command(flatten)]
     pub cluster: ClusterArgs,
 }

@@ -125,11 +125,16 @@ impl Cluster {
         approval: &approval::Approval,
         resource_version: Option<&str>,
     ) -> Result<(), ClusterError> {
+        // An approval without --plan clears the plan a former one named.
         let data = BTreeMap::from([
             (approval::APPROVED_REVISION, approval.revision.as_str()),
             (approval::APPROVED_USER, approval.user.as_str()),
             (approval::APPROVED_BY, approval.by.as_str()),
             (approval::APPROVED_AT, approval.at.as_str()),
+            (
+                approval::APPROVED_PLAN,
+                approval.plan.as_deref().unwrap_or_default(),
+            ),
         ]);
         let patch = serde_json::json!({
             "metadata": { "resourceVersion": resource_version },

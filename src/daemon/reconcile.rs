@@ -74,6 +74,10 @@ pub enum ReconcileError {
     /// stays applied).
     #[error("{0}")]
     Untrusted(String),
+    /// The revision is approved with a plan (`approve --plan`) that is not
+    /// its plan now.
+    #[error("{0}")]
+    PlanNotApproved(String),
 }
 
 impl ReconcileError {
@@ -91,6 +95,7 @@ impl ReconcileError {
             ReconcileError::Apply(_) => "apply",
             ReconcileError::Locked { .. } => "locked",
             ReconcileError::Untrusted(_) => "untrusted",
+            ReconcileError::PlanNotApproved(_) => "approval",
         }
     }
 
@@ -343,6 +348,7 @@ impl Reconciler {
             hold_new: !gate.may_apply(),
             heal_allowed: gate.heal,
             force: false,
+            approved_plan: gate.approval.as_ref().and_then(|a| a.plan.clone()),
         };
         match check_and_sync(&self.env, &self.shared, c, &state, &writer, apply).await {
             Ok(checked) if checked.held => self.hold(&state, checked, &writer, &gate).await,
@@ -533,6 +539,7 @@ impl Reconciler {
             hold_new: false,
             heal_allowed: true,
             force: true,
+            approved_plan: None,
         };
         let gate = Gate {
             manual: false,
@@ -988,7 +995,10 @@ impl Reconciler {
             self.cluster = None;
         }
         self.publish_failure(&e);
-        if matches!(e, ReconcileError::Blocked { .. }) {
+        if matches!(
+            e,
+            ReconcileError::Blocked { .. } | ReconcileError::PlanNotApproved(_)
+        ) {
             self.check_last_applied(writer, SyncStatus::Failed).await;
         }
         // Still failed, whatever the drift check did meanwhile.
@@ -1038,6 +1048,7 @@ impl Reconciler {
                 hold_new: false,
                 heal_allowed,
                 force: false,
+                approved_plan: None,
             },
         )
         .await
@@ -1566,7 +1577,7 @@ impl Checked {
 }
 
 /// What [`check_and_sync`] may do besides reporting.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 struct Apply {
     /// Do not apply a revision the inventory does not record yet (it waits
     /// for an approval or a window).
@@ -1575,6 +1586,9 @@ struct Apply {
     heal_allowed: bool,
     /// Apply whatever differs now (a rollback).
     force: bool,
+    /// The change set of the plan approved with the revision (`approve
+    /// --plan`): a new revision is applied only while its plan is that one.
+    approved_plan: Option<String>,
 }
 
 /// The health of a revision's changed workspaces, watched off the loop.
@@ -1654,6 +1668,7 @@ async fn check_and_sync(
         hold_new,
         heal_allowed,
         force,
+        approved_plan,
     } = apply;
     let options = &shared.options;
     // The guardrails only the cluster can judge: each resources/ manifest's
@@ -1700,6 +1715,18 @@ async fn check_and_sync(
             held: true,
             new_revision,
         });
+    }
+    // An approval of a plan (`approve --plan`) lets through only that plan.
+    if new_revision && let Some(approved) = approved_plan {
+        let now = crate::plan::contract::PlanFile::change_set_of(&live.plan, &state.state.objects);
+        if now != approved {
+            return Err(ReconcileError::PlanNotApproved(format!(
+                "revision {} is approved with a plan whose change set is {approved}, but its plan now is {now} ({}): the cluster or the rendering changed since the plan was approved, so nothing is applied; make a new plan (`tenantsync plan --env {env} --rev {} --out plan.json`) and approve it again with --plan",
+                state.revision(),
+                crate::print::Verb::Plan.counts(&live.plan.summary),
+                state.revision(),
+            )));
+        }
     }
     // A replica that does not lead (or a leader waiting for the lock) only
     // reports.

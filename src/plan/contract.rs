@@ -158,6 +158,35 @@ impl PlanFile {
         .sealed()
     }
 
+    /// What an approval of this plan pins (`approve --plan`): every
+    /// object's identity, action and rendered digest, not the live
+    /// objects' resourceVersions (which move with every status update). The
+    /// daemon applies an approved revision only while its own plan has this
+    /// change set: the same objects, to be changed the same way, into the
+    /// same bodies.
+    pub fn change_set_digest(&self) -> String {
+        let mut lines: Vec<String> = self
+            .changes
+            .iter()
+            .map(|c| {
+                format!(
+                    "{} {} {} {}\n",
+                    verb(c.action),
+                    c.api_version,
+                    c.id(),
+                    c.digest.as_deref().unwrap_or("-")
+                )
+            })
+            .collect();
+        lines.sort();
+        sha256(lines.concat().as_bytes())
+    }
+
+    /// [`PlanFile::change_set_digest`] of a plan made now from `desired`.
+    pub fn change_set_of(plan: &Plan, desired: &[Object]) -> String {
+        PlanFile::new(plan, desired, String::new(), PlanFileOptions::default()).change_set_digest()
+    }
+
     /// The file with its `planDigest` computed again (after a change).
     pub fn sealed(mut self) -> PlanFile {
         self.plan_digest = self.own_digest();

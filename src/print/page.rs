@@ -748,6 +748,7 @@ mod tests {
                 user: "system:serviceaccount:ops:approver".into(),
                 by: "<b>ada</b>".into(),
                 at: "2026-12-03T06:00:00Z".into(),
+                plan: None,
             }),
             ..EnvironmentStatus::default()
         };

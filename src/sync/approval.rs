@@ -23,6 +23,10 @@ pub const APPROVED_USER: &str = "approvedUser";
 /// The name given with `approve --by` (the user's own, without it).
 pub const APPROVED_BY: &str = "approvedBy";
 pub const APPROVED_AT: &str = "approvedAt";
+/// `approve --plan`: the change set of the plan approved
+/// ([`crate::plan::contract::PlanFile::change_set_digest`]); the daemon
+/// applies the revision only while its plan has that change set.
+pub const APPROVED_PLAN: &str = "approvedPlan";
 
 /// The shortest abbreviation of a revision `approve` accepts.
 pub const MIN_ABBREVIATION: usize = 7;
@@ -37,6 +41,9 @@ pub struct Approval {
     /// As given with `--by`, else the user.
     pub by: String,
     pub at: String,
+    /// The change set of the plan approved with it (`approve --plan`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub plan: Option<String>,
 }
 
 /// What the approval ConfigMap says.
@@ -62,6 +69,7 @@ impl Record {
                 user: get(APPROVED_USER).unwrap_or_default(),
                 by: get(APPROVED_BY).unwrap_or_default(),
                 at: get(APPROVED_AT).unwrap_or_default(),
+                plan: get(APPROVED_PLAN),
             }),
         }
     }
@@ -87,6 +95,14 @@ pub enum Refusal {
         "--by is {length} characters long; give at most {max} (a name, and a ticket if you like)"
     )]
     NameTooLong { length: usize, max: usize },
+    #[error(
+        "the plan file is {what}; approve a plan of environment {environment}'s pending revision {pending}, made with `tenantsync plan --env {environment} --rev {pending} --out FILE` (no --workspace, no --adopt: the daemon applies the whole environment and never adopts)"
+    )]
+    PlanNotOfPending {
+        environment: String,
+        pending: String,
+        what: String,
+    },
     #[error(
         "revision {given} is not the pending revision of environment {environment}: the daemon holds {pending}{since}; review its plan and approve that one (an approval names the exact revision it is for)"
     )]
