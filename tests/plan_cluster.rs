@@ -948,7 +948,10 @@ async fn plan_changed_since_plans_only_the_workspaces_a_change_reaches() {
 async fn plan_shows_which_workspaces_each_rollout_step_reaches() {
     let repo = TestRepo::new("plan-rollout");
     for i in 0..6 {
-        repo.write(&format!("workspaces/tenant-{i}.yaml"), &api_workspace(&format!("tenant-{i}"), 1));
+        repo.write(
+            &format!("workspaces/tenant-{i}.yaml"),
+            &api_workspace(&format!("tenant-{i}"), 1),
+        );
     }
     repo.write(
         "environment.yaml",
@@ -959,7 +962,11 @@ async fn plan_shows_which_workspaces_each_rollout_step_reaches() {
     );
     repo.apply_rendered().await;
     let plan = repo.plan_json("readonly");
-    assert!(plan.get("rollout").is_none(), "nothing changes: {:#}", plan["rollout"]);
+    assert!(
+        plan.get("rollout").is_none(),
+        "nothing changes: {:#}",
+        plan["rollout"]
+    );
     // The FHIR image changes in base: every workspace's FHIR Deployments.
     let base = repo.path().join("environments/base/environment.yaml");
     let text = std::fs::read_to_string(&base).expect("read base");
@@ -996,7 +1003,11 @@ async fn plan_shows_which_workspaces_each_rollout_step_reaches() {
         "{text}"
     );
     // A plan of some workspaces is not the environment's rollout.
-    let out = repo.run("plan", "readonly", &["--output", "json", "--workspace", &steps[0][0]]);
+    let out = repo.run(
+        "plan",
+        "readonly",
+        &["--output", "json", "--workspace", &steps[0][0]],
+    );
     let some: Value = serde_json::from_slice(&out.stdout).expect("plan JSON");
     assert!(some.get("rollout").is_none(), "{:#}", some["rollout"]);
     // Step 1 by hand: the other eight are left to roll out.
@@ -1005,7 +1016,12 @@ async fn plan_shows_which_workspaces_each_rollout_step_reaches() {
         args.extend(["--workspace", ws.as_str()]);
     }
     let out = repo.run("sync", "admin", &args);
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let plan = repo.plan_json("readonly");
     let left: usize = plan["rollout"]["steps"]
         .as_array()

@@ -349,6 +349,9 @@ pub struct Rollout {
     pub include_new_workspaces: bool,
     #[serde(default)]
     pub include_deletions: bool,
+    /// Whether a failed step's workspaces are set back (default true).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback: Option<bool>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
@@ -369,6 +372,7 @@ pub struct RolloutPolicy {
     pub health_deadline: std::time::Duration,
     pub include_new_workspaces: bool,
     pub include_deletions: bool,
+    pub rollback: bool,
 }
 
 /// The longest `pauseBetween` or `healthDeadline`: a day.
@@ -463,6 +467,7 @@ impl Rollout {
             health_deadline,
             include_new_workspaces: self.include_new_workspaces,
             include_deletions: self.include_deletions,
+            rollback: self.rollback.unwrap_or(true),
         })
     }
 }

@@ -224,6 +224,143 @@ pub fn duration_text(seconds: u64) -> String {
     out
 }
 
+/// Where a rollout stands, as `/status`, the inventory's status and the
+/// status page show it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutStatus {
+    pub revision: String,
+    /// The step applied last (1-based), of `steps`.
+    pub step: usize,
+    pub steps: usize,
+    pub phase: RolloutPhase,
+    /// Workspaces the revision reached and found Healthy.
+    pub done: Vec<String>,
+    /// Workspaces the revision reached, not Healthy yet.
+    pub progressing: Vec<String>,
+    /// Workspaces of later steps: they have not seen the revision.
+    pub pending: Vec<String>,
+    /// Workspaces whose step failed, with why.
+    pub failed: BTreeMap<String, String>,
+    /// When the next step may start (RFC 3339), once this one is Healthy.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_step_at: Option<String>,
+}
+
+impl RolloutStatus {
+    /// One line, at most about 500 bytes: the inventory's status field and
+    /// `tenantsync status`.
+    pub fn summary(&self) -> String {
+        let short: String = self.revision.chars().take(12).collect();
+        let mut out = format!(
+            "revision {short} step {}/{} {}: {} Healthy, {} progressing, {} pending, {} failed",
+            self.step,
+            self.steps,
+            self.phase.as_str(),
+            self.done.len(),
+            self.progressing.len(),
+            self.pending.len(),
+            self.failed.len(),
+        );
+        if let Some(at) = &self.next_step_at {
+            out.push_str(&format!("; next step at {at}"));
+        }
+        if !self.failed.is_empty() {
+            let names: Vec<String> = self.failed.keys().cloned().collect();
+            out.push_str(&format!(" ({})", crate::sync::name_some(&names)));
+        }
+        out.chars().take(500).collect()
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum RolloutPhase {
+    /// The step's workspaces are applied; waiting for them to be Healthy.
+    Progressing,
+    /// The step is Healthy; waiting for `pauseBetween`.
+    Pausing,
+    /// Every step applied and Healthy.
+    Completed,
+    /// A step went Degraded or missed its deadline: the rollout stopped.
+    Failed,
+    /// Failed, and the step's workspaces were set back to the revision
+    /// applied before.
+    RolledBack,
+}
+
+impl RolloutPhase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RolloutPhase::Progressing => "Progressing",
+            RolloutPhase::Pausing => "Pausing",
+            RolloutPhase::Completed => "Completed",
+            RolloutPhase::Failed => "Failed",
+            RolloutPhase::RolledBack => "RolledBack",
+        }
+    }
+}
+
+/// What a step's workspaces say.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StepHealth {
+    /// Every object of every workspace Healthy.
+    Healthy,
+    /// Some still Progressing, within the deadline: the workspaces not
+    /// Healthy yet.
+    Waiting(Vec<String>),
+    /// Degraded, or not Healthy by the deadline: each failed workspace
+    /// with why (the first object that is not Healthy).
+    Failed(BTreeMap<String, String>),
+}
+
+/// Judges the workspaces a rollout reached from the health of their
+/// objects (`health`: workspace, object id, status, message), `elapsed`
+/// since their step was applied against `deadline`. A Degraded object
+/// fails its workspace at once; one still Progressing fails it only
+/// past the deadline.
+pub fn judge(
+    workspaces: &[String],
+    health: &[(String, String, crate::sync::health::HealthStatus, String)],
+    elapsed: std::time::Duration,
+    deadline: std::time::Duration,
+) -> StepHealth {
+    use crate::sync::health::HealthStatus;
+    let reached: BTreeSet<&str> = workspaces.iter().map(String::as_str).collect();
+    let mut failed = BTreeMap::new();
+    let mut waiting = BTreeSet::new();
+    for (ws, id, status, message) in health {
+        if !reached.contains(ws.as_str()) {
+            continue;
+        }
+        match status {
+            HealthStatus::Healthy => {}
+            HealthStatus::Degraded => {
+                failed
+                    .entry(ws.clone())
+                    .or_insert_with(|| format!("{id} is Degraded: {message}"));
+            }
+            HealthStatus::Progressing if elapsed > deadline => {
+                failed.entry(ws.clone()).or_insert_with(|| {
+                    format!(
+                        "{id} is not Healthy after the health deadline {}: {message}",
+                        duration_text(deadline.as_secs())
+                    )
+                });
+            }
+            HealthStatus::Progressing => {
+                waiting.insert(ws.clone());
+            }
+        }
+    }
+    if !failed.is_empty() {
+        StepHealth::Failed(failed)
+    } else if !waiting.is_empty() {
+        StepHealth::Waiting(waiting.into_iter().collect())
+    } else {
+        StepHealth::Healthy
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
@@ -240,6 +377,7 @@ mod tests {
             health_deadline: Duration::from_secs(300),
             include_new_workspaces: false,
             include_deletions: false,
+            rollback: true,
         }
     }
 
@@ -381,6 +519,50 @@ mod tests {
             plan_rollout(&policy(&[50, 100]), &plan(changes), &BTreeMap::new()),
             None
         );
+    }
+
+    #[test]
+    fn a_step_is_healthy_waits_or_fails_on_degraded_or_past_its_deadline() {
+        use crate::sync::health::HealthStatus::{Degraded, Healthy, Progressing};
+        let reached = vec!["a".to_string(), "b".to_string()];
+        let h = |ws: &str, status| {
+            (
+                ws.to_string(),
+                format!("Deployment/{ws}-prod/fhir"),
+                status,
+                "why".to_string(),
+            )
+        };
+        let (early, late) = (Duration::from_secs(5), Duration::from_secs(301));
+        let deadline = Duration::from_secs(300);
+        let healthy = [h("a", Healthy), h("b", Healthy), h("c", Degraded)];
+        assert_eq!(
+            judge(&reached, &healthy, early, deadline),
+            StepHealth::Healthy,
+            "c is not reached"
+        );
+        let waiting = [h("a", Healthy), h("b", Progressing)];
+        assert_eq!(
+            judge(&reached, &waiting, early, deadline),
+            StepHealth::Waiting(vec!["b".into()])
+        );
+        let StepHealth::Failed(failed) = judge(&reached, &waiting, late, deadline) else {
+            panic!("past the deadline")
+        };
+        assert!(
+            failed["b"].contains("after the health deadline 5m"),
+            "{failed:?}"
+        );
+        let StepHealth::Failed(failed) = judge(
+            &reached,
+            &[h("a", Degraded), h("b", Progressing)],
+            early,
+            deadline,
+        ) else {
+            panic!("degraded")
+        };
+        assert_eq!(failed.keys().collect::<Vec<_>>(), ["a"]);
+        assert!(failed["a"].starts_with("Deployment/a-prod/fhir is Degraded"));
     }
 
     #[test]

@@ -140,6 +140,10 @@ pub struct EnvironmentStatus {
     /// The last approval recorded for this environment.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub approval: Option<crate::sync::approval::Approval>,
+    /// A progressive rollout under way, or the last one that stopped or
+    /// completed (`syncPolicy.rollout`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<crate::sync::rollout::RolloutStatus>,
     /// A revision was read and compared with the cluster (and synced, when
     /// leading) at least once: what `/readyz` waits for. A failed read or
     /// an invalid first revision does not count.
