@@ -101,7 +101,7 @@ async fn replicas(namespace: &str) -> Option<i32> {
 }
 
 /// The reasons and messages of the Events about `env`'s inventory.
-async fn events_of(env: &str) -> Vec<(String, String)> {
+pub(crate) async fn events_of(env: &str) -> Vec<(String, String)> {
     let events: Api<Event> = Api::namespaced(
         control_plane().client(User::Admin).await,
         tenantsync::sync::inventory::SYSTEM_NAMESPACE,

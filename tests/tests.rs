@@ -28,6 +28,7 @@ mod platform_cluster;
 mod print_golden;
 mod properties;
 mod readme_commands;
+mod rollback_cluster;
 mod rollout_cluster;
 mod saved_plan_cluster;
 mod signed_commits;

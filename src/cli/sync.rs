@@ -276,6 +276,7 @@ async fn apply(
         undeclared,
         options,
         state.revision.clone(),
+        &state.workspace_revisions,
         |event| show_progress(bar.as_ref(), event),
     )
     .await;

@@ -72,6 +72,7 @@ pub async fn sync(
     undeclared: &[Value],
     options: &SyncOptions,
     revision: Option<String>,
+    pinned: &BTreeMap<String, String>,
     mut progress: impl FnMut(Progress<'_>),
 ) -> Result<SyncReport, SyncError> {
     // What a namespace about to be deleted holds that tenantsync never made.
@@ -165,17 +166,37 @@ pub async fn sync(
     {
         // The revision is recorded once it applied in full: drift compares
         // the cluster with what the inventory's revision declares.
-        let recorded_revision = if report.succeeded() {
-            revision.or(old.revision.clone())
-        } else {
-            old.revision.clone()
-        };
         let mut final_inventory = Inventory {
             environment: plan.environment.clone(),
-            revision: recorded_revision,
+            revision: old.revision.clone(),
             last_applied_at: old.last_applied_at.clone(),
             objects: desired_refs,
+            workspaces: old.workspaces.clone(),
         };
+        if report.succeeded()
+            && let Some(revision) = revision
+        {
+            // Each workspace at the revision its objects came from.
+            let changed: HashSet<&str> = plan
+                .changes
+                .iter()
+                .filter(|c| c.action != Action::Unchanged)
+                .map(|c| &*c.workspace)
+                .collect();
+            let workspaces: BTreeSet<&str> = desired
+                .iter()
+                .map(|o| &*o.workspace)
+                .filter(|ws| !ws.is_empty())
+                .collect();
+            final_inventory.record_applied(workspaces.into_iter().map(|ws| {
+                crate::sync::inventory::AppliedWorkspace {
+                    workspace: ws,
+                    revision: pinned.get(ws).map_or(revision.as_str(), String::as_str),
+                    changed: changed.contains(ws),
+                }
+            }));
+            final_inventory.revision = Some(revision);
+        }
         final_inventory.objects.extend(not_deleted);
         narrow(cluster, current, &widened, final_inventory, &mut report).await;
     }

@@ -312,6 +312,27 @@ impl Cluster {
         self.delete_chunks(api, &orphans).await;
     }
 
+    /// Records that `workspaces` were Healthy at `revision` (those still
+    /// applied at it); returns whether the inventory changed. Nothing before
+    /// the first sync.
+    pub async fn record_healthy(
+        &self,
+        environment: &str,
+        workspaces: &[String],
+        revision: &str,
+    ) -> Result<bool, ClusterError> {
+        let stored = self.read_inventory_stored(environment).await?;
+        if stored.resource_version.is_none() {
+            return Ok(false);
+        }
+        let mut ours = stored.inventory.clone();
+        if !ours.record_healthy(workspaces, revision) {
+            return Ok(false);
+        }
+        self.write_inventory_checked(&stored, &ours).await?;
+        Ok(true)
+    }
+
     /// Reads an environment's inventory; `None` before the first sync.
     pub async fn read_inventory(
         &self,

@@ -58,7 +58,7 @@ pub async fn wait_healthy(
         if pending.is_empty() {
             break;
         }
-        let reads = futures::stream::iter(pending.iter().map(|&i| {
+        let reads = futures::stream::iter(pending.iter().copied().map(|i| {
             let r = &objects[i];
             let resource = &resources[&(r.api_version.clone(), r.kind.clone())];
             async move { (i, read_health(cluster, r, resource, options).await) }

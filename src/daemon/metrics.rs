@@ -29,12 +29,20 @@ pub struct Metrics {
     last_successful_reconcile: Family<Labels, Gauge>,
     pending: Family<Labels, Gauge>,
     rollout_step: Family<Labels, Gauge>,
+    rollbacks: Family<Labels, Counter>,
     /// Workspaces with a drift series, per environment.
     drift_workspaces: Mutex<std::collections::BTreeMap<String, Vec<String>>>,
 }
 
 /// The values of the `status` label of `tenantsync_sync_status`.
-pub const STATUSES: [&str; 5] = ["Unknown", "Synced", "OutOfSync", "Syncing", "Failed"];
+pub const STATUSES: [&str; 6] = [
+    "Unknown",
+    "Synced",
+    "OutOfSync",
+    "Syncing",
+    "Failed",
+    "RolledBack",
+];
 
 fn env_label(env: &str) -> Labels {
     vec![("environment".to_string(), env.to_string())]
@@ -67,6 +75,7 @@ impl Metrics {
             last_successful_reconcile: Family::default(),
             pending: Family::default(),
             rollout_step: Family::default(),
+            rollbacks: Family::default(),
             drift_workspaces: Mutex::new(std::collections::BTreeMap::new()),
         };
         registry.register(
@@ -111,7 +120,7 @@ impl Metrics {
         );
         registry.register(
             "sync_status",
-            "1 for an environment's current sync status (Unknown, Synced, OutOfSync, Syncing, Failed), 0 for the others",
+            "1 for an environment's current sync status (Unknown, Synced, OutOfSync, Syncing, Failed, RolledBack), 0 for the others",
             m.sync_status.clone(),
         );
         registry.register(
@@ -133,6 +142,11 @@ impl Metrics {
             "rollout_step",
             "The step a progressive rollout (syncPolicy.rollout) of an environment applied last, from 1, by phase (Progressing, Pausing, Failed, RolledBack); 0 when none is under way or stopped",
             m.rollout_step.clone(),
+        );
+        registry.register(
+            "rollbacks",
+            "Revisions whose failed health rolled workspaces back to their last healthy revision (syncPolicy.rollback)",
+            m.rollbacks.clone(),
         );
         if let Ok(mut r) = m.registry.lock() {
             *r = registry;
@@ -163,6 +177,7 @@ impl Metrics {
         let _ = self.pruned.get_or_create(&l);
         let _ = self.failed.get_or_create(&l);
         let _ = self.fetch_failures.get_or_create(&l);
+        let _ = self.rollbacks.get_or_create(&l);
         self.set_status(env, "Unknown");
         self.set_pending(env, false);
     }
@@ -230,6 +245,10 @@ impl Metrics {
         self.reconcile_duration
             .get_or_create(&env_label(env))
             .observe(took.as_secs_f64());
+    }
+
+    pub fn rolled_back(&self, env: &str) {
+        self.rollbacks.get_or_create(&env_label(env)).inc();
     }
 
     pub fn git_fetch_failed(&self, env: &str) {

@@ -328,6 +328,14 @@ async fn publish_status(
             "pendingPlan".to_string(),
             status.pending_plan.unwrap_or_default(),
         ),
+        (
+            "failedHealth".to_string(),
+            status
+                .failed_health
+                .as_ref()
+                .map(|f| f.summary())
+                .unwrap_or_default(),
+        ),
         ("approvedRevision".to_string(), approval.revision.clone()),
         ("approvedBy".to_string(), approval.by.clone()),
         ("approvedUser".to_string(), approval.user.clone()),

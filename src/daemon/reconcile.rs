@@ -4,7 +4,7 @@
 //! what the loop does next is an [`Action`], and failures are retried by
 //! one error policy ([`Backoff`]).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,9 +23,12 @@ use crate::pipeline::{self, Deletes, DesiredState, Intake, LivePlan, PlanOptions
 use crate::plan::{Action as ChangeAction, Plan};
 use crate::source;
 use crate::sync::SyncOptions;
-use crate::sync::health::Health;
+use crate::sync::health::{self, Health, HealthOptions};
+use crate::sync::inventory::{Inventory, ObjectRef};
 use crate::sync::report::SyncReport;
-use crate::sync::status::{Commit, ObjectStatus, ReconcileRecord, objects_by_workspace};
+use crate::sync::status::{
+    Commit, FailedHealth, ObjectStatus, ReconcileRecord, objects_by_workspace,
+};
 use crate::sync::windows;
 
 #[path = "rollout.rs"]
@@ -241,7 +244,10 @@ pub(super) async fn reconcile_loop(
             schedule.after(Instant::now(), backoff.action(poll, &result));
             continue;
         }
+        let mut watching = reconciler.health_watch.take();
+        let mut settled = None;
         tokio::select! {
+            outcome = wait_watch(&mut watching), if watching.is_some() => settled = Some(outcome),
             _ = tokio::time::sleep_until(schedule.wake_at(reconciler.desired.is_some())) => {},
             changed = trigger.changed() => {
                 if changed.is_ok() { schedule.poll_now(Instant::now()); }
@@ -253,6 +259,14 @@ pub(super) async fn reconcile_loop(
                 if reconciler.may_apply_now().await { schedule.poll_now(Instant::now()); }
             },
             _ = shutdown.changed() => {},
+        }
+        match (watching, settled) {
+            (Some(watch), Some(outcome)) => {
+                reconciler.health_settled(&watch.revision, outcome).await;
+                reconciler.reconnect().await;
+                publish_status(&env, &shared, reconciler.cluster.as_ref(), &mut written).await;
+            }
+            (watch, _) => reconciler.health_watch = watch,
         }
         if *shutdown.borrow() {
             reconciler.release().await;
@@ -287,6 +301,15 @@ struct Reconciler {
     heal_allowed: bool,
     /// The rollout of the newest revision (`syncPolicy.rollout`).
     rollout: Option<rollout::RolloutRun>,
+    /// The health of the workspaces the last applied revision changed, being
+    /// watched until its health deadline.
+    health_watch: Option<HealthWatch>,
+    /// The desired revision's failed health (and what was rolled back):
+    /// said in status until a newer revision arrives.
+    failed_health: Option<FailedHealth>,
+    /// The desired state was just read: it is still to be matched with the
+    /// inventory's per-workspace revisions ([`Reconciler::pin_to_inventory`]).
+    needs_pinning: bool,
 }
 
 impl Reconciler {
@@ -302,6 +325,9 @@ impl Reconciler {
             waiting: None,
             heal_allowed: true,
             rollout: None,
+            health_watch: None,
+            failed_health: None,
+            needs_pinning: false,
         }
     }
 
@@ -329,13 +355,254 @@ impl Reconciler {
         let Some(c) = self.cluster.as_ref() else {
             return Err(ReconcileError::NoRevision);
         };
-        let hold = !gate.may_apply();
-        let heal = gate.heal;
-        match check_and_sync(&self.env, &self.shared, c, &state, &writer, hold, heal).await {
+        let apply = Apply {
+            hold_new: !gate.may_apply(),
+            heal_allowed: gate.heal,
+            force: false,
+        };
+        match check_and_sync(&self.env, &self.shared, c, &state, &writer, apply).await {
             Ok(checked) if checked.held => self.hold(&state, checked, &writer, &gate).await,
-            Ok(checked) => self.report(&state, checked, writer.locked_by, &gate).await,
+            Ok(checked) => {
+                let changed = checked
+                    .applied_new_revision()
+                    .then(|| changed_workspaces(&checked.plan));
+                let result = self.report(&state, checked, writer.locked_by, &gate).await;
+                if let Some(changed) = changed {
+                    self.watch_health(&state, changed);
+                }
+                result
+            }
             Err(e) => Err(self.blocked(e, &writer).await),
         }
+    }
+
+    /// Watches the health of the workspaces `state` changed, off the loop,
+    /// until the health deadline (a newer revision's watch replaces it).
+    fn watch_health(&mut self, state: &Desired, workspaces: BTreeSet<String>) {
+        if workspaces.is_empty() {
+            self.health_watch = None;
+            return;
+        }
+        let objects: Vec<(ObjectRef, String)> = state
+            .state
+            .objects
+            .iter()
+            .filter(|o| workspaces.contains(&*o.workspace))
+            .map(|o| (ObjectRef::of(o), o.workspace.to_string()))
+            .collect();
+        let deadline = state.state.sync_policy.health_deadline();
+        let options = cluster_options(&self.shared.options, &self.env);
+        let handle = tokio::spawn(watch_objects(options, objects, deadline));
+        tracing::info!(environment = %self.env, revision = %state.revision(), workspaces = workspaces.len(), deadline = ?deadline, "watching the health of the changed workspaces");
+        self.health_watch = Some(HealthWatch {
+            revision: state.revision().to_string(),
+            handle,
+        });
+    }
+
+    /// The health watch of `revision` ended: Healthy workspaces record it as
+    /// their last healthy revision; failed ones are rolled back (with
+    /// `syncPolicy.rollback`) or said to have failed.
+    async fn health_settled(&mut self, revision: &str, outcome: WatchOutcome) {
+        let (env, shared) = (self.env.clone(), self.shared.clone());
+        let (env, shared) = (env.as_str(), &*shared);
+        let Some(state) = self.desired.clone().filter(|d| d.revision() == revision) else {
+            return;
+        };
+        let (healthy, failed) = match outcome {
+            Ok(Ok(judged)) => judged,
+            Ok(Err(e)) => {
+                tracing::warn!(environment = env, revision, error = %e, "cannot watch the health of the changed workspaces");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(environment = env, revision, error = %e, "the health watch stopped");
+                return;
+            }
+        };
+        let leading = *shared.leading.borrow();
+        if !healthy.is_empty()
+            && leading
+            && let Some(c) = self.cluster.as_ref()
+        {
+            match c.record_healthy(env, &healthy, revision).await {
+                Ok(_) => {
+                    tracing::info!(environment = env, revision, workspaces = %healthy.join(", "), "healthy")
+                }
+                Err(e) => {
+                    tracing::warn!(environment = env, error = %e, "cannot record the healthy revision in the inventory")
+                }
+            }
+        }
+        if failed.is_empty() {
+            return;
+        }
+        let rollback = state.state.sync_policy.rollback;
+        let mut failure = FailedHealth {
+            revision: revision.to_string(),
+            workspaces: failed,
+            rollback,
+            ..FailedHealth::default()
+        };
+        if rollback && leading {
+            self.roll_back(&state, &mut failure).await;
+        } else {
+            failure.left = failure.workspaces.keys().cloned().collect();
+        }
+        let summary = failure.summary();
+        tracing::warn!(environment = env, revision, "{summary}");
+        if leading && let Some(c) = self.cluster.as_ref() {
+            let reason = if failure.rolled_back.is_empty() {
+                "HealthCheckFailed"
+            } else {
+                "RolledBack"
+            };
+            c.record_event(env, reason, &summary).await;
+        }
+        if !failure.rolled_back.is_empty() {
+            shared.metrics.rolled_back(env);
+        }
+        self.failed_health = Some(failure);
+        let status = self.health_status();
+        shared.metrics.set_status(env, &format!("{status:?}"));
+        let failure = self.failed_health.clone();
+        shared.update(env, |s| {
+            s.sync_status = status;
+            s.last_error = Some(summary.clone());
+            s.last_error_reason = Some("health".to_string());
+            s.last_error_at = Some(now());
+            s.failed_health = failure;
+        });
+    }
+
+    /// The status a revision whose health failed keeps: RolledBack when a
+    /// workspace was rolled back, Failed otherwise.
+    fn health_status(&self) -> SyncStatus {
+        match &self.failed_health {
+            Some(f) if !f.rolled_back.is_empty() => SyncStatus::RolledBack,
+            _ => SyncStatus::Failed,
+        }
+    }
+
+    /// Re-applies the failed workspaces of `state` at their last healthy
+    /// revision (the others stay at `state`'s); a workspace with none known,
+    /// or whose healthy revision cannot be rendered, is left as it is. The
+    /// result becomes the desired state: drift and self-heal compare with
+    /// it, and the failed revision is not applied again until a newer one.
+    async fn roll_back(&mut self, state: &Arc<Desired>, failure: &mut FailedHealth) {
+        let (env, shared) = (self.env.clone(), self.shared.clone());
+        let (env, shared) = (env.as_str(), &*shared);
+        let Some(c) = self.cluster.as_ref() else {
+            failure.left = failure.workspaces.keys().cloned().collect();
+            return;
+        };
+        let inventory = match c.read_inventory(env).await {
+            Ok(Some(inventory)) => inventory,
+            Ok(None) => Inventory::new(env),
+            Err(e) => {
+                tracing::warn!(environment = env, error = %e, "cannot read the inventory to roll back");
+                failure.left = failure.workspaces.keys().cloned().collect();
+                return;
+            }
+        };
+        let mut to: BTreeMap<String, String> = BTreeMap::new();
+        for ws in failure.workspaces.keys() {
+            match inventory.healthy_revision(ws) {
+                Some(healthy) if healthy != failure.revision => {
+                    to.insert(ws.clone(), healthy.to_string());
+                }
+                _ => failure.left.push(ws.clone()),
+            }
+        }
+        if to.is_empty() {
+            return;
+        }
+        let mut pinned = inventory.pinned();
+        pinned.extend(to.clone());
+        let composed = compose_at(&shared.options, env, state.state.clone(), &pinned).await;
+        for (ws, healthy) in to {
+            if composed.workspace_revisions.get(&ws) == Some(&healthy) {
+                failure.rolled_back.insert(ws, healthy);
+            } else {
+                failure.left.push(ws);
+            }
+        }
+        failure.left.sort();
+        if failure.rolled_back.is_empty() {
+            return;
+        }
+        let mut desired = Desired::new(composed, &shared.options);
+        desired.commit = state.commit.clone();
+        let desired = Arc::new(desired);
+        self.desired = Some(desired.clone());
+        let writer = match self.lock().await {
+            Ok(writer) => writer,
+            Err(e) => {
+                tracing::warn!(environment = env, error = %e, "cannot take the lock to roll back; the next reconcile applies the rollback");
+                return;
+            }
+        };
+        let Some(c) = self.cluster.as_ref() else {
+            return;
+        };
+        let apply = Apply {
+            hold_new: false,
+            heal_allowed: true,
+            force: true,
+        };
+        let gate = Gate {
+            manual: false,
+            windowed: false,
+            approval: None,
+            window: windows::Verdict::Open,
+            heal: true,
+        };
+        match check_and_sync(env, shared, c, &desired, &writer, apply).await {
+            Ok(checked) => {
+                if let Err(e) = self
+                    .report(&desired, checked, writer.locked_by, &gate)
+                    .await
+                {
+                    tracing::warn!(environment = env, error = %e, "the rollback did not apply in full");
+                }
+            }
+            Err(e) => {
+                let e = self.blocked(e, &writer).await;
+                tracing::warn!(environment = env, error = %e, "the rollback failed; the next reconcile tries again");
+            }
+        }
+    }
+
+    /// A desired state just read, matched with what the inventory says each
+    /// workspace is at: when the inventory's revision is this one and some
+    /// workspaces are recorded at another (rolled back), they are taken
+    /// from theirs, so drift and self-heal compare with what is applied.
+    async fn pin_to_inventory(&mut self) {
+        let (Some(c), Some(state)) = (self.cluster.as_ref(), self.desired.clone()) else {
+            return;
+        };
+        let inventory = match c.read_inventory(&self.env).await {
+            Ok(Some(inventory)) => inventory,
+            Ok(None) => {
+                self.needs_pinning = false;
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(environment = %self.env, error = %e, "cannot read the inventory's per-workspace revisions");
+                return;
+            }
+        };
+        self.needs_pinning = false;
+        let pinned = inventory.pinned();
+        if inventory.revision.as_deref() != Some(state.revision()) || pinned.is_empty() {
+            return;
+        }
+        let options = &self.shared.options;
+        let composed = compose_at(options, &self.env, state.state.clone(), &pinned).await;
+        tracing::info!(environment = %self.env, revision = %state.revision(), pinned = ?composed.workspace_revisions, "workspaces at the revisions the inventory records");
+        let mut desired = Desired::new(composed, options);
+        desired.commit = state.commit.clone();
+        self.desired = Some(Arc::new(desired));
     }
 
     /// Whether the revision may be applied: in a `manual` environment only
@@ -524,11 +791,17 @@ impl Reconciler {
         if from_source || self.desired.is_none() {
             self.read_source().await?;
         }
-        let state = self.desired.clone().ok_or(ReconcileError::NoRevision)?;
+        if self.desired.is_none() {
+            return Err(ReconcileError::NoRevision);
+        }
         if self.cluster.is_none() {
             let options = cluster_options(&self.shared.options, &self.env);
             self.cluster = Some(Cluster::connect(&options).await?);
         }
+        if self.needs_pinning {
+            self.pin_to_inventory().await;
+        }
+        let state = self.desired.clone().ok_or(ReconcileError::NoRevision)?;
         let writer = self.lock().await?;
         Ok((state, writer))
     }
@@ -587,6 +860,11 @@ impl Reconciler {
                 self.source_problem = None;
                 state.commit = commit;
                 self.desired = Some(Arc::new(state));
+                self.needs_pinning = true;
+                // A newer revision: the last one's watch and failure are over.
+                self.health_watch = None;
+                self.failed_health = None;
+                shared.update(env, |s| s.failed_health = None);
                 return Ok(());
             }
             Err(refused) => refused,
@@ -766,7 +1044,20 @@ impl Reconciler {
             report,
             health,
             ..
-        } = match check_and_sync(env, shared, c, &applied, writer, false, heal_allowed).await {
+        } = match check_and_sync(
+            env,
+            shared,
+            c,
+            &applied,
+            writer,
+            Apply {
+                hold_new: false,
+                heal_allowed,
+                force: false,
+            },
+        )
+        .await
+        {
             Ok(checked) => checked,
             Err(e) => {
                 tracing::warn!(environment = env, error = %e, "cannot check drift of the last applied revision");
@@ -855,6 +1146,16 @@ impl Reconciler {
             (None, None) if plan.summary.has_changes() => SyncStatus::OutOfSync,
             (None, None) => SyncStatus::Synced,
         };
+        // A revision whose health failed stays RolledBack (or Failed) until
+        // a newer one arrives, however well its rollback syncs.
+        let failed_health = self
+            .failed_health
+            .clone()
+            .filter(|f| f.revision == state.revision());
+        let status = match (&failed_health, status) {
+            (Some(_), SyncStatus::Synced) => self.health_status(),
+            (_, status) => status,
+        };
         self.record_outcome(error.as_ref()).await;
         // Current drift: what is out of step now (nothing, once a sync
         // healed it).
@@ -908,6 +1209,14 @@ impl Reconciler {
             s.last_error = error.as_ref().map(ToString::to_string);
             s.last_error_reason = error.as_ref().map(|e| e.reason().to_string());
             s.last_error_at = error.as_ref().map(|_| now());
+            if let Some(f) = &failed_health
+                && error.is_none()
+            {
+                s.last_error = Some(f.summary());
+                s.last_error_reason = Some("health".to_string());
+                s.last_error_at = s.last_error_at.clone().or_else(|| Some(now()));
+            }
+            s.failed_health = failed_health.clone();
         });
         error.map_or(Ok(()), Err)
     }
@@ -1167,37 +1476,76 @@ fn cluster_options(options: &RunOptions, env: &str) -> ClusterOptions {
     cluster_options
 }
 
-/// The revision the inventory records as applied, read again from Git (a
-/// daemon that restarted while a newer revision is blocked still knows what
-/// to compare the cluster with). `None` for a folder (no history) or when
-/// that revision cannot be read or rendered.
+/// What the inventory records as applied, read again from Git (a daemon
+/// that restarted while a newer revision is blocked still knows what to
+/// compare the cluster with), each workspace at its recorded revision.
+/// `None` for a folder (no history) or when that revision cannot be read or
+/// rendered.
 async fn last_applied_from_inventory(
     options: &RunOptions,
     env: &str,
     c: &Cluster,
 ) -> Option<Arc<Desired>> {
-    let revision = c.read_inventory(env).await.ok()??.revision?;
-    if revision.len() != 40 || !revision.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return None;
-    }
+    let inventory = c.read_inventory(env).await.ok()??;
+    let revision = inventory.revision.clone()?;
     let (options, env) = (options.clone(), env.to_string());
     let state = tokio::task::spawn_blocking(move || {
-        let auth = source::auth_from_env().ok()?;
-        // The recorded revision is only re-applied when it is trusted as a
-        // new one would be (a CLI sync without --verify-signatures, or a
-        // hand-written inventory, may have recorded any commit).
-        let trust = options
-            .trust
-            .get(&env)
-            .map(|t| (&*t.keys, &source::trust::Verify::Tip));
-        let (tree, _) = source::read_trusted(&options.repo, Some(&revision), &auth, trust).ok()?;
-        let intake = Intake::strict(&options.operator);
-        let state = pipeline::desired(tree, &env, Some(revision), &intake).ok()?;
-        Some(Desired::new(state, &options))
+        let state = desired_at(&options, &env, &revision)?;
+        let composed = compose_blocking(&options, &env, state, &inventory.pinned());
+        Some(Desired::new(composed, &options))
     })
     .await
     .ok()??;
     Some(Arc::new(state))
+}
+
+/// Environment `env` at Git revision `revision` (blocking: reads Git), when
+/// it can be read, trusted and rendered.
+fn desired_at(options: &RunOptions, env: &str, revision: &str) -> Option<DesiredState> {
+    if revision.len() != 40 || !revision.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    let auth = source::auth_from_env().ok()?;
+    // A recorded revision is only re-applied when it is trusted as a new one
+    // would be (a CLI sync without --verify-signatures, or a hand-written
+    // inventory, may have recorded any commit).
+    let trust = options
+        .trust
+        .get(env)
+        .map(|t| (&*t.keys, &source::trust::Verify::Tip));
+    let (tree, _) = source::read_trusted(&options.repo, Some(revision), &auth, trust).ok()?;
+    let intake = Intake::strict(&options.operator);
+    pipeline::desired(tree, env, Some(revision.to_string()), &intake).ok()
+}
+
+/// `state` with the workspaces of `pinned` taken from their revisions
+/// (blocking: each revision needed is read from Git and rendered once).
+fn compose_blocking(
+    options: &RunOptions,
+    env: &str,
+    state: DesiredState,
+    pinned: &BTreeMap<String, String>,
+) -> DesiredState {
+    let newest = state.revision.clone().unwrap_or_default();
+    let at: BTreeMap<String, DesiredState> = pipeline::needed(pinned, &newest)
+        .into_iter()
+        .filter_map(|r| Some((r.clone(), desired_at(options, env, &r)?)))
+        .collect();
+    pipeline::compose(state, &at, pinned)
+}
+
+/// [`compose_blocking`] off the async threads.
+async fn compose_at(
+    options: &RunOptions,
+    env: &str,
+    state: DesiredState,
+    pinned: &BTreeMap<String, String>,
+) -> DesiredState {
+    let (options, env, pinned) = (options.clone(), env.to_string(), pinned.clone());
+    let fallback = state.clone();
+    tokio::task::spawn_blocking(move || compose_blocking(&options, &env, state, &pinned))
+        .await
+        .unwrap_or(fallback)
 }
 
 /// Every failed object, with its reason, in the log.
@@ -1222,6 +1570,90 @@ struct Checked {
     health: BTreeMap<String, Health>,
     /// A new revision not applied because it waits for approval.
     held: bool,
+    /// The sync applied a revision the inventory did not record yet.
+    new_revision: bool,
+}
+
+impl Checked {
+    /// A new revision was applied in full: its health is to be watched.
+    fn applied_new_revision(&self) -> bool {
+        self.new_revision && self.report.as_ref().is_some_and(SyncReport::succeeded)
+    }
+}
+
+/// What [`check_and_sync`] may do besides reporting.
+#[derive(Clone, Copy, Debug)]
+struct Apply {
+    /// Do not apply a revision the inventory does not record yet (it waits
+    /// for an approval or a window).
+    hold_new: bool,
+    /// Self-heal may re-apply drift now.
+    heal_allowed: bool,
+    /// Apply whatever differs now (a rollback).
+    force: bool,
+}
+
+/// The health of a revision's changed workspaces, watched off the loop.
+struct HealthWatch {
+    revision: String,
+    handle: tokio::task::JoinHandle<Result<Judged, String>>,
+}
+
+impl Drop for HealthWatch {
+    fn drop(&mut self) {
+        self.handle.abort();
+    }
+}
+
+/// Workspaces Healthy, and those failed with why.
+type Judged = (Vec<String>, BTreeMap<String, Vec<String>>);
+type WatchOutcome = Result<Result<Judged, String>, tokio::task::JoinError>;
+
+/// The outcome of a health watch; never, without one.
+async fn wait_watch(watch: &mut Option<HealthWatch>) -> WatchOutcome {
+    match watch {
+        Some(w) => (&mut w.handle).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Waits until `objects` (each with its workspace) are Healthy or
+/// `deadline` passes, and judges each workspace.
+async fn watch_objects(
+    options: ClusterOptions,
+    objects: Vec<(ObjectRef, String)>,
+    deadline: Duration,
+) -> Result<Judged, String> {
+    let c = Cluster::connect(&options)
+        .await
+        .map_err(|e| e.to_string())?;
+    let refs: Vec<ObjectRef> = objects.iter().map(|(r, _)| r.clone()).collect();
+    // An Ingress's address is not waited for: clusters whose ingress
+    // controller never publishes one would roll back every revision.
+    let health_options = HealthOptions {
+        wait_for_ingress_address: false,
+    };
+    let results =
+        crate::cluster::wait::wait_healthy(&c, &refs, &health_options, deadline, ignore_change)
+            .await
+            .map_err(|e| e.to_string())?;
+    let mut judged = Vec::with_capacity(results.len());
+    for ((_, ws), (r, h)) in objects.iter().zip(&results) {
+        judged.push((ws.as_str(), r.id(), h));
+    }
+    Ok(health::judge_workspaces(judged))
+}
+
+fn ignore_change(_: &ObjectRef, _: &Health) {}
+
+/// Workspaces a plan creates or updates objects of.
+fn changed_workspaces(plan: &Plan) -> BTreeSet<String> {
+    plan.changes
+        .iter()
+        .filter(|c| matches!(c.action, ChangeAction::Create | ChangeAction::Update))
+        .map(|c| c.workspace.to_string())
+        .filter(|ws| !ws.is_empty())
+        .collect()
 }
 
 /// Plans `state` against the cluster and, when this replica may write and
@@ -1232,9 +1664,13 @@ async fn check_and_sync(
     c: &Cluster,
     state: &Desired,
     writer: &Writer,
-    hold_new: bool,
-    heal_allowed: bool,
+    apply: Apply,
 ) -> Result<Checked, ReconcileError> {
+    let Apply {
+        hold_new,
+        heal_allowed,
+        force,
+    } = apply;
     let options = &shared.options;
     // The guardrails only the cluster can judge: each resources/ manifest's
     // namespace against the scope API discovery gives its kind.
@@ -1278,17 +1714,20 @@ async fn check_and_sync(
             report: None,
             health,
             held: true,
+            new_revision,
         });
     }
     // A replica that does not lead (or a leader waiting for the lock) only
     // reports.
     let heal = options.self_heal && heal_allowed && live.plan.summary.has_changes();
-    if !writer.may_write || (!new_revision && !heal) {
+    let forced = force && live.plan.summary.has_changes();
+    if !writer.may_write || (!new_revision && !heal && !forced) {
         return Ok(Checked {
             plan: live.plan,
             report: None,
             health,
             held: false,
+            new_revision: false,
         });
     }
     // Healing takes the drifted fields back from whoever changed them.
@@ -1301,6 +1740,7 @@ async fn check_and_sync(
         report: Some(report?),
         health,
         held: false,
+        new_revision,
     })
 }
 
@@ -1348,6 +1788,7 @@ async fn sync_with_heartbeat(
         &live.undeclared,
         sync_options,
         Some(state.revision().to_string()),
+        &state.state.workspace_revisions,
         |_| {},
     );
     let report = tokio::select! {

@@ -352,6 +352,7 @@ impl Reconciler {
             &live.undeclared,
             &options,
             None,
+            &BTreeMap::new(),
             |_| {},
         )
         .await;
@@ -441,7 +442,7 @@ impl Reconciler {
             )));
             return;
         }
-        let outcome = self.roll_back(&step_workspaces, writer).await;
+        let outcome = self.roll_back_step(&step_workspaces, writer).await;
         let Some(run) = self.rollout.as_mut() else {
             return;
         };
@@ -466,7 +467,7 @@ impl Reconciler {
 
     /// Syncs the revision the inventory records (the one before the
     /// rollout) to `workspaces`; returns that revision.
-    async fn roll_back(
+    async fn roll_back_step(
         &mut self,
         workspaces: &[String],
         writer: &Writer,
@@ -518,6 +519,7 @@ impl Reconciler {
             &live.undeclared,
             &options,
             None,
+            &previous.state.workspace_revisions,
             |_| {},
         )
         .await

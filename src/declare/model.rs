@@ -325,6 +325,14 @@ pub struct SyncPolicy {
     /// back (default: yes; drift is a return to the approved state).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub self_heal_outside_windows: Option<bool>,
+    /// Whether the daemon re-applies a workspace whose objects do not
+    /// become Healthy within `health_deadline` at its last healthy revision.
+    #[serde(default)]
+    pub rollback: bool,
+    /// How long the objects of a workspace a revision changed may take to
+    /// become Healthy (`10m`, `90s`); default [`DEFAULT_HEALTH_DEADLINE`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_deadline: Option<String>,
     /// Progressive rollout across workspaces (`sync::rollout`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollout: Option<Rollout>,
@@ -482,10 +490,38 @@ fn parse_wait(text: &str) -> Option<std::time::Duration> {
     std::time::Duration::try_from(d).ok()
 }
 
+/// How long a revision's changed workspaces may take to become Healthy.
+pub const DEFAULT_HEALTH_DEADLINE: std::time::Duration = std::time::Duration::from_secs(300);
+
 impl SyncPolicy {
     pub fn self_heal_outside_windows(&self) -> bool {
         self.self_heal_outside_windows.unwrap_or(true)
     }
+
+    /// `healthDeadline` (validated where written), or the default.
+    pub fn health_deadline(&self) -> std::time::Duration {
+        self.health_deadline
+            .as_deref()
+            .and_then(|d| parse_health_deadline(d).ok())
+            .unwrap_or(DEFAULT_HEALTH_DEADLINE)
+    }
+}
+
+/// A health deadline: a positive duration (`10m`, `90s`, `1h30m`), at most
+/// a day.
+pub fn parse_health_deadline(text: &str) -> Result<std::time::Duration, String> {
+    let problem = || {
+        format!(
+            "`{text}` is not a health deadline: write a positive duration of at most a day, as `10m`, `90s` or `1h30m`"
+        )
+    };
+    let parsed =
+        <jiff::SignedDuration as std::str::FromStr>::from_str(text).map_err(|_| problem())?;
+    let duration = std::time::Duration::try_from(parsed).map_err(|_| problem())?;
+    if duration.is_zero() || duration > std::time::Duration::from_secs(24 * 3600) {
+        return Err(problem());
+    }
+    Ok(duration)
 }
 
 /// One sync window: from each time `schedule` (cron, minute hour

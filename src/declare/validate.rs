@@ -366,6 +366,12 @@ fn check_ownership(env: &Node, files: &FileTable) -> Vec<Diagnostic> {
 fn check_windows(env: &Node, files: &FileTable) -> Vec<Diagnostic> {
     let policy = env.get("spec").and_then(|s| s.get("syncPolicy"));
     let mut out = Vec::new();
+    if let Some(n) = policy.and_then(|p| p.get("healthDeadline"))
+        && let Some(Err(why)) = n.as_str().map(model::parse_health_deadline)
+    {
+        let pointer = "/spec/syncPolicy/healthDeadline".to_string();
+        out.push(files.diag(n.pos, Some(pointer), why));
+    }
     for (i, n) in items(policy, "windows").iter().enumerate() {
         let text = |key: &str| n.get(key).and_then(Node::as_str).map(str::to_string);
         let (Some(schedule), Some(duration)) = (text("schedule"), text("duration")) else {
@@ -2349,6 +2355,56 @@ spec:
             "{d}"
         );
         assert!(d.to_string().contains("manaul"), "{d}");
+    }
+
+    #[test]
+    fn rollback_and_its_health_deadline_are_inherited_and_a_bad_deadline_is_placed() {
+        let policy = ENVIRONMENT.replace(
+            "  ingress: { domain: dev.example.com }\n",
+            "  ingress: { domain: dev.example.com }\n  syncPolicy: { rollback: true, healthDeadline: 10m }\n",
+        );
+        let mut tree = dev_tree(&[("workspaces/a.yaml", workspace("a", false))]);
+        tree.insert("environments/dev/environment.yaml", policy.into_bytes());
+        let qa = |extra: &str| {
+            format!(
+                "apiVersion: tenantsync.io/v1alpha1\nkind: Environment\nmetadata: {{name: qa}}\nspec:\n  base: dev\n{extra}"
+            )
+            .into_bytes()
+        };
+        tree.insert("environments/qa/environment.yaml", qa(""));
+        let repo = load(&tree);
+        let qa_policy = repo.resolve("qa").map(|e| e.settings.sync_policy).unwrap();
+        assert!(qa_policy.rollback, "inherited from dev");
+        assert_eq!(
+            qa_policy.health_deadline(),
+            std::time::Duration::from_secs(600)
+        );
+        assert_eq!(
+            crate::declare::model::SyncPolicy::default().health_deadline(),
+            std::time::Duration::from_secs(300),
+            "default 5m"
+        );
+        tree.insert(
+            "environments/qa/environment.yaml",
+            qa("  syncPolicy: { rollback: false, healthDeadline: soon }\n"),
+        );
+        let repo = load(&tree);
+        let report = repo.validate(&["qa".to_string()]);
+        assert_eq!(report.diagnostics.len(), 1, "{:?}", report.diagnostics);
+        let d = &report.diagnostics[0];
+        assert_eq!(
+            (d.file.as_str(), d.line, d.pointer.as_deref()),
+            (
+                "environments/qa/environment.yaml",
+                6,
+                Some("/spec/syncPolicy/healthDeadline")
+            ),
+            "{d}"
+        );
+        assert!(
+            d.message.contains("`soon`") && d.message.contains("10m"),
+            "{d}"
+        );
     }
 
     #[test]

@@ -103,11 +103,15 @@ impl std::error::Error for Refused {
 /// An environment's name and policies, its rendered objects, and what is
 /// held. Not the model: at thousands of workspaces it is large, and nothing
 /// after rendering needs it.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct DesiredState {
     pub name: String,
     /// The revision the objects came from, as plans and inventories record it.
     pub revision: Option<String>,
+    /// Workspaces whose objects came from another revision than `revision`,
+    /// each with its revision ([`super::compose`]); empty for a state
+    /// rendered from one revision.
+    pub workspace_revisions: BTreeMap<String, String>,
     pub sync_policy: SyncPolicy,
     /// The operator's settings tightened by the repository's.
     pub effective: EffectivePolicy,
@@ -327,6 +331,7 @@ pub fn desired_of(
     Ok(DesiredState {
         name: environment.name,
         revision,
+        workspace_revisions: BTreeMap::new(),
         sync_policy: environment.settings.sync_policy,
         effective,
         ownership: environment.settings.ownership,

@@ -8,8 +8,10 @@
 
 mod desired;
 mod live;
+mod revisions;
 
 pub use desired::{
     DesiredState, Intake, Refused, Selected, Unresolved, admit, desired, desired_of, select,
 };
 pub use live::{Deletes, LivePlan, PlanOptions, check_scopes, plan_live, unrecorded};
+pub use revisions::{compose, needed};

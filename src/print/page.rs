@@ -48,11 +48,11 @@ td.n{text-align:right;font-variant-numeric:tabular-nums}
 code,pre{font:13px/1.4 ui-monospace,SFMono-Regular,Menlo,Consolas,monospace}
 pre{background:var(--card);border:1px solid var(--line);border-radius:6px;padding:.6rem;white-space:pre-wrap;overflow-wrap:anywhere}
 .badge{display:inline-block;padding:0 .5rem;border-radius:1rem;border:1px solid currentColor;font-weight:600;font-size:.85rem;white-space:nowrap}
-.Synced,.Healthy{color:var(--ok)}.Progressing{color:var(--info)}.Degraded{color:var(--bad)}.OutOfSync{color:var(--warn)}.Failed{color:var(--bad)}.Syncing{color:var(--info)}.Unknown{color:var(--unknown)}
+.Synced,.Healthy{color:var(--ok)}.Progressing{color:var(--info)}.Degraded{color:var(--bad)}.OutOfSync{color:var(--warn)}.Failed{color:var(--bad)}.RolledBack{color:var(--bad)}.Syncing{color:var(--info)}.Unknown{color:var(--unknown)}
 dl{display:grid;grid-template-columns:max-content 1fr;gap:.25rem 1rem;margin:0}dt{color:var(--muted)}dd{margin:0;overflow-wrap:anywhere}
 .muted{color:var(--muted)}
 svg.timeline{width:100%;max-width:40rem;height:auto;display:block}
-svg .Synced{fill:var(--ok)}svg .OutOfSync{fill:var(--warn)}svg .Failed{fill:var(--bad)}svg .Syncing{fill:var(--info)}svg .Unknown{fill:var(--unknown)}
+svg .Synced{fill:var(--ok)}svg .OutOfSync{fill:var(--warn)}svg .Failed{fill:var(--bad)}svg .RolledBack{fill:var(--bad)}svg .Syncing{fill:var(--info)}svg .Unknown{fill:var(--unknown)}
 svg text{fill:var(--muted);font-size:10px}svg line{stroke:var(--line)}
 tr.error td{border-top:0;padding-top:0;color:var(--bad)}
 @media (max-width:40rem){body{font-size:14px}dl{grid-template-columns:1fr}dt{margin-top:.4rem}
@@ -256,6 +256,14 @@ fn environment_facts(e: &EnvironmentStatus) -> Markup {
                     @if let Some(plan) = &e.pending_plan { br; span.muted { (plan) } } }
             }
             @if let Some(window) = &e.sync_window { dt { "Sync window" } dd { (window) } }
+            @if let Some(f) = &e.failed_health {
+                dt { "Failed health" } dd { (revision(Some(&f.revision)))
+                    @for (ws, reasons) in &f.workspaces {
+                        br; strong { (ws) } ": " (reasons.join("; "))
+                        @if let Some(to) = f.rolled_back.get(ws) { " " span.muted { "rolled back to " (to) } }
+                        @else { " " span.muted { "left as it is" } }
+                    } }
+            }
             @if let Some(a) = &e.approval {
                 dt { "Last approval" } dd { (revision(Some(&a.revision))) " by " (a.by)
                     @if a.by != a.user { " (" (a.user) ")" } " " span.muted { (short_time(&a.at)) } }
@@ -425,6 +433,7 @@ fn status_class(s: SyncStatus) -> &'static str {
         SyncStatus::OutOfSync => "OutOfSync",
         SyncStatus::Syncing => "Syncing",
         SyncStatus::Failed => "Failed",
+        SyncStatus::RolledBack => "RolledBack",
     }
 }
 

@@ -76,6 +76,9 @@ pub fn status_text(
     if let Some(r) = data.get("status.rollout").filter(|r| !r.is_empty()) {
         out.push_str(&format!("rollout:            {r}\n"));
     }
+    if let Some(f) = data.get("status.failedHealth").filter(|f| !f.is_empty()) {
+        out.push_str(&format!("failed health:\n  {}\n", f.replace('\n', "\n  ")));
+    }
     if let Some(e) = data.get("status.lastError").filter(|e| !e.is_empty()) {
         out.push_str(&format!(
             "last error ({}):\n  {}\n",

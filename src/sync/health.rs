@@ -115,6 +115,31 @@ pub fn aggregate<'a>(items: impl Iterator<Item = &'a Health>) -> HealthStatus {
         .unwrap_or(HealthStatus::Healthy)
 }
 
+/// Workspaces judged by their objects' health (`workspace`, object ID,
+/// health): Healthy when every object is, failed otherwise, with one line
+/// per object that is not (`--wait` semantics: Degraded, or still
+/// Progressing when the wait ended, is failure).
+pub fn judge_workspaces<'a>(
+    objects: impl IntoIterator<Item = (&'a str, String, &'a Health)>,
+) -> (Vec<String>, std::collections::BTreeMap<String, Vec<String>>) {
+    let mut failed: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    let mut seen = std::collections::BTreeSet::new();
+    for (ws, id, health) in objects {
+        seen.insert(ws.to_string());
+        if health.status != HealthStatus::Healthy {
+            failed
+                .entry(ws.to_string())
+                .or_default()
+                .push(format!("{id}: {health}"));
+        }
+    }
+    let healthy = seen
+        .into_iter()
+        .filter(|ws| !failed.contains_key(ws))
+        .collect();
+    (healthy, failed)
+}
+
 fn str_at<'a>(v: &'a Value, pointer: &str) -> Option<&'a str> {
     v.pointer(pointer).and_then(Value::as_str)
 }
@@ -247,6 +272,28 @@ fn load_balanced(live: &Value, options: &HealthOptions) -> Health {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_workspace_is_healthy_only_when_every_object_is() {
+        let ok = Health::healthy("");
+        let bad = Health::degraded("ProgressDeadlineExceeded: timed out");
+        let slow = Health::progressing("1 of 2 replicas updated");
+        let (healthy, failed) = judge_workspaces([
+            ("a", "Deployment/a/x".to_string(), &ok),
+            ("b", "Deployment/b/x".to_string(), &bad),
+            ("b", "Service/b/x".to_string(), &ok),
+            ("c", "Deployment/c/x".to_string(), &slow),
+        ]);
+        assert_eq!(healthy, ["a"]);
+        assert_eq!(
+            failed["b"],
+            ["Deployment/b/x: Degraded: ProgressDeadlineExceeded: timed out"]
+        );
+        assert_eq!(
+            failed["c"],
+            ["Deployment/c/x: Progressing: 1 of 2 replicas updated"]
+        );
+    }
 
     fn check(live: &Value) -> Health {
         assess(live, &HealthOptions::default())

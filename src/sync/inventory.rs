@@ -25,6 +25,11 @@ pub const SYSTEM_NAMESPACE: &str = "tenantsync-system";
 /// environment label of managed objects, so `plan` never lists it.
 pub const INVENTORY_LABEL: &str = "tenantsync.io/inventory";
 const OBJECTS_KEY: &str = "objects.json.gz";
+/// The head's key for the per-workspace revisions ([`WorkspaceRevisions`]),
+/// gzip-compressed JSON (a revision repeats across workspaces, so thousands
+/// compress to a few kilobytes). An inventory written before it existed
+/// has none: see [`Inventory::applied_revision`].
+const WORKSPACES_KEY: &str = "workspaces.json.gz";
 /// The most the compressed object list may take in one ConfigMap. The API
 /// server refuses a ConfigMap over 1 MiB (1,048,576 bytes of data and
 /// binaryData together), and the daemon's status fields share the
@@ -127,12 +132,16 @@ fn split(objects: &[&ObjectRef], chunk_bytes: usize) -> Result<Vec<Vec<u8>>, Enc
 }
 
 fn decompress(bytes: &[u8]) -> Result<Vec<ObjectRef>, String> {
+    decompress_json(bytes, "object list")
+}
+
+fn decompress_json<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, String> {
     let mut json = Vec::new();
     flate2::read::GzDecoder::new(bytes)
         .take(64 * 1024 * 1024)
         .read_to_end(&mut json)
-        .map_err(|e| format!("cannot decompress the object list: {e}"))?;
-    serde_json::from_slice(&json).map_err(|e| format!("object list is not valid JSON: {e}"))
+        .map_err(|e| format!("cannot decompress the {what}: {e}"))?;
+    serde_json::from_slice(&json).map_err(|e| format!("{what} is not valid JSON: {e}"))
 }
 
 pub fn name_of(environment: &str) -> String {
@@ -210,10 +219,35 @@ pub fn kinds_to_list(desired: &[Object], inventory: Option<&Inventory>) -> Vec<(
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Inventory {
     pub environment: String,
+    /// The newest revision applied in full (shared objects and `resources/`
+    /// come from it; a workspace may be at another: `workspaces`).
     pub revision: Option<String>,
     /// RFC 3339 time of the last sync that changed the cluster.
     pub last_applied_at: Option<String>,
     pub objects: BTreeSet<ObjectRef>,
+    /// Per workspace: the revision its objects were last applied at and the
+    /// last revision under which it was Healthy.
+    pub workspaces: BTreeMap<String, WorkspaceRevisions>,
+}
+
+/// What the inventory knows of one workspace's revisions.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkspaceRevisions {
+    /// The revision its objects were last applied at.
+    pub applied: String,
+    /// The last revision under which all its objects were Healthy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub healthy: Option<String>,
+}
+
+/// One workspace of a sync that applied in full: the revision its objects
+/// came from, and whether the sync changed any of them.
+#[derive(Clone, Copy, Debug)]
+pub struct AppliedWorkspace<'a> {
+    pub workspace: &'a str,
+    pub revision: &'a str,
+    pub changed: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -238,6 +272,84 @@ impl Inventory {
     /// objects up in: the set itself is ordered by API version first.
     pub fn keys(&self) -> HashSet<ObjectKey<'_>> {
         self.objects.iter().map(ObjectRef::key).collect()
+    }
+
+    /// The revision workspace `ws`'s objects were last applied at. An
+    /// inventory written before per-workspace revisions existed says nothing
+    /// per workspace: every workspace is then at the environment's revision.
+    pub fn applied_revision(&self, ws: &str) -> Option<&str> {
+        self.workspaces
+            .get(ws)
+            .map(|w| w.applied.as_str())
+            .or(self.revision.as_deref())
+    }
+
+    /// The last revision under which workspace `ws` was Healthy (`None`:
+    /// never seen Healthy, or an inventory older than the record).
+    pub fn healthy_revision(&self, ws: &str) -> Option<&str> {
+        self.workspaces.get(ws).and_then(|w| w.healthy.as_deref())
+    }
+
+    /// The workspaces at another revision than the environment's, each with
+    /// its revision: what a desired state must take from those revisions
+    /// to describe what this inventory says is applied.
+    pub fn pinned(&self) -> BTreeMap<String, String> {
+        self.workspaces
+            .iter()
+            .filter(|(_, w)| Some(w.applied.as_str()) != self.revision.as_deref())
+            .map(|(ws, w)| (ws.clone(), w.applied.clone()))
+            .collect()
+    }
+
+    /// Records workspaces a sync applied in full. A workspace whose objects
+    /// the sync left unchanged keeps being Healthy at the new revision when
+    /// it was Healthy at the one it replaces (nothing of it changed); any
+    /// other's healthy revision stays what it was until it is seen Healthy.
+    pub fn record_applied<'a>(&mut self, applied: impl IntoIterator<Item = AppliedWorkspace<'a>>) {
+        for a in applied {
+            let entry = self.workspaces.get(a.workspace).cloned();
+            let before = entry
+                .as_ref()
+                .map(|w| w.applied.clone())
+                .or_else(|| self.revision.clone());
+            let healthy = entry.and_then(|w| w.healthy);
+            let still_healthy = !a.changed && healthy.is_some() && healthy == before;
+            self.workspaces.insert(
+                a.workspace.to_string(),
+                WorkspaceRevisions {
+                    applied: a.revision.to_string(),
+                    healthy: if still_healthy {
+                        Some(a.revision.to_string())
+                    } else {
+                        healthy
+                    },
+                },
+            );
+        }
+    }
+
+    /// Records that `workspaces` were Healthy at `revision`, those still
+    /// applied at it (a workspace re-applied at another revision meanwhile
+    /// says nothing of this one). Returns whether anything changed.
+    pub fn record_healthy(&mut self, workspaces: &[String], revision: &str) -> bool {
+        let mut changed = false;
+        for ws in workspaces {
+            if self.applied_revision(ws) != Some(revision) {
+                continue;
+            }
+            let entry = self
+                .workspaces
+                .entry(ws.clone())
+                .or_insert_with(|| WorkspaceRevisions {
+                    applied: revision.to_string(),
+                    healthy: None,
+                });
+            if entry.healthy.as_deref() != Some(revision) {
+                entry.healthy = Some(revision.to_string());
+                changed = true;
+            }
+        }
+        changed
     }
 
     /// The ConfigMap that stores this inventory when its object list fits
@@ -288,6 +400,16 @@ impl Inventory {
             binary_data: bytes.map(|b| BTreeMap::from([(OBJECTS_KEY.to_string(), ByteString(b))])),
             ..ConfigMap::default()
         };
+        // The per-workspace revisions go with the head, written every time
+        // (empty too) for the same reason as `chunks` below.
+        let workspaces =
+            gzip(&serde_json::to_vec(&self.workspaces).map_err(std::io::Error::other)?)?;
+        let with_workspaces = |mut head: ConfigMap| {
+            head.binary_data
+                .get_or_insert_with(BTreeMap::new)
+                .insert(WORKSPACES_KEY.to_string(), ByteString(workspaces.clone()));
+            head
+        };
         // Every key is written every time, `chunks` empty when the list is
         // in the head and the head's list empty when it is in chunks: a key
         // left out of a server-side apply stays when another field manager
@@ -295,12 +417,12 @@ impl Inventory {
         // gone, or keep a stale list.
         if parts.len() == 1 {
             data.insert(CHUNKS_KEY.to_string(), String::new());
-            let head = config_map(
+            let head = with_workspaces(config_map(
                 name_of(&self.environment),
                 INVENTORY_LABEL,
                 data,
                 parts.pop(),
-            );
+            ));
             return Ok(Encoded {
                 head,
                 chunks: Vec::new(),
@@ -324,12 +446,12 @@ impl Inventory {
             .collect();
         let empty: Vec<&ObjectRef> = Vec::new();
         let none = gzip(&serde_json::to_vec(&empty).map_err(std::io::Error::other)?)?;
-        let head = config_map(
+        let head = with_workspaces(config_map(
             name_of(&self.environment),
             INVENTORY_LABEL,
             data,
             Some(none),
-        );
+        ));
         Ok(Encoded { head, chunks })
     }
 
@@ -414,11 +536,25 @@ impl Inventory {
                     name: cm.metadata.name.clone().unwrap_or_default(),
                     reason: "no `environment` key".into(),
                 })?;
+        // An inventory written before per-workspace revisions has none.
+        let workspaces = match cm.binary_data.as_ref().and_then(|b| b.get(WORKSPACES_KEY)) {
+            None => BTreeMap::new(),
+            Some(bytes) => {
+                decompress_json(&bytes.0, "per-workspace revisions").map_err(|reason| {
+                    InventoryError::Corrupt {
+                        namespace: SYSTEM_NAMESPACE.to_string(),
+                        name: cm.metadata.name.clone().unwrap_or_default(),
+                        reason,
+                    }
+                })?
+            }
+        };
         Ok(Inventory {
             environment,
             revision: data.get("revision").cloned(),
             last_applied_at: data.get("lastAppliedAt").cloned(),
             objects: BTreeSet::new(),
+            workspaces,
         })
     }
 
@@ -522,6 +658,12 @@ pub fn merge_concurrent(base: &Inventory, ours: &Inventory, theirs: &Inventory) 
         .cloned()
         .collect();
     merged.objects.extend(added);
+    // A workspace only the other writer recorded keeps its record.
+    for (ws, revisions) in &theirs.workspaces {
+        if !base.workspaces.contains_key(ws) && !ours.workspaces.contains_key(ws) {
+            merged.workspaces.insert(ws.clone(), revisions.clone());
+        }
+    }
     merged
 }
 
@@ -692,6 +834,77 @@ mod tests {
             .insert(OBJECTS_KEY.into(), ByteString(b"not gzip".to_vec()));
         let e = Inventory::from_config_map(&cm).unwrap_err();
         assert!(e.to_string().contains("cannot decompress"), "{e}");
+    }
+
+    fn applied<'a>(workspace: &'a str, revision: &'a str, changed: bool) -> AppliedWorkspace<'a> {
+        AppliedWorkspace {
+            workspace,
+            revision,
+            changed,
+        }
+    }
+
+    #[test]
+    fn per_workspace_revisions_round_trip_in_the_head_whether_chunked_or_not() {
+        let mut inv = incompressible_inventory(3_000);
+        inv.record_applied([applied("alpha", "r1", true), applied("beta", "r1", true)]);
+        assert!(inv.record_healthy(&["alpha".into()], "r1"));
+        inv.record_applied([applied("beta", "r2", true)]);
+        let single = inv.encode(CHUNK_BYTES, "g").unwrap();
+        assert!(single.chunks.is_empty());
+        assert_eq!(Inventory::from_config_map(&single.head).unwrap(), inv);
+        let chunked = inv.encode(4096, "g").unwrap();
+        assert!(chunked.chunks.len() > 1);
+        let read = Inventory::from_config_maps(&chunked.head, &chunked.chunks).unwrap();
+        assert_eq!(read.workspaces, inv.workspaces);
+        assert_eq!(read.applied_revision("beta"), Some("r2"));
+        assert_eq!(read.healthy_revision("alpha"), Some("r1"));
+        assert_eq!(read.healthy_revision("beta"), None);
+    }
+
+    #[test]
+    fn an_old_format_inventory_reads_with_every_workspace_at_its_revision_and_none_healthy() {
+        let mut inv = Inventory::new("prod");
+        inv.revision = Some("old".into());
+        inv.objects.insert(r("ConfigMap", Some("a"), "x"));
+        let mut cm = inv.to_config_map().unwrap();
+        // What a tenantsync before per-workspace revisions wrote: no key.
+        cm.binary_data.as_mut().unwrap().remove(WORKSPACES_KEY);
+        let read = Inventory::from_config_map(&cm).unwrap();
+        assert_eq!(read, inv);
+        assert_eq!(read.applied_revision("anything"), Some("old"));
+        assert_eq!(read.healthy_revision("anything"), None);
+        assert!(read.pinned().is_empty());
+        // A damaged record is an error naming the inventory, not "none".
+        cm.binary_data
+            .as_mut()
+            .unwrap()
+            .insert(WORKSPACES_KEY.into(), ByteString(b"junk".to_vec()));
+        let e = Inventory::from_config_map(&cm).unwrap_err().to_string();
+        assert!(
+            e.contains("inventory-prod") && e.contains("per-workspace revisions"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn healthy_revisions_follow_what_each_workspace_is_applied_at() {
+        let mut inv = Inventory::new("dev");
+        inv.record_applied([applied("a", "r1", true), applied("b", "r1", true)]);
+        inv.revision = Some("r1".into());
+        assert!(inv.record_healthy(&["a".into(), "b".into()], "r1"));
+        assert!(!inv.record_healthy(&["a".into()], "r1"), "nothing new");
+        // r2 changes a only: b, untouched and healthy at r1, is healthy at r2.
+        inv.record_applied([applied("a", "r2", true), applied("b", "r2", false)]);
+        inv.revision = Some("r2".into());
+        assert_eq!(inv.healthy_revision("a"), Some("r1"));
+        assert_eq!(inv.healthy_revision("b"), Some("r2"));
+        // a rolled back to r1: pinned there; a late "healthy at r2" of a
+        // says nothing (a is no longer at r2).
+        inv.record_applied([applied("a", "r1", true)]);
+        assert_eq!(inv.pinned(), BTreeMap::from([("a".into(), "r1".into())]));
+        assert!(!inv.record_healthy(&["a".into()], "r2"));
+        assert_eq!(inv.healthy_revision("a"), Some("r1"));
     }
 
     #[test]

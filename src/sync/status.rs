@@ -23,6 +23,73 @@ pub enum SyncStatus {
     /// A sync of `targetRevision` is running.
     Syncing,
     Failed,
+    /// Workspaces a revision changed did not become Healthy by the health
+    /// deadline and were re-applied at their last healthy revision
+    /// (`syncPolicy.rollback`); the revision is not applied again until a
+    /// newer one arrives.
+    RolledBack,
+}
+
+/// A revision whose changed workspaces did not all become Healthy by the
+/// health deadline (Degraded, or still Progressing at it).
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FailedHealth {
+    pub revision: String,
+    /// Each workspace that failed, with why (an object not Healthy a line).
+    pub workspaces: BTreeMap<String, Vec<String>>,
+    /// Those re-applied at their last healthy revision, each with it.
+    pub rolled_back: BTreeMap<String, String>,
+    /// Those left as they are: with rollback on, no healthy revision of
+    /// theirs is known (or it could not be applied); with it off, all.
+    pub left: Vec<String>,
+    /// `syncPolicy.rollback` was on.
+    pub rollback: bool,
+}
+
+impl FailedHealth {
+    /// What happened, in a few lines, for the log, an Event and status.
+    pub fn summary(&self) -> String {
+        let mut lines = vec![format!(
+            "revision {}: {} workspace(s) did not become Healthy by the health deadline: {}",
+            self.revision,
+            self.workspaces.len(),
+            self.workspaces
+                .keys()
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ")
+        )];
+        for (ws, reasons) in &self.workspaces {
+            for r in reasons {
+                lines.push(format!("  {ws}: {r}"));
+            }
+        }
+        if !self.rolled_back.is_empty() {
+            let back: Vec<String> = self
+                .rolled_back
+                .iter()
+                .map(|(ws, r)| format!("{ws} to {r}"))
+                .collect();
+            lines.push(format!(
+                "rolled back to their last healthy revision: {}; {} is not applied to them again until a newer revision arrives",
+                back.join(", "),
+                self.revision
+            ));
+        }
+        if !self.left.is_empty() {
+            let why = if self.rollback {
+                "no revision under which they were Healthy is known"
+            } else {
+                "syncPolicy.rollback is off"
+            };
+            lines.push(format!(
+                "left as they are ({why}): {}; fix them in Git, or revert the commit",
+                self.left.join(", ")
+            ));
+        }
+        lines.join("\n")
+    }
 }
 
 impl std::fmt::Display for SyncStatus {
@@ -144,6 +211,9 @@ pub struct EnvironmentStatus {
     /// completed (`syncPolicy.rollout`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rollout: Option<crate::sync::rollout::RolloutStatus>,
+    /// The applied revision's failed health, and what was rolled back.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failed_health: Option<FailedHealth>,
     /// A revision was read and compared with the cluster (and synced, when
     /// leading) at least once: what `/readyz` waits for. A failed read or
     /// an invalid first revision does not count.
