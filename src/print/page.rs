@@ -756,7 +756,10 @@ mod tests {
                 done: vec!["a".into()],
                 progressing: Vec::new(),
                 pending: (0..8).map(|i| format!("p{i}")).collect(),
-                failed: std::collections::BTreeMap::from([("b".to_string(), "<i>Degraded</i>".to_string())]),
+                failed: std::collections::BTreeMap::from([(
+                    "b".to_string(),
+                    "<i>Degraded</i>".to_string(),
+                )]),
                 next_step_at: None,
             }),
             ..EnvironmentStatus::default()
@@ -764,8 +767,14 @@ mod tests {
         status.environments.insert("prod".into(), e);
         let page = environment_page(&status, "prod", &|s: &str| s.to_string()).unwrap();
         assert!(page.contains("Rollout"), "{page}");
-        assert!(page.contains("step 1/2 <strong>RolledBack</strong>"), "{page}");
-        assert!(page.contains("1 Healthy, 0 progressing, 8 pending, 1 failed"), "{page}");
+        assert!(
+            page.contains("step 1/2 <strong>RolledBack</strong>"),
+            "{page}"
+        );
+        assert!(
+            page.contains("1 Healthy, 0 progressing, 8 pending, 1 failed"),
+            "{page}"
+        );
         assert!(page.contains("&lt;i&gt;Degraded&lt;/i&gt;"), "{page}");
     }
 
