@@ -196,6 +196,32 @@ async fn a_degraded_workspace_is_rolled_back_alone_and_its_revision_not_retried(
     assert_eq!(inv.applied_revision("beta"), Some(second.as_str()));
     assert_eq!(inv.healthy_revision("beta"), Some(second.as_str()));
     assert_eq!(inv.healthy_revision("alpha"), Some(first.as_str()));
+    let shown = || {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_tenantsync"))
+            .args([
+                "status",
+                "--env",
+                &env,
+                "--context",
+                "admin",
+                "--kubeconfig",
+            ])
+            .arg(control_plane().kubeconfig())
+            .output()
+            .expect("tenantsync status");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    wait_for(
+        "tenantsync status to say RolledBack",
+        Duration::from_secs(10),
+        async || shown().contains("RolledBack"),
+    )
+    .await;
+    let text = shown();
+    assert!(
+        text.contains("failed health:") && text.contains(&format!("alpha to {first}")),
+        "{text}"
+    );
     let events = crate::change_control_cluster::events_of(&env).await;
     assert!(
         events.iter().any(|(reason, message)| reason == "RolledBack"
@@ -283,4 +309,69 @@ async fn wait_for_status(
         );
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
+}
+
+#[tokio::test]
+async fn without_rollback_failed_health_is_reported_and_nothing_is_rolled_back() {
+    let repo = TestRepo::new("rollback-off");
+    let env = repo.env.clone();
+    std::fs::remove_dir_all(repo.path().join("environments/base/workspaces")).expect("rm");
+    let alpha = repo.namespace("alpha");
+    repo.write(
+        "environment.yaml",
+        &environment(&env).replace("    rollback: true\n", ""),
+    );
+    repo.write("workspaces/alpha.yaml", &workspace("alpha", 1));
+    git(repo.path(), &["init", "-q", "-b", "main"]);
+    let first = commit(&repo, "alpha with one replica");
+    let logs = tempfile::tempdir().expect("tempdir");
+    let log = logs.path().join("daemon.log");
+    let port = free_port();
+    let _daemon = start_daemon(&repo, port, &log);
+    let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
+    wait_for("the first revision", Duration::from_secs(60), async || {
+        deployment(&alpha).await.is_some()
+    })
+    .await;
+    drive(&alpha, true).await;
+    wait_for(
+        "first recorded healthy",
+        Duration::from_secs(30),
+        async || {
+            inventory(&env)
+                .await
+                .is_some_and(|i| i.healthy_revision("alpha") == Some(first.as_str()))
+        },
+    )
+    .await;
+    repo.write("workspaces/alpha.yaml", &workspace("alpha", 2));
+    let second = commit(&repo, "alpha with two replicas");
+    push(port, &second).await;
+    wait_for("the second revision", Duration::from_secs(30), async || {
+        replicas(&alpha).await == Some(2)
+    })
+    .await;
+    drive(&alpha, false).await;
+    let s = wait_for_status(port, &env, "Failed", Duration::from_secs(40), &log_text).await;
+    assert_eq!(s["lastErrorReason"], "health", "{s}");
+    assert_eq!(s["failedHealth"]["revision"], second.as_str(), "{s}");
+    assert_eq!(s["failedHealth"]["left"][0], "alpha", "{s}");
+    assert!(
+        s["failedHealth"]["rolledBack"]
+            .as_object()
+            .is_none_or(|m| m.is_empty()),
+        "{s}"
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(replicas(&alpha).await, Some(2), "nothing rolled back");
+    let inv = inventory(&env).await.expect("inventory");
+    assert_eq!(inv.applied_revision("alpha"), Some(second.as_str()));
+    assert_eq!(inv.healthy_revision("alpha"), Some(first.as_str()));
+    let events = crate::change_control_cluster::events_of(&env).await;
+    assert!(
+        events
+            .iter()
+            .any(|(reason, _)| reason == "HealthCheckFailed"),
+        "{events:?}"
+    );
 }

@@ -809,4 +809,44 @@ mod tests {
         let list = environments_page(&status, &|s: &str| s.to_string());
         assert!(list.contains("waits for a sync window"), "{list}");
     }
+
+    #[test]
+    fn a_rolled_back_revision_shows_its_workspaces_reasons_and_where_they_went() {
+        let mut status = DaemonStatus::default();
+        let failed = crate::sync::status::FailedHealth {
+            revision: "0123456789abcdef0123456789abcdef01234567".into(),
+            workspaces: std::collections::BTreeMap::from([
+                (
+                    "alpha".to_string(),
+                    vec!["Deployment/a/api: Degraded: ProgressDeadlineExceeded".to_string()],
+                ),
+                (
+                    "gamma".to_string(),
+                    vec!["Deployment/g/api: Progressing: 0 of 1".to_string()],
+                ),
+            ]),
+            rolled_back: std::collections::BTreeMap::from([(
+                "alpha".to_string(),
+                "fedcba98".to_string(),
+            )]),
+            left: vec!["gamma".to_string()],
+            rollback: true,
+        };
+        let e = EnvironmentStatus {
+            sync_status: SyncStatus::RolledBack,
+            failed_health: Some(failed),
+            ..EnvironmentStatus::default()
+        };
+        status.environments.insert("prod".into(), e);
+        let page = environment_page(&status, "prod", &|s: &str| s.to_string()).unwrap();
+        assert!(page.contains("badge RolledBack"), "{page}");
+        assert!(
+            page.contains("Failed health") && page.contains("ProgressDeadlineExceeded"),
+            "{page}"
+        );
+        assert!(
+            page.contains("rolled back to fedcba98") && page.contains("left as it is"),
+            "{page}"
+        );
+    }
 }
