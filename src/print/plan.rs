@@ -813,21 +813,24 @@ pub fn with_rollout(text: String, rollout: &RolloutPlan, output: Output) -> Stri
             list(&rollout.not_held_back)
         ));
     }
+    let mut notes = String::new();
+    if !first.is_empty() {
+        notes.push_str(&format!(
+            "Not held back, applied with step 1: {}.\n",
+            first.join("; ")
+        ));
+    }
     if rollout.shared_objects > 0 {
-        first.push(format!(
-            "{} object(s) of no workspace",
+        notes.push_str(&format!(
+            "Applied with the last step: {} object(s) of no workspace.\n",
             rollout.shared_objects
         ));
     }
-    if !first.is_empty() {
-        let line = format!(
-            "Not held back, applied with step 1: {}.\n",
-            first.join("; ")
-        );
+    if !notes.is_empty() {
         if md {
             section.push('\n');
         }
-        section.push_str(&line);
+        section.push_str(&notes);
     }
     if !md {
         return text + &section;

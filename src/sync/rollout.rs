@@ -98,7 +98,8 @@ pub struct RolloutPlan {
     /// with the first step.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub not_held_back: Vec<String>,
-    /// Objects of no workspace that change: applied with the first step.
+    /// Objects of no workspace that change: applied with the last step
+    /// (the ordinary sync of the whole revision).
     #[serde(skip_serializing_if = "is_zero")]
     pub shared_objects: usize,
     pub pause_between_seconds: u64,
