@@ -1016,3 +1016,95 @@ async fn plan_changed_since_plans_only_the_workspaces_a_change_reaches() {
         "{err}"
     );
 }
+
+/// Issue 26: an image change in `base` over ten workspaces, with a rollout
+/// of 20% then 100% and a pilot, is planned as two steps (the pilot and
+/// one more, then the other eight), in JSON and text; `--workspace` plans
+/// show no steps; a step synced by hand leaves the rest to roll out.
+#[tokio::test]
+async fn plan_shows_which_workspaces_each_rollout_step_reaches() {
+    let repo = TestRepo::new("plan-rollout");
+    for i in 0..6 {
+        repo.write(
+            &format!("workspaces/tenant-{i}.yaml"),
+            &api_workspace(&format!("tenant-{i}"), 1),
+        );
+    }
+    repo.write(
+        "environment.yaml",
+        &format!(
+            "apiVersion: tenantsync.io/v1alpha1\nkind: Environment\nmetadata:\n  name: {}\nspec:\n  base: base\n  ingress:\n    domain: test.example.com\n  syncPolicy:\n    rollout:\n      steps: [20%, 100%]\n      pilot: [tenant-3]\n      pauseBetween: 10m\n",
+            repo.env
+        ),
+    );
+    repo.apply_rendered().await;
+    let plan = repo.plan_json("readonly");
+    assert!(
+        plan.get("rollout").is_none(),
+        "nothing changes: {:#}",
+        plan["rollout"]
+    );
+    // The FHIR image changes in base: every workspace's FHIR Deployments.
+    let base = repo.path().join("environments/base/environment.yaml");
+    let text = std::fs::read_to_string(&base).expect("read base");
+    let bumped = text.replace("fhir-server, tag: \"4.3.1\"", "fhir-server, tag: \"4.4.0\"");
+    assert_ne!(bumped, text);
+    std::fs::write(&base, bumped).expect("write base");
+    let plan = repo.plan_json("readonly");
+    let steps: Vec<Vec<String>> = plan["rollout"]["steps"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no rollout: {plan:#}"))
+        .iter()
+        .map(|s| {
+            s["workspaces"]
+                .as_array()
+                .expect("workspaces")
+                .iter()
+                .map(|w| w.as_str().expect("name").to_string())
+                .collect()
+        })
+        .collect();
+    assert_eq!(steps.len(), 2, "{:#}", plan["rollout"]);
+    assert_eq!(steps[0].len(), 2, "20% of 10");
+    assert_eq!(steps[0][0], "tenant-3", "the pilot first");
+    assert_eq!(steps[1].len(), 8);
+    let mut all: Vec<&String> = steps.iter().flatten().collect();
+    all.sort();
+    all.dedup();
+    assert_eq!(all.len(), 10, "every changed workspace once: {steps:?}");
+    assert_eq!(plan["rollout"]["pauseBetweenSeconds"], 600);
+    let out = repo.run("plan", "readonly", &[]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(&format!("  step 1 (20%, 2): {}\n", steps[0].join(", "))),
+        "{text}"
+    );
+    // A plan of some workspaces is not the environment's rollout.
+    let out = repo.run(
+        "plan",
+        "readonly",
+        &["--output", "json", "--workspace", &steps[0][0]],
+    );
+    let some: Value = serde_json::from_slice(&out.stdout).expect("plan JSON");
+    assert!(some.get("rollout").is_none(), "{:#}", some["rollout"]);
+    // Step 1 by hand: the other eight are left to roll out.
+    let mut args = vec!["--output", "json"];
+    for ws in &steps[0] {
+        args.extend(["--workspace", ws.as_str()]);
+    }
+    let out = repo.run("sync", "admin", &args);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let plan = repo.plan_json("readonly");
+    let left: usize = plan["rollout"]["steps"]
+        .as_array()
+        .expect("steps")
+        .iter()
+        .map(|s| s["workspaces"].as_array().map_or(0, Vec::len))
+        .sum();
+    assert_eq!(left, 8, "{:#}", plan["rollout"]);
+}

@@ -251,3 +251,104 @@ fn printed_plan_matches_golden_files() {
         failures.join("\n")
     );
 }
+
+/// An image change in `base` over ten workspaces, rolled out 20% then
+/// 100% with a pilot, plus an onboarded workspace that is not held back.
+fn rollout_plan() -> (Plan, tenantsync::sync::rollout::RolloutPlan) {
+    let mut changes: Vec<Change> = (0..10)
+        .map(|i| {
+            let ws = format!("hospital-{i:02}");
+            let mut c = object(Action::Update, "apps/v1", "Deployment", &ws, "fhir-main");
+            c.fields = vec![FieldChange {
+                path: "spec.template.spec.containers[name=fhir-server].image".into(),
+                action: FieldAction::Change,
+                live: Some(json!("example.azurecr.io/fhir-server:4.3.1")),
+                desired: Some(json!("example.azurecr.io/fhir-server:4.4.0")),
+                manager: None,
+                since: None,
+            }];
+            c
+        })
+        .collect();
+    changes.push(object(
+        Action::Create,
+        "v1",
+        "Namespace",
+        "newcomer",
+        "newcomer-prod",
+    ));
+    let plan = Plan {
+        format_version: PLAN_FORMAT_VERSION,
+        environment: "prod".into(),
+        revision: Some("0123456789abcdef0123456789abcdef01234567".into()),
+        summary: Summary::of(&changes),
+        changes,
+        api_requests: 4,
+    };
+    let policy = tenantsync::declare::model::Rollout {
+        steps: vec!["20%".into(), "100%".into()],
+        pilot: vec!["hospital-07".into()],
+        pause_between: Some("10m".into()),
+        ..Default::default()
+    }
+    .checked()
+    .expect("a valid policy");
+    let rollout = tenantsync::sync::rollout::plan_rollout(&policy, &plan, &Default::default())
+        .expect("ten workspaces roll out");
+    (plan, rollout)
+}
+
+#[test]
+fn printed_rollout_matches_golden_files() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
+    let update = crate::support::update_golden();
+    let (plan, rollout) = rollout_plan();
+    assert_eq!(rollout.steps.len(), 2);
+    assert_eq!(rollout.steps[0].workspaces.len(), 2);
+    assert_eq!(
+        rollout.steps[0].workspaces[0], "hospital-07",
+        "the pilot first"
+    );
+    assert_eq!(rollout.steps[1].workspaces.len(), 8);
+    assert_eq!(rollout.not_held_back, ["newcomer"]);
+    let outputs = [
+        (
+            "rollout.txt",
+            print::with_rollout(
+                print::text(&plan, false, Verb::Plan),
+                &rollout,
+                print::Output::Text,
+            ),
+        ),
+        (
+            "rollout.md",
+            print::with_rollout(
+                print::markdown(&plan, Verb::Plan),
+                &rollout,
+                print::Output::Markdown,
+            ),
+        ),
+        (
+            "rollout.json",
+            print::with_rollout(print::json(&plan), &rollout, print::Output::Json),
+        ),
+    ];
+    for (file, actual) in outputs {
+        let path = root.join(file);
+        if update {
+            std::fs::write(&path, &actual).expect("write golden");
+            continue;
+        }
+        let expected = std::fs::read_to_string(&path).unwrap_or_default();
+        if expected != actual {
+            let diff = similar::TextDiff::from_lines(&expected, &actual);
+            panic!(
+                "{} differs from the printed output (regenerate with TENANTSYNC_UPDATE_GOLDEN=1 if intended):\n{}",
+                path.display(),
+                diff.unified_diff()
+                    .context_radius(2)
+                    .header("golden", "printed")
+            );
+        }
+    }
+}

@@ -29,6 +29,7 @@ mod print_golden;
 mod properties;
 mod readme_commands;
 mod rollback_cluster;
+mod rollout_cluster;
 mod saved_plan_cluster;
 mod signed_commits;
 mod status_page;

@@ -121,13 +121,16 @@ pub(super) fn live_cmd(
     if !notes.pending.is_empty() || !notes.never_declared.is_empty() {
         text = notes.add_to(text, args.output);
     }
+    // A plan of every workspace only: what --workspace leaves out would
+    // change the steps.
+    if !drift
+        && desired.scope.only.is_none()
+        && let Some(rollout) = desired.rollout(&plan)
+    {
+        text = print::with_rollout(text, &rollout, print_output(args.output));
+    }
     if let (Some(since), Some(selection)) = (changed_since, &desired.changed) {
-        let output = match args.output {
-            PlanOutput::Text => print::Output::Text,
-            PlanOutput::Markdown => print::Output::Markdown,
-            PlanOutput::Json => print::Output::Json,
-        };
-        text = print::with_changed(text, since, selection, output);
+        text = print::with_changed(text, since, selection, print_output(args.output));
     }
     if let Some(out) = out {
         // A folder's revision is the digest of its files, as sync records.
@@ -152,6 +155,14 @@ pub(super) fn live_cmd(
     } else {
         ExitCode::SUCCESS
     })
+}
+
+fn print_output(output: PlanOutput) -> print::Output {
+    match output {
+        PlanOutput::Text => print::Output::Text,
+        PlanOutput::Markdown => print::Output::Markdown,
+        PlanOutput::Json => print::Output::Json,
+    }
 }
 
 /// What `drift` tells apart beyond the plan's actions.

@@ -28,6 +28,7 @@ pub struct Metrics {
     reconcile_errors: Family<Labels, Counter>,
     last_successful_reconcile: Family<Labels, Gauge>,
     pending: Family<Labels, Gauge>,
+    rollout_step: Family<Labels, Gauge>,
     rollbacks: Family<Labels, Counter>,
     /// Workspaces with a drift series, per environment.
     drift_workspaces: Mutex<std::collections::BTreeMap<String, Vec<String>>>,
@@ -73,6 +74,7 @@ impl Metrics {
             reconcile_errors: Family::default(),
             last_successful_reconcile: Family::default(),
             pending: Family::default(),
+            rollout_step: Family::default(),
             rollbacks: Family::default(),
             drift_workspaces: Mutex::new(std::collections::BTreeMap::new()),
         };
@@ -137,6 +139,11 @@ impl Metrics {
             m.pending.clone(),
         );
         registry.register(
+            "rollout_step",
+            "The step a progressive rollout (syncPolicy.rollout) of an environment applied last, from 1, by phase (Progressing, Pausing, Failed, RolledBack); 0 when none is under way or stopped",
+            m.rollout_step.clone(),
+        );
+        registry.register(
             "rollbacks",
             "Revisions whose failed health rolled workspaces back to their last healthy revision (syncPolicy.rollback)",
             m.rollbacks.clone(),
@@ -145,6 +152,21 @@ impl Metrics {
             *r = registry;
         }
         m
+    }
+
+    /// A rollout's step and phase; `None` when none is under way or stopped.
+    pub fn set_rollout(&self, env: &str, step: Option<(usize, &str)>) {
+        for phase in ["Progressing", "Pausing", "Failed", "RolledBack"] {
+            let labels = vec![
+                ("environment".to_string(), env.to_string()),
+                ("phase".to_string(), phase.to_string()),
+            ];
+            let value = match step {
+                Some((n, p)) if p == phase => i64::try_from(n).unwrap_or(i64::MAX),
+                _ => 0,
+            };
+            self.rollout_step.get_or_create(&labels).set(value);
+        }
     }
 
     /// Creates an environment's counters at zero, so they exist before the

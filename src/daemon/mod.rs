@@ -340,6 +340,14 @@ async fn publish_status(
         ("approvedBy".to_string(), approval.by.clone()),
         ("approvedUser".to_string(), approval.user.clone()),
         ("approvedAt".to_string(), approval.at.clone()),
+        (
+            "rollout".to_string(),
+            status
+                .rollout
+                .as_ref()
+                .map(crate::sync::rollout::RolloutStatus::summary)
+                .unwrap_or_default(),
+        ),
         // The daemon's heartbeat: `tenantsync status` calls a status older
         // than staleAfterSeconds stale.
         ("heartbeatAt".to_string(), now()),

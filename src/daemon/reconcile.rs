@@ -31,6 +31,9 @@ use crate::sync::status::{
 };
 use crate::sync::windows;
 
+#[path = "rollout.rs"]
+mod rollout;
+
 /// Why a reconcile failed. [`ReconcileError::reason`] names it in one word
 /// for the status, the logs and the metrics.
 #[derive(Debug, thiserror::Error)]
@@ -254,6 +257,9 @@ pub(super) async fn reconcile_loop(
             changed = trigger.changed() => {
                 if changed.is_ok() { schedule.poll_now(Instant::now()); }
             },
+            () = tokio::time::sleep(rollout::ROLLOUT_CHECK), if reconciler.rolling() => {
+                schedule.poll_now(Instant::now());
+            },
             () = tokio::time::sleep(APPROVAL_CHECK), if reconciler.waiting.is_some() => {
                 if reconciler.may_apply_now().await { schedule.poll_now(Instant::now()); }
             },
@@ -298,6 +304,8 @@ struct Reconciler {
     waiting: Option<String>,
     /// Whether self-heal may re-apply drift now (the sync windows).
     heal_allowed: bool,
+    /// The rollout of the newest revision (`syncPolicy.rollout`).
+    rollout: Option<rollout::RolloutRun>,
     /// The health of the workspaces the last applied revision changed, being
     /// watched until its health deadline.
     health_watch: Option<HealthWatch>,
@@ -321,6 +329,7 @@ impl Reconciler {
             changed: 0,
             waiting: None,
             heal_allowed: true,
+            rollout: None,
             health_watch: None,
             failed_health: None,
             needs_pinning: false,
@@ -341,6 +350,13 @@ impl Reconciler {
             Ok(gate) => gate,
             Err(e) => return Err(self.blocked(e, &writer).await),
         };
+        if gate.may_apply() {
+            match self.roll(&state, &writer).await {
+                Ok(true) => return Ok(()),
+                Ok(false) => {}
+                Err(e) => return Err(self.blocked(e, &writer).await),
+            }
+        }
         let Some(c) = self.cluster.as_ref() else {
             return Err(ReconcileError::NoRevision);
         };

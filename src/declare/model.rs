@@ -333,6 +333,161 @@ pub struct SyncPolicy {
     /// become Healthy (`10m`, `90s`); default [`DEFAULT_HEALTH_DEADLINE`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health_deadline: Option<String>,
+    /// Progressive rollout across workspaces (`sync::rollout`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<Rollout>,
+}
+
+/// `syncPolicy.rollout` as written: the steps of a revision that changes
+/// more than one workspace, who goes first, and the pace.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Rollout {
+    /// Cumulative shares of the changed workspaces: `10%`, `50%`, `100%`.
+    pub steps: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pilot: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<LabelSelector>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pause_between: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_deadline: Option<String>,
+    #[serde(default)]
+    pub include_new_workspaces: bool,
+    #[serde(default)]
+    pub include_deletions: bool,
+    /// Whether a failed step's workspaces are set back (default true).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback: Option<bool>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct LabelSelector {
+    #[serde(default)]
+    pub match_labels: BTreeMap<String, String>,
+}
+
+/// A rollout checked: its steps as percentages and its durations.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RolloutPolicy {
+    /// Increasing, each 1..=100, the last 100.
+    pub steps: Vec<u8>,
+    pub pilot: Vec<String>,
+    pub match_labels: BTreeMap<String, String>,
+    pub pause_between: std::time::Duration,
+    pub health_deadline: std::time::Duration,
+    pub include_new_workspaces: bool,
+    pub include_deletions: bool,
+    pub rollback: bool,
+}
+
+/// The longest `pauseBetween` or `healthDeadline`: a day.
+pub const ROLLOUT_MAX_WAIT: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+/// The shortest `healthDeadline`: pods need some seconds to start.
+pub const ROLLOUT_MIN_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
+/// `healthDeadline` when none is given.
+pub const ROLLOUT_DEFAULT_DEADLINE: std::time::Duration = std::time::Duration::from_secs(600);
+
+impl Rollout {
+    /// The rollout checked, or why it is refused: the field (a JSON
+    /// pointer below `rollout`) and what to do.
+    pub fn checked(&self) -> Result<RolloutPolicy, (String, String)> {
+        let mut steps: Vec<u8> = Vec::with_capacity(self.steps.len());
+        for (i, step) in self.steps.iter().enumerate() {
+            let percent = step
+                .strip_suffix('%')
+                .and_then(|n| n.parse::<u8>().ok())
+                .filter(|n| (1..=100).contains(n))
+                .ok_or_else(|| {
+                    (
+                        format!("steps/{i}"),
+                        format!("`{step}` is not a step: write a share of the workspaces from 1% to 100%, e.g. `10%`"),
+                    )
+                })?;
+            if let Some(&before) = steps.last()
+                && percent <= before
+            {
+                return Err((
+                    format!("steps/{i}"),
+                    format!(
+                        "step `{step}` does not increase on the step before it ({before}%): steps are cumulative shares, e.g. [10%, 50%, 100%]"
+                    ),
+                ));
+            }
+            steps.push(percent);
+        }
+        match steps.last() {
+            Some(100) => {}
+            Some(last) => {
+                return Err((
+                    format!("steps/{}", steps.len() - 1),
+                    format!(
+                        "the last step is {last}%: it must be 100%, so the rollout reaches every workspace (add `100%`)"
+                    ),
+                ));
+            }
+            None => {
+                return Err((
+                    "steps".into(),
+                    "a rollout needs at least one step; the last one `100%`".into(),
+                ));
+            }
+        }
+        let duration = |field: &str, text: Option<&str>, min, default| {
+            match text {
+            None => Ok(default),
+            Some(text) => parse_wait(text)
+                .filter(|d| *d >= min && *d <= ROLLOUT_MAX_WAIT)
+                .ok_or_else(|| {
+                    (
+                        field.to_string(),
+                        format!(
+                            "`{text}` is not a duration from {}s to 24h: write it as `10m`, `90s` or `1h30m`",
+                            min.as_secs()
+                        ),
+                    )
+                }),
+        }
+        };
+        let pause_between = duration(
+            "pauseBetween",
+            self.pause_between.as_deref(),
+            std::time::Duration::ZERO,
+            std::time::Duration::ZERO,
+        )?;
+        let health_deadline = duration(
+            "healthDeadline",
+            self.health_deadline.as_deref(),
+            ROLLOUT_MIN_DEADLINE,
+            ROLLOUT_DEFAULT_DEADLINE,
+        )?;
+        Ok(RolloutPolicy {
+            steps,
+            pilot: self.pilot.clone(),
+            match_labels: self
+                .selector
+                .as_ref()
+                .map(|s| s.match_labels.clone())
+                .unwrap_or_default(),
+            pause_between,
+            health_deadline,
+            include_new_workspaces: self.include_new_workspaces,
+            include_deletions: self.include_deletions,
+            rollback: self.rollback.unwrap_or(true),
+        })
+    }
+}
+
+/// A non-negative duration as `10m`, `90s`, `1h30m` or `0s`.
+fn parse_wait(text: &str) -> Option<std::time::Duration> {
+    use std::str::FromStr;
+    let d = jiff::SignedDuration::from_str(text).ok()?;
+    if d.is_negative() {
+        return None;
+    }
+    std::time::Duration::try_from(d).ok()
 }
 
 /// How long a revision's changed workspaces may take to become Healthy.

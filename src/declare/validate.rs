@@ -121,6 +121,7 @@ fn load_with(tree: &SourceTree, parallel: bool) -> Repository {
                 .extend(checks.iter().filter_map(setting_of));
             let mut ownership = check_ownership(&node, &repo.files);
             ownership.extend(check_windows(&node, &repo.files));
+            ownership.extend(check_rollout(&node, &repo.files));
             layer
                 .invalid_settings
                 .extend(ownership.iter().filter_map(setting_of));
@@ -389,6 +390,54 @@ fn check_windows(env: &Node, files: &FileTable) -> Vec<Diagnostic> {
         }
     }
     out
+}
+
+/// `spec.syncPolicy.rollout` beyond its schema: steps that increase and
+/// end at 100%, durations in bounds, each refused where written.
+fn check_rollout(env: &Node, files: &FileTable) -> Vec<Diagnostic> {
+    let Some(rollout) = env
+        .get("spec")
+        .and_then(|s| s.get("syncPolicy"))
+        .and_then(|p| p.get("rollout"))
+    else {
+        return Vec::new();
+    };
+    let text = |key: &str| rollout.get(key).and_then(Node::as_str).map(str::to_string);
+    let steps = items(Some(rollout), "steps");
+    let written = model::Rollout {
+        steps: steps
+            .iter()
+            .map(|n| n.as_str().unwrap_or_default().to_string())
+            .collect(),
+        pause_between: text("pauseBetween"),
+        health_deadline: text("healthDeadline"),
+        ..model::Rollout::default()
+    };
+    // A rollout the schema refused (no steps, a step not a share) says so
+    // already.
+    let share = |n: &Node| {
+        n.as_str()
+            .and_then(|s| s.strip_suffix('%'))
+            .and_then(|p| p.parse::<u8>().ok())
+            .is_some_and(|p| (1..=100).contains(&p))
+    };
+    if rollout.get("steps").is_none() || !steps.iter().all(share) {
+        return Vec::new();
+    }
+    match written.checked() {
+        Ok(_) => Vec::new(),
+        Err((field, why)) => {
+            let at = match field.strip_prefix("steps/") {
+                Some(i) => i
+                    .parse::<usize>()
+                    .ok()
+                    .and_then(|i| steps.get(i))
+                    .map_or(rollout.pos, |n| n.pos),
+                None => rollout.get(&field).map_or(rollout.pos, |f| f.pos),
+            };
+            vec![files.diag(at, Some(format!("/spec/syncPolicy/rollout/{field}")), why)]
+        }
+    }
 }
 
 /// Every kind tenantsync can manage in this repository: those it renders,
@@ -2382,6 +2431,93 @@ spec:
             report.diagnostics
         );
         assert!(report.diagnostics[0].message.contains("`Mars/Olympus`"));
+    }
+
+    #[test]
+    fn a_rollout_is_inherited_and_bad_steps_or_durations_are_refused_where_written() {
+        let with = |rollout: &str| {
+            ENVIRONMENT.replace(
+                "  ingress: { domain: dev.example.com }\n",
+                &format!("  ingress: {{ domain: dev.example.com }}\n  syncPolicy:\n    rollout:\n{rollout}"),
+            )
+        };
+        let mut tree = dev_tree(&[("workspaces/a.yaml", workspace("a", false))]);
+        tree.insert(
+            "environments/dev/environment.yaml",
+            with("      steps: [10%, 50%, 100%]\n      pilot: [a]\n      pauseBetween: 10m\n")
+                .into_bytes(),
+        );
+        tree.insert(
+            "environments/qa/environment.yaml",
+            b"apiVersion: tenantsync.io/v1alpha1\nkind: Environment\nmetadata: {name: qa}\nspec:\n  base: dev\n  syncPolicy:\n    rollout: { steps: [50%, 100%], healthDeadline: 5m }\n".to_vec(),
+        );
+        let repo = load(&tree);
+        assert!(
+            repo.validate(&[]).diagnostics.is_empty(),
+            "{:?}",
+            repo.validate(&[]).diagnostics
+        );
+        let qa = repo
+            .resolve("qa")
+            .ok()
+            .and_then(|e| e.settings.sync_policy.rollout)
+            .map(|r| r.checked());
+        let Some(Ok(policy)) = qa else {
+            panic!("qa's rollout: {qa:?}")
+        };
+        assert_eq!(policy.steps, [50, 100], "qa's own");
+        assert_eq!(policy.pilot, ["a"], "inherited from dev");
+        assert_eq!(policy.pause_between.as_secs(), 600, "inherited from dev");
+        assert_eq!(policy.health_deadline.as_secs(), 300, "qa's own");
+        for (rollout, line, pointer, says) in [
+            (
+                "      steps: [50%, 10%, 100%]\n",
+                9,
+                "/spec/syncPolicy/rollout/steps/1",
+                "does not increase",
+            ),
+            (
+                "      steps: [10%, 50%]\n",
+                9,
+                "/spec/syncPolicy/rollout/steps/1",
+                "must be 100%",
+            ),
+            (
+                "      steps: [100%]\n      pauseBetween: 3d\n",
+                10,
+                "/spec/syncPolicy/rollout/pauseBetween",
+                "`3d`",
+            ),
+            (
+                "      steps: [100%]\n      healthDeadline: 1s\n",
+                10,
+                "/spec/syncPolicy/rollout/healthDeadline",
+                "from 10s to 24h",
+            ),
+            (
+                "      steps: [0%, 100%]\n",
+                9,
+                "/spec/syncPolicy/rollout/steps/0",
+                "",
+            ),
+        ] {
+            tree.insert(
+                "environments/dev/environment.yaml",
+                with(rollout).into_bytes(),
+            );
+            let report = load(&tree).validate(&["dev".to_string()]);
+            assert_eq!(
+                report.diagnostics.len(),
+                1,
+                "{rollout}: {:?}",
+                report.diagnostics
+            );
+            let d = &report.diagnostics[0];
+            assert_eq!(d.file, "environments/dev/environment.yaml", "{d}");
+            assert_eq!(d.line, line, "{rollout}: {d}");
+            assert_eq!(d.pointer.as_deref(), Some(pointer), "{rollout}: {d}");
+            assert!(d.message.contains(says), "{rollout}: {d}");
+        }
     }
 
     /// Review of issue 16: an allow window on 30 February validated and

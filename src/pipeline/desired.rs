@@ -10,6 +10,7 @@ use crate::declare::repo::SourceTree;
 use crate::declare::validate::{self, Partial, Repository};
 use crate::object::Object;
 use crate::render::{self, RenderError};
+use crate::sync::rollout::{self, RolloutPlan};
 use crate::sync::tenancy::{self, EffectivePolicy, Operator};
 use crate::sync::{Scope, SyncOptions};
 
@@ -131,6 +132,8 @@ pub struct DesiredState {
     /// What the changed files reach and what was planned, when only they
     /// were selected.
     pub changed: Option<Selection>,
+    /// Each rendered workspace's `metadata.labels` (a rollout's selector).
+    pub workspace_labels: BTreeMap<String, BTreeMap<String, String>>,
 }
 
 impl DesiredState {
@@ -141,6 +144,15 @@ impl DesiredState {
             let scope = &self.scope;
             self.objects.retain(|o| scope.contains_object(o));
         }
+    }
+
+    /// How a plan of this state rolls out (`syncPolicy.rollout`), when it
+    /// does: the policy is set and the plan changes more than one
+    /// workspace it holds back.
+    pub fn rollout(&self, plan: &crate::plan::Plan) -> Option<RolloutPlan> {
+        // Validation refuses a policy that does not check.
+        let policy = self.sync_policy.rollout.as_ref()?.checked().ok()?;
+        rollout::plan_rollout(&policy, plan, &self.workspace_labels)
     }
 
     /// The options of a sync of this state: the caller's `flags` (only
@@ -286,6 +298,12 @@ pub fn desired_of(
     environment
         .workspaces
         .retain(|w| !clashes.contains_key(&w.metadata.name));
+    let workspace_labels = environment
+        .workspaces
+        .iter()
+        .filter(|w| !w.metadata.labels.is_empty())
+        .map(|w| (w.metadata.name.clone(), w.metadata.labels.clone()))
+        .collect();
     let (objects, mut unrendered) = render::render_partial(&environment);
     if !intake.hold_unrendered
         && let Some((_, e)) = unrendered.pop_first()
@@ -323,6 +341,7 @@ pub fn desired_of(
         held,
         unresolved,
         changed,
+        workspace_labels,
     })
 }
 

@@ -6,7 +6,7 @@
 //!
 //! | module | prints |
 //! |---|---|
-//! | `plan` | a plan (text, Markdown, JSON) for `plan` and `drift`, with drift's notes and a deleted namespace's foreign objects |
+//! | `plan` | a plan (text, Markdown, JSON) for `plan` and `drift`, with drift's notes, a deleted namespace's foreign objects and a revision's rollout steps |
 //! | `report` | a sync's report, and why a sync failed one line per object |
 //! | `page` | the daemon's read-only status page (HTML) from its `/status` |
 //! | `status` | an environment's recorded status (`tenantsync status`) |
@@ -19,7 +19,9 @@ mod plan;
 mod report;
 mod status;
 
-pub use plan::{Output, Verb, json, markdown, text, with_changed, with_drift_notes, with_foreign};
+pub use plan::{
+    Output, Verb, json, markdown, text, with_changed, with_drift_notes, with_foreign, with_rollout,
+};
 pub use report::{conflict_fields, sync_errors, sync_text};
 pub use status::{status_json, status_text};
 

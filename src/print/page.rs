@@ -264,6 +264,14 @@ fn environment_facts(e: &EnvironmentStatus) -> Markup {
                         @else { " " span.muted { "left as it is" } }
                     } }
             }
+            @if let Some(r) = &e.rollout {
+                dt { "Rollout" } dd { (revision(Some(&r.revision)))
+                    " step " (r.step) "/" (r.steps) " " strong { (r.phase.as_str()) }
+                    @if let Some(at) = &r.next_step_at { " " span.muted { "next step at " (short_time(at)) } }
+                    br; span.muted { (r.done.len()) " Healthy, " (r.progressing.len()) " progressing, "
+                        (r.pending.len()) " pending, " (r.failed.len()) " failed" }
+                    @for (ws, why) in &r.failed { br; strong { (ws) } ": " (why) } }
+            }
             @if let Some(a) = &e.approval {
                 dt { "Last approval" } dd { (revision(Some(&a.revision))) " by " (a.by)
                     @if a.by != a.user { " (" (a.user) ")" } " " span.muted { (short_time(&a.at)) } }
@@ -732,6 +740,42 @@ mod tests {
         let html = workspace_page(&s, "dev", "contoso").unwrap();
         assert!(html.contains("(secret value hidden)"));
         assert!(!html.contains("<code>5</code>"), "{html}");
+    }
+
+    #[test]
+    fn a_rollout_shows_its_step_phase_counts_and_failed_workspaces_escaped() {
+        use crate::sync::rollout::{RolloutPhase, RolloutStatus};
+        let mut status = DaemonStatus::default();
+        let e = EnvironmentStatus {
+            sync_status: SyncStatus::Failed,
+            rollout: Some(RolloutStatus {
+                revision: "0123456789abcdef0123456789abcdef01234567".into(),
+                step: 1,
+                steps: 2,
+                phase: RolloutPhase::RolledBack,
+                done: vec!["a".into()],
+                progressing: Vec::new(),
+                pending: (0..8).map(|i| format!("p{i}")).collect(),
+                failed: std::collections::BTreeMap::from([(
+                    "b".to_string(),
+                    "<i>Degraded</i>".to_string(),
+                )]),
+                next_step_at: None,
+            }),
+            ..EnvironmentStatus::default()
+        };
+        status.environments.insert("prod".into(), e);
+        let page = environment_page(&status, "prod", &|s: &str| s.to_string()).unwrap();
+        assert!(page.contains("Rollout"), "{page}");
+        assert!(
+            page.contains("step 1/2 <strong>RolledBack</strong>"),
+            "{page}"
+        );
+        assert!(
+            page.contains("1 Healthy, 0 progressing, 8 pending, 1 failed"),
+            "{page}"
+        );
+        assert!(page.contains("&lt;i&gt;Degraded&lt;/i&gt;"), "{page}");
     }
 
     #[test]

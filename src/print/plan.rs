@@ -12,6 +12,7 @@ use crate::declare::changed::{Impact, Selection};
 use crate::plan::{Action, Change, FieldAction, FieldChange, Plan, Summary};
 use crate::sync::name_some;
 use crate::sync::report::Foreign;
+use crate::sync::rollout::{RolloutPlan, duration_text};
 
 /// Which command the plan is printed for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -742,6 +743,105 @@ pub fn with_changed(text: String, since: &str, selection: &Selection, output: Ou
         }
     } else {
         note + &text
+    }
+}
+
+/// Workspaces a rollout step lists in text and markdown (JSON lists all).
+const ROLLOUT_WORKSPACES_SHOWN: usize = 20;
+
+/// Adds to a plan how its revision rolls out (`syncPolicy.rollout`): the
+/// steps and their workspaces, the pace, what is not held back. A section
+/// at the end in text, after the summary line in markdown, `rollout` in
+/// JSON.
+pub fn with_rollout(text: String, rollout: &RolloutPlan, output: Output) -> String {
+    if output == Output::Json {
+        let Ok(mut value) = serde_json::from_str::<serde_json::Value>(&text) else {
+            return text;
+        };
+        value["rollout"] = serde_json::to_value(rollout).unwrap_or_default();
+        return serde_json::to_string_pretty(&value).map_or(text, |t| t + "\n");
+    }
+    let md = output == Output::Markdown;
+    let list = |names: &[String]| {
+        let mut out: Vec<String> = names
+            .iter()
+            .take(ROLLOUT_WORKSPACES_SHOWN)
+            .map(|n| if md { code(&shown(n)) } else { shown(n) })
+            .collect();
+        if names.len() > ROLLOUT_WORKSPACES_SHOWN {
+            out.push(format!(
+                "and {} more",
+                names.len() - ROLLOUT_WORKSPACES_SHOWN
+            ));
+        }
+        out.join(", ")
+    };
+    let total: usize = rollout.steps.iter().map(|s| s.workspaces.len()).sum();
+    let pace = format!(
+        "{total} workspaces in {} steps; each step Healthy within {}, then {} before the next (syncPolicy.rollout)",
+        rollout.steps.len(),
+        duration_text(rollout.health_deadline_seconds),
+        duration_text(rollout.pause_between_seconds),
+    );
+    let mut section = if md {
+        format!("**Rollout:** {pace}.\n\n| Step | Reaches | Workspaces |\n|---|---|---|\n")
+    } else {
+        format!("\nRollout: {pace}:\n")
+    };
+    for (i, step) in rollout.steps.iter().enumerate() {
+        let n = step.workspaces.len();
+        if md {
+            section.push_str(&format!(
+                "| {} | {}% | {} ({n}) |\n",
+                i + 1,
+                step.percent,
+                list(&step.workspaces)
+            ));
+        } else {
+            section.push_str(&format!(
+                "  step {} ({}%, {n}): {}\n",
+                i + 1,
+                step.percent,
+                list(&step.workspaces)
+            ));
+        }
+    }
+    let mut first = Vec::new();
+    if !rollout.not_held_back.is_empty() {
+        first.push(format!(
+            "new or removed workspaces {}",
+            list(&rollout.not_held_back)
+        ));
+    }
+    let mut notes = String::new();
+    if !first.is_empty() {
+        notes.push_str(&format!(
+            "Not held back, applied with step 1: {}.\n",
+            first.join("; ")
+        ));
+    }
+    if rollout.shared_objects > 0 {
+        notes.push_str(&format!(
+            "Applied with the last step: {} object(s) of no workspace.\n",
+            rollout.shared_objects
+        ));
+    }
+    if !notes.is_empty() {
+        if md {
+            section.push('\n');
+        }
+        section.push_str(&notes);
+    }
+    if !md {
+        return text + &section;
+    }
+    // After the summary line: a reviewer reads the pace before the diffs.
+    match text.find("**\n\n") {
+        Some(at) => {
+            let at = at + "**\n\n".len();
+            format!("{}{section}\n{}", &text[..at], &text[at..])
+        }
+        None => text + "\n" + &section,
     }
 }
 

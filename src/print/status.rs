@@ -73,6 +73,9 @@ pub fn status_text(
         ));
     }
     out.push_str(&change_control(env, data));
+    if let Some(r) = data.get("status.rollout").filter(|r| !r.is_empty()) {
+        out.push_str(&format!("rollout:            {r}\n"));
+    }
     if let Some(f) = data.get("status.failedHealth").filter(|f| !f.is_empty()) {
         out.push_str(&format!("failed health:\n  {}\n", f.replace('\n', "\n  ")));
     }

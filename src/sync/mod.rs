@@ -8,6 +8,7 @@
 //! | [`health`] | per-kind health rules, worst-wins aggregation |
 //! | [`report`] | what a sync did: the value printers, status and metrics are built from |
 //! | [`status`] | what the daemon knows of each environment (`/status`, the status page), the ring of recent reconciles |
+//! | [`rollout`] | progressive rollout: which workspaces a revision changes, which step each is in |
 //! | [`windows`] | sync windows: whether a new revision may be applied now |
 //! | [`tenancy`] | the operator's guardrails, the effective policy, who owns an object |
 //!
@@ -18,6 +19,7 @@ pub mod approval;
 pub mod health;
 pub mod inventory;
 pub mod report;
+pub mod rollout;
 pub mod status;
 pub mod steps;
 pub mod tenancy;

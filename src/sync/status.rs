@@ -207,6 +207,10 @@ pub struct EnvironmentStatus {
     /// The last approval recorded for this environment.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub approval: Option<crate::sync::approval::Approval>,
+    /// A progressive rollout under way, or the last one that stopped or
+    /// completed (`syncPolicy.rollout`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<crate::sync::rollout::RolloutStatus>,
     /// The applied revision's failed health, and what was rolled back.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub failed_health: Option<FailedHealth>,

@@ -1,0 +1,577 @@
+//! A revision rolled out step by step (`syncPolicy.rollout`, issue 26): the
+//! daemon applies the first step's workspaces, waits until they are Healthy
+//! and `pauseBetween` has passed, then the next step; the last step is the
+//! ordinary sync of the whole revision, which records it in the inventory.
+//! Which workspaces go in which step is `sync::rollout`'s (pure); this is
+//! the edge that applies, watches and reports.
+//!
+//! Kept in memory: a daemon that restarts mid-rollout plans again and rolls
+//! out the workspaces still changed from step one (never skipping a gate).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde_json::Value;
+
+use super::*;
+use crate::object::Object;
+use crate::plan::Summary;
+use crate::sync::Scope;
+use crate::sync::rollout::{RolloutPhase, RolloutPlan, RolloutStatus, StepHealth, judge};
+
+/// How often a rollout under way is looked at (the step's health, the end
+/// of the pause).
+pub(super) const ROLLOUT_CHECK: Duration = Duration::from_secs(2);
+
+/// One revision's rollout, as far as it went.
+pub(super) struct RolloutRun {
+    revision: String,
+    plan: RolloutPlan,
+    /// Each workspace's namespace.
+    namespaces: BTreeMap<String, String>,
+    /// Steps applied.
+    applied: usize,
+    applied_at: Instant,
+    healthy_at: Option<Instant>,
+    next_step_at: Option<jiff::Timestamp>,
+    phase: RolloutPhase,
+    failed: BTreeMap<String, String>,
+    /// Reached workspaces not Healthy yet.
+    progressing: Vec<String>,
+    rollback: bool,
+    pause: Duration,
+    deadline: Duration,
+}
+
+impl RolloutRun {
+    /// Whether it waits for health or a pause (looked at every
+    /// [`ROLLOUT_CHECK`]).
+    pub(super) fn active(&self) -> bool {
+        matches!(
+            self.phase,
+            RolloutPhase::Progressing | RolloutPhase::Pausing
+        )
+    }
+
+    fn reached(&self) -> Vec<String> {
+        self.plan.steps[..self.applied.min(self.plan.steps.len())]
+            .iter()
+            .flat_map(|s| s.workspaces.iter().cloned())
+            .collect()
+    }
+
+    fn status(&self) -> RolloutStatus {
+        let reached = self.reached();
+        let done = reached
+            .iter()
+            .filter(|w| !self.progressing.contains(w) && !self.failed.contains_key(*w))
+            .cloned()
+            .collect();
+        let pending = self.plan.steps[self.applied.min(self.plan.steps.len())..]
+            .iter()
+            .flat_map(|s| s.workspaces.iter().cloned())
+            .collect();
+        RolloutStatus {
+            revision: self.revision.clone(),
+            step: self.applied,
+            steps: self.plan.steps.len(),
+            phase: self.phase,
+            done,
+            progressing: self.progressing.clone(),
+            pending,
+            failed: self.failed.clone(),
+            next_step_at: self.next_step_at.map(|t| t.to_string()),
+        }
+    }
+
+    /// The scope of a sync of steps 1 to `through` (1-based): their
+    /// workspaces' namespaces and those not held back; the state's held
+    /// workspaces stay held.
+    fn scope(&self, through: usize, held: &BTreeSet<String>) -> Scope {
+        let workspaces = self.plan.steps[..through.min(self.plan.steps.len())]
+            .iter()
+            .flat_map(|s| s.workspaces.iter())
+            .chain(self.plan.not_held_back.iter());
+        Scope {
+            only: Some(
+                workspaces
+                    .filter_map(|w| self.namespaces.get(w).cloned())
+                    .collect(),
+            ),
+            held: held.clone(),
+        }
+    }
+}
+
+/// Each workspace's namespace, from a plan's changes.
+fn namespaces_of(plan: &Plan) -> BTreeMap<String, String> {
+    plan.changes
+        .iter()
+        .filter(|c| !c.workspace.is_empty())
+        .filter_map(|c| {
+            let ns = match (&c.namespace, &*c.kind) {
+                (Some(ns), _) => ns.to_string(),
+                (None, "Namespace") => c.name.to_string(),
+                (None, _) => return None,
+            };
+            Some((c.workspace.to_string(), ns))
+        })
+        .collect()
+}
+
+/// `live` narrowed to `scope`: the plan's changes, the objects and the
+/// undeclared live objects in it.
+fn narrowed(live: LivePlan, objects: &[Object], scope: &Scope) -> (LivePlan, Vec<Object>) {
+    let mut live = live;
+    live.plan
+        .changes
+        .retain(|c| scope.contains(&c.kind, c.namespace.as_deref(), &c.name));
+    live.plan.summary = Summary::of(&live.plan.changes);
+    live.undeclared.retain(|v: &Value| scope.contains_live(v));
+    let objects = objects
+        .iter()
+        .filter(|o| scope.contains_object(o))
+        .cloned()
+        .collect();
+    (live, objects)
+}
+
+impl Reconciler {
+    /// Whether a rollout is under way (looked at every [`ROLLOUT_CHECK`]).
+    pub(super) fn rolling(&self) -> bool {
+        self.rollout.as_ref().is_some_and(RolloutRun::active)
+    }
+
+    /// The rollout's turn in this reconcile: `Ok(true)` when it handled
+    /// it (a step applied, watched, failed or rolled back), `Ok(false)`
+    /// when the ordinary sync goes on (no rollout policy, a revision that
+    /// changes at most one workspace, the last step, or already applied).
+    pub(super) async fn roll(
+        &mut self,
+        state: &Arc<Desired>,
+        writer: &Writer,
+    ) -> Result<bool, ReconcileError> {
+        let policy = state
+            .state
+            .sync_policy
+            .rollout
+            .as_ref()
+            .and_then(|r| r.checked().ok());
+        let (env, shared) = (self.env.clone(), self.shared.clone());
+        let (env, shared) = (env.as_str(), &*shared);
+        let Some(policy) = policy else {
+            if self.rollout.take().is_some() {
+                shared.update(env, |s| s.rollout = None);
+                shared.metrics.set_rollout(env, None);
+            }
+            return Ok(false);
+        };
+        let Some(c) = self.cluster.as_ref() else {
+            return Ok(false);
+        };
+        if !writer.may_write {
+            return Ok(false);
+        }
+        let inv = c.read_inventory(env).await?;
+        let applied_revision = inv.as_ref().and_then(|i| i.revision.clone());
+        if applied_revision.as_deref() == Some(state.revision()) {
+            // The last step's sync recorded the revision: completed.
+            if let Some(run) = self.rollout.as_mut()
+                && run.revision == state.revision()
+                && run.phase != RolloutPhase::Completed
+            {
+                run.phase = RolloutPhase::Completed;
+                run.applied = run.plan.steps.len();
+                run.progressing.clear();
+                run.next_step_at = None;
+                let status = run.status();
+                c.record_normal_event(
+                    env,
+                    "RolloutCompleted",
+                    &format!(
+                        "revision {} reached every workspace of its rollout ({} in {} steps)",
+                        run.revision,
+                        status.done.len(),
+                        status.steps
+                    ),
+                )
+                .await;
+                shared.update(env, |s| s.rollout = Some(status));
+                shared.metrics.set_rollout(env, None);
+            }
+            return Ok(false);
+        }
+        if let Some(run) = &self.rollout
+            && run.revision != state.revision()
+        {
+            if run.active() {
+                c.record_normal_event(
+                    env,
+                    "RolloutAbandoned",
+                    &format!(
+                        "the rollout of revision {} stopped after step {}/{}: revision {} starts from step one (workspaces the older one reached keep it until the newer one reaches them)",
+                        run.revision,
+                        run.applied,
+                        run.plan.steps.len(),
+                        state.revision()
+                    ),
+                )
+                .await;
+            }
+            self.rollout = None;
+        }
+        let plan_options = PlanOptions {
+            diffs: false,
+            deletes: Deletes::Recorded,
+            settle: Some(false),
+            health: true,
+        };
+        let live = pipeline::plan_live(c, &state.state, inv, plan_options).await?;
+        let Some(run) = self.rollout.as_mut() else {
+            let Some(plan) = state
+                .state
+                .rollout(&live.plan)
+                .filter(|p| p.steps.len() > 1)
+            else {
+                return Ok(false);
+            };
+            self.rollout = Some(RolloutRun {
+                revision: state.revision().to_string(),
+                namespaces: namespaces_of(&live.plan),
+                plan,
+                applied: 0,
+                applied_at: Instant::now(),
+                healthy_at: None,
+                next_step_at: None,
+                phase: RolloutPhase::Progressing,
+                failed: BTreeMap::new(),
+                progressing: Vec::new(),
+                rollback: policy.rollback,
+                pause: policy.pause_between,
+                deadline: policy.health_deadline,
+            });
+            self.apply_step(state, live, writer).await?;
+            return Ok(true);
+        };
+        match run.phase {
+            // Nothing more of this revision: a newer one starts over.
+            RolloutPhase::Failed | RolloutPhase::RolledBack => {
+                self.report_rollout(None);
+                return Ok(true);
+            }
+            RolloutPhase::Completed => return Ok(false),
+            RolloutPhase::Progressing | RolloutPhase::Pausing => {}
+        }
+        let rows: Vec<_> = live
+            .plan
+            .changes
+            .iter()
+            .filter_map(|ch| {
+                let h = live.health.get(&ch.id())?;
+                Some((
+                    ch.workspace.to_string(),
+                    ch.id(),
+                    h.status,
+                    h.message.clone(),
+                ))
+            })
+            .collect();
+        match judge(
+            &run.reached(),
+            &rows,
+            run.applied_at.elapsed(),
+            run.deadline,
+        ) {
+            StepHealth::Waiting(waiting) => {
+                run.phase = RolloutPhase::Progressing;
+                run.progressing = waiting;
+                self.report_rollout(None);
+                Ok(true)
+            }
+            StepHealth::Failed(failed) => {
+                self.fail_step(state, failed, writer).await;
+                Ok(true)
+            }
+            StepHealth::Healthy => {
+                run.progressing.clear();
+                let now = Instant::now();
+                let healthy_at = *run.healthy_at.get_or_insert_with(|| {
+                    run.next_step_at = jiff::Timestamp::now().checked_add(run.pause).ok();
+                    now
+                });
+                if now < healthy_at + run.pause {
+                    run.phase = RolloutPhase::Pausing;
+                    self.report_rollout(None);
+                    return Ok(true);
+                }
+                if run.applied + 1 >= run.plan.steps.len() {
+                    // The last step: the ordinary sync of the whole
+                    // revision, which records it.
+                    run.applied = run.plan.steps.len();
+                    run.next_step_at = None;
+                    let message = format!(
+                        "revision {}: step {}/{} applies the rest ({} workspaces)",
+                        run.revision,
+                        run.applied,
+                        run.plan.steps.len(),
+                        run.plan.steps.last().map_or(0, |s| s.workspaces.len())
+                    );
+                    c.record_normal_event(env, "RolloutStep", &message).await;
+                    return Ok(false);
+                }
+                self.apply_step(state, live, writer).await?;
+                Ok(true)
+            }
+        }
+    }
+
+    /// Applies the next step (with the steps before it, which are
+    /// unchanged, and the workspaces not held back), without recording
+    /// the revision.
+    async fn apply_step(
+        &mut self,
+        state: &Arc<Desired>,
+        live: LivePlan,
+        writer: &Writer,
+    ) -> Result<(), ReconcileError> {
+        let (env, shared) = (self.env.clone(), self.shared.clone());
+        let (env, shared) = (env.as_str(), &*shared);
+        let (Some(c), Some(run)) = (self.cluster.as_ref(), self.rollout.as_mut()) else {
+            return Ok(());
+        };
+        let through = run.applied + 1;
+        let scope = run.scope(through, &state.sync.scope.held);
+        let (live, objects) = narrowed(live, &state.state.objects, &scope);
+        let mut options = state.sync.clone();
+        options.scope = scope;
+        options.lock_lost = writer.lock_lost.clone();
+        let report = cluster_sync::sync(
+            c,
+            &live.plan,
+            &objects,
+            live.inventory,
+            &live.undeclared,
+            &options,
+            None,
+            &BTreeMap::new(),
+            |_| {},
+        )
+        .await;
+        let report = match report {
+            Ok(report) => report,
+            Err(cluster_sync::SyncError::MassPrune(m)) => {
+                return Err(ReconcileError::Blocked {
+                    revision: state.revision().to_string(),
+                    message: m.message,
+                });
+            }
+            Err(cluster_sync::SyncError::Cluster(e)) => return Err(e.into()),
+        };
+        shared.metrics.record_sync(env, &report);
+        self.changed += changed_objects(&report);
+        if !report.succeeded() {
+            // The step is tried again (with the backoff), not advanced.
+            return Err(ReconcileError::Apply(crate::print::sync_errors(&report)));
+        }
+        run.applied = through;
+        run.applied_at = Instant::now();
+        run.healthy_at = None;
+        run.next_step_at = None;
+        run.phase = RolloutPhase::Progressing;
+        run.progressing = run.plan.steps[through - 1].workspaces.clone();
+        let step = &run.plan.steps[through - 1];
+        let message = format!(
+            "revision {}: step {through}/{} ({}%) applied to {} workspace(s): {}; the next step waits until they are Healthy (within {}) and {} more",
+            run.revision,
+            run.plan.steps.len(),
+            step.percent,
+            step.workspaces.len(),
+            crate::sync::name_some(&step.workspaces),
+            crate::sync::rollout::duration_text(run.deadline.as_secs()),
+            crate::sync::rollout::duration_text(run.pause.as_secs()),
+        );
+        tracing::info!(environment = env, revision = %run.revision, step = through, "rollout step applied");
+        c.record_normal_event(env, "RolloutStep", &message).await;
+        self.report_rollout(None);
+        Ok(())
+    }
+
+    /// A step went Degraded or missed its deadline: the rollout stops and,
+    /// with `rollback`, the step's workspaces are set back to the revision
+    /// applied before (the inventory's).
+    async fn fail_step(
+        &mut self,
+        state: &Arc<Desired>,
+        failed: BTreeMap<String, String>,
+        writer: &Writer,
+    ) {
+        let (env, shared) = (self.env.clone(), self.shared.clone());
+        let (env, shared) = (env.as_str(), &*shared);
+        let Some(run) = self.rollout.as_mut() else {
+            return;
+        };
+        run.phase = RolloutPhase::Failed;
+        run.failed = failed;
+        run.progressing.retain(|w| !run.failed.contains_key(w));
+        run.next_step_at = None;
+        let step_workspaces: Vec<String> = run
+            .plan
+            .steps
+            .get(run.applied.saturating_sub(1))
+            .map(|s| s.workspaces.clone())
+            .unwrap_or_default();
+        let why: Vec<String> = run
+            .failed
+            .iter()
+            .map(|(ws, why)| format!("{ws}: {why}"))
+            .collect();
+        let message = format!(
+            "the rollout of revision {} failed at step {}/{}; later steps never see it. {}",
+            run.revision,
+            run.applied,
+            run.plan.steps.len(),
+            crate::sync::name_some(&why)
+        );
+        let rollback = run.rollback;
+        if let Some(c) = self.cluster.as_ref() {
+            c.record_event(env, "RolloutFailed", &message).await;
+        }
+        tracing::warn!(environment = env, revision = %state.revision(), "{message}");
+        if !rollback {
+            self.report_rollout(Some(format!(
+                "{message} (syncPolicy.rollout.rollback is false: the step's workspaces stay at it; a newer revision starts over)"
+            )));
+            return;
+        }
+        let outcome = self.roll_back_step(&step_workspaces, writer).await;
+        let Some(run) = self.rollout.as_mut() else {
+            return;
+        };
+        let error = match outcome {
+            Ok(previous) => {
+                run.phase = RolloutPhase::RolledBack;
+                run.progressing.clear();
+                let text = format!(
+                    "{message} Rolled back {} to revision {previous}.",
+                    crate::sync::name_some(&step_workspaces)
+                );
+                if let Some(c) = self.cluster.as_ref() {
+                    c.record_event(env, "RolloutRolledBack", &text).await;
+                }
+                text
+            }
+            Err(e) => format!("{message} Rolling the step back failed: {e}"),
+        };
+        shared.metrics.set_status(env, "Failed");
+        self.report_rollout(Some(error));
+    }
+
+    /// Syncs the revision the inventory records (the one before the
+    /// rollout) to `workspaces`; returns that revision.
+    async fn roll_back_step(
+        &mut self,
+        workspaces: &[String],
+        writer: &Writer,
+    ) -> Result<String, ReconcileError> {
+        let (env, shared) = (self.env.clone(), self.shared.clone());
+        let (env, shared) = (env.as_str(), &*shared);
+        let Some(c) = self.cluster.as_ref() else {
+            return Err(ReconcileError::NoRevision);
+        };
+        if self.held.applied.is_none() {
+            self.held.applied = last_applied_from_inventory(&shared.options, env, c).await;
+        }
+        let Some(previous) = self.held.applied.clone() else {
+            return Err(ReconcileError::Apply(
+                "the revision applied before the rollout cannot be read again (a folder has no history, or it is gone): set the workspaces back by hand with `tenantsync sync --rev REV --workspace NAME`".into(),
+            ));
+        };
+        let Some(run) = self.rollout.as_ref() else {
+            return Err(ReconcileError::NoRevision);
+        };
+        let scope = Scope {
+            only: Some(
+                workspaces
+                    .iter()
+                    .filter_map(|w| run.namespaces.get(w).cloned())
+                    .collect(),
+            ),
+            held: previous.sync.scope.held.clone(),
+        };
+        let inv = c.read_inventory(env).await?;
+        let plan_options = PlanOptions {
+            diffs: false,
+            deletes: Deletes::Recorded,
+            settle: Some(false),
+            health: false,
+        };
+        let live = pipeline::plan_live(c, &previous.state, inv, plan_options).await?;
+        let (live, objects) = narrowed(live, &previous.state.objects, &scope);
+        let mut options = previous.sync.clone();
+        options.scope = scope;
+        options.lock_lost = writer.lock_lost.clone();
+        // Taking back what the failed revision set.
+        options.force_conflicts = true;
+        let report = cluster_sync::sync(
+            c,
+            &live.plan,
+            &objects,
+            live.inventory,
+            &live.undeclared,
+            &options,
+            None,
+            &previous.state.workspace_revisions,
+            |_| {},
+        )
+        .await
+        .map_err(|e| match e {
+            cluster_sync::SyncError::MassPrune(m) => ReconcileError::Blocked {
+                revision: previous.revision().to_string(),
+                message: m.message,
+            },
+            cluster_sync::SyncError::Cluster(e) => e.into(),
+        })?;
+        shared.metrics.record_sync(env, &report);
+        self.changed += changed_objects(&report);
+        if !report.succeeded() {
+            return Err(ReconcileError::Apply(crate::print::sync_errors(&report)));
+        }
+        Ok(previous.revision().to_string())
+    }
+
+    /// The rollout's status where the daemon's status goes: `/status`, the
+    /// status page, the inventory's status (by `publish_status`), the
+    /// metric. `error`: why it stopped, when it did.
+    fn report_rollout(&mut self, error: Option<String>) {
+        let (env, shared) = (self.env.as_str(), &*self.shared);
+        let Some(run) = self.rollout.as_ref() else {
+            return;
+        };
+        let status = run.status();
+        let stopped = matches!(run.phase, RolloutPhase::Failed | RolloutPhase::RolledBack);
+        shared
+            .metrics
+            .set_rollout(env, Some((run.applied, run.phase.as_str())));
+        let sync_status = if stopped {
+            SyncStatus::Failed
+        } else {
+            SyncStatus::OutOfSync
+        };
+        shared.metrics.set_status(env, &format!("{sync_status:?}"));
+        shared.update(env, |s| {
+            s.rollout = Some(status);
+            s.sync_status = sync_status;
+            s.target_revision = None;
+            s.last_reconcile_at = Some(now());
+            s.compared = true;
+            if let Some(e) = &error {
+                s.last_error = Some(e.clone());
+                s.last_error_reason = Some("RolloutFailed".into());
+                s.last_error_at = Some(now());
+            } else if !stopped {
+                s.last_error = None;
+                s.last_error_reason = None;
+                s.last_error_at = None;
+            }
+        });
+    }
+}
