@@ -29,6 +29,7 @@ mod print_golden;
 mod properties;
 mod readme_commands;
 mod saved_plan_cluster;
+mod shard_cluster;
 mod signed_commits;
 mod status_page;
 mod support;

@@ -55,6 +55,10 @@ pub struct DaemonConfig {
     #[serde(default)]
     pub leader_elect: bool,
     pub lease_name: Option<String>,
+    /// A Lease per environment, the environments spread over the replicas
+    /// (implies `leaderElect`).
+    #[serde(default)]
+    pub shard: bool,
     pub log_format: Option<String>,
     #[serde(default)]
     pub guardrails: crate::sync::tenancy::Guardrails,

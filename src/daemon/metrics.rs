@@ -28,6 +28,7 @@ pub struct Metrics {
     reconcile_errors: Family<Labels, Counter>,
     last_successful_reconcile: Family<Labels, Gauge>,
     pending: Family<Labels, Gauge>,
+    leader: Family<Labels, Gauge>,
     /// Workspaces with a drift series, per environment.
     drift_workspaces: Mutex<std::collections::BTreeMap<String, Vec<String>>>,
 }
@@ -65,6 +66,7 @@ impl Metrics {
             reconcile_errors: Family::default(),
             last_successful_reconcile: Family::default(),
             pending: Family::default(),
+            leader: Family::default(),
             drift_workspaces: Mutex::new(std::collections::BTreeMap::new()),
         };
         registry.register(
@@ -127,6 +129,11 @@ impl Metrics {
             "1 while a new revision of a manual environment waits for `tenantsync approve` (or for a sync window), else 0",
             m.pending.clone(),
         );
+        registry.register(
+            "leader",
+            "1 while this replica may write the environment (it holds the leader Lease, or with --shard the environment's Lease; always 1 without leader election), else 0",
+            m.leader.clone(),
+        );
         if let Ok(mut r) = m.registry.lock() {
             *r = registry;
         }
@@ -143,6 +150,13 @@ impl Metrics {
         let _ = self.fetch_failures.get_or_create(&l);
         self.set_status(env, "Unknown");
         self.set_pending(env, false);
+    }
+
+    /// Whether this replica may write the environment.
+    pub fn set_leader(&self, env: &str, leader: bool) {
+        self.leader
+            .get_or_create(&env_label(env))
+            .set(i64::from(leader));
     }
 
     /// Whether a new revision of the environment waits (approval or window).

@@ -7,6 +7,7 @@
 //! | [`inventory`] | the record of what tenantsync applied: encoding, set logic, merges |
 //! | [`health`] | per-kind health rules, worst-wins aggregation |
 //! | [`report`] | what a sync did: the value printers, status and metrics are built from |
+//! | [`shard`] | sharded replicas: which replica syncs which environment, the Leases' names |
 //! | [`status`] | what the daemon knows of each environment (`/status`, the status page), the ring of recent reconciles |
 //! | [`windows`] | sync windows: whether a new revision may be applied now |
 //! | [`tenancy`] | the operator's guardrails, the effective policy, who owns an object |
@@ -18,6 +19,7 @@ pub mod approval;
 pub mod health;
 pub mod inventory;
 pub mod report;
+pub mod shard;
 pub mod status;
 pub mod steps;
 pub mod tenancy;
