@@ -410,7 +410,14 @@ async fn deploy_service_account_is_enough_for_the_daemon_to_sync_prune_and_repor
         .arg(root().join("deploy/tenantsync.yaml"))
         .arg("--repo")
         .arg(repo.path())
-        .args(["--env", &env, "--leader-elect", "--shard", "--lease-name", &lease_name])
+        .args([
+            "--env",
+            &env,
+            "--leader-elect",
+            "--shard",
+            "--lease-name",
+            &lease_name,
+        ])
         .args(["--interval", "1s", "--drift-interval", "2s"])
         .args(["--prune", "--allow-mass-prune"])
         .arg(format!("--listen=127.0.0.1:{port}"))

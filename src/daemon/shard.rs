@@ -272,8 +272,7 @@ impl Campaign {
             let current = seen.environments.get(&env).cloned();
             // A 409 may be a trigger written since the LIST: read it again.
             let renewed = leader::acquire(&self.api, &name, &me, current).await?
-                || leader::acquire(&self.api, &name, &me, self.api.get_opt(&name).await?)
-                    .await?;
+                || leader::acquire(&self.api, &name, &me, self.api.get_opt(&name).await?).await?;
             if !renewed {
                 tracing::warn!(environment = %env, "sharding: the environment's Lease was taken by another replica");
                 self.set_owned(&env, false);
@@ -371,7 +370,11 @@ impl Campaign {
             }
             self.set_owned(&env, false);
         }
-        match self.api.delete(&self.member, &DeleteParams::default()).await {
+        match self
+            .api
+            .delete(&self.member, &DeleteParams::default())
+            .await
+        {
             Ok(_) | Err(kube::Error::Api(_)) => {}
             Err(e) => tracing::warn!(error = %e, "cannot remove this replica's member Lease"),
         }

@@ -71,11 +71,7 @@ pub fn decide(
         }
     } else {
         Decision {
-            acquire: free
-                .into_iter()
-                .take(share - mine.len())
-                .cloned()
-                .collect(),
+            acquire: free.into_iter().take(share - mine.len()).cloned().collect(),
             release: Vec::new(),
         }
     }
@@ -190,10 +186,7 @@ mod tests {
     }
 
     fn load(holders: &BTreeMap<String, Option<String>>, m: &str) -> usize {
-        holders
-            .values()
-            .filter(|h| h.as_deref() == Some(m))
-            .count()
+        holders.values().filter(|h| h.as_deref() == Some(m)).count()
     }
 
     #[test]
@@ -253,9 +246,8 @@ mod tests {
     fn lease_names_are_valid_and_bounded() {
         let valid = |n: &str| {
             n.len() <= MAX_LEASE_NAME
-                && n.bytes().all(|b| {
-                    b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.'
-                })
+                && n.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
                 && n.starts_with(|c: char| c.is_ascii_alphanumeric())
                 && n.ends_with(|c: char| c.is_ascii_alphanumeric())
         };
