@@ -136,6 +136,22 @@ mod tests {
     }
 
     #[test]
+    fn shard_is_read_from_the_file_and_off_unless_set() {
+        let file = |extra: &str| {
+            format!(
+                "apiVersion: tenantsync.io/v1alpha1\nkind: DaemonConfig\nrepo: r\nenvironments:\n  - name: prod\n{extra}"
+            )
+        };
+        assert!(
+            parse("t.yaml", file("shard: true\n").as_bytes())
+                .unwrap()
+                .shard
+        );
+        assert!(!parse("t.yaml", file("").as_bytes()).unwrap().shard);
+        assert!(parse("t.yaml", file("shard: yes-please\n").as_bytes()).is_err());
+    }
+
+    #[test]
     fn prune_foreign_is_the_operators_setting() {
         let c = parse(
             "tenantsync.yaml",
