@@ -194,7 +194,11 @@ fn deploy_manifests_pass_a_server_side_dry_run_and_apply() {
         container["args"]
             .as_array()
             .expect("args")
-            .contains(&json!("--leader-elect")),
+            .contains(&json!("--leader-elect"))
+            && container["args"]
+                .as_array()
+                .expect("args")
+                .contains(&json!("--shard")),
         "{container}"
     );
     // What README's table promises of the Deployment, as the API server
@@ -406,7 +410,14 @@ async fn deploy_service_account_is_enough_for_the_daemon_to_sync_prune_and_repor
         .arg(root().join("deploy/tenantsync.yaml"))
         .arg("--repo")
         .arg(repo.path())
-        .args(["--env", &env, "--leader-elect", "--lease-name", &lease_name])
+        .args([
+            "--env",
+            &env,
+            "--leader-elect",
+            "--shard",
+            "--lease-name",
+            &lease_name,
+        ])
         .args(["--interval", "1s", "--drift-interval", "2s"])
         .args(["--prune", "--allow-mass-prune"])
         .arg(format!("--listen=127.0.0.1:{port}"))
@@ -419,7 +430,8 @@ async fn deploy_service_account_is_enough_for_the_daemon_to_sync_prune_and_repor
     let mut daemon = Guard(daemon);
     let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
 
-    // 1. It leads (a Lease of its own) and applies the first revision.
+    // 1. It holds the environment (sharded as deploy/deployment.yaml is:
+    //    a Lease of its own) and applies the first revision.
     wait_status(
         "the daemon to lead and apply the first revision",
         port,
@@ -431,18 +443,25 @@ async fn deploy_service_account_is_enough_for_the_daemon_to_sync_prune_and_repor
     .await;
     let ready = http(port, "GET", "/readyz", &[], "").await.expect("readyz");
     assert!(
-        ready.starts_with("HTTP/1.1 200") && ready.ends_with("\nready\n"),
+        ready.starts_with("HTTP/1.1 200") && ready.ends_with(&format!("\nready\nowns: {env}\n")),
         "{ready}"
     );
     let all = http(port, "GET", "/status", &[], "").await.expect("status");
     let all: Value = serde_json::from_str(&all).expect("JSON");
     assert_eq!(all["leader"], true, "{all}");
+    assert_eq!(all["owns"], json!([env]), "{all}");
     let leases: Api<Lease> = Api::namespaced(control_plane().client(User::Admin).await, SYSTEM);
-    let lease = leases.get(&lease_name).await.expect("the Lease");
-    assert_eq!(
-        lease.spec.and_then(|s| s.holder_identity).as_deref(),
-        all["identity"].as_str()
-    );
+    let env_lease = tenantsync::sync::shard::environment_lease(&lease_name, &env);
+    let identity = all["identity"].as_str().expect("identity").to_string();
+    let member_lease = tenantsync::sync::shard::member_lease(&lease_name, &identity);
+    for name in [&env_lease, &member_lease] {
+        let lease = leases.get(name).await.expect("the Lease");
+        assert_eq!(
+            lease.spec.and_then(|s| s.holder_identity).as_deref(),
+            Some(identity.as_str()),
+            "{name}"
+        );
+    }
     let deployments: Api<Deployment> = Api::namespaced(
         control_plane().client(User::Admin).await,
         &repo.namespace("contoso"),
@@ -555,11 +574,15 @@ async fn deploy_service_account_is_enough_for_the_daemon_to_sync_prune_and_repor
     //    along the way.
     let code = daemon.terminate().await;
     assert!(code.success(), "{code}\n{}", log_text());
-    let lease = leases.get(&lease_name).await.expect("the Lease");
+    let lease = leases.get(&env_lease).await.expect("the Lease");
     assert_eq!(
         lease.spec.and_then(|s| s.holder_identity),
         None,
-        "the Lease was not released"
+        "the environment's Lease was not released"
+    );
+    assert!(
+        leases.get_opt(&member_lease).await.expect("get").is_none(),
+        "the member Lease was not removed"
     );
     let log = log_text();
     // The shipped configuration's logFormat: json, one object per line.

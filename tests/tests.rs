@@ -31,6 +31,7 @@ mod readme_commands;
 mod rollback_cluster;
 mod rollout_cluster;
 mod saved_plan_cluster;
+mod shard_cluster;
 mod signed_commits;
 mod status_page;
 mod support;

@@ -265,6 +265,12 @@ pub struct RunArgs {
     /// tenantsync-leader]; installations sharing a cluster need different names.
     #[arg(long, value_name = "NAME", value_parser = parse_lease_name)]
     pub lease_name: Option<String>,
+    /// Spread the environments over the replicas (implies --leader-elect):
+    /// each environment has its own Lease, <lease-name>-<env>, and only its
+    /// holder writes it; each replica holds at most its share, and takes
+    /// over a dead replica's environments when their Leases expire (15 s).
+    #[arg(long)]
+    pub shard: bool,
     /// In every environment, refuse a new revision whose commit is not signed
     /// by a key of --allowed-signers or --trusted-keys (like an invalid one: the last good
     /// revision stays applied, and /status says which commit, key and why);

@@ -172,7 +172,8 @@ Environment:
 
 Endpoints (--listen):
   GET /healthz   200 while the process runs (liveness)
-  GET /readyz    200 once every environment was reconciled once (readiness)
+  GET /readyz    200 once every environment was reconciled once (readiness);
+                 with --shard a line `owns: ENV, ...`
   GET /status    JSON: per environment the sync status, revisions, last error
                  (URLs' host:port and Kubernetes identities left out)
   GET /metrics   OpenMetrics
@@ -180,7 +181,9 @@ Endpoints (--listen):
                  /environments/ENV and /environments/ENV/workspaces/NAME
 Endpoint (--webhook-listen, or --listen without it):
   POST /hooks/git  push webhook: a verified push of the followed branch, not
-                   delivered in the last hour, reads the repository now;
+                   delivered in the last hour, reads the repository now
+                   (with --shard, the holders of the other environments are
+                   told through their Leases and read it within a second);
                    bodies up to 25 MB, streamed
 
 Examples:
@@ -189,7 +192,9 @@ Examples:
   On a laptop against a local folder (edits are applied within a second):
     tenantsync run --repo . --env dev --self-heal --prune
   Two replicas: only the holder of the Lease writes:
-    tenantsync run --config tenantsync.yaml --leader-elect";
+    tenantsync run --config tenantsync.yaml --leader-elect
+  Replicas sharing the environments, a Lease each (as deploy/ runs it):
+    tenantsync run --config tenantsync.yaml --shard";
 
 pub const STATUS: &str = "\
 Exit status:

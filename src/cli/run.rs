@@ -152,7 +152,10 @@ fn run_options(args: &RunArgs, c: Option<&DaemonConfig>) -> anyhow::Result<RunOp
         webhook_secret: std::env::var("TENANTSYNC_WEBHOOK_SECRET")
             .ok()
             .filter(|s| !s.is_empty()),
-        leader_elect: args.leader_elect || c.is_some_and(|c| c.leader_elect),
+        leader_elect: args.leader_elect
+            || args.shard
+            || c.is_some_and(|c| c.leader_elect || c.shard),
+        shard: args.shard || c.is_some_and(|c| c.shard),
         lease_name: args
             .lease_name
             .clone()

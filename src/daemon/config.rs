@@ -55,6 +55,10 @@ pub struct DaemonConfig {
     #[serde(default)]
     pub leader_elect: bool,
     pub lease_name: Option<String>,
+    /// A Lease per environment, the environments spread over the replicas
+    /// (implies `leaderElect`).
+    #[serde(default)]
+    pub shard: bool,
     pub log_format: Option<String>,
     #[serde(default)]
     pub guardrails: crate::sync::tenancy::Guardrails,
@@ -129,6 +133,22 @@ mod tests {
         assert_eq!(c.lease_name, None);
         assert_eq!(c.interval, None);
         assert_eq!(c.webhook_listen, None);
+    }
+
+    #[test]
+    fn shard_is_read_from_the_file_and_off_unless_set() {
+        let file = |extra: &str| {
+            format!(
+                "apiVersion: tenantsync.io/v1alpha1\nkind: DaemonConfig\nrepo: r\nenvironments:\n  - name: prod\n{extra}"
+            )
+        };
+        assert!(
+            parse("t.yaml", file("shard: true\n").as_bytes())
+                .unwrap()
+                .shard
+        );
+        assert!(!parse("t.yaml", file("").as_bytes()).unwrap().shard);
+        assert!(parse("t.yaml", file("shard: yes-please\n").as_bytes()).is_err());
     }
 
     #[test]

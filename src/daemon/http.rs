@@ -429,12 +429,18 @@ async fn metrics(State(state): State<Arc<HttpState>>) -> impl IntoResponse {
 }
 
 async fn ready(State(state): State<Arc<HttpState>>) -> impl IntoResponse {
+    // With --shard: which environments this replica writes.
+    let owns = if state.shared.owners.sharded() {
+        format!("owns: {}\n", state.shared.owners.owned().join(", "))
+    } else {
+        String::new()
+    };
     if state.shared.ready() {
-        (StatusCode::OK, "ready\n")
+        (StatusCode::OK, format!("ready\n{owns}"))
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            "not every environment has been reconciled yet\n",
+            format!("not every environment has been reconciled yet\n{owns}"),
         )
     }
 }
@@ -633,6 +639,8 @@ async fn git_hook(State(state): State<Arc<HttpState>>, headers: HeaderMap, body:
     }
     tracing::info!(delivery = ?delivery, pushed = ?checked.pushed_ref, "webhook: reading the repository now");
     state.shared.poke();
+    // With --shard, the holders of the other environments are told too.
+    state.shared.owners.announce();
     answer(StatusCode::ACCEPTED, "reconciling\n", false)
 }
 

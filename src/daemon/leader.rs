@@ -45,6 +45,19 @@ fn expired(spec: &LeaseSpec, now: Timestamp) -> bool {
 /// One attempt to acquire or renew; `Ok(true)` when this candidate holds
 /// the Lease afterwards.
 async fn try_acquire(api: &Api<Lease>, name: &str, me: &str) -> Result<bool, kube::Error> {
+    let current = api.get_opt(name).await?;
+    acquire(api, name, me, current).await
+}
+
+/// Acquires or renews the Lease `name` as last read (`current`, `None` when
+/// missing): `Ok(true)` when this candidate holds it afterwards. A change
+/// since that read makes it `Ok(false)` (the API server's 409).
+pub(super) async fn acquire(
+    api: &Api<Lease>,
+    name: &str,
+    me: &str,
+    current: Option<Lease>,
+) -> Result<bool, kube::Error> {
     let now = Timestamp::now();
     let mine = |acquired: Option<MicroTime>, transitions: i32| LeaseSpec {
         holder_identity: Some(me.to_string()),
@@ -54,7 +67,7 @@ async fn try_acquire(api: &Api<Lease>, name: &str, me: &str) -> Result<bool, kub
         lease_transitions: Some(transitions),
         ..LeaseSpec::default()
     };
-    match api.get_opt(name).await? {
+    match current {
         None => {
             let lease = Lease {
                 metadata: ObjectMeta {
@@ -89,6 +102,35 @@ async fn try_acquire(api: &Api<Lease>, name: &str, me: &str) -> Result<bool, kub
             }
         }
     }
+}
+
+/// The holder of a Lease while it has not expired.
+pub(super) fn live_holder(lease: &Lease, now: Timestamp) -> Option<String> {
+    let spec = lease.spec.as_ref()?;
+    let holder = spec.holder_identity.as_deref().filter(|h| !h.is_empty())?;
+    (!expired(spec, now)).then(|| holder.to_string())
+}
+
+/// Gives the Lease `name` up when `me` holds it (holder and renewal
+/// cleared, so another candidate takes it at once).
+pub(super) async fn release(api: &Api<Lease>, name: &str, me: &str) -> Result<(), kube::Error> {
+    let Some(mut lease) = api.get_opt(name).await? else {
+        return Ok(());
+    };
+    if lease
+        .spec
+        .as_ref()
+        .and_then(|s| s.holder_identity.as_deref())
+        != Some(me)
+    {
+        return Ok(());
+    }
+    if let Some(spec) = lease.spec.as_mut() {
+        spec.holder_identity = None;
+        spec.renew_time = None;
+    }
+    api.replace(name, &PostParams::default(), &lease).await?;
+    Ok(())
 }
 
 /// Campaigns for the Lease `name` until `shutdown`, publishing whether this
@@ -126,21 +168,9 @@ pub async fn campaign(
     }
     if *leading.borrow() {
         let _ = leading.send(false);
-        if let Ok(Some(mut lease)) = api.get_opt(&name).await
-            && lease
-                .spec
-                .as_ref()
-                .and_then(|s| s.holder_identity.as_deref())
-                == Some(me.as_str())
-        {
-            if let Some(spec) = lease.spec.as_mut() {
-                spec.holder_identity = None;
-                spec.renew_time = None;
-            }
-            match api.replace(&name, &PostParams::default(), &lease).await {
-                Ok(_) => tracing::info!("released the leader Lease"),
-                Err(e) => tracing::warn!(error = %e, "cannot release the leader Lease"),
-            }
+        match release(&api, &name, &me).await {
+            Ok(()) => tracing::info!("released the leader Lease"),
+            Err(e) => tracing::warn!(error = %e, "cannot release the leader Lease"),
         }
     }
 }

@@ -30,6 +30,7 @@ pub struct Metrics {
     pending: Family<Labels, Gauge>,
     rollout_step: Family<Labels, Gauge>,
     rollbacks: Family<Labels, Counter>,
+    leader: Family<Labels, Gauge>,
     /// Workspaces with a drift series, per environment.
     drift_workspaces: Mutex<std::collections::BTreeMap<String, Vec<String>>>,
 }
@@ -76,6 +77,7 @@ impl Metrics {
             pending: Family::default(),
             rollout_step: Family::default(),
             rollbacks: Family::default(),
+            leader: Family::default(),
             drift_workspaces: Mutex::new(std::collections::BTreeMap::new()),
         };
         registry.register(
@@ -148,6 +150,11 @@ impl Metrics {
             "Revisions whose failed health rolled workspaces back to their last healthy revision (syncPolicy.rollback)",
             m.rollbacks.clone(),
         );
+        registry.register(
+            "leader",
+            "1 while this replica may write the environment (it holds the leader Lease, or with --shard the environment's Lease; always 1 without leader election), else 0",
+            m.leader.clone(),
+        );
         if let Ok(mut r) = m.registry.lock() {
             *r = registry;
         }
@@ -180,6 +187,13 @@ impl Metrics {
         let _ = self.rollbacks.get_or_create(&l);
         self.set_status(env, "Unknown");
         self.set_pending(env, false);
+    }
+
+    /// Whether this replica may write the environment.
+    pub fn set_leader(&self, env: &str, leader: bool) {
+        self.leader
+            .get_or_create(&env_label(env))
+            .set(i64::from(leader));
     }
 
     /// Whether a new revision of the environment waits (approval or window).

@@ -12,7 +12,8 @@
 //! Here: the options, the status it publishes, the shared state and
 //! startup; `reconcile` (one environment's loop: typed steps, an `Action`,
 //! one backoff policy), `http` (status, metrics, probes, webhook),
-//! `leader` (leader election), `metrics`, `config` (the configuration
+//! `leader` (leader election), `shard` (sharded replicas: a Lease per
+//! environment), `metrics`, `config` (the configuration
 //! file). Imports: the core, `source`, `cluster` and `pipeline`; only `cli`
 //! imports it.
 
@@ -31,6 +32,7 @@ pub mod http;
 pub mod leader;
 pub mod metrics;
 mod reconcile;
+pub mod shard;
 
 pub use crate::sync::status::{DaemonStatus, EnvironmentStatus, SyncStatus, WorkspaceStatus};
 pub use reconcile::{Action, Backoff, ReconcileError, Schedule};
@@ -63,6 +65,9 @@ pub struct RunOptions {
     pub leader_elect: bool,
     /// The Lease's name in `tenantsync-system`.
     pub lease_name: String,
+    /// With leader election: a Lease per environment
+    /// (`<lease_name>-<env>`), the environments spread over the replicas.
+    pub shard: bool,
     /// Allow revisions that delete whole workspaces or much of an inventory.
     pub allow_mass_prune: bool,
     /// Delete a removed workspace's namespace even when it holds objects
@@ -92,14 +97,18 @@ pub struct Shared {
     /// Bumped to make every loop look at the source now.
     pub trigger: watch::Sender<u64>,
     pub options: RunOptions,
-    /// Whether this replica may write.
+    /// Whether this replica may write (without `--shard`).
     pub leading: watch::Receiver<bool>,
+    /// With `--shard`: the environments this replica may write.
+    pub owners: Arc<shard::Owners>,
 }
 
 impl Shared {
     fn update(&self, env: &str, f: impl FnOnce(&mut EnvironmentStatus)) {
         if let Ok(mut status) = self.status.write() {
-            status.leader = *self.leading.borrow();
+            if !self.owners.sharded() {
+                status.leader = *self.leading.borrow();
+            }
             f(status.environments.entry(env.to_string()).or_default());
         }
     }
@@ -115,6 +124,16 @@ impl Shared {
                 .iter()
                 .all(|e| s.environments.get(e).is_some_and(|st| st.compared))
         })
+    }
+
+    /// Whether this replica may write the environment: it leads, or with
+    /// `--shard` it holds the environment's Lease.
+    pub fn leads(&self, env: &str) -> bool {
+        if self.owners.sharded() {
+            self.owners.owns(env)
+        } else {
+            *self.leading.borrow()
+        }
     }
 
     pub fn poke(&self) {
@@ -151,19 +170,19 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         {
             cluster.ensure_system_namespace(false).await?;
         }
-        Some(tokio::spawn(leader::campaign(
-            cluster.client().clone(),
-            options.lease_name.clone(),
-            identity.clone(),
-            leading_tx,
-            campaign_stop,
-        )))
+        Some(cluster.client().clone())
     } else {
         None
     };
+    let owners = Arc::new(shard::Owners::new(
+        options.shard,
+        &options.lease_name,
+        &identity,
+        &options.environments,
+    ));
     let shared = Arc::new(Shared {
         status: RwLock::new(DaemonStatus::new(
-            identity,
+            identity.clone(),
             !options.leader_elect,
             &options.environments,
         )),
@@ -171,7 +190,44 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         trigger,
         options: options.clone(),
         leading,
+        owners,
     });
+    let campaign = match campaign {
+        Some(client) if options.shard => Some(tokio::spawn(shard::campaign(
+            client,
+            shared.clone(),
+            campaign_stop,
+        ))),
+        Some(client) => {
+            let (metrics_shared, mut leading) = (shared.clone(), shared.leading.clone());
+            // The one leader writes every environment: `tenantsync_leader`
+            // follows it.
+            tokio::spawn(async move {
+                loop {
+                    let lead = *leading.borrow_and_update();
+                    for env in &metrics_shared.options.environments {
+                        metrics_shared.metrics.set_leader(env, lead);
+                    }
+                    if leading.changed().await.is_err() {
+                        break;
+                    }
+                }
+            });
+            Some(tokio::spawn(leader::campaign(
+                client,
+                options.lease_name.clone(),
+                identity,
+                leading_tx,
+                campaign_stop,
+            )))
+        }
+        None => {
+            for env in &options.environments {
+                shared.metrics.set_leader(env, true);
+            }
+            None
+        }
+    };
     let (shutdown_tx, shutdown) = watch::channel(false);
     let server = http::start(&options, shared.clone(), shutdown.clone()).await?;
     let _watcher = watch_folder(&options, shared.clone());
@@ -266,7 +322,7 @@ async fn publish_status(
     written: &mut BTreeMap<String, String>,
 ) {
     let Some(cluster) = cluster else { return };
-    if !*shared.leading.borrow() {
+    if !shared.leads(env) {
         return;
     }
     let Some(status) = shared

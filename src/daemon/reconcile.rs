@@ -217,12 +217,20 @@ pub(super) async fn reconcile_loop(
 ) {
     let options = shared.options.clone();
     let mut trigger = shared.trigger.subscribe();
+    // With --shard: a takeover, a hand-over or a webhook passed on.
+    let mut own_trigger = shared.owners.subscribe(&env);
     let mut reconciler = Reconciler::new(env.clone(), shared.clone());
     // The status fields last written onto the inventory.
     let mut written: BTreeMap<String, String> = BTreeMap::new();
     let mut backoff = Backoff::new(options.interval);
     let mut schedule = Schedule::new(Instant::now(), options.drift_interval);
     loop {
+        // A reconcile boundary: an environment over this replica's share
+        // is handed over here, never mid-sync.
+        if shared.owners.hand_over_requested(&env) {
+            reconciler.release().await;
+            shared.owners.handed_over(&env);
+        }
         let (poll, drift) = schedule.due(Instant::now(), reconciler.desired.is_some());
         if poll || drift {
             let started = Instant::now();
@@ -260,6 +268,10 @@ pub(super) async fn reconcile_loop(
             () = tokio::time::sleep(rollout::ROLLOUT_CHECK), if reconciler.rolling() => {
                 schedule.poll_now(Instant::now());
             },
+            Some(Ok(())) = async { match own_trigger.as_mut() {
+                Some(t) => Some(t.changed().await),
+                None => None,
+            } } => schedule.poll_now(Instant::now()),
             () = tokio::time::sleep(APPROVAL_CHECK), if reconciler.waiting.is_some() => {
                 if reconciler.may_apply_now().await { schedule.poll_now(Instant::now()); }
             },
@@ -835,7 +847,7 @@ impl Reconciler {
                 let message = e.to_string();
                 // One Event per refused commit, not one per poll.
                 if self.source_problem.as_deref() != Some(message.as_str())
-                    && *shared.leading.borrow()
+                    && shared.leads(env)
                     && let Some(c) = self.cluster.as_ref()
                 {
                     c.record_event(env, "UntrustedRevision", &message).await;
@@ -879,7 +891,7 @@ impl Reconciler {
         let message = e.to_string();
         // One Event per bad revision, not one per poll.
         if self.source_problem.as_deref() != Some(message.as_str())
-            && *shared.leading.borrow()
+            && shared.leads(env)
             && let Some(c) = self.cluster.as_ref()
         {
             c.record_event(env, event, &message).await;
@@ -949,7 +961,7 @@ impl Reconciler {
         let Some(c) = self.cluster.as_ref() else {
             return Err(ReconcileError::NoRevision);
         };
-        let leading = *self.shared.leading.borrow();
+        let leading = self.shared.leads(&self.env);
         let mut locked_by: Option<String> = None;
         if leading {
             if self.held.lock.as_ref().is_none_or(|l| l.lost()) {
@@ -1250,7 +1262,7 @@ impl Reconciler {
         let Some(c) = self.cluster.as_ref() else {
             return;
         };
-        if !*shared.leading.borrow() {
+        if !shared.leads(env) {
             return;
         }
         if self.held.pending_written.as_deref() != Some("") {
@@ -2014,6 +2026,7 @@ mod tests {
             webhook_secret: None,
             leader_elect: false,
             lease_name: "tenantsync-leader".to_string(),
+            shard: false,
             allow_mass_prune: false,
             prune_foreign: false,
             contexts: BTreeMap::new(),
@@ -2023,6 +2036,12 @@ mod tests {
             status: RwLock::new(DaemonStatus::default()),
             metrics: Metrics::new(),
             trigger,
+            owners: Arc::new(crate::daemon::shard::Owners::new(
+                false,
+                "tenantsync-leader",
+                "test",
+                &options.environments,
+            )),
             options,
             leading,
         });

@@ -635,6 +635,7 @@ mod tests {
         DaemonStatus {
             identity: "pod-1".into(),
             leader: true,
+            owns: None,
             environments: [("dev".to_string(), env)].into(),
         }
     }

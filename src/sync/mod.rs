@@ -7,6 +7,7 @@
 //! | [`inventory`] | the record of what tenantsync applied: encoding, set logic, merges |
 //! | [`health`] | per-kind health rules, worst-wins aggregation |
 //! | [`report`] | what a sync did: the value printers, status and metrics are built from |
+//! | [`shard`] | sharded replicas: which replica syncs which environment, the Leases' names |
 //! | [`status`] | what the daemon knows of each environment (`/status`, the status page), the ring of recent reconciles |
 //! | [`rollout`] | progressive rollout: which workspaces a revision changes, which step each is in |
 //! | [`windows`] | sync windows: whether a new revision may be applied now |
@@ -20,6 +21,7 @@ pub mod health;
 pub mod inventory;
 pub mod report;
 pub mod rollout;
+pub mod shard;
 pub mod status;
 pub mod steps;
 pub mod tenancy;

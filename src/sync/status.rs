@@ -253,6 +253,10 @@ pub struct DaemonStatus {
     /// Whether this replica leads (and so writes); always true without
     /// leader election.
     pub leader: bool,
+    /// With `--shard`: the environments whose Lease this replica holds
+    /// (it writes those only); absent otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub owns: Option<Vec<String>>,
     pub environments: BTreeMap<String, EnvironmentStatus>,
 }
 
@@ -263,6 +267,7 @@ impl DaemonStatus {
         DaemonStatus {
             identity,
             leader,
+            owns: None,
             environments: environments
                 .iter()
                 .map(|e| (e.clone(), EnvironmentStatus::default()))

@@ -1,0 +1,439 @@
+//! Sharded replicas (`run --shard`): each environment has its own Lease,
+//! `<lease-name>-<env>` in tenantsync-system, and only its holder writes
+//! the environment (and takes its lock, as the one leader does without
+//! sharding). Each replica renews a heartbeat Lease of its own,
+//! `<lease-name>-member-<id>`; the live ones are the members among which
+//! `sync::shard` splits the environments.
+//!
+//! Every [`WATCH_PERIOD`] a replica LISTs the Leases of tenantsync-system
+//! (one request): it sees the members, who holds what, and the trigger a
+//! webhook left on an environment's Lease; every [`RETRY_PERIOD`] it renews
+//! what it holds. Every change to a Lease goes through the API server's
+//! optimistic concurrency (`resourceVersion`), so two replicas never both
+//! hold one. An environment over this replica's share is handed over at a
+//! reconcile boundary: the environment's loop lets go of its lock, then
+//! this gives up the Lease.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use tokio::sync::watch;
+
+use super::Shared;
+use super::leader::{self, LEASE_DURATION, RETRY_PERIOD};
+use crate::sync::inventory::SYSTEM_NAMESPACE;
+use crate::sync::shard;
+
+/// How often a replica looks at the Leases (membership, takeovers and
+/// webhook triggers): a webhook received by another replica is acted on
+/// within this, plus the reconcile.
+pub const WATCH_PERIOD: Duration = Duration::from_millis(250);
+
+/// The annotation a replica that received a webhook sets on the Lease of
+/// an environment it does not hold: its holder reads the repository now.
+pub const TRIGGER_ANNOTATION: &str = "tenantsync.io/trigger";
+
+/// One environment as this replica sees it.
+struct Slot {
+    /// This replica holds the environment's Lease and may write it.
+    owned: AtomicBool,
+    /// Asked to hand the environment over at the end of the reconcile in
+    /// flight.
+    hand_over: AtomicBool,
+    /// Wakes the environment's loop (a takeover, a hand-over, a trigger).
+    poke: watch::Sender<u64>,
+}
+
+/// Which environments this replica holds (all of them without `--shard`:
+/// the one leader's `leading` decides then).
+pub struct Owners {
+    sharded: bool,
+    base: String,
+    identity: String,
+    slots: BTreeMap<String, Slot>,
+    client: OnceLock<kube::Client>,
+}
+
+impl Owners {
+    pub fn new(sharded: bool, base: &str, identity: &str, environments: &[String]) -> Owners {
+        Owners {
+            sharded,
+            base: base.to_string(),
+            identity: identity.to_string(),
+            slots: environments
+                .iter()
+                .map(|e| {
+                    let slot = Slot {
+                        owned: AtomicBool::new(false),
+                        hand_over: AtomicBool::new(false),
+                        poke: watch::channel(0).0,
+                    };
+                    (e.clone(), slot)
+                })
+                .collect(),
+            client: OnceLock::new(),
+        }
+    }
+
+    pub fn sharded(&self) -> bool {
+        self.sharded
+    }
+
+    /// Whether this replica holds the environment's Lease.
+    pub fn owns(&self, env: &str) -> bool {
+        self.slots
+            .get(env)
+            .is_some_and(|s| s.owned.load(Ordering::SeqCst))
+    }
+
+    /// The environments this replica holds, in name order.
+    pub fn owned(&self) -> Vec<String> {
+        self.slots
+            .iter()
+            .filter(|(_, s)| s.owned.load(Ordering::SeqCst))
+            .map(|(e, _)| e.clone())
+            .collect()
+    }
+
+    /// The environment's own trigger (its loop reads the source when it
+    /// changes).
+    pub fn subscribe(&self, env: &str) -> Option<watch::Receiver<u64>> {
+        self.slots.get(env).map(|s| s.poke.subscribe())
+    }
+
+    fn poke(&self, env: &str) {
+        if let Some(s) = self.slots.get(env) {
+            s.poke.send_modify(|n| *n = n.wrapping_add(1));
+        }
+    }
+
+    /// Called by the environment's loop between two reconciles: when asked
+    /// to hand the environment over, it stops writing it (its lock already
+    /// given up by the caller) and `true` says so.
+    pub fn hand_over_requested(&self, env: &str) -> bool {
+        self.slots
+            .get(env)
+            .is_some_and(|s| s.hand_over.load(Ordering::SeqCst))
+    }
+
+    /// The loop let go of the environment: the campaign gives its Lease up.
+    pub fn handed_over(&self, env: &str) {
+        if let Some(s) = self.slots.get(env) {
+            s.owned.store(false, Ordering::SeqCst);
+            s.hand_over.store(false, Ordering::SeqCst);
+        }
+    }
+
+    /// A webhook arrived here: the holders of the environments this replica
+    /// does not hold are told through their Leases (its own loops are poked
+    /// by the caller). Runs in the background; failures are logged.
+    pub fn announce(self: &Arc<Self>) {
+        let Some(client) = self.client.get().cloned().filter(|_| self.sharded) else {
+            return;
+        };
+        let others: Vec<String> = self
+            .slots
+            .keys()
+            .filter(|e| !self.owns(e))
+            .map(|e| shard::environment_lease(&self.base, e))
+            .collect();
+        if others.is_empty() {
+            return;
+        }
+        tokio::spawn(async move {
+            let api: Api<Lease> = Api::namespaced(client, SYSTEM_NAMESPACE);
+            let at = Timestamp::now().to_string();
+            for name in others {
+                if let Err(e) = annotate(&api, &name, &at).await {
+                    tracing::warn!(lease = %name, error = %e, "cannot pass the webhook on to the environment's holder; it reads the repository at its next poll");
+                }
+            }
+        });
+    }
+}
+
+/// Sets the trigger annotation on a Lease (read, then written with its
+/// `resourceVersion`; a renewal in between is a 409, and it tries again).
+async fn annotate(api: &Api<Lease>, name: &str, at: &str) -> Result<(), kube::Error> {
+    for _ in 0..5 {
+        let Some(mut lease) = api.get_opt(name).await? else {
+            // Nobody ever held it: whoever takes it reads the repository then.
+            return Ok(());
+        };
+        lease
+            .metadata
+            .annotations
+            .get_or_insert_default()
+            .insert(TRIGGER_ANNOTATION.to_string(), at.to_string());
+        match api.replace(name, &PostParams::default(), &lease).await {
+            Ok(_) => return Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 409 => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// The campaign's memory between two looks at the Leases.
+struct Campaign {
+    api: Api<Lease>,
+    shared: Arc<Shared>,
+    member: String,
+    /// Lease name → environment.
+    leases: BTreeMap<String, String>,
+    /// Environments whose Lease this replica holds.
+    held: BTreeSet<String>,
+    /// The trigger annotation last seen per environment.
+    triggers: BTreeMap<String, String>,
+    renewed: Option<Instant>,
+}
+
+/// What one LIST of tenantsync-system's Leases shows.
+struct Seen {
+    members: BTreeSet<String>,
+    member_lease: Option<Lease>,
+    /// Per environment: its Lease as read (absent: never created).
+    environments: BTreeMap<String, Lease>,
+}
+
+impl Campaign {
+    fn owners(&self) -> &Owners {
+        &self.shared.owners
+    }
+
+    fn me(&self) -> &str {
+        &self.shared.owners.identity
+    }
+
+    async fn look(&self) -> Result<Seen, kube::Error> {
+        let now = Timestamp::now();
+        let prefix = format!("{}-member-", self.owners().base);
+        let mut seen = Seen {
+            members: BTreeSet::new(),
+            member_lease: None,
+            environments: BTreeMap::new(),
+        };
+        for lease in self.api.list(&ListParams::default()).await?.items {
+            let name = lease.metadata.name.clone().unwrap_or_default();
+            if name == self.member {
+                seen.member_lease = Some(lease.clone());
+            }
+            if let Some(env) = self.leases.get(&name) {
+                seen.environments.insert(env.clone(), lease);
+            } else if name.starts_with(&prefix)
+                && let Some(holder) = leader::live_holder(&lease, now)
+            {
+                seen.members.insert(holder);
+            }
+        }
+        Ok(seen)
+    }
+
+    /// This replica gained (`true`) or lost the environment.
+    fn set_owned(&mut self, env: &str, owned: bool) {
+        let shared = self.shared.clone();
+        let Some(slot) = shared.owners.slots.get(env) else {
+            return;
+        };
+        slot.owned.store(owned, Ordering::SeqCst);
+        if owned {
+            self.held.insert(env.to_string());
+        } else {
+            self.held.remove(env);
+            slot.hand_over.store(false, Ordering::SeqCst);
+        }
+        tracing::info!(identity = %self.me(), environment = env, holds = owned, "sharding");
+        self.shared.metrics.set_leader(env, owned);
+        self.owners().poke(env);
+        self.publish();
+    }
+
+    /// `/status`'s `leader` (holds any) and `owns`.
+    fn publish(&self) {
+        let owned = self.owners().owned();
+        if let Ok(mut status) = self.shared.status.write() {
+            status.leader = !owned.is_empty();
+            status.owns = Some(owned);
+        }
+    }
+
+    /// Renews the heartbeat and every environment held; one that cannot be
+    /// renewed (taken by another) is lost.
+    async fn renew(&mut self, seen: &Seen) -> Result<(), kube::Error> {
+        let me = self.me().to_string();
+        leader::acquire(&self.api, &self.member, &me, seen.member_lease.clone()).await?;
+        for env in self.held.clone() {
+            let name = shard::environment_lease(&self.owners().base, &env);
+            let current = seen.environments.get(&env).cloned();
+            // A 409 may be a trigger written since the LIST: read it again.
+            let renewed = leader::acquire(&self.api, &name, &me, current).await?
+                || leader::acquire(&self.api, &name, &me, self.api.get_opt(&name).await?).await?;
+            if !renewed {
+                tracing::warn!(environment = %env, "sharding: the environment's Lease was taken by another replica");
+                self.set_owned(&env, false);
+            }
+        }
+        Ok(())
+    }
+
+    async fn tick(&mut self, renew_due: bool) -> Result<(), kube::Error> {
+        let seen = self.look().await?;
+        let now = Timestamp::now();
+        let me = self.me().to_string();
+        // Lost to another replica (this one was cut off past the expiry).
+        for env in self.held.clone() {
+            let holder = seen
+                .environments
+                .get(&env)
+                .and_then(|l| leader::live_holder(l, now));
+            if holder.as_deref().is_some_and(|h| h != me) {
+                tracing::warn!(environment = %env, holder = ?holder, "sharding: the environment's Lease is held by another replica");
+                self.set_owned(&env, false);
+            }
+        }
+        if renew_due {
+            self.renew(&seen).await?;
+            self.renewed = Some(Instant::now());
+        }
+        // A webhook received by another replica.
+        for (env, lease) in &seen.environments {
+            let trigger = lease
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(TRIGGER_ANNOTATION))
+                .cloned()
+                .unwrap_or_default();
+            let before = self.triggers.insert(env.clone(), trigger.clone());
+            if before.is_some_and(|b| b != trigger) && self.held.contains(env) {
+                tracing::info!(environment = %env, "webhook passed on by another replica: reading the repository now");
+                self.owners().poke(env);
+            }
+        }
+        // Handed over by the loop: give the Lease up.
+        for env in self.held.clone() {
+            if !self.owners().owns(&env) {
+                let name = shard::environment_lease(&self.owners().base, &env);
+                leader::release(&self.api, &name, &me).await?;
+                self.set_owned(&env, false);
+            }
+        }
+        let mut members = seen.members.clone();
+        members.insert(me.clone());
+        let holders: BTreeMap<String, Option<String>> = self
+            .leases
+            .values()
+            .map(|env| {
+                let holder = if self.held.contains(env) {
+                    Some(me.clone())
+                } else {
+                    seen.environments
+                        .get(env)
+                        .and_then(|l| leader::live_holder(l, now))
+                };
+                (env.clone(), holder)
+            })
+            .collect();
+        let environments: Vec<String> = self.leases.values().cloned().collect();
+        let decision = shard::decide(&environments, &members, &holders, &me);
+        for env in decision.release {
+            if let Some(slot) = self.owners().slots.get(&env)
+                && !slot.hand_over.swap(true, Ordering::SeqCst)
+            {
+                tracing::info!(environment = %env, "sharding: handing the environment over after the reconcile in flight");
+                self.owners().poke(&env);
+            }
+        }
+        for env in decision.acquire {
+            let name = shard::environment_lease(&self.owners().base, &env);
+            let current = seen.environments.get(&env).cloned();
+            if leader::acquire(&self.api, &name, &me, current).await? {
+                self.set_owned(&env, true);
+            }
+        }
+        Ok(())
+    }
+
+    /// Gives every Lease up and removes the heartbeat (on shutdown, after
+    /// the loops stopped).
+    async fn leave(&mut self) {
+        let me = self.me().to_string();
+        for env in self.held.clone() {
+            let name = shard::environment_lease(&self.owners().base, &env);
+            if let Err(e) = leader::release(&self.api, &name, &me).await {
+                tracing::warn!(environment = %env, error = %e, "cannot release the environment's Lease");
+            }
+            self.set_owned(&env, false);
+        }
+        match self
+            .api
+            .delete(&self.member, &DeleteParams::default())
+            .await
+        {
+            Ok(_) | Err(kube::Error::Api(_)) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot remove this replica's member Lease"),
+        }
+        tracing::info!("released the environments' Leases");
+    }
+}
+
+/// Campaigns for this replica's share of the environments until
+/// `shutdown`; on shutdown gives every Lease up.
+pub async fn campaign(
+    client: kube::Client,
+    shared: Arc<Shared>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let _ = shared.owners.client.set(client.clone());
+    let owners = &shared.owners;
+    let mut campaign = Campaign {
+        api: Api::namespaced(client, SYSTEM_NAMESPACE),
+        member: shard::member_lease(&owners.base, &owners.identity),
+        leases: owners
+            .slots
+            .keys()
+            .map(|e| (shard::environment_lease(&owners.base, e), e.clone()))
+            .collect(),
+        shared: shared.clone(),
+        held: BTreeSet::new(),
+        triggers: BTreeMap::new(),
+        renewed: None,
+    };
+    campaign.publish();
+    for env in owners.slots.keys() {
+        shared.metrics.set_leader(env, false);
+    }
+    let mut last_renewal = None::<Instant>;
+    loop {
+        let renew_due = last_renewal.is_none_or(|t: Instant| t.elapsed() >= RETRY_PERIOD);
+        if renew_due {
+            last_renewal = Some(Instant::now());
+        }
+        if let Err(e) = campaign.tick(renew_due).await {
+            tracing::warn!(error = %e, "sharding: cannot reach the Leases");
+            // Without a renewal a holder must stop writing before its
+            // Leases can expire and another replica take over.
+            let stale = campaign
+                .renewed
+                .is_none_or(|t| t.elapsed() + 2 * RETRY_PERIOD >= LEASE_DURATION);
+            if stale {
+                for env in campaign.held.clone() {
+                    campaign.set_owned(&env, false);
+                }
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(WATCH_PERIOD) => {},
+            _ = shutdown.changed() => {},
+        }
+        if *shutdown.borrow() {
+            break;
+        }
+    }
+    campaign.leave().await;
+}

@@ -1,0 +1,363 @@
+//! Sharded replicas (`run --shard`) on the real control plane: a Lease per
+//! environment, the environments split between live replicas, a dead
+//! replica's taken over when its Leases expire, a webhook received by a
+//! replica that does not hold an environment passed on to the one that
+//! does, and a joining replica given a share.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::Api;
+use serde_json::Value;
+use tenantsync::daemon::leader::{LEASE_DURATION, RETRY_PERIOD};
+use tenantsync::sync::inventory::SYSTEM_NAMESPACE;
+use tenantsync::sync::shard::{environment_lease, member_lease};
+
+use crate::daemon_e2e::{Guard, free_port, http, metric, wait_for};
+use crate::support::audit::{self, Identity};
+use crate::support::repo::TestRepo;
+use crate::support::{User, control_plane, git, unique_name};
+
+const SECRET: &str = "webhook-secret-for-tests";
+
+fn start(
+    repo: &TestRepo,
+    envs: &[String],
+    lease: &str,
+    port: u16,
+    log: &Path,
+    who: &Identity,
+) -> Guard {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tenantsync"));
+    cmd.args(["run", "--shard", "--lease-name", lease, "--branch", "main"]);
+    for env in envs {
+        cmd.args(["--env", env]);
+    }
+    // A poll once an hour: every read below comes from the start, a
+    // takeover or a webhook.
+    cmd.args(["--interval", "1h", "--drift-interval", "1h"])
+        .arg("--repo")
+        .arg(repo.path())
+        .arg(format!("--listen=127.0.0.1:{port}"))
+        .arg("--kubeconfig")
+        .arg(&who.kubeconfig)
+        .env("TENANTSYNC_WEBHOOK_SECRET", SECRET)
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).expect("log file"));
+    Guard(cmd.spawn().expect("tenantsync run"))
+}
+
+/// A push webhook of the followed branch (GitLab's token).
+async fn push(port: u16) {
+    let accepted = http(
+        port,
+        "POST",
+        "/hooks/git",
+        &[("X-Gitlab-Token", SECRET)],
+        r#"{"ref":"refs/heads/main"}"#,
+    )
+    .await
+    .expect("hook");
+    assert!(accepted.starts_with("HTTP/1.1 202"), "{accepted}");
+}
+
+/// `/status`'s `owns` and `identity`.
+async fn owns(port: u16) -> Option<(BTreeSet<String>, String)> {
+    let text = http(port, "GET", "/status", &[], "").await?;
+    let v: Value = serde_json::from_str(&text).ok()?;
+    let owned = v["owns"]
+        .as_array()?
+        .iter()
+        .filter_map(|e| e.as_str().map(str::to_string))
+        .collect();
+    Some((owned, v["identity"].as_str()?.to_string()))
+}
+
+async fn owned(port: u16) -> BTreeSet<String> {
+    owns(port).await.map(|o| o.0).unwrap_or_default()
+}
+
+async fn holder(leases: &Api<Lease>, name: &str) -> Option<String> {
+    leases
+        .get_opt(name)
+        .await
+        .ok()
+        .flatten()?
+        .spec?
+        .holder_identity
+}
+
+fn commit(repo: &TestRepo, message: &str) -> String {
+    git(repo.path(), &["add", "-A"]);
+    git(repo.path(), &["commit", "-qm", message]);
+    git(repo.path(), &["rev-parse", "HEAD"])
+}
+
+/// A repository with four environments over the shipped base.
+fn four_environments() -> (TestRepo, Vec<String>) {
+    let repo = TestRepo::new("shard");
+    let mut envs = vec![repo.env.clone()];
+    for suffix in ["b", "c", "d"] {
+        let env = format!("{}-{suffix}", repo.env);
+        let dir = repo.path().join("environments").join(&env);
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        std::fs::write(
+            dir.join("environment.yaml"),
+            format!(
+                "apiVersion: tenantsync.io/v1alpha1\nkind: Environment\nmetadata:\n  name: {env}\nspec:\n  base: base\n  ingress:\n    domain: test.example.com\n"
+            ),
+        )
+        .expect("write");
+        envs.push(env);
+    }
+    git(repo.path(), &["init", "-q", "-b", "main"]);
+    commit(&repo, "four environments");
+    (repo, envs)
+}
+
+#[tokio::test]
+async fn sharded_replicas_split_environments_pass_webhooks_on_take_over_a_killed_one_and_share_with_a_new_one()
+ {
+    let (repo, envs) = four_environments();
+    let all: BTreeSet<String> = envs.iter().cloned().collect();
+    let logs = tempfile::tempdir().expect("tempdir");
+    let lease = unique_name("shard");
+    let ids: Vec<Identity> = ["a", "b", "c"]
+        .iter()
+        .map(|n| audit::identity(&format!("shard-{n}"), "cluster-admin", logs.path()))
+        .collect();
+    let ports = [free_port(), free_port(), free_port()];
+    let log = |i: usize| logs.path().join(format!("{i}.log"));
+    let log_text = |i: usize| std::fs::read_to_string(log(i)).unwrap_or_default();
+    let leases: Api<Lease> =
+        Api::namespaced(control_plane().client(User::Admin).await, SYSTEM_NAMESPACE);
+
+    // 1. Two replicas split the four environments, two and two.
+    let mut a = Some(start(&repo, &envs, &lease, ports[0], &log(0), &ids[0]));
+    let mut b = Some(start(&repo, &envs, &lease, ports[1], &log(1), &ids[1]));
+    wait_for(
+        "two replicas to hold two environments each",
+        Duration::from_secs(60),
+        async || {
+            let (x, y) = (owned(ports[0]).await, owned(ports[1]).await);
+            x.len() == 2 && y.len() == 2 && x.union(&y).cloned().collect::<BTreeSet<_>>() == all
+        },
+    )
+    .await;
+    let (owned_a, id_a) = owns(ports[0]).await.expect("status of a");
+    let (owned_b, id_b) = owns(ports[1]).await.expect("status of b");
+    // Each environment's Lease, `<lease-name>-<env>`, names its holder;
+    // /readyz and the metrics say the same.
+    for env in &envs {
+        let expected = if owned_a.contains(env) { &id_a } else { &id_b };
+        assert_eq!(
+            holder(&leases, &environment_lease(&lease, env))
+                .await
+                .as_ref(),
+            Some(expected)
+        );
+        for (port, mine) in [(ports[0], &owned_a), (ports[1], &owned_b)] {
+            let series = format!("tenantsync_leader{{environment=\"{env}\"}}");
+            assert_eq!(
+                metric(port, &series).await,
+                Some(if mine.contains(env) { 1.0 } else { 0.0 }),
+                "{series}"
+            );
+        }
+    }
+    for (id, _) in [(&id_a, 0), (&id_b, 1)] {
+        assert_eq!(
+            holder(&leases, &member_lease(&lease, id)).await.as_ref(),
+            Some(id),
+            "the member Lease of {id}"
+        );
+    }
+    // Each holder syncs its environments: every workspace's namespace.
+    for env in &envs {
+        let namespaces: Api<Namespace> = Api::all(control_plane().client(User::Admin).await);
+        let name = format!("contoso-{env}");
+        wait_for(
+            &format!("{name} to be applied"),
+            Duration::from_secs(90),
+            async || namespaces.get_opt(&name).await.ok().flatten().is_some(),
+        )
+        .await;
+    }
+    wait_for("both replicas ready", Duration::from_secs(60), async || {
+        let mut ok = true;
+        for (port, mine) in [(ports[0], &owned_a), (ports[1], &owned_b)] {
+            let list: Vec<&str> = mine.iter().map(String::as_str).collect();
+            ok &= http(port, "GET", "/readyz", &[], "")
+                .await
+                .is_some_and(|r| {
+                    r.starts_with("HTTP/1.1 200")
+                        && r.ends_with(&format!("owns: {}\n", list.join(", ")))
+                });
+        }
+        ok
+    })
+    .await;
+    // From here on, neither replica's share changes until the kill.
+    let settled = audit::cursor();
+    let settled_at = Instant::now();
+    // The cost of sharding at rest: each replica LISTs the Leases every
+    // 250 ms and renews what it holds every 2 s.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let window = settled_at.elapsed().as_secs_f64();
+    for (name, id) in [("a", &ids[0]), ("b", &ids[1])] {
+        let lease_requests: Vec<audit::Request> = id
+            .requests_since(&settled)
+            .into_iter()
+            .filter(|r| r.user_agent.starts_with("tenantsync/") && r.resource == "leases")
+            .collect();
+        let lists = lease_requests.iter().filter(|r| r.verb == "list").count();
+        eprintln!(
+            "replica {name}: {lists} Lease LISTs and {} other Lease requests in {window:.1} s",
+            lease_requests.len() - lists
+        );
+        assert!(
+            (lists as f64) <= window * 4.0 + 2.0,
+            "{lists} LISTs in {window:.1} s"
+        );
+    }
+
+    // 2. A webhook sent to the replica that does not hold an environment is
+    //    acted on by its holder within about a second.
+    let target = owned_a.iter().next().expect("a holds one").clone();
+    let extra = repo
+        .path()
+        .join("environments")
+        .join(&target)
+        .join("workspaces/tailspin.yaml");
+    std::fs::create_dir_all(extra.parent().expect("parent")).expect("mkdir");
+    std::fs::write(
+        &extra,
+        "apiVersion: tenantsync.io/v1alpha1\nkind: Workspace\nmetadata: {name: tailspin}\nspec:\n  fhirServices:\n    - name: api\n      auth: { authority: \"https://login.microsoftonline.com/1f2e3d4c-5b6a-4789-8a9b-0c1d2e3f4a5b\", audience: \"https://tailspin-api.fhir.azurehealthcareapis.com\" }\n",
+    )
+    .expect("write");
+    commit(&repo, "onboard tailspin");
+    let namespaces: Api<Namespace> = Api::all(control_plane().client(User::Admin).await);
+    let tailspin = format!("tailspin-{target}");
+    let sent = Instant::now();
+    push(ports[1]).await;
+    loop {
+        if namespaces.get_opt(&tailspin).await.ok().flatten().is_some() {
+            break;
+        }
+        assert!(
+            sent.elapsed() < Duration::from_secs(10),
+            "the webhook was not acted on\n{}",
+            log_text(0)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let took = sent.elapsed();
+    eprintln!("webhook to the non-holder -> namespace applied by the holder: {took:?}");
+    // Goal: within a second (0.27 to 0.44 s measured alone); 2 s allowed,
+    // as the whole suite on 2 cores measured 1.29 s once.
+    assert!(
+        took <= Duration::from_secs(2),
+        "the holder acted on a webhook sent to the other replica after {took:?}"
+    );
+
+    // Only the holder of an environment writes it: after the webhook, which
+    // made both replicas read the new commit for all four, neither wrote
+    // into the namespaces of an environment it does not hold.
+    for (id, mine) in [(&ids[0], &owned_a), (&ids[1], &owned_b)] {
+        let foreign: Vec<audit::Request> = id
+            .requests_since(&settled)
+            .into_iter()
+            .filter(|r| r.user_agent.starts_with("tenantsync/") && r.is_write())
+            .filter(|r| {
+                let place = if r.resource == "namespaces" {
+                    &r.name
+                } else {
+                    &r.namespace
+                };
+                place != SYSTEM_NAMESPACE && !mine.iter().any(|e| place.ends_with(&format!("-{e}")))
+            })
+            .collect();
+        assert!(foreign.is_empty(), "wrote outside its share: {foreign:#?}");
+    }
+
+    // 3. SIGKILL one: the other takes all four once their Leases expire.
+    drop(a.take());
+    let killed = Instant::now();
+    wait_for(
+        "the survivor to hold all four",
+        LEASE_DURATION + RETRY_PERIOD * 2 + Duration::from_secs(10),
+        async || owned(ports[1]).await == all,
+    )
+    .await;
+    let took = killed.elapsed();
+    eprintln!("takeover of a SIGKILLed replica's environments: {took:?}");
+    // (Lease times are read to the whole second, the last renewal was at
+    // most RETRY_PERIOD before the kill.)
+    assert!(
+        took + RETRY_PERIOD + Duration::from_secs(2) >= LEASE_DURATION,
+        "took over after {took:?}, before the Leases of {LEASE_DURATION:?} expired"
+    );
+    // ... and writes them: it takes each one's lock.
+    for env in &owned_a {
+        let lock = tenantsync::cluster::lock::lease_name(env);
+        wait_for(
+            &format!("the survivor to take the lock of {env}"),
+            Duration::from_secs(30),
+            async || {
+                holder(&leases, &lock)
+                    .await
+                    .is_some_and(|h| h.ends_with(&id_b))
+            },
+        )
+        .await;
+    }
+
+    // 4. A third replica joining gets a share: the survivor hands two over.
+    let mut c = Some(start(&repo, &envs, &lease, ports[2], &log(2), &ids[2]));
+    wait_for(
+        "the new replica to get a share",
+        Duration::from_secs(60),
+        async || {
+            let (y, z) = (owned(ports[1]).await, owned(ports[2]).await);
+            y.len() == 2 && z.len() == 2 && y.union(&z).cloned().collect::<BTreeSet<_>>() == all
+        },
+    )
+    .await;
+
+    // 5. SIGTERM: a replica leaving releases its Leases at once (no wait for
+    //    the expiry) and removes its member Lease; the other takes over.
+    let left = Instant::now();
+    let code = b.take().expect("b").terminate().await;
+    assert!(code.success(), "{code}\n{}", log_text(1));
+    assert_eq!(holder(&leases, &member_lease(&lease, &id_b)).await, None);
+    wait_for(
+        "the last replica to hold all four",
+        Duration::from_secs(10),
+        async || owned(ports[2]).await == all,
+    )
+    .await;
+    assert!(left.elapsed() < LEASE_DURATION, "{:?}", left.elapsed());
+    let (_, id_c) = owns(ports[2]).await.expect("status of c");
+    let code = c.take().expect("c").terminate().await;
+    assert!(code.success(), "{code}\n{}", log_text(2));
+    for env in &envs {
+        assert_eq!(
+            holder(&leases, &environment_lease(&lease, env)).await,
+            None,
+            "the Lease of {env} was not released"
+        );
+    }
+    assert!(
+        leases
+            .get_opt(&member_lease(&lease, &id_c))
+            .await
+            .expect("get")
+            .is_none(),
+        "the member Lease was not removed"
+    );
+}
