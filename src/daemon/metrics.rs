@@ -28,6 +28,7 @@ pub struct Metrics {
     reconcile_errors: Family<Labels, Counter>,
     last_successful_reconcile: Family<Labels, Gauge>,
     pending: Family<Labels, Gauge>,
+    watch_changes: Family<Labels, Counter>,
     /// Workspaces with a drift series, per environment.
     drift_workspaces: Mutex<std::collections::BTreeMap<String, Vec<String>>>,
 }
@@ -65,6 +66,7 @@ impl Metrics {
             reconcile_errors: Family::default(),
             last_successful_reconcile: Family::default(),
             pending: Family::default(),
+            watch_changes: Family::default(),
             drift_workspaces: Mutex::new(std::collections::BTreeMap::new()),
         };
         registry.register(
@@ -127,6 +129,11 @@ impl Metrics {
             "1 while a new revision of a manual environment waits for `tenantsync approve` (or for a sync window), else 0",
             m.pending.clone(),
         );
+        registry.register(
+            "watch_changes",
+            "Changes to managed objects by another writer seen by the daemon's watches, each starting a drift check",
+            m.watch_changes.clone(),
+        );
         if let Ok(mut r) = m.registry.lock() {
             *r = registry;
         }
@@ -141,6 +148,7 @@ impl Metrics {
         let _ = self.pruned.get_or_create(&l);
         let _ = self.failed.get_or_create(&l);
         let _ = self.fetch_failures.get_or_create(&l);
+        let _ = self.watch_changes.get_or_create(&l);
         self.set_status(env, "Unknown");
         self.set_pending(env, false);
     }
@@ -208,6 +216,11 @@ impl Metrics {
         self.reconcile_duration
             .get_or_create(&env_label(env))
             .observe(took.as_secs_f64());
+    }
+
+    /// A watch saw another writer change a managed object.
+    pub fn watch_change(&self, env: &str) {
+        self.watch_changes.get_or_create(&env_label(env)).inc();
     }
 
     pub fn git_fetch_failed(&self, env: &str) {
