@@ -82,10 +82,20 @@ impl ControlPlane {
             .status()
             .expect("kill");
         assert!(killed.success(), "kill -TERM {pid}");
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while Path::new(&format!("/proc/{pid}")).exists() {
+        // Stopped: gone, or a zombie nobody reaps (its starter exited).
+        let running = || {
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+                stat.rsplit_once(") ")
+                    .is_some_and(|(_, rest)| !rest.starts_with('Z'))
+            })
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while running() {
+            if Instant::now() > deadline {
+                let _ = Command::new("kill").args(["-KILL", &pid]).status();
+            }
             assert!(
-                Instant::now() < deadline,
+                Instant::now() < deadline + Duration::from_secs(10),
                 "kube-apiserver {pid} did not stop"
             );
             std::thread::sleep(Duration::from_millis(100));
