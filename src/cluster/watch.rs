@@ -185,9 +185,7 @@ impl Cluster {
             tasks.push(tokio::spawn(watch_kind(
                 (health.clone(), health.add()),
                 self.watch_client.clone(),
-                resource,
-                kind.clone(),
-                selector.clone(),
+                (resource, kind.clone(), selector.clone()),
                 own.clone(),
                 environment.to_string(),
                 changed.clone(),
@@ -204,9 +202,7 @@ impl Cluster {
 async fn watch_kind(
     (health, slot): (Health, usize),
     client: kube::Client,
-    resource: ApiResource,
-    kind: String,
-    selector: String,
+    (resource, kind, selector): (ApiResource, String, String),
     own: OwnManagers,
     environment: String,
     changed: mpsc::Sender<Box<str>>,
