@@ -12,6 +12,14 @@ fn main() -> ExitCode {
     if let Ok(exe) = std::env::current_exe() {
         git::use_fetch_helper(exe);
     }
+    // The key of the digests shown for Secret values (plan::conceal):
+    // random per process unless the operator sets one, so that digests
+    // compare across runs without being reversible by anyone without it.
+    if let Some(key) = std::env::var_os(tenantsync::plan::conceal::KEY_VARIABLE)
+        && !key.is_empty()
+    {
+        tenantsync::plan::conceal::install_key(key.as_encoded_bytes());
+    }
     let cli = tenantsync::cli::Cli::parse();
     match tenantsync::cli::run(cli) {
         Ok(code) => code,

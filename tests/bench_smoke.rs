@@ -79,6 +79,13 @@ fn bench_script_measures_every_step_at_a_small_size() {
     // The figures the targets are about: request counts on both sides, and
     // no write at all in tenantsync's no-op sync.
     assert_eq!(step("noop-sync")["tenantsync"]["writeRequests"], 0);
+    // A one-workspace pull request's plan plans that workspace only, and
+    // finds its edit; its CPU time is recorded.
+    let pr = step("pr-plan");
+    assert_eq!(pr["tenantsync"]["workspacesPlanned"], 1, "{pr}");
+    assert!(pr["tenantsync"]["changes"].as_u64().unwrap() > 0, "{pr}");
+    assert!(pr["tenantsync"]["cpuSeconds"].as_f64().unwrap() > 0.0, "{pr}");
+    assert!(stdout.contains("| 5 | pr-plan |"), "{stdout}");
     assert!(step("noop-plan")["kubectl"]["requests"].as_u64().unwrap() > 0);
     assert!(
         step("noop-plan")["tenantsync"]["apiRequests"]

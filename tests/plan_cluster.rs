@@ -797,6 +797,83 @@ async fn plan_changed_since_plans_only_the_workspaces_a_change_reaches() {
         "{}",
         plan["changes"]
     );
+    // It reads only what it plans: every namespaced kind in alpha's
+    // namespace, the Namespace by name, nothing across namespaces (the API
+    // server's audit log, a read-only token of its own); and sees there
+    // exactly what a whole plan sees.
+    let alpha = repo.namespace("alpha");
+    let dir_audit = tempfile::tempdir().expect("tempdir");
+    let reader = audit::identity("plan-changed-lists", "test-readonly", dir_audit.path());
+    let from = audit::cursor();
+    let out = Command::new(env!("CARGO_BIN_EXE_tenantsync"))
+        .args([
+            "plan",
+            "--env",
+            &repo.env,
+            "--output",
+            "json",
+            "--changed-since",
+            &base,
+            "--repo",
+        ])
+        .arg(repo.path())
+        .arg("--kubeconfig")
+        .arg(&reader.kubeconfig)
+        .output()
+        .expect("run");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let scoped: Value = serde_json::from_slice(&out.stdout).expect("plan JSON");
+    let lists: Vec<audit::Request> = reader
+        .requests_since(&from)
+        .into_iter()
+        .filter(|r| r.user_agent.starts_with("tenantsync/") && r.verb == "list")
+        // (Objects to create are looked for by name, as in any plan.)
+        .filter(|r| r.uri.contains("labelSelector="))
+        .collect();
+    let namespaced = tenantsync::object::MANAGED_KINDS
+        .iter()
+        .filter(|k| k.namespaced)
+        .count();
+    assert_eq!(lists.len(), namespaced + 1, "{lists:#?}");
+    for list in &lists {
+        let path = list.uri.split('?').next().unwrap_or_default();
+        if list.resource == "namespaces" {
+            assert!(
+                list.uri
+                    .contains(&format!("fieldSelector=metadata.name%3D{alpha}")),
+                "{list:?}"
+            );
+        } else {
+            assert!(path.contains(&format!("/namespaces/{alpha}/")), "{list:?}");
+        }
+    }
+    let ids = |plan: &Value| -> std::collections::BTreeSet<String> {
+        plan["changes"]
+            .as_array()
+            .expect("changes")
+            .iter()
+            .filter(|c| c["namespace"] == alpha.as_str() || c["name"] == alpha.as_str())
+            .map(|c| {
+                format!(
+                    "{} {} {} {}",
+                    c["action"], c["kind"], c["namespace"], c["name"]
+                )
+            })
+            .collect()
+    };
+    let whole_now = repo.plan_json("admin");
+    assert_eq!(ids(&scoped), ids(&whole_now));
+    assert_eq!(
+        scoped["changes"].as_array().map(Vec::len),
+        Some(ids(&scoped).len()),
+        "only alpha's objects: {}",
+        scoped["changes"]
+    );
     let text = repo.run("plan", "admin", &["--changed-since", &base, "--no-color"]);
     let text = String::from_utf8_lossy(&text.stdout);
     assert!(

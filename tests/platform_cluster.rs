@@ -238,10 +238,82 @@ async fn plan_and_drift_over_a_secret_show_digests_never_the_value() {
             "{value} (base64) shown:\n{shown}"
         );
     }
-    // The change is still seen, as digests.
-    let digest = tenantsync::plan::conceal::digest;
-    assert!(shown.contains(&digest(edited.as_bytes())), "{shown}");
-    assert!(shown.contains(&digest(changed.as_bytes())), "{shown}");
+    // The change is still seen, as digests keyed by TENANTSYNC_DIGEST_KEY
+    // (an operator's secret) when it is set...
+    let keyed = |key: &str, value: &str| {
+        use hmac::Mac;
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(key.as_bytes()).expect("key");
+        mac.update(value.as_bytes());
+        let hex: String = mac.finalize().into_bytes()[..8]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        format!("hmac:{hex}")
+    };
+    let plan_with_key = |key: Option<&str>| {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_tenantsync"));
+        command
+            .args([
+                "plan",
+                "--env",
+                &repo.env,
+                "--context",
+                "admin",
+                "--output",
+                "json",
+                "--repo",
+            ])
+            .arg(repo.path())
+            .arg("--kubeconfig")
+            .arg(control_plane().kubeconfig());
+        if let Some(key) = key {
+            command.env("TENANTSYNC_DIGEST_KEY", key);
+        }
+        let out = command.output().expect("run tenantsync");
+        let plan: serde_json::Value = serde_json::from_slice(&out.stdout).expect("plan json");
+        let field = plan["changes"]
+            .as_array()
+            .expect("changes")
+            .iter()
+            .find(|c| c["kind"] == "Secret")
+            .and_then(|c| {
+                c["fields"]
+                    .as_array()?
+                    .iter()
+                    .find(|f| f["path"] == "data.password")
+                    .cloned()
+            })
+            .unwrap_or_else(|| panic!("no change of data.password: {plan:#}"));
+        (field["live"].to_string(), field["desired"].to_string())
+    };
+    let (live, desired) = plan_with_key(Some("operators-secret"));
+    assert_eq!(live, format!("\"{}\"", keyed("operators-secret", edited)));
+    assert_eq!(
+        desired,
+        format!("\"{}\"", keyed("operators-secret", changed))
+    );
+    assert_eq!(
+        plan_with_key(Some("operators-secret")),
+        (live.clone(), desired.clone())
+    );
+    // ...and by a key of its own per run otherwise: not the unkeyed SHA-256
+    // anyone could compute from a guessed password, nor the same twice.
+    let (live_a, desired_a) = plan_with_key(None);
+    let (live_b, desired_b) = plan_with_key(None);
+    assert_ne!(live_a, desired_a, "the change is still seen");
+    assert_ne!((live_a.clone(), desired_a.clone()), (live_b, desired_b));
+    for value in [edited, changed] {
+        use sha2::Digest;
+        let plain: String = sha2::Sha256::digest(value.as_bytes())[..8]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert!(
+            !shown.contains(&plain),
+            "unkeyed digest of {value} shown:\n{shown}"
+        );
+        assert!(!live_a.contains(&plain) && !desired_a.contains(&plain));
+    }
 }
 
 /// A cluster without the Secrets Store CSI driver: the sync fails naming

@@ -680,3 +680,162 @@ async fn a_commit_signed_by_a_revoked_subkey_is_refused() {
         stderr(&out)
     );
 }
+
+/// Known gap of issue 15 closed: `valid-after`/`valid-before` in
+/// allowed_signers were read and ignored, so a key retired with
+/// valid-before still verified commits. They are checked against the time
+/// of verification (not the commit time, which the committer chooses).
+#[tokio::test]
+async fn an_ssh_key_outside_its_valid_after_valid_before_window_is_refused() {
+    let repo = TestRepo::new("signed-validity");
+    let keys = tempfile::tempdir().expect("tempdir");
+    let alice = signer(keys.path(), "alice");
+    git(repo.path(), &["init", "-q"]);
+    let signed = commit(repo.path(), "signed", Some(&alice));
+    let signers = keys.path().join("allowed_signers");
+    let plan_with = |options: &str| {
+        std::fs::write(
+            &signers,
+            format!(
+                "# retired keys\nalice@example.com {options} {}\n",
+                alice.public
+            ),
+        )
+        .expect("write allowed_signers");
+        verified(&repo, "plan", &signers, &[])
+    };
+
+    let out = plan_with("namespaces=\"git\",valid-before=\"20200101\"");
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!(
+            "commit {signed} is not trusted: the key of alice@example.com (line 2 of the allowed signers file) was trusted only until 2020-01-01T00:00:00Z (valid-before); it expired"
+        )),
+        "{}",
+        stderr(&out)
+    );
+    let out = plan_with("valid-after=\"29990101Z\"");
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("is trusted only from 2999-01-01T00:00:00Z (valid-after)"),
+        "{}",
+        stderr(&out)
+    );
+    let out = plan_with("valid-after=\"20200101\",valid-before=\"29990101000000Z\"");
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let out = plan_with("valid-before=\"next-year\"");
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(":2: `next-year` is not a time"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+/// Known gap of issue 15 closed: an OpenPGP key's expiry was not enforced.
+/// A key made (with gpg's faked clock) ten days ago to expire after one
+/// day signs a commit then; verifying it now refuses it, and after the
+/// key's owner extends its expiry it verifies again.
+#[tokio::test]
+async fn a_commit_signed_by_an_expired_openpgp_key_is_refused() {
+    assert!(
+        Command::new("gpg").arg("--version").output().is_ok(),
+        "gpg is not installed (Debian's gnupg; .ci/run installs it)"
+    );
+    let repo = TestRepo::new("signed-expired");
+    let home = tempfile::Builder::new()
+        .prefix("g")
+        .tempdir_in("/tmp")
+        .expect("gnupg home");
+    let _agent = AgentGuard(home.path().to_path_buf());
+    let then = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs()
+        - 10 * 86_400;
+    let faked = format!("{then}");
+    gpg(
+        home.path(),
+        &[
+            "--faked-system-time",
+            &faked,
+            "--quick-gen-key",
+            "Dave <dave@example.com>",
+            "ed25519",
+            "sign",
+            "1d",
+        ],
+    );
+    let out = gpg(
+        home.path(),
+        &["--with-colons", "--fingerprint", "dave@example.com"],
+    );
+    let dave = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("fpr:"))
+        .map(|rest| rest.trim_matches(':').to_string())
+        .expect("fingerprint");
+    // git signs through gpg with the same faked clock (the key was valid).
+    let wrapper = home.path().join("gpg-then");
+    std::fs::write(
+        &wrapper,
+        format!("#!/bin/sh\nexec gpg --faked-system-time {then} \"$@\"\n"),
+    )
+    .expect("write wrapper");
+    std::process::Command::new("chmod")
+        .args(["+x"])
+        .arg(&wrapper)
+        .status()
+        .expect("chmod");
+    git(repo.path(), &["init", "-q"]);
+    git(repo.path(), &["add", "-A"]);
+    let out = Command::new("git")
+        .env("GNUPGHOME", home.path())
+        .args(["-c", "user.name=t", "-c", "user.email=t@example.com"])
+        .args(["-c", "gpg.format=openpgp"])
+        .arg("-c")
+        .arg(format!("gpg.program={}", wrapper.display()))
+        .arg("-c")
+        .arg(format!("user.signingkey={dave}"))
+        .args(["commit", "-q", "-S", "-m", "signed while the key was valid"])
+        .current_dir(repo.path())
+        .output()
+        .expect("git commit");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let signed = git(repo.path(), &["rev-parse", "HEAD"]);
+    let trusted = home.path().join("trusted.asc");
+    let export = || {
+        let exported = gpg(home.path(), &["--armor", "--export", &dave]);
+        std::fs::write(&trusted, &exported.stdout).expect("write trusted keys");
+    };
+    let plan = || {
+        repo.run(
+            "plan",
+            "admin",
+            &[
+                "--rev",
+                "HEAD",
+                "--verify-signatures",
+                "--trusted-keys",
+                trusted.to_str().unwrap(),
+            ],
+        )
+    };
+
+    export();
+    let out = plan();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!(
+            "commit {signed} is not trusted: it is signed by a key that expired at "
+        )) && stderr(&out).contains(&format!("(key {dave})")),
+        "{}",
+        stderr(&out)
+    );
+
+    // Its owner extends the key (a newer self-signature): trusted again.
+    gpg(home.path(), &["--quick-set-expire", &dave, "0"]);
+    export();
+    let out = plan();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+}

@@ -484,6 +484,78 @@ async fn an_immutable_field_fails_clearly_then_recreates_when_asked() {
     );
 }
 
+/// Known gap of issue 15 closed: the delete of `--force-recreate` had no
+/// precondition, so an object replaced by someone else between the plan's
+/// listing and the recreate (same name, another uid) was deleted. It is now
+/// deleted only while it has the uid the plan listed.
+#[tokio::test]
+async fn a_recreate_deletes_only_the_object_planned_not_one_that_replaced_it() {
+    let cp = control_plane();
+    let ns = cp.namespace("recreate-uid").await;
+    let client = cp.client(User::Admin).await;
+    let api: Api<ConfigMap> = Api::namespaced(client, &ns);
+    let body = json!({"apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "fhir-config", "namespace": ns}, "data": {"a": "1"}});
+    let planned = api
+        .patch(
+            "fhir-config",
+            &PatchParams::apply("test"),
+            &Patch::Apply(&body),
+        )
+        .await
+        .expect("apply");
+    let planned_uid = planned.metadata.uid.clone().expect("uid");
+    // Someone replaces it after the plan listed it.
+    api.delete("fhir-config", &Default::default())
+        .await
+        .expect("delete");
+    let replaced = api
+        .patch(
+            "fhir-config",
+            &PatchParams::apply("someone"),
+            &Patch::Apply(&body),
+        )
+        .await
+        .expect("recreate");
+    let replaced_uid = replaced.metadata.uid.clone().expect("uid");
+    assert_ne!(planned_uid, replaced_uid);
+
+    let cluster = tenantsync::cluster::Cluster::connect(&tenantsync::cluster::ClusterOptions {
+        kubeconfig: Some(cp.kubeconfig().to_path_buf()),
+        context: Some(User::Admin.context().to_string()),
+    })
+    .await
+    .expect("connect");
+    let r = tenantsync::sync::inventory::ObjectRef {
+        api_version: "v1".into(),
+        kind: "ConfigMap".into(),
+        namespace: Some(ns.clone().into()),
+        name: "fhir-config".into(),
+    };
+    let refused = cluster
+        .delete_uid(&r, Some(&planned_uid))
+        .await
+        .expect_err("the replacement must not be deleted");
+    let said = refused.to_string();
+    assert!(
+        said.contains(&format!("ConfigMap/{ns}/fhir-config")) && said.contains("replaced"),
+        "{said}"
+    );
+    let still = api
+        .get("fhir-config")
+        .await
+        .expect("the replacement is still there");
+    assert_eq!(still.metadata.uid.as_deref(), Some(replaced_uid.as_str()));
+
+    // The object the plan listed is deleted.
+    assert!(
+        cluster
+            .delete_uid(&r, Some(&replaced_uid))
+            .await
+            .expect("delete")
+    );
+}
+
 #[tokio::test]
 async fn dry_run_reports_and_changes_nothing() {
     let repo = TestRepo::new("sync-dry");

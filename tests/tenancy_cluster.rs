@@ -1029,7 +1029,7 @@ async fn admission_policy_lets_the_daemon_publish_a_pending_revision_but_never_a
         &name,
         "--type=merge",
         "-p",
-        r#"{"data":{"approvedRevision":"0123456789abcdef0123456789abcdef01234567","approvedBy":"Dana"}}"#,
+        r#"{"data":{"approvedRevision":"0123456789abcdef0123456789abcdef01234567","approvedBy":"Dana","approvedUser":"admin"}}"#,
     ]);
     let out = kubectl_as(
         &kubeconfig,

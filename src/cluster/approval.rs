@@ -66,6 +66,21 @@ impl Cluster {
         pending: Option<(&str, &str)>,
     ) -> Result<(), ClusterError> {
         let (revision, plan) = pending.unwrap_or_default();
+        // Already published (by this daemon before a restart, or by the
+        // replica that led before): left as it is, so that its
+        // `pendingSince` stays true and an approval read against it (its
+        // resourceVersion) is not refused for a write that changed nothing.
+        if let Some(stored) = self.approval_data(environment).await? {
+            let has = |key: &str, value: &str| {
+                stored.get(key).map(String::as_str).unwrap_or_default() == value
+            };
+            if has(approval::PENDING_REVISION, revision)
+                && has(approval::PENDING_PLAN, plan)
+                && pending.is_some() != has(approval::PENDING_SINCE, "")
+            {
+                return Ok(());
+            }
+        }
         let since = if pending.is_some() {
             k8s_openapi::jiff::Timestamp::now().to_string()
         } else {

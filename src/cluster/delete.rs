@@ -53,6 +53,33 @@ impl Cluster {
         }
     }
 
+    /// Deletes an object to recreate it, on the condition that it is still
+    /// the object planned (`uid`, when it was listed): a 409 (it was
+    /// replaced meanwhile) is [`ClusterError::Replaced`] and nothing is
+    /// deleted. Returns false when it was already gone.
+    pub async fn delete_uid(&self, r: &ObjectRef, uid: Option<&str>) -> Result<bool, ClusterError> {
+        let api = self
+            .api_for(&r.id(), &r.api_version, &r.kind, r.namespace.as_deref())
+            .await?;
+        let params = DeleteParams {
+            propagation_policy: Some(PropagationPolicy::Background),
+            preconditions: uid.map(|uid| Preconditions {
+                uid: Some(uid.to_string()),
+                resource_version: None,
+            }),
+            ..DeleteParams::default()
+        };
+        self.count(true);
+        match api.delete(&r.name, &params).await {
+            Ok(_) => Ok(true),
+            Err(kube::Error::Api(status)) if status.code == 404 => Ok(false),
+            Err(kube::Error::Api(status)) if status.code == 409 && uid.is_some() => {
+                Err(ClusterError::Replaced { object: r.id() })
+            }
+            Err(e) => Err(self.classify(e, "delete", &r.kind)),
+        }
+    }
+
     /// Waits until an object is gone (after a delete), for recreation.
     pub async fn wait_deleted(
         &self,

@@ -512,6 +512,9 @@ struct ApplyContext<'a> {
     adopted: HashSet<ObjectKey<'a>>,
     /// The ownership policy's work besides each apply (field_policy::Heal).
     heals: HashMap<ObjectKey<'a>, &'a Heal>,
+    /// The `uid` of each object as the plan listed it: a recreate
+    /// (`--force-recreate`) deletes that object and no other.
+    uids: HashMap<ObjectKey<'a>, &'a str>,
     /// Namespaces this sync creates.
     new_namespaces: BTreeSet<&'a str>,
     /// Kinds (group, kind) whose CRD this sync creates.
@@ -556,6 +559,11 @@ impl<'a> ApplyContext<'a> {
             created: keys(Action::Create),
             adopted: keys(Action::Adopt),
             heals: heals_of(plan),
+            uids: plan
+                .changes
+                .iter()
+                .filter_map(|c| Some((c.key(), c.live.as_ref()?.uid.as_str())))
+                .collect(),
             new_namespaces,
             new_kinds,
         }
@@ -677,6 +685,7 @@ async fn applied<'a>(
     let force = options.force_conflicts || cx.adopted.contains(&object.key());
     let heal = cx.heals.get(&object.key()).copied();
     let precondition = precondition_of(options, &object.id());
+    let uid = cx.uids.get(&object.key()).copied();
     let result = match tokio::time::timeout(
         WRITE_TIMEOUT,
         apply_one(
@@ -687,6 +696,7 @@ async fn applied<'a>(
             force,
             heal,
             precondition,
+            uid,
         ),
     )
     .await
@@ -737,7 +747,10 @@ fn only_legacy_manager(fields: &[ConflictField]) -> bool {
             .all(|f| f.manager == crate::object::FIELD_MANAGER)
 }
 
-/// Applies one object; `Ok(true)` when it had to be recreated.
+/// Applies one object; `Ok(true)` when it had to be recreated. `uid` is
+/// the object's as planned: a recreate deletes only that object (one
+/// replaced meanwhile by someone else is refused, not deleted).
+#[allow(clippy::too_many_arguments)]
 async fn apply_one(
     cluster: &Cluster,
     object: &Object,
@@ -746,6 +759,7 @@ async fn apply_one(
     force: bool,
     heal: Option<&Heal>,
     precondition: Option<&LiveVersion>,
+    uid: Option<&str>,
 ) -> Result<bool, ApplyError> {
     let first = cluster
         .apply_healed(object, heal, precondition, options.dry_run, force, manager)
@@ -772,7 +786,7 @@ async fn apply_one(
         {
             let r = ObjectRef::of(object);
             cluster
-                .delete(&r, false)
+                .delete_uid(&r, uid)
                 .await
                 .map_err(|source| ApplyError::Cluster {
                     id: id.clone(),

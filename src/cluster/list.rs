@@ -120,6 +120,20 @@ impl<'de> Visitor<'de> for Items<'_> {
     }
 }
 
+/// A selection of at most this many namespaces (`--workspace`,
+/// `plan --changed-since`) is listed namespace by namespace; a larger one
+/// across all namespaces, as the whole environment is.
+pub const MAX_NAMESPACES_LISTED_APART: usize = 10;
+
+/// Where one LIST looks: every namespace, or one, or one object by name.
+#[derive(Clone, Copy)]
+enum Within<'a> {
+    All,
+    Namespace(&'a str),
+    /// A cluster-scoped object of this name (`metadata.name=`).
+    Named(&'a str),
+}
+
 impl Cluster {
     /// Lists the objects tenantsync manages in `environment`: one LIST per
     /// kind (per page of [`PAGE_SIZE`]), across all namespaces, by label. `extra`
@@ -131,13 +145,31 @@ impl Cluster {
         &self,
         environment: &str,
         extra: &[(String, String)],
+        sink: impl FnMut(Value),
+    ) -> Result<(), ClusterError> {
+        self.for_each_managed_in(environment, None, extra, sink)
+            .await
+    }
+
+    /// [`Cluster::for_each_managed`], or, for a selection of `namespaces`
+    /// (at most [`MAX_NAMESPACES_LISTED_APART`]), only what is in them: each
+    /// namespaced kind listed in each of those namespaces, the Namespaces
+    /// themselves by name, and no other cluster-scoped kind (nothing a
+    /// selection holds). A one-workspace plan of a large environment then
+    /// reads that workspace's objects, not the environment's.
+    pub async fn for_each_managed_in(
+        &self,
+        environment: &str,
+        namespaces: Option<&std::collections::BTreeSet<String>>,
+        extra: &[(String, String)],
         mut sink: impl FnMut(Value),
     ) -> Result<(), ClusterError> {
         let selector = object::selector(environment);
-        for kind in object::MANAGED_KINDS {
-            self.list_kind(api_resource(kind), kind.kind, &selector, &mut sink)
-                .await?;
-        }
+        let apart = namespaces.filter(|n| n.len() <= MAX_NAMESPACES_LISTED_APART);
+        let mut kinds: Vec<(ApiResource, String, bool)> = object::MANAGED_KINDS
+            .iter()
+            .map(|k| (api_resource(k), k.kind.to_string(), k.namespaced))
+            .collect();
         let mut seen = std::collections::BTreeSet::new();
         for (api_version, kind) in extra {
             let fixed = object::MANAGED_KINDS
@@ -146,8 +178,27 @@ impl Cluster {
             if fixed || !seen.insert((api_version, kind)) {
                 continue;
             }
-            if let Some((resource, _)) = self.resolve_kind(api_version, kind).await? {
-                self.list_kind(resource, kind, &selector, &mut sink).await?;
+            if let Some((resource, namespaced)) = self.resolve_kind(api_version, kind).await? {
+                kinds.push((resource, kind.clone(), namespaced));
+            }
+        }
+        for (resource, kind, namespaced) in kinds {
+            match apart {
+                None => {
+                    self.list_kind(resource, &kind, &selector, Within::All, &mut sink)
+                        .await?
+                }
+                Some(namespaces) => {
+                    for ns in namespaces {
+                        let within = match (namespaced, kind.as_str()) {
+                            (true, _) => Within::Namespace(ns),
+                            (false, "Namespace") => Within::Named(ns),
+                            (false, _) => continue,
+                        };
+                        self.list_kind(resource.clone(), &kind, &selector, within, &mut sink)
+                            .await?;
+                    }
+                }
             }
         }
         Ok(())
@@ -158,15 +209,22 @@ impl Cluster {
         resource: ApiResource,
         kind_name: &str,
         selector: &str,
+        within: Within<'_>,
         sink: &mut impl FnMut(Value),
     ) -> Result<(), ClusterError> {
-        let api: Api<DynamicObject> = Api::all_with(self.client.clone(), &resource);
+        let api: Api<DynamicObject> = match within {
+            Within::Namespace(ns) => Api::namespaced_with(self.client.clone(), ns, &resource),
+            Within::All | Within::Named(_) => Api::all_with(self.client.clone(), &resource),
+        };
         let resource_name = if resource.group.is_empty() {
             resource.plural.clone()
         } else {
             format!("{}.{}", resource.plural, resource.group)
         };
         let mut params = ListParams::default().labels(selector).limit(PAGE_SIZE);
+        if let Within::Named(name) = within {
+            params = params.fields(&format!("metadata.name={name}"));
+        }
         let request = kube::core::Request::new(api.resource_url());
         loop {
             let http = request

@@ -106,6 +106,12 @@ pub enum ClusterError {
         object: String,
         resource_version: String,
     },
+    /// A recreate's delete found another object under the planned one's
+    /// name (its `uid` changed since the plan listed it).
+    #[error(
+        "{object}: replaced by another object since it was listed, so it was not deleted to be recreated; run the sync again to plan against the new object"
+    )]
+    Replaced { object: String },
     /// A kind the API server does not serve (not in its discovery).
     #[error(
         "cannot {verb} {resource}: the API server at {server} does not serve this kind{consequence}"

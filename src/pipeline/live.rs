@@ -113,8 +113,9 @@ pub async fn plan_live(
     let mut health = BTreeMap::new();
     let health_options = HealthOptions::default();
     // Held workspaces are out of scope: not planned, applied nor pruned.
+    // A selection is listed namespace by namespace (its own objects only).
     cluster
-        .for_each_managed(name, &kinds, |o| {
+        .for_each_managed_in(name, scope.only.as_ref(), &kinds, |o| {
             if scope.contains_live(&o) {
                 if options.health
                     && let Some(key) = crate::object::live_key(&o)

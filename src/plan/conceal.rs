@@ -1,17 +1,56 @@
 //! Secret values never appear in a plan, a diff or a drift report: every
-//! value under a `Secret`'s `data` or `stringData` is shown as a digest of
-//! its bytes (`sha256:` and the first 16 hex digits, the same for a value
-//! written in `data`, base64-encoded, and in `stringData`), so a change is
-//! still seen as one without the value being shown.
+//! value under a `Secret`'s `data` or `stringData` is shown as a keyed
+//! digest of its bytes (`hmac:` and the first 16 hex digits of an
+//! HMAC-SHA-256, the same for a value written in `data`, base64-encoded,
+//! and in `stringData`), so a change is still seen as one without the value
+//! being shown. The key is random per process unless the operator installs
+//! one ([`install_key`], `TENANTSYNC_DIGEST_KEY`): a plain hash of a short
+//! password could be reversed by trying candidates offline; a keyed one
+//! cannot without the key.
+
+use std::sync::OnceLock;
 
 use base64::Engine;
+use hmac::{Hmac, Mac};
 use serde_json::Value;
-use sha2::{Digest, Sha256};
+use sha2::Sha256;
 
 use crate::plan::FieldChange;
 
 /// The fields of a Secret that hold its values.
 const VALUE_FIELDS: [&str; 2] = ["data", "stringData"];
+
+/// The environment variable an operator sets to a secret of their own to
+/// get digests that compare across runs (`tenantsync plan` today and
+/// tomorrow, the daemon after a restart).
+pub const KEY_VARIABLE: &str = "TENANTSYNC_DIGEST_KEY";
+
+/// The key of [`digest`]: installed once, else random at first use.
+static KEY: OnceLock<Vec<u8>> = OnceLock::new();
+
+/// Installs the digest key (the edges do, from `TENANTSYNC_DIGEST_KEY`,
+/// before anything is shown). Returns false when a key was already in use.
+pub fn install_key(key: &[u8]) -> bool {
+    KEY.set(key.to_vec()).is_ok()
+}
+
+fn key() -> &'static [u8] {
+    KEY.get_or_init(|| {
+        let mut key = vec![0u8; 32];
+        if getrandom::fill(&mut key).is_err() {
+            // No system randomness (never seen): a key nobody outside this
+            // process knows all of, still not the unkeyed hash.
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or_default();
+            let state = std::collections::hash_map::RandomState::new();
+            let mixed = std::hash::BuildHasher::hash_one(&state, (now, std::process::id()));
+            key = [now.to_le_bytes().as_slice(), &mixed.to_le_bytes()].concat();
+        }
+        key
+    })
+}
 
 /// Whether objects of this kind hold secret values.
 pub fn is_secret(api_version: &str, kind: &str) -> bool {
@@ -20,9 +59,20 @@ pub fn is_secret(api_version: &str, kind: &str) -> bool {
 
 /// The digest shown in place of a secret value.
 pub fn digest(bytes: &[u8]) -> String {
-    let hash = Sha256::digest(bytes);
-    let hex: String = hash.iter().take(8).map(|b| format!("{b:02x}")).collect();
-    format!("sha256:{hex}")
+    let hex: String = match Hmac::<Sha256>::new_from_slice(key()) {
+        Ok(mut mac) => {
+            mac.update(bytes);
+            mac.finalize()
+                .into_bytes()
+                .iter()
+                .take(8)
+                .map(|b| format!("{b:02x}"))
+                .collect()
+        }
+        // HMAC takes keys of any length: never reached.
+        Err(_) => "0".repeat(16),
+    };
+    format!("hmac:{hex}")
 }
 
 /// One value of `data` (base64) or `stringData` (text) as its digest.

@@ -67,6 +67,10 @@ struct AllowedSigner {
     key: PublicKey,
     /// `namespaces="..."`: the namespaces it may sign in (any without).
     namespaces: Option<Vec<String>>,
+    /// `valid-after=` / `valid-before=`: when the key is trusted, checked
+    /// against the time of verification (see [`validity`]).
+    valid_after: Option<jiff::Timestamp>,
+    valid_before: Option<jiff::Timestamp>,
     /// Where it was read, for messages.
     line: usize,
 }
@@ -269,6 +273,19 @@ impl Trust {
                 ),
             ));
         }
+        if let Some(why) = validity(
+            jiff::Timestamp::now(),
+            signer.valid_after,
+            signer.valid_before,
+        ) {
+            return Err(untrusted(
+                key,
+                format!(
+                    "the key of {} (line {} of the allowed signers file) {why}",
+                    signer.principals, signer.line
+                ),
+            ));
+        }
         signer
             .key
             .verify(GIT_NAMESPACE, signed, &sig)
@@ -316,8 +333,21 @@ impl Trust {
         };
         for trusted in &self.pgp {
             let primary = &trusted.key.primary_key;
-            // (fingerprint, the signature's check, the key revoked)
-            let mut candidates: Vec<(String, Result<(), String>, bool)> = Vec::new();
+            let mut candidates: Vec<Candidate> = Vec::new();
+            let self_signed = |s: &&pgp::packet::Signature| {
+                s.issuer_key_id().contains(&&primary.legacy_key_id())
+                    || s.issuer_fingerprint().contains(&&primary.fingerprint())
+            };
+            let primary_sigs: Vec<&pgp::packet::Signature> = trusted
+                .key
+                .details
+                .users
+                .iter()
+                .flat_map(|u| u.signatures.iter())
+                .chain(trusted.key.details.direct_signatures.iter())
+                .filter(self_signed)
+                .collect();
+            let primary_expiry = expiry(primary.created_at().as_secs(), &primary_sigs);
             if named(
                 hex_upper(primary.legacy_key_id().as_ref()),
                 format!("{:X}", primary.fingerprint()),
@@ -326,6 +356,7 @@ impl Trust {
                     format!("{:X}", primary.fingerprint()),
                     sig.verify(primary, signed).map_err(|e| e.to_string()),
                     false,
+                    primary_expiry,
                 ));
             }
             for sub in &trusted.key.public_subkeys {
@@ -339,24 +370,45 @@ impl Trust {
                         .signatures
                         .iter()
                         .any(|s| s.typ() == Some(pgp::packet::SignatureType::SubkeyRevocation));
+                    let bindings: Vec<&pgp::packet::Signature> =
+                        sub.signatures.iter().filter(self_signed).collect();
+                    let sub_expiry = expiry(sub.key.created_at().as_secs(), &bindings);
                     candidates.push((
                         format!("{:X}", sub.key.fingerprint()),
                         sig.verify(&sub.key, signed).map_err(|e| e.to_string()),
                         revoked,
+                        match (primary_expiry, sub_expiry) {
+                            (Some(a), Some(b)) => Some(a.min(b)),
+                            (a, b) => a.or(b),
+                        },
                     ));
                 }
             }
-            let Some((fingerprint, result, subkey_revoked)) = candidates
+            let Some((fingerprint, result, subkey_revoked, expires)) = candidates
                 .iter()
-                .find(|(_, r, _)| r.is_ok())
+                .find(|(_, r, _, _)| r.is_ok())
                 .or(candidates.first())
             else {
                 continue;
             };
             let key = Some(fingerprint.clone());
+            let now = u64::try_from(jiff::Timestamp::now().as_second()).unwrap_or(0);
             return match result {
                 Ok(()) if trusted.revoked || *subkey_revoked => {
                     Err(untrusted(key, "it is signed by a revoked key".into()))
+                }
+                Ok(()) if expires.is_some_and(|at| now >= at) => {
+                    let at = expires
+                        .and_then(|at| i64::try_from(at).ok())
+                        .and_then(|at| jiff::Timestamp::from_second(at).ok())
+                        .map(|t| t.to_string())
+                        .unwrap_or_default();
+                    Err(untrusted(
+                        key,
+                        format!(
+                            "it is signed by a key that expired at {at}: sign with a current key, or extend the key's expiry (`gpg --quick-set-expire`) and export it to the trusted keys again"
+                        ),
+                    ))
                 }
                 Ok(()) => Ok(()),
                 Err(e) => Err(untrusted(
@@ -499,6 +551,7 @@ fn parse_allowed_signers(text: &str, path: &str) -> Result<Vec<AllowedSigner>, T
         let key = PublicKey::from_openssh(key_text)
             .map_err(|e| error(format!("the public key cannot be read: {e}")))?;
         let mut namespaces = None;
+        let (mut valid_after, mut valid_before) = (None, None);
         if let Some(options) = options {
             for option in split_options(&options) {
                 let (name, value) = option.split_once('=').unwrap_or((option.as_str(), ""));
@@ -517,9 +570,10 @@ fn parse_allowed_signers(text: &str, path: &str) -> Result<Vec<AllowedSigner>, T
                             "cert-authority keys (SSH certificates) are not supported: list the signers' own keys".into(),
                         ));
                     }
-                    // Validity windows are git's, against the commit time,
-                    // which the committer chooses: not a protection here.
-                    "valid-after" | "valid-before" => {}
+                    // Checked against the time of verification, not the
+                    // commit time git uses (the committer chooses that).
+                    "valid-after" => valid_after = Some(signer_time(value).map_err(&error)?),
+                    "valid-before" => valid_before = Some(signer_time(value).map_err(&error)?),
                     other => return Err(error(format!("unknown option `{other}`"))),
                 }
             }
@@ -528,10 +582,106 @@ fn parse_allowed_signers(text: &str, path: &str) -> Result<Vec<AllowedSigner>, T
             principals: principals.trim_matches('"').to_string(),
             key,
             namespaces,
+            valid_after,
+            valid_before,
             line: i + 1,
         });
     }
     Ok(signers)
+}
+
+/// A key a signature may be by: its fingerprint, the signature's check,
+/// whether the key is revoked, when it expires (seconds since the epoch).
+type Candidate = (String, Result<(), String>, bool, Option<u64>);
+
+/// When an OpenPGP key created at `created` (seconds since the epoch)
+/// expires, by the newest of its self-signatures `sigs` (a user id's
+/// certification or a subkey's binding): none when it never does.
+fn expiry(created: u32, sigs: &[&pgp::packet::Signature]) -> Option<u64> {
+    let newest = sigs
+        .iter()
+        .max_by_key(|s| s.created().map(|t| t.as_secs()).unwrap_or(0))?;
+    let lasts = newest.key_expiration_time()?.as_secs();
+    if lasts == 0 {
+        return None;
+    }
+    Some(u64::from(created).saturating_add(u64::from(lasts)))
+}
+
+/// Why a key is not trusted at `now` given its validity window, if it is
+/// not: before `valid-after`, or at or after `valid-before`.
+fn validity(
+    now: jiff::Timestamp,
+    after: Option<jiff::Timestamp>,
+    before: Option<jiff::Timestamp>,
+) -> Option<String> {
+    if let Some(after) = after
+        && now < after
+    {
+        return Some(format!(
+            "is trusted only from {after} (valid-after); it is {now}"
+        ));
+    }
+    if let Some(before) = before
+        && now >= before
+    {
+        return Some(format!(
+            "was trusted only until {before} (valid-before); it expired: sign with a current key, or extend its valid-before if it is still to be trusted"
+        ));
+    }
+    None
+}
+
+/// An `allowed_signers` time, as ssh-keygen writes them: `YYYYMMDD` or
+/// `YYYYMMDDHHMM[SS]`, optionally quoted, with or without a trailing `Z`;
+/// read as UTC either way (ssh-keygen reads one without `Z` in the local
+/// time zone, which a container's is anyway).
+fn signer_time(value: &str) -> Result<jiff::Timestamp, String> {
+    let text = value.trim_matches('"');
+    let digits = text.strip_suffix(['Z', 'z']).unwrap_or(text);
+    let bad = || {
+        format!(
+            "`{text}` is not a time: write YYYYMMDD or YYYYMMDDHHMM[SS], optionally with a trailing Z (UTC)"
+        )
+    };
+    if !digits.bytes().all(|b| b.is_ascii_digit()) || ![8, 12, 14].contains(&digits.len()) {
+        return Err(bad());
+    }
+    let number = |range: std::ops::Range<usize>| -> Result<i16, String> {
+        digits
+            .get(range)
+            .unwrap_or("0")
+            .parse::<i16>()
+            .map_err(|_| bad())
+    };
+    let (year, month, day) = (number(0..4)?, number(4..6)?, number(6..8)?);
+    let (hour, minute, second) = if digits.len() >= 12 {
+        (
+            number(8..10)?,
+            number(10..12)?,
+            if digits.len() == 14 {
+                number(12..14)?
+            } else {
+                0
+            },
+        )
+    } else {
+        (0, 0, 0)
+    };
+    let civil = jiff::civil::DateTime::new(
+        year,
+        i8::try_from(month).map_err(|_| bad())?,
+        i8::try_from(day).map_err(|_| bad())?,
+        i8::try_from(hour).map_err(|_| bad())?,
+        i8::try_from(minute).map_err(|_| bad())?,
+        i8::try_from(second).map_err(|_| bad())?,
+        0,
+    )
+    .map_err(|_| bad())?;
+    civil
+        .to_zoned(jiff::tz::TimeZone::UTC)
+        .map(|z| z.timestamp())
+        .map_err(|_| bad())
 }
 
 /// The first whitespace-separated token (double quotes keep spaces), and
@@ -608,6 +758,67 @@ mod tests {
         );
         let e = parse_allowed_signers(&format!("a cert-authority {KEY}\n"), "signers").unwrap_err();
         assert!(e.to_string().contains("cert-authority"), "{e}");
+    }
+
+    #[test]
+    fn allowed_signers_validity_times_parse_as_ssh_keygen_writes_them() {
+        let t = |v: &str| signer_time(v).map(|t| t.to_string());
+        assert_eq!(t("20261201").as_deref(), Ok("2026-12-01T00:00:00Z"));
+        assert_eq!(t("\"20261201Z\"").as_deref(), Ok("2026-12-01T00:00:00Z"));
+        assert_eq!(t("202612011530").as_deref(), Ok("2026-12-01T15:30:00Z"));
+        assert_eq!(t("20261201153005Z").as_deref(), Ok("2026-12-01T15:30:05Z"));
+        for bad in [
+            "",
+            "2026-12-01",
+            "20261301",
+            "20261232",
+            "2026120",
+            "20261201123",
+            "+0261201",
+            "20261201246000",
+        ] {
+            let e = signer_time(bad).unwrap_err();
+            assert!(e.contains("YYYYMMDD"), "{bad}: {e}");
+        }
+        let signers = parse_allowed_signers(
+            &format!("a valid-after=\"20260101\",valid-before=\"20270101\" {KEY}\n"),
+            "signers",
+        )
+        .unwrap();
+        assert_eq!(
+            signers[0].valid_after.map(|t| t.to_string()).as_deref(),
+            Some("2026-01-01T00:00:00Z")
+        );
+        assert_eq!(
+            signers[0].valid_before.map(|t| t.to_string()).as_deref(),
+            Some("2027-01-01T00:00:00Z")
+        );
+        let e = parse_allowed_signers(&format!("a valid-before=tomorrow {KEY}\n"), "signers")
+            .unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("signers:1: `tomorrow` is not a time"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_key_is_trusted_only_inside_its_validity_window() {
+        let at = |s: &str| s.parse::<jiff::Timestamp>().unwrap();
+        let (after, before) = (
+            Some(at("2026-01-01T00:00:00Z")),
+            Some(at("2027-01-01T00:00:00Z")),
+        );
+        assert_eq!(validity(at("2026-06-01T00:00:00Z"), after, before), None);
+        assert_eq!(validity(at("2026-01-01T00:00:00Z"), after, before), None);
+        let early = validity(at("2025-12-31T23:59:59Z"), after, before).unwrap();
+        assert!(early.contains("valid-after"), "{early}");
+        let late = validity(at("2027-01-01T00:00:00Z"), after, before).unwrap();
+        assert!(
+            late.contains("valid-before") && late.contains("expired"),
+            "{late}"
+        );
+        assert_eq!(validity(at("2099-01-01T00:00:00Z"), None, None), None);
     }
 
     #[test]
