@@ -84,7 +84,10 @@ fn bench_script_measures_every_step_at_a_small_size() {
     let pr = step("pr-plan");
     assert_eq!(pr["tenantsync"]["workspacesPlanned"], 1, "{pr}");
     assert!(pr["tenantsync"]["changes"].as_u64().unwrap() > 0, "{pr}");
-    assert!(pr["tenantsync"]["cpuSeconds"].as_f64().unwrap() > 0.0, "{pr}");
+    assert!(
+        pr["tenantsync"]["cpuSeconds"].as_f64().unwrap() > 0.0,
+        "{pr}"
+    );
     assert!(stdout.contains("| 5 | pr-plan |"), "{stdout}");
     assert!(step("noop-plan")["kubectl"]["requests"].as_u64().unwrap() > 0);
     assert!(

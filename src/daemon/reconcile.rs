@@ -352,14 +352,26 @@ impl Reconciler {
     }
 
     /// A poll that found the revision last compared and found in sync,
-    /// while the watches have seen every change since that compare (any
-    /// would have started a drift check): nothing to compare, so no LIST.
+    /// still the one the inventory records, while the watches have seen
+    /// every change since that compare (any would have started a drift
+    /// check): nothing to compare, so no LIST.
     async fn quiet(&mut self, state: &Desired, writer: &Writer, watched: Option<Instant>) -> bool {
         let unchanged = self.clean.as_ref().is_some_and(|(revision, at)| {
             revision == state.revision() && watched.is_some_and(|since| since <= *at)
         });
         if !unchanged || writer.locked_by.is_some() || self.source_problem.is_some() {
             return false;
+        }
+        // A `tenantsync sync` of another revision writes as this
+        // environment's field manager, unseen by the watches; the revision
+        // its inventory records tells (one GET).
+        let Some(c) = self.cluster.as_ref() else {
+            return false;
+        };
+        match c.inventory_data(&self.env).await {
+            Ok(Some(data))
+                if data.get("revision").map(String::as_str) == Some(state.revision()) => {}
+            _ => return false,
         }
         self.skipped = true;
         self.record_outcome(None).await;
