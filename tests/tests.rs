@@ -38,3 +38,4 @@ mod support;
 mod sync_cluster;
 mod tenancy_cluster;
 mod validate_cli;
+mod watch_drift;

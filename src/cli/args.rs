@@ -218,7 +218,8 @@ pub struct RunArgs {
     /// How often to read the repository [default: 1m].
     #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
     pub interval: Option<std::time::Duration>,
-    /// How often to compare the cluster with the last applied revision [default: 5m].
+    /// How often to compare the whole cluster with the last applied revision, besides
+    /// the watches that see a hand edit at once [default: 10m].
     #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
     pub drift_interval: Option<std::time::Duration>,
     /// Address of the status, metrics and probe endpoints (and of POST /hooks/git

@@ -132,7 +132,7 @@ fn run_options(args: &RunArgs, c: Option<&DaemonConfig>) -> anyhow::Result<RunOp
         drift_interval: duration(
             args.drift_interval,
             c.and_then(|c| c.drift_interval.as_ref()),
-            "5m",
+            "10m",
         )?,
         listen,
         webhook_listen,

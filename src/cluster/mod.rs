@@ -45,6 +45,7 @@ pub mod lock;
 mod ownership;
 mod scope;
 pub mod wait;
+pub mod watch;
 
 /// How to reach the cluster: kubeconfig file and context, or in-cluster.
 #[derive(Clone, Debug, Default)]
@@ -247,6 +248,9 @@ fn user_of(kubeconfig: Option<&Kubeconfig>, context: Option<&str>) -> String {
 /// A connection to one cluster, counting the requests it makes.
 pub struct Cluster {
     client: Client,
+    /// The same credentials for long-lived WATCH requests (`watch`): a read
+    /// timeout longer than a quiet watch lasts.
+    watch_client: Client,
     server: String,
     requests: AtomicU32,
     writes: AtomicU32,
@@ -302,12 +306,14 @@ impl Cluster {
             }
         };
         config.connect_timeout = Some(CONNECT_TIMEOUT);
-        config.read_timeout = Some(READ_TIMEOUT);
         // Named in the API server's audit log and metrics (kube-rs sends none).
         config.headers.push((
             hyper::header::USER_AGENT,
             hyper::header::HeaderValue::from_static(USER_AGENT),
         ));
+        let mut watch_config = config.clone();
+        watch_config.read_timeout = Some(watch::WATCH_READ_TIMEOUT);
+        config.read_timeout = Some(READ_TIMEOUT);
         let server = config
             .cluster_url
             .to_string()
@@ -317,8 +323,14 @@ impl Cluster {
             server: server.clone(),
             source,
         })?;
+        let watch_client =
+            Client::try_from(watch_config).map_err(|source| ClusterError::Client {
+                server: server.clone(),
+                source,
+            })?;
         Ok(Cluster {
             client,
+            watch_client,
             server,
             requests: AtomicU32::new(0),
             writes: AtomicU32::new(0),

@@ -31,6 +31,7 @@ pub struct Metrics {
     rollout_step: Family<Labels, Gauge>,
     rollbacks: Family<Labels, Counter>,
     leader: Family<Labels, Gauge>,
+    watch_changes: Family<Labels, Counter>,
     /// Workspaces with a drift series, per environment.
     drift_workspaces: Mutex<std::collections::BTreeMap<String, Vec<String>>>,
 }
@@ -78,6 +79,7 @@ impl Metrics {
             rollout_step: Family::default(),
             rollbacks: Family::default(),
             leader: Family::default(),
+            watch_changes: Family::default(),
             drift_workspaces: Mutex::new(std::collections::BTreeMap::new()),
         };
         registry.register(
@@ -155,6 +157,11 @@ impl Metrics {
             "1 while this replica may write the environment (it holds the leader Lease, or with --shard the environment's Lease; always 1 without leader election), else 0",
             m.leader.clone(),
         );
+        registry.register(
+            "watch_changes",
+            "Changes to managed objects by another writer seen by the daemon's watches, each starting a drift check",
+            m.watch_changes.clone(),
+        );
         if let Ok(mut r) = m.registry.lock() {
             *r = registry;
         }
@@ -185,6 +192,7 @@ impl Metrics {
         let _ = self.failed.get_or_create(&l);
         let _ = self.fetch_failures.get_or_create(&l);
         let _ = self.rollbacks.get_or_create(&l);
+        let _ = self.watch_changes.get_or_create(&l);
         self.set_status(env, "Unknown");
         self.set_pending(env, false);
     }
@@ -263,6 +271,11 @@ impl Metrics {
 
     pub fn rolled_back(&self, env: &str) {
         self.rollbacks.get_or_create(&env_label(env)).inc();
+    }
+
+    /// A watch saw another writer change a managed object.
+    pub fn watch_change(&self, env: &str) {
+        self.watch_changes.get_or_create(&env_label(env)).inc();
     }
 
     pub fn git_fetch_failed(&self, env: &str) {

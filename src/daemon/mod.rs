@@ -28,6 +28,7 @@ use crate::cluster::{Cluster, ClusterOptions};
 use crate::source;
 
 pub mod config;
+mod drift_watch;
 pub mod http;
 pub mod leader;
 pub mod metrics;

@@ -196,6 +196,12 @@ impl Schedule {
         self.next_poll = now;
     }
 
+    /// A drift check now (a watch saw another writer change an object),
+    /// the next read where it was.
+    pub fn drift_now(&mut self, now: Instant) {
+        self.next_drift = self.next_drift.min(now);
+    }
+
     /// When to wake next: the next read, or the next drift check once a
     /// revision was read.
     pub fn wake_at(&self, read: bool) -> Instant {
@@ -224,6 +230,7 @@ pub(super) async fn reconcile_loop(
     let mut written: BTreeMap<String, String> = BTreeMap::new();
     let mut backoff = Backoff::new(options.interval);
     let mut schedule = Schedule::new(Instant::now(), options.drift_interval);
+    let mut drift_watch = super::drift_watch::DriftWatcher::new(&env);
     loop {
         // A reconcile boundary: an environment over this replica's share
         // is handed over here, never mid-sync.
@@ -235,7 +242,13 @@ pub(super) async fn reconcile_loop(
         if poll || drift {
             let started = Instant::now();
             reconciler.changed = 0;
-            let result = reconciler.reconcile(poll).await;
+            // A poll between drift checks need not compare again what the
+            // watches vouch for.
+            let watched = (poll && !drift)
+                .then(|| drift_watch.complete_since())
+                .flatten()
+                .map(Instant::from_std);
+            let result = reconciler.reconcile(poll, watched).await;
             shared.metrics.observe_reconcile(&env, started.elapsed());
             let record = ReconcileRecord {
                 at: now(),
@@ -255,6 +268,9 @@ pub(super) async fn reconcile_loop(
             reconciler.reconnect().await;
             publish_status(&env, &shared, reconciler.cluster.as_ref(), &mut written).await;
             schedule.after(Instant::now(), backoff.action(poll, &result));
+            if let (Some(c), Some(d)) = (reconciler.cluster.as_ref(), reconciler.desired.as_ref()) {
+                drift_watch.ensure(c, &d.state.objects).await;
+            }
             continue;
         }
         let mut watching = reconciler.health_watch.take();
@@ -272,6 +288,11 @@ pub(super) async fn reconcile_loop(
                 Some(t) => Some(t.changed().await),
                 None => None,
             } } => schedule.poll_now(Instant::now()),
+            (object, more) = drift_watch.changed() => {
+                tracing::info!(environment = %env, object = %object, more, "changed by another writer: checking drift now");
+                shared.metrics.watch_change(&env);
+                schedule.drift_now(Instant::now());
+            },
             () = tokio::time::sleep(APPROVAL_CHECK), if reconciler.waiting.is_some() => {
                 if reconciler.may_apply_now().await { schedule.poll_now(Instant::now()); }
             },
@@ -327,6 +348,11 @@ struct Reconciler {
     /// The desired state was just read: it is still to be matched with the
     /// inventory's per-workspace revisions ([`Reconciler::pin_to_inventory`]).
     needs_pinning: bool,
+    /// The revision last compared with the cluster and found in sync, and
+    /// when that compare started.
+    clean: Option<(String, Instant)>,
+    /// The reconcile in flight compared nothing (see [`Reconciler::quiet`]).
+    skipped: bool,
 }
 
 impl Reconciler {
@@ -345,12 +371,72 @@ impl Reconciler {
             health_watch: None,
             failed_health: None,
             needs_pinning: false,
+            clean: None,
+            skipped: false,
         }
     }
 
     /// One reconcile. `from_source`: read the source (a poll or a trigger);
     /// otherwise only check the cluster against the last good revision.
-    async fn reconcile(&mut self, from_source: bool) -> Result<(), ReconcileError> {
+    /// `watched`: since when the drift watches have seen every change.
+    async fn reconcile(
+        &mut self,
+        from_source: bool,
+        watched: Option<Instant>,
+    ) -> Result<(), ReconcileError> {
+        let started = Instant::now();
+        self.skipped = false;
+        let result = self.compare(from_source, watched).await;
+        if !self.skipped {
+            let synced = self.shared.status.read().is_ok_and(|s| {
+                s.environments
+                    .get(&self.env)
+                    .is_some_and(|e| e.sync_status == SyncStatus::Synced)
+            });
+            self.clean = match (&result, self.desired.as_ref()) {
+                (Ok(()), Some(d)) if synced && self.waiting.is_none() => {
+                    Some((d.revision().to_string(), started))
+                }
+                _ => None,
+            };
+        }
+        result
+    }
+
+    /// A poll that found the revision last compared and found in sync,
+    /// still the one the inventory records, while the watches have seen
+    /// every change since that compare (any would have started a drift
+    /// check): nothing to compare, so no LIST.
+    async fn quiet(&mut self, state: &Desired, writer: &Writer, watched: Option<Instant>) -> bool {
+        let unchanged = self.clean.as_ref().is_some_and(|(revision, at)| {
+            revision == state.revision() && watched.is_some_and(|since| since <= *at)
+        });
+        if !unchanged || writer.locked_by.is_some() || self.source_problem.is_some() {
+            return false;
+        }
+        // A `tenantsync sync` of another revision writes as this
+        // environment's field manager, unseen by the watches; the revision
+        // its inventory records tells (one GET).
+        let Some(c) = self.cluster.as_ref() else {
+            return false;
+        };
+        match c.inventory_data(&self.env).await {
+            Ok(Some(data))
+                if data.get("revision").map(String::as_str) == Some(state.revision()) => {}
+            _ => return false,
+        }
+        self.skipped = true;
+        self.record_outcome(None).await;
+        self.shared
+            .update(&self.env, |s| s.last_reconcile_at = Some(now()));
+        true
+    }
+
+    async fn compare(
+        &mut self,
+        from_source: bool,
+        watched: Option<Instant>,
+    ) -> Result<(), ReconcileError> {
         let (state, writer) = match self.prepare(from_source).await {
             Ok(prepared) => prepared,
             Err(e) => {
@@ -358,6 +444,9 @@ impl Reconciler {
                 return Err(e);
             }
         };
+        if from_source && self.quiet(&state, &writer, watched).await {
+            return Ok(());
+        }
         let gate = match self.gate(&state).await {
             Ok(gate) => gate,
             Err(e) => return Err(self.blocked(e, &writer).await),
@@ -1990,6 +2079,20 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_change_seen_by_a_watch_makes_a_drift_check_due_now_and_leaves_the_next_read() {
+        let start = Instant::now();
+        let mut s = Schedule::new(start, Duration::from_secs(600));
+        s.after(start, Action::Requeue(Duration::from_secs(60)));
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert_eq!(s.due(Instant::now(), true), (false, false));
+        s.drift_now(Instant::now());
+        assert_eq!(s.due(Instant::now(), true), (false, true));
+        s.after(Instant::now(), Action::AwaitChange);
+        assert_eq!(s.due(Instant::now(), true), (false, false));
+        assert_eq!(s.wake_at(true), start + Duration::from_secs(60));
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn no_drift_check_is_due_before_a_revision_was_read() {
         let start = Instant::now();
         let mut schedule = Schedule::new(start, Duration::from_secs(30));
@@ -2066,7 +2169,7 @@ mod tests {
             shared_state(&missing.display().to_string(), Duration::from_secs(10));
         shared.metrics.init_environment("dev");
         let mut reconciler = Reconciler::new("dev".to_string(), shared.clone());
-        let e = reconciler.reconcile(true).await.unwrap_err();
+        let e = reconciler.reconcile(true, None).await.unwrap_err();
         assert!(matches!(e, ReconcileError::Source(_)), "{e}");
         assert_eq!(e.reason(), "source");
         let status = shared.status.read().unwrap().environments["dev"].clone();
@@ -2079,7 +2182,7 @@ mod tests {
                 .starts_with("cannot read the repository")
         );
         // Without a good revision a drift check fails too, and says so.
-        let e = reconciler.reconcile(false).await.unwrap_err();
+        let e = reconciler.reconcile(false, None).await.unwrap_err();
         assert!(matches!(e, ReconcileError::Source(_)), "{e}");
 
         // The loop retries after 1, 2, 4, 8 s, then every 10 s (the

@@ -16,6 +16,7 @@
 pub mod conceal;
 pub mod contract;
 pub mod diff;
+pub mod drift_cache;
 pub mod field_policy;
 pub mod pair;
 pub mod types;

@@ -66,6 +66,53 @@ impl ControlPlane {
         &self.kubeconfig
     }
 
+    /// Stops this control plane's kube-apiserver (SIGTERM, as a rollout or
+    /// a crash would) and starts it again on the same etcd data and port
+    /// (`scripts/control-plane up` restarts what died): every open watch and
+    /// connection breaks. Only for a control plane of the test's own
+    /// ([`bare_control_plane`]), never the shared one.
+    pub fn restart_apiserver(&self) {
+        let dir = self.kubeconfig.parent().expect("state dir");
+        let pid = std::fs::read_to_string(dir.join("pids/kube-apiserver"))
+            .expect("the apiserver's pid")
+            .trim()
+            .to_string();
+        let killed = Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill");
+        assert!(killed.success(), "kill -TERM {pid}");
+        // Stopped: gone, or a zombie nobody reaps (its starter exited).
+        let running = || {
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+                stat.rsplit_once(") ")
+                    .is_some_and(|(_, rest)| !rest.starts_with('Z'))
+            })
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while running() {
+            if Instant::now() > deadline {
+                let _ = Command::new("kill").args(["-KILL", &pid]).status();
+            }
+            assert!(
+                Instant::now() < deadline + Duration::from_secs(10),
+                "kube-apiserver {pid} did not stop"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let out = Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/control-plane"))
+            .args(["up", "--owner-pid", &std::process::id().to_string()])
+            .env("TENANTSYNC_CP_DIR", dir)
+            .stdin(Stdio::null())
+            .output()
+            .expect("control-plane up");
+        assert!(
+            out.status.success(),
+            "restarting the apiserver: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// A client for `user`'s context.
     pub async fn client(&self, user: User) -> Client {
         let kubeconfig = Kubeconfig::read_from(&self.kubeconfig).unwrap_or_else(|e| {

@@ -1,0 +1,249 @@
+//! Event-driven drift (issue 19): the daemon watches the kinds it manages
+//! and heals a hand edit within seconds, with a drift interval of ten
+//! minutes; polls between drift checks make no LIST; a watch broken by an
+//! API server restart resumes (or relists) and still heals.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::api::Api;
+
+use crate::daemon_e2e::{Guard, free_port, metric, status, wait_for};
+use crate::support::repo::TestRepo;
+use crate::support::{ControlPlane, audit, bare_control_plane, control_plane};
+
+/// The longest a hand edit may stay before it is undone (the issue's goal).
+const HEALED_WITHIN: Duration = Duration::from_secs(2);
+
+/// `run --self-heal` with a drift interval of ten minutes and `interval`
+/// between polls of the folder.
+fn daemon(repo: &TestRepo, interval: &str, port: u16, kubeconfig: &Path, log: &Path) -> Guard {
+    Guard(
+        Command::new(env!("CARGO_BIN_EXE_tenantsync"))
+            .args([
+                "run",
+                "--env",
+                &repo.env,
+                "--interval",
+                interval,
+                "--drift-interval",
+                "10m",
+                "--self-heal",
+                "--repo",
+            ])
+            .arg(repo.path())
+            .arg(format!("--listen=127.0.0.1:{port}"))
+            .arg("--kubeconfig")
+            .arg(kubeconfig)
+            .env_remove("TENANTSYNC_WEBHOOK_SECRET")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(log).expect("log"))
+            .spawn()
+            .expect("tenantsync run"),
+    )
+}
+
+fn log_lines(log: &Path, needle: &str) -> usize {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains(needle))
+        .count()
+}
+
+/// Synced, and the Deployments' watch has listed them (a change before that
+/// is the watch's baseline, left to the drift interval).
+async fn synced_and_watching(port: u16, env: &str, log: &Path) {
+    wait_for("the first sync", Duration::from_secs(90), async || {
+        status(port, env)
+            .await
+            .is_some_and(|s| s["syncStatus"] == "Synced")
+    })
+    .await;
+    wait_for(
+        "the Deployments' watch to list",
+        Duration::from_secs(30),
+        async || log_lines(log, "watch listed") > 0 && log_lines(log, "kind=Deployment") > 0,
+    )
+    .await;
+}
+
+fn kubectl(cp: &ControlPlane, ns: &str, args: &[&str]) {
+    let out = cp
+        .kubectl()
+        .args(["-n", ns])
+        .args(args)
+        .output()
+        .expect("kubectl");
+    assert!(
+        out.status.success(),
+        "kubectl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+async fn replicas(deployments: &Api<Deployment>) -> Option<i32> {
+    deployments
+        .get("fhir-main")
+        .await
+        .ok()?
+        .spec
+        .and_then(|s| s.replicas)
+}
+
+/// `kubectl scale` to 5, then the time until the declared replicas are back.
+async fn scale_and_time_heal(
+    cp: &ControlPlane,
+    ns: &str,
+    deployments: &Api<Deployment>,
+) -> Duration {
+    let declared = replicas(deployments).await.expect("replicas");
+    assert_ne!(declared, 5);
+    kubectl(cp, ns, &["scale", "deployment/fhir-main", "--replicas=5"]);
+    let scaled = Instant::now();
+    wait_for(
+        "the scale to be healed",
+        Duration::from_secs(30),
+        async || replicas(deployments).await == Some(declared),
+    )
+    .await;
+    scaled.elapsed()
+}
+
+#[tokio::test]
+async fn a_kubectl_scale_and_an_added_field_are_healed_within_2s_and_quiet_polls_make_no_list() {
+    let repo = TestRepo::new("watch-heal");
+    let dir = tempfile::tempdir().expect("tempdir");
+    // A token of the daemon's own: the audit log tells its requests apart.
+    let me = audit::identity("watch-heal", "cluster-admin", dir.path());
+    let log = dir.path().join("daemon.log");
+    let port = free_port();
+    let _daemon = daemon(&repo, "1s", port, &me.kubeconfig, &log);
+    synced_and_watching(port, &repo.env, &log).await;
+    let env = repo.env.clone();
+    let applied = format!("tenantsync_objects_applied_total{{environment=\"{env}\"}}");
+    let changes = format!("tenantsync_watch_changes_total{{environment=\"{env}\"}}");
+    let applied_before = metric(port, &applied).await.expect("applied");
+
+    let cp = control_plane();
+    let ns = repo.namespace("contoso");
+    let deployments: Api<Deployment> =
+        Api::namespaced(cp.client(crate::support::User::Admin).await, &ns);
+    // 1. kubectl scale: healed well within the 10-minute drift interval.
+    let took = scale_and_time_heal(cp, &ns, &deployments).await;
+    assert!(took <= HEALED_WITHIN, "kubectl scale healed after {took:?}");
+
+    // 2. A field added by hand (kubectl patch; kubectl edit records the
+    //    same kind of manager): removed as quickly.
+    let patch = r#"{"spec":{"template":{"spec":{"containers":[{"name":"fhir-server","env":[{"name":"DEBUG","value":"1"}]}]}}}}"#;
+    kubectl(cp, &ns, &["patch", "deployment/fhir-main", "-p", patch]);
+    let patched = Instant::now();
+    let has_debug = async || {
+        deployments
+            .get("fhir-main")
+            .await
+            .ok()
+            .and_then(|d| d.spec)
+            .and_then(|s| s.template.spec)
+            .is_some_and(|p| {
+                p.containers
+                    .iter()
+                    .flat_map(|c| c.env.iter().flatten())
+                    .any(|e| e.name == "DEBUG")
+            })
+    };
+    wait_for(
+        "the added field to be removed",
+        Duration::from_secs(30),
+        async || !has_debug().await,
+    )
+    .await;
+    let took = patched.elapsed();
+    assert!(took <= HEALED_WITHIN, "kubectl patch healed after {took:?}");
+
+    // Only the edited object was re-applied, each time; the watches said
+    // why.
+    wait_for(
+        "the heals to be counted",
+        Duration::from_secs(10),
+        async || metric(port, &applied).await == Some(applied_before + 2.0),
+    )
+    .await;
+    assert!(metric(port, &changes).await >= Some(2.0));
+    assert!(log_lines(&log, "changed by another writer: checking drift now") >= 2);
+    wait_for(
+        "the status to be Synced again",
+        Duration::from_secs(10),
+        async || {
+            status(port, &env)
+                .await
+                .is_some_and(|s| s["syncStatus"] == "Synced" && s["driftedObjects"] == 0)
+        },
+    )
+    .await;
+
+    // 3. A quiet period: polls every second read the folder, find nothing
+    //    new, and the watches saw no change: no LIST at all (the watches
+    //    stay open). Let the follow-up check of the heals settle first.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let reconciles =
+        format!("tenantsync_reconcile_duration_seconds_count{{environment=\"{env}\"}}");
+    let polls_before = metric(port, &reconciles).await.expect("reconciles");
+    let from = audit::cursor();
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let requests = me.requests_since(&from);
+    let polls = metric(port, &reconciles).await.expect("reconciles") - polls_before;
+    assert!(polls >= 4.0, "only {polls} polls in 6 s");
+    let lists: Vec<_> = requests.iter().filter(|r| r.verb == "list").collect();
+    assert!(
+        lists.is_empty(),
+        "a quiet period listed: {:?}",
+        lists.iter().map(|r| &r.uri).collect::<Vec<_>>()
+    );
+    // Still reporting: healthy and Synced.
+    assert_eq!(
+        status(port, &env).await.expect("status")["syncStatus"],
+        "Synced"
+    );
+    assert_eq!(replicas(&deployments).await, Some(1));
+}
+
+#[tokio::test]
+async fn a_watch_broken_by_an_api_server_restart_resumes_and_still_heals() {
+    let cp = bare_control_plane("watch-restart");
+    let repo = TestRepo::new("watch-restart");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("daemon.log");
+    let port = free_port();
+    // Polls ten minutes apart too: only the watch can see the edits.
+    let _daemon = daemon(&repo, "10m", port, cp.kubeconfig(), &log);
+    synced_and_watching(port, &repo.env, &log).await;
+    let ns = repo.namespace("contoso");
+    let deployments: Api<Deployment> =
+        Api::namespaced(cp.client(crate::support::User::Admin).await, &ns);
+    let took = scale_and_time_heal(&cp, &ns, &deployments).await;
+    assert!(
+        took <= HEALED_WITHIN,
+        "healed after {took:?} before the restart"
+    );
+
+    cp.restart_apiserver();
+    assert!(
+        log_lines(&log, "watch failed") > 0,
+        "the watches did not notice the API server going away"
+    );
+    // Healed again, through the resumed (or relisted) watch: nothing else
+    // compares for ten minutes. The watch retries every 5 s at most.
+    let took = scale_and_time_heal(&cp, &ns, &deployments).await;
+    assert!(
+        took <= Duration::from_secs(5) + HEALED_WITHIN,
+        "healed after {took:?} after the restart"
+    );
+    let took = scale_and_time_heal(&cp, &ns, &deployments).await;
+    assert!(
+        took <= HEALED_WITHIN,
+        "healed after {took:?} once the watch is back"
+    );
+}
