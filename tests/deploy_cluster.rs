@@ -391,11 +391,20 @@ async fn deploy_service_account_is_enough_for_the_daemon_to_sync_prune_and_repor
     let kubeconfig = caller.kubeconfig.clone();
     let repo = TestRepo::new("deploy-daemon");
     let env = repo.env.clone();
-    // Two replicas: the workspace removed below has objects of every kind
-    // tenantsync renders, a PodDisruptionBudget included.
+    // Autoscaled from two replicas, with Key Vault: the workspace removed
+    // below has objects of every kind tenantsync renders, a
+    // PodDisruptionBudget, a HorizontalPodAutoscaler and a
+    // SecretProviderClass included (deploy/rbac.yaml once lacked the last
+    // two: a deployed daemon was refused them).
+    repo.write(
+        "environment.yaml",
+        &format!(
+            "apiVersion: tenantsync.io/v1alpha1\nkind: Environment\nmetadata:\n  name: {env}\nspec:\n  base: base\n  ingress:\n    domain: test.example.com\n  keyVault:\n    vaultName: kv-deploy-test\n    tenantId: 72f988bf-86f1-41af-91ab-2d7cd011db47\n    clientId: 0d7c4e1a-5b2f-4c8e-9a31-6e2f8b4d7c10\n"
+        ),
+    );
     repo.write(
         "workspaces/woodgrove.yaml",
-        "apiVersion: tenantsync.io/v1alpha1\nkind: WorkspacePatch\nmetadata: {name: woodgrove}\nspec:\n  fhirServices:\n    - name: api\n      replicas: 2\n",
+        "apiVersion: tenantsync.io/v1alpha1\nkind: WorkspacePatch\nmetadata: {name: woodgrove}\nspec:\n  fhirServices:\n    - name: api\n      autoscaling: { minReplicas: 2, maxReplicas: 4 }\n      keyVault:\n        secrets:\n          - { objectName: woodgrove-sql, env: SqlServer__ConnectionString }\n",
     );
     git(repo.path(), &["init", "-q"]);
     let first = commit(&repo, "initial");

@@ -50,6 +50,8 @@ pub async fn wait_healthy(
     let deadline = Instant::now() + timeout;
     let resources = resolve_kinds(cluster, objects).await?;
     let mut last: Vec<Option<Health>> = vec![None; objects.len()];
+    // Why an object could not be read at the last poll, if it could not.
+    let mut unread: Vec<Option<String>> = vec![None; objects.len()];
     let mut degraded_polls = 0;
     loop {
         let pending: Vec<usize> = (0..objects.len())
@@ -69,7 +71,18 @@ pub async fn wait_healthy(
             break;
         };
         for (i, result) in results {
-            let health = result?;
+            // A read the server did not answer (a dropped connection, 429,
+            // 5xx) is tried again at the next poll until the deadline; a
+            // refusal (no permission, no such kind) is final.
+            let health = match result {
+                Ok(health) => health,
+                Err(e) if e.is_permission() || !retryable(&e) => return Err(e),
+                Err(e) => {
+                    unread[i] = Some(e.to_string());
+                    continue;
+                }
+            };
+            unread[i] = None;
             if last[i].as_ref() != Some(&health) {
                 on_change(&objects[i], &health);
                 last[i] = Some(health);
@@ -104,12 +117,21 @@ pub async fn wait_healthy(
     Ok(objects
         .iter()
         .zip(last)
-        .map(|(r, h)| {
-            let health =
-                h.unwrap_or_else(|| Health::progressing("not read before the timeout passed"));
+        .zip(unread)
+        .map(|((r, h), unread)| {
+            let health = h.unwrap_or_else(|| match unread {
+                Some(why) => Health::progressing(format!("could not be read: {why}")),
+                None => Health::progressing("not read before the timeout passed"),
+            });
             (r.clone(), health)
         })
         .collect())
+}
+
+/// Whether a failed read may succeed if tried again: the server did not
+/// answer, or answered that it is busy or failing (429, 5xx).
+fn retryable(e: &ClusterError) -> bool {
+    e.is_transport() || matches!(e, ClusterError::Api { code, .. } if *code == 429 || *code >= 500)
 }
 
 /// The API resource of every kind among `objects`, resolved once: the kinds
@@ -266,6 +288,24 @@ pub async fn wait_for_health(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_read_the_server_did_not_answer_is_tried_again_a_refusal_is_not() {
+        let api = |code: u16| ClusterError::Api {
+            server: "s".into(),
+            verb: "get".into(),
+            resource: "deployments".into(),
+            message: "m".into(),
+            code,
+        };
+        let unreachable = ClusterError::Unreachable {
+            server: "s".into(),
+            reason: "connection reset".into(),
+        };
+        assert!(retryable(&unreachable));
+        assert!(retryable(&api(429)) && retryable(&api(500)) && retryable(&api(503)));
+        assert!(!retryable(&api(400)) && !retryable(&api(404)) && !retryable(&api(409)));
+    }
 
     #[test]
     fn known_kinds_cover_rendered_kinds_and_crds() {

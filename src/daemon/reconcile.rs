@@ -345,6 +345,12 @@ struct Reconciler {
     /// The desired revision's failed health (and what was rolled back):
     /// said in status until a newer revision arrives.
     failed_health: Option<FailedHealth>,
+    /// A rollback is composed (the desired state) but not applied in full
+    /// yet: each reconcile applies it until one does.
+    rollback_pending: bool,
+    /// The `RolledBack` Event of a rollback a later reconcile completed,
+    /// to record.
+    rollback_event: Option<String>,
     /// The desired state was just read: it is still to be matched with the
     /// inventory's per-workspace revisions ([`Reconciler::pin_to_inventory`]).
     needs_pinning: bool,
@@ -370,6 +376,8 @@ impl Reconciler {
             rollout: None,
             health_watch: None,
             failed_health: None,
+            rollback_pending: false,
+            rollback_event: None,
             needs_pinning: false,
             clean: None,
             skipped: false,
@@ -464,7 +472,7 @@ impl Reconciler {
         let apply = Apply {
             hold_new: !gate.may_apply(),
             heal_allowed: gate.heal,
-            force: false,
+            force: self.rollback_pending,
             approved_plan: gate.approval.as_ref().and_then(|a| a.plan.clone()),
         };
         match check_and_sync(&self.env, &self.shared, c, &state, &writer, apply).await {
@@ -473,7 +481,32 @@ impl Reconciler {
                 let changed = checked
                     .applied_new_revision()
                     .then(|| changed_workspaces(&checked.plan));
+                let rolled = self.rollback_pending
+                    && !checked.new_revision
+                    && checked.report.as_ref().is_some_and(|r| r.succeeded());
                 let result = self.report(&state, checked, writer.locked_by, &gate).await;
+                // Besides what the revision changed, every workspace not
+                // known Healthy at what it is applied at is watched: one a
+                // failed earlier revision left unhealthy, and one whose
+                // change an earlier, partly failed sync applied.
+                let changed = match (changed, self.cluster.as_ref()) {
+                    (Some(mut changed), Some(c)) => {
+                        if let Ok(Some(inventory)) = c.read_inventory(&self.env).await {
+                            changed.extend(unproven_workspaces(&state, &inventory));
+                        }
+                        Some(changed)
+                    }
+                    (changed, _) => changed,
+                };
+                if rolled && result.is_ok() {
+                    self.rollback_done();
+                    if let (Some(summary), Some(c)) =
+                        (self.rollback_event.take(), self.cluster.as_ref())
+                        && writer.may_write
+                    {
+                        c.record_event(&self.env, "RolledBack", &summary).await;
+                    }
+                }
                 if let Some(changed) = changed {
                     self.watch_health(&state, changed);
                 }
@@ -629,23 +662,29 @@ impl Reconciler {
         let composed = compose_at(&shared.options, env, state.state.clone(), &pinned).await;
         for (ws, healthy) in to {
             if composed.workspace_revisions.get(&ws) == Some(&healthy) {
-                failure.rolled_back.insert(ws, healthy);
+                failure.rolling_back.insert(ws, healthy);
             } else {
                 failure.left.push(ws);
             }
         }
         failure.left.sort();
-        if failure.rolled_back.is_empty() {
+        if failure.rolling_back.is_empty() {
             return;
         }
         let mut desired = Desired::new(composed, &shared.options);
         desired.commit = state.commit.clone();
         let desired = Arc::new(desired);
         self.desired = Some(desired.clone());
+        // Until the rollback is applied in full, every reconcile applies
+        // the composed state (not only with self-heal), and status says it
+        // is still to be done, never RolledBack.
+        self.rollback_pending = true;
+        failure.rollback_error = Some("the rollback has not been applied yet".to_string());
         let writer = match self.lock().await {
             Ok(writer) => writer,
             Err(e) => {
                 tracing::warn!(environment = env, error = %e, "cannot take the lock to roll back; the next reconcile applies the rollback");
+                failure.rollback_error = Some(format!("cannot take the environment's lock: {e}"));
                 return;
             }
         };
@@ -667,18 +706,60 @@ impl Reconciler {
         };
         match check_and_sync(env, shared, c, &desired, &writer, apply).await {
             Ok(checked) => {
-                if let Err(e) = self
+                let applied = checked.report.as_ref().is_none_or(|r| r.succeeded());
+                match self
                     .report(&desired, checked, writer.locked_by, &gate)
                     .await
                 {
-                    tracing::warn!(environment = env, error = %e, "the rollback did not apply in full");
+                    Ok(()) if applied => {
+                        self.rollback_pending = false;
+                        failure.rollback_error = None;
+                        failure.rolled_back = std::mem::take(&mut failure.rolling_back);
+                    }
+                    Ok(()) => {
+                        failure.rollback_error = Some("the rollback did not apply in full".into());
+                    }
+                    Err(e) => {
+                        tracing::warn!(environment = env, error = %e, "the rollback did not apply in full");
+                        failure.rollback_error =
+                            Some(format!("the rollback did not apply in full: {e}"));
+                    }
                 }
             }
             Err(e) => {
                 let e = self.blocked(e, &writer).await;
                 tracing::warn!(environment = env, error = %e, "the rollback failed; the next reconcile tries again");
+                failure.rollback_error = Some(format!("the rollback failed: {e}"));
             }
         }
+    }
+
+    /// A reconcile applied the pending rollback in full (`report` of a
+    /// forced sync that succeeded): what was to be rolled back is now.
+    fn rollback_done(&mut self) {
+        self.rollback_pending = false;
+        let Some(f) = self.failed_health.as_mut() else {
+            return;
+        };
+        if f.rolling_back.is_empty() {
+            return;
+        }
+        f.rollback_error = None;
+        let done = std::mem::take(&mut f.rolling_back);
+        f.rolled_back.extend(done);
+        let summary = f.summary();
+        let (env, shared) = (self.env.clone(), self.shared.clone());
+        shared.metrics.rolled_back(&env);
+        let failure = self.failed_health.clone();
+        let status = self.health_status();
+        shared.metrics.set_status(&env, &format!("{status:?}"));
+        shared.update(&env, |s| {
+            s.sync_status = status;
+            s.last_error = Some(summary.clone());
+            s.failed_health = failure;
+        });
+        tracing::warn!(environment = %env, "{summary}");
+        self.rollback_event = Some(summary);
     }
 
     /// A desired state just read, matched with what the inventory says each
@@ -972,6 +1053,7 @@ impl Reconciler {
                 // A newer revision: the last one's watch and failure are over.
                 self.health_watch = None;
                 self.failed_health = None;
+                self.rollback_pending = false;
                 shared.update(env, |s| s.failed_health = None);
                 return Ok(());
             }
@@ -1706,6 +1788,17 @@ struct Apply {
     /// The change set of the plan approved with the revision (`approve
     /// --plan`): a new revision is applied only while its plan is that one.
     approved_plan: Option<String>,
+}
+
+/// The workspaces of `state` whose applied revision (by the inventory) is
+/// not the last one they were Healthy at.
+fn unproven_workspaces(state: &Desired, inventory: &Inventory) -> BTreeSet<String> {
+    let declared: BTreeSet<&str> = state.state.objects.iter().map(|o| &*o.workspace).collect();
+    declared
+        .into_iter()
+        .filter(|ws| inventory.applied_revision(ws) != inventory.healthy_revision(ws))
+        .map(str::to_string)
+        .collect()
 }
 
 /// The health of a revision's changed workspaces, watched off the loop.

@@ -261,8 +261,10 @@ fn environment_facts(e: &EnvironmentStatus) -> Markup {
                     @for (ws, reasons) in &f.workspaces {
                         br; strong { (ws) } ": " (reasons.join("; "))
                         @if let Some(to) = f.rolled_back.get(ws) { " " span.muted { "rolled back to " (to) } }
+                        @else if let Some(to) = f.rolling_back.get(ws) { " " span.muted { "to be rolled back to " (to) " (not applied yet)" } }
                         @else { " " span.muted { "left as it is" } }
-                    } }
+                    }
+                    @if let Some(why) = &f.rollback_error { br; span.muted { (why) } } }
             }
             @if let Some(r) = &e.rollout {
                 dt { "Rollout" } dd { (revision(Some(&r.revision)))
@@ -833,6 +835,7 @@ mod tests {
             )]),
             left: vec!["gamma".to_string()],
             rollback: true,
+            ..Default::default()
         };
         let e = EnvironmentStatus {
             sync_status: SyncStatus::RolledBack,

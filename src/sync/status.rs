@@ -45,6 +45,14 @@ pub struct FailedHealth {
     pub left: Vec<String>,
     /// `syncPolicy.rollback` was on.
     pub rollback: bool,
+    /// Those to be re-applied at their last healthy revision whose rollback
+    /// has not been applied yet (the lock was taken, the apply failed): the
+    /// daemon tries again at each reconcile; not `rolled_back` until done.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub rolling_back: BTreeMap<String, String>,
+    /// Why the rollback has not been applied yet.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rollback_error: Option<String>,
 }
 
 impl FailedHealth {
@@ -75,6 +83,20 @@ impl FailedHealth {
                 "rolled back to their last healthy revision: {}; {} is not applied to them again until a newer revision arrives",
                 back.join(", "),
                 self.revision
+            ));
+        }
+        if !self.rolling_back.is_empty() {
+            let to: Vec<String> = self
+                .rolling_back
+                .iter()
+                .map(|(ws, r)| format!("{ws} to {r}"))
+                .collect();
+            lines.push(format!(
+                "not rolled back yet ({}): {}; tried again at each reconcile",
+                self.rollback_error
+                    .as_deref()
+                    .unwrap_or("the rollback has not been applied"),
+                to.join(", ")
             ));
         }
         if !self.left.is_empty() {
@@ -355,6 +377,32 @@ mod tests {
             changes,
             api_requests: 0,
         }
+    }
+
+    /// Review of issue 16: a rollback composed but not applied (lock held,
+    /// apply refused) was reported as RolledBack.
+    #[test]
+    fn a_rollback_not_applied_yet_is_said_so_not_rolled_back() {
+        let f = FailedHealth {
+            revision: "r2".into(),
+            workspaces: BTreeMap::from([("alpha".to_string(), vec!["Degraded".to_string()])]),
+            rolling_back: BTreeMap::from([("alpha".to_string(), "r1".to_string())]),
+            rollback_error: Some("cannot take the environment's lock: held by ci".into()),
+            rollback: true,
+            ..FailedHealth::default()
+        };
+        let summary = f.summary();
+        assert!(
+            !summary.contains("rolled back to their last healthy"),
+            "{summary}"
+        );
+        assert!(
+            summary.contains("not rolled back yet (cannot take the environment's lock: held by ci): alpha to r1; tried again at each reconcile"),
+            "{summary}"
+        );
+        let json = serde_json::to_value(&f).unwrap();
+        assert_eq!(json["rollingBack"]["alpha"], "r1");
+        assert!(json["rolledBack"].as_object().unwrap().is_empty());
     }
 
     #[test]
