@@ -973,9 +973,12 @@ async fn a_revision_approved_with_its_plan_is_applied_only_while_that_plan_holds
         path
     };
 
-    // A plan of another revision is refused, naming what it is.
+    // A plan of another revision is refused, naming what it is (the next
+    // revision, on a branch the daemon does not read yet).
+    git(repo.path(), &["checkout", "-q", "-b", "next"]);
     repo.write("workspaces/alpha.yaml", &workspace("alpha", 2));
     let second = commit(&repo, "alpha with two replicas");
+    git(repo.path(), &["checkout", "-q", "main"]);
     let of_second = plan_of(&second, "second.json");
     let refused = approve(&env, &first, &["--plan", of_second.to_str().expect("path")]);
     assert_eq!(refused.status.code(), Some(1), "{}", stderr(&refused));
@@ -995,19 +998,23 @@ async fn a_revision_approved_with_its_plan_is_applied_only_while_that_plan_holds
         String::from_utf8_lossy(&ok.stdout)
     );
     assert!(approval_data(&env).await["approvedPlan"].starts_with("sha256:"));
-    wait_for(
-        "the first revision applied",
-        Duration::from_secs(20),
-        async || {
-            status(port, &env)
-                .await
-                .is_some_and(|s| s["lastAppliedRevision"] == first.as_str())
-        },
-    )
-    .await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let s = status(port, &env).await.unwrap_or_default();
+        if s["lastAppliedRevision"] == first.as_str() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the first revision was not applied: {s}\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 
     // The second revision is planned; then an object it leaves unchanged
     // is deleted by hand, so its plan now also creates that object.
+    git(repo.path(), &["merge", "-q", "--ff-only", "next"]);
     push(port, &second).await;
     wait_for(
         "the second revision to wait",

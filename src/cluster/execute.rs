@@ -805,6 +805,17 @@ async fn apply_one(
         Err(ApplyError::Immutable { id, message })
             if options.force_recreate && !options.dry_run =>
         {
+            // An object the plan did not list (it was to be created) is
+            // someone else's since: never deleted to be recreated.
+            let Some(uid) = uid else {
+                return Err(ApplyError::Invalid {
+                    id,
+                    message: format!(
+                        "{message}; it was not there when the sync planned it (someone created it since), so it is not deleted to be recreated: run the sync again"
+                    ),
+                });
+            };
+            let uid = Some(uid);
             let r = ObjectRef::of(object);
             cluster
                 .delete_uid(&r, uid)

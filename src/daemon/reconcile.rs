@@ -191,6 +191,16 @@ impl Schedule {
         self.next_drift = now + self.drift_interval;
     }
 
+    /// After a quiet poll (one that compared nothing, the watches vouching
+    /// for the cluster): the next read as `action` says, the next drift
+    /// check where it was, so the periodic full comparison, the safety net
+    /// for what a watch may miss, still comes every drift interval.
+    pub fn after_quiet(&mut self, now: Instant, action: Action) {
+        if let Action::Requeue(wait) = action {
+            self.next_poll = now + wait;
+        }
+    }
+
     /// A trigger (webhook, file change): read now.
     pub fn poll_now(&mut self, now: Instant) {
         self.next_poll = now;
@@ -267,7 +277,11 @@ pub(super) async fn reconcile_loop(
             // dropped its connection.
             reconciler.reconnect().await;
             publish_status(&env, &shared, reconciler.cluster.as_ref(), &mut written).await;
-            schedule.after(Instant::now(), backoff.action(poll, &result));
+            if reconciler.skipped {
+                schedule.after_quiet(Instant::now(), backoff.action(poll, &result));
+            } else {
+                schedule.after(Instant::now(), backoff.action(poll, &result));
+            }
             if let (Some(c), Some(d)) = (reconciler.cluster.as_ref(), reconciler.desired.as_ref()) {
                 drift_watch.ensure(c, &d.state.objects).await;
             }
@@ -348,6 +362,9 @@ struct Reconciler {
     /// A rollback is composed (the desired state) but not applied in full
     /// yet: each reconcile applies it until one does.
     rollback_pending: bool,
+    /// The revision and approved plan (`approve --plan`) whose check passed
+    /// and whose sync began.
+    plan_passed: Option<(String, String)>,
     /// The `RolledBack` Event of a rollback a later reconcile completed,
     /// to record.
     rollback_event: Option<String>,
@@ -377,6 +394,7 @@ impl Reconciler {
             health_watch: None,
             failed_health: None,
             rollback_pending: false,
+            plan_passed: None,
             rollback_event: None,
             needs_pinning: false,
             clean: None,
@@ -419,7 +437,15 @@ impl Reconciler {
         let unchanged = self.clean.as_ref().is_some_and(|(revision, at)| {
             revision == state.revision() && watched.is_some_and(|since| since <= *at)
         });
-        if !unchanged || writer.locked_by.is_some() || self.source_problem.is_some() {
+        // A rollback still to apply, a rollout under way or a health watch
+        // in flight has work a quiet poll would skip.
+        if !unchanged
+            || writer.locked_by.is_some()
+            || self.source_problem.is_some()
+            || self.rollback_pending
+            || self.rollout.is_some()
+            || self.health_watch.is_some()
+        {
             return false;
         }
         // A `tenantsync sync` of another revision writes as this
@@ -459,8 +485,9 @@ impl Reconciler {
             Ok(gate) => gate,
             Err(e) => return Err(self.blocked(e, &writer).await),
         };
+        let approved_plan = gate.approval.as_ref().and_then(|a| a.plan.clone());
         if gate.may_apply() {
-            match self.roll(&state, &writer).await {
+            match self.roll(&state, &writer, approved_plan.as_deref()).await {
                 Ok(true) => return Ok(()),
                 Ok(false) => {}
                 Err(e) => return Err(self.blocked(e, &writer).await),
@@ -473,9 +500,32 @@ impl Reconciler {
             hold_new: !gate.may_apply(),
             heal_allowed: gate.heal,
             force: self.rollback_pending,
-            approved_plan: gate.approval.as_ref().and_then(|a| a.plan.clone()),
+            // A rollout checked the approved plan against the whole
+            // revision before its first step; its last step's plan (the
+            // earlier steps now unchanged) is not that plan.
+            approved_plan: approved_plan
+                .filter(|_| {
+                    self.rollout
+                        .as_ref()
+                        .is_none_or(|r| r.revision != state.revision())
+                })
+                // Checked once: a sync of the approved plan that failed part
+                // way (a webhook, a quota) is retried without a new approval,
+                // though the objects it applied now plan as unchanged.
+                .filter(|d| {
+                    self.plan_passed.as_ref() != Some(&(state.revision().to_string(), d.clone()))
+                }),
         };
-        match check_and_sync(&self.env, &self.shared, c, &state, &writer, apply).await {
+        let checked_plan = apply.approved_plan.clone();
+        let outcome = check_and_sync(&self.env, &self.shared, c, &state, &writer, apply).await;
+        // Only a sync that went past the check (it may have failed part
+        // way) counts; an error before it (a guardrail, the cluster) not.
+        if let Some(digest) = checked_plan
+            && matches!(outcome, Ok(Checked { held: false, .. }))
+        {
+            self.plan_passed = Some((state.revision().to_string(), digest));
+        }
+        match outcome {
             Ok(checked) if checked.held => self.hold(&state, checked, &writer, &gate).await,
             Ok(checked) => {
                 let changed = checked
@@ -560,7 +610,7 @@ impl Reconciler {
                 return;
             }
         };
-        let leading = *shared.leading.borrow();
+        let leading = shared.leads(env);
         if !healthy.is_empty()
             && leading
             && let Some(c) = self.cluster.as_ref()
@@ -2148,6 +2198,23 @@ mod tests {
         assert_eq!(backoff.action(false, &failed), Action::AwaitChange);
         assert_eq!(backoff.action(false, &Ok(())), Action::AwaitChange);
         assert_eq!(backoff.action(true, &failed), secs(2));
+    }
+
+    /// Review of issue 19: every quiet poll moved the drift check a whole
+    /// interval on, so with polls more frequent than the drift interval the
+    /// periodic full comparison never came.
+    #[tokio::test(start_paused = true)]
+    async fn quiet_polls_leave_the_periodic_drift_check_where_it_was() {
+        let start = Instant::now();
+        let mut schedule = Schedule::new(start, Duration::from_secs(600));
+        schedule.after(Instant::now(), Action::Requeue(Duration::from_secs(60)));
+        for _ in 0..9 {
+            tokio::time::advance(Duration::from_secs(60)).await;
+            assert!(schedule.due(Instant::now(), true).0);
+            schedule.after_quiet(Instant::now(), Action::Requeue(Duration::from_secs(60)));
+        }
+        tokio::time::advance(Duration::from_secs(60)).await;
+        assert_eq!(schedule.due(Instant::now(), true), (true, true));
     }
 
     #[tokio::test(start_paused = true)]

@@ -24,7 +24,7 @@ pub(super) const ROLLOUT_CHECK: Duration = Duration::from_secs(2);
 
 /// One revision's rollout, as far as it went.
 pub(super) struct RolloutRun {
-    revision: String,
+    pub(super) revision: String,
     plan: RolloutPlan,
     /// Each workspace's namespace.
     namespaces: BTreeMap<String, String>,
@@ -149,6 +149,7 @@ impl Reconciler {
         &mut self,
         state: &Arc<Desired>,
         writer: &Writer,
+        approved_plan: Option<&str>,
     ) -> Result<bool, ReconcileError> {
         let policy = state
             .state
@@ -234,6 +235,35 @@ impl Reconciler {
             else {
                 return Ok(false);
             };
+            // What a whole sync checks before its first write, a rollout
+            // checks before its first step: the operator's guardrails only
+            // the cluster can judge, and an approval of a plan (`approve
+            // --plan`) against the whole revision's plan now.
+            if let Err(diagnostics) =
+                pipeline::check_scopes(c, &shared.options.operator, &state.state).await?
+            {
+                return Err(ReconcileError::Guardrail(format!(
+                    "revision {} breaks the operator's guardrails; nothing is applied until a revision that keeps them arrives:\n{}",
+                    state.revision(),
+                    diagnostics
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                )));
+            }
+            if let Some(approved) = approved_plan {
+                let now = crate::plan::contract::PlanFile::change_set_of(
+                    &live.plan,
+                    &state.state.objects,
+                );
+                if now != approved {
+                    return Err(ReconcileError::PlanNotApproved(format!(
+                        "revision {} is approved with a plan whose change set is {approved}, but its plan now is {now}: the cluster or the rendering changed since the plan was approved, so no step of its rollout is applied; make a new plan and approve it again with --plan",
+                        state.revision()
+                    )));
+                }
+            }
             self.rollout = Some(RolloutRun {
                 revision: state.revision().to_string(),
                 namespaces: namespaces_of(&live.plan),

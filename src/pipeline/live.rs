@@ -111,7 +111,14 @@ pub async fn plan_live(
     let mut planner = Planner::new(name, &desired.objects, options.diffs)
         .with_ownership(desired.ownership.clone());
     let mut health = BTreeMap::new();
-    let health_options = HealthOptions::default();
+    // The daemon's view of health (its status, a rollout's gate) does not
+    // wait for an Ingress's load-balancer address, as its health watch
+    // does not: a cluster whose ingress controller publishes none would
+    // otherwise never see a workspace Healthy (`sync --wait` waits for it
+    // unless --no-ingress-address-wait).
+    let health_options = HealthOptions {
+        wait_for_ingress_address: false,
+    };
     // Held workspaces are out of scope: not planned, applied nor pruned.
     // A selection is listed namespace by namespace (its own objects only).
     cluster
