@@ -437,14 +437,13 @@ impl Reconciler {
         let unchanged = self.clean.as_ref().is_some_and(|(revision, at)| {
             revision == state.revision() && watched.is_some_and(|since| since <= *at)
         });
-        // A rollback still to apply, a rollout under way or a health watch
-        // in flight has work a quiet poll would skip.
+        // A rollback still to apply, or a rollout under way, has work a
+        // quiet poll would skip (a health watch runs on its own).
         if !unchanged
             || writer.locked_by.is_some()
             || self.source_problem.is_some()
             || self.rollback_pending
-            || self.rollout.is_some()
-            || self.health_watch.is_some()
+            || self.rollout.as_ref().is_some_and(|r| r.active())
         {
             return false;
         }
