@@ -172,6 +172,7 @@ pub async fn sync(
             last_applied_at: old.last_applied_at.clone(),
             objects: desired_refs,
             workspaces: old.workspaces.clone(),
+            rollout: old.rollout.clone(),
         };
         if report.succeeded()
             && let Some(revision) = revision

@@ -333,6 +333,46 @@ impl Cluster {
         Ok(true)
     }
 
+    /// Records that the health of `workspaces` at `revision` is judged
+    /// since `since` (those applied at it and not judged yet; a judgement
+    /// under way keeps its start); returns whether the inventory changed.
+    /// Nothing before the first sync.
+    pub async fn record_judging(
+        &self,
+        environment: &str,
+        workspaces: &[String],
+        revision: &str,
+        since: &str,
+    ) -> Result<bool, ClusterError> {
+        let stored = self.read_inventory_stored(environment).await?;
+        if stored.resource_version.is_none() {
+            return Ok(false);
+        }
+        let mut ours = stored.inventory.clone();
+        if !ours.record_judging(workspaces, revision, since) {
+            return Ok(false);
+        }
+        self.write_inventory_checked(&stored, &ours).await?;
+        Ok(true)
+    }
+
+    /// Records the rollout under way (`None`: none); returns whether the
+    /// inventory changed. Nothing before the first sync.
+    pub async fn record_rollout(
+        &self,
+        environment: &str,
+        rollout: Option<&crate::sync::resume::RolloutRecord>,
+    ) -> Result<bool, ClusterError> {
+        let stored = self.read_inventory_stored(environment).await?;
+        if stored.resource_version.is_none() || stored.inventory.rollout.as_ref() == rollout {
+            return Ok(false);
+        }
+        let mut ours = stored.inventory.clone();
+        ours.rollout = rollout.cloned();
+        self.write_inventory_checked(&stored, &ours).await?;
+        Ok(true)
+    }
+
     /// Reads an environment's inventory; `None` before the first sync.
     pub async fn read_inventory(
         &self,

@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::object::{MANAGED_BY, MANAGER, Name, Object, ObjectKey};
+use crate::sync::resume::{Judging, RolloutRecord};
 
 /// The namespace holding inventories (and, later, the daemon).
 pub const SYSTEM_NAMESPACE: &str = "tenantsync-system";
@@ -30,6 +31,8 @@ const OBJECTS_KEY: &str = "objects.json.gz";
 /// compress to a few kilobytes). An inventory written before it existed
 /// has none: see [`Inventory::applied_revision`].
 const WORKSPACES_KEY: &str = "workspaces.json.gz";
+/// The head's key for the rollout under way (JSON; empty for none).
+const ROLLOUT_KEY: &str = "rollout";
 /// The most the compressed object list may take in one ConfigMap. The API
 /// server refuses a ConfigMap over 1 MiB (1,048,576 bytes of data and
 /// binaryData together), and the daemon's status fields share the
@@ -228,6 +231,9 @@ pub struct Inventory {
     /// Per workspace: the revision its objects were last applied at and the
     /// last revision under which it was Healthy.
     pub workspaces: BTreeMap<String, WorkspaceRevisions>,
+    /// The daemon's rollout under way (`syncPolicy.rollout`), so that
+    /// another daemon goes on at its step (`crate::sync::resume`).
+    pub rollout: Option<RolloutRecord>,
 }
 
 /// What the inventory knows of one workspace's revisions.
@@ -239,6 +245,11 @@ pub struct WorkspaceRevisions {
     /// The last revision under which all its objects were Healthy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub healthy: Option<String>,
+    /// Since when the daemon judges its health at a revision (the one
+    /// applied, while it is not Healthy at it): a resumed watch gets what
+    /// is left of the deadline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub judging: Option<Judging>,
 }
 
 /// One workspace of a sync that applied in full: the revision its objects
@@ -312,6 +323,10 @@ impl Inventory {
                 .as_ref()
                 .map(|w| w.applied.clone())
                 .or_else(|| self.revision.clone());
+            let judging = entry
+                .as_ref()
+                .and_then(|w| w.judging.clone())
+                .filter(|j| j.revision == a.revision);
             let healthy = entry.and_then(|w| w.healthy);
             let still_healthy = !a.changed && healthy.is_some() && healthy == before;
             self.workspaces.insert(
@@ -323,6 +338,7 @@ impl Inventory {
                     } else {
                         healthy
                     },
+                    judging,
                 },
             );
         }
@@ -343,9 +359,46 @@ impl Inventory {
                 .or_insert_with(|| WorkspaceRevisions {
                     applied: revision.to_string(),
                     healthy: None,
+                    judging: None,
                 });
-            if entry.healthy.as_deref() != Some(revision) {
+            if entry.healthy.as_deref() != Some(revision) || entry.judging.is_some() {
                 entry.healthy = Some(revision.to_string());
+                entry.judging = None;
+                changed = true;
+            }
+        }
+        changed
+    }
+
+    /// Records that the health of `workspaces` at `revision` is judged
+    /// since `since` (RFC 3339), for those applied at it and not judged
+    /// already: a judgement under way keeps its start. Returns whether
+    /// anything changed.
+    pub fn record_judging(&mut self, workspaces: &[String], revision: &str, since: &str) -> bool {
+        let mut changed = false;
+        for ws in workspaces {
+            if self.applied_revision(ws) != Some(revision)
+                || self.healthy_revision(ws) == Some(revision)
+            {
+                continue;
+            }
+            let entry = self
+                .workspaces
+                .entry(ws.clone())
+                .or_insert_with(|| WorkspaceRevisions {
+                    applied: revision.to_string(),
+                    healthy: None,
+                    judging: None,
+                });
+            if entry
+                .judging
+                .as_ref()
+                .is_none_or(|j| j.revision != revision)
+            {
+                entry.judging = Some(Judging {
+                    revision: revision.to_string(),
+                    since: since.to_string(),
+                });
                 changed = true;
             }
         }
@@ -383,6 +436,11 @@ impl Inventory {
         if let Some(t) = &self.last_applied_at {
             data.insert("lastAppliedAt".into(), t.clone());
         }
+        // Written every time (empty for none), as `chunks` below.
+        data.insert(
+            ROLLOUT_KEY.to_string(),
+            RolloutRecord::encode(self.rollout.as_ref()),
+        );
         let labels = |label: &str| {
             BTreeMap::from([
                 (MANAGED_BY.to_string(), MANAGER.to_string()),
@@ -549,12 +607,21 @@ impl Inventory {
                 })?
             }
         };
+        let rollout =
+            RolloutRecord::decode(data.get(ROLLOUT_KEY).map(String::as_str)).map_err(|reason| {
+                InventoryError::Corrupt {
+                    namespace: SYSTEM_NAMESPACE.to_string(),
+                    name: cm.metadata.name.clone().unwrap_or_default(),
+                    reason,
+                }
+            })?;
         Ok(Inventory {
             environment,
             revision: data.get("revision").cloned(),
             last_applied_at: data.get("lastAppliedAt").cloned(),
             objects: BTreeSet::new(),
             workspaces,
+            rollout,
         })
     }
 
@@ -883,6 +950,77 @@ mod tests {
         let e = Inventory::from_config_map(&cm).unwrap_err().to_string();
         assert!(
             e.contains("inventory-prod") && e.contains("per-workspace revisions"),
+            "{e}"
+        );
+    }
+
+    /// Issue 16/26 review: a restarted daemon forgot the health judgements
+    /// and the rollout under way; both are now in the inventory, and an
+    /// inventory written before them reads with neither.
+    #[test]
+    fn judgements_and_the_rollout_round_trip_and_an_inventory_without_them_reads() {
+        use crate::sync::resume::RolloutRecord;
+        use crate::sync::rollout::{RolloutPhase, RolloutStep};
+        let mut inv = Inventory::new("prod");
+        inv.revision = Some("r1".into());
+        inv.record_applied([applied("a", "r1", true), applied("b", "r1", true)]);
+        assert!(inv.record_judging(&["a".into(), "b".into()], "r1", "2026-12-03T10:00:00Z"));
+        // A judgement under way keeps its start; one of another revision,
+        // or of a workspace Healthy at it, is not recorded.
+        assert!(!inv.record_judging(&["a".into()], "r1", "2026-12-03T11:00:00Z"));
+        assert!(!inv.record_judging(&["a".into()], "r0", "2026-12-03T11:00:00Z"));
+        assert!(inv.record_healthy(&["b".into()], "r1"));
+        assert_eq!(inv.workspaces["b"].judging, None, "judged: cleared");
+        assert!(!inv.record_judging(&["b".into()], "r1", "2026-12-03T11:00:00Z"));
+        // A sync that re-applies a at r1 keeps its judgement; at r2 drops it.
+        inv.record_applied([applied("a", "r1", false)]);
+        assert_eq!(
+            inv.workspaces["a"]
+                .judging
+                .as_ref()
+                .map(|j| j.since.as_str()),
+            Some("2026-12-03T10:00:00Z")
+        );
+        inv.rollout = Some(RolloutRecord {
+            revision: "r2".into(),
+            steps: vec![RolloutStep {
+                percent: 100,
+                workspaces: vec!["a".into()],
+            }],
+            not_held_back: Vec::new(),
+            applied: 1,
+            applied_at: "2026-12-03T10:00:00Z".into(),
+            healthy_at: None,
+            phase: RolloutPhase::Progressing,
+            failed: BTreeMap::new(),
+            rolling_back: Vec::new(),
+        });
+        let cm = inv.to_config_map().unwrap();
+        assert_eq!(Inventory::from_config_map(&cm).unwrap(), inv);
+        let mut later = inv.clone();
+        later.record_applied([applied("a", "r2", true)]);
+        assert_eq!(later.workspaces["a"].judging, None);
+        // What a tenantsync before the records wrote: no `rollout` key, no
+        // `judging` in the workspaces' JSON.
+        let mut old = cm.clone();
+        old.data.as_mut().unwrap().remove(ROLLOUT_KEY);
+        let json = br#"{"a":{"applied":"r1"},"b":{"applied":"r1","healthy":"r1"}}"#;
+        old.binary_data
+            .as_mut()
+            .unwrap()
+            .insert(WORKSPACES_KEY.into(), ByteString(gzip(json).unwrap()));
+        let read = Inventory::from_config_map(&old).unwrap();
+        assert_eq!(read.rollout, None);
+        assert_eq!(read.workspaces["a"].judging, None);
+        assert_eq!(read.healthy_revision("b"), Some("r1"));
+        // A damaged record names the inventory and says what to do.
+        old.data
+            .as_mut()
+            .unwrap()
+            .insert(ROLLOUT_KEY.into(), "{not json".into());
+        let e = Inventory::from_config_map(&old).unwrap_err().to_string();
+        assert!(
+            e.contains("inventory-prod") && e.contains("`rollout` key"),
             "{e}"
         );
     }
