@@ -317,6 +317,26 @@ async fn sharded_replicas_split_environments_pass_webhooks_on_take_over_a_killed
         .await;
     }
 
+    // The SIGKILLed replica never removed its member Lease: the survivor
+    // deletes it once it has gone unrenewed for two Lease durations, so
+    // killed replicas do not pile up in tenantsync-system.
+    wait_for(
+        "the killed replica's member Lease to be removed",
+        LEASE_DURATION * 2 + Duration::from_secs(20),
+        async || {
+            leases
+                .get_opt(&member_lease(&lease, &id_a))
+                .await
+                .is_ok_and(|l| l.is_none())
+        },
+    )
+    .await;
+    assert!(
+        killed.elapsed() + RETRY_PERIOD + Duration::from_secs(2) >= LEASE_DURATION * 2,
+        "a member Lease was removed {:?} after its replica was killed, before two Lease durations",
+        killed.elapsed()
+    );
+
     // 4. A third replica joining gets a share: the survivor hands two over.
     let mut c = Some(start(&repo, &envs, &lease, ports[2], &log(2), &ids[2]));
     wait_for(
