@@ -82,6 +82,10 @@ pub struct Owners {
     identity: String,
     slots: BTreeMap<String, Slot>,
     client: OnceLock<kube::Client>,
+    /// A round of trigger annotations is being written.
+    announcing: AtomicBool,
+    /// Another webhook arrived during that round: one more round follows.
+    announce_again: AtomicBool,
 }
 
 impl Owners {
@@ -103,6 +107,8 @@ impl Owners {
                 })
                 .collect(),
             client: OnceLock::new(),
+            announcing: AtomicBool::new(false),
+            announce_again: AtomicBool::new(false),
         }
     }
 
@@ -180,26 +186,44 @@ impl Owners {
 
     /// A webhook arrived here: the holders of the environments this replica
     /// does not hold are told through their Leases (its own loops are poked
-    /// by the caller). Runs in the background; failures are logged.
+    /// by the caller). Runs in the background; failures are logged. A burst
+    /// of webhooks writes each Lease at most twice: webhooks arriving while
+    /// a round is written make one more round, after it.
     pub fn announce(self: &Arc<Self>) {
         let Some(client) = self.client.get().cloned().filter(|_| self.sharded) else {
             return;
         };
-        let others: Vec<String> = self
-            .slots
-            .keys()
-            .filter(|e| !self.owns(e))
-            .map(|e| shard::environment_lease(&self.base, e))
-            .collect();
-        if others.is_empty() {
+        if self.announcing.swap(true, Ordering::SeqCst) {
+            self.announce_again.store(true, Ordering::SeqCst);
             return;
         }
+        let owners = self.clone();
         tokio::spawn(async move {
             let api: Api<Lease> = Api::namespaced(client, SYSTEM_NAMESPACE);
-            let at = Timestamp::now().to_string();
-            for name in others {
-                if let Err(e) = annotate(&api, &name, &at).await {
-                    tracing::warn!(lease = %name, error = %e, "cannot pass the webhook on to the environment's holder; it reads the repository at its next poll");
+            loop {
+                owners.announce_again.store(false, Ordering::SeqCst);
+                let others: Vec<String> = owners
+                    .slots
+                    .keys()
+                    .filter(|e| !owners.owns(e))
+                    .map(|e| shard::environment_lease(&owners.base, e))
+                    .collect();
+                let at = Timestamp::now().to_string();
+                for name in others {
+                    if let Err(e) = annotate(&api, &name, &at).await {
+                        tracing::warn!(lease = %name, error = %e, "cannot pass the webhook on to the environment's holder; it reads the repository at its next poll");
+                    }
+                }
+                if owners.announce_again.load(Ordering::SeqCst) {
+                    continue;
+                }
+                owners.announcing.store(false, Ordering::SeqCst);
+                // A webhook between the load and the store found the round
+                // still running: take it on, unless a new round started.
+                if !owners.announce_again.load(Ordering::SeqCst)
+                    || owners.announcing.swap(true, Ordering::SeqCst)
+                {
+                    break;
                 }
             }
         });
