@@ -310,7 +310,7 @@ fn start_in(state_dir: PathBuf) -> Result<ControlPlane, String> {
 }
 
 /// `kubectl` from `scripts/control-plane bin-dir`, else the one on `PATH`.
-fn kubectl_path() -> &'static Path {
+pub fn kubectl_path() -> &'static Path {
     static KUBECTL: OnceLock<PathBuf> = OnceLock::new();
     KUBECTL.get_or_init(|| {
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/control-plane");
