@@ -271,12 +271,14 @@ async fn sharded_replicas_split_environments_pass_webhooks_on_take_over_a_killed
     );
 
     // A burst of webhooks to the non-holder writes each Lease it passes
-    // them on through at most twice (one round, and one more for the
-    // webhooks that arrived meanwhile), not once per webhook.
+    // them on through once per round, rounds at least 250 ms apart, not
+    // once per webhook.
     let burst = audit::cursor();
+    let burst_started = Instant::now();
     for n in 1..=20 {
         push_numbered(ports[1], n).await;
     }
+    let burst_took = burst_started.elapsed();
     tokio::time::sleep(Duration::from_secs(2)).await;
     let passed_on: Vec<audit::Request> = ids[1]
         .requests_since(&burst)
@@ -293,9 +295,14 @@ async fn sharded_replicas_split_environments_pass_webhooks_on_take_over_a_killed
         "20 webhooks to the non-holder: {} writes of the holder's Leases",
         passed_on.len()
     );
+    // One round per 250 ms of the burst, one more after it; a renewal
+    // between a round's read and write costs it one retry.
+    let rounds = 2 + (burst_took.as_millis() / 250) as usize;
     assert!(
-        !passed_on.is_empty() && passed_on.len() <= 2 * owned_a.len() + 2,
-        "{} writes of {} Leases for 20 webhooks",
+        !passed_on.is_empty()
+            && passed_on.len() <= rounds * owned_a.len() + 2
+            && passed_on.len() < 20,
+        "{} writes of {} Leases for 20 webhooks in {burst_took:?}",
         passed_on.len(),
         owned_a.len()
     );

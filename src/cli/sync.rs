@@ -135,7 +135,9 @@ pub(super) fn sync_cmd(args: &SyncArgs) -> anyhow::Result<ExitCode> {
             }
         }
     };
-    options.lock_lost = lock.as_ref().map(EnvLock::lost_flag);
+    if let Some(lock) = &lock {
+        options.fence = options.fence.clone().with(lock.lost_check());
+    }
     if let Some(saved) = &saved {
         // Exactly the plan: its deletes and no others, each write on the
         // condition that the object is as it was planned against.

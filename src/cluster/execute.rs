@@ -8,11 +8,10 @@
 //! object tenantsync created, and the next sync converges from there.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use futures::StreamExt;
 use futures::stream::FuturesOrdered;
+use futures::{FutureExt as _, StreamExt};
 use serde_json::Value;
 
 use super::apply::ApplyError;
@@ -302,12 +301,10 @@ async fn narrow(
     }
 }
 
-/// Whether the environment's lock was lost (another writer took it).
+/// Whether the writer lost its hold on the environment (its lock taken or
+/// unrenewed, with `--shard` its Lease).
 fn lock_lost(options: &SyncOptions) -> bool {
-    options
-        .lock_lost
-        .as_ref()
-        .is_some_and(|l| l.load(Ordering::Relaxed))
+    options.fence.lost()
 }
 
 /// A sync's writes in progress: what they reported so far, and how many
@@ -447,8 +444,13 @@ impl Run<'_> {
             });
             record_applied(&mut self.report, refused, cx, o, result);
             if self.report.aborted.is_some() {
-                // Stopped: the writes still in flight are not waited for
-                // (each could take WRITE_TIMEOUT more of a frozen server).
+                // Stopped: answers already in are recorded as they are; the
+                // writes still in flight are not waited for (each could
+                // take WRITE_TIMEOUT more of a frozen server).
+                while let Some(Some((o, result))) = in_flight.next().now_or_never() {
+                    sent.pop_front();
+                    record_applied(&mut self.report, refused, cx, o, result);
+                }
                 self.report
                     .failures
                     .extend(sent.drain(..).map(|o| unanswered(o.id())));
@@ -527,6 +529,19 @@ impl Run<'_> {
                     }),
                 }
                 if self.report.aborted.is_some() {
+                    while let Some(Some((r, result))) = in_flight.next().now_or_never() {
+                        sent.pop_front();
+                        match result {
+                            Ok(_) => {
+                                self.report.pruned.push(r.id());
+                                pruned.push(r);
+                            }
+                            Err(e) => self.report.failures.push(Failure {
+                                id: r.id(),
+                                message: format!("prune failed: {e}"),
+                            }),
+                        }
+                    }
                     self.report
                         .failures
                         .extend(sent.drain(..).map(|r| unanswered(r.id())));

@@ -119,7 +119,9 @@ mod tests {
             _ = w.changed() => panic!("settled too soon"),
             () = tokio::time::sleep(SETTLE / 2) => {},
         }
-        let (first, more) = w.changed().await;
+        let (first, more) = tokio::time::timeout(SETTLE * 2, w.changed())
+            .await
+            .expect("the change was lost");
         assert_eq!((&*first, more), ("Deployment/ws/fhir", 0));
     }
 }

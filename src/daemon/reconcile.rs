@@ -14,7 +14,7 @@ use tokio::time::Instant;
 use super::{EnvironmentStatus, RunOptions, Shared, SyncStatus, WorkspaceStatus, now};
 use super::{publish_status, stale_after};
 use crate::cluster::execute::{self as cluster_sync};
-use crate::cluster::lock::{EnvLock, LockError};
+use crate::cluster::lock::LockError;
 use crate::cluster::{Cluster, ClusterError, ClusterOptions};
 use crate::declare::model::SyncMode;
 use crate::declare::repo::SourceTree;
@@ -167,8 +167,8 @@ pub struct Schedule {
     next_poll: Instant,
     next_drift: Instant,
     drift_interval: Duration,
-    /// When the last drift check a watch asked for was due.
-    last_watch_check: Option<Instant>,
+    /// When the last drift check ran.
+    last_drift_run: Option<Instant>,
 }
 
 impl Schedule {
@@ -178,7 +178,7 @@ impl Schedule {
             next_poll: now,
             next_drift: now + drift_interval,
             drift_interval,
-            last_watch_check: None,
+            last_drift_run: None,
         }
     }
 
@@ -216,14 +216,19 @@ impl Schedule {
 
     /// A drift check now (a watch saw another writer change an object),
     /// the next read where it was.
-    /// Not sooner than [`WATCH_CHECK_GAP`] after the last one a watch asked
-    /// for.
+    /// Not sooner than [`WATCH_CHECK_GAP`] after the last drift check ran
+    /// (changes arriving meanwhile join the check already due, and never
+    /// push it further away).
     pub fn drift_now(&mut self, now: Instant) {
         let at = self
-            .last_watch_check
+            .last_drift_run
             .map_or(now, |last| now.max(last + WATCH_CHECK_GAP));
         self.next_drift = self.next_drift.min(at);
-        self.last_watch_check = Some(at);
+    }
+
+    /// A drift check ran (started) at `at`.
+    pub fn drift_ran(&mut self, at: Instant) {
+        self.last_drift_run = Some(at);
     }
 
     /// When to wake next: the next read, or the next drift check once a
@@ -272,6 +277,9 @@ pub(super) async fn reconcile_loop(
                 .then(|| drift_watch.complete_since())
                 .flatten()
                 .map(Instant::from_std);
+            if drift {
+                schedule.drift_ran(started);
+            }
             let result = reconciler.reconcile(poll, watched).await;
             shared.metrics.observe_reconcile(&env, started.elapsed());
             let record = ReconcileRecord {
@@ -346,7 +354,9 @@ pub(super) async fn reconcile_loop(
 struct Writer {
     may_write: bool,
     locked_by: Option<String>,
-    lock_lost: Option<Arc<std::sync::atomic::AtomicBool>>,
+    /// Lost when this replica no longer holds the environment: its lock,
+    /// and with `--shard` its Lease (checked before every write).
+    fence: crate::sync::Fence,
 }
 
 /// One environment's reconciles and what they keep between them.
@@ -1227,7 +1237,17 @@ impl Reconciler {
         Ok(Writer {
             may_write: leading && locked_by.is_none(),
             locked_by,
-            lock_lost: self.held.lock.as_ref().map(EnvLock::lost_flag),
+            fence: {
+                let mut fence = crate::sync::Fence::default();
+                if let Some(lock) = self.held.lock.as_ref() {
+                    fence = fence.with(lock.lost_check());
+                }
+                if self.shared.owners.sharded() {
+                    let (shared, env) = (self.shared.clone(), self.env.clone());
+                    fence = fence.with(move || !shared.leads(&env));
+                }
+                fence
+            },
         })
     }
 
@@ -2017,7 +2037,7 @@ async fn check_and_sync(
     // Healing takes the drifted fields back from whoever changed them.
     let mut sync_options = state.sync.clone();
     sync_options.force_conflicts |= heal && !new_revision;
-    sync_options.lock_lost = writer.lock_lost.clone();
+    sync_options.fence = writer.fence.clone();
     let (plan, report) = sync_with_heartbeat(env, shared, c, state, live, &sync_options).await;
     Ok(Checked {
         plan,
@@ -2272,17 +2292,22 @@ mod tests {
         s.after(start, Action::Requeue(Duration::from_secs(60)));
         s.drift_now(start);
         assert_eq!(s.due(start, true), (false, true));
+        s.drift_ran(start);
         s.after(start, Action::AwaitChange);
-        // The writer puts its value back 100 ms after the heal: the next
-        // check waits for the rest of the second.
-        tokio::time::advance(Duration::from_millis(100)).await;
-        s.drift_now(Instant::now());
-        assert_eq!(s.due(Instant::now(), true), (false, false));
-        assert_eq!(s.wake_at(true), start + WATCH_CHECK_GAP);
-        tokio::time::advance(Duration::from_millis(900)).await;
+        // The writer puts its value back 100 ms after the heal, and again
+        // and again (two objects, every 50 ms): the next check comes one
+        // second after the last one ran, never later.
+        for _ in 0..10 {
+            tokio::time::advance(Duration::from_millis(50)).await;
+            s.drift_now(Instant::now());
+            assert_eq!(s.due(Instant::now(), true), (false, false));
+            assert_eq!(s.wake_at(true), start + WATCH_CHECK_GAP);
+        }
+        tokio::time::advance(Duration::from_millis(500)).await;
         assert_eq!(s.due(Instant::now(), true), (false, true));
-        // A change long after the last check is checked at once.
+        s.drift_ran(Instant::now());
         s.after(Instant::now(), Action::AwaitChange);
+        // A change long after the last check is checked at once.
         tokio::time::advance(Duration::from_secs(30)).await;
         s.drift_now(Instant::now());
         assert_eq!(s.due(Instant::now(), true), (false, true));

@@ -186,15 +186,17 @@ impl Owners {
 
     /// A webhook arrived here: the holders of the environments this replica
     /// does not hold are told through their Leases (its own loops are poked
-    /// by the caller). Runs in the background; failures are logged. A burst
-    /// of webhooks writes each Lease at most twice: webhooks arriving while
-    /// a round is written make one more round, after it.
+    /// by the caller). Runs in the background; failures are logged.
+    /// Webhooks arriving while a round is written make one more round after
+    /// it, at least [`WATCH_PERIOD`] later.
     pub fn announce(self: &Arc<Self>) {
         let Some(client) = self.client.get().cloned().filter(|_| self.sharded) else {
             return;
         };
+        // Asked first, then the round claimed: a round ending meanwhile
+        // sees the request (or this call starts the next round).
+        self.announce_again.store(true, Ordering::SeqCst);
         if self.announcing.swap(true, Ordering::SeqCst) {
-            self.announce_again.store(true, Ordering::SeqCst);
             return;
         }
         let owners = self.clone();
@@ -214,6 +216,10 @@ impl Owners {
                         tracing::warn!(lease = %name, error = %e, "cannot pass the webhook on to the environment's holder; it reads the repository at its next poll");
                     }
                 }
+                // Rounds at least WATCH_PERIOD apart (the holders look no
+                // more often): a stream of webhooks writes each Lease at
+                // most once per round and WATCH_PERIOD.
+                tokio::time::sleep(WATCH_PERIOD).await;
                 if owners.announce_again.load(Ordering::SeqCst) {
                     continue;
                 }
@@ -237,6 +243,44 @@ impl Slot {
                 .valid_until
                 .lock()
                 .is_ok_and(|u| u.is_some_and(|u| now < u))
+    }
+}
+
+/// What one renewal of an environment's Lease came to.
+enum Renewal {
+    Confirmed,
+    /// Another replica holds it now.
+    Taken(String),
+    /// It changed between read and write twice (a webhook's trigger
+    /// annotations): still this replica's, not renewed this time.
+    Busy,
+    Failed(kube::Error),
+}
+
+/// Renews the Lease `name` as last read; a 409 (a trigger written since
+/// the LIST) reads it again and retries once.
+async fn renew_one(api: &Api<Lease>, name: &str, me: &str, current: Option<Lease>) -> Renewal {
+    match leader::acquire(api, name, me, current).await {
+        Ok(true) => return Renewal::Confirmed,
+        Ok(false) => {}
+        Err(e) => return Renewal::Failed(e),
+    }
+    let current = match api.get_opt(name).await {
+        Ok(current) => current,
+        Err(e) => return Renewal::Failed(e),
+    };
+    let now = Timestamp::now();
+    if let Some(holder) = current
+        .as_ref()
+        .and_then(|l| leader::live_holder(l, now))
+        .filter(|h| h != me)
+    {
+        return Renewal::Taken(holder);
+    }
+    match leader::acquire(api, name, me, current).await {
+        Ok(true) => Renewal::Confirmed,
+        Ok(false) => Renewal::Busy,
+        Err(e) => Renewal::Failed(e),
     }
 }
 
@@ -298,6 +342,10 @@ impl Campaign {
     async fn look(&self) -> Result<Seen, kube::Error> {
         let now = Timestamp::now();
         let prefix = shard::member_prefix(&self.owners().base);
+        // Member Leases named before the dot (`<base>-member-<id>`): the
+        // replicas of an older tenantsync during a rolling upgrade count,
+        // and a dead one's Lease is swept too.
+        let old_prefix = format!("{}-member-", self.owners().base);
         let mut seen = Seen {
             members: BTreeSet::new(),
             member_lease: None,
@@ -311,7 +359,7 @@ impl Campaign {
             }
             if let Some(env) = self.leases.get(&name) {
                 seen.environments.insert(env.clone(), lease);
-            } else if name.starts_with(&prefix) {
+            } else if name.starts_with(&prefix) || name.starts_with(&old_prefix) {
                 if let Some(holder) = leader::live_holder(&lease, now) {
                     seen.members.insert(holder);
                 } else if name != self.member
@@ -363,45 +411,52 @@ impl Campaign {
     /// stays held until its last renewal lapses.
     async fn renew(&mut self, seen: &Seen) -> Result<(), kube::Error> {
         let me = self.me().to_string();
-        leader::acquire(&self.api, &self.member, &me, seen.member_lease.clone()).await?;
         let base = self.owners().base.clone();
         let api = &self.api;
-        let renewals: Vec<(String, Instant, Result<bool, kube::Error>)> =
-            futures::stream::iter(self.held.clone())
-                .map(|env| {
-                    let name = shard::environment_lease(&base, &env);
-                    let current = seen.environments.get(&env).cloned();
-                    let me = me.as_str();
-                    async move {
-                        let sent = Instant::now();
-                        // A 409 may be a trigger written since the LIST:
-                        // read it again.
-                        let renewed = match leader::acquire(api, &name, me, current).await {
-                            Ok(false) => match api.get_opt(&name).await {
-                                Ok(current) => leader::acquire(api, &name, me, current).await,
-                                Err(e) => Err(e),
-                            },
-                            other => other,
-                        };
-                        (env, sent, renewed)
+        let owners = self.shared.owners.clone();
+        let renewals: Vec<(String, Renewal)> = futures::stream::iter(self.held.clone())
+            .map(|env| {
+                let name = shard::environment_lease(&base, &env);
+                let current = seen.environments.get(&env).cloned();
+                let (me, owners) = (me.as_str(), &owners);
+                async move {
+                    let sent = Instant::now();
+                    let renewal = renew_one(api, &name, me, current).await;
+                    // Confirmed here, as each answer comes: a look given up
+                    // for its time keeps the renewals already confirmed.
+                    if matches!(renewal, Renewal::Confirmed) {
+                        owners.confirm(&env, sent);
                     }
-                })
-                .buffer_unordered(RENEWALS_IN_FLIGHT)
-                .collect()
-                .await;
+                    (env, renewal)
+                }
+            })
+            .buffer_unordered(RENEWALS_IN_FLIGHT)
+            .collect()
+            .await;
         let mut failed = None;
-        for (env, sent, renewed) in renewals {
-            match renewed {
-                Ok(true) => self.owners().confirm(&env, sent),
-                Ok(false) => {
-                    tracing::warn!(environment = %env, "sharding: the environment's Lease was taken by another replica");
+        for (env, renewal) in renewals {
+            match renewal {
+                Renewal::Confirmed => {}
+                Renewal::Taken(holder) => {
+                    tracing::warn!(environment = %env, holder = %holder, "sharding: the environment's Lease was taken by another replica");
                     self.set_owned(&env, false);
                 }
-                Err(e) => {
+                Renewal::Busy => {
+                    tracing::debug!(environment = %env, "sharding: the environment's Lease changed twice while renewing; renewed at the next look");
+                }
+                Renewal::Failed(e) => {
                     tracing::warn!(environment = %env, error = %e, "sharding: cannot renew the environment's Lease");
                     failed.get_or_insert(e);
                 }
             }
+        }
+        // The heartbeat last: it never holds the environments' renewals up.
+        // (Gone since the LIST, swept while this replica was away: made
+        // again at the next look.)
+        if let Err(e) =
+            leader::acquire(&self.api, &self.member, &me, seen.member_lease.clone()).await
+        {
+            failed.get_or_insert(e);
         }
         failed.map_or(Ok(()), Err)
     }
@@ -599,8 +654,9 @@ pub async fn campaign(
 /// Refuses a start whose Leases would share names: an environment's Lease
 /// (`<lease-name>-<env>` with `--shard`, or the leader's `<lease-name>`)
 /// that is also an environment's lock (`tenantsync-sync-<env>`) or another
-/// environment's Lease. Two holders of one Lease would each believe they
-/// hold something else.
+/// environment's Lease, or a lock that could be a replica's member Lease
+/// (`<lease-name>.member-…`). Two holders of one Lease would each believe
+/// they hold something else.
 pub fn check_lease_names(base: &str, sharded: bool, environments: &[String]) -> Result<(), String> {
     let mut names: BTreeMap<String, String> = BTreeMap::new();
     let mut claim = |name: String, what: String| -> Result<(), String> {
@@ -626,6 +682,12 @@ pub fn check_lease_names(base: &str, sharded: bool, environments: &[String]) -> 
                 shard::environment_lease(base, env),
                 format!("the sharding Lease of environment `{env}`"),
             )?;
+        }
+        let members = shard::member_prefix(base);
+        if let Some((name, what)) = names.iter().find(|(name, _)| name.starts_with(&members)) {
+            return Err(format!(
+                "Lease `{name}` would be both {what} and a replica's member Lease (`{members}<replica>`): pick another --lease-name (or leaseName in the daemon configuration)"
+            ));
         }
     } else {
         claim(base.to_string(), "the leader Lease".to_string())?;
@@ -654,6 +716,11 @@ mod tests {
         assert!(e.contains("`sync-prod`") && e.contains("`prod`"), "{e}");
         let e = check_lease_names("tenantsync-sync-dev", false, &envs(&["dev"])).unwrap_err();
         assert!(e.contains("leader Lease"), "{e}");
+        // An environment with a dot in its name whose lock reads as a
+        // member Lease of the base.
+        let e = check_lease_names("tenantsync-sync-prod", true, &envs(&["prod.member-h-1"]))
+            .unwrap_err();
+        assert!(e.contains("member Lease"), "{e}");
         assert_eq!(
             check_lease_names(leader::LEASE_NAME, true, &envs(&["dev", "prod"])),
             Ok(())
@@ -674,18 +741,24 @@ mod tests {
         assert!(!owners.owns("dev"));
         let now = Instant::now();
         owners.confirm("dev", now);
-        assert!(owners.owns("dev") && owners.owned() == ["dev"]);
-        // A renewal sent longer than HOLD ago no longer lets it write, so
-        // a replica whose renewals stall stops before the Lease can expire.
-        let Some(old) = now.checked_sub(HOLD + Duration::from_millis(1)) else {
-            return;
-        };
-        owners.confirm("prod", old);
-        assert!(!owners.owns("prod"));
-        assert_eq!(owners.lapsed(Instant::now()), ["prod".to_string()]);
+        owners.confirm("prod", now);
+        assert!(owners.owns("dev") && owners.owned() == ["dev", "prod"]);
+        let slot = |e: &str| &owners.slots[e];
+        // HOLD after the renewal was sent, with no renewal confirmed since,
+        // it no longer writes: a replica whose renewals stall stops before
+        // the Lease can expire.
+        assert!(slot("prod").writable(now + HOLD - Duration::from_millis(1)));
+        assert!(!slot("prod").writable(now + HOLD));
+        // A renewal sent a second later extends dev's hold from then.
+        owners.confirm("dev", now + Duration::from_secs(1));
+        assert_eq!(
+            owners.lapsed(now + HOLD),
+            ["prod".to_string()],
+            "only prod lapsed"
+        );
         // An older confirmation arriving late never shortens a newer one.
-        owners.confirm("dev", old);
-        assert!(owners.owns("dev"));
+        owners.confirm("dev", now);
+        assert!(slot("dev").writable(now + HOLD));
         assert!(HOLD + RETRY_PERIOD * 2 <= LEASE_DURATION);
     }
 }

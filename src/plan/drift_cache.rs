@@ -11,8 +11,12 @@
 //! taken back by tenantsync shrinks the other manager's entry without
 //! stamping it, so a heal does not set off another check. An edit that
 //! only removes fields leaves no entry of its writer (it owns nothing
-//! new): it shows as tenantsync's own entries losing fields while their
-//! `time` stays (tenantsync's own writes always restamp them). An object
+//! new): it shows as tenantsync's own entries owning fewer fields while
+//! their `time` stays. (tenantsync's own writes that remove fields restamp
+//! them, but for one that only drops a field another manager also owns,
+//! or a second write within the same second: rare, and then one needless
+//! check. A takeover of fields, which adds to tenantsync's entry without
+//! restamping it, is not a loss.) An object
 //! without managed fields falls back to a digest of its body without
 //! `status` and server-kept metadata. A deleted object is always a change.
 //!
@@ -33,8 +37,8 @@ pub struct Fingerprint {
     /// The body without `status` and server-kept metadata, for objects
     /// without managed fields.
     content: u64,
-    /// The fields of tenantsync's own entries, and separately their times.
-    own_fields: u64,
+    /// How many fields tenantsync's own entries own, and their times.
+    own_fields: u32,
     own_times: u64,
     tracked: bool,
 }
@@ -61,6 +65,22 @@ fn digest(value: &impl Hash) -> u64 {
     let mut h = std::hash::DefaultHasher::new();
     value.hash(&mut h);
     h.finish()
+}
+
+/// How many fields a `fieldsV1` set holds (its empty objects: the leaves;
+/// a set is a tree of objects). Walked with a stack of its own, so any
+/// depth is safe.
+fn leaves(set: &Value) -> u32 {
+    let mut count = 0u32;
+    let mut stack = vec![set];
+    while let Some(v) = stack.pop() {
+        match v.as_object() {
+            Some(map) if map.is_empty() => count = count.saturating_add(1),
+            Some(map) => stack.extend(map.values()),
+            None => {}
+        }
+    }
+    count
 }
 
 fn str_of<'a>(v: &'a Value, key: &str) -> &'a str {
@@ -101,12 +121,10 @@ impl Fingerprint {
             })
             .collect();
         own_entries.sort_by(|a, b| a.0.cmp(b.0));
-        let own_fields = digest(
-            &own_entries
-                .iter()
-                .map(|(m, _, f)| format!("{m}\0{f}"))
-                .collect::<Vec<_>>(),
-        );
+        let own_fields = own_entries
+            .iter()
+            .map(|(_, _, f)| leaves(f))
+            .fold(0u32, u32::saturating_add);
         let own_times = digest(
             &own_entries
                 .iter()
@@ -137,8 +155,8 @@ impl Fingerprint {
             new.others
                 .iter()
                 .any(|d| self.others.binary_search(d).is_err())
-                // tenantsync's fields went without a write of its own.
-                || (new.own_fields != self.own_fields && new.own_times == self.own_times)
+                // tenantsync lost fields without a write of its own.
+                || (new.own_fields < self.own_fields && new.own_times == self.own_times)
         } else {
             new.content != self.content
         }
@@ -317,7 +335,8 @@ mod tests {
     }
 
     #[test]
-    fn an_edit_that_only_removes_our_fields_is_a_change_but_our_own_removal_is_not() {
+    fn an_edit_that_only_removes_our_fields_is_a_change_but_our_own_removal_and_a_takeover_are_not()
+    {
         let both = json!({"f:metadata": {"f:labels": {"f:a": {}, "f:b": {}}}});
         let one = json!({"f:metadata": {"f:labels": {"f:a": {}}}});
         let t0 = "2026-01-01T00:00:00Z";
@@ -333,6 +352,13 @@ mod tests {
         assert!(!cache.applied(
             "Deployment/ws/fhir",
             Fingerprint::of(&owned(both, t1), &own())
+        ));
+        // A takeover (a merge patch of managedFields moving another
+        // manager's fields into ours, our old time kept) is not a loss.
+        let more = json!({"f:metadata": {"f:labels": {"f:a": {}, "f:b": {}}}, "f:spec": {"f:replicas": {}}});
+        assert!(!cache.applied(
+            "Deployment/ws/fhir",
+            Fingerprint::of(&owned(more, t1), &own())
         ));
         // A new revision that stops declaring `b`: ours shrinks and is
         // restamped by our own write.

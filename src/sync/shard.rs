@@ -95,8 +95,9 @@ pub fn environment_lease(base: &str, env: &str) -> String {
 }
 
 /// The prefix of every member Lease: `<lease-name>.member-`. The dot keeps
-/// member Leases apart from environment Leases (an environment's name has
-/// no dot, so `<lease-name>-member-x` is environment `member-x`'s).
+/// member Leases apart from environment Leases, `<lease-name>-<env>`: the
+/// two differ in the character after `<lease-name>`, so
+/// `<lease-name>-member-x` is environment `member-x`'s.
 pub fn member_prefix(base: &str) -> String {
     format!("{base}.member-")
 }
