@@ -163,6 +163,23 @@ async fn a_frozen_api_server_stops_the_sync_within_30s_and_the_next_sync_converg
         report["notSent"].as_array().is_some_and(|a| !a.is_empty()),
         "{stdout}"
     );
+    // Every write sent and not answered is named: given up after the write
+    // timeout, or, still in flight when the sync stopped, not waited for (a
+    // frozen server would hold each for the whole write timeout).
+    let failures = report["failures"].as_array().cloned().unwrap_or_default();
+    assert!(!failures.is_empty(), "{stdout}");
+    for f in &failures {
+        let m = f["message"].as_str().unwrap_or_default();
+        assert!(
+            m.contains("no answer within 15s")
+                || m.starts_with("sent, but the sync stopped before the API server answered"),
+            "{f}"
+        );
+    }
+    eprintln!(
+        "a frozen API server: the sync stopped after {:?}",
+        frozen.elapsed()
+    );
     cp.signal("-CONT");
 
     // The next sync converges (after the dead sync's lock expires).

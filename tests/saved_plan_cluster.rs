@@ -445,3 +445,66 @@ fn flags_that_would_change_a_saved_plan_are_refused_with_it() {
         );
     }
 }
+
+/// A plan that only creates objects has no live object to be stale
+/// against: it records the cluster it was made against (the `uid` of
+/// `kube-system`) and is refused on any other.
+#[tokio::test]
+async fn a_creates_only_plan_is_refused_on_another_cluster_and_nothing_is_applied() {
+    let repo = TestRepo::new("saved-plan-cluster");
+    git(repo.path(), &["init", "-q"]);
+    git(repo.path(), &["add", "-A"]);
+    git(repo.path(), &["commit", "-q", "-m", "baseline"]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("plan.json");
+    let plan = save_plan(&repo, "HEAD", &file);
+    assert!(!ids_of(&plan, "create").is_empty());
+    assert!(ids_of(&plan, "update").is_empty() && ids_of(&plan, "delete").is_empty());
+    let uid = |kubeconfig: &Path| {
+        let out = std::process::Command::new(crate::support::kubectl_path())
+            .arg("--kubeconfig")
+            .arg(kubeconfig)
+            .args(["--context", "admin", "get", "namespace", "kube-system"])
+            .args(["-o", "jsonpath={.metadata.uid}"])
+            .output()
+            .expect("kubectl");
+        assert!(out.status.success(), "{}", stderr(&out));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let here = uid(control_plane().kubeconfig());
+    assert_eq!(plan["cluster"]["kubeSystemUid"], json!(here));
+
+    let other = crate::support::bare_control_plane("saved-plan-other");
+    assert_ne!(uid(other.kubeconfig()), here);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tenantsync"))
+        .args(["sync", "--env", &repo.env, "--context", "admin", "--repo"])
+        .arg(repo.path())
+        .arg("--kubeconfig")
+        .arg(other.kubeconfig())
+        .args(["--output", "json", "--plan"])
+        .arg(&file)
+        .output()
+        .expect("sync");
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("the plan was made against cluster")
+            && err.contains(&here)
+            && err.contains("nothing was changed"),
+        "{err}"
+    );
+    // Nothing was created on the other cluster.
+    let namespaces = std::process::Command::new(crate::support::kubectl_path())
+        .arg("--kubeconfig")
+        .arg(other.kubeconfig())
+        .args(["--context", "admin", "get", "namespaces", "-o", "name"])
+        .output()
+        .expect("kubectl");
+    let names = String::from_utf8_lossy(&namespaces.stdout);
+    assert!(!names.contains(&repo.env), "{names}");
+
+    // On the cluster it was made against, it applies.
+    let (out, report) = sync_plan(&repo, &file, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(sorted(&report, "created"), ids_of(&plan, "create"));
+}

@@ -139,7 +139,8 @@ pub(super) fn live_cmd(
             workspaces: args.workspaces.clone(),
             adopt: args.adopt,
         };
-        let file = PlanFile::new(&plan, &desired.objects, revision, options);
+        let cluster_id = runtime.block_on(cluster.identity())?;
+        let file = PlanFile::new(&plan, &desired.objects, revision, options).against(cluster_id);
         std::fs::write(out, file.to_json())
             .with_context(|| format!("cannot write the plan to {}", out.display()))?;
         eprintln!(

@@ -104,6 +104,16 @@ pub(super) fn sync_cmd(args: &SyncArgs) -> anyhow::Result<ExitCode> {
     };
     let runtime = runtime()?;
     let cluster = runtime.block_on(Cluster::connect(&live_args.cluster.options()))?;
+    if let Some(saved) = &saved {
+        let here = runtime.block_on(cluster.identity())?;
+        if let Err(message) = saved.file.check_cluster(here.as_ref()) {
+            eprintln!(
+                "error: {}: {message}; nothing was changed",
+                saved.path.display()
+            );
+            return Ok(ExitCode::from(1));
+        }
+    }
     if let Err(code) = runtime.block_on(scopes_admitted(&cluster, live_args, &state))? {
         return Ok(code);
     }
@@ -125,7 +135,9 @@ pub(super) fn sync_cmd(args: &SyncArgs) -> anyhow::Result<ExitCode> {
             }
         }
     };
-    options.lock_lost = lock.as_ref().map(EnvLock::lost_flag);
+    if let Some(lock) = &lock {
+        options.fence = options.fence.clone().with(lock.lost_check());
+    }
     if let Some(saved) = &saved {
         // Exactly the plan: its deletes and no others, each write on the
         // condition that the object is as it was planned against.

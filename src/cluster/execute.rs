@@ -7,12 +7,11 @@
 //! A sync killed at any point therefore leaves an inventory that covers every
 //! object tenantsync created, and the next sync converges from there.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::sync::atomic::Ordering;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::time::Duration;
 
-use futures::StreamExt;
 use futures::stream::FuturesOrdered;
+use futures::{FutureExt as _, StreamExt};
 use serde_json::Value;
 
 use super::apply::ApplyError;
@@ -303,12 +302,10 @@ async fn narrow(
     }
 }
 
-/// Whether the environment's lock was lost (another writer took it).
+/// Whether the writer lost its hold on the environment (its lock taken or
+/// unrenewed, with `--shard` its Lease).
 fn lock_lost(options: &SyncOptions) -> bool {
-    options
-        .lock_lost
-        .as_ref()
-        .is_some_and(|l| l.load(Ordering::Relaxed))
+    options.fence.lost()
 }
 
 /// A sync's writes in progress: what they reported so far, and how many
@@ -404,13 +401,19 @@ impl Run<'_> {
         let lock_lost = || lock_lost(options);
         let mut queue = sendable.into_iter();
         let mut in_flight = FuturesOrdered::new();
+        // The identities in flight, in the order their answers come.
+        let mut sent: VecDeque<&Object> = VecDeque::new();
         for _ in 0..APPLY_CONCURRENCY {
             match next_sendable(&mut queue, refused, &mut self.report, &lock_lost) {
-                Some(o) => in_flight.push_back(applied(cluster, o, options, cx)),
+                Some(o) => {
+                    sent.push_back(o);
+                    in_flight.push_back(applied(cluster, o, options, cx));
+                }
                 None => break,
             }
         }
         while let Some((o, result)) = in_flight.next().await {
+            sent.pop_front();
             // Classify first, so that the next object sent knows.
             match &result {
                 Err(ApplyError::Cluster { source, .. }) if source.is_transport() => self
@@ -421,6 +424,7 @@ impl Run<'_> {
                 _ => self.count_transport(None, ""),
             }
             if let Some(next) = next_sendable(&mut queue, refused, &mut self.report, &lock_lost) {
+                sent.push_back(next);
                 in_flight.push_back(applied(cluster, next, options, cx));
             }
             // Objects of a CRD's kind wait until it is Established.
@@ -440,6 +444,19 @@ impl Run<'_> {
                 ok: result.is_ok(),
             });
             record_applied(&mut self.report, refused, cx, o, result);
+            if self.report.aborted.is_some() {
+                // Stopped: answers already in are recorded as they are; the
+                // writes still in flight are not waited for (each could
+                // take WRITE_TIMEOUT more of a frozen server).
+                while let Some(Some((o, result))) = in_flight.next().now_or_never() {
+                    sent.pop_front();
+                    record_applied(&mut self.report, refused, cx, o, result);
+                }
+                self.report
+                    .failures
+                    .extend(sent.drain(..).map(|o| unanswered(o.id())));
+                break;
+            }
         }
         Ok(())
     }
@@ -469,13 +486,18 @@ impl Run<'_> {
             }
             let mut queue = stage.iter();
             let mut in_flight = FuturesOrdered::new();
+            let mut sent: VecDeque<&ObjectRef> = VecDeque::new();
             for _ in 0..APPLY_CONCURRENCY {
                 match next_deletable(&mut queue, &mut refused, &mut self.report, &lock_lost) {
-                    Some(r) => in_flight.push_back(deleted(cluster, r, options)),
+                    Some(r) => {
+                        sent.push_back(r);
+                        in_flight.push_back(deleted(cluster, r, options));
+                    }
                     None => break,
                 }
             }
             while let Some((r, result)) = in_flight.next().await {
+                sent.pop_front();
                 match &result {
                     Err(e) if e.is_transport() => {
                         self.count_transport(Some(e), "what was not deleted stays in the inventory")
@@ -489,6 +511,7 @@ impl Run<'_> {
                 if let Some(next) =
                     next_deletable(&mut queue, &mut refused, &mut self.report, &lock_lost)
                 {
+                    sent.push_back(next);
                     in_flight.push_back(deleted(cluster, next, options));
                 }
                 let id = r.id();
@@ -505,6 +528,25 @@ impl Run<'_> {
                         id,
                         message: format!("prune failed: {e}"),
                     }),
+                }
+                if self.report.aborted.is_some() {
+                    while let Some(Some((r, result))) = in_flight.next().now_or_never() {
+                        sent.pop_front();
+                        match result {
+                            Ok(_) => {
+                                self.report.pruned.push(r.id());
+                                pruned.push(r);
+                            }
+                            Err(e) => self.report.failures.push(Failure {
+                                id: r.id(),
+                                message: format!("prune failed: {e}"),
+                            }),
+                        }
+                    }
+                    self.report
+                        .failures
+                        .extend(sent.drain(..).map(|r| unanswered(r.id())));
+                    break;
                 }
             }
         }
@@ -730,6 +772,16 @@ async fn applied<'a>(
         }),
     };
     (object, result)
+}
+
+/// A write sent but not answered when the sync stopped.
+fn unanswered(id: String) -> Failure {
+    Failure {
+        id,
+        message: "sent, but the sync stopped before the API server answered: it may or may not \
+                  have been written (the inventory still covers it; the next sync finds out)"
+            .to_string(),
+    }
 }
 
 /// A saved plan's precondition of object `id`, if the sync has any.

@@ -25,6 +25,38 @@ use crate::sync::inventory::SYSTEM_NAMESPACE;
 pub const LOCK_DURATION: Duration = Duration::from_secs(15);
 /// How often a holder renews (and a waiting writer retries).
 pub const RENEW_PERIOD: Duration = Duration::from_secs(3);
+/// How long after a renewal the API server confirmed was *sent* its holder
+/// still writes: the lock's duration less two renewal periods, so that a
+/// holder whose renewals stall (a slow or frozen API server) stops on its
+/// own clock before another writer can see the lock expire and take it.
+pub const HOLD: Duration = LOCK_DURATION.saturating_sub(RENEW_PERIOD.saturating_mul(2));
+
+/// A holder's standing: lost when another took the lock, or when the last
+/// confirmed renewal is older than [`HOLD`].
+#[derive(Debug)]
+struct Standing {
+    taken: AtomicBool,
+    until: std::sync::Mutex<Instant>,
+}
+
+impl Standing {
+    fn new(sent: Instant) -> Standing {
+        Standing {
+            taken: AtomicBool::new(false),
+            until: std::sync::Mutex::new(sent + HOLD),
+        }
+    }
+
+    fn confirmed(&self, sent: Instant) {
+        if let Ok(mut until) = self.until.lock() {
+            *until = (*until).max(sent + HOLD);
+        }
+    }
+
+    fn lost_at(&self, now: Instant) -> bool {
+        self.taken.load(Ordering::SeqCst) || self.until.lock().map_or(true, |until| now >= *until)
+    }
+}
 
 /// The Lease of an environment's lock.
 pub fn lease_name(environment: &str) -> String {
@@ -77,21 +109,22 @@ pub enum LockError {
 pub struct EnvLock {
     pub environment: String,
     pub identity: String,
-    lost: Arc<AtomicBool>,
+    standing: Arc<Standing>,
     stop: watch::Sender<bool>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl EnvLock {
-    /// True once a renewal found the Lease taken by another holder, or could
-    /// not renew it before it expired: writes must stop.
+    /// True once a renewal found the Lease taken by another holder, or the
+    /// last confirmed renewal is older than [`HOLD`]: writes must stop.
     pub fn lost(&self) -> bool {
-        self.lost.load(Ordering::Relaxed)
+        self.standing.lost_at(Instant::now())
     }
 
-    /// A flag that turns true when the lock is lost.
-    pub fn lost_flag(&self) -> Arc<AtomicBool> {
-        self.lost.clone()
+    /// A check that turns true when the lock is lost (a sync's fence).
+    pub fn lost_check(&self) -> impl Fn() -> bool + Send + Sync + 'static {
+        let standing = self.standing.clone();
+        move || standing.lost_at(Instant::now())
     }
 
     /// Stops renewing and gives the Lease up so the next writer starts at
@@ -284,13 +317,14 @@ impl Cluster {
         let start = Instant::now();
         let mut told: Option<String> = None;
         let mut ensured = false;
-        loop {
+        let taken_at = loop {
             // Counted as a request, not a write: `writeRequests` counts
             // writes of objects and of the inventory.
             self.count(false);
+            let sent = Instant::now();
             let attempt = try_take(&api, &name, me).await;
             let holder = match attempt {
-                Ok(None) => break,
+                Ok(None) => break sent,
                 Ok(Some(holder)) => holder,
                 Err(kube::Error::Api(s)) if s.code == 404 && !ensured => {
                     // No tenantsync-system yet (a first sync).
@@ -317,15 +351,14 @@ impl Cluster {
                 told = Some(holder.identity.clone());
             }
             tokio::time::sleep(RENEW_PERIOD.min(timeout.saturating_sub(start.elapsed()))).await;
-        }
-        let lost = Arc::new(AtomicBool::new(false));
+        };
+        let standing = Arc::new(Standing::new(taken_at));
         let (stop, mut stopped) = watch::channel(false);
         let task = {
-            let lost = lost.clone();
+            let standing = standing.clone();
             let me = me.to_string();
             let name = name.clone();
             tokio::spawn(async move {
-                let mut renewed = Instant::now();
                 loop {
                     tokio::select! {
                         _ = tokio::time::sleep(RENEW_PERIOD) => {},
@@ -334,20 +367,27 @@ impl Cluster {
                     if *stopped.borrow() {
                         return;
                     }
-                    match try_take(&api, &name, &me).await {
-                        Ok(None) => renewed = Instant::now(),
-                        Ok(Some(holder)) => {
+                    let sent = Instant::now();
+                    // A renewal with no answer within a renewal period is
+                    // given up (the next one is sent then); the hold lapses
+                    // on its own clock meanwhile.
+                    match tokio::time::timeout(RENEW_PERIOD, try_take(&api, &name, &me)).await {
+                        Ok(Ok(None)) => standing.confirmed(sent),
+                        Ok(Ok(Some(holder))) => {
                             tracing::error!(lease = %name, holder = %holder, "the environment lock was taken by another writer; writes stop");
-                            lost.store(true, Ordering::Relaxed);
+                            standing.taken.store(true, Ordering::SeqCst);
                             return;
                         }
-                        Err(e) => {
+                        Ok(Err(e)) => {
                             tracing::warn!(lease = %name, error = %e, "cannot renew the environment lock");
-                            if renewed.elapsed() >= LOCK_DURATION {
-                                lost.store(true, Ordering::Relaxed);
-                                return;
-                            }
                         }
+                        Err(_) => {
+                            tracing::warn!(lease = %name, "the API server did not answer a renewal of the environment lock in time");
+                        }
+                    }
+                    if standing.lost_at(Instant::now()) {
+                        tracing::error!(lease = %name, "the environment lock could not be renewed in time; writes stop");
+                        return;
                     }
                 }
             })
@@ -355,7 +395,7 @@ impl Cluster {
         Ok(EnvLock {
             environment: environment.to_string(),
             identity: me.to_string(),
-            lost,
+            standing,
             stop,
             task: Some(task),
         })
@@ -385,6 +425,29 @@ impl Cluster {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_lock_is_lost_once_its_last_confirmed_renewal_is_older_than_the_hold() {
+        // The hold ends well before another writer can see the Lease
+        // expire: two renewal periods of room.
+        assert!(HOLD + RENEW_PERIOD * 2 <= LOCK_DURATION);
+        let now = Instant::now();
+        let standing = Standing::new(now);
+        assert!(!standing.lost_at(now));
+        assert!(!standing.lost_at(now + HOLD - Duration::from_millis(1)));
+        // No renewal confirmed since: lost, however slow the server is.
+        assert!(standing.lost_at(now + HOLD));
+        // A renewal sent at 5 s and confirmed extends it from its sending.
+        standing.confirmed(now + Duration::from_secs(5));
+        assert!(!standing.lost_at(now + HOLD + Duration::from_secs(4)));
+        assert!(standing.lost_at(now + HOLD + Duration::from_secs(5)));
+        // A late answer to an older renewal never shortens it.
+        standing.confirmed(now);
+        assert!(!standing.lost_at(now + HOLD + Duration::from_secs(4)));
+        // Taken by another writer: lost at once.
+        standing.taken.store(true, Ordering::SeqCst);
+        assert!(standing.lost_at(now));
+    }
 
     #[test]
     fn a_lease_not_renewed_within_its_duration_is_expired() {

@@ -343,6 +343,29 @@ impl Cluster {
         &self.server
     }
 
+    /// Which cluster this is (a saved plan records it): the `uid` of
+    /// `kube-system`, read with one LIST of that namespace's metadata (the
+    /// read-only role and the daemon's may list namespaces, not get them).
+    /// `None` when the cluster has no `kube-system`.
+    pub async fn identity(&self) -> Result<Option<crate::plan::contract::ClusterId>, ClusterError> {
+        let namespaces: kube::Api<k8s_openapi::api::core::v1::Namespace> =
+            kube::Api::all(self.client.clone());
+        let params = kube::api::ListParams::default().fields("metadata.name=kube-system");
+        self.count(false);
+        let list = namespaces
+            .list_metadata(&params)
+            .await
+            .map_err(|e| self.classify(e, "list", "namespaces"))?;
+        Ok(list
+            .items
+            .into_iter()
+            .find_map(|n| n.metadata.uid)
+            .map(|uid| crate::plan::contract::ClusterId {
+                server: self.server.clone(),
+                kube_system_uid: uid,
+            }))
+    }
+
     pub fn client(&self) -> &Client {
         &self.client
     }

@@ -14,7 +14,7 @@ use tokio::time::Instant;
 use super::{EnvironmentStatus, RunOptions, Shared, SyncStatus, WorkspaceStatus, now};
 use super::{publish_status, stale_after};
 use crate::cluster::execute::{self as cluster_sync};
-use crate::cluster::lock::{EnvLock, LockError};
+use crate::cluster::lock::LockError;
 use crate::cluster::{Cluster, ClusterError, ClusterOptions};
 use crate::declare::model::SyncMode;
 use crate::declare::repo::SourceTree;
@@ -158,12 +158,19 @@ impl Backoff {
     }
 }
 
+/// The least time between two drift checks set off by the watches: a
+/// writer that fights tenantsync over a field (re-writing it as soon as it
+/// is healed) gets at most one heal a second, not one per write.
+pub const WATCH_CHECK_GAP: Duration = Duration::from_secs(1);
+
 /// When the loop next reads the source and checks for drift.
 #[derive(Clone, Copy, Debug)]
 pub struct Schedule {
     next_poll: Instant,
     next_drift: Instant,
     drift_interval: Duration,
+    /// When the last drift check ran.
+    last_drift_run: Option<Instant>,
 }
 
 impl Schedule {
@@ -173,6 +180,7 @@ impl Schedule {
             next_poll: now,
             next_drift: now + drift_interval,
             drift_interval,
+            last_drift_run: None,
         }
     }
 
@@ -210,8 +218,19 @@ impl Schedule {
 
     /// A drift check now (a watch saw another writer change an object),
     /// the next read where it was.
+    /// Not sooner than [`WATCH_CHECK_GAP`] after the last drift check ran
+    /// (changes arriving meanwhile join the check already due, and never
+    /// push it further away).
     pub fn drift_now(&mut self, now: Instant) {
-        self.next_drift = self.next_drift.min(now);
+        let at = self
+            .last_drift_run
+            .map_or(now, |last| now.max(last + WATCH_CHECK_GAP));
+        self.next_drift = self.next_drift.min(at);
+    }
+
+    /// A drift check ran (started) at `at`.
+    pub fn drift_ran(&mut self, at: Instant) {
+        self.last_drift_run = Some(at);
     }
 
     /// When to wake next: the next read, or the next drift check once a
@@ -260,6 +279,9 @@ pub(super) async fn reconcile_loop(
                 .then(|| drift_watch.complete_since())
                 .flatten()
                 .map(Instant::from_std);
+            if drift {
+                schedule.drift_ran(started);
+            }
             let result = reconciler.reconcile(poll, watched).await;
             shared.metrics.observe_reconcile(&env, started.elapsed());
             let record = ReconcileRecord {
@@ -334,7 +356,9 @@ pub(super) async fn reconcile_loop(
 struct Writer {
     may_write: bool,
     locked_by: Option<String>,
-    lock_lost: Option<Arc<std::sync::atomic::AtomicBool>>,
+    /// Lost when this replica no longer holds the environment: its lock,
+    /// and with `--shard` its Lease (checked before every write).
+    fence: crate::sync::Fence,
 }
 
 /// One environment's reconciles and what they keep between them.
@@ -1231,7 +1255,17 @@ impl Reconciler {
         Ok(Writer {
             may_write: leading && locked_by.is_none(),
             locked_by,
-            lock_lost: self.held.lock.as_ref().map(EnvLock::lost_flag),
+            fence: {
+                let mut fence = crate::sync::Fence::default();
+                if let Some(lock) = self.held.lock.as_ref() {
+                    fence = fence.with(lock.lost_check());
+                }
+                if self.shared.owners.sharded() {
+                    let (shared, env) = (self.shared.clone(), self.env.clone());
+                    fence = fence.with(move || !shared.leads(&env));
+                }
+                fence
+            },
         })
     }
 
@@ -2021,7 +2055,7 @@ async fn check_and_sync(
     // Healing takes the drifted fields back from whoever changed them.
     let mut sync_options = state.sync.clone();
     sync_options.force_conflicts |= heal && !new_revision;
-    sync_options.lock_lost = writer.lock_lost.clone();
+    sync_options.fence = writer.fence.clone();
     let (plan, report) = sync_with_heartbeat(env, shared, c, state, live, &sync_options).await;
     Ok(Checked {
         plan,
@@ -2267,6 +2301,34 @@ mod tests {
         s.after(Instant::now(), Action::AwaitChange);
         assert_eq!(s.due(Instant::now(), true), (false, false));
         assert_eq!(s.wake_at(true), start + Duration::from_secs(60));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_writer_fighting_the_heals_gets_at_most_one_watch_triggered_check_a_second() {
+        let start = Instant::now();
+        let mut s = Schedule::new(start, Duration::from_secs(600));
+        s.after(start, Action::Requeue(Duration::from_secs(60)));
+        s.drift_now(start);
+        assert_eq!(s.due(start, true), (false, true));
+        s.drift_ran(start);
+        s.after(start, Action::AwaitChange);
+        // The writer puts its value back 100 ms after the heal, and again
+        // and again (two objects, every 50 ms): the next check comes one
+        // second after the last one ran, never later.
+        for _ in 0..10 {
+            tokio::time::advance(Duration::from_millis(50)).await;
+            s.drift_now(Instant::now());
+            assert_eq!(s.due(Instant::now(), true), (false, false));
+            assert_eq!(s.wake_at(true), start + WATCH_CHECK_GAP);
+        }
+        tokio::time::advance(Duration::from_millis(500)).await;
+        assert_eq!(s.due(Instant::now(), true), (false, true));
+        s.drift_ran(Instant::now());
+        s.after(Instant::now(), Action::AwaitChange);
+        // A change long after the last check is checked at once.
+        tokio::time::advance(Duration::from_secs(30)).await;
+        s.drift_now(Instant::now());
+        assert_eq!(s.due(Instant::now(), true), (false, true));
     }
 
     #[tokio::test(start_paused = true)]

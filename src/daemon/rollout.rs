@@ -513,7 +513,7 @@ impl Reconciler {
         let (live, objects) = narrowed(live, &state.state.objects, &scope);
         let mut options = state.sync.clone();
         options.scope = scope;
-        options.lock_lost = writer.lock_lost.clone();
+        options.fence = writer.fence.clone();
         let report = cluster_sync::sync(
             c,
             &live.plan,
@@ -748,7 +748,7 @@ impl Reconciler {
         let (live, objects) = narrowed(live, &previous.state.objects, &scope);
         let mut options = previous.sync.clone();
         options.scope = scope;
-        options.lock_lost = writer.lock_lost.clone();
+        options.fence = writer.fence.clone();
         // Taking back what the failed revision set.
         options.force_conflicts = true;
         let report = cluster_sync::sync(

@@ -39,6 +39,10 @@ pub struct PlanFile {
     pub revision: String,
     /// What the plan was made with besides the revision.
     pub options: PlanFileOptions,
+    /// The cluster the plan was made against (absent from files made
+    /// before it was recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterId>,
     pub summary: Summary,
     /// Every object of the plan, unchanged ones included.
     pub changes: Vec<SavedChange>,
@@ -57,6 +61,17 @@ pub struct PlanFileOptions {
     /// `--adopt`.
     #[serde(default)]
     pub adopt: bool,
+}
+
+/// Which cluster a plan was made against: the `uid` of its `kube-system`
+/// namespace (made once when the cluster is created, the same whatever
+/// address or credentials reach it), and the address it was reached at
+/// (shown, not compared).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterId {
+    pub server: String,
+    pub kube_system_uid: String,
 }
 
 /// One object of a saved plan.
@@ -151,6 +166,7 @@ impl PlanFile {
             environment: plan.environment.clone(),
             revision,
             options,
+            cluster: None,
             summary: plan.summary,
             changes,
             plan_digest: String::new(),
@@ -185,6 +201,34 @@ impl PlanFile {
     /// [`PlanFile::change_set_digest`] of a plan made now from `desired`.
     pub fn change_set_of(plan: &Plan, desired: &[Object]) -> String {
         PlanFile::new(plan, desired, String::new(), PlanFileOptions::default()).change_set_digest()
+    }
+
+    /// The file recording the cluster it was planned against.
+    pub fn against(mut self, cluster: Option<ClusterId>) -> PlanFile {
+        self.cluster = cluster;
+        self.sealed()
+    }
+
+    /// Refuses to apply the plan to another cluster than the one it was
+    /// made against (`now`: the cluster reached, `None` when it has no
+    /// `kube-system` namespace to tell it by). A plan that creates objects
+    /// only has no live object to be stale against: without this, it
+    /// would apply to whatever cluster the context names.
+    pub fn check_cluster(&self, now: Option<&ClusterId>) -> Result<(), String> {
+        let Some(planned) = &self.cluster else {
+            return Ok(());
+        };
+        match now {
+            Some(now) if now.kube_system_uid == planned.kube_system_uid => Ok(()),
+            Some(now) => Err(format!(
+                "the plan was made against cluster {} (kube-system uid {}), but this is {} (kube-system uid {}): check --context/--kubeconfig, or make a plan against this cluster (tenantsync plan --out)",
+                planned.server, planned.kube_system_uid, now.server, now.kube_system_uid
+            )),
+            None => Err(format!(
+                "the plan was made against cluster {} (kube-system uid {}), and the cluster reached has no kube-system namespace to tell it by: make a plan against this cluster (tenantsync plan --out)",
+                planned.server, planned.kube_system_uid
+            )),
+        }
     }
 
     /// The file with its `planDigest` computed again (after a change).
@@ -444,6 +488,43 @@ mod tests {
         assert_eq!(pre.len(), 1, "{pre:?}");
         assert_eq!(pre["ConfigMap/acme-qa/a"].resource_version, "10");
         assert_eq!(pre["ConfigMap/acme-qa/a"].uid, "uid-a");
+    }
+
+    #[test]
+    fn a_plan_is_refused_on_another_cluster_and_an_edited_cluster_is_tampering() {
+        let (_, _, file) = saved_plan();
+        let here = ClusterId {
+            server: "https://a:6443".into(),
+            kube_system_uid: "1111".into(),
+        };
+        let file = file.against(Some(here.clone()));
+        let back = PlanFile::parse(&file.to_json()).unwrap();
+        // Another address of the same cluster is the same cluster.
+        let same = ClusterId {
+            server: "https://a.private:443".into(),
+            ..here.clone()
+        };
+        assert_eq!(back.check_cluster(Some(&same)), Ok(()));
+        let other = ClusterId {
+            server: "https://b:6443".into(),
+            kube_system_uid: "2222".into(),
+        };
+        let e = back.check_cluster(Some(&other)).unwrap_err();
+        assert!(e.contains("https://a:6443") && e.contains("2222"), "{e}");
+        assert!(back.check_cluster(None).is_err());
+        // The cluster is sealed with the rest: moving a plan to another
+        // cluster by editing the file is refused.
+        let moved = file.to_json().replace("1111", "2222");
+        assert!(matches!(
+            PlanFile::parse(&moved),
+            Err(PlanFileError::Tampered)
+        ));
+        // A file from before the cluster was recorded still reads (and
+        // keeps its digest) and is not tied to one.
+        let (_, _, old) = saved_plan();
+        let old = PlanFile::parse(&old.to_json()).unwrap();
+        assert_eq!(old.cluster, None);
+        assert_eq!(old.check_cluster(Some(&other)), Ok(()));
     }
 
     #[test]

@@ -30,6 +30,6 @@ pub mod tenancy;
 pub mod windows;
 
 pub use steps::{
-    MassPrune, PRUNE_ANNOTATION, Scope, Stage, Steps, SyncOptions, name_some, namespaces_to_prune,
-    steps, steps_with_foreign,
+    Fence, MassPrune, PRUNE_ANNOTATION, Scope, Stage, Steps, SyncOptions, name_some,
+    namespaces_to_prune, steps, steps_with_foreign,
 };

@@ -19,6 +19,31 @@ use crate::sync::inventory::{Inventory, ObjectRef};
 /// `tenantsync.io/prune: disabled` keeps an object when it is no longer declared.
 pub const PRUNE_ANNOTATION: &str = "tenantsync.io/prune";
 
+/// What stops a sync in flight from sending more: its writer no longer
+/// holds the environment (the lock, and with `--shard` the environment's
+/// Lease). Asked before every write.
+#[derive(Clone, Default)]
+pub struct Fence(Vec<std::sync::Arc<dyn Fn() -> bool + Send + Sync>>);
+
+impl Fence {
+    /// This fence, also lost when `lost` says so.
+    pub fn with(mut self, lost: impl Fn() -> bool + Send + Sync + 'static) -> Fence {
+        self.0.push(std::sync::Arc::new(lost));
+        self
+    }
+
+    /// Whether any hold is lost: no write after that.
+    pub fn lost(&self) -> bool {
+        self.0.iter().any(|lost| lost())
+    }
+}
+
+impl std::fmt::Debug for Fence {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Fence({} holds)", self.0.len())
+    }
+}
+
 #[derive(Clone, Debug, Default)]
 pub struct SyncOptions {
     pub prune: bool,
@@ -32,8 +57,9 @@ pub struct SyncOptions {
     /// Delete a removed workspace's namespace even when it holds objects
     /// tenantsync did not make (they go with it).
     pub prune_foreign: bool,
-    /// Turns true when the environment's lock is lost: no write after that.
-    pub lock_lost: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
+    /// Lost when the writer no longer holds the environment: no write
+    /// after that.
+    pub fence: Fence,
     /// The objects this sync may apply or prune (all by default).
     pub scope: Scope,
     /// A saved plan's preconditions (`sync --plan`), by object id: an
@@ -452,7 +478,6 @@ mod tests {
             prune,
             max_prune_percent: 25,
             prune_foreign: false,
-            lock_lost: None,
             ..SyncOptions::default()
         }
     }
