@@ -172,6 +172,7 @@ pub async fn sync(
             objects: desired_refs,
             workspaces: old.workspaces.clone(),
             rollout: old.rollout.clone(),
+            rollout_unreadable: None,
         };
         if report.succeeded()
             && let Some(revision) = revision
@@ -195,7 +196,7 @@ pub async fn sync(
                     changed: changed.contains(ws),
                 }
             }));
-            final_inventory.revision = Some(revision);
+            final_inventory.record_revision(revision);
         }
         final_inventory.objects.extend(not_deleted);
         narrow(cluster, current, &widened, final_inventory, &mut report).await;

@@ -588,7 +588,8 @@ impl Reconciler {
                     }
                 }
                 if let Some(changed) = changed {
-                    self.note_judging(state.revision(), &changed).await;
+                    self.note_judging(state.revision(), &changed, &writer.fence)
+                        .await;
                     self.watch_health(&state, changed);
                 }
                 result

@@ -24,8 +24,17 @@ impl Reconciler {
     /// reconcile.
     pub(super) async fn resume_health(&mut self, state: &Arc<Desired>, writer: &Writer) {
         if !writer.may_write {
-            // Not this replica's to judge now; again when it is.
+            // Not this replica's to judge now; again when it is. What it
+            // kept of its term as the writer (a health watch, a rollout) is
+            // dropped: the next writer may roll back or move on meanwhile,
+            // and the inventory's record is taken up again when this
+            // replica is the writer again.
             self.resumed = false;
+            self.health_watch = None;
+            if self.rollout.take().is_some() {
+                self.shared.update(&self.env, |s| s.rollout = None);
+                self.shared.metrics.set_rollout(&self.env, None);
+            }
             return;
         }
         if self.resumed {
@@ -84,7 +93,14 @@ impl Reconciler {
     /// Writes down that the health of `workspaces` at `revision` is judged
     /// from now (those applied at it; a judgement under way keeps its
     /// start), so that another daemon resumes it with the deadline left.
-    pub(super) async fn note_judging(&self, revision: &str, workspaces: &BTreeSet<String>) {
+    /// Only while `fence` holds, and only this change on the inventory as
+    /// stored at the write (`Cluster::update_inventory`).
+    pub(super) async fn note_judging(
+        &self,
+        revision: &str,
+        workspaces: &BTreeSet<String>,
+        fence: &crate::sync::Fence,
+    ) {
         if workspaces.is_empty() || !self.shared.leads(&self.env) {
             return;
         }
@@ -93,8 +109,17 @@ impl Reconciler {
         };
         let since = jiff::Timestamp::now().to_string();
         let list: Vec<String> = workspaces.iter().cloned().collect();
-        if let Err(e) = c.record_judging(&self.env, &list, revision, &since).await {
-            tracing::warn!(environment = %self.env, error = %e, "cannot record since when the health is judged; a restarted daemon would judge from the inventory's lastAppliedAt");
+        match c
+            .record_judging(&self.env, fence, &list, revision, &since)
+            .await
+        {
+            Ok(crate::cluster::inventory::Updated::NotHeld) => {
+                tracing::info!(environment = %self.env, "no longer the writer: the start of the health judgement is not recorded");
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(environment = %self.env, error = %e, "cannot record since when the health is judged; a restarted daemon would judge from the inventory's lastAppliedAt");
+            }
         }
     }
 }

@@ -16,6 +16,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde_json::Value;
 
 use super::*;
+use crate::cluster::inventory::RolloutWrite;
 use crate::declare::model::RolloutPolicy;
 use crate::object::Object;
 use crate::plan::Summary;
@@ -136,7 +137,8 @@ impl RolloutRun {
         run
     }
 
-    /// What the inventory is to record of it.
+    /// What the inventory is to record of it (as stored: failed messages
+    /// cut, so it compares equal to what is read back).
     fn record(&self) -> RolloutRecord {
         RolloutRecord {
             revision: self.revision.clone(),
@@ -149,6 +151,7 @@ impl RolloutRun {
             failed: self.failed.clone(),
             rolling_back: self.rolling_back.clone(),
         }
+        .capped()
     }
 
     fn reached(&self) -> Vec<String> {
@@ -271,17 +274,45 @@ impl Reconciler {
             return Ok(false);
         };
         if !writer.may_write {
+            // Not this replica's to roll out now (`resume_health` drops
+            // what it kept when its term as the writer ends).
             return Ok(false);
         }
         let inv = c.read_inventory(env).await?;
         let applied_revision = inv.as_ref().and_then(|i| i.revision.clone());
         let record = inv.as_ref().and_then(|i| i.rollout.clone());
+        if let Some(why) = inv.as_ref().and_then(|i| i.rollout_unreadable.as_deref()) {
+            tracing::warn!(
+                environment = env,
+                "the inventory's rollout record is not resumed: {why}"
+            );
+        }
+        // The inventory's record is the truth: another writer (this one's
+        // successor while it did not hold the environment) may have moved
+        // the rollout on, failed it, rolled it back or cleared it since.
+        if let Some(run) = &self.rollout
+            && run.saved != record
+        {
+            tracing::info!(environment = env, revision = %run.revision, "the inventory's rollout record is not the one this daemon last wrote or read: taking it up instead of what was kept in memory");
+            self.rollout = None;
+        }
         if applied_revision.as_deref() == Some(state.revision()) {
             // A rollout recorded of this revision or an older one is over.
-            if record.is_some()
-                && let Err(e) = c.record_rollout(env, None).await
-            {
-                tracing::warn!(environment = env, error = %e, "cannot clear the finished rollout from the inventory");
+            if record.is_some() {
+                match c
+                    .record_rollout(env, &writer.fence, record.as_ref(), None)
+                    .await
+                {
+                    Ok(RolloutWrite::Written | RolloutWrite::Unchanged) => {
+                        if let Some(run) = self.rollout.as_mut() {
+                            run.saved = None;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(environment = env, error = %e, "cannot clear the finished rollout from the inventory");
+                    }
+                }
             }
             // The last step's sync recorded the revision: completed.
             if let Some(run) = self.rollout.as_mut()
@@ -337,8 +368,26 @@ impl Reconciler {
         let live = pipeline::plan_live(c, &state.state, inv, plan_options).await?;
         // Another daemon's rollout of this revision (a restart, a new
         // leader or shard holder): taken up at its recorded step.
+        // Not when someone else set a workspace it reached to another
+        // revision since (a CLI sync while no daemon ran): then it starts
+        // again from step one, never applying steps past a gate at once.
+        let reached_elsewhere = record
+            .as_ref()
+            .filter(|r| r.revision == state.revision())
+            .map(|r| recorded::reached_elsewhere(r, &live.plan))
+            .unwrap_or_default();
+        if self.rollout.is_none() && !reached_elsewhere.is_empty() {
+            let message = format!(
+                "revision {}: the rollout the inventory records is not resumed: {} it reached no longer match the revision (changed by another sync since); the rollout starts again from step one",
+                state.revision(),
+                crate::sync::name_some(&reached_elsewhere)
+            );
+            tracing::warn!(environment = env, "{message}");
+            c.record_event(env, "RolloutRestarted", &message).await;
+        }
         if self.rollout.is_none()
-            && let Some(record) = record.filter(|r| r.revision == state.revision())
+            && reached_elsewhere.is_empty()
+            && let Some(record) = record.clone().filter(|r| r.revision == state.revision())
         {
             let run = RolloutRun::resumed(record, &live.plan, &policy);
             let message = format!(
@@ -410,7 +459,11 @@ impl Reconciler {
                     )));
                 }
             }
-            self.rollout = Some(RolloutRun::new(state.revision(), plan, &live.plan, &policy));
+            let mut run = RolloutRun::new(state.revision(), plan, &live.plan, &policy);
+            // What the inventory records now (an older revision's, a stale
+            // or unreadable one): this rollout's record replaces it.
+            run.saved = record;
+            self.rollout = Some(run);
             self.apply_step(state, live, writer).await?;
             return Ok(true);
         };
@@ -470,7 +523,7 @@ impl Reconciler {
                 if now < healthy_at + run.pause {
                     run.phase = RolloutPhase::Pausing;
                     self.report_rollout(None);
-                    self.save_rollout().await;
+                    self.save_rollout(writer).await;
                     return Ok(true);
                 }
                 if run.applied + 1 >= run.plan.steps.len() {
@@ -564,7 +617,7 @@ impl Reconciler {
         tracing::info!(environment = env, revision = %run.revision, step = through, "rollout step applied");
         c.record_normal_event(env, "RolloutStep", &message).await;
         self.report_rollout(None);
-        self.save_rollout().await;
+        self.save_rollout(writer).await;
         Ok(())
     }
 
@@ -613,7 +666,7 @@ impl Reconciler {
             self.report_rollout(Some(format!(
                 "{message} (syncPolicy.rollout.rollback is false: the step's workspaces stay at it; a newer revision starts over)"
             )));
-            self.save_rollout().await;
+            self.save_rollout(writer).await;
             return;
         }
         if let Some(run) = self.rollout.as_mut() {
@@ -622,7 +675,7 @@ impl Reconciler {
         }
         // Recorded before it is tried: a daemon that stops now leaves the
         // rollback for the next one to apply.
-        self.save_rollout().await;
+        self.save_rollout(writer).await;
         self.step_rollback(message, writer).await;
         shared.metrics.set_status(env, "Failed");
     }
@@ -680,13 +733,16 @@ impl Reconciler {
         };
         self.shared.metrics.set_status(&env, "Failed");
         self.report_rollout(Some(error));
-        self.save_rollout().await;
+        self.save_rollout(writer).await;
     }
 
     /// Writes the rollout onto the inventory when it changed since last
-    /// written (only a writer: the leader or shard holder); a write that
-    /// fails is tried again at the next change or reconcile.
-    async fn save_rollout(&mut self) {
+    /// written: only while `writer`'s fence holds, only the record, and
+    /// only over the record this daemon last saw (compare-and-set). A
+    /// write that fails is tried again at the next change or reconcile; a
+    /// record another writer changed meanwhile wins, and is taken up at the
+    /// next reconcile instead of what this daemon kept.
+    async fn save_rollout(&mut self, writer: &Writer) {
         if !self.shared.leads(&self.env) {
             return;
         }
@@ -697,8 +753,18 @@ impl Reconciler {
         if run.saved.as_ref() == Some(&record) {
             return;
         }
-        match c.record_rollout(&self.env, Some(&record)).await {
-            Ok(_) => run.saved = Some(record),
+        match c
+            .record_rollout(&self.env, &writer.fence, run.saved.as_ref(), Some(&record))
+            .await
+        {
+            Ok(RolloutWrite::Written | RolloutWrite::Unchanged) => run.saved = Some(record),
+            Ok(RolloutWrite::NotHeld) => {
+                tracing::info!(environment = %self.env, "no longer the writer: the rollout is not recorded");
+            }
+            Ok(RolloutWrite::Stale) => {
+                tracing::warn!(environment = %self.env, revision = %run.revision, "another writer changed the inventory's rollout record since this daemon last saw it; its record is taken up at the next reconcile");
+                self.rollout = None;
+            }
             Err(e) => {
                 tracing::warn!(environment = %self.env, error = %e, "cannot record the rollout in the inventory; tried again at the next reconcile")
             }

@@ -16,12 +16,13 @@
 //! revision is judged from the inventory's `lastAppliedAt`, and no rollout
 //! is under way.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
+use crate::plan::{Action, Plan};
 use crate::sync::inventory::Inventory;
 use crate::sync::rollout::{RolloutPhase, RolloutStep};
 
@@ -61,26 +62,110 @@ pub struct RolloutRecord {
     pub rolling_back: Vec<String>,
 }
 
+/// The most characters of one failed workspace's message a record keeps
+/// (a Degraded condition's text can be of any length; status and Events
+/// carry it whole).
+pub const MAX_FAILED_MESSAGE_CHARS: usize = 300;
+
 impl RolloutRecord {
-    /// The head's `rollout` value: JSON, or empty for none (the key is
-    /// written every time, so a server-side apply never leaves a stale one).
-    pub fn encode(record: Option<&RolloutRecord>) -> String {
+    /// This record with each failed message cut to
+    /// [`MAX_FAILED_MESSAGE_CHARS`] (what the inventory stores, so what is
+    /// compared when the record is set again).
+    pub fn capped(mut self) -> RolloutRecord {
+        for message in self.failed.values_mut() {
+            if message.chars().count() > MAX_FAILED_MESSAGE_CHARS {
+                let mut cut: String = message.chars().take(MAX_FAILED_MESSAGE_CHARS - 1).collect();
+                cut.push('…');
+                *message = cut;
+            }
+        }
+        self
+    }
+
+    /// The record as JSON (compressed by the inventory into its head's
+    /// `rollout.json.gz`); empty for none.
+    pub fn encode(record: Option<&RolloutRecord>) -> Vec<u8> {
         record
-            .and_then(|r| serde_json::to_string(r).ok())
+            .and_then(|r| serde_json::to_vec(&r.clone().capped()).ok())
             .unwrap_or_default()
     }
 
-    /// Reads the head's `rollout` value (missing or empty: none).
-    pub fn decode(value: Option<&str>) -> Result<Option<RolloutRecord>, String> {
-        match value.map(str::trim) {
-            None | Some("") => Ok(None),
-            Some(json) => serde_json::from_str(json).map(Some).map_err(|e| {
-                format!(
-                    "its `rollout` key is not a rollout record ({e}); remove the key (`kubectl edit`) and the daemon starts the revision's rollout over from its first step"
-                )
-            }),
+    /// Reads the record's JSON (missing or empty: none).
+    pub fn decode(value: Option<&[u8]>) -> Result<Option<RolloutRecord>, String> {
+        match value {
+            None => Ok(None),
+            Some(json) if json.trim_ascii().is_empty() => Ok(None),
+            Some(json) => serde_json::from_slice(json)
+                .map(Some)
+                .map_err(|e| RolloutRecord::unreadable(&e.to_string())),
         }
     }
+
+    /// What an unreadable record means, with why it is not read.
+    pub fn unreadable(why: &str) -> String {
+        format!(
+            "its rollout record (`rollout.json.gz`) is not one this tenantsync reads ({why}): the daemon does not resume it and starts the revision's rollout over from its first step; the next write replaces it"
+        )
+    }
+}
+
+/// What setting the rollout record found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RecordSet {
+    /// Set.
+    Changed,
+    /// Already so: nothing to write.
+    Same,
+    /// The stored record is not the one the writer last saw (another
+    /// writer set or cleared it): left as it is.
+    Stale,
+}
+
+/// Sets the inventory's rollout record to `new`, only if it is still
+/// `expected` (what this writer last saw): compare-and-set, so a writer
+/// that lost its hold never puts back an older record. Nothing else of the
+/// inventory is touched.
+pub fn set_rollout(
+    inventory: &mut Inventory,
+    expected: Option<&RolloutRecord>,
+    new: Option<&RolloutRecord>,
+) -> RecordSet {
+    let new = new.map(|r| r.clone().capped());
+    if inventory.rollout == new {
+        return RecordSet::Same;
+    }
+    if inventory.rollout.as_ref() != expected.map(|r| r.clone().capped()).as_ref() {
+        return RecordSet::Stale;
+    }
+    inventory.rollout = new;
+    RecordSet::Changed
+}
+
+/// The workspaces a recorded rollout reached (its applied steps) whose
+/// objects no longer match its revision in `plan` (the revision's plan
+/// against the cluster now): someone else applied another revision to them
+/// while no daemon ran. Non-empty: the record is not resumed and the
+/// rollout starts again from step one. Only a step under way (Progressing,
+/// Pausing) is checked: a failed step's workspaces were set back on purpose.
+pub fn reached_elsewhere(record: &RolloutRecord, plan: &Plan) -> Vec<String> {
+    if !matches!(
+        record.phase,
+        RolloutPhase::Progressing | RolloutPhase::Pausing
+    ) {
+        return Vec::new();
+    }
+    let changed: BTreeSet<&str> = plan
+        .changes
+        .iter()
+        .filter(|c| c.action != Action::Unchanged)
+        .map(|c| &*c.workspace)
+        .collect();
+    record.steps[..record.applied.min(record.steps.len())]
+        .iter()
+        .flat_map(|s| s.workspaces.iter())
+        .filter(|ws| changed.contains(ws.as_str()))
+        .cloned()
+        .collect()
 }
 
 /// How long since `since` (RFC 3339) at `now`; `None` when it is not a
@@ -185,17 +270,119 @@ mod tests {
         let r = record();
         let text = RolloutRecord::encode(Some(&r));
         assert_eq!(RolloutRecord::decode(Some(&text)), Ok(Some(r)));
-        assert_eq!(RolloutRecord::encode(None), "");
-        assert_eq!(RolloutRecord::decode(Some("")), Ok(None));
+        assert!(RolloutRecord::encode(None).is_empty());
+        assert_eq!(RolloutRecord::decode(Some(b"")), Ok(None));
         // An inventory written before the record existed has no key.
         assert_eq!(RolloutRecord::decode(None), Ok(None));
     }
 
+    /// Hostile review of the persisted rollout: a replica that lost its
+    /// hold wrote its whole copy back and could put an older record over
+    /// the one the new writer had set. Setting the record is now a
+    /// compare-and-set against what this writer last saw, and touches
+    /// nothing else of the inventory.
+    #[test]
+    fn a_rollout_record_is_set_only_over_the_one_this_writer_last_saw() {
+        let mut inv = Inventory::new("prod");
+        inv.revision = Some("r1".into());
+        let seen = record();
+        let mut newer = record();
+        newer.applied = 2;
+        newer.phase = RolloutPhase::Progressing;
+        // Another writer moved it on to step 2: ours (still step 1) is
+        // stale, and neither the record nor the revision changes.
+        inv.rollout = Some(newer.clone());
+        let before = inv.clone();
+        let mut ours = record();
+        ours.phase = RolloutPhase::Failed;
+        assert_eq!(
+            set_rollout(&mut inv, Some(&seen), Some(&ours)),
+            RecordSet::Stale
+        );
+        assert_eq!(inv, before);
+        assert_eq!(set_rollout(&mut inv, Some(&seen), None), RecordSet::Stale);
+        assert_eq!(inv, before);
+        // Over the one it saw: set; again: nothing to write.
+        assert_eq!(
+            set_rollout(&mut inv, Some(&newer), Some(&ours)),
+            RecordSet::Changed
+        );
+        assert_eq!(inv.rollout, Some(ours.clone()));
+        assert_eq!(inv.revision.as_deref(), Some("r1"));
+        assert_eq!(
+            set_rollout(&mut inv, Some(&newer), Some(&ours)),
+            RecordSet::Same
+        );
+        // A record with a long failed message compares as stored (cut).
+        let mut long = ours.clone();
+        long.failed.insert("a".into(), "y".repeat(5_000));
+        assert_eq!(
+            set_rollout(&mut inv, Some(&ours), Some(&long)),
+            RecordSet::Changed
+        );
+        assert_eq!(
+            inv.rollout.as_ref().unwrap().failed["a"].chars().count(),
+            MAX_FAILED_MESSAGE_CHARS
+        );
+        assert_eq!(set_rollout(&mut inv, Some(&long), None), RecordSet::Changed);
+        assert_eq!(inv.rollout, None);
+    }
+
+    /// Hostile review of the persisted rollout: a record resumed after
+    /// someone else set the reached workspaces to another revision went on
+    /// at its step and applied steps 1..k+1 in one sync without a gate.
+    #[test]
+    fn a_record_whose_reached_workspaces_were_changed_since_is_not_resumed() {
+        use crate::plan::{Change, PLAN_FORMAT_VERSION, Summary};
+        let change = |ws: &str, action: Action| Change {
+            action,
+            api_version: "apps/v1".into(),
+            kind: "Deployment".into(),
+            namespace: Some(format!("{ws}-prod").into()),
+            name: "web".into(),
+            workspace: ws.into(),
+            fields: Vec::new(),
+            diff: String::new(),
+            note: None,
+            heal: None,
+            live: None,
+        };
+        let plan = |changes: Vec<Change>| Plan {
+            format_version: PLAN_FORMAT_VERSION,
+            environment: "prod".into(),
+            revision: None,
+            summary: Summary::of(&changes),
+            changes,
+            api_requests: 0,
+        };
+        let mut r = record();
+        r.phase = RolloutPhase::Progressing;
+        // Step 1 (a, b) still at r2, c not reached yet: resumed.
+        let as_left = plan(vec![
+            change("a", Action::Unchanged),
+            change("b", Action::Unchanged),
+            change("c", Action::Update),
+        ]);
+        assert!(reached_elsewhere(&r, &as_left).is_empty());
+        // b set back by someone else: not resumed.
+        let changed = plan(vec![
+            change("a", Action::Unchanged),
+            change("b", Action::Update),
+            change("c", Action::Update),
+        ]);
+        assert_eq!(reached_elsewhere(&r, &changed), vec!["b".to_string()]);
+        r.phase = RolloutPhase::Pausing;
+        assert_eq!(reached_elsewhere(&r, &changed), vec!["b".to_string()]);
+        // A failed step's workspaces were set back on purpose.
+        r.phase = RolloutPhase::RolledBack;
+        assert!(reached_elsewhere(&r, &changed).is_empty());
+    }
+
     #[test]
     fn a_damaged_rollout_record_says_which_key_and_what_to_do() {
-        let e = RolloutRecord::decode(Some("{\"revision\": 3")).unwrap_err();
+        let e = RolloutRecord::decode(Some(b"{\"revision\": 3")).unwrap_err();
         assert!(
-            e.contains("`rollout` key") && e.contains("remove the key"),
+            e.contains("rollout.json.gz") && e.contains("starts the revision's rollout over"),
             "{e}"
         );
     }
