@@ -5,11 +5,15 @@
 //! Which workspaces go in which step is `sync::rollout`'s (pure); this is
 //! the edge that applies, watches and reports.
 //!
-//! Written down in the inventory after each change of step or phase
-//! (`sync::resume::RolloutRecord`): a daemon that restarts mid-rollout, or
-//! the next leader or shard holder, goes on at the recorded step with the
-//! recorded steps (the step's health judged again, the pause counted from
-//! when it was first Healthy), never applying the next step before its gate.
+//! Written down in the inventory (`sync::resume::RolloutRecord`) after a
+//! step's apply (not the last's), its first Healthy, its failure and its
+//! rollback, compare-and-set against the record this daemon last saw and
+//! only while the writer's fence holds: a daemon that restarts mid-rollout,
+//! or the next leader or shard holder, goes on at the recorded step with
+//! the recorded steps (the step's health judged again, the pause counted
+//! from when it was first Healthy), never applying the next step before its
+//! gate. A replica that stops being the writer drops what it kept; the
+//! inventory's record wins over memory whenever they differ.
 
 use std::collections::{BTreeMap, BTreeSet};
 

@@ -6,12 +6,15 @@
 //!   judged ([`Judging`], in the workspace's record): a resumed health
 //!   watch gets only what is left of the health deadline;
 //! - the rollout under way ([`RolloutRecord`], the inventory head's
-//!   `rollout` key): its revision, its steps as planned, how many were
+//!   `rollout.json.gz`, failed messages cut to
+//!   [`MAX_FAILED_MESSAGE_CHARS`]): its revision, its steps as planned, how many were
 //!   applied and when, when the last became Healthy, and a rollback still
 //!   to apply; a resumed rollout goes on at its recorded step.
 //!
-//! Both are written with the inventory's optimistic concurrency (the
-//! `resourceVersion` it was read at). An inventory written before they
+//! Both are record-only changes of the inventory as stored (the edge
+//! re-reads on a conflict and makes the change again, never writing other
+//! fields back); the rollout record is set only over the one the writer
+//! last saw ([`set_rollout`]). An inventory written before they
 //! existed has neither: every workspace not known Healthy at its applied
 //! revision is judged from the inventory's `lastAppliedAt`, and no rollout
 //! is under way.
