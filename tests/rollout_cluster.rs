@@ -558,3 +558,95 @@ async fn a_failed_steps_rollback_refused_once_is_retried_until_applied_and_statu
         "{events:?}"
     );
 }
+
+/// Hostile review of the persisted rollout: a CLI sync of another revision
+/// while no daemon ran kept the rollout record, and the next daemon resumed
+/// it at its step: after the recorded pause it applied step 2, which in one
+/// sync also set back every workspace step 1 had reached, without a gate.
+/// Now that sync clears the record and the next daemon starts from step one.
+#[tokio::test]
+async fn a_cli_sync_of_another_revision_while_no_daemon_runs_restarts_the_rollout_from_step_one() {
+    let repo = ten_workspaces_pausing("rollout-cli-between", "3s");
+    let env = repo.env.clone();
+    let before = git(repo.path(), &["rev-parse", "HEAD"]);
+    let logs = tempfile::tempdir().expect("tempdir");
+    let (port, first_daemon) = started(&repo, &logs.path().join("first.log")).await;
+    let revision = bump_image(&repo);
+    push(port, &revision).await;
+    wait_for("step 1", Duration::from_secs(30), async || {
+        status(port, &env).await.is_some_and(|s| {
+            s["rollout"]["revision"] == revision.as_str() && s["rollout"]["step"] == 1
+        })
+    })
+    .await;
+    for ws in &running(&repo, NEW).await {
+        make_healthy(&repo.namespace(ws)).await;
+    }
+    wait_for(
+        "the rollout recorded at step 1, pausing",
+        Duration::from_secs(30),
+        async || {
+            inventory(&env).await.is_some_and(|i| {
+                i.rollout
+                    .as_ref()
+                    .is_some_and(|r| r.revision == revision && r.healthy_at.is_some())
+            })
+        },
+    )
+    .await;
+    drop(first_daemon);
+
+    // While no daemon runs, the revision before is synced by hand.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tenantsync"))
+        .args(["sync", "--env", &env, "--rev", &before, "--repo"])
+        .arg(repo.path())
+        .arg("--kubeconfig")
+        .arg(control_plane().kubeconfig())
+        .args(["--context", "admin"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("tenantsync sync");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(running(&repo, NEW).await.is_empty());
+    let inv = inventory(&env).await.expect("inventory");
+    assert_eq!(inv.revision.as_deref(), Some(before.as_str()));
+    assert_eq!(inv.rollout, None, "the record of {revision} is cleared");
+
+    // The next daemon rolls the newer revision out from step one: two
+    // workspaces, held there while they are not Healthy, long past the
+    // recorded pause.
+    let port = free_port();
+    let second_log = logs.path().join("second.log");
+    let _second = start_daemon(&repo, port, &second_log);
+    wait_for(
+        "the new daemon's step 1",
+        Duration::from_secs(90),
+        async || {
+            status(port, &env).await.is_some_and(|s| {
+                s["rollout"]["revision"] == revision.as_str() && s["rollout"]["step"] == 1
+            })
+        },
+    )
+    .await;
+    for _ in 0..16 {
+        let reached = running(&repo, NEW).await;
+        assert_eq!(
+            reached.len(),
+            2,
+            "{reached:?}:\n{}",
+            std::fs::read_to_string(&second_log).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let events = crate::change_control_cluster::events_of(&env).await;
+    assert!(
+        !events
+            .iter()
+            .any(|(reason, message)| reason == "RolloutResumed" && message.contains(&revision)),
+        "{events:?}"
+    );
+}
