@@ -1150,7 +1150,13 @@ async fn a_replica_that_lost_its_hold_never_puts_an_older_rollout_record_back() 
     let applied = before.applied_revision(&ws).unwrap_or_default().to_string();
     assert_eq!(
         cluster
-            .record_judging(&env, &lost, &[ws.clone()], &applied, "2026-12-03T10:00:00Z")
+            .record_judging(
+                &env,
+                &lost,
+                std::slice::from_ref(&ws),
+                &applied,
+                "2026-12-03T10:00:00Z"
+            )
             .await
             .expect("lost hold judging"),
         Updated::NotHeld

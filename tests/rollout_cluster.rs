@@ -650,3 +650,75 @@ async fn a_cli_sync_of_another_revision_while_no_daemon_runs_restarts_the_rollou
         "{events:?}"
     );
 }
+
+/// Hostile review of the persisted rollout: a daemon killed during step 1,
+/// before anything was recorded, left the next daemon no record: it planned
+/// again, saw step 1's workspaces unchanged and never judged them. The
+/// record is now written before step 1 (no step applied yet) and the step
+/// with its record in one write; the next daemon applies step 1 of the
+/// recorded steps.
+#[tokio::test]
+async fn a_record_of_no_step_applied_yet_is_resumed_with_step_one_of_its_recorded_steps() {
+    use tenantsync::sync::rollout::{RolloutPhase, RolloutStep};
+    let repo = ten_workspaces_pausing("rollout-step-zero", "30s");
+    let env = repo.env.clone();
+    let logs = tempfile::tempdir().expect("tempdir");
+    let (port, _daemon) = started(&repo, &logs.path().join("daemon.log")).await;
+    // What a daemon killed during step 1 left: steps planned, none applied
+    // (step 1 here: the last two tenants, not what a new plan would pick).
+    let all = tenants();
+    let (rest, first) = all.split_at(all.len() - 2);
+    let revision = bump_image(&repo);
+    let record = tenantsync::sync::resume::RolloutRecord {
+        revision: revision.clone(),
+        steps: vec![
+            RolloutStep {
+                percent: 20,
+                workspaces: first.to_vec(),
+            },
+            RolloutStep {
+                percent: 100,
+                workspaces: rest.to_vec(),
+            },
+        ],
+        not_held_back: Vec::new(),
+        applied: 0,
+        applied_at: jiff::Timestamp::now().to_string(),
+        healthy_at: None,
+        phase: RolloutPhase::Progressing,
+        failed: Default::default(),
+        rolling_back: Vec::new(),
+    };
+    let cluster = tenantsync::cluster::Cluster::connect(&tenantsync::cluster::ClusterOptions {
+        kubeconfig: Some(control_plane().kubeconfig().to_path_buf()),
+        context: Some("admin".into()),
+    })
+    .await
+    .expect("connect");
+    cluster
+        .record_rollout(
+            &env,
+            &tenantsync::sync::Fence::default(),
+            None,
+            Some(&record),
+        )
+        .await
+        .expect("record");
+    push(port, &revision).await;
+    wait_for("step 1", Duration::from_secs(30), async || {
+        status(port, &env).await.is_some_and(|s| {
+            s["rollout"]["revision"] == revision.as_str() && s["rollout"]["step"] == 1
+        })
+    })
+    .await;
+    let mut reached = running(&repo, NEW).await;
+    reached.sort();
+    let mut wanted = first.to_vec();
+    wanted.sort();
+    assert_eq!(reached, wanted);
+    // Recorded with the step, in the step's own inventory write.
+    let inv = inventory(&env).await.expect("inventory");
+    let recorded = inv.rollout.expect("the record");
+    assert_eq!(recorded.applied, 1);
+    assert_eq!(recorded.steps, record.steps);
+}

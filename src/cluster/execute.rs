@@ -198,6 +198,11 @@ pub async fn sync(
             }));
             final_inventory.record_revision(revision);
         }
+        if report.succeeded()
+            && let Some(record) = &options.rollout_record
+        {
+            final_inventory.rollout = Some(record.clone().capped());
+        }
         final_inventory.objects.extend(not_deleted);
         narrow(cluster, current, &widened, final_inventory, &mut report).await;
     }

@@ -465,9 +465,26 @@ impl Reconciler {
             }
             let mut run = RolloutRun::new(state.revision(), plan, &live.plan, &policy);
             // What the inventory records now (an older revision's, a stale
-            // or unreadable one): this rollout's record replaces it.
+            // or unreadable one): this rollout's record replaces it, with
+            // no step applied yet, before step 1 is: a daemon killed during
+            // step 1 leaves the next one the steps as planned (it applies
+            // step 1 again and judges it).
             run.saved = record;
             self.rollout = Some(run);
+            self.save_rollout(writer).await;
+            if self
+                .rollout
+                .as_ref()
+                .is_some_and(|r| r.saved.as_ref() != Some(&r.record()))
+            {
+                // Not recorded (the inventory unwritable, the hold lost):
+                // no step is applied that another daemon could not resume.
+                self.rollout = None;
+                return Err(ReconcileError::Apply(format!(
+                    "revision {}: the rollout cannot be recorded in the inventory before its first step, so no step is applied; tried again at the next reconcile (the daemon's log says why)",
+                    state.revision()
+                )));
+            }
             self.apply_step(state, live, writer).await?;
             return Ok(true);
         };
@@ -484,6 +501,12 @@ impl Reconciler {
             }
             RolloutPhase::Completed => return Ok(false),
             RolloutPhase::Progressing | RolloutPhase::Pausing => {}
+        }
+        // A record of no step applied yet (a daemon stopped during step 1):
+        // step 1 now, with the steps as recorded.
+        if run.applied == 0 {
+            self.apply_step(state, live, writer).await?;
+            return Ok(true);
         }
         let rows: Vec<_> = live
             .plan
@@ -571,6 +594,15 @@ impl Reconciler {
         let mut options = state.sync.clone();
         options.scope = scope;
         options.fence = writer.fence.clone();
+        // The step and its record in one inventory write (the step's own,
+        // once it applied in full): no kill between them.
+        let applied_wall = jiff::Timestamp::now();
+        let mut stepped = run.record();
+        stepped.applied = through;
+        stepped.applied_at = applied_wall.to_string();
+        stepped.healthy_at = None;
+        stepped.phase = RolloutPhase::Progressing;
+        options.rollout_record = Some(stepped.clone());
         let report = cluster_sync::sync(
             c,
             &live.plan,
@@ -601,7 +633,8 @@ impl Reconciler {
         }
         run.applied = through;
         run.applied_at = Instant::now();
-        run.applied_wall = jiff::Timestamp::now();
+        run.applied_wall = applied_wall;
+        run.saved = Some(stepped);
         run.healthy_at = None;
         run.healthy_wall = None;
         run.next_step_at = None;
