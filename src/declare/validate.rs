@@ -2176,15 +2176,11 @@ spec:
   base: base
   namespaceTemplate: \"{template}\"
   patches:
-    - apiVersion: tenantsync.io/v1alpha1
-      kind: WorkspacePatch
-      metadata: {{name: c}}
+    - metadata: {{name: c}}
       spec:
         fhirServices:
           - {{name: main, replicas: 3}}
-    - apiVersion: tenantsync.io/v1alpha1
-      kind: WorkspacePatch
-      metadata: {{name: nowhere}}
+    - metadata: {{name: nowhere}}
 "
             )
         };
@@ -2196,7 +2192,10 @@ metadata: {{name: {name}}}
 spec:
   dicomServices:
     - name: imaging
-      dicomCast: {{fhirService: {fhir}}}
+      dicomCast:
+        fhirService: {fhir}
+        tableEndpoint: https://cast.table.core.windows.net/
+        identity: {{clientId: 5c2b9d63-0a1e-4f2b-8c94-3d6f8e0a2c21}}
 "
             )
             .into_bytes()
