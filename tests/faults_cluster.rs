@@ -163,6 +163,21 @@ async fn a_frozen_api_server_stops_the_sync_within_30s_and_the_next_sync_converg
         report["notSent"].as_array().is_some_and(|a| !a.is_empty()),
         "{stdout}"
     );
+    // The writes still in flight when it stopped are not waited for (a
+    // frozen server would hold each for the whole write timeout) but
+    // reported as unanswered.
+    assert!(
+        report["failures"]
+            .as_array()
+            .is_some_and(|f| f.iter().any(|f| f["message"].as_str().is_some_and(
+                |m| m.starts_with("sent, but the sync stopped before the API server answered")
+            ))),
+        "{stdout}"
+    );
+    eprintln!(
+        "a frozen API server: the sync stopped after {:?}",
+        frozen.elapsed()
+    );
     cp.signal("-CONT");
 
     // The next sync converges (after the dead sync's lock expires).

@@ -849,15 +849,24 @@ async fn a_silent_server_polled_for_a_minute_leaves_threads_and_connections_flat
     let start = Instant::now();
     let mut first_half = (0, 0);
     let mut second_half = (0, 0);
+    // The fewest file descriptors open at any sample: the resting level,
+    // which a leak raises whatever the timing of the fetches.
+    let mut resting = (usize::MAX, usize::MAX);
     while start.elapsed() < Duration::from_secs(60) {
         let (t, f) = threads_and_fds(pid);
-        let half = if start.elapsed() < Duration::from_secs(30) {
+        let first = start.elapsed() < Duration::from_secs(30);
+        let half = if first {
             &mut first_half
         } else {
             &mut second_half
         };
         half.0 = half.0.max(t);
         half.1 = half.1.max(f);
+        if first {
+            resting.0 = resting.0.min(f);
+        } else {
+            resting.1 = resting.1.min(f);
+        }
         assert!(
             open.load(Ordering::SeqCst) <= 2,
             "{} connections open to the silent server",
@@ -872,9 +881,12 @@ async fn a_silent_server_polled_for_a_minute_leaves_threads_and_connections_flat
         second_half.0 <= first_half.0,
         "threads grew: {first_half:?} then {second_half:?}"
     );
+    // A fetch given up closes what it opened: the resting level does not
+    // grow, and the peak (a fetch starting while the last one's socket is
+    // still closing, on a loaded machine) by at most one.
     assert!(
-        second_half.1 <= first_half.1,
-        "file descriptors grew: {first_half:?} then {second_half:?}"
+        resting.1 <= resting.0 && second_half.1 <= first_half.1 + 1,
+        "file descriptors grew: at rest {resting:?}, at most {first_half:?} then {second_half:?}"
     );
     assert!(
         most.load(Ordering::SeqCst) <= 2,

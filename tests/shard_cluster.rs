@@ -54,12 +54,17 @@ fn start(
 
 /// A push webhook of the followed branch (GitLab's token).
 async fn push(port: u16) {
+    push_numbered(port, 0).await;
+}
+
+/// The same, with a body of its own (a delivery already seen is ignored).
+async fn push_numbered(port: u16, n: usize) {
     let accepted = http(
         port,
         "POST",
         "/hooks/git",
         &[("X-Gitlab-Token", SECRET)],
-        r#"{"ref":"refs/heads/main"}"#,
+        &format!(r#"{{"ref":"refs/heads/main","total_commits_count":{n}}}"#),
     )
     .await
     .expect("hook");
@@ -265,6 +270,36 @@ async fn sharded_replicas_split_environments_pass_webhooks_on_take_over_a_killed
         "the holder acted on a webhook sent to the other replica after {took:?}"
     );
 
+    // A burst of webhooks to the non-holder writes each Lease it passes
+    // them on through at most twice (one round, and one more for the
+    // webhooks that arrived meanwhile), not once per webhook.
+    let burst = audit::cursor();
+    for n in 1..=20 {
+        push_numbered(ports[1], n).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let passed_on: Vec<audit::Request> = ids[1]
+        .requests_since(&burst)
+        .into_iter()
+        .filter(|r| r.user_agent.starts_with("tenantsync/") && r.resource == "leases")
+        .filter(|r| r.verb == "update")
+        .filter(|r| {
+            owned_a
+                .iter()
+                .any(|e| r.name == environment_lease(&lease, e))
+        })
+        .collect();
+    eprintln!(
+        "20 webhooks to the non-holder: {} writes of the holder's Leases",
+        passed_on.len()
+    );
+    assert!(
+        !passed_on.is_empty() && passed_on.len() <= 2 * owned_a.len() + 2,
+        "{} writes of {} Leases for 20 webhooks",
+        passed_on.len(),
+        owned_a.len()
+    );
+
     // Only the holder of an environment writes it: after the webhook, which
     // made both replicas read the new commit for all four, neither wrote
     // into the namespaces of an environment it does not hold.
@@ -316,6 +351,26 @@ async fn sharded_replicas_split_environments_pass_webhooks_on_take_over_a_killed
         )
         .await;
     }
+
+    // The SIGKILLed replica never removed its member Lease: the survivor
+    // deletes it once it has gone unrenewed for two Lease durations, so
+    // killed replicas do not pile up in tenantsync-system.
+    wait_for(
+        "the killed replica's member Lease to be removed",
+        LEASE_DURATION * 2 + Duration::from_secs(20),
+        async || {
+            leases
+                .get_opt(&member_lease(&lease, &id_a))
+                .await
+                .is_ok_and(|l| l.is_none())
+        },
+    )
+    .await;
+    assert!(
+        killed.elapsed() + RETRY_PERIOD + Duration::from_secs(2) >= LEASE_DURATION * 2,
+        "a member Lease was removed {:?} after its replica was killed, before two Lease durations",
+        killed.elapsed()
+    );
 
     // 4. A third replica joining gets a share: the survivor hands two over.
     let mut c = Some(start(&repo, &envs, &lease, ports[2], &log(2), &ids[2]));

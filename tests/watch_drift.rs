@@ -113,7 +113,8 @@ async fn scale_and_time_heal(
 }
 
 #[tokio::test]
-async fn a_kubectl_scale_and_an_added_field_are_healed_within_2s_and_quiet_polls_make_no_list() {
+async fn a_kubectl_scale_an_added_field_and_a_removed_label_are_healed_within_2s_and_quiet_polls_make_no_list()
+ {
     let repo = TestRepo::new("watch-heal");
     let dir = tempfile::tempdir().expect("tempdir");
     // A token of the daemon's own: the audit log tells its requests apart.
@@ -163,16 +164,49 @@ async fn a_kubectl_scale_and_an_added_field_are_healed_within_2s_and_quiet_polls
     let took = patched.elapsed();
     assert!(took <= HEALED_WITHIN, "kubectl patch healed after {took:?}");
 
+    // 3. An edit that only removes a field tenantsync declared (a label):
+    //    its writer owns nothing afterwards, so no entry of its own shows
+    //    it; tenantsync's entry lost a field without a write of its own.
+    let label = "app.kubernetes.io/part-of";
+    let has_label = async || {
+        deployments
+            .get("fhir-main")
+            .await
+            .ok()
+            .is_some_and(|d| d.metadata.labels.is_some_and(|l| l.contains_key(label)))
+    };
+    assert!(
+        has_label().await,
+        "the Deployment has no {label} label to remove"
+    );
+    kubectl(
+        cp,
+        &ns,
+        &["label", "deployment/fhir-main", &format!("{label}-")],
+    );
+    let removed = Instant::now();
+    wait_for(
+        "the removed label to be put back",
+        Duration::from_secs(30),
+        async || has_label().await,
+    )
+    .await;
+    let took = removed.elapsed();
+    assert!(
+        took <= HEALED_WITHIN,
+        "a removed label put back after {took:?}"
+    );
+
     // Only the edited object was re-applied, each time; the watches said
     // why.
     wait_for(
         "the heals to be counted",
         Duration::from_secs(10),
-        async || metric(port, &applied).await == Some(applied_before + 2.0),
+        async || metric(port, &applied).await == Some(applied_before + 3.0),
     )
     .await;
-    assert!(metric(port, &changes).await >= Some(2.0));
-    assert!(log_lines(&log, "changed by another writer: checking drift now") >= 2);
+    assert!(metric(port, &changes).await >= Some(3.0));
+    assert!(log_lines(&log, "changed by another writer: checking drift now") >= 3);
     wait_for(
         "the status to be Synced again",
         Duration::from_secs(10),
@@ -184,7 +218,7 @@ async fn a_kubectl_scale_and_an_added_field_are_healed_within_2s_and_quiet_polls
     )
     .await;
 
-    // 3. A quiet period: polls every second read the folder, find nothing
+    // 4. A quiet period: polls every second read the folder, find nothing
     //    new, and the watches saw no change: no LIST at all (the watches
     //    stay open). Let the follow-up check of the heals settle first.
     tokio::time::sleep(Duration::from_secs(3)).await;

@@ -7,7 +7,7 @@
 //! A sync killed at any point therefore leaves an inventory that covers every
 //! object tenantsync created, and the next sync converges from there.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -403,13 +403,19 @@ impl Run<'_> {
         let lock_lost = || lock_lost(options);
         let mut queue = sendable.into_iter();
         let mut in_flight = FuturesOrdered::new();
+        // The identities in flight, in the order their answers come.
+        let mut sent: VecDeque<&Object> = VecDeque::new();
         for _ in 0..APPLY_CONCURRENCY {
             match next_sendable(&mut queue, refused, &mut self.report, &lock_lost) {
-                Some(o) => in_flight.push_back(applied(cluster, o, options, cx)),
+                Some(o) => {
+                    sent.push_back(o);
+                    in_flight.push_back(applied(cluster, o, options, cx));
+                }
                 None => break,
             }
         }
         while let Some((o, result)) = in_flight.next().await {
+            sent.pop_front();
             // Classify first, so that the next object sent knows.
             match &result {
                 Err(ApplyError::Cluster { source, .. }) if source.is_transport() => self
@@ -420,6 +426,7 @@ impl Run<'_> {
                 _ => self.count_transport(None, ""),
             }
             if let Some(next) = next_sendable(&mut queue, refused, &mut self.report, &lock_lost) {
+                sent.push_back(next);
                 in_flight.push_back(applied(cluster, next, options, cx));
             }
             // Objects of a CRD's kind wait until it is Established.
@@ -439,6 +446,14 @@ impl Run<'_> {
                 ok: result.is_ok(),
             });
             record_applied(&mut self.report, refused, cx, o, result);
+            if self.report.aborted.is_some() {
+                // Stopped: the writes still in flight are not waited for
+                // (each could take WRITE_TIMEOUT more of a frozen server).
+                self.report
+                    .failures
+                    .extend(sent.drain(..).map(|o| unanswered(o.id())));
+                break;
+            }
         }
         Ok(())
     }
@@ -468,13 +483,18 @@ impl Run<'_> {
             }
             let mut queue = stage.iter();
             let mut in_flight = FuturesOrdered::new();
+            let mut sent: VecDeque<&ObjectRef> = VecDeque::new();
             for _ in 0..APPLY_CONCURRENCY {
                 match next_deletable(&mut queue, &mut refused, &mut self.report, &lock_lost) {
-                    Some(r) => in_flight.push_back(deleted(cluster, r, options)),
+                    Some(r) => {
+                        sent.push_back(r);
+                        in_flight.push_back(deleted(cluster, r, options));
+                    }
                     None => break,
                 }
             }
             while let Some((r, result)) = in_flight.next().await {
+                sent.pop_front();
                 match &result {
                     Err(e) if e.is_transport() => {
                         self.count_transport(Some(e), "what was not deleted stays in the inventory")
@@ -488,6 +508,7 @@ impl Run<'_> {
                 if let Some(next) =
                     next_deletable(&mut queue, &mut refused, &mut self.report, &lock_lost)
                 {
+                    sent.push_back(next);
                     in_flight.push_back(deleted(cluster, next, options));
                 }
                 let id = r.id();
@@ -504,6 +525,12 @@ impl Run<'_> {
                         id,
                         message: format!("prune failed: {e}"),
                     }),
+                }
+                if self.report.aborted.is_some() {
+                    self.report
+                        .failures
+                        .extend(sent.drain(..).map(|r| unanswered(r.id())));
+                    break;
                 }
             }
         }
@@ -729,6 +756,16 @@ async fn applied<'a>(
         }),
     };
     (object, result)
+}
+
+/// A write sent but not answered when the sync stopped.
+fn unanswered(id: String) -> Failure {
+    Failure {
+        id,
+        message: "sent, but the sync stopped before the API server answered: it may or may not \
+                  have been written (the inventory still covers it; the next sync finds out)"
+            .to_string(),
+    }
 }
 
 /// A saved plan's precondition of object `id`, if the sync has any.

@@ -30,6 +30,9 @@ pub(super) struct DriftWatcher {
     tx: mpsc::Sender<Box<str>>,
     rx: mpsc::Receiver<Box<str>>,
     current: Option<DriftWatch>,
+    /// A change received and settling: kept here, not in the future, so a
+    /// `select!` that drops [`DriftWatcher::changed`] loses nothing.
+    pending: Option<(Box<str>, tokio::time::Instant)>,
 }
 
 impl DriftWatcher {
@@ -40,6 +43,7 @@ impl DriftWatcher {
             tx,
             rx,
             current: None,
+            pending: None,
         }
     }
 
@@ -76,16 +80,46 @@ impl DriftWatcher {
 
     /// The next object changed by another writer, once changes have
     /// settled: the first one's identity and how many came with it.
+    /// Cancel-safe: dropped before it returns, the change stays pending.
     pub(super) async fn changed(&mut self) -> (Box<str>, usize) {
-        let Some(first) = self.rx.recv().await else {
-            // The loop holds a sender: never closed.
-            return std::future::pending().await;
+        let since = match &self.pending {
+            Some((_, since)) => *since,
+            None => {
+                let Some(first) = self.rx.recv().await else {
+                    // The loop holds a sender: never closed.
+                    return std::future::pending().await;
+                };
+                let since = tokio::time::Instant::now();
+                self.pending = Some((first, since));
+                since
+            }
         };
-        tokio::time::sleep(SETTLE).await;
+        tokio::time::sleep_until(since + SETTLE).await;
         let mut more = 0;
         while self.rx.try_recv().is_ok() {
             more += 1;
         }
-        (first, more)
+        match self.pending.take() {
+            Some((first, _)) => (first, more),
+            None => std::future::pending().await,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_change_is_not_lost_when_another_branch_wins_while_it_settles() {
+        let mut w = DriftWatcher::new("dev");
+        w.tx.try_send("Deployment/ws/fhir".into()).expect("send");
+        // Another `select!` branch wins during the settle time.
+        tokio::select! {
+            _ = w.changed() => panic!("settled too soon"),
+            () = tokio::time::sleep(SETTLE / 2) => {},
+        }
+        let (first, more) = w.changed().await;
+        assert_eq!((&*first, more), ("Deployment/ws/fhir", 0));
     }
 }

@@ -111,6 +111,13 @@ pub(super) fn live_holder(lease: &Lease, now: Timestamp) -> Option<String> {
     (!expired(spec, now)).then(|| holder.to_string())
 }
 
+/// How long ago the Lease was last renewed (`None`: never, or cleared).
+pub(super) fn unrenewed_for(lease: &Lease, now: Timestamp) -> Option<Duration> {
+    let renewed = lease.spec.as_ref()?.renew_time.as_ref()?.0;
+    let seconds = now.as_second().saturating_sub(renewed.as_second());
+    Some(Duration::from_secs(u64::try_from(seconds).unwrap_or(0)))
+}
+
 /// Gives the Lease `name` up when `me` holds it (holder and renewal
 /// cleared, so another candidate takes it at once).
 pub(super) async fn release(api: &Api<Lease>, name: &str, me: &str) -> Result<(), kube::Error> {

@@ -152,6 +152,10 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     let identity = leader::identity();
     let (leading_tx, leading) = watch::channel(!options.leader_elect);
     let (stop_campaign, campaign_stop) = watch::channel(false);
+    if options.leader_elect {
+        shard::check_lease_names(&options.lease_name, options.shard, &options.environments)
+            .map_err(anyhow::Error::msg)?;
+    }
     let campaign = if options.leader_elect {
         let cluster = Cluster::connect(&options.cluster).await?;
         // The Lease lives in tenantsync-system: created when missing only,

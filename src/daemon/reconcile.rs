@@ -156,12 +156,19 @@ impl Backoff {
     }
 }
 
+/// The least time between two drift checks set off by the watches: a
+/// writer that fights tenantsync over a field (re-writing it as soon as it
+/// is healed) gets at most one heal a second, not one per write.
+pub const WATCH_CHECK_GAP: Duration = Duration::from_secs(1);
+
 /// When the loop next reads the source and checks for drift.
 #[derive(Clone, Copy, Debug)]
 pub struct Schedule {
     next_poll: Instant,
     next_drift: Instant,
     drift_interval: Duration,
+    /// When the last drift check a watch asked for was due.
+    last_watch_check: Option<Instant>,
 }
 
 impl Schedule {
@@ -171,6 +178,7 @@ impl Schedule {
             next_poll: now,
             next_drift: now + drift_interval,
             drift_interval,
+            last_watch_check: None,
         }
     }
 
@@ -208,8 +216,14 @@ impl Schedule {
 
     /// A drift check now (a watch saw another writer change an object),
     /// the next read where it was.
+    /// Not sooner than [`WATCH_CHECK_GAP`] after the last one a watch asked
+    /// for.
     pub fn drift_now(&mut self, now: Instant) {
-        self.next_drift = self.next_drift.min(now);
+        let at = self
+            .last_watch_check
+            .map_or(now, |last| now.max(last + WATCH_CHECK_GAP));
+        self.next_drift = self.next_drift.min(at);
+        self.last_watch_check = Some(at);
     }
 
     /// When to wake next: the next read, or the next drift check once a
@@ -2249,6 +2263,29 @@ mod tests {
         s.after(Instant::now(), Action::AwaitChange);
         assert_eq!(s.due(Instant::now(), true), (false, false));
         assert_eq!(s.wake_at(true), start + Duration::from_secs(60));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_writer_fighting_the_heals_gets_at_most_one_watch_triggered_check_a_second() {
+        let start = Instant::now();
+        let mut s = Schedule::new(start, Duration::from_secs(600));
+        s.after(start, Action::Requeue(Duration::from_secs(60)));
+        s.drift_now(start);
+        assert_eq!(s.due(start, true), (false, true));
+        s.after(start, Action::AwaitChange);
+        // The writer puts its value back 100 ms after the heal: the next
+        // check waits for the rest of the second.
+        tokio::time::advance(Duration::from_millis(100)).await;
+        s.drift_now(Instant::now());
+        assert_eq!(s.due(Instant::now(), true), (false, false));
+        assert_eq!(s.wake_at(true), start + WATCH_CHECK_GAP);
+        tokio::time::advance(Duration::from_millis(900)).await;
+        assert_eq!(s.due(Instant::now(), true), (false, true));
+        // A change long after the last check is checked at once.
+        s.after(Instant::now(), Action::AwaitChange);
+        tokio::time::advance(Duration::from_secs(30)).await;
+        s.drift_now(Instant::now());
+        assert_eq!(s.due(Instant::now(), true), (false, true));
     }
 
     #[tokio::test(start_paused = true)]

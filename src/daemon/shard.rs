@@ -2,8 +2,14 @@
 //! `<lease-name>-<env>` in tenantsync-system, and only its holder writes
 //! the environment (and takes its lock, as the one leader does without
 //! sharding). Each replica renews a heartbeat Lease of its own,
-//! `<lease-name>-member-<id>`; the live ones are the members among which
+//! `<lease-name>.member-<id>`; the live ones are the members among which
 //! `sync::shard` splits the environments.
+//!
+//! Holding is bounded in time, as client-go's renew deadline: a renewal
+//! the API server confirmed lets this replica write the environment until
+//! [`HOLD`] after the renewal was *sent* (well before another replica can
+//! see the Lease expire), so a replica whose renewals stall, however slow
+//! the server, stops writing on its own clock before anyone takes over.
 //!
 //! Every [`WATCH_PERIOD`] a replica LISTs the Leases of tenantsync-system
 //! (one request): it sees the members, who holds what, and the trigger a
@@ -16,12 +22,13 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use futures::StreamExt as _;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, PostParams, Preconditions};
 use tokio::sync::watch;
 
 use super::Shared;
@@ -38,10 +45,28 @@ pub const WATCH_PERIOD: Duration = Duration::from_millis(250);
 /// an environment it does not hold: its holder reads the repository now.
 pub const TRIGGER_ANNOTATION: &str = "tenantsync.io/trigger";
 
+/// How long after a confirmed renewal was sent this replica keeps writing
+/// the environment: the Lease's duration less two renewal periods, room
+/// for a renewal or two lost and for clocks a few seconds apart.
+pub const HOLD: Duration = LEASE_DURATION.saturating_sub(RETRY_PERIOD.saturating_mul(2));
+
+/// The longest one look at the Leases (LIST, renewals, acquisitions) may
+/// take before it is given up and counted as failed.
+const TICK_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A member Lease unrenewed this long belongs to a replica that died
+/// without leaving (SIGKILL, a lost node): the others delete it.
+const DEAD_MEMBER_AFTER: Duration = LEASE_DURATION.saturating_mul(2);
+
+/// Renewals sent at once.
+const RENEWALS_IN_FLIGHT: usize = 8;
+
 /// One environment as this replica sees it.
 struct Slot {
     /// This replica holds the environment's Lease and may write it.
     owned: AtomicBool,
+    /// Until when the last confirmed renewal lets this replica write.
+    valid_until: Mutex<Option<Instant>>,
     /// Asked to hand the environment over at the end of the reconcile in
     /// flight.
     hand_over: AtomicBool,
@@ -57,6 +82,10 @@ pub struct Owners {
     identity: String,
     slots: BTreeMap<String, Slot>,
     client: OnceLock<kube::Client>,
+    /// A round of trigger annotations is being written.
+    announcing: AtomicBool,
+    /// Another webhook arrived during that round: one more round follows.
+    announce_again: AtomicBool,
 }
 
 impl Owners {
@@ -70,6 +99,7 @@ impl Owners {
                 .map(|e| {
                     let slot = Slot {
                         owned: AtomicBool::new(false),
+                        valid_until: Mutex::new(None),
                         hand_over: AtomicBool::new(false),
                         poke: watch::channel(0).0,
                     };
@@ -77,6 +107,8 @@ impl Owners {
                 })
                 .collect(),
             client: OnceLock::new(),
+            announcing: AtomicBool::new(false),
+            announce_again: AtomicBool::new(false),
         }
     }
 
@@ -84,18 +116,41 @@ impl Owners {
         self.sharded
     }
 
-    /// Whether this replica holds the environment's Lease.
+    /// Whether this replica holds the environment's Lease, and its last
+    /// confirmed renewal still lets it write.
     pub fn owns(&self, env: &str) -> bool {
         self.slots
             .get(env)
-            .is_some_and(|s| s.owned.load(Ordering::SeqCst))
+            .is_some_and(|s| s.writable(Instant::now()))
     }
 
     /// The environments this replica holds, in name order.
     pub fn owned(&self) -> Vec<String> {
+        let now = Instant::now();
         self.slots
             .iter()
-            .filter(|(_, s)| s.owned.load(Ordering::SeqCst))
+            .filter(|(_, s)| s.writable(now))
+            .map(|(e, _)| e.clone())
+            .collect()
+    }
+
+    /// The API server confirmed a renewal (or acquisition) of `env`'s
+    /// Lease sent at `sent`: writable until [`HOLD`] after it.
+    fn confirm(&self, env: &str, sent: Instant) {
+        if let Some(slot) = self.slots.get(env)
+            && let Ok(mut until) = slot.valid_until.lock()
+        {
+            let next = sent + HOLD;
+            *until = Some(until.map_or(next, |u| u.max(next)));
+        }
+    }
+
+    /// Held environments whose last confirmed renewal is too old to write
+    /// on.
+    fn lapsed(&self, now: Instant) -> Vec<String> {
+        self.slots
+            .iter()
+            .filter(|(_, s)| s.owned.load(Ordering::SeqCst) && !s.writable(now))
             .map(|(e, _)| e.clone())
             .collect()
     }
@@ -131,29 +186,57 @@ impl Owners {
 
     /// A webhook arrived here: the holders of the environments this replica
     /// does not hold are told through their Leases (its own loops are poked
-    /// by the caller). Runs in the background; failures are logged.
+    /// by the caller). Runs in the background; failures are logged. A burst
+    /// of webhooks writes each Lease at most twice: webhooks arriving while
+    /// a round is written make one more round, after it.
     pub fn announce(self: &Arc<Self>) {
         let Some(client) = self.client.get().cloned().filter(|_| self.sharded) else {
             return;
         };
-        let others: Vec<String> = self
-            .slots
-            .keys()
-            .filter(|e| !self.owns(e))
-            .map(|e| shard::environment_lease(&self.base, e))
-            .collect();
-        if others.is_empty() {
+        if self.announcing.swap(true, Ordering::SeqCst) {
+            self.announce_again.store(true, Ordering::SeqCst);
             return;
         }
+        let owners = self.clone();
         tokio::spawn(async move {
             let api: Api<Lease> = Api::namespaced(client, SYSTEM_NAMESPACE);
-            let at = Timestamp::now().to_string();
-            for name in others {
-                if let Err(e) = annotate(&api, &name, &at).await {
-                    tracing::warn!(lease = %name, error = %e, "cannot pass the webhook on to the environment's holder; it reads the repository at its next poll");
+            loop {
+                owners.announce_again.store(false, Ordering::SeqCst);
+                let others: Vec<String> = owners
+                    .slots
+                    .keys()
+                    .filter(|e| !owners.owns(e))
+                    .map(|e| shard::environment_lease(&owners.base, e))
+                    .collect();
+                let at = Timestamp::now().to_string();
+                for name in others {
+                    if let Err(e) = annotate(&api, &name, &at).await {
+                        tracing::warn!(lease = %name, error = %e, "cannot pass the webhook on to the environment's holder; it reads the repository at its next poll");
+                    }
+                }
+                if owners.announce_again.load(Ordering::SeqCst) {
+                    continue;
+                }
+                owners.announcing.store(false, Ordering::SeqCst);
+                // A webhook between the load and the store found the round
+                // still running: take it on, unless a new round started.
+                if !owners.announce_again.load(Ordering::SeqCst)
+                    || owners.announcing.swap(true, Ordering::SeqCst)
+                {
+                    break;
                 }
             }
         });
+    }
+}
+
+impl Slot {
+    fn writable(&self, now: Instant) -> bool {
+        self.owned.load(Ordering::SeqCst)
+            && self
+                .valid_until
+                .lock()
+                .is_ok_and(|u| u.is_some_and(|u| now < u))
     }
 }
 
@@ -190,7 +273,6 @@ struct Campaign {
     held: BTreeSet<String>,
     /// The trigger annotation last seen per environment.
     triggers: BTreeMap<String, String>,
-    renewed: Option<Instant>,
 }
 
 /// What one LIST of tenantsync-system's Leases shows.
@@ -199,6 +281,9 @@ struct Seen {
     member_lease: Option<Lease>,
     /// Per environment: its Lease as read (absent: never created).
     environments: BTreeMap<String, Lease>,
+    /// Member Leases of replicas that died without leaving: name and
+    /// `resourceVersion` as read.
+    dead_members: Vec<(String, String)>,
 }
 
 impl Campaign {
@@ -212,11 +297,12 @@ impl Campaign {
 
     async fn look(&self) -> Result<Seen, kube::Error> {
         let now = Timestamp::now();
-        let prefix = format!("{}-member-", self.owners().base);
+        let prefix = shard::member_prefix(&self.owners().base);
         let mut seen = Seen {
             members: BTreeSet::new(),
             member_lease: None,
             environments: BTreeMap::new(),
+            dead_members: Vec::new(),
         };
         for lease in self.api.list(&ListParams::default()).await?.items {
             let name = lease.metadata.name.clone().unwrap_or_default();
@@ -225,10 +311,16 @@ impl Campaign {
             }
             if let Some(env) = self.leases.get(&name) {
                 seen.environments.insert(env.clone(), lease);
-            } else if name.starts_with(&prefix)
-                && let Some(holder) = leader::live_holder(&lease, now)
-            {
-                seen.members.insert(holder);
+            } else if name.starts_with(&prefix) {
+                if let Some(holder) = leader::live_holder(&lease, now) {
+                    seen.members.insert(holder);
+                } else if name != self.member
+                    && leader::unrenewed_for(&lease, now)
+                        .is_none_or(|idle| idle >= DEAD_MEMBER_AFTER)
+                    && let Some(version) = lease.metadata.resource_version.clone()
+                {
+                    seen.dead_members.push((name, version));
+                }
             }
         }
         Ok(seen)
@@ -246,6 +338,9 @@ impl Campaign {
         } else {
             self.held.remove(env);
             slot.hand_over.store(false, Ordering::SeqCst);
+            if let Ok(mut until) = slot.valid_until.lock() {
+                *until = None;
+            }
         }
         tracing::info!(identity = %self.me(), environment = env, holds = owned, "sharding");
         self.shared.metrics.set_leader(env, owned);
@@ -262,23 +357,77 @@ impl Campaign {
         }
     }
 
-    /// Renews the heartbeat and every environment held; one that cannot be
-    /// renewed (taken by another) is lost.
+    /// Renews the heartbeat and every environment held, several at once
+    /// (one slow renewal does not hold the others back); one that cannot
+    /// be renewed (taken by another) is lost, one the server did not answer
+    /// stays held until its last renewal lapses.
     async fn renew(&mut self, seen: &Seen) -> Result<(), kube::Error> {
         let me = self.me().to_string();
         leader::acquire(&self.api, &self.member, &me, seen.member_lease.clone()).await?;
-        for env in self.held.clone() {
-            let name = shard::environment_lease(&self.owners().base, &env);
-            let current = seen.environments.get(&env).cloned();
-            // A 409 may be a trigger written since the LIST: read it again.
-            let renewed = leader::acquire(&self.api, &name, &me, current).await?
-                || leader::acquire(&self.api, &name, &me, self.api.get_opt(&name).await?).await?;
-            if !renewed {
-                tracing::warn!(environment = %env, "sharding: the environment's Lease was taken by another replica");
-                self.set_owned(&env, false);
+        let base = self.owners().base.clone();
+        let api = &self.api;
+        let renewals: Vec<(String, Instant, Result<bool, kube::Error>)> =
+            futures::stream::iter(self.held.clone())
+                .map(|env| {
+                    let name = shard::environment_lease(&base, &env);
+                    let current = seen.environments.get(&env).cloned();
+                    let me = me.as_str();
+                    async move {
+                        let sent = Instant::now();
+                        // A 409 may be a trigger written since the LIST:
+                        // read it again.
+                        let renewed = match leader::acquire(api, &name, me, current).await {
+                            Ok(false) => match api.get_opt(&name).await {
+                                Ok(current) => leader::acquire(api, &name, me, current).await,
+                                Err(e) => Err(e),
+                            },
+                            other => other,
+                        };
+                        (env, sent, renewed)
+                    }
+                })
+                .buffer_unordered(RENEWALS_IN_FLIGHT)
+                .collect()
+                .await;
+        let mut failed = None;
+        for (env, sent, renewed) in renewals {
+            match renewed {
+                Ok(true) => self.owners().confirm(&env, sent),
+                Ok(false) => {
+                    tracing::warn!(environment = %env, "sharding: the environment's Lease was taken by another replica");
+                    self.set_owned(&env, false);
+                }
+                Err(e) => {
+                    tracing::warn!(environment = %env, error = %e, "sharding: cannot renew the environment's Lease");
+                    failed.get_or_insert(e);
+                }
             }
         }
-        Ok(())
+        failed.map_or(Ok(()), Err)
+    }
+
+    /// Deletes the member Leases of replicas that died without leaving
+    /// (each only as read: one renewed since is kept).
+    async fn sweep(&self, seen: &Seen) {
+        for (name, version) in &seen.dead_members {
+            let params = DeleteParams {
+                preconditions: Some(Preconditions {
+                    resource_version: Some(version.clone()),
+                    uid: None,
+                }),
+                ..DeleteParams::default()
+            };
+            match self.api.delete(name, &params).await {
+                Ok(_) => {
+                    tracing::info!(lease = %name, "sharding: removed the member Lease of a replica gone for good")
+                }
+                // Removed by another replica, or renewed since it was read.
+                Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {}
+                Err(e) => {
+                    tracing::debug!(lease = %name, error = %e, "cannot remove a dead member Lease")
+                }
+            }
+        }
     }
 
     async fn tick(&mut self, renew_due: bool) -> Result<(), kube::Error> {
@@ -298,7 +447,7 @@ impl Campaign {
         }
         if renew_due {
             self.renew(&seen).await?;
-            self.renewed = Some(Instant::now());
+            self.sweep(&seen).await;
         }
         // A webhook received by another replica.
         for (env, lease) in &seen.environments {
@@ -332,9 +481,14 @@ impl Campaign {
                 let holder = if self.held.contains(env) {
                     Some(me.clone())
                 } else {
+                    // A Lease naming this replica that it does not count
+                    // as held (its renewal lapsed, or an acquisition's
+                    // answer was lost) is free to take back: no one else
+                    // has it.
                     seen.environments
                         .get(env)
                         .and_then(|l| leader::live_holder(l, now))
+                        .filter(|h| *h != me)
                 };
                 (env.clone(), holder)
             })
@@ -352,7 +506,9 @@ impl Campaign {
         for env in decision.acquire {
             let name = shard::environment_lease(&self.owners().base, &env);
             let current = seen.environments.get(&env).cloned();
+            let sent = Instant::now();
             if leader::acquire(&self.api, &name, &me, current).await? {
+                self.owners().confirm(&env, sent);
                 self.set_owned(&env, true);
             }
         }
@@ -402,7 +558,6 @@ pub async fn campaign(
         shared: shared.clone(),
         held: BTreeSet::new(),
         triggers: BTreeMap::new(),
-        renewed: None,
     };
     campaign.publish();
     for env in owners.slots.keys() {
@@ -414,18 +569,21 @@ pub async fn campaign(
         if renew_due {
             last_renewal = Some(Instant::now());
         }
-        if let Err(e) = campaign.tick(renew_due).await {
-            tracing::warn!(error = %e, "sharding: cannot reach the Leases");
-            // Without a renewal a holder must stop writing before its
-            // Leases can expire and another replica take over.
-            let stale = campaign
-                .renewed
-                .is_none_or(|t| t.elapsed() + 2 * RETRY_PERIOD >= LEASE_DURATION);
-            if stale {
-                for env in campaign.held.clone() {
-                    campaign.set_owned(&env, false);
-                }
-            }
+        match tokio::time::timeout(TICK_TIMEOUT, campaign.tick(renew_due)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "sharding: cannot reach the Leases"),
+            Err(_) => tracing::warn!(
+                timeout = ?TICK_TIMEOUT,
+                "sharding: the API server did not answer about the Leases in time"
+            ),
+        }
+        // Without a confirmed renewal a holder stops writing before its
+        // Leases can expire and another replica take over (its loops
+        // already see it through `owns`; this makes status and metrics
+        // say so).
+        for env in campaign.owners().lapsed(Instant::now()) {
+            tracing::warn!(environment = %env, "sharding: no renewal confirmed in time; stopped writing the environment");
+            campaign.set_owned(&env, false);
         }
         tokio::select! {
             _ = tokio::time::sleep(WATCH_PERIOD) => {},
@@ -436,4 +594,98 @@ pub async fn campaign(
         }
     }
     campaign.leave().await;
+}
+
+/// Refuses a start whose Leases would share names: an environment's Lease
+/// (`<lease-name>-<env>` with `--shard`, or the leader's `<lease-name>`)
+/// that is also an environment's lock (`tenantsync-sync-<env>`) or another
+/// environment's Lease. Two holders of one Lease would each believe they
+/// hold something else.
+pub fn check_lease_names(base: &str, sharded: bool, environments: &[String]) -> Result<(), String> {
+    let mut names: BTreeMap<String, String> = BTreeMap::new();
+    let mut claim = |name: String, what: String| -> Result<(), String> {
+        match names.get(&name) {
+            Some(other) if *other != what => Err(format!(
+                "Lease `{name}` would be both {other} and {what}: pick another --lease-name (or leaseName in the daemon configuration)"
+            )),
+            _ => {
+                names.insert(name, what);
+                Ok(())
+            }
+        }
+    };
+    for env in environments {
+        claim(
+            crate::cluster::lock::lease_name(env),
+            format!("the lock of environment `{env}`"),
+        )?;
+    }
+    if sharded {
+        for env in environments {
+            claim(
+                shard::environment_lease(base, env),
+                format!("the sharding Lease of environment `{env}`"),
+            )?;
+        }
+    } else {
+        claim(base.to_string(), "the leader Lease".to_string())?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn envs(names: &[&str]) -> Vec<String> {
+        names.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn a_lease_name_that_makes_an_environment_lease_a_lock_is_refused() {
+        // `<lease-name>-<env>` = `tenantsync-sync-<env>`: the holder of the
+        // environment and the writer holding its lock would share a Lease.
+        let e = check_lease_names("tenantsync-sync", true, &envs(&["prod"])).unwrap_err();
+        assert!(
+            e.contains("tenantsync-sync-prod") && e.contains("--lease-name"),
+            "{e}"
+        );
+        let e = check_lease_names("tenantsync", true, &envs(&["prod", "sync-prod"])).unwrap_err();
+        assert!(e.contains("`sync-prod`") && e.contains("`prod`"), "{e}");
+        let e = check_lease_names("tenantsync-sync-dev", false, &envs(&["dev"])).unwrap_err();
+        assert!(e.contains("leader Lease"), "{e}");
+        assert_eq!(
+            check_lease_names(leader::LEASE_NAME, true, &envs(&["dev", "prod"])),
+            Ok(())
+        );
+        assert_eq!(
+            check_lease_names(leader::LEASE_NAME, false, &envs(&["dev", "prod"])),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn an_environment_is_writable_only_until_its_last_confirmed_renewal_lapses() {
+        let owners = Owners::new(true, "l", "me", &envs(&["dev", "prod"]));
+        for slot in owners.slots.values() {
+            slot.owned.store(true, Ordering::SeqCst);
+        }
+        // Held but never confirmed: not writable.
+        assert!(!owners.owns("dev"));
+        let now = Instant::now();
+        owners.confirm("dev", now);
+        assert!(owners.owns("dev") && owners.owned() == ["dev"]);
+        // A renewal sent longer than HOLD ago no longer lets it write, so
+        // a replica whose renewals stall stops before the Lease can expire.
+        let Some(old) = now.checked_sub(HOLD + Duration::from_millis(1)) else {
+            return;
+        };
+        owners.confirm("prod", old);
+        assert!(!owners.owns("prod"));
+        assert_eq!(owners.lapsed(Instant::now()), ["prod".to_string()]);
+        // An older confirmation arriving late never shortens a newer one.
+        owners.confirm("dev", old);
+        assert!(owners.owns("dev"));
+        assert!(HOLD + RETRY_PERIOD * 2 <= LEASE_DURATION);
+    }
 }

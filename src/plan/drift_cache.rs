@@ -9,7 +9,10 @@
 //! another manager (not the environment's own, not a `status` subresource
 //! write) that is new or newly stamped is a change by someone else. A field
 //! taken back by tenantsync shrinks the other manager's entry without
-//! stamping it, so a heal does not set off another check. An object
+//! stamping it, so a heal does not set off another check. An edit that
+//! only removes fields leaves no entry of its writer (it owns nothing
+//! new): it shows as tenantsync's own entries losing fields while their
+//! `time` stays (tenantsync's own writes always restamp them). An object
 //! without managed fields falls back to a digest of its body without
 //! `status` and server-kept metadata. A deleted object is always a change.
 //!
@@ -30,6 +33,9 @@ pub struct Fingerprint {
     /// The body without `status` and server-kept metadata, for objects
     /// without managed fields.
     content: u64,
+    /// The fields of tenantsync's own entries, and separately their times.
+    own_fields: u64,
+    own_times: u64,
     tracked: bool,
 }
 
@@ -82,6 +88,31 @@ impl Fingerprint {
             .collect();
         others.sort_unstable();
         others.dedup();
+        let mut own_entries: Vec<(&str, &str, &Value)> = entries
+            .into_iter()
+            .flatten()
+            .filter(|e| own.contains(str_of(e, "manager")) && str_of(e, "subresource") != "status")
+            .map(|e| {
+                (
+                    str_of(e, "manager"),
+                    str_of(e, "time"),
+                    e.get("fieldsV1").unwrap_or(&Value::Null),
+                )
+            })
+            .collect();
+        own_entries.sort_by(|a, b| a.0.cmp(b.0));
+        let own_fields = digest(
+            &own_entries
+                .iter()
+                .map(|(m, _, f)| format!("{m}\0{f}"))
+                .collect::<Vec<_>>(),
+        );
+        let own_times = digest(
+            &own_entries
+                .iter()
+                .map(|(m, t, _)| (*m, *t))
+                .collect::<Vec<_>>(),
+        );
         let mut shape = body.clone();
         if let Some(map) = shape.as_object_mut() {
             map.remove("status");
@@ -94,6 +125,8 @@ impl Fingerprint {
         Fingerprint {
             others: others.into_boxed_slice(),
             content: digest(&shape.to_string()),
+            own_fields,
+            own_times,
             tracked: entries.is_some_and(|e| !e.is_empty()),
         }
     }
@@ -104,6 +137,8 @@ impl Fingerprint {
             new.others
                 .iter()
                 .any(|d| self.others.binary_search(d).is_err())
+                // tenantsync's fields went without a write of its own.
+                || (new.own_fields != self.own_fields && new.own_times == self.own_times)
         } else {
             new.content != self.content
         }
@@ -268,6 +303,44 @@ mod tests {
         );
         assert!(cache.applied("Deployment/ws/fhir", Fingerprint::of(&again, &own())));
         assert_eq!(cache.len(), 1);
+    }
+
+    /// A Deployment whose only entry is tenantsync's, owning `fields`.
+    fn owned(fields: Value, time: &str) -> Value {
+        json!({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "fhir", "namespace": "ws", "managedFields": [
+                {"manager": "tenantsync/dev", "operation": "Apply", "time": time,
+                 "fieldsType": "FieldsV1", "fieldsV1": fields}]},
+            "spec": {"replicas": 1}
+        })
+    }
+
+    #[test]
+    fn an_edit_that_only_removes_our_fields_is_a_change_but_our_own_removal_is_not() {
+        let both = json!({"f:metadata": {"f:labels": {"f:a": {}, "f:b": {}}}});
+        let one = json!({"f:metadata": {"f:labels": {"f:a": {}}}});
+        let t0 = "2026-01-01T00:00:00Z";
+        let mut cache = primed(&owned(both.clone(), t0));
+        // `kubectl label deployment fhir b-`: no entry of kubectl's (it owns
+        // nothing), ours loses a field, its time unchanged.
+        assert!(cache.applied(
+            "Deployment/ws/fhir",
+            Fingerprint::of(&owned(one.clone(), t0), &own())
+        ));
+        // The heal: ours gets the field back and a new time.
+        let t1 = "2026-01-01T00:00:05Z";
+        assert!(!cache.applied(
+            "Deployment/ws/fhir",
+            Fingerprint::of(&owned(both, t1), &own())
+        ));
+        // A new revision that stops declaring `b`: ours shrinks and is
+        // restamped by our own write.
+        let t2 = "2026-01-01T00:00:09Z";
+        assert!(!cache.applied(
+            "Deployment/ws/fhir",
+            Fingerprint::of(&owned(one, t2), &own())
+        ));
     }
 
     #[test]

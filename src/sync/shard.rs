@@ -94,7 +94,14 @@ pub fn environment_lease(base: &str, env: &str) -> String {
     bounded(&format!("{base}-{env}"))
 }
 
-/// The heartbeat Lease of a replica: `<lease-name>-member-<id>`, its
+/// The prefix of every member Lease: `<lease-name>.member-`. The dot keeps
+/// member Leases apart from environment Leases (an environment's name has
+/// no dot, so `<lease-name>-member-x` is environment `member-x`'s).
+pub fn member_prefix(base: &str) -> String {
+    format!("{base}.member-")
+}
+
+/// The heartbeat Lease of a replica: `<lease-name>.member-<id>`, its
 /// identity made a valid name (lower case; other characters `-`).
 pub fn member_lease(base: &str, identity: &str) -> String {
     let id: String = identity
@@ -109,7 +116,7 @@ pub fn member_lease(base: &str, identity: &str) -> String {
         })
         .collect();
     let id = id.trim_matches(|c: char| !c.is_ascii_alphanumeric());
-    let name = format!("{base}-member-{id}");
+    let name = format!("{}{id}", member_prefix(base));
     if id == identity {
         bounded(&name)
     } else {
@@ -257,11 +264,21 @@ mod tests {
         );
         assert_eq!(
             member_lease("tenantsync-leader", "web-7f-4242"),
-            "tenantsync-leader-member-web-7f-4242"
+            "tenantsync-leader.member-web-7f-4242"
         );
         let odd = member_lease("tenantsync-leader", "Host_Name-42");
-        assert!(valid(&odd) && odd.starts_with("tenantsync-leader-member-host-name-42-"));
+        assert!(valid(&odd) && odd.starts_with("tenantsync-leader.member-host-name-42-"));
         assert_ne!(odd, member_lease("tenantsync-leader", "Host.Name-42"));
+        // An environment called `member-<id>` never shares a Lease with
+        // the replica `<id>`.
+        assert_ne!(
+            environment_lease("tenantsync-leader", "member-web-7f-4242"),
+            member_lease("tenantsync-leader", "web-7f-4242")
+        );
+        assert!(
+            !environment_lease("tenantsync-leader", "member-x")
+                .starts_with(&member_prefix("tenantsync-leader"))
+        );
         let long = "x".repeat(250);
         let (a, b) = (
             environment_lease(&long, "prod"),

@@ -400,11 +400,23 @@ pub fn live_versions(env: &str) -> std::collections::BTreeMap<String, String> {
         String::from_utf8_lossy(&out.stderr)
     );
     let list: serde_json::Value = serde_json::from_slice(&out.stdout).expect("list JSON");
-    list["items"]
-        .as_array()
-        .expect("items")
+    let items = list["items"].as_array().expect("items");
+    // The contents of a namespace being deleted go with it: the namespace
+    // controller deletes them in its own time (slowly on a loaded machine),
+    // so they are not live either.
+    let terminating: std::collections::BTreeSet<&str> = items
+        .iter()
+        .filter(|o| o["kind"] == "Namespace" && !o["metadata"]["deletionTimestamp"].is_null())
+        .filter_map(|o| o["metadata"]["name"].as_str())
+        .collect();
+    items
         .iter()
         .filter(|o| o["metadata"]["deletionTimestamp"].is_null())
+        .filter(|o| {
+            o["metadata"]["namespace"]
+                .as_str()
+                .is_none_or(|ns| !terminating.contains(ns))
+        })
         .map(|o| {
             let kind = o["kind"].as_str().unwrap_or_default();
             let name = o["metadata"]["name"].as_str().unwrap_or_default();
