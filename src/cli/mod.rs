@@ -88,7 +88,7 @@ pub(super) fn desired_state(
             (tree, revision, None)
         }
         Some(since) => {
-            let (tree, revision, base) =
+            let (tree, revision, changed) =
                 source::read_with_base(&args.repo, rev.as_deref(), since, &auth, trust)
                     .with_context(|| {
                         format!(
@@ -96,7 +96,6 @@ pub(super) fn desired_state(
                             source::git::redact(&args.repo)
                         )
                     })?;
-            let changed = crate::declare::changed::changed_paths(&base, &tree);
             (tree, revision, Some(changed))
         }
     };

@@ -210,22 +210,19 @@ pub struct Selected {
 /// (`intake.only`): only the selected ones need to be valid; the others
 /// are out of scope and left as they are.
 pub fn select(tree: SourceTree, env: &str, intake: &Intake<'_>) -> Result<Selected, Refused> {
+    let named: Option<BTreeSet<String>> =
+        (!intake.only.is_empty()).then(|| intake.only.iter().cloned().collect());
     // Each stage's input goes as soon as the next stage has what it needs:
     // the files once parsed, the parsed files once resolved.
-    let repository = validate::load(&tree);
+    let (repository, changed) = load_selection(&tree, env, intake, named.as_ref());
     drop(tree);
     let partial = repository.resolve_partial(env);
     let clashes = intake
         .also_hold
         .map(|also_hold| also_hold(&repository))
         .unwrap_or_default();
+    let unread = repository.unread(env);
     drop(repository);
-    let named: Option<BTreeSet<String>> =
-        (!intake.only.is_empty()).then(|| intake.only.iter().cloned().collect());
-    let changed = intake.changed.map(|paths| Selection {
-        impact: changed::impact(paths, &partial.environment.chain),
-        named: named.clone(),
-    });
     let only: Option<BTreeSet<String>> = match &changed {
         Some(selection) => selection.planned(),
         None => named,
@@ -256,8 +253,10 @@ pub fn select(tree: SourceTree, env: &str, intake: &Intake<'_>) -> Result<Select
         .iter()
         .map(|w| w.metadata.name.as_str())
         .chain(workspace_errors.keys().map(String::as_str))
+        .chain(unread.iter().map(String::as_str))
         .collect();
     known.sort_unstable();
+    known.dedup();
     let unresolved = Unresolved {
         workspaces: intake
             .only
@@ -277,6 +276,39 @@ pub fn select(tree: SourceTree, env: &str, intake: &Intake<'_>) -> Result<Select
         only,
         changed,
     })
+}
+
+/// The repository read for `intake`, and what its changed files reach
+/// (`plan --changed-since`). When they reach only some workspaces, only
+/// their files and those of the workspaces they are checked with
+/// ([`validate::Repository::focus`]) are parsed, besides every
+/// environment.yaml and manifest: a one-workspace pull request costs one
+/// workspace, not the environment.
+fn load_selection(
+    tree: &SourceTree,
+    env: &str,
+    intake: &Intake<'_>,
+    named: Option<&BTreeSet<String>>,
+) -> (Repository, Option<Selection>) {
+    let Some(paths) = intake.changed else {
+        return (validate::load(tree), None);
+    };
+    let layers = validate::load_focused(tree, &BTreeSet::new());
+    let chain = layers.chain_of(env).unwrap_or_default();
+    let selection = Selection {
+        impact: changed::impact(paths, &chain),
+        named: named.cloned(),
+    };
+    let focus = selection
+        .planned()
+        .filter(|_| intake.also_hold.is_none())
+        .and_then(|planned| layers.focus(env, &planned));
+    drop(layers);
+    let repository = match focus {
+        Some(focus) => validate::load_focused(tree, &focus),
+        None => validate::load(tree),
+    };
+    (repository, Some(selection))
 }
 
 /// Renders and admits a selection: the second half of [`desired`].
