@@ -1360,8 +1360,8 @@ impl Repository {
 
     /// The workspaces environment `name` must be read with so that its
     /// `selected` workspaces are checked as a whole load checks them, from
-    /// a load that read no workspace file ([`load_focused`] with an empty
-    /// focus; every workspace known by its file names only). Besides the
+    /// a load that read no workspace file ([`load_unfocused`]; every
+    /// workspace known by its file names only). Besides the
     /// selected ones, the only workspaces a check relates them to: those
     /// rendering into a namespace a selected one renders into (two
     /// workspaces in one namespace; a template without `{workspace}` puts
