@@ -2201,6 +2201,15 @@ spec:
             }
             let report = load_on_all_cores(&tree).validate(&[]);
             assert_eq!(report.diagnostics, load(&tree).validate(&[]).diagnostics);
+            // Read in two steps (workspace files last, as a focused load
+            // does): the same.
+            assert_eq!(
+                report.diagnostics,
+                load_unfocused(&tree)
+                    .read_workspaces(None)
+                    .validate(&[])
+                    .diagnostics
+            );
             let files: Vec<&str> = report.diagnostics.iter().map(|d| d.file.as_str()).collect();
             let expected: Vec<String> = (0..n)
                 .filter(|i| i % 7 == 3)
