@@ -5,6 +5,7 @@
 //! then its patches) and checks the result against the schemas and the
 //! platform's rules. Every problem is reported with its file and position.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::declare::diag::Diagnostic;
@@ -1047,16 +1048,22 @@ impl Repository {
     /// Workspaces: a layer's new workspaces, then its patches; and what each
     /// merged workspace came from.
     #[allow(clippy::type_complexity)]
-    fn merge_workspaces(
+    fn merge_workspaces<'l>(
         &self,
         name: &str,
         chain: &[String],
-        layers: &[(&String, &Layer)],
+        layers: &[(&String, &'l Layer)],
         chain_known: bool,
         unreadable: &BTreeSet<&String>,
         found: &mut Vec<Found>,
-    ) -> (BTreeMap<String, Node>, BTreeMap<String, Vec<String>>) {
-        let mut workspaces: BTreeMap<String, Node> = BTreeMap::new();
+    ) -> (
+        BTreeMap<String, Cow<'l, Node>>,
+        BTreeMap<String, Vec<String>>,
+    ) {
+        // A workspace no patch changes is the parsed document itself, not a
+        // copy: at 20,000 workspaces the copies were a second tree of every
+        // declaration held through validation.
+        let mut workspaces: BTreeMap<String, Cow<'l, Node>> = BTreeMap::new();
         let mut sources: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for (layer_name, layer) in layers {
             for doc in &layer.workspaces {
@@ -1087,7 +1094,7 @@ impl Repository {
                         self.at(name_node.pos)
                     )],
                 );
-                workspaces.insert(ws_name, doc.node.clone());
+                workspaces.insert(ws_name, Cow::Borrowed(&doc.node));
             }
             for doc in &layer.patches {
                 let Some((ws_name, name_node)) = doc_name(&doc.node) else {
@@ -1133,7 +1140,7 @@ impl Repository {
                                 doc.node.pos,
                             );
                             let mut errors = Vec::new();
-                            overlay::merge(target, &wrapped, "", &mut errors);
+                            overlay::merge(target.to_mut(), &wrapped, "", &mut errors);
                             for e in errors {
                                 let d = self.files.diag(e.pos, Some(e.pointer), e.message);
                                 found.push(Found::in_env(d, vec![ws_name.clone()], String::new()));
@@ -1193,7 +1200,7 @@ impl Repository {
         &self,
         env: &Environment,
         usable: Usable<'_>,
-        workspaces: &BTreeMap<String, Node>,
+        workspaces: &BTreeMap<String, Cow<'_, Node>>,
         sources: &BTreeMap<String, Vec<String>>,
         file_level: &BTreeSet<Diagnostic>,
         found: &mut Vec<Found>,
@@ -1240,7 +1247,7 @@ impl Repository {
         env: &Environment,
         resources: &BTreeMap<(String, Option<String>, String), (serde_json::Value, Pos)>,
         typed: &BTreeMap<String, Workspace>,
-        workspaces: &BTreeMap<String, Node>,
+        workspaces: &BTreeMap<String, Cow<'_, Node>>,
         found: &mut Vec<Found>,
     ) {
         let mut rendered: BTreeMap<Identity, (&String, Origin)> = BTreeMap::new();
@@ -1943,7 +1950,7 @@ impl Repository {
     fn check_namespaces(
         &self,
         env: &Environment,
-        nodes: &BTreeMap<String, Node>,
+        nodes: &BTreeMap<String, Cow<'_, Node>>,
     ) -> Vec<(Diagnostic, String, String)> {
         let mut out = Vec::new();
         let mut seen: BTreeMap<String, (String, Pos)> = BTreeMap::new();
