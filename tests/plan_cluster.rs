@@ -1287,3 +1287,147 @@ async fn plan_shows_which_workspaces_each_rollout_step_reaches() {
         .sum();
     assert_eq!(left, 8, "{:#}", plan["rollout"]);
 }
+
+/// Review of issue 19: what a selection's plan decides must not depend on
+/// which unselected workspaces happen to be read. `kube` renders into
+/// `kube-<env>` (a reserved namespace: the operator's guardrails refuse
+/// it) and `broken` is invalid; both unchanged. A whole plan refuses them;
+/// a pull request editing alpha is planned (neither is read: no note
+/// names them); `--workspace alpha`, which reads every workspace, plans
+/// the same and notes both on stderr instead of refusing; so does a change
+/// to environment.yaml planned with `--workspace alpha` (only alpha read).
+#[test]
+fn an_unselected_workspaces_guardrail_breach_is_noted_whatever_else_is_read() {
+    let repo = TestRepo::new("plan-changed-unselected");
+    for name in ["alpha", "kube"] {
+        repo.write(&format!("workspaces/{name}.yaml"), &api_workspace(name, 1));
+    }
+    repo.write(
+        "workspaces/broken.yaml",
+        &api_workspace("broken", 1).replace("replicas", "replcas"),
+    );
+    let base = commit_all(repo.path(), "base");
+    repo.write("workspaces/alpha.yaml", &api_workspace("alpha", 2));
+    let reserved = format!("reserved namespace `kube-{}`", repo.env);
+    let kube_note = "note: workspace `kube` is not selected, left as it is; a whole plan and `tenantsync validate` refuse it: ";
+    let broken_note = "note: invalid workspace(s) not selected, left as they are: broken";
+
+    // The whole plan refuses both; without broken, the guardrail breach.
+    let whole = repo.run("plan", "admin", &[]);
+    assert_eq!(whole.status.code(), Some(1), "{}", stderr_of(&whole));
+    assert!(
+        stderr_of(&whole).contains("replcas"),
+        "{}",
+        stderr_of(&whole)
+    );
+    let valid = TestRepo::new("plan-changed-unselected-v");
+    valid.write("workspaces/kube.yaml", &api_workspace("kube", 1));
+    let out = valid.run("plan", "admin", &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr_of(&out));
+    assert!(
+        stderr_of(&out).contains(&format!("reserved namespace `kube-{}`", valid.env)),
+        "{}",
+        stderr_of(&out)
+    );
+
+    // The pull request: only alpha is read, nothing else is said.
+    let scoped = plan_changed(&repo, &["--changed-since", &base]);
+    assert_eq!(scoped.status.code(), Some(0), "{}", stderr_of(&scoped));
+    let err = stderr_of(&scoped);
+    assert!(
+        !err.contains("note:") && !err.contains("broken") && !err.contains("kube"),
+        "{err}"
+    );
+    let scoped: Value = serde_json::from_slice(&scoped.stdout).expect("plan JSON");
+    assert_eq!(
+        scoped["changedSince"]["workspaces"]
+            .as_object()
+            .map(|w| w.keys().cloned().collect::<Vec<_>>()),
+        Some(vec!["alpha".to_string()])
+    );
+    assert_eq!(
+        namespaces_changed(&scoped),
+        [repo.namespace("alpha")].into()
+    );
+
+    // --workspace alpha reads every workspace: the same plan, both noted.
+    let named = plan_changed(&repo, &["--workspace", "alpha"]);
+    assert_eq!(named.status.code(), Some(0), "{}", stderr_of(&named));
+    let err = stderr_of(&named);
+    assert!(err.contains(broken_note), "{err}");
+    assert!(
+        err.lines()
+            .any(|l| l.starts_with(kube_note) && l.contains(&reserved)),
+        "{err}"
+    );
+    let named: Value = serde_json::from_slice(&named.stdout).expect("plan JSON");
+    assert_eq!(named["changes"], scoped["changes"]);
+
+    // environment.yaml changed too, planned with --workspace alpha: only
+    // alpha (and what it is checked with) is read; nothing else is said.
+    repo.write(
+        "environment.yaml",
+        &format!(
+            "apiVersion: tenantsync.io/v1alpha1\nkind: Environment\nmetadata:\n  name: {}\nspec:\n  base: base\n  ingress:\n    domain: test.example.com\n  syncPolicy:\n    maxPrunePercent: 20\n",
+            repo.env
+        ),
+    );
+    let both = plan_changed(&repo, &["--changed-since", &base, "--workspace", "alpha"]);
+    assert_eq!(both.status.code(), Some(0), "{}", stderr_of(&both));
+    let err = stderr_of(&both);
+    assert!(
+        !err.contains("note:") && !err.contains("broken") && !err.contains("kube"),
+        "{err}"
+    );
+    let both: Value = serde_json::from_slice(&both.stdout).expect("plan JSON");
+    assert_eq!(
+        both["changedSince"]["everything"],
+        format!("environments/{}/environment.yaml", repo.env)
+    );
+    assert_eq!(both["changedSince"]["named"], serde_json::json!(["alpha"]));
+    assert_eq!(both["changes"], scoped["changes"]);
+}
+
+/// Review of issue 19: the base revision is resolved first, so a
+/// `--changed-since REV` that does not exist is the error reported, not a
+/// signature failure of the commit planned (read later).
+#[test]
+fn a_missing_changed_since_revision_is_reported_before_the_signature_check() {
+    let repo = TestRepo::new("plan-changed-bad-rev");
+    let keys = tempfile::tempdir().expect("tempdir");
+    let alice = crate::signed_commits::signer(keys.path(), "alice");
+    let signers = crate::signed_commits::allowed_signers(keys.path(), &[&alice]);
+    git(repo.path(), &["init", "-q", "-b", "main"]);
+    let unsigned = crate::signed_commits::commit(repo.path(), "unsigned", None);
+    let signers = signers.to_str().expect("utf-8 path");
+    let plan = |since: &str| {
+        repo.run(
+            "plan",
+            "admin",
+            &[
+                "--rev",
+                "HEAD",
+                "--allowed-signers",
+                signers,
+                "--verify-signatures",
+                "--changed-since",
+                since,
+            ],
+        )
+    };
+    let out = plan("no-such-rev");
+    assert_eq!(out.status.code(), Some(1), "{}", stderr_of(&out));
+    let err = stderr_of(&out);
+    assert!(
+        err.contains("--changed-since no-such-rev") && !err.contains("not trusted"),
+        "{err}"
+    );
+    // An existing one: the signature is checked.
+    let out = plan("HEAD");
+    assert_eq!(out.status.code(), Some(1), "{}", stderr_of(&out));
+    assert!(
+        stderr_of(&out).contains(&format!("commit {unsigned} is not trusted")),
+        "{}",
+        stderr_of(&out)
+    );
+}

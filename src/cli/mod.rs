@@ -142,6 +142,13 @@ pub(super) fn desired_state(
     }
     match pipeline::desired_of(selected, revision.map(|r| r.commit), &intake) {
         Ok(mut state) => {
+            for (ws, why) in &state.unselected_refused {
+                for line in why {
+                    eprintln!(
+                        "note: workspace `{ws}` is not selected, left as it is; a whole plan and `tenantsync validate` refuse it: {line}"
+                    );
+                }
+            }
             state.keep_in_scope();
             Ok(Ok((state, digest)))
         }

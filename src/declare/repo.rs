@@ -97,7 +97,9 @@ fn check_path(path: &str) -> Result<(), String> {
 pub struct FileTable {
     paths: Vec<String>,
     /// Each path's id: looking a path up by scanning `paths` made adding
-    /// 5,000 workspace files a quarter of a one-workspace plan's CPU.
+    /// 5,000 workspace files about 3% of a one-workspace plan's CPU before
+    /// the focused load, about a quarter once it was focused
+    /// (docs/benchmarks.md).
     ids: HashMap<String, FileId>,
 }
 

@@ -85,36 +85,100 @@ pub fn load_on_all_cores(tree: &SourceTree) -> Repository {
 /// result neither define nor check them (see [`Repository::focus`] for
 /// which workspaces a selection must be read with).
 pub fn load_focused(tree: &SourceTree, focus: &BTreeSet<String>) -> Repository {
-    load_with(tree, false, Some(focus))
+    load_unfocused(tree).read_workspaces(Some(focus))
 }
 
-fn load_with(tree: &SourceTree, parallel: bool, focus: Option<&BTreeSet<String>>) -> Repository {
+/// The first half of a focused load: every declaration of the tree read
+/// but its workspace files, which wait for [`Unfocused::read_workspaces`]
+/// (so nothing is parsed twice). Enough to tell an environment's chain and
+/// which workspaces a selection must be read with ([`Unfocused::focus`]).
+pub struct Unfocused<'t> {
+    repo: Repository,
+    /// The workspace files not read yet.
+    workspace_jobs: Vec<Job<'t>>,
+}
+
+/// Reads every declaration of `tree` but its workspace files, each of
+/// which is known by its workspace's name only (see [`Unfocused`]).
+pub fn load_unfocused(tree: &SourceTree) -> Unfocused<'_> {
     let mut repo = Repository {
         problems: tree.problems().to_vec(),
         ..Repository::default()
     };
-    let mut jobs = jobs_of(tree, &mut repo);
-    if let Some(focus) = focus {
-        jobs.retain(|job| {
-            if !matches!(job.role, Some(Role::Workspace)) {
-                return true;
-            }
-            let ws = workspace_of_file(job.path);
-            if focus.contains(ws) {
-                return true;
-            }
-            let layer = repo.layers.entry(job.layer_name.to_string()).or_default();
-            layer.skipped.insert(ws.to_string());
-            false
-        });
+    let (workspace_jobs, jobs): (Vec<Job<'_>>, Vec<Job<'_>>) = jobs_of(tree, &mut repo)
+        .into_iter()
+        .partition(|job| matches!(job.role, Some(Role::Workspace)));
+    for job in &workspace_jobs {
+        let layer = repo.layers.entry(job.layer_name.to_string()).or_default();
+        layer
+            .skipped
+            .insert(workspace_of_file(job.path).to_string());
     }
+    read_jobs(&mut repo, &jobs, false);
+    Unfocused {
+        repo,
+        workspace_jobs,
+    }
+}
+
+impl Unfocused<'_> {
+    /// [`Repository::chain_of`].
+    pub fn chain_of(&self, name: &str) -> Option<Vec<String>> {
+        self.repo.chain_of(name)
+    }
+
+    /// [`Repository::focus`].
+    pub fn focus(&self, name: &str, selected: &BTreeSet<String>) -> Option<BTreeSet<String>> {
+        self.repo.focus(name, selected)
+    }
+
+    /// The load completed: the files of the workspaces in `focus` read
+    /// (every workspace's when `None`: a whole [`load`]), the others left
+    /// unread.
+    pub fn read_workspaces(self, focus: Option<&BTreeSet<String>>) -> Repository {
+        let Unfocused {
+            mut repo,
+            workspace_jobs,
+        } = self;
+        let jobs: Vec<Job<'_>> = workspace_jobs
+            .into_iter()
+            .filter(|job| focus.is_none_or(|f| f.contains(workspace_of_file(job.path))))
+            .collect();
+        for job in &jobs {
+            if let Some(layer) = repo.layers.get_mut(job.layer_name) {
+                layer.skipped.remove(workspace_of_file(job.path));
+            }
+        }
+        read_jobs(&mut repo, &jobs, false);
+        finish(&mut repo);
+        repo
+    }
+}
+
+fn load_with(tree: &SourceTree, parallel: bool, focus: Option<&BTreeSet<String>>) -> Repository {
+    if focus.is_some() {
+        return load_unfocused(tree).read_workspaces(focus);
+    }
+    let mut repo = Repository {
+        problems: tree.problems().to_vec(),
+        ..Repository::default()
+    };
+    let jobs = jobs_of(tree, &mut repo);
+    read_jobs(&mut repo, &jobs, parallel);
+    finish(&mut repo);
+    repo
+}
+
+/// Parses and checks `jobs` (on all cores when `parallel`), and adds what
+/// they declare to their layers in order.
+fn read_jobs(repo: &mut Repository, jobs: &[Job<'_>], parallel: bool) {
     // A thread costs more than a few files do.
     let checked = if !parallel || jobs.len() < 64 {
         jobs.iter()
             .map(|job| check_file(job, &repo.files))
             .collect()
     } else {
-        crate::par::map(&jobs, |job| check_file(job, &repo.files))
+        crate::par::map(jobs, |job| check_file(job, &repo.files))
     };
     for (job, (parsed, checks)) in jobs.iter().zip(checked) {
         let layer_name = job.layer_name.to_string();
@@ -183,9 +247,14 @@ fn load_with(tree: &SourceTree, parallel: bool, focus: Option<&BTreeSet<String>>
             Role::Workspace => {}
         }
     }
+}
+
+/// What is checked once every file is read: an ignore rule's kinds, a
+/// layer without its environment.yaml, a repository without layers.
+fn finish(repo: &mut Repository) {
     // An ignore rule's kinds are checked against every kind the repository
     // can make tenantsync manage (any layer's manifests may be inherited).
-    let kinds = managed_kinds(&repo);
+    let kinds = managed_kinds(repo);
     for layer in repo.layers.values_mut() {
         if let Some(doc) = &layer.env {
             let unknown = check_ignored_kinds(&doc.node, &kinds, &repo.files);
@@ -195,8 +264,10 @@ fn load_with(tree: &SourceTree, parallel: bool, focus: Option<&BTreeSet<String>>
             layer.problems.extend(unknown);
         }
     }
+    // Whatever its workspace files say (a focused load reads only some of
+    // them), so that every load reports it alike.
     for (name, layer) in &mut repo.layers {
-        if layer.env.is_none() && layer.problems.is_empty() && layer.workspace_problems.is_empty() {
+        if layer.env.is_none() && layer.problems.is_empty() {
             layer.problems.push(at_file(
                 &format!("{ENVIRONMENTS_DIR}/{name}/{ENVIRONMENT_FILE}"),
                 format!("layer `{name}` has no {ENVIRONMENT_FILE}"),
@@ -210,7 +281,6 @@ fn load_with(tree: &SourceTree, parallel: bool, focus: Option<&BTreeSet<String>>
              run tenantsync in the repository's root folder or name it with --repo DIR",
         ));
     }
-    repo
 }
 
 /// The files of `environments/<layer>/` to read, each with its role; a
@@ -1297,8 +1367,8 @@ impl Repository {
 
     /// The workspaces environment `name` must be read with so that its
     /// `selected` workspaces are checked as a whole load checks them, from
-    /// a load that read no workspace file ([`load_focused`] with an empty
-    /// focus; every workspace known by its file names only). Besides the
+    /// a load that read no workspace file ([`load_unfocused`]; every
+    /// workspace known by its file names only). Besides the
     /// selected ones, the only workspaces a check relates them to: those
     /// rendering into a namespace a selected one renders into (two
     /// workspaces in one namespace; a template without `{workspace}` puts
@@ -2138,6 +2208,15 @@ spec:
             }
             let report = load_on_all_cores(&tree).validate(&[]);
             assert_eq!(report.diagnostics, load(&tree).validate(&[]).diagnostics);
+            // Read in two steps (workspace files last, as a focused load
+            // does): the same.
+            assert_eq!(
+                report.diagnostics,
+                load_unfocused(&tree)
+                    .read_workspaces(None)
+                    .validate(&[])
+                    .diagnostics
+            );
             let files: Vec<&str> = report.diagnostics.iter().map(|d| d.file.as_str()).collect();
             let expected: Vec<String> = (0..n)
                 .filter(|i| i % 7 == 3)
@@ -2268,6 +2347,31 @@ data: {{a: b}}
             assert_eq!(focus, BTreeSet::from([ws.to_string(), "e".to_string()]));
             let focused = load_focused(&tree, &focus).resolve_partial("dev");
             assert_eq!(only(&focused, ws), only(&whole, ws), "{ws}");
+            // Nothing unrelated is read: no other workspace is defined or
+            // held (`nowhere`: an inline patch of environment.yaml).
+            let read: BTreeSet<&str> = focused
+                .environment
+                .workspaces
+                .iter()
+                .map(|w| w.metadata.name.as_str())
+                .chain(held(&focused))
+                .filter(|w| *w != "nowhere")
+                .collect();
+            assert!(
+                read.iter().all(|w| focus.contains(*w)),
+                "{ws}: read {read:?}, focus {focus:?}"
+            );
+            assert_eq!(
+                load_unfocused(&tree)
+                    .read_workspaces(Some(&focus))
+                    .unread("dev"),
+                ["a", "b", "c", "d", "e"]
+                    .into_iter()
+                    .filter(|w| !focus.contains(*w))
+                    .map(str::to_string)
+                    .collect::<BTreeSet<_>>(),
+                "{ws}"
+            );
         }
         // d's dicomCast names a FHIR service d does not have: placed in the patch.
         let d = &whole.workspace_errors["d"];
@@ -2328,6 +2432,48 @@ data: {{a: b}}
         }
         out.insert(&format!("environments/{path}"), text.into_bytes());
         out
+    }
+
+    /// Review of issue 19: a focused load refused what a whole load
+    /// accepted. dev's base `lib` has no environment.yaml and two workspace
+    /// files, one broken: the whole load reported only the broken one (a
+    /// layer with workspace problems was not said to lack its
+    /// environment.yaml), a load focused on the valid one, which skips the
+    /// broken file, said the layer has none. Both say it now, alike.
+    #[test]
+    fn a_layer_without_environment_yaml_is_reported_alike_by_whole_and_focused_loads() {
+        let mut tree = SourceTree::new();
+        tree.insert(
+            "environments/dev/environment.yaml",
+            ENVIRONMENT
+                .replace("spec:\n", "spec:\n  base: lib\n")
+                .into_bytes(),
+        );
+        tree.insert(
+            "environments/lib/workspaces/alpha.yaml",
+            workspace("alpha", false),
+        );
+        tree.insert(
+            "environments/lib/workspaces/broken.yaml",
+            workspace("broken", true),
+        );
+        let whole = load(&tree).resolve_partial("dev");
+        let missing = "layer `lib` has no environment.yaml";
+        assert!(
+            whole
+                .environment_errors
+                .iter()
+                .any(|d| d.message == missing && d.file == "environments/lib/environment.yaml"),
+            "{whole:?}"
+        );
+        for focus in [&["alpha"][..], &["broken"], &[]] {
+            let focus: BTreeSet<String> = focus.iter().map(|w| w.to_string()).collect();
+            let focused = load_focused(&tree, &focus).resolve_partial("dev");
+            assert_eq!(
+                focused.environment_errors, whole.environment_errors,
+                "{focus:?}"
+            );
+        }
     }
 
     fn dev_tree(files: &[(&str, Vec<u8>)]) -> SourceTree {

@@ -191,23 +191,38 @@ pub fn read_tree(repo: &Repository, rev: &str) -> Result<(SourceTree, Revision),
 
 /// The paths of `environments/` whose content differs between revision
 /// `rev` and `tree` (added, removed or changed), in order: what a pull
-/// request changes since its base. Compared by Git blob id (`tree`'s files
-/// hashed as Git hashes them), so no file of `rev` is read: at 5,000
-/// workspaces, reading them was a third of a one-workspace plan's CPU.
+/// request changes since its base ([`base_files`], then [`changed_from`]).
 pub fn changed_since(
     repo: &Repository,
     rev: &str,
     tree: &SourceTree,
 ) -> Result<Vec<String>, GitError> {
+    Ok(changed_from(base_files(repo, rev)?, tree))
+}
+
+/// The files of `environments/` at revision `rev`, by path: their Git blob
+/// ids, not their content (see [`changed_from`]). Resolving `rev` first
+/// lets a revision that does not exist be reported before anything else
+/// is read.
+pub fn base_files(repo: &Repository, rev: &str) -> Result<BTreeMap<String, git2::Oid>, GitError> {
     let commit = commit_of(repo, rev)?;
     let mut ids: BTreeMap<String, git2::Oid> = BTreeMap::new();
     // What a read of `rev` would report as a problem is no file of it.
     walk_environments(repo, &commit, &mut SourceTree::new(), &mut |id, path, _| {
         ids.insert(path.to_string(), id);
     })?;
+    Ok(ids)
+}
+
+/// The paths whose content differs between the files `base` names
+/// ([`base_files`]) and `tree` (added, removed or changed), in order.
+/// Compared by Git blob id (`tree`'s files hashed as Git hashes them), so
+/// no file of the base is read: at 5,000 workspaces, reading them was
+/// about 10% of a one-workspace plan's CPU (docs/benchmarks.md).
+pub fn changed_from(mut base: BTreeMap<String, git2::Oid>, tree: &SourceTree) -> Vec<String> {
     let mut changed: Vec<String> = Vec::new();
     for path in tree.paths() {
-        let same = ids.remove(path).is_some_and(|id| {
+        let same = base.remove(path).is_some_and(|id| {
             git2::Oid::hash_object(ObjectType::Blob, tree.get(path).unwrap_or_default())
                 .is_ok_and(|hashed| hashed == id)
         });
@@ -215,9 +230,9 @@ pub fn changed_since(
             changed.push(path.to_string());
         }
     }
-    changed.extend(ids.into_keys());
+    changed.extend(base.into_keys());
     changed.sort_unstable();
-    Ok(changed)
+    changed
 }
 
 /// The commit `rev` names.

@@ -127,6 +127,10 @@ pub fn read_with_base(
         }
         repository
     };
+    // The base first: a revision that does not exist is reported before
+    // the work tree is read or a signature checked.
+    let base_files =
+        git::base_files(&repository, base).map_err(|e| base_error(e.naming(&name).to_string()))?;
     let (tree, revision) = match (remote, rev) {
         (false, None) if trust.is_some() => {
             return Err(SourceError::Unverifiable {
@@ -143,8 +147,7 @@ pub fn read_with_base(
             (tree, Some(revision))
         }
     };
-    let changed = git::changed_since(&repository, base, &tree)
-        .map_err(|e| base_error(e.naming(&name).to_string()))?;
+    let changed = git::changed_from(base_files, &tree);
     Ok((tree, revision, changed))
 }
 
