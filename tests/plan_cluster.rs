@@ -1017,6 +1017,185 @@ async fn plan_changed_since_plans_only_the_workspaces_a_change_reaches() {
     );
 }
 
+/// The plan JSON's changes in these namespaces (and their Namespaces).
+fn changes_in(plan: &Value, namespaces: &[String]) -> Vec<Value> {
+    plan["changes"]
+        .as_array()
+        .expect("changes")
+        .iter()
+        .filter(|c| {
+            namespaces.iter().any(|ns| {
+                c["namespace"] == ns.as_str()
+                    || (c["kind"] == "Namespace" && c["name"] == ns.as_str())
+            })
+        })
+        .cloned()
+        .collect()
+}
+
+/// Commits the test repository's files as they are; returns the commit.
+fn commit_all(dir: &std::path::Path, message: &str) -> String {
+    if !dir.join(".git").exists() {
+        git(dir, &["init", "-q", "-b", "main"]);
+    }
+    git(dir, &["add", "-A"]);
+    git(dir, &["commit", "-q", "-m", message]);
+    git(dir, &["rev-parse", "HEAD"]).trim().to_string()
+}
+
+/// Issue 19 (a one-workspace pull request planned in milliseconds): a
+/// changed-since plan reads only the changed workspaces' files (and those
+/// they are checked with), and plans for them exactly what a whole plan
+/// plans: the same changes, diffs included. The pull request scales alpha
+/// and patches contoso, which the base layer defines, in a file of its own
+/// whose dicomCast names the FHIR service contoso's base file declares;
+/// beta's namespace holds a resources/ manifest.
+#[tokio::test]
+async fn changed_since_plan_is_the_whole_plan_filtered_to_the_changed_workspaces() {
+    let repo = TestRepo::new("plan-changed-same");
+    for name in ["alpha", "beta", "gamma"] {
+        repo.write(&format!("workspaces/{name}.yaml"), &api_workspace(name, 1));
+    }
+    repo.write(
+        "resources/beta-settings.yaml",
+        &format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: settings, namespace: {}}}\ndata: {{a: b}}\n",
+            repo.namespace("beta")
+        ),
+    );
+    repo.apply_rendered().await;
+    let base = commit_all(repo.path(), "synced");
+
+    repo.write("workspaces/alpha.yaml", &api_workspace("alpha", 3));
+    let cast = |fhir: &str| {
+        format!(
+            "apiVersion: tenantsync.io/v1alpha1\nkind: WorkspacePatch\nmetadata: {{name: contoso}}\nspec:\n  dicomServices:\n    - name: imaging\n      dicomCast: {{fhirService: {fhir}, pollInterval: 45s}}\n"
+        )
+    };
+    repo.write("workspaces/contoso.cast.yaml", &cast("main"));
+    let out = plan_changed(&repo, &["--changed-since", &base]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
+    let scoped: Value = serde_json::from_slice(&out.stdout).expect("plan JSON");
+    assert_eq!(
+        scoped["changedSince"]["workspaces"]
+            .as_object()
+            .map(|w| w.keys().cloned().collect::<Vec<_>>()),
+        Some(vec!["alpha".to_string(), "contoso".to_string()]),
+        "{}",
+        scoped["changedSince"]
+    );
+    let planned = [repo.namespace("alpha"), repo.namespace("contoso")];
+    let whole = repo.plan_json("admin");
+    let expected = changes_in(&whole, &planned);
+    assert!(
+        expected.iter().any(|c| c["action"] == "update"),
+        "the pull request changes something: {expected:#?}"
+    );
+    assert_eq!(scoped["changes"], Value::Array(expected));
+    for key in ["create", "update", "delete", "unchanged"] {
+        let n = scoped["changes"]
+            .as_array()
+            .expect("changes")
+            .iter()
+            .filter(|c| c["action"] == key)
+            .count() as u64;
+        assert_eq!(scoped["summary"][key], n, "{key}: {}", scoped["summary"]);
+    }
+
+    // The dicomCast naming a FHIR service contoso does not have: refused
+    // at the patch's line and column, as the whole plan refuses it.
+    repo.write("workspaces/contoso.cast.yaml", &cast("records"));
+    let scoped = plan_changed(&repo, &["--changed-since", &base]);
+    let whole = repo.run("plan", "admin", &[]);
+    assert_eq!(scoped.status.code(), Some(1), "{}", stderr_of(&scoped));
+    let file = format!("environments/{}/workspaces/contoso.cast.yaml:7:", repo.env);
+    assert!(
+        stderr_of(&scoped).contains(&file)
+            && stderr_of(&scoped)
+                .contains("names FHIR service `records`, which workspace `contoso` does not have"),
+        "{}",
+        stderr_of(&scoped)
+    );
+    assert_eq!(stderr_of(&scoped), stderr_of(&whole));
+}
+
+fn stderr_of(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Issue 19: a changed-since plan reads only the changed workspace's files,
+/// yet a pull request that makes it collide with what it does not change is
+/// refused as a whole plan refuses it, at the file, line and column: alpha's
+/// FHIR service renamed so that its ConfigMap is an unchanged resources/
+/// manifest; a workspace added where the namespace template (no
+/// `{workspace}`) puts it in the namespace of an unchanged one.
+#[test]
+fn changed_since_plan_refuses_a_changed_workspace_colliding_with_what_it_does_not_change() {
+    let repo = TestRepo::new("plan-changed-clash");
+    repo.write("workspaces/alpha.yaml", &api_workspace("alpha", 1));
+    repo.write("workspaces/beta.yaml", &api_workspace("beta", 1));
+    repo.write(
+        "resources/records.yaml",
+        &format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: fhir-records-config, namespace: {}}}\ndata: {{a: b}}\n",
+            repo.namespace("alpha")
+        ),
+    );
+    let base = commit_all(repo.path(), "base");
+    repo.write(
+        "workspaces/alpha.yaml",
+        &api_workspace("alpha", 1).replace("name: api", "name: records"),
+    );
+    let scoped = plan_changed(&repo, &["--changed-since", &base]);
+    assert_eq!(scoped.status.code(), Some(1), "{}", stderr_of(&scoped));
+    let expected = format!(
+        "manifest ConfigMap {ns}/fhir-records-config is also rendered for FHIR service `records` of workspace `alpha` (environments/{env}/workspaces/alpha.yaml:6:13)",
+        env = repo.env,
+        ns = repo.namespace("alpha")
+    );
+    let err = stderr_of(&scoped);
+    assert!(
+        err.lines().any(|l| l.starts_with(&format!(
+            "environments/{}/resources/records.yaml:1:",
+            repo.env
+        )) && l.contains(&expected)),
+        "{err}"
+    );
+    assert_eq!(
+        stderr_of(&scoped),
+        stderr_of(&repo.run("plan", "admin", &[]))
+    );
+
+    // One namespace for every workspace: gamma, added, lands in beta's.
+    let repo = TestRepo::new("plan-changed-shared");
+    repo.write(
+        "environment.yaml",
+        &format!(
+            "apiVersion: tenantsync.io/v1alpha1\nkind: Environment\nmetadata:\n  name: {}\nspec:\n  base: base\n  namespaceTemplate: \"shared-{{environment}}\"\n  ingress:\n    domain: test.example.com\n",
+            repo.env
+        ),
+    );
+    repo.write("workspaces/beta.yaml", &api_workspace("beta", 1));
+    let base = commit_all(repo.path(), "base");
+    repo.write("workspaces/gamma.yaml", &api_workspace("gamma", 1));
+    let scoped = plan_changed(&repo, &["--changed-since", &base]);
+    assert_eq!(scoped.status.code(), Some(1), "{}", stderr_of(&scoped));
+    let at = format!(
+        "environments/{}/workspaces/gamma.yaml:3:18: error: ",
+        repo.env
+    );
+    let clash = format!(
+        "workspaces `fabrikam` (environments/base/workspaces/fabrikam.yaml:5:9) and `gamma` both render into namespace `shared-{}`",
+        repo.env
+    );
+    let line = stderr_of(&scoped)
+        .lines()
+        .find(|l| l.starts_with(&at) && l.contains(&clash))
+        .map(str::to_string)
+        .unwrap_or_else(|| panic!("{}", stderr_of(&scoped)));
+    assert!(stderr_of(&repo.run("plan", "admin", &[])).contains(&line));
+}
+
 /// Issue 26: an image change in `base` over ten workspaces, with a rollout
 /// of 20% then 100% and a pilot, is planned as two steps (the pilot and
 /// one more, then the other eight), in JSON and text; `--workspace` plans
@@ -1107,4 +1286,148 @@ async fn plan_shows_which_workspaces_each_rollout_step_reaches() {
         .map(|s| s["workspaces"].as_array().map_or(0, Vec::len))
         .sum();
     assert_eq!(left, 8, "{:#}", plan["rollout"]);
+}
+
+/// Review of issue 19: what a selection's plan decides must not depend on
+/// which unselected workspaces happen to be read. `kube` renders into
+/// `kube-<env>` (a reserved namespace: the operator's guardrails refuse
+/// it) and `broken` is invalid; both unchanged. A whole plan refuses them;
+/// a pull request editing alpha is planned (neither is read: no note
+/// names them); `--workspace alpha`, which reads every workspace, plans
+/// the same and notes both on stderr instead of refusing; so does a change
+/// to environment.yaml planned with `--workspace alpha` (only alpha read).
+#[test]
+fn an_unselected_workspaces_guardrail_breach_is_noted_whatever_else_is_read() {
+    let repo = TestRepo::new("plan-changed-unselected");
+    for name in ["alpha", "kube"] {
+        repo.write(&format!("workspaces/{name}.yaml"), &api_workspace(name, 1));
+    }
+    repo.write(
+        "workspaces/broken.yaml",
+        &api_workspace("broken", 1).replace("replicas", "replcas"),
+    );
+    let base = commit_all(repo.path(), "base");
+    repo.write("workspaces/alpha.yaml", &api_workspace("alpha", 2));
+    let reserved = format!("reserved namespace `kube-{}`", repo.env);
+    let kube_note = "note: workspace `kube` is not selected, left as it is; a whole plan and `tenantsync validate` refuse it: ";
+    let broken_note = "note: invalid workspace(s) not selected, left as they are: broken";
+
+    // The whole plan refuses both; without broken, the guardrail breach.
+    let whole = repo.run("plan", "admin", &[]);
+    assert_eq!(whole.status.code(), Some(1), "{}", stderr_of(&whole));
+    assert!(
+        stderr_of(&whole).contains("replcas"),
+        "{}",
+        stderr_of(&whole)
+    );
+    let valid = TestRepo::new("plan-changed-unselected-v");
+    valid.write("workspaces/kube.yaml", &api_workspace("kube", 1));
+    let out = valid.run("plan", "admin", &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr_of(&out));
+    assert!(
+        stderr_of(&out).contains(&format!("reserved namespace `kube-{}`", valid.env)),
+        "{}",
+        stderr_of(&out)
+    );
+
+    // The pull request: only alpha is read, nothing else is said.
+    let scoped = plan_changed(&repo, &["--changed-since", &base]);
+    assert_eq!(scoped.status.code(), Some(0), "{}", stderr_of(&scoped));
+    let err = stderr_of(&scoped);
+    assert!(
+        !err.contains("note:") && !err.contains("broken") && !err.contains("kube"),
+        "{err}"
+    );
+    let scoped: Value = serde_json::from_slice(&scoped.stdout).expect("plan JSON");
+    assert_eq!(
+        scoped["changedSince"]["workspaces"]
+            .as_object()
+            .map(|w| w.keys().cloned().collect::<Vec<_>>()),
+        Some(vec!["alpha".to_string()])
+    );
+    assert_eq!(
+        namespaces_changed(&scoped),
+        [repo.namespace("alpha")].into()
+    );
+
+    // --workspace alpha reads every workspace: the same plan, both noted.
+    let named = plan_changed(&repo, &["--workspace", "alpha"]);
+    assert_eq!(named.status.code(), Some(0), "{}", stderr_of(&named));
+    let err = stderr_of(&named);
+    assert!(err.contains(broken_note), "{err}");
+    assert!(
+        err.lines()
+            .any(|l| l.starts_with(kube_note) && l.contains(&reserved)),
+        "{err}"
+    );
+    let named: Value = serde_json::from_slice(&named.stdout).expect("plan JSON");
+    assert_eq!(named["changes"], scoped["changes"]);
+
+    // environment.yaml changed too, planned with --workspace alpha: only
+    // alpha (and what it is checked with) is read; nothing else is said.
+    repo.write(
+        "environment.yaml",
+        &format!(
+            "apiVersion: tenantsync.io/v1alpha1\nkind: Environment\nmetadata:\n  name: {}\nspec:\n  base: base\n  ingress:\n    domain: test.example.com\n  syncPolicy:\n    maxPrunePercent: 20\n",
+            repo.env
+        ),
+    );
+    let both = plan_changed(&repo, &["--changed-since", &base, "--workspace", "alpha"]);
+    assert_eq!(both.status.code(), Some(0), "{}", stderr_of(&both));
+    let err = stderr_of(&both);
+    assert!(
+        !err.contains("note:") && !err.contains("broken") && !err.contains("kube"),
+        "{err}"
+    );
+    let both: Value = serde_json::from_slice(&both.stdout).expect("plan JSON");
+    assert_eq!(
+        both["changedSince"]["everything"],
+        format!("environments/{}/environment.yaml", repo.env)
+    );
+    assert_eq!(both["changedSince"]["named"], serde_json::json!(["alpha"]));
+    assert_eq!(both["changes"], scoped["changes"]);
+}
+
+/// Review of issue 19: the base revision is resolved first, so a
+/// `--changed-since REV` that does not exist is the error reported, not a
+/// signature failure of the commit planned (read later).
+#[test]
+fn a_missing_changed_since_revision_is_reported_before_the_signature_check() {
+    let repo = TestRepo::new("plan-changed-bad-rev");
+    let keys = tempfile::tempdir().expect("tempdir");
+    let alice = crate::signed_commits::signer(keys.path(), "alice");
+    let signers = crate::signed_commits::allowed_signers(keys.path(), &[&alice]);
+    git(repo.path(), &["init", "-q", "-b", "main"]);
+    let unsigned = crate::signed_commits::commit(repo.path(), "unsigned", None);
+    let signers = signers.to_str().expect("utf-8 path");
+    let plan = |since: &str| {
+        repo.run(
+            "plan",
+            "admin",
+            &[
+                "--rev",
+                "HEAD",
+                "--allowed-signers",
+                signers,
+                "--verify-signatures",
+                "--changed-since",
+                since,
+            ],
+        )
+    };
+    let out = plan("no-such-rev");
+    assert_eq!(out.status.code(), Some(1), "{}", stderr_of(&out));
+    let err = stderr_of(&out);
+    assert!(
+        err.contains("--changed-since no-such-rev") && !err.contains("not trusted"),
+        "{err}"
+    );
+    // An existing one: the signature is checked.
+    let out = plan("HEAD");
+    assert_eq!(out.status.code(), Some(1), "{}", stderr_of(&out));
+    assert!(
+        stderr_of(&out).contains(&format!("commit {unsigned} is not trusted")),
+        "{}",
+        stderr_of(&out)
+    );
 }

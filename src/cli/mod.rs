@@ -88,7 +88,7 @@ pub(super) fn desired_state(
             (tree, revision, None)
         }
         Some(since) => {
-            let (tree, revision, base) =
+            let (tree, revision, changed) =
                 source::read_with_base(&args.repo, rev.as_deref(), since, &auth, trust)
                     .with_context(|| {
                         format!(
@@ -96,7 +96,6 @@ pub(super) fn desired_state(
                             source::git::redact(&args.repo)
                         )
                     })?;
-            let changed = crate::declare::changed::changed_paths(&base, &tree);
             (tree, revision, Some(changed))
         }
     };
@@ -143,6 +142,13 @@ pub(super) fn desired_state(
     }
     match pipeline::desired_of(selected, revision.map(|r| r.commit), &intake) {
         Ok(mut state) => {
+            for (ws, why) in &state.unselected_refused {
+                for line in why {
+                    eprintln!(
+                        "note: workspace `{ws}` is not selected, left as it is; a whole plan and `tenantsync validate` refuse it: {line}"
+                    );
+                }
+            }
             state.keep_in_scope();
             Ok(Ok((state, digest)))
         }

@@ -1,10 +1,9 @@
 //! Which workspaces of an environment a change of the repository touches
-//! (`plan --changed-since`): the files that differ between two trees, and
-//! what each one reaches through the environment's layer chain.
+//! (`plan --changed-since`): what each changed file (`source::git::changed_since`)
+//! reaches through the environment's layer chain.
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::repo::SourceTree;
 use super::validate::{ENVIRONMENTS_DIR, WORKSPACES_DIR, workspace_of_file};
 
 /// What a change reaches in one environment.
@@ -53,20 +52,6 @@ impl Selection {
             _ => Vec::new(),
         }
     }
-}
-
-/// The paths whose content differs between `base` and `head` (added,
-/// removed or changed), in order.
-pub fn changed_paths(base: &SourceTree, head: &SourceTree) -> Vec<String> {
-    let mut paths: Vec<String> = base
-        .paths()
-        .chain(head.paths())
-        .filter(|p| base.get(p) != head.get(p))
-        .map(str::to_string)
-        .collect();
-    paths.sort_unstable();
-    paths.dedup();
-    paths
 }
 
 /// What the changed `paths` reach in an environment whose layers are
@@ -138,24 +123,8 @@ mod tests {
         assert_eq!(s.planned(), None);
     }
 
-    fn tree(files: &[(&str, &str)]) -> SourceTree {
-        let mut t = SourceTree::new();
-        for (p, text) in files {
-            t.insert(p, text.as_bytes().to_vec());
-        }
-        t
-    }
-
     fn chain() -> Vec<String> {
         vec!["prod".into(), "base".into()]
-    }
-
-    #[test]
-    fn added_removed_and_edited_files_are_changed_the_same_files_are_not() {
-        let base = tree(&[("a", "1"), ("b", "2"), ("c", "3")]);
-        let head = tree(&[("a", "1"), ("b", "two"), ("d", "4")]);
-        assert_eq!(changed_paths(&base, &head), ["b", "c", "d"]);
-        assert!(changed_paths(&base, &base).is_empty());
     }
 
     #[test]

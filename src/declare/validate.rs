@@ -5,6 +5,7 @@
 //! then its patches) and checks the result against the schemas and the
 //! platform's rules. Every problem is reported with its file and position.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::declare::diag::Diagnostic;
@@ -39,6 +40,9 @@ struct Layer {
     /// used: a patch may miss its target for that reason alone, so such
     /// follow-on errors are not reported.
     unreadable: BTreeSet<String>,
+    /// Workspaces (by file name) whose files in this layer a focused load
+    /// ([`load_focused`]) did not read: neither defined nor reported.
+    skipped: BTreeSet<String>,
     /// Top-level keys of this layer's `spec` that break the schema (`*`:
     /// its environment.yaml cannot be read): the rules that depend on them
     /// are not checked, so only the real error is reported.
@@ -65,7 +69,7 @@ pub struct Repository {
 /// since memory a worker thread allocated and freed stays with that
 /// thread's allocator arena instead of serving the objects that follow.
 pub fn load(tree: &SourceTree) -> Repository {
-    load_with(tree, false)
+    load_with(tree, false, None)
 }
 
 /// [`load`] on all cores, for commands that only check or print
@@ -73,22 +77,108 @@ pub fn load(tree: &SourceTree) -> Repository {
 /// in parallel, each on its own; what they add to their layers is then taken
 /// in path order, so the result and the order of problems are the same.
 pub fn load_on_all_cores(tree: &SourceTree) -> Repository {
-    load_with(tree, true)
+    load_with(tree, true, None)
 }
 
-fn load_with(tree: &SourceTree, parallel: bool) -> Repository {
+/// [`load`] of every declaration but the workspace files of workspaces not
+/// in `focus`: those are not parsed, and the environments resolved from the
+/// result neither define nor check them (see [`Repository::focus`] for
+/// which workspaces a selection must be read with).
+pub fn load_focused(tree: &SourceTree, focus: &BTreeSet<String>) -> Repository {
+    load_unfocused(tree).read_workspaces(Some(focus))
+}
+
+/// The first half of a focused load: every declaration of the tree read
+/// but its workspace files, which wait for [`Unfocused::read_workspaces`]
+/// (so nothing is parsed twice). Enough to tell an environment's chain and
+/// which workspaces a selection must be read with ([`Unfocused::focus`]).
+pub struct Unfocused<'t> {
+    repo: Repository,
+    /// The workspace files not read yet.
+    workspace_jobs: Vec<Job<'t>>,
+}
+
+/// Reads every declaration of `tree` but its workspace files, each of
+/// which is known by its workspace's name only (see [`Unfocused`]).
+pub fn load_unfocused(tree: &SourceTree) -> Unfocused<'_> {
+    let mut repo = Repository {
+        problems: tree.problems().to_vec(),
+        ..Repository::default()
+    };
+    let (workspace_jobs, jobs): (Vec<Job<'_>>, Vec<Job<'_>>) = jobs_of(tree, &mut repo)
+        .into_iter()
+        .partition(|job| matches!(job.role, Some(Role::Workspace)));
+    for job in &workspace_jobs {
+        let layer = repo.layers.entry(job.layer_name.to_string()).or_default();
+        layer
+            .skipped
+            .insert(workspace_of_file(job.path).to_string());
+    }
+    read_jobs(&mut repo, &jobs, false);
+    Unfocused {
+        repo,
+        workspace_jobs,
+    }
+}
+
+impl Unfocused<'_> {
+    /// [`Repository::chain_of`].
+    pub fn chain_of(&self, name: &str) -> Option<Vec<String>> {
+        self.repo.chain_of(name)
+    }
+
+    /// [`Repository::focus`].
+    pub fn focus(&self, name: &str, selected: &BTreeSet<String>) -> Option<BTreeSet<String>> {
+        self.repo.focus(name, selected)
+    }
+
+    /// The load completed: the files of the workspaces in `focus` read
+    /// (every workspace's when `None`: a whole [`load`]), the others left
+    /// unread.
+    pub fn read_workspaces(self, focus: Option<&BTreeSet<String>>) -> Repository {
+        let Unfocused {
+            mut repo,
+            workspace_jobs,
+        } = self;
+        let jobs: Vec<Job<'_>> = workspace_jobs
+            .into_iter()
+            .filter(|job| focus.is_none_or(|f| f.contains(workspace_of_file(job.path))))
+            .collect();
+        for job in &jobs {
+            if let Some(layer) = repo.layers.get_mut(job.layer_name) {
+                layer.skipped.remove(workspace_of_file(job.path));
+            }
+        }
+        read_jobs(&mut repo, &jobs, false);
+        finish(&mut repo);
+        repo
+    }
+}
+
+fn load_with(tree: &SourceTree, parallel: bool, focus: Option<&BTreeSet<String>>) -> Repository {
+    if focus.is_some() {
+        return load_unfocused(tree).read_workspaces(focus);
+    }
     let mut repo = Repository {
         problems: tree.problems().to_vec(),
         ..Repository::default()
     };
     let jobs = jobs_of(tree, &mut repo);
+    read_jobs(&mut repo, &jobs, parallel);
+    finish(&mut repo);
+    repo
+}
+
+/// Parses and checks `jobs` (on all cores when `parallel`), and adds what
+/// they declare to their layers in order.
+fn read_jobs(repo: &mut Repository, jobs: &[Job<'_>], parallel: bool) {
     // A thread costs more than a few files do.
     let checked = if !parallel || jobs.len() < 64 {
         jobs.iter()
             .map(|job| check_file(job, &repo.files))
             .collect()
     } else {
-        crate::par::map(&jobs, |job| check_file(job, &repo.files))
+        crate::par::map(jobs, |job| check_file(job, &repo.files))
     };
     for (job, (parsed, checks)) in jobs.iter().zip(checked) {
         let layer_name = job.layer_name.to_string();
@@ -157,9 +247,14 @@ fn load_with(tree: &SourceTree, parallel: bool) -> Repository {
             Role::Workspace => {}
         }
     }
+}
+
+/// What is checked once every file is read: an ignore rule's kinds, a
+/// layer without its environment.yaml, a repository without layers.
+fn finish(repo: &mut Repository) {
     // An ignore rule's kinds are checked against every kind the repository
     // can make tenantsync manage (any layer's manifests may be inherited).
-    let kinds = managed_kinds(&repo);
+    let kinds = managed_kinds(repo);
     for layer in repo.layers.values_mut() {
         if let Some(doc) = &layer.env {
             let unknown = check_ignored_kinds(&doc.node, &kinds, &repo.files);
@@ -169,8 +264,10 @@ fn load_with(tree: &SourceTree, parallel: bool) -> Repository {
             layer.problems.extend(unknown);
         }
     }
+    // Whatever its workspace files say (a focused load reads only some of
+    // them), so that every load reports it alike.
     for (name, layer) in &mut repo.layers {
-        if layer.env.is_none() && layer.problems.is_empty() && layer.workspace_problems.is_empty() {
+        if layer.env.is_none() && layer.problems.is_empty() {
             layer.problems.push(at_file(
                 &format!("{ENVIRONMENTS_DIR}/{name}/{ENVIRONMENT_FILE}"),
                 format!("layer `{name}` has no {ENVIRONMENT_FILE}"),
@@ -184,7 +281,6 @@ fn load_with(tree: &SourceTree, parallel: bool) -> Repository {
              run tenantsync in the repository's root folder or name it with --repo DIR",
         ));
     }
-    repo
 }
 
 /// The files of `environments/<layer>/` to read, each with its role; a
@@ -839,8 +935,12 @@ impl Repository {
             .rev()
             .filter_map(|n| Some((n, self.layers.get(n)?)))
             .collect();
-        let unreadable: BTreeSet<&String> =
-            layers.iter().flat_map(|(_, l)| &l.unreadable).collect();
+        // A patch of a workspace whose files were not read (unreadable, or
+        // not in a focused load's focus) may target what those files define.
+        let unreadable: BTreeSet<&String> = layers
+            .iter()
+            .flat_map(|(_, l)| l.unreadable.iter().chain(&l.skipped))
+            .collect();
         // A layer whose environment.yaml cannot be read names no base: its
         // patches' targets may be in the layers it would have named.
         let chain_known = layers.iter().all(|(_, l)| l.env.is_some());
@@ -948,16 +1048,22 @@ impl Repository {
     /// Workspaces: a layer's new workspaces, then its patches; and what each
     /// merged workspace came from.
     #[allow(clippy::type_complexity)]
-    fn merge_workspaces(
+    fn merge_workspaces<'l>(
         &self,
         name: &str,
         chain: &[String],
-        layers: &[(&String, &Layer)],
+        layers: &[(&String, &'l Layer)],
         chain_known: bool,
         unreadable: &BTreeSet<&String>,
         found: &mut Vec<Found>,
-    ) -> (BTreeMap<String, Node>, BTreeMap<String, Vec<String>>) {
-        let mut workspaces: BTreeMap<String, Node> = BTreeMap::new();
+    ) -> (
+        BTreeMap<String, Cow<'l, Node>>,
+        BTreeMap<String, Vec<String>>,
+    ) {
+        // A workspace no patch changes is the parsed document itself, not a
+        // copy: at 20,000 workspaces the copies were a second tree of every
+        // declaration held through validation.
+        let mut workspaces: BTreeMap<String, Cow<'l, Node>> = BTreeMap::new();
         let mut sources: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for (layer_name, layer) in layers {
             for doc in &layer.workspaces {
@@ -988,7 +1094,7 @@ impl Repository {
                         self.at(name_node.pos)
                     )],
                 );
-                workspaces.insert(ws_name, doc.node.clone());
+                workspaces.insert(ws_name, Cow::Borrowed(&doc.node));
             }
             for doc in &layer.patches {
                 let Some((ws_name, name_node)) = doc_name(&doc.node) else {
@@ -1034,7 +1140,7 @@ impl Repository {
                                 doc.node.pos,
                             );
                             let mut errors = Vec::new();
-                            overlay::merge(target, &wrapped, "", &mut errors);
+                            overlay::merge(target.to_mut(), &wrapped, "", &mut errors);
                             for e in errors {
                                 let d = self.files.diag(e.pos, Some(e.pointer), e.message);
                                 found.push(Found::in_env(d, vec![ws_name.clone()], String::new()));
@@ -1094,7 +1200,7 @@ impl Repository {
         &self,
         env: &Environment,
         usable: Usable<'_>,
-        workspaces: &BTreeMap<String, Node>,
+        workspaces: &BTreeMap<String, Cow<'_, Node>>,
         sources: &BTreeMap<String, Vec<String>>,
         file_level: &BTreeSet<Diagnostic>,
         found: &mut Vec<Found>,
@@ -1141,7 +1247,7 @@ impl Repository {
         env: &Environment,
         resources: &BTreeMap<(String, Option<String>, String), (serde_json::Value, Pos)>,
         typed: &BTreeMap<String, Workspace>,
-        workspaces: &BTreeMap<String, Node>,
+        workspaces: &BTreeMap<String, Cow<'_, Node>>,
         found: &mut Vec<Found>,
     ) {
         let mut rendered: BTreeMap<Identity, (&String, Origin)> = BTreeMap::new();
@@ -1204,18 +1310,8 @@ impl Repository {
             .rev()
             .filter_map(|n| self.layers.get(n))
             .collect();
-        // The template of the nearest layer that sets one (`null` unsets).
-        let mut template: Option<String> = None;
         let mut workspaces: BTreeMap<String, String> = BTreeMap::new();
         for layer in &layers {
-            if let Some(t) = layer
-                .env
-                .as_ref()
-                .and_then(|d| d.node.get("spec"))
-                .and_then(|s| s.get("namespaceTemplate"))
-            {
-                template = t.as_str().map(str::to_string);
-            }
             for doc in &layer.workspaces {
                 if let Some((ws, node)) = doc_name(&doc.node) {
                     workspaces.entry(ws).or_insert_with(|| self.at(node.pos));
@@ -1229,7 +1325,29 @@ impl Repository {
                 }
             }
         }
-        let env = Environment {
+        let env = self.namer(name, &layers);
+        workspaces
+            .into_iter()
+            .map(|(ws, at)| (env.namespace_of(&ws), (ws, at)))
+            .collect()
+    }
+
+    /// An environment `name` with no workspaces and only its namespace
+    /// template (that of the nearest of `layers`, root first, that sets one;
+    /// `null` unsets): what [`Environment::namespace_of`] needs.
+    fn namer(&self, name: &str, layers: &[&Layer]) -> Environment {
+        let mut template: Option<String> = None;
+        for layer in layers {
+            if let Some(t) = layer
+                .env
+                .as_ref()
+                .and_then(|d| d.node.get("spec"))
+                .and_then(|s| s.get("namespaceTemplate"))
+            {
+                template = t.as_str().map(str::to_string);
+            }
+        }
+        Environment {
             name: name.to_string(),
             chain: Vec::new(),
             settings: Settings {
@@ -1238,10 +1356,71 @@ impl Repository {
             },
             workspaces: Vec::new(),
             resources: Vec::new(),
-        };
-        workspaces
-            .into_iter()
-            .map(|(ws, at)| (env.namespace_of(&ws), (ws, at)))
+        }
+    }
+
+    /// The layers of environment `name`, from itself to its root; `None`
+    /// when they cannot be worked out (resolving says why).
+    pub fn chain_of(&self, name: &str) -> Option<Vec<String>> {
+        self.chain(name).ok()
+    }
+
+    /// The workspaces environment `name` must be read with so that its
+    /// `selected` workspaces are checked as a whole load checks them, from
+    /// a load that read no workspace file ([`load_unfocused`]; every
+    /// workspace known by its file names only). Besides the
+    /// selected ones, the only workspaces a check relates them to: those
+    /// rendering into a namespace a selected one renders into (two
+    /// workspaces in one namespace; a template without `{workspace}` puts
+    /// every workspace there), and those whose namespace a `resources/`
+    /// manifest of the chain writes into (a manifest that is also a
+    /// workspace's object; the guardrails' own namespaces). Rendered
+    /// objects live in their workspace's namespace (the Namespace itself
+    /// named after it), so no other workspace can collide with them, and
+    /// references never cross workspaces. `None`: the chain cannot be
+    /// resolved (read everything; resolving reports why).
+    pub fn focus(&self, name: &str, selected: &BTreeSet<String>) -> Option<BTreeSet<String>> {
+        let chain = self.chain(name).ok()?;
+        let layers: Vec<&Layer> = chain
+            .iter()
+            .rev()
+            .filter_map(|n| self.layers.get(n))
+            .collect();
+        let env = self.namer(name, &layers);
+        let mut namespaces: BTreeSet<String> =
+            selected.iter().map(|ws| env.namespace_of(ws)).collect();
+        for doc in layers.iter().flat_map(|l| &l.resources) {
+            let meta = |key: &str| {
+                doc.node
+                    .get("metadata")
+                    .and_then(|m| m.get(key))
+                    .and_then(Node::as_str)
+            };
+            let namespace = match doc.node.get("kind").and_then(Node::as_str) {
+                Some("Namespace") => meta("name"),
+                _ => meta("namespace"),
+            };
+            namespaces.extend(namespace.map(str::to_string));
+        }
+        let mut focus = selected.clone();
+        focus.extend(
+            layers
+                .iter()
+                .flat_map(|l| &l.skipped)
+                .filter(|ws| namespaces.contains(&env.namespace_of(ws)))
+                .cloned(),
+        );
+        Some(focus)
+    }
+
+    /// The workspaces of environment `name` a focused load left unread,
+    /// known by their file names only.
+    pub fn unread(&self, name: &str) -> BTreeSet<String> {
+        self.chain(name)
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|n| self.layers.get(n))
+            .flat_map(|l| l.skipped.iter().cloned())
             .collect()
     }
 
@@ -1771,7 +1950,7 @@ impl Repository {
     fn check_namespaces(
         &self,
         env: &Environment,
-        nodes: &BTreeMap<String, Node>,
+        nodes: &BTreeMap<String, Cow<'_, Node>>,
     ) -> Vec<(Diagnostic, String, String)> {
         let mut out = Vec::new();
         let mut seen: BTreeMap<String, (String, Pos)> = BTreeMap::new();
@@ -2029,6 +2208,15 @@ spec:
             }
             let report = load_on_all_cores(&tree).validate(&[]);
             assert_eq!(report.diagnostics, load(&tree).validate(&[]).diagnostics);
+            // Read in two steps (workspace files last, as a focused load
+            // does): the same.
+            assert_eq!(
+                report.diagnostics,
+                load_unfocused(&tree)
+                    .read_workspaces(None)
+                    .validate(&[])
+                    .diagnostics
+            );
             let files: Vec<&str> = report.diagnostics.iter().map(|d| d.file.as_str()).collect();
             let expected: Vec<String> = (0..n)
                 .filter(|i| i % 7 == 3)
@@ -2042,6 +2230,248 @@ spec:
                     .all(|d| d.message.contains("did you mean `replicas`")),
                 "{:?}",
                 report.diagnostics
+            );
+        }
+    }
+
+    /// Issue 19 (a one-workspace pull request planned in milliseconds): a
+    /// load focused on one workspace ([`Repository::focus`]) finds for it
+    /// exactly what a whole load finds (its definition merged across
+    /// layers and inline patches, its problems, those of the environment),
+    /// reads no unrelated workspace, and does read those it can collide
+    /// with: a manifest's namespace, a shared namespace.
+    #[test]
+    fn a_focused_load_checks_a_workspace_as_a_whole_load_does() {
+        let base_env = "apiVersion: tenantsync.io/v1alpha1
+kind: Environment
+metadata: {name: base}
+spec:
+  abstract: true
+  ingress: { domain: dev.example.com }
+  images:
+    fhir: { repository: example.azurecr.io/fhir-server, tag: '4.3.1' }
+    dicom: { repository: example.azurecr.io/dicom-server, tag: '2.1.0' }
+    dicomCast: { repository: example.azurecr.io/dicom-cast, tag: '2.1.0' }
+";
+        let dev_env = |template: &str| {
+            format!(
+                "apiVersion: tenantsync.io/v1alpha1
+kind: Environment
+metadata: {{name: dev}}
+spec:
+  base: base
+  namespaceTemplate: \"{template}\"
+  patches:
+    - metadata: {{name: c}}
+      spec:
+        fhirServices:
+          - {{name: main, replicas: 3}}
+    - metadata: {{name: nowhere}}
+"
+            )
+        };
+        let cast = |name: &str, fhir: &str| {
+            format!(
+                "apiVersion: tenantsync.io/v1alpha1
+kind: WorkspacePatch
+metadata: {{name: {name}}}
+spec:
+  dicomServices:
+    - name: imaging
+      dicomCast:
+        fhirService: {fhir}
+        tableEndpoint: https://cast.table.core.windows.net/
+        identity: {{clientId: 5c2b9d63-0a1e-4f2b-8c94-3d6f8e0a2c21}}
+"
+            )
+            .into_bytes()
+        };
+        let manifest = |name: &str| {
+            format!(
+                "apiVersion: v1
+kind: ConfigMap
+metadata: {{name: {name}, namespace: e-dev}}
+data: {{a: b}}
+"
+            )
+        };
+        let tree = |template: &str| {
+            let mut tree = SourceTree::new();
+            for (path, bytes) in [
+                ("base/environment.yaml", base_env.as_bytes().to_vec()),
+                ("dev/environment.yaml", dev_env(template).into_bytes()),
+                // a: defined in base, its dicomCast (patched in dev) names
+                // base's FHIR service.
+                ("base/workspaces/a.yaml", workspace("a", false)),
+                ("dev/workspaces/a.cast.yaml", cast("a", "main")),
+                ("dev/workspaces/b.yaml", workspace("b", true)),
+                ("dev/workspaces/c.yaml", workspace("c", false)),
+                ("dev/workspaces/d.yaml", workspace("d", false)),
+                ("dev/workspaces/d.cast.yaml", cast("d", "records")),
+                ("dev/workspaces/e.yaml", workspace("e", false)),
+                (
+                    "dev/resources/config.yaml",
+                    manifest("settings").into_bytes(),
+                ),
+            ] {
+                tree.insert(&format!("environments/{path}"), bytes);
+            }
+            tree
+        };
+        let only = |p: &Partial, ws: &str| {
+            let defined: Vec<&Workspace> = p
+                .environment
+                .workspaces
+                .iter()
+                .filter(|w| w.metadata.name == ws)
+                .collect();
+            (
+                format!("{defined:?}"),
+                p.workspace_errors.get(ws).cloned(),
+                p.environment_errors.clone(),
+            )
+        };
+        let tree = tree("{workspace}-{environment}");
+        let whole = load(&tree).resolve_partial("dev");
+        assert!(whole.environment_errors.is_empty(), "{whole:?}");
+        assert_eq!(held(&whole), ["b", "d", "nowhere"], "{whole:?}");
+        let names = load_focused(&tree, &BTreeSet::new());
+        assert_eq!(
+            names.chain_of("dev"),
+            Some(vec!["dev".into(), "base".into()])
+        );
+        for ws in ["a", "b", "c", "d", "e", "gone"] {
+            let selected = BTreeSet::from([ws.to_string()]);
+            let focus = names.focus("dev", &selected).expect("focus");
+            // e's namespace is the manifest's: it is read with any selection.
+            assert_eq!(focus, BTreeSet::from([ws.to_string(), "e".to_string()]));
+            let focused = load_focused(&tree, &focus).resolve_partial("dev");
+            assert_eq!(only(&focused, ws), only(&whole, ws), "{ws}");
+            // Nothing unrelated is read: no other workspace is defined or
+            // held (`nowhere`: an inline patch of environment.yaml).
+            let read: BTreeSet<&str> = focused
+                .environment
+                .workspaces
+                .iter()
+                .map(|w| w.metadata.name.as_str())
+                .chain(held(&focused))
+                .filter(|w| *w != "nowhere")
+                .collect();
+            assert!(
+                read.iter().all(|w| focus.contains(*w)),
+                "{ws}: read {read:?}, focus {focus:?}"
+            );
+            assert_eq!(
+                load_unfocused(&tree)
+                    .read_workspaces(Some(&focus))
+                    .unread("dev"),
+                ["a", "b", "c", "d", "e"]
+                    .into_iter()
+                    .filter(|w| !focus.contains(*w))
+                    .map(str::to_string)
+                    .collect::<BTreeSet<_>>(),
+                "{ws}"
+            );
+        }
+        // d's dicomCast names a FHIR service d does not have: placed in the patch.
+        let d = &whole.workspace_errors["d"];
+        assert!(
+            d.iter()
+                .any(|d| d.file == "environments/dev/workspaces/d.cast.yaml"
+                    && d.message.contains("names FHIR service `records`")),
+            "{d:?}"
+        );
+        // The manifest made one of e's objects: refused with any selection.
+        let clash = tree_with(
+            &tree,
+            "dev/resources/config.yaml",
+            manifest("fhir-main-config"),
+        );
+        let names = load_focused(&clash, &BTreeSet::new());
+        let focus = names
+            .focus("dev", &BTreeSet::from(["c".to_string()]))
+            .expect("focus");
+        let whole = load(&clash).resolve_partial("dev");
+        let focused = load_focused(&clash, &focus).resolve_partial("dev");
+        assert_eq!(focused.environment_errors, whole.environment_errors);
+        assert!(
+            whole.environment_errors.iter().any(|d| d
+                .message
+                .contains("is also rendered for FHIR service `main` of workspace `e`")),
+            "{:?}",
+            whole.environment_errors
+        );
+        // A template without {workspace}: every workspace shares the
+        // namespace, so every one is read with the selection.
+        let shared = tree_with(
+            &tree,
+            "dev/environment.yaml",
+            dev_env("shared-{environment}"),
+        );
+        let names = load_focused(&shared, &BTreeSet::new());
+        let focus = names
+            .focus("dev", &BTreeSet::from(["c".to_string()]))
+            .expect("focus");
+        assert_eq!(focus.len(), 5, "{focus:?}");
+        let whole = load(&shared).resolve_partial("dev");
+        let focused = load_focused(&shared, &focus).resolve_partial("dev");
+        assert_eq!(only(&focused, "c"), only(&whole, "c"));
+        assert!(
+            whole.workspace_errors["c"].iter().any(|d| d
+                .message
+                .contains("both render into namespace `shared-dev`")),
+            "{:?}",
+            whole.workspace_errors["c"]
+        );
+    }
+
+    fn tree_with(tree: &SourceTree, path: &str, text: String) -> SourceTree {
+        let mut out = SourceTree::new();
+        for p in tree.paths() {
+            out.insert(p, tree.get(p).unwrap_or_default().to_vec());
+        }
+        out.insert(&format!("environments/{path}"), text.into_bytes());
+        out
+    }
+
+    /// Review of issue 19: a focused load refused what a whole load
+    /// accepted. dev's base `lib` has no environment.yaml and two workspace
+    /// files, one broken: the whole load reported only the broken one (a
+    /// layer with workspace problems was not said to lack its
+    /// environment.yaml), a load focused on the valid one, which skips the
+    /// broken file, said the layer has none. Both say it now, alike.
+    #[test]
+    fn a_layer_without_environment_yaml_is_reported_alike_by_whole_and_focused_loads() {
+        let mut tree = SourceTree::new();
+        tree.insert(
+            "environments/dev/environment.yaml",
+            ENVIRONMENT
+                .replace("spec:\n", "spec:\n  base: lib\n")
+                .into_bytes(),
+        );
+        tree.insert(
+            "environments/lib/workspaces/alpha.yaml",
+            workspace("alpha", false),
+        );
+        tree.insert(
+            "environments/lib/workspaces/broken.yaml",
+            workspace("broken", true),
+        );
+        let whole = load(&tree).resolve_partial("dev");
+        let missing = "layer `lib` has no environment.yaml";
+        assert!(
+            whole
+                .environment_errors
+                .iter()
+                .any(|d| d.message == missing && d.file == "environments/lib/environment.yaml"),
+            "{whole:?}"
+        );
+        for focus in [&["alpha"][..], &["broken"], &[]] {
+            let focus: BTreeSet<String> = focus.iter().map(|w| w.to_string()).collect();
+            let focused = load_focused(&tree, &focus).resolve_partial("dev");
+            assert_eq!(
+                focused.environment_errors, whole.environment_errors,
+                "{focus:?}"
             );
         }
     }

@@ -134,6 +134,11 @@ pub struct DesiredState {
     pub changed: Option<Selection>,
     /// Each rendered workspace's `metadata.labels` (a rollout's selector).
     pub workspace_labels: BTreeMap<String, BTreeMap<String, String>>,
+    /// Workspaces read but not selected that break the operator's
+    /// guardrails or do not render, with why (a line each): they do not
+    /// decide the plan (what else a selection reads must not), their
+    /// objects are left out, and the CLI notes them on stderr.
+    pub unselected_refused: BTreeMap<String, Vec<String>>,
 }
 
 impl DesiredState {
@@ -210,22 +215,19 @@ pub struct Selected {
 /// (`intake.only`): only the selected ones need to be valid; the others
 /// are out of scope and left as they are.
 pub fn select(tree: SourceTree, env: &str, intake: &Intake<'_>) -> Result<Selected, Refused> {
+    let named: Option<BTreeSet<String>> =
+        (!intake.only.is_empty()).then(|| intake.only.iter().cloned().collect());
     // Each stage's input goes as soon as the next stage has what it needs:
     // the files once parsed, the parsed files once resolved.
-    let repository = validate::load(&tree);
+    let (repository, changed) = load_selection(&tree, env, intake, named.as_ref());
     drop(tree);
     let partial = repository.resolve_partial(env);
     let clashes = intake
         .also_hold
         .map(|also_hold| also_hold(&repository))
         .unwrap_or_default();
+    let unread = repository.unread(env);
     drop(repository);
-    let named: Option<BTreeSet<String>> =
-        (!intake.only.is_empty()).then(|| intake.only.iter().cloned().collect());
-    let changed = intake.changed.map(|paths| Selection {
-        impact: changed::impact(paths, &partial.environment.chain),
-        named: named.clone(),
-    });
     let only: Option<BTreeSet<String>> = match &changed {
         Some(selection) => selection.planned(),
         None => named,
@@ -256,8 +258,10 @@ pub fn select(tree: SourceTree, env: &str, intake: &Intake<'_>) -> Result<Select
         .iter()
         .map(|w| w.metadata.name.as_str())
         .chain(workspace_errors.keys().map(String::as_str))
+        .chain(unread.iter().map(String::as_str))
         .collect();
     known.sort_unstable();
+    known.dedup();
     let unresolved = Unresolved {
         workspaces: intake
             .only
@@ -277,6 +281,37 @@ pub fn select(tree: SourceTree, env: &str, intake: &Intake<'_>) -> Result<Select
         only,
         changed,
     })
+}
+
+/// The repository read for `intake`, and what its changed files reach
+/// (`plan --changed-since`). When they reach only some workspaces, only
+/// their files and those of the workspaces they are checked with
+/// ([`validate::Repository::focus`]) are parsed, besides every
+/// environment.yaml and manifest: a one-workspace pull request costs one
+/// workspace, not the environment.
+fn load_selection(
+    tree: &SourceTree,
+    env: &str,
+    intake: &Intake<'_>,
+    named: Option<&BTreeSet<String>>,
+) -> (Repository, Option<Selection>) {
+    let Some(paths) = intake.changed else {
+        return (validate::load(tree), None);
+    };
+    // Every declaration but the workspace files first: enough to tell
+    // the chain, what the change reaches and what that must be read with.
+    let layers = validate::load_unfocused(tree);
+    let chain = layers.chain_of(env).unwrap_or_default();
+    let selection = Selection {
+        impact: changed::impact(paths, &chain),
+        named: named.cloned(),
+    };
+    let focus = selection
+        .planned()
+        .filter(|_| intake.also_hold.is_none())
+        .and_then(|planned| layers.focus(env, &planned));
+    let repository = layers.read_workspaces(focus.as_ref());
+    (repository, Some(selection))
 }
 
 /// Renders and admits a selection: the second half of [`desired`].
@@ -304,13 +339,67 @@ pub fn desired_of(
         .filter(|w| !w.metadata.labels.is_empty())
         .map(|w| (w.metadata.name.clone(), w.metadata.labels.clone()))
         .collect();
-    let (objects, mut unrendered) = render::render_partial(&environment);
+    let (mut objects, mut unrendered) = render::render_partial(&environment);
+    // A workspace read but not selected (a selection's other workspaces,
+    // or those a focused load reads to check the selected ones with) does
+    // not decide the plan: whether it is read at all depends on what else
+    // the repository holds.
+    let selected = |ws: &str| only.as_ref().is_none_or(|only| only.contains(ws));
+    let mut unselected_refused: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    unrendered.retain(|ws, e| {
+        if selected(ws) {
+            return true;
+        }
+        unselected_refused
+            .entry(ws.clone())
+            .or_default()
+            .push(format!("cannot render: {e}"));
+        false
+    });
     if !intake.hold_unrendered
         && let Some((_, e)) = unrendered.pop_first()
     {
         return Err(Refused::Render(e));
     }
-    let effective = admit(intake.operator, &environment, &objects).map_err(Refused::Guardrails)?;
+    let effective = match tenancy::admit(
+        intake.operator,
+        &environment.name,
+        environment.settings.namespace_template.as_deref(),
+        &environment.settings.sync_policy,
+        &objects,
+    ) {
+        Ok(effective) => effective,
+        Err(violations) => {
+            // The workspace of each object a violation is about.
+            let workspace_of: BTreeMap<String, &str> = objects
+                .iter()
+                .filter(|o| !o.workspace.is_empty())
+                .map(|o| (o.id(), &*o.workspace))
+                .collect();
+            let mut refused = Vec::new();
+            for v in violations {
+                match workspace_of.get(&v.subject) {
+                    Some(ws) if !selected(ws) => unselected_refused
+                        .entry((*ws).to_string())
+                        .or_default()
+                        .push(format!("{} (operator guardrail): {}", v.subject, v.message)),
+                    _ => refused.push(v.diagnostic(&environment.name)),
+                }
+            }
+            if !refused.is_empty() {
+                return Err(Refused::Guardrails(refused));
+            }
+            tenancy::effective_policy(intake.operator.policy, &environment.settings.sync_policy)
+                .map_err(|more| {
+                    Refused::Guardrails(
+                        more.iter()
+                            .map(|v| v.diagnostic(&environment.name))
+                            .collect(),
+                    )
+                })?
+        }
+    };
+    objects.retain(|o| !unselected_refused.contains_key(&*o.workspace));
     let mut held: BTreeMap<String, Vec<String>> = workspace_errors
         .iter()
         .map(|(ws, d)| (ws.clone(), d.iter().map(ToString::to_string).collect()))
@@ -342,6 +431,7 @@ pub fn desired_of(
         unresolved,
         changed,
         workspace_labels,
+        unselected_refused,
     })
 }
 

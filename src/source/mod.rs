@@ -85,9 +85,10 @@ pub fn read_trusted(
     }
 }
 
-/// [`read`], and the files at revision `base` of the same Git repository
-/// (`plan --changed-since`): a remote's cached clone, fetched once, or a
-/// local repository (or the repository a work tree belongs to).
+/// [`read`], and the paths whose files differ from those at revision `base`
+/// of the same Git repository ([`git::changed_since`]; `plan
+/// --changed-since`): a remote's cached clone, fetched once, or a local
+/// repository (or the repository a work tree belongs to).
 #[allow(clippy::type_complexity)]
 pub fn read_with_base(
     repo: &str,
@@ -95,7 +96,7 @@ pub fn read_with_base(
     base: &str,
     auth: &git::Auth,
     trust: Option<(&trust::Trust, &trust::Verify)>,
-) -> Result<(SourceTree, Option<git::Revision>, SourceTree), SourceError> {
+) -> Result<(SourceTree, Option<git::Revision>, Vec<String>), SourceError> {
     let base_error = |reason: String| SourceError::Base {
         rev: base.to_string(),
         reason,
@@ -126,8 +127,10 @@ pub fn read_with_base(
         }
         repository
     };
-    let (base_tree, _) =
-        git::read_tree(&repository, base).map_err(|e| base_error(e.naming(&name).to_string()))?;
+    // The base first: a revision that does not exist is reported before
+    // the work tree is read or a signature checked.
+    let base_files =
+        git::base_files(&repository, base).map_err(|e| base_error(e.naming(&name).to_string()))?;
     let (tree, revision) = match (remote, rev) {
         (false, None) if trust.is_some() => {
             return Err(SourceError::Unverifiable {
@@ -144,7 +147,8 @@ pub fn read_with_base(
             (tree, Some(revision))
         }
     };
-    Ok((tree, revision, base_tree))
+    let changed = git::changed_from(base_files, &tree);
+    Ok((tree, revision, changed))
 }
 
 /// A source revision: the Git commit, or a digest of a folder's files.
