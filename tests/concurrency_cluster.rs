@@ -1052,3 +1052,172 @@ fn tenantsync_env_name(test: &str) -> String {
         .trim_end_matches('-')
         .to_string()
 }
+
+fn rollout_record(
+    applied: usize,
+    phase: tenantsync::sync::rollout::RolloutPhase,
+    workspaces: &[String],
+) -> tenantsync::sync::resume::RolloutRecord {
+    tenantsync::sync::resume::RolloutRecord {
+        revision: "r2".into(),
+        steps: workspaces
+            .chunks(workspaces.len().div_ceil(10).max(1))
+            .enumerate()
+            .map(|(i, part)| tenantsync::sync::rollout::RolloutStep {
+                percent: ((i + 1) * 10).min(100) as u8,
+                workspaces: part.to_vec(),
+            })
+            .collect(),
+        not_held_back: Vec::new(),
+        applied,
+        applied_at: "2026-12-03T10:00:00Z".into(),
+        healthy_at: None,
+        phase,
+        failed: Default::default(),
+        rolling_back: Vec::new(),
+    }
+}
+
+/// Hostile review of the persisted rollout: the rollout record and
+/// judgement writes were not fenced and, on a conflict, wrote the whole
+/// stale copy back over the other writer's revision and record. Now a
+/// replica that last saw an older record, or lost its hold, changes
+/// nothing.
+#[tokio::test]
+async fn a_replica_that_lost_its_hold_never_puts_an_older_rollout_record_back() {
+    use tenantsync::cluster::inventory::{RolloutWrite, Updated};
+    use tenantsync::sync::Fence;
+    use tenantsync::sync::rollout::RolloutPhase;
+    let repo = TestRepo::new("rollout-record-cas");
+    repo.apply_rendered().await;
+    let cluster = admin().await;
+    let env = repo.env.clone();
+    let names: Vec<String> = ["a", "b", "c"].iter().map(|s| s.to_string()).collect();
+    let held = Fence::default();
+    let first = rollout_record(1, RolloutPhase::Pausing, &names);
+    assert_eq!(
+        cluster
+            .record_rollout(&env, &held, None, Some(&first))
+            .await
+            .expect("first record"),
+        RolloutWrite::Written
+    );
+    // A stale sync's copy, read now (before the other writer moves on).
+    let stale_base = cluster.read_inventory_stored(&env).await.expect("read");
+    // The new writer moves the rollout on and records a revision.
+    let moved = rollout_record(2, RolloutPhase::Progressing, &names);
+    assert_eq!(
+        cluster
+            .record_rollout(&env, &held, Some(&first), Some(&moved))
+            .await
+            .expect("new writer"),
+        RolloutWrite::Written
+    );
+    // The old writer, which last saw `first`, fails its step: refused.
+    let failed = rollout_record(1, RolloutPhase::Failed, &names);
+    assert_eq!(
+        cluster
+            .record_rollout(&env, &held, Some(&first), Some(&failed))
+            .await
+            .expect("old writer"),
+        RolloutWrite::Stale
+    );
+    assert_eq!(inventory(&env).await.rollout, Some(moved.clone()));
+    // Nor can it clear it.
+    assert_eq!(
+        cluster
+            .record_rollout(&env, &held, Some(&first), None)
+            .await
+            .expect("old writer clears"),
+        RolloutWrite::Stale
+    );
+    // A writer whose hold is lost writes nothing at all.
+    let lost = Fence::default().with(|| true);
+    assert_eq!(
+        cluster
+            .record_rollout(&env, &lost, Some(&moved), Some(&failed))
+            .await
+            .expect("lost hold"),
+        RolloutWrite::NotHeld
+    );
+    let before = inventory(&env).await;
+    let ws = before
+        .workspaces
+        .keys()
+        .next()
+        .cloned()
+        .expect("a workspace record");
+    let applied = before.applied_revision(&ws).unwrap_or_default().to_string();
+    assert_eq!(
+        cluster
+            .record_judging(
+                &env,
+                &lost,
+                std::slice::from_ref(&ws),
+                &applied,
+                "2026-12-03T10:00:00Z"
+            )
+            .await
+            .expect("lost hold judging"),
+        Updated::NotHeld
+    );
+    assert_eq!(inventory(&env).await, before);
+    // A sync's write from the stale copy (it carried `first` unchanged)
+    // merges on its conflict without putting `first` back.
+    let mut ours = stale_base.inventory.clone();
+    ours.last_applied_at = Some("2026-12-03T11:00:00Z".into());
+    cluster
+        .write_inventory_checked(&stale_base, &ours)
+        .await
+        .expect("stale sync write");
+    assert_eq!(inventory(&env).await.rollout, Some(moved));
+}
+
+/// Hostile review of the persisted rollout: the record was plain JSON in
+/// the inventory head's `data`, outside the chunk budget, so at thousands
+/// of workspaces every inventory write failed. A record of 20,000
+/// workspaces in 10 steps is written and read back by the API server.
+#[tokio::test]
+async fn a_rollout_record_of_20000_workspaces_is_accepted_by_the_api_server() {
+    use tenantsync::sync::Fence;
+    use tenantsync::sync::rollout::RolloutPhase;
+    let repo = TestRepo::new("rollout-record-size");
+    repo.apply_rendered().await;
+    let cluster = admin().await;
+    let env = repo.env.clone();
+    let names: Vec<String> = (0..20_000)
+        .map(|i| format!("clinic-{i:05}-{}", &incompressible(i)[..8]))
+        .collect();
+    let mut record = rollout_record(1, RolloutPhase::Failed, &names);
+    record.failed = names[..2_000]
+        .iter()
+        .map(|w| (w.clone(), format!("Degraded: {}", "x".repeat(20_000))))
+        .collect();
+    record.rolling_back = names[..2_000].to_vec();
+    // The per-workspace revisions of 20,000 workspaces too.
+    let stored = cluster.read_inventory_stored(&env).await.expect("read");
+    let mut many = stored.inventory.clone();
+    many.record_applied(
+        names
+            .iter()
+            .map(|ws| tenantsync::sync::inventory::AppliedWorkspace {
+                workspace: ws,
+                revision: "0123456789abcdef0123456789abcdef01234567",
+                changed: true,
+            }),
+    );
+    cluster
+        .write_inventory_checked(&stored, &many)
+        .await
+        .expect("20,000 workspace records written");
+    cluster
+        .record_rollout(&env, &Fence::default(), None, Some(&record))
+        .await
+        .expect("the record is written");
+    let read = inventory(&env).await;
+    let back = read.rollout.expect("the record reads back");
+    assert_eq!(back.steps.len(), 10);
+    assert_eq!(back.failed.len(), 2_000);
+    assert!(back.failed.values().all(|m| m.chars().count() <= 300));
+    assert_eq!(read.workspaces.len(), many.workspaces.len());
+}

@@ -90,7 +90,7 @@ async fn drive(ns: &str, healthy: bool) {
         .expect("patch status");
 }
 
-async fn inventory(env: &str) -> Option<Inventory> {
+pub(crate) async fn inventory(env: &str) -> Option<Inventory> {
     let api: Api<ConfigMap> =
         Api::namespaced(control_plane().client(User::Admin).await, SYSTEM_NAMESPACE);
     let cm = api.get_opt(&name_of(env)).await.ok()??;
@@ -374,4 +374,97 @@ async fn without_rollback_failed_health_is_reported_and_nothing_is_rolled_back()
             .any(|(reason, _)| reason == "HealthCheckFailed"),
         "{events:?}"
     );
+}
+
+/// Review of issue 16: the health watch lived only in the daemon's memory,
+/// so a daemon killed after applying a revision, before judging it, was
+/// followed by one that never judged it: a workspace going Degraded
+/// meanwhile was never rolled back. Now the inventory records since when
+/// each workspace is judged, and the next daemon watches every workspace
+/// not known Healthy at its applied revision, for the deadline left.
+#[tokio::test]
+async fn a_daemon_killed_mid_health_watch_is_followed_by_one_that_still_rolls_the_degraded_workspace_back()
+ {
+    let repo = TestRepo::new("rollback-restart");
+    let env = repo.env.clone();
+    std::fs::remove_dir_all(repo.path().join("environments/base/workspaces")).expect("rm");
+    let (alpha, beta) = (repo.namespace("alpha"), repo.namespace("beta"));
+    repo.write("environment.yaml", &environment(&env));
+    repo.write("workspaces/alpha.yaml", &workspace("alpha", 1));
+    repo.write("workspaces/beta.yaml", &workspace("beta", 1));
+    git(repo.path(), &["init", "-q", "-b", "main"]);
+    let first = commit(&repo, "alpha and beta with one replica");
+    let logs = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let daemon = start_daemon(&repo, port, &logs.path().join("first.log"));
+    wait_for("the first revision", Duration::from_secs(60), async || {
+        deployment(&alpha).await.is_some() && deployment(&beta).await.is_some()
+    })
+    .await;
+    drive(&alpha, true).await;
+    drive(&beta, true).await;
+    wait_for(
+        "first recorded healthy",
+        Duration::from_secs(30),
+        async || {
+            inventory(&env).await.is_some_and(|i| {
+                i.healthy_revision("alpha") == Some(first.as_str())
+                    && i.healthy_revision("beta") == Some(first.as_str())
+            })
+        },
+    )
+    .await;
+
+    // The second revision is applied and its judgement recorded as begun;
+    // the daemon is killed before either workspace says anything.
+    repo.write("workspaces/alpha.yaml", &workspace("alpha", 2));
+    repo.write("workspaces/beta.yaml", &workspace("beta", 2));
+    let second = commit(&repo, "two replicas each");
+    push(port, &second).await;
+    wait_for(
+        "the second revision applied and being judged",
+        Duration::from_secs(30),
+        async || {
+            inventory(&env).await.is_some_and(|i| {
+                ["alpha", "beta"].iter().all(|ws| {
+                    i.applied_revision(ws) == Some(second.as_str())
+                        && i.workspaces[*ws]
+                            .judging
+                            .as_ref()
+                            .is_some_and(|j| j.revision == second)
+                })
+            })
+        },
+    )
+    .await;
+    drop(daemon);
+    drive(&beta, true).await;
+    drive(&alpha, false).await;
+
+    // The next daemon judges them: beta Healthy, alpha rolled back.
+    let port = free_port();
+    let log = logs.path().join("second.log");
+    let _second = start_daemon(&repo, port, &log);
+    let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
+    let s = wait_for_status(port, &env, "RolledBack", Duration::from_secs(60), &log_text).await;
+    assert_eq!(s["failedHealth"]["revision"], second.as_str(), "{s}");
+    assert_eq!(
+        s["failedHealth"]["rolledBack"]["alpha"],
+        first.as_str(),
+        "{s}"
+    );
+    assert!(s["failedHealth"]["workspaces"].get("beta").is_none(), "{s}");
+    assert_eq!(replicas(&alpha).await, Some(1), "alpha back at the first");
+    assert_eq!(replicas(&beta).await, Some(2), "beta keeps the second");
+    wait_for(
+        "beta recorded healthy",
+        Duration::from_secs(10),
+        async || {
+            inventory(&env).await.is_some_and(|i| {
+                i.healthy_revision("beta") == Some(second.as_str())
+                    && i.applied_revision("alpha") == Some(first.as_str())
+            })
+        },
+    )
+    .await;
 }

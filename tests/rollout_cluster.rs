@@ -14,6 +14,7 @@ use serde_json::{Value, json};
 
 use crate::change_control_cluster::{push, start_daemon};
 use crate::daemon_e2e::{free_port, metric, status, wait_for};
+use crate::rollback_cluster::inventory;
 use crate::support::repo::TestRepo;
 use crate::support::{User, control_plane, git};
 
@@ -27,11 +28,16 @@ fn tenants() -> Vec<String> {
 /// Ten workspaces of one FHIR service each (the shipped base's removed),
 /// rolled out 20% then 100%.
 fn ten_workspaces(test: &str) -> TestRepo {
+    ten_workspaces_pausing(test, "1s")
+}
+
+/// [`ten_workspaces`] with `pause` between the steps.
+fn ten_workspaces_pausing(test: &str, pause: &str) -> TestRepo {
     let repo = TestRepo::new(test);
     repo.write(
         "environment.yaml",
         &format!(
-            "apiVersion: tenantsync.io/v1alpha1\nkind: Environment\nmetadata:\n  name: {}\nspec:\n  base: base\n  ingress:\n    domain: test.example.com\n  syncPolicy:\n    rollout:\n      steps: [20%, 100%]\n      pauseBetween: 1s\n      healthDeadline: 10m\n",
+            "apiVersion: tenantsync.io/v1alpha1\nkind: Environment\nmetadata:\n  name: {}\nspec:\n  base: base\n  ingress:\n    domain: test.example.com\n  syncPolicy:\n    rollout:\n      steps: [20%, 100%]\n      pauseBetween: {pause}\n      healthDeadline: 10m\n",
             repo.env
         ),
     );
@@ -311,4 +317,408 @@ async fn a_step_that_goes_degraded_stops_the_rollout_at_two_workspaces_and_rolls
     assert_eq!(metric(port, &rolled).await, Some(1.0));
     let shown = tenantsync_status(&env);
     assert!(shown.contains("step 1/2 RolledBack"), "{shown}");
+}
+
+/// Review of issue 26: the rollout lived only in the daemon's memory, so a
+/// daemon started after one killed at step 1 of 2 planned again, saw eight
+/// workspaces still changed and began a new rollout of them at once
+/// (beyond the pause, and with a health deadline started over). Now the
+/// inventory records the rollout, and the next daemon goes on at step 1,
+/// applying step 2 only once the recorded pause is over.
+#[tokio::test]
+async fn a_daemon_killed_during_a_rollouts_pause_is_followed_by_one_that_goes_on_at_its_step() {
+    let repo = ten_workspaces_pausing("rollout-restart", "30s");
+    let env = repo.env.clone();
+    let logs = tempfile::tempdir().expect("tempdir");
+    let (port, first_daemon) = started(&repo, &logs.path().join("first.log")).await;
+
+    let revision = bump_image(&repo);
+    push(port, &revision).await;
+    wait_for("step 1", Duration::from_secs(30), async || {
+        status(port, &env).await.is_some_and(|s| {
+            s["rollout"]["revision"] == revision.as_str() && s["rollout"]["step"] == 1
+        })
+    })
+    .await;
+    let first = running(&repo, NEW).await;
+    assert_eq!(first.len(), 2, "{first:?}");
+    for ws in &first {
+        make_healthy(&repo.namespace(ws)).await;
+    }
+    wait_for("the pause", Duration::from_secs(30), async || {
+        status(port, &env)
+            .await
+            .is_some_and(|s| s["rollout"]["phase"] == "Pausing")
+    })
+    .await;
+    let s = status(port, &env).await.expect("status");
+    let next_step_at: jiff::Timestamp = s["rollout"]["nextStepAt"]
+        .as_str()
+        .and_then(|t| t.parse().ok())
+        .unwrap_or_else(|| panic!("no nextStepAt: {s}"));
+    // The inventory records the rollout at step 1, pausing.
+    wait_for(
+        "the rollout recorded at step 1",
+        Duration::from_secs(10),
+        async || {
+            inventory(&env).await.is_some_and(|i| {
+                i.rollout.as_ref().is_some_and(|r| {
+                    r.revision == revision && r.applied == 1 && r.healthy_at.is_some()
+                })
+            })
+        },
+    )
+    .await;
+
+    // kill -9 mid-pause; another daemon starts (it waits for the dead
+    // one's lock to expire).
+    drop(first_daemon);
+    let port = free_port();
+    let second_log = logs.path().join("second.log");
+    let _second = start_daemon(&repo, port, &second_log);
+    wait_for(
+        "the new daemon to show the rollout at step 1",
+        Duration::from_secs(60),
+        async || {
+            status(port, &env).await.is_some_and(|s| {
+                s["rollout"]["revision"] == revision.as_str() && s["rollout"]["step"] == 1
+            })
+        },
+    )
+    .await;
+    let s = status(port, &env).await.expect("status");
+    assert_eq!(strings(&s["rollout"]["pending"]).len(), 8, "{s}");
+    // Until the recorded pause is over, step 2 is not applied.
+    let margin = jiff::SignedDuration::from_secs(1);
+    let mut watched = 0;
+    while jiff::Timestamp::now() < next_step_at - margin {
+        let reached = running(&repo, NEW).await;
+        assert_eq!(
+            reached,
+            first,
+            "applied beyond step 1 before the pause ended:\n{}",
+            std::fs::read_to_string(&second_log).unwrap_or_default()
+        );
+        watched += 1;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(
+        watched > 0,
+        "the new daemon took over after the pause ended"
+    );
+
+    // Then step 2: every workspace, the rollout completed, the record gone.
+    wait_for("step 2", Duration::from_secs(60), async || {
+        status(port, &env).await.is_some_and(|s| {
+            s["lastAppliedRevision"] == revision.as_str()
+                && s["rollout"]["step"] == 2
+                && s["rollout"]["phase"] == "Completed"
+        })
+    })
+    .await;
+    assert_eq!(running(&repo, NEW).await.len(), 10);
+    wait_for(
+        "the finished rollout cleared from the inventory",
+        Duration::from_secs(10),
+        async || inventory(&env).await.is_some_and(|i| i.rollout.is_none()),
+    )
+    .await;
+    let events = crate::change_control_cluster::events_of(&env).await;
+    assert!(
+        events
+            .iter()
+            .any(|(reason, message)| reason == "RolloutResumed" && message.contains("step 1/2")),
+        "{events:?}"
+    );
+}
+
+/// An admission policy refusing every update of a Deployment back to the
+/// old image in `namespaces`; returns its name. Waits until it refuses.
+async fn refuse_rollback_in(namespaces: &[String], test: &str) -> String {
+    let name = crate::support::unique_name(test);
+    let values = namespaces
+        .iter()
+        .map(|n| format!("\"{n}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let yaml = format!(
+        "apiVersion: admissionregistration.k8s.io/v1\nkind: ValidatingAdmissionPolicy\nmetadata: {{name: {name}}}\nspec:\n  failurePolicy: Fail\n  matchConstraints:\n    resourceRules:\n    - apiGroups: [apps]\n      apiVersions: [v1]\n      operations: [UPDATE]\n      resources: [deployments]\n  validations:\n  - expression: \"!object.spec.template.spec.containers.exists(c, c.image.endsWith(':4.3.1'))\"\n    message: change freeze (test), no rollback to 4.3.1\n---\napiVersion: admissionregistration.k8s.io/v1\nkind: ValidatingAdmissionPolicyBinding\nmetadata: {{name: {name}}}\nspec:\n  policyName: {name}\n  validationActions: [Deny]\n  matchResources:\n    namespaceSelector:\n      matchExpressions:\n      - {{key: kubernetes.io/metadata.name, operator: In, values: [{values}]}}\n"
+    );
+    let file = tempfile::NamedTempFile::new().expect("temp file");
+    std::fs::write(file.path(), yaml).expect("write policy");
+    crate::deploy_cluster::kubectl(&["apply", "-f", &file.path().display().to_string()]);
+    let probe =
+        json!([{"op": "replace", "path": "/spec/template/spec/containers/0/image", "value": OLD}]);
+    wait_for(
+        "the policy to refuse",
+        Duration::from_secs(30),
+        async || {
+            let out = control_plane()
+                .kubectl()
+                .args([
+                    "--context",
+                    "admin",
+                    "-n",
+                    &namespaces[0],
+                    "patch",
+                    "deployment",
+                    "fhir-api",
+                ])
+                .args(["--dry-run=server", "--type=json", "-p", &probe.to_string()])
+                .output()
+                .expect("kubectl");
+            !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("change freeze")
+        },
+    )
+    .await;
+    name
+}
+
+/// Review of issue 26: a failed step whose rollback was refused once (an
+/// admission policy here; a held lock or an API error alike) stayed
+/// unapplied for good, and status said only that it failed. Now the
+/// rollback is recorded as pending (`rollingBack`, `rollbackError`, in
+/// status and the inventory) and tried again at each reconcile until it
+/// applies.
+#[tokio::test]
+async fn a_failed_steps_rollback_refused_once_is_retried_until_applied_and_status_says_so() {
+    let repo = ten_workspaces("rollout-rollback-retry");
+    let env = repo.env.clone();
+    let logs = tempfile::tempdir().expect("tempdir");
+    let (port, _daemon) = started(&repo, &logs.path().join("daemon.log")).await;
+
+    let revision = bump_image(&repo);
+    push(port, &revision).await;
+    wait_for("step 1", Duration::from_secs(30), async || {
+        status(port, &env).await.is_some_and(|s| {
+            s["rollout"]["revision"] == revision.as_str() && s["rollout"]["step"] == 1
+        })
+    })
+    .await;
+    let first = running(&repo, NEW).await;
+    assert_eq!(first.len(), 2, "{first:?}");
+    let namespaces: Vec<String> = first.iter().map(|ws| repo.namespace(ws)).collect();
+    let policy = refuse_rollback_in(&namespaces, "rollback-freeze").await;
+
+    make_degraded(&namespaces[1]).await;
+    wait_for(
+        "the refused rollback",
+        Duration::from_secs(30),
+        async || {
+            status(port, &env).await.is_some_and(|s| {
+                s["rollout"]["phase"] == "Failed"
+                    && s["rollout"]["rollbackError"]
+                        .as_str()
+                        .is_some_and(|e| e.contains("change freeze"))
+            })
+        },
+    )
+    .await;
+    let s = status(port, &env).await.expect("status");
+    let mut rolling_back = strings(&s["rollout"]["rollingBack"]);
+    rolling_back.sort();
+    assert_eq!(rolling_back, first, "{s}");
+    assert_eq!(s["syncStatus"], "Failed", "{s}");
+    assert!(
+        s["lastError"]
+            .as_str()
+            .is_some_and(|e| e.contains("tried again")),
+        "{s}"
+    );
+    let shown = tenantsync_status(&env);
+    assert!(shown.contains("rolling back"), "{shown}");
+    let inv = inventory(&env).await.expect("inventory");
+    let record = inv.rollout.expect("the rollout recorded");
+    assert_eq!(record.rolling_back.len(), 2, "{record:?}");
+    // Still refused a few reconciles later: nothing rolled back, nothing
+    // claimed.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(running(&repo, NEW).await, first);
+    let s = status(port, &env).await.expect("status");
+    assert_eq!(s["rollout"]["phase"], "Failed", "{s}");
+
+    // The freeze lifted: the next try applies it.
+    crate::deploy_cluster::kubectl(&["delete", "validatingadmissionpolicybinding", &policy]);
+    crate::deploy_cluster::kubectl(&["delete", "validatingadmissionpolicy", &policy]);
+    wait_for("the rollback", Duration::from_secs(60), async || {
+        status(port, &env)
+            .await
+            .is_some_and(|s| s["rollout"]["phase"] == "RolledBack")
+    })
+    .await;
+    let s = status(port, &env).await.expect("status");
+    assert!(s["rollout"]["rollingBack"].is_null(), "{s}");
+    assert!(s["rollout"]["rollbackError"].is_null(), "{s}");
+    assert_eq!(running(&repo, OLD).await.len(), 10);
+    let events = crate::change_control_cluster::events_of(&env).await;
+    assert!(
+        events
+            .iter()
+            .any(|(reason, _)| reason == "RolloutRolledBack"),
+        "{events:?}"
+    );
+}
+
+/// Hostile review of the persisted rollout: a CLI sync of another revision
+/// while no daemon ran kept the rollout record, and the next daemon resumed
+/// it at its step: after the recorded pause it applied step 2, which in one
+/// sync also set back every workspace step 1 had reached, without a gate.
+/// Now that sync clears the record and the next daemon starts from step one.
+#[tokio::test]
+async fn a_cli_sync_of_another_revision_while_no_daemon_runs_restarts_the_rollout_from_step_one() {
+    let repo = ten_workspaces_pausing("rollout-cli-between", "3s");
+    let env = repo.env.clone();
+    let before = git(repo.path(), &["rev-parse", "HEAD"]);
+    let logs = tempfile::tempdir().expect("tempdir");
+    let (port, first_daemon) = started(&repo, &logs.path().join("first.log")).await;
+    let revision = bump_image(&repo);
+    push(port, &revision).await;
+    wait_for("step 1", Duration::from_secs(30), async || {
+        status(port, &env).await.is_some_and(|s| {
+            s["rollout"]["revision"] == revision.as_str() && s["rollout"]["step"] == 1
+        })
+    })
+    .await;
+    for ws in &running(&repo, NEW).await {
+        make_healthy(&repo.namespace(ws)).await;
+    }
+    wait_for(
+        "the rollout recorded at step 1, pausing",
+        Duration::from_secs(30),
+        async || {
+            inventory(&env).await.is_some_and(|i| {
+                i.rollout
+                    .as_ref()
+                    .is_some_and(|r| r.revision == revision && r.healthy_at.is_some())
+            })
+        },
+    )
+    .await;
+    drop(first_daemon);
+
+    // While no daemon runs, the revision before is synced by hand.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tenantsync"))
+        .args(["sync", "--env", &env, "--rev", &before, "--repo"])
+        .arg(repo.path())
+        .arg("--kubeconfig")
+        .arg(control_plane().kubeconfig())
+        .args(["--context", "admin"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("tenantsync sync");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(running(&repo, NEW).await.is_empty());
+    let inv = inventory(&env).await.expect("inventory");
+    assert_eq!(inv.revision.as_deref(), Some(before.as_str()));
+    assert_eq!(inv.rollout, None, "the record of {revision} is cleared");
+
+    // The next daemon rolls the newer revision out from step one: two
+    // workspaces, held there while they are not Healthy, long past the
+    // recorded pause.
+    let port = free_port();
+    let second_log = logs.path().join("second.log");
+    let _second = start_daemon(&repo, port, &second_log);
+    wait_for(
+        "the new daemon's step 1",
+        Duration::from_secs(90),
+        async || {
+            status(port, &env).await.is_some_and(|s| {
+                s["rollout"]["revision"] == revision.as_str() && s["rollout"]["step"] == 1
+            })
+        },
+    )
+    .await;
+    for _ in 0..16 {
+        let reached = running(&repo, NEW).await;
+        assert_eq!(
+            reached.len(),
+            2,
+            "{reached:?}:\n{}",
+            std::fs::read_to_string(&second_log).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let events = crate::change_control_cluster::events_of(&env).await;
+    assert!(
+        !events
+            .iter()
+            .any(|(reason, message)| reason == "RolloutResumed" && message.contains(&revision)),
+        "{events:?}"
+    );
+}
+
+/// Hostile review of the persisted rollout: a daemon killed during step 1,
+/// before anything was recorded, left the next daemon no record: it planned
+/// again, saw step 1's workspaces unchanged and never judged them. The
+/// record is now written before step 1 (no step applied yet) and the step
+/// with its record in one write; the next daemon applies step 1 of the
+/// recorded steps.
+#[tokio::test]
+async fn a_record_of_no_step_applied_yet_is_resumed_with_step_one_of_its_recorded_steps() {
+    use tenantsync::sync::rollout::{RolloutPhase, RolloutStep};
+    let repo = ten_workspaces_pausing("rollout-step-zero", "30s");
+    let env = repo.env.clone();
+    let logs = tempfile::tempdir().expect("tempdir");
+    let (port, _daemon) = started(&repo, &logs.path().join("daemon.log")).await;
+    // What a daemon killed during step 1 left: steps planned, none applied
+    // (step 1 here: the last two tenants, not what a new plan would pick).
+    let all = tenants();
+    let (rest, first) = all.split_at(all.len() - 2);
+    let revision = bump_image(&repo);
+    let record = tenantsync::sync::resume::RolloutRecord {
+        revision: revision.clone(),
+        steps: vec![
+            RolloutStep {
+                percent: 20,
+                workspaces: first.to_vec(),
+            },
+            RolloutStep {
+                percent: 100,
+                workspaces: rest.to_vec(),
+            },
+        ],
+        not_held_back: Vec::new(),
+        applied: 0,
+        applied_at: jiff::Timestamp::now().to_string(),
+        healthy_at: None,
+        phase: RolloutPhase::Progressing,
+        failed: Default::default(),
+        rolling_back: Vec::new(),
+    };
+    let cluster = tenantsync::cluster::Cluster::connect(&tenantsync::cluster::ClusterOptions {
+        kubeconfig: Some(control_plane().kubeconfig().to_path_buf()),
+        context: Some("admin".into()),
+    })
+    .await
+    .expect("connect");
+    cluster
+        .record_rollout(
+            &env,
+            &tenantsync::sync::Fence::default(),
+            None,
+            Some(&record),
+        )
+        .await
+        .expect("record");
+    push(port, &revision).await;
+    wait_for("step 1", Duration::from_secs(30), async || {
+        status(port, &env).await.is_some_and(|s| {
+            s["rollout"]["revision"] == revision.as_str() && s["rollout"]["step"] == 1
+        })
+    })
+    .await;
+    let mut reached = running(&repo, NEW).await;
+    reached.sort();
+    let mut wanted = first.to_vec();
+    wanted.sort();
+    assert_eq!(reached, wanted);
+    // Recorded with the step, in the step's own inventory write.
+    let inv = inventory(&env).await.expect("inventory");
+    let recorded = inv.rollout.expect("the record");
+    assert_eq!(recorded.applied, 1);
+    assert_eq!(recorded.steps, record.steps);
 }

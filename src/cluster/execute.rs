@@ -171,6 +171,8 @@ pub async fn sync(
             last_applied_at: old.last_applied_at.clone(),
             objects: desired_refs,
             workspaces: old.workspaces.clone(),
+            rollout: old.rollout.clone(),
+            rollout_unreadable: None,
         };
         if report.succeeded()
             && let Some(revision) = revision
@@ -194,7 +196,12 @@ pub async fn sync(
                     changed: changed.contains(ws),
                 }
             }));
-            final_inventory.revision = Some(revision);
+            final_inventory.record_revision(revision);
+        }
+        if report.succeeded()
+            && let Some(record) = &options.rollout_record
+        {
+            final_inventory.rollout = Some(record.clone().capped());
         }
         final_inventory.objects.extend(not_deleted);
         narrow(cluster, current, &widened, final_inventory, &mut report).await;

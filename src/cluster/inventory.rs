@@ -44,6 +44,29 @@ const ORPHAN_AGE: Duration = Duration::from_secs(600);
 /// tests that need several chunks without tens of thousands of objects.
 pub const CHUNK_BYTES_ENV: &str = "TENANTSYNC_INVENTORY_CHUNK_BYTES";
 
+/// What a record-only change of the inventory did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Updated {
+    Written,
+    /// Nothing to change (or no inventory yet).
+    Unchanged,
+    /// The writer no longer holds the environment: nothing written.
+    NotHeld,
+}
+
+/// What setting the rollout record did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RolloutWrite {
+    Written,
+    /// Already so, or no inventory yet.
+    Unchanged,
+    /// Another writer set or cleared the record since this one last saw
+    /// it: left as the other writer recorded it.
+    Stale,
+    /// The writer no longer holds the environment: nothing written.
+    NotHeld,
+}
+
 /// An inventory as stored, with the `resourceVersion` it was read at
 /// (`None`: there was none) and the chunks its head named.
 #[derive(Clone, Debug)]
@@ -154,98 +177,155 @@ impl Cluster {
         base: &Stored,
         ours: &Inventory,
     ) -> Result<Stored, ClusterError> {
-        let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), SYSTEM_NAMESPACE);
         let name = inventory::name_of(&ours.environment);
-        let mut version = base.resource_version.clone();
-        let mut replaced = base.chunks.clone();
+        let mut against = base.clone();
         let mut to_write = ours.clone();
-        let encode_error = |e: inventory::EncodeError| ClusterError::Encode {
-            environment: ours.environment.clone(),
-            reason: e.to_string(),
-        };
         for _ in 0..WRITE_ATTEMPTS {
-            let generation = new_generation();
-            let encoded = to_write
-                .encode(chunk_bytes(), &generation)
-                .map_err(encode_error)?;
-            let written_chunks = Inventory::chunks_of(&encoded.head)
-                .map_err(|e| self.inventory_unreadable(&name, e.to_string()))?;
-            if version.is_none() {
-                self.ensure_system_namespace(false).await?;
+            if let Some(stored) = self.write_inventory_once(&against, &to_write).await? {
+                return Ok(stored);
             }
-            for chunk in &encoded.chunks {
-                self.apply_config_map(&api, chunk).await?;
-            }
-            let mut cm = encoded.head;
-            self.count(true);
-            let written = match &version {
-                None => api.create(&PostParams::default(), &cm).await,
-                Some(rv) => {
-                    cm.metadata.resource_version = Some(rv.clone());
-                    let value = config_map_value(&cm);
-                    let mut params = PatchParams::apply(FIELD_MANAGER);
-                    params.force = true;
-                    api.patch(&name, &params, &Patch::Apply(&value)).await
-                }
-            };
-            match written {
-                Ok(cm) => {
-                    // The chunks replaced are deleted only when the stored
-                    // inventory names exactly what was written.
-                    let stored = Inventory::chunks_of(&cm).ok();
-                    if stored.as_ref() == Some(&written_chunks) {
-                        if let Some(old) =
-                            replaced.filter(|old| Some(old) != written_chunks.as_ref())
-                        {
-                            self.delete_chunks(&api, &old.names(&ours.environment))
-                                .await;
-                        }
-                        if let Some(at) = written_at(&cm) {
-                            self.delete_orphan_chunks(
-                                &api,
-                                &ours.environment,
-                                written_chunks.as_ref(),
-                                at,
-                            )
-                            .await;
-                        }
-                    } else {
-                        tracing::warn!(
-                            inventory = %name,
-                            "the inventory as stored does not name the chunks just written; no chunk is deleted"
-                        );
-                    }
-                    return Ok(Stored {
-                        inventory: to_write,
-                        resource_version: cm.metadata.resource_version,
-                        chunks: written_chunks,
-                    });
-                }
-                // Changed (409) or deleted (404) since read: merge again.
-                Err(kube::Error::Api(s)) if s.code == 409 || s.code == 404 => {
-                    // This attempt's chunks are named by nothing.
-                    if let Some(mine) = &written_chunks {
-                        self.delete_chunks(&api, &mine.names(&ours.environment))
-                            .await;
-                    }
-                    let theirs = self.read_inventory_stored(&ours.environment).await?;
-                    tracing::info!(
-                        inventory = %name,
-                        "the inventory changed since it was read; merging and writing again"
-                    );
-                    to_write =
-                        inventory::merge_concurrent(&base.inventory, &to_write, &theirs.inventory);
-                    version = theirs.resource_version;
-                    replaced = theirs.chunks;
-                }
-                Err(e) => return Err(self.classify(e, "patch", "configmaps")),
-            }
+            // Changed (409) or deleted (404) since read: merge again.
+            let theirs = self.read_inventory_stored(&ours.environment).await?;
+            tracing::info!(
+                inventory = %name,
+                "the inventory changed since it was read; merging and writing again"
+            );
+            to_write = inventory::merge_concurrent(&base.inventory, &to_write, &theirs.inventory);
+            against = theirs;
         }
         Err(ClusterError::Contended {
             server: self.server.clone(),
             resource: format!("configmap {SYSTEM_NAMESPACE}/{name}"),
             attempts: WRITE_ATTEMPTS,
         })
+    }
+
+    /// A record-only change of the stored inventory (a health judgement's
+    /// start, the rollout record): read, `change`d, written at the version
+    /// read; on a conflict read again and `change` the fresh copy, so that
+    /// nothing else another writer recorded is overwritten. Nothing is
+    /// written once `fence` is lost (the writer no longer holds the
+    /// environment), nor before the first sync, nor when `change` says
+    /// there is nothing to change (it returns whether it changed anything).
+    pub async fn update_inventory(
+        &self,
+        environment: &str,
+        fence: &crate::sync::Fence,
+        mut change: impl FnMut(&mut Inventory) -> bool,
+    ) -> Result<Updated, ClusterError> {
+        for _ in 0..WRITE_ATTEMPTS {
+            if fence.lost() {
+                return Ok(Updated::NotHeld);
+            }
+            let stored = self.read_inventory_stored(environment).await?;
+            if stored.resource_version.is_none() {
+                return Ok(Updated::Unchanged);
+            }
+            let mut ours = stored.inventory.clone();
+            if !change(&mut ours) {
+                return Ok(Updated::Unchanged);
+            }
+            if fence.lost() {
+                return Ok(Updated::NotHeld);
+            }
+            if self.write_inventory_once(&stored, &ours).await?.is_some() {
+                return Ok(Updated::Written);
+            }
+        }
+        Err(ClusterError::Contended {
+            server: self.server.clone(),
+            resource: format!(
+                "configmap {SYSTEM_NAMESPACE}/{}",
+                inventory::name_of(environment)
+            ),
+            attempts: WRITE_ATTEMPTS,
+        })
+    }
+
+    /// One write of `ours` at `base`'s `resourceVersion` (chunks first, the
+    /// head, then the chunks `base` named deleted); `None` when another
+    /// writer changed (409) or deleted (404) it since, this attempt's chunks
+    /// deleted again.
+    async fn write_inventory_once(
+        &self,
+        base: &Stored,
+        ours: &Inventory,
+    ) -> Result<Option<Stored>, ClusterError> {
+        let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), SYSTEM_NAMESPACE);
+        let name = inventory::name_of(&ours.environment);
+        let version = base.resource_version.clone();
+        let replaced = base.chunks.clone();
+        let to_write = ours.clone();
+        let encode_error = |e: inventory::EncodeError| ClusterError::Encode {
+            environment: ours.environment.clone(),
+            reason: e.to_string(),
+        };
+        let generation = new_generation();
+        let encoded = to_write
+            .encode(chunk_bytes(), &generation)
+            .map_err(encode_error)?;
+        let written_chunks = Inventory::chunks_of(&encoded.head)
+            .map_err(|e| self.inventory_unreadable(&name, e.to_string()))?;
+        if version.is_none() {
+            self.ensure_system_namespace(false).await?;
+        }
+        for chunk in &encoded.chunks {
+            self.apply_config_map(&api, chunk).await?;
+        }
+        let mut cm = encoded.head;
+        self.count(true);
+        let written = match &version {
+            None => api.create(&PostParams::default(), &cm).await,
+            Some(rv) => {
+                cm.metadata.resource_version = Some(rv.clone());
+                let value = config_map_value(&cm);
+                let mut params = PatchParams::apply(FIELD_MANAGER);
+                params.force = true;
+                api.patch(&name, &params, &Patch::Apply(&value)).await
+            }
+        };
+        match written {
+            Ok(cm) => {
+                // The chunks replaced are deleted only when the stored
+                // inventory names exactly what was written.
+                let stored = Inventory::chunks_of(&cm).ok();
+                if stored.as_ref() == Some(&written_chunks) {
+                    if let Some(old) = replaced.filter(|old| Some(old) != written_chunks.as_ref()) {
+                        self.delete_chunks(&api, &old.names(&ours.environment))
+                            .await;
+                    }
+                    if let Some(at) = written_at(&cm) {
+                        self.delete_orphan_chunks(
+                            &api,
+                            &ours.environment,
+                            written_chunks.as_ref(),
+                            at,
+                        )
+                        .await;
+                    }
+                } else {
+                    tracing::warn!(
+                        inventory = %name,
+                        "the inventory as stored does not name the chunks just written; no chunk is deleted"
+                    );
+                }
+                Ok(Some(Stored {
+                    inventory: to_write,
+                    resource_version: cm.metadata.resource_version,
+                    chunks: written_chunks,
+                }))
+            }
+            // Changed (409) or deleted (404) since read.
+            Err(kube::Error::Api(s)) if s.code == 409 || s.code == 404 => {
+                // This attempt's chunks are named by nothing.
+                if let Some(mine) = &written_chunks {
+                    self.delete_chunks(&api, &mine.names(&ours.environment))
+                        .await;
+                }
+                Ok(None)
+            }
+            Err(e) => Err(self.classify(e, "patch", "configmaps")),
+        }
     }
 
     async fn apply_config_map(
@@ -331,6 +411,51 @@ impl Cluster {
         }
         self.write_inventory_checked(&stored, &ours).await?;
         Ok(true)
+    }
+
+    /// Records that the health of `workspaces` at `revision` is judged
+    /// since `since` (those applied at it and not judged yet; a judgement
+    /// under way keeps its start): only that, on the stored inventory as
+    /// it is at the write, and only while `fence` holds.
+    pub async fn record_judging(
+        &self,
+        environment: &str,
+        fence: &crate::sync::Fence,
+        workspaces: &[String],
+        revision: &str,
+        since: &str,
+    ) -> Result<Updated, ClusterError> {
+        self.update_inventory(environment, fence, |inv| {
+            inv.record_judging(workspaces, revision, since)
+        })
+        .await
+    }
+
+    /// Sets the rollout record to `new` (`None`: none) if the stored one
+    /// is still `expected`, the one this writer last saw
+    /// ([`crate::sync::resume::set_rollout`]), and only while `fence`
+    /// holds; nothing else of the inventory is written.
+    pub async fn record_rollout(
+        &self,
+        environment: &str,
+        fence: &crate::sync::Fence,
+        expected: Option<&crate::sync::resume::RolloutRecord>,
+        new: Option<&crate::sync::resume::RolloutRecord>,
+    ) -> Result<RolloutWrite, ClusterError> {
+        use crate::sync::resume::{RecordSet, set_rollout};
+        let mut found = RecordSet::Same;
+        let updated = self
+            .update_inventory(environment, fence, |inv| {
+                found = set_rollout(inv, expected, new);
+                found == RecordSet::Changed
+            })
+            .await?;
+        Ok(match (updated, found) {
+            (Updated::NotHeld, _) => RolloutWrite::NotHeld,
+            (_, RecordSet::Stale) => RolloutWrite::Stale,
+            (Updated::Written, _) => RolloutWrite::Written,
+            (Updated::Unchanged, _) => RolloutWrite::Unchanged,
+        })
     }
 
     /// Reads an environment's inventory; `None` before the first sync.

@@ -31,6 +31,8 @@ use crate::sync::status::{
 };
 use crate::sync::windows;
 
+#[path = "resume.rs"]
+mod resume;
 #[path = "rollout.rs"]
 mod rollout;
 
@@ -400,6 +402,9 @@ struct Reconciler {
     clean: Option<(String, Instant)>,
     /// The reconcile in flight compared nothing (see [`Reconciler::quiet`]).
     skipped: bool,
+    /// The health judgements the inventory records as unfinished were
+    /// taken up in this term as the writer ([`Reconciler::resume_health`]).
+    resumed: bool,
 }
 
 impl Reconciler {
@@ -423,6 +428,7 @@ impl Reconciler {
             needs_pinning: false,
             clean: None,
             skipped: false,
+            resumed: false,
         }
     }
 
@@ -467,7 +473,7 @@ impl Reconciler {
             || writer.locked_by.is_some()
             || self.source_problem.is_some()
             || self.rollback_pending
-            || self.rollout.as_ref().is_some_and(|r| r.active())
+            || self.rollout.as_ref().is_some_and(|r| r.has_work())
         {
             return false;
         }
@@ -501,6 +507,7 @@ impl Reconciler {
                 return Err(e);
             }
         };
+        self.resume_health(&state, &writer).await;
         if from_source && self.quiet(&state, &writer, watched).await {
             return Ok(());
         }
@@ -581,6 +588,8 @@ impl Reconciler {
                     }
                 }
                 if let Some(changed) = changed {
+                    self.note_judging(state.revision(), &changed, &writer.fence)
+                        .await;
                     self.watch_health(&state, changed);
                 }
                 result
@@ -592,6 +601,17 @@ impl Reconciler {
     /// Watches the health of the workspaces `state` changed, off the loop,
     /// until the health deadline (a newer revision's watch replaces it).
     fn watch_health(&mut self, state: &Desired, workspaces: BTreeSet<String>) {
+        let deadline = state.state.sync_policy.health_deadline();
+        self.watch_health_within(state, workspaces, deadline);
+    }
+
+    /// [`Reconciler::watch_health`] until `deadline` from now.
+    fn watch_health_within(
+        &mut self,
+        state: &Desired,
+        workspaces: BTreeSet<String>,
+        deadline: Duration,
+    ) {
         if workspaces.is_empty() {
             self.health_watch = None;
             return;
@@ -603,7 +623,6 @@ impl Reconciler {
             .filter(|o| workspaces.contains(&*o.workspace))
             .map(|o| (ObjectRef::of(o), o.workspace.to_string()))
             .collect();
-        let deadline = state.state.sync_policy.health_deadline();
         let options = cluster_options(&self.shared.options, &self.env);
         let handle = tokio::spawn(watch_objects(options, objects, deadline));
         tracing::info!(environment = %self.env, revision = %state.revision(), workspaces = workspaces.len(), deadline = ?deadline, "watching the health of the changed workspaces");

@@ -5,17 +5,27 @@
 //! Which workspaces go in which step is `sync::rollout`'s (pure); this is
 //! the edge that applies, watches and reports.
 //!
-//! Kept in memory: a daemon that restarts mid-rollout plans again and rolls
-//! out the workspaces still changed from step one (never skipping a gate).
+//! Written down in the inventory (`sync::resume::RolloutRecord`) after a
+//! step's apply (not the last's), its first Healthy, its failure and its
+//! rollback, compare-and-set against the record this daemon last saw and
+//! only while the writer's fence holds: a daemon that restarts mid-rollout,
+//! or the next leader or shard holder, goes on at the recorded step with
+//! the recorded steps (the step's health judged again, the pause counted
+//! from when it was first Healthy), never applying the next step before its
+//! gate. A replica that stops being the writer drops what it kept; the
+//! inventory's record wins over memory whenever they differ.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::Value;
 
 use super::*;
+use crate::cluster::inventory::RolloutWrite;
+use crate::declare::model::RolloutPolicy;
 use crate::object::Object;
 use crate::plan::Summary;
 use crate::sync::Scope;
+use crate::sync::resume::{self as recorded, RolloutRecord};
 use crate::sync::rollout::{RolloutPhase, RolloutPlan, RolloutStatus, StepHealth, judge};
 
 /// How often a rollout under way is looked at (the step's health, the end
@@ -40,6 +50,15 @@ pub(super) struct RolloutRun {
     rollback: bool,
     pause: Duration,
     deadline: Duration,
+    /// `applied_at` and `healthy_at` by the wall clock, as recorded.
+    applied_wall: jiff::Timestamp,
+    healthy_wall: Option<jiff::Timestamp>,
+    /// A failed step's workspaces whose rollback is not applied yet, and
+    /// why: tried again at each reconcile.
+    rolling_back: Vec<String>,
+    rollback_error: Option<String>,
+    /// What the inventory records of it, as last written.
+    saved: Option<RolloutRecord>,
 }
 
 impl RolloutRun {
@@ -50,6 +69,93 @@ impl RolloutRun {
             self.phase,
             RolloutPhase::Progressing | RolloutPhase::Pausing
         )
+    }
+
+    /// Whether it has work at the next reconcile: a step under way, or a
+    /// failed step's rollback still to apply.
+    pub(super) fn has_work(&self) -> bool {
+        self.active() || !self.rolling_back.is_empty()
+    }
+
+    /// A new rollout of `revision`, nothing applied yet.
+    fn new(revision: &str, plan: RolloutPlan, live: &Plan, policy: &RolloutPolicy) -> RolloutRun {
+        RolloutRun {
+            revision: revision.to_string(),
+            namespaces: namespaces_of(live),
+            plan,
+            applied: 0,
+            applied_at: Instant::now(),
+            healthy_at: None,
+            next_step_at: None,
+            phase: RolloutPhase::Progressing,
+            failed: BTreeMap::new(),
+            progressing: Vec::new(),
+            rollback: policy.rollback,
+            pause: policy.pause_between,
+            deadline: policy.health_deadline,
+            applied_wall: jiff::Timestamp::now(),
+            healthy_wall: None,
+            rolling_back: Vec::new(),
+            rollback_error: None,
+            saved: None,
+        }
+    }
+
+    /// The rollout the inventory records, taken up again: its steps as
+    /// planned, its clocks by the recorded wall times, the policy's
+    /// switches as they are now.
+    fn resumed(record: RolloutRecord, live: &Plan, policy: &RolloutPolicy) -> RolloutRun {
+        let now = jiff::Timestamp::now();
+        let applied_wall = record.applied_at.parse().unwrap_or(now);
+        let healthy_wall: Option<jiff::Timestamp> =
+            record.healthy_at.as_deref().and_then(|t| t.parse().ok());
+        let ago = |t: &str| {
+            let elapsed = recorded::elapsed(t, now).unwrap_or_default();
+            Instant::now()
+                .checked_sub(elapsed)
+                .unwrap_or_else(Instant::now)
+        };
+        let plan = RolloutPlan {
+            steps: record.steps.clone(),
+            not_held_back: record.not_held_back.clone(),
+            shared_objects: 0,
+            pause_between_seconds: policy.pause_between.as_secs(),
+            health_deadline_seconds: policy.health_deadline.as_secs(),
+        };
+        let mut run = RolloutRun::new(&record.revision, plan, live, policy);
+        run.applied = record.applied.min(run.plan.steps.len());
+        run.applied_at = ago(&record.applied_at);
+        run.applied_wall = applied_wall;
+        run.healthy_at = record.healthy_at.as_deref().map(ago);
+        run.healthy_wall = healthy_wall;
+        run.next_step_at = healthy_wall.and_then(|t| t.checked_add(policy.pause_between).ok());
+        run.phase = record.phase;
+        run.progressing = if record.phase == RolloutPhase::Progressing {
+            run.reached()
+        } else {
+            Vec::new()
+        };
+        run.failed = record.failed.clone();
+        run.rolling_back = record.rolling_back.clone();
+        run.saved = Some(record);
+        run
+    }
+
+    /// What the inventory is to record of it (as stored: failed messages
+    /// cut, so it compares equal to what is read back).
+    fn record(&self) -> RolloutRecord {
+        RolloutRecord {
+            revision: self.revision.clone(),
+            steps: self.plan.steps.clone(),
+            not_held_back: self.plan.not_held_back.clone(),
+            applied: self.applied,
+            applied_at: self.applied_wall.to_string(),
+            healthy_at: self.healthy_wall.map(|t| t.to_string()),
+            phase: self.phase,
+            failed: self.failed.clone(),
+            rolling_back: self.rolling_back.clone(),
+        }
+        .capped()
     }
 
     fn reached(&self) -> Vec<String> {
@@ -80,6 +186,8 @@ impl RolloutRun {
             pending,
             failed: self.failed.clone(),
             next_step_at: self.next_step_at.map(|t| t.to_string()),
+            rolling_back: self.rolling_back.clone(),
+            rollback_error: self.rollback_error.clone(),
         }
     }
 
@@ -138,7 +246,7 @@ fn narrowed(live: LivePlan, objects: &[Object], scope: &Scope) -> (LivePlan, Vec
 impl Reconciler {
     /// Whether a rollout is under way (looked at every [`ROLLOUT_CHECK`]).
     pub(super) fn rolling(&self) -> bool {
-        self.rollout.as_ref().is_some_and(RolloutRun::active)
+        self.rollout.as_ref().is_some_and(RolloutRun::has_work)
     }
 
     /// The rollout's turn in this reconcile: `Ok(true)` when it handled
@@ -170,11 +278,46 @@ impl Reconciler {
             return Ok(false);
         };
         if !writer.may_write {
+            // Not this replica's to roll out now (`resume_health` drops
+            // what it kept when its term as the writer ends).
             return Ok(false);
         }
         let inv = c.read_inventory(env).await?;
         let applied_revision = inv.as_ref().and_then(|i| i.revision.clone());
+        let record = inv.as_ref().and_then(|i| i.rollout.clone());
+        if let Some(why) = inv.as_ref().and_then(|i| i.rollout_unreadable.as_deref()) {
+            tracing::warn!(
+                environment = env,
+                "the inventory's rollout record is not resumed: {why}"
+            );
+        }
+        // The inventory's record is the truth: another writer (this one's
+        // successor while it did not hold the environment) may have moved
+        // the rollout on, failed it, rolled it back or cleared it since.
+        if let Some(run) = &self.rollout
+            && run.saved != record
+        {
+            tracing::info!(environment = env, revision = %run.revision, "the inventory's rollout record is not the one this daemon last wrote or read: taking it up instead of what was kept in memory");
+            self.rollout = None;
+        }
         if applied_revision.as_deref() == Some(state.revision()) {
+            // A rollout recorded of this revision or an older one is over.
+            if record.is_some() {
+                match c
+                    .record_rollout(env, &writer.fence, record.as_ref(), None)
+                    .await
+                {
+                    Ok(RolloutWrite::Written | RolloutWrite::Unchanged) => {
+                        if let Some(run) = self.rollout.as_mut() {
+                            run.saved = None;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(environment = env, error = %e, "cannot clear the finished rollout from the inventory");
+                    }
+                }
+            }
             // The last step's sync recorded the revision: completed.
             if let Some(run) = self.rollout.as_mut()
                 && run.revision == state.revision()
@@ -227,6 +370,62 @@ impl Reconciler {
             health: true,
         };
         let live = pipeline::plan_live(c, &state.state, inv, plan_options).await?;
+        // Another daemon's rollout of this revision (a restart, a new
+        // leader or shard holder): taken up at its recorded step.
+        // Not when someone else set a workspace it reached to another
+        // revision since (a CLI sync while no daemon ran): then it starts
+        // again from step one, never applying steps past a gate at once.
+        let reached_elsewhere = record
+            .as_ref()
+            .filter(|r| r.revision == state.revision())
+            .map(|r| recorded::reached_elsewhere(r, &live.plan))
+            .unwrap_or_default();
+        if self.rollout.is_none() && !reached_elsewhere.is_empty() {
+            let message = format!(
+                "revision {}: the rollout the inventory records is not resumed: {} it reached no longer match the revision (changed by another sync since); the rollout starts again from step one",
+                state.revision(),
+                crate::sync::name_some(&reached_elsewhere)
+            );
+            tracing::warn!(environment = env, "{message}");
+            c.record_event(env, "RolloutRestarted", &message).await;
+        }
+        if self.rollout.is_none()
+            && reached_elsewhere.is_empty()
+            && let Some(record) = record.clone().filter(|r| r.revision == state.revision())
+        {
+            let run = RolloutRun::resumed(record, &live.plan, &policy);
+            let message = format!(
+                "revision {}: the rollout goes on at step {}/{} ({}) as the inventory records it",
+                run.revision,
+                run.applied,
+                run.plan.steps.len(),
+                run.phase.as_str()
+            );
+            tracing::info!(environment = env, "{message}");
+            c.record_normal_event(env, "RolloutResumed", &message).await;
+            // A rollout that had stopped still says why.
+            let stopped = matches!(run.phase, RolloutPhase::Failed | RolloutPhase::RolledBack)
+                .then(|| {
+                    let why: Vec<String> = run
+                        .failed
+                        .iter()
+                        .map(|(ws, why)| format!("{ws}: {why}"))
+                        .collect();
+                    format!(
+                        "the rollout of revision {} stopped at step {}/{} ({}); later steps never see it. {}",
+                        run.revision,
+                        run.applied,
+                        run.plan.steps.len(),
+                        run.phase.as_str(),
+                        crate::sync::name_some(&why)
+                    )
+                });
+            self.rollout = Some(run);
+            self.report_rollout(stopped);
+        }
+        let Some(c) = self.cluster.as_ref() else {
+            return Ok(false);
+        };
         let Some(run) = self.rollout.as_mut() else {
             let Some(plan) = state
                 .state
@@ -264,25 +463,37 @@ impl Reconciler {
                     )));
                 }
             }
-            self.rollout = Some(RolloutRun {
-                revision: state.revision().to_string(),
-                namespaces: namespaces_of(&live.plan),
-                plan,
-                applied: 0,
-                applied_at: Instant::now(),
-                healthy_at: None,
-                next_step_at: None,
-                phase: RolloutPhase::Progressing,
-                failed: BTreeMap::new(),
-                progressing: Vec::new(),
-                rollback: policy.rollback,
-                pause: policy.pause_between,
-                deadline: policy.health_deadline,
-            });
+            let mut run = RolloutRun::new(state.revision(), plan, &live.plan, &policy);
+            // What the inventory records now (an older revision's, a stale
+            // or unreadable one): this rollout's record replaces it, with
+            // no step applied yet, before step 1 is: a daemon killed during
+            // step 1 leaves the next one the steps as planned (it applies
+            // step 1 again and judges it).
+            run.saved = record;
+            self.rollout = Some(run);
+            self.save_rollout(writer).await;
+            if self
+                .rollout
+                .as_ref()
+                .is_some_and(|r| r.saved.as_ref() != Some(&r.record()))
+            {
+                // Not recorded (the inventory unwritable, the hold lost):
+                // no step is applied that another daemon could not resume.
+                self.rollout = None;
+                return Err(ReconcileError::Apply(format!(
+                    "revision {}: the rollout cannot be recorded in the inventory before its first step, so no step is applied; tried again at the next reconcile (the daemon's log says why)",
+                    state.revision()
+                )));
+            }
             self.apply_step(state, live, writer).await?;
             return Ok(true);
         };
         match run.phase {
+            // A failed step whose rollback is not applied yet: tried again.
+            RolloutPhase::Failed if !run.rolling_back.is_empty() => {
+                self.retry_step_rollback(writer).await;
+                return Ok(true);
+            }
             // Nothing more of this revision: a newer one starts over.
             RolloutPhase::Failed | RolloutPhase::RolledBack => {
                 self.report_rollout(None);
@@ -290,6 +501,12 @@ impl Reconciler {
             }
             RolloutPhase::Completed => return Ok(false),
             RolloutPhase::Progressing | RolloutPhase::Pausing => {}
+        }
+        // A record of no step applied yet (a daemon stopped during step 1):
+        // step 1 now, with the steps as recorded.
+        if run.applied == 0 {
+            self.apply_step(state, live, writer).await?;
+            return Ok(true);
         }
         let rows: Vec<_> = live
             .plan
@@ -325,12 +542,15 @@ impl Reconciler {
                 run.progressing.clear();
                 let now = Instant::now();
                 let healthy_at = *run.healthy_at.get_or_insert_with(|| {
-                    run.next_step_at = jiff::Timestamp::now().checked_add(run.pause).ok();
+                    let wall = jiff::Timestamp::now();
+                    run.healthy_wall = Some(wall);
+                    run.next_step_at = wall.checked_add(run.pause).ok();
                     now
                 });
                 if now < healthy_at + run.pause {
                     run.phase = RolloutPhase::Pausing;
                     self.report_rollout(None);
+                    self.save_rollout(writer).await;
                     return Ok(true);
                 }
                 if run.applied + 1 >= run.plan.steps.len() {
@@ -374,6 +594,15 @@ impl Reconciler {
         let mut options = state.sync.clone();
         options.scope = scope;
         options.fence = writer.fence.clone();
+        // The step and its record in one inventory write (the step's own,
+        // once it applied in full): no kill between them.
+        let applied_wall = jiff::Timestamp::now();
+        let mut stepped = run.record();
+        stepped.applied = through;
+        stepped.applied_at = applied_wall.to_string();
+        stepped.healthy_at = None;
+        stepped.phase = RolloutPhase::Progressing;
+        options.rollout_record = Some(stepped.clone());
         let report = cluster_sync::sync(
             c,
             &live.plan,
@@ -404,7 +633,10 @@ impl Reconciler {
         }
         run.applied = through;
         run.applied_at = Instant::now();
+        run.applied_wall = applied_wall;
+        run.saved = Some(stepped);
         run.healthy_at = None;
+        run.healthy_wall = None;
         run.next_step_at = None;
         run.phase = RolloutPhase::Progressing;
         run.progressing = run.plan.steps[through - 1].workspaces.clone();
@@ -422,6 +654,7 @@ impl Reconciler {
         tracing::info!(environment = env, revision = %run.revision, step = through, "rollout step applied");
         c.record_normal_event(env, "RolloutStep", &message).await;
         self.report_rollout(None);
+        self.save_rollout(writer).await;
         Ok(())
     }
 
@@ -470,9 +703,44 @@ impl Reconciler {
             self.report_rollout(Some(format!(
                 "{message} (syncPolicy.rollout.rollback is false: the step's workspaces stay at it; a newer revision starts over)"
             )));
+            self.save_rollout(writer).await;
             return;
         }
-        let outcome = self.roll_back_step(&step_workspaces, writer).await;
+        if let Some(run) = self.rollout.as_mut() {
+            run.rolling_back = step_workspaces;
+            run.rollback_error = Some("the rollback has not been applied yet".into());
+        }
+        // Recorded before it is tried: a daemon that stops now leaves the
+        // rollback for the next one to apply.
+        self.save_rollout(writer).await;
+        self.step_rollback(message, writer).await;
+        shared.metrics.set_status(env, "Failed");
+    }
+
+    /// A failed step's rollback that was not applied (the lock held, an
+    /// apply refused), tried again.
+    async fn retry_step_rollback(&mut self, writer: &Writer) {
+        let Some(run) = self.rollout.as_ref() else {
+            return;
+        };
+        let message = format!(
+            "the rollout of revision {} failed at step {}/{}; later steps never see it.",
+            run.revision,
+            run.applied,
+            run.plan.steps.len()
+        );
+        self.step_rollback(message, writer).await;
+    }
+
+    /// Rolls the failed step's workspaces (`rolling_back`) back; status,
+    /// the inventory's record and an Event say whether it is applied.
+    async fn step_rollback(&mut self, message: String, writer: &Writer) {
+        let env = self.env.clone();
+        let workspaces = match self.rollout.as_ref() {
+            Some(run) if !run.rolling_back.is_empty() => run.rolling_back.clone(),
+            _ => return,
+        };
+        let outcome = self.roll_back_step(&workspaces, writer).await;
         let Some(run) = self.rollout.as_mut() else {
             return;
         };
@@ -480,19 +748,64 @@ impl Reconciler {
             Ok(previous) => {
                 run.phase = RolloutPhase::RolledBack;
                 run.progressing.clear();
+                run.rolling_back.clear();
+                run.rollback_error = None;
                 let text = format!(
                     "{message} Rolled back {} to revision {previous}.",
-                    crate::sync::name_some(&step_workspaces)
+                    crate::sync::name_some(&workspaces)
                 );
                 if let Some(c) = self.cluster.as_ref() {
-                    c.record_event(env, "RolloutRolledBack", &text).await;
+                    c.record_event(&env, "RolloutRolledBack", &text).await;
                 }
                 text
             }
-            Err(e) => format!("{message} Rolling the step back failed: {e}"),
+            Err(e) => {
+                let why = format!("rolling the step back failed: {e}");
+                tracing::warn!(environment = %env, error = %e, "the rollback of the failed step is not applied; the next reconcile tries again");
+                run.rollback_error = Some(why.clone());
+                format!(
+                    "{message} Rolling the step back failed (tried again at each reconcile): {e}"
+                )
+            }
         };
-        shared.metrics.set_status(env, "Failed");
+        self.shared.metrics.set_status(&env, "Failed");
         self.report_rollout(Some(error));
+        self.save_rollout(writer).await;
+    }
+
+    /// Writes the rollout onto the inventory when it changed since last
+    /// written: only while `writer`'s fence holds, only the record, and
+    /// only over the record this daemon last saw (compare-and-set). A
+    /// write that fails is tried again at the next change or reconcile; a
+    /// record another writer changed meanwhile wins, and is taken up at the
+    /// next reconcile instead of what this daemon kept.
+    async fn save_rollout(&mut self, writer: &Writer) {
+        if !self.shared.leads(&self.env) {
+            return;
+        }
+        let (Some(c), Some(run)) = (self.cluster.as_ref(), self.rollout.as_mut()) else {
+            return;
+        };
+        let record = run.record();
+        if run.saved.as_ref() == Some(&record) {
+            return;
+        }
+        match c
+            .record_rollout(&self.env, &writer.fence, run.saved.as_ref(), Some(&record))
+            .await
+        {
+            Ok(RolloutWrite::Written | RolloutWrite::Unchanged) => run.saved = Some(record),
+            Ok(RolloutWrite::NotHeld) => {
+                tracing::info!(environment = %self.env, "no longer the writer: the rollout is not recorded");
+            }
+            Ok(RolloutWrite::Stale) => {
+                tracing::warn!(environment = %self.env, revision = %run.revision, "another writer changed the inventory's rollout record since this daemon last saw it; its record is taken up at the next reconcile");
+                self.rollout = None;
+            }
+            Err(e) => {
+                tracing::warn!(environment = %self.env, error = %e, "cannot record the rollout in the inventory; tried again at the next reconcile")
+            }
+        }
     }
 
     /// Syncs the revision the inventory records (the one before the

@@ -272,7 +272,9 @@ fn environment_facts(e: &EnvironmentStatus) -> Markup {
                     @if let Some(at) = &r.next_step_at { " " span.muted { "next step at " (short_time(at)) } }
                     br; span.muted { (r.done.len()) " Healthy, " (r.progressing.len()) " progressing, "
                         (r.pending.len()) " pending, " (r.failed.len()) " failed" }
-                    @for (ws, why) in &r.failed { br; strong { (ws) } ": " (why) } }
+                    @for (ws, why) in &r.failed { br; strong { (ws) } ": " (why) }
+                    @if !r.rolling_back.is_empty() { br; span.muted { "to be rolled back (not applied yet): " (r.rolling_back.join(", ")) } }
+                    @if let Some(why) = &r.rollback_error { br; span.muted { (why) } } }
             }
             @if let Some(a) = &e.approval {
                 dt { "Last approval" } dd { (revision(Some(&a.revision))) " by " (a.by)
@@ -764,6 +766,8 @@ mod tests {
                     "<i>Degraded</i>".to_string(),
                 )]),
                 next_step_at: None,
+                rolling_back: Vec::new(),
+                rollback_error: None,
             }),
             ..EnvironmentStatus::default()
         };

@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::object::{MANAGED_BY, MANAGER, Name, Object, ObjectKey};
+use crate::sync::resume::{Judging, RolloutRecord};
 
 /// The namespace holding inventories (and, later, the daemon).
 pub const SYSTEM_NAMESPACE: &str = "tenantsync-system";
@@ -30,6 +31,9 @@ const OBJECTS_KEY: &str = "objects.json.gz";
 /// compress to a few kilobytes). An inventory written before it existed
 /// has none: see [`Inventory::applied_revision`].
 const WORKSPACES_KEY: &str = "workspaces.json.gz";
+/// The head's key for the rollout under way (gzip-compressed JSON in
+/// `binaryData`; empty for none).
+const ROLLOUT_KEY: &str = "rollout.json.gz";
 /// The most the compressed object list may take in one ConfigMap. The API
 /// server refuses a ConfigMap over 1 MiB (1,048,576 bytes of data and
 /// binaryData together), and the daemon's status fields share the
@@ -136,12 +140,17 @@ fn decompress(bytes: &[u8]) -> Result<Vec<ObjectRef>, String> {
 }
 
 fn decompress_json<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, String> {
+    let json = decompress_bytes(bytes, what)?;
+    serde_json::from_slice(&json).map_err(|e| format!("{what} is not valid JSON: {e}"))
+}
+
+fn decompress_bytes(bytes: &[u8], what: &str) -> Result<Vec<u8>, String> {
     let mut json = Vec::new();
     flate2::read::GzDecoder::new(bytes)
         .take(64 * 1024 * 1024)
         .read_to_end(&mut json)
         .map_err(|e| format!("cannot decompress the {what}: {e}"))?;
-    serde_json::from_slice(&json).map_err(|e| format!("{what} is not valid JSON: {e}"))
+    Ok(json)
 }
 
 pub fn name_of(environment: &str) -> String {
@@ -228,6 +237,13 @@ pub struct Inventory {
     /// Per workspace: the revision its objects were last applied at and the
     /// last revision under which it was Healthy.
     pub workspaces: BTreeMap<String, WorkspaceRevisions>,
+    /// The daemon's rollout under way (`syncPolicy.rollout`), so that
+    /// another daemon goes on at its step (`crate::sync::resume`).
+    pub rollout: Option<RolloutRecord>,
+    /// Why the stored rollout record could not be read (another version's
+    /// record, damage), when it could not: read as none, so that plan,
+    /// sync and status work; the daemon says it does not resume it.
+    pub rollout_unreadable: Option<String>,
 }
 
 /// What the inventory knows of one workspace's revisions.
@@ -239,6 +255,11 @@ pub struct WorkspaceRevisions {
     /// The last revision under which all its objects were Healthy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub healthy: Option<String>,
+    /// Since when the daemon judges its health at a revision (the one
+    /// applied, while it is not Healthy at it): a resumed watch gets what
+    /// is left of the deadline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub judging: Option<Judging>,
 }
 
 /// One workspace of a sync that applied in full: the revision its objects
@@ -312,6 +333,10 @@ impl Inventory {
                 .as_ref()
                 .map(|w| w.applied.clone())
                 .or_else(|| self.revision.clone());
+            let judging = entry
+                .as_ref()
+                .and_then(|w| w.judging.clone())
+                .filter(|j| j.revision == a.revision);
             let healthy = entry.and_then(|w| w.healthy);
             let still_healthy = !a.changed && healthy.is_some() && healthy == before;
             self.workspaces.insert(
@@ -323,9 +348,25 @@ impl Inventory {
                     } else {
                         healthy
                     },
+                    judging,
                 },
             );
         }
+    }
+
+    /// Records `revision` as applied in full. A rollout record of another
+    /// revision is cleared: whoever applied this one (a CLI sync while no
+    /// daemon ran, another writer) changed what the rollout had reached, so
+    /// no daemon resumes it.
+    pub fn record_revision(&mut self, revision: String) {
+        if self
+            .rollout
+            .as_ref()
+            .is_some_and(|r| r.revision != revision)
+        {
+            self.rollout = None;
+        }
+        self.revision = Some(revision);
     }
 
     /// Records that `workspaces` were Healthy at `revision`, those still
@@ -343,9 +384,46 @@ impl Inventory {
                 .or_insert_with(|| WorkspaceRevisions {
                     applied: revision.to_string(),
                     healthy: None,
+                    judging: None,
                 });
-            if entry.healthy.as_deref() != Some(revision) {
+            if entry.healthy.as_deref() != Some(revision) || entry.judging.is_some() {
                 entry.healthy = Some(revision.to_string());
+                entry.judging = None;
+                changed = true;
+            }
+        }
+        changed
+    }
+
+    /// Records that the health of `workspaces` at `revision` is judged
+    /// since `since` (RFC 3339), for those applied at it and not judged
+    /// already: a judgement under way keeps its start. Returns whether
+    /// anything changed.
+    pub fn record_judging(&mut self, workspaces: &[String], revision: &str, since: &str) -> bool {
+        let mut changed = false;
+        for ws in workspaces {
+            if self.applied_revision(ws) != Some(revision)
+                || self.healthy_revision(ws) == Some(revision)
+            {
+                continue;
+            }
+            let entry = self
+                .workspaces
+                .entry(ws.clone())
+                .or_insert_with(|| WorkspaceRevisions {
+                    applied: revision.to_string(),
+                    healthy: None,
+                    judging: None,
+                });
+            if entry
+                .judging
+                .as_ref()
+                .is_none_or(|j| j.revision != revision)
+            {
+                entry.judging = Some(Judging {
+                    revision: revision.to_string(),
+                    since: since.to_string(),
+                });
                 changed = true;
             }
         }
@@ -371,8 +449,20 @@ impl Inventory {
     /// compressed object list fits in `chunk_bytes`, otherwise the head and
     /// chunks named after `generation` (unique to this write).
     pub fn encode(&self, chunk_bytes: usize, generation: &str) -> Result<Encoded, EncodeError> {
+        // The head's own keys, written every time (empty too) for the same
+        // reason as `chunks` below: the per-workspace revisions and the
+        // rollout under way. They count against the head's budget: the
+        // object list stays in the head only when all fit.
+        let workspaces =
+            gzip(&serde_json::to_vec(&self.workspaces).map_err(std::io::Error::other)?)?;
+        let rollout = match &self.rollout {
+            Some(r) => gzip(&RolloutRecord::encode(Some(r)))?,
+            None => Vec::new(),
+        };
+        let extras = workspaces.len() + rollout.len();
         let objects: Vec<&ObjectRef> = self.objects.iter().collect();
         let mut parts = split(&objects, chunk_bytes)?;
+        let in_head = parts.len() == 1 && parts[0].len() + extras <= chunk_bytes;
         let mut data = BTreeMap::from([
             ("environment".to_string(), self.environment.clone()),
             ("objectCount".to_string(), self.objects.len().to_string()),
@@ -400,14 +490,10 @@ impl Inventory {
             binary_data: bytes.map(|b| BTreeMap::from([(OBJECTS_KEY.to_string(), ByteString(b))])),
             ..ConfigMap::default()
         };
-        // The per-workspace revisions go with the head, written every time
-        // (empty too) for the same reason as `chunks` below.
-        let workspaces =
-            gzip(&serde_json::to_vec(&self.workspaces).map_err(std::io::Error::other)?)?;
         let with_workspaces = |mut head: ConfigMap| {
-            head.binary_data
-                .get_or_insert_with(BTreeMap::new)
-                .insert(WORKSPACES_KEY.to_string(), ByteString(workspaces.clone()));
+            let bytes = head.binary_data.get_or_insert_with(BTreeMap::new);
+            bytes.insert(WORKSPACES_KEY.to_string(), ByteString(workspaces.clone()));
+            bytes.insert(ROLLOUT_KEY.to_string(), ByteString(rollout.clone()));
             head
         };
         // Every key is written every time, `chunks` empty when the list is
@@ -415,7 +501,7 @@ impl Inventory {
         // left out of a server-side apply stays when another field manager
         // owns it (a first write is a create), and would then name chunks
         // gone, or keep a stale list.
-        if parts.len() == 1 {
+        if in_head {
             data.insert(CHUNKS_KEY.to_string(), String::new());
             let head = with_workspaces(config_map(
                 name_of(&self.environment),
@@ -549,12 +635,38 @@ impl Inventory {
                 })?
             }
         };
+        // A record that does not read (another version's, damaged) is
+        // none: it is the daemon's hint to resume, never a reason for plan,
+        // sync or status to fail.
+        let (rollout, rollout_unreadable) = match cm
+            .binary_data
+            .as_ref()
+            .and_then(|b| b.get(ROLLOUT_KEY))
+            .filter(|b| !b.0.is_empty())
+        {
+            None => (None, None),
+            Some(bytes) => match decompress_bytes(&bytes.0, "rollout record")
+                .map_err(|e| RolloutRecord::unreadable(&e))
+                .and_then(|json| RolloutRecord::decode(Some(&json)))
+            {
+                Ok(record) => (record, None),
+                Err(reason) => (
+                    None,
+                    Some(format!(
+                        "configmap {SYSTEM_NAMESPACE}/{}: {reason}",
+                        cm.metadata.name.clone().unwrap_or_default()
+                    )),
+                ),
+            },
+        };
         Ok(Inventory {
             environment,
             revision: data.get("revision").cloned(),
             last_applied_at: data.get("lastAppliedAt").cloned(),
             objects: BTreeSet::new(),
             workspaces,
+            rollout,
+            rollout_unreadable,
         })
     }
 
@@ -663,6 +775,12 @@ pub fn merge_concurrent(base: &Inventory, ours: &Inventory, theirs: &Inventory) 
         if !base.workspaces.contains_key(ws) && !ours.workspaces.contains_key(ws) {
             merged.workspaces.insert(ws.clone(), revisions.clone());
         }
+    }
+    // The rollout record is the other writer's unless this write changed
+    // it: a write that merely carried it never puts an older one back.
+    if ours.rollout == base.rollout {
+        merged.rollout = theirs.rollout.clone();
+        merged.rollout_unreadable = theirs.rollout_unreadable.clone();
     }
     merged
 }
@@ -885,6 +1003,283 @@ mod tests {
             e.contains("inventory-prod") && e.contains("per-workspace revisions"),
             "{e}"
         );
+    }
+
+    /// Issue 16/26 review: a restarted daemon forgot the health judgements
+    /// and the rollout under way; both are now in the inventory, and an
+    /// inventory written before them reads with neither.
+    #[test]
+    fn judgements_and_the_rollout_round_trip_and_an_inventory_without_them_reads() {
+        use crate::sync::resume::RolloutRecord;
+        use crate::sync::rollout::{RolloutPhase, RolloutStep};
+        let mut inv = Inventory::new("prod");
+        inv.revision = Some("r1".into());
+        inv.record_applied([applied("a", "r1", true), applied("b", "r1", true)]);
+        assert!(inv.record_judging(&["a".into(), "b".into()], "r1", "2026-12-03T10:00:00Z"));
+        // A judgement under way keeps its start; one of another revision,
+        // or of a workspace Healthy at it, is not recorded.
+        assert!(!inv.record_judging(&["a".into()], "r1", "2026-12-03T11:00:00Z"));
+        assert!(!inv.record_judging(&["a".into()], "r0", "2026-12-03T11:00:00Z"));
+        assert!(inv.record_healthy(&["b".into()], "r1"));
+        assert_eq!(inv.workspaces["b"].judging, None, "judged: cleared");
+        assert!(!inv.record_judging(&["b".into()], "r1", "2026-12-03T11:00:00Z"));
+        // A sync that re-applies a at r1 keeps its judgement; at r2 drops it.
+        inv.record_applied([applied("a", "r1", false)]);
+        assert_eq!(
+            inv.workspaces["a"]
+                .judging
+                .as_ref()
+                .map(|j| j.since.as_str()),
+            Some("2026-12-03T10:00:00Z")
+        );
+        inv.rollout = Some(RolloutRecord {
+            revision: "r2".into(),
+            steps: vec![RolloutStep {
+                percent: 100,
+                workspaces: vec!["a".into()],
+            }],
+            not_held_back: Vec::new(),
+            applied: 1,
+            applied_at: "2026-12-03T10:00:00Z".into(),
+            healthy_at: None,
+            phase: RolloutPhase::Progressing,
+            failed: BTreeMap::new(),
+            rolling_back: Vec::new(),
+        });
+        let cm = inv.to_config_map().unwrap();
+        assert_eq!(Inventory::from_config_map(&cm).unwrap(), inv);
+        let mut later = inv.clone();
+        later.record_applied([applied("a", "r2", true)]);
+        assert_eq!(later.workspaces["a"].judging, None);
+        // What a tenantsync before the records wrote: no `rollout` key, no
+        // `judging` in the workspaces' JSON.
+        let mut old = cm.clone();
+        old.binary_data.as_mut().unwrap().remove(ROLLOUT_KEY);
+        let json = br#"{"a":{"applied":"r1"},"b":{"applied":"r1","healthy":"r1"}}"#;
+        old.binary_data
+            .as_mut()
+            .unwrap()
+            .insert(WORKSPACES_KEY.into(), ByteString(gzip(json).unwrap()));
+        let read = Inventory::from_config_map(&old).unwrap();
+        assert_eq!(read.rollout, None);
+        assert_eq!(read.workspaces["a"].judging, None);
+        assert_eq!(read.healthy_revision("b"), Some("r1"));
+    }
+
+    /// Hostile review of the persisted rollout: a record that did not parse
+    /// (damaged, or a newer tenantsync's phase) made the whole inventory
+    /// unreadable, so CLI plan, sync and status failed on a daemon-only
+    /// hint.
+    #[test]
+    fn an_unreadable_rollout_record_leaves_the_inventory_readable() {
+        let mut inv = Inventory::new("prod");
+        inv.revision = Some("r1".into());
+        inv.objects.insert(r("ConfigMap", Some("a"), "x"));
+        let cm = inv.to_config_map().unwrap();
+        let future = br#"{"revision":"r2","steps":[],"applied":1,"appliedAt":"2026-12-03T10:00:00Z","phase":"Verifying"}"#;
+        for bad in [
+            gzip(b"{not json").unwrap(),
+            gzip(future).unwrap(),
+            b"junk".to_vec(),
+        ] {
+            let mut damaged = cm.clone();
+            damaged
+                .binary_data
+                .as_mut()
+                .unwrap()
+                .insert(ROLLOUT_KEY.into(), ByteString(bad));
+            let read = Inventory::from_config_map(&damaged).unwrap();
+            assert_eq!(read.rollout, None);
+            assert_eq!(read.objects, inv.objects);
+            assert_eq!(read.revision.as_deref(), Some("r1"));
+            let why = read.rollout_unreadable.unwrap();
+            assert!(
+                why.contains("inventory-prod") && why.contains("rollout.json.gz"),
+                "{why}"
+            );
+        }
+    }
+
+    /// Hostile review of the persisted rollout: the record was plain JSON
+    /// in the head's `data`, every step's workspaces and failed messages
+    /// of any length, outside the chunk budget: at thousands of workspaces
+    /// the head passed the API server's 1 MiB and every inventory write
+    /// failed.
+    #[test]
+    fn the_head_stays_under_the_api_servers_limit_with_a_rollout_of_20000_workspaces() {
+        use crate::sync::resume::{MAX_FAILED_MESSAGE_CHARS, RolloutRecord};
+        use crate::sync::rollout::{RolloutPhase, RolloutStep};
+        // Workspace names as tenants name them (a word, a number, a random
+        // suffix: `clinic-00042-qwhxkzpa`). Known limit: 20,000 names of 40
+        // random letters each take about 1.1 MB compressed in the head
+        // (per-workspace revisions and the record's steps).
+        let names: Vec<String> = (0..20_000)
+            .map(|i| format!("clinic-{i:05}-{}", &incompressible(i)[..8]))
+            .collect();
+        let mut inv = Inventory::new("prod");
+        inv.revision = Some("0123456789abcdef0123456789abcdef01234567".into());
+        for (i, ws) in names.iter().enumerate() {
+            inv.objects
+                .insert(r("ConfigMap", Some(ws), &format!("settings-{i}")));
+            inv.objects.insert(r("Namespace", None, ws));
+        }
+        inv.record_applied(names.iter().map(|ws| applied(ws, "r1", true)));
+        let steps: Vec<RolloutStep> = names
+            .chunks(2_000)
+            .enumerate()
+            .map(|(i, part)| RolloutStep {
+                percent: ((i + 1) * 10) as u8,
+                workspaces: part.to_vec(),
+            })
+            .collect();
+        let long = "Degraded: ".to_string() + &"x".repeat(100_000);
+        let failed: BTreeMap<String, String> = names[..2_000]
+            .iter()
+            .map(|w| (w.clone(), long.clone()))
+            .collect();
+        inv.rollout = Some(RolloutRecord {
+            revision: "r2".into(),
+            steps,
+            not_held_back: Vec::new(),
+            applied: 1,
+            applied_at: "2026-12-03T10:00:00Z".into(),
+            healthy_at: None,
+            phase: RolloutPhase::Failed,
+            failed,
+            rolling_back: names[..2_000].to_vec(),
+        });
+        let encoded = inv.encode(CHUNK_BYTES, "g").unwrap();
+        let size = |cm: &ConfigMap| -> usize {
+            let data: usize = cm
+                .data
+                .iter()
+                .flatten()
+                .map(|(k, v)| k.len() + v.len())
+                .sum();
+            let binary: usize = cm
+                .binary_data
+                .iter()
+                .flatten()
+                .map(|(k, v)| k.len() + v.0.len())
+                .sum();
+            data + binary
+        };
+        // Room left for the daemon's status fields (a few of
+        // MAX_STATUS_VALUE_BYTES each) under the API server's 1 MiB.
+        let head = size(&encoded.head);
+        assert!(
+            head + 16 * MAX_STATUS_VALUE_BYTES < 1_048_576,
+            "head {head} bytes"
+        );
+        assert!(head <= CHUNK_BYTES, "head {head} bytes");
+        for chunk in &encoded.chunks {
+            assert!(size(chunk) <= CHUNK_BYTES + 1024);
+        }
+        // Read back whole, each failed message cut to what the record keeps.
+        let chunks = encoded.chunks.clone();
+        let read = Inventory::from_config_maps(&encoded.head, &chunks).unwrap();
+        let record = read.rollout.unwrap();
+        assert_eq!(record.steps.len(), 10);
+        assert_eq!(record.failed.len(), 2_000);
+        assert!(
+            record
+                .failed
+                .values()
+                .all(|m| m.chars().count() == MAX_FAILED_MESSAGE_CHARS)
+        );
+        assert_eq!(read.objects.len(), inv.objects.len());
+    }
+
+    /// A head whose own keys (per-workspace revisions, the rollout) leave
+    /// no room for the object list moves the list into chunks even when
+    /// the list alone would fit.
+    #[test]
+    fn the_heads_own_keys_count_against_the_object_lists_budget() {
+        let mut inv = Inventory::new("prod");
+        for i in 0..200 {
+            inv.objects
+                .insert(r("ConfigMap", Some("a"), &incompressible(i)));
+        }
+        let names: Vec<String> = (1000..1400).map(incompressible).collect();
+        inv.record_applied(names.iter().map(|ws| applied(ws, "r1", true)));
+        let alone = inv.encode(1 << 20, "g").unwrap();
+        let list = alone.head.binary_data.as_ref().unwrap()[OBJECTS_KEY]
+            .0
+            .len();
+        let extras = alone.head.binary_data.as_ref().unwrap()[WORKSPACES_KEY]
+            .0
+            .len();
+        // A budget the list fits alone, but not with the head's keys.
+        let budget = list + extras / 2;
+        let encoded = inv.encode(budget, "g").unwrap();
+        assert_eq!(encoded.chunks.len(), 1);
+        let read = Inventory::from_config_maps(&encoded.head, &encoded.chunks).unwrap();
+        assert_eq!(read.objects, inv.objects);
+        assert_eq!(read.workspaces, inv.workspaces);
+    }
+
+    /// Hostile review of the persisted rollout: a sync that recorded
+    /// another revision (a CLI `sync --rev R1` while the daemon was down)
+    /// kept the rollout record of R2, and the next daemon resumed it at its
+    /// step, applying the steps before it again in one sync without a gate.
+    #[test]
+    fn a_sync_that_records_another_revision_clears_the_rollout_record() {
+        use crate::sync::resume::RolloutRecord;
+        use crate::sync::rollout::RolloutPhase;
+        let record = RolloutRecord {
+            revision: "r2".into(),
+            steps: Vec::new(),
+            not_held_back: Vec::new(),
+            applied: 2,
+            applied_at: "2026-12-03T10:00:00Z".into(),
+            healthy_at: None,
+            phase: RolloutPhase::Pausing,
+            failed: BTreeMap::new(),
+            rolling_back: Vec::new(),
+        };
+        let mut inv = Inventory::new("prod");
+        inv.rollout = Some(record.clone());
+        // The rollout's own last step records its revision: kept (the
+        // daemon clears it once it sees the revision recorded).
+        inv.record_revision("r2".into());
+        assert_eq!(inv.rollout, Some(record));
+        inv.record_revision("r1".into());
+        assert_eq!(inv.rollout, None);
+        assert_eq!(inv.revision.as_deref(), Some("r1"));
+    }
+
+    /// Hostile review of the persisted rollout: on a 409 a sync's write
+    /// merged by keeping "ours" for everything but added objects, so a
+    /// write that merely carried the rollout record it read put an older
+    /// record back over the one another writer had just set.
+    #[test]
+    fn a_concurrent_write_keeps_the_other_writers_rollout_record_unless_it_changed_it() {
+        use crate::sync::resume::RolloutRecord;
+        use crate::sync::rollout::RolloutPhase;
+        let record = |applied: usize| RolloutRecord {
+            revision: "r2".into(),
+            steps: Vec::new(),
+            not_held_back: Vec::new(),
+            applied,
+            applied_at: "2026-12-03T10:00:00Z".into(),
+            healthy_at: None,
+            phase: RolloutPhase::Progressing,
+            failed: BTreeMap::new(),
+            rolling_back: Vec::new(),
+        };
+        let mut base = Inventory::new("prod");
+        base.rollout = Some(record(1));
+        let mut theirs = base.clone();
+        theirs.rollout = Some(record(2));
+        let ours = base.clone();
+        assert_eq!(
+            merge_concurrent(&base, &ours, &theirs).rollout,
+            Some(record(2))
+        );
+        // A write that cleared it (it recorded another revision) clears it.
+        let mut clearing = base.clone();
+        clearing.rollout = None;
+        assert_eq!(merge_concurrent(&base, &clearing, &theirs).rollout, None);
     }
 
     #[test]

@@ -9,6 +9,7 @@
 //! | [`report`] | what a sync did: the value printers, status and metrics are built from |
 //! | [`shard`] | sharded replicas: which replica syncs which environment, the Leases' names |
 //! | [`status`] | what the daemon knows of each environment (`/status`, the status page), the ring of recent reconciles |
+//! | [`resume`] | what the daemon records so another resumes its health judgements and rollout |
 //! | [`rollout`] | progressive rollout: which workspaces a revision changes, which step each is in |
 //! | [`windows`] | sync windows: whether a new revision may be applied now |
 //! | [`tenancy`] | the operator's guardrails, the effective policy, who owns an object |
@@ -20,6 +21,7 @@ pub mod approval;
 pub mod health;
 pub mod inventory;
 pub mod report;
+pub mod resume;
 pub mod rollout;
 pub mod shard;
 pub mod status;

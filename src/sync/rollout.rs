@@ -80,7 +80,7 @@ pub fn changed_workspaces(plan: &Plan) -> Changed {
 }
 
 /// One step of a rollout: the share it reaches and the workspaces it adds.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RolloutStep {
     /// The cumulative share of the rolled-out workspaces reached once this
@@ -246,6 +246,13 @@ pub struct RolloutStatus {
     /// When the next step may start (RFC 3339), once this one is Healthy.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub next_step_at: Option<String>,
+    /// A failed step's workspaces whose rollback is not applied yet (tried
+    /// again at each reconcile); empty once rolled back.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub rolling_back: Vec<String>,
+    /// Why that rollback has not been applied yet.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rollback_error: Option<String>,
 }
 
 impl RolloutStatus {
@@ -270,11 +277,17 @@ impl RolloutStatus {
             let names: Vec<String> = self.failed.keys().cloned().collect();
             out.push_str(&format!(" ({})", crate::sync::name_some(&names)));
         }
+        if !self.rolling_back.is_empty() {
+            out.push_str(&format!(
+                "; rolling back {}, not applied yet (tried again at each reconcile)",
+                crate::sync::name_some(&self.rolling_back)
+            ));
+        }
         out.chars().take(500).collect()
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub enum RolloutPhase {
     /// The step's workspaces are applied; waiting for them to be Healthy.
     Progressing,

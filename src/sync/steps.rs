@@ -66,6 +66,11 @@ pub struct SyncOptions {
     /// update or delete is sent only on the condition that the live object
     /// still has this `uid` and `resourceVersion`.
     pub preconditions: Option<std::sync::Arc<HashMap<String, LiveVersion>>>,
+    /// The rollout record a rollout step's sync writes with its final
+    /// inventory when it succeeds in full: the step and its record in one
+    /// write, so no kill between them leaves the step applied and not
+    /// recorded.
+    pub rollout_record: Option<crate::sync::resume::RolloutRecord>,
 }
 
 /// Which objects a plan or a sync may touch, by namespace: every object a
