@@ -13,9 +13,12 @@ use super::*;
 use crate::sync::resume as recorded;
 
 /// The least a resumed watch runs, so that a judgement whose deadline
-/// passed while no daemon watched still reads each object (and sees a
-/// Degraded one confirmed, `cluster::wait::DEGRADED_POLLS`) once.
-const RESUMED_AT_LEAST: Duration = Duration::from_secs(5);
+/// passed while no daemon watched (a daemon down longer than the deadline,
+/// the first start after an upgrade) still reads every object, even of a
+/// large environment (a poll cut by the deadline reads nothing: each object
+/// would read as not read in time, and its workspace as failed), and sees a
+/// Degraded one confirmed (`cluster::wait::DEGRADED_POLLS`).
+const RESUMED_AT_LEAST: Duration = Duration::from_secs(60);
 
 impl Reconciler {
     /// Once per term as the writer: the unfinished judgements of the

@@ -392,6 +392,9 @@ impl Reconciler {
         if self.rollout.is_none()
             && reached_elsewhere.is_empty()
             && let Some(record) = record.clone().filter(|r| r.revision == state.revision())
+            // A record of no steps, or of more applied than it has, is not
+            // one this daemon wrote: the rollout starts again.
+            && record.resumable()
         {
             let run = RolloutRun::resumed(record, &live.plan, &policy);
             let message = format!(
@@ -639,8 +642,10 @@ impl Reconciler {
         run.healthy_wall = None;
         run.next_step_at = None;
         run.phase = RolloutPhase::Progressing;
-        run.progressing = run.plan.steps[through - 1].workspaces.clone();
-        let step = &run.plan.steps[through - 1];
+        let Some(step) = run.plan.steps.get(through.saturating_sub(1)) else {
+            return Err(ReconcileError::NoRevision);
+        };
+        run.progressing = step.workspaces.clone();
         let message = format!(
             "revision {}: step {through}/{} ({}%) applied to {} workspace(s): {}; the next step waits until they are Healthy (within {}) and {} more",
             run.revision,

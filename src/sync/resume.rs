@@ -71,6 +71,13 @@ pub struct RolloutRecord {
 pub const MAX_FAILED_MESSAGE_CHARS: usize = 300;
 
 impl RolloutRecord {
+    /// Whether a daemon can take this record up: it has steps, and no more
+    /// of them applied than it has (a record this version never writes
+    /// otherwise: damaged, or another version's).
+    pub fn resumable(&self) -> bool {
+        !self.steps.is_empty() && self.applied <= self.steps.len()
+    }
+
     /// This record with each failed message cut to
     /// [`MAX_FAILED_MESSAGE_CHARS`] (what the inventory stores, so what is
     /// compared when the record is set again).
@@ -266,6 +273,21 @@ mod tests {
             failed: BTreeMap::new(),
             rolling_back: Vec::new(),
         }
+    }
+
+    /// Hostile review: a record that parsed but had no steps made a resumed
+    /// daemon index step one of nothing (a panic).
+    #[test]
+    fn a_record_of_no_steps_or_of_more_applied_than_it_has_is_not_resumed() {
+        let r = record();
+        assert!(r.resumable());
+        let mut empty = record();
+        empty.steps.clear();
+        empty.applied = 0;
+        assert!(!empty.resumable());
+        let mut beyond = record();
+        beyond.applied = beyond.steps.len() + 1;
+        assert!(!beyond.resumable());
     }
 
     #[test]
