@@ -201,6 +201,18 @@ fn tenantsync_status(env: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Announces `revision` and waits until the daemon reports its rollout at
+/// step 1.
+async fn push_and_reach_step_one(port: u16, env: &str, revision: &str) {
+    push(port, revision).await;
+    wait_for("step 1", Duration::from_secs(30), async || {
+        status(port, env)
+            .await
+            .is_some_and(|s| s["rollout"]["revision"] == revision && s["rollout"]["step"] == 1)
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn an_image_change_over_ten_workspaces_reaches_two_then_the_other_eight_once_they_are_healthy()
  {
@@ -210,14 +222,8 @@ async fn an_image_change_over_ten_workspaces_reaches_two_then_the_other_eight_on
     let (port, _daemon) = started(&repo, &logs.path().join("daemon.log")).await;
 
     let revision = bump_image(&repo);
-    push(port, &revision).await;
     // Step 1: two workspaces, the other eight untouched.
-    wait_for("step 1", Duration::from_secs(30), async || {
-        status(port, &env).await.is_some_and(|s| {
-            s["rollout"]["revision"] == revision.as_str() && s["rollout"]["step"] == 1
-        })
-    })
-    .await;
+    push_and_reach_step_one(port, &env, &revision).await;
     let first = running(&repo, NEW).await;
     assert_eq!(first.len(), 2, "{first:?}");
     let s = status(port, &env).await.expect("status");
@@ -274,13 +280,7 @@ async fn a_step_that_goes_degraded_stops_the_rollout_at_two_workspaces_and_rolls
     let (port, _daemon) = started(&repo, &logs.path().join("daemon.log")).await;
 
     let revision = bump_image(&repo);
-    push(port, &revision).await;
-    wait_for("step 1", Duration::from_secs(30), async || {
-        status(port, &env).await.is_some_and(|s| {
-            s["rollout"]["revision"] == revision.as_str() && s["rollout"]["step"] == 1
-        })
-    })
-    .await;
+    push_and_reach_step_one(port, &env, &revision).await;
     let first = running(&repo, NEW).await;
     assert_eq!(first.len(), 2, "{first:?}");
     make_healthy(&repo.namespace(&first[0])).await;
@@ -333,13 +333,7 @@ async fn a_daemon_killed_during_a_rollouts_pause_is_followed_by_one_that_goes_on
     let (port, first_daemon) = started(&repo, &logs.path().join("first.log")).await;
 
     let revision = bump_image(&repo);
-    push(port, &revision).await;
-    wait_for("step 1", Duration::from_secs(30), async || {
-        status(port, &env).await.is_some_and(|s| {
-            s["rollout"]["revision"] == revision.as_str() && s["rollout"]["step"] == 1
-        })
-    })
-    .await;
+    push_and_reach_step_one(port, &env, &revision).await;
     let first = running(&repo, NEW).await;
     assert_eq!(first.len(), 2, "{first:?}");
     for ws in &first {
@@ -488,13 +482,7 @@ async fn a_failed_steps_rollback_refused_once_is_retried_until_applied_and_statu
     let (port, _daemon) = started(&repo, &logs.path().join("daemon.log")).await;
 
     let revision = bump_image(&repo);
-    push(port, &revision).await;
-    wait_for("step 1", Duration::from_secs(30), async || {
-        status(port, &env).await.is_some_and(|s| {
-            s["rollout"]["revision"] == revision.as_str() && s["rollout"]["step"] == 1
-        })
-    })
-    .await;
+    push_and_reach_step_one(port, &env, &revision).await;
     let first = running(&repo, NEW).await;
     assert_eq!(first.len(), 2, "{first:?}");
     let namespaces: Vec<String> = first.iter().map(|ws| repo.namespace(ws)).collect();
@@ -572,13 +560,7 @@ async fn a_cli_sync_of_another_revision_while_no_daemon_runs_restarts_the_rollou
     let logs = tempfile::tempdir().expect("tempdir");
     let (port, first_daemon) = started(&repo, &logs.path().join("first.log")).await;
     let revision = bump_image(&repo);
-    push(port, &revision).await;
-    wait_for("step 1", Duration::from_secs(30), async || {
-        status(port, &env).await.is_some_and(|s| {
-            s["rollout"]["revision"] == revision.as_str() && s["rollout"]["step"] == 1
-        })
-    })
-    .await;
+    push_and_reach_step_one(port, &env, &revision).await;
     for ws in &running(&repo, NEW).await {
         make_healthy(&repo.namespace(ws)).await;
     }
@@ -704,13 +686,7 @@ async fn a_record_of_no_step_applied_yet_is_resumed_with_step_one_of_its_recorde
         )
         .await
         .expect("record");
-    push(port, &revision).await;
-    wait_for("step 1", Duration::from_secs(30), async || {
-        status(port, &env).await.is_some_and(|s| {
-            s["rollout"]["revision"] == revision.as_str() && s["rollout"]["step"] == 1
-        })
-    })
-    .await;
+    push_and_reach_step_one(port, &env, &revision).await;
     let mut reached = running(&repo, NEW).await;
     reached.sort();
     let mut wanted = first.to_vec();

@@ -369,6 +369,18 @@ impl Inventory {
         self.revision = Some(revision);
     }
 
+    /// The record of `ws`, made as applied at `revision` when it has none
+    /// (an inventory from before per-workspace records).
+    fn record_of(&mut self, ws: &str, revision: &str) -> &mut WorkspaceRevisions {
+        self.workspaces
+            .entry(ws.to_string())
+            .or_insert_with(|| WorkspaceRevisions {
+                applied: revision.to_string(),
+                healthy: None,
+                judging: None,
+            })
+    }
+
     /// Records that `workspaces` were Healthy at `revision`, those still
     /// applied at it (a workspace re-applied at another revision meanwhile
     /// says nothing of this one). Returns whether anything changed.
@@ -378,14 +390,7 @@ impl Inventory {
             if self.applied_revision(ws) != Some(revision) {
                 continue;
             }
-            let entry = self
-                .workspaces
-                .entry(ws.clone())
-                .or_insert_with(|| WorkspaceRevisions {
-                    applied: revision.to_string(),
-                    healthy: None,
-                    judging: None,
-                });
+            let entry = self.record_of(ws, revision);
             if entry.healthy.as_deref() != Some(revision) || entry.judging.is_some() {
                 entry.healthy = Some(revision.to_string());
                 entry.judging = None;
@@ -407,14 +412,7 @@ impl Inventory {
             {
                 continue;
             }
-            let entry = self
-                .workspaces
-                .entry(ws.clone())
-                .or_insert_with(|| WorkspaceRevisions {
-                    applied: revision.to_string(),
-                    healthy: None,
-                    judging: None,
-                });
+            let entry = self.record_of(ws, revision);
             if entry
                 .judging
                 .as_ref()
