@@ -540,14 +540,14 @@ async fn an_inventory_write_from_a_stale_read_merges_what_another_writer_added()
     let mut theirs = base.inventory.clone();
     theirs.objects.insert(other("added-by-them"));
     cluster
-        .write_inventory_checked(&base, &theirs)
+        .write_inventory_checked(&base, &theirs, &tenantsync::sync::Fence::default())
         .await
         .expect("their write");
     // ...and ours, computed from the stale read, must not drop it.
     let mut ours = base.inventory.clone();
     ours.objects.insert(other("added-by-us"));
     let stored = cluster
-        .write_inventory_checked(&base, &ours)
+        .write_inventory_checked(&base, &ours, &tenantsync::sync::Fence::default())
         .await
         .expect("our write");
     let names: Vec<String> = inventory(&repo.env)
@@ -770,7 +770,7 @@ async fn a_long_inventory_is_written_in_chunks_the_api_server_accepts_and_read_b
     }
     let largest_head = largest_head.expect("a head that holds its list");
     let stored = cluster
-        .write_inventory_checked(&base, &largest_head)
+        .write_inventory_checked(&base, &largest_head, &tenantsync::sync::Fence::default())
         .await
         .expect("the largest list one ConfigMap holds is accepted");
     assert!(stored.chunks.is_none());
@@ -804,7 +804,7 @@ async fn a_long_inventory_is_written_in_chunks_the_api_server_accepts_and_read_b
         i += 1;
     }
     let stored = cluster
-        .write_inventory_checked(&stored, &long)
+        .write_inventory_checked(&stored, &long, &tenantsync::sync::Fence::default())
         .await
         .expect("a list in chunks is accepted");
     let named = stored.chunks.clone().expect("chunks");
@@ -817,7 +817,7 @@ async fn a_long_inventory_is_written_in_chunks_the_api_server_accepts_and_read_b
     // Another long write replaces the chunks: the old ones are deleted.
     long.objects.pop_last();
     let again = cluster
-        .write_inventory_checked(&stored, &long)
+        .write_inventory_checked(&stored, &long, &tenantsync::sync::Fence::default())
         .await
         .expect("written again");
     let renamed = again.chunks.clone().expect("chunks");
@@ -830,7 +830,7 @@ async fn a_long_inventory_is_written_in_chunks_the_api_server_accepts_and_read_b
     // Short again: the list is back in the inventory, no chunk is left.
     let short = base.inventory.clone();
     cluster
-        .write_inventory_checked(&again, &short)
+        .write_inventory_checked(&again, &short, &tenantsync::sync::Fence::default())
         .await
         .expect("short again");
     assert!(chunk_names(&repo.env).await.is_empty());
@@ -1009,14 +1009,14 @@ async fn an_inventory_created_in_chunks_stays_readable_once_its_list_fits_again(
     long.objects
         .extend((0..40_000).map(|i| object(incompressible(i))));
     let stored = cluster
-        .write_inventory_checked(&base, &long)
+        .write_inventory_checked(&base, &long, &tenantsync::sync::Fence::default())
         .await
         .expect("a first write in chunks (a create)");
     assert!(stored.chunks.is_some());
     let mut short = Inventory::new(&env);
     short.objects.insert(object("kept".into()));
     let stored = cluster
-        .write_inventory_checked(&stored, &short)
+        .write_inventory_checked(&stored, &short, &tenantsync::sync::Fence::default())
         .await
         .expect("a short write");
     assert!(stored.chunks.is_none());
@@ -1024,12 +1024,12 @@ async fn an_inventory_created_in_chunks_stays_readable_once_its_list_fits_again(
     assert!(chunk_names(&env).await.is_empty());
     // And back to chunks, then short again.
     let stored = cluster
-        .write_inventory_checked(&stored, &long)
+        .write_inventory_checked(&stored, &long, &tenantsync::sync::Fence::default())
         .await
         .expect("chunks again");
     assert_eq!(inventory(&env).await, long);
     cluster
-        .write_inventory_checked(&stored, &short)
+        .write_inventory_checked(&stored, &short, &tenantsync::sync::Fence::default())
         .await
         .expect("short again");
     assert_eq!(inventory(&env).await, short);
@@ -1167,7 +1167,7 @@ async fn a_replica_that_lost_its_hold_never_puts_an_older_rollout_record_back() 
     let mut ours = stale_base.inventory.clone();
     ours.last_applied_at = Some("2026-12-03T11:00:00Z".into());
     cluster
-        .write_inventory_checked(&stale_base, &ours)
+        .write_inventory_checked(&stale_base, &ours, &tenantsync::sync::Fence::default())
         .await
         .expect("stale sync write");
     assert_eq!(inventory(&env).await.rollout, Some(moved));
@@ -1207,7 +1207,7 @@ async fn a_rollout_record_of_20000_workspaces_is_accepted_by_the_api_server() {
             }),
     );
     cluster
-        .write_inventory_checked(&stored, &many)
+        .write_inventory_checked(&stored, &many, &tenantsync::sync::Fence::default())
         .await
         .expect("20,000 workspace records written");
     cluster

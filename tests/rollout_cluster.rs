@@ -699,13 +699,13 @@ async fn a_record_of_no_step_applied_yet_is_resumed_with_step_one_of_its_recorde
     assert_eq!(recorded.steps, record.steps);
 }
 
-/// Hostile review (session 32): a rollout record of no step applied (left
-/// by a daemon stopped before its step 1) was resumed without the checks a
-/// new rollout makes before its first step (the cluster-side scope check,
-/// an approved plan's change set). Those now run for a resumed step 1 too;
-/// here a successor meets a revision with a manifest of a custom kind that
-/// is cluster-scoped on the API server but declared with a namespace, and
-/// applies no step of it.
+/// A rollout record of no step applied (left by a daemon stopped before
+/// its step 1) taken up by a successor applies nothing of a revision the
+/// cluster refuses: a manifest of a custom kind that is cluster-scoped on
+/// the API server but declared with a namespace. (The planner's own scope
+/// check refuses this case before the rollout's checks before step 1,
+/// which since session 32 also run for a resumed or retried step 1; no
+/// test here reaches those alone.)
 #[tokio::test]
 async fn a_resumed_rollout_of_no_step_applied_applies_nothing_of_a_revision_the_cluster_scope_check_refuses()
  {

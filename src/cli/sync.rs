@@ -135,6 +135,31 @@ pub(super) fn sync_cmd(args: &SyncArgs) -> anyhow::Result<ExitCode> {
             }
         }
     };
+    // The windows again, under the lock: one may have closed while this
+    // sync waited for it.
+    let ignored_window = match (
+        &lock,
+        windows::verdict(&state.sync_policy.windows, jiff::Timestamp::now()),
+    ) {
+        (Some(_), windows::Verdict::Closed(why)) => {
+            if !args.ignore_windows {
+                if let Some(lock) = lock {
+                    runtime.block_on(async {
+                        let _ =
+                            tokio::time::timeout(Duration::from_secs(5), lock.release(&cluster))
+                                .await;
+                    });
+                }
+                eprintln!(
+                    "error: nothing was changed: environment {} may not be synced now: {why} (syncPolicy.windows; it closed while this sync waited for the lock); wait for the window, or sync with --ignore-windows in an emergency (recorded as an Event)",
+                    state.name
+                );
+                return Ok(ExitCode::from(1));
+            }
+            Some(why)
+        }
+        _ => ignored_window,
+    };
     if let Some(lock) = &lock {
         options.fence = options.fence.clone().with(lock.lost_check());
     }

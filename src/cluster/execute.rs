@@ -130,12 +130,21 @@ pub async fn sync(
             widened.objects.insert(r.clone());
         }
     }
+    if stored.is_some() && lock_lost(options) {
+        // Nothing is applied that the inventory would not cover.
+        report.aborted = Some(
+            "the environment's lock was lost (another writer took it) before anything was written"
+                .into(),
+        );
+    }
     if let Some(current) = stored.as_mut()
-        && !lock_lost(options)
+        && report.aborted.is_none()
     {
         let merged = crate::sync::inventory::merge_concurrent(&old, &widened, &current.inventory);
         if merged != current.inventory {
-            *current = cluster.write_inventory_checked(current, &merged).await?;
+            *current = cluster
+                .write_inventory_checked(current, &merged, &options.fence)
+                .await?;
             report.inventory_written = true;
         }
     }
@@ -215,7 +224,15 @@ pub async fn sync(
             final_inventory.rollout = Some(record.clone().capped());
         }
         final_inventory.objects.extend(not_deleted);
-        narrow(cluster, current, &widened, final_inventory, &mut report).await;
+        narrow(
+            cluster,
+            current,
+            &widened,
+            final_inventory,
+            &options.fence,
+            &mut report,
+        )
+        .await;
     }
     report.api_requests = cluster.requests();
     report.write_requests = cluster.writes();
@@ -284,6 +301,7 @@ async fn narrow(
     current: &mut Stored,
     widened: &Inventory,
     mut final_inventory: Inventory,
+    fence: &crate::sync::Fence,
     report: &mut SyncReport,
 ) {
     let changed_cluster = !(report.created.is_empty()
@@ -300,7 +318,10 @@ async fn narrow(
     if merged == base {
         return;
     }
-    match cluster.write_inventory_checked(current, &merged).await {
+    match cluster
+        .write_inventory_checked(current, &merged, fence)
+        .await
+    {
         Ok(stored) => {
             *current = stored;
             report.inventory_written = true;
