@@ -1221,3 +1221,138 @@ async fn a_rollout_record_of_20000_workspaces_is_accepted_by_the_api_server() {
     assert!(back.failed.values().all(|m| m.chars().count() <= 300));
     assert_eq!(read.workspaces.len(), many.workspaces.len());
 }
+
+/// Hostile review (session 32): a sync whose hold on the environment was
+/// lost during its prune still narrowed the inventory afterwards, a write
+/// no fence checked, so it could drop entries its successor recorded. Now
+/// a lost hold leaves the inventory as widened (a superset of what may
+/// exist) and the sync says it stopped.
+#[tokio::test]
+async fn a_sync_that_loses_its_hold_during_prune_does_not_narrow_the_inventory() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use tenantsync::cluster::execute::{self, Progress};
+    use tenantsync::pipeline::{self, Deletes, Intake, PlanOptions};
+    use tenantsync::sync::tenancy::Operator;
+    use tenantsync::sync::{Fence, SyncOptions};
+    let repo = TestRepo::new("narrow-fence");
+    repo.apply_rendered().await;
+    let before = inventory(&repo.env).await;
+    let woodgrove = before
+        .objects
+        .iter()
+        .filter(|r| r.namespace.as_deref() == Some(repo.namespace("woodgrove").as_str()))
+        .count();
+    assert!(woodgrove > 1, "woodgrove has objects to prune");
+    repo.write("workspaces/woodgrove.yaml", &removed("woodgrove"));
+
+    let cluster = admin().await;
+    let operator = Operator::default();
+    let tree = tenantsync::source::folder::read(repo.path()).expect("read the repository");
+    let state = pipeline::desired(tree, &repo.env, None, &Intake::strict(&operator))
+        .unwrap_or_else(|_| panic!("the environment is valid"));
+    let stored = cluster.read_inventory(&repo.env).await.expect("inventory");
+    let live = pipeline::plan_live(
+        &cluster,
+        &state,
+        stored,
+        PlanOptions {
+            diffs: false,
+            deletes: Deletes::RecordedOrAll,
+            settle: Some(false),
+            health: false,
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("plan: {e}"));
+    let lost = Arc::new(AtomicBool::new(false));
+    let fence = {
+        let lost = lost.clone();
+        Fence::default().with(move || lost.load(Ordering::SeqCst))
+    };
+    let options = state.sync_options(SyncOptions {
+        prune: true,
+        allow_mass_prune: true,
+        fence,
+        ..SyncOptions::default()
+    });
+    // The hold is lost once the first delete is answered.
+    let report = execute::sync(
+        &cluster,
+        &live.plan,
+        &state.objects,
+        live.inventory,
+        &live.undeclared,
+        &options,
+        state.revision.clone(),
+        &state.workspace_revisions,
+        |event| {
+            if let Progress::Pruned { .. } = event {
+                lost.store(true, Ordering::SeqCst);
+            }
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("sync: {e}"));
+    assert!(
+        !report.pruned.is_empty(),
+        "a delete was sent before the hold was lost"
+    );
+    let aborted = report.aborted.clone().unwrap_or_default();
+    assert!(
+        aborted.contains("lock was lost"),
+        "the report says the sync stopped: {aborted:?}"
+    );
+    // Nothing of woodgrove's was dropped from the inventory.
+    let after = inventory(&repo.env).await;
+    for r in before.objects.iter() {
+        assert!(
+            after.objects.contains(r),
+            "{} is still recorded: a sync that lost its hold never narrows",
+            r.id()
+        );
+    }
+    assert_eq!(after.revision, before.revision);
+}
+
+/// Hostile review (session 32): a Healthy judgement was recorded by an
+/// unfenced read-modify-write that, on a conflict, merged its stale copy
+/// over the other writer's. Now it is written only while the hold is kept,
+/// compare-and-set, and changes nothing else.
+#[tokio::test]
+async fn a_replica_that_lost_its_hold_never_records_a_healthy_revision() {
+    use tenantsync::cluster::inventory::Updated;
+    use tenantsync::sync::Fence;
+    let repo = TestRepo::new("healthy-fence");
+    repo.apply_rendered().await;
+    let cluster = admin().await;
+    let env = repo.env.clone();
+    let before = inventory(&env).await;
+    let ws = before
+        .workspaces
+        .keys()
+        .next()
+        .cloned()
+        .expect("a workspace record");
+    let applied = before.applied_revision(&ws).unwrap_or_default().to_string();
+    assert!(!applied.is_empty(), "{ws} is recorded at a revision");
+    let lost = Fence::default().with(|| true);
+    assert_eq!(
+        cluster
+            .record_healthy(&env, &lost, std::slice::from_ref(&ws), &applied)
+            .await
+            .expect("lost hold"),
+        Updated::NotHeld
+    );
+    assert_eq!(inventory(&env).await, before, "nothing written");
+    assert_eq!(
+        cluster
+            .record_healthy(&env, &Fence::default(), std::slice::from_ref(&ws), &applied)
+            .await
+            .expect("held"),
+        Updated::Written
+    );
+    let after = inventory(&env).await;
+    assert_eq!(after.healthy_revision(&ws), Some(applied.as_str()));
+    assert_eq!(after.objects, before.objects, "only the judgement changed");
+}

@@ -393,24 +393,20 @@ impl Cluster {
     }
 
     /// Records that `workspaces` were Healthy at `revision` (those still
-    /// applied at it); returns whether the inventory changed. Nothing before
-    /// the first sync.
+    /// applied at it): only that, on the stored inventory as it is at the
+    /// write (compare-and-set, never a merge of an older copy), and only
+    /// while `fence` holds. Nothing before the first sync.
     pub async fn record_healthy(
         &self,
         environment: &str,
+        fence: &crate::sync::Fence,
         workspaces: &[String],
         revision: &str,
-    ) -> Result<bool, ClusterError> {
-        let stored = self.read_inventory_stored(environment).await?;
-        if stored.resource_version.is_none() {
-            return Ok(false);
-        }
-        let mut ours = stored.inventory.clone();
-        if !ours.record_healthy(workspaces, revision) {
-            return Ok(false);
-        }
-        self.write_inventory_checked(&stored, &ours).await?;
-        Ok(true)
+    ) -> Result<Updated, ClusterError> {
+        self.update_inventory(environment, fence, |inv| {
+            inv.record_healthy(workspaces, revision)
+        })
+        .await
     }
 
     /// Records that the health of `workspaces` at `revision` is judged
