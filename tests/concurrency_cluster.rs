@@ -4,7 +4,7 @@
 //! then died), and a removed workspace whose namespace holds objects
 //! tenantsync never made.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -1355,4 +1355,90 @@ async fn a_replica_that_lost_its_hold_never_records_a_healthy_revision() {
     let after = inventory(&env).await;
     assert_eq!(after.healthy_revision(&ws), Some(applied.as_str()));
     assert_eq!(after.objects, before.objects, "only the judgement changed");
+}
+
+/// The chunk ConfigMaps of `env`, each with its resourceVersion.
+async fn chunk_versions(env: &str) -> BTreeMap<String, String> {
+    let api: Api<ConfigMap> = Api::namespaced(control_plane().client(User::Admin).await, SYSTEM);
+    api.list_metadata(&kube::api::ListParams::default().labels(&format!(
+        "{}={env}",
+        tenantsync::sync::inventory::CHUNK_LABEL
+    )))
+    .await
+    .expect("list chunks")
+    .items
+    .into_iter()
+    .filter_map(|m| Some((m.metadata.name?, m.metadata.resource_version?)))
+    .collect()
+}
+
+/// Session 32: recording a health judgement (or the rollout record) read
+/// and rewrote every chunk of the object list, once per applied revision:
+/// at 20,000 workspaces megabytes for one timestamp. A record-only write
+/// now writes the head alone and keeps the stored chunks, untouched.
+#[tokio::test]
+async fn a_health_judgement_on_a_chunked_inventory_rewrites_only_its_head() {
+    use tenantsync::cluster::inventory::Updated;
+    use tenantsync::sync::Fence;
+    let repo = TestRepo::new("inventory-chunk-keep");
+    for i in 0..30 {
+        repo.write(
+            &format!("workspaces/t{i:02}.yaml"),
+            &workspace(&format!("t{i:02}")),
+        );
+    }
+    let mut sync = sync_command(&repo, &[]);
+    sync.env(tenantsync::cluster::inventory::CHUNK_BYTES_ENV, "256");
+    let out = sync.output().expect("sync");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let cluster = admin().await;
+    let before = cluster
+        .read_inventory_stored(&repo.env)
+        .await
+        .expect("read");
+    let named = before.chunks.clone().expect("several chunks");
+    assert!(named.count >= 5, "{named:?}");
+    let chunks = chunk_versions(&repo.env).await;
+    assert_eq!(chunks.len(), named.count);
+
+    let ws = "t07".to_string();
+    let applied = before
+        .inventory
+        .applied_revision(&ws)
+        .expect("t07 is recorded at a revision")
+        .to_string();
+    let fence = Fence::default();
+    let judged = cluster
+        .record_judging(
+            &repo.env,
+            &fence,
+            std::slice::from_ref(&ws),
+            &applied,
+            "2026-12-03T14:00:00Z",
+        )
+        .await
+        .expect("judging");
+    assert_eq!(judged, Updated::Written);
+    let healthy = cluster
+        .record_healthy(&repo.env, &fence, std::slice::from_ref(&ws), &applied)
+        .await
+        .expect("healthy");
+    assert_eq!(healthy, Updated::Written);
+
+    // The same chunks, never written again, and the whole list read back.
+    assert_eq!(chunk_versions(&repo.env).await, chunks);
+    let after = cluster
+        .read_inventory_stored(&repo.env)
+        .await
+        .expect("read");
+    assert_eq!(after.chunks, Some(named));
+    assert_eq!(after.inventory.objects, before.inventory.objects);
+    assert_eq!(
+        after.inventory.healthy_revision(&ws),
+        Some(applied.as_str())
+    );
+    // A plan still sees every object as recorded.
+    let plan = repo.plan_json("admin");
+    assert_eq!(plan["summary"]["create"], 0, "{}", plan["summary"]);
+    assert_eq!(plan["summary"]["delete"], 0, "{}", plan["summary"]);
 }
