@@ -518,3 +518,48 @@ async fn control_plane_up_restarts_dead_components_on_the_same_data_and_a_sync_c
     let report: Value = serde_json::from_slice(&out.stdout).expect("report");
     assert_eq!(report["writeRequests"], 0, "{report:#}");
 }
+
+/// Session 32: a 20,000-workspace sync on a loaded machine lost its lock
+/// before its first write (14 minutes of reads wasted, twice): each renewal
+/// was given up after 3 s and the next sent only 3 s later, so an API
+/// server answering in 5 s for a moment lost a holder its lock. Renewals
+/// are now sent every period and waited for as long as their answer can
+/// still extend the hold. The API server is frozen for 5 s: the lock is
+/// never lost, not even for a moment.
+#[tokio::test]
+async fn an_api_server_frozen_for_5s_does_not_lose_a_holder_its_lock() {
+    let cp = OwnControlPlane::start("lock-slow-server");
+    let cluster = tenantsync::cluster::Cluster::connect(&tenantsync::cluster::ClusterOptions {
+        kubeconfig: Some(cp.kubeconfig.clone()),
+        context: None,
+    })
+    .await
+    .expect("connect");
+    let lock = cluster
+        .lock_environment("slow-server", "a writer", Duration::ZERO, |_| {})
+        .await
+        .unwrap_or_else(|e| panic!("lock: {e}"));
+    let taken = Instant::now();
+    let lost = lock.lost_check();
+    let mut frozen = false;
+    let mut thawed = false;
+    while taken.elapsed() < Duration::from_secs(14) {
+        let at = taken.elapsed();
+        if !frozen && at >= Duration::from_secs(2) {
+            cp.signal("-STOP");
+            frozen = true;
+        }
+        if !thawed && at >= Duration::from_secs(7) {
+            cp.signal("-CONT");
+            thawed = true;
+        }
+        assert!(
+            !lost(),
+            "the lock was lost {:.2} s after it was taken",
+            at.as_secs_f64()
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    assert!(!lock.lost());
+    lock.release(&cluster).await;
+}

@@ -133,7 +133,7 @@ pub async fn sync(
     if stored.is_some() && lock_lost(options) {
         // Nothing is applied that the inventory would not cover.
         report.aborted = Some(
-            "the environment's lock was lost (another writer took it) before anything was written"
+            "the environment's lock was lost (another writer took it, or it could not be renewed in time) before anything was written"
                 .into(),
         );
     }
@@ -175,7 +175,7 @@ pub async fn sync(
     // have recorded or re-created since what this sync would drop.
     if stored.is_some() && report.aborted.is_none() && lock_lost(options) {
         report.aborted = Some(
-            "the environment's lock was lost (another writer took it) before the inventory was narrowed: \
+            "the environment's lock was lost (another writer took it, or it could not be renewed in time) before the inventory was narrowed: \
              it still records every object this sync may have written, and the next sync records the revision"
                 .into(),
         );
@@ -417,7 +417,7 @@ impl Run<'_> {
         }
         if lock_lost(self.options) && self.report.aborted.is_none() {
             self.report.aborted = Some(
-                "the environment's lock was lost (another writer took it): nothing more was written"
+                "the environment's lock was lost (another writer took it, or it could not be renewed in time): nothing more was written"
                     .into(),
             );
         }

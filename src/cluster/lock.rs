@@ -30,6 +30,9 @@ pub const RENEW_PERIOD: Duration = Duration::from_secs(3);
 /// holder whose renewals stall (a slow or frozen API server) stops on its
 /// own clock before another writer can see the lock expire and take it.
 pub const HOLD: Duration = LOCK_DURATION.saturating_sub(RENEW_PERIOD.saturating_mul(2));
+/// Renewals waiting for an answer at once, at most (a frozen API server
+/// gets no pile of them).
+const MAX_RENEWALS_IN_FLIGHT: usize = 4;
 
 /// A holder's standing: lost when another took the lock, or when the last
 /// confirmed renewal is older than [`HOLD`].
@@ -359,34 +362,61 @@ impl Cluster {
             let me = me.to_string();
             let name = name.clone();
             tokio::spawn(async move {
+                // A renewal is sent every period whether or not the last
+                // one was answered, and each is waited for as long as its
+                // answer can still extend the hold: on a slow API server
+                // (one answering in 5 s) the lock is kept, where giving
+                // each renewal up after a period lost it.
+                let mut ticks = tokio::time::interval_at(
+                    tokio::time::Instant::now() + RENEW_PERIOD,
+                    RENEW_PERIOD,
+                );
+                ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                let mut renewals = tokio::task::JoinSet::new();
                 loop {
                     tokio::select! {
-                        _ = tokio::time::sleep(RENEW_PERIOD) => {},
-                        _ = stopped.changed() => return,
-                    }
-                    if *stopped.borrow() {
-                        return;
-                    }
-                    let sent = Instant::now();
-                    // A renewal with no answer within a renewal period is
-                    // given up (the next one is sent then); the hold lapses
-                    // on its own clock meanwhile.
-                    match tokio::time::timeout(RENEW_PERIOD, try_take(&api, &name, &me)).await {
-                        Ok(Ok(None)) => standing.confirmed(sent),
-                        Ok(Ok(Some(holder))) => {
-                            tracing::error!(lease = %name, holder = %holder, "the environment lock was taken by another writer; writes stop");
-                            standing.taken.store(true, Ordering::SeqCst);
+                        _ = stopped.changed() => {
+                            renewals.abort_all();
                             return;
                         }
-                        Ok(Err(e)) => {
-                            tracing::warn!(lease = %name, error = %e, "cannot renew the environment lock");
+                        _ = ticks.tick() => {
+                            if *stopped.borrow() {
+                                renewals.abort_all();
+                                return;
+                            }
+                            if renewals.len() < MAX_RENEWALS_IN_FLIGHT {
+                                let (api, name, me) = (api.clone(), name.clone(), me.clone());
+                                let sent = Instant::now();
+                                renewals.spawn(async move {
+                                    (sent, tokio::time::timeout(HOLD, try_take(&api, &name, &me)).await)
+                                });
+                            }
                         }
-                        Err(_) => {
-                            tracing::warn!(lease = %name, "the API server did not answer a renewal of the environment lock in time");
-                        }
+                        Some(done) = renewals.join_next(), if !renewals.is_empty() => match done {
+                            Ok((sent, Ok(Ok(None)))) => standing.confirmed(sent),
+                            // Another renewal of this holder's changed the
+                            // Lease first (a 409): it confirms itself.
+                            Ok((_, Ok(Ok(Some(holder))))) if holder.identity == me => {}
+                            Ok((_, Ok(Ok(Some(holder))))) => {
+                                tracing::error!(lease = %name, holder = %holder, "the environment lock was taken by another writer; writes stop");
+                                standing.taken.store(true, Ordering::SeqCst);
+                                renewals.abort_all();
+                                return;
+                            }
+                            Ok((_, Ok(Err(e)))) => {
+                                tracing::warn!(lease = %name, error = %e, "cannot renew the environment lock");
+                            }
+                            Ok((_, Err(_))) => {
+                                tracing::warn!(lease = %name, "the API server did not answer a renewal of the environment lock in time");
+                            }
+                            Err(e) => {
+                                tracing::warn!(lease = %name, error = %e, "a renewal of the environment lock stopped");
+                            }
+                        },
                     }
                     if standing.lost_at(Instant::now()) {
                         tracing::error!(lease = %name, "the environment lock could not be renewed in time; writes stop");
+                        renewals.abort_all();
                         return;
                     }
                 }
