@@ -459,8 +459,10 @@ async fn record(
     result: &Result<SyncReport, SyncError>,
     skipped: &BTreeMap<String, Vec<Diagnostic>>,
 ) {
+    // Nor once the lock is lost: another writer may hold the environment.
     let transport = matches!(result, Err(SyncError::Cluster(e)) if e.is_transport())
-        || matches!(result, Ok(r) if r.aborted.is_some());
+        || matches!(result, Ok(r) if r.aborted.is_some())
+        || lock.lost();
     if !transport {
         let fields = cli_status_fields(result, state.revision.as_deref(), &lock.identity, skipped);
         let write = cluster.write_status(&state.name, &fields);

@@ -142,10 +142,19 @@ pub async fn sync(
     {
         let merged = crate::sync::inventory::merge_concurrent(&old, &widened, &current.inventory);
         if merged != current.inventory {
-            *current = cluster
+            match cluster
                 .write_inventory_checked(current, &merged, &options.fence)
-                .await?;
-            report.inventory_written = true;
+                .await
+            {
+                Ok(stored) => {
+                    *current = stored;
+                    report.inventory_written = true;
+                }
+                Err(e @ crate::cluster::ClusterError::NotHeld { .. }) => {
+                    report.aborted = Some(format!("{e}: nothing was applied"));
+                }
+                Err(e) => return Err(e.into()),
+            }
         }
     }
 
@@ -325,6 +334,9 @@ async fn narrow(
         Ok(stored) => {
             *current = stored;
             report.inventory_written = true;
+        }
+        Err(e @ crate::cluster::ClusterError::NotHeld { .. }) => {
+            report.aborted = Some(e.to_string());
         }
         Err(e) => {
             let name = crate::sync::inventory::name_of(&final_inventory.environment);

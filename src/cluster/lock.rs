@@ -248,12 +248,11 @@ async fn try_take(api: &Api<Lease>, name: &str, me: &str) -> Result<Option<Holde
             };
             match api.create(&PostParams::default(), &lease).await {
                 Ok(_) => Ok(None),
-                // Someone created it first: look again next round.
-                Err(kube::Error::Api(s)) if s.code == 409 => Ok(Some(Holder {
-                    identity: "another writer".into(),
-                    since: None,
-                    renewed_secs_ago: None,
-                })),
+                // Someone created it first (another writer, or another
+                // renewal of this holder's): name who.
+                Err(kube::Error::Api(s)) if s.code == 409 => {
+                    current_holder(api, name).await.map(Some)
+                }
                 Err(e) => Err(e),
             }
         }
@@ -262,6 +261,12 @@ async fn try_take(api: &Api<Lease>, name: &str, me: &str) -> Result<Option<Holde
             let holder = spec.holder_identity.clone().unwrap_or_default();
             let transitions = spec.lease_transitions.unwrap_or(0);
             let next = if holder == me {
+                // A renewal of this holder's sent later already wrote a
+                // newer renewTime: writing this older one would move the
+                // Lease's expiry back.
+                if spec.renew_time.as_ref().is_some_and(|t| t.0 >= now) {
+                    return Ok(None);
+                }
                 mine(spec.acquire_time.clone(), transitions)
             } else if holder.is_empty() || expired(&spec, now) {
                 mine(None, transitions + 1)
@@ -276,7 +281,7 @@ async fn try_take(api: &Api<Lease>, name: &str, me: &str) -> Result<Option<Holde
                 // expired lock): name that one, not the previous holder
                 // (which was often nobody: `held by ` with no name).
                 Err(kube::Error::Api(s)) if s.code == 409 => {
-                    Ok(Some(current_holder(api, name).await))
+                    current_holder(api, name).await.map(Some)
                 }
                 Err(e) => Err(e),
             }
@@ -285,9 +290,9 @@ async fn try_take(api: &Api<Lease>, name: &str, me: &str) -> Result<Option<Holde
 }
 
 /// Who holds the Lease now, read again after losing a race for it.
-async fn current_holder(api: &Api<Lease>, name: &str) -> Holder {
-    let spec = api.get_opt(name).await.ok().flatten().and_then(|l| l.spec);
-    match spec {
+async fn current_holder(api: &Api<Lease>, name: &str) -> Result<Holder, kube::Error> {
+    let spec = api.get_opt(name).await?.and_then(|l| l.spec);
+    Ok(match spec {
         Some(spec)
             if spec
                 .holder_identity
@@ -301,7 +306,7 @@ async fn current_holder(api: &Api<Lease>, name: &str) -> Holder {
             since: None,
             renewed_secs_ago: None,
         },
-    }
+    })
 }
 
 impl Cluster {
@@ -367,8 +372,9 @@ impl Cluster {
                 // answer can still extend the hold: on a slow API server
                 // (one answering in 5 s) the lock is kept, where giving
                 // each renewal up after a period lost it.
+                // Counted from when the take was sent, as the hold is.
                 let mut ticks = tokio::time::interval_at(
-                    tokio::time::Instant::now() + RENEW_PERIOD,
+                    tokio::time::Instant::from_std(taken_at) + RENEW_PERIOD,
                     RENEW_PERIOD,
                 );
                 ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

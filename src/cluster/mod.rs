@@ -145,7 +145,7 @@ pub enum ClusterError {
         attempts: usize,
     },
     #[error(
-        "the inventory of environment {environment} was not written: this writer no longer holds the environment (its lock or Lease was lost to another writer); it still records every object this writer may have written, and the next sync records the rest"
+        "the inventory of environment {environment} was not written: this writer no longer holds the environment (its lock or Lease was taken by another writer, or could not be renewed in time); it still records every object this writer may have written, and the next sync records the rest"
     )]
     NotHeld { environment: String },
     #[error(

@@ -636,32 +636,45 @@ impl Reconciler {
     /// environment's writer only: under its lock (and with `--shard` its
     /// Lease), fenced like a sync's writes, so that a replica that lost the
     /// environment meanwhile never writes a judgement over its successor's.
-    async fn record_healthy(&mut self, revision: &str, healthy: &[String]) {
+    ///
+    /// Returns whether to judge them again: the write failed while this
+    /// replica still holds the environment (a network error, a 409 storm),
+    /// so the judgement is not lost until the next revision.
+    async fn record_healthy(&mut self, revision: &str, healthy: &[String]) -> bool {
+        use crate::cluster::inventory::Updated;
         let env = self.env.clone();
+        // Only in the term the watch was started in: a lock lapsed since
+        // (and taken again now) may have let another writer judge anew.
+        if self.held.lock.as_ref().is_none_or(|l| l.lost()) {
+            tracing::info!(environment = %env, revision, "not recording the healthy revision: this replica's hold on the environment lapsed during the judgement");
+            return false;
+        }
         let writer = match self.lock().await {
             Ok(writer) => writer,
             Err(e) => {
-                tracing::warn!(environment = %env, error = %e, "cannot take the lock to record the healthy revision; it is recorded when these workspaces are next judged Healthy");
-                return;
+                tracing::warn!(environment = %env, error = %e, "cannot take the lock to record the healthy revision; judged again");
+                return true;
             }
         };
         if !writer.may_write {
             tracing::info!(environment = %env, revision, "not recording the healthy revision: another writer holds the environment");
-            return;
+            return false;
         }
         let Some(c) = self.cluster.as_ref() else {
-            return;
+            return true;
         };
         match c
             .record_healthy(&env, &writer.fence, healthy, revision)
             .await
         {
-            Ok(crate::cluster::inventory::Updated::NotHeld) => {
+            Ok(Updated::NotHeld) => {
                 tracing::info!(environment = %env, revision, "not recording the healthy revision: this replica no longer holds the environment");
+                false
             }
-            Ok(_) => {}
+            Ok(_) => false,
             Err(e) => {
-                tracing::warn!(environment = %env, error = %e, "cannot record the healthy revision in the inventory");
+                tracing::warn!(environment = %env, error = %e, "cannot record the healthy revision in the inventory; judged again");
+                true
             }
         }
     }
@@ -689,7 +702,16 @@ impl Reconciler {
         let leading = shared.leads(env);
         if !healthy.is_empty() && leading {
             tracing::info!(environment = env, revision, workspaces = %healthy.join(", "), "healthy");
-            self.record_healthy(revision, &healthy).await;
+            if self.record_healthy(revision, &healthy).await && failed.is_empty() {
+                // Not recorded: judged again (a failed one's rollback
+                // watch would replace this one; then the next revision
+                // judges them).
+                self.watch_health_within(
+                    &state,
+                    healthy.iter().cloned().collect(),
+                    resume::RESUMED_AT_LEAST,
+                );
+            }
         }
         if failed.is_empty() {
             return;
