@@ -563,3 +563,52 @@ async fn an_api_server_frozen_for_5s_does_not_lose_a_holder_its_lock() {
     assert!(!lock.lost());
     lock.release(&cluster).await;
 }
+
+/// Hostile review (session 32): renewals were timed from when the take was
+/// answered while the hold runs from when it was sent, so a take the API
+/// server answered 6.5 s late lost its lock at once. A lock taken while the
+/// API server is frozen for 6.5 s is held afterwards, never lost.
+#[tokio::test]
+async fn a_lock_taken_while_the_api_server_is_frozen_is_not_lost_once_it_answers() {
+    let cp = OwnControlPlane::start("lock-slow-take");
+    let cluster = tenantsync::cluster::Cluster::connect(&tenantsync::cluster::ClusterOptions {
+        kubeconfig: Some(cp.kubeconfig.clone()),
+        context: None,
+    })
+    .await
+    .expect("connect");
+    // The system namespace first: the take under test is one request.
+    let first = cluster
+        .lock_environment("slow-take", "a writer", Duration::ZERO, |_| {})
+        .await
+        .unwrap_or_else(|e| panic!("lock: {e}"));
+    first.release(&cluster).await;
+    cp.signal("-STOP");
+    let thaw = {
+        let pid = cp.apiserver_pid();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(6500));
+            let _ = Command::new("kill").args(["-CONT", &pid]).status();
+        })
+    };
+    let sent = Instant::now();
+    let lock = cluster
+        .lock_environment("slow-take", "a writer", Duration::ZERO, |_| {})
+        .await
+        .unwrap_or_else(|e| panic!("lock: {e}"));
+    assert!(
+        sent.elapsed() >= Duration::from_secs(6),
+        "the take waited for the thaw"
+    );
+    let _ = thaw.join();
+    let lost = lock.lost_check();
+    while sent.elapsed() < Duration::from_secs(16) {
+        assert!(
+            !lost(),
+            "the lock was lost {:.2} s after the take was sent",
+            sent.elapsed().as_secs_f64()
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    lock.release(&cluster).await;
+}
