@@ -74,17 +74,7 @@ async fn inventory(env: &str) -> tenantsync::sync::inventory::Inventory {
 
 /// The names of the environment's inventory chunks in the cluster.
 async fn chunk_names(env: &str) -> BTreeSet<String> {
-    let api: Api<ConfigMap> = Api::namespaced(control_plane().client(User::Admin).await, SYSTEM);
-    api.list_metadata(&kube::api::ListParams::default().labels(&format!(
-        "{}={env}",
-        tenantsync::sync::inventory::CHUNK_LABEL
-    )))
-    .await
-    .expect("list chunks")
-    .items
-    .into_iter()
-    .filter_map(|m| m.metadata.name)
-    .collect()
+    chunk_versions(env).await.into_keys().collect()
 }
 
 #[tokio::test]
@@ -1079,12 +1069,12 @@ fn rollout_record(
 }
 
 /// Hostile review of the persisted rollout: the rollout record and
-/// judgement writes were not fenced and, on a conflict, wrote the whole
+/// judgement writes (and, session 32, the Healthy judgement) were not fenced and, on a conflict, wrote the whole
 /// stale copy back over the other writer's revision and record. Now a
 /// replica that last saw an older record, or lost its hold, changes
 /// nothing.
 #[tokio::test]
-async fn a_replica_that_lost_its_hold_never_puts_an_older_rollout_record_back() {
+async fn a_replica_that_lost_its_hold_never_puts_an_older_rollout_record_back_nor_records_health() {
     use tenantsync::cluster::inventory::{RolloutWrite, Updated};
     use tenantsync::sync::Fence;
     use tenantsync::sync::rollout::RolloutPhase;
@@ -1161,6 +1151,15 @@ async fn a_replica_that_lost_its_hold_never_puts_an_older_rollout_record_back() 
             .expect("lost hold judging"),
         Updated::NotHeld
     );
+    // Nor a Healthy judgement (session 32: it was written unfenced, and on
+    // a conflict merged its stale copy over the other writer's).
+    assert_eq!(
+        cluster
+            .record_healthy(&env, &lost, std::slice::from_ref(&ws), &applied)
+            .await
+            .expect("lost hold healthy"),
+        Updated::NotHeld
+    );
     assert_eq!(inventory(&env).await, before);
     // A sync's write from the stale copy (it carried `first` unchanged)
     // merges on its conflict without putting `first` back.
@@ -1171,6 +1170,17 @@ async fn a_replica_that_lost_its_hold_never_puts_an_older_rollout_record_back() 
         .await
         .expect("stale sync write");
     assert_eq!(inventory(&env).await.rollout, Some(moved));
+    // While held, the judgement alone is written.
+    assert_eq!(
+        cluster
+            .record_healthy(&env, &held, std::slice::from_ref(&ws), &applied)
+            .await
+            .expect("held healthy"),
+        Updated::Written
+    );
+    let after = inventory(&env).await;
+    assert_eq!(after.healthy_revision(&ws), Some(applied.as_str()));
+    assert_eq!(after.objects, before.objects);
 }
 
 /// Hostile review of the persisted rollout: the record was plain JSON in
@@ -1313,48 +1323,6 @@ async fn a_sync_that_loses_its_hold_during_prune_does_not_narrow_the_inventory()
         );
     }
     assert_eq!(after.revision, before.revision);
-}
-
-/// Hostile review (session 32): a Healthy judgement was recorded by an
-/// unfenced read-modify-write that, on a conflict, merged its stale copy
-/// over the other writer's. Now it is written only while the hold is kept,
-/// compare-and-set, and changes nothing else.
-#[tokio::test]
-async fn a_replica_that_lost_its_hold_never_records_a_healthy_revision() {
-    use tenantsync::cluster::inventory::Updated;
-    use tenantsync::sync::Fence;
-    let repo = TestRepo::new("healthy-fence");
-    repo.apply_rendered().await;
-    let cluster = admin().await;
-    let env = repo.env.clone();
-    let before = inventory(&env).await;
-    let ws = before
-        .workspaces
-        .keys()
-        .next()
-        .cloned()
-        .expect("a workspace record");
-    let applied = before.applied_revision(&ws).unwrap_or_default().to_string();
-    assert!(!applied.is_empty(), "{ws} is recorded at a revision");
-    let lost = Fence::default().with(|| true);
-    assert_eq!(
-        cluster
-            .record_healthy(&env, &lost, std::slice::from_ref(&ws), &applied)
-            .await
-            .expect("lost hold"),
-        Updated::NotHeld
-    );
-    assert_eq!(inventory(&env).await, before, "nothing written");
-    assert_eq!(
-        cluster
-            .record_healthy(&env, &Fence::default(), std::slice::from_ref(&ws), &applied)
-            .await
-            .expect("held"),
-        Updated::Written
-    );
-    let after = inventory(&env).await;
-    assert_eq!(after.healthy_revision(&ws), Some(applied.as_str()));
-    assert_eq!(after.objects, before.objects, "only the judgement changed");
 }
 
 /// The chunk ConfigMaps of `env`, each with its resourceVersion.

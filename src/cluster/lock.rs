@@ -226,7 +226,13 @@ fn holder_of(spec: &LeaseSpec, now: Timestamp) -> Holder {
 
 /// One attempt to take or renew; `Ok(None)` when `me` holds the lock
 /// afterwards, `Ok(Some(holder))` when another does.
-async fn try_take(api: &Api<Lease>, name: &str, me: &str) -> Result<Option<Holder>, kube::Error> {
+/// `renewal`: by the holder's renewal loop (a take always writes).
+async fn try_take(
+    api: &Api<Lease>,
+    name: &str,
+    me: &str,
+    renewal: bool,
+) -> Result<Option<Holder>, kube::Error> {
     let now = Timestamp::now();
     let mine = |acquired: Option<MicroTime>, transitions: i32| LeaseSpec {
         holder_identity: Some(me.to_string()),
@@ -264,12 +270,12 @@ async fn try_take(api: &Api<Lease>, name: &str, me: &str) -> Result<Option<Holde
                 // A renewal of this holder's sent later already wrote a
                 // newer renewTime: writing this older one would move the
                 // Lease's expiry back.
-                if spec.renew_time.as_ref().is_some_and(|t| t.0 >= now) {
+                if renewal && spec.renew_time.as_ref().is_some_and(|t| t.0 >= now) {
                     return Ok(None);
                 }
                 mine(spec.acquire_time.clone(), transitions)
             } else if holder.is_empty() || expired(&spec, now) {
-                mine(None, transitions + 1)
+                mine(None, transitions.saturating_add(1))
             } else {
                 return Ok(Some(holder_of(&spec, now)));
             };
@@ -330,7 +336,7 @@ impl Cluster {
             // writes of objects and of the inventory.
             self.count(false);
             let sent = Instant::now();
-            let attempt = try_take(&api, &name, me).await;
+            let attempt = try_take(&api, &name, me, false).await;
             let holder = match attempt {
                 Ok(None) => break sent,
                 Ok(Some(holder)) => holder,
@@ -394,7 +400,7 @@ impl Cluster {
                                 let (api, name, me) = (api.clone(), name.clone(), me.clone());
                                 let sent = Instant::now();
                                 renewals.spawn(async move {
-                                    (sent, tokio::time::timeout(HOLD, try_take(&api, &name, &me)).await)
+                                    (sent, tokio::time::timeout(HOLD, try_take(&api, &name, &me, true)).await)
                                 });
                             }
                         }

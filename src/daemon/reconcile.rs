@@ -405,6 +405,10 @@ struct Reconciler {
     /// The health judgements the inventory records as unfinished were
     /// taken up in this term as the writer ([`Reconciler::resume_health`]).
     resumed: bool,
+    /// Workspaces judged Healthy at a revision whose record in the
+    /// inventory failed: the write is tried again at each reconcile while
+    /// that revision is the desired one (never the judgement).
+    healthy_unrecorded: Option<(String, Vec<String>)>,
 }
 
 impl Reconciler {
@@ -419,6 +423,7 @@ impl Reconciler {
             changed: 0,
             waiting: None,
             heal_allowed: true,
+            healthy_unrecorded: None,
             rollout: None,
             health_watch: None,
             failed_health: None,
@@ -508,6 +513,7 @@ impl Reconciler {
             }
         };
         self.resume_health(&state, &writer).await;
+        self.record_unrecorded_healthy(&state).await;
         if from_source && self.quiet(&state, &writer, watched).await {
             return Ok(());
         }
@@ -637,9 +643,9 @@ impl Reconciler {
     /// Lease), fenced like a sync's writes, so that a replica that lost the
     /// environment meanwhile never writes a judgement over its successor's.
     ///
-    /// Returns whether to judge them again: the write failed while this
-    /// replica still holds the environment (a network error, a 409 storm),
-    /// so the judgement is not lost until the next revision.
+    /// Returns whether to try the write again ([`Reconciler::healthy_unrecorded`]):
+    /// it failed while this replica still holds the environment (a network
+    /// error, a 409 storm).
     async fn record_healthy(&mut self, revision: &str, healthy: &[String]) -> bool {
         use crate::cluster::inventory::Updated;
         let env = self.env.clone();
@@ -679,6 +685,20 @@ impl Reconciler {
         }
     }
 
+    /// Writes a Healthy judgement whose record failed, while its revision
+    /// is still the desired one.
+    async fn record_unrecorded_healthy(&mut self, state: &Desired) {
+        let Some((revision, healthy)) = self.healthy_unrecorded.take() else {
+            return;
+        };
+        if revision != state.revision() || !self.shared.leads(&self.env) {
+            return;
+        }
+        if self.record_healthy(&revision, &healthy).await {
+            self.healthy_unrecorded = Some((revision, healthy));
+        }
+    }
+
     /// The health watch of `revision` ended: Healthy workspaces record it as
     /// their last healthy revision; failed ones are rolled back (with
     /// `syncPolicy.rollback`) or said to have failed.
@@ -702,16 +722,10 @@ impl Reconciler {
         let leading = shared.leads(env);
         if !healthy.is_empty() && leading {
             tracing::info!(environment = env, revision, workspaces = %healthy.join(", "), "healthy");
-            if self.record_healthy(revision, &healthy).await && failed.is_empty() {
-                // Not recorded: judged again (a failed one's rollback
-                // watch would replace this one; then the next revision
-                // judges them).
-                self.watch_health_within(
-                    &state,
-                    healthy.iter().cloned().collect(),
-                    resume::RESUMED_AT_LEAST,
-                );
-            }
+            self.healthy_unrecorded = self
+                .record_healthy(revision, &healthy)
+                .await
+                .then(|| (revision.to_string(), healthy.clone()));
         }
         if failed.is_empty() {
             return;

@@ -18,7 +18,7 @@ use crate::sync::resume as recorded;
 /// large environment (a poll cut by the deadline reads nothing: each object
 /// would read as not read in time, and its workspace as failed), and sees a
 /// Degraded one confirmed (`cluster::wait::DEGRADED_POLLS`).
-pub(super) const RESUMED_AT_LEAST: Duration = Duration::from_secs(60);
+const RESUMED_AT_LEAST: Duration = Duration::from_secs(60);
 
 impl Reconciler {
     /// Once per term as the writer: the unfinished judgements of the
