@@ -1091,17 +1091,6 @@ async fn a_revision_approved_with_its_plan_is_applied_only_while_that_plan_holds
 async fn a_cli_sync_whose_allow_window_closes_while_it_waits_for_the_lock_changes_nothing() {
     let repo = TestRepo::new("window-lock-wait");
     let env = repo.env.clone();
-    // An allow window open for the next 4 s.
-    let (schedule, duration) = window_from_now(Duration::from_secs(4));
-    let closes = Instant::now() + Duration::from_secs(4);
-    repo.write(
-        "environment.yaml",
-        &format!(
-            "apiVersion: tenantsync.io/v1alpha1\nkind: Environment\nmetadata:\n  name: {env}\nspec:\n  base: base\n  ingress:\n    domain: test.example.com\n  syncPolicy:\n{}",
-            windows_yaml(&[("allow", &schedule, &duration)])
-        ),
-    );
-    repo.write("workspaces/delta.yaml", &workspace("delta", 1));
     // Another writer holds the lock until the window has closed.
     let cluster = tenantsync::cluster::Cluster::connect(&tenantsync::cluster::ClusterOptions {
         kubeconfig: Some(control_plane().kubeconfig().to_path_buf()),
@@ -1113,22 +1102,19 @@ async fn a_cli_sync_whose_allow_window_closes_while_it_waits_for_the_lock_change
         .lock_environment(&env, "another writer", Duration::ZERO, |_| {})
         .await
         .unwrap_or_else(|e| panic!("lock: {e}"));
-    let sync = Command::new(env!("CARGO_BIN_EXE_tenantsync"))
-        .args([
-            "sync",
-            "--env",
-            &env,
-            "--context",
-            "admin",
-            "--lock-timeout",
-            "60s",
-            "--repo",
-        ])
-        .arg(repo.path())
-        .arg("--kubeconfig")
-        .arg(control_plane().kubeconfig())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+    // Written once the control plane is up (starting it takes seconds).
+    // An allow window open for the next 4 s.
+    let (schedule, duration) = window_from_now(Duration::from_secs(4));
+    let closes = Instant::now() + Duration::from_secs(4);
+    repo.write(
+        "environment.yaml",
+        &format!(
+            "apiVersion: tenantsync.io/v1alpha1\nkind: Environment\nmetadata:\n  name: {env}\nspec:\n  base: base\n  ingress:\n    domain: test.example.com\n  syncPolicy:\n{}",
+            windows_yaml(&[("allow", &schedule, &duration)])
+        ),
+    );
+    repo.write("workspaces/delta.yaml", &workspace("delta", 1));
+    let sync = crate::concurrency_cluster::sync_command(&repo, &["--lock-timeout", "60s"])
         .spawn()
         .expect("sync");
     tokio::time::sleep(closes.saturating_duration_since(Instant::now()) + Duration::from_secs(2))

@@ -27,7 +27,7 @@ fn text(o: &Output) -> String {
     )
 }
 
-fn sync_command(repo: &TestRepo, extra: &[&str]) -> Command {
+pub(crate) fn sync_command(repo: &TestRepo, extra: &[&str]) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_tenantsync"));
     c.args(["sync", "--env", &repo.env, "--context", "admin", "--repo"])
         .arg(repo.path())

@@ -59,6 +59,16 @@ impl OwnControlPlane {
         OwnControlPlane { dir, kubeconfig }
     }
 
+    /// A client of this control plane, as tenantsync connects.
+    async fn cluster(&self) -> tenantsync::cluster::Cluster {
+        tenantsync::cluster::Cluster::connect(&tenantsync::cluster::ClusterOptions {
+            kubeconfig: Some(self.kubeconfig.clone()),
+            context: None,
+        })
+        .await
+        .expect("connect")
+    }
+
     fn apiserver_pid(&self) -> String {
         std::fs::read_to_string(self.dir.join("pids/kube-apiserver"))
             .expect("apiserver pid")
@@ -529,12 +539,7 @@ async fn control_plane_up_restarts_dead_components_on_the_same_data_and_a_sync_c
 #[tokio::test]
 async fn an_api_server_frozen_for_5s_does_not_lose_a_holder_its_lock() {
     let cp = OwnControlPlane::start("lock-slow-server");
-    let cluster = tenantsync::cluster::Cluster::connect(&tenantsync::cluster::ClusterOptions {
-        kubeconfig: Some(cp.kubeconfig.clone()),
-        context: None,
-    })
-    .await
-    .expect("connect");
+    let cluster = cp.cluster().await;
     let lock = cluster
         .lock_environment("slow-server", "a writer", Duration::ZERO, |_| {})
         .await
@@ -571,12 +576,7 @@ async fn an_api_server_frozen_for_5s_does_not_lose_a_holder_its_lock() {
 #[tokio::test]
 async fn a_lock_taken_while_the_api_server_is_frozen_is_not_lost_once_it_answers() {
     let cp = OwnControlPlane::start("lock-slow-take");
-    let cluster = tenantsync::cluster::Cluster::connect(&tenantsync::cluster::ClusterOptions {
-        kubeconfig: Some(cp.kubeconfig.clone()),
-        context: None,
-    })
-    .await
-    .expect("connect");
+    let cluster = cp.cluster().await;
     // The system namespace first: the take under test is one request.
     let first = cluster
         .lock_environment("slow-take", "a writer", Duration::ZERO, |_| {})
