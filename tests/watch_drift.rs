@@ -244,6 +244,110 @@ async fn a_kubectl_scale_an_added_field_and_a_removed_label_are_healed_within_2s
     assert_eq!(replicas(&deployments).await, Some(1));
 }
 
+/// Whether a LIST reads within namespace `ns` (its objects, the Namespace
+/// itself by name) or tenantsync's own inventory.
+fn within(uri: &str, ns: &str) -> bool {
+    uri.contains(&format!("/namespaces/{ns}/"))
+        || uri.contains(&format!("/namespaces?&fieldSelector=metadata.name%3D{ns}&"))
+        || uri.starts_with("/api/v1/namespaces/tenantsync-system/configmaps?")
+}
+
+/// A heal set off by a watch reads only the changed object's workspace:
+/// at 1,000 workspaces, listing every object of the environment for one
+/// `kubectl scale` took seconds (issue 19's benchmark).
+#[tokio::test]
+async fn a_change_seen_by_a_watch_is_healed_by_listing_only_its_workspace_never_the_environment() {
+    let repo = TestRepo::new("watch-narrow");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let me = audit::identity("watch-narrow", "cluster-admin", dir.path());
+    let log = dir.path().join("daemon.log");
+    let port = free_port();
+    let _daemon = daemon(&repo, "1s", port, &me.kubeconfig, &log);
+    synced_and_watching(port, &repo.env, &log).await;
+    let env = repo.env.clone();
+    let applied = format!("tenantsync_objects_applied_total{{environment=\"{env}\"}}");
+    let applied_before = metric(port, &applied).await.expect("applied");
+    // Let the follow-up checks of the first sync settle.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let cp = control_plane();
+    let ns = repo.namespace("contoso");
+    let other = repo.namespace("fabrikam");
+    let admin = cp.client(crate::support::User::Admin).await;
+    let deployments: Api<Deployment> = Api::namespaced(admin.clone(), &ns);
+    let from = audit::cursor();
+    let took = scale_and_time_heal(cp, &ns, &deployments).await;
+    assert!(took <= HEALED_WITHIN, "kubectl scale healed after {took:?}");
+    wait_for(
+        "the heal to be counted",
+        Duration::from_secs(10),
+        async || metric(port, &applied).await == Some(applied_before + 1.0),
+    )
+    .await;
+    let requests = me.requests_since(&from);
+    let lists: Vec<&str> = requests
+        .iter()
+        .filter(|r| r.verb == "list")
+        .map(|r| r.uri.as_str())
+        .collect();
+    assert!(!lists.is_empty(), "the check listed nothing");
+    let outside: Vec<&&str> = lists.iter().filter(|uri| !within(uri, &ns)).collect();
+    assert!(
+        outside.is_empty(),
+        "a heal of {ns} listed beyond its namespace: {outside:?}"
+    );
+    assert!(
+        log_lines(&log, "checked the changed objects' workspaces") >= 1,
+        "no narrowed check logged"
+    );
+
+    // A Deployment deleted by hand in another workspace: re-created the
+    // same way, reading only that workspace.
+    let from = audit::cursor();
+    let theirs: Api<Deployment> = Api::namespaced(admin, &other);
+    theirs
+        .delete("fhir-records", &Default::default())
+        .await
+        .expect("delete");
+    let deleted = Instant::now();
+    wait_for(
+        "the deleted Deployment to be re-created",
+        Duration::from_secs(30),
+        async || {
+            theirs
+                .get("fhir-records")
+                .await
+                .is_ok_and(|d| d.metadata.deletion_timestamp.is_none())
+        },
+    )
+    .await;
+    let took = deleted.elapsed();
+    assert!(
+        took <= HEALED_WITHIN,
+        "a deleted Deployment re-created after {took:?}"
+    );
+    let requests = me.requests_since(&from);
+    let outside: Vec<&str> = requests
+        .iter()
+        .filter(|r| r.verb == "list" && !within(&r.uri, &other))
+        .map(|r| r.uri.as_str())
+        .collect();
+    assert!(
+        outside.is_empty(),
+        "a heal of {other} listed beyond its namespace: {outside:?}"
+    );
+    wait_for(
+        "the status to be Synced with no drift",
+        Duration::from_secs(10),
+        async || {
+            status(port, &env)
+                .await
+                .is_some_and(|s| s["syncStatus"] == "Synced" && s["driftedObjects"] == 0)
+        },
+    )
+    .await;
+}
+
 #[tokio::test]
 async fn a_watch_broken_by_an_api_server_restart_resumes_and_still_heals() {
     let cp = bare_control_plane("watch-restart");

@@ -11,6 +11,7 @@
 //! A quiet environment costs one open WATCH per kind: no LIST.
 
 use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -24,6 +25,62 @@ use tokio::task::JoinHandle;
 use super::{Cluster, ClusterError, api_resource, api_version_of};
 use crate::object;
 use crate::plan::drift_cache::{DriftCache, Fingerprint, OwnManagers};
+use crate::sync::inventory::ObjectRef;
+
+/// Where the watches send the objects another writer changed or deleted.
+/// Bounded: a change that finds it full is dropped and the sink marked
+/// overflowed, so the receiver knows it missed some and checks everything.
+#[derive(Clone)]
+pub struct ChangeSink {
+    tx: mpsc::Sender<ObjectRef>,
+    overflowed: Arc<AtomicBool>,
+}
+
+impl ChangeSink {
+    /// A sink holding up to `capacity` changes, and its receiving end.
+    pub fn new(capacity: usize) -> (ChangeSink, ChangeSource) {
+        let (tx, rx) = mpsc::channel(capacity.max(1));
+        let overflowed = Arc::new(AtomicBool::new(false));
+        (
+            ChangeSink {
+                tx,
+                overflowed: overflowed.clone(),
+            },
+            ChangeSource { rx, overflowed },
+        )
+    }
+
+    /// Queues a change; when the queue is full, marks the sink overflowed.
+    pub fn send(&self, changed: ObjectRef) {
+        if self.tx.try_send(changed).is_err() {
+            self.overflowed.store(true, Ordering::SeqCst);
+        }
+    }
+}
+
+/// The receiving end of a [`ChangeSink`].
+pub struct ChangeSource {
+    rx: mpsc::Receiver<ObjectRef>,
+    overflowed: Arc<AtomicBool>,
+}
+
+impl ChangeSource {
+    /// The next change; waits for one (never ends while a sink lives).
+    pub async fn recv(&mut self) -> Option<ObjectRef> {
+        self.rx.recv().await
+    }
+
+    /// A change already queued, without waiting.
+    pub fn try_recv(&mut self) -> Option<ObjectRef> {
+        self.rx.try_recv().ok()
+    }
+
+    /// Whether changes were dropped since the last call (the queue was
+    /// full); clears the mark.
+    pub fn take_overflowed(&self) -> bool {
+        self.overflowed.swap(false, Ordering::SeqCst)
+    }
+}
 
 /// The API server ends each WATCH after this long (the watcher then
 /// resumes from the last `resourceVersion`: a WATCH, not a LIST). Shorter
@@ -157,15 +214,15 @@ pub fn watched_kinds(extra: &[(String, String)]) -> BTreeSet<(String, String)> {
 
 impl Cluster {
     /// Starts one WATCH per kind of `kinds` (see [`watched_kinds`]) on the
-    /// objects of `environment`; the identity of each object another writer
-    /// changes or deletes goes to `changed`. A kind the API server does not
+    /// objects of `environment`; each object another writer changes or
+    /// deletes goes to `changed`. A kind the API server does not
     /// serve (a CRD not installed yet) is not watched; the periodic drift
     /// check still covers it.
     pub async fn watch_drift(
         &self,
         environment: &str,
         kinds: BTreeSet<(String, String)>,
-        changed: mpsc::Sender<Box<str>>,
+        changed: ChangeSink,
     ) -> Result<DriftWatch, ClusterError> {
         let own = OwnManagers::new(environment);
         let selector = object::selector(environment);
@@ -205,21 +262,29 @@ async fn watch_kind(
     (resource, kind, selector): (ApiResource, String, String),
     own: OwnManagers,
     environment: String,
-    changed: mpsc::Sender<Box<str>>,
+    changed: ChangeSink,
 ) {
+    let api_version: crate::object::Name = resource.api_version.as_str().into();
     let api: Api<DynamicObject> = Api::all_with(client, &resource);
     let config = watcher::Config::default()
         .labels(&selector)
         .timeout(WATCH_SECONDS);
     let mut events =
         std::pin::pin!(watcher::watcher(api, config).backoff(WatchBackoff(BACKOFF_MIN)));
-    let mut cache = DriftCache::new();
+    let mut cache: DriftCache<WatchedId> = DriftCache::new();
     // The last failure logged, so a server away for minutes is one line.
     let mut failing: Option<String> = None;
-    let notify = |id: &str| {
-        // Full: checks are already due, which cover this change too.
-        let _ = changed.try_send(id.into());
+    let kind_name: crate::object::Name = kind.as_str().into();
+    let notify = |(namespace, name): &WatchedId| {
+        changed.send(ObjectRef {
+            api_version: api_version.clone(),
+            kind: kind_name.clone(),
+            namespace: namespace.clone(),
+            name: name.as_ref().into(),
+        });
     };
+    // Each namespace's name held once across its objects.
+    let mut names = object::Names::default();
     while let Some(event) = events.next().await {
         let event = match event {
             Ok(event) => event,
@@ -242,14 +307,15 @@ async fn watch_kind(
                 cache.relisting();
             }
             Event::InitApply(o) | Event::Apply(o) => {
-                if let Some(id) = identity(&kind, &o)
-                    && cache.applied(&id, fingerprint(&o, &own))
-                {
-                    notify(&id);
+                if let Some(id) = identity(&o, &mut names) {
+                    let fingerprint = fingerprint(&o, &own);
+                    if cache.applied(id.clone(), fingerprint) {
+                        notify(&id);
+                    }
                 }
             }
             Event::Delete(o) => {
-                if let Some(id) = identity(&kind, &o)
+                if let Some(id) = identity(&o, &mut names)
                     && cache.deleted(&id)
                 {
                     notify(&id);
@@ -266,15 +332,18 @@ async fn watch_kind(
     }
 }
 
-/// `Kind/namespace/name`; `None` for tenantsync's own objects in its
+/// An object's identity within its kind's watch: namespace and name.
+type WatchedId = (Option<crate::object::Name>, Box<str>);
+
+/// An object's [`WatchedId`]; `None` for tenantsync's own objects in its
 /// namespace (inventories, approvals), which are not drift.
-fn identity(kind: &str, o: &DynamicObject) -> Option<String> {
+fn identity(o: &DynamicObject, names: &mut object::Names) -> Option<WatchedId> {
     let namespace = o.metadata.namespace.as_deref();
     if namespace == Some(crate::sync::inventory::SYSTEM_NAMESPACE) {
         return None;
     }
     let name = o.metadata.name.as_deref()?;
-    Some(object::id((kind, namespace, name)))
+    Some((namespace.map(|ns| names.get(ns)), name.into()))
 }
 
 fn fingerprint(o: &DynamicObject, own: &OwnManagers) -> Fingerprint {

@@ -11,6 +11,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use super::drift_watch::Changes;
 use super::{EnvironmentStatus, RunOptions, Shared, SyncStatus, WorkspaceStatus, now};
 use super::{publish_status, stale_after};
 use crate::cluster::execute::{self as cluster_sync};
@@ -169,7 +170,10 @@ pub struct Schedule {
     next_poll: Instant,
     next_drift: Instant,
     drift_interval: Duration,
-    /// When the last drift check ran.
+    /// When the objects the watches saw change are next checked (only
+    /// their workspaces), if any wait.
+    next_changes: Option<Instant>,
+    /// When the last drift check (of everything, or of changes) ran.
     last_drift_run: Option<Instant>,
 }
 
@@ -180,6 +184,7 @@ impl Schedule {
             next_poll: now,
             next_drift: now + drift_interval,
             drift_interval,
+            next_changes: None,
             last_drift_run: None,
         }
     }
@@ -216,32 +221,79 @@ impl Schedule {
         self.next_poll = now;
     }
 
-    /// A drift check now (a watch saw another writer change an object),
-    /// the next read where it was.
-    /// Not sooner than [`WATCH_CHECK_GAP`] after the last drift check ran
-    /// (changes arriving meanwhile join the check already due, and never
-    /// push it further away).
-    pub fn drift_now(&mut self, now: Instant) {
+    /// A check of everything now, as soon as the loop looks (a check of
+    /// changes found it could not stand for one).
+    pub fn drift_at_once(&mut self, now: Instant) {
+        self.next_drift = self.next_drift.min(now);
+    }
+
+    /// A drift check of everything ran (started) at `at`: it covers the
+    /// changes seen before it.
+    pub fn drift_ran(&mut self, at: Instant) {
+        self.last_drift_run = Some(at);
+        self.next_changes = None;
+    }
+
+    /// The objects a watch saw another writer change are to be checked
+    /// now: not sooner than [`WATCH_CHECK_GAP`] after the last drift check
+    /// ran (changes arriving meanwhile join the check already due, and
+    /// never push it further away). The periodic check stays where it is.
+    pub fn changes_now(&mut self, now: Instant) {
         let at = self
             .last_drift_run
             .map_or(now, |last| now.max(last + WATCH_CHECK_GAP));
-        self.next_drift = self.next_drift.min(at);
+        self.next_changes = Some(self.next_changes.map_or(at, |due| due.min(at)));
     }
 
-    /// A drift check ran (started) at `at`.
-    pub fn drift_ran(&mut self, at: Instant) {
+    /// Whether a check of changed objects is due (against a revision
+    /// already read, `read`).
+    pub fn changes_due(&self, now: Instant, read: bool) -> bool {
+        read && self.next_changes.is_some_and(|at| now >= at)
+    }
+
+    /// A check of changed objects ran (started) at `at`.
+    pub fn changes_ran(&mut self, at: Instant) {
         self.last_drift_run = Some(at);
+        self.next_changes = None;
     }
 
-    /// When to wake next: the next read, or the next drift check once a
-    /// revision was read.
+    /// When to wake next: the next read, or the next drift check (of
+    /// everything, or of changes) once a revision was read.
     pub fn wake_at(&self, read: bool) -> Instant {
         if read {
-            self.next_poll.min(self.next_drift)
+            let at = self.next_poll.min(self.next_drift);
+            self.next_changes.map_or(at, |changes| at.min(changes))
         } else {
             self.next_poll
         }
     }
+}
+
+/// The most objects seen changed that one check covers by their
+/// workspaces alone; more are checked with everything.
+const MAX_CHANGES_CHECKED: usize = 64;
+
+/// A reconcile's entry in the environment's history.
+fn record_reconcile(
+    env: &str,
+    shared: &Shared,
+    started: Instant,
+    changed: usize,
+    result: &Result<(), ReconcileError>,
+) {
+    let record = ReconcileRecord {
+        at: now(),
+        duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        result: SyncStatus::Unknown,
+        changed,
+        error_reason: result.as_ref().err().map(|e| e.reason().to_string()),
+    };
+    shared.update(env, |s| {
+        s.record_reconcile(ReconcileRecord {
+            result: s.sync_status,
+            ..record
+        });
+    });
 }
 
 /// How often the approval of a revision waiting for one is looked for.
@@ -262,6 +314,8 @@ pub(super) async fn reconcile_loop(
     let mut backoff = Backoff::new(options.interval);
     let mut schedule = Schedule::new(Instant::now(), options.drift_interval);
     let mut drift_watch = super::drift_watch::DriftWatcher::new(&env);
+    // What the watches saw change since the last check.
+    let mut seen = Changes::default();
     loop {
         // A reconcile boundary: an environment over this replica's share
         // is handed over here, never mid-sync.
@@ -269,7 +323,24 @@ pub(super) async fn reconcile_loop(
             reconciler.release().await;
             shared.owners.handed_over(&env);
         }
-        let (poll, drift) = schedule.due(Instant::now(), reconciler.desired.is_some());
+        let read = reconciler.desired.is_some();
+        let (poll, drift) = schedule.due(Instant::now(), read);
+        if !poll && !drift && schedule.changes_due(Instant::now(), read) {
+            // Only the workspaces of what changed: no LIST of everything.
+            let started = Instant::now();
+            schedule.changes_ran(started);
+            let changes = std::mem::take(&mut seen);
+            reconciler.changed = 0;
+            match reconciler.check_changed(&changes).await {
+                None => schedule.drift_at_once(Instant::now()),
+                Some(result) => {
+                    shared.metrics.observe_reconcile(&env, started.elapsed());
+                    record_reconcile(&env, &shared, started, reconciler.changed, &result);
+                    publish_status(&env, &shared, reconciler.cluster.as_ref(), &mut written).await;
+                }
+            }
+            continue;
+        }
         if poll || drift {
             let started = Instant::now();
             reconciler.changed = 0;
@@ -281,22 +352,11 @@ pub(super) async fn reconcile_loop(
                 .map(Instant::from_std);
             if drift {
                 schedule.drift_ran(started);
+                seen = Changes::default();
             }
             let result = reconciler.reconcile(poll, watched).await;
             shared.metrics.observe_reconcile(&env, started.elapsed());
-            let record = ReconcileRecord {
-                at: now(),
-                duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
-                result: SyncStatus::Unknown,
-                changed: reconciler.changed,
-                error_reason: result.as_ref().err().map(|e| e.reason().to_string()),
-            };
-            shared.update(&env, |s| {
-                s.record_reconcile(ReconcileRecord {
-                    result: s.sync_status,
-                    ..record
-                });
-            });
+            record_reconcile(&env, &shared, started, reconciler.changed, &result);
             // The status must reach the inventory even when the reconcile
             // dropped its connection.
             reconciler.reconnect().await;
@@ -326,10 +386,12 @@ pub(super) async fn reconcile_loop(
                 Some(t) => Some(t.changed().await),
                 None => None,
             } } => schedule.poll_now(Instant::now()),
-            (object, more) = drift_watch.changed() => {
-                tracing::info!(environment = %env, object = %object, more, "changed by another writer: checking drift now");
+            more = drift_watch.changed() => {
+                let first = more.objects.first().map(ObjectRef::id).unwrap_or_default();
+                tracing::info!(environment = %env, object = %first, objects = more.objects.len(), overflowed = more.overflowed, "changed by another writer: checking drift now");
                 shared.metrics.watch_change(&env);
-                schedule.drift_now(Instant::now());
+                seen.merge(more, MAX_CHANGES_CHECKED);
+                schedule.changes_now(Instant::now());
             },
             () = tokio::time::sleep(APPROVAL_CHECK), if reconciler.waiting.is_some() => {
                 if reconciler.may_apply_now().await { schedule.poll_now(Instant::now()); }
@@ -498,6 +560,110 @@ impl Reconciler {
         self.shared
             .update(&self.env, |s| s.last_reconcile_at = Some(now()));
         true
+    }
+
+    /// A check of only the workspaces whose objects the watches saw
+    /// another writer change: their namespaces listed, their drift healed
+    /// (with self-heal), and nothing else read. It stands for a check of
+    /// everything only where that would do the same: the revision is the
+    /// one last compared and found in sync, the inventory still records
+    /// it, nothing waits (a rollout, a rollback, an approval), and what
+    /// changed is in workspaces' namespaces. `None` when it does not (or
+    /// anything goes wrong, or drift is to be reported rather than
+    /// healed, or a heal failed): the loop then checks everything at once,
+    /// which reports as a drift check always has.
+    async fn check_changed(&mut self, changes: &Changes) -> Option<Result<(), ReconcileError>> {
+        if changes.overflowed || changes.objects.is_empty() {
+            return None;
+        }
+        let state = self.desired.clone()?;
+        let in_sync = self
+            .clean
+            .as_ref()
+            .is_some_and(|(revision, _)| revision == state.revision());
+        if !in_sync
+            || self.needs_pinning
+            || self.source_problem.is_some()
+            || self.rollback_pending
+            || self.waiting.is_some()
+            || self.failed_health.is_some()
+            || self.rollout.as_ref().is_some_and(|r| r.has_work())
+        {
+            return None;
+        }
+        let mut namespaces: BTreeSet<&str> = BTreeSet::new();
+        for o in &changes.objects {
+            match (o.namespace.as_deref(), &*o.kind) {
+                (Some(ns), _) => namespaces.insert(ns),
+                (None, "Namespace") => namespaces.insert(&*o.name),
+                (None, _) => return None,
+            };
+        }
+        let narrowed = state.state.narrowed(&namespaces)?;
+        self.cluster.as_ref()?;
+        let writer = self.lock().await.ok()?;
+        if writer.locked_by.is_some() {
+            return None;
+        }
+        let gate = self.gate(&state).await.ok()?;
+        let c = self.cluster.as_ref()?;
+        let scoped = Desired {
+            sync: SyncOptions {
+                scope: narrowed.scope.clone(),
+                ..state.sync.clone()
+            },
+            state: narrowed,
+            event_pending: std::sync::atomic::AtomicBool::new(false),
+            commit: state.commit.clone(),
+        };
+        let (env, shared) = (self.env.clone(), self.shared.clone());
+        let checked = match heal_narrowed(&env, &shared, c, &scoped, &writer, gate.heal).await {
+            Ok(Some(checked)) => checked,
+            Ok(None) => return None,
+            Err(e) => {
+                tracing::info!(environment = %env, error = %e, "cannot check the changed objects' workspaces alone; checking everything");
+                return None;
+            }
+        };
+        let Checked {
+            plan,
+            report,
+            health,
+            ..
+        } = checked;
+        log_outcome(&env, &scoped, &plan, report.as_ref());
+        if let Some(r) = &report {
+            shared.metrics.record_sync(&env, r);
+            self.changed += changed_objects(r);
+            if !r.succeeded() {
+                // Reported by the check of everything that follows.
+                return None;
+            }
+        }
+        tracing::info!(
+            environment = %env,
+            workspaces = plan.changes.iter().map(|c| &*c.workspace).collect::<BTreeSet<_>>().len(),
+            objects = plan.changes.len(),
+            healed = report.as_ref().map_or(0, changed_objects),
+            "checked the changed objects' workspaces"
+        );
+        self.record_outcome(None).await;
+        let mut objects = objects_by_workspace(&plan, true, &health);
+        shared.metrics.set_status(&env, "Synced");
+        shared.update(&env, |s| {
+            s.sync_status = SyncStatus::Synced;
+            s.target_revision = None;
+            s.last_reconcile_at = Some(now());
+            if report.is_some() {
+                s.last_sync_at = Some(now());
+            }
+            for (ws, w) in s.workspaces.iter_mut() {
+                if let Some(objects) = objects.remove(ws) {
+                    w.objects = objects;
+                }
+            }
+        });
+        Some(Ok(()))
     }
 
     async fn compare(
@@ -2128,6 +2294,71 @@ async fn check_and_sync(
     })
 }
 
+/// [`Reconciler::check_changed`]'s plan of a narrowed state, and its heal:
+/// `None` where the plan cannot be settled within it (the inventory
+/// records another revision, something is to be pruned or is not
+/// tenantsync's, a guardrail breaks), or there is drift this replica may
+/// not heal now (it is reported by a check of everything).
+async fn heal_narrowed(
+    env: &str,
+    shared: &Shared,
+    c: &Cluster,
+    scoped: &Desired,
+    writer: &Writer,
+    heal_allowed: bool,
+) -> Result<Option<Checked>, ReconcileError> {
+    let options = &shared.options;
+    if pipeline::check_scopes(c, &options.operator, &scoped.state)
+        .await?
+        .is_err()
+    {
+        return Ok(None);
+    }
+    let inventory = c.read_inventory(env).await?;
+    let recorded = inventory.as_ref().and_then(|i| i.revision.as_deref());
+    if recorded != Some(scoped.revision()) {
+        return Ok(None);
+    }
+    let plan_options = PlanOptions {
+        diffs: false,
+        deletes: Deletes::Recorded,
+        settle: Some(false),
+        health: true,
+    };
+    let mut live = pipeline::plan_live(c, &scoped.state, inventory, plan_options).await?;
+    let health = std::mem::take(&mut live.health);
+    let summary = &live.plan.summary;
+    if !summary.has_changes() {
+        return Ok(Some(Checked {
+            plan: live.plan,
+            report: None,
+            health,
+            held: false,
+            new_revision: false,
+        }));
+    }
+    let unmanaged = live
+        .plan
+        .changes
+        .iter()
+        .any(|c| c.action == ChangeAction::Unmanaged);
+    if summary.delete > 0 || unmanaged || !(options.self_heal && heal_allowed && writer.may_write) {
+        return Ok(None);
+    }
+    // Healing takes the drifted fields back from whoever changed them.
+    let mut sync_options = scoped.sync.clone();
+    sync_options.force_conflicts = true;
+    sync_options.fence = writer.fence.clone();
+    let (plan, report) = sync_with_heartbeat(env, shared, c, scoped, live, &sync_options).await;
+    Ok(Some(Checked {
+        plan,
+        report: Some(report?),
+        health,
+        held: false,
+        new_revision: false,
+    }))
+}
+
 /// Syncs a live plan, `Syncing` with the target revision while it runs; the
 /// heartbeat keeps beating so a long sync is not taken for a dead daemon.
 async fn sync_with_heartbeat(
@@ -2352,16 +2583,33 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_change_seen_by_a_watch_makes_a_drift_check_due_now_and_leaves_the_next_read() {
+    async fn a_change_seen_by_a_watch_makes_a_check_of_changes_due_now_and_leaves_the_next_read_and_the_periodic_check()
+     {
         let start = Instant::now();
         let mut s = Schedule::new(start, Duration::from_secs(600));
         s.after(start, Action::Requeue(Duration::from_secs(60)));
         tokio::time::advance(Duration::from_secs(5)).await;
+        assert!(!s.changes_due(Instant::now(), true));
+        s.changes_now(Instant::now());
+        assert!(s.changes_due(Instant::now(), true));
+        assert!(
+            !s.changes_due(Instant::now(), false),
+            "no revision read yet"
+        );
         assert_eq!(s.due(Instant::now(), true), (false, false));
-        s.drift_now(Instant::now());
+        assert_eq!(s.wake_at(true), Instant::now());
+        s.changes_ran(Instant::now());
+        assert!(!s.changes_due(Instant::now(), true));
+        assert_eq!(s.wake_at(true), start + Duration::from_secs(60));
+        // A check of changes that cannot stand for a check of everything
+        // asks for one at once.
+        s.drift_at_once(Instant::now());
         assert_eq!(s.due(Instant::now(), true), (false, true));
+        // A check of everything covers the changes waiting.
+        s.changes_now(Instant::now() + WATCH_CHECK_GAP);
+        s.drift_ran(Instant::now());
         s.after(Instant::now(), Action::AwaitChange);
-        assert_eq!(s.due(Instant::now(), true), (false, false));
+        assert!(!s.changes_due(Instant::now() + WATCH_CHECK_GAP, true));
         assert_eq!(s.wake_at(true), start + Duration::from_secs(60));
     }
 
@@ -2370,27 +2618,30 @@ mod tests {
         let start = Instant::now();
         let mut s = Schedule::new(start, Duration::from_secs(600));
         s.after(start, Action::Requeue(Duration::from_secs(60)));
-        s.drift_now(start);
-        assert_eq!(s.due(start, true), (false, true));
-        s.drift_ran(start);
-        s.after(start, Action::AwaitChange);
+        s.changes_now(start);
+        assert!(s.changes_due(start, true));
+        s.changes_ran(start);
         // The writer puts its value back 100 ms after the heal, and again
         // and again (two objects, every 50 ms): the next check comes one
         // second after the last one ran, never later.
         for _ in 0..10 {
             tokio::time::advance(Duration::from_millis(50)).await;
-            s.drift_now(Instant::now());
-            assert_eq!(s.due(Instant::now(), true), (false, false));
+            s.changes_now(Instant::now());
+            assert!(!s.changes_due(Instant::now(), true));
             assert_eq!(s.wake_at(true), start + WATCH_CHECK_GAP);
         }
         tokio::time::advance(Duration::from_millis(500)).await;
-        assert_eq!(s.due(Instant::now(), true), (false, true));
-        s.drift_ran(Instant::now());
-        s.after(Instant::now(), Action::AwaitChange);
+        assert!(s.changes_due(Instant::now(), true));
+        s.changes_ran(Instant::now());
         // A change long after the last check is checked at once.
         tokio::time::advance(Duration::from_secs(30)).await;
-        s.drift_now(Instant::now());
-        assert_eq!(s.due(Instant::now(), true), (false, true));
+        s.changes_now(Instant::now());
+        assert!(s.changes_due(Instant::now(), true));
+        // A check of everything counts as the last check too.
+        s.drift_ran(Instant::now());
+        tokio::time::advance(Duration::from_millis(100)).await;
+        s.changes_now(Instant::now());
+        assert!(!s.changes_due(Instant::now(), true));
     }
 
     #[tokio::test(start_paused = true)]

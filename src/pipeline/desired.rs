@@ -151,6 +151,72 @@ impl DesiredState {
         }
     }
 
+    /// This state narrowed to the workspaces whose namespaces are
+    /// `namespaces` (a check of what a watch saw change): only their
+    /// objects, planned, applied and pruned only in those namespaces.
+    /// `None` when one of them is no namespace a workspace in scope renders
+    /// into (what is there is for a check of everything to judge). Held
+    /// namespaces stay out.
+    pub fn narrowed(&self, namespaces: &BTreeSet<&str>) -> Option<DesiredState> {
+        let mut rendered: BTreeSet<&str> = BTreeSet::new();
+        for o in &self.objects {
+            if o.workspace.is_empty() || !self.scope.contains_object(o) {
+                continue;
+            }
+            match o.namespace.as_deref() {
+                Some(ns) => rendered.insert(ns),
+                None if &*o.kind == "Namespace" => rendered.insert(&o.name),
+                None => false,
+            };
+        }
+        let mut only = BTreeSet::new();
+        for ns in namespaces {
+            if self.scope.held.contains(*ns) {
+                continue;
+            }
+            if !rendered.contains(ns) {
+                return None;
+            }
+            only.insert((*ns).to_string());
+        }
+        let scope = Scope {
+            only: Some(only),
+            held: self.scope.held.clone(),
+        };
+        let objects: Vec<Object> = self
+            .objects
+            .iter()
+            .filter(|o| scope.contains_object(o))
+            .cloned()
+            .collect();
+        let workspaces: BTreeSet<&str> = objects.iter().map(|o| &*o.workspace).collect();
+        fn of_workspaces<V: Clone>(
+            m: &BTreeMap<String, V>,
+            workspaces: &BTreeSet<&str>,
+        ) -> BTreeMap<String, V> {
+            m.iter()
+                .filter(|(ws, _)| workspaces.contains(ws.as_str()))
+                .map(|(ws, v)| (ws.clone(), v.clone()))
+                .collect()
+        }
+        Some(DesiredState {
+            name: self.name.clone(),
+            revision: self.revision.clone(),
+            workspace_revisions: of_workspaces(&self.workspace_revisions, &workspaces),
+            sync_policy: self.sync_policy.clone(),
+            effective: self.effective,
+            ownership: self.ownership.clone(),
+            workspace_labels: of_workspaces(&self.workspace_labels, &workspaces),
+            objects,
+            scope,
+            invalid: BTreeMap::new(),
+            held: BTreeMap::new(),
+            unresolved: Unresolved::default(),
+            changed: None,
+            unselected_refused: BTreeMap::new(),
+        })
+    }
+
     /// How a plan of this state rolls out (`syncPolicy.rollout`), when it
     /// does: the policy is set and the plan changes more than one
     /// workspace it holds back.
@@ -455,4 +521,90 @@ pub fn admit(
             .map(|v| v.diagnostic(&environment.name))
             .collect()
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state() -> DesiredState {
+        let mut tree = SourceTree::new();
+        tree.insert(
+            "environments/dev/environment.yaml",
+            b"apiVersion: tenantsync.io/v1alpha1\nkind: Environment\nmetadata: {name: dev}\nspec:\n  ingress: {domain: dev.example.com}\n  images:\n    fhir: {repository: example.azurecr.io/fhir-server, tag: '4.3.1'}\n".to_vec(),
+        );
+        for name in ["alpha", "beta"] {
+            tree.insert(
+                &format!("environments/dev/workspaces/{name}.yaml"),
+                format!("apiVersion: tenantsync.io/v1alpha1\nkind: Workspace\nmetadata: {{name: {name}}}\nspec:\n  fhirServices:\n    - name: api\n      replicas: 2\n").into_bytes(),
+            );
+        }
+        desired(
+            tree,
+            "dev",
+            Some("r1".into()),
+            &Intake::strict(&Operator::default()),
+        )
+        .expect("desired")
+    }
+
+    fn namespace_of(s: &DesiredState, ws: &str) -> String {
+        s.objects
+            .iter()
+            .find(|o| &*o.workspace == ws && o.namespace.is_some())
+            .and_then(|o| o.namespace.as_deref())
+            .expect("a namespaced object")
+            .to_string()
+    }
+
+    #[test]
+    fn a_state_narrowed_to_a_namespace_holds_only_that_workspace_and_plans_only_there() {
+        let full = state();
+        let alpha = namespace_of(&full, "alpha");
+        let beta = namespace_of(&full, "beta");
+        let narrowed = full
+            .narrowed(&BTreeSet::from([alpha.as_str()]))
+            .expect("alpha's namespace is a workspace's");
+        let alpha_objects: Vec<&Object> = full
+            .objects
+            .iter()
+            .filter(|o| &*o.workspace == "alpha")
+            .collect();
+        assert!(!alpha_objects.is_empty());
+        assert_eq!(
+            narrowed.objects.iter().collect::<Vec<_>>(),
+            alpha_objects,
+            "exactly alpha's objects, its Namespace included"
+        );
+        assert!(narrowed.objects.iter().any(|o| &*o.kind == "Namespace"));
+        assert!(narrowed.scope.contains("Deployment", Some(&alpha), "x"));
+        assert!(narrowed.scope.contains("Namespace", None, &alpha));
+        assert!(!narrowed.scope.contains("Deployment", Some(&beta), "x"));
+        assert!(!narrowed.scope.contains("ClusterRole", None, "x"));
+        assert_eq!(narrowed.revision.as_deref(), Some("r1"));
+        assert!(narrowed.workspace_labels.keys().all(|ws| ws == "alpha"));
+    }
+
+    #[test]
+    fn a_namespace_no_workspace_renders_into_is_not_narrowed_to() {
+        let full = state();
+        assert!(full.narrowed(&BTreeSet::from(["kube-system"])).is_none());
+        let alpha = namespace_of(&full, "alpha");
+        assert!(
+            full.narrowed(&BTreeSet::from([alpha.as_str(), "default"]))
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn a_held_namespace_is_left_out_of_a_narrowed_state() {
+        let mut full = state();
+        let alpha = namespace_of(&full, "alpha");
+        full.scope.held.insert(alpha.clone());
+        let narrowed = full
+            .narrowed(&BTreeSet::from([alpha.as_str()]))
+            .expect("a held namespace is skipped, not refused");
+        assert!(narrowed.objects.is_empty());
+        assert!(!narrowed.scope.contains("Deployment", Some(&alpha), "x"));
+    }
 }

@@ -166,18 +166,29 @@ impl Fingerprint {
 /// Identity → fingerprint for the objects one watch sees, with the watch's
 /// relists (after a 410 Gone or a reconnect that could not resume) folded in:
 /// what changed or vanished while the watch was away counts as changed.
-#[derive(Debug, Default)]
-pub struct DriftCache {
-    objects: HashMap<Box<str>, Fingerprint>,
+/// `K`: an object's identity within the watch.
+#[derive(Debug)]
+pub struct DriftCache<K> {
+    objects: HashMap<K, Fingerprint>,
     /// While a relist runs: what it has seen so far.
-    relist: Option<HashMap<Box<str>, Fingerprint>>,
+    relist: Option<HashMap<K, Fingerprint>>,
     /// Whether the first list has completed (what it finds is the baseline,
     /// not a change).
     primed: bool,
 }
 
-impl DriftCache {
-    pub fn new() -> DriftCache {
+impl<K> Default for DriftCache<K> {
+    fn default() -> Self {
+        DriftCache {
+            objects: HashMap::new(),
+            relist: None,
+            primed: false,
+        }
+    }
+}
+
+impl<K: std::hash::Hash + Eq + Clone> DriftCache<K> {
+    pub fn new() -> DriftCache<K> {
         DriftCache::default()
     }
 
@@ -193,24 +204,24 @@ impl DriftCache {
     /// An object added or modified: whether another writer changed it.
     /// A new object is only a change when another writer made it (and the
     /// first list is never one).
-    pub fn applied(&mut self, id: &str, fingerprint: Fingerprint) -> bool {
-        let changed = match self.objects.get(id) {
+    pub fn applied(&mut self, id: K, fingerprint: Fingerprint) -> bool {
+        let changed = match self.objects.get(&id) {
             Some(old) => old.changed_by_others(&fingerprint),
             None => self.primed && !fingerprint.others.is_empty(),
         };
         match self.relist.as_mut() {
             Some(seen) => {
-                seen.insert(id.into(), fingerprint);
+                seen.insert(id, fingerprint);
             }
             None => {
-                self.objects.insert(id.into(), fingerprint);
+                self.objects.insert(id, fingerprint);
             }
         }
         changed
     }
 
     /// An object deleted: a change when it was known.
-    pub fn deleted(&mut self, id: &str) -> bool {
+    pub fn deleted(&mut self, id: &K) -> bool {
         self.objects.remove(id).is_some()
     }
 
@@ -223,7 +234,7 @@ impl DriftCache {
     /// A (re)list is complete: the identities known before and not seen
     /// again, which vanished while the watch was away (none after the
     /// first list).
-    pub fn relisted(&mut self) -> Vec<Box<str>> {
+    pub fn relisted(&mut self) -> Vec<K> {
         let Some(seen) = self.relist.take() else {
             return Vec::new();
         };
@@ -268,7 +279,7 @@ mod tests {
         })
     }
 
-    fn primed(body: &Value) -> DriftCache {
+    fn primed(body: &Value) -> DriftCache<&'static str> {
         let mut cache = DriftCache::new();
         cache.relisting();
         assert!(!cache.applied("Deployment/ws/fhir", Fingerprint::of(body, &own())));
@@ -372,8 +383,8 @@ mod tests {
     #[test]
     fn a_deleted_object_is_a_change_and_an_unknown_one_is_not() {
         let mut cache = primed(&deployment(1, &[APPLIED]));
-        assert!(cache.deleted("Deployment/ws/fhir"));
-        assert!(!cache.deleted("Deployment/ws/fhir"));
+        assert!(cache.deleted(&"Deployment/ws/fhir"));
+        assert!(!cache.deleted(&"Deployment/ws/fhir"));
         assert!(cache.is_empty());
     }
 
@@ -397,10 +408,7 @@ mod tests {
         cache.relisting();
         let edited = deployment(3, &[APPLIED, ("kubectl-edit", "", "2026-01-01T00:01:00Z")]);
         assert!(cache.applied("Deployment/ws/fhir", Fingerprint::of(&edited, &own())));
-        assert_eq!(
-            cache.relisted(),
-            vec![Box::<str>::from("Deployment/ws/other")]
-        );
+        assert_eq!(cache.relisted(), vec!["Deployment/ws/other"]);
         assert_eq!(cache.len(), 1);
         // A relist that finds everything as it was reports nothing.
         cache.relisting();
