@@ -63,7 +63,7 @@ async fn admin() -> tenantsync::cluster::Cluster {
 }
 
 /// The environment's inventory as tenantsync reads it (its chunks too).
-async fn inventory(env: &str) -> tenantsync::sync::inventory::Inventory {
+pub(crate) async fn inventory(env: &str) -> tenantsync::sync::inventory::Inventory {
     admin()
         .await
         .read_inventory(env)

@@ -275,6 +275,7 @@ async fn a_change_seen_by_a_watch_is_healed_by_listing_only_its_workspace_never_
     let other = repo.namespace("fabrikam");
     let admin = cp.client(crate::support::User::Admin).await;
     let deployments: Api<Deployment> = Api::namespaced(admin.clone(), &ns);
+    let recorded = crate::concurrency_cluster::inventory(&env).await;
     let from = audit::cursor();
     let took = scale_and_time_heal(cp, &ns, &deployments).await;
     assert!(took <= HEALED_WITHIN, "kubectl scale healed after {took:?}");
@@ -346,6 +347,19 @@ async fn a_change_seen_by_a_watch_is_healed_by_listing_only_its_workspace_never_
         },
     )
     .await;
+    // The narrowed syncs dropped nothing of the inventory: every object
+    // and the revision are still recorded, and the workspaces not healed
+    // kept their records as they were.
+    let now = crate::concurrency_cluster::inventory(&env).await;
+    assert_eq!(now.objects, recorded.objects, "inventory entries changed");
+    assert_eq!(now.revision, recorded.revision);
+    for ws in ["northwind", "woodgrove"] {
+        assert_eq!(
+            now.workspaces.get(ws),
+            recorded.workspaces.get(ws),
+            "{ws}'s record changed"
+        );
+    }
 }
 
 #[tokio::test]

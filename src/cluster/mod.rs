@@ -41,6 +41,7 @@ pub mod execute;
 pub mod foreign;
 pub mod inventory;
 mod list;
+pub use list::MAX_NAMESPACES_LISTED_APART;
 pub mod lock;
 mod ownership;
 mod scope;

@@ -7,7 +7,8 @@
 //! doubling up to 5 s) while the API server cannot be reached. Per object
 //! only a [`DriftCache`] fingerprint is kept, never the body. An object
 //! changed or deleted by someone other than tenantsync is sent, by its
-//! `Kind/namespace/name`, to the daemon, which then checks drift at once.
+//! identity ([`ObjectRef`]), to the daemon, which then checks drift at once
+//! (a full queue is flagged, never silent).
 //! A quiet environment costs one open WATCH per kind: no LIST.
 
 use std::collections::BTreeSet;

@@ -3,10 +3,12 @@
 //! another writer changes one of its objects, instead of waiting for the
 //! drift interval (which stays, as a safety net).
 //!
-//! The check is the loop's ordinary drift check: the same plan, field
-//! ownership policy, gate (sync windows, the environment's lock, a guardrail
-//! hold) and apply path as the periodic one, so self-heal re-applies the
-//! drifted objects only, and never where the periodic check would not.
+//! The check reads only the changed objects' workspaces where that is the
+//! same as comparing everything (`Reconciler::check_changed`), and compares
+//! everything otherwise; either way the same plan, field ownership policy,
+//! gate (sync windows, the environment's lock, a guardrail hold) and apply
+//! path as the periodic check, so self-heal re-applies the drifted objects
+//! only, and never where the periodic check would not.
 
 use std::collections::BTreeSet;
 use std::time::Duration;

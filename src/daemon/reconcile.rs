@@ -273,6 +273,23 @@ impl Schedule {
 /// workspaces alone; more are checked with everything.
 const MAX_CHANGES_CHECKED: usize = 64;
 
+/// The most namespaces one check of changes lists (one LIST per kind and
+/// namespace, one after another); objects of more are checked with
+/// everything. Within what the cluster lists namespace by namespace.
+const MAX_NAMESPACES_CHECKED: usize = 4;
+const _: () = assert!(MAX_NAMESPACES_CHECKED <= crate::cluster::MAX_NAMESPACES_LISTED_APART);
+
+/// What a check of the changes the watches saw did.
+enum Narrowed {
+    /// It checked (and healed) the changed objects' workspaces.
+    Checked(Result<(), ReconcileError>),
+    /// Its heal failed: reported as a failed sync; everything is checked
+    /// next.
+    HealFailed(Result<(), ReconcileError>),
+    /// It could not stand for a check of everything, for this reason.
+    Everything(&'static str),
+}
+
 /// A reconcile's entry in the environment's history.
 fn record_reconcile(
     env: &str,
@@ -332,11 +349,21 @@ pub(super) async fn reconcile_loop(
             let changes = std::mem::take(&mut seen);
             reconciler.changed = 0;
             match reconciler.check_changed(&changes).await {
-                None => schedule.drift_at_once(Instant::now()),
-                Some(result) => {
+                Narrowed::Everything(why) => {
+                    tracing::debug!(environment = %env, why, "checking everything for the changes seen");
+                    schedule.drift_at_once(Instant::now());
+                }
+                Narrowed::Checked(result) => {
                     shared.metrics.observe_reconcile(&env, started.elapsed());
                     record_reconcile(&env, &shared, started, reconciler.changed, &result);
                     publish_status(&env, &shared, reconciler.cluster.as_ref(), &mut written).await;
+                }
+                Narrowed::HealFailed(result) => {
+                    shared.metrics.observe_reconcile(&env, started.elapsed());
+                    record_reconcile(&env, &shared, started, reconciler.changed, &result);
+                    publish_status(&env, &shared, reconciler.cluster.as_ref(), &mut written).await;
+                    // Everything is compared next, a drift check's gap on.
+                    schedule.drift_at_once(started + WATCH_CHECK_GAP);
                 }
             }
             continue;
@@ -564,49 +591,67 @@ impl Reconciler {
 
     /// A check of only the workspaces whose objects the watches saw
     /// another writer change: their namespaces listed, their drift healed
-    /// (with self-heal), and nothing else read. It stands for a check of
+    /// (with self-heal), and nothing else listed. It stands for a check of
     /// everything only where that would do the same: the revision is the
-    /// one last compared and found in sync, the inventory still records
-    /// it, nothing waits (a rollout, a rollback, an approval), and what
-    /// changed is in workspaces' namespaces. `None` when it does not (or
-    /// anything goes wrong, or drift is to be reported rather than
-    /// healed, or a heal failed): the loop then checks everything at once,
-    /// which reports as a drift check always has.
-    async fn check_changed(&mut self, changes: &Changes) -> Option<Result<(), ReconcileError>> {
-        if changes.overflowed || changes.objects.is_empty() {
-            return None;
+    /// one last compared and found in sync and the inventory still records
+    /// it, nothing waits (a rollout, a rollback, an approval, a failed
+    /// health judgement), and what changed is in a few workspaces'
+    /// namespaces, none held. Anywhere else, and where drift is to be
+    /// reported rather than healed, [`Narrowed::Everything`]: the loop
+    /// checks everything at once, which reports as a drift check always
+    /// has.
+    async fn check_changed(&mut self, changes: &Changes) -> Narrowed {
+        use Narrowed::Everything;
+        if changes.overflowed || changes.objects.len() > MAX_CHANGES_CHECKED {
+            return Everything("more objects changed than one check of their workspaces covers");
         }
-        let state = self.desired.clone()?;
+        let Some(state) = self.desired.clone() else {
+            return Everything("no revision read yet");
+        };
         let in_sync = self
             .clean
             .as_ref()
             .is_some_and(|(revision, _)| revision == state.revision());
-        if !in_sync
-            || self.needs_pinning
+        if !in_sync {
+            return Everything("the revision was not last found in sync");
+        }
+        if self.needs_pinning
             || self.source_problem.is_some()
             || self.rollback_pending
             || self.waiting.is_some()
             || self.failed_health.is_some()
             || self.rollout.as_ref().is_some_and(|r| r.has_work())
         {
-            return None;
+            return Everything("a rollout, rollback, approval or health judgement waits");
         }
         let mut namespaces: BTreeSet<&str> = BTreeSet::new();
         for o in &changes.objects {
             match (o.namespace.as_deref(), &*o.kind) {
                 (Some(ns), _) => namespaces.insert(ns),
                 (None, "Namespace") => namespaces.insert(&*o.name),
-                (None, _) => return None,
+                (None, _) => return Everything("a cluster-scoped object changed"),
             };
         }
-        let narrowed = state.state.narrowed(&namespaces)?;
-        self.cluster.as_ref()?;
-        let writer = self.lock().await.ok()?;
-        if writer.locked_by.is_some() {
-            return None;
+        if namespaces.len() > MAX_NAMESPACES_CHECKED {
+            return Everything("objects of too many namespaces changed");
         }
-        let gate = self.gate(&state).await.ok()?;
-        let c = self.cluster.as_ref()?;
+        let Some(narrowed) = state.state.narrowed(&namespaces) else {
+            return Everything("an object changed outside the namespaces of workspaces in scope");
+        };
+        if self.cluster.is_none() {
+            return Everything("not connected");
+        }
+        let writer = match self.lock().await {
+            Ok(writer) if writer.locked_by.is_none() => writer,
+            Ok(_) => return Everything("another writer holds the environment's lock"),
+            Err(_) => return Everything("the environment's lock could not be had"),
+        };
+        let Ok(gate) = self.gate(&state).await else {
+            return Everything("the approval could not be read");
+        };
+        let Some(c) = self.cluster.as_ref() else {
+            return Everything("not connected");
+        };
         let scoped = Desired {
             sync: SyncOptions {
                 scope: narrowed.scope.clone(),
@@ -617,12 +662,22 @@ impl Reconciler {
             commit: state.commit.clone(),
         };
         let (env, shared) = (self.env.clone(), self.shared.clone());
+        let before = shared
+            .status
+            .read()
+            .ok()
+            .and_then(|s| s.environments.get(&env).map(|e| e.sync_status));
         let checked = match heal_narrowed(&env, &shared, c, &scoped, &writer, gate.heal).await {
-            Ok(Some(checked)) => checked,
-            Ok(None) => return None,
+            Ok(Ok(checked)) => checked,
+            Ok(Err(why)) => return Everything(why),
             Err(e) => {
                 tracing::info!(environment = %env, error = %e, "cannot check the changed objects' workspaces alone; checking everything");
-                return None;
+                // A heal's `Syncing` is not left standing meanwhile.
+                shared.update(&env, |s| {
+                    s.sync_status = before.unwrap_or(s.sync_status);
+                    s.target_revision = None;
+                });
+                return Everything("the check of the changed workspaces failed");
             }
         };
         let Checked {
@@ -632,22 +687,42 @@ impl Reconciler {
             ..
         } = checked;
         log_outcome(&env, &scoped, &plan, report.as_ref());
+        if let Some(r) = report.as_ref().filter(|r| !r.succeeded()) {
+            // Its writes happened: counted, and reported as a failed sync
+            // until the check of everything that follows (a drift check's
+            // gap later, so a refused heal is not sent twice at once).
+            shared.metrics.record_sync(&env, r);
+            self.changed += changed_objects(r);
+            self.clean = None;
+            let e = ReconcileError::Apply(crate::print::sync_errors(r));
+            self.record_outcome(Some(&e)).await;
+            shared.metrics.set_status(&env, "Failed");
+            shared.update(&env, |s| {
+                s.sync_status = SyncStatus::Failed;
+                s.target_revision = None;
+                s.last_reconcile_at = Some(now());
+                s.last_sync_at = Some(now());
+                s.last_error = Some(e.to_string());
+                s.last_error_reason = Some(e.reason().to_string());
+                s.last_error_at = Some(now());
+            });
+            return Narrowed::HealFailed(Err(e));
+        }
         if let Some(r) = &report {
             shared.metrics.record_sync(&env, r);
             self.changed += changed_objects(r);
-            if !r.succeeded() {
-                // Reported by the check of everything that follows.
-                return None;
-            }
         }
         tracing::info!(
             environment = %env,
             workspaces = plan.changes.iter().map(|c| &*c.workspace).collect::<BTreeSet<_>>().len(),
-            objects = plan.changes.len(),
+            compared = plan.changes.len(),
             healed = report.as_ref().map_or(0, changed_objects),
             "checked the changed objects' workspaces"
         );
         self.record_outcome(None).await;
+        // The status was Synced with no drift (the revision was last found
+        // in sync, nothing waits): it stays so, with these workspaces'
+        // objects as just read.
         let mut objects = objects_by_workspace(&plan, true, &health);
         shared.metrics.set_status(&env, "Synced");
         shared.update(&env, |s| {
@@ -663,7 +738,7 @@ impl Reconciler {
                 }
             }
         });
-        Some(Ok(()))
+        Narrowed::Checked(Ok(()))
     }
 
     async fn compare(
@@ -2294,8 +2369,8 @@ async fn check_and_sync(
     })
 }
 
-/// [`Reconciler::check_changed`]'s plan of a narrowed state, and its heal:
-/// `None` where the plan cannot be settled within it (the inventory
+/// [`Reconciler::check_changed`]'s plan of a narrowed state, and its heal;
+/// why not, where the plan cannot be settled within it (the inventory
 /// records another revision, something is to be pruned or is not
 /// tenantsync's, a guardrail breaks), or there is drift this replica may
 /// not heal now (it is reported by a check of everything).
@@ -2306,18 +2381,18 @@ async fn heal_narrowed(
     scoped: &Desired,
     writer: &Writer,
     heal_allowed: bool,
-) -> Result<Option<Checked>, ReconcileError> {
+) -> Result<Result<Checked, &'static str>, ReconcileError> {
     let options = &shared.options;
     if pipeline::check_scopes(c, &options.operator, &scoped.state)
         .await?
         .is_err()
     {
-        return Ok(None);
+        return Ok(Err("a manifest breaks the operator's guardrails"));
     }
     let inventory = c.read_inventory(env).await?;
     let recorded = inventory.as_ref().and_then(|i| i.revision.as_deref());
     if recorded != Some(scoped.revision()) {
-        return Ok(None);
+        return Ok(Err("the inventory records another revision"));
     }
     let plan_options = PlanOptions {
         diffs: false,
@@ -2329,7 +2404,7 @@ async fn heal_narrowed(
     let health = std::mem::take(&mut live.health);
     let summary = &live.plan.summary;
     if !summary.has_changes() {
-        return Ok(Some(Checked {
+        return Ok(Ok(Checked {
             plan: live.plan,
             report: None,
             health,
@@ -2342,15 +2417,20 @@ async fn heal_narrowed(
         .changes
         .iter()
         .any(|c| c.action == ChangeAction::Unmanaged);
-    if summary.delete > 0 || unmanaged || !(options.self_heal && heal_allowed && writer.may_write) {
-        return Ok(None);
+    if summary.delete > 0 || unmanaged {
+        return Ok(Err(
+            "there is something to prune, or that is not tenantsync's",
+        ));
+    }
+    if !(options.self_heal && heal_allowed && writer.may_write) {
+        return Ok(Err("drift is to be reported, not healed"));
     }
     // Healing takes the drifted fields back from whoever changed them.
     let mut sync_options = scoped.sync.clone();
     sync_options.force_conflicts = true;
     sync_options.fence = writer.fence.clone();
     let (plan, report) = sync_with_heartbeat(env, shared, c, scoped, live, &sync_options).await;
-    Ok(Some(Checked {
+    Ok(Ok(Checked {
         plan,
         report: Some(report?),
         health,
