@@ -362,6 +362,104 @@ async fn a_change_seen_by_a_watch_is_healed_by_listing_only_its_workspace_never_
     }
 }
 
+/// A new revision that changes one workspace is applied by reading only
+/// that workspace's namespace, and recorded as a sync of everything would
+/// record it: the new revision for every workspace (none left pinned to the
+/// old one, which a restarted daemon would compose from).
+#[tokio::test]
+async fn a_revision_changing_one_workspace_is_applied_listing_only_its_namespace_and_recorded_for_every_workspace()
+ {
+    let repo = TestRepo::new("narrow-rev");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let me = audit::identity("narrow-rev", "cluster-admin", dir.path());
+    let log = dir.path().join("daemon.log");
+    let port = free_port();
+    let _daemon = daemon(&repo, "1s", port, &me.kubeconfig, &log);
+    synced_and_watching(port, &repo.env, &log).await;
+    let env = repo.env.clone();
+    // A full comparison after the watches listed (they vouch from then on).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    // A hand edit healed by a narrowed check first: the cluster is again
+    // as the revision declares, so the next revision is still narrowed.
+    let cp = control_plane();
+    let contoso = repo.namespace("contoso");
+    let deployments: Api<Deployment> =
+        Api::namespaced(cp.client(crate::support::User::Admin).await, &contoso);
+    let took = scale_and_time_heal(cp, &contoso, &deployments).await;
+    assert!(took <= HEALED_WITHIN, "kubectl scale healed after {took:?}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before = crate::concurrency_cluster::inventory(&env).await;
+    let old = before.revision.clone().expect("a revision");
+
+    let ns = repo.namespace("woodgrove");
+    let configs: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::namespaced(
+        control_plane().client(crate::support::User::Admin).await,
+        &ns,
+    );
+    let from = audit::cursor();
+    repo.write(
+        "workspaces/woodgrove.yaml",
+        "apiVersion: tenantsync.io/v1alpha1\nkind: WorkspacePatch\nmetadata: {name: woodgrove}\nspec:\n  fhirServices:\n    - name: api\n      fhirVersion: R5\n",
+    );
+    wait_for(
+        "the edit to be applied",
+        Duration::from_secs(30),
+        async || {
+            configs
+                .get("fhir-api-config")
+                .await
+                .ok()
+                .and_then(|c| c.data)
+                .is_some_and(|d| d.get("FhirServer__Version").map(String::as_str) == Some("R5"))
+        },
+    )
+    .await;
+    wait_for(
+        "the new revision to be Synced",
+        Duration::from_secs(30),
+        async || {
+            status(port, &env).await.is_some_and(|s| {
+                s["syncStatus"] == "Synced"
+                    && s["lastAppliedRevision"].as_str().is_some_and(|r| r != old)
+            })
+        },
+    )
+    .await;
+    let requests = me.requests_since(&from);
+    let outside: Vec<&str> = requests
+        .iter()
+        .filter(|r| r.verb == "list" && !within(&r.uri, &ns))
+        .map(|r| r.uri.as_str())
+        .collect();
+    assert!(
+        outside.is_empty(),
+        "a revision changing only {ns} listed beyond it: {outside:?}"
+    );
+    assert!(
+        log_lines(&log, "synced only what the new revision changed") >= 1,
+        "no narrowed sync logged"
+    );
+    let after = crate::concurrency_cluster::inventory(&env).await;
+    let new = status(port, &env).await.expect("status")["lastAppliedRevision"]
+        .as_str()
+        .expect("a revision")
+        .to_string();
+    assert_eq!(after.revision.as_deref(), Some(new.as_str()));
+    assert_eq!(after.objects, before.objects, "inventory entries changed");
+    assert!(
+        after.pinned().is_empty(),
+        "workspaces left at the old revision: {:?}",
+        after.pinned()
+    );
+    for ws in ["contoso", "fabrikam", "northwind", "woodgrove"] {
+        assert_eq!(
+            after.workspaces.get(ws).map(|w| w.applied.as_str()),
+            Some(new.as_str()),
+            "{ws} not recorded at the new revision"
+        );
+    }
+}
+
 #[tokio::test]
 async fn a_watch_broken_by_an_api_server_restart_resumes_and_still_heals() {
     let cp = bare_control_plane("watch-restart");

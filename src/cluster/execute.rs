@@ -216,6 +216,12 @@ pub async fn sync(
             let workspaces: BTreeSet<&str> = desired
                 .iter()
                 .map(|o| &*o.workspace)
+                .chain(
+                    options
+                        .also_applied
+                        .iter()
+                        .flat_map(|a| a.iter().map(String::as_str)),
+                )
                 .filter(|ws| !ws.is_empty())
                 .collect();
             final_inventory.record_applied(workspaces.into_iter().map(|ws| {

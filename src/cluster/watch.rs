@@ -12,7 +12,7 @@
 //! A quiet environment costs one open WATCH per kind: no LIST.
 
 use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -35,6 +35,7 @@ use crate::sync::inventory::ObjectRef;
 pub struct ChangeSink {
     tx: mpsc::Sender<ObjectRef>,
     overflowed: Arc<AtomicBool>,
+    sent: Arc<AtomicU64>,
 }
 
 impl ChangeSink {
@@ -42,17 +43,24 @@ impl ChangeSink {
     pub fn new(capacity: usize) -> (ChangeSink, ChangeSource) {
         let (tx, rx) = mpsc::channel(capacity.max(1));
         let overflowed = Arc::new(AtomicBool::new(false));
+        let sent = Arc::new(AtomicU64::new(0));
         (
             ChangeSink {
                 tx,
                 overflowed: overflowed.clone(),
+                sent: sent.clone(),
             },
-            ChangeSource { rx, overflowed },
+            ChangeSource {
+                rx,
+                overflowed,
+                sent,
+            },
         )
     }
 
     /// Queues a change; when the queue is full, marks the sink overflowed.
     pub fn send(&self, changed: ObjectRef) {
+        self.sent.fetch_add(1, Ordering::SeqCst);
         if self.tx.try_send(changed).is_err() {
             self.overflowed.store(true, Ordering::SeqCst);
         }
@@ -63,6 +71,7 @@ impl ChangeSink {
 pub struct ChangeSource {
     rx: mpsc::Receiver<ObjectRef>,
     overflowed: Arc<AtomicBool>,
+    sent: Arc<AtomicU64>,
 }
 
 impl ChangeSource {
@@ -74,6 +83,12 @@ impl ChangeSource {
     /// A change already queued, without waiting.
     pub fn try_recv(&mut self) -> Option<ObjectRef> {
         self.rx.try_recv().ok()
+    }
+
+    /// How many changes were ever sent (dropped ones too): unchanged
+    /// between two readings, no other writer changed anything meanwhile.
+    pub fn sent(&self) -> Arc<AtomicU64> {
+        self.sent.clone()
     }
 
     /// Whether changes were dropped since the last call (the queue was

@@ -61,6 +61,8 @@ pub(super) struct DriftWatcher {
     /// A change received and settling: kept here, not in the future, so a
     /// `select!` that drops [`DriftWatcher::changed`] loses nothing.
     pending: Option<(ObjectRef, tokio::time::Instant)>,
+    /// How many changes [`DriftWatcher::changed`] has handed out.
+    handed_out: u64,
 }
 
 impl DriftWatcher {
@@ -72,6 +74,7 @@ impl DriftWatcher {
             source,
             current: None,
             pending: None,
+            handed_out: 0,
         }
     }
 
@@ -103,6 +106,18 @@ impl DriftWatcher {
         }
     }
 
+    /// How many changes of other writers the watches ever reported (read
+    /// it twice: the same count, no change in between).
+    pub(super) fn sent(&self) -> std::sync::Arc<std::sync::atomic::AtomicU64> {
+        self.source.sent()
+    }
+
+    /// How many changes [`DriftWatcher::changed`] has handed out: equal to
+    /// [`DriftWatcher::sent`], none waits (nor was dropped).
+    pub(super) fn handed_out(&self) -> u64 {
+        self.handed_out
+    }
+
     /// Since when the watches have seen every change (listed, open, no
     /// break); `None` when not watching.
     pub(super) fn complete_since(&self) -> Option<std::time::Instant> {
@@ -129,10 +144,12 @@ impl DriftWatcher {
         let mut objects = BTreeSet::new();
         while let Some(more) = self.source.try_recv() {
             objects.insert(more);
+            self.handed_out += 1;
         }
         match self.pending.take() {
             Some((first, _)) => {
                 objects.insert(first);
+                self.handed_out += 1;
                 Changes {
                     objects,
                     overflowed: self.source.take_overflowed(),
@@ -187,6 +204,13 @@ mod tests {
         let changes = w.changed().await;
         assert!(changes.overflowed, "a dropped change went unreported");
         assert_eq!(changes.objects.len(), QUEUE);
+        let sent = w.sent().load(std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(sent, QUEUE as u64 + 1);
+        assert_eq!(
+            w.handed_out(),
+            QUEUE as u64,
+            "a dropped change counts as waiting"
+        );
         // The mark is cleared once reported.
         w.sink.send(deployment("ws", "again"));
         assert!(!w.changed().await.overflowed);

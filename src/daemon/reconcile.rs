@@ -331,6 +331,7 @@ pub(super) async fn reconcile_loop(
     let mut backoff = Backoff::new(options.interval);
     let mut schedule = Schedule::new(Instant::now(), options.drift_interval);
     let mut drift_watch = super::drift_watch::DriftWatcher::new(&env);
+    reconciler.watch_changes = drift_watch.sent();
     // What the watches saw change since the last check.
     let mut seen = Changes::default();
     loop {
@@ -348,7 +349,8 @@ pub(super) async fn reconcile_loop(
             schedule.changes_ran(started);
             let changes = std::mem::take(&mut seen);
             reconciler.changed = 0;
-            match reconciler.check_changed(&changes).await {
+            let handed_out = drift_watch.handed_out();
+            match reconciler.check_changed(&changes, handed_out).await {
                 Narrowed::Everything(why) => {
                     tracing::debug!(environment = %env, why, "checking everything for the changes seen");
                     schedule.drift_at_once(Instant::now());
@@ -489,6 +491,11 @@ struct Reconciler {
     /// The revision last compared with the cluster and found in sync, and
     /// when that compare started.
     clean: Option<(String, Instant)>,
+    /// How many changes of other writers the watches had reported when
+    /// that compare started ([`Reconciler::watch_changes`] then).
+    clean_changes: u64,
+    /// How many changes of other writers the drift watches ever reported.
+    watch_changes: Arc<std::sync::atomic::AtomicU64>,
     /// The reconcile in flight compared nothing (see [`Reconciler::quiet`]).
     skipped: bool,
     /// The health judgements the inventory records as unfinished were
@@ -521,6 +528,8 @@ impl Reconciler {
             rollback_event: None,
             needs_pinning: false,
             clean: None,
+            clean_changes: 0,
+            watch_changes: Arc::default(),
             skipped: false,
             resumed: false,
         }
@@ -535,9 +544,11 @@ impl Reconciler {
         watched: Option<Instant>,
     ) -> Result<(), ReconcileError> {
         let started = Instant::now();
+        let changes = self.watch_changes.load(std::sync::atomic::Ordering::SeqCst);
         self.skipped = false;
         let result = self.compare(from_source, watched).await;
         if !self.skipped {
+            self.clean_changes = changes;
             let synced = self.shared.status.read().is_ok_and(|s| {
                 s.environments
                     .get(&self.env)
@@ -600,8 +611,12 @@ impl Reconciler {
     /// reported rather than healed, [`Narrowed::Everything`]: the loop
     /// checks everything at once, which reports as a drift check always
     /// has.
-    async fn check_changed(&mut self, changes: &Changes) -> Narrowed {
+    ///
+    /// `handed_out`: how many changes the watches had handed to the loop
+    /// (all of them, `changes` and those a check covered before).
+    async fn check_changed(&mut self, changes: &Changes, handed_out: u64) -> Narrowed {
         use Narrowed::Everything;
+        let sent = self.watch_changes.load(std::sync::atomic::Ordering::SeqCst);
         if changes.overflowed || changes.objects.len() > MAX_CHANGES_CHECKED {
             return Everything("more objects changed than one check of their workspaces covers");
         }
@@ -720,6 +735,12 @@ impl Reconciler {
             "checked the changed objects' workspaces"
         );
         self.record_outcome(None).await;
+        // Every change reported so far is covered (none waits, none was
+        // dropped): the cluster is again as the revision declares, as far
+        // as the watches tell.
+        if sent == handed_out && self.clean_changes <= sent {
+            self.clean_changes = sent;
+        }
         // The status was Synced with no drift (the revision was last found
         // in sync, nothing waits): it stays so, with these workspaces'
         // objects as just read.
@@ -739,6 +760,198 @@ impl Reconciler {
             }
         });
         Narrowed::Checked(Ok(()))
+    }
+
+    /// A new revision that renders only a few namespaces differently from
+    /// the revision last applied and found in sync: synced by listing and
+    /// applying only those namespaces (their workspaces recorded at the new
+    /// revision, the others recorded unchanged at it), not the whole
+    /// environment. Only where that is the same as a sync of everything:
+    /// the cluster is as the last revision declares (found in sync, the
+    /// watches open since and no change of another writer waiting, the
+    /// inventory records that revision), the environment applies on its own
+    /// (`auto`, no sync windows, no rollout policy, nothing waiting), the
+    /// policies, held and pinned workspaces are as before, and the plan has
+    /// nothing to prune and nothing that is not tenantsync's. `None`
+    /// otherwise, or when it fails: the ordinary sync of everything follows.
+    async fn apply_changed(
+        &mut self,
+        state: &Arc<Desired>,
+        writer: &Writer,
+        gate: &Gate,
+        watched: Option<Instant>,
+    ) -> Option<Result<(), ReconcileError>> {
+        let previous = self.held.applied.clone()?;
+        if previous.revision() == state.revision() {
+            return None;
+        }
+        // No change by another writer since (one the watches reported,
+        // waiting or settling, or checked by a narrowed check: which
+        // covers only its workspaces).
+        let untouched =
+            self.watch_changes.load(std::sync::atomic::Ordering::SeqCst) == self.clean_changes;
+        let vouched = untouched
+            && self.clean.as_ref().is_some_and(|(revision, at)| {
+                revision == previous.revision() && watched.is_some_and(|since| since <= *at)
+            });
+        let (old, new) = (&previous.state, &state.state);
+        let same_terms = old.sync_policy == new.sync_policy
+            && old.ownership == new.ownership
+            && old.effective == new.effective
+            && old.held.is_empty()
+            && new.held.is_empty()
+            && old.workspace_revisions.is_empty()
+            && new.workspace_revisions.is_empty()
+            && old.scope.is_everything()
+            && new.scope.is_everything();
+        if !vouched
+            || !same_terms
+            || new.sync_policy.rollout.is_some()
+            || gate.manual
+            || gate.windowed
+            || !gate.may_apply()
+            || !writer.may_write
+            || writer.locked_by.is_some()
+            || self.rollback_pending
+            || self.failed_health.is_some()
+            || self.waiting.is_some()
+            || self.rollout.as_ref().is_some_and(|r| r.has_work())
+        {
+            return None;
+        }
+        let namespaces = new.changed_namespaces(old, MAX_NAMESPACES_CHECKED)?;
+        let narrowed = new.narrowed(&namespaces.iter().map(String::as_str).collect())?;
+        let all: BTreeSet<&str> = new
+            .objects
+            .iter()
+            .map(|o| &*o.workspace)
+            .filter(|ws| !ws.is_empty())
+            .collect();
+        let all: BTreeSet<String> = all.into_iter().map(str::to_string).collect();
+        let scoped = Desired {
+            sync: SyncOptions {
+                scope: narrowed.scope.clone(),
+                also_applied: Some(Arc::new(all)),
+                fence: writer.fence.clone(),
+                ..state.sync.clone()
+            },
+            state: narrowed,
+            event_pending: std::sync::atomic::AtomicBool::new(false),
+            commit: state.commit.clone(),
+        };
+        let (env, shared) = (self.env.clone(), self.shared.clone());
+        let c = self.cluster.as_ref()?;
+        let before = shared
+            .status
+            .read()
+            .ok()
+            .and_then(|s| s.environments.get(&env).map(|e| e.sync_status));
+        let restore = |shared: &Shared| {
+            shared.update(&env, |s| {
+                s.sync_status = before.unwrap_or(s.sync_status);
+                s.target_revision = None;
+            });
+        };
+        let declared: std::collections::HashSet<_> = new.objects.iter().map(|o| o.key()).collect();
+        let planned = plan_narrowed(
+            &env,
+            &shared,
+            c,
+            &scoped,
+            previous.revision(),
+            Some(&declared),
+        )
+        .await;
+        drop(declared);
+        let (live, health) = match planned {
+            Ok(Ok(planned)) => planned,
+            Ok(Err(why)) => {
+                tracing::debug!(environment = %env, why, "syncing the new revision in full");
+                return None;
+            }
+            Err(e) => {
+                tracing::info!(environment = %env, error = %e, "cannot sync only what the new revision changed; syncing it in full");
+                return None;
+            }
+        };
+        let (plan, report) =
+            sync_with_heartbeat(&env, &shared, c, &scoped, live, &scoped.sync).await;
+        let report = match report {
+            Ok(report) => report,
+            Err(e) => {
+                tracing::info!(environment = %env, error = %e, "cannot sync only what the new revision changed; syncing it in full");
+                restore(&shared);
+                return None;
+            }
+        };
+        log_outcome(&env, state, &plan, Some(&report));
+        shared.metrics.record_sync(&env, &report);
+        self.changed += changed_objects(&report);
+        if !report.succeeded() {
+            // Its writes are counted; the sync of everything that follows
+            // reports what failed.
+            restore(&shared);
+            return None;
+        }
+        tracing::info!(
+            environment = %env,
+            revision = %state.revision(),
+            namespaces = namespaces.len(),
+            "synced only what the new revision changed"
+        );
+        self.held.applied = Some(state.clone());
+        self.settle_pending(state, Some(&report), gate).await;
+        self.record_outcome(None).await;
+        let mut objects = objects_by_workspace(&plan, true, &health);
+        shared.metrics.set_status(&env, "Synced");
+        shared.update(&env, |s| {
+            s.sync_status = SyncStatus::Synced;
+            s.target_revision = None;
+            s.last_reconcile_at = Some(now());
+            s.last_sync_at = Some(now());
+            s.compared = true;
+            s.last_applied_revision = Some(state.revision().to_string());
+            s.last_applied_commit = state.commit.clone();
+            s.last_error = None;
+            s.last_error_reason = None;
+            s.last_error_at = None;
+            s.failed_health = None;
+            for (ws, objects) in std::mem::take(&mut objects) {
+                let w = s.workspaces.entry(ws).or_insert_with(|| WorkspaceStatus {
+                    sync_status: SyncStatus::Synced,
+                    drifted_objects: 0,
+                    errors: Vec::new(),
+                    objects: Vec::new(),
+                });
+                w.objects = objects;
+            }
+        });
+        let current: BTreeMap<String, usize> = shared
+            .status
+            .read()
+            .ok()
+            .and_then(|s| {
+                s.environments.get(&env).map(|e| {
+                    e.workspaces
+                        .iter()
+                        .map(|(ws, w)| (ws.clone(), w.drifted_objects))
+                        .collect()
+                })
+            })
+            .unwrap_or_default();
+        shared.metrics.set_current_drift(&env, &current);
+        // As after a sync of everything: what changed, and every workspace
+        // not known Healthy at what it is applied at, is watched.
+        let mut changed = changed_workspaces(&plan);
+        if let Some(c) = self.cluster.as_ref()
+            && let Ok(Some(inventory)) = c.read_inventory(&env).await
+        {
+            changed.extend(unproven_workspaces(state, &inventory));
+        }
+        self.note_judging(state.revision(), &changed, &writer.fence)
+            .await;
+        self.watch_health(state, changed);
+        Some(Ok(()))
     }
 
     async fn compare(
@@ -762,6 +975,11 @@ impl Reconciler {
             Ok(gate) => gate,
             Err(e) => return Err(self.blocked(e, &writer).await),
         };
+        if from_source
+            && let Some(result) = self.apply_changed(&state, &writer, &gate, watched).await
+        {
+            return result;
+        }
         let approved_plan = gate.approval.as_ref().and_then(|a| a.plan.clone());
         if gate.may_apply() {
             match self.roll(&state, &writer, approved_plan.as_deref()).await {
@@ -997,6 +1215,8 @@ impl Reconciler {
             shared.metrics.rolled_back(env);
         }
         self.failed_health = Some(failure);
+        // What the cluster holds is no longer what was last found in sync.
+        self.clean = None;
         let status = self.health_status();
         shared.metrics.set_status(env, &format!("{status:?}"));
         let failure = self.failed_health.clone();
@@ -1024,6 +1244,8 @@ impl Reconciler {
     /// result becomes the desired state: drift and self-heal compare with
     /// it, and the failed revision is not applied again until a newer one.
     async fn roll_back(&mut self, state: &Arc<Desired>, failure: &mut FailedHealth) {
+        // It writes: what was last found in sync is so no more.
+        self.clean = None;
         let (env, shared) = (self.env.clone(), self.shared.clone());
         let (env, shared) = (env.as_str(), &*shared);
         let Some(c) = self.cluster.as_ref() else {
@@ -1542,7 +1764,12 @@ impl Reconciler {
                     .lock_environment(&self.env, &me, Duration::ZERO, |_| {})
                     .await
                 {
-                    Ok(lock) => self.held.lock = Some(lock),
+                    Ok(lock) => {
+                        // A new term: another writer may have written
+                        // since this replica last found the cluster in sync.
+                        self.clean = None;
+                        self.held.lock = Some(lock);
+                    }
                     Err(LockError::Held { holder, .. }) => locked_by = Some(holder.to_string()),
                     Err(LockError::Cluster(e)) => {
                         if e.is_transport() {
@@ -2369,6 +2596,71 @@ async fn check_and_sync(
     })
 }
 
+/// The plan of a narrowed state ([`DesiredState::narrowed`]) while the
+/// inventory records revision `recorded`, with the health of what it
+/// listed; why not where it cannot be settled within its namespaces: a
+/// guardrail breaks, the inventory records another revision, something is
+/// to be pruned or is not tenantsync's. `declared` (a new revision's
+/// narrowed sync): every object the new revision declares; the inventory
+/// must then record nothing outside the namespaces that it does not
+/// declare (a sync of everything would prune it), nor a pinned workspace
+/// or a rollout (another writer's rollback or rollout).
+async fn plan_narrowed(
+    env: &str,
+    shared: &Shared,
+    c: &Cluster,
+    scoped: &Desired,
+    recorded: &str,
+    declared: Option<&std::collections::HashSet<crate::object::ObjectKey<'_>>>,
+) -> Result<Result<(LivePlan, BTreeMap<String, Health>), &'static str>, ReconcileError> {
+    if pipeline::check_scopes(c, &shared.options.operator, &scoped.state)
+        .await?
+        .is_err()
+    {
+        return Ok(Err("a manifest breaks the operator's guardrails"));
+    }
+    let Some(inventory) = c.read_inventory(env).await? else {
+        return Ok(Err("there is no inventory"));
+    };
+    if inventory.revision.as_deref() != Some(recorded) {
+        return Ok(Err("the inventory records another revision"));
+    }
+    if let Some(declared) = declared {
+        if !inventory.pinned().is_empty() || inventory.rollout.is_some() {
+            return Ok(Err("the inventory records a pinned workspace or a rollout"));
+        }
+        let scope = &scoped.state.scope;
+        let undeclared = inventory
+            .objects
+            .iter()
+            .any(|r| !scope.contains_ref(r) && !declared.contains(&r.key()));
+        if undeclared {
+            return Ok(Err(
+                "the inventory records an object the new revision does not declare",
+            ));
+        }
+    }
+    let plan_options = PlanOptions {
+        diffs: false,
+        deletes: Deletes::Recorded,
+        settle: Some(false),
+        health: true,
+    };
+    let mut live = pipeline::plan_live(c, &scoped.state, Some(inventory), plan_options).await?;
+    let health = std::mem::take(&mut live.health);
+    let unmanaged = live
+        .plan
+        .changes
+        .iter()
+        .any(|c| c.action == ChangeAction::Unmanaged);
+    if live.plan.summary.delete > 0 || unmanaged {
+        return Ok(Err(
+            "there is something to prune, or that is not tenantsync's",
+        ));
+    }
+    Ok(Ok((live, health)))
+}
+
 /// [`Reconciler::check_changed`]'s plan of a narrowed state, and its heal;
 /// why not, where the plan cannot be settled within it (the inventory
 /// records another revision, something is to be pruned or is not
@@ -2382,28 +2674,12 @@ async fn heal_narrowed(
     writer: &Writer,
     heal_allowed: bool,
 ) -> Result<Result<Checked, &'static str>, ReconcileError> {
-    let options = &shared.options;
-    if pipeline::check_scopes(c, &options.operator, &scoped.state)
-        .await?
-        .is_err()
-    {
-        return Ok(Err("a manifest breaks the operator's guardrails"));
-    }
-    let inventory = c.read_inventory(env).await?;
-    let recorded = inventory.as_ref().and_then(|i| i.revision.as_deref());
-    if recorded != Some(scoped.revision()) {
-        return Ok(Err("the inventory records another revision"));
-    }
-    let plan_options = PlanOptions {
-        diffs: false,
-        deletes: Deletes::Recorded,
-        settle: Some(false),
-        health: true,
+    let planned = plan_narrowed(env, shared, c, scoped, scoped.revision(), None).await?;
+    let (live, health) = match planned {
+        Ok(planned) => planned,
+        Err(why) => return Ok(Err(why)),
     };
-    let mut live = pipeline::plan_live(c, &scoped.state, inventory, plan_options).await?;
-    let health = std::mem::take(&mut live.health);
-    let summary = &live.plan.summary;
-    if !summary.has_changes() {
+    if !live.plan.summary.has_changes() {
         return Ok(Ok(Checked {
             plan: live.plan,
             report: None,
@@ -2412,17 +2688,7 @@ async fn heal_narrowed(
             new_revision: false,
         }));
     }
-    let unmanaged = live
-        .plan
-        .changes
-        .iter()
-        .any(|c| c.action == ChangeAction::Unmanaged);
-    if summary.delete > 0 || unmanaged {
-        return Ok(Err(
-            "there is something to prune, or that is not tenantsync's",
-        ));
-    }
-    if !(options.self_heal && heal_allowed && writer.may_write) {
+    if !(shared.options.self_heal && heal_allowed && writer.may_write) {
         return Ok(Err("drift is to be reported, not healed"));
     }
     // Healing takes the drifted fields back from whoever changed them.

@@ -214,6 +214,60 @@ impl DesiredState {
         })
     }
 
+    /// The namespaces whose objects differ between `before` and this state
+    /// (a workspace's namespace, with the Namespace itself): what a new
+    /// revision changes, where the rest renders exactly as before. `None`
+    /// when a cluster-scoped object (other than a Namespace) differs, or a
+    /// namespace `before` rendered into is gone (something to prune that
+    /// only a sync of everything judges), or more than `limit` namespaces
+    /// differ.
+    pub fn changed_namespaces(
+        &self,
+        before: &DesiredState,
+        limit: usize,
+    ) -> Option<BTreeSet<String>> {
+        fn by_namespace(objects: &[Object]) -> BTreeMap<Option<&str>, Vec<&Object>> {
+            let mut out: BTreeMap<Option<&str>, Vec<&Object>> = BTreeMap::new();
+            for o in objects {
+                let ns = match o.namespace.as_deref() {
+                    Some(ns) => Some(ns),
+                    None if &*o.kind == "Namespace" => Some(&*o.name),
+                    None => None,
+                };
+                out.entry(ns).or_default().push(o);
+            }
+            for objects in out.values_mut() {
+                objects.sort_by(|a, b| a.key().cmp(&b.key()));
+            }
+            out
+        }
+        let old = by_namespace(&before.objects);
+        let new = by_namespace(&self.objects);
+        if old.get(&None) != new.get(&None) {
+            return None;
+        }
+        let mut changed = BTreeSet::new();
+        for (ns, objects) in &old {
+            let Some(ns) = ns else { continue };
+            match new.get(&Some(*ns)) {
+                None => return None,
+                Some(now) if now != objects => {
+                    changed.insert((*ns).to_string());
+                }
+                Some(_) => {}
+            }
+            if changed.len() > limit {
+                return None;
+            }
+        }
+        for ns in new.keys().flatten() {
+            if !old.contains_key(&Some(*ns)) {
+                changed.insert((*ns).to_string());
+            }
+        }
+        (changed.len() <= limit).then_some(changed)
+    }
+
     /// How a plan of this state rolls out (`syncPolicy.rollout`), when it
     /// does: the policy is set and the plan changes more than one
     /// workspace it holds back.
@@ -607,5 +661,72 @@ mod tests {
             full.narrowed(&BTreeSet::from([beta.as_str()])).is_some(),
             "another workspace is still narrowed to"
         );
+    }
+
+    fn with_replicas(alpha: u32, extra: Option<&str>) -> DesiredState {
+        let mut tree = SourceTree::new();
+        tree.insert(
+            "environments/dev/environment.yaml",
+            b"apiVersion: tenantsync.io/v1alpha1\nkind: Environment\nmetadata: {name: dev}\nspec:\n  ingress: {domain: dev.example.com}\n  images:\n    fhir: {repository: example.azurecr.io/fhir-server, tag: '4.3.1'}\n".to_vec(),
+        );
+        let mut names = vec![("alpha", alpha), ("beta", 2)];
+        if let Some(extra) = extra {
+            names.push((extra, 2));
+        }
+        for (name, replicas) in names {
+            tree.insert(
+                &format!("environments/dev/workspaces/{name}.yaml"),
+                format!("apiVersion: tenantsync.io/v1alpha1\nkind: Workspace\nmetadata: {{name: {name}}}\nspec:\n  fhirServices:\n    - name: api\n      replicas: {replicas}\n").into_bytes(),
+            );
+        }
+        desired(
+            tree,
+            "dev",
+            Some("r".into()),
+            &Intake::strict(&Operator::default()),
+        )
+        .expect("desired")
+    }
+
+    #[test]
+    fn a_revision_changing_one_workspace_changes_only_its_namespace() {
+        let before = with_replicas(2, None);
+        let alpha = namespace_of(&before, "alpha");
+        assert_eq!(
+            with_replicas(3, None).changed_namespaces(&before, 4),
+            Some(BTreeSet::from([alpha.clone()]))
+        );
+        assert_eq!(
+            with_replicas(2, None).changed_namespaces(&before, 4),
+            Some(BTreeSet::new()),
+            "the same rendering changes nothing"
+        );
+        // A workspace added: its namespace, nothing else.
+        let added = with_replicas(2, Some("gamma"));
+        let gamma = namespace_of(&added, "gamma");
+        assert_eq!(
+            added.changed_namespaces(&before, 4),
+            Some(BTreeSet::from([gamma]))
+        );
+        // A workspace removed: something to prune, judged in full.
+        assert_eq!(before.changed_namespaces(&added, 4), None);
+        // More namespaces than the limit: none.
+        assert_eq!(
+            with_replicas(3, Some("gamma")).changed_namespaces(&before, 1),
+            None
+        );
+    }
+
+    #[test]
+    fn a_changed_cluster_scoped_object_is_not_a_namespace_change() {
+        let before = with_replicas(2, None);
+        let mut after = with_replicas(2, None);
+        let role = Object::from_value(
+            "",
+            &serde_json::json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": {"name": "reader"}}),
+        )
+        .expect("object");
+        after.objects.push(role);
+        assert_eq!(after.changed_namespaces(&before, 4), None);
     }
 }

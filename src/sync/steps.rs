@@ -75,6 +75,12 @@ pub struct SyncOptions {
     pub fence: Fence,
     /// The objects this sync may apply or prune (all by default).
     pub scope: Scope,
+    /// Workspaces outside `scope` whose objects the sync's revision
+    /// renders exactly as the inventory's revision did (the daemon's sync
+    /// of only what a new revision changed): recorded as applied, unchanged,
+    /// at the sync's revision once it succeeds, as a sync of everything
+    /// would record them.
+    pub also_applied: Option<std::sync::Arc<BTreeSet<String>>>,
     /// A saved plan's preconditions (`sync --plan`), by object id: an
     /// update or delete is sent only on the condition that the live object
     /// still has this `uid` and `resourceVersion`.
