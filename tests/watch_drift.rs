@@ -45,6 +45,38 @@ fn daemon(repo: &TestRepo, interval: &str, port: u16, kubeconfig: &Path, log: &P
     )
 }
 
+/// A daemon of [`daemon`] on a repository of its own, polling every
+/// second, with a token of its own (the audit log tells its requests
+/// apart), Synced and watching.
+struct Watching {
+    repo: TestRepo,
+    me: audit::Identity,
+    log: std::path::PathBuf,
+    port: u16,
+    _daemon: Guard,
+    _dir: tempfile::TempDir,
+}
+
+impl Watching {
+    async fn start(test: &str) -> Watching {
+        let repo = TestRepo::new(test);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let me = audit::identity(test, "cluster-admin", dir.path());
+        let log = dir.path().join("daemon.log");
+        let port = free_port();
+        let daemon = daemon(&repo, "1s", port, &me.kubeconfig, &log);
+        synced_and_watching(port, &repo.env, &log).await;
+        Watching {
+            repo,
+            me,
+            log,
+            port,
+            _daemon: daemon,
+            _dir: dir,
+        }
+    }
+}
+
 fn log_lines(log: &Path, needle: &str) -> usize {
     std::fs::read_to_string(log)
         .unwrap_or_default()
@@ -115,14 +147,8 @@ async fn scale_and_time_heal(
 #[tokio::test]
 async fn a_kubectl_scale_an_added_field_and_a_removed_label_are_healed_within_2s_and_quiet_polls_make_no_list()
  {
-    let repo = TestRepo::new("watch-heal");
-    let dir = tempfile::tempdir().expect("tempdir");
-    // A token of the daemon's own: the audit log tells its requests apart.
-    let me = audit::identity("watch-heal", "cluster-admin", dir.path());
-    let log = dir.path().join("daemon.log");
-    let port = free_port();
-    let _daemon = daemon(&repo, "1s", port, &me.kubeconfig, &log);
-    synced_and_watching(port, &repo.env, &log).await;
+    let w = Watching::start("watch-heal").await;
+    let (repo, me, log, port) = (&w.repo, &w.me, &w.log, w.port);
     let env = repo.env.clone();
     let applied = format!("tenantsync_objects_applied_total{{environment=\"{env}\"}}");
     let changes = format!("tenantsync_watch_changes_total{{environment=\"{env}\"}}");
@@ -206,7 +232,7 @@ async fn a_kubectl_scale_an_added_field_and_a_removed_label_are_healed_within_2s
     )
     .await;
     assert!(metric(port, &changes).await >= Some(3.0));
-    assert!(log_lines(&log, "changed by another writer: checking drift now") >= 3);
+    assert!(log_lines(log, "changed by another writer: checking drift now") >= 3);
     wait_for(
         "the status to be Synced again",
         Duration::from_secs(10),
@@ -257,13 +283,8 @@ fn within(uri: &str, ns: &str) -> bool {
 /// `kubectl scale` took seconds (issue 19's benchmark).
 #[tokio::test]
 async fn a_change_seen_by_a_watch_is_healed_by_listing_only_its_workspace_never_the_environment() {
-    let repo = TestRepo::new("watch-narrow");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let me = audit::identity("watch-narrow", "cluster-admin", dir.path());
-    let log = dir.path().join("daemon.log");
-    let port = free_port();
-    let _daemon = daemon(&repo, "1s", port, &me.kubeconfig, &log);
-    synced_and_watching(port, &repo.env, &log).await;
+    let w = Watching::start("watch-narrow").await;
+    let (repo, me, log, port) = (&w.repo, &w.me, &w.log, w.port);
     let env = repo.env.clone();
     let applied = format!("tenantsync_objects_applied_total{{environment=\"{env}\"}}");
     let applied_before = metric(port, &applied).await.expect("applied");
@@ -298,7 +319,7 @@ async fn a_change_seen_by_a_watch_is_healed_by_listing_only_its_workspace_never_
         "a heal of {ns} listed beyond its namespace: {outside:?}"
     );
     assert!(
-        log_lines(&log, "checked the changed objects' workspaces") >= 1,
+        log_lines(log, "checked the changed objects' workspaces") >= 1,
         "no narrowed check logged"
     );
 
@@ -369,13 +390,8 @@ async fn a_change_seen_by_a_watch_is_healed_by_listing_only_its_workspace_never_
 #[tokio::test]
 async fn a_revision_changing_one_workspace_is_applied_listing_only_its_namespace_and_recorded_for_every_workspace()
  {
-    let repo = TestRepo::new("narrow-rev");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let me = audit::identity("narrow-rev", "cluster-admin", dir.path());
-    let log = dir.path().join("daemon.log");
-    let port = free_port();
-    let _daemon = daemon(&repo, "1s", port, &me.kubeconfig, &log);
-    synced_and_watching(port, &repo.env, &log).await;
+    let w = Watching::start("narrow-rev").await;
+    let (repo, me, log, port) = (&w.repo, &w.me, &w.log, w.port);
     let env = repo.env.clone();
     // A full comparison after the watches listed (they vouch from then on).
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -436,7 +452,7 @@ async fn a_revision_changing_one_workspace_is_applied_listing_only_its_namespace
         "a revision changing only {ns} listed beyond it: {outside:?}"
     );
     assert!(
-        log_lines(&log, "synced only what the new revision changed") >= 1,
+        log_lines(log, "synced only what the new revision changed") >= 1,
         "no narrowed sync logged"
     );
     let after = crate::concurrency_cluster::inventory(&env).await;

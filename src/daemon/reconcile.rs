@@ -667,15 +667,7 @@ impl Reconciler {
         let Some(c) = self.cluster.as_ref() else {
             return Everything("not connected");
         };
-        let scoped = Desired {
-            sync: SyncOptions {
-                scope: narrowed.scope.clone(),
-                ..state.sync.clone()
-            },
-            state: narrowed,
-            event_pending: std::sync::atomic::AtomicBool::new(false),
-            commit: state.commit.clone(),
-        };
+        let scoped = state.narrowed_to(narrowed, state.sync.clone());
         let (env, shared) = (self.env.clone(), self.shared.clone());
         let before = shared
             .status
@@ -828,17 +820,12 @@ impl Reconciler {
             .filter(|ws| !ws.is_empty())
             .collect();
         let all: BTreeSet<String> = all.into_iter().map(str::to_string).collect();
-        let scoped = Desired {
-            sync: SyncOptions {
-                scope: narrowed.scope.clone(),
-                also_applied: Some(Arc::new(all)),
-                fence: writer.fence.clone(),
-                ..state.sync.clone()
-            },
-            state: narrowed,
-            event_pending: std::sync::atomic::AtomicBool::new(false),
-            commit: state.commit.clone(),
+        let sync = SyncOptions {
+            also_applied: Some(Arc::new(all)),
+            fence: writer.fence.clone(),
+            ..state.sync.clone()
         };
+        let scoped = state.narrowed_to(narrowed, sync);
         let (env, shared) = (self.env.clone(), self.shared.clone());
         let c = self.cluster.as_ref()?;
         let before = shared
@@ -2248,6 +2235,20 @@ impl Desired {
             state,
             sync,
             commit: None,
+        }
+    }
+
+    /// This revision narrowed to `narrowed` (a [`DesiredState::narrowed`]
+    /// of it), synced with `sync` within the narrowed scope.
+    fn narrowed_to(&self, narrowed: DesiredState, sync: SyncOptions) -> Desired {
+        Desired {
+            sync: SyncOptions {
+                scope: narrowed.scope.clone(),
+                ..sync
+            },
+            state: narrowed,
+            event_pending: std::sync::atomic::AtomicBool::new(false),
+            commit: self.commit.clone(),
         }
     }
 

@@ -579,24 +579,7 @@ mod tests {
     use super::*;
 
     fn state() -> DesiredState {
-        let mut tree = SourceTree::new();
-        tree.insert(
-            "environments/dev/environment.yaml",
-            b"apiVersion: tenantsync.io/v1alpha1\nkind: Environment\nmetadata: {name: dev}\nspec:\n  ingress: {domain: dev.example.com}\n  images:\n    fhir: {repository: example.azurecr.io/fhir-server, tag: '4.3.1'}\n".to_vec(),
-        );
-        for name in ["alpha", "beta"] {
-            tree.insert(
-                &format!("environments/dev/workspaces/{name}.yaml"),
-                format!("apiVersion: tenantsync.io/v1alpha1\nkind: Workspace\nmetadata: {{name: {name}}}\nspec:\n  fhirServices:\n    - name: api\n      replicas: 2\n").into_bytes(),
-            );
-        }
-        desired(
-            tree,
-            "dev",
-            Some("r1".into()),
-            &Intake::strict(&Operator::default()),
-        )
-        .expect("desired")
+        with_replicas(2, None)
     }
 
     fn namespace_of(s: &DesiredState, ws: &str) -> String {
@@ -632,7 +615,7 @@ mod tests {
         assert!(narrowed.scope.contains("Namespace", None, &alpha));
         assert!(!narrowed.scope.contains("Deployment", Some(&beta), "x"));
         assert!(!narrowed.scope.contains("ClusterRole", None, "x"));
-        assert_eq!(narrowed.revision.as_deref(), Some("r1"));
+        assert_eq!(narrowed.revision.as_deref(), Some("r"));
         assert!(narrowed.workspace_labels.keys().all(|ws| ws == "alpha"));
     }
 
