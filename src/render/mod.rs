@@ -59,12 +59,17 @@ pub fn render_partial(env: &Environment) -> (Vec<Object>, BTreeMap<String, Rende
     let mut names = Names::default();
     for ws in sorted_workspaces(env) {
         match render_workspace_with(env, ws, &mut names) {
-            Ok(objects) => all.extend(objects),
+            // Held for as long as a plan, a sync or the daemon runs:
+            // deflated a workspace at a time.
+            Ok(objects) => all.extend(objects.into_iter().map(Object::pack)),
             Err(e) => {
                 failed.insert(ws.metadata.name.clone(), e);
             }
         }
     }
+    // Held for as long as a plan or a sync runs: not with up to twice the
+    // room its growth left.
+    all.shrink_to_fit();
     (all, failed)
 }
 
