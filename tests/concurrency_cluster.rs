@@ -4,7 +4,7 @@
 //! then died), and a removed workspace whose namespace holds objects
 //! tenantsync never made.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -1220,4 +1220,225 @@ async fn a_rollout_record_of_20000_workspaces_is_accepted_by_the_api_server() {
     assert_eq!(back.failed.len(), 2_000);
     assert!(back.failed.values().all(|m| m.chars().count() <= 300));
     assert_eq!(read.workspaces.len(), many.workspaces.len());
+}
+
+/// Hostile review (session 32): a sync whose hold on the environment was
+/// lost during its prune still narrowed the inventory afterwards, a write
+/// no fence checked, so it could drop entries its successor recorded. Now
+/// a lost hold leaves the inventory as widened (a superset of what may
+/// exist) and the sync says it stopped.
+#[tokio::test]
+async fn a_sync_that_loses_its_hold_during_prune_does_not_narrow_the_inventory() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use tenantsync::cluster::execute::{self, Progress};
+    use tenantsync::pipeline::{self, Deletes, Intake, PlanOptions};
+    use tenantsync::sync::tenancy::Operator;
+    use tenantsync::sync::{Fence, SyncOptions};
+    let repo = TestRepo::new("narrow-fence");
+    repo.apply_rendered().await;
+    let before = inventory(&repo.env).await;
+    let woodgrove = before
+        .objects
+        .iter()
+        .filter(|r| r.namespace.as_deref() == Some(repo.namespace("woodgrove").as_str()))
+        .count();
+    assert!(woodgrove > 1, "woodgrove has objects to prune");
+    repo.write("workspaces/woodgrove.yaml", &removed("woodgrove"));
+
+    let cluster = admin().await;
+    let operator = Operator::default();
+    let tree = tenantsync::source::folder::read(repo.path()).expect("read the repository");
+    let state = pipeline::desired(tree, &repo.env, None, &Intake::strict(&operator))
+        .unwrap_or_else(|_| panic!("the environment is valid"));
+    let stored = cluster.read_inventory(&repo.env).await.expect("inventory");
+    let live = pipeline::plan_live(
+        &cluster,
+        &state,
+        stored,
+        PlanOptions {
+            diffs: false,
+            deletes: Deletes::RecordedOrAll,
+            settle: Some(false),
+            health: false,
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("plan: {e}"));
+    let lost = Arc::new(AtomicBool::new(false));
+    let fence = {
+        let lost = lost.clone();
+        Fence::default().with(move || lost.load(Ordering::SeqCst))
+    };
+    let options = state.sync_options(SyncOptions {
+        prune: true,
+        allow_mass_prune: true,
+        fence,
+        ..SyncOptions::default()
+    });
+    // The hold is lost once the first delete is answered.
+    let report = execute::sync(
+        &cluster,
+        &live.plan,
+        &state.objects,
+        live.inventory,
+        &live.undeclared,
+        &options,
+        state.revision.clone(),
+        &state.workspace_revisions,
+        |event| {
+            if let Progress::Pruned { .. } = event {
+                lost.store(true, Ordering::SeqCst);
+            }
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("sync: {e}"));
+    assert!(
+        !report.pruned.is_empty(),
+        "a delete was sent before the hold was lost"
+    );
+    let aborted = report.aborted.clone().unwrap_or_default();
+    assert!(
+        aborted.contains("lock was lost"),
+        "the report says the sync stopped: {aborted:?}"
+    );
+    // Nothing of woodgrove's was dropped from the inventory.
+    let after = inventory(&repo.env).await;
+    for r in before.objects.iter() {
+        assert!(
+            after.objects.contains(r),
+            "{} is still recorded: a sync that lost its hold never narrows",
+            r.id()
+        );
+    }
+    assert_eq!(after.revision, before.revision);
+}
+
+/// Hostile review (session 32): a Healthy judgement was recorded by an
+/// unfenced read-modify-write that, on a conflict, merged its stale copy
+/// over the other writer's. Now it is written only while the hold is kept,
+/// compare-and-set, and changes nothing else.
+#[tokio::test]
+async fn a_replica_that_lost_its_hold_never_records_a_healthy_revision() {
+    use tenantsync::cluster::inventory::Updated;
+    use tenantsync::sync::Fence;
+    let repo = TestRepo::new("healthy-fence");
+    repo.apply_rendered().await;
+    let cluster = admin().await;
+    let env = repo.env.clone();
+    let before = inventory(&env).await;
+    let ws = before
+        .workspaces
+        .keys()
+        .next()
+        .cloned()
+        .expect("a workspace record");
+    let applied = before.applied_revision(&ws).unwrap_or_default().to_string();
+    assert!(!applied.is_empty(), "{ws} is recorded at a revision");
+    let lost = Fence::default().with(|| true);
+    assert_eq!(
+        cluster
+            .record_healthy(&env, &lost, std::slice::from_ref(&ws), &applied)
+            .await
+            .expect("lost hold"),
+        Updated::NotHeld
+    );
+    assert_eq!(inventory(&env).await, before, "nothing written");
+    assert_eq!(
+        cluster
+            .record_healthy(&env, &Fence::default(), std::slice::from_ref(&ws), &applied)
+            .await
+            .expect("held"),
+        Updated::Written
+    );
+    let after = inventory(&env).await;
+    assert_eq!(after.healthy_revision(&ws), Some(applied.as_str()));
+    assert_eq!(after.objects, before.objects, "only the judgement changed");
+}
+
+/// The chunk ConfigMaps of `env`, each with its resourceVersion.
+async fn chunk_versions(env: &str) -> BTreeMap<String, String> {
+    let api: Api<ConfigMap> = Api::namespaced(control_plane().client(User::Admin).await, SYSTEM);
+    api.list_metadata(&kube::api::ListParams::default().labels(&format!(
+        "{}={env}",
+        tenantsync::sync::inventory::CHUNK_LABEL
+    )))
+    .await
+    .expect("list chunks")
+    .items
+    .into_iter()
+    .filter_map(|m| Some((m.metadata.name?, m.metadata.resource_version?)))
+    .collect()
+}
+
+/// Session 32: recording a health judgement (or the rollout record) read
+/// and rewrote every chunk of the object list, once per applied revision:
+/// at 20,000 workspaces megabytes for one timestamp. A record-only write
+/// now writes the head alone and keeps the stored chunks, untouched.
+#[tokio::test]
+async fn a_health_judgement_on_a_chunked_inventory_rewrites_only_its_head() {
+    use tenantsync::cluster::inventory::Updated;
+    use tenantsync::sync::Fence;
+    let repo = TestRepo::new("inventory-chunk-keep");
+    for i in 0..30 {
+        repo.write(
+            &format!("workspaces/t{i:02}.yaml"),
+            &workspace(&format!("t{i:02}")),
+        );
+    }
+    let mut sync = sync_command(&repo, &[]);
+    sync.env(tenantsync::cluster::inventory::CHUNK_BYTES_ENV, "256");
+    let out = sync.output().expect("sync");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let cluster = admin().await;
+    let before = cluster
+        .read_inventory_stored(&repo.env)
+        .await
+        .expect("read");
+    let named = before.chunks.clone().expect("several chunks");
+    assert!(named.count >= 5, "{named:?}");
+    let chunks = chunk_versions(&repo.env).await;
+    assert_eq!(chunks.len(), named.count);
+
+    let ws = "t07".to_string();
+    let applied = before
+        .inventory
+        .applied_revision(&ws)
+        .expect("t07 is recorded at a revision")
+        .to_string();
+    let fence = Fence::default();
+    let judged = cluster
+        .record_judging(
+            &repo.env,
+            &fence,
+            std::slice::from_ref(&ws),
+            &applied,
+            "2026-12-03T14:00:00Z",
+        )
+        .await
+        .expect("judging");
+    assert_eq!(judged, Updated::Written);
+    let healthy = cluster
+        .record_healthy(&repo.env, &fence, std::slice::from_ref(&ws), &applied)
+        .await
+        .expect("healthy");
+    assert_eq!(healthy, Updated::Written);
+
+    // The same chunks, never written again, and the whole list read back.
+    assert_eq!(chunk_versions(&repo.env).await, chunks);
+    let after = cluster
+        .read_inventory_stored(&repo.env)
+        .await
+        .expect("read");
+    assert_eq!(after.chunks, Some(named));
+    assert_eq!(after.inventory.objects, before.inventory.objects);
+    assert_eq!(
+        after.inventory.healthy_revision(&ws),
+        Some(applied.as_str())
+    );
+    // A plan still sees every object as recorded.
+    let plan = repo.plan_json("admin");
+    assert_eq!(plan["summary"]["create"], 0, "{}", plan["summary"]);
+    assert_eq!(plan["summary"]["delete"], 0, "{}", plan["summary"]);
 }

@@ -698,3 +698,135 @@ async fn a_record_of_no_step_applied_yet_is_resumed_with_step_one_of_its_recorde
     assert_eq!(recorded.applied, 1);
     assert_eq!(recorded.steps, record.steps);
 }
+
+/// Hostile review (session 32): a rollout record of no step applied (left
+/// by a daemon stopped before its step 1) was resumed without the checks a
+/// new rollout makes before its first step (the cluster-side scope check,
+/// an approved plan's change set). Those now run for a resumed step 1 too;
+/// here a successor meets a revision with a manifest of a custom kind that
+/// is cluster-scoped on the API server but declared with a namespace, and
+/// applies no step of it.
+#[tokio::test]
+async fn a_resumed_rollout_of_no_step_applied_applies_nothing_of_a_revision_the_cluster_scope_check_refuses()
+ {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    use tenantsync::sync::rollout::{RolloutPhase, RolloutStep};
+    let repo = ten_workspaces_pausing("rollout-resume-scope", "30s");
+    let env = repo.env.clone();
+    // A cluster-scoped kind of this test's own: only discovery tells its
+    // scope, so only the cluster-side check refuses it.
+    let group = format!("{env}.example.com");
+    let crds: Api<CustomResourceDefinition> = Api::all(control_plane().client(User::Admin).await);
+    let crd: CustomResourceDefinition = serde_json::from_value(json!({
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": format!("gadgets.{group}")},
+        "spec": {
+            "group": group,
+            "scope": "Cluster",
+            "names": {"plural": "gadgets", "singular": "gadget", "kind": "Gadget"},
+            "versions": [{"name": "v1", "served": true, "storage": true,
+                "schema": {"openAPIV3Schema": {"type": "object",
+                    "x-kubernetes-preserve-unknown-fields": true}}}]
+        }
+    }))
+    .expect("crd");
+    crds.create(&Default::default(), &crd)
+        .await
+        .expect("create crd");
+    wait_for(
+        "the CRD to be established",
+        Duration::from_secs(30),
+        async || {
+            crds.get(&format!("gadgets.{group}"))
+                .await
+                .ok()
+                .is_some_and(|c| {
+                    c.status
+                        .and_then(|s| s.conditions)
+                        .unwrap_or_default()
+                        .iter()
+                        .any(|c| c.type_ == "Established" && c.status == "True")
+                })
+        },
+    )
+    .await;
+    let logs = tempfile::tempdir().expect("tempdir");
+    let (port, _daemon) = started(&repo, &logs.path().join("daemon.log")).await;
+    // Committed on a branch the daemon does not follow, so that it sees
+    // the revision only once the record is written (as a successor would).
+    git(repo.path(), &["checkout", "-q", "-b", "next"]);
+    repo.write(
+        "resources/gadget.yaml",
+        // With a namespace of the environment's own: the repository alone
+        // cannot tell the kind ignores it.
+        &format!(
+            "apiVersion: {group}/v1\nkind: Gadget\nmetadata:\n  name: {env}-gadget\n  namespace: {}\n",
+            repo.namespace("tenant-0")
+        ),
+    );
+    let revision = bump_image(&repo);
+    let all = tenants();
+    let (rest, first) = all.split_at(all.len() - 2);
+    let record = tenantsync::sync::resume::RolloutRecord {
+        revision: revision.clone(),
+        steps: vec![
+            RolloutStep {
+                percent: 20,
+                workspaces: first.to_vec(),
+            },
+            RolloutStep {
+                percent: 100,
+                workspaces: rest.to_vec(),
+            },
+        ],
+        not_held_back: Vec::new(),
+        applied: 0,
+        applied_at: jiff::Timestamp::now().to_string(),
+        healthy_at: None,
+        phase: RolloutPhase::Progressing,
+        failed: Default::default(),
+        rolling_back: Vec::new(),
+    };
+    let cluster = tenantsync::cluster::Cluster::connect(&tenantsync::cluster::ClusterOptions {
+        kubeconfig: Some(control_plane().kubeconfig().to_path_buf()),
+        context: Some("admin".into()),
+    })
+    .await
+    .expect("connect");
+    cluster
+        .record_rollout(
+            &env,
+            &tenantsync::sync::Fence::default(),
+            None,
+            Some(&record),
+        )
+        .await
+        .expect("record");
+    git(repo.path(), &["checkout", "-q", "main"]);
+    git(repo.path(), &["merge", "-q", "--ff-only", "next"]);
+    push(port, &revision).await;
+    wait_for(
+        "the revision to be refused",
+        Duration::from_secs(30),
+        async || {
+            status(port, &env).await.is_some_and(|s| {
+                s["lastError"]
+                    .as_str()
+                    .is_some_and(|e| e.contains("is cluster-scoped on this API server"))
+            })
+        },
+    )
+    .await;
+    let s = status(port, &env).await.expect("status");
+    assert!(
+        s["lastError"]
+            .as_str()
+            .is_some_and(|e| e.contains("Gadget")),
+        "{s}"
+    );
+    assert!(running(&repo, NEW).await.is_empty(), "no step was applied");
+    crds.delete(&format!("gadgets.{group}"), &Default::default())
+        .await
+        .ok();
+}

@@ -128,6 +128,7 @@ pub async fn sync(
     // declared is recorded (a sync that changes nothing, at any size).
     let widened = crate::sync::inventory::widen(&old, &desired_refs);
     if let Some(current) = stored.as_mut()
+        && !lock_lost(options)
         && let Some(merged) = crate::sync::inventory::merge_if_changed(
             &old,
             Cow::Borrowed(&*widened),
@@ -159,7 +160,16 @@ pub async fn sync(
     let not_deleted = still_ours(&old, &desired_refs, &steps, &pruned, &report);
 
     // 4. Narrow the inventory to what exists and is ours; not when the sync
-    // stopped half-way (the widened inventory covers what may exist).
+    // stopped half-way (the widened inventory covers what may exist), nor
+    // once the writer lost its hold on the environment: its successor may
+    // have recorded or re-created since what this sync would drop.
+    if stored.is_some() && report.aborted.is_none() && lock_lost(options) {
+        report.aborted = Some(
+            "the environment's lock was lost (another writer took it) before the inventory was narrowed: \
+             it still records every object this sync may have written, and the next sync records the revision"
+                .into(),
+        );
+    }
     if let Some(current) = stored.as_mut()
         && report.aborted.is_none()
     {

@@ -260,10 +260,25 @@ impl Cluster {
             environment: ours.environment.clone(),
             reason: e.to_string(),
         };
-        let generation = new_generation();
-        let encoded = to_write
-            .encode(chunk_bytes(), &generation)
-            .map_err(encode_error)?;
+        // A write that leaves the object list as stored (a health
+        // judgement, the rollout record) keeps the stored chunks: only the
+        // head is written.
+        let kept = base
+            .chunks
+            .clone()
+            .filter(|_| version.is_some() && to_write.objects == base.inventory.objects);
+        let encoded = match &kept {
+            Some(kept) => inventory::Encoded {
+                head: to_write
+                    .encode_head_keeping(chunk_bytes(), kept)
+                    .map_err(encode_error)?,
+                chunks: Vec::new(),
+            },
+            None => to_write
+                .encode(chunk_bytes(), &new_generation())
+                .map_err(encode_error)?,
+        };
+        let reused = kept.is_some();
         let written_chunks = Inventory::chunks_of(&encoded.head)
             .map_err(|e| self.inventory_unreadable(&name, e.to_string()))?;
         if version.is_none() {
@@ -317,8 +332,9 @@ impl Cluster {
             }
             // Changed (409) or deleted (404) since read.
             Err(kube::Error::Api(s)) if s.code == 409 || s.code == 404 => {
-                // This attempt's chunks are named by nothing.
-                if let Some(mine) = &written_chunks {
+                // This attempt's chunks are named by nothing (unless they
+                // are the stored ones, kept).
+                if let Some(mine) = written_chunks.as_ref().filter(|_| !reused) {
                     self.delete_chunks(&api, &mine.names(&ours.environment))
                         .await;
                 }
@@ -393,24 +409,20 @@ impl Cluster {
     }
 
     /// Records that `workspaces` were Healthy at `revision` (those still
-    /// applied at it); returns whether the inventory changed. Nothing before
-    /// the first sync.
+    /// applied at it): only that, on the stored inventory as it is at the
+    /// write (compare-and-set, never a merge of an older copy), and only
+    /// while `fence` holds. Nothing before the first sync.
     pub async fn record_healthy(
         &self,
         environment: &str,
+        fence: &crate::sync::Fence,
         workspaces: &[String],
         revision: &str,
-    ) -> Result<bool, ClusterError> {
-        let stored = self.read_inventory_stored(environment).await?;
-        if stored.resource_version.is_none() {
-            return Ok(false);
-        }
-        let mut ours = stored.inventory.clone();
-        if !ours.record_healthy(workspaces, revision) {
-            return Ok(false);
-        }
-        self.write_inventory_checked(&stored, &ours).await?;
-        Ok(true)
+    ) -> Result<Updated, ClusterError> {
+        self.update_inventory(environment, fence, |inv| {
+            inv.record_healthy(workspaces, revision)
+        })
+        .await
     }
 
     /// Records that the health of `workspaces` at `revision` is judged

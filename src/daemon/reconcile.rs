@@ -632,6 +632,40 @@ impl Reconciler {
         });
     }
 
+    /// Records `healthy` as Healthy at `revision` in the inventory, as the
+    /// environment's writer only: under its lock (and with `--shard` its
+    /// Lease), fenced like a sync's writes, so that a replica that lost the
+    /// environment meanwhile never writes a judgement over its successor's.
+    async fn record_healthy(&mut self, revision: &str, healthy: &[String]) {
+        let env = self.env.clone();
+        let writer = match self.lock().await {
+            Ok(writer) => writer,
+            Err(e) => {
+                tracing::warn!(environment = %env, error = %e, "cannot take the lock to record the healthy revision; it is recorded when these workspaces are next judged Healthy");
+                return;
+            }
+        };
+        if !writer.may_write {
+            tracing::info!(environment = %env, revision, "not recording the healthy revision: another writer holds the environment");
+            return;
+        }
+        let Some(c) = self.cluster.as_ref() else {
+            return;
+        };
+        match c
+            .record_healthy(&env, &writer.fence, healthy, revision)
+            .await
+        {
+            Ok(crate::cluster::inventory::Updated::NotHeld) => {
+                tracing::info!(environment = %env, revision, "not recording the healthy revision: this replica no longer holds the environment");
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(environment = %env, error = %e, "cannot record the healthy revision in the inventory");
+            }
+        }
+    }
+
     /// The health watch of `revision` ended: Healthy workspaces record it as
     /// their last healthy revision; failed ones are rolled back (with
     /// `syncPolicy.rollback`) or said to have failed.
@@ -653,18 +687,9 @@ impl Reconciler {
             }
         };
         let leading = shared.leads(env);
-        if !healthy.is_empty()
-            && leading
-            && let Some(c) = self.cluster.as_ref()
-        {
-            match c.record_healthy(env, &healthy, revision).await {
-                Ok(_) => {
-                    tracing::info!(environment = env, revision, workspaces = %healthy.join(", "), "healthy")
-                }
-                Err(e) => {
-                    tracing::warn!(environment = env, error = %e, "cannot record the healthy revision in the inventory")
-                }
-            }
+        if !healthy.is_empty() && leading {
+            tracing::info!(environment = env, revision, workspaces = %healthy.join(", "), "healthy");
+            self.record_healthy(revision, &healthy).await;
         }
         if failed.is_empty() {
             return;

@@ -397,6 +397,12 @@ impl Reconciler {
             && record.resumable()
         {
             let run = RolloutRun::resumed(record, &live.plan, &policy);
+            if run.applied == 0 {
+                // Recorded before its step 1 was applied (this replica or
+                // another was stopped there): step 1 is checked as a new
+                // rollout's is, whoever recorded it.
+                before_first_step(c, shared, state, &live.plan, approved_plan).await?;
+            }
             let message = format!(
                 "revision {}: the rollout goes on at step {}/{} ({}) as the inventory records it",
                 run.revision,
@@ -437,35 +443,7 @@ impl Reconciler {
             else {
                 return Ok(false);
             };
-            // What a whole sync checks before its first write, a rollout
-            // checks before its first step: the operator's guardrails only
-            // the cluster can judge, and an approval of a plan (`approve
-            // --plan`) against the whole revision's plan now.
-            if let Err(diagnostics) =
-                pipeline::check_scopes(c, &shared.options.operator, &state.state).await?
-            {
-                return Err(ReconcileError::Guardrail(format!(
-                    "revision {} breaks the operator's guardrails; nothing is applied until a revision that keeps them arrives:\n{}",
-                    state.revision(),
-                    diagnostics
-                        .iter()
-                        .map(ToString::to_string)
-                        .collect::<Vec<_>>()
-                        .join("\n")
-                )));
-            }
-            if let Some(approved) = approved_plan {
-                let now = crate::plan::contract::PlanFile::change_set_of(
-                    &live.plan,
-                    &state.state.objects,
-                );
-                if now != approved {
-                    return Err(ReconcileError::PlanNotApproved(format!(
-                        "revision {} is approved with a plan whose change set is {approved}, but its plan now is {now}: the cluster or the rendering changed since the plan was approved, so no step of its rollout is applied; make a new plan and approve it again with --plan",
-                        state.revision()
-                    )));
-                }
-            }
+            before_first_step(c, shared, state, &live.plan, approved_plan).await?;
             let mut run = RolloutRun::new(state.revision(), plan, &live.plan, &policy);
             // What the inventory records now (an older revision's, a stale
             // or unreadable one): this rollout's record replaces it, with
@@ -922,4 +900,40 @@ impl Reconciler {
             }
         });
     }
+}
+
+/// What a whole sync checks before its first write, a rollout checks
+/// before its first step, new or resumed: the operator's guardrails only
+/// the cluster can judge, and an approval of a plan (`approve --plan`)
+/// against the whole revision's plan now.
+async fn before_first_step(
+    c: &crate::cluster::Cluster,
+    shared: &super::Shared,
+    state: &Desired,
+    plan: &crate::plan::Plan,
+    approved_plan: Option<&str>,
+) -> Result<(), ReconcileError> {
+    if let Err(diagnostics) =
+        pipeline::check_scopes(c, &shared.options.operator, &state.state).await?
+    {
+        return Err(ReconcileError::Guardrail(format!(
+            "revision {} breaks the operator's guardrails; nothing is applied until a revision that keeps them arrives:\n{}",
+            state.revision(),
+            diagnostics
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("\n")
+        )));
+    }
+    if let Some(approved) = approved_plan {
+        let now = crate::plan::contract::PlanFile::change_set_of(plan, &state.state.objects);
+        if now != approved {
+            return Err(ReconcileError::PlanNotApproved(format!(
+                "revision {} is approved with a plan whose change set is {approved}, but its plan now is {now}: the cluster or the rendering changed since the plan was approved, so no step of its rollout is applied; make a new plan and approve it again with --plan",
+                state.revision()
+            )));
+        }
+    }
+    Ok(())
 }

@@ -539,6 +539,30 @@ impl Inventory {
         Ok(Encoded { head, chunks })
     }
 
+    /// The head alone of this inventory, naming the chunks `kept` for its
+    /// object list: a write that leaves the list as stored (a health
+    /// judgement, the rollout record) keeps the stored chunks, which hold
+    /// that list whatever their split, and rewrites only the head.
+    pub fn encode_head_keeping(
+        &self,
+        chunk_bytes: usize,
+        kept: &ChunkRef,
+    ) -> Result<ConfigMap, EncodeError> {
+        let mut head = self.encode(chunk_bytes, &kept.generation)?.head;
+        if let Some(data) = head.data.as_mut() {
+            data.insert(
+                CHUNKS_KEY.to_string(),
+                format!("{}/{}", kept.generation, kept.count),
+            );
+        }
+        let empty: Vec<&ObjectRef> = Vec::new();
+        let none = gzip(&serde_json::to_vec(&empty).map_err(std::io::Error::other)?)?;
+        head.binary_data
+            .get_or_insert_with(BTreeMap::new)
+            .insert(OBJECTS_KEY.to_string(), ByteString(none));
+        Ok(head)
+    }
+
     /// The chunks an inventory's head names, if its list is chunked.
     pub fn chunks_of(head: &ConfigMap) -> Result<Option<ChunkRef>, InventoryError> {
         let Some(value) = head
@@ -909,6 +933,33 @@ mod tests {
                 .insert(r("ConfigMap", Some("ns-prod"), &incompressible(i)));
         }
         inv
+    }
+
+    /// Session 32: a health judgement or rollout record rewrote every chunk
+    /// of the object list (at 20,000 workspaces, once per applied revision).
+    /// The head alone now names the chunks stored, whatever their split
+    /// (another chunk size) or the size the list would take now.
+    #[test]
+    fn a_head_keeping_the_stored_chunks_reads_back_whole_with_them() {
+        let inv = incompressible_inventory(2_000);
+        let stored = inv.encode(4_096, "g1").unwrap();
+        assert!(stored.chunks.len() >= 2, "{}", stored.chunks.len());
+        let kept = Inventory::chunks_of(&stored.head).unwrap().unwrap();
+        let mut judged = inv.clone();
+        let ws = "ws-judged".to_string();
+        judged.record_applied([AppliedWorkspace {
+            workspace: &ws,
+            revision: "r1",
+            changed: true,
+        }]);
+        assert!(judged.record_healthy(std::slice::from_ref(&ws), "r1"));
+        // Written with the default chunk size, under which the list would
+        // split otherwise (or fit in the head).
+        let head = judged.encode_head_keeping(CHUNK_BYTES, &kept).unwrap();
+        assert_eq!(Inventory::chunks_of(&head).unwrap(), Some(kept));
+        let read = Inventory::from_config_maps(&head, &stored.chunks).unwrap();
+        assert_eq!(read, judged);
+        assert_eq!(read.healthy_revision(&ws), Some("r1"));
     }
 
     #[test]
