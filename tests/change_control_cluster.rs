@@ -1083,3 +1083,53 @@ async fn a_revision_approved_with_its_plan_is_applied_only_while_that_plan_holds
     let log_text = std::fs::read_to_string(&log).unwrap_or_default();
     assert!(!log_text.contains("panicked"), "{log_text}");
 }
+
+/// Session 32: a CLI sync checked the windows before it waited for the
+/// environment's lock, so one that waited past the end of an allow window
+/// applied outside it. The windows are checked again under the lock.
+#[tokio::test]
+async fn a_cli_sync_whose_allow_window_closes_while_it_waits_for_the_lock_changes_nothing() {
+    let repo = TestRepo::new("window-lock-wait");
+    let env = repo.env.clone();
+    // Another writer holds the lock until the window has closed.
+    let cluster = tenantsync::cluster::Cluster::connect(&tenantsync::cluster::ClusterOptions {
+        kubeconfig: Some(control_plane().kubeconfig().to_path_buf()),
+        context: Some("admin".into()),
+    })
+    .await
+    .expect("connect");
+    let held = cluster
+        .lock_environment(&env, "another writer", Duration::ZERO, |_| {})
+        .await
+        .unwrap_or_else(|e| panic!("lock: {e}"));
+    // Written once the control plane is up (starting it takes seconds).
+    // An allow window open for the next 4 s.
+    let (schedule, duration) = window_from_now(Duration::from_secs(4));
+    let closes = Instant::now() + Duration::from_secs(4);
+    repo.write(
+        "environment.yaml",
+        &format!(
+            "apiVersion: tenantsync.io/v1alpha1\nkind: Environment\nmetadata:\n  name: {env}\nspec:\n  base: base\n  ingress:\n    domain: test.example.com\n  syncPolicy:\n{}",
+            windows_yaml(&[("allow", &schedule, &duration)])
+        ),
+    );
+    repo.write("workspaces/delta.yaml", &workspace("delta", 1));
+    let sync = crate::concurrency_cluster::sync_command(&repo, &["--lock-timeout", "60s"])
+        .spawn()
+        .expect("sync");
+    tokio::time::sleep(closes.saturating_duration_since(Instant::now()) + Duration::from_secs(2))
+        .await;
+    held.release(&cluster).await;
+    let out = tokio::task::spawn_blocking(move || sync.wait_with_output())
+        .await
+        .expect("join")
+        .expect("sync output");
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("waiting for the lock")
+            && stderr(&out).contains("closed while this sync waited for the lock"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(crate::support::live_labelled(&env).is_empty());
+}

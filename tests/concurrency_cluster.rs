@@ -27,7 +27,7 @@ fn text(o: &Output) -> String {
     )
 }
 
-fn sync_command(repo: &TestRepo, extra: &[&str]) -> Command {
+pub(crate) fn sync_command(repo: &TestRepo, extra: &[&str]) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_tenantsync"));
     c.args(["sync", "--env", &repo.env, "--context", "admin", "--repo"])
         .arg(repo.path())
@@ -74,17 +74,7 @@ async fn inventory(env: &str) -> tenantsync::sync::inventory::Inventory {
 
 /// The names of the environment's inventory chunks in the cluster.
 async fn chunk_names(env: &str) -> BTreeSet<String> {
-    let api: Api<ConfigMap> = Api::namespaced(control_plane().client(User::Admin).await, SYSTEM);
-    api.list_metadata(&kube::api::ListParams::default().labels(&format!(
-        "{}={env}",
-        tenantsync::sync::inventory::CHUNK_LABEL
-    )))
-    .await
-    .expect("list chunks")
-    .items
-    .into_iter()
-    .filter_map(|m| m.metadata.name)
-    .collect()
+    chunk_versions(env).await.into_keys().collect()
 }
 
 #[tokio::test]
@@ -540,14 +530,14 @@ async fn an_inventory_write_from_a_stale_read_merges_what_another_writer_added()
     let mut theirs = base.inventory.clone();
     theirs.objects.insert(other("added-by-them"));
     cluster
-        .write_inventory_checked(&base, &theirs)
+        .write_inventory_checked(&base, &theirs, &tenantsync::sync::Fence::default())
         .await
         .expect("their write");
     // ...and ours, computed from the stale read, must not drop it.
     let mut ours = base.inventory.clone();
     ours.objects.insert(other("added-by-us"));
     let stored = cluster
-        .write_inventory_checked(&base, &ours)
+        .write_inventory_checked(&base, &ours, &tenantsync::sync::Fence::default())
         .await
         .expect("our write");
     let names: Vec<String> = inventory(&repo.env)
@@ -770,7 +760,7 @@ async fn a_long_inventory_is_written_in_chunks_the_api_server_accepts_and_read_b
     }
     let largest_head = largest_head.expect("a head that holds its list");
     let stored = cluster
-        .write_inventory_checked(&base, &largest_head)
+        .write_inventory_checked(&base, &largest_head, &tenantsync::sync::Fence::default())
         .await
         .expect("the largest list one ConfigMap holds is accepted");
     assert!(stored.chunks.is_none());
@@ -804,7 +794,7 @@ async fn a_long_inventory_is_written_in_chunks_the_api_server_accepts_and_read_b
         i += 1;
     }
     let stored = cluster
-        .write_inventory_checked(&stored, &long)
+        .write_inventory_checked(&stored, &long, &tenantsync::sync::Fence::default())
         .await
         .expect("a list in chunks is accepted");
     let named = stored.chunks.clone().expect("chunks");
@@ -817,7 +807,7 @@ async fn a_long_inventory_is_written_in_chunks_the_api_server_accepts_and_read_b
     // Another long write replaces the chunks: the old ones are deleted.
     long.objects.pop_last();
     let again = cluster
-        .write_inventory_checked(&stored, &long)
+        .write_inventory_checked(&stored, &long, &tenantsync::sync::Fence::default())
         .await
         .expect("written again");
     let renamed = again.chunks.clone().expect("chunks");
@@ -830,7 +820,7 @@ async fn a_long_inventory_is_written_in_chunks_the_api_server_accepts_and_read_b
     // Short again: the list is back in the inventory, no chunk is left.
     let short = base.inventory.clone();
     cluster
-        .write_inventory_checked(&again, &short)
+        .write_inventory_checked(&again, &short, &tenantsync::sync::Fence::default())
         .await
         .expect("short again");
     assert!(chunk_names(&repo.env).await.is_empty());
@@ -1009,14 +999,14 @@ async fn an_inventory_created_in_chunks_stays_readable_once_its_list_fits_again(
     long.objects
         .extend((0..40_000).map(|i| object(incompressible(i))));
     let stored = cluster
-        .write_inventory_checked(&base, &long)
+        .write_inventory_checked(&base, &long, &tenantsync::sync::Fence::default())
         .await
         .expect("a first write in chunks (a create)");
     assert!(stored.chunks.is_some());
     let mut short = Inventory::new(&env);
     short.objects.insert(object("kept".into()));
     let stored = cluster
-        .write_inventory_checked(&stored, &short)
+        .write_inventory_checked(&stored, &short, &tenantsync::sync::Fence::default())
         .await
         .expect("a short write");
     assert!(stored.chunks.is_none());
@@ -1024,12 +1014,12 @@ async fn an_inventory_created_in_chunks_stays_readable_once_its_list_fits_again(
     assert!(chunk_names(&env).await.is_empty());
     // And back to chunks, then short again.
     let stored = cluster
-        .write_inventory_checked(&stored, &long)
+        .write_inventory_checked(&stored, &long, &tenantsync::sync::Fence::default())
         .await
         .expect("chunks again");
     assert_eq!(inventory(&env).await, long);
     cluster
-        .write_inventory_checked(&stored, &short)
+        .write_inventory_checked(&stored, &short, &tenantsync::sync::Fence::default())
         .await
         .expect("short again");
     assert_eq!(inventory(&env).await, short);
@@ -1079,12 +1069,12 @@ fn rollout_record(
 }
 
 /// Hostile review of the persisted rollout: the rollout record and
-/// judgement writes were not fenced and, on a conflict, wrote the whole
+/// judgement writes (and, session 32, the Healthy judgement) were not fenced and, on a conflict, wrote the whole
 /// stale copy back over the other writer's revision and record. Now a
 /// replica that last saw an older record, or lost its hold, changes
 /// nothing.
 #[tokio::test]
-async fn a_replica_that_lost_its_hold_never_puts_an_older_rollout_record_back() {
+async fn a_replica_that_lost_its_hold_never_puts_an_older_rollout_record_back_nor_records_health() {
     use tenantsync::cluster::inventory::{RolloutWrite, Updated};
     use tenantsync::sync::Fence;
     use tenantsync::sync::rollout::RolloutPhase;
@@ -1161,16 +1151,36 @@ async fn a_replica_that_lost_its_hold_never_puts_an_older_rollout_record_back() 
             .expect("lost hold judging"),
         Updated::NotHeld
     );
+    // Nor a Healthy judgement (session 32: it was written unfenced, and on
+    // a conflict merged its stale copy over the other writer's).
+    assert_eq!(
+        cluster
+            .record_healthy(&env, &lost, std::slice::from_ref(&ws), &applied)
+            .await
+            .expect("lost hold healthy"),
+        Updated::NotHeld
+    );
     assert_eq!(inventory(&env).await, before);
     // A sync's write from the stale copy (it carried `first` unchanged)
     // merges on its conflict without putting `first` back.
     let mut ours = stale_base.inventory.clone();
     ours.last_applied_at = Some("2026-12-03T11:00:00Z".into());
     cluster
-        .write_inventory_checked(&stale_base, &ours)
+        .write_inventory_checked(&stale_base, &ours, &tenantsync::sync::Fence::default())
         .await
         .expect("stale sync write");
     assert_eq!(inventory(&env).await.rollout, Some(moved));
+    // While held, the judgement alone is written.
+    assert_eq!(
+        cluster
+            .record_healthy(&env, &held, std::slice::from_ref(&ws), &applied)
+            .await
+            .expect("held healthy"),
+        Updated::Written
+    );
+    let after = inventory(&env).await;
+    assert_eq!(after.healthy_revision(&ws), Some(applied.as_str()));
+    assert_eq!(after.objects, before.objects);
 }
 
 /// Hostile review of the persisted rollout: the record was plain JSON in
@@ -1207,7 +1217,7 @@ async fn a_rollout_record_of_20000_workspaces_is_accepted_by_the_api_server() {
             }),
     );
     cluster
-        .write_inventory_checked(&stored, &many)
+        .write_inventory_checked(&stored, &many, &tenantsync::sync::Fence::default())
         .await
         .expect("20,000 workspace records written");
     cluster
@@ -1313,48 +1323,6 @@ async fn a_sync_that_loses_its_hold_during_prune_does_not_narrow_the_inventory()
         );
     }
     assert_eq!(after.revision, before.revision);
-}
-
-/// Hostile review (session 32): a Healthy judgement was recorded by an
-/// unfenced read-modify-write that, on a conflict, merged its stale copy
-/// over the other writer's. Now it is written only while the hold is kept,
-/// compare-and-set, and changes nothing else.
-#[tokio::test]
-async fn a_replica_that_lost_its_hold_never_records_a_healthy_revision() {
-    use tenantsync::cluster::inventory::Updated;
-    use tenantsync::sync::Fence;
-    let repo = TestRepo::new("healthy-fence");
-    repo.apply_rendered().await;
-    let cluster = admin().await;
-    let env = repo.env.clone();
-    let before = inventory(&env).await;
-    let ws = before
-        .workspaces
-        .keys()
-        .next()
-        .cloned()
-        .expect("a workspace record");
-    let applied = before.applied_revision(&ws).unwrap_or_default().to_string();
-    assert!(!applied.is_empty(), "{ws} is recorded at a revision");
-    let lost = Fence::default().with(|| true);
-    assert_eq!(
-        cluster
-            .record_healthy(&env, &lost, std::slice::from_ref(&ws), &applied)
-            .await
-            .expect("lost hold"),
-        Updated::NotHeld
-    );
-    assert_eq!(inventory(&env).await, before, "nothing written");
-    assert_eq!(
-        cluster
-            .record_healthy(&env, &Fence::default(), std::slice::from_ref(&ws), &applied)
-            .await
-            .expect("held"),
-        Updated::Written
-    );
-    let after = inventory(&env).await;
-    assert_eq!(after.healthy_revision(&ws), Some(applied.as_str()));
-    assert_eq!(after.objects, before.objects, "only the judgement changed");
 }
 
 /// The chunk ConfigMaps of `env`, each with its resourceVersion.

@@ -135,6 +135,31 @@ pub(super) fn sync_cmd(args: &SyncArgs) -> anyhow::Result<ExitCode> {
             }
         }
     };
+    // The windows again, under the lock: one may have closed while this
+    // sync waited for it.
+    let ignored_window = match (
+        &lock,
+        windows::verdict(&state.sync_policy.windows, jiff::Timestamp::now()),
+    ) {
+        (Some(_), windows::Verdict::Closed(why)) => {
+            if !args.ignore_windows {
+                if let Some(lock) = lock {
+                    runtime.block_on(async {
+                        let _ =
+                            tokio::time::timeout(Duration::from_secs(5), lock.release(&cluster))
+                                .await;
+                    });
+                }
+                eprintln!(
+                    "error: nothing was changed: environment {} may not be synced now: {why} (syncPolicy.windows; it closed while this sync waited for the lock); wait for the window, or sync with --ignore-windows in an emergency (recorded as an Event)",
+                    state.name
+                );
+                return Ok(ExitCode::from(1));
+            }
+            Some(why)
+        }
+        _ => ignored_window,
+    };
     if let Some(lock) = &lock {
         options.fence = options.fence.clone().with(lock.lost_check());
     }
@@ -434,8 +459,10 @@ async fn record(
     result: &Result<SyncReport, SyncError>,
     skipped: &BTreeMap<String, Vec<Diagnostic>>,
 ) {
+    // Nor once the lock is lost: another writer may hold the environment.
     let transport = matches!(result, Err(SyncError::Cluster(e)) if e.is_transport())
-        || matches!(result, Ok(r) if r.aborted.is_some());
+        || matches!(result, Ok(r) if r.aborted.is_some())
+        || lock.lost();
     if !transport {
         let fields = cli_status_fields(result, state.revision.as_deref(), &lock.identity, skipped);
         let write = cluster.write_status(&state.name, &fields);

@@ -127,16 +127,34 @@ pub async fn sync(
     // Widened is the old inventory itself, not a copy, when everything
     // declared is recorded (a sync that changes nothing, at any size).
     let widened = crate::sync::inventory::widen(&old, &desired_refs);
+    if stored.is_some() && lock_lost(options) {
+        // Nothing is applied that the inventory would not cover.
+        report.aborted = Some(
+            "the environment's lock was lost (another writer took it, or it could not be renewed in time) before anything was written"
+                .into(),
+        );
+    }
     if let Some(current) = stored.as_mut()
-        && !lock_lost(options)
+        && report.aborted.is_none()
         && let Some(merged) = crate::sync::inventory::merge_if_changed(
             &old,
             Cow::Borrowed(&*widened),
             &current.inventory,
         )
     {
-        *current = cluster.write_inventory_checked(current, &merged).await?;
-        report.inventory_written = true;
+        match cluster
+            .write_inventory_checked(current, &merged, &options.fence)
+            .await
+        {
+            Ok(stored) => {
+                *current = stored;
+                report.inventory_written = true;
+            }
+            Err(e @ crate::cluster::ClusterError::NotHeld { .. }) => {
+                report.aborted = Some(format!("{e}: nothing was applied"));
+            }
+            Err(e) => return Err(e.into()),
+        }
     }
 
     // 2. Apply, stage by stage; 3. prune, only after everything applied.
@@ -165,7 +183,7 @@ pub async fn sync(
     // have recorded or re-created since what this sync would drop.
     if stored.is_some() && report.aborted.is_none() && lock_lost(options) {
         report.aborted = Some(
-            "the environment's lock was lost (another writer took it) before the inventory was narrowed: \
+            "the environment's lock was lost (another writer took it, or it could not be renewed in time) before the inventory was narrowed: \
              it still records every object this sync may have written, and the next sync records the revision"
                 .into(),
         );
@@ -214,7 +232,15 @@ pub async fn sync(
             final_inventory.rollout = Some(record.clone().capped());
         }
         final_inventory.objects.extend(not_deleted);
-        narrow(cluster, current, &widened, final_inventory, &mut report).await;
+        narrow(
+            cluster,
+            current,
+            &widened,
+            final_inventory,
+            &options.fence,
+            &mut report,
+        )
+        .await;
     }
     report.api_requests = cluster.requests();
     report.write_requests = cluster.writes();
@@ -283,6 +309,7 @@ async fn narrow(
     current: &mut Stored,
     widened: &Inventory,
     mut final_inventory: Inventory,
+    fence: &crate::sync::Fence,
     report: &mut SyncReport,
 ) {
     let changed_cluster = !(report.created.is_empty()
@@ -302,10 +329,16 @@ async fn narrow(
     ) else {
         return;
     };
-    match cluster.write_inventory_checked(current, &merged).await {
+    match cluster
+        .write_inventory_checked(current, &merged, fence)
+        .await
+    {
         Ok(stored) => {
             *current = stored;
             report.inventory_written = true;
+        }
+        Err(e @ crate::cluster::ClusterError::NotHeld { .. }) => {
+            report.aborted = Some(e.to_string());
         }
         Err(e) => report.failures.push(Failure {
             id: crate::object::id((
@@ -395,7 +428,7 @@ impl Run<'_> {
         }
         if lock_lost(self.options) && self.report.aborted.is_none() {
             self.report.aborted = Some(
-                "the environment's lock was lost (another writer took it): nothing more was written"
+                "the environment's lock was lost (another writer took it, or it could not be renewed in time): nothing more was written"
                     .into(),
             );
         }

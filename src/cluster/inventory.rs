@@ -176,11 +176,17 @@ impl Cluster {
         &self,
         base: &Stored,
         ours: &Inventory,
+        fence: &crate::sync::Fence,
     ) -> Result<Stored, ClusterError> {
         let name = inventory::name_of(&ours.environment);
         let mut against = base.clone();
         let mut to_write = ours.clone();
         for _ in 0..WRITE_ATTEMPTS {
+            if fence.lost() {
+                return Err(ClusterError::NotHeld {
+                    environment: ours.environment.clone(),
+                });
+            }
             if let Some(stored) = self.write_inventory_once(&against, &to_write).await? {
                 return Ok(stored);
             }
@@ -269,9 +275,7 @@ impl Cluster {
             .filter(|_| version.is_some() && to_write.objects == base.inventory.objects);
         let encoded = match &kept {
             Some(kept) => inventory::Encoded {
-                head: to_write
-                    .encode_head_keeping(chunk_bytes(), kept)
-                    .map_err(encode_error)?,
+                head: to_write.encode_head_keeping(kept).map_err(encode_error)?,
                 chunks: Vec::new(),
             },
             None => to_write

@@ -30,6 +30,9 @@ pub const RENEW_PERIOD: Duration = Duration::from_secs(3);
 /// holder whose renewals stall (a slow or frozen API server) stops on its
 /// own clock before another writer can see the lock expire and take it.
 pub const HOLD: Duration = LOCK_DURATION.saturating_sub(RENEW_PERIOD.saturating_mul(2));
+/// Renewals waiting for an answer at once, at most (a frozen API server
+/// gets no pile of them).
+const MAX_RENEWALS_IN_FLIGHT: usize = 4;
 
 /// A holder's standing: lost when another took the lock, or when the last
 /// confirmed renewal is older than [`HOLD`].
@@ -223,7 +226,13 @@ fn holder_of(spec: &LeaseSpec, now: Timestamp) -> Holder {
 
 /// One attempt to take or renew; `Ok(None)` when `me` holds the lock
 /// afterwards, `Ok(Some(holder))` when another does.
-async fn try_take(api: &Api<Lease>, name: &str, me: &str) -> Result<Option<Holder>, kube::Error> {
+/// `renewal`: by the holder's renewal loop (a take always writes).
+async fn try_take(
+    api: &Api<Lease>,
+    name: &str,
+    me: &str,
+    renewal: bool,
+) -> Result<Option<Holder>, kube::Error> {
     let now = Timestamp::now();
     let mine = |acquired: Option<MicroTime>, transitions: i32| LeaseSpec {
         holder_identity: Some(me.to_string()),
@@ -245,12 +254,11 @@ async fn try_take(api: &Api<Lease>, name: &str, me: &str) -> Result<Option<Holde
             };
             match api.create(&PostParams::default(), &lease).await {
                 Ok(_) => Ok(None),
-                // Someone created it first: look again next round.
-                Err(kube::Error::Api(s)) if s.code == 409 => Ok(Some(Holder {
-                    identity: "another writer".into(),
-                    since: None,
-                    renewed_secs_ago: None,
-                })),
+                // Someone created it first (another writer, or another
+                // renewal of this holder's): name who.
+                Err(kube::Error::Api(s)) if s.code == 409 => {
+                    current_holder(api, name).await.map(Some)
+                }
                 Err(e) => Err(e),
             }
         }
@@ -259,9 +267,15 @@ async fn try_take(api: &Api<Lease>, name: &str, me: &str) -> Result<Option<Holde
             let holder = spec.holder_identity.clone().unwrap_or_default();
             let transitions = spec.lease_transitions.unwrap_or(0);
             let next = if holder == me {
+                // A renewal of this holder's sent later already wrote a
+                // newer renewTime: writing this older one would move the
+                // Lease's expiry back.
+                if renewal && spec.renew_time.as_ref().is_some_and(|t| t.0 >= now) {
+                    return Ok(None);
+                }
                 mine(spec.acquire_time.clone(), transitions)
             } else if holder.is_empty() || expired(&spec, now) {
-                mine(None, transitions + 1)
+                mine(None, transitions.saturating_add(1))
             } else {
                 return Ok(Some(holder_of(&spec, now)));
             };
@@ -273,7 +287,7 @@ async fn try_take(api: &Api<Lease>, name: &str, me: &str) -> Result<Option<Holde
                 // expired lock): name that one, not the previous holder
                 // (which was often nobody: `held by ` with no name).
                 Err(kube::Error::Api(s)) if s.code == 409 => {
-                    Ok(Some(current_holder(api, name).await))
+                    current_holder(api, name).await.map(Some)
                 }
                 Err(e) => Err(e),
             }
@@ -282,9 +296,9 @@ async fn try_take(api: &Api<Lease>, name: &str, me: &str) -> Result<Option<Holde
 }
 
 /// Who holds the Lease now, read again after losing a race for it.
-async fn current_holder(api: &Api<Lease>, name: &str) -> Holder {
-    let spec = api.get_opt(name).await.ok().flatten().and_then(|l| l.spec);
-    match spec {
+async fn current_holder(api: &Api<Lease>, name: &str) -> Result<Holder, kube::Error> {
+    let spec = api.get_opt(name).await?.and_then(|l| l.spec);
+    Ok(match spec {
         Some(spec)
             if spec
                 .holder_identity
@@ -298,7 +312,7 @@ async fn current_holder(api: &Api<Lease>, name: &str) -> Holder {
             since: None,
             renewed_secs_ago: None,
         },
-    }
+    })
 }
 
 impl Cluster {
@@ -322,7 +336,7 @@ impl Cluster {
             // writes of objects and of the inventory.
             self.count(false);
             let sent = Instant::now();
-            let attempt = try_take(&api, &name, me).await;
+            let attempt = try_take(&api, &name, me, false).await;
             let holder = match attempt {
                 Ok(None) => break sent,
                 Ok(Some(holder)) => holder,
@@ -359,34 +373,62 @@ impl Cluster {
             let me = me.to_string();
             let name = name.clone();
             tokio::spawn(async move {
+                // A renewal is sent every period whether or not the last
+                // one was answered, and each is waited for as long as its
+                // answer can still extend the hold: on a slow API server
+                // (one answering in 5 s) the lock is kept, where giving
+                // each renewal up after a period lost it.
+                // Counted from when the take was sent, as the hold is.
+                let mut ticks = tokio::time::interval_at(
+                    tokio::time::Instant::from_std(taken_at) + RENEW_PERIOD,
+                    RENEW_PERIOD,
+                );
+                ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                let mut renewals = tokio::task::JoinSet::new();
                 loop {
                     tokio::select! {
-                        _ = tokio::time::sleep(RENEW_PERIOD) => {},
-                        _ = stopped.changed() => return,
-                    }
-                    if *stopped.borrow() {
-                        return;
-                    }
-                    let sent = Instant::now();
-                    // A renewal with no answer within a renewal period is
-                    // given up (the next one is sent then); the hold lapses
-                    // on its own clock meanwhile.
-                    match tokio::time::timeout(RENEW_PERIOD, try_take(&api, &name, &me)).await {
-                        Ok(Ok(None)) => standing.confirmed(sent),
-                        Ok(Ok(Some(holder))) => {
-                            tracing::error!(lease = %name, holder = %holder, "the environment lock was taken by another writer; writes stop");
-                            standing.taken.store(true, Ordering::SeqCst);
+                        _ = stopped.changed() => {
+                            renewals.abort_all();
                             return;
                         }
-                        Ok(Err(e)) => {
-                            tracing::warn!(lease = %name, error = %e, "cannot renew the environment lock");
+                        _ = ticks.tick() => {
+                            if *stopped.borrow() {
+                                renewals.abort_all();
+                                return;
+                            }
+                            if renewals.len() < MAX_RENEWALS_IN_FLIGHT {
+                                let (api, name, me) = (api.clone(), name.clone(), me.clone());
+                                let sent = Instant::now();
+                                renewals.spawn(async move {
+                                    (sent, tokio::time::timeout(HOLD, try_take(&api, &name, &me, true)).await)
+                                });
+                            }
                         }
-                        Err(_) => {
-                            tracing::warn!(lease = %name, "the API server did not answer a renewal of the environment lock in time");
-                        }
+                        Some(done) = renewals.join_next(), if !renewals.is_empty() => match done {
+                            Ok((sent, Ok(Ok(None)))) => standing.confirmed(sent),
+                            // Another renewal of this holder's changed the
+                            // Lease first (a 409): it confirms itself.
+                            Ok((_, Ok(Ok(Some(holder))))) if holder.identity == me => {}
+                            Ok((_, Ok(Ok(Some(holder))))) => {
+                                tracing::error!(lease = %name, holder = %holder, "the environment lock was taken by another writer; writes stop");
+                                standing.taken.store(true, Ordering::SeqCst);
+                                renewals.abort_all();
+                                return;
+                            }
+                            Ok((_, Ok(Err(e)))) => {
+                                tracing::warn!(lease = %name, error = %e, "cannot renew the environment lock");
+                            }
+                            Ok((_, Err(_))) => {
+                                tracing::warn!(lease = %name, "the API server did not answer a renewal of the environment lock in time");
+                            }
+                            Err(e) => {
+                                tracing::warn!(lease = %name, error = %e, "a renewal of the environment lock stopped");
+                            }
+                        },
                     }
                     if standing.lost_at(Instant::now()) {
                         tracing::error!(lease = %name, "the environment lock could not be renewed in time; writes stop");
+                        renewals.abort_all();
                         return;
                     }
                 }

@@ -145,6 +145,10 @@ pub enum ClusterError {
         attempts: usize,
     },
     #[error(
+        "the inventory of environment {environment} was not written: this writer no longer holds the environment (its lock or Lease was taken by another writer, or could not be renewed in time); it still records every object this writer may have written, and the next sync records the rest"
+    )]
+    NotHeld { environment: String },
+    #[error(
         "the API server at {server} refused the credentials of {user} (401 Unauthorized): the token or certificate is invalid or expired; renew them (or pick another --context)"
     )]
     Unauthorized { server: String, user: String },

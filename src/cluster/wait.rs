@@ -94,10 +94,12 @@ pub async fn wait_healthy(
             .map(|h| h.status)
             .filter(|s| *s != HealthStatus::Healthy)
             .collect();
-        if unhealthy.is_empty() {
+        // All Healthy only once every object was read: one the server did
+        // not answer is read again, never taken for Healthy or failed.
+        if unhealthy.is_empty() && last.iter().all(Option::is_some) {
             break;
         }
-        if unhealthy.iter().all(|s| *s == HealthStatus::Degraded) {
+        if !unhealthy.is_empty() && unhealthy.iter().all(|s| *s == HealthStatus::Degraded) {
             degraded_polls += 1;
             if degraded_polls >= DEGRADED_POLLS {
                 break;

@@ -89,7 +89,7 @@ pub(super) async fn acquire(
             let next = if holder == me {
                 mine(spec.acquire_time.clone(), transitions)
             } else if holder.is_empty() || expired(&spec, now) {
-                mine(None, transitions + 1)
+                mine(None, transitions.saturating_add(1))
             } else {
                 return Ok(false);
             };

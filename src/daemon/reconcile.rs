@@ -405,6 +405,10 @@ struct Reconciler {
     /// The health judgements the inventory records as unfinished were
     /// taken up in this term as the writer ([`Reconciler::resume_health`]).
     resumed: bool,
+    /// Workspaces judged Healthy at a revision whose record in the
+    /// inventory failed: the write is tried again at each reconcile while
+    /// that revision is the desired one (never the judgement).
+    healthy_unrecorded: Option<(String, Vec<String>)>,
 }
 
 impl Reconciler {
@@ -419,6 +423,7 @@ impl Reconciler {
             changed: 0,
             waiting: None,
             heal_allowed: true,
+            healthy_unrecorded: None,
             rollout: None,
             health_watch: None,
             failed_health: None,
@@ -508,6 +513,7 @@ impl Reconciler {
             }
         };
         self.resume_health(&state, &writer).await;
+        self.record_unrecorded_healthy(&state).await;
         if from_source && self.quiet(&state, &writer, watched).await {
             return Ok(());
         }
@@ -636,33 +642,60 @@ impl Reconciler {
     /// environment's writer only: under its lock (and with `--shard` its
     /// Lease), fenced like a sync's writes, so that a replica that lost the
     /// environment meanwhile never writes a judgement over its successor's.
-    async fn record_healthy(&mut self, revision: &str, healthy: &[String]) {
+    ///
+    /// Returns whether to try the write again ([`Reconciler::healthy_unrecorded`]):
+    /// it failed while this replica still holds the environment (a network
+    /// error, a 409 storm).
+    async fn record_healthy(&mut self, revision: &str, healthy: &[String]) -> bool {
+        use crate::cluster::inventory::Updated;
         let env = self.env.clone();
+        // Only in the term the watch was started in: a lock lapsed since
+        // (and taken again now) may have let another writer judge anew.
+        if self.held.lock.as_ref().is_none_or(|l| l.lost()) {
+            tracing::info!(environment = %env, revision, "not recording the healthy revision: this replica's hold on the environment lapsed during the judgement");
+            return false;
+        }
         let writer = match self.lock().await {
             Ok(writer) => writer,
             Err(e) => {
-                tracing::warn!(environment = %env, error = %e, "cannot take the lock to record the healthy revision; it is recorded when these workspaces are next judged Healthy");
-                return;
+                tracing::warn!(environment = %env, error = %e, "cannot take the lock to record the healthy revision; judged again");
+                return true;
             }
         };
         if !writer.may_write {
             tracing::info!(environment = %env, revision, "not recording the healthy revision: another writer holds the environment");
-            return;
+            return false;
         }
         let Some(c) = self.cluster.as_ref() else {
-            return;
+            return true;
         };
         match c
             .record_healthy(&env, &writer.fence, healthy, revision)
             .await
         {
-            Ok(crate::cluster::inventory::Updated::NotHeld) => {
+            Ok(Updated::NotHeld) => {
                 tracing::info!(environment = %env, revision, "not recording the healthy revision: this replica no longer holds the environment");
+                false
             }
-            Ok(_) => {}
+            Ok(_) => false,
             Err(e) => {
-                tracing::warn!(environment = %env, error = %e, "cannot record the healthy revision in the inventory");
+                tracing::warn!(environment = %env, error = %e, "cannot record the healthy revision in the inventory; judged again");
+                true
             }
+        }
+    }
+
+    /// Writes a Healthy judgement whose record failed, while its revision
+    /// is still the desired one.
+    async fn record_unrecorded_healthy(&mut self, state: &Desired) {
+        let Some((revision, healthy)) = self.healthy_unrecorded.take() else {
+            return;
+        };
+        if revision != state.revision() || !self.shared.leads(&self.env) {
+            return;
+        }
+        if self.record_healthy(&revision, &healthy).await {
+            self.healthy_unrecorded = Some((revision, healthy));
         }
     }
 
@@ -689,7 +722,10 @@ impl Reconciler {
         let leading = shared.leads(env);
         if !healthy.is_empty() && leading {
             tracing::info!(environment = env, revision, workspaces = %healthy.join(", "), "healthy");
-            self.record_healthy(revision, &healthy).await;
+            self.healthy_unrecorded = self
+                .record_healthy(revision, &healthy)
+                .await
+                .then(|| (revision.to_string(), healthy.clone()));
         }
         if failed.is_empty() {
             return;

@@ -397,12 +397,6 @@ impl Reconciler {
             && record.resumable()
         {
             let run = RolloutRun::resumed(record, &live.plan, &policy);
-            if run.applied == 0 {
-                // Recorded before its step 1 was applied (this replica or
-                // another was stopped there): step 1 is checked as a new
-                // rollout's is, whoever recorded it.
-                before_first_step(c, shared, state, &live.plan, approved_plan).await?;
-            }
             let message = format!(
                 "revision {}: the rollout goes on at step {}/{} ({}) as the inventory records it",
                 run.revision,
@@ -486,6 +480,13 @@ impl Reconciler {
         // A record of no step applied yet (a daemon stopped during step 1):
         // step 1 now, with the steps as recorded.
         if run.applied == 0 {
+            // Checked before step 1 whenever it is tried, as a new rollout
+            // is: one resumed from a record (this replica or another was
+            // stopped there), and one whose step 1 failed and is tried
+            // again, meet the cluster as it is now.
+            if let Some(c) = self.cluster.as_ref() {
+                before_first_step(c, shared, state, &live.plan, approved_plan).await?;
+            }
             self.apply_step(state, live, writer).await?;
             return Ok(true);
         }

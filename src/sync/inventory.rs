@@ -83,6 +83,27 @@ pub struct Encoded {
     pub chunks: Vec<ConfigMap>,
 }
 
+/// The head's own compressed keys ([`Inventory::encode`]).
+struct HeadExtras {
+    workspaces: Vec<u8>,
+    rollout: Vec<u8>,
+}
+
+impl HeadExtras {
+    fn len(&self) -> usize {
+        self.workspaces.len() + self.rollout.len()
+    }
+}
+
+/// An empty object list, compressed: the head's list when the list is in
+/// chunks.
+fn empty_list() -> Result<Vec<u8>, EncodeError> {
+    let empty: Vec<&ObjectRef> = Vec::new();
+    Ok(gzip(
+        &serde_json::to_vec(&empty).map_err(std::io::Error::other)?,
+    )?)
+}
+
 /// The chunks an inventory's head names: their generation and count.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ChunkRef {
@@ -451,76 +472,28 @@ impl Inventory {
         // reason as `chunks` below: the per-workspace revisions and the
         // rollout under way. They count against the head's budget: the
         // object list stays in the head only when all fit.
-        let workspaces =
-            gzip(&serde_json::to_vec(&self.workspaces).map_err(std::io::Error::other)?)?;
-        let rollout = match &self.rollout {
-            Some(r) => gzip(&RolloutRecord::encode(Some(r)))?,
-            None => Vec::new(),
-        };
-        let extras = workspaces.len() + rollout.len();
+        let extras = self.head_extras()?;
         let objects: Vec<&ObjectRef> = self.objects.iter().collect();
         let mut parts = split(&objects, chunk_bytes)?;
-        let in_head = parts.len() == 1 && parts[0].len() + extras <= chunk_bytes;
-        let mut data = BTreeMap::from([
-            ("environment".to_string(), self.environment.clone()),
-            ("objectCount".to_string(), self.objects.len().to_string()),
-        ]);
-        if let Some(r) = &self.revision {
-            data.insert("revision".into(), r.clone());
-        }
-        if let Some(t) = &self.last_applied_at {
-            data.insert("lastAppliedAt".into(), t.clone());
-        }
-        let labels = |label: &str| {
-            BTreeMap::from([
-                (MANAGED_BY.to_string(), MANAGER.to_string()),
-                (label.to_string(), self.environment.clone()),
-            ])
-        };
-        let config_map = |name: String, label: &str, data, bytes: Option<Vec<u8>>| ConfigMap {
-            metadata: ObjectMeta {
-                name: Some(name),
-                namespace: Some(SYSTEM_NAMESPACE.to_string()),
-                labels: Some(labels(label)),
-                ..ObjectMeta::default()
-            },
-            data: Some(data),
-            binary_data: bytes.map(|b| BTreeMap::from([(OBJECTS_KEY.to_string(), ByteString(b))])),
-            ..ConfigMap::default()
-        };
-        let with_workspaces = |mut head: ConfigMap| {
-            let bytes = head.binary_data.get_or_insert_with(BTreeMap::new);
-            bytes.insert(WORKSPACES_KEY.to_string(), ByteString(workspaces.clone()));
-            bytes.insert(ROLLOUT_KEY.to_string(), ByteString(rollout.clone()));
-            head
-        };
+        let in_head = parts.len() == 1 && parts[0].len() + extras.len() <= chunk_bytes;
         // Every key is written every time, `chunks` empty when the list is
         // in the head and the head's list empty when it is in chunks: a key
         // left out of a server-side apply stays when another field manager
         // owns it (a first write is a create), and would then name chunks
         // gone, or keep a stale list.
         if in_head {
-            data.insert(CHUNKS_KEY.to_string(), String::new());
-            let head = with_workspaces(config_map(
-                name_of(&self.environment),
-                INVENTORY_LABEL,
-                data,
-                parts.pop(),
-            ));
+            let head = self.head(&extras, String::new(), parts.pop());
             return Ok(Encoded {
                 head,
                 chunks: Vec::new(),
             });
         }
-        data.insert(
-            CHUNKS_KEY.to_string(),
-            format!("{generation}/{}", parts.len()),
-        );
+        let count = parts.len();
         let chunks = parts
             .into_iter()
             .enumerate()
             .map(|(i, bytes)| {
-                config_map(
+                self.config_map(
                     chunk_name(&self.environment, generation, i),
                     CHUNK_LABEL,
                     BTreeMap::from([("environment".to_string(), self.environment.clone())]),
@@ -528,39 +501,88 @@ impl Inventory {
                 )
             })
             .collect();
-        let empty: Vec<&ObjectRef> = Vec::new();
-        let none = gzip(&serde_json::to_vec(&empty).map_err(std::io::Error::other)?)?;
-        let head = with_workspaces(config_map(
-            name_of(&self.environment),
-            INVENTORY_LABEL,
-            data,
-            Some(none),
-        ));
+        let head = self.head(
+            &extras,
+            format!("{generation}/{count}"),
+            Some(empty_list()?),
+        );
         Ok(Encoded { head, chunks })
     }
 
     /// The head alone of this inventory, naming the chunks `kept` for its
     /// object list: a write that leaves the list as stored (a health
     /// judgement, the rollout record) keeps the stored chunks, which hold
-    /// that list whatever their split, and rewrites only the head.
-    pub fn encode_head_keeping(
-        &self,
-        chunk_bytes: usize,
-        kept: &ChunkRef,
-    ) -> Result<ConfigMap, EncodeError> {
-        let mut head = self.encode(chunk_bytes, &kept.generation)?.head;
-        if let Some(data) = head.data.as_mut() {
-            data.insert(
-                CHUNKS_KEY.to_string(),
-                format!("{}/{}", kept.generation, kept.count),
-            );
+    /// that list whatever their split, and rewrites only the head (the
+    /// list is not encoded again).
+    pub fn encode_head_keeping(&self, kept: &ChunkRef) -> Result<ConfigMap, EncodeError> {
+        let extras = self.head_extras()?;
+        Ok(self.head(
+            &extras,
+            format!("{}/{}", kept.generation, kept.count),
+            Some(empty_list()?),
+        ))
+    }
+
+    /// The head's own compressed keys: the per-workspace revisions and the
+    /// rollout record (none: empty).
+    fn head_extras(&self) -> Result<HeadExtras, EncodeError> {
+        let workspaces =
+            gzip(&serde_json::to_vec(&self.workspaces).map_err(std::io::Error::other)?)?;
+        let rollout = match &self.rollout {
+            Some(r) => gzip(&RolloutRecord::encode(Some(r)))?,
+            None => Vec::new(),
+        };
+        Ok(HeadExtras {
+            workspaces,
+            rollout,
+        })
+    }
+
+    /// The inventory's head: its status fields, `chunks` (empty: the list
+    /// is in the head), the list (`objects`) and the head's own keys.
+    fn head(&self, extras: &HeadExtras, chunks: String, objects: Option<Vec<u8>>) -> ConfigMap {
+        let mut data = BTreeMap::from([
+            ("environment".to_string(), self.environment.clone()),
+            ("objectCount".to_string(), self.objects.len().to_string()),
+            (CHUNKS_KEY.to_string(), chunks),
+        ]);
+        if let Some(r) = &self.revision {
+            data.insert("revision".into(), r.clone());
         }
-        let empty: Vec<&ObjectRef> = Vec::new();
-        let none = gzip(&serde_json::to_vec(&empty).map_err(std::io::Error::other)?)?;
-        head.binary_data
-            .get_or_insert_with(BTreeMap::new)
-            .insert(OBJECTS_KEY.to_string(), ByteString(none));
-        Ok(head)
+        if let Some(t) = &self.last_applied_at {
+            data.insert("lastAppliedAt".into(), t.clone());
+        }
+        let mut head = self.config_map(name_of(&self.environment), INVENTORY_LABEL, data, objects);
+        let bytes = head.binary_data.get_or_insert_with(BTreeMap::new);
+        bytes.insert(
+            WORKSPACES_KEY.to_string(),
+            ByteString(extras.workspaces.clone()),
+        );
+        bytes.insert(ROLLOUT_KEY.to_string(), ByteString(extras.rollout.clone()));
+        head
+    }
+
+    fn config_map(
+        &self,
+        name: String,
+        label: &str,
+        data: BTreeMap<String, String>,
+        bytes: Option<Vec<u8>>,
+    ) -> ConfigMap {
+        ConfigMap {
+            metadata: ObjectMeta {
+                name: Some(name),
+                namespace: Some(SYSTEM_NAMESPACE.to_string()),
+                labels: Some(BTreeMap::from([
+                    (MANAGED_BY.to_string(), MANAGER.to_string()),
+                    (label.to_string(), self.environment.clone()),
+                ])),
+                ..ObjectMeta::default()
+            },
+            data: Some(data),
+            binary_data: bytes.map(|b| BTreeMap::from([(OBJECTS_KEY.to_string(), ByteString(b))])),
+            ..ConfigMap::default()
+        }
     }
 
     /// The chunks an inventory's head names, if its list is chunked.
@@ -953,9 +975,8 @@ mod tests {
             changed: true,
         }]);
         assert!(judged.record_healthy(std::slice::from_ref(&ws), "r1"));
-        // Written with the default chunk size, under which the list would
-        // split otherwise (or fit in the head).
-        let head = judged.encode_head_keeping(CHUNK_BYTES, &kept).unwrap();
+        // Whatever chunk size the writer has: the list is not split again.
+        let head = judged.encode_head_keeping(&kept).unwrap();
         assert_eq!(Inventory::chunks_of(&head).unwrap(), Some(kept));
         let read = Inventory::from_config_maps(&head, &stored.chunks).unwrap();
         assert_eq!(read, judged);

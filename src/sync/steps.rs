@@ -21,26 +21,39 @@ pub const PRUNE_ANNOTATION: &str = "tenantsync.io/prune";
 
 /// What stops a sync in flight from sending more: its writer no longer
 /// holds the environment (the lock, and with `--shard` the environment's
-/// Lease). Asked before every write.
+/// Lease). Asked before every write. Once lost it stays lost, for this
+/// fence and its clones: a renewal answered late must not let a sync that
+/// skipped a write (its inventory widening) go on writing.
 #[derive(Clone, Default)]
-pub struct Fence(Vec<std::sync::Arc<dyn Fn() -> bool + Send + Sync>>);
+pub struct Fence {
+    holds: Vec<std::sync::Arc<dyn Fn() -> bool + Send + Sync>>,
+    latched: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
 
 impl Fence {
     /// This fence, also lost when `lost` says so.
     pub fn with(mut self, lost: impl Fn() -> bool + Send + Sync + 'static) -> Fence {
-        self.0.push(std::sync::Arc::new(lost));
+        self.holds.push(std::sync::Arc::new(lost));
         self
     }
 
-    /// Whether any hold is lost: no write after that.
+    /// Whether any hold is lost, now or before: no write after that.
     pub fn lost(&self) -> bool {
-        self.0.iter().any(|lost| lost())
+        use std::sync::atomic::Ordering;
+        if self.latched.load(Ordering::SeqCst) {
+            return true;
+        }
+        let lost = self.holds.iter().any(|lost| lost());
+        if lost {
+            self.latched.store(true, Ordering::SeqCst);
+        }
+        lost
     }
 }
 
 impl std::fmt::Debug for Fence {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Fence({} holds)", self.0.len())
+        write!(f, "Fence({} holds)", self.holds.len())
     }
 }
 
@@ -443,6 +456,28 @@ mod tests {
     use super::*;
     use crate::plan::{Action, PLAN_FORMAT_VERSION, Summary};
     use serde_json::json;
+
+    /// Hostile review (session 32): a lock renewal answered late made a
+    /// lost fence hold again, so a sync that had skipped its inventory
+    /// widening went on creating objects nothing recorded.
+    #[test]
+    fn a_lost_fence_stays_lost_when_its_hold_comes_back_in_every_clone() {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let hold_lost = Arc::new(AtomicBool::new(false));
+        let fence = {
+            let hold_lost = hold_lost.clone();
+            Fence::default().with(move || hold_lost.load(Ordering::SeqCst))
+        };
+        let clone = fence.clone();
+        assert!(!fence.lost());
+        hold_lost.store(true, Ordering::SeqCst);
+        assert!(fence.lost());
+        hold_lost.store(false, Ordering::SeqCst);
+        assert!(fence.lost(), "lost once, lost for good");
+        assert!(clone.lost(), "and for its clones");
+        assert!(!Fence::default().lost(), "a new fence holds");
+    }
 
     fn obj(kind: &str, ns: Option<&str>, name: &str, wave: Option<&str>) -> Object {
         let mut body = json!({"apiVersion": "v1", "kind": kind, "metadata": {"name": name}});
