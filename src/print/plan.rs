@@ -512,13 +512,8 @@ pub fn markdown(plan: &Plan, verb: Verb) -> String {
 ///   one of `add`, `change`, `remove` and `live`, `desired`, `manager` absent
 ///   when not applicable.
 /// - `apiRequests`: API requests made to compute the plan.
-/// [`json`], written to `out` as it is serialized (no text of the whole
-/// plan held).
-pub fn json_to(plan: &Plan, out: &mut dyn std::io::Write) -> std::io::Result<()> {
-    serde_json::to_writer_pretty(&mut *out, plan).map_err(std::io::Error::from)?;
-    out.write_all(b"\n")
-}
-
+///
+/// [`json_to`] writes the same text as it is serialized.
 pub fn json(plan: &Plan) -> String {
     #[allow(
         clippy::expect_used,
@@ -527,6 +522,13 @@ pub fn json(plan: &Plan) -> String {
     let mut s = serde_json::to_string_pretty(plan).expect("a Plan always serializes");
     s.push('\n');
     s
+}
+
+/// [`json`], written to `out` as it is serialized (no text of the whole
+/// plan held).
+pub fn json_to(plan: &Plan, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+    serde_json::to_writer_pretty(&mut *out, plan).map_err(std::io::Error::from)?;
+    out.write_all(b"\n")
 }
 
 /// The plan's text with what the namespaces it deletes hold that tenantsync
