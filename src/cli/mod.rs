@@ -200,6 +200,19 @@ pub(super) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 /// Writes to stdout; a closed pipe (`| head`) is not an error worth a message.
+/// Writes to stdout through `write` (buffered); a reader that went away
+/// (a closed pipe) is not an error.
+pub(super) fn write_stdout_with(
+    write: impl FnOnce(&mut dyn std::io::Write) -> std::io::Result<()>,
+) -> anyhow::Result<()> {
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    match write(&mut out).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e).context("writing output"),
+        _ => Ok(()),
+    }
+}
+
 pub(super) fn write_stdout(text: &str) -> anyhow::Result<()> {
     let stdout = std::io::stdout();
     let mut out = stdout.lock();

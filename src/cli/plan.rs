@@ -9,7 +9,9 @@ use std::process::ExitCode;
 use anyhow::Context;
 
 use super::args::{LiveArgs, PlanOutput};
-use super::{desired_state, runtime, scopes_admitted, selection_known, write_stdout};
+use super::{
+    desired_state, runtime, scopes_admitted, selection_known, write_stdout, write_stdout_with,
+};
 use crate::cluster::{Cluster, ClusterError};
 use crate::object::ObjectKey;
 use crate::pipeline::{self, Deletes, LivePlan, PlanOptions};
@@ -110,28 +112,43 @@ pub(super) fn live_cmd(
     })?;
     let color =
         !args.no_color && std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
-    let mut text = match args.output {
-        PlanOutput::Text => print::text(&plan, color, verb),
-        PlanOutput::Markdown => print::markdown(&plan, verb),
-        PlanOutput::Json => print::json(&plan),
-    };
-    if !foreign.is_empty() {
-        text = print::with_foreign(text, &foreign, matches!(args.output, PlanOutput::Json));
-    }
-    if !notes.pending.is_empty() || !notes.never_declared.is_empty() {
-        text = notes.add_to(text, args.output);
-    }
     // A plan of every workspace only: what --workspace leaves out would
     // change the steps.
-    if !drift
-        && desired.scope.only.is_none()
-        && let Some(rollout) = desired.rollout(&plan)
-    {
-        text = print::with_rollout(text, &rollout, print_output(args.output));
-    }
-    if let (Some(since), Some(selection)) = (changed_since, &desired.changed) {
-        text = print::with_changed(text, since, selection, print_output(args.output));
-    }
+    let rollout = if !drift && desired.scope.only.is_none() {
+        desired.rollout(&plan)
+    } else {
+        None
+    };
+    let changed = changed_since.zip(desired.changed.as_ref());
+    // JSON that nothing is added to is written as it is serialized: the
+    // text is as large as the plan (16 MB at 5,000 unchanged workspaces),
+    // and a String grown to hold it takes up to twice that.
+    let plain_json = matches!(args.output, PlanOutput::Json)
+        && foreign.is_empty()
+        && notes.pending.is_empty()
+        && notes.never_declared.is_empty()
+        && rollout.is_none()
+        && changed.is_none();
+    let text = (!plain_json).then(|| {
+        let mut text = match args.output {
+            PlanOutput::Text => print::text(&plan, color, verb),
+            PlanOutput::Markdown => print::markdown(&plan, verb),
+            PlanOutput::Json => print::json(&plan),
+        };
+        if !foreign.is_empty() {
+            text = print::with_foreign(text, &foreign, matches!(args.output, PlanOutput::Json));
+        }
+        if !notes.pending.is_empty() || !notes.never_declared.is_empty() {
+            text = notes.add_to(text, args.output);
+        }
+        if let Some(rollout) = &rollout {
+            text = print::with_rollout(text, rollout, print_output(args.output));
+        }
+        if let Some((since, selection)) = changed {
+            text = print::with_changed(text, since, selection, print_output(args.output));
+        }
+        text
+    });
     if let Some(out) = out {
         // A folder's revision is the digest of its files, as sync records.
         let revision = desired.revision.clone().unwrap_or(digest);
@@ -150,7 +167,10 @@ pub(super) fn live_cmd(
             out.display()
         );
     }
-    write_stdout(&text)?;
+    match text {
+        Some(text) => write_stdout(&text)?,
+        None => write_stdout_with(|out| print::json_to(&plan, out))?,
+    }
     Ok(if args.detailed_exitcode && plan.summary.has_changes() {
         ExitCode::from(2)
     } else {

@@ -7,6 +7,7 @@
 //! A sync killed at any point therefore leaves an inventory that covers every
 //! object tenantsync created, and the next sync converges from there.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::time::Duration;
 
@@ -123,13 +124,9 @@ pub async fn sync(
     } else {
         Some(cluster.read_inventory_stored(&plan.environment).await?)
     };
-    let mut widened = old.clone();
-    let recorded = old.keys();
-    for r in &desired_refs {
-        if !recorded.contains(&r.key()) {
-            widened.objects.insert(r.clone());
-        }
-    }
+    // Widened is the old inventory itself, not a copy, when everything
+    // declared is recorded (a sync that changes nothing, at any size).
+    let widened = crate::sync::inventory::widen(&old, &desired_refs);
     if stored.is_some() && lock_lost(options) {
         // Nothing is applied that the inventory would not cover.
         report.aborted = Some(
@@ -139,22 +136,24 @@ pub async fn sync(
     }
     if let Some(current) = stored.as_mut()
         && report.aborted.is_none()
+        && let Some(merged) = crate::sync::inventory::merge_if_changed(
+            &old,
+            Cow::Borrowed(&*widened),
+            &current.inventory,
+        )
     {
-        let merged = crate::sync::inventory::merge_concurrent(&old, &widened, &current.inventory);
-        if merged != current.inventory {
-            match cluster
-                .write_inventory_checked(current, &merged, &options.fence)
-                .await
-            {
-                Ok(stored) => {
-                    *current = stored;
-                    report.inventory_written = true;
-                }
-                Err(e @ crate::cluster::ClusterError::NotHeld { .. }) => {
-                    report.aborted = Some(format!("{e}: nothing was applied"));
-                }
-                Err(e) => return Err(e.into()),
+        match cluster
+            .write_inventory_checked(current, &merged, &options.fence)
+            .await
+        {
+            Ok(stored) => {
+                *current = stored;
+                report.inventory_written = true;
             }
+            Err(e @ crate::cluster::ClusterError::NotHeld { .. }) => {
+                report.aborted = Some(format!("{e}: nothing was applied"));
+            }
+            Err(e) => return Err(e.into()),
         }
     }
 
@@ -328,11 +327,14 @@ async fn narrow(
     }
     // Computed from what was stored after the widening: what another
     // writer added since is merged in by the checked write.
-    let base = current.inventory.clone();
-    let merged = crate::sync::inventory::merge_concurrent(widened, &final_inventory, &base);
-    if merged == base {
+    let name = crate::sync::inventory::name_of(&final_inventory.environment);
+    let Some(merged) = crate::sync::inventory::merge_if_changed(
+        widened,
+        Cow::Owned(final_inventory),
+        &current.inventory,
+    ) else {
         return;
-    }
+    };
     match cluster
         .write_inventory_checked(current, &merged, fence)
         .await
@@ -344,17 +346,14 @@ async fn narrow(
         Err(e @ crate::cluster::ClusterError::NotHeld { .. }) => {
             report.aborted = Some(e.to_string());
         }
-        Err(e) => {
-            let name = crate::sync::inventory::name_of(&final_inventory.environment);
-            report.failures.push(Failure {
-                id: crate::object::id((
-                    "ConfigMap",
-                    Some(crate::sync::inventory::SYSTEM_NAMESPACE),
-                    &name,
-                )),
-                message: format!("cannot record the inventory: {e}"),
-            })
-        }
+        Err(e) => report.failures.push(Failure {
+            id: crate::object::id((
+                "ConfigMap",
+                Some(crate::sync::inventory::SYSTEM_NAMESPACE),
+                &name,
+            )),
+            message: format!("cannot record the inventory: {e}"),
+        }),
     }
 }
 

@@ -11,7 +11,7 @@ use crate::cluster::{Cluster, ClusterError};
 use crate::declare::diag::Diagnostic;
 use crate::plan::{Plan, Planner};
 use crate::sync::health::{Health, HealthOptions, assess};
-use crate::sync::inventory::{self, Inventory};
+use crate::sync::inventory::{self, Inventory, ObjectRef};
 use crate::sync::tenancy::{self, Operator};
 
 /// Which live objects nothing declares are deletes in the plan.
@@ -135,9 +135,10 @@ pub async fn plan_live(
         .await?;
     let empty = Inventory::new(name);
     let scoped = scope.inventory(inventory.as_ref().unwrap_or(&empty));
+    let recorded = || planner.recorded_undeclared(scoped.objects.iter().map(ObjectRef::key));
     let recorded = match options.deletes {
-        Deletes::Recorded => Some(scoped.keys()),
-        Deletes::RecordedOrAll => inventory.as_ref().map(|_| scoped.keys()),
+        Deletes::Recorded => Some(recorded()),
+        Deletes::RecordedOrAll => inventory.as_ref().map(|_| recorded()),
         Deletes::Undeclared => None,
     };
     let (mut plan, undeclared) = planner.finish(recorded.as_ref(), desired.revision.clone(), 0);

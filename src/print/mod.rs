@@ -20,7 +20,8 @@ mod report;
 mod status;
 
 pub use plan::{
-    Output, Verb, json, markdown, text, with_changed, with_drift_notes, with_foreign, with_rollout,
+    Output, Verb, json, json_to, markdown, text, with_changed, with_drift_notes, with_foreign,
+    with_rollout,
 };
 pub use report::{conflict_fields, sync_errors, sync_text};
 pub use status::{status_json, status_text};

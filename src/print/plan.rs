@@ -512,6 +512,8 @@ pub fn markdown(plan: &Plan, verb: Verb) -> String {
 ///   one of `add`, `change`, `remove` and `live`, `desired`, `manager` absent
 ///   when not applicable.
 /// - `apiRequests`: API requests made to compute the plan.
+///
+/// [`json_to`] writes the same text as it is serialized.
 pub fn json(plan: &Plan) -> String {
     #[allow(
         clippy::expect_used,
@@ -520,6 +522,13 @@ pub fn json(plan: &Plan) -> String {
     let mut s = serde_json::to_string_pretty(plan).expect("a Plan always serializes");
     s.push('\n');
     s
+}
+
+/// [`json`], written to `out` as it is serialized (no text of the whole
+/// plan held).
+pub fn json_to(plan: &Plan, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+    serde_json::to_writer_pretty(&mut *out, plan).map_err(std::io::Error::from)?;
+    out.write_all(b"\n")
 }
 
 /// The plan's text with what the namespaces it deletes hold that tenantsync
@@ -1231,6 +1240,14 @@ mod tests {
         assert_eq!(v["summary"]["delete"], 2);
         assert_eq!(v["changes"][1]["fields"][0]["manager"], "kubectl");
         assert_eq!(v["apiRequests"], 7);
+    }
+
+    #[test]
+    fn json_written_as_serialized_is_the_same_text() {
+        let p = mixed();
+        let mut written = Vec::new();
+        json_to(&p, &mut written).unwrap();
+        assert_eq!(String::from_utf8(written).unwrap(), json(&p));
     }
 
     #[test]

@@ -12,9 +12,12 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::Arc;
 
 use crate::declare::model::{Environment, Workspace};
-use crate::object::{ENVIRONMENT_LABEL, MANAGED_BY, MANAGER, Names, Object, kind_rank};
+use crate::object::{
+    ENVIRONMENT_LABEL, MANAGED_BY, MANAGER, Names, Object, PACKING_SAMPLE_BYTES, Packing, kind_rank,
+};
 
 mod context;
 mod dicom;
@@ -57,15 +60,49 @@ pub fn render_partial(env: &Environment) -> (Vec<Object>, BTreeMap<String, Rende
     let mut all = environment_resources(env);
     let mut failed = BTreeMap::new();
     let mut names = Names::default();
+    // Held for as long as a plan, a sync or the daemon runs: packed
+    // against the first bodies rendered, once there are enough of them
+    // for a dictionary, then a workspace at a time.
+    let mut packing = None;
+    let mut sampled = text_len(&all);
     for ws in sorted_workspaces(env) {
         match render_workspace_with(env, ws, &mut names) {
-            Ok(objects) => all.extend(objects),
+            Ok(objects) => match &packing {
+                Some(Some(packing)) => all.extend(objects.into_iter().map(|o| o.pack(packing))),
+                Some(None) => all.extend(objects),
+                None => {
+                    sampled += text_len(&objects);
+                    all.extend(objects);
+                    if sampled >= PACKING_SAMPLE_BYTES {
+                        packing = Some(pack_all(&mut all));
+                    }
+                }
+            },
             Err(e) => {
                 failed.insert(ws.metadata.name.clone(), e);
             }
         }
     }
+    if packing.is_none() {
+        pack_all(&mut all);
+    }
+    // Held for as long as a plan or a sync runs: not with up to twice the
+    // room its growth left.
+    all.shrink_to_fit();
     (all, failed)
+}
+
+fn text_len(objects: &[Object]) -> usize {
+    objects.iter().filter_map(Object::text).map(str::len).sum()
+}
+
+/// Packs `all` against a dictionary of their bodies ([`Packing`]), and
+/// returns it; leaves them text when there is none.
+fn pack_all(all: &mut Vec<Object>) -> Option<Arc<Packing>> {
+    let packing = Packing::of(all.iter().filter_map(Object::text))?;
+    let objects = std::mem::take(all);
+    *all = objects.into_iter().map(|o| o.pack(&packing)).collect();
+    Some(packing)
 }
 
 /// [`render`] a batch at a time: the layers' plain manifests, then each

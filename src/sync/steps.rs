@@ -140,11 +140,15 @@ impl Scope {
         self.only.is_none() && self.held.is_empty()
     }
 
-    /// The inventory as this scope sees it (for a plan's deletes).
-    pub fn inventory(&self, inventory: &Inventory) -> Inventory {
+    /// The inventory as this scope sees it (for a plan's deletes): the
+    /// inventory itself, not a copy, when the scope is everything.
+    pub fn inventory<'i>(&self, inventory: &'i Inventory) -> std::borrow::Cow<'i, Inventory> {
+        if self.is_everything() {
+            return std::borrow::Cow::Borrowed(inventory);
+        }
         let mut seen = inventory.clone();
         seen.objects.retain(|r| self.contains_ref(r));
-        seen
+        std::borrow::Cow::Owned(seen)
     }
 }
 
@@ -737,5 +741,34 @@ mod tests {
         assert!(!opts.scope.contains("Namespace", None, "a-dev"));
         assert!(!opts.scope.contains("ClusterRole", None, "x"));
         assert!(Scope::default().contains("ClusterRole", None, "x"));
+    }
+
+    #[test]
+    fn the_inventory_a_scope_sees_is_the_inventory_itself_when_everything_is() {
+        let mut inventory = Inventory::new("dev");
+        for (kind, ns, name) in [
+            ("ConfigMap", Some("ws-a"), "c"),
+            ("ConfigMap", Some("ws-b"), "c"),
+            ("Namespace", None, "ws-b"),
+        ] {
+            inventory.objects.insert(ObjectRef {
+                api_version: "v1".into(),
+                kind: kind.into(),
+                namespace: ns.map(Into::into),
+                name: name.into(),
+            });
+        }
+        let everything = Scope::default();
+        assert!(matches!(
+            everything.inventory(&inventory),
+            std::borrow::Cow::Borrowed(_)
+        ));
+        let held = Scope {
+            only: None,
+            held: BTreeSet::from(["ws-b".to_string()]),
+        };
+        let seen = held.inventory(&inventory);
+        let ids: Vec<String> = seen.objects.iter().map(ObjectRef::id).collect();
+        assert_eq!(ids, ["ConfigMap/ws-a/c"]);
     }
 }

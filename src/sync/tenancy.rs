@@ -35,7 +35,7 @@ use serde_json::Value;
 use crate::declare::model::SyncPolicy;
 use crate::object::{ENVIRONMENT_LABEL, MANAGED_BY, MANAGER, Object, ObjectKey, live_key};
 use crate::plan::{Action, Plan, Summary};
-use crate::sync::inventory::{Inventory, SYSTEM_NAMESPACE};
+use crate::sync::inventory::{Inventory, ObjectRef, SYSTEM_NAMESPACE};
 
 /// The operator's limits for every environment of a run.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
@@ -692,7 +692,7 @@ pub fn settle_ownership(plan: &mut Plan, inventory: &Inventory, existing: &[Valu
         .iter()
         .filter_map(|v| Some((live_key(v)?, v)))
         .collect();
-    let inventoried = inventory.keys();
+    let inventoried = inventory.lookup();
     let take = |note: String| {
         if adopt {
             (Action::Adopt, format!("{note}; taken over (--adopt)"))
@@ -737,7 +737,14 @@ pub fn settle_ownership(plan: &mut Plan, inventory: &Inventory, existing: &[Valu
                         )
                     }),
             },
-            Action::Update | Action::Unchanged if !inventoried.contains(&key) => {
+            Action::Update | Action::Unchanged
+                if !inventoried.contains(&ObjectRef {
+                    api_version: c.api_version.clone(),
+                    kind: c.kind.clone(),
+                    namespace: c.namespace.clone(),
+                    name: c.name.clone(),
+                }) =>
+            {
                 Some(take(format!(
                     "labelled for environment `{environment}` but not in its inventory: tenantsync did not create it (or the inventory was lost)"
                 )))
