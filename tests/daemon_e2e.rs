@@ -1159,14 +1159,7 @@ async fn an_edit_in_a_watched_folder_is_applied_and_drift_without_self_heal_is_o
     wait_for(
         "the edit to be applied",
         Duration::from_secs(45).saturating_sub(first_synced.elapsed()),
-        async || {
-            configs
-                .get("fhir-api-config")
-                .await
-                .ok()
-                .and_then(|c| c.data)
-                .is_some_and(|d| d.get("FhirServer__Version").map(String::as_str) == Some("R5"))
-        },
+        async || fhir_version(&configs).await.as_deref() == Some("R5"),
     )
     .await;
 
@@ -1221,4 +1214,17 @@ async fn an_edit_in_a_watched_folder_is_applied_and_drift_without_self_heal_is_o
         "drift was healed without --self-heal"
     );
     assert_eq!(metric(port, &drifted).await, Some(1.0));
+}
+
+/// The FHIR version `fhir-api-config` configures (a workspace's `api`
+/// service), as the cluster has it.
+pub(crate) async fn fhir_version(
+    configs: &Api<k8s_openapi::api::core::v1::ConfigMap>,
+) -> Option<String> {
+    configs
+        .get("fhir-api-config")
+        .await
+        .ok()?
+        .data?
+        .remove("FhirServer__Version")
 }

@@ -77,6 +77,13 @@ impl Watching {
     }
 }
 
+/// Whether the daemon's status says Synced with no drifted object.
+async fn synced_without_drift(port: u16, env: &str) -> bool {
+    status(port, env)
+        .await
+        .is_some_and(|s| s["syncStatus"] == "Synced" && s["driftedObjects"] == 0)
+}
+
 fn log_lines(log: &Path, needle: &str) -> usize {
     std::fs::read_to_string(log)
         .unwrap_or_default()
@@ -236,11 +243,7 @@ async fn a_kubectl_scale_an_added_field_and_a_removed_label_are_healed_within_2s
     wait_for(
         "the status to be Synced again",
         Duration::from_secs(10),
-        async || {
-            status(port, &env)
-                .await
-                .is_some_and(|s| s["syncStatus"] == "Synced" && s["driftedObjects"] == 0)
-        },
+        async || synced_without_drift(port, &env).await,
     )
     .await;
 
@@ -364,11 +367,7 @@ async fn a_change_seen_by_a_watch_is_healed_by_listing_only_its_workspace_never_
     wait_for(
         "the status to be Synced with no drift",
         Duration::from_secs(10),
-        async || {
-            status(port, &env)
-                .await
-                .is_some_and(|s| s["syncStatus"] == "Synced" && s["driftedObjects"] == 0)
-        },
+        async || synced_without_drift(port, &env).await,
     )
     .await;
     // The narrowed syncs dropped nothing of the inventory: every object
@@ -423,14 +422,7 @@ async fn a_revision_changing_one_workspace_is_applied_listing_only_its_namespace
     wait_for(
         "the edit to be applied",
         Duration::from_secs(30),
-        async || {
-            configs
-                .get("fhir-api-config")
-                .await
-                .ok()
-                .and_then(|c| c.data)
-                .is_some_and(|d| d.get("FhirServer__Version").map(String::as_str) == Some("R5"))
-        },
+        async || crate::daemon_e2e::fhir_version(&configs).await.as_deref() == Some("R5"),
     )
     .await;
     wait_for(

@@ -290,6 +290,21 @@ enum Narrowed {
     Everything(&'static str),
 }
 
+/// The environment's sync status now: put back
+/// ([`put_back_sync_status`]) when a narrowed sync gives way to a full one.
+fn sync_status_now(shared: &Shared, env: &str) -> Option<SyncStatus> {
+    let status = shared.status.read().ok()?;
+    status.environments.get(env).map(|e| e.sync_status)
+}
+
+/// Puts back the sync status `before` a narrowed sync's `Syncing`.
+fn put_back_sync_status(shared: &Shared, env: &str, before: Option<SyncStatus>) {
+    shared.update(env, |s| {
+        s.sync_status = before.unwrap_or(s.sync_status);
+        s.target_revision = None;
+    });
+}
+
 /// A reconcile's entry in the environment's history.
 fn record_reconcile(
     env: &str,
@@ -669,21 +684,14 @@ impl Reconciler {
         };
         let scoped = state.narrowed_to(narrowed, state.sync.clone());
         let (env, shared) = (self.env.clone(), self.shared.clone());
-        let before = shared
-            .status
-            .read()
-            .ok()
-            .and_then(|s| s.environments.get(&env).map(|e| e.sync_status));
+        let before = sync_status_now(&shared, &env);
         let checked = match heal_narrowed(&env, &shared, c, &scoped, &writer, gate.heal).await {
             Ok(Ok(checked)) => checked,
             Ok(Err(why)) => return Everything(why),
             Err(e) => {
                 tracing::info!(environment = %env, error = %e, "cannot check the changed objects' workspaces alone; checking everything");
                 // A heal's `Syncing` is not left standing meanwhile.
-                shared.update(&env, |s| {
-                    s.sync_status = before.unwrap_or(s.sync_status);
-                    s.target_revision = None;
-                });
+                put_back_sync_status(&shared, &env, before);
                 return Everything("the check of the changed workspaces failed");
             }
         };
@@ -828,17 +836,7 @@ impl Reconciler {
         let scoped = state.narrowed_to(narrowed, sync);
         let (env, shared) = (self.env.clone(), self.shared.clone());
         let c = self.cluster.as_ref()?;
-        let before = shared
-            .status
-            .read()
-            .ok()
-            .and_then(|s| s.environments.get(&env).map(|e| e.sync_status));
-        let restore = |shared: &Shared| {
-            shared.update(&env, |s| {
-                s.sync_status = before.unwrap_or(s.sync_status);
-                s.target_revision = None;
-            });
-        };
+        let before = sync_status_now(&shared, &env);
         let declared: std::collections::HashSet<_> = new.objects.iter().map(|o| o.key()).collect();
         let planned = plan_narrowed(
             &env,
@@ -867,7 +865,7 @@ impl Reconciler {
             Ok(report) => report,
             Err(e) => {
                 tracing::info!(environment = %env, error = %e, "cannot sync only what the new revision changed; syncing it in full");
-                restore(&shared);
+                put_back_sync_status(&shared, &env, before);
                 return None;
             }
         };
@@ -877,7 +875,7 @@ impl Reconciler {
         if !report.succeeded() {
             // Its writes are counted; the sync of everything that follows
             // reports what failed.
-            restore(&shared);
+            put_back_sync_status(&shared, &env, before);
             return None;
         }
         tracing::info!(
