@@ -5,6 +5,7 @@
 
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
+use tenantsync::sync::Fence;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Service;
@@ -492,7 +493,7 @@ async fn a_takeover_on_a_changed_object_is_refused_and_says_to_sync_again() {
     .await
     .expect("connect");
     cluster
-        .apply(&object, false, false, &manager)
+        .apply(&object, false, false, &manager, &Fence::default())
         .await
         .expect("first apply");
     kubectl(
@@ -510,7 +511,15 @@ async fn a_takeover_on_a_changed_object_is_refused_and_says_to_sync_again() {
     // Someone writes in between.
     kubectl(&ns, &["label", "configmap/c", "between=yes"]);
     let err = cluster
-        .apply_healed(&object, Some(&heal), None, false, false, &manager)
+        .apply_healed(
+            &object,
+            Some(&heal),
+            None,
+            false,
+            false,
+            &manager,
+            &Fence::default(),
+        )
         .await
         .expect_err("a stale takeover");
     assert!(matches!(err, ApplyError::Moved { .. }), "{err}");

@@ -5,6 +5,7 @@
 
 use std::path::Path;
 use std::process::Output;
+use tenantsync::sync::Fence;
 
 use serde_json::{Value, json};
 use tenantsync::plan::LiveVersion;
@@ -346,7 +347,7 @@ async fn preconditions_refuse_a_write_to_an_object_changed_since_the_plan() {
     let object = tenantsync::object::Object::from_value("ws", &body).expect("object");
     let manager = "tenantsync/saved-plan-race";
     cluster
-        .apply(&object, false, false, manager)
+        .apply(&object, false, false, manager, &Fence::default())
         .await
         .expect("create");
     let get = || {
@@ -390,7 +391,15 @@ async fn preconditions_refuse_a_write_to_an_object_changed_since_the_plan() {
         "metadata": {"name": "raced", "namespace": ns}, "data": {"k": "applied"}});
     let changed = tenantsync::object::Object::from_value("ws", &changed).expect("object");
     let e = cluster
-        .apply_healed(&changed, None, Some(&planned), false, false, manager)
+        .apply_healed(
+            &changed,
+            None,
+            Some(&planned),
+            false,
+            false,
+            manager,
+            &Fence::default(),
+        )
         .await
         .expect_err("a stale apply is refused");
     assert!(
@@ -399,7 +408,7 @@ async fn preconditions_refuse_a_write_to_an_object_changed_since_the_plan() {
     );
     let r = tenantsync::sync::inventory::ObjectRef::of(&object);
     let e = cluster
-        .delete_if(&r, Some(&planned), false)
+        .delete_if(&r, Some(&planned), false, &Fence::default())
         .await
         .expect_err("a stale delete is refused");
     assert!(e.to_string().contains("so it was not deleted"), "{e}");
@@ -408,14 +417,22 @@ async fn preconditions_refuse_a_write_to_an_object_changed_since_the_plan() {
     // At the current version both go through.
     let current = LiveVersion::of(&edited).expect("versions");
     cluster
-        .apply_healed(&changed, None, Some(&current), false, false, manager)
+        .apply_healed(
+            &changed,
+            None,
+            Some(&current),
+            false,
+            false,
+            manager,
+            &Fence::default(),
+        )
         .await
         .expect("apply at the current version");
     assert_eq!(get()["data"]["k"], "applied");
     let current = LiveVersion::of(&get()).expect("versions");
     assert!(
         cluster
-            .delete_if(&r, Some(&current), false)
+            .delete_if(&r, Some(&current), false, &Fence::default())
             .await
             .expect("delete")
     );

@@ -4,6 +4,7 @@
 
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
+use tenantsync::sync::Fence;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
@@ -533,7 +534,7 @@ async fn a_recreate_deletes_only_the_object_planned_not_one_that_replaced_it() {
         name: "fhir-config".into(),
     };
     let refused = cluster
-        .delete_uid(&r, Some(&planned_uid))
+        .delete_uid(&r, Some(&planned_uid), &Fence::default())
         .await
         .expect_err("the replacement must not be deleted");
     let said = refused.to_string();
@@ -550,7 +551,7 @@ async fn a_recreate_deletes_only_the_object_planned_not_one_that_replaced_it() {
     // The object the plan listed is deleted.
     assert!(
         cluster
-            .delete_uid(&r, Some(&replaced_uid))
+            .delete_uid(&r, Some(&replaced_uid), &Fence::default())
             .await
             .expect("delete")
     );

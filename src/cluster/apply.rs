@@ -10,6 +10,7 @@ use super::{Cluster, ClusterError};
 use crate::object::Object;
 use crate::plan::LiveVersion;
 use crate::plan::field_policy::{Heal, Takeover};
+use crate::sync::Fence;
 use crate::sync::report::ConflictField;
 
 #[derive(Debug, thiserror::Error)]
@@ -136,8 +137,9 @@ impl Cluster {
         dry_run: bool,
         force: bool,
         manager: &str,
+        fence: &Fence,
     ) -> Result<(), ApplyError> {
-        self.apply_inner(object, None, None, dry_run, force, manager)
+        self.apply_inner(object, None, None, (dry_run, force, manager), fence)
             .await
     }
 
@@ -149,11 +151,10 @@ impl Cluster {
         object: &Object,
         body: &serde_json::Value,
         precondition: Option<&LiveVersion>,
-        dry_run: bool,
-        force: bool,
-        manager: &str,
+        how: (bool, bool, &str),
+        fence: &Fence,
     ) -> Result<(), ApplyError> {
-        self.apply_inner(object, Some(body), precondition, dry_run, force, manager)
+        self.apply_inner(object, Some(body), precondition, how, fence)
             .await
     }
 
@@ -162,9 +163,8 @@ impl Cluster {
         object: &Object,
         body: Option<&serde_json::Value>,
         precondition: Option<&LiveVersion>,
-        dry_run: bool,
-        force: bool,
-        manager: &str,
+        (dry_run, force, manager): (bool, bool, &str),
+        fence: &Fence,
     ) -> Result<(), ApplyError> {
         let id = object.id();
         let api = self
@@ -185,11 +185,17 @@ impl Cluster {
         let mut params = PatchParams::apply(manager);
         params.force = force;
         params.dry_run = dry_run;
-        self.count(!dry_run);
+        let lost = || fence.lost();
         let result = match body {
-            Some(body) => api.patch(&object.name, &params, &Patch::Apply(body)).await,
+            Some(body) => {
+                let patch = Patch::Apply(body);
+                self.write(!dry_run, &lost, || api.patch(&object.name, &params, &patch))
+                    .await
+            }
             None => {
-                api.patch(&object.name, &params, &Patch::Apply(object.json()))
+                let json = object.json();
+                let patch = Patch::Apply(&json);
+                self.write(!dry_run, &lost, || api.patch(&object.name, &params, &patch))
                     .await
             }
         };
@@ -246,6 +252,7 @@ impl Cluster {
     /// applied body carries its `uid` and `resourceVersion` (the one after
     /// the takeover, when there is one): the API server refuses the apply
     /// if the object changed since the plan.
+    #[allow(clippy::too_many_arguments)]
     pub async fn apply_healed(
         &self,
         object: &Object,
@@ -254,12 +261,13 @@ impl Cluster {
         dry_run: bool,
         force: bool,
         manager: &str,
+        fence: &Fence,
     ) -> Result<(), ApplyError> {
         let mut precondition = precondition.cloned();
         if let Some(takeover) = heal.and_then(|h| h.takeover.as_ref())
             && !dry_run
         {
-            match self.take_over(object, takeover).await {
+            match self.take_over(object, takeover, fence).await {
                 Ok(resource_version) => {
                     if let Some(p) = precondition.as_mut() {
                         p.resource_version = resource_version;
@@ -276,7 +284,7 @@ impl Cluster {
         }
         let strip = heal.map(|h| h.strip.as_slice()).unwrap_or_default();
         if strip.is_empty() && precondition.is_none() {
-            return self.apply(object, dry_run, force, manager).await;
+            return self.apply(object, dry_run, force, manager, fence).await;
         }
         let mut body = crate::plan::field_policy::strip(object.value(), strip);
         if let Some(p) = &precondition
@@ -291,16 +299,20 @@ impl Cluster {
             object,
             &body,
             precondition.as_ref(),
-            dry_run,
-            force,
-            manager,
+            (dry_run, force, manager),
+            fence,
         )
         .await
     }
 
     /// Moves the reverting managers' fields; returns the object's new
     /// `resourceVersion`.
-    async fn take_over(&self, object: &Object, takeover: &Takeover) -> Result<String, ApplyError> {
+    async fn take_over(
+        &self,
+        object: &Object,
+        takeover: &Takeover,
+        fence: &Fence,
+    ) -> Result<String, ApplyError> {
         let id = object.id();
         let api = self
             .api_for(
@@ -320,9 +332,12 @@ impl Cluster {
                 "managedFields": takeover.managed_fields,
             }
         });
-        self.count(true);
-        match api
-            .patch(&object.name, &PatchParams::default(), &Patch::Merge(&patch))
+        let params = PatchParams::default();
+        let patch = Patch::Merge(&patch);
+        match self
+            .write(true, &|| fence.lost(), || {
+                api.patch(&object.name, &params, &patch)
+            })
             .await
         {
             Ok(patched) => Ok(patched.metadata.resource_version.unwrap_or_default()),

@@ -7,13 +7,19 @@ use kube::api::{DeleteParams, Preconditions, PropagationPolicy};
 
 use super::{Cluster, ClusterError};
 use crate::plan::LiveVersion;
+use crate::sync::Fence;
 use crate::sync::inventory::ObjectRef;
 
 impl Cluster {
     /// Deletes an object (dependents in the background, as kubectl does).
     /// Returns false when it was already gone.
-    pub async fn delete(&self, r: &ObjectRef, dry_run: bool) -> Result<bool, ClusterError> {
-        self.delete_if(r, None, dry_run).await
+    pub async fn delete(
+        &self,
+        r: &ObjectRef,
+        dry_run: bool,
+        fence: &Fence,
+    ) -> Result<bool, ClusterError> {
+        self.delete_if(r, None, dry_run, fence).await
     }
 
     /// [`Cluster::delete`] on the condition that the object still has the
@@ -24,6 +30,7 @@ impl Cluster {
         r: &ObjectRef,
         precondition: Option<&LiveVersion>,
         dry_run: bool,
+        fence: &Fence,
     ) -> Result<bool, ClusterError> {
         let api = self
             .api_for(&r.id(), &r.api_version, &r.kind, r.namespace.as_deref())
@@ -37,8 +44,10 @@ impl Cluster {
             }),
             ..DeleteParams::default()
         };
-        self.count(!dry_run);
-        match api.delete(&r.name, &params).await {
+        match self
+            .write(!dry_run, &|| fence.lost(), || api.delete(&r.name, &params))
+            .await
+        {
             Ok(_) => Ok(true),
             Err(kube::Error::Api(status)) if status.code == 404 => Ok(false),
             Err(kube::Error::Api(status)) if status.code == 409 && precondition.is_some() => {
@@ -57,7 +66,12 @@ impl Cluster {
     /// the object planned (`uid`, when it was listed): a 409 (it was
     /// replaced meanwhile) is [`ClusterError::Replaced`] and nothing is
     /// deleted. Returns false when it was already gone.
-    pub async fn delete_uid(&self, r: &ObjectRef, uid: Option<&str>) -> Result<bool, ClusterError> {
+    pub async fn delete_uid(
+        &self,
+        r: &ObjectRef,
+        uid: Option<&str>,
+        fence: &Fence,
+    ) -> Result<bool, ClusterError> {
         let api = self
             .api_for(&r.id(), &r.api_version, &r.kind, r.namespace.as_deref())
             .await?;
@@ -69,8 +83,10 @@ impl Cluster {
             }),
             ..DeleteParams::default()
         };
-        self.count(true);
-        match api.delete(&r.name, &params).await {
+        match self
+            .write(true, &|| fence.lost(), || api.delete(&r.name, &params))
+            .await
+        {
             Ok(_) => Ok(true),
             Err(kube::Error::Api(status)) if status.code == 404 => Ok(false),
             Err(kube::Error::Api(status)) if status.code == 409 && uid.is_some() => {

@@ -11,7 +11,7 @@ use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::time::Duration;
 
-use futures::stream::FuturesOrdered;
+use futures::stream::FuturesUnordered;
 use futures::{FutureExt as _, StreamExt};
 use serde_json::Value;
 
@@ -25,16 +25,20 @@ use crate::sync::inventory::{Inventory, ObjectRef};
 use crate::sync::report::{Conflict, ConflictField, Failure, SyncReport};
 use crate::sync::{self, MassPrune, SyncOptions};
 
-/// Write requests (applies, prune deletes) in flight at once within a stage.
+/// Lookups (reads) in flight at once; writes follow the connection's
+/// window ([`super::throttle`]).
 pub const APPLY_CONCURRENCY: usize = 8;
 const RECREATE_TIMEOUT: Duration = Duration::from_secs(60);
 const ESTABLISH_TIMEOUT: Duration = Duration::from_secs(60);
 /// Consecutive transport failures (connect timeouts, resets, no answer)
 /// after which a sync stops sending: the API server is down or frozen.
 pub const MAX_TRANSPORT_FAILURES: usize = 3;
-/// A write with no answer after this long counts as a transport failure
-/// (a frozen API server accepts connections and never answers).
-pub const WRITE_TIMEOUT: Duration = Duration::from_secs(15);
+/// The longest one object's write may take in all, a safety net: each of
+/// its requests waits at most [`WRITE_TIMEOUT`] for an answer, and 429s are
+/// retried for at most [`super::throttle::BUSY_FOR`]; a recreate waits up
+/// to [`RECREATE_TIMEOUT`] for the object to go.
+pub const WRITE_DEADLINE: Duration = Duration::from_secs(180);
+pub use super::throttle::WRITE_TIMEOUT;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {
@@ -75,6 +79,7 @@ pub async fn sync(
     pinned: &BTreeMap<String, String>,
     mut progress: impl FnMut(Progress<'_>),
 ) -> Result<SyncReport, SyncError> {
+    let throttled_before = cluster.throttle().throttled_total();
     // What a namespace about to be deleted holds that tenantsync never made.
     let foreign = match (&inventory, options.prune) {
         (Some(inv), true) => {
@@ -250,6 +255,7 @@ pub async fn sync(
     }
     report.api_requests = cluster.requests();
     report.write_requests = cluster.writes();
+    report.throttled = cluster.throttle().throttled_total() - throttled_before;
     Ok(report)
 }
 
@@ -357,6 +363,77 @@ async fn narrow(
     }
 }
 
+/// Requests in flight, answered in any order and handed back in the order
+/// they were sent: one waiting (a 429's `Retry-After`) holds back neither
+/// the next sends nor the others' answers, and the report keeps the
+/// stage's order. `K`: what names a request (to report one never answered).
+struct InOrder<K, F: Future> {
+    in_flight: FuturesUnordered<futures::future::Join<futures::future::Ready<usize>, F>>,
+    /// Answers not handed back yet, by the order they were sent in.
+    answered: BTreeMap<usize, F::Output>,
+    /// What was sent and not handed back yet, oldest first.
+    keys: VecDeque<K>,
+    sent: usize,
+    handed: usize,
+}
+
+impl<K: Copy, F: Future> InOrder<K, F> {
+    fn new() -> Self {
+        InOrder {
+            in_flight: FuturesUnordered::new(),
+            answered: BTreeMap::new(),
+            keys: VecDeque::new(),
+            sent: 0,
+            handed: 0,
+        }
+    }
+
+    /// Requests sent and not answered yet.
+    fn unanswered(&self) -> usize {
+        self.in_flight.len()
+    }
+
+    fn push(&mut self, key: K, request: F) {
+        let seq = self.sent;
+        self.sent += 1;
+        self.keys.push_back(key);
+        self.in_flight
+            .push(futures::future::join(futures::future::ready(seq), request));
+    }
+
+    /// The next answer to come, whichever it is, to look at (it is handed
+    /// back in order by [`InOrder::next_in_order`]); `None` when nothing is
+    /// in flight.
+    async fn answer(&mut self) -> Option<&F::Output> {
+        let (seq, output) = self.in_flight.next().await?;
+        Some(self.answered.entry(seq).or_insert(output))
+    }
+
+    /// The oldest answer, once every earlier one was handed back.
+    fn next_in_order(&mut self) -> Option<F::Output> {
+        let output = self.answered.remove(&self.handed)?;
+        self.handed += 1;
+        self.keys.pop_front();
+        Some(output)
+    }
+
+    /// Stops waiting: what was sent and not handed back, oldest first, with
+    /// its answer if it came (now included), else `None`.
+    fn stop(&mut self) -> Vec<(K, Option<F::Output>)> {
+        while let Some(Some((seq, output))) = self.in_flight.next().now_or_never() {
+            self.answered.insert(seq, output);
+        }
+        let rest = self
+            .keys
+            .drain(..)
+            .enumerate()
+            .map(|(i, key)| (key, self.answered.remove(&(self.handed + i))))
+            .collect();
+        self.handed = self.sent;
+        rest
+    }
+}
+
 /// Whether the writer lost its hold on the environment (its lock taken or
 /// unrenewed, with `--shard` its Lease).
 fn lock_lost(options: &SyncOptions) -> bool {
@@ -441,10 +518,11 @@ impl Run<'_> {
         Ok(())
     }
 
-    /// One stage: a window of APPLY_CONCURRENCY requests in flight, results
-    /// in order. (FuturesOrdered rather than `buffered`: a stream holding a
-    /// closure that returns borrowing futures is not Send for the daemon's
-    /// spawn.)
+    /// One stage: a window of requests in flight (as many as the
+    /// connection's [`super::throttle::Throttle::limit`] says when each is
+    /// sent), results in order. (FuturesOrdered rather than `buffered`: a
+    /// stream holding a closure that returns borrowing futures is not Send
+    /// for the daemon's spawn.)
     async fn apply_stage(
         &mut self,
         cx: &ApplyContext<'_>,
@@ -455,70 +533,91 @@ impl Run<'_> {
         let (cluster, options) = (self.cluster, self.options);
         let lock_lost = || lock_lost(options);
         let mut queue = sendable.into_iter();
-        let mut in_flight = FuturesOrdered::new();
-        // The identities in flight, in the order their answers come.
-        let mut sent: VecDeque<&Object> = VecDeque::new();
-        for _ in 0..APPLY_CONCURRENCY {
-            match next_sendable(&mut queue, refused, &mut self.report, &lock_lost) {
-                Some(o) => {
-                    sent.push_back(o);
-                    in_flight.push_back(applied(cluster, o, options, cx));
-                }
-                None => break,
+        let mut window = InOrder::new();
+        loop {
+            // As many as the window holds now (it may have grown or shrunk).
+            while window.unanswered() < cluster.throttle().limit() {
+                let Some(o) = next_sendable(&mut queue, refused, &mut self.report, &lock_lost)
+                else {
+                    break;
+                };
+                window.push(o, applied(cluster, o, options, cx));
             }
-        }
-        while let Some((o, result)) = in_flight.next().await {
-            sent.pop_front();
-            // Classify first, so that the next object sent knows.
-            match &result {
-                Err(ApplyError::Cluster { source, .. }) if source.is_transport() => self
-                    .count_transport(
+            let Some((_, result)) = window.answer().await else {
+                break;
+            };
+            // Classified as it comes, so that the next object sent knows.
+            match result {
+                Err(ApplyError::Cluster { source, .. })
+                    if source.is_transport() || source.is_busy() =>
+                {
+                    self.count_transport(
                         Some(source),
                         "what was not sent is listed, the inventory still covers it",
-                    ),
+                    )
+                }
                 _ => self.count_transport(None, ""),
             }
-            if let Some(next) = next_sendable(&mut queue, refused, &mut self.report, &lock_lost) {
-                sent.push_back(next);
-                in_flight.push_back(applied(cluster, next, options, cx));
-            }
-            // Objects of a CRD's kind wait until it is Established.
-            if &*o.kind == "CustomResourceDefinition"
-                && result.is_ok()
-                && !options.dry_run
-                && !cluster.wait_established(&o.name, ESTABLISH_TIMEOUT).await?
-            {
-                self.report.failures.push(Failure {
-                    id: o.id(),
-                    message: format!("not Established after {ESTABLISH_TIMEOUT:?}"),
+            while let Some((o, result)) = window.next_in_order() {
+                // Objects of a CRD's kind wait until it is Established.
+                if &*o.kind == "CustomResourceDefinition"
+                    && result.is_ok()
+                    && !options.dry_run
+                    && !cluster.wait_established(&o.name, ESTABLISH_TIMEOUT).await?
+                {
+                    self.report.failures.push(Failure {
+                        id: o.id(),
+                        message: format!("not Established after {ESTABLISH_TIMEOUT:?}"),
+                    });
+                }
+                let id = o.id();
+                progress(Progress::Applied {
+                    id: &id,
+                    ok: result.is_ok(),
                 });
+                record_applied(&mut self.report, refused, cx, o, result);
             }
-            let id = o.id();
-            progress(Progress::Applied {
-                id: &id,
-                ok: result.is_ok(),
-            });
-            record_applied(&mut self.report, refused, cx, o, result);
             if self.report.aborted.is_some() {
                 // Stopped: answers already in are recorded as they are; the
                 // writes still in flight are not waited for (each could
                 // take WRITE_TIMEOUT more of a frozen server).
-                while let Some(Some((o, result))) = in_flight.next().now_or_never() {
-                    sent.pop_front();
-                    record_applied(&mut self.report, refused, cx, o, result);
+                for (o, answer) in window.stop() {
+                    match answer {
+                        Some((o, result)) => {
+                            record_applied(&mut self.report, refused, cx, o, result)
+                        }
+                        None => self.report.failures.push(unanswered(o.id())),
+                    }
                 }
-                self.report
-                    .failures
-                    .extend(sent.drain(..).map(|o| unanswered(o.id())));
                 break;
             }
         }
         Ok(())
     }
 
+    /// A prune's delete answered.
+    fn record_pruned<'s>(
+        &mut self,
+        r: &'s ObjectRef,
+        result: Result<bool, ClusterError>,
+        pruned: &mut Vec<&'s ObjectRef>,
+    ) {
+        match result {
+            Ok(_) => {
+                self.report.pruned.push(r.id());
+                pruned.push(r);
+            }
+            Err(ClusterError::Fenced) => self.report.not_sent.push(r.id()),
+            Err(e) => self.report.failures.push(Failure {
+                id: r.id(),
+                message: format!("prune failed: {e}"),
+            }),
+        }
+    }
+
     /// Deletes what the steps prune, stage after stage (children before
-    /// their namespaces), a window of APPLY_CONCURRENCY deletes in flight
-    /// within a stage; not when anything failed to apply. Returns what was
+    /// their namespaces), a window of deletes in flight within a stage (as
+    /// for applies); not when anything failed to apply. Returns what was
     /// deleted.
     async fn prune<'s>(
         &mut self,
@@ -540,21 +639,21 @@ impl Run<'_> {
                 continue;
             }
             let mut queue = stage.iter();
-            let mut in_flight = FuturesOrdered::new();
-            let mut sent: VecDeque<&ObjectRef> = VecDeque::new();
-            for _ in 0..APPLY_CONCURRENCY {
-                match next_deletable(&mut queue, &mut refused, &mut self.report, &lock_lost) {
-                    Some(r) => {
-                        sent.push_back(r);
-                        in_flight.push_back(deleted(cluster, r, options));
-                    }
-                    None => break,
+            let mut window = InOrder::new();
+            loop {
+                while window.unanswered() < cluster.throttle().limit() {
+                    let Some(r) =
+                        next_deletable(&mut queue, &mut refused, &mut self.report, &lock_lost)
+                    else {
+                        break;
+                    };
+                    window.push(r, deleted(cluster, r, options));
                 }
-            }
-            while let Some((r, result)) = in_flight.next().await {
-                sent.pop_front();
-                match &result {
-                    Err(e) if e.is_transport() => {
+                let Some((r, result)) = window.answer().await else {
+                    break;
+                };
+                match result {
+                    Err(e) if e.is_transport() || e.is_busy() => {
                         self.count_transport(Some(e), "what was not deleted stays in the inventory")
                     }
                     Err(e) if e.is_permission() => {
@@ -563,44 +662,21 @@ impl Run<'_> {
                     }
                     _ => self.count_transport(None, ""),
                 }
-                if let Some(next) =
-                    next_deletable(&mut queue, &mut refused, &mut self.report, &lock_lost)
-                {
-                    sent.push_back(next);
-                    in_flight.push_back(deleted(cluster, next, options));
-                }
-                let id = r.id();
-                progress(Progress::Pruned {
-                    id: &id,
-                    ok: result.is_ok(),
-                });
-                match result {
-                    Ok(_) => {
-                        self.report.pruned.push(id);
-                        pruned.push(r);
-                    }
-                    Err(e) => self.report.failures.push(Failure {
-                        id,
-                        message: format!("prune failed: {e}"),
-                    }),
+                while let Some((r, result)) = window.next_in_order() {
+                    let id = r.id();
+                    progress(Progress::Pruned {
+                        id: &id,
+                        ok: result.is_ok(),
+                    });
+                    self.record_pruned(r, result, &mut pruned);
                 }
                 if self.report.aborted.is_some() {
-                    while let Some(Some((r, result))) = in_flight.next().now_or_never() {
-                        sent.pop_front();
-                        match result {
-                            Ok(_) => {
-                                self.report.pruned.push(r.id());
-                                pruned.push(r);
-                            }
-                            Err(e) => self.report.failures.push(Failure {
-                                id: r.id(),
-                                message: format!("prune failed: {e}"),
-                            }),
+                    for (r, answer) in window.stop() {
+                        match answer {
+                            Some((r, result)) => self.record_pruned(r, result, &mut pruned),
+                            None => self.report.failures.push(unanswered(r.id())),
                         }
                     }
-                    self.report
-                        .failures
-                        .extend(sent.drain(..).map(|r| unanswered(r.id())));
                     break;
                 }
             }
@@ -715,6 +791,10 @@ fn record_applied(
 ) {
     let id = o.id();
     match result {
+        Err(ApplyError::Cluster {
+            source: ClusterError::Fenced,
+            ..
+        }) => report.not_sent.push(id),
         Ok(false) if cx.created.contains(&o.key()) => report.created.push(id),
         Ok(false) if cx.adopted.contains(&o.key()) => report.adopted.push(id),
         Ok(false) => report.updated.push(id),
@@ -806,7 +886,7 @@ async fn applied<'a>(
     let precondition = precondition_of(options, &object.id());
     let uid = cx.uids.get(&object.key()).copied();
     let result = match tokio::time::timeout(
-        WRITE_TIMEOUT,
+        WRITE_DEADLINE,
         apply_one(
             cluster,
             object,
@@ -850,8 +930,8 @@ async fn deleted<'a>(
     options: &SyncOptions,
 ) -> (&'a ObjectRef, Result<bool, ClusterError>) {
     let precondition = precondition_of(options, &r.id());
-    let delete = cluster.delete_if(r, precondition, options.dry_run);
-    let result = match tokio::time::timeout(WRITE_TIMEOUT, delete).await {
+    let delete = cluster.delete_if(r, precondition, options.dry_run, &options.fence);
+    let result = match tokio::time::timeout(WRITE_DEADLINE, delete).await {
         Ok(r) => r,
         Err(_) => Err(no_answer(cluster)),
     };
@@ -861,7 +941,7 @@ async fn deleted<'a>(
 fn no_answer(cluster: &Cluster) -> ClusterError {
     ClusterError::Unreachable {
         server: cluster.server().to_string(),
-        reason: format!("no answer within {}s", WRITE_TIMEOUT.as_secs()),
+        reason: format!("no answer within {}s", WRITE_DEADLINE.as_secs()),
     }
 }
 
@@ -891,7 +971,15 @@ async fn apply_one(
     uid: Option<&str>,
 ) -> Result<bool, ApplyError> {
     let first = cluster
-        .apply_healed(object, heal, precondition, options.dry_run, force, manager)
+        .apply_healed(
+            object,
+            heal,
+            precondition,
+            options.dry_run,
+            force,
+            manager,
+            &options.fence,
+        )
         .await;
     // Retries apply the same body; the fields were taken over already.
     let rest = heal.map(|h| Heal {
@@ -904,7 +992,15 @@ async fn apply_one(
     let first = match first {
         Err(ApplyError::Conflict { fields, .. }) if only_legacy_manager(&fields) => {
             cluster
-                .apply_healed(object, rest, precondition, options.dry_run, true, manager)
+                .apply_healed(
+                    object,
+                    rest,
+                    precondition,
+                    options.dry_run,
+                    true,
+                    manager,
+                    &options.fence,
+                )
                 .await
         }
         other => other,
@@ -926,7 +1022,7 @@ async fn apply_one(
             let uid = Some(uid);
             let r = ObjectRef::of(object);
             cluster
-                .delete_uid(&r, uid)
+                .delete_uid(&r, uid, &options.fence)
                 .await
                 .map_err(|source| ApplyError::Cluster {
                     id: id.clone(),
@@ -949,7 +1045,7 @@ async fn apply_one(
             }
             // A new object: everything declared, ignored fields too.
             cluster
-                .apply(object, false, force, manager)
+                .apply(object, false, force, manager, &options.fence)
                 .await
                 .map(|()| true)
         }
@@ -960,6 +1056,36 @@ async fn apply_one(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn answers_are_handed_back_in_the_order_sent_while_a_late_one_holds_back_no_send() {
+        let (tx, rx): (Vec<_>, Vec<_>) = (0..3)
+            .map(|_| tokio::sync::oneshot::channel::<u32>())
+            .unzip();
+        type Answer = std::pin::Pin<Box<dyn Future<Output = u32>>>;
+        let mut window: InOrder<usize, Answer> = InOrder::new();
+        for (key, rx) in rx.into_iter().enumerate() {
+            window.push(key, Box::pin(async move { rx.await.unwrap_or(0) }));
+        }
+        let mut tx = tx.into_iter();
+        let (first, second, third) = (tx.next(), tx.next(), tx.next());
+        // The second answers first: seen at once, handed back only after
+        // the first; it no longer counts as in flight.
+        second.map(|t| t.send(2));
+        assert_eq!(window.answer().await, Some(&2));
+        assert_eq!(window.unanswered(), 2);
+        assert_eq!(window.next_in_order(), None);
+        first.map(|t| t.send(1));
+        assert_eq!(window.answer().await, Some(&1));
+        assert_eq!(window.next_in_order(), Some(1));
+        assert_eq!(window.next_in_order(), Some(2));
+        assert_eq!(window.next_in_order(), None);
+        // Stopped with the third unanswered: named, with no answer.
+        window.push(3, Box::pin(async { 4 }));
+        let rest = window.stop();
+        assert_eq!(rest, vec![(2, None), (3, Some(4))]);
+        drop(third);
+    }
 
     fn field(manager: &str) -> ConflictField {
         ConflictField {

@@ -45,6 +45,7 @@ pub use list::MAX_NAMESPACES_LISTED_APART;
 pub mod lock;
 mod ownership;
 mod scope;
+pub mod throttle;
 pub mod wait;
 pub mod watch;
 
@@ -99,6 +100,12 @@ pub enum ClusterError {
     },
     #[error("cannot reach the Kubernetes API server at {server}: {reason}")]
     Unreachable { server: String, reason: String },
+    /// A write not sent: this writer no longer holds the environment (its
+    /// lock or Lease), checked before each attempt.
+    #[error(
+        "not sent: this writer no longer holds the environment (its lock or Lease was taken by another writer, or could not be renewed in time)"
+    )]
+    Fenced,
     /// A saved plan's precondition failed on a delete.
     #[error(
         "{object}: changed since the plan was made (it is no longer at resourceVersion {resource_version}), so it was not deleted; make a new plan"
@@ -164,6 +171,12 @@ impl ClusterError {
     /// answer), as opposed to an answer refusing something.
     pub fn is_transport(&self) -> bool {
         matches!(self, ClusterError::Unreachable { .. })
+    }
+
+    /// The API server kept answering 429 Too Many Requests (after the
+    /// retries [`throttle`] makes): busy rather than refusing.
+    pub fn is_busy(&self) -> bool {
+        matches!(self, ClusterError::Api { code: 429, .. })
     }
 
     /// A 403 for want of a permission (RBAC), not one about this object
@@ -263,6 +276,8 @@ pub struct Cluster {
     discovered: Mutex<HashMap<(String, String), (ApiResource, bool)>>,
     /// `user U (context C)`, for a refused credential's message.
     user: String,
+    /// How many writes to keep in flight, and what the 429s said.
+    throttle: std::sync::Arc<throttle::Throttle>,
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {
@@ -319,15 +334,28 @@ impl Cluster {
         let mut watch_config = config.clone();
         watch_config.read_timeout = Some(watch::WATCH_READ_TIMEOUT);
         config.read_timeout = Some(READ_TIMEOUT);
+        // 429s are sent again by this client's own layers (throttle.rs):
+        // kube's default would wait any Retry-After, up to 15 times, unseen
+        // by the write window and past the lock's checks.
+        config.default_retry = false;
         let server = config
             .cluster_url
             .to_string()
             .trim_end_matches('/')
             .to_string();
-        let client = Client::try_from(config).map_err(|source| ClusterError::Client {
-            server: server.clone(),
-            source,
-        })?;
+        let throttle = std::sync::Arc::new(throttle::Throttle::default());
+        let client = kube::client::ClientBuilder::try_from(config)
+            .map_err(|source| ClusterError::Client {
+                server: server.clone(),
+                source,
+            })?
+            .with_layer(&throttle.layer())
+            // tower's Retry needs a service it can clone.
+            .with_layer(&tower::buffer::BufferLayer::new(1024))
+            .with_layer(&tower::retry::RetryLayer::new(throttle::Resend::new(
+                throttle.clone(),
+            )))
+            .build();
         let watch_client =
             Client::try_from(watch_config).map_err(|source| ClusterError::Client {
                 server: server.clone(),
@@ -341,11 +369,18 @@ impl Cluster {
             writes: AtomicU32::new(0),
             discovered: Mutex::new(HashMap::new()),
             user,
+            throttle,
         })
     }
 
     pub fn server(&self) -> &str {
         &self.server
+    }
+
+    /// How many writes to keep in flight to this API server now, and how
+    /// many 429s it answered.
+    pub fn throttle(&self) -> &throttle::Throttle {
+        &self.throttle
     }
 
     /// Which cluster this is (a saved plan records it): the `uid` of
@@ -410,6 +445,11 @@ impl Cluster {
                 resource: resource.into(),
                 message: status.message.clone(),
                 code: status.code,
+            },
+            kube::Error::Service(e) if e.is::<throttle::Fenced>() => ClusterError::Fenced,
+            kube::Error::Service(e) if e.is::<throttle::NoAnswer>() => ClusterError::Unreachable {
+                server: self.server.clone(),
+                reason: e.to_string(),
             },
             other => ClusterError::Unreachable {
                 server: self.server.clone(),

@@ -76,16 +76,20 @@ impl Cluster {
                 })
             })
             .collect();
-        // A window of requests in flight (FuturesUnordered rather than
-        // `buffer_unordered`: a stream holding a closure that returns
-        // borrowing futures is not Send for the daemon's spawn).
+        // A window of requests in flight, as wide as the connection's for
+        // writes (FuturesUnordered rather than `buffer_unordered`: a stream
+        // holding a closure that returns borrowing futures is not Send for
+        // the daemon's spawn).
         let mut queue = lookups.into_iter();
         let mut in_flight = FuturesUnordered::new();
-        for c in queue.by_ref().take(APPLY_CONCURRENCY) {
+        let window = || self.throttle().limit().min(APPLY_CONCURRENCY);
+        while in_flight.len() < window() {
+            let Some(c) = queue.next() else { break };
             in_flight.push(self.lookup(c));
         }
         while let Some(result) = in_flight.next().await {
-            if let Some(c) = queue.next() {
+            while in_flight.len() < window() {
+                let Some(c) = queue.next() else { break };
                 in_flight.push(self.lookup(c));
             }
             if let Some(live) = result? {

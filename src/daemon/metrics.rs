@@ -32,6 +32,8 @@ pub struct Metrics {
     rollbacks: Family<Labels, Counter>,
     leader: Family<Labels, Gauge>,
     watch_changes: Family<Labels, Counter>,
+    api_limit: Family<Labels, Gauge>,
+    api_throttled: Family<Labels, Counter>,
     /// Workspaces with a drift series, per environment.
     drift_workspaces: Mutex<std::collections::BTreeMap<String, Vec<String>>>,
 }
@@ -80,6 +82,8 @@ impl Metrics {
             rollbacks: Family::default(),
             leader: Family::default(),
             watch_changes: Family::default(),
+            api_limit: Family::default(),
+            api_throttled: Family::default(),
             drift_workspaces: Mutex::new(std::collections::BTreeMap::new()),
         };
         registry.register(
@@ -162,6 +166,16 @@ impl Metrics {
             "Changes to managed objects by another writer seen by the daemon's watches, each starting a drift check",
             m.watch_changes.clone(),
         );
+        registry.register(
+            "api_write_concurrency",
+            "Writes the environment's syncs keep in flight to the API server, as of the last reconcile: at most 8, halved on 429 Too Many Requests, a quarter less on much slower answers, one more per window of answers as fast as usual",
+            m.api_limit.clone(),
+        );
+        registry.register(
+            "api_throttled_responses",
+            "429 Too Many Requests answers from the API server to the environment's connection (requests are sent again after the Retry-After, for up to 60 s)",
+            m.api_throttled.clone(),
+        );
         if let Ok(mut r) = m.registry.lock() {
             *r = registry;
         }
@@ -193,6 +207,10 @@ impl Metrics {
         let _ = self.fetch_failures.get_or_create(&l);
         let _ = self.rollbacks.get_or_create(&l);
         let _ = self.watch_changes.get_or_create(&l);
+        let _ = self.api_throttled.get_or_create(&l);
+        self.api_limit
+            .get_or_create(&l)
+            .set(i64::try_from(crate::cluster::throttle::START_IN_FLIGHT).unwrap_or(i64::MAX));
         self.set_status(env, "Unknown");
         self.set_pending(env, false);
     }
@@ -271,6 +289,16 @@ impl Metrics {
 
     pub fn rolled_back(&self, env: &str) {
         self.rollbacks.get_or_create(&env_label(env)).inc();
+    }
+
+    /// The connection's window of writes in flight, and the 429s it was
+    /// answered since the last call.
+    pub fn set_api_throttle(&self, env: &str, limit: usize, new_429s: u64) {
+        let l = env_label(env);
+        self.api_limit
+            .get_or_create(&l)
+            .set(i64::try_from(limit).unwrap_or(i64::MAX));
+        self.api_throttled.get_or_create(&l).inc_by(new_429s);
     }
 
     /// A watch saw another writer change a managed object.

@@ -328,6 +328,16 @@ fn record_reconcile(
     });
 }
 
+/// The connection's write window and its 429s not counted yet into the
+/// metrics.
+fn publish_throttle(env: &str, shared: &Shared, cluster: Option<&Cluster>) {
+    let Some(cluster) = cluster else { return };
+    let throttle = cluster.throttle();
+    shared
+        .metrics
+        .set_api_throttle(env, throttle.limit(), throttle.take_unpublished());
+}
+
 /// How often the approval of a revision waiting for one is looked for.
 const APPROVAL_CHECK: Duration = Duration::from_secs(1);
 
@@ -373,11 +383,13 @@ pub(super) async fn reconcile_loop(
                 Narrowed::Checked(result) => {
                     shared.metrics.observe_reconcile(&env, started.elapsed());
                     record_reconcile(&env, &shared, started, reconciler.changed, &result);
+                    publish_throttle(&env, &shared, reconciler.cluster.as_ref());
                     publish_status(&env, &shared, reconciler.cluster.as_ref(), &mut written).await;
                 }
                 Narrowed::HealFailed(result) => {
                     shared.metrics.observe_reconcile(&env, started.elapsed());
                     record_reconcile(&env, &shared, started, reconciler.changed, &result);
+                    publish_throttle(&env, &shared, reconciler.cluster.as_ref());
                     publish_status(&env, &shared, reconciler.cluster.as_ref(), &mut written).await;
                     // Everything is compared next, a drift check's gap on.
                     schedule.drift_at_once(started + WATCH_CHECK_GAP);
@@ -401,6 +413,7 @@ pub(super) async fn reconcile_loop(
             let result = reconciler.reconcile(poll, watched).await;
             shared.metrics.observe_reconcile(&env, started.elapsed());
             record_reconcile(&env, &shared, started, reconciler.changed, &result);
+            publish_throttle(&env, &shared, reconciler.cluster.as_ref());
             // The status must reach the inventory even when the reconcile
             // dropped its connection.
             reconciler.reconnect().await;

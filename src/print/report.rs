@@ -102,6 +102,13 @@ pub fn sync_text(r: &SyncReport) -> String {
             .collect();
         out.push_str(&format!("Health: {} ({})\n", h.status, per_ws.join(", ")));
     }
+    if r.throttled > 0 {
+        out.push_str(&format!(
+            "The API server answered 429 Too Many Requests {} {} during the sync: refused requests were sent again after its Retry-After (for up to 60 s each), with fewer writes in flight.\n",
+            r.throttled,
+            kind_plural("time", usize::try_from(r.throttled).unwrap_or(usize::MAX)),
+        ));
+    }
     out.push_str(&format!(
         "{}Sync of environment {}{}: {} created, {} updated, {} recreated, {} pruned, {} unchanged, {} {}, {} {}; {} write {}.\n",
         if r.dry_run { "(dry run) " } else { "" },

@@ -84,6 +84,14 @@ pub struct SyncReport {
     pub health: Option<HealthReport>,
     pub api_requests: u32,
     pub write_requests: u32,
+    /// Answers `429 Too Many Requests` from the API server during the sync
+    /// (each request was sent again after its `Retry-After`).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub throttled: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl SyncReport {
