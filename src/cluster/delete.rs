@@ -11,20 +11,10 @@ use crate::sync::Fence;
 use crate::sync::inventory::ObjectRef;
 
 impl Cluster {
-    /// Deletes an object (dependents in the background, as kubectl does).
-    /// Returns false when it was already gone.
-    pub async fn delete(
-        &self,
-        r: &ObjectRef,
-        dry_run: bool,
-        fence: &Fence,
-    ) -> Result<bool, ClusterError> {
-        self.delete_if(r, None, dry_run, fence).await
-    }
-
-    /// [`Cluster::delete`] on the condition that the object still has the
-    /// `uid` and `resourceVersion` of `precondition` (a saved plan's): a
-    /// 409 then is [`ClusterError::Stale`].
+    /// Deletes an object (dependents in the background, as kubectl does);
+    /// returns false when it was already gone. With a `precondition` (a
+    /// saved plan's), only if it still has that `uid` and `resourceVersion`:
+    /// a 409 then is [`ClusterError::Stale`].
     pub async fn delete_if(
         &self,
         r: &ObjectRef,

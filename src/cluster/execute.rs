@@ -373,7 +373,7 @@ struct InOrder<K, F: Future> {
     answered: BTreeMap<usize, F::Output>,
     /// What was sent and not handed back yet, oldest first.
     keys: VecDeque<K>,
-    sent: usize,
+    /// How many were handed back (the sequence number of `keys`' first).
     handed: usize,
 }
 
@@ -383,7 +383,6 @@ impl<K: Copy, F: Future> InOrder<K, F> {
             in_flight: FuturesUnordered::new(),
             answered: BTreeMap::new(),
             keys: VecDeque::new(),
-            sent: 0,
             handed: 0,
         }
     }
@@ -394,8 +393,7 @@ impl<K: Copy, F: Future> InOrder<K, F> {
     }
 
     fn push(&mut self, key: K, request: F) {
-        let seq = self.sent;
-        self.sent += 1;
+        let seq = self.handed + self.keys.len();
         self.keys.push_back(key);
         self.in_flight
             .push(futures::future::join(futures::future::ready(seq), request));
@@ -423,14 +421,13 @@ impl<K: Copy, F: Future> InOrder<K, F> {
         while let Some(Some((seq, output))) = self.in_flight.next().now_or_never() {
             self.answered.insert(seq, output);
         }
-        let rest = self
-            .keys
+        let first = self.handed;
+        self.handed += self.keys.len();
+        self.keys
             .drain(..)
             .enumerate()
-            .map(|(i, key)| (key, self.answered.remove(&(self.handed + i))))
-            .collect();
-        self.handed = self.sent;
-        rest
+            .map(|(i, key)| (key, self.answered.remove(&(first + i))))
+            .collect()
     }
 }
 
@@ -520,9 +517,8 @@ impl Run<'_> {
 
     /// One stage: a window of requests in flight (as many as the
     /// connection's [`super::throttle::Throttle::limit`] says when each is
-    /// sent), results in order. (FuturesOrdered rather than `buffered`: a
-    /// stream holding a closure that returns borrowing futures is not Send
-    /// for the daemon's spawn.)
+    /// sent), answers taken as they come and recorded in the order sent
+    /// ([`InOrder`]).
     async fn apply_stage(
         &mut self,
         cx: &ApplyContext<'_>,

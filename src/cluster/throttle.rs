@@ -1,5 +1,5 @@
-//! How many writes go to one API server at once, and what a `429 Too Many
-//! Requests` does.
+//! How many writes one connection to the API server keeps in flight, and
+//! what a `429 Too Many Requests` does.
 //!
 //! A sync keeps a window of writes in flight ([`Throttle::limit`]): it
 //! starts at [`START_IN_FLIGHT`], grows by one (up to [`MAX_IN_FLIGHT`])
@@ -16,7 +16,9 @@
 //! answer, so a frozen server is still found out as fast as before. The API
 //! server's 429s (max-in-flight and API Priority and Fairness) come with a
 //! `Retry-After` header and a plain-text body: the header is read by a layer
-//! of the client ([`Throttle::layer`]), which also counts every 429.
+//! of the client ([`Throttle::layer`]), which also counts every 429. Reads
+//! and tenantsync's own bookkeeping are resent by the client itself
+//! ([`Resend`]).
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};

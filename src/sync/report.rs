@@ -85,7 +85,8 @@ pub struct SyncReport {
     pub api_requests: u32,
     pub write_requests: u32,
     /// Answers `429 Too Many Requests` from the API server during the sync
-    /// (each request was sent again after its `Retry-After`).
+    /// (refused requests are sent again after the `Retry-After`, for up to
+    /// 60 s each).
     #[serde(skip_serializing_if = "is_zero")]
     pub throttled: u64,
 }
