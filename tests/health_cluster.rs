@@ -90,6 +90,7 @@ async fn deployment_reports_progressing_then_healthy_as_status_is_written() {
     let options = HealthOptions::default();
     let wait = wait_healthy(
         &cluster,
+        None,
         &objects,
         &options,
         Duration::from_secs(120),
@@ -182,6 +183,7 @@ async fn deployment_past_its_progress_deadline_is_degraded_with_the_condition_me
     let started = Instant::now();
     let result = wait_healthy(
         &cluster,
+        None,
         std::slice::from_ref(&deployment),
         &HealthOptions::default(),
         timeout,
@@ -211,6 +213,7 @@ async fn a_wait_that_times_out_returns_the_last_states_on_time() {
     let started = Instant::now();
     let result = wait_healthy(
         &cluster,
+        None,
         &[deployment.clone(), missing.clone()],
         &HealthOptions::default(),
         timeout,
@@ -264,6 +267,7 @@ async fn ingress_without_address_waits_unless_told_not_to() {
     let cluster = connect().await;
     let result = wait_healthy(
         &cluster,
+        None,
         objects,
         &HealthOptions::default(),
         Duration::from_millis(1500),
@@ -282,6 +286,7 @@ async fn ingress_without_address_waits_unless_told_not_to() {
     };
     let result = wait_healthy(
         &cluster,
+        None,
         objects,
         &not_waiting,
         Duration::from_secs(30),
@@ -304,6 +309,7 @@ async fn ingress_without_address_waits_unless_told_not_to() {
     .unwrap();
     let result = wait_healthy(
         &cluster,
+        None,
         objects,
         &HealthOptions::default(),
         Duration::from_secs(30),
@@ -320,6 +326,7 @@ async fn a_kind_the_server_does_not_serve_is_an_error() {
     let widget = object("example.com/v1", "Widget", Some("default"), "w");
     let err = wait_healthy(
         &cluster,
+        None,
         &[widget],
         &HealthOptions::default(),
         Duration::from_secs(5),
@@ -332,4 +339,88 @@ async fn a_kind_the_server_does_not_serve_is_an_error() {
         text.contains("example.com/v1 Widget") && text.contains("does not serve this kind"),
         "{text}"
     );
+}
+
+/// Creates ConfigMap `name` in `ns`, labelled as tenantsync's in
+/// `environment` when one is given.
+async fn apply_config_map(ns: &str, name: &str, environment: Option<&str>) -> ObjectRef {
+    use k8s_openapi::api::core::v1::ConfigMap;
+    let api: Api<ConfigMap> = Api::namespaced(control_plane().client(User::Admin).await, ns);
+    let labels = match environment {
+        Some(env) => json!({
+            "app.kubernetes.io/managed-by": "tenantsync",
+            "tenantsync.io/environment": env,
+        }),
+        None => json!({}),
+    };
+    let body = json!({
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": { "name": name, "namespace": ns, "labels": labels },
+        "data": { "k": "v" }
+    });
+    api.patch(
+        name,
+        &PatchParams::apply("health-test"),
+        &Patch::Apply(&body),
+    )
+    .await
+    .unwrap();
+    object("v1", "ConfigMap", Some(ns), name)
+}
+
+#[tokio::test]
+async fn a_wait_for_many_objects_of_one_kind_lists_them_and_still_reads_an_unlabelled_and_a_missing_one()
+ {
+    let ns = control_plane().namespace("health-list").await;
+    // An environment of this test alone: the LIST's label selector finds
+    // only these objects whatever other tests create.
+    let env = ns.clone();
+    let mut objects = Vec::new();
+    for i in 0..40 {
+        objects.push(apply_config_map(&ns, &format!("cm-{i:02}"), Some(&env)).await);
+    }
+    let unlabelled = apply_config_map(&ns, "unlabelled", None).await;
+    let missing = object("v1", "ConfigMap", Some(&ns), "not-there");
+    objects.push(unlabelled.clone());
+    objects.push(missing.clone());
+
+    let wait = |environment: Option<String>| {
+        let objects = objects.clone();
+        async move {
+            let cluster = connect().await;
+            let result = wait_healthy(
+                &cluster,
+                environment.as_deref(),
+                &objects,
+                &HealthOptions::default(),
+                Duration::from_millis(2500),
+                |_, _| {},
+            )
+            .await
+            .unwrap();
+            (result, cluster.requests())
+        }
+    };
+    let (listed, list_requests) = wait(Some(env.clone())).await;
+    let (read, get_requests) = wait(None).await;
+
+    // The same judgement either way: every existing object Healthy (the
+    // unlabelled one read by a GET after the LIST missed it), the missing
+    // one not found.
+    assert_eq!(listed, read);
+    assert_eq!(listed.len(), 42);
+    for (r, h) in &listed[..41] {
+        assert_eq!(h.status, HealthStatus::Healthy, "{}: {h}", r.id());
+    }
+    assert_eq!(listed[41], (missing, Health::progressing("not found")));
+    // The first poll: one LIST for the 42 pending ConfigMaps, then a GET
+    // each for the two it did not return; later polls (about one a second
+    // for 2.5 s) a GET of the missing one. Read one by one, the first poll
+    // alone is 42 GETs.
+    assert!(
+        list_requests <= 3 + 4,
+        "{list_requests} requests with a LIST"
+    );
+    assert!(get_requests >= 42, "{get_requests} requests without");
 }

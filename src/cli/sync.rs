@@ -327,6 +327,7 @@ async fn apply(
         };
         let health = crate::cluster::wait::wait_for_health(
             cluster,
+            &args.live.env,
             &state.objects,
             &options,
             args.timeout,

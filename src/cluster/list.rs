@@ -223,6 +223,21 @@ impl Cluster {
         Ok(())
     }
 
+    /// Every object of one kind labelled as `environment`'s, across all
+    /// namespaces (a page at a time), each given to `sink` with its
+    /// `apiVersion` and `kind`.
+    pub(crate) async fn for_each_labelled(
+        &self,
+        environment: &str,
+        resource: ApiResource,
+        kind: &str,
+        mut sink: impl FnMut(Value),
+    ) -> Result<(), ClusterError> {
+        let selector = object::selector(environment);
+        self.list_kind(resource, kind, &selector, Within::All, &mut sink)
+            .await
+    }
+
     async fn list_kind(
         &self,
         resource: ApiResource,

@@ -1,7 +1,8 @@
 //! Waiting for applied objects to become healthy (`sync --wait`).
 //!
-//! Polls with one GET per object not yet healthy, every [`POLL_INTERVAL`],
-//! and judges each with [`health::assess`]. Healthy is final: an object is
+//! Polls the objects not yet healthy every [`POLL_INTERVAL`] (one GET
+//! each, or one LIST of a kind with many of them pending), and judges each
+//! with [`health::assess`]. Healthy is final: an object is
 //! not read again once healthy, so a long wait costs only the stragglers.
 //! Degraded is not final (a controller may still recover, a user may fix a
 //! quota), so the wait goes on, except when every object left is Degraded
@@ -30,6 +31,9 @@ pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
 pub const DEGRADED_POLLS: u32 = 3;
 /// GETs in flight at once.
 const CONCURRENCY: usize = 16;
+/// Objects of one kind pending at once from which a poll lists the kind
+/// (one request a page) instead of reading each (a GET each).
+const LIST_AT: usize = 32;
 
 /// Waits until every object is Healthy, or `timeout` passes, or every object
 /// not healthy stayed Degraded for [`DEGRADED_POLLS`] polls. Returns the last
@@ -42,6 +46,7 @@ const CONCURRENCY: usize = 16;
 /// Progressing; one never read before the timeout is Progressing too.
 pub async fn wait_healthy(
     cluster: &Cluster,
+    environment: Option<&str>,
     objects: &[ObjectRef],
     options: &HealthOptions,
     timeout: Duration,
@@ -60,13 +65,7 @@ pub async fn wait_healthy(
         if pending.is_empty() {
             break;
         }
-        let reads = futures::stream::iter(pending.iter().copied().map(|i| {
-            let r = &objects[i];
-            let resource = &resources[&(r.api_version.clone(), r.kind.clone())];
-            async move { (i, read_health(cluster, r, resource, options).await) }
-        }))
-        .buffered(CONCURRENCY)
-        .collect::<Vec<_>>();
+        let reads = read_pending(cluster, environment, objects, &pending, &resources, options);
         let Ok(results) = tokio::time::timeout_at(deadline, reads).await else {
             break;
         };
@@ -130,6 +129,85 @@ pub async fn wait_healthy(
         .collect())
 }
 
+type Resources = HashMap<(Name, Name), (ApiResource, bool)>;
+
+/// One poll's reads of the `pending` objects (indices into `objects`), each
+/// judged. A kind with at least [`LIST_AT`] objects pending is read with one
+/// LIST of the environment's label (a page at a time), not a GET each: the
+/// thousands of Deployments a large first sync waits for cost a few
+/// requests a poll, not thousands. An object the LIST did not return (not
+/// created yet, or not labelled), and every object of a kind whose LIST
+/// failed, is read with a GET, so a missing object, a refusal or a busy
+/// server is judged as it always was.
+async fn read_pending(
+    cluster: &Cluster,
+    environment: Option<&str>,
+    objects: &[ObjectRef],
+    pending: &[usize],
+    resources: &Resources,
+    options: &HealthOptions,
+) -> Vec<(usize, Result<Health, ClusterError>)> {
+    let mut by_kind: HashMap<(Name, Name), Vec<usize>> = HashMap::new();
+    for &i in pending {
+        let r = &objects[i];
+        by_kind
+            .entry((r.api_version.clone(), r.kind.clone()))
+            .or_default()
+            .push(i);
+    }
+    let mut out = Vec::with_capacity(pending.len());
+    let mut get = Vec::new();
+    for (key, indices) in by_kind {
+        let (Some(env), true) = (environment, indices.len() >= LIST_AT) else {
+            get.extend(indices);
+            continue;
+        };
+        let (resource, namespaced) = &resources[&key];
+        // By name, then namespace (a few objects share a name).
+        let mut wanted: HashMap<&str, Vec<usize>> = HashMap::with_capacity(indices.len());
+        for &i in &indices {
+            wanted.entry(&*objects[i].name).or_default().push(i);
+        }
+        let mut found = vec![false; objects.len()];
+        let mut judged = Vec::new();
+        let listed = cluster
+            .for_each_labelled(env, resource.clone(), &key.1, |item| {
+                let meta = &item["metadata"];
+                let Some(candidates) = meta["name"].as_str().and_then(|n| wanted.get(n)) else {
+                    return;
+                };
+                let namespace = meta["namespace"].as_str();
+                for &i in candidates {
+                    if !found[i] && (!namespaced || objects[i].namespace.as_deref() == namespace) {
+                        found[i] = true;
+                        judged.push((i, Ok(health::assess(&item, options))));
+                    }
+                }
+            })
+            .await;
+        match listed {
+            Ok(()) => {
+                out.append(&mut judged);
+                get.extend(indices.into_iter().filter(|&i| !found[i]));
+            }
+            Err(e) => {
+                tracing::debug!(kind = %key.1, error = %e, "cannot list for health; reading each object");
+                get.extend(indices);
+            }
+        }
+    }
+    let reads = futures::stream::iter(get.into_iter().map(|i| {
+        let r = &objects[i];
+        let resource = &resources[&(r.api_version.clone(), r.kind.clone())];
+        async move { (i, read_health(cluster, r, resource, options).await) }
+    }))
+    .buffered(CONCURRENCY)
+    .collect::<Vec<_>>()
+    .await;
+    out.extend(reads);
+    out
+}
+
 /// Whether a failed read may succeed if tried again: the server did not
 /// answer, or answered that it is busy or failing (429, 5xx).
 fn retryable(e: &ClusterError) -> bool {
@@ -142,7 +220,7 @@ fn retryable(e: &ClusterError) -> bool {
 async fn resolve_kinds(
     cluster: &Cluster,
     objects: &[ObjectRef],
-) -> Result<HashMap<(Name, Name), (ApiResource, bool)>, ClusterError> {
+) -> Result<Resources, ClusterError> {
     let mut out = HashMap::new();
     for r in objects {
         let key = (r.api_version.clone(), r.kind.clone());
@@ -254,13 +332,22 @@ impl Cluster {
 /// summarises per workspace (worst wins).
 pub async fn wait_for_health(
     cluster: &Cluster,
+    environment: &str,
     desired: &[Object],
     options: &HealthOptions,
     timeout: Duration,
     on_change: impl FnMut(&ObjectRef, &Health),
 ) -> Result<HealthReport, ClusterError> {
     let refs: Vec<ObjectRef> = desired.iter().map(ObjectRef::of).collect();
-    let results = super::wait::wait_healthy(cluster, &refs, options, timeout, on_change).await?;
+    let results = super::wait::wait_healthy(
+        cluster,
+        Some(environment),
+        &refs,
+        options,
+        timeout,
+        on_change,
+    )
+    .await?;
     let mut workspaces: std::collections::BTreeMap<String, Vec<Health>> =
         std::collections::BTreeMap::new();
     let mut objects = Vec::new();

@@ -284,6 +284,11 @@ async fn wait_for_signal() {
     }
 }
 
+/// A folder's file events are taken as one change once they pause this long.
+const FOLDER_PAUSE: Duration = Duration::from_millis(50);
+/// ... or once they have come for this long without a pause.
+const FOLDER_SETTLE_MAX: Duration = Duration::from_millis(500);
+
 /// For a local folder (not a Git revision): file-system events, debounced,
 /// trigger a reconcile so an edit is applied within about a second.
 fn watch_folder(options: &RunOptions, shared: Arc<Shared>) -> Option<notify::RecommendedWatcher> {
@@ -309,13 +314,29 @@ fn watch_folder(options: &RunOptions, shared: Arc<Shared>) -> Option<notify::Rec
     }
     tokio::spawn(async move {
         while rx.recv().await.is_some() {
-            // Debounce: an editor's save is several events.
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            while rx.try_recv().is_ok() {}
+            if !settle(&mut rx).await {
+                return;
+            }
             shared.poke();
         }
     });
     Some(watcher)
+}
+
+/// Debounces a folder's file events after the first: an editor's save is
+/// several, a checkout many. Returns once they pause for [`FOLDER_PAUSE`],
+/// or [`FOLDER_SETTLE_MAX`] after it started while they keep coming (a
+/// later event starts another wait); false when the watch has ended.
+async fn settle(rx: &mut tokio::sync::mpsc::UnboundedReceiver<()>) -> bool {
+    let started = tokio::time::Instant::now();
+    loop {
+        let pause = tokio::time::timeout(FOLDER_PAUSE, rx.recv());
+        match tokio::time::timeout_at(started + FOLDER_SETTLE_MAX, pause).await {
+            Ok(Ok(Some(()))) => continue,
+            Ok(Ok(None)) => return false,
+            Ok(Err(_)) | Err(_) => return true,
+        }
+    }
 }
 
 /// Mirrors the environment's status onto its inventory object (for
@@ -462,4 +483,45 @@ fn stale_after(options: &RunOptions) -> u64 {
         .as_secs()
         .saturating_mul(3)
         .saturating_add(15)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::time::Instant;
+
+    #[tokio::test(start_paused = true)]
+    async fn one_save_is_read_after_a_short_pause_and_a_stream_of_events_after_the_longest_wait() {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+        // One save: a few events at once.
+        for _ in 0..3 {
+            tx.send(()).unwrap();
+        }
+        let started = Instant::now();
+        assert!(settle(&mut rx).await);
+        assert_eq!(started.elapsed(), FOLDER_PAUSE);
+
+        // Events every 20 ms for two seconds (a long checkout): read after
+        // the longest wait, not when they end.
+        let sender = tx.clone();
+        let events = tokio::spawn(async move {
+            for _ in 0..100 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                let _ = sender.send(());
+            }
+        });
+        let started = Instant::now();
+        assert!(settle(&mut rx).await);
+        let waited = started.elapsed();
+        assert!(
+            waited >= FOLDER_SETTLE_MAX && waited < FOLDER_SETTLE_MAX + FOLDER_PAUSE,
+            "{waited:?}"
+        );
+        events.await.unwrap();
+
+        // The watch ended.
+        drop(tx);
+        while rx.try_recv().is_ok() {}
+        assert!(!settle(&mut rx).await);
+    }
 }

@@ -1087,7 +1087,7 @@ impl Reconciler {
             .map(|o| (ObjectRef::of(o), o.workspace.to_string()))
             .collect();
         let options = cluster_options(&self.shared.options, &self.env);
-        let handle = tokio::spawn(watch_objects(options, objects, deadline));
+        let handle = tokio::spawn(watch_objects(options, self.env.clone(), objects, deadline));
         tracing::info!(environment = %self.env, revision = %state.revision(), workspaces = workspaces.len(), deadline = ?deadline, "watching the health of the changed workspaces");
         self.health_watch = Some(HealthWatch {
             revision: state.revision().to_string(),
@@ -1622,6 +1622,7 @@ impl Reconciler {
             };
             (t.keys.clone(), verify)
         });
+        let t0 = Instant::now();
         let (tree, revision, commit) = match read_source(&shared.options, trust).await {
             Ok(read) => read,
             Err(ReadError::Untrusted(message)) => {
@@ -1658,7 +1659,11 @@ impl Reconciler {
             self.source_problem = None;
             return Ok(());
         }
-        let (event, e) = match self.desire(tree, &revision) {
+        let read_in = t0.elapsed();
+        let t1 = Instant::now();
+        let desired = self.desire(tree, &revision);
+        tracing::debug!(environment = %env, %revision, read = ?read_in, validated_and_rendered = ?t1.elapsed(), "read a new revision");
+        let (event, e) = match desired {
             Ok(mut state) => {
                 self.source_problem = None;
                 state.commit = commit;
@@ -2472,6 +2477,7 @@ async fn wait_watch(watch: &mut Option<HealthWatch>) -> WatchOutcome {
 /// `deadline` passes, and judges each workspace.
 async fn watch_objects(
     options: ClusterOptions,
+    env: String,
     objects: Vec<(ObjectRef, String)>,
     deadline: Duration,
 ) -> Result<Judged, String> {
@@ -2484,10 +2490,16 @@ async fn watch_objects(
     let health_options = HealthOptions {
         wait_for_ingress_address: false,
     };
-    let results =
-        crate::cluster::wait::wait_healthy(&c, &refs, &health_options, deadline, ignore_change)
-            .await
-            .map_err(|e| e.to_string())?;
+    let results = crate::cluster::wait::wait_healthy(
+        &c,
+        Some(&env),
+        &refs,
+        &health_options,
+        deadline,
+        ignore_change,
+    )
+    .await
+    .map_err(|e| e.to_string())?;
     let mut judged = Vec::with_capacity(results.len());
     for ((_, ws), (r, h)) in objects.iter().zip(&results) {
         judged.push((ws.as_str(), r.id(), h));
