@@ -3,6 +3,12 @@ use std::process::ExitCode;
 use clap::Parser;
 use tenantsync::source::git;
 
+/// mimalloc, not glibc's malloc: with glibc the daemon's memory at 5,000
+/// workspaces grew to twice its heap (freed memory kept in fragments), and
+/// every command ran slower (docs/benchmarks.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     // `tenantsync __git-fetch`: one fetch, in a child process of tenantsync
     // itself (hidden; see source::git::use_fetch_helper).

@@ -1,7 +1,8 @@
 //! Waiting for applied objects to become healthy (`sync --wait`).
 //!
 //! Polls the objects not yet healthy every [`POLL_INTERVAL`] (one GET
-//! each, or one LIST of a kind with many of them pending), and judges each
+//! each, or one LIST of a kind with many of them pending; a poll that took
+//! long waits three times its length before the next), and judges each
 //! with [`health::assess`]. Healthy is final: an object is
 //! not read again once healthy, so a long wait costs only the stragglers.
 //! Degraded is not final (a controller may still recover, a user may fix a
@@ -65,6 +66,7 @@ pub async fn wait_healthy(
         if pending.is_empty() {
             break;
         }
+        let polled = Instant::now();
         let reads = read_pending(cluster, environment, objects, &pending, &resources, options);
         let Ok(results) = tokio::time::timeout_at(deadline, reads).await else {
             break;
@@ -110,7 +112,10 @@ pub async fn wait_healthy(
         if now >= deadline {
             break;
         }
-        tokio::time::sleep_until((now + POLL_INTERVAL).min(deadline)).await;
+        // A poll that took long (thousands of objects pending) is not
+        // repeated at once: the reads take at most a quarter of the time.
+        let gap = POLL_INTERVAL.max(now.duration_since(polled).saturating_mul(3));
+        tokio::time::sleep_until((now + gap).min(deadline)).await;
         if Instant::now() >= deadline {
             break;
         }
