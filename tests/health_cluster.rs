@@ -11,8 +11,9 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::networking::v1::Ingress;
 use kube::api::{Api, Patch, PatchParams};
 use serde_json::{Value, json};
-use tenantsync::cluster::wait::wait_healthy;
+use tenantsync::cluster::wait::{Listing, wait_healthy};
 use tenantsync::cluster::{Cluster, ClusterOptions};
+use tenantsync::object::Object;
 use tenantsync::sync::health::{Health, HealthOptions, HealthStatus};
 use tenantsync::sync::inventory::ObjectRef;
 
@@ -385,13 +386,13 @@ async fn a_wait_for_many_objects_of_one_kind_lists_them_and_still_reads_an_unlab
     objects.push(unlabelled.clone());
     objects.push(missing.clone());
 
-    let wait = |environment: Option<String>| {
+    let wait = |listing: Option<Listing>| {
         let objects = objects.clone();
         async move {
             let cluster = connect().await;
             let result = wait_healthy(
                 &cluster,
-                environment.as_deref(),
+                listing.as_ref(),
                 &objects,
                 &HealthOptions::default(),
                 Duration::from_millis(2500),
@@ -402,7 +403,22 @@ async fn a_wait_for_many_objects_of_one_kind_lists_them_and_still_reads_an_unlab
             (result, cluster.requests())
         }
     };
-    let (listed, list_requests) = wait(Some(env.clone())).await;
+    // The environment declares these objects alone: most of what a LIST
+    // returns is waited for.
+    let declared: Vec<Object> = objects
+        .iter()
+        .filter_map(|r| {
+            Object::from_value(
+                "ws",
+                &json!({
+                    "apiVersion": &*r.api_version, "kind": &*r.kind,
+                    "metadata": {"name": &*r.name, "namespace": r.namespace.as_deref()}
+                }),
+            )
+        })
+        .collect();
+    assert_eq!(declared.len(), objects.len());
+    let (listed, list_requests) = wait(Some(Listing::new(&env, &declared))).await;
     let (read, get_requests) = wait(None).await;
 
     // The same judgement either way: every existing object Healthy (the

@@ -9,7 +9,7 @@
 //! quota), so the wait goes on, except when every object left is Degraded
 //! for [`DEGRADED_POLLS`] polls in a row: then nothing is making progress.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -47,7 +47,7 @@ const LIST_AT: usize = 32;
 /// Progressing; one never read before the timeout is Progressing too.
 pub async fn wait_healthy(
     cluster: &Cluster,
-    environment: Option<&str>,
+    listing: Option<&Listing>,
     objects: &[ObjectRef],
     options: &HealthOptions,
     timeout: Duration,
@@ -55,6 +55,8 @@ pub async fn wait_healthy(
 ) -> Result<Vec<(ObjectRef, Health)>, ClusterError> {
     let deadline = Instant::now() + timeout;
     let resources = resolve_kinds(cluster, objects).await?;
+    // Kinds whose LIST was refused: read one by one for the rest of the wait.
+    let mut unlisted: HashSet<(Name, Name)> = HashSet::new();
     let mut last: Vec<Option<Health>> = vec![None; objects.len()];
     // Why an object could not be read at the last poll, if it could not.
     let mut unread: Vec<Option<String>> = vec![None; objects.len()];
@@ -67,10 +69,20 @@ pub async fn wait_healthy(
             break;
         }
         let polled = Instant::now();
-        let reads = read_pending(cluster, environment, objects, &pending, &resources, options);
-        let Ok(results) = tokio::time::timeout_at(deadline, reads).await else {
+        let reads = read_pending(
+            cluster,
+            listing,
+            &mut unlisted,
+            objects,
+            &pending,
+            &resources,
+            options,
+        );
+        let Ok(mut results) = tokio::time::timeout_at(deadline, reads).await else {
             break;
         };
+        // Changes reported in the objects' order, however they were read.
+        results.sort_unstable_by_key(|(i, _)| *i);
         for (i, result) in results {
             // A read the server did not answer (a dropped connection, 429,
             // 5xx) is tried again at the next poll until the deadline; a
@@ -114,8 +126,15 @@ pub async fn wait_healthy(
         }
         // A poll that took long (thousands of objects pending) is not
         // repeated at once: the reads take at most a quarter of the time.
-        let gap = POLL_INTERVAL.max(now.duration_since(polled).saturating_mul(3));
-        tokio::time::sleep_until((now + gap).min(deadline)).await;
+        // The last one still starts about its length before the deadline,
+        // so what became Healthy late is seen.
+        let took = now.duration_since(polled);
+        let gap = POLL_INTERVAL.max(took.saturating_mul(3));
+        let last_start = deadline
+            .checked_sub(took)
+            .unwrap_or(now)
+            .max(now + POLL_INTERVAL);
+        tokio::time::sleep_until((now + gap).min(last_start).min(deadline)).await;
         if Instant::now() >= deadline {
             break;
         }
@@ -136,17 +155,52 @@ pub async fn wait_healthy(
 
 type Resources = HashMap<(Name, Name), (ApiResource, bool)>;
 
+/// Where a wait may list objects instead of reading them one by one: the
+/// environment whose label they carry, and how many objects of each kind
+/// (`apiVersion`, `kind`) it declares, so that a LIST is made only where
+/// much of what it returns is waited for.
+pub struct Listing {
+    environment: String,
+    declared: HashMap<(Name, Name), usize>,
+}
+
+impl Listing {
+    /// `declared`: every object of the environment.
+    pub fn new<'o>(environment: &str, declared: impl IntoIterator<Item = &'o Object>) -> Self {
+        let mut counts: HashMap<(Name, Name), usize> = HashMap::new();
+        for o in declared {
+            let r = ObjectRef::of(o);
+            *counts.entry((r.api_version, r.kind)).or_default() += 1;
+        }
+        Listing {
+            environment: environment.to_string(),
+            declared: counts,
+        }
+    }
+
+    /// Whether to list `kind` with `pending` of its objects waited for: at
+    /// least [`LIST_AT`] of them, and at least a quarter of the
+    /// environment's objects of that kind (a LIST returns them all).
+    fn lists(&self, kind: &(Name, Name), pending: usize) -> bool {
+        let declared = self.declared.get(kind).copied().unwrap_or(0);
+        pending >= LIST_AT && pending.saturating_mul(4) >= declared
+    }
+}
+
 /// One poll's reads of the `pending` objects (indices into `objects`), each
-/// judged. A kind with at least [`LIST_AT`] objects pending is read with one
-/// LIST of the environment's label (a page at a time), not a GET each: the
-/// thousands of Deployments a large first sync waits for cost a few
-/// requests a poll, not thousands. An object the LIST did not return (not
-/// created yet, or not labelled), and every object of a kind whose LIST
-/// failed, is read with a GET, so a missing object, a refusal or a busy
-/// server is judged as it always was.
+/// judged, in no particular order. A kind with many objects pending
+/// ([`Listing::lists`]) is read with one LIST of the environment's label (a
+/// page at a time), not a GET each: the thousands of Deployments a large
+/// first sync waits for cost a few requests a poll, not thousands. An
+/// object the LIST did not return (not created yet, or not labelled) is
+/// read with a GET, so a missing object is judged as it always was. A LIST
+/// the server did not answer (or answered 429 or 5xx) leaves that kind's
+/// objects unread until the next poll; one it refused (403, 404) makes the
+/// kind read one by one for the rest of the wait (`unlisted`).
 async fn read_pending(
     cluster: &Cluster,
-    environment: Option<&str>,
+    listing: Option<&Listing>,
+    unlisted: &mut HashSet<(Name, Name)>,
     objects: &[ObjectRef],
     pending: &[usize],
     resources: &Resources,
@@ -163,11 +217,16 @@ async fn read_pending(
     let mut out = Vec::with_capacity(pending.len());
     let mut get = Vec::new();
     for (key, indices) in by_kind {
-        let (Some(env), true) = (environment, indices.len() >= LIST_AT) else {
+        let Some(listing) =
+            listing.filter(|l| !unlisted.contains(&key) && l.lists(&key, indices.len()))
+        else {
             get.extend(indices);
             continue;
         };
-        let (resource, namespaced) = &resources[&key];
+        let Some((resource, namespaced)) = resources.get(&key) else {
+            get.extend(indices);
+            continue;
+        };
         // By name, then namespace (a few objects share a name).
         let mut wanted: HashMap<&str, Vec<usize>> = HashMap::with_capacity(indices.len());
         for &i in &indices {
@@ -176,7 +235,7 @@ async fn read_pending(
         let mut found = vec![false; objects.len()];
         let mut judged = Vec::new();
         let listed = cluster
-            .for_each_labelled(env, resource.clone(), &key.1, |item| {
+            .for_each_labelled(&listing.environment, resource.clone(), &key.1, |item| {
                 let meta = &item["metadata"];
                 let Some(candidates) = meta["name"].as_str().and_then(|n| wanted.get(n)) else {
                     return;
@@ -195,16 +254,28 @@ async fn read_pending(
                 out.append(&mut judged);
                 get.extend(indices.into_iter().filter(|&i| !found[i]));
             }
+            Err(e) if retryable(&e) => {
+                // Not a GET each now: the server is busy or away.
+                let why = e.to_string();
+                out.extend(indices.into_iter().map(|i| {
+                    let unread = ClusterError::Unreachable {
+                        server: cluster.server.clone(),
+                        reason: why.clone(),
+                    };
+                    (i, Err(unread))
+                }));
+            }
             Err(e) => {
-                tracing::debug!(kind = %key.1, error = %e, "cannot list for health; reading each object");
+                tracing::info!(kind = %key.1, error = %e, "cannot list for health; reading each object instead");
+                unlisted.insert(key);
                 get.extend(indices);
             }
         }
     }
-    let reads = futures::stream::iter(get.into_iter().map(|i| {
+    let reads = futures::stream::iter(get.into_iter().filter_map(|i| {
         let r = &objects[i];
-        let resource = &resources[&(r.api_version.clone(), r.kind.clone())];
-        async move { (i, read_health(cluster, r, resource, options).await) }
+        let resource = resources.get(&(r.api_version.clone(), r.kind.clone()))?;
+        Some(async move { (i, read_health(cluster, r, resource, options).await) })
     }))
     .buffered(CONCURRENCY)
     .collect::<Vec<_>>()
@@ -346,7 +417,7 @@ pub async fn wait_for_health(
     let refs: Vec<ObjectRef> = desired.iter().map(ObjectRef::of).collect();
     let results = super::wait::wait_healthy(
         cluster,
-        Some(environment),
+        Some(&Listing::new(environment, desired)),
         &refs,
         options,
         timeout,
@@ -382,6 +453,33 @@ pub async fn wait_for_health(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_kind_is_listed_only_with_many_of_its_objects_and_a_quarter_of_the_environments_waited_for()
+    {
+        let objects: Vec<Object> = (0..400)
+            .filter_map(|i| {
+                Object::from_value(
+                    "ws",
+                    &serde_json::json!({
+                        "apiVersion": "apps/v1", "kind": "Deployment",
+                        "metadata": {"name": format!("d{i}"), "namespace": "n"}
+                    }),
+                )
+            })
+            .collect();
+        let listing = Listing::new("prod", &objects);
+        let deployments = (Name::from("apps/v1"), Name::from("Deployment"));
+        // A few, or a small part of 400: a GET each.
+        assert!(!listing.lists(&deployments, LIST_AT - 1));
+        assert!(!listing.lists(&deployments, 99));
+        // A quarter or more: one LIST.
+        assert!(listing.lists(&deployments, 100));
+        assert!(listing.lists(&deployments, 400));
+        // A kind the environment does not declare (as counted): by count.
+        let other = (Name::from("v1"), Name::from("ConfigMap"));
+        assert!(listing.lists(&other, LIST_AT));
+    }
 
     #[test]
     fn a_read_the_server_did_not_answer_is_tried_again_a_refusal_is_not() {

@@ -284,10 +284,11 @@ async fn wait_for_signal() {
     }
 }
 
-/// A folder's file events are taken as one change once they pause this long.
-const FOLDER_PAUSE: Duration = Duration::from_millis(50);
+/// A folder's file events are taken as one change once they pause this long
+/// (a checkout or a copy of many files writes them with shorter pauses) ...
+const FOLDER_PAUSE: Duration = Duration::from_millis(100);
 /// ... or once they have come for this long without a pause.
-const FOLDER_SETTLE_MAX: Duration = Duration::from_millis(500);
+const FOLDER_SETTLE_MAX: Duration = Duration::from_secs(1);
 
 /// For a local folder (not a Git revision): file-system events, debounced,
 /// trigger a reconcile so an edit is applied within about a second.
@@ -501,11 +502,11 @@ mod tests {
         assert!(settle(&mut rx).await);
         assert_eq!(started.elapsed(), FOLDER_PAUSE);
 
-        // Events every 20 ms for two seconds (a long checkout): read after
-        // the longest wait, not when they end.
+        // Events every 20 ms for three seconds (a long checkout): read
+        // after the longest wait, not when they end.
         let sender = tx.clone();
         let events = tokio::spawn(async move {
-            for _ in 0..100 {
+            for _ in 0..150 {
                 tokio::time::sleep(Duration::from_millis(20)).await;
                 let _ = sender.send(());
             }

@@ -16,6 +16,7 @@ use super::{EnvironmentStatus, RunOptions, Shared, SyncStatus, WorkspaceStatus, 
 use super::{publish_status, stale_after};
 use crate::cluster::execute::{self as cluster_sync};
 use crate::cluster::lock::LockError;
+use crate::cluster::wait::Listing;
 use crate::cluster::{Cluster, ClusterError, ClusterOptions};
 use crate::declare::model::SyncMode;
 use crate::declare::repo::SourceTree;
@@ -1087,7 +1088,8 @@ impl Reconciler {
             .map(|o| (ObjectRef::of(o), o.workspace.to_string()))
             .collect();
         let options = cluster_options(&self.shared.options, &self.env);
-        let handle = tokio::spawn(watch_objects(options, self.env.clone(), objects, deadline));
+        let listing = Listing::new(&self.env, &state.state.objects);
+        let handle = tokio::spawn(watch_objects(options, listing, objects, deadline));
         tracing::info!(environment = %self.env, revision = %state.revision(), workspaces = workspaces.len(), deadline = ?deadline, "watching the health of the changed workspaces");
         self.health_watch = Some(HealthWatch {
             revision: state.revision().to_string(),
@@ -2477,7 +2479,7 @@ async fn wait_watch(watch: &mut Option<HealthWatch>) -> WatchOutcome {
 /// `deadline` passes, and judges each workspace.
 async fn watch_objects(
     options: ClusterOptions,
-    env: String,
+    listing: Listing,
     objects: Vec<(ObjectRef, String)>,
     deadline: Duration,
 ) -> Result<Judged, String> {
@@ -2492,7 +2494,7 @@ async fn watch_objects(
     };
     let results = crate::cluster::wait::wait_healthy(
         &c,
-        Some(&env),
+        Some(&listing),
         &refs,
         &health_options,
         deadline,
