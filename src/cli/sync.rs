@@ -327,7 +327,12 @@ async fn apply(
         };
         let health = crate::cluster::wait::wait_for_health(
             cluster,
-            &args.live.env,
+            // All of the environment's objects, or a selection's (whose
+            // counts would make a LIST of every workspace look cheap).
+            state
+                .scope
+                .is_everything()
+                .then_some(args.live.env.as_str()),
             &state.objects,
             &options,
             args.timeout,

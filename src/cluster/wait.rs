@@ -55,8 +55,9 @@ pub async fn wait_healthy(
 ) -> Result<Vec<(ObjectRef, Health)>, ClusterError> {
     let deadline = Instant::now() + timeout;
     let resources = resolve_kinds(cluster, objects).await?;
-    // Kinds whose LIST was refused: read one by one for the rest of the wait.
-    let mut unlisted: HashSet<(Name, Name)> = HashSet::new();
+    // Kinds read one by one for the rest of the wait: their LIST was
+    // refused, or failed twice in a row.
+    let mut unlisted = Unlisted::default();
     let mut last: Vec<Option<Health>> = vec![None; objects.len()];
     // Why an object could not be read at the last poll, if it could not.
     let mut unread: Vec<Option<String>> = vec![None; objects.len()];
@@ -78,9 +79,12 @@ pub async fn wait_healthy(
             &resources,
             options,
         );
-        let Ok(mut results) = tokio::time::timeout_at(deadline, reads).await else {
+        let Ok((mut results, not_listed)) = tokio::time::timeout_at(deadline, reads).await else {
             break;
         };
+        for (i, why) in not_listed {
+            unread[i] = Some(why);
+        }
         // Changes reported in the objects' order, however they were read.
         results.sort_unstable_by_key(|(i, _)| *i);
         for (i, result) in results {
@@ -112,7 +116,13 @@ pub async fn wait_healthy(
         if unhealthy.is_empty() && last.iter().all(Option::is_some) {
             break;
         }
-        if !unhealthy.is_empty() && unhealthy.iter().all(|s| *s == HealthStatus::Degraded) {
+        // Given up early only on what was read: not while an object was
+        // never read, or could not be read at this poll.
+        let all_read = last.iter().all(Option::is_some) && unread.iter().all(Option::is_none);
+        if all_read
+            && !unhealthy.is_empty()
+            && unhealthy.iter().all(|s| *s == HealthStatus::Degraded)
+        {
             degraded_polls += 1;
             if degraded_polls >= DEGRADED_POLLS {
                 break;
@@ -129,12 +139,16 @@ pub async fn wait_healthy(
         // The last one still starts about its length before the deadline,
         // so what became Healthy late is seen.
         let took = now.duration_since(polled);
-        let gap = POLL_INTERVAL.max(took.saturating_mul(3));
-        let last_start = deadline
-            .checked_sub(took)
-            .unwrap_or(now)
-            .max(now + POLL_INTERVAL);
-        tokio::time::sleep_until((now + gap).min(last_start).min(deadline)).await;
+        let mut next = now + POLL_INTERVAL.max(took.saturating_mul(3));
+        if next + took > deadline {
+            // The last poll, if one as long can still end in time.
+            next = deadline.checked_sub(took).unwrap_or(now);
+            if next < now + POLL_INTERVAL {
+                tokio::time::sleep_until(deadline).await;
+                break;
+            }
+        }
+        tokio::time::sleep_until(next).await;
         if Instant::now() >= deadline {
             break;
         }
@@ -195,17 +209,22 @@ impl Listing {
 /// object the LIST did not return (not created yet, or not labelled) is
 /// read with a GET, so a missing object is judged as it always was. A LIST
 /// the server did not answer (or answered 429 or 5xx) leaves that kind's
-/// objects unread until the next poll; one it refused (403, 404) makes the
-/// kind read one by one for the rest of the wait (`unlisted`).
+/// objects unread until the next poll (returned apart, with why: no burst
+/// of GETs at a busy server), and a second failure in a row, or a refusal
+/// (403, 404), makes the kind read one by one for the rest of the wait
+/// (`unlisted`).
 async fn read_pending(
     cluster: &Cluster,
     listing: Option<&Listing>,
-    unlisted: &mut HashSet<(Name, Name)>,
+    unlisted: &mut Unlisted,
     objects: &[ObjectRef],
     pending: &[usize],
     resources: &Resources,
     options: &HealthOptions,
-) -> Vec<(usize, Result<Health, ClusterError>)> {
+) -> (
+    Vec<(usize, Result<Health, ClusterError>)>,
+    Vec<(usize, String)>,
+) {
     let mut by_kind: HashMap<(Name, Name), Vec<usize>> = HashMap::new();
     for &i in pending {
         let r = &objects[i];
@@ -215,10 +234,11 @@ async fn read_pending(
             .push(i);
     }
     let mut out = Vec::with_capacity(pending.len());
+    let mut not_listed = Vec::new();
     let mut get = Vec::new();
     for (key, indices) in by_kind {
         let Some(listing) =
-            listing.filter(|l| !unlisted.contains(&key) && l.lists(&key, indices.len()))
+            listing.filter(|l| !unlisted.refused.contains(&key) && l.lists(&key, indices.len()))
         else {
             get.extend(indices);
             continue;
@@ -251,23 +271,18 @@ async fn read_pending(
             .await;
         match listed {
             Ok(()) => {
+                unlisted.failed.remove(&key);
                 out.append(&mut judged);
                 get.extend(indices.into_iter().filter(|&i| !found[i]));
             }
-            Err(e) if retryable(&e) => {
+            Err(e) if retryable(&e) && unlisted.failed.insert(key.clone()) => {
                 // Not a GET each now: the server is busy or away.
                 let why = e.to_string();
-                out.extend(indices.into_iter().map(|i| {
-                    let unread = ClusterError::Unreachable {
-                        server: cluster.server.clone(),
-                        reason: why.clone(),
-                    };
-                    (i, Err(unread))
-                }));
+                not_listed.extend(indices.into_iter().map(|i| (i, why.clone())));
             }
             Err(e) => {
                 tracing::info!(kind = %key.1, error = %e, "cannot list for health; reading each object instead");
-                unlisted.insert(key);
+                unlisted.refused.insert(key);
                 get.extend(indices);
             }
         }
@@ -281,7 +296,16 @@ async fn read_pending(
     .collect::<Vec<_>>()
     .await;
     out.extend(reads);
-    out
+    (out, not_listed)
+}
+
+/// Kinds a wait no longer lists ([`read_pending`]).
+#[derive(Default)]
+struct Unlisted {
+    /// Whose LIST failed at the last try (once more, and they are refused).
+    failed: HashSet<(Name, Name)>,
+    /// Read one by one for the rest of the wait.
+    refused: HashSet<(Name, Name)>,
 }
 
 /// Whether a failed read may succeed if tried again: the server did not
@@ -406,9 +430,11 @@ impl Cluster {
 
 /// Waits (up to `timeout`) until the desired objects are healthy, and
 /// summarises per workspace (worst wins).
+/// `environment`: the environment `desired` is all of, if it is (then a
+/// kind with many objects waited for is listed; see [`Listing`]).
 pub async fn wait_for_health(
     cluster: &Cluster,
-    environment: &str,
+    environment: Option<&str>,
     desired: &[Object],
     options: &HealthOptions,
     timeout: Duration,
@@ -417,7 +443,7 @@ pub async fn wait_for_health(
     let refs: Vec<ObjectRef> = desired.iter().map(ObjectRef::of).collect();
     let results = super::wait::wait_healthy(
         cluster,
-        Some(&Listing::new(environment, desired)),
+        environment.map(|env| Listing::new(env, desired)).as_ref(),
         &refs,
         options,
         timeout,
