@@ -72,8 +72,45 @@ pub(crate) fn deployed() -> &'static str {
         ]);
         let dry_run = kubectl(&["apply", "--server-side", "--dry-run=server", "-k", deploy]);
         kubectl(&["apply", "--server-side", "-k", deploy]);
+        wait_for_admission_policy();
         dry_run
     })
+}
+
+/// Waits (up to 60 s) until the API server enforces the admission policy
+/// just applied: it loads a ValidatingAdmissionPolicy and its binding a
+/// moment after they are stored, and a test writing as the daemon before
+/// then was let through (the policy tests failed when they ran first).
+fn wait_for_admission_policy() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let kubeconfig = service_account_kubeconfig("tenantsync", dir.path());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        // A write the policy refuses the daemon (never into `default`),
+        // which its ClusterRole allows: refused by the policy once loaded.
+        let out = control_plane()
+            .kubectl()
+            .env("KUBECONFIG", &kubeconfig)
+            .args([
+                "-n",
+                "default",
+                "create",
+                "configmap",
+                "admission-policy-probe",
+                "--dry-run=server",
+            ])
+            .output()
+            .expect("run kubectl");
+        if !out.status.success() && text(&out).contains("tenantsync-writes") {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the admission policy tenantsync-writes is not enforced 60 s after it was applied: {}",
+            text(&out)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 /// A kubeconfig holding only a fresh TokenRequest token of `service_account`
