@@ -113,12 +113,13 @@ pub async fn wait_healthy(
             .collect();
         // All Healthy only once every object was read: one the server did
         // not answer is read again, never taken for Healthy or failed.
-        if unhealthy.is_empty() && last.iter().all(Option::is_some) {
+        let all_seen = last.iter().all(Option::is_some);
+        if unhealthy.is_empty() && all_seen {
             break;
         }
         // Given up early only on what was read: not while an object was
         // never read, or could not be read at this poll.
-        let all_read = last.iter().all(Option::is_some) && unread.iter().all(Option::is_none);
+        let all_read = all_seen && unread.iter().all(Option::is_none);
         if all_read
             && !unhealthy.is_empty()
             && unhealthy.iter().all(|s| *s == HealthStatus::Degraded)
@@ -247,25 +248,26 @@ async fn read_pending(
             get.extend(indices);
             continue;
         };
-        // By name, then namespace (a few objects share a name).
+        // By name, then namespace (a few objects share a name); what the
+        // LIST returns is taken out, what is left it did not return.
         let mut wanted: HashMap<&str, Vec<usize>> = HashMap::with_capacity(indices.len());
         for &i in &indices {
             wanted.entry(&*objects[i].name).or_default().push(i);
         }
-        let mut found = vec![false; objects.len()];
         let mut judged = Vec::new();
         let listed = cluster
             .for_each_labelled(&listing.environment, resource.clone(), &key.1, |item| {
                 let meta = &item["metadata"];
-                let Some(candidates) = meta["name"].as_str().and_then(|n| wanted.get(n)) else {
+                let Some(candidates) = meta["name"].as_str().and_then(|n| wanted.get_mut(n)) else {
                     return;
                 };
                 let namespace = meta["namespace"].as_str();
-                for &i in candidates {
-                    if !found[i] && (!namespaced || objects[i].namespace.as_deref() == namespace) {
-                        found[i] = true;
-                        judged.push((i, Ok(health::assess(&item, options))));
-                    }
+                if let Some(at) = candidates
+                    .iter()
+                    .position(|&i| !namespaced || objects[i].namespace.as_deref() == namespace)
+                {
+                    let i = candidates.swap_remove(at);
+                    judged.push((i, Ok(health::assess(&item, options))));
                 }
             })
             .await;
@@ -273,7 +275,7 @@ async fn read_pending(
             Ok(()) => {
                 unlisted.failed.remove(&key);
                 out.append(&mut judged);
-                get.extend(indices.into_iter().filter(|&i| !found[i]));
+                get.extend(wanted.into_values().flatten());
             }
             Err(e) if retryable(&e) && unlisted.failed.insert(key.clone()) => {
                 // Not a GET each now: the server is busy or away.
