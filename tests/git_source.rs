@@ -555,3 +555,99 @@ fn silent_remote_is_given_up_on() {
     std::thread::sleep(Duration::from_millis(200));
     assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), before);
 }
+
+/// Issue 19 (a one-workspace pull request planned in milliseconds): `plan
+/// --changed-since` of a work tree leaves the workspace files Git knows to
+/// be unchanged since the base unread (at 5,000 workspaces, reading and
+/// hashing them was most of the plan's CPU), and still finds exactly the
+/// changed files a full read finds: an edit, an added and a removed file,
+/// not a file written again with the same text (Git reads it to tell) nor
+/// an executable bit. A file whose mode changed, a symlink,
+/// environment.yaml and a file outside workspaces/ are always read; so is
+/// a deferred file asked for.
+#[test]
+fn a_work_trees_unchanged_workspace_files_are_left_unread_until_asked_for() {
+    use tenantsync::source;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path();
+    let ws = |name: &str, replicas: u32| {
+        format!(
+            "apiVersion: tenantsync.io/v1alpha1\nkind: Workspace\nmetadata: {{name: {name}}}\nspec:\n  fhirServices:\n    - {{name: api, replicas: {replicas}}}\n"
+        )
+    };
+    let at = |name: &str| format!("environments/dev/workspaces/{name}.yaml");
+    write(
+        root,
+        "environments/dev/environment.yaml",
+        "kind: Environment\n",
+    );
+    write(
+        root,
+        "environments/dev/resources/cm.yaml",
+        "kind: ConfigMap\n",
+    );
+    for name in ["alpha", "beta", "gamma", "delta", "omega", "same"] {
+        write(root, &at(name), &ws(name, 1));
+    }
+    std::os::unix::fs::symlink("gamma.yaml", root.join(at("linked"))).expect("symlink");
+    git(root, &["init", "-q"]);
+    git(root, &["add", "-A"]);
+    git(root, &["commit", "-q", "-m", "base"]);
+
+    write(root, &at("beta"), &ws("beta", 2));
+    write(root, &at("same"), &ws("same", 1));
+    write(root, &at("epsilon"), &ws("epsilon", 1));
+    std::fs::remove_file(root.join(at("omega"))).expect("remove");
+    let mut mode = std::fs::metadata(root.join(at("delta")))
+        .expect("stat")
+        .permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut mode, 0o755);
+    std::fs::set_permissions(root.join(at("delta")), mode).expect("chmod");
+
+    let repo = root.to_str().expect("utf-8 path");
+    let read = |defer: bool| {
+        source::read_with_base(repo, None, "HEAD", &Auth::none(), None, defer)
+            .unwrap_or_else(|e| panic!("read: {e}"))
+    };
+    let (full, _, full_changed) = read(false);
+    let (mut tree, revision, changed) = read(true);
+    assert!(revision.is_none(), "the work tree, not a commit");
+    assert_eq!(changed, full_changed);
+    assert_eq!(
+        changed,
+        [at("beta"), at("epsilon"), at("linked"), at("omega")],
+        "content compared, not modes; a symlink is never a base's file"
+    );
+    assert_eq!(
+        tree.paths().collect::<Vec<_>>(),
+        full.paths().collect::<Vec<_>>()
+    );
+    assert_eq!(tree.problems(), full.problems());
+    let deferred: Vec<&str> = tree.paths().filter(|p| tree.is_deferred(p)).collect();
+    assert_eq!(deferred, [at("alpha"), at("gamma"), at("same")]);
+    for path in [
+        "environments/dev/environment.yaml".to_string(),
+        "environments/dev/resources/cm.yaml".to_string(),
+        at("beta"),
+        at("epsilon"),
+        at("linked"),
+        at("delta"),
+    ] {
+        assert_eq!(text(&tree, &path), text(&full, &path), "{path}");
+        assert!(text(&tree, &path).is_some(), "{path} is read");
+    }
+    assert_eq!(text(&tree, &at("alpha")), None, "not read");
+
+    source::read_deferred(repo, &mut tree, &[at("alpha")]).expect("read alpha");
+    assert_eq!(text(&tree, &at("alpha")), Some(ws("alpha", 1).as_str()));
+    assert!(tree.has_deferred());
+    source::read_deferred(repo, &mut tree, &[at("gamma"), at("same")]).expect("read the rest");
+    assert!(!tree.has_deferred());
+    for path in full.paths() {
+        assert_eq!(text(&tree, path), text(&full, path), "{path}");
+    }
+    assert_eq!(
+        source::revision_of(&tree, None),
+        source::revision_of(&full, None)
+    );
+}

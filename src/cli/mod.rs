@@ -66,7 +66,9 @@ fn completions_cmd(shell: clap_complete::Shell) -> anyhow::Result<ExitCode> {
 }
 
 /// The environment's desired state (in scope only) read at `rev`, and the
-/// digest of the files read (a folder's revision); or the validation errors
+/// digest of the files read (a folder's revision; only with `need_digest`:
+/// without it, a plan of what changed since a revision leaves the files of
+/// the workspaces it does not plan unread); or the validation errors
 /// and broken guardrails (printed) and exit code 1. `sync`:
 /// `Some(skip_invalid)` for sync, which may hold invalid workspaces (see
 /// [`crate::sync::Scope`]) instead of failing the whole environment;
@@ -78,7 +80,8 @@ pub(super) fn desired_state(
     rev: Option<String>,
     sync: Option<bool>,
     changed_since: Option<&str>,
-) -> anyhow::Result<Result<(DesiredState, String), ExitCode>> {
+    need_digest: bool,
+) -> anyhow::Result<Result<(DesiredState, Option<String>), ExitCode>> {
     let auth = source::auth_from_env()?;
     let trust = args.trust.trust()?;
     let trust = trust.as_ref().map(|(t, v)| (t, v));
@@ -88,18 +91,24 @@ pub(super) fn desired_state(
             (tree, revision, None)
         }
         Some(since) => {
-            let (tree, revision, changed) =
-                source::read_with_base(&args.repo, rev.as_deref(), since, &auth, trust)
-                    .with_context(|| {
-                        format!(
-                            "--changed-since {since} needs a revision of the Git repository {}",
-                            source::git::redact(&args.repo)
-                        )
-                    })?;
+            let context = || {
+                format!(
+                    "--changed-since {since} needs a revision of the Git repository {}",
+                    source::git::redact(&args.repo)
+                )
+            };
+            let (tree, revision, changed) = source::read_with_base(
+                &args.repo,
+                rev.as_deref(),
+                since,
+                &auth,
+                trust,
+                !need_digest,
+            )
+            .with_context(context)?;
             (tree, revision, Some(changed))
         }
     };
-    let digest = source::revision_of(&tree, None);
     let operator = args.guard.operator(None);
     let intake = Intake {
         hold_invalid: sync == Some(true),
@@ -130,6 +139,17 @@ pub(super) fn desired_state(
         Refused::Guardrails(diagnostics) => refuse(&diagnostics, ""),
         Refused::Render(e) => Err(e.into()),
     };
+    // The files left unread that the checks of this selection need.
+    let mut tree = tree;
+    let needed = pipeline::files_to_read(&tree, &args.env, &intake);
+    if tree.has_deferred() {
+        tracing::debug!(
+            needed = needed.len(),
+            "workspace files unchanged since --changed-since were left unread; reading those the planned workspaces are checked with"
+        );
+    }
+    source::read_deferred(&args.repo, &mut tree, &needed)?;
+    let digest = (!tree.has_deferred()).then(|| source::revision_of(&tree, None));
     let selected = match pipeline::select(tree, &args.env, &intake) {
         Ok(selected) => selected,
         Err(e) => return refused(e),

@@ -53,7 +53,8 @@ pub(super) fn live_cmd(
             read = Some((cluster, inventory));
         }
     }
-    let (desired, digest) = match desired_state(args, rev, None, changed_since)? {
+    // A saved plan records a folder's revision: the digest of all its files.
+    let (desired, digest) = match desired_state(args, rev, None, changed_since, out.is_some())? {
         Ok(desired) => desired,
         Err(code) => return Ok(code),
     };
@@ -151,7 +152,11 @@ pub(super) fn live_cmd(
     });
     if let Some(out) = out {
         // A folder's revision is the digest of its files, as sync records.
-        let revision = desired.revision.clone().unwrap_or(digest);
+        let revision = desired
+            .revision
+            .clone()
+            .or(digest)
+            .context("the repository's files were not all read")?;
         let options = PlanFileOptions {
             workspaces: args.workspaces.clone(),
             adopt: args.adopt,

@@ -53,10 +53,12 @@ pub(super) fn sync_cmd(args: &SyncArgs) -> anyhow::Result<ExitCode> {
         }
         None => (&args.live, args.live.rev.clone()),
     };
-    let (mut state, digest) = match desired_state(live_args, rev, Some(args.skip_invalid), None)? {
-        Ok(desired) => desired,
-        Err(code) => return Ok(code),
-    };
+    let (mut state, digest) =
+        match desired_state(live_args, rev, Some(args.skip_invalid), None, true)? {
+            Ok((state, Some(digest))) => (state, digest),
+            Ok((_, None)) => anyhow::bail!("the repository's files were not all read"),
+            Err(code) => return Ok(code),
+        };
     if let Some(saved) = &saved
         && let Err(message) = saved.matches(&state, &digest)
     {

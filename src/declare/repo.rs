@@ -3,7 +3,7 @@
 //! Folders and Git revisions are both read into a [`SourceTree`] by the
 //! `source` edge, so validation and rendering never touch the file system.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use crate::declare::diag::Diagnostic;
 use crate::declare::yaml::{FileId, Pos};
@@ -18,6 +18,11 @@ pub struct SourceTree {
     /// Problems found while reading (unsafe paths, symlinks leaving the
     /// repository, oversize files), reported with the validation errors.
     problems: Vec<Diagnostic>,
+    /// Files known by path whose content was not read (held in `files`
+    /// as empty): a work tree's files Git knows to be unchanged since the
+    /// revision a pull request is planned against, read only if a check
+    /// needs them (see [`SourceTree::defer`]).
+    deferred: BTreeSet<String>,
 }
 
 impl SourceTree {
@@ -43,7 +48,33 @@ impl SourceTree {
             );
             return;
         }
+        self.deferred.remove(path);
         self.files.insert(path.to_string(), bytes);
+    }
+
+    /// Adds a file by its path only, its content not read: one the source
+    /// knows to be the same as in a base revision, which only a check that
+    /// needs it reads ([`SourceTree::insert`] then replaces it). Its content
+    /// is empty until then: whoever parses a file must ask
+    /// [`SourceTree::is_deferred`] first.
+    pub fn defer(&mut self, path: &str) {
+        if let Err(message) = check_path(path) {
+            self.problem(path, message);
+            return;
+        }
+        self.files.insert(path.to_string(), Vec::new());
+        self.deferred.insert(path.to_string());
+    }
+
+    /// Whether `path`'s content was not read ([`SourceTree::defer`]).
+    pub fn is_deferred(&self, path: &str) -> bool {
+        self.deferred.contains(path)
+    }
+
+    /// Whether any file's content was not read: a digest of the tree's
+    /// content cannot be made.
+    pub fn has_deferred(&self) -> bool {
+        !self.deferred.is_empty()
     }
 
     /// Records a problem found while reading the tree.
@@ -61,7 +92,11 @@ impl SourceTree {
         &self.problems
     }
 
+    /// A file's content; `None` for a file not read ([`SourceTree::defer`]).
     pub fn get(&self, path: &str) -> Option<&[u8]> {
+        if !self.deferred.is_empty() && self.deferred.contains(path) {
+            return None;
+        }
         self.files.get(path).map(Vec::as_slice)
     }
 

@@ -332,8 +332,7 @@ pub struct Selected {
 /// (`intake.only`): only the selected ones need to be valid; the others
 /// are out of scope and left as they are.
 pub fn select(tree: SourceTree, env: &str, intake: &Intake<'_>) -> Result<Selected, Refused> {
-    let named: Option<BTreeSet<String>> =
-        (!intake.only.is_empty()).then(|| intake.only.iter().cloned().collect());
+    let named = named_of(intake);
     // Each stage's input goes as soon as the next stage has what it needs:
     // the files once parsed, the parsed files once resolved.
     let (repository, changed) = load_selection(&tree, env, intake, named.as_ref());
@@ -418,17 +417,52 @@ fn load_selection(
     // Every declaration but the workspace files first: enough to tell
     // the chain, what the change reaches and what that must be read with.
     let layers = validate::load_unfocused(tree);
+    let (selection, focus) = focus_of(&layers, env, intake, paths, named);
+    let repository = layers.read_workspaces(focus.as_ref());
+    (repository, Some(selection))
+}
+
+/// What `changed` files reach in environment `env`, and the workspaces a
+/// load must parse for it (every one when `None`).
+fn focus_of(
+    layers: &validate::Unfocused<'_>,
+    env: &str,
+    intake: &Intake<'_>,
+    changed: &[String],
+    named: Option<&BTreeSet<String>>,
+) -> (Selection, Option<BTreeSet<String>>) {
     let chain = layers.chain_of(env).unwrap_or_default();
     let selection = Selection {
-        impact: changed::impact(paths, &chain),
+        impact: changed::impact(changed, &chain),
         named: named.cloned(),
     };
     let focus = selection
         .planned()
         .filter(|_| intake.also_hold.is_none())
         .and_then(|planned| layers.focus(env, &planned));
-    let repository = layers.read_workspaces(focus.as_ref());
-    (repository, Some(selection))
+    (selection, focus)
+}
+
+/// The workspaces `--workspace` names; every one when `None`.
+fn named_of(intake: &Intake<'_>) -> Option<BTreeSet<String>> {
+    (!intake.only.is_empty()).then(|| intake.only.iter().cloned().collect())
+}
+
+/// The files of `tree` whose content was not read ([`SourceTree::defer`])
+/// that [`select`] with the same `env` and `intake` parses: the ones a
+/// source must read into the tree first. A one-workspace pull request's
+/// plan reads that workspace's files, not the environment's thousands.
+pub fn files_to_read(tree: &SourceTree, env: &str, intake: &Intake<'_>) -> Vec<String> {
+    if !tree.has_deferred() {
+        return Vec::new();
+    }
+    let named = named_of(intake);
+    let layers = validate::load_unfocused(tree);
+    let focus = match intake.changed {
+        Some(paths) => focus_of(&layers, env, intake, paths, named.as_ref()).1,
+        None => None,
+    };
+    layers.deferred_in(focus.as_ref())
 }
 
 /// Renders and admits a selection: the second half of [`desired`].
@@ -669,6 +703,76 @@ mod tests {
             &Intake::strict(&Operator::default()),
         )
         .expect("desired")
+    }
+
+    /// Issue 19 (a one-workspace pull request's plan): a source may leave
+    /// unchanged workspace files unread; `files_to_read` names the ones the
+    /// selection's checks parse, and only those: the changed workspace's,
+    /// and those sharing its namespace; every one for a change of the
+    /// environment's settings or without `--changed-since`.
+    #[test]
+    fn files_to_read_names_the_deferred_workspace_files_a_changed_since_selection_parses() {
+        let tree = |template: &str| {
+            let mut tree = SourceTree::new();
+            tree.insert(
+                "environments/dev/environment.yaml",
+                format!("apiVersion: tenantsync.io/v1alpha1\nkind: Environment\nmetadata: {{name: dev}}\nspec:\n  namespaceTemplate: \"{template}\"\n  ingress: {{domain: dev.example.com}}\n").into_bytes(),
+            );
+            tree.insert(
+                "environments/dev/workspaces/alpha.yaml",
+                b"apiVersion: tenantsync.io/v1alpha1\nkind: Workspace\nmetadata: {name: alpha}\nspec: {}\n".to_vec(),
+            );
+            for name in ["beta", "gamma"] {
+                tree.defer(&format!("environments/dev/workspaces/{name}.yaml"));
+            }
+            tree
+        };
+        let operator = Operator::default();
+        let alpha_changed = ["environments/dev/workspaces/alpha.yaml".to_string()];
+        let intake = Intake {
+            changed: Some(&alpha_changed),
+            ..Intake::strict(&operator)
+        };
+        let own = tree("{environment}-{workspace}");
+        assert_eq!(files_to_read(&own, "dev", &intake), Vec::<String>::new());
+        let shared = tree("shared-{environment}");
+        assert_eq!(
+            files_to_read(&shared, "dev", &intake),
+            [
+                "environments/dev/workspaces/beta.yaml",
+                "environments/dev/workspaces/gamma.yaml"
+            ]
+        );
+        let settings = ["environments/dev/environment.yaml".to_string()];
+        let everything = Intake {
+            changed: Some(&settings),
+            ..Intake::strict(&operator)
+        };
+        assert_eq!(files_to_read(&own, "dev", &everything).len(), 2);
+        assert_eq!(
+            files_to_read(&own, "dev", &Intake::strict(&operator)).len(),
+            2
+        );
+        // Left unread by mistake, a file is refused, never parsed as the
+        // empty text it is held as.
+        let unread = pipeline_refusal(own, &Intake::strict(&operator));
+        assert!(
+            unread.contains("environments/dev/workspaces/beta.yaml:1:1")
+                && unread.contains("this file's content was not read"),
+            "{unread}"
+        );
+    }
+
+    fn pipeline_refusal(tree: SourceTree, intake: &Intake<'_>) -> String {
+        match select(tree, "dev", intake) {
+            Err(Refused::Invalid { diagnostics, .. }) => diagnostics
+                .iter()
+                .map(|d| format!("{}:{}:{}: {}", d.file, d.line, d.column, d.message))
+                .collect::<Vec<_>>()
+                .join("\n"),
+            Err(other) => format!("{other:?}"),
+            Ok(_) => "selected".to_string(),
+        }
     }
 
     #[test]

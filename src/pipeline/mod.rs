@@ -11,7 +11,8 @@ mod live;
 mod revisions;
 
 pub use desired::{
-    DesiredState, Intake, Refused, Selected, Unresolved, admit, desired, desired_of, select,
+    DesiredState, Intake, Refused, Selected, Unresolved, admit, desired, desired_of, files_to_read,
+    select,
 };
 pub use live::{Deletes, LivePlan, PlanOptions, check_scopes, plan_live, unrecorded};
 pub use revisions::{compose, needed};

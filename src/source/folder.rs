@@ -4,6 +4,7 @@
 //! inside the repository; one that leaves it is reported, not read. Files over
 //! the size cap are reported without being read whole.
 
+use std::collections::BTreeSet;
 use std::fs;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -37,19 +38,70 @@ fn root_hint(path: &Path, cause: &std::io::Error) -> &'static str {
 /// Reads `root/environments/**` into a tree. Unreadable entries become
 /// problems in the tree (reported with validation errors), not failures.
 pub fn read(root: &Path) -> Result<SourceTree, FolderError> {
-    let canonical_root = root.canonicalize().map_err(|cause| FolderError::Root {
-        path: root.to_path_buf(),
-        cause,
-    })?;
+    read_deferring(root, &BTreeSet::new())
+}
+
+/// [`read`], but the files named in `unchanged` (paths from the root,
+/// known to hold what a base revision holds) that are plain files are
+/// added by path only ([`SourceTree::defer`]): [`read_deferred`] reads the
+/// ones a check needs. Every folder is still listed, so the tree's paths
+/// and problems are [`read`]'s.
+pub fn read_deferring(
+    root: &Path,
+    unchanged: &BTreeSet<String>,
+) -> Result<SourceTree, FolderError> {
+    let canonical_root = canonical(root)?;
     let mut tree = SourceTree::new();
     let envs = canonical_root.join(ENVIRONMENTS_DIR);
     if envs.is_dir() {
-        walk(&canonical_root, &envs, ENVIRONMENTS_DIR, &mut tree, 0);
+        walk(
+            &canonical_root,
+            &envs,
+            ENVIRONMENTS_DIR,
+            &mut tree,
+            0,
+            unchanged,
+        );
     }
     Ok(tree)
 }
 
-fn walk(root: &Path, dir: &Path, rel: &str, tree: &mut SourceTree, depth: usize) {
+/// Reads the deferred files `paths` of a tree [`read_deferring`] read
+/// from `root` into it (a file that cannot be read is a problem of the
+/// tree, as in [`read`]).
+pub fn read_deferred(
+    root: &Path,
+    tree: &mut SourceTree,
+    paths: &[String],
+) -> Result<(), FolderError> {
+    let canonical_root = canonical(root)?;
+    for path in paths {
+        if !tree.is_deferred(path) {
+            continue;
+        }
+        match read_capped(&canonical_root.join(path)) {
+            Ok(bytes) => tree.insert(path, bytes),
+            Err(e) => tree.problem(path, format!("cannot read: {e}")),
+        }
+    }
+    Ok(())
+}
+
+fn canonical(root: &Path) -> Result<PathBuf, FolderError> {
+    root.canonicalize().map_err(|cause| FolderError::Root {
+        path: root.to_path_buf(),
+        cause,
+    })
+}
+
+fn walk(
+    root: &Path,
+    dir: &Path,
+    rel: &str,
+    tree: &mut SourceTree,
+    depth: usize,
+    unchanged: &BTreeSet<String>,
+) {
     if depth > 16 {
         tree.problem(rel, "folders nested more than 16 levels deep are not read");
         return;
@@ -107,7 +159,9 @@ fn walk(root: &Path, dir: &Path, rel: &str, tree: &mut SourceTree, depth: usize)
             (path, file_type.is_dir(), file_type.is_file())
         };
         if is_dir {
-            walk(root, &target, &rel_path, tree, depth + 1);
+            walk(root, &target, &rel_path, tree, depth + 1, unchanged);
+        } else if file_type.is_file() && unchanged.contains(&rel_path) {
+            tree.defer(&rel_path);
         } else if is_file {
             match read_capped(&target) {
                 Ok(bytes) => tree.insert(&rel_path, bytes),

@@ -24,7 +24,7 @@
 //! `http://`; ssh host keys are checked against a `known_hosts` file before
 //! any credential is offered.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
@@ -43,7 +43,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::declare::repo::{MAX_FILE_BYTES, SourceTree};
-use crate::declare::validate::ENVIRONMENTS_DIR;
+use crate::declare::validate::{self, ENVIRONMENTS_DIR};
 
 /// How long connecting to a remote may take before the fetch fails.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -219,12 +219,15 @@ pub fn base_files(repo: &Repository, rev: &str) -> Result<BTreeMap<String, git2:
 /// Compared by Git blob id (`tree`'s files hashed as Git hashes them), so
 /// no file of the base is read: at 5,000 workspaces, reading them was
 /// about 10% of a one-workspace plan's CPU (docs/benchmarks.md).
+/// A file `tree` holds unread ([`SourceTree::defer`]) is one the base
+/// holds unchanged ([`unchanged_in_work_tree`]).
 pub fn changed_from(mut base: BTreeMap<String, git2::Oid>, tree: &SourceTree) -> Vec<String> {
     let mut changed: Vec<String> = Vec::new();
     for path in tree.paths() {
         let same = base.remove(path).is_some_and(|id| {
-            git2::Oid::hash_object(ObjectType::Blob, tree.get(path).unwrap_or_default())
-                .is_ok_and(|hashed| hashed == id)
+            tree.is_deferred(path)
+                || git2::Oid::hash_object(ObjectType::Blob, tree.get(path).unwrap_or_default())
+                    .is_ok_and(|hashed| hashed == id)
         });
         if !same {
             changed.push(path.to_string());
@@ -233,6 +236,63 @@ pub fn changed_from(mut base: BTreeMap<String, git2::Oid>, tree: &SourceTree) ->
     changed.extend(base.into_keys());
     changed.sort_unstable();
     changed
+}
+
+/// The workspace files of `base` (from [`base_files`]) that the work
+/// tree of `repo` holds unchanged since revision `rev`, by Git's own
+/// account: a diff of `rev`'s tree with the work tree through the index,
+/// which takes a file whose size and times match its index entry as the
+/// index's blob without reading it (and reads one changed within the
+/// index's own second, as `git status` does). These need not be read or
+/// hashed by a plan of what changed (a one-workspace pull request at 5,000
+/// workspaces: 5,000 files). Only plain files (a symlink is read, as the
+/// folder reader checks where it leads) of at most the size limit (an
+/// oversize one is read, to be reported; so is one whose index entry has
+/// no size). `None` when Git cannot tell:
+/// then every file is read.
+pub fn unchanged_in_work_tree(
+    repo: &Repository,
+    rev: &str,
+    base: &BTreeMap<String, git2::Oid>,
+) -> Option<BTreeSet<String>> {
+    let tree = commit_of(repo, rev).ok()?.tree().ok()?;
+    let index = repo.index().ok()?;
+    let mut options = git2::DiffOptions::new();
+    options
+        .pathspec(format!("{ENVIRONMENTS_DIR}/"))
+        .include_untracked(true)
+        .recurse_untracked_dirs(true)
+        .include_typechange(true)
+        .ignore_submodules(true);
+    let diff = repo
+        .diff_tree_to_workdir_with_index(Some(&tree), Some(&mut options))
+        .ok()?;
+    let mut touched: BTreeSet<&[u8]> = BTreeSet::new();
+    for delta in diff.deltas() {
+        for file in [delta.old_file(), delta.new_file()] {
+            if let Some(path) = file.path_bytes() {
+                touched.insert(path);
+            }
+        }
+    }
+    let unchanged = base
+        .iter()
+        .filter(|(path, id)| {
+            validate::is_workspace_file(path)
+                && !touched.contains(path.as_bytes())
+                && index
+                    .get_path(Path::new(path.as_str()), 0)
+                    .is_some_and(|entry| {
+                        // Git records a size of 0 for an entry whose file
+                        // it could not trust (racily clean): read it.
+                        entry.id == **id
+                            && entry.file_size > 0
+                            && (entry.file_size as usize) <= MAX_FILE_BYTES
+                    })
+        })
+        .map(|(path, _)| path.clone())
+        .collect();
+    Some(unchanged)
 }
 
 /// The commit `rev` names.

@@ -88,7 +88,10 @@ pub fn read_trusted(
 /// [`read`], and the paths whose files differ from those at revision `base`
 /// of the same Git repository ([`git::changed_since`]; `plan
 /// --changed-since`): a remote's cached clone, fetched once, or a local
-/// repository (or the repository a work tree belongs to).
+/// repository (or the repository a work tree belongs to). `defer`: a
+/// work tree's workspace files Git knows to be unchanged since `base`
+/// are not read ([`folder::read_deferring`]; read the ones a check needs
+/// with [`read_deferred`]), so the tree has no digest of its content.
 #[allow(clippy::type_complexity)]
 pub fn read_with_base(
     repo: &str,
@@ -96,6 +99,7 @@ pub fn read_with_base(
     base: &str,
     auth: &git::Auth,
     trust: Option<(&trust::Trust, &trust::Verify)>,
+    defer: bool,
 ) -> Result<(SourceTree, Option<git::Revision>, Vec<String>), SourceError> {
     let base_error = |reason: String| SourceError::Base {
         rev: base.to_string(),
@@ -137,6 +141,11 @@ pub fn read_with_base(
                 repo: repo.to_string(),
             });
         }
+        (false, None) if defer => {
+            let unchanged =
+                git::unchanged_in_work_tree(&repository, base, &base_files).unwrap_or_default();
+            (folder::read_deferring(Path::new(repo), &unchanged)?, None)
+        }
         (false, None) => (folder::read(Path::new(repo))?, None),
         (_, rev) => {
             let (tree, revision) =
@@ -151,7 +160,22 @@ pub fn read_with_base(
     Ok((tree, revision, changed))
 }
 
-/// A source revision: the Git commit, or a digest of a folder's files.
+/// Reads the files `paths` of a work tree `repo` that [`read_with_base`]
+/// left unread into `tree` (the pipeline's `files_to_read` tells which a
+/// check needs).
+pub fn read_deferred(
+    repo: &str,
+    tree: &mut SourceTree,
+    paths: &[String],
+) -> Result<(), SourceError> {
+    if paths.is_empty() {
+        return Ok(());
+    }
+    Ok(folder::read_deferred(Path::new(repo), tree, paths)?)
+}
+
+/// A source revision: the Git commit, or a digest of a folder's files (a
+/// tree with files left unread has none: see [`SourceTree::has_deferred`]).
 pub fn revision_of(tree: &SourceTree, git: Option<git::Revision>) -> String {
     match git {
         Some(r) => r.commit,
