@@ -156,7 +156,7 @@ pub(super) fn live_cmd(
             .revision
             .clone()
             .or(digest)
-            .context("the repository's files were not all read")?;
+            .context("cannot record the folder's revision: not every file of it was read; save the plan without --changed-since")?;
         let options = PlanFileOptions {
             workspaces: args.workspaces.clone(),
             adopt: args.adopt,

@@ -56,7 +56,9 @@ pub(super) fn sync_cmd(args: &SyncArgs) -> anyhow::Result<ExitCode> {
     let (mut state, digest) =
         match desired_state(live_args, rev, Some(args.skip_invalid), None, true)? {
             Ok((state, Some(digest))) => (state, digest),
-            Ok((_, None)) => anyhow::bail!("the repository's files were not all read"),
+            Ok((_, None)) => anyhow::bail!(
+                "cannot record the folder's revision: not every file of it was read; sync again"
+            ),
             Err(code) => return Ok(code),
         };
     if let Some(saved) = &saved

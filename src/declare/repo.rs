@@ -33,6 +33,11 @@ impl SourceTree {
     /// Adds a file. Paths with `..`, absolute paths and oversize files are
     /// recorded as problems instead.
     pub fn insert(&mut self, path: &str, bytes: Vec<u8>) {
+        // A deferred file's place is taken whatever is read: the content,
+        // or the problem that it could not be held.
+        if self.deferred.remove(path) {
+            self.files.remove(path);
+        }
         if let Err(message) = check_path(path) {
             self.problem(path, message);
             return;
@@ -48,8 +53,16 @@ impl SourceTree {
             );
             return;
         }
-        self.deferred.remove(path);
         self.files.insert(path.to_string(), bytes);
+    }
+
+    /// A deferred file that could not be read after all: no longer in the
+    /// tree, `message` its problem (as a full read reports it).
+    pub fn unreadable(&mut self, path: &str, message: impl Into<String>) {
+        if self.deferred.remove(path) {
+            self.files.remove(path);
+        }
+        self.problem(path, message);
     }
 
     /// Adds a file by its path only, its content not read: one the source
@@ -184,6 +197,45 @@ impl FileTable {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Review of issue 19: a deferred file that turns out oversize or
+    /// unreadable when it is read is a problem, as in a full read, and no
+    /// longer a deferred file (which a load would report as a bug).
+    #[test]
+    fn a_deferred_file_read_oversize_or_unreadable_leaves_only_its_problem() {
+        let mut t = SourceTree::new();
+        t.defer("environments/dev/workspaces/a.yaml");
+        t.defer("environments/dev/workspaces/b.yaml");
+        t.defer("environments/dev/workspaces/c.yaml");
+        assert!(t.is_deferred("environments/dev/workspaces/a.yaml"));
+        assert_eq!(t.get("environments/dev/workspaces/a.yaml"), None);
+        t.insert(
+            "environments/dev/workspaces/a.yaml",
+            vec![b'x'; MAX_FILE_BYTES + 1],
+        );
+        t.unreadable("environments/dev/workspaces/b.yaml", "cannot read: gone");
+        t.insert(
+            "environments/dev/workspaces/c.yaml",
+            b"kind: Workspace".to_vec(),
+        );
+        assert!(!t.has_deferred());
+        assert_eq!(
+            t.paths().collect::<Vec<_>>(),
+            ["environments/dev/workspaces/c.yaml"]
+        );
+        assert_eq!(
+            t.get("environments/dev/workspaces/c.yaml"),
+            Some(&b"kind: Workspace"[..])
+        );
+        let problems: Vec<&str> = t.problems().iter().map(|d| d.file.as_str()).collect();
+        assert_eq!(
+            problems,
+            [
+                "environments/dev/workspaces/a.yaml",
+                "environments/dev/workspaces/b.yaml"
+            ]
+        );
+    }
 
     #[test]
     fn refuses_escaping_and_oversize_paths() {

@@ -79,9 +79,26 @@ pub fn read_deferred(
         if !tree.is_deferred(path) {
             continue;
         }
-        match read_capped(&canonical_root.join(path)) {
+        let file = canonical_root.join(path);
+        // Deferred as a plain file: one replaced since (by a symlink that
+        // could lead out of the repository) is not followed.
+        match fs::symlink_metadata(&file) {
+            Ok(meta) if meta.file_type().is_file() => {}
+            Ok(_) => {
+                tree.unreadable(
+                    path,
+                    "changed while the repository was read (no longer a plain file); plan again",
+                );
+                continue;
+            }
+            Err(e) => {
+                tree.unreadable(path, format!("cannot read: {e}"));
+                continue;
+            }
+        }
+        match read_capped(&file) {
             Ok(bytes) => tree.insert(path, bytes),
-            Err(e) => tree.problem(path, format!("cannot read: {e}")),
+            Err(e) => tree.unreadable(path, format!("cannot read: {e}")),
         }
     }
     Ok(())

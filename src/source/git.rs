@@ -248,20 +248,32 @@ pub fn changed_from(mut base: BTreeMap<String, git2::Oid>, tree: &SourceTree) ->
 /// workspaces: 5,000 files). Only plain files (a symlink is read, as the
 /// folder reader checks where it leads) of at most the size limit (an
 /// oversize one is read, to be reported; so is one whose index entry has
-/// no size). `None` when Git cannot tell:
-/// then every file is read.
+/// no size). Git's word is not taken where it can differ from the bytes
+/// a full read compares: an entry marked `assume-unchanged` or
+/// `skip-worktree` (Git does not look at the file), and any repository
+/// where attributes or `core.autocrlf` may convert line endings or filter
+/// content (Git compares the converted text). `None` when Git cannot tell
+/// or is not trusted: then every file is read.
 pub fn unchanged_in_work_tree(
     repo: &Repository,
     rev: &str,
     base: &BTreeMap<String, git2::Oid>,
 ) -> Option<BTreeSet<String>> {
+    if may_convert(repo) {
+        return None;
+    }
     let tree = commit_of(repo, rev).ok()?.tree().ok()?;
     let index = repo.index().ok()?;
+    if index.iter().any(|e| is_attributes_file(&e.path)) {
+        return None;
+    }
     let mut options = git2::DiffOptions::new();
     options
         .pathspec(format!("{ENVIRONMENTS_DIR}/"))
         .include_untracked(true)
         .recurse_untracked_dirs(true)
+        .include_ignored(true)
+        .recurse_ignored_dirs(true)
         .include_typechange(true)
         .ignore_submodules(true);
     let diff = repo
@@ -271,6 +283,10 @@ pub fn unchanged_in_work_tree(
     for delta in diff.deltas() {
         for file in [delta.old_file(), delta.new_file()] {
             if let Some(path) = file.path_bytes() {
+                // An untracked .gitattributes among the declarations.
+                if is_attributes_file(path) {
+                    return None;
+                }
                 touched.insert(path);
             }
         }
@@ -283,16 +299,58 @@ pub fn unchanged_in_work_tree(
                 && index
                     .get_path(Path::new(path.as_str()), 0)
                     .is_some_and(|entry| {
-                        // Git records a size of 0 for an entry whose file
-                        // it could not trust (racily clean): read it.
                         entry.id == **id
                             && entry.file_size > 0
                             && (entry.file_size as usize) <= MAX_FILE_BYTES
+                            && entry.flags & git2::IndexEntryFlag::VALID.bits() == 0
+                            && entry.flags_extended
+                                & git2::IndexEntryExtendedFlag::SKIP_WORKTREE.bits()
+                                == 0
                     })
         })
         .map(|(path, _)| path.clone())
         .collect();
     Some(unchanged)
+}
+
+/// Whether `path` names a `.gitattributes` file.
+fn is_attributes_file(path: &[u8]) -> bool {
+    path == b".gitattributes" || path.ends_with(b"/.gitattributes")
+}
+
+/// Whether Git may compare a work-tree file after converting it
+/// (`core.autocrlf`, or attributes from outside the index: the work tree's
+/// root, the repository's `info/attributes`, `core.attributesFile` or the
+/// user's default attributes file). Tracked `.gitattributes` files are
+/// looked for in the index. An unreadable configuration counts as yes.
+fn may_convert(repo: &Repository) -> bool {
+    let Ok(config) = repo.config() else {
+        return true;
+    };
+    let autocrlf = config.get_string("core.autocrlf").unwrap_or_default();
+    if !matches!(
+        autocrlf.to_ascii_lowercase().as_str(),
+        "" | "false" | "no" | "off" | "0"
+    ) {
+        return true;
+    }
+    let mut sources: Vec<PathBuf> = vec![repo.path().join("info").join("attributes")];
+    if let Some(root) = repo.workdir() {
+        sources.push(root.join(".gitattributes"));
+    }
+    match config.get_path("core.attributesFile") {
+        Ok(path) => sources.push(path),
+        Err(_) => {
+            let base = std::env::var_os("XDG_CONFIG_HOME")
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+                .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")));
+            if let Some(base) = base {
+                sources.push(base.join("git").join("attributes"));
+            }
+        }
+    }
+    sources.iter().any(|p| p.exists())
 }
 
 /// The commit `rev` names.
