@@ -17,7 +17,7 @@ use tenantsync::daemon::leader::{LEASE_DURATION, RETRY_PERIOD};
 use tenantsync::sync::inventory::SYSTEM_NAMESPACE;
 use tenantsync::sync::shard::{environment_lease, member_lease};
 
-use crate::daemon_e2e::{Guard, free_port, http, metric, wait_for};
+use crate::daemon_e2e::{Guard, free_port, http, metric, status, wait_for};
 use crate::support::audit::{self, Identity};
 use crate::support::repo::TestRepo;
 use crate::support::{User, control_plane, git, unique_name};
@@ -422,4 +422,138 @@ async fn sharded_replicas_split_environments_pass_webhooks_on_take_over_a_killed
             .is_none(),
         "the member Lease was not removed"
     );
+}
+
+/// Issue 19 (staggered start): a replica started while another is in the
+/// middle of its first syncs gets its share without waiting for them to
+/// end: the other stops the sync in flight of each environment it hands
+/// over at its next write (saying so), and the newcomer syncs it from
+/// there. Every environment ends applied in full and recorded: a plan of
+/// each changes nothing, and each holder reports it Synced.
+#[tokio::test]
+async fn a_replica_started_during_anothers_first_syncs_gets_its_share_without_waiting_for_them() {
+    const WORKSPACES: usize = 100;
+    let (repo, envs) = four_environments();
+    for env in &envs {
+        let dir = repo
+            .path()
+            .join("environments")
+            .join(env)
+            .join("workspaces");
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        for i in 0..WORKSPACES {
+            let name = format!("t{i:03}");
+            std::fs::write(
+                dir.join(format!("{name}.yaml")),
+                format!(
+                    "apiVersion: tenantsync.io/v1alpha1\nkind: Workspace\nmetadata: {{name: {name}}}\nspec:\n  fhirServices:\n    - name: api\n      replicas: 1\n"
+                ),
+            )
+            .expect("write");
+        }
+    }
+    commit(&repo, "many workspaces");
+    let all: BTreeSet<String> = envs.iter().cloned().collect();
+    let logs = tempfile::tempdir().expect("tempdir");
+    let lease = unique_name("stagger");
+    let ids: Vec<Identity> = ["a", "b"]
+        .iter()
+        .map(|n| audit::identity(&format!("stagger-{n}"), "cluster-admin", logs.path()))
+        .collect();
+    let ports = [free_port(), free_port()];
+    let log = |i: usize| logs.path().join(format!("{i}.log"));
+    let log_text = |i: usize| std::fs::read_to_string(log(i)).unwrap_or_default();
+    let namespaces: Api<Namespace> = Api::all(control_plane().client(User::Admin).await);
+
+    let started = Instant::now();
+    let _a = start(&repo, &envs, &lease, ports[0], &log(0), &ids[0]);
+    wait_for(
+        "the first replica to hold all four",
+        Duration::from_secs(60),
+        async || owned(ports[0]).await == all,
+    )
+    .await;
+    // Its first syncs are under way: a workspace namespace exists.
+    wait_for(
+        "the first replica to write",
+        Duration::from_secs(60),
+        async || {
+            for env in &envs {
+                if namespaces
+                    .get_opt(&format!("t000-{env}"))
+                    .await
+                    .ok()
+                    .flatten()
+                    .is_some()
+                {
+                    return true;
+                }
+            }
+            false
+        },
+    )
+    .await;
+    let joined = Instant::now();
+    let _b = start(&repo, &envs, &lease, ports[1], &log(1), &ids[1]);
+    let split = wait_for(
+        "the newcomer to get its share",
+        Duration::from_secs(30),
+        async || {
+            let (x, y) = (owned(ports[0]).await, owned(ports[1]).await);
+            x.len() == 2 && y.len() == 2 && x.union(&y).cloned().collect::<BTreeSet<_>>() == all
+        },
+    )
+    .await;
+    eprintln!(
+        "replica started {:?} after the first: shares split {split:?} after it joined",
+        joined - started
+    );
+    // The first replica stopped the syncs it handed over, mid-way: the
+    // newcomer did not wait for them.
+    let handed = "this replica handed the environment over to another one";
+    assert!(
+        log_text(0).contains(handed),
+        "no sync in flight was stopped for the hand-over:\n{}",
+        log_text(0)
+    );
+    let (mine_a, mine_b) = (owned(ports[0]).await, owned(ports[1]).await);
+    // Each holder finishes its environments: Synced, and nothing left to plan.
+    for (port, mine) in [(ports[0], &mine_a), (ports[1], &mine_b)] {
+        for env in mine {
+            wait_for(
+                &format!("{env} to be synced by its holder"),
+                Duration::from_secs(240),
+                async || {
+                    status(port, env)
+                        .await
+                        .is_some_and(|s| s["syncStatus"] == "Synced")
+                },
+            )
+            .await;
+        }
+    }
+    eprintln!(
+        "all four synced {:?} after the first replica started",
+        started.elapsed()
+    );
+    for env in &envs {
+        let out = Command::new(env!("CARGO_BIN_EXE_tenantsync"))
+            .args(["plan", "--env", env, "--context", "admin", "--repo"])
+            .arg(repo.path())
+            .arg("--kubeconfig")
+            .arg(control_plane().kubeconfig())
+            .args(["--detailed-exitcode", "--output", "json"])
+            .output()
+            .expect("plan");
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{env} is not applied in full:\n{}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout)
+                .chars()
+                .take(2000)
+                .collect::<String>()
+        );
+    }
 }

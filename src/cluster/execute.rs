@@ -134,10 +134,10 @@ pub async fn sync(
     let widened = crate::sync::inventory::widen(&old, &desired_refs);
     if stored.is_some() && lock_lost(options) {
         // Nothing is applied that the inventory would not cover.
-        report.aborted = Some(
-            "the environment's lock was lost (another writer took it, or it could not be renewed in time) before anything was written"
-                .into(),
-        );
+        report.aborted = Some(format!(
+            "{} before anything was written",
+            options.fence.why()
+        ));
     }
     if let Some(current) = stored.as_mut()
         && report.aborted.is_none()
@@ -187,11 +187,11 @@ pub async fn sync(
     // once the writer lost its hold on the environment: its successor may
     // have recorded or re-created since what this sync would drop.
     if stored.is_some() && report.aborted.is_none() && lock_lost(options) {
-        report.aborted = Some(
-            "the environment's lock was lost (another writer took it, or it could not be renewed in time) before the inventory was narrowed: \
-             it still records every object this sync may have written, and the next sync records the revision"
-                .into(),
-        );
+        report.aborted = Some(format!(
+            "{} before the inventory was narrowed: \
+             it still records every object this sync may have written, and the next sync records the revision",
+            options.fence.why()
+        ));
     }
     if let Some(current) = stored.as_mut()
         && report.aborted.is_none()
@@ -507,10 +507,10 @@ impl Run<'_> {
             self.report.failures.push(failure);
         }
         if lock_lost(self.options) && self.report.aborted.is_none() {
-            self.report.aborted = Some(
-                "the environment's lock was lost (another writer took it, or it could not be renewed in time): nothing more was written"
-                    .into(),
-            );
+            self.report.aborted = Some(format!(
+                "{}: nothing more was written",
+                self.options.fence.why()
+            ));
         }
         Ok(())
     }

@@ -103,7 +103,7 @@ pub enum ClusterError {
     /// A write not sent: this writer no longer holds the environment (its
     /// lock or Lease), checked before each attempt.
     #[error(
-        "not sent: this writer no longer holds the environment (its lock or Lease was taken by another writer, or could not be renewed in time)"
+        "not sent: this writer no longer holds the environment (its lock or Lease was taken by another writer or handed over to another replica, or could not be renewed in time)"
     )]
     Fenced,
     /// A saved plan's precondition failed on a delete.
@@ -153,7 +153,7 @@ pub enum ClusterError {
         attempts: usize,
     },
     #[error(
-        "the inventory of environment {environment} was not written: this writer no longer holds the environment (its lock or Lease was taken by another writer, or could not be renewed in time); it still records every object this writer may have written, and the next sync records the rest"
+        "the inventory of environment {environment} was not written: this writer no longer holds the environment (its lock or Lease was taken by another writer or handed over to another replica, or could not be renewed in time); it still records every object this writer may have written, and the next sync records the rest"
     )]
     NotHeld { environment: String },
     #[error(

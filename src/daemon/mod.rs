@@ -128,10 +128,11 @@ impl Shared {
     }
 
     /// Whether this replica may write the environment: it leads, or with
-    /// `--shard` it holds the environment's Lease.
+    /// `--shard` it holds the environment's Lease and is not handing it
+    /// over.
     pub fn leads(&self, env: &str) -> bool {
         if self.owners.sharded() {
-            self.owners.owns(env)
+            self.owners.owns(env) && !self.owners.hand_over_requested(env)
         } else {
             *self.leading.borrow()
         }

@@ -339,6 +339,9 @@ fn publish_throttle(env: &str, shared: &Shared, cluster: Option<&Cluster>) {
         .set_api_throttle(env, throttle.limit(), throttle.take_unpublished());
 }
 
+/// Why a sharded replica's sync stopped writing when its share changed.
+const HANDED_OVER: &str = "this replica handed the environment over to another one (--shard: the replicas' shares changed)";
+
 /// How often the approval of a revision waiting for one is looked for.
 const APPROVAL_CHECK: Duration = Duration::from_secs(1);
 
@@ -1796,6 +1799,12 @@ impl Reconciler {
                     fence = fence.with(lock.lost_check());
                 }
                 if self.shared.owners.sharded() {
+                    // A hand-over stops the sync in flight at its next
+                    // write (a long first sync included): the replica
+                    // taking the environment over syncs it from there.
+                    let (shared, env) = (self.shared.clone(), self.env.clone());
+                    fence = fence
+                        .with_reason(move || shared.owners.hand_over_requested(&env), HANDED_OVER);
                     let (shared, env) = (self.shared.clone(), self.env.clone());
                     fence = fence.with(move || !shared.leads(&env));
                 }

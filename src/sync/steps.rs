@@ -26,28 +26,51 @@ pub const PRUNE_ANNOTATION: &str = "tenantsync.io/prune";
 /// skipped a write (its inventory widening) go on writing.
 #[derive(Clone, Default)]
 pub struct Fence {
-    holds: Vec<std::sync::Arc<dyn Fn() -> bool + Send + Sync>>,
-    latched: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    holds: Vec<(Hold, &'static str)>,
+    /// Why the fence was lost (the first hold found lost), once it was.
+    latched: std::sync::Arc<std::sync::OnceLock<&'static str>>,
 }
 
+type Hold = std::sync::Arc<dyn Fn() -> bool + Send + Sync>;
+
+/// Why a fence whose hold gave no reason of its own was lost.
+pub const LOCK_LOST: &str =
+    "the environment's lock was lost (another writer took it, or it could not be renewed in time)";
+
 impl Fence {
-    /// This fence, also lost when `lost` says so.
-    pub fn with(mut self, lost: impl Fn() -> bool + Send + Sync + 'static) -> Fence {
-        self.holds.push(std::sync::Arc::new(lost));
+    /// This fence, also lost when `lost` says so (its lock: [`LOCK_LOST`]).
+    pub fn with(self, lost: impl Fn() -> bool + Send + Sync + 'static) -> Fence {
+        self.with_reason(lost, LOCK_LOST)
+    }
+
+    /// This fence, also lost when `lost` says so, for the reason `why`.
+    /// Holds are asked in the order they were added.
+    pub fn with_reason(
+        mut self,
+        lost: impl Fn() -> bool + Send + Sync + 'static,
+        why: &'static str,
+    ) -> Fence {
+        self.holds.push((std::sync::Arc::new(lost), why));
         self
     }
 
     /// Whether any hold is lost, now or before: no write after that.
     pub fn lost(&self) -> bool {
-        use std::sync::atomic::Ordering;
-        if self.latched.load(Ordering::SeqCst) {
+        if self.latched.get().is_some() {
             return true;
         }
-        let lost = self.holds.iter().any(|lost| lost());
-        if lost {
-            self.latched.store(true, Ordering::SeqCst);
+        match self.holds.iter().find(|(lost, _)| lost()) {
+            Some((_, why)) => {
+                let _ = self.latched.set(why);
+                true
+            }
+            None => false,
         }
-        lost
+    }
+
+    /// Why the fence was lost (what a sync it stopped says).
+    pub fn why(&self) -> &'static str {
+        self.latched.get().copied().unwrap_or(LOCK_LOST)
     }
 }
 
@@ -483,6 +506,32 @@ mod tests {
         assert!(fence.lost(), "lost once, lost for good");
         assert!(clone.lost(), "and for its clones");
         assert!(!Fence::default().lost(), "a new fence holds");
+        assert_eq!(fence.why(), LOCK_LOST);
+    }
+
+    /// The stop of a sync says why its writer stopped: the first hold found
+    /// lost, latched (a hand-over to another replica is not a lost lock).
+    #[test]
+    fn a_lost_fence_says_the_reason_of_the_first_hold_found_lost() {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let (handed, lock) = (
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(AtomicBool::new(false)),
+        );
+        let fence = {
+            let (handed, lock) = (handed.clone(), lock.clone());
+            Fence::default()
+                .with_reason(move || handed.load(Ordering::SeqCst), "handed over")
+                .with(move || lock.load(Ordering::SeqCst))
+        };
+        assert!(!fence.lost());
+        handed.store(true, Ordering::SeqCst);
+        lock.store(true, Ordering::SeqCst);
+        assert!(fence.lost());
+        assert_eq!(fence.why(), "handed over");
+        handed.store(false, Ordering::SeqCst);
+        assert_eq!(fence.clone().why(), "handed over", "latched");
     }
 
     fn obj(kind: &str, ns: Option<&str>, name: &str, wave: Option<&str>) -> Object {
