@@ -365,7 +365,8 @@ pub(super) async fn reconcile_loop(
     let mut seen = Changes::default();
     loop {
         // A reconcile boundary: an environment over this replica's share
-        // is handed over here, never mid-sync.
+        // is handed over here (a sync in flight stopped at its next write:
+        // its fence).
         if shared.owners.hand_over_requested(&env) {
             reconciler.release().await;
             shared.owners.handed_over(&env);

@@ -16,9 +16,9 @@
 //! webhook left on an environment's Lease; every [`RETRY_PERIOD`] it renews
 //! what it holds. Every change to a Lease goes through the API server's
 //! optimistic concurrency (`resourceVersion`), so two replicas never both
-//! hold one. An environment over this replica's share is handed over at a
-//! reconcile boundary: the environment's loop lets go of its lock, then
-//! this gives up the Lease.
+//! hold one. An environment over this replica's share is handed over at
+//! once: a sync in flight stops at its next write (its fence), the
+//! environment's loop lets go of its lock, then this gives up the Lease.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
