@@ -440,3 +440,97 @@ async fn a_wait_for_many_objects_of_one_kind_lists_them_and_still_reads_an_unlab
     );
     assert!(get_requests >= 42, "{get_requests} requests without");
 }
+
+/// Session 35's LIST of a kind's health, untested then: a writer that may
+/// GET a kind but not LIST it (a refused LIST, 403) reads every object one
+/// by one for the rest of the wait, with the same judgement, and does not
+/// ask for the LIST again at every poll.
+#[tokio::test]
+async fn a_wait_whose_list_is_refused_reads_each_object_with_a_get_and_lists_once() {
+    use k8s_openapi::api::rbac::v1::ClusterRole;
+    let ns = control_plane().namespace("health-nolist").await;
+    let env = ns.clone();
+    let mut objects = Vec::new();
+    for i in 0..40 {
+        objects.push(apply_config_map(&ns, &format!("cm-{i:02}"), Some(&env)).await);
+    }
+    let role = format!("{ns}-get-only");
+    let roles: Api<ClusterRole> = Api::all(control_plane().client(User::Admin).await);
+    let body = json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRole",
+        "metadata": { "name": role },
+        "rules": [{ "apiGroups": [""], "resources": ["configmaps"], "verbs": ["get"] }]
+    });
+    roles
+        .patch(
+            &role,
+            &PatchParams::apply("health-test"),
+            &Patch::Apply(&body),
+        )
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let who = crate::support::audit::identity("health-nolist", &role, dir.path());
+    let declared: Vec<Object> = objects
+        .iter()
+        .filter_map(|r| {
+            Object::from_value(
+                "ws",
+                &json!({
+                    "apiVersion": &*r.api_version, "kind": &*r.kind,
+                    "metadata": {"name": &*r.name, "namespace": r.namespace.as_deref()}
+                }),
+            )
+        })
+        .collect();
+    let cursor = crate::support::audit::cursor();
+    let cluster = Cluster::connect(&ClusterOptions {
+        kubeconfig: Some(who.kubeconfig.clone()),
+        context: None,
+    })
+    .await
+    .unwrap();
+    let listing = Listing::new(&env, &declared);
+    // One that never turns up keeps the wait polling to its deadline.
+    let missing = object("v1", "ConfigMap", Some(&ns), "not-there");
+    let mut waited = objects.clone();
+    waited.push(missing.clone());
+    let judged = wait_healthy(
+        &cluster,
+        Some(&listing),
+        &waited,
+        &HealthOptions::default(),
+        Duration::from_millis(3500),
+        |_, _| {},
+    )
+    .await
+    .unwrap();
+    assert_eq!(judged.len(), 41);
+    for (r, h) in &judged[..40] {
+        assert_eq!(h.status, HealthStatus::Healthy, "{}: {h}", r.id());
+    }
+    assert_eq!(judged[40], (missing, Health::progressing("not found")));
+    let requests = who.requests_since(&cursor);
+    let lists = requests
+        .iter()
+        .filter(|r| r.verb == "list" && r.resource == "configmaps")
+        .count();
+    let gets = requests
+        .iter()
+        .filter(|r| r.verb == "get" && r.resource == "configmaps" && r.code == 200)
+        .count();
+    assert!(
+        requests
+            .iter()
+            .any(|r| r.verb == "list" && r.resource == "configmaps" && r.code == 403),
+        "the LIST was tried and refused: {requests:#?}"
+    );
+    let missing_gets = requests
+        .iter()
+        .filter(|r| r.verb == "get" && r.name == "not-there")
+        .count();
+    assert!(missing_gets >= 2, "the wait polled more than once");
+    assert_eq!(lists, 1, "a refused LIST is not asked for again");
+    assert!(gets >= 40, "{gets} GETs");
+}
