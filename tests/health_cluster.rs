@@ -370,6 +370,22 @@ async fn apply_config_map(ns: &str, name: &str, environment: Option<&str>) -> Ob
     object("v1", "ConfigMap", Some(ns), name)
 }
 
+/// `objects` as an environment declares them (for its [`Listing`]).
+fn declared_as(objects: &[ObjectRef]) -> Vec<Object> {
+    objects
+        .iter()
+        .filter_map(|r| {
+            Object::from_value(
+                "ws",
+                &json!({
+                    "apiVersion": &*r.api_version, "kind": &*r.kind,
+                    "metadata": {"name": &*r.name, "namespace": r.namespace.as_deref()}
+                }),
+            )
+        })
+        .collect()
+}
+
 #[tokio::test]
 async fn a_wait_for_many_objects_of_one_kind_lists_them_and_still_reads_an_unlabelled_and_a_missing_one()
  {
@@ -405,18 +421,7 @@ async fn a_wait_for_many_objects_of_one_kind_lists_them_and_still_reads_an_unlab
     };
     // The environment declares these objects alone: most of what a LIST
     // returns is waited for.
-    let declared: Vec<Object> = objects
-        .iter()
-        .filter_map(|r| {
-            Object::from_value(
-                "ws",
-                &json!({
-                    "apiVersion": &*r.api_version, "kind": &*r.kind,
-                    "metadata": {"name": &*r.name, "namespace": r.namespace.as_deref()}
-                }),
-            )
-        })
-        .collect();
+    let declared = declared_as(&objects);
     assert_eq!(declared.len(), objects.len());
     let (listed, list_requests) = wait(Some(Listing::new(&env, &declared))).await;
     let (read, get_requests) = wait(None).await;
@@ -472,18 +477,7 @@ async fn a_wait_whose_list_is_refused_reads_each_object_with_a_get_and_lists_onc
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let who = crate::support::audit::identity("health-nolist", &role, dir.path());
-    let declared: Vec<Object> = objects
-        .iter()
-        .filter_map(|r| {
-            Object::from_value(
-                "ws",
-                &json!({
-                    "apiVersion": &*r.api_version, "kind": &*r.kind,
-                    "metadata": {"name": &*r.name, "namespace": r.namespace.as_deref()}
-                }),
-            )
-        })
-        .collect();
+    let declared = declared_as(&objects);
     let cursor = crate::support::audit::cursor();
     let cluster = Cluster::connect(&ClusterOptions {
         kubeconfig: Some(who.kubeconfig.clone()),

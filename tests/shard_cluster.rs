@@ -87,6 +87,13 @@ async fn owned(port: u16) -> BTreeSet<String> {
     owns(port).await.map(|o| o.0).unwrap_or_default()
 }
 
+/// Whether the replicas on `x` and `y` hold two of the four environments
+/// `all` each.
+async fn split_two_and_two(x: u16, y: u16, all: &BTreeSet<String>) -> bool {
+    let (x, y) = (owned(x).await, owned(y).await);
+    x.len() == 2 && y.len() == 2 && x.union(&y).cloned().collect::<BTreeSet<_>>() == *all
+}
+
 async fn holder(leases: &Api<Lease>, name: &str) -> Option<String> {
     leases
         .get_opt(name)
@@ -148,10 +155,7 @@ async fn sharded_replicas_split_environments_pass_webhooks_on_take_over_a_killed
     wait_for(
         "two replicas to hold two environments each",
         Duration::from_secs(60),
-        async || {
-            let (x, y) = (owned(ports[0]).await, owned(ports[1]).await);
-            x.len() == 2 && y.len() == 2 && x.union(&y).cloned().collect::<BTreeSet<_>>() == all
-        },
+        async || split_two_and_two(ports[0], ports[1], &all).await,
     )
     .await;
     let (owned_a, id_a) = owns(ports[0]).await.expect("status of a");
@@ -498,10 +502,7 @@ async fn a_replica_started_during_anothers_first_syncs_gets_its_share_without_wa
     let split = wait_for(
         "the newcomer to get its share",
         Duration::from_secs(30),
-        async || {
-            let (x, y) = (owned(ports[0]).await, owned(ports[1]).await);
-            x.len() == 2 && y.len() == 2 && x.union(&y).cloned().collect::<BTreeSet<_>>() == all
-        },
+        async || split_two_and_two(ports[0], ports[1], &all).await,
     )
     .await;
     eprintln!(
