@@ -509,6 +509,12 @@ async fn a_replica_started_during_anothers_first_syncs_gets_its_share_without_wa
         "replica started {:?} after the first: shares split {split:?} after it joined",
         joined - started
     );
+    // The hand-over waits HAND_OVER_GRACE (4 s), then stops the syncs;
+    // waiting for them to end took 21.6 s here.
+    assert!(
+        split < Duration::from_secs(15),
+        "the newcomer got its share {split:?} after it joined"
+    );
     // The first replica stopped the syncs it handed over, mid-way: the
     // newcomer did not wait for them.
     let handed = "this replica handed the environment over to another one";
@@ -517,7 +523,26 @@ async fn a_replica_started_during_anothers_first_syncs_gets_its_share_without_wa
         "no sync in flight was stopped for the hand-over:\n{}",
         log_text(0)
     );
+    // A routine hand-over is no failure: no apply error counted, and the
+    // environments handed over are not Failed on the replica that let
+    // them go.
     let (mine_a, mine_b) = (owned(ports[0]).await, owned(ports[1]).await);
+    let metrics = http(ports[0], "GET", "/metrics", &[], "")
+        .await
+        .expect("metrics of the first replica");
+    let apply_errors: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("tenantsync_reconcile_errors_total{") && l.contains("apply"))
+        .filter(|l| !l.ends_with(" 0"))
+        .collect();
+    assert!(apply_errors.is_empty(), "{apply_errors:?}");
+    for env in &mine_b {
+        let s = status(ports[0], env).await.expect("status");
+        assert_ne!(
+            s["syncStatus"], "Failed",
+            "{env} on the replica that handed it over: {s}"
+        );
+    }
     // Each holder finishes its environments: Synced, and nothing left to plan.
     for (port, mine) in [(ports[0], &mine_a), (ports[1], &mine_b)] {
         for env in mine {

@@ -132,7 +132,7 @@ impl Shared {
     /// over.
     pub fn leads(&self, env: &str) -> bool {
         if self.owners.sharded() {
-            self.owners.owns(env) && !self.owners.hand_over_requested(env)
+            self.owners.owns(env) && !self.owners.handing_over(env)
         } else {
             *self.leading.borrow()
         }

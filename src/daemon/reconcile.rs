@@ -6,6 +6,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio::sync::watch;
@@ -512,6 +513,11 @@ struct Reconciler {
     /// A rollback is composed (the desired state) but not applied in full
     /// yet: each reconcile applies it until one does.
     rollback_pending: bool,
+    /// The sync in flight finishes before a hand-over (`--shard`): one
+    /// applying an approved plan (that the approval's check passed is this
+    /// replica's to know) or a rollback (decided here, recorded once it
+    /// applied).
+    hand_over_waits: Arc<AtomicBool>,
     /// The revision and approved plan (`approve --plan`) whose check passed
     /// and whose sync began.
     plan_passed: Option<(String, String)>,
@@ -557,6 +563,7 @@ impl Reconciler {
             health_watch: None,
             failed_health: None,
             rollback_pending: false,
+            hand_over_waits: Arc::new(AtomicBool::new(false)),
             plan_passed: None,
             rollback_event: None,
             needs_pinning: false,
@@ -720,6 +727,17 @@ impl Reconciler {
             ..
         } = checked;
         log_outcome(&env, &scoped, &plan, report.as_ref());
+        if let Some(r) = report.as_ref().filter(|r| r.aborted.is_some())
+            && shared.owners.hand_over_requested(&env)
+        {
+            // Stopped for a hand-over (`--shard`): no failure; the replica
+            // taking the environment over compares everything.
+            shared.metrics.record_sync(&env, r);
+            self.changed += changed_objects(r);
+            self.clean = None;
+            put_back_sync_status(&shared, &env, before);
+            return Everything("the environment is handed over to another replica");
+        }
         if let Some(r) = report.as_ref().filter(|r| !r.succeeded()) {
             // Its writes happened: counted, and reported as a failed sync
             // until the check of everything that follows (a drift check's
@@ -994,6 +1012,10 @@ impl Reconciler {
         let Some(c) = self.cluster.as_ref() else {
             return Err(ReconcileError::NoRevision);
         };
+        // A sync that must finish here: of an approved plan (a retry after
+        // a partial sync passes without a new check only on this replica)
+        // or a rollback.
+        let must_finish = approved_plan.is_some() || self.rollback_pending;
         let apply = Apply {
             hold_new: !gate.may_apply(),
             heal_allowed: gate.heal,
@@ -1015,7 +1037,9 @@ impl Reconciler {
                 }),
         };
         let checked_plan = apply.approved_plan.clone();
+        self.hand_over_waits.store(must_finish, Ordering::SeqCst);
         let outcome = check_and_sync(&self.env, &self.shared, c, &state, &writer, apply).await;
+        self.hand_over_waits.store(false, Ordering::SeqCst);
         // Only a sync that went past the check (it may have failed part
         // way) counts; an error before it (a guardrail, the cluster) not.
         if let Some(digest) = checked_plan
@@ -1800,12 +1824,16 @@ impl Reconciler {
                     fence = fence.with(lock.lost_check());
                 }
                 if self.shared.owners.sharded() {
-                    // A hand-over stops the sync in flight at its next
-                    // write (a long first sync included): the replica
-                    // taking the environment over syncs it from there.
+                    // A hand-over asked for a while stops the sync in
+                    // flight at its next write (a long first sync
+                    // included): the replica taking the environment over
+                    // syncs it from there. Not one that must finish.
                     let (shared, env) = (self.shared.clone(), self.env.clone());
-                    fence = fence
-                        .with_reason(move || shared.owners.hand_over_requested(&env), HANDED_OVER);
+                    let waits = self.hand_over_waits.clone();
+                    fence = fence.with_reason(
+                        move || !waits.load(Ordering::SeqCst) && shared.owners.handing_over(&env),
+                        HANDED_OVER,
+                    );
                     let (shared, env) = (self.shared.clone(), self.env.clone());
                     fence = fence.with(move || !shared.leads(&env));
                 }
@@ -1960,12 +1988,24 @@ impl Reconciler {
         if let Some(r) = &report {
             shared.metrics.record_sync(env, r);
         }
+        // A sync stopped part way for a hand-over (`--shard`) is no
+        // failure: the replica taking the environment over syncs it from
+        // there. Out of sync here, without an error, an error metric or a
+        // SyncFailed Event.
+        let handed_over = report.as_ref().is_some_and(|r| r.aborted.is_some())
+            && shared.owners.hand_over_requested(env);
+        if handed_over {
+            tracing::info!(
+                environment = env,
+                "sync stopped part way for the hand-over; the replica taking the environment over syncs it from here"
+            );
+        }
         let error = self
             .source_problem
             .clone()
             .map(ReconcileError::Newest)
             .or_else(|| {
-                let failed = report.as_ref().filter(|r| !r.succeeded());
+                let failed = report.as_ref().filter(|r| !r.succeeded() && !handed_over);
                 failed.map(|r| ReconcileError::Apply(crate::print::sync_errors(r)))
             })
             .or_else(|| {
@@ -1981,6 +2021,7 @@ impl Reconciler {
             });
         let status = match (&error, &report) {
             (Some(_), _) => SyncStatus::Failed,
+            (None, Some(_)) if handed_over => SyncStatus::OutOfSync,
             (None, Some(r)) if !r.succeeded() => SyncStatus::Failed,
             (None, Some(_)) => SyncStatus::Synced,
             (None, None) if plan.summary.has_changes() => SyncStatus::OutOfSync,

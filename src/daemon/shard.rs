@@ -16,9 +16,11 @@
 //! webhook left on an environment's Lease; every [`RETRY_PERIOD`] it renews
 //! what it holds. Every change to a Lease goes through the API server's
 //! optimistic concurrency (`resourceVersion`), so two replicas never both
-//! hold one. An environment over this replica's share is handed over at
-//! once: a sync in flight stops at its next write (its fence), the
-//! environment's loop lets go of its lock, then this gives up the Lease.
+//! hold one. An environment over this replica's share is handed over
+//! soon: at the end of the reconcile in flight, or, once asked for
+//! [`HAND_OVER_GRACE`], at the next write of a sync in flight (its fence);
+//! the environment's loop lets go of its lock, then this gives up the
+//! Lease.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -61,15 +63,25 @@ const DEAD_MEMBER_AFTER: Duration = LEASE_DURATION.saturating_mul(2);
 /// Renewals sent at once.
 const RENEWALS_IN_FLIGHT: usize = 8;
 
+/// How long a hand-over is asked for before it stops the sync in flight
+/// (at its next write): a replica that joins and dies at once, or shares
+/// that change back within it (members coming and going in a rolling
+/// update), stop no sync. Two renewal periods: a newcomer has renewed its
+/// member Lease at least once by then.
+pub const HAND_OVER_GRACE: Duration = RETRY_PERIOD.saturating_mul(2);
+
 /// One environment as this replica sees it.
 struct Slot {
     /// This replica holds the environment's Lease and may write it.
     owned: AtomicBool,
     /// Until when the last confirmed renewal lets this replica write.
     valid_until: Mutex<Option<Instant>>,
-    /// Asked to hand the environment over at the end of the reconcile in
-    /// flight.
+    /// Asked to hand the environment over: at the end of the reconcile in
+    /// flight, or sooner once asked for [`HAND_OVER_GRACE`] (see
+    /// [`Owners::handing_over`]).
     hand_over: AtomicBool,
+    /// Since when the hand-over is asked for.
+    hand_over_since: Mutex<Option<Instant>>,
     /// Wakes the environment's loop (a takeover, a hand-over, a trigger).
     poke: watch::Sender<u64>,
 }
@@ -101,6 +113,7 @@ impl Owners {
                         owned: AtomicBool::new(false),
                         valid_until: Mutex::new(None),
                         hand_over: AtomicBool::new(false),
+                        hand_over_since: Mutex::new(None),
                         poke: watch::channel(0).0,
                     };
                     (e.clone(), slot)
@@ -176,12 +189,44 @@ impl Owners {
             .is_some_and(|s| s.hand_over.load(Ordering::SeqCst))
     }
 
+    /// A hand-over asked for at least [`HAND_OVER_GRACE`]: this replica no
+    /// longer leads the environment, and a sync in flight stops at its
+    /// next write (its fence) rather than finish first (a long first sync
+    /// would keep the replica that joined idle).
+    pub fn handing_over(&self, env: &str) -> bool {
+        self.slots.get(env).is_some_and(|s| {
+            s.hand_over.load(Ordering::SeqCst)
+                && s.hand_over_since
+                    .lock()
+                    .ok()
+                    .and_then(|since| *since)
+                    .is_some_and(|since| since.elapsed() >= HAND_OVER_GRACE)
+        })
+    }
+
+    /// Asks for a hand-over (`true`: it was not asked yet), or withdraws
+    /// one the shares no longer need.
+    fn ask_hand_over(&self, env: &str, ask: bool) -> bool {
+        let Some(slot) = self.slots.get(env) else {
+            return false;
+        };
+        if let Ok(mut since) = slot.hand_over_since.lock() {
+            match (ask, since.is_some()) {
+                (true, false) => *since = Some(Instant::now()),
+                (false, true) => *since = None,
+                _ => {}
+            }
+        }
+        let before = slot.hand_over.swap(ask, Ordering::SeqCst);
+        ask && !before
+    }
+
     /// The loop let go of the environment: the campaign gives its Lease up.
     pub fn handed_over(&self, env: &str) {
         if let Some(s) = self.slots.get(env) {
             s.owned.store(false, Ordering::SeqCst);
-            s.hand_over.store(false, Ordering::SeqCst);
         }
+        self.ask_hand_over(env, false);
     }
 
     /// A webhook arrived here: the holders of the environments this replica
@@ -385,7 +430,7 @@ impl Campaign {
             self.held.insert(env.to_string());
         } else {
             self.held.remove(env);
-            slot.hand_over.store(false, Ordering::SeqCst);
+            shared.owners.ask_hand_over(env, false);
             if let Ok(mut until) = slot.valid_until.lock() {
                 *until = None;
             }
@@ -550,11 +595,17 @@ impl Campaign {
             .collect();
         let environments: Vec<String> = self.leases.values().cloned().collect();
         let decision = shard::decide(&environments, &members, &holders, &me);
+        // A hand-over the shares no longer need is withdrawn (a replica
+        // that joined and left) before it stops anything.
+        for env in self.held.clone() {
+            if !decision.release.contains(&env) && self.owners().hand_over_requested(&env) {
+                tracing::info!(environment = %env, "sharding: the hand-over is no longer needed; keeping the environment");
+                self.owners().ask_hand_over(&env, false);
+            }
+        }
         for env in decision.release {
-            if let Some(slot) = self.owners().slots.get(&env)
-                && !slot.hand_over.swap(true, Ordering::SeqCst)
-            {
-                tracing::info!(environment = %env, "sharding: handing the environment over after the reconcile in flight");
+            if self.owners().ask_hand_over(&env, true) {
+                tracing::info!(environment = %env, grace = ?HAND_OVER_GRACE, "sharding: handing the environment over (a sync in flight stops at its next write once the hand-over is this old)");
                 self.owners().poke(&env);
             }
         }
@@ -729,6 +780,25 @@ mod tests {
             check_lease_names(leader::LEASE_NAME, false, &envs(&["dev", "prod"])),
             Ok(())
         );
+    }
+
+    #[test]
+    fn a_hand_over_stops_a_sync_only_once_asked_for_its_grace_and_can_be_withdrawn() {
+        let owners = Owners::new(true, "l", "me", &envs(&["dev"]));
+        assert!(owners.ask_hand_over("dev", true), "asked now");
+        assert!(!owners.ask_hand_over("dev", true), "already asked");
+        assert!(owners.hand_over_requested("dev"));
+        assert!(!owners.handing_over("dev"), "not within its grace");
+        // Asked long enough ago: a sync in flight stops.
+        if let Ok(mut since) = owners.slots["dev"].hand_over_since.lock() {
+            *since = Instant::now().checked_sub(HAND_OVER_GRACE);
+        }
+        assert!(owners.handing_over("dev"));
+        // No longer needed: withdrawn, nothing stops.
+        owners.ask_hand_over("dev", false);
+        assert!(!owners.hand_over_requested("dev") && !owners.handing_over("dev"));
+        assert!(owners.ask_hand_over("dev", true), "asked again, from now");
+        assert!(!owners.handing_over("dev"));
     }
 
     #[test]

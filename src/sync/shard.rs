@@ -24,8 +24,9 @@ pub struct Decision {
     /// Free environments to try to take (optimistic concurrency decides
     /// between replicas reaching for the same one).
     pub acquire: Vec<String>,
-    /// Environments this replica holds beyond its quota, to hand over at
-    /// the end of the reconcile in flight.
+    /// Environments this replica holds beyond its quota, to hand over (at
+    /// the end of the reconcile in flight, or sooner: the daemon's
+    /// `HAND_OVER_GRACE`).
     pub release: Vec<String>,
 }
 
