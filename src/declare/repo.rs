@@ -4,6 +4,7 @@
 //! `source` edge, so validation and rendering never touch the file system.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 
 use crate::declare::diag::Diagnostic;
 use crate::declare::yaml::{FileId, Pos};
@@ -125,6 +126,15 @@ impl SourceTree {
     pub fn paths(&self) -> impl Iterator<Item = &str> {
         self.files.keys().map(String::as_str)
     }
+
+    /// How many files the tree holds (read or deferred).
+    pub fn len(&self) -> usize {
+        self.files.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.files.is_empty()
+    }
 }
 
 fn check_path(path: &str) -> Result<(), String> {
@@ -143,12 +153,13 @@ fn check_path(path: &str) -> Result<(), String> {
 /// Maps [`FileId`]s to paths so positions can be printed.
 #[derive(Clone, Debug, Default)]
 pub struct FileTable {
-    paths: Vec<String>,
+    /// Each path once, shared with `ids`.
+    paths: Vec<Arc<str>>,
     /// Each path's id: looking a path up by scanning `paths` made adding
     /// 5,000 workspace files about 3% of a one-workspace plan's CPU before
     /// the focused load, about a quarter once it was focused
     /// (docs/benchmarks.md).
-    ids: HashMap<String, FileId>,
+    ids: HashMap<Arc<str>, FileId>,
 }
 
 impl FileTable {
@@ -157,15 +168,20 @@ impl FileTable {
             return *id;
         }
         let id = FileId(u32::try_from(self.paths.len()).unwrap_or(u32::MAX));
-        self.paths.push(path.to_string());
-        self.ids.insert(path.to_string(), id);
+        let path: Arc<str> = Arc::from(path);
+        self.paths.push(path.clone());
+        self.ids.insert(path, id);
         id
     }
 
+    /// Room for `more` paths (one growth, not one per doubling).
+    pub fn reserve(&mut self, more: usize) {
+        self.paths.reserve(more);
+        self.ids.reserve(more);
+    }
+
     pub fn path(&self, id: FileId) -> &str {
-        self.paths
-            .get(id.0 as usize)
-            .map_or("<unknown>", String::as_str)
+        self.paths.get(id.0 as usize).map_or("<unknown>", |p| p)
     }
 
     /// `pos` as `file:line:col`.

@@ -304,7 +304,8 @@ fn finish(repo: &mut Repository) {
 /// YAML file outside a layer is a problem of the repository.
 fn jobs_of<'t>(tree: &'t SourceTree, repo: &mut Repository) -> Vec<Job<'t>> {
     let prefix = format!("{ENVIRONMENTS_DIR}/");
-    let mut jobs: Vec<Job<'_>> = Vec::new();
+    let mut jobs: Vec<Job<'_>> = Vec::with_capacity(tree.len());
+    repo.files.reserve(tree.len());
     for path in tree.paths() {
         let Some(rest) = path.strip_prefix(&prefix) else {
             continue;
