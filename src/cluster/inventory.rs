@@ -126,6 +126,27 @@ impl Cluster {
     /// is gone was replaced by a newer write since the head was read: the
     /// head is read again.
     pub async fn read_inventory_stored(&self, environment: &str) -> Result<Stored, ClusterError> {
+        self.read_inventory_with(environment, None).await
+    }
+
+    /// The environment's inventory holding only the objects `keep` keeps
+    /// (a plan of some workspaces: those in their namespaces), read
+    /// without building a record of every other object; `None` before the
+    /// first sync. For reading only: never written back.
+    pub async fn read_inventory_keeping(
+        &self,
+        environment: &str,
+        keep: &inventory::Keep<'_>,
+    ) -> Result<Option<Inventory>, ClusterError> {
+        let stored = self.read_inventory_with(environment, Some(keep)).await?;
+        Ok(stored.resource_version.map(|_| stored.inventory))
+    }
+
+    async fn read_inventory_with(
+        &self,
+        environment: &str,
+        keep: Option<&inventory::Keep<'_>>,
+    ) -> Result<Stored, ClusterError> {
         let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), SYSTEM_NAMESPACE);
         let name = inventory::name_of(environment);
         let mut missing = String::new();
@@ -149,7 +170,7 @@ impl Cluster {
                     }
                 }
             }
-            let inventory = Inventory::from_config_maps(&head, &chunks)
+            let inventory = Inventory::from_config_maps_keeping(&head, &chunks, keep)
                 .map_err(|e| self.inventory_unreadable(&name, e.to_string()))?;
             return Ok(Stored {
                 inventory,
