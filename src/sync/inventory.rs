@@ -192,24 +192,62 @@ fn read_kept(
     objects: &mut BTreeSet<ObjectRef>,
 ) -> Result<usize, String> {
     let json = decompress_bytes(bytes, "object list")?;
-    let listed: Vec<EntryView<'_>> =
-        serde_json::from_slice(&json).map_err(|e| format!("object list is not valid JSON: {e}"))?;
-    let mut distinct = 0;
-    for (i, entry) in listed.iter().enumerate() {
-        if i > 0 && listed.get(i - 1) == Some(entry) {
-            continue;
-        }
-        distinct += 1;
-        if keep(&entry.kind, entry.namespace.as_deref(), &entry.name) {
-            objects.insert(ObjectRef {
-                api_version: names.get(&entry.api_version),
-                kind: names.get(&entry.kind),
-                namespace: entry.namespace.as_deref().map(|ns| names.get(ns)),
-                name: names.get(&entry.name),
-            });
-        }
+    let mut reader = KeptReader {
+        keep,
+        names,
+        objects,
+        distinct: 0,
+    };
+    let mut de = serde_json::Deserializer::from_slice(&json);
+    serde::de::DeserializeSeed::deserialize(&mut reader, &mut de)
+        .and_then(|()| de.end())
+        .map_err(|e| format!("object list is not valid JSON: {e}"))?;
+    Ok(reader.distinct)
+}
+
+/// [`read_kept`]'s reader: each entry taken as it is parsed, none held
+/// but the one before (no list of every entry is built).
+struct KeptReader<'r, 'k> {
+    keep: &'r Keep<'k>,
+    names: &'r mut crate::object::Names,
+    objects: &'r mut BTreeSet<ObjectRef>,
+    distinct: usize,
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for &mut KeptReader<'_, '_> {
+    type Value = ();
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_seq(self)
     }
-    Ok(distinct)
+}
+
+impl<'de> serde::de::Visitor<'de> for &mut KeptReader<'_, '_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a list of objects")
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let mut before: Option<EntryView<'de>> = None;
+        while let Some(entry) = seq.next_element::<EntryView<'de>>()? {
+            if before.as_ref() == Some(&entry) {
+                continue;
+            }
+            self.distinct += 1;
+            if (self.keep)(&entry.kind, entry.namespace.as_deref(), &entry.name) {
+                self.objects.insert(ObjectRef {
+                    api_version: self.names.get(&entry.api_version),
+                    kind: self.names.get(&entry.kind),
+                    namespace: entry.namespace.as_deref().map(|ns| self.names.get(ns)),
+                    name: self.names.get(&entry.name),
+                });
+            }
+            before = Some(entry);
+        }
+        Ok(())
+    }
 }
 
 fn decompress_json<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, String> {
@@ -218,7 +256,13 @@ fn decompress_json<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &str) -> 
 }
 
 fn decompress_bytes(bytes: &[u8], what: &str) -> Result<Vec<u8>, String> {
-    let mut json = Vec::new();
+    // Gzip ends with the text's length (modulo 4 GiB): one allocation, not
+    // one per doubling (a hint only; capped as the read is).
+    let size = bytes
+        .last_chunk::<4>()
+        .map_or(0, |n| u32::from_le_bytes(*n) as usize)
+        .min(64 * 1024 * 1024);
+    let mut json = Vec::with_capacity(size + 1);
     flate2::read::GzDecoder::new(bytes)
         .take(64 * 1024 * 1024)
         .read_to_end(&mut json)
