@@ -24,6 +24,8 @@
 //! other, except `pipeline`, which joins `source` and `cluster`; `daemon`
 //! and `cli` sit on top (`cli` starts the daemon) and nothing imports them. See docs/architecture.md.
 
+#![forbid(unsafe_code)]
+
 pub mod cli;
 pub mod cluster;
 pub mod daemon;

@@ -17,6 +17,7 @@ fn main() -> ExitCode {
     }
     if let Ok(exe) = std::env::current_exe() {
         git::use_fetch_helper(exe);
+        start_git_without_ca_bundle();
     }
     // The key of the digests shown for Secret values (plan::conceal):
     // random per process unless the operator sets one, so that digests
@@ -32,6 +33,35 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("error: {}", git::redact_in_text(&format!("{e:#}")));
             ExitCode::from(1)
+        }
+    }
+}
+
+/// Starts libgit2 with no trusted certificate authority, then puts the
+/// environment back as it was. Loading the system's CA bundle (which
+/// libgit2 does when it starts, whether or not any HTTPS remote is ever
+/// contacted) was a quarter of the CPU of a one-workspace pull request's
+/// plan (docs/benchmarks.md). This process never contacts a remote: once
+/// the fetch helper is set, every fetch runs in a child process
+/// (`tenantsync __git-fetch`), which inherits the environment as it was
+/// and loads the certificates then. Should a fetch run here after all, it
+/// fails to trust any server: closed, not open.
+#[allow(unsafe_code)]
+fn start_git_without_ca_bundle() {
+    const VARIABLES: [&str; 2] = ["SSL_CERT_FILE", "SSL_CERT_DIR"];
+    let saved = VARIABLES.map(|name| (name, std::env::var_os(name)));
+    for name in VARIABLES {
+        // SAFETY: called from `main` before anything has started a thread
+        // (clap, tokio and the fetch helpers all come later), so nothing
+        // reads the environment while it is written.
+        unsafe { std::env::set_var(name, "/dev/null") };
+    }
+    git::start();
+    for (name, value) in saved {
+        // SAFETY: as above; libgit2's start runs on this thread.
+        match value {
+            Some(value) => unsafe { std::env::set_var(name, value) },
+            None => unsafe { std::env::remove_var(name) },
         }
     }
 }

@@ -941,3 +941,51 @@ fn a_revision_not_found_names_the_url_not_the_cache_folder() {
     );
     assert!(!err.contains("cache"), "{err}");
 }
+
+/// The `tenantsync` process never contacts a remote itself (its fetches run
+/// in a fetch helper, which reads `SSL_CERT_FILE` as the user set it:
+/// `https_with_a_token_basic_auth_and_a_private_ca`), so it starts libgit2
+/// without reading the CA bundle, which was a quarter of the CPU of a
+/// one-workspace pull request's plan. A FIFO as `SSL_CERT_FILE` blocks
+/// whoever opens it for reading, as the bundle was read before.
+#[test]
+fn a_plan_of_a_local_repository_does_not_read_the_ca_bundle() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("served");
+    served_repo(&root);
+    let fifo = tmp.path().join("ca.pem");
+    let made = Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(made.success(), "mkfifo {}", fifo.display());
+    let h = home();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tenantsync"));
+    cmd.args(["plan", "--changed-since", "HEAD", "--env", NO_SUCH_ENV])
+        .arg("--repo")
+        .arg(root.join("work"))
+        .arg("--kubeconfig")
+        .arg(h.path().join("no-kubeconfig"))
+        .env("HOME", h.path())
+        .env("XDG_CACHE_HOME", h.path().join("cache"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for var in GIT_VARS {
+        cmd.env_remove(var);
+    }
+    let mut child = cmd.env("SSL_CERT_FILE", &fifo).spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            panic!("the plan blocked opening SSL_CERT_FILE (a FIFO) for 30 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!("environment `{NO_SUCH_ENV}` not found")),
+        "{err}"
+    );
+}
