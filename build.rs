@@ -7,6 +7,8 @@
 //! or the branch it points to changes, so an edit to the sources does not
 //! rerun it.
 
+#![forbid(unsafe_code)]
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 

@@ -9,6 +9,7 @@
 //! `cargo bench --bench render`; the end-to-end figures against a cluster
 //! come from `scripts/bench` (docs/benchmarks.md).
 
+#![forbid(unsafe_code)]
 // A benchmark fails by panicking, like a test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 

@@ -37,15 +37,17 @@ fn main() -> ExitCode {
     }
 }
 
-/// Starts libgit2 with no trusted certificate authority, then puts the
-/// environment back as it was. Loading the system's CA bundle (which
-/// libgit2 does when it starts, whether or not any HTTPS remote is ever
-/// contacted) was a quarter of the CPU of a one-workspace pull request's
-/// plan (docs/benchmarks.md). This process never contacts a remote: once
-/// the fetch helper is set, every fetch runs in a child process
-/// (`tenantsync __git-fetch`), which inherits the environment as it was
-/// and loads the certificates then. Should a fetch run here after all, it
-/// fails to trust any server: closed, not open.
+/// Starts git2 and libgit2 with no trusted certificate authority, then
+/// puts the environment back as it was. Loading the system's CA bundle
+/// (which libgit2 does when it starts, whether or not any HTTPS remote is
+/// ever contacted) was a quarter of the CPU of a one-workspace pull
+/// request's plan (docs/benchmarks.md). This process never fetches from a
+/// Git remote (it only checks that the remote's port answers): once the
+/// fetch helper is set, every fetch runs in a child process (`tenantsync
+/// __git-fetch`), which inherits the environment as it was and loads the
+/// certificates then. Should a fetch run here after all, it fails to trust
+/// any server: closed, not open. The Kubernetes client (rustls) reads the
+/// variables when it connects, after they are put back.
 #[allow(unsafe_code)]
 fn start_git_without_ca_bundle() {
     const VARIABLES: [&str; 2] = ["SSL_CERT_FILE", "SSL_CERT_DIR"];
@@ -58,7 +60,8 @@ fn start_git_without_ca_bundle() {
     }
     git::start();
     for (name, value) in saved {
-        // SAFETY: as above; libgit2's start runs on this thread.
+        // SAFETY: as above; git2's and libgit2's start ran on this thread
+        // and started none.
         match value {
             Some(value) => unsafe { std::env::set_var(name, value) },
             None => unsafe { std::env::remove_var(name) },

@@ -1,5 +1,6 @@
 //! Integration tests: one binary, one shared control plane per run.
 
+#![forbid(unsafe_code)]
 // Test code may panic on setup failures: that is how a test fails.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 

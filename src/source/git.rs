@@ -159,16 +159,19 @@ impl GitError {
     }
 }
 
-/// Starts libgit2 (once per process: later calls, and libgit2's own start
-/// on first use, do nothing). OpenSSL's trusted certificates for HTTPS
-/// remotes are fixed here, from `SSL_CERT_FILE` and `SSL_CERT_DIR` as they
-/// are now or the system's defaults: libgit2 loads the whole CA file at
-/// once (about 30 ms of CPU with Debian's bundle). The `tenantsync` binary
-/// starts it with both pointing at nothing, since its fetches run in a
-/// fetch helper ([`use_fetch_helper`]), a process of its own that loads
-/// them; src/main.rs.
+/// Starts git2 and libgit2 (once per process: later calls, and their
+/// start on first use, do nothing). git2 first points `SSL_CERT_FILE` and
+/// `SSL_CERT_DIR` at the system's certificates where they are unset or
+/// name nothing (`openssl_probe`, which sets environment variables: from
+/// here, while the process has one thread, not from the first Git read of
+/// a daemon's worker), then libgit2 fixes OpenSSL's trusted certificates
+/// for HTTPS remotes from them, loading the whole CA file at once (about
+/// 25 ms of CPU with Debian's bundle). The `tenantsync` binary starts it
+/// with both pointing at nothing, since its fetches run in a fetch helper
+/// ([`use_fetch_helper`]), a process of its own that loads them;
+/// src/main.rs.
 pub fn start() {
-    libgit2_sys::init();
+    drop(git2::Buf::new());
 }
 
 /// Opens the repository containing `path` (a work tree, a folder inside
