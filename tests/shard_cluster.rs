@@ -132,6 +132,31 @@ fn four_environments() -> (TestRepo, Vec<String>) {
     (repo, envs)
 }
 
+/// [`four_environments`] with `workspaces` more in each (`t000`, ...), and
+/// `spec` (lines of an environment's `spec`) added to all four.
+fn four_environments_of(workspaces: usize, spec: &str) -> (TestRepo, Vec<String>) {
+    let (repo, envs) = four_environments();
+    for env in &envs {
+        let dir = repo.path().join("environments").join(env);
+        let file = dir.join("environment.yaml");
+        let text = std::fs::read_to_string(&file).expect("read");
+        std::fs::write(&file, format!("{text}{spec}")).expect("write");
+        std::fs::create_dir_all(dir.join("workspaces")).expect("mkdir");
+        for i in 0..workspaces {
+            let name = format!("t{i:03}");
+            std::fs::write(
+                dir.join("workspaces").join(format!("{name}.yaml")),
+                format!(
+                    "apiVersion: tenantsync.io/v1alpha1\nkind: Workspace\nmetadata: {{name: {name}}}\nspec:\n  fhirServices:\n    - name: api\n      replicas: 1\n"
+                ),
+            )
+            .expect("write");
+        }
+    }
+    commit(&repo, "many workspaces");
+    (repo, envs)
+}
+
 #[tokio::test]
 async fn sharded_replicas_split_environments_pass_webhooks_on_take_over_a_killed_one_and_share_with_a_new_one()
  {
@@ -436,27 +461,7 @@ async fn sharded_replicas_split_environments_pass_webhooks_on_take_over_a_killed
 /// each changes nothing, and each holder reports it Synced.
 #[tokio::test]
 async fn a_replica_started_during_anothers_first_syncs_gets_its_share_without_waiting_for_them() {
-    const WORKSPACES: usize = 100;
-    let (repo, envs) = four_environments();
-    for env in &envs {
-        let dir = repo
-            .path()
-            .join("environments")
-            .join(env)
-            .join("workspaces");
-        std::fs::create_dir_all(&dir).expect("mkdir");
-        for i in 0..WORKSPACES {
-            let name = format!("t{i:03}");
-            std::fs::write(
-                dir.join(format!("{name}.yaml")),
-                format!(
-                    "apiVersion: tenantsync.io/v1alpha1\nkind: Workspace\nmetadata: {{name: {name}}}\nspec:\n  fhirServices:\n    - name: api\n      replicas: 1\n"
-                ),
-            )
-            .expect("write");
-        }
-    }
-    commit(&repo, "many workspaces");
+    let (repo, envs) = four_environments_of(100, "");
     let all: BTreeSet<String> = envs.iter().cloned().collect();
     let logs = tempfile::tempdir().expect("tempdir");
     let lease = unique_name("stagger");
@@ -581,5 +586,119 @@ async fn a_replica_started_during_anothers_first_syncs_gets_its_share_without_wa
                 .take(2000)
                 .collect::<String>()
         );
+    }
+}
+
+/// The same stagger with every environment rolled out in steps (new
+/// workspaces included): a hand-over stops a rollout step in flight, which
+/// is no failure either (no apply error, not Failed on the replica that
+/// let it go), and the newcomer applies the step again from the
+/// inventory's record. Before, the stopped step was reported as a failed
+/// sync on the replica that handed the environment over.
+#[tokio::test]
+async fn a_rollout_step_stopped_for_a_hand_over_is_no_failure_and_the_newcomer_applies_it() {
+    let (repo, envs) = four_environments_of(
+        100,
+        "  syncPolicy:\n    rollout:\n      steps: [80%, 100%]\n      includeNewWorkspaces: true\n      pauseBetween: 1s\n      healthDeadline: 10m\n",
+    );
+    let all: BTreeSet<String> = envs.iter().cloned().collect();
+    let logs = tempfile::tempdir().expect("tempdir");
+    let lease = unique_name("stagger-rollout");
+    let ids: Vec<Identity> = ["a", "b"]
+        .iter()
+        .map(|n| {
+            audit::identity(
+                &format!("stagger-rollout-{n}"),
+                "cluster-admin",
+                logs.path(),
+            )
+        })
+        .collect();
+    let ports = [free_port(), free_port()];
+    let log = |i: usize| logs.path().join(format!("{i}.log"));
+    let log_text = |i: usize| std::fs::read_to_string(log(i)).unwrap_or_default();
+    let namespaces: Api<Namespace> = Api::all(control_plane().client(User::Admin).await);
+
+    let _a = start(&repo, &envs, &lease, ports[0], &log(0), &ids[0]);
+    wait_for(
+        "the first replica to hold all four",
+        Duration::from_secs(60),
+        async || owned(ports[0]).await == all,
+    )
+    .await;
+    // Step 1 of its first rollouts is under way: a workspace namespace
+    // exists.
+    wait_for(
+        "the first replica to write",
+        Duration::from_secs(60),
+        async || {
+            for env in &envs {
+                if namespaces
+                    .get_opt(&format!("t000-{env}"))
+                    .await
+                    .ok()
+                    .flatten()
+                    .is_some()
+                {
+                    return true;
+                }
+            }
+            false
+        },
+    )
+    .await;
+    let _b = start(&repo, &envs, &lease, ports[1], &log(1), &ids[1]);
+    wait_for(
+        "the newcomer to get its share",
+        Duration::from_secs(30),
+        async || split_two_and_two(ports[0], ports[1], &all).await,
+    )
+    .await;
+    let stopped = "rollout step stopped part way for the hand-over";
+    assert!(
+        log_text(0).contains(stopped),
+        "no rollout step in flight was stopped for the hand-over:\n{}",
+        log_text(0)
+    );
+    let (mine_a, mine_b) = (owned(ports[0]).await, owned(ports[1]).await);
+    let metrics = http(ports[0], "GET", "/metrics", &[], "")
+        .await
+        .expect("metrics of the first replica");
+    let apply_errors: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("tenantsync_reconcile_errors_total{") && l.contains("apply"))
+        .filter(|l| !l.ends_with(" 0"))
+        .collect();
+    assert!(apply_errors.is_empty(), "{apply_errors:?}");
+    for env in &mine_b {
+        let s = status(ports[0], env).await.expect("status");
+        assert_ne!(
+            s["syncStatus"], "Failed",
+            "{env} on the replica that handed it over: {s}"
+        );
+    }
+    // Each holder applies step 1 of its environments (80% of the 104
+    // workspaces, rounded up: 84), which then waits for health (no kubelet
+    // here): step 1/2, Progressing, not Failed, 20 workspaces to go.
+    for (port, mine) in [(ports[0], &mine_a), (ports[1], &mine_b)] {
+        for env in mine {
+            wait_for(
+                &format!("{env}'s step 1 to be applied by its holder"),
+                Duration::from_secs(240),
+                async || {
+                    status(port, env).await.is_some_and(|s| {
+                        s["rollout"]["step"] == 1 && s["rollout"]["phase"] == "Progressing"
+                    })
+                },
+            )
+            .await;
+            let s = status(port, env).await.expect("status");
+            assert_eq!(s["syncStatus"], "OutOfSync", "{env}: {s}");
+            assert_eq!(
+                s["rollout"]["pending"].as_array().map(Vec::len),
+                Some(20),
+                "{env}: {s}"
+            );
+        }
     }
 }

@@ -609,6 +609,15 @@ impl Reconciler {
         };
         shared.metrics.record_sync(env, &report);
         self.changed += changed_objects(&report);
+        if report.aborted.is_some() && shared.owners.hand_over_requested(env) {
+            // Stopped part way for a hand-over (`--shard`): no failure. The
+            // step is not recorded as applied (its record goes with its
+            // last write), so the replica taking the environment over
+            // applies it again from the inventory's record.
+            tracing::info!(environment = env, revision = %run.revision, step = through, "rollout step stopped part way for the hand-over; the replica taking the environment over applies it again");
+            self.report_rollout(None);
+            return Ok(());
+        }
         if !report.succeeded() {
             // The step is tried again (with the backoff), not advanced.
             return Err(ReconcileError::Apply(crate::print::sync_errors(&report)));
@@ -724,7 +733,12 @@ impl Reconciler {
             Some(run) if !run.rolling_back.is_empty() => run.rolling_back.clone(),
             _ => return,
         };
+        // A rollback finishes before a hand-over (`--shard`) stops it, as a
+        // health rollback does: the replica taking over would find the
+        // step half set back.
+        self.hand_over_waits.store(true, Ordering::SeqCst);
         let outcome = self.roll_back_step(&workspaces, writer).await;
+        self.hand_over_waits.store(false, Ordering::SeqCst);
         let Some(run) = self.rollout.as_mut() else {
             return;
         };
