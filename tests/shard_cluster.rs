@@ -157,6 +157,53 @@ fn four_environments_of(workspaces: usize, spec: &str) -> (TestRepo, Vec<String>
     (repo, envs)
 }
 
+/// Waits until one of `envs` has a workspace namespace (`t000-<env>`):
+/// a replica's first syncs are under way.
+async fn first_writes(envs: &[String]) {
+    let namespaces: Api<Namespace> = Api::all(control_plane().client(User::Admin).await);
+    wait_for(
+        "the first replica to write",
+        Duration::from_secs(60),
+        async || {
+            for env in envs {
+                if namespaces
+                    .get_opt(&format!("t000-{env}"))
+                    .await
+                    .ok()
+                    .flatten()
+                    .is_some()
+                {
+                    return true;
+                }
+            }
+            false
+        },
+    )
+    .await;
+}
+
+/// A routine hand-over is no failure: no apply error counted on the
+/// replica at `port`, and the environments it handed over (`handed`) are
+/// not Failed there.
+async fn assert_no_failure_on(port: u16, handed: &BTreeSet<String>) {
+    let metrics = http(port, "GET", "/metrics", &[], "")
+        .await
+        .expect("metrics of the replica that handed over");
+    let apply_errors: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("tenantsync_reconcile_errors_total{") && l.contains("apply"))
+        .filter(|l| !l.ends_with(" 0"))
+        .collect();
+    assert!(apply_errors.is_empty(), "{apply_errors:?}");
+    for env in handed {
+        let s = status(port, env).await.expect("status");
+        assert_ne!(
+            s["syncStatus"], "Failed",
+            "{env} on the replica that handed it over: {s}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn sharded_replicas_split_environments_pass_webhooks_on_take_over_a_killed_one_and_share_with_a_new_one()
  {
@@ -472,7 +519,6 @@ async fn a_replica_started_during_anothers_first_syncs_gets_its_share_without_wa
     let ports = [free_port(), free_port()];
     let log = |i: usize| logs.path().join(format!("{i}.log"));
     let log_text = |i: usize| std::fs::read_to_string(log(i)).unwrap_or_default();
-    let namespaces: Api<Namespace> = Api::all(control_plane().client(User::Admin).await);
 
     let started = Instant::now();
     let _a = start(&repo, &envs, &lease, ports[0], &log(0), &ids[0]);
@@ -483,25 +529,7 @@ async fn a_replica_started_during_anothers_first_syncs_gets_its_share_without_wa
     )
     .await;
     // Its first syncs are under way: a workspace namespace exists.
-    wait_for(
-        "the first replica to write",
-        Duration::from_secs(60),
-        async || {
-            for env in &envs {
-                if namespaces
-                    .get_opt(&format!("t000-{env}"))
-                    .await
-                    .ok()
-                    .flatten()
-                    .is_some()
-                {
-                    return true;
-                }
-            }
-            false
-        },
-    )
-    .await;
+    first_writes(&envs).await;
     let joined = Instant::now();
     let _b = start(&repo, &envs, &lease, ports[1], &log(1), &ids[1]);
     let split = wait_for(
@@ -528,26 +556,9 @@ async fn a_replica_started_during_anothers_first_syncs_gets_its_share_without_wa
         "no sync in flight was stopped for the hand-over:\n{}",
         log_text(0)
     );
-    // A routine hand-over is no failure: no apply error counted, and the
-    // environments handed over are not Failed on the replica that let
-    // them go.
+    // A routine hand-over is no failure.
     let (mine_a, mine_b) = (owned(ports[0]).await, owned(ports[1]).await);
-    let metrics = http(ports[0], "GET", "/metrics", &[], "")
-        .await
-        .expect("metrics of the first replica");
-    let apply_errors: Vec<&str> = metrics
-        .lines()
-        .filter(|l| l.starts_with("tenantsync_reconcile_errors_total{") && l.contains("apply"))
-        .filter(|l| !l.ends_with(" 0"))
-        .collect();
-    assert!(apply_errors.is_empty(), "{apply_errors:?}");
-    for env in &mine_b {
-        let s = status(ports[0], env).await.expect("status");
-        assert_ne!(
-            s["syncStatus"], "Failed",
-            "{env} on the replica that handed it over: {s}"
-        );
-    }
+    assert_no_failure_on(ports[0], &mine_b).await;
     // Each holder finishes its environments: Synced, and nothing left to plan.
     for (port, mine) in [(ports[0], &mine_a), (ports[1], &mine_b)] {
         for env in mine {
@@ -617,7 +628,6 @@ async fn a_rollout_step_stopped_for_a_hand_over_is_no_failure_and_the_newcomer_a
     let ports = [free_port(), free_port()];
     let log = |i: usize| logs.path().join(format!("{i}.log"));
     let log_text = |i: usize| std::fs::read_to_string(log(i)).unwrap_or_default();
-    let namespaces: Api<Namespace> = Api::all(control_plane().client(User::Admin).await);
 
     let _a = start(&repo, &envs, &lease, ports[0], &log(0), &ids[0]);
     wait_for(
@@ -628,25 +638,7 @@ async fn a_rollout_step_stopped_for_a_hand_over_is_no_failure_and_the_newcomer_a
     .await;
     // Step 1 of its first rollouts is under way: a workspace namespace
     // exists.
-    wait_for(
-        "the first replica to write",
-        Duration::from_secs(60),
-        async || {
-            for env in &envs {
-                if namespaces
-                    .get_opt(&format!("t000-{env}"))
-                    .await
-                    .ok()
-                    .flatten()
-                    .is_some()
-                {
-                    return true;
-                }
-            }
-            false
-        },
-    )
-    .await;
+    first_writes(&envs).await;
     let _b = start(&repo, &envs, &lease, ports[1], &log(1), &ids[1]);
     wait_for(
         "the newcomer to get its share",
@@ -661,22 +653,7 @@ async fn a_rollout_step_stopped_for_a_hand_over_is_no_failure_and_the_newcomer_a
         log_text(0)
     );
     let (mine_a, mine_b) = (owned(ports[0]).await, owned(ports[1]).await);
-    let metrics = http(ports[0], "GET", "/metrics", &[], "")
-        .await
-        .expect("metrics of the first replica");
-    let apply_errors: Vec<&str> = metrics
-        .lines()
-        .filter(|l| l.starts_with("tenantsync_reconcile_errors_total{") && l.contains("apply"))
-        .filter(|l| !l.ends_with(" 0"))
-        .collect();
-    assert!(apply_errors.is_empty(), "{apply_errors:?}");
-    for env in &mine_b {
-        let s = status(ports[0], env).await.expect("status");
-        assert_ne!(
-            s["syncStatus"], "Failed",
-            "{env} on the replica that handed it over: {s}"
-        );
-    }
+    assert_no_failure_on(ports[0], &mine_b).await;
     // Each holder applies step 1 of its environments (80% of the 104
     // workspaces, rounded up: 84), which then waits for health (no kubelet
     // here): step 1/2, Progressing, not Failed, 20 workspaces to go.
