@@ -994,6 +994,27 @@ async fn plan_changed_since_plans_only_the_workspaces_a_change_reaches() {
         "{}",
         plan["changes"]
     );
+    // The same change committed, as a pull request's head: planned from
+    // the commit (`--rev HEAD`), everything again.
+    git(dir, &["add", "-A"]);
+    git(dir, &["commit", "-q", "-m", "environment settings"]);
+    let out = plan_changed(&repo, &["--changed-since", &head, "--rev", "HEAD"]);
+    let plan: Value = serde_json::from_slice(&out.stdout).expect("plan JSON");
+    assert_eq!(
+        plan["changedSince"]["everything"],
+        format!("environments/{}/environment.yaml", repo.env)
+    );
+    assert_eq!(
+        namespaces_changed(&plan),
+        [
+            repo.namespace("alpha"),
+            repo.namespace("beta"),
+            repo.namespace("gamma")
+        ]
+        .into(),
+        "{}",
+        plan["changes"]
+    );
 
     // Not a Git repository: said, exit 1.
     let folder = tempfile::tempdir().expect("tempdir");
