@@ -690,6 +690,22 @@ async fn the_daemon_follows_a_git_remote_heals_drift_and_survives_bad_commits_an
         "{last_sync} vs {now}"
     );
     assert!(metric(http_port, &reconciles).await > Some(5.0));
+    // The API server never answered 429 here: no throttled answer is
+    // counted, and the window of writes in flight is between 1 and its
+    // start, 8 (a quarter less after much slower answers: the outages).
+    let window = metric(http_port, &series("tenantsync_api_write_concurrency")).await;
+    assert!(
+        window.is_some_and(|w| (1.0..=8.0).contains(&w)),
+        "{window:?}"
+    );
+    assert_eq!(
+        metric(
+            http_port,
+            &series("tenantsync_api_throttled_responses_total")
+        )
+        .await,
+        Some(0.0)
+    );
 
     // 8. Logs: human-readable lines at the default level (info), nothing
     //    at debug without RUST_LOG.
