@@ -20,6 +20,18 @@ const HEALED_WITHIN: Duration = Duration::from_secs(2);
 /// `run --self-heal` with a drift interval of ten minutes and `interval`
 /// between polls of the folder.
 fn daemon(repo: &TestRepo, interval: &str, port: u16, kubeconfig: &Path, log: &Path) -> Guard {
+    daemon_healing(repo, interval, port, kubeconfig, log, true)
+}
+
+/// [`daemon`], with `--self-heal` only when `self_heal`.
+fn daemon_healing(
+    repo: &TestRepo,
+    interval: &str,
+    port: u16,
+    kubeconfig: &Path,
+    log: &Path,
+    self_heal: bool,
+) -> Guard {
     Guard(
         Command::new(env!("CARGO_BIN_EXE_tenantsync"))
             .args([
@@ -30,9 +42,9 @@ fn daemon(repo: &TestRepo, interval: &str, port: u16, kubeconfig: &Path, log: &P
                 interval,
                 "--drift-interval",
                 "10m",
-                "--self-heal",
-                "--repo",
             ])
+            .args(self_heal.then_some("--self-heal"))
+            .arg("--repo")
             .arg(repo.path())
             .arg(format!("--listen=127.0.0.1:{port}"))
             .arg("--kubeconfig")
@@ -516,5 +528,57 @@ async fn a_watch_broken_by_an_api_server_restart_resumes_and_still_heals() {
     assert!(
         took <= HEALED_WITHIN,
         "healed after {took:?} once the watch is back"
+    );
+}
+
+/// Without `--self-heal` a change seen by a watch is reported as quickly as
+/// it would be healed (the issue: "react to a change of a managed object
+/// within a second: report it"), with a drift interval of ten minutes, and
+/// left as it is.
+#[tokio::test]
+async fn without_self_heal_a_kubectl_scale_is_reported_as_drift_within_2s_and_left_alone() {
+    let repo = TestRepo::new("watch-report");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("daemon.log");
+    let port = free_port();
+    let cp = control_plane();
+    let _daemon = daemon_healing(&repo, "1s", port, cp.kubeconfig(), &log, false);
+    synced_and_watching(port, &repo.env, &log).await;
+    assert!(synced_without_drift(port, &repo.env).await);
+    let env = repo.env.clone();
+    let ns = repo.namespace("contoso");
+    let deployments: Api<Deployment> =
+        Api::namespaced(cp.client(crate::support::User::Admin).await, &ns);
+    let declared = replicas(&deployments).await.expect("replicas");
+    assert_ne!(declared, 5);
+    kubectl(cp, &ns, &["scale", "deployment/fhir-main", "--replicas=5"]);
+    let scaled = Instant::now();
+    wait_for(
+        "the scale to be reported as drift",
+        Duration::from_secs(30),
+        async || {
+            status(port, &env)
+                .await
+                .is_some_and(|s| s["driftedObjects"] == 1 && s["syncStatus"] == "OutOfSync")
+        },
+    )
+    .await;
+    let took = scaled.elapsed();
+    eprintln!("kubectl scale reported as drift after {took:?}");
+    assert!(
+        took <= HEALED_WITHIN,
+        "kubectl scale reported after {took:?}"
+    );
+    let drifted =
+        format!("tenantsync_drifted_objects{{environment=\"{env}\",workspace=\"contoso\"}}");
+    assert_eq!(metric(port, &drifted).await, Some(1.0));
+    // Reported, not healed: the scale stays.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(replicas(&deployments).await, Some(5));
+    assert_eq!(
+        status(port, &env)
+            .await
+            .map(|s| s["driftedObjects"].clone()),
+        Some(serde_json::json!(1))
     );
 }
