@@ -1410,3 +1410,42 @@ async fn a_health_judgement_on_a_chunked_inventory_rewrites_only_its_head() {
     assert_eq!(plan["summary"]["create"], 0, "{}", plan["summary"]);
     assert_eq!(plan["summary"]["delete"], 0, "{}", plan["summary"]);
 }
+
+/// An inventory that would need more than 512 chunks (here of 256 bytes,
+/// so a few thousand objects suffice) refuses the sync before anything is
+/// written or applied: the message says how many objects and what to do,
+/// no object of the environment exists, no inventory was written.
+#[tokio::test]
+async fn an_inventory_past_512_chunks_refuses_the_sync_before_anything_is_written() {
+    let repo = TestRepo::new("inventory-full");
+    for i in 0..2100 {
+        repo.write(
+            &format!("workspaces/t{i:04}.yaml"),
+            &workspace(&format!("t{i:04}")),
+        );
+    }
+    let mut sync = sync_command(&repo, &[]);
+    sync.env(tenantsync::cluster::inventory::CHUNK_BYTES_ENV, "256");
+    let out = sync.output().expect("sync");
+    let err = text(&out);
+    assert_ne!(out.status.code(), Some(0), "{err}");
+    assert!(
+        err.contains("more than 512 chunks of 256 bytes compressed for ")
+            && err.contains("nothing was written")
+            && err.contains("Spread the workspaces over more environments")
+            && err.contains(&repo.env),
+        "{err}"
+    );
+    assert!(
+        live_labelled(&repo.env).is_empty(),
+        "objects were applied: {:?}",
+        live_labelled(&repo.env)
+    );
+    let stored = admin()
+        .await
+        .read_inventory_stored(&repo.env)
+        .await
+        .expect("read");
+    assert!(stored.inventory.objects.is_empty() && stored.chunks.is_none());
+    assert!(chunk_names(&repo.env).await.is_empty());
+}
