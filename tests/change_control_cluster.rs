@@ -861,6 +861,7 @@ async fn publishing_the_same_pending_revision_again_changes_nothing() {
     let cluster = tenantsync::cluster::Cluster::connect(&tenantsync::cluster::ClusterOptions {
         kubeconfig: Some(control_plane().kubeconfig().to_path_buf()),
         context: Some(User::Admin.context().to_string()),
+        ..Default::default()
     })
     .await
     .expect("connect");
@@ -1095,6 +1096,7 @@ async fn a_cli_sync_whose_allow_window_closes_while_it_waits_for_the_lock_change
     let cluster = tenantsync::cluster::Cluster::connect(&tenantsync::cluster::ClusterOptions {
         kubeconfig: Some(control_plane().kubeconfig().to_path_buf()),
         context: Some("admin".into()),
+        ..Default::default()
     })
     .await
     .expect("connect");

@@ -57,6 +57,7 @@ async fn admin() -> tenantsync::cluster::Cluster {
     tenantsync::cluster::Cluster::connect(&tenantsync::cluster::ClusterOptions {
         kubeconfig: Some(control_plane().kubeconfig().to_path_buf()),
         context: Some("admin".into()),
+        ..Default::default()
     })
     .await
     .expect("connect")
@@ -513,6 +514,7 @@ async fn an_inventory_write_from_a_stale_read_merges_what_another_writer_added()
     let cluster = tenantsync::cluster::Cluster::connect(&tenantsync::cluster::ClusterOptions {
         kubeconfig: Some(control_plane().kubeconfig().to_path_buf()),
         context: Some("admin".into()),
+        ..Default::default()
     })
     .await
     .expect("connect");

@@ -64,6 +64,7 @@ impl OwnControlPlane {
         tenantsync::cluster::Cluster::connect(&tenantsync::cluster::ClusterOptions {
             kubeconfig: Some(self.kubeconfig.clone()),
             context: None,
+            ..Default::default()
         })
         .await
         .expect("connect")

@@ -23,6 +23,7 @@ async fn connect() -> Cluster {
     Cluster::connect(&ClusterOptions {
         kubeconfig: Some(control_plane().kubeconfig().to_path_buf()),
         context: Some(User::Admin.context().to_string()),
+        ..Default::default()
     })
     .await
     .unwrap()
@@ -482,6 +483,7 @@ async fn a_wait_whose_list_is_refused_reads_each_object_with_a_get_and_lists_onc
     let cluster = Cluster::connect(&ClusterOptions {
         kubeconfig: Some(who.kubeconfig.clone()),
         context: None,
+        ..Default::default()
     })
     .await
     .unwrap();

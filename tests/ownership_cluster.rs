@@ -489,6 +489,7 @@ async fn a_takeover_on_a_changed_object_is_refused_and_says_to_sync_again() {
     let cluster = Cluster::connect(&ClusterOptions {
         kubeconfig: Some(control_plane().kubeconfig().to_path_buf()),
         context: Some("admin".into()),
+        ..Default::default()
     })
     .await
     .expect("connect");

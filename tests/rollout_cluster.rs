@@ -665,6 +665,7 @@ async fn record_no_step_applied(
     let cluster = tenantsync::cluster::Cluster::connect(&tenantsync::cluster::ClusterOptions {
         kubeconfig: Some(control_plane().kubeconfig().to_path_buf()),
         context: Some("admin".into()),
+        ..Default::default()
     })
     .await
     .expect("connect");

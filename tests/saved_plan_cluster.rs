@@ -339,6 +339,7 @@ async fn preconditions_refuse_a_write_to_an_object_changed_since_the_plan() {
     let cluster = tenantsync::cluster::Cluster::connect(&tenantsync::cluster::ClusterOptions {
         kubeconfig: Some(control_plane().kubeconfig().to_path_buf()),
         context: Some("admin".into()),
+        ..Default::default()
     })
     .await
     .expect("connect");

@@ -524,6 +524,7 @@ async fn a_recreate_deletes_only_the_object_planned_not_one_that_replaced_it() {
     let cluster = tenantsync::cluster::Cluster::connect(&tenantsync::cluster::ClusterOptions {
         kubeconfig: Some(cp.kubeconfig().to_path_buf()),
         context: Some(User::Admin.context().to_string()),
+        ..Default::default()
     })
     .await
     .expect("connect");
@@ -1199,4 +1200,65 @@ async fn a_failed_apply_prunes_nothing_and_an_undeletable_object_stays_in_the_in
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert_eq!(ids(&report, "pruned"), std::slice::from_ref(&service));
     assert!(!recorded(inventory(&repo).await.expect("inventory")).contains(&service));
+}
+
+/// A sync of `workspaces` new workspaces by a token of its own with
+/// `extra` flags; the most writes the API server had in flight from it at
+/// once (its audit log), outside tenantsync's own namespace.
+fn most_writes_in_flight(test: &str, workspaces: usize, extra: &[&str]) -> usize {
+    let repo = TestRepo::new(test);
+    for i in 0..workspaces {
+        repo.write(
+            &format!("workspaces/w{i:03}.yaml"),
+            &format!(
+                "apiVersion: tenantsync.io/v1alpha1\nkind: Workspace\nmetadata: {{name: w{i:03}}}\nspec:\n  fhirServices:\n    - name: api\n"
+            ),
+        );
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let caller = audit::identity(test, "cluster-admin", dir.path());
+    let from = audit::cursor();
+    let out = Command::new(env!("CARGO_BIN_EXE_tenantsync"))
+        .args(["sync", "--env", &repo.env, "--output", "json"])
+        .args(extra)
+        .arg("--repo")
+        .arg(repo.path())
+        .arg("--kubeconfig")
+        .arg(&caller.kubeconfig)
+        .output()
+        .expect("sync");
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let report: Value = serde_json::from_slice(&out.stdout).expect("report");
+    assert_eq!(report["failures"], json!([]), "{report:#}");
+    let writes: Vec<audit::Request> = caller
+        .requests_since(&from)
+        .into_iter()
+        .filter(|r| r.user_agent.starts_with("tenantsync/") && r.is_write())
+        .filter(|r| r.namespace != tenantsync::sync::inventory::SYSTEM_NAMESPACE)
+        .collect();
+    assert_eq!(
+        writes.len(),
+        ids(&report, "created").len(),
+        "one write per object"
+    );
+    let all: Vec<&audit::Request> = writes.iter().collect();
+    audit::most_in_flight(&all)
+}
+
+/// `--max-writes-in-flight` bounds the window of writes in flight and lets
+/// it grow past its start of 8 while the API server answers as fast as
+/// usual (issue 19: start at 8, grow while latency holds); 2 keeps it at 2.
+#[tokio::test]
+async fn max_writes_in_flight_lets_the_window_grow_past_8_or_holds_it_lower() {
+    let most = most_writes_in_flight("inflight-16", 80, &["--max-writes-in-flight", "16"]);
+    eprintln!("--max-writes-in-flight 16: {most} writes in flight at most");
+    assert!(
+        (9..=16).contains(&most),
+        "{most} writes in flight at once with --max-writes-in-flight 16"
+    );
+    let most = most_writes_in_flight("inflight-2", 20, &["--max-writes-in-flight", "2"]);
+    assert_eq!(
+        most, 2,
+        "writes in flight at once with --max-writes-in-flight 2"
+    );
 }

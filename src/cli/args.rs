@@ -162,7 +162,29 @@ impl ClusterArgs {
         ClusterOptions {
             kubeconfig: self.kubeconfig.clone(),
             context: self.context.clone(),
+            max_writes_in_flight: None,
         }
+    }
+}
+
+/// How hard a writer may push the API server.
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct WriteArgs {
+    /// The most writes kept in flight to the API server at once (1 to 64,
+    /// default 8). The window starts at 8 (or this, when less), grows by one
+    /// while answers stay as fast as usual, and narrows on 429 Too Many
+    /// Requests or much slower answers. More than 8 synced no faster against
+    /// the test control plane on 2 cores; a larger or remote API server may
+    /// take more.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub max_writes_in_flight: Option<u16>,
+}
+
+impl WriteArgs {
+    /// `options` with this limit.
+    pub fn apply(&self, mut options: ClusterOptions) -> ClusterOptions {
+        options.max_writes_in_flight = self.max_writes_in_flight.map(usize::from);
+        options
     }
 }
 
@@ -285,6 +307,8 @@ pub struct RunArgs {
     /// The OpenPGP keys commits may be signed with (armored public keys).
     #[arg(long, value_name = "FILE")]
     pub trusted_keys: Option<PathBuf>,
+    #[command(flatten)]
+    pub writes: WriteArgs,
 }
 
 /// Which commits the daemon verifies.
@@ -425,6 +449,8 @@ pub struct SyncArgs {
     /// pruned. Exits 1 when anything was skipped, after saying what and why.
     #[arg(long)]
     pub skip_invalid: bool,
+    #[command(flatten)]
+    pub writes: WriteArgs,
 }
 
 /// The operator's limits on what the repository may touch (see README's

@@ -140,15 +140,17 @@ fn run_options(args: &RunArgs, c: Option<&DaemonConfig>) -> anyhow::Result<RunOp
         prune: args.prune || policy.prune,
         self_heal: args.self_heal || policy.self_heal,
         operator: args.guard.operator(c),
-        cluster: ClusterArgs {
-            kubeconfig: args
-                .cluster
-                .kubeconfig
-                .clone()
-                .or_else(|| c.and_then(|c| c.kubeconfig.clone()).map(PathBuf::from)),
-            context: args.cluster.context.clone(),
-        }
-        .options(),
+        cluster: args.writes.apply(
+            ClusterArgs {
+                kubeconfig: args
+                    .cluster
+                    .kubeconfig
+                    .clone()
+                    .or_else(|| c.and_then(|c| c.kubeconfig.clone()).map(PathBuf::from)),
+                context: args.cluster.context.clone(),
+            }
+            .options(),
+        ),
         webhook_secret: std::env::var("TENANTSYNC_WEBHOOK_SECRET")
             .ok()
             .filter(|s| !s.is_empty()),
@@ -273,6 +275,33 @@ mod tests {
             .unwrap()
         });
         run_options(&args, config.as_ref()).unwrap().ui
+    }
+
+    fn parsed(flags: &[&str]) -> Result<RunOptions, String> {
+        let cli = Cli::try_parse_from(
+            ["tenantsync", "run", "--repo", ".", "--env", "dev"]
+                .iter()
+                .chain(flags),
+        )
+        .map_err(|e| e.to_string())?;
+        let Command::Run(args) = cli.command else {
+            panic!("not run");
+        };
+        run_options(&args, None).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn max_writes_in_flight_reaches_the_daemons_connections_within_1_to_64() {
+        let limit = |flags: &[&str]| parsed(flags).map(|o| o.cluster.max_writes_in_flight);
+        assert_eq!(limit(&[]), Ok(None));
+        assert_eq!(limit(&["--max-writes-in-flight", "16"]), Ok(Some(16)));
+        assert_eq!(limit(&["--max-writes-in-flight", "1"]), Ok(Some(1)));
+        for refused in ["0", "65", "-1", "many"] {
+            assert!(
+                limit(&["--max-writes-in-flight", refused]).is_err(),
+                "{refused}"
+            );
+        }
     }
 
     #[test]

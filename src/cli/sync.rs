@@ -107,7 +107,9 @@ pub(super) fn sync_cmd(args: &SyncArgs) -> anyhow::Result<ExitCode> {
         _ => None,
     };
     let runtime = runtime()?;
-    let cluster = runtime.block_on(Cluster::connect(&live_args.cluster.options()))?;
+    let cluster = runtime.block_on(Cluster::connect(
+        &args.writes.apply(live_args.cluster.options()),
+    ))?;
     if let Some(saved) = &saved {
         let here = runtime.block_on(cluster.identity())?;
         if let Err(message) = saved.file.check_cluster(here.as_ref()) {

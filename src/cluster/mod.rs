@@ -55,6 +55,10 @@ pub struct ClusterOptions {
     /// A kubeconfig file; else `KUBECONFIG`, `~/.kube/config`, or in-cluster.
     pub kubeconfig: Option<PathBuf>,
     pub context: Option<String>,
+    /// The most writes kept in flight: the window starts at
+    /// [`throttle::START_IN_FLIGHT`] (or this, when less) and grows up to
+    /// it while answers stay fast; [`throttle::MAX_IN_FLIGHT`] when unset.
+    pub max_writes_in_flight: Option<usize>,
 }
 
 /// Connect and request timeouts: an unreachable API server fails fast.
@@ -343,7 +347,11 @@ impl Cluster {
             .to_string()
             .trim_end_matches('/')
             .to_string();
-        let throttle = std::sync::Arc::new(throttle::Throttle::default());
+        let throttle = std::sync::Arc::new(throttle::Throttle::with_max(
+            options
+                .max_writes_in_flight
+                .unwrap_or(throttle::MAX_IN_FLIGHT),
+        ));
         let client = kube::client::ClientBuilder::try_from(config)
             .map_err(|source| ClusterError::Client {
                 server: server.clone(),

@@ -2,7 +2,8 @@
 //! what a `429 Too Many Requests` does.
 //!
 //! A sync keeps a window of writes in flight ([`Throttle::limit`]): it
-//! starts at [`START_IN_FLIGHT`], grows by one (up to [`MAX_IN_FLIGHT`])
+//! starts at [`START_IN_FLIGHT`], grows by one (up to [`MAX_IN_FLIGHT`],
+//! or the operator's `--max-writes-in-flight`)
 //! each time a window's worth of writes is answered while the answers stay
 //! as fast as usual, and shrinks
 //! when the API server says it is busy (a 429 halves it, at most once per
@@ -30,12 +31,16 @@ use super::Cluster;
 pub const START_IN_FLIGHT: usize = 8;
 /// The fewest writes in flight (a busy server still gets one at a time).
 pub const MIN_IN_FLIGHT: usize = 1;
-/// The most writes in flight, however fast the server answers: the start.
-/// More was measured: 16 to 64 in flight synced no faster on this machine
-/// (docs/benchmarks.md), and a window free to grow to 16 had twice the 429s
-/// of a fixed 8 against a small API server (its writes in a Retry-After
-/// wait already keep off it). The window narrows under load and comes back.
+/// The most writes in flight by default, however fast the server answers:
+/// the start. More was measured: 16 to 64 in flight synced no faster on
+/// this machine (docs/benchmarks.md), and a window free to grow to 16 had
+/// twice the 429s of a fixed 8 against a small API server (its writes in a
+/// Retry-After wait already keep off it). The window narrows under load and
+/// comes back. An operator whose API server is larger or farther away sets
+/// more (`--max-writes-in-flight`, up to [`MOST_IN_FLIGHT`]).
 pub const MAX_IN_FLIGHT: usize = 8;
+/// The most an operator may set.
+pub const MOST_IN_FLIGHT: usize = 64;
 /// The longest one `Retry-After` is waited (the API server says 1 s; a
 /// proxy that says an hour is not waited an hour).
 pub const MAX_RETRY_WAIT: Duration = Duration::from_secs(10);
@@ -134,18 +139,32 @@ pub struct Throttle {
     retry_after_ms: AtomicU64,
 }
 
+/// Where the window starts when it may grow to `max` (the operator's
+/// `--max-writes-in-flight`, or [`MAX_IN_FLIGHT`]).
+pub fn start_of(max: usize) -> usize {
+    START_IN_FLIGHT.min(max.clamp(MIN_IN_FLIGHT, MOST_IN_FLIGHT))
+}
+
 impl Default for Throttle {
     fn default() -> Self {
+        Throttle::with_max(MAX_IN_FLIGHT)
+    }
+}
+
+impl Throttle {
+    /// A window that starts at [`START_IN_FLIGHT`] (or `max`, when less)
+    /// and grows up to `max` (at least [`MIN_IN_FLIGHT`], at most
+    /// [`MOST_IN_FLIGHT`]).
+    pub fn with_max(max: usize) -> Throttle {
+        let max = max.clamp(MIN_IN_FLIGHT, MOST_IN_FLIGHT);
         Throttle {
-            window: Mutex::new(Window::new(START_IN_FLIGHT, MAX_IN_FLIGHT)),
+            window: Mutex::new(Window::new(start_of(max), max)),
             throttled: AtomicU64::new(0),
             unpublished: AtomicU64::new(0),
             retry_after_ms: AtomicU64::new(0),
         }
     }
-}
 
-impl Throttle {
     /// Writes to keep in flight now.
     pub fn limit(&self) -> usize {
         self.window
@@ -493,5 +512,25 @@ mod tests {
         assert!(within(t.wait(0), MAX_RETRY_WAIT), "an hour is not waited");
         assert_eq!(t.throttled_total(), 2);
         assert_eq!(t.limit(), START_IN_FLIGHT / 2);
+    }
+
+    #[test]
+    fn an_operators_most_in_flight_sets_where_the_window_starts_and_stops() {
+        // Less than the start: it starts there.
+        assert_eq!(Throttle::with_max(4).limit(), 4);
+        assert_eq!(start_of(4), 4);
+        // More: it starts at 8 and may grow to it; kept within 1 to 64.
+        assert_eq!(Throttle::with_max(16).limit(), START_IN_FLIGHT);
+        assert_eq!(Throttle::with_max(0).limit(), MIN_IN_FLIGHT);
+        let t = Throttle::with_max(1000);
+        for _ in 0..10_000 {
+            t.answered(Duration::from_millis(5));
+        }
+        assert_eq!(t.limit(), MOST_IN_FLIGHT);
+        let t = Throttle::with_max(16);
+        for _ in 0..10_000 {
+            t.answered(Duration::from_millis(5));
+        }
+        assert_eq!(t.limit(), 16);
     }
 }

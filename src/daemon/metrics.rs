@@ -168,7 +168,7 @@ impl Metrics {
         );
         registry.register(
             "api_write_concurrency",
-            "Writes the environment's syncs keep in flight to the API server, as of the last reconcile: at most 8, halved on 429 Too Many Requests, a quarter less on much slower answers, one more per window of answers as fast as usual",
+            "Writes the environment's syncs keep in flight to the API server, as of the last reconcile: at most --max-writes-in-flight (8 unless set), halved on 429 Too Many Requests, a quarter less on much slower answers, one more per window of answers as fast as usual",
             m.api_limit.clone(),
         );
         registry.register(
@@ -200,6 +200,12 @@ impl Metrics {
     /// Creates an environment's counters at zero, so they exist before the
     /// first event (a dashboard sees 0, not "no data").
     pub fn init_environment(&self, env: &str) {
+        self.init_environment_writing(env, crate::cluster::throttle::START_IN_FLIGHT);
+    }
+
+    /// [`Metrics::init_environment`], its window of writes in flight
+    /// starting at `window`.
+    pub fn init_environment_writing(&self, env: &str, window: usize) {
         let l = env_label(env);
         let _ = self.applied.get_or_create(&l);
         let _ = self.pruned.get_or_create(&l);
@@ -210,7 +216,7 @@ impl Metrics {
         let _ = self.api_throttled.get_or_create(&l);
         self.api_limit
             .get_or_create(&l)
-            .set(i64::try_from(crate::cluster::throttle::START_IN_FLIGHT).unwrap_or(i64::MAX));
+            .set(i64::try_from(window).unwrap_or(i64::MAX));
         self.set_status(env, "Unknown");
         self.set_pending(env, false);
     }

@@ -240,7 +240,13 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
 
     let mut loops = tokio::task::JoinSet::new();
     for env in &options.environments {
-        shared.metrics.init_environment(env);
+        let window = crate::cluster::throttle::start_of(
+            options
+                .cluster
+                .max_writes_in_flight
+                .unwrap_or(crate::cluster::throttle::MAX_IN_FLIGHT),
+        );
+        shared.metrics.init_environment_writing(env, window);
         loops.spawn(reconcile::reconcile_loop(
             env.clone(),
             shared.clone(),

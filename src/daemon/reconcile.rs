@@ -3100,6 +3100,7 @@ mod tests {
             cluster: ClusterOptions {
                 kubeconfig: Some("/nonexistent/tenantsync-test-kubeconfig".into()),
                 context: None,
+                ..Default::default()
             },
             webhook_secret: None,
             leader_elect: false,
