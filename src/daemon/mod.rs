@@ -131,8 +131,15 @@ impl Shared {
     /// `--shard` it holds the environment's Lease and is not handing it
     /// over.
     pub fn leads(&self, env: &str) -> bool {
+        self.writes(env, false)
+    }
+
+    /// [`Shared::leads`], or with `finishing` (a sync that must finish
+    /// here: an approved plan, a rollback) while it still holds the
+    /// environment's Lease though handing it over.
+    pub fn writes(&self, env: &str, finishing: bool) -> bool {
         if self.owners.sharded() {
-            self.owners.owns(env) && !self.owners.handing_over(env)
+            self.owners.owns(env) && (finishing || !self.owners.handing_over(env))
         } else {
             *self.leading.borrow()
         }

@@ -340,8 +340,16 @@ fn publish_throttle(env: &str, shared: &Shared, cluster: Option<&Cluster>) {
         .set_api_throttle(env, throttle.limit(), throttle.take_unpublished());
 }
 
-/// Why a sharded replica's sync stopped writing when its share changed.
-const HANDED_OVER: &str = "this replica handed the environment over to another one (--shard: the replicas' shares changed)";
+use super::shard::HANDED_OVER;
+
+/// Whether a sync stopped part way because this replica handed its
+/// environment over (`--shard`): no failure.
+fn stopped_for_hand_over(report: &crate::sync::report::SyncReport) -> bool {
+    report
+        .aborted
+        .as_deref()
+        .is_some_and(|why| why.starts_with(HANDED_OVER))
+}
 
 /// How often the approval of a revision waiting for one is looked for.
 const APPROVAL_CHECK: Duration = Duration::from_secs(1);
@@ -727,9 +735,7 @@ impl Reconciler {
             ..
         } = checked;
         log_outcome(&env, &scoped, &plan, report.as_ref());
-        if let Some(r) = report.as_ref().filter(|r| r.aborted.is_some())
-            && shared.owners.hand_over_requested(&env)
-        {
+        if let Some(r) = report.as_ref().filter(|r| stopped_for_hand_over(r)) {
             // Stopped for a hand-over (`--shard`): no failure; the replica
             // taking the environment over compares everything.
             shared.metrics.record_sync(&env, r);
@@ -1824,18 +1830,10 @@ impl Reconciler {
                     fence = fence.with(lock.lost_check());
                 }
                 if self.shared.owners.sharded() {
-                    // A hand-over asked for a while stops the sync in
-                    // flight at its next write (a long first sync
-                    // included): the replica taking the environment over
-                    // syncs it from there. Not one that must finish.
-                    let (shared, env) = (self.shared.clone(), self.env.clone());
-                    let waits = self.hand_over_waits.clone();
-                    fence = fence.with_reason(
-                        move || !waits.load(Ordering::SeqCst) && shared.owners.handing_over(&env),
-                        HANDED_OVER,
-                    );
-                    let (shared, env) = (self.shared.clone(), self.env.clone());
-                    fence = fence.with(move || !shared.leads(&env));
+                    fence =
+                        self.shared
+                            .owners
+                            .fence(fence, &self.env, self.hand_over_waits.clone());
                 }
                 fence
             },
@@ -1992,8 +1990,7 @@ impl Reconciler {
         // failure: the replica taking the environment over syncs it from
         // there. Out of sync here, without an error, an error metric or a
         // SyncFailed Event.
-        let handed_over = report.as_ref().is_some_and(|r| r.aborted.is_some())
-            && shared.owners.hand_over_requested(env);
+        let handed_over = report.as_ref().is_some_and(stopped_for_hand_over);
         if handed_over {
             tracing::info!(
                 environment = env,

@@ -609,7 +609,7 @@ impl Reconciler {
         };
         shared.metrics.record_sync(env, &report);
         self.changed += changed_objects(&report);
-        if report.aborted.is_some() && shared.owners.hand_over_requested(env) {
+        if stopped_for_hand_over(&report) {
             // Stopped part way for a hand-over (`--shard`): no failure. The
             // step is not recorded as applied (its record goes with its
             // last write), so the replica taking the environment over
@@ -738,7 +738,6 @@ impl Reconciler {
         // step half set back.
         self.hand_over_waits.store(true, Ordering::SeqCst);
         let outcome = self.roll_back_step(&workspaces, writer).await;
-        self.hand_over_waits.store(false, Ordering::SeqCst);
         let Some(run) = self.rollout.as_mut() else {
             return;
         };
@@ -768,7 +767,10 @@ impl Reconciler {
         };
         self.shared.metrics.set_status(&env, "Failed");
         self.report_rollout(Some(error));
+        // Recorded before the hand-over goes on: the replica taking the
+        // environment over reads whether the rollback was applied.
         self.save_rollout(writer).await;
+        self.hand_over_waits.store(false, Ordering::SeqCst);
     }
 
     /// Writes the rollout onto the inventory when it changed since last
@@ -778,7 +780,10 @@ impl Reconciler {
     /// record another writer changed meanwhile wins, and is taken up at the
     /// next reconcile instead of what this daemon kept.
     async fn save_rollout(&mut self, writer: &Writer) {
-        if !self.shared.leads(&self.env) {
+        if !self
+            .shared
+            .writes(&self.env, self.hand_over_waits.load(Ordering::SeqCst))
+        {
             return;
         }
         let (Some(c), Some(run)) = (self.cluster.as_ref(), self.rollout.as_mut()) else {

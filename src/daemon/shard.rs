@@ -35,6 +35,7 @@ use tokio::sync::watch;
 
 use super::Shared;
 use super::leader::{self, LEASE_DURATION, RETRY_PERIOD};
+use crate::sync::Fence;
 use crate::sync::inventory::SYSTEM_NAMESPACE;
 use crate::sync::shard;
 
@@ -69,6 +70,9 @@ const RENEWALS_IN_FLIGHT: usize = 8;
 /// update), stop no sync. Two renewal periods: a newcomer has renewed its
 /// member Lease at least once by then.
 pub const HAND_OVER_GRACE: Duration = RETRY_PERIOD.saturating_mul(2);
+
+/// Why a sharded replica's sync stopped writing when its share changed.
+pub const HANDED_OVER: &str = "this replica handed the environment over to another one (--shard: the replicas' shares changed)";
 
 /// One environment as this replica sees it.
 struct Slot {
@@ -202,6 +206,21 @@ impl Owners {
                     .and_then(|since| *since)
                     .is_some_and(|since| since.elapsed() >= HAND_OVER_GRACE)
         })
+    }
+
+    /// `fence` for a sync of `env` by this replica: also lost once it no
+    /// longer holds the environment's Lease, and once a hand-over has been
+    /// asked for [`HAND_OVER_GRACE`] ([`HANDED_OVER`]), unless `waits` (a
+    /// sync that must finish here: an approved plan, a rollback; the
+    /// replica taking over waits for its Lease meanwhile).
+    pub fn fence(self: &Arc<Self>, fence: Fence, env: &str, waits: Arc<AtomicBool>) -> Fence {
+        let (owners, env_) = (self.clone(), env.to_string());
+        let fence = fence.with_reason(
+            move || !waits.load(Ordering::SeqCst) && owners.handing_over(&env_),
+            HANDED_OVER,
+        );
+        let (owners, env) = (self.clone(), env.to_string());
+        fence.with(move || !owners.owns(&env))
     }
 
     /// Asks for a hand-over (`true`: it was not asked yet), or withdraws
@@ -799,6 +818,38 @@ mod tests {
         assert!(!owners.hand_over_requested("dev") && !owners.handing_over("dev"));
         assert!(owners.ask_hand_over("dev", true), "asked again, from now");
         assert!(!owners.handing_over("dev"));
+    }
+
+    #[test]
+    fn a_hand_over_stops_a_syncs_fence_unless_the_sync_must_finish_and_a_lost_lease_always_does() {
+        let owners = Arc::new(Owners::new(true, "l", "me", &envs(&["dev"])));
+        owners.slots["dev"].owned.store(true, Ordering::SeqCst);
+        owners.confirm("dev", Instant::now());
+        let handing_over = || {
+            owners.ask_hand_over("dev", true);
+            if let Ok(mut since) = owners.slots["dev"].hand_over_since.lock() {
+                *since = Instant::now().checked_sub(HAND_OVER_GRACE);
+            }
+            assert!(owners.handing_over("dev"));
+        };
+        let waits = Arc::new(AtomicBool::new(false));
+        let fence = |waits: &Arc<AtomicBool>| owners.fence(Fence::default(), "dev", waits.clone());
+        // Held and not handing over: held.
+        assert!(!fence(&waits).lost());
+        // Handing over: an ordinary sync stops, saying why.
+        handing_over();
+        let ordinary = fence(&waits);
+        assert!(ordinary.lost());
+        assert_eq!(ordinary.why(), HANDED_OVER);
+        // One that must finish (an approved plan, a rollback) goes on
+        // while the Lease is held (before: stopped as a lost lock).
+        waits.store(true, Ordering::SeqCst);
+        let finishing = fence(&waits);
+        assert!(!finishing.lost());
+        // ... and stops once the Lease is no longer held.
+        owners.slots["dev"].owned.store(false, Ordering::SeqCst);
+        assert!(finishing.lost());
+        assert_ne!(finishing.why(), HANDED_OVER);
     }
 
     #[test]
