@@ -225,6 +225,26 @@ fn refused_as_too_many(cp: &OwnControlPlane) -> u64 {
         .sum::<f64>() as u64
 }
 
+/// Seconds requests of the priority levels that queue (all but `exempt`)
+/// waited in the API server's priority-and-fairness queues, in all: 0
+/// without priority and fairness.
+fn queued_seconds(cp: &OwnControlPlane) -> f64 {
+    let out = Command::new("kubectl")
+        .args(["--kubeconfig"])
+        .arg(&cp.kubeconfig)
+        .args(["--context", "admin", "get", "--raw", "/metrics"])
+        .env("PATH", control_plane_path())
+        .output()
+        .expect("kubectl");
+    assert!(out.status.success(), "{}", text(&out));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.starts_with("apiserver_flowcontrol_request_wait_duration_seconds_sum{"))
+        .filter(|l| !l.contains("priority_level=\"exempt\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 /// PATH with the control plane's own kubectl first.
 fn control_plane_path() -> String {
     let bin = Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/control-plane"))
@@ -245,6 +265,9 @@ struct Throttled {
     report: Value,
     refused: u64,
     requests: u64,
+    /// Seconds its requests and the server's others waited in priority
+    /// and fairness's queues meanwhile.
+    queued: f64,
 }
 
 /// Syncs 1,000 workspaces into a control plane of its own started with
@@ -327,6 +350,7 @@ fn sync_1000_through(name: &str, apiserver_flags: &str) -> Throttled {
         );
     }
     let before = refused_as_too_many(&cp);
+    let queued_before = queued_seconds(&cp);
     let started = Instant::now();
     let out = tenantsync(&repo, &kubeconfig, "sync", &["--output", "json"])
         .output()
@@ -340,8 +364,11 @@ fn sync_1000_through(name: &str, apiserver_flags: &str) -> Throttled {
         "{report:#}"
     );
     let refused = refused_as_too_many(&cp) - before;
+    let queued = queued_seconds(&cp) - queued_before;
     let requests = report["apiRequests"].as_u64().expect("apiRequests");
-    eprintln!("{name}: {requests} requests, {refused} answered 429, in {took:?}");
+    eprintln!(
+        "{name}: {requests} requests, {refused} answered 429, {queued:.1} s waited in queues, in {took:?}"
+    );
     let plan = tenantsync(&repo, &kubeconfig, "plan", &["--detailed-exitcode"])
         .output()
         .expect("plan");
@@ -350,6 +377,7 @@ fn sync_1000_through(name: &str, apiserver_flags: &str) -> Throttled {
         report,
         refused,
         requests,
+        queued,
     }
 }
 
@@ -368,6 +396,7 @@ async fn a_sync_of_1000_workspaces_against_an_api_server_answering_429_finishes_
         report,
         refused,
         requests,
+        ..
     } = sync_1000_through(
         "cp-throttled",
         "--enable-priority-and-fairness=false --max-requests-inflight=4 --max-mutating-requests-inflight=2",
@@ -400,10 +429,19 @@ async fn a_sync_of_1000_workspaces_against_an_api_server_answering_429_finishes_
 async fn a_sync_of_1000_workspaces_through_priority_and_fairness_on_a_small_api_server_finishes_with_no_failure()
  {
     let Throttled {
-        report, refused, ..
+        report,
+        refused,
+        queued,
+        ..
     } = sync_1000_through(
         "cp-fair",
         "--max-requests-inflight=4 --max-mutating-requests-inflight=2",
+    );
+    // Priority and fairness did hold the sync back: its requests waited in
+    // the server's queues.
+    assert!(
+        queued > 1.0,
+        "{queued} s waited in queues: nothing was queued"
     );
     let throttled = report["throttled"].as_u64().unwrap_or(0);
     assert!(

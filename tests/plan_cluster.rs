@@ -925,12 +925,17 @@ async fn plan_changed_since_plans_only_the_workspaces_a_change_reaches() {
     let plan: Value = serde_json::from_slice(&out.stdout).expect("plan JSON");
     assert_eq!(namespaces_changed(&plan), [repo.namespace("alpha")].into());
 
-    // Committed, read with --rev: the same.
+    // Committed, read with --rev: the same, from the commit (the work
+    // tree's alpha set back to the base's meanwhile, so reading the work
+    // tree instead would plan nothing).
     git(dir, &["add", "-A"]);
     git(dir, &["commit", "-q", "-m", "alpha: 3 replicas"]);
+    let alpha_path = format!("environments/{}/workspaces/alpha.yaml", repo.env);
+    git(dir, &["checkout", &base, "--", &alpha_path]);
     let out = plan_changed(&repo, &["--changed-since", &base, "--rev", "HEAD"]);
     let plan: Value = serde_json::from_slice(&out.stdout).expect("plan JSON");
     assert_eq!(namespaces_changed(&plan), [repo.namespace("alpha")].into());
+    git(dir, &["checkout", "HEAD", "--", &alpha_path]);
 
     // Nothing reaching this environment: nothing planned.
     let head = git(dir, &["rev-parse", "HEAD"]).trim().to_string();
@@ -995,9 +1000,12 @@ async fn plan_changed_since_plans_only_the_workspaces_a_change_reaches() {
         plan["changes"]
     );
     // The same change committed, as a pull request's head: planned from
-    // the commit (`--rev HEAD`), everything again.
+    // the commit (`--rev HEAD`; the work tree's environment.yaml set back
+    // meanwhile, so only the commit holds the change), everything again.
     git(dir, &["add", "-A"]);
     git(dir, &["commit", "-q", "-m", "environment settings"]);
+    let settings = format!("environments/{}/environment.yaml", repo.env);
+    git(dir, &["checkout", &head, "--", &settings]);
     let out = plan_changed(&repo, &["--changed-since", &head, "--rev", "HEAD"]);
     let plan: Value = serde_json::from_slice(&out.stdout).expect("plan JSON");
     assert_eq!(
@@ -1015,6 +1023,7 @@ async fn plan_changed_since_plans_only_the_workspaces_a_change_reaches() {
         "{}",
         plan["changes"]
     );
+    git(dir, &["checkout", "HEAD", "--", &settings]);
 
     // Not a Git repository: said, exit 1.
     let folder = tempfile::tempdir().expect("tempdir");

@@ -32,8 +32,22 @@ fn start(
     log: &Path,
     who: &Identity,
 ) -> Guard {
+    start_with(repo, envs, lease, port, log, who, &[])
+}
+
+/// [`start`] with `extra` flags.
+fn start_with(
+    repo: &TestRepo,
+    envs: &[String],
+    lease: &str,
+    port: u16,
+    log: &Path,
+    who: &Identity,
+    extra: &[&str],
+) -> Guard {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_tenantsync"));
     cmd.args(["run", "--shard", "--lease-name", lease, "--branch", "main"]);
+    cmd.args(extra);
     for env in envs {
         cmd.args(["--env", env]);
     }
@@ -647,7 +661,18 @@ async fn a_rollout_step_stopped_for_a_hand_over_is_no_failure_and_the_newcomer_a
     let log = |i: usize| logs.path().join(format!("{i}.log"));
     let log_text = |i: usize| std::fs::read_to_string(log(i)).unwrap_or_default();
 
-    let _a = start(&repo, &envs, &lease, ports[0], &log(0), &ids[0]);
+    // Two writes at a time for the first replica: its step 1 (84
+    // workspaces in each of four environments) outlasts the newcomer's
+    // start and the hand-over's grace on any machine.
+    let _a = start_with(
+        &repo,
+        &envs,
+        &lease,
+        ports[0],
+        &log(0),
+        &ids[0],
+        &["--max-writes-in-flight", "2"],
+    );
     wait_for(
         "the first replica to hold all four",
         Duration::from_secs(60),

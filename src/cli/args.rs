@@ -172,7 +172,7 @@ impl ClusterArgs {
 pub struct WriteArgs {
     /// The most writes kept in flight to the API server at once (1 to 64,
     /// default 8). The window starts at 8 (or this, when less), grows by one
-    /// while answers stay as fast as usual, and narrows on 429 Too Many
+    /// per window's worth of answers as fast as usual, and narrows on 429 Too Many
     /// Requests or much slower answers. More than 8 synced no faster against
     /// the test control plane on 2 cores; a larger or remote API server may
     /// take more.

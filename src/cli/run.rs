@@ -10,7 +10,7 @@ use anyhow::Context;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use super::args::{ClusterArgs, LogFormat, RunArgs, VerifyMode, parse_duration};
+use super::args::{ClusterArgs, LogFormat, RunArgs, VerifyMode, WriteArgs, parse_duration};
 use super::print_diagnostics;
 use crate::daemon::config::DaemonConfig;
 use crate::daemon::{EnvTrust, RunOptions};
@@ -140,7 +140,13 @@ fn run_options(args: &RunArgs, c: Option<&DaemonConfig>) -> anyhow::Result<RunOp
         prune: args.prune || policy.prune,
         self_heal: args.self_heal || policy.self_heal,
         operator: args.guard.operator(c),
-        cluster: args.writes.apply(
+        cluster: WriteArgs {
+            max_writes_in_flight: args
+                .writes
+                .max_writes_in_flight
+                .or_else(|| c.and_then(|c| c.max_writes_in_flight)),
+        }
+        .apply(
             ClusterArgs {
                 kubeconfig: args
                     .cluster
@@ -288,6 +294,40 @@ mod tests {
             panic!("not run");
         };
         run_options(&args, None).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn max_writes_in_flight_comes_from_the_file_unless_the_flag_says_otherwise() {
+        let limit = |flags: &[&str], file: &str| {
+            let cli = Cli::try_parse_from(
+                ["tenantsync", "run", "--repo", ".", "--env", "dev"]
+                    .iter()
+                    .chain(flags),
+            )
+            .unwrap();
+            let Command::Run(args) = cli.command else {
+                panic!("not run");
+            };
+            let config = crate::daemon::config::parse(
+                "tenantsync.yaml",
+                format!("apiVersion: tenantsync.io/v1alpha1\nkind: DaemonConfig\nrepo: .\nenvironments: [{{name: dev}}]\n{file}").as_bytes(),
+            );
+            config.map(|c| {
+                run_options(&args, Some(&c))
+                    .unwrap()
+                    .cluster
+                    .max_writes_in_flight
+            })
+        };
+        assert_eq!(limit(&[], "maxWritesInFlight: 12"), Ok(Some(12)));
+        assert_eq!(
+            limit(&["--max-writes-in-flight", "3"], "maxWritesInFlight: 12"),
+            Ok(Some(3))
+        );
+        assert_eq!(limit(&[], ""), Ok(None));
+        // The schema refuses what the flag refuses.
+        assert!(limit(&[], "maxWritesInFlight: 0").is_err());
+        assert!(limit(&[], "maxWritesInFlight: 65").is_err());
     }
 
     #[test]

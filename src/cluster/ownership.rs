@@ -77,7 +77,8 @@ impl Cluster {
             })
             .collect();
         // A window of requests in flight, as wide as the connection's for
-        // writes (FuturesUnordered rather than `buffer_unordered`: a stream
+        // writes up to APPLY_CONCURRENCY (reads: an operator's larger
+        // --max-writes-in-flight is for writes) (FuturesUnordered rather than `buffer_unordered`: a stream
         // holding a closure that returns borrowing futures is not Send for
         // the daemon's spawn).
         let mut queue = lookups.into_iter();

@@ -50,6 +50,8 @@ pub struct DaemonConfig {
     /// The read-only status page on `listen` (default true).
     pub ui: Option<bool>,
     pub kubeconfig: Option<String>,
+    /// `--max-writes-in-flight`.
+    pub max_writes_in_flight: Option<u16>,
     #[serde(default)]
     pub sync_policy: ConfigPolicy,
     #[serde(default)]
