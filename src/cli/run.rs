@@ -263,27 +263,8 @@ mod tests {
     use super::*;
     use crate::cli::args::{Cli, Command};
 
-    fn ui(flags: &[&str], file: Option<&str>) -> bool {
-        let cli = Cli::try_parse_from(
-            ["tenantsync", "run", "--repo", ".", "--env", "dev"]
-                .iter()
-                .chain(flags),
-        )
-        .unwrap();
-        let Command::Run(args) = cli.command else {
-            panic!("not run");
-        };
-        let config = file.map(|f| {
-            crate::daemon::config::parse(
-                "tenantsync.yaml",
-                format!("apiVersion: tenantsync.io/v1alpha1\nkind: DaemonConfig\nrepo: .\nenvironments: [{{name: dev}}]\n{f}").as_bytes(),
-            )
-            .unwrap()
-        });
-        run_options(&args, config.as_ref()).unwrap().ui
-    }
-
-    fn parsed(flags: &[&str]) -> Result<RunOptions, String> {
+    /// `run --repo . --env dev` with `flags`, parsed.
+    fn run_args(flags: &[&str]) -> Result<RunArgs, String> {
         let cli = Cli::try_parse_from(
             ["tenantsync", "run", "--repo", ".", "--env", "dev"]
                 .iter()
@@ -293,26 +274,33 @@ mod tests {
         let Command::Run(args) = cli.command else {
             panic!("not run");
         };
-        run_options(&args, None).map_err(|e| e.to_string())
+        Ok(args)
+    }
+
+    /// A configuration file for `dev` with `more` lines.
+    fn config_file(more: &str) -> Result<DaemonConfig, String> {
+        crate::daemon::config::parse(
+            "tenantsync.yaml",
+            format!("apiVersion: tenantsync.io/v1alpha1\nkind: DaemonConfig\nrepo: .\nenvironments: [{{name: dev}}]\n{more}").as_bytes(),
+        )
+        .map_err(|d| format!("{d:?}"))
+    }
+
+    fn ui(flags: &[&str], file: Option<&str>) -> bool {
+        let args = run_args(flags).unwrap();
+        let config = file.map(|f| config_file(f).unwrap());
+        run_options(&args, config.as_ref()).unwrap().ui
+    }
+
+    fn parsed(flags: &[&str]) -> Result<RunOptions, String> {
+        run_options(&run_args(flags)?, None).map_err(|e| e.to_string())
     }
 
     #[test]
     fn max_writes_in_flight_comes_from_the_file_unless_the_flag_says_otherwise() {
         let limit = |flags: &[&str], file: &str| {
-            let cli = Cli::try_parse_from(
-                ["tenantsync", "run", "--repo", ".", "--env", "dev"]
-                    .iter()
-                    .chain(flags),
-            )
-            .unwrap();
-            let Command::Run(args) = cli.command else {
-                panic!("not run");
-            };
-            let config = crate::daemon::config::parse(
-                "tenantsync.yaml",
-                format!("apiVersion: tenantsync.io/v1alpha1\nkind: DaemonConfig\nrepo: .\nenvironments: [{{name: dev}}]\n{file}").as_bytes(),
-            );
-            config.map(|c| {
+            let args = run_args(flags).unwrap();
+            config_file(file).map(|c| {
                 run_options(&args, Some(&c))
                     .unwrap()
                     .cluster
