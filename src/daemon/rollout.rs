@@ -704,7 +704,9 @@ impl Reconciler {
             run.rollback_error = Some("the rollback has not been applied yet".into());
         }
         // Recorded before it is tried: a daemon that stops now leaves the
-        // rollback for the next one to apply.
+        // rollback for the next one to apply. From here the rollback
+        // finishes before a hand-over stops it (`step_rollback`).
+        let _finishing = Finishing::start(&self.hand_over_waits);
         self.save_rollout(writer).await;
         self.step_rollback(message, writer).await;
         shared.metrics.set_status(env, "Failed");
@@ -735,8 +737,8 @@ impl Reconciler {
         };
         // A rollback finishes before a hand-over (`--shard`) stops it, as a
         // health rollback does: the replica taking over would find the
-        // step half set back.
-        self.hand_over_waits.store(true, Ordering::SeqCst);
+        // step half set back. Until this returns, its record included.
+        let _finishing = Finishing::start(&self.hand_over_waits);
         let outcome = self.roll_back_step(&workspaces, writer).await;
         let Some(run) = self.rollout.as_mut() else {
             return;
@@ -770,7 +772,6 @@ impl Reconciler {
         // Recorded before the hand-over goes on: the replica taking the
         // environment over reads whether the rollback was applied.
         self.save_rollout(writer).await;
-        self.hand_over_waits.store(false, Ordering::SeqCst);
     }
 
     /// Writes the rollout onto the inventory when it changed since last
@@ -922,6 +923,24 @@ impl Reconciler {
     }
 }
 
+/// While it lives, a hand-over (`--shard`) waits for this replica's writes
+/// (the fence's hand-over hold and [`Shared::writes`]); dropped on every
+/// way out, so no early return leaves hand-overs waiting.
+struct Finishing(Arc<std::sync::atomic::AtomicBool>);
+
+impl Finishing {
+    fn start(waits: &Arc<std::sync::atomic::AtomicBool>) -> Finishing {
+        waits.store(true, Ordering::SeqCst);
+        Finishing(waits.clone())
+    }
+}
+
+impl Drop for Finishing {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::SeqCst);
+    }
+}
+
 /// What a whole sync checks before its first write, a rollout checks
 /// before its first step, new or resumed: the operator's guardrails only
 /// the cluster can judge, and an approval of a plan (`approve --plan`)
@@ -956,4 +975,26 @@ async fn before_first_step(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rollback_lets_hand_overs_wait_only_until_it_returns_however_it_returns() {
+        let waits = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let early = |w: &Arc<std::sync::atomic::AtomicBool>, leave: bool| -> Option<()> {
+            let _finishing = Finishing::start(w);
+            assert!(w.load(Ordering::SeqCst));
+            if leave {
+                return None;
+            }
+            Some(())
+        };
+        assert_eq!(early(&waits, true), None);
+        assert!(!waits.load(Ordering::SeqCst), "an early return reset it");
+        assert_eq!(early(&waits, false), Some(()));
+        assert!(!waits.load(Ordering::SeqCst));
+    }
 }
